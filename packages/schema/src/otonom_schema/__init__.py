@@ -1,0 +1,73 @@
+"""otonom-schema: the versioned 34-feature state of otonom-rl (numpy only).
+
+The single definition of what a policy sees: the ordered feature specs, ``RlState``, the causal
+feature maths shared by the offline dataset and the live state builder, and the ``.npz``
+dataset format. Importing it does nothing but define names.
+"""
+
+from otonom_schema._dataset import (
+    DATASET_FORMAT_VERSION,
+    OfflineDataset,
+    load_dataset,
+    save_dataset,
+)
+from otonom_schema._errors import DatasetError, SchemaError, SchemaMismatchError
+from otonom_schema._features import (
+    PORTFOLIO_COLUMNS,
+    MarketHistory,
+    PortfolioSnapshot,
+    SentimentSeries,
+    compute_state,
+    compute_states,
+    market_feature_matrix,
+    portfolio_feature_matrix,
+)
+from otonom_schema._spec import (
+    FEATURE_NAMES,
+    FEATURES,
+    GROUPS,
+    LOOKBACK,
+    MATHS_PARAMS,
+    SCHEMA_VERSION,
+    STATE_DIM,
+    Action,
+    FeatureSpec,
+    feature_index,
+    schema_fingerprint,
+)
+from otonom_schema._state import RANGE_TOLERANCE, RlState, validate_state_array, validate_states
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DATASET_FORMAT_VERSION",
+    "FEATURES",
+    "FEATURE_NAMES",
+    "GROUPS",
+    "LOOKBACK",
+    "MATHS_PARAMS",
+    "PORTFOLIO_COLUMNS",
+    "RANGE_TOLERANCE",
+    "SCHEMA_VERSION",
+    "STATE_DIM",
+    "Action",
+    "DatasetError",
+    "FeatureSpec",
+    "MarketHistory",
+    "OfflineDataset",
+    "PortfolioSnapshot",
+    "RlState",
+    "SchemaError",
+    "SchemaMismatchError",
+    "SentimentSeries",
+    "compute_state",
+    "compute_states",
+    "feature_index",
+    "load_dataset",
+    "market_feature_matrix",
+    "portfolio_feature_matrix",
+    "save_dataset",
+    "schema_fingerprint",
+    "validate_state_array",
+    "validate_states",
+]

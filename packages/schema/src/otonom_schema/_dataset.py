@@ -1,0 +1,221 @@
+"""The offline dataset file: a plain ``.npz`` readable without pickle.
+
+Arrays: ``states`` (N, 34) float32, ``actions`` (N,) int64 (``Action`` values), ``strengths``
+(N,) float32 in [0, 1], ``symbols`` (N,) unicode, ``dates`` (N,) datetime64[D], and
+``metadata``: a 0-d unicode array holding JSON with ``format``, ``format_version``,
+``schema_version``, ``schema_fingerprint``, ``feature_names``, ``source``, ``created_at`` (UTC ISO
+8601) and any extra keys the producer adds (run ids, strategy, ...).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from otonom_schema._errors import DatasetError, SchemaError, SchemaMismatchError
+from otonom_schema._spec import FEATURE_NAMES, SCHEMA_VERSION, Action, schema_fingerprint
+from otonom_schema._state import validate_states
+
+__all__ = [
+    "DATASET_FORMAT",
+    "DATASET_FORMAT_VERSION",
+    "OfflineDataset",
+    "load_dataset",
+    "save_dataset",
+]
+
+DATASET_FORMAT: Final = "otonom-rl/offline-dataset"
+DATASET_FORMAT_VERSION: Final = 1
+_ARRAYS: Final = ("states", "actions", "strengths", "symbols", "dates", "metadata")
+
+
+def _utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+@dataclass(frozen=True)
+class OfflineDataset:
+    """(state, action, strength) tuples with their symbol and date, validated when made.
+
+    ``metadata`` holds at least ``source``; the schema keys (version, fingerprint, feature
+    names) and ``created_at`` are filled in when missing.
+    """
+
+    states: npt.NDArray[np.float32]
+    actions: npt.NDArray[np.int64]
+    strengths: npt.NDArray[np.float32]
+    symbols: npt.NDArray[np.str_]
+    dates: npt.NDArray[np.datetime64]
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        states = validate_states(self.states)
+        n = states.shape[0]
+        try:
+            actions = np.asarray(self.actions)
+            if actions.dtype.kind not in "iu":
+                raise SchemaError(f"actions have dtype {actions.dtype}; expected integers")
+            actions = actions.astype(np.int64)
+        except (TypeError, ValueError) as exc:
+            raise SchemaError(f"actions: {exc}") from None
+        strengths = np.asarray(self.strengths, dtype=np.float32)
+        symbols = np.asarray(self.symbols, dtype=np.str_)
+        try:
+            dates = np.asarray(self.dates, dtype="datetime64[D]")
+        except (TypeError, ValueError) as exc:
+            raise SchemaError(f"dates: {exc}") from None
+        for name, arr in (
+            ("actions", actions),
+            ("strengths", strengths),
+            ("symbols", symbols),
+            ("dates", dates),
+        ):
+            if arr.shape != (n,):
+                raise SchemaError(f"{name} has shape {arr.shape}; expected ({n},) like states")
+        bad = np.flatnonzero((actions < 0) | (actions > max(Action)))
+        if bad.size:
+            i = int(bad[0])
+            raise SchemaError(
+                f"actions at row {i} is {actions[i]}; expected 0 (HOLD), 1 (BUY) or 2 (SELL)"
+            )
+        bad = np.flatnonzero(~np.isfinite(strengths) | (strengths < 0) | (strengths > 1))
+        if bad.size:
+            i = int(bad[0])
+            raise SchemaError(f"strengths at row {i} is {strengths[i]}; expected a value in [0, 1]")
+        if np.isnat(dates).any():
+            raise SchemaError(f"dates at row {int(np.argmax(np.isnat(dates)))} is not a date")
+        meta: dict[str, Any] = {
+            "format": DATASET_FORMAT,
+            "format_version": DATASET_FORMAT_VERSION,
+            "schema_version": SCHEMA_VERSION,
+            "schema_fingerprint": schema_fingerprint(),
+            "feature_names": list(FEATURE_NAMES),
+            "source": "unknown",
+            "created_at": _utc_now(),
+        }
+        meta.update(self.metadata)
+        for name, arr in (
+            ("states", states),
+            ("actions", actions),
+            ("strengths", strengths),
+            ("symbols", symbols),
+            ("dates", dates),
+        ):
+            arr.flags.writeable = False
+            object.__setattr__(self, name, arr)
+        object.__setattr__(self, "metadata", meta)
+
+    def __len__(self) -> int:
+        return int(self.states.shape[0])
+
+    def action_counts(self) -> dict[Action, int]:
+        """Rows per action, in ``Action`` order."""
+        counts = np.bincount(self.actions, minlength=len(Action))
+        return {a: int(counts[a]) for a in Action}
+
+    def summary(self) -> str:
+        """The guide's "Action distribution" block."""
+        n = len(self)
+        lines = ["Action distribution:"]
+        for action, count in self.action_counts().items():
+            share = 100.0 * count / n if n else 0.0
+            lines.append(f"  {action.name}: {count} ({share:.1f}%)")
+        return "\n".join(lines)
+
+
+def save_dataset(dataset: OfflineDataset, path: str | os.PathLike[str]) -> Path:
+    """Write ``dataset`` to ``path`` (a ``.npz``; folders are created) atomically; return the path.
+
+    The file is written next to its destination and renamed into place, so a crash never leaves
+    a half-written dataset under the final name.
+    """
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = json.dumps(dict(dataset.metadata), sort_keys=True, allow_nan=False, default=str)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(
+                fh,
+                states=dataset.states,
+                actions=dataset.actions,
+                strengths=dataset.strengths,
+                symbols=dataset.symbols,
+                dates=dataset.dates,
+                metadata=np.array(meta),
+            )
+        Path(tmp).replace(out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def load_dataset(path: str | os.PathLike[str], *, check_schema: bool = True) -> OfflineDataset:
+    """Read a dataset written by ``save_dataset``.
+
+    Raises ``FileNotFoundError`` if there is no file, ``DatasetError`` for a truncated, foreign
+    or inconsistent file, and ``SchemaMismatchError`` when the file was made under another
+    schema fingerprint (``check_schema=False`` skips only that check).
+    """
+    src = Path(path)
+    if not src.is_file():
+        raise FileNotFoundError(f"no dataset file at {src}")
+    try:
+        # Open the file ourselves: np.load leaks its handle when the archive is truncated.
+        with src.open("rb") as fh, np.load(fh, allow_pickle=False) as npz:
+            found = set(npz.files)
+            missing = [k for k in _ARRAYS if k not in found]
+            if missing:
+                raise DatasetError(
+                    f"{src} is not an otonom-rl dataset: missing arrays {missing} "
+                    f"(found {sorted(found)}); expected {list(_ARRAYS)}"
+                )
+            arrays = {k: npz[k] for k in _ARRAYS}
+    except DatasetError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise DatasetError(
+            f"{src} cannot be read as a .npz dataset (truncated or not a numpy archive): {exc}"
+        ) from None
+    try:
+        meta = json.loads(str(arrays["metadata"]))
+        if not isinstance(meta, dict):
+            raise TypeError(f"metadata is a {type(meta).__name__}")
+    except (TypeError, ValueError) as exc:
+        raise DatasetError(f"{src}: the metadata entry is not a JSON object ({exc})") from None
+    if meta.get("format") != DATASET_FORMAT:
+        raise DatasetError(f"{src}: format is {meta.get('format')!r}; expected {DATASET_FORMAT!r}")
+    if meta.get("format_version") != DATASET_FORMAT_VERSION:
+        raise DatasetError(
+            f"{src}: dataset format version {meta.get('format_version')!r}; this otonom-schema "
+            f"reads version {DATASET_FORMAT_VERSION}"
+        )
+    if check_schema and meta.get("schema_fingerprint") != schema_fingerprint():
+        raise SchemaMismatchError(
+            f"{src} was made under schema {meta.get('schema_version')} (fingerprint "
+            f"{meta.get('schema_fingerprint')}); the installed schema is {SCHEMA_VERSION} "
+            f"(fingerprint {schema_fingerprint()}). Regenerate the dataset with the installed "
+            "schema (otonom-train dataset ...)."
+        )
+    try:
+        return OfflineDataset(
+            states=arrays["states"],
+            actions=arrays["actions"],
+            strengths=arrays["strengths"],
+            symbols=arrays["symbols"],
+            dates=arrays["dates"],
+            metadata=meta,
+        )
+    except SchemaError as exc:
+        raise DatasetError(f"{src}: {exc}") from None

@@ -1,0 +1,554 @@
+"""Causal feature maths (numpy only): the one implementation behind datasets and live states.
+
+Two entry points share every line of arithmetic:
+
+* ``compute_states(history, ...)``: every bar of a history at once (offline datasets, backtests).
+* ``compute_state(history, at=...)``: one date (the live state builder).
+
+How identity is guaranteed. The features at bar t depend on at most ``LOOKBACK`` bars ending at
+t. Both paths pad the bar arrays in front with ``LOOKBACK - 1`` copies of the first bar, and
+every windowed quantity is computed by gathering its window into a fresh C-contiguous array and
+reducing along the last axis, so each row sees the same floats in the same order whatever the
+length of the history. The single-date path runs the same code on the last ``LOOKBACK`` bars.
+
+Warm-up rule (one rule, both paths). A feature whose ``FeatureSpec.min_bars`` exceeds the bars
+available up to t takes its ``neutral`` value; DSI is multiplied by the coverage
+``min(1, bars available / LOOKBACK)`` so a model can tell a warm-up state from a real one.
+
+Causality. Nothing at t reads a bar after t: the history is cut at t before anything is
+computed, and all windows end at t.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from otonom_schema._errors import SchemaError
+from otonom_schema._spec import (
+    BB_PERIOD,
+    BB_SCALE,
+    BB_STDS,
+    DAYS_SCALE,
+    DSI_WINDOW,
+    EMA_FAST_LEN,
+    EMA_SIGNAL_LEN,
+    EMA_SLOW_LEN,
+    FEATURES,
+    FLAT_BAR_WEIGHT,
+    LOOKBACK,
+    MACD_FAST,
+    MACD_SCALE,
+    MACD_SIGNAL,
+    MACD_SLOW,
+    MAX_GAP_DAYS,
+    MAX_LEVERAGE,
+    N_RETURNS,
+    REGIME_HIGH_PCT,
+    REGIME_LOW_PCT,
+    REGIME_WINDOW,
+    RETURN_SCALE,
+    RSI_PERIOD,
+    SENTIMENT_MAX_AGE_DAYS,
+    STALE_GRACE_DAYS,
+    STALE_HALF_LIFE_DAYS,
+    STATE_DIM,
+    VOL_WINDOW,
+    VOLUME_FLOOR,
+    VOLUME_PERIOD,
+    VOLUME_SCALE,
+    feature_index,
+)
+from otonom_schema._state import RlState, validate_states
+
+__all__ = [
+    "PORTFOLIO_COLUMNS",
+    "MarketHistory",
+    "PortfolioSnapshot",
+    "SentimentSeries",
+    "compute_state",
+    "compute_states",
+    "market_feature_matrix",
+    "portfolio_feature_matrix",
+]
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+DateLike = dt.date | np.datetime64 | str
+
+PORTFOLIO_COLUMNS: Final = slice(
+    feature_index("position"), feature_index("days_since_last_trade") + 1
+)
+"""Columns of the state vector filled from the portfolio (position .. days_since_last_trade)."""
+
+_RSI: Final = feature_index("rsi")
+_MACD: Final = feature_index("macd_signal")
+_BB: Final = feature_index("bb_width")
+_VOL: Final = feature_index("volume_ratio")
+_REG: Final = feature_index("regime_low_vol")
+_DSI: Final = feature_index("dsi")
+_NEWS: Final = feature_index("news_sentiment")
+_MACRO: Final = feature_index("macro_sentiment")
+_MIN_BARS: Final = np.array([f.min_bars for f in FEATURES], dtype=np.int64)
+_NEUTRAL: Final = np.array([f.neutral for f in FEATURES], dtype=np.float64)
+_PAD: Final = LOOKBACK - 1
+
+
+def _to_days(values: object, what: str) -> I64:
+    try:
+        arr = np.asarray(values, dtype="datetime64[D]")
+    except (TypeError, ValueError) as exc:
+        raise SchemaError(f"{what}: cannot read as dates ({exc}); expected ISO dates") from None
+    if arr.ndim != 1:
+        raise SchemaError(f"{what} has shape {arr.shape}; expected a 1-d sequence of dates")
+    if np.isnat(arr).any():
+        row = int(np.argmax(np.isnat(arr)))
+        raise SchemaError(f"{what}: row {row} is not a date (NaT)")
+    return arr.astype(np.int64)
+
+
+def _day(value: DateLike, what: str) -> int:
+    days = _to_days([value], what)
+    return int(days[0])
+
+
+def _iso(day: int) -> str:
+    return str(np.datetime64(day, "D"))
+
+
+def _check_increasing(days: I64, what: str) -> None:
+    bad = np.flatnonzero(np.diff(days) <= 0)
+    if bad.size:
+        i = int(bad[0]) + 1
+        kind = "duplicate" if days[i] == days[i - 1] else "out-of-order"
+        raise SchemaError(
+            f"{what}: row {i} has {kind} date {_iso(int(days[i]))} after {_iso(int(days[i - 1]))};"
+            " expected strictly increasing dates"
+        )
+
+
+def _column(values: object, name: str, n: int, what: str) -> F64:
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise SchemaError(f"{what}: column {name!r} is not numeric ({exc})") from None
+    if arr.shape != (n,):
+        raise SchemaError(f"{what}: column {name!r} has shape {arr.shape}; expected ({n},)")
+    if not np.isfinite(arr).all():
+        row = int(np.argmin(np.isfinite(arr)))
+        raise SchemaError(f"{what}: {name} at row {row} is {arr[row]}; expected a finite number")
+    return arr
+
+
+@dataclass(frozen=True)
+class MarketHistory:
+    """Daily OHLCV bars of one symbol, oldest first, validated when made.
+
+    Any array-likes are accepted (dates as ``datetime64``, ``datetime.date`` or ISO strings);
+    after construction ``dates`` is read-only ``datetime64[D]`` and the rest read-only float64.
+
+    ``dates`` are strictly increasing calendar days (gaps allowed; they lower DSI). Prices are
+    finite and > 0, ``high >= low``, volume finite and >= 0. Errors name the row and value.
+    """
+
+    dates: npt.NDArray[Any]
+    open: npt.NDArray[Any]
+    high: npt.NDArray[Any]
+    low: npt.NDArray[Any]
+    close: npt.NDArray[Any]
+    volume: npt.NDArray[Any]
+    symbol: str = ""
+
+    def __post_init__(self) -> None:
+        what = f"history {self.symbol!r}" if self.symbol else "history"
+        days = _to_days(self.dates, f"{what} dates")
+        n = days.shape[0]
+        if n == 0:
+            raise SchemaError(f"{what} is empty; expected at least one bar")
+        _check_increasing(days, what)
+        cols = {
+            name: _column(getattr(self, name), name, n, what)
+            for name in ("open", "high", "low", "close", "volume")
+        }
+        for name in ("open", "high", "low", "close"):
+            bad = np.flatnonzero(cols[name] <= 0)
+            if bad.size:
+                i = int(bad[0])
+                raise SchemaError(
+                    f"{what}: {name} at row {i} ({_iso(int(days[i]))}) is {cols[name][i]}; "
+                    "expected a price > 0"
+                )
+        bad = np.flatnonzero(cols["high"] < cols["low"])
+        if bad.size:
+            i = int(bad[0])
+            raise SchemaError(
+                f"{what}: row {i} ({_iso(int(days[i]))}) has high {cols['high'][i]} < "
+                f"low {cols['low'][i]}"
+            )
+        bad = np.flatnonzero(cols["volume"] < 0)
+        if bad.size:
+            i = int(bad[0])
+            raise SchemaError(
+                f"{what}: volume at row {i} ({_iso(int(days[i]))}) is {cols['volume'][i]}; "
+                "expected >= 0"
+            )
+        object.__setattr__(self, "dates", days.astype("datetime64[D]"))
+        for name, col in cols.items():
+            col.flags.writeable = False
+            object.__setattr__(self, name, col)
+        self.dates.flags.writeable = False
+
+    def __len__(self) -> int:
+        return int(self.dates.shape[0])
+
+    def _slice(self, start: int, stop: int) -> MarketHistory:
+        """A sub-history without re-validation (its rows were validated already)."""
+        sub = object.__new__(MarketHistory)
+        for name in ("dates", "open", "high", "low", "close", "volume"):
+            object.__setattr__(sub, name, getattr(self, name)[start:stop])
+        object.__setattr__(sub, "symbol", self.symbol)
+        return sub
+
+    def upto(self, at: DateLike) -> MarketHistory:
+        """The bars dated on or before ``at`` (raises if there are none)."""
+        day = _day(at, "at")
+        stop = int(np.searchsorted(self.dates.astype(np.int64), day, side="right"))
+        if stop == 0:
+            raise SchemaError(
+                f"no bar of {self.symbol or 'the history'} on or before {_iso(day)}; "
+                f"the first bar is {self.dates[0]}"
+            )
+        return self._slice(0, stop)
+
+
+@dataclass(frozen=True)
+class SentimentSeries:
+    """Dated sentiment scores in [-1, 1] (news for one symbol, or macro), oldest first.
+
+    A score dated d is taken as known at the close of d. The feature at t is the latest score
+    dated <= t if it is at most ``SENTIMENT_MAX_AGE_DAYS`` old, else 0 (neutral).
+    """
+
+    dates: npt.NDArray[Any]
+    scores: npt.NDArray[Any]
+
+    def __post_init__(self) -> None:
+        days = _to_days(self.dates, "sentiment dates")
+        _check_increasing(days, "sentiment")
+        scores = _column(self.scores, "score", days.shape[0], "sentiment")
+        bad = np.flatnonzero(np.abs(scores) > 1.0)
+        if bad.size:
+            i = int(bad[0])
+            raise SchemaError(
+                f"sentiment: score at row {i} ({_iso(int(days[i]))}) is {scores[i]}; "
+                "expected a value in [-1, 1]"
+            )
+        object.__setattr__(self, "dates", days.astype("datetime64[D]"))
+        object.__setattr__(self, "scores", scores)
+
+    def at(self, days: I64) -> F64:
+        """The feature value for each day in ``days`` (int days since epoch)."""
+        sdays = self.dates.astype(np.int64)
+        idx = np.searchsorted(sdays, days, side="right") - 1
+        out = np.zeros(days.shape[0], dtype=np.float64)
+        if sdays.size == 0:
+            return out
+        ok = idx >= 0
+        safe = np.where(ok, idx, 0)
+        ok &= (days - sdays[safe]) <= SENTIMENT_MAX_AGE_DAYS
+        out[ok] = self.scores[safe[ok]]
+        return out
+
+
+@dataclass(frozen=True)
+class PortfolioSnapshot:
+    """The portfolio at one decision, in raw units.
+
+    * ``position``: signed holding as a fraction of the allowed size, in [-1, 1]
+    * ``leverage``: gross exposure / equity, in [0, ``MAX_LEVERAGE``]
+    * ``cash_fraction``: free cash / equity, in [0, 1]
+    * ``days_since_last_trade``: >= 0; ``math.inf`` means never traded
+    """
+
+    position: float = 0.0
+    leverage: float = 0.0
+    cash_fraction: float = 1.0
+    days_since_last_trade: float = float("inf")
+
+    def __post_init__(self) -> None:
+        portfolio_feature_matrix(
+            [self.position], [self.leverage], [self.cash_fraction], [self.days_since_last_trade]
+        )
+
+    def features(self) -> F64:
+        """The four portfolio feature values, shape (4,)."""
+        matrix = portfolio_feature_matrix(
+            [self.position], [self.leverage], [self.cash_fraction], [self.days_since_last_trade]
+        )
+        row: F64 = matrix[0]
+        return row
+
+
+def portfolio_feature_matrix(
+    position: npt.ArrayLike,
+    leverage: npt.ArrayLike,
+    cash_fraction: npt.ArrayLike,
+    days_since_last_trade: npt.ArrayLike,
+) -> F64:
+    """Portfolio features for N decisions at once, shape (N, 4), validated (errors name the row)."""
+    cols = [
+        np.atleast_1d(np.asarray(v, dtype=np.float64))
+        for v in (position, leverage, cash_fraction, days_since_last_trade)
+    ]
+    n = cols[0].shape[0]
+    names = ("position", "leverage", "cash_fraction", "days_since_last_trade")
+    bounds = ((-1.0, 1.0), (0.0, MAX_LEVERAGE), (0.0, 1.0), (0.0, np.inf))
+    for name, col, (lo, hi) in zip(names, cols, bounds, strict=False):
+        if col.shape != (n,):
+            raise SchemaError(f"portfolio {name} has shape {col.shape}; expected ({n},)")
+        ok = ~np.isnan(col) & (col >= lo) & (col <= hi)
+        if name != "days_since_last_trade":
+            ok &= np.isfinite(col)
+        if not ok.all():
+            i = int(np.argmin(ok))
+            raise SchemaError(
+                f"portfolio {name} at row {i} is {col[i]}; expected a value in [{lo}, {hi}]"
+            )
+    days = np.tanh(cols[3] / DAYS_SCALE)
+    return np.stack([cols[0], cols[1], cols[2], days], axis=1)
+
+
+# --- the windowed maths --------------------------------------------------------------------
+
+
+def _window(x: F64, ends: I64, width: int) -> F64:
+    """Rows ``x[end - width + 1 .. end]`` (oldest first) as a fresh C-contiguous array."""
+    out: F64 = x[ends[:, None] + np.arange(1 - width, 1)]
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _ema_weights(span: int, length: int) -> F64:
+    """Truncated, renormalised EMA kernel, oldest weight first (matches ``_window`` columns)."""
+    alpha = 2.0 / (span + 1.0)
+    w = alpha * (1.0 - alpha) ** np.arange(length, dtype=np.float64)
+    kernel: F64 = (w / w.sum())[::-1].copy()
+    kernel.flags.writeable = False
+    return kernel
+
+
+def _ema(x: F64, ends: I64, span: int, length: int) -> F64:
+    out: F64 = (_window(x, ends, length) * _ema_weights(span, length)).sum(axis=1)
+    return out
+
+
+def _std(win: F64) -> F64:
+    n = win.shape[1]
+    mean = win.sum(axis=1) / n
+    dev = win - mean[:, None]
+    out: F64 = np.sqrt((dev * dev).sum(axis=1) / n)
+    return out
+
+
+def _market_block(
+    days: I64,
+    close: F64,
+    high: F64,
+    low: F64,
+    volume: F64,
+    n_avail: I64,
+    as_of: I64,
+    news: SentimentSeries | None,
+    macro: SentimentSeries | None,
+    first_out: int,
+) -> F64:
+    """Feature rows for padded bar arrays, for the bars at positions ``first_out .. M-1``.
+
+    The arrays are already padded with ``_PAD`` copies of the first bar; ``n_avail[k]`` is the
+    number of real bars up to output row k (capped at LOOKBACK). Portfolio columns are neutral.
+    """
+    m = close.shape[0]
+    out = np.arange(first_out, m, dtype=np.int64)
+    rows = out.shape[0]
+    feats = np.empty((rows, STATE_DIM), dtype=np.float64)
+
+    logret = np.zeros(m)
+    logret[1:] = np.log(close[1:] / close[:-1])
+    change = np.zeros(m)
+    change[1:] = close[1:] - close[:-1]
+
+    # market: 20 returns, oldest first
+    feats[:, :N_RETURNS] = np.tanh(_window(logret, out, N_RETURNS) / RETURN_SCALE)
+
+    # RSI (simple averages: the ratio of sums)
+    win = _window(change, out, RSI_PERIOD)
+    gains = np.maximum(win, 0.0).sum(axis=1)
+    losses = np.maximum(-win, 0.0).sum(axis=1)
+    moves = gains + losses
+    feats[:, _RSI] = np.where(moves > 0, gains / np.where(moves > 0, moves, 1.0), 0.5)
+
+    # MACD histogram: MACD line on the signal window, then its signal EMA
+    line_ends = np.arange(first_out - EMA_SIGNAL_LEN + 1, m, dtype=np.int64)
+    line = _ema(close, line_ends, MACD_FAST, EMA_FAST_LEN) - _ema(
+        close, line_ends, MACD_SLOW, EMA_SLOW_LEN
+    )
+    signal = _ema(line, np.arange(EMA_SIGNAL_LEN - 1, line.shape[0]), MACD_SIGNAL, EMA_SIGNAL_LEN)
+    hist = line[EMA_SIGNAL_LEN - 1 :] - signal
+    feats[:, _MACD] = np.tanh(hist / close[out] / MACD_SCALE)
+
+    # Bollinger Band width
+    win = _window(close, out, BB_PERIOD)
+    width = 2.0 * BB_STDS * _std(win) / (win.sum(axis=1) / BB_PERIOD)
+    feats[:, _BB] = np.tanh(width / BB_SCALE)
+
+    # volume ratio (log scale)
+    mean_v = _window(volume, out, VOLUME_PERIOD).sum(axis=1) / VOLUME_PERIOD
+    today = volume[out]
+    safe_mean = np.where(mean_v > 0, mean_v, 1.0)
+    ratio = np.maximum(today, VOLUME_FLOOR * safe_mean) / safe_mean
+    feats[:, _VOL] = np.where(mean_v > 0, np.tanh(np.log(ratio) / VOLUME_SCALE), 0.0)
+
+    # regime: rank of the 20-bar realised vol among its last REGIME_WINDOW values
+    vol_ends = np.arange(first_out - REGIME_WINDOW + 1, m, dtype=np.int64)
+    vol = _std(_window(logret, vol_ends, VOL_WINDOW))
+    ranks = _window(vol, np.arange(REGIME_WINDOW - 1, vol.shape[0]), REGIME_WINDOW)
+    below = (ranks < ranks[:, -1:]).sum(axis=1) / REGIME_WINDOW
+    calm = below < REGIME_LOW_PCT
+    turbulent = below > REGIME_HIGH_PCT
+    feats[:, _REG] = calm
+    feats[:, _REG + 1] = ~(calm | turbulent)
+    feats[:, _REG + 2] = turbulent
+
+    # DSI
+    real = np.arange(m) >= _PAD  # both paths pad with exactly _PAD copies in front
+    prev_real = np.zeros(m, dtype=bool)
+    prev_real[1:] = real[:-1]
+    interval = np.zeros(m, dtype=np.int64)
+    interval[1:] = days[1:] - days[:-1]
+    gap = (real & prev_real & (interval > MAX_GAP_DAYS)).astype(np.float64)
+    zero_vol = (real & (volume <= 0)).astype(np.float64)
+    unchanged = np.zeros(m, dtype=bool)
+    unchanged[1:] = close[1:] == close[:-1]
+    flat = (real & prev_real & unchanged & (high == low)).astype(np.float64)
+    gap_share = _window(gap, out, DSI_WINDOW).sum(axis=1) / DSI_WINDOW
+    zero_share = _window(zero_vol, out, DSI_WINDOW).sum(axis=1) / DSI_WINDOW
+    flat_share = _window(flat, out, DSI_WINDOW).sum(axis=1) / DSI_WINDOW
+    stale = (as_of - days[out]).astype(np.float64)
+    freshness = np.where(
+        stale <= STALE_GRACE_DAYS, 1.0, 0.5 ** ((stale - STALE_GRACE_DAYS) / STALE_HALF_LIFE_DAYS)
+    )
+    coverage = np.minimum(n_avail / LOOKBACK, 1.0)
+    feats[:, _DSI] = (
+        coverage
+        * (1.0 - gap_share)
+        * (1.0 - zero_share)
+        * (1.0 - FLAT_BAR_WEIGHT * flat_share)
+        * freshness
+    )
+
+    # warm-up: too few bars -> neutral (DSI itself only needs one bar)
+    short = n_avail[:, None] < _MIN_BARS[None, :]
+    feats = np.where(short, _NEUTRAL[None, :], feats)
+
+    # sentiment (looked up at as_of) and neutral portfolio columns
+    feats[:, _NEWS] = news.at(as_of) if news is not None else 0.0
+    feats[:, _MACRO] = macro.at(as_of) if macro is not None else 0.0
+    feats[:, PORTFOLIO_COLUMNS] = _NEUTRAL[PORTFOLIO_COLUMNS]
+    return feats
+
+
+def _padded(history: MarketHistory, start: int) -> tuple[I64, F64, F64, F64, F64]:
+    """Bar arrays from ``start`` on, padded in front with ``_PAD`` copies of bar ``start``."""
+
+    def pad(x: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        x = x[start:]
+        return np.concatenate([np.repeat(x[:1], _PAD), x])
+
+    days = pad(history.dates.astype(np.int64))
+    return days, pad(history.close), pad(history.high), pad(history.low), pad(history.volume)
+
+
+def market_feature_matrix(
+    history: MarketHistory,
+    news: SentimentSeries | None = None,
+    macro: SentimentSeries | None = None,
+) -> F64:
+    """Features for every bar of ``history`` at once, shape (N, 34), float64.
+
+    Row t uses bars <= t only. Portfolio columns (``PORTFOLIO_COLUMNS``) hold the neutral
+    (flat, never traded) portfolio; fill them with ``portfolio_feature_matrix``.
+    """
+    n = len(history)
+    days, close, high, low, volume = _padded(history, 0)
+    n_avail = np.minimum(np.arange(1, n + 1, dtype=np.int64), LOOKBACK)
+    as_of = history.dates.astype(np.int64)
+    return _market_block(days, close, high, low, volume, n_avail, as_of, news, macro, _PAD)
+
+
+def _portfolio_matrix(portfolio: object, n: int) -> F64:
+    if portfolio is None:
+        return np.tile(_NEUTRAL[PORTFOLIO_COLUMNS], (n, 1))
+    if isinstance(portfolio, PortfolioSnapshot):
+        return np.tile(portfolio.features(), (n, 1))
+    raise SchemaError(
+        f"portfolio is {type(portfolio).__name__}; expected None, a PortfolioSnapshot, "
+        "or use portfolio_feature_matrix() for one row per bar"
+    )
+
+
+def compute_states(
+    history: MarketHistory,
+    portfolio: PortfolioSnapshot | F64 | None = None,
+    *,
+    news: SentimentSeries | None = None,
+    macro: SentimentSeries | None = None,
+) -> npt.NDArray[np.float32]:
+    """The state of every bar of ``history``, shape (N, 34), float32 (the vectorised path).
+
+    ``portfolio``: ``None`` (flat, never traded), one ``PortfolioSnapshot`` for every row, or an
+    (N, 4) array from ``portfolio_feature_matrix`` with one portfolio per bar.
+    """
+    feats = market_feature_matrix(history, news, macro)
+    if isinstance(portfolio, np.ndarray):
+        if portfolio.shape != (len(history), 4):
+            raise SchemaError(
+                f"portfolio features have shape {portfolio.shape}; expected ({len(history)}, 4)"
+            )
+        feats[:, PORTFOLIO_COLUMNS] = portfolio
+    else:
+        feats[:, PORTFOLIO_COLUMNS] = _portfolio_matrix(portfolio, len(history))
+    return validate_states(feats)
+
+
+def compute_state(
+    history: MarketHistory,
+    portfolio: PortfolioSnapshot | None = None,
+    *,
+    at: DateLike | None = None,
+    news: SentimentSeries | None = None,
+    macro: SentimentSeries | None = None,
+) -> RlState:
+    """The state at date ``at`` (default: the last bar), from bars dated <= ``at`` only.
+
+    ``history`` may be the whole history or just its last ``LOOKBACK`` bars up to ``at``: the
+    result is the same, and equal to ``compute_states(history)`` at that bar. When the last bar
+    is older than ``at`` the state is that bar's, with DSI lowered for staleness and sentiment
+    looked up at ``at``.
+    """
+    cut = history if at is None else history.upto(at)
+    as_of_day = int(cut.dates[-1].astype(np.int64)) if at is None else _day(at, "at")
+    n = len(cut)
+    start = max(0, n - LOOKBACK)
+    days, close, high, low, volume = _padded(cut, start)
+    n_avail = np.array([min(n, LOOKBACK)], dtype=np.int64)
+    as_of = np.array([as_of_day], dtype=np.int64)
+    row = _market_block(
+        days, close, high, low, volume, n_avail, as_of, news, macro, days.shape[0] - 1
+    )[0]
+    row[PORTFOLIO_COLUMNS] = _portfolio_matrix(portfolio, 1)[0]
+    return RlState.from_array(row)

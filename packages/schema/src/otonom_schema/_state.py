@@ -1,0 +1,248 @@
+"""``RlState``, the typed 34-feature state, and the validation shared by every consumer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from otonom_schema._errors import SchemaError
+from otonom_schema._spec import FEATURE_NAMES, FEATURES, N_RETURNS, STATE_DIM, feature_index
+
+__all__ = ["RANGE_TOLERANCE", "RlState", "validate_state_array", "validate_states"]
+
+RANGE_TOLERANCE: Final = 1e-6
+"""Values may leave their documented range by this much (float rounding) and still validate."""
+
+_LOW: Final = np.array([f.low for f in FEATURES], dtype=np.float64) - RANGE_TOLERANCE
+_HIGH: Final = np.array([f.high for f in FEATURES], dtype=np.float64) + RANGE_TOLERANCE
+_REGIME: Final = slice(feature_index("regime_low_vol"), feature_index("regime_high_vol") + 1)
+_ONEHOT_TOLERANCE: Final = 1e-5
+
+FloatArray = npt.NDArray[np.float32]
+
+
+def _as_float(values: object, what: str) -> npt.NDArray[np.floating[Any]]:
+    """``values`` as a float array, or SchemaError naming the dtype that cannot be cast."""
+    arr = values if isinstance(values, np.ndarray) else np.asarray(values)
+    kind = arr.dtype.kind
+    if kind == "f":
+        return arr
+    if kind in "biu":
+        return arr.astype(np.float64)
+    if kind == "O":
+        try:
+            return arr.astype(np.float64)
+        except (TypeError, ValueError) as exc:
+            raise SchemaError(
+                f"{what} holds values that cannot be cast to float32 ({exc}); expected real numbers"
+            ) from None
+    raise SchemaError(
+        f"{what} has dtype {arr.dtype} which cannot be cast to float32; "
+        "expected a real (bool/int/float) array"
+    )
+
+
+def _describe_bad(row: npt.NDArray[np.floating[Any]], where: str) -> str:
+    """Message for the first bad feature of one (34,) row (called only on the error path)."""
+    for i, value in enumerate(row.tolist()):
+        spec = FEATURES[i]
+        if not np.isfinite(value):
+            return f"{where}feature {spec.name!r} (index {i}) is {value}; expected a finite number"
+        if value < _LOW[i] or value > _HIGH[i]:
+            return (
+                f"{where}feature {spec.name!r} (index {i}) = {value!r} is outside its range "
+                f"[{spec.low}, {spec.high}]"
+            )
+    total = float(row[_REGIME].sum())
+    return (
+        f"{where}regime one-hot (regime_low_vol, regime_normal, regime_high_vol) = "
+        f"{row[_REGIME].tolist()} sums to {total:.6g}; expected exactly one 1"
+    )
+
+
+def validate_state_array(values: object) -> FloatArray:
+    """Check one state vector and return it as a contiguous float32 array of shape (34,).
+
+    Raises ``SchemaError`` for a wrong length, a dtype that cannot be cast, NaN/inf, a value
+    outside its feature's range (beyond ``RANGE_TOLERANCE``) or a regime one-hot that does not
+    sum to 1; the message names the feature, its index and the value.
+    """
+    arr = _as_float(values, "state")
+    if arr.shape != (STATE_DIM,):
+        raise SchemaError(
+            f"state has shape {arr.shape}; expected ({STATE_DIM},) in the order of FEATURE_NAMES"
+        )
+    ok = (
+        bool(np.isfinite(arr).all())
+        and bool((arr >= _LOW).all())
+        and bool((arr <= _HIGH).all())
+        and abs(float(arr[_REGIME].sum()) - 1.0) <= _ONEHOT_TOLERANCE
+    )
+    if not ok:
+        raise SchemaError(_describe_bad(arr, ""))
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def validate_states(values: object) -> FloatArray:
+    """Check a batch of states and return a contiguous float32 array of shape (N, 34).
+
+    Same rules as ``validate_state_array``; the message names the first bad row as well.
+    """
+    arr = _as_float(values, "states")
+    if arr.ndim != 2 or arr.shape[1] != STATE_DIM:
+        raise SchemaError(f"states have shape {arr.shape}; expected (N, {STATE_DIM})")
+    finite = np.isfinite(arr).all(axis=1)
+    in_range = ((arr >= _LOW) & (arr <= _HIGH)).all(axis=1)
+    onehot = np.abs(arr[:, _REGIME].sum(axis=1) - 1.0) <= _ONEHOT_TOLERANCE
+    good = finite & in_range & onehot
+    if not bool(good.all()):
+        row = int(np.argmin(good))
+        raise SchemaError(_describe_bad(arr[row], f"row {row}: "))
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _floats(values: Iterable[float] | npt.ArrayLike, name: str, n: int) -> tuple[float, ...]:
+    arr = _as_float(values, name)
+    if arr.shape != (n,):
+        raise SchemaError(f"{name} has shape {arr.shape}; expected ({n},)")
+    return tuple(float(v) for v in arr.tolist())
+
+
+def _float(value: object, name: str) -> float:
+    arr = _as_float(value, name)
+    if arr.shape != ():
+        raise SchemaError(f"{name} has shape {arr.shape}; expected a single number")
+    return float(arr)
+
+
+@dataclass(frozen=True)
+class RlState:
+    """The 34-feature state the policy sees, as named fields grouped as in the guide.
+
+    Every field holds the *normalised* feature value (see ``FEATURES`` for each rule and range).
+    A state is validated when it is made, so a constructed ``RlState`` is always valid.
+
+    Groups and order (== ``FEATURE_NAMES``):
+
+    * market: ``returns`` (20 daily returns, **oldest first**: ``returns[-1]`` is bar t's return)
+    * technical: ``rsi``, ``macd_signal``, ``bb_width``, ``volume_ratio``
+    * portfolio: ``position``, ``leverage``, ``cash_fraction``, ``days_since_last_trade``
+    * regime: ``regime`` one-hot ``(low_vol, normal, high_vol)``
+    * data quality: ``dsi``
+    * sentiment: ``news_sentiment``, ``macro_sentiment``
+    """
+
+    returns: tuple[float, ...]
+    rsi: float
+    macd_signal: float
+    bb_width: float
+    volume_ratio: float
+    position: float
+    leverage: float
+    cash_fraction: float
+    days_since_last_trade: float
+    regime: tuple[float, float, float]
+    dsi: float
+    news_sentiment: float
+    macro_sentiment: float
+    _vector: FloatArray = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        returns = _floats(self.returns, "returns", N_RETURNS)
+        regime = _floats(self.regime, "regime", 3)
+        scalars = {
+            name: _float(getattr(self, name), name)
+            for name in (
+                "rsi",
+                "macd_signal",
+                "bb_width",
+                "volume_ratio",
+                "position",
+                "leverage",
+                "cash_fraction",
+                "days_since_last_trade",
+                "dsi",
+                "news_sentiment",
+                "macro_sentiment",
+            )
+        }
+        vector = np.array(
+            [
+                *returns,
+                scalars["rsi"],
+                scalars["macd_signal"],
+                scalars["bb_width"],
+                scalars["volume_ratio"],
+                scalars["position"],
+                scalars["leverage"],
+                scalars["cash_fraction"],
+                scalars["days_since_last_trade"],
+                *regime,
+                scalars["dsi"],
+                scalars["news_sentiment"],
+                scalars["macro_sentiment"],
+            ],
+            dtype=np.float64,
+        )
+        checked = validate_state_array(vector)
+        checked.flags.writeable = False
+        object.__setattr__(self, "_vector", checked)
+        # The state *is* float32: fields hold the float32 values, so from_array(to_array())
+        # round-trips to an equal state.
+        stored = checked.tolist()
+        n = N_RETURNS
+        object.__setattr__(self, "returns", tuple(stored[:n]))
+        object.__setattr__(self, "regime", (stored[n + 8], stored[n + 9], stored[n + 10]))
+        for name in scalars:
+            object.__setattr__(self, name, stored[feature_index(name)])
+
+    def validate(self) -> RlState:
+        """Check the state again (it was checked when made) and return it."""
+        validate_state_array(self._vector)
+        return self
+
+    def to_array(self, *, copy: bool = True) -> FloatArray:
+        """The state as float32, shape (34,), in ``FEATURE_NAMES`` order.
+
+        ``copy=False`` returns the state's own read-only array (no allocation: the hot path).
+        """
+        return self._vector.copy() if copy else self._vector
+
+    def to_dict(self) -> dict[str, float]:
+        """``{feature name: value}`` in ``FEATURE_NAMES`` order."""
+        return dict(zip(FEATURE_NAMES, self._vector.tolist(), strict=False))
+
+    @classmethod
+    def from_array(cls, values: object) -> RlState:
+        """Build a state from a (34,) vector in ``FEATURE_NAMES`` order (validated)."""
+        arr = validate_state_array(values).astype(np.float64)
+        v = arr.tolist()
+        n = N_RETURNS
+        return cls(
+            returns=tuple(v[:n]),
+            rsi=v[n],
+            macd_signal=v[n + 1],
+            bb_width=v[n + 2],
+            volume_ratio=v[n + 3],
+            position=v[n + 4],
+            leverage=v[n + 5],
+            cash_fraction=v[n + 6],
+            days_since_last_trade=v[n + 7],
+            regime=(v[n + 8], v[n + 9], v[n + 10]),
+            dsi=v[n + 11],
+            news_sentiment=v[n + 12],
+            macro_sentiment=v[n + 13],
+        )
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, float]) -> RlState:
+        """Build a state from ``{feature name: value}``; every feature must be present once."""
+        missing = [n for n in FEATURE_NAMES if n not in values]
+        extra = sorted(set(values) - set(FEATURE_NAMES))
+        if missing or extra:
+            raise SchemaError(f"state dict: missing features {missing}, unknown features {extra}")
+        return cls.from_array([values[n] for n in FEATURE_NAMES])

@@ -1,0 +1,87 @@
+"""Test helpers shipped as public API (numpy only): random and adversarial market histories.
+
+Used by the test suites of all three packages; also handy in notebooks. Every generator is
+deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from otonom_schema._features import MarketHistory, SentimentSeries
+
+__all__ = ["adversarial_histories", "random_history", "random_sentiment"]
+
+
+def random_history(
+    n: int,
+    *,
+    seed: int = 0,
+    start: str = "2020-01-01",
+    vol: float = 0.03,
+    symbol: str = "TEST",
+    gap_every: int = 0,
+) -> MarketHistory:
+    """A geometric random walk of ``n`` daily bars (optionally a 7-day gap every ``gap_every``)."""
+    rng = np.random.default_rng(seed)
+    # volatility switches between calm, normal and turbulent spells, so every regime appears
+    levels = np.array([0.4, 1.0, 2.5]) * vol
+    spells = rng.integers(0, 3, size=n // 30 + 1)
+    scale = levels[np.repeat(spells, 30)[:n]]
+    close = 100.0 * np.exp(np.cumsum(rng.normal(0.0, 1.0, n) * scale))
+    open_ = close * np.exp(rng.normal(0.0, 0.005, n))
+    high = np.maximum(open_, close) * (1.0 + rng.uniform(0.0, 0.02, n))
+    low = np.minimum(open_, close) * (1.0 - rng.uniform(0.0, 0.02, n))
+    volume = rng.lognormal(10.0, 0.5, n)
+    step = np.ones(n, dtype=np.int64)
+    if gap_every:
+        step[::gap_every] = 7
+    step[0] = 0
+    dates = np.datetime64(start, "D") + np.cumsum(step)
+    return MarketHistory(dates, open_, high, low, close, volume, symbol=symbol)
+
+
+def random_sentiment(dates: np.ndarray, *, seed: int = 0, keep: float = 0.6) -> SentimentSeries:
+    """Scores in [-1, 1] on a random ``keep`` share of ``dates`` (so some lookups are stale)."""
+    rng = np.random.default_rng(seed)
+    mask = np.asarray(rng.uniform(size=dates.shape[0]) < keep)
+    return SentimentSeries(dates[mask], np.tanh(rng.normal(0.0, 0.7, int(mask.sum()))))
+
+
+def adversarial_histories() -> dict[str, MarketHistory]:
+    """Edge cases for the feature maths: each must give valid, bounded, causal features."""
+    base = np.datetime64("2021-03-01", "D")
+    out: dict[str, MarketHistory] = {}
+
+    def make(
+        name: str,
+        close: np.ndarray,
+        volume: np.ndarray,
+        dates: np.ndarray | None = None,
+        spread: float = 0.01,
+    ) -> None:
+        n = close.shape[0]
+        d = base + np.arange(n) if dates is None else dates
+        out[name] = MarketHistory(
+            d, close, close * (1 + spread), close * (1 - spread), close, volume, symbol=name
+        )
+
+    make("single_bar", np.array([100.0]), np.array([10.0]))
+    make("two_bars", np.array([100.0, 101.0]), np.array([10.0, 12.0]))
+    make("flat_prices", np.full(300, 50.0), np.full(300, 5.0), spread=0.0)
+    make("zero_volume", 100 * np.exp(np.linspace(0, 0.5, 300)), np.zeros(300))
+    rng = np.random.default_rng(3)
+    walk = 100 * np.exp(np.cumsum(rng.normal(0, 0.02, 400)))
+    vol = rng.lognormal(5, 1, 400)
+    vol[::17] = 0.0
+    gaps = base + np.cumsum(rng.choice([1, 1, 1, 2, 3, 10, 40], size=400))
+    make("gaps_and_zero_volume", walk, vol, dates=gaps)
+    crash = np.concatenate([np.full(150, 1000.0), [100.0, 5.0, 4000.0], np.full(150, 4000.0)])
+    make(
+        "crash_and_spike",
+        crash,
+        np.concatenate([np.full(150, 1.0), [1e9, 0.0, 1e-9], np.full(150, 1.0)]),
+    )
+    make("exactly_lookback", walk[:140], vol[:140])
+    make("tiny_prices", 1e-8 * np.exp(np.cumsum(rng.normal(0, 0.05, 200))), np.full(200, 1e12))
+    return out
