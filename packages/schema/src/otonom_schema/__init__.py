@@ -33,6 +33,7 @@ from otonom_schema._spec import (
     Action,
     FeatureSpec,
     feature_index,
+    feature_table_markdown,
     schema_fingerprint,
 )
 from otonom_schema._state import RANGE_TOLERANCE, RlState, validate_state_array, validate_states
@@ -63,6 +64,7 @@ __all__ = [
     "compute_state",
     "compute_states",
     "feature_index",
+    "feature_table_markdown",
     "load_dataset",
     "market_feature_matrix",
     "portfolio_feature_matrix",

@@ -37,6 +37,7 @@ __all__ = [
     "Action",
     "FeatureSpec",
     "feature_index",
+    "feature_table_markdown",
     "schema_fingerprint",
 ]
 
@@ -359,3 +360,18 @@ def schema_fingerprint() -> str:
     Independent of Python's hash seed, the platform and the feature descriptions.
     """
     return _FINGERPRINT
+
+
+def feature_table_markdown() -> str:
+    """The feature table as Markdown (``docs/schema.md`` embeds it; a test keeps them equal)."""
+    rows = [
+        "| # | name | group | range | neutral | min bars | normalisation | description |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for i, f in enumerate(FEATURES):
+        norm = f.normalisation.replace("|", "\\|")
+        rows.append(
+            f"| {i} | `{f.name}` | {f.group} | [{f.low:g}, {f.high:g}] | {f.neutral:g} | "
+            f"{f.min_bars} | {norm} | {f.description} |"
+        )
+    return "\n".join(rows)

@@ -1,0 +1,64 @@
+"""The error tree of otonom-runtime.
+
+::
+
+    Exception
+    └── OtonomRuntimeError
+        ├── StoreError (+ RuntimeError)        the database: cannot open, not initialised, bad URL
+        ├── DataImportError (+ ValueError)     a CSV or synthetic-data request that is invalid;
+        │                                      lists every bad row (file, row number, problem)
+        ├── UnknownSymbolError (+ KeyError)    a symbol that is not in the store
+        ├── StateBuildError (+ ValueError)     no bar on/near the date, date before history, ...
+        └── PolicyError (+ ValueError)         a model file that is missing, invalid, has the
+            │                                  wrong signature or fails its sha256 check
+            └── ModelSchemaMismatchError       the model was trained under another state schema
+                (+ otonom_schema.SchemaMismatchError)
+
+Bad *state* input at predict time raises ``otonom_schema.SchemaError`` (a ``ValueError``).
+Every message says what was received and what was expected.
+"""
+
+from __future__ import annotations
+
+from otonom_schema import SchemaMismatchError
+
+__all__ = [
+    "DataImportError",
+    "ModelSchemaMismatchError",
+    "OtonomRuntimeError",
+    "PolicyError",
+    "StateBuildError",
+    "StoreError",
+    "UnknownSymbolError",
+]
+
+
+class OtonomRuntimeError(Exception):
+    """Base of every error otonom-runtime raises on purpose."""
+
+
+class StoreError(OtonomRuntimeError, RuntimeError):
+    """The market-data store cannot be opened or used."""
+
+
+class DataImportError(OtonomRuntimeError, ValueError):
+    """Input data (CSV, synthetic-data parameters) that cannot be imported."""
+
+
+class UnknownSymbolError(OtonomRuntimeError, KeyError):
+    """A symbol that is not in the store."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class StateBuildError(OtonomRuntimeError, ValueError):
+    """A state cannot be built for the requested symbol and date."""
+
+
+class PolicyError(OtonomRuntimeError, ValueError):
+    """A policy model that cannot be loaded or used."""
+
+
+class ModelSchemaMismatchError(PolicyError, SchemaMismatchError):
+    """The model was trained under a different state schema than the installed one."""
