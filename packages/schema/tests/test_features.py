@@ -333,3 +333,18 @@ def test_history_is_immutable() -> None:
     h = random_history(5)
     with pytest.raises(ValueError, match="read-only"):
         h.close[0] = 1.0
+
+
+def test_sentiment_feature_matches_the_series_rule() -> None:
+    h = random_history(60, seed=13)
+    news = random_sentiment(h.dates, seed=13, keep=0.3)
+    col = s.compute_states(h, news=news)[:, IDX("news_sentiment")]
+    sdays = news.dates
+    for t, day in enumerate(h.dates):
+        k = int(np.searchsorted(sdays, day, side="right")) - 1
+        latest = (sdays[k], float(news.scores[k])) if k >= 0 else (None, None)
+        assert np.float32(s.sentiment_feature(latest[0], latest[1], day)) == col[t]
+    with pytest.raises(s.SchemaError, match="is after"):
+        s.sentiment_feature("2022-01-05", 0.1, "2022-01-04")
+    with pytest.raises(s.SchemaError, match=r"score is 2.0; expected a value in \[-1, 1\]"):
+        s.sentiment_feature("2022-01-04", 2.0, "2022-01-04")

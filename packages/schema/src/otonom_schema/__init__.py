@@ -21,6 +21,7 @@ from otonom_schema._features import (
     compute_states,
     market_feature_matrix,
     portfolio_feature_matrix,
+    sentiment_feature,
 )
 from otonom_schema._spec import (
     FEATURE_NAMES,
@@ -70,6 +71,7 @@ __all__ = [
     "portfolio_feature_matrix",
     "save_dataset",
     "schema_fingerprint",
+    "sentiment_feature",
     "validate_state_array",
     "validate_states",
 ]

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import numpy as np
@@ -75,6 +76,7 @@ __all__ = [
     "compute_states",
     "market_feature_matrix",
     "portfolio_feature_matrix",
+    "sentiment_feature",
 ]
 
 F64 = npt.NDArray[np.float64]
@@ -254,15 +256,46 @@ class SentimentSeries:
     def at(self, days: I64) -> F64:
         """The feature value for each day in ``days`` (int days since epoch)."""
         sdays = self.dates.astype(np.int64)
-        idx = np.searchsorted(sdays, days, side="right") - 1
-        out = np.zeros(days.shape[0], dtype=np.float64)
         if sdays.size == 0:
-            return out
-        ok = idx >= 0
-        safe = np.where(ok, idx, 0)
-        ok &= (days - sdays[safe]) <= SENTIMENT_MAX_AGE_DAYS
-        out[ok] = self.scores[safe[ok]]
-        return out
+            return np.zeros(days.shape[0], dtype=np.float64)
+        idx = np.searchsorted(sdays, days, side="right") - 1
+        known = idx >= 0
+        safe = np.where(known, idx, 0)
+        return _sentiment_rule(sdays[safe], self.scores[safe], days, known)
+
+
+def _sentiment_rule(score_days: I64, scores: F64, days: I64, known: npt.NDArray[np.bool_]) -> F64:
+    """The one sentiment rule: the latest score dated <= t counts while at most
+    ``SENTIMENT_MAX_AGE_DAYS`` old, else 0. ``score_days``/``scores`` are that latest score."""
+    fresh = known & ((days - score_days) <= SENTIMENT_MAX_AGE_DAYS)
+    out: F64 = np.where(fresh, scores, 0.0)
+    return out
+
+
+def _day_number(value: DateLike) -> int:
+    """Days since 1970-01-01; a fast path for ``datetime.date`` (the live builder's type)."""
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return value.toordinal() - _EPOCH_ORDINAL
+    return _day(value, "date")
+
+
+_EPOCH_ORDINAL: Final = dt.date(1970, 1, 1).toordinal()
+
+
+def sentiment_feature(score_date: DateLike | None, score: float | None, at: DateLike) -> float:
+    """The sentiment feature at ``at`` given the latest score dated <= ``at`` (or None).
+
+    The rule of ``SentimentSeries.at`` (and so of ``compute_states``) for a caller that fetched
+    only the latest score (the live state builder); a test keeps the two equal.
+    """
+    if score_date is None or score is None:
+        return 0.0
+    age = _day_number(at) - _day_number(score_date)
+    if age < 0:
+        raise SchemaError(f"score dated {score_date} is after {at}; expected <= {at}")
+    if not (math.isfinite(score) and -1.0 <= score <= 1.0):
+        raise SchemaError(f"sentiment score is {score}; expected a value in [-1, 1]")
+    return float(score) if age <= SENTIMENT_MAX_AGE_DAYS else 0.0
 
 
 @dataclass(frozen=True)
@@ -280,18 +313,43 @@ class PortfolioSnapshot:
     cash_fraction: float = 1.0
     days_since_last_trade: float = float("inf")
 
+    _features: F64 = field(init=False, repr=False, compare=False, hash=False)
+
     def __post_init__(self) -> None:
-        portfolio_feature_matrix(
-            [self.position], [self.leverage], [self.cash_fraction], [self.days_since_last_trade]
-        )
+        # Scalar checks (the live path builds one snapshot per tick); the same bounds and the
+        # same np.tanh as portfolio_feature_matrix, so both give bit-identical features.
+        values = []
+        for name, lo, hi in _PORTFOLIO_BOUNDS:
+            raw = getattr(self, name)
+            try:
+                value = float(raw)
+            except (TypeError, ValueError):
+                raise SchemaError(f"portfolio {name} is {raw!r}; expected a number") from None
+            if not lo <= value <= hi:
+                raise _portfolio_error(name, 0, value, lo, hi)
+            values.append(value)
+        values[3] = float(np.tanh(np.float64(values[3]) / DAYS_SCALE))
+        row: F64 = np.array(values, dtype=np.float64)
+        row.flags.writeable = False
+        object.__setattr__(self, "_features", row)
 
     def features(self) -> F64:
-        """The four portfolio feature values, shape (4,)."""
-        matrix = portfolio_feature_matrix(
-            [self.position], [self.leverage], [self.cash_fraction], [self.days_since_last_trade]
-        )
-        row: F64 = matrix[0]
-        return row
+        """The four portfolio feature values, shape (4,) (a read-only array)."""
+        return self._features
+
+
+_PORTFOLIO_BOUNDS: Final = (
+    ("position", -1.0, 1.0),
+    ("leverage", 0.0, MAX_LEVERAGE),
+    ("cash_fraction", 0.0, 1.0),
+    ("days_since_last_trade", 0.0, math.inf),
+)
+
+
+def _portfolio_error(name: str, row: int, value: float, lo: float, hi: float) -> SchemaError:
+    return SchemaError(
+        f"portfolio {name} at row {row} is {value}; expected a value in [{lo}, {hi}]"
+    )
 
 
 def portfolio_feature_matrix(
@@ -300,25 +358,22 @@ def portfolio_feature_matrix(
     cash_fraction: npt.ArrayLike,
     days_since_last_trade: npt.ArrayLike,
 ) -> F64:
-    """Portfolio features for N decisions at once, shape (N, 4), validated (errors name the row)."""
+    """Portfolio features for N decisions at once, shape (N, 4), validated (errors name the row).
+
+    Each raw value must lie in its range (NaN never does); days become ``tanh(days / 10)``.
+    """
     cols = [
         np.atleast_1d(np.asarray(v, dtype=np.float64))
         for v in (position, leverage, cash_fraction, days_since_last_trade)
     ]
     n = cols[0].shape[0]
-    names = ("position", "leverage", "cash_fraction", "days_since_last_trade")
-    bounds = ((-1.0, 1.0), (0.0, MAX_LEVERAGE), (0.0, 1.0), (0.0, np.inf))
-    for name, col, (lo, hi) in zip(names, cols, bounds, strict=False):
+    for col, (name, lo, hi) in zip(cols, _PORTFOLIO_BOUNDS, strict=True):
         if col.shape != (n,):
             raise SchemaError(f"portfolio {name} has shape {col.shape}; expected ({n},)")
-        ok = ~np.isnan(col) & (col >= lo) & (col <= hi)
-        if name != "days_since_last_trade":
-            ok &= np.isfinite(col)
+        ok = (col >= lo) & (col <= hi)
         if not ok.all():
             i = int(np.argmin(ok))
-            raise SchemaError(
-                f"portfolio {name} at row {i} is {col[i]}; expected a value in [{lo}, {hi}]"
-            )
+            raise _portfolio_error(name, i, float(col[i]), lo, hi)
     days = np.tanh(cols[3] / DAYS_SCALE)
     return np.stack([cols[0], cols[1], cols[2], days], axis=1)
 

@@ -24,6 +24,20 @@ _ONEHOT_TOLERANCE: Final = 1e-5
 
 FloatArray = npt.NDArray[np.float32]
 
+_SCALARS: Final = (
+    "rsi",
+    "macd_signal",
+    "bb_width",
+    "volume_ratio",
+    "position",
+    "leverage",
+    "cash_fraction",
+    "days_since_last_trade",
+    "dsi",
+    "news_sentiment",
+    "macro_sentiment",
+)
+
 
 def _as_float(values: object, what: str) -> npt.NDArray[np.floating[Any]]:
     """``values`` as a float array, or SchemaError naming the dtype that cannot be cast."""
@@ -154,22 +168,7 @@ class RlState:
     def __post_init__(self) -> None:
         returns = _floats(self.returns, "returns", N_RETURNS)
         regime = _floats(self.regime, "regime", 3)
-        scalars = {
-            name: _float(getattr(self, name), name)
-            for name in (
-                "rsi",
-                "macd_signal",
-                "bb_width",
-                "volume_ratio",
-                "position",
-                "leverage",
-                "cash_fraction",
-                "days_since_last_trade",
-                "dsi",
-                "news_sentiment",
-                "macro_sentiment",
-            )
-        }
+        scalars = {name: _float(getattr(self, name), name) for name in _SCALARS}
         vector = np.array(
             [
                 *returns,
@@ -190,15 +189,9 @@ class RlState:
         )
         checked = validate_state_array(vector)
         checked.flags.writeable = False
-        object.__setattr__(self, "_vector", checked)
         # The state *is* float32: fields hold the float32 values, so from_array(to_array())
         # round-trips to an equal state.
-        stored = checked.tolist()
-        n = N_RETURNS
-        object.__setattr__(self, "returns", tuple(stored[:n]))
-        object.__setattr__(self, "regime", (stored[n + 8], stored[n + 9], stored[n + 10]))
-        for name in scalars:
-            object.__setattr__(self, name, stored[feature_index(name)])
+        self._set_fields(checked)
 
     def validate(self) -> RlState:
         """Check the state again (it was checked when made) and return it."""
@@ -218,25 +211,24 @@ class RlState:
 
     @classmethod
     def from_array(cls, values: object) -> RlState:
-        """Build a state from a (34,) vector in ``FEATURE_NAMES`` order (validated)."""
-        arr = validate_state_array(values).astype(np.float64)
-        v = arr.tolist()
+        """Build a state from a (34,) vector in ``FEATURE_NAMES`` order (validated once)."""
+        vector = validate_state_array(values)
+        if vector is values:
+            vector = vector.copy()
+        vector.flags.writeable = False
+        state = object.__new__(cls)
+        state._set_fields(vector)
+        return state
+
+    def _set_fields(self, vector: FloatArray) -> None:
+        """Fill the fields from a validated, read-only float32 vector."""
+        object.__setattr__(self, "_vector", vector)
+        v = vector.tolist()
         n = N_RETURNS
-        return cls(
-            returns=tuple(v[:n]),
-            rsi=v[n],
-            macd_signal=v[n + 1],
-            bb_width=v[n + 2],
-            volume_ratio=v[n + 3],
-            position=v[n + 4],
-            leverage=v[n + 5],
-            cash_fraction=v[n + 6],
-            days_since_last_trade=v[n + 7],
-            regime=(v[n + 8], v[n + 9], v[n + 10]),
-            dsi=v[n + 11],
-            news_sentiment=v[n + 12],
-            macro_sentiment=v[n + 13],
-        )
+        object.__setattr__(self, "returns", tuple(v[:n]))
+        object.__setattr__(self, "regime", (v[n + 8], v[n + 9], v[n + 10]))
+        for name in _SCALARS:
+            object.__setattr__(self, name, v[feature_index(name)])
 
     @classmethod
     def from_dict(cls, values: Mapping[str, float]) -> RlState:
