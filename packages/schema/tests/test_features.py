@@ -348,3 +348,17 @@ def test_sentiment_feature_matches_the_series_rule() -> None:
         s.sentiment_feature("2022-01-05", 0.1, "2022-01-04")
     with pytest.raises(s.SchemaError, match=r"score is 2.0; expected a value in \[-1, 1\]"):
         s.sentiment_feature("2022-01-04", 2.0, "2022-01-04")
+
+
+def test_snapshot_and_matrix_portfolio_paths_agree_bit_for_bit() -> None:
+    rng = np.random.default_rng(14)
+    pos = rng.uniform(-1, 1, 500)
+    lev = rng.uniform(0, 4, 500)
+    cash = rng.uniform(0, 1, 500)
+    days = np.concatenate([rng.uniform(0, 400, 499), [math.inf]])
+    matrix = s.portfolio_feature_matrix(pos, lev, cash, days)
+    for i in range(500):
+        snap = s.PortfolioSnapshot(float(pos[i]), float(lev[i]), float(cash[i]), float(days[i]))
+        np.testing.assert_array_equal(snap.features(), matrix[i])
+    with pytest.raises(s.SchemaError, match="portfolio position is 'x'; expected a number"):
+        s.PortfolioSnapshot(position="x")  # type: ignore[arg-type]
