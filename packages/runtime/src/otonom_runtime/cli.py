@@ -1,0 +1,253 @@
+"""The ``otonom`` command line (also ``python -m otonom_runtime``).
+
+Layout: ``_build_parser()`` makes the top parser and one sub-parser group per area
+(``_add_data_commands`` for ``otonom data ...``); every leaf command sets ``handler`` to a
+``_cmd_*`` function taking the parsed arguments and returning the exit status. Adding an area
+(``backtest``, ``runs``, ``bench``, ``strategy``) is one more ``_add_*_commands(commands)`` call.
+
+Exit status: 0 on success, 1 for an expected error (bad file, unknown symbol, unusable
+database; the message goes to stderr as ``error: ...`` without a traceback; a bad-rows report
+adds one indented line per row), 2 for a command line argparse cannot read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from collections.abc import Callable, Sequence
+from typing import TextIO
+
+from otonom_runtime._errors import OtonomRuntimeError
+
+__all__ = ["main"]
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a date; expected YYYY-MM-DD, e.g. 2018-01-01"
+        ) from None
+
+
+def _url(args: argparse.Namespace) -> str:
+    """The database URL of this call, the store initialised (tables created if missing)."""
+    from otonom_runtime.store import default_database_url, init_db
+
+    url: str = args.database_url or default_database_url()
+    init_db(url)
+    return url
+
+
+def _cmd_data_import_csv(args: argparse.Namespace) -> int:
+    from otonom_runtime.importers import import_ohlcv_csv
+    from otonom_runtime.store import get_session
+
+    with get_session(_url(args)) as session:
+        report = import_ohlcv_csv(session, args.file, args.symbol)
+    print(report.summary())
+    return 0
+
+
+def _cmd_data_import_sentiment(args: argparse.Namespace) -> int:
+    from otonom_runtime.importers import import_sentiment_csv
+    from otonom_runtime.store import get_session
+
+    with get_session(_url(args)) as session:
+        report = import_sentiment_csv(session, args.file, args.symbol)
+    print(report.summary())
+    return 0
+
+
+def _cmd_data_synth(args: argparse.Namespace) -> int:
+    from otonom_runtime.store import get_session
+    from otonom_runtime.synth import write_synthetic
+
+    with get_session(_url(args)) as session:
+        report = write_synthetic(session, list(args.symbol), args.start, args.end, args.seed)
+    print(report.summary())
+    return 0
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def _cmd_data_list(args: argparse.Namespace) -> int:
+    from otonom_runtime.store import get_session, list_symbols
+
+    url = _url(args)
+    with get_session(url) as session:
+        infos = list_symbols(session)
+    if not infos:
+        print(
+            "the store holds no symbols; add some with `otonom data synth` or "
+            "`otonom data import-csv`"
+        )
+        return 0
+    rows = [
+        [
+            i.name,
+            "yes" if i.is_synthetic else "no",
+            str(i.first or "-"),
+            str(i.last or "-"),
+            str(i.bars),
+            "-" if i.health is None else f"{i.health:.2f}",
+        ]
+        for i in infos
+    ]
+    headers = ["symbol", "synthetic", "first", "last", "bars", "health"]
+    print(_table(headers, rows, right={4, 5}))
+    return 0
+
+
+_DATA_EPILOG = """\
+health is the Data Health Index (DSI, 0-1) of each symbol's newest bar as the state schema
+computes it: history coverage (up to 140 bars), gaps, zero-volume and flat bars. 1 = healthy.
+
+examples:
+  otonom data synth --symbol DEMO-BTC --symbol DEMO-ETH --start 2018-01-01 --end 2024-01-01
+  otonom data import-csv BTC-USD_yahoo_daily.csv --symbol BTC-USD
+  otonom data import-sentiment macro.csv
+  otonom data list
+"""
+
+
+def _add_data_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    data = commands.add_parser(
+        "data",
+        help="import, generate and list market data",
+        description="Import, generate and list the market data in the store.",
+        epilog=_DATA_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+
+    p = sub.add_parser(
+        "import-csv",
+        help="import daily OHLCV bars from a CSV file",
+        description=(
+            "Import daily OHLCV bars of one symbol from a CSV file: Yahoo layout "
+            "(Date,Open,High,Low,Close,Adj Close,Volume; Adj Close is ignored) or lower-case "
+            "(timestamp,open,high,low,close,volume). Dates may be ISO dates, ISO datetimes or "
+            "epoch seconds/milliseconds. Every bad row is reported with its line number and "
+            "nothing is written unless the whole file is valid. Re-importing updates changed "
+            "bars and skips identical ones."
+        ),
+    )
+    p.add_argument("file", metavar="FILE", help="the CSV file")
+    p.add_argument("--symbol", required=True, help="the symbol to store the bars under")
+    p.set_defaults(handler=_cmd_data_import_csv)
+
+    p = sub.add_parser(
+        "import-sentiment",
+        help="import news or macro sentiment scores from a CSV file",
+        description=(
+            "Import sentiment scores in [-1, 1] from a CSV file with columns date[,symbol],"
+            "score. With a symbol column or --symbol the scores are news sentiment of that "
+            "symbol (already in the store); otherwise they are macro (market-wide) sentiment."
+        ),
+    )
+    p.add_argument("file", metavar="FILE", help="the CSV file")
+    p.add_argument("--symbol", help="news sentiment of this symbol (default: macro sentiment)")
+    p.set_defaults(handler=_cmd_data_import_sentiment)
+
+    p = sub.add_parser(
+        "synth",
+        help="generate the deterministic synthetic market",
+        description=(
+            "Generate deterministic synthetic daily bars (every calendar day, regime-switching "
+            "volatility, trends), news sentiment per symbol and shared macro sentiment. The "
+            "same symbol, seed and dates always give the same data; repeating a call changes "
+            "nothing."
+        ),
+    )
+    p.add_argument(
+        "--symbol",
+        action="append",
+        required=True,
+        help="a symbol to generate (repeat for several), e.g. DEMO-BTC",
+    )
+    p.add_argument(
+        "--start",
+        type=_date,
+        default=dt.date(2018, 1, 1),
+        help="first day (YYYY-MM-DD, default 2018-01-01)",
+    )
+    p.add_argument(
+        "--end",
+        type=_date,
+        default=dt.date(2024, 1, 1),
+        help="last day, inclusive (default 2024-01-01)",
+    )
+    p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    p.set_defaults(handler=_cmd_data_synth)
+
+    p = sub.add_parser(
+        "list",
+        help="list the symbols in the store",
+        description="List every symbol with its first and last bar, bar count and data health.",
+        epilog=_DATA_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.set_defaults(handler=_cmd_data_list)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="otonom",
+        description=(
+            "otonom-rl runtime: the market-data store and (later) backtests of the trading "
+            "ensemble and its learned policy."
+        ),
+    )
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        default=None,
+        help=(
+            "SQLAlchemy database URL (default: $OTONOM_DATABASE_URL, else the SQLite file "
+            "./data/otonom.db), e.g. postgresql+psycopg://user@host:5432/otonom"
+        ),
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_data_commands(commands)
+    return parser
+
+
+def _fail(message: str, stream: TextIO) -> int:
+    print(f"error: {message}", file=stream)
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except OtonomRuntimeError as exc:
+        return _fail(str(exc), sys.stderr)
+    except Exception as exc:
+        from sqlalchemy.exc import SQLAlchemyError  # imported late: `--help` stays fast
+
+        if isinstance(exc, SQLAlchemyError):
+            return _fail(f"database error: {exc}", sys.stderr)
+        raise
+    except KeyboardInterrupt:
+        _fail("interrupted", sys.stderr)
+        return 130

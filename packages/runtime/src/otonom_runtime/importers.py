@@ -1,0 +1,462 @@
+"""CSV import into the store: daily OHLCV bars and sentiment scores (standard library csv only).
+
+All-or-nothing rule: the whole file is read and checked first; every bad row is collected and
+reported in one ``DataImportError`` naming the file and the 1-based line numbers (the header is
+line 1; the listing stops after 20 rows with "and N more"). Nothing is written unless every row
+is valid, and the writes go into the caller's session, so the ``get_session`` block commits
+them as one transaction.
+
+Re-importing is idempotent: a row whose date is already stored with the same values is counted
+``unchanged``; one with different values is updated (``updated``); new dates are inserted.
+
+OHLCV layouts (header names are matched case-insensitively, surrounding blanks ignored; other
+columns are ignored):
+
+* Yahoo: ``Date,Open,High,Low,Close,Adj Close,Volume``. ``Close`` is the close; ``Adj Close``
+  is ignored (for crypto it equals Close; for stocks the features only use ratios and the
+  backtester trades the quoted close).
+* Binance and lower-case exports: ``timestamp,open,high,low,close,volume``.
+
+The date column may be named ``date``, ``timestamp``, ``time``, ``datetime``, ``open_time`` or
+``open time`` and hold an ISO date (``2017-08-17`` or ``20170817``), an ISO datetime
+(``2017-08-17 00:00:00``, ``2017-08-17T00:00:00Z``; time-zone aware values are converted to
+UTC, then the calendar day is kept) or epoch seconds / milliseconds (UTC; values >= 1e11 are
+milliseconds).
+
+A bar is refused when: its date cannot be read, the date repeats an earlier row, a value is
+empty or not a finite number, a price is <= 0, high < low, volume < 0, or the row has another
+number of columns than the header. Blank lines are skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import math
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from otonom_runtime._errors import DataImportError
+from otonom_runtime.store import Bar, MacroSentiment, NewsSentiment, Symbol, get_or_create_symbol
+
+__all__ = [
+    "MAX_LISTED_PROBLEMS",
+    "ImportReport",
+    "check_symbol_name",
+    "import_ohlcv_csv",
+    "import_sentiment_csv",
+    "parse_date",
+]
+
+MAX_LISTED_PROBLEMS: Final = 20
+_DATE_NAMES: Final = ("date", "timestamp", "time", "datetime", "open_time", "open time")
+_OHLCV: Final = ("open", "high", "low", "close", "volume")
+_SYMBOL_NAMES: Final = ("symbol", "ticker")
+_SCORE_NAMES: Final = ("score", "sentiment")
+_SYMBOL_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/^=-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    """What an import did. ``kind``: ``"bars"``, ``"news"`` or ``"macro"``.
+
+    ``rows`` = ``inserted + updated + unchanged``; ``symbols`` is empty for macro sentiment;
+    ``created_symbol`` is True when the import made the ``Symbol`` row.
+    """
+
+    path: Path
+    kind: str
+    symbols: tuple[str, ...]
+    rows: int
+    inserted: int
+    updated: int
+    unchanged: int
+    first: dt.date | None
+    last: dt.date | None
+    created_symbol: bool = False
+
+    def summary(self) -> str:
+        """One line for people, e.g. ``BTC-USD: 3541 bars 2014-09-17 .. 2024-05-27 (...)``."""
+        who = ", ".join(self.symbols) if self.symbols else "macro"
+        what = {"bars": "bars", "news": "news scores", "macro": "macro scores"}[self.kind]
+        span = f" {self.first} .. {self.last}" if self.first else ""
+        return (
+            f"{who}: {self.rows} {what}{span} from {self.path.name} "
+            f"({self.inserted} inserted, {self.updated} updated, {self.unchanged} unchanged)"
+        )
+
+
+def parse_date(text: str) -> dt.date:
+    """A calendar day from an ISO date, an ISO datetime, or epoch seconds/milliseconds (UTC).
+
+    Raises ``ValueError`` naming the value when it is none of those.
+    """
+    value = text.strip()
+    if not value:
+        raise ValueError("empty date")
+    if value.isdigit() and len(value) == 8:  # compact ISO date, 20170817
+        try:
+            return dt.datetime.strptime(value, "%Y%m%d").date()
+        except ValueError:
+            raise ValueError(f"date {value!r} is not a YYYYMMDD date") from None
+    if value.isdigit():
+        number = int(value)
+        seconds = number / 1000.0 if number >= 10**11 else float(number)
+        try:
+            return dt.datetime.fromtimestamp(seconds, tz=dt.timezone.utc).date()
+        except (OverflowError, OSError, ValueError):
+            raise ValueError(f"epoch value {value} is out of range") from None
+    if len(value) == 10:
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            pass
+    iso = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
+    try:
+        stamp = dt.datetime.fromisoformat(iso)
+    except ValueError:
+        raise ValueError(
+            f"date {value!r} is not an ISO date (2017-08-17), ISO datetime "
+            "(2017-08-17 00:00:00) or epoch seconds/milliseconds"
+        ) from None
+    if stamp.tzinfo is not None:
+        stamp = stamp.astimezone(dt.timezone.utc)
+    return stamp.date()
+
+
+class _Problems:
+    """Bad rows of one file, reported together."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.items: list[tuple[int, str]] = []
+
+    def add(self, line: int, message: str) -> None:
+        self.items.append((line, message))
+
+    def raise_if_any(self, what: str) -> None:
+        if not self.items:
+            return
+        n = len(self.items)
+        listed = [f"  line {line}: {msg}" for line, msg in self.items[:MAX_LISTED_PROBLEMS]]
+        if n > MAX_LISTED_PROBLEMS:
+            listed.append(f"  ... and {n - MAX_LISTED_PROBLEMS} more")
+        raise DataImportError(
+            f"{self.path.name}: {n} bad row{'s' if n != 1 else ''} in {what} file {self.path}; "
+            "nothing was imported\n" + "\n".join(listed)
+        )
+
+
+def _read_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(1-based line number, cells) of every non-blank record, the header included."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            line = 1
+            try:
+                for cells in reader:
+                    if cells and any(c.strip() for c in cells):
+                        yield line, cells
+                    line = reader.line_num + 1
+            except csv.Error as exc:
+                raise DataImportError(
+                    f"{path.name}: line {reader.line_num}: cannot read as CSV ({exc})"
+                ) from None
+    except UnicodeDecodeError as exc:
+        raise DataImportError(
+            f"{path.name}: not a UTF-8 text file ({exc.reason} at byte {exc.start}); "
+            "expected a CSV file"
+        ) from None
+    except OSError as exc:
+        raise DataImportError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _columns(
+    path: Path,
+    header: Sequence[str],
+    wanted: dict[str, Sequence[str]],
+    optional: set[str],
+    example: str,
+) -> dict[str, int]:
+    """Map each wanted column to its index (first alias found wins); missing ones fail."""
+    names = [cell.strip().lower() for cell in header]
+    found: dict[str, int] = {}
+    for key, aliases in wanted.items():
+        for alias in aliases:
+            if alias in names:
+                found[key] = names.index(alias)
+                break
+    missing = [key for key in wanted if key not in found and key not in optional]
+    if missing:
+        expect = ", ".join("/".join(wanted[key]) for key in missing)
+        raise DataImportError(
+            f"{path.name}: line 1: header {','.join(header)!r} lacks column(s) {expect}; "
+            f"expected e.g. {example}"
+        )
+    return found
+
+
+def _number(cells: Sequence[str], index: int, name: str) -> float:
+    text = cells[index].strip()
+    if not text:
+        raise ValueError(f"{name} is empty")
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{name} {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{name} is {text!r}; expected a finite number")
+    return value
+
+
+def _row_checker(problems: _Problems, width: int) -> Callable[[int, list[str]], bool]:
+    def check(line: int, cells: list[str]) -> bool:
+        if len(cells) != width:
+            problems.add(line, f"{len(cells)} columns; expected {width} like the header")
+            return False
+        return True
+
+    return check
+
+
+def check_symbol_name(symbol: str) -> str:
+    """``symbol`` without surrounding blanks; ``DataImportError`` if it is not a valid name."""
+    name = symbol.strip()
+    if not _SYMBOL_RE.match(name):
+        raise DataImportError(
+            f"symbol {symbol!r} is not a valid name; expected 1-64 characters of letters, "
+            "digits and . _ : / ^ = - (e.g. BTC-USD)"
+        )
+    return name
+
+
+def _read_bars(path: Path) -> dict[dt.date, tuple[float, float, float, float, float]]:
+    rows = _read_rows(path)
+    first = next(rows, None)
+    if first is None:
+        raise DataImportError(f"{path.name}: the file is empty; expected a header and bars")
+    _, header = first
+    cols = _columns(
+        path,
+        header,
+        {"date": _DATE_NAMES, **{c: (c,) for c in _OHLCV}},
+        set(),
+        "Date,Open,High,Low,Close,Adj Close,Volume or timestamp,open,high,low,close,volume",
+    )
+    problems = _Problems(path)
+    fits = _row_checker(problems, len(header))
+    bars: dict[dt.date, tuple[float, float, float, float, float]] = {}
+    lines: dict[dt.date, int] = {}
+    for line, cells in rows:
+        if not fits(line, cells):
+            continue
+        try:
+            day = parse_date(cells[cols["date"]])
+        except ValueError as exc:
+            problems.add(line, str(exc))
+            continue
+        if day in lines:
+            problems.add(line, f"duplicate date {day} (first on line {lines[day]})")
+            continue
+        lines[day] = line
+        try:
+            o, h, lo, c, v = (_number(cells, cols[name], name) for name in _OHLCV)
+        except ValueError as exc:
+            problems.add(line, f"{day}: {exc}")
+            continue
+        bad = [f"{n} {x!r} <= 0" for n, x in zip(_OHLCV[:4], (o, h, lo, c), strict=True) if x <= 0]
+        if bad:
+            problems.add(line, f"{day}: {', '.join(bad)}; expected prices > 0")
+        elif h < lo:
+            problems.add(line, f"{day}: high {h!r} < low {lo!r}")
+        elif v < 0:
+            problems.add(line, f"{day}: volume {v!r} < 0; expected >= 0")
+        else:
+            bars[day] = (o, h, lo, c, v)
+    problems.raise_if_any("OHLCV")
+    if not bars:
+        raise DataImportError(f"{path.name}: no bars after the header; expected at least one")
+    return bars
+
+
+def import_ohlcv_csv(session: Session, path: str | Path, symbol: str) -> ImportReport:
+    """Import the daily bars of ``symbol`` from a CSV file (see the module doc for layouts).
+
+    Creates the ``Symbol`` row if missing (source ``"csv:<file name>"``). Raises
+    ``DataImportError`` listing every bad row (nothing is written then), or when ``symbol`` is
+    a synthetic symbol.
+    """
+    path = Path(path)
+    name = check_symbol_name(symbol)
+    bars = _read_bars(path)
+    row, created = get_or_create_symbol(session, name, source=f"csv:{path.name}")
+    if row.is_synthetic:
+        raise DataImportError(
+            f"symbol {name!r} holds synthetic data; import {path.name} under another symbol"
+        )
+    existing = {
+        r.date: r
+        for r in session.execute(
+            select(Bar.id, Bar.date, Bar.open, Bar.high, Bar.low, Bar.close, Bar.volume).where(
+                Bar.symbol_id == row.id
+            )
+        ).all()
+    }
+    inserts: list[dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
+    unchanged = 0
+    for day, (o, h, lo, c, v) in sorted(bars.items()):
+        values = {"open": o, "high": h, "low": lo, "close": c, "volume": v}
+        old = existing.get(day)
+        if old is None:
+            inserts.append({"symbol_id": row.id, "date": day, **values})
+        elif (old.open, old.high, old.low, old.close, old.volume) == (o, h, lo, c, v):
+            unchanged += 1
+        else:
+            updates.append({"id": old.id, **values})
+    if inserts:
+        session.execute(insert(Bar), inserts)
+    if updates:
+        session.execute(update(Bar), updates)
+    session.flush()
+    days = sorted(bars)
+    return ImportReport(
+        path=path,
+        kind="bars",
+        symbols=(name,),
+        rows=len(bars),
+        inserted=len(inserts),
+        updated=len(updates),
+        unchanged=unchanged,
+        first=days[0],
+        last=days[-1],
+        created_symbol=created,
+    )
+
+
+def import_sentiment_csv(
+    session: Session, path: str | Path, symbol: str | None = None
+) -> ImportReport:
+    """Import sentiment scores in [-1, 1] from a CSV file with columns ``date[,symbol],score``.
+
+    * With a ``symbol`` column: news sentiment of each row's symbol (which must be in the
+      store; when ``symbol`` is given too, every row must name it).
+    * Without one: news sentiment of ``symbol`` if given (must be in the store), else macro
+      (market-wide) sentiment.
+
+    Same all-or-nothing validation as ``import_ohlcv_csv`` (bad date, duplicate date per
+    symbol, empty/non-finite score, score outside [-1, 1], wrong column count).
+    """
+    path = Path(path)
+    wanted = check_symbol_name(symbol) if symbol is not None else None
+    rows = _read_rows(path)
+    first = next(rows, None)
+    if first is None:
+        raise DataImportError(f"{path.name}: the file is empty; expected a header and scores")
+    _, header = first
+    cols = _columns(
+        path,
+        header,
+        {"date": _DATE_NAMES, "symbol": _SYMBOL_NAMES, "score": _SCORE_NAMES},
+        {"symbol"},
+        "date,score or date,symbol,score",
+    )
+    known: dict[str, int] = dict(session.execute(select(Symbol.name, Symbol.id)).all())
+    if wanted is not None and wanted not in known:
+        raise DataImportError(
+            f"{path.name}: symbol {wanted!r} is not in the store; import its bars first "
+            f"(known symbols: {', '.join(sorted(known)) or 'none'})"
+        )
+    macro = wanted is None and "symbol" not in cols
+    problems = _Problems(path)
+    fits = _row_checker(problems, len(header))
+    scores: dict[tuple[str, dt.date], float] = {}
+    lines: dict[tuple[str, dt.date], int] = {}
+    for line, cells in rows:
+        if not fits(line, cells):
+            continue
+        name = wanted or ""
+        if "symbol" in cols:
+            name = cells[cols["symbol"]].strip()
+            if wanted is not None and name != wanted:
+                problems.add(line, f"symbol {name!r}; expected {wanted!r} (given with --symbol)")
+                continue
+            if name not in known:
+                problems.add(line, f"symbol {name!r} is not in the store; import its bars first")
+                continue
+        try:
+            day = parse_date(cells[cols["date"]])
+        except ValueError as exc:
+            problems.add(line, str(exc))
+            continue
+        key = (name, day)
+        if key in lines:
+            problems.add(line, f"duplicate date {day} (first on line {lines[key]})")
+            continue
+        lines[key] = line
+        try:
+            score = _number(cells, cols["score"], "score")
+        except ValueError as exc:
+            problems.add(line, f"{day}: {exc}")
+            continue
+        if not -1.0 <= score <= 1.0:
+            problems.add(line, f"{day}: score {score!r} is outside [-1, 1]")
+            continue
+        scores[key] = score
+    problems.raise_if_any("sentiment")
+    if not scores:
+        raise DataImportError(f"{path.name}: no scores after the header; expected at least one")
+
+    if macro:
+        table: Any = MacroSentiment
+        old_rows = session.execute(
+            select(MacroSentiment.id, MacroSentiment.date, MacroSentiment.score)
+        ).all()
+        existing = {("", r.date): (r.id, r.score) for r in old_rows}
+    else:
+        table = NewsSentiment
+        ids = {known[name] for name, _ in scores}
+        by_id = {v: k for k, v in known.items()}
+        news_rows = session.execute(
+            select(
+                NewsSentiment.id, NewsSentiment.symbol_id, NewsSentiment.date, NewsSentiment.score
+            ).where(NewsSentiment.symbol_id.in_(ids))
+        ).all()
+        existing = {(by_id[r.symbol_id], r.date): (r.id, r.score) for r in news_rows}
+    inserts: list[dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
+    unchanged = 0
+    for (name, day), score in sorted(scores.items()):
+        old = existing.get((name, day))
+        if old is None:
+            row: dict[str, Any] = {"date": day, "score": score}
+            if not macro:
+                row["symbol_id"] = known[name]
+            inserts.append(row)
+        elif old[1] == score:
+            unchanged += 1
+        else:
+            updates.append({"id": old[0], "score": score})
+    if inserts:
+        session.execute(insert(table), inserts)
+    if updates:
+        session.execute(update(table), updates)
+    session.flush()
+    days = sorted(day for _, day in scores)
+    return ImportReport(
+        path=path,
+        kind="macro" if macro else "news",
+        symbols=() if macro else tuple(sorted({name for name, _ in scores})),
+        rows=len(scores),
+        inserted=len(inserts),
+        updated=len(updates),
+        unchanged=unchanged,
+        first=days[0],
+        last=days[-1],
+    )

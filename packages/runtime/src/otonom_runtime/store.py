@@ -1,0 +1,699 @@
+"""The market-data store: SQLAlchemy 2.0 tables, engines, sessions and the readers.
+
+Any SQLAlchemy URL works; the default is the SQLite file ``./data/otonom.db`` (relative to the
+working directory at call time) unless the ``OTONOM_DATABASE_URL`` environment variable is set.
+PostgreSQL needs the ``postgres`` extra (``postgresql+psycopg://user@host/db``).
+
+Rules:
+
+* Nothing happens at import time: engines are made by ``get_engine`` on first use (one per
+  URL, cached), tables by the explicit ``init_db``.
+* SQLite files run in WAL mode with ``busy_timeout=5000`` ms and foreign keys on (set on every
+  connection), so a daemon can read while a backtest writes.
+* A store that was never initialised is refused by ``get_session`` with a ``StoreError``.
+* Dates are calendar days (``datetime.date``), prices are in the quote currency, volume in
+  whatever unit the source uses (the features only use volume ratios).
+* ``Decision.days_since_last_trade`` stores ``math.inf`` ("never traded") as SQL NULL and reads
+  NULL back as ``math.inf`` (the ``InfAsNull`` column type), so the ORM attribute is always a
+  float.
+* The readers return ``otonom_schema`` types and fetch columns with Core selects (no ORM
+  objects) in one SQL query on the happy path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    Date,
+    DateTime,
+    Dialect,
+    Double,
+    Engine,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    inspect,
+    select,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    sessionmaker,
+    validates,
+)
+
+from otonom_runtime._errors import StateBuildError, StoreError, UnknownSymbolError
+from otonom_schema import LOOKBACK, MarketHistory, SentimentSeries, compute_state
+
+__all__ = [
+    "DATABASE_URL_ENV",
+    "RUN_STATUSES",
+    "STORE_VERSION",
+    "BacktestRun",
+    "Bar",
+    "Base",
+    "Decision",
+    "InfAsNull",
+    "MacroSentiment",
+    "NewsSentiment",
+    "StoreMeta",
+    "Symbol",
+    "SymbolInfo",
+    "default_database_url",
+    "dispose_engines",
+    "get_engine",
+    "get_or_create_symbol",
+    "get_session",
+    "get_symbol",
+    "init_db",
+    "last_bar_date",
+    "list_symbols",
+    "load_history",
+    "load_macro",
+    "load_news",
+]
+
+STORE_VERSION: Final = 1
+"""Version of the table layout, written to ``store_meta`` by ``init_db``."""
+
+DATABASE_URL_ENV: Final = "OTONOM_DATABASE_URL"
+RUN_STATUSES: Final = ("running", "complete", "failed")
+_DEFAULT_SQLITE: Final = Path("data") / "otonom.db"
+_NOT_INITIALISED_HINT: Final = (
+    "run `otonom data synth ...` or `otonom data import-csv ...` (or call "
+    "otonom_runtime.store.init_db()) first"
+)
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class InfAsNull(TypeDecorator[float]):
+    """A double column where ``math.inf`` is stored as NULL and NULL reads back as ``math.inf``.
+
+    Used for ``days_since_last_trade`` (``inf`` = never traded). NaN and -inf are refused with
+    ``ValueError`` (wrapped in SQLAlchemy's ``StatementError`` when it happens in a statement).
+    """
+
+    impl = Double
+    cache_ok = True
+
+    def process_bind_param(self, value: float | None, dialect: Dialect) -> float | None:
+        if value is None or value == math.inf:
+            return None
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"days_since_last_trade is {value}; expected a number >= 0 or inf")
+        return value
+
+    def process_result_value(self, value: Any | None, dialect: Dialect) -> float | None:
+        return math.inf if value is None else float(value)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every otonom table (constraint names follow one convention)."""
+
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+    type_annotation_map = {  # noqa: RUF012 (SQLAlchemy reads it as a class attribute)
+        float: Double(),
+        dict[str, Any]: JSON(),
+        list[str]: JSON(),
+    }
+
+
+class StoreMeta(Base):
+    """Key/value facts about the database itself (``store_version``)."""
+
+    __tablename__ = "store_meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(255))
+
+
+class Symbol(Base):
+    """A tradable symbol. ``source``: ``"csv:<file name>"`` or ``"synthetic"``."""
+
+    __tablename__ = "symbols"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    source: Mapped[str] = mapped_column(String(255))
+    is_synthetic: Mapped[bool] = mapped_column(default=False)
+    meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
+
+    def __repr__(self) -> str:
+        return f"Symbol(id={self.id!r}, name={self.name!r}, source={self.source!r})"
+
+
+class Bar(Base):
+    """One daily OHLCV bar. Unique per (symbol, date); that unique index serves every reader."""
+
+    __tablename__ = "bars"
+    __table_args__ = (UniqueConstraint("symbol_id", "date"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    symbol_id: Mapped[int] = mapped_column(ForeignKey("symbols.id", ondelete="CASCADE"))
+    date: Mapped[dt.date] = mapped_column(Date)
+    open: Mapped[float]
+    high: Mapped[float]
+    low: Mapped[float]
+    close: Mapped[float]
+    volume: Mapped[float]
+
+
+class NewsSentiment(Base):
+    """News sentiment of one symbol on one date, score in [-1, 1]."""
+
+    __tablename__ = "news_sentiment"
+    __table_args__ = (UniqueConstraint("symbol_id", "date"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    symbol_id: Mapped[int] = mapped_column(ForeignKey("symbols.id", ondelete="CASCADE"))
+    date: Mapped[dt.date] = mapped_column(Date)
+    score: Mapped[float]
+
+
+class MacroSentiment(Base):
+    """Market-wide (macro) sentiment on one date, score in [-1, 1]."""
+
+    __tablename__ = "macro_sentiment"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    date: Mapped[dt.date] = mapped_column(Date, unique=True)
+    score: Mapped[float]
+
+
+class BacktestRun(Base):
+    """One backtest of one strategy. ``status``: ``"running"`` | ``"complete"`` | ``"failed"``."""
+
+    __tablename__ = "backtest_runs"
+    __table_args__ = (
+        CheckConstraint("status IN ('running', 'complete', 'failed')", name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    strategy_name: Mapped[str] = mapped_column(String(128))
+    strategy_hash: Mapped[str] = mapped_column(String(128))
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    start_date: Mapped[dt.date] = mapped_column(Date)
+    end_date: Mapped[dt.date] = mapped_column(Date)
+    symbols: Mapped[list[str]] = mapped_column(default=list)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Decision(Base):
+    """The ensemble's decision for one symbol on one date within a run.
+
+    ``action``: ``otonom_schema.Action`` value (HOLD=0, BUY=1, SELL=2); ``strength`` in [0, 1];
+    ``signals``: ``{analyst_name: {"action": int, "strength": float, "confidence": float}}``;
+    ``position``/``leverage``/``cash_fraction``: the portfolio *before* the decision, in the
+    units of ``otonom_schema.PortfolioSnapshot``; ``days_since_last_trade``: days, ``math.inf``
+    = never traded (stored as NULL); ``equity`` in the quote currency.
+    """
+
+    __tablename__ = "decisions"
+    __table_args__ = (UniqueConstraint("run_id", "symbol_id", "date"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("backtest_runs.id", ondelete="CASCADE"))
+    symbol_id: Mapped[int] = mapped_column(ForeignKey("symbols.id", ondelete="CASCADE"))
+    date: Mapped[dt.date] = mapped_column(Date)
+    action: Mapped[int] = mapped_column(Integer)
+    strength: Mapped[float]
+    signals: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    position: Mapped[float]
+    leverage: Mapped[float]
+    cash_fraction: Mapped[float]
+    days_since_last_trade: Mapped[float] = mapped_column(InfAsNull(), nullable=True)
+    equity: Mapped[float]
+
+    @validates("days_since_last_trade")
+    def _check_days(self, key: str, value: float) -> float:
+        value = float(value)
+        if math.isnan(value) or value < 0:
+            raise ValueError(f"{key} is {value}; expected a number of days >= 0 or math.inf")
+        return value
+
+
+# --- engines and sessions --------------------------------------------------------------------
+
+_lock = threading.Lock()
+_engines: dict[str, Engine] = {}
+_sessionmakers: weakref.WeakKeyDictionary[Engine, sessionmaker[Session]] = (
+    weakref.WeakKeyDictionary()
+)
+_initialised: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def default_database_url() -> str:
+    """``$OTONOM_DATABASE_URL`` if set and non-empty, else the SQLite file ``./data/otonom.db``.
+
+    The SQLite path is made absolute against the current working directory at call time.
+    """
+    env = os.environ.get(DATABASE_URL_ENV, "").strip()
+    if env:
+        return env
+    return f"sqlite:///{(Path.cwd() / _DEFAULT_SQLITE).as_posix()}"
+
+
+def _safe(url: URL | str) -> str:
+    """A URL for messages, password hidden."""
+    if isinstance(url, str):
+        try:
+            parsed = make_url(url)
+        except sa_exc.ArgumentError:
+            return url
+        return parsed.render_as_string(hide_password=True)
+    return url.render_as_string(hide_password=True)
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    """The database file of a SQLite file URL, None for other backends and in-memory SQLite."""
+    if url.get_backend_name() != "sqlite":
+        return None
+    database = url.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def _on_sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """The engine for ``url`` (default: ``default_database_url()``), made once per URL.
+
+    For a SQLite file the parent folders are created and every connection gets WAL mode,
+    ``busy_timeout=5000`` and ``foreign_keys=ON``. Raises ``StoreError`` for a URL that cannot
+    be read or whose driver is not installed.
+    """
+    text = default_database_url() if url is None else url
+    with _lock:
+        engine = _engines.get(text)
+        if engine is not None:
+            return engine
+        try:
+            parsed = make_url(text)
+        except sa_exc.ArgumentError as exc:
+            raise StoreError(
+                f"cannot read database URL {text!r} ({exc}); expected e.g. "
+                "sqlite:///data/otonom.db or postgresql+psycopg://user@host:5432/otonom"
+            ) from None
+        file = _sqlite_file(parsed)
+        if file is not None:
+            try:
+                file.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot create the folder of SQLite database {str(file)!r}: {exc}"
+                ) from None
+        try:
+            engine = create_engine(parsed)
+        except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError) as exc:
+            hint = " (install otonom-runtime[postgres])" if "postgres" in text else ""
+            raise StoreError(
+                f"cannot open database {_safe(parsed)}: {exc}{hint}; expected a SQLAlchemy "
+                "URL with an installed driver"
+            ) from None
+        if parsed.get_backend_name() == "sqlite":
+            event.listen(engine, "connect", _on_sqlite_connect)
+        _engines[text] = engine
+        return engine
+
+
+def dispose_engines() -> None:
+    """Close and forget every cached engine (tests; before forking a worker)."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+        _sessionmakers.clear()
+        _initialised.clear()
+
+
+def _resolve(url_or_engine: str | Engine | None) -> Engine:
+    if isinstance(url_or_engine, Engine):
+        return url_or_engine
+    return get_engine(url_or_engine)
+
+
+def _read_version(engine: Engine) -> int | None:
+    """The stored ``store_version``, None when the store has no ``store_meta`` row/table."""
+    file = _sqlite_file(engine.url)
+    if file is not None and not file.exists():
+        return None
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table(StoreMeta.__tablename__):
+                return None
+            value = conn.execute(
+                select(StoreMeta.value).where(StoreMeta.key == "store_version")
+            ).scalar_one_or_none()
+    except sa_exc.DBAPIError as exc:
+        raise StoreError(f"cannot open database {_safe(engine.url)}: {exc.orig}") from None
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise StoreError(
+            f"database {_safe(engine.url)} has store_version {value!r}; expected an integer"
+        ) from None
+
+
+def _check_version(engine: Engine, version: int) -> None:
+    if version != STORE_VERSION:
+        raise StoreError(
+            f"database {_safe(engine.url)} has store version {version}; this otonom-runtime "
+            f"reads store version {STORE_VERSION} (upgrade otonom-runtime or use another "
+            "database)"
+        )
+
+
+def init_db(url_or_engine: str | Engine | None = None) -> Engine:
+    """Create every table and the ``store_version`` row; idempotent. Returns the engine.
+
+    Raises ``StoreError`` when the database cannot be opened or was made by another store
+    version.
+    """
+    engine = _resolve(url_or_engine)
+    version = _read_version(engine)
+    if version is not None:
+        _check_version(engine, version)
+    try:
+        Base.metadata.create_all(engine)
+        if version is None:
+            with Session(engine) as session, session.begin():
+                if session.get(StoreMeta, "store_version") is None:
+                    session.add(StoreMeta(key="store_version", value=str(STORE_VERSION)))
+    except sa_exc.IntegrityError:
+        pass  # a concurrent init_db wrote the row first
+    except sa_exc.DBAPIError as exc:
+        raise StoreError(f"cannot initialise database {_safe(engine.url)}: {exc.orig}") from None
+    with _lock:
+        _initialised.add(engine)
+    return engine
+
+
+def _ensure_initialised(engine: Engine) -> None:
+    if engine in _initialised:
+        return
+    version = _read_version(engine)
+    if version is None:
+        raise StoreError(
+            f"the store at {_safe(engine.url)} is not initialised; {_NOT_INITIALISED_HINT}"
+        )
+    _check_version(engine, version)
+    with _lock:
+        _initialised.add(engine)
+
+
+@contextmanager
+def get_session(url: str | Engine | None = None) -> Iterator[Session]:
+    """A session on the store: commits when the block succeeds, rolls back if it raises.
+
+    ``url``: a database URL, an engine, or None for ``default_database_url()``. Raises
+    ``StoreError`` when the store cannot be opened or was never initialised (``init_db``).
+    Objects stay readable after the block (``expire_on_commit=False``).
+    """
+    engine = _resolve(url)
+    _ensure_initialised(engine)
+    with _lock:
+        maker = _sessionmakers.get(engine)
+        if maker is None:
+            maker = sessionmaker(bind=engine, expire_on_commit=False)
+            _sessionmakers[engine] = maker
+    session = maker()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+# --- readers ---------------------------------------------------------------------------------
+
+
+def get_symbol(session: Session, name: str) -> Symbol:
+    """The ``Symbol`` row named ``name``; ``UnknownSymbolError`` naming the known symbols."""
+    symbol = session.execute(select(Symbol).where(Symbol.name == name)).scalar_one_or_none()
+    if symbol is None:
+        raise _unknown(session, name)
+    return symbol
+
+
+def _unknown(session: Session, name: str) -> UnknownSymbolError:
+    names = list(session.execute(select(Symbol.name).order_by(Symbol.name).limit(21)).scalars())
+    if not names:
+        known = "the store holds no symbols yet; " + _NOT_INITIALISED_HINT
+    else:
+        known = "known symbols: " + ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+    return UnknownSymbolError(f"unknown symbol {name!r}; {known}")
+
+
+def _require_symbol(session: Session, name: str) -> None:
+    if session.execute(select(Symbol.id).where(Symbol.name == name)).first() is None:
+        raise _unknown(session, name)
+
+
+def get_or_create_symbol(
+    session: Session,
+    name: str,
+    *,
+    source: str,
+    is_synthetic: bool = False,
+    meta: dict[str, Any] | None = None,
+) -> tuple[Symbol, bool]:
+    """The ``Symbol`` named ``name``, created (and flushed) if missing; returns (symbol, created).
+
+    An existing row is returned unchanged.
+    """
+    symbol = session.execute(select(Symbol).where(Symbol.name == name)).scalar_one_or_none()
+    if symbol is not None:
+        return symbol, False
+    symbol = Symbol(name=name, source=source, is_synthetic=is_synthetic, meta=dict(meta or {}))
+    session.add(symbol)
+    session.flush()
+    return symbol, True
+
+
+def _range_text(start: dt.date | None, end: dt.date | None) -> str:
+    return f"{start.isoformat() if start else '-inf'} .. {end.isoformat() if end else '+inf'}"
+
+
+def load_history(
+    session: Session,
+    symbol: str,
+    *,
+    end: dt.date | None = None,
+    last_n: int | None = None,
+    start: dt.date | None = None,
+) -> MarketHistory:
+    """The daily bars of ``symbol`` dated in [``start``, ``end``], oldest first.
+
+    ``last_n``: only the newest ``last_n`` of those bars (one bounded query: ``ORDER BY date
+    DESC LIMIT last_n``, reversed). Raises ``UnknownSymbolError`` for a symbol not in the store
+    and ``StateBuildError`` when it has no bar in the range.
+    """
+    if last_n is not None and last_n < 1:
+        raise ValueError(f"last_n is {last_n}; expected an integer >= 1 or None")
+    stmt = (
+        select(Bar.date, Bar.open, Bar.high, Bar.low, Bar.close, Bar.volume)
+        .join(Symbol, Bar.symbol_id == Symbol.id)
+        .where(Symbol.name == symbol)
+    )
+    if start is not None:
+        stmt = stmt.where(Bar.date >= start)
+    if end is not None:
+        stmt = stmt.where(Bar.date <= end)
+    if last_n is not None:
+        stmt = stmt.order_by(Bar.date.desc()).limit(last_n)
+    else:
+        stmt = stmt.order_by(Bar.date)
+    rows: Sequence[Any] = session.execute(stmt).all()
+    if not rows:
+        _require_symbol(session, symbol)
+        first, last = session.execute(
+            select(func.min(Bar.date), func.max(Bar.date))
+            .join(Symbol, Bar.symbol_id == Symbol.id)
+            .where(Symbol.name == symbol)
+        ).one()
+        held = f"it has bars {first} .. {last}" if first is not None else "it has no bars"
+        raise StateBuildError(f"no bar of {symbol!r} dated {_range_text(start, end)}; {held}")
+    if last_n is not None:
+        rows = rows[::-1]
+    cols = list(zip(*rows, strict=True))
+    return MarketHistory(
+        dates=np.array(cols[0], dtype="datetime64[D]"),
+        open=np.array(cols[1], dtype=np.float64),
+        high=np.array(cols[2], dtype=np.float64),
+        low=np.array(cols[3], dtype=np.float64),
+        close=np.array(cols[4], dtype=np.float64),
+        volume=np.array(cols[5], dtype=np.float64),
+        symbol=symbol,
+    )
+
+
+def _series(rows: Sequence[Any]) -> SentimentSeries | None:
+    if not rows:
+        return None
+    dates, scores = zip(*rows, strict=True)
+    return SentimentSeries(
+        dates=np.array(dates, dtype="datetime64[D]"), scores=np.array(scores, dtype=np.float64)
+    )
+
+
+def load_news(
+    session: Session,
+    symbol: str,
+    *,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+) -> SentimentSeries | None:
+    """News sentiment of ``symbol`` dated in [``start``, ``end``], oldest first; None if none.
+
+    Raises ``UnknownSymbolError`` for a symbol not in the store.
+    """
+    stmt = (
+        select(NewsSentiment.date, NewsSentiment.score)
+        .join(Symbol, NewsSentiment.symbol_id == Symbol.id)
+        .where(Symbol.name == symbol)
+        .order_by(NewsSentiment.date)
+    )
+    if start is not None:
+        stmt = stmt.where(NewsSentiment.date >= start)
+    if end is not None:
+        stmt = stmt.where(NewsSentiment.date <= end)
+    rows = session.execute(stmt).all()
+    if not rows:
+        _require_symbol(session, symbol)
+    return _series(rows)
+
+
+def load_macro(
+    session: Session, *, start: dt.date | None = None, end: dt.date | None = None
+) -> SentimentSeries | None:
+    """Macro sentiment dated in [``start``, ``end``], oldest first; None if there is none."""
+    stmt = select(MacroSentiment.date, MacroSentiment.score).order_by(MacroSentiment.date)
+    if start is not None:
+        stmt = stmt.where(MacroSentiment.date >= start)
+    if end is not None:
+        stmt = stmt.where(MacroSentiment.date <= end)
+    return _series(session.execute(stmt).all())
+
+
+def last_bar_date(session: Session, symbol: str) -> dt.date | None:
+    """The date of the newest bar of ``symbol`` (one indexed query); None if it has no bars.
+
+    Raises ``UnknownSymbolError`` for a symbol not in the store.
+    """
+    value: dt.date | None = session.execute(
+        select(func.max(Bar.date))
+        .join(Symbol, Bar.symbol_id == Symbol.id)
+        .where(Symbol.name == symbol)
+    ).scalar_one()
+    if value is None:
+        _require_symbol(session, symbol)
+    return value
+
+
+@dataclass(frozen=True)
+class SymbolInfo:
+    """One line of ``list_symbols``.
+
+    ``health`` is the Data Health Index (``dsi`` feature, 0-1) of the symbol's newest bar, as
+    ``otonom_schema.compute_state`` computes it from the last ``LOOKBACK`` bars at that bar's
+    date: coverage (bars / 140) x no-gap share x non-zero-volume share x non-flat share. It
+    does not judge freshness against today. None when the symbol has no bars.
+    """
+
+    name: str
+    is_synthetic: bool
+    source: str
+    first: dt.date | None
+    last: dt.date | None
+    bars: int
+    health: float | None
+
+
+def list_symbols(session: Session) -> list[SymbolInfo]:
+    """Every symbol, sorted by name, with its first/last bar date, bar count and data health."""
+    stmt = (
+        select(
+            Symbol.name,
+            Symbol.is_synthetic,
+            Symbol.source,
+            func.min(Bar.date),
+            func.max(Bar.date),
+            func.count(Bar.id),
+        )
+        .outerjoin(Bar, Bar.symbol_id == Symbol.id)
+        .group_by(Symbol.id, Symbol.name, Symbol.is_synthetic, Symbol.source)
+        .order_by(Symbol.name)
+    )
+    out: list[SymbolInfo] = []
+    for name, synthetic, source, first, last, count in session.execute(stmt).all():
+        health: float | None = None
+        if count:
+            history = load_history(session, name, last_n=LOOKBACK)
+            health = float(compute_state(history).dsi)
+        out.append(
+            SymbolInfo(
+                name=name,
+                is_synthetic=bool(synthetic),
+                source=source,
+                first=first,
+                last=last,
+                bars=int(count),
+                health=health,
+            )
+        )
+    return out

@@ -1,0 +1,172 @@
+"""``otonom data ...`` run for real: ``python -m otonom_runtime`` in a subprocess, SQLite files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from otonom_runtime.cli import main
+
+
+def _otonom(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if k != "OTONOM_DATABASE_URL"}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "otonom_runtime", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _url(tmp_path: Path) -> str:
+    return f"sqlite:///{(tmp_path / 'db' / 'otonom.db').as_posix()}"
+
+
+def test_help_runs_as_a_module(tmp_path: Path) -> None:
+    top = _otonom("--help", cwd=tmp_path)
+    assert top.returncode == 0
+    assert top.stdout.startswith("usage: otonom ")
+    assert "--database-url" in top.stdout
+
+
+def _help(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    with pytest.raises(SystemExit) as info:
+        main([*args, "--help"])
+    assert info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_explains_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    top = _help(capsys)
+    assert "OTONOM_DATABASE_URL" in top
+    assert "./data/otonom.db" in top
+    data = _help(capsys, "data")
+    for command in ("import-csv", "import-sentiment", "synth", "list"):
+        assert command in data
+    assert "Data Health Index" in data
+    synth = _help(capsys, "data", "synth")
+    assert "--seed" in synth
+    assert "deterministic" in synth
+    assert "Adj Close is ignored" in _help(capsys, "data", "import-csv")
+    assert "macro" in _help(capsys, "data", "import-sentiment")
+
+
+def test_synth_then_list_in_the_default_database_of_the_cwd(tmp_path: Path) -> None:
+    args = ["data", "synth", "--symbol", "DEMO-BTC", "--symbol", "DEMO-ETH"]
+    args += ["--start", "2020-01-01", "--end", "2020-12-31", "--seed", "7"]
+    first = _otonom(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "732 bars, 732 news and 366 macro scores written" in first.stdout
+    assert (tmp_path / "data" / "otonom.db").is_file()
+    again = _otonom(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "unchanged: DEMO-BTC, DEMO-ETH" in again.stdout
+    listing = _otonom("data", "list", cwd=tmp_path)
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    assert lines[0].split() == ["symbol", "synthetic", "first", "last", "bars", "health"]
+    assert lines[2].split() == ["DEMO-BTC", "yes", "2020-01-01", "2020-12-31", "366", "1.00"]
+    assert lines[3].split() == ["DEMO-ETH", "yes", "2020-01-01", "2020-12-31", "366", "1.00"]
+    assert len({line.index("first") if "first" in line else -1 for line in lines[:1]}) == 1
+    assert lines[0].index("bars") + 4 == lines[2].index("366") + 3  # right-aligned counts
+
+
+def test_import_csv_and_sentiment_with_database_url_and_env_var(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bars = tmp_path / "btc.csv"
+    bars.write_text(
+        "Date,Open,High,Low,Close,Adj Close,Volume\n"
+        "2020-01-01,10,12,9,11,11,100\n"
+        "2020-01-02,11,13,10,12,12,200\n"
+    )
+    macro = tmp_path / "macro.csv"
+    macro.write_text("date,score\n2020-01-01,0.5\n")
+    news = tmp_path / "news.csv"
+    news.write_text("date,score\n2020-01-02,-0.5\n")
+    url = _url(tmp_path)
+    args = ["--database-url", url, "data", "import-csv", str(bars), "--symbol", "BTC"]
+    out = _otonom(*args, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == (
+        "BTC: 2 bars 2020-01-01 .. 2020-01-02 from btc.csv (2 inserted, 0 updated, 0 unchanged)"
+    )
+    # the rest in-process (same main()), the URL from the environment
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OTONOM_DATABASE_URL", url)
+    assert main(["data", "import-sentiment", str(macro)]) == 0
+    assert capsys.readouterr().out.startswith("macro: 1 macro scores")
+    assert main(["data", "import-sentiment", str(news), "--symbol", "BTC"]) == 0
+    assert capsys.readouterr().out.startswith("BTC: 1 news scores")
+    assert main(["data", "list"]) == 0
+    row = capsys.readouterr().out.splitlines()[2].split()
+    assert row == ["BTC", "no", "2020-01-01", "2020-01-02", "2", "0.01"]  # 2 of 140 bars
+    assert not (tmp_path / "data").exists()  # the default database was never touched
+
+
+def test_bad_rows_exit_1_with_an_error_line_and_no_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("date,open,high,low,close,volume\n2020-01-01,10,8,9,11,100\n")
+    out = _otonom(
+        "--database-url",
+        _url(tmp_path),
+        "data",
+        "import-csv",
+        str(bad),
+        "--symbol",
+        "X",
+        cwd=tmp_path,
+    )
+    assert out.returncode == 1
+    assert out.stdout == ""
+    assert out.stderr.startswith("error: bad.csv: 1 bad row in OHLCV file")
+    assert "  line 2: 2020-01-01: high 8.0 < low 9.0" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--database-url", "nosuchdb:///x", "data", "list"], "error: cannot open database"),
+        (["data", "import-csv", "missing.csv", "--symbol", "X"], "error: cannot read missing.csv"),
+        (
+            ["data", "synth", "--symbol", "A", "--start", "2020-02-01", "--end", "2020-01-01"],
+            "error: synthetic range",
+        ),
+        (["data", "import-sentiment", "missing.csv", "--symbol", "NOPE"], "error: "),
+    ],
+)
+def test_expected_errors_exit_1(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    fragment: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OTONOM_DATABASE_URL", raising=False)
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith(fragment)
+    assert len(captured.err.strip().splitlines()) == 1
+
+
+def test_unreadable_arguments_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for args in (["data", "synth", "--symbol", "A", "--start", "01/02/2020"], ["data"], []):
+        with pytest.raises(SystemExit) as info:
+            main(args)
+        assert info.value.code == 2
+    assert "'01/02/2020' is not a date; expected YYYY-MM-DD" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()

@@ -1,0 +1,380 @@
+"""CSV import of bars and sentiment: layouts, every bad-row kind, all-or-nothing, idempotence."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from otonom_runtime._errors import DataImportError
+from otonom_runtime.importers import (
+    import_ohlcv_csv,
+    import_sentiment_csv,
+    parse_date,
+)
+from otonom_runtime.store import (
+    Bar,
+    MacroSentiment,
+    NewsSentiment,
+    Symbol,
+    get_or_create_symbol,
+    get_session,
+    get_symbol,
+    load_history,
+    load_macro,
+    load_news,
+)
+
+YAHOO = """\
+Date,Open,High,Low,Close,Adj Close,Volume
+2014-09-17,465.864014,468.174011,452.421997,457.334015,457.334015,21056800
+2014-09-18,456.859985,456.859985,413.104004,424.440002,424.440002,34483200
+2014-09-19,424.102997,427.834991,384.532013,394.795990,394.795990,37919700
+"""
+
+BINANCE = """\
+timestamp,open,high,low,close,volume
+2017-08-17 00:00:00,4261.48,4485.39,4200.74,4285.08,795.150377
+2017-08-18 00:00:00,4285.08,4371.52,3938.77,4108.37,1199.888264
+2017-08-19 00:00:00,4108.37,4184.69,3850.00,4139.98,381.309763
+"""
+
+
+def _write(tmp_path: Path, text: str, name: str = "bars.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _count(db_url: str, table: Any) -> int:
+    with get_session(db_url) as session:
+        return int(session.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+# --- dates -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "day"),
+    [
+        ("2017-08-17", dt.date(2017, 8, 17)),
+        (" 2017-08-17 ", dt.date(2017, 8, 17)),
+        ("2017-08-17 00:00:00", dt.date(2017, 8, 17)),
+        ("2017-08-17T23:59:59", dt.date(2017, 8, 17)),
+        ("2017-08-17T00:00:00Z", dt.date(2017, 8, 17)),
+        ("2017-08-17T01:00:00+02:00", dt.date(2017, 8, 16)),  # converted to UTC
+        ("1502928000000", dt.date(2017, 8, 17)),  # epoch milliseconds
+        ("1502928000", dt.date(2017, 8, 17)),  # epoch seconds
+        ("20170817", dt.date(2017, 8, 17)),  # compact ISO date, not epoch seconds
+    ],
+)
+def test_parse_date_reads_dates_datetimes_and_epochs(text: str, day: dt.date) -> None:
+    assert parse_date(text) == day
+
+
+@pytest.mark.parametrize(
+    "text", ["", "yesterday", "2017-13-01", "17/08/2017", "2017-08-17 25:00", "20171301"]
+)
+def test_parse_date_refuses_other_text(text: str) -> None:
+    with pytest.raises(ValueError, match="date"):
+        parse_date(text)
+
+
+# --- good files ------------------------------------------------------------------------------
+
+
+def test_yahoo_file_imports_close_not_adj_close(db_url: str, tmp_path: Path) -> None:
+    text = YAHOO.replace("394.795990,394.795990", "394.795990,1.0")  # Adj Close differs
+    path = _write(tmp_path, text, "BTC-USD_yahoo_daily.csv")
+    with get_session(db_url) as session:
+        report = import_ohlcv_csv(session, path, "BTC-USD")
+    assert (report.rows, report.inserted, report.updated, report.unchanged) == (3, 3, 0, 0)
+    assert (report.first, report.last, report.kind, report.symbols) == (
+        dt.date(2014, 9, 17),
+        dt.date(2014, 9, 19),
+        "bars",
+        ("BTC-USD",),
+    )
+    assert report.created_symbol
+    assert "BTC-USD: 3 bars 2014-09-17 .. 2014-09-19" in report.summary()
+    with get_session(db_url) as session:
+        symbol = get_symbol(session, "BTC-USD")
+        assert (symbol.source, symbol.is_synthetic) == ("csv:BTC-USD_yahoo_daily.csv", False)
+        history = load_history(session, "BTC-USD")
+    np.testing.assert_array_equal(history.close, [457.334015, 424.440002, 394.795990])
+    np.testing.assert_array_equal(history.open, [465.864014, 456.859985, 424.102997])
+    np.testing.assert_array_equal(history.volume, [21056800, 34483200, 37919700])
+
+
+def test_lower_case_file_with_datetimes(db_url: str, tmp_path: Path) -> None:
+    path = _write(tmp_path, BINANCE)
+    with get_session(db_url) as session:
+        report = import_ohlcv_csv(session, path, "BTCUSDT")
+    assert report.rows == 3
+    with get_session(db_url) as session:
+        history = load_history(session, "BTCUSDT")
+    assert history.dates.astype(str).tolist() == ["2017-08-17", "2017-08-18", "2017-08-19"]
+    np.testing.assert_array_equal(history.high, [4485.39, 4371.52, 4184.69])
+
+
+def test_header_case_spaces_bom_epoch_millis_extra_columns_and_row_order(
+    db_url: str, tmp_path: Path
+) -> None:
+    text = (
+        "\ufeff Open_Time , OPEN,High,low,Close,Volume,trades\n"
+        "1503014400000,2,3,1,2.5,10,7\n"
+        "1502928000000,1,2,0.5,1.5,0,3\n"
+        "\n"
+    )
+    path = _write(tmp_path, text)
+    with get_session(db_url) as session:
+        import_ohlcv_csv(session, path, "X")
+        history = load_history(session, "X")
+    assert history.dates.astype(str).tolist() == ["2017-08-17", "2017-08-18"]
+    np.testing.assert_array_equal(history.close, [1.5, 2.5])
+    np.testing.assert_array_equal(history.volume, [0.0, 10.0])
+
+
+# --- bad files -------------------------------------------------------------------------------
+
+GOOD_ROW = "2020-01-01,10,12,9,11,100"
+
+
+@pytest.mark.parametrize(
+    ("row", "problem"),
+    [
+        ("2020-02-30,10,12,9,11,100", "date '2020-02-30' is not an ISO date"),
+        ("nonsense,10,12,9,11,100", "date 'nonsense' is not an ISO date"),
+        ("2020-01-01,10,12,9,11,100", "duplicate date 2020-01-01 (first on line 2)"),
+        ("2020-01-03,10,12,9,,100", "2020-01-03: close is empty"),
+        ("2020-01-03,10,12,9,nan,100", "2020-01-03: close is 'nan'; expected a finite number"),
+        ("2020-01-03,10,12,9,inf,100", "2020-01-03: close is 'inf'; expected a finite number"),
+        ("2020-01-03,10,12,9,abc,100", "2020-01-03: close 'abc' is not a number"),
+        ("2020-01-03,0,12,9,11,100", "2020-01-03: open 0.0 <= 0; expected prices > 0"),
+        ("2020-01-03,10,12,-9,11,100", "2020-01-03: low -9.0 <= 0; expected prices > 0"),
+        ("2020-01-03,10,8,9,11,100", "2020-01-03: high 8.0 < low 9.0"),
+        ("2020-01-03,10,12,9,11,-1", "2020-01-03: volume -1.0 < 0; expected >= 0"),
+        ("2020-01-03,10,12,9,11", "5 columns; expected 6 like the header"),
+        ("2020-01-03,10,12,9,11,100,7", "7 columns; expected 6 like the header"),
+    ],
+)
+def test_each_bad_row_kind_is_reported_with_its_line(
+    db_url: str, tmp_path: Path, row: str, problem: str
+) -> None:
+    text = f"date,open,high,low,close,volume\n{GOOD_ROW}\n2020-01-02,10,12,9,11,100\n{row}\n"
+    path = _write(tmp_path, text, "prices.csv")
+    with get_session(db_url) as session, pytest.raises(DataImportError) as info:
+        import_ohlcv_csv(session, path, "X")
+    message = str(info.value)
+    assert message.startswith("prices.csv: 1 bad row in OHLCV file ")
+    assert "nothing was imported" in message
+    assert message.splitlines()[1].startswith(f"  line 4: {problem}")
+    assert _count(db_url, Bar) == 0
+    assert _count(db_url, Symbol) == 0
+
+
+def test_all_bad_rows_are_listed_and_the_listing_is_capped(db_url: str, tmp_path: Path) -> None:
+    rows = [GOOD_ROW] + [f"2020-02-{d:02d},10,12,9,11,-5" for d in range(1, 26)]
+    path = _write(tmp_path, "date,open,high,low,close,volume\n" + "\n".join(rows) + "\n")
+    with get_session(db_url) as session, pytest.raises(DataImportError) as info:
+        import_ohlcv_csv(session, path, "X")
+    lines = str(info.value).splitlines()
+    assert "25 bad rows" in lines[0]
+    assert lines[1] == "  line 3: 2020-02-01: volume -5.0 < 0; expected >= 0"
+    assert lines[20].startswith("  line 22: 2020-02-20")
+    assert lines[21] == "  ... and 5 more"
+    assert len(lines) == 22
+
+
+def test_line_numbers_count_blank_lines(db_url: str, tmp_path: Path) -> None:
+    text = f"date,open,high,low,close,volume\n\n{GOOD_ROW}\n\n2020-01-02,10,12,9,11,-1\n"
+    path = _write(tmp_path, text)
+    with get_session(db_url) as session, pytest.raises(DataImportError, match="  line 5: "):
+        import_ohlcv_csv(session, path, "X")
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("", "the file is empty"),
+        ("date,open,high,low,close,volume\n", "no bars after the header"),
+        ("day,open,high,low,close,volume\n" + GOOD_ROW, "lacks column(s) date/timestamp"),
+        ("date,open,high,low,close\n2020-01-01,1,2,1,1", "lacks column(s) volume"),
+    ],
+)
+def test_bad_headers_and_empty_files(db_url: str, tmp_path: Path, text: str, fragment: str) -> None:
+    path = _write(tmp_path, text)
+    with get_session(db_url) as session, pytest.raises(DataImportError) as info:
+        import_ohlcv_csv(session, path, "X")
+    assert fragment in str(info.value)
+    assert str(info.value).startswith("bars.csv: ")
+
+
+def test_missing_and_binary_files(db_url: str, tmp_path: Path) -> None:
+    (tmp_path / "bin.csv").write_bytes(b"\xff\xfe\x00garbage\x80")
+    with get_session(db_url) as session:
+        with pytest.raises(DataImportError, match=r"cannot read .*nope\.csv: No such file"):
+            import_ohlcv_csv(session, tmp_path / "nope.csv", "X")
+        with pytest.raises(DataImportError, match=r"bin\.csv: not a UTF-8 text file"):
+            import_ohlcv_csv(session, tmp_path / "bin.csv", "X")
+
+
+@pytest.mark.parametrize("symbol", ["", " ", "has space", "x" * 65, "-lead"])
+def test_bad_symbol_names(db_url: str, tmp_path: Path, symbol: str) -> None:
+    path = _write(tmp_path, YAHOO)
+    with get_session(db_url) as session, pytest.raises(DataImportError, match="not a valid name"):
+        import_ohlcv_csv(session, path, symbol)
+
+
+def test_a_synthetic_symbol_is_not_overwritten(db_url: str, tmp_path: Path) -> None:
+    with get_session(db_url) as session:
+        get_or_create_symbol(session, "DEMO", source="synthetic", is_synthetic=True)
+    path = _write(tmp_path, YAHOO)
+    with get_session(db_url) as session, pytest.raises(DataImportError, match="synthetic"):
+        import_ohlcv_csv(session, path, "DEMO")
+    assert _count(db_url, Bar) == 0
+
+
+# --- re-import -------------------------------------------------------------------------------
+
+
+def test_reimport_is_idempotent_and_updates_changed_rows(db_url: str, tmp_path: Path) -> None:
+    path = _write(tmp_path, YAHOO)
+    with get_session(db_url) as session:
+        import_ohlcv_csv(session, path, "BTC-USD")
+    with get_session(db_url) as session:
+        again = import_ohlcv_csv(session, path, "BTC-USD")
+    assert (again.inserted, again.updated, again.unchanged, again.created_symbol) == (
+        0,
+        0,
+        3,
+        False,
+    )
+    assert _count(db_url, Bar) == 3
+
+    changed = YAHOO.replace("424.440002,424.440002", "425.0,424.440002")
+    changed += "2014-09-20,394.673004,423.295990,389.882996,408.903992,408.903992,36863600\n"
+    path = _write(tmp_path, changed)
+    with get_session(db_url) as session:
+        report = import_ohlcv_csv(session, path, "BTC-USD")
+    assert (report.rows, report.inserted, report.updated, report.unchanged) == (4, 1, 1, 2)
+    with get_session(db_url) as session:
+        history = load_history(session, "BTC-USD")
+    np.testing.assert_array_equal(history.close, [457.334015, 425.0, 394.795990, 408.903992])
+
+
+def test_a_failed_reimport_leaves_the_stored_bars_alone(db_url: str, tmp_path: Path) -> None:
+    with get_session(db_url) as session:
+        import_ohlcv_csv(session, _write(tmp_path, YAHOO), "BTC-USD")
+    bad = YAHOO.replace("424.440002,424.440002", "999.0,999.0") + "2014-09-20,1,2,3,1,1,1\n"
+    with get_session(db_url) as session, pytest.raises(DataImportError, match="line 5"):
+        import_ohlcv_csv(session, _write(tmp_path, bad), "BTC-USD")
+    with get_session(db_url) as session:
+        assert load_history(session, "BTC-USD").close[1] == 424.440002
+
+
+# --- sentiment -------------------------------------------------------------------------------
+
+
+def _symbols(db_url: str, *names: str) -> None:
+    with get_session(db_url) as session:
+        for name in names:
+            get_or_create_symbol(session, name, source="test")
+
+
+def test_macro_sentiment_without_symbol(db_url: str, tmp_path: Path) -> None:
+    path = _write(tmp_path, "date,score\n2020-01-01,0.5\n2020-01-02,-1\n", "macro.csv")
+    with get_session(db_url) as session:
+        report = import_sentiment_csv(session, path)
+    assert (report.kind, report.symbols, report.rows, report.inserted) == ("macro", (), 2, 2)
+    assert report.summary().startswith("macro: 2 macro scores 2020-01-01 .. 2020-01-02")
+    with get_session(db_url) as session:
+        macro = load_macro(session)
+    assert macro is not None
+    assert macro.scores.tolist() == [0.5, -1.0]
+
+
+def test_news_sentiment_for_the_given_symbol(db_url: str, tmp_path: Path) -> None:
+    _symbols(db_url, "BTC-USD")
+    path = _write(tmp_path, "Date,Sentiment\n2020-01-01,0.25\n")
+    with get_session(db_url) as session:
+        report = import_sentiment_csv(session, path, "BTC-USD")
+    assert (report.kind, report.symbols) == ("news", ("BTC-USD",))
+    with get_session(db_url) as session:
+        news = load_news(session, "BTC-USD")
+    assert news is not None
+    assert news.scores.tolist() == [0.25]
+    assert _count(db_url, MacroSentiment) == 0
+
+
+def test_news_sentiment_with_a_symbol_column(db_url: str, tmp_path: Path) -> None:
+    _symbols(db_url, "A", "B")
+    text = "date,symbol,score\n2020-01-01,A,0.1\n2020-01-01,B,0.2\n2020-01-02,A,0.3\n"
+    with get_session(db_url) as session:
+        report = import_sentiment_csv(session, _write(tmp_path, text))
+    assert (report.symbols, report.rows) == (("A", "B"), 3)
+    with get_session(db_url) as session:
+        a, b = load_news(session, "A"), load_news(session, "B")
+    assert a is not None
+    assert b is not None
+    assert (a.scores.tolist(), b.scores.tolist()) == ([0.1, 0.3], [0.2])
+
+
+@pytest.mark.parametrize(
+    ("row", "problem"),
+    [
+        ("2020-01-02,A,1.5", "2020-01-02: score 1.5 is outside [-1, 1]"),
+        ("2020-01-02,A,-1.01", "2020-01-02: score -1.01 is outside [-1, 1]"),
+        ("2020-01-02,A,", "2020-01-02: score is empty"),
+        ("2020-01-02,A,nan", "2020-01-02: score is 'nan'; expected a finite number"),
+        ("2020-01-01,A,0.3", "duplicate date 2020-01-01 (first on line 2)"),
+        ("someday,A,0.3", "date 'someday' is not an ISO date"),
+        ("2020-01-02,ZZZ,0.3", "symbol 'ZZZ' is not in the store; import its bars first"),
+        ("2020-01-02,A", "2 columns; expected 3 like the header"),
+    ],
+)
+def test_bad_sentiment_rows(db_url: str, tmp_path: Path, row: str, problem: str) -> None:
+    _symbols(db_url, "A")
+    text = f"date,symbol,score\n2020-01-01,A,0.1\n{row}\n"
+    path = _write(tmp_path, text, "news.csv")
+    with get_session(db_url) as session, pytest.raises(DataImportError) as info:
+        import_sentiment_csv(session, path)
+    assert str(info.value).startswith("news.csv: 1 bad row in sentiment file")
+    assert str(info.value).splitlines()[1].startswith(f"  line 3: {problem}")
+    assert _count(db_url, NewsSentiment) == 0
+
+
+def test_sentiment_symbol_column_must_match_the_given_symbol(db_url: str, tmp_path: Path) -> None:
+    _symbols(db_url, "A", "B")
+    path = _write(tmp_path, "date,symbol,score\n2020-01-01,A,0.1\n2020-01-01,B,0.1\n")
+    with get_session(db_url) as session, pytest.raises(DataImportError) as info:
+        import_sentiment_csv(session, path, "A")
+    assert "line 3: symbol 'B'; expected 'A'" in str(info.value)
+
+
+def test_sentiment_for_an_unknown_given_symbol(db_url: str, tmp_path: Path) -> None:
+    _symbols(db_url, "A")
+    path = _write(tmp_path, "date,score\n2020-01-01,0.1\n")
+    with (
+        get_session(db_url) as session,
+        pytest.raises(DataImportError, match=r"symbol 'Q' is not in the store.*known symbols: A"),
+    ):
+        import_sentiment_csv(session, path, "Q")
+
+
+def test_sentiment_reimport_counts(db_url: str, tmp_path: Path) -> None:
+    path = _write(tmp_path, "date,score\n2020-01-01,0.5\n2020-01-02,0.1\n")
+    with get_session(db_url) as session:
+        import_sentiment_csv(session, path)
+    path = _write(tmp_path, "date,score\n2020-01-01,0.5\n2020-01-02,0.2\n2020-01-03,0\n")
+    with get_session(db_url) as session:
+        report = import_sentiment_csv(session, path)
+    assert (report.inserted, report.updated, report.unchanged) == (1, 1, 1)
+    with get_session(db_url) as session:
+        macro = load_macro(session)
+    assert macro is not None
+    assert macro.scores.tolist() == [0.5, 0.2, 0.0]

@@ -1,0 +1,195 @@
+"""The store on a real PostgreSQL server (skipped without one, except under CI=true)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from otonom_runtime.importers import import_ohlcv_csv, import_sentiment_csv
+from otonom_runtime.store import (
+    STORE_VERSION,
+    BacktestRun,
+    Base,
+    Decision,
+    MacroSentiment,
+    NewsSentiment,
+    dispose_engines,
+    get_engine,
+    get_session,
+    get_symbol,
+    init_db,
+    last_bar_date,
+    list_symbols,
+    load_history,
+    load_macro,
+    load_news,
+)
+from otonom_runtime.synth import generate_market, write_synthetic
+from otonom_runtime.testing.postgres import TEST_URL_ENV, postgres_server
+
+D0 = dt.date(2021, 1, 1)
+
+
+@pytest.fixture
+def pg(postgres_url: str) -> str:
+    """An empty, initialised store on the session's PostgreSQL server."""
+    Base.metadata.drop_all(get_engine(postgres_url))
+    with get_engine(postgres_url).begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS store_meta"))
+    dispose_engines()
+    init_db(postgres_url)
+    return postgres_url
+
+
+def test_it_is_really_postgres(pg: str) -> None:
+    assert get_engine(pg).dialect.name == "postgresql"
+    with get_session(pg) as session:
+        assert "PostgreSQL" in session.execute(text("SELECT version()")).scalar_one()
+        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == str(
+            STORE_VERSION
+        )
+    init_db(pg)  # idempotent here too
+
+
+def test_write_and_read_back(pg: str, add_bars: Any) -> None:
+    with get_session(pg) as session:
+        days = add_bars(session, "BTC-USD", D0, 200)
+        symbol_id = get_symbol(session, "BTC-USD").id
+        for i, day in enumerate(days[:3]):
+            session.add(NewsSentiment(symbol_id=symbol_id, date=day, score=0.1 * i))
+            session.add(MacroSentiment(date=day, score=-0.1 * i))
+        run = BacktestRun(
+            strategy_name="ensemble",
+            strategy_hash="h",
+            params={"fee": 0.001},
+            start_date=days[0],
+            end_date=days[-1],
+            symbols=["BTC-USD"],
+        )
+        session.add(run)
+        session.flush()
+        for i, day in enumerate(days[:2]):
+            session.add(
+                Decision(
+                    run_id=run.id,
+                    symbol_id=symbol_id,
+                    date=day,
+                    action=i,
+                    strength=0.25,
+                    signals={"trend": {"action": 1, "strength": 0.5, "confidence": 0.75}},
+                    position=0.5,
+                    leverage=1.0,
+                    cash_fraction=0.5,
+                    days_since_last_trade=math.inf if i == 0 else 2.0,
+                    equity=1000.0,
+                )
+            )
+        run_id = run.id
+    with get_session(pg) as session:
+        history = load_history(session, "BTC-USD", end=days[149], last_n=140)
+        assert history.dates.tolist() == days[10:150]
+        np.testing.assert_array_equal(history.close, 100.0 + np.arange(10, 150))
+        assert last_bar_date(session, "BTC-USD") == days[-1]
+        news, macro = load_news(session, "BTC-USD"), load_macro(session, start=days[1])
+        assert news is not None
+        assert macro is not None
+        assert news.scores.tolist() == pytest.approx([0.0, 0.1, 0.2])
+        assert macro.scores.tolist() == pytest.approx([-0.1, -0.2])
+        info = list_symbols(session)[0]
+        assert (info.name, info.bars, info.first, info.last, info.health) == (
+            "BTC-USD",
+            200,
+            days[0],
+            days[-1],
+            1.0,
+        )
+        run = session.get_one(BacktestRun, run_id)
+        assert (run.status, run.params, run.symbols) == ("running", {"fee": 0.001}, ["BTC-USD"])
+        run.status, run.metrics, run.finished_at = (
+            "complete",
+            {"sharpe": 1.5},
+            dt.datetime.now(dt.timezone.utc),
+        )
+        decisions = session.query(Decision).order_by(Decision.date).all()
+        assert [d.days_since_last_trade for d in decisions] == [math.inf, 2.0]
+        assert decisions[0].signals["trend"]["confidence"] == 0.75
+    with get_session(pg) as session:
+        assert session.get_one(BacktestRun, run_id).metrics == {"sharpe": 1.5}
+
+
+def test_unique_constraints_and_foreign_keys_hold(pg: str, add_bars: Any) -> None:
+    with get_session(pg) as session:
+        add_bars(session, "A", D0, 2)
+        session.add(MacroSentiment(date=D0, score=0.0))
+    with pytest.raises(IntegrityError), get_session(pg) as session:
+        add_bars(session, "A", D0 + dt.timedelta(days=1), 1)
+    with pytest.raises(IntegrityError), get_session(pg) as session:
+        session.add(MacroSentiment(date=D0, score=0.5))
+    with pytest.raises(IntegrityError), get_session(pg) as session:
+        session.execute(
+            text(
+                "INSERT INTO bars (symbol_id, date, open, high, low, close, volume) "
+                "VALUES (9999, '2021-01-01', 1, 1, 1, 1, 1)"
+            )
+        )
+    with get_session(pg) as session:
+        assert len(load_history(session, "A")) == 2
+
+
+def test_importers_and_synth_on_postgres(pg: str, tmp_path: Path) -> None:
+    bars = tmp_path / "x.csv"
+    bars.write_text("timestamp,open,high,low,close,volume\n2020-01-01 00:00:00,1,2,0.5,1.5,10\n")
+    macro = tmp_path / "m.csv"
+    macro.write_text("date,score\n2020-01-01,0.5\n")
+    with get_session(pg) as session:
+        assert import_ohlcv_csv(session, bars, "X").inserted == 1
+        assert import_sentiment_csv(session, macro).inserted == 1
+    with get_session(pg) as session:
+        assert import_ohlcv_csv(session, bars, "X").unchanged == 1
+        report = write_synthetic(session, ["DEMO-BTC"], D0, D0 + dt.timedelta(days=59), 7)
+        assert report.bars == 60
+    with get_session(pg) as session:
+        again = write_synthetic(session, ["DEMO-BTC"], D0, D0 + dt.timedelta(days=59), 7)
+        assert again.unchanged == ("DEMO-BTC",)
+        history = load_history(session, "DEMO-BTC")
+    expected = generate_market("DEMO-BTC", D0, D0 + dt.timedelta(days=59), 7).history
+    np.testing.assert_array_equal(history.close, expected.close)  # doubles round-trip exactly
+
+
+def test_env_url_is_used_as_is_with_the_psycopg_driver(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(TEST_URL_ENV, "postgresql://u:p@db.example:5433/otonom")
+    with postgres_server() as url:
+        assert url == "postgresql+psycopg://u:p@db.example:5433/otonom"
+    monkeypatch.setenv(TEST_URL_ENV, "postgresql+psycopg://u@h/d")
+    with postgres_server() as url:
+        assert url == "postgresql+psycopg://u@h/d"
+
+
+def test_a_started_server_is_stopped_and_deleted(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if os.environ.get(TEST_URL_ENV):
+        pytest.skip(f"{TEST_URL_ENV} is set: no server is started here")
+    before = set(Path(tempfile.gettempdir()).glob("otonom-pg-*"))
+    with postgres_server() as url:
+        assert url != postgres_url
+        made = set(Path(tempfile.gettempdir()).glob("otonom-pg-*")) - before
+        assert len(made) == 1
+        engine = create_engine(url)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT 1")).scalar_one() == 1
+        engine.dispose()
+    assert not next(iter(made)).exists()
+    engine = create_engine(url, connect_args={"connect_timeout": 2})
+    with pytest.raises(OperationalError):
+        engine.connect()
+    engine.dispose()

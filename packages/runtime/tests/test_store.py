@@ -1,0 +1,490 @@
+"""The store: engines, sessions, initialisation, tables, constraints and the readers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import event, insert, select, text
+from sqlalchemy.exc import IntegrityError, StatementError
+
+from otonom_runtime._errors import StateBuildError, StoreError, UnknownSymbolError
+from otonom_runtime.store import (
+    STORE_VERSION,
+    BacktestRun,
+    Bar,
+    Decision,
+    MacroSentiment,
+    NewsSentiment,
+    StoreMeta,
+    Symbol,
+    default_database_url,
+    get_engine,
+    get_or_create_symbol,
+    get_session,
+    get_symbol,
+    init_db,
+    last_bar_date,
+    list_symbols,
+    load_history,
+    load_macro,
+    load_news,
+)
+from otonom_schema import LOOKBACK, MarketHistory
+
+D0 = dt.date(2021, 1, 1)
+
+
+def _sqlite(path: Path) -> str:
+    return f"sqlite:///{path.as_posix()}"
+
+
+# --- URLs, engines, initialisation ------------------------------------------------------------
+
+
+def test_default_url_is_env_var_else_data_folder_of_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OTONOM_DATABASE_URL", raising=False)
+    assert default_database_url() == _sqlite(tmp_path / "data" / "otonom.db")
+    monkeypatch.setenv("OTONOM_DATABASE_URL", "sqlite:////elsewhere/x.db")
+    assert default_database_url() == "sqlite:////elsewhere/x.db"
+
+
+def test_importing_creates_no_engine_and_no_file(tmp_path: Path) -> None:
+    code = (
+        "import otonom_runtime.store as s, otonom_runtime.importers, otonom_runtime.synth, "
+        "otonom_runtime.cli; print(len(s._engines))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "0"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_engine_is_cached_and_sqlite_connections_get_the_pragmas(tmp_path: Path) -> None:
+    url = _sqlite(tmp_path / "a" / "b" / "x.db")
+    engine = get_engine(url)
+    assert get_engine(url) is engine
+    assert (tmp_path / "a" / "b").is_dir()
+    with engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 5000
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [("not a url", "cannot read database URL"), ("nosuchdb:///x", "cannot open database")],
+)
+def test_bad_urls_raise_store_error(url: str, fragment: str) -> None:
+    with pytest.raises(StoreError, match=fragment):
+        get_engine(url)
+
+
+def test_an_uninitialised_store_is_refused_without_creating_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "never.db"
+    with pytest.raises(StoreError, match=r"not initialised.*otonom data synth"):  # noqa: SIM117
+        with get_session(_sqlite(path)):
+            pass
+    assert not path.exists()
+
+
+def test_an_empty_database_file_is_refused(tmp_path: Path) -> None:
+    url = _sqlite(tmp_path / "empty.db")
+    with get_engine(url).connect() as conn:
+        conn.execute(text("CREATE TABLE other (x INTEGER)"))
+        conn.commit()
+    with pytest.raises(StoreError, match="not initialised"), get_session(url):
+        pass
+
+
+def test_init_db_is_idempotent_and_writes_the_store_version(tmp_path: Path) -> None:
+    url = _sqlite(tmp_path / "x.db")
+    init_db(url)
+    init_db(url)
+    with get_session(url) as session:
+        rows = session.execute(select(StoreMeta.key, StoreMeta.value)).all()
+    assert [tuple(r) for r in rows] == [("store_version", str(STORE_VERSION))]
+
+
+def test_a_store_of_another_version_is_refused(db_url: str) -> None:
+    with get_session(db_url) as session:
+        session.get_one(StoreMeta, "store_version").value = str(STORE_VERSION + 1)
+    from otonom_runtime.store import dispose_engines
+
+    dispose_engines()  # forget that this engine was checked
+    with pytest.raises(StoreError, match=f"store version {STORE_VERSION + 1}"), get_session(db_url):
+        pass
+    with pytest.raises(StoreError, match=f"store version {STORE_VERSION + 1}"):
+        init_db(db_url)
+
+
+def test_session_commits_on_success_and_rolls_back_on_error(db_url: str) -> None:
+    with get_session(db_url) as session:
+        get_or_create_symbol(session, "KEEP", source="test")
+
+    def fail_midway() -> None:
+        with get_session(db_url) as session:
+            get_or_create_symbol(session, "DROP", source="test")
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        fail_midway()
+    with get_session(db_url) as session:
+        names = session.execute(select(Symbol.name)).scalars().all()
+    assert names == ["KEEP"]
+
+
+def test_objects_stay_readable_after_the_session(db_url: str) -> None:
+    with get_session(db_url) as session:
+        symbol, created = get_or_create_symbol(session, "S", source="src", meta={"k": 1})
+    assert created
+    assert (symbol.name, symbol.source, symbol.meta, symbol.is_synthetic) == (
+        "S",
+        "src",
+        {"k": 1},
+        False,
+    )
+    with get_session(db_url) as session:
+        again, created = get_or_create_symbol(session, "S", source="other")
+    assert not created
+    assert again.id == symbol.id
+    assert again.source == "src"
+
+
+# --- constraints -----------------------------------------------------------------------------
+
+
+def test_bars_are_unique_per_symbol_and_date(db_url: str, add_bars: Any) -> None:
+    with get_session(db_url) as session:
+        add_bars(session, "A", D0, 3)
+    with pytest.raises(IntegrityError), get_session(db_url) as session:
+        add_bars(session, "A", D0 + dt.timedelta(days=2), 1)
+    with get_session(db_url) as session:
+        add_bars(session, "B", D0, 3)  # same dates, another symbol: fine
+
+
+def test_foreign_keys_are_enforced(db_url: str) -> None:
+    with pytest.raises(IntegrityError), get_session(db_url) as session:
+        session.add(Bar(symbol_id=999, date=D0, open=1, high=1, low=1, close=1, volume=0))
+
+
+def _run(session: Any) -> BacktestRun:
+    run = BacktestRun(
+        strategy_name="ensemble",
+        strategy_hash="abc",
+        params={"k": 1},
+        start_date=D0,
+        end_date=D0 + dt.timedelta(days=9),
+        symbols=["A"],
+    )
+    session.add(run)
+    session.flush()
+    return run
+
+
+def _decision(run_id: int, symbol_id: int, day: dt.date, days_since: float) -> Decision:
+    return Decision(
+        run_id=run_id,
+        symbol_id=symbol_id,
+        date=day,
+        action=1,
+        strength=0.5,
+        signals={"trend": {"action": 1, "strength": 0.7, "confidence": 0.9}},
+        position=0.0,
+        leverage=0.0,
+        cash_fraction=1.0,
+        days_since_last_trade=days_since,
+        equity=10_000.0,
+    )
+
+
+def test_runs_and_decisions_round_trip_with_inf_days_as_null(db_url: str, add_bars: Any) -> None:
+    with get_session(db_url) as session:
+        add_bars(session, "A", D0, 2)
+        symbol_id = get_symbol(session, "A").id
+        run = _run(session)
+        session.add(_decision(run.id, symbol_id, D0, math.inf))
+        session.add(_decision(run.id, symbol_id, D0 + dt.timedelta(days=1), 3.0))
+        run_id = run.id
+    with get_session(db_url) as session:
+        run = session.get_one(BacktestRun, run_id)
+        assert (run.status, run.finished_at, run.metrics, run.error) == (
+            "running",
+            None,
+            None,
+            None,
+        )
+        assert run.symbols == ["A"]
+        assert run.params == {"k": 1}
+        assert run.created_at is not None
+        decisions = session.execute(select(Decision).order_by(Decision.date)).scalars().all()
+        assert [d.days_since_last_trade for d in decisions] == [math.inf, 3.0]
+        assert decisions[0].signals["trend"] == {"action": 1, "strength": 0.7, "confidence": 0.9}
+        raw = session.execute(text("SELECT days_since_last_trade FROM decisions ORDER BY date"))
+        assert [r[0] for r in raw] == [None, 3.0]
+
+
+def test_decisions_are_unique_per_run_symbol_and_date(db_url: str, add_bars: Any) -> None:
+    with get_session(db_url) as session:
+        add_bars(session, "A", D0, 1)
+        symbol_id = get_symbol(session, "A").id
+        run_id = _run(session).id
+        session.add(_decision(run_id, symbol_id, D0, 1.0))
+    with pytest.raises(IntegrityError), get_session(db_url) as session:
+        session.add(_decision(run_id, symbol_id, D0, 2.0))
+
+
+@pytest.mark.parametrize("days", [math.nan, -1.0, -math.inf])
+def test_bad_days_since_last_trade_is_refused(days: float) -> None:
+    with pytest.raises(ValueError, match="days_since_last_trade"):
+        _decision(1, 1, D0, days)
+
+
+def test_core_inserts_refuse_nan_days_too(db_url: str, add_bars: Any) -> None:
+    with get_session(db_url) as session:
+        add_bars(session, "A", D0, 1)
+        run_id = _run(session).id
+        row = {
+            "run_id": run_id,
+            "symbol_id": get_symbol(session, "A").id,
+            "date": D0,
+            "action": 0,
+            "strength": 0.0,
+            "signals": {},
+            "position": 0.0,
+            "leverage": 0.0,
+            "cash_fraction": 1.0,
+            "equity": 1.0,
+        }
+        session.execute(insert(Decision), [{**row, "days_since_last_trade": math.inf}])
+        with pytest.raises(StatementError, match="days_since_last_trade is nan"):
+            session.execute(
+                insert(Decision),
+                [{**row, "date": D0 + dt.timedelta(1), "days_since_last_trade": math.nan}],
+            )
+
+
+def test_run_status_is_checked(db_url: str) -> None:
+    with get_session(db_url) as session:
+        run = _run(session)
+        run.status = "bogus"
+        with pytest.raises(IntegrityError):
+            session.flush()
+        session.rollback()
+        for status in ("running", "complete", "failed"):
+            _run(session).status = status
+            session.flush()
+
+
+def test_sentiment_is_unique_per_date(db_url: str, add_bars: Any) -> None:
+    with get_session(db_url) as session:
+        add_bars(session, "A", D0, 1)
+        session.add(MacroSentiment(date=D0, score=0.1))
+    with pytest.raises(IntegrityError), get_session(db_url) as session:
+        session.add(MacroSentiment(date=D0, score=0.2))
+    with get_session(db_url) as session:
+        symbol_id = get_symbol(session, "A").id
+        session.add(NewsSentiment(symbol_id=symbol_id, date=D0, score=0.1))
+        session.add(NewsSentiment(symbol_id=symbol_id, date=D0, score=0.2))
+        with pytest.raises(IntegrityError):
+            session.flush()
+        session.rollback()
+
+
+# --- readers ---------------------------------------------------------------------------------
+
+
+def test_load_history_returns_all_bars_oldest_first(db_url: str, add_bars: Any) -> None:
+    with get_session(db_url) as session:
+        days = add_bars(session, "A", D0, 10)
+        add_bars(session, "B", D0, 5, price=500.0)
+    with get_session(db_url) as session:
+        history = load_history(session, "A")
+    assert isinstance(history, MarketHistory)
+    assert history.symbol == "A"
+    assert history.dates.tolist() == days
+    np.testing.assert_array_equal(history.close, 100.0 + np.arange(10))
+    np.testing.assert_array_equal(history.open, 99.5 + np.arange(10))
+    np.testing.assert_array_equal(history.high, 101.0 + np.arange(10))
+    np.testing.assert_array_equal(history.low, 98.5 + np.arange(10))
+    np.testing.assert_array_equal(history.volume, 1000.0 + np.arange(10))
+
+
+def test_load_history_start_end_and_last_n(db_url: str, add_bars: Any) -> None:
+    with get_session(db_url) as session:
+        days = add_bars(session, "A", D0, 10, step_days=2)
+    with get_session(db_url) as session:
+        assert load_history(session, "A", start=days[3]).dates.tolist() == days[3:]
+        assert load_history(session, "A", end=days[6]).dates.tolist() == days[:7]
+        # an end date between two bars keeps the earlier one
+        between = days[6] + dt.timedelta(days=1)
+        assert load_history(session, "A", end=between, last_n=3).dates.tolist() == days[4:7]
+        assert load_history(session, "A", last_n=2).dates.tolist() == days[-2:]
+        assert load_history(session, "A", last_n=100).dates.tolist() == days
+        got = load_history(session, "A", start=days[5], end=days[8], last_n=10)
+        assert got.dates.tolist() == days[5:9]
+        with pytest.raises(ValueError, match="last_n"):
+            load_history(session, "A", last_n=0)
+
+
+def test_load_history_last_n_is_one_bounded_query(db_url: str, add_bars: Any) -> None:
+    with get_session(db_url) as session:
+        add_bars(session, "A", D0, 300)
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    engine = get_engine(db_url)
+    with get_session(db_url) as session:
+        session.connection()  # begin outside the count
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            history = load_history(session, "A", end=D0 + dt.timedelta(days=199), last_n=LOOKBACK)
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+    assert len(history) == LOOKBACK
+    assert history.dates[-1] == np.datetime64(D0 + dt.timedelta(days=199))
+    assert len(statements) == 1
+    assert "LIMIT" in statements[0].upper()
+    assert "DESC" in statements[0].upper()
+
+
+def test_unknown_symbols_are_named_with_the_known_ones(db_url: str, add_bars: Any) -> None:
+    with get_session(db_url) as session:
+        add_bars(session, "BTC-USD", D0, 3)
+        add_bars(session, "ETH-USD", D0, 3)
+    with get_session(db_url) as session:
+        for call in (
+            lambda: load_history(session, "DOGE"),
+            lambda: load_news(session, "DOGE"),
+            lambda: last_bar_date(session, "DOGE"),
+            lambda: get_symbol(session, "DOGE"),
+        ):
+            with pytest.raises(UnknownSymbolError) as info:
+                call()
+            assert str(info.value) == "unknown symbol 'DOGE'; known symbols: BTC-USD, ETH-USD"
+            assert isinstance(info.value, KeyError)
+
+
+def test_unknown_symbol_in_an_empty_store_says_how_to_fill_it(db_url: str) -> None:
+    with get_session(db_url) as session, pytest.raises(UnknownSymbolError, match="otonom data"):
+        get_symbol(session, "X")
+
+
+def test_no_bar_in_range_raises_state_build_error(db_url: str, add_bars: Any) -> None:
+    with get_session(db_url) as session:
+        add_bars(session, "A", D0, 3)
+        get_or_create_symbol(session, "EMPTY", source="test")
+    with get_session(db_url) as session:
+        with pytest.raises(
+            StateBuildError,
+            match=r"dated -inf \.\. 2020-12-31; it has bars 2021-01-01 \.\. 2021-01-03",
+        ):
+            load_history(session, "A", end=D0 - dt.timedelta(days=1))
+        with pytest.raises(StateBuildError, match="it has no bars"):
+            load_history(session, "EMPTY")
+
+
+def test_last_bar_date(db_url: str, add_bars: Any) -> None:
+    with get_session(db_url) as session:
+        days = add_bars(session, "A", D0, 4)
+        get_or_create_symbol(session, "EMPTY", source="test")
+    with get_session(db_url) as session:
+        assert last_bar_date(session, "A") == days[-1]
+        assert last_bar_date(session, "EMPTY") is None
+        add_bars(session, "A", days[-1] + dt.timedelta(days=1), 1)
+        assert last_bar_date(session, "A") == days[-1] + dt.timedelta(days=1)
+
+
+def test_sentiment_readers(db_url: str, add_bars: Any) -> None:
+    with get_session(db_url) as session:
+        add_bars(session, "A", D0, 3)
+        add_bars(session, "B", D0, 3)
+        symbol_id = get_symbol(session, "A").id
+        for i, score in enumerate([0.5, -0.25, 1.0]):
+            day = D0 + dt.timedelta(days=i)
+            session.add(NewsSentiment(symbol_id=symbol_id, date=day, score=score))
+            session.add(MacroSentiment(date=day, score=-score))
+    with get_session(db_url) as session:
+        news = load_news(session, "A")
+        assert news is not None
+        assert news.scores.tolist() == [0.5, -0.25, 1.0]
+        assert news.dates.tolist() == [D0 + dt.timedelta(days=i) for i in range(3)]
+        later = load_news(
+            session, "A", start=D0 + dt.timedelta(days=1), end=D0 + dt.timedelta(days=1)
+        )
+        assert later is not None
+        assert later.scores.tolist() == [-0.25]
+        assert load_news(session, "B") is None
+        assert load_news(session, "A", start=D0 + dt.timedelta(days=5)) is None
+        macro = load_macro(session, end=D0 + dt.timedelta(days=1))
+        assert macro is not None
+        assert macro.scores.tolist() == [-0.5, 0.25]
+        assert load_macro(session, start=D0 + dt.timedelta(days=3)) is None
+
+
+def test_load_macro_is_none_on_an_empty_store(db_url: str) -> None:
+    with get_session(db_url) as session:
+        assert load_macro(session) is None
+
+
+def test_list_symbols_counts_dates_and_health(db_url: str, add_bars: Any) -> None:
+    with get_session(db_url) as session:
+        add_bars(session, "FULL", D0, LOOKBACK + 10)
+        add_bars(session, "SHORT", D0, LOOKBACK // 2)
+        add_bars(session, "GAPPY", D0, LOOKBACK + 10, step_days=7)
+        get_or_create_symbol(session, "NONE", source="test", is_synthetic=True)
+    with get_session(db_url) as session:
+        infos = {i.name: i for i in list_symbols(session)}
+    assert list(infos) == ["FULL", "GAPPY", "NONE", "SHORT"]
+    full = infos["FULL"]
+    assert (full.first, full.last, full.bars) == (
+        D0,
+        D0 + dt.timedelta(days=LOOKBACK + 9),
+        LOOKBACK + 10,
+    )
+    assert full.health == pytest.approx(1.0)
+    assert infos["SHORT"].health == pytest.approx(0.5)  # coverage 70 / 140
+    assert infos["GAPPY"].health == pytest.approx(0.0)  # every interval is a gap
+    none = infos["NONE"]
+    assert (none.first, none.last, none.bars, none.health, none.is_synthetic) == (
+        None,
+        None,
+        0,
+        None,
+        True,
+    )
+
+
+def test_a_reader_is_not_blocked_by_an_open_write_transaction(db_url: str, add_bars: Any) -> None:
+    with get_session(db_url) as session:
+        add_bars(session, "A", D0, 3)
+    with get_session(db_url) as writer:
+        add_bars(writer, "A", D0 + dt.timedelta(days=3), 2)
+        writer.flush()  # the writer holds the write lock now
+        with get_session(db_url) as reader:
+            assert len(load_history(reader, "A")) == 3  # WAL: reads the last commit, no wait
+    with get_session(db_url) as reader:
+        assert len(load_history(reader, "A")) == 5
+
+
+def test_meta_json_round_trips(db_url: str) -> None:
+    meta = {"seed": 7, "nested": {"a": [1, 2.5, "x"]}}
+    with get_session(db_url) as session:
+        get_or_create_symbol(session, "S", source="synthetic", is_synthetic=True, meta=meta)
+    with get_session(db_url) as session:
+        assert get_symbol(session, "S").meta == meta
+        raw = session.execute(text("SELECT meta FROM symbols")).scalar_one()
+        assert json.loads(raw) == meta
