@@ -1,0 +1,528 @@
+"""The ONNX Runtime policy: load a model that follows ``docs/model-format.md`` and predict.
+
+``load_rl_policy(path, device="cpu")`` checks the model file (sha256 sidecar, ONNX validity,
+input/output signature, metadata contract, state schema) and returns an ``RlPolicy``::
+
+    policy = load_rl_policy("models/rl_bc/policy_best.pt")  # loads the sibling .onnx
+    action, strength = policy.predict(state)                # Action, float in [0, 1]
+    action, strength, probs = policy.predict(state, return_probs=True)
+    actions, strengths, probs = policy.predict_batch(states)  # (N,), (N,), (N, 3)
+
+No PyTorch, ever: a ``.pt`` path means "the ONNX export beside it". ``onnxruntime`` is imported
+when a model is loaded, not when this module is imported. One ``InferenceSession`` per policy is
+shared by every thread; each thread gets its own pre-bound I/O binding and buffers for
+``predict`` (a binding is not thread-safe), and every result is a copy the caller owns.
+
+Errors: ``PolicyError`` (a ``ValueError``) for a model that cannot be used, its subclass
+``ModelSchemaMismatchError`` for a model trained under another state schema, and
+``otonom_schema.SchemaError`` for a bad state at predict time.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from otonom_runtime._errors import ModelSchemaMismatchError, PolicyError
+from otonom_schema import (
+    FEATURE_NAMES,
+    SCHEMA_VERSION,
+    STATE_DIM,
+    Action,
+    RlState,
+    schema_fingerprint,
+    validate_state_array,
+    validate_states,
+)
+
+__all__ = [
+    "CHECKPOINT_FILENAME",
+    "DEVICES",
+    "INPUT_NAME",
+    "LATEST_POINTER",
+    "MODEL_FILENAME",
+    "MODEL_FORMAT",
+    "OUTPUT_NAMES",
+    "REQUIRED_METADATA",
+    "REQUIRED_METRICS",
+    "RlPolicy",
+    "load_rl_policy",
+    "resolve_model_path",
+    "write_sha256_sidecar",
+]
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILENAME: Final = "policy_best.onnx"
+"""The model a model folder holds."""
+CHECKPOINT_FILENAME: Final = "policy_best.pt"
+"""The trainer's PyTorch checkpoint (never loaded here: it stands for the ``.onnx`` beside it)."""
+LATEST_POINTER: Final = "latest"
+"""A file in a model folder holding the name of the sub-folder to use (versioned exports)."""
+MODEL_FORMAT: Final = "1"
+"""The ``otonom.model_format`` this runtime reads."""
+INPUT_NAME: Final = "state"
+OUTPUT_NAMES: Final = ("action_probs", "strength")
+DEVICES: Final = ("cpu", "cuda", "auto")
+
+REQUIRED_METADATA: Final = (
+    "otonom.model_format",
+    "otonom.schema_version",
+    "otonom.schema_fingerprint",
+    "otonom.feature_names",
+    "otonom.metrics",
+    "otonom.training_config",
+    "otonom.dataset_sha256",
+    "otonom.created_at",
+    "otonom.package_versions",
+)
+"""``metadata_props`` keys every model must carry (docs/model-format.md)."""
+REQUIRED_METRICS: Final = ("val_action_acc", "train_action_acc", "best_val_loss", "best_epoch")
+"""Keys ``otonom.metrics`` must hold (numbers)."""
+
+_JSON_KEYS: Final = {
+    "otonom.feature_names": list,
+    "otonom.metrics": dict,
+    "otonom.training_config": dict,
+    "otonom.package_versions": dict,
+}
+_PREFIX: Final = "otonom."
+_SHA256_RE: Final = re.compile(r"^[0-9a-fA-F]{64}$")
+_ACTIONS: Final = (Action.HOLD, Action.BUY, Action.SELL)
+_OUTPUT_DIMS: Final = {"action_probs": 3, "strength": 1}
+
+F32 = npt.NDArray[np.float32]
+
+
+# --- paths -------------------------------------------------------------------------------------
+
+
+def _listing(folder: Path) -> str:
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    if not names:
+        return "it is empty"
+    shown = ", ".join(names[:20])
+    more = f" (+{len(names) - 20} more)" if len(names) > 20 else ""
+    return f"it holds: {shown}{more}"
+
+
+def _follow_latest(folder: Path) -> Path:
+    pointer = folder / LATEST_POINTER
+    target = pointer.read_text(encoding="utf-8").strip()
+    if not target or Path(target).is_absolute() or ".." in Path(target).parts:
+        raise PolicyError(
+            f"{pointer} holds {target!r}; expected the name of a sub-folder of {folder} "
+            "(a relative path without '..')"
+        )
+    sub = folder / target
+    if not sub.is_dir():
+        raise PolicyError(
+            f"{pointer} points to {target!r} but {sub} is not a folder; {_listing(folder)}"
+        )
+    return sub
+
+
+def resolve_model_path(path: str | os.PathLike[str]) -> Path:
+    """The ``.onnx`` file that ``path`` stands for (see ``load_rl_policy``); nothing is read.
+
+    Raises ``PolicyError`` when there is none, saying what was found and what was expected.
+    """
+    p = Path(path)
+    if p.suffix == ".pt":
+        onnx_path = p.with_suffix(".onnx")
+        if not onnx_path.is_file():
+            found = "exists" if p.exists() else "does not exist either"
+            raise PolicyError(
+                f"{p} is a PyTorch checkpoint ({found}); the runtime never loads PyTorch "
+                f"checkpoints, it loads the ONNX export beside it, and there is no {onnx_path}. "
+                "Export the checkpoint to ONNX with the trainer, or pass the .onnx path."
+            )
+        logger.info("%s is a PyTorch checkpoint: loading the ONNX export %s", p, onnx_path)
+        return onnx_path
+    if p.is_dir():
+        folder = _follow_latest(p) if (p / LATEST_POINTER).is_file() else p
+        model = folder / MODEL_FILENAME
+        if not model.is_file():
+            via = f" (followed {p / LATEST_POINTER})" if folder != p else ""
+            raise PolicyError(
+                f"model folder {folder}{via} has no {MODEL_FILENAME}; {_listing(folder)}. "
+                f"Expected {MODEL_FILENAME} (+ its .sha256 sidecar) or a {LATEST_POINTER!r} "
+                "file naming a sub-folder that holds one."
+            )
+        return model
+    if not p.exists():
+        raise PolicyError(
+            f"model path {p} does not exist; expected a .onnx file, a model folder holding "
+            f"{MODEL_FILENAME} (or a {LATEST_POINTER!r} pointer), or a {CHECKPOINT_FILENAME} "
+            "path with the .onnx export beside it"
+        )
+    if not p.is_file():
+        raise PolicyError(f"model path {p} is not a regular file or folder")
+    return p
+
+
+def _sidecar_path(model: Path) -> Path:
+    return model.with_name(model.name + ".sha256")
+
+
+def write_sha256_sidecar(model_path: str | os.PathLike[str]) -> Path:
+    """Write ``<model>.sha256`` beside the model in ``sha256sum`` format and return its path.
+
+    The content is ``"<64 hex digits>  <file name>\\n"``, so ``sha256sum -c`` checks it.
+    """
+    model = Path(model_path)
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    sidecar = _sidecar_path(model)
+    sidecar.write_text(f"{digest}  {model.name}\n", encoding="utf-8")
+    return sidecar
+
+
+def _read_verified(model: Path) -> tuple[bytes, str]:
+    """The model's bytes and sha256, checked against the sidecar."""
+    sidecar = _sidecar_path(model)
+    if not sidecar.is_file():
+        raise PolicyError(
+            f"no sha256 sidecar for {model}: expected {sidecar} in sha256sum format "
+            f"('<hex>  {model.name}'). Make one with `cd {model.parent} && sha256sum "
+            f"{model.name} > {sidecar.name}` or "
+            "otonom_runtime.policy.write_sha256_sidecar(path)"
+        )
+    fields = sidecar.read_text(encoding="utf-8", errors="replace").split()
+    expected = fields[0].lower() if fields else ""
+    if not _SHA256_RE.match(expected):
+        raise PolicyError(
+            f"sha256 sidecar {sidecar} starts with {expected[:80]!r}; expected 64 hex digits "
+            f"then the file name (sha256sum format: '<hex>  {model.name}')"
+        )
+    data = model.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise PolicyError(
+            f"sha256 mismatch for {model}: the file hashes to {actual} but {sidecar.name} says "
+            f"{expected}; the model was changed or corrupted after export (re-export it, or "
+            "re-copy both files)"
+        )
+    return data, actual
+
+
+# --- the session -------------------------------------------------------------------------------
+
+
+def _providers(ort: Any, device: str) -> list[str]:
+    if device not in DEVICES:
+        raise PolicyError(f"device={device!r}; expected one of {DEVICES}")
+    available = list(ort.get_available_providers())
+    has_cuda = "CUDAExecutionProvider" in available
+    if device == "cuda" and not has_cuda:
+        raise PolicyError(
+            f"device='cuda' but onnxruntime {ort.__version__} has no CUDAExecutionProvider "
+            f"(available: {available}); install onnxruntime-gpu matching your CUDA, or use "
+            "device='cpu' or device='auto'"
+        )
+    if device == "cpu" or not has_cuda:
+        return ["CPUExecutionProvider"]
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def _make_session(ort: Any, data: bytes, model: Path, providers: list[str]) -> Any:
+    options = ort.SessionOptions()
+    # A daemon mostly idles: worker threads sleep instead of spinning between calls.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.log_severity_level = 3  # errors only: no warnings on stderr of the daemon
+    try:
+        return ort.InferenceSession(data, sess_options=options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own (pybind) exception types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PolicyError(
+            f"{model} is not a valid ONNX model that onnxruntime {ort.__version__} can load: "
+            f"{first}"
+        ) from exc
+
+
+def _check_signature(session: Any, model: Path) -> None:
+    expected = (
+        f"expected one input {INPUT_NAME!r} float32 [batch, {STATE_DIM}] and outputs "
+        "'action_probs' float32 [batch, 3], 'strength' float32 [batch, 1] "
+        "(docs/model-format.md)"
+    )
+
+    def describe(args: Any) -> str:
+        return ", ".join(f"{a.name!r} {a.type} {list(a.shape)}" for a in args)
+
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    problems: list[str] = []
+    if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
+        problems.append(f"inputs are [{describe(inputs)}]")
+    else:
+        problems += _tensor_problems(inputs[0], STATE_DIM, "input")
+    names = sorted(o.name for o in outputs)
+    if names != sorted(OUTPUT_NAMES):
+        problems.append(f"outputs are [{describe(outputs)}]")
+    else:
+        for o in outputs:
+            problems += _tensor_problems(o, _OUTPUT_DIMS[o.name], "output")
+    if problems:
+        raise PolicyError(f"{model} has the wrong signature: {'; '.join(problems)}; {expected}")
+
+
+def _tensor_problems(arg: Any, width: int, kind: str) -> list[str]:
+    problems = []
+    if arg.type != "tensor(float)":
+        problems.append(f"{kind} {arg.name!r} has element type {arg.type}, not tensor(float)")
+    shape = list(arg.shape)
+    if len(shape) != 2:
+        problems.append(f"{kind} {arg.name!r} has shape {shape}, not [batch, {width}]")
+    else:
+        if isinstance(shape[0], int):
+            problems.append(
+                f"{kind} {arg.name!r} has a fixed batch size {shape[0]} (shape {shape}); "
+                "the batch axis must be dynamic"
+            )
+        if shape[1] != width:
+            problems.append(f"{kind} {arg.name!r} has shape {shape}, not [batch, {width}]")
+    return problems
+
+
+def _decode_metadata(props: dict[str, str], model: Path) -> dict[str, Any]:
+    """Check the metadata contract and the state schema; return the props JSON-decoded."""
+    fmt = props.get("otonom.model_format")
+    if fmt is not None and fmt != MODEL_FORMAT:
+        raise PolicyError(
+            f"{model} has otonom.model_format {fmt!r}; this runtime reads format "
+            f"{MODEL_FORMAT!r} (docs/model-format.md)"
+        )
+    missing = [k for k in REQUIRED_METADATA if k not in props]
+    if missing:
+        raise PolicyError(
+            f"{model} lacks required metadata {missing}; found keys {sorted(props)}; expected "
+            f"all of {list(REQUIRED_METADATA)} (docs/model-format.md)"
+        )
+    decoded: dict[str, Any] = dict(props)
+    for key, kind in _JSON_KEYS.items():
+        try:
+            value = json.loads(props[key])
+        except json.JSONDecodeError as exc:
+            raise PolicyError(
+                f"{model}: metadata {key} = {props[key][:80]!r} is not valid JSON ({exc}); "
+                f"expected a JSON {kind.__name__}"
+            ) from None
+        if not isinstance(value, kind):
+            raise PolicyError(
+                f"{model}: metadata {key} is a JSON {type(value).__name__}; expected a JSON "
+                f"{'list' if kind is list else 'object'}"
+            )
+        decoded[key] = value
+
+    installed_fp = schema_fingerprint()
+    model_fp = props["otonom.schema_fingerprint"]
+    model_names = decoded["otonom.feature_names"]
+    if model_fp != installed_fp or tuple(model_names) != FEATURE_NAMES:
+        raise ModelSchemaMismatchError(
+            f"{model} was trained under state schema {props['otonom.schema_version']} "
+            f"(fingerprint {model_fp}) but the installed otonom_schema is {SCHEMA_VERSION} "
+            f"(fingerprint {installed_fp}); {_names_diff(model_names)}. Retrain and re-export "
+            "the model under the installed schema (docs/schema.md); there is no silent "
+            "conversion."
+        )
+
+    metrics = decoded["otonom.metrics"]
+    bad = [
+        k
+        for k in REQUIRED_METRICS
+        if not isinstance(metrics.get(k), (int, float)) or isinstance(metrics.get(k), bool)
+    ]
+    if bad:
+        raise PolicyError(
+            f"{model}: otonom.metrics lacks numbers for {bad} (found {metrics}); expected "
+            f"numbers for all of {list(REQUIRED_METRICS)}"
+        )
+    return decoded
+
+
+def _names_diff(names: list[Any]) -> str:
+    if tuple(names) == FEATURE_NAMES:
+        return "the feature names are equal"
+    if len(names) != STATE_DIM:
+        return f"the model has {len(names)} features, the schema {STATE_DIM}"
+    i = next(i for i, (a, b) in enumerate(zip(names, FEATURE_NAMES, strict=True)) if a != b)
+    return (
+        f"the feature names differ first at index {i}: model {names[i]!r}, "
+        f"schema {FEATURE_NAMES[i]!r}"
+    )
+
+
+# --- the policy --------------------------------------------------------------------------------
+
+
+class _Slot:
+    """One thread's pre-bound I/O binding and the buffers it points to."""
+
+    __slots__ = ("binding", "probs", "row", "state", "strength")
+
+    def __init__(self, session: Any) -> None:
+        self.state: F32 = np.zeros((1, STATE_DIM), dtype=np.float32)
+        self.row: F32 = self.state[0]
+        self.probs: F32 = np.zeros((1, 3), dtype=np.float32)
+        self.strength: F32 = np.zeros((1, 1), dtype=np.float32)
+        binding = session.io_binding()
+        binding.bind_input(INPUT_NAME, "cpu", 0, np.float32, [1, STATE_DIM], self.state.ctypes.data)
+        binding.bind_output("action_probs", "cpu", 0, np.float32, [1, 3], self.probs.ctypes.data)
+        binding.bind_output("strength", "cpu", 0, np.float32, [1, 1], self.strength.ctypes.data)
+        self.binding = binding
+
+
+class RlPolicy:
+    """A loaded ONNX policy (make one with ``load_rl_policy``). Safe to share across threads.
+
+    Attributes: ``path`` (the ``.onnx`` file), ``sha256`` (its verified hash), ``providers``
+    (onnxruntime execution providers in use), ``device`` (as requested).
+    """
+
+    def __init__(
+        self,
+        session: Any,
+        *,
+        path: Path,
+        sha256: str,
+        metadata: dict[str, Any],
+        device: str,
+    ) -> None:
+        self._session = session
+        self._run = session.run_with_iobinding
+        self._local = threading.local()
+        self._metadata = metadata
+        self.path = path
+        self.sha256 = sha256
+        self.device = device
+        self.providers: list[str] = list(session.get_providers())
+
+    def __repr__(self) -> str:
+        return (
+            f"RlPolicy(path={str(self.path)!r}, schema={self._metadata.get('schema_version')}, "
+            f"providers={self.providers})"
+        )
+
+    def predict(
+        self, state: RlState | npt.ArrayLike, return_probs: bool = False
+    ) -> tuple[Action, float] | tuple[Action, float, F32]:
+        """The policy's decision for one state.
+
+        ``state``: an ``RlState`` (already valid: used as is) or a (34,) array-like in
+        ``FEATURE_NAMES`` order, validated with ``otonom_schema.validate_state_array`` (NaN,
+        inf, out-of-range values or a wrong shape raise ``otonom_schema.SchemaError``).
+
+        Returns ``(action, strength)``, or ``(action, strength, probs)`` with
+        ``return_probs=True``: ``action`` is the ``Action`` with the highest probability (the
+        first on a tie), ``strength`` a python float in [0, 1], ``probs`` a fresh float32 array
+        of shape (3,) indexed by ``Action`` (HOLD, BUY, SELL).
+        """
+        if isinstance(state, RlState):
+            x = state.to_array(copy=False)
+        else:
+            x = validate_state_array(state)
+        try:
+            slot: _Slot = self._local.slot
+        except AttributeError:  # this thread's first call
+            slot = self._local.slot = _Slot(self._session)
+        np.copyto(slot.row, x)
+        self._run(slot.binding)
+        # python floats read out of the bound buffers: the caller never sees those buffers
+        p0, p1, p2 = slot.probs.tolist()[0]
+        action = _ACTIONS[(0 if p0 >= p2 else 2) if p0 >= p1 else (1 if p1 >= p2 else 2)]
+        strength: float = slot.strength.item()
+        if return_probs:
+            return action, strength, np.array((p0, p1, p2), dtype=np.float32)
+        return action, strength
+
+    def predict_batch(self, states: npt.ArrayLike) -> tuple[npt.NDArray[np.int64], F32, F32]:
+        """Decisions for a batch: ``states`` (N, 34) -> ``(actions, strengths, probs)``.
+
+        ``actions`` int64 (N,) (``Action`` values, argmax of ``probs``), ``strengths`` float32
+        (N,), ``probs`` float32 (N, 3); all fresh arrays. ``states`` is validated with
+        ``otonom_schema.validate_states`` (``SchemaError`` names the first bad row). N = 0
+        (shape (0, 34)) gives three empty arrays without running the model.
+        """
+        x = validate_states(states)
+        n = x.shape[0]
+        if n == 0:
+            return (
+                np.empty(0, dtype=np.int64),
+                np.empty(0, dtype=np.float32),
+                np.empty((0, 3), dtype=np.float32),
+            )
+        probs, strength = self._session.run(OUTPUT_NAMES, {INPUT_NAME: x})
+        actions = probs.argmax(axis=1).astype(np.int64, copy=False)
+        return actions, strength.reshape(n), probs
+
+    def get_metadata(self) -> dict[str, Any]:
+        """The model's metadata, decoded (a fresh copy the caller may change).
+
+        Every ``otonom.*`` key without its prefix (``schema_version``, ``feature_names`` (a
+        list), ``metrics`` (a dict), ``training_config``, ...), the metrics also at the top level
+        (``get_metadata()["val_action_acc"]``), other keys as stored, and ``path``, ``sha256``
+        and ``providers``.
+        """
+        out = copy.deepcopy(self._metadata)
+        out.update(path=str(self.path), sha256=self.sha256, providers=list(self.providers))
+        return out
+
+
+def _public_metadata(decoded: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in decoded.items():
+        out[key.removeprefix(_PREFIX) if key.startswith(_PREFIX) else key] = value
+    for key, value in decoded["otonom.metrics"].items():
+        out.setdefault(key, value)
+    return out
+
+
+def load_rl_policy(path: str | os.PathLike[str], device: str = "cpu") -> RlPolicy:
+    """Load and check an ONNX policy.
+
+    ``path``: a ``.onnx`` file; a model folder (its ``policy_best.onnx``, after following a
+    ``latest`` file that names a sub-folder, if there is one); or a ``policy_best.pt`` path,
+    which stands for the ``policy_best.onnx`` beside it (PyTorch checkpoints are never loaded).
+
+    ``device``: ``"cpu"``; ``"cuda"`` (onnxruntime's CUDAExecutionProvider, ``PolicyError`` if
+    it has none); ``"auto"`` (CUDA when available, else CPU).
+
+    Checks, in order, each failing with a ``PolicyError`` that says what was found and what was
+    expected: the file exists; its ``.sha256`` sidecar exists and matches; onnxruntime can load
+    it; the signature is ``state`` float32 [batch, 34] -> ``action_probs`` float32 [batch, 3],
+    ``strength`` float32 [batch, 1]; the metadata holds every required key. A model made under
+    another state schema (fingerprint or feature names) raises ``ModelSchemaMismatchError``
+    naming both schema versions and fingerprints.
+    """
+    import onnxruntime as ort
+
+    providers = _providers(ort, device)
+    model = resolve_model_path(path)
+    data, digest = _read_verified(model)
+    session = _make_session(ort, data, model, providers)
+    if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
+        raise PolicyError(
+            f"device='cuda' but onnxruntime could not start CUDAExecutionProvider for {model} "
+            f"(session providers: {session.get_providers()}); check the CUDA/cuDNN install or "
+            "use device='cpu' or 'auto'"
+        )
+    _check_signature(session, model)
+    props = dict(session.get_modelmeta().custom_metadata_map)
+    decoded = _decode_metadata(props, model)
+    return RlPolicy(
+        session,
+        path=model,
+        sha256=digest,
+        metadata=_public_metadata(decoded),
+        device=device,
+    )
