@@ -1,10 +1,94 @@
 """otonom-runtime: the torch-free runtime a trading daemon imports.
 
-It will hold the market-data store, the live state builder, the ONNX Runtime policy, the
-analysts, the ensemble and the backtester (see the project's issues). Importing it does nothing
-but define names, and it never imports torch.
+The market-data store (SQLAlchemy), CSV and synthetic data, the live state builder and the ONNX
+Runtime policy. Names are loaded on first use (PEP 562), so ``import otonom_runtime`` costs
+almost nothing and a daemon that only predicts never imports SQLAlchemy. It never imports
+torch, and importing it creates no engine, session or file.
+
+Submodules (public): ``store``, ``importers``, ``synth``, ``builder``, ``policy``, ``cli``,
+``testing``.
 """
+
+import importlib
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
+
+from otonom_runtime._errors import (
+    DataImportError,
+    ModelSchemaMismatchError,
+    OtonomRuntimeError,
+    PolicyError,
+    StateBuildError,
+    StoreError,
+    UnknownSymbolError,
+)
+
+if _TYPE_CHECKING:
+    from otonom_runtime.builder import RlStateBuilder
+    from otonom_runtime.importers import ImportReport, import_ohlcv_csv, import_sentiment_csv
+    from otonom_runtime.policy import RlPolicy, load_rl_policy
+    from otonom_runtime.store import (
+        default_database_url,
+        get_engine,
+        get_session,
+        init_db,
+        list_symbols,
+        load_history,
+    )
+    from otonom_runtime.synth import generate_market, write_synthetic
 
 __version__ = "0.1.0"
 
-__all__: list[str] = []
+_LAZY: dict[str, str] = {
+    "RlStateBuilder": "otonom_runtime.builder",
+    "ImportReport": "otonom_runtime.importers",
+    "import_ohlcv_csv": "otonom_runtime.importers",
+    "import_sentiment_csv": "otonom_runtime.importers",
+    "RlPolicy": "otonom_runtime.policy",
+    "load_rl_policy": "otonom_runtime.policy",
+    "default_database_url": "otonom_runtime.store",
+    "get_engine": "otonom_runtime.store",
+    "get_session": "otonom_runtime.store",
+    "init_db": "otonom_runtime.store",
+    "list_symbols": "otonom_runtime.store",
+    "load_history": "otonom_runtime.store",
+    "generate_market": "otonom_runtime.synth",
+    "write_synthetic": "otonom_runtime.synth",
+}
+
+__all__ = [
+    "DataImportError",
+    "ImportReport",
+    "ModelSchemaMismatchError",
+    "OtonomRuntimeError",
+    "PolicyError",
+    "RlPolicy",
+    "RlStateBuilder",
+    "StateBuildError",
+    "StoreError",
+    "UnknownSymbolError",
+    "default_database_url",
+    "generate_market",
+    "get_engine",
+    "get_session",
+    "import_ohlcv_csv",
+    "import_sentiment_csv",
+    "init_db",
+    "list_symbols",
+    "load_history",
+    "load_rl_policy",
+    "write_synthetic",
+]
+
+
+def __getattr__(name: str) -> _Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'otonom_runtime' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
