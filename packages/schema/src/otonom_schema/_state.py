@@ -110,10 +110,12 @@ def validate_states(values: object) -> FloatArray:
     arr = _as_float(values, "states")
     if arr.ndim != 2 or arr.shape[1] != STATE_DIM:
         raise SchemaError(f"states have shape {arr.shape}; expected (N, {STATE_DIM})")
-    finite = np.isfinite(arr).all(axis=1)
-    in_range = ((arr >= _LOW) & (arr <= _HIGH)).all(axis=1)
-    onehot = np.abs(arr[:, _REGIME].sum(axis=1) - 1.0) <= _ONEHOT_TOLERANCE
-    good = finite & in_range & onehot
+    # bounds in the array's own dtype; NaN fails every comparison and all bounds are finite
+    low, high = (_LOW32, _HIGH32) if arr.dtype == np.float32 else (_LOW, _HIGH)
+    in_range = ((arr >= low) & (arr <= high)).all(axis=1)
+    r = _REGIME.start
+    onehot = np.abs(arr[:, r] + arr[:, r + 1] + arr[:, r + 2] - 1.0) <= _ONEHOT_TOLERANCE
+    good = in_range & onehot
     if not bool(good.all()):
         row = int(np.argmin(good))
         raise SchemaError(_describe_bad(arr[row], f"row {row}: "))
