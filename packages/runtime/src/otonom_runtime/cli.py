@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from otonom_runtime._errors import OtonomRuntimeError
+from otonom_schema import SchemaError
 
 __all__ = ["main"]
 
@@ -206,12 +207,53 @@ def _add_data_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     p.set_defaults(handler=_cmd_data_list)
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from otonom_runtime.bench import format_report, run_bench
+
+    url = None
+    if args.symbol is not None:
+        from otonom_runtime.store import default_database_url
+
+        url = args.database_url or default_database_url()
+    calls, rounds, budget = (500, 2, 0.2) if args.quick else (2000, 3, 0.6)
+    result = run_bench(
+        args.model,
+        database_url=url,
+        symbol=args.symbol,
+        day=args.date,
+        calls=calls,
+        rounds=rounds,
+        budget_s=budget,
+    )
+    print(format_report(result))
+    return 0
+
+
+def _add_bench_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "bench",
+        help="measure predict latency and throughput of a model on this machine",
+        description=(
+            "Measure a policy's single-state predict latency (p50/p99/mean), predict_batch "
+            "throughput at 1, 256 and 4096 rows and, with --symbol, a daemon tick "
+            "(build_state from the store + predict), each against a bare ONNX Runtime "
+            "session.run of the same model measured in the same run. The full benchmark with "
+            "numpy and torch peers is bench/latency.py in the repository (docs/benchmarks.md)."
+        ),
+    )
+    p.add_argument("--model", required=True, help="a .onnx file, a model folder or policy_best.pt")
+    p.add_argument("--symbol", help="also time build_state + predict for this symbol's store data")
+    p.add_argument("--date", type=_date, help="the tick's date (default: the newest bar)")
+    p.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
+    p.set_defaults(handler=_cmd_bench)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="otonom",
         description=(
-            "otonom-rl runtime: the market-data store and (later) backtests of the trading "
-            "ensemble and its learned policy."
+            "otonom-rl runtime: the market-data store, the ONNX policy's benchmark and (later) "
+            "backtests of the trading ensemble and its learned policy."
         ),
     )
     parser.add_argument(
@@ -225,6 +267,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_data_commands(commands)
+    _add_bench_commands(commands)
     return parser
 
 
@@ -240,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
-    except OtonomRuntimeError as exc:
+    except (OtonomRuntimeError, SchemaError) as exc:
         return _fail(str(exc), sys.stderr)
     except Exception as exc:
         from sqlalchemy.exc import SQLAlchemyError  # imported late: `--help` stays fast
