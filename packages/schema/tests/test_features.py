@@ -362,3 +362,11 @@ def test_snapshot_and_matrix_portfolio_paths_agree_bit_for_bit() -> None:
         np.testing.assert_array_equal(snap.features(), matrix[i])
     with pytest.raises(s.SchemaError, match="portfolio position is 'x'; expected a number"):
         s.PortfolioSnapshot(position="x")  # type: ignore[arg-type]
+
+
+def test_return_features_decode_to_log_returns() -> None:
+    h = random_history(100, seed=15)
+    states = s.compute_states(h)
+    decoded = s.log_returns_from_features(states[1:, IDX("ret_lag0")])
+    np.testing.assert_allclose(decoded, np.diff(np.log(h.close)), rtol=1e-4, atol=1e-6)
+    assert np.isfinite(s.log_returns_from_features([1.0, -1.0])).all()

@@ -28,7 +28,7 @@ import os
 import re
 import threading
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -412,6 +412,16 @@ class RlPolicy:
             f"RlPolicy(path={str(self.path)!r}, schema={self._metadata.get('schema_version')}, "
             f"providers={self.providers})"
         )
+
+    @overload
+    def predict(
+        self, state: RlState | npt.ArrayLike, return_probs: Literal[False] = False
+    ) -> tuple[Action, float]: ...
+
+    @overload
+    def predict(
+        self, state: RlState | npt.ArrayLike, return_probs: Literal[True]
+    ) -> tuple[Action, float, F32]: ...
 
     def predict(
         self, state: RlState | npt.ArrayLike, return_probs: bool = False

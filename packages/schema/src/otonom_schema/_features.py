@@ -74,6 +74,7 @@ __all__ = [
     "SentimentSeries",
     "compute_state",
     "compute_states",
+    "log_returns_from_features",
     "market_feature_matrix",
     "portfolio_feature_matrix",
     "sentiment_feature",
@@ -376,6 +377,17 @@ def portfolio_feature_matrix(
             raise _portfolio_error(name, i, float(col[i]), lo, hi)
     days = np.tanh(cols[3] / DAYS_SCALE)
     return np.stack([cols[0], cols[1], cols[2], days], axis=1)
+
+
+def log_returns_from_features(values: npt.ArrayLike) -> F64:
+    """Undo the return features' scaling: ``RETURN_SCALE * artanh(value)``, the daily log return.
+
+    Values are clipped to +-(1 - 1e-6) first, so a saturated feature (a move beyond ~36 %
+    in a day) decodes to about +-0.36 rather than infinity. Shape is kept; float64 out.
+    """
+    x = np.clip(np.asarray(values, dtype=np.float64), -1.0 + 1e-6, 1.0 - 1e-6)
+    out: F64 = RETURN_SCALE * np.arctanh(x)
+    return out
 
 
 # --- the windowed maths --------------------------------------------------------------------

@@ -1,0 +1,353 @@
+"""Analysts and the weighted vote that makes the ensemble's decision.
+
+Every analyst reads the same 34-feature states the policy sees (``otonom_schema``), so a policy
+trained on the ensemble's decisions can learn them. Each returns, per state, a signal: an
+``Action``, a strength in [0, 1] and a confidence in [0, 1].
+
+* ``TechAnalyst``: trend (mean of the newest returns), RSI mean reversion and the MACD
+  histogram, combined into a score in [-1, 1]; Bollinger width lowers the confidence.
+* ``NewsAnalyst``: weighted news and macro sentiment; DSI is the confidence.
+* ``RiskAnalyst``: the price drawdown over the newest returns and the volatility regime. It
+  votes SELL when the drawdown is beyond its limit (with full strength in the high-volatility
+  regime), otherwise HOLD with a low confidence; ``exposure()`` is the size multiplier the
+  backtester applies in the high-volatility regime.
+* ``RlAnalyst``: the ONNX policy through the runtime, with a fallback (see its docstring).
+
+The vote (``aggregate_signals`` for one decision, ``aggregate_signal_arrays`` for many): each
+analyst adds ``weight x confidence`` to the total of the action it votes for. The action with
+the largest total wins; ties go to the more cautious action (HOLD, then SELL, then BUY). If the
+winner's share of all votes is below ``min_score`` the ensemble HOLDs. The strength is the
+vote-weighted mean of the strengths of the analysts that voted for the winning action.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from otonom_schema import Action, feature_index, log_returns_from_features
+
+if TYPE_CHECKING:
+    from otonom_runtime.policy import RlPolicy
+
+__all__ = [
+    "ANALYSTS",
+    "NewsAnalyst",
+    "RiskAnalyst",
+    "RlAnalyst",
+    "Signal",
+    "Signals",
+    "TechAnalyst",
+    "aggregate_signal_arrays",
+    "aggregate_signals",
+]
+
+log = logging.getLogger(__name__)
+
+ANALYSTS: Final = ("tech", "news", "risk", "rl")
+"""Analyst names, in the order of weights everywhere (strategy files, decision rows)."""
+
+F64 = npt.NDArray[np.float64]
+_RET0: Final = feature_index("ret_lag0")  # the newest return; older ones sit to its left
+_RSI: Final = feature_index("rsi")
+_MACD: Final = feature_index("macd_signal")
+_BB: Final = feature_index("bb_width")
+_HIGH_VOL: Final = feature_index("regime_high_vol")
+_DSI: Final = feature_index("dsi")
+_NEWS: Final = feature_index("news_sentiment")
+_MACRO: Final = feature_index("macro_sentiment")
+# Tie-break order: on equal totals the earlier action here wins.
+_CAUTION: Final = (Action.HOLD, Action.SELL, Action.BUY)
+
+
+@dataclass(frozen=True)
+class Signal:
+    """One analyst's (or the ensemble's) verdict on one state."""
+
+    action: Action
+    strength: float
+    confidence: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("strength", "confidence"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+                raise ValueError(f"signal {name} is {value!r}; expected a number in [0, 1]")
+        object.__setattr__(self, "action", Action(self.action))
+
+    def to_dict(self) -> dict[str, float | int]:
+        """``{"action": int, "strength": float, "confidence": float}`` (a decision row's JSON)."""
+        return {
+            "action": int(self.action),
+            "strength": float(self.strength),
+            "confidence": float(self.confidence),
+        }
+
+
+@dataclass(frozen=True)
+class Signals:
+    """Signals for N states at once: ``actions`` int64, ``strengths`` and ``confidences``
+    float64, each of shape (N,)."""
+
+    actions: npt.NDArray[np.int64]
+    strengths: F64
+    confidences: F64
+
+    def __len__(self) -> int:
+        return int(self.actions.shape[0])
+
+    def __getitem__(self, i: int) -> Signal:
+        return Signal(
+            Action(int(self.actions[i])), float(self.strengths[i]), float(self.confidences[i])
+        )
+
+    @classmethod
+    def from_scores(cls, score: F64, threshold: float, confidence: F64) -> Signals:
+        """BUY where ``score >= threshold``, SELL where ``score <= -threshold``, else HOLD;
+        strength ``|score|`` (clipped to [0, 1]) for BUY/SELL and 0 for HOLD."""
+        actions = np.full(score.shape[0], int(Action.HOLD), dtype=np.int64)
+        actions[score >= threshold] = int(Action.BUY)
+        actions[score <= -threshold] = int(Action.SELL)
+        strength = np.where(actions == Action.HOLD, 0.0, np.minimum(np.abs(score), 1.0))
+        return cls(actions, strength, np.clip(confidence, 0.0, 1.0))
+
+
+def _states(states: npt.ArrayLike) -> npt.NDArray[np.floating]:
+    arr = np.asarray(states)
+    if arr.ndim != 2 or arr.shape[1] != 34:
+        raise ValueError(f"states have shape {arr.shape}; expected (N, 34)")
+    return arr
+
+
+def _log_returns(states: npt.NDArray[np.floating], window: int) -> F64:
+    """The newest ``window`` daily log returns (oldest first), undoing the tanh scaling."""
+    return log_returns_from_features(states[:, _RET0 - window + 1 : _RET0 + 1])
+
+
+@dataclass(frozen=True)
+class TechAnalyst:
+    """Trend, RSI and MACD rules on the state's technical features.
+
+    Sub-scores in [-1, 1]: trend = clip(mean of the newest ``trend_window`` return features /
+    ``trend_threshold``); RSI (mean reversion) = (oversold - rsi) / oversold below
+    ``rsi_oversold``, -(rsi - overbought) / (1 - overbought) above ``rsi_overbought``, else 0;
+    MACD = clip(macd_signal / ``macd_threshold``). The score is their weighted mean; it acts at
+    ``entry_threshold``. Confidence = 1 - Bollinger width feature (wide bands: less sure).
+    """
+
+    trend_window: int = 10
+    trend_threshold: float = 0.10
+    rsi_oversold: float = 0.30
+    rsi_overbought: float = 0.70
+    macd_threshold: float = 0.10
+    trend_weight: float = 1.0
+    rsi_weight: float = 1.0
+    macd_weight: float = 1.0
+    entry_threshold: float = 0.34
+
+    def score(self, states: npt.ArrayLike) -> F64:
+        x = _states(states).astype(np.float64)
+        w = self.trend_window
+        trend = np.clip(x[:, _RET0 - w + 1 : _RET0 + 1].mean(axis=1) / self.trend_threshold, -1, 1)
+        rsi = x[:, _RSI]
+        low, high = self.rsi_oversold, self.rsi_overbought
+        rsi_score = np.where(
+            rsi < low, (low - rsi) / low, np.where(rsi > high, -(rsi - high) / (1 - high), 0.0)
+        )
+        macd = x[:, _MACD]
+        macd_score = (
+            np.clip(macd / self.macd_threshold, -1, 1) if self.macd_threshold > 0 else np.sign(macd)
+        )
+        total = self.trend_weight + self.rsi_weight + self.macd_weight
+        out: F64 = (
+            self.trend_weight * trend + self.rsi_weight * rsi_score + self.macd_weight * macd_score
+        ) / total
+        return out
+
+    def signals(self, states: npt.ArrayLike) -> Signals:
+        x = _states(states)
+        return Signals.from_scores(
+            self.score(x), self.entry_threshold, 1.0 - x[:, _BB].astype(np.float64)
+        )
+
+
+@dataclass(frozen=True)
+class NewsAnalyst:
+    """Sentiment: score = (news_weight x news + macro_weight x macro) / (sum of weights),
+    acting at ``threshold``; confidence = the state's DSI (poor data: less sure)."""
+
+    news_weight: float = 0.6
+    macro_weight: float = 0.4
+    threshold: float = 0.20
+
+    def signals(self, states: npt.ArrayLike) -> Signals:
+        x = _states(states).astype(np.float64)
+        total = self.news_weight + self.macro_weight
+        score = (self.news_weight * x[:, _NEWS] + self.macro_weight * x[:, _MACRO]) / total
+        return Signals.from_scores(score, self.threshold, x[:, _DSI])
+
+
+@dataclass(frozen=True)
+class RiskAnalyst:
+    """Drawdown and volatility regime.
+
+    ``drawdown`` = 1 - price / running peak over the newest ``drawdown_window`` returns (at
+    most 20: the returns the state holds). Beyond ``max_drawdown`` it votes SELL: strength 1
+    and confidence 1 in the high-volatility regime (when ``exit_in_high_vol``), else strength
+    and confidence ``min(1, drawdown / (2 x max_drawdown))``. Otherwise it votes HOLD with
+    confidence 0.5 (it has no opinion on entries). ``exposure()`` = ``high_vol_exposure`` in
+    the high-volatility regime, else 1.
+    """
+
+    drawdown_window: int = 20
+    max_drawdown: float = 0.15
+    high_vol_exposure: float = 0.5
+    exit_in_high_vol: bool = True
+
+    def drawdown(self, states: npt.ArrayLike) -> F64:
+        window = min(self.drawdown_window, 20)
+        path = np.cumsum(_log_returns(_states(states), window), axis=1)
+        peak = np.maximum(np.maximum.accumulate(path, axis=1), 0.0)  # the window's start is 0
+        out: F64 = 1.0 - np.exp(path[:, -1] - peak[:, -1])
+        return out
+
+    def signals(self, states: npt.ArrayLike) -> Signals:
+        x = _states(states)
+        dd = self.drawdown(x)
+        high_vol = x[:, _HIGH_VOL] > 0.5
+        breach = dd > self.max_drawdown
+        graded = np.minimum(1.0, dd / (2.0 * self.max_drawdown))
+        exit_now = breach & high_vol & self.exit_in_high_vol
+        actions = np.where(breach, int(Action.SELL), int(Action.HOLD)).astype(np.int64)
+        strength = np.where(exit_now, 1.0, np.where(breach, graded, 0.0))
+        confidence = np.where(exit_now, 1.0, np.where(breach, graded, 0.5))
+        return Signals(actions, strength, confidence)
+
+    def exposure(self, states: npt.ArrayLike) -> F64:
+        x = _states(states)
+        out: F64 = np.where(x[:, _HIGH_VOL] > 0.5, self.high_vol_exposure, 1.0)
+        return out
+
+
+class RlAnalyst:
+    """The ONNX policy as the ensemble's 4th analyst, with a fallback.
+
+    ``signal(state)`` returns the policy's action and strength with its top probability as the
+    confidence, or ``None`` when the policy fails (an exception, NaN output, or no policy at
+    all): the ensemble then votes without it. The first failure is logged (once per analyst);
+    ``fallbacks`` counts them all and ``last_error`` keeps the newest message.
+    """
+
+    def __init__(self, policy: RlPolicy | None, *, reason: str | None = None) -> None:
+        self.policy = policy
+        self.fallbacks = 0
+        self.last_error: str | None = None if policy is not None else (reason or "no policy")
+        self._logged = False
+
+    def _fail(self, message: str) -> None:
+        self.fallbacks += 1
+        self.last_error = message
+        if not self._logged:
+            self._logged = True
+            log.warning("RL analyst failed, the ensemble carries on without it: %s", message)
+
+    def signal(self, state: npt.ArrayLike) -> Signal | None:
+        if self.policy is None:
+            self._fail(self.last_error or "no policy")
+            return None
+        try:
+            action, strength, probs = self.policy.predict(state, return_probs=True)
+        except Exception as exc:  # any failure of the model must not stop the ensemble
+            self._fail(f"{type(exc).__name__}: {exc}")
+            return None
+        confidence = float(np.max(probs))
+        if not (math.isfinite(strength) and math.isfinite(confidence)):
+            self._fail(f"non-finite output (strength {strength}, confidence {confidence})")
+            return None
+        return Signal(action, min(max(strength, 0.0), 1.0), min(max(confidence, 0.0), 1.0))
+
+
+def _check_weights(weights: Sequence[float], n: int) -> F64:
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (n,):
+        raise ValueError(f"weights have shape {w.shape}; expected ({n},), one per analyst")
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"weights are {w.tolist()}; expected finite numbers >= 0")
+    return w
+
+
+def aggregate_signal_arrays(
+    signals: Sequence[Signals | None], weights: Sequence[float], *, min_score: float = 0.0
+) -> Signals:
+    """The weighted vote for N states at once (see the module docstring for the rule).
+
+    ``signals``: one ``Signals`` per analyst (``None``: that analyst abstains everywhere).
+    Returns the ensemble's ``Signals``; its confidence is the winner's share of the votes.
+    """
+    w = _check_weights(weights, len(signals))
+    present = [(s, wi) for s, wi in zip(signals, w, strict=True) if s is not None]
+    if not present:
+        raise ValueError("no analyst signals to aggregate")
+    n = len(present[0][0])
+    totals = np.zeros((n, 3))
+    strength_sums = np.zeros((n, 3))
+    rows = np.arange(n)
+    for sig, wi in present:
+        if len(sig) != n:
+            raise ValueError(f"signals have {len(sig)} rows; expected {n} like the first analyst")
+        vote = wi * sig.confidences
+        np.add.at(totals, (rows, sig.actions), vote)
+        np.add.at(strength_sums, (rows, sig.actions), vote * sig.strengths)
+    return _decide(totals, strength_sums, min_score)
+
+
+def _decide(totals: F64, strength_sums: F64, min_score: float) -> Signals:
+    order = [int(a) for a in _CAUTION]
+    ranked = totals[:, order]
+    winner = np.asarray(order)[np.argmax(ranked, axis=1)]  # argmax keeps the first of ties
+    rows = np.arange(totals.shape[0])
+    all_votes = totals.sum(axis=1)
+    best = totals[rows, winner]
+    share = np.where(all_votes > 0, best / np.where(all_votes > 0, all_votes, 1.0), 0.0)
+    strength = np.where(best > 0, strength_sums[rows, winner] / np.where(best > 0, best, 1.0), 0.0)
+    weak = (share < min_score) | (all_votes <= 0)
+    actions = np.where(weak, int(Action.HOLD), winner).astype(np.int64)
+    strength = np.where(weak, 0.0, strength)
+    return Signals(actions, np.clip(strength, 0.0, 1.0), share)
+
+
+def aggregate_signals(
+    signals: Sequence[Signal | Action | tuple[Action, float] | None],
+    weights: Sequence[float],
+    *,
+    min_score: float = 0.0,
+) -> Signal:
+    """The weighted vote for one decision, as in the guide's Step 4.
+
+    ``signals``: one per analyst, in the order of ``weights``; each a ``Signal``, an ``Action``
+    (strength 1, confidence 1), an ``(action, strength)`` pair as ``policy.predict`` returns,
+    or ``None`` (the analyst abstains, e.g. the RL fallback).
+    """
+    arrays: list[Signals | None] = []
+    for sig in signals:
+        if sig is None:
+            arrays.append(None)
+            continue
+        if isinstance(sig, tuple):
+            sig = Signal(Action(sig[0]), float(sig[1]))
+        elif not isinstance(sig, Signal):
+            sig = Signal(Action(sig), 1.0)
+        arrays.append(
+            Signals(
+                np.array([int(sig.action)], dtype=np.int64),
+                np.array([sig.strength]),
+                np.array([sig.confidence]),
+            )
+        )
+    return aggregate_signal_arrays(arrays, weights, min_score=min_score)[0]

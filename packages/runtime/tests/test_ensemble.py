@@ -1,0 +1,229 @@
+"""Analysts and the weighted vote: hand-made states, tie-breaking, the RL fallback."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import otonom_schema as s
+from otonom_runtime.ensemble import (
+    NewsAnalyst,
+    RiskAnalyst,
+    RlAnalyst,
+    Signal,
+    Signals,
+    TechAnalyst,
+    aggregate_signal_arrays,
+    aggregate_signals,
+)
+from otonom_runtime.policy import load_rl_policy
+from otonom_runtime.testing.models import make_policy_model
+from otonom_schema import Action
+from otonom_schema.testing import random_history
+
+IDX = s.feature_index
+HOLD, BUY, SELL = Action.HOLD, Action.BUY, Action.SELL
+
+
+def neutral(**features: float) -> np.ndarray:
+    """A valid state: flat market, normal regime, full DSI, then the given features."""
+    v = np.zeros(34, dtype=np.float32)
+    v[IDX("rsi")] = 0.5
+    v[IDX("cash_fraction")] = 1.0
+    v[IDX("regime_normal")] = 1.0
+    v[IDX("dsi")] = 1.0
+    for name, value in features.items():
+        v[IDX(name)] = value
+    return s.validate_state_array(v)
+
+
+def returns_state(log_returns: list[float], **features: float) -> np.ndarray:
+    v = neutral(**features)
+    k = len(log_returns)
+    v[IDX("ret_lag0") - k + 1 : IDX("ret_lag0") + 1] = np.tanh(np.array(log_returns) / 0.05)
+    return v
+
+
+# --- the vote -------------------------------------------------------------------------------
+
+
+def test_weighted_vote_and_strength_of_the_agreeing_analysts() -> None:
+    out = aggregate_signals(
+        [Signal(BUY, 0.8, 1.0), Signal(BUY, 0.4, 0.5), Signal(SELL, 1.0, 1.0)], [1.0, 2.0, 1.5]
+    )
+    # BUY: 1*1 + 2*0.5 = 2.0 votes, SELL: 1.5; strength = (1*0.8 + 1*0.4) / 2
+    assert out.action == BUY
+    assert out.strength == pytest.approx(0.6)
+    assert out.confidence == pytest.approx(2.0 / 3.5)
+
+
+@pytest.mark.parametrize(
+    ("signals", "winner"),
+    [
+        ([Signal(BUY, 1.0), Signal(HOLD, 0.0)], HOLD),
+        ([Signal(BUY, 1.0), Signal(SELL, 1.0)], SELL),
+        ([Signal(SELL, 1.0), Signal(HOLD, 0.0)], HOLD),
+    ],
+)
+def test_ties_go_to_the_more_cautious_action(signals: list[Signal], winner: Action) -> None:
+    assert aggregate_signals(signals, [1.0, 1.0]).action == winner
+
+
+def test_min_score_holds_on_a_split_vote() -> None:
+    split = [Signal(BUY, 1.0), Signal(SELL, 1.0), Signal(HOLD, 0.0), Signal(BUY, 1.0)]
+    assert aggregate_signals(split, [1, 1, 1, 1]).action == BUY  # 2 of 4
+    held = aggregate_signals(split, [1, 1, 1, 1], min_score=0.6)
+    assert held.action == HOLD
+    assert held.strength == 0.0
+
+
+def test_guide_call_shapes_and_abstention() -> None:
+    # the guide passes the RL action as returned by policy.predict, or a bare Action
+    assert aggregate_signals([Signal(SELL, 0.5), (BUY, 0.9), None], [1.0, 2.0, 5.0]) == Signal(
+        BUY, 0.9, 2.0 / 3.0
+    )
+    assert aggregate_signals([BUY, None], [1.0, 1.0]).action == BUY
+    with pytest.raises(ValueError, match="no analyst signals"):
+        aggregate_signals([None, None], [1.0, 1.0])
+    with pytest.raises(ValueError, match=r"expected \(2,\), one per analyst"):
+        aggregate_signals([BUY, SELL], [1.0])
+    with pytest.raises(ValueError, match="expected finite numbers >= 0"):
+        aggregate_signals([BUY, SELL], [1.0, -1.0])
+    with pytest.raises(ValueError, match=r"signal strength is 1.5; expected a number in \[0, 1\]"):
+        Signal(BUY, 1.5)
+
+
+def test_scalar_and_array_votes_agree() -> None:
+    rng = np.random.default_rng(0)
+    n, k = 300, 4
+    per_analyst = [
+        Signals(rng.integers(0, 3, n), rng.uniform(0, 1, n), rng.uniform(0, 1, n)) for _ in range(k)
+    ]
+    weights = rng.uniform(0, 2, k)
+    many = aggregate_signal_arrays(per_analyst, weights, min_score=0.4)
+    for i in range(n):
+        one = aggregate_signals([sig[i] for sig in per_analyst], weights, min_score=0.4)
+        assert one == many[i]
+
+
+# --- analysts -------------------------------------------------------------------------------
+
+
+def test_tech_analyst_rules() -> None:
+    tech = TechAnalyst()
+    up = returns_state([0.02] * 10, macd_signal=0.3)
+    down = returns_state([-0.02] * 10, macd_signal=-0.3)
+    oversold = neutral(rsi=0.1)
+    sig = tech.signals(np.stack([up, down, oversold, neutral()]))
+    assert sig[0].action == BUY
+    assert sig[1].action == SELL
+    assert sig[2].action == HOLD  # RSI alone: score (0.3-0.1)/0.3/3 = 0.22 < 0.34
+    assert tech.score(oversold[None])[0] == pytest.approx((0.2 / 0.3) / 3, rel=1e-5)
+    assert sig[3] == Signal(HOLD, 0.0, 1.0)
+    assert sig[0].strength == pytest.approx(tech.score(up[None])[0])
+
+
+def test_news_analyst() -> None:
+    sig = NewsAnalyst().signals(
+        np.stack(
+            [
+                neutral(news_sentiment=0.8, macro_sentiment=0.2, dsi=0.9),
+                neutral(news_sentiment=-0.1),
+            ]
+        )
+    )
+    assert sig[0].action == BUY
+    assert sig[0].strength == pytest.approx(0.56)
+    assert sig[0].confidence == pytest.approx(0.9)
+    assert sig[1].action == HOLD
+
+
+def test_risk_analyst_drawdown_and_regime() -> None:
+    risk = RiskAnalyst(max_drawdown=0.15)
+    crash = [0.05] * 5 + [-0.06] * 5  # peak after 5 bars, then -30 % in log terms
+    calm = returns_state(crash)
+    turbulent = returns_state(crash, regime_normal=0.0, regime_high_vol=1.0)
+    fine = returns_state([0.01] * 10)
+    dd = 1 - math.exp(-0.30)
+    np.testing.assert_allclose(risk.drawdown(calm[None]), [dd], rtol=1e-4)
+    sig = risk.signals(np.stack([calm, turbulent, fine]))
+    assert sig[0].action == SELL
+    assert sig[0].strength == pytest.approx(min(1.0, dd / 0.30), rel=1e-4)
+    assert sig[1] == Signal(SELL, 1.0, 1.0)
+    assert sig[2] == Signal(HOLD, 0.0, 0.5)
+    np.testing.assert_array_equal(risk.exposure(np.stack([calm, turbulent])), [1.0, 0.5])
+
+
+def test_analysts_on_real_states_give_valid_signals() -> None:
+    states = s.compute_states(random_history(600, seed=4))
+    for analyst in (TechAnalyst(), NewsAnalyst(), RiskAnalyst()):
+        sig = analyst.signals(states)
+        assert len(sig) == 600
+        assert set(np.unique(sig.actions)) <= {0, 1, 2}
+        assert ((sig.strengths >= 0) & (sig.strengths <= 1)).all()
+        assert ((sig.confidences >= 0) & (sig.confidences <= 1)).all()
+    tech = TechAnalyst().signals(states)
+    assert {int(a) for a in np.unique(tech.actions)} == {0, 1, 2}
+
+
+# --- the RL analyst and its fallback -----------------------------------------------------------
+
+
+def test_rl_analyst_uses_the_onnx_policy(tmp_path: Path) -> None:
+    make_policy_model(tmp_path / "policy_best.onnx")
+    policy = load_rl_policy(tmp_path)
+    state = s.compute_states(random_history(200, seed=5))[-1]
+    sig = RlAnalyst(policy).signal(state)
+    action, strength, probs = policy.predict(state, return_probs=True)
+    assert sig == Signal(action, strength, float(probs.max()))
+
+
+class _Broken:
+    def __init__(self, result: object) -> None:
+        self.result = result
+
+    def predict(self, state: object, return_probs: bool = False) -> object:
+        if isinstance(self.result, Exception):
+            raise self.result
+        return self.result
+
+
+def test_fallback_without_a_model_counts_and_logs_once(caplog: pytest.LogCaptureFixture) -> None:
+    state = neutral()
+    rl = RlAnalyst(_Broken(RuntimeError("onnx exploded")))  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="otonom_runtime.ensemble"):
+        assert rl.signal(state) is None
+        assert rl.signal(state) is None
+    assert rl.fallbacks == 2
+    assert rl.last_error == "RuntimeError: onnx exploded"
+    assert len([r for r in caplog.records if "RL analyst failed" in r.message]) == 1
+
+    nan = RlAnalyst(_Broken((BUY, float("nan"), np.array([0.1, 0.8, 0.1]))))  # type: ignore[arg-type]
+    assert nan.signal(state) is None
+    assert "non-finite" in (nan.last_error or "")
+
+    missing = RlAnalyst(None, reason="models/rl_bc: no policy_best.onnx")
+    assert missing.signal(state) is None
+    assert missing.fallbacks == 1
+
+
+def test_ensemble_works_without_rl_if_model_fails() -> None:
+    """The guide's checklist item: with the RL analyst failing, the other three decide."""
+    states = s.compute_states(random_history(300, seed=6))
+    three = [
+        TechAnalyst().signals(states),
+        NewsAnalyst().signals(states),
+        RiskAnalyst().signals(states),
+    ]
+    rl = RlAnalyst(_Broken(ValueError("schema mismatch")))  # type: ignore[arg-type]
+    for i in range(0, 300, 25):
+        with_failed_rl = aggregate_signals(
+            [sig[i] for sig in three] + [rl.signal(states[i])], [1.0, 1.0, 1.0, 1.0]
+        )
+        without = aggregate_signals([sig[i] for sig in three], [1.0, 1.0, 1.0])
+        assert with_failed_rl == without
+    assert rl.fallbacks == 12
