@@ -9,6 +9,8 @@
         │                                      lists every bad row (file, row number, problem)
         ├── UnknownSymbolError (+ KeyError)    a symbol that is not in the store
         ├── StateBuildError (+ ValueError)     no bar on/near the date, date before history, ...
+        ├── StrategyError (+ ValueError)       a strategy file or mapping that cannot be used;
+        │                                      ``problems`` lists every one (file:line: key.path)
         └── PolicyError (+ ValueError)         a model file that is missing, invalid, has the
             │                                  wrong signature or fails its sha256 check
             └── ModelSchemaMismatchError       the model was trained under another state schema
@@ -20,6 +22,8 @@ Every message says what was received and what was expected.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from otonom_schema import SchemaMismatchError
 
 __all__ = [
@@ -29,6 +33,7 @@ __all__ = [
     "PolicyError",
     "StateBuildError",
     "StoreError",
+    "StrategyError",
     "UnknownSymbolError",
 ]
 
@@ -54,6 +59,18 @@ class UnknownSymbolError(OtonomRuntimeError, KeyError):
 
 class StateBuildError(OtonomRuntimeError, ValueError):
     """A state cannot be built for the requested symbol and date."""
+
+
+class StrategyError(OtonomRuntimeError, ValueError):
+    """A strategy (YAML file or mapping) that cannot be used.
+
+    The message lists every problem found, one per line; ``problems`` holds the same lines
+    (``FILE[:LINE]: key.path: received ..., expected ...``).
+    """
+
+    def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.problems: tuple[str, ...] = tuple(problems)
 
 
 class PolicyError(OtonomRuntimeError, ValueError):
