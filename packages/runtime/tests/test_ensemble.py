@@ -61,16 +61,18 @@ def test_weighted_vote_and_strength_of_the_agreeing_analysts() -> None:
     assert out.confidence == pytest.approx(2.0 / 3.5)
 
 
-@pytest.mark.parametrize(
-    ("signals", "winner"),
-    [
-        ([Signal(BUY, 1.0), Signal(HOLD, 0.0)], HOLD),
-        ([Signal(BUY, 1.0), Signal(SELL, 1.0)], SELL),
-        ([Signal(SELL, 1.0), Signal(HOLD, 0.0)], HOLD),
-    ],
-)
-def test_ties_go_to_the_more_cautious_action(signals: list[Signal], winner: Action) -> None:
-    assert aggregate_signals(signals, [1.0, 1.0]).action == winner
+def test_ties_and_dilution() -> None:
+    # a BUY/SELL tie has no conviction: HOLD
+    assert aggregate_signals([Signal(BUY, 1.0), Signal(SELL, 1.0)], [1.0, 1.0]).action == HOLD
+    # a confident HOLD dilutes the winning side's share ...
+    diluted = [Signal(BUY, 0.7, 1.0), Signal(HOLD, 0.0, 1.0)]
+    held = aggregate_signals(diluted, [1.0, 2.0], min_score=0.5)
+    assert (held.action, held.strength) == (HOLD, 0.0)
+    assert held.confidence == pytest.approx(2.0 / 3.0)  # 1 - the BUY share
+    assert aggregate_signals(diluted, [1.0, 2.0], min_score=0.3) == Signal(BUY, 0.7, 1.0 / 3.0)
+    # ... an analyst with nothing to say (confidence 0) does not
+    silent = [Signal(BUY, 0.7, 1.0), Signal(HOLD, 0.0, 0.0)]
+    assert aggregate_signals(silent, [1.0, 2.0], min_score=0.5) == Signal(BUY, 0.7, 1.0)
 
 
 def test_min_score_holds_on_a_split_vote() -> None:
@@ -121,8 +123,8 @@ def test_tech_analyst_rules() -> None:
     sig = tech.signals(np.stack([up, down, oversold, neutral()]))
     assert sig[0].action == BUY
     assert sig[1].action == SELL
-    assert sig[2].action == HOLD  # RSI alone: score (0.3-0.1)/0.3/3 = 0.22 < 0.34
-    assert tech.score(oversold[None])[0] == pytest.approx((0.2 / 0.3) / 3, rel=1e-5)
+    assert sig[2].action == HOLD  # RSI alone: 0.5 x (0.3-0.1)/0.3 / 2.5 = 0.13 < 0.30
+    assert tech.score(oversold[None])[0] == pytest.approx(0.5 * (0.2 / 0.3) / 2.5, rel=1e-5)
     assert sig[3] == Signal(HOLD, 0.0, 1.0)
     assert sig[0].strength == pytest.approx(tech.score(up[None])[0])
 
@@ -140,6 +142,8 @@ def test_news_analyst() -> None:
     assert sig[0].strength == pytest.approx(0.56)
     assert sig[0].confidence == pytest.approx(0.9)
     assert sig[1].action == HOLD
+    silent = NewsAnalyst().signals(neutral()[None])  # no sentiment known at all
+    assert silent[0] == Signal(HOLD, 0.0, 0.0)
 
 
 def test_risk_analyst_drawdown_and_regime() -> None:

@@ -248,6 +248,199 @@ def _add_bench_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     p.set_defaults(handler=_cmd_bench)
 
 
+def _cmd_strategy_check(args: argparse.Namespace) -> int:
+    from otonom_runtime.strategy import load_strategy
+
+    cfg = load_strategy(args.file)
+    e, rl = cfg.ensemble, cfg.ensemble.rl_policy
+    w = e.analyst_weights
+    if rl.enabled:
+        rl_line = f"on, model {rl.model_file} (model_path {rl.model_path!r}), device {rl.device}"
+    else:
+        rl_line = f"off (model_path {rl.model_path!r} not checked)"
+    p, c = cfg.portfolio, cfg.costs
+    lines = [
+        f"strategy {cfg.name}: {cfg.source} (sha256 {cfg.file_sha256[:12]})",
+        f"  ensemble:  {'on' if e.enabled else 'off (the tech analyst decides alone)'}, "
+        f"min_score {e.min_score:g}",
+        f"  weights:   tech {w.tech:g}, news {w.news:g}, risk {w.risk:g}, rl {w.rl:g}"
+        + ("" if rl.enabled else " (counts as 0 while the RL analyst is off)"),
+        f"  rl policy: {rl_line}",
+        f"  portfolio: capital {p.initial_capital:g}, max leverage {p.max_leverage:g}, "
+        f"shorts {'allowed' if p.allow_short else 'not allowed'}",
+        f"  costs:     commission {c.commission_bps:g} bps, slippage {c.slippage_bps:g} bps",
+        f"  calendar:  {cfg.calendar.periods_per_year} periods per year",
+        "ok",
+    ]
+    print("\n".join(lines))
+    return 0
+
+
+def _add_strategy_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    strategy = commands.add_parser(
+        "strategy",
+        help="check strategy YAML files",
+        description="Check strategy YAML files (strategies/baseline_v1.yaml shows every key).",
+    )
+    sub = strategy.add_subparsers(
+        dest="strategy_command", metavar="STRATEGY_COMMAND", required=True
+    )
+    p = sub.add_parser(
+        "check",
+        help="load a strategy file and print a summary, or every problem in it",
+        description=(
+            "Load a strategy YAML file and print its name, sha256, weights, RL analyst, costs "
+            "and calendar. An invalid file prints every problem (file:line: key.path: what was "
+            "received, what was expected) and exits 1. With the RL analyst enabled the model "
+            "must be found (it is not loaded)."
+        ),
+    )
+    p.add_argument("file", metavar="FILE", help="the strategy YAML file")
+    p.set_defaults(handler=_cmd_strategy_check)
+
+
+def _cmd_backtest(args: argparse.Namespace) -> int:
+    from otonom_runtime.backtest import run_backtest
+    from otonom_runtime.store import get_session
+    from otonom_runtime.strategy import load_strategy
+
+    config = load_strategy(args.strategy_path)
+    url = _url(args)
+    with get_session(url) as session:
+        report = run_backtest(
+            session,
+            config,
+            list(dict.fromkeys(args.symbol)),
+            args.start_date,
+            args.end_date,
+            use_rl=False if args.no_rl else None,
+            progress=not args.quiet,
+        )
+    print(report.summary())
+    if args.plot != "none":
+        from otonom_runtime.plots import PlotUnavailableError, plot_equity
+
+        target = args.plot or f"reports/backtest_run_{report.run_id}.png"
+        try:
+            png = plot_equity(
+                {config.name: (report.dates, report.equity)},
+                target,
+                title=f"run {report.run_id}: {config.name} on {', '.join(report.symbols)}",
+            )
+        except PlotUnavailableError as exc:
+            print(f"(no chart: {exc})", file=sys.stderr)
+        else:
+            print(f"equity curve and drawdown: {png}")
+    print(f"run id: {report.run_id}")
+    return 0
+
+
+def _pct(value: object) -> str:
+    return "-" if not isinstance(value, (int, float)) else f"{value:+.1%}"
+
+
+def _num(value: object) -> str:
+    return "-" if not isinstance(value, (int, float)) else f"{value:.2f}"
+
+
+def _cmd_runs_list(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from otonom_runtime.store import BacktestRun, get_session
+
+    with get_session(_url(args)) as session:
+        runs = session.execute(select(BacktestRun).order_by(BacktestRun.id.desc())).scalars()
+        rows = []
+        for run in runs:
+            port = (run.metrics or {}).get("portfolio", {})
+            rows.append(
+                [
+                    str(run.id),
+                    run.strategy_name,
+                    ",".join(run.symbols),
+                    f"{run.start_date} .. {run.end_date}",
+                    run.status,
+                    "on" if (run.params or {}).get("rl_enabled") else "off",
+                    _pct(port.get("total_return")),
+                    _num(port.get("sharpe")),
+                    _pct(port.get("max_drawdown")).lstrip("+"),
+                ]
+            )
+    if not rows:
+        print("no backtest runs yet (otonom backtest --strategy-path ... --symbol ...)")
+        return 0
+    headers = ["id", "strategy", "symbols", "dates", "status", "rl", "return", "sharpe", "max dd"]
+    print(_table(headers, rows, right={0, 6, 7, 8}))
+    return 0
+
+
+def _cmd_runs_show(args: argparse.Namespace) -> int:
+    import json
+
+    from otonom_runtime.store import BacktestRun, get_session
+
+    with get_session(_url(args)) as session:
+        run = session.get(BacktestRun, args.run_id)
+        if run is None:
+            raise OtonomRuntimeError(f"no backtest run with id {args.run_id}")
+        print(f"run {run.id}: {run.strategy_name} ({run.status})")
+        print(f"  symbols   {', '.join(run.symbols)}")
+        print(f"  dates     {run.start_date} .. {run.end_date}")
+        print(f"  strategy  sha256 {run.strategy_hash[:16]}  {(run.params or {}).get('source')}")
+        print(f"  RL        {'on' if (run.params or {}).get('rl_enabled') else 'off'}")
+        print(f"  created   {run.created_at}  finished {run.finished_at}")
+        if run.error:
+            print(f"  error     {run.error}")
+        if run.metrics:
+            print(json.dumps(run.metrics, indent=2, sort_keys=True))
+    return 0
+
+
+def _add_backtest_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "backtest",
+        help="backtest a strategy's ensemble and store every decision",
+        description=(
+            "Run the strategy's ensemble (tech, news, risk and, when the strategy enables it, "
+            "the RL policy) over daily bars: decisions at each close from data up to that day, "
+            "filled at the next open with commission and slippage. Every decision is stored "
+            "under a new run id; prints the action distribution and the metrics and writes an "
+            "equity curve + drawdown PNG."
+        ),
+    )
+    p.add_argument(
+        "--strategy-path", required=True, help="strategy YAML, e.g. strategies/baseline_v1.yaml"
+    )
+    p.add_argument("--symbol", action="append", required=True, help="a symbol (repeat for several)")
+    p.add_argument(
+        "--start-date", type=_date, required=True, help="first decision day (YYYY-MM-DD)"
+    )
+    p.add_argument("--end-date", type=_date, required=True, help="last decision day (YYYY-MM-DD)")
+    p.add_argument("--no-rl", action="store_true", help="switch the RL analyst off for this run")
+    p.add_argument(
+        "--plot",
+        metavar="PNG",
+        default=None,
+        help="chart file (default reports/backtest_run_<id>.png; 'none' for no chart)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_cmd_backtest)
+
+    runs = commands.add_parser(
+        "runs", help="look at past backtest runs", description="List or show stored backtest runs."
+    )
+    sub = runs.add_subparsers(dest="runs_command", metavar="RUNS_COMMAND", required=True)
+    q = sub.add_parser(
+        "list", help="every run, newest first", description="Every run, newest first."
+    )
+    q.set_defaults(handler=_cmd_runs_list)
+    q = sub.add_parser("show", help="one run's record and metrics", description="One run in full.")
+    q.add_argument("run_id", type=int, metavar="ID")
+    q.set_defaults(handler=_cmd_runs_show)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="otonom",
@@ -268,6 +461,8 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_data_commands(commands)
     _add_bench_commands(commands)
+    _add_strategy_commands(commands)
+    _add_backtest_commands(commands)
     return parser
 
 

@@ -14,10 +14,12 @@ trained on the ensemble's decisions can learn them. Each returns, per state, a s
 * ``RlAnalyst``: the ONNX policy through the runtime, with a fallback (see its docstring).
 
 The vote (``aggregate_signals`` for one decision, ``aggregate_signal_arrays`` for many): each
-analyst adds ``weight x confidence`` to the total of the action it votes for. The action with
-the largest total wins; ties go to the more cautious action (HOLD, then SELL, then BUY). If the
-winner's share of all votes is below ``min_score`` the ensemble HOLDs. The strength is the
-vote-weighted mean of the strengths of the analysts that voted for the winning action.
+analyst adds ``weight x confidence`` to the action it votes for. BUY or SELL, whichever has
+more votes, wins when its share of all votes (HOLD votes included: a confident HOLD dilutes)
+reaches ``min_score``; otherwise, and on a BUY/SELL tie, the ensemble HOLDs. An analyst with
+nothing to say votes with confidence 0 (the news analyst without any sentiment data), and one
+that fails (``None``) is left out. The strength is the vote-weighted mean of the strengths of
+the analysts on the winning side.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ __all__ = [
     "TechAnalyst",
     "aggregate_signal_arrays",
     "aggregate_signals",
+    "decide",
+    "vote_totals",
 ]
 
 log = logging.getLogger(__name__)
@@ -62,8 +66,6 @@ _HIGH_VOL: Final = feature_index("regime_high_vol")
 _DSI: Final = feature_index("dsi")
 _NEWS: Final = feature_index("news_sentiment")
 _MACRO: Final = feature_index("macro_sentiment")
-# Tie-break order: on equal totals the earlier action here wins.
-_CAUTION: Final = (Action.HOLD, Action.SELL, Action.BUY)
 
 
 @dataclass(frozen=True)
@@ -147,9 +149,9 @@ class TechAnalyst:
     rsi_overbought: float = 0.70
     macd_threshold: float = 0.10
     trend_weight: float = 1.0
-    rsi_weight: float = 1.0
+    rsi_weight: float = 0.5
     macd_weight: float = 1.0
-    entry_threshold: float = 0.34
+    entry_threshold: float = 0.30
 
     def score(self, states: npt.ArrayLike) -> F64:
         x = _states(states).astype(np.float64)
@@ -180,7 +182,8 @@ class TechAnalyst:
 @dataclass(frozen=True)
 class NewsAnalyst:
     """Sentiment: score = (news_weight x news + macro_weight x macro) / (sum of weights),
-    acting at ``threshold``; confidence = the state's DSI (poor data: less sure)."""
+    acting at ``threshold``; confidence = the state's DSI (poor data: less sure), and 0 when
+    both sentiment features are exactly 0 (the schema's value for "no score known")."""
 
     news_weight: float = 0.6
     macro_weight: float = 0.4
@@ -190,7 +193,8 @@ class NewsAnalyst:
         x = _states(states).astype(np.float64)
         total = self.news_weight + self.macro_weight
         score = (self.news_weight * x[:, _NEWS] + self.macro_weight * x[:, _MACRO]) / total
-        return Signals.from_scores(score, self.threshold, x[:, _DSI])
+        known = (x[:, _NEWS] != 0.0) | (x[:, _MACRO] != 0.0)
+        return Signals.from_scores(score, self.threshold, np.where(known, x[:, _DSI], 0.0))
 
 
 @dataclass(frozen=True)
@@ -282,14 +286,9 @@ def _check_weights(weights: Sequence[float], n: int) -> F64:
     return w
 
 
-def aggregate_signal_arrays(
-    signals: Sequence[Signals | None], weights: Sequence[float], *, min_score: float = 0.0
-) -> Signals:
-    """The weighted vote for N states at once (see the module docstring for the rule).
-
-    ``signals``: one ``Signals`` per analyst (``None``: that analyst abstains everywhere).
-    Returns the ensemble's ``Signals``; its confidence is the winner's share of the votes.
-    """
+def vote_totals(signals: Sequence[Signals | None], weights: Sequence[float]) -> tuple[F64, F64]:
+    """The votes of N states: per action the vote total (sum of weight x confidence) and the
+    vote-weighted strength sum, each (N, 3) indexed by ``Action``. ``None`` abstains."""
     w = _check_weights(weights, len(signals))
     present = [(s, wi) for s, wi in zip(signals, w, strict=True) if s is not None]
     if not present:
@@ -304,22 +303,39 @@ def aggregate_signal_arrays(
         vote = wi * sig.confidences
         np.add.at(totals, (rows, sig.actions), vote)
         np.add.at(strength_sums, (rows, sig.actions), vote * sig.strengths)
-    return _decide(totals, strength_sums, min_score)
+    return totals, strength_sums
 
 
-def _decide(totals: F64, strength_sums: F64, min_score: float) -> Signals:
-    order = [int(a) for a in _CAUTION]
-    ranked = totals[:, order]
-    winner = np.asarray(order)[np.argmax(ranked, axis=1)]  # argmax keeps the first of ties
+def aggregate_signal_arrays(
+    signals: Sequence[Signals | None], weights: Sequence[float], *, min_score: float = 0.0
+) -> Signals:
+    """The weighted vote for N states at once (see the module docstring for the rule).
+
+    ``signals``: one ``Signals`` per analyst (``None``: that analyst abstains everywhere).
+    Returns the ensemble's ``Signals``; its confidence is the winning side's share of all votes
+    (for HOLD: one minus the stronger side's share).
+    """
+    return decide(*vote_totals(signals, weights), min_score)
+
+
+def decide(totals: F64, strength_sums: F64, min_score: float) -> Signals:
+    """The outcome of ``vote_totals``: BUY or SELL, whichever has more votes, when its share of
+    all votes (HOLD votes included) reaches ``min_score``; HOLD otherwise and on a tie."""
+    buy = totals[:, int(Action.BUY)]
+    sell = totals[:, int(Action.SELL)]
+    winner = np.where(buy > sell, int(Action.BUY), np.where(sell > buy, int(Action.SELL), 0))
+    best = np.maximum(buy, sell)
+    votes = totals.sum(axis=1)
+    share = np.where(votes > 0, best / np.where(votes > 0, votes, 1.0), 0.0)
     rows = np.arange(totals.shape[0])
-    all_votes = totals.sum(axis=1)
-    best = totals[rows, winner]
-    share = np.where(all_votes > 0, best / np.where(all_votes > 0, all_votes, 1.0), 0.0)
-    strength = np.where(best > 0, strength_sums[rows, winner] / np.where(best > 0, best, 1.0), 0.0)
-    weak = (share < min_score) | (all_votes <= 0)
-    actions = np.where(weak, int(Action.HOLD), winner).astype(np.int64)
-    strength = np.where(weak, 0.0, strength)
-    return Signals(actions, np.clip(strength, 0.0, 1.0), share)
+    strength = strength_sums[rows, winner] / np.where(best > 0, best, 1.0)
+    act = (winner != int(Action.HOLD)) & (share >= min_score) & (best > 0)
+    actions = np.where(act, winner, int(Action.HOLD)).astype(np.int64)
+    return Signals(
+        actions,
+        np.where(act, np.clip(strength, 0.0, 1.0), 0.0),
+        np.clip(np.where(act, share, 1.0 - share), 0.0, 1.0),
+    )
 
 
 def aggregate_signals(

@@ -1,0 +1,236 @@
+"""The backtester: fills at the next open, costs, leverage cap, no look-ahead, run records."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+import otonom_schema as s
+from otonom_runtime import backtest as bt
+from otonom_runtime.backtest import EngineParams, run_backtest, simulate_symbol
+from otonom_runtime.policy import write_sha256_sidecar
+from otonom_runtime.store import BacktestRun, Decision, get_session
+from otonom_runtime.strategy import load_strategy, parse_strategy
+from otonom_runtime.synth import write_synthetic
+from otonom_runtime.testing.models import make_policy_model
+from otonom_schema.testing import random_history
+
+ROOT = Path(__file__).resolve().parents[3]
+BASELINE = ROOT / "strategies" / "baseline_v1.yaml"
+IDX = s.feature_index
+NEWS_ONLY = EngineParams(weights=(0.0, 1.0, 0.0, 0.0), commission_bps=10.0, slippage_bps=5.0)
+
+
+def scripted_market(sentiment: list[float]) -> np.ndarray:
+    """Neutral states whose news and macro sentiment script the news analyst's votes."""
+    n = len(sentiment)
+    m = np.zeros((n, 34))
+    m[:, IDX("rsi")] = 0.5
+    m[:, IDX("cash_fraction")] = 1.0
+    m[:, IDX("days_since_last_trade")] = 1.0
+    m[:, IDX("regime_normal")] = 1.0
+    m[:, IDX("dsi")] = 1.0
+    m[:, IDX("news_sentiment")] = sentiment
+    m[:, IDX("macro_sentiment")] = sentiment
+    return m
+
+
+def test_fill_at_next_open_with_slippage_and_commission() -> None:
+    dates = np.datetime64("2022-01-01") + np.arange(5)
+    opens = np.array([100.0, 101.0, 110.0, 120.0, 130.0])
+    closes = np.array([100.5, 105.0, 115.0, 125.0, 128.0])
+    market = scripted_market([0.0, 0.8, 0.0, 0.0, 0.0])  # BUY 0.8 at the close of day 1
+    r = simulate_symbol("X", dates, opens, closes, market, 0, NEWS_ONLY, 1000.0)
+    assert r.actions.tolist() == [0, 1, 0, 0, 0]
+    assert r.strengths[1] == pytest.approx(0.8)
+    # filled at the open of day 2 (110), not at the close of day 1 (105)
+    price = 110.0 * (1 + 5e-4)
+    units = 0.8 * 1000.0 / 110.0
+    cash = 1000.0 - units * price - units * price * 1e-3
+    np.testing.assert_allclose(r.equity[:3], [1000.0, 1000.0, cash + units * 115.0])
+    np.testing.assert_allclose(r.equity[4], cash + units * 128.0)
+    assert r.fills == 1
+    # the state on day 2 sees the position opened that morning
+    assert r.position[2] == pytest.approx(units * 115.0 / (cash + units * 115.0))
+    assert r.days_since_last_trade[1] == np.inf
+    assert r.days_since_last_trade[2] == 0.0
+    assert r.days_since_last_trade[4] == 2.0
+    assert len(r.trade_pnls) == 1  # still open at the end: closed at the last close
+    assert r.trade_pnls[0] == pytest.approx(r.equity[-1] - 1000.0)
+
+
+def test_sell_goes_short_or_flat() -> None:
+    dates = np.datetime64("2022-01-01") + np.arange(4)
+    opens = np.full(4, 100.0)
+    closes = np.full(4, 100.0)
+    market = scripted_market([0.9, -0.9, 0.0, 0.0])
+    short = simulate_symbol("X", dates, opens, closes, market, 0, NEWS_ONLY, 1000.0)
+    assert short.exposure[2] == pytest.approx(-0.9, rel=5e-3)  # costs shave the equity a little
+    flat = simulate_symbol(
+        "X", dates, opens, closes, market, 0, bt.replace(NEWS_ONLY, allow_short=False), 1000.0
+    )
+    assert flat.exposure[2] == 0.0
+    assert flat.trade_pnls == pytest.approx([flat.equity[2] - 1000.0])
+
+
+def test_leverage_cap_and_high_vol_exposure() -> None:
+    dates = np.datetime64("2022-01-01") + np.arange(3)
+    prices = np.full(3, 50.0)
+    market = scripted_market([1.0, 0.0, 0.0])
+    params = bt.replace(NEWS_ONLY, max_leverage=2.0, commission_bps=0.0, slippage_bps=0.0)
+    r = simulate_symbol("X", dates, prices, prices, market, 0, params, 1000.0)
+    assert r.exposure[1] == pytest.approx(2.0)
+    assert r.leverage[1] == pytest.approx(2.0)
+    assert r.position[1] == pytest.approx(1.0)  # exposure / max_leverage
+    assert r.cash_fraction[1] == 0.0
+    market[:, IDX("regime_normal")] = 0.0
+    market[:, IDX("regime_high_vol")] = 1.0
+    calm_down = simulate_symbol("X", dates, prices, prices, market, 0, params, 1000.0)
+    assert calm_down.exposure[1] == pytest.approx(1.0)  # high_vol_exposure 0.5 x 2
+
+
+def test_no_look_ahead() -> None:
+    h = random_history(500, seed=31)
+    t = 350
+    base = s.market_feature_matrix(h)
+    close = h.close.copy()
+    close[t + 1 :] *= np.exp(np.random.default_rng(0).normal(0, 0.2, 500 - t - 1))
+    changed = s.MarketHistory(
+        h.dates, h.open, np.maximum(h.high, close), np.minimum(h.low, close), close, h.volume
+    )
+    opens = h.open.copy()
+    opens[t + 2 :] *= 1.5  # the fill of decision t is at open t+1, left unchanged
+    params = EngineParams()
+    a = simulate_symbol("X", h.dates, h.open, h.close, base, 140, params, 1000.0)
+    b = simulate_symbol(
+        "X", h.dates, opens, close, s.market_feature_matrix(changed), 140, params, 1000.0
+    )
+    k = t - 140
+    np.testing.assert_array_equal(a.actions[: k + 1], b.actions[: k + 1])
+    np.testing.assert_array_equal(a.strengths[: k + 1], b.strengths[: k + 1])
+    np.testing.assert_array_equal(a.equity[: k + 1], b.equity[: k + 1])
+    np.testing.assert_array_equal(a.position[: k + 1], b.position[: k + 1])
+    assert not np.array_equal(a.actions[k + 1 :], b.actions[k + 1 :])
+
+
+# --- runs in a real SQLite store ---------------------------------------------------------------
+
+
+@pytest.fixture
+def store(db_url: str) -> str:
+    with get_session(db_url) as session:
+        write_synthetic(
+            session, ["DEMO-BTC", "DEMO-ETH"], dt.date(2019, 1, 1), dt.date(2022, 12, 31), 7
+        )
+    return db_url
+
+
+def _decisions(url: str, run_id: int) -> list[tuple[Any, ...]]:
+    with get_session(url) as session:
+        rows = session.execute(
+            select(
+                Decision.symbol_id,
+                Decision.date,
+                Decision.action,
+                Decision.strength,
+                Decision.signals,
+                Decision.position,
+                Decision.equity,
+            )
+            .where(Decision.run_id == run_id)
+            .order_by(Decision.symbol_id, Decision.date)
+        ).all()
+    return [tuple(r) for r in rows]
+
+
+def test_run_records_decisions_metrics_and_is_repeatable(store: str) -> None:
+    cfg = load_strategy(BASELINE)
+    start, end = dt.date(2019, 6, 1), dt.date(2022, 12, 31)
+    with get_session(store) as session:
+        first = run_backtest(session, cfg, ["DEMO-BTC", "DEMO-ETH"], start, end)
+        second = run_backtest(session, cfg, ["DEMO-BTC", "DEMO-ETH"], start, end)
+        run = session.get(BacktestRun, first.run_id)
+        assert run is not None
+        assert run.status == "complete"
+        assert run.strategy_name == "baseline_v1"
+        assert run.strategy_hash == cfg.file_sha256
+        assert run.metrics is not None
+        assert run.metrics["portfolio"]["n_bars"] == len(first.dates)
+    days = (end - start).days + 1
+    assert first.bar_decisions == 2 * days
+    rows = _decisions(store, first.run_id)
+    assert len(rows) == 2 * days
+    assert rows == _decisions(store, second.run_id)
+    assert set(rows[0][4]) == {"tech", "news", "risk", "rl"}
+    assert rows[0][4]["rl"] is None
+    counts = first.action_counts["all"]
+    total = sum(counts.values())
+    assert counts["HOLD"] == max(counts.values())
+    assert counts["BUY"] >= 0.1 * total
+    assert counts["SELL"] >= 0.1 * total
+    assert "Action distribution:" in first.summary()
+
+
+def test_an_interrupted_run_is_marked_failed(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = load_strategy(BASELINE)
+    real = bt.simulate_symbol
+    calls = []
+
+    def flaky(*args: Any, **kwargs: Any) -> bt.SymbolResult:
+        calls.append(args[0])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bt, "simulate_symbol", flaky)
+    with get_session(store) as session, pytest.raises(KeyboardInterrupt):
+        run_backtest(
+            session, cfg, ["DEMO-BTC", "DEMO-ETH"], dt.date(2020, 1, 1), dt.date(2020, 12, 31)
+        )
+    with get_session(store) as session:
+        runs = session.execute(select(BacktestRun.status, BacktestRun.error)).all()
+        assert [(r.status, r.error) for r in runs] == [("failed", "KeyboardInterrupt: ")]
+        complete = session.execute(
+            select(func.count()).select_from(BacktestRun).where(BacktestRun.status == "complete")
+        ).scalar_one()
+        assert complete == 0
+
+
+def test_rl_analyst_votes_as_the_fourth_member(store: str, tmp_path: Path) -> None:
+    make_policy_model(tmp_path / "rl" / "policy_best.onnx")
+    cfg = parse_strategy(
+        {
+            "name": "with_rl",
+            "ensemble": {"rl_policy": {"enabled": True, "model_path": str(tmp_path / "rl")}},
+        }
+    )
+    with get_session(store) as session:
+        report = run_backtest(session, cfg, ["DEMO-BTC"], dt.date(2020, 1, 1), dt.date(2020, 3, 31))
+        off = run_backtest(
+            session, cfg, ["DEMO-BTC"], dt.date(2020, 1, 1), dt.date(2020, 3, 31), use_rl=False
+        )
+    assert report.rl_enabled
+    assert report.fallbacks == 0
+    rows = _decisions(store, report.run_id)
+    assert all(r[4]["rl"] is not None for r in rows)
+    assert not off.rl_enabled
+    assert all(r[4]["rl"] is None for r in _decisions(store, off.run_id))
+
+
+def test_a_broken_model_falls_back_and_says_so(store: str, tmp_path: Path) -> None:
+    model = tmp_path / "rl" / "policy_best.onnx"
+    model.parent.mkdir()
+    model.write_bytes(b"not an onnx model")
+    write_sha256_sidecar(model)
+    cfg = parse_strategy({"ensemble": {"rl_policy": {"enabled": True, "model_path": str(model)}}})
+    with get_session(store) as session:
+        report = run_backtest(session, cfg, ["DEMO-BTC"], dt.date(2020, 1, 1), dt.date(2020, 1, 31))
+    assert report.fallbacks == 31
+    assert report.fallback_reason is not None
+    assert "PolicyError" in report.fallback_reason
+    assert "RL analyst fell back" in report.summary()
