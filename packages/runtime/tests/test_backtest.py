@@ -234,3 +234,47 @@ def test_a_broken_model_falls_back_and_says_so(store: str, tmp_path: Path) -> No
     assert report.fallback_reason is not None
     assert "PolicyError" in report.fallback_reason
     assert "RL analyst fell back" in report.summary()
+
+
+def test_a_run_on_postgresql(postgres_url: str) -> None:
+    """Decision rows go through SQLAlchemy's own types there (the SQLite path is raw)."""
+    from otonom_runtime.store import init_db
+
+    init_db(postgres_url)
+    with get_session(postgres_url) as session:
+        write_synthetic(session, ["PG-BT"], dt.date(2021, 1, 1), dt.date(2021, 12, 31), 3)
+        report = run_backtest(
+            session, load_strategy(BASELINE), ["PG-BT"], dt.date(2021, 6, 1), dt.date(2021, 12, 31)
+        )
+        rows = session.execute(
+            select(Decision.signals, Decision.days_since_last_trade)
+            .where(Decision.run_id == report.run_id)
+            .order_by(Decision.date)
+        ).all()
+    assert len(rows) == report.bar_decisions == 214
+    assert set(rows[0][0]) == {"tech", "news", "risk", "rl"}
+    assert rows[0][1] == float("inf")  # never traded yet: NULL in the table
+    assert any(r[1] != float("inf") for r in rows)
+
+
+def test_sqlite_rows_read_back_through_the_orm(store: str) -> None:
+    """The raw SQLite writer stores exactly what the ORM types read back."""
+    with get_session(store) as session:
+        report = run_backtest(
+            session,
+            load_strategy(BASELINE),
+            ["DEMO-BTC"],
+            dt.date(2020, 1, 1),
+            dt.date(2020, 2, 29),
+        )
+        rows = (
+            session.execute(
+                select(Decision).where(Decision.run_id == report.run_id).order_by(Decision.date)
+            )
+            .scalars()
+            .all()
+        )
+    assert [r.date for r in rows][:2] == [dt.date(2020, 1, 1), dt.date(2020, 1, 2)]
+    assert rows[0].days_since_last_trade == float("inf")
+    assert isinstance(rows[0].signals["tech"]["strength"], float)
+    assert rows[0].signals["rl"] is None

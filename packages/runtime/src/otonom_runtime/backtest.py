@@ -30,6 +30,7 @@ Rules (each one tested):
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import math
 from collections.abc import Sequence
@@ -395,50 +396,102 @@ def _make_rl(config: StrategyConfig, policy: RlPolicy | None) -> RlAnalyst:
         return RlAnalyst(None, reason=f"{type(exc).__name__}: {exc}")
 
 
-def _signal_dicts(sig: Signals) -> list[dict[str, float | int]]:
-    return [
-        {"action": a, "strength": s, "confidence": c}
-        for a, s, c in zip(
-            sig.actions.tolist(), sig.strengths.tolist(), sig.confidences.tolist(), strict=True
+def _signals_json(r: SymbolResult) -> list[str]:
+    """Each decision's ``signals`` as JSON text, formatted directly (json.dumps per row costs
+    more than the whole simulation). Floats print with ``repr``: finite by construction, so
+    valid JSON; the RL signal is ``null`` when the RL analyst was off or fell back."""
+    parts: list[list[str]] = []
+    for name, sig in r.signals.items():
+        if sig is None:
+            continue
+        parts.append(
+            [
+                f'"{name}":{{"action":{a},"strength":{st!r},"confidence":{c!r}}}'
+                for a, st, c in zip(
+                    sig.actions.tolist(),
+                    sig.strengths.tolist(),
+                    sig.confidences.tolist(),
+                    strict=True,
+                )
+            ]
         )
+    rl = [
+        "null" if x is None else json.dumps(x, separators=(",", ":"))
+        for x in (r.rl_signals or [None] * len(r.actions))
+    ]
+    return [
+        "{" + ",".join(cols) + f',"rl":{rl_json}}}'
+        for *cols, rl_json in zip(*parts, rl, strict=True)
     ]
 
 
-def _decision_rows(run_id: int, symbol_id: int, r: SymbolResult) -> list[dict[str, Any]]:
-    per = {name: _signal_dicts(sig) for name, sig in r.signals.items() if sig is not None}
-    rl = r.rl_signals if r.rl_signals else [None] * len(r.actions)
-    dates = r.dates.astype("datetime64[D]").tolist()
-    cols = zip(
-        dates,
-        r.actions.tolist(),
-        r.strengths.tolist(),
-        r.position.tolist(),
-        r.leverage.tolist(),
-        r.cash_fraction.tolist(),
-        r.days_since_last_trade.tolist(),
-        r.equity.tolist(),
-        strict=True,
-    )
-    rows = []
-    for i, (day, action, strength, pos, lev, cash, days, equity) in enumerate(cols):
-        signals: dict[str, Any] = {name: values[i] for name, values in per.items()}
-        signals["rl"] = rl[i]
-        rows.append(
-            {
-                "run_id": run_id,
-                "symbol_id": symbol_id,
-                "date": day,
-                "action": action,
-                "strength": strength,
-                "signals": signals,
-                "position": pos,
-                "leverage": lev,
-                "cash_fraction": cash,
-                "days_since_last_trade": days,
-                "equity": equity,
-            }
+_DECISION_COLUMNS: Final = (
+    "run_id",
+    "symbol_id",
+    "date",
+    "action",
+    "strength",
+    "signals",
+    "position",
+    "leverage",
+    "cash_fraction",
+    "days_since_last_trade",
+    "equity",
+)
+
+
+def _write_decisions(session: Session, run_id: int, symbol_id: int, r: SymbolResult) -> None:
+    """Store one symbol's decisions in batches of ``_BATCH`` rows, a commit after each.
+
+    SQLite goes through the driver's ``executemany`` with pre-formatted rows (dates as ISO
+    text, signals as JSON text, ``inf`` days as NULL: exactly what the ORM types store); other
+    databases take the Core insert with SQLAlchemy's own type handling.
+    """
+    n = len(r.actions)
+    days = [None if math.isinf(d) else d for d in r.days_since_last_trade.tolist()]
+    signals = _signals_json(r)
+    conn = session.connection()
+    sqlite = conn.dialect.name == "sqlite"
+    dates: list[Any] = r.dates.astype("datetime64[D]").tolist()
+    if sqlite:
+        dates = [d.isoformat() for d in dates]
+    columns = list(
+        zip(
+            [run_id] * n,
+            [symbol_id] * n,
+            dates,
+            r.actions.tolist(),
+            r.strengths.tolist(),
+            signals,
+            r.position.tolist(),
+            r.leverage.tolist(),
+            r.cash_fraction.tolist(),
+            days,
+            r.equity.tolist(),
+            strict=True,
         )
-    return rows
+    )
+    for i in range(0, n, _BATCH):
+        chunk = columns[i : i + _BATCH]
+        if sqlite:
+            sql = (
+                f"INSERT INTO {Decision.__tablename__} ({', '.join(_DECISION_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(_DECISION_COLUMNS))})"
+            )
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.executemany(sql, chunk)
+            finally:
+                cursor.close()
+        else:
+            rows = [dict(zip(_DECISION_COLUMNS, row, strict=True)) for row in chunk]
+            for row in rows:
+                row["signals"] = json.loads(row["signals"])
+                if row["days_since_last_trade"] is None:
+                    row["days_since_last_trade"] = math.inf
+            conn.execute(insert(Decision), rows)
+        session.commit()
+        conn = session.connection()
 
 
 def _portfolio_curve(
@@ -510,6 +563,7 @@ def run_backtest(
     run_id = run.id
     try:
         capital = params.initial_capital / len(symbols)
+        macro = load_macro(session, end=end)  # market-wide: read once
         results: list[SymbolResult] = []
         reasons: list[str] = []
         for name in tqdm(symbols, desc="backtest", unit="symbol", disable=not progress):
@@ -522,7 +576,6 @@ def run_backtest(
                     f"end on {history.dates[-1]}"
                 )
             news = load_news(session, name, end=end)
-            macro = load_macro(session, end=end)
             market = market_feature_matrix(history, news, macro)
             rl = _make_rl(config, policy) if rl_on else None
             result = simulate_symbol(
@@ -538,10 +591,7 @@ def run_backtest(
             )
             if rl is not None and rl.last_error and rl.fallbacks:
                 reasons.append(f"{name}: {rl.last_error}")
-            rows = _decision_rows(run_id, symbol_ids[name], result)
-            for i in range(0, len(rows), _BATCH):
-                session.execute(insert(Decision), rows[i : i + _BATCH])
-                session.commit()
+            _write_decisions(session, run_id, symbol_ids[name], result)
             results.append(result)
 
         dates, equity, exposure = _portfolio_curve(results, capital)

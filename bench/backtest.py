@@ -1,0 +1,152 @@
+"""Backtest throughput: bar-decisions per second, against backtesting.py in the same run.
+
+Usage::
+
+    .venv/bin/python bench/backtest.py [--symbols 10] [--years 10] [--out FILE.json]
+
+A SQLite store in a temporary folder gets the synthetic market (``--symbols`` symbols x
+``--years`` years, seed 7). Then, each timed end to end (reading bars, features, all analysts,
+the vote, fills, metrics and every decision row written and committed):
+
+* ``run_backtest`` with the baseline strategy, RL analyst off;
+* the same with the RL analyst on (a 2 x 128 ONNX policy from
+  ``otonom_runtime.testing.models``, one ``predict`` per bar, since its state holds the
+  portfolio the previous decisions made);
+* the peer: backtesting.py running a one-indicator SMA crossover over the same bars (its
+  ``Backtest.run`` per symbol, data already in memory), reported as bars per second.
+
+A bar-decision is one symbol on one day. Targets (issue #4): >= 100k/s without the RL analyst
+and >= 50k/s with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import io
+import json
+import platform
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from otonom_runtime.backtest import run_backtest
+from otonom_runtime.store import get_session, init_db, load_history
+from otonom_runtime.strategy import load_strategy
+from otonom_runtime.synth import write_synthetic
+from otonom_runtime.testing.models import make_policy_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def peer_backtesting_py(histories: list[Any]) -> dict[str, float]:
+    """backtesting.py: SMA(10)/SMA(40) crossover over the same bars; bars per second."""
+    import pandas as pd
+    from backtesting import Backtest, Strategy
+    from backtesting.lib import crossover
+
+    def sma(values: Any, n: int) -> Any:
+        return pd.Series(values).rolling(n).mean()
+
+    class SmaCross(Strategy):  # type: ignore[misc]
+        def init(self) -> None:
+            self.fast = self.I(sma, self.data.Close, 10)
+            self.slow = self.I(sma, self.data.Close, 40)
+
+        def next(self) -> None:
+            if crossover(self.fast, self.slow):
+                self.position.close()
+                self.buy()
+            elif crossover(self.slow, self.fast):
+                self.position.close()
+                self.sell()
+
+    frames = [
+        pd.DataFrame(
+            {"Open": h.open, "High": h.high, "Low": h.low, "Close": h.close, "Volume": h.volume},
+            index=pd.DatetimeIndex(h.dates.astype("datetime64[ns]")),
+        )
+        for h in histories
+    ]
+    bars = sum(len(f) for f in frames)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):  # its tqdm bars
+        warnings.simplefilter("ignore")
+        for frame in frames:
+            Backtest(frame, SmaCross, cash=1e9, commission=0.001, finalize_trades=True).run()
+    elapsed = time.perf_counter() - t0
+    return {"bars": bars, "seconds": elapsed, "per_s": bars / elapsed}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--symbols", type=int, default=10)
+    parser.add_argument("--years", type=int, default=10)
+    parser.add_argument("--out", type=Path, help="write the results as JSON")
+    args = parser.parse_args(argv)
+
+    tmp = Path(tempfile.mkdtemp(prefix="otonom-bench-bt-"))
+    url = f"sqlite:///{tmp / 'store.db'}"
+    init_db(url)
+    symbols = [f"DEMO-{i:02d}" for i in range(args.symbols)]
+    first = dt.date(2024 - args.years, 1, 1)
+    start, end = first + dt.timedelta(days=180), dt.date(2023, 12, 31)  # 180 days of warm-up
+    with get_session(url) as session:
+        write_synthetic(session, symbols, first, end, 7)
+        histories = [load_history(session, s, start=start, end=end) for s in symbols]
+    strategy = load_strategy(ROOT / "strategies" / "baseline_v1.yaml")
+    model = tmp / "model"
+    make_policy_model(model / "policy_best.onnx", hidden=128, layers=2)
+    with_rl = strategy.with_rl(False)
+
+    results: dict[str, Any] = {}
+    with get_session(url) as session:
+        for label, use_rl, policy in (
+            ("ensemble, RL off", False, None),
+            ("ensemble + RL", True, None),
+        ):
+            cfg = strategy
+            if use_rl:
+                from otonom_runtime.strategy import parse_strategy
+
+                raw = with_rl.to_dict()
+                raw["ensemble"]["rl_policy"] = {"enabled": True, "model_path": str(model)}
+                cfg = parse_strategy(raw)
+            t0 = time.perf_counter()
+            report = run_backtest(session, cfg, symbols, start, end, use_rl=use_rl, policy=policy)
+            elapsed = time.perf_counter() - t0
+            results[label] = {
+                "bar_decisions": report.bar_decisions,
+                "seconds": elapsed,
+                "per_s": report.bar_decisions / elapsed,
+                "fallbacks": report.fallbacks,
+            }
+    results["backtesting.py SMA crossover (peer)"] = peer_backtesting_py(histories)
+
+    print(
+        f"machine: {platform.machine()}, python {platform.python_version()}, "
+        f"{args.symbols} symbols x {args.years} years ({start} .. {end}), SQLite"
+    )
+    peer = results["backtesting.py SMA crossover (peer)"]["per_s"]
+    print(f"\n{'subject':<40}{'bars':>9}{'seconds':>10}{'per second':>13}  vs peer")
+    for name, r in results.items():
+        count = r.get("bar_decisions", r.get("bars"))
+        ratio = r["per_s"] / peer
+        print(f"  {name:<38}{count:>9}{r['seconds']:>10.2f}{r['per_s']:>13,.0f}  {ratio:6.2f}")
+    checks = [
+        ("RL off >= 100k bar-decisions/s", results["ensemble, RL off"]["per_s"] >= 1e5),
+        ("RL on  >= 50k bar-decisions/s", results["ensemble + RL"]["per_s"] >= 5e4),
+    ]
+    print("\ntargets")
+    for name, ok in checks:
+        print(f"  {'MET   ' if ok else 'MISSED'} {name}")
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
