@@ -231,3 +231,19 @@ def test_ensemble_works_without_rl_if_model_fails() -> None:
         without = aggregate_signals([sig[i] for sig in three], [1.0, 1.0, 1.0])
         assert with_failed_rl == without
     assert rl.fallbacks == 12
+
+
+def test_decide_one_equals_the_array_rule() -> None:
+    from otonom_runtime.ensemble import decide, decide_one
+
+    rng = np.random.default_rng(1)
+    totals = rng.uniform(0, 2, (500, 3)) * (rng.uniform(size=(500, 3)) > 0.3)
+    totals[::7, 1] = totals[::7, 2]  # BUY/SELL ties
+    sums = totals * rng.uniform(0, 1, (500, 3))
+    for min_score in (0.0, 0.4, 0.6):
+        many = decide(totals, sums, min_score)
+        for i in range(500):
+            one = decide_one(totals[i].tolist(), sums[i].tolist(), min_score)
+            assert one.action == many[i].action
+            assert one.strength == pytest.approx(many[i].strength, abs=1e-12)
+            assert one.confidence == pytest.approx(many[i].confidence, abs=1e-12)

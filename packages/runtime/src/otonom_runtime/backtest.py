@@ -50,6 +50,7 @@ from otonom_runtime.ensemble import (
     Signals,
     TechAnalyst,
     decide,
+    decide_one,
     vote_totals,
 )
 from otonom_runtime.metrics import Metrics, compute_metrics
@@ -65,8 +66,8 @@ from otonom_schema import (
     PORTFOLIO_COLUMNS,
     Action,
     PortfolioSnapshot,
+    RlState,
     market_feature_matrix,
-    validate_state_array,
 )
 
 if TYPE_CHECKING:
@@ -213,17 +214,17 @@ def simulate_symbol(
         if rl is not None:
             state = states[k].copy()
             state[PORTFOLIO_COLUMNS] = PortfolioSnapshot(pos_f, lev_f, cash_f, days_f).features()
-            signal = rl.signal(validate_state_array(state))
-            row_totals = totals[k : k + 1].copy()
-            row_sums = strength_sums[k : k + 1].copy()
+            signal = rl.signal(RlState.from_array(state))
+            row_totals = totals[k].tolist()
+            row_sums = strength_sums[k].tolist()
             if signal is not None:
                 vote = w_rl * signal.confidence
-                row_totals[0, int(signal.action)] += vote
-                row_sums[0, int(signal.action)] += vote * signal.strength
+                row_totals[int(signal.action)] += vote
+                row_sums[int(signal.action)] += vote * signal.strength
             rl_signals.append(signal.to_dict() if signal is not None else None)
-            one = decide(row_totals, row_sums, params.min_score)
-            actions[k] = one.actions[0]
-            strengths[k] = one.strengths[0]
+            one = decide_one(row_totals, row_sums, params.min_score)
+            actions[k] = int(one.action)
+            strengths[k] = one.strength
 
         if t >= last or bust:
             continue
@@ -564,6 +565,7 @@ def run_backtest(
     try:
         capital = params.initial_capital / len(symbols)
         macro = load_macro(session, end=end)  # market-wide: read once
+        first_rl = _make_rl(config, policy) if rl_on else None  # the model is loaded once
         results: list[SymbolResult] = []
         reasons: list[str] = []
         for name in tqdm(symbols, desc="backtest", unit="symbol", disable=not progress):
@@ -577,7 +579,7 @@ def run_backtest(
                 )
             news = load_news(session, name, end=end)
             market = market_feature_matrix(history, news, macro)
-            rl = _make_rl(config, policy) if rl_on else None
+            rl = RlAnalyst(first_rl.policy, reason=first_rl.last_error) if first_rl else None
             result = simulate_symbol(
                 name,
                 history.dates,

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Final
 import numpy as np
 import numpy.typing as npt
 
-from otonom_schema import Action, feature_index, log_returns_from_features
+from otonom_schema import Action, RlState, feature_index, log_returns_from_features
 
 if TYPE_CHECKING:
     from otonom_runtime.policy import RlPolicy
@@ -49,6 +49,7 @@ __all__ = [
     "aggregate_signal_arrays",
     "aggregate_signals",
     "decide",
+    "decide_one",
     "vote_totals",
 ]
 
@@ -261,7 +262,7 @@ class RlAnalyst:
             self._logged = True
             log.warning("RL analyst failed, the ensemble carries on without it: %s", message)
 
-    def signal(self, state: npt.ArrayLike) -> Signal | None:
+    def signal(self, state: RlState | npt.ArrayLike) -> Signal | None:
         if self.policy is None:
             self._fail(self.last_error or "no policy")
             return None
@@ -336,6 +337,20 @@ def decide(totals: F64, strength_sums: F64, min_score: float) -> Signals:
         np.where(act, np.clip(strength, 0.0, 1.0), 0.0),
         np.clip(np.where(act, share, 1.0 - share), 0.0, 1.0),
     )
+
+
+def decide_one(totals: Sequence[float], strength_sums: Sequence[float], min_score: float) -> Signal:
+    """``decide`` for one state with plain floats (the backtester's per-bar path with the RL
+    analyst); the same rule, kept equal to ``decide`` by a test on random votes."""
+    buy, sell = float(totals[Action.BUY]), float(totals[Action.SELL])
+    votes = float(totals[0]) + buy + sell
+    best = max(buy, sell)
+    share = best / votes if votes > 0 else 0.0
+    if buy == sell or best <= 0 or share < min_score:
+        return Signal(Action.HOLD, 0.0, min(max(1.0 - share, 0.0), 1.0))
+    winner = Action.BUY if buy > sell else Action.SELL
+    strength = float(strength_sums[winner]) / best
+    return Signal(winner, min(max(strength, 0.0), 1.0), min(max(share, 0.0), 1.0))
 
 
 def aggregate_signals(
