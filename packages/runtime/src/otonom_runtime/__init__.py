@@ -5,8 +5,8 @@ Runtime policy. Names are loaded on first use (PEP 562), so ``import otonom_runt
 almost nothing and a daemon that only predicts never imports SQLAlchemy. It never imports
 torch, and importing it creates no engine, session or file.
 
-Submodules (public): ``store``, ``importers``, ``synth``, ``builder``, ``policy``, ``cli``,
-``testing``.
+Submodules (public): ``store``, ``importers``, ``synth``, ``builder``, ``policy``,
+``strategy``, ``ensemble``, ``backtest``, ``metrics``, ``plots``, ``bench``, ``cli``, ``testing``.
 """
 
 import importlib
@@ -20,10 +20,14 @@ from otonom_runtime._errors import (
     PolicyError,
     StateBuildError,
     StoreError,
+    StrategyError,
     UnknownSymbolError,
 )
 
 if _TYPE_CHECKING:
+    from otonom_runtime.backtest import BacktestReport, run_backtest
+    from otonom_runtime.ensemble import Signal, aggregate_signals
+    from otonom_runtime.strategy import StrategyConfig, load_strategy
     from otonom_runtime.builder import RlStateBuilder
     from otonom_runtime.importers import ImportReport, import_ohlcv_csv, import_sentiment_csv
     from otonom_runtime.policy import RlPolicy, load_rl_policy
@@ -40,6 +44,12 @@ if _TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _LAZY: dict[str, str] = {
+    "BacktestReport": "otonom_runtime.backtest",
+    "run_backtest": "otonom_runtime.backtest",
+    "Signal": "otonom_runtime.ensemble",
+    "aggregate_signals": "otonom_runtime.ensemble",
+    "StrategyConfig": "otonom_runtime.strategy",
+    "load_strategy": "otonom_runtime.strategy",
     "RlStateBuilder": "otonom_runtime.builder",
     "ImportReport": "otonom_runtime.importers",
     "import_ohlcv_csv": "otonom_runtime.importers",
@@ -57,6 +67,7 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [
+    "BacktestReport",
     "DataImportError",
     "ImportReport",
     "ModelSchemaMismatchError",
@@ -64,9 +75,13 @@ __all__ = [
     "PolicyError",
     "RlPolicy",
     "RlStateBuilder",
+    "Signal",
     "StateBuildError",
     "StoreError",
+    "StrategyConfig",
+    "StrategyError",
     "UnknownSymbolError",
+    "aggregate_signals",
     "default_database_url",
     "generate_market",
     "get_engine",
@@ -77,6 +92,8 @@ __all__ = [
     "list_symbols",
     "load_history",
     "load_rl_policy",
+    "load_strategy",
+    "run_backtest",
     "write_synthetic",
 ]
 
