@@ -26,9 +26,8 @@ from otonom_runtime._errors import (
 
 if _TYPE_CHECKING:
     from otonom_runtime.backtest import BacktestReport, run_backtest
-    from otonom_runtime.ensemble import Signal, aggregate_signals
-    from otonom_runtime.strategy import StrategyConfig, load_strategy
     from otonom_runtime.builder import RlStateBuilder
+    from otonom_runtime.ensemble import Signal, aggregate_signals
     from otonom_runtime.importers import ImportReport, import_ohlcv_csv, import_sentiment_csv
     from otonom_runtime.policy import RlPolicy, load_rl_policy
     from otonom_runtime.store import (
@@ -39,6 +38,7 @@ if _TYPE_CHECKING:
         list_symbols,
         load_history,
     )
+    from otonom_runtime.strategy import StrategyConfig, load_strategy
     from otonom_runtime.synth import generate_market, write_synthetic
 
 __version__ = "0.1.0"
