@@ -1,0 +1,494 @@
+"""The offline dataset: (state, action, strength) rows from the decisions of complete backtests.
+
+Rules (each one tested):
+
+* **Complete runs only.** A run whose status is ``running`` or ``failed`` is never read: by
+  default it is skipped, and asking for it by id is a ``DatasetGenerationError``.
+* **Which run.** ``run_id=None`` takes, for each symbol on its own, the latest complete run
+  (newest ``created_at``, then highest id) that *covers* the symbol, i.e. whose ``symbols``
+  list holds it. The run's date range is not looked at: a covering run with no decision in the
+  requested range is an error naming the run and the range (choose another with ``run_id``).
+  A given ``run_id`` is used for every symbol and must cover each of them.
+* **Rows.** One row per decision of the run for the symbol dated in ``start_date ..
+  end_date`` (both inclusive), symbols in the order given, dates ascending. ``action`` and
+  ``strength`` are the decision's. The state is exactly what
+  ``RlStateBuilder(session).build_state(symbol, date, current_position=position,
+  leverage=leverage, cash=cash_fraction * equity, portfolio_equity=equity,
+  days_since_last_trade=days)`` builds, with the portfolio stored on the decision row (the one
+  the decision was made with; ``days_since_last_trade`` NULL = never traded = ``inf``).
+* **Vectorised.** Per symbol: one query for the decisions, one for the bars up to the last
+  decision date, one for the news; one macro query for all symbols. ``compute_states`` then
+  computes the features of every bar at once (the schema's batch path, proven equal to the
+  builder's one-date path) and the rows are picked by date; bars more than ``LOOKBACK - 1``
+  before the first decision are dropped first (no state reads them). Every decision date must
+  be a bar date in the store (the backtest only decides on bar dates): anything else means the
+  bars were changed after the run, and is refused.
+* **Metadata.** ``source="backtest"``, ``run_ids`` (sorted), ``symbol_runs`` ({symbol: run
+  id}, which also maps each row to its run), ``runs`` (id, strategy name and hash, the run's own
+  range), ``strategy_names``/``strategy_hashes`` (sorted, distinct), ``symbols`` and the
+  requested ``start_date``/``end_date`` (ISO).
+
+This module does not import torch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import Date, Integer, String, TextClause, bindparam, select, text
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import Session
+
+from otonom_runtime.store import BacktestRun, get_symbol, load_macro
+from otonom_schema import (
+    LOOKBACK,
+    STATE_DIM,
+    MarketHistory,
+    OfflineDataset,
+    SchemaError,
+    SentimentSeries,
+    compute_states,
+    portfolio_feature_matrix,
+)
+from otonom_schema import save_dataset as _write_npz
+
+__all__ = [
+    "DatasetGenerationError",
+    "OfflineDatasetGenerator",
+    "generate_dataset",
+    "save_dataset",
+]
+
+DateLike = dt.date | str
+_EPOCH_ORDINAL: Final = dt.date(1970, 1, 1).toordinal()
+
+
+# The three per-symbol reads as plain SQL (valid on SQLite and PostgreSQL), run through the
+# driver (see ``OfflineDatasetGenerator._fetch``). Same tables and order as the store's readers.
+_DECISIONS: Final = text(
+    """
+    SELECT d.date, d.action, d.strength, d.position, d.leverage, d.cash_fraction,
+           d.days_since_last_trade
+    FROM decisions d JOIN symbols s ON d.symbol_id = s.id
+    WHERE d.run_id = :run_id AND s.name = :symbol AND d.date >= :start AND d.date <= :end
+    ORDER BY d.date
+    """
+).bindparams(
+    bindparam("run_id", type_=Integer),
+    bindparam("symbol", type_=String),
+    bindparam("start", type_=Date),
+    bindparam("end", type_=Date),
+)
+_BARS: Final = text(
+    """
+    SELECT b.date, b.open, b.high, b.low, b.close, b.volume
+    FROM bars b JOIN symbols s ON b.symbol_id = s.id
+    WHERE s.name = :symbol AND b.date <= :end
+    ORDER BY b.date
+    """
+).bindparams(bindparam("symbol", type_=String), bindparam("end", type_=Date))
+_NEWS: Final = text(
+    """
+    SELECT n.date, n.score
+    FROM news_sentiment n JOIN symbols s ON n.symbol_id = s.id
+    WHERE s.name = :symbol AND n.date <= :end
+    ORDER BY n.date
+    """
+).bindparams(bindparam("symbol", type_=String), bindparam("end", type_=Date))
+
+
+@functools.lru_cache(maxsize=16)
+def _plan(stmt: TextClause, dialect: Dialect) -> tuple[str, tuple[str, ...], bool]:
+    """(SQL in the driver's paramstyle, positional parameter names or (), dates-as-text)."""
+    compiled = stmt.compile(dialect=dialect)
+    return compiled.string, tuple(compiled.positiontup or ()), dialect.name == "sqlite"
+
+
+class DatasetGenerationError(ValueError):
+    """A dataset cannot be made from the store as asked (run, symbol or date range)."""
+
+
+@dataclass(frozen=True)
+class _Run:
+    """The columns of a ``BacktestRun`` that dataset generation needs."""
+
+    id: int
+    strategy_name: str
+    strategy_hash: str
+    symbols: tuple[str, ...]
+    start: dt.date
+    end: dt.date
+    status: str
+    error: str | None
+
+    def describe(self) -> str:
+        return (
+            f"run {self.id} ({self.strategy_name}, {self.start.isoformat()} .. "
+            f"{self.end.isoformat()}, symbols {', '.join(self.symbols)})"
+        )
+
+
+def _as_date(value: object, what: str) -> dt.date:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    if isinstance(value, str):
+        try:
+            return dt.date.fromisoformat(value.strip())
+        except ValueError:
+            pass
+    raise DatasetGenerationError(
+        f"{what} is {value!r}; expected a datetime.date or an ISO date string YYYY-MM-DD"
+    )
+
+
+def _symbols(symbol: str | Sequence[str]) -> list[str]:
+    names = [symbol] if isinstance(symbol, str) else list(symbol)
+    if not names:
+        raise DatasetGenerationError("no symbols given; expected a symbol or a list of symbols")
+    bad = [s for s in names if not isinstance(s, str) or not s.strip()]
+    if bad:
+        raise DatasetGenerationError(f"symbols {bad!r} are not names; expected non-empty strings")
+    dupes = sorted({s for s in names if names.count(s) > 1})
+    if dupes:
+        raise DatasetGenerationError(f"symbols repeated: {', '.join(dupes)}; expected each once")
+    return names
+
+
+def _day_array(days: Sequence[Any]) -> npt.NDArray[np.datetime64]:
+    """A date column as datetime64[D]: ISO text (SQLite; numpy parses it in C) or
+    ``datetime.date`` values (other drivers; through ordinals, much faster than np.array)."""
+    if days and isinstance(days[0], str):
+        return np.array(days, dtype="datetime64[D]")
+    ordinals = np.fromiter((d.toordinal() for d in days), dtype=np.int64, count=len(days))
+    out: npt.NDArray[np.datetime64] = (ordinals - _EPOCH_ORDINAL).astype("datetime64[D]")
+    return out
+
+
+def _trimmed(history: MarketHistory, first: int) -> MarketHistory:
+    """The bars from ``first - (LOOKBACK - 1)`` on: all that the states from bar ``first`` read.
+
+    A state at bar t depends on at most ``LOOKBACK`` bars ending at t (the schema's rule, also
+    what the live builder reads), so dropping older bars changes no row from ``first`` on.
+    """
+    start = first - (LOOKBACK - 1)
+    if start <= 0:
+        return history
+    return MarketHistory(
+        dates=history.dates[start:],
+        open=history.open[start:],
+        high=history.high[start:],
+        low=history.low[start:],
+        close=history.close[start:],
+        volume=history.volume[start:],
+        symbol=history.symbol,
+    )
+
+
+@dataclass(frozen=True)
+class _Rows:
+    states: npt.NDArray[np.float32]
+    actions: npt.NDArray[np.int64]
+    strengths: npt.NDArray[np.float32]
+    dates: npt.NDArray[np.datetime64]
+
+
+class OfflineDatasetGenerator:
+    """Makes ``otonom_schema.OfflineDataset`` objects from the decisions of complete backtests.
+
+    ``session``: an open SQLAlchemy session on the store (``otonom_runtime.store.get_session``).
+    The constructor only stores it; see the module docstring for every rule.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    # --- runs ----------------------------------------------------------------------------------
+
+    def _runs(self) -> list[_Run]:
+        """Every run, newest first (created_at, then id)."""
+        stmt = select(
+            BacktestRun.id,
+            BacktestRun.strategy_name,
+            BacktestRun.strategy_hash,
+            BacktestRun.symbols,
+            BacktestRun.start_date,
+            BacktestRun.end_date,
+            BacktestRun.status,
+            BacktestRun.error,
+        ).order_by(BacktestRun.created_at.desc(), BacktestRun.id.desc())
+        return [
+            _Run(
+                id=int(r[0]),
+                strategy_name=str(r[1]),
+                strategy_hash=str(r[2]),
+                symbols=tuple(r[3] or ()),
+                start=r[4],
+                end=r[5],
+                status=str(r[6]),
+                error=r[7],
+            )
+            for r in self.session.execute(stmt).all()
+        ]
+
+    def _resolve_runs(self, names: list[str], run_id: int | None) -> dict[str, _Run]:
+        runs = self._runs()
+        complete = [r for r in runs if r.status == "complete"]
+        if run_id is not None:
+            if isinstance(run_id, bool) or not isinstance(run_id, (int, np.integer)):
+                raise DatasetGenerationError(
+                    f"run_id is {run_id!r}; expected an integer run id or None"
+                )
+            found = next((r for r in runs if r.id == int(run_id)), None)
+            if found is None:
+                raise DatasetGenerationError(
+                    f"no backtest run with id {run_id}; complete runs: {_ids(complete)}"
+                )
+            if found.status != "complete":
+                why = f" ({found.error})" if found.error else ""
+                raise DatasetGenerationError(
+                    f"run {found.id} has status {found.status!r}{why}; expected a complete run "
+                    f"(only complete runs are read). Complete runs: {_ids(complete)}"
+                )
+            missing = [s for s in names if s not in found.symbols]
+            if missing:
+                raise DatasetGenerationError(
+                    f"{found.describe()} does not hold {', '.join(map(repr, missing))}; expected "
+                    "symbols of that run"
+                )
+            return dict.fromkeys(names, found)
+        chosen: dict[str, _Run] = {}
+        for name in names:
+            run = next((r for r in complete if name in r.symbols), None)
+            if run is None:
+                get_symbol(self.session, name)  # UnknownSymbolError naming the known symbols
+                raise DatasetGenerationError(
+                    f"no complete backtest run covers {name!r} (complete runs: "
+                    f"{_ids(complete)}); run `otonom backtest` on it first"
+                )
+            chosen[name] = run
+        return chosen
+
+    # --- rows ----------------------------------------------------------------------------------
+
+    def _fetch(self, stmt: TextClause, values: dict[str, Any]) -> list[Any]:
+        """Rows of a plain-SQL statement through the session's own DBAPI connection.
+
+        Same transaction as the session. SQLAlchemy's result layer costs about as much as the
+        driver itself on these wide reads (tens of thousands of rows), so it is skipped; dates go
+        in as ISO text on SQLite (how the ``Date`` type stores them) and as ``datetime.date``
+        elsewhere.
+        """
+        conn = self.session.connection()
+        sql, positions, dates_as_text = _plan(stmt, conn.dialect)
+        if dates_as_text:
+            values = {k: v.isoformat() if isinstance(v, dt.date) else v for k, v in values.items()}
+        params: Any = tuple(values[name] for name in positions) if positions else values
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(sql, params)
+            return list(cursor.fetchall())
+        finally:
+            cursor.close()
+
+    def _symbol_rows(
+        self,
+        name: str,
+        run: _Run,
+        start: dt.date,
+        end: dt.date,
+        macro: SentimentSeries | None,
+    ) -> _Rows:
+        rows = self._fetch(
+            _DECISIONS, {"run_id": run.id, "symbol": name, "start": start, "end": end}
+        )
+        if not rows:
+            raise DatasetGenerationError(
+                f"{run.describe()} has no decision for {name!r} dated {start.isoformat()} .. "
+                f"{end.isoformat()}; expected a range that overlaps the run's "
+                f"{run.start.isoformat()} .. {run.end.isoformat()}"
+            )
+        cols = list(zip(*rows, strict=True))
+        dates = _day_array(cols[0])
+        last = dates[-1].item()
+        history = self._history(name, last)
+        news = self._news(name, last)
+
+        bar_days = history.dates.astype(np.int64) if history is not None else np.empty(0, np.int64)
+        want = dates.astype(np.int64)
+        pos = np.searchsorted(bar_days, want)
+        on_bar = (pos < bar_days.size) & (bar_days[np.minimum(pos, bar_days.size - 1)] == want)
+        if history is None or not on_bar.all():
+            i = int(np.argmin(on_bar))
+            held = (
+                f"{len(history)} bars, {history.dates[0]} .. {history.dates[-1]}"
+                if history is not None
+                else f"no bar on or before {last.isoformat()}"
+            )
+            raise DatasetGenerationError(
+                f"the decision of run {run.id} for {name!r} on {dates[i]} has no bar of that "
+                f"date in the store ({held}); expected every decision date to be a bar date "
+                "(were the bars replaced after the run? re-run the backtest)"
+            )
+        days = np.asarray(cols[6], dtype=np.float64)  # NULL (never traded) reads as NaN here
+        days[np.isnan(days)] = np.inf
+        try:
+            portfolio = portfolio_feature_matrix(
+                np.asarray(cols[3], dtype=np.float64),
+                np.asarray(cols[4], dtype=np.float64),
+                np.asarray(cols[5], dtype=np.float64),
+                days,
+            )
+        except SchemaError as exc:
+            raise DatasetGenerationError(
+                f"run {run.id}, {name!r}: a stored portfolio is outside the schema: {exc}"
+            ) from None
+        # Features of every bar from the first decision's window on, with one portfolio per bar
+        # (the first decision's where there is no decision), then the decision rows picked out.
+        trimmed = _trimmed(history, int(pos[0]))
+        picks = pos - (len(history) - len(trimmed))
+        per_bar = np.repeat(portfolio[:1], len(trimmed), axis=0)
+        per_bar[picks] = portfolio
+        states = compute_states(trimmed, per_bar, news=news, macro=macro)[picks]
+        return _Rows(
+            states=states,
+            actions=np.asarray(cols[1], dtype=np.int64),
+            strengths=np.asarray(cols[2], dtype=np.float32),
+            dates=dates,
+        )
+
+    def _history(self, name: str, end: dt.date) -> MarketHistory | None:
+        """Bars of ``name`` dated <= ``end`` (None if there are none); one query."""
+        rows = self._fetch(_BARS, {"symbol": name, "end": end})
+        if not rows:
+            return None
+        cols = list(zip(*rows, strict=True))
+        return MarketHistory(
+            dates=_day_array(cols[0]),
+            open=np.asarray(cols[1], dtype=np.float64),
+            high=np.asarray(cols[2], dtype=np.float64),
+            low=np.asarray(cols[3], dtype=np.float64),
+            close=np.asarray(cols[4], dtype=np.float64),
+            volume=np.asarray(cols[5], dtype=np.float64),
+            symbol=name,
+        )
+
+    def _news(self, name: str, end: dt.date) -> SentimentSeries | None:
+        """News sentiment of ``name`` dated <= ``end`` (None if there is none); one query."""
+        rows = self._fetch(_NEWS, {"symbol": name, "end": end})
+        if not rows:
+            return None
+        cols = list(zip(*rows, strict=True))
+        return SentimentSeries(
+            dates=_day_array(cols[0]), scores=np.asarray(cols[1], dtype=np.float64)
+        )
+
+    # --- public --------------------------------------------------------------------------------
+
+    def generate_dataset(
+        self,
+        symbol: str | Sequence[str],
+        start_date: DateLike,
+        end_date: DateLike,
+        run_id: int | None = None,
+    ) -> OfflineDataset:
+        """The dataset of ``symbol`` (one name or a list) for decisions dated in
+        ``start_date .. end_date`` (inclusive), from complete backtest runs.
+
+        ``run_id``: None takes, per symbol, the latest complete run whose symbols include it;
+        an id uses that run for every symbol. Returns an ``OfflineDataset`` (``len()`` is the
+        number of rows). Raises ``DatasetGenerationError`` (a ``ValueError``) for bad
+        arguments, a run that is missing, not complete or does not hold a symbol, no complete
+        run for a symbol, no decision in the range, a decision date without a bar, or a stored
+        portfolio outside the schema; ``otonom_runtime.UnknownSymbolError`` (a ``KeyError``)
+        for a symbol that is not in the store at all.
+        """
+        names = _symbols(symbol)
+        start = _as_date(start_date, "start_date")
+        end = _as_date(end_date, "end_date")
+        if start > end:
+            raise DatasetGenerationError(
+                f"start_date {start.isoformat()} is after end_date {end.isoformat()}; expected "
+                "start_date <= end_date"
+            )
+        chosen = self._resolve_runs(names, run_id)
+        macro = load_macro(self.session, end=end)
+        parts = [self._symbol_rows(name, chosen[name], start, end, macro) for name in names]
+        n_rows = [p.states.shape[0] for p in parts]
+        runs = sorted({r.id: r for r in chosen.values()}.values(), key=lambda r: r.id)
+        metadata: dict[str, Any] = {
+            "source": "backtest",
+            "run_ids": [r.id for r in runs],
+            "symbol_runs": {name: chosen[name].id for name in names},
+            "runs": [
+                {
+                    "run_id": r.id,
+                    "strategy_name": r.strategy_name,
+                    "strategy_hash": r.strategy_hash,
+                    "start_date": r.start.isoformat(),
+                    "end_date": r.end.isoformat(),
+                }
+                for r in runs
+            ],
+            "strategy_names": sorted({r.strategy_name for r in runs}),
+            "strategy_hashes": sorted({r.strategy_hash for r in runs}),
+            "symbols": names,
+            "start_date": start.isoformat(),
+            "end_date": end.isoformat(),
+        }
+        return OfflineDataset(
+            states=np.concatenate([p.states for p in parts]).reshape(-1, STATE_DIM),
+            actions=np.concatenate([p.actions for p in parts]),
+            strengths=np.concatenate([p.strengths for p in parts]),
+            symbols=np.repeat(np.array(names, dtype=np.str_), n_rows),
+            dates=np.concatenate([p.dates for p in parts]),
+            metadata=metadata,
+        )
+
+    def save_dataset(
+        self, experiences: OfflineDataset, output_path: str | os.PathLike[str]
+    ) -> Path:
+        """Write ``experiences`` (see the module function ``save_dataset``); return the path."""
+        return save_dataset(experiences, output_path)
+
+
+def _ids(runs: Sequence[_Run]) -> str:
+    return ", ".join(str(i) for i in sorted(r.id for r in runs)) if runs else "none"
+
+
+def generate_dataset(
+    session: Session,
+    symbol: str | Sequence[str],
+    start_date: DateLike,
+    end_date: DateLike,
+    run_id: int | None = None,
+) -> OfflineDataset:
+    """``OfflineDatasetGenerator(session).generate_dataset(...)`` in one call."""
+    return OfflineDatasetGenerator(session).generate_dataset(symbol, start_date, end_date, run_id)
+
+
+def save_dataset(experiences: OfflineDataset, output_path: str | os.PathLike[str]) -> Path:
+    """Write ``experiences`` to ``output_path`` (``.npz``, atomic, folders created) and print
+    ``Saved to: <path>``, a blank line and the action distribution; return the path.
+
+    The guide's caller prints ``Generated N training samples`` itself.
+    """
+    if not isinstance(experiences, OfflineDataset):
+        raise TypeError(
+            f"experiences is a {type(experiences).__name__}; expected an "
+            "otonom_schema.OfflineDataset (from generate_dataset)"
+        )
+    path = _write_npz(experiences, output_path)
+    print(f"Saved to: {output_path}")
+    print()
+    print(experiences.summary())
+    return path

@@ -1,0 +1,371 @@
+"""The offline dataset: rows equal to the live builder's states, complete runs only, errors."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+import otonom_schema as s
+from otonom_runtime import UnknownSymbolError
+from otonom_runtime.backtest import run_backtest
+from otonom_runtime.builder import RlStateBuilder
+from otonom_runtime.store import (
+    BacktestRun,
+    Bar,
+    Decision,
+    Symbol,
+    dispose_engines,
+    get_session,
+    init_db,
+)
+from otonom_runtime.strategy import load_strategy
+from otonom_runtime.synth import write_synthetic
+from otonom_runtime.testing.postgres import PostgresUnavailableError, postgres_server
+from otonom_trainer.dataset import (
+    DatasetGenerationError,
+    OfflineDatasetGenerator,
+    generate_dataset,
+    save_dataset,
+)
+
+ROOT = Path(__file__).resolve().parents[3]
+BASELINE = ROOT / "strategies" / "baseline_v1.yaml"
+A, B, OLD = "DEMO-AAA", "DEMO-BBB", "DEMO-OLD"
+FIRST_BAR, LAST_BAR = dt.date(2021, 1, 1), dt.date(2022, 6, 30)
+WIDE = (dt.date(2020, 1, 1), dt.date(2023, 12, 31))
+DAYS = s.feature_index("days_since_last_trade")
+
+
+@dataclass(frozen=True)
+class Store:
+    """The module's store: its URL and the ids of its runs."""
+
+    url: str
+    full: int  # complete: A and B, 2021-06-01 .. 2022-06-30 (newest complete run covering A)
+    failed: int  # failed after writing A's decisions (newer than `full`)
+    b_only: int  # complete: B only, 2021-02-01 .. 2022-03-31 (newest complete covering B)
+    running: int  # a run row still 'running' (the newest of all)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    url = f"sqlite:///{(tmp_path_factory.mktemp('dataset') / 'otonom.db').as_posix()}"
+    init_db(url)
+    strategy = load_strategy(BASELINE)
+    with get_session(url) as session:
+        write_synthetic(session, [A, B], FIRST_BAR, LAST_BAR, 11)
+        write_synthetic(session, [OLD], dt.date(2020, 1, 1), dt.date(2020, 6, 30), 11)
+    with get_session(url) as session:
+        full = run_backtest(session, strategy, [A, B], dt.date(2021, 6, 1), LAST_BAR).run_id
+    with get_session(url) as session, contextlib.suppress(ValueError):
+        run_backtest(session, strategy, [A, OLD], dt.date(2021, 6, 1), LAST_BAR)
+    with get_session(url) as session:
+        failed = session.execute(select(BacktestRun.id).where(BacktestRun.status == "failed"))
+        failed_id = failed.scalar_one()
+        b_only = run_backtest(session, strategy, [B], dt.date(2021, 2, 1), dt.date(2022, 3, 31))
+        running = BacktestRun(
+            strategy_name="baseline_v1",
+            strategy_hash="x",
+            start_date=FIRST_BAR,
+            end_date=LAST_BAR,
+            symbols=[A, B],
+            status="running",
+        )
+        session.add(running)
+        session.flush()
+        running_id = running.id
+    yield Store(url, full, failed_id, b_only.run_id, running_id)
+    dispose_engines()
+
+
+def decisions(session: Session, run_id: int, symbol: str) -> list[Decision]:
+    stmt = (
+        select(Decision)
+        .join(Symbol, Decision.symbol_id == Symbol.id)
+        .where(Decision.run_id == run_id, Symbol.name == symbol)
+        .order_by(Decision.date)
+    )
+    return list(session.execute(stmt).scalars())
+
+
+def builder_state(builder: RlStateBuilder, symbol: str, d: Decision) -> np.ndarray[Any, Any]:
+    """The live builder's state for a decision row, with the portfolio the backtest had."""
+    return builder.build_state(
+        symbol,
+        d.date,
+        current_position=d.position,
+        leverage=d.leverage,
+        cash=d.cash_fraction * d.equity,
+        portfolio_equity=d.equity,
+        days_since_last_trade=d.days_since_last_trade,
+    ).to_array()
+
+
+def assert_rows_are_the_builders(
+    session: Session, ds: s.OfflineDataset, symbol: str, rows: list[Decision], sample: int = 12
+) -> None:
+    """Every row of ``symbol`` equals the builder's state exactly, and its action and strength
+    are the decision's: all rows through build_states, a spread sample through build_state."""
+    mask = ds.symbols == symbol
+    assert mask.sum() == len(rows)
+    assert ds.dates[mask].tolist() == [d.date for d in rows]
+    np.testing.assert_array_equal(ds.actions[mask], [d.action for d in rows])
+    np.testing.assert_array_equal(
+        ds.strengths[mask], np.array([d.strength for d in rows], dtype=np.float32)
+    )
+    builder = RlStateBuilder(session)
+    portfolio = s.portfolio_feature_matrix(
+        [d.position for d in rows],
+        [d.leverage for d in rows],
+        [d.cash_fraction for d in rows],
+        [d.days_since_last_trade for d in rows],
+    )
+    expected = builder.build_states(symbol, [d.date for d in rows], portfolio)
+    states = ds.states[mask]
+    assert np.array_equal(states, expected)
+    picks = sorted({0, len(rows) - 1, *np.linspace(0, len(rows) - 1, sample, dtype=int).tolist()})
+    for i in picks:
+        one = builder_state(builder, symbol, rows[i])
+        assert np.array_equal(states[i], one), f"{symbol} row {i} ({rows[i].date})"
+
+
+def test_rows_are_the_builders_states_with_the_backtests_portfolio(store: Store) -> None:
+    with get_session(store.url) as session:
+        ds = OfflineDatasetGenerator(session).generate_dataset([A, B], *WIDE)
+        rows_a = decisions(session, store.full, A)
+        rows_b = decisions(session, store.b_only, B)
+        assert_rows_are_the_builders(session, ds, A, rows_a)
+        assert_rows_are_the_builders(session, ds, B, rows_b)
+    assert len(ds) == len(rows_a) + len(rows_b) > 700
+    assert ds.symbols.tolist() == [A] * len(rows_a) + [B] * len(rows_b)  # symbols in given order
+    # the run trades: positions, leverage and never-traded rows (NULL days) all occur
+    assert np.isinf([d.days_since_last_trade for d in rows_a]).any()
+    assert (ds.states[:, DAYS] == 1.0).any()
+    assert (ds.states[:, DAYS] < 1.0).any()
+    assert np.unique(ds.actions).tolist() == [0, 1, 2]
+    assert (np.abs(ds.states[:, s.feature_index("position")]) > 0).any()
+
+
+def test_metadata_names_the_runs_the_strategy_and_the_request(store: Store) -> None:
+    with get_session(store.url) as session:
+        ds = OfflineDatasetGenerator(session).generate_dataset([A, B], *WIDE)
+        hashes = {
+            r.id: r.strategy_hash
+            for r in session.execute(select(BacktestRun)).scalars()
+            if r.id in (store.full, store.b_only)
+        }
+    meta = ds.metadata
+    assert meta["source"] == "backtest"
+    assert meta["run_ids"] == sorted([store.full, store.b_only])
+    assert meta["symbol_runs"] == {A: store.full, B: store.b_only}
+    assert meta["strategy_names"] == ["baseline_v1"]
+    assert meta["strategy_hashes"] == sorted(set(hashes.values()))
+    assert {r["run_id"]: r["strategy_hash"] for r in meta["runs"]} == hashes
+    assert [(r["start_date"], r["end_date"]) for r in meta["runs"]] == sorted(
+        [("2021-06-01", "2022-06-30"), ("2021-02-01", "2022-03-31")],
+        key=lambda r: {"2021-06-01": store.full, "2021-02-01": store.b_only}[r[0]],
+    )
+    assert meta["symbols"] == [A, B]
+    assert (meta["start_date"], meta["end_date"]) == ("2020-01-01", "2023-12-31")
+    assert meta["schema_fingerprint"] == s.schema_fingerprint()
+
+
+def test_latest_complete_run_per_symbol_failed_and_running_runs_ignored(store: Store) -> None:
+    """The failed and running runs are newer and hold A, yet A comes from the complete run."""
+    assert store.full < store.failed < store.b_only < store.running
+    with get_session(store.url) as session:
+        gen = OfflineDatasetGenerator(session)
+        assert gen.generate_dataset(A, *WIDE).metadata["symbol_runs"] == {A: store.full}
+        assert gen.generate_dataset(B, *WIDE).metadata["symbol_runs"] == {B: store.b_only}
+        assert len(decisions(session, store.failed, A)) > 0  # the failed run did write rows
+        ds = gen.generate_dataset([A, B], *WIDE, run_id=store.full)
+        assert ds.metadata["symbol_runs"] == {A: store.full, B: store.full}
+        assert ds.metadata["run_ids"] == [store.full]
+        assert_rows_are_the_builders(session, ds, B, decisions(session, store.full, B), 4)
+
+
+def test_run_id_must_be_a_complete_run_holding_every_symbol(store: Store) -> None:
+    with get_session(store.url) as session:
+        gen = OfflineDatasetGenerator(session)
+        with pytest.raises(
+            DatasetGenerationError,
+            match=rf"run {store.failed} has status 'failed' \(StateBuildError: 'DEMO-OLD' has "
+            r"no bar in 2021-06-01 .. 2022-06-30.*\); expected a complete run",
+        ):
+            gen.generate_dataset(A, *WIDE, run_id=store.failed)
+        with pytest.raises(
+            DatasetGenerationError, match=rf"run {store.running} has status 'running'"
+        ):
+            gen.generate_dataset(A, *WIDE, run_id=store.running)
+        with pytest.raises(
+            DatasetGenerationError,
+            match=rf"no backtest run with id 999; complete runs: {store.full}, {store.b_only}",
+        ):
+            gen.generate_dataset(A, *WIDE, run_id=999)
+        with pytest.raises(
+            DatasetGenerationError, match=rf"run {store.b_only} .*does not hold 'DEMO-AAA'"
+        ):
+            gen.generate_dataset([B, A], *WIDE, run_id=store.b_only)
+        with pytest.raises(DatasetGenerationError, match="run_id is '1'; expected an integer"):
+            gen.generate_dataset(A, *WIDE, run_id="1")  # type: ignore[arg-type]
+
+
+def test_a_symbol_without_a_complete_run_or_not_in_the_store(store: Store) -> None:
+    with get_session(store.url) as session:
+        gen = OfflineDatasetGenerator(session)
+        with pytest.raises(
+            DatasetGenerationError, match="no complete backtest run covers 'DEMO-OLD'"
+        ):
+            gen.generate_dataset(OLD, *WIDE)  # only the failed run holds it
+        with pytest.raises(UnknownSymbolError, match="unknown symbol 'NOPE'"):
+            gen.generate_dataset(["NOPE"], *WIDE)
+
+
+def test_date_range_keeps_the_decisions_inside_it(store: Store) -> None:
+    start, end = dt.date(2022, 1, 10), dt.date(2022, 2, 20)
+    with get_session(store.url) as session:
+        gen = OfflineDatasetGenerator(session)
+        ds = gen.generate_dataset(A, start, end)
+        inside = [d for d in decisions(session, store.full, A) if start <= d.date <= end]
+        assert len(ds) == len(inside) == 42
+        assert_rows_are_the_builders(session, ds, A, inside, 4)
+        same = gen.generate_dataset([A], "2022-01-10", "2022-02-20")
+        assert np.array_equal(same.states, ds.states)
+        assert np.array_equal(same.dates, ds.dates)
+        one = gen.generate_dataset(A, dt.date(2022, 3, 1), dt.date(2022, 3, 1))
+        assert one.dates.tolist() == [dt.date(2022, 3, 1)]
+    full = generate_dataset  # the module function is the method in one call
+    with get_session(store.url) as session:
+        assert np.array_equal(full(session, A, start, end).states, ds.states)
+
+
+def test_no_decision_in_the_range_names_the_run_and_the_range(store: Store) -> None:
+    with (
+        get_session(store.url) as session,
+        pytest.raises(
+            DatasetGenerationError,
+            match=rf"run {store.full} \(baseline_v1, 2021-06-01 .. 2022-06-30, symbols "
+            rf"DEMO-AAA, DEMO-BBB\) has no decision for 'DEMO-AAA' dated 2019-01-01 .. "
+            r"2019-12-31",
+        ),
+    ):
+        OfflineDatasetGenerator(session).generate_dataset(A, "2019-01-01", "2019-12-31")
+
+
+@pytest.mark.parametrize(
+    ("symbol", "start", "end", "message"),
+    [
+        (A, "2022-02-01", "2022-01-01", "start_date 2022-02-01 is after end_date 2022-01-01"),
+        (A, "2022-13-01", "2022-12-31", "start_date is '2022-13-01'; expected a datetime.date"),
+        (A, "2022-01-01", 20221231, "end_date is 20221231; expected a datetime.date"),
+        ([], "2022-01-01", "2022-12-31", "no symbols given"),
+        ([A, B, A], "2022-01-01", "2022-12-31", "symbols repeated: DEMO-AAA; expected each"),
+        ([A, ""], "2022-01-01", "2022-12-31", r"symbols \[''\] are not names"),
+    ],
+)
+def test_bad_arguments_say_what_was_expected(
+    store: Store, symbol: Any, start: Any, end: Any, message: str
+) -> None:
+    with get_session(store.url) as session, pytest.raises(DatasetGenerationError, match=message):
+        OfflineDatasetGenerator(session).generate_dataset(symbol, start, end)
+
+
+def test_a_decision_date_without_a_bar_is_refused(store: Store) -> None:
+    with get_session(store.url) as session:
+        session.execute(
+            delete(Bar).where(
+                Bar.date == dt.date(2022, 2, 2),
+                Bar.symbol_id == select(Symbol.id).where(Symbol.name == A).scalar_subquery(),
+            )
+        )
+        with pytest.raises(
+            DatasetGenerationError,
+            match=rf"decision of run {store.full} for 'DEMO-AAA' on 2022-02-02 has no bar of that "
+            r"date in the store \(545 bars, 2021-01-01 .. 2022-06-30\)",
+        ):
+            OfflineDatasetGenerator(session).generate_dataset(A, *WIDE)
+        session.rollback()
+
+
+def test_a_stored_portfolio_outside_the_schema_is_refused(store: Store) -> None:
+    with get_session(store.url) as session:
+        session.execute(
+            update(Decision)
+            .where(Decision.run_id == store.full, Decision.date == dt.date(2022, 2, 2))
+            .values(leverage=9.0)
+        )
+        with pytest.raises(
+            DatasetGenerationError,
+            match=rf"run {store.full}, 'DEMO-AAA': a stored portfolio is outside the schema: "
+            r"portfolio leverage at row \d+ is 9.0",
+        ):
+            OfflineDatasetGenerator(session).generate_dataset(A, *WIDE)
+        session.rollback()
+
+
+def test_save_writes_loads_back_and_prints_the_summary(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with get_session(store.url) as session:
+        gen = OfflineDatasetGenerator(session)
+        ds = gen.generate_dataset([A, B], *WIDE)
+    out = tmp_path / "data" / "offline_dataset.npz"
+    assert gen.save_dataset(ds, output_path=str(out)) == out
+    printed = capsys.readouterr().out
+    counts = np.bincount(ds.actions, minlength=3)
+    lines = [
+        f"  {name}: {c} ({100 * c / len(ds):.1f}%)"
+        for name, c in zip(("HOLD", "BUY", "SELL"), counts, strict=True)
+    ]
+    assert printed == f"Saved to: {out}\n\nAction distribution:\n" + "\n".join(lines) + "\n"
+    back = s.load_dataset(out)
+    for name in ("states", "actions", "strengths", "symbols", "dates"):
+        assert np.array_equal(getattr(back, name), getattr(ds, name)), name
+    assert dict(back.metadata) == dict(ds.metadata)
+    other = save_dataset(ds, tmp_path / "again.npz")
+    assert other == tmp_path / "again.npz"
+    assert capsys.readouterr().out.startswith(f"Saved to: {other}\n\nAction distribution:\n")
+    with pytest.raises(TypeError, match="experiences is a dict; expected an otonom_schema"):
+        save_dataset({"states": ds.states}, tmp_path / "x.npz")  # type: ignore[arg-type]
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_the_module_does_not_import_torch() -> None:
+    code = "import sys, otonom_trainer.dataset; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_on_postgresql() -> None:
+    """The three per-symbol reads go through the raw driver: check psycopg too."""
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(postgres_server())
+        except PostgresUnavailableError as exc:
+            if os.environ.get("CI", "").strip().lower() == "true":
+                pytest.fail(f"CI=true needs a real PostgreSQL server: {exc}")
+            pytest.skip(f"no PostgreSQL server: {exc}")
+        stack.callback(dispose_engines)
+        init_db(url)
+        name = "PG-DATASET"
+        with get_session(url) as session:
+            write_synthetic(session, [name], dt.date(2021, 1, 1), dt.date(2021, 12, 31), 5)
+            run = run_backtest(
+                session, load_strategy(BASELINE), [name], dt.date(2021, 3, 1), dt.date(2021, 12, 31)
+            )
+        with get_session(url) as session:
+            ds = OfflineDatasetGenerator(session).generate_dataset(name, *WIDE, run_id=run.run_id)
+            rows = decisions(session, run.run_id, name)
+            assert len(ds) == len(rows) == 306
+            assert_rows_are_the_builders(session, ds, name, rows, 4)
