@@ -1,0 +1,335 @@
+"""Export a trained ``PolicyNet`` to the runtime's ONNX model format, then prove parity.
+
+``export_onnx(model, path, metrics=..., training_config=..., dataset_sha256=...)`` writes
+``path`` (a ``.onnx`` file following ``docs/model-format.md``: input ``state`` float32
+[batch, 34], outputs ``action_probs`` float32 [batch, 3] and ``strength`` float32 [batch, 1],
+ai.onnx opset 17, a dynamic batch axis, the ``otonom.*`` metadata) and its ``.sha256`` sidecar.
+Before anything appears under ``path`` the file is loaded back through the runtime
+(``otonom_runtime.load_rl_policy``, the code that serves it in production) and its answers are
+compared with PyTorch's at batch sizes 1, 7 and 256; a mismatch raises ``ExportError`` and
+leaves no file behind (and an older model at ``path`` untouched).
+
+The legacy TorchScript exporter (``torch.onnx.export(..., dynamo=False)``) is used on purpose:
+torch's default dynamo exporter needs ``onnxscript``, an extra dependency this project does not
+carry, and the graph is a plain MLP (Gemm, Relu, Softmax, Sigmoid) that the legacy exporter
+translates exactly. ``tests/test_export.py`` pins the exported signature (names, shapes, element
+types, dynamic batch axis, opset 17, IR version 8) and the parity, so a torch upgrade that
+changes what the exporter writes fails there first. Its deprecation warnings are silenced around
+the export call only.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import hashlib
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+import otonom_schema
+from otonom_runtime import PolicyError
+from otonom_runtime.policy import (
+    INPUT_NAME,
+    MODEL_FORMAT,
+    OUTPUT_NAMES,
+    REQUIRED_METRICS,
+    load_rl_policy,
+    write_sha256_sidecar,
+)
+from otonom_schema import FEATURE_NAMES, SCHEMA_VERSION, STATE_DIM, schema_fingerprint
+from otonom_trainer.model import PolicyNet
+
+__all__ = [
+    "OPSET",
+    "PARITY_BATCH_SIZES",
+    "ExportError",
+    "build_metadata",
+    "default_parity_states",
+    "export_onnx",
+    "sha256_file",
+]
+
+OPSET: Final = 17
+"""The ai.onnx opset the model format pins (docs/model-format.md)."""
+PARITY_BATCH_SIZES: Final = (1, 7, 256)
+"""Batch sizes at which the exported model must answer like PyTorch."""
+
+_VERSIONED_PACKAGES: Final = (
+    "otonom-trainer",
+    "otonom-schema",
+    "otonom-runtime",
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "numpy",
+)
+_SHA256_RE: Final = re.compile(r"^[0-9a-fA-F]{64}$")
+# What torch 2.13's legacy exporter warns (DeprecationWarning) on every call; nothing else is
+# silenced.
+_LEGACY_EXPORT_WARNINGS: Final = (
+    r"You are using the legacy TorchScript-based ONNX export",
+    r"The feature will be removed\. Please remove usage of this function",
+)
+
+
+class ExportError(RuntimeError):
+    """The exported model does not load in the runtime or does not answer like PyTorch."""
+
+
+class _ExportWrapper(nn.Module):
+    """What is exported: ``state -> (softmax(logits), sigmoid strength)`` of a ``PolicyNet``."""
+
+    def __init__(self, net: PolicyNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, strength = self.net(states)
+        return torch.softmax(logits, dim=-1), strength
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The sha256 (lowercase hex) of a file, read in chunks (e.g. the training dataset)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _to_json(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, sort_keys=True, allow_nan=False, default=_json_default)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} cannot be stored as JSON metadata: {exc}") from None
+
+
+def _package_versions() -> dict[str, str]:
+    versions: dict[str, str] = {}
+    for name in _VERSIONED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def build_metadata(
+    *,
+    metrics: Mapping[str, Any],
+    training_config: Mapping[str, Any],
+    dataset_sha256: str,
+    created_at: dt.datetime | None = None,
+) -> dict[str, str]:
+    """The ``metadata_props`` of an exported model (every value a string; docs/model-format.md).
+
+    ``metrics`` must hold numbers for ``val_action_acc``, ``train_action_acc``,
+    ``best_val_loss`` and ``best_epoch`` (more keys allowed; numpy scalars are converted);
+    ``training_config`` is any JSON-serialisable mapping; ``dataset_sha256`` the 64-hex-digit
+    sha256 of the training ``.npz`` (``sha256_file``); ``created_at`` defaults to now (UTC).
+    Raises ``ValueError`` naming what is missing or malformed.
+    """
+    bad = [
+        k
+        for k in REQUIRED_METRICS
+        if isinstance(metrics.get(k), bool)
+        or not isinstance(metrics.get(k), (int, float, np.integer, np.floating))
+    ]
+    if bad:
+        raise ValueError(
+            f"metrics lack numbers for {bad} (got keys {sorted(metrics)}); the model format "
+            f"requires numbers for all of {list(REQUIRED_METRICS)}"
+        )
+    if not isinstance(dataset_sha256, str) or not _SHA256_RE.match(dataset_sha256):
+        raise ValueError(
+            f"dataset_sha256 is {dataset_sha256!r}; expected the 64 hex digits of the training "
+            "dataset's sha256 (otonom_trainer.export.sha256_file(dataset_path))"
+        )
+    when = created_at if created_at is not None else dt.datetime.now(dt.timezone.utc)
+    if when.tzinfo is None:
+        raise ValueError(f"created_at {when.isoformat()} has no time zone; expected UTC")
+    stamp = when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "otonom.model_format": MODEL_FORMAT,
+        "otonom.schema_version": SCHEMA_VERSION,
+        "otonom.schema_fingerprint": schema_fingerprint(),
+        "otonom.feature_names": json.dumps(list(FEATURE_NAMES)),
+        "otonom.metrics": _to_json(dict(metrics), "metrics"),
+        "otonom.training_config": _to_json(dict(training_config), "training_config"),
+        "otonom.dataset_sha256": dataset_sha256.lower(),
+        "otonom.created_at": stamp,
+        "otonom.package_versions": json.dumps(_package_versions(), sort_keys=True),
+    }
+
+
+def default_parity_states(n: int = 300, *, seed: int = 0) -> npt.NDArray[np.float32]:
+    """``n`` valid, varied states for the parity check when no held-out states are given.
+
+    Market features from ``otonom_schema.testing.random_history`` (calm, normal and turbulent
+    spells), portfolio features drawn at random within their ranges, sentiment from
+    ``random_sentiment``; computed by ``otonom_schema.compute_states`` like real data.
+    """
+    from otonom_schema.testing import random_history, random_sentiment
+
+    rng = np.random.default_rng(seed)
+    history = random_history(n, seed=seed)
+    position = rng.uniform(-1.0, 1.0, n)
+    portfolio = otonom_schema.portfolio_feature_matrix(
+        position,
+        np.abs(position) * rng.uniform(0.0, 1.0, n),
+        rng.uniform(0.0, 1.0, n),
+        rng.integers(0, 60, n),
+    )
+    return otonom_schema.compute_states(
+        history,
+        portfolio,
+        news=random_sentiment(history.dates, seed=seed + 1),
+        macro=random_sentiment(history.dates, seed=seed + 2),
+    )
+
+
+def _parity_states(states: npt.ArrayLike | None) -> npt.NDArray[np.float32]:
+    if states is None:
+        return default_parity_states()
+    x = otonom_schema.validate_states(states)
+    if x.shape[0] == 0:
+        raise ValueError("parity_states has no rows; pass held-out states (or None)")
+    return x
+
+
+def _rows(states: npt.NDArray[np.float32], n: int) -> npt.NDArray[np.float32]:
+    """``n`` rows of ``states``, repeating them in order when there are fewer."""
+    return np.ascontiguousarray(states[np.arange(n) % states.shape[0]])
+
+
+def _export_graph(net: PolicyNet, path: Path) -> None:
+    wrapper = _ExportWrapper(net).eval()
+    with warnings.catch_warnings():
+        for message in _LEGACY_EXPORT_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=DeprecationWarning)
+        torch.onnx.export(
+            wrapper,
+            (torch.zeros(1, STATE_DIM, dtype=torch.float32),),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            opset_version=OPSET,
+            dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
+            training=torch.onnx.TrainingMode.EVAL,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
+def _add_metadata(path: Path, metadata: Mapping[str, str]) -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    onnx.helper.set_model_props(proto, dict(metadata))
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+def _check_parity(
+    net: PolicyNet, model_path: Path, states: npt.NDArray[np.float32], atol: float
+) -> None:
+    try:
+        policy = load_rl_policy(model_path)
+    except PolicyError as exc:
+        raise ExportError(f"the exported model does not load in the runtime: {exc}") from exc
+    for n in PARITY_BATCH_SIZES:
+        x = _rows(states, n)
+        with torch.no_grad():
+            ref_probs, ref_strength = net.probabilities(torch.from_numpy(x))
+        _, strengths, probs = policy.predict_batch(x)
+        for name, got, want in (
+            ("action_probs", probs, ref_probs.numpy()),
+            ("strength", strengths, ref_strength.numpy().reshape(n)),
+        ):
+            diff = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64))))
+            if not diff <= atol:  # also catches NaN
+                raise ExportError(
+                    f"ONNX/PyTorch parity failed at batch size {n}: {name} differs by up to "
+                    f"{diff:.3g} (max abs difference; atol {atol:g}); the export is broken, "
+                    "nothing was written"
+                )
+
+
+def export_onnx(
+    model: PolicyNet,
+    path: str | os.PathLike[str],
+    *,
+    metrics: Mapping[str, Any],
+    training_config: Mapping[str, Any],
+    dataset_sha256: str,
+    parity_states: npt.ArrayLike | None = None,
+    atol: float = 1e-5,
+) -> Path:
+    """Export ``model`` to ONNX at ``path`` (a ``.onnx`` file) with its sha256 sidecar.
+
+    A CPU copy of ``model`` in eval mode is exported (dropout off; the caller's model, its
+    device and its train/eval mode are left as they were), with the metadata of
+    ``build_metadata(metrics=..., training_config=..., dataset_sha256=...)``. The file is then
+    loaded through ``otonom_runtime.load_rl_policy`` and ``predict_batch`` is compared with
+    ``PolicyNet.probabilities`` on ``parity_states`` (held-out states, (N, 34), validated;
+    ``None``: ``default_parity_states()``) at batch sizes 1, 7 and 256 (rows repeat when there
+    are fewer): probabilities and strengths must agree to ``atol``.
+
+    Everything is written in a temporary folder beside ``path`` and moved into place only after
+    parity holds; parent folders are created. Returns ``path``.
+
+    Raises ``ValueError`` for bad arguments (path not ending in ``.onnx``, missing metrics,
+    malformed sha256, no parity rows), ``otonom_schema.SchemaError`` for invalid
+    parity states, and ``ExportError`` when the exported model does not load in the runtime or
+    disagrees with PyTorch (the message names the batch size and the max abs difference); then
+    no file is left behind.
+    """
+    out = Path(path)
+    if out.suffix != ".onnx":
+        raise ValueError(f"export path {out} must end in .onnx (the runtime's model file)")
+    if not atol >= 0.0:
+        raise ValueError(f"atol is {atol}; expected a number >= 0")
+    metadata = build_metadata(
+        metrics=metrics, training_config=training_config, dataset_sha256=dataset_sha256
+    )
+    states = _parity_states(parity_states)
+    net = copy.deepcopy(model).to("cpu").float().eval()
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".export", dir=out.parent))
+    try:
+        staged = staging / out.name
+        _export_graph(net, staged)
+        _add_metadata(staged, metadata)
+        write_sha256_sidecar(staged)
+        _check_parity(net, staged, states, atol)
+        sidecar = out.with_name(out.name + ".sha256")
+        # the model first: a reader in between sees a sha256 mismatch and refuses it
+        staged.replace(out)
+        staged.with_name(sidecar.name).replace(sidecar)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
