@@ -51,3 +51,9 @@ def test_packages_are_typed(name: str) -> None:
     module = importlib.import_module(name)
     assert module.__file__ is not None
     assert (Path(module.__file__).parent / "py.typed").is_file()
+
+
+def test_trainer_lazy_names_match_all() -> None:
+    import otonom_trainer
+
+    assert set(otonom_trainer._LAZY) == set(otonom_trainer.__all__)

@@ -1,8 +1,75 @@
 """otonom-trainer: offline dataset generation, behaviour cloning in PyTorch, ONNX export.
 
-Importing it does not import torch; the modules that train do, when they are used.
+``evaluate`` lives in ``otonom_trainer.evaluate`` (a function named like its module is not
+re-exported here). Names load on first use (PEP 562): ``import otonom_trainer`` imports
+neither torch nor the store, and changes no torch setting; the modules that train import
+torch when used.
 """
+
+import importlib
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
+
+if _TYPE_CHECKING:
+    from otonom_trainer.config import ConfigError, TrainingConfig
+    from otonom_trainer.dataset import (
+        DatasetGenerationError,
+        OfflineDatasetGenerator,
+        save_dataset,
+    )
+    from otonom_trainer.evaluate import EvaluationReport
+    from otonom_trainer.export import ExportError, export_onnx
+    from otonom_trainer.model import PolicyNet
+    from otonom_trainer.train import (
+        BehaviorCloningTrainer,
+        TrainingError,
+        TrainingMetrics,
+        load_checkpoint,
+    )
 
 __version__ = "0.1.0"
 
-__all__: list[str] = []
+_LAZY: dict[str, str] = {
+    "ConfigError": "otonom_trainer.config",
+    "TrainingConfig": "otonom_trainer.config",
+    "DatasetGenerationError": "otonom_trainer.dataset",
+    "OfflineDatasetGenerator": "otonom_trainer.dataset",
+    "save_dataset": "otonom_trainer.dataset",
+    "EvaluationReport": "otonom_trainer.evaluate",
+    "ExportError": "otonom_trainer.export",
+    "export_onnx": "otonom_trainer.export",
+    "PolicyNet": "otonom_trainer.model",
+    "BehaviorCloningTrainer": "otonom_trainer.train",
+    "TrainingError": "otonom_trainer.train",
+    "TrainingMetrics": "otonom_trainer.train",
+    "load_checkpoint": "otonom_trainer.train",
+}
+
+__all__ = [
+    "BehaviorCloningTrainer",
+    "ConfigError",
+    "DatasetGenerationError",
+    "EvaluationReport",
+    "ExportError",
+    "OfflineDatasetGenerator",
+    "PolicyNet",
+    "TrainingConfig",
+    "TrainingError",
+    "TrainingMetrics",
+    "export_onnx",
+    "load_checkpoint",
+    "save_dataset",
+]
+
+
+def __getattr__(name: str) -> _Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'otonom_trainer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

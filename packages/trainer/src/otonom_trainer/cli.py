@@ -1,13 +1,225 @@
-"""The ``otonom-train`` command line."""
+"""The ``otonom-train`` command line (also ``python -m otonom_trainer``).
+
+Commands: ``dataset`` (guide Step 1), ``train`` (Step 2: train, then export to ONNX with a
+parity check), ``export`` (a checkpoint to ONNX), ``evaluate`` (Step 3, through the runtime's
+ONNX model) and ``pipeline`` (the whole guide; not built yet). The CLI only maps flags to the
+Python API; every rule lives there. Expected errors print one ``error: ...`` line and exit 1.
+"""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import otonom_schema
 
+__all__ = ["main"]
+
 NOT_BUILT = 3
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date; expected YYYY-MM-DD") from None
+
+
+# --- dataset -------------------------------------------------------------------------------------
+
+
+def _cmd_dataset(args: argparse.Namespace) -> int:
+    from otonom_runtime.store import default_database_url, get_session
+    from otonom_trainer.dataset import OfflineDatasetGenerator, save_dataset
+
+    url = args.database_url or default_database_url()
+    with get_session(url) as session:
+        symbols = list(dict.fromkeys(args.symbol))
+        ds = OfflineDatasetGenerator(session).generate_dataset(
+            symbols if len(symbols) > 1 else symbols[0],
+            args.start_date,
+            args.end_date,
+            run_id=args.run_id,
+        )
+    print(f"Generated {len(ds)} training samples")
+    save_dataset(ds, args.output)
+    return 0
+
+
+def _add_dataset(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "dataset",
+        help="offline dataset (state, action, strength) from stored backtest decisions",
+        description=(
+            "Build the offline dataset from the decisions of complete backtest runs (the latest "
+            "complete run holding each symbol, or --run-id): every row's state is exactly what "
+            "the live state builder gives for that symbol, date and the backtest's portfolio. "
+            "Writes the schema's .npz format and prints the action distribution."
+        ),
+    )
+    p.add_argument("--symbol", action="append", required=True, help="a symbol (repeatable)")
+    p.add_argument("--start-date", type=_date, required=True, help="first date (YYYY-MM-DD)")
+    p.add_argument("--end-date", type=_date, required=True, help="last date (YYYY-MM-DD)")
+    p.add_argument("--output", default="data/offline_dataset.npz", help="the .npz file to write")
+    p.add_argument("--run-id", type=int, help="take this complete run instead of the latest")
+    p.add_argument(
+        "--database-url", help="SQLAlchemy URL (default: $OTONOM_DATABASE_URL or ./data/otonom.db)"
+    )
+    p.set_defaults(handler=_cmd_dataset)
+
+
+# --- train ---------------------------------------------------------------------------------------
+
+
+def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from otonom_trainer.config import config_fields
+
+    p = sub.add_parser(
+        "train",
+        help="behaviour cloning: train PolicyNet on a dataset, then export it to ONNX",
+        description=(
+            "Train the guide's PolicyNet (alpha * cross-entropy + beta * MSE on BUY/SELL "
+            "strengths) with early stopping, then export the best weights to ONNX, checked "
+            "against torch through the runtime. Flags override --config FILE.yaml; unset flags "
+            "keep the file's values or the defaults shown."
+        ),
+    )
+    p.add_argument("--config", help="YAML file with TrainingConfig fields")
+    for f in config_fields():
+        kwargs: dict[str, Any] = {"dest": f.name, "help": f.help, "default": argparse.SUPPRESS}
+        if f.kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = f.kind
+            if f.choices:
+                kwargs["choices"] = f.choices
+        if f.default is not None:
+            kwargs["help"] = f"{f.help} (default: {f.default})"
+        p.add_argument(f.flag, **kwargs)
+    p.add_argument("--no-export", action="store_true", help="stop after training (no ONNX model)")
+    p.set_defaults(handler=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from otonom_trainer.config import TrainingConfig, config_fields
+
+    values: dict[str, Any] = {}
+    if args.config:
+        values.update(TrainingConfig.from_yaml(args.config).to_dict())
+    for f in config_fields():
+        if hasattr(args, f.name):
+            values[f.name] = getattr(args, f.name)
+    if "dataset_path" not in values:
+        print(
+            "error: no dataset: give --dataset FILE.npz (or dataset_path in --config)",
+            file=sys.stderr,
+        )
+        return 2
+    cfg = TrainingConfig.from_dict(values)
+
+    from otonom_trainer.train import BehaviorCloningTrainer
+
+    trainer = BehaviorCloningTrainer(cfg)
+    metrics = trainer.train()
+    if args.no_export:
+        return 0
+    from otonom_trainer.export import export_onnx, sha256_file
+
+    onnx_path = export_onnx(
+        trainer.model,
+        Path(cfg.output_dir) / "policy_best.onnx",
+        metrics=metrics.to_dict(),
+        training_config=cfg.to_dict(),
+        dataset_sha256=sha256_file(cfg.dataset_path),
+        parity_states=trainer.val_states(),
+    )
+    print(f"ONNX model: {onnx_path} (matches torch at batch 1, 7 and 256)")
+    return 0
+
+
+# --- export / evaluate ---------------------------------------------------------------------------
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from otonom_trainer.export import export_onnx, sha256_file
+    from otonom_trainer.train import load_checkpoint
+
+    model, ckpt = load_checkpoint(args.checkpoint)
+    dataset = args.dataset or ckpt["config"]["dataset_path"]
+    out = Path(args.output) if args.output else Path(args.checkpoint).with_suffix(".onnx")
+    path = export_onnx(
+        model,
+        out,
+        metrics=ckpt["metrics"],
+        training_config=ckpt["config"],
+        dataset_sha256=sha256_file(dataset),
+    )
+    print(f"ONNX model: {path} (matches torch at batch 1, 7 and 256)")
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a policy_best.pt checkpoint to ONNX (with the parity check)",
+        description=(
+            "Export a checkpoint to the runtime's ONNX format (docs/model-format.md) with its "
+            "metadata and sha256 sidecar; fails unless the ONNX model matches torch."
+        ),
+    )
+    p.add_argument("--checkpoint", required=True, help="policy_best.pt from otonom-train train")
+    p.add_argument("--output", help="the .onnx file (default: beside the checkpoint)")
+    p.add_argument(
+        "--dataset",
+        help="the training dataset, for its sha256 (default: from the checkpoint's config)",
+    )
+    p.set_defaults(handler=_cmd_export)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from otonom_trainer.evaluate import evaluate, plot_confusion_matrix
+
+    report = evaluate(args.model, args.dataset, device=args.device)
+    print(report.format())
+    if args.confusion_png:
+        print(f"confusion matrix: {plot_confusion_matrix(report.confusion, args.confusion_png)}")
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="accuracy, classification report and confusion matrix of an ONNX model",
+        description=(
+            "Evaluate a model through the runtime (ONNX Runtime, as served) on a dataset: "
+            "accuracy, per-class precision/recall/F1 for HOLD/BUY/SELL and the confusion matrix."
+        ),
+    )
+    p.add_argument("--model", required=True, help="a .onnx file, a model folder or policy_best.pt")
+    p.add_argument("--dataset", required=True, help="a .npz dataset")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    p.add_argument("--confusion-png", help="also write the confusion matrix as a PNG")
+    p.set_defaults(handler=_cmd_evaluate)
+
+
+# --- pipeline ------------------------------------------------------------------------------------
+
+
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    print(
+        "otonom-train pipeline: not built yet. Ready: the state schema "
+        f"({otonom_schema.SCHEMA_VERSION}, fingerprint {otonom_schema.schema_fingerprint()}), the "
+        "store, the backtester (otonom backtest), dataset generation, training, export and "
+        "evaluation (otonom-train dataset/train/evaluate); the one-command pipeline lands next "
+        "(see README: Status).",
+        file=sys.stderr,
+    )
+    return NOT_BUILT
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -15,7 +227,7 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="otonom-train",
         description=(
             "Train a behaviour-cloning policy that imitates the otonom ensemble, export it to "
-            "ONNX and check it for production."
+            "ONNX and evaluate it."
         ),
     )
     parser.add_argument(
@@ -27,28 +239,46 @@ def _build_parser() -> argparse.ArgumentParser:
         ),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser(
+    _add_dataset(sub)
+    _add_train(sub)
+    _add_export(sub)
+    _add_evaluate(sub)
+    p = sub.add_parser(
         "pipeline",
         help="data -> backtest -> dataset -> training -> export -> evaluation (not built yet)",
         description="Run the whole guide end to end on the embedded default (not built yet).",
     )
+    p.set_defaults(handler=_cmd_pipeline)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _expected(exc: BaseException) -> bool:
+    """An error the project raises on purpose (bad input, missing file), not a bug."""
+    module = type(exc).__module__
+    return isinstance(exc, FileNotFoundError) or module.startswith(
+        ("otonom_schema", "otonom_runtime", "otonom_trainer")
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     parser = _build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    print(
-        f"otonom-train {args.command}: not built yet. The state schema is ready "
-        f"(otonom-schema {otonom_schema.SCHEMA_VERSION}, {otonom_schema.STATE_DIM} features, "
-        f"fingerprint {otonom_schema.schema_fingerprint()}); the store, backtester and trainer "
-        "land in later releases (see README: Status).",
-        file=sys.stderr,
-    )
-    return NOT_BUILT
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except Exception as exc:
+        if not _expected(exc):
+            raise  # a bug: keep the traceback
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
