@@ -598,7 +598,11 @@ class BehaviorCloningTrainer:
         print(RULE)
         print()
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        optimizer = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # fused: one kernel per step for all parameters (measured: ~15 % more samples/s on CPU
+        # for this small net; bench/train.py); same maths as the default implementation.
+        optimizer = opt_cls(
+            model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
+        )
         scheduler = (
             torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer,
