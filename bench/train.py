@@ -145,6 +145,7 @@ def run_d3rlpy(ds: s.OfflineDataset, train_size: int, steps: int) -> dict[str, A
             save_interval=10**9,
             experiment_name="bench",
             with_timestamp=False,
+            logger_adapter=d3rlpy.logging.NoopAdapterFactory(),  # no d3rlpy_logs/ folder
         )
         elapsed = time.perf_counter() - t0
     pred = bc.predict(ds.states[train_size:])
