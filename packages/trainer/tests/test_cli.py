@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import otonom_schema
 
+ROOT = Path(__file__).resolve().parents[3]
 
-def _run(*args: str) -> subprocess.CompletedProcess[str]:
+
+def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "otonom_trainer.cli", *args],
         capture_output=True,
         text=True,
         timeout=120,
+        cwd=cwd,
     )
 
 
@@ -30,7 +35,48 @@ def test_version_names_the_schema() -> None:
     assert otonom_schema.schema_fingerprint() in out.stdout
 
 
-def test_pipeline_says_it_is_not_built_yet() -> None:
-    out = _run("pipeline")
-    assert out.returncode == 3
-    assert "not built yet" in out.stderr
+def test_pipeline_end_to_end_small(tmp_path: Path) -> None:
+    """The main job at a small size: real CLI, real SQLite file, real ONNX model."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "otonom_trainer",
+            "pipeline",
+            "--strategy-path",
+            str(ROOT / "strategies" / "baseline_v1.yaml"),
+            "--symbol",
+            "DEMO-BTC",
+            "--start",
+            "2020-01-01",
+            "--end",
+            "2021-12-31",
+            "--epochs",
+            "2",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    for stage in range(1, 7):
+        assert f"[{stage}/6]" in out.stdout
+    assert "| ensemble (no RL) | ensemble + RL |" in out.stdout
+    report = tmp_path / "reports" / "pipeline"
+    table = json.loads((report / "table.json").read_text())
+    assert set(table["rows"]) == {"ensemble (no RL)", "ensemble + RL"}
+    assert 0.0 <= table["rows"]["ensemble + RL"]["policy accuracy (held-out)"] <= 1.0
+    assert table["rows"]["ensemble + RL"]["RL fallbacks"] == 0
+    for png in ("equity.png", "confusion_matrix.png"):
+        assert (report / png).read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "data" / "otonom.db").is_file()
+    assert (tmp_path / "models" / "rl_bc" / "policy_best.onnx").is_file()
+
+
+def test_pipeline_refuses_unknown_symbols(tmp_path: Path) -> None:
+    strategy = str(ROOT / "strategies" / "baseline_v1.yaml")
+    out = _run("pipeline", "--strategy-path", strategy, "--symbol", "BTC-USD", cwd=tmp_path)
+    assert out.returncode == 1
+    assert "not in the store" in out.stderr
+    assert "--import-csv" in out.stderr

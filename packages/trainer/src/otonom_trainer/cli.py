@@ -2,7 +2,7 @@
 
 Commands: ``dataset`` (guide Step 1), ``train`` (Step 2: train, then export to ONNX with a
 parity check), ``export`` (a checkpoint to ONNX), ``evaluate`` (Step 3, through the runtime's
-ONNX model) and ``pipeline`` (the whole guide; not built yet). The CLI only maps flags to the
+ONNX model) and ``pipeline`` (the whole guide end to end). The CLI only maps flags to the
 Python API; every rule lives there. Expected errors print one ``error: ...`` line and exit 1.
 """
 
@@ -19,7 +19,6 @@ import otonom_schema
 
 __all__ = ["main"]
 
-NOT_BUILT = 3
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -211,15 +210,71 @@ def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
-    print(
-        "otonom-train pipeline: not built yet. Ready: the state schema "
-        f"({otonom_schema.SCHEMA_VERSION}, fingerprint {otonom_schema.schema_fingerprint()}), the "
-        "store, the backtester (otonom backtest), dataset generation, training, export and "
-        "evaluation (otonom-train dataset/train/evaluate); the one-command pipeline lands next "
-        "(see README: Status).",
-        file=sys.stderr,
+    from otonom_trainer.pipeline import DEMO_SYMBOLS, PipelineConfig, run_pipeline
+
+    symbols = tuple(dict.fromkeys(args.symbol or DEMO_SYMBOLS))
+    files = args.import_csv or []
+    if len(files) > len(symbols):
+        print(
+            f"error: {len(files)} --import-csv files but {len(symbols)} --symbol names; "
+            "expected one --symbol per file (the i-th file is stored as the i-th symbol)",
+            file=sys.stderr,
+        )
+        return 2
+    cfg = PipelineConfig(
+        strategy_path=args.strategy_path,
+        database_url=args.database_url,
+        symbols=symbols,
+        start=args.start,
+        end=args.end,
+        train_end=args.train_end,
+        test_start=args.test_start,
+        import_csv=tuple(zip(files, symbols[: len(files)], strict=True)),
+        seed=args.seed,
+        epochs=args.epochs,
+        model_dir=args.model_dir,
+        report_dir=args.report_dir,
+        quiet=args.quiet,
     )
-    return NOT_BUILT
+    run_pipeline(cfg)
+    return 0
+
+
+def _add_pipeline(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "pipeline",
+        help="the whole guide end to end, with and without the RL analyst side by side",
+        description=(
+            "Run the guide end to end: create the store and the synthetic market if missing "
+            "(or import CSVs), backtest the baseline ensemble, build the train and held-out "
+            "datasets, train and export the policy, evaluate it, then backtest the held-out "
+            "period with and without the RL analyst and print a side-by-side table. Writes a "
+            "report folder (table.md, table.json, equity.png, confusion_matrix.png)."
+        ),
+    )
+    p.add_argument("--strategy-path", default="strategies/baseline_v1.yaml")
+    p.add_argument(
+        "--symbol",
+        action="append",
+        help="a symbol (repeatable; default DEMO-BTC, DEMO-ETH, DEMO-SOL: synthetic)",
+    )
+    p.add_argument(
+        "--import-csv",
+        action="append",
+        metavar="FILE",
+        help="import this daily OHLCV CSV first, as the matching --symbol (repeatable)",
+    )
+    p.add_argument("--start", type=_date, default=dt.date(2018, 1, 1), help="data start")
+    p.add_argument("--end", type=_date, default=dt.date(2023, 12, 31), help="last decision day")
+    p.add_argument("--train-end", type=_date, help="last training day (default: 75 %% point)")
+    p.add_argument("--test-start", type=_date, help="first held-out day (default: train end + 1)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--model-dir", default="models/rl_bc")
+    p.add_argument("--report-dir", default="reports/pipeline")
+    p.add_argument("--database-url", help="SQLAlchemy URL (default: ./data/otonom.db)")
+    p.add_argument("--quiet", action="store_true", help="print only errors")
+    p.set_defaults(handler=_cmd_pipeline)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -243,12 +298,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_export(sub)
     _add_evaluate(sub)
-    p = sub.add_parser(
-        "pipeline",
-        help="data -> backtest -> dataset -> training -> export -> evaluation (not built yet)",
-        description="Run the whole guide end to end on the embedded default (not built yet).",
-    )
-    p.set_defaults(handler=_cmd_pipeline)
+    _add_pipeline(sub)
     return parser
 
 
