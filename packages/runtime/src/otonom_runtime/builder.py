@@ -13,7 +13,6 @@ that ticks many times a day recomputes nothing but the portfolio and sentiment c
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -22,11 +21,11 @@ from typing import Any, Final, NoReturn
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Date, bindparam, text
-from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
 from otonom_runtime._errors import StateBuildError
 from otonom_runtime.store import (
+    fetch_raw,
     get_symbol,
     load_history,
     load_macro,
@@ -73,14 +72,6 @@ _PROBE: Final = text(
         FROM symbols s WHERE s.name = :symbol
         """
 ).bindparams(bindparam("day", type_=Date), bindparam("symbol"))
-
-
-@functools.lru_cache(maxsize=8)
-def _probe_plan(dialect: Dialect) -> tuple[str, tuple[str, ...], bool]:
-    """(SQL in the driver's paramstyle, positional parameter names or (), dates-as-text)."""
-    compiled = _PROBE.compile(dialect=dialect)
-    positions = tuple(compiled.positiontup or ())
-    return compiled.string, positions, dialect.name == "sqlite"
 
 
 def _date(value: Any) -> dt.date | None:
@@ -170,25 +161,13 @@ class RlStateBuilder:
         """One statement: newest bar <= day, first bar, latest news and macro scores <= day.
 
         None when the symbol is not in the store. Runs on the session's own DBAPI connection
-        (same transaction): SQLAlchemy's execution layer costs ~110 us per call here against
-        ~35 us for the query itself, and this runs on every daemon tick.
+        (``fetch_raw``): SQLAlchemy's execution layer costs ~110 us per call here against ~35 us
+        for the query itself, and this runs on every daemon tick.
         """
-        conn = self.session.connection()
-        sql, positions, dates_as_text = _probe_plan(conn.dialect)
-        values: dict[str, Any] = {
-            "day": day.isoformat() if dates_as_text else day,
-            "symbol": symbol,
-        }
-        params: Any = tuple(values[name] for name in positions) if positions else values
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cursor.execute(sql, params)
-            row = cursor.fetchone()
-        finally:
-            cursor.close()
-        if row is None:
+        rows = fetch_raw(self.session, _PROBE, {"symbol": symbol, "day": day})
+        if not rows:
             return None
-        last, first, news_day, news, macro_day, macro = row
+        last, first, news_day, news, macro_day, macro = rows[0]
         return (_date(last), _date(first), _date(news_day), news, _date(macro_day), macro)
 
     @staticmethod

@@ -23,11 +23,12 @@ Rules:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import os
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,7 @@ from sqlalchemy.orm import (
     sessionmaker,
     validates,
 )
+from sqlalchemy.sql.elements import TextClause
 
 from otonom_runtime._errors import StateBuildError, StoreError, UnknownSymbolError
 from otonom_schema import LOOKBACK, MarketHistory, SentimentSeries, compute_state
@@ -86,6 +88,7 @@ __all__ = [
     "SymbolInfo",
     "default_database_url",
     "dispose_engines",
+    "fetch_raw",
     "get_engine",
     "get_or_create_symbol",
     "get_session",
@@ -478,6 +481,38 @@ def get_session(url: str | Engine | None = None) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+# --- raw reads (hot paths) --------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=32)
+def _raw_plan(stmt: TextClause, dialect: Dialect) -> tuple[str, tuple[str, ...], bool]:
+    """(SQL in the driver's paramstyle, positional parameter names or (), dates-as-text)."""
+    compiled = stmt.compile(dialect=dialect)
+    return compiled.string, tuple(compiled.positiontup or ()), dialect.name == "sqlite"
+
+
+def fetch_raw(session: Session, stmt: TextClause, values: Mapping[str, Any]) -> list[Any]:
+    """The rows of a plain-SQL ``text()`` statement, through the session's own DBAPI connection.
+
+    Same transaction as the session, SQL compiled once per dialect. For hot paths only (the
+    live builder's per-tick probe, dataset generation): SQLAlchemy's execution and result
+    layers cost more than the query itself there. Parameters of type ``datetime.date`` go in
+    as ISO text on SQLite (how the ``Date`` type stores them); results are the driver's raw
+    values, so date columns come back as ISO text on SQLite and as ``datetime.date`` elsewhere.
+    """
+    conn = session.connection()
+    sql, positions, dates_as_text = _raw_plan(stmt, conn.dialect)
+    if dates_as_text:
+        values = {k: v.isoformat() if isinstance(v, dt.date) else v for k, v in values.items()}
+    params: Any = tuple(values[name] for name in positions) if positions else dict(values)
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql, params)
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
 
 
 # --- readers ---------------------------------------------------------------------------------

@@ -34,7 +34,6 @@ This module does not import torch.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,10 +43,9 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Date, Integer, String, TextClause, bindparam, select, text
-from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
-from otonom_runtime.store import BacktestRun, get_symbol, load_macro
+from otonom_runtime.store import BacktestRun, fetch_raw, get_symbol, load_macro
 from otonom_schema import (
     LOOKBACK,
     STATE_DIM,
@@ -103,13 +101,6 @@ _NEWS: Final = text(
     ORDER BY n.date
     """
 ).bindparams(bindparam("symbol", type_=String), bindparam("end", type_=Date))
-
-
-@functools.lru_cache(maxsize=16)
-def _plan(stmt: TextClause, dialect: Dialect) -> tuple[str, tuple[str, ...], bool]:
-    """(SQL in the driver's paramstyle, positional parameter names or (), dates-as-text)."""
-    compiled = stmt.compile(dialect=dialect)
-    return compiled.string, tuple(compiled.positiontup or ()), dialect.name == "sqlite"
 
 
 class DatasetGenerationError(ValueError):
@@ -281,24 +272,10 @@ class OfflineDatasetGenerator:
     # --- rows ----------------------------------------------------------------------------------
 
     def _fetch(self, stmt: TextClause, values: dict[str, Any]) -> list[Any]:
-        """Rows of a plain-SQL statement through the session's own DBAPI connection.
-
-        Same transaction as the session. SQLAlchemy's result layer costs about as much as the
-        driver itself on these wide reads (tens of thousands of rows), so it is skipped; dates go
-        in as ISO text on SQLite (how the ``Date`` type stores them) and as ``datetime.date``
-        elsewhere.
-        """
-        conn = self.session.connection()
-        sql, positions, dates_as_text = _plan(stmt, conn.dialect)
-        if dates_as_text:
-            values = {k: v.isoformat() if isinstance(v, dt.date) else v for k, v in values.items()}
-        params: Any = tuple(values[name] for name in positions) if positions else values
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cursor.execute(sql, params)
-            return list(cursor.fetchall())
-        finally:
-            cursor.close()
+        """Rows of a plain-SQL statement through the session's own DBAPI connection
+        (``otonom_runtime.store.fetch_raw``): SQLAlchemy's result layer costs about as much as
+        the driver itself on these wide reads (tens of thousands of rows)."""
+        return fetch_raw(self.session, stmt, values)
 
     def _symbol_rows(
         self,
