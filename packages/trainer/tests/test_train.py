@@ -721,3 +721,12 @@ def test_model_is_only_there_after_training(tmp_path: Path) -> None:
         _ = trainer.model
     with pytest.raises(TrainingError, match="call train"):
         _ = trainer.metrics
+
+
+def test_export_needs_a_trained_model(tmp_path: Path) -> None:
+    from otonom_trainer.config import TrainingConfig
+    from otonom_trainer.train import BehaviorCloningTrainer, TrainingError
+
+    trainer = BehaviorCloningTrainer(TrainingConfig(dataset_path=str(tmp_path / "x.npz")))
+    with pytest.raises(TrainingError, match=r"call train\(\) first"):
+        trainer.export_onnx()

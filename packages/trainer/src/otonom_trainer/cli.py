@@ -124,19 +124,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from otonom_trainer.train import BehaviorCloningTrainer
 
     trainer = BehaviorCloningTrainer(cfg)
-    metrics = trainer.train()
+    trainer.train()
     if args.no_export:
         return 0
-    from otonom_trainer.export import export_onnx, sha256_file
-
-    onnx_path = export_onnx(
-        trainer.model,
-        Path(cfg.output_dir) / "policy_best.onnx",
-        metrics=metrics.to_dict(),
-        training_config=cfg.to_dict(),
-        dataset_sha256=sha256_file(cfg.dataset_path),
-        parity_states=trainer.val_states(),
-    )
+    onnx_path = trainer.export_onnx()
     print(f"ONNX model: {onnx_path} (matches torch at batch 1, 7 and 256)")
     return 0
 

@@ -118,7 +118,6 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     from otonom_trainer.config import TrainingConfig
     from otonom_trainer.dataset import OfflineDatasetGenerator, save_dataset
     from otonom_trainer.evaluate import evaluate, plot_confusion_matrix
-    from otonom_trainer.export import export_onnx, sha256_file
     from otonom_trainer.train import BehaviorCloningTrainer
 
     clock = time.perf_counter()
@@ -186,15 +185,8 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
         device="auto",
     )
     trainer = BehaviorCloningTrainer(tcfg)
-    metrics = trainer.train()
-    onnx_path = export_onnx(
-        trainer.model,
-        model_dir / "policy_best.onnx",
-        metrics=metrics.to_dict(),
-        training_config=tcfg.to_dict(),
-        dataset_sha256=sha256_file(train_path),
-        parity_states=trainer.val_states(),
-    )
+    trainer.train()
+    onnx_path = trainer.export_onnx()
     _say(cfg, f"ONNX model: {onnx_path} (matches torch at batch 1, 7 and 256)")
 
     _stage(cfg, 5, f"evaluation on the held-out dataset ({len(test_ds)} rows)")

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import hashlib
 import itertools
 import json
 import math
@@ -63,6 +62,7 @@ from otonom_schema import (
     schema_fingerprint,
 )
 from otonom_trainer.config import TrainingConfig
+from otonom_trainer.export import export_onnx, sha256_file
 from otonom_trainer.model import PolicyNet
 
 __all__ = [
@@ -92,6 +92,7 @@ __all__ = [
 ACTION_NAMES: Final = tuple(a.name for a in Action)  # ("HOLD", "BUY", "SELL")
 N_ACTIONS: Final = len(ACTION_NAMES)
 CHECKPOINT_NAME: Final = "policy_best.pt"
+ONNX_NAME: Final = "policy_best.onnx"
 CHECKPOINT_FORMAT: Final = "otonom-rl/policy-checkpoint"
 CHECKPOINT_FORMAT_VERSION: Final = 1
 RULE: Final = "=" * 60
@@ -525,7 +526,7 @@ class BehaviorCloningTrainer:
         if self._dataset is None:
             path = Path(self.cfg.dataset_path)
             self._dataset = load_dataset(path)
-            self._dataset_sha256 = _sha256(path)
+            self._dataset_sha256 = sha256_file(path)
         return self._dataset
 
     @property
@@ -554,6 +555,21 @@ class BehaviorCloningTrainer:
         if self._metrics is None:
             raise TrainingError("no metrics yet: call train() first")
         return self._metrics
+
+    def export_onnx(self, path: str | os.PathLike[str] | None = None) -> Path:
+        """Export the trained model (default ``output_dir / "policy_best.onnx"``) with its
+        metrics, config and the dataset's sha256, parity-checked on the validation states."""
+        target = Path(path) if path is not None else Path(self.cfg.output_dir) / ONNX_NAME
+        model, metrics = self.model, self.metrics  # TrainingError before train()
+        assert self._dataset_sha256 is not None  # set when train() read the dataset
+        return export_onnx(
+            model,
+            target,
+            metrics=metrics.to_dict(),
+            training_config=self.cfg.to_dict(),
+            dataset_sha256=self._dataset_sha256,
+            parity_states=self.val_states(),
+        )
 
     @property
     def checkpoint_path(self) -> Path:
@@ -960,14 +976,6 @@ def _evaluate(model: PolicyNet, loss_fn: BehaviorCloningLoss, data: _Tensors) ->
     acc = (pred == data.actions).double().mean()
     host = torch.stack([terms.total, terms.action, terms.strength, acc]).cpu().tolist()
     return _Eval(host[0], host[1], host[2], host[3], pred.cpu())
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _date_range(dates: npt.NDArray[np.datetime64]) -> list[str] | None:
