@@ -60,8 +60,8 @@ def test_pipeline_end_to_end_small(tmp_path: Path) -> None:
         timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    for stage in range(1, 7):
-        assert f"[{stage}/6]" in out.stdout
+    for stage in range(1, 8):
+        assert f"[{stage}/7]" in out.stdout
     assert "| ensemble (no RL) | ensemble + RL |" in out.stdout
     report = tmp_path / "reports" / "pipeline"
     table = json.loads((report / "table.json").read_text())
@@ -71,7 +71,15 @@ def test_pipeline_end_to_end_small(tmp_path: Path) -> None:
     for png in ("equity.png", "confusion_matrix.png"):
         assert (report / png).read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "data" / "otonom.db").is_file()
-    assert (tmp_path / "models" / "rl_bc" / "policy_best.onnx").is_file()
+    model = Path(table["model"])
+    assert model.name == "policy_best.onnx"
+    assert model.is_file()
+    assert model.parent.parent == Path("models") / "rl_bc"  # a version folder
+    # two epochs on one symbol do not pass the production gate: nothing is promoted
+    assert "NOT promoted: failed val accuracy" in out.stdout
+    assert table["gate"]["passed"] is False
+    assert not (tmp_path / "models" / "rl_bc" / "latest").exists()
+    assert (tmp_path / model.parent / "check.md").is_file()
 
 
 def test_pipeline_refuses_unknown_symbols(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 Commands: ``dataset`` (guide Step 1), ``train`` (Step 2: train, then export to ONNX with a
 parity check), ``export`` (a checkpoint to ONNX), ``evaluate`` (Step 3, through the runtime's
-ONNX model) and ``pipeline`` (the whole guide end to end). The CLI only maps flags to the
+ONNX model), ``pipeline`` (the whole guide end to end) and ``check`` (the production
+checklist; ``--promote`` moves a model folder's ``latest`` pointer). The CLI only maps flags to the
 Python API; every rule lives there. Expected errors print one ``error: ...`` line and exit 1.
 """
 
@@ -225,6 +226,8 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         model_dir=args.model_dir,
         report_dir=args.report_dir,
+        from_stage=args.from_stage,
+        promote=not args.no_promote,
         quiet=args.quiet,
     )
     run_pipeline(cfg)
@@ -232,6 +235,8 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def _add_pipeline(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from otonom_trainer.pipeline import STAGES
+
     p = sub.add_parser(
         "pipeline",
         help="the whole guide end to end, with and without the RL analyst side by side",
@@ -239,8 +244,12 @@ def _add_pipeline(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
             "Run the guide end to end: create the store and the synthetic market if missing "
             "(or import CSVs), backtest the baseline ensemble, build the train and held-out "
             "datasets, train and export the policy, evaluate it, then backtest the held-out "
-            "period with and without the RL analyst and print a side-by-side table. Writes a "
-            "report folder (table.md, table.json, equity.png, confusion_matrix.png)."
+            "period with and without the RL analyst and print a side-by-side table, and run the "
+            "production checklist ('otonom-train check'), promoting the new model version "
+            "(MODEL_DIR/latest) when it passes. Writes a report folder (table.md, table.json, "
+            "equity.png, confusion_matrix.png, pipeline_state.json). Stages: "
+            + ", ".join(f"{i} {name}" for i, name in enumerate(STAGES, start=1))
+            + "."
         ),
     )
     p.add_argument("--strategy-path", default="strategies/baseline_v1.yaml")
@@ -261,11 +270,109 @@ def _add_pipeline(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--test-start", type=_date, help="first held-out day (default: train end + 1)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--model-dir", default="models/rl_bc")
+    p.add_argument(
+        "--model-dir",
+        default="models/rl_bc",
+        help="models land in MODEL_DIR/<UTC timestamp>/ (default %(default)s)",
+    )
     p.add_argument("--report-dir", default="reports/pipeline")
     p.add_argument("--database-url", help="SQLAlchemy URL (default: ./data/otonom.db)")
+    p.add_argument(
+        "--from-stage",
+        type=int,
+        default=1,
+        choices=range(1, len(STAGES) + 1),
+        metavar="N",
+        help="resume: skip stages before N, reusing what an earlier run with the same options "
+        "recorded in REPORT_DIR/pipeline_state.json (1-7; default 1)",
+    )
+    p.add_argument(
+        "--no-promote",
+        action="store_true",
+        help="do not move MODEL_DIR/latest to the new model even if every check passes",
+    )
     p.add_argument("--quiet", action="store_true", help="print only errors")
     p.set_defaults(handler=_cmd_pipeline)
+
+
+# --- check ---------------------------------------------------------------------------------------
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from otonom_trainer.check import CheckConfig, run_check
+
+    cfg = CheckConfig(
+        model=args.model,
+        symbols=tuple(dict.fromkeys(args.symbol)),
+        start=args.start_date,
+        end=args.end_date,
+        strategy_path=args.strategy_path,
+        database_url=args.database_url,
+        min_val_accuracy=args.min_val_accuracy,
+        sharpe_tolerance=args.sharpe_tolerance,
+        min_regime_accuracy=args.min_regime_accuracy,
+        regime_sharpe_tolerance=args.regime_sharpe_tolerance,
+        max_p99_latency_ms=args.max_latency_ms,
+        promote=args.promote,
+        out_dir=args.out,
+    )
+    result = run_check(cfg)
+    print(result.table())
+    if result.promoted:
+        print(f"PASS: promoted {result.version_dir} ({result.promoted})")
+    elif result.passed:
+        print("PASS" + ("" if args.promote else " (use --promote to make it the latest)"))
+    else:
+        failed = [i.name for i in result.items if i.status == "fail"]
+        print(f"FAIL: {', '.join(failed)}" + (" (not promoted)" if args.promote else ""))
+    return 0 if result.passed else 1
+
+
+def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "check",
+        help="the guide's production checklist: pass/fail table, non-zero exit on a failure",
+        description=(
+            "Run the production checklist on MODEL (a .onnx file or a model folder) over an "
+            "out-of-sample period: validation accuracy, train/val loss and accuracy gaps, the "
+            "ensemble's Sharpe with vs without the RL analyst, a stress test per volatility "
+            "regime (accuracy and Sharpe), p99 predict latency on this machine, the model's "
+            "metadata (schema, timestamp, versions, metrics) and the fallback with the model "
+            "file removed. Prints a pass/fail table (also written as check.md / check.json "
+            "beside the model) and exits 1 if any item fails. The backtests are stored as "
+            "runs like any other."
+        ),
+    )
+    p.add_argument("model", metavar="MODEL", help="a .onnx file or a model (version) folder")
+    p.add_argument("--strategy-path", default="strategies/baseline_v1.yaml")
+    p.add_argument("--symbol", action="append", required=True, help="a symbol (repeatable)")
+    p.add_argument("--start-date", type=_date, required=True, help="out-of-sample start")
+    p.add_argument("--end-date", type=_date, required=True, help="out-of-sample end")
+    p.add_argument("--database-url", help="SQLAlchemy URL (default: ./data/otonom.db)")
+    p.add_argument("--min-val-accuracy", type=float, default=0.70, help="default %(default)s")
+    p.add_argument(
+        "--sharpe-tolerance",
+        type=float,
+        default=0.25,
+        help="RL may lower the out-of-sample Sharpe by at most this (default %(default)s)",
+    )
+    p.add_argument("--min-regime-accuracy", type=float, default=0.60, help="default %(default)s")
+    p.add_argument(
+        "--regime-sharpe-tolerance",
+        type=float,
+        default=0.5,
+        help="the same per volatility regime (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-latency-ms", type=float, default=10.0, help="p99 predict (default %(default)s)"
+    )
+    p.add_argument(
+        "--promote",
+        action="store_true",
+        help="when every item passes, point the model folder's parent 'latest' at it",
+    )
+    p.add_argument("--out", help="where check.md/check.json go (default: beside the model)")
+    p.set_defaults(handler=_cmd_check)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -290,6 +397,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_evaluate(sub)
     _add_pipeline(sub)
+    _add_check(sub)
     return parser
 
 

@@ -3,7 +3,15 @@ the held-out period backtested with and without the RL analyst, side by side.
 
 ``run_pipeline(PipelineConfig(...))`` is what ``otonom-train pipeline`` (and the README's main
 job, ``python3 dev.py run``) calls. Every stage uses the public API of the three packages; this
-module only sequences them and writes the report folder:
+module only sequences them and writes the report folder. The stages (``STAGES``): 1 data,
+2 baseline backtest, 3 datasets, 4 training + export (into a new version folder
+``<model_dir>/<UTC timestamp>/``), 5 evaluation, 6 held-out backtests without and with RL,
+7 the production gate (``otonom_trainer.check``), which promotes the new version
+(``<model_dir>/latest``) when every check passes. After each stage the report folder's
+``pipeline_state.json`` records what it produced, so ``from_stage`` (``--from-stage``) resumes
+a run that stopped or re-runs its later stages.
+
+The report folder:
 
 * ``table.md`` / ``table.json``: accuracy, per-class F1, Sharpe, return, max drawdown, trades
   and predict latency, for the ensemble without and with the RL analyst;
@@ -22,14 +30,22 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-import numpy as np
-
-__all__ = ["PipelineConfig", "PipelineResult", "run_pipeline"]
+__all__ = ["STAGES", "PipelineConfig", "PipelineError", "PipelineResult", "run_pipeline"]
 
 DEMO_SYMBOLS = ("DEMO-BTC", "DEMO-ETH", "DEMO-SOL")
 WARMUP_DAYS = 180  # history before the first decision, for the 140-bar features
+STAGES: Final = (
+    "data",
+    "baseline backtest (the teacher)",
+    "datasets",
+    "behaviour cloning + ONNX export",
+    "evaluation on the held-out dataset",
+    "held-out backtests without and with RL",
+    "production gate",
+)
+STATE_FILE: Final = "pipeline_state.json"
 
 
 @dataclass(frozen=True)
@@ -51,6 +67,8 @@ class PipelineConfig:
     hidden_dim: int = 128
     model_dir: str = "models/rl_bc"
     report_dir: str = "reports/pipeline"
+    from_stage: int = 1
+    promote: bool = True
     quiet: bool = False
 
     def __post_init__(self) -> None:
@@ -60,6 +78,11 @@ class PipelineConfig:
             raise ValueError(f"start {self.start} is not before end {self.end}")
         if self.epochs < 1:
             raise ValueError(f"epochs is {self.epochs}; expected >= 1")
+        if not 1 <= self.from_stage <= len(STAGES):
+            raise ValueError(
+                f"from_stage is {self.from_stage}; expected 1 .. {len(STAGES)} "
+                f"({', '.join(f'{i}={n}' for i, n in enumerate(STAGES, start=1))})"
+            )
 
 
 @dataclass
@@ -72,6 +95,7 @@ class PipelineResult:
     report_dir: Path
     model_dir: Path
     run_ids: dict[str, int] = field(default_factory=dict)
+    gate: dict[str, Any] | None = None
     elapsed_s: float = 0.0
 
     def markdown(self) -> str:
@@ -101,83 +125,152 @@ def _say(cfg: PipelineConfig, text: str) -> None:
         print(text, flush=True)
 
 
-def _stage(cfg: PipelineConfig, n: int, title: str) -> None:
-    _say(cfg, f"\n[{n}/6] {title}")
+class PipelineError(ValueError):
+    """The pipeline cannot run as asked (e.g. resuming without the earlier stages' outputs)."""
 
 
-def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
-    """Run every stage in order; raises what the stages raise (each names its input)."""
-    from otonom_runtime.backtest import run_backtest
+def _stage(cfg: PipelineConfig, n: int, detail: str) -> None:
+    _say(cfg, f"\n[{n}/{len(STAGES)}] {STAGES[n - 1]}: {detail}")
+
+
+@dataclass
+class _Run:
+    """What the stages hand each other; saved to ``report_dir/pipeline_state.json`` after each
+    stage so that ``--from-stage`` can pick up where a run stopped."""
+
+    cfg: PipelineConfig
+    url: str
+    report_dir: Path
+    first_decision: dt.date
+    train_end: dt.date
+    test_start: dt.date
+    state: dict[str, Any]
+
+    @property
+    def symbols(self) -> list[str]:
+        return list(self.cfg.symbols)
+
+    def key(self) -> dict[str, Any]:
+        """What must match for a run to be resumed."""
+        c = self.cfg
+        return {
+            "strategy_path": str(Path(c.strategy_path).resolve()),
+            "database_url": self.url,
+            "symbols": list(c.symbols),
+            "start": str(c.start),
+            "end": str(c.end),
+            "train_end": str(self.train_end),
+            "test_start": str(self.test_start),
+            "model_dir": str(Path(c.model_dir).resolve()),
+        }
+
+    def save(self, done: int) -> None:
+        self.state["completed"] = done
+        self.state["key"] = self.key()
+        path = self.report_dir / STATE_FILE
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.state, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path)
+
+
+def _resume(run: _Run, from_stage: int) -> None:
+    path = run.report_dir / STATE_FILE
+    if from_stage == 1:
+        run.state = {}
+        return
+    if not path.is_file():
+        raise PipelineError(
+            f"cannot resume from stage {from_stage}: {path} does not exist; expected the state "
+            "file of an earlier run with the same --report-dir (run without --from-stage first)"
+        )
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    done = int(saved.get("completed", 0))
+    if done < from_stage - 1:
+        raise PipelineError(
+            f"cannot resume from stage {from_stage}: {path} records stages 1..{done} done; "
+            f"expected at least 1..{from_stage - 1} (use --from-stage {done + 1} or lower)"
+        )
+    if saved.get("key") != run.key():
+        diff = sorted(k for k, v in run.key().items() if (saved.get("key") or {}).get(k) != v)
+        raise PipelineError(
+            f"cannot resume from stage {from_stage}: {path} was written by a run with other "
+            f"settings ({', '.join(diff)} differ); expected the same options as that run"
+        )
+    run.state = saved
+
+
+def _stage_data(run: _Run) -> None:
     from otonom_runtime.importers import import_ohlcv_csv
-    from otonom_runtime.plots import plot_equity
-    from otonom_runtime.policy import load_rl_policy
-    from otonom_runtime.store import default_database_url, get_session, init_db
-    from otonom_runtime.strategy import load_strategy
+    from otonom_runtime.store import get_session, init_db, list_symbols
     from otonom_runtime.synth import write_synthetic
-    from otonom_schema import RlState
-    from otonom_trainer.config import TrainingConfig
-    from otonom_trainer.dataset import OfflineDatasetGenerator, save_dataset
-    from otonom_trainer.evaluate import evaluate, plot_confusion_matrix
-    from otonom_trainer.train import BehaviorCloningTrainer
 
-    clock = time.perf_counter()
-    url = cfg.database_url or default_database_url()
-    report_dir = Path(cfg.report_dir)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    model_dir = Path(cfg.model_dir)
-    strategy = load_strategy(cfg.strategy_path).with_rl(False)
-
-    _stage(cfg, 1, f"data: {', '.join(cfg.symbols)} in {url}")
-    init_db(url)
+    cfg = run.cfg
+    _stage(cfg, 1, f"{', '.join(cfg.symbols)} in {run.url}")
+    init_db(run.url)
     csv_files = {symbol: path for path, symbol in cfg.import_csv}
-    with get_session(url) as session:
+    with get_session(run.url) as session:
         for path, symbol in cfg.import_csv:
             _say(cfg, "  " + import_ohlcv_csv(session, path, symbol).summary())
-        from otonom_runtime.store import list_symbols
-
         present = {info.name for info in list_symbols(session)}
         missing = [s for s in cfg.symbols if s not in present]
         demo = [s for s in missing if s.startswith("DEMO-")]
         unknown = [s for s in missing if not s.startswith("DEMO-") and s not in csv_files]
         if unknown:
-            raise ValueError(
+            raise PipelineError(
                 f"symbols {unknown} are not in the store; import them with --import-csv FILE "
                 "--symbol NAME, or use DEMO-* names for the synthetic market"
             )
         if demo:
             _say(cfg, "  " + write_synthetic(session, demo, cfg.start, cfg.end, cfg.seed).summary())
+        if not missing:
+            _say(cfg, "  all symbols already in the store")
 
-    first_decision = cfg.start + dt.timedelta(days=WARMUP_DAYS)
-    days = (cfg.end - first_decision).days
-    train_end = cfg.train_end or first_decision + dt.timedelta(days=int(days * 0.75))
-    test_start = cfg.test_start or train_end + dt.timedelta(days=1)
-    if not first_decision < train_end < test_start <= cfg.end:
-        raise ValueError(
-            f"the split does not fit: decisions {first_decision} .. {cfg.end}, train_end "
-            f"{train_end}, test_start {test_start}; expected start < train_end < test_start <= end"
+
+def _stage_teacher(run: _Run) -> None:
+    from otonom_runtime.backtest import run_backtest
+    from otonom_runtime.store import get_session
+    from otonom_runtime.strategy import load_strategy
+
+    cfg = run.cfg
+    _stage(cfg, 2, f"{run.first_decision} .. {cfg.end}")
+    strategy = load_strategy(cfg.strategy_path).with_rl(False)
+    with get_session(run.url) as session:
+        teacher = run_backtest(
+            session, strategy, run.symbols, run.first_decision, cfg.end, progress=not cfg.quiet
         )
-
-    _stage(cfg, 2, f"baseline backtest {first_decision} .. {cfg.end} (the teacher)")
-    with get_session(url) as session:
-        teacher = run_backtest(session, strategy, list(cfg.symbols), first_decision, cfg.end)
     _say(cfg, "  " + teacher.summary().replace("\n", "\n  "))
+    run.state["teacher_run_id"] = teacher.run_id
 
+
+def _stage_datasets(run: _Run) -> None:
+    from otonom_runtime.store import get_session
+    from otonom_trainer.dataset import OfflineDatasetGenerator, save_dataset
+
+    cfg = run.cfg
     _stage(
-        cfg, 3, f"datasets: train {first_decision} .. {train_end}, test {test_start} .. {cfg.end}"
+        cfg, 3, f"train {run.first_decision} .. {run.train_end}, test {run.test_start} .. {cfg.end}"
     )
-    data_dir = report_dir / "data"
-    with get_session(url) as session:
+    data_dir = run.report_dir / "data"
+    teacher = int(run.state["teacher_run_id"])
+    with get_session(run.url) as session:
         gen = OfflineDatasetGenerator(session)
-        symbols = list(cfg.symbols)
-        train_ds = gen.generate_dataset(symbols, first_decision, train_end, run_id=teacher.run_id)
-        test_ds = gen.generate_dataset(symbols, test_start, cfg.end, run_id=teacher.run_id)
-    train_path = save_dataset(train_ds, data_dir / "offline_dataset.npz")
-    test_path = save_dataset(test_ds, data_dir / "offline_dataset_test.npz")
+        train_ds = gen.generate_dataset(run.symbols, run.first_decision, run.train_end, teacher)
+        test_ds = gen.generate_dataset(run.symbols, run.test_start, cfg.end, teacher)
+    run.state["train_path"] = str(save_dataset(train_ds, data_dir / "offline_dataset.npz"))
+    run.state["test_path"] = str(save_dataset(test_ds, data_dir / "offline_dataset_test.npz"))
 
-    _stage(cfg, 4, "behaviour cloning + ONNX export")
+
+def _stage_train(run: _Run) -> None:
+    from otonom_trainer.config import TrainingConfig
+    from otonom_trainer.registry import new_version_dir
+    from otonom_trainer.train import BehaviorCloningTrainer
+
+    cfg = run.cfg
+    version = new_version_dir(cfg.model_dir)
+    _stage(cfg, 4, f"into {version}")
     tcfg = TrainingConfig(
-        dataset_path=str(train_path),
-        output_dir=str(model_dir),
+        dataset_path=run.state["train_path"],
+        output_dir=str(version),
         max_epochs=cfg.epochs,
         batch_size=cfg.batch_size,
         hidden_dim=cfg.hidden_dim,
@@ -188,70 +281,175 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     trainer.train()
     onnx_path = trainer.export_onnx()
     _say(cfg, f"ONNX model: {onnx_path} (matches torch at batch 1, 7 and 256)")
+    run.state["version_dir"] = str(version)
+    run.state["onnx_path"] = str(onnx_path)
 
-    _stage(cfg, 5, f"evaluation on the held-out dataset ({len(test_ds)} rows)")
-    report = evaluate(onnx_path, test_path)
+
+def _stage_evaluate(run: _Run) -> None:
+    from otonom_trainer.evaluate import evaluate, plot_confusion_matrix
+
+    cfg = run.cfg
+    _stage(cfg, 5, run.state["test_path"])
+    report = evaluate(run.state["onnx_path"], run.state["test_path"])
     _say(cfg, report.format())
-    plot_confusion_matrix(report.confusion, report_dir / "confusion_matrix.png")
+    plot_confusion_matrix(report.confusion, run.report_dir / "confusion_matrix.png")
+    run.state["evaluation"] = {
+        "rows": report.n,
+        "accuracy": report.accuracy,
+        "f1": {c: m.f1 for c, m in zip(("HOLD", "BUY", "SELL"), report.per_class, strict=True)},
+    }
 
-    _stage(cfg, 6, f"held-out backtests {test_start} .. {cfg.end}: without and with RL")
-    policy = load_rl_policy(onnx_path)
-    state = RlState.from_array(test_ds.states[-1])
-    for _ in range(200):
-        policy.predict(state)
-    samples = []
-    for _ in range(2000):
-        t0 = time.perf_counter_ns()
-        policy.predict(state)
-        samples.append(time.perf_counter_ns() - t0)
-    latency_us = float(np.percentile(samples, 50)) / 1e3
-    latency_p99 = float(np.percentile(samples, 99)) / 1e3
-    with get_session(url) as session:
-        off = run_backtest(session, strategy, symbols, test_start, cfg.end, use_rl=False)
+
+def _stage_heldout(run: _Run) -> PipelineResult:
+    from otonom_runtime.backtest import run_backtest
+    from otonom_runtime.plots import plot_equity
+    from otonom_runtime.policy import load_rl_policy
+    from otonom_runtime.store import get_session
+    from otonom_runtime.strategy import load_strategy
+    from otonom_schema import load_dataset
+    from otonom_trainer.check import measure_latency
+
+    cfg = run.cfg
+    _stage(cfg, 6, f"{run.test_start} .. {cfg.end}")
+    strategy = load_strategy(cfg.strategy_path).with_rl(False)
+    policy = load_rl_policy(run.state["onnx_path"])
+    latency = measure_latency(policy, load_dataset(run.state["test_path"]).states, 2000)
+    with get_session(run.url) as session:
+        off = run_backtest(session, strategy, run.symbols, run.test_start, cfg.end, use_rl=False)
         on = run_backtest(
-            session, strategy, symbols, test_start, cfg.end, use_rl=True, policy=policy
+            session, strategy, run.symbols, run.test_start, cfg.end, use_rl=True, policy=policy
         )
-    f1 = {c: m.f1 for c, m in zip(("HOLD", "BUY", "SELL"), report.per_class, strict=True)}
+    ev = run.state["evaluation"]
     rows: dict[str, dict[str, Any]] = {}
-    for name, run in (("ensemble (no RL)", off), ("ensemble + RL", on)):
-        m = run.metrics
+    for name, bt in (("ensemble (no RL)", off), ("ensemble + RL", on)):
+        m = bt.metrics
+        rl = bt is on
         rows[name] = {
-            "policy accuracy (held-out)": report.accuracy if run is on else None,
-            "F1 HOLD": f1["HOLD"] if run is on else None,
-            "F1 BUY": f1["BUY"] if run is on else None,
-            "F1 SELL": f1["SELL"] if run is on else None,
+            "policy accuracy (held-out)": ev["accuracy"] if rl else None,
+            "F1 HOLD": ev["f1"]["HOLD"] if rl else None,
+            "F1 BUY": ev["f1"]["BUY"] if rl else None,
+            "F1 SELL": ev["f1"]["SELL"] if rl else None,
             "Sharpe": m.sharpe,
             "total return": m.total_return,
             "max drawdown": m.max_drawdown,
             "trades": m.n_trades,
-            "RL fallbacks": run.fallbacks,
-            "predict p50 (us)": latency_us if run is on else None,
-            "predict p99 (us)": latency_p99 if run is on else None,
+            "RL fallbacks": bt.fallbacks,
+            "predict p50 (us)": latency["p50_us"] if rl else None,
+            "predict p99 (us)": latency["p99_us"] if rl else None,
         }
-    result = PipelineResult(
-        rows=rows,
-        train_period=(first_decision, train_end),
-        test_period=(test_start, cfg.end),
-        report_dir=report_dir,
-        model_dir=model_dir,
-        run_ids={"teacher": teacher.run_id, "held-out no RL": off.run_id, "held-out RL": on.run_id},
-    )
     plot_equity(
         {"ensemble (no RL)": (off.dates, off.equity), "ensemble + RL": (on.dates, on.equity)},
-        report_dir / "equity.png",
-        title=f"held-out {test_start} .. {cfg.end}: {', '.join(cfg.symbols)}",
+        run.report_dir / "equity.png",
+        title=f"held-out {run.test_start} .. {cfg.end}: {', '.join(cfg.symbols)}",
     )
+    run.state["rows"] = rows
+    run.state["heldout_run_ids"] = {"held-out no RL": off.run_id, "held-out RL": on.run_id}
+    result = _result(run)
+    _say(cfg, "\n" + result.markdown())
+    return result
+
+
+def _stage_gate(run: _Run) -> None:
+    from otonom_trainer.check import CheckConfig, run_check
+
+    cfg = run.cfg
+    _stage(cfg, 7, f"the production checklist on {run.test_start} .. {cfg.end}")
+    check = run_check(
+        CheckConfig(
+            model=run.state["version_dir"],
+            symbols=cfg.symbols,
+            start=run.test_start,
+            end=cfg.end,
+            strategy_path=cfg.strategy_path,
+            database_url=run.url,
+            promote=cfg.promote,
+            quiet=cfg.quiet,
+        )
+    )
+    _say(cfg, check.table())
+    if check.promoted:
+        verdict = f"all checks pass: promoted ({check.promoted} -> {check.version_dir.name})"
+    elif check.passed:
+        verdict = "all checks pass (not promoted: --no-promote)"
+    else:
+        failed = [i.name for i in check.items if i.status == "fail"]
+        verdict = f"NOT promoted: failed {', '.join(failed)}"
+    _say(cfg, verdict)
+    run.state["gate"] = {
+        "passed": check.passed,
+        "promoted": check.promoted is not None,
+        "failed": [i.name for i in check.items if i.status == "fail"],
+    }
+
+
+def _result(run: _Run) -> PipelineResult:
+    return PipelineResult(
+        rows=run.state["rows"],
+        train_period=(run.first_decision, run.train_end),
+        test_period=(run.test_start, run.cfg.end),
+        report_dir=run.report_dir,
+        model_dir=Path(run.state["version_dir"]),
+        run_ids={"teacher": run.state["teacher_run_id"], **run.state["heldout_run_ids"]},
+        gate=run.state.get("gate"),
+    )
+
+
+def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
+    """Run the stages from ``cfg.from_stage`` on; raises what the stages raise (each names its
+    input). The report folder holds ``pipeline_state.json``, updated after every stage."""
+    from otonom_runtime.store import default_database_url
+
+    clock = time.perf_counter()
+    first_decision = cfg.start + dt.timedelta(days=WARMUP_DAYS)
+    days = (cfg.end - first_decision).days
+    train_end = cfg.train_end or first_decision + dt.timedelta(days=int(days * 0.75))
+    test_start = cfg.test_start or train_end + dt.timedelta(days=1)
+    if not first_decision < train_end < test_start <= cfg.end:
+        raise PipelineError(
+            f"the split does not fit: decisions {first_decision} .. {cfg.end}, train_end "
+            f"{train_end}, test_start {test_start}; expected start + {WARMUP_DAYS} days of "
+            "warm-up < train_end < test_start <= end"
+        )
+    report_dir = Path(cfg.report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    run = _Run(
+        cfg=cfg,
+        url=cfg.database_url or default_database_url(),
+        report_dir=report_dir,
+        first_decision=first_decision,
+        train_end=train_end,
+        test_start=test_start,
+        state={},
+    )
+    _resume(run, cfg.from_stage)
+    if cfg.from_stage > 1:
+        _say(cfg, f"resuming from stage {cfg.from_stage} ({STAGES[cfg.from_stage - 1]})")
+    steps = (
+        _stage_data,
+        _stage_teacher,
+        _stage_datasets,
+        _stage_train,
+        _stage_evaluate,
+        _stage_heldout,
+        _stage_gate,
+    )
+    for n, step in enumerate(steps, start=1):
+        if n < cfg.from_stage:
+            continue
+        step(run)
+        run.save(n)
+    result = _result(run)
     result.elapsed_s = time.perf_counter() - clock
-    table = result.markdown()
-    (report_dir / "table.md").write_text(table + "\n", encoding="utf-8")
+    (report_dir / "table.md").write_text(result.markdown() + "\n", encoding="utf-8")
     (report_dir / "table.json").write_text(
         json.dumps(
             {
-                "rows": rows,
+                "rows": result.rows,
                 "train_period": [str(d) for d in result.train_period],
                 "test_period": [str(d) for d in result.test_period],
                 "run_ids": result.run_ids,
-                "model": str(onnx_path),
+                "model": run.state["onnx_path"],
+                "gate": result.gate,
                 "elapsed_s": result.elapsed_s,
             },
             indent=2,
@@ -259,8 +457,7 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
         + "\n",
         encoding="utf-8",
     )
-    _say(cfg, "\n" + table)
     _say(cfg, f"\nreport: {report_dir}/ (table.md, table.json, equity.png, confusion_matrix.png)")
-    _say(cfg, f"model:  {model_dir}/ (policy_best.onnx, training_curves.png, ...)")
+    _say(cfg, f"model:  {result.model_dir}/ (policy_best.onnx, check.md, training_curves.png, ...)")
     _say(cfg, f"took {result.elapsed_s:.0f} s")
     return result

@@ -1,0 +1,469 @@
+"""The guide's "Production Checklist" as a command: ``otonom-train check MODEL ...``.
+
+``run_check(CheckConfig(...))`` loads the ONNX model through the runtime (as the daemon would),
+backtests the out-of-sample period ``start .. end`` with and without the RL analyst, labels that
+period with the baseline's own decisions, and checks:
+
+====================  ==============================================================================
+item                  passes when
+====================  ==============================================================================
+val accuracy          the training run's validation action accuracy > ``min_val_accuracy`` (0.70)
+loss gap              val loss - train loss at the best epoch < ``max_loss_gap`` (0.2)
+accuracy gap          train accuracy - val accuracy at the best epoch < ``max_acc_gap`` (10 points)
+out-of-sample Sharpe  Sharpe with RL >= Sharpe without RL - ``sharpe_tolerance`` (0.25): the RL
+                      analyst improves the ensemble or does not hurt it by more than the tolerance
+regime <name>         per volatility regime (low / normal / high, the state's one-hot): the policy's
+                      accuracy on the period's days in that regime >= ``min_regime_accuracy``
+                      (0.60) and the portfolio's Sharpe on those days with RL >= without RL -
+                      ``regime_sharpe_tolerance`` (0.5; shorter samples, wider tolerance).
+                      Skipped (not failed) with fewer than ``min_regime_days`` (30) days.
+predict latency       p99 of ``policy.predict`` on this machine < ``max_p99_latency_ms`` (10 ms)
+metadata              the model carries its schema version and a fingerprint equal to this
+                      runtime's, a parseable ``created_at`` timestamp, package versions, and the
+                      training metrics
+fallback              with the model file removed, a backtest with the RL analyst switched on
+                      falls back (and says why) and trades exactly like the ensemble without RL
+====================  ==============================================================================
+
+Why tolerances: a Sharpe ratio measured over one or two years has a standard error of roughly
+``sqrt(1 / years)`` (~0.7 for two years), so "RL must beat no-RL" would pass or fail on noise. A
+policy that imitates the ensemble well votes with it, and the check asks that it does not make
+the ensemble measurably worse. The thresholds are ``CheckConfig`` fields (and CLI flags).
+
+The backtests are real runs: they are recorded in the store like any other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "CheckConfig",
+    "CheckItem",
+    "CheckResult",
+    "measure_latency",
+    "regime_sharpe",
+    "run_check",
+]
+
+Status = Literal["pass", "fail", "skip"]
+REGIMES: Final = ("low_vol", "normal", "high_vol")
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """What to check and the thresholds (defaults: the guide's checklist)."""
+
+    model: str
+    symbols: tuple[str, ...]
+    start: dt.date
+    end: dt.date
+    strategy_path: str = "strategies/baseline_v1.yaml"
+    database_url: str | None = None
+    min_val_accuracy: float = 0.70
+    max_loss_gap: float = 0.2
+    max_acc_gap: float = 0.10
+    sharpe_tolerance: float = 0.25
+    min_regime_accuracy: float = 0.60
+    regime_sharpe_tolerance: float = 0.5
+    min_regime_days: int = 30
+    max_p99_latency_ms: float = 10.0
+    latency_samples: int = 2000
+    promote: bool = False
+    out_dir: str | None = None
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.symbols:
+            raise ValueError("no symbols; expected at least one --symbol")
+        if self.start >= self.end:
+            raise ValueError(f"start {self.start} is not before end {self.end}")
+        for name in ("min_val_accuracy", "min_regime_accuracy", "max_acc_gap"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} is {value}; expected a fraction in [0, 1]")
+        for name in (
+            "max_loss_gap",
+            "sharpe_tolerance",
+            "regime_sharpe_tolerance",
+            "max_p99_latency_ms",
+        ):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0.0):
+                raise ValueError(f"{name} is {value}; expected a finite number >= 0")
+        if self.min_regime_days < 2:
+            raise ValueError(f"min_regime_days is {self.min_regime_days}; expected >= 2")
+        if self.latency_samples < 100:
+            raise ValueError(f"latency_samples is {self.latency_samples}; expected >= 100")
+
+
+@dataclass(frozen=True)
+class CheckItem:
+    """One line of the checklist: what was measured against what was required."""
+
+    name: str
+    status: Status
+    measured: str
+    required: str
+
+    def to_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class CheckResult:
+    """The checklist's outcome; ``passed`` is True when no item failed."""
+
+    model_path: Path
+    version_dir: Path
+    items: list[CheckItem]
+    details: dict[str, Any] = field(default_factory=dict)
+    promoted: Path | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(item.status != "fail" for item in self.items)
+
+    def table(self) -> str:
+        """The pass/fail table as markdown (what the CLI prints)."""
+        lines = ["| check | result | measured | required |", "|---|---|---|---|"]
+        for item in self.items:
+            lines.append(
+                f"| {item.name} | {item.status.upper()} | {item.measured} | {item.required} |"
+            )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": str(self.model_path),
+            "passed": self.passed,
+            "items": [item.to_dict() for item in self.items],
+            "details": self.details,
+            "promoted": str(self.promoted) if self.promoted else None,
+        }
+
+
+def measure_latency(policy: Any, states: npt.NDArray[np.float32], samples: int) -> dict[str, float]:
+    """p50 / p99 / max of ``policy.predict`` (microseconds) over ``samples`` calls, cycling
+    through ``states`` (real states, not zeros), after a warm-up of 200 calls."""
+    from otonom_schema import RlState
+
+    if states.shape[0] == 0:
+        raise ValueError("no states to time predict on; expected at least one")
+    pool = [RlState.from_array(s) for s in states[: min(len(states), 256)]]
+    for i in range(200):
+        policy.predict(pool[i % len(pool)])
+    timings = np.empty(samples, dtype=np.float64)
+    clock = time.perf_counter_ns
+    for i in range(samples):
+        state = pool[i % len(pool)]
+        t0 = clock()
+        policy.predict(state)
+        timings[i] = clock() - t0
+    timings /= 1e3
+    return {
+        "p50_us": float(np.percentile(timings, 50)),
+        "p99_us": float(np.percentile(timings, 99)),
+        "max_us": float(timings.max()),
+    }
+
+
+def regime_sharpe(
+    equity: npt.ArrayLike, mask: npt.ArrayLike, periods_per_year: int
+) -> float | None:
+    """Annualised Sharpe of the equity curve's simple returns on the days where ``mask`` holds
+    (the return from day t-1 to day t belongs to day t); None with < 2 returns or no variance."""
+    e = np.asarray(equity, dtype=np.float64)
+    m = np.asarray(mask, dtype=bool)
+    if e.shape != m.shape:
+        raise ValueError(f"equity has shape {e.shape} but mask {m.shape}; expected the same")
+    r = (e[1:] / e[:-1] - 1.0)[m[1:]]
+    if r.size < 2:
+        return None
+    sd = float(r.std(ddof=1))
+    if sd <= 1e-12:
+        return None
+    return float(r.mean() / sd * math.sqrt(periods_per_year))
+
+
+def _short(reason: str) -> str:
+    """``"SYM: PolicyError: model path ... does not exist; ..."`` -> the error, shortened."""
+    text = reason.split("; ")[0].split(": ", 1)[-1]
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _fmt(x: float | None, spec: str = ".3f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _sharpe_ok(with_rl: float | None, without: float | None, tolerance: float) -> bool:
+    if with_rl is None or without is None:
+        # no variance on one side (e.g. no trades at all): compare as 0
+        with_rl = 0.0 if with_rl is None else with_rl
+        without = 0.0 if without is None else without
+    return with_rl >= without - tolerance
+
+
+def _training_items(cfg: CheckConfig, meta: dict[str, Any]) -> list[CheckItem]:
+    metrics = meta.get("metrics") or {}
+    items: list[CheckItem] = []
+    val_acc = metrics.get("val_action_acc")
+    items.append(
+        CheckItem(
+            "val accuracy",
+            "pass" if val_acc is not None and val_acc > cfg.min_val_accuracy else "fail",
+            _fmt(val_acc),
+            f"> {cfg.min_val_accuracy:.2f}",
+        )
+    )
+    history = metrics.get("history") or []
+    best_epoch = metrics.get("best_epoch")
+    best = history[best_epoch - 1] if isinstance(best_epoch, int) and history else None
+    if best is None:
+        for name in ("loss gap", "accuracy gap"):
+            items.append(CheckItem(name, "fail", "no training history in the model", "-"))
+        return items
+    loss_gap = float(best["val_loss"]) - float(best["train_loss"])
+    acc_gap = float(best["train_acc"]) - float(best["val_acc"])
+    items.append(
+        CheckItem(
+            "loss gap",
+            "pass" if loss_gap < cfg.max_loss_gap else "fail",
+            f"{loss_gap:+.3f} (val {best['val_loss']:.3f} - train {best['train_loss']:.3f}, "
+            f"epoch {best_epoch})",
+            f"< {cfg.max_loss_gap}",
+        )
+    )
+    items.append(
+        CheckItem(
+            "accuracy gap",
+            "pass" if acc_gap < cfg.max_acc_gap else "fail",
+            f"{100 * acc_gap:+.1f} points (train {best['train_acc']:.3f} - val "
+            f"{best['val_acc']:.3f})",
+            f"< {100 * cfg.max_acc_gap:.0f} points",
+        )
+    )
+    return items
+
+
+def _metadata_item(meta: dict[str, Any]) -> CheckItem:
+    from otonom_schema import SCHEMA_VERSION, schema_fingerprint
+
+    problems = []
+    if meta.get("schema_fingerprint") != schema_fingerprint():
+        problems.append(
+            f"schema fingerprint {meta.get('schema_fingerprint')!r} != this runtime's "
+            f"{schema_fingerprint()!r}"
+        )
+    try:
+        created = dt.datetime.fromisoformat(str(meta.get("created_at")))
+    except ValueError:
+        problems.append(f"created_at {meta.get('created_at')!r} is not an ISO timestamp")
+        created = None
+    if not meta.get("package_versions"):
+        problems.append("no package versions")
+    if not meta.get("metrics"):
+        problems.append("no training metrics")
+    measured = (
+        f"schema {meta.get('schema_version')} ({meta.get('schema_fingerprint')}), "
+        f"created {created.isoformat(timespec='seconds') if created else '?'}"
+    )
+    if problems:
+        measured = "; ".join(problems)
+    return CheckItem(
+        "metadata",
+        "fail" if problems else "pass",
+        measured,
+        f"schema {SCHEMA_VERSION} ({schema_fingerprint()}), timestamp, versions, metrics",
+    )
+
+
+def _majority_regime(
+    dataset_dates: npt.NDArray[np.datetime64],
+    regimes: npt.NDArray[np.int64],
+    days: npt.NDArray[np.datetime64],
+) -> npt.NDArray[np.int64]:
+    """Each portfolio day's regime: the most common among the symbols that day (-1 if none)."""
+    index = np.searchsorted(days, dataset_dates)
+    ok = (index < len(days)) & (days[np.minimum(index, len(days) - 1)] == dataset_dates)
+    counts = np.zeros((len(days), len(REGIMES)), dtype=np.int64)
+    np.add.at(counts, (index[ok], regimes[ok]), 1)
+    out: npt.NDArray[np.int64] = counts.argmax(axis=1).astype(np.int64)
+    out[counts.sum(axis=1) == 0] = -1
+    return out
+
+
+def _say(cfg: CheckConfig, text: str) -> None:
+    if not cfg.quiet:
+        print(text, flush=True)
+
+
+def run_check(cfg: CheckConfig) -> CheckResult:
+    """Run the checklist (see the module docstring); promote the model when asked and all pass."""
+    from otonom_runtime.backtest import run_backtest
+    from otonom_runtime.policy import load_rl_policy, resolve_model_path
+    from otonom_runtime.store import default_database_url, get_session
+    from otonom_runtime.strategy import load_strategy
+    from otonom_schema import feature_index
+    from otonom_trainer.dataset import OfflineDatasetGenerator
+    from otonom_trainer.registry import promote
+
+    model_path = resolve_model_path(cfg.model)
+    version_dir = model_path.parent
+    policy = load_rl_policy(model_path)
+    meta = policy.get_metadata()
+    strategy = load_strategy(cfg.strategy_path).with_rl(False)
+    ppy = strategy.calendar.periods_per_year
+    url = cfg.database_url or default_database_url()
+    symbols = list(cfg.symbols)
+    _say(cfg, f"checking {model_path} on {', '.join(symbols)} {cfg.start} .. {cfg.end}")
+
+    items = _training_items(cfg, meta)
+    details: dict[str, Any] = {}
+    with get_session(url) as session:
+        _say(cfg, "  backtest without RL ...")
+        off = run_backtest(session, strategy, symbols, cfg.start, cfg.end, use_rl=False)
+        _say(cfg, "  backtest with RL ...")
+        on = run_backtest(
+            session, strategy, symbols, cfg.start, cfg.end, use_rl=True, policy=policy
+        )
+        ds = OfflineDatasetGenerator(session).generate_dataset(
+            symbols, cfg.start, cfg.end, run_id=off.run_id
+        )
+        _say(cfg, "  backtest with RL and the model file removed ...")
+        fallback = _fallback_run(session, strategy, cfg, model_path, off)
+
+    s_off, s_on = off.metrics.sharpe, on.metrics.sharpe
+    items.append(
+        CheckItem(
+            "out-of-sample Sharpe",
+            "pass" if _sharpe_ok(s_on, s_off, cfg.sharpe_tolerance) else "fail",
+            f"with RL {_fmt(s_on)} vs without {_fmt(s_off)}",
+            f">= without - {cfg.sharpe_tolerance}",
+        )
+    )
+    predicted = policy.predict_batch(ds.states)[0]
+    correct = predicted == ds.actions
+    accuracy = float(correct.mean()) if len(correct) else float("nan")
+    first = feature_index("regime_low_vol")
+    regimes = np.argmax(ds.states[:, first : first + 3], axis=1).astype(np.int64)
+    day_regime = _majority_regime(ds.dates, regimes, off.dates)
+    details.update(
+        oos_rows=len(ds),
+        oos_accuracy=accuracy,
+        sharpe_without_rl=s_off,
+        sharpe_with_rl=s_on,
+        return_without_rl=off.metrics.total_return,
+        return_with_rl=on.metrics.total_return,
+        run_ids={"without_rl": off.run_id, "with_rl": on.run_id, "fallback": fallback[0]},
+        regimes={},
+    )
+    for k, name in enumerate(REGIMES):
+        rows = regimes == k
+        days = int((day_regime == k).sum())
+        acc = float(correct[rows].mean()) if rows.any() else None
+        r_off = regime_sharpe(off.equity, day_regime == k, ppy)
+        r_on = regime_sharpe(on.equity, day_regime == k, ppy)
+        details["regimes"][name] = {
+            "days": days,
+            "rows": int(rows.sum()),
+            "accuracy": acc,
+            "sharpe_without_rl": r_off,
+            "sharpe_with_rl": r_on,
+        }
+        measured = (
+            f"{days} days: accuracy {_fmt(acc)}, Sharpe with RL {_fmt(r_on)} vs without "
+            f"{_fmt(r_off)}"
+        )
+        required = (
+            f"accuracy >= {cfg.min_regime_accuracy:.2f}, Sharpe >= without - "
+            f"{cfg.regime_sharpe_tolerance} (>= {cfg.min_regime_days} days)"
+        )
+        if days < cfg.min_regime_days or acc is None:
+            status: Status = "skip"
+        elif acc >= cfg.min_regime_accuracy and _sharpe_ok(
+            r_on, r_off, cfg.regime_sharpe_tolerance
+        ):
+            status = "pass"
+        else:
+            status = "fail"
+        items.append(CheckItem(f"regime {name}", status, measured, required))
+
+    latency = measure_latency(policy, ds.states, cfg.latency_samples)
+    details["latency_us"] = latency
+    items.append(
+        CheckItem(
+            "predict latency",
+            "pass" if latency["p99_us"] < cfg.max_p99_latency_ms * 1e3 else "fail",
+            f"p99 {latency['p99_us']:.1f} us (p50 {latency['p50_us']:.1f} us)",
+            f"p99 < {cfg.max_p99_latency_ms:g} ms",
+        )
+    )
+    items.append(_metadata_item(meta))
+    _, reason, same = fallback
+    items.append(
+        CheckItem(
+            "fallback",
+            "pass" if reason and same else "fail",
+            (f"fell back ({_short(reason)}), " if reason else "did not fall back, ")
+            + ("trades as without RL" if same else "trades differ from the ensemble without RL"),
+            "falls back and trades as without RL",
+        )
+    )
+
+    result = CheckResult(
+        model_path=model_path, version_dir=version_dir, items=items, details=details
+    )
+    if cfg.promote and result.passed:
+        result.promoted = promote(version_dir)
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else version_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "check.md").write_text(result.table() + "\n", encoding="utf-8")
+    (out_dir / "check.json").write_text(
+        json.dumps(result.to_dict(), indent=2, default=str) + "\n", encoding="utf-8"
+    )
+    return result
+
+
+def _fallback_run(
+    session: Any, strategy: Any, cfg: CheckConfig, model_path: Path, plain: Any
+) -> tuple[int, str | None, bool]:
+    """Point the strategy at a copy of the model, delete the copy, backtest with RL on.
+
+    Returns (run id, the fallback reason, whether the equity curve equals ``plain``'s: the
+    same period backtested without RL)."""
+    from otonom_runtime.backtest import run_backtest
+
+    tmp = Path(tempfile.mkdtemp(prefix="otonom-check-"))
+    try:
+        copy = tmp / model_path.name
+        shutil.copyfile(model_path, copy)
+        sidecar = model_path.with_name(model_path.name + ".sha256")
+        if sidecar.is_file():
+            shutil.copyfile(sidecar, copy.with_name(copy.name + ".sha256"))
+        rl = dataclasses.replace(
+            strategy.ensemble.rl_policy, enabled=True, model_path=str(copy), model_file=copy
+        )
+        with_rl = dataclasses.replace(
+            strategy, ensemble=dataclasses.replace(strategy.ensemble, rl_policy=rl)
+        )
+        copy.unlink()  # the model disappears between configuration and start-up
+        broken = run_backtest(session, with_rl, list(cfg.symbols), cfg.start, cfg.end, use_rl=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    same = bool(
+        np.array_equal(broken.equity, plain.equity) and np.array_equal(broken.dates, plain.dates)
+    )
+    return broken.run_id, broken.fallback_reason, same

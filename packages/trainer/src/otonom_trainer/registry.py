@@ -1,0 +1,101 @@
+"""Model versioning: ``models/<name>/<UTC timestamp>/`` folders and a ``latest`` pointer.
+
+Every trained model gets its own folder named by the UTC time it was made
+(``20261201T061500Z``: sorts by time as text). ``models/<name>/latest`` is a one-line text file
+holding the name of the promoted version (a plain file rather than a symlink, so it works on
+every OS and in every git checkout). ``otonom_runtime.load_rl_policy("models/<name>")`` follows
+it, so a daemon configured with the folder serves whatever was promoted last.
+
+A version is promoted by ``otonom-train check MODEL --promote`` (only when every production
+check passes) or by the pipeline's last stage; nothing else moves ``latest``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from pathlib import Path
+from typing import Final
+
+from otonom_runtime.policy import LATEST_POINTER, MODEL_FILENAME
+
+__all__ = [
+    "LATEST_POINTER",
+    "RegistryError",
+    "latest_version",
+    "list_versions",
+    "new_version_dir",
+    "promote",
+    "version_name",
+]
+
+_VERSION_RE: Final = re.compile(r"^\d{8}T\d{6}Z(-\d+)?$")
+
+
+class RegistryError(ValueError):
+    """A model folder that is not what versioning expects (the message says what was found)."""
+
+
+def version_name(when: dt.datetime | None = None) -> str:
+    """The folder name for a model made at ``when`` (default: now), in UTC."""
+    when = dt.datetime.now(dt.timezone.utc) if when is None else when
+    if when.tzinfo is None:
+        raise RegistryError(f"version time {when} has no timezone; expected an aware datetime")
+    return when.astimezone(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def new_version_dir(root: str | os.PathLike[str], when: dt.datetime | None = None) -> Path:
+    """Create and return ``root/<UTC timestamp>/`` (``-2``, ``-3``... when one already exists)."""
+    base = Path(root)
+    base.mkdir(parents=True, exist_ok=True)
+    name = version_name(when)
+    for n in range(1, 1000):
+        candidate = base / (name if n == 1 else f"{name}-{n}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise RegistryError(f"{base} already holds 999 versions named {name}*")
+
+
+def list_versions(root: str | os.PathLike[str]) -> list[Path]:
+    """The version folders under ``root`` that hold a model, oldest first."""
+    base = Path(root)
+    if not base.is_dir():
+        return []
+    return sorted(
+        p
+        for p in base.iterdir()
+        if p.is_dir() and _VERSION_RE.match(p.name) and (p / MODEL_FILENAME).is_file()
+    )
+
+
+def latest_version(root: str | os.PathLike[str]) -> Path | None:
+    """The promoted version (what ``root/latest`` names), or None when nothing is promoted."""
+    pointer = Path(root) / LATEST_POINTER
+    if not pointer.is_file():
+        return None
+    name = pointer.read_text(encoding="utf-8").strip()
+    target = Path(root) / name
+    if not name or "/" in name or "\\" in name or name in (".", "..") or not target.is_dir():
+        raise RegistryError(
+            f"{pointer} holds {name!r}; expected the name of a version folder in {root}"
+        )
+    return target
+
+
+def promote(version_dir: str | os.PathLike[str]) -> Path:
+    """Point ``<parent>/latest`` at ``version_dir`` (atomically); returns the pointer file."""
+    version = Path(version_dir)
+    if not (version / MODEL_FILENAME).is_file():
+        raise RegistryError(
+            f"cannot promote {version}: it holds no {MODEL_FILENAME}; expected a trained "
+            "model's version folder"
+        )
+    pointer = version.parent / LATEST_POINTER
+    tmp = pointer.with_name(f".{LATEST_POINTER}.{os.getpid()}.tmp")
+    tmp.write_text(version.name + "\n", encoding="utf-8")
+    tmp.replace(pointer)
+    return pointer

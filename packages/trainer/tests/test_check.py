@@ -1,0 +1,275 @@
+"""The production gate (``otonom-train check``) and the pipeline around it: versioning,
+promotion, ``--from-stage``. One real default-size pipeline run (SQLite file, synthetic market,
+20 epochs, ONNX export) is shared by the tests of this module."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from otonom_runtime.policy import load_rl_policy
+from otonom_schema import OfflineDataset, load_dataset, save_dataset
+from otonom_trainer.check import (
+    CheckConfig,
+    _majority_regime,
+    _sharpe_ok,
+    regime_sharpe,
+)
+from otonom_trainer.config import TrainingConfig
+from otonom_trainer.pipeline import PipelineConfig, PipelineError, run_pipeline
+from otonom_trainer.train import BehaviorCloningTrainer
+
+ROOT = Path(__file__).resolve().parents[3]
+STRATEGY = str(ROOT / "strategies" / "baseline_v1.yaml")
+ITEMS = {
+    "val accuracy",
+    "loss gap",
+    "accuracy gap",
+    "out-of-sample Sharpe",
+    "regime low_vol",
+    "regime normal",
+    "regime high_vol",
+    "predict latency",
+    "metadata",
+    "fallback",
+}
+
+
+def _cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "otonom_trainer", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``otonom-train pipeline`` at its defaults, run once in a fresh folder."""
+    cwd = tmp_path_factory.mktemp("pipeline")
+    out = _cli("pipeline", "--strategy-path", STRATEGY, cwd=cwd)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (cwd / "stdout.txt").write_text(out.stdout)
+    return cwd
+
+
+def _table(cwd: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((cwd / "reports" / "pipeline" / "table.json").read_text())
+    return data
+
+
+def _check_args(cwd: Path, model: str) -> list[str]:
+    table = _table(cwd)
+    start, end = table["test_period"]
+    args = ["check", model, "--strategy-path", STRATEGY, "--start-date", start, "--end-date", end]
+    for symbol in ("DEMO-BTC", "DEMO-ETH", "DEMO-SOL"):
+        args += ["--symbol", symbol]
+    return args
+
+
+def _rows(stdout: str) -> dict[str, str]:
+    """check name -> PASS/FAIL/SKIP, parsed from the printed table."""
+    out = {}
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[1] in ("PASS", "FAIL", "SKIP"):
+            out[cells[0]] = cells[1]
+    return out
+
+
+# --- the pipeline's model passes and is promoted ------------------------------------------------
+
+
+def test_pipeline_runs_seven_stages_and_promotes_its_model(pipeline_dir: Path) -> None:
+    stdout = (pipeline_dir / "stdout.txt").read_text()
+    for n in range(1, 8):
+        assert f"[{n}/7]" in stdout
+    assert "all checks pass: promoted" in stdout
+    table = _table(pipeline_dir)
+    assert table["gate"] == {"passed": True, "promoted": True, "failed": []}
+    root = pipeline_dir / "models" / "rl_bc"
+    version = Path(table["model"]).parent.name
+    assert (root / "latest").read_text().strip() == version
+    policy = load_rl_policy(root)  # the folder: follows latest
+    assert policy.path.parent.name == version
+    assert policy.get_metadata()["val_action_acc"] > 0.85
+    gate = json.loads((root / version / "check.json").read_text())
+    assert gate["passed"] is True
+    assert {i["name"] for i in gate["items"]} == ITEMS
+
+
+def test_check_cli_passes_for_the_pipeline_model(pipeline_dir: Path) -> None:
+    out = _cli(*_check_args(pipeline_dir, "models/rl_bc"), cwd=pipeline_dir)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = _rows(out.stdout)
+    assert set(rows) == ITEMS
+    assert "FAIL" not in rows.values()
+    # every regime has enough held-out days to be judged, none skipped
+    assert rows["regime normal"] == "PASS"
+    assert "PASS (use --promote" in out.stdout
+
+
+def test_check_cli_fails_a_model_trained_one_epoch_on_shuffled_labels(
+    pipeline_dir: Path, tmp_path: Path
+) -> None:
+    train = load_dataset(pipeline_dir / "reports" / "pipeline" / "data" / "offline_dataset.npz")
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(train))
+    shuffled = OfflineDataset(
+        states=train.states,
+        actions=train.actions[order],
+        strengths=train.strengths[order],
+        symbols=train.symbols,
+        dates=train.dates,
+        metadata=dict(train.metadata),
+    )
+    save_dataset(shuffled, tmp_path / "shuffled.npz")
+    bad_dir = pipeline_dir / "models" / "rl_bc" / "20000101T000000Z"
+    trainer = BehaviorCloningTrainer(
+        TrainingConfig(
+            dataset_path=str(tmp_path / "shuffled.npz"),
+            output_dir=str(bad_dir),
+            max_epochs=1,
+            seed=0,
+        )
+    )
+    trainer.train()
+    trainer.export_onnx()
+    latest = (pipeline_dir / "models" / "rl_bc" / "latest").read_text()
+
+    out = _cli(*_check_args(pipeline_dir, str(bad_dir)), "--promote", cwd=pipeline_dir)
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = _rows(out.stdout)
+    assert rows["val accuracy"] == "FAIL"
+    assert rows["metadata"] == "PASS"
+    assert rows["fallback"] == "PASS"
+    assert "FAIL: " in out.stdout
+    assert "(not promoted)" in out.stdout
+    # --promote did nothing: latest still names the pipeline's model
+    assert (pipeline_dir / "models" / "rl_bc" / "latest").read_text() == latest
+    report = json.loads((bad_dir / "check.json").read_text())
+    assert report["passed"] is False
+    assert report["promoted"] is None
+
+
+# --- resuming ------------------------------------------------------------------------------------
+
+
+def test_from_stage_reuses_the_earlier_stages(pipeline_dir: Path) -> None:
+    before = _table(pipeline_dir)
+    versions = sorted(p.name for p in (pipeline_dir / "models" / "rl_bc").iterdir())
+    out = _cli(
+        "pipeline", "--strategy-path", STRATEGY, "--from-stage", "5", "--no-promote",
+        cwd=pipeline_dir,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "resuming from stage 5" in out.stdout
+    for n in range(1, 5):
+        assert f"[{n}/7]" not in out.stdout
+    for n in range(5, 8):
+        assert f"[{n}/7]" in out.stdout
+    after = _table(pipeline_dir)
+    assert after["model"] == before["model"]  # no new training
+    assert after["run_ids"]["teacher"] == before["run_ids"]["teacher"]
+    timed = ("predict p50 (us)", "predict p99 (us)")
+    for column in ("ensemble (no RL)", "ensemble + RL"):  # deterministic held-out backtests
+        same = {k: v for k, v in after["rows"][column].items() if k not in timed}
+        assert same == {k: v for k, v in before["rows"][column].items() if k not in timed}
+    assert sorted(p.name for p in (pipeline_dir / "models" / "rl_bc").iterdir()) == versions
+
+
+def test_from_stage_refuses_without_a_state_file_or_with_other_options(
+    pipeline_dir: Path, tmp_path: Path
+) -> None:
+    db = f"sqlite:///{pipeline_dir / 'data' / 'otonom.db'}"
+    fresh = PipelineConfig(
+        strategy_path=STRATEGY,
+        database_url=db,
+        report_dir=str(tmp_path / "elsewhere"),
+        model_dir=str(tmp_path / "models"),
+        from_stage=3,
+        quiet=True,
+    )
+    with pytest.raises(PipelineError, match=r"pipeline_state\.json does not exist"):
+        run_pipeline(fresh)
+    other = PipelineConfig(
+        strategy_path=STRATEGY,
+        database_url=db,
+        symbols=("DEMO-BTC",),
+        report_dir=str(pipeline_dir / "reports" / "pipeline"),
+        model_dir=str(pipeline_dir / "models" / "rl_bc"),
+        from_stage=4,
+        quiet=True,
+    )
+    with pytest.raises(PipelineError, match="symbols differ"):
+        run_pipeline(other)
+    with pytest.raises(ValueError, match=r"from_stage is 8; expected 1 \.\. 7"):
+        PipelineConfig(from_stage=8)
+
+
+# --- the pieces ----------------------------------------------------------------------------------
+
+
+def test_regime_sharpe_by_hand() -> None:
+    equity = np.array([100.0, 101.0, 99.99, 100.9899, 100.0, 102.0])
+    mask = np.array([True, True, True, False, True, True])
+    # returns on days 1, 2, 4, 5 (day 3 is another regime): +1 %, -1 %, r4, +2 %
+    r = np.array([0.01, -0.01, 100.0 / 100.9899 - 1.0, 0.02])
+    expected = r.mean() / r.std(ddof=1) * math.sqrt(252)
+    assert regime_sharpe(equity, mask, 252) == pytest.approx(expected, rel=1e-12)
+    assert regime_sharpe(equity, np.array([True, True, False, False, False, False]), 252) is None
+    flat = np.full(6, 100.0)
+    assert regime_sharpe(flat, np.ones(6, dtype=bool), 252) is None
+    with pytest.raises(ValueError, match="expected the same"):
+        regime_sharpe(equity, mask[:3], 252)
+
+
+def test_majority_regime_per_day() -> None:
+    days = np.array(["2024-01-01", "2024-01-02", "2024-01-03"], dtype="datetime64[D]")
+    dates = np.array(
+        ["2024-01-01", "2024-01-01", "2024-01-01", "2024-01-02", "2024-01-09"],
+        dtype="datetime64[D]",
+    )
+    regimes = np.array([2, 2, 0, 1, 0])
+    assert _majority_regime(dates, regimes, days).tolist() == [2, 1, -1]
+
+
+def test_sharpe_tolerance_rule() -> None:
+    assert _sharpe_ok(0.9, 1.0, 0.25)
+    assert not _sharpe_ok(0.7, 1.0, 0.25)
+    assert _sharpe_ok(1.5, 1.0, 0.0)
+    assert _sharpe_ok(None, 0.1, 0.25)  # no variance counts as 0
+    assert not _sharpe_ok(None, 0.5, 0.25)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"symbols": ()}, "no symbols"),
+        ({"end": dt.date(2019, 1, 1)}, "is not before end"),
+        ({"min_val_accuracy": 70.0}, "min_val_accuracy is 70.0; expected a fraction"),
+        ({"sharpe_tolerance": -0.1}, "sharpe_tolerance is -0.1; expected a finite number >= 0"),
+        ({"max_p99_latency_ms": float("nan")}, "max_p99_latency_ms is nan"),
+        ({"min_regime_days": 1}, "min_regime_days is 1; expected >= 2"),
+        ({"latency_samples": 10}, "latency_samples is 10; expected >= 100"),
+    ],
+)
+def test_check_config_validation(changes: dict[str, Any], message: str) -> None:
+    base: dict[str, Any] = {
+        "model": "m",
+        "symbols": ("A",),
+        "start": dt.date(2020, 1, 1),
+        "end": dt.date(2020, 12, 31),
+    }
+    with pytest.raises(ValueError, match=message):
+        CheckConfig(**(base | changes))

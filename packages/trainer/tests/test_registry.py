@@ -1,0 +1,94 @@
+"""Model versioning: version folders, the ``latest`` pointer, and the runtime following it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+
+import pytest
+
+from otonom_runtime.policy import load_rl_policy, resolve_model_path
+from otonom_runtime.testing.models import make_policy_model
+from otonom_trainer.registry import (
+    RegistryError,
+    latest_version,
+    list_versions,
+    new_version_dir,
+    promote,
+    version_name,
+)
+
+WHEN = dt.datetime(2026, 12, 1, 6, 15, 0, tzinfo=dt.timezone.utc)
+
+
+def _model(folder: Path) -> None:
+    make_policy_model(folder / "policy_best.onnx", hidden=8)
+
+
+def test_version_name_is_utc_and_sortable() -> None:
+    assert version_name(WHEN) == "20261201T061500Z"
+    plus3 = dt.timezone(dt.timedelta(hours=3))
+    assert version_name(WHEN.astimezone(plus3)) == "20261201T061500Z"
+    assert re.fullmatch(r"\d{8}T\d{6}Z", version_name())
+    with pytest.raises(RegistryError, match="no timezone"):
+        version_name(dt.datetime(2026, 12, 1))
+
+
+def test_new_version_dir_never_reuses_a_folder(tmp_path: Path) -> None:
+    root = tmp_path / "models" / "rl_bc"
+    first = new_version_dir(root, WHEN)
+    second = new_version_dir(root, WHEN)
+    assert first.name == "20261201T061500Z"
+    assert second.name == "20261201T061500Z-2"
+    assert first.is_dir()
+    assert second.is_dir()
+
+
+def test_promote_moves_latest_and_the_runtime_follows_it(tmp_path: Path) -> None:
+    root = tmp_path / "rl_bc"
+    old = new_version_dir(root, WHEN)
+    new = new_version_dir(root, WHEN + dt.timedelta(days=1))
+    _model(old)
+    _model(new)
+    assert latest_version(root) is None
+    assert [p.name for p in list_versions(root)] == [old.name, new.name]
+
+    pointer = promote(old)
+    assert pointer == root / "latest"
+    assert pointer.read_text() == old.name + "\n"
+    assert latest_version(root) == old
+    assert resolve_model_path(root) == old / "policy_best.onnx"
+
+    promote(new)
+    assert latest_version(root) == new
+    assert load_rl_policy(root).path == new / "policy_best.onnx"
+    assert not list(root.glob(".latest*"))  # no temporary file left behind
+
+
+def test_promote_refuses_a_folder_without_a_model(tmp_path: Path) -> None:
+    empty = new_version_dir(tmp_path / "rl_bc", WHEN)
+    with pytest.raises(RegistryError, match=r"holds no policy_best\.onnx"):
+        promote(empty)
+    assert not (tmp_path / "rl_bc" / "latest").exists()
+
+
+def test_latest_version_rejects_a_bad_pointer(tmp_path: Path) -> None:
+    root = tmp_path / "rl_bc"
+    root.mkdir()
+    (root / "latest").write_text("../elsewhere\n")
+    with pytest.raises(RegistryError, match="expected the name of a version folder"):
+        latest_version(root)
+    (root / "latest").write_text("20990101T000000Z\n")  # names nothing
+    with pytest.raises(RegistryError, match="20990101T000000Z"):
+        latest_version(root)
+
+
+def test_list_versions_ignores_other_folders_and_unfinished_versions(tmp_path: Path) -> None:
+    root = tmp_path / "rl_bc"
+    done = new_version_dir(root, WHEN)
+    _model(done)
+    new_version_dir(root, WHEN + dt.timedelta(hours=1))  # training still running: no model
+    (root / "notes").mkdir()
+    assert list_versions(root) == [done]
+    assert list_versions(tmp_path / "missing") == []
