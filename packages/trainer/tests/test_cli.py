@@ -71,9 +71,9 @@ def test_pipeline_end_to_end_small(tmp_path: Path) -> None:
     for png in ("equity.png", "confusion_matrix.png"):
         assert (report / png).read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "data" / "otonom.db").is_file()
-    model = Path(table["model"])
+    model = Path(table["model"])  # relative to the run's folder
     assert model.name == "policy_best.onnx"
-    assert model.is_file()
+    assert (tmp_path / model).is_file()
     assert model.parent.parent == Path("models") / "rl_bc"  # a version folder
     # two epochs on one symbol do not pass the production gate: nothing is promoted
     assert "NOT promoted: failed val accuracy" in out.stdout
