@@ -21,12 +21,13 @@ from typing import TextIO
 from otonom_runtime._errors import OtonomRuntimeError
 from otonom_schema import SchemaError
 
-__all__ = ["main"]
+__all__ = ["iso_date", "main"]
 
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _date(text: str) -> dt.date:
+def iso_date(text: str) -> dt.date:
+    """argparse type for a ``YYYY-MM-DD`` date (also used by ``otonom-train``)."""
     try:
         return dt.date.fromisoformat(text)
     except ValueError:
@@ -184,13 +185,13 @@ def _add_data_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     )
     p.add_argument(
         "--start",
-        type=_date,
+        type=iso_date,
         default=dt.date(2018, 1, 1),
         help="first day (YYYY-MM-DD, default 2018-01-01)",
     )
     p.add_argument(
         "--end",
-        type=_date,
+        type=iso_date,
         default=dt.date(2024, 1, 1),
         help="last day, inclusive (default 2024-01-01)",
     )
@@ -243,7 +244,7 @@ def _add_bench_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     )
     p.add_argument("--model", required=True, help="a .onnx file, a model folder or policy_best.pt")
     p.add_argument("--symbol", help="also time build_state + predict for this symbol's store data")
-    p.add_argument("--date", type=_date, help="the tick's date (default: the newest bar)")
+    p.add_argument("--date", type=iso_date, help="the tick's date (default: the newest bar)")
     p.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
     p.set_defaults(handler=_cmd_bench)
 
@@ -415,9 +416,11 @@ def _add_backtest_commands(commands: argparse._SubParsersAction[argparse.Argumen
     )
     p.add_argument("--symbol", action="append", required=True, help="a symbol (repeat for several)")
     p.add_argument(
-        "--start-date", type=_date, required=True, help="first decision day (YYYY-MM-DD)"
+        "--start-date", type=iso_date, required=True, help="first decision day (YYYY-MM-DD)"
     )
-    p.add_argument("--end-date", type=_date, required=True, help="last decision day (YYYY-MM-DD)")
+    p.add_argument(
+        "--end-date", type=iso_date, required=True, help="last decision day (YYYY-MM-DD)"
+    )
     p.add_argument("--no-rl", action="store_true", help="switch the RL analyst off for this run")
     p.add_argument(
         "--plot",

@@ -51,6 +51,7 @@ import numpy.typing as npt
 
 __all__ = [
     "CheckConfig",
+    "CheckError",
     "CheckItem",
     "CheckResult",
     "measure_latency",
@@ -60,6 +61,10 @@ __all__ = [
 
 Status = Literal["pass", "fail", "skip"]
 REGIMES: Final = ("low_vol", "normal", "high_vol")
+
+
+class CheckError(ValueError):
+    """A check that cannot run as asked (the message says what was given and expected)."""
 
 
 @dataclass(frozen=True)
@@ -87,13 +92,13 @@ class CheckConfig:
 
     def __post_init__(self) -> None:
         if not self.symbols:
-            raise ValueError("no symbols; expected at least one --symbol")
+            raise CheckError("no symbols; expected at least one --symbol")
         if self.start >= self.end:
-            raise ValueError(f"start {self.start} is not before end {self.end}")
+            raise CheckError(f"start {self.start} is not before end {self.end}")
         for name in ("min_val_accuracy", "min_regime_accuracy", "max_acc_gap"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} is {value}; expected a fraction in [0, 1]")
+                raise CheckError(f"{name} is {value}; expected a fraction in [0, 1]")
         for name in (
             "max_loss_gap",
             "sharpe_tolerance",
@@ -102,11 +107,11 @@ class CheckConfig:
         ):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0.0):
-                raise ValueError(f"{name} is {value}; expected a finite number >= 0")
+                raise CheckError(f"{name} is {value}; expected a finite number >= 0")
         if self.min_regime_days < 2:
-            raise ValueError(f"min_regime_days is {self.min_regime_days}; expected >= 2")
+            raise CheckError(f"min_regime_days is {self.min_regime_days}; expected >= 2")
         if self.latency_samples < 100:
-            raise ValueError(f"latency_samples is {self.latency_samples}; expected >= 100")
+            raise CheckError(f"latency_samples is {self.latency_samples}; expected >= 100")
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,11 @@
 
 Commands: ``dataset`` (guide Step 1), ``train`` (Step 2: train, then export to ONNX with a
 parity check), ``export`` (a checkpoint to ONNX), ``evaluate`` (Step 3, through the runtime's
-ONNX model), ``pipeline`` (the whole guide end to end) and ``check`` (the production
-checklist; ``--promote`` moves a model folder's ``latest`` pointer). The CLI only maps flags to the
-Python API; every rule lives there. Expected errors print one ``error: ...`` line and exit 1.
+ONNX model), ``pipeline`` (the whole guide end to end), ``check`` (the production
+checklist; ``--promote`` moves a model folder's ``latest`` pointer) and ``walk-forward``
+(rolling train/test windows, out-of-sample accuracy and Sharpe per window). The CLI only
+maps flags to the Python API; every rule lives there. Expected errors print one
+``error: ...`` line and exit 1.
 """
 
 from __future__ import annotations
@@ -17,17 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import otonom_schema
+from otonom_runtime.cli import iso_date
 
 __all__ = ["main"]
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def _date(text: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date; expected YYYY-MM-DD") from None
 
 
 # --- dataset -------------------------------------------------------------------------------------
@@ -63,8 +59,8 @@ def _add_dataset(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         ),
     )
     p.add_argument("--symbol", action="append", required=True, help="a symbol (repeatable)")
-    p.add_argument("--start-date", type=_date, required=True, help="first date (YYYY-MM-DD)")
-    p.add_argument("--end-date", type=_date, required=True, help="last date (YYYY-MM-DD)")
+    p.add_argument("--start-date", type=iso_date, required=True, help="first date (YYYY-MM-DD)")
+    p.add_argument("--end-date", type=iso_date, required=True, help="last date (YYYY-MM-DD)")
     p.add_argument("--output", default="data/offline_dataset.npz", help="the .npz file to write")
     p.add_argument("--run-id", type=int, help="take this complete run instead of the latest")
     p.add_argument(
@@ -264,10 +260,12 @@ def _add_pipeline(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="FILE",
         help="import this daily OHLCV CSV first, as the matching --symbol (repeatable)",
     )
-    p.add_argument("--start", type=_date, default=dt.date(2018, 1, 1), help="data start")
-    p.add_argument("--end", type=_date, default=dt.date(2023, 12, 31), help="last decision day")
-    p.add_argument("--train-end", type=_date, help="last training day (default: 75 %% point)")
-    p.add_argument("--test-start", type=_date, help="first held-out day (default: train end + 1)")
+    p.add_argument("--start", type=iso_date, default=dt.date(2018, 1, 1), help="data start")
+    p.add_argument("--end", type=iso_date, default=dt.date(2023, 12, 31), help="last decision day")
+    p.add_argument("--train-end", type=iso_date, help="last training day (default: 75 %% point)")
+    p.add_argument(
+        "--test-start", type=iso_date, help="first held-out day (default: train end + 1)"
+    )
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument(
@@ -346,8 +344,8 @@ def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("model", metavar="MODEL", help="a .onnx file or a model (version) folder")
     p.add_argument("--strategy-path", default="strategies/baseline_v1.yaml")
     p.add_argument("--symbol", action="append", required=True, help="a symbol (repeatable)")
-    p.add_argument("--start-date", type=_date, required=True, help="out-of-sample start")
-    p.add_argument("--end-date", type=_date, required=True, help="out-of-sample end")
+    p.add_argument("--start-date", type=iso_date, required=True, help="out-of-sample start")
+    p.add_argument("--end-date", type=iso_date, required=True, help="out-of-sample end")
     p.add_argument("--database-url", help="SQLAlchemy URL (default: ./data/otonom.db)")
     p.add_argument("--min-val-accuracy", type=float, default=0.70, help="default %(default)s")
     p.add_argument(
@@ -398,6 +396,9 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_pipeline(sub)
     _add_check(sub)
+    from otonom_trainer.walkforward import add_parser as _add_walk_forward
+
+    _add_walk_forward(sub)
     return parser
 
 

@@ -48,6 +48,10 @@ STAGES: Final = (
 STATE_FILE: Final = "pipeline_state.json"
 
 
+class PipelineError(ValueError):
+    """The pipeline cannot run as asked (e.g. resuming without the earlier stages' outputs)."""
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """What to run. Symbols missing from the store are generated (synthetic) when their name
@@ -73,13 +77,13 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         if not self.symbols:
-            raise ValueError("no symbols; expected at least one")
+            raise PipelineError("no symbols; expected at least one")
         if self.start >= self.end:
-            raise ValueError(f"start {self.start} is not before end {self.end}")
+            raise PipelineError(f"start {self.start} is not before end {self.end}")
         if self.epochs < 1:
-            raise ValueError(f"epochs is {self.epochs}; expected >= 1")
+            raise PipelineError(f"epochs is {self.epochs}; expected >= 1")
         if not 1 <= self.from_stage <= len(STAGES):
-            raise ValueError(
+            raise PipelineError(
                 f"from_stage is {self.from_stage}; expected 1 .. {len(STAGES)} "
                 f"({', '.join(f'{i}={n}' for i, n in enumerate(STAGES, start=1))})"
             )
@@ -123,10 +127,6 @@ def _cell(value: Any) -> str:
 def _say(cfg: PipelineConfig, text: str) -> None:
     if not cfg.quiet:
         print(text, flush=True)
-
-
-class PipelineError(ValueError):
-    """The pipeline cannot run as asked (e.g. resuming without the earlier stages' outputs)."""
 
 
 def _stage(cfg: PipelineConfig, n: int, detail: str) -> None:

@@ -42,6 +42,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from otonom_runtime.cli import iso_date
+
 __all__ = [
     "WalkForwardConfig",
     "WalkForwardError",
@@ -657,13 +659,6 @@ def plot_walk_forward(result: WalkForwardResult, path: str | Path) -> Path:
 # --- command line --------------------------------------------------------------------------------
 
 
-def _date(text: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date; expected YYYY-MM-DD") from None
-
-
 def _cmd_walk_forward(args: argparse.Namespace) -> int:
     cfg = WalkForwardConfig(
         strategy_path=args.strategy_path,
@@ -716,13 +711,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     )
     p.add_argument(
         "--start-date",
-        type=_date,
+        type=iso_date,
         default=dt.date(2018, 1, 1),
         help=f"data start; decisions begin {WARMUP_DAYS} days later (default: 2018-01-01)",
     )
     p.add_argument(
         "--end-date",
-        type=_date,
+        type=iso_date,
         default=dt.date(2023, 12, 31),
         help="last decision day; the last test period ends here (default: 2023-12-31)",
     )
