@@ -1,0 +1,98 @@
+"""The small default model shipped in models/rl_bc: it loads under the current state schema and
+serves as the RL analyst right after install (models/README.md says how to regenerate it)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from otonom_runtime import ModelSchemaMismatchError, load_rl_policy
+from otonom_schema import SCHEMA_VERSION, schema_fingerprint
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = ROOT / "models" / "rl_bc"
+REGENERATE = "regenerate it as models/README.md says (rm -rf models/rl_bc ...; python3 dev.py run)"
+
+
+def _version() -> Path:
+    name = (DEFAULT / "latest").read_text(encoding="utf-8").strip()
+    return DEFAULT / name
+
+
+def test_default_model_loads_under_the_current_schema() -> None:
+    try:
+        policy = load_rl_policy(DEFAULT)
+    except ModelSchemaMismatchError as exc:
+        pytest.fail(
+            f"the shipped default model was made under another state schema: {exc}; " + REGENERATE
+        )
+    meta = policy.get_metadata()
+    assert meta["schema_version"] == SCHEMA_VERSION, REGENERATE
+    assert meta["schema_fingerprint"] == schema_fingerprint(), REGENERATE
+    assert policy.path.parent == _version()
+    assert meta["val_action_acc"] > 0.85  # the pipeline's model on the synthetic default
+
+
+def test_default_model_is_small_and_passed_the_gate() -> None:
+    version = _version()
+    files = sorted(p.name for p in version.iterdir())
+    assert "policy_best.onnx" in files
+    assert "policy_best.onnx.sha256" in files
+    assert "check.json" in files
+    assert sum(p.stat().st_size for p in version.iterdir()) < 400_000
+    import json
+
+    check = json.loads((version / "check.json").read_text())
+    assert check["passed"] is True
+
+
+def test_default_model_is_in_git() -> None:
+    """The .gitignore lets exactly the default model in (a clean clone must have it)."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    tracked = subprocess.run(
+        ["git", "ls-files", "models/rl_bc"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    version = _version().name
+    assert "models/rl_bc/latest" in tracked
+    assert f"models/rl_bc/{version}/policy_best.onnx" in tracked
+    assert f"models/rl_bc/{version}/policy_best.onnx.sha256" in tracked
+    assert not [p for p in tracked if p.endswith((".pt", ".png"))]
+
+
+def test_backtest_with_the_rl_analyst_right_after_install(tmp_path: Path) -> None:
+    """`otonom backtest` with strategies/ensemble_rl_v1.yaml, as laid out in the repository:
+    the RL analyst votes with the default model, no fallback."""
+    shutil.copytree(ROOT / "strategies", tmp_path / "strategies")
+    shutil.copytree(DEFAULT, tmp_path / "models" / "rl_bc")
+    env = {k: v for k, v in os.environ.items() if k != "OTONOM_DATABASE_URL"}
+    env["MPLBACKEND"] = "Agg"
+
+    def otonom(*args: str) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run(
+            [sys.executable, "-m", "otonom_runtime", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out
+
+    otonom("data", "synth", "--symbol", "DEMO-BTC", "--start", "2021-01-01", "--end",
+           "2022-12-31", "--seed", "7")  # fmt: skip
+    out = otonom(
+        "backtest", "--strategy-path", "strategies/ensemble_rl_v1.yaml", "--symbol", "DEMO-BTC",
+        "--start-date", "2021-07-01", "--end-date", "2022-12-31",
+    )  # fmt: skip
+    assert "(RL analyst on)" in out.stdout
+    fallbacks = [line for line in out.stdout.splitlines() if "RL fallbacks" in line]
+    assert fallbacks, out.stdout
+    assert fallbacks[0].split()[-1] == "0"
+    assert "fell back" not in out.stdout
