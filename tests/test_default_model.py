@@ -38,6 +38,14 @@ def test_default_model_loads_under_the_current_schema() -> None:
     assert meta["val_action_acc"] > 0.85  # the pipeline's model on the synthetic default
 
 
+def test_the_guides_checkpoint_path_loads_the_promoted_version() -> None:
+    """Guide Step 3: ``load_rl_policy("models/rl_bc/policy_best.pt")`` in a versioned folder
+    (no policy_best.* at the top) follows ``latest``; PyTorch is never loaded."""
+    assert not (DEFAULT / "policy_best.onnx").exists()
+    policy = load_rl_policy(DEFAULT / "policy_best.pt")
+    assert policy.path.parent == _version()
+
+
 def test_default_model_is_small_and_passed_the_gate() -> None:
     version = _version()
     files = sorted(p.name for p in version.iterdir())

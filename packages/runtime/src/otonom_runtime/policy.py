@@ -140,6 +140,11 @@ def resolve_model_path(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if p.suffix == ".pt":
         onnx_path = p.with_suffix(".onnx")
+        if not onnx_path.is_file() and not p.exists() and (p.parent / LATEST_POINTER).is_file():
+            # the guide's "models/rl_bc/policy_best.pt" in a versioned model folder: the
+            # promoted version's export
+            onnx_path = _follow_latest(p.parent) / onnx_path.name
+            logger.info("%s: following %s to %s", p, p.parent / LATEST_POINTER, onnx_path)
         if not onnx_path.is_file():
             found = "exists" if p.exists() else "does not exist either"
             raise PolicyError(
@@ -502,7 +507,10 @@ def load_rl_policy(path: str | os.PathLike[str], device: str = "cpu") -> RlPolic
 
     ``path``: a ``.onnx`` file; a model folder (its ``policy_best.onnx``, after following a
     ``latest`` file that names a sub-folder, if there is one); or a ``policy_best.pt`` path,
-    which stands for the ``policy_best.onnx`` beside it (PyTorch checkpoints are never loaded).
+    which stands for the ``policy_best.onnx`` beside it (PyTorch checkpoints are never loaded),
+    or, when neither file is there but the folder has a ``latest`` file, for the promoted
+    version's ``policy_best.onnx`` (the guide's ``models/rl_bc/policy_best.pt`` keeps working
+    with versioned model folders).
 
     ``device``: ``"cpu"``; ``"cuda"`` (onnxruntime's CUDAExecutionProvider, ``PolicyError`` if
     it has none); ``"auto"`` (CUDA when available, else CPU).
