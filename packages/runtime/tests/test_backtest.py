@@ -13,7 +13,8 @@ from sqlalchemy import func, select
 import otonom_schema as s
 from otonom_runtime import backtest as bt
 from otonom_runtime.backtest import EngineParams, run_backtest, simulate_symbol
-from otonom_runtime.policy import write_sha256_sidecar
+from otonom_runtime.ensemble import RlAnalyst
+from otonom_runtime.policy import load_rl_policy, write_sha256_sidecar
 from otonom_runtime.store import BacktestRun, Decision, get_session
 from otonom_runtime.strategy import load_strategy, parse_strategy
 from otonom_runtime.synth import write_synthetic
@@ -118,6 +119,45 @@ def test_no_look_ahead() -> None:
     assert not np.array_equal(a.actions[k + 1 :], b.actions[k + 1 :])
 
 
+def _same(a: bt.SymbolResult, b: bt.SymbolResult) -> None:
+    for name, value in vars(a).items():
+        other = getattr(b, name)
+        if name == "signals":
+            assert value.keys() == other.keys()
+            for sig, sig2 in zip(value.values(), other.values(), strict=True):
+                np.testing.assert_array_equal(sig.actions, sig2.actions)
+                np.testing.assert_array_equal(sig.strengths, sig2.strengths)
+                np.testing.assert_array_equal(sig.confidences, sig2.confidences)
+        elif isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(value, other, err_msg=name)
+        else:
+            assert value == other, name
+
+
+def test_rl_sleeves_in_lockstep_equal_one_symbol_at_a_time(tmp_path: Path) -> None:
+    """With the RL analyst the symbols advance day by day, one model call per day for all of
+    them; each sleeve's result is exactly what it gets simulated alone (histories of different
+    lengths, so the daily batch shrinks as the shorter ones end)."""
+    make_policy_model(tmp_path / "policy_best.onnx")
+    policy = load_rl_policy(tmp_path)
+    symbols = []
+    for seed, n, first in ((1, 420, 140), (2, 330, 150), (3, 400, 300)):
+        h = random_history(n, seed=seed)
+        symbols.append(
+            bt._Bars(f"S{seed}", h.dates, h.open, h.close, s.market_feature_matrix(h), first)
+        )
+    params = EngineParams(weights=(1.0, 1.0, 1.0, 2.0), max_leverage=2.0, min_score=0.4)
+    for make in (lambda: RlAnalyst(policy), lambda: RlAnalyst(None, reason="gone")):
+        together = bt._simulate(symbols, params, 1000.0, [make() for _ in symbols])
+        for b, r in zip(symbols, together, strict=True):
+            alone = simulate_symbol(
+                b.symbol, b.dates, b.opens, b.closes, b.market, b.first, params, 1000.0, make()
+            )
+            _same(r, alone)
+            assert len(r.rl_signals) == len(r.actions)
+    assert together[0].fallbacks == len(together[0].actions)
+
+
 # --- runs in a real SQLite store ---------------------------------------------------------------
 
 
@@ -178,16 +218,16 @@ def test_run_records_decisions_metrics_and_is_repeatable(store: str) -> None:
 
 def test_an_interrupted_run_is_marked_failed(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = load_strategy(BASELINE)
-    real = bt.simulate_symbol
+    real = bt.load_news
     calls = []
 
-    def flaky(*args: Any, **kwargs: Any) -> bt.SymbolResult:
-        calls.append(args[0])
-        if len(calls) == 2:
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args[1])
+        if len(calls) == 2:  # Ctrl-C while the second symbol is read
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(bt, "simulate_symbol", flaky)
+    monkeypatch.setattr(bt, "load_news", flaky)
     with get_session(store) as session, pytest.raises(KeyboardInterrupt):
         run_backtest(
             session, cfg, ["DEMO-BTC", "DEMO-ETH"], dt.date(2020, 1, 1), dt.date(2020, 12, 31)
@@ -199,6 +239,38 @@ def test_an_interrupted_run_is_marked_failed(store: str, monkeypatch: pytest.Mon
             select(func.count()).select_from(BacktestRun).where(BacktestRun.status == "complete")
         ).scalar_one()
         assert complete == 0
+
+
+def test_an_interrupted_write_leaves_a_failed_run(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decision batches are committed as they go; a Ctrl-C between them still marks the run
+    failed (dataset generation reads complete runs only)."""
+    real = bt._insert_decisions
+    calls = []
+
+    def flaky(*args: Any, **kwargs: Any) -> None:
+        calls.append(len(args[1]))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(bt, "_BATCH", 100)
+    monkeypatch.setattr(bt, "_insert_decisions", flaky)
+    with get_session(store) as session, pytest.raises(KeyboardInterrupt):
+        run_backtest(
+            session,
+            load_strategy(BASELINE),
+            ["DEMO-BTC", "DEMO-ETH"],
+            dt.date(2020, 1, 1),
+            dt.date(2020, 6, 30),
+        )
+    assert calls == [100, 100, 100], calls
+    with get_session(store) as session:
+        run = session.execute(select(BacktestRun)).scalar_one()
+        assert run.status == "failed"
+        stored = session.execute(select(func.count()).select_from(Decision)).scalar_one()
+        assert stored == 200
 
 
 def test_rl_analyst_votes_as_the_fourth_member(store: str, tmp_path: Path) -> None:

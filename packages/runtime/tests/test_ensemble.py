@@ -234,7 +234,7 @@ def test_ensemble_works_without_rl_if_model_fails() -> None:
 
 
 def test_decide_one_equals_the_array_rule() -> None:
-    from otonom_runtime.ensemble import decide, decide_one
+    from otonom_runtime.ensemble import decide, decide_floats, decide_one
 
     rng = np.random.default_rng(1)
     totals = rng.uniform(0, 2, (500, 3)) * (rng.uniform(size=(500, 3)) > 0.3)
@@ -247,3 +247,63 @@ def test_decide_one_equals_the_array_rule() -> None:
             assert one.action == many[i].action
             assert one.strength == pytest.approx(many[i].strength, abs=1e-12)
             assert one.confidence == pytest.approx(many[i].confidence, abs=1e-12)
+            floats = decide_floats(*totals[i].tolist(), *sums[i, 1:].tolist(), min_score)
+            assert floats == (int(one.action), one.strength, one.confidence)
+
+
+class _Flaky:
+    """A policy that raises for states with rsi > 0.8 and answers NaN for rsi < 0.2."""
+
+    def __init__(self, policy: object) -> None:
+        self.policy = policy
+
+    def predict(self, state: object, return_probs: bool = False) -> object:
+        x = state.to_array() if isinstance(state, s.RlState) else np.asarray(state)
+        if x[IDX("rsi")] > 0.8:
+            raise RuntimeError("too hot")
+        action, strength, probs = self.policy.predict(state, return_probs=True)  # type: ignore[attr-defined]
+        return action, (math.nan if x[IDX("rsi")] < 0.2 else strength), probs
+
+    def predict_batch(self, states: np.ndarray) -> object:
+        x = s.validate_states(states)
+        if (x[:, IDX("rsi")] > 0.8).any():
+            raise RuntimeError("too hot")
+        actions, strengths, probs = self.policy.predict_batch(x)  # type: ignore[attr-defined]
+        return actions, np.where(x[:, IDX("rsi")] < 0.2, np.float32(np.nan), strengths), probs
+
+
+def test_rl_votes_equal_one_signal_per_state(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One model call for many analysts' states gives each the votes, fallbacks and log lines
+    ``signal`` gives it one state at a time (a batch that raises is retried row by row)."""
+    from otonom_runtime.ensemble import rl_votes
+
+    make_policy_model(tmp_path / "policy_best.onnx")
+    real = load_rl_policy(tmp_path)
+    states = s.compute_states(random_history(400, seed=8))[150:]
+    hot = int(np.argmax(states[:, IDX("rsi")] > 0.8))
+    assert states[hot, IDX("rsi")] > 0.8
+    assert (states[:, IDX("rsi")] < 0.2).any()
+    for policy in (real, _Flaky(real), None):
+        one = [RlAnalyst(policy) for _ in range(5)]  # type: ignore[arg-type]
+        many = [RlAnalyst(policy) for _ in range(5)]  # type: ignore[arg-type]
+        for day in range(0, 240, 5):
+            rows = states[day : day + 5] if day != 0 else states[hot : hot + 5]
+            expected = [a.signal(s.RlState.from_array(r)) for a, r in zip(one, rows, strict=True)]
+            with caplog.at_level(logging.WARNING, logger="otonom_runtime.ensemble"):
+                got = rl_votes(many, rows)
+            assert got == [
+                None if e is None else (int(e.action), e.strength, e.confidence) for e in expected
+            ]
+        assert [(a.fallbacks, a.last_error) for a in many] == [
+            (a.fallbacks, a.last_error) for a in one
+        ]
+        assert all(a._logged == (a.fallbacks > 0) for a in many)
+        if isinstance(policy, _Flaky):  # both kinds of failure happened
+            assert "too hot" in caplog.text
+            assert "non-finite" in caplog.text
+    with pytest.raises(s.SchemaError):
+        rl_votes([RlAnalyst(real)], np.full((1, 34), np.nan))
+    with pytest.raises(s.SchemaError):
+        rl_votes([RlAnalyst(None)], np.full((1, 34), np.nan))

@@ -455,3 +455,21 @@ def test_repr_and_attributes(policy: RlPolicy, model: tuple[Path, MlpWeights]) -
     assert policy.device == "cpu"
     assert "policy_best.onnx" in repr(policy)
     assert s.SCHEMA_VERSION in repr(policy)
+
+
+def test_small_batches_run_pre_bound_and_agree_with_large_ones(policy: RlPolicy) -> None:
+    """Batches up to 64 states go through a cached I/O binding per size; the answers are
+    those of the plain session call (the backtester relies on a row's answer not depending on
+    its batch), and every call returns fresh arrays."""
+    x = random_states(100, seed=9)
+    actions, strengths, probs = policy.predict_batch(x)  # > 64 rows: InferenceSession.run
+    for n in (1, 2, 10, 64):
+        for _ in range(2):  # the second call reuses the binding
+            a, st, p = policy.predict_batch(x[:n])
+            np.testing.assert_array_equal(a, actions[:n])
+            np.testing.assert_array_equal(st, strengths[:n])
+            np.testing.assert_array_equal(p, probs[:n])
+    kept = p.copy(), st.copy()
+    policy.predict_batch(x[::-1][:64])
+    np.testing.assert_array_equal(p, kept[0])
+    np.testing.assert_array_equal(st, kept[1])

@@ -50,7 +50,8 @@ from otonom_runtime.ensemble import (
     Signals,
     TechAnalyst,
     decide,
-    decide_one,
+    decide_floats,
+    rl_votes,
     vote_totals,
 )
 from otonom_runtime.metrics import Metrics, compute_metrics
@@ -64,9 +65,9 @@ from otonom_runtime.store import (
 )
 from otonom_schema import (
     PORTFOLIO_COLUMNS,
+    STATE_DIM,
     Action,
     PortfolioSnapshot,
-    RlState,
     market_feature_matrix,
 )
 
@@ -95,6 +96,10 @@ BUST_FLOOR: Final = 1e-6
 (its equity stays there: the run reports a ~-100 % return instead of negative equity)."""
 
 _BATCH: Final = 5000
+_CHUNK: Final = 256  # days of RL states gathered at a time (lockstep simulation)
+_HOLD: Final = int(Action.HOLD)
+_BUY: Final = int(Action.BUY)
+_SELL: Final = int(Action.SELL)
 F64 = npt.NDArray[np.float64]
 
 
@@ -136,13 +141,290 @@ class SymbolResult:
     fallbacks: int
 
 
-def _portfolio_features(
-    exposure: float, max_leverage: float, days: float
-) -> tuple[float, float, float, float]:
-    position = min(1.0, max(-1.0, exposure / max_leverage))
-    leverage = min(abs(exposure), 4.0)
-    cash = max(0.0, 1.0 - abs(exposure))
-    return position, leverage, cash, days
+@dataclass(frozen=True)
+class _Bars:
+    """One symbol's inputs: its whole history's dates, opens, closes and (N, 34) market
+    features; decisions are made on rows ``first ..``."""
+
+    symbol: str
+    dates: npt.NDArray[np.datetime64]
+    opens: F64
+    closes: F64
+    market: F64
+    first: int
+
+
+class _Sleeve:
+    """One symbol's sleeve while it is simulated, in plain Python floats (numpy scalars cost
+    several times more per operation, and the loop is per bar).
+
+    ``mark(k)`` values the sleeve at the close of decision day k and returns the portfolio
+    features the state sees; ``trade(k, action, strength)`` then acts on that day's decision
+    (a fill at the next open). Every expression is the one the rules in the module docstring
+    describe, evaluated in the same order, so the results do not depend on how the bars of
+    several sleeves are interleaved.
+    """
+
+    __slots__ = (
+        "bust",
+        "cap",
+        "cash",
+        "closes",
+        "comm",
+        "day",
+        "days_out",
+        "entry_equity",
+        "equity",
+        "equity_out",
+        "exposure",
+        "exposure_out",
+        "features_out",
+        "fills",
+        "first",
+        "floor",
+        "last",
+        "last_fill",
+        "n",
+        "opens",
+        "params",
+        "slip",
+        "trade_pnls",
+        "units",
+    )
+
+    def __init__(self, bars: _Bars, params: EngineParams, capital: float, cap: list[float]):
+        self.params = params
+        self.first = bars.first
+        self.n = bars.market.shape[0] - bars.first
+        self.closes: list[float] = bars.closes.tolist()
+        self.opens: list[float] = bars.opens.tolist()
+        self.day: list[int] = bars.dates.astype(np.int64).tolist()
+        self.last = len(self.closes) - 1
+        self.cap = cap  # per decision day: the risk multiplier x max_leverage
+        self.slip = params.slippage_bps / 1e4
+        self.comm = params.commission_bps / 1e4
+        self.cash, self.units = capital, 0.0
+        self.floor = capital * BUST_FLOOR
+        self.bust = False
+        self.last_fill: int | None = None  # day number of the last fill
+        self.entry_equity: float | None = None
+        self.fills = 0
+        self.trade_pnls: list[float] = []
+        self.equity = 0.0
+        self.exposure = 0.0
+        self.features_out: list[tuple[float, float, float, float]] = []
+        self.equity_out: list[float] = []
+        self.exposure_out: list[float] = []
+        self.days_out: list[float] = []
+
+    def mark(self, k: int) -> tuple[float, float, float, float]:
+        close = self.closes[self.first + k]
+        units = self.units
+        equity = self.cash + units * close
+        if equity <= self.floor and not self.bust:
+            # wiped out: the sleeve is closed at this close and trades no more
+            self.bust, self.units, self.cash = True, 0.0, self.floor
+            units = 0.0
+            equity = self.floor
+        exposure = units * close / equity if equity > 0 else 0.0
+        last_fill = self.last_fill
+        days = math.inf if last_fill is None else float(self.day[self.first + k] - last_fill)
+        max_leverage = self.params.max_leverage
+        features = (
+            min(1.0, max(-1.0, exposure / max_leverage)),
+            min(abs(exposure), 4.0),
+            max(0.0, 1.0 - abs(exposure)),
+            days,
+        )
+        self.equity = equity
+        self.exposure = exposure
+        self.features_out.append(features)
+        self.equity_out.append(equity)
+        self.exposure_out.append(exposure)
+        return features
+
+    def trade(self, k: int, action: int, strength: float) -> None:
+        t = self.first + k
+        if t >= self.last or self.bust:
+            return
+        params = self.params
+        exposure = self.exposure
+        units = self.units
+        if action == _HOLD:
+            # keep the position, but never beyond the leverage cap (price moves inflate it)
+            target = min(max(exposure, -params.max_leverage), params.max_leverage)
+            if target == exposure:
+                return
+        else:
+            size = strength * self.cap[k]
+            target = size if action == _BUY else (-size if params.allow_short else 0.0)
+        if abs(target - exposure) < REBALANCE_THRESHOLD and not (target == 0.0 and units != 0.0):
+            return
+        # fill at the next open
+        price_open = self.opens[t + 1]
+        cash = self.cash
+        equity_open = cash + units * price_open
+        new_units = target * equity_open / price_open
+        delta = new_units - units
+        if delta == 0.0:
+            return
+        price = price_open * (1.0 + self.slip if delta > 0 else 1.0 - self.slip)
+        cash -= delta * price + abs(delta * price) * self.comm
+        old_units = units
+        self.cash, self.units = cash, new_units
+        self.fills += 1
+        self.last_fill = self.day[t + 1]
+        equity_after = cash + new_units * price_open
+        # A trade runs from opening a side (from flat, or a flip) to leaving it; its pnl is the
+        # sleeve's equity change over that span, entry and exit costs included.
+        flipped = old_units != 0.0 and (new_units == 0.0 or (new_units > 0) != (old_units > 0))
+        if flipped and self.entry_equity is not None:
+            self.trade_pnls.append(equity_after - self.entry_equity)
+            self.entry_equity = None
+        if new_units != 0.0 and self.entry_equity is None:
+            self.entry_equity = equity_open if old_units == 0.0 else equity_after
+
+    def result(
+        self,
+        bars: _Bars,
+        actions: list[int],
+        strengths: list[float],
+        signals: dict[str, Signals | None],
+        rl_signals: list[dict[str, float | int] | None],
+        fallbacks: int,
+    ) -> SymbolResult:
+        if self.entry_equity is not None:  # a trade still open at the end: closed at the last close
+            self.trade_pnls.append(self.equity_out[-1] - self.entry_equity)
+        features = np.array(self.features_out, dtype=np.float64).reshape(-1, 4)
+        return SymbolResult(
+            symbol=bars.symbol,
+            dates=bars.dates[bars.first :],
+            actions=np.array(actions, dtype=np.int64),
+            strengths=np.array(strengths, dtype=np.float64),
+            signals=signals,
+            rl_signals=rl_signals,
+            position=features[:, 0].copy(),
+            leverage=features[:, 1].copy(),
+            cash_fraction=features[:, 2].copy(),
+            days_since_last_trade=features[:, 3].copy(),
+            equity=np.array(self.equity_out, dtype=np.float64),
+            exposure=np.array(self.exposure_out, dtype=np.float64),
+            trade_pnls=self.trade_pnls,
+            fills=self.fills,
+            fallbacks=fallbacks,
+        )
+
+
+def _simulate(
+    symbols: Sequence[_Bars],
+    params: EngineParams,
+    capital: float,
+    rls: Sequence[RlAnalyst] | None = None,
+) -> list[SymbolResult]:
+    """Simulate each symbol's sleeve (see ``simulate_symbol``); ``rls``: one RL analyst per
+    symbol, all sharing one policy, or None for the 3-analyst ensemble.
+
+    Without the RL analyst every decision is known up front (the analysts read market features
+    only), so each sleeve runs on its own. With it, the state of day k holds that sleeve's
+    portfolio after the decisions before k, so the sleeves advance in lockstep, day by day, and
+    the policy is called once per day on the states of all symbols (a (n_symbols, 34) batch)
+    instead of once per symbol-day. Sleeves never interact, so the order changes nothing.
+    """
+    w = params.weights
+    prepared = []
+    for bars in symbols:
+        states = bars.market[bars.first :]
+        tech = params.tech.signals(states)
+        news = params.news.signals(states)
+        risk = params.risk.signals(states)
+        cap: list[float] = (params.risk.exposure(states) * params.max_leverage).tolist()
+        totals, strength_sums = vote_totals([tech, news, risk], w[:3])
+        signals: dict[str, Signals | None] = {"tech": tech, "news": news, "risk": risk}
+        prepared.append((_Sleeve(bars, params, capital, cap), signals, totals, strength_sums))
+
+    if rls is None:
+        results = []
+        for bars, (sleeve, signals, totals, strength_sums) in zip(symbols, prepared, strict=True):
+            outcome = decide(totals, strength_sums, params.min_score)
+            actions: list[int] = outcome.actions.tolist()
+            strengths: list[float] = outcome.strengths.tolist()
+            mark, trade = sleeve.mark, sleeve.trade
+            for k, (action, strength) in enumerate(zip(actions, strengths, strict=True)):
+                mark(k)
+                trade(k, action, strength)
+            results.append(sleeve.result(bars, actions, strengths, signals, [], 0))
+        return results
+
+    if len(rls) != len(symbols):
+        raise ValueError(f"{len(rls)} RL analysts for {len(symbols)} symbols; expected one each")
+    w_rl, min_score = w[3], params.min_score
+    n_sym = len(symbols)
+    sleeves = [p[0] for p in prepared]
+    votes = [p[2].tolist() for p in prepared]
+    sums = [p[3].tolist() for p in prepared]
+    actions_out: list[list[int]] = [[] for _ in range(n_sym)]
+    strengths_out: list[list[float]] = [[] for _ in range(n_sym)]
+    rl_out: list[list[dict[str, float | int] | None]] = [[] for _ in range(n_sym)]
+    # Day k's batch holds the symbols that still have a decision day k: the longest first, so
+    # they are always a prefix. States are gathered _CHUNK days at a time, day-major (days,
+    # symbols, 34), in the market features' dtype (so validation sees what it always saw).
+    order = sorted(range(n_sym), key=lambda i: -sleeves[i].n)
+    n_max = sleeves[order[0]].n
+    analysts = [rls[i] for i in order]
+    dtype = np.result_type(*(bars.market.dtype for bars in symbols))
+    days_feature: dict[float, float] = {}
+    for k0 in range(0, n_max, _CHUNK):
+        k1 = min(k0 + _CHUNK, n_max)
+        chunk = np.zeros((k1 - k0, n_sym, STATE_DIM), dtype=dtype)
+        for j, i in enumerate(order):
+            bars = symbols[i]
+            span = bars.market[bars.first + k0 : bars.first + min(k1, sleeves[i].n)]
+            chunk[: span.shape[0], j] = span
+        for k in range(k0, k1):
+            active = [i for i in order if sleeves[i].n > k]
+            m = len(active)
+            portfolio = []
+            for i in active:
+                position, leverage, cash_fraction, days = sleeves[i].mark(k)
+                feature = days_feature.get(days)
+                if feature is None:  # the schema's own normalisation, once per distinct value
+                    snapshot = PortfolioSnapshot(days_since_last_trade=days)
+                    feature = days_feature[days] = float(snapshot.features()[3])
+                portfolio.append((position, leverage, cash_fraction, feature))
+            rows = chunk[k - k0, :m]
+            rows[:, PORTFOLIO_COLUMNS] = portfolio
+            day_votes = rl_votes(analysts[:m], rows)
+            for i, vote in zip(active, day_votes, strict=True):
+                hold, buy, sell = votes[i][k]
+                _, buy_sum, sell_sum = sums[i][k]
+                if vote is None:
+                    rl_out[i].append(None)
+                else:
+                    action, strength, confidence = vote
+                    weight = w_rl * confidence
+                    if action == _BUY:
+                        buy += weight
+                        buy_sum += weight * strength
+                    elif action == _SELL:
+                        sell += weight
+                        sell_sum += weight * strength
+                    else:
+                        hold += weight
+                    rl_out[i].append(
+                        {
+                            "action": action,
+                            "strength": float(strength),
+                            "confidence": float(confidence),
+                        }
+                    )
+                action, strength, _ = decide_floats(hold, buy, sell, buy_sum, sell_sum, min_score)
+                actions_out[i].append(action)
+                strengths_out[i].append(strength)
+                sleeves[i].trade(k, action, strength)
+    return [
+        sleeve.result(bars, actions_out[i], strengths_out[i], signals, rl_out[i], rls[i].fallbacks)
+        for i, (bars, (sleeve, signals, _, _)) in enumerate(zip(symbols, prepared, strict=True))
+    ]
 
 
 def simulate_symbol(
@@ -162,125 +444,8 @@ def simulate_symbol(
     rows before ``first`` are warm-up only. ``rl``: the RL analyst, or None for the 3-analyst
     ensemble (its weight then counts for nothing).
     """
-    states = market[first:]
-    n_days = states.shape[0]
-    tech = params.tech.signals(states)
-    news = params.news.signals(states)
-    risk = params.risk.signals(states)
-    exposure_cap = params.risk.exposure(states) * params.max_leverage
-    totals, strength_sums = vote_totals([tech, news, risk], params.weights[:3])
-    if rl is None:
-        outcome = decide(totals, strength_sums, params.min_score)
-        actions = outcome.actions
-        strengths = outcome.strengths
-    else:
-        actions = np.zeros(n_days, dtype=np.int64)
-        strengths = np.zeros(n_days)
-    rl_signals: list[dict[str, float | int] | None] = []
-    w_rl = params.weights[3]
-
-    slip = params.slippage_bps / 1e4
-    comm = params.commission_bps / 1e4
-    cash, units = capital, 0.0
-    last_fill: int | None = None  # day number of the last fill
-    day_numbers = dates.astype(np.int64)
-    position = np.empty(n_days)
-    leverage = np.empty(n_days)
-    cash_fraction = np.empty(n_days)
-    days_since = np.empty(n_days)
-    equity_curve = np.empty(n_days)
-    exposure_path = np.empty(n_days)
-    trade_pnls: list[float] = []
-    entry_equity: float | None = None
-    fills = 0
-    last = closes.shape[0] - 1
-
-    bust = False
-    floor = capital * BUST_FLOOR
-    for k in range(n_days):
-        t = first + k
-        equity = cash + units * closes[t]
-        if equity <= floor and not bust:
-            # wiped out: the sleeve is closed at this close and trades no more
-            bust, units, cash = True, 0.0, floor
-            equity = floor
-        exposure = units * closes[t] / equity if equity > 0 else 0.0
-        days = math.inf if last_fill is None else float(day_numbers[t] - last_fill)
-        pos_f, lev_f, cash_f, days_f = _portfolio_features(exposure, params.max_leverage, days)
-        position[k], leverage[k], cash_fraction[k], days_since[k] = pos_f, lev_f, cash_f, days_f
-        equity_curve[k] = equity
-        exposure_path[k] = exposure
-
-        if rl is not None:
-            state = states[k].copy()
-            state[PORTFOLIO_COLUMNS] = PortfolioSnapshot(pos_f, lev_f, cash_f, days_f).features()
-            signal = rl.signal(RlState.from_array(state))
-            row_totals = totals[k].tolist()
-            row_sums = strength_sums[k].tolist()
-            if signal is not None:
-                vote = w_rl * signal.confidence
-                row_totals[int(signal.action)] += vote
-                row_sums[int(signal.action)] += vote * signal.strength
-            rl_signals.append(signal.to_dict() if signal is not None else None)
-            one = decide_one(row_totals, row_sums, params.min_score)
-            actions[k] = int(one.action)
-            strengths[k] = one.strength
-
-        if t >= last or bust:
-            continue
-        action = int(actions[k])
-        if action == Action.HOLD:
-            # keep the position, but never beyond the leverage cap (price moves inflate it)
-            target = min(max(exposure, -params.max_leverage), params.max_leverage)
-            if target == exposure:
-                continue
-        else:
-            size = float(strengths[k]) * float(exposure_cap[k])
-            target = size if action == Action.BUY else (-size if params.allow_short else 0.0)
-        if abs(target - exposure) < REBALANCE_THRESHOLD and not (target == 0.0 and units != 0.0):
-            continue
-        # fill at the next open
-        price_open = opens[t + 1]
-        equity_open = cash + units * price_open
-        new_units = target * equity_open / price_open
-        delta = new_units - units
-        if delta == 0.0:
-            continue
-        price = price_open * (1.0 + slip if delta > 0 else 1.0 - slip)
-        cash -= delta * price + abs(delta * price) * comm
-        old_units, units = units, new_units
-        fills += 1
-        last_fill = int(day_numbers[t + 1])
-        equity_after = cash + units * price_open
-        # A trade runs from opening a side (from flat, or a flip) to leaving it; its pnl is the
-        # sleeve's equity change over that span, entry and exit costs included.
-        flipped = old_units != 0.0 and (units == 0.0 or (units > 0) != (old_units > 0))
-        if flipped and entry_equity is not None:
-            trade_pnls.append(equity_after - entry_equity)
-            entry_equity = None
-        if units != 0.0 and entry_equity is None:
-            entry_equity = equity_open if old_units == 0.0 else equity_after
-
-    if entry_equity is not None:  # a trade still open at the end is closed at the last close
-        trade_pnls.append(float(equity_curve[-1]) - entry_equity)
-
-    return SymbolResult(
-        symbol=symbol,
-        dates=dates[first:],
-        actions=actions,
-        strengths=strengths,
-        signals={"tech": tech, "news": news, "risk": risk},
-        rl_signals=rl_signals,
-        position=position,
-        leverage=leverage,
-        cash_fraction=cash_fraction,
-        days_since_last_trade=days_since,
-        equity=equity_curve,
-        exposure=exposure_path,
-        trade_pnls=trade_pnls,
-        fills=fills,
-        fallbacks=rl.fallbacks if rl is not None else 0,
-    )
+    bars = _Bars(symbol, dates, opens, closes, market, first)
+    return _simulate([bars], params, capital, None if rl is None else [rl])[0]
 
 
 # --- runs: strategy -> simulations -> stored decisions and metrics ----------------------------
@@ -397,33 +562,28 @@ def _make_rl(config: StrategyConfig, policy: RlPolicy | None) -> RlAnalyst:
         return RlAnalyst(None, reason=f"{type(exc).__name__}: {exc}")
 
 
+_RL_JSON: Final = '{"action":%d,"strength":%r,"confidence":%r}'
+
+
 def _signals_json(r: SymbolResult) -> list[str]:
-    """Each decision's ``signals`` as JSON text, formatted directly (json.dumps per row costs
-    more than the whole simulation). Floats print with ``repr``: finite by construction, so
-    valid JSON; the RL signal is ``null`` when the RL analyst was off or fell back."""
-    parts: list[list[str]] = []
+    """Each decision's ``signals`` as JSON text, formatted directly: one ``%`` template per row
+    (``json.dumps`` per row costs more than the whole simulation). Floats are python floats
+    printed with ``repr``, as ``json.dumps`` prints them (finite by construction, so valid
+    JSON); the RL signal is ``null`` when the RL analyst was off or fell back."""
+    template: list[str] = []
+    columns: list[list[Any]] = []
     for name, sig in r.signals.items():
         if sig is None:
             continue
-        parts.append(
-            [
-                f'"{name}":{{"action":{a},"strength":{st!r},"confidence":{c!r}}}'
-                for a, st, c in zip(
-                    sig.actions.tolist(),
-                    sig.strengths.tolist(),
-                    sig.confidences.tolist(),
-                    strict=True,
-                )
-            ]
-        )
+        key = json.dumps(name).replace("%", "%%")
+        template.append(f'{key}:{{"action":%d,"strength":%r,"confidence":%r}}')
+        columns += [sig.actions.tolist(), sig.strengths.tolist(), sig.confidences.tolist()]
     rl = [
-        "null" if x is None else json.dumps(x, separators=(",", ":"))
+        "null" if x is None else _RL_JSON % (x["action"], x["strength"], x["confidence"])
         for x in (r.rl_signals or [None] * len(r.actions))
     ]
-    return [
-        "{" + ",".join(cols) + f',"rl":{rl_json}}}'
-        for *cols, rl_json in zip(*parts, rl, strict=True)
-    ]
+    row = "{" + ",".join([*template, '"rl":%s']) + "}"
+    return [row % values for values in zip(*columns, rl, strict=True)]
 
 
 _DECISION_COLUMNS: Final = (
@@ -441,29 +601,24 @@ _DECISION_COLUMNS: Final = (
 )
 
 
-def _write_decisions(session: Session, run_id: int, symbol_id: int, r: SymbolResult) -> None:
-    """Store one symbol's decisions in batches of ``_BATCH`` rows, a commit after each.
-
-    SQLite goes through the driver's ``executemany`` with pre-formatted rows (dates as ISO
-    text, signals as JSON text, ``inf`` days as NULL: exactly what the ORM types store); other
-    databases take the Core insert with SQLAlchemy's own type handling.
-    """
+def _decision_rows(run_id: int, symbol_id: int, r: SymbolResult, sqlite: bool) -> list[Any]:
+    """One symbol's decision rows as tuples in ``_DECISION_COLUMNS`` order; on SQLite exactly
+    what the ORM types store (dates as ISO text, signals as JSON text, ``inf`` days as NULL)."""
     n = len(r.actions)
-    days = [None if math.isinf(d) else d for d in r.days_since_last_trade.tolist()]
-    signals = _signals_json(r)
-    conn = session.connection()
-    sqlite = conn.dialect.name == "sqlite"
-    dates: list[Any] = r.dates.astype("datetime64[D]").tolist()
+    days: list[float | None] = r.days_since_last_trade.tolist()
     if sqlite:
-        dates = [d.isoformat() for d in dates]
-    columns = list(
+        days = [None if d == math.inf else d for d in days]
+        dates: list[Any] = np.datetime_as_string(r.dates.astype("datetime64[D]"), unit="D").tolist()
+    else:
+        dates = r.dates.astype("datetime64[D]").tolist()
+    return list(
         zip(
             [run_id] * n,
             [symbol_id] * n,
             dates,
             r.actions.tolist(),
             r.strengths.tolist(),
-            signals,
+            _signals_json(r),
             r.position.tolist(),
             r.leverage.tolist(),
             r.cash_fraction.tolist(),
@@ -472,27 +627,48 @@ def _write_decisions(session: Session, run_id: int, symbol_id: int, r: SymbolRes
             strict=True,
         )
     )
-    for i in range(0, n, _BATCH):
-        chunk = columns[i : i + _BATCH]
-        if sqlite:
-            sql = (
-                f"INSERT INTO {Decision.__tablename__} ({', '.join(_DECISION_COLUMNS)}) "
-                f"VALUES ({', '.join('?' * len(_DECISION_COLUMNS))})"
-            )
-            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-            try:
-                cursor.executemany(sql, chunk)
-            finally:
-                cursor.close()
-        else:
-            rows = [dict(zip(_DECISION_COLUMNS, row, strict=True)) for row in chunk]
-            for row in rows:
-                row["signals"] = json.loads(row["signals"])
-                if row["days_since_last_trade"] is None:
-                    row["days_since_last_trade"] = math.inf
-            conn.execute(insert(Decision), rows)
-        session.commit()
-        conn = session.connection()
+
+
+def _write_decisions(
+    session: Session, run_id: int, symbol_ids: Sequence[int], results: Sequence[SymbolResult]
+) -> None:
+    """Store the decisions of every symbol (in the order given), a commit after each
+    ``_BATCH`` rows.
+
+    SQLite goes through the driver's ``executemany`` with pre-formatted rows (see
+    ``_decision_rows``); other databases take the Core insert with SQLAlchemy's own type
+    handling.
+    """
+    sqlite = session.connection().dialect.name == "sqlite"
+    pending: list[Any] = []
+    for symbol_id, r in zip(symbol_ids, results, strict=True):
+        pending += _decision_rows(run_id, symbol_id, r, sqlite)
+        while len(pending) >= _BATCH:
+            _insert_decisions(session, pending[:_BATCH], sqlite)
+            del pending[:_BATCH]
+    if pending:
+        _insert_decisions(session, pending, sqlite)
+
+
+def _insert_decisions(session: Session, rows: list[Any], sqlite: bool) -> None:
+    """Insert and commit one batch of ``_decision_rows`` rows."""
+    conn = session.connection()
+    if sqlite:
+        sql = (
+            f"INSERT INTO {Decision.__tablename__} ({', '.join(_DECISION_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(_DECISION_COLUMNS))})"
+        )
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.executemany(sql, rows)
+        finally:
+            cursor.close()
+    else:
+        records = [dict(zip(_DECISION_COLUMNS, row, strict=True)) for row in rows]
+        for record in records:
+            record["signals"] = json.loads(record["signals"])
+        conn.execute(insert(Decision), records)
+    session.commit()
 
 
 def _portfolio_curve(
@@ -566,8 +742,7 @@ def run_backtest(
         capital = params.initial_capital / len(symbols)
         macro = load_macro(session, end=end)  # market-wide: read once
         first_rl = _make_rl(config, policy) if rl_on else None  # the model is loaded once
-        results: list[SymbolResult] = []
-        reasons: list[str] = []
+        inputs: list[_Bars] = []
         for name in tqdm(symbols, desc="backtest", unit="symbol", disable=not progress):
             history = load_history(session, name, end=end)
             day_numbers = history.dates.astype(np.int64)
@@ -579,22 +754,19 @@ def run_backtest(
                 )
             news = load_news(session, name, end=end)
             market = market_feature_matrix(history, news, macro)
-            rl = RlAnalyst(first_rl.policy, reason=first_rl.last_error) if first_rl else None
-            result = simulate_symbol(
-                name,
-                history.dates,
-                history.open,
-                history.close,
-                market,
-                first,
-                params,
-                capital,
-                rl,
-            )
-            if rl is not None and rl.last_error and rl.fallbacks:
-                reasons.append(f"{name}: {rl.last_error}")
-            _write_decisions(session, run_id, symbol_ids[name], result)
-            results.append(result)
+            inputs.append(_Bars(name, history.dates, history.open, history.close, market, first))
+        rls = (
+            [RlAnalyst(first_rl.policy, reason=first_rl.last_error) for _ in symbols]
+            if first_rl is not None
+            else None
+        )
+        results = _simulate(inputs, params, capital, rls)
+        reasons = [
+            f"{name}: {rl.last_error}"
+            for name, rl in zip(symbols, rls or [], strict=False)
+            if rl.last_error and rl.fallbacks
+        ]
+        _write_decisions(session, run_id, [symbol_ids[name] for name in symbols], results)
 
         dates, equity, exposure = _portfolio_curve(results, capital)
         trades = [p for r in results for p in r.trade_pnls]

@@ -33,7 +33,13 @@ from typing import TYPE_CHECKING, Final
 import numpy as np
 import numpy.typing as npt
 
-from otonom_schema import Action, RlState, feature_index, log_returns_from_features
+from otonom_schema import (
+    Action,
+    RlState,
+    feature_index,
+    log_returns_from_features,
+    validate_states,
+)
 
 if TYPE_CHECKING:
     from otonom_runtime.policy import RlPolicy
@@ -43,13 +49,16 @@ __all__ = [
     "NewsAnalyst",
     "RiskAnalyst",
     "RlAnalyst",
+    "RlVote",
     "Signal",
     "Signals",
     "TechAnalyst",
     "aggregate_signal_arrays",
     "aggregate_signals",
     "decide",
+    "decide_floats",
     "decide_one",
+    "rl_votes",
     "vote_totals",
 ]
 
@@ -67,6 +76,9 @@ _HIGH_VOL: Final = feature_index("regime_high_vol")
 _DSI: Final = feature_index("dsi")
 _NEWS: Final = feature_index("news_sentiment")
 _MACRO: Final = feature_index("macro_sentiment")
+
+RlVote = tuple[int, float, float]
+"""An RL analyst's verdict as plain numbers: ``(action, strength, confidence)``."""
 
 
 @dataclass(frozen=True)
@@ -271,11 +283,69 @@ class RlAnalyst:
         except Exception as exc:  # any failure of the model must not stop the ensemble
             self._fail(f"{type(exc).__name__}: {exc}")
             return None
-        confidence = float(np.max(probs))
+        vote = self._vote(int(action), strength, float(np.max(probs)))
+        return None if vote is None else Signal(Action(vote[0]), vote[1], vote[2])
+
+    def _vote(self, action: int, strength: float, confidence: float) -> RlVote | None:
+        """One prediction as ``(action, strength, confidence)`` clipped to [0, 1], or None (a
+        fallback, counted) when the output is not finite."""
         if not (math.isfinite(strength) and math.isfinite(confidence)):
             self._fail(f"non-finite output (strength {strength}, confidence {confidence})")
             return None
-        return Signal(action, min(max(strength, 0.0), 1.0), min(max(confidence, 0.0), 1.0))
+        return action, min(max(strength, 0.0), 1.0), min(max(confidence, 0.0), 1.0)
+
+
+def rl_votes(analysts: Sequence[RlAnalyst], states: npt.ArrayLike) -> list[RlVote | None]:
+    """``RlAnalyst.signal`` for many states in one model call: row i of ``states`` (N, 34) is
+    ``analysts[i]``'s state; all the analysts hold the same policy (or none).
+
+    Returns per row ``(action, strength, confidence)`` as plain numbers, or None where that
+    analyst falls back; fallbacks are counted and logged by the analyst the row belongs to,
+    exactly as ``signal`` does. The states are validated once (by ``policy.predict_batch``, or
+    here without a policy): a bad state raises ``otonom_schema.SchemaError`` as
+    ``RlState.from_array`` does. A batch that raises is retried row by row through
+    ``policy.predict``, so a failure costs only the decisions it belongs to. An MLP's answer
+    for a row does not depend on the other rows of its batch, so the votes are those of
+    ``signal`` called one state at a time.
+    """
+    n = len(analysts)
+    if n == 0:
+        return []
+    policy = analysts[0].policy
+    if any(a.policy is not policy for a in analysts):
+        raise ValueError("rl_votes needs analysts that share one policy")
+    predict_batch = getattr(policy, "predict_batch", None)
+    if predict_batch is not None:
+        try:
+            actions, strengths, probs = predict_batch(states)
+        except Exception:
+            predict_batch = None  # row by row below: each failure is that row's fallback
+        else:
+            if actions.shape[0] != n:
+                raise ValueError(f"{n} analysts for {actions.shape[0]} states; expected one each")
+            return [
+                a._vote(action, strength, confidence)
+                for a, action, strength, confidence in zip(
+                    analysts,
+                    actions.tolist(),
+                    strengths.tolist(),
+                    probs.max(axis=1).tolist(),
+                    strict=True,
+                )
+            ]
+    rows = np.asarray(states)
+    if rows.ndim != 2 or rows.shape[0] != n:
+        raise ValueError(f"states have shape {rows.shape}; expected ({n}, 34), one per analyst")
+    if policy is None:
+        validate_states(rows)
+        for a in analysts:
+            a._fail(a.last_error or "no policy")
+        return [None] * n
+    out: list[RlVote | None] = []
+    for a, row in zip(analysts, rows, strict=True):
+        sig = a.signal(RlState.from_array(row))
+        out.append(None if sig is None else (int(sig.action), sig.strength, sig.confidence))
+    return out
 
 
 def _check_weights(weights: Sequence[float], n: int) -> F64:
@@ -342,15 +412,35 @@ def decide(totals: F64, strength_sums: F64, min_score: float) -> Signals:
 def decide_one(totals: Sequence[float], strength_sums: Sequence[float], min_score: float) -> Signal:
     """``decide`` for one state with plain floats (the backtester's per-bar path with the RL
     analyst); the same rule, kept equal to ``decide`` by a test on random votes."""
-    buy, sell = float(totals[Action.BUY]), float(totals[Action.SELL])
-    votes = float(totals[0]) + buy + sell
+    action, strength, confidence = decide_floats(
+        float(totals[0]),
+        float(totals[Action.BUY]),
+        float(totals[Action.SELL]),
+        float(strength_sums[Action.BUY]),
+        float(strength_sums[Action.SELL]),
+        min_score,
+    )
+    return Signal(Action(action), strength, confidence)
+
+
+def decide_floats(
+    hold: float, buy: float, sell: float, buy_sum: float, sell_sum: float, min_score: float
+) -> tuple[int, float, float]:
+    """``decide_one`` on bare floats, returning ``(action, strength, confidence)`` (the
+    backtester's hot path: no ``Signal`` per bar). ``hold``/``buy``/``sell``: the vote totals;
+    ``buy_sum``/``sell_sum``: the vote-weighted strength sums of the two sides."""
+    votes = hold + buy + sell
     best = max(buy, sell)
     share = best / votes if votes > 0 else 0.0
     if buy == sell or best <= 0 or share < min_score:
-        return Signal(Action.HOLD, 0.0, min(max(1.0 - share, 0.0), 1.0))
-    winner = Action.BUY if buy > sell else Action.SELL
-    strength = float(strength_sums[winner]) / best
-    return Signal(winner, min(max(strength, 0.0), 1.0), min(max(share, 0.0), 1.0))
+        return int(Action.HOLD), 0.0, min(max(1.0 - share, 0.0), 1.0)
+    if buy > sell:
+        strength = buy_sum / best
+        action = int(Action.BUY)
+    else:
+        strength = sell_sum / best
+        action = int(Action.SELL)
+    return action, min(max(strength, 0.0), 1.0), min(max(share, 0.0), 1.0)
 
 
 def aggregate_signals(

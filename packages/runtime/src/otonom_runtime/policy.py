@@ -10,8 +10,9 @@ input/output signature, metadata contract, state schema) and returns an ``RlPoli
 
 No PyTorch, ever: a ``.pt`` path means "the ONNX export beside it". ``onnxruntime`` is imported
 when a model is loaded, not when this module is imported. One ``InferenceSession`` per policy is
-shared by every thread; each thread gets its own pre-bound I/O binding and buffers for
-``predict`` (a binding is not thread-safe), and every result is a copy the caller owns.
+shared by every thread; each thread gets its own pre-bound I/O bindings and buffers for
+``predict`` and for small ``predict_batch`` batches (a binding is not thread-safe), and every
+result is a copy the caller owns.
 
 Errors: ``PolicyError`` (a ``ValueError``) for a model that cannot be used, its subclass
 ``ModelSchemaMismatchError`` for a model trained under another state schema, and
@@ -371,20 +372,27 @@ def _names_diff(names: list[Any]) -> str:
 
 
 class _Slot:
-    """One thread's pre-bound I/O binding and the buffers it points to."""
+    """One thread's pre-bound I/O binding for batches of ``n`` states and the buffers it points
+    to (``predict``: n = 1; ``predict_batch``: one per small batch size)."""
 
     __slots__ = ("binding", "probs", "row", "state", "strength")
 
-    def __init__(self, session: Any) -> None:
-        self.state: F32 = np.zeros((1, STATE_DIM), dtype=np.float32)
+    def __init__(self, session: Any, n: int = 1) -> None:
+        self.state: F32 = np.zeros((n, STATE_DIM), dtype=np.float32)
         self.row: F32 = self.state[0]
-        self.probs: F32 = np.zeros((1, 3), dtype=np.float32)
-        self.strength: F32 = np.zeros((1, 1), dtype=np.float32)
+        self.probs: F32 = np.zeros((n, 3), dtype=np.float32)
+        self.strength: F32 = np.zeros((n, 1), dtype=np.float32)
         binding = session.io_binding()
-        binding.bind_input(INPUT_NAME, "cpu", 0, np.float32, [1, STATE_DIM], self.state.ctypes.data)
-        binding.bind_output("action_probs", "cpu", 0, np.float32, [1, 3], self.probs.ctypes.data)
-        binding.bind_output("strength", "cpu", 0, np.float32, [1, 1], self.strength.ctypes.data)
+        binding.bind_input(INPUT_NAME, "cpu", 0, np.float32, [n, STATE_DIM], self.state.ctypes.data)
+        binding.bind_output("action_probs", "cpu", 0, np.float32, [n, 3], self.probs.ctypes.data)
+        binding.bind_output("strength", "cpu", 0, np.float32, [n, 1], self.strength.ctypes.data)
         self.binding = binding
+
+
+_BOUND_BATCH: Final = 64
+"""``predict_batch`` runs batches up to this size through a cached pre-bound I/O binding (one
+per size and thread): for small batches, as a backtest that steps many symbols a day at a
+time makes, ``InferenceSession.run`` costs more in binding and allocating than the model does."""
 
 
 class RlPolicy:
@@ -476,7 +484,19 @@ class RlPolicy:
                 np.empty(0, dtype=np.float32),
                 np.empty((0, 3), dtype=np.float32),
             )
-        probs, strength = self._session.run(OUTPUT_NAMES, {INPUT_NAME: x})
+        if n <= _BOUND_BATCH:
+            try:
+                slots: dict[int, _Slot] = self._local.batch_slots
+            except AttributeError:  # this thread's first call
+                slots = self._local.batch_slots = {}
+            slot = slots.get(n)
+            if slot is None:
+                slot = slots[n] = _Slot(self._session, n)
+            np.copyto(slot.state, x)
+            self._run(slot.binding)
+            probs, strength = slot.probs.copy(), slot.strength.copy()  # fresh, the caller's
+        else:
+            probs, strength = self._session.run(OUTPUT_NAMES, {INPUT_NAME: x})
         actions = probs.argmax(axis=1).astype(np.int64, copy=False)
         return actions, strength.reshape(n), probs
 
