@@ -473,3 +473,13 @@ def test_small_batches_run_pre_bound_and_agree_with_large_ones(policy: RlPolicy)
     policy.predict_batch(x[::-1][:64])
     np.testing.assert_array_equal(p, kept[0])
     np.testing.assert_array_equal(st, kept[1])
+
+
+def test_threads_option(model: tuple[Path, MlpWeights], policy: RlPolicy) -> None:
+    one = load_rl_policy(model[0], threads=1)
+    x = random_states(20, seed=10)
+    for a, b in zip(one.predict_batch(x), policy.predict_batch(x), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for bad in (0, -1, 1.5):
+        with pytest.raises(PolicyError, match=r"threads=.*; expected an integer >= 1, or None"):
+            load_rl_policy(model[0], threads=bad)  # type: ignore[arg-type]

@@ -172,20 +172,18 @@ class _Sleeve:
         "closes",
         "comm",
         "day",
-        "days_out",
         "entry_equity",
         "equity",
-        "equity_out",
         "exposure",
-        "exposure_out",
-        "features_out",
         "fills",
         "first",
         "floor",
         "last",
         "last_fill",
+        "max_leverage",
         "n",
         "opens",
+        "out",
         "params",
         "slip",
         "trade_pnls",
@@ -212,12 +210,14 @@ class _Sleeve:
         self.trade_pnls: list[float] = []
         self.equity = 0.0
         self.exposure = 0.0
-        self.features_out: list[tuple[float, float, float, float]] = []
-        self.equity_out: list[float] = []
-        self.exposure_out: list[float] = []
-        self.days_out: list[float] = []
+        self.max_leverage = params.max_leverage
+        # per decision day: position, leverage, cash_fraction, days_since_last_trade, equity,
+        # exposure
+        self.out: list[tuple[float, float, float, float, float, float]] = []
 
     def mark(self, k: int) -> tuple[float, float, float, float]:
+        # min()/max() spelled out as conditionals (same operands, same order: bit-identical,
+        # NaN and -0.0 included) because the builtins cost ~0.1 us a call here
         close = self.closes[self.first + k]
         units = self.units
         equity = self.cash + units * close
@@ -229,19 +229,17 @@ class _Sleeve:
         exposure = units * close / equity if equity > 0 else 0.0
         last_fill = self.last_fill
         days = math.inf if last_fill is None else float(self.day[self.first + k] - last_fill)
-        max_leverage = self.params.max_leverage
-        features = (
-            min(1.0, max(-1.0, exposure / max_leverage)),
-            min(abs(exposure), 4.0),
-            max(0.0, 1.0 - abs(exposure)),
-            days,
-        )
+        position = exposure / self.max_leverage
+        position = position if position > -1.0 else -1.0  # max(-1.0, position)
+        position = position if position < 1.0 else 1.0  # min(1.0, position)
+        gross = abs(exposure)
+        leverage = 4.0 if gross > 4.0 else gross  # min(gross, 4.0)
+        cash_fraction = 1.0 - gross
+        cash_fraction = cash_fraction if cash_fraction > 0.0 else 0.0  # max(0.0, 1 - gross)
         self.equity = equity
         self.exposure = exposure
-        self.features_out.append(features)
-        self.equity_out.append(equity)
-        self.exposure_out.append(exposure)
-        return features
+        self.out.append((position, leverage, cash_fraction, days, equity, exposure))
+        return position, leverage, cash_fraction, days
 
     def trade(self, k: int, action: int, strength: float) -> None:
         t = self.first + k
@@ -252,7 +250,9 @@ class _Sleeve:
         units = self.units
         if action == _HOLD:
             # keep the position, but never beyond the leverage cap (price moves inflate it)
-            target = min(max(exposure, -params.max_leverage), params.max_leverage)
+            cap = self.max_leverage
+            target = -cap if -cap > exposure else exposure  # max(exposure, -cap)
+            target = cap if cap < target else target  # min(target, cap)
             if target == exposure:
                 return
         else:
@@ -294,8 +294,8 @@ class _Sleeve:
         fallbacks: int,
     ) -> SymbolResult:
         if self.entry_equity is not None:  # a trade still open at the end: closed at the last close
-            self.trade_pnls.append(self.equity_out[-1] - self.entry_equity)
-        features = np.array(self.features_out, dtype=np.float64).reshape(-1, 4)
+            self.trade_pnls.append(self.out[-1][4] - self.entry_equity)
+        out = np.array(self.out, dtype=np.float64).reshape(-1, 6).T
         return SymbolResult(
             symbol=bars.symbol,
             dates=bars.dates[bars.first :],
@@ -303,12 +303,12 @@ class _Sleeve:
             strengths=np.array(strengths, dtype=np.float64),
             signals=signals,
             rl_signals=rl_signals,
-            position=features[:, 0].copy(),
-            leverage=features[:, 1].copy(),
-            cash_fraction=features[:, 2].copy(),
-            days_since_last_trade=features[:, 3].copy(),
-            equity=np.array(self.equity_out, dtype=np.float64),
-            exposure=np.array(self.exposure_out, dtype=np.float64),
+            position=out[0].copy(),
+            leverage=out[1].copy(),
+            cash_fraction=out[2].copy(),
+            days_since_last_trade=out[3].copy(),
+            equity=out[4].copy(),
+            exposure=out[5].copy(),
             trade_pnls=self.trade_pnls,
             fills=self.fills,
             fallbacks=fallbacks,
@@ -360,8 +360,12 @@ def _simulate(
     w_rl, min_score = w[3], params.min_score
     n_sym = len(symbols)
     sleeves = [p[0] for p in prepared]
-    votes = [p[2].tolist() for p in prepared]
-    sums = [p[3].tolist() for p in prepared]
+    # per symbol, per day: the three analysts' vote totals and the BUY/SELL strength sums
+    hold_votes = [p[2][:, _HOLD].tolist() for p in prepared]
+    buy_votes = [p[2][:, _BUY].tolist() for p in prepared]
+    sell_votes = [p[2][:, _SELL].tolist() for p in prepared]
+    buy_sums = [p[3][:, _BUY].tolist() for p in prepared]
+    sell_sums = [p[3][:, _SELL].tolist() for p in prepared]
     actions_out: list[list[int]] = [[] for _ in range(n_sym)]
     strengths_out: list[list[float]] = [[] for _ in range(n_sym)]
     rl_out: list[list[dict[str, float | int] | None]] = [[] for _ in range(n_sym)]
@@ -369,6 +373,7 @@ def _simulate(
     # they are always a prefix. States are gathered _CHUNK days at a time, day-major (days,
     # symbols, 34), in the market features' dtype (so validation sees what it always saw).
     order = sorted(range(n_sym), key=lambda i: -sleeves[i].n)
+    alive = [sleeves[i].n for i in order]
     n_max = sleeves[order[0]].n
     analysts = [rls[i] for i in order]
     dtype = np.result_type(*(bars.market.dtype for bars in symbols))
@@ -381,8 +386,10 @@ def _simulate(
             span = bars.market[bars.first + k0 : bars.first + min(k1, sleeves[i].n)]
             chunk[: span.shape[0], j] = span
         for k in range(k0, k1):
-            active = [i for i in order if sleeves[i].n > k]
-            m = len(active)
+            m = len(alive)
+            while alive[m - 1] <= k:  # the shortest histories have ended
+                m -= 1
+            active = order[:m]
             portfolio = []
             for i in active:
                 position, leverage, cash_fraction, days = sleeves[i].mark(k)
@@ -395,8 +402,8 @@ def _simulate(
             rows[:, PORTFOLIO_COLUMNS] = portfolio
             day_votes = rl_votes(analysts[:m], rows)
             for i, vote in zip(active, day_votes, strict=True):
-                hold, buy, sell = votes[i][k]
-                _, buy_sum, sell_sum = sums[i][k]
+                hold, buy, sell = hold_votes[i][k], buy_votes[i][k], sell_votes[i][k]
+                buy_sum, sell_sum = buy_sums[i][k], sell_sums[i][k]
                 if vote is None:
                     rl_out[i].append(None)
                 else:
@@ -556,7 +563,8 @@ def _make_rl(config: StrategyConfig, policy: RlPolicy | None) -> RlAnalyst:
     try:
         if target is None:
             raise PolicyError("ensemble.rl_policy.model_path is not set")
-        return RlAnalyst(load_rl_policy(target, device=rl_cfg.device))
+        # one thread: the backtest calls the model once per day on a handful of states
+        return RlAnalyst(load_rl_policy(target, device=rl_cfg.device, threads=1))
     except (PolicyError, OSError, ValueError) as exc:
         log.warning("RL analyst disabled for this run, the ensemble carries on without it: %s", exc)
         return RlAnalyst(None, reason=f"{type(exc).__name__}: {exc}")
