@@ -100,6 +100,8 @@ _MACRO: Final = feature_index("macro_sentiment")
 _MIN_BARS: Final = np.array([f.min_bars for f in FEATURES], dtype=np.int64)
 _NEUTRAL: Final = np.array([f.neutral for f in FEATURES], dtype=np.float64)
 _PAD: Final = LOOKBACK - 1
+if not (_MIN_BARS.max() == LOOKBACK and REGIME_WINDOW < 2**16):  # what _market_block relies on
+    raise AssertionError("LOOKBACK must be the largest min_bars and REGIME_WINDOW < 65536")
 
 
 def _to_days(values: object, what: str) -> I64:
@@ -393,9 +395,23 @@ def log_returns_from_features(values: npt.ArrayLike) -> F64:
 # --- the windowed maths --------------------------------------------------------------------
 
 
-def _window(x: F64, ends: I64, width: int) -> F64:
-    """Rows ``x[end - width + 1 .. end]`` (oldest first) as a fresh C-contiguous array."""
-    out: F64 = x[ends[:, None] + np.arange(1 - width, 1)]
+def _windows(x: F64, first: int, stop: int, width: int) -> F64:
+    """Row k is ``x[end - width + 1 .. end]`` (oldest first) for ``end = first + k``, up to
+    ``stop - 1``: a read-only strided view (no copy) of the 1-d contiguous array ``x``."""
+    lo = first - width + 1
+    if lo < 0 or stop > x.shape[0] or x.ndim != 1:  # never: every caller pads enough
+        raise AssertionError(f"windows {lo}..{stop - 1} of width {width} over {x.shape}")
+    step = x.strides[0]
+    view: F64 = np.lib.stride_tricks.as_strided(
+        x[lo:], shape=(stop - first, width), strides=(step, step), writeable=False
+    )
+    return view
+
+
+def _window(x: F64, first: int, stop: int, width: int) -> F64:
+    """Rows ``x[end - width + 1 .. end]`` (oldest first) for ``end = first .. stop - 1``, as a
+    fresh C-contiguous array (a copy of the strided view: same floats, same order)."""
+    out: F64 = np.ascontiguousarray(_windows(x, first, stop, width))
     return out
 
 
@@ -409,17 +425,25 @@ def _ema_weights(span: int, length: int) -> F64:
     return kernel
 
 
-def _ema(x: F64, ends: I64, span: int, length: int) -> F64:
-    out: F64 = (_window(x, ends, length) * _ema_weights(span, length)).sum(axis=1)
+def _ema(x: F64, first: int, stop: int, span: int, length: int) -> F64:
+    # the products go straight into a fresh C-contiguous array (no copy of the window first)
+    view = _windows(x, first, stop, length)
+    prod: F64 = np.multiply(view, _ema_weights(span, length), out=np.empty(view.shape))
+    out: F64 = prod.sum(axis=1)
     return out
+
+
+def _mean_std(win: F64) -> tuple[F64, F64]:
+    """Mean and (population) standard deviation of each row of a C-contiguous window."""
+    n = win.shape[1]
+    mean: F64 = win.sum(axis=1) / n
+    dev = win - mean[:, None]
+    std: F64 = np.sqrt((dev * dev).sum(axis=1) / n)
+    return mean, std
 
 
 def _std(win: F64) -> F64:
-    n = win.shape[1]
-    mean = win.sum(axis=1) / n
-    dev = win - mean[:, None]
-    out: F64 = np.sqrt((dev * dev).sum(axis=1) / n)
-    return out
+    return _mean_std(win)[1]
 
 
 def _market_block(
@@ -450,41 +474,42 @@ def _market_block(
     change[1:] = close[1:] - close[:-1]
 
     # market: 20 returns, oldest first
-    feats[:, :N_RETURNS] = np.tanh(_window(logret, out, N_RETURNS) / RETURN_SCALE)
+    # (elementwise, so scaling each return once and then windowing gives the same floats)
+    feats[:, :N_RETURNS] = _windows(np.tanh(logret / RETURN_SCALE), first_out, m, N_RETURNS)
 
     # RSI (simple averages: the ratio of sums)
-    win = _window(change, out, RSI_PERIOD)
+    win = _window(change, first_out, m, RSI_PERIOD)
     gains = np.maximum(win, 0.0).sum(axis=1)
     losses = np.maximum(-win, 0.0).sum(axis=1)
     moves = gains + losses
     feats[:, _RSI] = np.where(moves > 0, gains / np.where(moves > 0, moves, 1.0), 0.5)
 
     # MACD histogram: MACD line on the signal window, then its signal EMA
-    line_ends = np.arange(first_out - EMA_SIGNAL_LEN + 1, m, dtype=np.int64)
-    line = _ema(close, line_ends, MACD_FAST, EMA_FAST_LEN) - _ema(
-        close, line_ends, MACD_SLOW, EMA_SLOW_LEN
+    line_first = first_out - EMA_SIGNAL_LEN + 1
+    line = _ema(close, line_first, m, MACD_FAST, EMA_FAST_LEN) - _ema(
+        close, line_first, m, MACD_SLOW, EMA_SLOW_LEN
     )
-    signal = _ema(line, np.arange(EMA_SIGNAL_LEN - 1, line.shape[0]), MACD_SIGNAL, EMA_SIGNAL_LEN)
+    signal = _ema(line, EMA_SIGNAL_LEN - 1, line.shape[0], MACD_SIGNAL, EMA_SIGNAL_LEN)
     hist = line[EMA_SIGNAL_LEN - 1 :] - signal
     feats[:, _MACD] = np.tanh(hist / close[out] / MACD_SCALE)
 
     # Bollinger Band width
-    win = _window(close, out, BB_PERIOD)
-    width = 2.0 * BB_STDS * _std(win) / (win.sum(axis=1) / BB_PERIOD)
+    mean_c, std_c = _mean_std(_window(close, first_out, m, BB_PERIOD))
+    width = 2.0 * BB_STDS * std_c / mean_c
     feats[:, _BB] = np.tanh(width / BB_SCALE)
 
     # volume ratio (log scale)
-    mean_v = _window(volume, out, VOLUME_PERIOD).sum(axis=1) / VOLUME_PERIOD
+    mean_v = _window(volume, first_out, m, VOLUME_PERIOD).sum(axis=1) / VOLUME_PERIOD
     today = volume[out]
     safe_mean = np.where(mean_v > 0, mean_v, 1.0)
     ratio = np.maximum(today, VOLUME_FLOOR * safe_mean) / safe_mean
     feats[:, _VOL] = np.where(mean_v > 0, np.tanh(np.log(ratio) / VOLUME_SCALE), 0.0)
 
     # regime: rank of the 20-bar realised vol among its last REGIME_WINDOW values
-    vol_ends = np.arange(first_out - REGIME_WINDOW + 1, m, dtype=np.int64)
-    vol = _std(_window(logret, vol_ends, VOL_WINDOW))
-    ranks = _window(vol, np.arange(REGIME_WINDOW - 1, vol.shape[0]), REGIME_WINDOW)
-    below = (ranks < ranks[:, -1:]).sum(axis=1) / REGIME_WINDOW
+    vol = _std(_window(logret, first_out - REGIME_WINDOW + 1, m, VOL_WINDOW))
+    ranks = _windows(vol, REGIME_WINDOW - 1, vol.shape[0], REGIME_WINDOW)  # compared, not summed
+    # count of the True (1-byte) flags per row, summed in 16-bit ints (exact: <= REGIME_WINDOW)
+    below = (ranks < ranks[:, -1:]).view(np.uint8).sum(axis=1, dtype=np.uint16) / REGIME_WINDOW
     calm = below < REGIME_LOW_PCT
     turbulent = below > REGIME_HIGH_PCT
     feats[:, _REG] = calm
@@ -502,9 +527,9 @@ def _market_block(
     unchanged = np.zeros(m, dtype=bool)
     unchanged[1:] = close[1:] == close[:-1]
     flat = (real & prev_real & unchanged & (high == low)).astype(np.float64)
-    gap_share = _window(gap, out, DSI_WINDOW).sum(axis=1) / DSI_WINDOW
-    zero_share = _window(zero_vol, out, DSI_WINDOW).sum(axis=1) / DSI_WINDOW
-    flat_share = _window(flat, out, DSI_WINDOW).sum(axis=1) / DSI_WINDOW
+    gap_share = _window(gap, first_out, m, DSI_WINDOW).sum(axis=1) / DSI_WINDOW
+    zero_share = _window(zero_vol, first_out, m, DSI_WINDOW).sum(axis=1) / DSI_WINDOW
+    flat_share = _window(flat, first_out, m, DSI_WINDOW).sum(axis=1) / DSI_WINDOW
     stale = (as_of - days[out]).astype(np.float64)
     freshness = np.where(
         stale <= STALE_GRACE_DAYS, 1.0, 0.5 ** ((stale - STALE_GRACE_DAYS) / STALE_HALF_LIFE_DAYS)
@@ -518,9 +543,12 @@ def _market_block(
         * freshness
     )
 
-    # warm-up: too few bars -> neutral (DSI itself only needs one bar)
-    short = n_avail[:, None] < _MIN_BARS[None, :]
-    feats = np.where(short, _NEUTRAL[None, :], feats)
+    # warm-up: too few bars -> neutral (DSI itself only needs one bar); only rows with fewer
+    # than LOOKBACK (the largest min_bars) bars can have such a feature
+    warm = np.flatnonzero(n_avail < LOOKBACK)
+    if warm.size:
+        short = n_avail[warm, None] < _MIN_BARS[None, :]
+        feats[warm] = np.where(short, _NEUTRAL[None, :], feats[warm])
 
     # sentiment (looked up at as_of) and neutral portfolio columns
     feats[:, _NEWS] = news.at(as_of) if news is not None else 0.0
