@@ -74,6 +74,25 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     with get_session(url) as session:
         failed = session.execute(select(BacktestRun.id).where(BacktestRun.status == "failed"))
         failed_id = failed.scalar_one()
+        if not decisions(session, failed_id, A):
+            # A failed run may have stored some decisions before it failed (the backtester
+            # stores them in batches); give it some, so that "ignored" is tested on real rows.
+            session.add_all(
+                Decision(
+                    run_id=failed_id,
+                    symbol_id=d.symbol_id,
+                    date=d.date,
+                    action=d.action,
+                    strength=d.strength,
+                    signals=d.signals,
+                    position=d.position,
+                    leverage=d.leverage,
+                    cash_fraction=d.cash_fraction,
+                    days_since_last_trade=d.days_since_last_trade,
+                    equity=d.equity,
+                )
+                for d in decisions(session, full, A)[:30]
+            )
         b_only = run_backtest(session, strategy, [B], dt.date(2021, 2, 1), dt.date(2022, 3, 31))
         running = BacktestRun(
             strategy_name="baseline_v1",
@@ -249,6 +268,33 @@ def test_date_range_keeps_the_decisions_inside_it(store: Store) -> None:
     full = generate_dataset  # the module function is the method in one call
     with get_session(store.url) as session:
         assert np.array_equal(full(session, A, start, end).states, ds.states)
+
+
+def test_rows_need_only_the_lookback_bars_before_them(tmp_path: Path) -> None:
+    """The reads start LOOKBACK - 1 bars (not days) before the first decision, or at the first
+    bar: a run from the very first bar, and gaps in the bars before a late range."""
+    url = f"sqlite:///{(tmp_path / 'otonom.db').as_posix()}"
+    init_db(url)
+    try:
+        with get_session(url) as session:
+            write_synthetic(session, [A], dt.date(2021, 1, 1), dt.date(2021, 12, 31), 3)
+            run = run_backtest(
+                session, load_strategy(BASELINE), [A], dt.date(2021, 1, 1), dt.date(2021, 12, 31)
+            ).run_id
+        with get_session(url) as session:
+            gen = OfflineDatasetGenerator(session)
+            rows = decisions(session, run, A)
+            assert rows[0].date == dt.date(2021, 1, 1)
+            assert_rows_are_the_builders(session, gen.generate_dataset(A, *WIDE), A, rows, 6)
+            session.execute(  # gaps: bars (not decision days) missing before a late range
+                delete(Bar).where(Bar.date.in_([dt.date(2021, 7, d) for d in range(1, 20, 3)]))
+            )
+            late = [d for d in rows if d.date >= dt.date(2021, 11, 1)]
+            ds = gen.generate_dataset(A, dt.date(2021, 11, 1), dt.date(2021, 12, 31))
+            assert_rows_are_the_builders(session, ds, A, late, 4)
+            session.rollback()
+    finally:
+        dispose_engines()
 
 
 def test_no_decision_in_the_range_names_the_run_and_the_range(store: Store) -> None:

@@ -16,13 +16,14 @@ Rules (each one tested):
   leverage=leverage, cash=cash_fraction * equity, portfolio_equity=equity,
   days_since_last_trade=days)`` builds, with the portfolio stored on the decision row (the one
   the decision was made with; ``days_since_last_trade`` NULL = never traded = ``inf``).
-* **Vectorised.** Per symbol: one query for the decisions, one for the bars up to the last
-  decision date, one for the news; one macro query for all symbols. ``compute_states`` then
-  computes the features of every bar at once (the schema's batch path, proven equal to the
-  builder's one-date path) and the rows are picked by date; bars more than ``LOOKBACK - 1``
-  before the first decision are dropped first (no state reads them). Every decision date must
-  be a bar date in the store (the backtest only decides on bar dates): anything else means the
-  bars were changed after the run, and is refused.
+* **Vectorised.** Per symbol: one query for the decisions, one for the bars from ``LOOKBACK -
+  1`` bars before the first decision to the last decision (older bars are never read by any
+  row's state), one for the news from ``SENTIMENT_MAX_AGE_DAYS`` before that first bar (an older
+  score is stale for every row); one macro query for all symbols over the union of those
+  ranges. ``compute_states`` then computes the features of every bar read at once (the schema's
+  batch path, proven equal to the builder's one-date path) and the rows are picked by date.
+  Every decision date must be a bar date in the store (the backtest only decides on bar
+  dates): anything else means the bars were changed after the run, and is refused.
 * **Metadata.** ``source="backtest"``, ``run_ids`` (sorted), ``symbol_runs`` ({symbol: run
   id}, which also maps each row to its run), ``runs`` (id, strategy name and hash, the run's own
   range), ``strategy_names``/``strategy_hashes`` (sorted, distinct), ``symbols`` and the
@@ -34,20 +35,23 @@ This module does not import torch.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Date, Integer, String, TextClause, bindparam, select, text
 from sqlalchemy.orm import Session
 
-from otonom_runtime.store import BacktestRun, fetch_raw, get_symbol, load_macro
+from otonom_runtime.store import BacktestRun, fetch_raw, get_symbol
 from otonom_schema import (
     LOOKBACK,
+    MATHS_PARAMS,
     STATE_DIM,
     MarketHistory,
     OfflineDataset,
@@ -67,10 +71,12 @@ __all__ = [
 
 DateLike = dt.date | str
 _EPOCH_ORDINAL: Final = dt.date(1970, 1, 1).toordinal()
+_N = TypeVar("_N", bound=np.generic)
 
 
-# The three per-symbol reads as plain SQL (valid on SQLite and PostgreSQL), run through the
-# driver (see ``OfflineDatasetGenerator._fetch``). Same tables and order as the store's readers.
+# The reads as plain SQL (valid on SQLite and PostgreSQL), run through the driver (see
+# ``OfflineDatasetGenerator._fetch``). Same tables and order as the store's readers. Only the
+# columns the rows need: the decision's JSON ``signals`` and ``equity`` are never read.
 _DECISIONS: Final = text(
     """
     SELECT d.date, d.action, d.strength, d.position, d.leverage, d.cash_fraction,
@@ -85,22 +91,55 @@ _DECISIONS: Final = text(
     bindparam("start", type_=Date),
     bindparam("end", type_=Date),
 )
+# The bars from the ``:back``-th bar before ``:first`` (or the oldest, if there are fewer) to
+# ``:end``: all that the states from ``:first`` on read (the subquery walks the unique index).
 _BARS: Final = text(
     """
     SELECT b.date, b.open, b.high, b.low, b.close, b.volume
     FROM bars b JOIN symbols s ON b.symbol_id = s.id
-    WHERE s.name = :symbol AND b.date <= :end
+    WHERE s.name = :symbol AND b.date <= :end AND b.date >= COALESCE(
+        (SELECT MIN(w.date) FROM (
+            SELECT p.date FROM bars p JOIN symbols ps ON p.symbol_id = ps.id
+            WHERE ps.name = :symbol AND p.date < :first
+            ORDER BY p.date DESC LIMIT :back
+        ) w),
+        :first)
     ORDER BY b.date
+    """
+).bindparams(
+    bindparam("symbol", type_=String),
+    bindparam("first", type_=Date),
+    bindparam("end", type_=Date),
+    bindparam("back", type_=Integer),
+)
+# For the error message only: what the store holds for a symbol up to a date.
+_BAR_SPAN: Final = text(
+    """
+    SELECT COUNT(*), MIN(b.date), MAX(b.date)
+    FROM bars b JOIN symbols s ON b.symbol_id = s.id
+    WHERE s.name = :symbol AND b.date <= :end
     """
 ).bindparams(bindparam("symbol", type_=String), bindparam("end", type_=Date))
 _NEWS: Final = text(
     """
     SELECT n.date, n.score
     FROM news_sentiment n JOIN symbols s ON n.symbol_id = s.id
-    WHERE s.name = :symbol AND n.date <= :end
+    WHERE s.name = :symbol AND n.date >= :start AND n.date <= :end
     ORDER BY n.date
     """
-).bindparams(bindparam("symbol", type_=String), bindparam("end", type_=Date))
+).bindparams(
+    bindparam("symbol", type_=String), bindparam("start", type_=Date), bindparam("end", type_=Date)
+)
+_MACRO: Final = text(
+    """
+    SELECT m.date, m.score
+    FROM macro_sentiment m
+    WHERE m.date >= :start AND m.date <= :end
+    ORDER BY m.date
+    """
+).bindparams(bindparam("start", type_=Date), bindparam("end", type_=Date))
+# A sentiment score older than this is 0 for every later date (the schema's rule).
+_SENTIMENT_AGE: Final = dt.timedelta(days=int(MATHS_PARAMS["SENTIMENT_MAX_AGE_DAYS"]))
 
 
 class DatasetGenerationError(ValueError):
@@ -155,6 +194,11 @@ def _symbols(symbol: str | Sequence[str]) -> list[str]:
     return names
 
 
+def _column(values: Sequence[Any], dtype: type[_N]) -> npt.NDArray[_N]:
+    """A NOT NULL numeric result column as an array (``np.fromiter``: no shape discovery)."""
+    return np.fromiter(values, dtype=dtype, count=len(values))
+
+
 def _day_array(days: Sequence[Any]) -> npt.NDArray[np.datetime64]:
     """A date column as datetime64[D]: ISO text (SQLite; numpy parses it in C) or
     ``datetime.date`` values (other drivers; through ordinals, much faster than np.array)."""
@@ -165,24 +209,18 @@ def _day_array(days: Sequence[Any]) -> npt.NDArray[np.datetime64]:
     return out
 
 
-def _trimmed(history: MarketHistory, first: int) -> MarketHistory:
-    """The bars from ``first - (LOOKBACK - 1)`` on: all that the states from bar ``first`` read.
+@dataclass(frozen=True)
+class _Symbol:
+    """What the store holds for one symbol's rows: its decisions and the bars and news their
+    states read (``pos``: each decision's bar in ``history``)."""
 
-    A state at bar t depends on at most ``LOOKBACK`` bars ending at t (the schema's rule, also
-    what the live builder reads), so dropping older bars changes no row from ``first`` on.
-    """
-    start = first - (LOOKBACK - 1)
-    if start <= 0:
-        return history
-    return MarketHistory(
-        dates=history.dates[start:],
-        open=history.open[start:],
-        high=history.high[start:],
-        low=history.low[start:],
-        close=history.close[start:],
-        volume=history.volume[start:],
-        symbol=history.symbol,
-    )
+    history: MarketHistory
+    news: SentimentSeries | None
+    pos: npt.NDArray[np.intp]
+    portfolio: npt.NDArray[np.float64]
+    actions: npt.NDArray[np.int64]
+    strengths: npt.NDArray[np.float32]
+    dates: npt.NDArray[np.datetime64]
 
 
 @dataclass(frozen=True)
@@ -277,14 +315,9 @@ class OfflineDatasetGenerator:
         the driver itself on these wide reads (tens of thousands of rows)."""
         return fetch_raw(self.session, stmt, values)
 
-    def _symbol_rows(
-        self,
-        name: str,
-        run: _Run,
-        start: dt.date,
-        end: dt.date,
-        macro: SentimentSeries | None,
-    ) -> _Rows:
+    def _read(self, name: str, run: _Run, start: dt.date, end: dt.date) -> _Symbol:
+        """The decisions of ``run`` for ``name`` dated ``start .. end``, checked, with the bars
+        and news their states read (three queries)."""
         rows = self._fetch(
             _DECISIONS, {"run_id": run.id, "symbol": name, "start": start, "end": end}
         )
@@ -296,9 +329,8 @@ class OfflineDatasetGenerator:
             )
         cols = list(zip(*rows, strict=True))
         dates = _day_array(cols[0])
-        last = dates[-1].item()
-        history = self._history(name, last)
-        news = self._news(name, last)
+        first, last = dates[0].item(), dates[-1].item()
+        history = self._history(name, first, last)
 
         bar_days = history.dates.astype(np.int64) if history is not None else np.empty(0, np.int64)
         want = dates.astype(np.int64)
@@ -306,9 +338,10 @@ class OfflineDatasetGenerator:
         on_bar = (pos < bar_days.size) & (bar_days[np.minimum(pos, bar_days.size - 1)] == want)
         if history is None or not on_bar.all():
             i = int(np.argmin(on_bar))
+            count, oldest, newest = self._fetch(_BAR_SPAN, {"symbol": name, "end": last})[0]
             held = (
-                f"{len(history)} bars, {history.dates[0]} .. {history.dates[-1]}"
-                if history is not None
+                f"{count} bars, {_as_date(oldest, 'bar date')} .. {_as_date(newest, 'bar date')}"
+                if count
                 else f"no bar on or before {last.isoformat()}"
             )
             raise DatasetGenerationError(
@@ -320,54 +353,50 @@ class OfflineDatasetGenerator:
         days[np.isnan(days)] = np.inf
         try:
             portfolio = portfolio_feature_matrix(
-                np.asarray(cols[3], dtype=np.float64),
-                np.asarray(cols[4], dtype=np.float64),
-                np.asarray(cols[5], dtype=np.float64),
+                _column(cols[3], np.float64),
+                _column(cols[4], np.float64),
+                _column(cols[5], np.float64),
                 days,
             )
         except SchemaError as exc:
             raise DatasetGenerationError(
                 f"run {run.id}, {name!r}: a stored portfolio is outside the schema: {exc}"
             ) from None
-        # Features of every bar from the first decision's window on, with one portfolio per bar
-        # (the first decision's where there is no decision), then the decision rows picked out.
-        trimmed = _trimmed(history, int(pos[0]))
-        picks = pos - (len(history) - len(trimmed))
-        per_bar = np.repeat(portfolio[:1], len(trimmed), axis=0)
-        per_bar[picks] = portfolio
-        states = compute_states(trimmed, per_bar, news=news, macro=macro)[picks]
-        return _Rows(
-            states=states,
-            actions=np.asarray(cols[1], dtype=np.int64),
-            strengths=np.asarray(cols[2], dtype=np.float32),
+        return _Symbol(
+            history=history,
+            news=self._news(name, history.dates[0].item() - _SENTIMENT_AGE, last),
+            pos=pos,
+            portfolio=portfolio,
+            actions=_column(cols[1], np.int64),
+            strengths=_column(cols[2], np.float32),
             dates=dates,
         )
 
-    def _history(self, name: str, end: dt.date) -> MarketHistory | None:
-        """Bars of ``name`` dated <= ``end`` (None if there are none); one query."""
-        rows = self._fetch(_BARS, {"symbol": name, "end": end})
+    def _history(self, name: str, first: dt.date, end: dt.date) -> MarketHistory | None:
+        """Bars of ``name`` dated <= ``end`` from ``LOOKBACK - 1`` bars before ``first`` on
+        (None if there are none); one query."""
+        values = {"symbol": name, "first": first, "end": end, "back": LOOKBACK - 1}
+        rows = self._fetch(_BARS, values)
         if not rows:
             return None
         cols = list(zip(*rows, strict=True))
         return MarketHistory(
             dates=_day_array(cols[0]),
-            open=np.asarray(cols[1], dtype=np.float64),
-            high=np.asarray(cols[2], dtype=np.float64),
-            low=np.asarray(cols[3], dtype=np.float64),
-            close=np.asarray(cols[4], dtype=np.float64),
-            volume=np.asarray(cols[5], dtype=np.float64),
+            open=_column(cols[1], np.float64),
+            high=_column(cols[2], np.float64),
+            low=_column(cols[3], np.float64),
+            close=_column(cols[4], np.float64),
+            volume=_column(cols[5], np.float64),
             symbol=name,
         )
 
-    def _news(self, name: str, end: dt.date) -> SentimentSeries | None:
-        """News sentiment of ``name`` dated <= ``end`` (None if there is none); one query."""
-        rows = self._fetch(_NEWS, {"symbol": name, "end": end})
-        if not rows:
-            return None
-        cols = list(zip(*rows, strict=True))
-        return SentimentSeries(
-            dates=_day_array(cols[0]), scores=np.asarray(cols[1], dtype=np.float64)
-        )
+    def _news(self, name: str, start: dt.date, end: dt.date) -> SentimentSeries | None:
+        """News sentiment of ``name`` dated ``start .. end`` (None if none); one query."""
+        return _series(self._fetch(_NEWS, {"symbol": name, "start": start, "end": end}))
+
+    def _macro(self, start: dt.date, end: dt.date) -> SentimentSeries | None:
+        """Macro sentiment dated ``start .. end`` (None if none); one query."""
+        return _series(self._fetch(_MACRO, {"start": start, "end": end}))
 
     # --- public --------------------------------------------------------------------------------
 
@@ -398,8 +427,13 @@ class OfflineDatasetGenerator:
                 "start_date <= end_date"
             )
         chosen = self._resolve_runs(names, run_id)
-        macro = load_macro(self.session, end=end)
-        parts = [self._symbol_rows(name, chosen[name], start, end, macro) for name in names]
+        with _collector_paused():
+            reads = [self._read(name, chosen[name], start, end) for name in names]
+            macro = self._macro(
+                min(r.history.dates[0].item() for r in reads) - _SENTIMENT_AGE,
+                max(r.dates[-1].item() for r in reads),
+            )
+        parts = [_rows(r, macro) for r in reads]
         n_rows = [p.states.shape[0] for p in parts]
         runs = sorted({r.id: r for r in chosen.values()}.values(), key=lambda r: r.id)
         metadata: dict[str, Any] = {
@@ -436,6 +470,40 @@ class OfflineDatasetGenerator:
     ) -> Path:
         """Write ``experiences`` (see the module function ``save_dataset``); return the path."""
         return save_dataset(experiences, output_path)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for the block (restored after, also on error).
+
+    The reads turn ~100k result rows into tuples (one per row, none in a reference cycle) on
+    their way into numpy; each allocation counts towards the collector's thresholds, so with it
+    on, its passes over the whole heap (no garbage to find: tuples are freed by reference
+    counting) cost about a third of the dataset's time. Process-wide, but only for the reads.
+    """
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
+def _series(rows: Sequence[Any]) -> SentimentSeries | None:
+    if not rows:
+        return None
+    cols = list(zip(*rows, strict=True))
+    return SentimentSeries(dates=_day_array(cols[0]), scores=_column(cols[1], np.float64))
+
+
+def _rows(read: _Symbol, macro: SentimentSeries | None) -> _Rows:
+    """The rows of one symbol: the features of every bar read at once, one portfolio per bar
+    (the first decision's where there is no decision), then the decision rows picked out."""
+    per_bar = np.repeat(read.portfolio[:1], len(read.history), axis=0)
+    per_bar[read.pos] = read.portfolio
+    states = compute_states(read.history, per_bar, news=read.news, macro=macro)[read.pos]
+    return _Rows(states=states, actions=read.actions, strengths=read.strengths, dates=read.dates)
 
 
 def _ids(runs: Sequence[_Run]) -> str:
