@@ -491,7 +491,12 @@ def _market_block(
     )
     signal = _ema(line, EMA_SIGNAL_LEN - 1, line.shape[0], MACD_SIGNAL, EMA_SIGNAL_LEN)
     hist = line[EMA_SIGNAL_LEN - 1 :] - signal
-    feats[:, _MACD] = np.tanh(hist / close[out] / MACD_SCALE)
+    rel = hist / close[out]
+    # On a flat market both EMAs equal the price only up to rounding, and how the rounding falls
+    # depends on the CPU's SIMD width (seen: -1.6e-30 on one machine, 0.0 on another). A
+    # histogram below 1e-12 of the price is that float noise: it is 0, on every machine.
+    rel[np.abs(rel) < 1e-12] = 0.0
+    feats[:, _MACD] = np.tanh(rel / MACD_SCALE)
 
     # Bollinger Band width
     mean_c, std_c = _mean_std(_window(close, first_out, m, BB_PERIOD))
