@@ -82,12 +82,26 @@ def test_empty_folder(tmp_path: Path) -> None:
         load_rl_policy(tmp_path)
 
 
-def test_latest_pointer_is_followed_first(tmp_path: Path) -> None:
-    make_policy_model(tmp_path / "policy_best.onnx", seed=1)  # the top-level one loses
+def test_latest_pointer_is_followed(tmp_path: Path) -> None:
     make_policy_model(tmp_path / "20260101T000000Z" / "policy_best.onnx", seed=2)
     (tmp_path / "latest").write_text("20260101T000000Z\n")
     policy = load_rl_policy(tmp_path)
     assert policy.path == tmp_path / "20260101T000000Z" / "policy_best.onnx"
+
+
+def test_a_folders_own_model_wins_over_its_latest_pointer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`otonom-train train --output models/rl_bc` into a versioned folder: the model just
+    trained there is what the folder stands for, with a warning naming both."""
+    make_policy_model(tmp_path / "20260101T000000Z" / "policy_best.onnx", seed=2)
+    (tmp_path / "latest").write_text("20260101T000000Z\n")
+    make_policy_model(tmp_path / "policy_best.onnx", seed=1)
+    with caplog.at_level("WARNING", logger="otonom_runtime.policy"):
+        policy = load_rl_policy(tmp_path)
+    assert policy.path == tmp_path / "policy_best.onnx"
+    assert "promoted version is used once" in caplog.text
+    assert load_rl_policy(tmp_path / "policy_best.pt").path == tmp_path / "policy_best.onnx"
 
 
 @pytest.mark.parametrize("target", ["missing", "../elsewhere", "/abs", ""])

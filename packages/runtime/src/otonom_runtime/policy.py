@@ -156,7 +156,23 @@ def resolve_model_path(path: str | os.PathLike[str]) -> Path:
         logger.info("%s is a PyTorch checkpoint: loading the ONNX export %s", p, onnx_path)
         return onnx_path
     if p.is_dir():
-        folder = _follow_latest(p) if (p / LATEST_POINTER).is_file() else p
+        own = p / MODEL_FILENAME
+        has_pointer = (p / LATEST_POINTER).is_file()
+        if own.is_file():
+            # a folder holding a model is that model (what `otonom-train train --output DIR`
+            # writes); its `latest` pointer, if any, is for folders that hold only versions
+            if has_pointer:
+                logger.warning(
+                    "%s holds %s and a %r pointer: using %s (the promoted version is used once "
+                    "the folder holds no %s of its own)",
+                    p,
+                    MODEL_FILENAME,
+                    LATEST_POINTER,
+                    own,
+                    MODEL_FILENAME,
+                )
+            return own
+        folder = _follow_latest(p) if has_pointer else p
         model = folder / MODEL_FILENAME
         if not model.is_file():
             via = f" (followed {p / LATEST_POINTER})" if folder != p else ""
@@ -531,8 +547,9 @@ def load_rl_policy(
 ) -> RlPolicy:
     """Load and check an ONNX policy.
 
-    ``path``: a ``.onnx`` file; a model folder (its ``policy_best.onnx``, after following a
-    ``latest`` file that names a sub-folder, if there is one); or a ``policy_best.pt`` path,
+    ``path``: a ``.onnx`` file; a model folder (its own ``policy_best.onnx``; else, in a
+    versioned folder, the one in the sub-folder its ``latest`` file names); or a
+    ``policy_best.pt`` path,
     which stands for the ``policy_best.onnx`` beside it (PyTorch checkpoints are never loaded),
     or, when neither file is there but the folder has a ``latest`` file, for the promoted
     version's ``policy_best.onnx`` (the guide's ``models/rl_bc/policy_best.pt`` keeps working
