@@ -188,6 +188,16 @@ def test_from_stage_reuses_the_earlier_stages(pipeline_dir: Path) -> None:
     assert sorted(p.name for p in (pipeline_dir / "models" / "rl_bc").iterdir()) == versions
 
 
+def test_quiet_prints_nothing(pipeline_dir: Path) -> None:
+    out = _cli(
+        "pipeline", "--strategy-path", STRATEGY, "--from-stage", "6", "--no-promote", "--quiet",
+        cwd=pipeline_dir,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout == ""
+    assert out.stderr == ""
+
+
 def test_from_stage_refuses_without_a_state_file_or_with_other_options(
     pipeline_dir: Path, tmp_path: Path
 ) -> None:

@@ -63,6 +63,9 @@ def test_pipeline_end_to_end_small(tmp_path: Path) -> None:
     for stage in range(1, 8):
         assert f"[{stage}/7]" in out.stdout
     assert "| ensemble (no RL) | ensemble + RL |" in out.stdout
+    # the gate's deliberate fallback run (model file removed) is reported in its table, not
+    # as runtime warnings
+    assert "RL analyst" not in out.stderr
     report = tmp_path / "reports" / "pipeline"
     table = json.loads((report / "table.json").read_text())
     assert set(table["rows"]) == {"ensemble (no RL)", "ensemble + RL"}

@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import logging
 import math
 import shutil
 import tempfile
@@ -442,6 +443,17 @@ def run_check(cfg: CheckConfig) -> CheckResult:
     return result
 
 
+class _Hold(logging.Handler):
+    """Keeps log records instead of printing them."""
+
+    def __init__(self, into: list[logging.LogRecord]) -> None:
+        super().__init__()
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(record)
+
+
 def _fallback_run(
     session: Any, strategy: Any, cfg: CheckConfig, model_path: Path, plain: Any
 ) -> tuple[int, str | None, bool]:
@@ -465,7 +477,20 @@ def _fallback_run(
             strategy, ensemble=dataclasses.replace(strategy.ensemble, rl_policy=rl)
         )
         copy.unlink()  # the model disappears between configuration and start-up
-        broken = run_backtest(session, with_rl, list(cfg.symbols), cfg.start, cfg.end, use_rl=True)
+        # the runtime's warnings about it are the expected outcome here, not news for the user:
+        # they are held back (the reason is in the table)
+        runtime_log = logging.getLogger("otonom_runtime")
+        held: list[logging.LogRecord] = []
+        handler = _Hold(held)
+        runtime_log.addHandler(handler)
+        propagate, runtime_log.propagate = runtime_log.propagate, False
+        try:
+            broken = run_backtest(
+                session, with_rl, list(cfg.symbols), cfg.start, cfg.end, use_rl=True
+            )
+        finally:
+            runtime_log.removeHandler(handler)
+            runtime_log.propagate = propagate
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     same = bool(

@@ -25,7 +25,9 @@ the later period only (default: the last 25 % of the decision days).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
 import json
 import time
 from dataclasses import dataclass, field
@@ -276,6 +278,7 @@ def _stage_train(run: _Run) -> None:
         hidden_dim=cfg.hidden_dim,
         seed=cfg.seed,
         device="auto",
+        progress=not cfg.quiet,
     )
     trainer = BehaviorCloningTrainer(tcfg)
     trainer.train()
@@ -436,7 +439,9 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     for n, step in enumerate(steps, start=1):
         if n < cfg.from_stage:
             continue
-        step(run)
+        # --quiet: the stages' own printing (training log, dataset summaries) goes nowhere
+        with contextlib.redirect_stdout(io.StringIO()) if cfg.quiet else contextlib.nullcontext():
+            step(run)
         run.save(n)
     result = _result(run)
     result.elapsed_s = time.perf_counter() - clock
