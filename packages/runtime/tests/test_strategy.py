@@ -493,8 +493,11 @@ def test_with_rl_switches_the_rl_analyst(tmp_path: Path, monkeypatch: pytest.Mon
     assert on.with_rl(True) == on
 
 
-def test_with_rl_true_without_a_model_raises(tmp_path: Path) -> None:
+def test_with_rl_true_without_a_model_raises(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = load_strategy(BASELINE)
+    monkeypatch.chdir(tmp_path)  # not the repository root, which ships a default model
     with pytest.raises(StrategyError) as info:
         dataclasses.replace(cfg, base_dir=tmp_path).with_rl(True)
     (problem,) = info.value.problems
