@@ -27,15 +27,19 @@ from otonom_schema.testing import random_history
 from otonom_trainer import model as model_mod
 from otonom_trainer import train as train_mod
 from otonom_trainer.config import TrainingConfig
-from otonom_trainer.model import PolicyNet
+from otonom_trainer.model import FastDropout, PolicyNet
 from otonom_trainer.train import (
+    TRAIN_EVAL_ROWS,
     BehaviorCloningLoss,
     BehaviorCloningTrainer,
     CheckpointError,
     EpochStats,
+    FlatAdam,
     FocalLoss,
+    PlateauLR,
     TrainingError,
     class_weights,
+    clip_flat_grad_,
     confusion_matrix,
     epoch_indices,
     load_checkpoint,
@@ -43,6 +47,8 @@ from otonom_trainer.train import (
     per_class_metrics,
     resolve_device,
     split_rows,
+    strength_weights,
+    train_eval_rows,
 )
 
 RSI = feature_index("rsi")
@@ -239,6 +245,243 @@ def test_the_trainer_oversamples_every_epoch(
         freq = torch.bincount(drawn, minlength=3).double() / len(drawn)
         np.testing.assert_allclose(freq.numpy(), [1 / 3] * 3, atol=0.08)
     assert not torch.equal(draws[0], draws[1])
+
+
+# -- the lean training step ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"alpha": 0.7, "beta": 2.0},
+        {"class_weights": torch.tensor([0.5, 2.0, 3.0])},
+        {"focal_gamma": 2.0},
+        {"logit_penalty": 0.5},
+        {"class_weights": torch.tensor([0.0, 1.0, 2.0]), "logit_penalty": 0.1},
+    ],
+)
+def test_batch_terms_equal_the_loss_for_each_mode(kwargs: dict[str, Any]) -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(40, 3, generator=gen) * 2
+    pred = torch.rand(40, 1, generator=gen)
+    actions = torch.randint(0, 3, (40,), generator=gen)
+    if "class_weights" in kwargs and float(kwargs["class_weights"][0]) == 0.0:
+        actions = torch.randint(1, 3, (40,), generator=gen)  # no row of a weight-0 class
+    targets = torch.where(actions > 0, torch.rand(40, generator=gen), 0.0)
+    loss = BehaviorCloningLoss(**kwargs)
+    slow = loss(logits, pred, actions, targets)
+    fast = loss.batch_terms(logits, pred, actions, targets, strength_weights(actions, 40))
+    for a, b in (
+        (slow.total, fast.total),
+        (slow.action, fast.action),
+        (slow.strength, fast.strength),
+    ):
+        assert float(a) == pytest.approx(float(b), rel=1e-5, abs=1e-7)
+    # the whole-split sums give the same loss
+    assert float(loss.combine(loss.sums(logits, pred, actions, targets)).total) == pytest.approx(
+        float(slow.total), rel=1e-6
+    )
+
+
+def test_the_logit_penalty_is_the_mean_squared_logit() -> None:
+    zero = torch.zeros(4, 1)
+    plain = BehaviorCloningLoss()(LOGITS, zero, ACTIONS, torch.zeros(4))
+    pen = BehaviorCloningLoss(logit_penalty=0.5)(LOGITS, zero, ACTIONS, torch.zeros(4))
+    assert float(pen.action) == float(plain.action)
+    expected = float(plain.total) + 0.5 * float((LOGITS**2).mean())
+    assert float(pen.total) == pytest.approx(expected, rel=1e-6)
+
+
+def test_strength_weights_average_over_the_trade_rows_of_each_batch() -> None:
+    actions = torch.tensor([0, 1, 2, 0, 0, 0, 1, 0, 2, 2, 1])  # batches of 4: 2, 1, 3 trades
+    w = strength_weights(actions, 4)
+    expected = [0, 1 / 2, 1 / 2, 0, 0, 0, 1, 0, 1 / 3, 1 / 3, 1 / 3]
+    np.testing.assert_allclose(w.numpy(), expected, rtol=1e-6)
+    assert float(strength_weights(torch.zeros(5, dtype=torch.int64), 2).abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_flat_adam_is_torchs_adam(decoupled: bool) -> None:
+    gen = torch.Generator().manual_seed(0)
+    start = torch.randn(50, generator=gen)
+    grads = [torch.randn(50, generator=gen) for _ in range(20)]
+    ours = nn.Parameter(start.clone())
+    ref = nn.Parameter(start.clone())
+    opt = FlatAdam(ours, lr=1e-2, weight_decay=0.1, decoupled=decoupled)
+    ref_cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+    ref_opt = ref_cls([ref], lr=1e-2, weight_decay=0.1, foreach=False)
+    for i, g in enumerate(grads):
+        if i == 10:  # a plateau step halves the rate of both
+            opt.param_groups[0]["lr"] = ref_opt.param_groups[0]["lr"] = 5e-3
+        ours.grad, ref.grad = g.clone(), g.clone()
+        opt.step()
+        ref_opt.step()
+    torch.testing.assert_close(ours.detach(), ref.detach(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="lr > 0"):
+        FlatAdam(ours, lr=0.0)
+
+
+def test_plateau_lr_is_torchs_reduce_on_plateau() -> None:
+    losses = [1.0, 0.9, 0.9, 0.95, 0.91, 0.8, 0.80001, 0.85, 0.9, 0.7, 0.7, 0.7, 0.7, 0.7]
+    for patience in (0, 1, 2):
+        ref_opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+        ref = torch.optim.lr_scheduler.ReduceLROnPlateau(ref_opt, factor=0.5, patience=patience)
+        ours = FlatAdam(nn.Parameter(torch.zeros(1)), lr=1.0)
+        plateau = PlateauLR(ours, factor=0.5, patience=patience)
+        for loss in losses:
+            ref.step(loss)
+            plateau.step(loss)
+            assert ours.param_groups[0]["lr"] == ref_opt.param_groups[0]["lr"]
+
+
+@pytest.mark.parametrize("max_norm", [0.0, 0.5, 100.0])
+def test_clipping_the_flat_gradient_is_clip_grad_norm(max_norm: float) -> None:
+    gen = torch.Generator().manual_seed(0)
+    params = [nn.Parameter(torch.zeros(s)) for s in ((3, 4), (4,), (2, 5))]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen)
+    flat = torch.cat([p.grad.reshape(-1) for p in params if p.grad is not None])
+    norm = clip_flat_grad_(flat, max_norm)
+    if max_norm > 0:
+        ref_norm = nn.utils.clip_grad_norm_(params, max_norm)
+    else:
+        ref_norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    assert float(norm) == pytest.approx(float(ref_norm), rel=1e-6)
+    ref = torch.cat([p.grad.reshape(-1) for p in params if p.grad is not None])
+    torch.testing.assert_close(flat, ref)
+
+
+def test_flat_parameters_share_one_buffer_and_are_given_back() -> None:
+    net = PolicyNet(hidden_dim=8, num_layers=2, dropout=0.0)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    flat, params = train_mod._flatten_parameters(net)
+    assert flat.numel() == sum(p.numel() for p in params)
+    assert all(p.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr() for p in params)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    x = torch.randn(6, otonom_schema.STATE_DIM)
+    logits, strength = net(x)
+    torch.autograd.backward(logits.sum() + strength.sum())
+    grad = flat.grad
+    assert grad is not None
+    # backward accumulated into the flat buffer, which is what the per-parameter grads show
+    ref = PolicyNet(hidden_dim=8, num_layers=2, dropout=0.0)
+    ref.load_state_dict(before)
+    ref_logits, ref_strength = ref(x)
+    torch.autograd.backward(ref_logits.sum() + ref_strength.sum())
+    expected = torch.cat([p.grad.reshape(-1) for p in ref.parameters() if p.grad is not None])
+    torch.testing.assert_close(grad, expected)
+    with torch.no_grad():
+        flat.add_(1.0)  # an update of the flat parameter is an update of the model
+    assert torch.equal(net.action_head.bias, before["action_head.bias"] + 1.0)
+    train_mod._unflatten_parameters(params)
+    assert len({p.untyped_storage().data_ptr() for p in params}) == len(params)
+    assert all(p.grad is None for p in params)
+    assert torch.equal(net.action_head.bias, before["action_head.bias"] + 1.0)
+
+
+def test_fast_dropout_is_unbiased_dropout() -> None:
+    torch.manual_seed(0)
+    x = torch.ones(1000, 1000)
+    for p in (0.1, 0.5):
+        layer = FastDropout(p).train()
+        y = layer(x)
+        kept = y != 0
+        assert float(1 - kept.double().mean()) == pytest.approx(p, abs=2e-3)
+        assert torch.allclose(y[kept], torch.tensor(1 / (1 - p)), rtol=1e-4)
+        assert float(y.double().mean()) == pytest.approx(1.0, abs=5e-3)
+    # every 16-bit lane of a 64-bit draw drops at the same rate
+    y = FastDropout(0.25).train()(torch.ones(400_000))
+    for lane in range(4):
+        assert float((y[lane::4] == 0).double().mean()) == pytest.approx(0.25, abs=5e-3)
+    # seeded through torch's generator; eval mode and p = 0 are the identity
+    torch.manual_seed(3)
+    a = FastDropout(0.3).train()(torch.ones(7, 5))
+    torch.manual_seed(3)
+    assert torch.equal(a, FastDropout(0.3).train()(torch.ones(7, 5)))
+    z = torch.randn(9, 4)
+    assert torch.equal(FastDropout(0.3).eval()(z), z)
+    assert torch.equal(FastDropout(0.0).train()(z), z)
+    # gradients flow through the kept elements only, scaled like the values
+    z.requires_grad_(True)
+    out = FastDropout(0.5).train()(z)
+    out.sum().backward()
+    assert z.grad is not None
+    torch.testing.assert_close(z.grad, (out.detach() != 0).float() * 2.0)
+    # off the CPU it is nn.Dropout (checked on the meta device: shapes only)
+    meta = FastDropout(0.2).train()(torch.empty(3, 4, device="meta"))
+    assert meta.shape == (3, 4)
+    assert meta.device.type == "meta"
+
+
+def test_train_loss_is_measured_on_a_fixed_sample_of_a_large_train_split() -> None:
+    small = np.arange(100, dtype=np.int64) * 2
+    assert np.array_equal(train_eval_rows(small, 0), small)
+    large = np.arange(TRAIN_EVAL_ROWS * 3, dtype=np.int64) + 5
+    rows = train_eval_rows(large, 0)
+    assert rows.size == TRAIN_EVAL_ROWS
+    assert np.all(np.diff(rows) > 0)
+    assert np.isin(rows, large).all()
+    assert np.array_equal(rows, train_eval_rows(large, 0))
+    assert not np.array_equal(rows, train_eval_rows(large, 1))
+
+
+def test_a_small_net_trains_on_one_cpu_thread_and_the_setting_is_restored(
+    tmp_path: Path,
+) -> None:
+    make_dataset(tmp_path / "ds.npz", n=200)
+    before = torch.get_num_threads()
+    seen: list[int] = []
+    trainer = BehaviorCloningTrainer(
+        small_config(tmp_path, device="cpu"),
+        on_epoch_end=lambda stats, model: seen.append(torch.get_num_threads()),
+    )
+    quiet_train(trainer)
+    assert seen == [1, 1]
+    assert torch.get_num_threads() == before
+    # a large per-batch workload keeps the caller's setting
+    seen.clear()
+    big = small_config(tmp_path, device="cpu", batch_size=1024, hidden_dim=128, max_epochs=1)
+    quiet_train(BehaviorCloningTrainer(big, on_epoch_end=lambda s, m: seen.append(0)))
+    assert torch.get_num_threads() == before
+    with train_mod._intra_op_threads(torch.device("cpu"), big):
+        assert torch.get_num_threads() == before
+    with train_mod._intra_op_threads(torch.device("cuda"), small_config(tmp_path)):
+        assert torch.get_num_threads() == before
+
+
+def test_an_epoch_gathers_its_rows_once_and_slices_batches(tmp_path: Path) -> None:
+    """The device-agnostic data path (the one a CUDA run takes): whole split on the device, one
+    gather per epoch in the epoch's order, contiguous batches, the last one partial."""
+    make_dataset(tmp_path / "ds.npz", n=300)
+    cfg = small_config(tmp_path, batch_size=32, max_epochs=1)
+    trainer = BehaviorCloningTrainer(cfg)
+    seen: list[torch.Tensor] = []
+    real = PolicyNet.forward
+
+    def spy(self: PolicyNet, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.training:
+            seen.append(states.detach().clone())
+        return real(self, states)
+
+    with pytest.MonkeyPatch.context() as mp:
+        order_seen: list[torch.Tensor] = []
+        real_indices = train_mod.epoch_indices
+
+        def indices(actions: torch.Tensor, mode: str, gen: torch.Generator) -> torch.Tensor:
+            out = real_indices(actions, mode, gen)
+            order_seen.append(out)
+            return out
+
+        mp.setattr(PolicyNet, "forward", spy)
+        mp.setattr(train_mod, "epoch_indices", indices)
+        quiet_train(trainer)
+    n_train = trainer.split.train.size
+    assert [len(b) for b in seen] == [32] * (n_train // 32) + (
+        [n_train % 32] if n_train % 32 else []
+    )
+    states = torch.from_numpy(trainer.dataset.states[trainer.split.train])
+    torch.testing.assert_close(torch.cat(seen), states[order_seen[0]])
 
 
 # -- splits and devices ----------------------------------------------------------------------

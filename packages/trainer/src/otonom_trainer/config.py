@@ -61,7 +61,7 @@ class TrainingConfig:
     The loss, per batch of rows ``i`` with predicted logits ``z_i``, predicted strength ``s_i``,
     target action ``y_i`` and target strength ``t_i``::
 
-        L = alpha * L_action + beta * L_strength
+        L = alpha * L_action + beta * L_strength + logit_penalty * mean_i,k z_ik^2
 
         L_action   = sum_i w[y_i] * CE(z_i, y_i) / sum_i w[y_i]     (w = 1 unless "weighted")
                    or mean_i (1 - p_i)^gamma * CE(z_i, y_i)           (class_balance = "focal",
@@ -91,6 +91,13 @@ class TrainingConfig:
     weight_decay: float = field(default=1e-5, metadata=_meta("optimizer weight decay"))
     alpha: float = field(default=1.0, metadata=_meta("weight of the action (cross-entropy) loss"))
     beta: float = field(default=1.0, metadata=_meta("weight of the strength (MSE) loss"))
+    logit_penalty: float = field(
+        default=0.0,
+        metadata=_meta(
+            "weight of the mean squared action logit added to the loss (0 = off; d3rlpy's "
+            "DiscreteBC uses 0.5)"
+        ),
+    )
     optimizer: str = field(default="adam", metadata=_meta("optimizer: adam or adamw"))
     class_balance: str = field(
         default="none",
@@ -266,6 +273,7 @@ _RULES: Final[dict[str, _Rule]] = {
     "weight_decay": _NONNEG_FLOAT,
     "alpha": _NONNEG_FLOAT,
     "beta": _NONNEG_FLOAT,
+    "logit_penalty": _NONNEG_FLOAT,
     "optimizer": _choice(OPTIMIZERS),
     "class_balance": _choice(BALANCE_MODES),
     "focal_gamma": _NONNEG_FLOAT,

@@ -3,15 +3,55 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from otonom_schema import STATE_DIM
 
-__all__ = ["PolicyNet"]
+__all__ = ["FastDropout", "PolicyNet"]
+
+# FastDropout draws 16 random bits per element: the drop probability is rounded to a multiple
+# of 1 / 2**16 (|error| <= 7.7e-6)
+_DROP_LEVELS = 1 << 16
+
+
+class FastDropout(nn.Dropout):
+    """``nn.Dropout`` with a cheaper mask on the CPU; the same module everywhere else.
+
+    In training mode on a CPU tensor, each element is kept when 16 random bits (a quarter of one
+    int64 draw of torch's default generator) are at or above ``round(p * 2**16)``, and kept
+    elements are scaled by ``1 / (1 - p')`` where ``p' = round(p * 2**16) / 2**16`` is the drop
+    probability actually used, so the layer stays unbiased (``E[out] = x``). ``torch.bernoulli``
+    (what ``nn.Dropout`` uses) spends one 32-bit draw and a float conversion per element: for this
+    net on a CPU core that was about a third of a training step (measured with
+    ``torch.profiler``); this mask costs a quarter of the draws and float-only arithmetic. In eval
+    mode, for ``p = 0`` and on other devices (CUDA's dropout is a fused kernel) it is exactly
+    ``nn.Dropout``. The randomness comes from the default torch generator, so ``torch.manual_seed``
+    makes it reproducible.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0 or input.device.type != "cpu" or self.inplace:
+            return F.dropout(input, self.p, self.training, self.inplace)
+        n = input.numel()
+        # a drawn int16 b is kept when b >= threshold; P(b < threshold) = level / 2**16
+        level = round(self.p * _DROP_LEVELS)
+        threshold = level - _DROP_LEVELS // 2
+        scale = _DROP_LEVELS / (_DROP_LEVELS - level)
+        bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=input.device)
+        bits.random_(-(2**63), None)  # the full 64-bit range: every 16-bit lane is uniform
+        lanes = bits.view(torch.int16)[:n].view(input.shape).to(input.dtype)
+        # (b - threshold + 1) * scale, clamped to [0, scale]: 0 for a dropped element (integer
+        # b <= threshold - 1), scale for a kept one (b >= threshold)
+        mask = lanes.sub_(threshold - 1).mul_(scale).clamp_(0.0, scale)
+        return input * mask
 
 
 class PolicyNet(nn.Module):
     """Input (34) -> ``num_layers`` x [Linear(hidden_dim), ReLU, Dropout] -> two heads.
+
+    The dropout layers are ``FastDropout`` (``nn.Dropout`` with a cheaper CPU mask; the same
+    state dict, the same eval-mode network and ONNX graph).
 
     ``forward(states)`` returns ``(action_logits, strength)``: logits of shape (N, 3) over
     HOLD=0, BUY=1, SELL=2 (softmax gives the action probabilities; the loss takes the logits)
@@ -37,7 +77,7 @@ class PolicyNet(nn.Module):
         layers: list[nn.Module] = []
         width = state_dim
         for _ in range(num_layers):
-            layers += [nn.Linear(width, hidden_dim), nn.ReLU(), nn.Dropout(dropout)]
+            layers += [nn.Linear(width, hidden_dim), nn.ReLU(), FastDropout(dropout)]
             width = hidden_dim
         self.state_dim = state_dim
         self.hidden_dim = hidden_dim

@@ -3,7 +3,9 @@
 The maths (per batch; ``z_i`` logits, ``s_i`` predicted strength, ``y_i`` action, ``t_i`` target
 strength, ``p_i = softmax(z_i)[y_i]``, ``CE_i = -log p_i``)::
 
-    L = alpha * L_action + beta * L_strength
+    L = alpha * L_action + beta * L_strength + logit_penalty * L_logit
+
+    L_logit = mean_i mean_k z_ik^2   (d3rlpy DiscreteBC's regulariser; logit_penalty 0 = off)
 
     class_balance "none" / "oversample":  L_action = mean_i CE_i
     class_balance "weighted":             L_action = sum_i w[y_i] CE_i / sum_i w[y_i]
@@ -22,16 +24,32 @@ Why the strength loss ignores HOLD rows: a HOLD row's strength is 0 by construct
 that most states want no exposure and drag every BUY/SELL strength towards 0; so the strength
 head learns from BUY/SELL rows only (at inference a HOLD's strength is unused).
 
-The data pipeline keeps the whole dataset on the training device as tensors and walks it by index
-(a permutation per epoch): no ``DataLoader``, no host-device copies per batch. Per-batch loss
-terms and gradient norms stay on the device and are checked once per epoch, so a GPU run does
-not synchronise on every batch. All randomness (split, initialisation, batch order, dropout)
-comes from ``cfg.seed``; the global torch RNG is forked inside ``train()`` so the caller's RNG
-state is left as it was.
+The data pipeline keeps the whole dataset on the training device as tensors (on a GPU as on the
+CPU: one code path): each epoch gathers the train split once in the epoch's order (a permutation,
+or the oversampled draw) and the batches are contiguous slices of it, so there is no
+``DataLoader``, no per-batch gather and no host-device copy per batch. Per-batch loss terms and
+gradient norms stay on the device and are checked once per epoch, so a GPU run does not
+synchronise on every batch.
+
+The training step is lean because this net is small (about 22k parameters): on a CPU core a step
+is a few hundred microseconds of maths, so the per-operation overhead decides the speed
+(``bench/train.py``, docs/benchmarks.md "Training throughput"). Hence: the batch loss is
+``BehaviorCloningLoss.batch_terms`` (one cross-entropy call; the strength term's per-row
+weights ``[y_i != HOLD] / #trade rows of the batch`` are computed once per epoch); the
+parameters live in one flat buffer, so zeroing, the gradient norm, clipping and the optimizer
+(``FlatAdam``, torch's Adam / AdamW maths) are each one or a few tensor operations; dropout is
+``model.FastDropout``; and on the CPU a small net (``batch_size * hidden_dim <=
+SINGLE_THREAD_MAX_WORK``) trains on one intra-op thread (the caller's setting is restored):
+splitting a 256 x 128 matmul between threads gains nothing, and on a busy machine a descheduled
+OpenMP worker stalls every operation.
+
+All randomness (split, initialisation, batch order, dropout) comes from ``cfg.seed``; the global
+torch RNG is forked inside ``train()`` so the caller's RNG state is left as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import itertools
@@ -40,7 +58,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -75,11 +93,14 @@ __all__ = [
     "ClassMetrics",
     "DataSplit",
     "EpochStats",
+    "FlatAdam",
     "FocalLoss",
     "LossTerms",
+    "PlateauLR",
     "TrainingError",
     "TrainingMetrics",
     "class_weights",
+    "clip_flat_grad_",
     "confusion_matrix",
     "epoch_indices",
     "load_checkpoint",
@@ -87,6 +108,8 @@ __all__ = [
     "per_class_metrics",
     "resolve_device",
     "split_rows",
+    "strength_weights",
+    "train_eval_rows",
 ]
 
 ACTION_NAMES: Final = tuple(a.name for a in Action)  # ("HOLD", "BUY", "SELL")
@@ -100,6 +123,10 @@ RULE: Final = "=" * 60
 PROGRESS_MIN_ROWS: Final = 20_000
 # rows per forward pass when evaluating a whole split (no gradients, so larger than a batch)
 EVAL_CHUNK: Final = 8192
+# train_loss / train_acc are measured on at most this many train rows (a fixed random sample)
+TRAIN_EVAL_ROWS: Final = 20_000
+# on the CPU, train on one intra-op thread when batch_size * hidden_dim is at most this
+SINGLE_THREAD_MAX_WORK: Final = 256 * 256
 # the guide's signs of overfitting
 LOSS_GAP: Final = 0.2
 ACC_GAP: Final = 0.10
@@ -224,9 +251,10 @@ class BehaviorCloningLoss(nn.Module):
 
     ``class_weights`` (shape (3,)) makes the action term the weighted mean cross-entropy;
     ``focal_gamma`` makes it the focal loss; at most one of them may be given.
-    ``sums(...)`` returns the four sums the loss is made of, ``[sum w CE, sum w,
-    sum_{trade rows} (s - t)^2, #trade rows]``, so a whole split can be evaluated in chunks and
-    ``combine``d into the exact split loss.
+    ``logit_penalty`` adds ``logit_penalty * mean(z^2)`` to the total (not to the action term).
+    ``sums(...)`` returns the six sums the loss is made of, ``[sum w CE, sum w,
+    sum_{trade rows} (s - t)^2, #trade rows, sum_i mean_k z_ik^2, #rows]``, so a whole split can
+    be evaluated in chunks and ``combine``d into the exact split loss.
     """
 
     class_weights: torch.Tensor | None
@@ -238,12 +266,14 @@ class BehaviorCloningLoss(nn.Module):
         *,
         class_weights: torch.Tensor | None = None,
         focal_gamma: float | None = None,
+        logit_penalty: float = 0.0,
     ) -> None:
         super().__init__()
         if class_weights is not None and focal_gamma is not None:
             raise ValueError("give class_weights or focal_gamma, not both")
         self.alpha = float(alpha)
         self.beta = float(beta)
+        self.logit_penalty = float(logit_penalty)
         self.register_buffer(
             "class_weights",
             None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32),
@@ -257,7 +287,8 @@ class BehaviorCloningLoss(nn.Module):
         actions: torch.Tensor,
         strengths: torch.Tensor,
     ) -> torch.Tensor:
-        """``[action numerator, action denominator, strength numerator, strength count]``."""
+        """``[action numerator, action denominator, strength numerator, strength count,
+        sum of the per-row mean squared logits, row count]``."""
         if self.focal is not None:
             per_row = self.focal(logits, actions)
             weights = torch.ones_like(per_row)
@@ -276,14 +307,49 @@ class BehaviorCloningLoss(nn.Module):
                 weights.sum(),
                 sq_err.sum(),
                 trade.sum().to(per_row.dtype),
+                (logits * logits).mean(dim=-1).sum().to(per_row.dtype),
+                torch.tensor(float(actions.numel()), dtype=per_row.dtype, device=per_row.device),
             ]
         )
+
+    def batch_terms(
+        self,
+        logits: torch.Tensor,
+        strength_pred: torch.Tensor,
+        actions: torch.Tensor,
+        strengths: torch.Tensor,
+        strength_weights: torch.Tensor,
+    ) -> LossTerms:
+        """The loss of one training batch with fewer tensor operations than ``forward``.
+
+        ``strength_weights[i]`` must be ``[y_i != HOLD] / max(1, #{j: y_j != HOLD})`` over the
+        batch (``strength_weights(actions)``; the trainer computes them for a whole epoch at
+        once); then the terms equal ``forward``'s up to float rounding. The action term is one
+        ``F.cross_entropy`` call (with ``weight=`` for class weights), the focal term
+        ``FocalLoss``. The batch must hold at least one row of positive class weight (a train
+        batch always does: a class with weight 0 has no train row).
+        """
+        if self.focal is not None:
+            action = self.focal(logits, actions).mean()
+        else:
+            action = F.cross_entropy(logits, actions, weight=self.class_weights)
+        err = strength_pred.reshape(-1) - strengths
+        strength = torch.dot(err * strength_weights, err)
+        a = action if self.alpha == 1.0 else action * self.alpha
+        b = strength if self.beta == 1.0 else strength * self.beta
+        total = a + b
+        if self.logit_penalty:
+            total = total + (logits * logits).mean() * self.logit_penalty
+        return LossTerms(total, action, strength)
 
     def combine(self, sums: torch.Tensor) -> LossTerms:
         """Turn ``sums`` (possibly added over chunks) into the loss terms; 0/0 terms are 0."""
         action = sums[0] / sums[1].clamp_min(1e-12)
         strength = sums[2] / sums[3].clamp_min(1.0)
-        return LossTerms(self.alpha * action + self.beta * strength, action, strength)
+        total = self.alpha * action + self.beta * strength
+        if self.logit_penalty:
+            total = total + self.logit_penalty * sums[4] / sums[5].clamp_min(1.0)
+        return LossTerms(total, action, strength)
 
     def forward(
         self,
@@ -293,6 +359,163 @@ class BehaviorCloningLoss(nn.Module):
         strengths: torch.Tensor,
     ) -> LossTerms:
         return self.combine(self.sums(logits, strength_pred, actions, strengths))
+
+
+def strength_weights(actions: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Per-row weights of the strength term for rows taken in ``batch_size`` slices in order:
+    ``[y_i != HOLD] / max(1, #trade rows in row i's batch)`` (float32, on ``actions``' device)."""
+    n = int(actions.numel())
+    trade = (actions != int(Action.HOLD)).to(torch.float32)
+    n_batches = max(1, math.ceil(n / batch_size))
+    padded = F.pad(trade, (0, n_batches * batch_size - n))
+    per_batch = padded.view(n_batches, batch_size).sum(dim=1).clamp_min_(1.0)
+    return trade / per_batch.repeat_interleave(batch_size)[:n]
+
+
+# -- optimizer -----------------------------------------------------------------------------
+
+
+class FlatAdam:
+    """torch's Adam (``decoupled=False``; L2 ``weight_decay`` added to the gradient) or AdamW
+    (``decoupled=True``; the weights shrink by ``lr * weight_decay``) for one flat parameter.
+
+    The maths are torch's single-tensor implementation (``amsgrad=False``, no ``maximize``)::
+
+        t += 1;  g = grad (+ weight_decay * p for Adam);  p *= 1 - lr * weight_decay (AdamW)
+        m = lerp(m, g, 1 - beta1);  v = beta2 * v + (1 - beta2) * g^2
+        p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+
+    on one buffer, so a step is seven tensor operations (torch's ``Optimizer.step`` machinery,
+    even fused, cost several times the update itself for this small net). It is not a
+    ``torch.optim.Optimizer``: constructing one imports ``torch._dynamo`` (over 2 s, a third of
+    a 3-epoch run on 180k rows). ``param_groups[0]["lr"]`` is read on every step
+    (``PlateauLR`` lowers it).
+    """
+
+    def __init__(
+        self,
+        param: torch.Tensor,
+        *,
+        lr: float,
+        weight_decay: float = 0.0,
+        decoupled: bool = False,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
+        if lr <= 0 or weight_decay < 0 or eps <= 0 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(
+                f"FlatAdam(lr={lr}, weight_decay={weight_decay}, betas={betas}, eps={eps}): "
+                "expected lr > 0, weight_decay >= 0, betas in [0, 1), eps > 0"
+            )
+        self.param_groups: list[dict[str, Any]] = [
+            {"params": [param], "lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
+        ]
+        self.decoupled = decoupled
+        self.param = param
+        self.steps = 0
+        self.exp_avg = torch.zeros_like(param, memory_format=torch.preserve_format)
+        self.exp_avg_sq = torch.zeros_like(param, memory_format=torch.preserve_format)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One update from ``param.grad`` (no-op when it is None)."""
+        p, group = self.param, self.param_groups[0]
+        grad = p.grad
+        if grad is None:
+            return
+        self.steps += 1
+        t = self.steps
+        lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+        beta1, beta2 = group["betas"]
+        if wd != 0.0:
+            if self.decoupled:
+                p.mul_(1.0 - lr * wd)
+            else:
+                grad = grad.add(p, alpha=wd)
+        m, v = self.exp_avg, self.exp_avg_sq
+        m.lerp_(grad, 1.0 - beta1)
+        v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        denom = v.sqrt().div_(math.sqrt(1.0 - beta2**t)).add_(eps)
+        p.addcdiv_(m, denom, value=-lr / (1.0 - beta1**t))
+
+
+class PlateauLR:
+    """``torch.optim.lr_scheduler.ReduceLROnPlateau`` with its defaults (mode "min", relative
+    threshold 1e-4, no cooldown, min_lr 0, eps 1e-8) for ``FlatAdam``: after more than
+    ``patience`` epochs in a row without ``loss < best * (1 - 1e-4)``, ``lr *= factor``."""
+
+    THRESHOLD: Final = 1e-4
+    EPS: Final = 1e-8
+
+    def __init__(self, optimizer: FlatAdam, *, factor: float, patience: int) -> None:
+        self.optimizer = optimizer
+        self.factor = factor
+        self.patience = patience
+        self.best = math.inf
+        self.bad_epochs = 0
+
+    def step(self, loss: float) -> None:
+        if loss < self.best * (1.0 - self.THRESHOLD):
+            self.best = loss
+            self.bad_epochs = 0
+        else:
+            self.bad_epochs += 1
+        if self.bad_epochs > self.patience:
+            group = self.optimizer.param_groups[0]
+            new = group["lr"] * self.factor
+            if group["lr"] - new > self.EPS:
+                group["lr"] = new
+            self.bad_epochs = 0
+
+
+def clip_flat_grad_(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """The L2 norm of ``grad`` (0-d, before clipping); when ``max_norm > 0``, scale ``grad`` in
+    place by ``min(1, max_norm / (norm + 1e-6))``: ``nn.utils.clip_grad_norm_``'s rule for the
+    gradient of all parameters at once (here one flat buffer)."""
+    norm = torch.linalg.vector_norm(grad)
+    if max_norm > 0:
+        grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+    return norm  # type: ignore[no-any-return]
+
+
+def _flatten_parameters(model: nn.Module) -> tuple[nn.Parameter, list[nn.Parameter]]:
+    """Move the model's parameters into one flat buffer (each parameter becomes a view of it) and
+    give them gradient views of one flat gradient buffer; returns the flat parameter (whose
+    ``.grad`` is that buffer) and the model's parameters. Backward then accumulates into the
+    flat gradient, so zeroing it, its norm and clipping are one operation each."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
+    flat.grad = torch.zeros_like(flat)
+    offset = 0
+    with torch.no_grad():
+        for p in params:
+            n = p.numel()
+            p.data = flat.detach()[offset : offset + n].view_as(p)
+            p.grad = flat.grad[offset : offset + n].view_as(p)
+            offset += n
+    return flat, params
+
+
+def _unflatten_parameters(params: Sequence[nn.Parameter]) -> None:
+    """Give each parameter its own storage again and drop the gradient views."""
+    with torch.no_grad():
+        for p in params:
+            p.data = p.detach().clone()
+            p.grad = None
+
+
+@contextlib.contextmanager
+def _intra_op_threads(device: torch.device, cfg: TrainingConfig) -> Iterator[None]:
+    """One intra-op thread for a small net on the CPU (see the module docstring); restored."""
+    if device.type != "cpu" or cfg.batch_size * cfg.hidden_dim > SINGLE_THREAD_MAX_WORK:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # -- splits --------------------------------------------------------------------------------
@@ -389,7 +612,13 @@ def per_class_metrics(cm: npt.ArrayLike) -> dict[str, ClassMetrics]:
 @dataclass(frozen=True)
 class EpochStats:
     """One epoch. Losses and accuracies are measured after the epoch's updates, in eval mode
-    (no dropout), on the whole split with the training loss: train and val compare like with like.
+    (no dropout), with the training loss: train and val compare like with like. ``val_*`` are on
+    the whole validation split; ``train_loss`` / ``train_acc`` on the whole train split when it
+    has at most ``TRAIN_EVAL_ROWS`` (20,000) rows, else on a fixed random sample of that many
+    train rows (the same rows every epoch, drawn from ``cfg.seed``; the standard error of an
+    accuracy near 0.95 is then 0.0015). Evaluating all train rows each epoch cost as much as a
+    quarter of the epoch's training on 180k rows, for a figure that only the overfitting checks
+    read.
     ``lr`` is the rate the epoch trained with; ``grad_norm`` / ``grad_norm_max`` are the mean and
     maximum over the epoch's batches of the gradient's total L2 norm before clipping.
     """
@@ -594,7 +823,7 @@ class BehaviorCloningTrainer:
         print("Action distribution: " + ", ".join(f"{a.name}={counts[a]}" for a in Action))
         print(f"Train size: {split.train.size}, Val size: {split.val.size}")
         fork = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=fork):
+        with torch.random.fork_rng(devices=fork), _intra_op_threads(device, cfg):
             torch.manual_seed(cfg.seed)
             return self._fit(device, start)
 
@@ -603,6 +832,7 @@ class BehaviorCloningTrainer:
         ds, split = self.dataset, self.split
         train = _to_device(ds, split.train, device)
         val = _to_device(ds, split.val, device)
+        train_eval = _to_device(ds, train_eval_rows(split.train, cfg.seed), device)
         notes: list[str] = []
 
         model = PolicyNet(STATE_DIM, cfg.hidden_dim, cfg.num_layers, cfg.dropout).to(device)
@@ -613,19 +843,12 @@ class BehaviorCloningTrainer:
         self.loss_fn = loss_fn = self._make_loss(train_counts, notes).to(device)
         print(RULE)
         print()
-        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        # fused: one kernel per step for all parameters (measured: ~15 % more samples/s on CPU
-        # for this small net; bench/train.py); same maths as the default implementation.
-        optimizer = opt_cls(
-            model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
+        flat, params = _flatten_parameters(model)
+        optimizer = FlatAdam(
+            flat, lr=cfg.lr, weight_decay=cfg.weight_decay, decoupled=cfg.optimizer == "adamw"
         )
         scheduler = (
-            torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer,
-                mode="min",
-                factor=cfg.lr_plateau_factor,
-                patience=cfg.lr_plateau_patience,
-            )
+            PlateauLR(optimizer, factor=cfg.lr_plateau_factor, patience=cfg.lr_plateau_patience)
             if cfg.lr_plateau_patience > 0
             else None
         )
@@ -643,8 +866,10 @@ class BehaviorCloningTrainer:
             for epoch in range(1, cfg.max_epochs + 1):
                 lr = float(optimizer.param_groups[0]["lr"])
                 order = epoch_indices(train_actions_cpu, cfg.class_balance, generator)
-                norms = self._run_epoch(model, optimizer, loss_fn, train, order.to(device), epoch)
-                ev_train = _evaluate(model, loss_fn, train)
+                norms = self._run_epoch(
+                    model, flat, optimizer, loss_fn, train, order.to(device), epoch
+                )
+                ev_train = _evaluate(model, loss_fn, train_eval)
                 ev_val = _evaluate(model, loss_fn, val)
                 for which, ev in (("train", ev_train), ("validation", ev_val)):
                     if not math.isfinite(ev.loss):
@@ -700,6 +925,7 @@ class BehaviorCloningTrainer:
         finally:
             if writer is not None:
                 writer.close()
+            _unflatten_parameters(params)
 
         model.load_state_dict(best_state)
         model.eval()
@@ -759,18 +985,23 @@ class BehaviorCloningTrainer:
             print(
                 "Class balance: weighted loss (" + ", ".join(f"{n}={w:.3f}" for n, w in shown) + ")"
             )
-            return BehaviorCloningLoss(cfg.alpha, cfg.beta, class_weights=weights)
+            return BehaviorCloningLoss(
+                cfg.alpha, cfg.beta, class_weights=weights, logit_penalty=cfg.logit_penalty
+            )
         if cfg.class_balance == "oversample":
             print("Class balance: oversample (rows drawn with probability ∝ 1/count(class))")
         if cfg.class_balance == "focal":
             print(f"Class balance: focal loss (gamma={cfg.focal_gamma:g})")
-            return BehaviorCloningLoss(cfg.alpha, cfg.beta, focal_gamma=cfg.focal_gamma)
-        return BehaviorCloningLoss(cfg.alpha, cfg.beta)
+            return BehaviorCloningLoss(
+                cfg.alpha, cfg.beta, focal_gamma=cfg.focal_gamma, logit_penalty=cfg.logit_penalty
+            )
+        return BehaviorCloningLoss(cfg.alpha, cfg.beta, logit_penalty=cfg.logit_penalty)
 
     def _run_epoch(
         self,
         model: PolicyNet,
-        optimizer: torch.optim.Optimizer,
+        flat: nn.Parameter,
+        optimizer: FlatAdam,
         loss_fn: BehaviorCloningLoss,
         data: _Tensors,
         order: torch.Tensor,
@@ -778,33 +1009,40 @@ class BehaviorCloningTrainer:
     ) -> npt.NDArray[np.float64]:
         """One pass of gradient steps; returns the per-batch gradient norms (before clipping).
 
+        The train split is gathered once in ``order`` (on its device); the batches are
+        contiguous slices. ``flat`` holds the model's parameters (``_flatten_parameters``).
         Loss terms and norms stay on the device until the end of the epoch, then a non-finite
         one raises ``TrainingError`` naming the first bad batch and term.
         """
         cfg = self.cfg
         model.train()
         n = int(order.numel())
-        n_batches = math.ceil(n / cfg.batch_size)
-        device = data.states.device
-        terms = torch.zeros(n_batches, 2, device=device)
-        norms = torch.zeros(n_batches, device=device)
-        params = [p for p in model.parameters() if p.requires_grad]
+        bs = cfg.batch_size
+        n_batches = math.ceil(n / bs)
+        states, actions = data.states[order], data.actions[order]
+        strengths = data.strengths[order]
+        s_weights = strength_weights(actions, bs)
+        grad = flat.grad
+        assert grad is not None
+        clip = cfg.grad_clip
+        action_terms: list[torch.Tensor] = []
+        strength_terms: list[torch.Tensor] = []
+        norm_list: list[torch.Tensor] = []
         bar = _progress(n_batches, epoch, cfg) if cfg.progress and n >= PROGRESS_MIN_ROWS else None
         try:
             for b in range(n_batches):
-                idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-                logits, strength = model(data.states[idx])
-                loss = loss_fn(logits, strength, data.actions[idx], data.strengths[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.total.backward()
-                if cfg.grad_clip > 0:
-                    norm = nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                else:
-                    norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+                sl = slice(b * bs, (b + 1) * bs)
+                logits, strength = model(states[sl])
+                loss = loss_fn.batch_terms(
+                    logits, strength, actions[sl], strengths[sl], s_weights[sl]
+                )
+                grad.zero_()
+                torch.autograd.backward(loss.total)
+                norm = clip_flat_grad_(grad, clip)
                 optimizer.step()
-                terms[b, 0] = loss.action.detach()
-                terms[b, 1] = loss.strength.detach()
-                norms[b] = norm.detach()
+                action_terms.append(loss.action.detach())
+                strength_terms.append(loss.strength.detach())
+                norm_list.append(norm)
                 if bar is not None:
                     bar.update(1)
                     if b % 50 == 0:
@@ -812,6 +1050,8 @@ class BehaviorCloningTrainer:
         finally:
             if bar is not None:
                 bar.close()
+        terms = torch.stack([torch.stack(action_terms), torch.stack(strength_terms)], dim=1)
+        norms = torch.stack(norm_list)
         host_terms = terms.cpu().numpy()
         host_norms = norms.cpu().numpy().astype(np.float64)
         for b in range(n_batches):
@@ -964,7 +1204,7 @@ def _to_device(ds: OfflineDataset, rows: npt.NDArray[np.int64], device: torch.de
 def _evaluate(model: PolicyNet, loss_fn: BehaviorCloningLoss, data: _Tensors) -> _Eval:
     """The exact loss and accuracy of a whole split (eval mode, in chunks)."""
     model.eval()
-    sums = torch.zeros(4, device=data.states.device, dtype=torch.float64)
+    sums = torch.zeros(6, device=data.states.device, dtype=torch.float64)
     preds = []
     for s in range(0, int(data.states.shape[0]), EVAL_CHUNK):
         sl = slice(s, s + EVAL_CHUNK)
@@ -976,6 +1216,15 @@ def _evaluate(model: PolicyNet, loss_fn: BehaviorCloningLoss, data: _Tensors) ->
     acc = (pred == data.actions).double().mean()
     host = torch.stack([terms.total, terms.action, terms.strength, acc]).cpu().tolist()
     return _Eval(host[0], host[1], host[2], host[3], pred.cpu())
+
+
+def train_eval_rows(train: npt.NDArray[np.int64], seed: int) -> npt.NDArray[np.int64]:
+    """The train rows ``train_loss`` / ``train_acc`` are measured on: all of them, or a fixed
+    random sample of ``TRAIN_EVAL_ROWS`` (sorted) when the split is larger."""
+    if train.size <= TRAIN_EVAL_ROWS:
+        return train
+    pick = np.random.default_rng(seed).choice(train.size, size=TRAIN_EVAL_ROWS, replace=False)
+    return train[np.sort(pick)]
 
 
 def _date_range(dates: npt.NDArray[np.datetime64]) -> list[str] | None:
