@@ -9,15 +9,24 @@ Data: ``--rows`` states from ``otonom_schema.compute_states`` over synthetic mar
 (``otonom_runtime.synth``), labelled by the baseline ensemble's vote on each state (the tech,
 news and risk analysts of ``strategies/baseline_v1.yaml``), so the task is the real one. The
 last 10 % of rows (by date) are held out. Both learners get the same network shape (34 -> 128
--> 128 -> 3, ReLU), batch 256, Adam, lr 1e-3, on the CPU.
+-> 128 -> 3, ReLU), batch 256, Adam, lr 1e-3, the same action objective (cross-entropy +
+0.5 x mean squared logit, DiscreteBC's default ``beta``; ours ``logit_penalty=0.5``), on the CPU.
+Both learners train on our trainer's split (time split: the latest 10 % of dates are held out)
+for ``--epochs`` x ``train_size // 256`` steps, and evaluate after every epoch.
 
-* ours: ``BehaviorCloningTrainer`` (action + strength heads, dropout 0.1), wall time of
-  ``train()`` for ``--epochs`` epochs, which includes its per-epoch evaluation of both splits;
-* peer: d3rlpy ``DiscreteBCConfig`` (action head only) ``fit`` for the same number of
-  gradient steps.
+* ours: ``BehaviorCloningTrainer`` (action + strength heads, dropout 0.1, gradient clipping),
+  ``train()``. Two times: "training" is ``metrics.elapsed_s`` (reading the dataset, the epochs,
+  the per-epoch evaluation of the validation split and of a 20,000-row train sample, the best
+  epoch's checkpoints, the final validation pass); "whole call" adds writing metadata, history
+  and the two PNG plots (about 1 s, mostly importing matplotlib).
+* peer: d3rlpy ``DiscreteBCConfig`` (action head only), wall time of ``fit`` with an
+  ``epoch_callback`` that predicts the same validation rows and train sample after every epoch;
+  run at the default torch thread count and at one thread (our trainer's choice for a net this
+  small on the CPU); the faster one is the reference.
 
-Samples/s = gradient-step rows / wall time. Target (issue #5): ours >= 2.5x d3rlpy with equal
-or better validation accuracy.
+``--repeats N`` runs every learner N times, interleaved, and keeps each one's fastest run (the
+machine may be shared). Samples/s = gradient-step rows / seconds. Target (issue #5): ours >= 2.5x
+d3rlpy with equal or better validation accuracy.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 import otonom_schema as s
 from otonom_runtime.backtest import engine_params
@@ -42,7 +52,7 @@ from otonom_runtime.ensemble import aggregate_signal_arrays
 from otonom_runtime.strategy import load_strategy
 from otonom_runtime.synth import generate_market
 from otonom_trainer.config import TrainingConfig
-from otonom_trainer.train import BehaviorCloningTrainer
+from otonom_trainer.train import BehaviorCloningTrainer, train_eval_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,6 +98,7 @@ def run_ours(path: Path, out: Path, epochs: int) -> dict[str, Any]:
         max_epochs=epochs,
         hidden_dim=128,
         num_layers=2,
+        logit_penalty=0.5,  # the peer's objective: DiscreteBC adds 0.5 * mean(logits^2)
         patience=0,
         device="cpu",
         progress=False,
@@ -101,15 +112,28 @@ def run_ours(path: Path, out: Path, epochs: int) -> dict[str, Any]:
     rows = metrics.train_size * metrics.epochs_run
     return {
         "samples": rows,
-        "seconds": elapsed,
-        "per_s": rows / elapsed,
+        "seconds": metrics.elapsed_s,
+        "per_s": rows / metrics.elapsed_s,
+        "seconds_whole_call": elapsed,
+        "per_s_whole_call": rows / elapsed,
         "val_acc": metrics.val_action_acc,
         "train_size": metrics.train_size,
         "val_size": metrics.val_size,
+        "threads": torch.get_num_threads(),
+        "split": trainer.split,
+        "train_eval_rows": train_eval_rows(trainer.split.train, cfg.seed),
     }
 
 
-def run_d3rlpy(ds: s.OfflineDataset, train_size: int, steps: int) -> dict[str, Any]:
+def run_d3rlpy(
+    ds: s.OfflineDataset,
+    ours: dict[str, Any],
+    epochs: int,
+    threads: int,
+) -> dict[str, Any]:
+    """d3rlpy's DiscreteBC on our train split, ``epochs`` x ``train_size // 256`` steps, with the
+    same per-epoch evaluation as ours (accuracy on our validation split and on our train-eval
+    sample, through ``predict``), timed around ``fit``; ``threads`` intra-op threads."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import d3rlpy
@@ -117,44 +141,72 @@ def run_d3rlpy(ds: s.OfflineDataset, train_size: int, steps: int) -> dict[str, A
         from d3rlpy.models.encoders import VectorEncoderFactory
 
     logging.getLogger("d3rlpy").setLevel(logging.ERROR)
-    x = ds.states[:train_size]
-    y = ds.actions[:train_size].reshape(-1, 1)
-    terminals = np.zeros(train_size, dtype=np.float32)
+    split = ours["split"]
+    train_rows, val_rows, eval_rows = split.train, split.val, ours["train_eval_rows"]
+    n = int(train_rows.size)
+    x = np.ascontiguousarray(ds.states[train_rows])
+    y = ds.actions[train_rows].reshape(-1, 1)
+    terminals = np.zeros(n, dtype=np.float32)
     terminals[-1] = 1.0
     data = MDPDataset(
         x,
         y,
-        np.zeros(train_size, dtype=np.float32),
+        np.zeros(n, dtype=np.float32),
         terminals,
         action_space=d3rlpy.constants.ActionSpace.DISCRETE,
         action_size=3,
     )
+    val_x, val_y = ds.states[val_rows], ds.actions[val_rows]
+    ev_x, ev_y = ds.states[eval_rows], ds.actions[eval_rows]
+    accs: list[tuple[float, float]] = []
+
+    def evaluate(algo: Any, epoch: int, total_step: int) -> None:
+        accs.append(
+            (
+                float((algo.predict(ev_x) == ev_y).mean()),
+                float((algo.predict(val_x) == val_y).mean()),
+            )
+        )
+
+    d3rlpy.seed(0)
+    steps_per_epoch = n // 256
+    steps = steps_per_epoch * epochs
     bc = d3rlpy.algos.DiscreteBCConfig(
         batch_size=256,
         learning_rate=1e-3,
         encoder_factory=VectorEncoderFactory(hidden_units=[128, 128]),
     ).create(device="cpu:0")
-    with warnings.catch_warnings(), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        t0 = time.perf_counter()
-        bc.fit(
-            data,
-            n_steps=steps,
-            n_steps_per_epoch=steps,
-            show_progress=False,
-            save_interval=10**9,
-            experiment_name="bench",
-            with_timestamp=False,
-            logger_adapter=d3rlpy.logging.NoopAdapterFactory(),  # no d3rlpy_logs/ folder
-        )
-        elapsed = time.perf_counter() - t0
-    pred = bc.predict(ds.states[train_size:])
-    val_acc = float((pred == ds.actions[train_size:]).mean())
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with (
+            warnings.catch_warnings(),
+            redirect_stdout(io.StringIO()),
+            redirect_stderr(io.StringIO()),
+        ):
+            warnings.simplefilter("ignore")
+            t0 = time.perf_counter()
+            bc.fit(
+                data,
+                n_steps=steps,
+                n_steps_per_epoch=steps_per_epoch,
+                show_progress=False,
+                save_interval=10**9,
+                experiment_name="bench",
+                with_timestamp=False,
+                logger_adapter=d3rlpy.logging.NoopAdapterFactory(),  # no d3rlpy_logs/ folder
+                epoch_callback=evaluate,
+            )
+            elapsed = time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(before)
     return {
         "samples": steps * 256,
         "seconds": elapsed,
         "per_s": steps * 256 / elapsed,
-        "val_acc": val_acc,
+        "val_acc": accs[-1][1],
+        "train_acc": accs[-1][0],
+        "threads": threads,
     }
 
 
@@ -162,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="run every learner this many times, keep the best"
+    )
     parser.add_argument("--out", type=Path, help="write the results as JSON")
     args = parser.parse_args(argv)
     try:
@@ -173,29 +228,58 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="otonom-bench-train-"))
     ds = make_dataset(args.rows, tmp / "bench.npz")
     counts = ds.action_counts()
-    ours = run_ours(tmp / "bench.npz", tmp / "model", args.epochs)
+    default_threads = torch.get_num_threads()
+    runs: dict[str, list[dict[str, Any]]] = {}
+    names = {
+        "ours": "ours (BC trainer)",
+        "peer": f"d3rlpy DiscreteBC, {default_threads} thr",
+        "peer1": "d3rlpy DiscreteBC, 1 thread",
+    }
+    ours: dict[str, Any] = {}
+    for _ in range(args.repeats):  # interleaved, so a busy spell hits every learner alike
+        ours = run_ours(tmp / "bench.npz", tmp / "model", args.epochs)
+        runs.setdefault("ours", []).append(ours)
+        runs.setdefault("peer", []).append(run_d3rlpy(ds, ours, args.epochs, default_threads))
+        if default_threads != 1:
+            runs.setdefault("peer1", []).append(run_d3rlpy(ds, ours, args.epochs, 1))
+    best = {k: max(v, key=lambda r: r["per_s"]) for k, v in runs.items()}
+    peer = max((best[k] for k in best if k != "ours"), key=lambda r: r["per_s"])
+    peer_acc = max(r["val_acc"] for k, v in runs.items() if k != "ours" for r in v)
     steps = ours["samples"] // 256
-    peer = run_d3rlpy(ds, ours["train_size"], steps)
-    results = {"ours (BehaviorCloningTrainer)": ours, "d3rlpy DiscreteBC (peer)": peer}
     print(
         f"{len(ds)} rows ({', '.join(f'{a.name} {n}' for a, n in counts.items())}), "
-        f"train {ours['train_size']} / val {ours['val_size']} (time split), "
-        f"{args.epochs} epochs = {steps} steps of 256, CPU"
+        f"train {ours['train_size']} / val {ours['val_size']} (time split, both learners), "
+        f"{args.epochs} epochs = {steps} steps of 256, CPU, best of {args.repeats}"
     )
     print(f"\n{'learner':<34}{'samples/s':>12}{'seconds':>10}{'val acc':>9}  vs peer")
-    for name, r in results.items():
+    rows = [(names["ours"] + ", training", best["ours"])]
+    whole = max(runs["ours"], key=lambda r: r["per_s_whole_call"])
+    rows.append(
+        (
+            "  same, whole train() call",
+            {**whole, "per_s": whole["per_s_whole_call"], "seconds": whole["seconds_whole_call"]},
+        )
+    )
+    rows += [(names[k], best[k]) for k in best if k != "ours"]
+    for name, r in rows:
         print(
             f"  {name:<32}{r['per_s']:>12,.0f}{r['seconds']:>10.1f}{r['val_acc']:>9.3f}"
             f"  {r['per_s'] / peer['per_s']:6.2f}"
         )
-    ratio = ours["per_s"] / peer["per_s"]
-    ok = ratio >= 2.5 and ours["val_acc"] >= peer["val_acc"]
+    ratio = best["ours"]["per_s"] / peer["per_s"]
+    ok = ratio >= 2.5 and best["ours"]["val_acc"] >= peer_acc
     print(
-        f"\ntarget: >= 2.5x d3rlpy with equal or better val accuracy: "
-        f"{'MET' if ok else 'MISSED'} ({ratio:.2f}x)"
+        f"\ntarget: >= 2.5x d3rlpy (its faster thread setting) with equal or better val accuracy:"
+        f" {'MET' if ok else 'MISSED'} ({ratio:.2f}x training, "
+        f"{whole['per_s_whole_call'] / peer['per_s']:.2f}x whole call; val acc "
+        f"{best['ours']['val_acc']:.4f} vs {peer_acc:.4f})"
     )
     if args.out:
-        args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        plain = {
+            names[k]: [{f: r[f] for f in r if f not in ("split", "train_eval_rows")} for r in v]
+            for k, v in runs.items()
+        }
+        args.out.write_text(json.dumps(plain, indent=2) + "\n", encoding="utf-8")
     return 0
 
 
