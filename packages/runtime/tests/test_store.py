@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import event, insert, select, text
+from sqlalchemy import insert, select, text
 from sqlalchemy.exc import IntegrityError, StatementError
 
 from otonom_runtime._errors import StateBuildError, StoreError, UnknownSymbolError
@@ -37,6 +37,7 @@ from otonom_runtime.store import (
     load_macro,
     load_news,
 )
+from otonom_runtime.synth import write_synthetic
 from otonom_schema import LOOKBACK, MarketHistory
 
 D0 = dt.date(2021, 1, 1)
@@ -342,23 +343,160 @@ def test_load_history_last_n_is_one_bounded_query(db_url: str, add_bars: Any) ->
     with get_session(db_url) as session:
         add_bars(session, "A", D0, 300)
     statements: list[str] = []
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
-
-    engine = get_engine(db_url)
     with get_session(db_url) as session:
-        session.connection()  # begin outside the count
-        event.listen(engine, "before_cursor_execute", record)
+        # counted at the driver: the reader goes through the DBAPI connection, not the engine
+        driver = session.connection().connection.dbapi_connection
+        assert driver is not None
+        driver.set_trace_callback(statements.append)  # type: ignore[attr-defined]
         try:
             history = load_history(session, "A", end=D0 + dt.timedelta(days=199), last_n=LOOKBACK)
         finally:
-            event.remove(engine, "before_cursor_execute", record)
+            driver.set_trace_callback(None)  # type: ignore[attr-defined]
     assert len(history) == LOOKBACK
     assert history.dates[-1] == np.datetime64(D0 + dt.timedelta(days=199))
     assert len(statements) == 1
     assert "LIMIT" in statements[0].upper()
     assert "DESC" in statements[0].upper()
+
+
+def _orm_history(session: Any, symbol: str, **filters: Any) -> tuple[np.ndarray, ...]:
+    """The bars as the ORM reads them (the readers' previous implementation)."""
+    stmt = (
+        select(Bar.date, Bar.open, Bar.high, Bar.low, Bar.close, Bar.volume)
+        .join(Symbol, Bar.symbol_id == Symbol.id)
+        .where(Symbol.name == symbol)
+    )
+    if filters.get("start") is not None:
+        stmt = stmt.where(Bar.date >= filters["start"])
+    if filters.get("end") is not None:
+        stmt = stmt.where(Bar.date <= filters["end"])
+    if filters.get("last_n") is not None:
+        rows = session.execute(stmt.order_by(Bar.date.desc()).limit(filters["last_n"])).all()
+        rows = rows[::-1]
+    else:
+        rows = session.execute(stmt.order_by(Bar.date)).all()
+    cols = list(zip(*rows, strict=True))
+    floats = [np.array(c, dtype=np.float64) for c in cols[1:]]
+    return (np.array(cols[0], dtype="datetime64[D]"), *floats)
+
+
+def _orm_series(session: Any, model: Any, symbol: str | None, **filters: Any) -> Any:
+    stmt = select(model.date, model.score).order_by(model.date)
+    if symbol is not None:
+        stmt = stmt.join(Symbol, model.symbol_id == Symbol.id).where(Symbol.name == symbol)
+    if filters.get("start") is not None:
+        stmt = stmt.where(model.date >= filters["start"])
+    if filters.get("end") is not None:
+        stmt = stmt.where(model.date <= filters["end"])
+    rows = session.execute(stmt).all()
+    if not rows:
+        return None
+    dates, scores = zip(*rows, strict=True)
+    return np.array(dates, dtype="datetime64[D]"), np.array(scores, dtype=np.float64)
+
+
+def _same_arrays(got: tuple[np.ndarray, ...], expected: tuple[np.ndarray, ...]) -> None:
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected, strict=True):
+        assert a.dtype == b.dtype
+        assert a.shape == b.shape
+        assert a.tobytes() == b.tobytes()  # bit for bit
+
+
+def test_readers_equal_an_orm_read(db_url: str) -> None:
+    """The readers go through the driver (``fetch_raw``) and convert whole columns; what they
+    return is bit for bit what the ORM reads, for every combination of filters."""
+    with get_session(db_url) as session:
+        write_synthetic(session, ["S1", "S2"], dt.date(2019, 1, 1), dt.date(2021, 6, 30), 5)
+    days = [None, dt.date(2019, 1, 1), dt.date(2020, 2, 29), dt.date(2021, 6, 30)]
+    with get_session(db_url) as session:
+        for symbol in ("S1", "S2"):
+            for start in days:
+                for end in days:
+                    if start and end and start > end:
+                        continue
+                    for last_n in (None, 1, LOOKBACK, 10_000):
+                        try:
+                            h = load_history(session, symbol, start=start, end=end, last_n=last_n)
+                        except StateBuildError:
+                            assert end == days[1] or start == end
+                            continue
+                        expected = _orm_history(
+                            session, symbol, start=start, end=end, last_n=last_n
+                        )
+                        _same_arrays((h.dates, h.open, h.high, h.low, h.close, h.volume), expected)
+                    news = load_news(session, symbol, start=start, end=end)
+                    want = _orm_series(session, NewsSentiment, symbol, start=start, end=end)
+                    if want is None:
+                        assert news is None
+                    else:
+                        assert news is not None
+                        _same_arrays((news.dates, news.scores), want)
+        for start in days:
+            for end in days:
+                macro = load_macro(session, start=start, end=end)
+                want = _orm_series(session, MacroSentiment, None, start=start, end=end)
+                if want is None:
+                    assert macro is None
+                else:
+                    assert macro is not None
+                    _same_arrays((macro.dates, macro.scores), want)
+
+
+def test_readers_see_pending_objects_like_an_orm_read(db_url: str, add_bars: Any) -> None:
+    """Objects added to the session but not flushed are flushed before a read (autoflush), as
+    they were when the readers went through ``session.execute``."""
+    with get_session(db_url) as session:
+        days = add_bars(session, "A", D0, 3)
+        symbol_id = get_symbol(session, "A").id
+    with get_session(db_url) as session:
+        later = days[-1] + dt.timedelta(days=1)
+        session.add(
+            Bar(symbol_id=symbol_id, date=later, open=1.0, high=2.0, low=0.5, close=1.5, volume=9.0)
+        )
+        session.add(NewsSentiment(symbol_id=symbol_id, date=later, score=0.25))
+        session.add(MacroSentiment(date=later, score=-0.5))
+        assert load_history(session, "A").dates[-1] == np.datetime64(later)
+        news = load_news(session, "A")
+        assert news is not None
+        assert news.scores.tolist() == [0.25]
+        macro = load_macro(session)
+        assert macro is not None
+        assert macro.scores.tolist() == [-0.5]
+        session.rollback()
+    with get_session(db_url) as session, session.no_autoflush:
+        session.add(
+            Bar(symbol_id=symbol_id, date=D0, open=1.0, high=2.0, low=0.5, close=1.5, volume=9.0)
+        )  # a duplicate date: flushing it would fail
+        assert len(load_history(session, "A")) == 3  # autoflush off: nothing flushed
+        session.expunge_all()
+
+
+def test_dates_stored_as_odd_text_read_as_the_orm_reads_them(db_url: str, add_bars: Any) -> None:
+    """SQLite keeps dates as text. Text that is not canonical ``YYYY-MM-DD`` (written by hand)
+    is read by SQLAlchemy's own SQLite date parser, as an ORM read would: parsed the same way,
+    or refused the same way (numpy alone would accept ``2021-01-05 00:00:00``)."""
+    with get_session(db_url) as session:
+        add_bars(session, "A", D0, 1)
+        session.execute(text("UPDATE bars SET date = '2021-W01-2'"))
+        session.execute(
+            text(
+                "INSERT INTO macro_sentiment (date, score) "
+                "VALUES ('2021-01-06', 0.5), ('2021-W01-4', 0.25)"
+            )
+        )
+    with get_session(db_url) as session:
+        assert session.execute(select(Bar.date)).scalar_one() == dt.date(2021, 1, 5)
+        assert load_history(session, "A").dates.tolist() == [dt.date(2021, 1, 5)]
+        macro = load_macro(session)
+        assert macro is not None
+        assert macro.dates.tolist() == [dt.date(2021, 1, 6), dt.date(2021, 1, 7)]
+        session.execute(text("UPDATE bars SET date = '2021-01-05 00:00:00'"))
+        with pytest.raises(ValueError, match="Invalid isoformat"):
+            session.execute(select(Bar.date)).all()
+        with pytest.raises(ValueError, match="Invalid isoformat"):
+            load_history(session, "A")
+        session.rollback()
 
 
 def test_unknown_symbols_are_named_with_the_known_ones(db_url: str, add_bars: Any) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import gc
 import math
 import os
 import threading
@@ -51,11 +52,13 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    bindparam,
     create_engine,
     event,
     func,
     inspect,
     select,
+    text,
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
@@ -67,7 +70,7 @@ from sqlalchemy.orm import (
     sessionmaker,
     validates,
 )
-from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.sql.elements import BindParameter, TextClause
 
 from otonom_runtime._errors import StateBuildError, StoreError, UnknownSymbolError
 from otonom_schema import LOOKBACK, MarketHistory, SentimentSeries, compute_state
@@ -565,6 +568,94 @@ def _range_text(start: dt.date | None, end: dt.date | None) -> str:
     return f"{start.isoformat() if start else '-inf'} .. {end.isoformat() if end else '+inf'}"
 
 
+def _autoflush(session: Session) -> None:
+    """What ``session.execute`` does before an ORM read: flush pending objects (when the
+    session autoflushes), so the raw readers see them as the ORM readers always did."""
+    if session.autoflush and (session.new or session.dirty or session.deleted):
+        session.flush()
+
+
+@functools.cache
+def _history_stmt(start: bool, end: bool, last_n: bool) -> TextClause:
+    """``load_history``'s query for one combination of filters (one ``TextClause`` each, so
+    ``fetch_raw`` compiles it once per dialect). The (symbol_id, date) unique index serves it,
+    ``last_n`` included (walked backwards from ``end``)."""
+    where = ["s.name = :symbol"]
+    params: list[BindParameter[Any]] = [bindparam("symbol", type_=String)]
+    if start:
+        where.append("b.date >= :start")
+        params.append(bindparam("start", type_=Date))
+    if end:
+        where.append("b.date <= :end")
+        params.append(bindparam("end", type_=Date))
+    order = "b.date"
+    if last_n:
+        order = "b.date DESC LIMIT :last_n"
+        params.append(bindparam("last_n", type_=Integer))
+    return text(
+        "SELECT b.date, b.open, b.high, b.low, b.close, b.volume "
+        f"FROM {Bar.__tablename__} b JOIN {Symbol.__tablename__} s ON b.symbol_id = s.id "
+        f"WHERE {' AND '.join(where)} ORDER BY {order}"
+    ).bindparams(*params)
+
+
+@functools.cache
+def _news_stmt(start: bool, end: bool) -> TextClause:
+    """``load_news``'s query for one combination of filters."""
+    where = ["s.name = :symbol"]
+    params: list[BindParameter[Any]] = [bindparam("symbol", type_=String)]
+    if start:
+        where.append("n.date >= :start")
+        params.append(bindparam("start", type_=Date))
+    if end:
+        where.append("n.date <= :end")
+        params.append(bindparam("end", type_=Date))
+    return text(
+        "SELECT n.date, n.score "
+        f"FROM {NewsSentiment.__tablename__} n JOIN {Symbol.__tablename__} s "
+        f"ON n.symbol_id = s.id WHERE {' AND '.join(where)} ORDER BY n.date"
+    ).bindparams(*params)
+
+
+@functools.cache
+def _macro_stmt(start: bool, end: bool) -> TextClause:
+    """``load_macro``'s query for one combination of filters."""
+    where: list[str] = []
+    params: list[BindParameter[Any]] = []
+    if start:
+        where.append("m.date >= :start")
+        params.append(bindparam("start", type_=Date))
+    if end:
+        where.append("m.date <= :end")
+        params.append(bindparam("end", type_=Date))
+    return text(
+        f"SELECT m.date, m.score FROM {MacroSentiment.__tablename__} m "
+        f"{'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY m.date"
+    ).bindparams(*params)
+
+
+def _fetch_columns(
+    session: Session, stmt: TextClause, values: Mapping[str, Any]
+) -> list[tuple[Any, ...]]:
+    """The result columns of ``stmt`` (``fetch_raw``: the driver's rows, no SQLAlchemy result
+    layer), [] when there is no row. The cyclic garbage collector is paused while the rows are
+    made: thousands of row tuples, none in a reference cycle, would otherwise trigger its
+    passes over the whole heap."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        rows = fetch_raw(session, stmt, values)
+        return list(zip(*rows, strict=True))
+    finally:
+        if was_on:
+            gc.enable()
+
+
+def _floats(values: Sequence[Any]) -> npt.NDArray[np.float64]:
+    """A NOT NULL numeric result column as float64 (``np.fromiter``: no shape discovery)."""
+    return np.fromiter(values, dtype=np.float64, count=len(values))
+
+
 def load_history(
     session: Session,
     symbol: str,
@@ -578,24 +669,24 @@ def load_history(
     ``last_n``: only the newest ``last_n`` of those bars (one bounded query: ``ORDER BY date
     DESC LIMIT last_n``, reversed). Raises ``UnknownSymbolError`` for a symbol not in the store
     and ``StateBuildError`` when it has no bar in the range.
+
+    One query through the driver (``fetch_raw``, in the session's transaction; pending objects
+    are flushed first when the session autoflushes, as an ORM read would), the columns turned
+    into arrays whole.
     """
     if last_n is not None and last_n < 1:
         raise ValueError(f"last_n is {last_n}; expected an integer >= 1 or None")
-    stmt = (
-        select(Bar.date, Bar.open, Bar.high, Bar.low, Bar.close, Bar.volume)
-        .join(Symbol, Bar.symbol_id == Symbol.id)
-        .where(Symbol.name == symbol)
-    )
+    _autoflush(session)
+    values: dict[str, Any] = {"symbol": symbol}
     if start is not None:
-        stmt = stmt.where(Bar.date >= start)
+        values["start"] = start
     if end is not None:
-        stmt = stmt.where(Bar.date <= end)
+        values["end"] = end
     if last_n is not None:
-        stmt = stmt.order_by(Bar.date.desc()).limit(last_n)
-    else:
-        stmt = stmt.order_by(Bar.date)
-    rows: Sequence[Any] = session.execute(stmt).all()
-    if not rows:
+        values["last_n"] = last_n
+    stmt = _history_stmt(start is not None, end is not None, last_n is not None)
+    cols = _fetch_columns(session, stmt, values)
+    if not cols:
         _require_symbol(session, symbol)
         first, last = session.execute(
             select(func.min(Bar.date), func.max(Bar.date))
@@ -605,15 +696,14 @@ def load_history(
         held = f"it has bars {first} .. {last}" if first is not None else "it has no bars"
         raise StateBuildError(f"no bar of {symbol!r} dated {_range_text(start, end)}; {held}")
     if last_n is not None:
-        rows = rows[::-1]
-    cols = list(zip(*rows, strict=True))
+        cols = [c[::-1] for c in cols]  # newest first from the query: back to oldest first
     return MarketHistory(
-        dates=_day_array(cols[0]),
-        open=np.array(cols[1], dtype=np.float64),
-        high=np.array(cols[2], dtype=np.float64),
-        low=np.array(cols[3], dtype=np.float64),
-        close=np.array(cols[4], dtype=np.float64),
-        volume=np.array(cols[5], dtype=np.float64),
+        dates=_day_array(cols[0], session),
+        open=_floats(cols[1]),
+        high=_floats(cols[2]),
+        low=_floats(cols[3]),
+        close=_floats(cols[4]),
+        volume=_floats(cols[5]),
         symbol=symbol,
     )
 
@@ -621,18 +711,47 @@ def load_history(
 _EPOCH_ORDINAL: Final = dt.date(1970, 1, 1).toordinal()
 
 
-def _day_array(days: Sequence[dt.date]) -> npt.NDArray[np.datetime64]:
-    """``datetime.date`` values as datetime64[D] (via ordinals: ~30x faster than np.array)."""
+def _day_array(days: Sequence[Any], session: Session) -> npt.NDArray[np.datetime64]:
+    """A date result column as datetime64[D].
+
+    SQLite stores ``Date`` as ISO text (``YYYY-MM-DD``, what SQLAlchemy writes), which numpy
+    parses in C; the parse is kept only when every date prints back as exactly its text (numpy
+    also reads text that ``date.fromisoformat`` refuses or reads otherwise, e.g. ``20210105``).
+    Any other text goes through SQLAlchemy's own SQLite date parser, as an ORM read would (so
+    it parses, or raises, as before). Other drivers return ``datetime.date`` values: via
+    ordinals (~30x faster than ``np.array`` on dates).
+    """
+    if days and isinstance(days[0], str):
+        text_days = np.array(days)
+        try:
+            parsed: npt.NDArray[np.datetime64] = text_days.astype("datetime64[D]")
+        except ValueError:
+            pass
+        else:
+            if (np.datetime_as_string(parsed, unit="D") == text_days).all():
+                return parsed
+        dialect = session.connection().dialect
+        process = Date().dialect_impl(dialect).result_processor(dialect, None)
+        assert process is not None
+        days = [process(d) for d in days]
     ordinals = np.fromiter((d.toordinal() for d in days), dtype=np.int64, count=len(days))
     out: npt.NDArray[np.datetime64] = (ordinals - _EPOCH_ORDINAL).astype("datetime64[D]")
     return out
 
 
-def _series(rows: Sequence[Any]) -> SentimentSeries | None:
-    if not rows:
+def _series(cols: Sequence[Sequence[Any]], session: Session) -> SentimentSeries | None:
+    if not cols:
         return None
-    dates, scores = zip(*rows, strict=True)
-    return SentimentSeries(dates=_day_array(dates), scores=np.array(scores, dtype=np.float64))
+    return SentimentSeries(dates=_day_array(cols[0], session), scores=_floats(cols[1]))
+
+
+def _sentiment_values(start: dt.date | None, end: dt.date | None) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if start is not None:
+        values["start"] = start
+    if end is not None:
+        values["end"] = end
+    return values
 
 
 def load_news(
@@ -644,34 +763,28 @@ def load_news(
 ) -> SentimentSeries | None:
     """News sentiment of ``symbol`` dated in [``start``, ``end``], oldest first; None if none.
 
-    Raises ``UnknownSymbolError`` for a symbol not in the store.
+    Raises ``UnknownSymbolError`` for a symbol not in the store. One query through the driver,
+    as ``load_history``.
     """
-    stmt = (
-        select(NewsSentiment.date, NewsSentiment.score)
-        .join(Symbol, NewsSentiment.symbol_id == Symbol.id)
-        .where(Symbol.name == symbol)
-        .order_by(NewsSentiment.date)
-    )
-    if start is not None:
-        stmt = stmt.where(NewsSentiment.date >= start)
-    if end is not None:
-        stmt = stmt.where(NewsSentiment.date <= end)
-    rows = session.execute(stmt).all()
-    if not rows:
+    _autoflush(session)
+    values = {"symbol": symbol, **_sentiment_values(start, end)}
+    cols = _fetch_columns(session, _news_stmt(start is not None, end is not None), values)
+    if not cols:
         _require_symbol(session, symbol)
-    return _series(rows)
+    return _series(cols, session)
 
 
 def load_macro(
     session: Session, *, start: dt.date | None = None, end: dt.date | None = None
 ) -> SentimentSeries | None:
-    """Macro sentiment dated in [``start``, ``end``], oldest first; None if there is none."""
-    stmt = select(MacroSentiment.date, MacroSentiment.score).order_by(MacroSentiment.date)
-    if start is not None:
-        stmt = stmt.where(MacroSentiment.date >= start)
-    if end is not None:
-        stmt = stmt.where(MacroSentiment.date <= end)
-    return _series(session.execute(stmt).all())
+    """Macro sentiment dated in [``start``, ``end``], oldest first; None if there is none.
+
+    One query through the driver, as ``load_history``.
+    """
+    _autoflush(session)
+    values = _sentiment_values(start, end)
+    cols = _fetch_columns(session, _macro_stmt(start is not None, end is not None), values)
+    return _series(cols, session)
 
 
 def last_bar_date(session: Session, symbol: str) -> dt.date | None:
