@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -294,7 +295,17 @@ def test_rl_analyst_votes_as_the_fourth_member(store: str, tmp_path: Path) -> No
     assert all(r[4]["rl"] is None for r in _decisions(store, off.run_id))
 
 
-def test_a_broken_model_falls_back_and_says_so(store: str, tmp_path: Path) -> None:
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("otonom_runtime") and r.levelno >= logging.WARNING
+    ]
+
+
+def test_a_broken_model_falls_back_and_says_so(
+    store: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     model = tmp_path / "rl" / "policy_best.onnx"
     model.parent.mkdir()
     model.write_bytes(b"not an onnx model")
@@ -302,10 +313,76 @@ def test_a_broken_model_falls_back_and_says_so(store: str, tmp_path: Path) -> No
     cfg = parse_strategy({"ensemble": {"rl_policy": {"enabled": True, "model_path": str(model)}}})
     with get_session(store) as session:
         report = run_backtest(session, cfg, ["DEMO-BTC"], dt.date(2020, 1, 1), dt.date(2020, 1, 31))
+        caplog.clear()  # the first run's warning
+        with caplog.at_level(logging.WARNING, logger="otonom_runtime"):
+            both = run_backtest(
+                session, cfg, ["DEMO-BTC", "DEMO-ETH"], dt.date(2020, 1, 1), dt.date(2020, 1, 31)
+            )
     assert report.fallbacks == 31
     assert report.fallback_reason is not None
     assert "PolicyError" in report.fallback_reason
     assert "RL analyst fell back" in report.summary()
+    # one warning for the run, however many symbols (issue #4: "logs it once")
+    assert both.fallbacks == 62
+    assert both.fallback_reason == (
+        f"DEMO-BTC: {report.fallback_reason.split(': ', 1)[1]}; "
+        f"DEMO-ETH: {report.fallback_reason.split(': ', 1)[1]}"
+    )
+    warnings = _warnings(caplog)
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("RL analyst disabled for this run")
+    assert "not a valid ONNX model" in warnings[0]
+
+
+class _Hot:
+    """A policy that raises on states with rsi > 0.7 (a whole daily batch raises, then the rows
+    are retried one by one, so only those states fall back)."""
+
+    def __init__(self, policy: Any) -> None:
+        self.policy = policy
+
+    def predict(self, state: Any, return_probs: bool = False) -> Any:
+        x = state.to_array() if isinstance(state, s.RlState) else np.asarray(state)
+        if x[IDX("rsi")] > 0.7:
+            raise RuntimeError("too hot")
+        return self.policy.predict(state, return_probs=return_probs)
+
+    def predict_batch(self, states: np.ndarray) -> Any:
+        x = s.validate_states(states)
+        if (x[:, IDX("rsi")] > 0.7).any():
+            raise RuntimeError("too hot")
+        return self.policy.predict_batch(x)
+
+
+def test_a_model_failing_at_predict_time_is_logged_once_per_run(
+    store: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_policy_model(tmp_path / "policy_best.onnx")
+    hot = _Hot(load_rl_policy(tmp_path))
+    cfg = load_strategy(BASELINE)
+    with get_session(store) as session, caplog.at_level(logging.WARNING, logger="otonom_runtime"):
+        report = run_backtest(
+            session,
+            cfg,
+            ["DEMO-BTC", "DEMO-ETH"],
+            dt.date(2020, 1, 1),
+            dt.date(2021, 12, 31),
+            use_rl=True,
+            policy=hot,  # type: ignore[arg-type]
+        )
+    per_symbol = {name: m.fallbacks for name, m in report.per_symbol.items()}
+    assert all(n > 0 for n in per_symbol.values()), per_symbol
+    assert report.fallbacks == sum(per_symbol.values()) < report.bar_decisions
+    assert (
+        report.fallback_reason == "DEMO-BTC: RuntimeError: too hot; DEMO-ETH: RuntimeError: too hot"
+    )
+    warnings = _warnings(caplog)
+    assert len(warnings) == 1, warnings
+    assert warnings[0] == (
+        f"RL analyst failed on {report.fallbacks} of {report.bar_decisions} decisions "
+        "(DEMO-BTC, DEMO-ETH), the ensemble carried on without it there: "
+        f"{report.fallback_reason}"
+    )
 
 
 def test_a_run_on_postgresql(postgres_url: str) -> None:

@@ -763,8 +763,10 @@ def run_backtest(
             news = load_news(session, name, end=end)
             market = market_feature_matrix(history, news, macro)
             inputs.append(_Bars(name, history.dates, history.open, history.close, market, first))
+        # one analyst per symbol, quiet: a failure is logged once per run, here (a model that
+        # failed to load: already by _make_rl)
         rls = (
-            [RlAnalyst(first_rl.policy, reason=first_rl.last_error) for _ in symbols]
+            [RlAnalyst(first_rl.policy, reason=first_rl.last_error, quiet=True) for _ in symbols]
             if first_rl is not None
             else None
         )
@@ -774,6 +776,16 @@ def run_backtest(
             for name, rl in zip(symbols, rls or [], strict=False)
             if rl.last_error and rl.fallbacks
         ]
+        if first_rl is not None and first_rl.policy is not None and reasons:
+            failing = [name for name, rl in zip(symbols, rls or [], strict=False) if rl.fallbacks]
+            log.warning(
+                "RL analyst failed on %d of %d decisions (%s), the ensemble carried on without "
+                "it there: %s",
+                sum(rl.fallbacks for rl in rls or []),
+                sum(len(r.actions) for r in results),
+                ", ".join(failing),
+                "; ".join(reasons),
+            )
         _write_decisions(session, run_id, [symbol_ids[name] for name in symbols], results)
 
         dates, equity, exposure = _portfolio_curve(results, capital)

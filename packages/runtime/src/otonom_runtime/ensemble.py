@@ -261,15 +261,19 @@ class RlAnalyst:
 
     ``signal(state)`` returns the policy's action and strength with its top probability as the
     confidence, or ``None`` when the policy fails (an exception, NaN output, or no policy at
-    all): the ensemble then votes without it. The first failure is logged (once per analyst);
-    ``fallbacks`` counts them all and ``last_error`` keeps the newest message.
+    all): the ensemble then votes without it. The first failure is logged (once per analyst;
+    ``quiet=True``: never, for a caller that reports the failures itself, as the backtester
+    does once per run); ``fallbacks`` counts them all and ``last_error`` keeps the newest
+    message.
     """
 
-    def __init__(self, policy: RlPolicy | None, *, reason: str | None = None) -> None:
+    def __init__(
+        self, policy: RlPolicy | None, *, reason: str | None = None, quiet: bool = False
+    ) -> None:
         self.policy = policy
         self.fallbacks = 0
         self.last_error: str | None = None if policy is not None else (reason or "no policy")
-        self._logged = False
+        self._logged = quiet
 
     def _fail(self, message: str) -> None:
         self.fallbacks += 1
