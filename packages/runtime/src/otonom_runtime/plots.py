@@ -11,14 +11,16 @@ import numpy.typing as npt
 
 from otonom_runtime.metrics import drawdown_series
 
-__all__ = ["PlotUnavailableError", "plot_equity"]
+__all__ = ["PlotUnavailableError", "plot_equity", "pyplot"]
 
 
 class PlotUnavailableError(RuntimeError):
     """matplotlib is not installed."""
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (files only, never a window), or
+    ``PlotUnavailableError`` saying how to install matplotlib. Every PNG chart goes through it."""
     try:
         import matplotlib
 
@@ -43,7 +45,7 @@ def plot_equity(
     ``curves``: label -> (dates, equity). Several curves share the axes (e.g. with and without
     the RL analyst).
     """
-    plt = _pyplot()
+    plt = pyplot()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig, (top, bottom) = plt.subplots(

@@ -25,7 +25,6 @@ import numpy as np
 import numpy.typing as npt
 
 from otonom_runtime import load_rl_policy
-from otonom_runtime.plots import PlotUnavailableError
 from otonom_schema import Action, load_dataset
 
 __all__ = [
@@ -272,20 +271,6 @@ def evaluate(
     )
 
 
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only, never a window
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise PlotUnavailableError(
-            f"PNG charts need matplotlib ({exc}); install it with "
-            "pip install 'otonom-runtime[plot]'"
-        ) from None
-    return plt
-
-
 def plot_confusion_matrix(
     cm: npt.ArrayLike,
     path: str | os.PathLike[str],
@@ -309,7 +294,9 @@ def plot_confusion_matrix(
         raise ValueError("confusion matrix must hold non-negative integer counts")
     rows = m.sum(axis=1, keepdims=True)
     share = np.divide(m, rows, out=np.zeros(m.shape, dtype=np.float64), where=rows > 0)
-    plt = _pyplot()
+    from otonom_runtime.plots import pyplot
+
+    plt = pyplot()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(5, 4.5))

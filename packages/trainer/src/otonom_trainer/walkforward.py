@@ -592,26 +592,12 @@ def run_walk_forward(cfg: WalkForwardConfig) -> WalkForwardResult:
 # --- the plot ------------------------------------------------------------------------------------
 
 
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only, never a window
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        from otonom_runtime.plots import PlotUnavailableError
-
-        raise PlotUnavailableError(
-            f"PNG charts need matplotlib ({exc}); install it with "
-            "pip install 'otonom-runtime[plot]'"
-        ) from None
-    return plt
-
-
 def plot_walk_forward(result: WalkForwardResult, path: str | Path) -> Path:
     """Accuracy (and macro F1) per window on top, Sharpe without and with RL per window below,
     each with its mean as a dashed line; returns the path."""
-    plt = _pyplot()
+    from otonom_runtime.plots import pyplot
+
+    plt = pyplot()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     ws = result.windows
