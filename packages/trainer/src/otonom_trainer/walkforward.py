@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from otonom_runtime.cli import iso_date
+from otonom_trainer.pipeline import DEMO_SYMBOLS, WARMUP_DAYS
 
 __all__ = [
     "WalkForwardConfig",
@@ -56,9 +57,6 @@ __all__ = [
     "plot_walk_forward",
     "run_walk_forward",
 ]
-
-DEMO_SYMBOLS = ("DEMO-BTC", "DEMO-ETH", "DEMO-SOL")
-WARMUP_DAYS = 180  # history before the first decision, for the 140-bar features (as pipeline)
 
 
 class WalkForwardError(ValueError):
