@@ -345,6 +345,42 @@ def test_a_decision_date_without_a_bar_is_refused(store: Store) -> None:
         session.rollback()
 
 
+def test_a_symbol_without_any_bar_left_is_refused(store: Store) -> None:
+    """No bar at all up to the last decision (every bar of A deleted): the same error, naming
+    the first decision and saying that no bar is held."""
+    with get_session(store.url) as session:
+        first = decisions(session, store.full, A)[0].date
+        session.execute(
+            delete(Bar).where(
+                Bar.symbol_id == select(Symbol.id).where(Symbol.name == A).scalar_subquery()
+            )
+        )
+        with pytest.raises(
+            DatasetGenerationError,
+            match=rf"decision of run {store.full} for 'DEMO-AAA' on {first.isoformat()} has no "
+            r"bar of that date in the store \(no bar on or before 2022-06-30\); expected every "
+            "decision date to be a bar date",
+        ):
+            OfflineDatasetGenerator(session).generate_dataset(A, *WIDE)
+        session.rollback()
+
+
+def test_decisions_not_on_every_bar_still_get_their_bars_states(store: Store) -> None:
+    """Bars without a decision inside the range (decisions deleted here): each remaining row
+    is still the builder's state for its own date and portfolio."""
+    with get_session(store.url) as session:
+        rows = decisions(session, store.full, A)
+        gone = {rows[i].date for i in (1, 2, 50, 51, 52, 200, len(rows) - 2)}
+        session.execute(
+            delete(Decision).where(Decision.run_id == store.full, Decision.date.in_(gone))
+        )
+        kept = decisions(session, store.full, A)
+        ds = OfflineDatasetGenerator(session).generate_dataset(A, *WIDE)
+        assert len(ds) == len(kept) == len(rows) - len(gone)
+        assert_rows_are_the_builders(session, ds, A, kept, 6)
+        session.rollback()
+
+
 def test_a_stored_portfolio_outside_the_schema_is_refused(store: Store) -> None:
     with get_session(store.url) as session:
         session.execute(

@@ -9,7 +9,9 @@ How identity is guaranteed. The features at bar t depend on at most ``LOOKBACK``
 t. Both paths pad the bar arrays in front with ``LOOKBACK - 1`` copies of the first bar, and
 every windowed quantity is computed by gathering its window into a fresh C-contiguous array and
 reducing along the last axis, so each row sees the same floats in the same order whatever the
-length of the history. The single-date path runs the same code on the last ``LOOKBACK`` bars.
+length of the history (the DSI shares, counts of 0/1 flags, are exact in any order and are
+taken from integer running totals). The single-date path runs the same code on the last
+``LOOKBACK`` bars.
 
 Warm-up rule (one rule, both paths). A feature whose ``FeatureSpec.min_bars`` exceeds the bars
 available up to t takes its ``neutral`` value; DSI is multiplied by the coverage
@@ -410,8 +412,9 @@ def _windows(x: F64, first: int, stop: int, width: int) -> F64:
 
 def _window(x: F64, first: int, stop: int, width: int) -> F64:
     """Rows ``x[end - width + 1 .. end]`` (oldest first) for ``end = first .. stop - 1``, as a
-    fresh C-contiguous array (a copy of the strided view: same floats, same order)."""
-    out: F64 = np.ascontiguousarray(_windows(x, first, stop, width))
+    fresh C-contiguous array (a copy of the strided view: same floats, same order), always a
+    copy, so that callers may overwrite it."""
+    out: F64 = _windows(x, first, stop, width).copy(order="C")
     return out
 
 
@@ -434,16 +437,34 @@ def _ema(x: F64, first: int, stop: int, span: int, length: int) -> F64:
 
 
 def _mean_std(win: F64) -> tuple[F64, F64]:
-    """Mean and (population) standard deviation of each row of a C-contiguous window."""
+    """Mean and (population) standard deviation of each row of a C-contiguous window.
+
+    ``win`` is overwritten (with the squared deviations): callers pass a fresh copy."""
     n = win.shape[1]
     mean: F64 = win.sum(axis=1) / n
-    dev = win - mean[:, None]
-    std: F64 = np.sqrt((dev * dev).sum(axis=1) / n)
+    dev = np.subtract(win, mean[:, None], out=win)
+    std: F64 = np.sqrt(np.multiply(dev, dev, out=dev).sum(axis=1) / n)
     return mean, std
 
 
 def _std(win: F64) -> F64:
     return _mean_std(win)[1]
+
+
+def _window_share(flags: npt.NDArray[np.bool_], first: int, stop: int, width: int) -> F64:
+    """The share of True among ``flags[end - width + 1 .. end]`` for ``end = first .. stop - 1``.
+
+    Equal, bit for bit, to summing each window of the flags as 0.0/1.0 floats and dividing by
+    ``width``: every partial sum of such a window is a small whole number, exact in float64 in
+    any order, so the count is taken from integer running totals instead (no window copies).
+    """
+    if first - width + 1 < 0 or stop > flags.shape[0]:  # never: every caller pads enough
+        raise AssertionError(f"windows {first - width + 1}..{stop - 1} over {flags.shape}")
+    totals = np.zeros(flags.shape[0] + 1, dtype=np.int64)
+    np.cumsum(flags, out=totals[1:])
+    counts = totals[first + 1 : stop + 1] - totals[first + 1 - width : stop + 1 - width]
+    out: F64 = counts.astype(np.float64) / width
+    return out
 
 
 def _market_block(
@@ -480,7 +501,7 @@ def _market_block(
     # RSI (simple averages: the ratio of sums)
     win = _window(change, first_out, m, RSI_PERIOD)
     gains = np.maximum(win, 0.0).sum(axis=1)
-    losses = np.maximum(-win, 0.0).sum(axis=1)
+    losses = np.maximum(np.negative(win, out=win), 0.0, out=win).sum(axis=1)
     moves = gains + losses
     feats[:, _RSI] = np.where(moves > 0, gains / np.where(moves > 0, moves, 1.0), 0.5)
 
@@ -527,14 +548,14 @@ def _market_block(
     prev_real[1:] = real[:-1]
     interval = np.zeros(m, dtype=np.int64)
     interval[1:] = days[1:] - days[:-1]
-    gap = (real & prev_real & (interval > MAX_GAP_DAYS)).astype(np.float64)
-    zero_vol = (real & (volume <= 0)).astype(np.float64)
+    gap = real & prev_real & (interval > MAX_GAP_DAYS)
+    zero_vol = real & (volume <= 0)
     unchanged = np.zeros(m, dtype=bool)
     unchanged[1:] = close[1:] == close[:-1]
-    flat = (real & prev_real & unchanged & (high == low)).astype(np.float64)
-    gap_share = _window(gap, first_out, m, DSI_WINDOW).sum(axis=1) / DSI_WINDOW
-    zero_share = _window(zero_vol, first_out, m, DSI_WINDOW).sum(axis=1) / DSI_WINDOW
-    flat_share = _window(flat, first_out, m, DSI_WINDOW).sum(axis=1) / DSI_WINDOW
+    flat = real & prev_real & unchanged & (high == low)
+    gap_share = _window_share(gap, first_out, m, DSI_WINDOW)
+    zero_share = _window_share(zero_vol, first_out, m, DSI_WINDOW)
+    flat_share = _window_share(flat, first_out, m, DSI_WINDOW)
     stale = (as_of - days[out]).astype(np.float64)
     freshness = np.where(
         stale <= STALE_GRACE_DAYS, 1.0, 0.5 ** ((stale - STALE_GRACE_DAYS) / STALE_HALF_LIFE_DAYS)

@@ -18,12 +18,13 @@ Rules (each one tested):
   the decision was made with; ``days_since_last_trade`` NULL = never traded = ``inf``).
 * **Vectorised.** Per symbol: one query for the decisions, one for the bars from ``LOOKBACK -
   1`` bars before the first decision to the last decision (older bars are never read by any
-  row's state), one for the news from ``SENTIMENT_MAX_AGE_DAYS`` before that first bar (an older
-  score is stale for every row); one macro query for all symbols over the union of those
-  ranges. ``compute_states`` then computes the features of every bar read at once (the schema's
-  batch path, proven equal to the builder's one-date path) and the rows are picked by date.
-  Every decision date must be a bar date in the store (the backtest only decides on bar
-  dates): anything else means the bars were changed after the run, and is refused.
+  row's state), one for the news from ``SENTIMENT_MAX_AGE_DAYS`` days before the first decision
+  (an older score is stale for every row; the states of the bars before it are computed but are
+  no row); one macro query for all symbols over the union of those ranges. ``compute_states``
+  then computes the features of every bar read at once (the schema's batch path, proven equal
+  to the builder's one-date path) and the rows are picked by date. Every decision date must be
+  a bar date in the store (the backtest only decides on bar dates): anything else means the
+  bars were changed after the run, and is refused.
 * **Metadata.** ``source="backtest"``, ``run_ids`` (sorted), ``symbol_runs`` ({symbol: run
   id}, which also maps each row to its run), ``runs`` (id, strategy name and hash, the run's own
   range), ``strategy_names``/``strategy_hashes`` (sorted, distinct), ``symbols`` and the
@@ -34,6 +35,7 @@ This module does not import torch.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import gc
 import os
@@ -212,11 +214,12 @@ def _day_array(days: Sequence[Any]) -> npt.NDArray[np.datetime64]:
 @dataclass(frozen=True)
 class _Symbol:
     """What the store holds for one symbol's rows: its decisions and the bars and news their
-    states read (``pos``: each decision's bar in ``history``)."""
+    states read (``pos``: each decision's bar in ``history``, a slice when they are consecutive
+    bars, as when the run decided on every bar)."""
 
     history: MarketHistory
     news: SentimentSeries | None
-    pos: npt.NDArray[np.intp]
+    pos: slice | npt.NDArray[np.intp]
     portfolio: npt.NDArray[np.float64]
     actions: npt.NDArray[np.int64]
     strengths: npt.NDArray[np.float32]
@@ -328,27 +331,13 @@ class OfflineDatasetGenerator:
                 f"{run.start.isoformat()} .. {run.end.isoformat()}"
             )
         cols = list(zip(*rows, strict=True))
-        dates = _day_array(cols[0])
-        first, last = dates[0].item(), dates[-1].item()
-        history = self._history(name, first, last)
-
-        bar_days = history.dates.astype(np.int64) if history is not None else np.empty(0, np.int64)
-        want = dates.astype(np.int64)
-        pos = np.searchsorted(bar_days, want)
-        on_bar = (pos < bar_days.size) & (bar_days[np.minimum(pos, bar_days.size - 1)] == want)
-        if history is None or not on_bar.all():
-            i = int(np.argmin(on_bar))
-            count, oldest, newest = self._fetch(_BAR_SPAN, {"symbol": name, "end": last})[0]
-            held = (
-                f"{count} bars, {_as_date(oldest, 'bar date')} .. {_as_date(newest, 'bar date')}"
-                if count
-                else f"no bar on or before {last.isoformat()}"
-            )
-            raise DatasetGenerationError(
-                f"the decision of run {run.id} for {name!r} on {dates[i]} has no bar of that "
-                f"date in the store ({held}); expected every decision date to be a bar date "
-                "(were the bars replaced after the run? re-run the backtest)"
-            )
+        span = _day_array([cols[0][0], cols[0][-1]])
+        first, last = span[0].item(), span[-1].item()
+        history, bar_values = self._history(name, first, last)
+        picked = None if history is None else _decision_bars(history, bar_values, cols[0])
+        if history is None or picked is None:
+            raise self._no_bar(run, name, history, _day_array(cols[0]))
+        pos, dates = picked
         days = np.asarray(cols[6], dtype=np.float64)  # NULL (never traded) reads as NaN here
         days[np.isnan(days)] = np.inf
         try:
@@ -364,7 +353,7 @@ class OfflineDatasetGenerator:
             ) from None
         return _Symbol(
             history=history,
-            news=self._news(name, history.dates[0].item() - _SENTIMENT_AGE, last),
+            news=self._news(name, first - _SENTIMENT_AGE, last),
             pos=pos,
             portfolio=portfolio,
             actions=_column(cols[1], np.int64),
@@ -372,15 +361,36 @@ class OfflineDatasetGenerator:
             dates=dates,
         )
 
-    def _history(self, name: str, first: dt.date, end: dt.date) -> MarketHistory | None:
+    def _no_bar(
+        self, run: _Run, name: str, history: MarketHistory | None, dates: npt.NDArray[Any]
+    ) -> DatasetGenerationError:
+        """The error for the first of ``dates`` (a run's decisions) without a bar in
+        ``history``, saying what the store holds for ``name``."""
+        has_bar = np.isin(dates, history.dates) if history is not None else np.zeros(1, bool)
+        last = dates[-1].item()
+        count, oldest, newest = self._fetch(_BAR_SPAN, {"symbol": name, "end": last})[0]
+        held = (
+            f"{count} bars, {_as_date(oldest, 'bar date')} .. {_as_date(newest, 'bar date')}"
+            if count
+            else f"no bar on or before {last.isoformat()}"
+        )
+        return DatasetGenerationError(
+            f"the decision of run {run.id} for {name!r} on {dates[int(np.argmin(has_bar))]} "
+            f"has no bar of that date in the store ({held}); expected every decision date to "
+            "be a bar date (were the bars replaced after the run? re-run the backtest)"
+        )
+
+    def _history(
+        self, name: str, first: dt.date, end: dt.date
+    ) -> tuple[MarketHistory | None, Sequence[Any]]:
         """Bars of ``name`` dated <= ``end`` from ``LOOKBACK - 1`` bars before ``first`` on
-        (None if there are none); one query."""
+        (None if there are none), and their dates as the driver returned them; one query."""
         values = {"symbol": name, "first": first, "end": end, "back": LOOKBACK - 1}
         rows = self._fetch(_BARS, values)
         if not rows:
-            return None
+            return None, ()
         cols = list(zip(*rows, strict=True))
-        return MarketHistory(
+        history = MarketHistory(
             dates=_day_array(cols[0]),
             open=_column(cols[1], np.float64),
             high=_column(cols[2], np.float64),
@@ -389,6 +399,7 @@ class OfflineDatasetGenerator:
             volume=_column(cols[5], np.float64),
             symbol=name,
         )
+        return history, cols[0]
 
     def _news(self, name: str, start: dt.date, end: dt.date) -> SentimentSeries | None:
         """News sentiment of ``name`` dated ``start .. end`` (None if none); one query."""
@@ -430,7 +441,7 @@ class OfflineDatasetGenerator:
         with _collector_paused():
             reads = [self._read(name, chosen[name], start, end) for name in names]
             macro = self._macro(
-                min(r.history.dates[0].item() for r in reads) - _SENTIMENT_AGE,
+                min(r.dates[0].item() for r in reads) - _SENTIMENT_AGE,
                 max(r.dates[-1].item() for r in reads),
             )
         parts = [_rows(r, macro) for r in reads]
@@ -495,6 +506,30 @@ def _series(rows: Sequence[Any]) -> SentimentSeries | None:
         return None
     cols = list(zip(*rows, strict=True))
     return SentimentSeries(dates=_day_array(cols[0]), scores=_column(cols[1], np.float64))
+
+
+def _decision_bars(
+    history: MarketHistory, bar_values: Sequence[Any], decision_values: Sequence[Any]
+) -> tuple[slice | npt.NDArray[np.intp], npt.NDArray[np.datetime64]] | None:
+    """Each decision's bar in ``history`` and the decision dates: ``(pos, dates)``; None if a
+    decision date is not a bar date.
+
+    ``bar_values``/``decision_values``: the date columns as the driver returned them (ISO text
+    on SQLite, ``datetime.date`` elsewhere), both ascending. When the decisions are dated on
+    consecutive bars (the backtest decides on every bar) the two columns hold the same values
+    from the first decision's bar on: found by comparing them (``pos`` is then a slice), so the
+    dates are not parsed twice. Otherwise the dates are parsed and looked up.
+    """
+    n = len(decision_values)
+    i = bisect.bisect_left(bar_values, decision_values[0])
+    if tuple(bar_values[i : i + n]) == tuple(decision_values):
+        return slice(i, i + n), history.dates[i : i + n]
+    dates = _day_array(decision_values)
+    bar_days = history.dates.astype(np.int64)
+    want = dates.astype(np.int64)
+    pos = np.searchsorted(bar_days, want)
+    on_bar = (pos < bar_days.size) & (bar_days[np.minimum(pos, bar_days.size - 1)] == want)
+    return (pos, dates) if on_bar.all() else None
 
 
 def _rows(read: _Symbol, macro: SentimentSeries | None) -> _Rows:
