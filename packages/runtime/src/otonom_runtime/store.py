@@ -575,19 +575,31 @@ def _autoflush(session: Session) -> None:
         session.flush()
 
 
+def _date_filters(
+    alias: str, start: bool, end: bool, by_symbol: bool
+) -> tuple[list[str], list[BindParameter[Any]]]:
+    """WHERE terms and bind parameters for the readers: ``s.name = :symbol`` (joined symbols)
+    and ``<alias>.date`` within ``:start`` / ``:end`` when those filters are used."""
+    where: list[str] = []
+    params: list[BindParameter[Any]] = []
+    if by_symbol:
+        where.append("s.name = :symbol")
+        params.append(bindparam("symbol", type_=String))
+    if start:
+        where.append(f"{alias}.date >= :start")
+        params.append(bindparam("start", type_=Date))
+    if end:
+        where.append(f"{alias}.date <= :end")
+        params.append(bindparam("end", type_=Date))
+    return where, params
+
+
 @functools.cache
 def _history_stmt(start: bool, end: bool, last_n: bool) -> TextClause:
     """``load_history``'s query for one combination of filters (one ``TextClause`` each, so
     ``fetch_raw`` compiles it once per dialect). The (symbol_id, date) unique index serves it,
     ``last_n`` included (walked backwards from ``end``)."""
-    where = ["s.name = :symbol"]
-    params: list[BindParameter[Any]] = [bindparam("symbol", type_=String)]
-    if start:
-        where.append("b.date >= :start")
-        params.append(bindparam("start", type_=Date))
-    if end:
-        where.append("b.date <= :end")
-        params.append(bindparam("end", type_=Date))
+    where, params = _date_filters("b", start, end, by_symbol=True)
     order = "b.date"
     if last_n:
         order = "b.date DESC LIMIT :last_n"
@@ -602,14 +614,7 @@ def _history_stmt(start: bool, end: bool, last_n: bool) -> TextClause:
 @functools.cache
 def _news_stmt(start: bool, end: bool) -> TextClause:
     """``load_news``'s query for one combination of filters."""
-    where = ["s.name = :symbol"]
-    params: list[BindParameter[Any]] = [bindparam("symbol", type_=String)]
-    if start:
-        where.append("n.date >= :start")
-        params.append(bindparam("start", type_=Date))
-    if end:
-        where.append("n.date <= :end")
-        params.append(bindparam("end", type_=Date))
+    where, params = _date_filters("n", start, end, by_symbol=True)
     return text(
         "SELECT n.date, n.score "
         f"FROM {NewsSentiment.__tablename__} n JOIN {Symbol.__tablename__} s "
@@ -620,14 +625,7 @@ def _news_stmt(start: bool, end: bool) -> TextClause:
 @functools.cache
 def _macro_stmt(start: bool, end: bool) -> TextClause:
     """``load_macro``'s query for one combination of filters."""
-    where: list[str] = []
-    params: list[BindParameter[Any]] = []
-    if start:
-        where.append("m.date >= :start")
-        params.append(bindparam("start", type_=Date))
-    if end:
-        where.append("m.date <= :end")
-        params.append(bindparam("end", type_=Date))
+    where, params = _date_filters("m", start, end, by_symbol=False)
     return text(
         f"SELECT m.date, m.score FROM {MacroSentiment.__tablename__} m "
         f"{'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY m.date"
