@@ -79,6 +79,7 @@ def test_engine_is_cached_and_sqlite_connections_get_the_pragmas(tmp_path: Path)
     assert (tmp_path / "a" / "b").is_dir()
     with engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL
         assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 5000
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
 

