@@ -7,15 +7,121 @@ import datetime as dt
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 from sqlalchemy.orm import Session
 
-from otonom_runtime.store import Bar, dispose_engines, get_or_create_symbol, init_db
+from otonom_runtime.store import (
+    BacktestRun,
+    Bar,
+    dispose_engines,
+    get_engine,
+    get_or_create_symbol,
+    get_session,
+    init_db,
+)
 from otonom_runtime.testing.postgres import PostgresUnavailableError, postgres_server
 
 AddBars = Callable[..., list[dt.date]]
+
+# The decisions table of store version 1, analyst signals in one JSON column (its own DDL, as
+# SQLAlchemy created it on SQLite; DOUBLE and the id's autoincrement type spelled per dialect).
+_V1_DECISIONS = """
+CREATE TABLE decisions (
+    id {serial} NOT NULL,
+    run_id INTEGER NOT NULL,
+    symbol_id INTEGER NOT NULL,
+    date DATE NOT NULL,
+    action INTEGER NOT NULL,
+    strength {double} NOT NULL,
+    signals JSON NOT NULL,
+    position {double} NOT NULL,
+    leverage {double} NOT NULL,
+    cash_fraction {double} NOT NULL,
+    days_since_last_trade {double},
+    equity {double} NOT NULL,
+    CONSTRAINT pk_decisions PRIMARY KEY (id),
+    CONSTRAINT uq_decisions_run_id_symbol_id_date UNIQUE (run_id, symbol_id, date),
+    CONSTRAINT fk_decisions_run_id_backtest_runs FOREIGN KEY(run_id)
+        REFERENCES backtest_runs (id) ON DELETE CASCADE,
+    CONSTRAINT fk_decisions_symbol_id_symbols FOREIGN KEY(symbol_id)
+        REFERENCES symbols (id) ON DELETE CASCADE
+)
+"""
+# Two version-1 decision rows: RL off (JSON null) and RL on, as the backtester wrote them.
+V1_SIGNALS = (
+    {
+        "tech": {"action": 2, "strength": 0.629440831318975, "confidence": 0.46423814153721854},
+        "news": {"action": 0, "strength": 0.0, "confidence": 1.0},
+        "risk": {"action": 0, "strength": 0.0, "confidence": 0.5},
+        "rl": None,
+    },
+    {
+        "tech": {"action": 1, "strength": 0.5, "confidence": 0.25},
+        "news": {"action": 1, "strength": 0.125, "confidence": 1.0},
+        "risk": {"action": 2, "strength": 0.75, "confidence": 0.75},
+        "rl": {"action": 1, "strength": 0.3333333333333333, "confidence": 0.9},
+    },
+)
+
+
+def _make_v1_store(url: str) -> tuple[int, tuple[dict[str, Any], ...]]:
+    """Turn the store at ``url`` into a store of version 1 holding one run with the two
+    ``V1_SIGNALS`` decisions (days since last trade: NULL, then 2.0); returns the run id and
+    ``V1_SIGNALS``.
+    Cached engines are dropped, so the next call sees the store afresh."""
+    import json
+
+    init_db(url)
+    with get_session(url) as session:
+        _add_bars(session, "V1", dt.date(2021, 1, 1), 2)
+        run = BacktestRun(
+            strategy_name="v1",
+            strategy_hash="h",
+            params={},
+            start_date=dt.date(2021, 1, 1),
+            end_date=dt.date(2021, 1, 2),
+            symbols=["V1"],
+            status="complete",
+        )
+        session.add(run)
+        session.flush()
+        run_id = run.id
+    engine = get_engine(url)
+    sqlite = engine.dialect.name == "sqlite"
+    double, serial = ("DOUBLE", "INTEGER") if sqlite else ("DOUBLE PRECISION", "SERIAL")
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE decisions"))
+        conn.execute(text(_V1_DECISIONS.format(double=double, serial=serial)))
+        symbol_id = conn.execute(text("SELECT id FROM symbols WHERE name = 'V1'")).scalar_one()
+        for i, signals in enumerate(V1_SIGNALS):
+            conn.execute(
+                text(
+                    "INSERT INTO decisions (run_id, symbol_id, date, action, strength, signals, "
+                    "position, leverage, cash_fraction, days_since_last_trade, equity) VALUES "
+                    "(:run, :sym, :date, :action, 0.5, :signals, 0.25, 0.25, 0.75, :days, 1000.0)"
+                ),
+                {
+                    "run": run_id,
+                    "sym": symbol_id,
+                    "date": dt.date(2021, 1, 1 + i),
+                    "action": i,
+                    "signals": json.dumps(signals),
+                    "days": None if i == 0 else 2.0,
+                },
+            )
+        conn.execute(text("UPDATE store_meta SET value = '1' WHERE key = 'store_version'"))
+    dispose_engines()
+    return run_id, V1_SIGNALS
+
+
+@pytest.fixture
+def make_v1_store() -> Callable[[str], tuple[int, tuple[dict[str, Any], ...]]]:
+    """``make_v1_store(url) -> (run_id, signals)``: the store at ``url`` as store version 1
+    left it, with two decisions whose JSON ``signals`` are ``signals``."""
+    return _make_v1_store
 
 
 @pytest.fixture(autouse=True)

@@ -172,21 +172,17 @@ def store(db_url: str) -> str:
 
 
 def _decisions(url: str, run_id: int) -> list[tuple[Any, ...]]:
+    """(symbol_id, date, action, strength, signals, position, equity) per decision row."""
     with get_session(url) as session:
         rows = session.execute(
-            select(
-                Decision.symbol_id,
-                Decision.date,
-                Decision.action,
-                Decision.strength,
-                Decision.signals,
-                Decision.position,
-                Decision.equity,
-            )
+            select(Decision)
             .where(Decision.run_id == run_id)
             .order_by(Decision.symbol_id, Decision.date)
-        ).all()
-    return [tuple(r) for r in rows]
+        ).scalars()
+        return [
+            (d.symbol_id, d.date, d.action, d.strength, d.signals, d.position, d.equity)
+            for d in rows
+        ]
 
 
 def test_run_records_decisions_metrics_and_is_repeatable(store: str) -> None:
@@ -395,13 +391,16 @@ def test_a_run_on_postgresql(postgres_url: str) -> None:
         report = run_backtest(
             session, load_strategy(BASELINE), ["PG-BT"], dt.date(2021, 6, 1), dt.date(2021, 12, 31)
         )
-        rows = session.execute(
-            select(Decision.signals, Decision.days_since_last_trade)
-            .where(Decision.run_id == report.run_id)
-            .order_by(Decision.date)
-        ).all()
+        rows = [
+            (d.signals, d.days_since_last_trade)
+            for d in session.execute(
+                select(Decision).where(Decision.run_id == report.run_id).order_by(Decision.date)
+            ).scalars()
+        ]
     assert len(rows) == report.bar_decisions == 214
     assert set(rows[0][0]) == {"tech", "news", "risk", "rl"}
+    assert rows[0][0]["rl"] is None  # RL off
+    assert all(isinstance(r[0]["tech"]["strength"], float) for r in rows)
     assert rows[0][1] == float("inf")  # never traded yet: NULL in the table
     assert any(r[1] != float("inf") for r in rows)
 

@@ -60,6 +60,21 @@ def test_it_is_really_postgres(pg: str) -> None:
     init_db(pg)  # idempotent here too
 
 
+def test_a_version_1_store_is_upgraded_in_place(pg: str, make_v1_store: Any) -> None:
+    run_id, v1_signals = make_v1_store(pg)
+    init_db(pg)
+    with get_session(pg) as session:
+        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "2"
+        decisions = session.query(Decision).filter_by(run_id=run_id).order_by(Decision.date).all()
+        assert [d.signals for d in decisions] == list(v1_signals)  # exact floats, None kept
+        assert [d.days_since_last_trade for d in decisions] == [math.inf, 2.0]
+        names = session.execute(
+            text("SELECT column_name FROM information_schema.columns WHERE table_name = :t"),
+            {"t": "decisions"},
+        ).scalars()
+        assert "signals" not in set(names)
+
+
 def test_write_and_read_back(pg: str, add_bars: Any) -> None:
     with get_session(pg) as session:
         days = add_bars(session, "BTC-USD", D0, 200)
@@ -85,7 +100,7 @@ def test_write_and_read_back(pg: str, add_bars: Any) -> None:
                     date=day,
                     action=i,
                     strength=0.25,
-                    signals={"trend": {"action": 1, "strength": 0.5, "confidence": 0.75}},
+                    signals={"tech": {"action": 1, "strength": 0.5, "confidence": 0.75}},
                     position=0.5,
                     leverage=1.0,
                     cash_fraction=0.5,
@@ -121,7 +136,8 @@ def test_write_and_read_back(pg: str, add_bars: Any) -> None:
         )
         decisions = session.query(Decision).order_by(Decision.date).all()
         assert [d.days_since_last_trade for d in decisions] == [math.inf, 2.0]
-        assert decisions[0].signals["trend"]["confidence"] == 0.75
+        assert decisions[0].signals["tech"] == {"action": 1, "strength": 0.5, "confidence": 0.75}
+        assert decisions[0].signals["rl"] is None
     with get_session(pg) as session:
         assert session.get_one(BacktestRun, run_id).metrics == {"sharpe": 1.5}
 

@@ -12,11 +12,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import insert, select, text
+from sqlalchemy import func, insert, inspect, select, text
 from sqlalchemy.exc import IntegrityError, StatementError
 
 from otonom_runtime._errors import StateBuildError, StoreError, UnknownSymbolError
 from otonom_runtime.store import (
+    SIGNAL_COLUMNS,
     STORE_VERSION,
     BacktestRun,
     Bar,
@@ -202,7 +203,7 @@ def _decision(run_id: int, symbol_id: int, day: dt.date, days_since: float) -> D
         date=day,
         action=1,
         strength=0.5,
-        signals={"trend": {"action": 1, "strength": 0.7, "confidence": 0.9}},
+        signals={"tech": {"action": 1, "strength": 0.7, "confidence": 0.9}},
         position=0.0,
         leverage=0.0,
         cash_fraction=1.0,
@@ -232,9 +233,61 @@ def test_runs_and_decisions_round_trip_with_inf_days_as_null(db_url: str, add_ba
         assert run.created_at is not None
         decisions = session.execute(select(Decision).order_by(Decision.date)).scalars().all()
         assert [d.days_since_last_trade for d in decisions] == [math.inf, 3.0]
-        assert decisions[0].signals["trend"] == {"action": 1, "strength": 0.7, "confidence": 0.9}
+        assert decisions[0].signals == {
+            "tech": {"action": 1, "strength": 0.7, "confidence": 0.9},
+            "news": None,
+            "risk": None,
+            "rl": None,
+        }
+        assert (decisions[0].tech_action, decisions[0].tech_confidence) == (1, 0.9)
         raw = session.execute(text("SELECT days_since_last_trade FROM decisions ORDER BY date"))
         assert [r[0] for r in raw] == [None, 3.0]
+
+
+def test_a_version_1_store_is_refused_then_upgraded_in_place_by_init_db(
+    db_url: str, make_v1_store: Any
+) -> None:
+    run_id, v1_signals = make_v1_store(db_url)
+    with (
+        pytest.raises(StoreError, match=r"store version 1; .* upgrade it in place"),
+        get_session(db_url),
+    ):
+        pass
+    init_db(db_url)
+    with get_session(db_url) as session:
+        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "2"
+        columns = {c["name"] for c in inspect(session.connection()).get_columns("decisions")}
+        assert "signals" not in columns
+        assert set(SIGNAL_COLUMNS) <= columns
+        decisions = (
+            session.execute(
+                select(Decision).where(Decision.run_id == run_id).order_by(Decision.date)
+            )
+            .scalars()
+            .all()
+        )
+        assert [d.signals for d in decisions] == list(v1_signals)  # exact floats, None kept
+        assert [d.days_since_last_trade for d in decisions] == [math.inf, 2.0]
+        assert [d.action for d in decisions] == [0, 1]
+        # the upgraded table takes new rows (the JSON column, NOT NULL in v1, is gone)
+        later = _decision(run_id, decisions[0].symbol_id, D0 + dt.timedelta(days=30), 1.0)
+        session.add(later)
+    init_db(db_url)  # idempotent on the upgraded store
+    with get_session(db_url) as session:
+        assert session.execute(select(func.count()).select_from(Decision)).scalar_one() == 3
+
+
+def test_decision_signals_map_to_typed_columns_and_refuse_unknown_analysts() -> None:
+    d = _decision(1, 1, D0, 1.0)
+    d.signals = {"rl": {"action": 2, "strength": 0.5, "confidence": 0.25}}
+    assert (d.rl_action, d.rl_strength, d.rl_confidence) == (2, 0.5, 0.25)
+    assert d.tech_action is None
+    assert d.signals["rl"] == {"action": 2, "strength": 0.5, "confidence": 0.25}
+    assert d.signals["tech"] is None
+    with pytest.raises(ValueError, match=r"analysts \['trend'\]; expected only tech, news"):
+        d.signals = {"trend": {"action": 1, "strength": 0.5, "confidence": 0.5}}
+    with pytest.raises(ValueError, match=r"signals\['news'\] has keys \['action'\]; expected"):
+        d.signals = {"news": {"action": 1}}
 
 
 def test_decisions_are_unique_per_run_symbol_and_date(db_url: str, add_bars: Any) -> None:
@@ -263,7 +316,6 @@ def test_core_inserts_refuse_nan_days_too(db_url: str, add_bars: Any) -> None:
             "date": D0,
             "action": 0,
             "strength": 0.0,
-            "signals": {},
             "position": 0.0,
             "leverage": 0.0,
             "cash_fraction": 1.0,

@@ -30,7 +30,6 @@ Rules (each one tested):
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -44,9 +43,11 @@ from sqlalchemy.orm import Session
 
 from otonom_runtime._errors import PolicyError, StateBuildError
 from otonom_runtime.ensemble import (
+    ANALYSTS,
     NewsAnalyst,
     RiskAnalyst,
     RlAnalyst,
+    RlVote,
     Signals,
     TechAnalyst,
     decide,
@@ -56,6 +57,7 @@ from otonom_runtime.ensemble import (
 )
 from otonom_runtime.metrics import Metrics, compute_metrics
 from otonom_runtime.store import (
+    SIGNAL_COLUMNS,
     BacktestRun,
     Decision,
     get_symbol,
@@ -129,7 +131,7 @@ class SymbolResult:
     actions: npt.NDArray[np.int64]
     strengths: F64
     signals: dict[str, Signals | None]
-    rl_signals: list[dict[str, float | int] | None]
+    rl_signals: list[RlVote | None]
     position: F64
     leverage: F64
     cash_fraction: F64
@@ -290,7 +292,7 @@ class _Sleeve:
         actions: list[int],
         strengths: list[float],
         signals: dict[str, Signals | None],
-        rl_signals: list[dict[str, float | int] | None],
+        rl_signals: list[RlVote | None],
         fallbacks: int,
     ) -> SymbolResult:
         if self.entry_equity is not None:  # a trade still open at the end: closed at the last close
@@ -368,7 +370,7 @@ def _simulate(
     sell_sums = [p[3][:, _SELL].tolist() for p in prepared]
     actions_out: list[list[int]] = [[] for _ in range(n_sym)]
     strengths_out: list[list[float]] = [[] for _ in range(n_sym)]
-    rl_out: list[list[dict[str, float | int] | None]] = [[] for _ in range(n_sym)]
+    rl_out: list[list[RlVote | None]] = [[] for _ in range(n_sym)]
     # Day k's batch holds the symbols that still have a decision day k: the longest first, so
     # they are always a prefix. States are gathered _CHUNK days at a time, day-major (days,
     # symbols, 34), in the market features' dtype (so validation sees what it always saw).
@@ -417,13 +419,7 @@ def _simulate(
                         sell_sum += weight * strength
                     else:
                         hold += weight
-                    rl_out[i].append(
-                        {
-                            "action": action,
-                            "strength": float(strength),
-                            "confidence": float(confidence),
-                        }
-                    )
+                    rl_out[i].append(vote)
                 action, strength, _ = decide_floats(hold, buy, sell, buy_sum, sell_sum, min_score)
                 actions_out[i].append(action)
                 strengths_out[i].append(strength)
@@ -570,48 +566,49 @@ def _make_rl(config: StrategyConfig, policy: RlPolicy | None) -> RlAnalyst:
         return RlAnalyst(None, reason=f"{type(exc).__name__}: {exc}")
 
 
-_RL_JSON: Final = '{"action":%d,"strength":%r,"confidence":%r}'
-
-
-def _signals_json(r: SymbolResult) -> list[str]:
-    """Each decision's ``signals`` as JSON text, formatted directly: one ``%`` template per row
-    (``json.dumps`` per row costs more than the whole simulation). Floats are python floats
-    printed with ``repr``, as ``json.dumps`` prints them (finite by construction, so valid
-    JSON); the RL signal is ``null`` when the RL analyst was off or fell back."""
-    template: list[str] = []
-    columns: list[list[Any]] = []
-    for name, sig in r.signals.items():
-        if sig is None:
-            continue
-        key = json.dumps(name).replace("%", "%%")
-        template.append(f'{key}:{{"action":%d,"strength":%r,"confidence":%r}}')
-        columns += [sig.actions.tolist(), sig.strengths.tolist(), sig.confidences.tolist()]
-    rl = [
-        "null" if x is None else _RL_JSON % (x["action"], x["strength"], x["confidence"])
-        for x in (r.rl_signals or [None] * len(r.actions))
-    ]
-    row = "{" + ",".join([*template, '"rl":%s']) + "}"
-    return [row % values for values in zip(*columns, rl, strict=True)]
-
-
 _DECISION_COLUMNS: Final = (
     "run_id",
     "symbol_id",
     "date",
     "action",
     "strength",
-    "signals",
     "position",
     "leverage",
     "cash_fraction",
     "days_since_last_trade",
     "equity",
+    *SIGNAL_COLUMNS,
 )
+_RL_COLUMNS: Final = SIGNAL_COLUMNS[-3:]
+_NO_RL_COLUMNS: Final = _DECISION_COLUMNS[: -len(_RL_COLUMNS)]
 
 
-def _decision_rows(run_id: int, symbol_id: int, r: SymbolResult, sqlite: bool) -> list[Any]:
-    """One symbol's decision rows as tuples in ``_DECISION_COLUMNS`` order; on SQLite exactly
-    what the ORM types store (dates as ISO text, signals as JSON text, ``inf`` days as NULL)."""
+def _signal_columns(r: SymbolResult, rl: bool) -> list[list[Any]]:
+    """The signal columns of one symbol's decision rows, column by column: action, strength,
+    confidence per analyst (python ints and floats), None where it did not vote; ``rl``: with
+    the RL analyst's three (else those are left out)."""
+    n = len(r.actions)
+    missing: list[Any] = [None] * n
+    columns: list[list[Any]] = []
+    for name in ANALYSTS[:3]:
+        sig = r.signals.get(name)
+        if sig is None:
+            columns += [missing, missing, missing]
+        else:
+            columns += [sig.actions.tolist(), sig.strengths.tolist(), sig.confidences.tolist()]
+    if rl:
+        votes = r.rl_signals or [None] * n
+        none = (None, None, None)
+        columns += [list(c) for c in zip(*(none if v is None else v for v in votes), strict=True)]
+    return columns
+
+
+def _decision_rows(
+    run_id: int, symbol_id: int, r: SymbolResult, sqlite: bool, rl: bool
+) -> list[Any]:
+    """One symbol's decision rows as tuples in ``_DECISION_COLUMNS`` order (``rl`` False:
+    without the RL columns, ``_NO_RL_COLUMNS``); on SQLite exactly what the ORM types store
+    (dates as ISO text, ``inf`` days as NULL)."""
     n = len(r.actions)
     days: list[float | None] = r.days_since_last_trade.tolist()
     if sqlite:
@@ -626,12 +623,12 @@ def _decision_rows(run_id: int, symbol_id: int, r: SymbolResult, sqlite: bool) -
             dates,
             r.actions.tolist(),
             r.strengths.tolist(),
-            _signals_json(r),
             r.position.tolist(),
             r.leverage.tolist(),
             r.cash_fraction.tolist(),
             days,
             r.equity.tolist(),
+            *_signal_columns(r, rl),
             strict=True,
         )
     )
@@ -645,26 +642,32 @@ def _write_decisions(
 
     SQLite goes through the driver's ``executemany`` with pre-formatted rows (see
     ``_decision_rows``); other databases take the Core insert with SQLAlchemy's own type
-    handling.
+    handling. When the RL analyst voted on no decision of the run (off, or failed to load), its
+    columns are left out of the INSERT and hold their default, NULL: the driver binds each
+    ``None`` through its adapter lookup, which costs about 15 times a float's bind.
     """
     sqlite = session.connection().dialect.name == "sqlite"
+    rl = any(v is not None for r in results for v in r.rl_signals)
+    columns = _DECISION_COLUMNS if rl else _NO_RL_COLUMNS
     pending: list[Any] = []
     for symbol_id, r in zip(symbol_ids, results, strict=True):
-        pending += _decision_rows(run_id, symbol_id, r, sqlite)
+        pending += _decision_rows(run_id, symbol_id, r, sqlite, rl)
         while len(pending) >= _BATCH:
-            _insert_decisions(session, pending[:_BATCH], sqlite)
+            _insert_decisions(session, pending[:_BATCH], sqlite, columns)
             del pending[:_BATCH]
     if pending:
-        _insert_decisions(session, pending, sqlite)
+        _insert_decisions(session, pending, sqlite, columns)
 
 
-def _insert_decisions(session: Session, rows: list[Any], sqlite: bool) -> None:
-    """Insert and commit one batch of ``_decision_rows`` rows."""
+def _insert_decisions(
+    session: Session, rows: list[Any], sqlite: bool, columns: Sequence[str]
+) -> None:
+    """Insert and commit one batch of ``_decision_rows`` rows, which hold ``columns``."""
     conn = session.connection()
     if sqlite:
         sql = (
-            f"INSERT INTO {Decision.__tablename__} ({', '.join(_DECISION_COLUMNS)}) "
-            f"VALUES ({', '.join('?' * len(_DECISION_COLUMNS))})"
+            f"INSERT INTO {Decision.__tablename__} ({', '.join(columns)}) "
+            f"VALUES ({', '.join('?' * len(columns))})"
         )
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
@@ -672,9 +675,7 @@ def _insert_decisions(session: Session, rows: list[Any], sqlite: bool) -> None:
         finally:
             cursor.close()
     else:
-        records = [dict(zip(_DECISION_COLUMNS, row, strict=True)) for row in rows]
-        for record in records:
-            record["signals"] = json.loads(record["signals"])
+        records = [dict(zip(columns, row, strict=True)) for row in rows]
         conn.execute(insert(Decision), records)
     session.commit()
 

@@ -75,13 +75,17 @@ from sqlalchemy.orm import (
     validates,
 )
 from sqlalchemy.sql.elements import BindParameter, TextClause
+from sqlalchemy.types import TypeEngine
 
 from otonom_runtime._errors import StateBuildError, StoreError, UnknownSymbolError
+from otonom_runtime.ensemble import ANALYSTS
 from otonom_schema import LOOKBACK, MarketHistory, SentimentSeries, compute_state
 
 __all__ = [
     "DATABASE_URL_ENV",
     "RUN_STATUSES",
+    "SIGNAL_COLUMNS",
+    "SIGNAL_FIELDS",
     "STORE_VERSION",
     "BacktestRun",
     "Bar",
@@ -108,8 +112,9 @@ __all__ = [
     "load_news",
 ]
 
-STORE_VERSION: Final = 1
-"""Version of the table layout, written to ``store_meta`` by ``init_db``."""
+STORE_VERSION: Final = 2
+"""Version of the table layout, written to ``store_meta`` by ``init_db`` (which upgrades a
+version-1 store in place: see ``Decision``)."""
 
 DATABASE_URL_ENV: Final = "OTONOM_DATABASE_URL"
 RUN_STATUSES: Final = ("running", "complete", "failed")
@@ -250,14 +255,27 @@ class BacktestRun(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
 
+SIGNAL_FIELDS: Final = ("action", "strength", "confidence")
+"""The fields of one analyst's signal in a decision row (``<analyst>_<field>`` columns)."""
+SIGNAL_COLUMNS: Final = tuple(f"{a}_{f}" for a in ANALYSTS for f in SIGNAL_FIELDS)
+"""The decision table's signal columns, analyst by analyst in ``ANALYSTS`` order."""
+
+
 class Decision(Base):
     """The ensemble's decision for one symbol on one date within a run.
 
     ``action``: ``otonom_schema.Action`` value (HOLD=0, BUY=1, SELL=2); ``strength`` in [0, 1];
-    ``signals``: ``{analyst_name: {"action": int, "strength": float, "confidence": float}}``;
     ``position``/``leverage``/``cash_fraction``: the portfolio *before* the decision, in the
     units of ``otonom_schema.PortfolioSnapshot``; ``days_since_last_trade``: days, ``math.inf``
     = never traded (stored as NULL); ``equity`` in the quote currency.
+
+    Each analyst's signal has its own typed columns, ``<analyst>_action`` (int),
+    ``<analyst>_strength`` and ``<analyst>_confidence`` (floats in [0, 1]) for ``tech``,
+    ``news``, ``risk`` and ``rl``; all three NULL when that analyst did not vote (``rl`` when the
+    RL analyst was off or fell back). ``signals`` reads and writes them as one dict,
+    ``{analyst: {"action": int, "strength": float, "confidence": float} | None}``.
+    (Store version 1 kept that dict as JSON text: formatting the floats cost more than the
+    whole simulation, and SQL could not query it.)
     """
 
     __tablename__ = "decisions"
@@ -269,12 +287,47 @@ class Decision(Base):
     date: Mapped[dt.date] = mapped_column(Date)
     action: Mapped[int] = mapped_column(Integer)
     strength: Mapped[float]
-    signals: Mapped[dict[str, Any]] = mapped_column(default=dict)
     position: Mapped[float]
     leverage: Mapped[float]
     cash_fraction: Mapped[float]
     days_since_last_trade: Mapped[float] = mapped_column(InfAsNull(), nullable=True)
     equity: Mapped[float]
+    tech_action: Mapped[int | None] = mapped_column(Integer)
+    tech_strength: Mapped[float | None]
+    tech_confidence: Mapped[float | None]
+    news_action: Mapped[int | None] = mapped_column(Integer)
+    news_strength: Mapped[float | None]
+    news_confidence: Mapped[float | None]
+    risk_action: Mapped[int | None] = mapped_column(Integer)
+    risk_strength: Mapped[float | None]
+    risk_confidence: Mapped[float | None]
+    rl_action: Mapped[int | None] = mapped_column(Integer)
+    rl_strength: Mapped[float | None]
+    rl_confidence: Mapped[float | None]
+
+    @property
+    def signals(self) -> dict[str, dict[str, Any] | None]:
+        """Every analyst's signal, None where it did not vote (a fresh dict)."""
+        out: dict[str, dict[str, Any] | None] = {}
+        for name in ANALYSTS:
+            values = [getattr(self, f"{name}_{f}") for f in SIGNAL_FIELDS]
+            out[name] = None if values[0] is None else dict(zip(SIGNAL_FIELDS, values, strict=True))
+        return out
+
+    @signals.setter
+    def signals(self, value: Mapping[str, Mapping[str, Any] | None]) -> None:
+        unknown = sorted(set(value) - set(ANALYSTS))
+        if unknown:
+            raise ValueError(f"signals has analysts {unknown}; expected only {', '.join(ANALYSTS)}")
+        for name in ANALYSTS:
+            signal = value.get(name)
+            if signal is not None and set(signal) != set(SIGNAL_FIELDS):
+                raise ValueError(
+                    f"signals[{name!r}] has keys {sorted(signal)}; expected "
+                    f"{', '.join(SIGNAL_FIELDS)}"
+                )
+            for f in SIGNAL_FIELDS:
+                setattr(self, f"{name}_{f}", None if signal is None else signal[f])
 
     @validates("days_since_last_trade")
     def _check_days(self, key: str, value: float) -> float:
@@ -419,6 +472,12 @@ def _read_version(engine: Engine) -> int | None:
 
 
 def _check_version(engine: Engine, version: int) -> None:
+    if version == 1:
+        raise StoreError(
+            f"database {_safe(engine.url)} has store version 1; this otonom-runtime reads store "
+            f"version {STORE_VERSION}: run any `otonom` command on it (or call "
+            "otonom_runtime.store.init_db()) to upgrade it in place, nothing is lost"
+        )
     if version != STORE_VERSION:
         raise StoreError(
             f"database {_safe(engine.url)} has store version {version}; this otonom-runtime "
@@ -427,14 +486,69 @@ def _check_version(engine: Engine, version: int) -> None:
         )
 
 
+def _signal_from_json(dialect: Dialect, analyst: str, field: str) -> str:
+    """SQL reading one signal field out of a version-1 ``signals`` JSON column, typed."""
+    if dialect.name == "sqlite":
+        return f"json_extract(signals, '$.{analyst}.{field}')"
+    kind = "integer" if field == "action" else "double precision"  # PostgreSQL json
+    return f"CAST(signals -> '{analyst}' ->> '{field}' AS {kind})"
+
+
+def _upgrade_from_1(engine: Engine) -> None:
+    """Store version 1 -> 2, in one transaction: each decision's ``signals`` JSON becomes the
+    typed ``<analyst>_<field>`` columns (NULL where the JSON has no signal for that analyst),
+    the JSON column is dropped (SQLite 3.35 or newer) and ``store_version`` becomes 2.
+
+    A concurrent upgrade is fine: whichever comes second finds version 2 and stops.
+    """
+    table = Decision.__tablename__
+    try:
+        with engine.begin() as conn:
+            stored = conn.execute(
+                select(StoreMeta.value).where(StoreMeta.key == "store_version")
+            ).scalar_one()
+            if stored != "1":
+                return
+            for analyst in ANALYSTS:
+                for field in SIGNAL_FIELDS:
+                    column_type: TypeEngine[Any] = Integer() if field == "action" else Double()
+                    kind = column_type.compile(conn.dialect)
+                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {analyst}_{field} {kind}"))
+            assignments = ", ".join(
+                f"{a}_{f} = {_signal_from_json(conn.dialect, a, f)}"
+                for a in ANALYSTS
+                for f in SIGNAL_FIELDS
+            )
+            conn.execute(text(f"UPDATE {table} SET {assignments}"))
+            conn.execute(text(f"ALTER TABLE {table} DROP COLUMN signals"))
+            conn.execute(
+                text("UPDATE store_meta SET value = :v WHERE key = 'store_version'"),
+                {"v": str(STORE_VERSION)},
+            )
+    except sa_exc.DBAPIError as exc:
+        if _read_version(engine) == STORE_VERSION:
+            return  # upgraded by a concurrent init_db
+        import sqlite3
+
+        raise StoreError(
+            f"cannot upgrade database {_safe(engine.url)} from store version 1 to "
+            f"{STORE_VERSION}: {exc.orig} (on SQLite this needs SQLite 3.35 or newer; this "
+            f"Python has {sqlite3.sqlite_version})"
+        ) from None
+
+
 def init_db(url_or_engine: str | Engine | None = None) -> Engine:
     """Create every table and the ``store_version`` row; idempotent. Returns the engine.
 
+    A store of version 1 is upgraded in place first (see ``Decision``; nothing is lost).
     Raises ``StoreError`` when the database cannot be opened or was made by another store
     version.
     """
     engine = _resolve(url_or_engine)
     version = _read_version(engine)
+    if version == 1:
+        _upgrade_from_1(engine)
+        version = STORE_VERSION
     if version is not None:
         _check_version(engine, version)
     try:
