@@ -96,6 +96,58 @@ def test_leverage_cap_and_high_vol_exposure() -> None:
     assert calm_down.exposure[1] == pytest.approx(1.0)  # high_vol_exposure 0.5 x 2
 
 
+def _sleeve_state(sleeve: Any) -> tuple[Any, ...]:
+    return (
+        sleeve.out,
+        sleeve.trade_pnls,
+        sleeve.fills,
+        sleeve.cash,
+        sleeve.units,
+        sleeve.bust,
+        sleeve.last_fill,
+        sleeve.entry_equity,
+        sleeve.equity,
+        sleeve.exposure,
+    )
+
+
+@pytest.mark.parametrize(
+    ("params", "crash"),
+    [
+        (EngineParams(), False),
+        (EngineParams(allow_short=False, max_leverage=2.0, commission_bps=0.0), False),
+        (EngineParams(max_leverage=3.0, slippage_bps=50.0), True),  # leveraged longs go bust
+    ],
+)
+def test_sleeve_run_equals_mark_then_trade_bit_for_bit(params: EngineParams, crash: bool) -> None:
+    """The RL-off loop (``_Sleeve.run``) and the lockstep path's ``mark``/``trade`` steps are
+    two spellings of one rule set: same floats, same trades, same ruin."""
+    rng = np.random.default_rng(11 if crash else 5)
+    n, first = 900, 100
+    moves = rng.normal(0.0, 0.04, n)
+    if crash:
+        moves[500] = -0.9  # a 90% gap down: a 3x long loses everything
+    closes = 100.0 * np.exp(np.cumsum(moves))
+    opens = closes * np.exp(rng.normal(0.0, 0.01, n))
+    dates = np.datetime64("2020-01-01") + np.cumsum(np.where(rng.random(n) < 0.1, 2, 1))
+    bars = bt._Bars("X", dates, opens, closes, np.zeros((n, 34)), first)
+    actions = rng.integers(0, 3, n - first).tolist()
+    actions[390:420] = [1] * 30  # long into the crash
+    strengths = rng.random(n - first).tolist()
+    strengths[390:420] = [1.0] * 30
+    cap = (rng.choice([0.5, 1.0], n - first) * params.max_leverage).tolist()
+    cap[390:420] = [params.max_leverage] * 30
+    looped = bt._Sleeve(bars, params, 1000.0, cap)
+    looped.run(actions, strengths)
+    stepped = bt._Sleeve(bars, params, 1000.0, cap)
+    for k, (action, strength) in enumerate(zip(actions, strengths, strict=True)):
+        stepped.mark(k)
+        stepped.trade(k, action, strength)
+    assert _sleeve_state(looped) == _sleeve_state(stepped)
+    assert looped.fills > 20
+    assert looped.bust is crash
+
+
 def test_no_look_ahead() -> None:
     h = random_history(500, seed=31)
     t = 350

@@ -286,6 +286,78 @@ class _Sleeve:
         if new_units != 0.0 and self.entry_equity is None:
             self.entry_equity = equity_open if old_units == 0.0 else equity_after
 
+    def run(self, actions: list[int], strengths: list[float]) -> None:
+        """``mark(k)`` then ``trade(k, actions[k], strengths[k])`` for every decision day, as
+        one loop over locals: the same expressions in the same order as those two methods
+        (bit-identical; a test holds them equal), without their per-call attribute traffic.
+        For decisions known up front (no RL analyst); the lockstep RL path steps ``mark``
+        and ``trade`` itself."""
+        closes, opens, day, cap = self.closes, self.opens, self.day, self.cap
+        first, last, floor = self.first, self.last, self.floor
+        max_leverage, slip, comm = self.max_leverage, self.slip, self.comm
+        allow_short = self.params.allow_short
+        cash, units, bust = self.cash, self.units, self.bust
+        last_fill, entry_equity, fills = self.last_fill, self.entry_equity, self.fills
+        trade_pnls, out = self.trade_pnls, self.out
+        append = out.append
+        inf = math.inf
+        equity = exposure = 0.0
+        for k, (action, strength) in enumerate(zip(actions, strengths, strict=True)):
+            t = first + k
+            # --- mark(k)
+            close = closes[t]
+            equity = cash + units * close
+            if equity <= floor and not bust:
+                bust, units, cash = True, 0.0, floor
+                equity = floor
+            exposure = units * close / equity if equity > 0 else 0.0
+            days = inf if last_fill is None else float(day[t] - last_fill)
+            position = exposure / max_leverage
+            position = position if position > -1.0 else -1.0
+            position = position if position < 1.0 else 1.0
+            gross = abs(exposure)
+            leverage = 4.0 if gross > 4.0 else gross
+            cash_fraction = 1.0 - gross
+            cash_fraction = cash_fraction if cash_fraction > 0.0 else 0.0
+            append((position, leverage, cash_fraction, days, equity, exposure))
+            # --- trade(k, action, strength)
+            if t >= last or bust:
+                continue
+            if action == _HOLD:
+                target = -max_leverage if -max_leverage > exposure else exposure
+                target = max_leverage if max_leverage < target else target
+                if target == exposure:
+                    continue
+            else:
+                size = strength * cap[k]
+                target = size if action == _BUY else (-size if allow_short else 0.0)
+            if abs(target - exposure) < REBALANCE_THRESHOLD and not (
+                target == 0.0 and units != 0.0
+            ):
+                continue
+            price_open = opens[t + 1]
+            equity_open = cash + units * price_open
+            new_units = target * equity_open / price_open
+            delta = new_units - units
+            if delta == 0.0:
+                continue
+            price = price_open * (1.0 + slip if delta > 0 else 1.0 - slip)
+            cash -= delta * price + abs(delta * price) * comm
+            old_units = units
+            units = new_units
+            fills += 1
+            last_fill = day[t + 1]
+            equity_after = cash + new_units * price_open
+            flipped = old_units != 0.0 and (new_units == 0.0 or (new_units > 0) != (old_units > 0))
+            if flipped and entry_equity is not None:
+                trade_pnls.append(equity_after - entry_equity)
+                entry_equity = None
+            if new_units != 0.0 and entry_equity is None:
+                entry_equity = equity_open if old_units == 0.0 else equity_after
+        self.cash, self.units, self.bust = cash, units, bust
+        self.last_fill, self.entry_equity, self.fills = last_fill, entry_equity, fills
+        self.equity, self.exposure = equity, exposure
+
     def result(
         self,
         bars: _Bars,
@@ -350,10 +422,7 @@ def _simulate(
             outcome = decide(totals, strength_sums, params.min_score)
             actions: list[int] = outcome.actions.tolist()
             strengths: list[float] = outcome.strengths.tolist()
-            mark, trade = sleeve.mark, sleeve.trade
-            for k, (action, strength) in enumerate(zip(actions, strengths, strict=True)):
-                mark(k)
-                trade(k, action, strength)
+            sleeve.run(actions, strengths)
             results.append(sleeve.result(bars, actions, strengths, signals, [], 0))
         return results
 
