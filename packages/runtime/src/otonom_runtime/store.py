@@ -10,10 +10,12 @@ Rules:
   URL, cached), tables by the explicit ``init_db``.
 * SQLite files run in WAL mode with ``synchronous=NORMAL``, ``busy_timeout=5000`` ms and
   foreign keys on (set on every connection), so a daemon can read while a backtest writes.
-  ``NORMAL`` is SQLite's recommended setting for WAL: a commit no longer waits for an fsync
-  (about 8% of a backtest), the database cannot be corrupted by a crash, and an application
-  crash loses nothing; only a power cut or OS crash can undo the last commits before a
-  checkpoint (a backtest run is then left ``running``/missing, never half complete).
+  ``NORMAL`` is SQLite's recommended setting for WAL: a commit does not wait for an fsync
+  (a backtest commits every 5,000 decision rows; no measurable difference on a fast-syncing
+  disk, milliseconds per commit on a slow one), a crash cannot corrupt the database and an
+  application crash loses nothing; only a power cut or OS crash can undo the last commits
+  before a checkpoint (a backtest run is then left ``running`` or missing, never complete
+  with rows missing).
 * A store that was never initialised is refused by ``get_session`` with a ``StoreError``.
 * Dates are calendar days (``datetime.date``), prices are in the quote currency, volume in
   whatever unit the source uses (the features only use volume ratios).
