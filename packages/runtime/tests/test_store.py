@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from sqlalchemy import func, insert, inspect, select, text
 from sqlalchemy.exc import IntegrityError, StatementError
 
+from otonom_runtime import store as store_module
 from otonom_runtime._errors import StateBuildError, StoreError, UnknownSymbolError
 from otonom_runtime.store import (
     SIGNAL_COLUMNS,
@@ -27,6 +29,7 @@ from otonom_runtime.store import (
     StoreMeta,
     Symbol,
     default_database_url,
+    dispose_engines,
     get_engine,
     get_or_create_symbol,
     get_session,
@@ -275,6 +278,29 @@ def test_a_version_1_store_is_refused_then_upgraded_in_place_by_init_db(
     init_db(db_url)  # idempotent on the upgraded store
     with get_session(db_url) as session:
         assert session.execute(select(func.count()).select_from(Decision)).scalar_one() == 3
+
+
+def test_an_upgrade_that_fails_midway_completes_on_the_next_init_db(
+    db_url: str, make_v1_store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite commits each ALTER TABLE on its own: a failure after the new columns exist must
+    leave a store that the next ``init_db`` upgrades with the right values."""
+    run_id, v1_signals = make_v1_store(db_url)
+
+    def broken(*args: Any) -> str:
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(store_module, "_signal_from_json", broken)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        init_db(db_url)
+    monkeypatch.undo()
+    dispose_engines()
+    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as raw:
+        assert raw.execute("SELECT value FROM store_meta").fetchone() == ("1",)
+    init_db(db_url)
+    with get_session(db_url) as session:
+        decisions = session.query(Decision).filter_by(run_id=run_id).order_by(Decision.date)
+        assert [d.signals for d in decisions] == list(v1_signals)
 
 
 def test_decision_signals_map_to_typed_columns_and_refuse_unknown_analysts() -> None:

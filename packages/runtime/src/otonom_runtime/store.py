@@ -497,11 +497,15 @@ def _signal_from_json(dialect: Dialect, analyst: str, field: str) -> str:
 
 
 def _upgrade_from_1(engine: Engine) -> None:
-    """Store version 1 -> 2, in one transaction: each decision's ``signals`` JSON becomes the
-    typed ``<analyst>_<field>`` columns (NULL where the JSON has no signal for that analyst),
-    the JSON column is dropped (SQLite 3.35 or newer) and ``store_version`` becomes 2.
+    """Store version 1 -> 2: each decision's ``signals`` JSON becomes the typed
+    ``<analyst>_<field>`` columns (NULL where the JSON has no signal for that analyst; the
+    backtester only ever wrote these four analysts), the JSON column is dropped (SQLite 3.35 or
+    newer) and ``store_version`` becomes 2.
 
-    A concurrent upgrade is fine: whichever comes second finds version 2 and stops.
+    Resumable: SQLite's driver commits each ``ALTER TABLE`` on its own, so a step that fails
+    can leave earlier ones done; every step is skipped or repeated safely when ``init_db`` runs
+    again (columns added only if missing, the copy repeated while ``signals`` exists). A
+    concurrent upgrade is fine too: whichever comes second finds version 2 and stops.
     """
     table = Decision.__tablename__
     try:
@@ -511,18 +515,22 @@ def _upgrade_from_1(engine: Engine) -> None:
             ).scalar_one()
             if stored != "1":
                 return
+            present = {c["name"] for c in inspect(conn).get_columns(table)}
             for analyst in ANALYSTS:
                 for field in SIGNAL_FIELDS:
+                    if f"{analyst}_{field}" in present:
+                        continue
                     column_type: TypeEngine[Any] = Integer() if field == "action" else Double()
                     kind = column_type.compile(conn.dialect)
                     conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {analyst}_{field} {kind}"))
-            assignments = ", ".join(
-                f"{a}_{f} = {_signal_from_json(conn.dialect, a, f)}"
-                for a in ANALYSTS
-                for f in SIGNAL_FIELDS
-            )
-            conn.execute(text(f"UPDATE {table} SET {assignments}"))
-            conn.execute(text(f"ALTER TABLE {table} DROP COLUMN signals"))
+            if "signals" in present:
+                assignments = ", ".join(
+                    f"{a}_{f} = {_signal_from_json(conn.dialect, a, f)}"
+                    for a in ANALYSTS
+                    for f in SIGNAL_FIELDS
+                )
+                conn.execute(text(f"UPDATE {table} SET {assignments}"))
+                conn.execute(text(f"ALTER TABLE {table} DROP COLUMN signals"))
             conn.execute(
                 text("UPDATE store_meta SET value = :v WHERE key = 'store_version'"),
                 {"v": str(STORE_VERSION)},
@@ -530,12 +538,14 @@ def _upgrade_from_1(engine: Engine) -> None:
     except sa_exc.DBAPIError as exc:
         if _read_version(engine) == STORE_VERSION:
             return  # upgraded by a concurrent init_db
-        import sqlite3
+        hint = ""
+        if engine.dialect.name == "sqlite":
+            import sqlite3
 
+            hint = f" (dropping a column needs SQLite 3.35+; here {sqlite3.sqlite_version})"
         raise StoreError(
             f"cannot upgrade database {_safe(engine.url)} from store version 1 to "
-            f"{STORE_VERSION}: {exc.orig} (on SQLite this needs SQLite 3.35 or newer; this "
-            f"Python has {sqlite3.sqlite_version})"
+            f"{STORE_VERSION}: {exc.orig}{hint}"
         ) from None
 
 
