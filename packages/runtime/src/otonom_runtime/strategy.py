@@ -48,6 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from otonom_runtime._errors import PolicyError, StrategyError
+from otonom_runtime.ensemble import ANALYSTS  # also the order of weights_array()
 from otonom_runtime.policy import DEVICES, resolve_model_path
 from otonom_schema import MATHS_PARAMS
 
@@ -70,8 +71,6 @@ __all__ = [
     "parse_strategy",
 ]
 
-ANALYSTS: Final = ("tech", "news", "risk", "rl")
-"""The analysts, in the order of ``StrategyConfig.weights_array()``."""
 
 DICT_SOURCE: Final = "<dict>"
 """``StrategyConfig.source`` of a strategy parsed from a mapping."""
