@@ -170,3 +170,17 @@ def test_unreadable_arguments_exit_2(
         assert info.value.code == 2
     assert "'01/02/2020' is not a date; expected YYYY-MM-DD" in capsys.readouterr().err
     assert not (tmp_path / "data").exists()
+
+
+def test_import_csv_date_format_flag(tmp_path: Path) -> None:
+    bars = tmp_path / "eu.csv"
+    bars.write_text("Date,Open,High,Low,Close,Volume\n01/02/2020,10,12,9,11,100\n")
+    url = _url(tmp_path)
+    base = ["--database-url", url, "data", "import-csv", str(bars), "--symbol", "EU"]
+    refused = _otonom(*base, cwd=tmp_path)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("error: eu.csv: cannot tell day from month")
+    assert "Traceback" not in refused.stderr
+    out = _otonom(*base, "--date-format", "%d/%m/%Y", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "EU: 1 bars 2020-02-01 .. 2020-02-01" in out.stdout

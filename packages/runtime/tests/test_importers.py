@@ -84,6 +84,94 @@ def test_parse_date_refuses_other_text(text: str) -> None:
         parse_date(text)
 
 
+# --- dates written the way vendors write them --------------------------------------------------
+
+
+def _bars_with_dates(*dates: str, header: str = "Date,Open,High,Low,Close,Volume") -> str:
+    rows = [f"{d},10,12,9,11,100" for d in dates]
+    return header + "\n" + "\n".join(rows) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("dates", "expected"),
+    [
+        # month first (US: the arch package's S&P 500 file), told by a day above 12
+        (("1/4/1999", "1/29/1999", "2/1/1999"), ["1999-01-04", "1999-01-29", "1999-02-01"]),
+        # day first with dots and dashes (Europe), told by a first number above 12
+        (("04.01.1999", "29.01.1999", "01.02.1999"), ["1999-01-04", "1999-01-29", "1999-02-01"]),
+        (("4-1-1999", "29-1-1999", "1-2-1999"), ["1999-01-04", "1999-01-29", "1999-02-01"]),
+        # year first with slashes: never ambiguous
+        (("1999/01/04", "1999/1/29"), ["1999-01-04", "1999-01-29"]),
+    ],
+)
+def test_day_month_order_is_read_from_the_whole_file(
+    db_url: str, tmp_path: Path, dates: tuple[str, ...], expected: list[str]
+) -> None:
+    path = _write(tmp_path, _bars_with_dates(*dates))
+    with get_session(db_url) as session:
+        import_ohlcv_csv(session, path, "X")
+        history = load_history(session, "X")
+    assert history.dates.astype(str).tolist() == expected
+
+
+def test_ambiguous_day_month_dates_are_refused_unless_a_format_is_given(
+    db_url: str, tmp_path: Path
+) -> None:
+    path = _write(tmp_path, _bars_with_dates("1/4/1999", "2/4/1999"))
+    with get_session(db_url) as session, pytest.raises(DataImportError) as info:
+        import_ohlcv_csv(session, path, "X")
+    message = str(info.value)
+    assert "cannot tell day from month" in message
+    assert "'1/4/1999'" in message
+    assert "--date-format" in message
+    assert _count(db_url, Bar) == 0
+    with get_session(db_url) as session:
+        import_ohlcv_csv(session, path, "X", date_format="%d/%m/%Y")
+        history = load_history(session, "X")
+    assert history.dates.astype(str).tolist() == ["1999-04-01", "1999-04-02"]
+
+
+def test_a_file_mixing_day_first_and_month_first_dates_is_refused(
+    db_url: str, tmp_path: Path
+) -> None:
+    path = _write(tmp_path, _bars_with_dates("13/1/1999", "1/14/1999"))
+    with get_session(db_url) as session, pytest.raises(DataImportError, match="some have a first"):
+        import_ohlcv_csv(session, path, "X")
+
+
+def test_rows_not_matching_the_date_format_are_listed(db_url: str, tmp_path: Path) -> None:
+    path = _write(tmp_path, _bars_with_dates("01/04/1999", "1999-04-02"))
+    with get_session(db_url) as session, pytest.raises(DataImportError) as info:
+        import_ohlcv_csv(session, path, "X", date_format="%m/%d/%Y")
+    assert "line 3: date '1999-04-02' does not match --date-format '%m/%d/%Y'" in str(info.value)
+    assert _count(db_url, Bar) == 0
+
+
+def test_impossible_slash_dates_are_bad_rows(db_url: str, tmp_path: Path) -> None:
+    path = _write(tmp_path, _bars_with_dates("1/29/1999", "2/30/1999", "2000/02/30"))
+    with get_session(db_url) as session, pytest.raises(DataImportError) as info:
+        import_ohlcv_csv(session, path, "X")
+    message = str(info.value)
+    assert "line 3: date '2/30/1999' is not a valid month-first date" in message
+    assert "line 4: date '2000/02/30' is not a valid year/month/day date" in message
+
+
+def test_a_blank_first_header_cell_is_the_date_column(db_url: str, tmp_path: Path) -> None:
+    """What ``pandas.DataFrame.to_csv`` writes for a date index (backtesting.py's GOOG.csv)."""
+    text = _bars_with_dates("2004-08-19", "2004-08-20", header=",Open,High,Low,Close,Volume")
+    path = _write(tmp_path, text)
+    with get_session(db_url) as session:
+        report = import_ohlcv_csv(session, path, "GOOG")
+    assert (report.first, report.last) == (dt.date(2004, 8, 19), dt.date(2004, 8, 20))
+
+
+def test_sentiment_dates_use_the_same_rules(db_url: str, tmp_path: Path) -> None:
+    path = _write(tmp_path, "date,score\n1/29/1999,0.5\n2/1/1999,-0.5\n", "macro.csv")
+    with get_session(db_url) as session:
+        report = import_sentiment_csv(session, path)
+    assert (report.first, report.last) == (dt.date(1999, 1, 29), dt.date(1999, 2, 1))
+
+
 # --- good files ------------------------------------------------------------------------------
 
 

@@ -50,7 +50,7 @@ def _cmd_data_import_csv(args: argparse.Namespace) -> int:
     from otonom_runtime.store import get_session
 
     with get_session(_url(args)) as session:
-        report = import_ohlcv_csv(session, args.file, args.symbol)
+        report = import_ohlcv_csv(session, args.file, args.symbol, date_format=args.date_format)
     print(report.summary())
     return 0
 
@@ -60,7 +60,7 @@ def _cmd_data_import_sentiment(args: argparse.Namespace) -> int:
     from otonom_runtime.store import get_session
 
     with get_session(_url(args)) as session:
-        report = import_sentiment_csv(session, args.file, args.symbol)
+        report = import_sentiment_csv(session, args.file, args.symbol, date_format=args.date_format)
     print(report.summary())
     return 0
 
@@ -128,6 +128,18 @@ examples:
 """
 
 
+def _add_date_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--date-format",
+        metavar="FORMAT",
+        help=(
+            "strptime format of the date column, e.g. '%%m/%%d/%%Y' (default: ISO dates and "
+            "datetimes, epoch seconds/ms, 2017/08/17, and 8/17/2017 or 17.08.2017 with the "
+            "day/month order read from the file)"
+        ),
+    )
+
+
 def _add_data_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     data = commands.add_parser(
         "data",
@@ -144,14 +156,17 @@ def _add_data_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         description=(
             "Import daily OHLCV bars of one symbol from a CSV file: Yahoo layout "
             "(Date,Open,High,Low,Close,Adj Close,Volume; Adj Close is ignored) or lower-case "
-            "(timestamp,open,high,low,close,volume). Dates may be ISO dates, ISO datetimes or "
-            "epoch seconds/milliseconds. Every bad row is reported with its line number and "
+            "(timestamp,open,high,low,close,volume); a blank first header cell (pandas' to_csv) "
+            "marks the date column. Dates may be ISO dates, ISO datetimes, epoch "
+            "seconds/milliseconds or day and month with a 4-digit year (see --date-format). "
+            "Every bad row is reported with its line number and "
             "nothing is written unless the whole file is valid. Re-importing updates changed "
             "bars and skips identical ones."
         ),
     )
     p.add_argument("file", metavar="FILE", help="the CSV file")
     p.add_argument("--symbol", required=True, help="the symbol to store the bars under")
+    _add_date_format(p)
     p.set_defaults(handler=_cmd_data_import_csv)
 
     p = sub.add_parser(
@@ -165,6 +180,7 @@ def _add_data_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     )
     p.add_argument("file", metavar="FILE", help="the CSV file")
     p.add_argument("--symbol", help="news sentiment of this symbol (default: macro sentiment)")
+    _add_date_format(p)
     p.set_defaults(handler=_cmd_data_import_sentiment)
 
     p = sub.add_parser(

@@ -18,10 +18,15 @@ columns are ignored):
 * Binance and lower-case exports: ``timestamp,open,high,low,close,volume``.
 
 The date column may be named ``date``, ``timestamp``, ``time``, ``datetime``, ``open_time`` or
-``open time`` and hold an ISO date (``2017-08-17`` or ``20170817``), an ISO datetime
-(``2017-08-17 00:00:00``, ``2017-08-17T00:00:00Z``; time-zone aware values are converted to
-UTC, then the calendar day is kept) or epoch seconds / milliseconds (UTC; values >= 1e11 are
-milliseconds).
+``open time``; a header whose first cell is blank (what ``pandas.DataFrame.to_csv`` writes for
+a date index) has its dates in that first column. Dates may be an ISO date (``2017-08-17`` or
+``20170817``), an ISO datetime (``2017-08-17 00:00:00``, ``2017-08-17T00:00:00Z``; time-zone
+aware values are converted to UTC, then the calendar day is kept), epoch seconds /
+milliseconds (UTC; values >= 1e11 are milliseconds), ``2017/08/17``, or day and month with a
+4-digit year (``8/17/2017``, ``17.08.2017``, ``17-08-2017``). Which of the first two numbers is
+the month is decided once for the whole file: a first number above 12 somewhere means
+day-first, a second number above 12 means month-first; a file where neither happens (or both
+do) is refused unless ``date_format`` (a ``strptime`` format such as ``%m/%d/%Y``) says.
 
 A bar is refused when: its date cannot be read, the date repeats an earlier row, a value is
 empty or not a finite number, a price is <= 0, high < low, volume < 0, or the row has another
@@ -92,6 +97,72 @@ class ImportReport:
         )
 
 
+_DAY_MONTH_YEAR: Final = re.compile(r"^(\d{1,2})([/.-])(\d{1,2})\2(\d{4})$")
+_YEAR_MONTH_DAY: Final = re.compile(r"^(\d{4})([/.])(\d{1,2})\2(\d{1,2})$")
+_ORDER_FORMATS: Final = {"month-first": "%m{0}%d{0}%Y", "day-first": "%d{0}%m{0}%Y"}
+
+
+class _DateReader:
+    """Reads one file's date cells: ``parse_date``, plus the slash/dot dates of the module doc.
+
+    The day/month order of ``8/17/2017``-style dates is decided once from all of the file's
+    date cells (``texts``), so every row of a file is read the same way; ``date_format`` (a
+    ``strptime`` format) overrides everything.
+    """
+
+    def __init__(self, path: Path, texts: Sequence[str], date_format: str | None) -> None:
+        self.date_format = date_format
+        self.order: str | None = None
+        if date_format is not None:
+            return
+        first_big = second_big = ambiguous = False
+        for text in texts:
+            match = _DAY_MONTH_YEAR.match(text.strip())
+            if match is None:
+                continue
+            ambiguous = True
+            first_big |= int(match.group(1)) > 12
+            second_big |= int(match.group(3)) > 12
+        if not ambiguous:
+            return
+        if first_big == second_big:
+            why = (
+                "some have a first and some a second number above 12"
+                if first_big
+                else "neither number is ever above 12"
+            )
+            raise DataImportError(
+                f"{path.name}: cannot tell day from month in dates like {texts[0].strip()!r} "
+                f"({why}); pass the format, e.g. --date-format '%m/%d/%Y' (month first) or "
+                "'%d/%m/%Y' (day first)"
+            )
+        self.order = "day-first" if first_big else "month-first"
+
+    def __call__(self, text: str) -> dt.date:
+        value = text.strip()
+        if self.date_format is not None:
+            try:
+                return dt.datetime.strptime(value, self.date_format).date()
+            except ValueError:
+                raise ValueError(
+                    f"date {value!r} does not match --date-format {self.date_format!r}"
+                ) from None
+        match = _DAY_MONTH_YEAR.match(value)
+        if match is not None and self.order is not None:
+            fmt = _ORDER_FORMATS[self.order].format(match.group(2))
+            try:
+                return dt.datetime.strptime(value, fmt).date()
+            except ValueError:
+                raise ValueError(f"date {value!r} is not a valid {self.order} date") from None
+        match = _YEAR_MONTH_DAY.match(value)
+        if match is not None:
+            try:
+                return dt.date(int(match.group(1)), int(match.group(3)), int(match.group(4)))
+            except ValueError:
+                raise ValueError(f"date {value!r} is not a valid year/month/day date") from None
+        return parse_date(value)
+
+
 def parse_date(text: str) -> dt.date:
     """A calendar day from an ISO date, an ISO datetime, or epoch seconds/milliseconds (UTC).
 
@@ -123,7 +194,8 @@ def parse_date(text: str) -> dt.date:
     except ValueError:
         raise ValueError(
             f"date {value!r} is not an ISO date (2017-08-17), ISO datetime "
-            "(2017-08-17 00:00:00) or epoch seconds/milliseconds"
+            "(2017-08-17 00:00:00), epoch seconds/milliseconds, 2017/08/17 or day and month "
+            "with a 4-digit year (8/17/2017, 17.08.2017)"
         ) from None
     if stamp.tzinfo is not None:
         stamp = stamp.astimezone(dt.timezone.utc)
@@ -192,6 +264,8 @@ def _columns(
             if alias in names:
                 found[key] = names.index(alias)
                 break
+    if "date" in wanted and "date" not in found and names and names[0] == "":
+        found["date"] = 0  # pandas' to_csv of a date index: a blank first header cell
     missing = [key for key in wanted if key not in found and key not in optional]
     if missing:
         expect = ", ".join("/".join(wanted[key]) for key in missing)
@@ -236,7 +310,9 @@ def check_symbol_name(symbol: str) -> str:
     return name
 
 
-def _read_bars(path: Path) -> dict[dt.date, tuple[float, float, float, float, float]]:
+def _read_bars(
+    path: Path, date_format: str | None = None
+) -> dict[dt.date, tuple[float, float, float, float, float]]:
     rows = _read_rows(path)
     first = next(rows, None)
     if first is None:
@@ -251,13 +327,15 @@ def _read_bars(path: Path) -> dict[dt.date, tuple[float, float, float, float, fl
     )
     problems = _Problems(path)
     fits = _row_checker(problems, len(header))
+    records = list(rows)
+    read_date = _date_reader(path, records, cols["date"], date_format)
     bars: dict[dt.date, tuple[float, float, float, float, float]] = {}
     lines: dict[dt.date, int] = {}
-    for line, cells in rows:
+    for line, cells in records:
         if not fits(line, cells):
             continue
         try:
-            day = parse_date(cells[cols["date"]])
+            day = read_date(cells[cols["date"]])
         except ValueError as exc:
             problems.add(line, str(exc))
             continue
@@ -285,8 +363,20 @@ def _read_bars(path: Path) -> dict[dt.date, tuple[float, float, float, float, fl
     return bars
 
 
-def import_ohlcv_csv(session: Session, path: str | Path, symbol: str) -> ImportReport:
+def _date_reader(
+    path: Path, records: Sequence[tuple[int, list[str]]], column: int, date_format: str | None
+) -> _DateReader:
+    texts = [cells[column] for _, cells in records if column < len(cells)]
+    return _DateReader(path, texts, date_format)
+
+
+def import_ohlcv_csv(
+    session: Session, path: str | Path, symbol: str, *, date_format: str | None = None
+) -> ImportReport:
     """Import the daily bars of ``symbol`` from a CSV file (see the module doc for layouts).
+
+    ``date_format``: a ``strptime`` format for the date column (default: read as the module
+    doc says).
 
     Creates the ``Symbol`` row if missing (source ``"csv:<file name>"``). Raises
     ``DataImportError`` listing every bad row (nothing is written then), or when ``symbol`` is
@@ -294,7 +384,7 @@ def import_ohlcv_csv(session: Session, path: str | Path, symbol: str) -> ImportR
     """
     path = Path(path)
     name = check_symbol_name(symbol)
-    bars = _read_bars(path)
+    bars = _read_bars(path, date_format)
     row, created = get_or_create_symbol(session, name, source=f"csv:{path.name}")
     if row.is_synthetic:
         raise DataImportError(
@@ -341,7 +431,11 @@ def import_ohlcv_csv(session: Session, path: str | Path, symbol: str) -> ImportR
 
 
 def import_sentiment_csv(
-    session: Session, path: str | Path, symbol: str | None = None
+    session: Session,
+    path: str | Path,
+    symbol: str | None = None,
+    *,
+    date_format: str | None = None,
 ) -> ImportReport:
     """Import sentiment scores in [-1, 1] from a CSV file with columns ``date[,symbol],score``.
 
@@ -378,7 +472,9 @@ def import_sentiment_csv(
     fits = _row_checker(problems, len(header))
     scores: dict[tuple[str, dt.date], float] = {}
     lines: dict[tuple[str, dt.date], int] = {}
-    for line, cells in rows:
+    records = list(rows)
+    read_date = _date_reader(path, records, cols["date"], date_format)
+    for line, cells in records:
         if not fits(line, cells):
             continue
         name = wanted or ""
@@ -391,7 +487,7 @@ def import_sentiment_csv(
                 problems.add(line, f"symbol {name!r} is not in the store; import its bars first")
                 continue
         try:
-            day = parse_date(cells[cols["date"]])
+            day = read_date(cells[cols["date"]])
         except ValueError as exc:
             problems.add(line, str(exc))
             continue
