@@ -50,6 +50,31 @@ CREATE TABLE decisions (
         REFERENCES symbols (id) ON DELETE CASCADE
 )
 """
+# The sentiment tables of store versions 1 and 2 (no source; macro UNIQUE(date)), as
+# SQLAlchemy created them.
+_V2_SENTIMENT = (
+    """
+CREATE TABLE news_sentiment (
+    id {serial} NOT NULL,
+    symbol_id INTEGER NOT NULL,
+    date DATE NOT NULL,
+    score {double} NOT NULL,
+    CONSTRAINT pk_news_sentiment PRIMARY KEY (id),
+    CONSTRAINT uq_news_sentiment_symbol_id_date UNIQUE (symbol_id, date),
+    CONSTRAINT fk_news_sentiment_symbol_id_symbols FOREIGN KEY(symbol_id)
+        REFERENCES symbols (id) ON DELETE CASCADE
+)
+""",
+    """
+CREATE TABLE macro_sentiment (
+    id {serial} NOT NULL,
+    date DATE NOT NULL,
+    score {double} NOT NULL,
+    CONSTRAINT pk_macro_sentiment PRIMARY KEY (id),
+    CONSTRAINT uq_macro_sentiment_date UNIQUE (date)
+)
+""",
+)
 # Two version-1 decision rows: RL off (JSON null) and RL on, as the backtester wrote them.
 V1_SIGNALS = (
     {
@@ -89,6 +114,7 @@ def _make_v1_store(url: str) -> tuple[int, tuple[dict[str, Any], ...]]:
         session.add(run)
         session.flush()
         run_id = run.id
+    _to_v2_sentiment(url, [], [])
     engine = get_engine(url)
     sqlite = engine.dialect.name == "sqlite"
     double, serial = ("DOUBLE", "INTEGER") if sqlite else ("DOUBLE PRECISION", "SERIAL")
@@ -115,6 +141,70 @@ def _make_v1_store(url: str) -> tuple[int, tuple[dict[str, Any], ...]]:
         conn.execute(text("UPDATE store_meta SET value = '1' WHERE key = 'store_version'"))
     dispose_engines()
     return run_id, V1_SIGNALS
+
+
+def _to_v2_sentiment(
+    url: str, news: list[tuple[str, dt.date, float]], macro: list[tuple[dt.date, float]]
+) -> None:
+    """Replace the sentiment tables of the initialised store at ``url`` by their version-2
+    layout holding ``news`` ((symbol, date, score); the symbols must exist) and ``macro``
+    ((date, score)); store_version becomes 2. Cached engines are dropped."""
+    engine = get_engine(url)
+    sqlite = engine.dialect.name == "sqlite"
+    double, serial = ("DOUBLE", "INTEGER") if sqlite else ("DOUBLE PRECISION", "SERIAL")
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE news_sentiment"))
+        conn.execute(text("DROP TABLE macro_sentiment"))
+        for ddl in _V2_SENTIMENT:
+            conn.execute(text(ddl.format(double=double, serial=serial)))
+        for name, day, score in news:
+            conn.execute(
+                text(
+                    "INSERT INTO news_sentiment (symbol_id, date, score) "
+                    "SELECT id, :day, :score FROM symbols WHERE name = :name"
+                ),
+                {"name": name, "day": day, "score": score},
+            )
+        for day, score in macro:
+            conn.execute(
+                text("INSERT INTO macro_sentiment (date, score) VALUES (:day, :score)"),
+                {"day": day, "score": score},
+            )
+        conn.execute(text("UPDATE store_meta SET value = '2' WHERE key = 'store_version'"))
+    dispose_engines()
+
+
+V2_DAYS = (dt.date(2021, 1, 1), dt.date(2021, 1, 2))
+
+
+def _make_v2_store(url: str, *, synthetic: bool = True) -> dict[str, Any]:
+    """Turn the store at ``url`` into a store of version 2 holding two real bar series
+    (``REAL``, ``REAL2``) with news on ``V2_DAYS``, a synthetic one (``DEMO``, with ``synthetic``)
+    with news, and macro scores on ``V2_DAYS``. Returns what the upgrade must make of them:
+    ``{"news": {(symbol, date): (source, score)}, "macro": {date: (source, score)}}``."""
+    init_db(url)
+    names = ["REAL", "REAL2"] + (["DEMO"] if synthetic else [])
+    with get_session(url) as session:
+        for name in names:
+            _add_bars(session, name, V2_DAYS[0], 2, synthetic=name == "DEMO")
+    news = [(name, day, 0.1 * (i + 1)) for name in names for i, day in enumerate(V2_DAYS)]
+    macro = [(day, -0.5 * (i + 1)) for i, day in enumerate(V2_DAYS)]
+    _to_v2_sentiment(url, news, macro)
+    macro_source = "synthetic" if synthetic else "user"
+    return {
+        "news": {
+            (name, day): ("synthetic" if name == "DEMO" else "user", score)
+            for name, day, score in news
+        },
+        "macro": {day: (macro_source, score) for day, score in macro},
+    }
+
+
+@pytest.fixture
+def make_v2_store() -> Callable[..., dict[str, Any]]:
+    """``make_v2_store(url, synthetic=True) -> expected``: the store at ``url`` as store version
+    2 left it, sentiment without sources (see ``_make_v2_store``)."""
+    return _make_v2_store
 
 
 @pytest.fixture
@@ -148,13 +238,15 @@ def _add_bars(
     *,
     step_days: int = 1,
     price: float = 100.0,
+    synthetic: bool = False,
 ) -> list[dt.date]:
-    """Write ``n`` simple bars of ``name`` (created if missing), every ``step_days`` days.
+    """Write ``n`` simple bars of ``name`` (created if missing, marked synthetic with
+    ``synthetic``), every ``step_days`` days.
 
     Bar i has close ``price + i``, open ``price + i - 0.5``, high close+1, low open-1, volume
     ``1000 + i``. Returns the dates.
     """
-    symbol, _ = get_or_create_symbol(session, name, source="test")
+    symbol, _ = get_or_create_symbol(session, name, source="test", is_synthetic=synthetic)
     days = [start + dt.timedelta(days=i * step_days) for i in range(n)]
     session.execute(
         insert(Bar),
@@ -176,7 +268,8 @@ def _add_bars(
 
 @pytest.fixture
 def add_bars() -> AddBars:
-    """``add_bars(session, name, start, n, step_days=1, price=100.0) -> dates``."""
+    """``add_bars(session, name, start, n, step_days=1, price=100.0, synthetic=False) ->
+    dates``."""
     return _add_bars
 
 

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from otonom_runtime.importers import import_ohlcv_csv, import_sentiment_csv
 from otonom_runtime.store import (
     STORE_VERSION,
+    USER_SOURCE,
     BacktestRun,
     Base,
     Decision,
@@ -80,8 +81,10 @@ def test_write_and_read_back(pg: str, add_bars: Any) -> None:
         days = add_bars(session, "BTC-USD", D0, 200)
         symbol_id = get_symbol(session, "BTC-USD").id
         for i, day in enumerate(days[:3]):
-            session.add(NewsSentiment(symbol_id=symbol_id, date=day, score=0.1 * i))
-            session.add(MacroSentiment(date=day, score=-0.1 * i))
+            session.add(
+                NewsSentiment(symbol_id=symbol_id, source=USER_SOURCE, date=day, score=0.1 * i)
+            )
+            session.add(MacroSentiment(source=USER_SOURCE, date=day, score=-0.1 * i))
         run = BacktestRun(
             strategy_name="ensemble",
             strategy_hash="h",
@@ -114,7 +117,8 @@ def test_write_and_read_back(pg: str, add_bars: Any) -> None:
         assert history.dates.tolist() == days[10:150]
         np.testing.assert_array_equal(history.close, 100.0 + np.arange(10, 150))
         assert last_bar_date(session, "BTC-USD") == days[-1]
-        news, macro = load_news(session, "BTC-USD"), load_macro(session, start=days[1])
+        news = load_news(session, "BTC-USD")
+        macro = load_macro(session, source=USER_SOURCE, start=days[1])
         assert news is not None
         assert macro is not None
         assert news.scores.tolist() == pytest.approx([0.0, 0.1, 0.2])
@@ -145,11 +149,11 @@ def test_write_and_read_back(pg: str, add_bars: Any) -> None:
 def test_unique_constraints_and_foreign_keys_hold(pg: str, add_bars: Any) -> None:
     with get_session(pg) as session:
         add_bars(session, "A", D0, 2)
-        session.add(MacroSentiment(date=D0, score=0.0))
+        session.add(MacroSentiment(source=USER_SOURCE, date=D0, score=0.0))
     with pytest.raises(IntegrityError), get_session(pg) as session:
         add_bars(session, "A", D0 + dt.timedelta(days=1), 1)
     with pytest.raises(IntegrityError), get_session(pg) as session:
-        session.add(MacroSentiment(date=D0, score=0.5))
+        session.add(MacroSentiment(source=USER_SOURCE, date=D0, score=0.5))
     with pytest.raises(IntegrityError), get_session(pg) as session:
         session.execute(
             text(

@@ -58,6 +58,7 @@ DEFAULTS: dict[str, Any] = {
     "portfolio": {"initial_capital": 10000.0, "max_leverage": 1.0, "allow_short": True},
     "costs": {"commission_bps": 10.0, "slippage_bps": 5.0},
     "calendar": {"periods_per_year": 365},
+    "data": {"news_source": None, "macro_source": None},
 }
 """The documented defaults, written out independently of the dataclasses."""
 

@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from otonom_runtime._errors import DataImportError
 from otonom_runtime.importers import import_sentiment_csv
 from otonom_runtime.store import (
+    SYNTHETIC_SOURCE,
     Bar,
     NewsSentiment,
     get_or_create_symbol,
@@ -185,7 +186,7 @@ def test_write_synthetic_stores_bars_news_and_macro(db_url: str) -> None:
         assert symbol.meta["generator_version"] == GENERATOR_VERSION
         history = load_history(session, "DEMO-BTC")
         news = load_news(session, "DEMO-BTC")
-        macro = load_macro(session)
+        macro = load_macro(session, source=SYNTHETIC_SOURCE)
         infos = list_symbols(session)
     for name in ("dates", "open", "high", "low", "close", "volume"):
         np.testing.assert_array_equal(getattr(history, name), getattr(expected.history, name))
@@ -235,7 +236,7 @@ def test_write_synthetic_keeps_imported_macro(db_url: str, tmp_path: Path) -> No
         import_sentiment_csv(session, path)
     with get_session(db_url) as session:
         report = write_synthetic(session, ["DEMO-BTC"], S, dt.date(2020, 1, 5), 7)
-        macro = load_macro(session)
+        macro = load_macro(session, source=SYNTHETIC_SOURCE)
     assert report.macro == 4
     assert macro is not None
     assert macro.scores[1] == 0.123

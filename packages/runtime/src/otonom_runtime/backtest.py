@@ -64,6 +64,7 @@ from otonom_runtime.store import (
     load_history,
     load_macro,
     load_news,
+    sentiment_source,
 )
 from otonom_schema import (
     PORTFOLIO_COLUMNS,
@@ -803,11 +804,25 @@ def run_backtest(
     if rl_on and not config.rl_enabled:  # a policy handed in for a strategy that has RL off
         params = replace(params, weights=(*params.weights[:3], config.ensemble.analyst_weights.rl))
     clock = time.perf_counter()
-    symbol_ids = {name: get_symbol(session, name).id for name in symbols}  # before the run row
+    rows = {name: get_symbol(session, name) for name in symbols}  # before the run row
+    symbol_ids = {name: row.id for name, row in rows.items()}
+    # the sentiment each symbol reads, recorded for dataset generation to read the same
+    sources = {
+        name: {
+            "news": sentiment_source(row, config.data.news_source),
+            "macro": sentiment_source(row, config.data.macro_source),
+        }
+        for name, row in rows.items()
+    }
     run = BacktestRun(
         strategy_name=config.name,
         strategy_hash=config.file_sha256,
-        params={"strategy": config.to_dict(), "rl_enabled": rl_on, "source": config.source},
+        params={
+            "strategy": config.to_dict(),
+            "rl_enabled": rl_on,
+            "source": config.source,
+            "sentiment_sources": sources,
+        },
         start_date=start,
         end_date=end,
         symbols=list(symbols),
@@ -818,7 +833,10 @@ def run_backtest(
     run_id = run.id
     try:
         capital = params.initial_capital / len(symbols)
-        macro = load_macro(session, end=end)  # market-wide: read once
+        macros = {  # market-wide: read once per source
+            source: load_macro(session, source=source, end=end)
+            for source in sorted({s["macro"] for s in sources.values()})
+        }
         first_rl = _make_rl(config, policy) if rl_on else None  # the model is loaded once
         inputs: list[_Bars] = []
         for name in tqdm(symbols, desc="backtest", unit="symbol", disable=not progress):
@@ -830,8 +848,8 @@ def run_backtest(
                     f"{name!r} has no bar in {start.isoformat()} .. {end.isoformat()}; its bars "
                     f"end on {history.dates[-1]}"
                 )
-            news = load_news(session, name, end=end)
-            market = market_feature_matrix(history, news, macro)
+            news = load_news(session, name, source=sources[name]["news"], end=end)
+            market = market_feature_matrix(history, news, macros[sources[name]["macro"]])
             inputs.append(_Bars(name, history.dates, history.open, history.close, market, first))
         # one analyst per symbol, quiet: a failure is logged once per run, here (a model that
         # failed to load: already by _make_rl)
