@@ -10,12 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, text
+from sqlalchemy import insert, inspect, select, text
 from sqlalchemy.orm import Session
 
+from otonom_runtime import store
 from otonom_runtime.store import (
     BacktestRun,
     Bar,
+    MacroSentiment,
+    NewsSentiment,
+    Symbol,
     dispose_engines,
     get_engine,
     get_or_create_symbol,
@@ -285,3 +289,77 @@ def postgres_url() -> Iterator[str]:
             pytest.skip(f"no PostgreSQL server: {exc}")
         yield url
         dispose_engines()
+
+
+# --- store upgrades: what the sentiment tables hold and how they are laid out -------------------
+
+
+def _sentiment_rows(url: str) -> dict[str, dict[Any, tuple[str, float]]]:
+    """Every sentiment row: news {(symbol, date): (source, score)}, macro {date: (...)}."""
+    with get_session(url) as session:
+        news = session.execute(
+            select(Symbol.name, NewsSentiment.date, NewsSentiment.source, NewsSentiment.score).join(
+                Symbol, NewsSentiment.symbol_id == Symbol.id
+            )
+        ).all()
+        macro = session.execute(
+            select(MacroSentiment.date, MacroSentiment.source, MacroSentiment.score)
+        ).all()
+    return {
+        "news": {(r[0], r[1]): (r[2], r[3]) for r in news},
+        "macro": {r[0]: (r[1], r[2]) for r in macro},
+    }
+
+
+def _sentiment_layout(url: str) -> dict[str, Any]:
+    """Columns (name, type, nullable) and unique constraints of the sentiment tables."""
+    engine = get_engine(url)
+    with engine.connect() as conn:
+        info = inspect(conn)
+        return {
+            table: (
+                sorted((c["name"], str(c["type"]), c["nullable"]) for c in info.get_columns(table)),
+                sorted(
+                    (u["name"], tuple(u["column_names"]))
+                    for u in info.get_unique_constraints(table)
+                ),
+                sorted(fk["referred_table"] for fk in info.get_foreign_keys(table)),
+            )
+            for table in ("news_sentiment", "macro_sentiment")
+        }
+
+
+@pytest.fixture
+def sentiment_rows() -> Callable[[str], dict[str, dict[Any, tuple[str, float]]]]:
+    """``sentiment_rows(url)``: news {(symbol, date): (source, score)}, macro {date: (...)}."""
+    return _sentiment_rows
+
+
+@pytest.fixture
+def sentiment_layout() -> Callable[[str], dict[str, Any]]:
+    """``sentiment_layout(url)``: columns, unique constraints and foreign keys of the
+    sentiment tables (sorted; comparable across stores)."""
+    return _sentiment_layout
+
+
+def _fail_at(monkeypatch: pytest.MonkeyPatch, step: str) -> list[str]:
+    """Make the store's next SQL text starting with ``step`` raise (once); returns the list
+    of the SQL texts made, which the test can check reached the step."""
+    made: list[str] = []
+    real = store.text
+
+    def text_or_fail(sql: str) -> Any:
+        made.append(sql)
+        if sql.lstrip().startswith(step) and made.count(sql) == 1:
+            raise RuntimeError(f"interrupted at {step}")
+        return real(sql)
+
+    monkeypatch.setattr(store, "text", text_or_fail)
+    return made
+
+
+@pytest.fixture
+def fail_at() -> Callable[[pytest.MonkeyPatch, str], list[str]]:
+    """``fail_at(monkeypatch, step)``: the store's next SQL text starting with ``step``
+    raises ``RuntimeError("interrupted at <step>")`` (once)."""
+    return _fail_at

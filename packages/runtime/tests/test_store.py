@@ -308,44 +308,14 @@ def test_an_upgrade_that_fails_midway_completes_on_the_next_init_db(
         assert [d.signals for d in decisions] == list(v1_signals)
 
 
-def _sentiment_rows(url: str) -> dict[str, dict[Any, tuple[str, float]]]:
-    """Every sentiment row: news {(symbol, date): (source, score)}, macro {date: (...)}."""
-    with get_session(url) as session:
-        news = session.execute(
-            select(Symbol.name, NewsSentiment.date, NewsSentiment.source, NewsSentiment.score).join(
-                Symbol, NewsSentiment.symbol_id == Symbol.id
-            )
-        ).all()
-        macro = session.execute(
-            select(MacroSentiment.date, MacroSentiment.source, MacroSentiment.score)
-        ).all()
-    return {
-        "news": {(r[0], r[1]): (r[2], r[3]) for r in news},
-        "macro": {r[0]: (r[1], r[2]) for r in macro},
-    }
-
-
-def _sentiment_layout(url: str) -> dict[str, Any]:
-    """Columns (name, type, nullable) and unique constraints of the sentiment tables."""
-    engine = get_engine(url)
-    with engine.connect() as conn:
-        info = inspect(conn)
-        return {
-            table: (
-                sorted((c["name"], str(c["type"]), c["nullable"]) for c in info.get_columns(table)),
-                sorted(
-                    (u["name"], tuple(u["column_names"]))
-                    for u in info.get_unique_constraints(table)
-                ),
-                sorted(fk["referred_table"] for fk in info.get_foreign_keys(table)),
-            )
-            for table in ("news_sentiment", "macro_sentiment")
-        }
-
-
 @pytest.mark.parametrize("synthetic", [True, False], ids=["with-demo", "real-only"])
 def test_a_version_2_store_is_upgraded_in_place_labelling_sentiment_by_symbol_kind(
-    db_url: str, make_v2_store: Any, tmp_path: Path, synthetic: bool
+    db_url: str,
+    make_v2_store: Any,
+    sentiment_rows: Any,
+    sentiment_layout: Any,
+    tmp_path: Path,
+    synthetic: bool,
 ) -> None:
     """News by its symbol's kind; macro "synthetic" when the store holds a synthetic symbol,
     else "user"; the layout then equals a fresh store's and new rows obey the new uniques."""
@@ -358,10 +328,10 @@ def test_a_version_2_store_is_upgraded_in_place_labelling_sentiment_by_symbol_ki
     init_db(db_url)
     with get_session(db_url) as session:
         assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "3"
-    assert _sentiment_rows(db_url) == expected
+    assert sentiment_rows(db_url) == expected
     fresh = _sqlite(tmp_path / "fresh.db")
     init_db(fresh)
-    assert _sentiment_layout(db_url) == _sentiment_layout(fresh)
+    assert sentiment_layout(db_url) == sentiment_layout(fresh)
     day = min(expected["macro"])
     other = "user" if synthetic else "synthetic"
     with get_session(db_url) as session:
@@ -372,7 +342,7 @@ def test_a_version_2_store_is_upgraded_in_place_labelling_sentiment_by_symbol_ki
     with pytest.raises(IntegrityError), get_session(db_url) as session:
         session.add(MacroSentiment(source=expected["macro"][day][0], date=day, score=0.0))
     init_db(db_url)  # idempotent on the upgraded store
-    assert len(_sentiment_rows(db_url)["macro"]) == len(expected["macro"])  # keyed by date
+    assert len(sentiment_rows(db_url)["macro"]) == len(expected["macro"])  # keyed by date
 
 
 _V3_STEPS = (
@@ -388,30 +358,19 @@ _V3_STEPS = (
 )
 
 
-def _fail_at(monkeypatch: pytest.MonkeyPatch, step: str) -> list[str]:
-    """Make the store's next SQL text starting with ``step`` raise (once); returns the list
-    of the SQL texts made, which the test can check reached the step."""
-    made: list[str] = []
-    real = store_module.text
-
-    def text_or_fail(sql: str) -> Any:
-        made.append(sql)
-        if sql.lstrip().startswith(step) and made.count(sql) == 1:
-            raise RuntimeError(f"interrupted at {step}")
-        return real(sql)
-
-    monkeypatch.setattr(store_module, "text", text_or_fail)
-    return made
-
-
 @pytest.mark.parametrize("step", _V3_STEPS)
 def test_a_2_to_3_upgrade_that_fails_at_any_step_completes_on_the_next_init_db(
-    db_url: str, make_v2_store: Any, monkeypatch: pytest.MonkeyPatch, step: str
+    db_url: str,
+    make_v2_store: Any,
+    sentiment_rows: Any,
+    fail_at: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    step: str,
 ) -> None:
     """SQLite's driver commits DDL on its own: whatever a failure leaves behind, the next
     ``init_db`` finishes the upgrade with every row labelled once."""
     expected = make_v2_store(db_url)
-    _fail_at(monkeypatch, step)
+    fail_at(monkeypatch, step)
     with pytest.raises(RuntimeError, match=f"interrupted at {step}"):
         init_db(db_url)
     monkeypatch.undo()
@@ -419,7 +378,7 @@ def test_a_2_to_3_upgrade_that_fails_at_any_step_completes_on_the_next_init_db(
     with sqlite3.connect(db_url.removeprefix("sqlite:///")) as raw:
         assert raw.execute("SELECT value FROM store_meta").fetchone() == ("2",)
     init_db(db_url)
-    assert _sentiment_rows(db_url) == expected
+    assert sentiment_rows(db_url) == expected
     with sqlite3.connect(db_url.removeprefix("sqlite:///")) as raw:
         tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert raw.execute("SELECT value FROM store_meta").fetchone() == ("3",)
@@ -427,7 +386,7 @@ def test_a_2_to_3_upgrade_that_fails_at_any_step_completes_on_the_next_init_db(
 
 
 def test_a_2_to_3_upgrade_stopped_between_drop_and_rename_keeps_every_row(
-    db_url: str, make_v2_store: Any, tmp_path: Path
+    db_url: str, make_v2_store: Any, sentiment_rows: Any, sentiment_layout: Any, tmp_path: Path
 ) -> None:
     """A driver that commits each statement could stop after the old table was dropped: the
     copy then holds every labelled row and the next ``init_db`` renames it."""
@@ -450,10 +409,10 @@ def test_a_2_to_3_upgrade_stopped_between_drop_and_rename_keeps_every_row(
     finally:
         raw.close()
     init_db(db_url)
-    assert _sentiment_rows(db_url) == expected
+    assert sentiment_rows(db_url) == expected
     fresh = _sqlite(tmp_path / "fresh.db")
     init_db(fresh)
-    assert _sentiment_layout(db_url) == _sentiment_layout(fresh)
+    assert sentiment_layout(db_url) == sentiment_layout(fresh)
 
 
 def test_decision_signals_map_to_typed_columns_and_refuse_unknown_analysts() -> None:
@@ -547,7 +506,7 @@ def test_readers_read_one_source(db_url: str, add_bars: Any) -> None:
         ids = {name: get_symbol(session, name).id for name in ("REAL", "DEMO")}
         for source, score in ((USER_SOURCE, 0.5), (SYNTHETIC_SOURCE, -0.5), ("vendor", 0.25)):
             session.add(MacroSentiment(source=source, date=D0, score=score))
-            for name, symbol_id in ids.items():
+            for symbol_id in ids.values():
                 session.add(NewsSentiment(symbol_id=symbol_id, source=source, date=D0, score=score))
     with get_session(db_url) as session:
 

@@ -151,7 +151,7 @@ def test_parse_strategy_names_a_dict_source_and_a_default_name() -> None:
         pytest.param(
             {"calendr": {}},
             "calendr: unknown key; expected one of name, description, ensemble, analysts, "
-            "portfolio, costs, calendar; did you mean 'calendar'?",
+            "portfolio, costs, calendar, data; did you mean 'calendar'?",
             id="unknown-top-level-key",
         ),
         pytest.param(
@@ -286,7 +286,7 @@ def test_a_key_that_is_not_text_is_unknown() -> None:
     problems = _problems({1: 2, "name": "x"})
     assert problems == (
         "<dict>: 1: unknown key; expected one of name, description, ensemble, "
-        "analysts, portfolio, costs, calendar",
+        "analysts, portfolio, costs, calendar, data",
     )
 
 

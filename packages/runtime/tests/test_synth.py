@@ -15,6 +15,7 @@ from otonom_runtime._errors import DataImportError
 from otonom_runtime.importers import import_sentiment_csv
 from otonom_runtime.store import (
     SYNTHETIC_SOURCE,
+    USER_SOURCE,
     Bar,
     NewsSentiment,
     get_or_create_symbol,
@@ -229,7 +230,9 @@ def test_write_synthetic_refuses_imported_symbols_and_bad_lists(db_url: str) -> 
         assert session.execute(select(func.count(Bar.id))).scalar_one() == 0
 
 
-def test_write_synthetic_keeps_imported_macro(db_url: str, tmp_path: Path) -> None:
+def test_write_synthetic_and_imported_macro_live_side_by_side(db_url: str, tmp_path: Path) -> None:
+    """Imported macro (source "user") and the synthetic market's never overwrite each other,
+    whichever comes first; only days without a synthetic score get one."""
     path = tmp_path / "macro.csv"
     path.write_text("date,score\n2020-01-02,0.123\n")
     with get_session(db_url) as session:
@@ -237,7 +240,17 @@ def test_write_synthetic_keeps_imported_macro(db_url: str, tmp_path: Path) -> No
     with get_session(db_url) as session:
         report = write_synthetic(session, ["DEMO-BTC"], S, dt.date(2020, 1, 5), 7)
         macro = load_macro(session, source=SYNTHETIC_SOURCE)
-    assert report.macro == 4
+    assert report.macro == 5
     assert macro is not None
-    assert macro.scores[1] == 0.123
-    assert len(macro.scores) == 5
+    assert macro.scores.tolist() == generate_macro(S, dt.date(2020, 1, 5), 7).scores.tolist()
+    path.write_text("date,score\n2020-01-02,0.5\n2020-01-03,-0.5\n")
+    with get_session(db_url) as session:
+        import_sentiment_csv(session, path)  # updates the user's 01-02, adds 01-03
+        report = write_synthetic(session, ["DEMO-BTC"], S, dt.date(2020, 1, 7), 7)
+        assert report.macro == 2  # 01-06 and 01-07: the synthetic days so far are kept
+        user = load_macro(session, source=USER_SOURCE)
+        again = load_macro(session, source=SYNTHETIC_SOURCE)
+    assert user is not None
+    assert user.scores.tolist() == [0.5, -0.5]
+    assert again is not None
+    assert again.scores.tolist() == generate_macro(S, dt.date(2020, 1, 7), 7).scores.tolist()
