@@ -4,6 +4,7 @@ demo's. A store holding both gives each exactly what a store holding only it giv
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,22 @@ def test_a_run_records_the_sources_each_symbol_read(
             DEMO[0]: {"news": "vendor", "macro": "synthetic"},
         },
     ]
+
+
+def test_a_named_source_that_holds_nothing_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = _url(tmp_path / "demo.db")
+    _add_demo(url)
+    with caplog.at_level(logging.WARNING, logger="otonom_runtime.backtest"):
+        _decisions(url, DEMO[:1])
+        assert not caplog.records
+        _decisions(url, DEMO[:1], parse_strategy({"data": {"macro_source": "vendr"}}))
+    (record,) = caplog.records
+    assert record.getMessage() == (
+        "the strategy's data.macro_source is 'vendr', but the store holds no macro sentiment of "
+        f"that source for DEMO-BTC (up to {END}): the macro sentiment feature is 0 there"
+    )
 
 
 def test_the_live_builder_of_a_real_symbol_ignores_the_demo(

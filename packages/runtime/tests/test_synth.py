@@ -254,3 +254,21 @@ def test_write_synthetic_and_imported_macro_live_side_by_side(db_url: str, tmp_p
     assert user.scores.tolist() == [0.5, -0.5]
     assert again is not None
     assert again.scores.tolist() == generate_macro(S, dt.date(2020, 1, 7), 7).scores.tolist()
+
+
+def test_regenerating_keeps_a_users_news_of_a_synthetic_symbol(db_url: str, tmp_path: Path) -> None:
+    """Only the synthetic market's own rows are replaced; the user's stay (source "user")."""
+    with get_session(db_url) as session:
+        write_synthetic(session, ["DEMO-BTC"], S, dt.date(2020, 1, 5), 7)
+    path = tmp_path / "news.csv"
+    path.write_text("date,score\n2020-01-02,0.125\n")
+    with get_session(db_url) as session:
+        import_sentiment_csv(session, path, "DEMO-BTC")
+    with get_session(db_url) as session:
+        write_synthetic(session, ["DEMO-BTC"], S, dt.date(2020, 1, 9), 8)  # other arguments
+        user = load_news(session, "DEMO-BTC", source=USER_SOURCE)
+        synthetic = load_news(session, "DEMO-BTC")
+    assert user is not None
+    assert user.scores.tolist() == [0.125]
+    assert synthetic is not None
+    assert len(synthetic.scores) == 9

@@ -767,6 +767,24 @@ def _portfolio_curve(
     return dates, equity, exposure_value / equity
 
 
+def _warn_unread(config: StrategyConfig, unread: dict[str, list[str]], end: dt.date) -> None:
+    """Warn when a sentiment source the strategy names holds nothing for some symbols (a typo
+    in ``data.news_source`` / ``data.macro_source`` would otherwise read as neutral 0)."""
+    named = {"news": config.data.news_source, "macro": config.data.macro_source}
+    for kind, names in unread.items():
+        if names and named[kind] is not None:
+            log.warning(
+                "the strategy's data.%s_source is %r, but the store holds no %s sentiment of "
+                "that source for %s (up to %s): the %s sentiment feature is 0 there",
+                kind,
+                named[kind],
+                kind,
+                ", ".join(names),
+                end.isoformat(),
+                kind,
+            )
+
+
 def run_backtest(
     session: Session,
     config: StrategyConfig,
@@ -839,6 +857,8 @@ def run_backtest(
         }
         first_rl = _make_rl(config, policy) if rl_on else None  # the model is loaded once
         inputs: list[_Bars] = []
+        unread = {"macro": [name for name in symbols if macros[sources[name]["macro"]] is None]}
+        unread["news"] = []
         for name in tqdm(symbols, desc="backtest", unit="symbol", disable=not progress):
             history = load_history(session, name, end=end)
             day_numbers = history.dates.astype(np.int64)
@@ -849,8 +869,11 @@ def run_backtest(
                     f"end on {history.dates[-1]}"
                 )
             news = load_news(session, name, source=sources[name]["news"], end=end)
+            if news is None:
+                unread["news"].append(name)
             market = market_feature_matrix(history, news, macros[sources[name]["macro"]])
             inputs.append(_Bars(name, history.dates, history.open, history.close, market, first))
+        _warn_unread(config, unread, end)
         # one analyst per symbol, quiet: a failure is logged once per run, here (a model that
         # failed to load: already by _make_rl)
         rls = (

@@ -15,7 +15,9 @@ Rules (each one tested):
   ``RlStateBuilder(session).build_state(symbol, date, current_position=position,
   leverage=leverage, cash=cash_fraction * equity, portfolio_equity=equity,
   days_since_last_trade=days)`` builds, with the portfolio stored on the decision row (the one
-  the decision was made with; ``days_since_last_trade`` NULL = never traded = ``inf``).
+  the decision was made with; ``days_since_last_trade`` NULL = never traded = ``inf``); for a
+  run whose strategy named sentiment sources, the builder made with those
+  (``RlStateBuilder(session, news_source=..., macro_source=...)``).
 * **Vectorised.** Per symbol: one query for the decisions, one for the bars from ``LOOKBACK -
   1`` bars before the first decision to the last decision (older bars are never read by any
   row's state), one for the news from ``SENTIMENT_MAX_AGE_DAYS`` days before the first decision
