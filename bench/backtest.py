@@ -88,12 +88,13 @@ def driver_floor(
         session.commit()
         batch = [(scratch.id, *row[1:]) for row in rows]
         t0 = time.perf_counter()
-        store.fetch_raw(session, store._macro_stmt(False, True), {"end": end})
+        synthetic = {"source": store.SYNTHETIC_SOURCE, "end": end}  # the demo's sentiment
+        store.fetch_raw(session, store._macro_stmt(False, True), synthetic)
         for name in symbols:
             store.fetch_raw(
                 session, store._history_stmt(False, True, False), {"symbol": name, "end": end}
             )
-            store.fetch_raw(session, store._news_stmt(False, True), {"symbol": name, "end": end})
+            store.fetch_raw(session, store._news_stmt(False, True), {"symbol": name, **synthetic})
         for i in range(0, len(batch), bt._BATCH):
             bt._insert_decisions(session, batch[i : i + bt._BATCH], True, columns)
         elapsed = min(elapsed, time.perf_counter() - t0)

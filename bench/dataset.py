@@ -40,6 +40,7 @@ import otonom_schema as s
 from otonom_runtime.backtest import run_backtest
 from otonom_runtime.builder import RlStateBuilder
 from otonom_runtime.store import (
+    SYNTHETIC_SOURCE,
     Decision,
     Symbol,
     dispose_engines,
@@ -126,7 +127,7 @@ def _bench(argv: list[str] | None, tmp: Path) -> int:
         }
 
         # breakdown: the feature maths alone, on data already in memory
-        macro = load_macro(session, end=end)
+        macro = load_macro(session, source=SYNTHETIC_SOURCE, end=end)  # the demo symbols
         inputs = []
         for name in symbols:
             history = load_history(session, name, end=end)

@@ -10,12 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, text
+from sqlalchemy import insert, inspect, select, text
 from sqlalchemy.orm import Session
 
+from otonom_runtime import store
 from otonom_runtime.store import (
     BacktestRun,
     Bar,
+    MacroSentiment,
+    NewsSentiment,
+    Symbol,
     dispose_engines,
     get_engine,
     get_or_create_symbol,
@@ -50,6 +54,31 @@ CREATE TABLE decisions (
         REFERENCES symbols (id) ON DELETE CASCADE
 )
 """
+# The sentiment tables of store versions 1 and 2 (no source; macro UNIQUE(date)), as
+# SQLAlchemy created them.
+_V2_SENTIMENT = (
+    """
+CREATE TABLE news_sentiment (
+    id {serial} NOT NULL,
+    symbol_id INTEGER NOT NULL,
+    date DATE NOT NULL,
+    score {double} NOT NULL,
+    CONSTRAINT pk_news_sentiment PRIMARY KEY (id),
+    CONSTRAINT uq_news_sentiment_symbol_id_date UNIQUE (symbol_id, date),
+    CONSTRAINT fk_news_sentiment_symbol_id_symbols FOREIGN KEY(symbol_id)
+        REFERENCES symbols (id) ON DELETE CASCADE
+)
+""",
+    """
+CREATE TABLE macro_sentiment (
+    id {serial} NOT NULL,
+    date DATE NOT NULL,
+    score {double} NOT NULL,
+    CONSTRAINT pk_macro_sentiment PRIMARY KEY (id),
+    CONSTRAINT uq_macro_sentiment_date UNIQUE (date)
+)
+""",
+)
 # Two version-1 decision rows: RL off (JSON null) and RL on, as the backtester wrote them.
 V1_SIGNALS = (
     {
@@ -89,6 +118,7 @@ def _make_v1_store(url: str) -> tuple[int, tuple[dict[str, Any], ...]]:
         session.add(run)
         session.flush()
         run_id = run.id
+    _to_v2_sentiment(url, [], [])
     engine = get_engine(url)
     sqlite = engine.dialect.name == "sqlite"
     double, serial = ("DOUBLE", "INTEGER") if sqlite else ("DOUBLE PRECISION", "SERIAL")
@@ -115,6 +145,70 @@ def _make_v1_store(url: str) -> tuple[int, tuple[dict[str, Any], ...]]:
         conn.execute(text("UPDATE store_meta SET value = '1' WHERE key = 'store_version'"))
     dispose_engines()
     return run_id, V1_SIGNALS
+
+
+def _to_v2_sentiment(
+    url: str, news: list[tuple[str, dt.date, float]], macro: list[tuple[dt.date, float]]
+) -> None:
+    """Replace the sentiment tables of the initialised store at ``url`` by their version-2
+    layout holding ``news`` ((symbol, date, score); the symbols must exist) and ``macro``
+    ((date, score)); store_version becomes 2. Cached engines are dropped."""
+    engine = get_engine(url)
+    sqlite = engine.dialect.name == "sqlite"
+    double, serial = ("DOUBLE", "INTEGER") if sqlite else ("DOUBLE PRECISION", "SERIAL")
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE news_sentiment"))
+        conn.execute(text("DROP TABLE macro_sentiment"))
+        for ddl in _V2_SENTIMENT:
+            conn.execute(text(ddl.format(double=double, serial=serial)))
+        for name, day, score in news:
+            conn.execute(
+                text(
+                    "INSERT INTO news_sentiment (symbol_id, date, score) "
+                    "SELECT id, :day, :score FROM symbols WHERE name = :name"
+                ),
+                {"name": name, "day": day, "score": score},
+            )
+        for day, score in macro:
+            conn.execute(
+                text("INSERT INTO macro_sentiment (date, score) VALUES (:day, :score)"),
+                {"day": day, "score": score},
+            )
+        conn.execute(text("UPDATE store_meta SET value = '2' WHERE key = 'store_version'"))
+    dispose_engines()
+
+
+V2_DAYS = (dt.date(2021, 1, 1), dt.date(2021, 1, 2))
+
+
+def _make_v2_store(url: str, *, synthetic: bool = True) -> dict[str, Any]:
+    """Turn the store at ``url`` into a store of version 2 holding two real bar series
+    (``REAL``, ``REAL2``) with news on ``V2_DAYS``, a synthetic one (``DEMO``, with ``synthetic``)
+    with news, and macro scores on ``V2_DAYS``. Returns what the upgrade must make of them:
+    ``{"news": {(symbol, date): (source, score)}, "macro": {date: (source, score)}}``."""
+    init_db(url)
+    names = ["REAL", "REAL2"] + (["DEMO"] if synthetic else [])
+    with get_session(url) as session:
+        for name in names:
+            _add_bars(session, name, V2_DAYS[0], 2, synthetic=name == "DEMO")
+    news = [(name, day, 0.1 * (i + 1)) for name in names for i, day in enumerate(V2_DAYS)]
+    macro = [(day, -0.5 * (i + 1)) for i, day in enumerate(V2_DAYS)]
+    _to_v2_sentiment(url, news, macro)
+    macro_source = "synthetic" if synthetic else "user"
+    return {
+        "news": {
+            (name, day): ("synthetic" if name == "DEMO" else "user", score)
+            for name, day, score in news
+        },
+        "macro": {day: (macro_source, score) for day, score in macro},
+    }
+
+
+@pytest.fixture
+def make_v2_store() -> Callable[..., dict[str, Any]]:
+    """``make_v2_store(url, synthetic=True) -> expected``: the store at ``url`` as store version
+    2 left it, sentiment without sources (see ``_make_v2_store``)."""
+    return _make_v2_store
 
 
 @pytest.fixture
@@ -148,13 +242,15 @@ def _add_bars(
     *,
     step_days: int = 1,
     price: float = 100.0,
+    synthetic: bool = False,
 ) -> list[dt.date]:
-    """Write ``n`` simple bars of ``name`` (created if missing), every ``step_days`` days.
+    """Write ``n`` simple bars of ``name`` (created if missing, marked synthetic with
+    ``synthetic``), every ``step_days`` days.
 
     Bar i has close ``price + i``, open ``price + i - 0.5``, high close+1, low open-1, volume
     ``1000 + i``. Returns the dates.
     """
-    symbol, _ = get_or_create_symbol(session, name, source="test")
+    symbol, _ = get_or_create_symbol(session, name, source="test", is_synthetic=synthetic)
     days = [start + dt.timedelta(days=i * step_days) for i in range(n)]
     session.execute(
         insert(Bar),
@@ -176,7 +272,8 @@ def _add_bars(
 
 @pytest.fixture
 def add_bars() -> AddBars:
-    """``add_bars(session, name, start, n, step_days=1, price=100.0) -> dates``."""
+    """``add_bars(session, name, start, n, step_days=1, price=100.0, synthetic=False) ->
+    dates``."""
     return _add_bars
 
 
@@ -192,3 +289,77 @@ def postgres_url() -> Iterator[str]:
             pytest.skip(f"no PostgreSQL server: {exc}")
         yield url
         dispose_engines()
+
+
+# --- store upgrades: what the sentiment tables hold and how they are laid out -------------------
+
+
+def _sentiment_rows(url: str) -> dict[str, dict[Any, tuple[str, float]]]:
+    """Every sentiment row: news {(symbol, date): (source, score)}, macro {date: (...)}."""
+    with get_session(url) as session:
+        news = session.execute(
+            select(Symbol.name, NewsSentiment.date, NewsSentiment.source, NewsSentiment.score).join(
+                Symbol, NewsSentiment.symbol_id == Symbol.id
+            )
+        ).all()
+        macro = session.execute(
+            select(MacroSentiment.date, MacroSentiment.source, MacroSentiment.score)
+        ).all()
+    return {
+        "news": {(r[0], r[1]): (r[2], r[3]) for r in news},
+        "macro": {r[0]: (r[1], r[2]) for r in macro},
+    }
+
+
+def _sentiment_layout(url: str) -> dict[str, Any]:
+    """Columns (name, type, nullable) and unique constraints of the sentiment tables."""
+    engine = get_engine(url)
+    with engine.connect() as conn:
+        info = inspect(conn)
+        return {
+            table: (
+                sorted((c["name"], str(c["type"]), c["nullable"]) for c in info.get_columns(table)),
+                sorted(
+                    (u["name"], tuple(u["column_names"]))
+                    for u in info.get_unique_constraints(table)
+                ),
+                sorted(fk["referred_table"] for fk in info.get_foreign_keys(table)),
+            )
+            for table in ("news_sentiment", "macro_sentiment")
+        }
+
+
+@pytest.fixture
+def sentiment_rows() -> Callable[[str], dict[str, dict[Any, tuple[str, float]]]]:
+    """``sentiment_rows(url)``: news {(symbol, date): (source, score)}, macro {date: (...)}."""
+    return _sentiment_rows
+
+
+@pytest.fixture
+def sentiment_layout() -> Callable[[str], dict[str, Any]]:
+    """``sentiment_layout(url)``: columns, unique constraints and foreign keys of the
+    sentiment tables (sorted; comparable across stores)."""
+    return _sentiment_layout
+
+
+def _fail_at(monkeypatch: pytest.MonkeyPatch, step: str) -> list[str]:
+    """Make the store's next SQL text starting with ``step`` raise (once); returns the list
+    of the SQL texts made, which the test can check reached the step."""
+    made: list[str] = []
+    real = store.text
+
+    def text_or_fail(sql: str) -> Any:
+        made.append(sql)
+        if sql.lstrip().startswith(step) and made.count(sql) == 1:
+            raise RuntimeError(f"interrupted at {step}")
+        return real(sql)
+
+    monkeypatch.setattr(store, "text", text_or_fail)
+    return made
+
+
+@pytest.fixture
+def fail_at() -> Callable[[pytest.MonkeyPatch, str], list[str]]:
+    """``fail_at(monkeypatch, step)``: the store's next SQL text starting with ``step``
+    raises ``RuntimeError("interrupted at <step>")`` (once)."""
+    return _fail_at

@@ -13,6 +13,7 @@ import otonom_schema as s
 from otonom_runtime._errors import StateBuildError, UnknownSymbolError
 from otonom_runtime.builder import RlStateBuilder
 from otonom_runtime.store import (
+    USER_SOURCE,
     Bar,
     MacroSentiment,
     NewsSentiment,
@@ -49,12 +50,12 @@ def write_history(
         )
         if news is not None:
             session.add_all(
-                NewsSentiment(symbol_id=symbol.id, date=_day(d), score=float(v))
+                NewsSentiment(symbol_id=symbol.id, source=USER_SOURCE, date=_day(d), score=float(v))
                 for d, v in zip(news.dates, news.scores, strict=False)
             )
         if macro is not None:
             session.add_all(
-                MacroSentiment(date=_day(d), score=float(v))
+                MacroSentiment(source=USER_SOURCE, date=_day(d), score=float(v))
                 for d, v in zip(macro.dates, macro.scores, strict=False)
             )
 
@@ -209,7 +210,7 @@ def test_build_state_on_postgresql_equals_the_schema(postgres_url: str) -> None:
     news = random_sentiment(history.dates, seed=3)
     write_history(engine, history, news)
     with get_session(engine) as session:
-        macro = load_macro(session)
+        macro = load_macro(session, source=USER_SOURCE)
         expected = s.compute_states(history, news=news, macro=macro)
         builder = RlStateBuilder(session)
         for t in (0, 50, 139, 140, 199):

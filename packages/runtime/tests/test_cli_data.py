@@ -57,7 +57,10 @@ def test_help_explains_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--seed" in synth
     assert "deterministic" in synth
     assert "Adj Close is ignored" in _help(capsys, "data", "import-csv")
-    assert "macro" in _help(capsys, "data", "import-sentiment")
+    sentiment = _help(capsys, "data", "import-sentiment")
+    assert "macro" in sentiment
+    assert "--source NAME" in sentiment
+    assert "real symbols read" in " ".join(sentiment.split())
 
 
 def test_synth_then_list_in_the_default_database_of_the_cwd(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from otonom_runtime.importers import (
     parse_date,
 )
 from otonom_runtime.store import (
+    USER_SOURCE,
     Bar,
     MacroSentiment,
     NewsSentiment,
@@ -381,7 +382,7 @@ def test_macro_sentiment_without_symbol(db_url: str, tmp_path: Path) -> None:
     assert (report.kind, report.symbols, report.rows, report.inserted) == ("macro", (), 2, 2)
     assert report.summary().startswith("macro: 2 macro scores 2020-01-01 .. 2020-01-02")
     with get_session(db_url) as session:
-        macro = load_macro(session)
+        macro = load_macro(session, source=USER_SOURCE)
     assert macro is not None
     assert macro.scores.tolist() == [0.5, -1.0]
 
@@ -463,6 +464,6 @@ def test_sentiment_reimport_counts(db_url: str, tmp_path: Path) -> None:
         report = import_sentiment_csv(session, path)
     assert (report.inserted, report.updated, report.unchanged) == (1, 1, 1)
     with get_session(db_url) as session:
-        macro = load_macro(session)
+        macro = load_macro(session, source=USER_SOURCE)
     assert macro is not None
     assert macro.scores.tolist() == [0.5, 0.2, 0.0]

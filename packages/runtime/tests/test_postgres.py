@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from otonom_runtime.importers import import_ohlcv_csv, import_sentiment_csv
 from otonom_runtime.store import (
     STORE_VERSION,
+    USER_SOURCE,
     BacktestRun,
     Base,
     Decision,
@@ -60,11 +61,15 @@ def test_it_is_really_postgres(pg: str) -> None:
     init_db(pg)  # idempotent here too
 
 
-def test_a_version_1_store_is_upgraded_in_place(pg: str, make_v1_store: Any) -> None:
+def test_a_version_1_store_is_upgraded_in_place(
+    pg: str, make_v1_store: Any, sentiment_layout: Any
+) -> None:
+    fresh = sentiment_layout(pg)
     run_id, v1_signals = make_v1_store(pg)
     init_db(pg)
+    assert sentiment_layout(pg) == fresh  # 1 -> 2 -> 3
     with get_session(pg) as session:
-        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "2"
+        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "3"
         decisions = session.query(Decision).filter_by(run_id=run_id).order_by(Decision.date).all()
         assert [d.signals for d in decisions] == list(v1_signals)  # exact floats, None kept
         assert [d.days_since_last_trade for d in decisions] == [math.inf, 2.0]
@@ -75,13 +80,62 @@ def test_a_version_1_store_is_upgraded_in_place(pg: str, make_v1_store: Any) -> 
         assert "signals" not in set(names)
 
 
+@pytest.mark.parametrize("synthetic", [True, False], ids=["with-demo", "real-only"])
+def test_a_version_2_store_is_upgraded_in_place(
+    pg: str, make_v2_store: Any, sentiment_rows: Any, sentiment_layout: Any, synthetic: bool
+) -> None:
+    """PostgreSQL alters the tables in place: same labels as on SQLite, and the layout of a
+    fresh store (column order aside)."""
+    fresh = sentiment_layout(pg)
+    expected = make_v2_store(pg, synthetic=synthetic)
+    assert sentiment_layout(pg) != fresh
+    init_db(pg)
+    assert sentiment_rows(pg) == expected
+    assert sentiment_layout(pg) == fresh
+    with get_session(pg) as session:
+        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "3"
+        day = min(expected["macro"])
+        session.add(MacroSentiment(source="other", date=day, score=0.0))  # new unique: fine
+    with pytest.raises(IntegrityError), get_session(pg) as session:
+        session.add(MacroSentiment(source=expected["macro"][day][0], date=day, score=0.0))
+    with get_session(pg) as session:  # the id sequence carries on after the upgrade
+        session.add(MacroSentiment(source="later", date=day, score=0.0))
+
+
+@pytest.mark.parametrize(
+    "step",
+    ["ALTER TABLE news_sentiment ADD COLUMN", "ALTER TABLE macro_sentiment ADD CONSTRAINT"],
+)
+def test_a_2_to_3_upgrade_that_fails_midway_completes_on_the_next_init_db(
+    pg: str,
+    make_v2_store: Any,
+    sentiment_rows: Any,
+    fail_at: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    step: str,
+) -> None:
+    expected = make_v2_store(pg)
+    made = fail_at(monkeypatch, step)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        init_db(pg)
+    assert any(sql.lstrip().startswith(step) for sql in made)
+    monkeypatch.undo()
+    dispose_engines()
+    with get_engine(pg).connect() as conn:
+        assert conn.execute(text("SELECT value FROM store_meta")).scalar_one() == "2"
+    init_db(pg)
+    assert sentiment_rows(pg) == expected
+
+
 def test_write_and_read_back(pg: str, add_bars: Any) -> None:
     with get_session(pg) as session:
         days = add_bars(session, "BTC-USD", D0, 200)
         symbol_id = get_symbol(session, "BTC-USD").id
         for i, day in enumerate(days[:3]):
-            session.add(NewsSentiment(symbol_id=symbol_id, date=day, score=0.1 * i))
-            session.add(MacroSentiment(date=day, score=-0.1 * i))
+            session.add(
+                NewsSentiment(symbol_id=symbol_id, source=USER_SOURCE, date=day, score=0.1 * i)
+            )
+            session.add(MacroSentiment(source=USER_SOURCE, date=day, score=-0.1 * i))
         run = BacktestRun(
             strategy_name="ensemble",
             strategy_hash="h",
@@ -114,7 +168,8 @@ def test_write_and_read_back(pg: str, add_bars: Any) -> None:
         assert history.dates.tolist() == days[10:150]
         np.testing.assert_array_equal(history.close, 100.0 + np.arange(10, 150))
         assert last_bar_date(session, "BTC-USD") == days[-1]
-        news, macro = load_news(session, "BTC-USD"), load_macro(session, start=days[1])
+        news = load_news(session, "BTC-USD")
+        macro = load_macro(session, source=USER_SOURCE, start=days[1])
         assert news is not None
         assert macro is not None
         assert news.scores.tolist() == pytest.approx([0.0, 0.1, 0.2])
@@ -145,11 +200,11 @@ def test_write_and_read_back(pg: str, add_bars: Any) -> None:
 def test_unique_constraints_and_foreign_keys_hold(pg: str, add_bars: Any) -> None:
     with get_session(pg) as session:
         add_bars(session, "A", D0, 2)
-        session.add(MacroSentiment(date=D0, score=0.0))
+        session.add(MacroSentiment(source=USER_SOURCE, date=D0, score=0.0))
     with pytest.raises(IntegrityError), get_session(pg) as session:
         add_bars(session, "A", D0 + dt.timedelta(days=1), 1)
     with pytest.raises(IntegrityError), get_session(pg) as session:
-        session.add(MacroSentiment(date=D0, score=0.5))
+        session.add(MacroSentiment(source=USER_SOURCE, date=D0, score=0.5))
     with pytest.raises(IntegrityError), get_session(pg) as session:
         session.execute(
             text(

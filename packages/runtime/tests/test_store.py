@@ -21,6 +21,8 @@ from otonom_runtime._errors import StateBuildError, StoreError, UnknownSymbolErr
 from otonom_runtime.store import (
     SIGNAL_COLUMNS,
     STORE_VERSION,
+    SYNTHETIC_SOURCE,
+    USER_SOURCE,
     BacktestRun,
     Bar,
     Decision,
@@ -40,6 +42,7 @@ from otonom_runtime.store import (
     load_history,
     load_macro,
     load_news,
+    sentiment_source,
 )
 from otonom_runtime.synth import write_synthetic
 from otonom_schema import LOOKBACK, MarketHistory
@@ -258,8 +261,10 @@ def test_a_version_1_store_is_refused_then_upgraded_in_place_by_init_db(
         pass
     init_db(db_url)
     with get_session(db_url) as session:
-        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "2"
+        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "3"
         columns = {c["name"] for c in inspect(session.connection()).get_columns("decisions")}
+        for table in ("news_sentiment", "macro_sentiment"):  # then 2 -> 3
+            assert "source" in {c["name"] for c in inspect(session.connection()).get_columns(table)}
         assert "signals" not in columns
         assert set(SIGNAL_COLUMNS) <= columns
         decisions = (
@@ -301,6 +306,113 @@ def test_an_upgrade_that_fails_midway_completes_on_the_next_init_db(
     with get_session(db_url) as session:
         decisions = session.query(Decision).filter_by(run_id=run_id).order_by(Decision.date)
         assert [d.signals for d in decisions] == list(v1_signals)
+
+
+@pytest.mark.parametrize("synthetic", [True, False], ids=["with-demo", "real-only"])
+def test_a_version_2_store_is_upgraded_in_place_labelling_sentiment_by_symbol_kind(
+    db_url: str,
+    make_v2_store: Any,
+    sentiment_rows: Any,
+    sentiment_layout: Any,
+    tmp_path: Path,
+    synthetic: bool,
+) -> None:
+    """News by its symbol's kind; macro "synthetic" when the store holds a synthetic symbol,
+    else "user"; the layout then equals a fresh store's and new rows obey the new uniques."""
+    expected = make_v2_store(db_url, synthetic=synthetic)
+    with (
+        pytest.raises(StoreError, match=r"store version 2; .* upgrade it in place"),
+        get_session(db_url),
+    ):
+        pass
+    init_db(db_url)
+    with get_session(db_url) as session:
+        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "3"
+    assert sentiment_rows(db_url) == expected
+    fresh = _sqlite(tmp_path / "fresh.db")
+    init_db(fresh)
+    assert sentiment_layout(db_url) == sentiment_layout(fresh)
+    day = min(expected["macro"])
+    other = "user" if synthetic else "synthetic"
+    with get_session(db_url) as session:
+        session.add(MacroSentiment(source=other, date=day, score=0.0))  # the other source: fine
+        session.add(
+            NewsSentiment(symbol_id=get_symbol(session, "REAL").id, source="x", date=day, score=0)
+        )
+    with pytest.raises(IntegrityError), get_session(db_url) as session:
+        session.add(MacroSentiment(source=expected["macro"][day][0], date=day, score=0.0))
+    init_db(db_url)  # idempotent on the upgraded store
+    assert len(sentiment_rows(db_url)["macro"]) == len(expected["macro"])  # keyed by date
+
+
+_V3_STEPS = (
+    "CREATE TABLE news_sentiment_v3",
+    "INSERT INTO news_sentiment_v3",
+    "DROP TABLE news_sentiment",
+    "ALTER TABLE news_sentiment_v3 RENAME",
+    "CREATE TABLE macro_sentiment_v3",
+    "INSERT INTO macro_sentiment_v3",
+    "DROP TABLE macro_sentiment",
+    "ALTER TABLE macro_sentiment_v3 RENAME",
+    "UPDATE store_meta",
+)
+
+
+@pytest.mark.parametrize("step", _V3_STEPS)
+def test_a_2_to_3_upgrade_that_fails_at_any_step_completes_on_the_next_init_db(
+    db_url: str,
+    make_v2_store: Any,
+    sentiment_rows: Any,
+    fail_at: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    step: str,
+) -> None:
+    """SQLite's driver commits DDL on its own: whatever a failure leaves behind, the next
+    ``init_db`` finishes the upgrade with every row labelled once."""
+    expected = make_v2_store(db_url)
+    fail_at(monkeypatch, step)
+    with pytest.raises(RuntimeError, match=f"interrupted at {step}"):
+        init_db(db_url)
+    monkeypatch.undo()
+    dispose_engines()
+    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as raw:
+        assert raw.execute("SELECT value FROM store_meta").fetchone() == ("2",)
+    init_db(db_url)
+    assert sentiment_rows(db_url) == expected
+    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as raw:
+        tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert raw.execute("SELECT value FROM store_meta").fetchone() == ("3",)
+    assert not {"news_sentiment_v3", "macro_sentiment_v3"} & tables
+
+
+def test_a_2_to_3_upgrade_stopped_between_drop_and_rename_keeps_every_row(
+    db_url: str, make_v2_store: Any, sentiment_rows: Any, sentiment_layout: Any, tmp_path: Path
+) -> None:
+    """A driver that commits each statement could stop after the old table was dropped: the
+    copy then holds every labelled row and the next ``init_db`` renames it."""
+    expected = make_v2_store(db_url)
+    from sqlalchemy.dialects import sqlite as sqlite_dialect
+    from sqlalchemy.schema import CreateTable
+
+    ddl = str(CreateTable(NewsSentiment.__table__).compile(dialect=sqlite_dialect.dialect()))
+    ddl = ddl.strip().replace("CREATE TABLE news_sentiment ", "CREATE TABLE news_sentiment_v3 ")
+    raw = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None)
+    try:
+        raw.execute(ddl)
+        raw.execute(
+            "INSERT INTO news_sentiment_v3 (id, symbol_id, date, score, source) "
+            "SELECT n.id, n.symbol_id, n.date, n.score, CASE WHEN s.is_synthetic "
+            "THEN 'synthetic' ELSE 'user' END FROM news_sentiment n JOIN symbols s "
+            "ON s.id = n.symbol_id"
+        )
+        raw.execute("DROP TABLE news_sentiment")
+    finally:
+        raw.close()
+    init_db(db_url)
+    assert sentiment_rows(db_url) == expected
+    fresh = _sqlite(tmp_path / "fresh.db")
+    init_db(fresh)
+    assert sentiment_layout(db_url) == sentiment_layout(fresh)
 
 
 def test_decision_signals_map_to_typed_columns_and_refuse_unknown_analysts() -> None:
@@ -367,19 +479,58 @@ def test_run_status_is_checked(db_url: str) -> None:
             session.flush()
 
 
-def test_sentiment_is_unique_per_date(db_url: str, add_bars: Any) -> None:
+def test_sentiment_is_unique_per_source_and_date(db_url: str, add_bars: Any) -> None:
     with get_session(db_url) as session:
         add_bars(session, "A", D0, 1)
-        session.add(MacroSentiment(date=D0, score=0.1))
+        session.add(MacroSentiment(source=USER_SOURCE, date=D0, score=0.1))
+        session.add(MacroSentiment(source=SYNTHETIC_SOURCE, date=D0, score=0.3))  # other source
     with pytest.raises(IntegrityError), get_session(db_url) as session:
-        session.add(MacroSentiment(date=D0, score=0.2))
+        session.add(MacroSentiment(source=USER_SOURCE, date=D0, score=0.2))
     with get_session(db_url) as session:
         symbol_id = get_symbol(session, "A").id
-        session.add(NewsSentiment(symbol_id=symbol_id, date=D0, score=0.1))
-        session.add(NewsSentiment(symbol_id=symbol_id, date=D0, score=0.2))
+        session.add(NewsSentiment(symbol_id=symbol_id, source=USER_SOURCE, date=D0, score=0.1))
+        session.add(NewsSentiment(symbol_id=symbol_id, source="vendor", date=D0, score=0.3))
+        session.flush()
+        session.add(NewsSentiment(symbol_id=symbol_id, source=USER_SOURCE, date=D0, score=0.2))
         with pytest.raises(IntegrityError):
             session.flush()
         session.rollback()
+    with pytest.raises(IntegrityError), get_session(db_url) as session:
+        session.add(MacroSentiment(date=D0, score=0.2))  # a row must say where it comes from
+
+
+def test_readers_read_one_source(db_url: str, add_bars: Any) -> None:
+    with get_session(db_url) as session:
+        add_bars(session, "REAL", D0, 2)
+        add_bars(session, "DEMO", D0, 2, synthetic=True)
+        ids = {name: get_symbol(session, name).id for name in ("REAL", "DEMO")}
+        for source, score in ((USER_SOURCE, 0.5), (SYNTHETIC_SOURCE, -0.5), ("vendor", 0.25)):
+            session.add(MacroSentiment(source=source, date=D0, score=score))
+            for symbol_id in ids.values():
+                session.add(NewsSentiment(symbol_id=symbol_id, source=source, date=D0, score=score))
+    with get_session(db_url) as session:
+
+        def scores(series: Any) -> list[float]:
+            assert series is not None
+            return list(series.scores)
+
+        assert scores(load_macro(session, source=USER_SOURCE)) == [0.5]
+        assert scores(load_macro(session, source=SYNTHETIC_SOURCE)) == [-0.5]
+        assert load_macro(session, source="nobody") is None
+        # no source: by the symbol's kind
+        assert scores(load_news(session, "REAL")) == [0.5]
+        assert scores(load_news(session, "DEMO")) == [-0.5]
+        assert scores(load_news(session, "DEMO", source="vendor")) == [0.25]
+        assert load_news(session, "REAL", source="nobody") is None
+        real, demo = get_symbol(session, "REAL"), get_symbol(session, "DEMO")
+        assert (sentiment_source(real), sentiment_source(demo)) == ("user", "synthetic")
+        assert sentiment_source(demo, "vendor") == "vendor"
+        assert [sentiment_source(info) for info in list_symbols(session)] == [
+            "synthetic",
+            "user",
+        ]
+        with pytest.raises(ValueError, match=r"'no way' is not a source name; expected 1-64"):
+            sentiment_source(real, "no way")
 
 
 # --- readers ---------------------------------------------------------------------------------
@@ -461,6 +612,7 @@ def _orm_history(session: Any, symbol: str, **filters: Any) -> tuple[np.ndarray,
 
 def _orm_series(session: Any, model: Any, symbol: str | None, **filters: Any) -> Any:
     stmt = select(model.date, model.score).order_by(model.date)
+    stmt = stmt.where(model.source == filters.get("source", SYNTHETIC_SOURCE))
     if symbol is not None:
         stmt = stmt.join(Symbol, model.symbol_id == Symbol.id).where(Symbol.name == symbol)
     if filters.get("start") is not None:
@@ -513,7 +665,7 @@ def test_readers_equal_an_orm_read(db_url: str) -> None:
                         _same_arrays((news.dates, news.scores), want)
         for start in days:
             for end in days:
-                macro = load_macro(session, start=start, end=end)
+                macro = load_macro(session, source=SYNTHETIC_SOURCE, start=start, end=end)
                 want = _orm_series(session, MacroSentiment, None, start=start, end=end)
                 if want is None:
                     assert macro is None
@@ -533,13 +685,13 @@ def test_readers_see_pending_objects_like_an_orm_read(db_url: str, add_bars: Any
         session.add(
             Bar(symbol_id=symbol_id, date=later, open=1.0, high=2.0, low=0.5, close=1.5, volume=9.0)
         )
-        session.add(NewsSentiment(symbol_id=symbol_id, date=later, score=0.25))
-        session.add(MacroSentiment(date=later, score=-0.5))
+        session.add(NewsSentiment(symbol_id=symbol_id, source=USER_SOURCE, date=later, score=0.25))
+        session.add(MacroSentiment(source=USER_SOURCE, date=later, score=-0.5))
         assert load_history(session, "A").dates[-1] == np.datetime64(later)
         news = load_news(session, "A")
         assert news is not None
         assert news.scores.tolist() == [0.25]
-        macro = load_macro(session)
+        macro = load_macro(session, source=USER_SOURCE)
         assert macro is not None
         assert macro.scores.tolist() == [-0.5]
         session.rollback()
@@ -560,14 +712,14 @@ def test_dates_stored_as_odd_text_read_as_the_orm_reads_them(db_url: str, add_ba
         session.execute(text("UPDATE bars SET date = '2021-W01-2'"))
         session.execute(
             text(
-                "INSERT INTO macro_sentiment (date, score) "
-                "VALUES ('2021-01-06', 0.5), ('2021-W01-4', 0.25)"
+                "INSERT INTO macro_sentiment (source, date, score) "
+                "VALUES ('user', '2021-01-06', 0.5), ('user', '2021-W01-4', 0.25)"
             )
         )
     with get_session(db_url) as session:
         assert session.execute(select(Bar.date)).scalar_one() == dt.date(2021, 1, 5)
         assert load_history(session, "A").dates.tolist() == [dt.date(2021, 1, 5)]
-        macro = load_macro(session)
+        macro = load_macro(session, source=USER_SOURCE)
         assert macro is not None
         assert macro.dates.tolist() == [dt.date(2021, 1, 6), dt.date(2021, 1, 7)]
         session.execute(text("UPDATE bars SET date = '2021-01-05 00:00:00'"))
@@ -632,8 +784,10 @@ def test_sentiment_readers(db_url: str, add_bars: Any) -> None:
         symbol_id = get_symbol(session, "A").id
         for i, score in enumerate([0.5, -0.25, 1.0]):
             day = D0 + dt.timedelta(days=i)
-            session.add(NewsSentiment(symbol_id=symbol_id, date=day, score=score))
-            session.add(MacroSentiment(date=day, score=-score))
+            session.add(
+                NewsSentiment(symbol_id=symbol_id, source=USER_SOURCE, date=day, score=score)
+            )
+            session.add(MacroSentiment(source=USER_SOURCE, date=day, score=-score))
     with get_session(db_url) as session:
         news = load_news(session, "A")
         assert news is not None
@@ -646,15 +800,15 @@ def test_sentiment_readers(db_url: str, add_bars: Any) -> None:
         assert later.scores.tolist() == [-0.25]
         assert load_news(session, "B") is None
         assert load_news(session, "A", start=D0 + dt.timedelta(days=5)) is None
-        macro = load_macro(session, end=D0 + dt.timedelta(days=1))
+        macro = load_macro(session, source=USER_SOURCE, end=D0 + dt.timedelta(days=1))
         assert macro is not None
         assert macro.scores.tolist() == [-0.5, 0.25]
-        assert load_macro(session, start=D0 + dt.timedelta(days=3)) is None
+        assert load_macro(session, source=USER_SOURCE, start=D0 + dt.timedelta(days=3)) is None
 
 
 def test_load_macro_is_none_on_an_empty_store(db_url: str) -> None:
     with get_session(db_url) as session:
-        assert load_macro(session) is None
+        assert load_macro(session, source=USER_SOURCE) is None
 
 
 def test_list_symbols_counts_dates_and_health(db_url: str, add_bars: Any) -> None:

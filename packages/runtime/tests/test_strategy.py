@@ -18,6 +18,7 @@ from otonom_runtime import OtonomRuntimeError
 from otonom_runtime._errors import StrategyError
 from otonom_runtime.strategy import (
     AnalystWeights,
+    DataConfig,
     RlPolicyConfig,
     StrategyConfig,
     TechConfig,
@@ -58,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
     "portfolio": {"initial_capital": 10000.0, "max_leverage": 1.0, "allow_short": True},
     "costs": {"commission_bps": 10.0, "slippage_bps": 5.0},
     "calendar": {"periods_per_year": 365},
+    "data": {"news_source": None, "macro_source": None},
 }
 """The documented defaults, written out independently of the dataclasses."""
 
@@ -150,7 +152,7 @@ def test_parse_strategy_names_a_dict_source_and_a_default_name() -> None:
         pytest.param(
             {"calendr": {}},
             "calendr: unknown key; expected one of name, description, ensemble, analysts, "
-            "portfolio, costs, calendar; did you mean 'calendar'?",
+            "portfolio, costs, calendar, data; did you mean 'calendar'?",
             id="unknown-top-level-key",
         ),
         pytest.param(
@@ -285,7 +287,7 @@ def test_a_key_that_is_not_text_is_unknown() -> None:
     problems = _problems({1: 2, "name": "x"})
     assert problems == (
         "<dict>: 1: unknown key; expected one of name, description, ensemble, "
-        "analysts, portfolio, costs, calendar",
+        "analysts, portfolio, costs, calendar, data",
     )
 
 
@@ -331,6 +333,38 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     message = str(info.value)
     assert message.startswith(f"invalid strategy {path} (6 problems):\n")
     assert all(p in message.splitlines()[1 + i] for i, p in enumerate(problems))
+
+
+def test_the_data_section_names_sentiment_sources(tmp_path: Path) -> None:
+    cfg = load_strategy(_write(tmp_path / "s.yaml", "data:\n  macro_source: vendor.v1\n"))
+    assert (cfg.data.news_source, cfg.data.macro_source) == (None, "vendor.v1")
+    assert parse_strategy(cfg.to_dict()) == cfg
+    assert load_strategy(BASELINE).data == DataConfig()  # null: by the symbol's kind
+
+
+def test_bad_sentiment_sources_are_reported_with_file_and_line(tmp_path: Path) -> None:
+    text = (
+        "name: sources\n"  # line 1
+        "data:\n"
+        "  macro_source: my source\n"  # line 3: a blank
+        "  news_source: 5\n"  # line 4: not text
+        "  news_sourse: user\n"  # line 5: a typo
+    )
+    path = _write(tmp_path / "sources.yaml", text)
+    with pytest.raises(StrategyError) as info:
+        load_strategy(path)
+    rule = "1-64 letters, digits, '_', '.' or '-' (e.g. user, synthetic)"
+    assert sorted(info.value.problems) == sorted(
+        [
+            f"{path}:3: data.macro_source: received text 'my source', expected null or a "
+            f"sentiment source name: {rule}",
+            f"{path}:4: data.news_source: received 5, expected text or null",
+            f"{path}:5: data.news_sourse: unknown key; expected one of news_source, "
+            "macro_source; did you mean 'news_source'?",
+        ]
+    )
+    with pytest.raises(StrategyError, match=r"DataConfig.macro_source: received text 'x{65}'"):
+        DataConfig(macro_source="x" * 65)
 
 
 def test_a_missing_file_is_a_strategy_error(tmp_path: Path) -> None:

@@ -14,6 +14,8 @@ from sqlalchemy import func, select
 from otonom_runtime._errors import DataImportError
 from otonom_runtime.importers import import_sentiment_csv
 from otonom_runtime.store import (
+    SYNTHETIC_SOURCE,
+    USER_SOURCE,
     Bar,
     NewsSentiment,
     get_or_create_symbol,
@@ -185,7 +187,7 @@ def test_write_synthetic_stores_bars_news_and_macro(db_url: str) -> None:
         assert symbol.meta["generator_version"] == GENERATOR_VERSION
         history = load_history(session, "DEMO-BTC")
         news = load_news(session, "DEMO-BTC")
-        macro = load_macro(session)
+        macro = load_macro(session, source=SYNTHETIC_SOURCE)
         infos = list_symbols(session)
     for name in ("dates", "open", "high", "low", "close", "volume"):
         np.testing.assert_array_equal(getattr(history, name), getattr(expected.history, name))
@@ -228,15 +230,45 @@ def test_write_synthetic_refuses_imported_symbols_and_bad_lists(db_url: str) -> 
         assert session.execute(select(func.count(Bar.id))).scalar_one() == 0
 
 
-def test_write_synthetic_keeps_imported_macro(db_url: str, tmp_path: Path) -> None:
+def test_write_synthetic_and_imported_macro_live_side_by_side(db_url: str, tmp_path: Path) -> None:
+    """Imported macro (source "user") and the synthetic market's never overwrite each other,
+    whichever comes first; only days without a synthetic score get one."""
     path = tmp_path / "macro.csv"
     path.write_text("date,score\n2020-01-02,0.123\n")
     with get_session(db_url) as session:
         import_sentiment_csv(session, path)
     with get_session(db_url) as session:
         report = write_synthetic(session, ["DEMO-BTC"], S, dt.date(2020, 1, 5), 7)
-        macro = load_macro(session)
-    assert report.macro == 4
+        macro = load_macro(session, source=SYNTHETIC_SOURCE)
+    assert report.macro == 5
     assert macro is not None
-    assert macro.scores[1] == 0.123
-    assert len(macro.scores) == 5
+    assert macro.scores.tolist() == generate_macro(S, dt.date(2020, 1, 5), 7).scores.tolist()
+    path.write_text("date,score\n2020-01-02,0.5\n2020-01-03,-0.5\n")
+    with get_session(db_url) as session:
+        import_sentiment_csv(session, path)  # updates the user's 01-02, adds 01-03
+        report = write_synthetic(session, ["DEMO-BTC"], S, dt.date(2020, 1, 7), 7)
+        assert report.macro == 2  # 01-06 and 01-07: the synthetic days so far are kept
+        user = load_macro(session, source=USER_SOURCE)
+        again = load_macro(session, source=SYNTHETIC_SOURCE)
+    assert user is not None
+    assert user.scores.tolist() == [0.5, -0.5]
+    assert again is not None
+    assert again.scores.tolist() == generate_macro(S, dt.date(2020, 1, 7), 7).scores.tolist()
+
+
+def test_regenerating_keeps_a_users_news_of_a_synthetic_symbol(db_url: str, tmp_path: Path) -> None:
+    """Only the synthetic market's own rows are replaced; the user's stay (source "user")."""
+    with get_session(db_url) as session:
+        write_synthetic(session, ["DEMO-BTC"], S, dt.date(2020, 1, 5), 7)
+    path = tmp_path / "news.csv"
+    path.write_text("date,score\n2020-01-02,0.125\n")
+    with get_session(db_url) as session:
+        import_sentiment_csv(session, path, "DEMO-BTC")
+    with get_session(db_url) as session:
+        write_synthetic(session, ["DEMO-BTC"], S, dt.date(2020, 1, 9), 8)  # other arguments
+        user = load_news(session, "DEMO-BTC", source=USER_SOURCE)
+        synthetic = load_news(session, "DEMO-BTC")
+    assert user is not None
+    assert user.scores.tolist() == [0.125]
+    assert synthetic is not None
+    assert len(synthetic.scores) == 9

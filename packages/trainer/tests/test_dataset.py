@@ -25,14 +25,18 @@ from otonom_runtime.store import (
     BacktestRun,
     Bar,
     Decision,
+    MacroSentiment,
+    NewsSentiment,
     Symbol,
     dispose_engines,
+    get_or_create_symbol,
     get_session,
     init_db,
 )
-from otonom_runtime.strategy import load_strategy
+from otonom_runtime.strategy import load_strategy, parse_strategy
 from otonom_runtime.synth import write_synthetic
 from otonom_runtime.testing.postgres import PostgresUnavailableError, postgres_server
+from otonom_schema.testing import random_history
 from otonom_trainer.dataset import (
     DatasetGenerationError,
     OfflineDatasetGenerator,
@@ -133,10 +137,16 @@ def builder_state(builder: RlStateBuilder, symbol: str, d: Decision) -> np.ndarr
 
 
 def assert_rows_are_the_builders(
-    session: Session, ds: s.OfflineDataset, symbol: str, rows: list[Decision], sample: int = 12
+    session: Session,
+    ds: s.OfflineDataset,
+    symbol: str,
+    rows: list[Decision],
+    sample: int = 12,
+    **sources: str,
 ) -> None:
-    """Every row of ``symbol`` equals the builder's state exactly, and its action and strength
-    are the decision's: all rows through build_states, a spread sample through build_state."""
+    """Every row of ``symbol`` equals the builder's state exactly (a builder reading
+    ``sources``), and its action and strength are the decision's: all rows through
+    build_states, a spread sample through build_state."""
     mask = ds.symbols == symbol
     assert mask.sum() == len(rows)
     assert ds.dates[mask].tolist() == [d.date for d in rows]
@@ -144,7 +154,7 @@ def assert_rows_are_the_builders(
     np.testing.assert_array_equal(
         ds.strengths[mask], np.array([d.strength for d in rows], dtype=np.float32)
     )
-    builder = RlStateBuilder(session)
+    builder = RlStateBuilder(session, **sources)
     portfolio = s.portfolio_feature_matrix(
         [d.position for d in rows],
         [d.leverage for d in rows],
@@ -158,6 +168,81 @@ def assert_rows_are_the_builders(
     for i in picks:
         one = builder_state(builder, symbol, rows[i])
         assert np.array_equal(states[i], one), f"{symbol} row {i} ({rows[i].date})"
+
+
+REAL = "REAL-USD"
+MACRO = s.feature_index("macro_sentiment")
+
+
+@pytest.fixture
+def mixed_store(tmp_path: Path) -> str:
+    """A store holding the demo (A, synthetic) and a real symbol with its user news and macro
+    over the same days."""
+    url = f"sqlite:///{(tmp_path / 'mixed.db').as_posix()}"
+    init_db(url)
+    n = (LAST_BAR - FIRST_BAR).days + 1
+    h = random_history(n, seed=3, start=FIRST_BAR.isoformat(), symbol=REAL)
+    rng = np.random.default_rng(9)
+    with get_session(url) as session:
+        write_synthetic(session, [A], FIRST_BAR, LAST_BAR, 11)
+        real, _ = get_or_create_symbol(session, REAL, source="csv:real.csv")
+        days = [FIRST_BAR + dt.timedelta(days=i) for i in range(n)]
+        for i, day in enumerate(days):
+            session.add(
+                Bar(
+                    symbol_id=real.id,
+                    date=day,
+                    open=float(h.open[i]),
+                    high=float(h.high[i]),
+                    low=float(h.low[i]),
+                    close=float(h.close[i]),
+                    volume=float(h.volume[i]),
+                )
+            )
+            score = float(rng.uniform(-1, 1))
+            session.add(NewsSentiment(symbol_id=real.id, source="user", date=day, score=score))
+            session.add(MacroSentiment(source="user", date=day, score=-score))
+    return url
+
+
+def test_a_real_symbols_rows_beside_the_demo_are_the_builders_states(mixed_store: str) -> None:
+    strategy = load_strategy(BASELINE)
+    with get_session(mixed_store) as session:
+        run = run_backtest(session, strategy, [REAL, A], dt.date(2021, 6, 1), LAST_BAR).run_id
+    with get_session(mixed_store) as session:
+        ds = OfflineDatasetGenerator(session).generate_dataset([REAL, A], *WIDE)
+        assert ds.metadata["sentiment_sources"] == {
+            REAL: {"news": "user", "macro": "user"},
+            A: {"news": "synthetic", "macro": "synthetic"},
+        }
+        assert_rows_are_the_builders(session, ds, REAL, decisions(session, run, REAL))
+        assert_rows_are_the_builders(session, ds, A, decisions(session, run, A))
+        # the real symbol's macro is the user's, not the demo's (which the store also holds)
+        days = ds.dates[ds.symbols == REAL].tolist()
+        demo_macro = RlStateBuilder(session, macro_source="synthetic").build_states(REAL, days)
+        assert not np.array_equal(ds.states[ds.symbols == REAL][:, MACRO], demo_macro[:, MACRO])
+
+
+def test_the_dataset_reads_the_sources_its_run_read(mixed_store: str) -> None:
+    """A strategy naming a source: the dataset reads it too (recorded in the run), so its rows
+    are the states the teacher decided on; a run recorded before sources: the kind rule."""
+    user_macro = parse_strategy({"data": {"macro_source": "user"}})
+    with get_session(mixed_store) as session:
+        run = run_backtest(session, user_macro, [A], dt.date(2021, 6, 1), LAST_BAR).run_id
+    with get_session(mixed_store) as session:
+        ds = generate_dataset(session, A, *WIDE)
+        assert ds.metadata["sentiment_sources"] == {A: {"news": "synthetic", "macro": "user"}}
+        rows = decisions(session, run, A)
+        assert_rows_are_the_builders(session, ds, A, rows, macro_source="user")
+        with pytest.raises(AssertionError):
+            assert_rows_are_the_builders(session, ds, A, rows)  # the demo's own macro differs
+        params = dict(session.get_one(BacktestRun, run).params)
+        del params["sentiment_sources"]  # as a run made before sentiment had sources
+        session.execute(update(BacktestRun).where(BacktestRun.id == run).values(params=params))
+    with get_session(mixed_store) as session:
+        old = generate_dataset(session, A, *WIDE)
+        assert old.metadata["sentiment_sources"] == {A: {"news": "synthetic", "macro": "synthetic"}}
+        assert_rows_are_the_builders(session, old, A, rows)
 
 
 def test_rows_are_the_builders_states_with_the_backtests_portfolio(store: Store) -> None:

@@ -64,6 +64,7 @@ from otonom_runtime.store import (
     load_history,
     load_macro,
     load_news,
+    sentiment_source,
 )
 from otonom_schema import (
     PORTFOLIO_COLUMNS,
@@ -766,6 +767,24 @@ def _portfolio_curve(
     return dates, equity, exposure_value / equity
 
 
+def _warn_unread(config: StrategyConfig, unread: dict[str, list[str]], end: dt.date) -> None:
+    """Warn when a sentiment source the strategy names holds nothing for some symbols (a typo
+    in ``data.news_source`` / ``data.macro_source`` would otherwise read as neutral 0)."""
+    named = {"news": config.data.news_source, "macro": config.data.macro_source}
+    for kind, names in unread.items():
+        if names and named[kind] is not None:
+            log.warning(
+                "the strategy's data.%s_source is %r, but the store holds no %s sentiment of "
+                "that source for %s (up to %s): the %s sentiment feature is 0 there",
+                kind,
+                named[kind],
+                kind,
+                ", ".join(names),
+                end.isoformat(),
+                kind,
+            )
+
+
 def run_backtest(
     session: Session,
     config: StrategyConfig,
@@ -803,11 +822,25 @@ def run_backtest(
     if rl_on and not config.rl_enabled:  # a policy handed in for a strategy that has RL off
         params = replace(params, weights=(*params.weights[:3], config.ensemble.analyst_weights.rl))
     clock = time.perf_counter()
-    symbol_ids = {name: get_symbol(session, name).id for name in symbols}  # before the run row
+    rows = {name: get_symbol(session, name) for name in symbols}  # before the run row
+    symbol_ids = {name: row.id for name, row in rows.items()}
+    # the sentiment each symbol reads, recorded for dataset generation to read the same
+    sources = {
+        name: {
+            "news": sentiment_source(row, config.data.news_source),
+            "macro": sentiment_source(row, config.data.macro_source),
+        }
+        for name, row in rows.items()
+    }
     run = BacktestRun(
         strategy_name=config.name,
         strategy_hash=config.file_sha256,
-        params={"strategy": config.to_dict(), "rl_enabled": rl_on, "source": config.source},
+        params={
+            "strategy": config.to_dict(),
+            "rl_enabled": rl_on,
+            "source": config.source,
+            "sentiment_sources": sources,
+        },
         start_date=start,
         end_date=end,
         symbols=list(symbols),
@@ -818,9 +851,14 @@ def run_backtest(
     run_id = run.id
     try:
         capital = params.initial_capital / len(symbols)
-        macro = load_macro(session, end=end)  # market-wide: read once
+        macros = {  # market-wide: read once per source
+            source: load_macro(session, source=source, end=end)
+            for source in sorted({s["macro"] for s in sources.values()})
+        }
         first_rl = _make_rl(config, policy) if rl_on else None  # the model is loaded once
         inputs: list[_Bars] = []
+        unread = {"macro": [name for name in symbols if macros[sources[name]["macro"]] is None]}
+        unread["news"] = []
         for name in tqdm(symbols, desc="backtest", unit="symbol", disable=not progress):
             history = load_history(session, name, end=end)
             day_numbers = history.dates.astype(np.int64)
@@ -830,9 +868,12 @@ def run_backtest(
                     f"{name!r} has no bar in {start.isoformat()} .. {end.isoformat()}; its bars "
                     f"end on {history.dates[-1]}"
                 )
-            news = load_news(session, name, end=end)
-            market = market_feature_matrix(history, news, macro)
+            news = load_news(session, name, source=sources[name]["news"], end=end)
+            if news is None:
+                unread["news"].append(name)
+            market = market_feature_matrix(history, news, macros[sources[name]["macro"]])
             inputs.append(_Bars(name, history.dates, history.open, history.close, market, first))
+        _warn_unread(config, unread, end)
         # one analyst per symbol, quiet: a failure is logged once per run, here (a model that
         # failed to load: already by _make_rl)
         rls = (

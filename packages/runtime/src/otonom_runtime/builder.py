@@ -3,8 +3,10 @@
 All feature maths is ``otonom_schema``'s (``compute_state`` / ``compute_states``), so a state
 built here equals the offline dataset's row for the same symbol, date and portfolio.
 
-Per call, ``build_state`` costs one SQL round trip: a single statement reads the newest bar date
-on or before the decision date, the first bar date, and the latest news and macro scores. The
+Per call, ``build_state`` costs one SQL round trip (plus one, the first time a symbol is seen,
+for its kind): a single statement reads the newest bar date on or before the decision date, the
+first bar date, and the latest news and macro scores of the symbol's sentiment sources
+(``otonom_runtime.store.sentiment_source``, the rule the backtest and the dataset use). The
 bar-derived features are cached per (symbol, newest bar date, decision date): a new bar changes
 the key, so the cache is invalidated by new bars without re-reading any history, and a daemon
 that ticks many times a day recomputes nothing but the portfolio and sentiment columns.
@@ -25,11 +27,13 @@ from sqlalchemy.orm import Session
 
 from otonom_runtime._errors import StateBuildError
 from otonom_runtime.store import (
+    check_source_name,
     fetch_raw,
     get_symbol,
     load_history,
     load_macro,
     load_news,
+    sentiment_source,
 )
 from otonom_schema import (
     LOOKBACK,
@@ -61,17 +65,24 @@ _PROBE: Final = text(
         SELECT
           (SELECT max(b.date) FROM bars b WHERE b.symbol_id = s.id AND b.date <= :day) AS last,
           (SELECT min(b.date) FROM bars b WHERE b.symbol_id = s.id) AS first,
-          (SELECT n.date FROM news_sentiment n WHERE n.symbol_id = s.id AND n.date <= :day
+          (SELECT n.date FROM news_sentiment n WHERE n.symbol_id = s.id
+             AND n.source = :news_source AND n.date <= :day
              ORDER BY n.date DESC LIMIT 1) AS news_date,
-          (SELECT n.score FROM news_sentiment n WHERE n.symbol_id = s.id AND n.date <= :day
+          (SELECT n.score FROM news_sentiment n WHERE n.symbol_id = s.id
+             AND n.source = :news_source AND n.date <= :day
              ORDER BY n.date DESC LIMIT 1) AS news,
-          (SELECT m.date FROM macro_sentiment m WHERE m.date <= :day
+          (SELECT m.date FROM macro_sentiment m WHERE m.source = :macro_source AND m.date <= :day
              ORDER BY m.date DESC LIMIT 1) AS macro_date,
-          (SELECT m.score FROM macro_sentiment m WHERE m.date <= :day
+          (SELECT m.score FROM macro_sentiment m WHERE m.source = :macro_source AND m.date <= :day
              ORDER BY m.date DESC LIMIT 1) AS macro
         FROM symbols s WHERE s.name = :symbol
         """
-).bindparams(bindparam("day", type_=Date), bindparam("symbol"))
+).bindparams(
+    bindparam("day", type_=Date),
+    bindparam("symbol"),
+    bindparam("news_source"),
+    bindparam("macro_source"),
+)
 
 
 def _date(value: Any) -> dt.date | None:
@@ -104,15 +115,27 @@ class RlStateBuilder:
     ``session``: an open SQLAlchemy session on the store (``otonom_runtime.store.get_session``).
     ``max_staleness_days``: how old the newest bar may be before ``build_state`` refuses
     ("no bar near the date"); within it, DSI is lowered as ``docs/schema.md`` documents.
+    ``news_source`` / ``macro_source``: the sentiment source to read (a strategy's
+    ``data.news_source`` / ``data.macro_source``); None (default) = by the symbol's kind,
+    ``"synthetic"`` for a synthetic symbol and ``"user"`` for a real one, as the backtest
+    reads, so a live state equals the dataset row of the same symbol, date and portfolio.
     """
 
     def __init__(
-        self, session: Session, *, max_staleness_days: int = DEFAULT_MAX_STALENESS_DAYS
+        self,
+        session: Session,
+        *,
+        max_staleness_days: int = DEFAULT_MAX_STALENESS_DAYS,
+        news_source: str | None = None,
+        macro_source: str | None = None,
     ) -> None:
         if max_staleness_days < 0:
             raise ValueError(f"max_staleness_days is {max_staleness_days}; expected >= 0")
         self.session = session
         self.max_staleness_days = max_staleness_days
+        self.news_source = None if news_source is None else check_source_name(news_source)
+        self.macro_source = None if macro_source is None else check_source_name(macro_source)
+        self._sources: dict[str, tuple[str, str]] = {}
         self._market: OrderedDict[tuple[str, dt.date, dt.date], npt.NDArray[np.float32]] = (
             OrderedDict()
         )
@@ -144,9 +167,9 @@ class RlStateBuilder:
             current_position, portfolio_equity, cash, leverage, days_since_last_trade
         )
         probe = self._probe(symbol, day)
-        if probe is None:
+        if probe is None:  # pragma: no cover (_sources already refused an unknown symbol)
             get_symbol(self.session, symbol)  # raises UnknownSymbolError naming known symbols
-            raise AssertionError("unreachable")  # pragma: no cover
+            raise AssertionError("unreachable")
         last, first, news_day, news, macro_day, macro = probe
         if last is None:
             self._raise_no_bar(symbol, day, first)
@@ -164,11 +187,33 @@ class RlStateBuilder:
         (``fetch_raw``): SQLAlchemy's execution layer costs ~110 us per call here against ~35 us
         for the query itself, and this runs on every daemon tick.
         """
-        rows = fetch_raw(self.session, _PROBE, {"symbol": symbol, "day": day})
+        news_source, macro_source = self.sources(symbol)
+        values = {
+            "symbol": symbol,
+            "day": day,
+            "news_source": news_source,
+            "macro_source": macro_source,
+        }
+        rows = fetch_raw(self.session, _PROBE, values)
         if not rows:
             return None
         last, first, news_day, news, macro_day, macro = rows[0]
         return (_date(last), _date(first), _date(news_day), news, _date(macro_day), macro)
+
+    def sources(self, symbol: str) -> tuple[str, str]:
+        """The (news, macro) sentiment sources ``symbol`` reads here (its kind is read once).
+
+        Raises ``UnknownSymbolError`` for a symbol not in the store.
+        """
+        found = self._sources.get(symbol)
+        if found is None:
+            row = get_symbol(self.session, symbol)
+            found = (
+                sentiment_source(row, self.news_source),
+                sentiment_source(row, self.macro_source),
+            )
+            self._sources[symbol] = found
+        return found
 
     @staticmethod
     def _raise_no_bar(symbol: str, day: dt.date, first: dt.date | None) -> NoReturn:
@@ -247,8 +292,9 @@ class RlStateBuilder:
             return np.empty((0, 34), dtype=np.float32)
         end = max(days)
         history = load_history(self.session, symbol, end=end)
-        news = load_news(self.session, symbol, end=end)
-        macro = load_macro(self.session, end=end)
+        news_source, macro_source = self.sources(symbol)
+        news = load_news(self.session, symbol, source=news_source, end=end)
+        macro = load_macro(self.session, source=macro_source, end=end)
         bar_days = history.dates
         wanted = np.array(days, dtype="datetime64[D]")
         pos = np.searchsorted(bar_days, wanted, side="right") - 1

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from otonom_runtime._errors import OtonomRuntimeError
+from otonom_runtime._sources import SYNTHETIC_SOURCE, USER_SOURCE
 from otonom_schema import SchemaError
 
 __all__ = ["iso_date", "main"]
@@ -60,8 +61,10 @@ def _cmd_data_import_sentiment(args: argparse.Namespace) -> int:
     from otonom_runtime.store import get_session
 
     with get_session(_url(args)) as session:
-        report = import_sentiment_csv(session, args.file, args.symbol, date_format=args.date_format)
-    print(report.summary())
+        report = import_sentiment_csv(
+            session, args.file, args.symbol, source=args.source, date_format=args.date_format
+        )
+    print(f"{report.summary()}; source {args.source!r}")
     return 0
 
 
@@ -181,6 +184,17 @@ def _add_data_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     p.add_argument("file", metavar="FILE", help="the CSV file")
     p.add_argument("--symbol", help="news sentiment of this symbol (default: macro sentiment)")
     _add_date_format(p)
+    p.add_argument(
+        "--source",
+        default=USER_SOURCE,
+        metavar="NAME",
+        help=(
+            f"the provenance to store the scores under (default {USER_SOURCE!r}, which real "
+            f"symbols read; synthetic symbols read {SYNTHETIC_SOURCE!r}; a strategy reads "
+            "another name through data.news_source / data.macro_source); 1-64 letters, digits, "
+            "'_', '.' or '-'. Re-importing replaces scores of the same source only"
+        ),
+    )
     p.set_defaults(handler=_cmd_data_import_sentiment)
 
     p = sub.add_parser(

@@ -48,7 +48,15 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from otonom_runtime._errors import DataImportError
-from otonom_runtime.store import Bar, MacroSentiment, NewsSentiment, Symbol, get_or_create_symbol
+from otonom_runtime.store import (
+    USER_SOURCE,
+    Bar,
+    MacroSentiment,
+    NewsSentiment,
+    Symbol,
+    check_source_name,
+    get_or_create_symbol,
+)
 
 __all__ = [
     "MAX_LISTED_PROBLEMS",
@@ -435,6 +443,7 @@ def import_sentiment_csv(
     path: str | Path,
     symbol: str | None = None,
     *,
+    source: str = USER_SOURCE,
     date_format: str | None = None,
 ) -> ImportReport:
     """Import sentiment scores in [-1, 1] from a CSV file with columns ``date[,symbol],score``.
@@ -444,10 +453,17 @@ def import_sentiment_csv(
     * Without one: news sentiment of ``symbol`` if given (must be in the store), else macro
       (market-wide) sentiment.
 
-    Same all-or-nothing validation as ``import_ohlcv_csv`` (bad date, duplicate date per
-    symbol, empty/non-finite score, score outside [-1, 1], wrong column count).
+    ``source``: the provenance the rows are stored under (``USER_SOURCE`` by default, which
+    real symbols read; see ``otonom_runtime.store.sentiment_source``); rows of other sources,
+    the synthetic market's included, are never touched. Same all-or-nothing validation as
+    ``import_ohlcv_csv`` (bad date, duplicate date per symbol, empty/non-finite score, score
+    outside [-1, 1], wrong column count).
     """
     path = Path(path)
+    try:
+        source = check_source_name(source)
+    except ValueError as exc:
+        raise DataImportError(f"{path.name}: {exc}") from None
     wanted = check_symbol_name(symbol) if symbol is not None else None
     rows = _read_rows(path)
     first = next(rows, None)
@@ -512,7 +528,9 @@ def import_sentiment_csv(
     if macro:
         table: Any = MacroSentiment
         old_rows = session.execute(
-            select(MacroSentiment.id, MacroSentiment.date, MacroSentiment.score)
+            select(MacroSentiment.id, MacroSentiment.date, MacroSentiment.score).where(
+                MacroSentiment.source == source
+            )
         ).all()
         existing = {("", r.date): (r.id, r.score) for r in old_rows}
     else:
@@ -522,7 +540,7 @@ def import_sentiment_csv(
         news_rows = session.execute(
             select(
                 NewsSentiment.id, NewsSentiment.symbol_id, NewsSentiment.date, NewsSentiment.score
-            ).where(NewsSentiment.symbol_id.in_(ids))
+            ).where(NewsSentiment.symbol_id.in_(ids), NewsSentiment.source == source)
         ).all()
         existing = {(by_id[r.symbol_id], r.date): (r.id, r.score) for r in news_rows}
     inserts: list[dict[str, Any]] = []
@@ -531,7 +549,7 @@ def import_sentiment_csv(
     for (name, day), score in sorted(scores.items()):
         old = existing.get((name, day))
         if old is None:
-            row: dict[str, Any] = {"date": day, "score": score}
+            row: dict[str, Any] = {"source": source, "date": day, "score": score}
             if not macro:
                 row["symbol_id"] = known[name]
             inserts.append(row)

@@ -24,6 +24,11 @@ Rules:
   float.
 * The readers return ``otonom_schema`` types and fetch columns with Core selects (no ORM
   objects) in one SQL query on the happy path.
+* Sentiment carries its provenance: every news and macro row has a ``source``
+  (``SYNTHETIC_SOURCE`` for the synthetic market's rows, ``USER_SOURCE`` by default for
+  imported ones), and a symbol reads one source per kind (``sentiment_source``): a synthetic
+  symbol reads ``"synthetic"``, a real one ``"user"``, unless the strategy names a source. A
+  store holding the demo and a user's data thus gives each what a store holding only it would.
 """
 
 from __future__ import annotations
@@ -80,6 +85,12 @@ from sqlalchemy.sql.elements import BindParameter, TextClause
 from sqlalchemy.types import TypeEngine
 
 from otonom_runtime._errors import StateBuildError, StoreError, UnknownSymbolError
+from otonom_runtime._sources import (
+    SOURCE_MAX_LEN,
+    SYNTHETIC_SOURCE,
+    USER_SOURCE,
+    check_source_name,
+)
 from otonom_runtime.ensemble import ANALYSTS
 from otonom_schema import LOOKBACK, MarketHistory, SentimentSeries, compute_state
 
@@ -89,6 +100,8 @@ __all__ = [
     "SIGNAL_COLUMNS",
     "SIGNAL_FIELDS",
     "STORE_VERSION",
+    "SYNTHETIC_SOURCE",
+    "USER_SOURCE",
     "BacktestRun",
     "Bar",
     "Base",
@@ -99,6 +112,7 @@ __all__ = [
     "StoreMeta",
     "Symbol",
     "SymbolInfo",
+    "check_source_name",
     "default_database_url",
     "dispose_engines",
     "fetch_raw",
@@ -112,11 +126,12 @@ __all__ = [
     "load_history",
     "load_macro",
     "load_news",
+    "sentiment_source",
 ]
 
-STORE_VERSION: Final = 2
-"""Version of the table layout, written to ``store_meta`` by ``init_db`` (which upgrades a
-version-1 store in place: see ``Decision``)."""
+STORE_VERSION: Final = 3
+"""Version of the table layout, written to ``store_meta`` by ``init_db`` (which upgrades an
+older store in place: version 1 -> 2 see ``Decision``, 2 -> 3 see ``MacroSentiment``)."""
 
 DATABASE_URL_ENV: Final = "OTONOM_DATABASE_URL"
 RUN_STATUSES: Final = ("running", "complete", "failed")
@@ -214,24 +229,45 @@ class Bar(Base):
 
 
 class NewsSentiment(Base):
-    """News sentiment of one symbol on one date, score in [-1, 1]."""
+    """News sentiment of one symbol on one date from one ``source``, score in [-1, 1].
+
+    Unique per (symbol, source, date). ``source`` has no default: every writer says where its
+    rows come from (see ``MacroSentiment``).
+    """
 
     __tablename__ = "news_sentiment"
-    __table_args__ = (UniqueConstraint("symbol_id", "date"),)
+    __table_args__ = (UniqueConstraint("symbol_id", "source", "date"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     symbol_id: Mapped[int] = mapped_column(ForeignKey("symbols.id", ondelete="CASCADE"))
+    source: Mapped[str] = mapped_column(String(SOURCE_MAX_LEN))
     date: Mapped[dt.date] = mapped_column(Date)
     score: Mapped[float]
 
 
 class MacroSentiment(Base):
-    """Market-wide (macro) sentiment on one date, score in [-1, 1]."""
+    """Market-wide (macro) sentiment on one date from one ``source``, score in [-1, 1].
+
+    Unique per (source, date). ``source``: ``SYNTHETIC_SOURCE`` for the synthetic market's
+    rows, ``USER_SOURCE`` (or the name given to ``otonom data import-sentiment --source``) for
+    imported ones; no default.
+
+    Store version 2 had no ``source`` (macro UNIQUE(date), news UNIQUE(symbol_id, date)); the
+    in-place upgrade labels its rows by rule. News: ``"synthetic"`` when its symbol is
+    synthetic, else ``"user"``. Macro, one market-wide table, cannot be told apart row by row:
+    ``"synthetic"`` when the store holds any synthetic symbol, else ``"user"``. That is exact
+    when every symbol is synthetic or none is; in a store holding both, macro scores a user
+    imported before the demo was generated (the old synth only filled days without a score)
+    are labelled ``"synthetic"`` too: re-import them (``otonom data import-sentiment``) to make
+    them the real symbols' macro again.
+    """
 
     __tablename__ = "macro_sentiment"
+    __table_args__ = (UniqueConstraint("source", "date"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    date: Mapped[dt.date] = mapped_column(Date, unique=True)
+    source: Mapped[str] = mapped_column(String(SOURCE_MAX_LEN))
+    date: Mapped[dt.date] = mapped_column(Date)
     score: Mapped[float]
 
 
@@ -474,10 +510,10 @@ def _read_version(engine: Engine) -> int | None:
 
 
 def _check_version(engine: Engine, version: int) -> None:
-    if version == 1:
+    if version in _UPGRADES:
         raise StoreError(
-            f"database {_safe(engine.url)} has store version 1; this otonom-runtime reads store "
-            f"version {STORE_VERSION}: run any `otonom` command on it (or call "
+            f"database {_safe(engine.url)} has store version {version}; this otonom-runtime "
+            f"reads store version {STORE_VERSION}: run any `otonom` command on it (or call "
             "otonom_runtime.store.init_db()) to upgrade it in place, nothing is lost"
         )
     if version != STORE_VERSION:
@@ -531,12 +567,9 @@ def _upgrade_from_1(engine: Engine) -> None:
                 )
                 conn.execute(text(f"UPDATE {table} SET {assignments}"))
                 conn.execute(text(f"ALTER TABLE {table} DROP COLUMN signals"))
-            conn.execute(
-                text("UPDATE store_meta SET value = :v WHERE key = 'store_version'"),
-                {"v": str(STORE_VERSION)},
-            )
+            _set_version(conn, 2)
     except sa_exc.DBAPIError as exc:
-        if _read_version(engine) == STORE_VERSION:
+        if (_read_version(engine) or 0) >= 2:
             return  # upgraded by a concurrent init_db
         hint = ""
         if engine.dialect.name == "sqlite":
@@ -544,23 +577,146 @@ def _upgrade_from_1(engine: Engine) -> None:
 
             hint = f" (dropping a column needs SQLite 3.35+; here {sqlite3.sqlite_version})"
         raise StoreError(
-            f"cannot upgrade database {_safe(engine.url)} from store version 1 to "
-            f"{STORE_VERSION}: {exc.orig}{hint}"
+            f"cannot upgrade database {_safe(engine.url)} from store version 1 to 2: "
+            f"{exc.orig}{hint}"
         ) from None
+
+
+def _set_version(conn: Any, version: int) -> None:
+    conn.execute(
+        text("UPDATE store_meta SET value = :v WHERE key = 'store_version'"),
+        {"v": str(version)},
+    )
+
+
+def _upgrade_from_2(engine: Engine) -> None:
+    """Store version 2 -> 3: ``news_sentiment`` and ``macro_sentiment`` get their ``source``
+    column (labelled as ``MacroSentiment`` says), their unique constraints become
+    (symbol_id, source, date) and (source, date), and ``store_version`` becomes 3.
+
+    SQLite cannot change a table's constraints: each table is rebuilt (a ``<table>_v3`` copy in
+    the new layout, the rows copied with their labels, the old table dropped, the copy renamed),
+    giving exactly the layout of a fresh store. Resumable, as ``_upgrade_from_1``: SQLite's
+    driver commits DDL on its own, so every state a failure can leave is recognised on the next
+    ``init_db`` (a table that already has ``source`` is done; a copy beside the old table is
+    dropped and made again; a copy without the old table holds every row and is renamed).
+    PostgreSQL changes the tables in place (add the column, label, NOT NULL, swap the
+    constraint) in one transaction.
+    """
+    try:
+        with engine.begin() as conn:
+            stored = conn.execute(
+                select(StoreMeta.value).where(StoreMeta.key == "store_version")
+            ).scalar_one()
+            if stored != "2":
+                return
+            labels = _v2_labels(conn)
+            for table in (NewsSentiment.__table__, MacroSentiment.__table__):
+                if conn.dialect.name == "sqlite":
+                    _rebuild_sqlite(conn, table, labels)
+                else:
+                    _alter_in_place(conn, table, labels)
+            _set_version(conn, 3)
+    except sa_exc.DBAPIError as exc:
+        if (_read_version(engine) or 0) >= 3:
+            return  # upgraded by a concurrent init_db
+        raise StoreError(
+            f"cannot upgrade database {_safe(engine.url)} from store version 2 to 3: {exc.orig}"
+        ) from None
+
+
+def _v2_labels(conn: Any) -> dict[str, Any]:
+    """The bind values of the labelling rule (see ``MacroSentiment``): the macro rows' source
+    and the two names a news row gets by its symbol's kind."""
+    any_synthetic = conn.execute(
+        select(func.count()).select_from(Symbol).where(Symbol.is_synthetic.is_(True))
+    ).scalar_one()
+    return {
+        "macro": SYNTHETIC_SOURCE if any_synthetic else USER_SOURCE,
+        "synthetic": SYNTHETIC_SOURCE,
+        "user": USER_SOURCE,
+    }
+
+
+def _label_sql(table: Any, alias: str) -> str:
+    """The SQL expression of a version-2 row's source (``_v2_labels`` binds)."""
+    if table.name == MacroSentiment.__tablename__:
+        return ":macro"
+    return (
+        f"(SELECT CASE WHEN s.is_synthetic THEN :synthetic ELSE :user END "
+        f"FROM {Symbol.__tablename__} s WHERE s.id = {alias}.symbol_id)"
+    )
+
+
+def _rebuild_sqlite(conn: Any, table: Any, labels: dict[str, Any]) -> None:
+    """One table of ``_upgrade_from_2`` on SQLite (each step skipped or repeated safely)."""
+    from sqlalchemy.schema import CreateTable
+
+    name, copy = table.name, f"{table.name}_v3"
+    tables = set(inspect(conn).get_table_names())
+    if name not in tables:  # stopped after the drop: the copy holds every row
+        conn.execute(text(f"ALTER TABLE {copy} RENAME TO {name}"))
+        return
+    if "source" in {c["name"] for c in inspect(conn).get_columns(name)}:
+        conn.execute(text(f"DROP TABLE IF EXISTS {copy}"))
+        return
+    conn.execute(text(f"DROP TABLE IF EXISTS {copy}"))
+    ddl = str(CreateTable(table).compile(dialect=conn.dialect))
+    head = f"CREATE TABLE {name} "
+    assert ddl.strip().startswith(head), ddl
+    conn.execute(text(ddl.strip().replace(head, f"CREATE TABLE {copy} ", 1)))
+    old = [c.name for c in table.columns if c.name != "source"]
+    conn.execute(
+        text(
+            f"INSERT INTO {copy} ({', '.join(old)}, source) "
+            f"SELECT {', '.join('o.' + c for c in old)}, {_label_sql(table, 'o')} FROM {name} o"
+        ),
+        labels,
+    )
+    conn.execute(text(f"DROP TABLE {name}"))
+    conn.execute(text(f"ALTER TABLE {copy} RENAME TO {name}"))
+
+
+def _alter_in_place(conn: Any, table: Any, labels: dict[str, Any]) -> None:
+    """One table of ``_upgrade_from_2`` on other databases (ALTER TABLE; steps guarded)."""
+    name = table.name
+    info = inspect(conn)
+    if "source" not in {c["name"] for c in info.get_columns(name)}:
+        kind = String(SOURCE_MAX_LEN).compile(dialect=conn.dialect)
+        conn.execute(text(f"ALTER TABLE {name} ADD COLUMN source {kind}"))
+    conn.execute(
+        text(f"UPDATE {name} SET source = {_label_sql(table, name)} WHERE source IS NULL"),
+        labels,
+    )
+    conn.execute(text(f"ALTER TABLE {name} ALTER COLUMN source SET NOT NULL"))
+    wanted = next(c for c in table.constraints if isinstance(c, UniqueConstraint))
+    wanted_name = str(wanted.name)
+    columns = [c.name for c in wanted.columns]
+    for unique in info.get_unique_constraints(name):
+        if unique["name"] != wanted_name:  # the version-2 UNIQUE(date) / (symbol_id, date)
+            conn.execute(text(f"ALTER TABLE {name} DROP CONSTRAINT {unique['name']}"))
+    if wanted_name not in {u["name"] for u in info.get_unique_constraints(name)}:
+        conn.execute(
+            text(f"ALTER TABLE {name} ADD CONSTRAINT {wanted_name} UNIQUE ({', '.join(columns)})")
+        )
+
+
+_UPGRADES: Final = {1: _upgrade_from_1, 2: _upgrade_from_2}
+"""The in-place upgrade from each older store version to the next one."""
 
 
 def init_db(url_or_engine: str | Engine | None = None) -> Engine:
     """Create every table and the ``store_version`` row; idempotent. Returns the engine.
 
-    A store of version 1 is upgraded in place first (see ``Decision``; nothing is lost).
-    Raises ``StoreError`` when the database cannot be opened or was made by another store
-    version.
+    An older store is upgraded in place first, one version at a time (1 -> 2: see
+    ``Decision``; 2 -> 3: see ``MacroSentiment``; nothing is lost). Raises ``StoreError`` when
+    the database cannot be opened or was made by another store version.
     """
     engine = _resolve(url_or_engine)
     version = _read_version(engine)
-    if version == 1:
-        _upgrade_from_1(engine)
-        version = STORE_VERSION
+    while version is not None and version in _UPGRADES:
+        _UPGRADES[version](engine)
+        version += 1
     if version is not None:
         _check_version(engine, version)
     try:
@@ -744,8 +900,11 @@ def _history_stmt(start: bool, end: bool, last_n: bool) -> TextClause:
 
 @functools.cache
 def _news_stmt(start: bool, end: bool) -> TextClause:
-    """``load_news``'s query for one combination of filters."""
+    """``load_news``'s query for one combination of filters (the (symbol_id, source, date)
+    unique index serves it)."""
     where, params = _date_filters("n", start, end, by_symbol=True)
+    where.append("n.source = :source")
+    params.append(bindparam("source", type_=String))
     return text(
         "SELECT n.date, n.score "
         f"FROM {NewsSentiment.__tablename__} n JOIN {Symbol.__tablename__} s "
@@ -755,11 +914,14 @@ def _news_stmt(start: bool, end: bool) -> TextClause:
 
 @functools.cache
 def _macro_stmt(start: bool, end: bool) -> TextClause:
-    """``load_macro``'s query for one combination of filters."""
+    """``load_macro``'s query for one combination of filters (the (source, date) unique index
+    serves it)."""
     where, params = _date_filters("m", start, end, by_symbol=False)
+    where.append("m.source = :source")
+    params.append(bindparam("source", type_=String))
     return text(
         f"SELECT m.date, m.score FROM {MacroSentiment.__tablename__} m "
-        f"{'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY m.date"
+        f"WHERE {' AND '.join(where)} ORDER BY m.date"
     ).bindparams(*params)
 
 
@@ -883,20 +1045,40 @@ def _sentiment_values(start: dt.date | None, end: dt.date | None) -> dict[str, A
     return values
 
 
+def sentiment_source(symbol: Symbol | SymbolInfo | bool, named: str | None = None) -> str:
+    """The sentiment source a symbol reads (for news and for macro alike): ``named`` when given
+    (a strategy's ``data.news_source`` / ``data.macro_source``), else ``SYNTHETIC_SOURCE`` for
+    a synthetic symbol and ``USER_SOURCE`` for a real one.
+
+    ``symbol``: a ``Symbol`` row, a ``SymbolInfo``, or whether the symbol is synthetic.
+    The one place this rule lives (backtest, live builder and dataset generation all use it).
+    """
+    if named is not None:
+        return check_source_name(named)
+    synthetic = symbol if isinstance(symbol, bool) else symbol.is_synthetic
+    return SYNTHETIC_SOURCE if synthetic else USER_SOURCE
+
+
 def load_news(
     session: Session,
     symbol: str,
     *,
+    source: str | None = None,
     start: dt.date | None = None,
     end: dt.date | None = None,
 ) -> SentimentSeries | None:
-    """News sentiment of ``symbol`` dated in [``start``, ``end``], oldest first; None if none.
+    """News sentiment of ``symbol`` from ``source`` dated in [``start``, ``end``], oldest
+    first; None if none.
 
-    Raises ``UnknownSymbolError`` for a symbol not in the store. One query through the driver,
-    as ``load_history``.
+    ``source``: None reads the symbol's own kind (``sentiment_source``: ``"synthetic"`` for a
+    synthetic symbol, ``"user"`` for a real one; one more query). Raises
+    ``UnknownSymbolError`` for a symbol not in the store. One query through the driver, as
+    ``load_history``.
     """
     _autoflush(session)
-    values = {"symbol": symbol, **_sentiment_values(start, end)}
+    if source is None:
+        source = sentiment_source(get_symbol(session, symbol))
+    values = {"symbol": symbol, "source": source, **_sentiment_values(start, end)}
     cols = _fetch_columns(session, _news_stmt(start is not None, end is not None), values)
     if not cols:
         _require_symbol(session, symbol)
@@ -904,14 +1086,21 @@ def load_news(
 
 
 def load_macro(
-    session: Session, *, start: dt.date | None = None, end: dt.date | None = None
+    session: Session,
+    *,
+    source: str,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
 ) -> SentimentSeries | None:
-    """Macro sentiment dated in [``start``, ``end``], oldest first; None if there is none.
+    """Macro sentiment from ``source`` dated in [``start``, ``end``], oldest first; None if
+    there is none.
 
-    One query through the driver, as ``load_history``.
+    ``source`` is required: macro sentiment is market-wide, so the reader says whose
+    (``sentiment_source`` of the symbol it is for). One query through the driver, as
+    ``load_history``.
     """
     _autoflush(session)
-    values = _sentiment_values(start, end)
+    values = {"source": source, **_sentiment_values(start, end)}
     cols = _fetch_columns(session, _macro_stmt(start is not None, end is not None), values)
     return _series(cols, session)
 

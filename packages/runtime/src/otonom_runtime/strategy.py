@@ -48,6 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from otonom_runtime._errors import PolicyError, StrategyError
+from otonom_runtime._sources import SOURCE_NAME_RULE, is_source_name
 from otonom_runtime.ensemble import ANALYSTS  # also the order of weights_array()
 from otonom_runtime.policy import DEVICES, resolve_model_path
 from otonom_schema import MATHS_PARAMS
@@ -59,6 +60,7 @@ __all__ = [
     "AnalystsConfig",
     "CalendarConfig",
     "CostsConfig",
+    "DataConfig",
     "EnsembleConfig",
     "NewsConfig",
     "PortfolioConfig",
@@ -90,7 +92,8 @@ def _num(x: object) -> str:
 
 @dataclass(frozen=True)
 class _Rule:
-    """The allowed values of one field beyond its type: bounds, a set of choices, non-empty."""
+    """The allowed values of one field beyond its type: bounds, a set of choices, non-empty,
+    or a named test (``test`` and the ``described`` values it allows)."""
 
     ge: float | None = None
     gt: float | None = None
@@ -98,8 +101,12 @@ class _Rule:
     lt: float | None = None
     choices: tuple[object, ...] | None = None
     nonempty: bool = False
+    test: Callable[[Any], bool] | None = None
+    described: str = ""
 
     def expected(self) -> str:
+        if self.test is not None:
+            return self.described
         if self.choices is not None:
             return "one of " + ", ".join(_num(c) for c in self.choices)
         if self.nonempty:
@@ -119,6 +126,8 @@ class _Rule:
         return f"a value < {_num(self.lt)}"
 
     def allows(self, v: Any) -> bool:
+        if self.test is not None:
+            return self.test(v)
         if self.choices is not None:
             return v in self.choices
         if self.nonempty:
@@ -143,9 +152,11 @@ def _rule(
     lt: float | None = None,
     choices: tuple[object, ...] | None = None,
     nonempty: bool = False,
+    test: Callable[[Any], bool] | None = None,
+    described: str = "",
 ) -> dict[str, _Rule]:
     """The metadata of a dataclass field whose values obey this rule."""
-    return {_RULE: _Rule(ge, gt, le, lt, choices, nonempty)}
+    return {_RULE: _Rule(ge, gt, le, lt, choices, nonempty, test, described)}
 
 
 _NO_RULE: Final = {_RULE: _Rule()}
@@ -333,6 +344,25 @@ class CalendarConfig(_Checked):
     periods_per_year: int = field(default=365, metadata=_rule(choices=(252, 365)))
 
 
+_SOURCE_RULE: Final = _rule(
+    test=is_source_name, described=f"null or a sentiment source name: {SOURCE_NAME_RULE}"
+)
+
+
+@dataclass(frozen=True)
+class DataConfig(_Checked):
+    """Which stored sentiment the strategy reads (every row carries its source).
+
+    ``news_source`` / ``macro_source``: a source name (``user``: imported with ``otonom data
+    import-sentiment``; ``synthetic``: the synthetic market's; or a name given there with
+    ``--source``), or null (the default): by the symbol's kind, ``synthetic`` for a synthetic
+    symbol and ``user`` for a real one (``otonom_runtime.store.sentiment_source``).
+    """
+
+    news_source: str | None = field(default=None, metadata=_SOURCE_RULE)
+    macro_source: str | None = field(default=None, metadata=_SOURCE_RULE)
+
+
 @dataclass(frozen=True)
 class StrategyConfig(_Checked):
     """A whole strategy file.
@@ -350,6 +380,7 @@ class StrategyConfig(_Checked):
     portfolio: PortfolioConfig = field(default_factory=PortfolioConfig)
     costs: CostsConfig = field(default_factory=CostsConfig)
     calendar: CalendarConfig = field(default_factory=CalendarConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     source: str = field(default=DICT_SOURCE, compare=False, metadata=_DERIVED_META)
     file_sha256: str = field(default="", compare=False, metadata=_DERIVED_META)
     base_dir: Path | None = field(default=None, compare=False, metadata=_DERIVED_META)

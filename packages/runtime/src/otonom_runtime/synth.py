@@ -38,7 +38,13 @@ from sqlalchemy.orm import Session
 
 from otonom_runtime._errors import DataImportError
 from otonom_runtime.importers import check_symbol_name
-from otonom_runtime.store import Bar, MacroSentiment, NewsSentiment, get_or_create_symbol
+from otonom_runtime.store import (
+    SYNTHETIC_SOURCE,
+    Bar,
+    MacroSentiment,
+    NewsSentiment,
+    get_or_create_symbol,
+)
 from otonom_schema import MarketHistory, SentimentSeries
 
 __all__ = [
@@ -260,8 +266,10 @@ def write_synthetic(
     Rules: a symbol already generated with the same seed, range and generator version is left
     as it is (so a repeated call writes nothing); a synthetic symbol made with other arguments
     has its bars and news replaced; a symbol holding imported (non-synthetic) data is refused
-    with ``DataImportError``. Macro sentiment is shared: only days without a macro score get
-    one, so imported macro data is never overwritten.
+    with ``DataImportError``. Every sentiment row written has source ``SYNTHETIC_SOURCE``
+    (read only by synthetic symbols, unless a strategy names it); sentiment of other sources
+    is never touched. Macro sentiment is shared by every seed: only days without a synthetic
+    macro score get one.
     """
     if not symbols:
         raise DataImportError("no symbols given; expected at least one, e.g. DEMO-BTC")
@@ -290,7 +298,11 @@ def write_synthetic(
                 unchanged.append(name)
                 continue
             session.execute(delete(Bar).where(Bar.symbol_id == row.id))
-            session.execute(delete(NewsSentiment).where(NewsSentiment.symbol_id == row.id))
+            session.execute(
+                delete(NewsSentiment).where(
+                    NewsSentiment.symbol_id == row.id, NewsSentiment.source == SYNTHETIC_SOURCE
+                )
+            )
             row.meta = meta
         market = generate_market(name, start, end, seed)
         h = market.history
@@ -315,7 +327,7 @@ def write_synthetic(
         session.execute(
             insert(NewsSentiment),
             [
-                {"symbol_id": row.id, "date": d, "score": float(s)}
+                {"symbol_id": row.id, "source": SYNTHETIC_SOURCE, "date": d, "score": float(s)}
                 for d, s in zip(days, market.news.scores, strict=True)
             ],
         )
@@ -326,12 +338,14 @@ def write_synthetic(
     have = set(
         session.execute(
             select(MacroSentiment.date).where(
-                MacroSentiment.date >= start, MacroSentiment.date <= end
+                MacroSentiment.source == SYNTHETIC_SOURCE,
+                MacroSentiment.date >= start,
+                MacroSentiment.date <= end,
             )
         ).scalars()
     )
     new_macro = [
-        {"date": d, "score": float(s)}
+        {"source": SYNTHETIC_SOURCE, "date": d, "score": float(s)}
         for d, s in zip(_py_dates(macro.dates), macro.scores, strict=True)
         if d not in have
     ]

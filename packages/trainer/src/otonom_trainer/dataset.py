@@ -15,20 +15,28 @@ Rules (each one tested):
   ``RlStateBuilder(session).build_state(symbol, date, current_position=position,
   leverage=leverage, cash=cash_fraction * equity, portfolio_equity=equity,
   days_since_last_trade=days)`` builds, with the portfolio stored on the decision row (the one
-  the decision was made with; ``days_since_last_trade`` NULL = never traded = ``inf``).
+  the decision was made with; ``days_since_last_trade`` NULL = never traded = ``inf``); for a
+  run whose strategy named sentiment sources, the builder made with those
+  (``RlStateBuilder(session, news_source=..., macro_source=...)``).
 * **Vectorised.** Per symbol: one query for the decisions, one for the bars from ``LOOKBACK -
   1`` bars before the first decision to the last decision (older bars are never read by any
   row's state), one for the news from ``SENTIMENT_MAX_AGE_DAYS`` days before the first decision
   (an older score is stale for every row; the states of the bars before it are computed but are
-  no row); one macro query for all symbols over the union of those ranges. ``compute_states``
+  no row); one macro query per macro source over the union of those ranges. ``compute_states``
   then computes the features of every bar read at once (the schema's batch path, proven equal
   to the builder's one-date path) and the rows are picked by date. Every decision date must be
   a bar date in the store (the backtest only decides on bar dates): anything else means the
   bars were changed after the run, and is refused.
+* **Sentiment sources.** Each symbol's news and macro come from the sources its run read
+  (``params["sentiment_sources"]``, recorded by the backtest); for a run that recorded none
+  (made before sentiment had sources) the kind rule the backtest applies by default
+  (``otonom_runtime.store.sentiment_source``: ``"synthetic"`` for a synthetic symbol, ``"user"``
+  for a real one).
 * **Metadata.** ``source="backtest"``, ``run_ids`` (sorted), ``symbol_runs`` ({symbol: run
   id}, which also maps each row to its run), ``runs`` (id, strategy name and hash, the run's own
-  range), ``strategy_names``/``strategy_hashes`` (sorted, distinct), ``symbols`` and the
-  requested ``start_date``/``end_date`` (ISO).
+  range), ``strategy_names``/``strategy_hashes`` (sorted, distinct), ``symbols``,
+  ``sentiment_sources`` ({symbol: {"news": source, "macro": source}}) and the requested
+  ``start_date``/``end_date`` (ISO).
 
 This module does not import torch.
 """
@@ -50,7 +58,7 @@ import numpy.typing as npt
 from sqlalchemy import Date, Integer, String, TextClause, bindparam, select, text
 from sqlalchemy.orm import Session
 
-from otonom_runtime.store import BacktestRun, fetch_raw, get_symbol
+from otonom_runtime.store import BacktestRun, Symbol, fetch_raw, get_symbol, sentiment_source
 from otonom_schema import (
     LOOKBACK,
     MATHS_PARAMS,
@@ -126,20 +134,25 @@ _NEWS: Final = text(
     """
     SELECT n.date, n.score
     FROM news_sentiment n JOIN symbols s ON n.symbol_id = s.id
-    WHERE s.name = :symbol AND n.date >= :start AND n.date <= :end
+    WHERE s.name = :symbol AND n.source = :source AND n.date >= :start AND n.date <= :end
     ORDER BY n.date
     """
 ).bindparams(
-    bindparam("symbol", type_=String), bindparam("start", type_=Date), bindparam("end", type_=Date)
+    bindparam("symbol", type_=String),
+    bindparam("source", type_=String),
+    bindparam("start", type_=Date),
+    bindparam("end", type_=Date),
 )
 _MACRO: Final = text(
     """
     SELECT m.date, m.score
     FROM macro_sentiment m
-    WHERE m.date >= :start AND m.date <= :end
+    WHERE m.source = :source AND m.date >= :start AND m.date <= :end
     ORDER BY m.date
     """
-).bindparams(bindparam("start", type_=Date), bindparam("end", type_=Date))
+).bindparams(
+    bindparam("source", type_=String), bindparam("start", type_=Date), bindparam("end", type_=Date)
+)
 # A sentiment score older than this is 0 for every later date (the schema's rule).
 _SENTIMENT_AGE: Final = dt.timedelta(days=int(MATHS_PARAMS["SENTIMENT_MAX_AGE_DAYS"]))
 
@@ -318,9 +331,11 @@ class OfflineDatasetGenerator:
         the driver itself on these wide reads (tens of thousands of rows)."""
         return fetch_raw(self.session, stmt, values)
 
-    def _read(self, name: str, run: _Run, start: dt.date, end: dt.date) -> _Symbol:
+    def _read(
+        self, name: str, run: _Run, start: dt.date, end: dt.date, news_source: str
+    ) -> _Symbol:
         """The decisions of ``run`` for ``name`` dated ``start .. end``, checked, with the bars
-        and news their states read (three queries)."""
+        and news (from ``news_source``) their states read (three queries)."""
         rows = self._fetch(
             _DECISIONS, {"run_id": run.id, "symbol": name, "start": start, "end": end}
         )
@@ -353,7 +368,7 @@ class OfflineDatasetGenerator:
             ) from None
         return _Symbol(
             history=history,
-            news=self._news(name, first - _SENTIMENT_AGE, last),
+            news=self._news(name, news_source, first - _SENTIMENT_AGE, last),
             pos=pos,
             portfolio=portfolio,
             actions=_column(cols[1], np.int64),
@@ -401,13 +416,43 @@ class OfflineDatasetGenerator:
         )
         return history, cols[0]
 
-    def _news(self, name: str, start: dt.date, end: dt.date) -> SentimentSeries | None:
-        """News sentiment of ``name`` dated ``start .. end`` (None if none); one query."""
-        return _series(self._fetch(_NEWS, {"symbol": name, "start": start, "end": end}))
+    def _news(self, name: str, source: str, start: dt.date, end: dt.date) -> SentimentSeries | None:
+        """News sentiment of ``name`` from ``source`` dated ``start .. end`` (None if none);
+        one query."""
+        values = {"symbol": name, "source": source, "start": start, "end": end}
+        return _series(self._fetch(_NEWS, values))
 
-    def _macro(self, start: dt.date, end: dt.date) -> SentimentSeries | None:
-        """Macro sentiment dated ``start .. end`` (None if none); one query."""
-        return _series(self._fetch(_MACRO, {"start": start, "end": end}))
+    def _macro(self, source: str, start: dt.date, end: dt.date) -> SentimentSeries | None:
+        """Macro sentiment from ``source`` dated ``start .. end`` (None if none); one query."""
+        return _series(self._fetch(_MACRO, {"source": source, "start": start, "end": end}))
+
+    def _sentiment_sources(self, chosen: dict[str, _Run]) -> dict[str, dict[str, str]]:
+        """{symbol: {"news": source, "macro": source}}: what each symbol's run read (its
+        ``params["sentiment_sources"]``), else the kind rule (runs made before sources)."""
+        ids = sorted({run.id for run in chosen.values()})
+        params: dict[int, dict[str, Any] | None] = dict(
+            self.session.execute(
+                select(BacktestRun.id, BacktestRun.params).where(BacktestRun.id.in_(ids))
+            ).all()
+        )
+        kinds: dict[str, bool] = dict(
+            self.session.execute(
+                select(Symbol.name, Symbol.is_synthetic).where(Symbol.name.in_(list(chosen)))
+            ).all()
+        )
+        out: dict[str, dict[str, str]] = {}
+        for name, run in chosen.items():
+            recorded = (params.get(run.id) or {}).get("sentiment_sources") or {}
+            mine = recorded.get(name) if isinstance(recorded, dict) else None
+            out[name] = {
+                kind: (
+                    mine[kind]
+                    if isinstance(mine, dict) and isinstance(mine.get(kind), str)
+                    else sentiment_source(bool(kinds.get(name, False)))
+                )
+                for kind in ("news", "macro")
+            }
+        return out
 
     # --- public --------------------------------------------------------------------------------
 
@@ -438,13 +483,21 @@ class OfflineDatasetGenerator:
                 "start_date <= end_date"
             )
         chosen = self._resolve_runs(names, run_id)
+        sources = self._sentiment_sources(chosen)
         with _collector_paused():
-            reads = [self._read(name, chosen[name], start, end) for name in names]
-            macro = self._macro(
-                min(r.dates[0].item() for r in reads) - _SENTIMENT_AGE,
-                max(r.dates[-1].item() for r in reads),
-            )
-        parts = [_rows(r, macro) for r in reads]
+            reads = {
+                name: self._read(name, chosen[name], start, end, sources[name]["news"])
+                for name in names
+            }
+            macros = {}
+            for source in sorted({s["macro"] for s in sources.values()}):
+                users = [reads[name] for name in names if sources[name]["macro"] == source]
+                macros[source] = self._macro(
+                    source,
+                    min(r.dates[0].item() for r in users) - _SENTIMENT_AGE,
+                    max(r.dates[-1].item() for r in users),
+                )
+        parts = [_rows(reads[name], macros[sources[name]["macro"]]) for name in names]
         n_rows = [p.states.shape[0] for p in parts]
         runs = sorted({r.id: r for r in chosen.values()}.values(), key=lambda r: r.id)
         metadata: dict[str, Any] = {
@@ -464,6 +517,7 @@ class OfflineDatasetGenerator:
             "strategy_names": sorted({r.strategy_name for r in runs}),
             "strategy_hashes": sorted({r.strategy_hash for r in runs}),
             "symbols": names,
+            "sentiment_sources": sources,
             "start_date": start.isoformat(),
             "end_date": end.isoformat(),
         }
