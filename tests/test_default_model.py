@@ -1,5 +1,9 @@
 """The small default model shipped in models/rl_bc: it loads under the current state schema and
-serves as the RL analyst right after install (models/README.md says how to regenerate it)."""
+serves as the RL analyst right after install (models/README.md says how to regenerate it).
+
+``models/rl_bc/default`` (tracked) names the shipped version; ``models/rl_bc/latest`` (untracked)
+names what a pipeline run here promoted. These tests hold whether or not one did: the shipped
+layout is checked on a copy of the tracked files."""
 
 from __future__ import annotations
 
@@ -20,13 +24,24 @@ REGENERATE = "regenerate it as models/README.md says (rm -rf models/rl_bc ...; p
 
 
 def _version() -> Path:
-    name = (DEFAULT / "latest").read_text(encoding="utf-8").strip()
+    name = (DEFAULT / "default").read_text(encoding="utf-8").strip()
     return DEFAULT / name
+
+
+@pytest.fixture
+def shipped(tmp_path: Path) -> Path:
+    """models/rl_bc as a fresh clone has it: the `default` pointer and the version it names
+    (no `latest`, no versions trained here)."""
+    root = tmp_path / "models" / "rl_bc"
+    root.mkdir(parents=True)
+    shutil.copyfile(DEFAULT / "default", root / "default")
+    shutil.copytree(_version(), root / _version().name)
+    return root
 
 
 def test_default_model_loads_under_the_current_schema() -> None:
     try:
-        policy = load_rl_policy(DEFAULT)
+        policy = load_rl_policy(_version())
     except ModelSchemaMismatchError as exc:
         pytest.fail(
             f"the shipped default model was made under another state schema: {exc}; " + REGENERATE
@@ -38,12 +53,21 @@ def test_default_model_loads_under_the_current_schema() -> None:
     assert meta["val_action_acc"] > 0.85  # the pipeline's model on the synthetic default
 
 
-def test_the_guides_checkpoint_path_loads_the_promoted_version() -> None:
-    """Guide Step 3: ``load_rl_policy("models/rl_bc/policy_best.pt")`` in a versioned folder
-    (no policy_best.* at the top) follows ``latest``; PyTorch is never loaded."""
-    assert not (DEFAULT / "policy_best.onnx").exists()
-    policy = load_rl_policy(DEFAULT / "policy_best.pt")
-    assert policy.path.parent == _version()
+def test_the_folder_and_the_guides_checkpoint_path_load_the_default(shipped: Path) -> None:
+    """With nothing promoted, ``load_rl_policy("models/rl_bc")`` and the guide's Step 3
+    ``load_rl_policy("models/rl_bc/policy_best.pt")`` (no policy_best.* at the top) follow
+    ``default``; PyTorch is never loaded."""
+    assert load_rl_policy(shipped).path.parent.name == _version().name
+    assert load_rl_policy(shipped / "policy_best.pt").path.parent.name == _version().name
+
+
+def test_the_repository_folder_loads_the_promoted_version_else_the_default() -> None:
+    """In this checkout: ``latest`` when a pipeline run here promoted a model, else ``default``."""
+    latest = DEFAULT / "latest"
+    expected = DEFAULT / latest.read_text().strip() if latest.is_file() else _version()
+    assert load_rl_policy(DEFAULT).path.parent == expected
+    if not (DEFAULT / "policy_best.onnx").exists():  # no `train --output models/rl_bc` here
+        assert load_rl_policy(DEFAULT / "policy_best.pt").path.parent == expected
 
 
 def test_default_model_is_small_and_passed_the_gate() -> None:
@@ -60,24 +84,33 @@ def test_default_model_is_small_and_passed_the_gate() -> None:
 
 
 def test_default_model_is_in_git() -> None:
-    """The .gitignore lets exactly the default model in (a clean clone must have it)."""
-    if not (ROOT / ".git").exists():
-        pytest.skip("not a git checkout")
+    """The .gitignore lets exactly the default model in (a clean clone must have it), and not
+    ``latest``: promotion writes only that, so running the pipeline changes no tracked file."""
     tracked = subprocess.run(
         ["git", "ls-files", "models/rl_bc"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
     version = _version().name
-    assert "models/rl_bc/latest" in tracked
+    assert "models/rl_bc/default" in tracked
+    assert "models/rl_bc/latest" not in tracked
     assert f"models/rl_bc/{version}/policy_best.onnx" in tracked
     assert f"models/rl_bc/{version}/policy_best.onnx.sha256" in tracked
     assert not [p for p in tracked if p.endswith((".pt", ".png"))]
+    untracked = ["models/rl_bc/latest", "models/rl_bc/20990101T000000Z/policy_best.onnx"]
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", *untracked],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert ignored == untracked
 
 
-def test_backtest_with_the_rl_analyst_right_after_install(tmp_path: Path) -> None:
-    """`otonom backtest` with strategies/ensemble_rl_v1.yaml, as laid out in the repository:
+def test_backtest_with_the_rl_analyst_right_after_install(tmp_path: Path, shipped: Path) -> None:
+    """`otonom backtest` with strategies/ensemble_rl_v1.yaml, as laid out in a fresh clone:
     the RL analyst votes with the default model, no fallback."""
     shutil.copytree(ROOT / "strategies", tmp_path / "strategies")
-    shutil.copytree(DEFAULT, tmp_path / "models" / "rl_bc")
+    assert shipped == tmp_path / "models" / "rl_bc"
     env = {k: v for k, v in os.environ.items() if k != "OTONOM_DATABASE_URL"}
     env["MPLBACKEND"] = "Agg"
 

@@ -4,9 +4,11 @@ promotion, ``--from-stage``. One real default-size pipeline run (SQLite file, sy
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,8 +65,15 @@ def pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cwd
 
 
-def _table(cwd: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((cwd / "reports" / "pipeline" / "table.json").read_text())
+def _run_dir(cwd: Path) -> Path:
+    """The latest pipeline run's report folder (``reports/pipeline/latest`` names it)."""
+    root = cwd / "reports" / "pipeline"
+    return root / (root / "latest").read_text().strip()
+
+
+def _table(cwd: Path, run: Path | None = None) -> dict[str, Any]:
+    folder = run if run is not None else _run_dir(cwd)
+    data: dict[str, Any] = json.loads((folder / "table.json").read_text())
     return data
 
 
@@ -100,6 +109,9 @@ def test_pipeline_runs_seven_stages_and_promotes_its_model(pipeline_dir: Path) -
     root = pipeline_dir / "models" / "rl_bc"
     version = Path(table["model"]).parent.name
     assert (root / "latest").read_text().strip() == version
+    # the run's report folder is named like the model version it trained, and printed
+    assert _run_dir(pipeline_dir).name == version
+    assert f"report: reports/pipeline/{version}/" in stdout
     policy = load_rl_policy(root)  # the folder: follows latest
     assert policy.path.parent.name == version
     assert policy.get_metadata()["val_action_acc"] > 0.85
@@ -122,7 +134,7 @@ def test_check_cli_passes_for_the_pipeline_model(pipeline_dir: Path) -> None:
 def test_check_cli_fails_a_model_trained_one_epoch_on_shuffled_labels(
     pipeline_dir: Path, tmp_path: Path
 ) -> None:
-    train = load_dataset(pipeline_dir / "reports" / "pipeline" / "data" / "offline_dataset.npz")
+    train = load_dataset(_run_dir(pipeline_dir) / "data" / "offline_dataset.npz")
     rng = np.random.default_rng(0)
     order = rng.permutation(len(train))
     shuffled = OfflineDataset(
@@ -143,8 +155,7 @@ def test_check_cli_fails_a_model_trained_one_epoch_on_shuffled_labels(
             seed=0,
         )
     )
-    trainer.train()
-    trainer.export_onnx()
+    trainer.train()  # exports policy_best.onnx
     latest = (pipeline_dir / "models" / "rl_bc" / "latest").read_text()
 
     out = _cli(*_check_args(pipeline_dir, str(bad_dir)), "--promote", cwd=pipeline_dir)
@@ -157,7 +168,11 @@ def test_check_cli_fails_a_model_trained_one_epoch_on_shuffled_labels(
     assert "(not promoted)" in out.stdout
     # --promote did nothing: latest still names the pipeline's model
     assert (pipeline_dir / "models" / "rl_bc" / "latest").read_text() == latest
-    report = json.loads((bad_dir / "check.json").read_text())
+    # the checklist goes to reports/check/<version>/, not into the model's folder
+    assert not (bad_dir / "check.json").exists()
+    report = json.loads(
+        (pipeline_dir / "reports" / "check" / bad_dir.name / "check.json").read_text()
+    )
     assert report["passed"] is False
     assert report["promoted"] is None
 
@@ -198,6 +213,64 @@ def test_quiet_prints_nothing(pipeline_dir: Path) -> None:
     assert out.stderr == ""
 
 
+def test_each_run_keeps_its_report_and_from_stage_resumes_the_latest_or_a_named_run(
+    pipeline_dir: Path,
+) -> None:
+    """A second run gets its own folder (the first run's report stays as it was) and becomes
+    the latest; a rejected model makes the pipeline exit 1; ``--from-stage`` resumes the
+    latest run, or the one ``--run-name`` names."""
+    root = pipeline_dir / "reports" / "pipeline"
+    first = _run_dir(pipeline_dir)
+    first_table = (first / "table.json").read_text()
+    latest_model = (pipeline_dir / "models" / "rl_bc" / "latest").read_text()
+
+    # one symbol, one epoch: the gate rejects the model -> exit 1, nothing promoted
+    small = ("--strategy-path", STRATEGY, "--symbol", "DEMO-BTC", "--epochs", "1")
+    out = _cli("pipeline", *small, "--run-name", "small", cwd=pipeline_dir)
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "NOT promoted: failed" in out.stdout
+    assert "the production gate rejected" in out.stderr
+    assert "report: reports/pipeline/small/" in out.stdout
+    assert (root / "latest").read_text().strip() == "small"
+    assert _table(pipeline_dir)["gate"]["passed"] is False
+    assert (first / "table.json").read_text() == first_table  # the first run's report kept
+    assert (pipeline_dir / "models" / "rl_bc" / "latest").read_text() == latest_model
+
+    # --from-stage resumes the latest run ("small": its options) ...
+    out = _cli("pipeline", *small, "--from-stage", "7", cwd=pipeline_dir)
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "resuming from stage 7 (production gate): run small" in out.stdout
+    # ... or the named one, which becomes the latest again
+    out = _cli(
+        "pipeline", "--strategy-path", STRATEGY, "--from-stage", "7", "--no-promote",
+        "--run-name", first.name, cwd=pipeline_dir,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert f"resuming from stage 7 (production gate): run {first.name}" in out.stdout
+    assert "all checks pass (not promoted: --no-promote)" in out.stdout
+    assert _run_dir(pipeline_dir) == first
+
+    # a named run is not silently overwritten; a bad name or a missing run writes nothing
+    before = sorted(p.name for p in root.iterdir())
+    db = f"sqlite:///{pipeline_dir / 'data' / 'otonom.db'}"
+    base = PipelineConfig(
+        strategy_path=STRATEGY,
+        database_url=db,
+        report_dir=str(root),
+        model_dir=str(pipeline_dir / "models" / "rl_bc"),
+        quiet=True,
+    )
+    with pytest.raises(PipelineError, match="already holds a run named 'small'"):
+        run_pipeline(dataclasses.replace(base, run_name="small"))
+    with pytest.raises(PipelineError, match="cannot resume run 'nope' from stage 3"):
+        run_pipeline(dataclasses.replace(base, run_name="nope", from_stage=3))
+    for name, message in (("../x", "run name '../x'; expected"), ("latest", "not 'latest'")):
+        with pytest.raises(PipelineError, match=re.escape(message)):
+            dataclasses.replace(base, run_name=name)
+    assert sorted(p.name for p in root.iterdir()) == before
+    assert _run_dir(pipeline_dir) == first
+
+
 def test_from_stage_refuses_without_a_state_file_or_with_other_options(
     pipeline_dir: Path, tmp_path: Path
 ) -> None:
@@ -210,8 +283,9 @@ def test_from_stage_refuses_without_a_state_file_or_with_other_options(
         from_stage=3,
         quiet=True,
     )
-    with pytest.raises(PipelineError, match=r"pipeline_state\.json does not exist"):
+    with pytest.raises(PipelineError, match=r"elsewhere/latest does not exist"):
         run_pipeline(fresh)
+    assert not (tmp_path / "elsewhere").exists()
     other = PipelineConfig(
         strategy_path=STRATEGY,
         database_url=db,

@@ -59,14 +59,19 @@ def test_pipeline_end_to_end_small(tmp_path: Path) -> None:
         text=True,
         timeout=600,
     )
-    assert out.returncode == 0, out.stderr[-3000:]
+    # two epochs on one symbol do not pass the production gate: exit 1 (documented)
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "the production gate rejected" in out.stderr
+    assert "failed: val accuracy" in out.stderr
     for stage in range(1, 8):
         assert f"[{stage}/7]" in out.stdout
     assert "| ensemble (no RL) | ensemble + RL |" in out.stdout
     # the gate's deliberate fallback run (model file removed) is reported in its table, not
     # as runtime warnings
     assert "RL analyst" not in out.stderr
-    report = tmp_path / "reports" / "pipeline"
+    runs = tmp_path / "reports" / "pipeline"
+    report = runs / (runs / "latest").read_text().strip()  # the run's own folder
+    assert f"report: reports/pipeline/{report.name}/" in out.stdout
     table = json.loads((report / "table.json").read_text())
     assert set(table["rows"]) == {"ensemble (no RL)", "ensemble + RL"}
     assert 0.0 <= table["rows"]["ensemble + RL"]["policy accuracy (held-out)"] <= 1.0
@@ -78,11 +83,21 @@ def test_pipeline_end_to_end_small(tmp_path: Path) -> None:
     assert model.name == "policy_best.onnx"
     assert (tmp_path / model).is_file()
     assert model.parent.parent == Path("models") / "rl_bc"  # a version folder
-    # two epochs on one symbol do not pass the production gate: nothing is promoted
+    # nothing is promoted
     assert "NOT promoted: failed val accuracy" in out.stdout
     assert table["gate"]["passed"] is False
     assert not (tmp_path / "models" / "rl_bc" / "latest").exists()
     assert (tmp_path / model.parent / "check.md").is_file()
+    assert model.parent.name == report.name  # the run is named like the model version
+
+
+def test_pipeline_help_documents_the_exit_status_and_run_folders() -> None:
+    out = _run("pipeline", "--help")
+    assert out.returncode == 0
+    text = " ".join(out.stdout.split())
+    assert "1 when it rejects the model" in text
+    assert "--run-name" in text
+    assert "REPORT_DIR/RUN_NAME/" in text
 
 
 def test_pipeline_refuses_unknown_symbols(tmp_path: Path) -> None:
@@ -91,3 +106,4 @@ def test_pipeline_refuses_unknown_symbols(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert "not in the store" in out.stderr
     assert "--import-csv" in out.stderr
+    assert not (tmp_path / "reports").exists()  # no empty report folder left behind

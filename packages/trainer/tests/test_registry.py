@@ -92,3 +92,26 @@ def test_list_versions_ignores_other_folders_and_unfinished_versions(tmp_path: P
     (root / "notes").mkdir()
     assert list_versions(root) == [done]
     assert list_versions(tmp_path / "missing") == []
+
+
+def test_current_version_is_latest_else_default(tmp_path: Path) -> None:
+    """The runtime's rule (``resolve_version_dir``): promotion writes only ``latest``; the
+    shipped ``default`` serves while nothing is promoted and is never rewritten."""
+    from otonom_trainer.registry import current_version
+
+    root = tmp_path / "rl_bc"
+    shipped = new_version_dir(root, WHEN)
+    trained = new_version_dir(root, WHEN + dt.timedelta(days=1))
+    _model(shipped)
+    _model(trained)
+    assert current_version(root) is None
+    (root / "default").write_text(shipped.name + "\n")
+    assert current_version(root) == shipped
+    assert latest_version(root) is None
+    promote(trained)
+    assert current_version(root) == trained
+    assert (root / "default").read_text() == shipped.name + "\n"
+    (root / "default").write_text("../x\n")
+    (root / "latest").unlink()
+    with pytest.raises(RegistryError, match="default"):
+        current_version(root)

@@ -48,6 +48,7 @@ from otonom_schema import (
 
 __all__ = [
     "CHECKPOINT_FILENAME",
+    "DEFAULT_POINTER",
     "DEVICES",
     "INPUT_NAME",
     "LATEST_POINTER",
@@ -56,9 +57,12 @@ __all__ = [
     "OUTPUT_NAMES",
     "REQUIRED_METADATA",
     "REQUIRED_METRICS",
+    "RUN_ID_KEY",
+    "TRAINING_RECORD",
     "RlPolicy",
     "load_rl_policy",
     "resolve_model_path",
+    "resolve_version_dir",
     "write_sha256_sidecar",
 ]
 
@@ -69,7 +73,15 @@ MODEL_FILENAME: Final = "policy_best.onnx"
 CHECKPOINT_FILENAME: Final = "policy_best.pt"
 """The trainer's PyTorch checkpoint (never loaded here: it stands for the ``.onnx`` beside it)."""
 LATEST_POINTER: Final = "latest"
-"""A file in a model folder holding the name of the sub-folder to use (versioned exports)."""
+"""A file in a model folder holding the name of the promoted sub-folder (versioned exports)."""
+DEFAULT_POINTER: Final = "default"
+"""A file in a model folder naming the sub-folder to use while nothing is promoted (the
+repository's shipped default model; ``latest``, when present, wins)."""
+TRAINING_RECORD: Final = "metadata.json"
+"""The trainer's record of the training run, beside the checkpoint and its export."""
+RUN_ID_KEY: Final = "otonom.training_run_id"
+"""Optional metadata key: the id of the training run the model was exported from (the same id
+as in the checkpoint and in ``metadata.json``; see ``load_rl_policy``)."""
 MODEL_FORMAT: Final = "1"
 """The ``otonom.model_format`` this runtime reads."""
 INPUT_NAME: Final = "state"
@@ -117,8 +129,16 @@ def _listing(folder: Path) -> str:
     return f"it holds: {shown}{more}"
 
 
-def _follow_latest(folder: Path) -> Path:
-    pointer = folder / LATEST_POINTER
+def _pointer(folder: Path) -> Path | None:
+    """The pointer file ``folder`` follows: ``latest`` when present, else ``default``."""
+    for name in (LATEST_POINTER, DEFAULT_POINTER):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _follow(pointer: Path) -> Path:
+    folder = pointer.parent
     target = pointer.read_text(encoding="utf-8").strip()
     if not target or Path(target).is_absolute() or ".." in Path(target).parts:
         raise PolicyError(
@@ -133,60 +153,85 @@ def _follow_latest(folder: Path) -> Path:
     return sub
 
 
+def resolve_version_dir(folder: str | os.PathLike[str]) -> Path | None:
+    """The version sub-folder a versioned model folder stands for, by its pointer files: the
+    one ``folder/latest`` names (the promoted version), else the one ``folder/default`` names
+    (the shipped default), else None. Only the pointers are read.
+
+    The rule ``load_rl_policy`` follows (after a model of the folder's own, which wins) and the
+    trainer's registry uses. Raises ``PolicyError`` for a pointer that names no sub-folder.
+    """
+    pointer = _pointer(Path(folder))
+    return None if pointer is None else _follow(pointer)
+
+
 def resolve_model_path(path: str | os.PathLike[str]) -> Path:
-    """The ``.onnx`` file that ``path`` stands for (see ``load_rl_policy``); nothing is read.
+    """The ``.onnx`` file that ``path`` stands for (see ``load_rl_policy``); nothing is read
+    but pointer files.
 
     Raises ``PolicyError`` when there is none, saying what was found and what was expected.
     """
     p = Path(path)
     if p.suffix == ".pt":
         onnx_path = p.with_suffix(".onnx")
-        if not onnx_path.is_file() and not p.exists() and (p.parent / LATEST_POINTER).is_file():
+        pointer = _pointer(p.parent)
+        if not onnx_path.is_file() and not p.exists() and pointer is not None:
             # the guide's "models/rl_bc/policy_best.pt" in a versioned model folder: the
-            # promoted version's export
-            onnx_path = _follow_latest(p.parent) / onnx_path.name
-            logger.info("%s: following %s to %s", p, p.parent / LATEST_POINTER, onnx_path)
+            # promoted (else the default) version's export
+            onnx_path = _follow(pointer) / onnx_path.name
+            logger.info("%s: following %s to %s", p, pointer, onnx_path)
         if not onnx_path.is_file():
+            if p.exists():
+                fix = (
+                    f"Export the checkpoint with `otonom-train export --checkpoint {p}`, or "
+                    "pass the .onnx path."
+                )
+            else:
+                fix = (
+                    "Train a model there (`otonom-train train --output "
+                    f"{p.parent}`), or pass a .onnx file or a model folder."
+                )
             found = "exists" if p.exists() else "does not exist either"
             raise PolicyError(
                 f"{p} is a PyTorch checkpoint ({found}); the runtime never loads PyTorch "
                 f"checkpoints, it loads the ONNX export beside it, and there is no {onnx_path}. "
-                "Export the checkpoint to ONNX with the trainer, or pass the .onnx path."
+                + fix
             )
         logger.info("%s is a PyTorch checkpoint: loading the ONNX export %s", p, onnx_path)
         return onnx_path
     if p.is_dir():
         own = p / MODEL_FILENAME
-        has_pointer = (p / LATEST_POINTER).is_file()
+        pointer = _pointer(p)
         if own.is_file():
             # a folder holding a model is that model (what `otonom-train train --output DIR`
-            # writes); its `latest` pointer, if any, is for folders that hold only versions
-            if has_pointer:
+            # writes); its pointers, if any, are for folders that hold only versions
+            if pointer is not None:
                 logger.warning(
-                    "%s holds %s and a %r pointer: using %s (the promoted version is used once "
-                    "the folder holds no %s of its own)",
+                    "%s holds %s and a %r pointer: using %s (the %s version is used once the "
+                    "folder holds no %s of its own)",
                     p,
                     MODEL_FILENAME,
-                    LATEST_POINTER,
+                    pointer.name,
                     own,
+                    "promoted" if pointer.name == LATEST_POINTER else "default",
                     MODEL_FILENAME,
                 )
             return own
-        folder = _follow_latest(p) if has_pointer else p
+        folder = _follow(pointer) if pointer is not None else p
         model = folder / MODEL_FILENAME
         if not model.is_file():
-            via = f" (followed {p / LATEST_POINTER})" if folder != p else ""
+            via = f" (followed {pointer})" if pointer is not None else ""
             raise PolicyError(
                 f"model folder {folder}{via} has no {MODEL_FILENAME}; {_listing(folder)}. "
-                f"Expected {MODEL_FILENAME} (+ its .sha256 sidecar) or a {LATEST_POINTER!r} "
-                "file naming a sub-folder that holds one."
+                f"Expected {MODEL_FILENAME} (+ its .sha256 sidecar), or a {LATEST_POINTER!r} "
+                f"or {DEFAULT_POINTER!r} file naming a sub-folder that holds one."
             )
         return model
     if not p.exists():
         raise PolicyError(
             f"model path {p} does not exist; expected a .onnx file, a model folder holding "
-            f"{MODEL_FILENAME} (or a {LATEST_POINTER!r} pointer), or a {CHECKPOINT_FILENAME} "
-            "path with the .onnx export beside it"
+            f"{MODEL_FILENAME} (or a {LATEST_POINTER!r} / {DEFAULT_POINTER!r} pointer), or a "
+            f"{CHECKPOINT_FILENAME} path with the .onnx export beside it"
         )
     if not p.is_file():
         raise PolicyError(f"model path {p} is not a regular file or folder")
@@ -388,6 +433,54 @@ def _names_diff(names: list[Any]) -> str:
     )
 
 
+def _check_training_run(model: Path, props: dict[str, str], metrics: dict[str, Any]) -> None:
+    """Refuse a model that is not the export of the training run recorded beside it.
+
+    Training writes ``metadata.json`` (with the run's id) before exporting, so an older export
+    beside a newer record (training without export, a failed export, a copied file) shows as
+    differing ids. Models and records made before run ids existed carry none: then their
+    ``REQUIRED_METRICS`` must agree instead. No record beside the model: nothing to compare.
+    """
+    record_path = model.with_name(TRAINING_RECORD)
+    if not record_path.is_file():
+        return
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        logger.warning("%s is not readable JSON: not compared with %s", record_path, model)
+        return
+    if not isinstance(record, dict) or record.get("format") != "otonom-rl/training-run":
+        return  # another tool's metadata.json
+    model_id, record_id = props.get(RUN_ID_KEY), record.get("run_id")
+    if model_id is None and record_id is None:
+        recorded = record.get("metrics")
+        recorded = recorded if isinstance(recorded, dict) else {}
+        differ = [k for k in REQUIRED_METRICS if recorded.get(k) != metrics.get(k)]
+        if not differ:
+            return
+        problem = (
+            f"neither carries a training run id, and their metrics differ ({differ[0]}: model "
+            f"{metrics.get(differ[0])}, {TRAINING_RECORD} {recorded.get(differ[0])})"
+        )
+    elif model_id == record_id:
+        return
+    else:
+        problem = (
+            f"the model comes from training run {model_id or '(none: an older export)'} but "
+            f"{TRAINING_RECORD} records run {record_id or '(none: an older run)'}"
+        )
+    checkpoint = model.with_name(CHECKPOINT_FILENAME)
+    fix = (
+        f"re-export the checkpoint of that run: `otonom-train export --checkpoint {checkpoint}`"
+        if checkpoint.is_file()
+        else f"retrain into {model.parent}, or remove the stale {model.name} (and its sidecar)"
+    )
+    raise PolicyError(
+        f"{model} is not the export of the training run recorded in {record_path}: {problem}; "
+        f"the ONNX model is stale: {fix}"
+    )
+
+
 # --- the policy --------------------------------------------------------------------------------
 
 
@@ -547,13 +640,14 @@ def load_rl_policy(
 ) -> RlPolicy:
     """Load and check an ONNX policy.
 
-    ``path``: a ``.onnx`` file; a model folder (its own ``policy_best.onnx``; else, in a
-    versioned folder, the one in the sub-folder its ``latest`` file names); or a
-    ``policy_best.pt`` path,
-    which stands for the ``policy_best.onnx`` beside it (PyTorch checkpoints are never loaded),
-    or, when neither file is there but the folder has a ``latest`` file, for the promoted
-    version's ``policy_best.onnx`` (the guide's ``models/rl_bc/policy_best.pt`` keeps working
-    with versioned model folders).
+    ``path``: a ``.onnx`` file; a model folder; or a ``policy_best.pt`` path, which stands for
+    the ``policy_best.onnx`` beside it (PyTorch checkpoints are never loaded). A model folder
+    stands for, in this order: its own ``policy_best.onnx`` (with a warning when it also has a
+    pointer); the version sub-folder its ``latest`` file names (the promoted version); the one
+    its ``default`` file names (the repository's shipped default model). A ``policy_best.pt``
+    path with neither file there follows the same pointers, so the guide's
+    ``models/rl_bc/policy_best.pt`` keeps working with versioned model folders
+    (``resolve_version_dir``).
 
     ``device``: ``"cpu"``; ``"cuda"`` (onnxruntime's CUDAExecutionProvider, ``PolicyError`` if
     it has none); ``"auto"`` (CUDA when available, else CPU).
@@ -565,9 +659,12 @@ def load_rl_policy(
     Checks, in order, each failing with a ``PolicyError`` that says what was found and what was
     expected: the file exists; its ``.sha256`` sidecar exists and matches; onnxruntime can load
     it; the signature is ``state`` float32 [batch, 34] -> ``action_probs`` float32 [batch, 3],
-    ``strength`` float32 [batch, 1]; the metadata holds every required key. A model made under
-    another state schema (fingerprint or feature names) raises ``ModelSchemaMismatchError``
-    naming both schema versions and fingerprints.
+    ``strength`` float32 [batch, 1]; the metadata holds every required key; when the training
+    run's ``metadata.json`` is beside the model, the model is that run's export (the same
+    training run id; for models made before run ids, the same metrics), else it is stale and
+    refused, naming both ids and the command that re-exports it. A model made under another
+    state schema (fingerprint or feature names) raises ``ModelSchemaMismatchError`` naming both
+    schema versions and fingerprints.
     """
     import onnxruntime as ort
 
@@ -586,6 +683,7 @@ def load_rl_policy(
     _check_signature(session, model)
     props = dict(session.get_modelmeta().custom_metadata_map)
     decoded = _decode_metadata(props, model)
+    _check_training_run(model, props, decoded["otonom.metrics"])
     return RlPolicy(
         session,
         path=model,

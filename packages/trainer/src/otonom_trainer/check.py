@@ -62,6 +62,9 @@ __all__ = [
 
 Status = Literal["pass", "fail", "skip"]
 REGIMES: Final = ("low_vol", "normal", "high_vol")
+CHECK_REPORTS: Final = Path("reports") / "check"
+"""Where ``check.md`` / ``check.json`` go by default: ``reports/check/<model version>/`` (never
+the model's own folder, so checking the tracked default model changes no tracked file)."""
 
 
 class CheckError(ValueError):
@@ -88,7 +91,7 @@ class CheckConfig:
     max_p99_latency_ms: float = 10.0
     latency_samples: int = 2000
     promote: bool = False
-    out_dir: str | None = None
+    out_dir: str | None = None  # None: CHECK_REPORTS / <the model's version folder name>
     quiet: bool = False
 
     def __post_init__(self) -> None:
@@ -434,7 +437,7 @@ def run_check(cfg: CheckConfig) -> CheckResult:
     )
     if cfg.promote and result.passed:
         result.promoted = promote(version_dir)
-    out_dir = Path(cfg.out_dir) if cfg.out_dir else version_dir
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else CHECK_REPORTS / version_dir.name
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "check.md").write_text(result.table() + "\n", encoding="utf-8")
     (out_dir / "check.json").write_text(

@@ -97,7 +97,12 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         if f.default is not None:
             kwargs["help"] = f"{f.help} (default: {f.default})"
         p.add_argument(f.flag, **kwargs)
-    p.add_argument("--no-export", action="store_true", help="stop after training (no ONNX model)")
+    p.add_argument(
+        "--no-export",
+        action="store_true",
+        help="stop after training (no ONNX model; an older one in the folder is then refused "
+        "as stale until `otonom-train export` writes this run's)",
+    )
     p.set_defaults(handler=_cmd_train)
 
 
@@ -120,12 +125,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from otonom_trainer.train import BehaviorCloningTrainer
 
-    trainer = BehaviorCloningTrainer(cfg)
-    trainer.train()
-    if args.no_export:
-        return 0
-    onnx_path = trainer.export_onnx()
-    print(f"ONNX model: {onnx_path} (matches torch at batch 1, 7 and 256)")
+    BehaviorCloningTrainer(cfg).train(export=not args.no_export)
     return 0
 
 
@@ -145,6 +145,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         metrics=ckpt["metrics"],
         training_config=ckpt["config"],
         dataset_sha256=sha256_file(dataset),
+        training_run_id=ckpt.get("run_id"),
     )
     print(f"ONNX model: {path} (matches torch at batch 1, 7 and 256)")
     return 0
@@ -222,12 +223,21 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         model_dir=args.model_dir,
         report_dir=args.report_dir,
+        run_name=args.run_name,
         from_stage=args.from_stage,
         promote=not args.no_promote,
         quiet=args.quiet,
     )
-    run_pipeline(cfg)
-    return 0
+    result = run_pipeline(cfg)
+    gate = result.gate or {}
+    if gate.get("passed"):
+        return 0
+    print(
+        f"the production gate rejected {result.model_dir} (failed: "
+        f"{', '.join(gate.get('failed') or ['?'])}); it was not promoted (exit 1)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _add_pipeline(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -242,8 +252,11 @@ def _add_pipeline(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
             "datasets, train and export the policy, evaluate it, then backtest the held-out "
             "period with and without the RL analyst and print a side-by-side table, and run the "
             "production checklist ('otonom-train check'), promoting the new model version "
-            "(MODEL_DIR/latest) when it passes. Writes a report folder (table.md, table.json, "
-            "equity.png, confusion_matrix.png, pipeline_state.json). Stages: "
+            "(MODEL_DIR/latest) when it passes. Each run writes its own report folder "
+            "REPORT_DIR/RUN_NAME/ (table.md, table.json, equity.png, confusion_matrix.png, "
+            "pipeline_state.json); REPORT_DIR/latest names the last run. Exit status: 0 when "
+            "the production gate passes (the model is promoted, unless --no-promote), 1 when "
+            "it rejects the model or a stage fails. Stages: "
             + ", ".join(f"{i} {name}" for i, name in enumerate(STAGES, start=1))
             + "."
         ),
@@ -273,7 +286,17 @@ def _add_pipeline(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default="models/rl_bc",
         help="models land in MODEL_DIR/<UTC timestamp>/ (default %(default)s)",
     )
-    p.add_argument("--report-dir", default="reports/pipeline")
+    p.add_argument(
+        "--report-dir",
+        default="reports/pipeline",
+        help="each run's report goes to REPORT_DIR/RUN_NAME/ (default %(default)s)",
+    )
+    p.add_argument(
+        "--run-name",
+        help="name this run's report folder (letters, digits, '.', '_', '-'; default: the UTC "
+        "time it starts, which also names the model version it trains); with --from-stage: "
+        "the run to resume (default: REPORT_DIR/latest)",
+    )
     p.add_argument("--database-url", help="SQLAlchemy URL (default: ./data/otonom.db)")
     p.add_argument(
         "--from-stage",
@@ -281,8 +304,8 @@ def _add_pipeline(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=1,
         choices=range(1, len(STAGES) + 1),
         metavar="N",
-        help="resume: skip stages before N, reusing what an earlier run with the same options "
-        "recorded in REPORT_DIR/pipeline_state.json (1-7; default 1)",
+        help="resume the latest run (or --run-name's): skip stages before N, reusing what it "
+        "recorded in its pipeline_state.json; the options must be the same (1-7; default 1)",
     )
     p.add_argument(
         "--no-promote",
@@ -336,9 +359,9 @@ def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
             "ensemble's Sharpe with vs without the RL analyst, a stress test per volatility "
             "regime (accuracy and Sharpe), p99 predict latency on this machine, the model's "
             "metadata (schema, timestamp, versions, metrics) and the fallback with the model "
-            "file removed. Prints a pass/fail table (also written as check.md / check.json "
-            "beside the model) and exits 1 if any item fails. The backtests are stored as "
-            "runs like any other."
+            "file removed. Prints a pass/fail table (also written as check.md / check.json in "
+            "reports/check/<model version>/, or --out) and exits 1 if any item fails. The "
+            "backtests are stored as runs like any other."
         ),
     )
     p.add_argument("model", metavar="MODEL", help="a .onnx file or a model (version) folder")
@@ -369,7 +392,11 @@ def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         action="store_true",
         help="when every item passes, point the model folder's parent 'latest' at it",
     )
-    p.add_argument("--out", help="where check.md/check.json go (default: beside the model)")
+    p.add_argument(
+        "--out",
+        help="the folder check.md/check.json go to (default: reports/check/<the model's "
+        "version folder name>/)",
+    )
     p.set_defaults(handler=_cmd_check)
 
 

@@ -46,6 +46,7 @@ from otonom_runtime.policy import (
     MODEL_FORMAT,
     OUTPUT_NAMES,
     REQUIRED_METRICS,
+    RUN_ID_KEY,
     load_rl_policy,
     write_sha256_sidecar,
 )
@@ -77,6 +78,7 @@ _VERSIONED_PACKAGES: Final = (
     "numpy",
 )
 _SHA256_RE: Final = re.compile(r"^[0-9a-fA-F]{64}$")
+_RUN_ID_RE: Final = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
 # What torch 2.13's legacy exporter warns (DeprecationWarning) on every call; nothing else is
 # silenced.
 _LEGACY_EXPORT_WARNINGS: Final = (
@@ -143,14 +145,17 @@ def build_metadata(
     training_config: Mapping[str, Any],
     dataset_sha256: str,
     created_at: dt.datetime | None = None,
+    training_run_id: str | None = None,
 ) -> dict[str, str]:
     """The ``metadata_props`` of an exported model (every value a string; docs/model-format.md).
 
     ``metrics`` must hold numbers for ``val_action_acc``, ``train_action_acc``,
     ``best_val_loss`` and ``best_epoch`` (more keys allowed; numpy scalars are converted);
     ``training_config`` is any JSON-serialisable mapping; ``dataset_sha256`` the 64-hex-digit
-    sha256 of the training ``.npz`` (``sha256_file``); ``created_at`` defaults to now (UTC).
-    Raises ``ValueError`` naming what is missing or malformed.
+    sha256 of the training ``.npz`` (``sha256_file``); ``created_at`` defaults to now (UTC);
+    ``training_run_id`` (optional, ``otonom.training_run_id``) the id of the training run, as in
+    its checkpoint and ``metadata.json`` (the runtime refuses an export whose id differs from the
+    ``metadata.json`` beside it). Raises ``ValueError`` naming what is missing or malformed.
     """
     bad = [
         k
@@ -168,11 +173,18 @@ def build_metadata(
             f"dataset_sha256 is {dataset_sha256!r}; expected the 64 hex digits of the training "
             "dataset's sha256 (otonom_trainer.export.sha256_file(dataset_path))"
         )
+    if training_run_id is not None and not (
+        isinstance(training_run_id, str) and _RUN_ID_RE.match(training_run_id)
+    ):
+        raise ValueError(
+            f"training_run_id is {training_run_id!r}; expected 1-64 letters, digits, '_' or '-' "
+            "(BehaviorCloningTrainer uses uuid4().hex)"
+        )
     when = created_at if created_at is not None else dt.datetime.now(dt.timezone.utc)
     if when.tzinfo is None:
         raise ValueError(f"created_at {when.isoformat()} has no time zone; expected UTC")
     stamp = when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return {
+    props = {
         "otonom.model_format": MODEL_FORMAT,
         "otonom.schema_version": SCHEMA_VERSION,
         "otonom.schema_fingerprint": schema_fingerprint(),
@@ -183,6 +195,9 @@ def build_metadata(
         "otonom.created_at": stamp,
         "otonom.package_versions": json.dumps(_package_versions(), sort_keys=True),
     }
+    if training_run_id is not None:
+        props[RUN_ID_KEY] = training_run_id
+    return props
 
 
 def default_parity_states(n: int = 300, *, seed: int = 0) -> npt.NDArray[np.float32]:
@@ -287,12 +302,14 @@ def export_onnx(
     dataset_sha256: str,
     parity_states: npt.ArrayLike | None = None,
     atol: float = 1e-5,
+    training_run_id: str | None = None,
 ) -> Path:
     """Export ``model`` to ONNX at ``path`` (a ``.onnx`` file) with its sha256 sidecar.
 
     A CPU copy of ``model`` in eval mode is exported (dropout off; the caller's model, its
     device and its train/eval mode are left as they were), with the metadata of
-    ``build_metadata(metrics=..., training_config=..., dataset_sha256=...)``. The file is then
+    ``build_metadata(metrics=..., training_config=..., dataset_sha256=...,
+    training_run_id=...)``. The file is then
     loaded through ``otonom_runtime.load_rl_policy`` and ``predict_batch`` is compared with
     ``PolicyNet.probabilities`` on ``parity_states`` (held-out states, (N, 34), validated;
     ``None``: ``default_parity_states()``) at batch sizes 1, 7 and 256 (rows repeat when there
@@ -313,7 +330,10 @@ def export_onnx(
     if not atol >= 0.0:
         raise ValueError(f"atol is {atol}; expected a number >= 0")
     metadata = build_metadata(
-        metrics=metrics, training_config=training_config, dataset_sha256=dataset_sha256
+        metrics=metrics,
+        training_config=training_config,
+        dataset_sha256=dataset_sha256,
+        training_run_id=training_run_id,
     )
     states = _parity_states(parity_states)
     net = copy.deepcopy(model).to("cpu").float().eval()

@@ -7,11 +7,15 @@ module only sequences them and writes the report folder. The stages (``STAGES``)
 2 baseline backtest, 3 datasets, 4 training + export (into a new version folder
 ``<model_dir>/<UTC timestamp>/``), 5 evaluation, 6 held-out backtests without and with RL,
 7 the production gate (``otonom_trainer.check``), which promotes the new version
-(``<model_dir>/latest``) when every check passes. After each stage the report folder's
+(``<model_dir>/latest``) when every check passes. After each stage the run's report folder's
 ``pipeline_state.json`` records what it produced, so ``from_stage`` (``--from-stage``) resumes
 a run that stopped or re-runs its later stages.
 
-The report folder:
+Every run has its own report folder ``<report_dir>/<run name>/`` (default name: the UTC time the
+run started, which is also the name of the model version it trains; ``run_name`` /
+``--run-name`` to choose one), and ``<report_dir>/latest`` names the run last worked on.
+``from_stage`` > 1 resumes the run ``run_name`` names, else the latest. A run that fails before
+its first stage is done leaves no folder behind. The report folder:
 
 * ``table.md`` / ``table.json``: accuracy, per-class F1, Sharpe, return, max drawdown, trades
   and predict latency, for the ensemble without and with the RL analyst;
@@ -29,6 +33,8 @@ import contextlib
 import datetime as dt
 import io
 import json
+import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +54,9 @@ STAGES: Final = (
     "production gate",
 )
 STATE_FILE: Final = "pipeline_state.json"
+LATEST_RUN: Final = "latest"
+"""The file in the report folder naming the run last worked on (``--from-stage`` resumes it)."""
+_RUN_NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class PipelineError(ValueError):
@@ -73,6 +82,7 @@ class PipelineConfig:
     hidden_dim: int = 128
     model_dir: str = "models/rl_bc"
     report_dir: str = "reports/pipeline"
+    run_name: str | None = None
     from_stage: int = 1
     promote: bool = True
     quiet: bool = False
@@ -84,6 +94,14 @@ class PipelineConfig:
             raise PipelineError(f"start {self.start} is not before end {self.end}")
         if self.epochs < 1:
             raise PipelineError(f"epochs is {self.epochs}; expected >= 1")
+        if self.run_name is not None and (
+            not _RUN_NAME_RE.match(self.run_name) or self.run_name == LATEST_RUN
+        ):
+            raise PipelineError(
+                f"run name {self.run_name!r}; expected 1-64 letters, digits, '.', '_' or '-', "
+                f"starting with a letter or digit, and not {LATEST_RUN!r} (it names the folder "
+                f"{self.report_dir}/<run name>/)"
+            )
         if not 1 <= self.from_stage <= len(STAGES):
             raise PipelineError(
                 f"from_stage is {self.from_stage}; expected 1 .. {len(STAGES)} "
@@ -143,6 +161,7 @@ class _Run:
     cfg: PipelineConfig
     url: str
     report_dir: Path
+    started: dt.datetime
     first_decision: dt.date
     train_end: dt.date
     test_start: dt.date
@@ -167,12 +186,64 @@ class _Run:
         }
 
     def save(self, done: int) -> None:
+        """Record stages 1..``done`` (the run's folder is made at its first save, and becomes
+        the latest run)."""
         self.state["completed"] = done
         self.state["key"] = self.key()
-        path = self.report_dir / STATE_FILE
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.state, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        self.state["started"] = self.started.isoformat()
+        self.report_dir.mkdir(parents=True, exist_ok=True)
+        _write_atomic(self.report_dir / STATE_FILE, json.dumps(self.state, indent=2) + "\n")
+        _write_atomic(self.report_dir.parent / LATEST_RUN, self.report_dir.name + "\n")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _run_folder(cfg: PipelineConfig, started: dt.datetime) -> Path:
+    """The report folder of the run to do: a new one from stage 1 (checked, not made yet),
+    else the named or the latest run's."""
+    from otonom_trainer.registry import version_name
+
+    root = Path(cfg.report_dir)
+    if cfg.from_stage == 1:
+        if cfg.run_name is not None:
+            folder = root / cfg.run_name
+            if folder.exists():
+                raise PipelineError(
+                    f"{folder} already holds a run named {cfg.run_name!r}; resume it with "
+                    "--from-stage N (2-7), choose another --run-name, or remove that folder"
+                )
+            return folder
+        name = version_name(started)
+        for n in range(1, 1000):
+            folder = root / (name if n == 1 else f"{name}-{n}")
+            if not folder.exists():
+                return folder
+        raise PipelineError(f"{root} already holds 999 runs named {name}*")
+    if cfg.run_name is not None:
+        if not (root / cfg.run_name).is_dir():
+            runs = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+            raise PipelineError(
+                f"cannot resume run {cfg.run_name!r} from stage {cfg.from_stage}: there is no "
+                f"{root / cfg.run_name}; runs in {root}: {', '.join(runs) or 'none'}"
+            )
+        return root / cfg.run_name
+    pointer = root / LATEST_RUN
+    if not pointer.is_file():
+        raise PipelineError(
+            f"cannot resume from stage {cfg.from_stage}: {pointer} does not exist, so there is "
+            "no run to resume; run without --from-stage first (or name a run with --run-name)"
+        )
+    name = pointer.read_text(encoding="utf-8").strip()
+    if not _RUN_NAME_RE.match(name) or not (root / name).is_dir():
+        raise PipelineError(
+            f"{pointer} names run {name!r} but {root / name} is not a run folder; name the run "
+            "to resume with --run-name"
+        )
+    return root / name
 
 
 def _resume(run: _Run, from_stage: int) -> None:
@@ -183,7 +254,8 @@ def _resume(run: _Run, from_stage: int) -> None:
     if not path.is_file():
         raise PipelineError(
             f"cannot resume from stage {from_stage}: {path} does not exist; expected the state "
-            "file of an earlier run with the same --report-dir (run without --from-stage first)"
+            f"file of an earlier run (the run {run.report_dir.name!r} under --report-dir "
+            f"{run.report_dir.parent}; run without --from-stage first)"
         )
     saved = json.loads(path.read_text(encoding="utf-8"))
     done = int(saved.get("completed", 0))
@@ -199,6 +271,8 @@ def _resume(run: _Run, from_stage: int) -> None:
             f"settings ({', '.join(diff)} differ); expected the same options as that run"
         )
     run.state = saved
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        run.started = dt.datetime.fromisoformat(saved["started"])
 
 
 def _stage_data(run: _Run) -> None:
@@ -268,7 +342,7 @@ def _stage_train(run: _Run) -> None:
     from otonom_trainer.train import BehaviorCloningTrainer
 
     cfg = run.cfg
-    version = new_version_dir(cfg.model_dir)
+    version = new_version_dir(cfg.model_dir, run.started)  # named like the run, by default
     _stage(cfg, 4, f"into {version}")
     tcfg = TrainingConfig(
         dataset_path=run.state["train_path"],
@@ -281,9 +355,9 @@ def _stage_train(run: _Run) -> None:
         progress=not cfg.quiet,
     )
     trainer = BehaviorCloningTrainer(tcfg)
-    trainer.train()
-    onnx_path = trainer.export_onnx()
-    _say(cfg, f"ONNX model: {onnx_path} (matches torch at batch 1, 7 and 256)")
+    trainer.train()  # prints "ONNX model: ..." once exported
+    onnx_path = trainer.onnx_path
+    assert onnx_path is not None
     run.state["version_dir"] = str(version)
     run.state["onnx_path"] = str(onnx_path)
 
@@ -366,6 +440,7 @@ def _stage_gate(run: _Run) -> None:
             strategy_path=cfg.strategy_path,
             database_url=run.url,
             promote=cfg.promote,
+            out_dir=run.state["version_dir"],  # the new (untracked) version's own folder
             quiet=cfg.quiet,
         )
     )
@@ -399,7 +474,8 @@ def _result(run: _Run) -> PipelineResult:
 
 def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     """Run the stages from ``cfg.from_stage`` on; raises what the stages raise (each names its
-    input). The report folder holds ``pipeline_state.json``, updated after every stage."""
+    input). The run's report folder (``result.report_dir``) holds ``pipeline_state.json``,
+    updated after every stage; ``result.gate["passed"]`` says whether the gate passed."""
     from otonom_runtime.store import default_database_url
 
     clock = time.perf_counter()
@@ -413,12 +489,13 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
             f"{train_end}, test_start {test_start}; expected start + {WARMUP_DAYS} days of "
             "warm-up < train_end < test_start <= end"
         )
-    report_dir = Path(cfg.report_dir)
-    report_dir.mkdir(parents=True, exist_ok=True)
+    started = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    report_dir = _run_folder(cfg, started)
     run = _Run(
         cfg=cfg,
         url=cfg.database_url or default_database_url(),
         report_dir=report_dir,
+        started=started,
         first_decision=first_decision,
         train_end=train_end,
         test_start=test_start,
@@ -426,7 +503,13 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     )
     _resume(run, cfg.from_stage)
     if cfg.from_stage > 1:
-        _say(cfg, f"resuming from stage {cfg.from_stage} ({STAGES[cfg.from_stage - 1]})")
+        _say(
+            cfg,
+            f"resuming from stage {cfg.from_stage} ({STAGES[cfg.from_stage - 1]}): run "
+            f"{report_dir.name}, report in {report_dir}/",
+        )
+    else:
+        _say(cfg, f"run {report_dir.name}: report in {report_dir}/")
     steps = (
         _stage_data,
         _stage_teacher,

@@ -1,13 +1,18 @@
-"""Model versioning: ``models/<name>/<UTC timestamp>/`` folders and a ``latest`` pointer.
+"""Model versioning: ``models/<name>/<UTC timestamp>/`` folders and the ``latest`` pointer.
 
 Every trained model gets its own folder named by the UTC time it was made
 (``20261201T061500Z``: sorts by time as text). ``models/<name>/latest`` is a one-line text file
 holding the name of the promoted version (a plain file rather than a symlink, so it works on
-every OS and in every git checkout). ``otonom_runtime.load_rl_policy("models/<name>")`` follows
-it, so a daemon configured with the folder serves whatever was promoted last.
+every OS and in every git checkout); ``models/<name>/default`` names the version to use while
+nothing is promoted (the repository ships one, tracked in git; ``latest`` and the versions you
+train are not). ``otonom_runtime.load_rl_policy("models/<name>")`` follows ``latest``, else
+``default`` (the rule lives in ``otonom_runtime.policy.resolve_version_dir``;
+``current_version`` here uses it), so a daemon configured with the folder serves whatever was
+promoted last.
 
 A version is promoted by ``otonom-train check MODEL --promote`` (only when every production
-check passes) or by the pipeline's last stage; nothing else moves ``latest``.
+check passes) or by the pipeline's last stage; nothing else moves ``latest``, and nothing here
+writes ``default``.
 """
 
 from __future__ import annotations
@@ -18,11 +23,19 @@ import re
 from pathlib import Path
 from typing import Final
 
-from otonom_runtime.policy import LATEST_POINTER, MODEL_FILENAME
+from otonom_runtime import PolicyError
+from otonom_runtime.policy import (
+    DEFAULT_POINTER,
+    LATEST_POINTER,
+    MODEL_FILENAME,
+    resolve_version_dir,
+)
 
 __all__ = [
+    "DEFAULT_POINTER",
     "LATEST_POINTER",
     "RegistryError",
+    "current_version",
     "latest_version",
     "list_versions",
     "new_version_dir",
@@ -84,6 +97,15 @@ def latest_version(root: str | os.PathLike[str]) -> Path | None:
             f"{pointer} holds {name!r}; expected the name of a version folder in {root}"
         )
     return target
+
+
+def current_version(root: str | os.PathLike[str]) -> Path | None:
+    """The version ``load_rl_policy(root)`` serves when ``root`` holds no model of its own: the
+    promoted one (``latest``), else the default (``default``), else None."""
+    try:
+        return resolve_version_dir(root)
+    except PolicyError as exc:
+        raise RegistryError(str(exc)) from None
 
 
 def promote(version_dir: str | os.PathLike[str]) -> Path:

@@ -58,6 +58,7 @@ import math
 import os
 import platform
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from importlib import metadata as importlib_metadata
@@ -722,14 +723,19 @@ class _Tensors:
 class BehaviorCloningTrainer:
     """Train a ``PolicyNet`` on ``cfg.dataset_path`` and write the run to ``cfg.output_dir``.
 
-    ``train()`` prints the guide's training log and returns ``TrainingMetrics``. Afterwards
-    ``model`` is the best epoch's network (eval mode, on the training device) and
-    ``val_states()`` the held-out states (for an export parity check). ``on_epoch_end`` (optional)
-    is called after every epoch with its ``EpochStats`` and the model in its current state.
+    ``train()`` prints the guide's training log, exports the best epoch to ONNX (as
+    ``otonom-train train`` does) and returns ``TrainingMetrics``. Afterwards ``model`` is the
+    best epoch's network (eval mode, on the training device), ``onnx_path`` the export,
+    ``run_id`` the training run's id and ``val_states()`` the held-out states (for an export
+    parity check). ``on_epoch_end`` (optional) is called after every epoch with its
+    ``EpochStats`` and the model in its current state.
 
     Files written to ``output_dir``: ``policy_best.pt`` (see ``load_checkpoint``),
-    ``metadata.json``, ``history.csv``, ``training_curves.png`` and ``confusion_matrix.png``
-    (plus ``tensorboard/`` when asked for and available).
+    ``metadata.json``, ``history.csv``, ``training_curves.png``, ``confusion_matrix.png`` and
+    ``policy_best.onnx`` + ``.sha256`` (plus ``tensorboard/`` when asked for and available).
+    The checkpoint, ``metadata.json`` and the ONNX model carry the same run id (a fresh
+    ``uuid4().hex`` per ``train()``), so ``load_rl_policy`` refuses an older export left beside
+    a newer run.
     """
 
     def __init__(
@@ -745,7 +751,11 @@ class BehaviorCloningTrainer:
         self._split: DataSplit | None = None
         self._model: PolicyNet | None = None
         self._metrics: TrainingMetrics | None = None
+        self._onnx_path: Path | None = None
+        self._export = True
         self.loss_fn: BehaviorCloningLoss | None = None
+        self.run_id: str | None = None
+        """The id of the last ``train()`` (None before)."""
 
     # -- data ------------------------------------------------------------------------------
 
@@ -785,9 +795,15 @@ class BehaviorCloningTrainer:
             raise TrainingError("no metrics yet: call train() first")
         return self._metrics
 
+    @property
+    def onnx_path(self) -> Path | None:
+        """The ONNX model ``train()`` exported (None before, or with ``export=False``)."""
+        return self._onnx_path
+
     def export_onnx(self, path: str | os.PathLike[str] | None = None) -> Path:
         """Export the trained model (default ``output_dir / "policy_best.onnx"``) with its
-        metrics, config and the dataset's sha256, parity-checked on the validation states."""
+        metrics, config, training run id and the dataset's sha256, parity-checked on the
+        validation states (``train()`` calls this unless ``export=False``)."""
         target = Path(path) if path is not None else Path(self.cfg.output_dir) / ONNX_NAME
         model, metrics = self.model, self.metrics  # TrainingError before train()
         assert self._dataset_sha256 is not None  # set when train() read the dataset
@@ -798,6 +814,7 @@ class BehaviorCloningTrainer:
             training_config=self.cfg.to_dict(),
             dataset_sha256=self._dataset_sha256,
             parity_states=self.val_states(),
+            training_run_id=self.run_id,
         )
 
     @property
@@ -807,10 +824,15 @@ class BehaviorCloningTrainer:
 
     # -- training --------------------------------------------------------------------------
 
-    def train(self) -> TrainingMetrics:
-        """Train, keep the best epoch by validation loss, write the outputs, return metrics."""
+    def train(self, *, export: bool = True) -> TrainingMetrics:
+        """Train, keep the best epoch by validation loss, write the outputs, export the model to
+        ``output_dir/policy_best.onnx`` (unless ``export=False``: then an older export there is
+        refused by ``load_rl_policy`` as stale), return metrics."""
         cfg = self.cfg
         start = time.perf_counter()
+        self.run_id = uuid.uuid4().hex
+        self._export = export
+        self._onnx_path = None
         device = resolve_device(cfg.device)
         print(RULE)
         print("RL Behavior Cloning Training")
@@ -825,7 +847,11 @@ class BehaviorCloningTrainer:
         fork = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=fork), _intra_op_threads(device, cfg):
             torch.manual_seed(cfg.seed)
-            return self._fit(device, start)
+            metrics = self._fit(device, start)
+        if export:
+            self._onnx_path = self.export_onnx()
+            print(f"ONNX model: {self._onnx_path} (matches torch at batch 1, 7 and 256)")
+        return metrics
 
     def _fit(self, device: torch.device, start: float) -> TrainingMetrics:
         cfg = self.cfg
@@ -1081,6 +1107,7 @@ class BehaviorCloningTrainer:
             "format_version": CHECKPOINT_FORMAT_VERSION,
             "schema_version": SCHEMA_VERSION,
             "schema_fingerprint": schema_fingerprint(),
+            "run_id": self.run_id,
             "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
             "hparams": model.hparams(),
             "config": self.cfg.to_dict(),
@@ -1101,6 +1128,7 @@ class BehaviorCloningTrainer:
         ds, split = self.dataset, self.split
         meta = {
             "format": "otonom-rl/training-run",
+            "run_id": self.run_id,
             "created_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
             "config": self.cfg.to_dict(),
             "metrics": metrics_dict,
@@ -1132,6 +1160,7 @@ class BehaviorCloningTrainer:
                 "history.csv",
                 "training_curves.png",
                 "confusion_matrix.png",
+                *((ONNX_NAME, ONNX_NAME + ".sha256") if self._export else ()),
             ],
         }
         with _atomic(out / "metadata.json") as tmp:

@@ -536,7 +536,8 @@ def run_walk_forward(cfg: WalkForwardConfig) -> WalkForwardResult:
             )
             trainer = BehaviorCloningTrainer(tcfg)
             trainer.train()
-            onnx_path = trainer.export_onnx()
+            onnx_path = trainer.onnx_path
+            assert onnx_path is not None  # train() exports
             report = evaluate(onnx_path, test_path)
             print(report.format())
         policy = load_rl_policy(onnx_path)
