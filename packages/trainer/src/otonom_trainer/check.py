@@ -30,7 +30,9 @@ Why tolerances: a Sharpe ratio measured over one or two years has a standard err
 policy that imitates the ensemble well votes with it, and the check asks that it does not make
 the ensemble measurably worse. The thresholds are ``CheckConfig`` fields (and CLI flags).
 
-The backtests are real runs: they are recorded in the store like any other.
+The backtests are real runs: they are recorded in the store like any other, marked internal
+(``params["purpose"] == "gate"``: ``otonom runs list`` shows them as ``gate*``), so that no
+dataset ever takes one as its teacher.
 """
 
 from __future__ import annotations
@@ -340,13 +342,16 @@ def run_check(cfg: CheckConfig) -> CheckResult:
     details: dict[str, Any] = {}
     with get_session(url) as session:
         _say(cfg, "  backtest without RL ...")
-        off = run_backtest(session, strategy, symbols, cfg.start, cfg.end, use_rl=False)
+        off = run_backtest(
+            session, strategy, symbols, cfg.start, cfg.end, use_rl=False, purpose="gate"
+        )
         _say(cfg, "  backtest with RL ...")
         on = run_backtest(
-            session, strategy, symbols, cfg.start, cfg.end, use_rl=True, policy=policy
-        )
+            session, strategy, symbols, cfg.start, cfg.end, use_rl=True, policy=policy,
+            purpose="gate",
+        )  # fmt: skip
         ds = OfflineDatasetGenerator(session).generate_dataset(
-            symbols, cfg.start, cfg.end, run_id=off.run_id
+            symbols, cfg.start, cfg.end, run_id=off.run_id, allow_internal_run=True
         )
         _say(cfg, "  backtest with RL and the model file removed ...")
         fallback = _fallback_run(session, strategy, cfg, model_path, off)
@@ -486,8 +491,9 @@ def _fallback_run(
         propagate, runtime_log.propagate = runtime_log.propagate, False
         try:
             broken = run_backtest(
-                session, with_rl, list(cfg.symbols), cfg.start, cfg.end, use_rl=True
-            )
+                session, with_rl, list(cfg.symbols), cfg.start, cfg.end, use_rl=True,
+                purpose="gate",
+            )  # fmt: skip
         finally:
             runtime_log.removeHandler(handler)
             runtime_log.propagate = propagate
