@@ -460,4 +460,9 @@ def test_on_postgresql() -> None:
             ds = OfflineDatasetGenerator(session).generate_dataset(name, *WIDE, run_id=run.run_id)
             rows = decisions(session, run.run_id, name)
             assert len(ds) == len(rows) == 306
+            # the default teacher: the bar range (read through the driver) is what it covers
+            mar = OfflineDatasetGenerator(session).generate_dataset(name, "2021-03-01", WIDE[1])
+            assert mar.metadata["symbol_runs"] == {name: run.run_id}
+            with pytest.raises(DatasetGenerationError, match="does not cover 2021-01-01"):
+                OfflineDatasetGenerator(session).generate_dataset(name, *WIDE)
             assert_rows_are_the_builders(session, ds, name, rows, 4)

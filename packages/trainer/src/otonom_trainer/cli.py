@@ -343,13 +343,15 @@ def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="the guide's production checklist: pass/fail table, non-zero exit on a failure",
         description=(
             "Run the production checklist on MODEL (a .onnx file or a model folder) over an "
-            "out-of-sample period: validation accuracy, train/val loss and accuracy gaps, the "
+            "out-of-sample period: validation accuracy, train/val loss and accuracy gaps, not "
+            "degenerate (not marked so at training: one action on almost every row, or no "
+            "better than always the majority action), the "
             "ensemble's Sharpe with vs without the RL analyst, a stress test per volatility "
             "regime (accuracy and Sharpe), p99 predict latency on this machine, the model's "
             "metadata (schema, timestamp, versions, metrics) and the fallback with the model "
             "file removed. Prints a pass/fail table (also written as check.md / check.json "
             "beside the model) and exits 1 if any item fails. The backtests are stored as "
-            "runs like any other."
+            "runs marked internal (made by 'gate'): never a dataset's teacher."
         ),
     )
     p.add_argument("model", metavar="MODEL", help="a .onnx file or a model (version) folder")
