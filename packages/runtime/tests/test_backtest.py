@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -380,6 +381,46 @@ def test_a_broken_model_falls_back_and_says_so(
     assert len(warnings) == 1, warnings
     assert warnings[0].startswith("RL analyst disabled for this run")
     assert "not a valid ONNX model" in warnings[0]
+
+
+def test_a_model_marked_degenerate_is_a_warning_and_still_votes(
+    store: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    reason = "predicts HOLD on 100.0% of the validation rows"
+    metrics = {
+        "val_action_acc": 0.596,
+        "train_action_acc": 0.6,
+        "best_val_loss": 0.9,
+        "best_epoch": 1,
+        "degenerate": {"reason": reason, "rules": ["one action"]},
+    }
+    model = tmp_path / "rl" / "policy_best.onnx"
+    make_policy_model(model, metadata_overrides={"otonom.metrics": json.dumps(metrics)})
+    assert load_rl_policy(model).degenerate_reason == reason
+    cfg = parse_strategy({"ensemble": {"rl_policy": {"enabled": True, "model_path": str(model)}}})
+    with (
+        get_session(store) as session,
+        caplog.at_level(logging.WARNING, logger="otonom_runtime"),
+    ):
+        report = run_backtest(session, cfg, ["DEMO-BTC"], dt.date(2020, 1, 1), dt.date(2020, 1, 31))
+    assert report.fallbacks == 0  # a warning, not a fallback: the model still votes
+    assert _warnings(caplog) == [f"RL model {model} is marked degenerate at training: {reason}"]
+
+
+def test_the_run_records_its_purpose(store: str) -> None:
+    cfg = load_strategy(BASELINE)
+    span = (dt.date(2020, 1, 1), dt.date(2020, 1, 31))
+    with get_session(store) as session:
+        user = run_backtest(session, cfg, ["DEMO-BTC"], *span)
+        gate = run_backtest(session, cfg, ["DEMO-BTC"], *span, purpose="gate")
+        assert session.get(BacktestRun, user.run_id).params["purpose"] == "user"  # type: ignore[union-attr]
+        assert session.get(BacktestRun, gate.run_id).params["purpose"] == "gate"  # type: ignore[union-attr]
+        before = session.scalar(select(func.count()).select_from(BacktestRun))
+        with pytest.raises(ValueError, match="purpose is 'mine'; expected one of user, pipeline"):
+            run_backtest(session, cfg, ["DEMO-BTC"], *span, purpose="mine")
+        assert session.scalar(select(func.count()).select_from(BacktestRun)) == before
+    assert bt.INTERNAL_PURPOSES == ("gate", "evaluation")
+    assert set(bt.INTERNAL_PURPOSES) < set(bt.RUN_PURPOSES)
 
 
 class _Hot:

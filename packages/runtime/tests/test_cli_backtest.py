@@ -60,8 +60,14 @@ def test_backtest_then_runs(tmp_path: Path) -> None:
     assert listed.returncode == 0
     assert "baseline_v1" in listed.stdout
     assert "complete" in listed.stdout
+    header, _, row = listed.stdout.splitlines()
+    assert "made by" in header
+    assert (
+        row.split()[8] == "user"
+    )  # (the dates take 3 cells) a run of `otonom backtest`: not internal, no footnote
     shown = _otonom("runs", "show", "1", cwd=tmp_path)
     assert shown.returncode == 0
+    assert "  made by   user\n" in shown.stdout
     assert '"action_counts"' in shown.stdout
     missing = _otonom("runs", "show", "99", cwd=tmp_path)
     assert missing.returncode == 1

@@ -669,6 +669,32 @@ def test_cli_check_shows_the_rl_model(tmp_path: Path) -> None:
     assert "device auto" in out.stdout
 
 
+def test_cli_check_warns_about_a_degenerate_or_unloadable_model(tmp_path: Path) -> None:
+    metrics = {
+        "val_action_acc": 0.596,
+        "train_action_acc": 0.6,
+        "best_val_loss": 0.9,
+        "best_epoch": 1,
+        "degenerate": {"reason": "always HOLD", "rules": ["one action"]},
+    }
+    model = tmp_path / "m" / "policy_best.onnx"
+    make_policy_model(model, metadata_overrides={"otonom.metrics": json.dumps(metrics)})
+    path = _write(
+        tmp_path / "rl.yaml", "ensemble:\n  rl_policy:\n    enabled: true\n    model_path: m\n"
+    )
+    out = _check(path, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "ok"
+    assert out.stderr.splitlines() == [
+        f"warning: RL model {model} is marked degenerate at training: always HOLD"
+    ]
+    model.write_bytes(b"not an onnx model")  # found, but it does not load
+    out = _check(path, tmp_path)
+    assert out.returncode == 0, out.stderr
+    (line,) = out.stderr.splitlines()
+    assert line.startswith(f"warning: RL model {model} does not load, a backtest runs without it")
+
+
 def test_cli_check_lists_every_problem_of_a_bad_file(tmp_path: Path) -> None:
     path = _write(
         tmp_path / "bad.yaml",

@@ -35,6 +35,7 @@ ITEMS = {
     "val accuracy",
     "loss gap",
     "accuracy gap",
+    "not degenerate",
     "out-of-sample Sharpe",
     "regime low_vol",
     "regime normal",
@@ -162,6 +163,10 @@ def test_check_cli_fails_a_model_trained_one_epoch_on_shuffled_labels(
     assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
     rows = _rows(out.stdout)
     assert rows["val accuracy"] == "FAIL"
+    # one epoch on shuffled labels: no better than always answering the majority action
+    assert trainer.metrics.degenerate is not None
+    assert rows["not degenerate"] == "FAIL"
+    assert f"DEGENERATE: {trainer.metrics.degenerate['reason']}" in out.stdout
     assert rows["metadata"] == "PASS"
     assert rows["fallback"] == "PASS"
     assert "FAIL: " in out.stdout
@@ -175,6 +180,35 @@ def test_check_cli_fails_a_model_trained_one_epoch_on_shuffled_labels(
     )
     assert report["passed"] is False
     assert report["promoted"] is None
+
+
+def test_runs_list_marks_the_gates_and_evaluation_runs_internal(pipeline_dir: Path) -> None:
+    """The pipeline's teacher is a "pipeline" run; its held-out pair and the gate's three are
+    internal, and never a dataset's teacher."""
+    db = f"sqlite:///{pipeline_dir / 'data' / 'otonom.db'}"
+    out = subprocess.run(
+        [sys.executable, "-m", "otonom_runtime", "--database-url", db, "runs", "list"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    made_by = {}
+    for line in out.stdout.splitlines()[2:]:
+        cells = line.split()
+        if cells and cells[0].isdigit():
+            made_by[int(cells[0])] = next(c for c in cells if c.rstrip("*") in _PURPOSES)
+    run_ids = _table(pipeline_dir)["run_ids"]
+    assert made_by[run_ids["teacher"]] == "pipeline"
+    assert made_by[run_ids["held-out no RL"]] == made_by[run_ids["held-out RL"]] == "evaluation*"
+    model = pipeline_dir / _table(pipeline_dir)["model"]
+    gate = json.loads((model.parent / "check.json").read_text())
+    for run_id in gate["details"]["run_ids"].values():
+        assert made_by[run_id] == "gate*"
+    assert out.stdout.splitlines()[-1].startswith("* internal:")
+
+
+_PURPOSES = {"user", "pipeline", "walk-forward", "gate", "evaluation"}
 
 
 # --- resuming ------------------------------------------------------------------------------------

@@ -57,9 +57,9 @@ class Store:
     """The module's store: its URL and the ids of its runs."""
 
     url: str
-    full: int  # complete: A and B, 2021-06-01 .. 2022-06-30 (newest complete run covering A)
+    full: int  # complete: A and B, every bar (newest complete run covering A)
     failed: int  # failed after writing A's decisions (newer than `full`)
-    b_only: int  # complete: B only, 2021-02-01 .. 2022-03-31 (newest complete covering B)
+    b_only: int  # complete: B only, every bar (newest complete covering B)
     running: int  # a run row still 'running' (the newest of all)
 
 
@@ -72,7 +72,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         write_synthetic(session, [A, B], FIRST_BAR, LAST_BAR, 11)
         write_synthetic(session, [OLD], dt.date(2020, 1, 1), dt.date(2020, 6, 30), 11)
     with get_session(url) as session:
-        full = run_backtest(session, strategy, [A, B], dt.date(2021, 6, 1), LAST_BAR).run_id
+        full = run_backtest(session, strategy, [A, B], FIRST_BAR, LAST_BAR).run_id
     with get_session(url) as session, contextlib.suppress(ValueError):
         run_backtest(session, strategy, [A, OLD], dt.date(2021, 6, 1), LAST_BAR)
     with get_session(url) as session:
@@ -97,7 +97,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
                 )
                 for d in decisions(session, full, A)[:30]
             )
-        b_only = run_backtest(session, strategy, [B], dt.date(2021, 2, 1), dt.date(2022, 3, 31))
+        b_only = run_backtest(session, strategy, [B], FIRST_BAR, LAST_BAR)
         running = BacktestRun(
             strategy_name="baseline_v1",
             strategy_hash="x",
@@ -277,9 +277,14 @@ def test_metadata_names_the_runs_the_strategy_and_the_request(store: Store) -> N
     assert meta["strategy_names"] == ["baseline_v1"]
     assert meta["strategy_hashes"] == sorted(set(hashes.values()))
     assert {r["run_id"]: r["strategy_hash"] for r in meta["runs"]} == hashes
-    assert [(r["start_date"], r["end_date"]) for r in meta["runs"]] == sorted(
-        [("2021-06-01", "2022-06-30"), ("2021-02-01", "2022-03-31")],
-        key=lambda r: {"2021-06-01": store.full, "2021-02-01": store.b_only}[r[0]],
+    assert {r["run_id"]: (r["start_date"], r["end_date"]) for r in meta["runs"]} == {
+        store.full: ("2021-01-01", "2022-06-30"),
+        store.b_only: ("2021-01-01", "2022-06-30"),
+    }
+    assert [(r["rl_enabled"], r["purpose"]) for r in meta["runs"]] == [(False, "user")] * 2
+    assert meta["teacher"] == (
+        f"run {store.full} (baseline_v1, RL off, 2021-01-01 .. 2022-06-30) for DEMO-AAA; "
+        f"run {store.b_only} (baseline_v1, RL off, 2021-01-01 .. 2022-06-30) for DEMO-BBB"
     )
     assert meta["symbols"] == [A, B]
     assert (meta["start_date"], meta["end_date"]) == ("2020-01-01", "2023-12-31")
@@ -330,7 +335,9 @@ def test_a_symbol_without_a_complete_run_or_not_in_the_store(store: Store) -> No
     with get_session(store.url) as session:
         gen = OfflineDatasetGenerator(session)
         with pytest.raises(
-            DatasetGenerationError, match="no complete backtest run covers 'DEMO-OLD'"
+            DatasetGenerationError,
+            match=rf"no backtest run can teach 'DEMO-OLD' over 2020-01-01 .. 2020-06-30 .*"
+            rf"passed over: run {store.failed} \(.*\): not complete \(failed\), does not cover",
         ):
             gen.generate_dataset(OLD, *WIDE)  # only the failed run holds it
         with pytest.raises(UnknownSymbolError, match="unknown symbol 'NOPE'"):
@@ -387,7 +394,7 @@ def test_no_decision_in_the_range_names_the_run_and_the_range(store: Store) -> N
         get_session(store.url) as session,
         pytest.raises(
             DatasetGenerationError,
-            match=rf"run {store.full} \(baseline_v1, 2021-06-01 .. 2022-06-30, symbols "
+            match=rf"run {store.full} \(baseline_v1, 2021-01-01 .. 2022-06-30, symbols "
             rf"DEMO-AAA, DEMO-BBB\) has no decision for 'DEMO-AAA' dated 2019-01-01 .. "
             r"2019-12-31",
         ),
@@ -496,14 +503,17 @@ def test_save_writes_loads_back_and_prints_the_summary(
         f"  {name}: {c} ({100 * c / len(ds):.1f}%)"
         for name, c in zip(("HOLD", "BUY", "SELL"), counts, strict=True)
     ]
-    assert printed == f"Saved to: {out}\n\nAction distribution:\n" + "\n".join(lines) + "\n"
+    teacher = f"Teacher: {ds.metadata['teacher']}\n"
+    assert (
+        printed == teacher + f"Saved to: {out}\n\nAction distribution:\n" + "\n".join(lines) + "\n"
+    )
     back = s.load_dataset(out)
     for name in ("states", "actions", "strengths", "symbols", "dates"):
         assert np.array_equal(getattr(back, name), getattr(ds, name)), name
     assert dict(back.metadata) == dict(ds.metadata)
     other = save_dataset(ds, tmp_path / "again.npz")
     assert other == tmp_path / "again.npz"
-    assert capsys.readouterr().out.startswith(f"Saved to: {other}\n\nAction distribution:\n")
+    assert capsys.readouterr().out.startswith(f"{teacher}Saved to: {other}\n\nAction distribution")
     with pytest.raises(TypeError, match="experiences is a dict; expected an otonom_schema"):
         save_dataset({"states": ds.states}, tmp_path / "x.npz")  # type: ignore[arg-type]
     assert not (tmp_path / "x.npz").exists()
@@ -535,4 +545,9 @@ def test_on_postgresql() -> None:
             ds = OfflineDatasetGenerator(session).generate_dataset(name, *WIDE, run_id=run.run_id)
             rows = decisions(session, run.run_id, name)
             assert len(ds) == len(rows) == 306
+            # the default teacher: the bar range (read through the driver) is what it covers
+            mar = OfflineDatasetGenerator(session).generate_dataset(name, "2021-03-01", WIDE[1])
+            assert mar.metadata["symbol_runs"] == {name: run.run_id}
+            with pytest.raises(DatasetGenerationError, match="does not cover 2021-01-01"):
+                OfflineDatasetGenerator(session).generate_dataset(name, *WIDE)
             assert_rows_are_the_builders(session, ds, name, rows, 4)

@@ -653,10 +653,14 @@ def test_console_output_follows_the_guide(run: Run) -> None:
     assert (
         f"✓ Saved best model (epoch {best.best_epoch}, val_loss={best.best_val_loss:.4f})" in lines
     )
-    # the guide's closing block, then the export (train() ends with a deployable model)
+    # three epochs of the weighted loss leave this model below the majority baseline (it
+    # predicts BUY too often): the summary shows the baseline and a warning follows it; then
+    # the export (train() ends with a deployable model)
+    assert best.degenerate is not None
+    assert best.degenerate["rules"] == ["below majority baseline"]
     onnx = Path(run.cfg.output_dir) / "policy_best.onnx"
     assert lines[-1] == f"ONNX model: {onnx} (matches torch at batch 1, 7 and 256)"
-    assert lines[-10:-1] == [
+    assert lines[-12:-1] == [
         "",
         "=" * 60,
         "Training Complete!",
@@ -664,14 +668,23 @@ def test_console_output_follows_the_guide(run: Run) -> None:
         f"Best validation loss: {best.best_val_loss:.4f}",
         f"Best epoch: {best.best_epoch}",
         f"Val action accuracy: {best.val_action_acc:.3f}",
+        f"Majority baseline: {best.majority_baseline_acc:.3f} (always HOLD, the train split's "
+        "most common action)",
         f"Model saved to: {Path(run.cfg.output_dir) / 'policy_best.pt'}",
         "=" * 60,
+        f"warning: DEGENERATE model (below majority baseline): validation accuracy "
+        f"{best.val_action_acc:.3f} is below the majority baseline "
+        f"{best.majority_baseline_acc:.3f} (always HOLD) + 2 points",
     ]
 
 
 def test_metrics_describe_the_best_epoch(run: Run) -> None:
     m = run.metrics
     assert run.trainer.metrics is m
+    val = run.dataset.actions[run.trainer.split.val]
+    train_majority = np.bincount(run.dataset.actions[run.trainer.split.train]).argmax()
+    assert m.majority_action == ("HOLD", "BUY", "SELL")[train_majority]
+    assert m.majority_baseline_acc == pytest.approx(float((val == train_majority).mean()))
     assert m.epochs_run == len(m.history) == 3
     assert not m.stopped_early
     assert m.best_val_loss == min(h.val_loss for h in m.history)
@@ -743,6 +756,8 @@ def test_metadata_history_and_plots_are_written(run: Run) -> None:
     }
     assert meta["config"] == run.cfg.to_dict()
     assert meta["metrics"]["best_val_loss"] == run.metrics.best_val_loss
+    assert meta["metrics"]["majority_baseline_acc"] == run.metrics.majority_baseline_acc
+    assert meta["degenerate"] == meta["metrics"]["degenerate"] == run.metrics.degenerate
     assert meta["versions"]["torch"] == torch.__version__
     assert meta["versions"]["numpy"] == np.__version__
     assert meta["versions"]["otonom-schema"] == otonom_schema.__version__
@@ -886,6 +901,8 @@ def test_the_policy_learns_a_simple_rule(tmp_path: Path) -> None:
     )
     m, _ = quiet_train(BehaviorCloningTrainer(cfg))
     assert m.val_action_acc >= 0.9
+    assert m.val_action_acc > m.majority_baseline_acc + 0.02
+    assert m.degenerate is None
     # not just the majority class: the minority actions are found too
     assert m.per_class["BUY"].support >= 10
     assert m.per_class["SELL"].support >= 10

@@ -25,6 +25,13 @@ Rules (each one tested):
   batched transactions; the run becomes ``complete`` (with its metrics) only at the very end.
   Any exception (Ctrl-C included) marks it ``failed`` with the error, so dataset generation,
   which reads complete runs only, never sees a partial run.
+* **Purpose.** ``params["purpose"]`` records who made the run (``RUN_PURPOSES``): ``user``
+  (``otonom backtest``, the default), ``pipeline`` / ``walk-forward`` (the teacher backtest of
+  ``otonom-train pipeline`` / ``walk-forward``), ``gate`` (the three runs of ``otonom-train
+  check``) and ``evaluation`` (the held-out backtests with and without the RL analyst that the
+  pipeline and each walk-forward window make to judge a model). ``gate`` and ``evaluation``
+  runs are internal (``INTERNAL_PURPOSES``): ``otonom runs list`` marks them and dataset
+  generation never takes one as its teacher. A run stored before the field existed is ``user``.
 """
 
 from __future__ import annotations
@@ -80,7 +87,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUST_FLOOR",
+    "INTERNAL_PURPOSES",
     "REBALANCE_THRESHOLD",
+    "RUN_PURPOSES",
     "BacktestReport",
     "EngineParams",
     "SymbolResult",
@@ -97,6 +106,11 @@ REBALANCE_THRESHOLD: Final = 0.05
 BUST_FLOOR: Final = 1e-6
 """A sleeve whose equity falls to this fraction of its capital is closed and stops trading
 (its equity stays there: the run reports a ~-100 % return instead of negative equity)."""
+
+RUN_PURPOSES: Final = ("user", "pipeline", "walk-forward", "gate", "evaluation")
+"""What ``run_backtest(purpose=...)`` accepts; stored as the run's ``params["purpose"]``."""
+INTERNAL_PURPOSES: Final = ("gate", "evaluation")
+"""Purposes of the runs a command makes to judge a model: never a dataset's teacher."""
 
 _BATCH: Final = 5000
 _CHUNK: Final = 256  # days of RL states gathered at a time (lockstep simulation)
@@ -630,7 +644,14 @@ def _make_rl(config: StrategyConfig, policy: RlPolicy | None) -> RlAnalyst:
         if target is None:
             raise PolicyError("ensemble.rl_policy.model_path is not set")
         # one thread: the backtest calls the model once per day on a handful of states
-        return RlAnalyst(load_rl_policy(target, device=rl_cfg.device, threads=1))
+        loaded = load_rl_policy(target, device=rl_cfg.device, threads=1)
+        if loaded.degenerate_reason:
+            log.warning(
+                "RL model %s is marked degenerate at training: %s",
+                loaded.path,
+                loaded.degenerate_reason,
+            )
+        return RlAnalyst(loaded)
     except (PolicyError, OSError, ValueError) as exc:
         log.warning("RL analyst disabled for this run, the ensemble carries on without it: %s", exc)
         return RlAnalyst(None, reason=f"{type(exc).__name__}: {exc}")
@@ -795,6 +816,7 @@ def run_backtest(
     use_rl: bool | None = None,
     policy: RlPolicy | None = None,
     progress: bool = False,
+    purpose: str = "user",
 ) -> BacktestReport:
     """Backtest ``config`` on ``symbols`` over ``start .. end`` and store every decision.
 
@@ -803,7 +825,8 @@ def run_backtest(
     load or to predict is a fallback, not an error: the ensemble carries on without it and the
     report counts and explains it. The session is committed as the run goes (run row, decision
     batches, final status); on any exception the run is marked ``failed`` and the exception
-    re-raised.
+    re-raised. ``purpose``: one of ``RUN_PURPOSES``, stored as ``params["purpose"]`` (see the
+    module docstring; ``ValueError`` for another value).
     """
     import time
 
@@ -813,6 +836,8 @@ def run_backtest(
         raise ValueError("no symbols given; expected at least one")
     if start > end:
         raise ValueError(f"start {start} is after end {end}")
+    if purpose not in RUN_PURPOSES:
+        raise ValueError(f"purpose is {purpose!r}; expected one of {', '.join(RUN_PURPOSES)}")
     rl_on = config.rl_enabled if use_rl is None else use_rl
     if not rl_on and config.rl_enabled:
         config = config.with_rl(False)
@@ -840,6 +865,7 @@ def run_backtest(
             "rl_enabled": rl_on,
             "source": config.source,
             "sentiment_sources": sources,
+            "purpose": purpose,
         },
         start_date=start,
         end_date=end,

@@ -16,6 +16,7 @@ import argparse
 import datetime as dt
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TextIO
 
 from otonom_runtime._errors import OtonomRuntimeError
@@ -304,7 +305,30 @@ def _cmd_strategy_check(args: argparse.Namespace) -> int:
         "ok",
     ]
     print("\n".join(lines))
+    if rl.enabled and rl.model_file is not None:
+        _warn_rl_model(rl.model_file)
     return 0
+
+
+def _warn_rl_model(model: Path) -> None:
+    """A one-line warning on stderr when the strategy's RL model was marked degenerate at
+    training, or does not load (a backtest would run without it); reads the metadata only."""
+    from otonom_runtime.policy import load_rl_policy
+
+    try:
+        policy = load_rl_policy(model)
+    except (OtonomRuntimeError, OSError) as exc:
+        print(
+            f"warning: RL model {model} does not load, a backtest runs without it: {exc}",
+            file=sys.stderr,
+        )
+        return
+    if policy.degenerate_reason:
+        print(
+            f"warning: RL model {policy.path} is marked degenerate at training: "
+            f"{policy.degenerate_reason}",
+            file=sys.stderr,
+        )
 
 
 def _add_strategy_commands(
@@ -325,7 +349,8 @@ def _add_strategy_commands(
             "Load a strategy YAML file and print its name, sha256, weights, RL analyst, costs "
             "and calendar. An invalid file prints every problem (file:line: key.path: what was "
             "received, what was expected) and exits 1. With the RL analyst enabled the model "
-            "must be found (it is not loaded)."
+            "must be found; its metadata is read, and a model marked degenerate at training (or "
+            "one that does not load) is a one-line warning on stderr."
         ),
     )
     p.add_argument("file", metavar="FILE", help="the strategy YAML file")
@@ -394,6 +419,7 @@ def _cmd_runs_list(args: argparse.Namespace) -> int:
                     f"{run.start_date} .. {run.end_date}",
                     run.status,
                     "on" if (run.params or {}).get("rl_enabled") else "off",
+                    _purpose(run.params),
                     _pct(port.get("total_return")),
                     _num(port.get("sharpe")),
                     _pct(port.get("max_drawdown")).lstrip("+"),
@@ -402,9 +428,29 @@ def _cmd_runs_list(args: argparse.Namespace) -> int:
     if not rows:
         print("no backtest runs yet (otonom backtest --strategy-path ... --symbol ...)")
         return 0
-    headers = ["id", "strategy", "symbols", "dates", "status", "rl", "return", "sharpe", "max dd"]
-    print(_table(headers, rows, right={0, 6, 7, 8}))
+    headers = [
+        "id", "strategy", "symbols", "dates", "status", "rl", "made by", "return", "sharpe",
+        "max dd",
+    ]  # fmt: skip
+    print(_table(headers, rows, right={0, 7, 8, 9}))
+    if any(r[6].endswith("*") for r in rows):
+        print(_INTERNAL_NOTE)
     return 0
+
+
+_INTERNAL_NOTE = (
+    "* internal: a run made by otonom-train check (gate) or to judge a model (evaluation); "
+    "never a dataset's teacher"
+)
+
+
+def _purpose(params: dict[str, object] | None) -> str:
+    """The run's ``params["purpose"]`` (``user`` for runs stored before it existed), with a
+    ``*`` when it is internal (``otonom_runtime.backtest.INTERNAL_PURPOSES``)."""
+    from otonom_runtime.backtest import INTERNAL_PURPOSES
+
+    purpose = str((params or {}).get("purpose") or "user")
+    return f"{purpose}*" if purpose in INTERNAL_PURPOSES else purpose
 
 
 def _cmd_runs_show(args: argparse.Namespace) -> int:
@@ -421,6 +467,8 @@ def _cmd_runs_show(args: argparse.Namespace) -> int:
         print(f"  dates     {run.start_date} .. {run.end_date}")
         print(f"  strategy  sha256 {run.strategy_hash[:16]}  {(run.params or {}).get('source')}")
         print(f"  RL        {'on' if (run.params or {}).get('rl_enabled') else 'off'}")
+        made_by = _purpose(run.params)
+        print(f"  made by   {made_by.rstrip('*')}" + (" (internal)" if made_by[-1] == "*" else ""))
         print(f"  created   {run.created_at}  finished {run.finished_at}")
         if run.error:
             print(f"  error     {run.error}")

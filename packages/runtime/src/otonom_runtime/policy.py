@@ -613,6 +613,16 @@ class RlPolicy:
         actions = probs.argmax(axis=1).astype(np.int64, copy=False)
         return actions, strength.reshape(n), probs
 
+    @property
+    def degenerate_reason(self) -> str | None:
+        """Why training marked this model degenerate (its metrics' ``degenerate.reason``: e.g.
+        it predicts one action on almost every validation row), or None: not marked, or a
+        model trained before the mark existed. Read from the metadata only."""
+        mark = self._metadata.get("degenerate")
+        if not isinstance(mark, dict):
+            return None
+        return str(mark.get("reason") or "marked degenerate at training")
+
     def get_metadata(self) -> dict[str, Any]:
         """The model's metadata, decoded (a fresh copy the caller may change).
 

@@ -23,6 +23,12 @@ metadata              the model carries its schema version and a fingerprint equ
                       training metrics
 fallback              with the model file removed, a backtest with the RL analyst switched on
                       falls back (and says why) and trades exactly like the ensemble without RL
+not degenerate        the model is not marked degenerate at training (``otonom_trainer.degenerate``:
+                      one action on >= 95 % of the validation rows while the teacher's share of it
+                      is < 90 %, or validation accuracy < the majority baseline + 2 points); a
+                      model trained before the mark existed is judged from its validation
+                      confusion matrix, with the validation split's most common action as the
+                      majority
 ====================  ==============================================================================
 
 Why tolerances: a Sharpe ratio measured over one or two years has a standard error of roughly
@@ -30,7 +36,9 @@ Why tolerances: a Sharpe ratio measured over one or two years has a standard err
 policy that imitates the ensemble well votes with it, and the check asks that it does not make
 the ensemble measurably worse. The thresholds are ``CheckConfig`` fields (and CLI flags).
 
-The backtests are real runs: they are recorded in the store like any other.
+The backtests are real runs: they are recorded in the store like any other, marked internal
+(``params["purpose"] == "gate"``: ``otonom runs list`` shows them as ``gate*``), so that no
+dataset ever takes one as its teacher.
 """
 
 from __future__ import annotations
@@ -267,6 +275,49 @@ def _training_items(cfg: CheckConfig, meta: dict[str, Any]) -> list[CheckItem]:
     return items
 
 
+def _degenerate_item(meta: dict[str, Any]) -> CheckItem:
+    """ "not degenerate": the training run's mark, or (a model from before the mark) the rules
+    applied to its validation confusion matrix."""
+    from otonom_trainer.degenerate import (
+        MIN_GAIN,
+        ONE_ACTION_SHARE,
+        TEACHER_SHARE_LIMIT,
+        degenerate_mark,
+        validation_stats,
+    )
+
+    required = (
+        f"one action on < {ONE_ACTION_SHARE:.0%} of val rows (or the teacher's share of it >= "
+        f"{TEACHER_SHARE_LIMIT:.0%}), val accuracy >= majority baseline + "
+        f"{100 * MIN_GAIN:.0f} points"
+    )
+    metrics = meta.get("metrics") or {}
+    cm = metrics.get("confusion_matrix")
+    if cm is None:
+        return CheckItem("not degenerate", "fail", "no validation confusion matrix", required)
+    names = ["HOLD", "BUY", "SELL"]  # the actions in order
+    older = "majority_action" not in metrics
+    majority = (
+        int(np.asarray(cm).sum(axis=1).argmax())
+        if older
+        else names.index(metrics["majority_action"])
+    )
+    stats = validation_stats(cm, majority)
+    mark = degenerate_mark(cm, majority) if older else metrics.get("degenerate")
+    if stats is None:
+        return CheckItem("not degenerate", "fail", "no validation rows", required)
+    if mark:
+        return CheckItem("not degenerate", "fail", f"DEGENERATE: {mark.get('reason')}", required)
+    measured = (
+        f"val accuracy {stats['val_action_acc']:.3f} vs majority baseline "
+        f"{stats['majority_baseline_acc']:.3f} (always {names[majority]}"
+        + (", the val split's commonest: model predates the mark" if older else "")
+        + f"); {stats['top_prediction']} on {stats['top_prediction_share']:.1%} of val rows "
+        f"(teacher {stats['teacher_share']:.1%})"
+    )
+    return CheckItem("not degenerate", "pass", measured, required)
+
+
 def _metadata_item(meta: dict[str, Any]) -> CheckItem:
     from otonom_schema import SCHEMA_VERSION, schema_fingerprint
 
@@ -340,16 +391,20 @@ def run_check(cfg: CheckConfig) -> CheckResult:
     _say(cfg, f"checking {model_path} on {', '.join(symbols)} {cfg.start} .. {cfg.end}")
 
     items = _training_items(cfg, meta)
+    items.append(_degenerate_item(meta))
     details: dict[str, Any] = {}
     with get_session(url) as session:
         _say(cfg, "  backtest without RL ...")
-        off = run_backtest(session, strategy, symbols, cfg.start, cfg.end, use_rl=False)
+        off = run_backtest(
+            session, strategy, symbols, cfg.start, cfg.end, use_rl=False, purpose="gate"
+        )
         _say(cfg, "  backtest with RL ...")
         on = run_backtest(
-            session, strategy, symbols, cfg.start, cfg.end, use_rl=True, policy=policy
-        )
+            session, strategy, symbols, cfg.start, cfg.end, use_rl=True, policy=policy,
+            purpose="gate",
+        )  # fmt: skip
         ds = OfflineDatasetGenerator(session).generate_dataset(
-            symbols, cfg.start, cfg.end, run_id=off.run_id
+            symbols, cfg.start, cfg.end, run_id=off.run_id, allow_internal_run=True
         )
         _say(cfg, "  backtest with RL and the model file removed ...")
         fallback = _fallback_run(session, strategy, cfg, model_path, off)
@@ -489,8 +544,9 @@ def _fallback_run(
         propagate, runtime_log.propagate = runtime_log.propagate, False
         try:
             broken = run_backtest(
-                session, with_rl, list(cfg.symbols), cfg.start, cfg.end, use_rl=True
-            )
+                session, with_rl, list(cfg.symbols), cfg.start, cfg.end, use_rl=True,
+                purpose="gate",
+            )  # fmt: skip
         finally:
             runtime_log.removeHandler(handler)
             runtime_log.propagate = propagate

@@ -41,6 +41,7 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
             args.start_date,
             args.end_date,
             run_id=args.run_id,
+            allow_rl_run=args.allow_rl_run,
         )
     print(f"Generated {len(ds)} training samples")
     save_dataset(ds, args.output)
@@ -52,17 +53,27 @@ def _add_dataset(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "dataset",
         help="offline dataset (state, action, strength) from stored backtest decisions",
         description=(
-            "Build the offline dataset from the decisions of complete backtest runs (the latest "
-            "complete run holding each symbol, or --run-id): every row's state is exactly what "
-            "the live state builder gives for that symbol, date and the backtest's portfolio. "
-            "Writes the schema's .npz format and prints the action distribution."
+            "Build the offline dataset from the decisions of a teacher backtest: per symbol the "
+            "newest complete run with the RL analyst off, not internal (not made by `otonom-train "
+            "check` or to judge a model) and covering the dates, or --run-id. Every row's state "
+            "is exactly what the live state builder gives for that symbol, date and the "
+            "backtest's portfolio. Prints the teacher run(s) used, writes the schema's .npz "
+            "format and prints the action distribution."
         ),
     )
     p.add_argument("--symbol", action="append", required=True, help="a symbol (repeatable)")
     p.add_argument("--start-date", type=iso_date, required=True, help="first date (YYYY-MM-DD)")
     p.add_argument("--end-date", type=iso_date, required=True, help="last date (YYYY-MM-DD)")
     p.add_argument("--output", default="data/offline_dataset.npz", help="the .npz file to write")
-    p.add_argument("--run-id", type=int, help="take this complete run instead of the latest")
+    p.add_argument(
+        "--run-id", type=int, help="take this complete run as the teacher instead of the default"
+    )
+    p.add_argument(
+        "--allow-rl-run",
+        action="store_true",
+        help="accept a --run-id made with the RL analyst on (a policy trained on its own votes "
+        "learns nothing; refused without this flag)",
+    )
     p.add_argument(
         "--database-url", help="SQLAlchemy URL (default: $OTONOM_DATABASE_URL or ./data/otonom.db)"
     )
@@ -355,13 +366,16 @@ def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="the guide's production checklist: pass/fail table, non-zero exit on a failure",
         description=(
             "Run the production checklist on MODEL (a .onnx file or a model folder) over an "
-            "out-of-sample period: validation accuracy, train/val loss and accuracy gaps, the "
+            "out-of-sample period: validation accuracy, train/val loss and accuracy gaps, not "
+            "degenerate (not marked so at training: one action on almost every row, or no "
+            "better than always the majority action), the "
             "ensemble's Sharpe with vs without the RL analyst, a stress test per volatility "
             "regime (accuracy and Sharpe), p99 predict latency on this machine, the model's "
             "metadata (schema, timestamp, versions, metrics) and the fallback with the model "
             "file removed. Prints a pass/fail table (also written as check.md / check.json in "
             "reports/check/<model version>/, or --out) and exits 1 if any item fails. The "
-            "backtests are stored as runs like any other."
+            "backtests are stored as runs marked internal (made by 'gate'): never a dataset's "
+            "teacher."
         ),
     )
     p.add_argument("model", metavar="MODEL", help="a .onnx file or a model (version) folder")

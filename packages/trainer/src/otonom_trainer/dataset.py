@@ -4,11 +4,21 @@ Rules (each one tested):
 
 * **Complete runs only.** A run whose status is ``running`` or ``failed`` is never read: by
   default it is skipped, and asking for it by id is a ``DatasetGenerationError``.
-* **Which run.** ``run_id=None`` takes, for each symbol on its own, the latest complete run
-  (newest ``created_at``, then highest id) that *covers* the symbol, i.e. whose ``symbols``
-  list holds it. The run's date range is not looked at: a covering run with no decision in the
-  requested range is an error naming the run and the range (choose another with ``run_id``).
-  A given ``run_id`` is used for every symbol and must cover each of them.
+* **Which run (the teacher).** ``run_id=None`` takes, for each symbol on its own, the newest
+  (``created_at``, then id) run that is complete, was made with the RL analyst off
+  (``params["rl_enabled"]`` false), is not internal (``params["purpose"]`` not in
+  ``otonom_runtime.backtest.INTERNAL_PURPOSES``: the gate's and the evaluation backtests) and
+  *covers* the request for the symbol: its ``symbols`` hold it and its date range holds the
+  first and the last bar the store has for the symbol in ``start_date .. end_date`` (when the
+  store has none there, every run holding the symbol covers it, and the read below says that
+  there is no decision). No such run is a ``DatasetGenerationError`` that lists every run
+  holding the symbol with why it was passed over, and the ``otonom backtest`` command that
+  makes one. A given ``run_id`` is used for every symbol and must be complete, hold each of
+  them, not be internal (unless ``allow_internal_run``: the gate labels its own held-out run)
+  and have the RL analyst off (unless ``allow_rl_run``: a policy trained on its predecessor's
+  votes learns to copy that model, not the ensemble). The runs chosen are logged (INFO,
+  ``otonom_trainer.dataset``), stored in the metadata as ``teacher`` (one line: run id,
+  strategy, RL off/on, dates, symbols) and printed by ``save_dataset``.
 * **Rows.** One row per decision of the run for the symbol dated in ``start_date ..
   end_date`` (both inclusive), symbols in the order given, dates ascending. ``action`` and
   ``strength`` are the decision's. The state is exactly what
@@ -34,7 +44,8 @@ Rules (each one tested):
   for a real one).
 * **Metadata.** ``source="backtest"``, ``run_ids`` (sorted), ``symbol_runs`` ({symbol: run
   id}, which also maps each row to its run), ``runs`` (id, strategy name and hash, the run's own
-  range), ``strategy_names``/``strategy_hashes`` (sorted, distinct), ``symbols``,
+  range, ``rl_enabled``, ``purpose``), ``teacher`` (the line above),
+  ``strategy_names``/``strategy_hashes`` (sorted, distinct), ``symbols``,
   ``sentiment_sources`` ({symbol: {"news": source, "macro": source}}) and the requested
   ``start_date``/``end_date`` (ISO).
 
@@ -46,6 +57,7 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import gc
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -58,6 +70,7 @@ import numpy.typing as npt
 from sqlalchemy import Date, Integer, String, TextClause, bindparam, select, text
 from sqlalchemy.orm import Session
 
+from otonom_runtime.backtest import INTERNAL_PURPOSES
 from otonom_runtime.store import BacktestRun, Symbol, fetch_raw, get_symbol, sentiment_source
 from otonom_schema import (
     LOOKBACK,
@@ -80,6 +93,8 @@ __all__ = [
 ]
 
 DateLike = dt.date | str
+log = logging.getLogger(__name__)
+_SHOWN_RUNS: Final = 8  # runs listed (newest first) in the "no teacher" error, per symbol
 _EPOCH_ORDINAL: Final = dt.date(1970, 1, 1).toordinal()
 _N = TypeVar("_N", bound=np.generic)
 
@@ -121,6 +136,16 @@ _BARS: Final = text(
     bindparam("first", type_=Date),
     bindparam("end", type_=Date),
     bindparam("back", type_=Integer),
+)
+# The first and last bar of a symbol inside a range: what a teacher run must cover.
+_BAR_RANGE: Final = text(
+    """
+    SELECT MIN(b.date), MAX(b.date)
+    FROM bars b JOIN symbols s ON b.symbol_id = s.id
+    WHERE s.name = :symbol AND b.date >= :start AND b.date <= :end
+    """
+).bindparams(
+    bindparam("symbol", type_=String), bindparam("start", type_=Date), bindparam("end", type_=Date)
 )
 # For the error message only: what the store holds for a symbol up to a date.
 _BAR_SPAN: Final = text(
@@ -173,12 +198,44 @@ class _Run:
     end: dt.date
     status: str
     error: str | None
+    rl_enabled: bool
+    purpose: str
 
     def describe(self) -> str:
         return (
             f"run {self.id} ({self.strategy_name}, {self.start.isoformat()} .. "
             f"{self.end.isoformat()}, symbols {', '.join(self.symbols)})"
         )
+
+    def short(self) -> str:
+        """``run 3 (baseline_v1, RL off, 2018-06-01 .. 2023-12-31)``."""
+        return (
+            f"run {self.id} ({self.strategy_name}, RL {'on' if self.rl_enabled else 'off'}, "
+            f"{self.start.isoformat()} .. {self.end.isoformat()})"
+        )
+
+    @property
+    def internal(self) -> bool:
+        return self.purpose in INTERNAL_PURPOSES
+
+    def covers(self, need: tuple[dt.date, dt.date] | None) -> bool:
+        """Whether the run's range holds ``need`` (the symbol's first and last bar in the
+        requested range; None: no bar there, anything covers it)."""
+        return need is None or (self.start <= need[0] and self.end >= need[1])
+
+    def passed_over(self, need: tuple[dt.date, dt.date] | None) -> list[str]:
+        """Why this run (holding the symbol) is not a default teacher; empty when it is one."""
+        why = []
+        if self.status != "complete":
+            why.append(f"not complete ({self.status})")
+        if self.rl_enabled:
+            why.append("RL analyst on")
+        if self.internal:
+            why.append(f"internal ({self.purpose})")
+        if not self.covers(need):
+            assert need is not None
+            why.append(f"does not cover {need[0].isoformat()} .. {need[1].isoformat()}")
+        return why
 
 
 def _as_date(value: object, what: str) -> dt.date:
@@ -270,6 +327,7 @@ class OfflineDatasetGenerator:
             BacktestRun.end_date,
             BacktestRun.status,
             BacktestRun.error,
+            BacktestRun.params,
         ).order_by(BacktestRun.created_at.desc(), BacktestRun.id.desc())
         return [
             _Run(
@@ -281,11 +339,29 @@ class OfflineDatasetGenerator:
                 end=r[5],
                 status=str(r[6]),
                 error=r[7],
+                rl_enabled=bool((r[8] or {}).get("rl_enabled")),
+                purpose=str((r[8] or {}).get("purpose") or "user"),
             )
             for r in self.session.execute(stmt).all()
         ]
 
-    def _resolve_runs(self, names: list[str], run_id: int | None) -> dict[str, _Run]:
+    def _need(self, name: str, start: dt.date, end: dt.date) -> tuple[dt.date, dt.date] | None:
+        """The first and last bar of ``name`` in ``start .. end`` (None: no bar there)."""
+        lo, hi = self._fetch(_BAR_RANGE, {"symbol": name, "start": start, "end": end})[0]
+        if lo is None:
+            return None
+        return _as_date(lo, "bar date"), _as_date(hi, "bar date")
+
+    def _resolve_runs(
+        self,
+        names: list[str],
+        run_id: int | None,
+        start: dt.date,
+        end: dt.date,
+        *,
+        allow_rl_run: bool = False,
+        allow_internal_run: bool = False,
+    ) -> dict[str, _Run]:
         runs = self._runs()
         complete = [r for r in runs if r.status == "complete"]
         if run_id is not None:
@@ -304,6 +380,19 @@ class OfflineDatasetGenerator:
                     f"run {found.id} has status {found.status!r}{why}; expected a complete run "
                     f"(only complete runs are read). Complete runs: {_ids(complete)}"
                 )
+            if found.internal and not allow_internal_run:
+                raise DatasetGenerationError(
+                    f"{found.short()} is an internal run ({found.purpose}: made to judge a "
+                    "model, not to teach one); expected a run of your own: `otonom backtest "
+                    "... --no-rl`, or no --run-id for the newest one that qualifies"
+                )
+            if found.rl_enabled and not allow_rl_run:
+                raise DatasetGenerationError(
+                    f"{found.short()} was made with the RL analyst on: its decisions hold a "
+                    "policy's own votes, and a policy trained on its own votes learns nothing; "
+                    "expected an RL-off run (`otonom backtest ... --no-rl`); to use it anyway "
+                    "pass --allow-rl-run (allow_rl_run=True)"
+                )
             missing = [s for s in names if s not in found.symbols]
             if missing:
                 raise DatasetGenerationError(
@@ -313,13 +402,12 @@ class OfflineDatasetGenerator:
             return dict.fromkeys(names, found)
         chosen: dict[str, _Run] = {}
         for name in names:
-            run = next((r for r in complete if name in r.symbols), None)
+            need = self._need(name, start, end)
+            holding = [r for r in runs if name in r.symbols]
+            run = next((r for r in holding if not r.passed_over(need)), None)
             if run is None:
                 get_symbol(self.session, name)  # UnknownSymbolError naming the known symbols
-                raise DatasetGenerationError(
-                    f"no complete backtest run covers {name!r} (complete runs: "
-                    f"{_ids(complete)}); run `otonom backtest` on it first"
-                )
+                raise DatasetGenerationError(_no_teacher(name, need or (start, end), holding, runs))
             chosen[name] = run
         return chosen
 
@@ -462,17 +550,24 @@ class OfflineDatasetGenerator:
         start_date: DateLike,
         end_date: DateLike,
         run_id: int | None = None,
+        *,
+        allow_rl_run: bool = False,
+        allow_internal_run: bool = False,
     ) -> OfflineDataset:
         """The dataset of ``symbol`` (one name or a list) for decisions dated in
         ``start_date .. end_date`` (inclusive), from complete backtest runs.
 
-        ``run_id``: None takes, per symbol, the latest complete run whose symbols include it;
-        an id uses that run for every symbol. Returns an ``OfflineDataset`` (``len()`` is the
-        number of rows). Raises ``DatasetGenerationError`` (a ``ValueError``) for bad
-        arguments, a run that is missing, not complete or does not hold a symbol, no complete
-        run for a symbol, no decision in the range, a decision date without a bar, or a stored
-        portfolio outside the schema; ``otonom_runtime.UnknownSymbolError`` (a ``KeyError``)
-        for a symbol that is not in the store at all.
+        ``run_id``: None takes, per symbol, the newest complete, RL-off, non-internal run that
+        covers the range for it (module docstring); an id uses that run for every symbol.
+        ``allow_rl_run``: accept a run made with the RL analyst on as ``run_id``.
+        ``allow_internal_run``: accept an internal run (the gate's) as ``run_id``. Returns an
+        ``OfflineDataset`` (``len()`` is the number of rows; ``metadata["teacher"]`` names the
+        runs used). Raises ``DatasetGenerationError`` (a ``ValueError``) for bad arguments, a
+        run that is missing, not complete, internal, RL-on or does not hold a symbol, no run
+        that can teach a symbol (listing why each was passed over), no decision in the range, a
+        decision date without a bar, or a stored portfolio outside the schema;
+        ``otonom_runtime.UnknownSymbolError`` (a ``KeyError``) for a symbol that is not in the
+        store at all.
         """
         names = _symbols(symbol)
         start = _as_date(start_date, "start_date")
@@ -482,7 +577,14 @@ class OfflineDatasetGenerator:
                 f"start_date {start.isoformat()} is after end_date {end.isoformat()}; expected "
                 "start_date <= end_date"
             )
-        chosen = self._resolve_runs(names, run_id)
+        chosen = self._resolve_runs(
+            names,
+            run_id,
+            start,
+            end,
+            allow_rl_run=allow_rl_run,
+            allow_internal_run=allow_internal_run,
+        )
         sources = self._sentiment_sources(chosen)
         with _collector_paused():
             reads = {
@@ -500,6 +602,10 @@ class OfflineDatasetGenerator:
         parts = [_rows(reads[name], macros[sources[name]["macro"]]) for name in names]
         n_rows = [p.states.shape[0] for p in parts]
         runs = sorted({r.id: r for r in chosen.values()}.values(), key=lambda r: r.id)
+        teacher = "; ".join(
+            f"{r.short()} for {', '.join(n for n in names if chosen[n].id == r.id)}" for r in runs
+        )
+        log.info("dataset teacher: %s", teacher)
         metadata: dict[str, Any] = {
             "source": "backtest",
             "run_ids": [r.id for r in runs],
@@ -511,9 +617,12 @@ class OfflineDatasetGenerator:
                     "strategy_hash": r.strategy_hash,
                     "start_date": r.start.isoformat(),
                     "end_date": r.end.isoformat(),
+                    "rl_enabled": r.rl_enabled,
+                    "purpose": r.purpose,
                 }
                 for r in runs
             ],
+            "teacher": teacher,
             "strategy_names": sorted({r.strategy_name for r in runs}),
             "strategy_hashes": sorted({r.strategy_hash for r in runs}),
             "symbols": names,
@@ -595,6 +704,31 @@ def _rows(read: _Symbol, macro: SentimentSeries | None) -> _Rows:
     return _Rows(states=states, actions=read.actions, strengths=read.strengths, dates=read.dates)
 
 
+def _no_teacher(
+    name: str, need: tuple[dt.date, dt.date], holding: Sequence[_Run], runs: Sequence[_Run]
+) -> str:
+    """The error when no run can teach ``name`` over ``need``: every run holding it (newest
+    first, the first ``_SHOWN_RUNS``) with why it was passed over, and the command that makes
+    one."""
+    first, last = need[0].isoformat(), need[1].isoformat()
+    wanted = (
+        f"no backtest run can teach {name!r} over {first} .. {last} (expected a complete run "
+        "with the RL analyst off, not internal, whose dates cover that range)"
+    )
+    if holding:
+        shown = [f"{r.short()}: {', '.join(r.passed_over(need))}" for r in holding[:_SHOWN_RUNS]]
+        more = len(holding) - _SHOWN_RUNS
+        listed = "; ".join(shown) + (f"; and {more} older" if more > 0 else "")
+        found = f"; passed over: {listed}"
+    else:
+        found = f"; no run holds it (runs in the store: {_ids(runs)})"
+    return (
+        f"{wanted}{found}. Make one: otonom backtest --strategy-path "
+        f"strategies/baseline_v1.yaml --symbol {name} --start-date {first} --end-date {last} "
+        "--no-rl"
+    )
+
+
 def _ids(runs: Sequence[_Run]) -> str:
     return ", ".join(str(i) for i in sorted(r.id for r in runs)) if runs else "none"
 
@@ -605,14 +739,25 @@ def generate_dataset(
     start_date: DateLike,
     end_date: DateLike,
     run_id: int | None = None,
+    *,
+    allow_rl_run: bool = False,
+    allow_internal_run: bool = False,
 ) -> OfflineDataset:
     """``OfflineDatasetGenerator(session).generate_dataset(...)`` in one call."""
-    return OfflineDatasetGenerator(session).generate_dataset(symbol, start_date, end_date, run_id)
+    return OfflineDatasetGenerator(session).generate_dataset(
+        symbol,
+        start_date,
+        end_date,
+        run_id,
+        allow_rl_run=allow_rl_run,
+        allow_internal_run=allow_internal_run,
+    )
 
 
 def save_dataset(experiences: OfflineDataset, output_path: str | os.PathLike[str]) -> Path:
     """Write ``experiences`` to ``output_path`` (``.npz``, atomic, folders created) and print
-    ``Saved to: <path>``, a blank line and the action distribution; return the path.
+    ``Teacher: <runs>`` (when the metadata names them), ``Saved to: <path>``, a blank line and
+    the action distribution; return the path.
 
     The guide's caller prints ``Generated N training samples`` itself.
     """
@@ -622,6 +767,9 @@ def save_dataset(experiences: OfflineDataset, output_path: str | os.PathLike[str
             "otonom_schema.OfflineDataset (from generate_dataset)"
         )
     path = _write_npz(experiences, output_path)
+    teacher = experiences.metadata.get("teacher")
+    if teacher:
+        print(f"Teacher: {teacher}")
     print(f"Saved to: {output_path}")
     print()
     print(experiences.summary())

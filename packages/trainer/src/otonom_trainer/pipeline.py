@@ -312,8 +312,9 @@ def _stage_teacher(run: _Run) -> None:
     strategy = load_strategy(cfg.strategy_path).with_rl(False)
     with get_session(run.url) as session:
         teacher = run_backtest(
-            session, strategy, run.symbols, run.first_decision, cfg.end, progress=not cfg.quiet
-        )
+            session, strategy, run.symbols, run.first_decision, cfg.end, progress=not cfg.quiet,
+            purpose="pipeline",
+        )  # fmt: skip
     _say(cfg, "  " + teacher.summary().replace("\n", "\n  "))
     run.state["teacher_run_id"] = teacher.run_id
 
@@ -392,10 +393,14 @@ def _stage_heldout(run: _Run) -> PipelineResult:
     policy = load_rl_policy(run.state["onnx_path"])
     latency = measure_latency(policy, load_dataset(run.state["test_path"]).states, 2000)
     with get_session(run.url) as session:
-        off = run_backtest(session, strategy, run.symbols, run.test_start, cfg.end, use_rl=False)
+        off = run_backtest(
+            session, strategy, run.symbols, run.test_start, cfg.end, use_rl=False,
+            purpose="evaluation",
+        )  # fmt: skip
         on = run_backtest(
-            session, strategy, run.symbols, run.test_start, cfg.end, use_rl=True, policy=policy
-        )
+            session, strategy, run.symbols, run.test_start, cfg.end, use_rl=True, policy=policy,
+            purpose="evaluation",
+        )  # fmt: skip
     ev = run.state["evaluation"]
     rows: dict[str, dict[str, Any]] = {}
     for name, bt in (("ensemble (no RL)", off), ("ensemble + RL", on)):

@@ -81,6 +81,7 @@ from otonom_schema import (
     schema_fingerprint,
 )
 from otonom_trainer.config import TrainingConfig
+from otonom_trainer.degenerate import degenerate_mark, majority_baseline
 from otonom_trainer.export import export_onnx, sha256_file
 from otonom_trainer.model import PolicyNet
 
@@ -641,7 +642,10 @@ class TrainingMetrics:
     """The result of ``BehaviorCloningTrainer.train()``: everything is the best epoch's.
 
     ``confusion_matrix[t][p]`` and ``per_class`` are on the validation split; ``warnings`` holds
-    other notes (e.g. a class absent from the train split).
+    other notes (e.g. a class absent from the train split). ``majority_baseline_acc``: the
+    accuracy on the validation rows of always predicting ``majority_action``, the train split's
+    most common action; ``degenerate``: None, or the mark of ``otonom_trainer.degenerate``
+    (``{"reason": ..., "rules": [...], ...}``) when the model is degenerate.
     """
 
     best_val_loss: float
@@ -660,6 +664,9 @@ class TrainingMetrics:
     stopped_early: bool
     train_size: int
     val_size: int
+    majority_action: str = "HOLD"
+    majority_baseline_acc: float = math.nan
+    degenerate: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values only (what the checkpoint and metadata.json store)."""
@@ -959,6 +966,8 @@ class BehaviorCloningTrainer:
         final_val = _evaluate(model, loss_fn, val)
         cm = confusion_matrix(val.actions.cpu().numpy(), final_val.preds.numpy())
         warnings = overfitting_warnings(history, best_epoch)
+        majority, baseline = majority_baseline(train_actions_cpu.numpy(), val.actions.cpu().numpy())
+        mark = degenerate_mark(cm, majority)
         metrics = TrainingMetrics(
             best_val_loss=best_loss,
             best_epoch=best_epoch,
@@ -976,6 +985,9 @@ class BehaviorCloningTrainer:
             stopped_early=stopped_early,
             train_size=int(split.train.size),
             val_size=int(split.val.size),
+            majority_action=ACTION_NAMES[majority],
+            majority_baseline_acc=baseline,
+            degenerate=mark,
         )
         self._metrics = metrics
         for line in warnings:
@@ -988,8 +1000,14 @@ class BehaviorCloningTrainer:
         print(f"Best validation loss: {metrics.best_val_loss:.4f}")
         print(f"Best epoch: {metrics.best_epoch}")
         print(f"Val action accuracy: {metrics.val_action_acc:.3f}")
+        print(
+            f"Majority baseline: {baseline:.3f} (always {ACTION_NAMES[majority]}, the train "
+            "split's most common action)"
+        )
         print(f"Model saved to: {self.checkpoint_path}")
         print(RULE)
+        if mark is not None:
+            print(f"warning: DEGENERATE model ({' and '.join(mark['rules'])}): {mark['reason']}")
         return metrics
 
     def _make_loss(self, train_counts: list[int], notes: list[str]) -> BehaviorCloningLoss:
@@ -1132,6 +1150,7 @@ class BehaviorCloningTrainer:
             "created_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
             "config": self.cfg.to_dict(),
             "metrics": metrics_dict,
+            "degenerate": metrics.degenerate,
             "model": {
                 "class": "PolicyNet",
                 "hparams": model.hparams(),

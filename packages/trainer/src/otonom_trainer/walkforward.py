@@ -22,6 +22,10 @@ Stages (public API only, as ``pipeline.py``):
    the ONNX model on the test dataset, then the test period backtested without and with the RL
    analyst (Sharpe, total return, RL fallbacks).
 
+Runs in the store: the teacher is recorded with purpose ``walk-forward`` (an RL-off run like a
+user's, so a later ``otonom-train dataset`` may take it as its teacher); each window's two test
+backtests with purpose ``evaluation`` (internal: they judge a model, never serve as a teacher).
+
 Outputs in ``out_dir``: ``walk_forward.md`` and ``walk_forward.json`` (a row per window plus the
 aggregate), ``walk_forward.png`` (accuracy, and Sharpe without/with RL, per window) and a
 ``window_KK/`` folder per window (``train.npz``, ``test.npz``, ``model/``, ``train.log`` with
@@ -493,7 +497,9 @@ def run_walk_forward(cfg: WalkForwardConfig) -> WalkForwardResult:
     span = (windows[0].train_start, windows[-1].test_end)
     _say(cfg, f"teacher: baseline backtest without RL, {span[0]} .. {span[1]}")
     with get_session(url) as session:
-        teacher = run_backtest(session, strategy, symbols, span[0], span[1], use_rl=False)
+        teacher = run_backtest(
+            session, strategy, symbols, span[0], span[1], use_rl=False, purpose="walk-forward"
+        )
     _say(cfg, f"  run {teacher.run_id}: {teacher.bar_decisions} decisions")
 
     results: list[WindowResult] = []
@@ -542,10 +548,14 @@ def run_walk_forward(cfg: WalkForwardConfig) -> WalkForwardResult:
             print(report.format())
         policy = load_rl_policy(onnx_path)
         with get_session(url) as session:
-            off = run_backtest(session, strategy, symbols, w.test_start, w.test_end, use_rl=False)
+            off = run_backtest(
+                session, strategy, symbols, w.test_start, w.test_end, use_rl=False,
+                purpose="evaluation",
+            )  # fmt: skip
             on = run_backtest(
-                session, strategy, symbols, w.test_start, w.test_end, use_rl=True, policy=policy
-            )
+                session, strategy, symbols, w.test_start, w.test_end, use_rl=True, policy=policy,
+                purpose="evaluation",
+            )  # fmt: skip
         result = WindowResult(
             window=w,
             train_rows=len(train_ds),
