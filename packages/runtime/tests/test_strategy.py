@@ -247,8 +247,18 @@ def test_parse_strategy_names_a_dict_source_and_a_default_name() -> None:
         ),
         pytest.param(
             {"calendar": {"periods_per_year": 360}},
-            "calendar.periods_per_year: received 360, expected one of 252, 365",
+            "calendar.periods_per_year: received 360, expected one of 252, 365, auto",
             id="periods-per-year",
+        ),
+        pytest.param(
+            {"calendar": {"periods_per_year": "weekly"}},
+            "calendar.periods_per_year: received text 'weekly', expected one of 252, 365, auto",
+            id="periods-per-year-text",
+        ),
+        pytest.param(
+            {"calendar": {"periods_per_year": True}},
+            "calendar.periods_per_year: received true, expected one of 252, 365, auto",
+            id="periods-per-year-bool",
         ),
         pytest.param(
             {"ensemble": {"rl_policy": {"device": "gpu"}}},
