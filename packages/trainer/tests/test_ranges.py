@@ -282,3 +282,44 @@ def test_pipeline_refuses_a_too_short_series_in_one_line(tmp_path: Path) -> None
     assert "pass a longer series" in lines[0]
     assert not list(tmp_path.glob("models/**/*.onnx"))
     assert not list(tmp_path.glob("reports/**/table.json"))
+
+
+def test_walk_forward_and_check_without_dates(tmp_path: Path) -> None:
+    """Three years of weekday bars ending in 2013: walk-forward shrinks its windows to fit,
+    and check defaults to the period the pipeline would hold out."""
+    csv_path = tmp_path / "INDEX.csv"
+    _write_csv(csv_path, D(2013, 6, 28), 3, weekdays=True, seed=11)
+    env = {k: v for k, v in os.environ.items() if k != "OTONOM_DATABASE_URL"}
+    env["MPLBACKEND"] = "Agg"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    out = run("-m", "otonom_runtime", "data", "import-csv", csv_path.name, "--symbol", "INDEX")
+    assert out.returncode == 0, out.stderr
+    with csv_path.open(encoding="utf-8") as f:
+        dates = np.array([row["Date"] for row in csv.DictReader(f)], dtype="datetime64[D]")
+    expected = ranges_from_dates({"INDEX": dates})
+    trainer = ("-m", "otonom_trainer")
+    strategy = ("--strategy-path", STRATEGY, "--symbol", "INDEX")
+    out = run(*trainer, "walk-forward", *strategy, "--epochs", "1", "--hidden-dim", "8")
+    assert out.returncode == 0, out.stderr[-3000:]
+    # 3 y + 6 m and 2 y + 6 m do not fit in ~2.4 years of decisions; 1 y + 6 m gives windows
+    assert "window(s) of 1 year(s) train + 6 month(s) test" in out.stdout
+    assert f"first decision {expected.first_decision}" in out.stdout
+    assert "  calendar: 252 bars a year (inferred: weekday-only bars)" in out.stdout
+    report = json.loads((tmp_path / "reports" / "walk-forward" / "walk_forward.json").read_text())
+    assert len(report["windows"]) >= 2
+    assert report["windows"][-1]["test_end"] == "2013-06-28"
+    model = tmp_path / "reports" / "walk-forward" / "window_01" / "model"
+    out = run(*trainer, "check", str(model), *strategy, "--out", str(tmp_path / "check"))
+    assert out.returncode in (0, 1), out.stderr[-3000:]
+    assert f"  held-out: {expected.test_start} .. 2013-06-28" in out.stdout
+    assert f"on INDEX {expected.test_start} .. 2013-06-28" in out.stdout
