@@ -519,3 +519,38 @@ def test_sqlite_rows_read_back_through_the_orm(store: str) -> None:
     assert rows[0].days_since_last_trade == float("inf")
     assert isinstance(rows[0].signals["tech"]["strength"], float)
     assert rows[0].signals["rl"] is None
+
+
+def test_calendar_auto_annualises_by_the_bars_dates(store: str, tmp_path: Path) -> None:
+    """``calendar.periods_per_year: auto`` (the baseline's): 365 on every-day bars, 252 on
+    weekday-only bars; a number in the strategy wins. Only the annualisation changes."""
+    import csv
+
+    from otonom_runtime.importers import import_ohlcv_csv
+
+    path = tmp_path / "stock.csv"
+    rng = np.random.default_rng(5)
+    days = [dt.date(1990, 1, 1) + dt.timedelta(days=i) for i in range(600)]
+    days = [d for d in days if d.weekday() < 5]
+    closes = 40.0 * np.exp(np.cumsum(rng.normal(0.0, 0.02, len(days))))
+    with path.open("w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f)
+        out.writerow(["Date", "Open", "High", "Low", "Close", "Volume"])
+        for d, c in zip(days, closes, strict=True):
+            out.writerow([d.isoformat(), c, c * 1.01, c * 0.99, c, 1000])
+    auto = load_strategy(BASELINE)
+    assert auto.calendar.periods_per_year == "auto"
+    fixed = parse_strategy({"calendar": {"periods_per_year": 365}})
+    with get_session(store) as session:
+        import_ohlcv_csv(session, path, "STOCK")
+    with get_session(store) as session:
+        stock = run_backtest(session, auto, ["STOCK"], dt.date(1990, 7, 1), days[-1])
+        stock_365 = run_backtest(session, fixed, ["STOCK"], dt.date(1990, 7, 1), days[-1])
+        demo = run_backtest(session, auto, ["DEMO-BTC"], dt.date(2019, 6, 1), dt.date(2019, 12, 31))
+    assert stock.metrics.periods_per_year == 252
+    assert stock_365.metrics.periods_per_year == 365
+    assert demo.metrics.periods_per_year == 365
+    np.testing.assert_array_equal(stock.equity, stock_365.equity)
+    assert stock.metrics.sharpe is not None
+    assert stock_365.metrics.sharpe is not None
+    assert stock.metrics.sharpe == pytest.approx(stock_365.metrics.sharpe * (252 / 365) ** 0.5)

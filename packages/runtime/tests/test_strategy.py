@@ -58,7 +58,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "portfolio": {"initial_capital": 10000.0, "max_leverage": 1.0, "allow_short": True},
     "costs": {"commission_bps": 10.0, "slippage_bps": 5.0},
-    "calendar": {"periods_per_year": 365},
+    "calendar": {"periods_per_year": "auto"},
     "data": {"news_source": None, "macro_source": None},
 }
 """The documented defaults, written out independently of the dataclasses."""
@@ -249,8 +249,18 @@ def test_parse_strategy_names_a_dict_source_and_a_default_name() -> None:
         ),
         pytest.param(
             {"calendar": {"periods_per_year": 360}},
-            "calendar.periods_per_year: received 360, expected one of 252, 365",
+            "calendar.periods_per_year: received 360, expected one of 252, 365, auto",
             id="periods-per-year",
+        ),
+        pytest.param(
+            {"calendar": {"periods_per_year": "weekly"}},
+            "calendar.periods_per_year: received text 'weekly', expected one of 252, 365, auto",
+            id="periods-per-year-text",
+        ),
+        pytest.param(
+            {"calendar": {"periods_per_year": True}},
+            "calendar.periods_per_year: received true, expected one of 252, 365, auto",
+            id="periods-per-year-bool",
         ),
         pytest.param(
             {"ensemble": {"rl_policy": {"device": "gpu"}}},
@@ -652,7 +662,7 @@ def test_cli_check_summarises_a_good_file(tmp_path: Path) -> None:
     assert "weights:   tech 1, news 1, risk 1, rl 1" in out.stdout
     assert "rl policy: off (model_path 'models/rl_bc/policy_best.pt' not checked)" in out.stdout
     assert "costs:     commission 10 bps, slippage 5 bps" in out.stdout
-    assert "calendar:  365 periods per year" in out.stdout
+    assert "calendar:  auto periods per year (252 or 365, from the bars' dates)" in out.stdout
     assert lines[-1] == "ok"
 
 

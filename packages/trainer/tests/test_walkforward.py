@@ -69,8 +69,9 @@ def test_add_months(day: dt.date, months: int, expected: dt.date) -> None:
 
 
 def test_default_plan_on_the_pipeline_history() -> None:
-    """DEMO 2018-2023, 3 years + 6 months: five calendar-aligned windows ending on 2023-12-31."""
-    cfg = WalkForwardConfig()
+    """DEMO 2018-2023 (what the defaults generate), no sizes given: 3 years + 6 months, five
+    calendar-aligned windows ending on 2023-12-31."""
+    cfg = WalkForwardConfig(start=D(2018, 1, 1), end=D(2023, 12, 31))
     assert cfg.first_decision == D(2018, 6, 30)
     windows = cfg.windows()
     assert [(w.test_start, w.test_end) for w in windows] == [
@@ -169,7 +170,10 @@ def test_config_defaults() -> None:
     assert cfg.symbols == ("DEMO-BTC", "DEMO-ETH", "DEMO-SOL")
     assert cfg.out_dir == "reports/walk-forward"
     assert WalkForwardConfig(symbols=["DEMO-X"]).symbols == ("DEMO-X",)  # type: ignore[arg-type]
-    assert json.loads(json.dumps(cfg.to_dict()))["start"] == "2018-01-01"
+    assert json.loads(json.dumps(cfg.to_dict()))["start"] is None  # from the stored bars
+    assert cfg.train_years is None  # 3, shrunk to fit (otonom_trainer.ranges.fit_windows)
+    dated = WalkForwardConfig(start=D(2018, 1, 1), end=D(2023, 12, 31))
+    assert json.loads(json.dumps(dated.to_dict()))["start"] == "2018-01-01"
     with pytest.raises(AttributeError):
         cfg.epochs = 3  # type: ignore[misc]
 
@@ -439,6 +443,8 @@ def test_real_cli_help_and_error_exit(tmp_path: Path) -> None:
         STRATEGY,
         "--start-date",
         "2022-01-01",
+        "--end-date",  # both dates given: the window plan is checked before any work
+        "2023-12-31",
         "--train-years",
         "3",
     )

@@ -574,7 +574,8 @@ def engine_params(config: StrategyConfig) -> EngineParams:
         allow_short=config.portfolio.allow_short,
         commission_bps=config.costs.commission_bps,
         slippage_bps=config.costs.slippage_bps,
-        periods_per_year=config.calendar.periods_per_year,
+        # ``auto``: the placeholder 365 is replaced from the bars' dates by run_backtest
+        periods_per_year=config.calendar.resolve([]),
     )
 
 
@@ -907,6 +908,9 @@ def run_backtest(
             if first_rl is not None
             else None
         )
+        if not isinstance(config.calendar.periods_per_year, int):  # auto: from the bars
+            ppy = config.calendar.resolve(np.concatenate([b.dates for b in inputs]))
+            params = replace(params, periods_per_year=ppy)
         results = _simulate(inputs, params, capital, rls)
         reasons = [
             f"{name}: {rl.last_error}"

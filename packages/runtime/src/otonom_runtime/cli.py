@@ -301,7 +301,10 @@ def _cmd_strategy_check(args: argparse.Namespace) -> int:
         f"  portfolio: capital {p.initial_capital:g}, max leverage {p.max_leverage:g}, "
         f"shorts {'allowed' if p.allow_short else 'not allowed'}",
         f"  costs:     commission {c.commission_bps:g} bps, slippage {c.slippage_bps:g} bps",
-        f"  calendar:  {cfg.calendar.periods_per_year} periods per year",
+        f"  calendar:  {cfg.calendar.periods_per_year} periods per year"
+        + (
+            " (252 or 365, from the bars' dates)" if cfg.calendar.periods_per_year == "auto" else ""
+        ),
         "ok",
     ]
     print("\n".join(lines))

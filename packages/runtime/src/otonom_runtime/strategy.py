@@ -55,6 +55,7 @@ from otonom_schema import MATHS_PARAMS
 
 __all__ = [
     "ANALYSTS",
+    "CALENDAR_AUTO",
     "DICT_SOURCE",
     "AnalystWeights",
     "AnalystsConfig",
@@ -69,6 +70,7 @@ __all__ = [
     "StrategyConfig",
     "TechConfig",
     "TechWeights",
+    "infer_periods_per_year",
     "load_strategy",
     "parse_strategy",
 ]
@@ -336,12 +338,36 @@ class CostsConfig(_Checked):
     slippage_bps: float = field(default=5.0, metadata=_rule(ge=0))
 
 
+CALENDAR_AUTO: Final = "auto"
+"""``calendar.periods_per_year: auto``: the bars per year come from the bars' dates."""
+_DENSE: Final = 0.85  # bars on more than 85 % of the calendar days: every day trades
+
+
+def infer_periods_per_year(dates: npt.ArrayLike) -> int:
+    """252 or 365 from daily bar dates: 365 when the distinct dates cover more than 85 % of
+    the calendar days from the first to the last (a bar every day: crypto), else 252
+    (weekday-only data: stocks, indices, about 5 of 7 days). Fewer than two dates: 365."""
+    days = np.unique(np.asarray(dates, dtype="datetime64[D]"))
+    if days.size < 2:
+        return 365
+    span = int((days[-1] - days[0]).astype(np.int64)) + 1
+    return 365 if days.size > _DENSE * span else 252
+
+
 @dataclass(frozen=True)
 class CalendarConfig(_Checked):
-    """``periods_per_year``: bars per year for annualising (252 trading days or 365: crypto
-    trades every day)."""
+    """``periods_per_year``: bars per year for annualising: 252 (trading days), 365 (crypto
+    trades every day) or ``auto`` (the default: inferred from the bars' dates when a backtest
+    runs, see ``infer_periods_per_year``)."""
 
-    periods_per_year: int = field(default=365, metadata=_rule(choices=(252, 365)))
+    periods_per_year: int | str = field(
+        default=CALENDAR_AUTO, metadata=_rule(choices=(252, 365, CALENDAR_AUTO))
+    )
+
+    def resolve(self, dates: npt.ArrayLike) -> int:
+        """The bars per year: the configured number, or for ``auto`` inferred from ``dates``."""
+        ppy = self.periods_per_year
+        return ppy if isinstance(ppy, int) else infer_periods_per_year(dates)
 
 
 _SOURCE_RULE: Final = _rule(
@@ -520,9 +546,15 @@ def _show(value: object) -> str:
 def _check_value(value: Any, tp: Any, rule: _Rule) -> tuple[Any, str | None]:
     """``(converted value, None)`` or ``(value, "received ..., expected ...")``."""
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(options) > 1:  # ``int | str``: the exact type must be one of them, the rule's
+            # choices say which values (bool is not an int here)
+            if type(value) in options and rule.allows(value):
+                return value, None
+            return value, f"received {_show(value)}, expected {rule.expected()}"
         if value is None:
             return None, None
-        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        tp = options[0]
         what = {str: "text or null"}.get(tp, "a value or null")
     else:
         what = {bool: "true or false", int: "an integer", float: "a number", str: "text"}[tp]

@@ -85,8 +85,8 @@ class CheckConfig:
 
     model: str
     symbols: tuple[str, ...]
-    start: dt.date
-    end: dt.date
+    start: dt.date | None = None  # None: the pipeline's held-out period of the stored bars
+    end: dt.date | None = None  # None: the symbols' last common bar
     strategy_path: str = "strategies/baseline_v1.yaml"
     database_url: str | None = None
     min_val_accuracy: float = 0.70
@@ -105,7 +105,7 @@ class CheckConfig:
     def __post_init__(self) -> None:
         if not self.symbols:
             raise CheckError("no symbols; expected at least one --symbol")
-        if self.start >= self.end:
+        if self.start is not None and self.end is not None and self.start >= self.end:
             raise CheckError(f"start {self.start} is not before end {self.end}")
         for name in ("min_val_accuracy", "min_regime_accuracy", "max_acc_gap"):
             value = getattr(self, name)
@@ -370,6 +370,28 @@ def _say(cfg: CheckConfig, text: str) -> None:
         print(text, flush=True)
 
 
+def _period(cfg: CheckConfig, url: str, periods_per_year: int | str) -> tuple[dt.date, dt.date]:
+    """``cfg.start .. cfg.end``; a date not given from the stored bars (``otonom_trainer.ranges``:
+    the pipeline's held-out period), printed."""
+    if cfg.start is not None and cfg.end is not None:
+        return cfg.start, cfg.end
+    from otonom_runtime.store import get_session
+    from otonom_trainer.ranges import data_ranges
+
+    with get_session(url) as session:
+        r = data_ranges(
+            session, cfg.symbols, end=cfg.end, periods_per_year=periods_per_year, what="the check"
+        )
+    start = cfg.start or r.test_start
+    if start >= r.end:
+        raise CheckError(f"start {start} is not before the last common bar {r.end}")
+    _say(cfg, "out-of-sample period (dates not given: the pipeline's held-out period):")
+    for line in (r.warmup_line(), *r.split_lines(start - dt.timedelta(days=1), start)):
+        _say(cfg, "  " + line)
+    _say(cfg, "  " + r.calendar_line())
+    return start, r.end
+
+
 def run_check(cfg: CheckConfig) -> CheckResult:
     """Run the checklist (see the module docstring); promote the model when asked and all pass."""
     from otonom_runtime.backtest import run_backtest
@@ -385,31 +407,29 @@ def run_check(cfg: CheckConfig) -> CheckResult:
     policy = load_rl_policy(model_path)
     meta = policy.get_metadata()
     strategy = load_strategy(cfg.strategy_path).with_rl(False)
-    ppy = strategy.calendar.periods_per_year
     url = cfg.database_url or default_database_url()
     symbols = list(cfg.symbols)
-    _say(cfg, f"checking {model_path} on {', '.join(symbols)} {cfg.start} .. {cfg.end}")
+    start, end = _period(cfg, url, strategy.calendar.periods_per_year)
+    _say(cfg, f"checking {model_path} on {', '.join(symbols)} {start} .. {end}")
 
     items = _training_items(cfg, meta)
     items.append(_degenerate_item(meta))
     details: dict[str, Any] = {}
     with get_session(url) as session:
         _say(cfg, "  backtest without RL ...")
-        off = run_backtest(
-            session, strategy, symbols, cfg.start, cfg.end, use_rl=False, purpose="gate"
-        )
+        off = run_backtest(session, strategy, symbols, start, end, use_rl=False, purpose="gate")
         _say(cfg, "  backtest with RL ...")
         on = run_backtest(
-            session, strategy, symbols, cfg.start, cfg.end, use_rl=True, policy=policy,
-            purpose="gate",
-        )  # fmt: skip
+            session, strategy, symbols, start, end, use_rl=True, policy=policy, purpose="gate"
+        )
         ds = OfflineDatasetGenerator(session).generate_dataset(
-            symbols, cfg.start, cfg.end, run_id=off.run_id, allow_internal_run=True
+            symbols, start, end, run_id=off.run_id, allow_internal_run=True
         )
         _say(cfg, "  backtest with RL and the model file removed ...")
         fallback = _fallback_run(session, strategy, cfg, model_path, off)
 
     s_off, s_on = off.metrics.sharpe, on.metrics.sharpe
+    ppy = off.metrics.periods_per_year  # the strategy's calendar, resolved from the bars
     items.append(
         CheckItem(
             "out-of-sample Sharpe",
@@ -544,7 +564,7 @@ def _fallback_run(
         propagate, runtime_log.propagate = runtime_log.propagate, False
         try:
             broken = run_backtest(
-                session, with_rl, list(cfg.symbols), cfg.start, cfg.end, use_rl=True,
+                session, with_rl, list(cfg.symbols), plain.start, plain.end, use_rl=True,
                 purpose="gate",
             )  # fmt: skip
         finally:

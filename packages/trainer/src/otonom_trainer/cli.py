@@ -12,7 +12,6 @@ maps flags to the Python API; every rule lives there. Expected errors print one
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -284,9 +283,22 @@ def _add_pipeline(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="FILE",
         help="import this daily OHLCV CSV first, as the matching --symbol (repeatable)",
     )
-    p.add_argument("--start", type=iso_date, default=dt.date(2018, 1, 1), help="data start")
-    p.add_argument("--end", type=iso_date, default=dt.date(2023, 12, 31), help="last decision day")
-    p.add_argument("--train-end", type=iso_date, help="last training day (default: 75 %% point)")
+    p.add_argument(
+        "--start",
+        type=iso_date,
+        help="first bar used, warm-up included (default: the symbols' first common bar; "
+        "missing DEMO-* symbols are generated from 2018-01-01)",
+    )
+    p.add_argument(
+        "--end",
+        type=iso_date,
+        help="last decision day (default: the symbols' last common bar; DEMO-*: 2023-12-31)",
+    )
+    p.add_argument(
+        "--train-end",
+        type=iso_date,
+        help="last training day (default: before the last 25 %% of the decision days)",
+    )
     p.add_argument(
         "--test-start", type=iso_date, help="first held-out day (default: train end + 1)"
     )
@@ -381,8 +393,17 @@ def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("model", metavar="MODEL", help="a .onnx file or a model (version) folder")
     p.add_argument("--strategy-path", default="strategies/baseline_v1.yaml")
     p.add_argument("--symbol", action="append", required=True, help="a symbol (repeatable)")
-    p.add_argument("--start-date", type=iso_date, required=True, help="out-of-sample start")
-    p.add_argument("--end-date", type=iso_date, required=True, help="out-of-sample end")
+    p.add_argument(
+        "--start-date",
+        type=iso_date,
+        help="out-of-sample start (default: what the pipeline holds out of the stored bars: "
+        "the last 25 %% of the decision days after the warm-up)",
+    )
+    p.add_argument(
+        "--end-date",
+        type=iso_date,
+        help="out-of-sample end (default: the symbols' last common bar)",
+    )
     p.add_argument("--database-url", help="SQLAlchemy URL (default: ./data/otonom.db)")
     p.add_argument("--min-val-accuracy", type=float, default=0.70, help="default %(default)s")
     p.add_argument(

@@ -24,7 +24,9 @@ its first stage is done leaves no folder behind. The report folder:
   model folder.
 
 Split: the policy learns from the baseline's decisions up to ``train_end`` and is judged on
-the later period only (default: the last 25 % of the decision days).
+the later period only (default: the last 25 % of the decision days). Dates not given come from
+the bars the store holds for the symbols once stage 1 has run (``otonom_trainer.ranges``:
+warm-up, split, calendar); the chosen ranges are printed.
 """
 
 from __future__ import annotations
@@ -40,10 +42,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from otonom_trainer.ranges import DEMO_END, DEMO_START
+
 __all__ = ["STAGES", "PipelineConfig", "PipelineError", "PipelineResult", "run_pipeline"]
 
 DEMO_SYMBOLS = ("DEMO-BTC", "DEMO-ETH", "DEMO-SOL")
-WARMUP_DAYS = 180  # history before the first decision, for the 140-bar features
 STAGES: Final = (
     "data",
     "baseline backtest (the teacher)",
@@ -66,13 +69,15 @@ class PipelineError(ValueError):
 @dataclass(frozen=True)
 class PipelineConfig:
     """What to run. Symbols missing from the store are generated (synthetic) when their name
-    starts with ``DEMO-``, imported when ``import_csv`` maps them to a file, else an error."""
+    starts with ``DEMO-`` (over ``start .. end``, default 2018-01-01 .. 2023-12-31), imported
+    when ``import_csv`` maps them to a file, else an error. ``start``/``end`` None: from the
+    stored bars (``otonom_trainer.ranges``)."""
 
     strategy_path: str = "strategies/baseline_v1.yaml"
     database_url: str | None = None
     symbols: tuple[str, ...] = DEMO_SYMBOLS
-    start: dt.date = dt.date(2018, 1, 1)
-    end: dt.date = dt.date(2023, 12, 31)
+    start: dt.date | None = None
+    end: dt.date | None = None
     train_end: dt.date | None = None
     test_start: dt.date | None = None
     import_csv: tuple[tuple[str, str], ...] = ()  # (file, symbol)
@@ -90,7 +95,7 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if not self.symbols:
             raise PipelineError("no symbols; expected at least one")
-        if self.start >= self.end:
+        if self.start is not None and self.end is not None and self.start >= self.end:
             raise PipelineError(f"start {self.start} is not before end {self.end}")
         if self.epochs < 1:
             raise PipelineError(f"epochs is {self.epochs}; expected >= 1")
@@ -162,9 +167,11 @@ class _Run:
     url: str
     report_dir: Path
     started: dt.datetime
+    start: dt.date  # the first bar used (warm-up included)
     first_decision: dt.date
     train_end: dt.date
     test_start: dt.date
+    end: dt.date
     state: dict[str, Any]
 
     @property
@@ -178,8 +185,8 @@ class _Run:
             "strategy_path": str(Path(c.strategy_path).resolve()),
             "database_url": self.url,
             "symbols": list(c.symbols),
-            "start": str(c.start),
-            "end": str(c.end),
+            "start": str(self.start),
+            "end": str(self.end),
             "train_end": str(self.train_end),
             "test_start": str(self.test_start),
             "model_dir": str(Path(c.model_dir).resolve()),
@@ -275,16 +282,15 @@ def _resume(run: _Run, from_stage: int) -> None:
         run.started = dt.datetime.fromisoformat(saved["started"])
 
 
-def _stage_data(run: _Run) -> None:
+def _stage_data(cfg: PipelineConfig, url: str) -> _Dates:
     from otonom_runtime.importers import import_ohlcv_csv
     from otonom_runtime.store import get_session, init_db, list_symbols
     from otonom_runtime.synth import write_synthetic
 
-    cfg = run.cfg
-    _stage(cfg, 1, f"{', '.join(cfg.symbols)} in {run.url}")
-    init_db(run.url)
+    _stage(cfg, 1, f"{', '.join(cfg.symbols)} in {url}")
+    init_db(url)
     csv_files = {symbol: path for path, symbol in cfg.import_csv}
-    with get_session(run.url) as session:
+    with get_session(url) as session:
         for path, symbol in cfg.import_csv:
             _say(cfg, "  " + import_ohlcv_csv(session, path, symbol).summary())
         present = {info.name for info in list_symbols(session)}
@@ -297,9 +303,11 @@ def _stage_data(run: _Run) -> None:
                 "--symbol NAME, or use DEMO-* names for the synthetic market"
             )
         if demo:
-            _say(cfg, "  " + write_synthetic(session, demo, cfg.start, cfg.end, cfg.seed).summary())
+            start, end = cfg.start or DEMO_START, cfg.end or DEMO_END
+            _say(cfg, "  " + write_synthetic(session, demo, start, end, cfg.seed).summary())
         if not missing:
             _say(cfg, "  all symbols already in the store")
+        return _dates(cfg, session)  # in the same transaction: a too-short series is not kept
 
 
 def _stage_teacher(run: _Run) -> None:
@@ -308,11 +316,11 @@ def _stage_teacher(run: _Run) -> None:
     from otonom_runtime.strategy import load_strategy
 
     cfg = run.cfg
-    _stage(cfg, 2, f"{run.first_decision} .. {cfg.end}")
+    _stage(cfg, 2, f"{run.first_decision} .. {run.end}")
     strategy = load_strategy(cfg.strategy_path).with_rl(False)
     with get_session(run.url) as session:
         teacher = run_backtest(
-            session, strategy, run.symbols, run.first_decision, cfg.end, progress=not cfg.quiet,
+            session, strategy, run.symbols, run.first_decision, run.end, progress=not cfg.quiet,
             purpose="pipeline",
         )  # fmt: skip
     _say(cfg, "  " + teacher.summary().replace("\n", "\n  "))
@@ -325,14 +333,14 @@ def _stage_datasets(run: _Run) -> None:
 
     cfg = run.cfg
     _stage(
-        cfg, 3, f"train {run.first_decision} .. {run.train_end}, test {run.test_start} .. {cfg.end}"
+        cfg, 3, f"train {run.first_decision} .. {run.train_end}, test {run.test_start} .. {run.end}"
     )
     data_dir = run.report_dir / "data"
     teacher = int(run.state["teacher_run_id"])
     with get_session(run.url) as session:
         gen = OfflineDatasetGenerator(session)
         train_ds = gen.generate_dataset(run.symbols, run.first_decision, run.train_end, teacher)
-        test_ds = gen.generate_dataset(run.symbols, run.test_start, cfg.end, teacher)
+        test_ds = gen.generate_dataset(run.symbols, run.test_start, run.end, teacher)
     run.state["train_path"] = str(save_dataset(train_ds, data_dir / "offline_dataset.npz"))
     run.state["test_path"] = str(save_dataset(test_ds, data_dir / "offline_dataset_test.npz"))
 
@@ -388,17 +396,17 @@ def _stage_heldout(run: _Run) -> PipelineResult:
     from otonom_trainer.check import measure_latency
 
     cfg = run.cfg
-    _stage(cfg, 6, f"{run.test_start} .. {cfg.end}")
+    _stage(cfg, 6, f"{run.test_start} .. {run.end}")
     strategy = load_strategy(cfg.strategy_path).with_rl(False)
     policy = load_rl_policy(run.state["onnx_path"])
     latency = measure_latency(policy, load_dataset(run.state["test_path"]).states, 2000)
     with get_session(run.url) as session:
         off = run_backtest(
-            session, strategy, run.symbols, run.test_start, cfg.end, use_rl=False,
+            session, strategy, run.symbols, run.test_start, run.end, use_rl=False,
             purpose="evaluation",
         )  # fmt: skip
         on = run_backtest(
-            session, strategy, run.symbols, run.test_start, cfg.end, use_rl=True, policy=policy,
+            session, strategy, run.symbols, run.test_start, run.end, use_rl=True, policy=policy,
             purpose="evaluation",
         )  # fmt: skip
     ev = run.state["evaluation"]
@@ -422,7 +430,7 @@ def _stage_heldout(run: _Run) -> PipelineResult:
     plot_equity(
         {"ensemble (no RL)": (off.dates, off.equity), "ensemble + RL": (on.dates, on.equity)},
         run.report_dir / "equity.png",
-        title=f"held-out {run.test_start} .. {cfg.end}: {', '.join(cfg.symbols)}",
+        title=f"held-out {run.test_start} .. {run.end}: {', '.join(cfg.symbols)}",
     )
     run.state["rows"] = rows
     run.state["heldout_run_ids"] = {"held-out no RL": off.run_id, "held-out RL": on.run_id}
@@ -435,13 +443,13 @@ def _stage_gate(run: _Run) -> None:
     from otonom_trainer.check import CheckConfig, run_check
 
     cfg = run.cfg
-    _stage(cfg, 7, f"the production checklist on {run.test_start} .. {cfg.end}")
+    _stage(cfg, 7, f"the production checklist on {run.test_start} .. {run.end}")
     check = run_check(
         CheckConfig(
             model=run.state["version_dir"],
             symbols=cfg.symbols,
             start=run.test_start,
-            end=cfg.end,
+            end=run.end,
             strategy_path=cfg.strategy_path,
             database_url=run.url,
             promote=cfg.promote,
@@ -469,7 +477,7 @@ def _result(run: _Run) -> PipelineResult:
     return PipelineResult(
         rows=run.state["rows"],
         train_period=(run.first_decision, run.train_end),
-        test_period=(run.test_start, run.cfg.end),
+        test_period=(run.test_start, run.end),
         report_dir=run.report_dir,
         model_dir=Path(run.state["version_dir"]),
         run_ids={"teacher": run.state["teacher_run_id"], **run.state["heldout_run_ids"]},
@@ -477,33 +485,65 @@ def _result(run: _Run) -> PipelineResult:
     )
 
 
+_Dates = tuple[dt.date, dt.date, dt.date, dt.date, dt.date]
+
+
+def _dates(cfg: PipelineConfig, session: Any) -> _Dates:
+    """(first decision, train end, test start, end, first bar): the flags given, the rest from
+    the stored bars (``otonom_trainer.ranges``); prints the ranges chosen."""
+    from otonom_runtime.strategy import load_strategy
+    from otonom_trainer.ranges import data_ranges
+
+    ppy = load_strategy(cfg.strategy_path).calendar.periods_per_year
+    r = data_ranges(session, cfg.symbols, start=cfg.start, end=cfg.end, periods_per_year=ppy)
+    train_end = cfg.train_end or r.train_end
+    test_start = cfg.test_start or train_end + dt.timedelta(days=1)
+    if not r.first_decision < train_end < test_start <= r.end:
+        raise PipelineError(
+            f"the split does not fit: decisions {r.first_decision} .. {r.end}, train_end "
+            f"{train_end}, test_start {test_start}; expected first decision (after "
+            f"{r.warmup_bars} bars of warm-up) < train_end < test_start <= end"
+        )
+    given = [f for f in ("start", "end", "train_end", "test_start") if getattr(cfg, f)]
+    source = f"{', '.join(given)} given, the rest " if given else ""
+    _say(cfg, f"\ndates ({source}from the bars in the store):")
+    for line in (r.warmup_line(), *r.split_lines(train_end, test_start), r.calendar_line()):
+        _say(cfg, "  " + line)
+    return r.first_decision, train_end, test_start, r.end, r.data_start
+
+
 def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     """Run the stages from ``cfg.from_stage`` on; raises what the stages raise (each names its
     input). The run's report folder (``result.report_dir``) holds ``pipeline_state.json``,
     updated after every stage; ``result.gate["passed"]`` says whether the gate passed."""
-    from otonom_runtime.store import default_database_url
+    from otonom_runtime.store import default_database_url, get_session
 
     clock = time.perf_counter()
-    first_decision = cfg.start + dt.timedelta(days=WARMUP_DAYS)
-    days = (cfg.end - first_decision).days
-    train_end = cfg.train_end or first_decision + dt.timedelta(days=int(days * 0.75))
-    test_start = cfg.test_start or train_end + dt.timedelta(days=1)
-    if not first_decision < train_end < test_start <= cfg.end:
-        raise PipelineError(
-            f"the split does not fit: decisions {first_decision} .. {cfg.end}, train_end "
-            f"{train_end}, test_start {test_start}; expected start + {WARMUP_DAYS} days of "
-            "warm-up < train_end < test_start <= end"
-        )
+    url = cfg.database_url or default_database_url()
     started = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-    report_dir = _run_folder(cfg, started)
+    report_dir = _run_folder(cfg, started)  # checked here, made at the first save
+
+    # --quiet: the stages' own printing (training log, dataset summaries) goes nowhere
+    def hushed() -> contextlib.AbstractContextManager[Any]:
+        return contextlib.redirect_stdout(io.StringIO()) if cfg.quiet else contextlib.nullcontext()
+
+    if cfg.from_stage == 1:  # the data first: the dates not given come from its bars
+        with hushed():
+            dates = _stage_data(cfg, url)
+    else:
+        with get_session(url) as session:
+            dates = _dates(cfg, session)
+    first_decision, train_end, test_start, end, start = dates
     run = _Run(
         cfg=cfg,
-        url=cfg.database_url or default_database_url(),
+        url=url,
         report_dir=report_dir,
         started=started,
+        start=start,
         first_decision=first_decision,
         train_end=train_end,
         test_start=test_start,
+        end=end,
         state={},
     )
     _resume(run, cfg.from_stage)
@@ -514,9 +554,9 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
             f"{report_dir.name}, report in {report_dir}/",
         )
     else:
+        run.save(1)
         _say(cfg, f"run {report_dir.name}: report in {report_dir}/")
     steps = (
-        _stage_data,
         _stage_teacher,
         _stage_datasets,
         _stage_train,
@@ -524,11 +564,10 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
         _stage_heldout,
         _stage_gate,
     )
-    for n, step in enumerate(steps, start=1):
+    for n, step in enumerate(steps, start=2):
         if n < cfg.from_stage:
             continue
-        # --quiet: the stages' own printing (training log, dataset summaries) goes nowhere
-        with contextlib.redirect_stdout(io.StringIO()) if cfg.quiet else contextlib.nullcontext():
+        with hushed():
             step(run)
         run.save(n)
     result = _result(run)

@@ -9,9 +9,14 @@ The windows are laid out backwards from ``end`` so that every test period has th
 and the last one ends on ``end``: test period ``j`` (counted from the end) covers the
 ``test_months`` months that end ``j * step_months`` months before ``end``, its training period
 the ``train_years`` years just before it (ending the day before the test starts). A window
-whose training would start before the first decision day (``start`` + 180 days of warm-up for
-the features) is dropped; the windows are then numbered oldest first. With the default
-``step_months == test_months`` the test periods are adjacent and do not overlap.
+whose training would start before the first decision day is dropped; the windows are then
+numbered oldest first. With the default ``step_months == test_months`` the test periods are
+adjacent and do not overlap.
+
+Dates and sizes not given come from the stored bars (``otonom_trainer.ranges``): the first
+decision after the warm-up (>= ``LOOKBACK`` bars and >= 180 days), the end at the symbols' last
+common bar, and 3 years + 6 months shrunk (2 y + 6 m, 1 y + 6 m, 1 y + 3 m) until two windows
+fit (else one); the chosen ranges are printed.
 
 Stages (public API only, as ``pipeline.py``):
 
@@ -37,6 +42,7 @@ from __future__ import annotations
 import argparse
 import calendar
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -47,7 +53,14 @@ from pathlib import Path
 from typing import Any
 
 from otonom_runtime.cli import iso_date
-from otonom_trainer.pipeline import DEMO_SYMBOLS, WARMUP_DAYS
+from otonom_trainer.pipeline import DEMO_SYMBOLS
+from otonom_trainer.ranges import (
+    DEMO_END,
+    DEMO_START,
+    WALK_FORWARD_SIZES,
+    WARMUP_DAYS,
+    DataRanges,
+)
 
 __all__ = [
     "WalkForwardConfig",
@@ -155,15 +168,17 @@ class WalkForwardConfig:
     """What to run; validated on construction (``WalkForwardError`` names the field, what was
     given and what was expected). ``step_months`` None means ``test_months`` (adjacent test
     periods). Symbols missing from the store are generated when their name starts with
-    ``DEMO-``, else an error."""
+    ``DEMO-`` (over ``start .. end``, default 2018-01-01 .. 2023-12-31), else an error.
+    ``start``, ``end``, ``train_years``, ``test_months`` None: from the stored bars
+    (``otonom_trainer.ranges``)."""
 
     strategy_path: str = "strategies/baseline_v1.yaml"
     database_url: str | None = None
     symbols: tuple[str, ...] = DEMO_SYMBOLS
-    start: dt.date = dt.date(2018, 1, 1)
-    end: dt.date = dt.date(2023, 12, 31)
-    train_years: int = 3
-    test_months: int = 6
+    start: dt.date | None = None
+    end: dt.date | None = None
+    train_years: int | None = None
+    test_months: int | None = None
     step_months: int | None = None
     epochs: int = 20
     batch_size: int = 256
@@ -195,13 +210,18 @@ class WalkForwardConfig:
         object.__setattr__(self, "symbols", symbols)
         for name in ("start", "end"):
             value = getattr(self, name)
-            if not isinstance(value, dt.date) or isinstance(value, dt.datetime):
+            if value is not None and (
+                not isinstance(value, dt.date) or isinstance(value, dt.datetime)
+            ):
                 raise WalkForwardError(f"{name}: got {value!r}; expected a datetime.date")
-        if self.start >= self.end:
+        if self.start is not None and self.end is not None and self.start >= self.end:
             raise WalkForwardError(
                 f"start {self.start} is not before end {self.end}; expected start < end"
             )
-        for name in ("train_years", "test_months", "epochs", "batch_size", "hidden_dim"):
+        for name in ("train_years", "test_months"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        for name in ("epochs", "batch_size", "hidden_dim"):
             _positive_int(name, getattr(self, name))
         if self.step_months is None:
             object.__setattr__(self, "step_months", self.test_months)
@@ -214,23 +234,32 @@ class WalkForwardConfig:
 
     @property
     def first_decision(self) -> dt.date:
-        """The first decision day: ``start`` plus the features' warm-up."""
+        """The earliest first decision day ``start`` allows: ``start`` + 180 days (the run also
+        waits for ``LOOKBACK`` bars, see ``otonom_trainer.ranges``); needs ``start``."""
+        if self.start is None:
+            raise WalkForwardError("start: not given; the first decision comes from the bars")
         return self.start + dt.timedelta(days=WARMUP_DAYS)
 
     def windows(self) -> list[Window]:
-        """``plan_windows`` for this configuration (``WalkForwardError`` if none fits)."""
-        return plan_windows(
+        """The windows from ``first_decision`` to ``end`` (``fit_windows``: sizes not given
+        shrink to fit); needs ``start`` and ``end``. ``WalkForwardError`` if none fits."""
+        from otonom_trainer.ranges import fit_windows
+
+        if self.end is None:
+            raise WalkForwardError("end: not given; the last decision comes from the bars")
+        return fit_windows(
             self.first_decision,
             self.end,
             train_years=self.train_years,
             test_months=self.test_months,
             step_months=self.step_months,
-        )
+        )[0]
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["symbols"] = list(self.symbols)
-        out["start"], out["end"] = str(self.start), str(self.end)
+        for name in ("start", "end"):
+            out[name] = None if out[name] is None else str(out[name])
         return out
 
 
@@ -420,11 +449,15 @@ def _say(cfg: WalkForwardConfig, text: str) -> None:
         print(text, flush=True)
 
 
-def _prepare_store(cfg: WalkForwardConfig, url: str) -> None:
+def _prepare_store(
+    cfg: WalkForwardConfig, url: str, periods_per_year: int | str
+) -> tuple[DataRanges, list[Window], int, int]:
     """Create the tables, generate missing DEMO-* symbols, check every symbol covers the
-    decision days."""
+    decision days given, then the ranges and windows from the bars (``ranges``, in the same
+    transaction: what fails here leaves no bars behind)."""
     from otonom_runtime.store import get_session, init_db, list_symbols
     from otonom_runtime.synth import write_synthetic
+    from otonom_trainer.ranges import data_ranges, fit_windows
 
     init_db(url)
     with get_session(url) as session:
@@ -438,9 +471,33 @@ def _prepare_store(cfg: WalkForwardConfig, url: str) -> None:
                 "synthetic market"
             )
         if missing:
-            report = write_synthetic(session, missing, cfg.start, cfg.end, cfg.seed)
+            start, end = cfg.start or DEMO_START, cfg.end or DEMO_END
+            report = write_synthetic(session, missing, start, end, cfg.seed)
             _say(cfg, "  " + report.summary().replace("\n", "\n  "))
             present = {info.name: info for info in list_symbols(session)}
+        if cfg.start is not None and cfg.end is not None:
+            _check_coverage(cfg, present)
+        ranges = data_ranges(
+            session,
+            cfg.symbols,
+            start=cfg.start,
+            end=cfg.end,
+            periods_per_year=periods_per_year,
+            what="the walk-forward",
+            min_decision_days=2,
+        )
+        windows, train_years, test_months = fit_windows(
+            ranges.first_decision,
+            ranges.end,
+            train_years=cfg.train_years,
+            test_months=cfg.test_months,
+            step_months=cfg.step_months,
+        )
+    return ranges, windows, train_years, test_months
+
+
+def _check_coverage(cfg: WalkForwardConfig, present: dict[str, Any]) -> None:
+    assert cfg.end is not None
     need_from, need_to = cfg.first_decision, cfg.end
     short = []
     for name in cfg.symbols:
@@ -476,22 +533,41 @@ def run_walk_forward(cfg: WalkForwardConfig) -> WalkForwardResult:
     from otonom_trainer.train import BehaviorCloningTrainer
 
     clock = time.perf_counter()
-    windows = cfg.windows()  # a too-short history fails before anything is written
+    if cfg.start is not None and cfg.end is not None:
+        cfg.windows()  # a too-short history fails before anything is written
     url = cfg.database_url or default_database_url()
     strategy = load_strategy(cfg.strategy_path).with_rl(False)
     out_dir = Path(cfg.out_dir)
     symbols = list(cfg.symbols)
-    unused = (windows[0].train_start - cfg.first_decision).days
+
+    _say(cfg, f"data: {url}")
+    ppy = strategy.calendar.periods_per_year
+    ranges, windows, train_years, test_months = _prepare_store(cfg, url, ppy)
+    sized = (cfg.train_years, cfg.test_months) != (train_years, test_months)
+    cfg = dataclasses.replace(
+        cfg,
+        start=ranges.data_start,
+        end=ranges.end,
+        train_years=train_years,
+        test_months=test_months,
+        step_months=cfg.step_months or test_months,
+    )
+    unused = (windows[0].train_start - ranges.first_decision).days
     _say(
         cfg,
         f"walk-forward: {len(windows)} window(s) of {cfg.train_years} year(s) train + "
         f"{cfg.test_months} month(s) test, step {cfg.step_months} month(s), on "
-        f"{', '.join(symbols)}; first decision {cfg.first_decision}"
+        f"{', '.join(symbols)}; first decision {ranges.first_decision}"
         + (f" ({unused} day(s) before the first window unused)" if unused else ""),
     )
-
-    _say(cfg, f"data: {url}")
-    _prepare_store(cfg, url)
+    _say(cfg, "  " + ranges.warmup_line())
+    _say(
+        cfg,
+        f"  windows:  {windows[0].train_start} .. {windows[-1].test_end}"
+        + (" (sizes not given: the largest giving 2 windows, else 1, of " if sized else "")
+        + (", ".join(f"{ty} y + {tm} m" for ty, tm in WALK_FORWARD_SIZES) + ")" if sized else ""),
+    )
+    _say(cfg, "  " + ranges.calendar_line())
     out_dir.mkdir(parents=True, exist_ok=True)
 
     span = (windows[0].train_start, windows[-1].test_end)
@@ -707,17 +783,26 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     p.add_argument(
         "--start-date",
         type=iso_date,
-        default=dt.date(2018, 1, 1),
-        help=f"data start; decisions begin {WARMUP_DAYS} days later (default: 2018-01-01)",
+        help="first bar used; decisions begin after the warm-up (>= 140 bars and >= "
+        f"{WARMUP_DAYS} days; default: the symbols' first common bar; missing DEMO-* symbols "
+        "are generated from 2018-01-01)",
     )
     p.add_argument(
         "--end-date",
         type=iso_date,
-        default=dt.date(2023, 12, 31),
-        help="last decision day; the last test period ends here (default: 2023-12-31)",
+        help="last decision day; the last test period ends here (default: the symbols' last "
+        "common bar; DEMO-*: 2023-12-31)",
     )
-    p.add_argument("--train-years", type=int, default=3, help="training years per window (3)")
-    p.add_argument("--test-months", type=int, default=6, help="test months per window (6)")
+    p.add_argument(
+        "--train-years",
+        type=int,
+        help="training years per window (default 3, fewer when the history is too short)",
+    )
+    p.add_argument(
+        "--test-months",
+        type=int,
+        help="test months per window (default 6, 3 when the history is too short)",
+    )
     p.add_argument(
         "--step-months",
         type=int,
