@@ -766,6 +766,31 @@ def _portfolio_curve(
     return dates, equity, exposure_value / equity
 
 
+def _check_bars_in_range(
+    session: Session, symbol_ids: dict[str, int], start: dt.date, end: dt.date
+) -> None:
+    """``StateBuildError`` unless every symbol has at least 2 bars in ``start .. end`` (the
+    metrics need two points of the equity curve)."""
+    from sqlalchemy import case, func, select
+
+    from otonom_runtime.store import Bar
+
+    in_range = func.sum(case((Bar.date.between(start, end), 1), else_=0))
+    for name, symbol_id in symbol_ids.items():
+        first, last, n = session.execute(
+            select(func.min(Bar.date), func.max(Bar.date), in_range).where(
+                Bar.symbol_id == symbol_id
+            )
+        ).one()
+        if (n or 0) < 2:  # SUM is NULL when the symbol has no bars at all
+            held = f"its bars run {first} .. {last}" if first is not None else "it has no bars"
+            raise StateBuildError(
+                f"{name!r} has {'only 1 bar' if n == 1 else 'no bar'} in {start.isoformat()} .. "
+                f"{end.isoformat()}; {held}"
+                + ("; a backtest needs at least 2 bars" if n == 1 else "")
+            )
+
+
 def run_backtest(
     session: Session,
     config: StrategyConfig,
@@ -804,6 +829,7 @@ def run_backtest(
         params = replace(params, weights=(*params.weights[:3], config.ensemble.analyst_weights.rl))
     clock = time.perf_counter()
     symbol_ids = {name: get_symbol(session, name).id for name in symbols}  # before the run row
+    _check_bars_in_range(session, symbol_ids, start, end)  # a bad request stores nothing
     run = BacktestRun(
         strategy_name=config.name,
         strategy_hash=config.file_sha256,

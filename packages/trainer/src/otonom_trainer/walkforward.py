@@ -695,12 +695,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     )
     p.add_argument(
         "--start-date",
+        "--start",
         type=iso_date,
         default=dt.date(2018, 1, 1),
         help=f"data start; decisions begin {WARMUP_DAYS} days later (default: 2018-01-01)",
     )
     p.add_argument(
         "--end-date",
+        "--end",
         type=iso_date,
         default=dt.date(2023, 12, 31),
         help="last decision day; the last test period ends here (default: 2023-12-31)",
