@@ -111,9 +111,9 @@ def test_pipeline_refuses_unknown_symbols(tmp_path: Path) -> None:
 # --- the edges: one error line, nothing written, flags, help ------------------------------------
 
 
-def _one_error(out: subprocess.CompletedProcess[str], message: str) -> None:
-    """Exit 1, exactly one `error:` line (the last line of stderr), no traceback."""
-    assert out.returncode == 1, out.stderr
+def _one_error(out: subprocess.CompletedProcess[str], message: str, code: int = 1) -> None:
+    """Exit ``code``, exactly one `error:` line (the last line of stderr), no traceback."""
+    assert out.returncode == code, out.stderr
     lines = out.stderr.splitlines()
     assert [line for line in lines if line.startswith("error:")] == lines[-1:], out.stderr
     assert lines[-1].startswith(f"error: {message}"), lines[-1]
@@ -199,6 +199,46 @@ def test_an_unexpected_exception_is_one_line_and_debug_shows_it(tmp_path: Path) 
         assert debug.returncode == 1
         assert debug.stderr.startswith("Traceback (most recent call last):")
         assert debug.stderr.rstrip().endswith("ZeroDivisionError: boom")
+
+
+_STRATEGY = str(ROOT / "strategies" / "baseline_v1.yaml")
+_DATES = ["--start-date", "2020-01-01", "--end-date", "2020-06-30"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["dataset", "--symbol", "X", *_DATES], "there is no store at "),
+        (["train", "--dataset", "missing.npz"], "no dataset file at missing.npz"),
+        (["train"], "no dataset: give --dataset FILE.npz"),  # a command-line error: exit 2
+        (["export", "--checkpoint", "missing.pt"], "no checkpoint at missing.pt"),
+        (["evaluate", "--model", "m", "--dataset", "d.npz"], "no dataset file at d.npz"),
+        (["check", "m", "--symbol", "X", *_DATES], "there is no store at "),
+        (
+            [
+                "pipeline",
+                "--strategy-path",
+                _STRATEGY,
+                "--start-date",
+                "2021-01-01",
+                "--end-date",
+                "2020-01-01",
+            ],
+            "start 2021-01-01 is not before end 2020-01-01",
+        ),
+        (
+            ["walk-forward", "--strategy-path", _STRATEGY, "--start-date", "2022-01-01"],
+            "the history is too short for one window",
+        ),
+    ],
+)
+def test_every_command_fails_with_one_error_line_writing_nothing(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    make_policy_model(tmp_path / "m" / "policy_best.onnx")
+    before = sorted(tmp_path.rglob("*"))
+    _one_error(_run(*args, cwd=tmp_path), message, code=2 if args == ["train"] else 1)
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 def test_pipeline_with_a_missing_csv_writes_nothing(tmp_path: Path) -> None:

@@ -27,10 +27,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from otonom_runtime._errors import DataImportError, OtonomRuntimeError
+from otonom_runtime._errors import DataImportError, OtonomRuntimeError, StoreError
 from otonom_schema import SchemaError
 
-__all__ = ["add_global_flags", "iso_date", "main", "run_cli"]
+__all__ = ["add_global_flags", "iso_date", "main", "require_store", "run_cli"]
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -45,6 +45,36 @@ def iso_date(text: str) -> dt.date:
         ) from None
 
 
+def _missing_sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite file URL when it does not exist yet, else None."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from otonom_runtime.store import _sqlite_file
+
+    try:
+        file = _sqlite_file(make_url(url))
+    except ArgumentError:  # opening the store reports an unreadable URL
+        return None
+    return None if file is None or file.exists() else file.absolute()
+
+
+def require_store(database_url: str | None) -> str:
+    """The URL of the store (``database_url`` or the default), refused with a ``StoreError``
+    when it is a SQLite file that does not exist: for commands that only read the store,
+    which would otherwise create the file and its folder before failing."""
+    from otonom_runtime.store import default_database_url
+
+    url = database_url or default_database_url()
+    file = _missing_sqlite_file(url)
+    if file is not None:
+        raise StoreError(
+            f"there is no store at {file}; create one with `otonom data synth ...` or "
+            "`otonom data import-csv ...`, or give --database-url"
+        )
+    return url
+
+
 @contextlib.contextmanager
 def _store(args: argparse.Namespace) -> Iterator[str]:
     """The database URL of this call, the store initialised (tables created if missing).
@@ -52,32 +82,20 @@ def _store(args: argparse.Namespace) -> Iterator[str]:
     When the command fails inside the block, a SQLite store that this call created is removed
     again (its file, journal files and the folders made for it): a failed command writes nothing.
     """
-    from sqlalchemy.engine import make_url
-
     from otonom_runtime.store import default_database_url, dispose_engines, init_db
 
     url: str = args.database_url or default_database_url()
-    created: list[Path] = []
-    try:
-        parsed = make_url(url)
-    except Exception:  # init_db reports an unreadable URL
-        parsed = None
-    if parsed is not None and parsed.get_backend_name() == "sqlite":
-        name = parsed.database or ""
-        if name and name != ":memory:" and not name.startswith("file:"):
-            file = Path(name).absolute()
-            if not file.exists():
-                created = [file, *(p for p in file.parents if not p.exists())]
+    file = _missing_sqlite_file(url)
+    folders = [] if file is None else [p for p in file.parents if not p.exists()]
     try:
         init_db(url)
         yield url
     except BaseException:
-        if created:
+        if file is not None:
             dispose_engines()
-            file = created[0]
             for suffix in ("", "-wal", "-shm", "-journal"):
                 file.with_name(file.name + suffix).unlink(missing_ok=True)
-            for folder in created[1:]:
+            for folder in folders:  # innermost first
                 with contextlib.suppress(OSError):  # not empty: something else lives there
                     folder.rmdir()
         raise

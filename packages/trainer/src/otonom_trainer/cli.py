@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import otonom_schema
-from otonom_runtime.cli import add_global_flags, iso_date, run_cli
+from otonom_runtime.cli import add_global_flags, iso_date, require_store, run_cli
 
 __all__ = ["main"]
 
@@ -28,10 +28,10 @@ __all__ = ["main"]
 
 
 def _cmd_dataset(args: argparse.Namespace) -> int:
-    from otonom_runtime.store import default_database_url, get_session
+    from otonom_runtime.store import get_session
     from otonom_trainer.dataset import OfflineDatasetGenerator, save_dataset
 
-    url = args.database_url or default_database_url()
+    url = require_store(args.database_url)
     with get_session(url) as session:
         symbols = list(dict.fromkeys(args.symbol))
         ds = OfflineDatasetGenerator(session).generate_dataset(
@@ -336,6 +336,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         promote=args.promote,
         out_dir=args.out,
     )
+    require_store(args.database_url)  # the check only reads the store
     result = run_check(cfg)
     print(result.table())
     if result.promoted:
