@@ -647,6 +647,16 @@ def _build_parser() -> argparse.ArgumentParser:
 class _PrintVersion(argparse.Action):
     """``--version``: print the text as it is (argparse's own action re-wraps it) and exit."""
 
+    def __init__(
+        self,
+        option_strings: Sequence[str],
+        version: str,
+        dest: str = argparse.SUPPRESS,
+        help: str | None = None,
+    ) -> None:
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, help=help)
+        self.version = version
+
     def __call__(
         self,
         parser: argparse.ArgumentParser,
@@ -654,7 +664,7 @@ class _PrintVersion(argparse.Action):
         values: object,
         option_string: str | None = None,
     ) -> None:
-        print(self.default)
+        print(self.version)
         parser.exit()
 
 
@@ -662,7 +672,7 @@ def add_global_flags(parser: argparse.ArgumentParser, *, version: str) -> None:
     """Add ``--version`` (prints ``version``) to ``parser`` and ``--debug`` to it and to every
     sub-command below it, so that ``--debug`` may come before or after the command name."""
     parser.add_argument(
-        "--version", action=_PrintVersion, nargs=0, default=version, help="print the version"
+        "--version", action=_PrintVersion, version=version, help="print the version"
     )
     parser.add_argument(
         "--debug",
