@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 import otonom_schema as s
+from otonom_runtime import StateBuildError, UnknownSymbolError
 from otonom_runtime import backtest as bt
 from otonom_runtime.backtest import EngineParams, run_backtest, simulate_symbol
 from otonom_runtime.ensemble import RlAnalyst
@@ -289,6 +290,38 @@ def test_an_interrupted_run_is_marked_failed(store: str, monkeypatch: pytest.Mon
             select(func.count()).select_from(BacktestRun).where(BacktestRun.status == "complete")
         ).scalar_one()
         assert complete == 0
+
+
+def test_a_request_without_bars_stores_no_run(store: str) -> None:
+    """Unknown symbols and periods without bars are refused before the run row is written."""
+    cfg = load_strategy(BASELINE)
+    with get_session(store) as session:
+        write_synthetic(session, ["DEMO-OLD"], dt.date(2019, 1, 1), dt.date(2019, 12, 31), 7)
+    with get_session(store) as session:
+        with pytest.raises(
+            StateBuildError,
+            match=r"^'DEMO-OLD' has no bar in 2020-06-01 \.\. 2020-07-01; its bars run "
+            r"2019-01-01 \.\. 2019-12-31$",
+        ):
+            run_backtest(
+                session, cfg, ["DEMO-BTC", "DEMO-OLD"], dt.date(2020, 6, 1), dt.date(2020, 7, 1)
+            )
+        with pytest.raises(StateBuildError, match=r"'DEMO-BTC' has no bar in 2018-01-01 \.\. "):
+            run_backtest(session, cfg, ["DEMO-BTC"], dt.date(2018, 1, 1), dt.date(2018, 12, 31))
+        with pytest.raises(UnknownSymbolError):
+            run_backtest(session, cfg, ["NOPE"], dt.date(2020, 1, 1), dt.date(2020, 12, 31))
+        assert session.execute(select(func.count()).select_from(BacktestRun)).scalar_one() == 0
+        with pytest.raises(
+            StateBuildError,
+            match=r"^'DEMO-BTC' has only 1 bar in 2022-12-31 \.\. 2023-01-05; its bars run "
+            r"2019-01-01 \.\. 2022-12-31; a backtest needs at least 2 bars$",
+        ):
+            run_backtest(session, cfg, ["DEMO-BTC"], dt.date(2022, 12, 31), dt.date(2023, 1, 5))
+        assert session.execute(select(func.count()).select_from(BacktestRun)).scalar_one() == 0
+        report = run_backtest(
+            session, cfg, ["DEMO-BTC"], dt.date(2022, 12, 30), dt.date(2023, 1, 5)
+        )
+        assert report.bar_decisions == 2
 
 
 def test_an_interrupted_write_leaves_a_failed_run(

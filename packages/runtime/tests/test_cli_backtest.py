@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -67,8 +68,22 @@ def test_backtest_then_runs(tmp_path: Path) -> None:
     )  # (the dates take 3 cells) a run of `otonom backtest`: not internal, no footnote
     shown = _otonom("runs", "show", "1", cwd=tmp_path)
     assert shown.returncode == 0
-    assert "  made by   user\n" in shown.stdout
-    assert '"action_counts"' in shown.stdout
+    assert "made by     user\n" in shown.stdout
+    assert "{" not in shown.stdout  # tables, not JSON
+    lines = shown.stdout.splitlines()
+    assert lines[0].split() == ["run", "1"]
+    for key in ("strategy", "status", "dates", "symbols", "created", "finished"):
+        assert any(line.startswith(key) for line in lines), key
+    assert any(line.split() == ["status", "complete"] for line in lines)
+    assert any(line.split()[:3] == ["metric", "portfolio", "DEMO-BTC"] for line in lines)
+    assert any(line.startswith("Sharpe") for line in lines)
+    record = json.loads(_otonom("runs", "show", "1", "--json", cwd=tmp_path).stdout)
+    assert (record["id"], record["status"]) == (1, "complete")
+    counts = record["metrics"]["action_counts"]
+    for symbol in ("DEMO-BTC", "DEMO-ETH", "all"):
+        c = counts[symbol]
+        row = next(line.split() for line in lines if line.startswith(symbol + " "))
+        assert row[1::2] == [str(c["HOLD"]), str(c["BUY"]), str(c["SELL"]), str(sum(c.values()))]
     missing = _otonom("runs", "show", "99", cwd=tmp_path)
     assert missing.returncode == 1
     assert missing.stderr.strip() == "error: no backtest run with id 99"

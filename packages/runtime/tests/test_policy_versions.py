@@ -72,9 +72,9 @@ def test_bad_default_pointer_is_named(tmp_path: Path, target: str) -> None:
 
 
 def test_checkpoint_path_error_says_what_to_do(tmp_path: Path) -> None:
-    with pytest.raises(PolicyError, match=r"Train a model there") as info:
+    with pytest.raises(PolicyError, match=r"train a model first") as info:
         load_rl_policy(tmp_path / "policy_best.pt")
-    assert "Export the checkpoint" not in str(info.value)  # there is no checkpoint to export
+    assert "otonom-train export" not in str(info.value)  # there is no checkpoint to export
     (tmp_path / "policy_best.pt").write_bytes(b"checkpoint")
     with pytest.raises(PolicyError, match=r"otonom-train export --checkpoint"):
         load_rl_policy(tmp_path / "policy_best.pt")

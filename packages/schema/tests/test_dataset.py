@@ -100,10 +100,41 @@ def test_truncated_file(tmp_path: Path) -> None:
 
 
 def test_not_a_numpy_file(tmp_path: Path) -> None:
+    """A CSV renamed .npz: named as such, never numpy's advice to load it as a pickle."""
     path = tmp_path / "d.npz"
     path.write_text("date,open\n2020-01-01,1\n")
-    with pytest.raises(s.DatasetError, match="truncated or not a numpy archive"):
+    with pytest.raises(s.DatasetError) as info:
         s.load_dataset(path)
+    assert str(info.value) == (
+        f"{path} is not an otonom dataset (.npz) file: it starts with the text 'date,open'; "
+        "expected the numpy .npz archive (a zip file) that save_dataset and `otonom-train "
+        "dataset` write"
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "found"),
+    [
+        (b"", "it is empty"),
+        (b"\x93NUMPY\x01\x00", "it is a single-array .npy file"),
+        (b"\xff\xfe\x00\x01binary", "it starts with the bytes"),
+    ],
+)
+def test_other_files_are_named(tmp_path: Path, content: bytes, found: str) -> None:
+    path = tmp_path / "d.npz"
+    path.write_bytes(content)
+    with pytest.raises(s.DatasetError, match=f"is not an otonom dataset \\(.npz\\) file: {found}"):
+        s.load_dataset(path)
+
+
+def test_pickled_arrays_are_refused_without_pickle_advice(tmp_path: Path) -> None:
+    path = tmp_path / "d.npz"
+    names = ("states", "actions", "strengths", "symbols", "dates", "metadata")
+    np.savez(path, **{name: np.array([{"x": 1}], dtype=object) for name in names})
+    with pytest.raises(s.DatasetError) as info:
+        s.load_dataset(path)
+    assert "pickled (object) arrays, which an otonom dataset never has" in str(info.value)
+    assert "allow_pickle" not in str(info.value)
 
 
 def test_foreign_npz(tmp_path: Path) -> None:

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
+import otonom_runtime
 import otonom_schema
+import otonom_trainer
+from otonom_runtime.cli import _build_parser as runtime_parser
+from otonom_runtime.testing.models import make_policy_model
+from otonom_schema.testing import random_history
+from otonom_trainer.cli import _build_parser as trainer_parser
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -29,10 +39,15 @@ def test_help_explains_itself() -> None:
     assert "pipeline" in out.stdout
 
 
-def test_version_names_the_schema() -> None:
+def test_version_names_the_packages_and_the_schema() -> None:
     out = _run("--version")
     assert out.returncode == 0
-    assert otonom_schema.schema_fingerprint() in out.stdout
+    assert out.stdout == (
+        f"otonom-train {otonom_trainer.__version__} (otonom-trainer {otonom_trainer.__version__}, "
+        f"otonom-runtime {otonom_runtime.__version__}, otonom-schema {otonom_schema.__version__}, "
+        f"state schema {otonom_schema.SCHEMA_VERSION}, fingerprint "
+        f"{otonom_schema.schema_fingerprint()})\n"
+    )
 
 
 def test_pipeline_end_to_end_small(tmp_path: Path) -> None:
@@ -47,9 +62,9 @@ def test_pipeline_end_to_end_small(tmp_path: Path) -> None:
             str(ROOT / "strategies" / "baseline_v1.yaml"),
             "--symbol",
             "DEMO-BTC",
-            "--start",
+            "--start-date",
             "2020-01-01",
-            "--end",
+            "--end-date",
             "2021-12-31",
             "--epochs",
             "2",
@@ -107,3 +122,244 @@ def test_pipeline_refuses_unknown_symbols(tmp_path: Path) -> None:
     assert "not in the store" in out.stderr
     assert "--import-csv" in out.stderr
     assert not (tmp_path / "reports").exists()  # no empty report folder left behind
+
+
+# --- the edges: one error line, nothing written, flags, help ------------------------------------
+
+
+def _one_error(out: subprocess.CompletedProcess[str], message: str, code: int = 1) -> None:
+    """Exit ``code``, exactly one `error:` line (the last line of stderr), no traceback."""
+    assert out.returncode == code, out.stderr
+    lines = out.stderr.splitlines()
+    assert [line for line in lines if line.startswith("error:")] == lines[-1:], out.stderr
+    assert lines[-1].startswith(f"error: {message}"), lines[-1]
+    assert "Traceback" not in out.stderr
+
+
+def _dataset(path: Path, n: int = 300) -> Path:
+    history = random_history(n, seed=3, vol=0.005)
+    actions = np.random.default_rng(3).integers(0, 3, size=n)
+    ds = otonom_schema.OfflineDataset(
+        otonom_schema.compute_states(history),
+        actions.astype(np.int64),
+        np.where(actions > 0, 0.5, 0.0).astype(np.float32),
+        np.repeat(["S"], n),
+        history.dates,
+        {"source": "test"},
+    )
+    otonom_schema.save_dataset(ds, path)
+    return path
+
+
+def test_flags_override_the_config_file_dataset_and_output_included(tmp_path: Path) -> None:
+    _dataset(tmp_path / "flag.npz")
+    (tmp_path / "cfg.yaml").write_text(
+        "dataset_path: missing.npz\noutput_dir: from_file\nmax_epochs: 1\nhidden_dim: 8\n"
+        "num_layers: 1\ndevice: cpu\nprogress: false\n"
+    )
+    args = ["train", "--config", "cfg.yaml", "--dataset", "flag.npz", "--output", "from_flag"]
+    out = _run(*args, "--batch-size", "32", "--no-export", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert not (tmp_path / "from_file").exists()
+    config = json.loads((tmp_path / "from_flag" / "metadata.json").read_text())["config"]
+    assert config["dataset_path"] == "flag.npz"  # the flags win
+    assert config["output_dir"] == "from_flag"
+    assert config["batch_size"] == 32
+    assert (config["max_epochs"], config["hidden_dim"], config["progress"]) == (1, 8, False)
+    # the file alone (no dataset_path in it) needs --dataset: the flag completes it
+    (tmp_path / "cfg.yaml").write_text("max_epochs: 1\nhidden_dim: 8\ndevice: cpu\n")
+    again = _run(
+        "train",
+        "--config",
+        "cfg.yaml",
+        "--dataset",
+        "flag.npz",
+        "--no-export",
+        "--output",
+        "second",
+        "--no-progress",
+        cwd=tmp_path,
+    )
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "second" / "policy_best.pt").is_file()
+
+
+_BUG = (
+    "import sys\n"
+    "from otonom_trainer import cli\n"
+    "def boom(args):\n"
+    "    raise ZeroDivisionError('boom')\n"
+    "cli._cmd_export = boom\n"
+    "sys.exit(cli.main())\n"
+)
+
+
+def test_an_unexpected_exception_is_one_line_and_debug_shows_it(tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", _BUG, *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+
+    out = run("export", "--checkpoint", "x.pt")
+    _one_error(out, "ZeroDivisionError: boom (unexpected; rerun with --debug for the traceback)")
+    assert out.stderr.count("\n") == 1
+    for args in (
+        ["--debug", "export", "--checkpoint", "x.pt"],
+        ["export", "--checkpoint", "x.pt", "--debug"],
+    ):
+        debug = run(*args)
+        assert debug.returncode == 1
+        assert debug.stderr.startswith("Traceback (most recent call last):")
+        assert debug.stderr.rstrip().endswith("ZeroDivisionError: boom")
+
+
+_STRATEGY = str(ROOT / "strategies" / "baseline_v1.yaml")
+_DATES = ["--start-date", "2020-01-01", "--end-date", "2020-06-30"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["dataset", "--symbol", "X", *_DATES], "there is no store at "),
+        (["train", "--dataset", "missing.npz"], "no dataset file at missing.npz"),
+        (["train"], "no dataset: give --dataset FILE.npz"),  # a command-line error: exit 2
+        (["export", "--checkpoint", "missing.pt"], "no checkpoint at missing.pt"),
+        (["evaluate", "--model", "m", "--dataset", "d.npz"], "no dataset file at d.npz"),
+        (["check", "m", "--symbol", "X", *_DATES], "there is no store at "),
+        (
+            [
+                "pipeline",
+                "--strategy-path",
+                _STRATEGY,
+                "--start-date",
+                "2021-01-01",
+                "--end-date",
+                "2020-01-01",
+            ],
+            "start 2021-01-01 is not before end 2020-01-01",
+        ),
+        (
+            ["walk-forward", "--strategy-path", _STRATEGY, "--start-date", "2022-01-01"],
+            "the history is too short for one window",
+        ),
+    ],
+)
+def test_every_command_fails_with_one_error_line_writing_nothing(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    make_policy_model(tmp_path / "m" / "policy_best.onnx")
+    before = sorted(tmp_path.rglob("*"))
+    _one_error(_run(*args, cwd=tmp_path), message, code=2 if args == ["train"] else 1)
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_pipeline_with_a_missing_csv_writes_nothing(tmp_path: Path) -> None:
+    out = _run("pipeline", "--import-csv", "missing.csv", "--symbol", "X", cwd=tmp_path)
+    _one_error(out, "cannot read missing.csv (--import-csv): no such file")
+    assert list(tmp_path.iterdir()) == []  # no data/otonom.db, no reports/pipeline/
+
+
+def test_model_messages_name_the_real_next_step(tmp_path: Path) -> None:
+    _dataset(tmp_path / "d.npz")
+    out = _run("evaluate", "--model", "nope/policy_best.pt", "--dataset", "d.npz", cwd=tmp_path)
+    _one_error(out, "there is no ONNX model for nope/policy_best.pt")
+    assert "does not exist either: train a model first (otonom-train train" in out.stderr
+    assert "export" not in out.stderr.replace("ONNX export", "")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "policy_best.pt").write_bytes(b"a checkpoint")
+    out = _run("evaluate", "--model", "m/policy_best.pt", "--dataset", "d.npz", cwd=tmp_path)
+    _one_error(out, "there is no ONNX model for m/policy_best.pt")
+    assert "export it: otonom-train export --checkpoint m/policy_best.pt" in out.stderr
+    out = _run("evaluate", "--model", "m", "--dataset", "d.npz", cwd=tmp_path)
+    _one_error(out, "model folder m has no policy_best.onnx")
+    assert "otonom-train export --checkpoint m/policy_best.pt" in out.stderr
+    out = _run("export", "--checkpoint", "nope/policy_best.pt", cwd=tmp_path)
+    _one_error(out, "no checkpoint at nope/policy_best.pt; `otonom-train train --dataset")
+
+
+def test_a_csv_named_npz_is_named(tmp_path: Path) -> None:
+    make_policy_model(tmp_path / "policy_best.onnx")
+    (tmp_path / "d.npz").write_text("Date,Open,High,Low,Close,Volume\n2020-01-01,1,1,1,1,1\n")
+    out = _run("evaluate", "--model", "policy_best.onnx", "--dataset", "d.npz", cwd=tmp_path)
+    _one_error(out, "d.npz is not an otonom dataset (.npz) file: it starts with the text 'Date,")
+    assert "pickle" not in out.stderr
+
+
+def test_the_guide_script_reports_errors_the_same_way(tmp_path: Path) -> None:
+    script = ROOT / "scripts" / "train_rl_agent.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--dataset", "missing.npz"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    _one_error(out, "no dataset file at missing.npz")
+    debug = subprocess.run(
+        [sys.executable, str(script), "--dataset", "missing.npz", "--debug"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert debug.returncode == 1
+    assert "Traceback (most recent call last):" in debug.stderr
+
+
+# the commands with a date range, and their date flags' destinations
+_DATED = [
+    ("trainer", ["dataset", "--symbol", "S"], "start_date", "end_date"),
+    ("trainer", ["check", "m", "--symbol", "S"], "start_date", "end_date"),
+    ("trainer", ["pipeline"], "start", "end"),
+    ("trainer", ["walk-forward"], "start_date", "end_date"),
+    ("runtime", ["data", "synth", "--symbol", "S"], "start", "end"),
+    (
+        "runtime",
+        ["backtest", "--strategy-path", "s.yaml", "--symbol", "S"],
+        "start_date",
+        "end_date",
+    ),
+]
+
+
+@pytest.mark.parametrize(("cli", "command", "start", "end"), _DATED)
+def test_date_flags_are_start_date_and_end_date_with_short_aliases(
+    cli: str, command: list[str], start: str, end: str
+) -> None:
+    parser = trainer_parser() if cli == "trainer" else runtime_parser()
+    for flags in (("--start-date", "--end-date"), ("--start", "--end")):
+        args = parser.parse_args([*command, flags[0], "2001-02-03", flags[1], "2004-05-06"])
+        assert str(getattr(args, start)) == "2001-02-03"
+        assert str(getattr(args, end)) == "2004-05-06"
+
+
+def test_help_shows_the_long_date_flags() -> None:
+    for command in ("pipeline", "dataset", "check", "walk-forward"):
+        out = _run(command, "--help")
+        assert out.returncode == 0
+        assert "--start-date" in out.stdout, command
+        assert "--end-date" in out.stdout, command
+
+
+def _without_help(parser: argparse.ArgumentParser, path: str) -> list[str]:
+    """Every argument of ``parser`` and of its sub-commands (recursively) that has no help."""
+    missing = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                if not choice.help:
+                    missing.append(f"{path} {choice.dest} (the command itself)")
+            for name, sub in action.choices.items():
+                missing += _without_help(sub, f"{path} {name}")
+        elif not action.help:
+            missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+    return missing
+
+
+def test_every_argument_of_both_command_lines_has_help() -> None:
+    assert _without_help(runtime_parser(), "otonom") == []
+    assert _without_help(trainer_parser(), "otonom-train") == []

@@ -216,5 +216,5 @@ def test_runs_list_and_show_mark_the_gate_run_internal(runs: Runs) -> None:
     for run_id in (runs.teacher, runs.rl_on, runs.short):
         assert "user" in rows[str(run_id)]
     assert listing.splitlines()[-1].startswith("* internal: a run made by otonom-train check")
-    assert "made by   gate (internal)" in otonom("runs", "show", str(runs.gate))
-    assert "made by   user\n" in otonom("runs", "show", str(runs.teacher))
+    assert "made by     gate (internal)" in otonom("runs", "show", str(runs.gate))
+    assert "made by     user\n" in otonom("runs", "show", str(runs.teacher))

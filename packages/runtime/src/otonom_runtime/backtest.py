@@ -789,6 +789,31 @@ def _portfolio_curve(
     return dates, equity, exposure_value / equity
 
 
+def _check_bars_in_range(
+    session: Session, symbol_ids: dict[str, int], start: dt.date, end: dt.date
+) -> None:
+    """``StateBuildError`` unless every symbol has at least 2 bars in ``start .. end`` (the
+    metrics need two points of the equity curve)."""
+    from sqlalchemy import case, func, select
+
+    from otonom_runtime.store import Bar
+
+    in_range = func.sum(case((Bar.date.between(start, end), 1), else_=0))
+    for name, symbol_id in symbol_ids.items():
+        first, last, n = session.execute(
+            select(func.min(Bar.date), func.max(Bar.date), in_range).where(
+                Bar.symbol_id == symbol_id
+            )
+        ).one()
+        if (n or 0) < 2:  # SUM is NULL when the symbol has no bars at all
+            held = f"its bars run {first} .. {last}" if first is not None else "it has no bars"
+            raise StateBuildError(
+                f"{name!r} has {'only 1 bar' if n == 1 else 'no bar'} in {start.isoformat()} .. "
+                f"{end.isoformat()}; {held}"
+                + ("; a backtest needs at least 2 bars" if n == 1 else "")
+            )
+
+
 def _warn_unread(config: StrategyConfig, unread: dict[str, list[str]], end: dt.date) -> None:
     """Warn when a sentiment source the strategy names holds nothing for some symbols (a typo
     in ``data.news_source`` / ``data.macro_source`` would otherwise read as neutral 0)."""
@@ -858,6 +883,7 @@ def run_backtest(
         }
         for name, row in rows.items()
     }
+    _check_bars_in_range(session, symbol_ids, start, end)  # a bad request stores nothing
     run = BacktestRun(
         strategy_name=config.name,
         strategy_hash=config.file_sha256,

@@ -5,25 +5,33 @@ Layout: ``_build_parser()`` makes the top parser and one sub-parser group per ar
 ``_cmd_*`` function taking the parsed arguments and returning the exit status. Adding an area
 (``backtest``, ``runs``, ``bench``, ``strategy``) is one more ``_add_*_commands(commands)`` call.
 
-Exit status: 0 on success, 1 for an expected error (bad file, unknown symbol, unusable
-database; the message goes to stderr as ``error: ...`` without a traceback; a bad-rows report
-adds one indented line per row), 2 for a command line argparse cannot read.
+Errors: every failure prints one ``error: ...`` line on stderr, never a traceback (a bad-rows
+report or a strategy's problem list adds indented lines below it). An error raised on purpose
+(bad file, unknown symbol, unusable database) prints its message; anything else prints the
+exception's type and message and asks for a rerun with ``--debug``, which lets every exception
+through with its traceback. A command that fails leaves nothing behind: inputs are checked before
+the store is created, and a SQLite store the failing call created is removed again.
+``run_cli`` and ``add_global_flags`` give ``otonom-train`` the same behaviour.
+
+Exit status: 0 on success, 1 for an error, 2 for a command line argparse cannot read, 130 when
+interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from otonom_runtime._errors import OtonomRuntimeError
+from otonom_runtime._errors import DataImportError, OtonomRuntimeError, StoreError
 from otonom_runtime._sources import SYNTHETIC_SOURCE, USER_SOURCE
 from otonom_schema import SchemaError
 
-__all__ = ["iso_date", "main"]
+__all__ = ["add_global_flags", "iso_date", "main", "require_store", "run_cli"]
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -38,20 +46,77 @@ def iso_date(text: str) -> dt.date:
         ) from None
 
 
-def _url(args: argparse.Namespace) -> str:
-    """The database URL of this call, the store initialised (tables created if missing)."""
-    from otonom_runtime.store import default_database_url, init_db
+def _missing_sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite file URL when it does not exist yet, else None."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from otonom_runtime.store import _sqlite_file
+
+    try:
+        file = _sqlite_file(make_url(url))
+    except ArgumentError:  # opening the store reports an unreadable URL
+        return None
+    return None if file is None or file.exists() else file.absolute()
+
+
+def require_store(database_url: str | None) -> str:
+    """The URL of the store (``database_url`` or the default), refused with a ``StoreError``
+    when it is a SQLite file that does not exist: for commands that only read the store,
+    which would otherwise create the file and its folder before failing."""
+    from otonom_runtime.store import default_database_url
+
+    url = database_url or default_database_url()
+    file = _missing_sqlite_file(url)
+    if file is not None:
+        raise StoreError(
+            f"there is no store at {file}; create one with `otonom data synth ...` or "
+            "`otonom data import-csv ...`, or give --database-url"
+        )
+    return url
+
+
+@contextlib.contextmanager
+def _store(args: argparse.Namespace) -> Iterator[str]:
+    """The database URL of this call, the store initialised (tables created if missing).
+
+    When the command fails inside the block, a SQLite store that this call created is removed
+    again (its file, journal files and the folders made for it): a failed command writes nothing.
+    """
+    from otonom_runtime.store import default_database_url, dispose_engines, init_db
 
     url: str = args.database_url or default_database_url()
-    init_db(url)
-    return url
+    file = _missing_sqlite_file(url)
+    folders = [] if file is None else [p for p in file.parents if not p.exists()]
+    try:
+        init_db(url)
+        yield url
+    except BaseException:
+        if file is not None:
+            dispose_engines()
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                file.with_name(file.name + suffix).unlink(missing_ok=True)
+            for folder in folders:  # innermost first
+                with contextlib.suppress(OSError):  # not empty: something else lives there
+                    folder.rmdir()
+        raise
+
+
+def _readable(path: str) -> None:
+    """Fail before anything is written when the input file cannot be read."""
+    try:
+        with Path(path).open("rb"):
+            pass
+    except OSError as exc:
+        raise DataImportError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _cmd_data_import_csv(args: argparse.Namespace) -> int:
     from otonom_runtime.importers import import_ohlcv_csv
     from otonom_runtime.store import get_session
 
-    with get_session(_url(args)) as session:
+    _readable(args.file)
+    with _store(args) as url, get_session(url) as session:
         report = import_ohlcv_csv(session, args.file, args.symbol, date_format=args.date_format)
     print(report.summary())
     return 0
@@ -61,7 +126,8 @@ def _cmd_data_import_sentiment(args: argparse.Namespace) -> int:
     from otonom_runtime.importers import import_sentiment_csv
     from otonom_runtime.store import get_session
 
-    with get_session(_url(args)) as session:
+    _readable(args.file)
+    with _store(args) as url, get_session(url) as session:
         report = import_sentiment_csv(
             session, args.file, args.symbol, source=args.source, date_format=args.date_format
         )
@@ -73,7 +139,7 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
     from otonom_runtime.store import get_session
     from otonom_runtime.synth import write_synthetic
 
-    with get_session(_url(args)) as session:
+    with _store(args) as url, get_session(url) as session:
         report = write_synthetic(session, list(args.symbol), args.start, args.end, args.seed)
     print(report.summary())
     return 0
@@ -95,8 +161,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int
 def _cmd_data_list(args: argparse.Namespace) -> int:
     from otonom_runtime.store import get_session, list_symbols
 
-    url = _url(args)
-    with get_session(url) as session:
+    with _store(args) as url, get_session(url) as session:
         infos = list_symbols(session)
     if not infos:
         print(
@@ -125,7 +190,8 @@ health is the Data Health Index (DSI, 0-1) of each symbol's newest bar as the st
 computes it: history coverage (up to 140 bars), gaps, zero-volume and flat bars. 1 = healthy.
 
 examples:
-  otonom data synth --symbol DEMO-BTC --symbol DEMO-ETH --start 2018-01-01 --end 2024-01-01
+  otonom data synth --symbol DEMO-BTC --symbol DEMO-ETH \\
+      --start-date 2018-01-01 --end-date 2024-01-01
   otonom data import-csv BTC-USD_yahoo_daily.csv --symbol BTC-USD
   otonom data import-sentiment macro.csv
   otonom data list
@@ -215,13 +281,17 @@ def _add_data_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         help="a symbol to generate (repeat for several), e.g. DEMO-BTC",
     )
     p.add_argument(
+        "--start-date",
         "--start",
+        dest="start",
         type=iso_date,
         default=dt.date(2018, 1, 1),
         help="first day (YYYY-MM-DD, default 2018-01-01)",
     )
     p.add_argument(
+        "--end-date",
         "--end",
+        dest="end",
         type=iso_date,
         default=dt.date(2024, 1, 1),
         help="last day, inclusive (default 2024-01-01)",
@@ -365,9 +435,13 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     from otonom_runtime.store import get_session
     from otonom_runtime.strategy import load_strategy
 
+    if args.start_date > args.end_date:
+        raise OtonomRuntimeError(
+            f"--start-date {args.start_date} is after --end-date {args.end_date}; expected the "
+            "first decision day on or before the last"
+        )
     config = load_strategy(args.strategy_path)
-    url = _url(args)
-    with get_session(url) as session:
+    with _store(args) as url, get_session(url) as session:
         report = run_backtest(
             session,
             config,
@@ -409,7 +483,7 @@ def _cmd_runs_list(args: argparse.Namespace) -> int:
 
     from otonom_runtime.store import BacktestRun, get_session
 
-    with get_session(_url(args)) as session:
+    with _store(args) as url, get_session(url) as session:
         runs = session.execute(select(BacktestRun).order_by(BacktestRun.id.desc())).scalars()
         rows = []
         for run in runs:
@@ -456,28 +530,113 @@ def _purpose(params: dict[str, object] | None) -> str:
     return f"{purpose}*" if purpose in INTERNAL_PURPOSES else purpose
 
 
+_METRIC_ROWS: tuple[tuple[str, str, Callable[[object], str]], ...] = (
+    ("total return", "total_return", _pct),
+    ("CAGR", "cagr", _pct),
+    ("Sharpe", "sharpe", _num),
+    ("Sortino", "sortino", _num),
+    ("max drawdown", "max_drawdown", lambda v: _pct(v).lstrip("+")),
+    ("max drawdown days", "max_drawdown_duration", lambda v: "-" if v is None else str(v)),
+    ("trades", "n_trades", lambda v: "-" if v is None else str(v)),
+    ("win rate", "win_rate", lambda v: "-" if not isinstance(v, (int, float)) else f"{v:.1%}"),
+    ("exposure", "exposure", lambda v: "-" if not isinstance(v, (int, float)) else f"{v:.1%}"),
+    ("turnover (per year)", "turnover", lambda v: "-" if v is None else f"{v:.1f}"),
+    ("RL fallbacks", "fallbacks", lambda v: "-" if v is None else str(v)),
+    ("bars", "n_bars", lambda v: "-" if v is None else str(v)),
+)
+
+
+def _run_tables(metrics: dict[str, object]) -> list[str]:
+    """The metrics table (portfolio + a column per symbol) and the action counts per symbol."""
+    portfolio = metrics.get("portfolio")
+    per_symbol = metrics.get("symbols")
+    columns: dict[str, dict[str, object]] = {}
+    if isinstance(portfolio, dict):
+        columns["portfolio"] = portfolio
+    if isinstance(per_symbol, dict):
+        columns.update({str(k): v for k, v in per_symbol.items() if isinstance(v, dict)})
+    out: list[str] = []
+    if columns:
+        rows = [
+            [label, *(fmt(col.get(key)) for col in columns.values())]
+            for label, key, fmt in _METRIC_ROWS
+        ]
+        out += ["", _table(["metric", *columns], rows, right=set(range(1, len(columns) + 1)))]
+    counts = metrics.get("action_counts")
+    if isinstance(counts, dict) and counts:
+        names = ("HOLD", "BUY", "SELL")
+        rows = []
+        for symbol, c in counts.items():
+            if not isinstance(c, dict):
+                continue
+            n = sum(int(c.get(a, 0)) for a in names)
+            shares = [
+                f"{int(c.get(a, 0))} ({100.0 * int(c.get(a, 0)) / (n or 1):.1f}%)" for a in names
+            ]
+            rows.append([str(symbol), *shares, str(n)])
+        out += ["", _table(["actions", *names, "total"], rows, right={1, 2, 3, 4})]
+    return out
+
+
 def _cmd_runs_show(args: argparse.Namespace) -> int:
     import json
 
     from otonom_runtime.store import BacktestRun, get_session
 
-    with get_session(_url(args)) as session:
+    with _store(args) as url, get_session(url) as session:
         run = session.get(BacktestRun, args.run_id)
         if run is None:
             raise OtonomRuntimeError(f"no backtest run with id {args.run_id}")
-        print(f"run {run.id}: {run.strategy_name} ({run.status})")
-        print(f"  symbols   {', '.join(run.symbols)}")
-        print(f"  dates     {run.start_date} .. {run.end_date}")
-        print(f"  strategy  sha256 {run.strategy_hash[:16]}  {(run.params or {}).get('source')}")
-        print(f"  RL        {'on' if (run.params or {}).get('rl_enabled') else 'off'}")
+        params = run.params or {}
+        metrics = run.metrics or {}
+        if args.json:
+            record = {
+                "id": run.id,
+                "strategy": run.strategy_name,
+                "strategy_sha256": run.strategy_hash,
+                "status": run.status,
+                "start_date": run.start_date.isoformat(),
+                "end_date": run.end_date.isoformat(),
+                "symbols": list(run.symbols),
+                "created_at": None if run.created_at is None else run.created_at.isoformat(),
+                "finished_at": None if run.finished_at is None else run.finished_at.isoformat(),
+                "error": run.error,
+                "params": params,
+                "metrics": metrics,
+            }
+            print(json.dumps(record, indent=2, sort_keys=True))
+            return 0
         made_by = _purpose(run.params)
-        print(f"  made by   {made_by.rstrip('*')}" + (" (internal)" if made_by[-1] == "*" else ""))
-        print(f"  created   {run.created_at}  finished {run.finished_at}")
+        header = [
+            ("run", str(run.id)),
+            ("strategy", f"{run.strategy_name} ({params.get('source') or '-'})"),
+            ("sha256", run.strategy_hash[:16]),
+            ("status", run.status),
+            ("dates", f"{run.start_date} .. {run.end_date}"),
+            ("symbols", ", ".join(run.symbols)),
+            ("RL analyst", "on" if params.get("rl_enabled") else "off"),
+            ("made by", made_by.rstrip("*") + (" (internal)" if made_by.endswith("*") else "")),
+            ("created", _when(run.created_at)),
+            ("finished", _when(run.finished_at)),
+        ]
         if run.error:
-            print(f"  error     {run.error}")
-        if run.metrics:
-            print(json.dumps(run.metrics, indent=2, sort_keys=True))
+            header.append(("error", run.error))
+        width = max(len(k) for k, _ in header)
+        lines = [f"{k:<{width}}  {v}" for k, v in header]
+        if metrics:
+            lines += _run_tables(metrics)
+        elif run.status == "complete":
+            lines += ["", "(no metrics stored)"]
+    print("\n".join(lines))
     return 0
+
+
+def _when(value: dt.datetime | None) -> str:
+    if value is None:
+        return "-"
+    if value.tzinfo is not None:  # stored in UTC; SQLite gives it back without a zone
+        value = value.astimezone(dt.timezone.utc)
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _add_backtest_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -497,10 +656,14 @@ def _add_backtest_commands(commands: argparse._SubParsersAction[argparse.Argumen
     )
     p.add_argument("--symbol", action="append", required=True, help="a symbol (repeat for several)")
     p.add_argument(
-        "--start-date", type=iso_date, required=True, help="first decision day (YYYY-MM-DD)"
+        "--start-date",
+        "--start",
+        type=iso_date,
+        required=True,
+        help="first decision day (YYYY-MM-DD)",
     )
     p.add_argument(
-        "--end-date", type=iso_date, required=True, help="last decision day (YYYY-MM-DD)"
+        "--end-date", "--end", type=iso_date, required=True, help="last decision day (YYYY-MM-DD)"
     )
     p.add_argument("--no-rl", action="store_true", help="switch the RL analyst off for this run")
     p.add_argument(
@@ -520,8 +683,18 @@ def _add_backtest_commands(commands: argparse._SubParsersAction[argparse.Argumen
         "list", help="every run, newest first", description="Every run, newest first."
     )
     q.set_defaults(handler=_cmd_runs_list)
-    q = sub.add_parser("show", help="one run's record and metrics", description="One run in full.")
-    q.add_argument("run_id", type=int, metavar="ID")
+    q = sub.add_parser(
+        "show",
+        help="one run's record, metrics and action counts",
+        description=(
+            "One run: its record (strategy, status, dates, symbols, times, error), the metrics "
+            "of the portfolio and of each symbol, and the action counts per symbol."
+        ),
+    )
+    q.add_argument("run_id", type=int, metavar="ID", help="the run id (see `otonom runs list`)")
+    q.add_argument(
+        "--json", action="store_true", help="print the stored record as JSON instead of tables"
+    )
     q.set_defaults(handler=_cmd_runs_show)
 
 
@@ -547,29 +720,137 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_bench_commands(commands)
     _add_strategy_commands(commands)
     _add_backtest_commands(commands)
+    add_global_flags(parser, version=_version_text())
     return parser
 
 
+class _PrintVersion(argparse.Action):
+    """``--version``: print the text as it is (argparse's own action re-wraps it) and exit."""
+
+    def __init__(
+        self,
+        option_strings: Sequence[str],
+        version: str,
+        dest: str = argparse.SUPPRESS,
+        help: str | None = None,
+    ) -> None:
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, help=help)
+        self.version = version
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        print(self.version)
+        parser.exit()
+
+
+def add_global_flags(parser: argparse.ArgumentParser, *, version: str) -> None:
+    """Add ``--version`` (prints ``version``) to ``parser`` and ``--debug`` to it and to every
+    sub-command below it, so that ``--debug`` may come before or after the command name."""
+    parser.add_argument(
+        "--version", action=_PrintVersion, version=version, help="print the version"
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an error, show the full traceback instead of the one-line message",
+    )
+    todo = [parser]
+    while todo:
+        for action in todo.pop()._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in dict.fromkeys(action.choices.values()):  # aliases share a parser
+                    sub.add_argument(
+                        "--debug",
+                        action="store_true",
+                        default=argparse.SUPPRESS,  # keeps the top-level value when not given
+                        help="on an error, show the full traceback instead of the one-line message",
+                    )
+                    todo.append(sub)
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, KeyError) and type(exc).__str__ is KeyError.__str__ and exc.args:
+        return str(exc.args[0])  # KeyError would repr() its message
+    return str(exc)
+
+
 def _fail(message: str, stream: TextIO) -> int:
-    print(f"error: {message}", file=stream)
+    """Print ``error: message``; lines after the first are indented, so exactly one line of
+    the output starts with ``error:``."""
+    first, *rest = message.strip().splitlines() or [""]
+    lines = [f"error: {first}", *(r if r.startswith(" ") else "  " + r for r in rest)]
+    print("\n".join(lines), file=stream)
     return 1
+
+
+def run_cli(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    *,
+    expected: Callable[[BaseException], str | None],
+) -> int:
+    """Parse ``argv`` with ``parser`` (made with ``add_global_flags``), run the chosen command's
+    ``handler`` and return its exit status.
+
+    An exception becomes one ``error:`` line on stderr and exit status 1: ``expected(exc)``
+    gives the message of an error raised on purpose, None for anything else, which prints the
+    exception's type and message and a hint to rerun with ``--debug``. With ``--debug`` every
+    exception propagates with its traceback.
+    """
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        _fail("interrupted", sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        message = expected(exc)
+        if message is None:
+            text = " ".join(_error_text(exc).split())
+            message = (
+                f"{type(exc).__name__}{': ' + text if text else ''} (unexpected; rerun with "
+                "--debug for the traceback)"
+            )
+        return _fail(message, sys.stderr)
+
+
+def _expected_message(exc: BaseException) -> str | None:
+    if isinstance(exc, (OtonomRuntimeError, SchemaError)):
+        return _error_text(exc)
+    if isinstance(exc, OSError):
+        return str(exc)
+    if "sqlalchemy" in sys.modules:  # imported late: `--help` stays fast
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if isinstance(exc, SQLAlchemyError):
+            return f"database error: {exc}"
+    return None
+
+
+def _version_text() -> str:
+    """What ``otonom --version`` prints."""
+    import otonom_runtime
+    import otonom_schema
+
+    return (
+        f"otonom {otonom_runtime.__version__} (otonom-runtime {otonom_runtime.__version__}, "
+        f"otonom-schema {otonom_schema.__version__}, state schema {otonom_schema.SCHEMA_VERSION})"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    handler: Handler = args.handler
-    try:
-        return handler(args)
-    except (OtonomRuntimeError, SchemaError) as exc:
-        return _fail(str(exc), sys.stderr)
-    except Exception as exc:
-        from sqlalchemy.exc import SQLAlchemyError  # imported late: `--help` stays fast
-
-        if isinstance(exc, SQLAlchemyError):
-            return _fail(f"database error: {exc}", sys.stderr)
-        raise
-    except KeyboardInterrupt:
-        _fail("interrupted", sys.stderr)
-        return 130
+    return run_cli(_build_parser(), argv, expected=_expected_message)

@@ -182,20 +182,19 @@ def resolve_model_path(path: str | os.PathLike[str]) -> Path:
             logger.info("%s: following %s to %s", p, pointer, onnx_path)
         if not onnx_path.is_file():
             if p.exists():
-                fix = (
-                    f"Export the checkpoint with `otonom-train export --checkpoint {p}`, or "
-                    "pass the .onnx path."
+                step = (
+                    f"export it: otonom-train export --checkpoint {p}, or pass the path of "
+                    "an .onnx file"
                 )
             else:
-                fix = (
-                    "Train a model there (`otonom-train train --output "
-                    f"{p.parent}`), or pass a .onnx file or a model folder."
+                step = (
+                    f"{p} does not exist either: train a model first (otonom-train train "
+                    f"--dataset FILE.npz --output {p.parent}), or pass an existing .onnx file "
+                    "or model folder"
                 )
-            found = "exists" if p.exists() else "does not exist either"
             raise PolicyError(
-                f"{p} is a PyTorch checkpoint ({found}); the runtime never loads PyTorch "
-                f"checkpoints, it loads the ONNX export beside it, and there is no {onnx_path}. "
-                + fix
+                f"there is no ONNX model for {p}: the runtime never loads PyTorch checkpoints, "
+                f"it loads the ONNX export beside one, and there is no {onnx_path}; {step}"
             )
         logger.info("%s is a PyTorch checkpoint: loading the ONNX export %s", p, onnx_path)
         return onnx_path
@@ -221,10 +220,16 @@ def resolve_model_path(path: str | os.PathLike[str]) -> Path:
         model = folder / MODEL_FILENAME
         if not model.is_file():
             via = f" (followed {pointer})" if pointer is not None else ""
+            checkpoint = folder / CHECKPOINT_FILENAME
+            step = (
+                f" Its checkpoint is not exported: otonom-train export --checkpoint {checkpoint}"
+                if checkpoint.is_file()
+                else ""
+            )
             raise PolicyError(
                 f"model folder {folder}{via} has no {MODEL_FILENAME}; {_listing(folder)}. "
                 f"Expected {MODEL_FILENAME} (+ its .sha256 sidecar), or a {LATEST_POINTER!r} "
-                f"or {DEFAULT_POINTER!r} file naming a sub-folder that holds one."
+                f"or {DEFAULT_POINTER!r} file naming a sub-folder that holds one.{step}"
             )
         return model
     if not p.exists():

@@ -161,6 +161,31 @@ def save_dataset(dataset: OfflineDataset, path: str | os.PathLike[str]) -> Path:
     return out
 
 
+_ZIP_MAGIC: Final = b"PK\x03\x04"  # a .npz file is a zip archive
+_EMPTY_ZIP_MAGIC: Final = b"PK\x05\x06"
+
+
+def _check_zip_magic(src: Path, head: bytes) -> None:
+    """``DatasetError`` unless ``head`` starts a zip archive (what ``np.savez`` writes)."""
+    if head[:4] in (_ZIP_MAGIC, _EMPTY_ZIP_MAGIC):
+        return
+    if not head:
+        found = "it is empty"
+    elif head.startswith(b"\x93NUMPY"):
+        found = "it is a single-array .npy file"
+    else:
+        try:
+            with src.open("r", encoding="utf-8") as fh:
+                line = fh.readline(80).strip()
+            found = f"it starts with the text {line!r}"
+        except (UnicodeDecodeError, OSError):
+            found = f"it starts with the bytes {head!r}"
+    raise DatasetError(
+        f"{src} is not an otonom dataset (.npz) file: {found}; expected the numpy .npz archive "
+        "(a zip file) that save_dataset and `otonom-train dataset` write"
+    )
+
+
 def load_dataset(path: str | os.PathLike[str], *, check_schema: bool = True) -> OfflineDataset:
     """Read a dataset written by ``save_dataset``.
 
@@ -173,20 +198,28 @@ def load_dataset(path: str | os.PathLike[str], *, check_schema: bool = True) -> 
         raise FileNotFoundError(f"no dataset file at {src}")
     try:
         # Open the file ourselves: np.load leaks its handle when the archive is truncated.
-        with src.open("rb") as fh, np.load(fh, allow_pickle=False) as npz:
-            found = set(npz.files)
-            missing = [k for k in _ARRAYS if k not in found]
-            if missing:
-                raise DatasetError(
-                    f"{src} is not an otonom-rl dataset: missing arrays {missing} "
-                    f"(found {sorted(found)}); expected {list(_ARRAYS)}"
-                )
-            arrays = {k: npz[k] for k in _ARRAYS}
+        with src.open("rb") as fh:
+            _check_zip_magic(src, fh.read(8))
+            fh.seek(0)
+            with np.load(fh, allow_pickle=False) as npz:
+                found = set(npz.files)
+                missing = [k for k in _ARRAYS if k not in found]
+                if missing:
+                    raise DatasetError(
+                        f"{src} is not an otonom-rl dataset: missing arrays {missing} "
+                        f"(found {sorted(found)}); expected {list(_ARRAYS)}"
+                    )
+                arrays = {k: npz[k] for k in _ARRAYS}
     except DatasetError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        reason = (  # numpy's advice to load pickles does not apply: a dataset never holds one
+            "it holds pickled (object) arrays, which an otonom dataset never has"
+            if "pickle" in str(exc)
+            else str(exc)
+        )
         raise DatasetError(
-            f"{src} cannot be read as a .npz dataset (truncated or not a numpy archive): {exc}"
+            f"{src} cannot be read as a .npz dataset (truncated or not a numpy archive): {reason}"
         ) from None
     try:
         meta = json.loads(str(arrays["metadata"]))

@@ -5,34 +5,32 @@ parity check), ``export`` (a checkpoint to ONNX), ``evaluate`` (Step 3, through 
 ONNX model), ``pipeline`` (the whole guide end to end), ``check`` (the production
 checklist; ``--promote`` moves a model folder's ``latest`` pointer) and ``walk-forward``
 (rolling train/test windows, out-of-sample accuracy and Sharpe per window). The CLI only
-maps flags to the Python API; every rule lives there. Expected errors print one
-``error: ...`` line and exit 1.
+maps flags to the Python API; every rule lives there. Every error prints one ``error: ...``
+line and exits 1 (``--debug`` shows the traceback instead); the handling is the ``otonom``
+command's (``otonom_runtime.cli.run_cli``).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import otonom_schema
-from otonom_runtime.cli import iso_date
+from otonom_runtime.cli import add_global_flags, iso_date, require_store, run_cli
 
 __all__ = ["main"]
-
-Handler = Callable[[argparse.Namespace], int]
-
 
 # --- dataset -------------------------------------------------------------------------------------
 
 
 def _cmd_dataset(args: argparse.Namespace) -> int:
-    from otonom_runtime.store import default_database_url, get_session
+    from otonom_runtime.store import get_session
     from otonom_trainer.dataset import OfflineDatasetGenerator, save_dataset
 
-    url = args.database_url or default_database_url()
+    url = require_store(args.database_url)
     with get_session(url) as session:
         symbols = list(dict.fromkeys(args.symbol))
         ds = OfflineDatasetGenerator(session).generate_dataset(
@@ -61,8 +59,12 @@ def _add_dataset(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         ),
     )
     p.add_argument("--symbol", action="append", required=True, help="a symbol (repeatable)")
-    p.add_argument("--start-date", type=iso_date, required=True, help="first date (YYYY-MM-DD)")
-    p.add_argument("--end-date", type=iso_date, required=True, help="last date (YYYY-MM-DD)")
+    p.add_argument(
+        "--start-date", "--start", type=iso_date, required=True, help="first date (YYYY-MM-DD)"
+    )
+    p.add_argument(
+        "--end-date", "--end", type=iso_date, required=True, help="last date (YYYY-MM-DD)"
+    )
     p.add_argument("--output", default="data/offline_dataset.npz", help="the .npz file to write")
     p.add_argument(
         "--run-id", type=int, help="take this complete run as the teacher instead of the default"
@@ -119,19 +121,17 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def _cmd_train(args: argparse.Namespace) -> int:
     from otonom_trainer.config import TrainingConfig, config_fields
 
-    values: dict[str, Any] = {}
-    if args.config:
-        values.update(TrainingConfig.from_yaml(args.config).to_dict())
-    for f in config_fields():
-        if hasattr(args, f.name):
-            values[f.name] = getattr(args, f.name)
-    if "dataset_path" not in values:
+    flags = {f.name: getattr(args, f.name) for f in config_fields() if hasattr(args, f.name)}
+    if args.config:  # flags override the file's values, --dataset and --output included
+        cfg = TrainingConfig.from_yaml(args.config, overrides=flags)
+    elif "dataset_path" in flags:
+        cfg = TrainingConfig.from_dict(flags)
+    else:
         print(
             "error: no dataset: give --dataset FILE.npz (or dataset_path in --config)",
             file=sys.stderr,
         )
         return 2
-    cfg = TrainingConfig.from_dict(values)
 
     from otonom_trainer.train import BehaviorCloningTrainer
 
@@ -271,7 +271,11 @@ def _add_pipeline(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
             + "."
         ),
     )
-    p.add_argument("--strategy-path", default="strategies/baseline_v1.yaml")
+    p.add_argument(
+        "--strategy-path",
+        default="strategies/baseline_v1.yaml",
+        help="strategy YAML (default %(default)s)",
+    )
     p.add_argument(
         "--symbol",
         action="append",
@@ -284,13 +288,17 @@ def _add_pipeline(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="import this daily OHLCV CSV first, as the matching --symbol (repeatable)",
     )
     p.add_argument(
+        "--start-date",
         "--start",
+        dest="start",
         type=iso_date,
         help="first bar used, warm-up included (default: the symbols' first common bar; "
         "missing DEMO-* symbols are generated from 2018-01-01)",
     )
     p.add_argument(
+        "--end-date",
         "--end",
+        dest="end",
         type=iso_date,
         help="last decision day (default: the symbols' last common bar; DEMO-*: 2023-12-31)",
     )
@@ -302,8 +310,10 @@ def _add_pipeline(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument(
         "--test-start", type=iso_date, help="first held-out day (default: train end + 1)"
     )
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--epochs", type=int, default=20, help="training epochs (default %(default)s)")
+    p.add_argument(
+        "--seed", type=int, default=7, help="seed: synthetic market, training (default %(default)s)"
+    )
     p.add_argument(
         "--model-dir",
         default="models/rl_bc",
@@ -360,6 +370,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         promote=args.promote,
         out_dir=args.out,
     )
+    require_store(args.database_url)  # the check only reads the store
     result = run_check(cfg)
     print(result.table())
     if result.promoted:
@@ -391,28 +402,44 @@ def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         ),
     )
     p.add_argument("model", metavar="MODEL", help="a .onnx file or a model (version) folder")
-    p.add_argument("--strategy-path", default="strategies/baseline_v1.yaml")
+    p.add_argument(
+        "--strategy-path",
+        default="strategies/baseline_v1.yaml",
+        help="strategy YAML (default %(default)s)",
+    )
     p.add_argument("--symbol", action="append", required=True, help="a symbol (repeatable)")
     p.add_argument(
         "--start-date",
+        "--start",
         type=iso_date,
         help="out-of-sample start (default: what the pipeline holds out of the stored bars: "
         "the last 25 %% of the decision days after the warm-up)",
     )
     p.add_argument(
         "--end-date",
+        "--end",
         type=iso_date,
         help="out-of-sample end (default: the symbols' last common bar)",
     )
     p.add_argument("--database-url", help="SQLAlchemy URL (default: ./data/otonom.db)")
-    p.add_argument("--min-val-accuracy", type=float, default=0.70, help="default %(default)s")
+    p.add_argument(
+        "--min-val-accuracy",
+        type=float,
+        default=0.70,
+        help="lowest validation accuracy that passes (default %(default)s)",
+    )
     p.add_argument(
         "--sharpe-tolerance",
         type=float,
         default=0.25,
         help="RL may lower the out-of-sample Sharpe by at most this (default %(default)s)",
     )
-    p.add_argument("--min-regime-accuracy", type=float, default=0.60, help="default %(default)s")
+    p.add_argument(
+        "--min-regime-accuracy",
+        type=float,
+        default=0.60,
+        help="lowest accuracy in each volatility regime that passes (default %(default)s)",
+    )
     p.add_argument(
         "--regime-sharpe-tolerance",
         type=float,
@@ -420,7 +447,10 @@ def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="the same per volatility regime (default %(default)s)",
     )
     p.add_argument(
-        "--max-latency-ms", type=float, default=10.0, help="p99 predict (default %(default)s)"
+        "--max-latency-ms",
+        type=float,
+        default=10.0,
+        help="highest p99 predict latency in ms that passes (default %(default)s)",
     )
     p.add_argument(
         "--promote",
@@ -443,14 +473,6 @@ def _build_parser() -> argparse.ArgumentParser:
             "ONNX and evaluate it."
         ),
     )
-    parser.add_argument(
-        "--version",
-        action="version",
-        version=(
-            f"otonom-train {otonom_schema.__version__} (state schema "
-            f"{otonom_schema.SCHEMA_VERSION}, fingerprint {otonom_schema.schema_fingerprint()})"
-        ),
-    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_dataset(sub)
     _add_train(sub)
@@ -461,36 +483,43 @@ def _build_parser() -> argparse.ArgumentParser:
     from otonom_trainer.walkforward import add_parser as _add_walk_forward
 
     _add_walk_forward(sub)
+    add_global_flags(parser, version=_version_text())
     return parser
 
 
-def _expected(exc: BaseException) -> bool:
-    """An error the project raises on purpose (bad input, missing file), not a bug."""
-    module = type(exc).__module__
-    return isinstance(exc, FileNotFoundError) or module.startswith(
-        ("otonom_schema", "otonom_runtime", "otonom_trainer")
+def _version_text() -> str:
+    import otonom_runtime
+    import otonom_trainer
+
+    return (
+        f"otonom-train {otonom_trainer.__version__} (otonom-trainer {otonom_trainer.__version__}, "
+        f"otonom-runtime {otonom_runtime.__version__}, otonom-schema {otonom_schema.__version__}, "
+        f"state schema {otonom_schema.SCHEMA_VERSION}, fingerprint "
+        f"{otonom_schema.schema_fingerprint()})"
     )
+
+
+def _expected(exc: BaseException) -> str | None:
+    """The message of an error the project raises on purpose (bad input, missing file), None
+    for anything else (a bug)."""
+    module = type(exc).__module__
+    if isinstance(exc, OSError) or module.startswith(
+        ("otonom_schema", "otonom_runtime", "otonom_trainer")
+    ):
+        if isinstance(exc, KeyError) and type(exc).__str__ is KeyError.__str__ and exc.args:
+            return str(exc.args[0])
+        return str(exc)
+    if "sqlalchemy" in sys.modules:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if isinstance(exc, SQLAlchemyError):
+            return f"database error: {exc}"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    handler: Handler = args.handler
-    try:
-        return handler(args)
-    except Exception as exc:
-        if not _expected(exc):
-            raise  # a bug: keep the traceback
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"error: {message}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    return run_cli(_build_parser(), argv, expected=_expected)
 
 
 if __name__ == "__main__":

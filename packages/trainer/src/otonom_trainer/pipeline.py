@@ -112,6 +112,12 @@ class PipelineConfig:
                 f"from_stage is {self.from_stage}; expected 1 .. {len(STAGES)} "
                 f"({', '.join(f'{i}={n}' for i, n in enumerate(STAGES, start=1))})"
             )
+        for path, _ in self.import_csv:  # before the store or the report folder is created
+            if not Path(path).is_file():
+                raise PipelineError(
+                    f"cannot read {path} (--import-csv): "
+                    + ("it is not a file" if Path(path).exists() else "no such file")
+                )
 
 
 @dataclass

@@ -1210,7 +1210,10 @@ def load_checkpoint(
     """
     src = Path(path)
     if not src.is_file():
-        raise FileNotFoundError(f"no checkpoint at {src}")
+        raise FileNotFoundError(
+            f"no checkpoint at {src}; `otonom-train train --dataset FILE.npz --output FOLDER` "
+            "writes FOLDER/policy_best.pt"
+        )
     try:
         ckpt = torch.load(src, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for foreign or truncated files

@@ -782,6 +782,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     )
     p.add_argument(
         "--start-date",
+        "--start",
         type=iso_date,
         help="first bar used; decisions begin after the warm-up (>= 140 bars and >= "
         f"{WARMUP_DAYS} days; default: the symbols' first common bar; missing DEMO-* symbols "
@@ -789,6 +790,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     )
     p.add_argument(
         "--end-date",
+        "--end",
         type=iso_date,
         help="last decision day; the last test period ends here (default: the symbols' last "
         "common bar; DEMO-*: 2023-12-31)",
