@@ -146,6 +146,7 @@ def test_bad_rows_exit_1_with_an_error_line_and_no_traceback(tmp_path: Path) -> 
             ["data", "synth", "--symbol", "A", "--start", "2020-02-01", "--end", "2020-01-01"],
             "error: synthetic range",
         ),
+        (["data", "synth", "--symbol", "A", "--seed", "-1"], "error: seed -1 is out of range"),
         (["data", "import-sentiment", "missing.csv", "--symbol", "NOPE"], "error: "),
     ],
 )

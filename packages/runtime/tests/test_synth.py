@@ -405,6 +405,14 @@ def test_another_seed_or_generator_version_is_refused_and_nothing_written(db_url
     with get_session(db_url) as session, pytest.raises(DataImportError, match="version 1 seed 7"):
         write_synthetic(session, ["DEMO-BTC"], dt.date(2021, 1, 1), dt.date(2021, 1, 31), 7)
     assert _dump(db_url) == old
+    with get_session(db_url) as session:  # same version and seed, yet a bar differs
+        get_symbol(session, "DEMO-BTC").meta = before["symbols"][0][3]
+    with get_session(db_url) as session, pytest.raises(DataImportError) as info:
+        write_synthetic(session, ["DEMO-BTC"], dt.date(2020, 2, 1), dt.date(2020, 2, 29), 7)
+    assert str(info.value).startswith(
+        f"symbol 'DEMO-BTC': 1 stored bar differs from generator version {GENERATOR_VERSION} "
+        "seed 7 (made by the same version and seed: another numpy version?): 2020-02-01; "
+    )
 
 
 def test_replace_regenerates_the_symbol(db_url: str, tmp_path: Path) -> None:

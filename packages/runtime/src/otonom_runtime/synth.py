@@ -381,7 +381,11 @@ def _plan(
         if d in stored and stored[d] != tuple(float(v) for v in values)
     ]
     if differ:
-        by = f" (they were made by {made})" if made != this else ""
+        by = (
+            f" (they were made by {made})"
+            if made != this
+            else " (made by the same version and seed: another numpy version?)"
+        )
         raise DataImportError(
             f"symbol {name!r}: {len(differ)} stored "
             f"bar{' differs' if len(differ) == 1 else 's differ'} from {this}{by}: "
