@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from otonom_runtime.cli import main
+from otonom_runtime.synth import GENERATOR_VERSION, generate_market
 
 
 def _otonom(
@@ -145,6 +149,7 @@ def test_bad_rows_exit_1_with_an_error_line_and_no_traceback(tmp_path: Path) -> 
             ["data", "synth", "--symbol", "A", "--start", "2020-02-01", "--end", "2020-01-01"],
             "error: synthetic range",
         ),
+        (["data", "synth", "--symbol", "A", "--seed", "-1"], "error: seed -1 is out of range"),
         (["data", "import-sentiment", "missing.csv", "--symbol", "NOPE"], "error: "),
     ],
 )
@@ -187,3 +192,82 @@ def test_import_csv_date_format_flag(tmp_path: Path) -> None:
     out = _otonom(*base, "--date-format", "%d/%m/%Y", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "EU: 1 bars 2020-02-01 .. 2020-02-01" in out.stdout
+
+
+def _rows(url: str) -> list[list[tuple[object, ...]]]:
+    """Every symbol, bar, news and macro row of a SQLite store (read with the sqlite3 module)."""
+    path = url.removeprefix("sqlite:///")
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return [
+            db.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
+            for table in ("symbols", "bars", "news_sentiment", "macro_sentiment")
+        ]
+
+
+def test_synth_never_changes_a_stored_bar_unless_replace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert "--replace" in _help(capsys, "data", "synth")
+    url = _url(tmp_path)
+    synth = ["--database-url", url, "data", "synth", "--symbol", "DEMO-BTC", "--start"]
+    first = _otonom(*synth, "2020-01-01", "--end", "2020-03-31", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    longer = _otonom(*synth, "2020-01-01", "--end", "2020-06-30", cwd=tmp_path)
+    assert longer.returncode == 0, longer.stderr
+    assert "91 bars, 91 news and 91 macro scores written" in longer.stdout  # April .. June
+    before = _rows(url)
+
+    refused = _otonom(*synth, "2020-01-01", "--end", "2020-06-30", "--seed", "8", cwd=tmp_path)
+    assert refused.returncode == 1
+    assert refused.stdout == ""
+    assert refused.stderr.splitlines() == [
+        f"error: symbol 'DEMO-BTC': 182 stored bars differ from generator version "
+        f"{GENERATOR_VERSION} seed 8 (they were made by generator version {GENERATOR_VERSION} "
+        "seed 7): 2020-01-01, 2020-01-02, 2020-01-03 and 179 more; nothing was written; add "
+        "--replace to delete its stored bars and news sentiment and generate 2020-01-01 .. "
+        "2020-06-30 anew"
+    ]
+    assert _rows(url) == before
+
+    replaced = _otonom(
+        *synth, "2020-01-01", "--end", "2020-06-30", "--seed", "8", "--replace", cwd=tmp_path
+    )
+    assert replaced.returncode == 0, replaced.stderr
+    assert "182 bars, 182 news and 0 macro scores written" in replaced.stdout
+    expected = generate_market("DEMO-BTC", dt.date(2020, 1, 1), dt.date(2020, 6, 30), 8)
+    stored = _rows(url)[1]
+    assert [row[6] for row in stored] == expected.history.close.tolist()  # id,sym,date,o,h,l,c
+
+
+def test_import_csv_refuses_changed_bars_unless_replace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert "--replace" in _help(capsys, "data", "import-csv")
+    header = "Date,Open,High,Low,Close,Adj Close,Volume\n"
+    old = header + "2020-01-01,10,12,9,11,11,100\n2020-01-02,11,13,10,12,12,200\n"
+    new = header + "2020-01-01,10,12,9,11,11,100\n2020-01-02,11,13,10,12.5,12.5,200\n"
+    new += "2020-01-03,12,14,11,13,13,300\n"
+    (tmp_path / "old.csv").write_text(old)
+    (tmp_path / "new.csv").write_text(new)
+    url = _url(tmp_path)
+    load = ["--database-url", url, "data", "import-csv", "--symbol", "BTC"]
+    assert _otonom(*load, "old.csv", cwd=tmp_path).returncode == 0
+    before = _rows(url)
+    same = _otonom(*load, "old.csv", cwd=tmp_path)
+    assert same.returncode == 0, same.stderr
+    assert "(0 inserted, 0 updated, 2 unchanged)" in same.stdout
+    assert _rows(url) == before
+
+    refused = _otonom(*load, "new.csv", cwd=tmp_path)
+    assert refused.returncode == 1
+    assert refused.stdout == ""
+    assert refused.stderr.splitlines() == [
+        "error: new.csv: 1 bar differs from the stored bars of 'BTC' (2020-01-02); nothing was "
+        "imported; add --replace to overwrite them"
+    ]
+    assert _rows(url) == before
+
+    replaced = _otonom(*load, "new.csv", "--replace", cwd=tmp_path)
+    assert replaced.returncode == 0, replaced.stderr
+    assert "(1 inserted, 1 updated, 1 unchanged)" in replaced.stdout
+    assert [row[6] for row in _rows(url)[1]] == [11.0, 12.5, 13.0]

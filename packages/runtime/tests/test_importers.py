@@ -331,7 +331,7 @@ def test_a_synthetic_symbol_is_not_overwritten(db_url: str, tmp_path: Path) -> N
 # --- re-import -------------------------------------------------------------------------------
 
 
-def test_reimport_is_idempotent_and_updates_changed_rows(db_url: str, tmp_path: Path) -> None:
+def test_reimport_is_idempotent_and_adds_new_dates(db_url: str, tmp_path: Path) -> None:
     path = _write(tmp_path, YAHOO)
     with get_session(db_url) as session:
         import_ohlcv_csv(session, path, "BTC-USD")
@@ -345,15 +345,67 @@ def test_reimport_is_idempotent_and_updates_changed_rows(db_url: str, tmp_path: 
     )
     assert _count(db_url, Bar) == 3
 
-    changed = YAHOO.replace("424.440002,424.440002", "425.0,424.440002")
-    changed += "2014-09-20,394.673004,423.295990,389.882996,408.903992,408.903992,36863600\n"
-    path = _write(tmp_path, changed)
+    longer = YAHOO + "2014-09-20,394.673004,423.295990,389.882996,408.903992,408.903992,36863600\n"
     with get_session(db_url) as session:
-        report = import_ohlcv_csv(session, path, "BTC-USD")
-    assert (report.rows, report.inserted, report.updated, report.unchanged) == (4, 1, 1, 2)
+        report = import_ohlcv_csv(session, _write(tmp_path, longer), "BTC-USD")
+    assert (report.rows, report.inserted, report.updated, report.unchanged) == (4, 1, 0, 3)
     with get_session(db_url) as session:
         history = load_history(session, "BTC-USD")
-    np.testing.assert_array_equal(history.close, [457.334015, 425.0, 394.795990, 408.903992])
+    np.testing.assert_array_equal(history.close, [457.334015, 424.440002, 394.795990, 408.903992])
+
+
+def _stored(db_url: str) -> list[tuple[Any, ...]]:
+    with get_session(db_url) as session:
+        rows = session.execute(
+            select(
+                Bar.symbol_id, Bar.date, Bar.open, Bar.high, Bar.low, Bar.close, Bar.volume
+            ).order_by(Bar.symbol_id, Bar.date)
+        ).all()
+    return [tuple(r) for r in rows]
+
+
+def _days(n: int, close: float) -> str:
+    """A Binance-style file of ``n`` days from 2020-01-01, every close ``close``."""
+    first = dt.date(2020, 1, 1)
+    rows = [f"{first + dt.timedelta(days=i)},10,{max(12, close)},9,{close},100" for i in range(n)]
+    return "timestamp,open,high,low,close,volume\n" + "\n".join(rows) + "\n"
+
+
+def test_changed_bars_are_refused_listing_the_dates(db_url: str, tmp_path: Path) -> None:
+    with get_session(db_url) as session:
+        import_ohlcv_csv(session, _write(tmp_path, _days(10, 11.0)), "X")
+    before = _stored(db_url)
+    text = _days(12, 11.0).splitlines()
+    for line in (2, 4, 5, 7, 8, 9, 10):  # text[i] is day i (2020-01-01 + i - 1)
+        text[line] = text[line].replace(",11.0,", ",11.5,")
+    changed = _write(tmp_path, "\n".join(text) + "\n", "changed.csv")
+    with get_session(db_url) as session, pytest.raises(DataImportError) as info:
+        import_ohlcv_csv(session, changed, "X")
+    assert str(info.value) == (
+        "changed.csv: 7 bars differ from the stored bars of 'X' (2020-01-02, 2020-01-04, "
+        "2020-01-05, 2020-01-07, 2020-01-08 and 2 more); nothing was imported; add --replace "
+        "to overwrite them"
+    )
+    assert _stored(db_url) == before  # all or nothing: the two new dates were not added either
+
+    one = _write(
+        tmp_path, _days(3, 11.0).replace("2020-01-02,10,12,9,11.0", "2020-01-02,10,12,9,11.25")
+    )
+    with (
+        get_session(db_url) as session,
+        pytest.raises(DataImportError, match=r"\(2020-01-02\); nothing was imported"),
+    ):
+        import_ohlcv_csv(session, one, "X")
+
+    with get_session(db_url) as session:
+        report = import_ohlcv_csv(session, changed, "X", replace=True)
+    assert (report.rows, report.inserted, report.updated, report.unchanged) == (12, 2, 7, 3)
+    with get_session(db_url) as session:
+        close = load_history(session, "X").close
+    assert close.tolist() == [11.5 if i in (1, 3, 4, 6, 7, 8, 9) else 11.0 for i in range(12)]
+    with get_session(db_url) as session:
+        again = import_ohlcv_csv(session, changed, "X")  # identical now: no flag needed
+    assert (again.inserted, again.updated, again.unchanged) == (0, 0, 12)
 
 
 def test_a_failed_reimport_leaves_the_stored_bars_alone(db_url: str, tmp_path: Path) -> None:

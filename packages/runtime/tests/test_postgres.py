@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from otonom_runtime._errors import DataImportError
 from otonom_runtime.importers import import_ohlcv_csv, import_sentiment_csv
 from otonom_runtime.store import (
     STORE_VERSION,
@@ -231,9 +232,19 @@ def test_importers_and_synth_on_postgres(pg: str, tmp_path: Path) -> None:
     with get_session(pg) as session:
         again = write_synthetic(session, ["DEMO-BTC"], D0, D0 + dt.timedelta(days=59), 7)
         assert again.unchanged == ("DEMO-BTC",)
+        longer = write_synthetic(session, ["DEMO-BTC"], D0, D0 + dt.timedelta(days=89), 7)
+        assert longer.bars == 30  # the stored 60 compared equal: only new days are added
         history = load_history(session, "DEMO-BTC")
-    expected = generate_market("DEMO-BTC", D0, D0 + dt.timedelta(days=59), 7).history
+    expected = generate_market("DEMO-BTC", D0, D0 + dt.timedelta(days=89), 7).history
     np.testing.assert_array_equal(history.close, expected.close)  # doubles round-trip exactly
+    with get_session(pg) as session, pytest.raises(DataImportError, match="90 stored bars differ"):
+        write_synthetic(session, ["DEMO-BTC"], D0, D0 + dt.timedelta(days=89), 8)
+    changed = bars.read_text().replace(",1.5,", ",1.25,")
+    bars.write_text(changed)
+    with get_session(pg) as session, pytest.raises(DataImportError, match=r"\(2020-01-01\)"):
+        import_ohlcv_csv(session, bars, "X")
+    with get_session(pg) as session:
+        assert import_ohlcv_csv(session, bars, "X", replace=True).updated == 1
 
 
 def test_env_url_is_used_as_is_with_the_psycopg_driver(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from otonom_runtime._errors import DataImportError
 from otonom_runtime.importers import import_sentiment_csv
@@ -17,7 +20,9 @@ from otonom_runtime.store import (
     SYNTHETIC_SOURCE,
     USER_SOURCE,
     Bar,
+    MacroSentiment,
     NewsSentiment,
+    Symbol,
     get_or_create_symbol,
     get_session,
     get_symbol,
@@ -28,6 +33,7 @@ from otonom_runtime.store import (
 )
 from otonom_runtime.synth import (
     GENERATOR_VERSION,
+    SyntheticMarket,
     generate_macro,
     generate_market,
     write_synthetic,
@@ -50,6 +56,8 @@ def test_same_arguments_same_market_in_another_process() -> None:
         "print(repr(float(m.history.close.sum() + m.history.volume.sum() + m.news.scores.sum())))"
     )
     env = {"PYTHONHASHSEED": "12345", "PATH": "/usr/bin:/bin"}
+    if "PYTHONPATH" in os.environ:  # a source checkout run without installing it
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
     )
@@ -78,10 +86,16 @@ def test_every_calendar_day_and_consistent_ohlc() -> None:
 
 
 def test_plausible_price_level() -> None:
-    btc = generate_market("DEMO-BTC", START, END, 7).history.close
-    assert 8_000 < btc[0] < 12_000
-    eth = generate_market("DEMO-ETH", START, END, 7).history.close
-    assert 500 < eth[0] < 900
+    """Prices revert to an anchor (about 10,000 for BTC names, 700 for ETH names): over six
+    years their geometric mean stays within a factor 5 of it, and over 130 years every close
+    within a factor 50 (seen: at most 33)."""
+    for symbol, anchor in (("DEMO-BTC", 10_000.0), ("DEMO-ETH", 700.0)):
+        for seed in (1, 2, 3, 7):
+            close = generate_market(symbol, START, END, seed).history.close
+            assert anchor / 5 < np.exp(np.log(close).mean()) < anchor * 5, (symbol, seed)
+            ages = generate_market(symbol, dt.date(1970, 1, 1), dt.date(2100, 1, 1), seed)
+            assert anchor / 50 < ages.history.close.min(), (symbol, seed)
+            assert ages.history.close.max() < anchor * 50, (symbol, seed)
     for symbol in ("DEMO-BTC", "DEMO-ETH", "OTHER"):
         for seed in (1, 2, 3):
             close = generate_market(symbol, START, END, seed).history.close
@@ -150,6 +164,53 @@ def test_macro_agrees_across_ranges() -> None:
     np.testing.assert_array_equal(part.scores, full.scores[i : i + len(part.scores)])
 
 
+def _columns(m: SyntheticMarket) -> dict[str, npt.NDArray[Any]]:
+    h = m.history
+    return {
+        "dates": h.dates,
+        "open": h.open,
+        "high": h.high,
+        "low": h.low,
+        "close": h.close,
+        "volume": h.volume,
+        "news": m.news.scores,
+        "macro": m.macro.scores,
+        "regimes": m.regimes,
+    }
+
+
+# (start, end) pairs inside 2015-01-01 .. 2030-12-31: single days, leap days, ranges that end
+# inside and across the generator's 512-day blocks, the full span's first and last day.
+RANGES = [
+    (dt.date(2015, 1, 1), dt.date(2015, 1, 1)),
+    (dt.date(2015, 1, 1), dt.date(2016, 5, 26)),
+    (dt.date(2016, 2, 29), dt.date(2016, 3, 1)),
+    (dt.date(2017, 6, 30), dt.date(2018, 6, 11)),
+    (dt.date(2018, 1, 1), dt.date(2022, 12, 31)),
+    (dt.date(2018, 1, 1), dt.date(2024, 1, 1)),
+    (dt.date(2021, 1, 1), dt.date(2022, 12, 31)),
+    (dt.date(2024, 1, 2), dt.date(2030, 12, 30)),
+    (dt.date(2030, 12, 31), dt.date(2030, 12, 31)),
+]
+
+
+@pytest.mark.parametrize(("symbol", "seed"), [("DEMO-BTC", 7), ("DEMO-ETH", 1), ("X", 12345)])
+def test_a_day_depends_only_on_symbol_seed_and_date(symbol: str, seed: int) -> None:
+    """Any range is a bit-identical slice of a longer one: another --start or --end never
+    changes a day (every stream is drawn day by day from 1970-01-01)."""
+    first = dt.date(2015, 1, 1)
+    full = _columns(generate_market(symbol, first, dt.date(2030, 12, 31), seed))
+    for start, end in RANGES:
+        part = _columns(generate_market(symbol, start, end, seed))
+        i = (start - first).days
+        n = (end - start).days + 1
+        for name, values in part.items():
+            assert len(values) == n
+            expected = full[name][i : i + n]
+            assert values.dtype == expected.dtype
+            assert values.tobytes() == expected.tobytes(), (start, end, name)
+
+
 @pytest.mark.parametrize(
     ("start", "end", "fragment"),
     [
@@ -201,20 +262,181 @@ def test_write_synthetic_stores_bars_news_and_macro(db_url: str) -> None:
     ]
 
 
-def test_write_synthetic_is_idempotent_and_replaces_on_new_arguments(db_url: str) -> None:
+def _dump(db_url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every stored bar, news score, macro score and symbol row, for before/after checks."""
+    with get_session(db_url) as session:
+        return {
+            "bars": [
+                tuple(r)
+                for r in session.execute(
+                    select(
+                        Bar.id,
+                        Bar.symbol_id,
+                        Bar.date,
+                        Bar.open,
+                        Bar.high,
+                        Bar.low,
+                        Bar.close,
+                        Bar.volume,
+                    ).order_by(Bar.id)
+                )
+            ],
+            "news": [
+                tuple(r)
+                for r in session.execute(
+                    select(
+                        NewsSentiment.id,
+                        NewsSentiment.symbol_id,
+                        NewsSentiment.date,
+                        NewsSentiment.score,
+                    ).order_by(NewsSentiment.id)
+                )
+            ],
+            "macro": [
+                tuple(r)
+                for r in session.execute(
+                    select(MacroSentiment.date, MacroSentiment.score).order_by(MacroSentiment.date)
+                )
+            ],
+            "symbols": [
+                (r.name, r.source, r.is_synthetic, r.meta)
+                for r in session.execute(select(Symbol).order_by(Symbol.id)).scalars()
+            ],
+        }
+
+
+def _assert_stored_is_generated(db_url: str, symbol: str, start: dt.date, end: dt.date) -> None:
+    """The stored bars and news of ``symbol`` are exactly ``generate_market(start, end)``."""
+    expected = generate_market(symbol, start, end, get_meta(db_url, symbol)["seed"])
+    with get_session(db_url) as session:
+        history = load_history(session, symbol)
+        news = load_news(session, symbol)
+    assert news is not None
+    for name in ("dates", "open", "high", "low", "close", "volume"):
+        assert getattr(history, name).tobytes() == getattr(expected.history, name).tobytes()
+    assert news.dates.tolist() == expected.news.dates.tolist()
+    assert news.scores.tobytes() == expected.news.scores.tobytes()
+
+
+def get_meta(db_url: str, symbol: str) -> dict[str, Any]:
+    with get_session(db_url) as session:
+        return dict(get_symbol(session, symbol).meta)
+
+
+def test_write_synthetic_is_idempotent(db_url: str) -> None:
     with get_session(db_url) as session:
         write_synthetic(session, ["DEMO-BTC"], S, E, 7)
+    before = _dump(db_url)
     with get_session(db_url) as session:
         again = write_synthetic(session, ["DEMO-BTC"], S, E, 7)
     assert (again.bars, again.news, again.macro, again.unchanged) == (0, 0, 0, ("DEMO-BTC",))
+    assert _dump(db_url) == before
+
+
+def test_extending_adds_only_new_days_and_changes_none(db_url: str) -> None:
+    """Another range (an earlier start overlapping the stored days, then a later range after a
+    gap) only adds days: every stored row keeps its id and its values, and the stored series
+    is the one a single call over the whole span generates."""
     with get_session(db_url) as session:
-        other = write_synthetic(session, ["DEMO-BTC"], S, dt.date(2020, 6, 30), 8)
-        assert other.bars == 182
-        history = load_history(session, "DEMO-BTC")
-        assert get_symbol(session, "DEMO-BTC").meta["seed"] == 8
-        assert session.execute(select(func.count(NewsSentiment.id))).scalar_one() == 182
-    expected = generate_market("DEMO-BTC", S, dt.date(2020, 6, 30), 8).history
-    np.testing.assert_array_equal(history.close, expected.close)
+        write_synthetic(session, ["DEMO-BTC", "DEMO-ETH"], dt.date(2020, 7, 1), E, 7)
+    first = _dump(db_url)
+    with get_session(db_url) as session:
+        report = write_synthetic(session, ["DEMO-BTC"], S, dt.date(2020, 9, 30), 7)
+    assert (report.bars, report.news, report.macro) == (182, 182, 182)  # 2020-01-01 .. 06-30
+    assert report.unchanged == ()
+    grown = _dump(db_url)
+    for kind in ("bars", "news", "macro"):
+        assert set(first[kind]) <= set(grown[kind]), kind  # nothing changed, nothing removed
+    _assert_stored_is_generated(db_url, "DEMO-BTC", S, E)
+    assert get_meta(db_url, "DEMO-BTC") == {
+        "generator": "otonom_runtime.synth",
+        "generator_version": GENERATOR_VERSION,
+        "seed": 7,
+        "start": "2020-01-01",
+        "end": "2020-12-31",
+    }
+    with get_session(db_url) as session:  # a later range, with a gap: still the same series
+        later = write_synthetic(session, ["DEMO-BTC"], dt.date(2021, 3, 1), dt.date(2021, 3, 31), 7)
+        tail = load_history(session, "DEMO-BTC", start=dt.date(2021, 3, 1))
+    assert later.bars == 31
+    assert set(grown["bars"]) <= set(_dump(db_url)["bars"])
+    expected = generate_market("DEMO-BTC", S, dt.date(2021, 3, 31), 7).history
+    assert tail.close.tobytes() == expected.close[-31:].tobytes()
+    assert get_meta(db_url, "DEMO-BTC")["end"] == "2021-03-31"
+
+
+def test_another_seed_or_generator_version_is_refused_and_nothing_written(db_url: str) -> None:
+    with get_session(db_url) as session:
+        write_synthetic(session, ["DEMO-BTC"], S, E, 7)
+    before = _dump(db_url)
+    tail = "; nothing was written; add --replace to delete its stored bars and news sentiment"
+    with get_session(db_url) as session, pytest.raises(DataImportError) as info:
+        write_synthetic(session, ["NEW", "DEMO-BTC"], S, dt.date(2020, 6, 30), 8)
+    assert str(info.value) == (
+        f"symbol 'DEMO-BTC': 182 stored bars differ from generator version {GENERATOR_VERSION} "
+        f"seed 8 (they were made by generator version {GENERATOR_VERSION} seed 7): 2020-01-01, "
+        f"2020-01-02, 2020-01-03 and 179 more{tail} and generate 2020-01-01 .. 2020-06-30 anew"
+    )
+    with get_session(db_url) as session, pytest.raises(DataImportError) as info:
+        write_synthetic(session, ["DEMO-BTC"], dt.date(2021, 1, 1), dt.date(2021, 1, 31), 8)
+    assert str(info.value) == (
+        "symbol 'DEMO-BTC': its stored bars 2020-01-01 .. 2020-12-31 were made by generator "
+        f"version {GENERATOR_VERSION} seed 7; adding 2021-01-01 .. 2021-01-31 from generator "
+        f"version {GENERATOR_VERSION} seed 8 would not continue that series{tail} and generate "
+        "2021-01-01 .. 2021-01-31 anew"
+    )
+    assert _dump(db_url) == before
+
+    # a store written by an older generator: its meta names version 1 and some bars differ
+    with get_session(db_url) as session:
+        row = get_symbol(session, "DEMO-BTC")
+        row.meta = {**row.meta, "generator_version": 1}
+        session.execute(
+            update(Bar)
+            .where(Bar.date.in_([dt.date(2020, 3, 1), dt.date(2020, 2, 1)]))
+            .values(close=Bar.close * 1.01)
+        )
+    old = _dump(db_url)
+    with get_session(db_url) as session, pytest.raises(DataImportError) as info:
+        write_synthetic(session, ["DEMO-BTC"], S, E, 7)
+    assert str(info.value) == (
+        f"symbol 'DEMO-BTC': 2 stored bars differ from generator version {GENERATOR_VERSION} "
+        "seed 7 (they were made by generator version 1 seed 7): 2020-02-01, 2020-03-01"
+        f"{tail} and generate 2020-01-01 .. 2020-12-31 anew"
+    )
+    with get_session(db_url) as session, pytest.raises(DataImportError, match="version 1 seed 7"):
+        write_synthetic(session, ["DEMO-BTC"], dt.date(2021, 1, 1), dt.date(2021, 1, 31), 7)
+    assert _dump(db_url) == old
+    with get_session(db_url) as session:  # same version and seed, yet a bar differs
+        get_symbol(session, "DEMO-BTC").meta = before["symbols"][0][3]
+    with get_session(db_url) as session, pytest.raises(DataImportError) as info:
+        write_synthetic(session, ["DEMO-BTC"], dt.date(2020, 2, 1), dt.date(2020, 2, 29), 7)
+    assert str(info.value).startswith(
+        f"symbol 'DEMO-BTC': 1 stored bar differs from generator version {GENERATOR_VERSION} "
+        "seed 7 (made by the same version and seed: another numpy version?): 2020-02-01; "
+    )
+
+
+def test_replace_regenerates_the_symbol(db_url: str, tmp_path: Path) -> None:
+    with get_session(db_url) as session:
+        write_synthetic(session, ["DEMO-BTC", "DEMO-ETH"], S, E, 7)
+    eth = _dump(db_url)
+    with get_session(db_url) as session:
+        report = write_synthetic(session, ["DEMO-BTC"], S, dt.date(2020, 6, 30), 8, replace=True)
+        assert session.execute(select(func.count(NewsSentiment.id))).scalar_one() == 366 + 182
+    assert (report.bars, report.news, report.macro) == (182, 182, 0)
+    _assert_stored_is_generated(db_url, "DEMO-BTC", S, dt.date(2020, 6, 30))
+    assert get_meta(db_url, "DEMO-BTC")["seed"] == 8
+    assert get_meta(db_url, "DEMO-BTC")["end"] == "2020-06-30"
+    after = _dump(db_url)
+    eth_id = 2
+    for kind in ("bars", "news"):
+        assert [r for r in after[kind] if r[1] == eth_id] == [
+            r for r in eth[kind] if r[1] == eth_id
+        ]
+    assert after["macro"] == eth["macro"]  # macro is shared: never replaced
+    with get_session(db_url) as session:  # now seed 8 extends it
+        assert write_synthetic(session, ["DEMO-BTC"], S, E, 8).bars == 184
 
 
 def test_write_synthetic_refuses_imported_symbols_and_bad_lists(db_url: str) -> None:
@@ -265,7 +487,7 @@ def test_regenerating_keeps_a_users_news_of_a_synthetic_symbol(db_url: str, tmp_
     with get_session(db_url) as session:
         import_sentiment_csv(session, path, "DEMO-BTC")
     with get_session(db_url) as session:
-        write_synthetic(session, ["DEMO-BTC"], S, dt.date(2020, 1, 9), 8)  # other arguments
+        write_synthetic(session, ["DEMO-BTC"], S, dt.date(2020, 1, 9), 8, replace=True)
         user = load_news(session, "DEMO-BTC", source=USER_SOURCE)
         synthetic = load_news(session, "DEMO-BTC")
     assert user is not None

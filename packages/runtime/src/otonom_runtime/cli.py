@@ -117,7 +117,9 @@ def _cmd_data_import_csv(args: argparse.Namespace) -> int:
 
     _readable(args.file)
     with _store(args) as url, get_session(url) as session:
-        report = import_ohlcv_csv(session, args.file, args.symbol, date_format=args.date_format)
+        report = import_ohlcv_csv(
+            session, args.file, args.symbol, date_format=args.date_format, replace=args.replace
+        )
     print(report.summary())
     return 0
 
@@ -140,7 +142,9 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
     from otonom_runtime.synth import write_synthetic
 
     with _store(args) as url, get_session(url) as session:
-        report = write_synthetic(session, list(args.symbol), args.start, args.end, args.seed)
+        report = write_synthetic(
+            session, list(args.symbol), args.start, args.end, args.seed, replace=args.replace
+        )
     print(report.summary())
     return 0
 
@@ -229,14 +233,20 @@ def _add_data_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
             "(timestamp,open,high,low,close,volume); a blank first header cell (pandas' to_csv) "
             "marks the date column. Dates may be ISO dates, ISO datetimes, epoch "
             "seconds/milliseconds or day and month with a 4-digit year (see --date-format). "
-            "Every bad row is reported with its line number and "
-            "nothing is written unless the whole file is valid. Re-importing updates changed "
-            "bars and skips identical ones."
+            "Every bad row is reported with its line number and nothing is written unless the "
+            "whole file is valid. Re-importing adds new dates and skips identical bars; a bar "
+            "that differs from the stored bar of its date is refused (the changed dates are "
+            "listed, nothing is written) unless --replace."
         ),
     )
     p.add_argument("file", metavar="FILE", help="the CSV file")
     p.add_argument("--symbol", required=True, help="the symbol to store the bars under")
     _add_date_format(p)
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="overwrite stored bars whose values differ from the file's (default: refuse)",
+    )
     p.set_defaults(handler=_cmd_data_import_csv)
 
     p = sub.add_parser(
@@ -269,9 +279,12 @@ def _add_data_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         help="generate the deterministic synthetic market",
         description=(
             "Generate deterministic synthetic daily bars (every calendar day, regime-switching "
-            "volatility, trends), news sentiment per symbol and shared macro sentiment. The "
-            "same symbol, seed and dates always give the same data; repeating a call changes "
-            "nothing."
+            "volatility, trends), news sentiment per symbol and shared macro sentiment. A "
+            "day's bar depends only on the symbol, the seed and the date (not on --start or "
+            "--end), and stored bars are never changed: only missing days are added, so "
+            "repeating a call changes nothing and another range extends the stored series. "
+            "A symbol whose stored bars were made by another seed or generator version is "
+            "refused unless --replace."
         ),
     )
     p.add_argument(
@@ -297,6 +310,15 @@ def _add_data_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         help="last day, inclusive (default 2024-01-01)",
     )
     p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help=(
+            "delete the stored bars and news sentiment of these symbols and generate "
+            "--start .. --end anew (needed when they were made by another seed or generator "
+            "version)"
+        ),
+    )
     p.set_defaults(handler=_cmd_data_synth)
 
     p = sub.add_parser(

@@ -7,7 +7,10 @@ is valid, and the writes go into the caller's session, so the ``get_session`` bl
 them as one transaction.
 
 Re-importing is idempotent: a row whose date is already stored with the same values is counted
-``unchanged``; one with different values is updated (``updated``); new dates are inserted.
+``unchanged`` and new dates are inserted. Stored bars change only when asked: an OHLCV file
+with a bar that differs from the stored bar of its date is refused (``DataImportError`` listing
+the first changed dates and their count; nothing is written) unless ``replace=True`` (the CLI's
+``--replace``), which updates them (``updated``).
 
 OHLCV layouts (header names are matched case-insensitively, surrounding blanks ignored; other
 columns are ignored):
@@ -378,17 +381,34 @@ def _date_reader(
     return _DateReader(path, texts, date_format)
 
 
+_LISTED_DATES: Final = 5
+
+
+def _changed_listing(days: list[dt.date]) -> str:
+    """``2020-01-02, 2020-01-05 and 3 more`` (the first few dates, then the count left)."""
+    shown = ", ".join(d.isoformat() for d in days[:_LISTED_DATES])
+    more = len(days) - _LISTED_DATES
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
 def import_ohlcv_csv(
-    session: Session, path: str | Path, symbol: str, *, date_format: str | None = None
+    session: Session,
+    path: str | Path,
+    symbol: str,
+    *,
+    date_format: str | None = None,
+    replace: bool = False,
 ) -> ImportReport:
     """Import the daily bars of ``symbol`` from a CSV file (see the module doc for layouts).
 
     ``date_format``: a ``strptime`` format for the date column (default: read as the module
     doc says).
 
-    Creates the ``Symbol`` row if missing (source ``"csv:<file name>"``). Raises
-    ``DataImportError`` listing every bad row (nothing is written then), or when ``symbol`` is
-    a synthetic symbol.
+    Creates the ``Symbol`` row if missing (source ``"csv:<file name>"``). New dates are
+    inserted, identical bars left alone. Raises ``DataImportError`` (nothing is written then)
+    listing every bad row, when ``symbol`` is a synthetic symbol, or when a bar differs from
+    the stored bar of its date and ``replace`` is False (with ``replace`` such bars are
+    updated).
     """
     path = Path(path)
     name = check_symbol_name(symbol)
@@ -408,6 +428,7 @@ def import_ohlcv_csv(
     }
     inserts: list[dict[str, Any]] = []
     updates: list[dict[str, Any]] = []
+    changed: list[dt.date] = []
     unchanged = 0
     for day, (o, h, lo, c, v) in sorted(bars.items()):
         values = {"open": o, "high": h, "low": lo, "close": c, "volume": v}
@@ -418,6 +439,13 @@ def import_ohlcv_csv(
             unchanged += 1
         else:
             updates.append({"id": old.id, **values})
+            changed.append(day)
+    if changed and not replace:
+        differ = "1 bar differs" if len(changed) == 1 else f"{len(changed)} bars differ"
+        raise DataImportError(
+            f"{path.name}: {differ} from the stored bars of {name!r} "
+            f"({_changed_listing(changed)}); nothing was imported; add --replace to overwrite them"
+        )
     if inserts:
         session.execute(insert(Bar), inserts)
     if updates:
