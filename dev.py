@@ -47,11 +47,11 @@ def _say(text: str) -> None:
 def _first_run_banner() -> None:
     """What the first call installs, and roughly how long it takes (printed once, before)."""
     _say("first run: setting up this folder (once; later calls start at once)")
-    _say(f"  step 1/2: {HATCH_REQUIREMENT} into .bootstrap/ (about 10-30 s)")
+    _say(f"  step 1/2: {HATCH_REQUIREMENT} into .bootstrap/ (about 30 s)")
     _say(
         "  step 2/2: the development environment into .venv/: the three packages (editable), "
         "torch 2.13.0 CPU build (~200 MB), onnx, onnxruntime, pytest, ruff, mypy, ... "
-        "(about 1-3 minutes on 2 cores with a warm pip cache, longer on a cold one)"
+        "(about 2-3 minutes on 2 cores with a warm pip cache, longer on a cold one)"
     )
 
 
