@@ -7,7 +7,9 @@ The kinds of block (the language after the opening fence):
 * ``python``: run with this interpreter, in the same folder;
 * ``yaml``: a file the following commands use; the line before the block says where it goes
   (``<!-- file: PATH -->``), and the test writes it there;
-* ``text``: example output or a diagram, never run.
+* ``text``: a diagram, or example output. Output marked ``<!-- output -->`` on the line before
+  it is checked against what the runnable block above it printed: each of its lines (but
+  ``...``) must be a line of that output, up to the numbers in it.
 
 A bash or python block may be marked ``<!-- not-run: REASON -->`` on the line before it: only
 real market data and an external PostgreSQL server are accepted reasons, and the exact list of
@@ -48,7 +50,8 @@ NOT_RUN = [
 ]
 
 _FENCE = re.compile(r"^```(?P<lang>[a-z]*)\n(?P<body>.*?)^```$", re.MULTILINE | re.DOTALL)
-_MARK = re.compile(r"<!-- (?P<kind>not-run|file): (?P<value>[^>]+?) -->")
+_MARK = re.compile(r"<!-- (?:(?P<kind>not-run|file): (?P<value>[^>]+?)|(?P<output>output)) -->")
+_NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?")
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ class Block:
     lang: str
     body: str
     line: int  # of the opening fence in docs/guide.md, 1-based
-    mark: tuple[str, str] | None  # ("not-run", reason) or ("file", path)
+    mark: tuple[str, str] | None  # ("not-run", reason), ("file", path) or ("output", "")
 
     @property
     def first_line(self) -> str:
@@ -74,10 +77,31 @@ def guide_blocks(text: str) -> list[Block]:
                 lang=m.group("lang"),
                 body=m.group("body"),
                 line=text.count("\n", 0, m.start()) + 1,
-                mark=(mark.group("kind"), mark.group("value")) if mark else None,
+                mark=_mark(mark),
             )
         )
     return blocks
+
+
+def _mark(m: re.Match[str] | None) -> tuple[str, str] | None:
+    if m is None:
+        return None
+    return ("output", "") if m.group("output") else (m.group("kind"), m.group("value"))
+
+
+def _shape(line: str) -> str:
+    """A line with its numbers replaced by ``#``, trailing blanks removed."""
+    return _NUMBER.sub("#", line).rstrip()
+
+
+def output_mismatches(expected: str, printed: str) -> list[str]:
+    """The lines of ``expected`` (but ``...``) that are no line of ``printed``, numbers aside."""
+    shapes = {_shape(line) for line in printed.splitlines()}
+    return [
+        line
+        for line in expected.splitlines()
+        if line.strip() != "..." and _shape(line) not in shapes
+    ]
 
 
 def _blocks() -> list[Block]:
@@ -100,6 +124,8 @@ def test_every_block_is_of_a_known_kind_and_only_the_pinned_ones_are_skipped() -
         if b.lang == "yaml":
             assert b.mark is not None, f"{where}: a yaml block needs <!-- file: PATH --> before it"
             assert b.mark[0] == "file", where
+        elif b.mark is not None and b.mark[0] == "output":
+            assert b.lang == "text", f"{where}: <!-- output --> is for text blocks"
         elif b.mark is not None:
             assert b.lang in {"bash", "python"}, f"{where}: a {b.lang} block is never run"
             assert b.mark[0] == "not-run", f"{where}: <!-- file: --> is for yaml blocks"
@@ -112,14 +138,24 @@ def test_the_marker_parser() -> None:
     text = (
         "intro\n\n<!-- not-run: needs real data -->\n```bash\nimport me\n```\n\n"
         "<!-- file: a/b.yaml -->\n```yaml\nk: 1\n```\n```python\nprint(1)\n```\n"
+        "<!-- output -->\n```text\n1\n```\n"
     )
     blocks = guide_blocks(text)
     assert [(b.lang, b.mark, b.line) for b in blocks] == [
         ("bash", ("not-run", "needs real data"), 4),
         ("yaml", ("file", "a/b.yaml"), 9),
         ("python", None, 12),
+        ("text", ("output", ""), 16),
     ]
     assert blocks[1].body == "k: 1\n"
+
+
+def test_output_blocks_match_up_to_numbers() -> None:
+    printed = "Generated 1096 training samples\n  HOLD: 468 (42.7%)\nBest epoch: 19\n"
+    assert output_mismatches("Generated 12 training samples\n...\n  HOLD: 1 (0.5%)", printed) == []
+    assert output_mismatches("Generated 12 samples\nBest epoch: 3", printed) == [
+        "Generated 12 samples"
+    ]
 
 
 def test_readme_links_the_guide() -> None:
@@ -164,9 +200,15 @@ def test_every_snippet_runs_in_order(tmp_path: Path) -> None:
     for folder in ("strategies", "scripts"):
         shutil.copytree(ROOT / folder, tmp_path / folder)
     env = _env()
-    ran = 0
+    ran = checked = 0
+    printed = ""  # stdout of the last block run
     for b in _blocks():
         where = f"docs/guide.md:{b.line} ({b.first_line[:60]!r})"
+        if b.mark == ("output", ""):
+            missing = output_mismatches(b.body, printed)
+            assert not missing, f"{where}: not printed by the block above: {missing}\n{printed}"
+            checked += 1
+            continue
         if b.lang == "text" or (b.mark and b.mark[0] == "not-run"):
             continue
         if b.lang == "yaml":
@@ -184,8 +226,10 @@ def test_every_snippet_runs_in_order(tmp_path: Path) -> None:
         )
         assert out.returncode == 0, f"{where} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
         assert "Traceback" not in out.stderr, f"{where}:\n{out.stderr[-3000:]}"
+        printed = out.stdout
         ran += 1
     assert ran == len([b for b in _blocks() if b.lang in {"bash", "python"}]) - len(NOT_RUN)
+    assert checked == 2
     # what the walkthrough promises to leave behind
     for path in (
         "data/otonom.db",
