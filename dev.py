@@ -23,11 +23,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 BOOTSTRAP = ROOT / ".bootstrap"
+VENV = ROOT / ".venv"
 HATCH_REQUIREMENT = "hatch>=1.16,<2"
 MIN_PYTHON = (3, 10)
 
@@ -38,38 +40,74 @@ def _bin(env: Path, name: str) -> Path:
     return scripts / f"{name}{suffix}"
 
 
+def _say(text: str) -> None:
+    print(f"[dev] {text}", flush=True)
+
+
+def _first_run_banner() -> None:
+    """What the first call installs, and roughly how long it takes (printed once, before)."""
+    _say("first run: setting up this folder (once; later calls start at once)")
+    _say(f"  step 1/2: {HATCH_REQUIREMENT} into .bootstrap/ (about 30 s)")
+    _say(
+        "  step 2/2: the development environment into .venv/: the three packages (editable), "
+        "torch 2.13.0 CPU build (~200 MB), onnx, onnxruntime, pytest, ruff, mypy, ... "
+        "(about 2-3 minutes on 2 cores with a warm pip cache, longer on a cold one)"
+    )
+
+
 def _ensure_hatch() -> Path:
     hatch = _bin(BOOTSTRAP, "hatch")
     if hatch.exists():
         return hatch
-    print(f"[dev] creating {BOOTSTRAP.name}/ with {HATCH_REQUIREMENT} (first run only)", flush=True)
+    _say(f"step 1/2: creating {BOOTSTRAP.name}/ with {HATCH_REQUIREMENT} ...")
+    start = time.monotonic()
     venv.EnvBuilder(with_pip=True, clear=True).create(BOOTSTRAP)
     py = _bin(BOOTSTRAP, "python")
     subprocess.run(
-        [
-            str(py),
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            HATCH_REQUIREMENT,
-        ],
+        [str(py), "-m", "pip", "install", "--disable-pip-version-check", HATCH_REQUIREMENT],
         check=True,
     )
     if not hatch.exists():
         raise SystemExit(f"[dev] hatch was installed but {hatch} is missing")
+    _say(f"step 1/2 done in {time.monotonic() - start:.0f} s")
     return hatch
 
 
-def _hatch(args: list[str]) -> int:
-    hatch = _ensure_hatch()
+def _hatch_env() -> dict[str, str]:
     env = dict(os.environ)
     # Keep hatch's own state inside the repository, so a clean clone is really clean.
     env.setdefault("HATCH_DATA_DIR", str(BOOTSTRAP / "data"))
     env.setdefault("HATCH_CACHE_DIR", str(BOOTSTRAP / "cache"))
     # Headless plotting everywhere (CI, servers).
     env.setdefault("MPLBACKEND", "Agg")
+    return env
+
+
+def _ensure_venv(hatch: Path, env: dict[str, str]) -> None:
+    """Create .venv/ on the first call, with pip's own output (hatch -v) as the progress."""
+    if _bin(VENV, "python").exists():
+        return
+    _say(f"step 2/2: creating {VENV.name}/ (pip's output follows) ...")
+    start = time.monotonic()
+    code = subprocess.call([str(hatch), "-v", "env", "create"], cwd=ROOT, env=env)
+    if code != 0:
+        raise SystemExit(
+            f"[dev] creating {VENV.name}/ failed (exit {code}); see pip's output above, then run "
+            f"the same command again (delete {VENV.name}/ first if it is half made)"
+        )
+    _say(f"step 2/2 done in {time.monotonic() - start:.0f} s; set-up complete")
+
+
+def _hatch(args: list[str], *, needs_venv: bool = True) -> int:
+    first = not _bin(BOOTSTRAP, "hatch").exists() or (
+        needs_venv and not _bin(VENV, "python").exists()
+    )
+    if first:
+        _first_run_banner()
+    hatch = _ensure_hatch()
+    env = _hatch_env()
+    if needs_venv:
+        _ensure_venv(hatch, env)
     return subprocess.call([str(hatch), *args], cwd=ROOT, env=env)
 
 
@@ -78,7 +116,7 @@ COMMANDS = {
     "test": lambda a: _hatch(["run", "test", *a]),
     "lint": lambda a: _hatch(["run", "lint", *a]),
     "shell": lambda a: _hatch(["run", "python", "-c", "import sys; print(sys.executable)"]),
-    "hatch": lambda a: _hatch(list(a)),
+    "hatch": lambda a: _hatch(list(a), needs_venv=False),
 }
 
 

@@ -99,6 +99,45 @@ def test_guide_call_shapes_and_abstention() -> None:
         Signal(BUY, 1.5)
 
 
+def test_the_guides_call_form_signals_positional_weights_by_keyword() -> None:
+    tech, news, risk = Signal(BUY, 0.8, 1.0), Signal(HOLD, 0.0, 0.0), Signal(SELL, 0.6, 0.5)
+    as_list = aggregate_signals([tech, news, risk, BUY], [1.0, 1.0, 1.0, 1.0])
+    # the guide's Step 4 verbatim: rl_action is the bare Action from policy.predict
+    guide = aggregate_signals(tech, news, risk, BUY, weights=[1.0, 1.0, 1.0, 1.0])
+    assert guide == as_list == Signal(BUY, 0.9, 2.0 / 2.5)
+    assert aggregate_signals([tech, news, risk, BUY], weights=[1.0, 1.0, 1.0, 1.0]) == guide
+    # (action, strength) from policy.predict(state) keeps the policy's strength ...
+    pair = aggregate_signals(tech, news, risk, (BUY, 0.4), weights=[1.0, 1.0, 1.0, 1.0])
+    assert pair.action == BUY
+    assert (pair.strength, pair.confidence) == pytest.approx((0.6, 2.0 / 2.5))
+    # ... (action, strength, probs) from predict(return_probs=True) votes with its top prob
+    probs = np.array([0.2, 0.7, 0.1], dtype=np.float32)
+    triple = aggregate_signals(tech, news, risk, (BUY, 0.4, probs), weights=[1, 1, 1, 1])
+    assert triple.confidence == pytest.approx(1.7 / 2.2)
+    assert triple.strength == pytest.approx((0.8 + 0.7 * 0.4) / 1.7)
+    # the RL fallback (None) abstains; a single analyst works too
+    assert aggregate_signals(tech, news, risk, None, weights=[1, 1, 1, 1]) == aggregate_signals(
+        [tech, news, risk], [1, 1, 1]
+    )
+    assert aggregate_signals(SELL, weights=[2.0]) == Signal(SELL, 1.0, 1.0)
+    assert aggregate_signals(tech, risk, weights=[1, 1], min_score=0.9).action == HOLD
+
+
+def test_aggregate_signals_rejects_what_it_cannot_read() -> None:
+    with pytest.raises(TypeError, match=r"and no weights; expected aggregate_signals\(tech"):
+        aggregate_signals(Signal(BUY, 1.0), Signal(SELL, 1.0))
+    with pytest.raises(TypeError, match="no weights"):
+        aggregate_signals([BUY])
+    with pytest.raises(ValueError, match=r"expected \(2,\), one per analyst"):
+        aggregate_signals(BUY, SELL, weights=[1.0])
+    with pytest.raises(ValueError, match="a signal tuple has 4 items"):
+        aggregate_signals((BUY, 0.5, 0.1, 0.2), weights=[1.0])
+    with pytest.raises(ValueError, match="a signal is a str; expected a Signal"):
+        aggregate_signals("BUY", weights=[1.0])
+    with pytest.raises(ValueError, match=r"signal strength is 1.5"):
+        aggregate_signals((BUY, 1.5), weights=[1.0])
+
+
 def test_scalar_and_array_votes_agree() -> None:
     rng = np.random.default_rng(0)
     n, k = 300, 4

@@ -13,8 +13,9 @@ trained on the ensemble's decisions can learn them. Each returns, per state, a s
   backtester applies in the high-volatility regime.
 * ``RlAnalyst``: the ONNX policy through the runtime, with a fallback (see its docstring).
 
-The vote (``aggregate_signals`` for one decision, ``aggregate_signal_arrays`` for many): each
-analyst adds ``weight x confidence`` to the action it votes for. BUY or SELL, whichever has
+The vote (``aggregate_signals`` for one decision, in the guide's call form or with a list;
+``aggregate_signal_arrays`` for many): each analyst adds ``weight x confidence`` to the action
+it votes for. BUY or SELL, whichever has
 more votes, wins when its share of all votes (HOLD votes included: a confident HOLD dilutes)
 reaches ``min_score``; otherwise, and on a BUY/SELL tie, the ensemble HOLDs. An analyst with
 nothing to say votes with confidence 0 (the news analyst without any sentiment data), and one
@@ -28,7 +29,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -51,6 +52,7 @@ __all__ = [
     "RlAnalyst",
     "RlVote",
     "Signal",
+    "SignalLike",
     "Signals",
     "TechAnalyst",
     "aggregate_signal_arrays",
@@ -461,32 +463,88 @@ def _clip01(x: float) -> float:
     return 1.0 if x > 1.0 else x
 
 
+SignalLike = Signal | Action | tuple[Action, float] | tuple[Action, float, npt.ArrayLike] | None
+"""What ``aggregate_signals`` takes for one analyst (see its docstring)."""
+
+
+@overload
 def aggregate_signals(
-    signals: Sequence[Signal | Action | tuple[Action, float] | None],
+    signals: Sequence[SignalLike], weights: Sequence[float], /, *, min_score: float = 0.0
+) -> Signal: ...
+
+
+@overload
+def aggregate_signals(
+    *signals: SignalLike | list[SignalLike],
     weights: Sequence[float],
-    *,
+    min_score: float = 0.0,
+) -> Signal: ...
+
+
+def aggregate_signals(
+    *signals: Any,
+    weights: Sequence[float] | None = None,
     min_score: float = 0.0,
 ) -> Signal:
     """The weighted vote for one decision, as in the guide's Step 4.
 
-    ``signals``: one per analyst, in the order of ``weights``; each a ``Signal``, an ``Action``
-    (strength 1, confidence 1), an ``(action, strength)`` pair as ``policy.predict`` returns,
-    or ``None`` (the analyst abstains, e.g. the RL fallback).
+    Two call forms, the same vote:
+
+    * the guide's: one positional argument per analyst, then ``weights=`` by keyword,
+      ``aggregate_signals(tech, news, risk, rl_action, weights=[1.0, 1.0, 1.0, 1.0])``;
+    * a list: ``aggregate_signals([tech, news, risk, rl], [1.0, 1.0, 1.0, 1.0])`` (``weights``
+      positional or keyword).
+
+    Each analyst's signal, in the order of ``weights``, is one of: a ``Signal``; an ``Action``
+    alone (strength 1, confidence 1: what the guide passes as ``rl_action`` after
+    ``rl_action, rl_strength = policy.predict(state)``); an ``(action, strength)`` pair as
+    ``policy.predict(state)`` returns it (confidence 1), which keeps the policy's strength; an
+    ``(action, strength, probs)`` triple as ``policy.predict(state, return_probs=True)``
+    returns it (confidence = the top probability, as ``RlAnalyst`` votes); or ``None`` (the
+    analyst abstains, e.g. the RL fallback). Raises ``TypeError`` without weights and
+    ``ValueError`` for a bad signal or weights (see ``vote_totals``).
     """
+    if weights is None:
+        if len(signals) != 2 or not isinstance(signals[0], (list, tuple)):
+            raise TypeError(
+                f"aggregate_signals() got {len(signals)} positional argument(s) and no "
+                "weights; expected aggregate_signals(tech, news, risk, rl, weights=[...]) or "
+                "aggregate_signals([tech, news, risk, rl], [...])"
+            )
+        signals, weights = tuple(signals[0]), signals[1]
+    elif len(signals) == 1 and isinstance(signals[0], list):
+        signals = tuple(signals[0])
     arrays: list[Signals | None] = []
     for sig in signals:
-        if sig is None:
-            arrays.append(None)
-            continue
-        if isinstance(sig, tuple):
-            sig = Signal(Action(sig[0]), float(sig[1]))
-        elif not isinstance(sig, Signal):
-            sig = Signal(Action(sig), 1.0)
+        one = _as_signal(sig)
         arrays.append(
-            Signals(
-                np.array([int(sig.action)], dtype=np.int64),
-                np.array([sig.strength]),
-                np.array([sig.confidence]),
+            None
+            if one is None
+            else Signals(
+                np.array([int(one.action)], dtype=np.int64),
+                np.array([one.strength]),
+                np.array([one.confidence]),
             )
         )
     return aggregate_signal_arrays(arrays, weights, min_score=min_score)[0]
+
+
+def _as_signal(sig: Any) -> Signal | None:
+    """One analyst's argument to ``aggregate_signals`` as a ``Signal`` (None: abstains)."""
+    if sig is None or isinstance(sig, Signal):
+        return sig
+    if isinstance(sig, tuple):
+        if len(sig) == 2:
+            return Signal(Action(sig[0]), float(sig[1]))
+        if len(sig) == 3:
+            return Signal(Action(sig[0]), float(sig[1]), _clip01(float(np.max(sig[2]))))
+        raise ValueError(
+            f"a signal tuple has {len(sig)} items; expected (action, strength) or "
+            "(action, strength, probs) as policy.predict returns"
+        )
+    if isinstance(sig, (int, np.integer)) and not isinstance(sig, bool):
+        return Signal(Action(int(sig)), 1.0)
+    raise ValueError(
+        f"a signal is a {type(sig).__name__}; expected a Signal, an Action, (action, strength), "
+        "(action, strength, probs) or None"
+    )
