@@ -127,7 +127,7 @@ def test_backtest_with_the_rl_analyst_right_after_install(tmp_path: Path, shippe
         return out
 
     otonom("data", "synth", "--symbol", "DEMO-BTC", "--start", "2021-01-01", "--end",
-           "2022-12-31", "--seed", "7")  # fmt: skip
+           "2022-12-31")  # fmt: skip
     out = otonom(
         "backtest", "--strategy-path", "strategies/ensemble_rl_v1.yaml", "--symbol", "DEMO-BTC",
         "--start-date", "2021-07-01", "--end-date", "2022-12-31",

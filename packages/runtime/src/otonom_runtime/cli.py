@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from otonom_runtime._demo import DEMO_SEED
 from otonom_runtime._errors import DataImportError, OtonomRuntimeError, StoreError
 from otonom_runtime._sources import SYNTHETIC_SOURCE, USER_SOURCE
 from otonom_schema import SchemaError
@@ -309,7 +310,7 @@ def _add_data_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         default=dt.date(2024, 1, 1),
         help="last day, inclusive (default 2024-01-01)",
     )
-    p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    p.add_argument("--seed", type=int, default=DEMO_SEED, help="random seed (default %(default)s)")
     p.add_argument(
         "--replace",
         action="store_true",

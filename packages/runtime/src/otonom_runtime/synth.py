@@ -43,6 +43,7 @@ import numpy.typing as npt
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
+from otonom_runtime._demo import DEMO_SEED
 from otonom_runtime._errors import DataImportError
 from otonom_runtime.importers import check_symbol_name
 from otonom_runtime.store import (
@@ -56,6 +57,7 @@ from otonom_runtime.store import (
 from otonom_schema import MarketHistory, SentimentSeries
 
 __all__ = [
+    "DEMO_SEED",
     "GENERATOR_VERSION",
     "MACRO_EPOCH",
     "REGIME_NAMES",

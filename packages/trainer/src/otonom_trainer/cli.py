@@ -20,6 +20,7 @@ from typing import Any
 
 import otonom_schema
 from otonom_runtime.cli import add_global_flags, iso_date, require_store, run_cli
+from otonom_runtime.synth import DEMO_SEED
 
 __all__ = ["main"]
 
@@ -312,7 +313,10 @@ def _add_pipeline(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     p.add_argument("--epochs", type=int, default=20, help="training epochs (default %(default)s)")
     p.add_argument(
-        "--seed", type=int, default=7, help="seed: synthetic market, training (default %(default)s)"
+        "--seed",
+        type=int,
+        default=DEMO_SEED,
+        help="seed: synthetic market, training (default %(default)s)",
     )
     p.add_argument(
         "--model-dir",

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from otonom_runtime.synth import DEMO_SEED
 from otonom_trainer.ranges import DEMO_END, DEMO_START
 
 __all__ = ["STAGES", "PipelineConfig", "PipelineError", "PipelineResult", "run_pipeline"]
@@ -81,7 +82,7 @@ class PipelineConfig:
     train_end: dt.date | None = None
     test_start: dt.date | None = None
     import_csv: tuple[tuple[str, str], ...] = ()  # (file, symbol)
-    seed: int = 7
+    seed: int = DEMO_SEED
     epochs: int = 20
     batch_size: int = 256
     hidden_dim: int = 128

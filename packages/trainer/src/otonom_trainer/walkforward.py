@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from otonom_runtime.cli import iso_date
+from otonom_runtime.synth import DEMO_SEED
 from otonom_trainer.pipeline import DEMO_SYMBOLS
 from otonom_trainer.ranges import (
     DEMO_END,
@@ -183,7 +184,7 @@ class WalkForwardConfig:
     epochs: int = 20
     batch_size: int = 256
     hidden_dim: int = 128
-    seed: int = 7
+    seed: int = DEMO_SEED
     out_dir: str = "reports/walk-forward"
     quiet: bool = False
 
@@ -813,7 +814,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     p.add_argument("--epochs", type=int, default=20, help="training epochs per window (20)")
     p.add_argument("--batch-size", type=int, default=256, help="training batch size (256)")
     p.add_argument("--hidden-dim", type=int, default=128, help="hidden layer width (128)")
-    p.add_argument("--seed", type=int, default=7, help="seed: synthetic market, training (7)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=DEMO_SEED,
+        help="seed: synthetic market, training (default %(default)s)",
+    )
     p.add_argument(
         "--out", default="reports/walk-forward", help="report folder (reports/walk-forward)"
     )
