@@ -210,9 +210,10 @@ def test_synth_never_changes_a_stored_bar_unless_replace(
     assert "--replace" in _help(capsys, "data", "synth")
     url = _url(tmp_path)
     synth = ["--database-url", url, "data", "synth", "--symbol", "DEMO-BTC", "--start"]
-    first = _otonom(*synth, "2020-01-01", "--end", "2020-03-31", cwd=tmp_path)
+    seed = ["--seed", "7"]
+    first = _otonom(*synth, "2020-01-01", "--end", "2020-03-31", *seed, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    longer = _otonom(*synth, "2020-01-01", "--end", "2020-06-30", cwd=tmp_path)
+    longer = _otonom(*synth, "2020-01-01", "--end", "2020-06-30", *seed, cwd=tmp_path)
     assert longer.returncode == 0, longer.stderr
     assert "91 bars, 91 news and 91 macro scores written" in longer.stdout  # April .. June
     before = _rows(url)

@@ -243,7 +243,15 @@ _DATES = ["--start-date", "2020-01-01", "--end-date", "2020-06-30"]
             "start 2021-01-01 is not before end 2020-01-01",
         ),
         (
-            ["walk-forward", "--strategy-path", _STRATEGY, "--start-date", "2022-01-01"],
+            [
+                "walk-forward",
+                "--strategy-path",
+                _STRATEGY,
+                "--start-date",
+                "2023-06-01",
+                "--end-date",
+                "2023-12-31",
+            ],
             "the history is too short for one window",
         ),
     ],

@@ -221,7 +221,7 @@ def mixed_store(tmp_path: Path) -> str:
 def test_a_real_symbols_rows_beside_the_demo_are_the_builders_states(mixed_store: str) -> None:
     strategy = load_strategy(BASELINE)
     with get_session(mixed_store) as session:
-        run = run_backtest(session, strategy, [REAL, A], dt.date(2021, 6, 1), LAST_BAR).run_id
+        run = run_backtest(session, strategy, [REAL, A], FIRST_BAR, LAST_BAR).run_id
     with get_session(mixed_store) as session:
         ds = OfflineDatasetGenerator(session).generate_dataset([REAL, A], *WIDE)
         assert ds.metadata["sentiment_sources"] == {
@@ -241,7 +241,7 @@ def test_the_dataset_reads_the_sources_its_run_read(mixed_store: str) -> None:
     are the states the teacher decided on; a run recorded before sources: the kind rule."""
     user_macro = parse_strategy({"data": {"macro_source": "user"}})
     with get_session(mixed_store) as session:
-        run = run_backtest(session, user_macro, [A], dt.date(2021, 6, 1), LAST_BAR).run_id
+        run = run_backtest(session, user_macro, [A], FIRST_BAR, LAST_BAR).run_id
     with get_session(mixed_store) as session:
         ds = generate_dataset(session, A, *WIDE)
         assert ds.metadata["sentiment_sources"] == {A: {"news": "synthetic", "macro": "user"}}
