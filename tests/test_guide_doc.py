@@ -236,7 +236,7 @@ def test_every_snippet_runs_in_order(tmp_path: Path) -> None:
         "data/offline_dataset.npz",
         "data/offline_dataset_test.npz",
         "models/guide_bc/policy_best.onnx",
-        "models/guide_bc/check.md",
+        "reports/check/guide_bc/check.md",
         "models/guide_bc_api/policy_best.onnx",
         "models/guide_seed_456/policy_best.onnx",
         "reports/guide_rl_2023.png",
