@@ -371,3 +371,33 @@ def _without_help(parser: argparse.ArgumentParser, path: str) -> list[str]:
 def test_every_argument_of_both_command_lines_has_help() -> None:
     assert _without_help(runtime_parser(), "otonom") == []
     assert _without_help(trainer_parser(), "otonom-train") == []
+
+
+def test_pipeline_passes_replace_and_date_format_to_its_csv_import(tmp_path: Path) -> None:
+    """The import's own refusals name --replace and --date-format: the pipeline has both. (The
+    files are too short for a pipeline, so each run stops right after the import, cheaply.)"""
+    strategy = str(ROOT / "strategies" / "baseline_v1.yaml")
+    header = "Date,Open,High,Low,Close,Volume\n"
+    rows = [f"2020-01-{d:02d},10,12,9,{10 + d / 10:.1f},100\n" for d in range(1, 11)]
+    (tmp_path / "a.csv").write_text(header + "".join(rows))
+    (tmp_path / "b.csv").write_text(header + "".join(rows).replace(",11.0,", ",11.5,"))
+    (tmp_path / "us.csv").write_text(header + "1/2/2020,10,12,9,11,100\n2/1/2020,10,12,9,11,100\n")
+    subprocess.run(
+        [sys.executable, "-m", "otonom_runtime", "data", "import-csv", "a.csv", "--symbol", "X"],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
+
+    def pipeline(*args: str) -> subprocess.CompletedProcess[str]:
+        return _run("pipeline", "--strategy-path", strategy, *args, cwd=tmp_path)
+
+    refused = pipeline("--import-csv", "b.csv", "--symbol", "X")
+    _one_error(refused, "b.csv: 1 bar differs from the stored bars of 'X' (2020-01-10)")
+    assert "add --replace" in refused.stderr
+    replaced = pipeline("--import-csv", "b.csv", "--symbol", "X", "--replace")
+    _one_error(replaced, "X has 10 bars")  # imported; then too short for a pipeline
+    ambiguous = pipeline("--import-csv", "us.csv", "--symbol", "US")
+    _one_error(ambiguous, "us.csv: cannot tell day from month")
+    told = pipeline("--import-csv", "us.csv", "--symbol", "US", "--date-format", "%d/%m/%Y")
+    _one_error(told, "US has 2 bars (2020-01-02 .. 2020-02-01)")

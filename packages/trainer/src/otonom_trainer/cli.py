@@ -230,6 +230,8 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
         train_end=args.train_end,
         test_start=args.test_start,
         import_csv=tuple(zip(files, symbols[: len(files)], strict=True)),
+        replace=args.replace,
+        date_format=args.date_format,
         seed=args.seed,
         epochs=args.epochs,
         model_dir=args.model_dir,
@@ -287,6 +289,18 @@ def _add_pipeline(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         action="append",
         metavar="FILE",
         help="import this daily OHLCV CSV first, as the matching --symbol (repeatable)",
+    )
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="let --import-csv overwrite stored bars that differ from the file's (default: "
+        "refuse, listing the changed dates)",
+    )
+    p.add_argument(
+        "--date-format",
+        metavar="FORMAT",
+        help="strptime format of the --import-csv files' date column, e.g. '%%m/%%d/%%Y' "
+        "(default: read from the file, as `otonom data import-csv` does)",
     )
     p.add_argument(
         "--start-date",

@@ -82,6 +82,8 @@ class PipelineConfig:
     train_end: dt.date | None = None
     test_start: dt.date | None = None
     import_csv: tuple[tuple[str, str], ...] = ()  # (file, symbol)
+    replace: bool = False  # import_csv may overwrite stored bars that differ
+    date_format: str | None = None  # strptime format of import_csv's date column
     seed: int = DEMO_SEED
     epochs: int = 20
     batch_size: int = 256
@@ -299,7 +301,10 @@ def _stage_data(cfg: PipelineConfig, url: str) -> _Dates:
     csv_files = {symbol: path for path, symbol in cfg.import_csv}
     with get_session(url) as session:
         for path, symbol in cfg.import_csv:
-            _say(cfg, "  " + import_ohlcv_csv(session, path, symbol).summary())
+            report = import_ohlcv_csv(
+                session, path, symbol, date_format=cfg.date_format, replace=cfg.replace
+            )
+            _say(cfg, "  " + report.summary())
         present = {info.name for info in list_symbols(session)}
         missing = [s for s in cfg.symbols if s not in present]
         demo = [s for s in missing if s.startswith("DEMO-")]
