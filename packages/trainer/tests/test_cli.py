@@ -121,7 +121,7 @@ def test_pipeline_refuses_unknown_symbols(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert "not in the store" in out.stderr
     assert "--import-csv" in out.stderr
-    assert not (tmp_path / "reports").exists()  # no empty report folder left behind
+    assert list(tmp_path.iterdir()) == []  # no empty store, no empty report folder
 
 
 # --- the edges: one error line, nothing written, flags, help ------------------------------------
@@ -401,3 +401,10 @@ def test_pipeline_passes_replace_and_date_format_to_its_csv_import(tmp_path: Pat
     _one_error(ambiguous, "us.csv: cannot tell day from month")
     told = pipeline("--import-csv", "us.csv", "--symbol", "US", "--date-format", "%d/%m/%Y")
     _one_error(told, "US has 2 bars (2020-01-02 .. 2020-02-01)")
+
+
+def test_walk_forward_refuses_unknown_symbols_writing_nothing(tmp_path: Path) -> None:
+    strategy = str(ROOT / "strategies" / "baseline_v1.yaml")
+    out = _run("walk-forward", "--strategy-path", strategy, "--symbol", "BTC-USD", cwd=tmp_path)
+    _one_error(out, "symbols ['BTC-USD'] are not in the store (there is no store at")
+    assert list(tmp_path.iterdir()) == []

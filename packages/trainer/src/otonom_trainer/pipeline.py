@@ -38,6 +38,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -297,8 +298,9 @@ def _stage_data(cfg: PipelineConfig, url: str) -> _Dates:
     from otonom_runtime.synth import write_synthetic
 
     _stage(cfg, 1, f"{', '.join(cfg.symbols)} in {url}")
-    init_db(url)
     csv_files = {symbol: path for path, symbol in cfg.import_csv}
+    refuse_unknown_before_creating(url, cfg.symbols, set(csv_files), PipelineError)
+    init_db(url)
     with get_session(url) as session:
         for path, symbol in cfg.import_csv:
             report = import_ohlcv_csv(
@@ -320,6 +322,27 @@ def _stage_data(cfg: PipelineConfig, url: str) -> _Dates:
         if not missing:
             _say(cfg, "  all symbols already in the store")
         return _dates(cfg, session)  # in the same transaction: a too-short series is not kept
+
+
+def refuse_unknown_before_creating(
+    url: str, symbols: Sequence[str], importing: set[str], error: type[Exception]
+) -> None:
+    """Raise ``error`` when the store is a SQLite file that does not exist yet and a symbol is
+    neither a DEMO-* name (generated) nor imported by this call: checked before the store is
+    created, so the failed command leaves no empty store behind."""
+    from otonom_runtime import StoreError
+    from otonom_runtime.cli import require_store
+
+    try:
+        require_store(url)
+    except StoreError:
+        unknown = [s for s in symbols if not s.startswith("DEMO-") and s not in importing]
+        if unknown:
+            raise error(
+                f"symbols {unknown} are not in the store (there is no store at {url} yet); "
+                "import them with --import-csv FILE --symbol NAME (or `otonom data import-csv "
+                "FILE --symbol NAME`), or use DEMO-* names for the synthetic market"
+            ) from None
 
 
 def _stage_teacher(run: _Run) -> None:

@@ -54,7 +54,7 @@ from typing import Any
 
 from otonom_runtime.cli import iso_date
 from otonom_runtime.synth import DEMO_SEED
-from otonom_trainer.pipeline import DEMO_SYMBOLS
+from otonom_trainer.pipeline import DEMO_SYMBOLS, refuse_unknown_before_creating
 from otonom_trainer.ranges import (
     DEMO_END,
     DEMO_START,
@@ -460,6 +460,7 @@ def _prepare_store(
     from otonom_runtime.synth import write_synthetic
     from otonom_trainer.ranges import data_ranges, fit_windows
 
+    refuse_unknown_before_creating(url, cfg.symbols, set(), WalkForwardError)
     init_db(url)
     with get_session(url) as session:
         present = {info.name: info for info in list_symbols(session)}
