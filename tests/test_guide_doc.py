@@ -1,4 +1,5 @@
-"""docs/guide.md, run as a reader runs it: every fenced block, in order, in a fresh folder.
+"""docs/guide.md and README.md, run as a reader runs them: every fenced block, in order, in a
+fresh folder.
 
 The kinds of block (the language after the opening fence):
 
@@ -13,10 +14,13 @@ The kinds of block (the language after the opening fence):
 
 A bash or python block may be marked ``<!-- not-run: REASON -->`` on the line before it: only
 real market data and an external PostgreSQL server are accepted reasons, and the exact list of
-such blocks is pinned here, so a block cannot quietly stop running.
+such blocks is pinned here, so a block cannot quietly stop running. The README also has the
+block of its two commands themselves (``python3 dev.py run`` / ``test``): the main job runs in
+tests/test_clean_checkout.py, the test command is this suite.
 
-The folder starts like a checkout (``strategies/`` and ``scripts/`` copied in) with no store and
-no models: the guide makes its own synthetic market, datasets and models. As in
+The folder starts like a checkout (``strategies/`` and ``scripts/`` copied in; for the README
+also the tracked ``models/``, the shipped default model) with no store: each document makes its
+own synthetic market, datasets and models. As in
 tests/test_guide_snippets.py and tests/test_guide_pipeline.py, the subprocesses inherit this
 environment (PYTHONPATH included) minus ``OTONOM_DATABASE_URL``, so the default store is the
 folder's own ``data/otonom.db``.
@@ -36,6 +40,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "guide.md"
+README = ROOT / "README.md"
 
 NOT_RUN_REASONS = {"needs real data", "needs an external PostgreSQL server"}
 
@@ -46,6 +51,16 @@ NOT_RUN = [
     (
         "needs an external PostgreSQL server",
         "otonom --database-url postgresql+psycopg://trader@localhost:5432/otonom data list",
+    ),
+]
+
+README_NOT_RUN_REASONS = {*NOT_RUN_REASONS, "the two commands themselves"}
+README_NOT_RUN = [
+    ("the two commands themselves", "python3 dev.py run"),
+    ("needs real data", "otonom data import-csv BTC-USD_yahoo_daily.csv --symbol BTC-USD"),
+    (
+        "needs an external PostgreSQL server",
+        "otonom --database-url postgresql+psycopg://user@host/db data list",
     ),
 ]
 
@@ -115,11 +130,21 @@ def _env() -> dict[str, str]:
     return env
 
 
-def test_every_block_is_of_a_known_kind_and_only_the_pinned_ones_are_skipped() -> None:
-    blocks = _blocks()
-    assert len(blocks) > 20  # the parser sees the guide's blocks
+@pytest.mark.parametrize(
+    ("doc", "reasons", "pinned", "at_least"),
+    [
+        (GUIDE, NOT_RUN_REASONS, NOT_RUN, 20),
+        (README, README_NOT_RUN_REASONS, README_NOT_RUN, 10),
+    ],
+    ids=["guide", "readme"],
+)
+def test_every_block_is_of_a_known_kind_and_only_the_pinned_ones_are_skipped(
+    doc: Path, reasons: set[str], pinned: list[tuple[str, str]], at_least: int
+) -> None:
+    blocks = guide_blocks(doc.read_text(encoding="utf-8"))
+    assert len(blocks) > at_least  # the parser sees the document's blocks
     for b in blocks:
-        where = f"docs/guide.md:{b.line}"
+        where = f"{doc.relative_to(ROOT)}:{b.line}"
         assert b.lang in {"bash", "python", "yaml", "text"}, f"{where}: fence language {b.lang!r}"
         if b.lang == "yaml":
             assert b.mark is not None, f"{where}: a yaml block needs <!-- file: PATH --> before it"
@@ -129,9 +154,13 @@ def test_every_block_is_of_a_known_kind_and_only_the_pinned_ones_are_skipped() -
         elif b.mark is not None:
             assert b.lang in {"bash", "python"}, f"{where}: a {b.lang} block is never run"
             assert b.mark[0] == "not-run", f"{where}: <!-- file: --> is for yaml blocks"
-            assert b.mark[1] in NOT_RUN_REASONS, f"{where}: not-run reason {b.mark[1]!r}"
-    skipped = [(b.mark[1], b.first_line) for b in blocks if b.mark and b.mark[0] == "not-run"]
-    assert skipped == NOT_RUN
+            assert b.mark[1] in reasons, f"{where}: not-run reason {b.mark[1]!r}"
+    skipped = [
+        (b.mark[1], b.first_line.split("#")[0].strip())  # the command, without its comment
+        for b in blocks
+        if b.mark and b.mark[0] == "not-run"
+    ]
+    assert skipped == pinned
 
 
 def test_the_marker_parser() -> None:
@@ -196,14 +225,16 @@ def _text() -> str:
     return GUIDE.read_text(encoding="utf-8")
 
 
-def test_every_snippet_runs_in_order(tmp_path: Path) -> None:
-    for folder in ("strategies", "scripts"):
+def _run_in_order(doc: Path, tmp_path: Path, copy: tuple[str, ...]) -> tuple[int, int]:
+    """Run ``doc``'s blocks in order in ``tmp_path`` (``copy``: checkout folders copied in
+    first); returns (blocks run, output blocks checked)."""
+    for folder in copy:
         shutil.copytree(ROOT / folder, tmp_path / folder)
     env = _env()
     ran = checked = 0
     printed = ""  # stdout of the last block run
-    for b in _blocks():
-        where = f"docs/guide.md:{b.line} ({b.first_line[:60]!r})"
+    for b in guide_blocks(doc.read_text(encoding="utf-8")):
+        where = f"{doc.relative_to(ROOT)}:{b.line} ({b.first_line[:60]!r})"
         if b.mark == ("output", ""):
             missing = output_mismatches(b.body, printed)
             assert not missing, f"{where}: not printed by the block above: {missing}\n{printed}"
@@ -228,6 +259,37 @@ def test_every_snippet_runs_in_order(tmp_path: Path) -> None:
         assert "Traceback" not in out.stderr, f"{where}:\n{out.stderr[-3000:]}"
         printed = out.stdout
         ran += 1
+    return ran, checked
+
+
+def _tracked(folder: str, tmp_path: Path) -> None:
+    """Copy what git tracks under ``folder`` (the shipped default model, not the versions a
+    developer trained or promoted here)."""
+    files = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files", folder], capture_output=True, text=True, check=True
+    ).stdout.split()
+    for name in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, tmp_path / name)
+
+
+def test_every_readme_snippet_runs_in_order(tmp_path: Path) -> None:
+    _tracked("models", tmp_path)
+    ran, checked = _run_in_order(README, tmp_path, ("strategies", "scripts"))
+    blocks = guide_blocks(README.read_text(encoding="utf-8"))
+    assert ran == len([b for b in blocks if b.lang in {"bash", "python"}]) - len(README_NOT_RUN)
+    assert checked == 0
+    for path in (
+        "data/otonom.db",
+        "reports/check/20261204T174901Z/check.md",
+        "reports/walk-forward/walk_forward.md",
+        "models/rl_bc/policy_best.onnx",
+    ):
+        assert (tmp_path / path).is_file(), path
+
+
+def test_every_snippet_runs_in_order(tmp_path: Path) -> None:
+    ran, checked = _run_in_order(GUIDE, tmp_path, ("strategies", "scripts"))
     assert ran == len([b for b in _blocks() if b.lang in {"bash", "python"}]) - len(NOT_RUN)
     assert checked == 2
     # what the walkthrough promises to leave behind
