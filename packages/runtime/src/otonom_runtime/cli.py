@@ -119,7 +119,12 @@ def _cmd_data_import_csv(args: argparse.Namespace) -> int:
     _readable(args.file)
     with _store(args) as url, get_session(url) as session:
         report = import_ohlcv_csv(
-            session, args.file, args.symbol, date_format=args.date_format, replace=args.replace
+            session,
+            args.file,
+            args.symbol,
+            date_format=args.date_format,
+            replace=args.replace,
+            drop_bad_rows=args.drop_bad_rows,
         )
     print(report.summary())
     return 0
@@ -235,9 +240,11 @@ def _add_data_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
             "marks the date column. Dates may be ISO dates, ISO datetimes, epoch "
             "seconds/milliseconds or day and month with a 4-digit year (see --date-format). "
             "Every bad row is reported with its line number and nothing is written unless the "
-            "whole file is valid. Re-importing adds new dates and skips identical bars; a bar "
-            "that differs from the stored bar of its date is refused (the changed dates are "
-            "listed, nothing is written) unless --replace."
+            "whole file is valid (or, with --drop-bad-rows, the bad rows are skipped and "
+            "reported); a bar must obey low <= open, close <= high. Re-importing adds new "
+            "dates and skips identical bars; a bar that differs from the stored bar of its "
+            "date is refused (the changed dates are listed, nothing is written) unless "
+            "--replace."
         ),
     )
     p.add_argument("file", metavar="FILE", help="the CSV file")
@@ -247,6 +254,13 @@ def _add_data_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "--replace",
         action="store_true",
         help="overwrite stored bars whose values differ from the file's (default: refuse)",
+    )
+    p.add_argument(
+        "--drop-bad-rows",
+        action="store_true",
+        help="import the valid rows and skip the bad ones (bad date, duplicate date, bad "
+        "number, OHLC rule broken, wrong column count), printing how many were dropped and the "
+        "first of them (default: refuse the whole file, listing every bad row)",
     )
     p.set_defaults(handler=_cmd_data_import_csv)
 

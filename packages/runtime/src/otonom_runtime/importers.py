@@ -32,8 +32,20 @@ day-first, a second number above 12 means month-first; a file where neither happ
 do) is refused unless ``date_format`` (a ``strptime`` format such as ``%m/%d/%Y``) says.
 
 A bar is refused when: its date cannot be read, the date repeats an earlier row, a value is
-empty or not a finite number, a price is <= 0, high < low, volume < 0, or the row has another
-number of columns than the header. Blank lines are skipped.
+empty or not a finite number, a price is <= 0, high < low, open or close outside [low, high]
+(the OHLC rule ``low <= open <= high`` and ``low <= close <= high``), volume < 0, or the row has
+another number of columns than the header. Blank lines are skipped.
+
+The OHLC rule allows a relative tolerance of ``OHLC_TOLERANCE`` (1e-9 of the bar's high) for
+vendor float noise (e.g. a close of ``12.000000000001`` against a high of ``12.0``, as adjusted
+series sometimes print): such a bar is stored as given. Anything beyond it is a bad row.
+
+``drop_bad_rows=True`` (the CLI's ``--drop-bad-rows``, for old vendor series with a few such
+rows) imports the valid rows instead of refusing the file, and reports the skipped ones in
+``ImportReport.dropped`` (line, what is wrong) and its summary; a repeated date is a bad row
+even when the row it repeats was dropped. A file that cannot be read as a whole (not UTF-8,
+unreadable CSV, missing columns, no header, undecidable date order) or that has no valid bar
+still fails.
 """
 
 from __future__ import annotations
@@ -63,6 +75,7 @@ from otonom_runtime.store import (
 
 __all__ = [
     "MAX_LISTED_PROBLEMS",
+    "OHLC_TOLERANCE",
     "ImportReport",
     "check_symbol_name",
     "import_ohlcv_csv",
@@ -71,6 +84,9 @@ __all__ = [
 ]
 
 MAX_LISTED_PROBLEMS: Final = 20
+OHLC_TOLERANCE: Final = 1e-9  # relative to the bar's high: open/close may exceed it (or undercut
+# low) by this much before the bar is refused; vendor float noise, far below any price tick
+_LISTED_DROPPED: Final = 5  # dropped rows named in ImportReport.summary()
 _DATE_NAMES: Final = ("date", "timestamp", "time", "datetime", "open_time", "open time")
 _OHLCV: Final = ("open", "high", "low", "close", "volume")
 _SYMBOL_NAMES: Final = ("symbol", "ticker")
@@ -83,7 +99,9 @@ class ImportReport:
     """What an import did. ``kind``: ``"bars"``, ``"news"`` or ``"macro"``.
 
     ``rows`` = ``inserted + updated + unchanged``; ``symbols`` is empty for macro sentiment;
-    ``created_symbol`` is True when the import made the ``Symbol`` row.
+    ``created_symbol`` is True when the import made the ``Symbol`` row. ``dropped``: the bad
+    rows skipped with ``drop_bad_rows=True`` as ``(line, what is wrong)``, in file order (empty
+    otherwise).
     """
 
     path: Path
@@ -96,16 +114,27 @@ class ImportReport:
     first: dt.date | None
     last: dt.date | None
     created_symbol: bool = False
+    dropped: tuple[tuple[int, str], ...] = ()
 
     def summary(self) -> str:
-        """One line for people, e.g. ``BTC-USD: 3541 bars 2014-09-17 .. 2024-05-27 (...)``."""
+        """One line for people, e.g. ``BTC-USD: 3541 bars 2014-09-17 .. 2024-05-27 (...)``.
+
+        With dropped rows it adds their count and the first few, e.g. ``; dropped 2 bad rows
+        (line 4: 2020-01-03: close 12.5 > high 12.0; line 9: ...)``.
+        """
         who = ", ".join(self.symbols) if self.symbols else "macro"
         what = {"bars": "bars", "news": "news scores", "macro": "macro scores"}[self.kind]
         span = f" {self.first} .. {self.last}" if self.first else ""
-        return (
+        text = (
             f"{who}: {self.rows} {what}{span} from {self.path.name} "
             f"({self.inserted} inserted, {self.updated} updated, {self.unchanged} unchanged)"
         )
+        if self.dropped:
+            n = len(self.dropped)
+            shown = "; ".join(f"line {line}: {msg}" for line, msg in self.dropped[:_LISTED_DROPPED])
+            more = f"; and {n - _LISTED_DROPPED} more" if n > _LISTED_DROPPED else ""
+            text += f"; dropped {n} bad row{'s' if n != 1 else ''} ({shown}{more})"
+        return text
 
 
 _DAY_MONTH_YEAR: Final = re.compile(r"^(\d{1,2})([/.-])(\d{1,2})\2(\d{4})$")
@@ -321,9 +350,20 @@ def check_symbol_name(symbol: str) -> str:
     return name
 
 
+def _ohlc_problem(o: float, h: float, lo: float, c: float) -> str | None:
+    """What breaks ``low <= open <= high`` and ``low <= close <= high`` (``OHLC_TOLERANCE``)."""
+    if h < lo:
+        return f"high {h!r} < low {lo!r}"
+    slack = OHLC_TOLERANCE * h
+    bad = [f"{n} {x!r} > high {h!r}" for n, x in (("open", o), ("close", c)) if x > h + slack]
+    bad += [f"{n} {x!r} < low {lo!r}" for n, x in (("open", o), ("close", c)) if x < lo - slack]
+    return f"{', '.join(bad)}; expected low <= open, close <= high" if bad else None
+
+
 def _read_bars(
-    path: Path, date_format: str | None = None
-) -> dict[dt.date, tuple[float, float, float, float, float]]:
+    path: Path, date_format: str | None = None, drop_bad_rows: bool = False
+) -> tuple[dict[dt.date, tuple[float, float, float, float, float]], list[tuple[int, str]]]:
+    """The file's bars by date, and (with ``drop_bad_rows``) the skipped bad rows."""
     rows = _read_rows(path)
     first = next(rows, None)
     if first is None:
@@ -360,18 +400,25 @@ def _read_bars(
             problems.add(line, f"{day}: {exc}")
             continue
         bad = [f"{n} {x!r} <= 0" for n, x in zip(_OHLCV[:4], (o, h, lo, c), strict=True) if x <= 0]
+        ohlc = _ohlc_problem(o, h, lo, c)
         if bad:
             problems.add(line, f"{day}: {', '.join(bad)}; expected prices > 0")
-        elif h < lo:
-            problems.add(line, f"{day}: high {h!r} < low {lo!r}")
+        elif ohlc is not None:
+            problems.add(line, f"{day}: {ohlc}")
         elif v < 0:
             problems.add(line, f"{day}: volume {v!r} < 0; expected >= 0")
         else:
             bars[day] = (o, h, lo, c, v)
-    problems.raise_if_any("OHLCV")
+    if drop_bad_rows:
+        dropped = sorted(problems.items)
+        if not bars:
+            problems.raise_if_any("OHLCV")
+    else:
+        dropped = []
+        problems.raise_if_any("OHLCV")
     if not bars:
         raise DataImportError(f"{path.name}: no bars after the header; expected at least one")
-    return bars
+    return bars, dropped
 
 
 def _date_reader(
@@ -398,6 +445,7 @@ def import_ohlcv_csv(
     *,
     date_format: str | None = None,
     replace: bool = False,
+    drop_bad_rows: bool = False,
 ) -> ImportReport:
     """Import the daily bars of ``symbol`` from a CSV file (see the module doc for layouts).
 
@@ -409,10 +457,14 @@ def import_ohlcv_csv(
     listing every bad row, when ``symbol`` is a synthetic symbol, or when a bar differs from
     the stored bar of its date and ``replace`` is False (with ``replace`` such bars are
     updated).
+
+    ``drop_bad_rows``: import the valid rows and skip the bad ones instead of refusing the
+    file; the skipped rows are listed in the report's ``dropped`` (a file with no valid bar,
+    or one that cannot be read as a whole, still fails).
     """
     path = Path(path)
     name = check_symbol_name(symbol)
-    bars = _read_bars(path, date_format)
+    bars, dropped = _read_bars(path, date_format, drop_bad_rows)
     row, created = get_or_create_symbol(session, name, source=f"csv:{path.name}")
     if row.is_synthetic:
         raise DataImportError(
@@ -463,6 +515,7 @@ def import_ohlcv_csv(
         first=days[0],
         last=days[-1],
         created_symbol=created,
+        dropped=tuple(dropped),
     )
 
 

@@ -231,6 +231,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
         test_start=args.test_start,
         import_csv=tuple(zip(files, symbols[: len(files)], strict=True)),
         replace=args.replace,
+        drop_bad_rows=args.drop_bad_rows,
         date_format=args.date_format,
         seed=args.seed,
         epochs=args.epochs,
@@ -295,6 +296,12 @@ def _add_pipeline(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         action="store_true",
         help="let --import-csv overwrite stored bars that differ from the file's (default: "
         "refuse, listing the changed dates)",
+    )
+    p.add_argument(
+        "--drop-bad-rows",
+        action="store_true",
+        help="let --import-csv skip bad rows (bad date or number, OHLC rule broken, ...) and "
+        "report them, instead of refusing the file (default: refuse, listing every bad row)",
     )
     p.add_argument(
         "--date-format",

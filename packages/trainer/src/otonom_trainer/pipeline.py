@@ -84,6 +84,7 @@ class PipelineConfig:
     test_start: dt.date | None = None
     import_csv: tuple[tuple[str, str], ...] = ()  # (file, symbol)
     replace: bool = False  # import_csv may overwrite stored bars that differ
+    drop_bad_rows: bool = False  # import_csv skips (and reports) bad rows instead of refusing
     date_format: str | None = None  # strptime format of import_csv's date column
     seed: int = DEMO_SEED
     epochs: int = 20
@@ -304,7 +305,12 @@ def _stage_data(cfg: PipelineConfig, url: str) -> _Dates:
     with get_session(url) as session:
         for path, symbol in cfg.import_csv:
             report = import_ohlcv_csv(
-                session, path, symbol, date_format=cfg.date_format, replace=cfg.replace
+                session,
+                path,
+                symbol,
+                date_format=cfg.date_format,
+                replace=cfg.replace,
+                drop_bad_rows=cfg.drop_bad_rows,
             )
             _say(cfg, "  " + report.summary())
         present = {info.name for info in list_symbols(session)}
