@@ -125,12 +125,18 @@ def test_range_tolerance() -> None:
         s.RlState.from_array(v)
 
 
-@pytest.mark.parametrize("regime", [(0, 0, 0), (1, 1, 0), (0.5, 0.2, 0.2)])
-def test_regime_must_sum_to_one(regime: tuple[float, float, float]) -> None:
+@pytest.mark.parametrize(
+    "regime",
+    [(0, 0, 0), (1, 1, 0), (1, 1, 1), (0.5, 0.2, 0.2), (0.5, 0.5, 0), (1 - 1e-6, 0, 1e-6)],
+)
+def test_regime_must_be_exactly_one_hot(regime: tuple[float, float, float]) -> None:
+    """Each value exactly 0 or 1 and exactly one 1: [0.5, 0.5, 0] sums to 1 but is refused."""
     v = valid_vector()
     v[28:31] = regime
-    with pytest.raises(s.SchemaError, match=r"regime one-hot .* sums to"):
+    with pytest.raises(s.SchemaError, match=r"regime one-hot .* is not one-hot"):
         s.RlState.from_array(v)
+    with pytest.raises(s.SchemaError, match=r"row 0: regime one-hot .* is not one-hot"):
+        s.validate_states(v[None, :])
 
 
 def test_field_out_of_range_via_constructor() -> None:

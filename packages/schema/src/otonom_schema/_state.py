@@ -22,7 +22,7 @@ _HIGH: Final = np.array([f.high for f in FEATURES], dtype=np.float64) + RANGE_TO
 _LOW32: Final = _LOW.astype(np.float32)
 _HIGH32: Final = _HIGH.astype(np.float32)
 _REGIME: Final = slice(feature_index("regime_low_vol"), feature_index("regime_high_vol") + 1)
-_ONEHOT_TOLERANCE: Final = 1e-5
+_ONE_HOTS: Final = frozenset({(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)})
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -41,21 +41,42 @@ _SCALARS: Final = (
 )
 
 
+def _masked(values: object, depth: int = 2) -> bool:
+    """True when a list/tuple holds a masked array or ``np.ma.masked`` (two levels deep)."""
+    if isinstance(values, np.ma.MaskedArray):
+        return True
+    if depth and isinstance(values, (list, tuple)):
+        return any(_masked(v, depth - 1) for v in values)
+    return False
+
+
 def _as_float(values: object, what: str) -> npt.NDArray[np.floating[Any]]:
-    """``values`` as a float array, or SchemaError naming the dtype that cannot be cast."""
-    arr = values if isinstance(values, np.ndarray) else np.asarray(values)
+    """``values`` as a plain float array, or SchemaError naming what cannot be taken.
+
+    Plain ``np.ndarray`` (the hot path: no copy), lists/tuples of numbers and other objects
+    that ``np.asarray`` turns into a real array are accepted. Refused: masked arrays (their
+    masked values would reach the model unchecked, or be silently unmasked), any other
+    ``np.ndarray`` subclass, and object / string / complex / date dtypes.
+    """
+    if type(values) is np.ndarray:
+        arr = values
+    elif isinstance(values, np.ndarray) or _masked(values):
+        if isinstance(values, np.ma.MaskedArray) or _masked(values):
+            raise SchemaError(
+                f"{what} is (or holds) a numpy masked array; expected a plain numpy array: "
+                "decide what the masked values mean and pass e.g. arr.filled(value)"
+            )
+        raise SchemaError(
+            f"{what} is a {type(values).__module__}.{type(values).__qualname__} (an ndarray "
+            "subclass); expected a plain numpy array (np.asarray(...))"
+        )
+    else:
+        arr = np.asarray(values)
     kind = arr.dtype.kind
     if kind == "f":
         return arr
     if kind in "biu":
         return arr.astype(np.float64)
-    if kind == "O":
-        try:
-            return arr.astype(np.float64)
-        except (TypeError, ValueError) as exc:
-            raise SchemaError(
-                f"{what} holds values that cannot be cast to float32 ({exc}); expected real numbers"
-            ) from None
     raise SchemaError(
         f"{what} has dtype {arr.dtype} which cannot be cast to float32; "
         "expected a real (bool/int/float) array"
@@ -73,19 +94,24 @@ def _describe_bad(row: npt.NDArray[np.floating[Any]], where: str) -> str:
                 f"{where}feature {spec.name!r} (index {i}) = {value!r} is outside its range "
                 f"[{spec.low}, {spec.high}]"
             )
-    total = float(row[_REGIME].sum())
-    return (
-        f"{where}regime one-hot (regime_low_vol, regime_normal, regime_high_vol) = "
-        f"{row[_REGIME].tolist()} sums to {total:.6g}; expected exactly one 1"
-    )
+    values = row[_REGIME].tolist()
+    what = f"{where}regime one-hot (regime_low_vol, regime_normal, regime_high_vol) = {values}"
+    for i, value in enumerate(values, start=_REGIME.start):
+        if value not in (0.0, 1.0):
+            return (
+                f"{what} is not one-hot: feature {FEATURES[i].name!r} (index {i}) = {value!r}; "
+                "expected each value 0 or 1 and exactly one 1"
+            )
+    return f"{what} is not one-hot: {int(sum(values))} ones; expected exactly one 1"
 
 
 def validate_state_array(values: object) -> FloatArray:
     """Check one state vector and return it as a contiguous float32 array of shape (34,).
 
     Raises ``SchemaError`` for a wrong length, a dtype that cannot be cast, NaN/inf, a value
-    outside its feature's range (beyond ``RANGE_TOLERANCE``) or a regime one-hot that does not
-    sum to 1; the message names the feature, its index and the value.
+    outside its feature's range (beyond ``RANGE_TOLERANCE``), a regime that is not exactly
+    one-hot (each value exactly 0 or 1, exactly one 1), a masked array or other ndarray subclass;
+    the message names the feature, its index and the value.
     """
     arr = _as_float(values, "state")
     if arr.shape != (STATE_DIM,):
@@ -96,8 +122,7 @@ def validate_state_array(values: object) -> FloatArray:
     # cost 3x), NaN fails any comparison and every bound is finite, so no isfinite pass.
     low, high = (_LOW32, _HIGH32) if arr.dtype == np.float32 else (_LOW, _HIGH)
     ok = bool(((arr >= low) & (arr <= high)).all())
-    r = _REGIME.start
-    if not ok or abs(float(arr[r] + arr[r + 1] + arr[r + 2]) - 1.0) > _ONEHOT_TOLERANCE:
+    if not ok or tuple(arr[_REGIME].tolist()) not in _ONE_HOTS:
         raise SchemaError(_describe_bad(arr, ""))
     return np.ascontiguousarray(arr, dtype=np.float32)
 
@@ -113,8 +138,12 @@ def validate_states(values: object) -> FloatArray:
     # bounds in the array's own dtype; NaN fails every comparison and all bounds are finite
     low, high = (_LOW32, _HIGH32) if arr.dtype == np.float32 else (_LOW, _HIGH)
     in_range = ((arr >= low) & (arr <= high)).all(axis=1)
+    # exactly one-hot, in 3 cheap column passes: the sum is exactly 1 and no two values are
+    # nonzero (every pairwise product is exactly 0). A product of two nonzero values could only
+    # underflow to 0 if both were tiny, and then no sum could be 1; NaN fails both tests.
     r = _REGIME.start
-    onehot = np.abs(arr[:, r] + arr[:, r + 1] + arr[:, r + 2] - 1.0) <= _ONEHOT_TOLERANCE
+    a, b, c = arr[:, r], arr[:, r + 1], arr[:, r + 2]
+    onehot = (a + b + c == 1) & (a * b == 0) & (a * c == 0) & (b * c == 0)
     good = in_range & onehot
     if not bool(good.all()):
         row = int(np.argmin(good))
