@@ -138,12 +138,12 @@ def validate_states(values: object) -> FloatArray:
     # bounds in the array's own dtype; NaN fails every comparison and all bounds are finite
     low, high = (_LOW32, _HIGH32) if arr.dtype == np.float32 else (_LOW, _HIGH)
     in_range = ((arr >= low) & (arr <= high)).all(axis=1)
-    # exactly one-hot, in 3 cheap column passes: the sum is exactly 1 and no two values are
-    # nonzero (every pairwise product is exactly 0). A product of two nonzero values could only
-    # underflow to 0 if both were tiny, and then no sum could be 1; NaN fails both tests.
+    # exactly one-hot, by comparisons only (no arithmetic: inf or NaN in a row raises no
+    # floating-point warning and fails every test): (1, 0, 0), (0, 1, 0) or (0, 0, 1)
     r = _REGIME.start
     a, b, c = arr[:, r], arr[:, r + 1], arr[:, r + 2]
-    onehot = (a + b + c == 1) & (a * b == 0) & (a * c == 0) & (b * c == 0)
+    za, zb, zc = a == 0, b == 0, c == 0
+    onehot = ((a == 1) & zb & zc) | (za & (b == 1) & zc) | (za & zb & (c == 1))
     good = in_range & onehot
     if not bool(good.all()):
         row = int(np.argmin(good))
