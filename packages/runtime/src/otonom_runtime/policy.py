@@ -485,7 +485,10 @@ def _make_session(
     # fatal only: no warnings on stderr of the daemon, and the errors are raised (PolicyError)
     options.log_severity_level = 4
     try:
-        return ort.InferenceSession(data, sess_options=options, providers=providers)
+        # CPU only: no "EP Error ... Falling back to CPU and retrying" print and second try (the
+        # same CPU session again) when the bytes are bad; the error is raised below
+        fallback = {} if "CUDAExecutionProvider" in providers else {"enable_fallback": 0}
+        return ort.InferenceSession(data, sess_options=options, providers=providers, **fallback)
     except Exception as exc:  # onnxruntime raises its own (pybind) exception types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PolicyError(
