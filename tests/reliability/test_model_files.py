@@ -312,13 +312,30 @@ def test_external_data_model_refused_and_planted_file_never_read(
     with pytest.raises(PolicyError, match="external data is not supported") as info:
         load_rl_policy(model)
     assert str(model) in str(info.value)
-    # refused before anything opened the planted file: make it unreadable and load again
-    planted.chmod(0)
-    try:
-        with pytest.raises(PolicyError, match="external data is not supported"):
-            load_rl_policy(model)
-    finally:
-        planted.chmod(0o600)
+    # never opened: replace the planted file by a FIFO, which blocks whoever opens it for
+    # reading (no writer ever comes), and load in a subprocess (a hang guard, not a timing)
+    planted.unlink()
+    os.mkfifo(planted)
+    code = (
+        "import sys\n"
+        "from otonom_runtime import PolicyError\n"
+        "from otonom_runtime.policy import load_rl_policy\n"
+        "try:\n"
+        "    load_rl_policy(sys.argv[1])\n"
+        "except PolicyError as exc:\n"
+        "    print(exc)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(model)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=cwd,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "external data is not supported" in proc.stdout
 
 
 def test_external_data_refused_inside_the_models_folder_too(tmp_path: Path) -> None:

@@ -907,6 +907,12 @@ def load_rl_policy(
             f"({exc.reason} at byte {exc.start}); expected the signature in "
             "docs/model-format.md"
         ) from None
+    except PolicyError:
+        raise
+    except Exception as exc:  # onnxruntime's own (pybind) exception types
+        raise PolicyError(
+            f"{model}: onnxruntime cannot describe its inputs and outputs: {exc}"
+        ) from exc
     props = _read_metadata(session, model)
     decoded = _decode_metadata(props, model)
     _check_training_run(model, props, decoded["otonom.metrics"])
