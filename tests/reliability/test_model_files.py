@@ -356,6 +356,30 @@ def test_external_data_refused_inside_the_models_folder_too(tmp_path: Path) -> N
         load_rl_policy(model)
 
 
+def test_external_data_in_a_node_attribute_refused(tmp_path: Path) -> None:
+    """Only a Constant node's tensor is external (the initializers stay inline): the scan
+    looks into node attributes too."""
+    import onnx
+    from onnx import external_data_helper, helper, numpy_helper
+
+    plain = tmp_path / "plain.onnx"
+    make_policy_model(plain, write_sidecar=False)
+    proto = onnx.load_model(plain)
+    value = numpy_helper.from_array(np.ones(4, np.float32), "c")
+    proto.graph.node.insert(0, helper.make_node("Constant", [], ["c"], value=value))
+    tensor = proto.graph.node[0].attribute[0].t
+    (tmp_path / "c.bin").write_bytes(tensor.raw_data)
+    external_data_helper.set_external_data(tensor, "c.bin")
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    model = tmp_path / "policy_best.onnx"
+    model.write_bytes(proto.SerializeToString())
+    write_sha256_sidecar(model)
+    assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+    with pytest.raises(PolicyError, match="external data is not supported"):
+        load_rl_policy(model)
+
+
 # --- the CLIs -----------------------------------------------------------------------------------
 
 
