@@ -356,22 +356,46 @@ def test_external_data_refused_inside_the_models_folder_too(tmp_path: Path) -> N
         load_rl_policy(model)
 
 
-def test_external_data_in_a_node_attribute_refused(tmp_path: Path) -> None:
-    """Only a Constant node's tensor is external (the initializers stay inline): the scan
-    looks into node attributes too."""
+def _external_tensor(tmp_path: Path, name: str) -> Any:
     import onnx
-    from onnx import external_data_helper, helper, numpy_helper
+    from onnx import external_data_helper, numpy_helper
+
+    tensor = numpy_helper.from_array(np.ones(4, np.float32), name)
+    (tmp_path / f"{name}.bin").write_bytes(tensor.raw_data)
+    external_data_helper.set_external_data(tensor, f"{name}.bin")
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    return tensor
+
+
+@pytest.mark.parametrize("where", ["constant node", "subgraph", "training info", "function"])
+def test_external_data_anywhere_in_the_model_refused(tmp_path: Path, where: str) -> None:
+    """One tensor somewhere other than the graph's initializers is external (the initializers
+    stay inline): the scan looks into node attributes, subgraphs, training info, functions."""
+    import onnx
+    from onnx import helper
 
     plain = tmp_path / "plain.onnx"
     make_policy_model(plain, write_sidecar=False)
     proto = onnx.load_model(plain)
-    value = numpy_helper.from_array(np.ones(4, np.float32), "c")
-    proto.graph.node.insert(0, helper.make_node("Constant", [], ["c"], value=value))
-    tensor = proto.graph.node[0].attribute[0].t
-    (tmp_path / "c.bin").write_bytes(tensor.raw_data)
-    external_data_helper.set_external_data(tensor, "c.bin")
-    tensor.ClearField("raw_data")
-    tensor.data_location = onnx.TensorProto.EXTERNAL
+    tensor = _external_tensor(tmp_path, "c")
+    constant = helper.make_node("Constant", [], ["c"], value=tensor)
+    if where == "constant node":
+        proto.graph.node.insert(0, constant)
+    elif where == "subgraph":
+        branch = helper.make_graph(
+            [constant],
+            "branch",
+            [],
+            [helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, [4])],
+        )
+        node = helper.make_node("If", ["cond"], ["unused"], then_branch=branch, else_branch=branch)
+        proto.graph.node.append(node)
+    elif where == "training info":
+        init = helper.make_graph([], "init", [], [], initializer=[tensor])
+        proto.training_info.add().initialization.CopyFrom(init)
+    else:
+        proto.functions.append(helper.make_function("local", "f", [], ["c"], [constant], []))
     model = tmp_path / "policy_best.onnx"
     model.write_bytes(proto.SerializeToString())
     write_sha256_sidecar(model)

@@ -336,17 +336,19 @@ def _read_verified(model: Path, max_bytes: int = MAX_MODEL_BYTES) -> tuple[bytes
 
 # --- external data -----------------------------------------------------------------------------
 # A minimal protobuf wire-format walk over the fields of onnx.proto that can hold a TensorProto
-# (the runtime does not depend on the onnx package): ModelProto.graph (7) and .functions (25);
-# GraphProto.node (1), .initializer (5), .sparse_initializer (15); FunctionProto.node (7);
+# (the runtime does not depend on the onnx package): ModelProto.graph (7), .training_info (20)
+# and .functions (25); TrainingInfoProto.initialization (1), .algorithm (2); GraphProto.node
+# (1), .initializer (5), .sparse_initializer (15); FunctionProto.node (7), .attribute_proto (11);
 # NodeProto.attribute (5); AttributeProto.t (5), .g (6), .tensors (10), .graphs (11),
 # .sparse_tensor (22), .sparse_tensors (23); SparseTensorProto.values (1), .indices (2);
 # TensorProto.external_data (13), .data_location (14, EXTERNAL = 1).
 
-_MODEL, _GRAPH, _FUNCTION, _NODE, _ATTRIBUTE, _SPARSE, _TENSOR = range(7)
+_MODEL, _TRAINING, _GRAPH, _FUNCTION, _NODE, _ATTRIBUTE, _SPARSE, _TENSOR = range(8)
 _SUBMESSAGES: Final[dict[int, dict[int, int]]] = {
-    _MODEL: {7: _GRAPH, 25: _FUNCTION},
+    _MODEL: {7: _GRAPH, 20: _TRAINING, 25: _FUNCTION},
+    _TRAINING: {1: _GRAPH, 2: _GRAPH},
     _GRAPH: {1: _NODE, 5: _TENSOR, 15: _SPARSE},
-    _FUNCTION: {7: _NODE},
+    _FUNCTION: {7: _NODE, 11: _ATTRIBUTE},
     _NODE: {5: _ATTRIBUTE},
     _ATTRIBUTE: {5: _TENSOR, 6: _GRAPH, 10: _TENSOR, 11: _GRAPH, 22: _SPARSE, 23: _SPARSE},
     _SPARSE: {1: _TENSOR, 2: _TENSOR},
