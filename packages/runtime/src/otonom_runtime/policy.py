@@ -52,6 +52,7 @@ __all__ = [
     "DEVICES",
     "INPUT_NAME",
     "LATEST_POINTER",
+    "MAX_MODEL_BYTES",
     "MODEL_FILENAME",
     "MODEL_FORMAT",
     "OUTPUT_NAMES",
@@ -87,6 +88,9 @@ MODEL_FORMAT: Final = "1"
 INPUT_NAME: Final = "state"
 OUTPUT_NAMES: Final = ("action_probs", "strength")
 DEVICES: Final = ("cpu", "cuda", "auto")
+MAX_MODEL_BYTES: Final = 256 * 2**20
+"""The largest model file ``load_rl_policy`` reads (256 MiB), checked before reading anything;
+``load_rl_policy(..., max_bytes=N)`` raises it. A policy MLP is a few hundred KiB."""
 
 REQUIRED_METADATA: Final = (
     "otonom.model_format",
@@ -113,6 +117,8 @@ _PREFIX: Final = "otonom."
 _SHA256_RE: Final = re.compile(r"^[0-9a-fA-F]{64}$")
 _ACTIONS: Final = (Action.HOLD, Action.BUY, Action.SELL)
 _OUTPUT_DIMS: Final = {"action_probs": 3, "strength": 1}
+_CHUNK: Final = 1 << 20
+_SIDECAR_READ: Final = 4096
 
 F32 = npt.NDArray[np.float32]
 
@@ -253,14 +259,17 @@ def write_sha256_sidecar(model_path: str | os.PathLike[str]) -> Path:
     The content is ``"<64 hex digits>  <file name>\\n"``, so ``sha256sum -c`` checks it.
     """
     model = Path(model_path)
-    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    h = hashlib.sha256()
+    with model.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
     sidecar = _sidecar_path(model)
-    sidecar.write_text(f"{digest}  {model.name}\n", encoding="utf-8")
+    sidecar.write_text(f"{h.hexdigest()}  {model.name}\n", encoding="utf-8")
     return sidecar
 
 
-def _read_verified(model: Path) -> tuple[bytes, str]:
-    """The model's bytes and sha256, checked against the sidecar."""
+def _read_sidecar(model: Path) -> str:
+    """The digest the model's sidecar names (64 lowercase hex digits)."""
     sidecar = _sidecar_path(model)
     if not sidecar.is_file():
         raise PolicyError(
@@ -269,22 +278,182 @@ def _read_verified(model: Path) -> tuple[bytes, str]:
             f"{model.name} > {sidecar.name}` or "
             "otonom_runtime.policy.write_sha256_sidecar(path)"
         )
-    fields = sidecar.read_text(encoding="utf-8", errors="replace").split()
+    try:
+        with sidecar.open("rb") as f:
+            head = f.read(_SIDECAR_READ)  # a digest and a file name: never more than this
+    except OSError as exc:
+        raise PolicyError(f"cannot read sha256 sidecar {sidecar}: {exc}") from exc
+    fields = head.decode("utf-8", errors="replace").split()
     expected = fields[0].lower() if fields else ""
     if not _SHA256_RE.match(expected):
         raise PolicyError(
             f"sha256 sidecar {sidecar} starts with {expected[:80]!r}; expected 64 hex digits "
             f"then the file name (sha256sum format: '<hex>  {model.name}')"
         )
-    data = model.read_bytes()
-    actual = hashlib.sha256(data).hexdigest()
+    return expected
+
+
+def _read_verified(model: Path, max_bytes: int = MAX_MODEL_BYTES) -> tuple[bytes, str]:
+    """The model's bytes and sha256, checked against the sidecar.
+
+    The size is checked (on the opened file) before anything is read; the file is then read
+    once, in chunks that feed the hash, and these very bytes are what onnxruntime loads.
+    """
+    expected = _read_sidecar(model)
+    try:
+        with model.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > max_bytes:
+                raise PolicyError(
+                    f"{model} is {size} bytes; expected at most {max_bytes} bytes "
+                    f"({max_bytes / 2**20:g} MiB, MAX_MODEL_BYTES; a policy MLP is a few "
+                    "hundred KiB): refused by its size before reading it (raise the limit "
+                    "with load_rl_policy(..., max_bytes=N) for a model that is this big on "
+                    "purpose)"
+                )
+            h = hashlib.sha256()
+            buf = bytearray()
+            # a file that grows while it is read stops at the limit (+1 to notice)
+            while chunk := f.read(min(_CHUNK, max_bytes + 1 - len(buf))):
+                h.update(chunk)
+                buf += chunk
+    except OSError as exc:
+        raise PolicyError(f"cannot read model file {model}: {exc}") from exc
+    if len(buf) > max_bytes:
+        raise PolicyError(
+            f"{model} grew past {max_bytes} bytes while it was read; expected a file that "
+            "does not change while it is loaded (write models to a temporary name, then rename)"
+        )
+    actual = h.hexdigest()
     if actual != expected:
         raise PolicyError(
-            f"sha256 mismatch for {model}: the file hashes to {actual} but {sidecar.name} says "
-            f"{expected}; the model was changed or corrupted after export (re-export it, or "
-            "re-copy both files)"
+            f"sha256 mismatch for {model}: the file hashes to {actual} but "
+            f"{_sidecar_path(model).name} says {expected}; the model was changed or corrupted "
+            "after export (re-export it, or re-copy both files)"
         )
-    return data, actual
+    return bytes(buf), actual
+
+
+# --- external data -----------------------------------------------------------------------------
+# A minimal protobuf wire-format walk over the fields of onnx.proto that can hold a TensorProto
+# (the runtime does not depend on the onnx package): ModelProto.graph (7), .training_info (20)
+# and .functions (25); TrainingInfoProto.initialization (1), .algorithm (2); GraphProto.node
+# (1), .initializer (5), .sparse_initializer (15); FunctionProto.node (7), .attribute_proto (11);
+# NodeProto.attribute (5); AttributeProto.t (5), .g (6), .tensors (10), .graphs (11),
+# .sparse_tensor (22), .sparse_tensors (23); SparseTensorProto.values (1), .indices (2);
+# TensorProto.external_data (13), .data_location (14, EXTERNAL = 1).
+
+_MODEL, _TRAINING, _GRAPH, _FUNCTION, _NODE, _ATTRIBUTE, _SPARSE, _TENSOR = range(8)
+_SUBMESSAGES: Final[dict[int, dict[int, int]]] = {
+    _MODEL: {7: _GRAPH, 20: _TRAINING, 25: _FUNCTION},
+    _TRAINING: {1: _GRAPH, 2: _GRAPH},
+    _GRAPH: {1: _NODE, 5: _TENSOR, 15: _SPARSE},
+    _FUNCTION: {7: _NODE, 11: _ATTRIBUTE},
+    _NODE: {5: _ATTRIBUTE},
+    _ATTRIBUTE: {5: _TENSOR, 6: _GRAPH, 10: _TENSOR, 11: _GRAPH, 22: _SPARSE, 23: _SPARSE},
+    _SPARSE: {1: _TENSOR, 2: _TENSOR},
+    _TENSOR: {},
+}
+_MAX_DEPTH: Final = 64
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _varint(buf: bytes, i: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= end or shift > 63:
+            raise _Malformed(f"a truncated or overlong varint at byte {i}")
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, i
+        shift += 7
+
+
+def _skip_group(buf: bytes, i: int, end: int, group: int, depth: int) -> int:
+    """The index after the end-group tag of the group ``group`` that starts at ``i``."""
+    if depth > _MAX_DEPTH:
+        raise _Malformed(f"messages nested deeper than {_MAX_DEPTH}")
+    while i < end:
+        key, i = _varint(buf, i, end)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            _, i = _varint(buf, i, end)
+        elif wire == 1:
+            i += 8
+        elif wire == 5:
+            i += 4
+        elif wire == 2:
+            n, i = _varint(buf, i, end)
+            i += n
+        elif wire == 3:
+            i = _skip_group(buf, i, end, field, depth + 1)
+        elif wire == 4 and field == group:
+            return i
+        else:
+            raise _Malformed(f"wire type {wire} at byte {i}")
+    raise _Malformed(f"a group without its end (field {group})")
+
+
+def _has_external_data(buf: bytes, start: int, end: int, kind: int, depth: int) -> bool:
+    if depth > _MAX_DEPTH:
+        raise _Malformed(f"messages nested deeper than {_MAX_DEPTH}")
+    subs = _SUBMESSAGES[kind]
+    i = start
+    while i < end:
+        key, i = _varint(buf, i, end)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _varint(buf, i, end)
+            if kind == _TENSOR and field == 14 and value == 1:
+                return True
+        elif wire == 1:
+            i += 8
+        elif wire == 5:
+            i += 4
+        elif wire == 2:
+            n, i = _varint(buf, i, end)
+            if i + n > end:
+                raise _Malformed(f"a field of {n} bytes runs past its message at byte {i}")
+            if kind == _TENSOR and field == 13:
+                return True
+            sub = subs.get(field)
+            if sub is not None and _has_external_data(buf, i, i + n, sub, depth + 1):
+                return True
+            i += n
+        elif wire == 3:  # a group (none in onnx.proto, but protobuf skips unknown ones)
+            i = _skip_group(buf, i, end, field, depth + 1)
+        else:  # an end-group without its start; 6 and 7 do not exist
+            raise _Malformed(f"wire type {wire} at byte {i}")
+    if i != end:
+        raise _Malformed(f"a field runs past its message (byte {end})")
+    return False
+
+
+def _refuse_external_data(data: bytes, model: Path) -> None:
+    """Refuse a model whose tensors keep their data in other files (ONNX external data).
+
+    onnxruntime would read such data relative to the working directory (the model is loaded
+    from its bytes), and the sidecar's sha256 does not cover it; the trainer never makes one.
+    """
+    try:
+        external = _has_external_data(data, 0, len(data), _MODEL, 0)
+    except _Malformed as exc:
+        raise PolicyError(
+            f"{model} is not a valid ONNX model: its protobuf encoding is malformed ({exc})"
+        ) from None
+    if external:
+        raise PolicyError(
+            f"{model} keeps tensor data in external files (ONNX external data); expected a "
+            "self-contained model: external data is not supported (it would be read from "
+            "outside the file the sha256 sidecar covers, and the trainer never makes it). "
+            "Re-save it with all tensors inside the .onnx file (onnx.save_model(model, path, "
+            "save_as_external_data=False))"
+        )
 
 
 # --- the session -------------------------------------------------------------------------------
@@ -315,9 +484,13 @@ def _make_session(
     # A daemon mostly idles: worker threads sleep instead of spinning between calls.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    options.log_severity_level = 3  # errors only: no warnings on stderr of the daemon
+    # fatal only: no warnings on stderr of the daemon, and the errors are raised (PolicyError)
+    options.log_severity_level = 4
     try:
-        return ort.InferenceSession(data, sess_options=options, providers=providers)
+        # CPU only: no "EP Error ... Falling back to CPU and retrying" print and second try (the
+        # same CPU session again) when the bytes are bad; the error is raised below
+        fallback = {} if "CUDAExecutionProvider" in providers else {"enable_fallback": 0}
+        return ort.InferenceSession(data, sess_options=options, providers=providers, **fallback)
     except Exception as exc:  # onnxruntime raises its own (pybind) exception types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PolicyError(
@@ -370,6 +543,20 @@ def _tensor_problems(arg: Any, width: int, kind: str) -> list[str]:
     return problems
 
 
+def _read_metadata(session: Any, model: Path) -> dict[str, str]:
+    """The model's ``metadata_props`` as str -> str (onnxruntime decodes them as UTF-8)."""
+    try:
+        props = dict(session.get_modelmeta().custom_metadata_map)
+    except UnicodeDecodeError as exc:
+        raise PolicyError(
+            f"{model}: its metadata_props hold bytes that are not valid UTF-8 ({exc.reason} at "
+            f"byte {exc.start}); expected UTF-8 text keys and values (docs/model-format.md)"
+        ) from None
+    except Exception as exc:  # onnxruntime's own (pybind) exception types
+        raise PolicyError(f"{model}: onnxruntime cannot read its metadata_props: {exc}") from exc
+    return props
+
+
 def _decode_metadata(props: dict[str, str], model: Path) -> dict[str, Any]:
     """Check the metadata contract and the state schema; return the props JSON-decoded."""
     fmt = props.get("otonom.model_format")
@@ -388,6 +575,11 @@ def _decode_metadata(props: dict[str, str], model: Path) -> dict[str, Any]:
     for key, kind in _JSON_KEYS.items():
         try:
             value = json.loads(props[key])
+        except RecursionError:
+            raise PolicyError(
+                f"{model}: metadata {key} nests JSON too deeply to decode; expected a JSON "
+                f"{'list' if kind is list else 'object'} (docs/model-format.md)"
+            ) from None
         except json.JSONDecodeError as exc:
             raise PolicyError(
                 f"{model}: metadata {key} = {props[key][:80]!r} is not valid JSON ({exc}); "
@@ -651,7 +843,11 @@ def _public_metadata(decoded: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_rl_policy(
-    path: str | os.PathLike[str], device: str = "cpu", *, threads: int | None = None
+    path: str | os.PathLike[str],
+    device: str = "cpu",
+    *,
+    threads: int | None = None,
+    max_bytes: int = MAX_MODEL_BYTES,
 ) -> RlPolicy:
     """Load and check an ONNX policy.
 
@@ -671,32 +867,55 @@ def load_rl_policy(
     caller that makes many small calls in a row, as a backtest does: a call then never hands
     work to another thread and waits for it, which costs more than a small batch itself.
 
-    Checks, in order, each failing with a ``PolicyError`` that says what was found and what was
-    expected: the file exists; its ``.sha256`` sidecar exists and matches; onnxruntime can load
-    it; the signature is ``state`` float32 [batch, 34] -> ``action_probs`` float32 [batch, 3],
-    ``strength`` float32 [batch, 1]; the metadata holds every required key; when the training
-    run's ``metadata.json`` is beside the model, the model is that run's export (the same
-    training run id; for models made before run ids, the same metrics), else it is stale and
-    refused, naming both ids and the command that re-exports it. A model made under another
-    state schema (fingerprint or feature names) raises ``ModelSchemaMismatchError`` naming both
-    schema versions and fingerprints.
+    ``max_bytes``: the largest model file accepted (``MAX_MODEL_BYTES``, 256 MiB), checked
+    before anything is read.
+
+    Checks, in order, each failing with a ``PolicyError`` that names the file and says what was
+    found and what was expected: the file exists; its ``.sha256`` sidecar exists and is well
+    formed; the file is at most ``max_bytes``; its bytes match the sidecar; it holds no ONNX
+    external data (tensor data in other files, which the hash would not cover); onnxruntime can
+    load those same bytes; the signature is ``state`` float32 [batch, 34] -> ``action_probs``
+    float32 [batch, 3], ``strength`` float32 [batch, 1] (names and dims valid UTF-8); the
+    metadata is valid UTF-8, holds every required key, and its JSON keys decode to the right
+    types; when the training run's ``metadata.json`` is beside the model, the model is that
+    run's export (the same training run id; for models made before run ids, the same
+    metrics), else it is stale and refused, naming both ids and the command that re-exports
+    it. A model made under another state schema (fingerprint or feature names) raises
+    ``ModelSchemaMismatchError`` naming both schema versions and fingerprints.
     """
     import onnxruntime as ort
 
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise PolicyError(f"threads={threads!r}; expected an integer >= 1, or None")
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise PolicyError(f"max_bytes={max_bytes!r}; expected an integer >= 1")
     providers = _providers(ort, device)
     model = resolve_model_path(path)
-    data, digest = _read_verified(model)
+    data, digest = _read_verified(model, max_bytes)
+    _refuse_external_data(data, model)
     session = _make_session(ort, data, model, providers, threads)
+    del data
     if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
         raise PolicyError(
             f"device='cuda' but onnxruntime could not start CUDAExecutionProvider for {model} "
             f"(session providers: {session.get_providers()}); check the CUDA/cuDNN install or "
             "use device='cpu' or 'auto'"
         )
-    _check_signature(session, model)
-    props = dict(session.get_modelmeta().custom_metadata_map)
+    try:
+        _check_signature(session, model)
+    except UnicodeDecodeError as exc:  # onnxruntime decodes names and dims as UTF-8
+        raise PolicyError(
+            f"{model}: its graph's input/output names or dimensions are not valid UTF-8 "
+            f"({exc.reason} at byte {exc.start}); expected the signature in "
+            "docs/model-format.md"
+        ) from None
+    except PolicyError:
+        raise
+    except Exception as exc:  # onnxruntime's own (pybind) exception types
+        raise PolicyError(
+            f"{model}: onnxruntime cannot describe its inputs and outputs: {exc}"
+        ) from exc
+    props = _read_metadata(session, model)
     decoded = _decode_metadata(props, model)
     _check_training_run(model, props, decoded["otonom.metrics"])
     return RlPolicy(
