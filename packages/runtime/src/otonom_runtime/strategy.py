@@ -329,8 +329,9 @@ class AnalystsConfig(_Checked):
 
 @dataclass(frozen=True)
 class PortfolioConfig(_Checked):
-    """``initial_capital`` (in (0, 1e15], quote currency), ``max_leverage`` (gross exposure / equity, in
-    (0, 4], 4 = the state schema's MAX_LEVERAGE) and whether short positions are allowed."""
+    """``initial_capital`` (in (0, 1e15], quote currency), ``max_leverage`` (gross exposure /
+    equity, in (0, 4], 4 = the state schema's MAX_LEVERAGE) and whether short positions are
+    allowed."""
 
     initial_capital: float = field(default=10000.0, metadata=_rule(gt=0, le=_MAX_CAPITAL))
     max_leverage: float = field(default=1.0, metadata=_rule(gt=0, le=_MAX_LEVERAGE))
@@ -756,7 +757,8 @@ def _structure_problem(text: str) -> tuple[int, str] | None:
 
     depth = nodes = 0
     for event in yaml.parse(text, Loader=yaml.SafeLoader):
-        line = event.start_mark.line + 1
+        mark = event.start_mark
+        line = mark.line + 1 if mark is not None else 0
         if isinstance(event, yaml.AliasEvent):
             return line, (
                 f"YAML alias *{event.anchor} refused; expected a file without anchors (&) or "
@@ -870,7 +872,8 @@ def load_strategy(path: str | os.PathLike[str]) -> StrategyConfig:
     working directory, then in the file's folder. Raises ``StrategyError`` listing every
     problem (unreadable file, a file over 1 MiB (checked before reading), YAML anchors or
     aliases (refused), nesting deeper than 32 levels, YAML syntax error with its line, a top
-    level that is not a mapping, duplicate/unknown keys, wrong types, values out of range, a missing model).
+    level that is not a mapping, duplicate/unknown keys, wrong types, values out of range, a
+    missing model).
     """
     import yaml
 
