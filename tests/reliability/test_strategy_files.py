@@ -119,6 +119,13 @@ def test_nesting_at_the_limit_is_parsed_then_judged_by_keys(tmp_path: Path) -> N
     assert err.value.problems[0].startswith(f"{path}:2: x: unknown key")
 
 
+def test_too_many_nodes_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "wide.yaml"
+    path.write_text("name: w\nx: [" + "1," * 100_000 + "1]\n", encoding="utf-8")
+    assert path.stat().st_size < 1 << 20
+    assert "more than 100000 YAML nodes; expected a smaller file" in _refused(path, 2)
+
+
 # --- numbers -----------------------------------------------------------------------------------
 
 _BOUNDS = [
