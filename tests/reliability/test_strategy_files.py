@@ -64,7 +64,8 @@ def test_an_alias_bomb_is_refused(tmp_path: Path) -> None:
 
 def test_a_recursive_alias_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "rec.yaml"
-    path.write_text("name: r\ncosts: &x\n  commission_bps: [*x]\n", encoding="utf-8")
+    # a mapping holding itself: the old line-number walk recursed until RecursionError
+    path.write_text("name: r\ncosts: &x\n  again: *x\n", encoding="utf-8")
     assert "anchor &x refused" in _refused(path, 2)
 
 
