@@ -98,6 +98,15 @@ def test_an_oversize_file_is_refused_before_reading(tmp_path: Path) -> None:
     assert f"the file is {2 << 20} bytes; expected a strategy file of at most 1048576" in problem
 
 
+def test_an_endless_device_is_read_no_further_than_the_limit() -> None:
+    # /dev/zero has st_size 0: the read itself is bounded
+    with pytest.raises(StrategyError) as err:
+        load_strategy("/dev/zero")
+    assert err.value.problems == (
+        "/dev/zero: the file is over 1048576 bytes; expected at most that",
+    )
+
+
 def test_a_file_of_exactly_one_mib_is_read(tmp_path: Path) -> None:
     path = tmp_path / "full.yaml"
     head = b"name: full\n"

@@ -888,13 +888,14 @@ def load_strategy(path: str | os.PathLike[str]) -> StrategyConfig:
                 f"{_MAX_FILE_BYTES} bytes (1 MiB)",
             )
             raise StrategyError(_format([problem], source, {}), [problem.text(source, {})])
-        raw = p.read_bytes()
+        with p.open("rb") as f:  # bounded: a device or a growing file cannot be read whole
+            raw = f.read(_MAX_FILE_BYTES + 1)
         text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         problem = _Problem("", f"cannot read the file ({reason}); expected a UTF-8 YAML file")
         raise StrategyError(_format([problem], source, {}), [problem.text(source, {})]) from None
-    if len(raw) > _MAX_FILE_BYTES:  # grew between stat and read
+    if len(raw) > _MAX_FILE_BYTES:  # grew between stat and read, or not a regular file
         problem = _Problem("", f"the file is over {_MAX_FILE_BYTES} bytes; expected at most that")
         raise StrategyError(_format([problem], source, {}), [problem.text(source, {})])
     problems: list[_Problem] = []
