@@ -218,17 +218,17 @@ def test_parse_strategy_names_a_dict_source_and_a_default_name() -> None:
         ),
         pytest.param(
             {"portfolio": {"initial_capital": 0}},
-            "portfolio.initial_capital: received 0, expected a value > 0",
+            "portfolio.initial_capital: received 0, expected a value in (0, 1e+15]",
             id="capital-zero",
         ),
         pytest.param(
             {"ensemble": {"analyst_weights": {"news": -1}}},
-            "ensemble.analyst_weights.news: received -1, expected a value >= 0",
+            "ensemble.analyst_weights.news: received -1, expected a value in [0, 1000]",
             id="negative-weight",
         ),
         pytest.param(
             {"analysts": {"tech": {"weights": {"macd": -0.5}}}},
-            "analysts.tech.weights.macd: received -0.5, expected a value >= 0",
+            "analysts.tech.weights.macd: received -0.5, expected a value in [0, 1000]",
             id="negative-tech-weight",
         ),
         pytest.param(
@@ -716,6 +716,8 @@ def test_cli_check_lists_every_problem_of_a_bad_file(tmp_path: Path) -> None:
     lines = out.stderr.splitlines()
     assert lines[0] == f"error: invalid strategy {path} (2 problems):"
     assert lines[1].startswith(f"  {path}:3: ensemble.analyst_weights.tehc: unknown key")
-    assert lines[2] == f"  {path}:5: costs.slippage_bps: received -1, expected a value >= 0"
+    assert lines[2] == (
+        f"  {path}:5: costs.slippage_bps: received -1, expected a value in [0, 10000]"
+    )
     assert len(lines) == 3
     assert "Traceback" not in out.stderr

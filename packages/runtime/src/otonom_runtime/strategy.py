@@ -79,6 +79,13 @@ __all__ = [
 DICT_SOURCE: Final = "<dict>"
 """``StrategyConfig.source`` of a strategy parsed from a mapping."""
 _MAX_LEVERAGE: Final = float(MATHS_PARAMS["MAX_LEVERAGE"])
+_MAX_WEIGHT: Final = 1000.0  # every weight (analysts, tech signals, news blend)
+_MAX_BPS: Final = 10_000.0  # a cost of 100 % of the traded notional
+_MAX_CAPITAL: Final = 1e15
+# structural limits of a strategy file (no clocks): checked before / while parsing
+_MAX_FILE_BYTES: Final = 1 << 20  # 1 MiB, checked before reading
+_MAX_DEPTH: Final = 32  # nested mappings/lists
+_MAX_NODES: Final = 100_000  # scalars + collections in the file
 _RULE: Final = "otonom.rule"
 _DERIVED: Final = "otonom.derived"
 
@@ -209,16 +216,16 @@ class _Checked:
 
 @dataclass(frozen=True)
 class AnalystWeights(_Checked):
-    """Voting weight of each analyst (each >= 0; at least one of tech/news/risk > 0).
+    """Voting weight of each analyst (each in [0, 1000]; at least one of tech/news/risk > 0).
 
     A weight missing from the file is 1.0. The RL analyst's weight counts only while
     ``ensemble.rl_policy.enabled`` (see ``StrategyConfig.weights_array``).
     """
 
-    tech: float = field(default=1.0, metadata=_rule(ge=0))
-    news: float = field(default=1.0, metadata=_rule(ge=0))
-    risk: float = field(default=1.0, metadata=_rule(ge=0))
-    rl: float = field(default=1.0, metadata=_rule(ge=0))
+    tech: float = field(default=1.0, metadata=_rule(ge=0, le=_MAX_WEIGHT))
+    news: float = field(default=1.0, metadata=_rule(ge=0, le=_MAX_WEIGHT))
+    risk: float = field(default=1.0, metadata=_rule(ge=0, le=_MAX_WEIGHT))
+    rl: float = field(default=1.0, metadata=_rule(ge=0, le=_MAX_WEIGHT))
 
     def as_tuple(self) -> tuple[float, float, float, float]:
         """The weights in ``ANALYSTS`` order (tech, news, risk, rl), as written."""
@@ -258,9 +265,9 @@ class EnsembleConfig(_Checked):
 class TechWeights(_Checked):
     """Weights of the tech analyst's signals (each >= 0, sum > 0)."""
 
-    trend: float = field(default=1.0, metadata=_rule(ge=0))
-    rsi: float = field(default=0.5, metadata=_rule(ge=0))
-    macd: float = field(default=1.0, metadata=_rule(ge=0))
+    trend: float = field(default=1.0, metadata=_rule(ge=0, le=_MAX_WEIGHT))
+    rsi: float = field(default=0.5, metadata=_rule(ge=0, le=_MAX_WEIGHT))
+    macd: float = field(default=1.0, metadata=_rule(ge=0, le=_MAX_WEIGHT))
 
 
 @dataclass(frozen=True)
@@ -288,8 +295,8 @@ class NewsConfig(_Checked):
     """The news analyst: ``news_weight`` x news sentiment + ``macro_weight`` x macro sentiment
     (each >= 0, sum > 0); votes when the blend's magnitude reaches ``threshold`` (in (0, 1])."""
 
-    news_weight: float = field(default=0.6, metadata=_rule(ge=0))
-    macro_weight: float = field(default=0.4, metadata=_rule(ge=0))
+    news_weight: float = field(default=0.6, metadata=_rule(ge=0, le=_MAX_WEIGHT))
+    macro_weight: float = field(default=0.4, metadata=_rule(ge=0, le=_MAX_WEIGHT))
     threshold: float = field(default=0.20, metadata=_rule(gt=0, le=1))
 
 
@@ -322,20 +329,22 @@ class AnalystsConfig(_Checked):
 
 @dataclass(frozen=True)
 class PortfolioConfig(_Checked):
-    """``initial_capital`` (> 0, quote currency), ``max_leverage`` (gross exposure / equity, in
-    (0, 4], 4 = the state schema's MAX_LEVERAGE) and whether short positions are allowed."""
+    """``initial_capital`` (in (0, 1e15], quote currency), ``max_leverage`` (gross exposure /
+    equity, in (0, 4], 4 = the state schema's MAX_LEVERAGE) and whether short positions are
+    allowed."""
 
-    initial_capital: float = field(default=10000.0, metadata=_rule(gt=0))
+    initial_capital: float = field(default=10000.0, metadata=_rule(gt=0, le=_MAX_CAPITAL))
     max_leverage: float = field(default=1.0, metadata=_rule(gt=0, le=_MAX_LEVERAGE))
     allow_short: bool = field(default=True, metadata=_NO_RULE)
 
 
 @dataclass(frozen=True)
 class CostsConfig(_Checked):
-    """Trading costs in basis points of the traded notional (1 bps = 0.01 %), each >= 0."""
+    """Trading costs in basis points of the traded notional (1 bps = 0.01 %), each in
+    [0, 10000] (10000 bps = 100 %)."""
 
-    commission_bps: float = field(default=10.0, metadata=_rule(ge=0))
-    slippage_bps: float = field(default=5.0, metadata=_rule(ge=0))
+    commission_bps: float = field(default=10.0, metadata=_rule(ge=0, le=_MAX_BPS))
+    slippage_bps: float = field(default=5.0, metadata=_rule(ge=0, le=_MAX_BPS))
 
 
 CALENDAR_AUTO: Final = "auto"
@@ -736,6 +745,45 @@ def _key_lines(text: str, problems: list[_Problem]) -> dict[str, int]:
     return lines
 
 
+def _structure_problem(text: str) -> tuple[int, str] | None:
+    """``(line, message)`` of the first structural limit ``text`` breaks, else None.
+
+    Reads the YAML event stream (nothing is built or expanded): anchors and aliases are refused
+    outright (so neither an alias bomb nor a recursive alias can be expressed), nesting deeper
+    than ``_MAX_DEPTH`` and more than ``_MAX_NODES`` nodes are refused. YAML syntax errors are
+    left to the caller (``yaml.YAMLError``).
+    """
+    import yaml
+
+    depth = nodes = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        mark = event.start_mark
+        line = mark.line + 1 if mark is not None else 0
+        if isinstance(event, yaml.AliasEvent):
+            return line, (
+                f"YAML alias *{event.anchor} refused; expected a file without anchors (&) or "
+                "aliases (*): write each value out"
+            )
+        if isinstance(event, yaml.NodeEvent):
+            if event.anchor is not None:
+                return line, (
+                    f"YAML anchor &{event.anchor} refused; expected a file without anchors (&) "
+                    "or aliases (*): write each value out"
+                )
+            nodes += 1
+            if nodes > _MAX_NODES:
+                return line, f"more than {_MAX_NODES} YAML nodes; expected a smaller file"
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > _MAX_DEPTH:
+                return line, (
+                    f"YAML nested {depth} levels deep; expected at most {_MAX_DEPTH} levels"
+                )
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    return None
+
+
 def _line_of(path: str, lines: Mapping[str, int]) -> int | None:
     while path:
         if path in lines:
@@ -822,22 +870,40 @@ def load_strategy(path: str | os.PathLike[str]) -> StrategyConfig:
 
     A missing ``name`` is the file's stem. Relative model paths are looked up in the current
     working directory, then in the file's folder. Raises ``StrategyError`` listing every
-    problem (unreadable file, YAML syntax error with its line, a top level that is not a
-    mapping, duplicate/unknown keys, wrong types, values out of range, a missing model).
+    problem (unreadable file, a file over 1 MiB (checked before reading), YAML anchors or
+    aliases (refused), nesting deeper than 32 levels, YAML syntax error with its line, a top
+    level that is not a mapping, duplicate/unknown keys, wrong types, values out of range, a
+    missing model).
     """
     import yaml
 
     p = Path(path)
     source = str(p)
     try:
-        raw = p.read_bytes()
+        size = p.stat().st_size
+        if size > _MAX_FILE_BYTES:
+            problem = _Problem(
+                "",
+                f"the file is {size} bytes; expected a strategy file of at most "
+                f"{_MAX_FILE_BYTES} bytes (1 MiB)",
+            )
+            raise StrategyError(_format([problem], source, {}), [problem.text(source, {})])
+        with p.open("rb") as f:  # bounded: a device or a growing file cannot be read whole
+            raw = f.read(_MAX_FILE_BYTES + 1)
         text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         problem = _Problem("", f"cannot read the file ({reason}); expected a UTF-8 YAML file")
         raise StrategyError(_format([problem], source, {}), [problem.text(source, {})]) from None
+    if len(raw) > _MAX_FILE_BYTES:  # grew between stat and read, or not a regular file
+        problem = _Problem("", f"the file is over {_MAX_FILE_BYTES} bytes; expected at most that")
+        raise StrategyError(_format([problem], source, {}), [problem.text(source, {})])
     problems: list[_Problem] = []
     try:
+        refused = _structure_problem(text)
+        if refused is not None:
+            message = f"{source}:{refused[0]}: {refused[1]}"
+            raise StrategyError(f"invalid strategy {source} (1 problem):\n  {message}", [message])
         data = yaml.safe_load(text)
         lines = _key_lines(text, problems)
     except yaml.YAMLError as exc:
