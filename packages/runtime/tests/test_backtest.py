@@ -362,7 +362,8 @@ def test_rl_analyst_votes_as_the_fourth_member(store: str, tmp_path: Path) -> No
         {
             "name": "with_rl",
             "ensemble": {"rl_policy": {"enabled": True, "model_path": str(tmp_path / "rl")}},
-        }
+        },
+        base_dir=tmp_path,  # the models root: a model path must be inside it
     )
     with get_session(store) as session:
         report = run_backtest(session, cfg, ["DEMO-BTC"], dt.date(2020, 1, 1), dt.date(2020, 3, 31))
@@ -392,7 +393,9 @@ def test_a_broken_model_falls_back_and_says_so(
     model.parent.mkdir()
     model.write_bytes(b"not an onnx model")
     write_sha256_sidecar(model)
-    cfg = parse_strategy({"ensemble": {"rl_policy": {"enabled": True, "model_path": str(model)}}})
+    cfg = parse_strategy(
+        {"ensemble": {"rl_policy": {"enabled": True, "model_path": str(model)}}}, base_dir=tmp_path
+    )
     with get_session(store) as session:
         report = run_backtest(session, cfg, ["DEMO-BTC"], dt.date(2020, 1, 1), dt.date(2020, 1, 31))
         caplog.clear()  # the first run's warning
@@ -430,7 +433,9 @@ def test_a_model_marked_degenerate_is_a_warning_and_still_votes(
     model = tmp_path / "rl" / "policy_best.onnx"
     make_policy_model(model, metadata_overrides={"otonom.metrics": json.dumps(metrics)})
     assert load_rl_policy(model).degenerate_reason == reason
-    cfg = parse_strategy({"ensemble": {"rl_policy": {"enabled": True, "model_path": str(model)}}})
+    cfg = parse_strategy(
+        {"ensemble": {"rl_policy": {"enabled": True, "model_path": str(model)}}}, base_dir=tmp_path
+    )
     with (
         get_session(store) as session,
         caplog.at_level(logging.WARNING, logger="otonom_runtime"),
