@@ -761,7 +761,11 @@ def resolve_strategy_model(
     Raises ``StrategyError`` saying what was given, the root, and how to set another root
     (``$OTONOM_MODELS_ROOT``).
     """
-    root, how = _find_root(base_dir)
+    try:
+        root, how = _find_root(base_dir)
+    except StrategyError as exc:  # a bad $OTONOM_MODELS_ROOT
+        message = f"received {str(model_path)!r}, which resolves to no model: {exc}"
+        raise StrategyError(message, [message]) from None
     given = Path(model_path).expanduser()
 
     def refuse(problem: str) -> StrategyError:
