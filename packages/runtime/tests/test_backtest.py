@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -592,3 +593,38 @@ def test_calendar_auto_annualises_by_the_bars_dates(store: str, tmp_path: Path) 
     assert stock.metrics.sharpe is not None
     assert stock_365.metrics.sharpe is not None
     assert stock.metrics.sharpe == pytest.approx(stock_365.metrics.sharpe * (252 / 365) ** 0.5)
+
+
+def test_a_run_records_the_model_file_and_sha256_it_served(store: str, tmp_path: Path) -> None:
+    model = tmp_path / "rl" / "policy_best.onnx"
+    make_policy_model(model)
+    broken = tmp_path / "broken" / "policy_best.onnx"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not an onnx model")
+    write_sha256_sidecar(broken)
+
+    def strategy(path: Path) -> Any:
+        mapping = {"ensemble": {"rl_policy": {"enabled": True, "model_path": str(path)}}}
+        return parse_strategy(mapping, base_dir=tmp_path)
+
+    days = (dt.date(2020, 1, 1), dt.date(2020, 1, 31))
+    with get_session(store) as session:
+        served = run_backtest(session, strategy(model.parent), ["DEMO-BTC"], *days)
+        fell_back = run_backtest(session, strategy(broken), ["DEMO-BTC"], *days)
+        off = run_backtest(session, strategy(model), ["DEMO-BTC"], *days, use_rl=False)
+        handed = run_backtest(
+            session, parse_strategy({}), ["DEMO-BTC"], *days, use_rl=True,
+            policy=load_rl_policy(model),
+        )  # fmt: skip
+        params = {
+            r.id: r.params for r in session.execute(select(BacktestRun)).scalars()
+        }  # fmt: skip
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    assert params[served.run_id]["rl_model_file"] == str(model)
+    assert params[served.run_id]["rl_model_sha256"] == digest
+    assert params[fell_back.run_id]["rl_model_file"] == str(broken)
+    assert params[fell_back.run_id]["rl_model_sha256"] is None  # nothing was served
+    assert fell_back.fallbacks == 31
+    assert params[off.run_id]["rl_model_file"] is None
+    assert params[off.run_id]["rl_model_sha256"] is None
+    assert params[handed.run_id]["rl_model_sha256"] == digest
