@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -362,7 +363,8 @@ def test_rl_analyst_votes_as_the_fourth_member(store: str, tmp_path: Path) -> No
         {
             "name": "with_rl",
             "ensemble": {"rl_policy": {"enabled": True, "model_path": str(tmp_path / "rl")}},
-        }
+        },
+        base_dir=tmp_path,  # the models root: a model path must be inside it
     )
     with get_session(store) as session:
         report = run_backtest(session, cfg, ["DEMO-BTC"], dt.date(2020, 1, 1), dt.date(2020, 3, 31))
@@ -392,7 +394,9 @@ def test_a_broken_model_falls_back_and_says_so(
     model.parent.mkdir()
     model.write_bytes(b"not an onnx model")
     write_sha256_sidecar(model)
-    cfg = parse_strategy({"ensemble": {"rl_policy": {"enabled": True, "model_path": str(model)}}})
+    cfg = parse_strategy(
+        {"ensemble": {"rl_policy": {"enabled": True, "model_path": str(model)}}}, base_dir=tmp_path
+    )
     with get_session(store) as session:
         report = run_backtest(session, cfg, ["DEMO-BTC"], dt.date(2020, 1, 1), dt.date(2020, 1, 31))
         caplog.clear()  # the first run's warning
@@ -430,7 +434,9 @@ def test_a_model_marked_degenerate_is_a_warning_and_still_votes(
     model = tmp_path / "rl" / "policy_best.onnx"
     make_policy_model(model, metadata_overrides={"otonom.metrics": json.dumps(metrics)})
     assert load_rl_policy(model).degenerate_reason == reason
-    cfg = parse_strategy({"ensemble": {"rl_policy": {"enabled": True, "model_path": str(model)}}})
+    cfg = parse_strategy(
+        {"ensemble": {"rl_policy": {"enabled": True, "model_path": str(model)}}}, base_dir=tmp_path
+    )
     with (
         get_session(store) as session,
         caplog.at_level(logging.WARNING, logger="otonom_runtime"),
@@ -587,3 +593,38 @@ def test_calendar_auto_annualises_by_the_bars_dates(store: str, tmp_path: Path) 
     assert stock.metrics.sharpe is not None
     assert stock_365.metrics.sharpe is not None
     assert stock.metrics.sharpe == pytest.approx(stock_365.metrics.sharpe * (252 / 365) ** 0.5)
+
+
+def test_a_run_records_the_model_file_and_sha256_it_served(store: str, tmp_path: Path) -> None:
+    model = tmp_path / "rl" / "policy_best.onnx"
+    make_policy_model(model)
+    broken = tmp_path / "broken" / "policy_best.onnx"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not an onnx model")
+    write_sha256_sidecar(broken)
+
+    def strategy(path: Path) -> Any:
+        mapping = {"ensemble": {"rl_policy": {"enabled": True, "model_path": str(path)}}}
+        return parse_strategy(mapping, base_dir=tmp_path)
+
+    days = (dt.date(2020, 1, 1), dt.date(2020, 1, 31))
+    with get_session(store) as session:
+        served = run_backtest(session, strategy(model.parent), ["DEMO-BTC"], *days)
+        fell_back = run_backtest(session, strategy(broken), ["DEMO-BTC"], *days)
+        off = run_backtest(session, strategy(model), ["DEMO-BTC"], *days, use_rl=False)
+        handed = run_backtest(
+            session, parse_strategy({}), ["DEMO-BTC"], *days, use_rl=True,
+            policy=load_rl_policy(model),
+        )  # fmt: skip
+        params = {
+            r.id: r.params for r in session.execute(select(BacktestRun)).scalars()
+        }  # fmt: skip
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    assert params[served.run_id]["rl_model_file"] == str(model)
+    assert params[served.run_id]["rl_model_sha256"] == digest
+    assert params[fell_back.run_id]["rl_model_file"] == str(broken)
+    assert params[fell_back.run_id]["rl_model_sha256"] is None  # nothing was served
+    assert fell_back.fallbacks == 31
+    assert params[off.run_id]["rl_model_file"] is None
+    assert params[off.run_id]["rl_model_sha256"] is None
+    assert params[handed.run_id]["rl_model_sha256"] == digest

@@ -581,9 +581,11 @@ def test_a_relative_model_path_is_found_beside_the_yaml_file(
     assert parse_strategy(cfg.to_dict(), base_dir=cfg.base_dir) == cfg  # ... unless given one
 
 
-def test_the_working_directory_comes_before_the_yaml_folder(
+def test_the_working_directory_is_not_looked_in(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A model of the same name in the working directory is not served (it used to be looked
+    up there first): the path resolves against the models root found from the file."""
     make_policy_model(tmp_path / "model.onnx")
     make_policy_model(tmp_path / "strategies" / "model.onnx", seed=1)
     path = _write(
@@ -591,16 +593,29 @@ def test_the_working_directory_comes_before_the_yaml_folder(
         "ensemble:\n  rl_policy:\n    enabled: true\n    model_path: model.onnx\n",
     )
     monkeypatch.chdir(tmp_path)
-    assert load_strategy(path).ensemble.rl_policy.model_file == tmp_path / "model.onnx"
+    assert load_strategy(path).ensemble.rl_policy.model_file == path.parent / "model.onnx"
 
 
-def test_an_absolute_model_path(tmp_path: Path) -> None:
+def test_an_absolute_model_path_inside_the_root(tmp_path: Path) -> None:
     model = tmp_path / "abs" / "policy_best.onnx"
     make_policy_model(model)
-    assert parse_strategy(_rl_on(str(model))).ensemble.rl_policy.model_file == model
+    cfg = parse_strategy(_rl_on(str(model)), base_dir=tmp_path)
+    assert cfg.ensemble.rl_policy.model_file == model
 
 
-def test_a_missing_model_lists_every_place_looked(
+def test_an_absolute_model_path_outside_the_root_is_refused(tmp_path: Path) -> None:
+    model = tmp_path / "elsewhere" / "policy_best.onnx"
+    make_policy_model(model)
+    (tmp_path / "project" / "models").mkdir(parents=True)
+    with pytest.raises(StrategyError) as info:
+        parse_strategy(_rl_on(str(model)), base_dir=tmp_path / "project")
+    (problem,) = info.value.problems
+    assert f"{model} is outside the models root" in problem
+    assert f"models root {tmp_path / 'project'} " in problem
+    assert "OTONOM_MODELS_ROOT=" in problem
+
+
+def test_a_missing_model_names_the_models_root(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
@@ -612,14 +627,16 @@ def test_a_missing_model_lists_every_place_looked(
         load_strategy(path)
     (problem,) = info.value.problems
     assert problem.startswith(f"{path}:4: ensemble.rl_policy.model_path: received ")
-    assert f"{tmp_path / 'models' / 'policy_best.pt'} (does not exist)" in problem
-    assert f"{path.parent / 'models' / 'policy_best.pt'} (does not exist)" in problem
+    assert f"there is no ONNX model for {path.parent / 'models' / 'policy_best.pt'}" in problem
+    assert f"models root {path.parent} (the strategy's folder: " in problem
+    assert f"{tmp_path / 'models'}" not in problem  # the working directory is not looked in
 
 
 def test_a_checkpoint_without_its_onnx_export_says_so(tmp_path: Path) -> None:
     checkpoint = _write(tmp_path / "policy_best.pt", "not really torch")
-    problems = _problems(_rl_on(str(checkpoint)))
-    assert "never loads PyTorch checkpoints" in problems[0]
+    with pytest.raises(StrategyError) as info:
+        parse_strategy(_rl_on(str(checkpoint)), base_dir=tmp_path)
+    assert "never loads PyTorch checkpoints" in info.value.problems[0]
 
 
 def test_a_disabled_rl_policy_needs_no_model(tmp_path: Path) -> None:

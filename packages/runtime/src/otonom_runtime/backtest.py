@@ -658,6 +658,22 @@ def _make_rl(config: StrategyConfig, policy: RlPolicy | None) -> RlAnalyst:
         return RlAnalyst(None, reason=f"{type(exc).__name__}: {exc}")
 
 
+def _rl_model_params(config: StrategyConfig, rl: RlAnalyst | None) -> dict[str, str | None]:
+    """The run's ``rl_model_file`` (the model file served, or the one that failed to load) and
+    ``rl_model_sha256`` (the verified hash of the bytes served; None when none was: RL off,
+    or the model did not load)."""
+    if rl is None:
+        return {"rl_model_file": None, "rl_model_sha256": None}
+    if rl.policy is not None:  # a policy handed in may be any object with predict()
+        path, sha = getattr(rl.policy, "path", None), getattr(rl.policy, "sha256", None)
+        return {
+            "rl_model_file": None if path is None else str(path),
+            "rl_model_sha256": sha if isinstance(sha, str) else None,
+        }
+    target = config.ensemble.rl_policy.model_file or config.ensemble.rl_policy.model_path
+    return {"rl_model_file": None if target is None else str(target), "rl_model_sha256": None}
+
+
 _DECISION_COLUMNS: Final = (
     "run_id",
     "symbol_id",
@@ -884,6 +900,7 @@ def run_backtest(
         for name, row in rows.items()
     }
     _check_bars_in_range(session, symbol_ids, start, end)  # a bad request stores nothing
+    first_rl = _make_rl(config, policy) if rl_on else None  # loaded once, recorded in the run
     run = BacktestRun(
         strategy_name=config.name,
         strategy_hash=config.file_sha256,
@@ -893,6 +910,7 @@ def run_backtest(
             "source": config.source,
             "sentiment_sources": sources,
             "purpose": purpose,
+            **_rl_model_params(config, first_rl),
         },
         start_date=start,
         end_date=end,
@@ -908,7 +926,6 @@ def run_backtest(
             source: load_macro(session, source=source, end=end)
             for source in sorted({s["macro"] for s in sources.values()})
         }
-        first_rl = _make_rl(config, policy) if rl_on else None  # the model is loaded once
         inputs: list[_Bars] = []
         unread = {"macro": [name for name in symbols if macros[sources[name]["macro"]] is None]}
         unread["news"] = []

@@ -652,6 +652,7 @@ def _cmd_runs_show(args: argparse.Namespace) -> int:
             ("dates", f"{run.start_date} .. {run.end_date}"),
             ("symbols", ", ".join(run.symbols)),
             ("RL analyst", "on" if params.get("rl_enabled") else "off"),
+            *_rl_model_row(params),
             ("made by", made_by.rstrip("*") + (" (internal)" if made_by.endswith("*") else "")),
             ("created", _when(run.created_at)),
             ("finished", _when(run.finished_at)),
@@ -668,6 +669,17 @@ def _cmd_runs_show(args: argparse.Namespace) -> int:
             lines += ["", "(no metrics stored)"]
     print("\n".join(lines))
     return 0
+
+
+def _rl_model_row(params: dict[str, object]) -> list[tuple[str, str]]:
+    """The run's ``RL model`` line: the file served and its sha256 (runs recorded before the
+    backtest stored them, and runs with the RL analyst off, have none)."""
+    model = params.get("rl_model_file")
+    if not model:
+        return []
+    sha = params.get("rl_model_sha256")
+    loaded = f"sha256 {sha[:12]}..." if isinstance(sha, str) else "not loaded: the run fell back"
+    return [("RL model", f"{model} ({loaded})")]
 
 
 def _when(value: dt.datetime | None) -> str:

@@ -18,10 +18,12 @@ what was expected``.
 A section that is present but empty (``analysts:`` with every child commented out) means "all
 defaults". With ``ensemble.rl_policy.enabled: true`` the model must resolve (``model_path``
 accepts whatever ``otonom_runtime.policy.resolve_model_path`` accepts: a ``.onnx`` file, a model
-folder, or a ``policy_best.pt`` path standing for the ``.onnx`` beside it); a relative path is
-looked up in the current working directory first, then in the folder holding the YAML file.
-The model file is found, not loaded: ``RlPolicyConfig.model_file`` is the ``.onnx`` to give to
-``load_rl_policy``.
+folder, or a ``policy_best.pt`` path standing for the ``.onnx`` beside it) inside the models
+root: ``$OTONOM_MODELS_ROOT`` if set, else the project root found from the strategy file (the
+nearest folder holding ``models/``, see ``models_root``). A relative path resolves against that
+root, never the bare working directory, and the model must stay inside it after symlinks are
+resolved (``resolve_strategy_model``). The model file is found, not loaded:
+``RlPolicyConfig.model_file`` is the ``.onnx`` to give to ``load_rl_policy``.
 
 Validation lives in one place: every field carries its rule (``_rule(...)`` in its metadata), a
 few rules span fields (``_CROSS_CHECKS``), and one converter (``_convert``) applies them for
@@ -37,6 +39,7 @@ import json
 import math
 import numbers
 import os
+import stat
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -57,6 +60,7 @@ __all__ = [
     "ANALYSTS",
     "CALENDAR_AUTO",
     "DICT_SOURCE",
+    "MODELS_ROOT_ENV",
     "AnalystWeights",
     "AnalystsConfig",
     "CalendarConfig",
@@ -72,7 +76,9 @@ __all__ = [
     "TechWeights",
     "infer_periods_per_year",
     "load_strategy",
+    "models_root",
     "parse_strategy",
+    "resolve_strategy_model",
 ]
 
 
@@ -404,8 +410,8 @@ class StrategyConfig(_Checked):
 
     ``source`` (the file path or ``"<dict>"``), ``file_sha256`` (sha256 of the file's bytes, or
     of the canonical JSON of the mapping given to ``parse_strategy``) and ``base_dir`` (the
-    folder relative model paths are also looked up in) describe where it came from; they are
-    not compared and not part of ``to_dict``.
+    strategy file's folder, which the models root is found from) describe where it came from;
+    they are not compared and not part of ``to_dict``.
     """
 
     name: str = field(default="strategy", metadata=_rule(nonempty=True))
@@ -670,6 +676,134 @@ def _to_dict(obj: object) -> object:
     return obj
 
 
+MODELS_ROOT_ENV: Final = "OTONOM_MODELS_ROOT"
+"""The environment variable naming the models root (an absolute folder) for every strategy;
+unset, the root is found from the strategy file (see ``models_root``)."""
+_MODELS_DIR: Final = "models"
+_MODEL_SUFFIX: Final = ".onnx"
+
+
+def _world_writable(folder: Path) -> bool:
+    try:
+        return bool(folder.stat().st_mode & stat.S_IWOTH)
+    except OSError:
+        return True  # unknown: not trusted as a root either
+
+
+def _root_from_env() -> Path | None:
+    value = os.environ.get(MODELS_ROOT_ENV, "")
+    if not value:
+        return None
+    given = Path(value).expanduser()
+    if not given.is_absolute():
+        raise StrategyError(
+            f"{MODELS_ROOT_ENV}={value!r} is a relative path; expected the absolute path of "
+            "the folder that holds the models (or unset it to use the project root found from "
+            "the strategy file)"
+        )
+    if not given.is_dir():
+        raise StrategyError(
+            f"{MODELS_ROOT_ENV}={value!r} is not a folder; expected an existing folder that "
+            "holds the models (or unset it)"
+        )
+    return given.resolve()
+
+
+def models_root(base_dir: str | os.PathLike[str] | None) -> Path:
+    """The folder a strategy's model paths resolve against and must stay inside (resolved,
+    absolute).
+
+    ``$OTONOM_MODELS_ROOT`` when set (an absolute folder); else the nearest of ``base_dir``
+    (the strategy file's folder; the working directory for a mapping parsed without one) and
+    its ancestors that holds a ``models/`` folder: the project root, so
+    ``strategies/ensemble_rl_v1.yaml``'s ``models/rl_bc`` is the project's ``models/rl_bc``
+    whatever the working directory. The climb stops below a folder anyone may write to (such
+    as ``/tmp``), where anyone could plant a ``models/``. With no such ancestor the root is
+    ``base_dir`` itself. Raises ``StrategyError`` for a relative or missing
+    ``$OTONOM_MODELS_ROOT``.
+    """
+    return _find_root(base_dir)[0]
+
+
+def _find_root(base_dir: str | os.PathLike[str] | None) -> tuple[Path, str]:
+    """``models_root(base_dir)`` and how it was found (for messages)."""
+    env = _root_from_env()
+    if env is not None:
+        return env, f"from {MODELS_ROOT_ENV}"
+    start = (Path.cwd() if base_dir is None else Path(base_dir)).resolve()
+    for folder in (start, *start.parents):
+        if folder != start and _world_writable(folder):
+            break
+        if (folder / _MODELS_DIR).is_dir():
+            return folder, f"the nearest folder holding {_MODELS_DIR}/, from {start}"
+    what = "the working directory" if base_dir is None else "the strategy's folder"
+    return start, f"{what}: no folder up from it holds {_MODELS_DIR}/"
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or path.is_relative_to(root)
+
+
+def resolve_strategy_model(
+    model_path: str | os.PathLike[str], base_dir: str | os.PathLike[str] | None
+) -> Path:
+    """The ``.onnx`` file a strategy's ``ensemble.rl_policy.model_path`` stands for (absolute,
+    symlinks resolved); nothing is read but pointer files.
+
+    A relative ``model_path`` resolves against ``models_root(base_dir)``, never the working
+    directory (unless that is ``base_dir``); an absolute one must be inside that root. It may
+    name what ``otonom_runtime.policy.resolve_model_path`` accepts: a ``.onnx`` file, a model
+    folder (its ``latest`` / ``default`` pointer), or a ``policy_best.pt`` path standing for
+    the ``.onnx`` export beside it (or the promoted version's). After symlinks are resolved the
+    model must still be inside the root (no ``..`` or symlink leads out of it) and be a regular
+    ``*.onnx`` file. ``load_rl_policy(path)`` called directly keeps ordinary path rules.
+
+    Raises ``StrategyError`` saying what was given, the root, and how to set another root
+    (``$OTONOM_MODELS_ROOT``).
+    """
+    try:
+        root, how = _find_root(base_dir)
+    except StrategyError as exc:  # a bad $OTONOM_MODELS_ROOT
+        message = f"received {str(model_path)!r}, which resolves to no model: {exc}"
+        raise StrategyError(message, [message]) from None
+    given = Path(model_path).expanduser()
+
+    def refuse(problem: str) -> StrategyError:
+        message = (
+            f"received {str(model_path)!r}, which resolves to no model: {problem}; "
+            "expected a .onnx file, a model folder or a policy_best.pt path with the .onnx "
+            f"export beside it, inside the models root {root} ({how}), which a relative path "
+            f"resolves against; to use another root set {MODELS_ROOT_ENV}=/absolute/folder"
+        )
+        return StrategyError(message, [message])
+
+    candidate = given if given.is_absolute() else root / given
+    try:
+        lexical = candidate.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise refuse(f"{candidate} cannot be resolved ({exc})") from None
+    if not _inside(lexical, root):  # before anything outside is looked at
+        real_as = "" if lexical == candidate else f" (that is {lexical})"
+        raise refuse(f"{candidate}{real_as} is outside the models root")
+    try:
+        found = resolve_model_path(candidate)
+    except PolicyError as exc:
+        raise refuse(str(exc)) from None
+    try:
+        real = found.resolve(strict=True)
+        mode = real.stat().st_mode
+    except (OSError, RuntimeError) as exc:  # a dangling or looping symlink
+        raise refuse(f"{found} cannot be resolved ({exc})") from None
+    if not _inside(real, root):
+        real_as = "" if real == found else f" (that is {real})"
+        raise refuse(f"{found}{real_as} is outside the models root")
+    if not stat.S_ISREG(mode):
+        raise refuse(f"{real} is not a regular file; expected a {_MODEL_SUFFIX} model file")
+    if real.suffix != _MODEL_SUFFIX:
+        raise refuse(f"{real} is not a {_MODEL_SUFFIX} file; expected an ONNX model")
+    return real
+
+
 def _resolve_rl(
     rl: RlPolicyConfig, base_dir: Path | None, problems: list[_Problem]
 ) -> RlPolicyConfig:
@@ -686,29 +820,15 @@ def _resolve_rl(
             )
         )
         return rl
-    given = Path(rl.model_path).expanduser()
-    candidates = [given] if given.is_absolute() else [Path.cwd() / given]
-    if not given.is_absolute() and base_dir is not None:
-        beside = Path(base_dir).absolute() / given
-        if beside not in candidates:
-            candidates.append(beside)
-    failures = []
-    for candidate in candidates:
-        try:
-            return dataclasses.replace(rl, model_file=resolve_model_path(candidate))
-        except PolicyError as exc:
-            onnx = candidate.with_suffix(".onnx") if candidate.suffix == ".pt" else candidate
-            found = candidate.exists() or onnx.exists()
-            failures.append(f"{candidate} ({exc if found else 'does not exist'})")
-    problems.append(
-        _Problem(
-            key,
-            f"received {rl.model_path!r}, which resolves to no model (looked at "
-            f"{'; '.join(failures)}); expected a .onnx file, a model folder or a "
-            "policy_best.pt path with the .onnx export beside it (required while "
-            "ensemble.rl_policy.enabled is true)",
+    try:
+        return dataclasses.replace(rl, model_file=resolve_strategy_model(rl.model_path, base_dir))
+    except StrategyError as exc:
+        problems.append(
+            _Problem(
+                key,
+                f"{exc} (required while ensemble.rl_policy.enabled is true)",
+            )
         )
-    )
     return rl
 
 
@@ -843,8 +963,9 @@ def parse_strategy(
 ) -> StrategyConfig:
     """A ``StrategyConfig`` from a mapping shaped like the YAML file (e.g. ``to_dict()``).
 
-    ``source`` names the mapping in messages; ``base_dir`` is where relative model paths are
-    looked up after the current working directory. ``file_sha256`` is the sha256 of the
+    ``source`` names the mapping in messages; ``base_dir`` stands for the strategy file's
+    folder: the models root is found from it (``models_root``; without it, from the working
+    directory). ``file_sha256`` is the sha256 of the
     mapping's canonical JSON (sorted keys, no spaces). A missing ``name`` is ``"strategy"``.
     Raises ``StrategyError`` listing every problem.
     """
@@ -868,12 +989,12 @@ def parse_strategy(
 def load_strategy(path: str | os.PathLike[str]) -> StrategyConfig:
     """Load and check the strategy YAML file at ``path`` (``yaml.safe_load``, UTF-8).
 
-    A missing ``name`` is the file's stem. Relative model paths are looked up in the current
-    working directory, then in the file's folder. Raises ``StrategyError`` listing every
-    problem (unreadable file, a file over 1 MiB (checked before reading), YAML anchors or
-    aliases (refused), nesting deeper than 32 levels, YAML syntax error with its line, a top
-    level that is not a mapping, duplicate/unknown keys, wrong types, values out of range, a
-    missing model).
+    A missing ``name`` is the file's stem. The model path resolves inside the models root
+    found from the file's folder (``resolve_strategy_model``), whatever the working directory.
+    Raises ``StrategyError`` listing every problem (unreadable file, a file over 1 MiB (checked
+    before reading), YAML anchors or aliases (refused), nesting deeper than 32 levels, YAML
+    syntax error with its line, a top level that is not a mapping, duplicate/unknown keys, wrong
+    types, values out of range, a missing model).
     """
     import yaml
 
