@@ -68,9 +68,11 @@ def test_a_version_1_store_is_upgraded_in_place(
     fresh = sentiment_layout(pg)
     run_id, v1_signals = make_v1_store(pg)
     init_db(pg)
-    assert sentiment_layout(pg) == fresh  # 1 -> 2 -> 3
+    assert sentiment_layout(pg) == fresh  # 1 -> 2 -> 3 -> 4
     with get_session(pg) as session:
-        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "3"
+        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == str(
+            STORE_VERSION
+        )
         decisions = session.query(Decision).filter_by(run_id=run_id).order_by(Decision.date).all()
         assert [d.signals for d in decisions] == list(v1_signals)  # exact floats, None kept
         assert [d.days_since_last_trade for d in decisions] == [math.inf, 2.0]
@@ -94,7 +96,9 @@ def test_a_version_2_store_is_upgraded_in_place(
     assert sentiment_rows(pg) == expected
     assert sentiment_layout(pg) == fresh
     with get_session(pg) as session:
-        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "3"
+        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == str(
+            STORE_VERSION
+        )
         day = min(expected["macro"])
         session.add(MacroSentiment(source="other", date=day, score=0.0))  # new unique: fine
     with pytest.raises(IntegrityError), get_session(pg) as session:

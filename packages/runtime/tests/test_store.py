@@ -261,7 +261,9 @@ def test_a_version_1_store_is_refused_then_upgraded_in_place_by_init_db(
         pass
     init_db(db_url)
     with get_session(db_url) as session:
-        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "3"
+        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == str(
+            STORE_VERSION
+        )
         columns = {c["name"] for c in inspect(session.connection()).get_columns("decisions")}
         for table in ("news_sentiment", "macro_sentiment"):  # then 2 -> 3
             assert "source" in {c["name"] for c in inspect(session.connection()).get_columns(table)}
@@ -327,7 +329,9 @@ def test_a_version_2_store_is_upgraded_in_place_labelling_sentiment_by_symbol_ki
         pass
     init_db(db_url)
     with get_session(db_url) as session:
-        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "3"
+        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == str(
+            STORE_VERSION
+        )
     assert sentiment_rows(db_url) == expected
     fresh = _sqlite(tmp_path / "fresh.db")
     init_db(fresh)
@@ -381,7 +385,7 @@ def test_a_2_to_3_upgrade_that_fails_at_any_step_completes_on_the_next_init_db(
     assert sentiment_rows(db_url) == expected
     with sqlite3.connect(db_url.removeprefix("sqlite:///")) as raw:
         tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert raw.execute("SELECT value FROM store_meta").fetchone() == ("3",)
+        assert raw.execute("SELECT value FROM store_meta").fetchone() == (str(STORE_VERSION),)
     assert not {"news_sentiment_v3", "macro_sentiment_v3"} & tables
 
 
