@@ -1016,8 +1016,8 @@ def fail_interrupted_runs(
                     ).where(table.status == "running")
                 ).all()
             ]
-        for run in runs:
-            reason = _interrupted(run, me, now, stale_after_s)
+        verdicts = [(run, _interrupted(run, me, now, stale_after_s)) for run in runs]
+        for run, reason in verdicts:
             if reason is None:
                 continue
             beat = (
