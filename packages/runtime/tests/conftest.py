@@ -363,3 +363,59 @@ def fail_at() -> Callable[[pytest.MonkeyPatch, str], list[str]]:
     """``fail_at(monkeypatch, step)``: the store's next SQL text starting with ``step``
     raises ``RuntimeError("interrupted at <step>")`` (once)."""
     return _fail_at
+
+
+# --- store version 3 (runs without host, pid, process_start, heartbeat_at) ---------------------
+
+V3_RUN_COLUMNS = ("host", "pid", "process_start", "heartbeat_at")
+
+
+def _make_v3_store(url: str) -> dict[str, int]:
+    """Turn the store at ``url`` into a store of version 3 holding two backtest runs left
+    ``running`` (as a ``kill -9`` left them then): one created two hours ago, one just now.
+    Returns their ids: ``{"old": id, "new": id}``."""
+    init_db(url)
+    now = dt.datetime.now(dt.timezone.utc)
+    ids = {}
+    with get_session(url) as session:
+        for key, created in (("old", now - dt.timedelta(hours=2)), ("new", now)):
+            run = BacktestRun(
+                strategy_name=f"v3-{key}",
+                strategy_hash="0" * 64,
+                start_date=dt.date(2021, 1, 1),
+                end_date=dt.date(2021, 2, 1),
+                symbols=["X"],
+                created_at=created,
+            )
+            session.add(run)
+            session.flush()
+            ids[key] = run.id
+    engine = get_engine(url)
+    with engine.begin() as conn:
+        for column in V3_RUN_COLUMNS:
+            conn.execute(text(f"ALTER TABLE backtest_runs DROP COLUMN {column}"))
+        conn.execute(text("UPDATE store_meta SET value = '3' WHERE key = 'store_version'"))
+    dispose_engines()
+    return ids
+
+
+@pytest.fixture
+def make_v3_store() -> Callable[[str], dict[str, int]]:
+    """``make_v3_store(url) -> {"old": id, "new": id}``: the store at ``url`` as store version
+    3 left it, with two runs left ``running`` (created two hours ago and now)."""
+    return _make_v3_store
+
+
+def _run_columns(url: str) -> list[tuple[str, str, bool]]:
+    """(name, type, nullable) of every ``backtest_runs`` column, sorted."""
+    with get_engine(url).connect() as conn:
+        return sorted(
+            (c["name"], str(c["type"]), c["nullable"])
+            for c in inspect(conn).get_columns("backtest_runs")
+        )
+
+
+@pytest.fixture
+def run_columns() -> Callable[[str], list[tuple[str, str, bool]]]:
+    """``run_columns(url)``: (name, type, nullable) of the ``backtest_runs`` columns, sorted."""
+    return _run_columns

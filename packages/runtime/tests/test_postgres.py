@@ -68,9 +68,11 @@ def test_a_version_1_store_is_upgraded_in_place(
     fresh = sentiment_layout(pg)
     run_id, v1_signals = make_v1_store(pg)
     init_db(pg)
-    assert sentiment_layout(pg) == fresh  # 1 -> 2 -> 3
+    assert sentiment_layout(pg) == fresh  # 1 -> 2 -> 3 -> 4
     with get_session(pg) as session:
-        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "3"
+        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == str(
+            STORE_VERSION
+        )
         decisions = session.query(Decision).filter_by(run_id=run_id).order_by(Decision.date).all()
         assert [d.signals for d in decisions] == list(v1_signals)  # exact floats, None kept
         assert [d.days_since_last_trade for d in decisions] == [math.inf, 2.0]
@@ -94,7 +96,9 @@ def test_a_version_2_store_is_upgraded_in_place(
     assert sentiment_rows(pg) == expected
     assert sentiment_layout(pg) == fresh
     with get_session(pg) as session:
-        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "3"
+        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == str(
+            STORE_VERSION
+        )
         day = min(expected["macro"])
         session.add(MacroSentiment(source="other", date=day, score=0.0))  # new unique: fine
     with pytest.raises(IntegrityError), get_session(pg) as session:
@@ -275,3 +279,54 @@ def test_a_started_server_is_stopped_and_deleted(
     with pytest.raises(OperationalError):
         engine.connect()
     engine.dispose()
+
+
+# --- store version 3 -> 4 on PostgreSQL -------------------------------------------------------
+
+
+def test_a_version_3_store_is_upgraded_in_place(
+    pg: str, make_v3_store: Any, run_columns: Any
+) -> None:
+    """PostgreSQL adds the run columns in place (the layout of a fresh store, column order
+    aside); the two-hour-old run left ``running`` is marked failed, the new one kept."""
+    fresh = run_columns(pg)
+    ids = make_v3_store(pg)
+    assert run_columns(pg) != fresh
+    init_db(pg)
+    assert run_columns(pg) == fresh
+    with get_session(pg) as session:
+        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "4"
+        old = session.get_one(BacktestRun, ids["old"])
+        assert (old.status, old.host, old.pid, old.heartbeat_at) == ("failed", None, None, None)
+        assert (old.error or "").startswith("interrupted: no heartbeat for ")
+        assert session.get_one(BacktestRun, ids["new"]).status == "running"
+
+
+@pytest.mark.parametrize(
+    "step",
+    ["ALTER TABLE backtest_runs ADD COLUMN pid", "UPDATE store_meta"],
+)
+def test_a_3_to_4_upgrade_that_fails_midway_completes_on_the_next_init_db(
+    pg: str,
+    make_v3_store: Any,
+    run_columns: Any,
+    fail_at: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    step: str,
+) -> None:
+    """One transaction on PostgreSQL: a failure leaves version 3 without any new column, and
+    the next ``init_db`` does the whole upgrade."""
+    fresh = run_columns(pg)
+    make_v3_store(pg)
+    v3 = run_columns(pg)
+    made = fail_at(monkeypatch, step)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        init_db(pg)
+    assert any(sql.lstrip().startswith(step) for sql in made)
+    monkeypatch.undo()
+    dispose_engines()
+    with get_engine(pg).connect() as conn:
+        assert conn.execute(text("SELECT value FROM store_meta")).scalar_one() == "3"
+    assert run_columns(pg) == v3
+    init_db(pg)
+    assert run_columns(pg) == fresh

@@ -261,7 +261,9 @@ def test_a_version_1_store_is_refused_then_upgraded_in_place_by_init_db(
         pass
     init_db(db_url)
     with get_session(db_url) as session:
-        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "3"
+        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == str(
+            STORE_VERSION
+        )
         columns = {c["name"] for c in inspect(session.connection()).get_columns("decisions")}
         for table in ("news_sentiment", "macro_sentiment"):  # then 2 -> 3
             assert "source" in {c["name"] for c in inspect(session.connection()).get_columns(table)}
@@ -327,7 +329,9 @@ def test_a_version_2_store_is_upgraded_in_place_labelling_sentiment_by_symbol_ki
         pass
     init_db(db_url)
     with get_session(db_url) as session:
-        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "3"
+        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == str(
+            STORE_VERSION
+        )
     assert sentiment_rows(db_url) == expected
     fresh = _sqlite(tmp_path / "fresh.db")
     init_db(fresh)
@@ -381,7 +385,7 @@ def test_a_2_to_3_upgrade_that_fails_at_any_step_completes_on_the_next_init_db(
     assert sentiment_rows(db_url) == expected
     with sqlite3.connect(db_url.removeprefix("sqlite:///")) as raw:
         tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert raw.execute("SELECT value FROM store_meta").fetchone() == ("3",)
+        assert raw.execute("SELECT value FROM store_meta").fetchone() == (str(STORE_VERSION),)
     assert not {"news_sentiment_v3", "macro_sentiment_v3"} & tables
 
 
@@ -859,3 +863,79 @@ def test_meta_json_round_trips(db_url: str) -> None:
         assert get_symbol(session, "S").meta == meta
         raw = session.execute(text("SELECT meta FROM symbols")).scalar_one()
         assert json.loads(raw) == meta
+
+
+# --- store version 3 -> 4: runs record their process and a heartbeat ---------------------------
+
+V3_RUN_COLUMNS = ("host", "pid", "process_start", "heartbeat_at")  # what version 4 added
+
+
+def test_a_version_3_store_is_upgraded_in_place_and_its_stale_running_run_marked_failed(
+    db_url: str, make_v3_store: Any, run_columns: Any, tmp_path: Path
+) -> None:
+    """The four columns are added (NULL on the stored runs), the layout then equals a fresh
+    store's, and the run a ``kill -9`` left ``running`` two hours ago is marked failed by the
+    same ``init_db`` (judged by its ``created_at``: it has no heartbeat); the one made just now
+    stays running until it is stale."""
+    ids = make_v3_store(db_url)
+    assert not set(V3_RUN_COLUMNS) & {c[0] for c in run_columns(db_url)}
+    with (
+        pytest.raises(StoreError, match=r"store version 3; .* upgrade it in place"),
+        get_session(db_url),
+    ):
+        pass
+    init_db(db_url)
+    fresh = _sqlite(tmp_path / "fresh.db")
+    init_db(fresh)
+    assert run_columns(db_url) == run_columns(fresh)
+    with get_session(db_url) as session:
+        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "4"
+        old = session.get_one(BacktestRun, ids["old"])
+        new = session.get_one(BacktestRun, ids["new"])
+        assert (old.host, old.pid, old.process_start, old.heartbeat_at) == (None,) * 4
+        assert old.status == "failed"
+        assert old.error is not None
+        assert old.error.startswith("interrupted: no heartbeat for ")
+        assert "stale after 900 s" in old.error
+        assert (new.status, new.error) == ("running", None)
+    init_db(db_url)  # idempotent on the upgraded store
+
+
+_V4_STEPS = (
+    *(f"ALTER TABLE backtest_runs ADD COLUMN {c}" for c in V3_RUN_COLUMNS),
+    "UPDATE store_meta",
+)
+
+
+@pytest.mark.parametrize("step", _V4_STEPS)
+def test_a_3_to_4_upgrade_that_fails_at_any_step_completes_on_the_next_init_db(
+    db_url: str,
+    make_v3_store: Any,
+    run_columns: Any,
+    fail_at: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    step: str,
+    tmp_path: Path,
+) -> None:
+    """SQLite's driver commits each ALTER TABLE on its own: a failure leaves the columns added
+    before it, and the next ``init_db`` adds the rest and writes version 4 (last)."""
+    ids = make_v3_store(db_url)
+    made = fail_at(monkeypatch, step)
+    with pytest.raises(RuntimeError, match=f"interrupted at {step}"):
+        init_db(db_url)
+    monkeypatch.undo()
+    dispose_engines()
+    done = V3_RUN_COLUMNS[: _V4_STEPS.index(step)]
+    assert [c[0] for c in run_columns(db_url) if c[0] in V3_RUN_COLUMNS] == sorted(done)
+    assert sum(sql.startswith("ALTER TABLE backtest_runs") for sql in made) == len(done) + (
+        step != "UPDATE store_meta"
+    )
+    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as raw:
+        assert raw.execute("SELECT value FROM store_meta").fetchone() == ("3",)
+    init_db(db_url)
+    fresh = _sqlite(tmp_path / "fresh.db")
+    init_db(fresh)
+    assert run_columns(db_url) == run_columns(fresh)
+    with get_session(db_url) as session:
+        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "4"
+        assert session.get_one(BacktestRun, ids["new"]).status == "running"

@@ -24,7 +24,11 @@ Rules (each one tested):
 * **Records.** A run row is written first with status ``running``; decision rows go in
   batched transactions; the run becomes ``complete`` (with its metrics) only at the very end.
   Any exception (Ctrl-C included) marks it ``failed`` with the error, so dataset generation,
-  which reads complete runs only, never sees a partial run.
+  which reads complete runs only, never sees a partial run. A process that dies without an
+  exception (``kill -9``, a power cut) cannot do that: the run row records its host, pid and
+  process start time and a heartbeat thread refreshes ``heartbeat_at`` while it runs
+  (``otonom_runtime.store.RunHeartbeat``), and the next opening of the store for writing
+  marks it ``failed`` (``otonom_runtime.store.fail_interrupted_runs``).
 * **Purpose.** ``params["purpose"]`` records who made the run (``RUN_PURPOSES``): ``user``
   (``otonom backtest``, the default), ``pipeline`` / ``walk-forward`` (the teacher backtest of
   ``otonom-train pipeline`` / ``walk-forward``), ``gate`` (the three runs of ``otonom-train
@@ -45,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import insert
+from sqlalchemy import Engine, insert
 from sqlalchemy.orm import Session
 
 from otonom_runtime._errors import PolicyError, StateBuildError
@@ -67,11 +71,13 @@ from otonom_runtime.store import (
     SIGNAL_COLUMNS,
     BacktestRun,
     Decision,
+    RunHeartbeat,
     get_symbol,
     load_history,
     load_macro,
     load_news,
     sentiment_source,
+    this_process,
 )
 from otonom_schema import (
     PORTFOLIO_COLUMNS,
@@ -917,9 +923,12 @@ def run_backtest(
         symbols=list(symbols),
         status="running",
     )
+    run.host, run.pid, run.process_start = this_process()
     session.add(run)
     session.commit()
     run_id = run.id
+    bind = session.get_bind()
+    heartbeat = RunHeartbeat(bind if isinstance(bind, Engine) else None, run_id).start()
     try:
         capital = params.initial_capital / len(symbols)
         macros = {  # market-wide: read once per source
@@ -991,7 +1000,9 @@ def run_backtest(
         counts["all"] = {a.name: sum(counts[r.symbol][a.name] for r in results) for a in Action}
         stored = session.get(BacktestRun, run_id)
         assert stored is not None
-        stored.status = "complete"
+        heartbeat.stop()
+        stored.status = "complete"  # also over a "failed" another host judged by heartbeat
+        stored.error = None
         stored.finished_at = dt.datetime.now(dt.timezone.utc)
         stored.metrics = {
             "portfolio": metrics.to_dict(),
@@ -1003,6 +1014,7 @@ def run_backtest(
         }
         session.commit()
     except BaseException as exc:
+        heartbeat.stop()
         session.rollback()
         failed = session.get(BacktestRun, run_id)
         if failed is not None:

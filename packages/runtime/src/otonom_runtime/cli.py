@@ -523,7 +523,10 @@ def _cmd_runs_list(args: argparse.Namespace) -> int:
     with _store(args) as url, get_session(url) as session:
         runs = session.execute(select(BacktestRun).order_by(BacktestRun.id.desc())).scalars()
         rows = []
+        failures: list[tuple[int, str]] = []  # (id, why): printed under the table
         for run in runs:
+            if run.status == "failed":
+                failures.append((run.id, run.error or "-"))
             port = (run.metrics or {}).get("portfolio", {})
             rows.append(
                 [
@@ -549,7 +552,15 @@ def _cmd_runs_list(args: argparse.Namespace) -> int:
     print(_table(headers, rows, right={0, 7, 8, 9}))
     if any(r[6].endswith("*") for r in rows):
         print(_INTERNAL_NOTE)
+    for run_id, error in failures:
+        print(f"run {run_id} failed: {_first_line(error)}")
     return 0
+
+
+def _first_line(error: str, limit: int = 240) -> str:
+    """The first line of a run's error, cut to ``limit`` characters (``runs show``: whole)."""
+    line = error.strip().splitlines()[0] if error.strip() else "-"
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 _INTERNAL_NOTE = (
@@ -638,6 +649,10 @@ def _cmd_runs_show(args: argparse.Namespace) -> int:
                 "created_at": None if run.created_at is None else run.created_at.isoformat(),
                 "finished_at": None if run.finished_at is None else run.finished_at.isoformat(),
                 "error": run.error,
+                "host": run.host,
+                "pid": run.pid,
+                "process_start": run.process_start,
+                "heartbeat_at": _iso_utc(run.heartbeat_at),
                 "params": params,
                 "metrics": metrics,
             }
@@ -656,6 +671,8 @@ def _cmd_runs_show(args: argparse.Namespace) -> int:
             ("made by", made_by.rstrip("*") + (" (internal)" if made_by.endswith("*") else "")),
             ("created", _when(run.created_at)),
             ("finished", _when(run.finished_at)),
+            ("process", "-" if run.pid is None else f"{run.pid} on {run.host or '-'}"),
+            ("heartbeat", _when(run.heartbeat_at)),
         ]
         if run.error:
             header.append(("error", run.error))
@@ -680,6 +697,15 @@ def _rl_model_row(params: dict[str, object]) -> list[tuple[str, str]]:
     sha = params.get("rl_model_sha256")
     loaded = f"sha256 {sha[:12]}..." if isinstance(sha, str) else "not loaded: the run fell back"
     return [("RL model", f"{model} ({loaded})")]
+
+
+def _iso_utc(value: dt.datetime | None) -> str | None:
+    """A stored time as ISO 8601 in UTC (SQLite gives it back without a zone: it is UTC)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(dt.timezone.utc).isoformat()
 
 
 def _when(value: dt.datetime | None) -> str:
@@ -731,14 +757,21 @@ def _add_backtest_commands(commands: argparse._SubParsersAction[argparse.Argumen
     )
     sub = runs.add_subparsers(dest="runs_command", metavar="RUNS_COMMAND", required=True)
     q = sub.add_parser(
-        "list", help="every run, newest first", description="Every run, newest first."
+        "list",
+        help="every run, newest first",
+        description=(
+            "Every run, newest first, and why each failed run failed. Like every `otonom` "
+            "command it first marks failed the runs left running by a process that is gone "
+            "(kill -9, power cut; see docs/reliability.md)."
+        ),
     )
     q.set_defaults(handler=_cmd_runs_list)
     q = sub.add_parser(
         "show",
         help="one run's record, metrics and action counts",
         description=(
-            "One run: its record (strategy, status, dates, symbols, times, error), the metrics "
+            "One run: its record (strategy, status, dates, symbols, times, error, the process "
+            "that ran it and its last heartbeat), the metrics "
             "of the portfolio and of each symbol, and the action counts per symbol."
         ),
     )

@@ -29,6 +29,11 @@ Rules:
   imported ones), and a symbol reads one source per kind (``sentiment_source``): a synthetic
   symbol reads ``"synthetic"``, a real one ``"user"``, unless the strategy names a source. A
   store holding the demo and a user's data thus gives each what a store holding only it would.
+* Interrupted runs are found: a backtest run records its host, pid and process start time and
+  keeps a heartbeat (``RunHeartbeat``); every ``init_db`` (every ``otonom`` command, every
+  opening of the store for writing) marks ``failed``, with the reason in ``error``, a
+  ``running`` run whose process is provably gone or whose heartbeat is stale
+  (``fail_interrupted_runs``).
 """
 
 from __future__ import annotations
@@ -36,15 +41,17 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import gc
+import logging
 import math
 import os
+import socket
 import threading
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -70,6 +77,7 @@ from sqlalchemy import (
     inspect,
     select,
     text,
+    update,
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
@@ -96,6 +104,8 @@ from otonom_schema import LOOKBACK, MarketHistory, SentimentSeries, compute_stat
 
 __all__ = [
     "DATABASE_URL_ENV",
+    "HEARTBEAT_INTERVAL_S",
+    "HEARTBEAT_STALE_S",
     "RUN_STATUSES",
     "SIGNAL_COLUMNS",
     "SIGNAL_FIELDS",
@@ -109,12 +119,15 @@ __all__ = [
     "InfAsNull",
     "MacroSentiment",
     "NewsSentiment",
+    "ProcessIdentity",
+    "RunHeartbeat",
     "StoreMeta",
     "Symbol",
     "SymbolInfo",
     "check_source_name",
     "default_database_url",
     "dispose_engines",
+    "fail_interrupted_runs",
     "fetch_raw",
     "get_engine",
     "get_or_create_symbol",
@@ -127,11 +140,21 @@ __all__ = [
     "load_macro",
     "load_news",
     "sentiment_source",
+    "this_process",
 ]
 
-STORE_VERSION: Final = 3
+STORE_VERSION: Final = 4
 """Version of the table layout, written to ``store_meta`` by ``init_db`` (which upgrades an
-older store in place: version 1 -> 2 see ``Decision``, 2 -> 3 see ``MacroSentiment``)."""
+older store in place: version 1 -> 2 see ``Decision``, 2 -> 3 see ``MacroSentiment``, 3 -> 4
+see ``BacktestRun``)."""
+
+HEARTBEAT_INTERVAL_S: Final = 30.0
+"""Seconds between two heartbeats of a running backtest (``RunHeartbeat``)."""
+HEARTBEAT_STALE_S: Final = 900.0
+"""A running run whose last heartbeat is older than this many seconds is taken as interrupted
+when its process cannot be checked (another host, or an unknown pid) (``fail_interrupted_runs``)."""
+
+log = logging.getLogger(__name__)
 
 DATABASE_URL_ENV: Final = "OTONOM_DATABASE_URL"
 RUN_STATUSES: Final = ("running", "complete", "failed")
@@ -272,7 +295,15 @@ class MacroSentiment(Base):
 
 
 class BacktestRun(Base):
-    """One backtest of one strategy. ``status``: ``"running"`` | ``"complete"`` | ``"failed"``."""
+    """One backtest of one strategy. ``status``: ``"running"`` | ``"complete"`` | ``"failed"``.
+
+    ``host``, ``pid`` and ``process_start`` name the process that runs it (``this_process``;
+    ``process_start`` is None where the start time cannot be read, i.e. off Linux) and
+    ``heartbeat_at`` is refreshed every ``HEARTBEAT_INTERVAL_S`` while it runs
+    (``RunHeartbeat``); ``fail_interrupted_runs`` uses them to mark a run whose process died
+    (``kill -9``, a power cut) ``failed``. Store version 3 had none of the four columns: the
+    in-place upgrade adds them (NULL on the old rows, which are then judged by ``created_at``).
+    """
 
     __tablename__ = "backtest_runs"
     __table_args__ = (
@@ -291,6 +322,10 @@ class BacktestRun(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
+    host: Mapped[str | None] = mapped_column(String(255))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    process_start: Mapped[str | None] = mapped_column(String(128))
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 SIGNAL_FIELDS: Final = ("action", "strength", "confidence")
@@ -701,7 +736,42 @@ def _alter_in_place(conn: Any, table: Any, labels: dict[str, Any]) -> None:
         )
 
 
-_UPGRADES: Final = {1: _upgrade_from_1, 2: _upgrade_from_2}
+_V4_RUN_COLUMNS: Final = ("host", "pid", "process_start", "heartbeat_at")
+"""The columns store version 4 added to ``backtest_runs``, in the order the upgrade adds them."""
+
+
+def _upgrade_from_3(engine: Engine) -> None:
+    """Store version 3 -> 4: ``backtest_runs`` gets ``host``, ``pid``, ``process_start`` and
+    ``heartbeat_at`` (NULL on the stored runs) and ``store_version`` becomes 4.
+
+    Resumable: each column is added only if missing and the version is written last, so an
+    upgrade stopped half way (SQLite's driver commits each ``ALTER TABLE`` on its own) is
+    finished by the next ``init_db``; PostgreSQL does it in one transaction. A concurrent
+    upgrade is fine too: whichever comes second finds version 4 and stops.
+    """
+    table = BacktestRun.__tablename__
+    try:
+        with engine.begin() as conn:
+            stored = conn.execute(
+                select(StoreMeta.value).where(StoreMeta.key == "store_version")
+            ).scalar_one()
+            if stored != "3":
+                return
+            present = {c["name"] for c in inspect(conn).get_columns(table)}
+            for name in _V4_RUN_COLUMNS:
+                if name not in present:
+                    kind = BacktestRun.__table__.c[name].type.compile(dialect=conn.dialect)
+                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
+            _set_version(conn, 4)
+    except sa_exc.DBAPIError as exc:
+        if (_read_version(engine) or 0) >= 4:
+            return  # upgraded by a concurrent init_db
+        raise StoreError(
+            f"cannot upgrade database {_safe(engine.url)} from store version 3 to 4: {exc.orig}"
+        ) from None
+
+
+_UPGRADES: Final = {1: _upgrade_from_1, 2: _upgrade_from_2, 3: _upgrade_from_3}
 """The in-place upgrade from each older store version to the next one."""
 
 
@@ -709,8 +779,10 @@ def init_db(url_or_engine: str | Engine | None = None) -> Engine:
     """Create every table and the ``store_version`` row; idempotent. Returns the engine.
 
     An older store is upgraded in place first, one version at a time (1 -> 2: see
-    ``Decision``; 2 -> 3: see ``MacroSentiment``; nothing is lost). Raises ``StoreError`` when
-    the database cannot be opened or was made by another store version.
+    ``Decision``; 2 -> 3: see ``MacroSentiment``; 3 -> 4: see ``BacktestRun``; nothing is
+    lost). Then ``fail_interrupted_runs`` marks the runs whose process is gone ``failed``.
+    Raises ``StoreError`` when the database cannot be opened or was made by another store
+    version.
     """
     engine = _resolve(url_or_engine)
     version = _read_version(engine)
@@ -731,6 +803,10 @@ def init_db(url_or_engine: str | Engine | None = None) -> Engine:
         raise StoreError(f"cannot initialise database {_safe(engine.url)}: {exc.orig}") from None
     with _lock:
         _initialised.add(engine)
+    try:
+        fail_interrupted_runs(engine)
+    except StoreError as exc:  # e.g. locked beyond busy_timeout: the next opening retries
+        log.warning("%s", exc)
     return engine
 
 
@@ -771,6 +847,282 @@ def get_session(url: str | Engine | None = None) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+# --- interrupted runs --------------------------------------------------------------------------
+
+
+class ProcessIdentity(NamedTuple):
+    """Who runs a backtest: ``host`` (``socket.gethostname()``), ``pid``, and ``start``: the
+    process's start time as ``"<boot id>:<pid namespace>:<start ticks>"`` (Linux ``/proc``;
+    None elsewhere). Two processes with equal ``start`` prefixes (boot id and pid namespace)
+    see the same pids, so one can tell whether the other's pid is still that process."""
+
+    host: str
+    pid: int
+    start: str | None
+
+
+_GONE: Final = "gone"
+
+
+def _machine() -> str | None:
+    """``"<boot id>:<pid namespace inode>"`` of this process (Linux), None when unreadable."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+        namespace = str(Path("/proc/self/ns/pid").readlink())  # "pid:[4026531836]"
+    except (OSError, UnicodeDecodeError):
+        return None
+    return f"{boot}:{namespace.removeprefix('pid:[').removesuffix(']')}"
+
+
+def _start_ticks(pid: int) -> str | None:
+    """Field 22 of ``/proc/<pid>/stat`` (start time in clock ticks after boot); ``_GONE`` when
+    there is no such process or it is a zombie (dead, not yet reaped); None when unreadable."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return _GONE
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 2 :].split()  # the name in (...) may hold blanks
+    if len(fields) < 20:
+        return None
+    if fields[0] in (b"Z", b"X"):
+        return _GONE
+    return fields[19].decode("ascii", "replace")
+
+
+def this_process() -> ProcessIdentity:
+    """The ``ProcessIdentity`` of the calling process (read anew: a fork has another pid)."""
+    pid = os.getpid()
+    machine = _machine()
+    ticks = _start_ticks(pid) if machine is not None else None
+    start = f"{machine}:{ticks}" if machine is not None and ticks not in (None, _GONE) else None
+    return ProcessIdentity(socket.gethostname(), pid, start)
+
+
+def _as_utc(value: dt.datetime) -> dt.datetime:
+    """SQLite gives stored times back without a zone: they are UTC."""
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value
+
+
+def _db_now(conn: Any) -> dt.datetime:
+    """Now, by the clock every process of the store shares: the server's for PostgreSQL and
+    other servers, this machine's for SQLite (a local file)."""
+    if conn.dialect.name == "sqlite":
+        return _utcnow()
+    return _as_utc(conn.execute(select(func.now())).scalar_one())
+
+
+def _heartbeat_value(dialect: Dialect) -> Any:
+    """The value a heartbeat writes: ``_db_now`` as SQL (the server's clock) or a bind."""
+    return _utcnow() if dialect.name == "sqlite" else func.now()
+
+
+@dataclass(frozen=True)
+class _Running:
+    id: int
+    host: str | None
+    pid: int | None
+    process_start: str | None
+    heartbeat_at: dt.datetime | None
+    created_at: dt.datetime
+
+
+def _process_gone(run: _Running, me: ProcessIdentity) -> str | None:
+    """Why ``run``'s process is provably gone; "" when it provably lives; None when this
+    process cannot tell (another host, another pid namespace or boot, no /proc)."""
+    if run.host != me.host or run.pid is None:
+        return None
+    who = f"process {run.pid} on {run.host}"
+    if run.process_start is not None and me.start is not None:
+        machine, _, ticks = run.process_start.rpartition(":")
+        if machine != me.start.rpartition(":")[0]:
+            return None  # another boot or pid namespace under the same host name
+        now = _start_ticks(run.pid)
+        if now == _GONE:
+            return f"its {who} is gone"
+        if now is None:
+            return None
+        if now != ticks:
+            return f"its {who} is gone (pid {run.pid} now belongs to a later process)"
+        return ""
+    if run.process_start is None and me.start is None and os.name == "posix":
+        try:
+            os.kill(run.pid, 0)  # signal 0: is there such a pid (no start time to compare)
+        except ProcessLookupError:
+            return f"its {who} is gone"
+        except OSError:
+            return None
+    return None
+
+
+def _interrupted(
+    run: _Running, me: ProcessIdentity, now: dt.datetime, stale_s: float
+) -> str | None:
+    """Why ``run`` is interrupted, None when it may still be running."""
+    last = _as_utc(run.heartbeat_at or run.created_at)
+    seen = f"last heartbeat {last.strftime('%Y-%m-%d %H:%M:%S UTC')}"
+    gone = _process_gone(run, me)
+    if gone == "":
+        return None  # the very process is alive: running, however long since its heartbeat
+    if gone is not None:
+        return f"interrupted: {gone} ({seen})"
+    age = (now - last).total_seconds()
+    if age > stale_s:
+        who = "" if run.pid is None else f" from process {run.pid} on {run.host}"
+        return (
+            f"interrupted: no heartbeat for {age:.0f} s{who} ({seen}; stale after {stale_s:.0f} s)"
+        )
+    return None
+
+
+def fail_interrupted_runs(
+    url_or_engine: str | Engine | None = None, *, stale_after_s: float = HEARTBEAT_STALE_S
+) -> list[int]:
+    """Mark ``failed`` every ``running`` backtest run whose process is gone; returns their ids.
+
+    A run is interrupted when its process is provably gone (same host, boot and pid namespace,
+    and the pid is dead, a zombie, or now another process: its start time differs) or, when
+    this process cannot check that (a run of another host, on a PostgreSQL store shared by
+    several hosts; a run stored before version 4), when its heartbeat (else its
+    ``created_at``) is older than ``stale_after_s`` by the store's clock. A run whose process
+    provably lives is never marked, however old its heartbeat. The run gets ``error`` =
+    ``"interrupted: ..."`` (why, and its last heartbeat) and ``finished_at`` = now.
+
+    Safe to run concurrently (``init_db`` runs it on every opening): each run is marked by one
+    conditional UPDATE (still ``running``, heartbeat unchanged since it was judged), so a run
+    is marked once and a heartbeat that comes in between keeps it running. Raises
+    ``StoreError`` when the store cannot be read or written.
+    """
+    engine = _resolve(url_or_engine)
+    table = BacktestRun
+    me = this_process()
+    marked: list[int] = []
+    try:
+        with engine.connect() as conn:
+            now = _db_now(conn)
+            runs = [
+                _Running(*row)
+                for row in conn.execute(
+                    select(
+                        table.id,
+                        table.host,
+                        table.pid,
+                        table.process_start,
+                        table.heartbeat_at,
+                        table.created_at,
+                    ).where(table.status == "running")
+                ).all()
+            ]
+        verdicts = [(run, _interrupted(run, me, now, stale_after_s)) for run in runs]
+        for run, reason in verdicts:
+            if reason is None:
+                continue
+            beat = (
+                table.heartbeat_at.is_(None)
+                if run.heartbeat_at is None
+                else table.heartbeat_at == run.heartbeat_at
+            )
+            with engine.begin() as conn:
+                done = conn.execute(
+                    update(table)
+                    .where(table.id == run.id, table.status == "running", beat)
+                    .values(
+                        status="failed",
+                        finished_at=_heartbeat_value(conn.dialect),
+                        error=reason[:2000],
+                    )
+                )
+            if done.rowcount == 1:
+                marked.append(run.id)
+                log.warning("backtest run %d marked failed: %s", run.id, reason)
+    except sa_exc.DBAPIError as exc:
+        raise StoreError(
+            f"cannot mark the interrupted runs of {_safe(engine.url)} failed: {exc.orig}"
+        ) from None
+    return marked
+
+
+class RunHeartbeat:
+    """Keeps a running run's ``heartbeat_at`` fresh while it runs.
+
+    ``start()`` writes one heartbeat at once, then a daemon thread writes one every
+    ``interval_s`` (one small UPDATE on its own pooled connection, only while the run is still
+    ``running``); ``stop()`` ends the thread (waits for it). Also a context manager. A
+    heartbeat that fails (the store busy beyond its timeout, the server gone) is logged and
+    tried again at the next interval: it never fails the run. ``engine`` None (a session bound
+    to a connection) or an in-memory SQLite store (no other process can see it): no thread.
+    """
+
+    def __init__(
+        self, engine: Engine | None, run_id: int, *, interval_s: float = HEARTBEAT_INTERVAL_S
+    ) -> None:
+        if interval_s <= 0:
+            raise ValueError(f"interval_s is {interval_s}; expected seconds > 0")
+        self.run_id = run_id
+        self.interval_s = interval_s
+        self.beats = 0
+        self._engine = engine
+        if (
+            engine is not None
+            and engine.dialect.name == "sqlite"
+            and _sqlite_file(engine.url) is None
+        ):
+            self._engine = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def beat(self) -> bool:
+        """Write one heartbeat now; True when the run was still ``running`` (and updated)."""
+        if self._engine is None:
+            return False
+        table = BacktestRun
+        with self._engine.begin() as conn:
+            done = conn.execute(
+                update(table)
+                .where(table.id == self.run_id, table.status == "running")
+                .values(heartbeat_at=_heartbeat_value(conn.dialect))
+            )
+        self.beats += 1
+        return bool(done.rowcount)
+
+    def _beat_quietly(self) -> None:
+        try:
+            self.beat()
+        except Exception as exc:  # a heartbeat never fails the run
+            log.warning(
+                "heartbeat of backtest run %d failed (tried again later): %s", self.run_id, exc
+            )
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._beat_quietly()
+
+    def start(self) -> RunHeartbeat:
+        """The first heartbeat now, then one every ``interval_s`` (idempotent)."""
+        if self._engine is None or self._thread is not None:
+            return self
+        self._beat_quietly()
+        self._thread = threading.Thread(
+            target=self._loop, name=f"otonom-heartbeat-run-{self.run_id}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """No more heartbeats (waits for the thread to end)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def __enter__(self) -> RunHeartbeat:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 # --- raw reads (hot paths) --------------------------------------------------------------------
