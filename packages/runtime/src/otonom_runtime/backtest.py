@@ -1014,8 +1014,8 @@ def run_backtest(
         }
         session.commit()
     except BaseException as exc:
+        session.rollback()  # first: a heartbeat may wait for the lock this transaction holds
         heartbeat.stop()
-        session.rollback()
         failed = session.get(BacktestRun, run_id)
         if failed is not None:
             failed.status = "failed"

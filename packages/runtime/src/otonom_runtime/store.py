@@ -14,8 +14,8 @@ Rules:
   (a backtest commits every 5,000 decision rows; no measurable difference on a fast-syncing
   disk, milliseconds per commit on a slow one), a crash cannot corrupt the database and an
   application crash loses nothing; only a power cut or OS crash can undo the last commits
-  before a checkpoint (a backtest run is then left ``running`` or missing, never complete
-  with rows missing).
+  before a checkpoint (a backtest run is then left ``running``, and marked ``failed`` by the
+  next opening for writing, or missing, never complete with rows missing).
 * A store that was never initialised is refused by ``get_session`` with a ``StoreError``.
 * Dates are calendar days (``datetime.date``), prices are in the quote currency, volume in
   whatever unit the source uses (the features only use volume ratios).
