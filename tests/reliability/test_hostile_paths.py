@@ -377,6 +377,19 @@ def test_load_rl_policy_keeps_ordinary_path_rules(
     assert cfg.ensemble.rl_policy.model_file == real_model
 
 
+def test_a_later_chdir_changes_nothing(
+    project: Path, real_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A strategy loaded by a relative path, its RL analyst switched on later (``--use-rl``
+    style, ``with_rl(True)``) from another directory with a planted ``models/``."""
+    # OLD: fails (the planted model was served)
+    monkeypatch.chdir(project / "strategies")
+    cfg = load_strategy("baseline_v1.yaml")  # RL off; model_path models/rl_bc/policy_best.pt
+    monkeypatch.chdir(tmp_path)
+    _plant(tmp_path)
+    assert cfg.with_rl(True).ensemble.rl_policy.model_file == real_model
+
+
 # --- external data: weights from the working directory -------------------------------------------
 
 

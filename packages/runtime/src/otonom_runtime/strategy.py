@@ -1039,7 +1039,7 @@ def load_strategy(path: str | os.PathLike[str]) -> StrategyConfig:
         data,
         source=source,
         sha256=hashlib.sha256(raw).hexdigest(),
-        base_dir=p.parent,
+        base_dir=p.absolute().parent,  # fixed now: a later chdir changes nothing
         default_name=p.stem,
         lines=lines,
         problems=problems,
