@@ -205,6 +205,21 @@ def test_backtest_beside_a_planted_model_serves_and_records_the_real_one(
         x.startswith("RL model")
         for x in _otonom("runs", "show", "2", cwd=tmp_path, env=env).stdout.splitlines()
     )
+    # a model inside the root that does not load: the run falls back and says which file
+    broken = project / "models" / "broken" / "policy_best.onnx"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not an onnx model")
+    write_sha256_sidecar(broken)
+    bad = _strategy(project / "strategies" / "broken", "models/broken")
+    fell = _otonom(
+        "backtest", "--strategy-path", str(bad), "--symbol", "DEMO-BTC",
+        "--start-date", "2020-06-01", "--end-date", "2020-08-31", "--plot", "none", "--quiet",
+        cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert fell.returncode == 0, fell.stderr
+    shown = _otonom("runs", "show", "3", cwd=tmp_path, env=env).stdout.splitlines()
+    (line,) = [x for x in shown if x.startswith("RL model")]
+    assert line.split(None, 2)[2] == f"{broken} (not loaded: the run fell back)"
 
 
 # --- escapes ------------------------------------------------------------------------------------
