@@ -327,6 +327,16 @@ def test_a_dangling_or_looping_symlink_is_refused(project: Path, tmp_path: Path)
         _refused(_otonom("strategy", "check", str(path), cwd=tmp_path), path, "models root")
 
 
+def test_a_binary_pointer_is_refused(project: Path, tmp_path: Path) -> None:
+    # OLD: fails (an "unexpected" UnicodeDecodeError naming no file)
+    folder = project / "models" / "binary_pointer"
+    folder.mkdir()
+    (folder / "latest").write_bytes(b"\xff\xfe\x00garbage")
+    path = _strategy(project / "strategies" / "binary_pointer", "models/binary_pointer")
+    out = _otonom("strategy", "check", str(path), cwd=project)
+    _refused(out, path, f"{folder}: its pointer file cannot be read (", "decode byte 0xff")
+
+
 # --- the root -----------------------------------------------------------------------------------
 
 

@@ -789,6 +789,8 @@ def resolve_strategy_model(
         found = resolve_model_path(candidate)
     except PolicyError as exc:
         raise refuse(str(exc)) from None
+    except (OSError, ValueError) as exc:  # an unreadable or binary latest/default pointer
+        raise refuse(f"{candidate}: its pointer file cannot be read ({exc})") from None
     try:
         real = found.resolve(strict=True)
         mode = real.stat().st_mode
