@@ -205,6 +205,21 @@ def test_backtest_beside_a_planted_model_serves_and_records_the_real_one(
         x.startswith("RL model")
         for x in _otonom("runs", "show", "2", cwd=tmp_path, env=env).stdout.splitlines()
     )
+    # a model inside the root that does not load: the run falls back and says which file
+    broken = project / "models" / "broken" / "policy_best.onnx"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not an onnx model")
+    write_sha256_sidecar(broken)
+    bad = _strategy(project / "strategies" / "broken", "models/broken")
+    fell = _otonom(
+        "backtest", "--strategy-path", str(bad), "--symbol", "DEMO-BTC",
+        "--start-date", "2020-06-01", "--end-date", "2020-08-31", "--plot", "none", "--quiet",
+        cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert fell.returncode == 0, fell.stderr
+    shown = _otonom("runs", "show", "3", cwd=tmp_path, env=env).stdout.splitlines()
+    (line,) = [x for x in shown if x.startswith("RL model")]
+    assert line.split(None, 2)[2] == f"{broken} (not loaded: the run fell back)"
 
 
 # --- escapes ------------------------------------------------------------------------------------
@@ -312,6 +327,16 @@ def test_a_dangling_or_looping_symlink_is_refused(project: Path, tmp_path: Path)
         _refused(_otonom("strategy", "check", str(path), cwd=tmp_path), path, "models root")
 
 
+def test_a_binary_pointer_is_refused(project: Path, tmp_path: Path) -> None:
+    # OLD: fails (an "unexpected" UnicodeDecodeError naming no file)
+    folder = project / "models" / "binary_pointer"
+    folder.mkdir()
+    (folder / "latest").write_bytes(b"\xff\xfe\x00garbage")
+    path = _strategy(project / "strategies" / "binary_pointer", "models/binary_pointer")
+    out = _otonom("strategy", "check", str(path), cwd=project)
+    _refused(out, path, f"{folder}: its pointer file cannot be read (", "decode byte 0xff")
+
+
 # --- the root -----------------------------------------------------------------------------------
 
 
@@ -375,6 +400,19 @@ def test_load_rl_policy_keeps_ordinary_path_rules(
     assert load_rl_policy("models/rl_bc").path.resolve() == real_model
     cfg = load_strategy(project / "strategies" / "ensemble_rl_v1.yaml")
     assert cfg.ensemble.rl_policy.model_file == real_model
+
+
+def test_a_later_chdir_changes_nothing(
+    project: Path, real_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A strategy loaded by a relative path, its RL analyst switched on later (``--use-rl``
+    style, ``with_rl(True)``) from another directory with a planted ``models/``."""
+    # OLD: fails (the planted model was served)
+    monkeypatch.chdir(project / "strategies")
+    cfg = load_strategy("baseline_v1.yaml")  # RL off; model_path models/rl_bc/policy_best.pt
+    monkeypatch.chdir(tmp_path)
+    _plant(tmp_path)
+    assert cfg.with_rl(True).ensemble.rl_policy.model_file == real_model
 
 
 # --- external data: weights from the working directory -------------------------------------------

@@ -13,6 +13,10 @@ Rules (each one tested):
   the target is flat and a position is open), so small strength changes do not churn.
 * **Costs.** A fill pays slippage (``slippage_bps``: buys fill above the open, sells below)
   and commission (``commission_bps`` of the traded notional).
+* **Model.** With the RL analyst on, the model is loaded before the run row is written, and
+  ``params["rl_model_file"]`` / ``params["rl_model_sha256"]`` record the file served and the
+  verified sha256 of its bytes (the file and None when it failed to load and the run fell
+  back; both None with the RL analyst off).
 * **Ruin.** A sleeve whose equity falls to ``BUST_FLOOR`` of its capital is closed and
   stops trading.
 * **Sleeves.** Each symbol trades its own sleeve of ``initial_capital / n_symbols``; the

@@ -459,8 +459,10 @@ def _add_strategy_commands(
             "Load a strategy YAML file and print its name, sha256, weights, RL analyst, costs "
             "and calendar. An invalid file prints every problem (file:line: key.path: what was "
             "received, what was expected) and exits 1. With the RL analyst enabled the model "
-            "must be found; its metadata is read, and a model marked degenerate at training (or "
-            "one that does not load) is a one-line warning on stderr."
+            "must be found inside the models root ($OTONOM_MODELS_ROOT, else the nearest folder "
+            "holding models/ above the file; never the working directory); its metadata is "
+            "read, and a model marked degenerate at training (or one that does not load) is a "
+            "one-line warning on stderr."
         ),
     )
     p.add_argument("file", metavar="FILE", help="the strategy YAML file")

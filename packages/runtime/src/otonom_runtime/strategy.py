@@ -789,6 +789,8 @@ def resolve_strategy_model(
         found = resolve_model_path(candidate)
     except PolicyError as exc:
         raise refuse(str(exc)) from None
+    except (OSError, ValueError) as exc:  # an unreadable or binary latest/default pointer
+        raise refuse(f"{candidate}: its pointer file cannot be read ({exc})") from None
     try:
         real = found.resolve(strict=True)
         mode = real.stat().st_mode
@@ -1039,7 +1041,7 @@ def load_strategy(path: str | os.PathLike[str]) -> StrategyConfig:
         data,
         source=source,
         sha256=hashlib.sha256(raw).hexdigest(),
-        base_dir=p.parent,
+        base_dir=p.absolute().parent,  # fixed now: a later chdir changes nothing
         default_name=p.stem,
         lines=lines,
         problems=problems,
