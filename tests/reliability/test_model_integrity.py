@@ -297,6 +297,7 @@ def test_predict_and_predict_batch_agree_on_nan_producing_states(tmp_path: Path)
     answers = [r for r in single_ok if r is not None]
     assert [int(a) for a, _ in answers] == actions.tolist()
     np.testing.assert_allclose([st for _, st in answers], strengths, rtol=0, atol=1e-6)
+    print(f"\nsqrt strength: {len(bad)} of {len(states)} states raise in both, {len(good)} agree")
     # a batch holding one bad row raises, naming that row
     with pytest.raises(PolicyError, match=r"row 1 of 2: strength"):
         policy.predict_batch(states[[good[0], bad[0]]])
