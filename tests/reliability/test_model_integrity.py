@@ -341,3 +341,60 @@ def test_a_backtest_with_a_contract_breaking_model_falls_back_and_says_why(
     assert "DEMO-BTC: PolicyError: " in lines[0]
     assert "broke the output contract" in lines[0]
     print(f"\n{report.fallbacks} fallbacks of {report.bar_decisions} decisions; {lines[0][:160]}")
+
+
+# --- the CLIs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["format-1", "digest"])
+@pytest.mark.parametrize("cli", ["otonom", "otonom-train"])
+def test_clis_refuse_an_unverifiable_model_in_one_error_line(
+    tmp_path: Path, cli: str, case: str
+) -> None:
+    import otonom_schema as s
+    from otonom_schema.testing import random_history
+
+    model = tmp_path / "rl" / "policy_best.onnx"
+    if case == "format-1":
+        make_policy_model(model, seal=False)
+        expected = "is model format 1"
+    else:
+        make_policy_model(model)
+        data = model.read_bytes()
+        _write(model, _flip_sign(data, "trunk0.weight"))
+        expected = "model digest mismatch"
+    exe = Path(sys.executable).with_name(cli)
+    if cli == "otonom":
+        args = [str(exe), "bench", "--model", str(model)]
+    else:
+        n = 100
+        h = random_history(n, seed=4, symbol="DEMO")
+        rng = np.random.default_rng(0)
+        dataset = tmp_path / "d.npz"
+        s.save_dataset(
+            s.OfflineDataset(
+                states=s.compute_states(h),
+                actions=rng.integers(0, 3, n),
+                strengths=rng.uniform(0, 1, n).astype(np.float32),
+                symbols=np.full(n, "DEMO"),
+                dates=h.dates,
+                metadata={"source": "integrity test"},
+            ),
+            dataset,
+        )
+        args = [str(exe), "evaluate", "--model", str(model), "--dataset", str(dataset)]
+    proc = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "error"},
+        timeout=HANG_GUARD_S,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    assert expected in errors[0]
+    assert str(model) in errors[0]
