@@ -159,8 +159,11 @@ def test_changed_weights_with_a_recomputed_digest_fail_the_golden_sample(tmp_pat
         assert str(info.value).startswith(str(model)), name
 
 
-def test_a_wrong_golden_output_is_refused(tmp_path: Path) -> None:
-    """The model re-sealed with one golden strength off by 10 x GOLDEN_ATOL."""
+@pytest.mark.parametrize(("offset", "refused"), [(10.0, True), (-10.0, True), (0.5, False)])
+def test_a_wrong_golden_output_is_refused(tmp_path: Path, offset: float, refused: bool) -> None:
+    """The model re-sealed with one golden strength off by ``offset`` x GOLDEN_ATOL (the
+    outputs stored are a float64 numpy forward of the same weights: a second implementation,
+    as another CPU or CUDA would be)."""
     model = tmp_path / "policy_best.onnx"
     weights = make_policy_model(model, seal=False)
     states = golden_states()
@@ -172,10 +175,13 @@ def test_a_wrong_golden_output_is_refused(tmp_path: Path) -> None:
     # the same golden rows with the first strength moved
     rows = [int(np.flatnonzero((states == np.float32(r)).all(axis=1))[0]) for r in picked["states"]]
     strength = strength.copy()
-    strength[rows[0]] += 10 * GOLDEN_ATOL
+    strength[rows[0]] += offset * GOLDEN_ATOL
     keep = np.zeros(len(states), bool)
     keep[rows] = True
     seal_model(model, states[keep], outputs=(probs[keep], strength[keep]))
+    if not refused:
+        load_rl_policy(model)
+        return
     with pytest.raises(
         PolicyError, match=r"fails its golden sample \(predict_batch, row 0 of 16\)"
     ):
