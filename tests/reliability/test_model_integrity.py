@@ -313,16 +313,19 @@ def test_predict_and_predict_batch_agree_on_nan_producing_states(tmp_path: Path)
 
 
 def test_a_backtest_with_a_contract_breaking_model_falls_back_and_says_why(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = f"sqlite:///{(tmp_path / 'otonom.db').as_posix()}"
     init_db(url)
     with get_session(url) as session:
         write_synthetic(session, ["DEMO-BTC"], dt.date(2019, 1, 1), dt.date(2021, 12, 31), 7)
-    model = tmp_path / "rl" / "policy_best.onnx"
+    model = tmp_path / "models" / "rl" / "policy_best.onnx"
     make_policy_model(model, strength_op="Identity")  # sealed; raw strengths elsewhere
     load_rl_policy(model)  # passes its golden sample
-    cfg = parse_strategy({"ensemble": {"rl_policy": {"enabled": True, "model_path": str(model)}}})
+    # a relative model path, from the project folder that holds models/
+    monkeypatch.chdir(tmp_path)
+    rl = {"enabled": True, "model_path": "models/rl/policy_best.onnx"}
+    cfg = parse_strategy({"ensemble": {"rl_policy": rl}})
     with get_session(url) as session:
         report = run_backtest(
             session, cfg, ["DEMO-BTC"], dt.date(2020, 1, 1), dt.date(2020, 12, 31)
