@@ -159,8 +159,11 @@ def test_changed_weights_with_a_recomputed_digest_fail_the_golden_sample(tmp_pat
         assert str(info.value).startswith(str(model)), name
 
 
-def test_a_wrong_golden_output_is_refused(tmp_path: Path) -> None:
-    """The model re-sealed with one golden strength off by 10 x GOLDEN_ATOL."""
+@pytest.mark.parametrize(("offset", "refused"), [(10.0, True), (-10.0, True), (0.5, False)])
+def test_a_wrong_golden_output_is_refused(tmp_path: Path, offset: float, refused: bool) -> None:
+    """The model re-sealed with one golden strength off by ``offset`` x GOLDEN_ATOL (the
+    outputs stored are a float64 numpy forward of the same weights: a second implementation,
+    as another CPU or CUDA would be)."""
     model = tmp_path / "policy_best.onnx"
     weights = make_policy_model(model, seal=False)
     states = golden_states()
@@ -172,10 +175,13 @@ def test_a_wrong_golden_output_is_refused(tmp_path: Path) -> None:
     # the same golden rows with the first strength moved
     rows = [int(np.flatnonzero((states == np.float32(r)).all(axis=1))[0]) for r in picked["states"]]
     strength = strength.copy()
-    strength[rows[0]] += 10 * GOLDEN_ATOL
+    strength[rows[0]] += offset * GOLDEN_ATOL
     keep = np.zeros(len(states), bool)
     keep[rows] = True
     seal_model(model, states[keep], outputs=(probs[keep], strength[keep]))
+    if not refused:
+        load_rl_policy(model)
+        return
     with pytest.raises(
         PolicyError, match=r"fails its golden sample \(predict_batch, row 0 of 16\)"
     ):
@@ -297,6 +303,7 @@ def test_predict_and_predict_batch_agree_on_nan_producing_states(tmp_path: Path)
     answers = [r for r in single_ok if r is not None]
     assert [int(a) for a, _ in answers] == actions.tolist()
     np.testing.assert_allclose([st for _, st in answers], strengths, rtol=0, atol=1e-6)
+    print(f"\nsqrt strength: {len(bad)} of {len(states)} states raise in both, {len(good)} agree")
     # a batch holding one bad row raises, naming that row
     with pytest.raises(PolicyError, match=r"row 1 of 2: strength"):
         policy.predict_batch(states[[good[0], bad[0]]])
@@ -306,16 +313,19 @@ def test_predict_and_predict_batch_agree_on_nan_producing_states(tmp_path: Path)
 
 
 def test_a_backtest_with_a_contract_breaking_model_falls_back_and_says_why(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = f"sqlite:///{(tmp_path / 'otonom.db').as_posix()}"
     init_db(url)
     with get_session(url) as session:
         write_synthetic(session, ["DEMO-BTC"], dt.date(2019, 1, 1), dt.date(2021, 12, 31), 7)
-    model = tmp_path / "rl" / "policy_best.onnx"
+    model = tmp_path / "models" / "rl" / "policy_best.onnx"
     make_policy_model(model, strength_op="Identity")  # sealed; raw strengths elsewhere
     load_rl_policy(model)  # passes its golden sample
-    cfg = parse_strategy({"ensemble": {"rl_policy": {"enabled": True, "model_path": str(model)}}})
+    # a relative model path, from the project folder that holds models/
+    monkeypatch.chdir(tmp_path)
+    rl = {"enabled": True, "model_path": "models/rl/policy_best.onnx"}
+    cfg = parse_strategy({"ensemble": {"rl_policy": rl}})
     with get_session(url) as session:
         report = run_backtest(
             session, cfg, ["DEMO-BTC"], dt.date(2020, 1, 1), dt.date(2020, 12, 31)
@@ -340,3 +350,60 @@ def test_a_backtest_with_a_contract_breaking_model_falls_back_and_says_why(
     assert "DEMO-BTC: PolicyError: " in lines[0]
     assert "broke the output contract" in lines[0]
     print(f"\n{report.fallbacks} fallbacks of {report.bar_decisions} decisions; {lines[0][:160]}")
+
+
+# --- the CLIs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["format-1", "digest"])
+@pytest.mark.parametrize("cli", ["otonom", "otonom-train"])
+def test_clis_refuse_an_unverifiable_model_in_one_error_line(
+    tmp_path: Path, cli: str, case: str
+) -> None:
+    import otonom_schema as s
+    from otonom_schema.testing import random_history
+
+    model = tmp_path / "rl" / "policy_best.onnx"
+    if case == "format-1":
+        make_policy_model(model, seal=False)
+        expected = "is model format 1"
+    else:
+        make_policy_model(model)
+        data = model.read_bytes()
+        _write(model, _flip_sign(data, "trunk0.weight"))
+        expected = "model digest mismatch"
+    exe = Path(sys.executable).with_name(cli)
+    if cli == "otonom":
+        args = [str(exe), "bench", "--model", str(model)]
+    else:
+        n = 100
+        h = random_history(n, seed=4, symbol="DEMO")
+        rng = np.random.default_rng(0)
+        dataset = tmp_path / "d.npz"
+        s.save_dataset(
+            s.OfflineDataset(
+                states=s.compute_states(h),
+                actions=rng.integers(0, 3, n),
+                strengths=rng.uniform(0, 1, n).astype(np.float32),
+                symbols=np.full(n, "DEMO"),
+                dates=h.dates,
+                metadata={"source": "integrity test"},
+            ),
+            dataset,
+        )
+        args = [str(exe), "evaluate", "--model", str(model), "--dataset", str(dataset)]
+    proc = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "error"},
+        timeout=HANG_GUARD_S,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    assert expected in errors[0]
+    assert str(model) in errors[0]

@@ -6,7 +6,8 @@ almost nothing and a daemon that only predicts never imports SQLAlchemy. It neve
 torch, and importing it creates no engine, session or file.
 
 Submodules (public): ``store``, ``importers``, ``synth``, ``builder``, ``policy``,
-``strategy``, ``ensemble``, ``backtest``, ``metrics``, ``plots``, ``bench``, ``cli``, ``testing``.
+``strategy``, ``ensemble``, ``backtest``, ``metrics``, ``plots``, ``bench``, ``cli``, ``testing``,
+``integrity``.
 """
 
 import importlib

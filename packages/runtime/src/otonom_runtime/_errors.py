@@ -12,7 +12,9 @@
         ├── StrategyError (+ ValueError)       a strategy file or mapping that cannot be used;
         │                                      ``problems`` lists every one (file:line: key.path)
         └── PolicyError (+ ValueError)         a model file that is missing, invalid, has the
-            │                                  wrong signature or fails its sha256 check
+            │                                  wrong signature, fails its sha256, digest or
+            │                                  golden sample check; an output that breaks
+            │                                  the model's contract at predict time
             └── ModelSchemaMismatchError       the model was trained under another state schema
                 (+ otonom_schema.SchemaMismatchError)
 

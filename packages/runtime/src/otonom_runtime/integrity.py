@@ -170,11 +170,15 @@ def _entry(buf: bytes, start: int, end: int) -> tuple[bytes, bytes]:
     return key, value
 
 
-def _split(data: bytes) -> tuple[list[tuple[int, bytes]], list[tuple[bytes, bytes]], int | None]:
+def _split(
+    data: bytes,
+) -> tuple[list[tuple[int, memoryview]], list[tuple[bytes, bytes]], int | None]:
     """The top-level fields of a ``ModelProto`` but its metadata (``(field number, raw bytes)``
-    in order), its metadata entries (raw key, raw value) in order, and the index among the
-    former where the first metadata field stood (None: there was none)."""
-    rest: list[tuple[int, bytes]] = []
+    in order, as views of ``data``: no copy of a large graph), its metadata entries (raw key,
+    raw value) in order, and the index among the former where the first metadata field stood
+    (None: there was none)."""
+    view = memoryview(data)
+    rest: list[tuple[int, memoryview]] = []
     entries: list[tuple[bytes, bytes]] = []
     where: int | None = None
     for field, wire, begin, payload, stop in _fields(data, 0, len(data)):
@@ -183,7 +187,7 @@ def _split(data: bytes) -> tuple[list[tuple[int, bytes]], list[tuple[bytes, byte
                 where = len(rest)
             entries.append(_entry(data, payload, stop))
         else:
-            rest.append((field, data[begin:stop]))
+            rest.append((field, view[begin:stop]))
     return rest, entries, where
 
 
