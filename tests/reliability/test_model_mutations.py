@@ -771,3 +771,193 @@ def _kinds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:
     _worker(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+
+
+# --- a sample of broken models in a real backtest -----------------------------------------------
+
+# (family or structural kind, how many): 20 broken models, the first mutants of each
+SAMPLE: list[tuple[str, int]] = [
+    ("bitflip", 6),
+    ("truncate", 2),
+    ("overwrite", 2),
+    ("input dtype", 1),
+    ("output removed", 1),
+    ("outputs reordered", 1),
+    ("external data", 1),
+    ("metadata removed", 1),
+    ("node op changed", 1),
+    ("initializer replaced", 1),
+    ("Mul/Add on an output", 1),
+    ("nodes swapped", 1),
+    ("top-level text edited", 1),
+]
+
+
+def _sample_ids() -> list[int]:
+    ids: list[int] = []
+    structural_start = sum(n for f, n in PLAN if f != "structural")
+    for what, n in SAMPLE:
+        if what in dict(PLAN):
+            start = sum(m for f, m in PLAN[: [f for f, _ in PLAN].index(what)])
+            ids += range(start, start + n)
+        else:
+            first = structural_start + _KINDS.index(what)
+            ids += [first + k * len(_KINDS) for k in range(n)]
+    return ids
+
+
+def test_broken_models_fall_back_in_a_real_backtest(tmp_path: Path) -> None:
+    """About 20 of the mutants (each family, structural kinds among them) as the RL analyst of a
+    real backtest on a real SQLite store: every decision falls back, and the run says why. The
+    original model in the same backtest: no fallback (the check can fail)."""
+    import datetime as dt
+
+    import onnx
+
+    from otonom_runtime.backtest import run_backtest
+    from otonom_runtime.store import BacktestRun, get_session, init_db
+    from otonom_runtime.strategy import parse_strategy
+    from otonom_runtime.synth import write_synthetic
+
+    url = f"sqlite:///{(tmp_path / 'store' / 'otonom.db').as_posix()}"
+    init_db(url)
+    with get_session(url) as session:
+        write_synthetic(session, ["DEMO-BTC"], dt.date(2020, 1, 1), dt.date(2020, 6, 30), 7)
+    original = tmp_path / "original.onnx"
+    make_policy_model(original, hidden=32, layers=2, seed=SEED)
+    data = original.read_bytes()
+    proto = onnx.load_model_from_string(data)
+    weights = [(lo, hi) for _, lo, hi in initializer_ranges(data)]
+    start, end = dt.date(2020, 5, 1), dt.date(2020, 5, 31)
+
+    def backtest(model: Path) -> tuple[Any, Any]:
+        cfg = parse_strategy(
+            {"name": "rl", "ensemble": {"rl_policy": {"enabled": True, "model_path": str(model)}}}
+        )
+        with get_session(url) as session:
+            report = run_backtest(session, cfg, ["DEMO-BTC"], start, end)
+            run = session.get(BacktestRun, report.run_id)
+            assert run is not None
+            return report, (run.status, run.metrics)
+
+    ids = _sample_ids()
+    assert len(ids) == 20
+    tried: list[str] = []
+    for i in ids:
+        kind, what, mutated = mutant(i, data, proto, weights)
+        folder = tmp_path / f"m{i}"
+        folder.mkdir()
+        model = folder / "policy_best.onnx"
+        model.write_bytes(mutated)
+        write_sha256_sidecar(model)
+        report, (status, metrics) = backtest(model)
+        label = f"{_describe(i)}: {kind}: {what}"
+        assert report.rl_enabled, label
+        assert report.bar_decisions == 31, label
+        assert report.fallbacks == report.bar_decisions, (label, report.fallbacks)
+        assert report.fallback_reason, label
+        assert "PolicyError" in report.fallback_reason, (label, report.fallback_reason)
+        assert str(model) in report.fallback_reason, (label, report.fallback_reason)
+        assert status == "complete", label
+        assert metrics["fallbacks"] == 31, label
+        tried.append(f"{kind}: {report.fallback_reason[:160]}")
+    print("\n" + "\n".join(tried))
+    control, (_, metrics) = backtest(original)
+    assert control.fallbacks == 0
+    assert control.fallback_reason is None
+    assert metrics["fallbacks"] == 0
+
+
+# --- malicious pickles --------------------------------------------------------------------------
+
+
+class _Payload:
+    """Unpickling this runs ``touch MARKER`` (what an attacker's checkpoint would do)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def _evil_checkpoint(path: Path, marker: Path, *, zipped: bool) -> None:
+    """A ``policy_best.pt`` that looks like the trainer's checkpoint but carries the payload:
+    ``torch.save``'s zip format, or a bare pickle (torch's legacy format)."""
+    import pickle
+
+    ckpt = {"format": "otonom-rl/policy-checkpoint", "state_dict": {}, "hook": _Payload(marker)}
+    if zipped:
+        import torch
+
+        torch.save(ckpt, path)
+    else:
+        path.write_bytes(pickle.dumps(ckpt, protocol=2))
+
+
+def _unsafe_load_runs_the_payload(path: Path, marker: Path, tmp_path: Path) -> None:
+    """The control: an unsafe load (``weights_only=False``) in a subprocess does create the
+    marker, so its absence elsewhere means the payload was refused, not that it was inert."""
+    code = "import sys, torch; torch.load(sys.argv[1], weights_only=False)"
+    subprocess.run([sys.executable, "-c", code, str(path)], cwd=tmp_path, timeout=300, check=False)
+    assert marker.exists()
+    marker.unlink()
+
+
+@pytest.mark.parametrize("zipped", [True, False], ids=["torch.save zip", "bare pickle"])
+def test_malicious_checkpoint_refused_by_the_trainer(tmp_path: Path, zipped: bool) -> None:
+    from otonom_trainer.train import CheckpointError, load_checkpoint
+
+    marker = tmp_path / "pwned"
+    ckpt = tmp_path / "policy_best.pt"
+    _evil_checkpoint(ckpt, marker, zipped=zipped)
+    _unsafe_load_runs_the_payload(ckpt, marker, tmp_path)
+    with pytest.raises(CheckpointError, match="cannot be read as a policy checkpoint") as info:
+        load_checkpoint(ckpt)
+    assert str(ckpt) in str(info.value)
+    assert not marker.exists()
+
+
+def test_malicious_checkpoint_refused_by_otonom_train_export(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    ckpt = tmp_path / "policy_best.pt"
+    _evil_checkpoint(ckpt, marker, zipped=True)
+    exe = Path(sys.executable).with_name("otonom-train")
+    proc = subprocess.run(
+        [str(exe), "export", "--checkpoint", str(ckpt)],
+        capture_output=True,
+        text=True,
+        env=worker_env(),
+        cwd=tmp_path,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    assert str(ckpt) in errors[0]
+    assert not marker.exists()
+    assert not ckpt.with_suffix(".onnx").exists()
+
+
+@pytest.mark.parametrize("name", ["policy_best.onnx", "policy_best.pt"])
+def test_pickle_where_the_runtime_expects_a_model(tmp_path: Path, name: str) -> None:
+    """A pickle named as the ONNX model (with a matching sidecar), or as the checkpoint the
+    runtime stands for its ONNX export: refused, and nothing is unpickled."""
+    import pickle
+
+    marker = tmp_path / "pwned"
+    model = tmp_path / name
+    model.write_bytes(pickle.dumps(_Payload(marker), protocol=4))
+    write_sha256_sidecar(model)
+    expected = "not a valid ONNX model" if name.endswith(".onnx") else "never loads PyTorch"
+    with pytest.raises(PolicyError, match=expected) as info:
+        load_rl_policy(model)
+    assert str(model.with_suffix(".onnx") if name.endswith(".pt") else model) in str(info.value)
+    assert not marker.exists()
+    # the bytes do run the payload when unpickled: the refusal is what kept it from running
+    pickle.loads(model.read_bytes())
+    assert marker.exists()
