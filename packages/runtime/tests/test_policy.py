@@ -209,9 +209,9 @@ def test_missing_metadata_key(tmp_path: Path, key: str) -> None:
 
 
 def test_other_model_format(tmp_path: Path) -> None:
-    make_policy_model(tmp_path / "m.onnx", metadata_overrides={"otonom.model_format": "2"})
+    make_policy_model(tmp_path / "m.onnx", metadata_overrides={"otonom.model_format": "3"})
     with pytest.raises(
-        PolicyError, match=r"otonom\.model_format '2'; this runtime reads format '1'"
+        PolicyError, match=r"otonom\.model_format '3'; this runtime reads format '2'"
     ):
         load_rl_policy(tmp_path / "m.onnx")
 
@@ -220,7 +220,16 @@ def test_no_metadata_at_all(tmp_path: Path) -> None:
     make_policy_model(
         tmp_path / "m.onnx", metadata_overrides=dict.fromkeys(REQUIRED_METADATA, None)
     )
-    with pytest.raises(PolicyError, match=r"found keys \[\]"):
+    # without otonom.model_format it is a format-1 model: refused as such, before anything else
+    with pytest.raises(PolicyError, match=r"m\.onnx is model format 1 .*re-export it"):
+        load_rl_policy(tmp_path / "m.onnx")
+
+
+def test_only_the_seal_in_the_metadata(tmp_path: Path) -> None:
+    seal = ("otonom.model_format", "otonom.digest", "otonom.golden")
+    gone = {k: None for k in REQUIRED_METADATA if k not in seal}
+    make_policy_model(tmp_path / "m.onnx", metadata_overrides=gone)
+    with pytest.raises(PolicyError, match=r"found keys \['otonom\.digest', 'otonom\.golden'"):
         load_rl_policy(tmp_path / "m.onnx")
 
 

@@ -17,6 +17,7 @@ import torch
 
 import otonom_trainer.export as export_mod
 from otonom_runtime import load_rl_policy
+from otonom_runtime.integrity import model_digest
 from otonom_runtime.policy import REQUIRED_METADATA
 from otonom_schema import (
     FEATURE_NAMES,
@@ -107,7 +108,11 @@ def test_metadata_follows_the_contract(exported: Path) -> None:
 
     props = {p.key: p.value for p in onnx.load(str(exported)).metadata_props}
     assert set(REQUIRED_METADATA) <= set(props)
-    assert props["otonom.model_format"] == "1"
+    assert props["otonom.model_format"] == "2"
+    # sealed: the digest of graph and weights, and a golden sample the runtime re-runs
+    assert props["otonom.digest"] == model_digest(exported.read_bytes())
+    golden = json.loads(props["otonom.golden"])
+    assert len(golden["states"]) == len(golden["probs"]) == len(golden["strength"]) == 16
     assert props["otonom.schema_version"] == SCHEMA_VERSION
     assert props["otonom.schema_fingerprint"] == schema_fingerprint()
     assert json.loads(props["otonom.feature_names"]) == list(FEATURE_NAMES)
@@ -176,11 +181,27 @@ def test_broken_export_raises_and_leaves_no_files(
 
     def off_by_a_little(self: Any, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         probs, strength = original(self, states)
-        return probs + 1e-3, strength
+        return probs * (1 - 3e-3) + 1e-3, strength  # still probabilities, but not PyTorch's
 
     monkeypatch.setattr(export_mod._ExportWrapper, "forward", off_by_a_little)
     folder = tmp_path / "models" / "bc"
-    with pytest.raises(ExportError, match=r"batch size 1: action_probs differs by up to 0\.001"):
+    with pytest.raises(ExportError, match=r"batch size 1: action_probs differs by up to 0\.00"):
+        _export(_net(), folder / "policy_best.onnx", parity_states=held_out[:50])
+    assert list(folder.iterdir()) == []
+
+
+def test_export_outside_the_output_contract_cannot_be_sealed(
+    tmp_path: Path, held_out: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = export_mod._ExportWrapper.forward
+
+    def not_summing_to_one(self: Any, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        probs, strength = original(self, states)
+        return probs + 1e-3, strength
+
+    monkeypatch.setattr(export_mod._ExportWrapper, "forward", not_summing_to_one)
+    folder = tmp_path / "models" / "bc"
+    with pytest.raises(ExportError, match=r"cannot be sealed: none of the 50 states .*contract"):
         _export(_net(), folder / "policy_best.onnx", parity_states=held_out[:50])
     assert list(folder.iterdir()) == []
 

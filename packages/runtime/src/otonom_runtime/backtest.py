@@ -981,6 +981,8 @@ def run_backtest(
             "symbols": {k: v.to_dict() for k, v in per_symbol.items()},
             "action_counts": counts,
             "fallbacks": fallbacks,
+            # why the RL analyst fell back (per symbol, its newest error), for `runs show`
+            "fallback_reason": "; ".join(reasons)[:2000] or None,
         }
         session.commit()
     except BaseException as exc:

@@ -660,6 +660,8 @@ def _cmd_runs_show(args: argparse.Namespace) -> int:
             header.append(("error", run.error))
         width = max(len(k) for k, _ in header)
         lines = [f"{k:<{width}}  {v}" for k, v in header]
+        if metrics.get("fallback_reason"):
+            lines.append(f"RL fell back: {metrics['fallback_reason']}")
         if metrics:
             lines += _run_tables(metrics)
         elif run.status == "complete":

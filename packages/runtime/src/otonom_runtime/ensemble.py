@@ -262,9 +262,10 @@ class RlAnalyst:
     """The ONNX policy as the ensemble's 4th analyst, with a fallback.
 
     ``signal(state)`` returns the policy's action and strength with its top probability as the
-    confidence, or ``None`` when the policy fails (an exception, NaN output, or no policy at
-    all): the ensemble then votes without it. The first failure is logged (once per analyst;
-    ``quiet=True``: never, for a caller that reports the failures itself, as the backtester
+    confidence, or ``None`` when the policy fails (an exception, e.g. the ``PolicyError`` of an
+    output that breaks the model's contract, an output outside [0, 1] (never clipped), or no
+    policy at all): the ensemble then votes without it. The first failure is logged (once per
+    analyst; ``quiet=True``: never, for a caller that reports the failures itself, as the backtester
     does once per run); ``fallbacks`` counts them all and ``last_error`` keeps the newest
     message.
     """
@@ -297,12 +298,22 @@ class RlAnalyst:
         return None if vote is None else Signal(Action(vote[0]), vote[1], vote[2])
 
     def _vote(self, action: int, strength: float, confidence: float) -> RlVote | None:
-        """One prediction as ``(action, strength, confidence)`` clipped to [0, 1], or None (a
-        fallback, counted) when the output is not finite."""
-        if not (math.isfinite(strength) and math.isfinite(confidence)):
-            self._fail(f"non-finite output (strength {strength}, confidence {confidence})")
+        """One prediction as ``(action, strength, confidence)``, or None (a fallback, counted,
+        its reason kept) when the output is outside [0, 1] or not finite: never clipped (the
+        policy refuses such outputs itself, with a ``PolicyError``; this guards other
+        policies)."""
+        if not (0.0 <= strength <= 1.0 and 0.0 <= confidence <= 1.0):
+            kind = (
+                "output outside [0, 1]"
+                if math.isfinite(strength) and math.isfinite(confidence)
+                else "non-finite output"
+            )
+            self._fail(
+                f"{kind} (strength {strength}, confidence {confidence}; expected both in [0, 1], "
+                "never clipped)"
+            )
             return None
-        return action, _clip01(strength), _clip01(confidence)
+        return action, strength, confidence
 
 
 def rl_votes(analysts: Sequence[RlAnalyst], states: npt.ArrayLike) -> list[RlVote | None]:

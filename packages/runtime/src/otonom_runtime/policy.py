@@ -35,6 +35,15 @@ import numpy as np
 import numpy.typing as npt
 
 from otonom_runtime._errors import ModelSchemaMismatchError, PolicyError
+from otonom_runtime.integrity import (
+    DIGEST_KEY,
+    GOLDEN_KEY,
+    PROBS_SUM_ATOL,
+    check_format,
+    check_golden,
+    decode_golden,
+    scan_model,
+)
 from otonom_schema import (
     FEATURE_NAMES,
     SCHEMA_VERSION,
@@ -83,8 +92,9 @@ TRAINING_RECORD: Final = "metadata.json"
 RUN_ID_KEY: Final = "otonom.training_run_id"
 """Optional metadata key: the id of the training run the model was exported from (the same id
 as in the checkpoint and in ``metadata.json``; see ``load_rl_policy``)."""
-MODEL_FORMAT: Final = "1"
-"""The ``otonom.model_format`` this runtime reads."""
+MODEL_FORMAT: Final = "2"
+"""The ``otonom.model_format`` this runtime reads (2: sealed with a digest and a golden sample,
+``otonom_runtime.integrity``; format 1 models are refused)."""
 INPUT_NAME: Final = "state"
 OUTPUT_NAMES: Final = ("action_probs", "strength")
 DEVICES: Final = ("cpu", "cuda", "auto")
@@ -102,6 +112,8 @@ REQUIRED_METADATA: Final = (
     "otonom.dataset_sha256",
     "otonom.created_at",
     "otonom.package_versions",
+    DIGEST_KEY,
+    GOLDEN_KEY,
 )
 """``metadata_props`` keys every model must carry (docs/model-format.md)."""
 REQUIRED_METRICS: Final = ("val_action_acc", "train_action_acc", "best_val_loss", "best_epoch")
@@ -543,20 +555,6 @@ def _tensor_problems(arg: Any, width: int, kind: str) -> list[str]:
     return problems
 
 
-def _read_metadata(session: Any, model: Path) -> dict[str, str]:
-    """The model's ``metadata_props`` as str -> str (onnxruntime decodes them as UTF-8)."""
-    try:
-        props = dict(session.get_modelmeta().custom_metadata_map)
-    except UnicodeDecodeError as exc:
-        raise PolicyError(
-            f"{model}: its metadata_props hold bytes that are not valid UTF-8 ({exc.reason} at "
-            f"byte {exc.start}); expected UTF-8 text keys and values (docs/model-format.md)"
-        ) from None
-    except Exception as exc:  # onnxruntime's own (pybind) exception types
-        raise PolicyError(f"{model}: onnxruntime cannot read its metadata_props: {exc}") from exc
-    return props
-
-
 def _decode_metadata(props: dict[str, str], model: Path) -> dict[str, Any]:
     """Check the metadata contract and the state schema; return the props JSON-decoded."""
     fmt = props.get("otonom.model_format")
@@ -759,6 +757,10 @@ class RlPolicy:
         ``return_probs=True``: ``action`` is the ``Action`` with the highest probability (the
         first on a tie), ``strength`` a python float in [0, 1], ``probs`` a fresh float32 array
         of shape (3,) indexed by ``Action`` (HOLD, BUY, SELL).
+
+        Raises ``PolicyError`` when the model's output breaks the contract (a non-finite value,
+        a negative probability, probabilities that do not sum to 1 within
+        ``integrity.PROBS_SUM_ATOL``, a strength outside [0, 1]), as ``predict_batch`` does.
         """
         if isinstance(state, RlState):
             x = state.to_array(copy=False)
@@ -772,8 +774,17 @@ class RlPolicy:
         self._run(slot.binding)
         # python floats read out of the bound buffers: the caller never sees those buffers
         p0, p1, p2 = slot.probs.tolist()[0]
-        action = _ACTIONS[(0 if p0 >= p2 else 2) if p0 >= p1 else (1 if p1 >= p2 else 2)]
         strength: float = slot.strength.item()
+        # the output contract (NaN fails every comparison; inf fails the sum or the range)
+        if not (
+            p0 >= 0.0
+            and p1 >= 0.0
+            and p2 >= 0.0
+            and abs(p0 + p1 + p2 - 1.0) <= PROBS_SUM_ATOL
+            and 0.0 <= strength <= 1.0
+        ):
+            raise _contract_error(self.path, 0, np.array([[p0, p1, p2]]), np.array([strength]))
+        action = _ACTIONS[(0 if p0 >= p2 else 2) if p0 >= p1 else (1 if p1 >= p2 else 2)]
         if return_probs:
             return action, strength, np.array((p0, p1, p2), dtype=np.float32)
         return action, strength
@@ -784,7 +795,9 @@ class RlPolicy:
         ``actions`` int64 (N,) (``Action`` values, argmax of ``probs``), ``strengths`` float32
         (N,), ``probs`` float32 (N, 3); all fresh arrays. ``states`` is validated with
         ``otonom_schema.validate_states`` (``SchemaError`` names the first bad row). N = 0
-        (shape (0, 34)) gives three empty arrays without running the model.
+        (shape (0, 34)) gives three empty arrays without running the model. Raises
+        ``PolicyError`` naming the first row whose output breaks the contract (see
+        ``predict``).
         """
         x = validate_states(states)
         n = x.shape[0]
@@ -807,8 +820,18 @@ class RlPolicy:
             probs, strength = slot.probs.copy(), slot.strength.copy()  # fresh, the caller's
         else:
             probs, strength = self._session.run(OUTPUT_NAMES, {INPUT_NAME: x})
+        strength = strength.reshape(n)
+        # the output contract, by whole-array reductions (NaN propagates through min/max and
+        # fails the comparisons); the offending row is looked for only on failure
+        if not (
+            probs.min() >= 0.0
+            and strength.min() >= 0.0
+            and strength.max() <= 1.0
+            and np.abs(probs.sum(axis=1) - 1.0).max() <= PROBS_SUM_ATOL
+        ):
+            raise _contract_error(self.path, None, probs, strength)
         actions = probs.argmax(axis=1).astype(np.int64, copy=False)
-        return actions, strength.reshape(n), probs
+        return actions, strength, probs
 
     @property
     def degenerate_reason(self) -> str | None:
@@ -831,6 +854,41 @@ class RlPolicy:
         out = copy.deepcopy(self._metadata)
         out.update(path=str(self.path), sha256=self.sha256, providers=list(self.providers))
         return out
+
+
+def _contract_error(
+    path: Path, row: int | None, probs: npt.NDArray[Any], strength: npt.NDArray[Any]
+) -> PolicyError:
+    """The ``PolicyError`` for outputs that break the contract: names the model, the first
+    offending row (``row``: the single state's index, or None to find it in the batch) and the
+    value."""
+    p = np.asarray(probs, dtype=np.float64).reshape(-1, 3)
+    s = np.asarray(strength, dtype=np.float64).reshape(-1)
+    with np.errstate(invalid="ignore"):
+        sums = p.sum(axis=1)
+        bad_p = np.logical_not((p >= 0.0).all(axis=1))
+        bad_sum = np.logical_not(np.abs(sums - 1.0) <= PROBS_SUM_ATOL)
+        bad_s = np.logical_not((s >= 0.0) & (s <= 1.0))
+    if row is None:
+        rows = np.flatnonzero(bad_p | bad_sum | bad_s)
+        row = int(rows[0]) if rows.size else 0
+        where = f"row {row} of {len(s)}"
+    else:
+        where = "the state"
+    i = row if row < len(s) else 0
+    if bad_s[i]:
+        what = f"strength {float(s[i])!r}, expected a finite number in [0, 1]"
+    elif bad_p[i]:
+        what = f"action_probs {p[i].tolist()}, expected finite probabilities >= 0"
+    else:
+        what = (
+            f"action_probs {p[i].tolist()} summing to {float(sums[i])!r}, expected a sum of 1 "
+            f"(within {PROBS_SUM_ATOL:g})"
+        )
+    return PolicyError(
+        f"{path} broke the output contract for {where}: {what} (docs/model-format.md); the "
+        "model is broken: no decision is made from it"
+    )
 
 
 def _public_metadata(decoded: dict[str, Any]) -> dict[str, Any]:
@@ -873,15 +931,25 @@ def load_rl_policy(
     Checks, in order, each failing with a ``PolicyError`` that names the file and says what was
     found and what was expected: the file exists; its ``.sha256`` sidecar exists and is well
     formed; the file is at most ``max_bytes``; its bytes match the sidecar; it holds no ONNX
-    external data (tensor data in other files, which the hash would not cover); onnxruntime can
-    load those same bytes; the signature is ``state`` float32 [batch, 34] -> ``action_probs``
-    float32 [batch, 3], ``strength`` float32 [batch, 1] (names and dims valid UTF-8); the
-    metadata is valid UTF-8, holds every required key, and its JSON keys decode to the right
-    types; when the training run's ``metadata.json`` is beside the model, the model is that
-    run's export (the same training run id; for models made before run ids, the same
-    metrics), else it is stale and refused, naming both ids and the command that re-exports
-    it. A model made under another state schema (fingerprint or feature names) raises
+    external data (tensor data in other files, which the hash would not cover); its metadata is
+    valid UTF-8 without repeated keys; it is model format 2 (``MODEL_FORMAT``: format 1 models,
+    without a digest or golden sample, are refused with the command that re-exports them); its
+    digest (``otonom_runtime.integrity.model_digest`` of the bytes read) equals its
+    ``otonom.digest``, so a weight changed after export is refused even with a regenerated
+    sidecar; its golden sample decodes; onnxruntime can load those same bytes; the signature is
+    ``state`` float32 [batch, 34] -> ``action_probs`` float32 [batch, 3], ``strength`` float32
+    [batch, 1] (names and dims valid UTF-8); the metadata holds every required key, and its JSON
+    keys decode to the right types; when the training run's ``metadata.json`` is beside the
+    model, the model is that run's export (the same training run id; for models made before run
+    ids, the same metrics), else it is stale and refused, naming both ids and the command that
+    re-exports it; last, the golden states are re-run (``predict_batch`` and ``predict``) and
+    every action must equal the export's and every output agree to ``GOLDEN_ATOL`` (1e-4). A
+    model made under another state schema (fingerprint or feature names) raises
     ``ModelSchemaMismatchError`` naming both schema versions and fingerprints.
+
+    Every prediction of the returned policy is held to the output contract (finite
+    probabilities >= 0 summing to 1 within ``PROBS_SUM_ATOL``, strength in [0, 1]); a
+    violation raises ``PolicyError``.
     """
     import onnxruntime as ort
 
@@ -893,6 +961,17 @@ def load_rl_policy(
     model = resolve_model_path(path)
     data, digest = _read_verified(model, max_bytes)
     _refuse_external_data(data, model)
+    scan = scan_model(data, model)
+    check_format(scan.metadata, model)
+    stored = scan.metadata[DIGEST_KEY]
+    if scan.digest != stored:
+        raise PolicyError(
+            f"model digest mismatch for {model}: its graph and weights hash to {scan.digest} "
+            f"but its metadata {DIGEST_KEY} says {stored}; the model was changed after export "
+            "(its sha256 sidecar was regenerated, or both were written by something else): "
+            "re-export it, or re-copy it from a good source"
+        )
+    golden = decode_golden(scan.metadata[GOLDEN_KEY], model)
     session = _make_session(ort, data, model, providers, threads)
     del data
     if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
@@ -915,13 +994,15 @@ def load_rl_policy(
         raise PolicyError(
             f"{model}: onnxruntime cannot describe its inputs and outputs: {exc}"
         ) from exc
-    props = _read_metadata(session, model)
+    props = scan.metadata  # what the digest check read, not a second parse by onnxruntime
     decoded = _decode_metadata(props, model)
     _check_training_run(model, props, decoded["otonom.metrics"])
-    return RlPolicy(
+    policy = RlPolicy(
         session,
         path=model,
         sha256=digest,
         metadata=_public_metadata(decoded),
         device=device,
     )
+    check_golden(policy, golden)
+    return policy

@@ -3,7 +3,9 @@
 ``export_onnx(model, path, metrics=..., training_config=..., dataset_sha256=...)`` writes
 ``path`` (a ``.onnx`` file following ``docs/model-format.md``: input ``state`` float32
 [batch, 34], outputs ``action_probs`` float32 [batch, 3] and ``strength`` float32 [batch, 1],
-ai.onnx opset 17, a dynamic batch axis, the ``otonom.*`` metadata) and its ``.sha256`` sidecar.
+ai.onnx opset 17, a dynamic batch axis, the ``otonom.*`` metadata, sealed as model format 2:
+``otonom.digest`` and the ``otonom.golden`` sample from the parity states, see
+``otonom_runtime.integrity.seal_model``) and its ``.sha256`` sidecar.
 Before anything appears under ``path`` the file is loaded back through the runtime
 (``otonom_runtime.load_rl_policy``, the code that serves it in production) and its answers are
 compared with PyTorch's at batch sizes 1, 7 and 256; a mismatch raises ``ExportError`` and
@@ -41,6 +43,7 @@ from torch import nn
 
 import otonom_schema
 from otonom_runtime import PolicyError
+from otonom_runtime.integrity import seal_model
 from otonom_runtime.policy import (
     INPUT_NAME,
     MODEL_FORMAT,
@@ -344,6 +347,12 @@ def export_onnx(
         staged = staging / out.name
         _export_graph(net, staged)
         _add_metadata(staged, metadata)
+        # model format 2: the digest of graph and weights and the golden sample (chosen among
+        # the parity states, away from the decision boundary), checked by every load
+        try:
+            seal_model(staged, states, write_sidecar=False)
+        except ValueError as exc:
+            raise ExportError(f"the exported model cannot be sealed: {exc}") from exc
         write_sha256_sidecar(staged)
         _check_parity(net, staged, states, atol)
         sidecar = out.with_name(out.name + ".sha256")

@@ -2,7 +2,10 @@
 
 ``make_policy_model`` writes a genuine ONNX MLP shaped like the trainer's ``PolicyNet``
 (34 -> hidden (ReLU) x layers, then an action head 3 (softmax) and a strength head 1 (sigmoid)
-from the shared trunk) with random weights, the full metadata contract and the sha256 sidecar.
+from the shared trunk) with random weights, the full metadata contract, sealed as model format
+2 (digest and golden sample, ``otonom_runtime.integrity.seal_model``) and the sha256 sidecar.
+``golden_states`` gives the valid states it seals with; ``open_unchecked`` opens a model
+without the load checks (for tests of the output contract on models that cannot be sealed).
 ``numpy_forward`` runs the same weights in plain numpy, so a test can check the runtime's
 answers against an independent implementation.
 
@@ -12,6 +15,7 @@ one): it is imported inside ``make_policy_model``.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,7 +25,14 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from otonom_runtime.policy import write_sha256_sidecar
+from otonom_runtime.integrity import (
+    DIGEST_KEY,
+    FORMAT_KEY,
+    GOLDEN_KEY,
+    seal_model,
+    with_metadata,
+)
+from otonom_runtime.policy import MODEL_FORMAT, RlPolicy, write_sha256_sidecar
 from otonom_schema import FEATURE_NAMES, SCHEMA_VERSION, STATE_DIM, schema_fingerprint
 
 __all__ = [
@@ -29,13 +40,12 @@ __all__ = [
     "OPSET",
     "MlpWeights",
     "default_metadata",
+    "golden_states",
     "make_policy_model",
     "numpy_forward",
+    "open_unchecked",
     "random_weights",
 ]
-
-MODEL_FORMAT: Final = "1"
-"""Value of ``otonom.model_format`` this helper writes (docs/model-format.md)."""
 
 OPSET: Final = 17
 """The ai.onnx opset the contract pins (docs/model-format.md)."""
@@ -99,6 +109,34 @@ def numpy_forward(weights: MlpWeights, states: npt.ArrayLike) -> tuple[F32, F32]
     return probs.astype(np.float32), strength.astype(np.float32)
 
 
+def golden_states(n: int = 300, *, seed: int = 0) -> F32:
+    """``n`` valid, varied states (``otonom_schema.compute_states`` of a random history) to
+    seal a model with (its golden sample is chosen among them)."""
+    from otonom_schema import compute_states, validate_states
+    from otonom_schema.testing import random_history
+
+    states = compute_states(random_history(n + 100, seed=seed))[-n:]
+    return np.ascontiguousarray(validate_states(states))
+
+
+@functools.cache
+def _default_golden_states() -> F32:
+    states = golden_states()
+    states.setflags(write=False)
+    return states
+
+
+def open_unchecked(path: str | Path) -> RlPolicy:
+    """An ``RlPolicy`` over the model at ``path`` without any load check (no sidecar, digest,
+    golden sample, signature or metadata check): for tests of the output contract with models
+    that break it everywhere (and so cannot be sealed). Never for serving."""
+    import onnxruntime as ort
+
+    model = Path(path)
+    session = ort.InferenceSession(model.read_bytes(), providers=["CPUExecutionProvider"])
+    return RlPolicy(session, path=model, sha256="0" * 64, metadata={}, device="cpu")
+
+
 def default_metadata(weights: MlpWeights | None = None) -> dict[str, str]:
     """The full ``metadata_props`` contract with plausible fixed values (all strings)."""
     hidden = weights.hidden if weights is not None else 64
@@ -149,6 +187,11 @@ def make_policy_model(
     action_dim: int = 3,
     elem_type: str = "float32",
     opset: int = OPSET,
+    weights: MlpWeights | None = None,
+    strength_op: str = "Sigmoid",
+    probs_op: str = "Softmax",
+    seal: bool = True,
+    seal_states: npt.ArrayLike | None = None,
 ) -> MlpWeights:
     """Write a real ONNX policy MLP to ``path`` and return its weights.
 
@@ -158,15 +201,27 @@ def make_policy_model(
     * ``metadata_overrides``: keys to set, or to delete with ``None``;
     * ``write_sidecar``: write ``<path>.sha256`` (default) or not;
     * ``input_name``, ``input_dim``, ``batch_dim`` (an int fixes the batch size),
-      ``output_names``, ``action_dim``, ``elem_type`` (``"float32"`` or ``"float64"``), ``opset``.
+      ``output_names``, ``action_dim``, ``elem_type`` (``"float32"`` or ``"float64"``), ``opset``;
+    * ``weights``: these weights instead of ``random_weights(hidden=, layers=, seed=)``;
+    * ``strength_op`` / ``probs_op``: the unary ONNX op on the strength logits (default
+      ``"Sigmoid"``) / on the action logits (default ``"Softmax"``), e.g. ``"Identity"``
+      (strengths of 7.8 or negative), ``"Sqrt"`` (NaN for negative logits), ``"Sigmoid"`` on
+      the actions (probabilities that do not sum to 1);
+    * ``seal``: seal the model as format 2 (default; ``False`` writes an unsealed format-1
+      model, as made before format 2). With the contract's signature and opset the golden
+      sample is the model's own answers for ``seal_states`` (default ``golden_states()``);
+      with any other signature a placeholder the model cannot pass (its signature is refused
+      first anyway). ``metadata_overrides`` win over what sealing writes (``otonom.model_format``,
+      ``otonom.digest``, ``otonom.golden``).
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     # odd shapes (error tests): the weights follow them, so the graph is still a valid model
-    weights = random_weights(
-        hidden=hidden, layers=layers, seed=seed, n_in=input_dim, n_actions=action_dim
-    )
+    if weights is None:
+        weights = random_weights(
+            hidden=hidden, layers=layers, seed=seed, n_in=input_dim, n_actions=action_dim
+        )
     np_type: Any = {"float32": np.float32, "float64": np.float64}[elem_type]
     onnx_type = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE}[elem_type]
 
@@ -192,9 +247,10 @@ def make_policy_model(
         nodes.append(
             helper.make_node("Gemm", [x, f"{head}.weight", f"{head}.bias"], [f"{head}.logits"])
         )
+    probs_args: dict[str, Any] = {"axis": -1} if probs_op in ("Softmax", "LogSoftmax") else {}
     nodes += [
-        helper.make_node("Softmax", ["action.logits"], [probs_name], axis=-1),
-        helper.make_node("Sigmoid", ["strength.logits"], [strength_name]),
+        helper.make_node(probs_op, ["action.logits"], [probs_name], **probs_args),
+        helper.make_node(strength_op, ["strength.logits"], [strength_name]),
     ]
     graph = helper.make_graph(
         nodes,
@@ -213,7 +269,10 @@ def make_policy_model(
     )
     model.ir_version = _IR_VERSION
     metadata = default_metadata(weights)
-    for key, value in (metadata_overrides or {}).items():
+    if not seal:
+        metadata[FORMAT_KEY] = "1"
+    overrides = dict(metadata_overrides or {})
+    for key, value in overrides.items():
         if value is None:
             metadata.pop(key, None)
         else:
@@ -221,9 +280,32 @@ def make_policy_model(
     helper.set_model_props(model, metadata)
     onnx.checker.check_model(model)
 
+    data = model.SerializeToString()
+    if seal:
+        contract = (
+            input_name == "state"
+            and input_dim == STATE_DIM
+            and isinstance(batch_dim, str)
+            and tuple(output_names) == ("action_probs", "strength")
+            and action_dim == 3
+            and elem_type == "float32"
+            and opset == OPSET
+        )
+        states = _default_golden_states() if seal_states is None else seal_states
+        if contract:
+            data = seal_model(data, states)
+        else:  # a placeholder: such a model's signature is refused before its golden sample
+            n = len(np.asarray(states))
+            placeholder = (np.tile([0.9, 0.05, 0.05], (n, 1)), np.full(n, 0.5))
+            data = seal_model(data, states, outputs=placeholder)
+        # what sealing writes, overridden or removed afterwards (error tests)
+        late = {k: v for k, v in overrides.items() if k in (FORMAT_KEY, DIGEST_KEY, GOLDEN_KEY)}
+        if late:
+            data = with_metadata(data, late)
+
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(model.SerializeToString())
+    out.write_bytes(data)
     if write_sidecar:
         write_sha256_sidecar(out)
     return weights
