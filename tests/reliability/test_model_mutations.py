@@ -795,14 +795,18 @@ def _sample_ids() -> list[int]:
     return ids
 
 
-def test_broken_models_fall_back_in_a_real_backtest(tmp_path: Path) -> None:
+def test_broken_models_fall_back_in_a_real_backtest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """About 20 of the mutants (each family, structural kinds among them) as the RL analyst of a
-    real backtest on a real SQLite store: every decision falls back, and the run says why. The
-    original model in the same backtest: no fallback (the check can fail)."""
+    real backtest on a real SQLite store: every decision falls back, and the run says why (in
+    its report, its stored metrics and ``otonom runs show``). The original model in the same
+    backtest: no fallback (the check can fail)."""
     import datetime as dt
 
     import onnx
 
+    from otonom_runtime import cli
     from otonom_runtime.backtest import run_backtest
     from otonom_runtime.store import BacktestRun, get_session, init_db
     from otonom_runtime.strategy import parse_strategy
@@ -810,6 +814,7 @@ def test_broken_models_fall_back_in_a_real_backtest(tmp_path: Path) -> None:
 
     url = f"sqlite:///{(tmp_path / 'store' / 'otonom.db').as_posix()}"
     init_db(url)
+    monkeypatch.setenv("OTONOM_DATABASE_URL", url)
     with get_session(url) as session:
         write_synthetic(session, ["DEMO-BTC"], dt.date(2020, 1, 1), dt.date(2020, 6, 30), 7)
     original = tmp_path / "original.onnx"
@@ -849,12 +854,18 @@ def test_broken_models_fall_back_in_a_real_backtest(tmp_path: Path) -> None:
         assert str(model) in report.fallback_reason, (label, report.fallback_reason)
         assert status == "complete", label
         assert metrics["fallbacks"] == 31, label
+        assert metrics["fallback_reason"] == report.fallback_reason[:2000], label
+        capsys.readouterr()
+        assert cli.main(["runs", "show", str(report.run_id)]) == 0
+        shown = [x for x in capsys.readouterr().out.splitlines() if x.startswith("RL fell back: ")]
+        assert shown == [f"RL fell back: {metrics['fallback_reason']}"], (label, shown)
         tried.append(f"{kind}: {report.fallback_reason[:160]}")
     print("\n" + "\n".join(tried))
     control, (_, metrics) = backtest(original)
     assert control.fallbacks == 0
     assert control.fallback_reason is None
     assert metrics["fallbacks"] == 0
+    assert metrics["fallback_reason"] is None
 
 
 # --- malicious pickles --------------------------------------------------------------------------
