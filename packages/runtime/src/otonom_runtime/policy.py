@@ -822,12 +822,16 @@ class RlPolicy:
             probs, strength = self._session.run(OUTPUT_NAMES, {INPUT_NAME: x})
         strength = strength.reshape(n)
         # the output contract, by whole-array reductions (NaN propagates through min/max and
-        # fails the comparisons); the offending row is looked for only on failure
+        # fails the comparisons); the offending row is looked for only on failure. The row
+        # sums by three strided adds: numpy's sum over a short axis costs 6x more.
+        sums = probs[:, 0] + probs[:, 1]
+        sums += probs[:, 2]
         if not (
             probs.min() >= 0.0
             and strength.min() >= 0.0
             and strength.max() <= 1.0
-            and np.abs(probs.sum(axis=1) - 1.0).max() <= PROBS_SUM_ATOL
+            and sums.min() >= 1.0 - PROBS_SUM_ATOL
+            and sums.max() <= 1.0 + PROBS_SUM_ATOL
         ):
             raise _contract_error(self.path, None, probs, strength)
         actions = probs.argmax(axis=1).astype(np.int64, copy=False)
