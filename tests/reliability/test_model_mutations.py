@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -56,7 +57,7 @@ from _models import bitflip, initializer_ranges, overwrite, truncate, valid_stat
 
 from otonom_runtime import PolicyError
 from otonom_runtime.integrity import GOLDEN_ATOL
-from otonom_runtime.policy import load_rl_policy, write_sha256_sidecar
+from otonom_runtime.policy import load_rl_policy, resolve_model_path, write_sha256_sidecar
 from otonom_runtime.testing.models import make_policy_model
 
 pytestmark = pytest.mark.reliability
@@ -72,6 +73,9 @@ PLAN: list[tuple[str, int]] = [
     ("structural", 2000),
 ]
 TOTAL = sum(n for _, n in PLAN)
+STRUCTURAL_FROM = TOTAL - dict(PLAN)["structural"]
+SHIPPED_FROM, SHIPPED_STEP = 5, 10  # mutants 5, 15, ... also made of the shipped model
+ROOT = Path(__file__).resolve().parents[2]
 STALE_EVERY = 10
 BATCH = 2500
 WORKERS = 2
@@ -188,10 +192,17 @@ def _outputs_reordered(p: Any, rng: np.random.Generator, j: int) -> str:
     return "the two outputs' producers swapped"
 
 
+def _inner(p: Any) -> list[str]:
+    """The graph's inner tensors (node outputs that are not graph outputs)."""
+    outputs = {o.name for o in p.graph.output}
+    return [o for n in p.graph.node for o in n.output if o not in outputs]
+
+
 def _output_extra(p: Any, rng: np.random.Generator, j: int) -> str:
     from onnx import TensorProto, helper
 
-    name = ["trunk0.h", "action.logits", "trunk1.h"][j % 3]
+    inner = _inner(p)
+    name = inner[j % len(inner)]
     p.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
     return f"extra output {name}"
 
@@ -474,7 +485,8 @@ def _output_scaled(p: Any, rng: np.random.Generator, j: int) -> str:
 def _value_info(p: Any, rng: np.random.Generator, j: int) -> str:
     from onnx import TensorProto, helper
 
-    name = ["trunk0.h", "trunk1.z", "action.logits"][j % 3]
+    inner = _inner(p)
+    name = inner[j % len(inner)]
     shape = [["batch", 7], [1, 1, 1], None][(j // 3) % 3]
     elem = [TensorProto.FLOAT, TensorProto.INT64][j % 2]
     p.graph.value_info.append(helper.make_tensor_value_info(name, elem, shape))
@@ -539,8 +551,7 @@ def mutant(
         return "truncate", f"cut at {len(out)} bytes", out
     if family == "overwrite":
         return "overwrite", "1-64 bytes overwritten", overwrite(data, rng)
-    start = sum(n for f, n in PLAN if f != "structural")
-    n = i - start
+    n = i - STRUCTURAL_FROM
     kind = _KINDS[n % len(_KINDS)]
     j = n // len(_KINDS)
     p = type(proto)()
@@ -607,9 +618,10 @@ def _golden_rows(data: bytes) -> np.ndarray:
     return decode_golden(scan_model(data).metadata[GOLDEN_KEY]).states
 
 
-def _worker(folder: Path, start: int, count: int) -> None:
-    """Mutants ``start .. start + count - 1``: one JSON line each on stdout, flushed as it goes
-    (so the parent knows which mutant a crash or a hang was in)."""
+def _worker(folder: Path, start: int, count: int, step: int = 1) -> None:
+    """Mutants ``start, start + step, ...`` (``count`` of them) of ``folder/original.onnx``: one
+    JSON line each on stdout, flushed as it goes (so the parent knows which mutant a crash or a
+    hang was in)."""
     import onnx
 
     original = folder / "original.onnx"
@@ -625,7 +637,7 @@ def _worker(folder: Path, start: int, count: int) -> None:
     work.mkdir()
     model = work / "policy_best.onnx"
     inject = os.environ.get(SELFTEST_ENV, "")  # the harness's own test: "crash:I" / "hang:I"
-    for i in range(start, start + count):
+    for i in range(start, start + count * step, step):
         if inject in (f"crash:{i}", f"hang:{i}"):
             if inject.startswith("crash"):
                 os.kill(os.getpid(), signal.SIGSEGV)
@@ -648,9 +660,15 @@ def _worker(folder: Path, start: int, count: int) -> None:
 
 
 def _run_batch(
-    folder: Path, start: int, count: int, *, guard_s: float = HANG_GUARD_S, inject: str = ""
+    folder: Path,
+    start: int,
+    count: int,
+    step: int = 1,
+    *,
+    guard_s: float = HANG_GUARD_S,
+    inject: str = "",
 ) -> dict[str, Any]:
-    args = [sys.executable, __file__, "--worker", str(folder), str(start), str(count)]
+    args = [sys.executable, __file__, "--worker", str(folder), str(start), str(count), str(step)]
     hung = False
     try:
         proc = subprocess.run(
@@ -669,51 +687,60 @@ def _run_batch(
         err = exc.stderr.decode() if isinstance(exc.stderr, bytes) else exc.stderr or ""
         rc = None
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    return {"start": start, "count": count, "rows": rows, "rc": rc, "hung": hung, "stderr": err}
+    for row in rows:
+        row["model"] = folder.name
+    ids = list(range(start, start + count * step, step))
+    return {"model": folder.name, "ids": ids, "rows": rows, "rc": rc, "hung": hung, "stderr": err}
 
 
-def _describe(i: int) -> str:
-    return f"mutant {i} ({family_of(i)}, numpy.random.default_rng([{SEED}, {i}]))"
+def _describe(i: int, model: str = "original") -> str:
+    of = "" if model == "original" else f" of the {model} model"
+    return f"mutant {i}{of} ({family_of(i)}, numpy.random.default_rng([{SEED}, {i}]))"
 
 
 def _collect(
     batches: list[dict[str, Any]],
-) -> tuple[list[dict[str, Any]], list[str], Counter[str], Counter[str]]:
+) -> tuple[list[dict[str, Any]], list[str], dict[str, Counter[str]], dict[str, Counter[str]]]:
     """The workers' result rows, and what went wrong: the failures (a crash or a hang named by
     the mutant it happened in, a worker that died otherwise or wrote to stderr, an accepted
     mutant that answers differently, an exception outside ``PolicyError``, a stale sidecar
-    accepted), crashes and hangs per family."""
+    accepted), crashes and hangs per model and family."""
     failures: list[str] = []
     rows: list[dict[str, Any]] = []
-    crashes: Counter[str] = Counter()
-    hangs: Counter[str] = Counter()
+    crashes: dict[str, Counter[str]] = defaultdict(Counter)
+    hangs: dict[str, Counter[str]] = defaultdict(Counter)
     for b in batches:
         got = [r["i"] for r in b["rows"]]
-        expected = list(range(b["start"], b["start"] + b["count"]))
+        expected = b["ids"]
         rows += b["rows"]
         if got != expected[: len(got)]:
-            failures.append(f"batch {b['start']}: mutants out of order {got[:5]}...")
+            failures.append(f"batch {b['ids'][0]}: mutants out of order {got[:5]}...")
         if len(got) < len(expected):
             culprit = expected[len(got)]
             if b["hung"]:
-                hangs[family_of(culprit)] += 1
-                failures.append(f"HANG in {_describe(culprit)} (no answer within the guard)")
+                hangs[b["model"]][family_of(culprit)] += 1
+                failures.append(
+                    f"HANG in {_describe(culprit, b['model'])} (no answer within the guard)"
+                )
             elif b["rc"] is not None and b["rc"] < 0:
-                crashes[family_of(culprit)] += 1
-                failures.append(f"CRASH (signal {-b['rc']}) in {_describe(culprit)}")
+                crashes[b["model"]][family_of(culprit)] += 1
+                failures.append(f"CRASH (signal {-b['rc']}) in {_describe(culprit, b['model'])}")
             else:
                 failures.append(
-                    f"worker for {b['start']}.. stopped at {_describe(culprit)} (rc {b['rc']}): "
+                    f"worker for {b['ids'][0]}.. stopped at {_describe(culprit, b['model'])} "
+                    f"(rc {b['rc']}): "
                     f"{b['stderr'][-2000:]}"
                 )
         elif b["rc"] != 0:
-            failures.append(f"worker for {b['start']}.. exited {b['rc']}: {b['stderr'][-2000:]}")
+            failures.append(f"worker for {b['ids'][0]}.. exited {b['rc']}: {b['stderr'][-2000:]}")
         elif b["stderr"]:
             # a refused model prints nothing: no onnxruntime log lines on a daemon's stderr
-            failures.append(f"worker for {b['start']}.. wrote to stderr: {b['stderr'][:2000]}")
+            failures.append(f"worker for {b['ids'][0]}.. wrote to stderr: {b['stderr'][:2000]}")
     for r in rows:
         if r["outcome"] in ("changed", "unexpected"):
-            failures.append(f"{r['outcome'].upper()} {_describe(r['i'])}: {r['what']}: {r['note']}")
+            failures.append(
+                f"{r['outcome'].upper()} {_describe(r['i'], r['model'])}: {r['what']}: {r['note']}"
+            )
         if "stale" in r and r["stale"] != "refused":
             failures.append(
                 f"STALE SIDECAR ACCEPTED {_describe(r['i'])}: {r['what']}: {r['stale']}"
@@ -721,57 +748,80 @@ def _collect(
     return rows, failures, crashes, hangs
 
 
+def _shipped(tmp_path: Path) -> Path:
+    """A folder holding a copy of the repository's shipped default model (a trained export of
+    the trainer, sealed) as ``original.onnx``, with its sidecar."""
+    folder = tmp_path / "shipped"
+    folder.mkdir()
+    model = resolve_model_path(ROOT / "models" / "rl_bc")
+    shutil.copyfile(model, folder / "original.onnx")
+    shutil.copyfile(model.with_name(model.name + ".sha256"), folder / "original.onnx.sha256")
+    return folder
+
+
 def test_ten_thousand_mutants_refused_or_identical(tmp_path: Path) -> None:
-    make_policy_model(tmp_path / "original.onnx", hidden=32, layers=2, seed=SEED)
-    jobs = [(start, min(BATCH, TOTAL - start)) for start in range(0, TOTAL, BATCH)]
+    original = tmp_path / "original"
+    make_policy_model(original / "original.onnx", hidden=32, layers=2, seed=SEED)
+    jobs: list[tuple[Path, int, int, int]] = [
+        (original, start, min(BATCH, TOTAL - start), 1) for start in range(0, TOTAL, BATCH)
+    ]
+    # every tenth recipe again on the shipped model: the same seeds, its bytes
+    jobs.append((_shipped(tmp_path), SHIPPED_FROM, TOTAL // SHIPPED_STEP, SHIPPED_STEP))
     with ThreadPoolExecutor(WORKERS) as pool:
-        batches = list(pool.map(lambda job: _run_batch(tmp_path, *job), jobs))
+        batches = list(pool.map(lambda job: _run_batch(*job), jobs))
     rows, failures, crashes, hangs = _collect(batches)
     print(f"\nseed {SEED}; {len(rows)} mutants answered; tolerance {GOLDEN_ATOL}")
-    for line in _table(rows, crashes, hangs):
-        print(json.dumps(line))
-    print("structural kinds:")
-    for line in _kinds(rows):
-        print(json.dumps(line))
+    for model in ("original", "shipped"):
+        mine = [r for r in rows if r["model"] == model]
+        print(f"{model} model: {len(mine)} mutants")
+        for line in _table(mine, crashes[model], hangs[model]):
+            print(json.dumps(line))
+        print("structural kinds:")
+        for line in _kinds(mine):
+            print(json.dumps(line))
     assert not failures, f"{len(failures)} failures:\n" + "\n".join(failures[:40])
-    assert len(rows) == TOTAL == 10_000
-    by_family = Counter(family_of(r["i"]) for r in rows)
+    main = [r for r in rows if r["model"] == "original"]
+    assert len(main) == TOTAL == 10_000
+    assert sum(r["model"] == "shipped" for r in rows) == TOTAL // SHIPPED_STEP
+    by_family = Counter(family_of(r["i"]) for r in main)
     assert by_family["bitflip"] >= TOTAL // 2
-    assert sum(1 for r in rows if "stale" in r) == TOTAL // STALE_EVERY
-    kinds = Counter(r["kind"] for r in rows if family_of(r["i"]) == "structural")
-    assert set(kinds) == set(STRUCTURAL), set(STRUCTURAL) - set(kinds)
+    assert sum(1 for r in main if "stale" in r) == TOTAL // STALE_EVERY
+    for model in ("original", "shipped"):
+        kinds = {r["kind"] for r in rows if r["model"] == model and r["i"] >= STRUCTURAL_FROM}
+        assert kinds == set(STRUCTURAL), (model, set(STRUCTURAL) - kinds)
 
 
 def test_the_harness_names_a_crash_a_hang_and_a_changed_answer(tmp_path: Path) -> None:
     """The harness itself can fail: a worker killed by SIGSEGV at a mutant, or stuck at one
     past its guard (12 s here), is reported naming that mutant; a sealed model with other
     weights (a valid model, so it loads) is "changed"; the original is "identical"."""
-    make_policy_model(tmp_path / "original.onnx", hidden=32, layers=2, seed=SEED)
+    folder = tmp_path / "original"
+    make_policy_model(folder / "original.onnx", hidden=32, layers=2, seed=SEED)
     with ThreadPoolExecutor(2) as pool:
         crash, hang = pool.map(
-            lambda kw: _run_batch(tmp_path, 8000 + kw[0], 5, **kw[1]),
+            lambda kw: _run_batch(folder, 8000 + kw[0], 5, **kw[1]),
             [(0, {"inject": "crash:8002"}), (10, {"inject": "hang:8010", "guard_s": 12})],
         )
     rows, failures, crashes, hangs = _collect([crash, hang])
     assert [r["i"] for r in rows] == [8000, 8001]
+    assert crashes == {"original": Counter({"structural": 1})}
+    assert hangs == {"original": Counter({"structural": 1})}
     assert f"CRASH (signal {int(signal.SIGSEGV)}) in {_describe(8002)}" in failures
     # (the hang is at the batch's first mutant: a worker slow to start on a loaded machine
     # cannot be mistaken for one stuck later; without the hang it finishes well within 12 s)
     assert f"HANG in {_describe(8010)} (no answer within the guard)" in failures
-    assert crashes == Counter({"structural": 1})
-    assert hangs == Counter({"structural": 1})
 
     states = valid_states(N_STATES, STATES_SEED)
-    ref = answers(load_rl_policy(tmp_path / "original.onnx", threads=1), states)
-    assert try_model(tmp_path / "original.onnx", states, ref)["outcome"] == "identical"
+    ref = answers(load_rl_policy(folder / "original.onnx", threads=1), states)
+    assert try_model(folder / "original.onnx", states, ref)["outcome"] == "identical"
     other = tmp_path / "other" / "policy_best.onnx"
     make_policy_model(other, hidden=32, layers=2, seed=SEED + 1)
     verdict = try_model(other, states, ref)
     assert verdict["outcome"] == "changed", verdict
-    row = {"i": 9999, "kind": "x", "what": "y", **verdict}
-    assert _collect(
-        [{"start": 9999, "count": 1, "rows": [row], "rc": 0, "hung": False, "stderr": ""}]
-    )[1][0].startswith("CHANGED mutant 9999")
+    row = {"i": 9999, "model": "original", "kind": "x", "what": "y", **verdict}
+    assert _collect([{"ids": [9999], "rows": [row], "rc": 0, "hung": False, "stderr": ""}])[1][
+        0
+    ].startswith("CHANGED mutant 9999")
 
 
 _OUTCOMES = ("refused", "refused at predict", "identical", "changed", "unexpected")
@@ -808,7 +858,7 @@ def _kinds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:
-    _worker(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    _worker(Path(sys.argv[2]), *(int(a) for a in sys.argv[3:6]))
 
 
 # --- a sample of broken models in a real backtest -----------------------------------------------
@@ -833,7 +883,7 @@ SAMPLE: list[tuple[str, int]] = [
 
 def _sample_ids() -> list[int]:
     ids: list[int] = []
-    structural_start = sum(n for f, n in PLAN if f != "structural")
+    structural_start = STRUCTURAL_FROM
     for what, n in SAMPLE:
         if what in dict(PLAN):
             start = sum(m for f, m in PLAN[: [f for f, _ in PLAN].index(what)])
