@@ -1,13 +1,11 @@
 """Reliability: hostile and broken model files (issue 12, "Model files").
 
 Seeded mutations of a real policy model (single-bit flips anywhere in the file, truncations,
-byte-range overwrites), each with its sha256 sidecar regenerated and with the sidecar stale:
-``load_rl_policy`` + ``predict`` / ``predict_batch`` on 100 valid states either raise
-``PolicyError`` or answer; never another exception, never a crash of the process (the loop runs
-in a subprocess, so a segfault is a failed test; a generous timeout guards against a hang). A
-stale sidecar is always refused. How many regenerated-sidecar mutants load and answer
-differently is counted and printed (docs/reliability.md), not asserted: the model digest and
-golden sample (a later part of issue 12) are what drive it to 0.
+byte-range overwrites) with the sha256 sidecar **stale** (the original's): ``load_rl_policy`` must
+refuse every one with ``PolicyError``; never another exception, never a crash of the process (the
+loop runs in a subprocess, so a segfault is a failed test; a generous timeout guards against a
+hang). The mutants with the sidecar **regenerated** (10,000 of them, judged by their answers) are
+test_model_mutations.py's.
 
 Then: corrupt metadata (not UTF-8, not JSON, wrong types, missing keys), an oversize (sparse)
 file refused by its size, an external-data model refused without reading the planted data file
@@ -36,43 +34,13 @@ from otonom_runtime.policy import MAX_MODEL_BYTES, load_rl_policy, write_sha256_
 from otonom_runtime.testing.models import make_policy_model
 from otonom_schema.testing import random_history
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared helpers beside this file
+from _models import mutate_bytes, valid_states, worker_env
+
 SEED = 12
-# (family, sidecar, count): 2,000 mutated models in all
-PLAN: list[tuple[str, str, int]] = [
-    ("bitflip", "regenerated", 900),
-    ("truncate", "regenerated", 250),
-    ("overwrite", "regenerated", 350),
-    ("bitflip", "stale", 250),
-    ("truncate", "stale", 100),
-    ("overwrite", "stale", 150),
-]
+# (family, count): 500 mutated models, each with the original's (stale) sidecar
+PLAN: list[tuple[str, int]] = [("bitflip", 250), ("truncate", 100), ("overwrite", 150)]
 HANG_GUARD_S = 900  # a hang guard for the subprocess, not a time budget
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONWARNINGS": "error"}
-
-
-def valid_states(n: int = 100) -> np.ndarray:
-    states = s.compute_states(random_history(400, seed=SEED))[-n:]
-    return np.ascontiguousarray(s.validate_states(states))
-
-
-def _mutate(data: bytes, family: str, rng: np.random.Generator) -> bytes:
-    if family == "bitflip":
-        i = int(rng.integers(len(data)))
-        out = bytearray(data)
-        out[i] ^= 1 << int(rng.integers(8))
-        return bytes(out)
-    if family == "truncate":
-        return data[: int(rng.integers(len(data)))]
-    # overwrite 1-64 bytes at a random place with random bytes (never the same bytes)
-    n = int(rng.integers(1, 65))
-    i = int(rng.integers(len(data) - n + 1))
-    new = bytearray(rng.integers(0, 256, n, dtype=np.uint8).tobytes())
-    if bytes(new) == data[i : i + n]:
-        new[0] ^= 0xFF
-    return data[:i] + bytes(new) + data[i + n :]
 
 
 def _run_case(model: Path, states: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -89,66 +57,47 @@ def _run_case(model: Path, states: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
 
 def _worker(folder: Path) -> dict[str, Any]:
     """The mutation loop (run in a subprocess by the test): a JSON summary on stdout."""
-    states = valid_states()
+    states = valid_states(100, SEED)
     original = folder / "original.onnx"
     make_policy_model(original, hidden=32, layers=2, seed=SEED)
     data = original.read_bytes()
     stale = (folder / "original.onnx.sha256").read_text(encoding="utf-8").split()[0]
-    ref_a, ref_s, ref_p = _run_case(original, states)
+    _run_case(original, states)  # the original loads and answers
     rng = np.random.default_rng(SEED)
     model = folder / "policy_best.onnx"
     summary: dict[str, Any] = {"bytes": len(data), "families": [], "unexpected": []}
-    for family, sidecar, count in PLAN:
-        row = {
-            "family": family,
-            "sidecar": sidecar,
-            "tried": count,
-            "refused": 0,
-            "loaded": 0,
-            "changed_actions": 0,
-            "changed_values": 0,
-            "non_finite": 0,
-            "stale_accepted": 0,
-        }
+    for family, count in PLAN:
+        row = {"family": family, "sidecar": "stale", "tried": count, "refused": 0, "loaded": 0}
         for k in range(count):
-            mutated = _mutate(data, family, rng)
-            model.write_bytes(mutated)
-            if sidecar == "regenerated":
-                write_sha256_sidecar(model)
-            else:
-                (folder / "policy_best.onnx.sha256").write_text(
-                    f"{stale}  policy_best.onnx\n", encoding="utf-8"
-                )
+            model.write_bytes(mutate_bytes(data, family, rng))
+            (folder / "policy_best.onnx.sha256").write_text(
+                f"{stale}  policy_best.onnx\n", encoding="utf-8"
+            )
             try:
-                a, st, p = _run_case(model, states)
-            except PolicyError:
+                _run_case(model, states)
+            except PolicyError as exc:
                 row["refused"] += 1
+                if "sha256 mismatch" not in str(exc):
+                    summary["unexpected"].append(
+                        f"{family} #{k}: refused for another reason: {exc}"
+                    )
                 continue
             except BaseException as exc:  # what the test is about
                 summary["unexpected"].append(
-                    f"{family}/{sidecar} #{k}: {type(exc).__name__}: {exc} "
-                    f"{traceback.format_exc(limit=-3)}"
+                    f"{family} #{k}: {type(exc).__name__}: {exc} {traceback.format_exc(limit=-3)}"
                 )
                 continue
             row["loaded"] += 1
-            if sidecar == "stale":
-                row["stale_accepted"] += 1
-            finite = bool(np.isfinite(st).all() and np.isfinite(p).all())
-            row["non_finite"] += not finite
-            row["changed_actions"] += bool((a != ref_a).any())
-            row["changed_values"] += bool(
-                not finite or np.abs(st - ref_s).max() > 1e-6 or np.abs(p - ref_p).max() > 1e-6
-            )
         summary["families"].append(row)
     return summary
 
 
-def test_mutated_models_refused_or_answer(tmp_path: Path) -> None:
+def test_mutated_models_with_a_stale_sidecar_refused(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, __file__, "--worker", str(tmp_path)],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=worker_env(),
         timeout=HANG_GUARD_S,
         check=False,
     )
@@ -165,13 +114,10 @@ def test_mutated_models_refused_or_answer(tmp_path: Path) -> None:
         print(json.dumps(row))
     assert summary["unexpected"] == []
     rows = summary["families"]
-    assert sum(r["tried"] for r in rows) == 2000
+    assert sum(r["tried"] for r in rows) == 500
     for r in rows:
-        assert r["refused"] + r["loaded"] == r["tried"]
-        if r["sidecar"] == "stale":
-            assert r["stale_accepted"] == 0, r
-            assert r["refused"] == r["tried"], r
-    # the figures the golden-sample work drives to 0 are printed, not asserted here
+        assert r["refused"] == r["tried"], r
+        assert r["loaded"] == 0, r
 
 
 # --- corrupt metadata ---------------------------------------------------------------------------
@@ -329,7 +275,7 @@ def test_external_data_model_refused_and_planted_file_never_read(
         [sys.executable, "-c", code, str(model)],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=worker_env(),
         cwd=cwd,
         timeout=120,
         check=False,
@@ -421,7 +367,13 @@ def test_cli_with_corrupt_metadata_says_one_error_line(tmp_path: Path, cli: str)
         _write_dataset(dataset)
         args = [str(exe), "evaluate", "--model", str(model), "--dataset", str(dataset)]
     proc = subprocess.run(
-        args, capture_output=True, text=True, env=_env(), timeout=300, check=False, cwd=tmp_path
+        args,
+        capture_output=True,
+        text=True,
+        env=worker_env(),
+        timeout=300,
+        check=False,
+        cwd=tmp_path,
     )
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr, proc.stderr
