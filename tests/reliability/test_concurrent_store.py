@@ -254,7 +254,12 @@ def _round(url: str, tmp_path: Path, commands: list[list[str]], expected: Path) 
                    zip(commands, writers, strict=True)]  # fmt: skip
     finally:
         stop.touch()
-    counts: dict[str, Any] = {"rounds": 0, "complete_runs_seen": 0, "running_runs_seen": 0}
+    counts: dict[str, Any] = {
+        "rounds": 0,
+        "rounds_with_symbols_missing": 0,
+        "complete_runs_seen": 0,
+        "running_runs_seen": 0,
+    }
     for proc, out in readers:
         stdout, stderr = proc.communicate(timeout=GUARD_S)
         results.append((["reader"], stdout, stderr, proc.returncode))
