@@ -383,6 +383,19 @@ _sessionmakers: weakref.WeakKeyDictionary[Engine, sessionmaker[Session]] = (
     weakref.WeakKeyDictionary()
 )
 _initialised: weakref.WeakSet[Engine] = weakref.WeakSet()
+_fork_hook: list[bool] = []  # the after-fork hook is registered (once, by the first engine)
+
+
+def _after_fork_in_child() -> None:
+    """In a forked child: new, empty pools for the cached engines, so the child opens its own
+    connections and never uses (nor closes, on dispose or exit) the parent's pooled ones,
+    which share their sockets and file handles with the parent (SQLAlchemy's
+    ``dispose(close=False)`` recipe). The lock is made anew: another thread of the parent may
+    have held it at the fork."""
+    global _lock
+    _lock = threading.Lock()
+    for engine in _engines.values():
+        engine.dispose(close=False)
 
 
 def default_database_url() -> str:
@@ -465,12 +478,16 @@ def get_engine(url: str | None = None) -> Engine:
             ) from None
         if parsed.get_backend_name() == "sqlite":
             event.listen(engine, "connect", _on_sqlite_connect)
+        if not _fork_hook and hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=_after_fork_in_child)
+            _fork_hook.append(True)
         _engines[text] = engine
         return engine
 
 
 def dispose_engines() -> None:
-    """Close and forget every cached engine (tests; before forking a worker)."""
+    """Close and forget every cached engine (tests). A forked child needs no call: it gets
+    new pools of its own at the fork, and the parent's connections stay the parent's."""
     with _lock:
         for engine in _engines.values():
             engine.dispose()
