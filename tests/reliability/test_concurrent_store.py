@@ -1,9 +1,9 @@
 """Readers during writers: real OS processes on one SQLite file and on a real PostgreSQL server.
 
-Each round starts, at once, the real CLI (``python -m otonom_runtime``) as writers (two
-``data import-csv`` of different symbols, two ``data synth`` of different symbols whose new
-days overlap, so both write the shared macro rows, and two ``backtest`` runs) and two reader
-processes (``_store_worker.py``, by file path) that read the store in a loop. Then:
+Each round starts, at once, the real CLI (``python -m otonom_runtime``) as writers (three
+``data import-csv``: two symbols, one of them twice; two ``data synth`` of different symbols
+whose new days overlap, so both write the shared macro rows; and two ``backtest`` runs) and
+two reader processes (``_store_worker.py``, by file path) that read the store in a loop. Then:
 
 * every process exits 0 and no output mentions ``database is locked``, ``OperationalError``,
   ``IntegrityError`` or a traceback;
@@ -16,6 +16,10 @@ processes (``_store_worker.py``, by file path) that read the store in a loop. Th
 deterministic: the second writer is held on the first one's uncommitted rows (seen in
 ``pg_stat_activity``) before the first commits. Before the fix (``ON CONFLICT DO NOTHING`` in
 ``otonom_runtime.synth``) the second writer died with an ``IntegrityError``.
+
+``test_concurrent_imports_of_one_new_symbol_on_postgres`` does the same for two imports of one
+new symbol: before the fix (``ON CONFLICT DO NOTHING`` in ``store.get_or_create_symbol``) the
+second one died with an ``IntegrityError`` on ``symbols.name``, on SQLite as on PostgreSQL.
 
 Subprocess timeouts and the polling deadline guard against a hang; nothing is timed.
 """
@@ -143,6 +147,8 @@ def _seed_store(url: str) -> None:
 def _writer_commands(url: str, csvs: dict[str, Path]) -> list[list[str]]:
     db = ["--database-url", url]
     cmds = [[*db, "data", "import-csv", str(csvs[name]), "--symbol", name] for name in IMPORTS]
+    # the same new symbol imported twice at once: as if one ran after the other
+    cmds.append([*db, "data", "import-csv", str(csvs[IMPORTS[0]]), "--symbol", IMPORTS[0]])
     cmds += [
         [*db, "data", "synth", "--symbol", name, "--start", str(SYNTH_RANGE[0]), "--end",
          str(SYNTH_RANGE[1]), "--seed", str(SEED)]
@@ -298,7 +304,8 @@ def test_readers_during_writers(
     assert sorted(got["bars"]) == sorted([*BASE, *SYNTH, *IMPORTS])
     assert len(got["runs"]) == len(BACKTESTS)
     assert got == want
-    print(f"\n{backend}: {len(BACKTESTS) + 4} writers, 2 readers: {counts}")
+    writers = len(_writer_commands(concurrent_url, csvs))
+    print(f"\n{backend}: {writers} writers, 2 readers: {counts}")
 
 
 # --- the shared macro rows, deterministically ------------------------------------------------
@@ -372,3 +379,44 @@ def test_concurrent_synth_writers_share_macro_rows_on_postgres(
             text("SELECT date, score FROM macro_sentiment WHERE source = 'synthetic' ORDER BY date")
         ).all()
     assert again == stored
+
+
+def test_concurrent_imports_of_one_new_symbol_on_postgres(
+    postgres_server_url: str, tmp_path: Path
+) -> None:
+    """Import A has created the symbol and its bars but not committed; import B of the same
+    file is then held on A's symbol row; A commits; B must find A's bars unchanged, not fail."""
+    from otonom_runtime.importers import import_ohlcv_csv
+
+    url = _new_pg_database(postgres_server_url)
+    init_db(url)
+    csv = tmp_path / "same.csv"
+    n, _ = _write_csv(csv, seed=7)
+    outcome: dict[str, Any] = {}
+
+    def import_b() -> None:
+        try:
+            with get_session(url) as session:
+                outcome["report"] = import_ohlcv_csv(session, csv, "SAME")
+        except Exception as exc:
+            outcome["error"] = exc
+
+    with contextlib.ExitStack() as stack:
+        session_a = stack.enter_context(get_session(url))
+        report_a = import_ohlcv_csv(session_a, csv, "SAME")
+        thread = threading.Thread(target=import_b)
+        thread.start()
+        deadline = time.monotonic() + GUARD_S  # a guard against a hang, not a timed assertion
+        while not _waiting_on_a_lock(url):
+            assert thread.is_alive(), f"import B was never held on import A's rows: {outcome}"
+            assert time.monotonic() < deadline, "import B never reached the symbol row"
+            time.sleep(0.01)
+    thread.join(GUARD_S)
+    assert not thread.is_alive()
+    assert "error" not in outcome, f"import B failed: {outcome['error']!r}"
+    report_b = outcome["report"]
+    assert (report_a.inserted, report_a.unchanged, report_a.created_symbol) == (n, 0, True)
+    assert (report_b.inserted, report_b.unchanged, report_b.created_symbol) == (0, n, False)
+    with get_session(url) as session:
+        counts = session.execute(text("SELECT count(*), count(DISTINCT symbol_id) FROM bars")).one()
+    assert tuple(counts) == (n, 1)

@@ -857,11 +857,30 @@ def get_or_create_symbol(
 ) -> tuple[Symbol, bool]:
     """The ``Symbol`` named ``name``, created (and flushed) if missing; returns (symbol, created).
 
-    An existing row is returned unchanged.
+    An existing row is returned unchanged. Two writers creating the same symbol at once (two
+    imports of one new symbol) both succeed, as if one ran after the other: the row is inserted
+    with ``ON CONFLICT (name) DO NOTHING`` (SQLite, PostgreSQL), so the second one waits for the
+    first to commit and then reads its row (``created`` False) instead of failing with an
+    ``IntegrityError``.
     """
     symbol = session.execute(select(Symbol).where(Symbol.name == name)).scalar_one_or_none()
     if symbol is not None:
         return symbol, False
+    dialect = session.get_bind().dialect.name
+    if dialect in ("postgresql", "sqlite"):
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        dialect_insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        values = {"name": name, "source": source, "is_synthetic": is_synthetic}
+        stmt = (
+            dialect_insert(Symbol)
+            .values(**values, meta=dict(meta or {}), created_at=_utcnow())
+            .on_conflict_do_nothing(index_elements=["name"])
+            .returning(Symbol.id)
+        )
+        created = session.execute(stmt).first() is not None
+        symbol = session.execute(select(Symbol).where(Symbol.name == name)).scalar_one()
+        return symbol, created
     symbol = Symbol(name=name, source=source, is_synthetic=is_synthetic, meta=dict(meta or {}))
     session.add(symbol)
     session.flush()
