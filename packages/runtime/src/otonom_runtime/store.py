@@ -418,6 +418,19 @@ _sessionmakers: weakref.WeakKeyDictionary[Engine, sessionmaker[Session]] = (
     weakref.WeakKeyDictionary()
 )
 _initialised: weakref.WeakSet[Engine] = weakref.WeakSet()
+_fork_hook: list[bool] = []  # the after-fork hook is registered (once, by the first engine)
+
+
+def _after_fork_in_child() -> None:
+    """In a forked child: new, empty pools for the cached engines, so the child opens its own
+    connections and never uses (nor closes, on dispose or exit) the parent's pooled ones,
+    which share their sockets and file handles with the parent (SQLAlchemy's
+    ``dispose(close=False)`` recipe). The lock is made anew: another thread of the parent may
+    have held it at the fork."""
+    global _lock
+    _lock = threading.Lock()
+    for engine in _engines.values():
+        engine.dispose(close=False)
 
 
 def default_database_url() -> str:
@@ -500,12 +513,16 @@ def get_engine(url: str | None = None) -> Engine:
             ) from None
         if parsed.get_backend_name() == "sqlite":
             event.listen(engine, "connect", _on_sqlite_connect)
+        if not _fork_hook and hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=_after_fork_in_child)
+            _fork_hook.append(True)
         _engines[text] = engine
         return engine
 
 
 def dispose_engines() -> None:
-    """Close and forget every cached engine (tests; before forking a worker)."""
+    """Close and forget every cached engine (tests). A forked child needs no call: it gets
+    new pools of its own at the fork, and the parent's connections stay the parent's."""
     with _lock:
         for engine in _engines.values():
             engine.dispose()
@@ -1192,11 +1209,30 @@ def get_or_create_symbol(
 ) -> tuple[Symbol, bool]:
     """The ``Symbol`` named ``name``, created (and flushed) if missing; returns (symbol, created).
 
-    An existing row is returned unchanged.
+    An existing row is returned unchanged. Two writers creating the same symbol at once (two
+    imports of one new symbol) both succeed, as if one ran after the other: the row is inserted
+    with ``ON CONFLICT (name) DO NOTHING`` (SQLite, PostgreSQL), so the second one waits for the
+    first to commit and then reads its row (``created`` False) instead of failing with an
+    ``IntegrityError``.
     """
     symbol = session.execute(select(Symbol).where(Symbol.name == name)).scalar_one_or_none()
     if symbol is not None:
         return symbol, False
+    dialect = session.get_bind().dialect.name
+    if dialect in ("postgresql", "sqlite"):
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        dialect_insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        values = {"name": name, "source": source, "is_synthetic": is_synthetic}
+        stmt = (
+            dialect_insert(Symbol)
+            .values(**values, meta=dict(meta or {}), created_at=_utcnow())
+            .on_conflict_do_nothing(index_elements=["name"])
+            .returning(Symbol.id)
+        )
+        created = session.execute(stmt).first() is not None
+        symbol = session.execute(select(Symbol).where(Symbol.name == name)).scalar_one()
+        return symbol, created
     symbol = Symbol(name=name, source=source, is_synthetic=is_synthetic, meta=dict(meta or {}))
     session.add(symbol)
     session.flush()

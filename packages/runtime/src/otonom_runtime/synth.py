@@ -420,6 +420,35 @@ def _plan(
     )
 
 
+def _insert_shared_macro(session: Session, rows: list[dict[str, Any]]) -> int:
+    """Insert the synthetic macro ``rows`` that no other writer stored meanwhile; returns how
+    many were inserted.
+
+    Macro rows are shared by every symbol and seed, so two ``write_synthetic`` calls for
+    different symbols may both find a day missing and both insert it: on PostgreSQL the second
+    one then waits for the first to commit and failed with an ``IntegrityError`` (on SQLite the
+    write lock serialises them). The rows are the same (they depend on the seed and the date
+    only, and the first writer's seed wins, as it does for a sequential run), so a row stored
+    meanwhile is skipped: ``ON CONFLICT DO NOTHING`` on (source, date).
+    """
+    dialect = session.get_bind().dialect.name
+    stmt: Any
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        stmt = pg_insert(MacroSentiment).on_conflict_do_nothing(index_elements=["source", "date"])
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        stmt = sqlite_insert(MacroSentiment).on_conflict_do_nothing(
+            index_elements=["source", "date"]
+        )
+    else:  # another backend: a plain insert (a concurrent writer may then conflict)
+        session.execute(insert(MacroSentiment), rows)
+        return len(rows)
+    return len(session.execute(stmt.returning(MacroSentiment.date), rows).all())
+
+
 def write_synthetic(
     session: Session,
     symbols: list[str],
@@ -523,8 +552,7 @@ def write_synthetic(
         for d, s in zip(_py_dates(macro.dates), macro.scores, strict=True)
         if d not in have
     ]
-    if new_macro:
-        session.execute(insert(MacroSentiment), new_macro)
+    written_macro = _insert_shared_macro(session, new_macro) if new_macro else 0
     session.flush()
     return SynthReport(
         symbols=tuple(names),
@@ -533,6 +561,6 @@ def write_synthetic(
         seed=seed,
         bars=bars_written,
         news=news_written,
-        macro=len(new_macro),
+        macro=written_macro,
         unchanged=tuple(unchanged),
     )
