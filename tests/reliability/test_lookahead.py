@@ -242,7 +242,7 @@ def _runs(url: str, policy: Any) -> tuple[dict[str, Any], dict[str, Any]]:
             for d, s, a, st in zip(ds.dates, ds.states, ds.actions, ds.strengths, strict=True)
         },
     }
-    out_on = {"decisions": _decisions(url, on.run_id), "fallbacks": on}
+    out_on = {"decisions": _decisions(url, on.run_id)}
     dispose_engines()
     return out_off, out_on
 
