@@ -1,9 +1,10 @@
 """Readers during writers: real OS processes on one SQLite file and on a real PostgreSQL server.
 
 Each round starts, at once, the real CLI (``python -m otonom_runtime``) as writers (three
-``data import-csv``: two symbols, one of them twice; two ``data synth`` of different symbols
-whose new days overlap, so both write the shared macro rows; and two ``backtest`` runs) and
-two reader processes (``_store_worker.py``, by file path) that read the store in a loop. Then:
+``data import-csv``: two symbols, one of them twice; three ``data synth``: two symbols whose
+new days overlap, so both write the shared macro rows, one of them twice; and two ``backtest``
+runs) and two reader processes (``_store_worker.py``, by file path) that read the store in a
+loop. Then:
 
 * every process exits 0 and no output mentions ``database is locked``, ``OperationalError``,
   ``IntegrityError`` or a traceback;
@@ -19,7 +20,9 @@ deterministic: the second writer is held on the first one's uncommitted rows (se
 
 ``test_concurrent_imports_of_one_new_symbol_on_postgres`` does the same for two imports of one
 new symbol: before the fix (``ON CONFLICT DO NOTHING`` in ``store.get_or_create_symbol``) the
-second one died with an ``IntegrityError`` on ``symbols.name``, on SQLite as on PostgreSQL.
+second one died with an ``IntegrityError`` on ``symbols.name``, on SQLite as on PostgreSQL;
+``test_concurrent_synth_of_one_new_symbol_on_postgres`` for two ``write_synthetic`` of one new
+symbol (the second then died on ``bars``; it now plans again against the first one's rows).
 
 Subprocess timeouts and the polling deadline guard against a hang; nothing is timed.
 """
@@ -152,7 +155,7 @@ def _writer_commands(url: str, csvs: dict[str, Path]) -> list[list[str]]:
     cmds += [
         [*db, "data", "synth", "--symbol", name, "--start", str(SYNTH_RANGE[0]), "--end",
          str(SYNTH_RANGE[1]), "--seed", str(SEED)]
-        for name in SYNTH
+        for name in (*SYNTH, SYNTH[0])  # one of them twice at once
     ]  # fmt: skip
     cmds += [
         [*db, "backtest", "--strategy-path", str(BASELINE), "--symbol", name, "--start", start,
@@ -280,6 +283,7 @@ def _round(url: str, tmp_path: Path, commands: list[list[str]], expected: Path) 
     return counts
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_readers_during_writers(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
@@ -309,6 +313,59 @@ def test_readers_during_writers(
 
 
 # --- the shared macro rows, deterministically ------------------------------------------------
+
+
+def _held_then_released(url: str, first: Any, second: Any) -> tuple[Any, dict[str, Any]]:
+    """Run ``first(session)`` without committing, then ``second(session)`` in a thread until
+    it is held on a lock (``pg_stat_activity``), then commit the first. Returns the first
+    result and ``{"report": ...}`` or ``{"error": ...}`` of the second."""
+    outcome: dict[str, Any] = {}
+
+    def run_second() -> None:
+        try:
+            with get_session(url) as session:
+                outcome["report"] = second(session)
+        except Exception as exc:
+            outcome["error"] = exc
+
+    with contextlib.ExitStack() as stack:
+        result = first(stack.enter_context(get_session(url)))
+        thread = threading.Thread(target=run_second)
+        thread.start()
+        deadline = time.monotonic() + GUARD_S  # a guard against a hang, not a timed assertion
+        while not _waiting_on_a_lock(url):
+            assert thread.is_alive(), f"the second writer was never held: {outcome}"
+            assert time.monotonic() < deadline, "the second writer was never held on a lock"
+            time.sleep(0.01)
+    thread.join(GUARD_S)  # the first committed on leaving the block: the second goes on
+    assert not thread.is_alive()
+    assert "error" not in outcome, f"the second writer failed: {outcome['error']!r}"
+    return result, outcome
+
+
+def test_concurrent_synth_of_one_new_symbol_on_postgres(postgres_server_url: str) -> None:
+    """Two ``write_synthetic`` of the same new symbol: the second, which planned against an
+    empty store, plans again against the first one's rows and writes nothing."""
+    url = _new_pg_database(postgres_server_url)
+    init_db(url)
+    start, end = dt.date(2021, 1, 1), dt.date(2021, 6, 30)
+    days = (end - start).days + 1
+
+    def synth(session: Any) -> Any:
+        return write_synthetic(session, ["SAME-SYN"], start, end, SEED)
+
+    report_a, outcome = _held_then_released(url, synth, synth)
+    report_b = outcome["report"]
+    assert (report_a.bars, report_a.news, report_a.macro) == (days, days, days)
+    assert (report_b.bars, report_b.news, report_b.macro, report_b.unchanged) == (
+        0,
+        0,
+        0,
+        ("SAME-SYN",),
+    )
+    with get_session(url) as session:
+        counts = session.execute(text("SELECT count(*) FROM bars")).scalar_one()
+    assert counts == days
 
 
 def _waiting_on_a_lock(url: str) -> bool:

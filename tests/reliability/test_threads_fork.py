@@ -3,6 +3,8 @@
 * 16 threads released together by a barrier each predict every state (single ``predict`` in
   a thread-own shuffled order, and ``predict_batch`` at batch sizes 1, 7, 64, 65 and 1000):
   every action, strength and probability is bit-identical to the single-threaded results.
+* 16 threads, each with its own session on the store's one cached engine, build the states
+  of 180 days in their own order: bit-identical to one thread's.
 * After ``os.fork`` the child and the parent predict the same states again: bit-identical.
 * A store engine used before ``fork``: the child gets its own connections (never the parent's
   pooled ones) and disposing them on exit leaves the parent's connection working (SQLite and
@@ -31,9 +33,10 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from otonom_runtime.builder import RlStateBuilder
 from otonom_runtime.policy import load_rl_policy
-from otonom_runtime.store import dispose_engines
-from otonom_runtime.synth import generate_market
+from otonom_runtime.store import dispose_engines, get_session, init_db
+from otonom_runtime.synth import generate_market, write_synthetic
 from otonom_runtime.testing.models import make_policy_model
 from otonom_runtime.testing.postgres import PostgresUnavailableError, postgres_server
 from otonom_schema import compute_states, portfolio_feature_matrix
@@ -158,6 +161,45 @@ def test_a_forked_child_predicts_bit_identically(
     for side in ("child", "parent"):
         after = dict(np.load(f"{out}.{side}.npz"))
         assert _differences(before, after) == dict.fromkeys(before, 0), side
+
+
+def test_sixteen_threads_build_states_through_one_engine(tmp_path: Path) -> None:
+    """A daemon's threads share the store's cached engine, each with its own session: the
+    states they build and the decisions they get are those of one thread."""
+    url = f"sqlite:///{(tmp_path / 'threads.db').as_posix()}"
+    init_db(url)
+    with get_session(url) as session:
+        write_synthetic(session, ["THR-X"], dt.date(2019, 1, 1), dt.date(2020, 12, 31), 8)
+    days = [dt.date(2019, 7, 1) + dt.timedelta(days=i) for i in range(0, 540, 3)]
+    with get_session(url) as session:
+        builder = RlStateBuilder(session)
+        reference = np.stack([builder.build_state("THR-X", d).to_array() for d in days])
+    barrier = threading.Barrier(THREADS)
+    results: list[Any] = [None] * THREADS
+
+    def work(k: int) -> None:
+        order = list(range(len(days)))
+        random.Random(k).shuffle(order)
+        try:
+            barrier.wait(GUARD_S)
+            out = np.empty_like(reference)
+            with get_session(url) as session:
+                builder = RlStateBuilder(session)
+                for i in order:
+                    out[i] = builder.build_state("THR-X", days[i]).to_array()
+            results[k] = out
+        except BaseException as exc:
+            results[k] = exc
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(GUARD_S)
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+    for k, got in enumerate(results):
+        assert isinstance(got, np.ndarray), f"thread {k}: {got!r}"
+        assert got.tobytes() == reference.tobytes(), f"thread {k}"
 
 
 # --- the store after fork ----------------------------------------------------------------------

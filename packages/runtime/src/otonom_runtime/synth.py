@@ -491,10 +491,17 @@ def write_synthetic(
             continue
         meta = _meta(plan.first, plan.last, seed)
         if row is None:
-            row, _ = get_or_create_symbol(
+            row, created = get_or_create_symbol(
                 session, name, source="synthetic", is_synthetic=True, meta=meta
             )
-        elif replace:
+            if not created:  # another writer made the symbol meanwhile: plan against its rows
+                plan = _plan(session, name, start, end, seed, replace)
+                row, meta = plan.row, _meta(plan.first, plan.last, seed)
+                assert row is not None
+                if not plan.bars and not plan.news:
+                    unchanged.append(name)
+                    continue
+        if replace and plan.row is not None:
             session.execute(delete(Bar).where(Bar.symbol_id == row.id))
             session.execute(
                 delete(NewsSentiment).where(
