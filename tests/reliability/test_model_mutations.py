@@ -916,17 +916,20 @@ def test_broken_models_fall_back_in_a_real_backtest(
     monkeypatch.setenv("OTONOM_DATABASE_URL", url)
     with get_session(url) as session:
         write_synthetic(session, ["DEMO-BTC"], dt.date(2020, 1, 1), dt.date(2020, 6, 30), 7)
-    original = tmp_path / "original.onnx"
+    original = tmp_path / "models" / "original" / "policy_best.onnx"
     make_policy_model(original, hidden=32, layers=2, seed=SEED)
     data = original.read_bytes()
     proto = onnx.load_model_from_string(data)
     weights = [(lo, hi) for _, lo, hi in initializer_ranges(data)]
     start, end = dt.date(2020, 5, 1), dt.date(2020, 5, 31)
 
+    # the models live in the project's models/ folder (the strategy's models root), named by a
+    # relative path from the project folder
+    monkeypatch.chdir(tmp_path)
+
     def backtest(model: Path) -> tuple[Any, Any]:
-        cfg = parse_strategy(
-            {"name": "rl", "ensemble": {"rl_policy": {"enabled": True, "model_path": str(model)}}}
-        )
+        rl = {"enabled": True, "model_path": model.relative_to(tmp_path).as_posix()}
+        cfg = parse_strategy({"name": "rl", "ensemble": {"rl_policy": rl}})
         with get_session(url) as session:
             report = run_backtest(session, cfg, ["DEMO-BTC"], start, end)
             run = session.get(BacktestRun, report.run_id)
@@ -938,8 +941,8 @@ def test_broken_models_fall_back_in_a_real_backtest(
     tried: list[str] = []
     for i in ids:
         kind, what, mutated = mutant(i, data, proto, weights)
-        folder = tmp_path / f"m{i}"
-        folder.mkdir()
+        folder = tmp_path / "models" / f"m{i}"
+        folder.mkdir(parents=True)
         model = folder / "policy_best.onnx"
         model.write_bytes(mutated)
         write_sha256_sidecar(model)
