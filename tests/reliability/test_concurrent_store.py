@@ -38,19 +38,17 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import text
 
 from otonom_runtime.cli import main as otonom_main
 from otonom_runtime.store import dispose_engines, get_engine, get_session, init_db
 from otonom_runtime.synth import generate_market, write_synthetic
-from otonom_runtime.testing.postgres import PostgresUnavailableError, postgres_server
+from otonom_runtime.testing.postgres import new_database
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).resolve().parent / "_store_worker.py"
@@ -70,43 +68,10 @@ GUARD_S = 300  # a guard against a hang, not a timed assertion
 # --- stores ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def _fresh_engines() -> Iterator[None]:
-    dispose_engines()
-    yield
-    dispose_engines()
-
-
-@pytest.fixture(scope="module")
-def postgres_server_url() -> Iterator[str]:
-    """A real PostgreSQL server for this module; skips without one, fails when ``CI=true``."""
-    with contextlib.ExitStack() as stack:
-        try:
-            url = stack.enter_context(postgres_server())
-        except PostgresUnavailableError as exc:
-            if os.environ.get("CI", "").strip().lower() == "true":
-                pytest.fail(f"CI=true needs a real PostgreSQL server: {exc}")
-            pytest.skip(f"no PostgreSQL server: {exc}")
-        yield url
-        dispose_engines()
-
-
-def _new_pg_database(server_url: str) -> str:
-    """A fresh, empty database on the server; returns its URL."""
-    name = f"conc_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f"CREATE DATABASE {name}"))
-    finally:
-        admin.dispose()
-    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
-
-
 def _new_store(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     if backend == "sqlite":
         return f"sqlite:///{(tmp_path / f'{uuid.uuid4().hex[:8]}.db').as_posix()}"
-    return _new_pg_database(request.getfixturevalue("postgres_server_url"))
+    return new_database(request.getfixturevalue("postgres_url"), "conc")
 
 
 # --- inputs ------------------------------------------------------------------------------------
@@ -343,10 +308,10 @@ def _held_then_released(url: str, first: Any, second: Any) -> tuple[Any, dict[st
     return result, outcome
 
 
-def test_concurrent_synth_of_one_new_symbol_on_postgres(postgres_server_url: str) -> None:
+def test_concurrent_synth_of_one_new_symbol_on_postgres(postgres_url: str) -> None:
     """Two ``write_synthetic`` of the same new symbol: the second, which planned against an
     empty store, plans again against the first one's rows and writes nothing."""
-    url = _new_pg_database(postgres_server_url)
+    url = new_database(postgres_url, "conc")
     init_db(url)
     start, end = dt.date(2021, 1, 1), dt.date(2021, 6, 30)
     days = (end - start).days + 1
@@ -382,11 +347,11 @@ def _waiting_on_a_lock(url: str) -> bool:
 
 @pytest.mark.parametrize("overlap", ["same range", "overlapping ranges"])
 def test_concurrent_synth_writers_share_macro_rows_on_postgres(
-    overlap: str, postgres_server_url: str
+    overlap: str, postgres_url: str
 ) -> None:
     """Writer A has inserted the macro rows but not committed; writer B, which read no macro
     rows, is then held on A's rows; A commits; B must skip them, not fail."""
-    url = _new_pg_database(postgres_server_url)
+    url = new_database(postgres_url, "conc")
     init_db(url)
     start, end = dt.date(2021, 1, 1), dt.date(2021, 3, 31)
     b_start = start if overlap == "same range" else dt.date(2021, 2, 1)
@@ -425,7 +390,7 @@ def test_concurrent_synth_writers_share_macro_rows_on_postgres(
     assert len(stored) == (max(end, b_end) - start).days + 1
     dispose_engines()
     # the store equals a sequential run's
-    url2 = _new_pg_database(postgres_server_url)
+    url2 = new_database(postgres_url, "conc")
     init_db(url2)
     with get_session(url2) as session:
         write_synthetic(session, ["SYN-A"], start, end, SEED)
@@ -439,13 +404,13 @@ def test_concurrent_synth_writers_share_macro_rows_on_postgres(
 
 
 def test_concurrent_imports_of_one_new_symbol_on_postgres(
-    postgres_server_url: str, tmp_path: Path
+    postgres_url: str, tmp_path: Path
 ) -> None:
     """Import A has created the symbol and its bars but not committed; import B of the same
     file is then held on A's symbol row; A commits; B must find A's bars unchanged, not fail."""
     from otonom_runtime.importers import import_ohlcv_csv
 
-    url = _new_pg_database(postgres_server_url)
+    url = new_database(postgres_url, "conc")
     init_db(url)
     csv = tmp_path / "same.csv"
     n, _ = _write_csv(csv, seed=7)

@@ -53,7 +53,6 @@ from otonom_runtime.store import (
 )
 from otonom_runtime.strategy import load_strategy
 from otonom_runtime.synth import write_synthetic
-from otonom_runtime.testing.postgres import PostgresUnavailableError, postgres_server
 
 ROOT = Path(__file__).resolve().parents[2]
 BASELINE = ROOT / "strategies" / "baseline_v1.yaml"
@@ -63,27 +62,6 @@ needs_proc = pytest.mark.skipif(not LINUX, reason="process start times are read 
 SYMBOLS = ("DEMO-BTC", "DEMO-ETH")
 SYNTH_RANGE = ("2019-01-01", "2021-12-31")
 BACKTEST_RANGE = ("2020-01-01", "2021-12-31")  # 2 x 731 decisions: 3 batches of 500
-
-
-@pytest.fixture(autouse=True)
-def _fresh_engines() -> Iterator[None]:
-    dispose_engines()
-    yield
-    dispose_engines()
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    """A real PostgreSQL server for this module; skips without one, fails when ``CI=true``."""
-    with contextlib.ExitStack() as stack:
-        try:
-            url = stack.enter_context(postgres_server())
-        except PostgresUnavailableError as exc:
-            if os.environ.get("CI", "").strip().lower() == "true":
-                pytest.fail(f"CI=true needs a real PostgreSQL server: {exc}")
-            pytest.skip(f"no PostgreSQL server: {exc}")
-        yield url
-        dispose_engines()
 
 
 def _empty_postgres(url: str) -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +49,6 @@ RUN_START = dt.date(2019, 7, 1)  # after the warm-up the features need
 MEMORY_CUTS = 500
 BUILDER_CUTS = 60
 BACKTEST_CUTS = 12
-
-
-@pytest.fixture(autouse=True)
-def _fresh_engines() -> Iterator[None]:
-    dispose_engines()
-    yield
-    dispose_engines()
 
 
 # --- altering the future -----------------------------------------------------------------------

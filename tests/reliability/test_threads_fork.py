@@ -16,29 +16,24 @@ against a deadlock; nothing is timed.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
-import os
 import random
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from otonom_runtime.builder import RlStateBuilder
 from otonom_runtime.policy import load_rl_policy
-from otonom_runtime.store import dispose_engines, get_session, init_db
+from otonom_runtime.store import get_session, init_db
 from otonom_runtime.synth import generate_market, write_synthetic
 from otonom_runtime.testing.models import make_policy_model
-from otonom_runtime.testing.postgres import PostgresUnavailableError, postgres_server
+from otonom_runtime.testing.postgres import new_database
 from otonom_schema import compute_states, portfolio_feature_matrix
 
 WORKER = Path(__file__).resolve().parent / "_fork_worker.py"
@@ -46,13 +41,6 @@ THREADS = 16
 N_STATES = 400
 BATCH_SIZES = (1, 7, 64, 65, 1000)
 GUARD_S = 300  # a guard against a deadlock, not a timed assertion
-
-
-@pytest.fixture(autouse=True)
-def _fresh_engines() -> Iterator[None]:
-    dispose_engines()
-    yield
-    dispose_engines()
 
 
 def _states(seed: int = 7) -> np.ndarray:
@@ -205,31 +193,10 @@ def test_sixteen_threads_build_states_through_one_engine(tmp_path: Path) -> None
 # --- the store after fork ----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def postgres_server_url() -> Iterator[str]:
-    """A real PostgreSQL server for this module; skips without one, fails when ``CI=true``."""
-    with contextlib.ExitStack() as stack:
-        try:
-            url = stack.enter_context(postgres_server())
-        except PostgresUnavailableError as exc:
-            if os.environ.get("CI", "").strip().lower() == "true":
-                pytest.fail(f"CI=true needs a real PostgreSQL server: {exc}")
-            pytest.skip(f"no PostgreSQL server: {exc}")
-        yield url
-
-
 def _store_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     if backend == "sqlite":
         return f"sqlite:///{(tmp_path / 'fork.db').as_posix()}"
-    server = request.getfixturevalue("postgres_server_url")
-    name = f"fork_{os.getpid()}_{abs(hash(str(tmp_path))) % 10**8}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f"CREATE DATABASE {name}"))
-    finally:
-        admin.dispose()
-    return make_url(server).set(database=name).render_as_string(hide_password=False)
+    return new_database(request.getfixturevalue("postgres_url"), "fork")
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

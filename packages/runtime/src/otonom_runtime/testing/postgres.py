@@ -6,6 +6,7 @@
 
     with postgres_server() as url:          # postgresql+psycopg://postgres@127.0.0.1:PORT/postgres
         init_db(url)
+        other = new_database(url)           # a fresh, empty database on the same server
 
 If ``$OTONOM_TEST_POSTGRES_URL`` is set, that server is used as is (``postgresql://`` URLs get
 the ``+psycopg`` driver) and nothing is started. Otherwise ``initdb`` and ``pg_ctl`` are looked
@@ -33,7 +34,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Final
 
-__all__ = ["TEST_URL_ENV", "PostgresUnavailableError", "find_postgres_bindir", "postgres_server"]
+__all__ = [
+    "TEST_URL_ENV",
+    "PostgresUnavailableError",
+    "find_postgres_bindir",
+    "new_database",
+    "postgres_server",
+]
 
 TEST_URL_ENV: Final = "OTONOM_TEST_POSTGRES_URL"
 _SERVER_OPTIONS: Final = (
@@ -200,3 +207,20 @@ def postgres_server(*, timeout: float = 60.0) -> Iterator[str]:
                     timeout,
                 )
         shutil.rmtree(root, ignore_errors=True)
+
+
+def new_database(server_url: str, prefix: str = "t") -> str:
+    """A fresh, empty database on the server ``server_url`` names (``PREFIX_<12 hex>``); returns
+    its URL. Tests that need a store of their own on a shared server use it."""
+    import uuid
+
+    from sqlalchemy import create_engine, make_url, text
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
