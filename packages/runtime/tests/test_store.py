@@ -70,7 +70,7 @@ def test_default_url_is_env_var_else_data_folder_of_cwd(
 def test_importing_creates_no_engine_and_no_file(tmp_path: Path) -> None:
     code = (
         "import otonom_runtime.store as s, otonom_runtime.importers, otonom_runtime.synth, "
-        "otonom_runtime.cli; print(len(s._engines))"
+        "otonom_runtime.cli; print(len(s.engine._engines))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
@@ -297,7 +297,7 @@ def test_an_upgrade_that_fails_midway_completes_on_the_next_init_db(
     def broken(*args: Any) -> str:
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(store_module, "_signal_from_json", broken)
+    monkeypatch.setattr(store_module.migrations, "_signal_from_json", broken)
     with pytest.raises(RuntimeError, match="interrupted"):
         init_db(db_url)
     monkeypatch.undo()
