@@ -1,11 +1,25 @@
 """Raw-driver reads for the hot paths: plain-SQL statements run on the session's own DBAPI
-connection, results turned into numpy columns without SQLAlchemy's result layer."""
+connection, results turned into numpy columns without SQLAlchemy's result layer.
+
+Two ways from rows to columns:
+
+* ``_fetch_numbers``: a statement whose every cell is a number (dates as day numbers,
+  ``_day_sql``) is streamed by the driver straight into one float64 array
+  (``np.fromiter`` over the cursor): each row tuple is freed as soon as it is read, so no
+  result is ever held as thousands of Python objects and the cyclic garbage collector has
+  nothing to do. The readers' fast path.
+* ``_fetch_columns``: the driver's rows (text dates, NULLs) zipped into columns; the fallback
+  for what the fast path refuses (a date stored as text that is not canonical, a dialect
+  without day numbers).
+
+No global state is touched (the garbage collector, thread counts): a daemon can import this.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
-import gc
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -58,17 +72,78 @@ def _fetch_columns(
     session: Session, stmt: TextClause, values: Mapping[str, Any]
 ) -> list[tuple[Any, ...]]:
     """The result columns of ``stmt`` (``fetch_raw``: the driver's rows, no SQLAlchemy result
-    layer), [] when there is no row. The cyclic garbage collector is paused while the rows are
-    made: thousands of row tuples, none in a reference cycle, would otherwise trigger its
-    passes over the whole heap."""
-    was_on = gc.isenabled()
-    gc.disable()
+    layer), [] when there is no row."""
+    rows = fetch_raw(session, stmt, values)
+    return list(zip(*rows, strict=True))
+
+
+def _fetch_numbers(
+    session: Session, stmt: TextClause, values: Mapping[str, Any], width: int
+) -> npt.NDArray[np.float64] | None:
+    """The rows of ``stmt``, whose ``width`` cells are all numbers or NULL, as a C-contiguous
+    ``(width, rows)`` float64 array (one row per result column; NULL reads as NaN, as
+    ``np.asarray`` reads None); None when a cell cannot be read as a number, for the caller's
+    fallback.
+
+    The driver's rows are streamed into ``np.fromiter`` (see the module docstring). Integers
+    are exact in float64 up to 2**53 (day numbers, actions, flags).
+    """
+    conn = session.connection()
+    sql, positions, dates_as_text = _raw_plan(stmt, conn.dialect)
+    if dates_as_text:
+        values = {k: v.isoformat() if isinstance(v, dt.date) else v for k, v in values.items()}
+    params: Any = tuple(values[name] for name in positions) if positions else dict(values)
+    cursor: Any = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
-        rows = fetch_raw(session, stmt, values)
-        return list(zip(*rows, strict=True))
+        cursor.execute(sql, params)
+        try:
+            flat = np.fromiter(itertools.chain.from_iterable(cursor), dtype=np.float64)
+        except (TypeError, ValueError):
+            return None
     finally:
-        if was_on:
-            gc.enable()
+        cursor.close()
+    return np.ascontiguousarray(flat.reshape(-1, width).T)
+
+
+_UNIX_EPOCH_JULIAN_DAY: Final = 2440587.5
+
+
+def _day_sql(column: str, dialect: str) -> str | None:
+    """Two SQL result columns for the ``Date`` column ``column``: its day number (days since
+    1970-01-01) and its day of the month as stored; None for a dialect without them (the
+    caller reads text). ``dialect``: its name. ``_days`` turns them into dates.
+
+    SQLite stores dates as text: the day number is NULL unless the text is 10 characters
+    that ``julianday`` reads (``YYYY-MM-DD``); ``julianday`` also rolls an impossible day
+    over (``2021-02-30`` is March 2), which the day of the month written in the text then
+    shows. PostgreSQL stores dates as dates.
+    """
+    if dialect == "sqlite":
+        return (
+            f"CASE WHEN length({column}) = 10 THEN julianday({column}) - "
+            f"{_UNIX_EPOCH_JULIAN_DAY} END, CAST(substr({column}, 9, 2) AS INTEGER)"
+        )
+    if dialect == "postgresql":
+        return f"({column} - DATE '1970-01-01'), CAST(EXTRACT(DAY FROM {column}) AS INTEGER)"
+    return None
+
+
+def _days(
+    numbers: npt.NDArray[np.float64], day_of_month: npt.NDArray[np.float64]
+) -> npt.NDArray[np.datetime64] | None:
+    """The dates of ``_day_sql``'s two columns as datetime64[D]; None unless every day number
+    is a whole number (not NaN: a date ``_day_sql`` refused) whose date has the day of the
+    month stored (else: read the text)."""
+    if not np.isfinite(numbers).all():
+        return None
+    days = numbers.astype(np.int64)
+    if not np.array_equal(days, numbers):
+        return None
+    out: npt.NDArray[np.datetime64] = days.astype("datetime64[D]")
+    month_days = (out - out.astype("datetime64[M]").astype("datetime64[D]")).astype(np.int64)
+    if not np.array_equal(month_days + 1, day_of_month):
+        return None
+    return out
 
 
 def _floats(values: Sequence[Any]) -> npt.NDArray[np.float64]:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from sqlalchemy import Date, Integer, String, bindparam, func, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import BindParameter, TextClause
@@ -19,7 +21,15 @@ from sqlalchemy.sql.elements import BindParameter, TextClause
 from otonom_runtime._errors import StateBuildError, UnknownSymbolError
 from otonom_runtime._sources import SYNTHETIC_SOURCE, USER_SOURCE, check_source_name
 from otonom_runtime.store.engine import _NOT_INITIALISED_HINT
-from otonom_runtime.store.raw import _autoflush, _day_array, _fetch_columns, _floats
+from otonom_runtime.store.raw import (
+    _autoflush,
+    _day_array,
+    _day_sql,
+    _days,
+    _fetch_columns,
+    _fetch_numbers,
+    _floats,
+)
 from otonom_runtime.store.tables import Bar, MacroSentiment, NewsSentiment, Symbol, _utcnow
 from otonom_schema import LOOKBACK, MarketHistory, SentimentSeries, compute_state
 
@@ -122,47 +132,90 @@ def _date_filters(
 
 
 @functools.cache
-def _history_stmt(start: bool, end: bool, last_n: bool) -> TextClause:
+def _history_stmt(start: bool, end: bool, last_n: bool, dialect: str | None = None) -> TextClause:
     """``load_history``'s query for one combination of filters (one ``TextClause`` each, so
     ``fetch_raw`` compiles it once per dialect). The (symbol_id, date) unique index serves it,
-    ``last_n`` included (walked backwards from ``end``)."""
+    ``last_n`` included (walked backwards from ``end``). ``dialect``: the date as ``_day_sql``'s
+    numbers for that dialect (``_read``'s fast path), else as stored."""
     where, params = _date_filters("b", start, end, by_symbol=True)
     order = "b.date"
     if last_n:
         order = "b.date DESC LIMIT :last_n"
         params.append(bindparam("last_n", type_=Integer))
     return text(
-        "SELECT b.date, b.open, b.high, b.low, b.close, b.volume "
+        f"SELECT {_date_column('b.date', dialect)}, b.open, b.high, b.low, b.close, b.volume "
         f"FROM {Bar.__tablename__} b JOIN {Symbol.__tablename__} s ON b.symbol_id = s.id "
         f"WHERE {' AND '.join(where)} ORDER BY {order}"
     ).bindparams(*params)
 
 
 @functools.cache
-def _news_stmt(start: bool, end: bool) -> TextClause:
+def _news_stmt(start: bool, end: bool, dialect: str | None = None) -> TextClause:
     """``load_news``'s query for one combination of filters (the (symbol_id, source, date)
-    unique index serves it)."""
+    unique index serves it); ``dialect`` as for ``_history_stmt``."""
     where, params = _date_filters("n", start, end, by_symbol=True)
     where.append("n.source = :source")
     params.append(bindparam("source", type_=String))
     return text(
-        "SELECT n.date, n.score "
+        f"SELECT {_date_column('n.date', dialect)}, n.score "
         f"FROM {NewsSentiment.__tablename__} n JOIN {Symbol.__tablename__} s "
         f"ON n.symbol_id = s.id WHERE {' AND '.join(where)} ORDER BY n.date"
     ).bindparams(*params)
 
 
 @functools.cache
-def _macro_stmt(start: bool, end: bool) -> TextClause:
+def _macro_stmt(start: bool, end: bool, dialect: str | None = None) -> TextClause:
     """``load_macro``'s query for one combination of filters (the (source, date) unique index
-    serves it)."""
+    serves it); ``dialect`` as for ``_history_stmt``."""
     where, params = _date_filters("m", start, end, by_symbol=False)
     where.append("m.source = :source")
     params.append(bindparam("source", type_=String))
     return text(
-        f"SELECT m.date, m.score FROM {MacroSentiment.__tablename__} m "
+        f"SELECT {_date_column('m.date', dialect)}, m.score FROM {MacroSentiment.__tablename__} m "
         f"WHERE {' AND '.join(where)} ORDER BY m.date"
     ).bindparams(*params)
+
+
+def _date_column(column: str, dialect: str | None) -> str:
+    """``column`` as stored, or as ``_day_sql``'s two number columns for ``dialect``."""
+    return column if dialect is None else (_day_sql(column, dialect) or column)
+
+
+def _read(
+    session: Session,
+    stmt: Callable[[str | None], TextClause],
+    values: Mapping[str, Any],
+    width: int,
+    *,
+    reverse: bool = False,
+) -> tuple[npt.NDArray[np.datetime64], list[npt.NDArray[np.float64]]] | None:
+    """The rows of a reader's query (date first, then numbers) as (dates, the other columns as
+    float64 arrays), None when there is no row; ``width``: its columns as stored; ``reverse``:
+    the rows in reverse order.
+
+    ``stmt(dialect)`` is the query with its date as day numbers (``_day_sql``), ``stmt(None)``
+    as stored. The numbers are streamed (``_fetch_numbers``); where the dialect has no day
+    numbers or a date does not qualify (text that is not canonical ``YYYY-MM-DD``) the query
+    is read again with its dates as stored and parsed as an ORM read parses them
+    (``_day_array``).
+    """
+    dialect = session.connection().dialect.name
+    if _day_sql("d", dialect) is not None:
+        numbers = _fetch_numbers(session, stmt(dialect), values, width + 1)
+        if numbers is not None:
+            if numbers.shape[1] == 0:
+                return None
+            if reverse:
+                numbers = np.ascontiguousarray(numbers[:, ::-1])
+            days = _days(numbers[0], numbers[1])
+            if days is not None:
+                return days, list(numbers[2:])
+    cols = _fetch_columns(session, stmt(None), values)
+    if not cols:
+        return None
+    if reverse:
+        cols = [c[::-1] for c in cols]
+    return _day_array(cols[0], session), [_floats(c) for c in cols[1:]]
 
 
 def load_history(
@@ -193,9 +246,15 @@ def load_history(
         values["end"] = end
     if last_n is not None:
         values["last_n"] = last_n
-    stmt = _history_stmt(start is not None, end is not None, last_n is not None)
-    cols = _fetch_columns(session, stmt, values)
-    if not cols:
+    flags = (start is not None, end is not None, last_n is not None)
+    read = _read(
+        session,
+        lambda dialect: _history_stmt(*flags, dialect),
+        values,
+        6,
+        reverse=last_n is not None,  # newest first from the query: back to oldest first
+    )
+    if read is None:
         _require_symbol(session, symbol)
         first, last = session.execute(
             select(func.min(Bar.date), func.max(Bar.date))
@@ -204,23 +263,18 @@ def load_history(
         ).one()
         held = f"it has bars {first} .. {last}" if first is not None else "it has no bars"
         raise StateBuildError(f"no bar of {symbol!r} dated {_range_text(start, end)}; {held}")
-    if last_n is not None:
-        cols = [c[::-1] for c in cols]  # newest first from the query: back to oldest first
+    dates, (open_, high, low, close, volume) = read
     return MarketHistory(
-        dates=_day_array(cols[0], session),
-        open=_floats(cols[1]),
-        high=_floats(cols[2]),
-        low=_floats(cols[3]),
-        close=_floats(cols[4]),
-        volume=_floats(cols[5]),
-        symbol=symbol,
+        dates=dates, open=open_, high=high, low=low, close=close, volume=volume, symbol=symbol
     )
 
 
-def _series(cols: Sequence[Sequence[Any]], session: Session) -> SentimentSeries | None:
-    if not cols:
+def _series(
+    read: tuple[npt.NDArray[np.datetime64], list[npt.NDArray[np.float64]]] | None,
+) -> SentimentSeries | None:
+    if read is None:
         return None
-    return SentimentSeries(dates=_day_array(cols[0], session), scores=_floats(cols[1]))
+    return SentimentSeries(dates=read[0], scores=read[1][0])
 
 
 def _sentiment_values(start: dt.date | None, end: dt.date | None) -> dict[str, Any]:
@@ -266,10 +320,11 @@ def load_news(
     if source is None:
         source = sentiment_source(get_symbol(session, symbol))
     values = {"symbol": symbol, "source": source, **_sentiment_values(start, end)}
-    cols = _fetch_columns(session, _news_stmt(start is not None, end is not None), values)
-    if not cols:
+    flags = (start is not None, end is not None)
+    read = _read(session, lambda dialect: _news_stmt(*flags, dialect), values, 2)
+    if read is None:
         _require_symbol(session, symbol)
-    return _series(cols, session)
+    return _series(read)
 
 
 def load_macro(
@@ -288,8 +343,8 @@ def load_macro(
     """
     _autoflush(session)
     values = {"source": source, **_sentiment_values(start, end)}
-    cols = _fetch_columns(session, _macro_stmt(start is not None, end is not None), values)
-    return _series(cols, session)
+    flags = (start is not None, end is not None)
+    return _series(_read(session, lambda dialect: _macro_stmt(*flags, dialect), values, 2))
 
 
 def last_bar_date(session: Session, symbol: str) -> dt.date | None:
