@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import numpy as np
@@ -140,9 +140,11 @@ def _days(
     if not np.array_equal(days, numbers):
         return None
     out: npt.NDArray[np.datetime64] = days.astype("datetime64[D]")
-    month_days = (out - out.astype("datetime64[M]").astype("datetime64[D]")).astype(np.int64)
-    if not np.array_equal(month_days + 1, day_of_month):
-        return None
+    late = np.flatnonzero(day_of_month > 28)  # only these can have rolled over
+    if late.size:
+        month_start = out[late].astype("datetime64[M]").astype("datetime64[D]")
+        if not np.array_equal((out[late] - month_start).astype(np.int64) + 1, day_of_month[late]):
+            return None
     return out
 
 
@@ -180,3 +182,45 @@ def _day_array(days: Sequence[Any], session: Session) -> npt.NDArray[np.datetime
     ordinals = np.fromiter((d.toordinal() for d in days), dtype=np.int64, count=len(days))
     out: npt.NDArray[np.datetime64] = (ordinals - _EPOCH_ORDINAL).astype("datetime64[D]")
     return out
+
+
+def _date_column(column: str, dialect: str | None) -> str:
+    """``column`` as stored, or as ``_day_sql``'s two number columns for ``dialect``."""
+    return column if dialect is None else (_day_sql(column, dialect) or column)
+
+
+def _read(
+    session: Session,
+    stmt: Callable[[str | None], TextClause],
+    values: Mapping[str, Any],
+    width: int,
+    *,
+    reverse: bool = False,
+) -> tuple[npt.NDArray[np.datetime64], list[npt.NDArray[np.float64]]] | None:
+    """The rows of a reader's query (date first, then numbers) as (dates, the other columns as
+    float64 arrays), None when there is no row; ``width``: its columns as stored; ``reverse``:
+    the rows in reverse order.
+
+    ``stmt(dialect)`` is the query with its date as day numbers (``_day_sql``), ``stmt(None)``
+    as stored. The numbers are streamed (``_fetch_numbers``); where the dialect has no day
+    numbers or a date does not qualify (text that is not canonical ``YYYY-MM-DD``) the query
+    is read again with its dates as stored and parsed as an ORM read parses them
+    (``_day_array``).
+    """
+    dialect = session.connection().dialect.name
+    if _day_sql("d", dialect) is not None:
+        numbers = _fetch_numbers(session, stmt(dialect), values, width + 1)
+        if numbers is not None:
+            if numbers.shape[1] == 0:
+                return None
+            if reverse:
+                numbers = np.ascontiguousarray(numbers[:, ::-1])
+            days = _days(numbers[0], numbers[1])
+            if days is not None:
+                return days, list(numbers[2:])
+    cols = _fetch_columns(session, stmt(None), values)
+    if not cols:
+        return None
+    if reverse:
+        cols = [c[::-1] for c in cols]
+    return _day_array(cols[0], session), [_floats(c) for c in cols[1:]]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,15 +20,7 @@ from sqlalchemy.sql.elements import BindParameter, TextClause
 from otonom_runtime._errors import StateBuildError, UnknownSymbolError
 from otonom_runtime._sources import SYNTHETIC_SOURCE, USER_SOURCE, check_source_name
 from otonom_runtime.store.engine import _NOT_INITIALISED_HINT
-from otonom_runtime.store.raw import (
-    _autoflush,
-    _day_array,
-    _day_sql,
-    _days,
-    _fetch_columns,
-    _fetch_numbers,
-    _floats,
-)
+from otonom_runtime.store.raw import _autoflush, _date_column, _read
 from otonom_runtime.store.tables import Bar, MacroSentiment, NewsSentiment, Symbol, _utcnow
 from otonom_schema import LOOKBACK, MarketHistory, SentimentSeries, compute_state
 
@@ -174,48 +165,6 @@ def _macro_stmt(start: bool, end: bool, dialect: str | None = None) -> TextClaus
         f"SELECT {_date_column('m.date', dialect)}, m.score FROM {MacroSentiment.__tablename__} m "
         f"WHERE {' AND '.join(where)} ORDER BY m.date"
     ).bindparams(*params)
-
-
-def _date_column(column: str, dialect: str | None) -> str:
-    """``column`` as stored, or as ``_day_sql``'s two number columns for ``dialect``."""
-    return column if dialect is None else (_day_sql(column, dialect) or column)
-
-
-def _read(
-    session: Session,
-    stmt: Callable[[str | None], TextClause],
-    values: Mapping[str, Any],
-    width: int,
-    *,
-    reverse: bool = False,
-) -> tuple[npt.NDArray[np.datetime64], list[npt.NDArray[np.float64]]] | None:
-    """The rows of a reader's query (date first, then numbers) as (dates, the other columns as
-    float64 arrays), None when there is no row; ``width``: its columns as stored; ``reverse``:
-    the rows in reverse order.
-
-    ``stmt(dialect)`` is the query with its date as day numbers (``_day_sql``), ``stmt(None)``
-    as stored. The numbers are streamed (``_fetch_numbers``); where the dialect has no day
-    numbers or a date does not qualify (text that is not canonical ``YYYY-MM-DD``) the query
-    is read again with its dates as stored and parsed as an ORM read parses them
-    (``_day_array``).
-    """
-    dialect = session.connection().dialect.name
-    if _day_sql("d", dialect) is not None:
-        numbers = _fetch_numbers(session, stmt(dialect), values, width + 1)
-        if numbers is not None:
-            if numbers.shape[1] == 0:
-                return None
-            if reverse:
-                numbers = np.ascontiguousarray(numbers[:, ::-1])
-            days = _days(numbers[0], numbers[1])
-            if days is not None:
-                return days, list(numbers[2:])
-    cols = _fetch_columns(session, stmt(None), values)
-    if not cols:
-        return None
-    if reverse:
-        cols = [c[::-1] for c in cols]
-    return _day_array(cols[0], session), [_floats(c) for c in cols[1:]]
 
 
 def load_history(
