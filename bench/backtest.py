@@ -43,6 +43,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Integer, bindparam, text
 from sqlalchemy.orm import Session
 
 from otonom_runtime import backtest as bt
@@ -67,10 +68,10 @@ def driver_floor(
     columns = bt._NO_RL_COLUMNS
     rows = store.fetch_raw(
         session,
-        store.text(
+        text(
             f"SELECT {', '.join(columns)} FROM decisions WHERE run_id = :run "
             "ORDER BY symbol_id, date"
-        ).bindparams(store.bindparam("run", type_=store.Integer)),
+        ).bindparams(bindparam("run", type_=Integer)),
         {"run": run_id},
     )
     elapsed = math.inf
@@ -89,12 +90,16 @@ def driver_floor(
         batch = [(scratch.id, *row[1:]) for row in rows]
         t0 = time.perf_counter()
         synthetic = {"source": store.SYNTHETIC_SOURCE, "end": end}  # the demo's sentiment
-        store.fetch_raw(session, store._macro_stmt(False, True), synthetic)
+        store.fetch_raw(session, store.readers._macro_stmt(False, True), synthetic)
         for name in symbols:
             store.fetch_raw(
-                session, store._history_stmt(False, True, False), {"symbol": name, "end": end}
+                session,
+                store.readers._history_stmt(False, True, False),
+                {"symbol": name, "end": end},
             )
-            store.fetch_raw(session, store._news_stmt(False, True), {"symbol": name, **synthetic})
+            store.fetch_raw(
+                session, store.readers._news_stmt(False, True), {"symbol": name, **synthetic}
+            )
         for i in range(0, len(batch), bt._BATCH):
             bt._insert_decisions(session, batch[i : i + bt._BATCH], True, columns)
         elapsed = min(elapsed, time.perf_counter() - t0)

@@ -318,7 +318,7 @@ def test_two_concurrent_fail_interrupted_runs_mark_each_run_once(
         for _ in range(3)
     ]
     barrier = threading.Barrier(2, timeout=120)
-    real = store._interrupted
+    real = store.runs._interrupted
     judged: list[int] = []
 
     def judge_together(run: Any, *args: Any) -> str | None:
@@ -328,7 +328,7 @@ def test_two_concurrent_fail_interrupted_runs_mark_each_run_once(
             barrier.wait()  # both have judged all three; now both write
         return reason
 
-    monkeypatch.setattr(store, "_interrupted", judge_together)
+    monkeypatch.setattr(store.runs, "_interrupted", judge_together)
     results: list[list[int]] = [[], []]
     errors: list[BaseException] = []
 
@@ -364,7 +364,7 @@ def test_a_heartbeat_between_judging_and_marking_keeps_the_run(
         process_start=None,
         heartbeat_age_s=2 * HEARTBEAT_STALE_S,
     )
-    real = store._interrupted
+    real = store.runs._interrupted
 
     def beat_meanwhile(run: Any, *args: Any) -> str | None:
         reason = real(run, *args)
@@ -372,7 +372,7 @@ def test_a_heartbeat_between_judging_and_marking_keeps_the_run(
         assert RunHeartbeat(get_engine(any_store), run.id).beat()
         return reason
 
-    monkeypatch.setattr(store, "_interrupted", beat_meanwhile)
+    monkeypatch.setattr(store.runs, "_interrupted", beat_meanwhile)
     assert fail_interrupted_runs(any_store) == []
     monkeypatch.undo()
     assert _status(any_store, run_id) == ("running", None)

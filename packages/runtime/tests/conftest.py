@@ -346,7 +346,7 @@ def _fail_at(monkeypatch: pytest.MonkeyPatch, step: str) -> list[str]:
     """Make the store's next SQL text starting with ``step`` raise (once); returns the list
     of the SQL texts made, which the test can check reached the step."""
     made: list[str] = []
-    real = store.text
+    real = store.migrations.text
 
     def text_or_fail(sql: str) -> Any:
         made.append(sql)
@@ -354,7 +354,7 @@ def _fail_at(monkeypatch: pytest.MonkeyPatch, step: str) -> list[str]:
             raise RuntimeError(f"interrupted at {step}")
         return real(sql)
 
-    monkeypatch.setattr(store, "text", text_or_fail)
+    monkeypatch.setattr(store.migrations, "text", text_or_fail)
     return made
 
 

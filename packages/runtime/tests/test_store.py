@@ -70,7 +70,7 @@ def test_default_url_is_env_var_else_data_folder_of_cwd(
 def test_importing_creates_no_engine_and_no_file(tmp_path: Path) -> None:
     code = (
         "import otonom_runtime.store as s, otonom_runtime.importers, otonom_runtime.synth, "
-        "otonom_runtime.cli; print(len(s._engines))"
+        "otonom_runtime.cli; print(len(s.engine._engines))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
@@ -297,7 +297,7 @@ def test_an_upgrade_that_fails_midway_completes_on_the_next_init_db(
     def broken(*args: Any) -> str:
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(store_module, "_signal_from_json", broken)
+    monkeypatch.setattr(store_module.migrations, "_signal_from_json", broken)
     with pytest.raises(RuntimeError, match="interrupted"):
         init_db(db_url)
     monkeypatch.undo()
@@ -939,3 +939,28 @@ def test_a_3_to_4_upgrade_that_fails_at_any_step_completes_on_the_next_init_db(
     with get_session(db_url) as session:
         assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "4"
         assert session.get_one(BacktestRun, ids["new"]).status == "running"
+
+
+def test_impossible_day_text_is_refused_as_the_orm_refuses_it(db_url: str, add_bars: Any) -> None:
+    """The readers' fast path reads SQLite dates as day numbers (``julianday``), which rolls an
+    impossible day over (``2021-02-30`` would read as March 2): the day of the month written in
+    the text is checked too, so such a date goes the ORM's way and is refused, as before."""
+    with get_session(db_url) as session:
+        add_bars(session, "A", D0, 1)
+        session.execute(text("UPDATE bars SET date = '2021-02-30'"))
+        session.execute(
+            text(
+                "INSERT INTO macro_sentiment (source, date, score) "
+                "VALUES ('user', '2021-02-28', 0.5), ('user', '2021-02-31', 0.25)"
+            )
+        )
+    with get_session(db_url) as session:
+        with pytest.raises(ValueError, match="day is out of range"):
+            session.execute(select(Bar.date)).all()
+        with pytest.raises(ValueError, match="day is out of range"):
+            load_history(session, "A")
+        with pytest.raises(ValueError, match="day is out of range"):
+            load_macro(session, source=USER_SOURCE)
+        session.execute(text("UPDATE bars SET date = '2021-02-28'"))
+        assert load_history(session, "A").dates.tolist() == [dt.date(2021, 2, 28)]
+        session.rollback()

@@ -52,7 +52,7 @@ def _missing_sqlite_file(url: str) -> Path | None:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
-    from otonom_runtime.store import _sqlite_file
+    from otonom_runtime.store.engine import _sqlite_file
 
     try:
         file = _sqlite_file(make_url(url))

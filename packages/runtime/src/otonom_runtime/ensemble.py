@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from otonom_schema import (
+    ANALYSTS,
     Action,
     RlState,
     feature_index,
@@ -66,8 +67,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ANALYSTS: Final = ("tech", "news", "risk", "rl")
-"""Analyst names, in the order of weights everywhere (strategy files, decision rows)."""
 
 F64 = npt.NDArray[np.float64]
 _RET0: Final = feature_index("ret_lag0")  # the newest return; older ones sit to its left

@@ -25,6 +25,7 @@ from otonom_schema._features import (
     sentiment_feature,
 )
 from otonom_schema._spec import (
+    ANALYSTS,
     FEATURE_NAMES,
     FEATURES,
     GROUPS,
@@ -43,6 +44,7 @@ from otonom_schema._state import RANGE_TOLERANCE, RlState, validate_state_array,
 __version__ = "0.1.0"
 
 __all__ = [
+    "ANALYSTS",
     "DATASET_FORMAT_VERSION",
     "FEATURES",
     "FEATURE_NAMES",

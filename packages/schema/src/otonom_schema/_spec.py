@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import Final
 
 __all__ = [
+    "ANALYSTS",
     "FEATURES",
     "FEATURE_NAMES",
     "GROUPS",
@@ -129,6 +130,11 @@ class Action(enum.IntEnum):
     HOLD = 0
     BUY = 1
     SELL = 2
+
+
+ANALYSTS: Final = ("tech", "news", "risk", "rl")
+"""The ensemble's analyst names, in the order of weights everywhere (strategy files, the
+ensemble's vote, the decision rows' signal columns). Not part of the state (no fingerprint)."""
 
 
 @dataclass(frozen=True)

@@ -54,24 +54,30 @@ This module does not import torch.
 
 from __future__ import annotations
 
-import bisect
 import datetime as dt
-import gc
 import logging
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Date, Integer, String, TextClause, bindparam, select, text
 from sqlalchemy.orm import Session
 
 from otonom_runtime.backtest import INTERNAL_PURPOSES
-from otonom_runtime.store import BacktestRun, Symbol, fetch_raw, get_symbol, sentiment_source
+from otonom_runtime.store import get_symbol, load_macro, load_news, sentiment_source
+from otonom_runtime.store.datasets import (
+    RunInfo,
+    bar_range,
+    bar_span,
+    list_runs,
+    load_bar_window,
+    load_decisions,
+    run_params,
+    synthetic_flags,
+)
 from otonom_schema import (
     LOOKBACK,
     MATHS_PARAMS,
@@ -95,89 +101,8 @@ __all__ = [
 DateLike = dt.date | str
 log = logging.getLogger(__name__)
 _SHOWN_RUNS: Final = 8  # runs listed (newest first) in the "no teacher" error, per symbol
-_EPOCH_ORDINAL: Final = dt.date(1970, 1, 1).toordinal()
-_N = TypeVar("_N", bound=np.generic)
 
 
-# The reads as plain SQL (valid on SQLite and PostgreSQL), run through the driver (see
-# ``OfflineDatasetGenerator._fetch``). Same tables and order as the store's readers. Only the
-# columns the rows need: the decision's JSON ``signals`` and ``equity`` are never read.
-_DECISIONS: Final = text(
-    """
-    SELECT d.date, d.action, d.strength, d.position, d.leverage, d.cash_fraction,
-           d.days_since_last_trade
-    FROM decisions d JOIN symbols s ON d.symbol_id = s.id
-    WHERE d.run_id = :run_id AND s.name = :symbol AND d.date >= :start AND d.date <= :end
-    ORDER BY d.date
-    """
-).bindparams(
-    bindparam("run_id", type_=Integer),
-    bindparam("symbol", type_=String),
-    bindparam("start", type_=Date),
-    bindparam("end", type_=Date),
-)
-# The bars from the ``:back``-th bar before ``:first`` (or the oldest, if there are fewer) to
-# ``:end``: all that the states from ``:first`` on read (the subquery walks the unique index).
-_BARS: Final = text(
-    """
-    SELECT b.date, b.open, b.high, b.low, b.close, b.volume
-    FROM bars b JOIN symbols s ON b.symbol_id = s.id
-    WHERE s.name = :symbol AND b.date <= :end AND b.date >= COALESCE(
-        (SELECT MIN(w.date) FROM (
-            SELECT p.date FROM bars p JOIN symbols ps ON p.symbol_id = ps.id
-            WHERE ps.name = :symbol AND p.date < :first
-            ORDER BY p.date DESC LIMIT :back
-        ) w),
-        :first)
-    ORDER BY b.date
-    """
-).bindparams(
-    bindparam("symbol", type_=String),
-    bindparam("first", type_=Date),
-    bindparam("end", type_=Date),
-    bindparam("back", type_=Integer),
-)
-# The first and last bar of a symbol inside a range: what a teacher run must cover.
-_BAR_RANGE: Final = text(
-    """
-    SELECT MIN(b.date), MAX(b.date)
-    FROM bars b JOIN symbols s ON b.symbol_id = s.id
-    WHERE s.name = :symbol AND b.date >= :start AND b.date <= :end
-    """
-).bindparams(
-    bindparam("symbol", type_=String), bindparam("start", type_=Date), bindparam("end", type_=Date)
-)
-# For the error message only: what the store holds for a symbol up to a date.
-_BAR_SPAN: Final = text(
-    """
-    SELECT COUNT(*), MIN(b.date), MAX(b.date)
-    FROM bars b JOIN symbols s ON b.symbol_id = s.id
-    WHERE s.name = :symbol AND b.date <= :end
-    """
-).bindparams(bindparam("symbol", type_=String), bindparam("end", type_=Date))
-_NEWS: Final = text(
-    """
-    SELECT n.date, n.score
-    FROM news_sentiment n JOIN symbols s ON n.symbol_id = s.id
-    WHERE s.name = :symbol AND n.source = :source AND n.date >= :start AND n.date <= :end
-    ORDER BY n.date
-    """
-).bindparams(
-    bindparam("symbol", type_=String),
-    bindparam("source", type_=String),
-    bindparam("start", type_=Date),
-    bindparam("end", type_=Date),
-)
-_MACRO: Final = text(
-    """
-    SELECT m.date, m.score
-    FROM macro_sentiment m
-    WHERE m.source = :source AND m.date >= :start AND m.date <= :end
-    ORDER BY m.date
-    """
-).bindparams(
-    bindparam("source", type_=String), bindparam("start", type_=Date), bindparam("end", type_=Date)
-)
 # A sentiment score older than this is 0 for every later date (the schema's rule).
 _SENTIMENT_AGE: Final = dt.timedelta(days=int(MATHS_PARAMS["SENTIMENT_MAX_AGE_DAYS"]))
 
@@ -200,6 +125,22 @@ class _Run:
     error: str | None
     rl_enabled: bool
     purpose: str
+
+    @classmethod
+    def of(cls, info: RunInfo) -> _Run:
+        """The run as the store reads it, its ``params`` judged."""
+        return cls(
+            id=info.id,
+            strategy_name=info.strategy_name,
+            strategy_hash=info.strategy_hash,
+            symbols=info.symbols,
+            start=info.start,
+            end=info.end,
+            status=info.status,
+            error=info.error,
+            rl_enabled=bool(info.params.get("rl_enabled")),
+            purpose=str(info.params.get("purpose") or "user"),
+        )
 
     def describe(self) -> str:
         return (
@@ -266,21 +207,6 @@ def _symbols(symbol: str | Sequence[str]) -> list[str]:
     return names
 
 
-def _column(values: Sequence[Any], dtype: type[_N]) -> npt.NDArray[_N]:
-    """A NOT NULL numeric result column as an array (``np.fromiter``: no shape discovery)."""
-    return np.fromiter(values, dtype=dtype, count=len(values))
-
-
-def _day_array(days: Sequence[Any]) -> npt.NDArray[np.datetime64]:
-    """A date column as datetime64[D]: ISO text (SQLite; numpy parses it in C) or
-    ``datetime.date`` values (other drivers; through ordinals, much faster than np.array)."""
-    if days and isinstance(days[0], str):
-        return np.array(days, dtype="datetime64[D]")
-    ordinals = np.fromiter((d.toordinal() for d in days), dtype=np.int64, count=len(days))
-    out: npt.NDArray[np.datetime64] = (ordinals - _EPOCH_ORDINAL).astype("datetime64[D]")
-    return out
-
-
 @dataclass(frozen=True)
 class _Symbol:
     """What the store holds for one symbol's rows: its decisions and the bars and news their
@@ -318,39 +244,11 @@ class OfflineDatasetGenerator:
 
     def _runs(self) -> list[_Run]:
         """Every run, newest first (created_at, then id)."""
-        stmt = select(
-            BacktestRun.id,
-            BacktestRun.strategy_name,
-            BacktestRun.strategy_hash,
-            BacktestRun.symbols,
-            BacktestRun.start_date,
-            BacktestRun.end_date,
-            BacktestRun.status,
-            BacktestRun.error,
-            BacktestRun.params,
-        ).order_by(BacktestRun.created_at.desc(), BacktestRun.id.desc())
-        return [
-            _Run(
-                id=int(r[0]),
-                strategy_name=str(r[1]),
-                strategy_hash=str(r[2]),
-                symbols=tuple(r[3] or ()),
-                start=r[4],
-                end=r[5],
-                status=str(r[6]),
-                error=r[7],
-                rl_enabled=bool((r[8] or {}).get("rl_enabled")),
-                purpose=str((r[8] or {}).get("purpose") or "user"),
-            )
-            for r in self.session.execute(stmt).all()
-        ]
+        return [_Run.of(r) for r in list_runs(self.session)]
 
     def _need(self, name: str, start: dt.date, end: dt.date) -> tuple[dt.date, dt.date] | None:
         """The first and last bar of ``name`` in ``start .. end`` (None: no bar there)."""
-        lo, hi = self._fetch(_BAR_RANGE, {"symbol": name, "start": start, "end": end})[0]
-        if lo is None:
-            return None
-        return _as_date(lo, "bar date"), _as_date(hi, "bar date")
+        return bar_range(self.session, name, start, end)
 
     def _resolve_runs(
         self,
@@ -413,55 +311,45 @@ class OfflineDatasetGenerator:
 
     # --- rows ----------------------------------------------------------------------------------
 
-    def _fetch(self, stmt: TextClause, values: dict[str, Any]) -> list[Any]:
-        """Rows of a plain-SQL statement through the session's own DBAPI connection
-        (``otonom_runtime.store.fetch_raw``): SQLAlchemy's result layer costs about as much as
-        the driver itself on these wide reads (tens of thousands of rows)."""
-        return fetch_raw(self.session, stmt, values)
-
     def _read(
         self, name: str, run: _Run, start: dt.date, end: dt.date, news_source: str
     ) -> _Symbol:
         """The decisions of ``run`` for ``name`` dated ``start .. end``, checked, with the bars
-        and news (from ``news_source``) their states read (three queries)."""
-        rows = self._fetch(
-            _DECISIONS, {"run_id": run.id, "symbol": name, "start": start, "end": end}
-        )
-        if not rows:
+        and news (from ``news_source``) their states read (three queries, store readers)."""
+        decisions = load_decisions(self.session, run.id, name, start, end)
+        if decisions is None:
             raise DatasetGenerationError(
                 f"{run.describe()} has no decision for {name!r} dated {start.isoformat()} .. "
                 f"{end.isoformat()}; expected a range that overlaps the run's "
                 f"{run.start.isoformat()} .. {run.end.isoformat()}"
             )
-        cols = list(zip(*rows, strict=True))
-        span = _day_array([cols[0][0], cols[0][-1]])
-        first, last = span[0].item(), span[-1].item()
-        history, bar_values = self._history(name, first, last)
-        picked = None if history is None else _decision_bars(history, bar_values, cols[0])
+        first, last = decisions.dates[0].item(), decisions.dates[-1].item()
+        history = load_bar_window(self.session, name, first, last, LOOKBACK - 1)
+        picked = None if history is None else _decision_bars(history, decisions.dates)
         if history is None or picked is None:
-            raise self._no_bar(run, name, history, _day_array(cols[0]))
-        pos, dates = picked
-        days = np.asarray(cols[6], dtype=np.float64)  # NULL (never traded) reads as NaN here
-        days[np.isnan(days)] = np.inf
+            raise self._no_bar(run, name, history, decisions.dates)
         try:
             portfolio = portfolio_feature_matrix(
-                _column(cols[3], np.float64),
-                _column(cols[4], np.float64),
-                _column(cols[5], np.float64),
-                days,
+                decisions.position,
+                decisions.leverage,
+                decisions.cash_fraction,
+                decisions.days_since_last_trade,
             )
         except SchemaError as exc:
             raise DatasetGenerationError(
                 f"run {run.id}, {name!r}: a stored portfolio is outside the schema: {exc}"
             ) from None
+        news = load_news(
+            self.session, name, source=news_source, start=first - _SENTIMENT_AGE, end=last
+        )
         return _Symbol(
             history=history,
-            news=self._news(name, news_source, first - _SENTIMENT_AGE, last),
-            pos=pos,
+            news=news,
+            pos=picked,
             portfolio=portfolio,
-            actions=_column(cols[1], np.int64),
-            strengths=_column(cols[2], np.float32),
-            dates=dates,
+            actions=decisions.actions,
+            strengths=decisions.strengths.astype(np.float32),
+            dates=decisions.dates if isinstance(picked, np.ndarray) else history.dates[picked],
         )
 
     def _no_bar(
@@ -471,63 +359,23 @@ class OfflineDatasetGenerator:
         ``history``, saying what the store holds for ``name``."""
         has_bar = np.isin(dates, history.dates) if history is not None else np.zeros(1, bool)
         last = dates[-1].item()
-        count, oldest, newest = self._fetch(_BAR_SPAN, {"symbol": name, "end": last})[0]
-        held = (
-            f"{count} bars, {_as_date(oldest, 'bar date')} .. {_as_date(newest, 'bar date')}"
-            if count
-            else f"no bar on or before {last.isoformat()}"
-        )
+        count, oldest, newest = bar_span(self.session, name, last)
+        held = f"{count} bars, {oldest} .. {newest}" if count else f"no bar on or before {last}"
         return DatasetGenerationError(
             f"the decision of run {run.id} for {name!r} on {dates[int(np.argmin(has_bar))]} "
             f"has no bar of that date in the store ({held}); expected every decision date to "
             "be a bar date (were the bars replaced after the run? re-run the backtest)"
         )
 
-    def _history(
-        self, name: str, first: dt.date, end: dt.date
-    ) -> tuple[MarketHistory | None, Sequence[Any]]:
-        """Bars of ``name`` dated <= ``end`` from ``LOOKBACK - 1`` bars before ``first`` on
-        (None if there are none), and their dates as the driver returned them; one query."""
-        values = {"symbol": name, "first": first, "end": end, "back": LOOKBACK - 1}
-        rows = self._fetch(_BARS, values)
-        if not rows:
-            return None, ()
-        cols = list(zip(*rows, strict=True))
-        history = MarketHistory(
-            dates=_day_array(cols[0]),
-            open=_column(cols[1], np.float64),
-            high=_column(cols[2], np.float64),
-            low=_column(cols[3], np.float64),
-            close=_column(cols[4], np.float64),
-            volume=_column(cols[5], np.float64),
-            symbol=name,
-        )
-        return history, cols[0]
-
-    def _news(self, name: str, source: str, start: dt.date, end: dt.date) -> SentimentSeries | None:
-        """News sentiment of ``name`` from ``source`` dated ``start .. end`` (None if none);
-        one query."""
-        values = {"symbol": name, "source": source, "start": start, "end": end}
-        return _series(self._fetch(_NEWS, values))
-
     def _macro(self, source: str, start: dt.date, end: dt.date) -> SentimentSeries | None:
         """Macro sentiment from ``source`` dated ``start .. end`` (None if none); one query."""
-        return _series(self._fetch(_MACRO, {"source": source, "start": start, "end": end}))
+        return load_macro(self.session, source=source, start=start, end=end)
 
     def _sentiment_sources(self, chosen: dict[str, _Run]) -> dict[str, dict[str, str]]:
         """{symbol: {"news": source, "macro": source}}: what each symbol's run read (its
         ``params["sentiment_sources"]``), else the kind rule (runs made before sources)."""
-        ids = sorted({run.id for run in chosen.values()})
-        params: dict[int, dict[str, Any] | None] = dict(
-            self.session.execute(
-                select(BacktestRun.id, BacktestRun.params).where(BacktestRun.id.in_(ids))
-            ).all()
-        )
-        kinds: dict[str, bool] = dict(
-            self.session.execute(
-                select(Symbol.name, Symbol.is_synthetic).where(Symbol.name.in_(list(chosen)))
-            ).all()
-        )
+        params = run_params(self.session, {run.id for run in chosen.values()})
+        kinds = synthetic_flags(self.session, chosen)
         out: dict[str, dict[str, str]] = {}
         for name, run in chosen.items():
             recorded = (params.get(run.id) or {}).get("sentiment_sources") or {}
@@ -586,19 +434,18 @@ class OfflineDatasetGenerator:
             allow_internal_run=allow_internal_run,
         )
         sources = self._sentiment_sources(chosen)
-        with _collector_paused():
-            reads = {
-                name: self._read(name, chosen[name], start, end, sources[name]["news"])
-                for name in names
-            }
-            macros = {}
-            for source in sorted({s["macro"] for s in sources.values()}):
-                users = [reads[name] for name in names if sources[name]["macro"] == source]
-                macros[source] = self._macro(
-                    source,
-                    min(r.dates[0].item() for r in users) - _SENTIMENT_AGE,
-                    max(r.dates[-1].item() for r in users),
-                )
+        reads = {
+            name: self._read(name, chosen[name], start, end, sources[name]["news"])
+            for name in names
+        }
+        macros = {}
+        for source in sorted({s["macro"] for s in sources.values()}):
+            users = [reads[name] for name in names if sources[name]["macro"] == source]
+            macros[source] = self._macro(
+                source,
+                min(r.dates[0].item() for r in users) - _SENTIMENT_AGE,
+                max(r.dates[-1].item() for r in users),
+            )
         parts = [_rows(reads[name], macros[sources[name]["macro"]]) for name in names]
         n_rows = [p.states.shape[0] for p in parts]
         runs = sorted({r.id: r for r in chosen.values()}.values(), key=lambda r: r.id)
@@ -646,53 +493,25 @@ class OfflineDatasetGenerator:
         return save_dataset(experiences, output_path)
 
 
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off for the block (restored after, also on error).
-
-    The reads turn ~100k result rows into tuples (one per row, none in a reference cycle) on
-    their way into numpy; each allocation counts towards the collector's thresholds, so with it
-    on, its passes over the whole heap (no garbage to find: tuples are freed by reference
-    counting) cost about a third of the dataset's time. Process-wide, but only for the reads.
-    """
-    was_on = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_on:
-            gc.enable()
-
-
-def _series(rows: Sequence[Any]) -> SentimentSeries | None:
-    if not rows:
-        return None
-    cols = list(zip(*rows, strict=True))
-    return SentimentSeries(dates=_day_array(cols[0]), scores=_column(cols[1], np.float64))
-
-
 def _decision_bars(
-    history: MarketHistory, bar_values: Sequence[Any], decision_values: Sequence[Any]
-) -> tuple[slice | npt.NDArray[np.intp], npt.NDArray[np.datetime64]] | None:
-    """Each decision's bar in ``history`` and the decision dates: ``(pos, dates)``; None if a
+    history: MarketHistory, dates: npt.NDArray[np.datetime64]
+) -> slice | npt.NDArray[np.intp] | None:
+    """Each decision's bar in ``history`` (``dates``: the decision dates, ascending); None if a
     decision date is not a bar date.
 
-    ``bar_values``/``decision_values``: the date columns as the driver returned them (ISO text
-    on SQLite, ``datetime.date`` elsewhere), both ascending. When the decisions are dated on
-    consecutive bars (the backtest decides on every bar) the two columns hold the same values
-    from the first decision's bar on: found by comparing them (``pos`` is then a slice), so the
-    dates are not parsed twice. Otherwise the dates are parsed and looked up.
+    When the decisions are dated on consecutive bars (the backtest decides on every bar) the
+    bars from the first decision's on hold the same dates: found by comparing them, and the
+    result is then a slice. Otherwise each date is looked up.
     """
-    n = len(decision_values)
-    i = bisect.bisect_left(bar_values, decision_values[0])
-    if tuple(bar_values[i : i + n]) == tuple(decision_values):
-        return slice(i, i + n), history.dates[i : i + n]
-    dates = _day_array(decision_values)
     bar_days = history.dates.astype(np.int64)
     want = dates.astype(np.int64)
+    n = want.size
+    i = int(np.searchsorted(bar_days, want[0]))
+    if np.array_equal(bar_days[i : i + n], want):
+        return slice(i, i + n)
     pos = np.searchsorted(bar_days, want)
     on_bar = (pos < bar_days.size) & (bar_days[np.minimum(pos, bar_days.size - 1)] == want)
-    return (pos, dates) if on_bar.all() else None
+    return pos if on_bar.all() else None
 
 
 def _rows(read: _Symbol, macro: SentimentSeries | None) -> _Rows:

@@ -1,0 +1,273 @@
+"""In-place upgrades of older stores, one version at a time (1 -> 2 -> 3 -> 4).
+
+Each upgrade is resumable (every step skipped or repeated safely when ``init_db`` runs again)
+and safe against a concurrent upgrade (whichever comes second finds the new version and
+stops). ``init_db`` (``otonom_runtime.store.sessions``) runs them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from sqlalchemy import (
+    Dialect,
+    Double,
+    Engine,
+    Integer,
+    String,
+    UniqueConstraint,
+    func,
+    inspect,
+    select,
+    text,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.types import TypeEngine
+
+from otonom_runtime._errors import StoreError
+from otonom_runtime._sources import SOURCE_MAX_LEN, SYNTHETIC_SOURCE, USER_SOURCE
+from otonom_runtime.store.engine import _read_version, _safe
+from otonom_runtime.store.tables import (
+    SIGNAL_FIELDS,
+    STORE_VERSION,
+    BacktestRun,
+    Decision,
+    MacroSentiment,
+    NewsSentiment,
+    StoreMeta,
+    Symbol,
+)
+from otonom_schema import ANALYSTS
+
+__all__: list[str] = []
+
+
+def _check_version(engine: Engine, version: int) -> None:
+    if version in _UPGRADES:
+        raise StoreError(
+            f"database {_safe(engine.url)} has store version {version}; this otonom-runtime "
+            f"reads store version {STORE_VERSION}: run any `otonom` command on it (or call "
+            "otonom_runtime.store.init_db()) to upgrade it in place, nothing is lost"
+        )
+    if version != STORE_VERSION:
+        raise StoreError(
+            f"database {_safe(engine.url)} has store version {version}; this otonom-runtime "
+            f"reads store version {STORE_VERSION} (upgrade otonom-runtime or use another "
+            "database)"
+        )
+
+
+def _signal_from_json(dialect: Dialect, analyst: str, field: str) -> str:
+    """SQL reading one signal field out of a version-1 ``signals`` JSON column, typed."""
+    if dialect.name == "sqlite":
+        return f"json_extract(signals, '$.{analyst}.{field}')"
+    kind = "integer" if field == "action" else "double precision"  # PostgreSQL json
+    return f"CAST(signals -> '{analyst}' ->> '{field}' AS {kind})"
+
+
+def _upgrade_from_1(engine: Engine) -> None:
+    """Store version 1 -> 2: each decision's ``signals`` JSON becomes the typed
+    ``<analyst>_<field>`` columns (NULL where the JSON has no signal for that analyst; the
+    backtester only ever wrote these four analysts), the JSON column is dropped (SQLite 3.35 or
+    newer) and ``store_version`` becomes 2.
+
+    Resumable: SQLite's driver commits each ``ALTER TABLE`` on its own, so a step that fails
+    can leave earlier ones done; every step is skipped or repeated safely when ``init_db`` runs
+    again (columns added only if missing, the copy repeated while ``signals`` exists). A
+    concurrent upgrade is fine too: whichever comes second finds version 2 and stops.
+    """
+    table = Decision.__tablename__
+    try:
+        with engine.begin() as conn:
+            stored = conn.execute(
+                select(StoreMeta.value).where(StoreMeta.key == "store_version")
+            ).scalar_one()
+            if stored != "1":
+                return
+            present = {c["name"] for c in inspect(conn).get_columns(table)}
+            for analyst in ANALYSTS:
+                for field in SIGNAL_FIELDS:
+                    if f"{analyst}_{field}" in present:
+                        continue
+                    column_type: TypeEngine[Any] = Integer() if field == "action" else Double()
+                    kind = column_type.compile(conn.dialect)
+                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {analyst}_{field} {kind}"))
+            if "signals" in present:
+                assignments = ", ".join(
+                    f"{a}_{f} = {_signal_from_json(conn.dialect, a, f)}"
+                    for a in ANALYSTS
+                    for f in SIGNAL_FIELDS
+                )
+                conn.execute(text(f"UPDATE {table} SET {assignments}"))
+                conn.execute(text(f"ALTER TABLE {table} DROP COLUMN signals"))
+            _set_version(conn, 2)
+    except sa_exc.DBAPIError as exc:
+        if (_read_version(engine) or 0) >= 2:
+            return  # upgraded by a concurrent init_db
+        hint = ""
+        if engine.dialect.name == "sqlite":
+            import sqlite3
+
+            hint = f" (dropping a column needs SQLite 3.35+; here {sqlite3.sqlite_version})"
+        raise StoreError(
+            f"cannot upgrade database {_safe(engine.url)} from store version 1 to 2: "
+            f"{exc.orig}{hint}"
+        ) from None
+
+
+def _set_version(conn: Any, version: int) -> None:
+    conn.execute(
+        text("UPDATE store_meta SET value = :v WHERE key = 'store_version'"),
+        {"v": str(version)},
+    )
+
+
+def _upgrade_from_2(engine: Engine) -> None:
+    """Store version 2 -> 3: ``news_sentiment`` and ``macro_sentiment`` get their ``source``
+    column (labelled as ``MacroSentiment`` says), their unique constraints become
+    (symbol_id, source, date) and (source, date), and ``store_version`` becomes 3.
+
+    SQLite cannot change a table's constraints: each table is rebuilt (a ``<table>_v3`` copy in
+    the new layout, the rows copied with their labels, the old table dropped, the copy renamed),
+    giving exactly the layout of a fresh store. Resumable, as ``_upgrade_from_1``: SQLite's
+    driver commits DDL on its own, so every state a failure can leave is recognised on the next
+    ``init_db`` (a table that already has ``source`` is done; a copy beside the old table is
+    dropped and made again; a copy without the old table holds every row and is renamed).
+    PostgreSQL changes the tables in place (add the column, label, NOT NULL, swap the
+    constraint) in one transaction.
+    """
+    try:
+        with engine.begin() as conn:
+            stored = conn.execute(
+                select(StoreMeta.value).where(StoreMeta.key == "store_version")
+            ).scalar_one()
+            if stored != "2":
+                return
+            labels = _v2_labels(conn)
+            for table in (NewsSentiment.__table__, MacroSentiment.__table__):
+                if conn.dialect.name == "sqlite":
+                    _rebuild_sqlite(conn, table, labels)
+                else:
+                    _alter_in_place(conn, table, labels)
+            _set_version(conn, 3)
+    except sa_exc.DBAPIError as exc:
+        if (_read_version(engine) or 0) >= 3:
+            return  # upgraded by a concurrent init_db
+        raise StoreError(
+            f"cannot upgrade database {_safe(engine.url)} from store version 2 to 3: {exc.orig}"
+        ) from None
+
+
+def _v2_labels(conn: Any) -> dict[str, Any]:
+    """The bind values of the labelling rule (see ``MacroSentiment``): the macro rows' source
+    and the two names a news row gets by its symbol's kind."""
+    any_synthetic = conn.execute(
+        select(func.count()).select_from(Symbol).where(Symbol.is_synthetic.is_(True))
+    ).scalar_one()
+    return {
+        "macro": SYNTHETIC_SOURCE if any_synthetic else USER_SOURCE,
+        "synthetic": SYNTHETIC_SOURCE,
+        "user": USER_SOURCE,
+    }
+
+
+def _label_sql(table: Any, alias: str) -> str:
+    """The SQL expression of a version-2 row's source (``_v2_labels`` binds)."""
+    if table.name == MacroSentiment.__tablename__:
+        return ":macro"
+    return (
+        f"(SELECT CASE WHEN s.is_synthetic THEN :synthetic ELSE :user END "
+        f"FROM {Symbol.__tablename__} s WHERE s.id = {alias}.symbol_id)"
+    )
+
+
+def _rebuild_sqlite(conn: Any, table: Any, labels: dict[str, Any]) -> None:
+    """One table of ``_upgrade_from_2`` on SQLite (each step skipped or repeated safely)."""
+    from sqlalchemy.schema import CreateTable
+
+    name, copy = table.name, f"{table.name}_v3"
+    tables = set(inspect(conn).get_table_names())
+    if name not in tables:  # stopped after the drop: the copy holds every row
+        conn.execute(text(f"ALTER TABLE {copy} RENAME TO {name}"))
+        return
+    if "source" in {c["name"] for c in inspect(conn).get_columns(name)}:
+        conn.execute(text(f"DROP TABLE IF EXISTS {copy}"))
+        return
+    conn.execute(text(f"DROP TABLE IF EXISTS {copy}"))
+    ddl = str(CreateTable(table).compile(dialect=conn.dialect))
+    head = f"CREATE TABLE {name} "
+    assert ddl.strip().startswith(head), ddl
+    conn.execute(text(ddl.strip().replace(head, f"CREATE TABLE {copy} ", 1)))
+    old = [c.name for c in table.columns if c.name != "source"]
+    conn.execute(
+        text(
+            f"INSERT INTO {copy} ({', '.join(old)}, source) "
+            f"SELECT {', '.join('o.' + c for c in old)}, {_label_sql(table, 'o')} FROM {name} o"
+        ),
+        labels,
+    )
+    conn.execute(text(f"DROP TABLE {name}"))
+    conn.execute(text(f"ALTER TABLE {copy} RENAME TO {name}"))
+
+
+def _alter_in_place(conn: Any, table: Any, labels: dict[str, Any]) -> None:
+    """One table of ``_upgrade_from_2`` on other databases (ALTER TABLE; steps guarded)."""
+    name = table.name
+    info = inspect(conn)
+    if "source" not in {c["name"] for c in info.get_columns(name)}:
+        kind = String(SOURCE_MAX_LEN).compile(dialect=conn.dialect)
+        conn.execute(text(f"ALTER TABLE {name} ADD COLUMN source {kind}"))
+    conn.execute(
+        text(f"UPDATE {name} SET source = {_label_sql(table, name)} WHERE source IS NULL"),
+        labels,
+    )
+    conn.execute(text(f"ALTER TABLE {name} ALTER COLUMN source SET NOT NULL"))
+    wanted = next(c for c in table.constraints if isinstance(c, UniqueConstraint))
+    wanted_name = str(wanted.name)
+    columns = [c.name for c in wanted.columns]
+    for unique in info.get_unique_constraints(name):
+        if unique["name"] != wanted_name:  # the version-2 UNIQUE(date) / (symbol_id, date)
+            conn.execute(text(f"ALTER TABLE {name} DROP CONSTRAINT {unique['name']}"))
+    if wanted_name not in {u["name"] for u in info.get_unique_constraints(name)}:
+        conn.execute(
+            text(f"ALTER TABLE {name} ADD CONSTRAINT {wanted_name} UNIQUE ({', '.join(columns)})")
+        )
+
+
+_V4_RUN_COLUMNS: Final = ("host", "pid", "process_start", "heartbeat_at")
+"""The columns store version 4 added to ``backtest_runs``, in the order the upgrade adds them."""
+
+
+def _upgrade_from_3(engine: Engine) -> None:
+    """Store version 3 -> 4: ``backtest_runs`` gets ``host``, ``pid``, ``process_start`` and
+    ``heartbeat_at`` (NULL on the stored runs) and ``store_version`` becomes 4.
+
+    Resumable: each column is added only if missing and the version is written last, so an
+    upgrade stopped half way (SQLite's driver commits each ``ALTER TABLE`` on its own) is
+    finished by the next ``init_db``; PostgreSQL does it in one transaction. A concurrent
+    upgrade is fine too: whichever comes second finds version 4 and stops.
+    """
+    table = BacktestRun.__tablename__
+    try:
+        with engine.begin() as conn:
+            stored = conn.execute(
+                select(StoreMeta.value).where(StoreMeta.key == "store_version")
+            ).scalar_one()
+            if stored != "3":
+                return
+            present = {c["name"] for c in inspect(conn).get_columns(table)}
+            for name in _V4_RUN_COLUMNS:
+                if name not in present:
+                    kind = BacktestRun.__table__.c[name].type.compile(dialect=conn.dialect)
+                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
+            _set_version(conn, 4)
+    except sa_exc.DBAPIError as exc:
+        if (_read_version(engine) or 0) >= 4:
+            return  # upgraded by a concurrent init_db
+        raise StoreError(
+            f"cannot upgrade database {_safe(engine.url)} from store version 3 to 4: {exc.orig}"
+        ) from None
+
+
+_UPGRADES: Final = {1: _upgrade_from_1, 2: _upgrade_from_2, 3: _upgrade_from_3}
+"""The in-place upgrade from each older store version to the next one."""
