@@ -26,7 +26,9 @@ from typing import Any
 import numpy as np
 
 from otonom_runtime.integrity import PROBS_SUM_ATOL
-from otonom_runtime.policy import _ACTIONS, INPUT_NAME, OUTPUT_NAMES, _Slot, load_rl_policy
+from otonom_runtime.policy import INPUT_NAME, OUTPUT_NAMES, load_rl_policy
+from otonom_runtime.serving.rl_policy import _ACTIONS
+from otonom_runtime.serving.session import Slot as _Slot
 from otonom_runtime.testing.models import golden_states, make_policy_model
 from otonom_schema import RlState, validate_states
 
