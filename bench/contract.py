@@ -40,7 +40,7 @@ def _predict_unchecked(policy: Any, state: RlState) -> tuple[Any, float]:
     except AttributeError:
         slot = policy._local.slot = _Slot(policy._session)
     np.copyto(slot.row, x)
-    policy._run(slot.binding)
+    slot.run()
     p0, p1, p2 = slot.probs.tolist()[0]
     strength: float = slot.strength.item()
     action = _ACTIONS[(0 if p0 >= p2 else 2) if p0 >= p1 else (1 if p1 >= p2 else 2)]

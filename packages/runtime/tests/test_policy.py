@@ -506,3 +506,38 @@ def test_threads_option(model: tuple[Path, MlpWeights], policy: RlPolicy) -> Non
     for bad in (0, -1, 1.5):
         with pytest.raises(PolicyError, match=r"threads=.*; expected an integer >= 1, or None"):
             load_rl_policy(model[0], threads=bad)  # type: ignore[arg-type]
+
+
+def test_the_bound_run_falls_back_to_the_public_wrapper_with_the_same_outputs(
+    tmp_path: Path,
+) -> None:
+    """``Slot.run`` calls onnxruntime's C++ session directly (one Python frame less on the
+    single-state hot path); a session without those private handles gets the public
+    ``run_with_iobinding`` wrapper, with the same outputs."""
+    import functools
+
+    from otonom_runtime.serving.session import Slot
+
+    make_policy_model(tmp_path / "policy_best.onnx")
+    session = load_rl_policy(tmp_path)._session
+
+    class PublicOnly:  # the session's public surface, without ``_sess``
+        def io_binding(self) -> object:
+            return session.io_binding()
+
+        def run_with_iobinding(self, binding: object) -> None:
+            session.run_with_iobinding(binding)
+
+    direct, public = Slot(session), Slot(PublicOnly())
+    assert isinstance(direct.run, functools.partial)
+    assert direct.run.func.__self__ is session._sess  # the C++ method, bound
+    assert isinstance(public.run, functools.partial)
+    assert public.run.func.__name__ == "run_with_iobinding"
+    assert public.run.func.__self__.__class__ is PublicOnly
+    x = np.zeros(34, dtype=np.float32)
+    x[29] = 1.0  # regime_normal
+    for slot in (direct, public):
+        slot.row[:] = x
+        slot.run()
+    assert direct.out.tolist() == public.out.tolist()
+    assert public.out.sum() > 0.0

@@ -15,7 +15,7 @@ from otonom_runtime._errors import PolicyError
 from otonom_runtime.integrity import PROBS_SUM_ATOL
 from otonom_runtime.serving.contract import INPUT_NAME, OUTPUT_NAMES
 from otonom_runtime.serving.session import Slot
-from otonom_schema import Action, RlState, validate_state_array, validate_states
+from otonom_schema import Action, RlState, validate_state_into, validate_states
 
 __all__ = ["RlPolicy"]
 
@@ -47,7 +47,6 @@ class RlPolicy:
         device: str,
     ) -> None:
         self._session = session
-        self._run = session.run_with_iobinding
         self._local = threading.local()
         self._metadata = metadata
         self.path = path
@@ -77,7 +76,7 @@ class RlPolicy:
         """The policy's decision for one state.
 
         ``state``: an ``RlState`` (already valid: used as is) or a (34,) array-like in
-        ``FEATURE_NAMES`` order, validated with ``otonom_schema.validate_state_array`` (NaN,
+        ``FEATURE_NAMES`` order, validated with ``otonom_schema.validate_state_into`` (NaN,
         inf, out-of-range values or a wrong shape raise ``otonom_schema.SchemaError``).
 
         Returns ``(action, strength)``, or ``(action, strength, probs)`` with
@@ -89,19 +88,17 @@ class RlPolicy:
         a negative probability, probabilities that do not sum to 1 within
         ``integrity.PROBS_SUM_ATOL``, a strength outside [0, 1]), as ``predict_batch`` does.
         """
-        if isinstance(state, RlState):
-            x = state.to_array(copy=False)
-        else:
-            x = validate_state_array(state)
         try:
             slot: Slot = self._local.slot
         except AttributeError:  # this thread's first call
             slot = self._local.slot = Slot(self._session)
-        np.copyto(slot.row, x)
-        self._run(slot.binding)
-        # python floats read out of the bound buffers: the caller never sees those buffers
-        p0, p1, p2 = slot.probs.tolist()[0]
-        strength: float = slot.strength.item()
+        if isinstance(state, RlState):
+            np.copyto(slot.row, state.to_array(copy=False))
+        else:  # validated straight into the bound input (SchemaError: the buffer is rewritten)
+            validate_state_into(state, slot.row)
+        slot.run()
+        # python floats read out of the bound buffer: the caller never sees that buffer
+        p0, p1, p2, strength = slot.out.tolist()
         # the output contract (NaN fails every comparison; inf fails the sum or the range)
         if not (
             p0 >= 0.0
@@ -143,7 +140,7 @@ class RlPolicy:
             if slot is None:
                 slot = slots[n] = Slot(self._session, n)
             np.copyto(slot.state, x)
-            self._run(slot.binding)
+            slot.run()
             probs, strength = slot.probs.copy(), slot.strength.copy()  # fresh, the caller's
         else:
             probs, strength = self._session.run(OUTPUT_NAMES, {INPUT_NAME: x})
