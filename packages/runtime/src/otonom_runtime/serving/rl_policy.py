@@ -13,8 +13,7 @@ import numpy.typing as npt
 
 from otonom_runtime._errors import PolicyError
 from otonom_runtime.integrity import PROBS_SUM_ATOL
-from otonom_runtime.serving.contract import INPUT_NAME, OUTPUT_NAMES
-from otonom_runtime.serving.session import Slot
+from otonom_runtime.serving.session import Rebind, Slot
 from otonom_schema import Action, RlState, validate_state_into, validate_states
 
 __all__ = ["RlPolicy"]
@@ -143,7 +142,11 @@ class RlPolicy:
             slot.run()
             probs, strength = slot.probs.copy(), slot.strength.copy()  # fresh, the caller's
         else:
-            probs, strength = self._session.run(OUTPUT_NAMES, {INPUT_NAME: x})
+            try:
+                rebind: Rebind = self._local.rebind
+            except AttributeError:  # this thread's first large batch
+                rebind = self._local.rebind = Rebind(self._session)
+            probs, strength = rebind(x)
         strength = strength.reshape(n)
         # the output contract, by whole-array reductions (NaN propagates through min/max and
         # fails the comparisons); the offending row is looked for only on failure. The row
