@@ -32,7 +32,7 @@ _ONE_HOTS: Final = frozenset({(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)}
 # The fast paths: a float32 state's regime bytes when it is one-hot (+0.0 and 1.0 only; a -0.0
 # takes the full check, which accepts it), and the bounds laid out for wide column blocks.
 _F32: Final = np.dtype(np.float32)
-_SHAPE: Final = (STATE_DIM,)
+_NDARRAY: Final = np.ndarray
 _REGIME_BYTES: Final = slice(_REGIME.start * 4, _REGIME.stop * 4)
 _ONE_HOT_BYTES: Final = frozenset(np.array(h, dtype=np.float32).tobytes() for h in _ONE_HOTS)
 _BLOCK: Final = 64
@@ -156,12 +156,16 @@ def validate_state_into(values: object, out: FloatArray) -> None:
     a ``-0.0`` in the regime, every bad state) goes through ``validate_state_array`` itself. On
     an error ``out`` holds garbage.
     """
-    if type(values) is np.ndarray and values.dtype is _F32 and values.shape == _SHAPE:
-        _fmin(values, _HIGH32, out)
-        _fmax(out, _LOW32, out)
-        raw = values.tobytes()
-        if raw[_REGIME_BYTES] in _ONE_HOT_BYTES and out.tobytes() == raw:
-            return
+    if type(values) is _NDARRAY and values.dtype is _F32:
+        try:
+            _fmin(values, _HIGH32, out)
+        except ValueError:  # a shape that does not broadcast to (34,): the full check says so
+            pass
+        else:
+            _fmax(out, _LOW32, out)
+            raw = values.tobytes()  # a shape (), (1,) or other size: not 136 bytes, never equal
+            if out.tobytes() == raw and raw[_REGIME_BYTES] in _ONE_HOT_BYTES:
+                return
     np.copyto(out, validate_state_array(values))
 
 
