@@ -26,7 +26,9 @@ from typing import Any
 import numpy as np
 
 from otonom_runtime.integrity import PROBS_SUM_ATOL
-from otonom_runtime.policy import _ACTIONS, INPUT_NAME, OUTPUT_NAMES, _Slot, load_rl_policy
+from otonom_runtime.policy import INPUT_NAME, OUTPUT_NAMES, load_rl_policy
+from otonom_runtime.serving.rl_policy import _ACTIONS
+from otonom_runtime.serving.session import Slot as _Slot
 from otonom_runtime.testing.models import golden_states, make_policy_model
 from otonom_schema import RlState, validate_states
 
@@ -38,7 +40,7 @@ def _predict_unchecked(policy: Any, state: RlState) -> tuple[Any, float]:
     except AttributeError:
         slot = policy._local.slot = _Slot(policy._session)
     np.copyto(slot.row, x)
-    policy._run(slot.binding)
+    slot.run()
     p0, p1, p2 = slot.probs.tolist()[0]
     strength: float = slot.strength.item()
     action = _ACTIONS[(0 if p0 >= p2 else 2) if p0 >= p1 else (1 if p1 >= p2 else 2)]

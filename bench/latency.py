@@ -23,6 +23,14 @@ like the trainer's PolicyNet) in a temporary folder and measures:
 Samples of all single-state subjects are taken interleaved, round by round, so machine noise
 hits every subject alike and the ratios stay meaningful. Speed targets are checked here, never
 in the test suite. Results go to stdout as a table and, with ``--out``, to JSON.
+
+The targets are ratios measured in the same run (``RATIO_TARGETS``; the absolute targets were
+withdrawn: this machine's speed drifts up to 3x from day to day): ``predict`` with a raw (34,)
+float32 array <= 1.3x the pre-bound io_binding floor and with an ``RlState`` <= 1.2x (p50s of
+the interleaved single-state table); ``predict_batch`` >= 0.95x a bare ``session.run`` at 256,
+4096 and 65536 rows (``batch_ratios``: the two timed in alternating blocks, the median of the
+per-round ratios). ``--ratios`` measures only what the ratios need (no fresh processes, store
+tick or torch/numpy peers): the quick way to compare two trees.
 """
 
 from __future__ import annotations
@@ -49,13 +57,11 @@ from otonom_runtime.policy import load_rl_policy
 from otonom_runtime.testing.models import MlpWeights, make_policy_model
 from otonom_schema.testing import random_history
 
-TARGETS = {
-    "store_tick_p99_us": 300.0,
-    "predict_p50_us": 12.0,
-    "predict_p99_us": 25.0,
-    "batch_4096_states_per_s": 3e6,
-    "fresh_process_ms": 150.0,
-    "fresh_process_peak_rss_mb": 80.0,
+RATIO_SIZES = (256, 4096, 65536)
+RATIO_TARGETS: dict[str, tuple[str, float]] = {
+    "predict(array (34,)) / io_binding floor": ("<=", 1.3),
+    "predict(RlState) / io_binding floor": ("<=", 1.2),
+    **{f"predict_batch({n}) / session.run": (">=", 0.95) for n in RATIO_SIZES},
 }
 
 
@@ -233,6 +239,51 @@ def fresh_process(model: Path, runs: int) -> dict[str, Any]:
     return result
 
 
+def batch_ratios(
+    policy: Any, bare: Any, big: np.ndarray, budget_s: float, rounds: int
+) -> dict[str, dict[str, float]]:
+    """``predict_batch`` against a bare ``session.run`` at each of ``RATIO_SIZES``: in every
+    round each is timed for a block of ``budget_s / 2`` seconds, one right after the other (so
+    both see the same machine), and the ratio of their rates is taken; the median over the
+    rounds is reported with both rates' medians (states per second)."""
+    out: dict[str, dict[str, float]] = {}
+    for n in RATIO_SIZES:
+        x = np.ascontiguousarray(big[:n])
+        ours, peer, ratios = [], [], []
+        for _ in range(rounds):
+            a = throughput(lambda x=x: policy.predict_batch(x), n, budget_s / 2)
+            b = throughput(lambda x=x: bare.run(None, {"state": x}), n, budget_s / 2)
+            ours.append(a)
+            peer.append(b)
+            ratios.append(a / b)
+        out[str(n)] = {
+            "predict_batch": statistics.median(ours),
+            "session.run": statistics.median(peer),
+            "ratio": statistics.median(ratios),
+        }
+    return out
+
+
+def ratios(single: dict[str, Any], batch: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The values ``RATIO_TARGETS`` names."""
+    floor = single["ORT io_binding run"]["p50_us"]
+    out = {
+        "predict(array (34,)) / io_binding floor": single["predict(array (34,))"]["p50_us"] / floor,
+        "predict(RlState) / io_binding floor": single["predict(RlState)"]["p50_us"] / floor,
+    }
+    for n in RATIO_SIZES:
+        out[f"predict_batch({n}) / session.run"] = batch[str(n)]["ratio"]
+    return out
+
+
+def print_ratios(values: dict[str, float]) -> None:
+    print("\nratios (targets)")
+    for name, value in values.items():
+        op, limit = RATIO_TARGETS[name]
+        ok = value <= limit if op == "<=" else value >= limit
+        print(f"  {'MET   ' if ok else 'MISSED'} {name:<42} {value:6.2f}  ({op} {limit})")
+
+
 # --- main --------------------------------------------------------------------------------------
 
 
@@ -255,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--out", type=Path, help="write the results as JSON")
+    parser.add_argument("--ratios", action="store_true", help="only what the ratios need")
     args = parser.parse_args(argv)
 
     calls, rounds = (1000, 3) if args.quick else (5000, 6)
@@ -264,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="otonom-bench-"))
     model = tmp / "policy_best.onnx"
     weights = make_policy_model(model, hidden=args.hidden, layers=args.layers, seed=0)
-    fresh = fresh_process(model, fresh_runs)  # first, while this process is small
+    fresh = None if args.ratios else fresh_process(model, fresh_runs)  # while this is small
     policy = load_rl_policy(tmp)
 
     states = s.compute_states(random_history(400, seed=1))[s.LOOKBACK :]
@@ -280,6 +332,24 @@ def main(argv: list[str] | None = None) -> int:
     binding.bind_output("action_probs", "cpu", 0, np.float32, [1, 3], out_p.ctypes.data)
     binding.bind_output("strength", "cpu", 0, np.float32, [1, 1], out_s.ctypes.data)
     np_fwd = numpy_peer(weights)
+    big = np.resize(states, (65536, 34)).astype(np.float32)
+    if args.ratios:
+        single = interleaved_latency(
+            {
+                "predict(RlState)": lambda: policy.predict(state),
+                "predict(array (34,))": lambda: policy.predict(row),
+                "ORT io_binding run": lambda: bare.run_with_iobinding(binding),
+            },
+            calls,
+            rounds,
+        )
+        values = ratios(single, batch_ratios(policy, bare, big, budget, rounds))
+        print_ratios(values)
+        if args.out:
+            result = {"command": _command(argv), "machine": machine(), "single_state_us": single}
+            result["ratios"] = values
+            args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        return 0
     torch_info = torch_peer(weights)
 
     subjects: dict[str, Callable[[], object]] = {
@@ -297,7 +367,6 @@ def main(argv: list[str] | None = None) -> int:
     store = bench_store_state_predict(tmp, calls, rounds)
 
     batch: dict[str, dict[str, float]] = {}
-    big = np.resize(states, (65536, 34)).astype(np.float32)
     for n in (1, 256, 4096, 65536):
         x = np.ascontiguousarray(big[:n])
         row_out = {
@@ -311,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         batch[str(n)] = row_out
 
     results = {
-        "command": " ".join([".venv/bin/python", "bench/latency.py", *(argv or sys.argv[1:])]),
+        "command": _command(argv),
         "machine": machine(),
         "model": {"hidden": args.hidden, "layers": args.layers, "providers": policy.providers},
         "torch": torch_info[1] if torch_info is not None else None,
@@ -319,13 +388,18 @@ def main(argv: list[str] | None = None) -> int:
         "store_tick_us": store,
         "batch_states_per_s": batch,
         "fresh_process": fresh,
-        "targets": TARGETS,
+        "batch_ratios": batch_ratios(policy, bare, big, budget, rounds),
     }
+    results["ratios"] = ratios(single, results["batch_ratios"])
     print_report(results)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
         print(f"\nwrote {args.out}")
     return 0
+
+
+def _command(argv: list[str] | None) -> str:
+    return " ".join([".venv/bin/python", "bench/latency.py", *(argv or sys.argv[1:])])
 
 
 def print_report(r: dict[str, Any]) -> None:
@@ -369,36 +443,7 @@ def print_report(r: dict[str, Any]) -> None:
         f"(getrusage: {f['getrusage_maxrss_mb']:.1f} MB); a process that only "
         f"imports numpy: {f['numpy_only_wall_ms']:.0f} ms, {f['numpy_only_peak_rss_mb']:.1f} MB"
     )
-    t = r["targets"]
-    p = single["predict(RlState)"]
-    tick = r["store_tick_us"]["build_state + predict (SQLite)"]
-    checks = [
-        (
-            "build_state + predict p99 <= 300 us",
-            tick["p99_us"] <= t["store_tick_p99_us"],
-            f"{tick['p99_us']:.2f} us",
-        ),
-        ("predict p50 <= 12 us", p["p50_us"] <= t["predict_p50_us"], f"{p['p50_us']:.2f} us"),
-        ("predict p99 <= 25 us", p["p99_us"] <= t["predict_p99_us"], f"{p['p99_us']:.2f} us"),
-        (
-            "predict_batch(4096) >= 3 M/s",
-            r["batch_states_per_s"]["4096"]["predict_batch"] >= t["batch_4096_states_per_s"],
-            f"{r['batch_states_per_s']['4096']['predict_batch'] / 1e6:.2f} M/s",
-        ),
-        (
-            "fresh process <= 150 ms",
-            f["wall_ms"] <= t["fresh_process_ms"],
-            f"{f['wall_ms']:.0f} ms",
-        ),
-        (
-            "fresh process peak RSS <= 80 MB",
-            f["peak_rss_mb"] <= t["fresh_process_peak_rss_mb"],
-            f"{f['peak_rss_mb']:.1f} MB",
-        ),
-    ]
-    print("\ntargets")
-    for name, ok, got in checks:
-        print(f"  {'MET   ' if ok else 'MISSED'} {name:<34} {got}")
+    print_ratios(r["ratios"])
 
 
 if __name__ == "__main__":

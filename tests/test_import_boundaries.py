@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,3 +61,198 @@ def test_runtime_does_not_import_the_trainer_or_torch() -> None:
 def test_trainer_import_is_lazy_about_torch() -> None:
     # nothing happens at import time: torch is loaded by the modules that train, when used
     assert "torch" not in _imported_by("otonom_trainer")
+
+
+# --- every submodule, with torch blocked ---------------------------------------------------------
+# The tests above import only the lazy top-level packages: a module that imports torch (or the
+# trainer) at its top would slip through them until something imported that module. This probe
+# imports EVERY submodule of the given packages (pkgutil.walk_packages; ``__main__`` modules are
+# listed but not run: importing one runs its command line) in a fresh interpreter whose
+# sys.meta_path starts with a finder that refuses ``torch`` and records who asked, so even an
+# ``import torch`` inside ``try: ... except ImportError`` is caught.
+
+BLOCKED_PROBE = r"""
+import importlib, importlib.abc, json, pkgutil, sys, traceback
+
+blocked, attempts = set(sys.argv[1].split(",")), []
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in blocked:
+            frame = sys._getframe(1)
+            while frame and frame.f_code.co_filename.startswith("<frozen"):
+                frame = frame.f_back
+            attempts.append([name, frame.f_code.co_filename if frame else "?"])
+            raise ImportError(f"{name} is blocked by the import-boundary probe")
+        return None
+
+sys.meta_path.insert(0, Block())
+imported, failed = [], []
+for package in sys.argv[2:]:
+    root = importlib.import_module(package)
+    names = [package] + [
+        m.name for m in pkgutil.walk_packages(root.__path__, package + ".", onerror=lambda n: None)
+    ]
+    for name in names:
+        if name.rsplit(".", 1)[-1] == "__main__":
+            continue
+        try:
+            importlib.import_module(name)
+            imported.append(name)
+        except BaseException:
+            failed.append([name, traceback.format_exc(limit=3).strip().splitlines()[-1]])
+loaded = sorted({m.split(".")[0] for m in sys.modules} & blocked)
+print(json.dumps({"imported": imported, "failed": failed, "attempts": attempts, "loaded": loaded}))
+"""
+
+
+def _probe_blocked(
+    packages: list[str], blocked: str = "torch", path: list[str] | None = None
+) -> dict[str, list[Any]]:
+    env = dict(os.environ)
+    if path:
+        env["PYTHONPATH"] = os.pathsep.join([*path, env.get("PYTHONPATH", "")])
+    out = subprocess.run(
+        [sys.executable, "-c", BLOCKED_PROBE, blocked, *packages],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+    result: dict[str, list[Any]] = json.loads(out.stdout)
+    return result
+
+
+def test_every_schema_and_runtime_module_imports_without_torch() -> None:
+    result = _probe_blocked(["otonom_schema", "otonom_runtime"])
+    assert result["failed"] == []
+    assert result["attempts"] == []
+    assert result["loaded"] == []
+    imported = set(result["imported"])
+    # the walk really reached the sub-packages and their modules
+    assert {"otonom_schema._features", "otonom_runtime.serving.load", "otonom_runtime.cli"} <= (
+        imported
+    )
+    assert len(imported) >= 30
+
+
+def test_every_schema_module_imports_without_the_runtime_or_the_trainer() -> None:
+    result = _probe_blocked(["otonom_schema"], "torch,onnxruntime,otonom_runtime,otonom_trainer")
+    assert result["failed"] == []
+    assert result["attempts"] == []
+    assert result["loaded"] == []
+
+
+def test_the_torch_probe_fails_on_a_module_that_imports_torch(tmp_path: Path) -> None:
+    """The probe fails when ``import torch`` is planted in a copy of the runtime (at a module's
+    top, as in the issue's backtest.py experiment, and hidden in ``try/except ImportError``)."""
+    src = Path(__file__).resolve().parents[1] / "packages" / "runtime" / "src" / "otonom_runtime"
+    copy = tmp_path / "otonom_runtime"
+    shutil.copytree(src, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    target = copy / "serving" / "paths.py"
+    target.write_text(target.read_text() + "\nimport torch  # planted\n")
+    hidden = copy / "metrics.py"
+    hidden.write_text(
+        hidden.read_text() + "\ntry:\n    import torch\nexcept ImportError:\n    pass\n"
+    )
+    result = _probe_blocked(["otonom_runtime"], path=[str(tmp_path)])
+    failed = dict(result["failed"])
+    assert "otonom_runtime.serving.paths" in failed
+    assert "torch is blocked" in failed["otonom_runtime.serving.paths"]
+    by_file = {Path(f).name for _, f in result["attempts"]}
+    assert {"paths.py", "metrics.py"} <= by_file
+    assert all(name == "torch" for name, _ in result["attempts"])
+
+
+# --- the room rules, by a scan of every import statement -----------------------------------------
+# schema <- runtime <- trainer: otonom_schema imports nothing of otonom_runtime or
+# otonom_trainer, otonom_runtime nothing of otonom_trainer; torch only in otonom_trainer; and
+# production code (every module that is not a ``testing`` module itself) imports no ``testing``
+# module. Every import statement counts, at module level or inside a function (a lazy import
+# still makes the dependency), ``if TYPE_CHECKING:`` ones included.
+
+SRC = Path(__file__).resolve().parents[1] / "packages"
+ROOMS = {"otonom_schema": "schema", "otonom_runtime": "runtime", "otonom_trainer": "trainer"}
+FORBIDDEN = {
+    "otonom_schema": {"otonom_runtime", "otonom_trainer", "torch", "onnxruntime", "sqlalchemy"},
+    "otonom_runtime": {"otonom_trainer", "torch"},
+    "otonom_trainer": set(),
+}
+
+
+def _imports(path: Path, module: str) -> list[tuple[int, list[str]]]:
+    """``(line, names)`` for every imported module of the file: ``import a.b`` gives
+    ``["a.b"]``, ``from a import b`` gives ``["a", "a.b"]`` (``b`` may be a sub-module, such as
+    ``otonom_schema.testing``); relative imports are resolved against ``module``."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: list[tuple[int, list[str]]] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, [alias.name]) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                parts = parts[: len(parts) - node.level + 1]
+                base = ".".join([*parts, base] if base else parts)
+            found += [(node.lineno, [base, f"{base}.{alias.name}"]) for alias in node.names]
+    return found
+
+
+def _is_testing(name: str) -> bool:
+    """``name`` is (inside) one of our packages' ``testing`` modules."""
+    parts = name.split(".")
+    return parts[0] in ROOMS and len(parts) > 1 and parts[1] == "testing"
+
+
+def room_violations(packages_dir: Path) -> list[str]:
+    """Every import that breaks a room rule, as ``file:line: module imports name (rule)``."""
+    problems: set[str] = set()
+    for init in sorted(packages_dir.glob("*/src/*/__init__.py")):
+        top = init.parent.name
+        if top not in FORBIDDEN:
+            continue
+        for path in sorted(init.parent.rglob("*.py")):
+            parts = list(path.relative_to(init.parent.parent).with_suffix("").parts)
+            module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            for line, names in _imports(path, module):
+                where = f"{path.relative_to(packages_dir)}:{line}: {module} imports"
+                first = names[0].split(".")[0]
+                if first in FORBIDDEN[top]:
+                    problems.add(
+                        f"{where} {names[0]} (the {ROOMS[top]} room may not import {first})"
+                    )
+                testing = [n for n in names if _is_testing(n)]
+                if testing and not _is_testing(module):
+                    problems.add(f"{where} {testing[0]} (production code imports a testing module)")
+    return sorted(problems)
+
+
+def test_the_room_rules_hold() -> None:
+    assert room_violations(SRC) == []
+    assert len(list(SRC.glob("*/src/*/__init__.py"))) == 3  # the scan saw the three packages
+
+
+def test_the_room_rule_scan_finds_each_kind_of_violation(tmp_path: Path) -> None:
+    """A temporary tree with one violation of each rule (at module level, inside a function,
+    relative, and a testing module importing another, which is allowed)."""
+    for top in ROOMS:
+        (tmp_path / top / "src" / top).mkdir(parents=True)
+        (tmp_path / top / "src" / top / "__init__.py").write_text("")
+    schema = tmp_path / "otonom_schema" / "src" / "otonom_schema"
+    (schema / "bad.py").write_text("import otonom_runtime.store\n")
+    (schema / "testing.py").write_text("from otonom_schema import testing as t\n")
+    runtime = tmp_path / "otonom_runtime" / "src" / "otonom_runtime"
+    (runtime / "lazy.py").write_text("def f():\n    from otonom_trainer import train\n")
+    (runtime / "sub").mkdir()
+    (runtime / "sub" / "__init__.py").write_text("")
+    (runtime / "sub" / "rel.py").write_text("from ..testing import models\nimport torch.nn\n")
+    (runtime / "bench.py").write_text("from otonom_schema.testing import random_history\n")
+    problems = room_violations(tmp_path)
+    assert len(problems) == 5, problems
+    text = "\n".join(problems)
+    assert "otonom_schema.bad imports otonom_runtime.store (the schema room" in text
+    assert "otonom_runtime.lazy imports otonom_trainer (the runtime room" in text
+    assert "otonom_runtime.sub.rel imports otonom_runtime.testing (production code" in text
+    assert "otonom_runtime.sub.rel imports torch.nn (the runtime room may not import torch)" in text
+    assert "otonom_runtime.bench imports otonom_schema.testing (production code" in text

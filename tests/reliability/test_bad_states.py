@@ -27,6 +27,7 @@ LOW = np.array([f.low for f in s.FEATURES])
 HIGH = np.array([f.high for f in s.FEATURES])
 REGIME = [s.feature_index(n) for n in ("regime_low_vol", "regime_normal", "regime_high_vol")]
 DTYPES = [np.float32, np.float64]
+BLOCK = 64  # rows per block of validate_states' float32 range check
 
 F64 = npt.NDArray[np.float64]
 
@@ -42,19 +43,25 @@ def valid_states(draw: st.DrawFn) -> F64:
 
 
 def _refused(bad: object, pattern: str) -> None:
-    """Both entry points refuse ``bad`` as one state with a message matching ``pattern``."""
+    """The three entry points refuse ``bad`` as one state with a message matching ``pattern``
+    (``validate_state_into``: the fast path of ``RlPolicy.predict`` with an array)."""
     with pytest.raises(s.SchemaError, match=pattern):
         s.RlState.from_array(bad)
     with pytest.raises(s.SchemaError, match=pattern):
         s.validate_state_array(bad)
+    with pytest.raises(s.SchemaError, match=pattern):
+        s.validate_state_into(bad, np.zeros(N, dtype=np.float32))
 
 
 def _refused_in_batch(state: F64, dtype: type, row: int, size: int, pattern: str) -> None:
-    """``state`` as row ``row`` of a batch of ``size`` valid rows is refused naming the row."""
-    batch: npt.NDArray[np.floating] = np.tile(_plain_valid(), (size, 1)).astype(dtype)
-    batch[row] = state
-    with pytest.raises(s.SchemaError, match=rf"^row {row}: {pattern}"):
-        s.validate_states(batch)
+    """``state`` as row ``row`` of a batch of ``size`` valid rows is refused naming the row;
+    and in a batch of ``2 * BLOCK + size`` rows at ``row`` and at ``2 * BLOCK + row`` (the
+    float32 range check reduces whole blocks of 64 rows, then the rows after the last block)."""
+    for rows, at in ((size, row), (2 * BLOCK + size, row), (2 * BLOCK + size, 2 * BLOCK + row)):
+        batch: npt.NDArray[np.floating] = np.tile(_plain_valid(), (rows, 1)).astype(dtype)
+        batch[at] = state
+        with pytest.raises(s.SchemaError, match=rf"^row {at}: {pattern}"):
+            s.validate_states(batch)
 
 
 def _plain_valid() -> F64:
@@ -239,6 +246,10 @@ def test_valid_states_pass_as_arrays_lists_and_tuples(state: F64, dtype: type, h
     values: object = {"array": arr, "list": arr.tolist(), "tuple": tuple(arr.tolist())}[how]
     np.testing.assert_array_equal(s.RlState.from_array(values).to_array(), arr.astype(np.float32))
     assert s.validate_states(np.stack([arr, arr])).shape == (2, N)
+    assert s.validate_states(np.tile(arr, (2 * BLOCK + 3, 1))).shape == (2 * BLOCK + 3, N)
+    out = np.full(N, np.nan, dtype=np.float32)
+    s.validate_state_into(values, out)
+    np.testing.assert_array_equal(out, arr.astype(np.float32))
 
 
 @given(

@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 import pytest
 
-import otonom_runtime.policy as policy_mod
+import otonom_runtime.serving.load as load_mod
 from otonom_runtime import PolicyError, load_rl_policy
 from otonom_runtime.backtest import run_backtest
 from otonom_runtime.integrity import (
@@ -120,7 +120,7 @@ def test_every_weight_bit_flip_is_refused_by_the_digest_before_a_session(
     def no_session(*args: object, **kwargs: object) -> None:
         raise AssertionError("a session was made for a model whose digest does not match")
 
-    monkeypatch.setattr(policy_mod, "_make_session", no_session)
+    monkeypatch.setattr(load_mod, "make_session", no_session)
     tried = refused = 0
     for pos in positions:
         for bit in range(8):

@@ -485,7 +485,7 @@ def test_small_batches_run_pre_bound_and_agree_with_large_ones(policy: RlPolicy)
     those of the plain session call (the backtester relies on a row's answer not depending on
     its batch), and every call returns fresh arrays."""
     x = random_states(100, seed=9)
-    actions, strengths, probs = policy.predict_batch(x)  # > 64 rows: InferenceSession.run
+    actions, strengths, probs = policy.predict_batch(x)  # > 64 rows: bound per call
     for n in (1, 2, 10, 64):
         for _ in range(2):  # the second call reuses the binding
             a, st, p = policy.predict_batch(x[:n])
@@ -506,3 +506,55 @@ def test_threads_option(model: tuple[Path, MlpWeights], policy: RlPolicy) -> Non
     for bad in (0, -1, 1.5):
         with pytest.raises(PolicyError, match=r"threads=.*; expected an integer >= 1, or None"):
             load_rl_policy(model[0], threads=bad)  # type: ignore[arg-type]
+
+
+def test_the_bound_run_falls_back_to_the_public_wrapper_with_the_same_outputs(
+    tmp_path: Path,
+) -> None:
+    """``Slot.run`` calls onnxruntime's C++ session directly (one Python frame less on the
+    single-state hot path); a session without those private handles gets the public
+    ``run_with_iobinding`` wrapper, with the same outputs."""
+    import functools
+
+    from otonom_runtime.serving.session import Slot
+
+    make_policy_model(tmp_path / "policy_best.onnx")
+    session = load_rl_policy(tmp_path)._session
+
+    class PublicOnly:  # the session's public surface, without ``_sess``
+        def io_binding(self) -> object:
+            return session.io_binding()
+
+        def run_with_iobinding(self, binding: object) -> None:
+            session.run_with_iobinding(binding)
+
+    direct, public = Slot(session), Slot(PublicOnly())
+    assert isinstance(direct.run, functools.partial)
+    assert direct.run.func.__self__ is session._sess  # the C++ method, bound
+    assert isinstance(public.run, functools.partial)
+    assert public.run.func.__name__ == "run_with_iobinding"
+    assert public.run.func.__self__.__class__ is PublicOnly
+    x = np.zeros(34, dtype=np.float32)
+    x[29] = 1.0  # regime_normal
+    for slot in (direct, public):
+        slot.row[:] = x
+        slot.run()
+    assert direct.out.tolist() == public.out.tolist()
+    assert public.out.sum() > 0.0
+
+
+def test_large_batches_are_bound_per_call_to_fresh_outputs(policy: RlPolicy) -> None:
+    """Batches over 64 states are bound per call to the caller's states and to fresh output
+    arrays: the answers are the plain ``InferenceSession.run``'s, bit for bit, and a later
+    call (another size) leaves earlier results alone."""
+    x = random_states(300, seed=10)
+    expected = policy._session.run(None, {"state": x})
+    _a, strengths, probs = policy.predict_batch(x)
+    np.testing.assert_array_equal(probs, expected[0])
+    np.testing.assert_array_equal(strengths, expected[1].reshape(-1))
+    kept = probs.copy(), strengths.copy()
+    other = policy.predict_batch(x[::-1][:200])
+    np.testing.assert_array_equal(other[2], expected[0][::-1][:200])
+    np.testing.assert_array_equal(probs, kept[0])
+    np.testing.assert_array_equal(strengths, kept[1])
+    assert not np.shares_memory(probs, other[2])

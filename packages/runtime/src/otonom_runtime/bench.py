@@ -72,7 +72,7 @@ def throughput(fn: Callable[[], object], rows: int, budget_s: float) -> float:
 
 def _demo_states() -> np.ndarray:
     from otonom_schema import LOOKBACK, compute_states
-    from otonom_schema.testing import random_history
+    from otonom_schema.synthetic import random_history
 
     return compute_states(random_history(LOOKBACK + 300, seed=1))[LOOKBACK:]
 

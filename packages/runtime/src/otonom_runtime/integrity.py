@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -35,10 +35,16 @@ import numpy as np
 import numpy.typing as npt
 
 from otonom_runtime._errors import PolicyError
+from otonom_runtime.serving.wire import (
+    METADATA_FIELD,
+    Malformed,
+    encode_varint,
+    split_metadata,
+)
 from otonom_schema import STATE_DIM, SchemaError, validate_states
 
 if TYPE_CHECKING:
-    from otonom_runtime.policy import RlPolicy
+    from otonom_runtime.serving.rl_policy import RlPolicy
 
 __all__ = [
     "DIGEST_KEY",
@@ -93,105 +99,11 @@ tails, where a changed weight barely moves the output."""
 _FALLBACK_MARGIN: Final = 4 * GOLDEN_ATOL
 """The least margin of a golden state when too few states meet the preferred rules: still
 twice what the tolerance can move."""
-_METADATA_FIELD: Final = 14
-_ENTRY_KEY, _ENTRY_VALUE = 1, 2
 
 F32 = npt.NDArray[np.float32]
 
 
-class _Malformed(Exception):
-    pass
-
-
-# --- wire format -------------------------------------------------------------------------------
-
-
-def _varint(buf: bytes, i: int, end: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if i >= end or shift > 63:
-            raise _Malformed(f"a truncated or overlong varint at byte {i}")
-        b = buf[i]
-        i += 1
-        value |= (b & 0x7F) << shift
-        if b < 0x80:
-            return value, i
-        shift += 7
-
-
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _fields(buf: bytes, start: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
-    """``(field, wire, field_start, payload_start, field_end)`` for each field of one message
-    in ``buf[start:end]`` (groups are refused: ONNX has none)."""
-    i = start
-    while i < end:
-        begin = i
-        key, i = _varint(buf, i, end)
-        field, wire = key >> 3, key & 7
-        if field == 0:
-            raise _Malformed(f"field number 0 at byte {begin}")
-        payload = i
-        if wire == 0:
-            _, i = _varint(buf, i, end)
-        elif wire == 1:
-            i += 8
-        elif wire == 5:
-            i += 4
-        elif wire == 2:
-            n, payload = _varint(buf, i, end)
-            i = payload + n
-        else:
-            raise _Malformed(f"wire type {wire} at byte {begin}")
-        if i > end:
-            raise _Malformed(f"field {field} at byte {begin} runs past the end (byte {end})")
-        yield field, wire, begin, payload, i
-
-
-def _entry(buf: bytes, start: int, end: int) -> tuple[bytes, bytes]:
-    """A ``StringStringEntryProto``'s raw key and value (the last of each wins, as in
-    protobuf)."""
-    key = value = b""
-    for field, wire, _, payload, stop in _fields(buf, start, end):
-        if wire == 2 and field == _ENTRY_KEY:
-            key = buf[payload:stop]
-        elif wire == 2 and field == _ENTRY_VALUE:
-            value = buf[payload:stop]
-    return key, value
-
-
-def _split(
-    data: bytes,
-) -> tuple[list[tuple[int, memoryview]], list[tuple[bytes, bytes]], int | None]:
-    """The top-level fields of a ``ModelProto`` but its metadata (``(field number, raw bytes)``
-    in order, as views of ``data``: no copy of a large graph), its metadata entries (raw key,
-    raw value) in order, and the index among the former where the first metadata field stood
-    (None: there was none)."""
-    view = memoryview(data)
-    rest: list[tuple[int, memoryview]] = []
-    entries: list[tuple[bytes, bytes]] = []
-    where: int | None = None
-    for field, wire, begin, payload, stop in _fields(data, 0, len(data)):
-        if field == _METADATA_FIELD and wire == 2:
-            if where is None:
-                where = len(rest)
-            entries.append(_entry(data, payload, stop))
-        else:
-            rest.append((field, view[begin:stop]))
-    return rest, entries, where
-
-
-def _malformed(source: object, exc: _Malformed) -> PolicyError:
+def _malformed(source: object, exc: Malformed) -> PolicyError:
     return PolicyError(
         f"{source} is not a valid ONNX model: its protobuf encoding is malformed ({exc})"
     )
@@ -203,8 +115,8 @@ def model_digest(data: bytes) -> str:
     fields kept byte for byte in their order. Raises ``PolicyError`` for bytes that are not a
     well-formed protobuf message."""
     try:
-        rest, _, _ = _split(data)
-    except _Malformed as exc:
+        rest, _, _ = split_metadata(data)
+    except Malformed as exc:
         raise _malformed("the data", exc) from None
     h = hashlib.sha256()
     for _, raw in rest:
@@ -228,8 +140,8 @@ def scan_model(data: bytes, source: str | os.PathLike[str] = "<model bytes>") ->
     that is not valid UTF-8, or a key that occurs twice (which of two values a reader takes is
     not something to leave to chance)."""
     try:
-        rest, entries, _ = _split(data)
-    except _Malformed as exc:
+        rest, entries, _ = split_metadata(data)
+    except Malformed as exc:
         raise _malformed(source, exc) from None
     h = hashlib.sha256()
     for _, raw in rest:
@@ -261,8 +173,8 @@ def with_metadata(data: bytes, updates: Mapping[str, str | None]) -> bytes:
     are kept byte for byte (so ``model_digest`` does not change). The entries are written where
     protobuf writes them (in field-number order). Raises ``PolicyError`` for malformed bytes."""
     try:
-        rest, entries, where = _split(data)
-    except _Malformed as exc:
+        rest, entries, where = split_metadata(data)
+    except Malformed as exc:
         raise _malformed("the data", exc) from None
     pending = {k.encode("utf-8"): v for k, v in updates.items()}
     kept: list[tuple[bytes, bytes]] = []
@@ -281,11 +193,11 @@ def with_metadata(data: bytes, updates: Mapping[str, str | None]) -> bytes:
     blob = bytearray()
     for key, value in kept:
         entry = (
-            b"\x0a" + _encode_varint(len(key)) + key + b"\x12" + _encode_varint(len(value)) + value
+            b"\x0a" + encode_varint(len(key)) + key + b"\x12" + encode_varint(len(value)) + value
         )
-        blob += bytes([(_METADATA_FIELD << 3) | 2]) + _encode_varint(len(entry)) + entry
+        blob += bytes([(METADATA_FIELD << 3) | 2]) + encode_varint(len(entry)) + entry
     if where is None:
-        where = next((n for n, (f, _) in enumerate(rest) if f > _METADATA_FIELD), len(rest))
+        where = next((n for n, (f, _) in enumerate(rest) if f > METADATA_FIELD), len(rest))
     raws = [raw for _, raw in rest]
     return b"".join(raws[:where]) + bytes(blob) + b"".join(raws[where:])
 
@@ -476,7 +388,7 @@ def decode_golden(text: str, source: str | os.PathLike[str] = "<model>") -> Gold
 def check_format(metadata: Mapping[str, str], source: str | os.PathLike[str]) -> None:
     """Refuse a model that is not model format 2 or lacks its digest or golden sample, saying
     how to make one that is. Raises ``PolicyError`` naming ``source``."""
-    from otonom_runtime.policy import MODEL_FORMAT
+    from otonom_runtime.serving.contract import MODEL_FORMAT
 
     fmt = metadata.get(FORMAT_KEY)
     fix = (
@@ -555,7 +467,7 @@ def _fmt(values: npt.NDArray[Any]) -> str:
 def _run(data: bytes, states: F32) -> tuple[F32, F32]:
     import onnxruntime as ort
 
-    from otonom_runtime.policy import INPUT_NAME, OUTPUT_NAMES
+    from otonom_runtime.serving.contract import INPUT_NAME, OUTPUT_NAMES
 
     options = ort.SessionOptions()
     options.log_severity_level = 4
@@ -582,7 +494,8 @@ def seal_model(
     ``otonom.model_format`` (``"2"``), ``otonom.golden`` and ``otonom.digest``; other metadata
     is kept. Raises ``ValueError`` when no golden row qualifies, ``PolicyError`` for bytes that
     are not a protobuf message."""
-    from otonom_runtime.policy import MODEL_FORMAT, write_sha256_sidecar
+    from otonom_runtime.serving.contract import MODEL_FORMAT
+    from otonom_runtime.serving.files import write_sha256_sidecar
 
     path: Path | None = None
     if isinstance(model, (bytes, bytearray)):

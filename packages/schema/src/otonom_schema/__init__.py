@@ -39,7 +39,13 @@ from otonom_schema._spec import (
     feature_table_markdown,
     schema_fingerprint,
 )
-from otonom_schema._state import RANGE_TOLERANCE, RlState, validate_state_array, validate_states
+from otonom_schema._state import (
+    RANGE_TOLERANCE,
+    RlState,
+    validate_state_array,
+    validate_state_into,
+    validate_states,
+)
 
 __version__ = "0.1.0"
 
@@ -77,5 +83,6 @@ __all__ = [
     "schema_fingerprint",
     "sentiment_feature",
     "validate_state_array",
+    "validate_state_into",
     "validate_states",
 ]

@@ -12,7 +12,13 @@ import numpy.typing as npt
 from otonom_schema._errors import SchemaError
 from otonom_schema._spec import FEATURE_NAMES, FEATURES, N_RETURNS, STATE_DIM, feature_index
 
-__all__ = ["RANGE_TOLERANCE", "RlState", "validate_state_array", "validate_states"]
+__all__ = [
+    "RANGE_TOLERANCE",
+    "RlState",
+    "validate_state_array",
+    "validate_state_into",
+    "validate_states",
+]
 
 RANGE_TOLERANCE: Final = 1e-6
 """Values may leave their documented range by this much (float rounding) and still validate."""
@@ -23,6 +29,18 @@ _LOW32: Final = _LOW.astype(np.float32)
 _HIGH32: Final = _HIGH.astype(np.float32)
 _REGIME: Final = slice(feature_index("regime_low_vol"), feature_index("regime_high_vol") + 1)
 _ONE_HOTS: Final = frozenset({(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)})
+# The fast paths: a float32 state's regime bytes when it is one-hot (+0.0 and 1.0 only; a -0.0
+# takes the full check, which accepts it), and the bounds laid out for wide column blocks.
+_F32: Final = np.dtype(np.float32)
+_NDARRAY: Final = np.ndarray
+_REGIME_BYTES: Final = slice(_REGIME.start * 4, _REGIME.stop * 4)
+_ONE_HOT_BYTES: Final = frozenset(np.array(h, dtype=np.float32).tobytes() for h in _ONE_HOTS)
+_BLOCK: Final = 64
+"""Rows per wide block of the batch range check: the column minima and maxima are reduced over
+(N / 64, 64 * 34) views, whose long rows numpy vectorises (a reduction over (N, 34) runs its
+inner loop 34 elements at a time)."""
+_fmin: Final = np.fmin
+_fmax: Final = np.fmax
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -127,6 +145,50 @@ def validate_state_array(values: object) -> FloatArray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
+def validate_state_into(values: object, out: FloatArray) -> None:
+    """``validate_state_array(values)`` written into ``out``, a float32 (34,) array the caller
+    owns (a model's bound input buffer): the same rules, the same ``SchemaError`` messages.
+
+    The hot path of ``RlPolicy.predict``: a plain float32 (34,) ndarray is clamped into ``out``
+    by two ufuncs (``fmin``/``fmax``, which turn NaN into a bound) and accepted when nothing
+    moved (the bytes are equal) and its regime bytes are one of the three one-hots; that is a
+    subset of what ``validate_state_array`` accepts, and everything else (other dtypes, lists,
+    a ``-0.0`` in the regime, every bad state) goes through ``validate_state_array`` itself. On
+    an error ``out`` holds garbage.
+    """
+    if type(values) is _NDARRAY and values.dtype is _F32:
+        try:
+            _fmin(values, _HIGH32, out)
+        except ValueError:  # a shape that does not broadcast to (34,): the full check says so
+            pass
+        else:
+            _fmax(out, _LOW32, out)
+            raw = values.tobytes()  # a shape (), (1,) or other size: not 136 bytes, never equal
+            if out.tobytes() == raw and raw[_REGIME_BYTES] in _ONE_HOT_BYTES:
+                return
+    np.copyto(out, validate_state_array(values))
+
+
+def _in_range32(arr: FloatArray) -> bool:
+    """True when every value of a C-contiguous float32 (N, 34) array lies within its bounds
+    (False for NaN: it propagates through the minima and maxima and fails the comparisons)."""
+    n = arr.shape[0]
+    wide = n // _BLOCK * _BLOCK
+    parts = []
+    if wide:
+        block = arr[:wide].reshape(-1, _BLOCK * STATE_DIM)
+        parts.append(
+            (
+                block.min(axis=0).reshape(_BLOCK, STATE_DIM).min(axis=0),
+                block.max(axis=0).reshape(_BLOCK, STATE_DIM).max(axis=0),
+            )
+        )
+    if wide < n:
+        tail = arr[wide:]
+        parts.append((tail.min(axis=0), tail.max(axis=0)))
+    return all(bool((lo >= _LOW32).all() and (hi <= _HIGH32).all()) for lo, hi in parts)
+
+
 def validate_states(values: object) -> FloatArray:
     """Check a batch of states and return a contiguous float32 array of shape (N, 34).
 
@@ -135,9 +197,14 @@ def validate_states(values: object) -> FloatArray:
     arr = _as_float(values, "states")
     if arr.ndim != 2 or arr.shape[1] != STATE_DIM:
         raise SchemaError(f"states have shape {arr.shape}; expected (N, {STATE_DIM})")
-    # bounds in the array's own dtype; NaN fails every comparison and all bounds are finite
-    low, high = (_LOW32, _HIGH32) if arr.dtype == np.float32 else (_LOW, _HIGH)
-    in_range = ((arr >= low) & (arr <= high)).all(axis=1)
+    # bounds in the array's own dtype; NaN fails every comparison and all bounds are finite.
+    # A C-contiguous float32 batch (the model's input: every predict_batch) is checked by
+    # column minima and maxima first, and row by row only when that fails (to name the row).
+    if arr.dtype == np.float32 and arr.flags.c_contiguous and arr.shape[0] and _in_range32(arr):
+        in_range: np.bool_ | npt.NDArray[np.bool_] = np.True_
+    else:
+        low, high = (_LOW32, _HIGH32) if arr.dtype == np.float32 else (_LOW, _HIGH)
+        in_range = ((arr >= low) & (arr <= high)).all(axis=1)
     # exactly one-hot, by comparisons only (no arithmetic: inf or NaN in a row raises no
     # floating-point warning and fails every test): (1, 0, 0), (0, 1, 0) or (0, 0, 1)
     r = _REGIME.start

@@ -206,11 +206,11 @@ def build_metadata(
 def default_parity_states(n: int = 300, *, seed: int = 0) -> npt.NDArray[np.float32]:
     """``n`` valid, varied states for the parity check when no held-out states are given.
 
-    Market features from ``otonom_schema.testing.random_history`` (calm, normal and turbulent
+    Market features from ``otonom_schema.synthetic.random_history`` (calm, normal and turbulent
     spells), portfolio features drawn at random within their ranges, sentiment from
     ``random_sentiment``; computed by ``otonom_schema.compute_states`` like real data.
     """
-    from otonom_schema.testing import random_history, random_sentiment
+    from otonom_schema.synthetic import random_history, random_sentiment
 
     rng = np.random.default_rng(seed)
     history = random_history(n, seed=seed)

@@ -1,0 +1,222 @@
+"""``RlPolicy``: a loaded, checked ONNX policy and its predict paths (one state, a batch), each
+result held to the output contract."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from pathlib import Path
+from typing import Any, Final, Literal, overload
+
+import numpy as np
+import numpy.typing as npt
+
+from otonom_runtime._errors import PolicyError
+from otonom_runtime.integrity import PROBS_SUM_ATOL
+from otonom_runtime.serving.session import Rebind, Slot
+from otonom_schema import Action, RlState, validate_state_into, validate_states
+
+__all__ = ["RlPolicy"]
+
+_ACTIONS: Final = (Action.HOLD, Action.BUY, Action.SELL)
+
+F32 = npt.NDArray[np.float32]
+
+
+_BOUND_BATCH: Final = 64
+"""``predict_batch`` runs batches up to this size through a cached pre-bound I/O binding (one
+per size and thread): for small batches, as a backtest that steps many symbols a day at a
+time makes, ``InferenceSession.run`` costs more in binding and allocating than the model does."""
+
+
+class RlPolicy:
+    """A loaded ONNX policy (make one with ``load_rl_policy``). Safe to share across threads.
+
+    Attributes: ``path`` (the ``.onnx`` file), ``sha256`` (its verified hash), ``providers``
+    (onnxruntime execution providers in use), ``device`` (as requested).
+    """
+
+    def __init__(
+        self,
+        session: Any,
+        *,
+        path: Path,
+        sha256: str,
+        metadata: dict[str, Any],
+        device: str,
+    ) -> None:
+        self._session = session
+        self._local = threading.local()
+        self._metadata = metadata
+        self.path = path
+        self.sha256 = sha256
+        self.device = device
+        self.providers: list[str] = list(session.get_providers())
+
+    def __repr__(self) -> str:
+        return (
+            f"RlPolicy(path={str(self.path)!r}, schema={self._metadata.get('schema_version')}, "
+            f"providers={self.providers})"
+        )
+
+    @overload
+    def predict(
+        self, state: RlState | npt.ArrayLike, return_probs: Literal[False] = False
+    ) -> tuple[Action, float]: ...
+
+    @overload
+    def predict(
+        self, state: RlState | npt.ArrayLike, return_probs: Literal[True]
+    ) -> tuple[Action, float, F32]: ...
+
+    def predict(
+        self, state: RlState | npt.ArrayLike, return_probs: bool = False
+    ) -> tuple[Action, float] | tuple[Action, float, F32]:
+        """The policy's decision for one state.
+
+        ``state``: an ``RlState`` (already valid: used as is) or a (34,) array-like in
+        ``FEATURE_NAMES`` order, validated with ``otonom_schema.validate_state_into`` (NaN,
+        inf, out-of-range values or a wrong shape raise ``otonom_schema.SchemaError``).
+
+        Returns ``(action, strength)``, or ``(action, strength, probs)`` with
+        ``return_probs=True``: ``action`` is the ``Action`` with the highest probability (the
+        first on a tie), ``strength`` a python float in [0, 1], ``probs`` a fresh float32 array
+        of shape (3,) indexed by ``Action`` (HOLD, BUY, SELL).
+
+        Raises ``PolicyError`` when the model's output breaks the contract (a non-finite value,
+        a negative probability, probabilities that do not sum to 1 within
+        ``integrity.PROBS_SUM_ATOL``, a strength outside [0, 1]), as ``predict_batch`` does.
+        """
+        try:
+            slot: Slot = self._local.slot
+        except AttributeError:  # this thread's first call
+            slot = self._local.slot = Slot(self._session)
+        if isinstance(state, RlState):
+            np.copyto(slot.row, state.to_array(copy=False))
+        else:  # validated straight into the bound input (SchemaError: the buffer is rewritten)
+            validate_state_into(state, slot.row)
+        slot.run()
+        # python floats read out of the bound buffer: the caller never sees that buffer
+        p0, p1, p2, strength = slot.out.tolist()
+        # the output contract (NaN fails every comparison; inf fails the sum or the range)
+        if not (
+            p0 >= 0.0
+            and p1 >= 0.0
+            and p2 >= 0.0
+            and abs(p0 + p1 + p2 - 1.0) <= PROBS_SUM_ATOL
+            and 0.0 <= strength <= 1.0
+        ):
+            raise _contract_error(self.path, 0, np.array([[p0, p1, p2]]), np.array([strength]))
+        action = _ACTIONS[(0 if p0 >= p2 else 2) if p0 >= p1 else (1 if p1 >= p2 else 2)]
+        if return_probs:
+            return action, strength, np.array((p0, p1, p2), dtype=np.float32)
+        return action, strength
+
+    def predict_batch(self, states: npt.ArrayLike) -> tuple[npt.NDArray[np.int64], F32, F32]:
+        """Decisions for a batch: ``states`` (N, 34) -> ``(actions, strengths, probs)``.
+
+        ``actions`` int64 (N,) (``Action`` values, argmax of ``probs``), ``strengths`` float32
+        (N,), ``probs`` float32 (N, 3); all fresh arrays. ``states`` is validated with
+        ``otonom_schema.validate_states`` (``SchemaError`` names the first bad row). N = 0
+        (shape (0, 34)) gives three empty arrays without running the model. Raises
+        ``PolicyError`` naming the first row whose output breaks the contract (see
+        ``predict``).
+        """
+        x = validate_states(states)
+        n = x.shape[0]
+        if n == 0:
+            return (
+                np.empty(0, dtype=np.int64),
+                np.empty(0, dtype=np.float32),
+                np.empty((0, 3), dtype=np.float32),
+            )
+        if n <= _BOUND_BATCH:
+            try:
+                slots: dict[int, Slot] = self._local.batch_slots
+            except AttributeError:  # this thread's first call
+                slots = self._local.batch_slots = {}
+            slot = slots.get(n)
+            if slot is None:
+                slot = slots[n] = Slot(self._session, n)
+            np.copyto(slot.state, x)
+            slot.run()
+            probs, strength = slot.probs.copy(), slot.strength.copy()  # fresh, the caller's
+        else:
+            try:
+                rebind: Rebind = self._local.rebind
+            except AttributeError:  # this thread's first large batch
+                rebind = self._local.rebind = Rebind(self._session)
+            probs, strength = rebind(x)
+        strength = strength.reshape(n)
+        # the output contract, by whole-array reductions (NaN propagates through min/max and
+        # fails the comparisons); the offending row is looked for only on failure. The row
+        # sums by three strided adds: numpy's sum over a short axis costs 6x more.
+        sums = probs[:, 0] + probs[:, 1]
+        sums += probs[:, 2]
+        if not (
+            probs.min() >= 0.0
+            and strength.min() >= 0.0
+            and strength.max() <= 1.0
+            and sums.min() >= 1.0 - PROBS_SUM_ATOL
+            and sums.max() <= 1.0 + PROBS_SUM_ATOL
+        ):
+            raise _contract_error(self.path, None, probs, strength)
+        actions = probs.argmax(axis=1).astype(np.int64, copy=False)
+        return actions, strength, probs
+
+    @property
+    def degenerate_reason(self) -> str | None:
+        """Why training marked this model degenerate (its metrics' ``degenerate.reason``: e.g.
+        it predicts one action on almost every validation row), or None: not marked, or a
+        model trained before the mark existed. Read from the metadata only."""
+        mark = self._metadata.get("degenerate")
+        if not isinstance(mark, dict):
+            return None
+        return str(mark.get("reason") or "marked degenerate at training")
+
+    def get_metadata(self) -> dict[str, Any]:
+        """The model's metadata, decoded (a fresh copy the caller may change).
+
+        Every ``otonom.*`` key without its prefix (``schema_version``, ``feature_names`` (a
+        list), ``metrics`` (a dict), ``training_config``, ...), the metrics also at the top level
+        (``get_metadata()["val_action_acc"]``), other keys as stored, and ``path``, ``sha256``
+        and ``providers``.
+        """
+        out = copy.deepcopy(self._metadata)
+        out.update(path=str(self.path), sha256=self.sha256, providers=list(self.providers))
+        return out
+
+
+def _contract_error(
+    path: Path, row: int | None, probs: npt.NDArray[Any], strength: npt.NDArray[Any]
+) -> PolicyError:
+    """The ``PolicyError`` for outputs that break the contract: names the model, the first
+    offending row (``row``: the single state's index, or None to find it in the batch) and the
+    value."""
+    p = np.asarray(probs, dtype=np.float64).reshape(-1, 3)
+    s = np.asarray(strength, dtype=np.float64).reshape(-1)
+    with np.errstate(invalid="ignore"):
+        sums = p.sum(axis=1)
+        bad_p = np.logical_not((p >= 0.0).all(axis=1))
+        bad_sum = np.logical_not(np.abs(sums - 1.0) <= PROBS_SUM_ATOL)
+        bad_s = np.logical_not((s >= 0.0) & (s <= 1.0))
+    if row is None:
+        rows = np.flatnonzero(bad_p | bad_sum | bad_s)
+        row = int(rows[0]) if rows.size else 0
+        where = f"row {row} of {len(s)}"
+    else:
+        where = "the state"
+    i = row if row < len(s) else 0
+    if bad_s[i]:
+        what = f"strength {float(s[i])!r}, expected a finite number in [0, 1]"
+    elif bad_p[i]:
+        what = f"action_probs {p[i].tolist()}, expected finite probabilities >= 0"
+    else:
+        what = (
+            f"action_probs {p[i].tolist()} summing to {float(sums[i])!r}, expected a sum of 1 "
+            f"(within {PROBS_SUM_ATOL:g})"
+        )
+    return PolicyError(
+        f"{path} broke the output contract for {where}: {what} (docs/model-format.md); the "
+        "model is broken: no decision is made from it"
+    )

@@ -1,0 +1,133 @@
+"""The onnxruntime session of a policy (providers, options, quiet logging) and the pre-bound
+I/O bindings its hot paths run through."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from otonom_runtime._errors import PolicyError
+from otonom_runtime.serving.contract import INPUT_NAME
+from otonom_schema import STATE_DIM
+
+__all__ = ["DEVICES", "Rebind", "Slot", "make_session", "providers"]
+
+DEVICES: Final = ("cpu", "cuda", "auto")
+
+F32 = npt.NDArray[np.float32]
+
+
+def providers(ort: Any, device: str) -> list[str]:
+    if device not in DEVICES:
+        raise PolicyError(f"device={device!r}; expected one of {DEVICES}")
+    available = list(ort.get_available_providers())
+    has_cuda = "CUDAExecutionProvider" in available
+    if device == "cuda" and not has_cuda:
+        raise PolicyError(
+            f"device='cuda' but onnxruntime {ort.__version__} has no CUDAExecutionProvider "
+            f"(available: {available}); install onnxruntime-gpu matching your CUDA, or use "
+            "device='cpu' or device='auto'"
+        )
+    if device == "cpu" or not has_cuda:
+        return ["CPUExecutionProvider"]
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def make_session(
+    ort: Any, data: bytes, model: Path, providers: list[str], threads: int | None = None
+) -> Any:
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    # A daemon mostly idles: worker threads sleep instead of spinning between calls.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    # fatal only: no warnings on stderr of the daemon, and the errors are raised (PolicyError)
+    options.log_severity_level = 4
+    try:
+        # CPU only: no "EP Error ... Falling back to CPU and retrying" print and second try (the
+        # same CPU session again) when the bytes are bad; the error is raised below
+        fallback = {} if "CUDAExecutionProvider" in providers else {"enable_fallback": 0}
+        return ort.InferenceSession(data, sess_options=options, providers=providers, **fallback)
+    except Exception as exc:  # onnxruntime raises its own (pybind) exception types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PolicyError(
+            f"{model} is not a valid ONNX model that onnxruntime {ort.__version__} can load: "
+            f"{first}"
+        ) from exc
+
+
+class Slot:
+    """One thread's pre-bound I/O binding for batches of ``n`` states and the buffers it points
+    to (``predict``: n = 1; ``predict_batch``: one per small batch size).
+
+    ``out`` holds both outputs side by side, row by row: ``probs`` (n, 3) and ``strength``
+    (n, 1) are views of it, so ``predict`` reads a state's four numbers with one ``tolist``
+    (n = 1: ``out`` is ``[p_hold, p_buy, p_sell, strength]``)."""
+
+    __slots__ = ("binding", "out", "probs", "row", "run", "state", "strength")
+
+    def __init__(self, session: Any, n: int = 1) -> None:
+        self.state: F32 = np.zeros((n, STATE_DIM), dtype=np.float32)
+        self.row: F32 = self.state[0]
+        if n == 1:
+            self.out: F32 = np.zeros(4, dtype=np.float32)
+            self.probs: F32 = self.out[:3].reshape(1, 3)
+            self.strength: F32 = self.out[3:].reshape(1, 1)
+        else:  # two buffers: a bound output must be contiguous
+            self.out = np.zeros(0, dtype=np.float32)
+            self.probs = np.zeros((n, 3), dtype=np.float32)
+            self.strength = np.zeros((n, 1), dtype=np.float32)
+        binding = session.io_binding()
+        binding.bind_input(INPUT_NAME, "cpu", 0, np.float32, [n, STATE_DIM], self.state.ctypes.data)
+        binding.bind_output("action_probs", "cpu", 0, np.float32, [n, 3], self.probs.ctypes.data)
+        binding.bind_output("strength", "cpu", 0, np.float32, [n, 1], self.strength.ctypes.data)
+        self.binding = binding
+        self.run: Callable[[], object] = _runner(session, binding)
+
+
+class Rebind:
+    """One thread's I/O binding for batches larger than the cached ``Slot`` sizes, bound anew
+    on every call to the caller's validated states and to fresh output arrays, which are
+    returned (the caller's own). onnxruntime then writes the outputs in place: no allocation
+    through its allocator and no conversion to numpy arrays, which ``InferenceSession.run``
+    pays on every call. The binding keeps the last call's addresses until the next call binds
+    new ones; it is never run without binding first."""
+
+    __slots__ = ("binding", "run")
+
+    def __init__(self, session: Any) -> None:
+        self.binding = session.io_binding()
+        self.run: Callable[[], object] = _runner(session, self.binding)
+
+    def __call__(self, states: F32) -> tuple[F32, F32]:
+        """``(probs (n, 3), strength (n, 1))`` for C-contiguous float32 ``states`` (n, 34)."""
+        n = states.shape[0]
+        probs = np.empty((n, 3), dtype=np.float32)
+        strength = np.empty((n, 1), dtype=np.float32)
+        bind = self.binding
+        bind.bind_input(INPUT_NAME, "cpu", 0, np.float32, [n, STATE_DIM], states.ctypes.data)
+        bind.bind_output("action_probs", "cpu", 0, np.float32, [n, 3], probs.ctypes.data)
+        bind.bind_output("strength", "cpu", 0, np.float32, [n, 1], strength.ctypes.data)
+        self.run()
+        return probs, strength
+
+
+def _runner(session: Any, binding: Any) -> Callable[[], object]:
+    """``session.run_with_iobinding(binding)`` as one call without a Python frame.
+
+    onnxruntime's ``InferenceSession.run_with_iobinding`` is a one-line Python wrapper over its
+    C++ session (``_sess``) and binding (``_iobinding``); on the single-state hot path that
+    wrapper costs a tenth of the model, so the C++ method is bound directly. An onnxruntime
+    without those attributes gets the public wrapper (same result, one frame slower).
+    """
+    inner, raw = getattr(session, "_sess", None), getattr(binding, "_iobinding", None)
+    method = getattr(inner, "run_with_iobinding", None)
+    if method is None or raw is None:
+        return functools.partial(session.run_with_iobinding, binding)
+    return functools.partial(method, raw, None)
