@@ -7,6 +7,8 @@ This module holds the training loop, ``BehaviorCloningTrainer``; the rooms it us
     training/data.py        resolve_device, split_rows, epoch_indices, the split on the device
     training/optim.py       FlatAdam, make_optimizer (the seam), PlateauLR, the flat buffer
     training/checkpoint.py  policy_best.pt: save, read, load_checkpoint
+    training/state.py       TrainState; its round trip through a checkpoint (resuming)
+    training/outputs.py     metadata.json, history.csv, plots, TensorBoard, progress bar
     training/results.py     EpochStats, TrainingMetrics, overfitting_warnings
     metrics.py / plots.py   the confusion matrix and per-class metrics; the PNG plots
     architectures.py        TrainingConfig.model -> the network class
@@ -38,45 +40,33 @@ epochs, then N - k resumed, give the weights of N epochs in one go, bit for bit.
 
 from __future__ import annotations
 
-import csv
-import datetime as dt
-import json
 import math
 import os
-import platform
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 import torch
-from torch import nn
 
 from otonom_schema import (
-    SCHEMA_VERSION,
     Action,
     OfflineDataset,
     load_dataset,
-    schema_fingerprint,
 )
 from otonom_trainer._errors import CheckpointError, TrainingError
-from otonom_trainer.architectures import architecture_name, get_architecture
+from otonom_trainer.architectures import get_architecture
 from otonom_trainer.config import TrainingConfig
 from otonom_trainer.degenerate import degenerate_mark, majority_baseline
 from otonom_trainer.export import export_onnx, sha256_file
 from otonom_trainer.metrics import ClassMetrics, confusion_matrix, per_class_metrics
 from otonom_trainer.model import PolicyNetwork
-from otonom_trainer.plots import plot_confusion_matrix, plot_training_curves
 from otonom_trainer.training.checkpoint import (
     CHECKPOINT_FORMAT,
-    CHECKPOINT_FORMAT_VERSION,
     CHECKPOINT_NAME,
-    atomic_path,
     load_checkpoint,
     read_checkpoint,
     save_checkpoint,
@@ -96,7 +86,9 @@ from otonom_trainer.training.losses import (
     BehaviorCloningLoss,
     FocalLoss,
     LossTerms,
+    check_finite_batches,
     class_weights,
+    make_loss,
     strength_weights,
 )
 from otonom_trainer.training.optim import (
@@ -110,7 +102,15 @@ from otonom_trainer.training.optim import (
     make_optimizer,
     unflatten_parameters,
 )
+from otonom_trainer.training.outputs import (
+    log_tensorboard,
+    progress_bar,
+    run_metadata,
+    tensorboard_writer,
+    write_run_files,
+)
 from otonom_trainer.training.results import EpochStats, TrainingMetrics, overfitting_warnings
+from otonom_trainer.training.state import TrainState, check_resumable, checkpoint_dict, restore
 
 __all__ = [
     "ACTION_NAMES",
@@ -150,32 +150,6 @@ ONNX_NAME: Final = "policy_best.onnx"
 RULE: Final = "=" * 60
 # a progress bar within epochs only when the train split is at least this large
 PROGRESS_MIN_ROWS: Final = 20_000
-# config fields a resumed run may change (they do not enter the maths)
-_RESUMABLE_CHANGES: Final = frozenset(
-    {"max_epochs", "output_dir", "progress", "tensorboard", "patience", "device"}
-)
-
-
-@dataclass
-class _Run:
-    """The mutable state of one ``_fit``: what an epoch changes and a resume restores."""
-
-    model: PolicyNetwork
-    flat: nn.Parameter
-    params: list[nn.Parameter]
-    optimizer: torch.optim.Optimizer
-    scheduler: PlateauLR | None
-    loss_fn: BehaviorCloningLoss
-    generator: torch.Generator
-    history: list[EpochStats] = field(default_factory=list)
-    best_loss: float = math.inf
-    best_epoch: int = 0
-    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
-    stopped_early: bool = False
-
-    @property
-    def first_epoch(self) -> int:
-        return len(self.history) + 1
 
 
 class BehaviorCloningTrainer:
@@ -304,7 +278,10 @@ class BehaviorCloningTrainer:
         """
         cfg = self.cfg
         start = time.perf_counter()
-        resume = None if resume_from is None else self._resume_state(Path(resume_from))
+        resume = None
+        if resume_from is not None:
+            resume = read_checkpoint(resume_from)
+            check_resumable(resume, Path(resume_from), cfg.to_dict())
         self.run_id = uuid.uuid4().hex
         self._export = export
         self._onnx_path = None
@@ -343,17 +320,18 @@ class BehaviorCloningTrainer:
         train_actions_cpu = train.actions.cpu()
         out_dir = Path(cfg.output_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        writer = _tensorboard_writer(out_dir) if cfg.tensorboard else None
+        writer = tensorboard_writer(out_dir) if cfg.tensorboard else None
         try:
             for epoch in range(run.first_epoch, cfg.max_epochs + 1):
                 order = epoch_indices(train_actions_cpu, cfg.class_balance, run.generator)
                 stats = self._epoch(run, train, train_eval, val, order.to(device), epoch)
                 if writer is not None:
-                    _log_tensorboard(writer, stats)
+                    log_tensorboard(writer, stats)
                 if self._on_epoch_end is not None:
                     self._on_epoch_end(stats, run.model)
                 if self._state_path is not None:
-                    save_checkpoint(self._checkpoint(run, {}, best=False), self._state_path)
+                    state = self._checkpoint(run, {}, best=False)
+                    save_checkpoint(state, self._state_path)
                 if cfg.patience and epoch - run.best_epoch >= cfg.patience:
                     run.stopped_early = True
                     print(
@@ -374,7 +352,7 @@ class BehaviorCloningTrainer:
         train: SplitTensors,
         notes: list[str],
         resume: dict[str, Any] | None,
-    ) -> _Run:
+    ) -> TrainState:
         """The network (``cfg.model``), the loss, the flat buffer and its optimizer, the
         scheduler and the epoch-order generator; restored from ``resume`` when given."""
         cfg = self.cfg
@@ -385,7 +363,7 @@ class BehaviorCloningTrainer:
         print(f"Model parameters: {n_params:,}")
         print(f"Device: {device}")
         train_counts = torch.bincount(train.actions.cpu(), minlength=N_ACTIONS).tolist()
-        self.loss_fn = loss_fn = self._make_loss(train_counts, notes).to(device)
+        self.loss_fn = loss_fn = make_loss(self.cfg, train_counts, notes).to(device)
         print(RULE)
         print()
         flat, params = flatten_parameters(model)
@@ -402,15 +380,15 @@ class BehaviorCloningTrainer:
             else None
         )
         generator = torch.Generator().manual_seed(cfg.seed)
-        run = _Run(model, flat, params, optimizer, scheduler, loss_fn, generator)
+        run = TrainState(model, flat, params, optimizer, scheduler, loss_fn, generator)
         if resume is not None:
-            _restore(run, resume, device)
+            restore(run, resume, device)
             print(f"Resumed after epoch {len(run.history)} (best epoch {run.best_epoch})")
         return run
 
     def _epoch(
         self,
-        run: _Run,
+        run: TrainState,
         train: SplitTensors,
         train_eval: SplitTensors,
         val: SplitTensors,
@@ -464,7 +442,7 @@ class BehaviorCloningTrainer:
 
     def _finish(
         self,
-        run: _Run,
+        run: TrainState,
         val: SplitTensors,
         train_actions_cpu: torch.Tensor,
         notes: list[str],
@@ -524,39 +502,8 @@ class BehaviorCloningTrainer:
             print(f"warning: DEGENERATE model ({' and '.join(mark['rules'])}): {mark['reason']}")
         return metrics
 
-    def _make_loss(self, train_counts: list[int], notes: list[str]) -> BehaviorCloningLoss:
-        """The loss for ``cfg.class_balance``; prints a ``Class balance:`` header line unless
-        the mode is "none" (the guide's header), and a warning for a class with no train row."""
-        cfg = self.cfg
-        absent = [ACTION_NAMES[c] for c, n in enumerate(train_counts) if n == 0]
-        if absent:
-            note = (
-                f"the train split has no {'/'.join(absent)} rows; the model cannot learn "
-                f"{'that action' if len(absent) == 1 else 'those actions'}"
-                + (" (class weight 0)" if cfg.class_balance == "weighted" else "")
-            )
-            notes.append(note)
-            print(f"warning: {note}")
-        if cfg.class_balance == "weighted":
-            weights = class_weights(train_counts)
-            shown = zip(ACTION_NAMES, weights.tolist(), strict=True)
-            print(
-                "Class balance: weighted loss (" + ", ".join(f"{n}={w:.3f}" for n, w in shown) + ")"
-            )
-            return BehaviorCloningLoss(
-                cfg.alpha, cfg.beta, class_weights=weights, logit_penalty=cfg.logit_penalty
-            )
-        if cfg.class_balance == "oversample":
-            print("Class balance: oversample (rows drawn with probability ∝ 1/count(class))")
-        if cfg.class_balance == "focal":
-            print(f"Class balance: focal loss (gamma={cfg.focal_gamma:g})")
-            return BehaviorCloningLoss(
-                cfg.alpha, cfg.beta, focal_gamma=cfg.focal_gamma, logit_penalty=cfg.logit_penalty
-            )
-        return BehaviorCloningLoss(cfg.alpha, cfg.beta, logit_penalty=cfg.logit_penalty)
-
     def _run_epoch(
-        self, run: _Run, data: SplitTensors, order: torch.Tensor, epoch: int
+        self, run: TrainState, data: SplitTensors, order: torch.Tensor, epoch: int
     ) -> npt.NDArray[np.float64]:
         """One pass of gradient steps; returns the per-batch gradient norms (before clipping).
 
@@ -580,7 +527,11 @@ class BehaviorCloningTrainer:
         action_terms: list[torch.Tensor] = []
         strength_terms: list[torch.Tensor] = []
         norm_list: list[torch.Tensor] = []
-        bar = _progress(n_batches, epoch, cfg) if cfg.progress and n >= PROGRESS_MIN_ROWS else None
+        bar = (
+            progress_bar(n_batches, epoch, cfg.max_epochs)
+            if cfg.progress and n >= PROGRESS_MIN_ROWS
+            else None
+        )
         try:
             for b in range(n_batches):
                 sl = slice(b * bs, (b + 1) * bs)
@@ -604,241 +555,47 @@ class BehaviorCloningTrainer:
                 bar.close()
         terms = torch.stack([torch.stack(action_terms), torch.stack(strength_terms)], dim=1)
         norms = torch.stack(norm_list)
-        return _check_finite(terms, norms, epoch, float(optimizer.param_groups[0]["lr"]))
+        return check_finite_batches(terms, norms, epoch, float(optimizer.param_groups[0]["lr"]))
 
-    # -- checkpoints and resuming ----------------------------------------------------------
+    # -- checkpoints and outputs -----------------------------------------------------------
 
-    def _header(self, model: PolicyNetwork, metrics: Mapping[str, Any]) -> dict[str, Any]:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "format_version": CHECKPOINT_FORMAT_VERSION,
-            "schema_version": SCHEMA_VERSION,
-            "schema_fingerprint": schema_fingerprint(),
-            "run_id": self.run_id,
-            "architecture": architecture_name(model),
-            "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-            "hparams": model.hparams(),
-            "config": self.cfg.to_dict(),
-            "metrics": dict(metrics),
-        }
-
-    def _checkpoint(self, run: _Run, metrics: Mapping[str, Any], *, best: bool) -> dict[str, Any]:
-        """The checkpoint of the current epoch with its training state; a state file
-        (``best=False``) also carries the best epoch's weights."""
-        out = self._header(run.model, metrics)
-        state: dict[str, Any] = {
-            "epoch": len(run.history),
-            "history": [asdict(h) for h in run.history],
-            "optimizer": run.optimizer.state_dict(),
-            "scheduler": None if run.scheduler is None else run.scheduler.state_dict(),
-            "generator": run.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "best_loss": run.best_loss,
-            "best_epoch": run.best_epoch,
-        }
-        device = run.flat.device
-        if device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(device)
-        if not best:
-            state["best_state"] = {k: v.detach().cpu() for k, v in run.best_state.items()}
-        out["training_state"] = state
-        return out
-
-    def _final_checkpoint(self, model: PolicyNetwork, metrics: Mapping[str, Any]) -> dict[str, Any]:
-        """The best epoch's checkpoint with the run's metrics and the training state saved with
-        that epoch (so it can still be resumed from)."""
-        out = self._header(model, metrics)
-        if self._best_training_state is not None:
-            out["training_state"] = self._best_training_state
-        return out
-
-    def _resume_state(self, path: Path) -> dict[str, Any]:
-        """The checkpoint at ``path``, checked to be resumable by this config."""
-        ckpt = read_checkpoint(path)
-        if "training_state" not in ckpt:
-            raise CheckpointError(
-                f"{path} has no training state (written before format 2, or by export only); "
-                "resume from a policy_best.pt or state file of a run of this version"
-            )
-        saved = ckpt.get("config", {})
-        mine = self.cfg.to_dict()
-        differ = sorted(
-            k
-            for k in set(saved) | set(mine)
-            if k not in _RESUMABLE_CHANGES and saved.get(k) != mine.get(k)
+    def _checkpoint(
+        self, run: TrainState, metrics: Mapping[str, Any], *, best: bool
+    ) -> dict[str, Any]:
+        """The current epoch's checkpoint with its training state; a state file (``best=False``)
+        also carries the best epoch's weights."""
+        return checkpoint_dict(
+            run.model,
+            run_id=self.run_id,
+            config=self.cfg.to_dict(),
+            metrics=metrics,
+            state=run,
+            with_best_weights=not best,
         )
-        if differ:
-            raise CheckpointError(
-                f"{path} was trained with another configuration ({', '.join(differ)}: "
-                + ", ".join(f"{k}={saved.get(k)!r} there, {mine.get(k)!r} here" for k in differ)
-                + f"); only {', '.join(sorted(_RESUMABLE_CHANGES))} may change on resume"
-            )
-        if ckpt["training_state"]["epoch"] >= self.cfg.max_epochs:
-            raise TrainingError(
-                f"{path} is already at epoch {ckpt['training_state']['epoch']}; "
-                f"max_epochs is {self.cfg.max_epochs}: nothing left to train"
-            )
-        return ckpt
-
-    # -- outputs ---------------------------------------------------------------------------
 
     def _write_outputs(
         self, model: PolicyNetwork, metrics: TrainingMetrics, device: torch.device
     ) -> None:
-        out = Path(self.cfg.output_dir)
-        metrics_dict = metrics.to_dict()
-        save_checkpoint(self._final_checkpoint(model, metrics_dict), self.checkpoint_path)
-        ds, split = self.dataset, self.split
-        meta = {
-            "format": "otonom-rl/training-run",
-            "run_id": self.run_id,
-            "created_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
-            "config": self.cfg.to_dict(),
-            "metrics": metrics_dict,
-            "degenerate": metrics.degenerate,
-            "model": {
-                "class": type(model).__name__,
-                "architecture": architecture_name(model),
-                "hparams": model.hparams(),
-                "n_params": metrics.n_params,
-            },
-            "dataset": {
-                "path": self.cfg.dataset_path,
-                "sha256": self._dataset_sha256,
-                "rows": len(ds),
-                "action_counts": {a.name: n for a, n in ds.action_counts().items()},
-                "metadata": dict(ds.metadata),
-            },
-            "split": {
-                "kind": split.kind,
-                "train_size": int(split.train.size),
-                "val_size": int(split.val.size),
-                "val_start_date": None if split.val_start is None else str(split.val_start),
-                "train_dates": _date_range(ds.dates[split.train]),
-                "val_dates": _date_range(ds.dates[split.val]),
-            },
-            "schema": {"version": SCHEMA_VERSION, "fingerprint": schema_fingerprint()},
-            "versions": _versions(),
-            "device": str(device),
-            "files": [
-                CHECKPOINT_NAME,
-                "history.csv",
-                "training_curves.png",
-                "confusion_matrix.png",
-                *((ONNX_NAME, ONNX_NAME + ".sha256") if self._export else ()),
-            ],
-        }
-        with atomic_path(out / "metadata.json") as tmp:
-            tmp.write_text(
-                json.dumps(meta, indent=2, allow_nan=False, default=str) + "\n", encoding="utf-8"
-            )
-        names = [f.name for f in fields(EpochStats)]
-        history_csv = atomic_path(out / "history.csv")
-        with history_csv as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(names)
-            for row in metrics.history:
-                w.writerow([getattr(row, k) for k in names])
-        plot_training_curves(metrics.history, metrics.best_epoch, out / "training_curves.png")
-        plot_confusion_matrix(
-            np.asarray(metrics.confusion_matrix, dtype=np.int64),
-            out / "confusion_matrix.png",
-            title="Validation confusion matrix",
+        """The final ``policy_best.pt`` (the best epoch's weights and training state, the run's
+        metrics), ``metadata.json``, ``history.csv`` and the plots."""
+        final = checkpoint_dict(
+            model, run_id=self.run_id, config=self.cfg.to_dict(), metrics=metrics.to_dict()
         )
-
-
-def _restore(run: _Run, ckpt: Mapping[str, Any], device: torch.device) -> None:
-    """Put ``run`` (weights already loaded) back in the state ``ckpt``'s epoch ended in."""
-    state = ckpt["training_state"]
-    try:
-        run.optimizer.load_state_dict(state["optimizer"])
-        if run.scheduler is not None and state["scheduler"] is not None:
-            run.scheduler.load_state_dict(state["scheduler"])
-        run.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        run.history = [EpochStats(**h) for h in state["history"]]
-        run.best_loss = float(state["best_loss"])
-        run.best_epoch = int(state["best_epoch"])
-        best = state.get("best_state", ckpt["state_dict"])
-        run.best_state = {k: v.to(device) for k, v in best.items()}
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(
-            f"the checkpoint's training state cannot be restored: {exc}"
-        ) from None
-
-
-def _check_finite(
-    terms: torch.Tensor, norms: torch.Tensor, epoch: int, lr: float
-) -> npt.NDArray[np.float64]:
-    """The gradient norms on the host; ``TrainingError`` naming the first batch whose loss term
-    or gradient norm is not finite (``terms``: (n_batches, 2) action and strength terms;
-    ``norms``: (n_batches,))."""
-    n_batches = int(norms.shape[0])
-    host_terms = terms.cpu().numpy()
-    host_norms: npt.NDArray[np.float64] = norms.cpu().numpy().astype(np.float64)
-    for b in range(n_batches):
-        for t, name, weight in (
-            (0, "action (cross-entropy)", "alpha"),
-            (1, "strength (MSE)", "beta"),
-        ):
-            if not math.isfinite(host_terms[b, t]):
-                raise TrainingError(
-                    f"epoch {epoch}, batch {b + 1}/{n_batches}: the {name} loss is "
-                    f"{host_terms[b, t]} (weighted by {weight}); training diverged. Lower lr "
-                    f"(now {lr:g}), keep grad_clip on, or check "
-                    "the dataset"
-                )
-        if not math.isfinite(host_norms[b]):
-            raise TrainingError(
-                f"epoch {epoch}, batch {b + 1}/{n_batches}: the gradient norm is "
-                f"{host_norms[b]} although the loss is finite; lower lr or set grad_clip"
-            )
-    return host_norms
-
-
-def _date_range(dates: npt.NDArray[np.datetime64]) -> list[str] | None:
-    return [str(dates.min()), str(dates.max())] if dates.size else None
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
-    for dist in ("otonom-schema", "otonom-runtime", "otonom-trainer"):
-        try:
-            out[dist] = importlib_metadata.version(dist)
-        except importlib_metadata.PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
-
-
-def _progress(total: int, epoch: int, cfg: TrainingConfig) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=f"Epoch {epoch}/{cfg.max_epochs}", unit="batch", leave=False)
-
-
-def _tensorboard_writer(out_dir: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as exc:
-        print(
-            f"note: TensorBoard logging is off: {exc}. Install it with "
-            "pip install 'otonom-trainer[tensorboard]'; training goes on without event logs."
+        if self._best_training_state is not None:
+            final["training_state"] = self._best_training_state
+        save_checkpoint(final, self.checkpoint_path)
+        files = [CHECKPOINT_NAME, "history.csv", "training_curves.png", "confusion_matrix.png"]
+        if self._export:
+            files += [ONNX_NAME, ONNX_NAME + ".sha256"]
+        meta = run_metadata(
+            run_id=self.run_id,
+            config=self.cfg.to_dict(),
+            model=model,
+            metrics=metrics,
+            dataset=self.dataset,
+            dataset_sha256=self._dataset_sha256,
+            split=self.split,
+            device=device,
+            files=files,
         )
-        return None
-    log_dir = out_dir / "tensorboard"
-    print(f"TensorBoard logs: {log_dir}")
-    return SummaryWriter(log_dir=str(log_dir))
-
-
-def _log_tensorboard(writer: Any, stats: EpochStats) -> None:
-    for tag, value in (
-        ("loss/train", stats.train_loss),
-        ("loss/val", stats.val_loss),
-        ("accuracy/train", stats.train_acc),
-        ("accuracy/val", stats.val_acc),
-        ("lr", stats.lr),
-        ("grad_norm", stats.grad_norm),
-    ):
-        writer.add_scalar(tag, value, stats.epoch)
+        write_run_files(Path(self.cfg.output_dir), meta, metrics)

@@ -31,23 +31,32 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
+import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from otonom_schema import Action
+from otonom_trainer._errors import TrainingError
 
 __all__ = [
     "BehaviorCloningLoss",
     "FocalLoss",
     "LossTerms",
+    "check_finite_batches",
     "class_weights",
+    "make_loss",
     "strength_weights",
 ]
 
+if TYPE_CHECKING:
+    from otonom_trainer.config import TrainingConfig
+
 N_ACTIONS: Final = len(Action)
+_NAMES: Final = tuple(a.name for a in Action)
 
 
 def class_weights(counts: Sequence[int]) -> torch.Tensor:
@@ -221,3 +230,64 @@ def strength_weights(actions: torch.Tensor, batch_size: int) -> torch.Tensor:
     padded = F.pad(trade, (0, n_batches * batch_size - n))
     per_batch = padded.view(n_batches, batch_size).sum(dim=1).clamp_min_(1.0)
     return trade / per_batch.repeat_interleave(batch_size)[:n]
+
+
+def check_finite_batches(
+    terms: torch.Tensor, norms: torch.Tensor, epoch: int, lr: float
+) -> npt.NDArray[np.float64]:
+    """The gradient norms on the host; ``TrainingError`` naming the first batch whose loss term
+    or gradient norm is not finite (``terms``: (n_batches, 2) action and strength terms;
+    ``norms``: (n_batches,))."""
+    n_batches = int(norms.shape[0])
+    host_terms = terms.cpu().numpy()
+    host_norms: npt.NDArray[np.float64] = norms.cpu().numpy().astype(np.float64)
+    for b in range(n_batches):
+        for t, name, weight in (
+            (0, "action (cross-entropy)", "alpha"),
+            (1, "strength (MSE)", "beta"),
+        ):
+            if not math.isfinite(host_terms[b, t]):
+                raise TrainingError(
+                    f"epoch {epoch}, batch {b + 1}/{n_batches}: the {name} loss is "
+                    f"{host_terms[b, t]} (weighted by {weight}); training diverged. Lower lr "
+                    f"(now {lr:g}), keep grad_clip on, or check "
+                    "the dataset"
+                )
+        if not math.isfinite(host_norms[b]):
+            raise TrainingError(
+                f"epoch {epoch}, batch {b + 1}/{n_batches}: the gradient norm is "
+                f"{host_norms[b]} although the loss is finite; lower lr or set grad_clip"
+            )
+    return host_norms
+
+
+def make_loss(
+    cfg: TrainingConfig, train_counts: list[int], notes: list[str]
+) -> BehaviorCloningLoss:
+    """The loss ``cfg`` asks for (``cfg.class_balance``, ``alpha``, ``beta``, ``logit_penalty``,
+    given the train split's action counts); prints a ``Class balance:`` header line unless
+    the mode is "none" (the guide's header), and a warning for a class with no train row."""
+    absent = [_NAMES[c] for c, n in enumerate(train_counts) if n == 0]
+    if absent:
+        note = (
+            f"the train split has no {'/'.join(absent)} rows; the model cannot learn "
+            f"{'that action' if len(absent) == 1 else 'those actions'}"
+            + (" (class weight 0)" if cfg.class_balance == "weighted" else "")
+        )
+        notes.append(note)
+        print(f"warning: {note}")
+    if cfg.class_balance == "weighted":
+        weights = class_weights(train_counts)
+        shown = zip(_NAMES, weights.tolist(), strict=True)
+        print("Class balance: weighted loss (" + ", ".join(f"{n}={w:.3f}" for n, w in shown) + ")")
+        return BehaviorCloningLoss(
+            cfg.alpha, cfg.beta, class_weights=weights, logit_penalty=cfg.logit_penalty
+        )
+    if cfg.class_balance == "oversample":
+        print("Class balance: oversample (rows drawn with probability ∝ 1/count(class))")
+    if cfg.class_balance == "focal":
+        print(f"Class balance: focal loss (gamma={cfg.focal_gamma:g})")
+        return BehaviorCloningLoss(
+            cfg.alpha, cfg.beta, focal_gamma=cfg.focal_gamma, logit_penalty=cfg.logit_penalty
+        )
+    return BehaviorCloningLoss(cfg.alpha, cfg.beta, logit_penalty=cfg.logit_penalty)
