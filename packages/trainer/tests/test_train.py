@@ -28,7 +28,6 @@ from otonom_trainer import model as model_mod
 from otonom_trainer import train as train_mod
 from otonom_trainer.config import TrainingConfig
 from otonom_trainer.model import FastDropout, PolicyNet
-from otonom_trainer.training import optim as optim_mod
 from otonom_trainer.train import (
     TRAIN_EVAL_ROWS,
     BehaviorCloningLoss,
@@ -51,6 +50,7 @@ from otonom_trainer.train import (
     strength_weights,
     train_eval_rows,
 )
+from otonom_trainer.training import optim as optim_mod
 
 RSI = feature_index("rsi")
 
