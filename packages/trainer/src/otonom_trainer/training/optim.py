@@ -233,7 +233,7 @@ def clip_flat_grad_(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
     """The L2 norm of ``grad`` (0-d, before clipping); when ``max_norm > 0``, scale ``grad`` in
     place by ``min(1, max_norm / (norm + 1e-6))``: ``nn.utils.clip_grad_norm_``'s rule for the
     gradient of all parameters at once (here one flat buffer)."""
-    norm = torch.linalg.vector_norm(grad)
+    norm: torch.Tensor = torch.linalg.vector_norm(grad)
     if max_norm > 0:
         grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
     return norm
