@@ -25,7 +25,19 @@ for ``--epochs`` x ``train_size // 256`` steps, and evaluate after every epoch.
   small on the CPU); the faster one is the reference.
 
 ``--repeats N`` runs every learner N times, interleaved, and keeps each one's fastest run (the
-machine may be shared). Samples/s = gradient-step rows / seconds. Target (issue #5): ours >= 2.5x
+machine may be shared).
+
+``--step-ratio`` (no d3rlpy needed; also printed after the learners) times one training step of
+the bench's network (34 -> 128 -> 128 -> 3 + 1, batch 256, dropout 0.1, one intra-op thread:
+forward, loss, backward, gradient clipping, optimizer step) with the trainer's fast path
+(``FlatAdam`` on the flat parameter buffer) against ``torch.optim.Adam`` over the same flat
+buffer and against the textbook step (``torch.optim.Adam`` over the 8 parameters,
+``zero_grad`` and ``clip_grad_norm_``); the median of 7 interleaved rounds of 400 steps each.
+Then ``optimizer.step()`` alone: ``FlatAdam`` against ``torch.optim.Adam`` over the 8
+parameters (a fixed gradient, 7 x 2,000 steps). The ratios are torch's time / ours; the target
+is >= 1.5x for the optimizer step.
+
+Samples/s = gradient-step rows / seconds. Target (issue #5): ours >= 2.5x
 d3rlpy with equal or better validation accuracy.
 """
 
@@ -210,6 +222,151 @@ def run_d3rlpy(
     }
 
 
+def step_ratio(steps: int = 400, rounds: int = 7) -> dict[str, float]:
+    """Microseconds per training step for the three optimizer paths (see the docstring)."""
+    import statistics
+
+    from torch import nn
+
+    from otonom_trainer.model import PolicyNet
+    from otonom_trainer.train import BehaviorCloningLoss, FlatAdam, clip_flat_grad_
+
+    try:
+        from otonom_trainer.training.optim import flatten_parameters
+    except ImportError:  # the trainer before the training/ split
+        from otonom_trainer.train import (  # type: ignore[attr-defined,no-redef]
+            _flatten_parameters as flatten_parameters,
+        )
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(256, s.STATE_DIM, generator=gen)
+    y = torch.randint(0, 3, (256,), generator=gen)
+    t = torch.rand(256, generator=gen)
+    w = (y != 0).float() / max(1, int((y != 0).sum()))
+    loss_fn = BehaviorCloningLoss()
+
+    def flat_setup(kind: str) -> Any:
+        torch.manual_seed(0)
+        net = PolicyNet(s.STATE_DIM, 128, 2, 0.1)
+        flat, _ = flatten_parameters(net)
+        opt: Any
+        if kind == "flat_adam":
+            opt = FlatAdam(flat, lr=1e-3, weight_decay=1e-5)
+        else:
+            opt = torch.optim.Adam([flat], lr=1e-3, weight_decay=1e-5)
+        grad = flat.grad
+
+        def step() -> None:
+            logits, strength = net(x)
+            loss = loss_fn.batch_terms(logits, strength, y, t, w)
+            grad.zero_()
+            torch.autograd.backward(loss.total)
+            clip_flat_grad_(grad, 1.0)
+            opt.step()
+
+        return step
+
+    def textbook_setup() -> Any:
+        torch.manual_seed(0)
+        net = PolicyNet(s.STATE_DIM, 128, 2, 0.1)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-5)
+
+        def step() -> None:
+            opt.zero_grad()
+            logits, strength = net(x)
+            loss_fn.batch_terms(logits, strength, y, t, w).total.backward()
+            nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+
+        return step
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        paths = {
+            "flat_adam": flat_setup("flat_adam"),
+            "torch_adam_flat": flat_setup("torch_adam"),
+            "torch_adam_textbook": textbook_setup(),
+        }
+        times: dict[str, list[float]] = {k: [] for k in paths}
+        for step in paths.values():
+            for _ in range(30):  # warm-up
+                step()
+        for _ in range(rounds):  # interleaved
+            for name, step in paths.items():
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    step()
+                times[name].append((time.perf_counter() - t0) / steps * 1e6)
+    finally:
+        torch.set_num_threads(before)
+    us = {k: statistics.median(v) for k, v in times.items()}
+    opt_us = _optimizer_step_only(flatten_parameters, FlatAdam, rounds)
+    return {
+        **{f"{k}_us": v for k, v in us.items()},
+        "ratio_vs_torch_adam_flat": us["torch_adam_flat"] / us["flat_adam"],
+        "ratio_vs_textbook": us["torch_adam_textbook"] / us["flat_adam"],
+        **{f"opt_{k}_us": v for k, v in opt_us.items()},
+        "opt_ratio_vs_torch_adam": opt_us["torch_adam"] / opt_us["flat_adam"],
+    }
+
+
+def _optimizer_step_only(flatten: Any, flat_adam: Any, rounds: int) -> dict[str, float]:
+    """Microseconds of ``optimizer.step()`` alone (a fixed gradient), one thread: ``FlatAdam``
+    on the flat buffer against ``torch.optim.Adam`` over the net's 8 parameters."""
+    import statistics
+
+    from otonom_trainer.model import PolicyNet
+
+    torch.manual_seed(0)
+    ours_net = PolicyNet(s.STATE_DIM, 128, 2, 0.1)
+    flat, _ = flatten(ours_net)
+    flat.grad.normal_()
+    ref_net = PolicyNet(s.STATE_DIM, 128, 2, 0.1)
+    for q in ref_net.parameters():
+        q.grad = torch.randn_like(q)
+    opts = {
+        "flat_adam": flat_adam(flat, lr=1e-3, weight_decay=1e-5),
+        "torch_adam": torch.optim.Adam(ref_net.parameters(), lr=1e-3, weight_decay=1e-5),
+    }
+    steps = 2000
+    times: dict[str, list[float]] = {k: [] for k in opts}
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for opt in opts.values():
+            for _ in range(100):
+                opt.step()
+        for _ in range(rounds):
+            for name, opt in opts.items():
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    opt.step()
+                times[name].append((time.perf_counter() - t0) / steps * 1e6)
+    finally:
+        torch.set_num_threads(before)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def print_step_ratio(r: dict[str, float]) -> None:
+    print("\ntraining step (batch 256, 34 -> 128 -> 128, 1 thread; median of 7 x 400 steps):")
+    print(f"  FlatAdam, flat buffer (ours)          {r['flat_adam_us']:8.0f} us")
+    print(
+        f"  torch.optim.Adam, same flat buffer    {r['torch_adam_flat_us']:8.0f} us  "
+        f"ratio {r['ratio_vs_torch_adam_flat']:.2f}x"
+    )
+    print(
+        f"  torch.optim.Adam, per parameter       {r['torch_adam_textbook_us']:8.0f} us  "
+        f"ratio {r['ratio_vs_textbook']:.2f}x"
+    )
+    print("optimizer.step() alone (a fixed gradient; median of 7 x 2000 steps):")
+    print(f"  FlatAdam, flat buffer (ours)          {r['opt_flat_adam_us']:8.1f} us")
+    print(
+        f"  torch.optim.Adam, per parameter       {r['opt_torch_adam_us']:8.1f} us  "
+        f"ratio {r['opt_ratio_vs_torch_adam']:.2f}x (target >= 1.5x)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
@@ -218,7 +375,16 @@ def main(argv: list[str] | None = None) -> int:
         "--repeats", type=int, default=1, help="run every learner this many times, keep the best"
     )
     parser.add_argument("--out", type=Path, help="write the results as JSON")
+    parser.add_argument(
+        "--step-ratio", action="store_true", help="only the per-step optimizer ratio"
+    )
     args = parser.parse_args(argv)
+    if args.step_ratio:
+        r = step_ratio()
+        print_step_ratio(r)
+        if args.out:
+            args.out.write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")
+        return 0
     try:
         import d3rlpy  # noqa: F401
     except ImportError:
@@ -274,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{whole['per_s_whole_call'] / peer['per_s']:.2f}x whole call; val acc "
         f"{best['ours']['val_acc']:.4f} vs {peer_acc:.4f})"
     )
+    print_step_ratio(step_ratio())
     if args.out:
         plain = {
             names[k]: [{f: r[f] for f in r if f not in ("split", "train_eval_rows")} for r in v]

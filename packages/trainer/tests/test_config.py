@@ -26,6 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": 256,
     "lr": 1e-3,
     "max_epochs": 20,
+    "model": "mlp",
     "hidden_dim": 128,
     "num_layers": 2,
     "dropout": 0.1,

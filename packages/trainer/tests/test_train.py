@@ -50,6 +50,7 @@ from otonom_trainer.train import (
     strength_weights,
     train_eval_rows,
 )
+from otonom_trainer.training import optim as optim_mod
 
 RSI = feature_index("rsi")
 
@@ -355,7 +356,7 @@ def test_clipping_the_flat_gradient_is_clip_grad_norm(max_norm: float) -> None:
 def test_flat_parameters_share_one_buffer_and_are_given_back() -> None:
     net = PolicyNet(hidden_dim=8, num_layers=2, dropout=0.0)
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    flat, params = train_mod._flatten_parameters(net)
+    flat, params = optim_mod.flatten_parameters(net)
     assert flat.numel() == sum(p.numel() for p in params)
     assert all(p.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr() for p in params)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
@@ -374,7 +375,7 @@ def test_flat_parameters_share_one_buffer_and_are_given_back() -> None:
     with torch.no_grad():
         flat.add_(1.0)  # an update of the flat parameter is an update of the model
     assert torch.equal(net.action_head.bias, before["action_head.bias"] + 1.0)
-    train_mod._unflatten_parameters(params)
+    optim_mod.unflatten_parameters(params)
     assert len({p.untyped_storage().data_ptr() for p in params}) == len(params)
     assert all(p.grad is None for p in params)
     assert torch.equal(net.action_head.bias, before["action_head.bias"] + 1.0)
@@ -444,9 +445,9 @@ def test_a_small_net_trains_on_one_cpu_thread_and_the_setting_is_restored(
     big = small_config(tmp_path, device="cpu", batch_size=1024, hidden_dim=128, max_epochs=1)
     quiet_train(BehaviorCloningTrainer(big, on_epoch_end=lambda s, m: seen.append(0)))
     assert torch.get_num_threads() == before
-    with train_mod._intra_op_threads(torch.device("cpu"), big):
+    with optim_mod.intra_op_threads(torch.device("cpu"), big.batch_size * big.hidden_dim):
         assert torch.get_num_threads() == before
-    with train_mod._intra_op_threads(torch.device("cuda"), small_config(tmp_path)):
+    with optim_mod.intra_op_threads(torch.device("cuda"), 1):
         assert torch.get_num_threads() == before
 
 

@@ -58,6 +58,8 @@ from typing import Any, Final, Literal
 import numpy as np
 import numpy.typing as npt
 
+from otonom_trainer._errors import OtonomTrainerError
+
 __all__ = [
     "CheckConfig",
     "CheckError",
@@ -75,7 +77,7 @@ CHECK_REPORTS: Final = Path("reports") / "check"
 the model's own folder, so checking the tracked default model changes no tracked file)."""
 
 
-class CheckError(ValueError):
+class CheckError(OtonomTrainerError, ValueError):
     """A check that cannot run as asked (the message says what was given and expected)."""
 
 

@@ -28,6 +28,12 @@ from typing import Any, Final
 
 import yaml
 
+from otonom_trainer._errors import OtonomTrainerError
+from otonom_trainer.architectures import (
+    DEFAULT_ARCHITECTURE,
+    is_architecture,
+)
+
 __all__ = [
     "BALANCE_MODES",
     "DEVICES",
@@ -46,7 +52,7 @@ DEVICES: Final = ("auto", "cpu", "cuda")
 _CUDA_INDEX = re.compile(r"cuda:\d+")
 
 
-class ConfigError(ValueError):
+class ConfigError(OtonomTrainerError, ValueError):
     """A configuration value (or file) is invalid; the message names the field."""
 
 
@@ -85,6 +91,14 @@ class TrainingConfig:
     batch_size: int = field(default=256, metadata=_meta("rows per gradient step"))
     lr: float = field(default=1e-3, metadata=_meta("learning rate"))
     max_epochs: int = field(default=20, metadata=_meta("maximum epochs", "--epochs"))
+    model: str = field(
+        default=DEFAULT_ARCHITECTURE,
+        metadata=_meta(
+            "network architecture, a name of otonom_trainer.architectures ('mlp': the guide's "
+            "PolicyNet, shaped by hidden_dim, num_layers and dropout)",
+            "--architecture",
+        ),
+    )
     hidden_dim: int = field(default=128, metadata=_meta("width of each hidden layer"))
     num_layers: int = field(default=2, metadata=_meta("number of hidden layers"))
     dropout: float = field(default=0.1, metadata=_meta("dropout after each hidden layer"))
@@ -267,6 +281,11 @@ _RULES: Final[dict[str, _Rule]] = {
     "batch_size": _POS_INT,
     "lr": _Rule(float, "a finite number > 0", lambda v: v > 0.0),
     "max_epochs": _POS_INT,
+    "model": _Rule(
+        str,
+        "'mlp' or a name registered with otonom_trainer.architectures.register_architecture",
+        is_architecture,
+    ),
     "hidden_dim": _POS_INT,
     "num_layers": _POS_INT,
     "dropout": _Rule(float, "a number in [0, 1)", lambda v: 0.0 <= v < 1.0),

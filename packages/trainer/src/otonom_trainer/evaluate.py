@@ -9,14 +9,13 @@ action, columns = predicted action) and the strength MAE on the rows whose true 
 SELL. ``EvaluationReport.format()`` lays the classification report out like scikit-learn's
 ``classification_report``; ``plot_confusion_matrix`` draws the matrix as a PNG.
 
-The metrics are plain numpy; a ratio whose denominator is zero (a class never predicted, or
-never present) is 0.0, as scikit-learn's ``zero_division=0``.
+The metrics are ``otonom_trainer.metrics``'s (the stack training uses too) and the plot is
+``otonom_trainer.plots``'s; both are re-exported here.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -26,6 +25,13 @@ import numpy.typing as npt
 
 from otonom_runtime import load_rl_policy
 from otonom_schema import Action, load_dataset
+from otonom_trainer.metrics import (
+    CLASS_NAMES,
+    ClassMetrics,
+    classification_metrics,
+    confusion_matrix,
+)
+from otonom_trainer.plots import plot_confusion_matrix
 
 __all__ = [
     "CLASS_NAMES",
@@ -37,65 +43,9 @@ __all__ = [
     "plot_confusion_matrix",
 ]
 
-CLASS_NAMES: Final = tuple(a.name for a in Action)
-"""``("HOLD", "BUY", "SELL")``: row / column order of every per-class result."""
-_N_CLASSES: Final = len(CLASS_NAMES)
 _CHUNK: Final = 65_536  # rows per predict_batch call (bounds the memory of one run)
 
 I64 = npt.NDArray[np.int64]
-
-
-@dataclass(frozen=True)
-class ClassMetrics:
-    """Precision, recall, F1 and support of one class (or an average of them)."""
-
-    precision: float
-    recall: float
-    f1: float
-    support: int
-
-
-def confusion_matrix(y_true: npt.ArrayLike, y_pred: npt.ArrayLike) -> I64:
-    """The 3x3 confusion matrix, int64: ``cm[t, p]`` counts rows of true ``t`` predicted ``p``.
-
-    Both inputs are (N,) arrays of ``Action`` values (0, 1, 2); ``ValueError`` otherwise.
-    """
-    t = np.asarray(y_true)
-    p = np.asarray(y_pred)
-    if t.ndim != 1 or t.shape != p.shape:
-        raise ValueError(f"y_true {t.shape} and y_pred {p.shape} must be (N,) arrays alike")
-    for name, arr in (("y_true", t), ("y_pred", p)):
-        if arr.size and (arr.dtype.kind not in "iu" or arr.min() < 0 or arr.max() >= _N_CLASSES):
-            raise ValueError(f"{name} must hold Action values 0 (HOLD), 1 (BUY), 2 (SELL)")
-    flat = t.astype(np.int64) * _N_CLASSES + p.astype(np.int64)
-    counts = np.bincount(flat, minlength=_N_CLASSES * _N_CLASSES)
-    return counts.reshape(_N_CLASSES, _N_CLASSES).astype(np.int64)
-
-
-def _ratio(num: npt.NDArray[np.float64], den: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    out = np.zeros_like(num, dtype=np.float64)
-    np.divide(num, den, out=out, where=den > 0)
-    return out
-
-
-def classification_metrics(cm: npt.ArrayLike) -> tuple[ClassMetrics, ...]:
-    """Per-class metrics from a square confusion matrix (rows = true, columns = predicted).
-
-    precision = TP / predicted, recall = TP / support, F1 = 2PR / (P + R); 0.0 where the
-    denominator is zero.
-    """
-    m = np.asarray(cm, dtype=np.float64)
-    if m.ndim != 2 or m.shape[0] != m.shape[1]:
-        raise ValueError(f"confusion matrix has shape {m.shape}; expected a square matrix")
-    tp = np.diag(m)
-    support = m.sum(axis=1)
-    precision = _ratio(tp, m.sum(axis=0))
-    recall = _ratio(tp, support)
-    f1 = _ratio(2.0 * precision * recall, precision + recall)
-    return tuple(
-        ClassMetrics(float(precision[i]), float(recall[i]), float(f1[i]), int(support[i]))
-        for i in range(m.shape[0])
-    )
 
 
 @dataclass(frozen=True)
@@ -269,53 +219,3 @@ def evaluate(
         model_path=policy.path,
         dataset_path=dataset_path,
     )
-
-
-def plot_confusion_matrix(
-    cm: npt.ArrayLike,
-    path: str | os.PathLike[str],
-    *,
-    labels: Sequence[str] = CLASS_NAMES,
-    title: str = "Confusion matrix",
-) -> Path:
-    """Draw ``cm`` (rows = true, columns = predicted) as an annotated heat map PNG at ``path``.
-
-    Cells show the count and the share of its row (the recall of that true class). Folders are
-    created; returns the path. ``ValueError`` if ``cm`` is not a square matrix of non-negative
-    counts matching ``labels``; ``PlotUnavailableError`` without matplotlib.
-    """
-    m = np.asarray(cm)
-    if m.ndim != 2 or m.shape != (len(labels), len(labels)):
-        raise ValueError(
-            f"confusion matrix has shape {m.shape}; expected ({len(labels)}, {len(labels)}) "
-            f"for labels {list(labels)}"
-        )
-    if m.dtype.kind not in "iu" or (m.size and m.min() < 0):
-        raise ValueError("confusion matrix must hold non-negative integer counts")
-    rows = m.sum(axis=1, keepdims=True)
-    share = np.divide(m, rows, out=np.zeros(m.shape, dtype=np.float64), where=rows > 0)
-    from otonom_runtime.plots import pyplot
-
-    plt = pyplot()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    try:
-        image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
-        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
-        ticks = np.arange(len(labels))
-        ax.set_xticks(ticks, labels=list(labels))
-        ax.set_yticks(ticks, labels=list(labels))
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(title)
-        for i in range(m.shape[0]):
-            for j in range(m.shape[1]):
-                colour = "white" if share[i, j] > 0.5 else "black"
-                text = f"{int(m[i, j])}\n{share[i, j]:.0%}"
-                ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=9)
-        fig.tight_layout()
-        fig.savefig(out, dpi=110)
-    finally:
-        plt.close(fig)
-    return out

@@ -1,4 +1,5 @@
-"""Export a trained ``PolicyNet`` to the runtime's ONNX model format, then prove parity.
+"""Export a trained policy network (any registered ``PolicyNetwork``, e.g. ``PolicyNet``) to
+the runtime's ONNX model format, then prove parity.
 
 ``export_onnx(model, path, metrics=..., training_config=..., dataset_sha256=...)`` writes
 ``path`` (a ``.onnx`` file following ``docs/model-format.md``: input ``state`` float32
@@ -54,7 +55,8 @@ from otonom_runtime.policy import (
     write_sha256_sidecar,
 )
 from otonom_schema import FEATURE_NAMES, SCHEMA_VERSION, STATE_DIM, schema_fingerprint
-from otonom_trainer.model import PolicyNet
+from otonom_trainer._errors import OtonomTrainerError
+from otonom_trainer.model import PolicyNetwork
 
 __all__ = [
     "OPSET",
@@ -90,14 +92,14 @@ _LEGACY_EXPORT_WARNINGS: Final = (
 )
 
 
-class ExportError(RuntimeError):
+class ExportError(OtonomTrainerError, RuntimeError):
     """The exported model does not load in the runtime or does not answer like PyTorch."""
 
 
 class _ExportWrapper(nn.Module):
-    """What is exported: ``state -> (softmax(logits), sigmoid strength)`` of a ``PolicyNet``."""
+    """What is exported: ``state -> (softmax(logits), strength)`` of a ``PolicyNetwork``."""
 
-    def __init__(self, net: PolicyNet) -> None:
+    def __init__(self, net: PolicyNetwork) -> None:
         super().__init__()
         self.net = net
 
@@ -243,7 +245,7 @@ def _rows(states: npt.NDArray[np.float32], n: int) -> npt.NDArray[np.float32]:
     return np.ascontiguousarray(states[np.arange(n) % states.shape[0]])
 
 
-def _export_graph(net: PolicyNet, path: Path) -> None:
+def _export_graph(net: PolicyNetwork, path: Path) -> None:
     wrapper = _ExportWrapper(net).eval()
     with warnings.catch_warnings():
         for message in _LEGACY_EXPORT_WARNINGS:
@@ -272,7 +274,7 @@ def _add_metadata(path: Path, metadata: Mapping[str, str]) -> None:
 
 
 def _check_parity(
-    net: PolicyNet, model_path: Path, states: npt.NDArray[np.float32], atol: float
+    net: PolicyNetwork, model_path: Path, states: npt.NDArray[np.float32], atol: float
 ) -> None:
     try:
         policy = load_rl_policy(model_path)
@@ -297,7 +299,7 @@ def _check_parity(
 
 
 def export_onnx(
-    model: PolicyNet,
+    model: PolicyNetwork,
     path: str | os.PathLike[str],
     *,
     metrics: Mapping[str, Any],
@@ -314,7 +316,7 @@ def export_onnx(
     ``build_metadata(metrics=..., training_config=..., dataset_sha256=...,
     training_run_id=...)``. The file is then
     loaded through ``otonom_runtime.load_rl_policy`` and ``predict_batch`` is compared with
-    ``PolicyNet.probabilities`` on ``parity_states`` (held-out states, (N, 34), validated;
+    ``model.probabilities`` on ``parity_states`` (held-out states, (N, 34), validated;
     ``None``: ``default_parity_states()``) at batch sizes 1, 7 and 256 (rows repeat when there
     are fewer): probabilities and strengths must agree to ``atol``.
 

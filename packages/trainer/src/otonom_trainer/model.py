@@ -1,6 +1,10 @@
-"""``PolicyNet``: the guide's policy network (shared trunk, action head, strength head)."""
+"""The policy networks: ``PolicyNetwork`` (what every architecture provides) and ``PolicyNet``,
+the guide's MLP (shared trunk, action head, strength head), registered as ``"mlp"`` in
+``otonom_trainer.architectures``."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -8,7 +12,10 @@ from torch import nn
 
 from otonom_schema import STATE_DIM
 
-__all__ = ["FastDropout", "PolicyNet"]
+if TYPE_CHECKING:
+    from otonom_trainer.config import TrainingConfig
+
+__all__ = ["FastDropout", "PolicyNet", "PolicyNetwork"]
 
 # FastDropout draws 16 random bits per element: the drop probability is rounded to a multiple
 # of 1 / 2**16 (|error| <= 7.7e-6)
@@ -47,7 +54,41 @@ class FastDropout(nn.Dropout):
         return input * mask
 
 
-class PolicyNet(nn.Module):
+class PolicyNetwork(nn.Module):
+    """What the trainer, checkpoints and the ONNX export need of a network architecture.
+
+    ``forward(states (N, STATE_DIM) float32)`` returns ``(action_logits (N, 3), strength (N, 1)
+    in [0, 1])``; ``probabilities`` (softmax of the logits, strength) is what is exported;
+    ``hparams()`` returns the constructor's keyword arguments (plain numbers and strings, saved in
+    the checkpoint: ``cls(**hparams)`` rebuilds the network); ``from_config(cfg)`` builds it from
+    a ``TrainingConfig``; ``work_per_row(cfg)`` is the width that decides, with the batch size,
+    whether the CPU trains on one intra-op thread (see ``otonom_trainer.training.optim``).
+    Register a subclass with ``otonom_trainer.architectures.register_architecture``.
+    """
+
+    def forward(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError(f"{type(self).__qualname__}.forward")
+
+    def probabilities(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, strength = self(states)
+        return torch.softmax(logits, dim=-1), strength
+
+    def hparams(self) -> dict[str, Any]:
+        """The constructor arguments (saved in checkpoints to rebuild the network)."""
+        raise NotImplementedError(f"{type(self).__qualname__}.hparams")
+
+    @classmethod
+    def from_config(cls, cfg: TrainingConfig) -> PolicyNetwork:
+        """The network ``cfg`` asks for (input width ``STATE_DIM``)."""
+        raise NotImplementedError(f"{cls.__qualname__}.from_config")
+
+    @classmethod
+    def work_per_row(cls, cfg: TrainingConfig) -> int:
+        """The widest layer's width for ``cfg`` (default ``cfg.hidden_dim``)."""
+        return cfg.hidden_dim
+
+
+class PolicyNet(PolicyNetwork):
     """Input (34) -> ``num_layers`` x [Linear(hidden_dim), ReLU, Dropout] -> two heads.
 
     The dropout layers are ``FastDropout`` (``nn.Dropout`` with a cheaper CPU mask; the same
@@ -91,11 +132,11 @@ class PolicyNet(nn.Module):
         h = self.trunk(states)
         return self.action_head(h), torch.sigmoid(self.strength_head(h))
 
-    def probabilities(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, strength = self(states)
-        return torch.softmax(logits, dim=-1), strength
+    @classmethod
+    def from_config(cls, cfg: TrainingConfig) -> PolicyNet:
+        return cls(STATE_DIM, cfg.hidden_dim, cfg.num_layers, cfg.dropout)
 
-    def hparams(self) -> dict[str, int | float]:
+    def hparams(self) -> dict[str, Any]:
         """The constructor arguments (saved in checkpoints to rebuild the network)."""
         return {
             "state_dim": self.state_dim,

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from otonom_runtime.synth import DEMO_SEED
+from otonom_trainer._errors import OtonomTrainerError
 from otonom_trainer.ranges import DEMO_END, DEMO_START
 
 __all__ = ["STAGES", "PipelineConfig", "PipelineError", "PipelineResult", "run_pipeline"]
@@ -64,7 +65,7 @@ LATEST_RUN: Final = "latest"
 _RUN_NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-class PipelineError(ValueError):
+class PipelineError(OtonomTrainerError, ValueError):
     """The pipeline cannot run as asked (e.g. resuming without the earlier stages' outputs)."""
 
 

@@ -38,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from otonom_schema import LOOKBACK
+from otonom_trainer._errors import OtonomTrainerError
 
 if TYPE_CHECKING:
     from otonom_trainer.walkforward import Window
@@ -63,7 +64,7 @@ WALK_FORWARD_SIZES: Final = ((3, 6), (2, 6), (1, 6), (1, 3))
 """(train years, test months) tried in order when ``walk-forward`` is given neither size."""
 
 
-class RangeError(ValueError):
+class RangeError(OtonomTrainerError, ValueError):
     """The stored bars cannot give the ranges asked for (too short, no overlap, none at all);
     the message says what the store holds and what is needed."""
 

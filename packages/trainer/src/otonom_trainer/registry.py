@@ -30,6 +30,7 @@ from otonom_runtime.policy import (
     MODEL_FILENAME,
     resolve_version_dir,
 )
+from otonom_trainer._errors import OtonomTrainerError
 
 __all__ = [
     "DEFAULT_POINTER",
@@ -46,7 +47,7 @@ __all__ = [
 _VERSION_RE: Final = re.compile(r"^\d{8}T\d{6}Z(-\d+)?$")
 
 
-class RegistryError(ValueError):
+class RegistryError(OtonomTrainerError, ValueError):
     """A model folder that is not what versioning expects (the message says what was found)."""
 
 

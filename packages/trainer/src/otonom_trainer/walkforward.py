@@ -54,6 +54,7 @@ from typing import Any
 
 from otonom_runtime.cli import iso_date
 from otonom_runtime.synth import DEMO_SEED
+from otonom_trainer._errors import OtonomTrainerError
 from otonom_trainer.pipeline import DEMO_SYMBOLS, refuse_unknown_before_creating
 from otonom_trainer.ranges import (
     DEMO_END,
@@ -77,7 +78,7 @@ __all__ = [
 ]
 
 
-class WalkForwardError(ValueError):
+class WalkForwardError(OtonomTrainerError, ValueError):
     """A walk-forward setting (or the history it meets) does not work; the message says what
     was given and what was expected."""
 
