@@ -241,7 +241,10 @@ class _Sleeve:
         it voted, and its fallbacks (None with the RL analyst off)."""
         if self.entry_equity is not None:  # a trade still open at the end: closed at the last close
             self.trade_pnls.append(self.out[-1][4] - self.entry_equity)
-        out = np.array(self.out, dtype=np.float64).reshape(-1, 6).T
+        n = len(self.out)
+        # column by column (a list of tuples into one array costs twice as much)
+        out = [np.fromiter(c, dtype=np.float64, count=n) for c in zip(*self.out, strict=True)]
+        out = out or [np.zeros(0) for _ in range(6)]
         return SymbolResult(
             symbol=bars.symbol,
             dates=bars.dates[bars.first :],
@@ -250,12 +253,12 @@ class _Sleeve:
             signals=signals,
             rl_signals=None if rl is None else rl[0],
             rl_voted=None if rl is None else rl[1],
-            position=out[0].copy(),
-            leverage=out[1].copy(),
-            cash_fraction=out[2].copy(),
-            days_since_last_trade=out[3].copy(),
-            equity=out[4].copy(),
-            exposure=out[5].copy(),
+            position=out[0],
+            leverage=out[1],
+            cash_fraction=out[2],
+            days_since_last_trade=out[3],
+            equity=out[4],
+            exposure=out[5],
             trade_pnls=self.trade_pnls,
             fills=self.fills,
             fallbacks=0 if rl is None else rl[2],
@@ -356,11 +359,7 @@ def _lockstep(
     m = n_sym
     for k0 in range(0, n_max, _CHUNK):
         k1 = min(k0 + _CHUNK, n_max)
-        chunk = np.zeros((k1 - k0, n_sym, STATE_DIM), dtype=dtype)
-        for j, i in enumerate(order):
-            bars = prepared[i].bars
-            span = bars.market[bars.first + k0 : bars.first + min(k1, alive[j])]
-            chunk[: span.shape[0], j] = span
+        chunk = _states(prepared, order, alive, k0, k1, dtype)
         for k in range(k0, k1):
             while alive[m - 1] <= k:  # the shortest histories have ended
                 m -= 1
@@ -389,20 +388,33 @@ def _lockstep(
                 s_out.append(strength)
     for sleeve in sleeves:  # the last day's decision: nothing to fill, the sleeve finishes
         next(sleeve, None)
+    rl = (rl_actions, rl_strengths, rl_confidences, rl_voted)
     results: list[SymbolResult] = [None] * n_sym  # type: ignore[list-item]
     for j, i in enumerate(order):
         p, n = prepared[i], alive[j]
-        rl = Signals(
-            rl_actions[:n, j].copy(), rl_strengths[:n, j].copy(), rl_confidences[:n, j].copy()
-        )
-        results[i] = p.sleeve.result(
-            p.bars,
-            actions_out[i],
-            strengths_out[i],
-            p.signals,
-            (rl, rl_voted[:n, j].copy(), rls[i].fallbacks),
-        )
+        votes = Signals(*(a[:n, j].copy() for a in rl[:3]))
+        rl_j = (votes, rl_voted[:n, j].copy(), rls[i].fallbacks)
+        results[i] = p.sleeve.result(p.bars, actions_out[i], strengths_out[i], p.signals, rl_j)
     return results
+
+
+def _states(
+    prepared: Sequence[_Prepared],
+    order: list[int],
+    alive: list[int],
+    k0: int,
+    k1: int,
+    dtype: np.dtype[np.floating],
+) -> npt.NDArray[np.floating]:
+    """The market features of decision days ``k0 .. k1`` of every symbol, day-major (days,
+    symbols in ``order``, 34), zeros where a history has ended (the portfolio columns are
+    filled in day by day)."""
+    chunk = np.zeros((k1 - k0, len(order), STATE_DIM), dtype=dtype)
+    for j, i in enumerate(order):
+        bars = prepared[i].bars
+        span = bars.market[bars.first + k0 : bars.first + min(k1, alive[j])]
+        chunk[: span.shape[0], j] = span
+    return chunk
 
 
 def simulate_symbol(

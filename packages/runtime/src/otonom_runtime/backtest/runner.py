@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from otonom_runtime._errors import BacktestError, PolicyError, StateBuildError
 from otonom_runtime.backtest.engine import SymbolResult, _Bars, _simulate
-from otonom_runtime.backtest.params import RUN_PURPOSES, engine_params
+from otonom_runtime.backtest.params import RUN_PURPOSES, EngineParams, engine_params
 from otonom_runtime.backtest.records import _RunRecord, _write_decisions
 from otonom_runtime.ensemble import RlAnalyst
 from otonom_runtime.metrics import Metrics, compute_metrics
@@ -68,45 +68,13 @@ def run_backtest(
 
     _check_request(symbols, start, end, purpose)
     rl_on = config.rl_enabled if use_rl is None else use_rl
-    if not rl_on and config.rl_enabled:
-        config = config.with_rl(False)
-    elif rl_on and not config.rl_enabled and policy is None:
-        config = config.with_rl(True)  # resolves the model path, or StrategyError
-    params = engine_params(config)
-    if rl_on and not config.rl_enabled:  # a policy handed in for a strategy that has RL off
-        params = replace(params, weights=(*params.weights[:3], config.ensemble.analyst_weights.rl))
+    config, params = _with_rl(config, rl_on, policy)
     clock = time.perf_counter()
-    rows = {name: get_symbol(session, name) for name in symbols}  # before the run row
-    symbol_ids = {name: row.id for name, row in rows.items()}
-    # the sentiment each symbol reads, recorded for dataset generation to read the same
-    sources = {
-        name: {
-            "news": sentiment_source(row, config.data.news_source),
-            "macro": sentiment_source(row, config.data.macro_source),
-        }
-        for name, row in rows.items()
-    }
+    symbol_ids, sources = _symbols(session, config, symbols)  # before the run row
     _check_bars_in_range(session, symbol_ids, start, end)  # a bad request stores nothing
     first_rl = _make_rl(config, policy) if rl_on else None  # loaded once, recorded in the run
-    record = _RunRecord(
-        session,
-        BacktestRun(
-            strategy_name=config.name,
-            strategy_hash=config.file_sha256,
-            params={
-                "strategy": config.to_dict(),
-                "rl_enabled": rl_on,
-                "source": config.source,
-                "sentiment_sources": sources,
-                "purpose": purpose,
-                **_rl_model_params(config, first_rl),
-            },
-            start_date=start,
-            end_date=end,
-            symbols=list(symbols),
-            status="running",
-        ),
-    )
+    run = _run_row(config, symbols, start, end, sources, purpose, first_rl)
+    record = _RunRecord(session, run)
     try:
         capital = params.initial_capital / len(symbols)
         inputs = _load_inputs(session, config, symbols, start, end, sources, progress)
@@ -144,6 +112,65 @@ def run_backtest(
         equity=summary.equity,
         bar_decisions=sum(len(r.actions) for r in results),
         elapsed_s=time.perf_counter() - clock,
+    )
+
+
+def _with_rl(
+    config: StrategyConfig, rl_on: bool, policy: RlPolicy | None
+) -> tuple[StrategyConfig, EngineParams]:
+    """The strategy with the RL analyst switched as asked, and its engine parameters."""
+    if not rl_on and config.rl_enabled:
+        config = config.with_rl(False)
+    elif rl_on and not config.rl_enabled and policy is None:
+        config = config.with_rl(True)  # resolves the model path, or StrategyError
+    params = engine_params(config)
+    if rl_on and not config.rl_enabled:  # a policy handed in for a strategy that has RL off
+        params = replace(params, weights=(*params.weights[:3], config.ensemble.analyst_weights.rl))
+    return config, params
+
+
+def _symbols(
+    session: Session, config: StrategyConfig, symbols: Sequence[str]
+) -> tuple[dict[str, int], Sources]:
+    """Each symbol's id (``UnknownSymbolError`` for one not in the store) and the sentiment it
+    reads, recorded in the run for dataset generation to read the same."""
+    rows = {name: get_symbol(session, name) for name in symbols}
+    sources = {
+        name: {
+            "news": sentiment_source(row, config.data.news_source),
+            "macro": sentiment_source(row, config.data.macro_source),
+        }
+        for name, row in rows.items()
+    }
+    return {name: row.id for name, row in rows.items()}, sources
+
+
+def _run_row(
+    config: StrategyConfig,
+    symbols: Sequence[str],
+    start: dt.date,
+    end: dt.date,
+    sources: Sources,
+    purpose: str,
+    rl: RlAnalyst | None,
+) -> BacktestRun:
+    """The run's row, status ``running``, recording how it is made (``rl``: the RL analyst
+    as loaded, None with it off)."""
+    return BacktestRun(
+        strategy_name=config.name,
+        strategy_hash=config.file_sha256,
+        params={
+            "strategy": config.to_dict(),
+            "rl_enabled": rl is not None,
+            "source": config.source,
+            "sentiment_sources": sources,
+            "purpose": purpose,
+            **_rl_model_params(config, rl),
+        },
+        start_date=start,
+        end_date=end,
+        symbols=list(symbols),
+        status="running",
     )
 
 
@@ -291,12 +318,16 @@ def _check_bars_in_range(
     from otonom_runtime.store import Bar
 
     in_range = func.sum(case((Bar.date.between(start, end), 1), else_=0))
+    found = {  # one query for every symbol; a symbol without bars has no group
+        row[0]: row[1:]
+        for row in session.execute(
+            select(Bar.symbol_id, func.min(Bar.date), func.max(Bar.date), in_range)
+            .where(Bar.symbol_id.in_(list(symbol_ids.values())))
+            .group_by(Bar.symbol_id)
+        )
+    }
     for name, symbol_id in symbol_ids.items():
-        first, last, n = session.execute(
-            select(func.min(Bar.date), func.max(Bar.date), in_range).where(
-                Bar.symbol_id == symbol_id
-            )
-        ).one()
+        first, last, n = found.get(symbol_id, (None, None, 0))
         if (n or 0) < 2:  # SUM is NULL when the symbol has no bars at all
             held = f"its bars run {first} .. {last}" if first is not None else "it has no bars"
             raise StateBuildError(
