@@ -36,6 +36,7 @@ import datetime as dt
 import io
 import json
 import math
+import os
 import platform
 import tempfile
 import time
@@ -46,8 +47,8 @@ from typing import Any
 from sqlalchemy import Integer, bindparam, text
 from sqlalchemy.orm import Session
 
-from otonom_runtime import backtest as bt
 from otonom_runtime import store
+from otonom_runtime.backtest import records as bt
 from otonom_runtime.backtest import run_backtest
 from otonom_runtime.store import BacktestRun, get_session, init_db, load_history
 from otonom_runtime.strategy import load_strategy
@@ -170,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         histories = [load_history(session, s, start=start, end=end) for s in symbols]
     strategy = load_strategy(ROOT / "strategies" / "baseline_v1.yaml")
     model = tmp / "model"
+    os.environ["OTONOM_MODELS_ROOT"] = str(tmp)  # the strategy resolves the model under it
     make_policy_model(model / "policy_best.onnx", hidden=128, layers=2)
     with_rl = strategy.with_rl(False)
 
@@ -241,6 +243,13 @@ def main(argv: list[str] | None = None) -> int:
         f"\nthe driver's I/O alone allows at most {floor:,.0f} bar-decisions/s here; RL off "
         f"runs at {off / floor:.0%} of that ceiling"
     )
+    print("\nratios (issue #13)")
+    for name, ratio, target in (
+        ("RL on  / peer ", on / peer, 1.0),
+        ("RL off / peer ", off / peer, 1.5),
+        ("RL off / floor", off / floor, 0.6),
+    ):
+        print(f"  {'MET   ' if ratio >= target else 'MISSED'} {name} {ratio:5.2f} (>= {target})")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return 0

@@ -464,9 +464,9 @@ def patch(module, name, n, after):
     setattr(module, name, wrapper)
 
 
-import otonom_runtime.backtest as bt
+import otonom_runtime.backtest.records as records
 
-bt._BATCH = 500  # several decision batches in a small backtest
+records._BATCH = 500  # several decision batches in a small backtest
 if point != "none":
     module, name, n, when = point.split(":")
     patch(module, name, int(n), when == "after")
@@ -477,13 +477,13 @@ raise SystemExit(main(argv))
 
 BACKTEST_POINTS = {
     # the run row is committed and beating; nothing else happened
-    "after-run-row": "otonom_runtime.backtest:load_macro:1:before",
+    "after-run-row": "otonom_runtime.backtest.runner:load_macro:1:before",
     # the bars are read, the ensemble is simulating
-    "mid-simulation": "otonom_runtime.backtest:_simulate:1:before",
+    "mid-simulation": "otonom_runtime.backtest.runner:_simulate:1:before",
     # 2 of 3 decision batches committed
-    "mid-decisions": "otonom_runtime.backtest:_insert_decisions:2:after",
+    "mid-decisions": "otonom_runtime.backtest.records:_insert_decisions:2:after",
     # every decision committed, the metrics not yet computed, the run not complete
-    "before-finish": "otonom_runtime.backtest:compute_metrics:1:before",
+    "before-finish": "otonom_runtime.backtest.runner:compute_metrics:1:before",
 }
 IMPORT_POINTS = {
     # the symbol row is flushed (in the open transaction), no bar yet

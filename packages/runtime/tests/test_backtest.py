@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,16 @@ import pytest
 from sqlalchemy import func, select
 
 import otonom_schema as s
-from otonom_runtime import StateBuildError, UnknownSymbolError
+from otonom_runtime import BacktestError, StateBuildError, UnknownSymbolError
 from otonom_runtime import backtest as bt
-from otonom_runtime.backtest import EngineParams, run_backtest, simulate_symbol
+from otonom_runtime.backtest import (
+    EngineParams,
+    engine,
+    records,
+    run_backtest,
+    runner,
+    simulate_symbol,
+)
 from otonom_runtime.ensemble import RlAnalyst
 from otonom_runtime.policy import load_rl_policy, write_sha256_sidecar
 from otonom_runtime.store import BacktestRun, Decision, get_session
@@ -77,7 +85,7 @@ def test_sell_goes_short_or_flat() -> None:
     short = simulate_symbol("X", dates, opens, closes, market, 0, NEWS_ONLY, 1000.0)
     assert short.exposure[2] == pytest.approx(-0.9, rel=5e-3)  # costs shave the equity a little
     flat = simulate_symbol(
-        "X", dates, opens, closes, market, 0, bt.replace(NEWS_ONLY, allow_short=False), 1000.0
+        "X", dates, opens, closes, market, 0, replace(NEWS_ONLY, allow_short=False), 1000.0
     )
     assert flat.exposure[2] == 0.0
     assert flat.trade_pnls == pytest.approx([flat.equity[2] - 1000.0])
@@ -87,7 +95,7 @@ def test_leverage_cap_and_high_vol_exposure() -> None:
     dates = np.datetime64("2022-01-01") + np.arange(3)
     prices = np.full(3, 50.0)
     market = scripted_market([1.0, 0.0, 0.0])
-    params = bt.replace(NEWS_ONLY, max_leverage=2.0, commission_bps=0.0, slippage_bps=0.0)
+    params = replace(NEWS_ONLY, max_leverage=2.0, commission_bps=0.0, slippage_bps=0.0)
     r = simulate_symbol("X", dates, prices, prices, market, 0, params, 1000.0)
     assert r.exposure[1] == pytest.approx(2.0)
     assert r.leverage[1] == pytest.approx(2.0)
@@ -122,9 +130,12 @@ def _sleeve_state(sleeve: Any) -> tuple[Any, ...]:
         (EngineParams(max_leverage=3.0, slippage_bps=50.0), True),  # leveraged longs go bust
     ],
 )
-def test_sleeve_run_equals_mark_then_trade_bit_for_bit(params: EngineParams, crash: bool) -> None:
-    """The RL-off loop (``_Sleeve.run``) and the lockstep path's ``mark``/``trade`` steps are
-    two spellings of one rule set: same floats, same trades, same ruin."""
+def test_sleeve_in_lockstep_equals_the_sleeve_run_up_front(
+    params: EngineParams, crash: bool
+) -> None:
+    """The sleeve's one body, driven one day at a time (the RL path: each decision appended
+    after the day's features are yielded) and with every decision known up front (``run``):
+    same floats, same trades, same ruin; the features yielded are the ones it records."""
     rng = np.random.default_rng(11 if crash else 5)
     n, first = 900, 100
     moves = rng.normal(0.0, 0.04, n)
@@ -133,19 +144,23 @@ def test_sleeve_run_equals_mark_then_trade_bit_for_bit(params: EngineParams, cra
     closes = 100.0 * np.exp(np.cumsum(moves))
     opens = closes * np.exp(rng.normal(0.0, 0.01, n))
     dates = np.datetime64("2020-01-01") + np.cumsum(np.where(rng.random(n) < 0.1, 2, 1))
-    bars = bt._Bars("X", dates, opens, closes, np.zeros((n, 34)), first)
+    bars = engine._Bars("X", dates, opens, closes, np.zeros((n, 34)), first)
     actions = rng.integers(0, 3, n - first).tolist()
     actions[390:420] = [1] * 30  # long into the crash
     strengths = rng.random(n - first).tolist()
     strengths[390:420] = [1.0] * 30
     cap = (rng.choice([0.5, 1.0], n - first) * params.max_leverage).tolist()
     cap[390:420] = [params.max_leverage] * 30
-    looped = bt._Sleeve(bars, params, 1000.0, cap)
+    looped = engine._Sleeve(bars, params, 1000.0, cap)
     looped.run(actions, strengths)
-    stepped = bt._Sleeve(bars, params, 1000.0, cap)
-    for k, (action, strength) in enumerate(zip(actions, strengths, strict=True)):
-        stepped.mark(k)
-        stepped.trade(k, action, strength)
+    stepped = engine._Sleeve(bars, params, 1000.0, cap)
+    decided: tuple[list[int], list[float]] = ([], [])
+    days = stepped.steps(*decided, lockstep=True)
+    for k, features in enumerate(days):
+        assert features == stepped.out[k][:4]
+        decided[0].append(actions[k])
+        decided[1].append(strengths[k])
+    assert len(decided[0]) == n - first
     assert _sleeve_state(looped) == _sleeve_state(stepped)
     assert looped.fills > 20
     assert looped.bust is crash
@@ -178,7 +193,10 @@ def test_no_look_ahead() -> None:
 def _same(a: bt.SymbolResult, b: bt.SymbolResult) -> None:
     for name, value in vars(a).items():
         other = getattr(b, name)
-        if name == "signals":
+        if name == "rl_signals" and value is not None:
+            for field in ("actions", "strengths", "confidences"):
+                np.testing.assert_array_equal(getattr(value, field), getattr(other, field))
+        elif name == "signals":
             assert value.keys() == other.keys()
             for sig, sig2 in zip(value.values(), other.values(), strict=True):
                 np.testing.assert_array_equal(sig.actions, sig2.actions)
@@ -200,11 +218,11 @@ def test_rl_sleeves_in_lockstep_equal_one_symbol_at_a_time(tmp_path: Path) -> No
     for seed, n, first in ((1, 420, 140), (2, 330, 150), (3, 400, 300)):
         h = random_history(n, seed=seed)
         symbols.append(
-            bt._Bars(f"S{seed}", h.dates, h.open, h.close, s.market_feature_matrix(h), first)
+            engine._Bars(f"S{seed}", h.dates, h.open, h.close, s.market_feature_matrix(h), first)
         )
     params = EngineParams(weights=(1.0, 1.0, 1.0, 2.0), max_leverage=2.0, min_score=0.4)
     for make in (lambda: RlAnalyst(policy), lambda: RlAnalyst(None, reason="gone")):
-        together = bt._simulate(symbols, params, 1000.0, [make() for _ in symbols])
+        together = engine._simulate(symbols, params, 1000.0, [make() for _ in symbols])
         for b, r in zip(symbols, together, strict=True):
             alone = simulate_symbol(
                 b.symbol, b.dates, b.opens, b.closes, b.market, b.first, params, 1000.0, make()
@@ -270,7 +288,7 @@ def test_run_records_decisions_metrics_and_is_repeatable(store: str) -> None:
 
 def test_an_interrupted_run_is_marked_failed(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = load_strategy(BASELINE)
-    real = bt.load_news
+    real = runner.load_news
     calls = []
 
     def flaky(*args: Any, **kwargs: Any) -> Any:
@@ -279,7 +297,7 @@ def test_an_interrupted_run_is_marked_failed(store: str, monkeypatch: pytest.Mon
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(bt, "load_news", flaky)
+    monkeypatch.setattr(runner, "load_news", flaky)
     with get_session(store) as session, pytest.raises(KeyboardInterrupt):
         run_backtest(
             session, cfg, ["DEMO-BTC", "DEMO-ETH"], dt.date(2020, 1, 1), dt.date(2020, 12, 31)
@@ -330,7 +348,7 @@ def test_an_interrupted_write_leaves_a_failed_run(
 ) -> None:
     """Decision batches are committed as they go; a Ctrl-C between them still marks the run
     failed (dataset generation reads complete runs only)."""
-    real = bt._insert_decisions
+    real = records._insert_decisions
     calls = []
 
     def flaky(*args: Any, **kwargs: Any) -> None:
@@ -339,8 +357,8 @@ def test_an_interrupted_write_leaves_a_failed_run(
             raise KeyboardInterrupt
         real(*args, **kwargs)
 
-    monkeypatch.setattr(bt, "_BATCH", 100)
-    monkeypatch.setattr(bt, "_insert_decisions", flaky)
+    monkeypatch.setattr(records, "_BATCH", 100)
+    monkeypatch.setattr(records, "_insert_decisions", flaky)
     with get_session(store) as session, pytest.raises(KeyboardInterrupt):
         run_backtest(
             session,
@@ -455,7 +473,7 @@ def test_the_run_records_its_purpose(store: str) -> None:
         assert session.get(BacktestRun, user.run_id).params["purpose"] == "user"  # type: ignore[union-attr]
         assert session.get(BacktestRun, gate.run_id).params["purpose"] == "gate"  # type: ignore[union-attr]
         before = session.scalar(select(func.count()).select_from(BacktestRun))
-        with pytest.raises(ValueError, match="purpose is 'mine'; expected one of user, pipeline"):
+        with pytest.raises(BacktestError, match="purpose is 'mine'; expected one of user, pipe"):
             run_backtest(session, cfg, ["DEMO-BTC"], *span, purpose="mine")
         assert session.scalar(select(func.count()).select_from(BacktestRun)) == before
     assert bt.INTERNAL_PURPOSES == ("gate", "evaluation")

@@ -272,24 +272,6 @@ def test_ensemble_works_without_rl_if_model_fails() -> None:
     assert rl.fallbacks == 12
 
 
-def test_decide_one_equals_the_array_rule() -> None:
-    from otonom_runtime.ensemble import decide, decide_floats, decide_one
-
-    rng = np.random.default_rng(1)
-    totals = rng.uniform(0, 2, (500, 3)) * (rng.uniform(size=(500, 3)) > 0.3)
-    totals[::7, 1] = totals[::7, 2]  # BUY/SELL ties
-    sums = totals * rng.uniform(0, 1, (500, 3))
-    for min_score in (0.0, 0.4, 0.6):
-        many = decide(totals, sums, min_score)
-        for i in range(500):
-            one = decide_one(totals[i].tolist(), sums[i].tolist(), min_score)
-            assert one.action == many[i].action
-            assert one.strength == pytest.approx(many[i].strength, abs=1e-12)
-            assert one.confidence == pytest.approx(many[i].confidence, abs=1e-12)
-            floats = decide_floats(*totals[i].tolist(), *sums[i, 1:].tolist(), min_score)
-            assert floats == (int(one.action), one.strength, one.confidence)
-
-
 class _Flaky:
     """A policy that raises for states with rsi > 0.8 and answers NaN for rsi < 0.2."""
 
@@ -331,7 +313,18 @@ def test_rl_votes_equal_one_signal_per_state(
             rows = states[day : day + 5] if day != 0 else states[hot : hot + 5]
             expected = [a.signal(s.RlState.from_array(r)) for a, r in zip(one, rows, strict=True)]
             with caplog.at_level(logging.WARNING, logger="otonom_runtime.ensemble"):
-                got = rl_votes(many, rows)
+                votes, voted = rl_votes(many, rows)
+            got = [
+                (int(a), st, c) if ok else None
+                for a, st, c, ok in zip(
+                    votes.actions.tolist(),
+                    votes.strengths.tolist(),
+                    votes.confidences.tolist(),
+                    voted.tolist(),
+                    strict=True,
+                )
+            ]
+            assert not (votes.confidences[~voted]).any()  # a fallback adds no vote
             assert got == [
                 None if e is None else (int(e.action), e.strength, e.confidence) for e in expected
             ]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
 from otonom_runtime._errors import (
+    BacktestError,
     DataImportError,
     ModelSchemaMismatchError,
     OtonomRuntimeError,
@@ -68,6 +69,7 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [
+    "BacktestError",
     "BacktestReport",
     "DataImportError",
     "ImportReport",

@@ -11,6 +11,8 @@
         ├── StateBuildError (+ ValueError)     no bar on/near the date, date before history, ...
         ├── StrategyError (+ ValueError)       a strategy file or mapping that cannot be used;
         │                                      ``problems`` lists every one (file:line: key.path)
+        ├── BacktestError (+ ValueError)       a backtest request that cannot run (no symbols,
+        │                                      start after end, an unknown purpose)
         └── PolicyError (+ ValueError)         a model file that is missing, invalid, has the
             │                                  wrong signature, fails its sha256, digest or
             │                                  golden sample check; an output that breaks
@@ -29,6 +31,7 @@ from collections.abc import Sequence
 from otonom_schema import SchemaMismatchError
 
 __all__ = [
+    "BacktestError",
     "DataImportError",
     "ModelSchemaMismatchError",
     "OtonomRuntimeError",
@@ -73,6 +76,10 @@ class StrategyError(OtonomRuntimeError, ValueError):
     def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.problems: tuple[str, ...] = tuple(problems)
+
+
+class BacktestError(OtonomRuntimeError, ValueError):
+    """A backtest request that cannot run (checked before anything is stored)."""
 
 
 class PolicyError(OtonomRuntimeError, ValueError):

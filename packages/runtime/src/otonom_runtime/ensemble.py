@@ -56,11 +56,10 @@ __all__ = [
     "SignalLike",
     "Signals",
     "TechAnalyst",
+    "add_votes",
     "aggregate_signal_arrays",
     "aggregate_signals",
     "decide",
-    "decide_floats",
-    "decide_one",
     "rl_votes",
     "vote_totals",
 ]
@@ -315,26 +314,28 @@ class RlAnalyst:
         return action, strength, confidence
 
 
-def rl_votes(analysts: Sequence[RlAnalyst], states: npt.ArrayLike) -> list[RlVote | None]:
+def rl_votes(
+    analysts: Sequence[RlAnalyst], states: npt.ArrayLike
+) -> tuple[Signals, npt.NDArray[np.bool_]]:
     """``RlAnalyst.signal`` for many states in one model call: row i of ``states`` (N, 34) is
     ``analysts[i]``'s state; all the analysts hold the same policy (or none).
 
-    Returns per row ``(action, strength, confidence)`` as plain numbers, or None where that
-    analyst falls back; fallbacks are counted and logged by the analyst the row belongs to,
-    exactly as ``signal`` does. The states are validated once (by ``policy.predict_batch``, or
-    here without a policy): a bad state raises ``otonom_schema.SchemaError`` as
-    ``RlState.from_array`` does. A batch that raises is retried row by row through
-    ``policy.predict``, so a failure costs only the decisions it belongs to. An MLP's answer
-    for a row does not depend on the other rows of its batch, so the votes are those of
-    ``signal`` called one state at a time.
+    Returns ``(signals, voted)``: per row the vote as ``Signals`` (action, strength and
+    confidence as ``signal`` gives them, in float64) and ``voted`` (N,) bool, False where that
+    analyst falls back (its signal there is HOLD with strength and confidence 0, so adding it
+    with ``add_votes`` adds nothing); fallbacks are counted and logged by the analyst the row
+    belongs to, exactly as ``signal`` does. The states are validated once (by
+    ``policy.predict_batch``, or here without a policy): a bad state raises
+    ``otonom_schema.SchemaError`` as ``RlState.from_array`` does. A batch that raises is
+    retried row by row through ``policy.predict``, so a failure costs only the decisions it
+    belongs to. An MLP's answer for a row does not depend on the other rows of its batch, so
+    the votes are those of ``signal`` called one state at a time.
     """
     n = len(analysts)
-    if n == 0:
-        return []
-    policy = analysts[0].policy
+    policy = analysts[0].policy if n else None
     if any(a.policy is not policy for a in analysts):
         raise ValueError("rl_votes needs analysts that share one policy")
-    predict_batch = getattr(policy, "predict_batch", None)
+    predict_batch = getattr(policy, "predict_batch", None) if n else None
     if predict_batch is not None:
         try:
             actions, strengths, probs = predict_batch(states)
@@ -343,29 +344,48 @@ def rl_votes(analysts: Sequence[RlAnalyst], states: npt.ArrayLike) -> list[RlVot
         else:
             if actions.shape[0] != n:
                 raise ValueError(f"{n} analysts for {actions.shape[0]} states; expected one each")
-            return [
-                a._vote(action, strength, confidence)
-                for a, action, strength, confidence in zip(
-                    analysts,
-                    actions.tolist(),
-                    strengths.tolist(),
-                    probs.max(axis=1).tolist(),
-                    strict=True,
-                )
-            ]
+            return _checked_votes(
+                analysts,
+                actions.astype(np.int64, copy=False),
+                strengths.astype(np.float64),
+                probs.max(axis=1).astype(np.float64),
+            )
     rows = np.asarray(states)
     if rows.ndim != 2 or rows.shape[0] != n:
         raise ValueError(f"states have shape {rows.shape}; expected ({n}, 34), one per analyst")
+    voted = np.zeros(n, dtype=np.bool_)
+    out = Signals(np.full(n, _HOLD, dtype=np.int64), np.zeros(n), np.zeros(n))
     if policy is None:
-        validate_states(rows)
+        if n:
+            validate_states(rows)
         for a in analysts:
             a._fail(a.last_error or "no policy")
-        return [None] * n
-    out: list[RlVote | None] = []
-    for a, row in zip(analysts, rows, strict=True):
+        return out, voted
+    for i, (a, row) in enumerate(zip(analysts, rows, strict=True)):
         sig = a.signal(RlState.from_array(row))
-        out.append(None if sig is None else (int(sig.action), sig.strength, sig.confidence))
-    return out
+        if sig is not None:
+            voted[i] = True
+            out.actions[i], out.strengths[i], out.confidences[i] = (
+                int(sig.action),
+                sig.strength,
+                sig.confidence,
+            )
+    return out, voted
+
+
+def _checked_votes(
+    analysts: Sequence[RlAnalyst], actions: npt.NDArray[np.int64], strengths: F64, confidences: F64
+) -> tuple[Signals, npt.NDArray[np.bool_]]:
+    """A batch's outputs as ``rl_votes`` returns them: rows outside [0, 1] (or not finite) are
+    that analyst's fallback (``RlAnalyst._vote`` counts and explains each one)."""
+    voted = (strengths >= 0.0) & (strengths <= 1.0) & (confidences >= 0.0) & (confidences <= 1.0)
+    if not voted.all():
+        for i in np.flatnonzero(~voted).tolist():
+            analysts[i]._vote(int(actions[i]), float(strengths[i]), float(confidences[i]))
+        actions = np.where(voted, actions, _HOLD)
+        strengths = np.where(voted, strengths, 0.0)
+        confidences = np.where(voted, confidences, 0.0)
+    return Signals(actions, strengths, confidences), voted
 
 
 def _check_weights(weights: Sequence[float], n: int) -> F64:
@@ -387,14 +407,22 @@ def vote_totals(signals: Sequence[Signals | None], weights: Sequence[float]) -> 
     n = len(present[0][0])
     totals = np.zeros((n, 3))
     strength_sums = np.zeros((n, 3))
-    rows = np.arange(n)
     for sig, wi in present:
         if len(sig) != n:
             raise ValueError(f"signals have {len(sig)} rows; expected {n} like the first analyst")
-        vote = wi * sig.confidences
-        np.add.at(totals, (rows, sig.actions), vote)
-        np.add.at(strength_sums, (rows, sig.actions), vote * sig.strengths)
+        add_votes(totals, strength_sums, sig, float(wi))
     return totals, strength_sums
+
+
+def add_votes(totals: F64, strength_sums: F64, signals: Signals, weight: float) -> None:
+    """Add one analyst's votes (weight ``weight``) to ``vote_totals``' two (N, 3) arrays, in
+    place: ``weight x confidence`` to the total of the action it votes for, and that times its
+    strength to the action's strength sum. The backtester adds the RL analyst's votes this way
+    to the other three's totals, one day at a time."""
+    rows = np.arange(signals.actions.shape[0])
+    vote = weight * signals.confidences
+    np.add.at(totals, (rows, signals.actions), vote)
+    np.add.at(strength_sums, (rows, signals.actions), vote * signals.strengths)
 
 
 def aggregate_signal_arrays(
@@ -410,61 +438,29 @@ def aggregate_signal_arrays(
 
 
 def decide(totals: F64, strength_sums: F64, min_score: float) -> Signals:
-    """The outcome of ``vote_totals``: BUY or SELL, whichever has more votes, when its share of
-    all votes (HOLD votes included) reaches ``min_score``; HOLD otherwise and on a tie."""
-    buy = totals[:, int(Action.BUY)]
-    sell = totals[:, int(Action.SELL)]
-    winner = np.where(buy > sell, int(Action.BUY), np.where(sell > buy, int(Action.SELL), 0))
+    """The vote's outcome, for N states at once, from ``vote_totals`` (plus ``add_votes``):
+    BUY or SELL, whichever has more votes, when its share of all votes (HOLD votes included)
+    reaches ``min_score``; HOLD otherwise and on a tie. The strength is the winning side's
+    strength sum over its votes, the confidence its share (for HOLD: one minus the stronger
+    side's share), both clipped to [0, 1]. The one spelling of the rule: the backtester calls
+    it on whole histories and, with the RL analyst, once per day on that day's symbols (so it
+    is written with few array operations: each costs about a microsecond on a short batch).
+    """
+    buy = totals[:, _BUY]
+    sell = totals[:, _SELL]
     best = np.maximum(buy, sell)
     votes = totals.sum(axis=1)
-    share = np.where(votes > 0, best / np.where(votes > 0, votes, 1.0), 0.0)
-    rows = np.arange(totals.shape[0])
-    strength = strength_sums[rows, winner] / np.where(best > 0, best, 1.0)
-    act = (winner != int(Action.HOLD)) & (share >= min_score) & (best > 0)
-    actions = np.where(act, winner, int(Action.HOLD)).astype(np.int64)
+    positive = votes > 0
+    share = np.where(positive, best / np.where(positive, votes, 1.0), 0.0)
+    buying = buy > sell
+    act = (buying | (sell > buy)) & (share >= min_score) & (best > 0)
+    side_sum = np.where(buying, strength_sums[:, _BUY], strength_sums[:, _SELL])
+    strength = side_sum / np.where(best > 0, best, 1.0)
     return Signals(
-        actions,
-        np.where(act, np.clip(strength, 0.0, 1.0), 0.0),
-        np.clip(np.where(act, share, 1.0 - share), 0.0, 1.0),
+        np.where(act, np.where(buying, _BUY, _SELL), _HOLD).astype(np.int64, copy=False),
+        np.where(act, np.minimum(np.maximum(strength, 0.0), 1.0), 0.0),
+        np.minimum(np.maximum(np.where(act, share, 1.0 - share), 0.0), 1.0),
     )
-
-
-def decide_one(totals: Sequence[float], strength_sums: Sequence[float], min_score: float) -> Signal:
-    """``decide`` for one state with plain floats (the backtester's per-bar path with the RL
-    analyst); the same rule, kept equal to ``decide`` by a test on random votes."""
-    action, strength, confidence = decide_floats(
-        float(totals[0]),
-        float(totals[Action.BUY]),
-        float(totals[Action.SELL]),
-        float(strength_sums[Action.BUY]),
-        float(strength_sums[Action.SELL]),
-        min_score,
-    )
-    return Signal(Action(action), strength, confidence)
-
-
-def decide_floats(
-    hold: float, buy: float, sell: float, buy_sum: float, sell_sum: float, min_score: float
-) -> tuple[int, float, float]:
-    """``decide_one`` on bare floats, returning ``(action, strength, confidence)`` (the
-    backtester's hot path: no ``Signal`` per bar). ``hold``/``buy``/``sell``: the vote totals;
-    ``buy_sum``/``sell_sum``: the vote-weighted strength sums of the two sides. ``min``/``max``
-    are spelled out as conditionals with the builtins' operand order (same results, NaN
-    included, at a fraction of the cost)."""
-    votes = hold + buy + sell
-    best = sell if sell > buy else buy  # max(buy, sell)
-    share = best / votes if votes > 0 else 0.0
-    if buy == sell or best <= 0 or share < min_score:
-        confidence = 1.0 - share
-        confidence = 0.0 if confidence < 0.0 else confidence  # max(confidence, 0.0)
-        return _HOLD, 0.0, 1.0 if confidence > 1.0 else confidence  # min(confidence, 1.0)
-    if buy > sell:
-        strength = buy_sum / best
-        action = _BUY
-    else:
-        strength = sell_sum / best
-        action = _SELL
-    return action, _clip01(strength), _clip01(share)
 
 
 def _clip01(x: float) -> float:

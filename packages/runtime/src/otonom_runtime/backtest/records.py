@@ -1,0 +1,184 @@
+"""Run persistence: the run row's lifecycle (written ``running`` with its process and a
+heartbeat, then ``complete`` with its metrics or ``failed`` with the error) and the decision
+rows, written in batched transactions."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Sequence
+from typing import Any, Final
+
+import numpy as np
+from sqlalchemy import Engine, insert
+from sqlalchemy.orm import Session
+
+from otonom_runtime.backtest.engine import SymbolResult
+from otonom_runtime.ensemble import ANALYSTS
+from otonom_runtime.store import (
+    SIGNAL_COLUMNS,
+    BacktestRun,
+    Decision,
+    RunHeartbeat,
+    this_process,
+)
+
+__all__: list[str] = []
+
+_BATCH: Final = 5000
+_DECISION_COLUMNS: Final = (
+    "run_id",
+    "symbol_id",
+    "date",
+    "action",
+    "strength",
+    "position",
+    "leverage",
+    "cash_fraction",
+    "days_since_last_trade",
+    "equity",
+    *SIGNAL_COLUMNS,
+)
+_RL_COLUMNS: Final = SIGNAL_COLUMNS[-3:]
+_NO_RL_COLUMNS: Final = _DECISION_COLUMNS[: -len(_RL_COLUMNS)]
+
+
+class _RunRecord:
+    """One run's row while the run lasts: ``open`` writes it (status ``running``, this
+    process, a heartbeat thread beating), then exactly one of ``complete`` / ``fail``."""
+
+    def __init__(self, session: Session, run: BacktestRun) -> None:
+        run.host, run.pid, run.process_start = this_process()
+        session.add(run)
+        session.commit()
+        self.session = session
+        self.run_id: int = run.id
+        bind = session.get_bind()
+        self.heartbeat = RunHeartbeat(bind if isinstance(bind, Engine) else None, self.run_id)
+        self.heartbeat.start()
+
+    def complete(self, metrics: dict[str, Any]) -> None:
+        """Status ``complete`` with ``metrics``, committed."""
+        stored = self.session.get(BacktestRun, self.run_id)
+        assert stored is not None
+        self.heartbeat.stop()
+        stored.status = "complete"  # also over a "failed" another host judged by heartbeat
+        stored.error = None
+        stored.finished_at = dt.datetime.now(dt.timezone.utc)
+        stored.metrics = metrics
+        self.session.commit()
+
+    def fail(self, exc: BaseException) -> None:
+        """Roll back what is pending and mark the run ``failed`` with ``exc``, committed."""
+        self.session.rollback()  # first: a heartbeat may wait for the lock this transaction holds
+        self.heartbeat.stop()
+        failed = self.session.get(BacktestRun, self.run_id)
+        if failed is not None:
+            failed.status = "failed"
+            failed.finished_at = dt.datetime.now(dt.timezone.utc)
+            failed.error = f"{type(exc).__name__}: {exc}"[:2000]
+            self.session.commit()
+
+
+def _signal_columns(r: SymbolResult, rl: bool) -> list[list[Any]]:
+    """The signal columns of one symbol's decision rows, column by column: action, strength,
+    confidence per analyst (python ints and floats), None where it did not vote; ``rl``: with
+    the RL analyst's three (else those are left out)."""
+    n = len(r.actions)
+    missing: list[Any] = [None] * n
+    columns: list[list[Any]] = []
+    for name in ANALYSTS[:3]:
+        sig = r.signals.get(name)
+        if sig is None:
+            columns += [missing, missing, missing]
+        else:
+            columns += [sig.actions.tolist(), sig.strengths.tolist(), sig.confidences.tolist()]
+    if rl:
+        votes, voted = r.rl_signals, r.rl_voted
+        if votes is None or voted is None:
+            columns += [missing, missing, missing]
+        else:
+            mask: list[bool] = voted.tolist()
+            for values in (votes.actions, votes.strengths, votes.confidences):
+                column: list[Any] = values.tolist()
+                if not voted.all():
+                    column = [v if ok else None for v, ok in zip(column, mask, strict=True)]
+                columns.append(column)
+    return columns
+
+
+def _decision_rows(
+    run_id: int, symbol_id: int, r: SymbolResult, sqlite: bool, rl: bool
+) -> list[Any]:
+    """One symbol's decision rows as tuples in ``_DECISION_COLUMNS`` order (``rl`` False:
+    without the RL columns, ``_NO_RL_COLUMNS``); on SQLite exactly what the ORM types store
+    (dates as ISO text, ``inf`` days as NULL)."""
+    n = len(r.actions)
+    days: list[float | None] = r.days_since_last_trade.tolist()
+    if sqlite:
+        days = [None if d == math.inf else d for d in days]
+        dates: list[Any] = np.datetime_as_string(r.dates.astype("datetime64[D]"), unit="D").tolist()
+    else:
+        dates = r.dates.astype("datetime64[D]").tolist()
+    return list(
+        zip(
+            [run_id] * n,
+            [symbol_id] * n,
+            dates,
+            r.actions.tolist(),
+            r.strengths.tolist(),
+            r.position.tolist(),
+            r.leverage.tolist(),
+            r.cash_fraction.tolist(),
+            days,
+            r.equity.tolist(),
+            *_signal_columns(r, rl),
+            strict=True,
+        )
+    )
+
+
+def _write_decisions(
+    session: Session, run_id: int, symbol_ids: Sequence[int], results: Sequence[SymbolResult]
+) -> None:
+    """Store the decisions of every symbol (in the order given), a commit after each
+    ``_BATCH`` rows.
+
+    SQLite goes through the driver's ``executemany`` with pre-formatted rows (see
+    ``_decision_rows``); other databases take the Core insert with SQLAlchemy's own type
+    handling. When the RL analyst voted on no decision of the run (off, or failed to load), its
+    columns are left out of the INSERT and hold their default, NULL: the driver binds each
+    ``None`` through its adapter lookup, which costs about 15 times a float's bind.
+    """
+    sqlite = session.connection().dialect.name == "sqlite"
+    rl = any(r.rl_voted is not None and bool(r.rl_voted.any()) for r in results)
+    columns = _DECISION_COLUMNS if rl else _NO_RL_COLUMNS
+    pending: list[Any] = []
+    for symbol_id, r in zip(symbol_ids, results, strict=True):
+        pending += _decision_rows(run_id, symbol_id, r, sqlite, rl)
+        while len(pending) >= _BATCH:
+            _insert_decisions(session, pending[:_BATCH], sqlite, columns)
+            del pending[:_BATCH]
+    if pending:
+        _insert_decisions(session, pending, sqlite, columns)
+
+
+def _insert_decisions(
+    session: Session, rows: list[Any], sqlite: bool, columns: Sequence[str]
+) -> None:
+    """Insert and commit one batch of ``_decision_rows`` rows, which hold ``columns``."""
+    conn = session.connection()
+    if sqlite:
+        sql = (
+            f"INSERT INTO {Decision.__tablename__} ({', '.join(columns)}) "
+            f"VALUES ({', '.join('?' * len(columns))})"
+        )
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.executemany(sql, rows)
+        finally:
+            cursor.close()
+    else:
+        records = [dict(zip(columns, row, strict=True)) for row in rows]
+        conn.execute(insert(Decision), records)
+    session.commit()
