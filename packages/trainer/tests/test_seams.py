@@ -421,3 +421,31 @@ def test_the_cli_trains_with_a_state_file_and_resumes_it(tmp_path: Path) -> None
     assert refused.returncode != 0
     assert "Traceback" not in refused.stderr
     assert "lr=0.001 there, 0.5 here" in refused.stderr
+
+
+class WideLinear(TinyLinear):
+    """TinyLinear that declares a wide layer: the CPU keeps the caller's thread count."""
+
+    @classmethod
+    def work_per_row(cls, cfg: TrainingConfig) -> int:
+        return 100_000
+
+
+def test_the_thread_heuristic_asks_the_architecture(tmp_path: Path, tiny: str) -> None:
+    make_dataset(tmp_path / "ds.npz")
+    register_architecture("wide-linear", WideLinear)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen: dict[str, int] = {}
+        for name in (tiny, "wide-linear"):
+            trainer = BehaviorCloningTrainer(
+                config(tmp_path, model=name, max_epochs=1),
+                on_epoch_end=lambda stats, model, n=name: seen.update({n: torch.get_num_threads()}),
+            )
+            quiet(trainer.train, export=False)
+        assert seen == {tiny: 1, "wide-linear": 2}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+        unregister_architecture("wide-linear")
