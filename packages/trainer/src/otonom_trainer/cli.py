@@ -90,9 +90,10 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     p = sub.add_parser(
         "train",
-        help="behaviour cloning: train PolicyNet on a dataset, then export it to ONNX",
+        help="behaviour cloning: train a policy network on a dataset, then export it to ONNX",
         description=(
-            "Train the guide's PolicyNet (alpha * cross-entropy + beta * MSE on BUY/SELL "
+            "Train the guide's PolicyNet or another --architecture (alpha * cross-entropy + "
+            "beta * MSE on BUY/SELL "
             "strengths) with early stopping, then export the best weights to ONNX, checked "
             "against torch through the runtime. Flags override --config FILE.yaml; unset flags "
             "keep the file's values or the defaults shown."
@@ -116,6 +117,18 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="stop after training (no ONNX model; an older one in the folder is then refused "
         "as stale until `otonom-train export` writes this run's)",
     )
+    p.add_argument(
+        "--state-file",
+        metavar="FILE",
+        help="write the whole training state (weights, optimizer, scheduler, random states) to "
+        "FILE after every epoch, for --resume",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="FILE",
+        help="continue the run saved in FILE (a --state-file, or a policy_best.pt) up to "
+        "--epochs, with the same dataset and configuration",
+    )
     p.set_defaults(handler=_cmd_train)
 
 
@@ -136,7 +149,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from otonom_trainer.train import BehaviorCloningTrainer
 
-    BehaviorCloningTrainer(cfg).train(export=not args.no_export)
+    trainer = BehaviorCloningTrainer(cfg, state_path=args.state_file)
+    trainer.train(export=not args.no_export, resume_from=args.resume)
     return 0
 
 

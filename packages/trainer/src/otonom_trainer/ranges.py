@@ -148,38 +148,13 @@ def ranges_from_dates(
     warm-up (default: one year of them, ``periods_per_year``). ``what`` names the command in
     messages. Raises ``RangeError``.
     """
-    from otonom_runtime.strategy import infer_periods_per_year
-
     if not dates:
         raise RangeError("no symbols; expected at least one")
     if start is not None and end is not None and start >= end:
         raise RangeError(f"start {start} is not before end {end}; expected start < end")
-    lo = None if start is None else _dt64(start)
-    hi = None if end is None else _dt64(end)
-    kept: dict[str, npt.NDArray[np.datetime64]] = {}
-    upto: list[npt.NDArray[np.datetime64]] = []
-    for name, raw in dates.items():
-        d = np.unique(np.asarray(raw, dtype="datetime64[D]"))
-        if hi is not None:
-            d = d[d <= hi]
-        upto.append(d)
-        if lo is not None:
-            d = d[d >= lo]
-        if d.size == 0:
-            where = f"{start or 'the first bar'} .. {end or 'the last bar'}"
-            raise RangeError(
-                f"{name} has no bar in {where}; expected bars there (otonom data list shows "
-                "what the store holds)"
-            )
-        kept[name] = d
+    kept, upto = _clip_dates(dates, start, end)
     bars = {name: (int(d.size), _day(d[0]), _day(d[-1])) for name, d in kept.items()}
-    if isinstance(periods_per_year, int):
-        ppy, calendar = periods_per_year, "the strategy's calendar.periods_per_year"
-    else:
-        ppy = infer_periods_per_year(np.concatenate(upto))
-        calendar = (
-            "inferred: bars on (almost) every day" if ppy == 365 else "inferred: weekday-only bars"
-        )
+    ppy, calendar = _calendar(periods_per_year, upto)
     need_days = ppy if min_decision_days is None else min_decision_days
     need_warm = max(LOOKBACK, math.ceil(WARMUP_DAYS * ppy / 365))
     first = max(d[0] for d in kept.values())
@@ -231,6 +206,47 @@ def ranges_from_dates(
         bars=bars,
         warmup_bars=min(int(np.searchsorted(d, days[0])) for d in common.values()),
     )
+
+
+def _clip_dates(
+    dates: Mapping[str, npt.ArrayLike], start: dt.date | None, end: dt.date | None
+) -> tuple[dict[str, npt.NDArray[np.datetime64]], list[npt.NDArray[np.datetime64]]]:
+    """Each symbol's sorted unique days within ``start .. end`` (``RangeError`` for a symbol
+    with none), and each symbol's days up to ``end`` (what the calendar is inferred from)."""
+    lo = None if start is None else _dt64(start)
+    hi = None if end is None else _dt64(end)
+    kept: dict[str, npt.NDArray[np.datetime64]] = {}
+    upto: list[npt.NDArray[np.datetime64]] = []
+    for name, raw in dates.items():
+        d = np.unique(np.asarray(raw, dtype="datetime64[D]"))
+        if hi is not None:
+            d = d[d <= hi]
+        upto.append(d)
+        if lo is not None:
+            d = d[d >= lo]
+        if d.size == 0:
+            where = f"{start or 'the first bar'} .. {end or 'the last bar'}"
+            raise RangeError(
+                f"{name} has no bar in {where}; expected bars there (otonom data list shows "
+                "what the store holds)"
+            )
+        kept[name] = d
+    return kept, upto
+
+
+def _calendar(
+    periods_per_year: int | str, upto: list[npt.NDArray[np.datetime64]]
+) -> tuple[int, str]:
+    """``(bars a year, how that was decided)``: the strategy's number, or inferred."""
+    from otonom_runtime.strategy import infer_periods_per_year
+
+    if isinstance(periods_per_year, int):
+        return periods_per_year, "the strategy's calendar.periods_per_year"
+    ppy = infer_periods_per_year(np.concatenate(upto))
+    calendar = (
+        "inferred: bars on (almost) every day" if ppy == 365 else "inferred: weekday-only bars"
+    )
+    return ppy, calendar
 
 
 def data_ranges(
