@@ -22,7 +22,14 @@ import numpy.typing as npt
 
 from otonom_runtime._errors import BacktestError
 from otonom_runtime.backtest.params import BUST_FLOOR, REBALANCE_THRESHOLD, EngineParams
-from otonom_runtime.ensemble import RlAnalyst, Signals, add_votes, decide, rl_votes, vote_totals
+from otonom_runtime.ensemble import (
+    RlAnalyst,
+    Signals,
+    add_votes,
+    decide,
+    rl_votes,
+    vote_totals,
+)
 from otonom_schema import PORTFOLIO_COLUMNS, STATE_DIM, Action, PortfolioSnapshot
 
 __all__ = ["SymbolResult", "simulate_symbol"]
@@ -376,11 +383,11 @@ def _lockstep(
             votes, voted = rl_votes(analysts[:m], rows)
             day_totals, day_sums = totals[k, :m], sums[k, :m]
             add_votes(day_totals, day_sums, votes, w_rl)
-            outcome = decide(day_totals, day_sums, min_score)
             rl_actions[k, :m] = votes.actions
             rl_strengths[k, :m] = votes.strengths
             rl_confidences[k, :m] = votes.confidences
             rl_voted[k, :m] = voted
+            outcome = decide(day_totals, day_sums, min_score)
             for a_out, s_out, action, strength in zip(
                 acts, strs, outcome.actions.tolist(), outcome.strengths.tolist(), strict=False
             ):
