@@ -81,6 +81,7 @@ _MACRO: Final = feature_index("macro_sentiment")
 _HOLD: Final = int(Action.HOLD)
 _BUY: Final = int(Action.BUY)
 _SELL: Final = int(Action.SELL)
+_ACTIONS: Final = np.array([_HOLD, _BUY, _SELL])  # a column per action, in Action's order
 
 RlVote = tuple[int, float, float]
 """An RL analyst's verdict as plain numbers: ``(action, strength, confidence)``."""
@@ -428,10 +429,12 @@ def add_votes(totals: F64, strength_sums: F64, signals: Signals, weight: float) 
     place: ``weight x confidence`` to the total of the action it votes for, and that times its
     strength to the action's strength sum. The backtester adds the RL analyst's votes this way
     to the other three's totals, one day at a time."""
-    at = (np.arange(signals.actions.shape[0]), signals.actions)  # one cell per row
+    # each row's action as a one-hot row: the other two cells get + 0.0 (no change, totals
+    # are >= 0); cheaper than fancy indexing on the few rows of a day
+    hit = signals.actions[:, None] == _ACTIONS
     vote = weight * signals.confidences
-    totals[at] += vote
-    strength_sums[at] += vote * signals.strengths
+    totals += hit * vote[:, None]
+    strength_sums += hit * (vote * signals.strengths)[:, None]
 
 
 def aggregate_signal_arrays(
@@ -460,15 +463,15 @@ def decide(totals: F64, strength_sums: F64, min_score: float) -> Signals:
     hold, buy, sell = totals[:, _HOLD], totals[:, _BUY], totals[:, _SELL]
     votes = hold + buy + sell  # the order of ``sum(axis=1)``: bit-identical, fewer calls
     best = np.maximum(buy, sell)
-    share = best / np.where(votes > 0, votes, 1.0)  # 0 without votes: every total is 0 then
+    # totals are >= 0, so sides that differ have best > 0 (and votes > 0); no votes: share 0
+    share = np.divide(best, votes, out=np.zeros(votes.shape), where=votes > 0)
+    act = (buy != sell) & (share >= min_score)
     buying = buy > sell
-    some = best > 0
-    act = (buying | (sell > buy)) & some & (share >= min_score)
     side_sum = np.where(buying, strength_sums[:, _BUY], strength_sums[:, _SELL])
-    strength = np.minimum(np.maximum(side_sum / np.where(some, best, 1.0), 0.0), 1.0)
+    strength = np.divide(side_sum, best, out=np.zeros(best.shape), where=act)
     return Signals(
         np.where(act, np.where(buying, _BUY, _SELL), _HOLD),
-        np.where(act, strength, 0.0),
+        np.minimum(np.maximum(strength, 0.0), 1.0),
         np.minimum(np.maximum(np.where(act, share, 1.0 - share), 0.0), 1.0),
     )
 
