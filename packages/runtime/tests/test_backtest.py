@@ -664,3 +664,14 @@ def test_a_request_that_cannot_run_is_a_backtest_error(
             run_backtest(session, load_strategy(BASELINE), symbols, *span)
         assert isinstance(caught.value, ValueError)
         assert session.scalar(select(func.count()).select_from(BacktestRun)) == 0
+
+
+def test_a_history_without_decision_days_gives_empty_results() -> None:
+    """``first`` at the end of the bars: nothing to decide, with or without the RL analyst."""
+    h = random_history(200, seed=4)
+    market = s.market_feature_matrix(h)
+    for rl in (None, RlAnalyst(None, reason="gone")):
+        r = simulate_symbol("X", h.dates, h.open, h.close, market, 200, EngineParams(), 1e3, rl)
+        assert len(r.actions) == len(r.equity) == len(r.dates) == 0
+        assert (r.rl_signals is None) == (rl is None)
+        assert r.fills == 0

@@ -390,6 +390,8 @@ def _lockstep(
     for sleeve in sleeves:  # the last day's decision: nothing to fill, the sleeve finishes
         next(sleeve, None)
     # the days' votes end to end; symbol j's of day k sit at starts[k] + j
+    none = Signals(np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0))
+    day_votes = day_votes or [(none, np.zeros(0, dtype=np.bool_))]  # no decision day at all
     sizes = [v[1].shape[0] for v in day_votes]
     starts = np.cumsum([0, *sizes[:-1]])
     fields = ("actions", "strengths", "confidences")
