@@ -28,8 +28,9 @@ Rules (each one tested):
   the decision was made with; ``days_since_last_trade`` NULL = never traded = ``inf``); for a
   run whose strategy named sentiment sources, the builder made with those
   (``RlStateBuilder(session, news_source=..., macro_source=...)``).
-* **Vectorised.** Per symbol: one query for the decisions, one for the bars from ``LOOKBACK -
-  1`` bars before the first decision to the last decision (older bars are never read by any
+* **Vectorised.** Every read is a typed store reader (``otonom_runtime.store.datasets``,
+  ``load_news``, ``load_macro``: this module holds no SQL). Per symbol: one query for the
+  decisions, one for the bars from ``LOOKBACK - 1`` bars before the first decision to the last decision (older bars are never read by any
   row's state), one for the news from ``SENTIMENT_MAX_AGE_DAYS`` days before the first decision
   (an older score is stale for every row; the states of the bars before it are computed but are
   no row); one macro query per macro source over the union of those ranges. ``compute_states``
