@@ -20,7 +20,8 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Final
 
 import numpy as np
@@ -48,15 +49,23 @@ def fetch_raw(session: Session, stmt: TextClause, values: Mapping[str, Any]) -> 
     as ISO text on SQLite (how the ``Date`` type stores them); results are the driver's raw
     values, so date columns come back as ISO text on SQLite and as ``datetime.date`` elsewhere.
     """
+    with _cursor(session, stmt, values) as cursor:
+        return list(cursor.fetchall())
+
+
+@contextmanager
+def _cursor(session: Session, stmt: TextClause, values: Mapping[str, Any]) -> Iterator[Any]:
+    """A DBAPI cursor of the session's own connection that has executed ``stmt`` with
+    ``values`` (``fetch_raw``'s rules), closed after the block."""
     conn = session.connection()
     sql, positions, dates_as_text = _raw_plan(stmt, conn.dialect)
     if dates_as_text:
         values = {k: v.isoformat() if isinstance(v, dt.date) else v for k, v in values.items()}
     params: Any = tuple(values[name] for name in positions) if positions else dict(values)
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    cursor: Any = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         cursor.execute(sql, params)
-        return list(cursor.fetchall())
+        yield cursor
     finally:
         cursor.close()
 
@@ -88,20 +97,11 @@ def _fetch_numbers(
     The driver's rows are streamed into ``np.fromiter`` (see the module docstring). Integers
     are exact in float64 up to 2**53 (day numbers, actions, flags).
     """
-    conn = session.connection()
-    sql, positions, dates_as_text = _raw_plan(stmt, conn.dialect)
-    if dates_as_text:
-        values = {k: v.isoformat() if isinstance(v, dt.date) else v for k, v in values.items()}
-    params: Any = tuple(values[name] for name in positions) if positions else dict(values)
-    cursor: Any = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.execute(sql, params)
+    with _cursor(session, stmt, values) as cursor:
         try:
             flat = np.fromiter(itertools.chain.from_iterable(cursor), dtype=np.float64)
         except (TypeError, ValueError):
             return None
-    finally:
-        cursor.close()
     return np.ascontiguousarray(flat.reshape(-1, width).T)
 
 
