@@ -60,7 +60,7 @@ import datetime as dt
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Final
 
@@ -114,35 +114,20 @@ class DatasetGenerationError(ValueError):
 
 
 @dataclass(frozen=True)
-class _Run:
-    """The columns of a ``BacktestRun`` that dataset generation needs."""
-
-    id: int
-    strategy_name: str
-    strategy_hash: str
-    symbols: tuple[str, ...]
-    start: dt.date
-    end: dt.date
-    status: str
-    error: str | None
-    rl_enabled: bool
-    purpose: str
+class _Run(RunInfo):
+    """A backtest run as the store reads it (``RunInfo``), its ``params`` judged."""
 
     @classmethod
     def of(cls, info: RunInfo) -> _Run:
-        """The run as the store reads it, its ``params`` judged."""
-        return cls(
-            id=info.id,
-            strategy_name=info.strategy_name,
-            strategy_hash=info.strategy_hash,
-            symbols=info.symbols,
-            start=info.start,
-            end=info.end,
-            status=info.status,
-            error=info.error,
-            rl_enabled=bool(info.params.get("rl_enabled")),
-            purpose=str(info.params.get("purpose") or "user"),
-        )
+        return cls(**{f.name: getattr(info, f.name) for f in fields(info)})
+
+    @property
+    def rl_enabled(self) -> bool:
+        return bool(self.params.get("rl_enabled"))
+
+    @property
+    def purpose(self) -> str:
+        return str(self.params.get("purpose") or "user")
 
     def describe(self) -> str:
         return (
