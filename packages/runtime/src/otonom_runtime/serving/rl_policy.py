@@ -19,6 +19,10 @@ from otonom_schema import Action, RlState, validate_state_into, validate_states
 __all__ = ["RlPolicy"]
 
 _ACTIONS: Final = (Action.HOLD, Action.BUY, Action.SELL)
+_NDARRAY: Final = np.ndarray
+_SUM_LOW: Final = 1.0 - PROBS_SUM_ATOL
+_SUM_HIGH: Final = 1.0 + PROBS_SUM_ATOL
+_copyto: Final = np.copyto
 
 F32 = npt.NDArray[np.float32]
 
@@ -91,19 +95,20 @@ class RlPolicy:
             slot: Slot = self._local.slot
         except AttributeError:  # this thread's first call
             slot = self._local.slot = Slot(self._session)
-        if isinstance(state, RlState):
-            np.copyto(slot.row, state.to_array(copy=False))
+        if type(state) is not _NDARRAY and isinstance(state, RlState):
+            _copyto(slot.row, state.to_array(copy=False))
         else:  # validated straight into the bound input (SchemaError: the buffer is rewritten)
             validate_state_into(state, slot.row)
         slot.run()
         # python floats read out of the bound buffer: the caller never sees that buffer
         p0, p1, p2, strength = slot.out.tolist()
-        # the output contract (NaN fails every comparison; inf fails the sum or the range)
+        # the output contract (NaN fails every comparison; inf fails the sum or the range),
+        # the sum's bounds as predict_batch writes them
         if not (
             p0 >= 0.0
             and p1 >= 0.0
             and p2 >= 0.0
-            and abs(p0 + p1 + p2 - 1.0) <= PROBS_SUM_ATOL
+            and _SUM_LOW <= p0 + p1 + p2 <= _SUM_HIGH
             and 0.0 <= strength <= 1.0
         ):
             raise _contract_error(self.path, 0, np.array([[p0, p1, p2]]), np.array([strength]))
@@ -157,8 +162,8 @@ class RlPolicy:
             probs.min() >= 0.0
             and strength.min() >= 0.0
             and strength.max() <= 1.0
-            and sums.min() >= 1.0 - PROBS_SUM_ATOL
-            and sums.max() <= 1.0 + PROBS_SUM_ATOL
+            and sums.min() >= _SUM_LOW
+            and sums.max() <= _SUM_HIGH
         ):
             raise _contract_error(self.path, None, probs, strength)
         actions = probs.argmax(axis=1).astype(np.int64, copy=False)
