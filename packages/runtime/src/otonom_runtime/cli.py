@@ -30,21 +30,11 @@ from typing import TextIO
 from otonom_runtime._demo import DEMO_SEED
 from otonom_runtime._errors import DataImportError, OtonomRuntimeError, StoreError
 from otonom_runtime._sources import SYNTHETIC_SOURCE, USER_SOURCE
-from otonom_schema import SchemaError
+from otonom_schema import SchemaError, parse_iso_date
 
-__all__ = ["add_global_flags", "iso_date", "main", "require_store", "run_cli"]
+__all__ = ["add_global_flags", "main", "require_store", "run_cli"]
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def iso_date(text: str) -> dt.date:
-    """argparse type for a ``YYYY-MM-DD`` date (also used by ``otonom-train``)."""
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a date; expected YYYY-MM-DD, e.g. 2018-01-01"
-        ) from None
 
 
 def _missing_sqlite_file(url: str) -> Path | None:
@@ -312,7 +302,7 @@ def _add_data_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "--start-date",
         "--start",
         dest="start",
-        type=iso_date,
+        type=parse_iso_date,
         default=dt.date(2018, 1, 1),
         help="first day (YYYY-MM-DD, default 2018-01-01)",
     )
@@ -320,7 +310,7 @@ def _add_data_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "--end-date",
         "--end",
         dest="end",
-        type=iso_date,
+        type=parse_iso_date,
         default=dt.date(2024, 1, 1),
         help="last day, inclusive (default 2024-01-01)",
     )
@@ -382,7 +372,7 @@ def _add_bench_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     )
     p.add_argument("--model", required=True, help="a .onnx file, a model folder or policy_best.pt")
     p.add_argument("--symbol", help="also time build_state + predict for this symbol's store data")
-    p.add_argument("--date", type=iso_date, help="the tick's date (default: the newest bar)")
+    p.add_argument("--date", type=parse_iso_date, help="the tick's date (default: the newest bar)")
     p.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
     p.set_defaults(handler=_cmd_bench)
 
@@ -737,12 +727,16 @@ def _add_backtest_commands(commands: argparse._SubParsersAction[argparse.Argumen
     p.add_argument(
         "--start-date",
         "--start",
-        type=iso_date,
+        type=parse_iso_date,
         required=True,
         help="first decision day (YYYY-MM-DD)",
     )
     p.add_argument(
-        "--end-date", "--end", type=iso_date, required=True, help="last decision day (YYYY-MM-DD)"
+        "--end-date",
+        "--end",
+        type=parse_iso_date,
+        required=True,
+        help="last decision day (YYYY-MM-DD)",
     )
     p.add_argument("--no-rl", action="store_true", help="switch the RL analyst off for this run")
     p.add_argument(

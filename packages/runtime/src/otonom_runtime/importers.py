@@ -50,6 +50,7 @@ still fails.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import math
@@ -72,6 +73,7 @@ from otonom_runtime.store import (
     check_source_name,
     get_or_create_symbol,
 )
+from otonom_schema import DateError, parse_iso_date
 
 __all__ = [
     "MAX_LISTED_PROBLEMS",
@@ -224,10 +226,8 @@ def parse_date(text: str) -> dt.date:
         except (OverflowError, OSError, ValueError):
             raise ValueError(f"epoch value {value} is out of range") from None
     if len(value) == 10:
-        try:
-            return dt.date.fromisoformat(value)
-        except ValueError:
-            pass
+        with contextlib.suppress(DateError):
+            return parse_iso_date(value)
     iso = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
     try:
         stamp = dt.datetime.fromisoformat(iso)
