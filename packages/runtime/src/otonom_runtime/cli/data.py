@@ -121,16 +121,7 @@ def _add_date_format(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_data_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    data = commands.add_parser(
-        "data",
-        help="import, generate and list market data",
-        description="Import, generate and list the market data in the store.",
-        epilog=_DATA_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
-
+def _add_import_csv(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "import-csv",
         help="import daily OHLCV bars from a CSV file",
@@ -165,6 +156,8 @@ def add_data_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     )
     p.set_defaults(handler=_cmd_data_import_csv)
 
+
+def _add_import_sentiment(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "import-sentiment",
         help="import news or macro sentiment scores from a CSV file",
@@ -190,6 +183,8 @@ def add_data_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     )
     p.set_defaults(handler=_cmd_data_import_sentiment)
 
+
+def _add_synth(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "synth",
         help="generate the deterministic synthetic market",
@@ -237,6 +232,8 @@ def add_data_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     )
     p.set_defaults(handler=_cmd_data_synth)
 
+
+def _add_list(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "list",
         help="list the symbols in the store",
@@ -245,3 +242,18 @@ def add_data_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.set_defaults(handler=_cmd_data_list)
+
+
+def add_data_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    data = commands.add_parser(
+        "data",
+        help="import, generate and list market data",
+        description="Import, generate and list the market data in the store.",
+        epilog=_DATA_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    _add_import_csv(sub)
+    _add_import_sentiment(sub)
+    _add_synth(sub)
+    _add_list(sub)
