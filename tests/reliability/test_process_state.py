@@ -1,7 +1,8 @@
 """Library code a daemon imports leaves the process's global settings alone.
 
 One fresh interpreter sets each setting to a value none of the libraries would choose
-(matplotlib backend ``svg``, 3 torch threads, the collector on, its own ``sys.stdout``), then
+(matplotlib backend ``svg``, 3 torch threads, the collector on, its own ``sys.stdout``; also
+the torch random state and the warning filters are recorded), then
 imports the three packages and calls them through their Python APIs: the runtime's equity
 chart and its pyplot-style ``subplots`` (walk-forward's chart), the trainer's two plots, a real
 SQLite store (synthetic bars written, read back by the raw reader), and a tiny behaviour-cloning
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 
 _SCRIPT = r"""
-import contextlib, datetime as dt, gc, io, json, sys
+import contextlib, datetime as dt, gc, hashlib, io, json, sys, warnings
 from pathlib import Path
 
 import matplotlib
@@ -35,6 +36,8 @@ def snapshot():
         "torch_threads": torch.get_num_threads(),
         "gc": gc.isenabled(),
         "stdout": sys.stdout is out,
+        "torch_rng": hashlib.sha256(torch.random.get_rng_state().numpy().tobytes()).hexdigest(),
+        "warning_filters": list(map(repr, warnings.filters)),
     }
 
 start = snapshot()
@@ -96,10 +99,13 @@ check("trainer plots")
 
 # the probe sees each kind of change
 seen = {}
+rng = torch.random.get_rng_state()
 for name, change, undo in [
     ("backend", lambda: matplotlib.use("agg"), lambda: matplotlib.use("svg")),
     ("torch_threads", lambda: torch.set_num_threads(1), lambda: torch.set_num_threads(3)),
     ("gc", gc.disable, gc.enable),
+    ("torch_rng", lambda: torch.manual_seed(1), lambda: torch.random.set_rng_state(rng)),
+    ("warning_filters", lambda: warnings.simplefilter("ignore"), lambda: warnings.filters.pop(0)),
 ]:
     change()
     seen[name] = snapshot() != start
@@ -120,6 +126,12 @@ def test_library_calls_leave_the_process_settings_alone(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["start"] == {"backend": "svg", "torch_threads": 3, "gc": True, "stdout": True}
+    start = result["start"]
+    assert (start["backend"], start["torch_threads"], start["gc"], start["stdout"]) == (
+        "svg",
+        3,
+        True,
+        True,
+    )
     assert result["changed"] == {}
-    assert result["seen"] == {"backend": True, "torch_threads": True, "gc": True, "stdout": True}
+    assert result["seen"] == dict.fromkeys(start, True)
