@@ -54,7 +54,7 @@ from otonom_runtime.store import (
     Symbol,
     get_or_create_symbol,
 )
-from otonom_schema import MarketHistory, SentimentSeries
+from otonom_schema import MarketHistory, SentimentSeries, to_date
 
 __all__ = [
     "DEMO_SEED",
@@ -304,7 +304,7 @@ def _meta(start: dt.date, end: dt.date, seed: int) -> dict[str, Any]:
 
 
 def _py_dates(values: npt.NDArray[Any]) -> list[dt.date]:
-    return [dt.date.fromisoformat(str(d)) for d in values]
+    return [to_date(d) for d in values]
 
 
 _LISTED_DATES: Final = 3

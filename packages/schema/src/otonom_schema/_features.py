@@ -32,6 +32,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from otonom_schema._dates import DateLike
 from otonom_schema._errors import SchemaError
 from otonom_schema._spec import (
     BB_PERIOD,
@@ -84,7 +85,6 @@ __all__ = [
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
-DateLike = dt.date | np.datetime64 | str
 
 PORTFOLIO_COLUMNS: Final = slice(
     feature_index("position"), feature_index("days_since_last_trade") + 1

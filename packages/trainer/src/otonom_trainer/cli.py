@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import otonom_schema
-from otonom_runtime.cli import add_global_flags, iso_date, require_store, run_cli
+from otonom_runtime.cli import add_global_flags, require_store, run_cli
 from otonom_runtime.synth import DEMO_SEED
+from otonom_schema import parse_iso_date
 
 __all__ = ["main"]
 
@@ -61,10 +62,14 @@ def _add_dataset(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     p.add_argument("--symbol", action="append", required=True, help="a symbol (repeatable)")
     p.add_argument(
-        "--start-date", "--start", type=iso_date, required=True, help="first date (YYYY-MM-DD)"
+        "--start-date",
+        "--start",
+        type=parse_iso_date,
+        required=True,
+        help="first date (YYYY-MM-DD)",
     )
     p.add_argument(
-        "--end-date", "--end", type=iso_date, required=True, help="last date (YYYY-MM-DD)"
+        "--end-date", "--end", type=parse_iso_date, required=True, help="last date (YYYY-MM-DD)"
     )
     p.add_argument("--output", default="data/offline_dataset.npz", help="the .npz file to write")
     p.add_argument(
@@ -330,7 +335,7 @@ def _add_pipeline(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--start-date",
         "--start",
         dest="start",
-        type=iso_date,
+        type=parse_iso_date,
         help="first bar used, warm-up included (default: the symbols' first common bar; "
         "missing DEMO-* symbols are generated from 2018-01-01)",
     )
@@ -338,16 +343,16 @@ def _add_pipeline(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--end-date",
         "--end",
         dest="end",
-        type=iso_date,
+        type=parse_iso_date,
         help="last decision day (default: the symbols' last common bar; DEMO-*: 2023-12-31)",
     )
     p.add_argument(
         "--train-end",
-        type=iso_date,
+        type=parse_iso_date,
         help="last training day (default: before the last 25 %% of the decision days)",
     )
     p.add_argument(
-        "--test-start", type=iso_date, help="first held-out day (default: train end + 1)"
+        "--test-start", type=parse_iso_date, help="first held-out day (default: train end + 1)"
     )
     p.add_argument("--epochs", type=int, default=20, help="training epochs (default %(default)s)")
     p.add_argument(
@@ -453,14 +458,14 @@ def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--start-date",
         "--start",
-        type=iso_date,
+        type=parse_iso_date,
         help="out-of-sample start (default: what the pipeline holds out of the stored bars: "
         "the last 25 %% of the decision days after the warm-up)",
     )
     p.add_argument(
         "--end-date",
         "--end",
-        type=iso_date,
+        type=parse_iso_date,
         help="out-of-sample end (default: the symbols' last common bar)",
     )
     p.add_argument("--database-url", help="SQLAlchemy URL (default: ./data/otonom.db)")

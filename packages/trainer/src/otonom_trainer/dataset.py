@@ -84,12 +84,14 @@ from otonom_schema import (
     LOOKBACK,
     MATHS_PARAMS,
     STATE_DIM,
+    DateError,
     MarketHistory,
     OfflineDataset,
     SchemaError,
     SentimentSeries,
     compute_states,
     portfolio_feature_matrix,
+    to_date,
 )
 from otonom_schema import save_dataset as _write_npz
 
@@ -167,15 +169,10 @@ class _Run(RunInfo):
 
 
 def _as_date(value: object, what: str) -> dt.date:
-    if isinstance(value, dt.datetime):
-        return value.date()
-    if isinstance(value, dt.date):
-        return value
-    if isinstance(value, str):
-        try:
-            return dt.date.fromisoformat(value.strip())
-        except ValueError:
-            pass
+    try:
+        return to_date(value.strip() if isinstance(value, str) else value)
+    except DateError:
+        pass
     raise DatasetGenerationError(
         f"{what} is {value!r}; expected a datetime.date or an ISO date string YYYY-MM-DD"
     )

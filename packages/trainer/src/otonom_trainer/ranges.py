@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from otonom_schema import LOOKBACK
+from otonom_schema import LOOKBACK, to_date
 from otonom_trainer._errors import OtonomTrainerError
 
 if TYPE_CHECKING:
@@ -67,12 +67,6 @@ WALK_FORWARD_SIZES: Final = ((3, 6), (2, 6), (1, 6), (1, 3))
 class RangeError(OtonomTrainerError, ValueError):
     """The stored bars cannot give the ranges asked for (too short, no overlap, none at all);
     the message says what the store holds and what is needed."""
-
-
-def _day(value: np.datetime64) -> dt.date:
-    out = value.astype("datetime64[D]").astype(object)
-    assert isinstance(out, dt.date)
-    return out
 
 
 def _dt64(day: dt.date) -> np.datetime64:
@@ -153,7 +147,7 @@ def ranges_from_dates(
     if start is not None and end is not None and start >= end:
         raise RangeError(f"start {start} is not before end {end}; expected start < end")
     kept, upto = _clip_dates(dates, start, end)
-    bars = {name: (int(d.size), _day(d[0]), _day(d[-1])) for name, d in kept.items()}
+    bars = {name: (int(d.size), to_date(d[0]), to_date(d[-1])) for name, d in kept.items()}
     ppy, calendar = _calendar(periods_per_year, upto)
     need_days = ppy if min_decision_days is None else min_decision_days
     need_warm = max(LOOKBACK, math.ceil(WARMUP_DAYS * ppy / 365))
@@ -181,23 +175,21 @@ def ranges_from_dates(
             "symbols with a common date range"
         )
     common = {name: d[(d >= first) & (d <= last)] for name, d in kept.items()}
+    span = "" if len(kept) == 1 else f" (common range {to_date(first)} .. {to_date(last)})"
     if any(d.size <= LOOKBACK for d in common.values()):
-        raise too_short("" if len(kept) == 1 else f" (common range {_day(first)} .. {_day(last)})")
+        raise too_short(span)
     floor = max(max(d[LOOKBACK] for d in common.values()), first + np.timedelta64(WARMUP_DAYS, "D"))
     union = np.unique(np.concatenate(list(common.values())))
     days = union[union >= floor]
     if days.size < max(need_days, 2):
-        raise too_short(
-            f"{'' if len(kept) == 1 else f' (common range {_day(first)} .. {_day(last)})'}, "
-            f"{days.size} decision days after the warm-up"
-        )
+        raise too_short(f"{span}, {days.size} decision days after the warm-up")
     k = int(days.size * (1 - HELD_OUT_SHARE))
-    test_start = _day(days[k])
+    test_start = to_date(days[k])
     return DataRanges(
         symbols=tuple(kept),
-        data_start=_day(first),
-        first_decision=_day(days[0]),
-        end=_day(last),
+        data_start=to_date(first),
+        first_decision=to_date(days[0]),
+        end=to_date(last),
         decision_days=int(days.size),
         train_end=test_start - dt.timedelta(days=1),
         test_start=test_start,

@@ -52,8 +52,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from otonom_runtime.cli import iso_date
 from otonom_runtime.synth import DEMO_SEED
+from otonom_schema import parse_iso_date as iso_date
 from otonom_trainer._errors import OtonomTrainerError
 from otonom_trainer.pipeline import DEMO_SYMBOLS, refuse_unknown_before_creating
 from otonom_trainer.ranges import (
