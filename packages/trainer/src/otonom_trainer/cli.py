@@ -274,9 +274,9 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def _add_pipeline(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """The ``pipeline`` command's parser. Over 80 lines on purpose: it is one declaration, the
-    command's description and one ``add_argument`` per flag in ``--help`` order; split, the
-    flags of one command would be read in several places."""
+    """The ``pipeline`` command's parser. Long because it is one declaration: the command's
+    description and one ``add_argument`` per flag in ``--help`` order; split, the flags of one
+    command would be read in several places."""
     from otonom_trainer.pipeline import STAGES
 
     p = sub.add_parser(
