@@ -8,8 +8,7 @@ A config is a frozen dataclass whose fields declare their rule in their metadata
         size: int = field(default=3, metadata=rule(ge=1))
         name: str = field(default="x", metadata=rule(nonempty=True))
 
-        def _invalid(self, problems):                   # the family's error and wording
-            return ThingError(problems[0].got())
+        _error_class = ThingError   # raised with "size: got 0; expected a value >= 1"
 
 Beyond its rule every field is checked against its annotation (``bool``, ``int`` (not bool),
 ``float`` (finite; an int becomes a float), ``str``, ``X | None``, ``int | str`` (exact type,
@@ -18,7 +17,8 @@ kept as a tuple), a nested config section, or any other class by ``isinstance``)
 span fields are ``CrossCheck``s in the class attribute ``__cross_checks__``. ``__post_init__``
 checks every field once, normalises (ints for float fields become floats, lists tuples,
 ``os.PathLike`` paths str where ``rule(path=True)``), then runs the cross checks and hands every
-``Problem`` to ``_invalid``, which returns the exception to raise: each family keeps its own
+``Problem`` to ``_invalid``, which returns the exception to raise (by default
+``_error_class(first problem)``): each family keeps its own
 error class and wording (strategy files: ``FILE:LINE: key.path: received ..., expected ...``;
 the trainer: ``field: got ...; expected ...``). ``convert`` builds a config from a mapping
 (unknown keys, wrong types and nested sections all reported at once, each with its key path).
@@ -272,7 +272,9 @@ def _check_type(value: Any, tp: Any, rule: Rule) -> tuple[Any, str | None]:
         return _check_tuple(value, tp, rule)
     if tp in _WHAT:
         return value, None if isinstance(value, tp) else _WHAT[tp]
-    name = getattr(tp, "__name__", str(tp))
+    module = getattr(tp, "__module__", "builtins")
+    name = getattr(tp, "__qualname__", str(tp))
+    name = name if module == "builtins" else f"{module}.{name}"
     return value, None if isinstance(value, tp) else f"a {name}"
 
 
@@ -306,8 +308,7 @@ def check_value(value: Any, tp: Any, rule: Rule) -> tuple[Any, str | None]:
             return None, None
         converted, bad = _check_type(value, options[0], rule)
         if bad is not None:
-            plain = {str: "text or null"}.get(options[0], "a value or null")
-            return value, plain if bad in _WHAT.values() else bad
+            return value, f"{bad} or null"
         value = converted
     else:
         value, bad = _check_type(value, tp, rule)
@@ -359,6 +360,7 @@ class Validated:
 
     __cross_checks__: ClassVar[tuple[CrossCheck, ...]] = ()
     _path_prefix: ClassVar[bool] = False
+    _error_class: ClassVar[type[Exception]] = ValueError
 
     def __post_init__(self) -> None:
         name = type(self).__name__ if self._path_prefix else ""
@@ -369,8 +371,9 @@ class Validated:
             raise self._invalid(problems)
 
     def _invalid(self, problems: list[Problem]) -> Exception:
-        """The exception for ``problems`` (at least one): the family's error class."""
-        return ValueError(problems[0].got())
+        """The exception for ``problems`` (at least one): by default ``_error_class`` with the
+        first problem in the trainer's wording (``field: got ...; expected ...``)."""
+        return type(self)._error_class(problems[0].got())
 
 
 def _join(path: str, key: object) -> str:
