@@ -18,6 +18,7 @@ Importing this module does not import torch.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import os
 import re
 from collections.abc import Mapping
@@ -36,9 +37,15 @@ from otonom_trainer.architectures import (
 
 __all__ = [
     "BALANCE_MODES",
+    "DAY",
     "DEVICES",
+    "FRACTION",
+    "NONNEGATIVE",
     "OPTIMIZERS",
+    "POSITIVE_INT",
     "SPLITS",
+    "START_BEFORE_END",
+    "SYMBOLS",
     "ConfigError",
     "ConfigField",
     "TrainingConfig",
@@ -331,6 +338,29 @@ class TrainingConfig(Validated):
     def replace(self, **changes: Any) -> TrainingConfig:
         """A copy with ``changes`` applied, validated again."""
         return dataclasses.replace(self, **changes)
+
+
+# -- rules the job configs share (pipeline, walk-forward, gate) ------------------------------
+
+
+def _symbols_ok(symbols: tuple[str, ...]) -> bool:
+    return bool(symbols) and all(s.strip() for s in symbols) and len(set(symbols)) == len(symbols)
+
+
+SYMBOLS: Final = rule(test=_symbols_ok, described="one or more non-empty symbol names, each once")
+"""The metadata of a ``symbols: tuple[str, ...]`` field (a list is kept as a tuple)."""
+DAY: Final = rule(
+    test=lambda v: not isinstance(v, dt.datetime), described="a datetime.date (not a datetime)"
+)
+"""The metadata of a ``dt.date | None`` field."""
+POSITIVE_INT: Final = rule(ge=1, described=_POS_INT)
+NONNEGATIVE: Final = rule(ge=0, described="a finite number >= 0")
+FRACTION: Final = rule(ge=0, le=1, described="a fraction in [0, 1]")
+START_BEFORE_END: Final = CrossCheck(
+    lambda v: v["start"] is None or v["end"] is None or v["start"] < v["end"],
+    lambda v: f"start {v['start']} is not before end {v['end']}; expected start < end",
+)
+"""The cross check of a config with ``start`` and ``end`` dates."""
 
 
 # -- one flag per field --------------------------------------------------------------------
