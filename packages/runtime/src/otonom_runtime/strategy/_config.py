@@ -54,6 +54,11 @@ _MAX_BPS: Final = 10_000.0  # a cost of 100 % of the traded notional
 _MAX_CAPITAL: Final = 1e15
 
 
+def _some_weight(names: tuple[str, ...], message: str) -> CrossCheck:
+    """The cross check of a section whose weights ``names`` must not all be 0."""
+    return CrossCheck(lambda v: sum(v[n] for n in names) > 0, lambda v: message)
+
+
 class _Checked(Validated):
     """Base of the strategy's sections: objects built directly (or by ``dataclasses.replace``)
     obey the same rules as parsed ones; ints given for float fields become floats. A problem
@@ -81,12 +86,10 @@ class AnalystWeights(_Checked):
     rl: float = field(default=1.0, metadata=rule(ge=0, le=_MAX_WEIGHT))
 
     __cross_checks__ = (
-        CrossCheck(
-            lambda v: v["tech"] + v["news"] + v["risk"] > 0,
-            lambda v: (
-                "tech, news and risk are all 0; expected at least one of them > 0 "
-                "(the RL analyst cannot vote alone)"
-            ),
+        _some_weight(
+            ("tech", "news", "risk"),
+            "tech, news and risk are all 0; expected at least one of them > 0 "
+            "(the RL analyst cannot vote alone)",
         ),
     )
 
@@ -133,9 +136,9 @@ class TechWeights(_Checked):
     macd: float = field(default=1.0, metadata=rule(ge=0, le=_MAX_WEIGHT))
 
     __cross_checks__ = (
-        CrossCheck(
-            lambda v: v["trend"] + v["rsi"] + v["macd"] > 0,
-            lambda v: "trend, rsi and macd are all 0; expected weights with a sum > 0",
+        _some_weight(
+            ("trend", "rsi", "macd"),
+            "trend, rsi and macd are all 0; expected weights with a sum > 0",
         ),
     )
 
@@ -170,9 +173,9 @@ class NewsConfig(_Checked):
     threshold: float = field(default=0.20, metadata=rule(gt=0, le=1))
 
     __cross_checks__ = (
-        CrossCheck(
-            lambda v: v["news_weight"] + v["macro_weight"] > 0,
-            lambda v: "news_weight and macro_weight are both 0; expected a sum > 0",
+        _some_weight(
+            ("news_weight", "macro_weight"),
+            "news_weight and macro_weight are both 0; expected a sum > 0",
         ),
     )
 
