@@ -306,3 +306,19 @@ def test_job_configs_normalise_like_the_training_config() -> None:
     assert type(check.max_p99_latency_ms) is float
     with pytest.raises(dataclasses.FrozenInstanceError):
         check.quiet = True  # type: ignore[misc]
+
+
+def test_from_yaml_names_the_line_of_the_bad_field_and_refuses_duplicates(tmp_path: Path) -> None:
+    path = tmp_path / "train.yaml"
+    path.write_text("dataset_path: d.npz\nmax_epochs: 3\nbatch_size: 0\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        TrainingConfig.from_yaml(path)
+    assert str(err.value) == f"{path}:3: batch_size: got 0; expected an integer >= 1"
+    path.write_text("dataset_path: d.npz\nlr: 0.1\nlr: 0.2\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"train.yaml:3: lr: duplicate key \(also on line 2\)"):
+        TrainingConfig.from_yaml(path)
+    # a problem with no line of its own (a flag's override) names the file alone
+    path.write_text("dataset_path: d.npz\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        TrainingConfig.from_yaml(path, overrides={"seed": -1})
+    assert str(err.value).startswith(f"{path}: seed: got -1; expected")

@@ -21,7 +21,8 @@ checks every field once, normalises (ints for float fields become floats, lists 
 ``_error_class(first problem)``): each family keeps its own
 error class and wording (strategy files: ``FILE:LINE: key.path: received ..., expected ...``;
 the trainer: ``field: got ...; expected ...``). ``convert`` builds a config from a mapping
-(unknown keys, wrong types and nested sections all reported at once, each with its key path).
+(unknown keys, wrong types and nested sections all reported at once, each with its key path);
+``yaml_key_lines`` gives each key path's line in a YAML file, for ``file:line`` in messages.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ __all__ = [
     "rule",
     "show",
     "to_plain",
+    "yaml_key_lines",
 ]
 
 _RULE: Final = "otonom.rule"
@@ -440,3 +442,35 @@ def to_plain(obj: object) -> object:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_plain(getattr(obj, f.name)) for f in field_specs(type(obj))}
     return obj
+
+
+def yaml_key_lines(text: str, problems: list[Problem]) -> dict[str, int]:
+    """The 1-based line of every key path (``a.b.c``) in the YAML ``text``, so that a problem
+    can name its ``file:line``; each duplicate key is added to ``problems``. Raises
+    ``yaml.YAMLError`` for text that is not YAML."""
+    import yaml
+
+    lines: dict[str, int] = {}
+
+    def walk(node: yaml.Node, path: str) -> None:
+        if not isinstance(node, yaml.MappingNode):
+            return
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue
+            sub = f"{path}.{key_node.value}" if path else str(key_node.value)
+            line = key_node.start_mark.line + 1
+            if sub in lines:
+                problems.append(
+                    Problem(
+                        sub,
+                        f"duplicate key (also on line {lines[sub]}); expected each key once",
+                    )
+                )
+            lines[sub] = line
+            walk(value_node, sub)
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is not None:
+        walk(root, "")
+    return lines

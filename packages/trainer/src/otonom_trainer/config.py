@@ -28,7 +28,14 @@ from typing import Any, Final
 
 import yaml
 
-from otonom_runtime.config_rules import CrossCheck, Validated, field_specs, rule
+from otonom_runtime.config_rules import (
+    CrossCheck,
+    Problem,
+    Validated,
+    field_specs,
+    rule,
+    yaml_key_lines,
+)
 from otonom_trainer._errors import OtonomTrainerError
 from otonom_trainer.architectures import (
     DEFAULT_ARCHITECTURE,
@@ -311,12 +318,17 @@ class TrainingConfig(Validated):
     def from_yaml(
         cls, path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None
     ) -> TrainingConfig:
-        """Read a flat YAML mapping of field names (``overrides``, e.g. flags, win)."""
+        """Read a flat YAML mapping of field names (``overrides``, e.g. flags, win). A problem
+        names the file and the line of the field (``train.yaml:3: lr: got ...``); a key given
+        twice is a problem."""
         src = Path(path)
         if not src.is_file():
             raise FileNotFoundError(f"no training configuration file at {src}")
+        text = src.read_text(encoding="utf-8")
+        duplicates: list[Problem] = []
         try:
-            data = yaml.safe_load(src.read_text(encoding="utf-8"))
+            data = yaml.safe_load(text)
+            lines = yaml_key_lines(text, duplicates)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{src} is not valid YAML: {exc}") from None
         if data is None:
@@ -326,10 +338,15 @@ class TrainingConfig(Validated):
                 f"{src}: expected a mapping of field names to values at the top level; "
                 f"got a {type(data).__name__}"
             )
+        if duplicates:
+            first = duplicates[0]
+            raise ConfigError(f"{src}:{lines[first.path]}: {first.got()}")
         try:
             return cls.from_dict(data, overrides)
-        except ConfigError as exc:
-            raise ConfigError(f"{src}: {exc}") from None
+        except ConfigError as exc:  # "field: got ...": the file's line of that field
+            name = str(exc).partition(":")[0]
+            where = f"{src}:{lines[name]}" if name in lines else str(src)
+            raise ConfigError(f"{where}: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """Field name -> value (str, int, float, bool only): JSON-, YAML- and torch-safe."""

@@ -10,6 +10,7 @@ from typing import Any, Final
 
 from otonom_runtime._errors import StrategyError
 from otonom_runtime.config_rules import Problem
+from otonom_runtime.config_rules import yaml_key_lines as key_lines
 
 __all__ = ["error", "key_lines", "read_strategy_file", "structure_problem", "text"]
 
@@ -17,36 +18,6 @@ __all__ = ["error", "key_lines", "read_strategy_file", "structure_problem", "tex
 _MAX_FILE_BYTES: Final = 1 << 20  # 1 MiB, checked before reading
 _MAX_DEPTH: Final = 32  # nested mappings/lists
 _MAX_NODES: Final = 100_000  # scalars + collections in the file
-
-
-def key_lines(text: str, problems: list[Problem]) -> dict[str, int]:
-    """The 1-based line of every key path in the YAML ``text``; duplicate keys are problems."""
-    import yaml
-
-    lines: dict[str, int] = {}
-
-    def walk(node: yaml.Node, path: str) -> None:
-        if not isinstance(node, yaml.MappingNode):
-            return
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
-                continue
-            sub = f"{path}.{key_node.value}" if path else str(key_node.value)
-            line = key_node.start_mark.line + 1
-            if sub in lines:
-                problems.append(
-                    Problem(
-                        sub,
-                        f"duplicate key (also on line {lines[sub]}); expected each key once",
-                    )
-                )
-            lines[sub] = line
-            walk(value_node, sub)
-
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
-    if root is not None:
-        walk(root, "")
-    return lines
 
 
 def structure_problem(text: str) -> tuple[int, str] | None:
