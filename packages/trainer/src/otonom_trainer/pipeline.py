@@ -47,6 +47,7 @@ from otonom_runtime.config_rules import CrossCheck, Validated, rule
 from otonom_runtime.synth import DEMO_SEED
 from otonom_trainer._errors import OtonomTrainerError
 from otonom_trainer.config import DAY, POSITIVE_INT, START_BEFORE_END, SYMBOLS
+from otonom_trainer.pipeline_report import PipelineResult, heldout_rows, write_tables
 from otonom_trainer.ranges import DEMO_END, DEMO_START
 from otonom_trainer.stages import (
     RlPair,
@@ -148,41 +149,6 @@ class PipelineConfig(Validated):
         START_BEFORE_END,
         CrossCheck(lambda v: not _import_csv_problem(v), _import_csv_problem),
     )
-
-
-@dataclass
-class PipelineResult:
-    """The side-by-side table (one dict per column) and where everything was written."""
-
-    rows: dict[str, dict[str, Any]]
-    train_period: tuple[dt.date, dt.date]
-    test_period: tuple[dt.date, dt.date]
-    report_dir: Path
-    model_dir: Path
-    run_ids: dict[str, int] = field(default_factory=dict)
-    gate: dict[str, Any] | None = None
-    elapsed_s: float = 0.0
-
-    def markdown(self) -> str:
-        names = list(self.rows)
-        keys = list(next(iter(self.rows.values())))
-        lines = [
-            f"| metric (held-out {self.test_period[0]} .. {self.test_period[1]}) | "
-            + " | ".join(names)
-            + " |",
-            "|---|" + "---|" * len(names),
-        ]
-        for key in keys:
-            lines.append(f"| {key} | " + " | ".join(_cell(self.rows[n][key]) for n in names) + " |")
-        return "\n".join(lines)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return str(value)
 
 
 def _say(cfg: PipelineConfig, text: str) -> None:
@@ -450,24 +416,7 @@ def _stage_heldout(run: _Run) -> PipelineResult:
         )
     run.heldout = pair
     off, on = pair.off, pair.on
-    ev = run.state["evaluation"]
-    rows: dict[str, dict[str, Any]] = {}
-    for name, bt in (("ensemble (no RL)", off), ("ensemble + RL", on)):
-        m = bt.metrics
-        rl = bt is on
-        rows[name] = {
-            "policy accuracy (held-out)": ev["accuracy"] if rl else None,
-            "F1 HOLD": ev["f1"]["HOLD"] if rl else None,
-            "F1 BUY": ev["f1"]["BUY"] if rl else None,
-            "F1 SELL": ev["f1"]["SELL"] if rl else None,
-            "Sharpe": m.sharpe,
-            "total return": m.total_return,
-            "max drawdown": m.max_drawdown,
-            "trades": m.n_trades,
-            "RL fallbacks": bt.fallbacks,
-            "predict p50 (us)": latency["p50_us"] if rl else None,
-            "predict p99 (us)": latency["p99_us"] if rl else None,
-        }
+    rows = heldout_rows(run.state["evaluation"], latency, pair)
     plot_equity(
         {"ensemble (no RL)": (off.dates, off.equity), "ensemble + RL": (on.dates, on.equity)},
         run.report_dir / "equity.png",
@@ -513,21 +462,6 @@ def _stage_gate(run: _Run) -> None:
         "promoted": check.promoted is not None,
         "failed": [i.name for i in check.items if i.status == "fail"],
     }
-
-
-def _write_tables(run: _Run, result: PipelineResult) -> None:
-    """``table.md`` and ``table.json`` into the run's report folder."""
-    (run.report_dir / "table.md").write_text(result.markdown() + "\n", encoding="utf-8")
-    table = {
-        "rows": result.rows,
-        "train_period": [str(d) for d in result.train_period],
-        "test_period": [str(d) for d in result.test_period],
-        "run_ids": result.run_ids,
-        "model": run.state["onnx_path"],
-        "gate": result.gate,
-        "elapsed_s": result.elapsed_s,
-    }
-    (run.report_dir / "table.json").write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
 
 
 def _result(run: _Run) -> PipelineResult:
@@ -629,7 +563,7 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
         run.save(n)
     result = _result(run)
     result.elapsed_s = time.perf_counter() - clock
-    _write_tables(run, result)
+    write_tables(result, run.state["onnx_path"])
     _say(cfg, f"\nreport: {report_dir}/ (table.md, table.json, equity.png, confusion_matrix.png)")
     _say(cfg, f"model:  {result.model_dir}/ (policy_best.onnx, check.md, training_curves.png, ...)")
     _say(cfg, f"took {result.elapsed_s:.0f} s")
