@@ -278,3 +278,25 @@ def test_every_state_compute_states_makes_is_valid(
     regime = states[:, REGIME]
     assert ((regime == 0) | (regime == 1)).all()
     assert (regime.sum(axis=1) == 1).all()
+
+
+@pytest.mark.parametrize(
+    "regime",
+    [
+        (0.5, 2.0**-126, 0.0),  # float32 words 0x3f000000 + 0x00800000: 1.0's word
+        (0.0, 2.0**-126, 0.5),
+        (0.75, 0.0, 2.0**-127),  # 0x3f400000 + 0x00400000 (a subnormal)
+    ],
+)
+def test_a_regime_whose_float32_words_sum_to_one_is_refused(
+    regime: tuple[float, float, float],
+) -> None:
+    """The batch fast path reads the float32 regime as uint32 words: three words that only add
+    up to 1.0's word (and are each smaller) are still refused, one state or in a batch."""
+    state = _plain_valid()
+    state[REGIME] = regime
+    words = np.array(regime, dtype=np.float32).view(np.uint32)
+    assert int(words.sum()) == int(np.float32(1.0).view(np.uint32))  # the case is what it says
+    pattern = r"regime one-hot .* is not one-hot"
+    _refused(state.astype(np.float32), pattern)
+    _refused_in_batch(state, np.float32, 3, 8, pattern)

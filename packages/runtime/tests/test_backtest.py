@@ -646,3 +646,32 @@ def test_a_run_records_the_model_file_and_sha256_it_served(store: str, tmp_path:
     assert params[off.run_id]["rl_model_file"] is None
     assert params[off.run_id]["rl_model_sha256"] is None
     assert params[handed.run_id]["rl_model_sha256"] == digest
+
+
+@pytest.mark.parametrize(
+    ("symbols", "span", "message"),
+    [
+        ([], (dt.date(2020, 1, 1), dt.date(2020, 12, 31)), "no symbols given; expected at least"),
+        (["DEMO-BTC"], (dt.date(2021, 1, 1), dt.date(2020, 12, 31)), "start 2021-01-01 is after"),
+    ],
+)
+def test_a_request_that_cannot_run_is_a_backtest_error(
+    store: str, symbols: list[str], span: tuple[dt.date, dt.date], message: str
+) -> None:
+    """The runtime's own error (still a ``ValueError``), raised before any run row."""
+    with get_session(store) as session:
+        with pytest.raises(BacktestError, match=message) as caught:
+            run_backtest(session, load_strategy(BASELINE), symbols, *span)
+        assert isinstance(caught.value, ValueError)
+        assert session.scalar(select(func.count()).select_from(BacktestRun)) == 0
+
+
+def test_a_history_without_decision_days_gives_empty_results() -> None:
+    """``first`` at the end of the bars: nothing to decide, with or without the RL analyst."""
+    h = random_history(200, seed=4)
+    market = s.market_feature_matrix(h)
+    for rl in (None, RlAnalyst(None, reason="gone")):
+        r = simulate_symbol("X", h.dates, h.open, h.close, market, 200, EngineParams(), 1e3, rl)
+        assert len(r.actions) == len(r.equity) == len(r.dates) == 0
+        assert (r.rl_signals is None) == (rl is None)
+        assert r.fills == 0

@@ -69,9 +69,10 @@ def test_version_names_the_packages(tmp_path: Path) -> None:
 _BUG = (
     "import sys\n"
     "from otonom_runtime import cli\n"
+    "from otonom_runtime.cli import data\n"
     "def boom(args):\n"
     "    raise ZeroDivisionError('boom')\n"
-    "cli._cmd_data_list = boom\n"
+    "data._cmd_data_list = boom\n"
     "sys.exit(cli.main())\n"
 )
 

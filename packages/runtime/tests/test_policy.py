@@ -485,7 +485,7 @@ def test_small_batches_run_pre_bound_and_agree_with_large_ones(policy: RlPolicy)
     those of the plain session call (the backtester relies on a row's answer not depending on
     its batch), and every call returns fresh arrays."""
     x = random_states(100, seed=9)
-    actions, strengths, probs = policy.predict_batch(x)  # > 64 rows: bound per call
+    actions, strengths, probs = policy.predict_batch(x)  # > 64 rows: InferenceSession.run
     for n in (1, 2, 10, 64):
         for _ in range(2):  # the second call reuses the binding
             a, st, p = policy.predict_batch(x[:n])
@@ -543,10 +543,9 @@ def test_the_bound_run_falls_back_to_the_public_wrapper_with_the_same_outputs(
     assert public.out.sum() > 0.0
 
 
-def test_large_batches_are_bound_per_call_to_fresh_outputs(policy: RlPolicy) -> None:
-    """Batches over 64 states are bound per call to the caller's states and to fresh output
-    arrays: the answers are the plain ``InferenceSession.run``'s, bit for bit, and a later
-    call (another size) leaves earlier results alone."""
+def test_large_batches_are_the_sessions_answers_in_fresh_arrays(policy: RlPolicy) -> None:
+    """Batches over 64 states: the answers are the plain ``InferenceSession.run``'s, bit for
+    bit, and a later call (another size) leaves earlier results alone."""
     x = random_states(300, seed=10)
     expected = policy._session.run(None, {"state": x})
     _a, strengths, probs = policy.predict_batch(x)

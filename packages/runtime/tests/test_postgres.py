@@ -330,3 +330,74 @@ def test_a_3_to_4_upgrade_that_fails_midway_completes_on_the_next_init_db(
     assert run_columns(pg) == v3
     init_db(pg)
     assert run_columns(pg) == fresh
+
+
+def test_the_readers_read_postgresql_dates_as_numbers(
+    pg: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The readers' fast path (dates as one number each, streamed) works on PostgreSQL: with
+    the text read made to fail, the bars, news and decisions still read, dates exact (one
+    before 1970 included)."""
+    from otonom_runtime.store import Bar, get_or_create_symbol, raw
+    from otonom_runtime.store.datasets import load_decisions
+
+    init_db(pg)
+    days = [dt.date(1969, 12, 30), dt.date(1970, 1, 31), dt.date(2024, 2, 29)]
+    with get_session(pg) as session:
+        symbol, _ = get_or_create_symbol(session, "P", source="test")
+        for i, day in enumerate(days):
+            session.add(
+                Bar(
+                    symbol_id=symbol.id,
+                    date=day,
+                    open=1.0,
+                    high=2.0,
+                    low=0.5,
+                    close=1.0 + i,
+                    volume=3.0,
+                )
+            )
+            session.add(NewsSentiment(symbol_id=symbol.id, source="user", date=day, score=0.1))
+        run = BacktestRun(
+            strategy_name="s",
+            strategy_hash="h",
+            params={},
+            start_date=days[0],
+            end_date=days[-1],
+            symbols=["P"],
+            status="complete",
+        )
+        session.add(run)
+        session.flush()
+        for day in days:
+            session.add(
+                Decision(
+                    run_id=run.id,
+                    symbol_id=symbol.id,
+                    date=day,
+                    action=2,
+                    strength=0.5,
+                    signals={},
+                    position=0.0,
+                    leverage=1.0,
+                    cash_fraction=1.0,
+                    days_since_last_trade=math.inf,
+                    equity=1.0,
+                )
+            )
+        run_id = run.id
+
+    def no_text(*args: Any) -> Any:
+        raise AssertionError("the text read was used")
+
+    monkeypatch.setattr(raw, "_fetch_columns", no_text)
+    with get_session(pg) as session:
+        assert load_history(session, "P").dates.tolist() == days
+        news = load_news(session, "P", source="user")
+        assert news is not None
+        assert news.dates.tolist() == days
+        decisions = load_decisions(session, run_id, "P", days[0], days[-1])
+        assert decisions is not None
+        assert decisions.dates.tolist() == days
+        assert decisions.actions.tolist() == [2, 2, 2]
+        assert decisions.days_since_last_trade.tolist() == [math.inf] * 3

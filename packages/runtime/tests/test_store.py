@@ -964,3 +964,27 @@ def test_impossible_day_text_is_refused_as_the_orm_refuses_it(db_url: str, add_b
         session.execute(text("UPDATE bars SET date = '2021-02-28'"))
         assert load_history(session, "A").dates.tolist() == [dt.date(2021, 2, 28)]
         session.rollback()
+
+
+def test_the_readers_leave_the_garbage_collector_alone(
+    db_url: str, add_bars: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The raw readers stream their rows (no pause of the process-wide garbage collector, which
+    a daemon importing the store must keep): ``gc.disable`` is never called."""
+    import gc
+
+    def refuse() -> None:
+        raise AssertionError("gc.disable() called")
+
+    monkeypatch.setattr(gc, "disable", refuse)
+    with get_session(db_url) as session:
+        add_bars(session, "A", D0, 30)
+        session.add(MacroSentiment(source=USER_SOURCE, date=D0, score=0.5))
+    with get_session(db_url) as session:
+        assert len(load_history(session, "A")) == 30
+        assert len(load_history(session, "A", last_n=5)) == 5
+        assert load_news(session, "A") is None
+        macro = load_macro(session, source=USER_SOURCE)
+        assert macro is not None
+        assert macro.scores.tolist() == [0.5]
+    assert gc.isenabled()

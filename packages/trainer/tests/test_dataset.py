@@ -564,3 +564,25 @@ def test_on_postgresql() -> None:
             with pytest.raises(DatasetGenerationError, match="does not cover 2021-01-01"):
                 OfflineDatasetGenerator(session).generate_dataset(name, *WIDE)
             assert_rows_are_the_builders(session, ds, name, rows, 4)
+
+
+def test_generation_leaves_the_garbage_collector_alone(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Library code a daemon imports makes no process-wide change: generating a dataset (its
+    store reads included) never switches the cyclic garbage collector off, and gives the same
+    rows as before (the readers stream their rows instead)."""
+    import gc
+
+    with get_session(store.url) as session:
+        before = OfflineDatasetGenerator(session).generate_dataset([A, B], *WIDE)
+
+    def refuse() -> None:
+        raise AssertionError("gc.disable() called")
+
+    monkeypatch.setattr(gc, "disable", refuse)
+    with get_session(store.url) as session:
+        ds = OfflineDatasetGenerator(session).generate_dataset([A, B], *WIDE)
+        assert gc.isenabled()
+    np.testing.assert_array_equal(ds.states, before.states)
+    np.testing.assert_array_equal(ds.actions, before.actions)

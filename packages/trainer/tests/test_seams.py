@@ -398,3 +398,54 @@ def test_the_cli_reports_a_tree_error_in_one_line(tmp_path: Path) -> None:
     assert out.returncode != 0
     assert "Traceback" not in out.stderr
     assert "model: got 'resnet'" in out.stderr
+
+
+def test_the_cli_trains_with_a_state_file_and_resumes_it(tmp_path: Path) -> None:
+    make_dataset(tmp_path / "ds.npz")
+    common = [sys.executable, "-m", "otonom_trainer", "train", "--dataset", "ds.npz"]
+    small = ["--hidden-dim", "8", "--num-layers", "1", "--device", "cpu", "--no-export"]
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*common, *small, *extra], capture_output=True, text=True, timeout=600, cwd=tmp_path
+        )
+
+    first = run("--epochs", "1", "--output", "a", "--state-file", "state.pt")
+    assert first.returncode == 0, first.stderr
+    second = run("--epochs", "2", "--output", "b", "--resume", "state.pt")
+    assert second.returncode == 0, second.stderr
+    assert "Resumed after epoch 1" in second.stdout
+    assert "[Epoch 2/2]" in second.stdout
+    assert "[Epoch 1/2]" not in second.stdout
+    refused = run("--epochs", "2", "--output", "c", "--resume", "state.pt", "--lr", "0.5")
+    assert refused.returncode != 0
+    assert "Traceback" not in refused.stderr
+    assert "lr=0.001 there, 0.5 here" in refused.stderr
+
+
+class WideLinear(TinyLinear):
+    """TinyLinear that declares a wide layer: the CPU keeps the caller's thread count."""
+
+    @classmethod
+    def work_per_row(cls, cfg: TrainingConfig) -> int:
+        return 100_000
+
+
+def test_the_thread_heuristic_asks_the_architecture(tmp_path: Path, tiny: str) -> None:
+    make_dataset(tmp_path / "ds.npz")
+    register_architecture("wide-linear", WideLinear)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen: dict[str, int] = {}
+        for name in (tiny, "wide-linear"):
+            trainer = BehaviorCloningTrainer(
+                config(tmp_path, model=name, max_epochs=1),
+                on_epoch_end=lambda stats, model, n=name: seen.update({n: torch.get_num_threads()}),
+            )
+            quiet(trainer.train, export=False)
+        assert seen == {tiny: 1, "wide-linear": 2}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+        unregister_architecture("wide-linear")

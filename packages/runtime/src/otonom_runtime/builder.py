@@ -38,6 +38,8 @@ from otonom_runtime.store import (
 from otonom_schema import (
     LOOKBACK,
     PORTFOLIO_COLUMNS,
+    DateError,
+    DateLike,
     PortfolioSnapshot,
     RlState,
     SchemaError,
@@ -45,6 +47,7 @@ from otonom_schema import (
     compute_states,
     feature_index,
     sentiment_feature,
+    to_date,
     validate_states,
 )
 
@@ -87,26 +90,14 @@ _PROBE: Final = text(
 
 def _date(value: Any) -> dt.date | None:
     """A date column as ``datetime.date`` (SQLite hands back ISO text)."""
-    if value is None or isinstance(value, dt.date):
-        return value
-    return dt.date.fromisoformat(str(value))
-
-
-DateLike = dt.date | str | np.datetime64
+    return None if value is None else to_date(value)
 
 
 def _as_date(value: DateLike, what: str = "date") -> dt.date:
-    if isinstance(value, dt.datetime):
-        return value.date()
-    if isinstance(value, dt.date):
-        return value
     try:
-        day = value.astype("datetime64[D]") if isinstance(value, np.datetime64) else value
-        return dt.date.fromisoformat(str(day))
-    except (TypeError, ValueError) as exc:
-        raise StateBuildError(
-            f"{what} {value!r} is not a date ({exc}); expected YYYY-MM-DD"
-        ) from None
+        return to_date(value)
+    except DateError as exc:
+        raise StateBuildError(f"{what}: {exc}") from None
 
 
 class RlStateBuilder:
@@ -310,7 +301,7 @@ class RlStateBuilder:
             every = compute_states(history, news=news, macro=macro)
             out[on_bar] = every[pos[on_bar]]
         for k in np.flatnonzero(~on_bar).tolist():
-            last = dt.date.fromisoformat(str(bar_days[pos[k]]))
+            last = to_date(bar_days[pos[k]])
             self._check_staleness(symbol, days[k], last)
             out[k] = compute_state(history, at=days[k], news=news, macro=macro).to_array()
         out[:, PORTFOLIO_COLUMNS] = self._portfolio_rows(portfolio, n)

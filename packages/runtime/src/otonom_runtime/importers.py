@@ -50,11 +50,9 @@ still fails.
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import math
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -62,6 +60,16 @@ from typing import Any, Final
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
+from otonom_runtime._csvread import (
+    MAX_LISTED_PROBLEMS,
+    Problems,
+    columns,
+    date_reader,
+    number,
+    parse_date,
+    read_rows,
+    row_checker,
+)
 from otonom_runtime._errors import DataImportError
 from otonom_runtime.store import (
     USER_SOURCE,
@@ -83,7 +91,6 @@ __all__ = [
     "parse_date",
 ]
 
-MAX_LISTED_PROBLEMS: Final = 20
 OHLC_TOLERANCE: Final = 1e-9  # relative to the bar's high: open/close may exceed it (or undercut
 # low) by this much before the bar is refused; vendor float noise, far below any price tick
 _LISTED_DROPPED: Final = 5  # dropped rows named in ImportReport.summary()
@@ -137,208 +144,6 @@ class ImportReport:
         return text
 
 
-_DAY_MONTH_YEAR: Final = re.compile(r"^(\d{1,2})([/.-])(\d{1,2})\2(\d{4})$")
-_YEAR_MONTH_DAY: Final = re.compile(r"^(\d{4})([/.])(\d{1,2})\2(\d{1,2})$")
-_ORDER_FORMATS: Final = {"month-first": "%m{0}%d{0}%Y", "day-first": "%d{0}%m{0}%Y"}
-
-
-class _DateReader:
-    """Reads one file's date cells: ``parse_date``, plus the slash/dot dates of the module doc.
-
-    The day/month order of ``8/17/2017``-style dates is decided once from all of the file's
-    date cells (``texts``), so every row of a file is read the same way; ``date_format`` (a
-    ``strptime`` format) overrides everything.
-    """
-
-    def __init__(self, path: Path, texts: Sequence[str], date_format: str | None) -> None:
-        self.date_format = date_format
-        self.order: str | None = None
-        if date_format is not None:
-            return
-        first_big = second_big = ambiguous = False
-        for text in texts:
-            match = _DAY_MONTH_YEAR.match(text.strip())
-            if match is None:
-                continue
-            ambiguous = True
-            first_big |= int(match.group(1)) > 12
-            second_big |= int(match.group(3)) > 12
-        if not ambiguous:
-            return
-        if first_big == second_big:
-            why = (
-                "some have a first and some a second number above 12"
-                if first_big
-                else "neither number is ever above 12"
-            )
-            raise DataImportError(
-                f"{path.name}: cannot tell day from month in dates like {texts[0].strip()!r} "
-                f"({why}); pass the format, e.g. --date-format '%m/%d/%Y' (month first) or "
-                "'%d/%m/%Y' (day first)"
-            )
-        self.order = "day-first" if first_big else "month-first"
-
-    def __call__(self, text: str) -> dt.date:
-        value = text.strip()
-        if self.date_format is not None:
-            try:
-                return dt.datetime.strptime(value, self.date_format).date()
-            except ValueError:
-                raise ValueError(
-                    f"date {value!r} does not match --date-format {self.date_format!r}"
-                ) from None
-        match = _DAY_MONTH_YEAR.match(value)
-        if match is not None and self.order is not None:
-            fmt = _ORDER_FORMATS[self.order].format(match.group(2))
-            try:
-                return dt.datetime.strptime(value, fmt).date()
-            except ValueError:
-                raise ValueError(f"date {value!r} is not a valid {self.order} date") from None
-        match = _YEAR_MONTH_DAY.match(value)
-        if match is not None:
-            try:
-                return dt.date(int(match.group(1)), int(match.group(3)), int(match.group(4)))
-            except ValueError:
-                raise ValueError(f"date {value!r} is not a valid year/month/day date") from None
-        return parse_date(value)
-
-
-def parse_date(text: str) -> dt.date:
-    """A calendar day from an ISO date, an ISO datetime, or epoch seconds/milliseconds (UTC).
-
-    Raises ``ValueError`` naming the value when it is none of those.
-    """
-    value = text.strip()
-    if not value:
-        raise ValueError("empty date")
-    if value.isdigit() and len(value) == 8:  # compact ISO date, 20170817
-        try:
-            return dt.datetime.strptime(value, "%Y%m%d").date()
-        except ValueError:
-            raise ValueError(f"date {value!r} is not a YYYYMMDD date") from None
-    if value.isdigit():
-        number = int(value)
-        seconds = number / 1000.0 if number >= 10**11 else float(number)
-        try:
-            return dt.datetime.fromtimestamp(seconds, tz=dt.timezone.utc).date()
-        except (OverflowError, OSError, ValueError):
-            raise ValueError(f"epoch value {value} is out of range") from None
-    if len(value) == 10:
-        try:
-            return dt.date.fromisoformat(value)
-        except ValueError:
-            pass
-    iso = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
-    try:
-        stamp = dt.datetime.fromisoformat(iso)
-    except ValueError:
-        raise ValueError(
-            f"date {value!r} is not an ISO date (2017-08-17), ISO datetime "
-            "(2017-08-17 00:00:00), epoch seconds/milliseconds, 2017/08/17 or day and month "
-            "with a 4-digit year (8/17/2017, 17.08.2017)"
-        ) from None
-    if stamp.tzinfo is not None:
-        stamp = stamp.astimezone(dt.timezone.utc)
-    return stamp.date()
-
-
-class _Problems:
-    """Bad rows of one file, reported together."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.items: list[tuple[int, str]] = []
-
-    def add(self, line: int, message: str) -> None:
-        self.items.append((line, message))
-
-    def raise_if_any(self, what: str) -> None:
-        if not self.items:
-            return
-        n = len(self.items)
-        listed = [f"  line {line}: {msg}" for line, msg in self.items[:MAX_LISTED_PROBLEMS]]
-        if n > MAX_LISTED_PROBLEMS:
-            listed.append(f"  ... and {n - MAX_LISTED_PROBLEMS} more")
-        raise DataImportError(
-            f"{self.path.name}: {n} bad row{'s' if n != 1 else ''} in {what} file {self.path}; "
-            "nothing was imported\n" + "\n".join(listed)
-        )
-
-
-def _read_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
-    """(1-based line number, cells) of every non-blank record, the header included."""
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            line = 1
-            try:
-                for cells in reader:
-                    if cells and any(c.strip() for c in cells):
-                        yield line, cells
-                    line = reader.line_num + 1
-            except csv.Error as exc:
-                raise DataImportError(
-                    f"{path.name}: line {reader.line_num}: cannot read as CSV ({exc})"
-                ) from None
-    except UnicodeDecodeError as exc:
-        raise DataImportError(
-            f"{path.name}: not a UTF-8 text file ({exc.reason} at byte {exc.start}); "
-            "expected a CSV file"
-        ) from None
-    except OSError as exc:
-        raise DataImportError(f"cannot read {path}: {exc.strerror or exc}") from None
-
-
-def _columns(
-    path: Path,
-    header: Sequence[str],
-    wanted: dict[str, Sequence[str]],
-    optional: set[str],
-    example: str,
-) -> dict[str, int]:
-    """Map each wanted column to its index (first alias found wins); missing ones fail."""
-    names = [cell.strip().lower() for cell in header]
-    found: dict[str, int] = {}
-    for key, aliases in wanted.items():
-        for alias in aliases:
-            if alias in names:
-                found[key] = names.index(alias)
-                break
-    if "date" in wanted and "date" not in found and names and names[0] == "":
-        found["date"] = 0  # pandas' to_csv of a date index: a blank first header cell
-    missing = [key for key in wanted if key not in found and key not in optional]
-    if missing:
-        expect = ", ".join("/".join(wanted[key]) for key in missing)
-        raise DataImportError(
-            f"{path.name}: line 1: header {','.join(header)!r} lacks column(s) {expect}; "
-            f"expected e.g. {example}"
-        )
-    return found
-
-
-def _number(cells: Sequence[str], index: int, name: str) -> float:
-    text = cells[index].strip()
-    if not text:
-        raise ValueError(f"{name} is empty")
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"{name} {text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise ValueError(f"{name} is {text!r}; expected a finite number")
-    return value
-
-
-def _row_checker(problems: _Problems, width: int) -> Callable[[int, list[str]], bool]:
-    def check(line: int, cells: list[str]) -> bool:
-        if len(cells) != width:
-            problems.add(line, f"{len(cells)} columns; expected {width} like the header")
-            return False
-        return True
-
-    return check
-
-
 def check_symbol_name(symbol: str) -> str:
     """``symbol`` without surrounding blanks; ``DataImportError`` if it is not a valid name."""
     name = symbol.strip()
@@ -360,26 +165,47 @@ def _ohlc_problem(o: float, h: float, lo: float, c: float) -> str | None:
     return f"{', '.join(bad)}; expected low <= open, close <= high" if bad else None
 
 
+def _open_csv(
+    path: Path,
+    holds: str,
+    wanted: dict[str, Sequence[str]],
+    optional: set[str],
+    example: str,
+) -> tuple[list[str], dict[str, int], Iterator[tuple[int, list[str]]]]:
+    """The header of a CSV file, its column map (``columns``) and the records below it, read
+    as they are consumed (``holds``: what the rows are, for the empty-file message)."""
+    rows = read_rows(path)
+    first = next(rows, None)
+    if first is None:
+        raise DataImportError(f"{path.name}: the file is empty; expected a header and {holds}")
+    _, header = first
+    return header, columns(path, header, wanted, optional, example), rows
+
+
+def _write(session: Session, table: Any, inserts: list[Any], updates: list[Any]) -> None:
+    """Insert and update rows of ``table`` in the caller's transaction."""
+    if inserts:
+        session.execute(insert(table), inserts)
+    if updates:
+        session.execute(update(table), updates)
+    session.flush()
+
+
 def _read_bars(
     path: Path, date_format: str | None = None, drop_bad_rows: bool = False
 ) -> tuple[dict[dt.date, tuple[float, float, float, float, float]], list[tuple[int, str]]]:
     """The file's bars by date, and (with ``drop_bad_rows``) the skipped bad rows."""
-    rows = _read_rows(path)
-    first = next(rows, None)
-    if first is None:
-        raise DataImportError(f"{path.name}: the file is empty; expected a header and bars")
-    _, header = first
-    cols = _columns(
+    header, cols, rows = _open_csv(
         path,
-        header,
+        "bars",
         {"date": _DATE_NAMES, **{c: (c,) for c in _OHLCV}},
         set(),
         "Date,Open,High,Low,Close,Adj Close,Volume or timestamp,open,high,low,close,volume",
     )
-    problems = _Problems(path)
-    fits = _row_checker(problems, len(header))
+    problems = Problems(path)
+    fits = row_checker(problems, len(header))
     records = list(rows)
-    read_date = _date_reader(path, records, cols["date"], date_format)
+    read_date = date_reader(path, records, cols["date"], date_format)
     bars: dict[dt.date, tuple[float, float, float, float, float]] = {}
     lines: dict[dt.date, int] = {}
     for line, cells in records:
@@ -395,7 +221,7 @@ def _read_bars(
             continue
         lines[day] = line
         try:
-            o, h, lo, c, v = (_number(cells, cols[name], name) for name in _OHLCV)
+            o, h, lo, c, v = (number(cells, cols[name], name) for name in _OHLCV)
         except ValueError as exc:
             problems.add(line, f"{day}: {exc}")
             continue
@@ -419,13 +245,6 @@ def _read_bars(
     if not bars:
         raise DataImportError(f"{path.name}: no bars after the header; expected at least one")
     return bars, dropped
-
-
-def _date_reader(
-    path: Path, records: Sequence[tuple[int, list[str]]], column: int, date_format: str | None
-) -> _DateReader:
-    texts = [cells[column] for _, cells in records if column < len(cells)]
-    return _DateReader(path, texts, date_format)
 
 
 _LISTED_DATES: Final = 5
@@ -498,11 +317,7 @@ def import_ohlcv_csv(
             f"{path.name}: {differ} from the stored bars of {name!r} "
             f"({_changed_listing(changed)}); nothing was imported; add --replace to overwrite them"
         )
-    if inserts:
-        session.execute(insert(Bar), inserts)
-    if updates:
-        session.execute(update(Bar), updates)
-    session.flush()
+    _write(session, Bar, inserts, updates)
     days = sorted(bars)
     return ImportReport(
         path=path,
@@ -546,14 +361,9 @@ def import_sentiment_csv(
     except ValueError as exc:
         raise DataImportError(f"{path.name}: {exc}") from None
     wanted = check_symbol_name(symbol) if symbol is not None else None
-    rows = _read_rows(path)
-    first = next(rows, None)
-    if first is None:
-        raise DataImportError(f"{path.name}: the file is empty; expected a header and scores")
-    _, header = first
-    cols = _columns(
+    header, cols, rows = _open_csv(
         path,
-        header,
+        "scores",
         {"date": _DATE_NAMES, "symbol": _SYMBOL_NAMES, "score": _SCORE_NAMES},
         {"symbol"},
         "date,score or date,symbol,score",
@@ -565,12 +375,53 @@ def import_sentiment_csv(
             f"(known symbols: {', '.join(sorted(known)) or 'none'})"
         )
     macro = wanted is None and "symbol" not in cols
-    problems = _Problems(path)
-    fits = _row_checker(problems, len(header))
+    scores = _read_scores(path, len(header), cols, list(rows), wanted, known, date_format)
+    existing = _stored_scores(session, None if macro else known, source, scores)
+    inserts: list[dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
+    unchanged = 0
+    for (name, day), score in sorted(scores.items()):
+        old = existing.get((name, day))
+        if old is None:
+            row: dict[str, Any] = {"source": source, "date": day, "score": score}
+            if not macro:
+                row["symbol_id"] = known[name]
+            inserts.append(row)
+        elif old[1] == score:
+            unchanged += 1
+        else:
+            updates.append({"id": old[0], "score": score})
+    _write(session, MacroSentiment if macro else NewsSentiment, inserts, updates)
+    days = sorted(day for _, day in scores)
+    return ImportReport(
+        path=path,
+        kind="macro" if macro else "news",
+        symbols=() if macro else tuple(sorted({name for name, _ in scores})),
+        rows=len(scores),
+        inserted=len(inserts),
+        updated=len(updates),
+        unchanged=unchanged,
+        first=days[0],
+        last=days[-1],
+    )
+
+
+def _read_scores(
+    path: Path,
+    width: int,
+    cols: dict[str, int],
+    records: Sequence[tuple[int, list[str]]],
+    wanted: str | None,
+    known: dict[str, int],
+    date_format: str | None,
+) -> dict[tuple[str, dt.date], float]:
+    """The file's scores by (symbol, date) (symbol ``""`` for macro sentiment); every bad row
+    is reported at once (``DataImportError``)."""
+    problems = Problems(path)
+    fits = row_checker(problems, width)
     scores: dict[tuple[str, dt.date], float] = {}
     lines: dict[tuple[str, dt.date], int] = {}
-    records = list(rows)
-    read_date = _date_reader(path, records, cols["date"], date_format)
+    read_date = date_reader(path, records, cols["date"], date_format)
     for line, cells in records:
         if not fits(line, cells):
             continue
@@ -594,7 +445,7 @@ def import_sentiment_csv(
             continue
         lines[key] = line
         try:
-            score = _number(cells, cols["score"], "score")
+            score = number(cells, cols["score"], "score")
         except ValueError as exc:
             problems.add(line, f"{day}: {exc}")
             continue
@@ -605,53 +456,29 @@ def import_sentiment_csv(
     problems.raise_if_any("sentiment")
     if not scores:
         raise DataImportError(f"{path.name}: no scores after the header; expected at least one")
+    return scores
 
-    if macro:
-        table: Any = MacroSentiment
-        old_rows = session.execute(
+
+def _stored_scores(
+    session: Session,
+    known: dict[str, int] | None,
+    source: str,
+    scores: dict[tuple[str, dt.date], float],
+) -> dict[tuple[str, dt.date], tuple[int, float]]:
+    """The stored (row id, score) of ``source`` by (symbol, date): macro sentiment when
+    ``known`` (symbol name -> id) is None, else the news of the symbols in ``scores``."""
+    if known is None:
+        macro_rows = session.execute(
             select(MacroSentiment.id, MacroSentiment.date, MacroSentiment.score).where(
                 MacroSentiment.source == source
             )
         ).all()
-        existing = {("", r.date): (r.id, r.score) for r in old_rows}
-    else:
-        table = NewsSentiment
-        ids = {known[name] for name, _ in scores}
-        by_id = {v: k for k, v in known.items()}
-        news_rows = session.execute(
-            select(
-                NewsSentiment.id, NewsSentiment.symbol_id, NewsSentiment.date, NewsSentiment.score
-            ).where(NewsSentiment.symbol_id.in_(ids), NewsSentiment.source == source)
-        ).all()
-        existing = {(by_id[r.symbol_id], r.date): (r.id, r.score) for r in news_rows}
-    inserts: list[dict[str, Any]] = []
-    updates: list[dict[str, Any]] = []
-    unchanged = 0
-    for (name, day), score in sorted(scores.items()):
-        old = existing.get((name, day))
-        if old is None:
-            row: dict[str, Any] = {"source": source, "date": day, "score": score}
-            if not macro:
-                row["symbol_id"] = known[name]
-            inserts.append(row)
-        elif old[1] == score:
-            unchanged += 1
-        else:
-            updates.append({"id": old[0], "score": score})
-    if inserts:
-        session.execute(insert(table), inserts)
-    if updates:
-        session.execute(update(table), updates)
-    session.flush()
-    days = sorted(day for _, day in scores)
-    return ImportReport(
-        path=path,
-        kind="macro" if macro else "news",
-        symbols=() if macro else tuple(sorted({name for name, _ in scores})),
-        rows=len(scores),
-        inserted=len(inserts),
-        updated=len(updates),
-        unchanged=unchanged,
-        first=days[0],
-        last=days[-1],
-    )
+        return {("", r.date): (r.id, r.score) for r in macro_rows}
+    ids = {known[name] for name, _ in scores}
+    by_id = {v: k for k, v in known.items()}
+    news_rows = session.execute(
+        select(
+            NewsSentiment.id, NewsSentiment.symbol_id, NewsSentiment.date, NewsSentiment.score
+        ).where(NewsSentiment.symbol_id.in_(ids), NewsSentiment.source == source)
+    ).all()
+    return {(by_id[r.symbol_id], r.date): (r.id, r.score) for r in news_rows}

@@ -41,7 +41,7 @@ from otonom_runtime.serving.wire import (
     encode_varint,
     split_metadata,
 )
-from otonom_schema import STATE_DIM, SchemaError, validate_states
+from otonom_schema import STATE_DIM, SchemaError, atomic_write, validate_states
 
 if TYPE_CHECKING:
     from otonom_runtime.serving.rl_policy import RlPolicy
@@ -509,9 +509,7 @@ def seal_model(
     sealed = with_metadata(data, {FORMAT_KEY: MODEL_FORMAT, GOLDEN_KEY: golden.to_json()})
     sealed = with_metadata(sealed, {DIGEST_KEY: model_digest(sealed)})
     if path is not None:
-        tmp = path.with_name(f".{path.name}.sealing")
-        tmp.write_bytes(sealed)
-        tmp.replace(path)
+        atomic_write(path, sealed)
         if write_sidecar:
             write_sha256_sidecar(path)
     return sealed

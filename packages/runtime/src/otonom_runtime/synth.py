@@ -54,7 +54,7 @@ from otonom_runtime.store import (
     Symbol,
     get_or_create_symbol,
 )
-from otonom_schema import MarketHistory, SentimentSeries
+from otonom_schema import MarketHistory, SentimentSeries, to_date
 
 __all__ = [
     "DEMO_SEED",
@@ -304,7 +304,7 @@ def _meta(start: dt.date, end: dt.date, seed: int) -> dict[str, Any]:
 
 
 def _py_dates(values: npt.NDArray[Any]) -> list[dt.date]:
-    return [dt.date.fromisoformat(str(d)) for d in values]
+    return [to_date(d) for d in values]
 
 
 _LISTED_DATES: Final = 3
@@ -449,6 +449,71 @@ def _insert_shared_macro(session: Session, rows: list[dict[str, Any]]) -> int:
     return len(session.execute(stmt.returning(MacroSentiment.date), rows).all())
 
 
+def _write_plan(session: Session, plan: _Plan, symbol_id: int, *, replace: bool) -> None:
+    """Write one symbol's planned bars and news (after deleting its stored ones when
+    ``replace`` and the symbol existed)."""
+    if replace and plan.row is not None:
+        session.execute(delete(Bar).where(Bar.symbol_id == symbol_id))
+        session.execute(
+            delete(NewsSentiment).where(
+                NewsSentiment.symbol_id == symbol_id, NewsSentiment.source == SYNTHETIC_SOURCE
+            )
+        )
+    market = plan.market
+    h = market.history
+    days = _py_dates(h.dates)
+    if plan.bars:
+        session.execute(
+            insert(Bar),
+            [
+                {
+                    "symbol_id": symbol_id,
+                    "date": days[i],
+                    "open": float(h.open[i]),
+                    "high": float(h.high[i]),
+                    "low": float(h.low[i]),
+                    "close": float(h.close[i]),
+                    "volume": float(h.volume[i]),
+                }
+                for i in plan.bars
+            ],
+        )
+    if plan.news:
+        session.execute(
+            insert(NewsSentiment),
+            [
+                {
+                    "symbol_id": symbol_id,
+                    "source": SYNTHETIC_SOURCE,
+                    "date": days[i],
+                    "score": float(market.news.scores[i]),
+                }
+                for i in plan.news
+            ],
+        )
+
+
+def _write_macro(session: Session, start: dt.date, end: dt.date, seed: int) -> int:
+    """Store the synthetic macro scores of the days in ``start`` .. ``end`` that have none (the
+    series is shared by every symbol and seed); returns how many rows were added."""
+    macro = generate_macro(start, end, seed)
+    have = set(
+        session.execute(
+            select(MacroSentiment.date).where(
+                MacroSentiment.source == SYNTHETIC_SOURCE,
+                MacroSentiment.date >= start,
+                MacroSentiment.date <= end,
+            )
+        ).scalars()
+    )
+    new_macro = [
+        {"source": SYNTHETIC_SOURCE, "date": d, "score": float(s)}
+        for d, s in zip(_py_dates(macro.dates), macro.scores, strict=True)
+        if d not in have
+    ]
+    return _insert_shared_macro(session, new_macro) if new_macro else 0
+
+
 def write_synthetic(
     session: Session,
     symbols: list[str],
@@ -501,65 +566,12 @@ def write_synthetic(
                 if not plan.bars and not plan.news:
                     unchanged.append(name)
                     continue
-        if replace and plan.row is not None:
-            session.execute(delete(Bar).where(Bar.symbol_id == row.id))
-            session.execute(
-                delete(NewsSentiment).where(
-                    NewsSentiment.symbol_id == row.id, NewsSentiment.source == SYNTHETIC_SOURCE
-                )
-            )
+        _write_plan(session, plan, row.id, replace=replace)
         row.meta = meta
-        market = plan.market
-        h = market.history
-        days = _py_dates(h.dates)
-        if plan.bars:
-            session.execute(
-                insert(Bar),
-                [
-                    {
-                        "symbol_id": row.id,
-                        "date": days[i],
-                        "open": float(h.open[i]),
-                        "high": float(h.high[i]),
-                        "low": float(h.low[i]),
-                        "close": float(h.close[i]),
-                        "volume": float(h.volume[i]),
-                    }
-                    for i in plan.bars
-                ],
-            )
-        if plan.news:
-            session.execute(
-                insert(NewsSentiment),
-                [
-                    {
-                        "symbol_id": row.id,
-                        "source": SYNTHETIC_SOURCE,
-                        "date": days[i],
-                        "score": float(market.news.scores[i]),
-                    }
-                    for i in plan.news
-                ],
-            )
         bars_written += len(plan.bars)
         news_written += len(plan.news)
 
-    macro = generate_macro(start, end, seed)
-    have = set(
-        session.execute(
-            select(MacroSentiment.date).where(
-                MacroSentiment.source == SYNTHETIC_SOURCE,
-                MacroSentiment.date >= start,
-                MacroSentiment.date <= end,
-            )
-        ).scalars()
-    )
-    new_macro = [
-        {"source": SYNTHETIC_SOURCE, "date": d, "score": float(s)}
-        for d, s in zip(_py_dates(macro.dates), macro.scores, strict=True)
-        if d not in have
-    ]
-    written_macro = _insert_shared_macro(session, new_macro) if new_macro else 0
+    written_macro = _write_macro(session, start, end, seed)
     session.flush()
     return SynthReport(
         symbols=tuple(names),

@@ -11,7 +11,8 @@ from otonom_schema._dataset import (
     load_dataset,
     save_dataset,
 )
-from otonom_schema._errors import DatasetError, SchemaError, SchemaMismatchError
+from otonom_schema._dates import DateLike, parse_iso_date, to_date
+from otonom_schema._errors import DatasetError, DateError, SchemaError, SchemaMismatchError
 from otonom_schema._features import (
     PORTFOLIO_COLUMNS,
     MarketHistory,
@@ -24,6 +25,7 @@ from otonom_schema._features import (
     portfolio_feature_matrix,
     sentiment_feature,
 )
+from otonom_schema._io import atomic_path, atomic_write
 from otonom_schema._spec import (
     ANALYSTS,
     FEATURE_NAMES,
@@ -63,6 +65,8 @@ __all__ = [
     "STATE_DIM",
     "Action",
     "DatasetError",
+    "DateError",
+    "DateLike",
     "FeatureSpec",
     "MarketHistory",
     "OfflineDataset",
@@ -71,6 +75,8 @@ __all__ = [
     "SchemaError",
     "SchemaMismatchError",
     "SentimentSeries",
+    "atomic_path",
+    "atomic_write",
     "compute_state",
     "compute_states",
     "feature_index",
@@ -78,10 +84,12 @@ __all__ = [
     "load_dataset",
     "log_returns_from_features",
     "market_feature_matrix",
+    "parse_iso_date",
     "portfolio_feature_matrix",
     "save_dataset",
     "schema_fingerprint",
     "sentiment_feature",
+    "to_date",
     "validate_state_array",
     "validate_state_into",
     "validate_states",

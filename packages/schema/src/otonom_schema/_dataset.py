@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from otonom_schema._errors import DatasetError, SchemaError, SchemaMismatchError
+from otonom_schema._io import atomic_path
 from otonom_schema._spec import FEATURE_NAMES, SCHEMA_VERSION, Action, schema_fingerprint
 from otonom_schema._state import validate_states
 
@@ -142,22 +142,16 @@ def save_dataset(dataset: OfflineDataset, path: str | os.PathLike[str]) -> Path:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = json.dumps(dict(dataset.metadata), sort_keys=True, allow_nan=False, default=str)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(
-                fh,
-                states=dataset.states,
-                actions=dataset.actions,
-                strengths=dataset.strengths,
-                symbols=dataset.symbols,
-                dates=dataset.dates,
-                metadata=np.array(meta),
-            )
-        Path(tmp).replace(out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(out) as tmp, tmp.open("wb") as fh:
+        np.savez(
+            fh,
+            states=dataset.states,
+            actions=dataset.actions,
+            strengths=dataset.strengths,
+            symbols=dataset.symbols,
+            dates=dataset.dates,
+            metadata=np.array(meta),
+        )
     return out
 
 

@@ -40,6 +40,7 @@ _BLOCK: Final = 64
 (N / 64, 64 * 34) views, whose long rows numpy vectorises (a reduction over (N, 34) runs its
 inner loop 34 elements at a time)."""
 _fmin: Final = np.fmin
+_ONE_WORD: Final = np.float32(1.0).view(np.uint32)
 _fmax: Final = np.fmax
 
 FloatArray = npt.NDArray[np.float32]
@@ -189,6 +190,20 @@ def _in_range32(arr: FloatArray) -> bool:
     return all(bool((lo >= _LOW32).all() and (hi <= _HIGH32).all()) for lo, hi in parts)
 
 
+def _one_hot32(arr: FloatArray) -> bool:
+    """True when every row of a C-contiguous float32 (N, 34) array has a regime of exactly
+    one 1.0 and two +0.0, by the bits (uint32): the row's largest regime word is 1.0's and the
+    three words sum to 1.0's (no word exceeds 1.0's, so the other two are 0). A -0.0 (whose
+    word is larger) fails here and is judged by the full check, which accepts it."""
+    words = arr.view(np.uint32)
+    a, b, c = words[:, _REGIME.start], words[:, _REGIME.start + 1], words[:, _REGIME.start + 2]
+    largest = np.maximum(a, b)
+    np.maximum(largest, c, out=largest)
+    total = a + b
+    total += c
+    return bool((largest == _ONE_WORD).all() and (total == _ONE_WORD).all())
+
+
 def validate_states(values: object) -> FloatArray:
     """Check a batch of states and return a contiguous float32 array of shape (N, 34).
 
@@ -197,14 +212,20 @@ def validate_states(values: object) -> FloatArray:
     arr = _as_float(values, "states")
     if arr.ndim != 2 or arr.shape[1] != STATE_DIM:
         raise SchemaError(f"states have shape {arr.shape}; expected (N, {STATE_DIM})")
-    # bounds in the array's own dtype; NaN fails every comparison and all bounds are finite.
-    # A C-contiguous float32 batch (the model's input: every predict_batch) is checked by
-    # column minima and maxima first, and row by row only when that fails (to name the row).
-    if arr.dtype == np.float32 and arr.flags.c_contiguous and arr.shape[0] and _in_range32(arr):
-        in_range: np.bool_ | npt.NDArray[np.bool_] = np.True_
-    else:
-        low, high = (_LOW32, _HIGH32) if arr.dtype == np.float32 else (_LOW, _HIGH)
-        in_range = ((arr >= low) & (arr <= high)).all(axis=1)
+    # A C-contiguous float32 batch (the model's input: every predict_batch) is accepted by the
+    # fast checks (whole-array, ~20 numpy calls); anything else, and every batch they do not
+    # accept, takes the row-by-row checks below (which name the first bad row).
+    if (
+        arr.dtype == np.float32
+        and arr.flags.c_contiguous
+        and arr.shape[0]
+        and _in_range32(arr)
+        and _one_hot32(arr)
+    ):
+        return arr  # what np.ascontiguousarray(arr, dtype=np.float32) returns for it
+    # bounds in the array's own dtype; NaN fails every comparison and all bounds are finite
+    low, high = (_LOW32, _HIGH32) if arr.dtype == np.float32 else (_LOW, _HIGH)
+    in_range = ((arr >= low) & (arr <= high)).all(axis=1)
     # exactly one-hot, by comparisons only (no arithmetic: inf or NaN in a row raises no
     # floating-point warning and fails every test): (1, 0, 0), (0, 1, 0) or (0, 0, 1)
     r = _REGIME.start

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import otonom_schema
-from otonom_runtime.cli import add_global_flags, iso_date, require_store, run_cli
+from otonom_runtime.cli import add_global_flags, require_store, run_cli
 from otonom_runtime.synth import DEMO_SEED
+from otonom_schema import parse_iso_date
 
 __all__ = ["main"]
 
@@ -61,10 +62,14 @@ def _add_dataset(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     p.add_argument("--symbol", action="append", required=True, help="a symbol (repeatable)")
     p.add_argument(
-        "--start-date", "--start", type=iso_date, required=True, help="first date (YYYY-MM-DD)"
+        "--start-date",
+        "--start",
+        type=parse_iso_date,
+        required=True,
+        help="first date (YYYY-MM-DD)",
     )
     p.add_argument(
-        "--end-date", "--end", type=iso_date, required=True, help="last date (YYYY-MM-DD)"
+        "--end-date", "--end", type=parse_iso_date, required=True, help="last date (YYYY-MM-DD)"
     )
     p.add_argument("--output", default="data/offline_dataset.npz", help="the .npz file to write")
     p.add_argument(
@@ -90,9 +95,10 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     p = sub.add_parser(
         "train",
-        help="behaviour cloning: train PolicyNet on a dataset, then export it to ONNX",
+        help="behaviour cloning: train a policy network on a dataset, then export it to ONNX",
         description=(
-            "Train the guide's PolicyNet (alpha * cross-entropy + beta * MSE on BUY/SELL "
+            "Train the guide's PolicyNet or another --architecture (alpha * cross-entropy + "
+            "beta * MSE on BUY/SELL "
             "strengths) with early stopping, then export the best weights to ONNX, checked "
             "against torch through the runtime. Flags override --config FILE.yaml; unset flags "
             "keep the file's values or the defaults shown."
@@ -116,6 +122,18 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="stop after training (no ONNX model; an older one in the folder is then refused "
         "as stale until `otonom-train export` writes this run's)",
     )
+    p.add_argument(
+        "--state-file",
+        metavar="FILE",
+        help="write the whole training state (weights, optimizer, scheduler, random states) to "
+        "FILE after every epoch, for --resume",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="FILE",
+        help="continue the run saved in FILE (a --state-file, or a policy_best.pt) up to "
+        "--epochs, with the same dataset and configuration",
+    )
     p.set_defaults(handler=_cmd_train)
 
 
@@ -136,7 +154,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from otonom_trainer.train import BehaviorCloningTrainer
 
-    BehaviorCloningTrainer(cfg).train(export=not args.no_export)
+    trainer = BehaviorCloningTrainer(cfg, state_path=args.state_file)
+    trainer.train(export=not args.no_export, resume_from=args.resume)
     return 0
 
 
@@ -255,9 +274,9 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def _add_pipeline(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """The ``pipeline`` command's parser. Over 80 lines on purpose: it is one declaration, the
-    command's description and one ``add_argument`` per flag in ``--help`` order; split, the
-    flags of one command would be read in several places."""
+    """The ``pipeline`` command's parser. Long because it is one declaration: the command's
+    description and one ``add_argument`` per flag in ``--help`` order; split, the flags of one
+    command would be read in several places."""
     from otonom_trainer.pipeline import STAGES
 
     p = sub.add_parser(
@@ -316,7 +335,7 @@ def _add_pipeline(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--start-date",
         "--start",
         dest="start",
-        type=iso_date,
+        type=parse_iso_date,
         help="first bar used, warm-up included (default: the symbols' first common bar; "
         "missing DEMO-* symbols are generated from 2018-01-01)",
     )
@@ -324,16 +343,16 @@ def _add_pipeline(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--end-date",
         "--end",
         dest="end",
-        type=iso_date,
+        type=parse_iso_date,
         help="last decision day (default: the symbols' last common bar; DEMO-*: 2023-12-31)",
     )
     p.add_argument(
         "--train-end",
-        type=iso_date,
+        type=parse_iso_date,
         help="last training day (default: before the last 25 %% of the decision days)",
     )
     p.add_argument(
-        "--test-start", type=iso_date, help="first held-out day (default: train end + 1)"
+        "--test-start", type=parse_iso_date, help="first held-out day (default: train end + 1)"
     )
     p.add_argument("--epochs", type=int, default=20, help="training epochs (default %(default)s)")
     p.add_argument(
@@ -439,14 +458,14 @@ def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--start-date",
         "--start",
-        type=iso_date,
+        type=parse_iso_date,
         help="out-of-sample start (default: what the pipeline holds out of the stored bars: "
         "the last 25 %% of the decision days after the warm-up)",
     )
     p.add_argument(
         "--end-date",
         "--end",
-        type=iso_date,
+        type=parse_iso_date,
         help="out-of-sample end (default: the symbols' last common bar)",
     )
     p.add_argument("--database-url", help="SQLAlchemy URL (default: ./data/otonom.db)")

@@ -28,15 +28,17 @@ Rules (each one tested):
   the decision was made with; ``days_since_last_trade`` NULL = never traded = ``inf``); for a
   run whose strategy named sentiment sources, the builder made with those
   (``RlStateBuilder(session, news_source=..., macro_source=...)``).
-* **Vectorised.** Per symbol: one query for the decisions, one for the bars from ``LOOKBACK -
-  1`` bars before the first decision to the last decision (older bars are never read by any
-  row's state), one for the news from ``SENTIMENT_MAX_AGE_DAYS`` days before the first decision
-  (an older score is stale for every row; the states of the bars before it are computed but are
-  no row); one macro query per macro source over the union of those ranges. ``compute_states``
-  then computes the features of every bar read at once (the schema's batch path, proven equal
-  to the builder's one-date path) and the rows are picked by date. Every decision date must be
-  a bar date in the store (the backtest only decides on bar dates): anything else means the
-  bars were changed after the run, and is refused.
+* **Vectorised.** Every read is a typed store reader (``otonom_runtime.store.datasets``,
+  ``load_news``, ``load_macro``: this module holds no SQL). Per symbol: one query for the
+  decisions, one for the bars from ``LOOKBACK - 1`` bars before the first decision to the last
+  decision (older bars are never read by any row's state), one for the news from
+  ``SENTIMENT_MAX_AGE_DAYS`` days before the first decision (an older score is stale for every
+  row; the states of the bars before it are computed but are no row); one macro query per
+  macro source over the union of those ranges. ``compute_states`` then computes the features
+  of every bar read at once (the schema's batch path, proven equal to the builder's one-date
+  path) and the rows are picked by date. Every decision date must be a bar date in the store
+  (the backtest only decides on bar dates): anything else means the bars were changed after
+  the run, and is refused.
 * **Sentiment sources.** Each symbol's news and macro come from the sources its run read
   (``params["sentiment_sources"]``, recorded by the backtest); for a run that recorded none
   (made before sentiment had sources) the kind rule the backtest applies by default
@@ -58,7 +60,7 @@ import datetime as dt
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Final
 
@@ -82,12 +84,14 @@ from otonom_schema import (
     LOOKBACK,
     MATHS_PARAMS,
     STATE_DIM,
+    DateError,
     MarketHistory,
     OfflineDataset,
     SchemaError,
     SentimentSeries,
     compute_states,
     portfolio_feature_matrix,
+    to_date,
 )
 from otonom_schema import save_dataset as _write_npz
 
@@ -112,35 +116,20 @@ class DatasetGenerationError(ValueError):
 
 
 @dataclass(frozen=True)
-class _Run:
-    """The columns of a ``BacktestRun`` that dataset generation needs."""
-
-    id: int
-    strategy_name: str
-    strategy_hash: str
-    symbols: tuple[str, ...]
-    start: dt.date
-    end: dt.date
-    status: str
-    error: str | None
-    rl_enabled: bool
-    purpose: str
+class _Run(RunInfo):
+    """A backtest run as the store reads it (``RunInfo``), its ``params`` judged."""
 
     @classmethod
     def of(cls, info: RunInfo) -> _Run:
-        """The run as the store reads it, its ``params`` judged."""
-        return cls(
-            id=info.id,
-            strategy_name=info.strategy_name,
-            strategy_hash=info.strategy_hash,
-            symbols=info.symbols,
-            start=info.start,
-            end=info.end,
-            status=info.status,
-            error=info.error,
-            rl_enabled=bool(info.params.get("rl_enabled")),
-            purpose=str(info.params.get("purpose") or "user"),
-        )
+        return cls(**{f.name: getattr(info, f.name) for f in fields(info)})
+
+    @property
+    def rl_enabled(self) -> bool:
+        return bool(self.params.get("rl_enabled"))
+
+    @property
+    def purpose(self) -> str:
+        return str(self.params.get("purpose") or "user")
 
     def describe(self) -> str:
         return (
@@ -180,15 +169,10 @@ class _Run:
 
 
 def _as_date(value: object, what: str) -> dt.date:
-    if isinstance(value, dt.datetime):
-        return value.date()
-    if isinstance(value, dt.date):
-        return value
-    if isinstance(value, str):
-        try:
-            return dt.date.fromisoformat(value.strip())
-        except ValueError:
-            pass
+    try:
+        return to_date(value.strip() if isinstance(value, str) else value)
+    except DateError:
+        pass
     raise DatasetGenerationError(
         f"{what} is {value!r}; expected a datetime.date or an ISO date string YYYY-MM-DD"
     )
@@ -448,35 +432,7 @@ class OfflineDatasetGenerator:
             )
         parts = [_rows(reads[name], macros[sources[name]["macro"]]) for name in names]
         n_rows = [p.states.shape[0] for p in parts]
-        runs = sorted({r.id: r for r in chosen.values()}.values(), key=lambda r: r.id)
-        teacher = "; ".join(
-            f"{r.short()} for {', '.join(n for n in names if chosen[n].id == r.id)}" for r in runs
-        )
-        log.info("dataset teacher: %s", teacher)
-        metadata: dict[str, Any] = {
-            "source": "backtest",
-            "run_ids": [r.id for r in runs],
-            "symbol_runs": {name: chosen[name].id for name in names},
-            "runs": [
-                {
-                    "run_id": r.id,
-                    "strategy_name": r.strategy_name,
-                    "strategy_hash": r.strategy_hash,
-                    "start_date": r.start.isoformat(),
-                    "end_date": r.end.isoformat(),
-                    "rl_enabled": r.rl_enabled,
-                    "purpose": r.purpose,
-                }
-                for r in runs
-            ],
-            "teacher": teacher,
-            "strategy_names": sorted({r.strategy_name for r in runs}),
-            "strategy_hashes": sorted({r.strategy_hash for r in runs}),
-            "symbols": names,
-            "sentiment_sources": sources,
-            "start_date": start.isoformat(),
-            "end_date": end.isoformat(),
-        }
+        metadata = _metadata(names, chosen, sources, start, end)
         return OfflineDataset(
             states=np.concatenate([p.states for p in parts]).reshape(-1, STATE_DIM),
             actions=np.concatenate([p.actions for p in parts]),
@@ -521,6 +477,46 @@ def _rows(read: _Symbol, macro: SentimentSeries | None) -> _Rows:
     per_bar[read.pos] = read.portfolio
     states = compute_states(read.history, per_bar, news=read.news, macro=macro)[read.pos]
     return _Rows(states=states, actions=read.actions, strengths=read.strengths, dates=read.dates)
+
+
+def _metadata(
+    names: list[str],
+    chosen: dict[str, _Run],
+    sources: dict[str, dict[str, str]],
+    start: dt.date,
+    end: dt.date,
+) -> dict[str, Any]:
+    """The dataset's metadata (module docstring); logs the teacher line."""
+    runs = sorted({r.id: r for r in chosen.values()}.values(), key=lambda r: r.id)
+    teacher = "; ".join(
+        f"{r.short()} for {', '.join(n for n in names if chosen[n].id == r.id)}" for r in runs
+    )
+    log.info("dataset teacher: %s", teacher)
+    metadata: dict[str, Any] = {
+        "source": "backtest",
+        "run_ids": [r.id for r in runs],
+        "symbol_runs": {name: chosen[name].id for name in names},
+        "runs": [
+            {
+                "run_id": r.id,
+                "strategy_name": r.strategy_name,
+                "strategy_hash": r.strategy_hash,
+                "start_date": r.start.isoformat(),
+                "end_date": r.end.isoformat(),
+                "rl_enabled": r.rl_enabled,
+                "purpose": r.purpose,
+            }
+            for r in runs
+        ],
+        "teacher": teacher,
+        "strategy_names": sorted({r.strategy_name for r in runs}),
+        "strategy_hashes": sorted({r.strategy_hash for r in runs}),
+        "symbols": names,
+        "sentiment_sources": sources,
+        "start_date": start.isoformat(),
+        "end_date": end.isoformat(),
+    }
+    return metadata
 
 
 def _no_teacher(

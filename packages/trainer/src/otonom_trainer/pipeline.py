@@ -35,7 +35,6 @@ import contextlib
 import datetime as dt
 import io
 import json
-import os
 import re
 import time
 from collections.abc import Mapping
@@ -45,6 +44,7 @@ from typing import Any, Final
 
 from otonom_runtime.config_rules import CrossCheck, Validated, rule
 from otonom_runtime.synth import DEMO_SEED
+from otonom_schema import atomic_write
 from otonom_trainer._errors import OtonomTrainerError
 from otonom_trainer.config import DAY, POSITIVE_INT, START_BEFORE_END, SYMBOLS
 from otonom_trainer.pipeline_report import PipelineResult, heldout_rows, write_tables
@@ -202,14 +202,8 @@ class _Run:
         self.state["key"] = self.key()
         self.state["started"] = self.started.isoformat()
         self.report_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.report_dir / STATE_FILE, json.dumps(self.state, indent=2) + "\n")
-        _write_atomic(self.report_dir.parent / LATEST_RUN, self.report_dir.name + "\n")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+        atomic_write(self.report_dir / STATE_FILE, json.dumps(self.state, indent=2) + "\n")
+        atomic_write(self.report_dir.parent / LATEST_RUN, self.report_dir.name + "\n")
 
 
 def _run_folder(cfg: PipelineConfig, started: dt.datetime) -> Path:

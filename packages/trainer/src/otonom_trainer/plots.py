@@ -1,9 +1,10 @@
 """The trainer's PNG plots: training curves and the confusion matrix.
 
-Figures are drawn with ``matplotlib.figure.Figure`` on its own Agg canvas, never through
-``pyplot``: no global backend is chosen and no figure registry is touched, so a process that
-imports the trainer (a daemon, a notebook) keeps its matplotlib settings. Without matplotlib a
-plot raises ``otonom_runtime.plots.PlotUnavailableError`` saying how to install it.
+Figures are drawn on ``otonom_runtime.plots.figure()`` (a ``matplotlib.figure.Figure`` on its
+own Agg canvas), never through ``pyplot``: no global backend is chosen and no figure registry
+is touched, so a process that imports the trainer (a daemon, a notebook) keeps its matplotlib
+settings. Without matplotlib a plot raises ``otonom_runtime.plots.PlotUnavailableError``
+saying how to install it.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
+from otonom_runtime.plots import figure
 from otonom_trainer.metrics import CLASS_NAMES
 
 if TYPE_CHECKING:
@@ -24,26 +26,12 @@ if TYPE_CHECKING:
 __all__ = ["plot_confusion_matrix", "plot_training_curves"]
 
 
-def _figure(**kwargs: Any) -> Any:
-    """A matplotlib Figure drawn by Agg without pyplot (no global backend change)."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as exc:
-        from otonom_runtime.plots import PlotUnavailableError
-
-        raise PlotUnavailableError(
-            f"PNG charts need matplotlib ({exc}); install it with "
-            "pip install 'otonom-runtime[plot]'"
-        ) from None
-    return Figure(**kwargs)
-
-
 def plot_training_curves(
     history: Sequence[EpochStats], best_epoch: int, path: str | os.PathLike[str]
 ) -> Path:
     """Loss and action accuracy per epoch, train and validation, the best epoch marked."""
     out = Path(path)
-    fig = _figure(figsize=(10, 4), layout="constrained")
+    fig = figure(figsize=(10, 4), layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2)
     epochs = [h.epoch for h in history]
     for ax, key, title in ((ax_loss, "loss", "Loss"), (ax_acc, "acc", "Action accuracy")):
@@ -83,7 +71,7 @@ def plot_confusion_matrix(
     share = np.divide(m, rows, out=np.zeros(m.shape, dtype=np.float64), where=rows > 0)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig = _figure(figsize=(5, 4.5), layout="constrained")
+    fig = figure(figsize=(5, 4.5), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from otonom_schema import LOOKBACK
+from otonom_schema import LOOKBACK, to_date
 from otonom_trainer._errors import OtonomTrainerError
 
 if TYPE_CHECKING:
@@ -67,12 +67,6 @@ WALK_FORWARD_SIZES: Final = ((3, 6), (2, 6), (1, 6), (1, 3))
 class RangeError(OtonomTrainerError, ValueError):
     """The stored bars cannot give the ranges asked for (too short, no overlap, none at all);
     the message says what the store holds and what is needed."""
-
-
-def _day(value: np.datetime64) -> dt.date:
-    out = value.astype("datetime64[D]").astype(object)
-    assert isinstance(out, dt.date)
-    return out
 
 
 def _dt64(day: dt.date) -> np.datetime64:
@@ -148,38 +142,13 @@ def ranges_from_dates(
     warm-up (default: one year of them, ``periods_per_year``). ``what`` names the command in
     messages. Raises ``RangeError``.
     """
-    from otonom_runtime.strategy import infer_periods_per_year
-
     if not dates:
         raise RangeError("no symbols; expected at least one")
     if start is not None and end is not None and start >= end:
         raise RangeError(f"start {start} is not before end {end}; expected start < end")
-    lo = None if start is None else _dt64(start)
-    hi = None if end is None else _dt64(end)
-    kept: dict[str, npt.NDArray[np.datetime64]] = {}
-    upto: list[npt.NDArray[np.datetime64]] = []
-    for name, raw in dates.items():
-        d = np.unique(np.asarray(raw, dtype="datetime64[D]"))
-        if hi is not None:
-            d = d[d <= hi]
-        upto.append(d)
-        if lo is not None:
-            d = d[d >= lo]
-        if d.size == 0:
-            where = f"{start or 'the first bar'} .. {end or 'the last bar'}"
-            raise RangeError(
-                f"{name} has no bar in {where}; expected bars there (otonom data list shows "
-                "what the store holds)"
-            )
-        kept[name] = d
-    bars = {name: (int(d.size), _day(d[0]), _day(d[-1])) for name, d in kept.items()}
-    if isinstance(periods_per_year, int):
-        ppy, calendar = periods_per_year, "the strategy's calendar.periods_per_year"
-    else:
-        ppy = infer_periods_per_year(np.concatenate(upto))
-        calendar = (
-            "inferred: bars on (almost) every day" if ppy == 365 else "inferred: weekday-only bars"
-        )
+    kept, upto = _clip_dates(dates, start, end)
+    bars = {name: (int(d.size), to_date(d[0]), to_date(d[-1])) for name, d in kept.items()}
+    ppy, calendar = _calendar(periods_per_year, upto)
     need_days = ppy if min_decision_days is None else min_decision_days
     need_warm = max(LOOKBACK, math.ceil(WARMUP_DAYS * ppy / 365))
     first = max(d[0] for d in kept.values())
@@ -206,23 +175,21 @@ def ranges_from_dates(
             "symbols with a common date range"
         )
     common = {name: d[(d >= first) & (d <= last)] for name, d in kept.items()}
+    span = "" if len(kept) == 1 else f" (common range {to_date(first)} .. {to_date(last)})"
     if any(d.size <= LOOKBACK for d in common.values()):
-        raise too_short("" if len(kept) == 1 else f" (common range {_day(first)} .. {_day(last)})")
+        raise too_short(span)
     floor = max(max(d[LOOKBACK] for d in common.values()), first + np.timedelta64(WARMUP_DAYS, "D"))
     union = np.unique(np.concatenate(list(common.values())))
     days = union[union >= floor]
     if days.size < max(need_days, 2):
-        raise too_short(
-            f"{'' if len(kept) == 1 else f' (common range {_day(first)} .. {_day(last)})'}, "
-            f"{days.size} decision days after the warm-up"
-        )
+        raise too_short(f"{span}, {days.size} decision days after the warm-up")
     k = int(days.size * (1 - HELD_OUT_SHARE))
-    test_start = _day(days[k])
+    test_start = to_date(days[k])
     return DataRanges(
         symbols=tuple(kept),
-        data_start=_day(first),
-        first_decision=_day(days[0]),
-        end=_day(last),
+        data_start=to_date(first),
+        first_decision=to_date(days[0]),
+        end=to_date(last),
         decision_days=int(days.size),
         train_end=test_start - dt.timedelta(days=1),
         test_start=test_start,
@@ -231,6 +198,47 @@ def ranges_from_dates(
         bars=bars,
         warmup_bars=min(int(np.searchsorted(d, days[0])) for d in common.values()),
     )
+
+
+def _clip_dates(
+    dates: Mapping[str, npt.ArrayLike], start: dt.date | None, end: dt.date | None
+) -> tuple[dict[str, npt.NDArray[np.datetime64]], list[npt.NDArray[np.datetime64]]]:
+    """Each symbol's sorted unique days within ``start .. end`` (``RangeError`` for a symbol
+    with none), and each symbol's days up to ``end`` (what the calendar is inferred from)."""
+    lo = None if start is None else _dt64(start)
+    hi = None if end is None else _dt64(end)
+    kept: dict[str, npt.NDArray[np.datetime64]] = {}
+    upto: list[npt.NDArray[np.datetime64]] = []
+    for name, raw in dates.items():
+        d = np.unique(np.asarray(raw, dtype="datetime64[D]"))
+        if hi is not None:
+            d = d[d <= hi]
+        upto.append(d)
+        if lo is not None:
+            d = d[d >= lo]
+        if d.size == 0:
+            where = f"{start or 'the first bar'} .. {end or 'the last bar'}"
+            raise RangeError(
+                f"{name} has no bar in {where}; expected bars there (otonom data list shows "
+                "what the store holds)"
+            )
+        kept[name] = d
+    return kept, upto
+
+
+def _calendar(
+    periods_per_year: int | str, upto: list[npt.NDArray[np.datetime64]]
+) -> tuple[int, str]:
+    """``(bars a year, how that was decided)``: the strategy's number, or inferred."""
+    from otonom_runtime.strategy import infer_periods_per_year
+
+    if isinstance(periods_per_year, int):
+        return periods_per_year, "the strategy's calendar.periods_per_year"
+    ppy = infer_periods_per_year(np.concatenate(upto))
+    calendar = (
+        "inferred: bars on (almost) every day" if ppy == 365 else "inferred: weekday-only bars"
+    )
+    return ppy, calendar
 
 
 def data_ranges(

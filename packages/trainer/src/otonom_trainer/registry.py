@@ -30,6 +30,7 @@ from otonom_runtime.policy import (
     MODEL_FILENAME,
     resolve_version_dir,
 )
+from otonom_schema import atomic_write
 from otonom_trainer._errors import OtonomTrainerError
 
 __all__ = [
@@ -118,7 +119,4 @@ def promote(version_dir: str | os.PathLike[str]) -> Path:
             "model's version folder"
         )
     pointer = version.parent / LATEST_POINTER
-    tmp = pointer.with_name(f".{LATEST_POINTER}.{os.getpid()}.tmp")
-    tmp.write_text(version.name + "\n", encoding="utf-8")
-    tmp.replace(pointer)
-    return pointer
+    return atomic_write(pointer, version.name + "\n")

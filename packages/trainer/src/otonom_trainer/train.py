@@ -52,11 +52,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from otonom_schema import (
-    Action,
-    OfflineDataset,
-    load_dataset,
-)
+from otonom_schema import Action, OfflineDataset, load_dataset
 from otonom_trainer._errors import CheckpointError, TrainingError
 from otonom_trainer.architectures import get_architecture
 from otonom_trainer.config import TrainingConfig

@@ -50,9 +50,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from otonom_runtime.cli import iso_date
 from otonom_runtime.config_rules import Validated, rule
 from otonom_runtime.synth import DEMO_SEED
+from otonom_schema import parse_iso_date as iso_date
 from otonom_trainer._errors import OtonomTrainerError
 from otonom_trainer.config import DAY, POSITIVE_INT, START_BEFORE_END, SYMBOLS
 from otonom_trainer.pipeline import DEMO_SYMBOLS

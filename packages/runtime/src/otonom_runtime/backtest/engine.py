@@ -22,7 +22,14 @@ import numpy.typing as npt
 
 from otonom_runtime._errors import BacktestError
 from otonom_runtime.backtest.params import BUST_FLOOR, REBALANCE_THRESHOLD, EngineParams
-from otonom_runtime.ensemble import RlAnalyst, Signals, add_votes, decide, rl_votes, vote_totals
+from otonom_runtime.ensemble import (
+    RlAnalyst,
+    Signals,
+    add_votes,
+    decide,
+    rl_votes,
+    vote_totals,
+)
 from otonom_schema import PORTFOLIO_COLUMNS, STATE_DIM, Action, PortfolioSnapshot
 
 __all__ = ["SymbolResult", "simulate_symbol"]
@@ -350,10 +357,7 @@ def _lockstep(
     for j, i in enumerate(order):
         totals[: alive[j], j] = prepared[i].totals
         sums[: alive[j], j] = prepared[i].strength_sums
-    rl_actions = np.zeros((n_max, n_sym), dtype=np.int64)
-    rl_strengths = np.zeros((n_max, n_sym))
-    rl_confidences = np.zeros((n_max, n_sym))
-    rl_voted = np.zeros((n_max, n_sym), dtype=np.bool_)
+    day_votes: list[tuple[Signals, npt.NDArray[np.bool_]]] = []  # per day, by place j
     w_rl, min_score = params.weights[3], params.min_score
     days_feature: dict[float, float] = {}
     m = n_sym
@@ -376,11 +380,8 @@ def _lockstep(
             votes, voted = rl_votes(analysts[:m], rows)
             day_totals, day_sums = totals[k, :m], sums[k, :m]
             add_votes(day_totals, day_sums, votes, w_rl)
+            day_votes.append((votes, voted))
             outcome = decide(day_totals, day_sums, min_score)
-            rl_actions[k, :m] = votes.actions
-            rl_strengths[k, :m] = votes.strengths
-            rl_confidences[k, :m] = votes.confidences
-            rl_voted[k, :m] = voted
             for a_out, s_out, action, strength in zip(
                 acts, strs, outcome.actions.tolist(), outcome.strengths.tolist(), strict=False
             ):
@@ -388,12 +389,19 @@ def _lockstep(
                 s_out.append(strength)
     for sleeve in sleeves:  # the last day's decision: nothing to fill, the sleeve finishes
         next(sleeve, None)
-    rl = (rl_actions, rl_strengths, rl_confidences, rl_voted)
+    # the days' votes end to end; symbol j's of day k sit at starts[k] + j
+    none = Signals(np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0))
+    day_votes = day_votes or [(none, np.zeros(0, dtype=np.bool_))]  # no decision day at all
+    sizes = [v[1].shape[0] for v in day_votes]
+    starts = np.cumsum([0, *sizes[:-1]])
+    fields = ("actions", "strengths", "confidences")
+    flat = [np.concatenate([getattr(v[0], f) for v in day_votes]) for f in fields]
+    voted_all = np.concatenate([v[1] for v in day_votes])
     results: list[SymbolResult] = [None] * n_sym  # type: ignore[list-item]
     for j, i in enumerate(order):
         p, n = prepared[i], alive[j]
-        votes = Signals(*(a[:n, j].copy() for a in rl[:3]))
-        rl_j = (votes, rl_voted[:n, j].copy(), rls[i].fallbacks)
+        at = starts[:n] + j
+        rl_j = (Signals(*(a[at] for a in flat)), voted_all[at], rls[i].fallbacks)
         results[i] = p.sleeve.result(p.bars, actions_out[i], strengths_out[i], p.signals, rl_j)
     return results
 

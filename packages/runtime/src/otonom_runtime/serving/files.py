@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Final
 
 from otonom_runtime._errors import PolicyError
+from otonom_schema import atomic_write
 
 __all__ = ["MAX_MODEL_BYTES", "read_verified", "write_sha256_sidecar"]
 
@@ -36,8 +37,7 @@ def write_sha256_sidecar(model_path: str | os.PathLike[str]) -> Path:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
     sidecar = _sidecar_path(model)
-    sidecar.write_text(f"{h.hexdigest()}  {model.name}\n", encoding="utf-8")
-    return sidecar
+    return atomic_write(sidecar, f"{h.hexdigest()}  {model.name}\n")
 
 
 def _read_sidecar(model: Path) -> str:

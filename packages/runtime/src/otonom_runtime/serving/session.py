@@ -15,7 +15,7 @@ from otonom_runtime._errors import PolicyError
 from otonom_runtime.serving.contract import INPUT_NAME
 from otonom_schema import STATE_DIM
 
-__all__ = ["DEVICES", "Rebind", "Slot", "make_session", "providers"]
+__all__ = ["DEVICES", "Slot", "make_session", "providers"]
 
 DEVICES: Final = ("cpu", "cuda", "auto")
 
@@ -89,33 +89,6 @@ class Slot:
         binding.bind_output("strength", "cpu", 0, np.float32, [n, 1], self.strength.ctypes.data)
         self.binding = binding
         self.run: Callable[[], object] = _runner(session, binding)
-
-
-class Rebind:
-    """One thread's I/O binding for batches larger than the cached ``Slot`` sizes, bound anew
-    on every call to the caller's validated states and to fresh output arrays, which are
-    returned (the caller's own). onnxruntime then writes the outputs in place: no allocation
-    through its allocator and no conversion to numpy arrays, which ``InferenceSession.run``
-    pays on every call. The binding keeps the last call's addresses until the next call binds
-    new ones; it is never run without binding first."""
-
-    __slots__ = ("binding", "run")
-
-    def __init__(self, session: Any) -> None:
-        self.binding = session.io_binding()
-        self.run: Callable[[], object] = _runner(session, self.binding)
-
-    def __call__(self, states: F32) -> tuple[F32, F32]:
-        """``(probs (n, 3), strength (n, 1))`` for C-contiguous float32 ``states`` (n, 34)."""
-        n = states.shape[0]
-        probs = np.empty((n, 3), dtype=np.float32)
-        strength = np.empty((n, 1), dtype=np.float32)
-        bind = self.binding
-        bind.bind_input(INPUT_NAME, "cpu", 0, np.float32, [n, STATE_DIM], states.ctypes.data)
-        bind.bind_output("action_probs", "cpu", 0, np.float32, [n, 3], probs.ctypes.data)
-        bind.bind_output("strength", "cpu", 0, np.float32, [n, 1], strength.ctypes.data)
-        self.run()
-        return probs, strength
 
 
 def _runner(session: Any, binding: Any) -> Callable[[], object]:

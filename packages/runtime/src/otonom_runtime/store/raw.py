@@ -20,7 +20,8 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Final
 
 import numpy as np
@@ -48,15 +49,23 @@ def fetch_raw(session: Session, stmt: TextClause, values: Mapping[str, Any]) -> 
     as ISO text on SQLite (how the ``Date`` type stores them); results are the driver's raw
     values, so date columns come back as ISO text on SQLite and as ``datetime.date`` elsewhere.
     """
+    with _cursor(session, stmt, values) as cursor:
+        return list(cursor.fetchall())
+
+
+@contextmanager
+def _cursor(session: Session, stmt: TextClause, values: Mapping[str, Any]) -> Iterator[Any]:
+    """A DBAPI cursor of the session's own connection that has executed ``stmt`` with
+    ``values`` (``fetch_raw``'s rules), closed after the block."""
     conn = session.connection()
     sql, positions, dates_as_text = _raw_plan(stmt, conn.dialect)
     if dates_as_text:
         values = {k: v.isoformat() if isinstance(v, dt.date) else v for k, v in values.items()}
     params: Any = tuple(values[name] for name in positions) if positions else dict(values)
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    cursor: Any = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         cursor.execute(sql, params)
-        return list(cursor.fetchall())
+        yield cursor
     finally:
         cursor.close()
 
@@ -88,20 +97,11 @@ def _fetch_numbers(
     The driver's rows are streamed into ``np.fromiter`` (see the module docstring). Integers
     are exact in float64 up to 2**53 (day numbers, actions, flags).
     """
-    conn = session.connection()
-    sql, positions, dates_as_text = _raw_plan(stmt, conn.dialect)
-    if dates_as_text:
-        values = {k: v.isoformat() if isinstance(v, dt.date) else v for k, v in values.items()}
-    params: Any = tuple(values[name] for name in positions) if positions else dict(values)
-    cursor: Any = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.execute(sql, params)
+    with _cursor(session, stmt, values) as cursor:
         try:
             flat = np.fromiter(itertools.chain.from_iterable(cursor), dtype=np.float64)
         except (TypeError, ValueError):
             return None
-    finally:
-        cursor.close()
     return np.ascontiguousarray(flat.reshape(-1, width).T)
 
 
@@ -109,35 +109,37 @@ _UNIX_EPOCH_JULIAN_DAY: Final = 2440587.5
 
 
 def _day_sql(column: str, dialect: str) -> str | None:
-    """Two SQL result columns for the ``Date`` column ``column``: its day number (days since
-    1970-01-01) and its day of the month as stored; None for a dialect without them (the
-    caller reads text). ``dialect``: its name. ``_days`` turns them into dates.
+    """SQL giving the ``Date`` column ``column`` as one number, ``day * 32 + day_of_month``:
+    its day number (days since 1970-01-01) and the day of the month as stored (one cell, not
+    two: every cell of a wide read costs); None for a dialect without it (the caller reads
+    text). ``dialect``: its name. ``_days`` turns it into dates.
 
-    SQLite stores dates as text: the day number is NULL unless the text is 10 characters
-    that ``julianday`` reads (``YYYY-MM-DD``); ``julianday`` also rolls an impossible day
-    over (``2021-02-30`` is March 2), which the day of the month written in the text then
-    shows. PostgreSQL stores dates as dates.
+    SQLite stores dates as text: the number is NULL unless the text is 10 characters that
+    ``julianday`` reads (``YYYY-MM-DD``); ``julianday`` also rolls an impossible day over
+    (``2021-02-30`` is March 2), which the day of the month written in the text then shows.
+    PostgreSQL stores dates as dates.
     """
     if dialect == "sqlite":
         return (
-            f"CASE WHEN length({column}) = 10 THEN julianday({column}) - "
-            f"{_UNIX_EPOCH_JULIAN_DAY} END, CAST(substr({column}, 9, 2) AS INTEGER)"
+            f"CASE WHEN length({column}) = 10 THEN (julianday({column}) - "
+            f"{_UNIX_EPOCH_JULIAN_DAY}) * 32 + CAST(substr({column}, 9, 2) AS INTEGER) END"
         )
     if dialect == "postgresql":
-        return f"({column} - DATE '1970-01-01'), CAST(EXTRACT(DAY FROM {column}) AS INTEGER)"
+        return f"({column} - DATE '1970-01-01') * 32 + CAST(EXTRACT(DAY FROM {column}) AS INTEGER)"
     return None
 
 
-def _days(
-    numbers: npt.NDArray[np.float64], day_of_month: npt.NDArray[np.float64]
-) -> npt.NDArray[np.datetime64] | None:
-    """The dates of ``_day_sql``'s two columns as datetime64[D]; None unless every day number
-    is a whole number (not NaN: a date ``_day_sql`` refused) whose date has the day of the
-    month stored (else: read the text)."""
+def _days(numbers: npt.NDArray[np.float64]) -> npt.NDArray[np.datetime64] | None:
+    """The dates of ``_day_sql``'s numbers as datetime64[D]; None unless every number is a
+    whole number (not NaN: a date ``_day_sql`` refused) whose day of the month (1-31) is that
+    of its day number (else: read the text)."""
     if not np.isfinite(numbers).all():
         return None
-    days = numbers.astype(np.int64)
-    if not np.array_equal(days, numbers):
+    packed = numbers.astype(np.int64)
+    if not np.array_equal(packed, numbers):
+        return None
+    days, day_of_month = np.divmod(packed, 32)
+    if day_of_month.min(initial=1) < 1:
         return None
     out: npt.NDArray[np.datetime64] = days.astype("datetime64[D]")
     late = np.flatnonzero(day_of_month > 28)  # only these can have rolled over
@@ -185,7 +187,7 @@ def _day_array(days: Sequence[Any], session: Session) -> npt.NDArray[np.datetime
 
 
 def _date_column(column: str, dialect: str | None) -> str:
-    """``column`` as stored, or as ``_day_sql``'s two number columns for ``dialect``."""
+    """``column`` as stored, or as ``_day_sql``'s number for ``dialect``."""
     return column if dialect is None else (_day_sql(column, dialect) or column)
 
 
@@ -209,15 +211,15 @@ def _read(
     """
     dialect = session.connection().dialect.name
     if _day_sql("d", dialect) is not None:
-        numbers = _fetch_numbers(session, stmt(dialect), values, width + 1)
+        numbers = _fetch_numbers(session, stmt(dialect), values, width)
         if numbers is not None:
             if numbers.shape[1] == 0:
                 return None
             if reverse:
                 numbers = np.ascontiguousarray(numbers[:, ::-1])
-            days = _days(numbers[0], numbers[1])
+            days = _days(numbers[0])
             if days is not None:
-                return days, list(numbers[2:])
+                return days, list(numbers[1:])
     cols = _fetch_columns(session, stmt(None), values)
     if not cols:
         return None

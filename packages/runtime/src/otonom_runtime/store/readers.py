@@ -181,9 +181,10 @@ def load_history(
     DESC LIMIT last_n``, reversed). Raises ``UnknownSymbolError`` for a symbol not in the store
     and ``StateBuildError`` when it has no bar in the range.
 
-    One query through the driver (``fetch_raw``, in the session's transaction; pending objects
-    are flushed first when the session autoflushes, as an ORM read would), the columns turned
-    into arrays whole.
+    One query through the driver (``otonom_runtime.store.raw._read``, in the session's
+    transaction; pending objects are flushed first when the session autoflushes, as an ORM read
+    would), its rows streamed into arrays; read again with the dates as text when one is not
+    canonical ``YYYY-MM-DD``.
     """
     if last_n is not None and last_n < 1:
         raise ValueError(f"last_n is {last_n}; expected an integer >= 1 or None")

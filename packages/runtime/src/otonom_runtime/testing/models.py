@@ -172,6 +172,63 @@ def default_metadata(weights: MlpWeights | None = None) -> dict[str, str]:
     }
 
 
+def _mlp_graph(
+    weights: MlpWeights,
+    *,
+    input_name: str,
+    input_dim: int,
+    batch_dim: int | str,
+    output_names: Sequence[str],
+    action_dim: int,
+    elem_type: str,
+    probs_op: str,
+    strength_op: str,
+) -> Any:
+    """The policy MLP as an ONNX graph (``make_policy_model``'s arguments, see there)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    np_type: Any = {"float32": np.float32, "float64": np.float64}[elem_type]
+    onnx_type = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE}[elem_type]
+
+    initializers = []
+    nodes = []
+    x = input_name
+    for i, (w, b) in enumerate(weights.trunk):
+        initializers += [
+            numpy_helper.from_array(w.astype(np_type), f"trunk{i}.weight"),
+            numpy_helper.from_array(b.astype(np_type), f"trunk{i}.bias"),
+        ]
+        nodes += [
+            helper.make_node("Gemm", [x, f"trunk{i}.weight", f"trunk{i}.bias"], [f"trunk{i}.z"]),
+            helper.make_node("Relu", [f"trunk{i}.z"], [f"trunk{i}.h"]),
+        ]
+        x = f"trunk{i}.h"
+    probs_name, strength_name = output_names
+    for head, (w, b) in (("action", weights.action), ("strength", weights.strength)):
+        initializers += [
+            numpy_helper.from_array(w.astype(np_type), f"{head}.weight"),
+            numpy_helper.from_array(b.astype(np_type), f"{head}.bias"),
+        ]
+        nodes.append(
+            helper.make_node("Gemm", [x, f"{head}.weight", f"{head}.bias"], [f"{head}.logits"])
+        )
+    probs_args: dict[str, Any] = {"axis": -1} if probs_op in ("Softmax", "LogSoftmax") else {}
+    nodes += [
+        helper.make_node(probs_op, ["action.logits"], [probs_name], **probs_args),
+        helper.make_node(strength_op, ["strength.logits"], [strength_name]),
+    ]
+    return helper.make_graph(
+        nodes,
+        "otonom_policy",
+        [helper.make_tensor_value_info(input_name, onnx_type, [batch_dim, input_dim])],
+        [
+            helper.make_tensor_value_info(probs_name, onnx_type, [batch_dim, action_dim]),
+            helper.make_tensor_value_info(strength_name, onnx_type, [batch_dim, 1]),
+        ],
+        initializer=initializers,
+    )
+
+
 def make_policy_model(
     path: str | Path,
     *,
@@ -215,52 +272,23 @@ def make_policy_model(
       ``otonom.digest``, ``otonom.golden``).
     """
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper
 
     # odd shapes (error tests): the weights follow them, so the graph is still a valid model
     if weights is None:
         weights = random_weights(
             hidden=hidden, layers=layers, seed=seed, n_in=input_dim, n_actions=action_dim
         )
-    np_type: Any = {"float32": np.float32, "float64": np.float64}[elem_type]
-    onnx_type = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE}[elem_type]
-
-    initializers = []
-    nodes = []
-    x = input_name
-    for i, (w, b) in enumerate(weights.trunk):
-        initializers += [
-            numpy_helper.from_array(w.astype(np_type), f"trunk{i}.weight"),
-            numpy_helper.from_array(b.astype(np_type), f"trunk{i}.bias"),
-        ]
-        nodes += [
-            helper.make_node("Gemm", [x, f"trunk{i}.weight", f"trunk{i}.bias"], [f"trunk{i}.z"]),
-            helper.make_node("Relu", [f"trunk{i}.z"], [f"trunk{i}.h"]),
-        ]
-        x = f"trunk{i}.h"
-    probs_name, strength_name = output_names
-    for head, (w, b) in (("action", weights.action), ("strength", weights.strength)):
-        initializers += [
-            numpy_helper.from_array(w.astype(np_type), f"{head}.weight"),
-            numpy_helper.from_array(b.astype(np_type), f"{head}.bias"),
-        ]
-        nodes.append(
-            helper.make_node("Gemm", [x, f"{head}.weight", f"{head}.bias"], [f"{head}.logits"])
-        )
-    probs_args: dict[str, Any] = {"axis": -1} if probs_op in ("Softmax", "LogSoftmax") else {}
-    nodes += [
-        helper.make_node(probs_op, ["action.logits"], [probs_name], **probs_args),
-        helper.make_node(strength_op, ["strength.logits"], [strength_name]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "otonom_policy",
-        [helper.make_tensor_value_info(input_name, onnx_type, [batch_dim, input_dim])],
-        [
-            helper.make_tensor_value_info(probs_name, onnx_type, [batch_dim, action_dim]),
-            helper.make_tensor_value_info(strength_name, onnx_type, [batch_dim, 1]),
-        ],
-        initializer=initializers,
+    graph = _mlp_graph(
+        weights,
+        input_name=input_name,
+        input_dim=input_dim,
+        batch_dim=batch_dim,
+        output_names=output_names,
+        action_dim=action_dim,
+        elem_type=elem_type,
+        probs_op=probs_op,
+        strength_op=strength_op,
     )
     model = helper.make_model(
         graph,

@@ -21,7 +21,7 @@ from typing import Any, Final
 
 import torch
 
-from otonom_schema import SCHEMA_VERSION, SchemaMismatchError, schema_fingerprint
+from otonom_schema import SCHEMA_VERSION, SchemaMismatchError, atomic_path, schema_fingerprint
 from otonom_trainer._errors import ArchitectureError, CheckpointError
 from otonom_trainer.architectures import DEFAULT_ARCHITECTURE, get_architecture
 from otonom_trainer.model import PolicyNetwork
@@ -30,7 +30,6 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_FORMAT_VERSION",
     "CHECKPOINT_NAME",
-    "atomic_path",
     "load_checkpoint",
     "read_checkpoint",
     "save_checkpoint",
@@ -40,24 +39,6 @@ CHECKPOINT_NAME: Final = "policy_best.pt"
 CHECKPOINT_FORMAT: Final = "otonom-rl/policy-checkpoint"
 CHECKPOINT_FORMAT_VERSION: Final = 2
 """1: no ``architecture`` / ``training_state``; 2: both (version 1 files still load)."""
-
-
-class atomic_path:
-    """``with atomic_path(final) as tmp:`` write ``tmp``; it is renamed to ``final`` on success
-    and removed on an error."""
-
-    def __init__(self, final: Path) -> None:
-        self.final = final
-
-    def __enter__(self) -> Path:
-        self.tmp = self.final.with_name(f".{self.final.name}.{os.getpid()}.tmp")
-        return self.tmp
-
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        if exc_type is None:
-            self.tmp.replace(self.final)
-        else:
-            self.tmp.unlink(missing_ok=True)
 
 
 def save_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:

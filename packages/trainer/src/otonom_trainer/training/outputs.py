@@ -17,11 +17,10 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from otonom_schema import SCHEMA_VERSION, OfflineDataset, schema_fingerprint
+from otonom_schema import SCHEMA_VERSION, OfflineDataset, atomic_path, schema_fingerprint
 from otonom_trainer.architectures import architecture_name
 from otonom_trainer.model import PolicyNetwork
 from otonom_trainer.plots import plot_confusion_matrix, plot_training_curves
-from otonom_trainer.training.checkpoint import atomic_path
 from otonom_trainer.training.data import DataSplit
 from otonom_trainer.training.results import EpochStats, TrainingMetrics
 

@@ -1,0 +1,281 @@
+"""The windowed market maths behind every state (numpy only): the feature columns' indices,
+the window helpers and ``_market_block``, which computes the market and sentiment features of
+padded bar arrays. ``otonom_schema._features`` (histories, portfolios, ``compute_states``,
+``compute_state``) is its one caller; see its docstring for how the offline and live paths
+stay identical and causal."""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from otonom_schema._spec import (
+    BB_PERIOD,
+    BB_SCALE,
+    BB_STDS,
+    DSI_WINDOW,
+    EMA_FAST_LEN,
+    EMA_SIGNAL_LEN,
+    EMA_SLOW_LEN,
+    FEATURES,
+    FLAT_BAR_WEIGHT,
+    LOOKBACK,
+    MACD_FAST,
+    MACD_SCALE,
+    MACD_SIGNAL,
+    MACD_SLOW,
+    MAX_GAP_DAYS,
+    N_RETURNS,
+    REGIME_HIGH_PCT,
+    REGIME_LOW_PCT,
+    REGIME_WINDOW,
+    RETURN_SCALE,
+    RSI_PERIOD,
+    STALE_GRACE_DAYS,
+    STALE_HALF_LIFE_DAYS,
+    STATE_DIM,
+    VOL_WINDOW,
+    VOLUME_FLOOR,
+    VOLUME_PERIOD,
+    VOLUME_SCALE,
+    feature_index,
+)
+
+if TYPE_CHECKING:
+    from otonom_schema._features import SentimentSeries
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+PORTFOLIO_COLUMNS: Final = slice(
+    feature_index("position"), feature_index("days_since_last_trade") + 1
+)
+"""Columns of the state vector filled from the portfolio (position .. days_since_last_trade)."""
+
+_RSI: Final = feature_index("rsi")
+_MACD: Final = feature_index("macd_signal")
+_BB: Final = feature_index("bb_width")
+_VOL: Final = feature_index("volume_ratio")
+_REG: Final = feature_index("regime_low_vol")
+_DSI: Final = feature_index("dsi")
+_NEWS: Final = feature_index("news_sentiment")
+_MACRO: Final = feature_index("macro_sentiment")
+_MIN_BARS: Final = np.array([f.min_bars for f in FEATURES], dtype=np.int64)
+_NEUTRAL: Final = np.array([f.neutral for f in FEATURES], dtype=np.float64)
+_PAD: Final = LOOKBACK - 1
+if not (_MIN_BARS.max() == LOOKBACK and REGIME_WINDOW < 2**16):  # what _market_block relies on
+    raise AssertionError("LOOKBACK must be the largest min_bars and REGIME_WINDOW < 65536")
+
+
+# --- the windowed maths --------------------------------------------------------------------
+
+
+def _windows(x: F64, first: int, stop: int, width: int) -> F64:
+    """Row k is ``x[end - width + 1 .. end]`` (oldest first) for ``end = first + k``, up to
+    ``stop - 1``: a read-only strided view (no copy) of the 1-d contiguous array ``x``."""
+    lo = first - width + 1
+    if lo < 0 or stop > x.shape[0] or x.ndim != 1:  # never: every caller pads enough
+        raise AssertionError(f"windows {lo}..{stop - 1} of width {width} over {x.shape}")
+    step = x.strides[0]
+    view: F64 = np.lib.stride_tricks.as_strided(
+        x[lo:], shape=(stop - first, width), strides=(step, step), writeable=False
+    )
+    return view
+
+
+def _window(x: F64, first: int, stop: int, width: int) -> F64:
+    """Rows ``x[end - width + 1 .. end]`` (oldest first) for ``end = first .. stop - 1``, as a
+    fresh C-contiguous array (a copy of the strided view: same floats, same order), always a
+    copy, so that callers may overwrite it."""
+    out: F64 = _windows(x, first, stop, width).copy(order="C")
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _ema_weights(span: int, length: int) -> F64:
+    """Truncated, renormalised EMA kernel, oldest weight first (matches ``_window`` columns)."""
+    alpha = 2.0 / (span + 1.0)
+    w = alpha * (1.0 - alpha) ** np.arange(length, dtype=np.float64)
+    kernel: F64 = (w / w.sum())[::-1].copy()
+    kernel.flags.writeable = False
+    return kernel
+
+
+def _ema(x: F64, first: int, stop: int, span: int, length: int) -> F64:
+    # the window copied, then scaled in place: the same products, and a multiply over
+    # contiguous rows is faster than one that reads the overlapping strided view
+    prod = _window(x, first, stop, length)
+    prod *= _ema_weights(span, length)
+    out: F64 = prod.sum(axis=1)
+    return out
+
+
+def _mean_std(win: F64) -> tuple[F64, F64]:
+    """Mean and (population) standard deviation of each row of a C-contiguous window.
+
+    ``win`` is overwritten (with the squared deviations): callers pass a fresh copy."""
+    n = win.shape[1]
+    mean: F64 = win.sum(axis=1) / n
+    dev = np.subtract(win, mean[:, None], out=win)
+    std: F64 = np.sqrt(np.multiply(dev, dev, out=dev).sum(axis=1) / n)
+    return mean, std
+
+
+def _std(win: F64) -> F64:
+    return _mean_std(win)[1]
+
+
+def _window_share(flags: npt.NDArray[np.bool_], first: int, stop: int, width: int) -> F64:
+    """The share of True among ``flags[end - width + 1 .. end]`` for ``end = first .. stop - 1``.
+
+    Equal, bit for bit, to summing each window of the flags as 0.0/1.0 floats and dividing by
+    ``width``: every partial sum of such a window is a small whole number, exact in float64 in
+    any order, so the count is taken from integer running totals instead (no window copies).
+    """
+    if first - width + 1 < 0 or stop > flags.shape[0]:  # never: every caller pads enough
+        raise AssertionError(f"windows {first - width + 1}..{stop - 1} over {flags.shape}")
+    totals = np.zeros(flags.shape[0] + 1, dtype=np.int64)
+    np.cumsum(flags, out=totals[1:])
+    counts = totals[first + 1 : stop + 1] - totals[first + 1 - width : stop + 1 - width]
+    out: F64 = counts.astype(np.float64) / width
+    return out
+
+
+def _market_block(
+    days: I64,
+    close: F64,
+    high: F64,
+    low: F64,
+    volume: F64,
+    n_avail: I64,
+    as_of: I64,
+    news: SentimentSeries | None,
+    macro: SentimentSeries | None,
+    first_out: int,
+) -> F64:
+    """Feature rows for padded bar arrays, for the bars at positions ``first_out .. M-1``.
+
+    The arrays are already padded with ``_PAD`` copies of the first bar; ``n_avail[k]`` is the
+    number of real bars up to output row k (capped at LOOKBACK). Portfolio columns are neutral.
+    """
+    m = close.shape[0]
+    out = np.arange(first_out, m, dtype=np.int64)
+    rows = out.shape[0]
+    feats = np.empty((rows, STATE_DIM), dtype=np.float64)
+
+    logret = np.zeros(m)
+    logret[1:] = np.log(close[1:] / close[:-1])
+    change = np.zeros(m)
+    change[1:] = close[1:] - close[:-1]
+
+    # market: 20 returns, oldest first
+    # (elementwise, so scaling each return once and then windowing gives the same floats)
+    feats[:, :N_RETURNS] = _windows(np.tanh(logret / RETURN_SCALE), first_out, m, N_RETURNS)
+
+    # RSI (simple averages: the ratio of sums)
+    win = _window(change, first_out, m, RSI_PERIOD)
+    gains = np.maximum(win, 0.0).sum(axis=1)
+    losses = np.maximum(np.negative(win, out=win), 0.0, out=win).sum(axis=1)
+    moves = gains + losses
+    feats[:, _RSI] = np.where(moves > 0, gains / np.where(moves > 0, moves, 1.0), 0.5)
+
+    # MACD histogram: MACD line on the signal window, then its signal EMA
+    line_first = first_out - EMA_SIGNAL_LEN + 1
+    line = _ema(close, line_first, m, MACD_FAST, EMA_FAST_LEN) - _ema(
+        close, line_first, m, MACD_SLOW, EMA_SLOW_LEN
+    )
+    signal = _ema(line, EMA_SIGNAL_LEN - 1, line.shape[0], MACD_SIGNAL, EMA_SIGNAL_LEN)
+    hist = line[EMA_SIGNAL_LEN - 1 :] - signal
+    rel = hist / close[out]
+    # On a flat market both EMAs equal the price only up to rounding, and how the rounding falls
+    # depends on the CPU's SIMD width (seen: -1.6e-30 on one machine, 0.0 on another). A
+    # histogram below 1e-12 of the price is that float noise: it is 0, on every machine.
+    rel[np.abs(rel) < 1e-12] = 0.0
+    feats[:, _MACD] = np.tanh(rel / MACD_SCALE)
+
+    # Bollinger Band width
+    mean_c, std_c = _mean_std(_window(close, first_out, m, BB_PERIOD))
+    width = 2.0 * BB_STDS * std_c / mean_c
+    feats[:, _BB] = np.tanh(width / BB_SCALE)
+
+    # volume ratio (log scale)
+    mean_v = _window(volume, first_out, m, VOLUME_PERIOD).sum(axis=1) / VOLUME_PERIOD
+    today = volume[out]
+    safe_mean = np.where(mean_v > 0, mean_v, 1.0)
+    ratio = np.maximum(today, VOLUME_FLOOR * safe_mean) / safe_mean
+    feats[:, _VOL] = np.where(mean_v > 0, np.tanh(np.log(ratio) / VOLUME_SCALE), 0.0)
+
+    _regime_columns(feats, logret, first_out, m)
+
+    feats[:, _DSI] = _dsi(days, close, high, low, volume, n_avail, as_of, first_out)
+
+    # warm-up: too few bars -> neutral (DSI itself only needs one bar); only rows with fewer
+    # than LOOKBACK (the largest min_bars) bars can have such a feature
+    warm = np.flatnonzero(n_avail < LOOKBACK)
+    if warm.size:
+        short = n_avail[warm, None] < _MIN_BARS[None, :]
+        feats[warm] = np.where(short, _NEUTRAL[None, :], feats[warm])
+
+    # sentiment (looked up at as_of) and neutral portfolio columns
+    feats[:, _NEWS] = news.at(as_of) if news is not None else 0.0
+    feats[:, _MACRO] = macro.at(as_of) if macro is not None else 0.0
+    feats[:, PORTFOLIO_COLUMNS] = _NEUTRAL[PORTFOLIO_COLUMNS]
+    return feats
+
+
+def _regime_columns(feats: F64, logret: F64, first_out: int, m: int) -> None:
+    """The regime one-hot: the rank of the 20-bar realised vol among its last REGIME_WINDOW
+    values, written into ``feats``' three regime columns."""
+    vol = _std(_window(logret, first_out - REGIME_WINDOW + 1, m, VOL_WINDOW))
+    ranks = _windows(vol, REGIME_WINDOW - 1, vol.shape[0], REGIME_WINDOW)  # compared, not summed
+    # count of the True (1-byte) flags per row, summed in 16-bit ints (exact: <= REGIME_WINDOW)
+    below = (ranks < ranks[:, -1:]).view(np.uint8).sum(axis=1, dtype=np.uint16) / REGIME_WINDOW
+    calm = below < REGIME_LOW_PCT
+    turbulent = below > REGIME_HIGH_PCT
+    feats[:, _REG] = calm
+    feats[:, _REG + 1] = ~(calm | turbulent)
+    feats[:, _REG + 2] = turbulent
+
+
+def _dsi(
+    days: I64,
+    close: F64,
+    high: F64,
+    low: F64,
+    volume: F64,
+    n_avail: I64,
+    as_of: I64,
+    first_out: int,
+) -> F64:
+    """The data-sufficiency index of the output rows: coverage x (1 - gap share) x (1 - zero
+    volume share) x (1 - weighted flat-bar share) x freshness."""
+    m = close.shape[0]
+    out = np.arange(first_out, m, dtype=np.int64)
+    real = np.arange(m) >= _PAD  # both paths pad with exactly _PAD copies in front
+    prev_real = np.zeros(m, dtype=bool)
+    prev_real[1:] = real[:-1]
+    interval = np.zeros(m, dtype=np.int64)
+    interval[1:] = days[1:] - days[:-1]
+    gap = real & prev_real & (interval > MAX_GAP_DAYS)
+    zero_vol = real & (volume <= 0)
+    unchanged = np.zeros(m, dtype=bool)
+    unchanged[1:] = close[1:] == close[:-1]
+    flat = real & prev_real & unchanged & (high == low)
+    gap_share = _window_share(gap, first_out, m, DSI_WINDOW)
+    zero_share = _window_share(zero_vol, first_out, m, DSI_WINDOW)
+    flat_share = _window_share(flat, first_out, m, DSI_WINDOW)
+    stale = (as_of - days[out]).astype(np.float64)
+    freshness = np.where(
+        stale <= STALE_GRACE_DAYS, 1.0, 0.5 ** ((stale - STALE_GRACE_DAYS) / STALE_HALF_LIFE_DAYS)
+    )
+    coverage = np.minimum(n_avail / LOOKBACK, 1.0)
+    return (
+        coverage
+        * (1.0 - gap_share)
+        * (1.0 - zero_share)
+        * (1.0 - FLAT_BAR_WEIGHT * flat_share)
+        * freshness
+    )
