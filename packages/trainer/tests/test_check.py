@@ -188,8 +188,9 @@ def test_check_cli_fails_a_model_trained_one_epoch_on_shuffled_labels(
 
 
 def test_runs_list_marks_the_gates_and_evaluation_runs_internal(pipeline_dir: Path) -> None:
-    """The pipeline's teacher is a "pipeline" run; its held-out pair and the gate's three are
-    internal, and never a dataset's teacher."""
+    """The pipeline's teacher is a "pipeline" run; its held-out pair (which the gate takes as
+    its without/with-RL pair) and the gate's fallback run are internal, and never a dataset's
+    teacher."""
     db = f"sqlite:///{pipeline_dir / 'data' / 'otonom.db'}"
     out = subprocess.run(
         [sys.executable, "-m", "otonom_runtime", "--database-url", db, "runs", "list"],
@@ -208,8 +209,12 @@ def test_runs_list_marks_the_gates_and_evaluation_runs_internal(pipeline_dir: Pa
     assert made_by[run_ids["held-out no RL"]] == made_by[run_ids["held-out RL"]] == "evaluation*"
     model = pipeline_dir / _table(pipeline_dir)["model"]
     gate = json.loads((model.parent / "check.json").read_text())
-    for run_id in gate["details"]["run_ids"].values():
-        assert made_by[run_id] == "gate*"
+    gate_runs = gate["details"]["run_ids"]
+    # the gate judged the held-out pair stage 6 ran, and ran only the fallback itself
+    assert gate_runs["without_rl"] == run_ids["held-out no RL"]
+    assert gate_runs["with_rl"] == run_ids["held-out RL"]
+    assert made_by[gate_runs["fallback"]] == "gate*"
+    assert gate_runs["fallback"] == run_ids["held-out RL"] + 1  # no gate pair in between
     assert out.stdout.splitlines()[-1].startswith("* internal:")
 
 
@@ -305,7 +310,7 @@ def test_each_run_keeps_its_report_and_from_stage_resumes_the_latest_or_a_named_
         run_pipeline(dataclasses.replace(base, run_name="small"))
     with pytest.raises(PipelineError, match="cannot resume run 'nope' from stage 3"):
         run_pipeline(dataclasses.replace(base, run_name="nope", from_stage=3))
-    for name, message in (("../x", "run name '../x'; expected"), ("latest", "not 'latest'")):
+    for name, message in (("../x", "run_name: got '../x'; expected"), ("latest", "not 'latest'")):
         with pytest.raises(PipelineError, match=re.escape(message)):
             dataclasses.replace(base, run_name=name)
     assert sorted(p.name for p in root.iterdir()) == before
@@ -339,7 +344,7 @@ def test_from_stage_refuses_without_a_state_file_or_with_other_options(
     )
     with pytest.raises(PipelineError, match="symbols differ"):
         run_pipeline(other)
-    with pytest.raises(ValueError, match=r"from_stage is 8; expected 1 \.\. 7"):
+    with pytest.raises(ValueError, match=r"from_stage: got 8; expected 1 \.\. 7"):
         PipelineConfig(from_stage=8)
 
 
@@ -381,13 +386,13 @@ def test_sharpe_tolerance_rule() -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"symbols": ()}, "no symbols"),
+        ({"symbols": ()}, r"symbols: got \(\); expected one or more"),
         ({"end": dt.date(2019, 1, 1)}, "is not before end"),
-        ({"min_val_accuracy": 70.0}, "min_val_accuracy is 70.0; expected a fraction"),
-        ({"sharpe_tolerance": -0.1}, "sharpe_tolerance is -0.1; expected a finite number >= 0"),
-        ({"max_p99_latency_ms": float("nan")}, "max_p99_latency_ms is nan"),
-        ({"min_regime_days": 1}, "min_regime_days is 1; expected >= 2"),
-        ({"latency_samples": 10}, "latency_samples is 10; expected >= 100"),
+        ({"min_val_accuracy": 70.0}, "min_val_accuracy: got 70.0; expected a fraction"),
+        ({"sharpe_tolerance": -0.1}, "sharpe_tolerance: got -0.1; expected a finite number >= 0"),
+        ({"max_p99_latency_ms": float("nan")}, "max_p99_latency_ms: got nan"),
+        ({"min_regime_days": 1}, "min_regime_days: got 1; expected an integer >= 2"),
+        ({"latency_samples": 10}, "latency_samples: got 10; expected an integer >= 100"),
     ],
 )
 def test_check_config_validation(changes: dict[str, Any], message: str) -> None:
@@ -399,3 +404,33 @@ def test_check_config_validation(changes: dict[str, Any], message: str) -> None:
     }
     with pytest.raises(ValueError, match=message):
         CheckConfig(**(base | changes))
+
+
+def test_the_gate_refuses_runs_of_another_period(pipeline_dir: Path) -> None:
+    """``run_check(cfg, runs=pair)`` judges only a pair of the period and symbols checked."""
+    from otonom_runtime.policy import load_rl_policy
+    from otonom_runtime.store import get_session
+    from otonom_runtime.strategy import load_strategy
+    from otonom_trainer.check import CheckError, run_check
+    from otonom_trainer.stages import backtest_pair
+
+    db = f"sqlite:///{pipeline_dir / 'data' / 'otonom.db'}"
+    table = _table(pipeline_dir)
+    start, end = (dt.date.fromisoformat(d) for d in table["test_period"])
+    model = pipeline_dir / table["model"]
+    symbols = ("DEMO-BTC", "DEMO-ETH", "DEMO-SOL")
+    strategy = load_strategy(STRATEGY).with_rl(False)
+    with get_session(db) as session:
+        pair = backtest_pair(
+            session, strategy, symbols, start, start + dt.timedelta(days=40),
+            load_rl_policy(model), purpose="evaluation",
+        )  # fmt: skip
+    assert pair.covers(symbols, start, start + dt.timedelta(days=40))
+    assert not pair.covers(symbols, start, end)
+    cfg = CheckConfig(
+        model=str(model), symbols=symbols, start=start, end=end, strategy_path=STRATEGY,
+        database_url=db, out_dir=str(pipeline_dir / "refused"), quiet=True,
+    )  # fmt: skip
+    with pytest.raises(CheckError, match=r"the runs given \(\d+, \d+\) are of .*expected"):
+        run_check(cfg, runs=pair)
+    assert not (pipeline_dir / "refused").exists()  # refused before anything was written

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as dt
 import shlex
 from pathlib import Path
 from typing import Any
@@ -265,3 +266,59 @@ def test_a_command_line_built_from_config_fields_makes_the_config() -> None:
         "tensorboard": True,
         "progress": False,
     }
+
+
+# --- the job configs share the engine (otonom_runtime.config_rules) -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"epochs": 0}, r"^epochs: got 0; expected an integer >= 1$"),
+        ({"seed": -1}, r"^seed: got -1; expected an integer >= 0$"),
+        ({"symbols": ("A", "A")}, r"^symbols: got \('A', 'A'\); expected .*each once$"),
+        ({"symbols": "DEMO-BTC"}, r"^symbols: got 'DEMO-BTC'; expected one or more"),
+        ({"start": dt.datetime(2020, 1, 1)}, r"^start: got datetime.datetime\(2020, 1, 1, 0, 0\)"),
+        ({"start": "2020-01-01"}, r"^start: got '2020-01-01'; expected a datetime.date or null$"),
+        ({"database_url": ""}, r"^database_url: got ''; expected a SQLAlchemy URL or None$"),
+        ({"run_name": "a/b"}, r"^run_name: got 'a/b'; expected 1-64 letters"),
+        ({"from_stage": 0}, r"^from_stage: got 0; expected 1 \.\. 7 \(1=data, "),
+        ({"import_csv": (("/nonexistent/x.csv", "X"),)}, r"cannot read /nonexistent/x.csv"),
+        ({"import_csv": (("x.csv",),)}, r"^import_csv: got \(\('x.csv',\),\); expected a list"),
+        ({"start": dt.date(2021, 1, 1), "end": dt.date(2020, 1, 1)}, r"^start 2021-01-01 is not"),
+    ],
+)
+def test_pipeline_config_is_checked_by_the_same_engine(kwargs: dict[str, Any], match: str) -> None:
+    from otonom_trainer.pipeline import PipelineConfig, PipelineError
+
+    with pytest.raises(PipelineError, match=match):
+        PipelineConfig(**kwargs)
+
+
+def test_job_configs_normalise_like_the_training_config() -> None:
+    from otonom_trainer.check import CheckConfig
+    from otonom_trainer.pipeline import PipelineConfig
+
+    cfg = PipelineConfig(symbols=["DEMO-A"], import_csv=[])  # type: ignore[arg-type]
+    assert cfg.symbols == ("DEMO-A",)
+    assert cfg.import_csv == ()
+    check = CheckConfig(model="m", symbols=("A",), max_p99_latency_ms=5)
+    assert type(check.max_p99_latency_ms) is float
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        check.quiet = True  # type: ignore[misc]
+
+
+def test_from_yaml_names_the_line_of_the_bad_field_and_refuses_duplicates(tmp_path: Path) -> None:
+    path = tmp_path / "train.yaml"
+    path.write_text("dataset_path: d.npz\nmax_epochs: 3\nbatch_size: 0\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        TrainingConfig.from_yaml(path)
+    assert str(err.value) == f"{path}:3: batch_size: got 0; expected an integer >= 1"
+    path.write_text("dataset_path: d.npz\nlr: 0.1\nlr: 0.2\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"train.yaml:3: lr: duplicate key \(also on line 2\)"):
+        TrainingConfig.from_yaml(path)
+    # a problem with no line of its own (a flag's override) names the file alone
+    path.write_text("dataset_path: d.npz\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        TrainingConfig.from_yaml(path, overrides={"seed": -1})
+    assert str(err.value).startswith(f"{path}: seed: got -1; expected")

@@ -38,7 +38,9 @@ the ensemble measurably worse. The thresholds are ``CheckConfig`` fields (and CL
 
 The backtests are real runs: they are recorded in the store like any other, marked internal
 (``params["purpose"] == "gate"``: ``otonom runs list`` shows them as ``gate*``), so that no
-dataset ever takes one as its teacher.
+dataset ever takes one as its teacher. ``run_check(cfg, runs=pair)`` accepts the period's
+without/with-RL pair already run (``otonom_trainer.stages.backtest_pair``; the pipeline passes
+its held-out pair, purpose ``evaluation``) and then runs only the fallback backtest.
 """
 
 from __future__ import annotations
@@ -58,7 +60,10 @@ from typing import Any, Final, Literal
 import numpy as np
 import numpy.typing as npt
 
+from otonom_runtime.config_rules import Validated, rule
 from otonom_trainer._errors import OtonomTrainerError
+from otonom_trainer.config import DAY, FRACTION, NONNEGATIVE, START_BEFORE_END, SYMBOLS
+from otonom_trainer.stages import RlPair, backtest_pair
 
 __all__ = [
     "CheckConfig",
@@ -82,50 +87,33 @@ class CheckError(OtonomTrainerError, ValueError):
 
 
 @dataclass(frozen=True)
-class CheckConfig:
-    """What to check and the thresholds (defaults: the guide's checklist)."""
+class CheckConfig(Validated):
+    """What to check and the thresholds (defaults: the guide's checklist); validated once
+    (``otonom_runtime.config_rules``: ``CheckError`` names the field, what was given and what
+    was expected)."""
 
-    model: str
-    symbols: tuple[str, ...]
-    start: dt.date | None = None  # None: the pipeline's held-out period of the stored bars
-    end: dt.date | None = None  # None: the symbols' last common bar
+    model: str = field(metadata=rule(nonempty=True, described="a model path"))
+    symbols: tuple[str, ...] = field(metadata=SYMBOLS)
+    # None: the pipeline's held-out period of the stored bars / the symbols' last common bar
+    start: dt.date | None = field(default=None, metadata=DAY)
+    end: dt.date | None = field(default=None, metadata=DAY)
     strategy_path: str = "strategies/baseline_v1.yaml"
     database_url: str | None = None
-    min_val_accuracy: float = 0.70
-    max_loss_gap: float = 0.2
-    max_acc_gap: float = 0.10
-    sharpe_tolerance: float = 0.25
-    min_regime_accuracy: float = 0.60
-    regime_sharpe_tolerance: float = 0.5
-    min_regime_days: int = 30
-    max_p99_latency_ms: float = 10.0
-    latency_samples: int = 2000
+    min_val_accuracy: float = field(default=0.70, metadata=FRACTION)
+    max_loss_gap: float = field(default=0.2, metadata=NONNEGATIVE)
+    max_acc_gap: float = field(default=0.10, metadata=FRACTION)
+    sharpe_tolerance: float = field(default=0.25, metadata=NONNEGATIVE)
+    min_regime_accuracy: float = field(default=0.60, metadata=FRACTION)
+    regime_sharpe_tolerance: float = field(default=0.5, metadata=NONNEGATIVE)
+    min_regime_days: int = field(default=30, metadata=rule(ge=2, described="an integer >= 2"))
+    max_p99_latency_ms: float = field(default=10.0, metadata=NONNEGATIVE)
+    latency_samples: int = field(default=2000, metadata=rule(ge=100, described="an integer >= 100"))
     promote: bool = False
     out_dir: str | None = None  # None: CHECK_REPORTS / <the model's version folder name>
     quiet: bool = False
 
-    def __post_init__(self) -> None:
-        if not self.symbols:
-            raise CheckError("no symbols; expected at least one --symbol")
-        if self.start is not None and self.end is not None and self.start >= self.end:
-            raise CheckError(f"start {self.start} is not before end {self.end}")
-        for name in ("min_val_accuracy", "min_regime_accuracy", "max_acc_gap"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise CheckError(f"{name} is {value}; expected a fraction in [0, 1]")
-        for name in (
-            "max_loss_gap",
-            "sharpe_tolerance",
-            "regime_sharpe_tolerance",
-            "max_p99_latency_ms",
-        ):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0.0):
-                raise CheckError(f"{name} is {value}; expected a finite number >= 0")
-        if self.min_regime_days < 2:
-            raise CheckError(f"min_regime_days is {self.min_regime_days}; expected >= 2")
-        if self.latency_samples < 100:
-            raise CheckError(f"latency_samples is {self.latency_samples}; expected >= 100")
+    _error_class = CheckError
+    __cross_checks__ = (START_BEFORE_END,)
 
 
 @dataclass(frozen=True)
@@ -394,13 +382,16 @@ def _period(cfg: CheckConfig, url: str, periods_per_year: int | str) -> tuple[dt
     return start, r.end
 
 
-def run_check(cfg: CheckConfig) -> CheckResult:
-    """Run the checklist (see the module docstring); promote the model when asked and all pass."""
-    from otonom_runtime.backtest import run_backtest
+def run_check(cfg: CheckConfig, runs: RlPair | None = None) -> CheckResult:
+    """Run the checklist (see the module docstring); promote the model when asked and all pass.
+
+    ``runs``: the out-of-sample period already backtested without and with this model (the
+    pipeline passes its held-out pair); they must cover ``cfg.symbols`` over the period checked
+    (``CheckError`` otherwise). None: the two backtests are run here (purpose ``gate``).
+    """
     from otonom_runtime.policy import load_rl_policy, resolve_model_path
     from otonom_runtime.store import default_database_url, get_session
     from otonom_runtime.strategy import load_strategy
-    from otonom_schema import feature_index
     from otonom_trainer.dataset import OfflineDatasetGenerator
     from otonom_trainer.registry import promote
 
@@ -413,25 +404,27 @@ def run_check(cfg: CheckConfig) -> CheckResult:
     symbols = list(cfg.symbols)
     start, end = _period(cfg, url, strategy.calendar.periods_per_year)
     _say(cfg, f"checking {model_path} on {', '.join(symbols)} {start} .. {end}")
+    if runs is not None:
+        _check_runs(runs, symbols, start, end)
 
     items = _training_items(cfg, meta)
     items.append(_degenerate_item(meta))
-    details: dict[str, Any] = {}
     with get_session(url) as session:
-        _say(cfg, "  backtest without RL ...")
-        off = run_backtest(session, strategy, symbols, start, end, use_rl=False, purpose="gate")
-        _say(cfg, "  backtest with RL ...")
-        on = run_backtest(
-            session, strategy, symbols, start, end, use_rl=True, policy=policy, purpose="gate"
-        )
+        if runs is None:
+            runs = backtest_pair(
+                session, strategy, symbols, start, end, policy, purpose="gate",
+                say=lambda text: _say(cfg, text),
+            )  # fmt: skip
+        else:
+            _say(cfg, f"  backtests without and with RL: runs {runs.off.run_id}, {runs.on.run_id}")
         ds = OfflineDatasetGenerator(session).generate_dataset(
-            symbols, start, end, run_id=off.run_id, allow_internal_run=True
+            symbols, start, end, run_id=runs.off.run_id, allow_internal_run=True
         )
         _say(cfg, "  backtest with RL and the model file removed ...")
-        fallback = _fallback_run(session, strategy, cfg, model_path, off)
+        fallback = _fallback_run(session, strategy, cfg, model_path, runs.off)
 
+    off, on = runs.off, runs.on
     s_off, s_on = off.metrics.sharpe, on.metrics.sharpe
-    ppy = off.metrics.periods_per_year  # the strategy's calendar, resolved from the bars
     items.append(
         CheckItem(
             "out-of-sample Sharpe",
@@ -442,27 +435,50 @@ def run_check(cfg: CheckConfig) -> CheckResult:
     )
     predicted = policy.predict_batch(ds.states)[0]
     correct = predicted == ds.actions
-    accuracy = float(correct.mean()) if len(correct) else float("nan")
+    details: dict[str, Any] = {
+        "oos_rows": len(ds),
+        "oos_accuracy": float(correct.mean()) if len(correct) else float("nan"),
+        "sharpe_without_rl": s_off,
+        "sharpe_with_rl": s_on,
+        "return_without_rl": off.metrics.total_return,
+        "return_with_rl": on.metrics.total_return,
+        "run_ids": {"without_rl": off.run_id, "with_rl": on.run_id, "fallback": fallback[0]},
+    }
+    details["regimes"], regime_items = _regime_items(cfg, runs, ds, correct)
+    items.extend(regime_items)
+    details["latency_us"], latency_item = _latency_item(cfg, policy, ds.states)
+    items.append(latency_item)
+    items.append(_metadata_item(meta))
+    items.append(_fallback_item(*fallback[1:]))
+    result = CheckResult(
+        model_path=model_path, version_dir=version_dir, items=items, details=details
+    )
+    if cfg.promote and result.passed:
+        result.promoted = promote(version_dir)
+    _write_reports(cfg, result)
+    return result
+
+
+def _regime_items(
+    cfg: CheckConfig, runs: RlPair, ds: Any, correct: npt.NDArray[np.bool_]
+) -> tuple[dict[str, Any], list[CheckItem]]:
+    """Per volatility regime: the details and the check item (see the module docstring)."""
+    from otonom_schema import feature_index
+
+    off, on = runs.off, runs.on
+    ppy = off.metrics.periods_per_year  # the strategy's calendar, resolved from the bars
     first = feature_index("regime_low_vol")
     regimes = np.argmax(ds.states[:, first : first + 3], axis=1).astype(np.int64)
     day_regime = _majority_regime(ds.dates, regimes, off.dates)
-    details.update(
-        oos_rows=len(ds),
-        oos_accuracy=accuracy,
-        sharpe_without_rl=s_off,
-        sharpe_with_rl=s_on,
-        return_without_rl=off.metrics.total_return,
-        return_with_rl=on.metrics.total_return,
-        run_ids={"without_rl": off.run_id, "with_rl": on.run_id, "fallback": fallback[0]},
-        regimes={},
-    )
+    details: dict[str, Any] = {}
+    items: list[CheckItem] = []
     for k, name in enumerate(REGIMES):
         rows = regimes == k
         days = int((day_regime == k).sum())
         acc = float(correct[rows].mean()) if rows.any() else None
         r_off = regime_sharpe(off.equity, day_regime == k, ppy)
         r_on = regime_sharpe(on.equity, day_regime == k, ppy)
-        details["regimes"][name] = {
+        details[name] = {
             "days": days,
             "rows": int(rows.sum()),
             "accuracy": acc,
@@ -486,41 +502,49 @@ def run_check(cfg: CheckConfig) -> CheckResult:
         else:
             status = "fail"
         items.append(CheckItem(f"regime {name}", status, measured, required))
+    return details, items
 
-    latency = measure_latency(policy, ds.states, cfg.latency_samples)
-    details["latency_us"] = latency
-    items.append(
-        CheckItem(
-            "predict latency",
-            "pass" if latency["p99_us"] < cfg.max_p99_latency_ms * 1e3 else "fail",
-            f"p99 {latency['p99_us']:.1f} us (p50 {latency['p50_us']:.1f} us)",
-            f"p99 < {cfg.max_p99_latency_ms:g} ms",
+
+def _check_runs(runs: RlPair, symbols: list[str], start: dt.date, end: dt.date) -> None:
+    if not runs.covers(symbols, start, end):
+        raise CheckError(
+            f"the runs given ({runs.off.run_id}, {runs.on.run_id}) are of "
+            f"{', '.join(runs.off.symbols)} {runs.off.start} .. {runs.off.end}; expected "
+            f"{', '.join(symbols)} {start} .. {end}, the period checked"
         )
-    )
-    items.append(_metadata_item(meta))
-    _, reason, same = fallback
-    items.append(
-        CheckItem(
-            "fallback",
-            "pass" if reason and same else "fail",
-            (f"fell back ({_short(reason)}), " if reason else "did not fall back, ")
-            + ("trades as without RL" if same else "trades differ from the ensemble without RL"),
-            "falls back and trades as without RL",
-        )
+
+
+def _latency_item(
+    cfg: CheckConfig, policy: Any, states: npt.NDArray[np.float32]
+) -> tuple[dict[str, float], CheckItem]:
+    latency = measure_latency(policy, states, cfg.latency_samples)
+    return latency, CheckItem(
+        "predict latency",
+        "pass" if latency["p99_us"] < cfg.max_p99_latency_ms * 1e3 else "fail",
+        f"p99 {latency['p99_us']:.1f} us (p50 {latency['p50_us']:.1f} us)",
+        f"p99 < {cfg.max_p99_latency_ms:g} ms",
     )
 
-    result = CheckResult(
-        model_path=model_path, version_dir=version_dir, items=items, details=details
+
+def _fallback_item(reason: str | None, same: bool) -> CheckItem:
+    return CheckItem(
+        "fallback",
+        "pass" if reason and same else "fail",
+        (f"fell back ({_short(reason)}), " if reason else "did not fall back, ")
+        + ("trades as without RL" if same else "trades differ from the ensemble without RL"),
+        "falls back and trades as without RL",
     )
-    if cfg.promote and result.passed:
-        result.promoted = promote(version_dir)
-    out_dir = Path(cfg.out_dir) if cfg.out_dir else CHECK_REPORTS / version_dir.name
+
+
+def _write_reports(cfg: CheckConfig, result: CheckResult) -> None:
+    """``check.md`` and ``check.json`` into ``cfg.out_dir`` (default: ``CHECK_REPORTS`` /
+    the model's version folder name)."""
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else CHECK_REPORTS / result.version_dir.name
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "check.md").write_text(result.table() + "\n", encoding="utf-8")
     (out_dir / "check.json").write_text(
         json.dumps(result.to_dict(), indent=2, default=str) + "\n", encoding="utf-8"
     )
-    return result
 
 
 class _Hold(logging.Handler):

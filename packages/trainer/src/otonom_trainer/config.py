@@ -1,9 +1,10 @@
 """``TrainingConfig``: every knob of behaviour-cloning training, validated in one place.
 
-The configuration is a frozen dataclass. Its constructor only stores the values; ``__post_init__``
-then walks one table of rules (``_RULES``) that coerces and checks every field, plus the few
-rules that join two fields (``_CROSS_RULES``). A bad value raises ``ConfigError`` (a
-``ValueError``) that names the field, what was received and what was expected::
+The configuration is a frozen dataclass on the project's one validation engine
+(``otonom_runtime.config_rules``): each field declares its rule in its metadata, the rule that
+joins two fields is a cross check, and ``__post_init__`` coerces and checks every field once. A
+bad value raises ``ConfigError`` (a ``ValueError``) that names the field, what was received and
+what was expected::
 
     ConfigError: batch_size: got 0; expected an integer >= 1
 
@@ -17,17 +18,24 @@ Importing this module does not import torch.
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
+import datetime as dt
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import yaml
 
+from otonom_runtime.config_rules import (
+    CrossCheck,
+    Problem,
+    Validated,
+    field_specs,
+    rule,
+    yaml_key_lines,
+)
 from otonom_trainer._errors import OtonomTrainerError
 from otonom_trainer.architectures import (
     DEFAULT_ARCHITECTURE,
@@ -36,9 +44,15 @@ from otonom_trainer.architectures import (
 
 __all__ = [
     "BALANCE_MODES",
+    "DAY",
     "DEVICES",
+    "FRACTION",
+    "NONNEGATIVE",
     "OPTIMIZERS",
+    "POSITIVE_INT",
     "SPLITS",
+    "START_BEFORE_END",
+    "SYMBOLS",
     "ConfigError",
     "ConfigField",
     "TrainingConfig",
@@ -56,12 +70,39 @@ class ConfigError(OtonomTrainerError, ValueError):
     """A configuration value (or file) is invalid; the message names the field."""
 
 
-def _meta(help_text: str, flag: str | None = None) -> dict[str, str]:
-    return {"help": help_text, **({"flag": flag} if flag else {})}
+def _meta(checks: dict[str, Any], help_text: str, flag: str | None = None) -> dict[str, Any]:
+    """A field's metadata: its rule (``otonom_runtime.config_rules``), help and flag."""
+    extra: dict[str, Any] = {"help": help_text, **({"flag": flag} if flag else {})}
+    return rule(**checks, **extra)
+
+
+def _checks(**checks: Any) -> dict[str, Any]:
+    return checks
+
+
+def _one_of(options: tuple[str, ...]) -> str:
+    return f"one of {', '.join(repr(o) for o in options)}"
+
+
+def _is_device(value: str) -> bool:
+    return value in DEVICES or _CUDA_INDEX.fullmatch(value) is not None
+
+
+_ARCHITECTURE: Final = (
+    "'mlp' or a name registered with otonom_trainer.architectures.register_architecture"
+)
+_PATH: Final = "a non-empty path (str or os.PathLike)"
+_POS_INT: Final = "an integer >= 1"
+_NONNEG_INT: Final = "an integer >= 0"
+_NONNEG_FLOAT: Final[dict[str, Any]] = {
+    "ge": 0,
+    "text_numbers": True,
+    "described": "a finite number >= 0",
+}
 
 
 @dataclass(frozen=True)
-class TrainingConfig:
+class TrainingConfig(Validated):
     """Behaviour-cloning training configuration (see the guide, "Training Configuration").
 
     The loss, per batch of rows ``i`` with predicted logits ``z_i``, predicted strength ``s_i``,
@@ -83,80 +124,167 @@ class TrainingConfig:
     ``dataset_path`` and ``output_dir`` are kept as strings (relative to the working directory).
     """
 
-    dataset_path: str = field(metadata=_meta("offline dataset (.npz)", "--dataset"))
+    dataset_path: str = field(
+        metadata=_meta(
+            _checks(nonempty=True, path=True, described=_PATH),
+            "offline dataset (.npz)",
+            "--dataset",
+        )
+    )
     output_dir: str = field(
         default="models/rl_bc",
-        metadata=_meta("folder for policy_best.pt, metadata.json, history and plots", "--output"),
+        metadata=_meta(
+            _checks(nonempty=True, path=True, described=_PATH),
+            "folder for policy_best.pt, metadata.json, history and plots",
+            "--output",
+        ),
     )
-    batch_size: int = field(default=256, metadata=_meta("rows per gradient step"))
-    lr: float = field(default=1e-3, metadata=_meta("learning rate"))
-    max_epochs: int = field(default=20, metadata=_meta("maximum epochs", "--epochs"))
+    batch_size: int = field(
+        default=256, metadata=_meta(_checks(ge=1, described=_POS_INT), "rows per gradient step")
+    )
+    lr: float = field(
+        default=1e-3,
+        metadata=_meta(
+            _checks(gt=0, text_numbers=True, described="a finite number > 0"), "learning rate"
+        ),
+    )
+    max_epochs: int = field(
+        default=20, metadata=_meta(_checks(ge=1, described=_POS_INT), "maximum epochs", "--epochs")
+    )
     model: str = field(
         default=DEFAULT_ARCHITECTURE,
         metadata=_meta(
+            _checks(test=is_architecture, described=_ARCHITECTURE),
             "network architecture, a name of otonom_trainer.architectures ('mlp': the guide's "
             "PolicyNet, shaped by hidden_dim, num_layers and dropout)",
             "--architecture",
         ),
     )
-    hidden_dim: int = field(default=128, metadata=_meta("width of each hidden layer"))
-    num_layers: int = field(default=2, metadata=_meta("number of hidden layers"))
-    dropout: float = field(default=0.1, metadata=_meta("dropout after each hidden layer"))
-    weight_decay: float = field(default=1e-5, metadata=_meta("optimizer weight decay"))
-    alpha: float = field(default=1.0, metadata=_meta("weight of the action (cross-entropy) loss"))
-    beta: float = field(default=1.0, metadata=_meta("weight of the strength (MSE) loss"))
+    hidden_dim: int = field(
+        default=128, metadata=_meta(_checks(ge=1, described=_POS_INT), "width of each hidden layer")
+    )
+    num_layers: int = field(
+        default=2, metadata=_meta(_checks(ge=1, described=_POS_INT), "number of hidden layers")
+    )
+    dropout: float = field(
+        default=0.1,
+        metadata=_meta(
+            _checks(ge=0, lt=1, text_numbers=True, described="a number in [0, 1)"),
+            "dropout after each hidden layer",
+        ),
+    )
+    weight_decay: float = field(
+        default=1e-5, metadata=_meta(_NONNEG_FLOAT, "optimizer weight decay")
+    )
+    alpha: float = field(
+        default=1.0, metadata=_meta(_NONNEG_FLOAT, "weight of the action (cross-entropy) loss")
+    )
+    beta: float = field(
+        default=1.0, metadata=_meta(_NONNEG_FLOAT, "weight of the strength (MSE) loss")
+    )
     logit_penalty: float = field(
         default=0.0,
         metadata=_meta(
+            _NONNEG_FLOAT,
             "weight of the mean squared action logit added to the loss (0 = off; d3rlpy's "
-            "DiscreteBC uses 0.5)"
+            "DiscreteBC uses 0.5)",
         ),
     )
-    optimizer: str = field(default="adam", metadata=_meta("optimizer: adam or adamw"))
+    optimizer: str = field(
+        default="adam",
+        metadata=_meta(
+            _checks(choices=OPTIMIZERS, described=_one_of(OPTIMIZERS)), "optimizer: adam or adamw"
+        ),
+    )
     class_balance: str = field(
         default="none",
-        metadata=_meta("class imbalance handling: none, weighted, oversample or focal"),
+        metadata=_meta(
+            _checks(choices=BALANCE_MODES, described=_one_of(BALANCE_MODES)),
+            "class imbalance handling: none, weighted, oversample or focal",
+        ),
     )
     focal_gamma: float = field(
-        default=2.0, metadata=_meta("focusing parameter of the focal loss (class_balance=focal)")
+        default=2.0,
+        metadata=_meta(_NONNEG_FLOAT, "focusing parameter of the focal loss (class_balance=focal)"),
     )
-    val_fraction: float = field(default=0.1, metadata=_meta("share of rows held out"))
+    val_fraction: float = field(
+        default=0.1,
+        metadata=_meta(
+            _checks(gt=0, lt=1, text_numbers=True, described="a number in (0, 1)"),
+            "share of rows held out",
+        ),
+    )
     split: str = field(
         default="time",
-        metadata=_meta("validation split: time (the latest dates) or random rows"),
+        metadata=_meta(
+            _checks(choices=SPLITS, described=_one_of(SPLITS)),
+            "validation split: time (the latest dates) or random rows",
+        ),
     )
     patience: int = field(
-        default=5, metadata=_meta("early stopping: epochs without val-loss progress (0 = off)")
+        default=5,
+        metadata=_meta(
+            _checks(ge=0, described=_NONNEG_INT),
+            "early stopping: epochs without val-loss progress (0 = off)",
+        ),
     )
     lr_plateau_patience: int = field(
         default=2,
-        metadata=_meta("epochs without val-loss progress before the lr is reduced (0 = off)"),
+        metadata=_meta(
+            _checks(ge=0, described=_NONNEG_INT),
+            "epochs without val-loss progress before the lr is reduced (0 = off)",
+        ),
     )
     lr_plateau_factor: float = field(
-        default=0.5, metadata=_meta("factor applied to the lr on a plateau")
+        default=0.5,
+        metadata=_meta(
+            _checks(gt=0, lt=1, text_numbers=True, described="a number in (0, 1)"),
+            "factor applied to the lr on a plateau",
+        ),
     )
     grad_clip: float = field(
-        default=1.0, metadata=_meta("clip the gradient's total L2 norm to this (0 = off)")
+        default=1.0,
+        metadata=_meta(_NONNEG_FLOAT, "clip the gradient's total L2 norm to this (0 = off)"),
     )
-    seed: int = field(default=42, metadata=_meta("random seed (split, init, batches, dropout)"))
+    seed: int = field(
+        default=42,
+        metadata=_meta(
+            _checks(ge=0, lt=2**63, described="an integer in [0, 2**63)"),
+            "random seed (split, init, batches, dropout)",
+        ),
+    )
     device: str = field(
-        default="auto", metadata=_meta("auto (cuda when available, else cpu), cpu, cuda or cuda:N")
+        default="auto",
+        metadata=_meta(
+            _checks(test=_is_device, described="'auto', 'cpu', 'cuda' or 'cuda:N'"),
+            "auto (cuda when available, else cpu), cpu, cuda or cuda:N",
+        ),
     )
     tensorboard: bool = field(
         default=False,
-        metadata=_meta("write TensorBoard event logs (needs the tensorboard package)"),
+        metadata=_meta(
+            _checks(described="true or false"),
+            "write TensorBoard event logs (needs the tensorboard package)",
+        ),
     )
     progress: bool = field(
         default=True,
-        metadata=_meta("show a progress bar within epochs when the train split is large"),
+        metadata=_meta(
+            _checks(described="true or false"),
+            "show a progress bar within epochs when the train split is large",
+        ),
     )
 
-    def __post_init__(self) -> None:
-        for name, rule in _RULES.items():
-            object.__setattr__(self, name, rule.apply(name, getattr(self, name)))
-        for check, message in _CROSS_RULES:
-            if not check(self):
-                raise ConfigError(message(self))
+    _error_class = ConfigError
+    __cross_checks__ = (
+        CrossCheck(
+            lambda v: v["alpha"] + v["beta"] > 0.0,
+            lambda v: (
+                f"alpha and beta: got alpha={v['alpha']!r}, beta={v['beta']!r}; expected at "
+                "least one > 0 (both zero leaves nothing to learn)"
+            ),
+        ),
+    )
 
     # -- construction ----------------------------------------------------------------------
 
@@ -190,12 +318,17 @@ class TrainingConfig:
     def from_yaml(
         cls, path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None
     ) -> TrainingConfig:
-        """Read a flat YAML mapping of field names (``overrides``, e.g. flags, win)."""
+        """Read a flat YAML mapping of field names (``overrides``, e.g. flags, win). A problem
+        names the file and the line of the field (``train.yaml:3: lr: got ...``); a key given
+        twice is a problem."""
         src = Path(path)
         if not src.is_file():
             raise FileNotFoundError(f"no training configuration file at {src}")
+        text = src.read_text(encoding="utf-8")
+        duplicates: list[Problem] = []
         try:
-            data = yaml.safe_load(src.read_text(encoding="utf-8"))
+            data = yaml.safe_load(text)
+            lines = yaml_key_lines(text, duplicates)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{src} is not valid YAML: {exc}") from None
         if data is None:
@@ -205,10 +338,15 @@ class TrainingConfig:
                 f"{src}: expected a mapping of field names to values at the top level; "
                 f"got a {type(data).__name__}"
             )
+        if duplicates:
+            first = duplicates[0]
+            raise ConfigError(f"{src}:{lines[first.path]}: {first.got()}")
         try:
             return cls.from_dict(data, overrides)
-        except ConfigError as exc:
-            raise ConfigError(f"{src}: {exc}") from None
+        except ConfigError as exc:  # "field: got ...": the file's line of that field
+            name = str(exc).partition(":")[0]
+            where = f"{src}:{lines[name]}" if name in lines else str(src)
+            raise ConfigError(f"{where}: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """Field name -> value (str, int, float, bool only): JSON-, YAML- and torch-safe."""
@@ -219,110 +357,27 @@ class TrainingConfig:
         return dataclasses.replace(self, **changes)
 
 
-# -- the one table of rules ----------------------------------------------------------------
+# -- rules the job configs share (pipeline, walk-forward, gate) ------------------------------
 
 
-@dataclass(frozen=True)
-class _Rule:
-    """Coerce a value to ``kind`` and check ``ok``; ``expected`` is the error's wording."""
-
-    kind: type
-    expected: str
-    ok: Callable[[Any], bool] = lambda _: True
-
-    def apply(self, name: str, value: Any) -> Any:
-        coerced = _coerce(self.kind, value)
-        if coerced is _BAD or not self.ok(coerced):
-            raise ConfigError(f"{name}: got {value!r}; expected {self.expected}")
-        return coerced
+def _symbols_ok(symbols: tuple[str, ...]) -> bool:
+    return bool(symbols) and all(s.strip() for s in symbols) and len(set(symbols)) == len(symbols)
 
 
-_BAD: Final = object()
-
-
-def _coerce(kind: type, value: Any) -> Any:
-    if kind is bool:
-        return value if isinstance(value, bool) else _BAD
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            return _BAD
-        return int(value)
-    if kind is float:
-        if isinstance(value, bool):
-            return _BAD
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                return _BAD
-        if not isinstance(value, numbers.Real):
-            return _BAD
-        out = float(value)
-        return out if math.isfinite(out) else _BAD
-    if kind is Path:  # a path: str or os.PathLike, kept as a non-empty str
-        if isinstance(value, os.PathLike):
-            value = os.fspath(value)
-        return value if isinstance(value, str) and value.strip() else _BAD
-    return value if isinstance(value, str) else _BAD
-
-
-def _choice(options: tuple[str, ...]) -> _Rule:
-    return _Rule(str, f"one of {', '.join(repr(o) for o in options)}", lambda v: v in options)
-
-
-_POS_INT = _Rule(int, "an integer >= 1", lambda v: v >= 1)
-_NONNEG_INT = _Rule(int, "an integer >= 0", lambda v: v >= 0)
-_NONNEG_FLOAT = _Rule(float, "a finite number >= 0", lambda v: v >= 0.0)
-_PATH = _Rule(Path, "a non-empty path (str or os.PathLike)")
-
-_RULES: Final[dict[str, _Rule]] = {
-    "dataset_path": _PATH,
-    "output_dir": _PATH,
-    "batch_size": _POS_INT,
-    "lr": _Rule(float, "a finite number > 0", lambda v: v > 0.0),
-    "max_epochs": _POS_INT,
-    "model": _Rule(
-        str,
-        "'mlp' or a name registered with otonom_trainer.architectures.register_architecture",
-        is_architecture,
-    ),
-    "hidden_dim": _POS_INT,
-    "num_layers": _POS_INT,
-    "dropout": _Rule(float, "a number in [0, 1)", lambda v: 0.0 <= v < 1.0),
-    "weight_decay": _NONNEG_FLOAT,
-    "alpha": _NONNEG_FLOAT,
-    "beta": _NONNEG_FLOAT,
-    "logit_penalty": _NONNEG_FLOAT,
-    "optimizer": _choice(OPTIMIZERS),
-    "class_balance": _choice(BALANCE_MODES),
-    "focal_gamma": _NONNEG_FLOAT,
-    "val_fraction": _Rule(float, "a number in (0, 1)", lambda v: 0.0 < v < 1.0),
-    "split": _choice(SPLITS),
-    "patience": _NONNEG_INT,
-    "lr_plateau_patience": _NONNEG_INT,
-    "lr_plateau_factor": _Rule(float, "a number in (0, 1)", lambda v: 0.0 < v < 1.0),
-    "grad_clip": _NONNEG_FLOAT,
-    "seed": _Rule(int, "an integer in [0, 2**63)", lambda v: 0 <= v < 2**63),
-    "device": _Rule(
-        str,
-        "'auto', 'cpu', 'cuda' or 'cuda:N'",
-        lambda v: v in DEVICES or _CUDA_INDEX.fullmatch(v) is not None,
-    ),
-    "tensorboard": _Rule(bool, "true or false"),
-    "progress": _Rule(bool, "true or false"),
-}
-
-_CROSS_RULES: Final[
-    tuple[tuple[Callable[[TrainingConfig], bool], Callable[[TrainingConfig], str]], ...]
-] = (
-    (
-        lambda c: c.alpha + c.beta > 0.0,
-        lambda c: (
-            f"alpha and beta: got alpha={c.alpha!r}, beta={c.beta!r}; expected at least one > 0 "
-            "(both zero leaves nothing to learn)"
-        ),
-    ),
+SYMBOLS: Final = rule(test=_symbols_ok, described="one or more non-empty symbol names, each once")
+"""The metadata of a ``symbols: tuple[str, ...]`` field (a list is kept as a tuple)."""
+DAY: Final = rule(
+    test=lambda v: not isinstance(v, dt.datetime), described="a datetime.date (not a datetime)"
 )
+"""The metadata of a ``dt.date | None`` field."""
+POSITIVE_INT: Final = rule(ge=1, described=_POS_INT)
+NONNEGATIVE: Final = rule(ge=0, described="a finite number >= 0")
+FRACTION: Final = rule(ge=0, le=1, described="a fraction in [0, 1]")
+START_BEFORE_END: Final = CrossCheck(
+    lambda v: v["start"] is None or v["end"] is None or v["start"] < v["end"],
+    lambda v: f"start {v['start']} is not before end {v['end']}; expected start < end",
+)
+"""The cross check of a config with ``start`` and ``end`` dates."""
 
 
 # -- one flag per field --------------------------------------------------------------------
@@ -341,13 +396,6 @@ class ConfigField:
     help: str
 
 
-_CHOICES: Final[dict[str, tuple[str, ...]]] = {
-    "optimizer": OPTIMIZERS,
-    "class_balance": BALANCE_MODES,
-    "split": SPLITS,
-}
-
-
 def config_fields() -> tuple[ConfigField, ...]:
     """The fields in declaration order, each with its flag (``--batch-size``), type and help.
 
@@ -355,17 +403,19 @@ def config_fields() -> tuple[ConfigField, ...]:
     ``argparse.BooleanOptionalAction``); ``required`` is true for ``dataset_path`` only.
     """
     out = []
+    specs = {s.name: s for s in field_specs(TrainingConfig)}
     for f in dataclasses.fields(TrainingConfig):
-        rule = _RULES[f.name]
+        spec = specs[f.name]
+        choices = spec.rule.choices
         required = f.default is dataclasses.MISSING
         out.append(
             ConfigField(
                 name=f.name,
                 flag=f.metadata.get("flag", "--" + f.name.replace("_", "-")),
-                kind=str if rule.kind is Path else rule.kind,
+                kind=spec.type,
                 default=None if required else f.default,
                 required=required,
-                choices=_CHOICES.get(f.name),
+                choices=None if choices is None else tuple(str(c) for c in choices),
                 help=f.metadata["help"],
             )
         )

@@ -37,15 +37,24 @@ import io
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from otonom_runtime.config_rules import CrossCheck, Validated, rule
 from otonom_runtime.synth import DEMO_SEED
 from otonom_schema import atomic_write
 from otonom_trainer._errors import OtonomTrainerError
+from otonom_trainer.config import DAY, POSITIVE_INT, START_BEFORE_END, SYMBOLS
+from otonom_trainer.pipeline_report import PipelineResult, heldout_rows, write_tables
 from otonom_trainer.ranges import DEMO_END, DEMO_START
+from otonom_trainer.stages import (
+    RlPair,
+    add_demo_symbols,
+    backtest_pair,
+    refuse_unknown_before_creating,
+)
 
 __all__ = ["STAGES", "PipelineConfig", "PipelineError", "PipelineResult", "run_pipeline"]
 
@@ -69,96 +78,77 @@ class PipelineError(OtonomTrainerError, ValueError):
     """The pipeline cannot run as asked (e.g. resuming without the earlier stages' outputs)."""
 
 
+def _import_csv_problem(values: Mapping[str, Any]) -> str:
+    for path, _ in values["import_csv"]:
+        if not Path(path).is_file():
+            what = "it is not a file" if Path(path).exists() else "no such file"
+            return f"cannot read {path} (--import-csv): {what}"
+    return ""
+
+
+def _run_name_ok(name: str) -> bool:
+    return _RUN_NAME_RE.match(name) is not None and name != LATEST_RUN
+
+
+_TEXT: Final = rule(nonempty=True, described="non-empty text")
+
+
 @dataclass(frozen=True)
-class PipelineConfig:
+class PipelineConfig(Validated):
     """What to run. Symbols missing from the store are generated (synthetic) when their name
     starts with ``DEMO-`` (over ``start .. end``, default 2018-01-01 .. 2023-12-31), imported
     when ``import_csv`` maps them to a file, else an error. ``start``/``end`` None: from the
-    stored bars (``otonom_trainer.ranges``)."""
+    stored bars (``otonom_trainer.ranges``). Validated once (``otonom_runtime.config_rules``):
+    ``PipelineError`` names the field, what was given and what was expected; the
+    ``import_csv`` files are looked for before the store or the report folder is created."""
 
-    strategy_path: str = "strategies/baseline_v1.yaml"
-    database_url: str | None = None
-    symbols: tuple[str, ...] = DEMO_SYMBOLS
-    start: dt.date | None = None
-    end: dt.date | None = None
-    train_end: dt.date | None = None
-    test_start: dt.date | None = None
+    strategy_path: str = field(default="strategies/baseline_v1.yaml", metadata=_TEXT)
+    database_url: str | None = field(
+        default=None, metadata=rule(nonempty=True, described="a SQLAlchemy URL or None")
+    )
+    symbols: tuple[str, ...] = field(default=DEMO_SYMBOLS, metadata=SYMBOLS)
+    start: dt.date | None = field(default=None, metadata=DAY)
+    end: dt.date | None = field(default=None, metadata=DAY)
+    train_end: dt.date | None = field(default=None, metadata=DAY)
+    test_start: dt.date | None = field(default=None, metadata=DAY)
     import_csv: tuple[tuple[str, str], ...] = ()  # (file, symbol)
     replace: bool = False  # import_csv may overwrite stored bars that differ
     drop_bad_rows: bool = False  # import_csv skips (and reports) bad rows instead of refusing
     date_format: str | None = None  # strptime format of import_csv's date column
-    seed: int = DEMO_SEED
-    epochs: int = 20
-    batch_size: int = 256
-    hidden_dim: int = 128
-    model_dir: str = "models/rl_bc"
-    report_dir: str = "reports/pipeline"
-    run_name: str | None = None
-    from_stage: int = 1
+    seed: int = field(default=DEMO_SEED, metadata=rule(ge=0, described="an integer >= 0"))
+    epochs: int = field(default=20, metadata=POSITIVE_INT)
+    batch_size: int = field(default=256, metadata=POSITIVE_INT)
+    hidden_dim: int = field(default=128, metadata=POSITIVE_INT)
+    model_dir: str = field(default="models/rl_bc", metadata=_TEXT)
+    report_dir: str = field(default="reports/pipeline", metadata=_TEXT)
+    run_name: str | None = field(
+        default=None,
+        metadata=rule(
+            test=_run_name_ok,
+            described=(
+                "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit, and not "
+                f"{LATEST_RUN!r} (it names the folder <report_dir>/<run name>/)"
+            ),
+        ),
+    )
+    from_stage: int = field(
+        default=1,
+        metadata=rule(
+            ge=1,
+            le=len(STAGES),
+            described=f"1 .. {len(STAGES)} ("
+            + ", ".join(f"{i}={n}" for i, n in enumerate(STAGES, start=1))
+            + ")",
+        ),
+    )
     promote: bool = True
     quiet: bool = False
 
-    def __post_init__(self) -> None:
-        if not self.symbols:
-            raise PipelineError("no symbols; expected at least one")
-        if self.start is not None and self.end is not None and self.start >= self.end:
-            raise PipelineError(f"start {self.start} is not before end {self.end}")
-        if self.epochs < 1:
-            raise PipelineError(f"epochs is {self.epochs}; expected >= 1")
-        if self.run_name is not None and (
-            not _RUN_NAME_RE.match(self.run_name) or self.run_name == LATEST_RUN
-        ):
-            raise PipelineError(
-                f"run name {self.run_name!r}; expected 1-64 letters, digits, '.', '_' or '-', "
-                f"starting with a letter or digit, and not {LATEST_RUN!r} (it names the folder "
-                f"{self.report_dir}/<run name>/)"
-            )
-        if not 1 <= self.from_stage <= len(STAGES):
-            raise PipelineError(
-                f"from_stage is {self.from_stage}; expected 1 .. {len(STAGES)} "
-                f"({', '.join(f'{i}={n}' for i, n in enumerate(STAGES, start=1))})"
-            )
-        for path, _ in self.import_csv:  # before the store or the report folder is created
-            if not Path(path).is_file():
-                raise PipelineError(
-                    f"cannot read {path} (--import-csv): "
-                    + ("it is not a file" if Path(path).exists() else "no such file")
-                )
-
-
-@dataclass
-class PipelineResult:
-    """The side-by-side table (one dict per column) and where everything was written."""
-
-    rows: dict[str, dict[str, Any]]
-    train_period: tuple[dt.date, dt.date]
-    test_period: tuple[dt.date, dt.date]
-    report_dir: Path
-    model_dir: Path
-    run_ids: dict[str, int] = field(default_factory=dict)
-    gate: dict[str, Any] | None = None
-    elapsed_s: float = 0.0
-
-    def markdown(self) -> str:
-        names = list(self.rows)
-        keys = list(next(iter(self.rows.values())))
-        lines = [
-            f"| metric (held-out {self.test_period[0]} .. {self.test_period[1]}) | "
-            + " | ".join(names)
-            + " |",
-            "|---|" + "---|" * len(names),
-        ]
-        for key in keys:
-            lines.append(f"| {key} | " + " | ".join(_cell(self.rows[n][key]) for n in names) + " |")
-        return "\n".join(lines)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return str(value)
+    _error_class = PipelineError
+    __cross_checks__ = (
+        START_BEFORE_END,
+        CrossCheck(lambda v: not _import_csv_problem(v), _import_csv_problem),
+    )
 
 
 def _say(cfg: PipelineConfig, text: str) -> None:
@@ -185,6 +175,7 @@ class _Run:
     test_start: dt.date
     end: dt.date
     state: dict[str, Any]
+    heldout: RlPair | None = None  # stage 6's two runs, for the gate (not on a resumed run)
 
     @property
     def symbols(self) -> list[str]:
@@ -290,8 +281,7 @@ def _resume(run: _Run, from_stage: int) -> None:
 
 def _stage_data(cfg: PipelineConfig, url: str) -> _Dates:
     from otonom_runtime.importers import import_ohlcv_csv
-    from otonom_runtime.store import get_session, init_db, list_symbols
-    from otonom_runtime.synth import write_synthetic
+    from otonom_runtime.store import get_session, init_db
 
     _stage(cfg, 1, f"{', '.join(cfg.symbols)} in {url}")
     csv_files = {symbol: path for path, symbol in cfg.import_csv}
@@ -308,42 +298,21 @@ def _stage_data(cfg: PipelineConfig, url: str) -> _Dates:
                 drop_bad_rows=cfg.drop_bad_rows,
             )
             _say(cfg, "  " + report.summary())
-        present = {info.name for info in list_symbols(session)}
-        missing = [s for s in cfg.symbols if s not in present]
-        demo = [s for s in missing if s.startswith("DEMO-")]
-        unknown = [s for s in missing if not s.startswith("DEMO-") and s not in csv_files]
-        if unknown:
-            raise PipelineError(
+        made = add_demo_symbols(
+            session,
+            cfg.symbols,
+            (cfg.start or DEMO_START, cfg.end or DEMO_END, cfg.seed),
+            lambda unknown: PipelineError(
                 f"symbols {unknown} are not in the store; import them with --import-csv FILE "
                 "--symbol NAME, or use DEMO-* names for the synthetic market"
-            )
-        if demo:
-            start, end = cfg.start or DEMO_START, cfg.end or DEMO_END
-            _say(cfg, "  " + write_synthetic(session, demo, start, end, cfg.seed).summary())
-        if not missing:
+            ),
+            importing=csv_files,
+        )
+        if made is not None:
+            _say(cfg, "  " + made.summary())
+        else:
             _say(cfg, "  all symbols already in the store")
         return _dates(cfg, session)  # in the same transaction: a too-short series is not kept
-
-
-def refuse_unknown_before_creating(
-    url: str, symbols: Sequence[str], importing: set[str], error: type[Exception]
-) -> None:
-    """Raise ``error`` when the store is a SQLite file that does not exist yet and a symbol is
-    neither a DEMO-* name (generated) nor imported by this call: checked before the store is
-    created, so the failed command leaves no empty store behind."""
-    from otonom_runtime import StoreError
-    from otonom_runtime.cli import require_store
-
-    try:
-        require_store(url)
-    except StoreError:
-        unknown = [s for s in symbols if not s.startswith("DEMO-") and s not in importing]
-        if unknown:
-            raise error(
-                f"symbols {unknown} are not in the store (there is no store at {url} yet); "
-                "import them with --import-csv FILE --symbol NAME (or `otonom data import-csv "
-                "FILE --symbol NAME`), or use DEMO-* names for the synthetic market"
-            ) from None
 
 
 def _stage_teacher(run: _Run) -> None:
@@ -423,7 +392,6 @@ def _stage_evaluate(run: _Run) -> None:
 
 
 def _stage_heldout(run: _Run) -> PipelineResult:
-    from otonom_runtime.backtest import run_backtest
     from otonom_runtime.plots import plot_equity
     from otonom_runtime.policy import load_rl_policy
     from otonom_runtime.store import get_session
@@ -437,32 +405,12 @@ def _stage_heldout(run: _Run) -> PipelineResult:
     policy = load_rl_policy(run.state["onnx_path"])
     latency = measure_latency(policy, load_dataset(run.state["test_path"]).states, 2000)
     with get_session(run.url) as session:
-        off = run_backtest(
-            session, strategy, run.symbols, run.test_start, run.end, use_rl=False,
-            purpose="evaluation",
-        )  # fmt: skip
-        on = run_backtest(
-            session, strategy, run.symbols, run.test_start, run.end, use_rl=True, policy=policy,
-            purpose="evaluation",
-        )  # fmt: skip
-    ev = run.state["evaluation"]
-    rows: dict[str, dict[str, Any]] = {}
-    for name, bt in (("ensemble (no RL)", off), ("ensemble + RL", on)):
-        m = bt.metrics
-        rl = bt is on
-        rows[name] = {
-            "policy accuracy (held-out)": ev["accuracy"] if rl else None,
-            "F1 HOLD": ev["f1"]["HOLD"] if rl else None,
-            "F1 BUY": ev["f1"]["BUY"] if rl else None,
-            "F1 SELL": ev["f1"]["SELL"] if rl else None,
-            "Sharpe": m.sharpe,
-            "total return": m.total_return,
-            "max drawdown": m.max_drawdown,
-            "trades": m.n_trades,
-            "RL fallbacks": bt.fallbacks,
-            "predict p50 (us)": latency["p50_us"] if rl else None,
-            "predict p99 (us)": latency["p99_us"] if rl else None,
-        }
+        pair = backtest_pair(
+            session, strategy, run.symbols, run.test_start, run.end, policy, purpose="evaluation"
+        )
+    run.heldout = pair
+    off, on = pair.off, pair.on
+    rows = heldout_rows(run.state["evaluation"], latency, pair)
     plot_equity(
         {"ensemble (no RL)": (off.dates, off.equity), "ensemble + RL": (on.dates, on.equity)},
         run.report_dir / "equity.png",
@@ -491,7 +439,8 @@ def _stage_gate(run: _Run) -> None:
             promote=cfg.promote,
             out_dir=run.state["version_dir"],  # the new (untracked) version's own folder
             quiet=cfg.quiet,
-        )
+        ),
+        runs=run.heldout,  # stage 6's pair; None on a run resumed at stage 7: run again
     )
     _say(cfg, check.table())
     if check.promoted:
@@ -608,23 +557,7 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
         run.save(n)
     result = _result(run)
     result.elapsed_s = time.perf_counter() - clock
-    (report_dir / "table.md").write_text(result.markdown() + "\n", encoding="utf-8")
-    (report_dir / "table.json").write_text(
-        json.dumps(
-            {
-                "rows": result.rows,
-                "train_period": [str(d) for d in result.train_period],
-                "test_period": [str(d) for d in result.test_period],
-                "run_ids": result.run_ids,
-                "model": run.state["onnx_path"],
-                "gate": result.gate,
-                "elapsed_s": result.elapsed_s,
-            },
-            indent=2,
-        )
-        + "\n",
-        encoding="utf-8",
-    )
+    write_tables(result, run.state["onnx_path"])
     _say(cfg, f"\nreport: {report_dir}/ (table.md, table.json, equity.png, confusion_matrix.png)")
     _say(cfg, f"model:  {result.model_dir}/ (policy_best.onnx, check.md, training_curves.png, ...)")
     _say(cfg, f"took {result.elapsed_s:.0f} s")

@@ -45,17 +45,17 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
-import math
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from otonom_runtime.config_rules import Validated, rule
 from otonom_runtime.synth import DEMO_SEED
 from otonom_schema import parse_iso_date as iso_date
 from otonom_trainer._errors import OtonomTrainerError
-from otonom_trainer.pipeline import DEMO_SYMBOLS, refuse_unknown_before_creating
+from otonom_trainer.config import DAY, POSITIVE_INT, START_BEFORE_END, SYMBOLS
+from otonom_trainer.pipeline import DEMO_SYMBOLS
 from otonom_trainer.ranges import (
     DEMO_END,
     DEMO_START,
@@ -63,6 +63,16 @@ from otonom_trainer.ranges import (
     WARMUP_DAYS,
     DataRanges,
 )
+from otonom_trainer.stages import add_demo_symbols, backtest_pair, refuse_unknown_before_creating
+from otonom_trainer.walkforward_report import (
+    WalkForwardResult,
+    WindowResult,
+    fmt_number,
+    plot_walk_forward,
+)
+
+if TYPE_CHECKING:
+    from otonom_runtime.strategy import StrategyConfig
 
 __all__ = [
     "WalkForwardConfig",
@@ -160,79 +170,44 @@ def plan_windows(
 # --- configuration -------------------------------------------------------------------------------
 
 
-def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise WalkForwardError(f"{name}: got {value!r}; expected an integer >= 1")
-
-
 @dataclass(frozen=True)
-class WalkForwardConfig:
-    """What to run; validated on construction (``WalkForwardError`` names the field, what was
-    given and what was expected). ``step_months`` None means ``test_months`` (adjacent test
-    periods). Symbols missing from the store are generated when their name starts with
-    ``DEMO-`` (over ``start .. end``, default 2018-01-01 .. 2023-12-31), else an error.
-    ``start``, ``end``, ``train_years``, ``test_months`` None: from the stored bars
-    (``otonom_trainer.ranges``)."""
+class WalkForwardConfig(Validated):
+    """What to run; validated once on construction (``otonom_runtime.config_rules``:
+    ``WalkForwardError`` names the field, what was given and what was expected). ``step_months``
+    None means ``test_months`` (adjacent test periods). Symbols missing from the store are
+    generated when their name starts with ``DEMO-`` (over ``start .. end``, default 2018-01-01
+    .. 2023-12-31), else an error. ``start``, ``end``, ``train_years``, ``test_months`` None:
+    from the stored bars (``otonom_trainer.ranges``)."""
 
-    strategy_path: str = "strategies/baseline_v1.yaml"
-    database_url: str | None = None
-    symbols: tuple[str, ...] = DEMO_SYMBOLS
-    start: dt.date | None = None
-    end: dt.date | None = None
-    train_years: int | None = None
-    test_months: int | None = None
-    step_months: int | None = None
-    epochs: int = 20
-    batch_size: int = 256
-    hidden_dim: int = 128
-    seed: int = DEMO_SEED
-    out_dir: str = "reports/walk-forward"
+    strategy_path: str = field(
+        default="strategies/baseline_v1.yaml",
+        metadata=rule(nonempty=True, described="a strategy YAML path"),
+    )
+    database_url: str | None = field(
+        default=None, metadata=rule(nonempty=True, described="a SQLAlchemy URL or None")
+    )
+    symbols: tuple[str, ...] = field(default=DEMO_SYMBOLS, metadata=SYMBOLS)
+    start: dt.date | None = field(default=None, metadata=DAY)
+    end: dt.date | None = field(default=None, metadata=DAY)
+    train_years: int | None = field(default=None, metadata=POSITIVE_INT)
+    test_months: int | None = field(default=None, metadata=POSITIVE_INT)
+    step_months: int | None = field(default=None, metadata=POSITIVE_INT)
+    epochs: int = field(default=20, metadata=POSITIVE_INT)
+    batch_size: int = field(default=256, metadata=POSITIVE_INT)
+    hidden_dim: int = field(default=128, metadata=POSITIVE_INT)
+    seed: int = field(default=DEMO_SEED, metadata=rule(ge=0, described="an integer >= 0"))
+    out_dir: str = field(
+        default="reports/walk-forward", metadata=rule(nonempty=True, described="a folder path")
+    )
     quiet: bool = False
 
+    _error_class = WalkForwardError
+    __cross_checks__ = (START_BEFORE_END,)
+
     def __post_init__(self) -> None:
-        if not isinstance(self.strategy_path, str) or not self.strategy_path.strip():
-            raise WalkForwardError(
-                f"strategy_path: got {self.strategy_path!r}; expected a strategy YAML path"
-            )
-        if self.database_url is not None and (
-            not isinstance(self.database_url, str) or not self.database_url.strip()
-        ):
-            raise WalkForwardError(
-                f"database_url: got {self.database_url!r}; expected a SQLAlchemy URL or None"
-            )
-        symbols = (self.symbols,) if isinstance(self.symbols, str) else tuple(self.symbols)
-        if not symbols:
-            raise WalkForwardError("symbols: got none; expected at least one symbol")
-        bad = [s for s in symbols if not isinstance(s, str) or not s.strip()]
-        if bad:
-            raise WalkForwardError(f"symbols: got {bad!r}; expected non-empty names")
-        dupes = sorted({s for s in symbols if symbols.count(s) > 1})
-        if dupes:
-            raise WalkForwardError(f"symbols: {dupes} given twice; expected each symbol once")
-        object.__setattr__(self, "symbols", symbols)
-        for name in ("start", "end"):
-            value = getattr(self, name)
-            if value is not None and (
-                not isinstance(value, dt.date) or isinstance(value, dt.datetime)
-            ):
-                raise WalkForwardError(f"{name}: got {value!r}; expected a datetime.date")
-        if self.start is not None and self.end is not None and self.start >= self.end:
-            raise WalkForwardError(
-                f"start {self.start} is not before end {self.end}; expected start < end"
-            )
-        for name in ("train_years", "test_months"):
-            if getattr(self, name) is not None:
-                _positive_int(name, getattr(self, name))
-        for name in ("epochs", "batch_size", "hidden_dim"):
-            _positive_int(name, getattr(self, name))
+        super().__post_init__()
         if self.step_months is None:
             object.__setattr__(self, "step_months", self.test_months)
-        else:
-            _positive_int("step_months", self.step_months)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise WalkForwardError(f"seed: got {self.seed!r}; expected an integer >= 0")
-        if not isinstance(self.out_dir, str) or not self.out_dir.strip():
-            raise WalkForwardError(f"out_dir: got {self.out_dir!r}; expected a folder path")
 
     @property
     def first_decision(self) -> dt.date:
@@ -265,184 +240,6 @@ class WalkForwardConfig:
         return out
 
 
-# --- results -------------------------------------------------------------------------------------
-
-
-@dataclass
-class WindowResult:
-    """One window's out-of-sample figures (Sharpe is None where it is undefined)."""
-
-    window: Window
-    train_rows: int
-    test_rows: int
-    accuracy: float
-    macro_f1: float
-    sharpe_no_rl: float | None
-    sharpe_rl: float | None
-    return_no_rl: float
-    return_rl: float
-    rl_fallbacks: int
-    model: str
-    run_ids: dict[str, int]
-    elapsed_s: float
-
-    @property
-    def sharpe_delta(self) -> float | None:
-        if self.sharpe_no_rl is None or self.sharpe_rl is None:
-            return None
-        return self.sharpe_rl - self.sharpe_no_rl
-
-    def to_dict(self) -> dict[str, Any]:
-        w = self.window
-        return {
-            "window": w.index,
-            "train_start": str(w.train_start),
-            "train_end": str(w.train_end),
-            "test_start": str(w.test_start),
-            "test_end": str(w.test_end),
-            "train_rows": self.train_rows,
-            "test_rows": self.test_rows,
-            "accuracy": self.accuracy,
-            "macro_f1": self.macro_f1,
-            "sharpe_no_rl": self.sharpe_no_rl,
-            "sharpe_rl": self.sharpe_rl,
-            "sharpe_delta": self.sharpe_delta,
-            "return_no_rl": self.return_no_rl,
-            "return_rl": self.return_rl,
-            "rl_fallbacks": self.rl_fallbacks,
-            "model": self.model,
-            "run_ids": self.run_ids,
-            "elapsed_s": self.elapsed_s,
-        }
-
-
-def _mean(values: Sequence[float | None]) -> float | None:
-    kept = [v for v in values if v is not None and math.isfinite(v)]
-    return sum(kept) / len(kept) if kept else None
-
-
-@dataclass
-class WalkForwardResult:
-    """Every window's result, the aggregate, and where the report went."""
-
-    config: WalkForwardConfig
-    windows: list[WindowResult]
-    out_dir: Path
-    teacher_run_id: int
-    elapsed_s: float = 0.0
-
-    def aggregate(self) -> dict[str, Any]:
-        """Means over the windows (a Sharpe mean skips windows where it is undefined), the
-        test rows and RL fallbacks summed, and in how many windows the RL Sharpe >= the no-RL
-        one (``compared``: windows where both are defined)."""
-        ws = self.windows
-        compared = [w for w in ws if w.sharpe_delta is not None]
-        return {
-            "windows": len(ws),
-            "mean_train_rows": _mean([float(w.train_rows) for w in ws]),
-            "test_rows": sum(w.test_rows for w in ws),
-            "mean_accuracy": _mean([w.accuracy for w in ws]),
-            "mean_macro_f1": _mean([w.macro_f1 for w in ws]),
-            "mean_sharpe_no_rl": _mean([w.sharpe_no_rl for w in ws]),
-            "mean_sharpe_rl": _mean([w.sharpe_rl for w in ws]),
-            "mean_sharpe_delta": _mean([w.sharpe_delta for w in ws]),
-            "mean_return_no_rl": _mean([w.return_no_rl for w in ws]),
-            "mean_return_rl": _mean([w.return_rl for w in ws]),
-            "rl_fallbacks": sum(w.rl_fallbacks for w in ws),
-            "rl_at_least_no_rl": sum(1 for w in compared if (w.sharpe_delta or 0.0) >= 0.0),
-            "compared": len(compared),
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "config": self.config.to_dict(),
-            "windows": [w.to_dict() for w in self.windows],
-            "aggregate": self.aggregate(),
-            "teacher_run_id": self.teacher_run_id,
-            "elapsed_s": self.elapsed_s,
-        }
-
-    def markdown(self) -> str:
-        head = [
-            "window",
-            "train",
-            "test",
-            "rows train/test",
-            "accuracy",
-            "macro F1",
-            "Sharpe no RL",
-            "Sharpe RL",
-            "delta",
-            "return no RL",
-            "return RL",
-            "RL fallbacks",
-        ]
-        lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-        for r in self.windows:
-            w = r.window
-            lines.append(
-                _row(
-                    w.label,
-                    f"{w.train_start} .. {w.train_end}",
-                    f"{w.test_start} .. {w.test_end}",
-                    f"{r.train_rows}/{r.test_rows}",
-                    _num(r.accuracy),
-                    _num(r.macro_f1),
-                    _num(r.sharpe_no_rl, signed=True),
-                    _num(r.sharpe_rl, signed=True),
-                    _num(r.sharpe_delta, signed=True),
-                    _pct(r.return_no_rl),
-                    _pct(r.return_rl),
-                    str(r.rl_fallbacks),
-                )
-            )
-        a = self.aggregate()
-        first, last = self.windows[0].window, self.windows[-1].window
-        lines.append(
-            _row(
-                f"**mean of {a['windows']}**",
-                f"{first.train_start} .. {last.train_end}",
-                f"{first.test_start} .. {last.test_end}",
-                f"{a['mean_train_rows']:.0f}/{a['test_rows']}",
-                _num(a["mean_accuracy"]),
-                _num(a["mean_macro_f1"]),
-                _num(a["mean_sharpe_no_rl"], signed=True),
-                _num(a["mean_sharpe_rl"], signed=True),
-                _num(a["mean_sharpe_delta"], signed=True),
-                _pct(a["mean_return_no_rl"]),
-                _pct(a["mean_return_rl"]),
-                str(a["rl_fallbacks"]),
-            )
-        )
-        lines.append("")
-        lines.append(
-            f"RL Sharpe >= no-RL Sharpe in {a['rl_at_least_no_rl']} of {a['compared']} windows"
-            + (
-                f" ({a['windows'] - a['compared']} without a defined Sharpe)"
-                if a["compared"] < a["windows"]
-                else ""
-            )
-            + ". Accuracy and macro F1: the window's model on its test period's decisions; "
-            "Sharpe and return: the test period backtested; mean row: mean train rows / all "
-            "test rows."
-        )
-        return "\n".join(lines)
-
-
-def _row(*cells: str) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
-def _num(value: float | None, *, signed: bool = False) -> str:
-    if value is None:
-        return "-"
-    return f"{value:+.3f}" if signed else f"{value:.3f}"
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:+.2%}"
-
-
 # --- the run -------------------------------------------------------------------------------------
 
 
@@ -458,28 +255,25 @@ def _prepare_store(
     decision days given, then the ranges and windows from the bars (``ranges``, in the same
     transaction: what fails here leaves no bars behind)."""
     from otonom_runtime.store import get_session, init_db, list_symbols
-    from otonom_runtime.synth import write_synthetic
     from otonom_trainer.ranges import data_ranges, fit_windows
 
     refuse_unknown_before_creating(url, cfg.symbols, set(), WalkForwardError)
     init_db(url)
     with get_session(url) as session:
-        present = {info.name: info for info in list_symbols(session)}
-        missing = [s for s in cfg.symbols if s not in present]
-        unknown = [s for s in missing if not s.startswith("DEMO-")]
-        if unknown:
-            raise WalkForwardError(
+        made = add_demo_symbols(
+            session,
+            cfg.symbols,
+            (cfg.start or DEMO_START, cfg.end or DEMO_END, cfg.seed),
+            lambda unknown: WalkForwardError(
                 f"symbols {unknown} are not in the store {url}; expected symbols already "
                 "imported (otonom data import-csv FILE --symbol NAME) or DEMO-* names for the "
                 "synthetic market"
-            )
-        if missing:
-            start, end = cfg.start or DEMO_START, cfg.end or DEMO_END
-            report = write_synthetic(session, missing, start, end, cfg.seed)
-            _say(cfg, "  " + report.summary().replace("\n", "\n  "))
-            present = {info.name: info for info in list_symbols(session)}
+            ),
+        )
+        if made is not None:
+            _say(cfg, "  " + made.summary().replace("\n", "\n  "))
         if cfg.start is not None and cfg.end is not None:
-            _check_coverage(cfg, present)
+            _check_coverage(cfg, {info.name: info for info in list_symbols(session)})
         ranges = data_ranges(
             session,
             cfg.symbols,
@@ -527,13 +321,8 @@ def run_walk_forward(cfg: WalkForwardConfig) -> WalkForwardResult:
     lacks (before any work), and what the stages raise otherwise (each names its input).
     """
     from otonom_runtime.backtest import run_backtest
-    from otonom_runtime.policy import load_rl_policy
     from otonom_runtime.store import default_database_url, get_session
     from otonom_runtime.strategy import load_strategy
-    from otonom_trainer.config import TrainingConfig
-    from otonom_trainer.dataset import OfflineDatasetGenerator, save_dataset
-    from otonom_trainer.evaluate import evaluate
-    from otonom_trainer.train import BehaviorCloningTrainer
 
     clock = time.perf_counter()
     if cfg.start is not None and cfg.end is not None:
@@ -541,123 +330,23 @@ def run_walk_forward(cfg: WalkForwardConfig) -> WalkForwardResult:
     url = cfg.database_url or default_database_url()
     strategy = load_strategy(cfg.strategy_path).with_rl(False)
     out_dir = Path(cfg.out_dir)
-    symbols = list(cfg.symbols)
 
     _say(cfg, f"data: {url}")
-    ppy = strategy.calendar.periods_per_year
-    ranges, windows, train_years, test_months = _prepare_store(cfg, url, ppy)
-    sized = (cfg.train_years, cfg.test_months) != (train_years, test_months)
-    cfg = dataclasses.replace(
-        cfg,
-        start=ranges.data_start,
-        end=ranges.end,
-        train_years=train_years,
-        test_months=test_months,
-        step_months=cfg.step_months or test_months,
-    )
-    unused = (windows[0].train_start - ranges.first_decision).days
-    _say(
-        cfg,
-        f"walk-forward: {len(windows)} window(s) of {cfg.train_years} year(s) train + "
-        f"{cfg.test_months} month(s) test, step {cfg.step_months} month(s), on "
-        f"{', '.join(symbols)}; first decision {ranges.first_decision}"
-        + (f" ({unused} day(s) before the first window unused)" if unused else ""),
-    )
-    _say(cfg, "  " + ranges.warmup_line())
-    _say(
-        cfg,
-        f"  windows:  {windows[0].train_start} .. {windows[-1].test_end}"
-        + (" (sizes not given: the largest giving 2 windows, else 1, of " if sized else "")
-        + (", ".join(f"{ty} y + {tm} m" for ty, tm in WALK_FORWARD_SIZES) + ")" if sized else ""),
-    )
-    _say(cfg, "  " + ranges.calendar_line())
+    cfg, windows = _plan(cfg, url, strategy.calendar.periods_per_year)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     span = (windows[0].train_start, windows[-1].test_end)
     _say(cfg, f"teacher: baseline backtest without RL, {span[0]} .. {span[1]}")
     with get_session(url) as session:
         teacher = run_backtest(
-            session, strategy, symbols, span[0], span[1], use_rl=False, purpose="walk-forward"
-        )
+            session, strategy, list(cfg.symbols), span[0], span[1], use_rl=False,
+            purpose="walk-forward",
+        )  # fmt: skip
     _say(cfg, f"  run {teacher.run_id}: {teacher.bar_decisions} decisions")
 
-    results: list[WindowResult] = []
-    total = len(windows)
-    for w in windows:
-        started = time.perf_counter()
-        tag = _window_line(w, total)
-        _say(
-            cfg,
-            f"{tag} train {w.train_start} .. {w.train_end}, test {w.test_start} .. "
-            f"{w.test_end}: training",
-        )
-        wdir = out_dir / f"window_{w.index:02d}"
-        wdir.mkdir(parents=True, exist_ok=True)
-        log_path = wdir / "train.log"
-        with (
-            log_path.open("w", encoding="utf-8") as log,
-            contextlib.redirect_stdout(log),
-        ):
-            with get_session(url) as session:
-                gen = OfflineDatasetGenerator(session)
-                train_ds = gen.generate_dataset(
-                    symbols, w.train_start, w.train_end, run_id=teacher.run_id
-                )
-                test_ds = gen.generate_dataset(
-                    symbols, w.test_start, w.test_end, run_id=teacher.run_id
-                )
-            train_path = save_dataset(train_ds, wdir / "train.npz")
-            test_path = save_dataset(test_ds, wdir / "test.npz")
-            tcfg = TrainingConfig(
-                dataset_path=str(train_path),
-                output_dir=str(wdir / "model"),
-                max_epochs=cfg.epochs,
-                batch_size=cfg.batch_size,
-                hidden_dim=cfg.hidden_dim,
-                seed=cfg.seed,
-                split="time",
-                device="auto",
-                progress=False,
-            )
-            trainer = BehaviorCloningTrainer(tcfg)
-            trainer.train()
-            onnx_path = trainer.onnx_path
-            assert onnx_path is not None  # train() exports
-            report = evaluate(onnx_path, test_path)
-            print(report.format())
-        policy = load_rl_policy(onnx_path)
-        with get_session(url) as session:
-            off = run_backtest(
-                session, strategy, symbols, w.test_start, w.test_end, use_rl=False,
-                purpose="evaluation",
-            )  # fmt: skip
-            on = run_backtest(
-                session, strategy, symbols, w.test_start, w.test_end, use_rl=True, policy=policy,
-                purpose="evaluation",
-            )  # fmt: skip
-        result = WindowResult(
-            window=w,
-            train_rows=len(train_ds),
-            test_rows=len(test_ds),
-            accuracy=report.accuracy,
-            macro_f1=report.macro_avg.f1,
-            sharpe_no_rl=off.metrics.sharpe,
-            sharpe_rl=on.metrics.sharpe,
-            return_no_rl=off.metrics.total_return,
-            return_rl=on.metrics.total_return,
-            rl_fallbacks=on.fallbacks,
-            model=str(onnx_path),
-            run_ids={"no_rl": off.run_id, "rl": on.run_id},
-            elapsed_s=time.perf_counter() - started,
-        )
-        results.append(result)
-        _say(
-            cfg,
-            f"{tag} done in {result.elapsed_s:.1f} s: {result.train_rows}/{result.test_rows} "
-            f"rows, accuracy {result.accuracy:.3f}, Sharpe {_num(result.sharpe_no_rl)} no RL "
-            f"-> {_num(result.sharpe_rl)} RL, fallbacks {result.rl_fallbacks}",
-        )
-
+    results = [
+        _run_window(cfg, url, strategy, teacher.run_id, w, len(windows), out_dir) for w in windows
+    ]
     out = WalkForwardResult(
         config=cfg, windows=results, out_dir=out_dir, teacher_run_id=teacher.run_id
     )
@@ -677,57 +366,132 @@ def run_walk_forward(cfg: WalkForwardConfig) -> WalkForwardResult:
     return out
 
 
-# --- the plot ------------------------------------------------------------------------------------
+def _plan(
+    cfg: WalkForwardConfig, url: str, ppy: int | str
+) -> tuple[WalkForwardConfig, list[Window]]:
+    """The store ready (``_prepare_store``), the windows, and ``cfg`` with every date and size
+    filled in; prints the plan."""
+    ranges, windows, train_years, test_months = _prepare_store(cfg, url, ppy)
+    sized = (cfg.train_years, cfg.test_months) != (train_years, test_months)
+    cfg = dataclasses.replace(
+        cfg,
+        start=ranges.data_start,
+        end=ranges.end,
+        train_years=train_years,
+        test_months=test_months,
+        step_months=cfg.step_months or test_months,
+    )
+    unused = (windows[0].train_start - ranges.first_decision).days
+    _say(
+        cfg,
+        f"walk-forward: {len(windows)} window(s) of {cfg.train_years} year(s) train + "
+        f"{cfg.test_months} month(s) test, step {cfg.step_months} month(s), on "
+        f"{', '.join(cfg.symbols)}; first decision {ranges.first_decision}"
+        + (f" ({unused} day(s) before the first window unused)" if unused else ""),
+    )
+    _say(cfg, "  " + ranges.warmup_line())
+    _say(
+        cfg,
+        f"  windows:  {windows[0].train_start} .. {windows[-1].test_end}"
+        + (" (sizes not given: the largest giving 2 windows, else 1, of " if sized else "")
+        + (", ".join(f"{ty} y + {tm} m" for ty, tm in WALK_FORWARD_SIZES) + ")" if sized else ""),
+    )
+    _say(cfg, "  " + ranges.calendar_line())
+    return cfg, windows
 
 
-def plot_walk_forward(result: WalkForwardResult, path: str | Path) -> Path:
-    """Accuracy (and macro F1) per window on top, Sharpe without and with RL per window below,
-    each with its mean as a dashed line; returns the path."""
-    from otonom_runtime.plots import pyplot
+def _run_window(
+    cfg: WalkForwardConfig,
+    url: str,
+    strategy: StrategyConfig,
+    teacher_run_id: int,
+    w: Window,
+    total: int,
+    out_dir: Path,
+) -> WindowResult:
+    """One window: its datasets from the teacher's run, a model trained and evaluated (the
+    trainer's output goes to ``window_KK/train.log``), its test period backtested without and
+    with the model (``otonom_trainer.stages.backtest_pair``)."""
+    from otonom_runtime.policy import load_rl_policy
+    from otonom_runtime.store import get_session
 
-    plt = pyplot()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    ws = result.windows
-    x = list(range(len(ws)))
-    labels = [
-        f"{r.window.label}\n{r.window.test_start:%Y-%m}..{r.window.test_end:%Y-%m}" for r in ws
-    ]
-    agg = result.aggregate()
-    nan = float("nan")
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(7.0, 1.3 * len(ws) + 3), 7), sharex=True)
-    try:
-        width = 0.38
-        top.bar([i - width / 2 for i in x], [r.accuracy for r in ws], width, label="accuracy")
-        top.bar([i + width / 2 for i in x], [r.macro_f1 for r in ws], width, label="macro F1")
-        if agg["mean_accuracy"] is not None:
-            top.axhline(agg["mean_accuracy"], color="C0", linestyle="--", linewidth=1)
-        top.set_ylim(0.0, 1.15)  # room for the legend above the bars
-        top.set_ylabel("out-of-sample")
-        top.set_title(
-            f"walk-forward: {result.config.train_years} y train, "
-            f"{result.config.test_months} m test ({', '.join(result.config.symbols)})"
-        )
-        top.grid(axis="y", alpha=0.3)
-        top.legend(loc="upper center", ncol=2)
-        no_rl = [nan if r.sharpe_no_rl is None else r.sharpe_no_rl for r in ws]
-        rl = [nan if r.sharpe_rl is None else r.sharpe_rl for r in ws]
-        bottom.bar([i - width / 2 for i in x], no_rl, width, label="no RL", color="C2")
-        bottom.bar([i + width / 2 for i in x], rl, width, label="with RL", color="C3")
-        for key, color in (("mean_sharpe_no_rl", "C2"), ("mean_sharpe_rl", "C3")):
-            if agg[key] is not None:
-                bottom.axhline(agg[key], color=color, linestyle="--", linewidth=1)
-        bottom.axhline(0.0, color="black", linewidth=0.6)
-        bottom.set_ylabel("Sharpe (test period)")
-        bottom.grid(axis="y", alpha=0.3)
-        bottom.legend(loc="best")
-        bottom.set_xticks(x)
-        bottom.set_xticklabels(labels, fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out, dpi=110)
-    finally:
-        plt.close(fig)
-    return out
+    started = time.perf_counter()
+    tag = _window_line(w, total)
+    _say(
+        cfg,
+        f"{tag} train {w.train_start} .. {w.train_end}, test {w.test_start} .. "
+        f"{w.test_end}: training",
+    )
+    wdir = out_dir / f"window_{w.index:02d}"
+    wdir.mkdir(parents=True, exist_ok=True)
+    with (wdir / "train.log").open("w", encoding="utf-8") as log, contextlib.redirect_stdout(log):
+        rows, onnx_path, report = _train_window(cfg, url, teacher_run_id, w, wdir)
+    policy = load_rl_policy(onnx_path)
+    with get_session(url) as session:
+        pair = backtest_pair(
+            session, strategy, list(cfg.symbols), w.test_start, w.test_end, policy,
+            purpose="evaluation",
+        )  # fmt: skip
+    off, on = pair.off, pair.on
+    result = WindowResult(
+        window=w,
+        train_rows=rows[0],
+        test_rows=rows[1],
+        accuracy=report.accuracy,
+        macro_f1=report.macro_avg.f1,
+        sharpe_no_rl=off.metrics.sharpe,
+        sharpe_rl=on.metrics.sharpe,
+        return_no_rl=off.metrics.total_return,
+        return_rl=on.metrics.total_return,
+        rl_fallbacks=on.fallbacks,
+        model=str(onnx_path),
+        run_ids={"no_rl": off.run_id, "rl": on.run_id},
+        elapsed_s=time.perf_counter() - started,
+    )
+    _say(
+        cfg,
+        f"{tag} done in {result.elapsed_s:.1f} s: {result.train_rows}/{result.test_rows} "
+        f"rows, accuracy {result.accuracy:.3f}, Sharpe {fmt_number(result.sharpe_no_rl)} no RL "
+        f"-> {fmt_number(result.sharpe_rl)} RL, fallbacks {result.rl_fallbacks}",
+    )
+    return result
+
+
+def _train_window(
+    cfg: WalkForwardConfig, url: str, teacher_run_id: int, w: Window, wdir: Path
+) -> tuple[tuple[int, int], Path, Any]:
+    """``((train rows, test rows), the ONNX model, its evaluation on the test dataset)``."""
+    from otonom_runtime.store import get_session
+    from otonom_trainer.config import TrainingConfig
+    from otonom_trainer.dataset import OfflineDatasetGenerator, save_dataset
+    from otonom_trainer.evaluate import evaluate
+    from otonom_trainer.train import BehaviorCloningTrainer
+
+    symbols = list(cfg.symbols)
+    with get_session(url) as session:
+        gen = OfflineDatasetGenerator(session)
+        train_ds = gen.generate_dataset(symbols, w.train_start, w.train_end, run_id=teacher_run_id)
+        test_ds = gen.generate_dataset(symbols, w.test_start, w.test_end, run_id=teacher_run_id)
+    train_path = save_dataset(train_ds, wdir / "train.npz")
+    test_path = save_dataset(test_ds, wdir / "test.npz")
+    tcfg = TrainingConfig(
+        dataset_path=str(train_path),
+        output_dir=str(wdir / "model"),
+        max_epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        hidden_dim=cfg.hidden_dim,
+        seed=cfg.seed,
+        split="time",
+        device="auto",
+        progress=False,
+    )
+    trainer = BehaviorCloningTrainer(tcfg)
+    trainer.train()
+    onnx_path = trainer.onnx_path
+    assert onnx_path is not None  # train() exports
+    report = evaluate(onnx_path, test_path)
+    print(report.format())
+    return (len(train_ds), len(test_ds)), onnx_path, report
 
 
 # --- command line --------------------------------------------------------------------------------

@@ -1,0 +1,115 @@
+"""Stages the pipeline, the walk-forward validation and the production gate share.
+
+The data stage: ``refuse_unknown_before_creating`` (before a SQLite store is created) and
+``add_demo_symbols`` (missing ``DEMO-*`` symbols generated, other missing ones refused).
+
+``backtest_pair`` is the one "backtest with and without the RL analyst" of the trainer: the
+pipeline's held-out period (stage 6), each walk-forward window's test period and the gate's
+out-of-sample period all run it, and the gate accepts the pair it is given (the pipeline passes
+its held-out pair, so the same two backtests are not run twice).
+
+Importing this module imports neither torch nor the runtime's store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from otonom_runtime.backtest import BacktestReport
+    from otonom_runtime.policy import RlPolicy
+    from otonom_runtime.strategy import StrategyConfig
+    from otonom_runtime.synth import SynthReport
+
+__all__ = ["RlPair", "add_demo_symbols", "backtest_pair", "refuse_unknown_before_creating"]
+
+
+@dataclass(frozen=True)
+class RlPair:
+    """One period backtested without (``off``) and with (``on``) the RL analyst."""
+
+    off: BacktestReport
+    on: BacktestReport
+
+    def covers(self, symbols: Sequence[str], start: dt.date, end: dt.date) -> bool:
+        """Whether both runs are of ``symbols`` (in that order) over ``start .. end``."""
+        return all(
+            list(r.symbols) == list(symbols) and (r.start, r.end) == (start, end)
+            for r in (self.off, self.on)
+        )
+
+
+def backtest_pair(
+    session: Any,
+    strategy: StrategyConfig,
+    symbols: Sequence[str],
+    start: dt.date,
+    end: dt.date,
+    policy: RlPolicy,
+    *,
+    purpose: str,
+    say: Callable[[str], None] | None = None,
+) -> RlPair:
+    """``strategy`` on ``symbols`` over ``start .. end``, first with the RL analyst switched off,
+    then with ``policy`` as the RL analyst; both runs stored with ``purpose`` (an internal one:
+    ``evaluation``, ``gate``). ``say`` (when given) hears a line before each run."""
+    from otonom_runtime.backtest import run_backtest
+
+    if say is not None:
+        say("  backtest without RL ...")
+    off = run_backtest(session, strategy, symbols, start, end, use_rl=False, purpose=purpose)
+    if say is not None:
+        say("  backtest with RL ...")
+    on = run_backtest(
+        session, strategy, symbols, start, end, use_rl=True, policy=policy, purpose=purpose
+    )
+    return RlPair(off, on)
+
+
+def refuse_unknown_before_creating(
+    url: str, symbols: Sequence[str], importing: set[str], error: type[Exception]
+) -> None:
+    """Raise ``error`` when the store is a SQLite file that does not exist yet and a symbol is
+    neither a DEMO-* name (generated) nor imported by this call: checked before the store is
+    created, so the failed command leaves no empty store behind."""
+    from otonom_runtime import StoreError
+    from otonom_runtime.cli import require_store
+
+    try:
+        require_store(url)
+    except StoreError:
+        unknown = [s for s in symbols if not s.startswith("DEMO-") and s not in importing]
+        if unknown:
+            raise error(
+                f"symbols {unknown} are not in the store (there is no store at {url} yet); "
+                "import them with --import-csv FILE --symbol NAME (or `otonom data import-csv "
+                "FILE --symbol NAME`), or use DEMO-* names for the synthetic market"
+            ) from None
+
+
+def add_demo_symbols(
+    session: Any,
+    symbols: Sequence[str],
+    demo: tuple[dt.date, dt.date, int],
+    refuse: Callable[[list[str]], Exception],
+    importing: Collection[str] = (),
+) -> SynthReport | None:
+    """Generate the ``DEMO-*`` symbols the store lacks (synthetic, over ``demo`` = (start, end,
+    seed)) and return the generator's report, or None when none was missing; a missing symbol
+    that is not a ``DEMO-*`` name (nor being imported) raises ``refuse(those symbols)``."""
+    from otonom_runtime.store import list_symbols
+    from otonom_runtime.synth import write_synthetic
+
+    present = {info.name for info in list_symbols(session)}
+    missing = [s for s in symbols if s not in present]
+    unknown = [s for s in missing if not s.startswith("DEMO-") and s not in importing]
+    if unknown:
+        raise refuse(unknown)
+    generate = [s for s in missing if s.startswith("DEMO-")]
+    if not generate:
+        return None
+    start, end, seed = demo
+    return write_synthetic(session, generate, start, end, seed)
