@@ -1,15 +1,14 @@
 """Room sizes: no module over 600 lines and no function over 80 in packages/*/src, unless its
-docstring says why (contains ``Long because``) or it is one of today's offenders in
-``ALLOWED``, each at most its length when the list was made.
+docstring says why (contains ``Long because``) or it is listed in ``ALLOWED`` (empty since
+the splits of issue 13), at most at its length when it was listed.
 
 A function's length is its lines from ``def`` to its last line, its docstring left out (a
 long docstring is documentation, not a long function); nested functions and methods count on
 their own (``Class.method``, ``outer.inner``). A module's length is all its lines.
 
-``ALLOWED`` may only shrink: an entry that grew fails. An entry no longer needed (the module
-or function was split, shrunk under the limit or removed) is reported as a warning, not a
-failure, while other branches that split these rooms are being merged: delete it then (and
-when a split leaves one over the limit, lower its number to the new length).
+``ALLOWED`` may only shrink: an entry that grew fails, and an entry no longer needed (the module
+or function was split, shrunk under the limit or removed) is reported as a warning, which the
+test configuration (``filterwarnings = error``) turns into a failure: delete it then.
 """
 
 from __future__ import annotations
@@ -23,32 +22,8 @@ MAX_MODULE_LINES = 600
 MAX_FUNCTION_LINES = 80
 MARKER = "Long because"
 
-# today's offenders (``path`` or ``path::qualified name`` -> the length allowed): only shrinks.
-# Made from this branch and from main as of 055f1ec (store/, backtest/ and training/ split).
-ALLOWED: dict[str, int] = {
-    "packages/runtime/src/otonom_runtime/backtest.py": 1046,
-    "packages/runtime/src/otonom_runtime/backtest.py::_simulate": 99,
-    "packages/runtime/src/otonom_runtime/backtest.py::run_backtest": 176,
-    "packages/runtime/src/otonom_runtime/cli.py": 942,
-    "packages/runtime/src/otonom_runtime/cli.py::_add_data_commands": 124,
-    "packages/runtime/src/otonom_runtime/importers.py": 657,
-    "packages/runtime/src/otonom_runtime/importers.py::import_sentiment_csv": 123,
-    "packages/runtime/src/otonom_runtime/store.py": 1562,
-    "packages/runtime/src/otonom_runtime/strategy.py": 1048,
-    "packages/runtime/src/otonom_runtime/synth.py::write_synthetic": 107,
-    "packages/runtime/src/otonom_runtime/testing/models.py::make_policy_model": 116,
-    "packages/schema/src/otonom_schema/_features.py": 676,
-    "packages/schema/src/otonom_schema/_features.py::_market_block": 109,
-    "packages/trainer/src/otonom_trainer/check.py::run_check": 126,
-    "packages/trainer/src/otonom_trainer/cli.py::_add_pipeline": 118,
-    "packages/trainer/src/otonom_trainer/dataset.py": 776,
-    "packages/trainer/src/otonom_trainer/pipeline.py": 637,
-    "packages/trainer/src/otonom_trainer/ranges.py::ranges_from_dates": 92,
-    "packages/trainer/src/otonom_trainer/train.py": 1389,
-    "packages/trainer/src/otonom_trainer/train.py::BehaviorCloningTrainer._fit": 149,
-    "packages/trainer/src/otonom_trainer/walkforward.py": 833,
-    "packages/trainer/src/otonom_trainer/walkforward.py::run_walk_forward": 150,
-}
+# allowed offenders (``path`` or ``path::qualified name`` -> the length allowed): only shrinks.
+ALLOWED: dict[str, int] = {}  # every room is within the limits (issue 13)
 
 
 def _docstring_lines(node: ast.AST) -> tuple[str, int]:

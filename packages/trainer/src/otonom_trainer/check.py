@@ -33,19 +33,18 @@ not degenerate        the model is not marked degenerate at training (``otonom_t
 
 Why tolerances: a Sharpe ratio measured over one or two years has a standard error of roughly
 ``sqrt(1 / years)`` (~0.7 for two years), so "RL must beat no-RL" would pass or fail on noise. A
-policy that imitates the ensemble well votes with it, and the check asks that it does not make
-the ensemble measurably worse. The thresholds are ``CheckConfig`` fields (and CLI flags).
+policy that imitates the ensemble well votes with it, and the check asks that it does not make the
+ensemble measurably worse. The thresholds are ``CheckConfig`` fields (and CLI flags).
 
 The backtests are real runs: they are recorded in the store like any other, marked internal
-(``params["purpose"] == "gate"``: ``otonom runs list`` shows them as ``gate*``), so that no
-dataset ever takes one as its teacher. ``run_check(cfg, runs=pair)`` accepts the period's
-without/with-RL pair already run (``otonom_trainer.stages.backtest_pair``; the pipeline passes
-its held-out pair, purpose ``evaluation``) and then runs only the fallback backtest.
+(``params["purpose"] == "gate"``: ``otonom runs list`` shows them as ``gate*``), so that no dataset
+ever takes one as its teacher. ``run_check(cfg, runs=pair)`` accepts the period's without/with-RL
+pair already run (``otonom_trainer.stages.backtest_pair``; the pipeline passes its held-out pair,
+purpose ``evaluation``) and then runs only the fallback backtest.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import logging
@@ -53,7 +52,7 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -126,7 +125,7 @@ class CheckItem:
     required: str
 
     def to_dict(self) -> dict[str, str]:
-        return dataclasses.asdict(self)
+        return asdict(self)
 
 
 @dataclass
@@ -574,19 +573,15 @@ def _fallback_run(
         sidecar = model_path.with_name(model_path.name + ".sha256")
         if sidecar.is_file():
             shutil.copyfile(sidecar, copy.with_name(copy.name + ".sha256"))
-        rl = dataclasses.replace(
+        rl = replace(
             strategy.ensemble.rl_policy, enabled=True, model_path=str(copy), model_file=copy
         )
-        with_rl = dataclasses.replace(
-            strategy, ensemble=dataclasses.replace(strategy.ensemble, rl_policy=rl)
-        )
+        with_rl = replace(strategy, ensemble=replace(strategy.ensemble, rl_policy=rl))
         copy.unlink()  # the model disappears between configuration and start-up
-        # the runtime's warnings about it are the expected outcome here, not news for the user:
-        # they are held back (the reason is in the table)
+        # the runtime's warnings about it are expected here: held back (the reason is in the table)
         runtime_log = logging.getLogger("otonom_runtime")
         held: list[logging.LogRecord] = []
-        handler = _Hold(held)
-        runtime_log.addHandler(handler)
+        runtime_log.addHandler(handler := _Hold(held))
         propagate, runtime_log.propagate = runtime_log.propagate, False
         try:
             broken = run_backtest(

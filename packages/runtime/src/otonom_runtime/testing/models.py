@@ -172,6 +172,19 @@ def default_metadata(weights: MlpWeights | None = None) -> dict[str, str]:
     }
 
 
+_CONTRACT_SIGNATURE: Final = (
+    "state",
+    STATE_DIM,
+    True,
+    ("action_probs", "strength"),
+    3,
+    "float32",
+    OPSET,
+)
+"""(input name, width, a symbolic batch dimension, output names, actions, dtype, opset): the
+model contract's signature; a model made with another is sealed with a placeholder sample."""
+
+
 def _mlp_graph(
     weights: MlpWeights,
     *,
@@ -296,29 +309,15 @@ def make_policy_model(
         opset_imports=[helper.make_opsetid("", opset)],
     )
     model.ir_version = _IR_VERSION
-    metadata = default_metadata(weights)
-    if not seal:
-        metadata[FORMAT_KEY] = "1"
     overrides = dict(metadata_overrides or {})
-    for key, value in overrides.items():
-        if value is None:
-            metadata.pop(key, None)
-        else:
-            metadata[key] = value
-    helper.set_model_props(model, metadata)
+    metadata = default_metadata(weights) | ({} if seal else {FORMAT_KEY: "1"}) | overrides
+    helper.set_model_props(model, {k: v for k, v in metadata.items() if v is not None})
     onnx.checker.check_model(model)
 
     data = model.SerializeToString()
     if seal:
-        contract = (
-            input_name == "state"
-            and input_dim == STATE_DIM
-            and isinstance(batch_dim, str)
-            and tuple(output_names) == ("action_probs", "strength")
-            and action_dim == 3
-            and elem_type == "float32"
-            and opset == OPSET
-        )
+        shape = (input_name, input_dim, isinstance(batch_dim, str), tuple(output_names))
+        contract = (*shape, action_dim, elem_type, opset) == _CONTRACT_SIGNATURE
         states = _default_golden_states() if seal_states is None else seal_states
         if contract:
             data = seal_model(data, states)
