@@ -75,6 +75,22 @@ def encode_varint(value: int) -> bytes:
             return bytes(out)
 
 
+def _skip(buf: bytes, i: int, end: int, wire: int) -> tuple[int, int]:
+    """``(payload start, index after the field)`` of a field of wire type 0 (varint), 1 (8
+    bytes), 2 (length-delimited: the payload starts after its length) or 5 (4 bytes) whose
+    value starts at ``i``; any other wire type is malformed here."""
+    if wire == 0:
+        return i, varint(buf, i, end)[1]
+    if wire == 1:
+        return i, i + 8
+    if wire == 5:
+        return i, i + 4
+    if wire == 2:
+        n, payload = varint(buf, i, end)
+        return payload, payload + n
+    raise Malformed(f"wire type {wire} at byte {i}")
+
+
 def fields(buf: bytes, start: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
     """``(field, wire, field_start, payload_start, field_end)`` for each field of one message
     in ``buf[start:end]`` (groups are refused: ONNX has none)."""
@@ -85,18 +101,7 @@ def fields(buf: bytes, start: int, end: int) -> Iterator[tuple[int, int, int, in
         field, wire = key >> 3, key & 7
         if field == 0:
             raise Malformed(f"field number 0 at byte {begin}")
-        payload = i
-        if wire == 0:
-            _, i = varint(buf, i, end)
-        elif wire == 1:
-            i += 8
-        elif wire == 5:
-            i += 4
-        elif wire == 2:
-            n, payload = varint(buf, i, end)
-            i = payload + n
-        else:
-            raise Malformed(f"wire type {wire} at byte {begin}")
+        payload, i = _skip(buf, i, end, wire)
         if i > end:
             raise Malformed(f"field {field} at byte {begin} runs past the end (byte {end})")
         yield field, wire, begin, payload, i
@@ -142,21 +147,12 @@ def _skip_group(buf: bytes, i: int, end: int, group: int, depth: int) -> int:
     while i < end:
         key, i = varint(buf, i, end)
         field, wire = key >> 3, key & 7
-        if wire == 0:
-            _, i = varint(buf, i, end)
-        elif wire == 1:
-            i += 8
-        elif wire == 5:
-            i += 4
-        elif wire == 2:
-            n, i = varint(buf, i, end)
-            i += n
-        elif wire == 3:
+        if wire == 3:
             i = _skip_group(buf, i, end, field, depth + 1)
         elif wire == 4 and field == group:
             return i
         else:
-            raise Malformed(f"wire type {wire} at byte {i}")
+            _, i = _skip(buf, i, end, wire)
     raise Malformed(f"a group without its end (field {group})")
 
 
@@ -172,10 +168,6 @@ def _has_external_data(buf: bytes, start: int, end: int, kind: int, depth: int) 
             value, i = varint(buf, i, end)
             if kind == _TENSOR and field == 14 and value == 1:
                 return True
-        elif wire == 1:
-            i += 8
-        elif wire == 5:
-            i += 4
         elif wire == 2:
             n, i = varint(buf, i, end)
             if i + n > end:
@@ -188,8 +180,8 @@ def _has_external_data(buf: bytes, start: int, end: int, kind: int, depth: int) 
             i += n
         elif wire == 3:  # a group (none in onnx.proto, but protobuf skips unknown ones)
             i = _skip_group(buf, i, end, field, depth + 1)
-        else:  # an end-group without its start; 6 and 7 do not exist
-            raise Malformed(f"wire type {wire} at byte {i}")
+        else:  # 1 and 5; an end-group without its start and 6, 7 (which do not exist) raise
+            _, i = _skip(buf, i, end, wire)
     if i != end:
         raise Malformed(f"a field runs past its message (byte {end})")
     return False
