@@ -41,9 +41,13 @@ The rooms (every SQL statement of the project lives in this package):
 * ``engine``: URLs, the engine cache, the SQLite pragmas and the after-fork hook.
 * ``migrations``: the resumable in-place upgrades of older store versions.
 * ``sessions``: ``init_db`` and ``get_session``.
-* ``runs``: run liveness (``ProcessIdentity``, ``RunHeartbeat``, ``fail_interrupted_runs``).
+* ``runs``: run liveness (``ProcessIdentity``, ``RunHeartbeat``, ``fail_interrupted_runs``) and
+  ``list_runs``.
 * ``raw``: plain SQL through the driver (``fetch_raw``) and the column conversions.
-* ``readers``: symbols, bars and sentiment as ``otonom_schema`` types.
+* ``readers``: symbols, bars and sentiment as ``otonom_schema`` types, and the stored rows the
+  importers and the synthetic market compare against (``stored_bars`` ...).
+* ``live``: the live state builder's per-tick probe (``probe_latest``), one prebuilt statement.
+* ``writers``: the importers' and the synthetic market's inserts, updates and deletes.
 * ``datasets``: the reads of offline dataset generation (``otonom_trainer.dataset``).
 """
 
@@ -56,9 +60,12 @@ from otonom_runtime.store.engine import (
     dispose_engines,
     get_engine,
 )
+from otonom_runtime.store.live import LatestRow, probe_latest
 from otonom_runtime.store.raw import fetch_raw
 from otonom_runtime.store.readers import (
+    StoredBar,
     SymbolInfo,
+    find_symbol,
     get_or_create_symbol,
     get_symbol,
     last_bar_date,
@@ -66,7 +73,13 @@ from otonom_runtime.store.readers import (
     load_history,
     load_macro,
     load_news,
+    macro_dates,
+    news_dates,
     sentiment_source,
+    stored_bars,
+    stored_macro_scores,
+    stored_news_scores,
+    symbol_ids,
 )
 from otonom_runtime.store.runs import (
     HEARTBEAT_INTERVAL_S,
@@ -74,6 +87,7 @@ from otonom_runtime.store.runs import (
     ProcessIdentity,
     RunHeartbeat,
     fail_interrupted_runs,
+    list_runs,
     this_process,
 )
 from otonom_runtime.store.sessions import get_session, init_db
@@ -92,6 +106,16 @@ from otonom_runtime.store.tables import (
     StoreMeta,
     Symbol,
 )
+from otonom_runtime.store.writers import (
+    delete_symbol_data,
+    insert_bars,
+    insert_macro,
+    insert_news,
+    insert_shared_macro,
+    update_bars,
+    update_macro,
+    update_news,
+)
 
 __all__ = [
     "DATABASE_URL_ENV",
@@ -108,28 +132,47 @@ __all__ = [
     "Base",
     "Decision",
     "InfAsNull",
+    "LatestRow",
     "MacroSentiment",
     "NewsSentiment",
     "ProcessIdentity",
     "RunHeartbeat",
     "StoreMeta",
+    "StoredBar",
     "Symbol",
     "SymbolInfo",
     "check_source_name",
     "default_database_url",
+    "delete_symbol_data",
     "dispose_engines",
     "fail_interrupted_runs",
     "fetch_raw",
+    "find_symbol",
     "get_engine",
     "get_or_create_symbol",
     "get_session",
     "get_symbol",
     "init_db",
+    "insert_bars",
+    "insert_macro",
+    "insert_news",
+    "insert_shared_macro",
     "last_bar_date",
+    "list_runs",
     "list_symbols",
     "load_history",
     "load_macro",
     "load_news",
+    "macro_dates",
+    "news_dates",
+    "probe_latest",
     "sentiment_source",
+    "stored_bars",
+    "stored_macro_scores",
+    "stored_news_scores",
+    "symbol_ids",
     "this_process",
+    "update_bars",
+    "update_macro",
+    "update_news",
 ]

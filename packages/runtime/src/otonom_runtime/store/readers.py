@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -25,7 +26,9 @@ from otonom_runtime.store.tables import Bar, MacroSentiment, NewsSentiment, Symb
 from otonom_schema import LOOKBACK, MarketHistory, SentimentSeries, compute_state
 
 __all__ = [
+    "StoredBar",
     "SymbolInfo",
+    "find_symbol",
     "get_or_create_symbol",
     "get_symbol",
     "last_bar_date",
@@ -33,7 +36,13 @@ __all__ = [
     "load_history",
     "load_macro",
     "load_news",
+    "macro_dates",
+    "news_dates",
     "sentiment_source",
+    "stored_bars",
+    "stored_macro_scores",
+    "stored_news_scores",
+    "symbol_ids",
 ]
 
 
@@ -364,3 +373,90 @@ def list_symbols(session: Session) -> list[SymbolInfo]:
             )
         )
     return out
+
+
+# --- the stored rows the importers and the synthetic market compare against ------------------
+
+
+class StoredBar(NamedTuple):
+    """One stored bar with its row ``id`` (``stored_bars``)."""
+
+    id: int
+    date: dt.date
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+
+
+def find_symbol(session: Session, name: str) -> Symbol | None:
+    """The ``Symbol`` row named ``name``, or None (``get_symbol`` raises instead)."""
+    return session.execute(select(Symbol).where(Symbol.name == name)).scalar_one_or_none()
+
+
+def symbol_ids(session: Session) -> dict[str, int]:
+    """Every symbol's row id by name."""
+    return dict(session.execute(select(Symbol.name, Symbol.id)).all())
+
+
+def stored_bars(session: Session, symbol_id: int) -> dict[dt.date, StoredBar]:
+    """The stored bars of the symbol ``symbol_id`` by date."""
+    rows = session.execute(
+        select(Bar.id, Bar.date, Bar.open, Bar.high, Bar.low, Bar.close, Bar.volume).where(
+            Bar.symbol_id == symbol_id
+        )
+    ).all()
+    return {r.date: StoredBar(*r) for r in rows}
+
+
+def stored_macro_scores(session: Session, source: str) -> dict[dt.date, tuple[int, float]]:
+    """The stored macro scores of ``source``: (row id, score) by date."""
+    rows = session.execute(
+        select(MacroSentiment.id, MacroSentiment.date, MacroSentiment.score).where(
+            MacroSentiment.source == source
+        )
+    ).all()
+    return {r.date: (r.id, r.score) for r in rows}
+
+
+def stored_news_scores(
+    session: Session, ids: Iterable[int], source: str
+) -> dict[tuple[int, dt.date], tuple[int, float]]:
+    """The stored news scores of ``source`` of the symbols ``ids``: (row id, score) by
+    (symbol id, date)."""
+    rows = session.execute(
+        select(
+            NewsSentiment.id, NewsSentiment.symbol_id, NewsSentiment.date, NewsSentiment.score
+        ).where(NewsSentiment.symbol_id.in_(set(ids)), NewsSentiment.source == source)
+    ).all()
+    return {(r.symbol_id, r.date): (r.id, r.score) for r in rows}
+
+
+def news_dates(
+    session: Session, symbol_id: int, source: str, start: dt.date, end: dt.date
+) -> set[dt.date]:
+    """The dates in ``start`` .. ``end`` with a news score of ``source`` for ``symbol_id``."""
+    return set(
+        session.execute(
+            select(NewsSentiment.date).where(
+                NewsSentiment.symbol_id == symbol_id,
+                NewsSentiment.source == source,
+                NewsSentiment.date >= start,
+                NewsSentiment.date <= end,
+            )
+        ).scalars()
+    )
+
+
+def macro_dates(session: Session, source: str, start: dt.date, end: dt.date) -> set[dt.date]:
+    """The dates in ``start`` .. ``end`` with a macro score of ``source``."""
+    return set(
+        session.execute(
+            select(MacroSentiment.date).where(
+                MacroSentiment.source == source,
+                MacroSentiment.date >= start,
+                MacroSentiment.date <= end,
+            )
+        ).scalars()
+    )

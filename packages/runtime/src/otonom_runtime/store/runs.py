@@ -14,6 +14,7 @@ from typing import Any, Final, NamedTuple
 
 from sqlalchemy import Dialect, Engine, func, select, update
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session
 
 from otonom_runtime._errors import StoreError
 from otonom_runtime.store.engine import _resolve, _safe, _sqlite_file
@@ -25,6 +26,7 @@ __all__ = [
     "ProcessIdentity",
     "RunHeartbeat",
     "fail_interrupted_runs",
+    "list_runs",
     "this_process",
 ]
 
@@ -308,3 +310,8 @@ class RunHeartbeat:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def list_runs(session: Session) -> list[BacktestRun]:
+    """Every stored backtest run, newest (highest id) first (``otonom runs list``)."""
+    return list(session.execute(select(BacktestRun).order_by(BacktestRun.id.desc())).scalars())
