@@ -22,17 +22,16 @@ from typing import Any, Final, NoReturn
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Date, bindparam, text
 from sqlalchemy.orm import Session
 
 from otonom_runtime._errors import StateBuildError
 from otonom_runtime.store import (
     check_source_name,
-    fetch_raw,
     get_symbol,
     load_history,
     load_macro,
     load_news,
+    probe_latest,
     sentiment_source,
 )
 from otonom_schema import (
@@ -59,38 +58,6 @@ DEFAULT_MAX_STALENESS_DAYS: Final = 7
 _NEWS: Final = feature_index("news_sentiment")
 _MACRO: Final = feature_index("macro_sentiment")
 _CACHE_SIZE: Final = 256
-
-# The per-tick probe as one plain-SQL statement (valid on SQLite and PostgreSQL). Plain text on
-# purpose: building the same query with select() costs about 1 ms of Python per call for
-# construction and cache-key generation; this costs a few microseconds plus the database.
-_PROBE: Final = text(
-    """
-        SELECT
-          (SELECT max(b.date) FROM bars b WHERE b.symbol_id = s.id AND b.date <= :day) AS last,
-          (SELECT min(b.date) FROM bars b WHERE b.symbol_id = s.id) AS first,
-          (SELECT n.date FROM news_sentiment n WHERE n.symbol_id = s.id
-             AND n.source = :news_source AND n.date <= :day
-             ORDER BY n.date DESC LIMIT 1) AS news_date,
-          (SELECT n.score FROM news_sentiment n WHERE n.symbol_id = s.id
-             AND n.source = :news_source AND n.date <= :day
-             ORDER BY n.date DESC LIMIT 1) AS news,
-          (SELECT m.date FROM macro_sentiment m WHERE m.source = :macro_source AND m.date <= :day
-             ORDER BY m.date DESC LIMIT 1) AS macro_date,
-          (SELECT m.score FROM macro_sentiment m WHERE m.source = :macro_source AND m.date <= :day
-             ORDER BY m.date DESC LIMIT 1) AS macro
-        FROM symbols s WHERE s.name = :symbol
-        """
-).bindparams(
-    bindparam("day", type_=Date),
-    bindparam("symbol"),
-    bindparam("news_source"),
-    bindparam("macro_source"),
-)
-
-
-def _date(value: Any) -> dt.date | None:
-    """A date column as ``datetime.date`` (SQLite hands back ISO text)."""
-    return None if value is None else to_date(value)
 
 
 def _as_date(value: DateLike, what: str = "date") -> dt.date:
@@ -172,24 +139,11 @@ class RlStateBuilder:
         return RlState.from_array(row)
 
     def _probe(self, symbol: str, day: dt.date) -> tuple[Any, ...] | None:
-        """One statement: newest bar <= day, first bar, latest news and macro scores <= day.
-
-        None when the symbol is not in the store. Runs on the session's own DBAPI connection
-        (``fetch_raw``): SQLAlchemy's execution layer costs ~110 us per call here against ~35 us
-        for the query itself, and this runs on every daemon tick.
-        """
+        """The store's per-tick read (``otonom_runtime.store.probe_latest``) for ``symbol``'s
+        sentiment sources: newest bar <= day, first bar, latest news and macro scores <= day;
+        None when the symbol is not in the store."""
         news_source, macro_source = self.sources(symbol)
-        values = {
-            "symbol": symbol,
-            "day": day,
-            "news_source": news_source,
-            "macro_source": macro_source,
-        }
-        rows = fetch_raw(self.session, _PROBE, values)
-        if not rows:
-            return None
-        last, first, news_day, news, macro_day, macro = rows[0]
-        return (_date(last), _date(first), _date(news_day), news, _date(macro_day), macro)
+        return probe_latest(self.session, symbol, day, news_source, macro_source)
 
     def sources(self, symbol: str) -> tuple[str, str]:
         """The (news, macro) sentiment sources ``symbol`` reads here (its kind is read once).

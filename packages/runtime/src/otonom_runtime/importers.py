@@ -57,7 +57,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from otonom_runtime._csvread import (
@@ -73,12 +72,18 @@ from otonom_runtime._csvread import (
 from otonom_runtime._errors import DataImportError
 from otonom_runtime.store import (
     USER_SOURCE,
-    Bar,
-    MacroSentiment,
-    NewsSentiment,
-    Symbol,
     check_source_name,
     get_or_create_symbol,
+    insert_bars,
+    insert_macro,
+    insert_news,
+    stored_bars,
+    stored_macro_scores,
+    stored_news_scores,
+    symbol_ids,
+    update_bars,
+    update_macro,
+    update_news,
 )
 
 __all__ = [
@@ -182,13 +187,24 @@ def _open_csv(
     return header, columns(path, header, wanted, optional, example), rows
 
 
-def _write(session: Session, table: Any, inserts: list[Any], updates: list[Any]) -> None:
-    """Insert and update rows of ``table`` in the caller's transaction."""
-    if inserts:
-        session.execute(insert(table), inserts)
-    if updates:
-        session.execute(update(table), updates)
+def _write(
+    session: Session,
+    kind: str,
+    inserts: list[dict[str, Any]],
+    updates: list[dict[str, Any]],
+) -> None:
+    """Insert and update rows of ``kind`` (bars, news or macro) in the caller's transaction."""
+    insert, update = _WRITERS[kind]
+    insert(session, inserts)
+    update(session, updates)
     session.flush()
+
+
+_WRITERS: Final = {
+    "bars": (insert_bars, update_bars),
+    "news": (insert_news, update_news),
+    "macro": (insert_macro, update_macro),
+}
 
 
 def _read_bars(
@@ -289,14 +305,7 @@ def import_ohlcv_csv(
         raise DataImportError(
             f"symbol {name!r} holds synthetic data; import {path.name} under another symbol"
         )
-    existing = {
-        r.date: r
-        for r in session.execute(
-            select(Bar.id, Bar.date, Bar.open, Bar.high, Bar.low, Bar.close, Bar.volume).where(
-                Bar.symbol_id == row.id
-            )
-        ).all()
-    }
+    existing = stored_bars(session, row.id)
     inserts: list[dict[str, Any]] = []
     updates: list[dict[str, Any]] = []
     changed: list[dt.date] = []
@@ -317,7 +326,7 @@ def import_ohlcv_csv(
             f"{path.name}: {differ} from the stored bars of {name!r} "
             f"({_changed_listing(changed)}); nothing was imported; add --replace to overwrite them"
         )
-    _write(session, Bar, inserts, updates)
+    _write(session, "bars", inserts, updates)
     days = sorted(bars)
     return ImportReport(
         path=path,
@@ -368,7 +377,7 @@ def import_sentiment_csv(
         {"symbol"},
         "date,score or date,symbol,score",
     )
-    known: dict[str, int] = dict(session.execute(select(Symbol.name, Symbol.id)).all())
+    known = symbol_ids(session)
     if wanted is not None and wanted not in known:
         raise DataImportError(
             f"{path.name}: symbol {wanted!r} is not in the store; import its bars first "
@@ -391,7 +400,7 @@ def import_sentiment_csv(
             unchanged += 1
         else:
             updates.append({"id": old[0], "score": score})
-    _write(session, MacroSentiment if macro else NewsSentiment, inserts, updates)
+    _write(session, "macro" if macro else "news", inserts, updates)
     days = sorted(day for _, day in scores)
     return ImportReport(
         path=path,
@@ -468,17 +477,7 @@ def _stored_scores(
     """The stored (row id, score) of ``source`` by (symbol, date): macro sentiment when
     ``known`` (symbol name -> id) is None, else the news of the symbols in ``scores``."""
     if known is None:
-        macro_rows = session.execute(
-            select(MacroSentiment.id, MacroSentiment.date, MacroSentiment.score).where(
-                MacroSentiment.source == source
-            )
-        ).all()
-        return {("", r.date): (r.id, r.score) for r in macro_rows}
-    ids = {known[name] for name, _ in scores}
+        return {("", day): found for day, found in stored_macro_scores(session, source).items()}
     by_id = {v: k for k, v in known.items()}
-    news_rows = session.execute(
-        select(
-            NewsSentiment.id, NewsSentiment.symbol_id, NewsSentiment.date, NewsSentiment.score
-        ).where(NewsSentiment.symbol_id.in_(ids), NewsSentiment.source == source)
-    ).all()
-    return {(by_id[r.symbol_id], r.date): (r.id, r.score) for r in news_rows}
+    news = stored_news_scores(session, {known[name] for name, _ in scores}, source)
+    return {(by_id[symbol_id], day): found for (symbol_id, day), found in news.items()}

@@ -40,7 +40,6 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from otonom_runtime._demo import DEMO_SEED
@@ -48,11 +47,16 @@ from otonom_runtime._errors import DataImportError
 from otonom_runtime.importers import check_symbol_name
 from otonom_runtime.store import (
     SYNTHETIC_SOURCE,
-    Bar,
-    MacroSentiment,
-    NewsSentiment,
     Symbol,
+    delete_symbol_data,
+    find_symbol,
     get_or_create_symbol,
+    insert_bars,
+    insert_news,
+    insert_shared_macro,
+    macro_dates,
+    news_dates,
+    stored_bars,
 )
 from otonom_schema import MarketHistory, SentimentSeries, to_date
 
@@ -353,7 +357,7 @@ def _plan(
     market = generate_market(name, start, end, seed)
     days = _py_dates(market.history.dates)
     everything = list(range(len(days)))
-    row = session.execute(select(Symbol).where(Symbol.name == name)).scalar_one_or_none()
+    row = find_symbol(session, name)
     if row is None:
         return _Plan(name, None, market, everything, everything, start, end)
     if not row.is_synthetic:
@@ -364,12 +368,8 @@ def _plan(
     if replace:
         return _Plan(name, row, market, everything, everything, start, end)
     stored = {
-        r.date: (r.open, r.high, r.low, r.close, r.volume)
-        for r in session.execute(
-            select(Bar.date, Bar.open, Bar.high, Bar.low, Bar.close, Bar.volume).where(
-                Bar.symbol_id == row.id
-            )
-        ).all()
+        day: (b.open, b.high, b.low, b.close, b.volume)
+        for day, b in stored_bars(session, row.id).items()
     }
     h = market.history
     made = _made_by(row)
@@ -399,16 +399,7 @@ def _plan(
             f"symbol {name!r}: its stored bars {min(stored)} .. {max(stored)} were made by "
             f"{made}; adding {start} .. {end} from {this} would not continue that series" + again
         )
-    have_news = set(
-        session.execute(
-            select(NewsSentiment.date).where(
-                NewsSentiment.symbol_id == row.id,
-                NewsSentiment.source == SYNTHETIC_SOURCE,
-                NewsSentiment.date >= start,
-                NewsSentiment.date <= end,
-            )
-        ).scalars()
-    )
+    have_news = news_dates(session, row.id, SYNTHETIC_SOURCE, start, end)
     return _Plan(
         name,
         row,
@@ -420,51 +411,17 @@ def _plan(
     )
 
 
-def _insert_shared_macro(session: Session, rows: list[dict[str, Any]]) -> int:
-    """Insert the synthetic macro ``rows`` that no other writer stored meanwhile; returns how
-    many were inserted.
-
-    Macro rows are shared by every symbol and seed, so two ``write_synthetic`` calls for
-    different symbols may both find a day missing and both insert it: on PostgreSQL the second
-    one then waits for the first to commit and failed with an ``IntegrityError`` (on SQLite the
-    write lock serialises them). The rows are the same (they depend on the seed and the date
-    only, and the first writer's seed wins, as it does for a sequential run), so a row stored
-    meanwhile is skipped: ``ON CONFLICT DO NOTHING`` on (source, date).
-    """
-    dialect = session.get_bind().dialect.name
-    stmt: Any
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        stmt = pg_insert(MacroSentiment).on_conflict_do_nothing(index_elements=["source", "date"])
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        stmt = sqlite_insert(MacroSentiment).on_conflict_do_nothing(
-            index_elements=["source", "date"]
-        )
-    else:  # another backend: a plain insert (a concurrent writer may then conflict)
-        session.execute(insert(MacroSentiment), rows)
-        return len(rows)
-    return len(session.execute(stmt.returning(MacroSentiment.date), rows).all())
-
-
 def _write_plan(session: Session, plan: _Plan, symbol_id: int, *, replace: bool) -> None:
     """Write one symbol's planned bars and news (after deleting its stored ones when
     ``replace`` and the symbol existed)."""
     if replace and plan.row is not None:
-        session.execute(delete(Bar).where(Bar.symbol_id == symbol_id))
-        session.execute(
-            delete(NewsSentiment).where(
-                NewsSentiment.symbol_id == symbol_id, NewsSentiment.source == SYNTHETIC_SOURCE
-            )
-        )
+        delete_symbol_data(session, symbol_id, SYNTHETIC_SOURCE)
     market = plan.market
     h = market.history
     days = _py_dates(h.dates)
     if plan.bars:
-        session.execute(
-            insert(Bar),
+        insert_bars(
+            session,
             [
                 {
                     "symbol_id": symbol_id,
@@ -479,8 +436,8 @@ def _write_plan(session: Session, plan: _Plan, symbol_id: int, *, replace: bool)
             ],
         )
     if plan.news:
-        session.execute(
-            insert(NewsSentiment),
+        insert_news(
+            session,
             [
                 {
                     "symbol_id": symbol_id,
@@ -497,21 +454,13 @@ def _write_macro(session: Session, start: dt.date, end: dt.date, seed: int) -> i
     """Store the synthetic macro scores of the days in ``start`` .. ``end`` that have none (the
     series is shared by every symbol and seed); returns how many rows were added."""
     macro = generate_macro(start, end, seed)
-    have = set(
-        session.execute(
-            select(MacroSentiment.date).where(
-                MacroSentiment.source == SYNTHETIC_SOURCE,
-                MacroSentiment.date >= start,
-                MacroSentiment.date <= end,
-            )
-        ).scalars()
-    )
+    have = macro_dates(session, SYNTHETIC_SOURCE, start, end)
     new_macro = [
         {"source": SYNTHETIC_SOURCE, "date": d, "score": float(s)}
         for d, s in zip(_py_dates(macro.dates), macro.scores, strict=True)
         if d not in have
     ]
-    return _insert_shared_macro(session, new_macro) if new_macro else 0
+    return insert_shared_macro(session, new_macro)
 
 
 def write_synthetic(

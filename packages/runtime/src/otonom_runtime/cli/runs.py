@@ -15,12 +15,10 @@ __all__ = ["add_runs_commands"]
 
 
 def _cmd_runs_list(args: argparse.Namespace) -> int:
-    from sqlalchemy import select
-
-    from otonom_runtime.store import BacktestRun, get_session
+    from otonom_runtime.store import get_session, list_runs
 
     with open_store(args) as url, get_session(url) as session:
-        runs = session.execute(select(BacktestRun).order_by(BacktestRun.id.desc())).scalars()
+        runs = list_runs(session)
         rows = []
         failures: list[tuple[int, str]] = []  # (id, why): printed under the table
         for run in runs:
