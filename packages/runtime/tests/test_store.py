@@ -988,3 +988,94 @@ def test_the_readers_leave_the_garbage_collector_alone(
         assert macro is not None
         assert macro.scores.tolist() == [0.5]
     assert gc.isenabled()
+
+
+# --- the writers and the readers the importers and the synthetic market compare against -------
+
+
+def test_store_writers_and_the_stored_row_readers(db_url: str) -> None:
+    from otonom_runtime.store import (
+        StoredBar,
+        delete_symbol_data,
+        find_symbol,
+        insert_bars,
+        insert_macro,
+        insert_news,
+        insert_shared_macro,
+        macro_dates,
+        news_dates,
+        probe_latest,
+        stored_bars,
+        stored_macro_scores,
+        stored_news_scores,
+        symbol_ids,
+        update_bars,
+        update_macro,
+        update_news,
+    )
+
+    d1, d2 = D0 + dt.timedelta(days=1), D0 + dt.timedelta(days=2)
+    ohlcv = {"open": 1.0, "high": 2.0, "low": 0.5, "close": 1.5, "volume": 10.0}
+    with get_session(db_url) as session:
+        a, _ = get_or_create_symbol(session, "AAA", source="test")
+        b, _ = get_or_create_symbol(session, "BBB", source="test")
+        insert_bars(session, [])  # an empty list writes nothing (no default row)
+        insert_bars(session, [{"symbol_id": a.id, "date": d, **ohlcv} for d in (D0, d1)])
+        insert_bars(session, [{"symbol_id": b.id, "date": d, **ohlcv} for d in (D0, d2)])
+        bars = stored_bars(session, a.id)
+        assert sorted(bars) == [D0, d1]
+        assert bars[D0] == StoredBar(bars[D0].id, D0, 1.0, 2.0, 0.5, 1.5, 10.0)
+        update_bars(session, [{"id": bars[D0].id, "close": 1.75}])
+        assert stored_bars(session, a.id)[D0].close == 1.75
+        assert stored_bars(session, a.id)[d1].close == 1.5
+
+        news = [(a.id, USER_SOURCE, 0.5), (a.id, SYNTHETIC_SOURCE, -0.5), (b.id, USER_SOURCE, 0.1)]
+        insert_news(
+            session, [{"symbol_id": i, "source": s, "date": D0, "score": v} for i, s, v in news]
+        )
+        user = stored_news_scores(session, [a.id], USER_SOURCE)
+        assert {k: v for k, (_, v) in user.items()} == {(a.id, D0): 0.5}
+        update_news(session, [{"id": user[(a.id, D0)][0], "score": 0.25}])
+        assert news_dates(session, a.id, USER_SOURCE, D0, d2) == {D0}
+        assert news_dates(session, a.id, USER_SOURCE, d1, d2) == set()
+
+        insert_macro(session, [{"source": USER_SOURCE, "date": D0, "score": 0.3}])
+        shared = [
+            {"source": USER_SOURCE, "date": d, "score": 0.9 if d == D0 else 0.4} for d in (D0, d1)
+        ]
+        assert insert_shared_macro(session, shared) == 1  # D0 was stored: skipped, not failed
+        assert insert_shared_macro(session, []) == 0
+        macro = stored_macro_scores(session, USER_SOURCE)
+        assert {d: v for d, (_, v) in macro.items()} == {D0: 0.3, d1: 0.4}
+        update_macro(session, [{"id": macro[D0][0], "score": -0.3}])
+        assert macro_dates(session, USER_SOURCE, D0, d2) == {D0, d1}
+        assert macro_dates(session, SYNTHETIC_SOURCE, D0, d2) == set()
+
+        assert symbol_ids(session) == {"AAA": a.id, "BBB": b.id}
+        assert find_symbol(session, "AAA") is a
+        assert find_symbol(session, "ZZZ") is None
+        # the live probe: newest bar <= day, first bar, latest news and macro <= day
+        assert probe_latest(session, "BBB", d1, USER_SOURCE, USER_SOURCE) == (
+            D0,
+            D0,
+            D0,
+            0.1,
+            d1,
+            0.4,
+        )
+        assert probe_latest(session, "AAA", D0, USER_SOURCE, USER_SOURCE) == (
+            D0,
+            D0,
+            D0,
+            0.25,
+            D0,
+            -0.3,
+        )
+        assert probe_latest(session, "ZZZ", D0, USER_SOURCE, USER_SOURCE) is None
+
+        delete_symbol_data(session, a.id, SYNTHETIC_SOURCE)
+        assert stored_bars(session, a.id) == {}
+        assert news_dates(session, a.id, SYNTHETIC_SOURCE, D0, d2) == set()
+        left = stored_news_scores(session, [a.id, b.id], USER_SOURCE)  # other sources stay
+        assert {k: v for k, (_, v) in left.items()} == {(a.id, D0): 0.25, (b.id, D0): 0.1}
+        assert sorted(stored_bars(session, b.id)) == [D0, d2]  # other symbols stay
