@@ -13,12 +13,16 @@
         │                                      ``problems`` lists every one (file:line: key.path)
         ├── BacktestError (+ ValueError)       a backtest request that cannot run (no symbols,
         │                                      start after end, an unknown purpose)
+        ├── PlotUnavailableError (+ RuntimeError)  a PNG chart without matplotlib installed
+        │                                      (defined in ``otonom_runtime.plots``)
         └── PolicyError (+ ValueError)         a model file that is missing, invalid, has the
             │                                  wrong signature, fails its sha256, digest or
             │                                  golden sample check; an output that breaks
             │                                  the model's contract at predict time
-            └── ModelSchemaMismatchError       the model was trained under another state schema
-                (+ otonom_schema.SchemaMismatchError)
+            ├── ModelSchemaMismatchError       the model was trained under another state schema
+            │   (+ otonom_schema.SchemaMismatchError)
+            └── Malformed                      bytes that are not protobuf (internal to
+                                               ``serving.wire``: re-raised naming the file)
 
 Bad *state* input at predict time raises ``otonom_schema.SchemaError`` (a ``ValueError``).
 Every message says what was received and what was expected.

@@ -9,13 +9,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from otonom_runtime._errors import OtonomRuntimeError
 from otonom_runtime.metrics import drawdown_series
 
 __all__ = ["PlotUnavailableError", "figure", "plot_equity", "pyplot"]
 
 
-class PlotUnavailableError(RuntimeError):
-    """matplotlib is not installed."""
+class PlotUnavailableError(OtonomRuntimeError, RuntimeError):
+    """matplotlib is not installed (PNG charts are an optional extra)."""
 
 
 def figure(**kwargs: Any) -> Any:

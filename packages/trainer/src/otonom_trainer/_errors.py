@@ -13,10 +13,10 @@
         ├── RegistryError (+ ValueError)        the model-version registry
         ├── PipelineError (+ ValueError)        the pipeline's configuration or stages
         ├── CheckError (+ ValueError)           the model check's configuration or stages
-        └── WalkForwardError (+ ValueError)     the walk-forward's configuration or folds
+        ├── WalkForwardError (+ ValueError)     the walk-forward's configuration or folds
+        └── DatasetGenerationError (+ ValueError)  a dataset that cannot be made from the store
 
-``otonom_trainer.dataset.DatasetGenerationError`` (a ``ValueError``) is not under the base yet:
-that module belongs to the store readers' work; the CLI names it explicitly. The classes are
+The classes are
 defined here (the base) and in the modules that raise them, so ``from otonom_trainer.config
 import ConfigError`` keeps working; ``except OtonomTrainerError`` catches every one. The builtin
 second base is what callers caught before the tree existed (``except ValueError``).

@@ -550,22 +550,10 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     """The error trees whose members are raised on purpose (bad input, a missing file, a failed
     stage): the message is shown, not a traceback."""
     from otonom_runtime._errors import OtonomRuntimeError
-    from otonom_runtime.plots import PlotUnavailableError
     from otonom_schema import SchemaError
     from otonom_trainer._errors import OtonomTrainerError
 
-    trees: tuple[type[BaseException], ...] = (
-        OSError,
-        SchemaError,
-        OtonomRuntimeError,
-        OtonomTrainerError,
-        PlotUnavailableError,
-    )
-    if "otonom_trainer.dataset" in sys.modules:  # not under OtonomTrainerError yet
-        from otonom_trainer.dataset import DatasetGenerationError
-
-        trees += (DatasetGenerationError,)
-    return trees
+    return (OSError, SchemaError, OtonomRuntimeError, OtonomTrainerError)
 
 
 def _expected(exc: BaseException) -> str | None:

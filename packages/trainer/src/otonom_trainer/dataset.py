@@ -94,6 +94,7 @@ from otonom_schema import (
     to_date,
 )
 from otonom_schema import save_dataset as _write_npz
+from otonom_trainer._errors import OtonomTrainerError
 
 __all__ = [
     "DatasetGenerationError",
@@ -111,7 +112,7 @@ _SHOWN_RUNS: Final = 8  # runs listed (newest first) in the "no teacher" error, 
 _SENTIMENT_AGE: Final = dt.timedelta(days=int(MATHS_PARAMS["SENTIMENT_MAX_AGE_DAYS"]))
 
 
-class DatasetGenerationError(ValueError):
+class DatasetGenerationError(OtonomTrainerError, ValueError):
     """A dataset cannot be made from the store as asked (run, symbol or date range)."""
 
 

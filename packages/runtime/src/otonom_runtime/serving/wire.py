@@ -45,9 +45,9 @@ METADATA_FIELD: Final = 14
 _ENTRY_KEY, _ENTRY_VALUE = 1, 2
 
 
-class Malformed(Exception):
-    """Bytes that are not a well-formed protobuf message (turned into ``PolicyError`` by the
-    callers, which know the file)."""
+class Malformed(PolicyError):
+    """Bytes that are not a well-formed protobuf message (caught by the callers, which know the
+    file, and raised again as a ``PolicyError`` naming it)."""
 
 
 def varint(buf: bytes, i: int, end: int) -> tuple[int, int]:
