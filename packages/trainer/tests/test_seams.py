@@ -449,3 +449,38 @@ def test_the_thread_heuristic_asks_the_architecture(tmp_path: Path, tiny: str) -
     finally:
         torch.set_num_threads(before)
         unregister_architecture("wide-linear")
+
+
+# -- output streams: the log goes where the caller says, stdout is never swapped --------------
+
+
+def test_the_training_log_goes_to_out_and_not_to_stdout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from otonom_trainer.dataset import save_dataset as save_summary
+
+    ds = make_dataset(tmp_path / "ds.npz")
+    capsys.readouterr()
+    log = io.StringIO()
+    stdout = sys.stdout
+    save_summary(ds, tmp_path / "again.npz", log)
+    BehaviorCloningTrainer(config(tmp_path, class_balance="weighted"), out=log).train()
+    assert sys.stdout is stdout
+    assert capsys.readouterr().out == ""
+    text = log.getvalue()
+    for line in ("Saved to:", "Class balance: weighted loss (", "[Epoch 2/2]", "ONNX model:"):
+        assert line in text, line
+    assert "Training Complete!" in text and "Model saved to:" in text
+
+
+def test_library_code_never_redirects_stdout() -> None:
+    """``contextlib.redirect_stdout`` swaps the process's ``sys.stdout`` (every thread's): the
+    library takes an output stream instead; only tests may use it."""
+    root = Path(__file__).resolve().parents[3] / "packages"
+    hits = [
+        f"{path.relative_to(root)}:{n}"
+        for path in sorted(root.glob("*/src/**/*.py"))
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if "redirect_stdout" in line or "sys.stdout =" in line
+    ]
+    assert hits == []

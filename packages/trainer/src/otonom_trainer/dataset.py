@@ -62,7 +62,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TextIO
 
 import numpy as np
 import numpy.typing as npt
@@ -570,10 +570,12 @@ def generate_dataset(
     )
 
 
-def save_dataset(experiences: OfflineDataset, output_path: str | os.PathLike[str]) -> Path:
+def save_dataset(
+    experiences: OfflineDataset, output_path: str | os.PathLike[str], out: TextIO | None = None
+) -> Path:
     """Write ``experiences`` to ``output_path`` (``.npz``, atomic, folders created) and print
     ``Teacher: <runs>`` (when the metadata names them), ``Saved to: <path>``, a blank line and
-    the action distribution; return the path.
+    the action distribution (to ``out``, default ``sys.stdout``); return the path.
 
     The guide's caller prints ``Generated N training samples`` itself.
     """
@@ -585,8 +587,8 @@ def save_dataset(experiences: OfflineDataset, output_path: str | os.PathLike[str
     path = _write_npz(experiences, output_path)
     teacher = experiences.metadata.get("teacher")
     if teacher:
-        print(f"Teacher: {teacher}")
-    print(f"Saved to: {output_path}")
-    print()
-    print(experiences.summary())
+        print(f"Teacher: {teacher}", file=out)
+    print(f"Saved to: {output_path}", file=out)
+    print(file=out)
+    print(experiences.summary(), file=out)
     return path

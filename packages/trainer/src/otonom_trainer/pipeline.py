@@ -40,7 +40,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TextIO
 
 from otonom_runtime.config_rules import CrossCheck, Validated, rule
 from otonom_runtime.synth import DEMO_SEED
@@ -154,6 +154,13 @@ class PipelineConfig(Validated):
 def _say(cfg: PipelineConfig, text: str) -> None:
     if not cfg.quiet:
         print(text, flush=True)
+
+
+def _log(cfg: PipelineConfig) -> TextIO | None:
+    """Where the stages' own printing (training log, dataset summaries) goes: nowhere with
+    ``--quiet`` (a discarded buffer), else ``sys.stdout``; never a redirection of the process's
+    stdout."""
+    return io.StringIO() if cfg.quiet else None
 
 
 def _stage(cfg: PipelineConfig, n: int, detail: str) -> None:
@@ -346,8 +353,9 @@ def _stage_datasets(run: _Run) -> None:
         gen = OfflineDatasetGenerator(session)
         train_ds = gen.generate_dataset(run.symbols, run.first_decision, run.train_end, teacher)
         test_ds = gen.generate_dataset(run.symbols, run.test_start, run.end, teacher)
-    run.state["train_path"] = str(save_dataset(train_ds, data_dir / "offline_dataset.npz"))
-    run.state["test_path"] = str(save_dataset(test_ds, data_dir / "offline_dataset_test.npz"))
+    out = _log(cfg)
+    run.state["train_path"] = str(save_dataset(train_ds, data_dir / "offline_dataset.npz", out))
+    run.state["test_path"] = str(save_dataset(test_ds, data_dir / "offline_dataset_test.npz", out))
 
 
 def _stage_train(run: _Run) -> None:
@@ -368,7 +376,7 @@ def _stage_train(run: _Run) -> None:
         device="auto",
         progress=not cfg.quiet,
     )
-    trainer = BehaviorCloningTrainer(tcfg)
+    trainer = BehaviorCloningTrainer(tcfg, out=_log(cfg))
     trainer.train()  # prints "ONNX model: ..." once exported
     onnx_path = trainer.onnx_path
     assert onnx_path is not None
@@ -508,13 +516,8 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     started = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     report_dir = _run_folder(cfg, started)  # checked here, made at the first save
 
-    # --quiet: the stages' own printing (training log, dataset summaries) goes nowhere
-    def hushed() -> contextlib.AbstractContextManager[Any]:
-        return contextlib.redirect_stdout(io.StringIO()) if cfg.quiet else contextlib.nullcontext()
-
     if cfg.from_stage == 1:  # the data first: the dates not given come from its bars
-        with hushed():
-            dates = _stage_data(cfg, url)
+        dates = _stage_data(cfg, url)
     else:
         with get_session(url) as session:
             dates = _dates(cfg, session)
@@ -552,8 +555,7 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     for n, step in enumerate(steps, start=2):
         if n < cfg.from_stage:
             continue
-        with hushed():
-            step(run)
+        step(run)
         run.save(n)
     result = _result(run)
     result.elapsed_s = time.perf_counter() - clock

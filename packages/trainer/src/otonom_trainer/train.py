@@ -46,7 +46,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TextIO
 
 import numpy as np
 import numpy.typing as npt
@@ -103,6 +103,7 @@ from otonom_trainer.training.outputs import (
     progress_bar,
     run_metadata,
     tensorboard_writer,
+    training_summary,
     write_run_files,
 )
 from otonom_trainer.training.results import EpochStats, TrainingMetrics, overfitting_warnings
@@ -159,7 +160,9 @@ class BehaviorCloningTrainer:
     ``EpochStats`` and the model in its current state. ``optimizer_factory`` (optional) builds
     any ``torch.optim.Optimizer`` over ``[flat]`` (the parameters in one flat buffer) instead of
     ``FlatAdam``; ``state_path`` (optional) is a file the whole training state is written to
-    after every epoch, for ``train(resume_from=state_path)``.
+    after every epoch, for ``train(resume_from=state_path)``; ``out`` is the text stream the
+    training log is printed to (default: ``sys.stdout`` at the time of each line), so a caller
+    silences or captures it without redirecting the process's stdout.
 
     Files written to ``output_dir``: ``policy_best.pt`` (see ``load_checkpoint``),
     ``metadata.json``, ``history.csv``, ``training_curves.png``, ``confusion_matrix.png`` and
@@ -176,8 +179,10 @@ class BehaviorCloningTrainer:
         on_epoch_end: Callable[[EpochStats, PolicyNetwork], None] | None = None,
         optimizer_factory: OptimizerFactory | None = None,
         state_path: str | os.PathLike[str] | None = None,
+        out: TextIO | None = None,
     ) -> None:
         self.cfg = cfg
+        self._out = out
         self._on_epoch_end = on_epoch_end
         self._optimizer_factory = optimizer_factory
         self._state_path = None if state_path is None else Path(state_path)
@@ -192,6 +197,9 @@ class BehaviorCloningTrainer:
         self.loss_fn: BehaviorCloningLoss | None = None
         self.run_id: str | None = None
         """The id of the last ``train()`` (None before)."""
+
+    def _print(self, *values: object, flush: bool = False) -> None:
+        print(*values, file=self._out, flush=flush)  # None: sys.stdout at the time of the call
 
     # -- data ------------------------------------------------------------------------------
 
@@ -282,16 +290,16 @@ class BehaviorCloningTrainer:
         self._export = export
         self._onnx_path = None
         device = resolve_device(cfg.device)
-        print(RULE)
-        print("RL Behavior Cloning Training")
-        print(RULE)
-        print(f"Dataset: {cfg.dataset_path}")
+        self._print(RULE)
+        self._print("RL Behavior Cloning Training")
+        self._print(RULE)
+        self._print(f"Dataset: {cfg.dataset_path}")
         ds = self.dataset
         split = self.split
         counts = ds.action_counts()
-        print(f"Loaded dataset: {len(ds)} samples, {ds.states.shape[1]} features")
-        print("Action distribution: " + ", ".join(f"{a.name}={counts[a]}" for a in Action))
-        print(f"Train size: {split.train.size}, Val size: {split.val.size}")
+        self._print(f"Loaded dataset: {len(ds)} samples, {ds.states.shape[1]} features")
+        self._print("Action distribution: " + ", ".join(f"{a.name}={counts[a]}" for a in Action))
+        self._print(f"Train size: {split.train.size}, Val size: {split.val.size}")
         fork = [device.index or 0] if device.type == "cuda" else []
         work = cfg.batch_size * get_architecture(cfg.model).work_per_row(cfg)
         with torch.random.fork_rng(devices=fork), intra_op_threads(device, work):
@@ -299,7 +307,7 @@ class BehaviorCloningTrainer:
             metrics = self._fit(device, start, resume)
         if export:
             self._onnx_path = self.export_onnx()
-            print(f"ONNX model: {self._onnx_path} (matches torch at batch 1, 7 and 256)")
+            self._print(f"ONNX model: {self._onnx_path} (matches torch at batch 1, 7 and 256)")
         return metrics
 
     def _fit(
@@ -316,7 +324,7 @@ class BehaviorCloningTrainer:
         train_actions_cpu = train.actions.cpu()
         out_dir = Path(cfg.output_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        writer = tensorboard_writer(out_dir) if cfg.tensorboard else None
+        writer = tensorboard_writer(out_dir, self._out) if cfg.tensorboard else None
         try:
             for epoch in range(run.first_epoch, cfg.max_epochs + 1):
                 order = epoch_indices(train_actions_cpu, cfg.class_balance, run.generator)
@@ -330,7 +338,7 @@ class BehaviorCloningTrainer:
                     save_checkpoint(state, self._state_path)
                 if cfg.patience and epoch - run.best_epoch >= cfg.patience:
                     run.stopped_early = True
-                    print(
+                    self._print(
                         f"Early stopping at epoch {epoch}: val_loss has not improved for "
                         f"{cfg.patience} epochs (best {run.best_loss:.4f} at epoch "
                         f"{run.best_epoch})"
@@ -356,12 +364,12 @@ class BehaviorCloningTrainer:
         if resume is not None:
             model.load_state_dict(resume["state_dict"])
         n_params = sum(p.numel() for p in model.parameters())
-        print(f"Model parameters: {n_params:,}")
-        print(f"Device: {device}")
+        self._print(f"Model parameters: {n_params:,}")
+        self._print(f"Device: {device}")
         train_counts = torch.bincount(train.actions.cpu(), minlength=N_ACTIONS).tolist()
-        self.loss_fn = loss_fn = make_loss(self.cfg, train_counts, notes).to(device)
-        print(RULE)
-        print()
+        self.loss_fn = loss_fn = make_loss(self.cfg, train_counts, notes, self._out).to(device)
+        self._print(RULE)
+        self._print()
         flat, params = flatten_parameters(model)
         optimizer = make_optimizer(
             flat,
@@ -379,7 +387,7 @@ class BehaviorCloningTrainer:
         run = TrainState(model, flat, params, optimizer, scheduler, loss_fn, generator)
         if resume is not None:
             restore(run, resume, device)
-            print(f"Resumed after epoch {len(run.history)} (best epoch {run.best_epoch})")
+            self._print(f"Resumed after epoch {len(run.history)} (best epoch {run.best_epoch})")
         return run
 
     def _epoch(
@@ -418,7 +426,7 @@ class BehaviorCloningTrainer:
             val_strength_loss=ev_val.strength_loss,
         )
         run.history.append(stats)
-        print(
+        self._print(
             f"[Epoch {epoch}/{cfg.max_epochs}] train_loss={stats.train_loss:.4f} "
             f"val_loss={stats.val_loss:.4f} train_acc={stats.train_acc:.3f} "
             f"val_acc={stats.val_acc:.3f} grad_norm={stats.grad_norm:.3f} lr={lr:.3g}",
@@ -433,7 +441,7 @@ class BehaviorCloningTrainer:
             ckpt = self._checkpoint(run, {**summary, "val_action_acc": ev_val.acc}, best=True)
             self._best_training_state = ckpt["training_state"]
             save_checkpoint(ckpt, self.checkpoint_path)
-            print(f"✓ Saved best model (epoch {epoch}, val_loss={run.best_loss:.4f})")
+            self._print(f"✓ Saved best model (epoch {epoch}, val_loss={run.best_loss:.4f})")
         return stats
 
     def _finish(
@@ -479,23 +487,10 @@ class BehaviorCloningTrainer:
         )
         self._metrics = metrics
         for line in warnings:
-            print(f"warning: {line}")
+            self._print(f"warning: {line}")
         self._write_outputs(model, metrics, device)
-        print()
-        print(RULE)
-        print("Training Complete!")
-        print(RULE)
-        print(f"Best validation loss: {metrics.best_val_loss:.4f}")
-        print(f"Best epoch: {metrics.best_epoch}")
-        print(f"Val action accuracy: {metrics.val_action_acc:.3f}")
-        print(
-            f"Majority baseline: {baseline:.3f} (always {ACTION_NAMES[majority]}, the train "
-            "split's most common action)"
-        )
-        print(f"Model saved to: {self.checkpoint_path}")
-        print(RULE)
-        if mark is not None:
-            print(f"warning: DEGENERATE model ({' and '.join(mark['rules'])}): {mark['reason']}")
+        summary = training_summary(metrics, ACTION_NAMES[majority], self.checkpoint_path, RULE)
+        self._print(summary)
         return metrics
 
     def _run_epoch(

@@ -41,14 +41,13 @@ from __future__ import annotations
 
 import argparse
 import calendar
-import contextlib
 import dataclasses
 import datetime as dt
 import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from otonom_runtime.config_rules import Validated, rule
 from otonom_runtime.synth import DEMO_SEED
@@ -424,8 +423,8 @@ def _run_window(
     )
     wdir = out_dir / f"window_{w.index:02d}"
     wdir.mkdir(parents=True, exist_ok=True)
-    with (wdir / "train.log").open("w", encoding="utf-8") as log, contextlib.redirect_stdout(log):
-        rows, onnx_path, report = _train_window(cfg, url, teacher_run_id, w, wdir)
+    with (wdir / "train.log").open("w", encoding="utf-8") as log:
+        rows, onnx_path, report = _train_window(cfg, url, teacher_run_id, w, wdir, log)
     policy = load_rl_policy(onnx_path)
     with get_session(url) as session:
         pair = backtest_pair(
@@ -458,9 +457,10 @@ def _run_window(
 
 
 def _train_window(
-    cfg: WalkForwardConfig, url: str, teacher_run_id: int, w: Window, wdir: Path
+    cfg: WalkForwardConfig, url: str, teacher_run_id: int, w: Window, wdir: Path, log: TextIO
 ) -> tuple[tuple[int, int], Path, Any]:
-    """``((train rows, test rows), the ONNX model, its evaluation on the test dataset)``."""
+    """``((train rows, test rows), the ONNX model, its evaluation on the test dataset)``; the
+    datasets' summaries, the training log and the evaluation are printed to ``log``."""
     from otonom_runtime.store import get_session
     from otonom_trainer.config import TrainingConfig
     from otonom_trainer.dataset import OfflineDatasetGenerator, save_dataset
@@ -472,8 +472,8 @@ def _train_window(
         gen = OfflineDatasetGenerator(session)
         train_ds = gen.generate_dataset(symbols, w.train_start, w.train_end, run_id=teacher_run_id)
         test_ds = gen.generate_dataset(symbols, w.test_start, w.test_end, run_id=teacher_run_id)
-    train_path = save_dataset(train_ds, wdir / "train.npz")
-    test_path = save_dataset(test_ds, wdir / "test.npz")
+    train_path = save_dataset(train_ds, wdir / "train.npz", log)
+    test_path = save_dataset(test_ds, wdir / "test.npz", log)
     tcfg = TrainingConfig(
         dataset_path=str(train_path),
         output_dir=str(wdir / "model"),
@@ -485,12 +485,12 @@ def _train_window(
         device="auto",
         progress=False,
     )
-    trainer = BehaviorCloningTrainer(tcfg)
+    trainer = BehaviorCloningTrainer(tcfg, out=log)
     trainer.train()
     onnx_path = trainer.onnx_path
     assert onnx_path is not None  # train() exports
     report = evaluate(onnx_path, test_path)
-    print(report.format())
+    print(report.format(), file=log)
     return (len(train_ds), len(test_ds)), onnx_path, report
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TextIO
 
 import numpy as np
 import numpy.typing as npt
@@ -262,7 +262,7 @@ def check_finite_batches(
 
 
 def make_loss(
-    cfg: TrainingConfig, train_counts: list[int], notes: list[str]
+    cfg: TrainingConfig, train_counts: list[int], notes: list[str], out: TextIO | None = None
 ) -> BehaviorCloningLoss:
     """The loss ``cfg`` asks for (``cfg.class_balance``, ``alpha``, ``beta``, ``logit_penalty``,
     given the train split's action counts); prints a ``Class balance:`` header line unless
@@ -275,18 +275,21 @@ def make_loss(
             + (" (class weight 0)" if cfg.class_balance == "weighted" else "")
         )
         notes.append(note)
-        print(f"warning: {note}")
+        print(f"warning: {note}", file=out)
     if cfg.class_balance == "weighted":
         weights = class_weights(train_counts)
         shown = zip(_NAMES, weights.tolist(), strict=True)
-        print("Class balance: weighted loss (" + ", ".join(f"{n}={w:.3f}" for n, w in shown) + ")")
+        print(
+            "Class balance: weighted loss (" + ", ".join(f"{n}={w:.3f}" for n, w in shown) + ")",
+            file=out,
+        )
         return BehaviorCloningLoss(
             cfg.alpha, cfg.beta, class_weights=weights, logit_penalty=cfg.logit_penalty
         )
     if cfg.class_balance == "oversample":
-        print("Class balance: oversample (rows drawn with probability ∝ 1/count(class))")
+        print("Class balance: oversample (rows drawn with probability ∝ 1/count(class))", file=out)
     if cfg.class_balance == "focal":
-        print(f"Class balance: focal loss (gamma={cfg.focal_gamma:g})")
+        print(f"Class balance: focal loss (gamma={cfg.focal_gamma:g})", file=out)
         return BehaviorCloningLoss(
             cfg.alpha, cfg.beta, focal_gamma=cfg.focal_gamma, logit_penalty=cfg.logit_penalty
         )

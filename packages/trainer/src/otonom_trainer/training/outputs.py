@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import numpy.typing as npt
@@ -125,18 +125,19 @@ def progress_bar(total: int, epoch: int, max_epochs: int) -> Any:
     return tqdm(total=total, desc=f"Epoch {epoch}/{max_epochs}", unit="batch", leave=False)
 
 
-def tensorboard_writer(out_dir: Path) -> Any:
+def tensorboard_writer(out_dir: Path, out: TextIO | None = None) -> Any:
     """A SummaryWriter on ``out_dir/tensorboard``, or None (with a note) without tensorboard."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as exc:
         print(
             f"note: TensorBoard logging is off: {exc}. Install it with "
-            "pip install 'otonom-trainer[tensorboard]'; training goes on without event logs."
+            "pip install 'otonom-trainer[tensorboard]'; training goes on without event logs.",
+            file=out,
         )
         return None
     log_dir = out_dir / "tensorboard"
-    print(f"TensorBoard logs: {log_dir}")
+    print(f"TensorBoard logs: {log_dir}", file=out)
     return SummaryWriter(log_dir=str(log_dir))
 
 
@@ -151,3 +152,25 @@ def log_tensorboard(writer: Any, stats: EpochStats) -> None:
         ("grad_norm", stats.grad_norm),
     ):
         writer.add_scalar(tag, value, stats.epoch)
+
+
+def training_summary(metrics: TrainingMetrics, majority: str, checkpoint: Path, rule: str) -> str:
+    """The closing lines a training run prints (the guide's console output), after a blank
+    line; a degenerate model's warning last."""
+    lines = [
+        "",
+        rule,
+        "Training Complete!",
+        rule,
+        f"Best validation loss: {metrics.best_val_loss:.4f}",
+        f"Best epoch: {metrics.best_epoch}",
+        f"Val action accuracy: {metrics.val_action_acc:.3f}",
+        f"Majority baseline: {metrics.majority_baseline_acc:.3f} (always {majority}, the train "
+        "split's most common action)",
+        f"Model saved to: {checkpoint}",
+        rule,
+    ]
+    mark = metrics.degenerate
+    if mark is not None:
+        lines.append(f"warning: DEGENERATE model ({' and '.join(mark['rules'])}): {mark['reason']}")
+    return "\n".join(lines)
