@@ -675,3 +675,21 @@ def test_a_history_without_decision_days_gives_empty_results() -> None:
         assert len(r.actions) == len(r.equity) == len(r.dates) == 0
         assert (r.rl_signals is None) == (rl is None)
         assert r.fills == 0
+
+
+def test_a_bad_market_state_in_lockstep_raises_as_the_day_by_day_check(tmp_path: Path) -> None:
+    """With the RL analyst the market features are validated once per chunk of days; a bad
+    one sends that chunk to the per-day validation, so the run fails with the error the
+    day-by-day check always raised (the bad state's own, naming the feature)."""
+    make_policy_model(tmp_path / "policy_best.onnx")
+    policy = load_rl_policy(tmp_path)
+    symbols = []
+    for seed, n, first in ((1, 420, 140), (2, 330, 150)):
+        h = random_history(n, seed=seed)
+        market = s.market_feature_matrix(h)
+        if seed == 2:
+            market[first + 40, s.feature_index("rsi")] = np.nan
+        symbols.append(engine._Bars(f"S{seed}", h.dates, h.open, h.close, market, first))
+    params = EngineParams(weights=(1.0, 1.0, 1.0, 2.0), max_leverage=2.0, min_score=0.4)
+    with pytest.raises(s.SchemaError, match=r"^feature .rsi. \(index 20\) is nan"):
+        engine._simulate(symbols, params, 1000.0, [RlAnalyst(policy) for _ in symbols])

@@ -557,3 +557,13 @@ def test_large_batches_are_the_sessions_answers_in_fresh_arrays(policy: RlPolicy
     np.testing.assert_array_equal(probs, kept[0])
     np.testing.assert_array_equal(strengths, kept[1])
     assert not np.shares_memory(probs, other[2])
+
+
+def test_predict_valid_batch_equals_predict_batch(policy: RlPolicy) -> None:
+    """``predict_valid_batch`` on what ``validate_states`` returns gives exactly what
+    ``predict_batch`` gives (every batch size the bound path and the plain run serve)."""
+    for n in (1, 10, 64, 65, 300):
+        x = random_states(n, seed=n)
+        for got, want in zip(policy.predict_valid_batch(x), policy.predict_batch(x), strict=True):
+            np.testing.assert_array_equal(got, want)
+            assert got.dtype == want.dtype

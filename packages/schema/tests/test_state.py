@@ -196,3 +196,34 @@ def test_schema_error_is_a_value_error() -> None:
     assert issubclass(s.SchemaError, ValueError)
     assert issubclass(s.SchemaMismatchError, s.SchemaError)
     assert issubclass(s.DatasetError, s.SchemaError)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_columns_in_range_agrees_with_validate_states(dtype: type) -> None:
+    """``columns_in_range`` on a state's portfolio columns accepts exactly what
+    ``validate_states`` accepts when only those columns change (values inside, at the
+    tolerance's edge, beyond it, NaN and inf), in the array's own dtype."""
+    cols = s.PORTFOLIO_COLUMNS
+    base = valid_vector(1)
+    lows = np.array([f.low for f in s.FEATURES])[cols]
+    highs = np.array([f.high for f in s.FEATURES])[cols]
+    tol = s.RANGE_TOLERANCE
+    candidates = [lows, highs, (lows + highs) / 2, lows - tol / 2, highs + tol / 2]
+    candidates += [lows - 3 * tol, highs + 3 * tol, lows - 1.0]
+    for bad in (math.nan, math.inf, -math.inf):
+        v = (lows + highs) / 2
+        v[2] = bad
+        candidates.append(v)
+    verdicts = []
+    for values in candidates:
+        states = np.tile(base, (3, 1)).astype(dtype)
+        states[1, cols] = values
+        try:
+            s.validate_states(states)
+            expected = True
+        except s.SchemaError:
+            expected = False
+        assert s.columns_in_range(states[:, cols], cols) is expected, values
+        verdicts.append(expected)
+    assert True in verdicts  # both sides were tried
+    assert False in verdicts

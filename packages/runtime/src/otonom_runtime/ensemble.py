@@ -316,7 +316,7 @@ class RlAnalyst:
 
 
 def rl_votes(
-    analysts: Sequence[RlAnalyst], states: npt.ArrayLike
+    analysts: Sequence[RlAnalyst], states: npt.ArrayLike, *, validated: bool = False
 ) -> tuple[Signals, npt.NDArray[np.bool_]]:
     """``RlAnalyst.signal`` for many states in one model call: row i of ``states`` (N, 34) is
     ``analysts[i]``'s state; all the analysts hold the same policy (or none).
@@ -331,12 +331,20 @@ def rl_votes(
     retried row by row through ``policy.predict``, so a failure costs only the decisions it
     belongs to. An MLP's answer for a row does not depend on the other rows of its batch, so
     the votes are those of ``signal`` called one state at a time.
+
+    ``validated``: ``states`` is what ``otonom_schema.validate_states`` returns for them
+    (checked by the caller), so a policy with ``predict_valid_batch`` is called without
+    validating them again.
     """
     n = len(analysts)
     policy = analysts[0].policy if n else None
     if any(a.policy is not policy for a in analysts):
         raise ValueError("rl_votes needs analysts that share one policy")
-    predict_batch = getattr(policy, "predict_batch", None) if n else None
+    predict_batch = None
+    if n:
+        predict_batch = getattr(policy, "predict_batch", None)
+        if validated:
+            predict_batch = getattr(policy, "predict_valid_batch", predict_batch)
     if predict_batch is not None:
         try:
             actions, strengths, probs = predict_batch(states)

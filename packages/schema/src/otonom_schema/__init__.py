@@ -44,6 +44,7 @@ from otonom_schema._spec import (
 from otonom_schema._state import (
     RANGE_TOLERANCE,
     RlState,
+    columns_in_range,
     validate_state_array,
     validate_state_into,
     validate_states,
@@ -77,6 +78,7 @@ __all__ = [
     "SentimentSeries",
     "atomic_path",
     "atomic_write",
+    "columns_in_range",
     "compute_state",
     "compute_states",
     "feature_index",

@@ -15,6 +15,7 @@ from otonom_schema._spec import FEATURE_NAMES, FEATURES, N_RETURNS, STATE_DIM, f
 __all__ = [
     "RANGE_TOLERANCE",
     "RlState",
+    "columns_in_range",
     "validate_state_array",
     "validate_state_into",
     "validate_states",
@@ -202,6 +203,18 @@ def _one_hot32(arr: FloatArray) -> bool:
     total = a + b
     total += c
     return bool((largest == _ONE_WORD).all() and (total == _ONE_WORD).all())
+
+
+def columns_in_range(values: FloatArray, columns: slice) -> bool:
+    """True when ``values`` (N, width), the ``columns`` of N states, all lie within those
+    features' bounds (``validate_states``' range rule, in the array's own dtype; NaN: False).
+
+    A cheap re-check for states whose other columns are validated already (a backtest
+    validates its market features once and the portfolio columns each day); it says nothing
+    of the regime one-hot. On False, ``validate_states`` on the whole states names the error.
+    """
+    low, high = (_LOW32, _HIGH32) if values.dtype == np.float32 else (_LOW, _HIGH)
+    return bool(((values >= low[columns]) & (values <= high[columns])).all())
 
 
 def validate_states(values: object) -> FloatArray:

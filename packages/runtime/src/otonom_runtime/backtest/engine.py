@@ -30,7 +30,15 @@ from otonom_runtime.ensemble import (
     rl_votes,
     vote_totals,
 )
-from otonom_schema import PORTFOLIO_COLUMNS, STATE_DIM, Action, PortfolioSnapshot
+from otonom_schema import (
+    PORTFOLIO_COLUMNS,
+    STATE_DIM,
+    Action,
+    PortfolioSnapshot,
+    SchemaError,
+    columns_in_range,
+    validate_states,
+)
 
 __all__ = ["SymbolResult", "simulate_symbol"]
 
@@ -364,6 +372,7 @@ def _lockstep(
     for k0 in range(0, n_max, _CHUNK):
         k1 = min(k0 + _CHUNK, n_max)
         chunk = _states(prepared, order, alive, k0, k1, dtype)
+        chunk32 = _validated(chunk, alive, k0, k1)
         for k in range(k0, k1):
             while alive[m - 1] <= k:  # the shortest histories have ended
                 m -= 1
@@ -375,9 +384,16 @@ def _lockstep(
                     snapshot = PortfolioSnapshot(days_since_last_trade=days)
                     feature = days_feature[days] = float(snapshot.features()[3])
                 portfolio.append((position, leverage, cash_fraction, feature))
-            rows = chunk[k - k0, :m]
-            rows[:, PORTFOLIO_COLUMNS] = portfolio
-            votes, voted = rl_votes(analysts[:m], rows)
+            valid = chunk32 is not None and columns_in_range(
+                port := np.array(portfolio, dtype=dtype), PORTFOLIO_COLUMNS
+            )
+            if valid:  # the day's rows, valid: straight to the model (see _validated)
+                rows = chunk32[k - k0, :m]  # type: ignore[index]
+                rows[:, PORTFOLIO_COLUMNS] = port
+            else:  # validated with the rest of the states (SchemaError names the bad row)
+                rows = chunk[k - k0, :m]
+                rows[:, PORTFOLIO_COLUMNS] = portfolio
+            votes, voted = rl_votes(analysts[:m], rows, validated=valid)
             day_totals, day_sums = totals[k, :m], sums[k, :m]
             add_votes(day_totals, day_sums, votes, w_rl)
             day_votes.append((votes, voted))
@@ -404,6 +420,26 @@ def _lockstep(
         rl_j = (Signals(*(a[at] for a in flat)), voted_all[at], rls[i].fallbacks)
         results[i] = p.sleeve.result(p.bars, actions_out[i], strengths_out[i], p.signals, rl_j)
     return results
+
+
+def _validated(
+    chunk: npt.NDArray[np.floating], alive: list[int], k0: int, k1: int
+) -> npt.NDArray[np.float32] | None:
+    """``chunk`` (``_states``: days ``k0 .. k1``) as the model's float32 input when the states
+    of every symbol still alive there are valid (``otonom_schema.validate_states``: the market
+    columns, with the portfolio columns' neutral values), else None (each day's states are
+    then validated whole, so the error names the day's bad row as it always did).
+
+    The day's rows then need only their portfolio columns checked (``columns_in_range``,
+    in ``chunk``'s dtype) before they are written in: float32 rounding is the same for the
+    chunk's cast here and the row's cast at validation, so the model sees the same bytes.
+    """
+    live = np.arange(k0, k1)[:, None] < np.array(alive)[None, :]
+    try:
+        validate_states(chunk[live])
+    except SchemaError:
+        return None
+    return chunk.astype(np.float32)
 
 
 def _states(

@@ -128,7 +128,15 @@ class RlPolicy:
         ``PolicyError`` naming the first row whose output breaks the contract (see
         ``predict``).
         """
-        x = validate_states(states)
+        return self.predict_valid_batch(validate_states(states))
+
+    def predict_valid_batch(self, x: F32) -> tuple[npt.NDArray[np.int64], F32, F32]:
+        """``predict_batch`` for states the caller has validated: ``x`` is what
+        ``otonom_schema.validate_states`` returns (a C-contiguous float32 (N, 34) array of
+        valid states), used as is, not checked again. For a caller that validates in bulk
+        what it then feeds a few rows at a time (the backtester validates its market features
+        once per chunk of days, and each day only the portfolio columns it writes). The
+        output contract is held as ``predict_batch`` holds it."""
         n = x.shape[0]
         if n == 0:
             return (
