@@ -4,14 +4,12 @@ PostgreSQL server for the whole session (started by ``otonom_runtime.testing.pos
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import Iterator
 
 import pytest
 
 from otonom_runtime.store import dispose_engines
-from otonom_runtime.testing.postgres import PostgresUnavailableError, postgres_server
+from otonom_runtime.testing.postgres import postgres_for_tests
 
 
 @pytest.fixture(autouse=True)
@@ -24,12 +22,6 @@ def _fresh_engines() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A real PostgreSQL server for the session; skips without one, fails when ``CI=true``."""
-    with contextlib.ExitStack() as stack:
-        try:
-            url = stack.enter_context(postgres_server())
-        except PostgresUnavailableError as exc:
-            if os.environ.get("CI", "").strip().lower() == "true":
-                pytest.fail(f"CI=true needs a real PostgreSQL server: {exc}")
-            pytest.skip(f"no PostgreSQL server: {exc}")
+    with postgres_for_tests() as url:
         yield url
         dispose_engines()

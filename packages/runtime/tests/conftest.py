@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from otonom_runtime.store import (
     get_session,
     init_db,
 )
-from otonom_runtime.testing.postgres import PostgresUnavailableError, postgres_server
+from otonom_runtime.testing.postgres import postgres_for_tests
 
 AddBars = Callable[..., list[dt.date]]
 
@@ -280,13 +278,7 @@ def add_bars() -> AddBars:
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A real PostgreSQL server for the session; skips without one, fails when ``CI=true``."""
-    with contextlib.ExitStack() as stack:
-        try:
-            url = stack.enter_context(postgres_server())
-        except PostgresUnavailableError as exc:
-            if os.environ.get("CI", "").strip().lower() == "true":
-                pytest.fail(f"CI=true needs a real PostgreSQL server: {exc}")
-            pytest.skip(f"no PostgreSQL server: {exc}")
+    with postgres_for_tests() as url:
         yield url
         dispose_engines()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -35,7 +34,7 @@ from otonom_runtime.store import (
 )
 from otonom_runtime.strategy import load_strategy, parse_strategy
 from otonom_runtime.synth import write_synthetic
-from otonom_runtime.testing.postgres import PostgresUnavailableError, postgres_server
+from otonom_runtime.testing.postgres import postgres_for_tests
 from otonom_schema.testing import random_history
 from otonom_trainer.dataset import (
     DatasetGenerationError,
@@ -540,12 +539,7 @@ def test_the_module_does_not_import_torch() -> None:
 def test_on_postgresql() -> None:
     """The three per-symbol reads go through the raw driver: check psycopg too."""
     with contextlib.ExitStack() as stack:
-        try:
-            url = stack.enter_context(postgres_server())
-        except PostgresUnavailableError as exc:
-            if os.environ.get("CI", "").strip().lower() == "true":
-                pytest.fail(f"CI=true needs a real PostgreSQL server: {exc}")
-            pytest.skip(f"no PostgreSQL server: {exc}")
+        url = stack.enter_context(postgres_for_tests())
         stack.callback(dispose_engines)
         init_db(url)
         name = "PG-DATASET"

@@ -39,6 +39,7 @@ __all__ = [
     "PostgresUnavailableError",
     "find_postgres_bindir",
     "new_database",
+    "postgres_for_tests",
     "postgres_server",
 ]
 
@@ -224,3 +225,19 @@ def new_database(server_url: str, prefix: str = "t") -> str:
     finally:
         admin.dispose()
     return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+@contextlib.contextmanager
+def postgres_for_tests() -> Iterator[str]:
+    """``postgres_server()`` for a pytest test or fixture: without a server the test is
+    skipped, and failed when ``CI=true`` (CI must run the PostgreSQL tests)."""
+    import pytest
+
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(postgres_server())
+        except PostgresUnavailableError as exc:
+            if os.environ.get("CI", "").strip().lower() == "true":
+                pytest.fail(f"CI=true needs a real PostgreSQL server: {exc}")
+            pytest.skip(f"no PostgreSQL server: {exc}")
+        yield url
