@@ -103,7 +103,7 @@ def driver_floor(
                 session, store.readers._news_stmt(False, True), {"symbol": name, **synthetic}
             )
         for i in range(0, len(batch), bt._BATCH):
-            bt._insert_decisions(session, batch[i : i + bt._BATCH], True, columns)
+            bt._insert_decisions(session, batch[i : i + bt._BATCH], columns)
         elapsed = min(elapsed, CLOCK() - t0)
         session.delete(scratch)
         session.commit()

@@ -11,7 +11,6 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Engine, insert
 from sqlalchemy.orm import Session
 
 from otonom_runtime.backtest.engine import SymbolResult
@@ -19,8 +18,8 @@ from otonom_runtime.ensemble import ANALYSTS
 from otonom_runtime.store import (
     SIGNAL_COLUMNS,
     BacktestRun,
-    Decision,
     RunHeartbeat,
+    insert_decisions,
     this_process,
 )
 
@@ -54,8 +53,7 @@ class _RunRecord:
         session.commit()
         self.session = session
         self.run_id: int = run.id
-        bind = session.get_bind()
-        self.heartbeat = RunHeartbeat(bind if isinstance(bind, Engine) else None, self.run_id)
+        self.heartbeat = RunHeartbeat.for_session(session, self.run_id)
         self.heartbeat.start()
 
     def complete(self, metrics: dict[str, Any]) -> None:
@@ -172,28 +170,13 @@ def _write_decisions(
     for symbol_id, r in zip(symbol_ids, results, strict=True):
         pending += _decision_rows(run_id, symbol_id, r, iso, rl)
         while len(pending) >= _BATCH:
-            _insert_decisions(session, pending[:_BATCH], sqlite, columns)
+            _insert_decisions(session, pending[:_BATCH], columns)
             del pending[:_BATCH]
     if pending:
-        _insert_decisions(session, pending, sqlite, columns)
+        _insert_decisions(session, pending, columns)
 
 
-def _insert_decisions(
-    session: Session, rows: list[Any], sqlite: bool, columns: Sequence[str]
-) -> None:
+def _insert_decisions(session: Session, rows: list[Any], columns: Sequence[str]) -> None:
     """Insert and commit one batch of ``_decision_rows`` rows, which hold ``columns``."""
-    conn = session.connection()
-    if sqlite:
-        sql = (
-            f"INSERT INTO {Decision.__tablename__} ({', '.join(columns)}) "
-            f"VALUES ({', '.join('?' * len(columns))})"
-        )
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cursor.executemany(sql, rows)
-        finally:
-            cursor.close()
-    else:
-        records = [dict(zip(columns, row, strict=True)) for row in rows]
-        conn.execute(insert(Decision), records)
+    insert_decisions(session, rows, columns)
     session.commit()

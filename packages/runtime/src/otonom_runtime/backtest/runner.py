@@ -313,34 +313,15 @@ def _check_bars_in_range(
 ) -> None:
     """``StateBuildError`` unless every symbol has at least 2 bars in ``start .. end`` (the
     metrics need two points of the equity curve)."""
-    from sqlalchemy import case, func, select
-
-    from otonom_runtime.store import Bar
+    from otonom_runtime.store import bar_spans, symbols_with_bars
 
     ids = list(symbol_ids.values())
-    counted = session.execute(  # the unique (symbol_id, date) index covers this count
-        select(func.count()).select_from(
-            select(Bar.symbol_id)
-            .where(Bar.symbol_id.in_(ids), Bar.date.between(start, end))
-            .group_by(Bar.symbol_id)
-            .having(func.count() >= 2)
-            .subquery()
-        )
-    ).scalar_one()
-    if counted == len(set(ids)):
+    if symbols_with_bars(session, ids, start, end) == len(set(ids)):
         return  # every symbol has 2 bars or more in range; the full query only names a failure
-    in_range = func.sum(case((Bar.date.between(start, end), 1), else_=0))
-    found = {  # one query for every symbol; a symbol without bars has no group
-        row[0]: row[1:]
-        for row in session.execute(
-            select(Bar.symbol_id, func.min(Bar.date), func.max(Bar.date), in_range)
-            .where(Bar.symbol_id.in_(ids))
-            .group_by(Bar.symbol_id)
-        )
-    }
+    found = bar_spans(session, ids, start, end)
     for name, symbol_id in symbol_ids.items():
         first, last, n = found.get(symbol_id, (None, None, 0))
-        if (n or 0) < 2:  # SUM is NULL when the symbol has no bars at all
+        if n < 2:
             held = f"its bars run {first} .. {last}" if first is not None else "it has no bars"
             raise StateBuildError(
                 f"{name!r} has {'only 1 bar' if n == 1 else 'no bar'} in {start.isoformat()} .. "

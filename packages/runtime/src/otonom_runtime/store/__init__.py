@@ -65,6 +65,7 @@ from otonom_runtime.store.raw import fetch_raw
 from otonom_runtime.store.readers import (
     StoredBar,
     SymbolInfo,
+    bar_spans,
     find_symbol,
     get_or_create_symbol,
     get_symbol,
@@ -80,6 +81,7 @@ from otonom_runtime.store.readers import (
     stored_macro_scores,
     stored_news_scores,
     symbol_ids,
+    symbols_with_bars,
 )
 from otonom_runtime.store.runs import (
     HEARTBEAT_INTERVAL_S,
@@ -109,6 +111,7 @@ from otonom_runtime.store.tables import (
 from otonom_runtime.store.writers import (
     delete_symbol_data,
     insert_bars,
+    insert_decisions,
     insert_macro,
     insert_news,
     insert_shared_macro,
@@ -141,6 +144,7 @@ __all__ = [
     "StoredBar",
     "Symbol",
     "SymbolInfo",
+    "bar_spans",
     "check_source_name",
     "default_database_url",
     "delete_symbol_data",
@@ -154,6 +158,7 @@ __all__ = [
     "get_symbol",
     "init_db",
     "insert_bars",
+    "insert_decisions",
     "insert_macro",
     "insert_news",
     "insert_shared_macro",
@@ -171,6 +176,7 @@ __all__ = [
     "stored_macro_scores",
     "stored_news_scores",
     "symbol_ids",
+    "symbols_with_bars",
     "this_process",
     "update_bars",
     "update_macro",

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Date, Integer, String, bindparam, func, select, text
+from sqlalchemy import Date, Integer, String, bindparam, case, func, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import BindParameter, TextClause
 
@@ -28,6 +28,7 @@ from otonom_schema import LOOKBACK, MarketHistory, SentimentSeries, compute_stat
 __all__ = [
     "StoredBar",
     "SymbolInfo",
+    "bar_spans",
     "find_symbol",
     "get_or_create_symbol",
     "get_symbol",
@@ -43,6 +44,7 @@ __all__ = [
     "stored_macro_scores",
     "stored_news_scores",
     "symbol_ids",
+    "symbols_with_bars",
 ]
 
 
@@ -460,3 +462,35 @@ def macro_dates(session: Session, source: str, start: dt.date, end: dt.date) -> 
             )
         ).scalars()
     )
+
+
+def symbols_with_bars(
+    session: Session, ids: Iterable[int], start: dt.date, end: dt.date, at_least: int = 2
+) -> int:
+    """How many of the symbols ``ids`` have at least ``at_least`` bars in ``start .. end`` (the
+    unique ``(symbol_id, date)`` index covers this count)."""
+    return int(
+        session.execute(
+            select(func.count()).select_from(
+                select(Bar.symbol_id)
+                .where(Bar.symbol_id.in_(list(ids)), Bar.date.between(start, end))
+                .group_by(Bar.symbol_id)
+                .having(func.count() >= at_least)
+                .subquery()
+            )
+        ).scalar_one()
+    )
+
+
+def bar_spans(
+    session: Session, ids: Iterable[int], start: dt.date, end: dt.date
+) -> dict[int, tuple[dt.date, dt.date, int]]:
+    """``{symbol_id: (first bar, last bar, bars in start .. end)}`` in one query; a symbol
+    without bars is absent."""
+    in_range = func.sum(case((Bar.date.between(start, end), 1), else_=0))
+    rows = session.execute(
+        select(Bar.symbol_id, func.min(Bar.date), func.max(Bar.date), in_range)
+        .where(Bar.symbol_id.in_(list(ids)))
+        .group_by(Bar.symbol_id)
+    )
+    return {int(r[0]): (r[1], r[2], int(r[3] or 0)) for r in rows}

@@ -261,6 +261,13 @@ class RunHeartbeat:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    @classmethod
+    def for_session(cls, session: Session, run_id: int) -> RunHeartbeat:
+        """The heartbeat of ``run_id`` on the engine ``session`` is bound to (none when it is
+        bound to a connection)."""
+        bind = session.get_bind()
+        return cls(bind if isinstance(bind, Engine) else None, run_id)
+
     def beat(self) -> bool:
         """Write one heartbeat now; True when the run was still ``running`` (and updated)."""
         if self._engine is None:

@@ -14,11 +14,12 @@ from typing import Any
 from sqlalchemy import delete, insert, update
 from sqlalchemy.orm import Session
 
-from otonom_runtime.store.tables import Bar, MacroSentiment, NewsSentiment
+from otonom_runtime.store.tables import Bar, Decision, MacroSentiment, NewsSentiment
 
 __all__ = [
     "delete_symbol_data",
     "insert_bars",
+    "insert_decisions",
     "insert_macro",
     "insert_news",
     "insert_shared_macro",
@@ -110,3 +111,25 @@ def delete_symbol_data(session: Session, symbol_id: int, news_source: str) -> No
             NewsSentiment.symbol_id == symbol_id, NewsSentiment.source == news_source
         )
     )
+
+
+def insert_decisions(
+    session: Session, rows: Sequence[Sequence[Any]], columns: Sequence[str]
+) -> None:
+    """Insert decision rows (tuples holding ``columns``, in order) without committing. On SQLite
+    through the driver's ``executemany`` (the rows may hold dates as ISO text, as SQLite stores
+    them); elsewhere through SQLAlchemy's insert."""
+    conn = session.connection()
+    if conn.dialect.name == "sqlite":
+        sql = (
+            f"INSERT INTO {Decision.__tablename__} ({', '.join(columns)}) "
+            f"VALUES ({', '.join('?' * len(columns))})"
+        )
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.executemany(sql, rows)
+        finally:
+            cursor.close()
+    else:
+        records = [dict(zip(columns, row, strict=True)) for row in rows]
+        conn.execute(insert(Decision), records)
