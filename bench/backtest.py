@@ -44,11 +44,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, text
 from sqlalchemy.orm import Session
 
-from otonom_runtime import store
-from otonom_runtime.backtest import records as bt
 from otonom_runtime.backtest import run_backtest
 from otonom_runtime.store import BacktestRun, get_session, init_db, load_history
 from otonom_runtime.strategy import load_strategy
@@ -60,22 +57,58 @@ CLOCK = time.perf_counter  # what each subject is timed by (--clock)
 ISSUE_PEER_PER_S = 115_000.0  # backtesting.py's SMA crossover where issue #4 set the targets
 
 
+# The floor's SQL, verbatim as the backtester ran it at commit 4251276 (issue 13: the floor must
+# not change to flatter a ratio, so it no longer calls the store's statement builders). The store
+# then had no sentiment sources; the bench store holds only the demo's, so these read the same
+# rows. The decision rows go in with the backtester's batches and commits of that commit.
+FLOOR_SQL = {
+    "macro": "SELECT m.date, m.score FROM macro_sentiment m WHERE m.date <= ? ORDER BY m.date",
+    "bars": (
+        "SELECT b.date, b.open, b.high, b.low, b.close, b.volume FROM bars b "
+        "JOIN symbols s ON b.symbol_id = s.id WHERE s.name = ? AND b.date <= ? ORDER BY b.date"
+    ),
+    "news": (
+        "SELECT n.date, n.score FROM news_sentiment n JOIN symbols s ON n.symbol_id = s.id "
+        "WHERE s.name = ? AND n.date <= ? ORDER BY n.date"
+    ),
+}
+FLOOR_COLUMNS = (
+    "run_id", "symbol_id", "date", "action", "strength", "position", "leverage",
+    "cash_fraction", "days_since_last_trade", "equity", "tech_action", "tech_strength",
+    "tech_confidence", "news_action", "news_strength", "news_confidence", "risk_action",
+    "risk_strength", "risk_confidence",
+)  # fmt: skip
+FLOOR_INSERT = (
+    f"INSERT INTO decisions ({', '.join(FLOOR_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(FLOOR_COLUMNS))})"
+)
+FLOOR_BATCH = 5000  # rows per executemany and commit
+
+
 def driver_floor(
     session: Session, symbols: list[str], end: dt.date, run_id: int, repeat: int
 ) -> dict[str, float]:
     """The SQLite driver's own time for the I/O of run ``run_id`` (RL off), best of ``repeat``:
-    the store readers' SQL for every symbol's bars and news and the macro series, fetched as
-    the driver's tuples; then the run's decision rows, read back in insert order and format,
-    inserted under a scratch run with the backtester's own batches and commits."""
-    columns = bt._NO_RL_COLUMNS
-    rows = store.fetch_raw(
-        session,
-        text(
-            f"SELECT {', '.join(columns)} FROM decisions WHERE run_id = :run "
-            "ORDER BY symbol_id, date"
-        ).bindparams(bindparam("run", type_=Integer)),
-        {"run": run_id},
+    ``FLOOR_SQL`` for every symbol's bars and news and the macro series, fetched as the
+    driver's tuples on the session's own connection; then the run's decision rows, read back
+    in insert order and format, inserted under a scratch run by ``FLOOR_INSERT`` in batches of
+    ``FLOOR_BATCH``, each committed."""
+    dbapi: Any = session.connection().connection.dbapi_connection
+
+    def fetch(sql: str, params: tuple[Any, ...]) -> list[Any]:
+        cursor = dbapi.cursor()
+        try:
+            cursor.execute(sql, params)
+            return list(cursor.fetchall())
+        finally:
+            cursor.close()
+
+    rows = fetch(
+        f"SELECT {', '.join(FLOOR_COLUMNS)} FROM decisions WHERE run_id = ? "
+        "ORDER BY symbol_id, date",
+        (run_id,),
     )
+    day = end.isoformat()
     elapsed = math.inf
     for _ in range(repeat):
         scratch = BacktestRun(
@@ -90,20 +123,20 @@ def driver_floor(
         session.add(scratch)
         session.commit()
         batch = [(scratch.id, *row[1:]) for row in rows]
+        dbapi = session.connection().connection.dbapi_connection
         t0 = CLOCK()
-        synthetic = {"source": store.SYNTHETIC_SOURCE, "end": end}  # the demo's sentiment
-        store.fetch_raw(session, store.readers._macro_stmt(False, True), synthetic)
+        fetch(FLOOR_SQL["macro"], (day,))
         for name in symbols:
-            store.fetch_raw(
-                session,
-                store.readers._history_stmt(False, True, False),
-                {"symbol": name, "end": end},
-            )
-            store.fetch_raw(
-                session, store.readers._news_stmt(False, True), {"symbol": name, **synthetic}
-            )
-        for i in range(0, len(batch), bt._BATCH):
-            bt._insert_decisions(session, batch[i : i + bt._BATCH], columns)
+            fetch(FLOOR_SQL["bars"], (name, day))
+            fetch(FLOOR_SQL["news"], (name, day))
+        for i in range(0, len(batch), FLOOR_BATCH):
+            cursor = dbapi.cursor()
+            try:
+                cursor.executemany(FLOOR_INSERT, batch[i : i + FLOOR_BATCH])
+            finally:
+                cursor.close()
+            session.commit()
+            dbapi = session.connection().connection.dbapi_connection
         elapsed = min(elapsed, CLOCK() - t0)
         session.delete(scratch)
         session.commit()
