@@ -141,30 +141,33 @@ def pairs_from_args(args: argparse.Namespace, work: Path) -> list[Pair]:
 # -- the learners: each returns the predicted actions of the held-out rows ----------------
 
 
-Learner = Callable[[Case, int], np.ndarray]
+Fit = tuple[np.ndarray, dict[str, Any]]  # the held-out rows' predicted actions, notes
+Learner = Callable[[Case, int], Fit]
 
 
-def fit_majority(case: Case, seed: int) -> np.ndarray:
-    counts = np.bincount(case.train.actions, minlength=len(CLASS_NAMES))
-    return np.full(len(case.test), int(np.argmax(counts)), dtype=np.int64)
+def fit_majority(case: Case, seed: int) -> Fit:
+    majority = int(np.argmax(np.bincount(case.train.actions, minlength=len(CLASS_NAMES))))
+    return np.full(len(case.test), majority, dtype=np.int64), {"class": CLASS_NAMES[majority]}
 
 
-def fit_logreg(case: Case, seed: int) -> np.ndarray:
+def fit_logreg(case: Case, seed: int) -> Fit:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed))
     model.fit(case.train.states, case.train.actions)
-    return np.asarray(model.predict(case.test.states), dtype=np.int64)
+    iterations = int(np.max(model[-1].n_iter_))
+    return np.asarray(model.predict(case.test.states), dtype=np.int64), {"n_iter": iterations}
 
 
-def fit_hgb(case: Case, seed: int) -> np.ndarray:
+def fit_hgb(case: Case, seed: int) -> Fit:
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     model = HistGradientBoostingClassifier(random_state=seed)
     model.fit(case.train.states, case.train.actions)
-    return np.asarray(model.predict(case.test.states), dtype=np.int64)
+    notes = {"n_iter": int(model.n_iter_), "early_stopping": bool(model.do_early_stopping_)}
+    return np.asarray(model.predict(case.test.states), dtype=np.int64), notes
 
 
 def _import_d3rlpy() -> Any:
@@ -181,7 +184,7 @@ def _import_d3rlpy() -> Any:
     return d3rlpy
 
 
-def fit_d3rlpy(case: Case, seed: int) -> np.ndarray:
+def fit_d3rlpy(case: Case, seed: int) -> Fit:
     with (
         warnings.catch_warnings(),
         contextlib.redirect_stdout(io.StringIO()),  # d3rlpy's structlog notes
@@ -191,7 +194,7 @@ def fit_d3rlpy(case: Case, seed: int) -> np.ndarray:
         return _d3rlpy_bc(case, seed)
 
 
-def _d3rlpy_bc(case: Case, seed: int) -> np.ndarray:
+def _d3rlpy_bc(case: Case, seed: int) -> Fit:
     d3rlpy = _import_d3rlpy()
     from d3rlpy.dataset import MDPDataset
     from d3rlpy.models.encoders import VectorEncoderFactory
@@ -215,9 +218,10 @@ def _d3rlpy_bc(case: Case, seed: int) -> np.ndarray:
     d3rlpy.seed(seed)
     bc = config.create(device="cpu:0")
     per_epoch = max(1, n // config.batch_size)
+    epochs = case.epochs or D3RLPY_EPOCHS
     bc.fit(
         data,
-        n_steps=per_epoch * (case.epochs or D3RLPY_EPOCHS),
+        n_steps=per_epoch * epochs,
         n_steps_per_epoch=per_epoch,
         show_progress=False,
         save_interval=10**9,
@@ -225,10 +229,11 @@ def _d3rlpy_bc(case: Case, seed: int) -> np.ndarray:
         with_timestamp=False,
         logger_adapter=d3rlpy.logging.NoopAdapterFactory(),  # no d3rlpy_logs/ folder
     )
-    return np.asarray(bc.predict(np.ascontiguousarray(case.test.states)), dtype=np.int64)
+    pred = np.asarray(bc.predict(np.ascontiguousarray(case.test.states)), dtype=np.int64)
+    return pred, {"epochs": epochs, "steps": per_epoch * epochs, "batch_size": config.batch_size}
 
 
-def fit_ours(case: Case, seed: int) -> np.ndarray:
+def fit_ours(case: Case, seed: int) -> Fit:
     """The pipeline's stage 4 (training + export) and stage 5 (the ONNX model on the held-out
     file through the runtime)."""
     from otonom_runtime import load_rl_policy
@@ -247,11 +252,19 @@ def fit_ours(case: Case, seed: int) -> np.ndarray:
         progress=False,
     )
     trainer = BehaviorCloningTrainer(cfg, out=io.StringIO())
-    trainer.train()
+    m = trainer.train()
     assert trainer.onnx_path is not None
     policy = load_rl_policy(trainer.onnx_path)
     actions, _, _ = policy.predict_batch(np.ascontiguousarray(case.test.states))
-    return np.asarray(actions, dtype=np.int64)
+    notes = {
+        "epochs_run": m.epochs_run,
+        "best_epoch": m.best_epoch,
+        "stopped_early": m.stopped_early,
+        "train_size": m.train_size,
+        "val_size": m.val_size,
+        "val_acc": m.val_action_acc,
+    }
+    return np.asarray(actions, dtype=np.int64), notes
 
 
 FIT: dict[str, Learner] = {
@@ -293,10 +306,12 @@ def run_case(case: Case, learners: list[str], seeds: list[int]) -> dict[str, Any
     for seed in seeds:
         for key in learners:
             t0 = time.process_time()
-            pred = FIT[key](case, seed)
+            pred, notes = FIT[key](case, seed)
             cpu = time.process_time() - t0
             acc, f1 = score(case.test.actions, pred)
-            runs[key].append({"seed": seed, "accuracy": acc, "macro_f1": f1, "cpu_s": cpu})
+            runs[key].append(
+                {"seed": seed, "accuracy": acc, "macro_f1": f1, "cpu_s": cpu, "notes": notes}
+            )
             print(f"  {case.pair.name} seed {seed}: {LEARNERS[key]} {acc:.4f} / {f1:.4f}",
                   file=sys.stderr, flush=True)  # fmt: skip
     return {
