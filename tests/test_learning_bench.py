@@ -26,10 +26,23 @@ LABELS = (
     "ours (pipeline defaults)",
 )
 
-pytestmark = pytest.mark.skipif(
+NEEDS_EXTRA = pytest.mark.skipif(
     any(importlib.util.find_spec(m) is None for m in ("sklearn", "d3rlpy")),
     reason='needs the bench extra: pip install "otonom-trainer[bench]"',
 )
+
+
+def test_the_bench_extra_is_declared_and_in_the_dev_environment() -> None:
+    """scikit-learn and d3rlpy come with the trainer's bench extra, which the development
+    environment (what `dev.py test` runs in) installs, so the test below runs there."""
+    tomllib = pytest.importorskip("tomllib")
+    trainer = tomllib.loads((ROOT / "packages/trainer/pyproject.toml").read_text("utf-8"))
+    extra = trainer["project"]["optional-dependencies"]["bench"]
+    assert sorted(d.split(">")[0] for d in extra) == ["d3rlpy", "scikit-learn"]
+    root = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))
+    members = root["tool"]["hatch"]["envs"]["default"]["workspace"]["members"]
+    (member,) = [m for m in members if isinstance(m, dict) and m["path"] == "packages/trainer"]
+    assert "bench" in member["features"]
 
 
 def _dataset(path: Path, seed: int, n: int = 300) -> OfflineDataset:
@@ -51,6 +64,7 @@ def _dataset(path: Path, seed: int, n: int = 300) -> OfflineDataset:
     return ds
 
 
+@NEEDS_EXTRA
 def test_quick_run_scores_every_learner_on_the_given_files(tmp_path: Path) -> None:
     train = _dataset(tmp_path / "train.npz", seed=1)
     test = _dataset(tmp_path / "test.npz", seed=11)
