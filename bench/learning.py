@@ -124,7 +124,8 @@ def folder_pair(folder: Path) -> Pair:
     """The two datasets in ``folder`` or in ``folder/data`` (a pipeline report folder)."""
     for where in (folder, folder / "data"):
         if (where / TRAIN_FILE).is_file() and (where / TEST_FILE).is_file():
-            return Pair(folder.name, where / TRAIN_FILE, where / TEST_FILE)
+            name = folder.resolve().parent.name if folder.name == "data" else folder.name
+            return Pair(name, where / TRAIN_FILE, where / TEST_FILE)
     raise SystemExit(f"{folder} holds no {TRAIN_FILE} and {TEST_FILE} (nor does {folder}/data)")
 
 
