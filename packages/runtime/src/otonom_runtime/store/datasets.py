@@ -138,10 +138,14 @@ def synthetic_flags(session: Session, names: Collection[str]) -> dict[str, bool]
     return {str(name): bool(synthetic) for name, synthetic in rows}
 
 
-_BAR_RANGE: Final = text(
-    f"SELECT MIN(b.date), MAX(b.date) FROM {Bar.__tablename__} b "
-    f"JOIN {Symbol.__tablename__} s ON b.symbol_id = s.id "
+_IN_RANGE: Final = (
+    f"FROM {Bar.__tablename__} b JOIN {Symbol.__tablename__} s ON b.symbol_id = s.id "
     "WHERE s.name = :symbol AND b.date >= :start AND b.date <= :end"
+)
+# MIN and MAX each in its own subquery: one index probe each (in one SELECT, SQLite walks
+# every bar of the range)
+_BAR_RANGE: Final = text(
+    f"SELECT (SELECT MIN(b.date) {_IN_RANGE}), (SELECT MAX(b.date) {_IN_RANGE})"
 ).bindparams(
     bindparam("symbol", type_=String), bindparam("start", type_=Date), bindparam("end", type_=Date)
 )
@@ -403,53 +407,35 @@ def _dated(
     return days, list(np.ascontiguousarray(flat.reshape(rows, width).T))
 
 
-_DATE_DIGITS: Final = np.array([0, 1, 2, 3, 5, 6, 8, 9])
-# (year, month, day) from the eight digits of YYYY-MM-DD
-_DATE_WEIGHTS: Final = np.array(
-    [
-        [1000, 0, 0],
-        [100, 0, 0],
-        [10, 0, 0],
-        [1, 0, 0],
-        [0, 10, 0],
-        [0, 1, 0],
-        [0, 0, 10],
-        [0, 0, 1],
-    ],
-    dtype=np.int64,
-)
+# each date and its separator: the lowest and the highest byte of each of its 11 characters
+_DATE_LOW: Final = np.frombuffer(b"0000-00-00" + _SEP.encode(), dtype=np.uint8)
+_DATE_HIGH: Final = np.frombuffer(b"9999-99-99" + _SEP.encode(), dtype=np.uint8)
+_DAY_ONE: Final = np.datetime64("0001-01-01", "D").astype(np.int64)  # the first datetime.date
 
 
 def _iso_days(joined: object, rows: int) -> npt.NDArray[np.datetime64] | None:
     """The dates of ``joined`` (``rows`` dates joined by ``_SEP``) as datetime64[D]; None
-    unless each is ``YYYY-MM-DD`` (ASCII digits) of a real day and they strictly ascend.
+    unless each is ``YYYY-MM-DD`` (ASCII digits) of a real day from year 1 on and they
+    strictly ascend.
 
     Exactly the text that every reader of the store (``datetime.date.fromisoformat``,
     SQLAlchemy's SQLite date parser, ``julianday``) reads as that same day, so accepting it
     changes no date. A date of another length or holding ``_SEP`` cannot pass: the separators
-    must be at every 11th character and the other characters digits and dashes.
+    must be at every 11th character and the other characters digits and dashes. numpy parses
+    the days (and refuses an impossible one: month 13, February 30).
     """
     if not isinstance(joined, str) or len(joined) != 11 * rows - 1 or not joined.isascii():
         return None
-    cells = np.frombuffer((joined + _SEP).encode("ascii"), dtype=np.uint8).reshape(rows, 11)
-    if not (
-        (cells[:, 10] == ord(_SEP)).all()
-        and (cells[:, 4] == ord("-")).all()
-        and (cells[:, 7] == ord("-")).all()
-    ):
+    raw = (joined + _SEP).encode("ascii")
+    cells = np.frombuffer(raw, dtype=np.uint8).reshape(rows, 11)
+    if not ((cells >= _DATE_LOW) & (cells <= _DATE_HIGH)).all():
         return None
-    digits = cells[:, _DATE_DIGITS].astype(np.int64) - ord("0")
-    if digits.min() < 0 or digits.max() > 9:
+    try:
+        text = np.ndarray((rows,), dtype="S10", buffer=raw, strides=(11,))
+        out: npt.NDArray[np.datetime64] = text.astype("datetime64[D]")
+    except ValueError:
         return None
-    year, month, day = (digits @ _DATE_WEIGHTS).T
-    if year.min() < 1 or month.min() < 1 or month.max() > 12 or day.min() < 1:
-        return None  # (year 0 is no datetime.date)
-    months = (year - 1970) * 12 + (month - 1)
-    first = months.astype("datetime64[M]").astype("datetime64[D]")
-    length = ((months + 1).astype("datetime64[M]").astype("datetime64[D]") - first).astype(np.int64)
-    if (day > length).any():
-        return None
-    out: npt.NDArray[np.datetime64] = first + (day - 1)
-    if rows > 1 and not (np.diff(out.astype(np.int64)) > 0).all():
+    days = out.view(np.int64)
+    if days[0] < _DAY_ONE or not (days[1:] > days[:-1]).all():
         return None
     return out
