@@ -18,6 +18,7 @@ Each day takes one of two paths, with the same results (tested):
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -91,14 +92,13 @@ def _lockstep(
         totals[: alive[j], j] = prepared[i].totals
         sums[: alive[j], j] = prepared[i].strength_sums
     policy = _bound_policy(analysts, dtype)
-    slot: Any = None
-    slot_m = 0
-    rl: list[RlVote] = []  # per day, by place j, end to end: the RL votes and where they voted
-    voted: list[bool] = []
+    rl: list[RlVote] = []  # per day, by place j, end to end: the RL votes
+    fell_back: list[int] = []  # where in ``rl`` an analyst fell back
     sizes: list[int] = []
     w_rl, min_score = params.weights[3], params.min_score
     days_feature: dict[float, float] = {}
     m, width = n_sym, 3 * n_sym
+    live, slot, inputs, port = _batch(steps, m, policy)
     for k0 in range(0, n_max, _CHUNK):
         k1 = min(k0 + _CHUNK, n_max)
         chunk = _states(prepared, order, alive, k0, k1, dtype)
@@ -107,26 +107,23 @@ def _lockstep(
         # objects a chunk, and its full passes cost more than the lists save
         chunk_totals, chunk_sums = totals[k0:k1].ravel().tolist(), sums[k0:k1].ravel().tolist()
         for k in range(k0, k1):
-            while alive[m - 1] <= k:  # the shortest histories have ended
-                m -= 1
-            portfolio, in_range = _portfolio(steps[:m], days_feature)
+            if alive[m - 1] <= k:  # the shortest histories have ended
+                while alive[m - 1] <= k:
+                    m -= 1
+                live, slot, inputs, port = _batch(steps, m, policy)
+            portfolio, in_range = _portfolio(live, days_feature)
             votes: list[RlVote] | None = None
-            if policy is not None and chunk32 is not None and in_range:
-                if m != slot_m:
-                    slot, slot_m = policy.bound_batch(m), m
-                if slot is not None:  # the bound day
-                    state = slot.state
-                    state[:] = chunk32[k - k0, :m]
-                    state[:, PORTFOLIO_COLUMNS] = portfolio
-                    votes = policy.predict_bound(slot)
+            if slot is not None and chunk32 is not None and in_range:  # the bound day
+                inputs[:] = chunk32[k - k0, :m]
+                port[:] = portfolio
+                votes = policy.predict_bound(slot)
             if votes is not None:
                 rl += votes
-                voted += [True] * m
                 day_votes: Sequence[RlVote | None] = votes
             else:  # the general day
                 raw, ok = _general_day(analysts[:m], chunk, chunk32, k - k0, portfolio, dtype)
+                fell_back += [len(rl) + j for j, o in enumerate(ok) if not o]
                 rl += raw
-                voted += ok
                 day_votes = [v if o else None for v, o in zip(raw, ok, strict=True)]
             sizes.append(m)
             at = (k - k0) * width
@@ -142,7 +139,7 @@ def _lockstep(
                 s_out.append(strength)
     for sleeve in sleeves:  # the last day's decision: nothing to fill, the sleeve finishes
         next(sleeve, None)
-    return _results(prepared, order, alive, rls, actions_out, strengths_out, rl, voted, sizes)
+    return _results(prepared, order, alive, rls, actions_out, strengths_out, rl, fell_back, sizes)
 
 
 def _bound_policy(analysts: Sequence[RlAnalyst], dtype: np.dtype[Any]) -> Any:
@@ -159,6 +156,15 @@ def _bound_policy(analysts: Sequence[RlAnalyst], dtype: np.dtype[Any]) -> Any:
     ):
         return None
     return policy
+
+
+def _batch(steps: list[Callable[[], Features]], m: int, policy: Any) -> tuple[Any, ...]:
+    """The day's first ``m`` sleeves' steps and, with a bound policy, its slot for ``m``
+    states, that slot's input and the input's portfolio columns (None: no bound day)."""
+    slot = None if policy is None else policy.bound_batch(m)
+    if slot is None:
+        return steps[:m], None, None, None
+    return steps[:m], slot, slot.state, slot.state[:, PORTFOLIO_COLUMNS]
 
 
 def _portfolio(
@@ -224,15 +230,19 @@ def _results(
     actions_out: list[list[int]],
     strengths_out: list[list[float]],
     rl: list[RlVote],
-    voted: list[bool],
+    fell_back: list[int],
     sizes: list[int],
 ) -> list[SymbolResult]:
-    """The finished sleeves as ``SymbolResult``s, each with its RL votes: those of the days
-    end to end, day k's ``sizes[k]`` rows by place, so symbol j's of day k sit at
-    ``starts[k] + j``."""
-    votes = np.array(rl, dtype=np.float64).reshape(-1, 3)  # actions 0..2: exact as floats
+    """The finished sleeves as ``SymbolResult``s, each with its RL votes: ``rl`` holds those
+    of the days end to end, day k's ``sizes[k]`` rows by place, so symbol j's of day k sit at
+    ``starts[k] + j``; ``fell_back``: the places in ``rl`` where the analyst did not vote."""
+    # one pass over the numbers (np.array on a list of tuples costs several times more);
+    # actions 0 .. 2 are exact as floats
+    numbers = itertools.chain.from_iterable(rl)
+    votes = np.fromiter(numbers, dtype=np.float64, count=3 * len(rl)).reshape(-1, 3)
     flat = (votes[:, 0].astype(np.int64), votes[:, 1], votes[:, 2])
-    voted_all = np.array(voted, dtype=np.bool_)
+    voted_all = np.ones(len(rl), dtype=np.bool_)
+    voted_all[fell_back] = False
     starts = np.cumsum([0, *sizes[:-1]])
     results: list[SymbolResult] = [None] * len(order)  # type: ignore[list-item]
     for j, i in enumerate(order):
