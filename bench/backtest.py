@@ -44,6 +44,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from _clock import add_clock_option, chosen_clock
 from sqlalchemy.orm import Session
 
 from otonom_runtime.backtest import run_backtest
@@ -191,17 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs per subject; the fastest is reported"
     )
-    parser.add_argument(
-        "--clock",
-        choices=("wall", "cpu"),
-        default="wall",
-        help="time each subject by the wall clock (default) or by this process's CPU time "
-        "(steadier on a machine shared with other jobs)",
-    )
+    add_clock_option(parser)
     parser.add_argument("--out", type=Path, help="write the results as JSON")
     args = parser.parse_args(argv)
     global CLOCK
-    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    CLOCK = chosen_clock(args)
 
     tmp = Path(tempfile.mkdtemp(prefix="otonom-bench-bt-"))
     url = f"sqlite:///{tmp / 'store.db'}"

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _clock import add_clock_option, chosen_clock
 from sqlalchemy import select
 
 import otonom_schema as s
@@ -155,17 +156,11 @@ def _bench(argv: list[str] | None, tmp: Path) -> int:
     parser.add_argument("--years", type=int, default=10)
     parser.add_argument("--sample", type=int, default=2000, help="rows for the naive path")
     parser.add_argument("--repeats", type=int, default=3, help="timed generate_dataset runs")
-    parser.add_argument(
-        "--clock",
-        choices=("wall", "cpu"),
-        default="wall",
-        help="time each subject by the wall clock (default) or by this process's CPU time "
-        "(steadier on a machine shared with other jobs)",
-    )
+    add_clock_option(parser)
     parser.add_argument("--out", type=Path, help="write the results as JSON")
     args = parser.parse_args(argv)
     global CLOCK
-    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    CLOCK = chosen_clock(args)
 
     url = f"sqlite:///{tmp / 'store.db'}"
     init_db(url)

@@ -216,6 +216,33 @@ def test_analysts_on_real_states_give_valid_signals() -> None:
     assert {int(a) for a in np.unique(tech.actions)} == {0, 1, 2}
 
 
+def _drawdown_cell_by_cell(states: np.ndarray, window: int) -> np.ndarray:
+    """``RiskAnalyst.drawdown`` as it was written before the one-series decoding: every cell
+    of the (N, window) returns decoded, ``np.cumsum`` and ``np.maximum.accumulate`` per row."""
+    ret0 = s.feature_index("ret_lag0")
+    path = np.cumsum(s.log_returns_from_features(states[:, ret0 - window + 1 : ret0 + 1]), axis=1)
+    peak = np.maximum(np.maximum.accumulate(path, axis=1), 0.0)
+    out: np.ndarray = 1.0 - np.exp(path[:, -1] - peak[:, -1])
+    return out
+
+
+@pytest.mark.parametrize("window", [2, 7, 20])
+def test_drawdown_equals_the_cell_by_cell_form_bit_for_bit(window: int) -> None:
+    """Consecutive days' states (one series decoded once), states in no order (every cell
+    decoded), float32 states, NaN and signed zeros: the same bits as the old form."""
+    risk = RiskAnalyst(drawdown_window=window)
+    days = s.market_feature_matrix(random_history(400, seed=11))
+    rng = np.random.default_rng(window)
+    shuffled = days[rng.permutation(len(days))]
+    odd = days.copy()
+    odd[5, 20:32] = 0.0
+    odd[6, 20:32] = -0.0
+    odd[9, 25] = np.nan
+    for states in (days, shuffled, days.astype(np.float32), odd, days[:1], days[:0]):
+        got = risk.drawdown(states)
+        assert got.tobytes() == _drawdown_cell_by_cell(states, window).tobytes()
+
+
 # --- the RL analyst and its fallback -----------------------------------------------------------
 
 

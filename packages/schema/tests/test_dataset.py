@@ -200,3 +200,16 @@ def test_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="Out of range float values"):
         s.save_dataset(bad, tmp_path / "d.npz")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_require_schema_is_the_one_rule_for_artefacts() -> None:
+    s.require_schema("x.npz", s.schema_fingerprint(), s.SCHEMA_VERSION, "unused")  # installed
+    with pytest.raises(s.SchemaMismatchError) as err:
+        s.require_schema("model.pt", "0123456789abcdef", "0.1.0", "Do this next.")
+    assert str(err.value) == (
+        "model.pt was made under state schema 0.1.0 (fingerprint 0123456789abcdef); the "
+        f"installed schema is {s.SCHEMA_VERSION} (fingerprint {s.schema_fingerprint()}). "
+        "Do this next."
+    )
+    with pytest.raises(s.SchemaMismatchError):  # a missing fingerprint is another schema
+        s.require_schema("old.npz", None, None, "Regenerate.")

@@ -740,7 +740,7 @@ def test_load_checkpoint_rejects_foreign_files(tmp_path: Path, run: Run) -> None
     ckpt["schema_fingerprint"] = "0000000000000000"
     stale = tmp_path / "stale.pt"
     torch.save(ckpt, stale)
-    with pytest.raises(otonom_schema.SchemaMismatchError, match="retrain"):
+    with pytest.raises(otonom_schema.SchemaMismatchError, match="Retrain on a dataset"):
         load_checkpoint(stale)
     assert load_checkpoint(stale, check_schema=False)[0].hidden_dim == 128
 

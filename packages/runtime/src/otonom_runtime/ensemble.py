@@ -95,9 +95,22 @@ def _states(states: npt.ArrayLike) -> npt.NDArray[np.floating]:
     return arr
 
 
-def _log_returns(states: npt.NDArray[np.floating], window: int) -> F64:
-    """The newest ``window`` daily log returns (oldest first), undoing the tanh scaling."""
-    return log_returns_from_features(states[:, _RET0 - window + 1 : _RET0 + 1])
+def _window_returns(states: npt.NDArray[np.floating], window: int) -> list[F64]:
+    """The newest ``window`` daily log returns of each state (undoing the tanh scaling), as
+    ``window`` (N,) columns, oldest first.
+
+    The states of consecutive days hold the same returns shifted by one lag (day t+1's lag
+    k+1 is day t's lag k); when every row shows that, each return is decoded once (N + window
+    - 1 of them instead of N x window) and the columns are views of that one series. The
+    decoding is elementwise, so the values are those of decoding every cell.
+    """
+    lags = states[:, _RET0 - window + 1 : _RET0 + 1]  # (N, window), oldest first
+    n = lags.shape[0]
+    if n > 1 and window > 1 and np.array_equal(lags[1:, :-1], lags[:-1, 1:]):
+        series = log_returns_from_features(np.concatenate([lags[0], lags[1:, -1]]))
+        return [series[k : k + n] for k in range(window)]
+    decoded = log_returns_from_features(lags)
+    return [decoded[:, k] for k in range(window)]
 
 
 @dataclass(frozen=True)
@@ -183,10 +196,20 @@ class RiskAnalyst:
     exit_in_high_vol: bool = True
 
     def drawdown(self, states: npt.ArrayLike) -> F64:
+        """Per state, 1 - exp(path_last - peak): ``path`` the running sum of the window's log
+        returns (oldest first), ``peak`` its running maximum, at least 0 (the window's
+        start). The sums and maxima run one return column at a time, in the order of
+        ``np.cumsum`` / ``np.maximum.accumulate`` along a row (so bit for bit the same), over
+        the N states at once (``_window_returns``)."""
         window = min(self.drawdown_window, 20)
-        path = np.cumsum(_log_returns(_states(states), window), axis=1)
-        peak = np.maximum(np.maximum.accumulate(path, axis=1), 0.0)  # the window's start is 0
-        out: F64 = 1.0 - np.exp(path[:, -1] - peak[:, -1])
+        columns = _window_returns(_states(states), window)
+        if not columns:  # no window: as np.cumsum over an empty axis would
+            raise IndexError(f"drawdown_window is {self.drawdown_window}; expected >= 1")
+        path = top = columns[0]
+        for column in columns[1:]:
+            path = path + column
+            top = np.maximum(top, path)
+        out: F64 = 1.0 - np.exp(path - np.maximum(top, 0.0))
         return out
 
     def signals(self, states: npt.ArrayLike) -> Signals:

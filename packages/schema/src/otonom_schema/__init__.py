@@ -39,6 +39,7 @@ from otonom_schema._spec import (
     FeatureSpec,
     feature_index,
     feature_table_markdown,
+    require_schema,
     schema_fingerprint,
 )
 from otonom_schema._state import (
@@ -88,6 +89,7 @@ __all__ = [
     "market_feature_matrix",
     "parse_iso_date",
     "portfolio_feature_matrix",
+    "require_schema",
     "save_dataset",
     "schema_fingerprint",
     "sentiment_feature",

@@ -21,9 +21,15 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from otonom_schema._errors import DatasetError, SchemaError, SchemaMismatchError
+from otonom_schema._errors import DatasetError, SchemaError
 from otonom_schema._io import atomic_path
-from otonom_schema._spec import FEATURE_NAMES, SCHEMA_VERSION, Action, schema_fingerprint
+from otonom_schema._spec import (
+    FEATURE_NAMES,
+    SCHEMA_VERSION,
+    Action,
+    require_schema,
+    schema_fingerprint,
+)
 from otonom_schema._state import validate_states
 
 __all__ = [
@@ -228,12 +234,12 @@ def load_dataset(path: str | os.PathLike[str], *, check_schema: bool = True) -> 
             f"{src}: dataset format version {meta.get('format_version')!r}; this otonom-schema "
             f"reads version {DATASET_FORMAT_VERSION}"
         )
-    if check_schema and meta.get("schema_fingerprint") != schema_fingerprint():
-        raise SchemaMismatchError(
-            f"{src} was made under schema {meta.get('schema_version')} (fingerprint "
-            f"{meta.get('schema_fingerprint')}); the installed schema is {SCHEMA_VERSION} "
-            f"(fingerprint {schema_fingerprint()}). Regenerate the dataset with the installed "
-            "schema (otonom-train dataset ...)."
+    if check_schema:
+        require_schema(
+            src,
+            meta.get("schema_fingerprint"),
+            meta.get("schema_version"),
+            "Regenerate the dataset with the installed schema (otonom-train dataset ...).",
         )
     try:
         return OfflineDataset(

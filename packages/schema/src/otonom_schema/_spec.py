@@ -26,6 +26,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Final
 
+from otonom_schema._errors import SchemaMismatchError
+
 __all__ = [
     "ANALYSTS",
     "FEATURES",
@@ -39,6 +41,7 @@ __all__ = [
     "FeatureSpec",
     "feature_index",
     "feature_table_markdown",
+    "require_schema",
     "schema_fingerprint",
 ]
 
@@ -366,6 +369,18 @@ def schema_fingerprint() -> str:
     Independent of Python's hash seed, the platform and the feature descriptions.
     """
     return _FINGERPRINT
+
+
+def require_schema(source: object, fingerprint: object, version: object, remedy: str) -> None:
+    """Refuse an artefact (``source``: its path or name) made under another state schema:
+    ``SchemaMismatchError`` naming both schemas and ``remedy`` (the next step, a sentence)
+    unless ``fingerprint`` (the artefact's, with its ``version``) is the installed one. The
+    one spelling of the rule for datasets and checkpoints."""
+    if fingerprint != _FINGERPRINT:
+        raise SchemaMismatchError(
+            f"{source} was made under state schema {version} (fingerprint {fingerprint}); "
+            f"the installed schema is {SCHEMA_VERSION} (fingerprint {_FINGERPRINT}). {remedy}"
+        )
 
 
 def feature_table_markdown() -> str:

@@ -28,8 +28,8 @@ Rules (each one tested):
   the decision was made with; ``days_since_last_trade`` NULL = never traded = ``inf``); for a
   run whose strategy named sentiment sources, the builder made with those
   (``RlStateBuilder(session, news_source=..., macro_source=...)``).
-* **Vectorised.** Every read is a typed store reader (``otonom_runtime.store.datasets``,
-  ``load_news``, ``load_macro``: this module holds no SQL). Per symbol: one query for the
+* **Vectorised.** Every read is a typed store reader (``otonom_runtime.store.datasets``: this
+  module holds no SQL). Per symbol: one query for the
   decisions, one for the bars from ``LOOKBACK - 1`` bars before the first decision to the last
   decision (older bars are never read by any row's state), one for the news from
   ``SENTIMENT_MAX_AGE_DAYS`` days before the first decision (an older score is stale for every
@@ -69,7 +69,7 @@ import numpy.typing as npt
 from sqlalchemy.orm import Session
 
 from otonom_runtime.backtest import INTERNAL_PURPOSES
-from otonom_runtime.store import get_symbol, load_macro, load_news, sentiment_source
+from otonom_runtime.store import get_symbol, sentiment_source
 from otonom_runtime.store.datasets import (
     RunInfo,
     bar_range,
@@ -77,6 +77,8 @@ from otonom_runtime.store.datasets import (
     list_runs,
     load_bar_window,
     load_decisions,
+    load_macro_window,
+    load_news_window,
     run_params,
     synthetic_flags,
 )
@@ -324,9 +326,7 @@ class OfflineDatasetGenerator:
             raise DatasetGenerationError(
                 f"run {run.id}, {name!r}: a stored portfolio is outside the schema: {exc}"
             ) from None
-        news = load_news(
-            self.session, name, source=news_source, start=first - _SENTIMENT_AGE, end=last
-        )
+        news = load_news_window(self.session, name, news_source, first - _SENTIMENT_AGE, last)
         return _Symbol(
             history=history,
             news=news,
@@ -354,7 +354,7 @@ class OfflineDatasetGenerator:
 
     def _macro(self, source: str, start: dt.date, end: dt.date) -> SentimentSeries | None:
         """Macro sentiment from ``source`` dated ``start .. end`` (None if none); one query."""
-        return load_macro(self.session, source=source, start=start, end=end)
+        return load_macro_window(self.session, source, start, end)
 
     def _sentiment_sources(self, chosen: dict[str, _Run]) -> dict[str, dict[str, str]]:
         """{symbol: {"news": source, "macro": source}}: what each symbol's run read (its

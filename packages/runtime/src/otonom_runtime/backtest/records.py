@@ -117,12 +117,12 @@ def _iso_dates(results: Sequence[SymbolResult]) -> _IsoDates:
     return days, np.datetime_as_string(days, unit="D").tolist()
 
 
-def _decision_rows(
+def _decision_columns(
     run_id: int, symbol_id: int, r: SymbolResult, sqlite: _IsoDates | None, rl: bool
-) -> list[Any]:
-    """One symbol's decision rows as tuples in ``_DECISION_COLUMNS`` order (``rl`` False:
-    without the RL columns, ``_NO_RL_COLUMNS``); on SQLite (``sqlite``: ``_iso_dates`` of the
-    run) exactly what the ORM types store (dates as ISO text, ``inf`` days as NULL)."""
+) -> list[list[Any]]:
+    """One symbol's decision rows column by column, in ``_DECISION_COLUMNS`` order (``rl``
+    False: without the RL columns, ``_NO_RL_COLUMNS``); on SQLite (``sqlite``: ``_iso_dates``
+    of the run) exactly what the ORM types store (dates as ISO text, ``inf`` days as NULL)."""
     n = len(r.actions)
     days: list[float | None] = r.days_since_last_trade.tolist()
     if sqlite is not None:
@@ -132,22 +132,19 @@ def _decision_rows(
         dates: list[Any] = [text[i] for i in at]
     else:
         dates = r.dates.astype("datetime64[D]").tolist()
-    return list(
-        zip(
-            [run_id] * n,
-            [symbol_id] * n,
-            dates,
-            r.actions.tolist(),
-            r.strengths.tolist(),
-            r.position.tolist(),
-            r.leverage.tolist(),
-            r.cash_fraction.tolist(),
-            days,
-            r.equity.tolist(),
-            *_signal_columns(r, rl),
-            strict=True,
-        )
-    )
+    return [
+        [run_id] * n,
+        [symbol_id] * n,
+        dates,
+        r.actions.tolist(),
+        r.strengths.tolist(),
+        r.position.tolist(),
+        r.leverage.tolist(),
+        r.cash_fraction.tolist(),
+        days,
+        r.equity.tolist(),
+        *_signal_columns(r, rl),
+    ]
 
 
 def _write_decisions(
@@ -156,27 +153,34 @@ def _write_decisions(
     """Store the decisions of every symbol (in the order given), a commit after each
     ``_BATCH`` rows.
 
-    SQLite goes through the driver's ``executemany`` with pre-formatted rows (see
-    ``_decision_rows``); other databases take the Core insert with SQLAlchemy's own type
-    handling. When the RL analyst voted on no decision of the run (off, or failed to load), its
-    columns are left out of the INSERT and hold their default, NULL: the driver binds each
-    ``None`` through its adapter lookup, which costs about 15 times a float's bind.
+    The rows are kept column by column (``_decision_columns``), a symbol's at a time added to
+    what is pending, so no more than a batch and a symbol's rows are held. SQLite goes through
+    the driver with pre-formatted values (``store.insert_decisions``); other databases take
+    the Core insert with SQLAlchemy's own type handling. When the RL analyst voted on no
+    decision of the run (off, or failed to load), its columns are left out of the INSERT and
+    hold their default, NULL: the driver binds each ``None`` through its adapter lookup, which
+    costs about 15 times a float's bind.
     """
     sqlite = session.connection().dialect.name == "sqlite"
     rl = any(r.rl_voted is not None and bool(r.rl_voted.any()) for r in results)
-    columns = _DECISION_COLUMNS if rl else _NO_RL_COLUMNS
+    names = _DECISION_COLUMNS if rl else _NO_RL_COLUMNS
     iso = _iso_dates(results) if sqlite and results else None
-    pending: list[Any] = []
+    pending: list[list[Any]] = [[] for _ in names]
     for symbol_id, r in zip(symbol_ids, results, strict=True):
-        pending += _decision_rows(run_id, symbol_id, r, iso, rl)
-        while len(pending) >= _BATCH:
-            _insert_decisions(session, pending[:_BATCH], columns)
-            del pending[:_BATCH]
-    if pending:
-        _insert_decisions(session, pending, columns)
+        for column, values in zip(
+            pending, _decision_columns(run_id, symbol_id, r, iso, rl), strict=True
+        ):
+            column += values
+        while len(pending[0]) >= _BATCH:
+            _insert_decisions(session, dict(zip(names, [c[:_BATCH] for c in pending], strict=True)))
+            for column in pending:
+                del column[:_BATCH]
+    if pending[0]:
+        _insert_decisions(session, dict(zip(names, pending, strict=True)))
 
 
-def _insert_decisions(session: Session, rows: list[Any], columns: Sequence[str]) -> None:
-    """Insert and commit one batch of ``_decision_rows`` rows, which hold ``columns``."""
-    insert_decisions(session, rows, columns)
+def _insert_decisions(session: Session, columns: dict[str, list[Any]]) -> None:
+    """Insert and commit one batch of decision rows, given column by column
+    (``_decision_columns``' values under ``_DECISION_COLUMNS``' names)."""
+    insert_decisions(session, columns)
     session.commit()

@@ -1,16 +1,29 @@
 """The reads of offline dataset generation (``otonom_trainer.dataset``): backtest runs, their
 decisions as columns, and the bars a run's states read.
 
-Typed readers, so the trainer holds no SQL and names no table. The wide reads (decisions,
-bars) take ``otonom_runtime.store.raw``'s fast path: rows streamed into one float64 array,
-dates as day numbers, the text read as the fallback; the same tables, filters and order as
-the trainer's own SQL had (the bench's SQL-read floor, ``bench/dataset.py``).
+Typed readers, so the trainer holds no SQL and names no table. The same tables, filters and
+order as the trainer's own SQL had (the bench's SQL-read floor, ``bench/dataset.py``).
+
+The wide reads (decisions, bars, news, macro) have two ways from rows to arrays:
+
+* SQLite (``_dated``): the numbers alone, streamed into one float64 array as
+  ``otonom_runtime.store.raw`` streams them, and the dates apart, as one text per read
+  (``group_concat`` of the date column over the same rows: the table's unique index covers
+  it, so it costs a fraction of a date cell per row), parsed in numpy (``_iso_days``) and
+  accepted only when every date is canonical ``YYYY-MM-DD`` text of a real day, ascending,
+  one per row. The date query runs while the number query's cursor is open, so both read
+  one snapshot of the store.
+* Otherwise (another dialect, a cell or a date the above refuses, no row): the store's
+  general readers (``otonom_runtime.store.raw._read``: dates as day numbers in SQL, else the
+  text parsed as an ORM read parses it; ``load_news``, ``load_macro``), which also raise
+  their errors.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
+import itertools
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -20,9 +33,17 @@ import numpy.typing as npt
 from sqlalchemy import Date, Integer, String, TextClause, bindparam, select, text
 from sqlalchemy.orm import Session
 
-from otonom_runtime.store.raw import _date_column, _day_array, _read, fetch_raw
-from otonom_runtime.store.tables import BacktestRun, Bar, Decision, Symbol
-from otonom_schema import MarketHistory
+from otonom_runtime.store.raw import _autoflush, _cursor, _date_column, _day_array, _read, fetch_raw
+from otonom_runtime.store.readers import load_macro, load_news
+from otonom_runtime.store.tables import (
+    BacktestRun,
+    Bar,
+    Decision,
+    MacroSentiment,
+    NewsSentiment,
+    Symbol,
+)
+from otonom_schema import MarketHistory, SentimentSeries
 
 __all__ = [
     "DecisionColumns",
@@ -32,6 +53,8 @@ __all__ = [
     "list_runs",
     "load_bar_window",
     "load_decisions",
+    "load_macro_window",
+    "load_news_window",
     "run_params",
     "synthetic_flags",
 ]
@@ -158,16 +181,21 @@ def _date_value(value: Any, session: Session) -> dt.date:
     return out
 
 
+_DECISION_NUMBERS: Final = (
+    "d.action, d.strength, d.position, d.leverage, d.cash_fraction, d.days_since_last_trade"
+)
+_BAR_NUMBERS: Final = "b.open, b.high, b.low, b.close, b.volume"
+
+
 @functools.cache
-def _decisions_stmt(dialect: str | None) -> TextClause:
-    """The decisions of one run for one symbol in a date range, oldest first; ``dialect`` as
-    for ``otonom_runtime.store.readers._history_stmt``. Only the columns the rows need."""
+def _decisions_query(columns: str, order: bool = True) -> TextClause:
+    """``SELECT columns`` of the decisions of one run for one symbol in a date range (oldest
+    first when ``order``)."""
     return text(
-        f"SELECT {_date_column('d.date', dialect)}, d.action, d.strength, d.position, "
-        "d.leverage, d.cash_fraction, d.days_since_last_trade "
+        f"SELECT {columns} "
         f"FROM {Decision.__tablename__} d JOIN {Symbol.__tablename__} s ON d.symbol_id = s.id "
-        "WHERE d.run_id = :run_id AND s.name = :symbol AND d.date >= :start AND d.date <= :end "
-        "ORDER BY d.date"
+        "WHERE d.run_id = :run_id AND s.name = :symbol AND d.date >= :start AND d.date <= :end"
+        + (" ORDER BY d.date" if order else "")
     ).bindparams(
         bindparam("run_id", type_=Integer),
         bindparam("symbol", type_=String),
@@ -176,13 +204,26 @@ def _decisions_stmt(dialect: str | None) -> TextClause:
     )
 
 
+def _decisions_stmt(dialect: str | None) -> TextClause:
+    """The decisions of one run for one symbol in a date range, oldest first; ``dialect`` as
+    for ``otonom_runtime.store.readers._history_stmt``. Only the columns the rows need."""
+    return _decisions_query(f"{_date_column('d.date', dialect)}, {_DECISION_NUMBERS}")
+
+
 def load_decisions(
     session: Session, run_id: int, symbol: str, start: dt.date, end: dt.date
 ) -> DecisionColumns | None:
     """The decisions of run ``run_id`` for ``symbol`` dated ``start .. end``, oldest first;
-    None when there is none. One query (``otonom_runtime.store.raw._read``)."""
+    None when there is none. One query (SQLite: two, ``_dated``; else
+    ``otonom_runtime.store.raw._read``)."""
     values = {"run_id": run_id, "symbol": symbol, "start": start, "end": end}
-    read = _read(session, _decisions_stmt, values, 7)
+    read = _dated(
+        session,
+        _decisions_query(_DECISION_NUMBERS),
+        _decisions_query(_DATES.format("d.date"), order=False),
+        values,
+        6,
+    ) or _read(session, _decisions_stmt, values, 7)
     if read is None:
         return None
     dates, (actions, strengths, position, leverage, cash, days) = read
@@ -200,18 +241,18 @@ def load_decisions(
 
 
 @functools.cache
-def _bar_window_stmt(dialect: str | None) -> TextClause:
-    """The bars of a symbol from the ``:back``-th bar before ``:first`` (or the oldest, if
-    there are fewer) to ``:end`` (the subquery walks the unique index)."""
+def _bar_window_query(columns: str, order: bool = True) -> TextClause:
+    """``SELECT columns`` of the bars of a symbol from the ``:back``-th bar before ``:first``
+    (or the oldest, if there are fewer) to ``:end`` (the subquery walks the unique index);
+    oldest first when ``order``."""
     return text(
-        f"SELECT {_date_column('b.date', dialect)}, b.open, b.high, b.low, b.close, b.volume "
+        f"SELECT {columns} "
         f"FROM {Bar.__tablename__} b JOIN {Symbol.__tablename__} s ON b.symbol_id = s.id "
         "WHERE s.name = :symbol AND b.date <= :end AND b.date >= COALESCE("
         "(SELECT MIN(w.date) FROM ("
         f"SELECT p.date FROM {Bar.__tablename__} p JOIN {Symbol.__tablename__} ps "
         "ON p.symbol_id = ps.id WHERE ps.name = :symbol AND p.date < :first "
-        "ORDER BY p.date DESC LIMIT :back) w), :first) "
-        "ORDER BY b.date"
+        "ORDER BY p.date DESC LIMIT :back) w), :first)" + (" ORDER BY b.date" if order else "")
     ).bindparams(
         bindparam("symbol", type_=String),
         bindparam("first", type_=Date),
@@ -220,17 +261,195 @@ def _bar_window_stmt(dialect: str | None) -> TextClause:
     )
 
 
+def _bar_window_stmt(dialect: str | None) -> TextClause:
+    """``_bar_window_query`` of the date (``dialect`` as for ``_decisions_stmt``) and the
+    bar's numbers."""
+    return _bar_window_query(f"{_date_column('b.date', dialect)}, {_BAR_NUMBERS}")
+
+
 def load_bar_window(
     session: Session, symbol: str, first: dt.date, end: dt.date, back: int
 ) -> MarketHistory | None:
     """The bars of ``symbol`` dated <= ``end`` from the ``back``-th bar before ``first`` on
     (all that states from ``first`` on read when ``back`` is ``LOOKBACK - 1``); None when there
-    is none. One query, as ``load_decisions``."""
+    is none. As ``load_decisions``."""
     values = {"symbol": symbol, "first": first, "end": end, "back": back}
-    read = _read(session, _bar_window_stmt, values, 6)
+    read = _dated(
+        session,
+        _bar_window_query(_BAR_NUMBERS),
+        _bar_window_query(_DATES.format("b.date"), order=False),
+        values,
+        5,
+    ) or _read(session, _bar_window_stmt, values, 6)
     if read is None:
         return None
     dates, (open_, high, low, close, volume) = read
     return MarketHistory(
         dates=dates, open=open_, high=high, low=low, close=close, volume=volume, symbol=symbol
     )
+
+
+@functools.cache
+def _news_query(columns: str, order: bool = True) -> TextClause:
+    """``SELECT columns`` of a symbol's news from one source in a date range (the
+    (symbol_id, source, date) unique index serves it)."""
+    return text(
+        f"SELECT {columns} FROM {NewsSentiment.__tablename__} n "
+        f"JOIN {Symbol.__tablename__} s ON n.symbol_id = s.id "
+        "WHERE s.name = :symbol AND n.source = :source AND n.date >= :start AND n.date <= :end"
+        + (" ORDER BY n.date" if order else "")
+    ).bindparams(
+        bindparam("symbol", type_=String),
+        bindparam("source", type_=String),
+        bindparam("start", type_=Date),
+        bindparam("end", type_=Date),
+    )
+
+
+def load_news_window(
+    session: Session, symbol: str, source: str, start: dt.date, end: dt.date
+) -> SentimentSeries | None:
+    """``load_news(session, symbol, source=source, start=start, end=end)``, the same series
+    (and errors), read as ``load_decisions`` reads."""
+    _autoflush(session)
+    values = {"symbol": symbol, "source": source, "start": start, "end": end}
+    read = _dated(
+        session,
+        _news_query("n.score"),
+        _news_query(_DATES.format("n.date"), order=False),
+        values,
+        1,
+    )
+    if read is None:
+        return load_news(session, symbol, source=source, start=start, end=end)
+    return SentimentSeries(dates=read[0], scores=read[1][0])
+
+
+@functools.cache
+def _macro_query(columns: str, order: bool = True) -> TextClause:
+    """``SELECT columns`` of one source's macro series in a date range (the (source, date)
+    unique index serves it)."""
+    return text(
+        f"SELECT {columns} FROM {MacroSentiment.__tablename__} m "
+        "WHERE m.source = :source AND m.date >= :start AND m.date <= :end"
+        + (" ORDER BY m.date" if order else "")
+    ).bindparams(
+        bindparam("source", type_=String),
+        bindparam("start", type_=Date),
+        bindparam("end", type_=Date),
+    )
+
+
+def load_macro_window(
+    session: Session, source: str, start: dt.date, end: dt.date
+) -> SentimentSeries | None:
+    """``load_macro(session, source=source, start=start, end=end)``, the same series, read as
+    ``load_decisions`` reads."""
+    _autoflush(session)
+    values = {"source": source, "start": start, "end": end}
+    read = _dated(
+        session,
+        _macro_query("m.score"),
+        _macro_query(_DATES.format("m.date"), order=False),
+        values,
+        1,
+    )
+    if read is None:
+        return load_macro(session, source=source, start=start, end=end)
+    return SentimentSeries(dates=read[0], scores=read[1][0])
+
+
+# --- SQLite: the numbers streamed, the dates as one text ----------------------------------------
+
+_SEP: Final = "|"  # between two dates in ``_DATES``' text; never in a canonical date
+_DATES: Final = "group_concat({}, '" + _SEP + "')"
+
+
+def _dated(
+    session: Session,
+    numbers: TextClause,
+    dates: TextClause,
+    values: Mapping[str, Any],
+    width: int,
+) -> tuple[npt.NDArray[np.datetime64], list[npt.NDArray[np.float64]]] | None:
+    """The rows of a read on SQLite (module docstring) as (dates, the ``width`` number
+    columns as float64 arrays); None when this way does not serve it (another dialect, no row,
+    a cell that is not a number or NULL, a date ``_iso_days`` refuses): the caller reads the
+    general way.
+
+    ``numbers``: the number columns, ordered by date; ``dates``: one row, the dates of the same
+    rows joined by ``_SEP`` (``_DATES``). NULL reads as NaN, as in ``raw._fetch_numbers``.
+    """
+    if session.connection().dialect.name != "sqlite":
+        return None
+    with _cursor(session, numbers, values) as cursor:
+        first = cursor.fetchone()
+        if first is None:
+            return None
+        # the first row is read and the cursor open: the store's read lock (and, in WAL mode,
+        # its snapshot) is held, so the date query sees the same rows
+        with _cursor(session, dates, values) as date_cursor:
+            joined = date_cursor.fetchone()[0]
+        try:
+            flat = np.fromiter(
+                itertools.chain(first, itertools.chain.from_iterable(cursor)), dtype=np.float64
+            )
+        except (TypeError, ValueError):
+            return None
+    rows = flat.size // width
+    days = _iso_days(joined, rows)
+    if days is None:
+        return None
+    return days, list(np.ascontiguousarray(flat.reshape(rows, width).T))
+
+
+_DATE_DIGITS: Final = np.array([0, 1, 2, 3, 5, 6, 8, 9])
+# (year, month, day) from the eight digits of YYYY-MM-DD
+_DATE_WEIGHTS: Final = np.array(
+    [
+        [1000, 0, 0],
+        [100, 0, 0],
+        [10, 0, 0],
+        [1, 0, 0],
+        [0, 10, 0],
+        [0, 1, 0],
+        [0, 0, 10],
+        [0, 0, 1],
+    ],
+    dtype=np.int64,
+)
+
+
+def _iso_days(joined: object, rows: int) -> npt.NDArray[np.datetime64] | None:
+    """The dates of ``joined`` (``rows`` dates joined by ``_SEP``) as datetime64[D]; None
+    unless each is ``YYYY-MM-DD`` (ASCII digits) of a real day and they strictly ascend.
+
+    Exactly the text that every reader of the store (``datetime.date.fromisoformat``,
+    SQLAlchemy's SQLite date parser, ``julianday``) reads as that same day, so accepting it
+    changes no date. A date of another length or holding ``_SEP`` cannot pass: the separators
+    must be at every 11th character and the other characters digits and dashes.
+    """
+    if not isinstance(joined, str) or len(joined) != 11 * rows - 1 or not joined.isascii():
+        return None
+    cells = np.frombuffer((joined + _SEP).encode("ascii"), dtype=np.uint8).reshape(rows, 11)
+    if not (
+        (cells[:, 10] == ord(_SEP)).all()
+        and (cells[:, 4] == ord("-")).all()
+        and (cells[:, 7] == ord("-")).all()
+    ):
+        return None
+    digits = cells[:, _DATE_DIGITS].astype(np.int64) - ord("0")
+    if digits.min() < 0 or digits.max() > 9:
+        return None
+    year, month, day = (digits @ _DATE_WEIGHTS).T
+    if year.min() < 1 or month.min() < 1 or month.max() > 12 or day.min() < 1:
+        return None  # (year 0 is no datetime.date)
+    months = (year - 1970) * 12 + (month - 1)
+    first = months.astype("datetime64[M]").astype("datetime64[D]")
+    length = ((months + 1).astype("datetime64[M]").astype("datetime64[D]") - first).astype(np.int64)
+    if (day > length).any():
+        return None
+    out: npt.NDArray[np.datetime64] = first + (day - 1)
+    if rows > 1 and not (np.diff(out.astype(np.int64)) > 0).all():
+        return None
+    return out

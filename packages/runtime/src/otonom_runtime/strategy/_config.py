@@ -27,24 +27,7 @@ from otonom_runtime.strategy._models import resolve_rl
 from otonom_runtime.strategy._yaml import error, text
 from otonom_schema import MATHS_PARAMS
 
-__all__ = [
-    "CALENDAR_AUTO",
-    "DICT_SOURCE",
-    "AnalystWeights",
-    "AnalystsConfig",
-    "CalendarConfig",
-    "CostsConfig",
-    "DataConfig",
-    "EnsembleConfig",
-    "NewsConfig",
-    "PortfolioConfig",
-    "RiskConfig",
-    "RlPolicyConfig",
-    "StrategyConfig",
-    "TechConfig",
-    "TechWeights",
-    "infer_periods_per_year",
-]
+# The public names are listed once, in the package's ``__all__`` (otonom_runtime.strategy).
 
 DICT_SOURCE: Final = "<dict>"
 """``StrategyConfig.source`` of a strategy parsed from a mapping."""

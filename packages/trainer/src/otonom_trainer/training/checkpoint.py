@@ -21,7 +21,7 @@ from typing import Any, Final
 
 import torch
 
-from otonom_schema import SCHEMA_VERSION, SchemaMismatchError, atomic_path, schema_fingerprint
+from otonom_schema import atomic_path, require_schema
 from otonom_trainer._errors import ArchitectureError, CheckpointError
 from otonom_trainer.architectures import DEFAULT_ARCHITECTURE, get_architecture
 from otonom_trainer.model import PolicyNetwork
@@ -74,11 +74,12 @@ def read_checkpoint(
             f"{ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r}; "
             f"expected {CHECKPOINT_FORMAT!r})"
         )
-    if check_schema and ckpt.get("schema_fingerprint") != schema_fingerprint():
-        raise SchemaMismatchError(
-            f"{src} was trained under state schema {ckpt.get('schema_version')} (fingerprint "
-            f"{ckpt.get('schema_fingerprint')}); the installed schema is {SCHEMA_VERSION} "
-            f"(fingerprint {schema_fingerprint()}): retrain on a dataset of the installed schema"
+    if check_schema:
+        require_schema(
+            src,
+            ckpt.get("schema_fingerprint"),
+            ckpt.get("schema_version"),
+            "Retrain on a dataset of the installed schema.",
         )
     return ckpt
 

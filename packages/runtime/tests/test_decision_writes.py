@@ -1,0 +1,166 @@
+"""The backtester's decision rows as the store writes them: ``insert_decisions`` (multi-row
+statements on SQLite, SQLAlchemy's insert elsewhere) stores exactly what one row at a time
+stores, and a backtest stores the same rows on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
+
+from otonom_runtime.backtest import run_backtest
+from otonom_runtime.store import (
+    BacktestRun,
+    Base,
+    Decision,
+    dispose_engines,
+    get_engine,
+    get_or_create_symbol,
+    get_session,
+    init_db,
+    insert_decisions,
+    writers,
+)
+from otonom_runtime.strategy import load_strategy
+from otonom_runtime.synth import write_synthetic
+
+BASELINE = Path(__file__).resolve().parents[3] / "strategies" / "baseline_v1.yaml"
+COLUMNS = (
+    "run_id", "symbol_id", "date", "action", "strength", "position", "leverage",
+    "cash_fraction", "days_since_last_trade", "equity", "tech_action", "tech_strength",
+    "tech_confidence", "news_action", "news_strength", "news_confidence", "risk_action",
+    "risk_strength", "risk_confidence",
+)  # fmt: skip
+
+
+def _run(session: Session) -> int:
+    run = BacktestRun(
+        strategy_name="s",
+        strategy_hash="h",
+        params={},
+        start_date=dt.date(2020, 1, 1),
+        end_date=dt.date(2020, 1, 1),
+        symbols=["A"],
+        status="failed",
+    )
+    session.add(run)
+    session.flush()
+    return run.id
+
+
+def _columns(run_id: int, symbol_id: int, n: int, sqlite: bool) -> dict[str, list[Any]]:
+    """``n`` decision rows column by column, as the backtester hands them over (SQLite: dates
+    as ISO text, no ``inf``), with odd values: a NULL, -0.0, tiny and huge floats."""
+    days = [dt.date(2020, 1, 1) + dt.timedelta(days=i) for i in range(n)]
+    out: dict[str, list[Any]] = {
+        "run_id": [run_id] * n,
+        "symbol_id": [symbol_id] * n,
+        "date": [d.isoformat() for d in days] if sqlite else days,
+    }
+    for j, name in enumerate(COLUMNS[3:]):
+        if name.endswith("action"):
+            out[name] = [(i + j) % 3 for i in range(n)]
+        else:
+            out[name] = [(i * 0.1 + j) / 7.0 for i in range(n)]
+    out["days_since_last_trade"][0] = None
+    if n >= 4:
+        out["position"][1] = -0.0
+        out["equity"][2], out["equity"][3] = 5e-324, 1.7976931348623157e308
+    return out
+
+
+def _stored(session: Session, run_id: int) -> list[tuple[Any, ...]]:
+    query = text(f"SELECT {', '.join(COLUMNS[1:])} FROM decisions WHERE run_id = :r ORDER BY id")
+    return [tuple(row) for row in session.execute(query, {"r": run_id})]
+
+
+@pytest.mark.parametrize("n", [1, 52, 53, 131])  # 52 rows of 19 columns per statement
+def test_multi_row_statements_store_what_one_row_at_a_time_stores(db_url: str, n: int) -> None:
+    with get_session(db_url) as session:
+        symbol, _ = get_or_create_symbol(session, "A", source="test")
+        fast, slow = _run(session), _run(session)
+        insert_decisions(session, _columns(fast, symbol.id, n, sqlite=True))
+        values = _columns(slow, symbol.id, n, sqlite=True)
+        cursor = session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        cursor.executemany(
+            f"INSERT INTO decisions ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * 19)})",
+            list(zip(*values.values(), strict=True)),
+        )
+        cursor.close()
+        session.commit()
+        stored = _stored(session, fast)
+        assert len(stored) == n
+        assert stored == _stored(session, slow)
+        assert stored[0][7] is None
+
+
+def test_columns_of_different_lengths_raise_and_store_nothing(db_url: str) -> None:
+    with get_session(db_url) as session:
+        symbol, _ = get_or_create_symbol(session, "A", source="test")
+        run_id = _run(session)
+        columns = _columns(run_id, symbol.id, 3, sqlite=True)
+        columns["equity"] = columns["equity"][:2]
+        with pytest.raises(ValueError, match=r"^decision columns of different lengths \("):
+            insert_decisions(session, columns)
+        insert_decisions(session, {})  # nothing to store
+        assert session.execute(select(func.count()).select_from(Decision)).scalar_one() == 0
+
+
+def test_a_statement_holds_at_most_999_values() -> None:
+    assert writers._sqlite_rows(19) == 52
+    assert writers._sqlite_rows(22) == 45
+    assert writers._sqlite_rows(5000) == 1
+    assert writers._values_sql(("a", "b"), 2).endswith("(a, b) VALUES (?, ?), (?, ?)")
+
+
+def _backtest_rows(url: str) -> list[tuple[Any, ...]]:
+    with get_session(url) as session:
+        write_synthetic(
+            session, ["DEMO-A", "DEMO-B"], dt.date(2019, 1, 1), dt.date(2020, 12, 31), 3
+        )
+        report = run_backtest(
+            session,
+            load_strategy(BASELINE),
+            ["DEMO-A", "DEMO-B"],
+            dt.date(2019, 7, 1),
+            dt.date(2020, 12, 31),
+            use_rl=False,
+        )
+        query = select(Decision).where(Decision.run_id == report.run_id)
+        rows = session.execute(query.order_by(Decision.symbol_id, Decision.date)).scalars()
+        out = [
+            (
+                d.symbol_id,
+                d.date,
+                d.action,
+                d.strength,
+                d.position,
+                d.leverage,
+                d.cash_fraction,
+                d.days_since_last_trade,
+                d.equity,
+                repr(d.signals),
+            )
+            for d in rows
+        ]
+    dispose_engines()
+    return out
+
+
+def test_a_backtest_stores_the_same_rows_on_sqlite_and_postgresql(
+    db_url: str, postgres_url: str
+) -> None:
+    Base.metadata.drop_all(get_engine(postgres_url))
+    with get_engine(postgres_url).begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS store_meta"))
+    dispose_engines()
+    init_db(postgres_url)
+    on_sqlite = _backtest_rows(db_url)
+    assert len(on_sqlite) > 2 * 250
+    assert any(math.isinf(row[7]) for row in on_sqlite)  # days before the first trade
+    assert _backtest_rows(postgres_url) == on_sqlite

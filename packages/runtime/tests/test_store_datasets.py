@@ -1,0 +1,228 @@
+"""The dataset readers' SQLite way (numbers streamed, dates as one text per read) against the
+general way: the same arrays, the same errors, one snapshot."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+
+from otonom_runtime.backtest import run_backtest
+from otonom_runtime.store import datasets, get_session, init_db
+from otonom_runtime.store.datasets import (
+    _iso_days,
+    load_bar_window,
+    load_decisions,
+    load_macro_window,
+    load_news_window,
+)
+from otonom_runtime.strategy import load_strategy
+from otonom_runtime.synth import write_synthetic
+
+ROOT = Path(__file__).resolve().parents[3]
+NAME = "DEMO-DS"
+FIRST, LAST = dt.date(2021, 1, 1), dt.date(2021, 9, 30)
+RUN_START = dt.date(2021, 6, 1)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> tuple[str, int]:
+    """A SQLite store with a synthetic symbol (bars, news, macro) and a backtest run over it:
+    its URL and the run id."""
+    url = f"sqlite:///{(tmp_path / 'otonom.db').as_posix()}"
+    init_db(url)
+    with get_session(url) as session:
+        write_synthetic(session, [NAME], FIRST, LAST, 3)
+    with get_session(url) as session:
+        strategy = load_strategy(ROOT / "strategies" / "baseline_v1.yaml")
+        run_id = run_backtest(session, strategy, [NAME], RUN_START, LAST).run_id
+    return url, run_id
+
+
+Reads = dict[str, Callable[[Any], Any]]
+
+
+def _reads(run_id: int) -> Reads:
+    return {
+        "decisions": lambda s: load_decisions(s, run_id, NAME, RUN_START, LAST),
+        "bars": lambda s: load_bar_window(s, NAME, RUN_START, LAST, 20),
+        "news": lambda s: load_news_window(s, NAME, "synthetic", FIRST, LAST),
+        "macro": lambda s: load_macro_window(s, "synthetic", FIRST, LAST),
+    }
+
+
+def _arrays(read: Any) -> dict[str, np.ndarray[Any, Any]]:
+    """The arrays of a reader's result (a dataclass of arrays, or a schema type)."""
+    return {k: v for k, v in vars(read).items() if isinstance(v, np.ndarray)}
+
+
+def _general(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the SQLite way decline, so the readers take the general way."""
+    monkeypatch.setattr(datasets, "_dated", lambda *args: None)
+
+
+@contextmanager
+def _counting(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bool]]:
+    """Record whether each ``_dated`` call served its read."""
+    served: list[bool] = []
+    real = datasets._dated
+
+    def spy(*args: Any) -> Any:
+        out = real(*args)
+        served.append(out is not None)
+        return out
+
+    with monkeypatch.context() as m:
+        m.setattr(datasets, "_dated", spy)
+        yield served
+
+
+def test_the_sqlite_way_reads_what_the_general_way_reads(
+    store: tuple[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, run_id = store
+    reads = _reads(run_id)
+    with get_session(url) as session, _counting(monkeypatch) as served:
+        fast = {kind: read(session) for kind, read in reads.items()}
+    assert served == [True] * 4
+    _general(monkeypatch)
+    with get_session(url) as session:
+        slow = {kind: read(session) for kind, read in reads.items()}
+    for kind in reads:
+        assert fast[kind] is not None
+        a, b = _arrays(fast[kind]), _arrays(slow[kind])
+        assert a.keys() == b.keys()
+        assert a
+        for name in a:
+            assert a[name].dtype == b[name].dtype, (kind, name)
+            assert a[name].tobytes() == b[name].tobytes(), (kind, name)
+    assert np.isinf(fast["decisions"].days_since_last_trade).any()  # NULL: never traded
+
+
+def test_no_row_reads_as_before(store: tuple[str, int]) -> None:
+    url, run_id = store
+    later = (dt.date(2030, 1, 1), dt.date(2030, 2, 1))
+    with get_session(url) as session:
+        assert load_decisions(session, run_id, NAME, *later) is None
+        assert load_bar_window(session, NAME, *later, 20) is not None  # the lookback bars
+        assert load_bar_window(session, NAME, FIRST, dt.date(2020, 1, 1), 20) is None
+        assert load_news_window(session, NAME, "synthetic", *later) is None
+        assert load_news_window(session, NAME, "other", FIRST, LAST) is None
+        assert load_macro_window(session, "synthetic", *later) is None
+        with pytest.raises(KeyError, match="unknown symbol 'NOPE'"):
+            load_news_window(session, "NOPE", "synthetic", FIRST, LAST)
+
+
+@pytest.mark.parametrize(
+    ("day", "odd"),
+    [
+        ("2021-06-15", "2021-06-15 00:00:00"),
+        ("2021-06-30", "2021-06-31"),
+        ("2021-07-10", "2021-07-1"),
+        ("2021-08-09", "2021-08-0\N{FULLWIDTH DIGIT NINE}"),
+        ("2021-08-20", "2021-08-20x"),
+    ],
+)
+def test_a_date_the_sqlite_way_refuses_reads_or_fails_as_before(
+    store: tuple[str, int], monkeypatch: pytest.MonkeyPatch, day: str, odd: str
+) -> None:
+    """Text that is not canonical ``YYYY-MM-DD`` of a real day (written by hand; each ``odd``
+    sorts among the dates read) goes the general way: read, or refused, exactly as the
+    general readers read or refuse it."""
+    url, run_id = store
+    with get_session(url) as session:
+        for table in ("bars", "decisions", "news_sentiment", "macro_sentiment"):
+            session.execute(
+                text(f"UPDATE {table} SET date = :odd WHERE date = :day"), {"odd": odd, "day": day}
+            )
+
+    def outcome(read: Callable[[Any], Any]) -> Any:
+        with get_session(url) as session:
+            try:
+                got = read(session)
+            except Exception as exc:  # the outcome is compared
+                return type(exc), str(exc)
+        return None if got is None else {k: v.tobytes() for k, v in _arrays(got).items()}
+
+    reads = _reads(run_id)
+    with _counting(monkeypatch) as served:
+        fast = {kind: outcome(read) for kind, read in reads.items()}
+    assert served == [False] * 4
+    _general(monkeypatch)
+    assert fast == {kind: outcome(read) for kind, read in reads.items()}
+    assert all(isinstance(out, tuple) for out in fast.values())  # each refused, as before
+
+
+def test_the_date_query_reads_the_number_querys_snapshot(
+    store: tuple[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bar written by another connection between the two queries of a read is in neither."""
+    url, _ = store
+    end = LAST + dt.timedelta(days=5)  # the bars end on LAST
+    with get_session(url) as session:
+        before = load_bar_window(session, NAME, RUN_START, end, 20)
+    assert before is not None
+    real = datasets._cursor
+    calls: list[int] = []
+
+    def writing_between(*args: Any) -> AbstractContextManager[Any]:
+        calls.append(1)
+        if len(calls) == 2:  # the date query is next: another writer commits first
+            with sqlite3.connect(url.removeprefix("sqlite:///")) as other:
+                other.execute(
+                    "INSERT INTO bars (symbol_id, date, open, high, low, close, volume) "
+                    "SELECT id, '2021-10-01', 1, 1, 1, 1, 1 FROM symbols WHERE name = ?",
+                    (NAME,),
+                )
+        return real(*args)
+
+    monkeypatch.setattr(datasets, "_cursor", writing_between)
+    with get_session(url) as session:
+        during = load_bar_window(session, NAME, RUN_START, end, 20)
+        assert len(calls) == 2  # the SQLite way
+    assert during is not None
+    np.testing.assert_array_equal(during.dates, before.dates)
+    np.testing.assert_array_equal(during.close, before.close)
+    with get_session(url) as session:
+        after = load_bar_window(session, NAME, RUN_START, end, 20)
+    assert after is not None
+    assert after.dates[-1] == np.datetime64("2021-10-01")
+    assert len(after) == len(before) + 1
+
+
+def test_iso_days_reads_canonical_days_only() -> None:
+    days = ["0001-01-01", "1969-12-31", "2020-02-29", "2021-12-31", "9999-12-31"]
+    got = _iso_days("|".join(days), len(days))
+    assert got is not None
+    assert got.dtype == np.dtype("datetime64[D]")
+    assert got.tolist() == [dt.date.fromisoformat(d) for d in days]
+    assert _iso_days("2021-01-05", 1) == np.array(["2021-01-05"], dtype="datetime64[D]")
+    refused: list[tuple[object, int]] = [
+        (None, 1),
+        (20210105, 1),
+        ("2021-01-05", 2),
+        ("2021-01-05|2021-01-05", 2),  # not ascending
+        ("2021-01-06|2021-01-05", 2),
+        ("2021-02-29", 1),
+        ("2021-04-31", 1),
+        ("2021-13-01", 1),
+        ("2021-00-10", 1),
+        ("2021-01-00", 1),
+        ("0000-01-01", 1),
+        ("2021-01-0\N{FULLWIDTH DIGIT FIVE}", 1),
+        ("2021/01/05", 1),
+        ("2021-01-05 ", 1),
+        ("2021-01-052|021-01-06", 2),  # lengths 11 and 9
+        ("2021-01-05|2021-01-06|", 2),
+        ("+021-01-05", 1),
+        ("2021-01-0a", 1),
+    ]
+    for joined, rows in refused:
+        assert _iso_days(joined, rows) is None, joined
