@@ -221,3 +221,33 @@ def test_the_portfolio_check_is_columns_in_range_in_float64() -> None:
         rows, in_range = lockstep._portfolio(steps, feature)
         np.testing.assert_array_equal(np.array(rows), row[None])
         assert in_range == s.columns_in_range(np.array(rows), s.PORTFOLIO_COLUMNS), row
+
+
+def test_no_bound_day_where_it_cannot_run(tmp_path: Path) -> None:
+    """More symbols than a bound batch holds (65 > 64: general days until histories end and
+    the batch fits), float32 market features (their portfolio columns are checked in float32
+    by the general day), analysts on two policies (refused each day by ``rl_votes``): the
+    results are the general days' as before."""
+    make_policy_model(tmp_path / "policy_best.onnx")
+    policy = load_rl_policy(tmp_path)
+    many = _symbols(tuple((seed, 190 + seed % 3, 150) for seed in range(65)))
+    many[0] = _symbols(((0, 230, 150),))[0]  # one longer history: the last days fit a slot
+    counting = Counting(policy)
+    bound = _run(many, PARAMS[0], counting)
+    for a, b in zip(bound, _run(many, PARAMS[0], Unbound(policy)), strict=True):
+        _same(a, b)
+    assert 0 < counting.bound < len(bound[0].actions)
+    assert counting.general == len(bound[0].actions) - counting.bound
+    single = [
+        engine._Bars(b.symbol, b.dates, b.opens, b.closes, b.market.astype(np.float32), b.first)
+        for b in _symbols(SPANS[:2])
+    ]
+    counting = Counting(policy)
+    for a, b in zip(
+        _run(single, PARAMS[0], counting), _run(single, PARAMS[0], Unbound(policy)), strict=True
+    ):
+        _same(a, b)
+    assert counting.bound == 0
+    two = [RlAnalyst(policy), RlAnalyst(load_rl_policy(tmp_path))]
+    with pytest.raises(ValueError, match="share one policy"):
+        engine._simulate(_symbols(SPANS[:2]), PARAMS[0], 1000.0, two)
