@@ -8,7 +8,8 @@ writes a store.
 * ``_simulate``: the analysts and the vote (``ensemble.vote_totals`` / ``add_votes`` /
   ``decide``, the one vote) for every symbol, then the sleeves; ``simulate_symbol`` is one
   symbol's public form; with the RL analyst the sleeves advance day by day
-  (``lockstep._lockstep``).
+  (``lockstep._lockstep``, which decides each day's few symbols by ``decide_rows``, the same
+  rule in Python floats).
 """
 
 from __future__ import annotations
