@@ -17,8 +17,11 @@ from otonom_runtime.ensemble import (
     Signal,
     Signals,
     TechAnalyst,
+    add_votes,
     aggregate_signal_arrays,
     aggregate_signals,
+    decide,
+    decide_rows,
 )
 from otonom_runtime.policy import load_rl_policy
 from otonom_runtime.testing.models import make_policy_model
@@ -366,3 +369,55 @@ def test_rl_votes_equal_one_signal_per_state(
         rl_votes([RlAnalyst(real)], np.full((1, 34), np.nan))
     with pytest.raises(s.SchemaError):
         rl_votes([RlAnalyst(None)], np.full((1, 34), np.nan))
+
+
+def _random_votes(rng: np.random.Generator, n: int, trial: int) -> tuple[np.ndarray, ...]:
+    """Totals and strength sums (n, 3) >= 0, and one more analyst's votes; every few trials
+    from a small grid (ties between BUY and SELL, zero votes, shares at ``min_score``)."""
+    if trial % 3 == 0:
+        grid = np.array([0.0, 0.25, 0.5, 1.0, 0.3, 0.7])
+        totals, sums = rng.choice(grid, (n, 3)), rng.choice(grid, (n, 3))
+    else:
+        totals = rng.random((n, 3)) * rng.choice([0.0, 1.0, 3.0], (n, 3))
+        sums = totals * rng.random((n, 3))
+    if trial % 7 == 0:
+        totals[rng.integers(0, n), rng.integers(0, 3)] = np.nan
+    actions = rng.integers(0, 3, n)
+    strengths = rng.choice([0.0, 0.5, 1.0, float(rng.random())], n)
+    confidences = rng.choice([0.0, 0.5, 1.0, float(rng.random())], n)
+    voted = rng.random(n) < 0.8
+    return totals, sums, actions, strengths, confidences, voted
+
+
+def test_decide_rows_is_add_votes_and_decide_bit_for_bit() -> None:
+    """``decide_rows`` (Python floats, the backtester's lockstep) against ``add_votes`` +
+    ``decide`` (arrays) on random rows: ties, zero votes, NaN totals, analysts that do not
+    vote (None; in the array form a HOLD with confidence 0), zero weights, min_score 0 and 1:
+    the same actions and the same float bits."""
+    rng = np.random.default_rng(13)
+    for trial in range(3000):
+        n = int(rng.integers(1, 12))
+        totals, sums, actions, strengths, confidences, voted = _random_votes(rng, n, trial)
+        weight = float(rng.choice([0.0, 1.0, 2.0, 0.37]))
+        min_score = float(rng.choice([0.0, 0.4, 0.5, 1.0]))
+        votes = [
+            (int(a), float(st), float(c)) if v else None
+            for a, st, c, v in zip(actions, strengths, confidences, voted, strict=True)
+        ]
+        got = decide_rows(totals.ravel().tolist(), sums.ravel().tolist(), votes, weight, min_score)
+        rl = Signals(
+            np.where(voted, actions, int(HOLD)).astype(np.int64),
+            np.where(voted, strengths, 0.0),
+            np.where(voted, confidences, 0.0),
+        )
+        with np.errstate(invalid="ignore"):
+            add_votes(totals, sums, rl, weight)
+            want = decide(totals, sums, min_score)
+        assert [a for a, _, _ in got] == want.actions.tolist()
+        assert np.array([st for _, st, _ in got]).tobytes() == want.strengths.tobytes()
+        assert np.array([c for _, _, c in got]).tobytes() == want.confidences.tobytes()
+
+
+def test_decide_rows_wants_three_numbers_per_vote() -> None:
+    with pytest.raises(ValueError, match="3 totals and 3 strength sums for 2 votes"):
+        decide_rows([0.0] * 3, [0.0] * 3, [None, None], 1.0, 0.0)

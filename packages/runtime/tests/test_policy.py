@@ -567,3 +567,74 @@ def test_predict_valid_batch_equals_predict_batch(policy: RlPolicy) -> None:
         for got, want in zip(policy.predict_valid_batch(x), policy.predict_batch(x), strict=True):
             np.testing.assert_array_equal(got, want)
             assert got.dtype == want.dtype
+
+
+def test_predict_bound_equals_predict_valid_batch(policy: RlPolicy) -> None:
+    """States written into ``bound_batch(n)``'s input: ``predict_bound`` gives per row the
+    action, strength and top probability ``predict_valid_batch`` gives, as exact Python
+    numbers; the slot is the one ``predict_valid_batch`` runs that size through."""
+    for n in (1, 2, 10, 64):
+        x = random_states(n, seed=20 + n)
+        slot = policy.bound_batch(n)
+        assert slot is not None
+        assert slot.state.shape == (n, s.STATE_DIM)
+        slot.state[:] = x
+        got = policy.predict_bound(slot)
+        actions, strengths, probs = policy.predict_valid_batch(x)
+        assert policy.bound_batch(n) is slot
+        assert got == list(
+            zip(actions.tolist(), strengths.tolist(), probs.max(axis=1).tolist(), strict=True)
+        )
+        assert all(type(a) is int and type(st) is float for a, st, _ in got)
+    assert policy.bound_batch(0) is None
+    assert policy.bound_batch(65) is None
+
+
+def test_predict_bound_accepts_only_outputs_the_contract_accepts(
+    policy: RlPolicy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outputs written into the slot instead of the model's (NaN, inf, a negative or a
+    too-large probability or strength, sums at and around the contract's bounds):
+    ``predict_bound`` returns rows only where ``predict_valid_batch`` accepts the same
+    outputs, and then its numbers; it refuses (None) every output that breaks the contract,
+    and accepts every one within it by more than 1e-6 on the sum with probabilities <= 1."""
+    from otonom_runtime.integrity import PROBS_SUM_ATOL
+
+    n = 3
+    slot = policy.bound_batch(n)
+    assert slot is not None
+    rng = np.random.default_rng(4)
+    outputs: list[list[float]] = []
+    monkeypatch.setattr(slot, "run", lambda: slot.out.__setitem__(slice(None), outputs[-1]))
+    odd = [np.nan, np.inf, -np.inf, -1e-9, 1.0 + 1e-6, 2.0]
+    sums = [1.0 - PROBS_SUM_ATOL, 1.0 + PROBS_SUM_ATOL, 1.0 - 2e-6, 1.0, 1.0 + 2e-6]
+    accepted = refused = 0
+    for trial in range(3000):
+        p = rng.dirichlet(np.ones(3), n) * rng.choice(sums + [1.0] * 5, (n, 1))
+        st = rng.random(n)
+        if trial % 4 == 0:
+            where = rng.integers(0, 4 * n)
+            flat = np.concatenate([p.ravel(), st])
+            flat[where] = odd[trial % len(odd)]
+            p, st = flat[: 3 * n].reshape(n, 3), flat[3 * n :]
+        outputs.append(np.concatenate([p.ravel(), st]).astype(np.float32).tolist())
+        got = policy.predict_bound(slot)
+        try:
+            want = policy.predict_valid_batch(slot.state)
+        except PolicyError:
+            assert got is None
+            refused += 1
+            continue
+        out = np.array(outputs[-1], dtype=np.float64)
+        clear = (out <= 1.0).all() and (
+            np.abs(out[: 3 * n].reshape(n, 3).sum(axis=1) - 1.0) < PROBS_SUM_ATOL - 1e-6
+        ).all()
+        if got is None:
+            assert not clear, outputs[-1]
+            continue
+        accepted += 1
+        a, st32, probs = want
+        expected = zip(a.tolist(), st32.tolist(), probs.max(axis=1).tolist(), strict=True)
+        assert got == list(expected)
+    assert accepted > 1000
+    assert refused > 300

@@ -13,14 +13,14 @@ trained on the ensemble's decisions can learn them. Each returns, per state, a s
   backtester applies in the high-volatility regime.
 * ``RlAnalyst``: the ONNX policy through the runtime, with a fallback (see its docstring).
 
-The vote (``aggregate_signals`` for one decision, in the guide's call form or with a list;
-``aggregate_signal_arrays`` for many): each analyst adds ``weight x confidence`` to the action
-it votes for. BUY or SELL, whichever has
-more votes, wins when its share of all votes (HOLD votes included: a confident HOLD dilutes)
-reaches ``min_score``; otherwise, and on a BUY/SELL tie, the ensemble HOLDs. An analyst with
-nothing to say votes with confidence 0 (the news analyst without any sentiment data), and one
-that fails (``None``) is left out. The strength is the vote-weighted mean of the strengths of
-the analysts on the winning side.
+The vote (``otonom_runtime.vote``, exported here too: ``aggregate_signals`` for one decision, in
+the guide's call form or with a list; ``aggregate_signal_arrays`` for many): each analyst adds
+``weight x confidence`` to the action it votes for. BUY or SELL, whichever has more votes,
+wins when its share of all votes (HOLD votes included: a confident HOLD dilutes) reaches
+``min_score``; otherwise, and on a BUY/SELL tie, the ensemble HOLDs. An analyst with nothing
+to say votes with confidence 0 (the news analyst without any sentiment data), and one that
+fails (``None``) is left out. The strength is the vote-weighted mean of the strengths of the
+analysts on the winning side.
 """
 
 from __future__ import annotations
@@ -29,11 +29,23 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, overload
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 import numpy.typing as npt
 
+from otonom_runtime.vote import (
+    RlVote,
+    Signal,
+    SignalLike,
+    Signals,
+    add_votes,
+    aggregate_signal_arrays,
+    aggregate_signals,
+    decide,
+    decide_rows,
+    vote_totals,
+)
 from otonom_schema import (
     ANALYSTS,
     Action,
@@ -60,6 +72,7 @@ __all__ = [
     "aggregate_signal_arrays",
     "aggregate_signals",
     "decide",
+    "decide_rows",
     "rl_votes",
     "vote_totals",
 ]
@@ -80,62 +93,6 @@ _MACRO: Final = feature_index("macro_sentiment")
 _HOLD: Final = int(Action.HOLD)
 _BUY: Final = int(Action.BUY)
 _SELL: Final = int(Action.SELL)
-_ACTIONS: Final = np.array([_HOLD, _BUY, _SELL])  # a column per action, in Action's order
-
-RlVote = tuple[int, float, float]
-"""An RL analyst's verdict as plain numbers: ``(action, strength, confidence)``."""
-
-
-@dataclass(frozen=True)
-class Signal:
-    """One analyst's (or the ensemble's) verdict on one state."""
-
-    action: Action
-    strength: float
-    confidence: float = 1.0
-
-    def __post_init__(self) -> None:
-        for name in ("strength", "confidence"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
-                raise ValueError(f"signal {name} is {value!r}; expected a number in [0, 1]")
-        object.__setattr__(self, "action", Action(self.action))
-
-    def to_dict(self) -> dict[str, float | int]:
-        """``{"action": int, "strength": float, "confidence": float}`` (a decision row's JSON)."""
-        return {
-            "action": int(self.action),
-            "strength": float(self.strength),
-            "confidence": float(self.confidence),
-        }
-
-
-@dataclass(frozen=True)
-class Signals:
-    """Signals for N states at once: ``actions`` int64, ``strengths`` and ``confidences``
-    float64, each of shape (N,)."""
-
-    actions: npt.NDArray[np.int64]
-    strengths: F64
-    confidences: F64
-
-    def __len__(self) -> int:
-        return int(self.actions.shape[0])
-
-    def __getitem__(self, i: int) -> Signal:
-        return Signal(
-            Action(int(self.actions[i])), float(self.strengths[i]), float(self.confidences[i])
-        )
-
-    @classmethod
-    def from_scores(cls, score: F64, threshold: float, confidence: F64) -> Signals:
-        """BUY where ``score >= threshold``, SELL where ``score <= -threshold``, else HOLD;
-        strength ``|score|`` (clipped to [0, 1]) for BUY/SELL and 0 for HOLD."""
-        actions = np.full(score.shape[0], int(Action.HOLD), dtype=np.int64)
-        actions[score >= threshold] = int(Action.BUY)
-        actions[score <= -threshold] = int(Action.SELL)
-        strength = np.where(actions == Action.HOLD, 0.0, np.minimum(np.abs(score), 1.0))
-        return cls(actions, strength, np.clip(confidence, 0.0, 1.0))
 
 
 def _states(states: npt.ArrayLike) -> npt.NDArray[np.floating]:
@@ -426,174 +383,3 @@ def _checked_votes(
     strengths = np.where(voted, strengths, 0.0)
     confidences = np.where(voted, confidences, 0.0)
     return Signals(actions, strengths, confidences), voted
-
-
-def _check_weights(weights: Sequence[float], n: int) -> F64:
-    w = np.asarray(weights, dtype=np.float64)
-    if w.shape != (n,):
-        raise ValueError(f"weights have shape {w.shape}; expected ({n},), one per analyst")
-    if not np.isfinite(w).all() or (w < 0).any():
-        raise ValueError(f"weights are {w.tolist()}; expected finite numbers >= 0")
-    return w
-
-
-def vote_totals(signals: Sequence[Signals | None], weights: Sequence[float]) -> tuple[F64, F64]:
-    """The votes of N states: per action the vote total (sum of weight x confidence) and the
-    vote-weighted strength sum, each (N, 3) indexed by ``Action``. ``None`` abstains."""
-    w = _check_weights(weights, len(signals))
-    present = [(s, wi) for s, wi in zip(signals, w, strict=True) if s is not None]
-    if not present:
-        raise ValueError("no analyst signals to aggregate")
-    n = len(present[0][0])
-    totals = np.zeros((n, 3))
-    strength_sums = np.zeros((n, 3))
-    for sig, wi in present:
-        if len(sig) != n:
-            raise ValueError(f"signals have {len(sig)} rows; expected {n} like the first analyst")
-        add_votes(totals, strength_sums, sig, float(wi))
-    return totals, strength_sums
-
-
-def add_votes(totals: F64, strength_sums: F64, signals: Signals, weight: float) -> None:
-    """Add one analyst's votes (weight ``weight``) to ``vote_totals``' two (N, 3) arrays, in
-    place: ``weight x confidence`` to the total of the action it votes for, and that times its
-    strength to the action's strength sum. The backtester adds the RL analyst's votes this way
-    to the other three's totals, one day at a time."""
-    # each row's action as a one-hot row: the other two cells get + 0.0 (no change, totals
-    # are >= 0); cheaper than fancy indexing on the few rows of a day
-    hit = signals.actions[:, None] == _ACTIONS
-    vote = weight * signals.confidences
-    totals += hit * vote[:, None]
-    strength_sums += hit * (vote * signals.strengths)[:, None]
-
-
-def aggregate_signal_arrays(
-    signals: Sequence[Signals | None], weights: Sequence[float], *, min_score: float = 0.0
-) -> Signals:
-    """The weighted vote for N states at once (see the module docstring for the rule).
-
-    ``signals``: one ``Signals`` per analyst (``None``: that analyst abstains everywhere).
-    Returns the ensemble's ``Signals``; its confidence is the winning side's share of all votes
-    (for HOLD: one minus the stronger side's share).
-    """
-    return decide(*vote_totals(signals, weights), min_score)
-
-
-def decide(totals: F64, strength_sums: F64, min_score: float) -> Signals:
-    """The vote's outcome for N states, from ``vote_totals`` (plus ``add_votes``): BUY or
-    SELL, whichever has more votes, when its share of all votes (HOLD votes included) reaches
-    ``min_score``; HOLD otherwise and on a tie. The strength is the winning side's strength
-    sum over its votes, the confidence its share (for HOLD: one minus the stronger side's
-    share), both clipped to [0, 1].
-
-    The one spelling of the rule: the backtester calls it on whole histories and, with the
-    RL analyst, once per day on that day's symbols, so it is written with few array
-    operations (each costs about a microsecond on a short batch).
-    """
-    hold, buy, sell = totals[:, _HOLD], totals[:, _BUY], totals[:, _SELL]
-    votes = hold + buy + sell  # the order of ``sum(axis=1)``: bit-identical, fewer calls
-    best = np.maximum(buy, sell)
-    # totals are >= 0, so sides that differ have best > 0 (and votes > 0); no votes: share 0
-    share = np.divide(best, votes, out=np.zeros(votes.shape), where=votes > 0)
-    act = (buy != sell) & (share >= min_score)
-    buying = buy > sell
-    side_sum = np.where(buying, strength_sums[:, _BUY], strength_sums[:, _SELL])
-    strength = np.divide(side_sum, best, out=np.zeros(best.shape), where=act)
-    return Signals(
-        np.where(act, np.where(buying, _BUY, _SELL), _HOLD),
-        np.minimum(np.maximum(strength, 0.0), 1.0),
-        np.minimum(np.maximum(np.where(act, share, 1.0 - share), 0.0), 1.0),
-    )
-
-
-def _clip01(x: float) -> float:
-    """``min(max(x, 0.0), 1.0)`` (NaN stays NaN, as with the builtins)."""
-    x = 0.0 if x < 0.0 else x
-    return 1.0 if x > 1.0 else x
-
-
-SignalLike = Signal | Action | tuple[Action, float] | tuple[Action, float, npt.ArrayLike] | None
-"""What ``aggregate_signals`` takes for one analyst (see its docstring)."""
-
-
-@overload
-def aggregate_signals(
-    signals: Sequence[SignalLike], weights: Sequence[float], /, *, min_score: float = 0.0
-) -> Signal: ...
-
-
-@overload
-def aggregate_signals(
-    *signals: SignalLike | list[SignalLike],
-    weights: Sequence[float],
-    min_score: float = 0.0,
-) -> Signal: ...
-
-
-def aggregate_signals(
-    *signals: Any,
-    weights: Sequence[float] | None = None,
-    min_score: float = 0.0,
-) -> Signal:
-    """The weighted vote for one decision, as in the guide's Step 4.
-
-    Two call forms, the same vote:
-
-    * the guide's: one positional argument per analyst, then ``weights=`` by keyword,
-      ``aggregate_signals(tech, news, risk, rl_action, weights=[1.0, 1.0, 1.0, 1.0])``;
-    * a list: ``aggregate_signals([tech, news, risk, rl], [1.0, 1.0, 1.0, 1.0])`` (``weights``
-      positional or keyword).
-
-    Each analyst's signal, in the order of ``weights``, is one of: a ``Signal``; an ``Action``
-    alone (strength 1, confidence 1: what the guide passes as ``rl_action`` after
-    ``rl_action, rl_strength = policy.predict(state)``); an ``(action, strength)`` pair as
-    ``policy.predict(state)`` returns it (confidence 1), which keeps the policy's strength; an
-    ``(action, strength, probs)`` triple as ``policy.predict(state, return_probs=True)``
-    returns it (confidence = the top probability, as ``RlAnalyst`` votes); or ``None`` (the
-    analyst abstains, e.g. the RL fallback). Raises ``TypeError`` without weights and
-    ``ValueError`` for a bad signal or weights (see ``vote_totals``).
-    """
-    if weights is None:
-        if len(signals) != 2 or not isinstance(signals[0], (list, tuple)):
-            raise TypeError(
-                f"aggregate_signals() got {len(signals)} positional argument(s) and no "
-                "weights; expected aggregate_signals(tech, news, risk, rl, weights=[...]) or "
-                "aggregate_signals([tech, news, risk, rl], [...])"
-            )
-        signals, weights = tuple(signals[0]), signals[1]
-    elif len(signals) == 1 and isinstance(signals[0], list):
-        signals = tuple(signals[0])
-    arrays: list[Signals | None] = []
-    for sig in signals:
-        one = _as_signal(sig)
-        arrays.append(
-            None
-            if one is None
-            else Signals(
-                np.array([int(one.action)], dtype=np.int64),
-                np.array([one.strength]),
-                np.array([one.confidence]),
-            )
-        )
-    return aggregate_signal_arrays(arrays, weights, min_score=min_score)[0]
-
-
-def _as_signal(sig: Any) -> Signal | None:
-    """One analyst's argument to ``aggregate_signals`` as a ``Signal`` (None: abstains)."""
-    if sig is None or isinstance(sig, Signal):
-        return sig
-    if isinstance(sig, tuple):
-        if len(sig) == 2:
-            return Signal(Action(sig[0]), float(sig[1]))
-        if len(sig) == 3:
-            return Signal(Action(sig[0]), float(sig[1]), _clip01(float(np.max(sig[2]))))
-        raise ValueError(
-            f"a signal tuple has {len(sig)} items; expected (action, strength) or "
-            "(action, strength, probs) as policy.predict returns"
-        )
-    if isinstance(sig, (int, np.integer)) and not isinstance(sig, bool):
-        return Signal(Action(int(sig)), 1.0)
-    raise ValueError(
-        f"a signal is a {type(sig).__name__}; expected a Signal, an Action, (action, strength), "
-        "(action, strength, probs) or None"
-    )

@@ -7,13 +7,15 @@ writes a store.
   day at a time (lockstep, the RL analyst's state needs the sleeve's portfolio).
 * ``_simulate``: the analysts and the vote (``ensemble.vote_totals`` / ``add_votes`` /
   ``decide``, the one vote) for every symbol, then the sleeves; ``simulate_symbol`` is one
-  symbol's public form.
+  symbol's public form; with the RL analyst the sleeves advance day by day
+  (``lockstep._lockstep``, which decides each day's few symbols by ``decide_rows``, the same
+  rule in Python floats).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -21,28 +23,13 @@ import numpy as np
 import numpy.typing as npt
 
 from otonom_runtime._errors import BacktestError
+from otonom_runtime.backtest.lockstep import _lockstep
 from otonom_runtime.backtest.params import BUST_FLOOR, REBALANCE_THRESHOLD, EngineParams
-from otonom_runtime.ensemble import (
-    RlAnalyst,
-    Signals,
-    add_votes,
-    decide,
-    rl_votes,
-    vote_totals,
-)
-from otonom_schema import (
-    PORTFOLIO_COLUMNS,
-    STATE_DIM,
-    Action,
-    PortfolioSnapshot,
-    SchemaError,
-    columns_in_range,
-    validate_states,
-)
+from otonom_runtime.ensemble import RlAnalyst, Signals, decide, vote_totals
+from otonom_schema import Action
 
 __all__ = ["SymbolResult", "simulate_symbol"]
 
-_CHUNK: Final = 256  # days of RL states gathered at a time (lockstep simulation)
 _HOLD: Final = int(Action.HOLD)
 _BUY: Final = int(Action.BUY)
 F64 = npt.NDArray[np.float64]
@@ -328,137 +315,6 @@ def _simulate(
     if len(rls) != len(symbols):
         raise BacktestError(f"{len(rls)} RL analysts for {len(symbols)} symbols; expected one each")
     return _lockstep(prepared, params, rls)
-
-
-def _lockstep(
-    prepared: Sequence[_Prepared], params: EngineParams, rls: Sequence[RlAnalyst]
-) -> list[SymbolResult]:
-    """The sleeves with the RL analyst: the state of day k holds that sleeve's portfolio
-    after the decisions before k, so the sleeves advance in lockstep, day by day, and the
-    policy is called once per day on the states of all symbols (a (n_symbols, 34) batch)
-    instead of once per symbol-day; the RL votes are added to the three analysts' totals and
-    decided for all symbols of the day at once. Sleeves never interact, so the order changes
-    nothing.
-
-    Day k's batch holds the symbols that still have a decision day k: the longest first, so
-    they are always a prefix (``j``: a symbol's place in that order). States are gathered
-    ``_CHUNK`` days at a time, day-major (days, symbols, 34), in the market features' dtype
-    (so validation sees what it always saw).
-    """
-    n_sym = len(prepared)
-    order = sorted(range(n_sym), key=lambda i: -prepared[i].sleeve.n)
-    alive = [prepared[i].sleeve.n for i in order]
-    n_max = alive[0]
-    analysts = [rls[i] for i in order]
-    dtype = np.result_type(*(p.bars.market.dtype for p in prepared))
-    actions_out: list[list[int]] = [[] for _ in range(n_sym)]
-    strengths_out: list[list[float]] = [[] for _ in range(n_sym)]
-    acts = [actions_out[i] for i in order]
-    strs = [strengths_out[i] for i in order]
-    sleeves = [
-        prepared[i].sleeve.steps(actions_out[i], strengths_out[i], lockstep=True) for i in order
-    ]
-    steps: list[Callable[[], Features]] = [s.__next__ for s in sleeves]
-    # day-major, by place j: the three analysts' vote totals and strength sums; the RL votes
-    totals = np.zeros((n_max, n_sym, 3))
-    sums = np.zeros((n_max, n_sym, 3))
-    for j, i in enumerate(order):
-        totals[: alive[j], j] = prepared[i].totals
-        sums[: alive[j], j] = prepared[i].strength_sums
-    day_votes: list[tuple[Signals, npt.NDArray[np.bool_]]] = []  # per day, by place j
-    w_rl, min_score = params.weights[3], params.min_score
-    days_feature: dict[float, float] = {}
-    m = n_sym
-    for k0 in range(0, n_max, _CHUNK):
-        k1 = min(k0 + _CHUNK, n_max)
-        chunk = _states(prepared, order, alive, k0, k1, dtype)
-        chunk32 = _validated(chunk, alive, k0, k1)
-        for k in range(k0, k1):
-            while alive[m - 1] <= k:  # the shortest histories have ended
-                m -= 1
-            portfolio = []
-            for step in steps[:m]:
-                position, leverage, cash_fraction, days = step()
-                feature = days_feature.get(days)
-                if feature is None:  # the schema's own normalisation, once per distinct value
-                    snapshot = PortfolioSnapshot(days_since_last_trade=days)
-                    feature = days_feature[days] = float(snapshot.features()[3])
-                portfolio.append((position, leverage, cash_fraction, feature))
-            valid = chunk32 is not None and columns_in_range(
-                port := np.array(portfolio, dtype=dtype), PORTFOLIO_COLUMNS
-            )
-            if valid:  # the day's rows, valid: straight to the model (see _validated)
-                rows = chunk32[k - k0, :m]  # type: ignore[index]
-                rows[:, PORTFOLIO_COLUMNS] = port
-            else:  # validated with the rest of the states (SchemaError names the bad row)
-                rows = chunk[k - k0, :m]
-                rows[:, PORTFOLIO_COLUMNS] = portfolio
-            votes, voted = rl_votes(analysts[:m], rows, validated=valid)
-            day_totals, day_sums = totals[k, :m], sums[k, :m]
-            add_votes(day_totals, day_sums, votes, w_rl)
-            day_votes.append((votes, voted))
-            outcome = decide(day_totals, day_sums, min_score)
-            for a_out, s_out, action, strength in zip(
-                acts, strs, outcome.actions.tolist(), outcome.strengths.tolist(), strict=False
-            ):
-                a_out.append(action)
-                s_out.append(strength)
-    for sleeve in sleeves:  # the last day's decision: nothing to fill, the sleeve finishes
-        next(sleeve, None)
-    # the days' votes end to end; symbol j's of day k sit at starts[k] + j
-    none = Signals(np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0))
-    day_votes = day_votes or [(none, np.zeros(0, dtype=np.bool_))]  # no decision day at all
-    sizes = [v[1].shape[0] for v in day_votes]
-    starts = np.cumsum([0, *sizes[:-1]])
-    fields = ("actions", "strengths", "confidences")
-    flat = [np.concatenate([getattr(v[0], f) for v in day_votes]) for f in fields]
-    voted_all = np.concatenate([v[1] for v in day_votes])
-    results: list[SymbolResult] = [None] * n_sym  # type: ignore[list-item]
-    for j, i in enumerate(order):
-        p, n = prepared[i], alive[j]
-        at = starts[:n] + j
-        rl_j = (Signals(*(a[at] for a in flat)), voted_all[at], rls[i].fallbacks)
-        results[i] = p.sleeve.result(p.bars, actions_out[i], strengths_out[i], p.signals, rl_j)
-    return results
-
-
-def _validated(
-    chunk: npt.NDArray[np.floating], alive: list[int], k0: int, k1: int
-) -> npt.NDArray[np.float32] | None:
-    """``chunk`` (``_states``: days ``k0 .. k1``) as the model's float32 input when the states
-    of every symbol still alive there are valid (``otonom_schema.validate_states``: the market
-    columns, with the portfolio columns' neutral values), else None (each day's states are
-    then validated whole, so the error names the day's bad row as it always did).
-
-    The day's rows then need only their portfolio columns checked (``columns_in_range``,
-    in ``chunk``'s dtype) before they are written in: float32 rounding is the same for the
-    chunk's cast here and the row's cast at validation, so the model sees the same bytes.
-    """
-    live = np.arange(k0, k1)[:, None] < np.array(alive)[None, :]
-    try:
-        validate_states(chunk[live])
-    except SchemaError:
-        return None
-    return chunk.astype(np.float32)
-
-
-def _states(
-    prepared: Sequence[_Prepared],
-    order: list[int],
-    alive: list[int],
-    k0: int,
-    k1: int,
-    dtype: np.dtype[np.floating],
-) -> npt.NDArray[np.floating]:
-    """The market features of decision days ``k0 .. k1`` of every symbol, day-major (days,
-    symbols in ``order``, 34), zeros where a history has ended (the portfolio columns are
-    filled in day by day)."""
-    chunk = np.zeros((k1 - k0, len(order), STATE_DIM), dtype=dtype)
-    for j, i in enumerate(order):
-        bars = prepared[i].bars
-        span = bars.market[bars.first + k0 : bars.first + min(k1, alive[j])]
-        chunk[: span.shape[0], j] = span
-    return chunk
 
 
 def simulate_symbol(

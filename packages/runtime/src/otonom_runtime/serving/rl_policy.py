@@ -24,6 +24,11 @@ _NDARRAY: Final = np.ndarray
 _SUM_LOW: Final = 1.0 - PROBS_SUM_ATOL
 _SUM_HIGH: Final = 1.0 + PROBS_SUM_ATOL
 _copyto: Final = np.copyto
+_SAFE_LOW: Final = 1.0 - PROBS_SUM_ATOL + 1e-6
+_SAFE_HIGH: Final = 1.0 + PROBS_SUM_ATOL - 1e-6
+"""``predict_bound``'s bounds of a row's probability sum, in float64: a float32 sum of three
+probabilities in [0, 1] is within 3e-7 of their float64 sum, so a row inside these bounds is
+inside ``predict_valid_batch``'s (``_SUM_LOW`` .. ``_SUM_HIGH`` compared in float32)."""
 
 F32 = npt.NDArray[np.float32]
 
@@ -144,14 +149,8 @@ class RlPolicy:
                 np.empty(0, dtype=np.float32),
                 np.empty((0, 3), dtype=np.float32),
             )
-        if n <= _BOUND_BATCH:
-            try:
-                slots: dict[int, Slot] = self._local.batch_slots
-            except AttributeError:  # this thread's first call
-                slots = self._local.batch_slots = {}
-            slot = slots.get(n)
-            if slot is None:
-                slot = slots[n] = Slot(self._session, n)
+        slot = self.bound_batch(n)
+        if slot is not None:
             np.copyto(slot.state, x)
             slot.run()
             probs, strength = slot.probs.copy(), slot.strength.copy()  # fresh, the caller's
@@ -175,6 +174,55 @@ class RlPolicy:
             raise _contract_error(self.path, None, probs, strength)
         actions = probs.argmax(axis=1).astype(np.int64, copy=False)
         return actions, strength, probs
+
+    def bound_batch(self, n: int) -> Slot | None:
+        """This thread's pre-bound slot for batches of ``n`` states, the one
+        ``predict_valid_batch`` runs such batches through, or None when ``n`` is outside
+        1 .. 64 (``_BOUND_BATCH``). For ``predict_bound``: its caller writes valid states (as
+        ``predict_valid_batch`` takes them) into the slot's ``state`` (n, 34) float32 buffer."""
+        if not 1 <= n <= _BOUND_BATCH:
+            return None
+        try:
+            slots: dict[int, Slot] = self._local.batch_slots
+        except AttributeError:  # this thread's first call
+            slots = self._local.batch_slots = {}
+        slot = slots.get(n)
+        if slot is None:
+            slot = slots[n] = Slot(self._session, n)
+        return slot
+
+    def predict_bound(self, slot: Slot) -> list[tuple[int, float, float]] | None:
+        """``predict_valid_batch`` of the states in ``slot.state`` (``bound_batch``) as plain
+        Python numbers, for a caller that handles a few rows at a time: per row ``(action,
+        strength, top probability)``, the action as ``predict_valid_batch``'s argmax (the
+        first on a tie) and the numbers its float32 outputs converted exactly.
+
+        Returns None unless every row is clearly within the output contract: each
+        probability and the strength in [0, 1], and the probabilities' sum within
+        ``PROBS_SUM_ATOL`` of 1 by a margin (``_SAFE_LOW`` .. ``_SAFE_HIGH``, in float64)
+        that covers the float32 rounding of ``predict_valid_batch``'s own sum. On None the
+        caller runs ``predict_valid_batch`` on the same states, which applies the contract
+        exactly (and raises its ``PolicyError``); every output it accepts, this accepts too
+        unless a row sits within 1e-6 of a bound of the sum or has a probability above 1.
+        """
+        slot.run()
+        flat = slot.out.tolist()  # the probabilities row by row, then the strengths
+        # every number in [0, 1]: min and max see it when no NaN is there, and a NaN or
+        # inf - inf makes the sum NaN (a NaN can hide from min and max, never from the sum)
+        total = sum(flat)
+        if not (total == total and min(flat) >= 0.0 and max(flat) <= 1.0):
+            return None
+        n3 = 3 * slot.state.shape[0]
+        out = []
+        p = iter(flat[:n3])
+        for (p0, p1, p2), strength in zip(zip(p, p, p, strict=False), flat[n3:], strict=True):
+            if not _SAFE_LOW <= p0 + p1 + p2 <= _SAFE_HIGH:
+                return None
+            if p0 >= p1:
+                out.append((0, strength, p0) if p0 >= p2 else (2, strength, p2))
+            else:
+                out.append((1, strength, p1) if p1 >= p2 else (2, strength, p2))
+        return out
 
     @property
     def degenerate_reason(self) -> str | None:

@@ -66,23 +66,19 @@ class Slot:
     """One thread's pre-bound I/O binding for batches of ``n`` states and the buffers it points
     to (``predict``: n = 1; ``predict_batch``: one per small batch size).
 
-    ``out`` holds both outputs side by side, row by row: ``probs`` (n, 3) and ``strength``
-    (n, 1) are views of it, so ``predict`` reads a state's four numbers with one ``tolist``
-    (n = 1: ``out`` is ``[p_hold, p_buy, p_sell, strength]``)."""
+    ``out`` holds both outputs, one after the other: ``probs`` (n, 3) and ``strength``
+    (n, 1) are views of it (each contiguous, as a bound output must be), so a caller reads
+    every output number with one ``tolist`` (n = 1: ``out`` is ``[p_hold, p_buy, p_sell,
+    strength]``, what ``predict`` reads)."""
 
     __slots__ = ("binding", "out", "probs", "row", "run", "state", "strength")
 
     def __init__(self, session: Any, n: int = 1) -> None:
         self.state: F32 = np.zeros((n, STATE_DIM), dtype=np.float32)
         self.row: F32 = self.state[0]
-        if n == 1:
-            self.out: F32 = np.zeros(4, dtype=np.float32)
-            self.probs: F32 = self.out[:3].reshape(1, 3)
-            self.strength: F32 = self.out[3:].reshape(1, 1)
-        else:  # two buffers: a bound output must be contiguous
-            self.out = np.zeros(0, dtype=np.float32)
-            self.probs = np.zeros((n, 3), dtype=np.float32)
-            self.strength = np.zeros((n, 1), dtype=np.float32)
+        self.out: F32 = np.zeros(4 * n, dtype=np.float32)
+        self.probs: F32 = self.out[: 3 * n].reshape(n, 3)
+        self.strength: F32 = self.out[3 * n :].reshape(n, 1)
         binding = session.io_binding()
         binding.bind_input(INPUT_NAME, "cpu", 0, np.float32, [n, STATE_DIM], self.state.ctypes.data)
         binding.bind_output("action_probs", "cpu", 0, np.float32, [n, 3], self.probs.ctypes.data)

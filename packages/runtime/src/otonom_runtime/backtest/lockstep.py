@@ -1,0 +1,292 @@
+"""The sleeves with the RL analyst, advanced day by day in lockstep (``engine._simulate``'s RL
+path): the state of day k holds each sleeve's portfolio after the decisions before k, so the
+policy runs once per day on all symbols' states.
+
+Each day takes one of two paths, with the same results (tested):
+
+* the bound day (the common case): the day's states are written straight into the policy's
+  pre-bound input (``RlPolicy.bound_batch`` / ``predict_bound``), its outputs read as Python
+  numbers, and the vote decided in Python floats (``ensemble.decide_rows``, the rule of
+  ``add_votes`` + ``decide``): a few numpy calls a day instead of some forty;
+* the general day: ``rl_votes`` on the day's states, as every day ran before. It runs where
+  the bound day cannot be sure of the outcome: no bound policy (none, another kind, analysts
+  not sharing one, more than 64 symbols), a chunk of market states that failed validation, a
+  portfolio column out of range (``SchemaError`` from the day's whole validation), or an
+  output ``predict_bound`` does not accept (the contract's ``PolicyError`` and the fallback
+  row by row, or an RL vote outside [0, 1], exactly as before: that day only).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from otonom_runtime.ensemble import RlAnalyst, RlVote, Signals, decide_rows, rl_votes
+from otonom_schema import (
+    FEATURES,
+    PORTFOLIO_COLUMNS,
+    RANGE_TOLERANCE,
+    STATE_DIM,
+    PortfolioSnapshot,
+    SchemaError,
+    columns_in_range,
+    validate_states,
+)
+
+if TYPE_CHECKING:
+    from otonom_runtime.backtest.engine import Features, SymbolResult, _Prepared
+    from otonom_runtime.backtest.params import EngineParams
+
+__all__: list[str] = []
+
+_CHUNK: Final = 256  # days of RL states gathered at a time
+_LOW: Final = (
+    np.array([f.low for f in FEATURES[PORTFOLIO_COLUMNS]], dtype=np.float64) - RANGE_TOLERANCE
+).tolist()
+_HIGH: Final = (
+    np.array([f.high for f in FEATURES[PORTFOLIO_COLUMNS]], dtype=np.float64) + RANGE_TOLERANCE
+).tolist()
+"""The portfolio columns' bounds as ``columns_in_range`` compares float64 values with them."""
+
+Row = tuple[float, float, float, float]
+
+
+def _lockstep(
+    prepared: Sequence[_Prepared], params: EngineParams, rls: Sequence[RlAnalyst]
+) -> list[SymbolResult]:
+    """The sleeves with the RL analyst: the state of day k holds that sleeve's portfolio
+    after the decisions before k, so the sleeves advance in lockstep, day by day, and the
+    policy is called once per day on the states of all symbols (a (n_symbols, 34) batch)
+    instead of once per symbol-day; the RL votes are added to the three analysts' totals and
+    decided for all symbols of the day at once (see the module docstring for the day's two
+    paths). Sleeves never interact, so the order changes nothing.
+
+    Day k's batch holds the symbols that still have a decision day k: the longest first, so
+    they are always a prefix (``j``: a symbol's place in that order). States are gathered
+    ``_CHUNK`` days at a time, day-major (days, symbols, 34), in the market features' dtype
+    (so validation sees what it always saw). Longer than 80 lines because it is the day
+    loop: its state (sleeves, chunk, slot) lives in locals.
+    """
+    n_sym = len(prepared)
+    order = sorted(range(n_sym), key=lambda i: -prepared[i].sleeve.n)
+    alive = [prepared[i].sleeve.n for i in order]
+    n_max = alive[0]
+    analysts = [rls[i] for i in order]
+    dtype = np.result_type(*(p.bars.market.dtype for p in prepared))
+    actions_out: list[list[int]] = [[] for _ in range(n_sym)]
+    strengths_out: list[list[float]] = [[] for _ in range(n_sym)]
+    acts = [actions_out[i] for i in order]
+    strs = [strengths_out[i] for i in order]
+    sleeves = [
+        prepared[i].sleeve.steps(actions_out[i], strengths_out[i], lockstep=True) for i in order
+    ]
+    steps: list[Callable[[], Features]] = [s.__next__ for s in sleeves]
+    # day-major, by place j: the three analysts' vote totals and strength sums
+    totals = np.zeros((n_max, n_sym, 3))
+    sums = np.zeros((n_max, n_sym, 3))
+    for j, i in enumerate(order):
+        totals[: alive[j], j] = prepared[i].totals
+        sums[: alive[j], j] = prepared[i].strength_sums
+    policy = _bound_policy(analysts, dtype)
+    rl: list[RlVote] = []  # per day, by place j, end to end: the RL votes
+    fell_back: list[int] = []  # where in ``rl`` an analyst fell back
+    sizes: list[int] = []
+    w_rl, min_score = params.weights[3], params.min_score
+    days_feature: dict[float, float] = {}
+    m, width = n_sym, 3 * n_sym
+    live, slot, inputs, port = _batch(steps, m, policy)
+    for k0 in range(0, n_max, _CHUNK):
+        k1 = min(k0 + _CHUNK, n_max)
+        chunk = _states(prepared, order, alive, k0, k1, dtype)
+        chunk32 = _validated(chunk, alive, k0, k1)
+        # flat: nested lists (one per row) would feed the garbage collector thousands of
+        # objects a chunk, and its full passes cost more than the lists save
+        chunk_totals, chunk_sums = totals[k0:k1].ravel().tolist(), sums[k0:k1].ravel().tolist()
+        for k in range(k0, k1):
+            if alive[m - 1] <= k:  # the shortest histories have ended
+                while alive[m - 1] <= k:
+                    m -= 1
+                live, slot, inputs, port = _batch(steps, m, policy)
+            portfolio, in_range = _portfolio(live, days_feature)
+            votes: list[RlVote] | None = None
+            if slot is not None and chunk32 is not None and in_range:  # the bound day
+                inputs[:] = chunk32[k - k0, :m]
+                port[:] = portfolio
+                votes = policy.predict_bound(slot)
+            if votes is not None:
+                rl += votes
+                day_votes: Sequence[RlVote | None] = votes
+            else:  # the general day
+                raw, ok = _general_day(analysts[:m], chunk, chunk32, k - k0, portfolio, dtype)
+                fell_back += [len(rl) + j for j, o in enumerate(ok) if not o]
+                rl += raw
+                day_votes = [v if o else None for v, o in zip(raw, ok, strict=True)]
+            sizes.append(m)
+            at = (k - k0) * width
+            decided = decide_rows(
+                chunk_totals[at : at + 3 * m],
+                chunk_sums[at : at + 3 * m],
+                day_votes,
+                w_rl,
+                min_score,
+            )
+            for a_out, s_out, (action, strength, _) in zip(acts, strs, decided, strict=False):
+                a_out.append(action)
+                s_out.append(strength)
+    for sleeve in sleeves:  # the last day's decision: nothing to fill, the sleeve finishes
+        next(sleeve, None)
+    return _results(prepared, order, alive, rls, actions_out, strengths_out, rl, fell_back, sizes)
+
+
+def _bound_policy(analysts: Sequence[RlAnalyst], dtype: np.dtype[Any]) -> Any:
+    """The analysts' shared policy when the bound day may run it (it has ``bound_batch`` and
+    ``predict_bound``, and the states are float64, whose portfolio columns ``_portfolio``
+    checks as ``columns_in_range`` does), else None: every day is a general day."""
+    policy = analysts[0].policy if analysts else None
+    if (
+        policy is None
+        or dtype != np.float64
+        or any(a.policy is not policy for a in analysts)  # rl_votes refuses them each day
+        or not hasattr(policy, "bound_batch")
+        or not hasattr(policy, "predict_bound")
+    ):
+        return None
+    return policy
+
+
+def _batch(steps: list[Callable[[], Features]], m: int, policy: Any) -> tuple[Any, ...]:
+    """The day's first ``m`` sleeves' steps and, with a bound policy, its slot for ``m``
+    states, that slot's input and the input's portfolio columns (None: no bound day)."""
+    slot = None if policy is None else policy.bound_batch(m)
+    if slot is None:
+        return steps[:m], None, None, None
+    return steps[:m], slot, slot.state, slot.state[:, PORTFOLIO_COLUMNS]
+
+
+def _portfolio(
+    steps: Sequence[Callable[[], Features]], days_feature: dict[float, float]
+) -> tuple[list[Row], bool]:
+    """Each sleeve's next step (its mark at the day's close) as the state's four portfolio
+    columns (days since the last trade normalised by the schema, once per distinct value),
+    and whether all lie within the schema's bounds, compared as ``columns_in_range``
+    compares them in float64."""
+    lo0, lo1, lo2, lo3 = _LOW
+    hi0, hi1, hi2, hi3 = _HIGH
+    rows = []
+    in_range = True
+    for step in steps:
+        position, leverage, cash_fraction, days = step()
+        feature = days_feature.get(days)
+        if feature is None:  # the schema's own normalisation, once per distinct value
+            snapshot = PortfolioSnapshot(days_since_last_trade=days)
+            feature = days_feature[days] = float(snapshot.features()[3])
+        if not (
+            lo0 <= position <= hi0
+            and lo1 <= leverage <= hi1
+            and lo2 <= cash_fraction <= hi2
+            and lo3 <= feature <= hi3
+        ):
+            in_range = False
+        rows.append((position, leverage, cash_fraction, feature))
+    return rows, in_range
+
+
+def _general_day(
+    analysts: Sequence[RlAnalyst],
+    chunk: npt.NDArray[np.floating],
+    chunk32: npt.NDArray[np.float32] | None,
+    day: int,
+    portfolio: list[Row],
+    dtype: np.dtype[Any],
+) -> tuple[list[RlVote], list[bool]]:
+    """One day's RL votes through ``rl_votes``, per row as numbers, and where they voted
+    (False: that analyst fell back): the day's rows from ``chunk32`` when they are valid (see
+    ``_validated``), else from ``chunk``, validated whole (``SchemaError`` names the bad
+    row)."""
+    m = len(analysts)
+    valid = chunk32 is not None and columns_in_range(
+        port := np.array(portfolio, dtype=dtype), PORTFOLIO_COLUMNS
+    )
+    if valid:  # the day's rows, valid: straight to the model
+        rows = chunk32[day, :m]  # type: ignore[index]
+        rows[:, PORTFOLIO_COLUMNS] = port
+    else:
+        rows = chunk[day, :m]
+        rows[:, PORTFOLIO_COLUMNS] = portfolio
+    votes, voted = rl_votes(analysts, rows, validated=valid)
+    fields = (votes.actions.tolist(), votes.strengths.tolist(), votes.confidences.tolist())
+    return list(zip(*fields, strict=True)), voted.tolist()
+
+
+def _results(
+    prepared: Sequence[_Prepared],
+    order: list[int],
+    alive: list[int],
+    rls: Sequence[RlAnalyst],
+    actions_out: list[list[int]],
+    strengths_out: list[list[float]],
+    rl: list[RlVote],
+    fell_back: list[int],
+    sizes: list[int],
+) -> list[SymbolResult]:
+    """The finished sleeves as ``SymbolResult``s, each with its RL votes: ``rl`` holds those
+    of the days end to end, day k's ``sizes[k]`` rows by place, so symbol j's of day k sit at
+    ``starts[k] + j``; ``fell_back``: the places in ``rl`` where the analyst did not vote."""
+    # one pass over the numbers (np.array on a list of tuples costs several times more);
+    # actions 0 .. 2 are exact as floats
+    numbers = itertools.chain.from_iterable(rl)
+    votes = np.fromiter(numbers, dtype=np.float64, count=3 * len(rl)).reshape(-1, 3)
+    flat = (votes[:, 0].astype(np.int64), votes[:, 1], votes[:, 2])
+    voted_all = np.ones(len(rl), dtype=np.bool_)
+    voted_all[fell_back] = False
+    starts = np.cumsum([0, *sizes[:-1]])
+    results: list[SymbolResult] = [None] * len(order)  # type: ignore[list-item]
+    for j, i in enumerate(order):
+        p, n = prepared[i], alive[j]
+        at = starts[:n] + j
+        rl_j = (Signals(*(a[at] for a in flat)), voted_all[at], rls[i].fallbacks)
+        results[i] = p.sleeve.result(p.bars, actions_out[i], strengths_out[i], p.signals, rl_j)
+    return results
+
+
+def _validated(
+    chunk: npt.NDArray[np.floating], alive: list[int], k0: int, k1: int
+) -> npt.NDArray[np.float32] | None:
+    """``chunk`` (``_states``: days ``k0 .. k1``) as the model's float32 input when the states
+    of every symbol still alive there are valid (``otonom_schema.validate_states``: the market
+    columns, with the portfolio columns' neutral values), else None (each day's states are
+    then validated whole, so the error names the day's bad row as it always did).
+
+    The day's rows then need only their portfolio columns checked (``columns_in_range``,
+    in ``chunk``'s dtype) before they are written in: float32 rounding is the same for the
+    chunk's cast here and the row's cast at validation, so the model sees the same bytes.
+    """
+    live = np.arange(k0, k1)[:, None] < np.array(alive)[None, :]
+    try:
+        validate_states(chunk[live])
+    except SchemaError:
+        return None
+    return chunk.astype(np.float32)
+
+
+def _states(
+    prepared: Sequence[_Prepared],
+    order: list[int],
+    alive: list[int],
+    k0: int,
+    k1: int,
+    dtype: np.dtype[Any],
+) -> npt.NDArray[np.floating]:
+    """The market features of decision days ``k0 .. k1`` of every symbol, day-major (days,
+    symbols in ``order``, 34), zeros where a history has ended (the portfolio columns are
+    filled in day by day)."""
+    chunk = np.zeros((k1 - k0, len(order), STATE_DIM), dtype=dtype)
+    for j, i in enumerate(order):
+        bars = prepared[i].bars
+        span = bars.market[bars.first + k0 : bars.first + min(k1, alive[j])]
+        chunk[: span.shape[0], j] = span
+    return chunk
