@@ -389,11 +389,30 @@ def _random_votes(rng: np.random.Generator, n: int, trial: int) -> tuple[np.ndar
     return totals, sums, actions, strengths, confidences, voted
 
 
-def test_decide_rows_is_add_votes_and_decide_bit_for_bit() -> None:
-    """``decide_rows`` (Python floats, the backtester's lockstep) against ``add_votes`` +
-    ``decide`` (arrays) on random rows: ties, zero votes, NaN totals, analysts that do not
-    vote (None; in the array form a HOLD with confidence 0), zero weights, min_score 0 and 1:
-    the same actions and the same float bits."""
+def _reference_decide(totals: np.ndarray, strength_sums: np.ndarray, min_score: float) -> Signals:
+    """The vote's rule as ``decide``'s docstring states it, in numpy (the array form the
+    backtester ran until the rule was written once, in ``decide_rows``): the oracle."""
+    hold, buy, sell = totals[:, 0], totals[:, 1], totals[:, 2]
+    votes = hold + buy + sell
+    best = np.maximum(buy, sell)
+    share = np.divide(best, votes, out=np.zeros(votes.shape), where=votes > 0)
+    act = (buy != sell) & (share >= min_score)
+    buying = buy > sell
+    side_sum = np.where(buying, strength_sums[:, 1], strength_sums[:, 2])
+    strength = np.divide(side_sum, best, out=np.zeros(best.shape), where=act)
+    return Signals(
+        np.where(act, np.where(buying, int(BUY), int(SELL)), int(HOLD)).astype(np.int64),
+        np.minimum(np.maximum(strength, 0.0), 1.0),
+        np.minimum(np.maximum(np.where(act, share, 1.0 - share), 0.0), 1.0),
+    )
+
+
+def test_the_one_vote_matches_its_reference_bit_for_bit() -> None:
+    """``decide_rows`` (the rule, Python floats) with one more analyst's votes, and
+    ``decide`` (its array form), against ``add_votes`` + the reference array rule on random
+    rows: ties, zero votes, NaN totals, analysts that do not vote (None; in the array form a
+    HOLD with confidence 0), zero weights, min_score 0 and 1: the same actions and the same
+    float bits."""
     rng = np.random.default_rng(13)
     for trial in range(3000):
         n = int(rng.integers(1, 12))
@@ -405,6 +424,11 @@ def test_decide_rows_is_add_votes_and_decide_bit_for_bit() -> None:
             for a, st, c, v in zip(actions, strengths, confidences, voted, strict=True)
         ]
         got = decide_rows(totals.ravel().tolist(), sums.ravel().tolist(), votes, weight, min_score)
+        plain = decide(totals, sums, min_score)
+        with np.errstate(invalid="ignore"):
+            plain_want = _reference_decide(totals, sums, min_score)
+        for field in ("actions", "strengths", "confidences"):
+            assert getattr(plain, field).tobytes() == getattr(plain_want, field).tobytes()
         rl = Signals(
             np.where(voted, actions, int(HOLD)).astype(np.int64),
             np.where(voted, strengths, 0.0),
@@ -412,10 +436,18 @@ def test_decide_rows_is_add_votes_and_decide_bit_for_bit() -> None:
         )
         with np.errstate(invalid="ignore"):
             add_votes(totals, sums, rl, weight)
-            want = decide(totals, sums, min_score)
+            want = _reference_decide(totals, sums, min_score)
         assert [a for a, _, _ in got] == want.actions.tolist()
         assert np.array([st for _, st, _ in got]).tobytes() == want.strengths.tobytes()
         assert np.array([c for _, _, c in got]).tobytes() == want.confidences.tobytes()
+
+
+def test_decide_of_no_rows_and_of_a_bad_shape() -> None:
+    empty = decide(np.zeros((0, 3)), np.zeros((0, 3)), 0.5)
+    assert empty.actions.dtype == np.int64
+    assert len(empty) == 0
+    with pytest.raises(ValueError, match=r"expected \(N, 3\) each"):
+        decide(np.zeros((2, 3)), np.zeros((2, 2)), 0.5)
 
 
 def test_decide_rows_wants_three_numbers_per_vote() -> None:

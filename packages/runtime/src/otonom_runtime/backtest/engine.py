@@ -5,11 +5,11 @@ writes a store.
 * ``_Sleeve``: one symbol's cash and units; ``_Sleeve.steps`` is the one body of the
   mark/trade rules, driven either with every decision known up front (no RL analyst) or one
   day at a time (lockstep, the RL analyst's state needs the sleeve's portfolio).
-* ``_simulate``: the analysts and the vote (``ensemble.vote_totals`` / ``add_votes`` /
-  ``decide``, the one vote) for every symbol, then the sleeves; ``simulate_symbol`` is one
-  symbol's public form; with the RL analyst the sleeves advance day by day
-  (``lockstep._lockstep``, which decides each day's few symbols by ``decide_rows``, the same
-  rule in Python floats).
+* ``_simulate``: the analysts and the vote (``ensemble.vote_totals``, then
+  ``decide_rows``, where the rule is written once) for every symbol, then the sleeves;
+  ``simulate_symbol`` is one symbol's public form; with the RL analyst the sleeves advance
+  day by day (``lockstep._lockstep``, which decides each day's few symbols by the same
+  ``decide_rows``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy.typing as npt
 from otonom_runtime._errors import BacktestError
 from otonom_runtime.backtest.lockstep import _lockstep
 from otonom_runtime.backtest.params import BUST_FLOOR, REBALANCE_THRESHOLD, EngineParams
-from otonom_runtime.ensemble import RlAnalyst, Signals, decide, vote_totals
+from otonom_runtime.ensemble import RlAnalyst, Signals, decide_rows, vote_totals
 from otonom_schema import Action
 
 __all__ = ["SymbolResult", "simulate_symbol"]
@@ -306,9 +306,16 @@ def _simulate(
     if rls is None:
         results = []
         for p in prepared:
-            outcome = decide(p.totals, p.strength_sums, params.min_score)
-            actions: list[int] = outcome.actions.tolist()
-            strengths: list[float] = outcome.strengths.tolist()
+            n = p.totals.shape[0]
+            decided = decide_rows(
+                p.totals.ravel().tolist(),
+                p.strength_sums.ravel().tolist(),
+                [None] * n,
+                0.0,
+                params.min_score,
+            )
+            actions = [d[0] for d in decided]
+            strengths = [d[1] for d in decided]
             p.sleeve.run(actions, strengths)
             results.append(p.sleeve.result(p.bars, actions, strengths, p.signals, None))
         return results

@@ -6,8 +6,9 @@ Each day takes one of two paths, with the same results (tested):
 
 * the bound day (the common case): the day's states are written straight into the policy's
   pre-bound input (``RlPolicy.bound_batch`` / ``predict_bound``), its outputs read as Python
-  numbers, and the vote decided in Python floats (``ensemble.decide_rows``, the rule of
-  ``add_votes`` + ``decide``): a few numpy calls a day instead of some forty;
+  numbers, and the vote decided by ``ensemble.decide_rows`` (the one vote, in Python
+  floats, with the RL votes added as ``add_votes`` adds): a few numpy calls a day instead of
+  some forty;
 * the general day: ``rl_votes`` on the day's states, as every day ran before. It runs where
   the bound day cannot be sure of the outcome: no bound policy (none, another kind, analysts
   not sharing one, more than 64 symbols), a chunk of market states that failed validation, a
