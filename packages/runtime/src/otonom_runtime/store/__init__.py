@@ -109,6 +109,8 @@ from otonom_runtime.store.tables import (
     Symbol,
 )
 from otonom_runtime.store.writers import (
+    DecisionBatch,
+    decision_batches,
     delete_symbol_data,
     insert_bars,
     insert_decisions,
@@ -134,6 +136,7 @@ __all__ = [
     "Bar",
     "Base",
     "Decision",
+    "DecisionBatch",
     "InfAsNull",
     "LatestRow",
     "MacroSentiment",
@@ -146,6 +149,7 @@ __all__ = [
     "SymbolInfo",
     "bar_spans",
     "check_source_name",
+    "decision_batches",
     "default_database_url",
     "delete_symbol_data",
     "dispose_engines",
