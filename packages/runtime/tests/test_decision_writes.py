@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from otonom_runtime.store import (
     BacktestRun,
     Base,
     Decision,
+    decision_batches,
     dispose_engines,
     get_engine,
     get_or_create_symbol,
@@ -53,10 +55,12 @@ def _run(session: Session) -> int:
     return run.id
 
 
-def _columns(run_id: int, symbol_id: int, n: int, sqlite: bool) -> dict[str, list[Any]]:
+def _columns(
+    run_id: int, symbol_id: int, n: int, sqlite: bool, first: dt.date = dt.date(2020, 1, 1)
+) -> dict[str, list[Any]]:
     """``n`` decision rows column by column, as the backtester hands them over (SQLite: dates
     as ISO text, no ``inf``), with odd values: a NULL, -0.0, tiny and huge floats."""
-    days = [dt.date(2020, 1, 1) + dt.timedelta(days=i) for i in range(n)]
+    days = [first + dt.timedelta(days=i) for i in range(n)]
     out: dict[str, list[Any]] = {
         "run_id": [run_id] * n,
         "symbol_id": [symbol_id] * n,
@@ -116,6 +120,80 @@ def test_a_statement_holds_at_most_999_values() -> None:
     assert writers._sqlite_rows(22) == 45
     assert writers._sqlite_rows(5000) == 1
     assert writers._values_sql(("a", "b"), 2).endswith("(a, b) VALUES (?, ?), (?, ?)")
+
+
+def _foreign_keys(session: Session) -> int:
+    dbapi: Any = session.connection().connection.dbapi_connection
+    return int(dbapi.execute("PRAGMA foreign_keys").fetchone()[0])
+
+
+def _write(session: Session, *batches: dict[str, list[Any]]) -> None:
+    with decision_batches(session) as commit:
+        assert _foreign_keys(session) == 0  # off inside the block
+        for batch in batches:
+            commit(batch)
+            commit({k: v[:0] for k, v in batch.items()})  # an empty batch: nothing
+
+
+@pytest.mark.parametrize("bad", ["symbol_id", "run_id"])
+def test_a_batch_naming_a_missing_symbol_or_run_is_refused_as_the_per_row_check_refuses_it(
+    db_url: str, bad: str
+) -> None:
+    """The foreign keys checked once a batch (``decision_batches`` on SQLite) refuse what the
+    per-row check refuses, with its error; the batches before it stay, nothing of it does, and
+    the connection's checks are on again."""
+    with get_session(db_url) as session:
+        symbol, _ = get_or_create_symbol(session, "A", source="test")
+        run_id = _run(session)
+        session.commit()
+        good = _columns(run_id, symbol.id, 60, sqlite=True)
+        wrong = _columns(run_id, symbol.id, 60, sqlite=True, first=dt.date(2021, 1, 1))
+        wrong[bad][59] = 9999
+        with pytest.raises(sqlite3.IntegrityError, match=r"^FOREIGN KEY constraint failed$"):
+            _write(session, good, wrong)
+        assert _foreign_keys(session) == 1
+        session.rollback()
+        assert len(_stored(session, run_id)) == 60
+        with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY constraint failed"):
+            insert_decisions(session, wrong)  # the per-row check: the same refusal
+        session.rollback()
+    with get_session(db_url) as session:  # the pooled connection checks again
+        assert _foreign_keys(session) == 1
+
+
+def test_inside_an_open_transaction_the_batches_are_checked_row_by_row(db_url: str) -> None:
+    with get_session(db_url) as session:
+        symbol, _ = get_or_create_symbol(session, "A", source="test")
+        run_id = _run(session)  # flushed: the driver's transaction is open
+        with decision_batches(session) as commit:
+            assert _foreign_keys(session) == 1
+            commit(_columns(run_id, symbol.id, 3, sqlite=True))
+        assert len(_stored(session, run_id)) == 3
+
+
+class _Interrupting(dict[str, list[Any]]):
+    """Batch columns whose values are interrupted the second time they are read (inside the
+    batch's transaction, after its row count was taken)."""
+
+    reads = 0
+
+    def values(self) -> Any:
+        self.reads += 1
+        if self.reads == 2:
+            raise KeyboardInterrupt
+        return super().values()
+
+
+def test_the_checks_come_back_on_when_the_block_is_interrupted(db_url: str) -> None:
+    with get_session(db_url) as session:
+        symbol, _ = get_or_create_symbol(session, "A", source="test")
+        run_id = _run(session)
+        session.commit()
+        later = _columns(run_id, symbol.id, 3, sqlite=True, first=dt.date(2021, 1, 1))
+        with pytest.raises(KeyboardInterrupt):
+            _write(session, _columns(run_id, symbol.id, 3, sqlite=True), _Interrupting(later))
+        assert _foreign_keys(session) == 1
+        assert len(_stored(session, run_id)) == 3  # the first batch; nothing of the second
 
 
 def _backtest_rows(url: str) -> list[tuple[Any, ...]]:

@@ -1079,3 +1079,44 @@ def test_store_writers_and_the_stored_row_readers(db_url: str) -> None:
         left = stored_news_scores(session, [a.id, b.id], USER_SOURCE)  # other sources stay
         assert {k: v for k, (_, v) in left.items()} == {(a.id, D0): 0.25, (b.id, D0): 0.1}
         assert sorted(stored_bars(session, b.id)) == [D0, d2]  # other symbols stay
+
+
+def test_symbols_with_bars_counts_as_the_bars_in_range_do(db_url: str, add_bars: Any) -> None:
+    """``symbols_with_bars`` (the n-th bar from ``start`` on, dated ``end`` or before) agrees
+    with counting each symbol's bars in range (``bar_spans``) on every range around the bars,
+    gaps included."""
+    from otonom_runtime.store import bar_spans, symbols_with_bars
+
+    with get_session(db_url) as session:
+        add_bars(session, "A", D0, 6, step_days=2)
+        add_bars(session, "B", D0 + dt.timedelta(days=3), 3)
+        ids = [get_symbol(session, name).id for name in ("A", "B")] + [999]
+        days = [D0 + dt.timedelta(days=k) for k in range(-1, 14)]
+        for start in days:
+            for end in days:
+                spans = bar_spans(session, ids, start, end)
+                for at_least in (1, 2, 3):
+                    expected = sum(1 for *_, n in spans.values() if n >= at_least)
+                    assert symbols_with_bars(session, ids, start, end, at_least) == expected
+        with pytest.raises(ValueError, match=r"^at_least is 0; expected an integer >= 1$"):
+            symbols_with_bars(session, ids, D0, D0, 0)
+
+
+def test_get_symbols_reads_them_in_order_and_names_the_first_unknown(
+    db_url: str, add_bars: Any
+) -> None:
+    from otonom_runtime.store import get_symbols
+
+    with get_session(db_url) as session:
+        add_bars(session, "BTC-USD", D0, 1)
+        add_bars(session, "ETH-USD", D0, 1)
+    with get_session(db_url) as session:
+        rows = get_symbols(session, ["ETH-USD", "BTC-USD", "ETH-USD"])
+        assert [r.name for r in rows] == ["ETH-USD", "BTC-USD", "ETH-USD"]
+        assert rows[1].id == get_symbol(session, "BTC-USD").id
+        assert get_symbols(session, []) == []
+        with pytest.raises(UnknownSymbolError) as info:
+            get_symbols(session, ["BTC-USD", "DOGE", "XRP"])
+        with pytest.raises(UnknownSymbolError) as one:
+            get_symbol(session, "DOGE")
+        assert str(info.value) == str(one.value)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Final
 
 import numpy as np
@@ -18,8 +18,9 @@ from otonom_runtime.ensemble import ANALYSTS
 from otonom_runtime.store import (
     SIGNAL_COLUMNS,
     BacktestRun,
+    DecisionBatch,
     RunHeartbeat,
-    insert_decisions,
+    decision_batches,
     this_process,
 )
 
@@ -154,8 +155,9 @@ def _write_decisions(
     ``_BATCH`` rows.
 
     The rows are kept column by column (``_decision_columns``), a symbol's at a time added to
-    what is pending, so no more than a batch and a symbol's rows are held. SQLite goes through
-    the driver with pre-formatted values (``store.insert_decisions``); other databases take
+    what is pending (``_batches``), so no more than a batch and a symbol's rows are held; each
+    batch is inserted and committed by ``store.decision_batches`` (on SQLite with the foreign
+    keys checked once a batch). SQLite takes pre-formatted values; other databases take
     the Core insert with SQLAlchemy's own type handling. When the RL analyst voted on no
     decision of the run (off, or failed to load), its columns are left out of the INSERT and
     hold their default, NULL: the driver binds each ``None`` through its adapter lookup, which
@@ -165,22 +167,34 @@ def _write_decisions(
     rl = any(r.rl_voted is not None and bool(r.rl_voted.any()) for r in results)
     names = _DECISION_COLUMNS if rl else _NO_RL_COLUMNS
     iso = _iso_dates(results) if sqlite and results else None
+    symbols = (
+        _decision_columns(run_id, symbol_id, r, iso, rl)
+        for symbol_id, r in zip(symbol_ids, results, strict=True)
+    )
+    with decision_batches(session) as commit:
+        for batch in _batches(names, symbols):
+            _insert_decisions(commit, batch)
+
+
+def _batches(
+    names: Sequence[str], symbols: Iterable[list[list[Any]]]
+) -> Iterator[dict[str, list[Any]]]:
+    """``_BATCH`` rows at a time (the last batch fewer), column by column under ``names``, from
+    each symbol's ``_decision_columns`` in turn."""
     pending: list[list[Any]] = [[] for _ in names]
-    for symbol_id, r in zip(symbol_ids, results, strict=True):
-        for column, values in zip(
-            pending, _decision_columns(run_id, symbol_id, r, iso, rl), strict=True
-        ):
+    for columns in symbols:
+        for column, values in zip(pending, columns, strict=True):
             column += values
         while len(pending[0]) >= _BATCH:
-            _insert_decisions(session, dict(zip(names, [c[:_BATCH] for c in pending], strict=True)))
+            yield dict(zip(names, [c[:_BATCH] for c in pending], strict=True))
             for column in pending:
                 del column[:_BATCH]
     if pending[0]:
-        _insert_decisions(session, dict(zip(names, pending, strict=True)))
+        yield dict(zip(names, pending, strict=True))
 
 
-def _insert_decisions(session: Session, columns: dict[str, list[Any]]) -> None:
-    """Insert and commit one batch of decision rows, given column by column
-    (``_decision_columns``' values under ``_DECISION_COLUMNS``' names)."""
-    insert_decisions(session, columns)
-    session.commit()
+def _insert_decisions(commit: DecisionBatch, columns: dict[str, list[Any]]) -> None:
+    """Insert and commit one batch of decision rows (``commit``: from
+    ``store.decision_batches``), given column by column (``_decision_columns``' values under
+    ``_DECISION_COLUMNS``' names)."""
+    commit(columns)

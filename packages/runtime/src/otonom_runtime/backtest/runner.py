@@ -21,7 +21,7 @@ from otonom_runtime.ensemble import RlAnalyst
 from otonom_runtime.metrics import Metrics, compute_metrics
 from otonom_runtime.store import (
     BacktestRun,
-    get_symbol,
+    get_symbols,
     load_history,
     load_macro,
     load_news,
@@ -134,7 +134,7 @@ def _symbols(
 ) -> tuple[dict[str, int], Sources]:
     """Each symbol's id (``UnknownSymbolError`` for one not in the store) and the sentiment it
     reads, recorded in the run for dataset generation to read the same."""
-    rows = {name: get_symbol(session, name) for name in symbols}
+    rows = dict(zip(symbols, get_symbols(session, symbols), strict=True))
     sources = {
         name: {
             "news": sentiment_source(row, config.data.news_source),

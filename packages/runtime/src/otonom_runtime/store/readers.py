@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -32,6 +32,7 @@ __all__ = [
     "find_symbol",
     "get_or_create_symbol",
     "get_symbol",
+    "get_symbols",
     "last_bar_date",
     "list_symbols",
     "load_history",
@@ -54,6 +55,17 @@ def get_symbol(session: Session, name: str) -> Symbol:
     if symbol is None:
         raise _unknown(session, name)
     return symbol
+
+
+def get_symbols(session: Session, names: Sequence[str]) -> list[Symbol]:
+    """The ``Symbol`` rows named ``names``, in that order, in one query; for the first name
+    not in the store, ``get_symbol``'s ``UnknownSymbolError``."""
+    query = select(Symbol).where(Symbol.name.in_(sorted(set(names))))
+    rows = {symbol.name: symbol for symbol in session.execute(query).scalars()}
+    for name in names:
+        if name not in rows:
+            raise _unknown(session, name)
+    return [rows[name] for name in names]
 
 
 def _unknown(session: Session, name: str) -> UnknownSymbolError:
@@ -467,19 +479,22 @@ def macro_dates(session: Session, source: str, start: dt.date, end: dt.date) -> 
 def symbols_with_bars(
     session: Session, ids: Iterable[int], start: dt.date, end: dt.date, at_least: int = 2
 ) -> int:
-    """How many of the symbols ``ids`` have at least ``at_least`` bars in ``start .. end`` (the
-    unique ``(symbol_id, date)`` index covers this count)."""
-    return int(
-        session.execute(
-            select(func.count()).select_from(
-                select(Bar.symbol_id)
-                .where(Bar.symbol_id.in_(list(ids)), Bar.date.between(start, end))
-                .group_by(Bar.symbol_id)
-                .having(func.count() >= at_least)
-                .subquery()
-            )
-        ).scalar_one()
+    """How many of the symbols ``ids`` have at least ``at_least`` (>= 1) bars in ``start ..
+    end``: those whose ``at_least``-th bar from ``start`` on is dated ``end`` or before (one
+    query; per symbol a few steps down the unique ``(symbol_id, date)`` index, not a count of
+    its bars in range)."""
+    if at_least < 1:
+        raise ValueError(f"at_least is {at_least}; expected an integer >= 1")
+    nth = (
+        select(Bar.date)
+        .where(Bar.symbol_id == Symbol.id, Bar.date >= start)
+        .order_by(Bar.date)
+        .limit(1)
+        .offset(at_least - 1)
+        .scalar_subquery()
     )
+    query = select(func.count()).select_from(Symbol).where(Symbol.id.in_(list(ids)), nth <= end)
+    return int(session.execute(query).scalar_one())
 
 
 def bar_spans(
