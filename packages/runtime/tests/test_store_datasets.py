@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
+import otonom_schema as s
 from otonom_runtime.backtest import run_backtest
 from otonom_runtime.store import datasets, get_session, init_db
 from otonom_runtime.store.datasets import (
@@ -22,6 +23,7 @@ from otonom_runtime.store.datasets import (
     load_decisions,
     load_macro_window,
     load_news_window,
+    load_state_bars,
 )
 from otonom_runtime.strategy import load_strategy
 from otonom_runtime.synth import write_synthetic
@@ -226,3 +228,37 @@ def test_iso_days_reads_canonical_days_only() -> None:
     ]
     for joined, rows in refused:
         assert _iso_days(joined, rows) is None, joined
+
+
+def test_state_bars_are_the_bar_window_with_the_close_as_open(
+    store: tuple[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, _ = store
+    with get_session(url) as session, _counting(monkeypatch) as served:
+        bars = load_state_bars(session, NAME, RUN_START, LAST, 20)
+        window = load_bar_window(session, NAME, RUN_START, LAST, 20)
+    assert served == [True, True]
+    assert bars is not None
+    assert window is not None
+    for name in ("dates", "high", "low", "close", "volume"):
+        assert getattr(bars, name).tobytes() == getattr(window, name).tobytes(), name
+    assert bars.open.tobytes() == window.close.tobytes()
+    assert s.compute_states(bars).tobytes() == s.compute_states(window).tobytes()
+
+
+@pytest.mark.parametrize("open_", ["0", "-1.5", "9e999"])
+def test_a_bad_open_is_refused_by_the_state_bars_as_by_the_window(
+    store: tuple[str, int], open_: str
+) -> None:
+    """The open the state bars do not fetch is checked in SQL: a bar whose open is not a
+    finite price > 0 takes the general way, which refuses it with the window's own error."""
+    url, _ = store
+    with get_session(url) as session:
+        session.execute(text(f"UPDATE bars SET open = {open_} WHERE date = '2021-07-01'"))
+    errors = []
+    with get_session(url) as session:
+        for read in (load_state_bars, load_bar_window):
+            with pytest.raises(s.SchemaError, match="open at row") as info:
+                read(session, NAME, RUN_START, LAST, 20)
+            errors.append(str(info.value))
+    assert errors[0] == errors[1]

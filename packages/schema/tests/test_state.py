@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -227,3 +228,49 @@ def test_columns_in_range_agrees_with_validate_states(dtype: type) -> None:
         verdicts.append(expected)
     assert True in verdicts  # both sides were tried
     assert False in verdicts
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_fast_batch_checks_agree_with_the_row_checks(dtype: type) -> None:
+    """A C-contiguous float32 or float64 batch is judged by whole-array checks first; each
+    batch gets the same result (the same float32 array, or the same error) as from the
+    row-by-row checks (reached here through a Fortran-ordered copy), with one row changed in
+    the 64-row blocks or in the tail: values at and beyond the bounds' tolerance, NaN, inf,
+    regimes that are not one-hot, and -0.0 in a regime (accepted)."""
+    cols = np.arange(s.STATE_DIM)
+    lows = np.array([f.low for f in s.FEATURES])
+    highs = np.array([f.high for f in s.FEATURES])
+    tol = s.RANGE_TOLERANCE
+    regime = slice(s.feature_index("regime_low_vol"), s.feature_index("regime_high_vol") + 1)
+    changes: list[tuple[Any, Any]] = [(None, None)]
+    for i in [*cols[::5].tolist(), s.STATE_DIM - 1]:
+        for value in (lows[i], highs[i], lows[i] - tol / 2, highs[i] + tol / 2):
+            changes.append((i, value))
+        for value in (lows[i] - 3 * tol, highs[i] + 3 * tol, math.nan, math.inf, -math.inf):
+            changes.append((i, value))
+    for hot in [(-0.0, 1.0, 0.0), (1.0, 0.0, -0.0), (0.0, 0.0, 0.0), (1.0, 1.0, 0.0)]:
+        changes.append((regime, hot))
+    changes.append((regime, (0.5, 0.5, 0.0)))
+    changes.append((regime, (2.0**-1, 2.0**-2, 2.0**-2)))
+    verdicts = set()
+    for row in (3, 66):
+        for where, value in changes:
+            batch = np.stack([valid_vector(i) for i in range(70)]).astype(dtype)
+            if where is not None:
+                batch[row, where] = value
+            outcomes = []
+            for arr in (batch, np.asfortranarray(batch)):
+                try:
+                    out = s.validate_states(arr)
+                    outcomes.append((out.dtype, out.flags.c_contiguous, out.tobytes()))
+                except s.SchemaError as exc:
+                    outcomes.append(str(exc))
+            assert outcomes[0] == outcomes[1], (row, where, value)
+            verdicts.add(isinstance(outcomes[0], str))
+    assert verdicts == {True, False}
+    from otonom_schema import _state
+
+    valid = np.stack([valid_vector(i) for i in range(70)]).astype(dtype)
+    low, high, one, word = _state._FAST[np.dtype(dtype)]
+    assert _state._in_range(valid, low, high)  # the fast checks do accept a valid batch
+    assert _state._one_hot(valid, one, word)

@@ -41,7 +41,12 @@ _BLOCK: Final = 64
 (N / 64, 64 * 34) views, whose long rows numpy vectorises (a reduction over (N, 34) runs its
 inner loop 34 elements at a time)."""
 _fmin: Final = np.fmin
-_ONE_WORD: Final = np.float32(1.0).view(np.uint32)
+_F64: Final = np.dtype(np.float64)
+# per dtype of a batch the fast checks accept: its bounds, 1.0's word and the word type
+_FAST: Final[dict[np.dtype[Any], tuple[npt.NDArray[Any], npt.NDArray[Any], Any, type[Any]]]] = {
+    _F32: (_LOW32, _HIGH32, np.float32(1.0).view(np.uint32), np.uint32),
+    _F64: (_LOW, _HIGH, np.float64(1.0).view(np.uint64), np.uint64),
+}
 _fmax: Final = np.fmax
 
 FloatArray = npt.NDArray[np.float32]
@@ -171,9 +176,10 @@ def validate_state_into(values: object, out: FloatArray) -> None:
     np.copyto(out, validate_state_array(values))
 
 
-def _in_range32(arr: FloatArray) -> bool:
-    """True when every value of a C-contiguous float32 (N, 34) array lies within its bounds
-    (False for NaN: it propagates through the minima and maxima and fails the comparisons)."""
+def _in_range(arr: npt.NDArray[Any], low: npt.NDArray[Any], high: npt.NDArray[Any]) -> bool:
+    """True when every value of a C-contiguous float (N, 34) array lies within ``low`` ..
+    ``high`` (bounds in its dtype; False for NaN: it propagates through the minima and maxima
+    and fails the comparisons)."""
     n = arr.shape[0]
     wide = n // _BLOCK * _BLOCK
     parts = []
@@ -188,21 +194,22 @@ def _in_range32(arr: FloatArray) -> bool:
     if wide < n:
         tail = arr[wide:]
         parts.append((tail.min(axis=0), tail.max(axis=0)))
-    return all(bool((lo >= _LOW32).all() and (hi <= _HIGH32).all()) for lo, hi in parts)
+    return all(bool((lo >= low).all() and (hi <= high).all()) for lo, hi in parts)
 
 
-def _one_hot32(arr: FloatArray) -> bool:
-    """True when every row of a C-contiguous float32 (N, 34) array has a regime of exactly
-    one 1.0 and two +0.0, by the bits (uint32): the row's largest regime word is 1.0's and the
-    three words sum to 1.0's (no word exceeds 1.0's, so the other two are 0). A -0.0 (whose
-    word is larger) fails here and is judged by the full check, which accepts it."""
-    words = arr.view(np.uint32)
+def _one_hot(arr: npt.NDArray[Any], one: np.unsignedinteger[Any], word: type[Any]) -> bool:
+    """True when every row of a C-contiguous float (N, 34) array has a regime of exactly
+    one 1.0 and two +0.0, by the bits (``word``: the unsigned type of the float's width;
+    ``one``: 1.0's word): the row's largest regime word is 1.0's and the three words sum to
+    1.0's (no word exceeds 1.0's, so the other two are 0). A -0.0 (whose word is larger)
+    fails here and is judged by the full check, which accepts it."""
+    words = arr.view(word)
     a, b, c = words[:, _REGIME.start], words[:, _REGIME.start + 1], words[:, _REGIME.start + 2]
     largest = np.maximum(a, b)
     np.maximum(largest, c, out=largest)
     total = a + b
     total += c
-    return bool((largest == _ONE_WORD).all() and (total == _ONE_WORD).all())
+    return bool((largest == one).all() and (total == one).all())
 
 
 def columns_in_range(values: FloatArray, columns: slice) -> bool:
@@ -225,17 +232,20 @@ def validate_states(values: object) -> FloatArray:
     arr = _as_float(values, "states")
     if arr.ndim != 2 or arr.shape[1] != STATE_DIM:
         raise SchemaError(f"states have shape {arr.shape}; expected (N, {STATE_DIM})")
-    # A C-contiguous float32 batch (the model's input: every predict_batch) is accepted by the
-    # fast checks (whole-array, ~20 numpy calls); anything else, and every batch they do not
-    # accept, takes the row-by-row checks below (which name the first bad row).
+    # A C-contiguous float32 batch (the model's input: every predict_batch) or float64 batch
+    # (``compute_states``' features) is accepted by the fast checks (whole-array, ~20 numpy
+    # calls, bounds in its own dtype); anything else, and every batch they do not accept,
+    # takes the row-by-row checks below (which name the first bad row).
+    fast = _FAST.get(arr.dtype)
     if (
-        arr.dtype == np.float32
+        fast is not None
         and arr.flags.c_contiguous
         and arr.shape[0]
-        and _in_range32(arr)
-        and _one_hot32(arr)
+        and _in_range(arr, fast[0], fast[1])
+        and _one_hot(arr, fast[2], fast[3])
     ):
-        return arr  # what np.ascontiguousarray(arr, dtype=np.float32) returns for it
+        # what np.ascontiguousarray(arr, dtype=np.float32) returns for it
+        return arr if arr.dtype == _F32 else arr.astype(np.float32)
     # bounds in the array's own dtype; NaN fails every comparison and all bounds are finite
     low, high = (_LOW32, _HIGH32) if arr.dtype == np.float32 else (_LOW, _HIGH)
     in_range = ((arr >= low) & (arr <= high)).all(axis=1)

@@ -75,10 +75,10 @@ from otonom_runtime.store.datasets import (
     bar_range,
     bar_span,
     list_runs,
-    load_bar_window,
     load_decisions,
     load_macro_window,
     load_news_window,
+    load_state_bars,
     run_params,
     synthetic_flags,
 )
@@ -311,7 +311,7 @@ class OfflineDatasetGenerator:
                 f"{run.start.isoformat()} .. {run.end.isoformat()}"
             )
         first, last = decisions.dates[0].item(), decisions.dates[-1].item()
-        history = load_bar_window(self.session, name, first, last, LOOKBACK - 1)
+        history = load_state_bars(self.session, name, first, last, LOOKBACK - 1)
         picked = None if history is None else _decision_bars(history, decisions.dates)
         if history is None or picked is None:
             raise self._no_bar(run, name, history, decisions.dates)

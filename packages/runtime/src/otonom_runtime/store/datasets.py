@@ -55,6 +55,7 @@ __all__ = [
     "load_decisions",
     "load_macro_window",
     "load_news_window",
+    "load_state_bars",
     "run_params",
     "synthetic_flags",
 ]
@@ -290,6 +291,37 @@ def load_bar_window(
     dates, (open_, high, low, close, volume) = read
     return MarketHistory(
         dates=dates, open=open_, high=high, low=low, close=close, volume=volume, symbol=symbol
+    )
+
+
+# the high, NULL (NaN) where the open is not a finite price > 0 (SQLite keeps NaN as NULL;
+# 9e999 reads as +inf), what ``MarketHistory`` requires of it
+_HIGH_IF_OPEN_OK: Final = "CASE WHEN b.open > 0 AND b.open < 9e999 THEN b.high END"
+
+
+def load_state_bars(
+    session: Session, symbol: str, first: dt.date, end: dt.date, back: int
+) -> MarketHistory | None:
+    """``load_bar_window``'s bars as a state reads them: no feature reads a bar's open
+    (``otonom_schema``'s maths read the dates, close, high, low and volume), so on SQLite the
+    open is not fetched (a cell less per bar) but checked in SQL, and the history's ``open``
+    holds its ``close``. A bar whose open ``MarketHistory`` would refuse (or whose high is
+    not a number) sends the read the general way, which reads the open and refuses it as
+    ``load_bar_window`` does; elsewhere it is ``load_bar_window``. For the states only: the
+    opens are not the store's."""
+    values = {"symbol": symbol, "first": first, "end": end, "back": back}
+    read = _dated(
+        session,
+        _bar_window_query(f"{_HIGH_IF_OPEN_OK}, b.low, b.close, b.volume"),
+        _bar_window_query(_DATES.format("b.date"), order=False),
+        values,
+        4,
+    )
+    if read is None or np.isnan(read[1][0]).any():
+        return load_bar_window(session, symbol, first, end, back)
+    dates, (high, low, close, volume) = read
+    return MarketHistory(
+        dates=dates, open=close, high=high, low=low, close=close, volume=volume, symbol=symbol
     )
 
 
