@@ -5,13 +5,12 @@ run the model must be the export of (docs/model-format.md)."""
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any, Final
 
 from otonom_runtime._errors import ModelSchemaMismatchError, PolicyError
 from otonom_runtime.integrity import DIGEST_KEY, GOLDEN_KEY
-from otonom_runtime.serving.paths import CHECKPOINT_FILENAME, TRAINING_RECORD
+from otonom_runtime.serving.paths import CHECKPOINT_FILENAME, TRAINING_RECORD, logger
 from otonom_schema import FEATURE_NAMES, SCHEMA_VERSION, STATE_DIM, schema_fingerprint
 
 __all__ = [
@@ -26,8 +25,6 @@ __all__ = [
     "decode_metadata",
     "public_metadata",
 ]
-
-logger = logging.getLogger("otonom_runtime.policy")  # one logger for the whole loader
 
 RUN_ID_KEY: Final = "otonom.training_run_id"
 """Optional metadata key: the id of the training run the model was exported from (the same id
