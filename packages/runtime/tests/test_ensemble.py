@@ -243,6 +243,33 @@ def test_drawdown_equals_the_cell_by_cell_form_bit_for_bit(window: int) -> None:
         assert got.tobytes() == _drawdown_cell_by_cell(states, window).tobytes()
 
 
+def test_the_analysts_read_float64_states_without_a_copy_and_others_as_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A C-contiguous float64 array is read as it is (``astype`` would copy it to the same
+    layout); any other states are copied as before: the signals are the bits the old copy
+    (``astype`` always) gave, whatever the layout."""
+    from otonom_runtime import ensemble
+    from otonom_runtime.ensemble import _float64
+
+    days = s.market_feature_matrix(random_history(300, seed=5))
+    assert _float64(days) is days
+    layouts = (days, np.asfortranarray(days), days.astype(np.float32), days[::2])
+    for other in layouts[1:]:
+        assert _float64(other).tobytes() == other.astype(np.float64).tobytes()
+    analysts = (TechAnalyst(), NewsAnalyst())
+    got = [analyst.signals(states) for analyst in analysts for states in layouts]
+    monkeypatch.setattr(ensemble, "_float64", lambda x: x.astype(np.float64))
+    want = [analyst.signals(states) for analyst in analysts for states in layouts]
+    for g, w in zip(got, want, strict=True):
+        for a, b in zip(
+            (g.actions, g.strengths, g.confidences),
+            (w.actions, w.strengths, w.confidences),
+            strict=True,
+        ):
+            assert a.tobytes() == b.tobytes()
+
+
 # --- the RL analyst and its fallback -----------------------------------------------------------
 
 

@@ -102,6 +102,16 @@ def _states(states: npt.ArrayLike) -> npt.NDArray[np.floating]:
     return arr
 
 
+def _float64(states: npt.NDArray[Any]) -> F64:
+    """``states`` as float64: itself when it is a C-contiguous float64 array (the copy
+    ``astype`` would make has the same layout, so every reduction over it sums in the same
+    order), else ``astype``'s copy."""
+    if states.dtype == np.float64 and states.flags.c_contiguous:
+        return states
+    out: F64 = states.astype(np.float64)
+    return out
+
+
 def _window_returns(states: npt.NDArray[np.floating], window: int) -> list[F64]:
     """The newest ``window`` daily log returns of each state (undoing the tanh scaling), as
     ``window`` (N,) columns, oldest first.
@@ -142,7 +152,7 @@ class TechAnalyst:
     entry_threshold: float = 0.30
 
     def score(self, states: npt.ArrayLike) -> F64:
-        x = _states(states).astype(np.float64)
+        x = _float64(_states(states))
         w = self.trend_window
         trend = np.clip(x[:, _RET0 - w + 1 : _RET0 + 1].mean(axis=1) / self.trend_threshold, -1, 1)
         rsi = x[:, _RSI]
@@ -178,7 +188,7 @@ class NewsAnalyst:
     threshold: float = 0.20
 
     def signals(self, states: npt.ArrayLike) -> Signals:
-        x = _states(states).astype(np.float64)
+        x = _float64(_states(states))
         total = self.news_weight + self.macro_weight
         score = (self.news_weight * x[:, _NEWS] + self.macro_weight * x[:, _MACRO]) / total
         known = (x[:, _NEWS] != 0.0) | (x[:, _MACRO] != 0.0)

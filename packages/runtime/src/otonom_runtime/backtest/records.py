@@ -107,15 +107,18 @@ def _signal_columns(r: SymbolResult, rl: bool) -> list[list[Any]]:
     return columns
 
 
-_IsoDates = tuple[npt.NDArray[np.datetime64], list[str]]
-"""Dates (sorted, unique, datetime64[D]) and their ISO text, for ``_decision_rows``."""
+_IsoDates = tuple[npt.NDArray[np.datetime64], npt.NDArray[np.object_]]
+"""Dates (sorted, unique, datetime64[D]) and their ISO text (``str`` objects), for
+``_decision_columns``."""
 
 
 def _iso_dates(results: Sequence[SymbolResult]) -> _IsoDates:
     """Every date of ``results`` once, with its ISO text (the symbols share most dates:
     formatting each once costs a tenth of formatting each symbol's)."""
     days = np.unique(np.concatenate([r.dates.astype("datetime64[D]") for r in results]))
-    return days, np.datetime_as_string(days, unit="D").tolist()
+    text = np.empty(days.shape[0], dtype=object)
+    text[:] = np.datetime_as_string(days, unit="D").tolist()
+    return days, text
 
 
 def _decision_columns(
@@ -127,10 +130,10 @@ def _decision_columns(
     n = len(r.actions)
     days: list[float | None] = r.days_since_last_trade.tolist()
     if sqlite is not None:
-        days = [None if d == math.inf else d for d in days]
+        for i in np.flatnonzero(r.days_since_last_trade == math.inf).tolist():
+            days[i] = None
         known, text = sqlite
-        at: list[int] = np.searchsorted(known, r.dates.astype("datetime64[D]")).tolist()
-        dates: list[Any] = [text[i] for i in at]
+        dates: list[Any] = text[np.searchsorted(known, r.dates.astype("datetime64[D]"))].tolist()
     else:
         dates = r.dates.astype("datetime64[D]").tolist()
     return [
