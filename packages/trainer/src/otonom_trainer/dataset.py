@@ -80,7 +80,6 @@ from otonom_runtime.store.datasets import (
     load_macro_window,
     load_news_window,
     load_state_bars,
-    run_params,
     synthetic_flags,
 )
 from otonom_schema import (
@@ -359,12 +358,12 @@ class OfflineDatasetGenerator:
 
     def _sentiment_sources(self, chosen: dict[str, _Run]) -> dict[str, dict[str, str]]:
         """{symbol: {"news": source, "macro": source}}: what each symbol's run read (its
-        ``params["sentiment_sources"]``), else the kind rule (runs made before sources)."""
-        params = run_params(self.session, {run.id for run in chosen.values()})
+        ``params["sentiment_sources"]``, as ``list_runs`` read them), else the kind rule (runs
+        made before sources)."""
         kinds = synthetic_flags(self.session, chosen)
         out: dict[str, dict[str, str]] = {}
         for name, run in chosen.items():
-            recorded = (params.get(run.id) or {}).get("sentiment_sources") or {}
+            recorded = run.params.get("sentiment_sources") or {}
             mine = recorded.get(name) if isinstance(recorded, dict) else None
             out[name] = {
                 kind: (
