@@ -80,6 +80,7 @@ from otonom_runtime.store.datasets import (
     load_macro_window,
     load_news_window,
     load_state_bars,
+    mapped_reads,
     synthetic_flags,
 )
 from otonom_schema import (
@@ -419,18 +420,13 @@ class OfflineDatasetGenerator:
             allow_internal_run=allow_internal_run,
         )
         sources = self._sentiment_sources(chosen)
-        reads = {
-            name: self._read(name, chosen[name], start, end, sources[name]["news"])
-            for name in names
-        }
-        macros = {}
-        for source in sorted({s["macro"] for s in sources.values()}):
-            users = [reads[name] for name in names if sources[name]["macro"] == source]
-            macros[source] = self._macro(
-                source,
-                min(r.dates[0].item() for r in users) - _SENTIMENT_AGE,
-                max(r.dates[-1].item() for r in users),
-            )
+        with mapped_reads(self.session):  # the store's file memory-mapped for the reads
+            reads = {n: self._read(n, chosen[n], start, end, sources[n]["news"]) for n in names}
+            macros = {}
+            for source in sorted({s["macro"] for s in sources.values()}):
+                users = [reads[name] for name in names if sources[name]["macro"] == source]
+                first = min(r.dates[0].item() for r in users) - _SENTIMENT_AGE
+                macros[source] = self._macro(source, first, max(r.dates[-1].item() for r in users))
         parts = [_rows(reads[name], macros[sources[name]["macro"]]) for name in names]
         n_rows = [p.states.shape[0] for p in parts]
         metadata = _metadata(names, chosen, sources, start, end)

@@ -24,7 +24,8 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import itertools
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -56,6 +57,7 @@ __all__ = [
     "load_macro_window",
     "load_news_window",
     "load_state_bars",
+    "mapped_reads",
     "run_params",
     "synthetic_flags",
 ]
@@ -393,6 +395,38 @@ def load_macro_window(
     if read is None:
         return load_macro(session, source=source, start=start, end=end)
     return SentimentSeries(dates=read[0], scores=read[1][0])
+
+
+_MAP_BYTES: Final = 1 << 30
+
+
+@contextmanager
+def mapped_reads(session: Session) -> Iterator[None]:
+    """For the block, on SQLite, the session's connection reads the store's file through a
+    memory map of up to 1 GiB (``PRAGMA mmap_size``): each page a read touches is mapped,
+    not copied in by one ``read`` system call per page (a dataset's reads touch thousands:
+    ~3 % of its CPU time; pages still in the write-ahead log are read as before). The pragma
+    is back to what it was when the block ends, however it ends (if that fails, the
+    connection is invalidated, never reused), so the connection, which the pool hands on,
+    keeps no map. For dataset generation's reads (the trainer); elsewhere nothing changes.
+    """
+    conn = session.connection()
+    if conn.dialect.name != "sqlite":
+        yield
+        return
+    dbapi: Any = conn.connection.dbapi_connection
+    before = int(dbapi.execute("PRAGMA mmap_size").fetchone()[0])
+    restored = False
+    try:
+        dbapi.execute(f"PRAGMA mmap_size = {_MAP_BYTES}")
+        yield
+    finally:
+        try:
+            dbapi.execute(f"PRAGMA mmap_size = {before}")
+            restored = True
+        finally:
+            if not restored:
+                conn.invalidate()  # never back to the pool with the map
 
 
 # --- SQLite: the numbers streamed, the dates as one text ----------------------------------------
