@@ -287,3 +287,18 @@ def test_mapped_reads_map_the_file_for_the_block_only(store: tuple[str, int]) ->
     for kind, arrays in outside.items():
         for name, values in arrays.items():
             assert values.tobytes() == inside[kind][name].tobytes(), (kind, name)
+
+
+def test_iso_days_checks_every_character_of_a_long_text() -> None:
+    """Dates are checked in blocks of 64 and a tail: a bad character anywhere is found."""
+    days = np.arange(np.datetime64("2019-12-25"), np.datetime64("2020-05-03"))  # 130 days
+    text = "|".join(str(d) for d in days)
+    got = _iso_days(text, days.size)
+    assert got is not None
+    assert got.tobytes() == days.astype("datetime64[D]").tobytes()
+    for row in (0, 10, 63, 64, 127, 128, 129):
+        for at, bad in ((0, "x"), (4, "/"), (7, "0"), (9, ":"), (10, "-")):
+            i = row * 11 + at
+            if i >= len(text):
+                continue
+            assert _iso_days(text[:i] + bad + text[i + 1 :], days.size) is None, (row, at)
