@@ -24,6 +24,7 @@ from otonom_runtime.store.datasets import (
     load_macro_window,
     load_news_window,
     load_state_bars,
+    mapped_reads,
 )
 from otonom_runtime.strategy import load_strategy
 from otonom_runtime.synth import write_synthetic
@@ -262,3 +263,42 @@ def test_a_bad_open_is_refused_by_the_state_bars_as_by_the_window(
                 read(session, NAME, RUN_START, LAST, 20)
             errors.append(str(info.value))
     assert errors[0] == errors[1]
+
+
+def test_mapped_reads_map_the_file_for_the_block_only(store: tuple[str, int]) -> None:
+    """The connection's ``mmap_size`` is what it was after the block, however it ends, and
+    the reads inside it read the same arrays."""
+    url, run_id = store
+    reads = _reads(run_id)
+
+    def mmap_size(session: Any) -> int:
+        return int(session.connection().exec_driver_sql("PRAGMA mmap_size").scalar_one())
+
+    with get_session(url) as session:
+        outside = {kind: _arrays(read(session)) for kind, read in reads.items()}
+        assert mmap_size(session) == 0
+        with mapped_reads(session):
+            assert mmap_size(session) == 1 << 30
+            inside = {kind: _arrays(read(session)) for kind, read in reads.items()}
+        assert mmap_size(session) == 0
+        with pytest.raises(KeyError), mapped_reads(session):
+            load_news_window(session, "NOPE", "synthetic", FIRST, LAST)
+        assert mmap_size(session) == 0
+    for kind, arrays in outside.items():
+        for name, values in arrays.items():
+            assert values.tobytes() == inside[kind][name].tobytes(), (kind, name)
+
+
+def test_iso_days_checks_every_character_of_a_long_text() -> None:
+    """Dates are checked in blocks of 64 and a tail: a bad character anywhere is found."""
+    days = np.arange(np.datetime64("2019-12-25"), np.datetime64("2020-05-03"))  # 130 days
+    text = "|".join(str(d) for d in days)
+    got = _iso_days(text, days.size)
+    assert got is not None
+    assert got.tobytes() == days.astype("datetime64[D]").tobytes()
+    for row in (0, 10, 63, 64, 127, 128, 129):
+        for at, bad in ((0, "x"), (4, "/"), (7, "0"), (9, ":"), (10, "-")):
+            i = row * 11 + at
+            if i >= len(text):
+                continue
+            assert _iso_days(text[:i] + bad + text[i + 1 :], days.size) is None, (row, at)

@@ -370,3 +370,30 @@ def test_return_features_decode_to_log_returns() -> None:
     decoded = s.log_returns_from_features(states[1:, IDX("ret_lag0")])
     np.testing.assert_allclose(decoded, np.diff(np.log(h.close)), rtol=1e-4, atol=1e-6)
     assert np.isfinite(s.log_returns_from_features([1.0, -1.0])).all()
+
+
+def test_states_from_a_first_bar_are_those_rows_of_the_whole() -> None:
+    """``first=k`` computes only the rows of bars k.. (the bars before are their lookback):
+    bit for bit those rows of the whole result, with news, macro and one portfolio per row."""
+    histories = [random_history(420, seed=i) for i in range(3)]
+    histories += list(adversarial_histories().values())
+    rng = np.random.default_rng(5)
+    for h in histories:
+        news, macro = random_sentiment(h.dates, seed=1), random_sentiment(h.dates, seed=2)
+        n = len(h)
+        portfolio = s.portfolio_feature_matrix(
+            rng.uniform(-1, 1, n), rng.uniform(0, 1, n), rng.uniform(0, 1, n), rng.uniform(0, 9, n)
+        )
+        whole = s.compute_states(h, portfolio, news=news, macro=macro)
+        market = s.market_feature_matrix(h, news, macro)
+        for first in sorted({0, 1, 7, s.LOOKBACK - 1, s.LOOKBACK, n // 2, n - 1} & set(range(n))):
+            part = s.compute_states(h, portfolio[first:], news=news, macro=macro, first=first)
+            assert part.tobytes() == whole[first:].tobytes(), first
+            again = s.market_feature_matrix(h, news, macro, first=first)
+            assert again.tobytes() == market[first:].tobytes(), first
+    h = histories[0]
+    for bad in (-1, len(h), 1.5, True, "3"):
+        with pytest.raises(s.SchemaError, match=r"first is .*; expected a bar index in 0 \.\. "):
+            s.compute_states(h, first=bad)  # type: ignore[arg-type]
+    with pytest.raises(s.SchemaError, match=r"shape \(420, 4\); expected \(400, 4\)"):
+        s.compute_states(h, np.zeros((420, 4)), first=20)

@@ -363,17 +363,28 @@ def market_feature_matrix(
     history: MarketHistory,
     news: SentimentSeries | None = None,
     macro: SentimentSeries | None = None,
+    *,
+    first: int = 0,
 ) -> F64:
     """Features for every bar of ``history`` at once, shape (N, 34), float64.
 
     Row t uses bars <= t only. Portfolio columns (``PORTFOLIO_COLUMNS``) hold the neutral
-    (flat, never traded) portfolio; fill them with ``portfolio_feature_matrix``.
+    (flat, never traded) portfolio; fill them with ``portfolio_feature_matrix``. ``first``:
+    only the rows of bars ``first ..`` (shape (N - first, 34), equal to those rows of the
+    whole matrix; the bars before still count as their lookback).
     """
     n = len(history)
+    first = _first_row(first, n)
     days, close, high, low, volume = _padded(history, 0)
-    n_avail = np.minimum(np.arange(1, n + 1, dtype=np.int64), LOOKBACK)
-    as_of = history.dates.astype(np.int64)
-    return _market_block(days, close, high, low, volume, n_avail, as_of, news, macro, _PAD)
+    n_avail = np.minimum(np.arange(first + 1, n + 1, dtype=np.int64), LOOKBACK)
+    as_of = history.dates[first:].astype(np.int64)
+    return _market_block(days, close, high, low, volume, n_avail, as_of, news, macro, _PAD + first)
+
+
+def _first_row(first: object, n: int) -> int:
+    if isinstance(first, bool) or not isinstance(first, (int, np.integer)) or not 0 <= first < n:
+        raise SchemaError(f"first is {first!r}; expected a bar index in 0 .. {n - 1}")
+    return int(first)
 
 
 def _portfolio_matrix(portfolio: object, n: int) -> F64:
@@ -393,21 +404,25 @@ def compute_states(
     *,
     news: SentimentSeries | None = None,
     macro: SentimentSeries | None = None,
+    first: int = 0,
 ) -> npt.NDArray[np.float32]:
     """The state of every bar of ``history``, shape (N, 34), float32 (the vectorised path).
 
     ``portfolio``: ``None`` (flat, never traded), one ``PortfolioSnapshot`` for every row, or an
-    (N, 4) array from ``portfolio_feature_matrix`` with one portfolio per bar.
+    (N - first, 4) array from ``portfolio_feature_matrix`` with one portfolio per bar.
+    ``first``: only the states of bars ``first ..`` (shape (N - first, 34), equal to those
+    rows of the whole result; the bars before are only their lookback).
     """
-    feats = market_feature_matrix(history, news, macro)
+    feats = market_feature_matrix(history, news, macro, first=first)
+    rows = feats.shape[0]
     if isinstance(portfolio, np.ndarray):
-        if portfolio.shape != (len(history), 4):
+        if portfolio.shape != (rows, 4):
             raise SchemaError(
-                f"portfolio features have shape {portfolio.shape}; expected ({len(history)}, 4)"
+                f"portfolio features have shape {portfolio.shape}; expected ({rows}, 4)"
             )
         feats[:, PORTFOLIO_COLUMNS] = portfolio
     else:
-        feats[:, PORTFOLIO_COLUMNS] = _portfolio_matrix(portfolio, len(history))
+        feats[:, PORTFOLIO_COLUMNS] = _portfolio_matrix(portfolio, rows)
     return validate_states(feats)
 
 

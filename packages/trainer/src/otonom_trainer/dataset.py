@@ -29,16 +29,17 @@ Rules (each one tested):
   run whose strategy named sentiment sources, the builder made with those
   (``RlStateBuilder(session, news_source=..., macro_source=...)``).
 * **Vectorised.** Every read is a typed store reader (``otonom_runtime.store.datasets``: this
-  module holds no SQL). Per symbol: one query for the
-  decisions, one for the bars from ``LOOKBACK - 1`` bars before the first decision to the last
-  decision (older bars are never read by any row's state), one for the news from
-  ``SENTIMENT_MAX_AGE_DAYS`` days before the first decision (an older score is stale for every
-  row; the states of the bars before it are computed but are no row); one macro query per
-  macro source over the union of those ranges. ``compute_states`` then computes the features
-  of every bar read at once (the schema's batch path, proven equal to the builder's one-date
-  path) and the rows are picked by date. Every decision date must be a bar date in the store
-  (the backtest only decides on bar dates): anything else means the bars were changed after
-  the run, and is refused.
+  module holds no SQL). Per symbol: one read of the decisions, one of the bars from
+  ``LOOKBACK - 1`` bars before the first decision to the last decision (older bars are never
+  read by any row's state; ``load_state_bars``: their opens, which no state reads, are
+  checked, not fetched), one of the news from ``SENTIMENT_MAX_AGE_DAYS`` days before the
+  first decision (an older score is stale for every row); one macro read per macro source
+  over the union of those ranges (on SQLite each read is two queries: the numbers, and the
+  dates as one text). ``compute_states`` then computes the features of every bar from the
+  first decision's on at once (``first=``; the schema's batch path, proven equal to the
+  builder's one-date path) and the rows are picked by date. Every decision date must be a
+  bar date in the store (the backtest only decides on bar dates): anything else means the
+  bars were changed after the run, and is refused.
 * **Sentiment sources.** Each symbol's news and macro come from the sources its run read
   (``params["sentiment_sources"]``, recorded by the backtest); for a run that recorded none
   (made before sentiment had sources) the kind rule the backtest applies by default
@@ -79,7 +80,7 @@ from otonom_runtime.store.datasets import (
     load_macro_window,
     load_news_window,
     load_state_bars,
-    run_params,
+    mapped_reads,
     synthetic_flags,
 )
 from otonom_schema import (
@@ -358,12 +359,12 @@ class OfflineDatasetGenerator:
 
     def _sentiment_sources(self, chosen: dict[str, _Run]) -> dict[str, dict[str, str]]:
         """{symbol: {"news": source, "macro": source}}: what each symbol's run read (its
-        ``params["sentiment_sources"]``), else the kind rule (runs made before sources)."""
-        params = run_params(self.session, {run.id for run in chosen.values()})
+        ``params["sentiment_sources"]``, as ``list_runs`` read them), else the kind rule (runs
+        made before sources)."""
         kinds = synthetic_flags(self.session, chosen)
         out: dict[str, dict[str, str]] = {}
         for name, run in chosen.items():
-            recorded = (params.get(run.id) or {}).get("sentiment_sources") or {}
+            recorded = run.params.get("sentiment_sources") or {}
             mine = recorded.get(name) if isinstance(recorded, dict) else None
             out[name] = {
                 kind: (
@@ -419,18 +420,13 @@ class OfflineDatasetGenerator:
             allow_internal_run=allow_internal_run,
         )
         sources = self._sentiment_sources(chosen)
-        reads = {
-            name: self._read(name, chosen[name], start, end, sources[name]["news"])
-            for name in names
-        }
-        macros = {}
-        for source in sorted({s["macro"] for s in sources.values()}):
-            users = [reads[name] for name in names if sources[name]["macro"] == source]
-            macros[source] = self._macro(
-                source,
-                min(r.dates[0].item() for r in users) - _SENTIMENT_AGE,
-                max(r.dates[-1].item() for r in users),
-            )
+        with mapped_reads(self.session):  # the store's file memory-mapped for the reads
+            reads = {n: self._read(n, chosen[n], start, end, sources[n]["news"]) for n in names}
+            macros = {}
+            for source in sorted({s["macro"] for s in sources.values()}):
+                users = [reads[name] for name in names if sources[name]["macro"] == source]
+                first = min(r.dates[0].item() for r in users) - _SENTIMENT_AGE
+                macros[source] = self._macro(source, first, max(r.dates[-1].item() for r in users))
         parts = [_rows(reads[name], macros[sources[name]["macro"]]) for name in names]
         n_rows = [p.states.shape[0] for p in parts]
         metadata = _metadata(names, chosen, sources, start, end)
@@ -472,12 +468,17 @@ def _decision_bars(
 
 
 def _rows(read: _Symbol, macro: SentimentSeries | None) -> _Rows:
-    """The rows of one symbol: the features of every bar read at once, one portfolio per bar
-    (the first decision's where there is no decision), then the decision rows picked out."""
-    per_bar = np.repeat(read.portfolio[:1], len(read.history), axis=0)
-    per_bar[read.pos] = read.portfolio
-    states = compute_states(read.history, per_bar, news=read.news, macro=macro)[read.pos]
-    return _Rows(states=states, actions=read.actions, strengths=read.strengths, dates=read.dates)
+    """The rows of one symbol: the features of every bar from the first decision's on at once
+    (the bars before are its lookback), one portfolio per bar (the first decision's where
+    there is no decision), then the decision rows picked out."""
+    pos = read.pos  # ascending
+    first = int(pos.start) if isinstance(pos, slice) else int(pos[0])
+    picked = slice(0, pos.stop - first) if isinstance(pos, slice) else pos - first
+    per_bar = np.repeat(read.portfolio[:1], len(read.history) - first, axis=0)
+    per_bar[picked] = read.portfolio
+    states = compute_states(read.history, per_bar, news=read.news, macro=macro, first=first)
+    rows = states[picked]
+    return _Rows(states=rows, actions=read.actions, strengths=read.strengths, dates=read.dates)
 
 
 def _metadata(

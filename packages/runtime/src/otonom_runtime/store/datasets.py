@@ -24,7 +24,8 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import itertools
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -56,6 +57,7 @@ __all__ = [
     "load_macro_window",
     "load_news_window",
     "load_state_bars",
+    "mapped_reads",
     "run_params",
     "synthetic_flags",
 ]
@@ -395,6 +397,38 @@ def load_macro_window(
     return SentimentSeries(dates=read[0], scores=read[1][0])
 
 
+_MAP_BYTES: Final = 1 << 30
+
+
+@contextmanager
+def mapped_reads(session: Session) -> Iterator[None]:
+    """For the block, on SQLite, the session's connection reads the store's file through a
+    memory map of up to 1 GiB (``PRAGMA mmap_size``): each page a read touches is mapped,
+    not copied in by one ``read`` system call per page (a dataset's reads touch thousands:
+    ~3 % of its CPU time; pages still in the write-ahead log are read as before). The pragma
+    is back to what it was when the block ends, however it ends (if that fails, the
+    connection is invalidated, never reused), so the connection, which the pool hands on,
+    keeps no map. For dataset generation's reads (the trainer); elsewhere nothing changes.
+    """
+    conn = session.connection()
+    if conn.dialect.name != "sqlite":
+        yield
+        return
+    dbapi: Any = conn.connection.dbapi_connection
+    before = int(dbapi.execute("PRAGMA mmap_size").fetchone()[0])
+    restored = False
+    try:
+        dbapi.execute(f"PRAGMA mmap_size = {_MAP_BYTES}")
+        yield
+    finally:
+        try:
+            dbapi.execute(f"PRAGMA mmap_size = {before}")
+            restored = True
+        finally:
+            if not restored:
+                conn.invalidate()  # never back to the pool with the map
+
+
 # --- SQLite: the numbers streamed, the dates as one text ----------------------------------------
 
 _SEP: Final = "|"  # between two dates in ``_DATES``' text; never in a canonical date
@@ -443,6 +477,9 @@ def _dated(
 _DATE_LOW: Final = np.frombuffer(b"0000-00-00" + _SEP.encode(), dtype=np.uint8)
 _DATE_HIGH: Final = np.frombuffer(b"9999-99-99" + _SEP.encode(), dtype=np.uint8)
 _DAY_ONE: Final = np.datetime64("0001-01-01", "D").astype(np.int64)  # the first datetime.date
+_BLOCK: Final = 64  # dates checked a block at a time: long rows, which numpy compares faster
+_BLOCK_LOW: Final = np.tile(_DATE_LOW, _BLOCK)
+_BLOCK_HIGH: Final = np.tile(_DATE_HIGH, _BLOCK)
 
 
 def _iso_days(joined: object, rows: int) -> npt.NDArray[np.datetime64] | None:
@@ -459,8 +496,13 @@ def _iso_days(joined: object, rows: int) -> npt.NDArray[np.datetime64] | None:
     if not isinstance(joined, str) or len(joined) != 11 * rows - 1 or not joined.isascii():
         return None
     raw = (joined + _SEP).encode("ascii")
-    cells = np.frombuffer(raw, dtype=np.uint8).reshape(rows, 11)
-    if not ((cells >= _DATE_LOW) & (cells <= _DATE_HIGH)).all():
+    cells = np.frombuffer(raw, dtype=np.uint8)
+    wide = rows // _BLOCK * _BLOCK * 11
+    block, tail = cells[:wide].reshape(-1, _BLOCK * 11), cells[wide:].reshape(-1, 11)
+    if not (
+        ((block >= _BLOCK_LOW) & (block <= _BLOCK_HIGH)).all()
+        and ((tail >= _DATE_LOW) & (tail <= _DATE_HIGH)).all()
+    ):
         return None
     try:
         text = np.ndarray((rows,), dtype="S10", buffer=raw, strides=(11,))
