@@ -10,6 +10,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
@@ -242,3 +243,20 @@ def test_a_backtest_stores_the_same_rows_on_sqlite_and_postgresql(
     assert len(on_sqlite) > 2 * 250
     assert any(math.isinf(row[7]) for row in on_sqlite)  # days before the first trade
     assert _backtest_rows(postgres_url) == on_sqlite
+
+
+def test_the_runs_dates_are_those_np_unique_gives() -> None:
+    """``records._union_dates``: the symbols' dates once, sorted, a new array, whether the
+    symbols share one calendar (the first one's dates, copied) or not."""
+    from types import SimpleNamespace
+
+    from otonom_runtime.backtest import records
+
+    base = np.arange(np.datetime64("2020-01-01"), np.datetime64("2020-03-01"))
+    for calendars in ([base, base, base], [base, base[5:], base[::2]], [base[10:], base[:3]]):
+        results: Any = [SimpleNamespace(dates=d) for d in calendars]
+        got = records._union_dates(results)
+        want = np.unique(np.concatenate(calendars))
+        assert got.dtype == want.dtype
+        assert got.tolist() == want.tolist()
+        assert not np.shares_memory(got, calendars[0])

@@ -103,31 +103,23 @@ def _states(states: npt.ArrayLike) -> npt.NDArray[np.floating]:
 
 
 def _float64(states: npt.NDArray[Any]) -> F64:
-    """``states`` as float64: itself when it is a C-contiguous float64 array (the copy
-    ``astype`` would make has the same layout, so every reduction over it sums in the same
-    order), else ``astype``'s copy."""
-    if states.dtype == np.float64 and states.flags.c_contiguous:
-        return states
-    out: F64 = states.astype(np.float64)
-    return out
+    """``states`` as float64: itself if C-contiguous float64 (``astype``'s copy would have its
+    layout, so reductions sum in the same order), else ``astype``'s copy."""
+    same = states.dtype == np.float64 and states.flags.c_contiguous
+    return states if same else states.astype(np.float64)
 
 
 def _window_returns(states: npt.NDArray[np.floating], window: int) -> list[F64]:
-    """The newest ``window`` daily log returns of each state (undoing the tanh scaling), as
-    ``window`` (N,) columns, oldest first.
-
-    The states of consecutive days hold the same returns shifted by one lag (day t+1's lag
-    k+1 is day t's lag k); when every row shows that, each return is decoded once (N + window
-    - 1 of them instead of N x window) and the columns are views of that one series. The
-    decoding is elementwise, so the values are those of decoding every cell.
-    """
+    """The newest ``window`` daily log returns of each state (the tanh scaling undone) as
+    ``window`` (N,) columns, oldest first. Consecutive days' states hold the same returns a lag
+    apart: when every row shows it, each return is decoded once (elementwise: the same values)
+    and the columns are views of that one series."""
     lags = states[:, _RET0 - window + 1 : _RET0 + 1]  # (N, window), oldest first
     n = lags.shape[0]
     if n > 1 and window > 1 and np.array_equal(lags[1:, :-1], lags[:-1, 1:]):
         series = log_returns_from_features(np.concatenate([lags[0], lags[1:, -1]]))
         return [series[k : k + n] for k in range(window)]
-    decoded = log_returns_from_features(lags)
-    return [decoded[:, k] for k in range(window)]
+    return list(log_returns_from_features(lags).T)
 
 
 @dataclass(frozen=True)
@@ -213,16 +205,12 @@ class RiskAnalyst:
     exit_in_high_vol: bool = True
 
     def drawdown(self, states: npt.ArrayLike) -> F64:
-        """Per state, 1 - exp(path_last - peak): ``path`` the running sum of the window's log
-        returns (oldest first), ``peak`` its running maximum, at least 0 (the window's
-        start). The sums and maxima run one return column at a time, in the order of
-        ``np.cumsum`` / ``np.maximum.accumulate`` along a row (so bit for bit the same), over
-        the N states at once (``_window_returns``)."""
+        """Per state, 1 - exp(path_last - peak): the window's running sum of log returns and its
+        running maximum (>= 0), a column at a time over all states, in ``np.cumsum`` /
+        ``np.maximum.accumulate``'s order along a row (so the same bits)."""
         window = min(self.drawdown_window, 20)
         columns = _window_returns(_states(states), window)
-        if not columns:  # no window: as np.cumsum over an empty axis would
-            raise IndexError(f"drawdown_window is {self.drawdown_window}; expected >= 1")
-        path = top = columns[0]
+        path = top = columns[0]  # IndexError for no window, as path[:, -1] gave
         for column in columns[1:]:
             path = path + column
             top = np.maximum(top, path)

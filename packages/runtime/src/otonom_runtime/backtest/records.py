@@ -112,10 +112,23 @@ _IsoDates = tuple[npt.NDArray[np.datetime64], npt.NDArray[np.object_]]
 ``_decision_columns``."""
 
 
+def _union_dates(results: Sequence[SymbolResult]) -> npt.NDArray[np.datetime64]:
+    """Every date of ``results`` once, sorted, as a new datetime64[D] array: the first
+    symbol's dates when every symbol has the same (a symbol's dates are strictly increasing,
+    so that is what ``np.unique`` of them all gives), else ``np.unique`` of them all."""
+    first = results[0].dates.astype("datetime64[D]")  # a copy
+    if all(np.array_equal(first, r.dates) for r in results[1:]):
+        return first
+    out: npt.NDArray[np.datetime64] = np.unique(
+        np.concatenate([r.dates.astype("datetime64[D]") for r in results])
+    )
+    return out
+
+
 def _iso_dates(results: Sequence[SymbolResult]) -> _IsoDates:
     """Every date of ``results`` once, with its ISO text (the symbols share most dates:
     formatting each once costs a tenth of formatting each symbol's)."""
-    days = np.unique(np.concatenate([r.dates.astype("datetime64[D]") for r in results]))
+    days = _union_dates(results)
     text = np.empty(days.shape[0], dtype=object)
     text[:] = np.datetime_as_string(days, unit="D").tolist()
     return days, text

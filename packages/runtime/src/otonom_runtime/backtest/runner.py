@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from otonom_runtime._errors import BacktestError, PolicyError, StateBuildError
 from otonom_runtime.backtest.engine import SymbolResult, _Bars, _simulate
 from otonom_runtime.backtest.params import RUN_PURPOSES, EngineParams, engine_params
-from otonom_runtime.backtest.records import _RunRecord, _write_decisions
+from otonom_runtime.backtest.records import _RunRecord, _union_dates, _write_decisions
 from otonom_runtime.ensemble import RlAnalyst
 from otonom_runtime.metrics import Metrics, compute_metrics
 from otonom_runtime.store import (
@@ -296,7 +296,7 @@ def _portfolio_curve(
 ) -> tuple[npt.NDArray[np.datetime64], F64, F64]:
     """All sleeves on the union of their dates (equity carried forward): dates, equity,
     exposure (the equity-weighted sum of the sleeves' exposures)."""
-    dates = np.unique(np.concatenate([r.dates for r in results]))
+    dates = _union_dates(results)
     equity = np.zeros(dates.shape[0])
     exposure_value = np.zeros(dates.shape[0])
     for r in results:
