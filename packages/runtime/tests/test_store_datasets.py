@@ -1,5 +1,6 @@
-"""The dataset readers' SQLite way (numbers streamed, dates as one text per read) against the
-general way: the same arrays, the same errors, one snapshot."""
+"""The store readers' SQLite way (``raw._dated``: numbers streamed, dates as one text per read)
+against the general way (``raw._read``), for the dataset readers and ``load_history`` /
+``load_news`` / ``load_macro``: the same arrays, the same errors, one snapshot."""
 
 from __future__ import annotations
 
@@ -16,13 +17,19 @@ from sqlalchemy import text
 
 import otonom_schema as s
 from otonom_runtime.backtest import run_backtest
-from otonom_runtime.store import datasets, get_session, init_db
+from otonom_runtime.store import (
+    datasets,
+    get_session,
+    init_db,
+    load_history,
+    load_macro,
+    load_news,
+    raw,
+    readers,
+)
 from otonom_runtime.store.datasets import (
-    _iso_days,
     load_bar_window,
     load_decisions,
-    load_macro_window,
-    load_news_window,
     load_state_bars,
     mapped_reads,
 )
@@ -56,8 +63,9 @@ def _reads(run_id: int) -> Reads:
     return {
         "decisions": lambda s: load_decisions(s, run_id, NAME, RUN_START, LAST),
         "bars": lambda s: load_bar_window(s, NAME, RUN_START, LAST, 20),
-        "news": lambda s: load_news_window(s, NAME, "synthetic", FIRST, LAST),
-        "macro": lambda s: load_macro_window(s, "synthetic", FIRST, LAST),
+        "news": lambda s: load_news(s, NAME, source="synthetic", start=FIRST, end=LAST),
+        "macro": lambda s: load_macro(s, source="synthetic", start=FIRST, end=LAST),
+        "history": lambda s: load_history(s, NAME, start=FIRST, end=LAST),
     }
 
 
@@ -68,14 +76,15 @@ def _arrays(read: Any) -> dict[str, np.ndarray[Any, Any]]:
 
 def _general(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the SQLite way decline, so the readers take the general way."""
-    monkeypatch.setattr(datasets, "_dated", lambda *args: None)
+    for module in (datasets, readers):
+        monkeypatch.setattr(module, "_dated", lambda *args: None)
 
 
 @contextmanager
 def _counting(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bool]]:
     """Record whether each ``_dated`` call served its read."""
     served: list[bool] = []
-    real = datasets._dated
+    real = readers._dated
 
     def spy(*args: Any) -> Any:
         out = real(*args)
@@ -83,7 +92,8 @@ def _counting(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bool]]:
         return out
 
     with monkeypatch.context() as m:
-        m.setattr(datasets, "_dated", spy)
+        for module in (datasets, readers):
+            m.setattr(module, "_dated", spy)
         yield served
 
 
@@ -94,7 +104,7 @@ def test_the_sqlite_way_reads_what_the_general_way_reads(
     reads = _reads(run_id)
     with get_session(url) as session, _counting(monkeypatch) as served:
         fast = {kind: read(session) for kind, read in reads.items()}
-    assert served == [True] * 4
+    assert served == [True] * 5
     _general(monkeypatch)
     with get_session(url) as session:
         slow = {kind: read(session) for kind, read in reads.items()}
@@ -116,11 +126,11 @@ def test_no_row_reads_as_before(store: tuple[str, int]) -> None:
         assert load_decisions(session, run_id, NAME, *later) is None
         assert load_bar_window(session, NAME, *later, 20) is not None  # the lookback bars
         assert load_bar_window(session, NAME, FIRST, dt.date(2020, 1, 1), 20) is None
-        assert load_news_window(session, NAME, "synthetic", *later) is None
-        assert load_news_window(session, NAME, "other", FIRST, LAST) is None
-        assert load_macro_window(session, "synthetic", *later) is None
+        assert load_news(session, NAME, source="synthetic", start=later[0], end=later[1]) is None
+        assert load_news(session, NAME, source="other", start=FIRST, end=LAST) is None
+        assert load_macro(session, source="synthetic", start=later[0], end=later[1]) is None
         with pytest.raises(KeyError, match="unknown symbol 'NOPE'"):
-            load_news_window(session, "NOPE", "synthetic", FIRST, LAST)
+            load_news(session, "NOPE", source="synthetic", start=FIRST, end=LAST)
 
 
 @pytest.mark.parametrize(
@@ -157,7 +167,7 @@ def test_a_date_the_sqlite_way_refuses_reads_or_fails_as_before(
     reads = _reads(run_id)
     with _counting(monkeypatch) as served:
         fast = {kind: outcome(read) for kind, read in reads.items()}
-    assert served == [False] * 4
+    assert served == [False] * 5
     _general(monkeypatch)
     assert fast == {kind: outcome(read) for kind, read in reads.items()}
     assert all(isinstance(out, tuple) for out in fast.values())  # each refused, as before
@@ -172,7 +182,7 @@ def test_the_date_query_reads_the_number_querys_snapshot(
     with get_session(url) as session:
         before = load_bar_window(session, NAME, RUN_START, end, 20)
     assert before is not None
-    real = datasets._cursor
+    real = raw._cursor
     calls: list[int] = []
 
     def writing_between(*args: Any) -> AbstractContextManager[Any]:
@@ -186,7 +196,7 @@ def test_the_date_query_reads_the_number_querys_snapshot(
                 )
         return real(*args)
 
-    monkeypatch.setattr(datasets, "_cursor", writing_between)
+    monkeypatch.setattr(raw, "_cursor", writing_between)
     with get_session(url) as session:
         during = load_bar_window(session, NAME, RUN_START, end, 20)
         assert len(calls) == 2  # the SQLite way
@@ -202,11 +212,11 @@ def test_the_date_query_reads_the_number_querys_snapshot(
 
 def test_iso_days_reads_canonical_days_only() -> None:
     days = ["0001-01-01", "1969-12-31", "2020-02-29", "2021-12-31", "9999-12-31"]
-    got = _iso_days("|".join(days), len(days))
+    got = raw._iso_days("|".join(days), len(days))
     assert got is not None
     assert got.dtype == np.dtype("datetime64[D]")
     assert got.tolist() == [dt.date.fromisoformat(d) for d in days]
-    assert _iso_days("2021-01-05", 1) == np.array(["2021-01-05"], dtype="datetime64[D]")
+    assert raw._iso_days("2021-01-05", 1) == np.array(["2021-01-05"], dtype="datetime64[D]")
     refused: list[tuple[object, int]] = [
         (None, 1),
         (20210105, 1),
@@ -228,7 +238,7 @@ def test_iso_days_reads_canonical_days_only() -> None:
         ("2021-01-0a", 1),
     ]
     for joined, rows in refused:
-        assert _iso_days(joined, rows) is None, joined
+        assert raw._iso_days(joined, rows) is None, joined
 
 
 def test_state_bars_are_the_bar_window_with_the_close_as_open(
@@ -282,7 +292,7 @@ def test_mapped_reads_map_the_file_for_the_block_only(store: tuple[str, int]) ->
             inside = {kind: _arrays(read(session)) for kind, read in reads.items()}
         assert mmap_size(session) == 0
         with pytest.raises(KeyError), mapped_reads(session):
-            load_news_window(session, "NOPE", "synthetic", FIRST, LAST)
+            load_news(session, "NOPE", source="synthetic", start=FIRST, end=LAST)
         assert mmap_size(session) == 0
     for kind, arrays in outside.items():
         for name, values in arrays.items():
@@ -293,7 +303,7 @@ def test_iso_days_checks_every_character_of_a_long_text() -> None:
     """Dates are checked in blocks of 64 and a tail: a bad character anywhere is found."""
     days = np.arange(np.datetime64("2019-12-25"), np.datetime64("2020-05-03"))  # 130 days
     text = "|".join(str(d) for d in days)
-    got = _iso_days(text, days.size)
+    got = raw._iso_days(text, days.size)
     assert got is not None
     assert got.tobytes() == days.astype("datetime64[D]").tobytes()
     for row in (0, 10, 63, 64, 127, 128, 129):
@@ -301,4 +311,4 @@ def test_iso_days_checks_every_character_of_a_long_text() -> None:
             i = row * 11 + at
             if i >= len(text):
                 continue
-            assert _iso_days(text[:i] + bad + text[i + 1 :], days.size) is None, (row, at)
+            assert raw._iso_days(text[:i] + bad + text[i + 1 :], days.size) is None, (row, at)

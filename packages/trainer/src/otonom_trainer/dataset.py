@@ -70,15 +70,13 @@ import numpy.typing as npt
 from sqlalchemy.orm import Session
 
 from otonom_runtime.backtest import INTERNAL_PURPOSES
-from otonom_runtime.store import get_symbol, sentiment_source
+from otonom_runtime.store import get_symbol, load_macro, load_news, sentiment_source
 from otonom_runtime.store.datasets import (
     RunInfo,
     bar_range,
     bar_span,
     list_runs,
     load_decisions,
-    load_macro_window,
-    load_news_window,
     load_state_bars,
     mapped_reads,
     synthetic_flags,
@@ -327,7 +325,9 @@ class OfflineDatasetGenerator:
             raise DatasetGenerationError(
                 f"run {run.id}, {name!r}: a stored portfolio is outside the schema: {exc}"
             ) from None
-        news = load_news_window(self.session, name, news_source, first - _SENTIMENT_AGE, last)
+        news = load_news(
+            self.session, name, source=news_source, start=first - _SENTIMENT_AGE, end=last
+        )
         return _Symbol(
             history=history,
             news=news,
@@ -355,7 +355,7 @@ class OfflineDatasetGenerator:
 
     def _macro(self, source: str, start: dt.date, end: dt.date) -> SentimentSeries | None:
         """Macro sentiment from ``source`` dated ``start .. end`` (None if none); one query."""
-        return load_macro_window(self.session, source, start, end)
+        return load_macro(self.session, source=source, start=start, end=end)
 
     def _sentiment_sources(self, chosen: dict[str, _Run]) -> dict[str, dict[str, str]]:
         """{symbol: {"news": source, "macro": source}}: what each symbol's run read (its

@@ -4,26 +4,15 @@ decisions as columns, and the bars a run's states read.
 Typed readers, so the trainer holds no SQL and names no table. The same tables, filters and
 order as the trainer's own SQL had (the bench's SQL-read floor, ``bench/dataset.py``).
 
-The wide reads (decisions, bars, news, macro) have two ways from rows to arrays:
-
-* SQLite (``_dated``): the numbers alone, streamed into one float64 array as
-  ``otonom_runtime.store.raw`` streams them, and the dates apart, as one text per read
-  (``group_concat`` of the date column over the same rows: the table's unique index covers
-  it, so it costs a fraction of a date cell per row), parsed in numpy (``_iso_days``) and
-  accepted only when every date is canonical ``YYYY-MM-DD`` text of a real day, ascending,
-  one per row. The date query runs while the number query's cursor is open, so both read
-  one snapshot of the store.
-* Otherwise (another dialect, a cell or a date the above refuses, no row): the store's
-  general readers (``otonom_runtime.store.raw._read``: dates as day numbers in SQL, else the
-  text parsed as an ORM read parses it; ``load_news``, ``load_macro``), which also raise
-  their errors.
+The wide reads (decisions, bars) are read as the store's readers read: on SQLite first
+``otonom_runtime.store.raw._dated`` (the numbers streamed, the dates as one text), else
+``raw._read``; news and macro through ``load_news`` / ``load_macro`` themselves.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
-import itertools
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,17 +23,21 @@ import numpy.typing as npt
 from sqlalchemy import Date, Integer, String, TextClause, bindparam, select, text
 from sqlalchemy.orm import Session
 
-from otonom_runtime.store.raw import _autoflush, _cursor, _date_column, _day_array, _read, fetch_raw
-from otonom_runtime.store.readers import load_macro, load_news
+from otonom_runtime.store.raw import (
+    _DATES,
+    _date_column,
+    _dated,
+    _day_array,
+    _read,
+    fetch_raw,
+)
 from otonom_runtime.store.tables import (
     BacktestRun,
     Bar,
     Decision,
-    MacroSentiment,
-    NewsSentiment,
     Symbol,
 )
-from otonom_schema import MarketHistory, SentimentSeries
+from otonom_schema import MarketHistory
 
 __all__ = [
     "DecisionColumns",
@@ -54,8 +47,6 @@ __all__ = [
     "list_runs",
     "load_bar_window",
     "load_decisions",
-    "load_macro_window",
-    "load_news_window",
     "load_state_bars",
     "mapped_reads",
     "run_params",
@@ -327,76 +318,6 @@ def load_state_bars(
     )
 
 
-@functools.cache
-def _news_query(columns: str, order: bool = True) -> TextClause:
-    """``SELECT columns`` of a symbol's news from one source in a date range (the
-    (symbol_id, source, date) unique index serves it)."""
-    return text(
-        f"SELECT {columns} FROM {NewsSentiment.__tablename__} n "
-        f"JOIN {Symbol.__tablename__} s ON n.symbol_id = s.id "
-        "WHERE s.name = :symbol AND n.source = :source AND n.date >= :start AND n.date <= :end"
-        + (" ORDER BY n.date" if order else "")
-    ).bindparams(
-        bindparam("symbol", type_=String),
-        bindparam("source", type_=String),
-        bindparam("start", type_=Date),
-        bindparam("end", type_=Date),
-    )
-
-
-def load_news_window(
-    session: Session, symbol: str, source: str, start: dt.date, end: dt.date
-) -> SentimentSeries | None:
-    """``load_news(session, symbol, source=source, start=start, end=end)``, the same series
-    (and errors), read as ``load_decisions`` reads."""
-    _autoflush(session)
-    values = {"symbol": symbol, "source": source, "start": start, "end": end}
-    read = _dated(
-        session,
-        _news_query("n.score"),
-        _news_query(_DATES.format("n.date"), order=False),
-        values,
-        1,
-    )
-    if read is None:
-        return load_news(session, symbol, source=source, start=start, end=end)
-    return SentimentSeries(dates=read[0], scores=read[1][0])
-
-
-@functools.cache
-def _macro_query(columns: str, order: bool = True) -> TextClause:
-    """``SELECT columns`` of one source's macro series in a date range (the (source, date)
-    unique index serves it)."""
-    return text(
-        f"SELECT {columns} FROM {MacroSentiment.__tablename__} m "
-        "WHERE m.source = :source AND m.date >= :start AND m.date <= :end"
-        + (" ORDER BY m.date" if order else "")
-    ).bindparams(
-        bindparam("source", type_=String),
-        bindparam("start", type_=Date),
-        bindparam("end", type_=Date),
-    )
-
-
-def load_macro_window(
-    session: Session, source: str, start: dt.date, end: dt.date
-) -> SentimentSeries | None:
-    """``load_macro(session, source=source, start=start, end=end)``, the same series, read as
-    ``load_decisions`` reads."""
-    _autoflush(session)
-    values = {"source": source, "start": start, "end": end}
-    read = _dated(
-        session,
-        _macro_query("m.score"),
-        _macro_query(_DATES.format("m.date"), order=False),
-        values,
-        1,
-    )
-    if read is None:
-        return load_macro(session, source=source, start=start, end=end)
-    return SentimentSeries(dates=read[0], scores=read[1][0])
-
-
 _MAP_BYTES: Final = 1 << 30
 
 
@@ -427,89 +348,3 @@ def mapped_reads(session: Session) -> Iterator[None]:
         finally:
             if not restored:
                 conn.invalidate()  # never back to the pool with the map
-
-
-# --- SQLite: the numbers streamed, the dates as one text ----------------------------------------
-
-_SEP: Final = "|"  # between two dates in ``_DATES``' text; never in a canonical date
-_DATES: Final = "group_concat({}, '" + _SEP + "')"
-
-
-def _dated(
-    session: Session,
-    numbers: TextClause,
-    dates: TextClause,
-    values: Mapping[str, Any],
-    width: int,
-) -> tuple[npt.NDArray[np.datetime64], list[npt.NDArray[np.float64]]] | None:
-    """The rows of a read on SQLite (module docstring) as (dates, the ``width`` number
-    columns as float64 arrays); None when this way does not serve it (another dialect, no row,
-    a cell that is not a number or NULL, a date ``_iso_days`` refuses): the caller reads the
-    general way.
-
-    ``numbers``: the number columns, ordered by date; ``dates``: one row, the dates of the same
-    rows joined by ``_SEP`` (``_DATES``). NULL reads as NaN, as in ``raw._fetch_numbers``.
-    """
-    if session.connection().dialect.name != "sqlite":
-        return None
-    with _cursor(session, numbers, values) as cursor:
-        first = cursor.fetchone()
-        if first is None:
-            return None
-        # the first row is read and the cursor open: the store's read lock (and, in WAL mode,
-        # its snapshot) is held, so the date query sees the same rows
-        with _cursor(session, dates, values) as date_cursor:
-            joined = date_cursor.fetchone()[0]
-        try:
-            flat = np.fromiter(
-                itertools.chain(first, itertools.chain.from_iterable(cursor)), dtype=np.float64
-            )
-        except (TypeError, ValueError):
-            return None
-    rows = flat.size // width
-    days = _iso_days(joined, rows)
-    if days is None:
-        return None
-    return days, list(np.ascontiguousarray(flat.reshape(rows, width).T))
-
-
-# each date and its separator: the lowest and the highest byte of each of its 11 characters
-_DATE_LOW: Final = np.frombuffer(b"0000-00-00" + _SEP.encode(), dtype=np.uint8)
-_DATE_HIGH: Final = np.frombuffer(b"9999-99-99" + _SEP.encode(), dtype=np.uint8)
-_DAY_ONE: Final = np.datetime64("0001-01-01", "D").astype(np.int64)  # the first datetime.date
-_BLOCK: Final = 64  # dates checked a block at a time: long rows, which numpy compares faster
-_BLOCK_LOW: Final = np.tile(_DATE_LOW, _BLOCK)
-_BLOCK_HIGH: Final = np.tile(_DATE_HIGH, _BLOCK)
-
-
-def _iso_days(joined: object, rows: int) -> npt.NDArray[np.datetime64] | None:
-    """The dates of ``joined`` (``rows`` dates joined by ``_SEP``) as datetime64[D]; None
-    unless each is ``YYYY-MM-DD`` (ASCII digits) of a real day from year 1 on and they
-    strictly ascend.
-
-    Exactly the text that every reader of the store (``datetime.date.fromisoformat``,
-    SQLAlchemy's SQLite date parser, ``julianday``) reads as that same day, so accepting it
-    changes no date. A date of another length or holding ``_SEP`` cannot pass: the separators
-    must be at every 11th character and the other characters digits and dashes. numpy parses
-    the days (and refuses an impossible one: month 13, February 30).
-    """
-    if not isinstance(joined, str) or len(joined) != 11 * rows - 1 or not joined.isascii():
-        return None
-    raw = (joined + _SEP).encode("ascii")
-    cells = np.frombuffer(raw, dtype=np.uint8)
-    wide = rows // _BLOCK * _BLOCK * 11
-    block, tail = cells[:wide].reshape(-1, _BLOCK * 11), cells[wide:].reshape(-1, 11)
-    if not (
-        ((block >= _BLOCK_LOW) & (block <= _BLOCK_HIGH)).all()
-        and ((tail >= _DATE_LOW) & (tail <= _DATE_HIGH)).all()
-    ):
-        return None
-    try:
-        text = np.ndarray((rows,), dtype="S10", buffer=raw, strides=(11,))
-        out: npt.NDArray[np.datetime64] = text.astype("datetime64[D]")
-    except ValueError:
-        return None
-    days = out.view(np.int64)
-    if days[0] < _DAY_ONE or not (days[1:] > days[:-1]).all():
-        return None
-    return out

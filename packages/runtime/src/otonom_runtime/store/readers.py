@@ -21,7 +21,7 @@ from sqlalchemy.sql.elements import BindParameter, TextClause
 from otonom_runtime._errors import StateBuildError, UnknownSymbolError
 from otonom_runtime._sources import SYNTHETIC_SOURCE, USER_SOURCE, check_source_name
 from otonom_runtime.store.engine import _NOT_INITIALISED_HINT
-from otonom_runtime.store.raw import _autoflush, _date_column, _read
+from otonom_runtime.store.raw import _DATES, _autoflush, _date_column, _dated, _read
 from otonom_runtime.store.tables import Bar, MacroSentiment, NewsSentiment, Symbol, _utcnow
 from otonom_schema import LOOKBACK, MarketHistory, SentimentSeries, compute_state
 
@@ -146,48 +146,69 @@ def _date_filters(
 
 
 @functools.cache
-def _history_stmt(start: bool, end: bool, last_n: bool, dialect: str | None = None) -> TextClause:
-    """``load_history``'s query for one combination of filters (one ``TextClause`` each, so
-    ``fetch_raw`` compiles it once per dialect). The (symbol_id, date) unique index serves it,
-    ``last_n`` included (walked backwards from ``end``). ``dialect``: the date as ``_day_sql``'s
-    numbers for that dialect (``_read``'s fast path), else as stored."""
+def _history_query(
+    columns: str, start: bool, end: bool, last_n: bool, order: bool = True
+) -> TextClause:
+    """``SELECT columns`` of ``load_history``'s bars for one combination of filters (one
+    ``TextClause`` each, so ``fetch_raw`` compiles it once per dialect), oldest first when
+    ``order`` (newest first with ``last_n``). The (symbol_id, date) unique index serves it,
+    ``last_n`` included (walked backwards from ``end``)."""
     where, params = _date_filters("b", start, end, by_symbol=True)
-    order = "b.date"
+    order_by = " ORDER BY b.date" if order else ""
     if last_n:
-        order = "b.date DESC LIMIT :last_n"
+        order_by = " ORDER BY b.date DESC LIMIT :last_n"
         params.append(bindparam("last_n", type_=Integer))
     return text(
-        f"SELECT {_date_column('b.date', dialect)}, b.open, b.high, b.low, b.close, b.volume "
+        f"SELECT {columns} "
         f"FROM {Bar.__tablename__} b JOIN {Symbol.__tablename__} s ON b.symbol_id = s.id "
-        f"WHERE {' AND '.join(where)} ORDER BY {order}"
+        f"WHERE {' AND '.join(where)}{order_by}"
     ).bindparams(*params)
 
 
+_BAR_NUMBERS = "b.open, b.high, b.low, b.close, b.volume"
+
+
+def _history_stmt(start: bool, end: bool, last_n: bool, dialect: str | None = None) -> TextClause:
+    """``load_history``'s query: the date (``dialect``: as ``_day_sql``'s numbers for that
+    dialect, ``_read``'s fast path; else as stored) and the bar's numbers."""
+    return _history_query(f"{_date_column('b.date', dialect)}, {_BAR_NUMBERS}", start, end, last_n)
+
+
 @functools.cache
-def _news_stmt(start: bool, end: bool, dialect: str | None = None) -> TextClause:
-    """``load_news``'s query for one combination of filters (the (symbol_id, source, date)
-    unique index serves it); ``dialect`` as for ``_history_stmt``."""
+def _news_query(columns: str, start: bool, end: bool, order: bool = True) -> TextClause:
+    """``SELECT columns`` of ``load_news``' rows for one combination of filters (the
+    (symbol_id, source, date) unique index serves it), oldest first when ``order``."""
     where, params = _date_filters("n", start, end, by_symbol=True)
     where.append("n.source = :source")
     params.append(bindparam("source", type_=String))
     return text(
-        f"SELECT {_date_column('n.date', dialect)}, n.score "
+        f"SELECT {columns} "
         f"FROM {NewsSentiment.__tablename__} n JOIN {Symbol.__tablename__} s "
-        f"ON n.symbol_id = s.id WHERE {' AND '.join(where)} ORDER BY n.date"
+        f"ON n.symbol_id = s.id WHERE {' AND '.join(where)}" + (" ORDER BY n.date" if order else "")
     ).bindparams(*params)
 
 
+def _news_stmt(start: bool, end: bool, dialect: str | None = None) -> TextClause:
+    """``load_news``' query; ``dialect`` as for ``_history_stmt``."""
+    return _news_query(f"{_date_column('n.date', dialect)}, n.score", start, end)
+
+
 @functools.cache
-def _macro_stmt(start: bool, end: bool, dialect: str | None = None) -> TextClause:
-    """``load_macro``'s query for one combination of filters (the (source, date) unique index
-    serves it); ``dialect`` as for ``_history_stmt``."""
+def _macro_query(columns: str, start: bool, end: bool, order: bool = True) -> TextClause:
+    """``SELECT columns`` of ``load_macro``'s rows for one combination of filters (the
+    (source, date) unique index serves it), oldest first when ``order``."""
     where, params = _date_filters("m", start, end, by_symbol=False)
     where.append("m.source = :source")
     params.append(bindparam("source", type_=String))
     return text(
-        f"SELECT {_date_column('m.date', dialect)}, m.score FROM {MacroSentiment.__tablename__} m "
-        f"WHERE {' AND '.join(where)} ORDER BY m.date"
+        f"SELECT {columns} FROM {MacroSentiment.__tablename__} m "
+        f"WHERE {' AND '.join(where)}" + (" ORDER BY m.date" if order else "")
     ).bindparams(*params)
+
+
+def _macro_stmt(start: bool, end: bool, dialect: str | None = None) -> TextClause:
+    """``load_macro``'s query; ``dialect`` as for ``_history_stmt``."""
+    return _macro_query(f"{_date_column('m.date', dialect)}, m.score", start, end)
 
 
 def load_history(
@@ -220,7 +241,16 @@ def load_history(
     if last_n is not None:
         values["last_n"] = last_n
     flags = (start is not None, end is not None, last_n is not None)
-    read = _read(
+    read = None
+    if last_n is None:  # (newest first with last_n: _dated wants ascending dates)
+        read = _dated(
+            session,
+            _history_query(_BAR_NUMBERS, *flags),
+            _history_query(_DATES.format("b.date"), *flags, order=False),
+            values,
+            5,
+        )
+    read = read or _read(
         session,
         lambda dialect: _history_stmt(*flags, dialect),
         values,
@@ -294,7 +324,13 @@ def load_news(
         source = sentiment_source(get_symbol(session, symbol))
     values = {"symbol": symbol, "source": source, **_sentiment_values(start, end)}
     flags = (start is not None, end is not None)
-    read = _read(session, lambda dialect: _news_stmt(*flags, dialect), values, 2)
+    read = _dated(
+        session,
+        _news_query("n.score", *flags),
+        _news_query(_DATES.format("n.date"), *flags, order=False),
+        values,
+        1,
+    ) or _read(session, lambda dialect: _news_stmt(*flags, dialect), values, 2)
     if read is None:
         _require_symbol(session, symbol)
     return _series(read)
@@ -317,7 +353,14 @@ def load_macro(
     _autoflush(session)
     values = {"source": source, **_sentiment_values(start, end)}
     flags = (start is not None, end is not None)
-    return _series(_read(session, lambda dialect: _macro_stmt(*flags, dialect), values, 2))
+    read = _dated(
+        session,
+        _macro_query("m.score", *flags),
+        _macro_query(_DATES.format("m.date"), *flags, order=False),
+        values,
+        1,
+    ) or _read(session, lambda dialect: _macro_stmt(*flags, dialect), values, 2)
+    return _series(read)
 
 
 def last_bar_date(session: Session, symbol: str) -> dt.date | None:
