@@ -157,7 +157,7 @@ def test_sleeve_in_lockstep_equals_the_sleeve_run_up_front(
     decided: tuple[list[int], list[float]] = ([], [])
     days = stepped.steps(*decided, lockstep=True)
     for k, features in enumerate(days):
-        assert features == stepped.out[k][:4]
+        assert features == tuple(stepped.out[6 * k : 6 * k + 4])  # six numbers a day
         decided[0].append(actions[k])
         decided[1].append(strengths[k])
     assert len(decided[0]) == n - first

@@ -134,9 +134,9 @@ class _Sleeve:
         self.trade_pnls: list[float] = []
         self.equity = 0.0
         self.exposure = 0.0
-        # per decision day: position, leverage, cash_fraction, days_since_last_trade, equity,
-        # exposure
-        self.out: list[tuple[float, float, float, float, float, float]] = []
+        # per decision day, flat (six numbers a day; no tuple per day for the garbage collector
+        # to track): position, leverage, cash_fraction, days_since_last_trade, equity, exposure
+        self.out: list[float] = []
 
     def run(self, actions: list[int], strengths: list[float]) -> None:
         """Every decision day with the decisions known up front (no RL analyst)."""
@@ -164,7 +164,7 @@ class _Sleeve:
         cash, units, bust = self.cash, self.units, self.bust
         last_fill, entry_equity, fills = self.last_fill, self.entry_equity, self.fills
         trade_pnls = self.trade_pnls
-        append = self.out.append
+        append = self.out.extend
         inf = math.inf
         equity = exposure = 0.0
         for k in range(self.n):
@@ -242,11 +242,9 @@ class _Sleeve:
         """The finished sleeve as a ``SymbolResult``; ``rl``: the RL analyst's votes, where
         it voted, and its fallbacks (None with the RL analyst off)."""
         if self.entry_equity is not None:  # a trade still open at the end: closed at the last close
-            self.trade_pnls.append(self.out[-1][4] - self.entry_equity)
-        n = len(self.out)
-        # column by column (a list of tuples into one array costs twice as much)
-        out = [np.fromiter(c, dtype=np.float64, count=n) for c in zip(*self.out, strict=True)]
-        out = out or [np.zeros(0) for _ in range(6)]
+            self.trade_pnls.append(self.out[-2] - self.entry_equity)  # the last day's equity
+        days = np.array(self.out, dtype=np.float64).reshape(-1, 6)
+        out = [days[:, c].copy() for c in range(6)]  # each column contiguous
         return SymbolResult(
             symbol=bars.symbol,
             dates=bars.dates[bars.first :],

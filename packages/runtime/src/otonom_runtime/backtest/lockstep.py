@@ -93,8 +93,11 @@ def _lockstep(
         totals[: alive[j], j] = prepared[i].totals
         sums[: alive[j], j] = prepared[i].strength_sums
     policy = _bound_policy(analysts, dtype)
-    rl: list[RlVote] = []  # per day, by place j, end to end: the RL votes
-    fell_back: list[int] = []  # where in ``rl`` an analyst fell back
+    # per day, by place j, end to end: the RL votes, flat (action, strength, confidence of
+    # each; no tuple kept per vote for the garbage collector to track)
+    rl: list[float] = []
+    keep = rl.extend
+    fell_back: list[int] = []  # which votes (their index, not their place in ``rl``) fell back
     sizes: list[int] = []
     w_rl, min_score = params.weights[3], params.min_score
     days_feature: dict[float, float] = {}
@@ -119,12 +122,12 @@ def _lockstep(
                 port[:] = portfolio
                 votes = policy.predict_bound(slot)
             if votes is not None:
-                rl += votes
+                keep(itertools.chain.from_iterable(votes))
                 day_votes: Sequence[RlVote | None] = votes
             else:  # the general day
                 raw, ok = _general_day(analysts[:m], chunk, chunk32, k - k0, portfolio, dtype)
-                fell_back += [len(rl) + j for j, o in enumerate(ok) if not o]
-                rl += raw
+                fell_back += [len(rl) // 3 + j for j, o in enumerate(ok) if not o]
+                keep(itertools.chain.from_iterable(raw))
                 day_votes = [v if o else None for v, o in zip(raw, ok, strict=True)]
             sizes.append(m)
             at = (k - k0) * width
@@ -230,19 +233,18 @@ def _results(
     rls: Sequence[RlAnalyst],
     actions_out: list[list[int]],
     strengths_out: list[list[float]],
-    rl: list[RlVote],
+    rl: list[float],
     fell_back: list[int],
     sizes: list[int],
 ) -> list[SymbolResult]:
     """The finished sleeves as ``SymbolResult``s, each with its RL votes: ``rl`` holds those
-    of the days end to end, day k's ``sizes[k]`` rows by place, so symbol j's of day k sit at
-    ``starts[k] + j``; ``fell_back``: the places in ``rl`` where the analyst did not vote."""
-    # one pass over the numbers (np.array on a list of tuples costs several times more);
-    # actions 0 .. 2 are exact as floats
-    numbers = itertools.chain.from_iterable(rl)
-    votes = np.fromiter(numbers, dtype=np.float64, count=3 * len(rl)).reshape(-1, 3)
+    of the days end to end (three numbers a vote), day k's ``sizes[k]`` votes by place, so
+    symbol j's vote of day k is vote ``starts[k] + j``; ``fell_back``: the votes where the
+    analyst did not vote."""
+    # the flat numbers in one array (actions 0 .. 2 are exact as floats)
+    votes = np.array(rl, dtype=np.float64).reshape(-1, 3)
     flat = (votes[:, 0].astype(np.int64), votes[:, 1], votes[:, 2])
-    voted_all = np.ones(len(rl), dtype=np.bool_)
+    voted_all = np.ones(votes.shape[0], dtype=np.bool_)
     voted_all[fell_back] = False
     starts = np.cumsum([0, *sizes[:-1]])
     results: list[SymbolResult] = [None] * len(order)  # type: ignore[list-item]
