@@ -255,6 +255,39 @@ def _dated(
     ``numbers``: the number columns, ordered by date; ``dates``: one row, the dates of the same
     rows joined by ``_SEP`` (``_DATES``). NULL reads as NaN, as in ``raw._fetch_numbers``.
     """
+    read = _dated_text(session, numbers, dates, values, width)
+    return None if read is None else read[1:]
+
+
+def _dated_text(
+    session: Session,
+    numbers: TextClause,
+    dates: TextClause,
+    values: Mapping[str, Any],
+    width: int,
+    like: tuple[str, npt.NDArray[np.datetime64]] | None = None,
+) -> tuple[str, npt.NDArray[np.datetime64], list[npt.NDArray[np.float64]]] | None:
+    """``_dated``'s read with its dates' text first: (text, dates, columns); None as there.
+    ``like``: an earlier read's (text, dates) (``_days_of``)."""
+    read = _dated_raw(session, numbers, dates, values, width)
+    if read is None:
+        return None
+    joined, columns = read
+    days = _days_of(joined, columns[0].size, like)
+    return None if days is None else (joined, days, columns)
+
+
+def _dated_raw(
+    session: Session,
+    numbers: TextClause,
+    dates: TextClause,
+    values: Mapping[str, Any],
+    width: int,
+) -> tuple[str, list[npt.NDArray[np.float64]]] | None:
+    """``_dated``'s two queries, the dates left as their text (not checked: ``_days_of``
+    turns it into dates or refuses it): (text, the ``width`` number columns); None when
+    ``_dated`` would be None before its dates (another dialect, no row, a cell that is not a
+    number or NULL, a text that is not a string)."""
     if session.connection().dialect.name != "sqlite":
         return None
     with _cursor(session, numbers, values) as cursor:
@@ -271,11 +304,29 @@ def _dated(
             )
         except (TypeError, ValueError):
             return None
-    rows = flat.size // width
-    days = _iso_days(joined, rows)
-    if days is None:
+    if not isinstance(joined, str):
         return None
-    return days, list(np.ascontiguousarray(flat.reshape(rows, width).T))
+    rows = flat.size // width
+    return joined, list(np.ascontiguousarray(flat.reshape(rows, width).T))
+
+
+def _days_of(
+    joined: str, rows: int, like: tuple[str, npt.NDArray[np.datetime64]] | None = None
+) -> npt.NDArray[np.datetime64] | None:
+    """The dates of ``joined`` (``rows`` dates joined by ``_SEP``), as ``_iso_days``.
+
+    ``like``: the (text, dates) of an earlier read that ``_iso_days`` accepted. When
+    ``joined`` is ``rows`` dates long and found in that text starting at a date, it is those
+    dates of it (same text, so the same days, already checked): a slice of ``like``'s dates,
+    no parse. Else it is parsed (``_iso_days``).
+    """
+    if like is not None and len(joined) == 11 * rows - 1:
+        text, days = like
+        at = text.find(joined)
+        if at >= 0 and at % 11 == 0:
+            shared: npt.NDArray[np.datetime64] = days[at // 11 : at // 11 + rows]
+            return shared
+    return _iso_days(joined, rows)
 
 
 # each date and its separator: the lowest and the highest byte of each of its 11 characters
