@@ -432,3 +432,17 @@ def test_days_of_takes_an_earlier_reads_dates_only_for_whole_dates() -> None:
     assert raw._days_of(text[1:21], 2, like) is None
     assert raw._days_of(inner, 14, like) is None
     assert raw._days_of(inner, 15, None) is not None
+
+
+def test_days_of_looks_where_the_first_date_is() -> None:
+    """The first date's place in the text decides: the rest must follow it there."""
+    days = np.arange(np.datetime64("2021-01-01"), np.datetime64("2021-01-11"))
+    text = "|".join(str(d) for d in days)
+    like = (text, days)
+    last = str(days[-1])
+    assert raw._days_of(last, 1, like).tobytes() == days[-1:].tobytes()
+    assert raw._days_of(f"{days[2]}|{days[4]}", 2, like).tolist() == [
+        days[2].item(),
+        days[4].item(),
+    ]  # parsed: not those bars' dates in a row
+    assert raw._days_of(f"{last}|2021-01-12", 2, like).tolist()[-1] == dt.date(2021, 1, 12)
