@@ -78,22 +78,27 @@ def _general(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the SQLite way decline, so the readers take the general way."""
     for module in (datasets, readers):
         monkeypatch.setattr(module, "_dated", lambda *args: None)
+    for name in ("_dated_text", "_dated_raw"):
+        monkeypatch.setattr(datasets, name, lambda *args: None)
 
 
 @contextmanager
 def _counting(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bool]]:
     """Record whether each ``_dated`` call served its read."""
     served: list[bool] = []
-    real = readers._dated
 
-    def spy(*args: Any) -> Any:
-        out = real(*args)
-        served.append(out is not None)
-        return out
+    def spying(real: Callable[..., Any]) -> Callable[..., Any]:
+        def spy(*args: Any) -> Any:
+            out = real(*args)
+            served.append(out is not None)
+            return out
+
+        return spy
 
     with monkeypatch.context() as m:
         for module in (datasets, readers):
-            m.setattr(module, "_dated", spy)
+            m.setattr(module, "_dated", spying(readers._dated))
+        m.setattr(datasets, "_dated_text", spying(raw._dated_text))
         yield served
 
 
@@ -312,3 +317,132 @@ def test_iso_days_checks_every_character_of_a_long_text() -> None:
             if i >= len(text):
                 continue
             assert raw._iso_days(text[:i] + bad + text[i + 1 :], days.size) is None, (row, at)
+
+
+def _symbol_reads(session: Any, run_id: int) -> datasets.SymbolReads:
+    return datasets.load_symbol_reads(
+        session,
+        run_id,
+        NAME,
+        RUN_START,
+        LAST,
+        back=20,
+        news_source="synthetic",
+        news_age=dt.timedelta(days=7),
+    )
+
+
+def _symbol_outcome(url: str, run_id: int) -> Any:
+    """``load_symbol_reads``' arrays (None for a part not read), or its error; the bars'
+    opens left out (``load_state_bars``: the close on SQLite's way, the open elsewhere)."""
+    with get_session(url) as session:
+        try:
+            got = _symbol_reads(session, run_id)
+        except Exception as exc:  # the outcome is compared
+            return type(exc), str(exc)
+    return {part: None if read is None else _bytes(read) for part, read in vars(got).items()}
+
+
+def _bytes(read: Any) -> dict[str, bytes]:
+    return {k: v.tobytes() for k, v in _arrays(read).items() if k != "open"}
+
+
+def _parses(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the rows of each date text ``raw._iso_days`` parses."""
+    rows: list[int] = []
+    real = raw._iso_days
+
+    def spy(joined: object, n: int) -> Any:
+        rows.append(n)
+        return real(joined, n)
+
+    monkeypatch.setattr(raw, "_iso_days", spy)
+    return rows
+
+
+def test_symbol_reads_are_the_three_readers(
+    store: tuple[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``load_symbol_reads`` reads what ``load_decisions``, ``load_state_bars`` and
+    ``load_news`` read; on SQLite only the bars' dates are parsed (the decisions' and the
+    news' are found in their text), and the general way reads the same."""
+    url, run_id = store
+    with get_session(url) as session:
+        decisions = load_decisions(session, run_id, NAME, RUN_START, LAST)
+        assert decisions is not None
+        first, last = decisions.dates[0].item(), decisions.dates[-1].item()
+        want = {
+            "decisions": decisions,
+            "bars": load_state_bars(session, NAME, first, last, 20),
+            "news": load_news(
+                session, NAME, source="synthetic", start=first - dt.timedelta(days=7), end=last
+            ),
+        }
+    parsed = _parses(monkeypatch)
+    fast = _symbol_outcome(url, run_id)
+    assert len(parsed) == 1  # the bars' dates alone
+    assert fast == {k: _bytes(v) for k, v in want.items()}
+    monkeypatch.undo()
+    _general(monkeypatch)
+    assert _symbol_outcome(url, run_id) == fast
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "DELETE FROM decisions WHERE date IN ('2021-06-10', '2021-07-04')",  # not every bar
+        "DELETE FROM bars WHERE date = '2021-06-20'",  # a decision without its bar
+        "DELETE FROM news_sentiment WHERE date = '2021-07-04'",  # news not on every bar
+        "DELETE FROM bars WHERE date >= '2021-05-01'",  # no bar for the decisions
+        "DELETE FROM news_sentiment",  # no news
+        "DELETE FROM decisions",  # no decision
+        "UPDATE decisions SET date = '2021-06-31' WHERE date = '2021-06-30'",  # odd text
+        "UPDATE bars SET date = '2021-07-1' WHERE date = '2021-07-10'",
+        "UPDATE news_sentiment SET date = '2021-07-1' WHERE date = '2021-07-10'",
+        "UPDATE bars SET open = 0 WHERE date = '2021-07-01'",
+        "UPDATE decisions SET strength = 'x' WHERE date = '2021-07-01'",
+    ],
+)
+def test_symbol_reads_of_odd_stores_are_the_general_ways(
+    store: tuple[str, int], monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """Whatever the store holds, ``load_symbol_reads`` reads (or raises) what the general
+    way does."""
+    url, run_id = store
+    with get_session(url) as session:
+        session.execute(text(change))
+    fast = _symbol_outcome(url, run_id)
+    _general(monkeypatch)
+    assert _symbol_outcome(url, run_id) == fast
+
+
+def test_days_of_takes_an_earlier_reads_dates_only_for_whole_dates() -> None:
+    days = np.arange(np.datetime64("2021-01-01"), np.datetime64("2021-03-01"))
+    text = "|".join(str(d) for d in days)
+    like = (text, days)
+    inner = "|".join(str(d) for d in days[5:20])
+    got = raw._days_of(inner, 15, like)
+    assert got is not None
+    assert got.base is days or got.base is days.base  # a slice: not parsed
+    assert got.tobytes() == days[5:20].tobytes()
+    assert raw._days_of(text, days.size, like) is not None
+    # not in the text, not at a date's start, or not that many rows: parsed (or refused)
+    other = "2021-03-05|2021-03-06"
+    assert raw._days_of(other, 2, like).tolist() == [dt.date(2021, 3, 5), dt.date(2021, 3, 6)]
+    assert raw._days_of(text[1:21], 2, like) is None
+    assert raw._days_of(inner, 14, like) is None
+    assert raw._days_of(inner, 15, None) is not None
+
+
+def test_days_of_looks_where_the_first_date_is() -> None:
+    """The first date's place in the text decides: the rest must follow it there."""
+    days = np.arange(np.datetime64("2021-01-01"), np.datetime64("2021-01-11"))
+    text = "|".join(str(d) for d in days)
+    like = (text, days)
+    last = str(days[-1])
+    assert raw._days_of(last, 1, like).tobytes() == days[-1:].tobytes()
+    assert raw._days_of(f"{days[2]}|{days[4]}", 2, like).tolist() == [
+        days[2].item(),
+        days[4].item(),
+    ]  # parsed: not those bars' dates in a row
+    assert raw._days_of(f"{last}|2021-01-12", 2, like).tolist()[-1] == dt.date(2021, 1, 12)

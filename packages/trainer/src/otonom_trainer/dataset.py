@@ -70,14 +70,13 @@ import numpy.typing as npt
 from sqlalchemy.orm import Session
 
 from otonom_runtime.backtest import INTERNAL_PURPOSES
-from otonom_runtime.store import get_symbol, load_macro, load_news, sentiment_source
+from otonom_runtime.store import get_symbol, load_macro, sentiment_source
 from otonom_runtime.store.datasets import (
     RunInfo,
     bar_range,
     bar_span,
     list_runs,
-    load_decisions,
-    load_state_bars,
+    load_symbol_reads,
     mapped_reads,
     synthetic_flags,
 )
@@ -301,16 +300,25 @@ class OfflineDatasetGenerator:
         self, name: str, run: _Run, start: dt.date, end: dt.date, news_source: str
     ) -> _Symbol:
         """The decisions of ``run`` for ``name`` dated ``start .. end``, checked, with the bars
-        and news (from ``news_source``) their states read (three queries, store readers)."""
-        decisions = load_decisions(self.session, run.id, name, start, end)
+        and news (from ``news_source``) their states read (``load_symbol_reads``: three
+        reads)."""
+        reads = load_symbol_reads(
+            self.session,
+            run.id,
+            name,
+            start,
+            end,
+            back=LOOKBACK - 1,
+            news_source=news_source,
+            news_age=_SENTIMENT_AGE,
+        )
+        decisions, history = reads.decisions, reads.bars
         if decisions is None:
             raise DatasetGenerationError(
                 f"{run.describe()} has no decision for {name!r} dated {start.isoformat()} .. "
                 f"{end.isoformat()}; expected a range that overlaps the run's "
                 f"{run.start.isoformat()} .. {run.end.isoformat()}"
             )
-        first, last = decisions.dates[0].item(), decisions.dates[-1].item()
-        history = load_state_bars(self.session, name, first, last, LOOKBACK - 1)
         picked = None if history is None else _decision_bars(history, decisions.dates)
         if history is None or picked is None:
             raise self._no_bar(run, name, history, decisions.dates)
@@ -325,12 +333,9 @@ class OfflineDatasetGenerator:
             raise DatasetGenerationError(
                 f"run {run.id}, {name!r}: a stored portfolio is outside the schema: {exc}"
             ) from None
-        news = load_news(
-            self.session, name, source=news_source, start=first - _SENTIMENT_AGE, end=last
-        )
         return _Symbol(
             history=history,
-            news=news,
+            news=reads.news,
             pos=picked,
             portfolio=portfolio,
             actions=decisions.actions,

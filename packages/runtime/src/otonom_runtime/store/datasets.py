@@ -25,29 +25,36 @@ from sqlalchemy.orm import Session
 
 from otonom_runtime.store.raw import (
     _DATES,
+    _autoflush,
     _date_column,
     _dated,
+    _dated_raw,
+    _dated_text,
     _day_array,
+    _days_of,
     _read,
     fetch_raw,
 )
+from otonom_runtime.store.readers import _news_query, load_news
 from otonom_runtime.store.tables import (
     BacktestRun,
     Bar,
     Decision,
     Symbol,
 )
-from otonom_schema import MarketHistory
+from otonom_schema import MarketHistory, SentimentSeries
 
 __all__ = [
     "DecisionColumns",
     "RunInfo",
+    "SymbolReads",
     "bar_range",
     "bar_span",
     "list_runs",
     "load_bar_window",
     "load_decisions",
     "load_state_bars",
+    "load_symbol_reads",
     "mapped_reads",
     "run_params",
     "synthetic_flags",
@@ -224,7 +231,14 @@ def load_decisions(
     ) or _read(session, _decisions_stmt, values, 7)
     if read is None:
         return None
-    dates, (actions, strengths, position, leverage, cash, days) = read
+    return _decision_columns(*read)
+
+
+def _decision_columns(
+    dates: npt.NDArray[np.datetime64], numbers: list[npt.NDArray[np.float64]]
+) -> DecisionColumns:
+    """``load_decisions``' result from the dates and the six number columns it read."""
+    actions, strengths, position, leverage, cash, days = numbers
     days = days.copy()
     days[np.isnan(days)] = np.inf  # NULL: never traded
     return DecisionColumns(
@@ -302,20 +316,134 @@ def load_state_bars(
     not a number) sends the read the general way, which reads the open and refuses it as
     ``load_bar_window`` does; elsewhere it is ``load_bar_window``. For the states only: the
     opens are not the store's."""
+    return _state_bars(session, symbol, first, end, back)[0]
+
+
+_Like = tuple[str, npt.NDArray[np.datetime64]]  # a read's dates as text and as dates
+
+
+def _state_bars(
+    session: Session, symbol: str, first: dt.date, end: dt.date, back: int
+) -> tuple[MarketHistory | None, _Like | None]:
+    """``load_state_bars``' bars, and their dates' text and dates when read on SQLite's way
+    (``raw._dated_text``; else None)."""
     values = {"symbol": symbol, "first": first, "end": end, "back": back}
-    read = _dated(
+    read = _dated_text(
         session,
         _bar_window_query(f"{_HIGH_IF_OPEN_OK}, b.low, b.close, b.volume"),
         _bar_window_query(_DATES.format("b.date"), order=False),
         values,
         4,
     )
-    if read is None or np.isnan(read[1][0]).any():
-        return load_bar_window(session, symbol, first, end, back)
-    dates, (high, low, close, volume) = read
-    return MarketHistory(
+    if read is None or np.isnan(read[2][0]).any():
+        return load_bar_window(session, symbol, first, end, back), None
+    joined, dates, (high, low, close, volume) = read
+    history = MarketHistory(
         dates=dates, open=close, high=high, low=low, close=close, volume=volume, symbol=symbol
     )
+    return history, (joined, dates)
+
+
+@dataclass(frozen=True)
+class SymbolReads:
+    """What one symbol's dataset rows read (``load_symbol_reads``)."""
+
+    decisions: DecisionColumns | None
+    bars: MarketHistory | None
+    news: SentimentSeries | None
+
+
+def load_symbol_reads(
+    session: Session,
+    run_id: int,
+    symbol: str,
+    start: dt.date,
+    end: dt.date,
+    *,
+    back: int,
+    news_source: str,
+    news_age: dt.timedelta,
+) -> SymbolReads:
+    """The reads of one symbol's dataset rows, the same results as the three readers:
+    ``decisions``: ``load_decisions(session, run_id, symbol, start, end)``; when there is one
+    (else the rest is None, unread), ``bars``: ``load_state_bars(session, symbol, first,
+    last, back)`` (``first``, ``last``: the first and last decision's dates); when there are
+    bars (else None, unread), ``news``: ``load_news(session, symbol, source=news_source,
+    start=first - news_age, end=last)``.
+
+    On SQLite, the decisions' and the news' dates, when their text is found whole in the
+    bars' date text (a run decides on bar dates; news is often dated so too), are those bars'
+    dates, not parsed again (``raw._days_of``); anything else is read as those readers read.
+    """
+    values = {"run_id": run_id, "symbol": symbol, "start": start, "end": end}
+    raw = _dated_raw(
+        session,
+        _decisions_query(_DECISION_NUMBERS),
+        _decisions_query(_DATES.format("d.date"), order=False),
+        values,
+        6,
+    )
+    fast = None if raw is None else _shared_reads(session, symbol, raw, back, news_source, news_age)
+    if fast is not None:
+        return fast
+    decisions = load_decisions(session, run_id, symbol, start, end)
+    if decisions is None:
+        return SymbolReads(None, None, None)
+    first, last = decisions.dates[0].item(), decisions.dates[-1].item()
+    bars = load_state_bars(session, symbol, first, last, back)
+    news = None
+    if bars is not None:
+        news = load_news(session, symbol, source=news_source, start=first - news_age, end=last)
+    return SymbolReads(decisions, bars, news)
+
+
+def _shared_reads(
+    session: Session,
+    symbol: str,
+    raw: tuple[str, list[npt.NDArray[np.float64]]],
+    back: int,
+    news_source: str,
+    news_age: dt.timedelta,
+) -> SymbolReads | None:
+    """``load_symbol_reads`` from the decisions read on SQLite's way (``raw``: their dates'
+    text, unchecked, and number columns); None when that text is refused (the caller reads
+    the general way)."""
+    joined, numbers = raw
+    try:
+        first, last = dt.date.fromisoformat(joined[:10]), dt.date.fromisoformat(joined[-10:])
+    except ValueError:
+        return None
+    bars, like = _state_bars(session, symbol, first, last, back)
+    dates = _days_of(joined, numbers[0].size, like)
+    if dates is None:
+        return None
+    decisions = _decision_columns(dates, numbers)
+    if bars is None:
+        return SymbolReads(decisions, None, None)
+    news = _state_news(session, symbol, news_source, first - news_age, last, like)
+    return SymbolReads(decisions, bars, news)
+
+
+def _state_news(
+    session: Session, symbol: str, source: str, start: dt.date, end: dt.date, like: _Like | None
+) -> SentimentSeries | None:
+    """``load_news(session, symbol, source=source, start=start, end=end)``, its dates taken
+    from ``like`` where its text is found there (``raw._dated_text``)."""
+    if like is None:
+        return load_news(session, symbol, source=source, start=start, end=end)
+    _autoflush(session)
+    values = {"symbol": symbol, "source": source, "start": start, "end": end}
+    read = _dated_text(
+        session,
+        _news_query("n.score", True, True),
+        _news_query(_DATES.format("n.date"), True, True, order=False),
+        values,
+        1,
+        like,
+    )
+    if read is None:
+        return load_news(session, symbol, source=source, start=start, end=end)
+    return SentimentSeries(dates=read[1], scores=read[2][0])
 
 
 _MAP_BYTES: Final = 1 << 30

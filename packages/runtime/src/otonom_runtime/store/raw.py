@@ -32,7 +32,7 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Date, Dialect
+from sqlalchemy import Connection, Date, Dialect
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import TextClause
 
@@ -60,10 +60,14 @@ def fetch_raw(session: Session, stmt: TextClause, values: Mapping[str, Any]) -> 
 
 
 @contextmanager
-def _cursor(session: Session, stmt: TextClause, values: Mapping[str, Any]) -> Iterator[Any]:
-    """A DBAPI cursor of the session's own connection that has executed ``stmt`` with
-    ``values`` (``fetch_raw``'s rules), closed after the block."""
-    conn = session.connection()
+def _cursor(
+    session: Session, stmt: TextClause, values: Mapping[str, Any], conn: Connection | None = None
+) -> Iterator[Any]:
+    """A DBAPI cursor of the session's own connection (``conn``, when the caller has it:
+    ``session.connection()``) that has executed ``stmt`` with ``values`` (``fetch_raw``'s
+    rules), closed after the block."""
+    if conn is None:
+        conn = session.connection()
     sql, positions, dates_as_text = _raw_plan(stmt, conn.dialect)
     if dates_as_text:
         values = {k: v.isoformat() if isinstance(v, dt.date) else v for k, v in values.items()}
@@ -255,15 +259,49 @@ def _dated(
     ``numbers``: the number columns, ordered by date; ``dates``: one row, the dates of the same
     rows joined by ``_SEP`` (``_DATES``). NULL reads as NaN, as in ``raw._fetch_numbers``.
     """
-    if session.connection().dialect.name != "sqlite":
+    read = _dated_text(session, numbers, dates, values, width)
+    return None if read is None else read[1:]
+
+
+def _dated_text(
+    session: Session,
+    numbers: TextClause,
+    dates: TextClause,
+    values: Mapping[str, Any],
+    width: int,
+    like: tuple[str, npt.NDArray[np.datetime64]] | None = None,
+) -> tuple[str, npt.NDArray[np.datetime64], list[npt.NDArray[np.float64]]] | None:
+    """``_dated``'s read with its dates' text first: (text, dates, columns); None as there.
+    ``like``: an earlier read's (text, dates) (``_days_of``)."""
+    read = _dated_raw(session, numbers, dates, values, width)
+    if read is None:
         return None
-    with _cursor(session, numbers, values) as cursor:
+    joined, columns = read
+    days = _days_of(joined, columns[0].size, like)
+    return None if days is None else (joined, days, columns)
+
+
+def _dated_raw(
+    session: Session,
+    numbers: TextClause,
+    dates: TextClause,
+    values: Mapping[str, Any],
+    width: int,
+) -> tuple[str, list[npt.NDArray[np.float64]]] | None:
+    """``_dated``'s two queries, the dates left as their text (not checked: ``_days_of``
+    turns it into dates or refuses it): (text, the ``width`` number columns); None when
+    ``_dated`` would be None before its dates (another dialect, no row, a cell that is not a
+    number or NULL, a text that is not a string)."""
+    conn = session.connection()
+    if conn.dialect.name != "sqlite":
+        return None
+    with _cursor(session, numbers, values, conn) as cursor:
         first = cursor.fetchone()
         if first is None:
             return None
         # the first row is read and the cursor open: the store's read lock (and, in WAL mode,
         # its snapshot) is held, so the date query sees the same rows
-        with _cursor(session, dates, values) as date_cursor:
+        with _cursor(session, dates, values, conn) as date_cursor:
             joined = date_cursor.fetchone()[0]
         try:
             flat = np.fromiter(
@@ -271,11 +309,30 @@ def _dated(
             )
         except (TypeError, ValueError):
             return None
-    rows = flat.size // width
-    days = _iso_days(joined, rows)
-    if days is None:
+    if not isinstance(joined, str):
         return None
-    return days, list(np.ascontiguousarray(flat.reshape(rows, width).T))
+    rows = flat.size // width
+    return joined, list(np.ascontiguousarray(flat.reshape(rows, width).T))
+
+
+def _days_of(
+    joined: str, rows: int, like: tuple[str, npt.NDArray[np.datetime64]] | None = None
+) -> npt.NDArray[np.datetime64] | None:
+    """The dates of ``joined`` (``rows`` dates joined by ``_SEP``), as ``_iso_days``.
+
+    ``like``: the (text, dates) of an earlier read that ``_iso_days`` accepted. When
+    ``joined`` is ``rows`` dates long and found in that text starting at a date, it is those
+    dates of it (same text, so the same days, already checked): a slice of ``like``'s dates,
+    no parse. Else it is parsed (``_iso_days``). Where to look: where ``joined``'s first date
+    is in the text (its first place there; dates there are unique).
+    """
+    if like is not None and len(joined) == 11 * rows - 1:
+        text, days = like
+        at = text.find(joined[:11])  # the first date and its separator, if any
+        if at >= 0 and at % 11 == 0 and text.startswith(joined, at):
+            shared: npt.NDArray[np.datetime64] = days[at // 11 : at // 11 + rows]
+            return shared
+    return _iso_days(joined, rows)
 
 
 # each date and its separator: the lowest and the highest byte of each of its 11 characters
