@@ -7,6 +7,10 @@ order as the trainer's own SQL had (the bench's SQL-read floor, ``bench/dataset.
 The wide reads (decisions, bars) are read as the store's readers read: on SQLite first
 ``otonom_runtime.store.raw._dated`` (the numbers streamed, the dates as one text), else
 ``raw._read``; news and macro through ``load_news`` / ``load_macro`` themselves.
+``load_symbol_reads`` reads one symbol's decisions, bars and news at once, so that on SQLite
+the decisions' and news' dates come from the bars' date text (``raw._days_of``), and the
+bars' from an earlier symbol's (``SharedDates``), where found there; its results are the
+three readers'.
 """
 
 from __future__ import annotations
