@@ -36,9 +36,10 @@ Rules (each one tested):
   first decision (an older score is stale for every row); one macro read per macro source
   over the union of those ranges (on SQLite each read is two queries: the numbers, and the
   dates as one text, parsed once: ``load_symbol_reads`` takes the decisions' and news' dates,
-  and other symbols' bar dates, from a bars' text they are found in). ``compute_states`` then computes the features of every bar from the
-  first decision's on at once (``first=``; the schema's batch path, proven equal to the
-  builder's one-date path) and the rows are picked by date. Every decision date must be a
+  and other symbols' bar dates, from a bars' text they are found in). ``compute_states``
+  then computes the features of every bar from the first decision's on at once (``first=``;
+  the schema's batch path, proven equal to the builder's one-date path) and the rows are
+  picked by date. Every decision date must be a
   bar date in the store (the backtest only decides on bar dates): anything else means the
   bars were changed after the run, and is refused.
 * **Sentiment sources.** Each symbol's news and macro come from the sources its run read
