@@ -446,3 +446,46 @@ def test_days_of_looks_where_the_first_date_is() -> None:
         days[4].item(),
     ]  # parsed: not those bars' dates in a row
     assert raw._days_of(f"{last}|2021-01-12", 2, like).tolist()[-1] == dt.date(2021, 1, 12)
+
+
+def test_shared_dates_parse_bars_once_for_symbols_sharing_them(
+    store: tuple[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one ``SharedDates``, bars whose date text was read before are not parsed again
+    (here the same symbol twice, then over a shorter range, then against an unrelated text):
+    the same arrays as without it."""
+    url, run_id = store
+    with get_session(url) as session:
+        alone = [_bytes(p) for p in vars(_symbol_reads(session, run_id)).values()]
+        parsed = _parses(monkeypatch)
+        shared = datasets.SharedDates()
+
+        def reads(start: dt.date = RUN_START, *, share: bool = True) -> list[dict[str, bytes]]:
+            got = datasets.load_symbol_reads(
+                session,
+                run_id,
+                NAME,
+                start,
+                LAST,
+                news_source="synthetic",
+                back=20,
+                news_age=dt.timedelta(days=7),
+                shared=shared if share else None,
+            )
+            return [_bytes(p) for p in vars(got).values()]
+
+        assert reads() == alone
+        assert len(parsed) == 1
+        assert shared.like is not None
+        assert not shared.like[1].flags.writeable  # its views are handed out
+        assert reads() == alone
+        assert len(parsed) == 1  # found whole: not parsed
+        later = dt.date(2021, 8, 2)
+        assert reads(later) == reads(later, share=False)
+        assert len(parsed) == 2  # the one without ``shared``
+        kept = shared.like
+        shared.like = ("1999-01-04|1999-01-05", kept[1][:2])
+        assert reads() == alone
+        assert len(parsed) == 3  # not found in an unrelated text: parsed
+        assert shared.like is not None
+        assert shared.like[0] == kept[0]  # the longer text is kept

@@ -35,9 +35,11 @@ Rules (each one tested):
   checked, not fetched), one of the news from ``SENTIMENT_MAX_AGE_DAYS`` days before the
   first decision (an older score is stale for every row); one macro read per macro source
   over the union of those ranges (on SQLite each read is two queries: the numbers, and the
-  dates as one text). ``compute_states`` then computes the features of every bar from the
-  first decision's on at once (``first=``; the schema's batch path, proven equal to the
-  builder's one-date path) and the rows are picked by date. Every decision date must be a
+  dates as one text, parsed once: ``load_symbol_reads`` takes the decisions' and news' dates,
+  and other symbols' bar dates, from a bars' text they are found in). ``compute_states``
+  then computes the features of every bar from the first decision's on at once (``first=``;
+  the schema's batch path, proven equal to the builder's one-date path) and the rows are
+  picked by date. Every decision date must be a
   bar date in the store (the backtest only decides on bar dates): anything else means the
   bars were changed after the run, and is refused.
 * **Sentiment sources.** Each symbol's news and macro come from the sources its run read
@@ -73,6 +75,7 @@ from otonom_runtime.backtest import INTERNAL_PURPOSES
 from otonom_runtime.store import get_symbol, load_macro, sentiment_source
 from otonom_runtime.store.datasets import (
     RunInfo,
+    SharedDates,
     bar_range,
     bar_span,
     list_runs,
@@ -81,7 +84,6 @@ from otonom_runtime.store.datasets import (
     synthetic_flags,
 )
 from otonom_schema import (
-    LOOKBACK,
     MATHS_PARAMS,
     STATE_DIM,
     DateError,
@@ -231,10 +233,6 @@ class OfflineDatasetGenerator:
         """Every run, newest first (created_at, then id)."""
         return [_Run.of(r) for r in list_runs(self.session)]
 
-    def _need(self, name: str, start: dt.date, end: dt.date) -> tuple[dt.date, dt.date] | None:
-        """The first and last bar of ``name`` in ``start .. end`` (None: no bar there)."""
-        return bar_range(self.session, name, start, end)
-
     def _resolve_runs(
         self,
         names: list[str],
@@ -285,7 +283,7 @@ class OfflineDatasetGenerator:
             return dict.fromkeys(names, found)
         chosen: dict[str, _Run] = {}
         for name in names:
-            need = self._need(name, start, end)
+            need = bar_range(self.session, name, start, end)  # its first and last bar there
             holding = [r for r in runs if name in r.symbols]
             run = next((r for r in holding if not r.passed_over(need)), None)
             if run is None:
@@ -297,20 +295,18 @@ class OfflineDatasetGenerator:
     # --- rows ----------------------------------------------------------------------------------
 
     def _read(
-        self, name: str, run: _Run, start: dt.date, end: dt.date, news_source: str
+        self,
+        name: str,
+        run: _Run,
+        start: dt.date,
+        end: dt.date,
+        news_source: str,
+        shared: SharedDates,
     ) -> _Symbol:
         """The decisions of ``run`` for ``name`` dated ``start .. end``, checked, with the bars
-        and news (from ``news_source``) their states read (``load_symbol_reads``: three
-        reads)."""
-        reads = load_symbol_reads(
-            self.session,
-            run.id,
-            name,
-            start,
-            end,
-            back=LOOKBACK - 1,
-            news_source=news_source,
-            news_age=_SENTIMENT_AGE,
+        and news (``news_source``) their states read (``load_symbol_reads``, with ``shared``)."""
+        reads = load_symbol_reads(  # the bars and news that states read (its defaults)
+            self.session, run.id, name, start, end, news_source=news_source, shared=shared
         )
         decisions, history = reads.decisions, reads.bars
         if decisions is None:
@@ -426,7 +422,10 @@ class OfflineDatasetGenerator:
         )
         sources = self._sentiment_sources(chosen)
         with mapped_reads(self.session):  # the store's file memory-mapped for the reads
-            reads = {n: self._read(n, chosen[n], start, end, sources[n]["news"]) for n in names}
+            shared = SharedDates()  # the bars' dates, parsed once for symbols that share them
+            reads = {
+                n: self._read(n, chosen[n], start, end, sources[n]["news"], shared) for n in names
+            }
             macros = {}
             for source in sorted({s["macro"] for s in sources.values()}):
                 users = [reads[name] for name in names if sources[name]["macro"] == source]

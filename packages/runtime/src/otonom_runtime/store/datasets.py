@@ -7,6 +7,10 @@ order as the trainer's own SQL had (the bench's SQL-read floor, ``bench/dataset.
 The wide reads (decisions, bars) are read as the store's readers read: on SQLite first
 ``otonom_runtime.store.raw._dated`` (the numbers streamed, the dates as one text), else
 ``raw._read``; news and macro through ``load_news`` / ``load_macro`` themselves.
+``load_symbol_reads`` reads one symbol's decisions, bars and news at once, so that on SQLite
+the decisions' and news' dates come from the bars' date text (``raw._days_of``), and the
+bars' from an earlier symbol's (``SharedDates``), where found there; its results are the
+three readers'.
 """
 
 from __future__ import annotations
@@ -42,11 +46,12 @@ from otonom_runtime.store.tables import (
     Decision,
     Symbol,
 )
-from otonom_schema import MarketHistory, SentimentSeries
+from otonom_schema import LOOKBACK, MATHS_PARAMS, MarketHistory, SentimentSeries
 
 __all__ = [
     "DecisionColumns",
     "RunInfo",
+    "SharedDates",
     "SymbolReads",
     "bar_range",
     "bar_span",
@@ -322,11 +327,32 @@ def load_state_bars(
 _Like = tuple[str, npt.NDArray[np.datetime64]]  # a read's dates as text and as dates
 
 
+class SharedDates:
+    """The bar dates a caller's ``load_symbol_reads`` calls have read (one per dataset): the
+    longest bars' date text read so far and its dates (read-only). A later symbol's bars
+    whose date text is found whole in it (symbols of one market share their days) take their
+    dates from there, not parsed again (``raw._days_of``)."""
+
+    def __init__(self) -> None:
+        self.like: _Like | None = None
+
+    def keep(self, like: _Like) -> None:
+        """Keep ``like`` if it is longer than the text kept."""
+        if self.like is None or len(like[0]) > len(self.like[0]):
+            like[1].flags.writeable = False  # its views are handed out
+            self.like = like
+
+
 def _state_bars(
-    session: Session, symbol: str, first: dt.date, end: dt.date, back: int
+    session: Session,
+    symbol: str,
+    first: dt.date,
+    end: dt.date,
+    back: int,
+    shared: SharedDates | None = None,
 ) -> tuple[MarketHistory | None, _Like | None]:
     """``load_state_bars``' bars, and their dates' text and dates when read on SQLite's way
-    (``raw._dated_text``; else None)."""
+    (``raw._dated_text``; else None); ``shared``: ``load_symbol_reads``'."""
     values = {"symbol": symbol, "first": first, "end": end, "back": back}
     read = _dated_text(
         session,
@@ -334,6 +360,7 @@ def _state_bars(
         _bar_window_query(_DATES.format("b.date"), order=False),
         values,
         4,
+        None if shared is None else shared.like,
     )
     if read is None or np.isnan(read[2][0]).any():
         return load_bar_window(session, symbol, first, end, back), None
@@ -341,7 +368,12 @@ def _state_bars(
     history = MarketHistory(
         dates=dates, open=close, high=high, low=low, close=close, volume=volume, symbol=symbol
     )
+    if shared is not None:
+        shared.keep((joined, dates))
     return history, (joined, dates)
+
+
+_NEWS_AGE: Final = dt.timedelta(days=int(MATHS_PARAMS["SENTIMENT_MAX_AGE_DAYS"]))
 
 
 @dataclass(frozen=True)
@@ -360,9 +392,10 @@ def load_symbol_reads(
     start: dt.date,
     end: dt.date,
     *,
-    back: int,
     news_source: str,
-    news_age: dt.timedelta,
+    back: int = LOOKBACK - 1,
+    news_age: dt.timedelta = _NEWS_AGE,
+    shared: SharedDates | None = None,
 ) -> SymbolReads:
     """The reads of one symbol's dataset rows, the same results as the three readers:
     ``decisions``: ``load_decisions(session, run_id, symbol, start, end)``; when there is one
@@ -371,9 +404,12 @@ def load_symbol_reads(
     bars (else None, unread), ``news``: ``load_news(session, symbol, source=news_source,
     start=first - news_age, end=last)``.
 
-    On SQLite, the decisions' and the news' dates, when their text is found whole in the
-    bars' date text (a run decides on bar dates; news is often dated so too), are those bars'
-    dates, not parsed again (``raw._days_of``); anything else is read as those readers read.
+    The defaults: the bars and news every state from ``first`` on reads (the schema's
+    ``LOOKBACK`` and ``SENTIMENT_MAX_AGE_DAYS``). On SQLite, the decisions' and the news'
+    dates, when their text is found whole in the bars' date text (a run decides on bar dates;
+    news is often dated so too), are those bars' dates, not parsed again
+    (``raw._days_of``); so are the bars' own when found in ``shared`` (``SharedDates``, one
+    for all the symbols of a dataset); anything else is read as those readers read.
     """
     values = {"run_id": run_id, "symbol": symbol, "start": start, "end": end}
     raw = _dated_raw(
@@ -383,7 +419,9 @@ def load_symbol_reads(
         values,
         6,
     )
-    fast = None if raw is None else _shared_reads(session, symbol, raw, back, news_source, news_age)
+    fast = None
+    if raw is not None:
+        fast = _shared_reads(session, symbol, raw, back, news_source, news_age, shared)
     if fast is not None:
         return fast
     decisions = load_decisions(session, run_id, symbol, start, end)
@@ -404,6 +442,7 @@ def _shared_reads(
     back: int,
     news_source: str,
     news_age: dt.timedelta,
+    shared: SharedDates | None,
 ) -> SymbolReads | None:
     """``load_symbol_reads`` from the decisions read on SQLite's way (``raw``: their dates'
     text, unchecked, and number columns); None when that text is refused (the caller reads
@@ -413,7 +452,7 @@ def _shared_reads(
         first, last = dt.date.fromisoformat(joined[:10]), dt.date.fromisoformat(joined[-10:])
     except ValueError:
         return None
-    bars, like = _state_bars(session, symbol, first, last, back)
+    bars, like = _state_bars(session, symbol, first, last, back, shared)
     dates = _days_of(joined, numbers[0].size, like)
     if dates is None:
         return None

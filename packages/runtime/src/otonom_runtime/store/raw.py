@@ -17,6 +17,8 @@ Two ways from rows to columns:
   in numpy (``_iso_days``) and accepted only when every date is canonical ``YYYY-MM-DD`` text
   of a real day, ascending, one per row. The date query runs while the number query's cursor
   is open, so both read one snapshot of the store. Anything it refuses is read by ``_read``.
+  ``_dated_text`` is the same read with the dates' text kept, and takes an earlier read's
+  (text, dates): dates found whole in that text are its dates, unparsed (``_days_of``).
 
 No global state is touched (the garbage collector, thread counts): a daemon can import this.
 """
