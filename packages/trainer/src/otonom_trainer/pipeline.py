@@ -84,7 +84,7 @@ STAGES: Final = (
 STATE_FILE: Final = "pipeline_state.json"
 PIPELINE_EPOCHS: Final = 30
 """Stage 4's epochs by default (over the train split and its teacher rows)."""
-TEACHER_ROWS: Final = 100_000
+TEACHER_ROWS: Final = 200_000
 """Teacher-labelled rows stage 4 adds to the train split by default (``TrainingConfig``'s
 ``teacher_rows``; issue 14: what reaches the best off-the-shelf learner's accuracy)."""
 TEACHER_NOISE: Final = 0.3
