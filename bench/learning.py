@@ -20,7 +20,8 @@ with ``otonom_schema.load_dataset``), once per seed:
   but our policy's net size (hidden ``[hidden_dim] * num_layers``: 128, 128), 20 epochs of
   ``rows // 100`` steps, on the CPU;
 * ``hgb+teacher``, ``d3rlpy+teacher``: the same two on the train file plus the teacher rows
-  ``ours`` adds at that seed (the very same rows);
+  ``ours`` adds at that seed (the very same rows; ``d3rlpy+teacher`` is slow: 20 epochs of
+  200,000 rows are 41,000 steps, over 20 CPU minutes a seed);
 * ``ours``: ``otonom_trainer``'s ``BehaviorCloningTrainer`` configured as ``otonom-train
   pipeline`` configures it (stage 4, ``otonom_trainer.pipeline.training_config`` at
   ``PipelineConfig``'s defaults: epochs, batch size, width, teacher rows labelled by the
