@@ -6,8 +6,8 @@ Usage::
     .venv/bin/python bench/learning.py                       # the synthetic default
     .venv/bin/python bench/learning.py --train A.npz --test B.npz [--train C.npz --test D.npz]
     .venv/bin/python bench/learning.py --data reports/pipeline/RUN [--synthetic]
-    options: [--seeds 3] [--learners majority,logreg,hgb,d3rlpy,ours] [--quick]
-             [--out FILE.json] [--md]
+    options: [--seeds 3] [--learners majority,logreg,hgb,d3rlpy,hgb+teacher,d3rlpy+teacher,ours]
+             [--quick] [--out FILE.json] [--md]
 
 Every learner fits on the same train file and is scored on the same held-out file (both read
 with ``otonom_schema.load_dataset``), once per seed:
@@ -19,14 +19,20 @@ with ``otonom_schema.load_dataset``), once per seed:
 * ``d3rlpy``: d3rlpy's ``DiscreteBC`` at its defaults (batch 100, Adam lr 1e-3, ``beta`` 0.5)
   but our policy's net size (hidden ``[hidden_dim] * num_layers``: 128, 128), 20 epochs of
   ``rows // 100`` steps, on the CPU;
+* ``hgb+teacher``, ``d3rlpy+teacher``: the same two on the train file plus the teacher rows
+  ``ours`` adds at that seed (the very same rows; ``d3rlpy+teacher`` is slow: 20 epochs of
+  200,000 rows are 41,000 steps, over 20 CPU minutes a seed);
 * ``ours``: ``otonom_trainer``'s ``BehaviorCloningTrainer`` configured as ``otonom-train
-  pipeline`` configures it (stage 4: ``PipelineConfig``'s defaults for epochs, batch size and
-  width, everything else ``TrainingConfig``'s defaults, ``device="auto"``; its own time split
-  keeps the latest 10 % of the train file's dates for early stopping), exported to ONNX and
-  scored through the runtime's ``load_rl_policy`` as the pipeline's stage 5 does.
+  pipeline`` configures it (stage 4, ``otonom_trainer.pipeline.training_config`` at
+  ``PipelineConfig``'s defaults: epochs, batch size, width, teacher rows labelled by the
+  pipeline's strategy, everything else ``TrainingConfig``'s defaults, ``device="auto"``; its
+  own time split keeps the latest 10 % of the train file's dates for early stopping and draws
+  the teacher rows' sources from the rest), exported to ONNX and scored through the runtime's
+  ``load_rl_policy`` as the pipeline's stage 5 does. A file whose teacher is not the
+  pipeline's strategy (some train row's stored action differs from what that strategy
+  decides) gets no teacher rows, and its notes say why.
 
-The baselines fit on the whole train file. (Issue 14: once our trainer can add teacher-labelled
-rows, the baselines are to get the same rows, and both figures shown; no such option yet.)
+The baselines fit on the whole train file (plus the teacher rows for the ``+teacher`` ones).
 Seeds: the pipeline's own seed (8) and the next ones; the first seed of ``ours`` is the main
 job's training (same held-out accuracy, 0.8701). Accuracy and macro-F1 (the mean
 of the HOLD, BUY and SELL F1, 0 for a class never predicted: ``otonom_trainer.metrics``) are
@@ -48,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -65,6 +72,9 @@ from typing import Any
 import numpy as np
 
 import otonom_schema as s
+from otonom_runtime.strategy import load_strategy
+from otonom_trainer.config import TrainingConfig
+from otonom_trainer.errors import DEFAULT_BAND, error_breakdown
 from otonom_trainer.metrics import CLASS_NAMES, classification_metrics, confusion_matrix
 from otonom_trainer.pipeline import PipelineConfig
 
@@ -75,6 +85,8 @@ LEARNERS = {
     "logreg": "logistic regression",
     "hgb": "HistGradientBoosting",
     "d3rlpy": "d3rlpy DiscreteBC",
+    "hgb+teacher": "HistGradientBoosting + our teacher rows",
+    "d3rlpy+teacher": "d3rlpy DiscreteBC + our teacher rows",
     "ours": "ours (pipeline defaults)",
 }
 D3RLPY_EPOCHS = 20
@@ -202,8 +214,6 @@ def _d3rlpy_bc(case: Case, seed: int) -> Fit:
     from d3rlpy.dataset import MDPDataset
     from d3rlpy.models.encoders import VectorEncoderFactory
 
-    from otonom_trainer.config import TrainingConfig
-
     x, y = np.ascontiguousarray(case.train.states), case.train.actions.reshape(-1, 1)
     n = len(case.train)
     terminals = np.zeros(n, dtype=np.float32)
@@ -236,29 +246,81 @@ def _d3rlpy_bc(case: Case, seed: int) -> Fit:
     return pred, {"epochs": epochs, "steps": per_epoch * epochs, "batch_size": config.batch_size}
 
 
+def ours_config(case: Case, seed: int) -> tuple[TrainingConfig, str | None]:
+    """The pipeline's stage-4 config (``training_config``) for this file and seed, and why it
+    trains without teacher rows (None: with them). A file whose teacher is not the pipeline's
+    strategy (``check_teacher``: another action on some train row) gets none."""
+    from otonom_trainer.augment import check_teacher
+    from otonom_trainer.pipeline import training_config
+    from otonom_trainer.train import split_rows
+
+    pc = PipelineConfig(quiet=True)
+    cfg = training_config(pc, str(case.pair.train), str(case.work / f"ours-{seed}"))
+    strategy_path = ROOT / cfg.teacher_strategy  # the pipeline's default, in this checkout
+    cfg = cfg.replace(seed=seed, max_epochs=case.epochs or pc.epochs,
+                      teacher_strategy=str(strategy_path))  # fmt: skip
+    if cfg.teacher_rows == 0:
+        return cfg, "teacher_rows 0"
+    split = split_rows(case.train.dates, cfg.val_fraction, cfg.split, cfg.seed)
+    strategy = load_strategy(cfg.teacher_strategy).with_rl(False)
+    wrong = check_teacher(case.train, split.train, strategy)
+    if wrong:
+        return cfg.replace(teacher_rows=0), f"{cfg.teacher_strategy} is not its teacher"
+    return cfg, None
+
+
+def with_our_teacher_rows(case: Case, seed: int) -> tuple[Case, dict[str, Any]]:
+    """``case`` with the teacher rows ours adds at ``seed`` appended to its train file (the
+    baselines fit on the whole file plus exactly those rows)."""
+    from otonom_trainer.augment import with_teacher_rows
+    from otonom_trainer.train import split_rows
+
+    cfg, why = ours_config(case, seed)
+    if why is not None:
+        return case, {"teacher_rows": 0, "why": why}
+    split = split_rows(case.train.dates, cfg.val_fraction, cfg.split, cfg.seed)
+    _, extra = with_teacher_rows(case.train, split.train, cfg)
+    assert extra is not None
+    t = case.train
+    train = s.OfflineDataset(
+        np.concatenate([t.states, extra.states]), np.concatenate([t.actions, extra.actions]),
+        np.concatenate([t.strengths, extra.strengths]), np.concatenate([t.symbols, extra.symbols]),
+        np.concatenate([t.dates, extra.dates]), t.metadata,
+    )  # fmt: skip
+    return dataclasses.replace(case, train=train), {"teacher_rows": len(extra)}
+
+
+def fit_hgb_teacher(case: Case, seed: int) -> Fit:
+    more, notes = with_our_teacher_rows(case, seed)
+    pred, fit_notes = fit_hgb(more, seed)
+    return pred, {**notes, **fit_notes}
+
+
+def fit_d3rlpy_teacher(case: Case, seed: int) -> Fit:
+    more, notes = with_our_teacher_rows(case, seed)
+    pred, fit_notes = fit_d3rlpy(more, seed)
+    return pred, {**notes, **fit_notes}
+
+
 def fit_ours(case: Case, seed: int) -> Fit:
-    """The pipeline's stage 4 (training + export) and stage 5 (the ONNX model on the held-out
-    file through the runtime)."""
+    """The pipeline's stage 4 (training + export, ``training_config``: teacher rows included
+    when the pipeline's strategy is the file's teacher) and stage 5 (the ONNX model on the
+    held-out file through the runtime)."""
     from otonom_runtime import load_rl_policy
-    from otonom_trainer.config import TrainingConfig
     from otonom_trainer.train import BehaviorCloningTrainer
 
-    pc = PipelineConfig()
-    cfg = TrainingConfig(
-        dataset_path=str(case.pair.train),
-        output_dir=str(case.work / f"ours-{seed}"),
-        max_epochs=case.epochs or pc.epochs,
-        batch_size=pc.batch_size,
-        hidden_dim=pc.hidden_dim,
-        seed=seed,
-        device="auto",
-        progress=False,
-    )
+    cfg, why = ours_config(case, seed)
     trainer = BehaviorCloningTrainer(cfg, out=io.StringIO())
     m = trainer.train()
     assert trainer.onnx_path is not None
     policy = load_rl_policy(trainer.onnx_path)
     actions, _, _ = policy.predict_batch(np.ascontiguousarray(case.test.states))
+    errors = None
+    if why is None:  # the pipeline's strategy is the file's teacher
+        errors = error_breakdown(
+            case.test.states, case.test.actions, np.asarray(actions, dtype=np.int64),
+            load_strategy(cfg.teacher_strategy).with_rl(False),
+        ).to_dict()  # fmt: skip
     notes = {
         "epochs_run": m.epochs_run,
         "best_epoch": m.best_epoch,
@@ -266,6 +328,9 @@ def fit_ours(case: Case, seed: int) -> Fit:
         "train_size": m.train_size,
         "val_size": m.val_size,
         "val_acc": m.val_action_acc,
+        "teacher_rows": m.teacher_rows,
+        **({"why_no_teacher_rows": why} if why else {}),
+        "errors": errors,
     }
     return np.asarray(actions, dtype=np.int64), notes
 
@@ -275,6 +340,8 @@ FIT: dict[str, Learner] = {
     "logreg": fit_logreg,
     "hgb": fit_hgb,
     "d3rlpy": fit_d3rlpy,
+    "hgb+teacher": fit_hgb_teacher,
+    "d3rlpy+teacher": fit_d3rlpy_teacher,
     "ours": fit_ours,
 }
 
@@ -382,6 +449,24 @@ def markdown_table(results: list[dict[str, Any]], seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
+def errors_table(results: list[dict[str, Any]]) -> str:
+    """Where ours errs on each dataset (its first seed; ``otonom_trainer.errors``): per
+    teacher action, per volatility regime, near / far from the vote and tech thresholds."""
+    lines = [
+        "| dataset | group | rows | errors | error rate | share of errors |",
+        "|---|---|---|---|---|---|",
+    ]
+    for res in results:
+        ours = res["learners"].get("ours")
+        errors = ours["runs"][0]["notes"].get("errors") if ours else None
+        for g in (errors or {}).get("groups", []):
+            lines.append(
+                f"| {res['name']} | {g['kind']}: {g['name']} | {g['rows']} | {g['errors']} | "
+                f"{g['error_rate']:.3f} | {g['error_share']:.3f} |"
+            )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 # -- the command --------------------------------------------------------------------------
 
 
@@ -406,7 +491,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def check_extras(learners: list[str]) -> None:
-    needs = {"logreg": "sklearn", "hgb": "sklearn", "d3rlpy": "d3rlpy"}
+    needs = {"logreg": "sklearn", "hgb": "sklearn", "d3rlpy": "d3rlpy", "hgb+teacher": "sklearn",
+             "d3rlpy+teacher": "d3rlpy"}  # fmt: skip
     for module in sorted({needs[k] for k in learners if k in needs}):
         try:
             if module == "d3rlpy":
@@ -445,6 +531,9 @@ def main(argv: list[str] | None = None) -> int:
             print(text_table(results[-1], seeds), flush=True)
     if args.md:
         print("\n" + markdown_table(results, seeds))
+        where = errors_table(results)
+        if where:
+            print(f"\nWhere ours errs (seed {seeds[0]}, band {DEFAULT_BAND}):\n\n{where}")
     if args.out:
         doc = {
             "command": ["bench/learning.py", *(sys.argv[1:] if argv is None else argv)],

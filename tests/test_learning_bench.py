@@ -24,6 +24,8 @@ LABELS = (
     "logistic regression",
     "HistGradientBoosting",
     "d3rlpy DiscreteBC",
+    "HistGradientBoosting + our teacher rows",
+    "d3rlpy DiscreteBC + our teacher rows",
     "ours (pipeline defaults)",
 )
 
@@ -101,6 +103,14 @@ def test_quick_run_scores_every_learner_on_the_given_files(tmp_path: Path) -> No
         (run,) = r["runs"]
         assert 0.0 <= run["macro_f1"] <= 1.0
         assert 0.0 <= run["accuracy"] <= 1.0
+    # the planted rule is not the pipeline strategy's: no teacher rows, and the notes say why
+    (ours,) = result["learners"]["ours"]["runs"]
+    assert ours["notes"]["teacher_rows"] == 0
+    assert ours["notes"]["errors"] is None  # the breakdown needs the file's teacher
+    assert ours["notes"]["why_no_teacher_rows"].endswith("baseline_v1.yaml is not its teacher")
+    (hgb_t,) = result["learners"]["hgb+teacher"]["runs"]
+    assert hgb_t["notes"]["teacher_rows"] == 0
+    assert hgb_t["accuracy"] == result["learners"]["hgb"]["runs"][0]["accuracy"]
     # the planted rule is easy: the trees learn it well above the majority share
     assert result["learners"]["hgb"]["accuracy"]["mean"] > share + 0.3
 

@@ -270,8 +270,10 @@ def test_each_run_keeps_its_report_and_from_stage_resumes_the_latest_or_a_named_
     first_table = (first / "table.json").read_text()
     latest_model = (pipeline_dir / "models" / "rl_bc" / "latest").read_text()
 
-    # one symbol, one epoch: the gate rejects the model -> exit 1, nothing promoted
-    small = ("--strategy-path", STRATEGY, "--symbol", "DEMO-BTC", "--epochs", "1")
+    # one symbol, one epoch, no teacher rows: the gate rejects the model -> exit 1, nothing
+    # promoted
+    small = ("--strategy-path", STRATEGY, "--symbol", "DEMO-BTC", "--epochs", "1",
+             "--teacher-rows", "0")  # fmt: skip
     out = _cli("pipeline", *small, "--run-name", "small", cwd=pipeline_dir)
     assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
     assert "NOT promoted: failed" in out.stdout

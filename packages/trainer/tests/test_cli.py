@@ -68,13 +68,16 @@ def test_pipeline_end_to_end_small(tmp_path: Path) -> None:
             "2021-12-31",
             "--epochs",
             "2",
+            "--teacher-rows",
+            "0",
         ],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=600,
     )
-    # two epochs on one symbol do not pass the production gate: exit 1 (documented)
+    # two epochs on one symbol without teacher rows do not pass the production gate: exit 1
+    # (documented)
     assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
     assert "the production gate rejected" in out.stderr
     assert "failed: val accuracy" in out.stderr
@@ -111,6 +114,8 @@ def test_pipeline_help_documents_the_exit_status_and_run_folders() -> None:
     assert out.returncode == 0
     text = " ".join(out.stdout.split())
     assert "1 when it rejects the model" in text
+    assert "--teacher-rows N add N rows labelled by the teacher ensemble" in text
+    assert "--teacher-noise SD" in text
     assert "--run-name" in text
     assert "REPORT_DIR/RUN_NAME/" in text
 

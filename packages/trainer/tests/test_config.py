@@ -44,6 +44,9 @@ DEFAULTS: dict[str, Any] = {
     "lr_plateau_patience": 2,
     "lr_plateau_factor": 0.5,
     "grad_clip": 1.0,
+    "teacher_rows": 0,
+    "teacher_noise": 0.3,
+    "teacher_strategy": "strategies/baseline_v1.yaml",
     "seed": 42,
     "device": "auto",
     "tensorboard": False,
@@ -275,6 +278,8 @@ def test_a_command_line_built_from_config_fields_makes_the_config() -> None:
     ("kwargs", "match"),
     [
         ({"epochs": 0}, r"^epochs: got 0; expected an integer >= 1$"),
+        ({"teacher_rows": -1}, r"^teacher_rows: got -1; expected a finite number >= 0$"),
+        ({"teacher_noise": "x"}, r"^teacher_noise: got 'x'; expected a finite number >= 0$"),
         ({"seed": -1}, r"^seed: got -1; expected an integer >= 0$"),
         ({"symbols": ("A", "A")}, r"^symbols: got \('A', 'A'\); expected .*each once$"),
         ({"symbols": "DEMO-BTC"}, r"^symbols: got 'DEMO-BTC'; expected one or more"),
@@ -322,3 +327,24 @@ def test_from_yaml_names_the_line_of_the_bad_field_and_refuses_duplicates(tmp_pa
     with pytest.raises(ConfigError) as err:
         TrainingConfig.from_yaml(path, overrides={"seed": -1})
     assert str(err.value).startswith(f"{path}: seed: got -1; expected")
+
+
+def test_the_pipeline_trains_with_its_teacher_rows_and_strategy() -> None:
+    from otonom_trainer.pipeline import (
+        PIPELINE_EPOCHS,
+        TEACHER_NOISE,
+        TEACHER_ROWS,
+        PipelineConfig,
+        training_config,
+    )
+
+    default = training_config(PipelineConfig(), "d.npz", "out")
+    assert (default.teacher_rows, default.teacher_noise) == (TEACHER_ROWS, TEACHER_NOISE)
+    assert (default.max_epochs, default.teacher_strategy) == (
+        PIPELINE_EPOCHS,
+        "strategies/baseline_v1.yaml",
+    )
+    cfg = PipelineConfig(teacher_rows=0, teacher_noise=0.5, strategy_path="s.yaml", quiet=True)
+    tcfg = training_config(cfg, "d.npz", "out")
+    assert (tcfg.teacher_rows, tcfg.teacher_noise, tcfg.teacher_strategy) == (0, 0.5, "s.yaml")
+    assert (tcfg.dataset_path, tcfg.output_dir, tcfg.progress) == ("d.npz", "out", False)

@@ -246,6 +246,30 @@ class TrainingConfig(Validated):
         default=1.0,
         metadata=_meta(_NONNEG_FLOAT, "clip the gradient's total L2 norm to this (0 = off)"),
     )
+    teacher_rows: int = field(
+        default=0,
+        metadata=_meta(
+            _checks(ge=0, described=_NONNEG_INT),
+            "extra train rows labelled by the teacher ensemble: perturbed copies of train-split "
+            "states (dated as their source rows, never after the train split's end; 0 = off)",
+        ),
+    )
+    teacher_noise: float = field(
+        default=0.3,
+        metadata=_meta(
+            _NONNEG_FLOAT,
+            "the teacher rows' Gaussian noise on the market, technical and sentiment features, "
+            "in standard deviations of each feature over the train split",
+        ),
+    )
+    teacher_strategy: str = field(
+        default="strategies/baseline_v1.yaml",
+        metadata=_meta(
+            _checks(nonempty=True, path=True, described=_PATH),
+            "the strategy file whose ensemble (RL analyst off) labels the teacher rows; it must "
+            "give back the dataset's own actions",
+        ),
+    )
     seed: int = field(
         default=42,
         metadata=_meta(

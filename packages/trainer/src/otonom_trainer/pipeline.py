@@ -40,13 +40,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from otonom_runtime.config_rules import CrossCheck, Validated, rule
 from otonom_runtime.synth import DEMO_SEED
 from otonom_schema import atomic_write
 from otonom_trainer._errors import OtonomTrainerError
-from otonom_trainer.config import DAY, POSITIVE_INT, START_BEFORE_END, SYMBOLS
+from otonom_trainer.config import DAY, NONNEGATIVE, POSITIVE_INT, START_BEFORE_END, SYMBOLS
 from otonom_trainer.pipeline_report import PipelineResult, heldout_rows, write_tables
 from otonom_trainer.ranges import DEMO_END, DEMO_START
 from otonom_trainer.stages import (
@@ -56,7 +56,20 @@ from otonom_trainer.stages import (
     refuse_unknown_before_creating,
 )
 
-__all__ = ["STAGES", "PipelineConfig", "PipelineError", "PipelineResult", "run_pipeline"]
+if TYPE_CHECKING:
+    from otonom_trainer.config import TrainingConfig
+
+__all__ = [
+    "PIPELINE_EPOCHS",
+    "STAGES",
+    "TEACHER_NOISE",
+    "TEACHER_ROWS",
+    "PipelineConfig",
+    "PipelineError",
+    "PipelineResult",
+    "run_pipeline",
+    "training_config",
+]
 
 DEMO_SYMBOLS = ("DEMO-BTC", "DEMO-ETH", "DEMO-SOL")
 STAGES: Final = (
@@ -69,6 +82,13 @@ STAGES: Final = (
     "production gate",
 )
 STATE_FILE: Final = "pipeline_state.json"
+PIPELINE_EPOCHS: Final = 30
+"""Stage 4's epochs by default (over the train split and its teacher rows)."""
+TEACHER_ROWS: Final = 200_000
+"""Teacher-labelled rows stage 4 adds to the train split by default (``TrainingConfig``'s
+``teacher_rows``; issue 14: what reaches the best off-the-shelf learner's accuracy)."""
+TEACHER_NOISE: Final = 0.3
+"""Their noise, in standard deviations of each market feature (``teacher_noise``)."""
 LATEST_RUN: Final = "latest"
 """The file in the report folder naming the run last worked on (``--from-stage`` resumes it)."""
 _RUN_NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -116,9 +136,11 @@ class PipelineConfig(Validated):
     drop_bad_rows: bool = False  # import_csv skips (and reports) bad rows instead of refusing
     date_format: str | None = None  # strptime format of import_csv's date column
     seed: int = field(default=DEMO_SEED, metadata=rule(ge=0, described="an integer >= 0"))
-    epochs: int = field(default=20, metadata=POSITIVE_INT)
+    epochs: int = field(default=PIPELINE_EPOCHS, metadata=POSITIVE_INT)
     batch_size: int = field(default=256, metadata=POSITIVE_INT)
     hidden_dim: int = field(default=128, metadata=POSITIVE_INT)
+    teacher_rows: int = field(default=TEACHER_ROWS, metadata=NONNEGATIVE)  # see TrainingConfig
+    teacher_noise: float = field(default=TEACHER_NOISE, metadata=NONNEGATIVE)
     model_dir: str = field(default="models/rl_bc", metadata=_TEXT)
     report_dir: str = field(default="reports/pipeline", metadata=_TEXT)
     run_name: str | None = field(
@@ -358,24 +380,35 @@ def _stage_datasets(run: _Run) -> None:
     run.state["test_path"] = str(save_dataset(test_ds, data_dir / "offline_dataset_test.npz", out))
 
 
-def _stage_train(run: _Run) -> None:
+def training_config(cfg: PipelineConfig, dataset_path: str, output_dir: str) -> TrainingConfig:
+    """The ``TrainingConfig`` of stage 4 (training): ``cfg``'s epochs, batch size, width, seed
+    and teacher rows (labelled by ``cfg.strategy_path``, the teacher run's strategy),
+    ``device="auto"``, everything else ``TrainingConfig``'s defaults."""
     from otonom_trainer.config import TrainingConfig
+
+    return TrainingConfig(
+        dataset_path=dataset_path,
+        output_dir=output_dir,
+        max_epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        hidden_dim=cfg.hidden_dim,
+        seed=cfg.seed,
+        teacher_rows=cfg.teacher_rows,
+        teacher_noise=cfg.teacher_noise,
+        teacher_strategy=cfg.strategy_path,
+        device="auto",
+        progress=not cfg.quiet,
+    )
+
+
+def _stage_train(run: _Run) -> None:
     from otonom_trainer.registry import new_version_dir
     from otonom_trainer.train import BehaviorCloningTrainer
 
     cfg = run.cfg
     version = new_version_dir(cfg.model_dir, run.started)  # named like the run, by default
     _stage(cfg, 4, f"into {version}")
-    tcfg = TrainingConfig(
-        dataset_path=run.state["train_path"],
-        output_dir=str(version),
-        max_epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        hidden_dim=cfg.hidden_dim,
-        seed=cfg.seed,
-        device="auto",
-        progress=not cfg.quiet,
-    )
+    tcfg = training_config(cfg, run.state["train_path"], str(version))
     trainer = BehaviorCloningTrainer(tcfg, out=_log(cfg))
     trainer.train()  # prints "ONNX model: ..." once exported
     onnx_path = trainer.onnx_path

@@ -12,6 +12,7 @@ This module holds the training loop, ``BehaviorCloningTrainer``; the rooms it us
     training/results.py     EpochStats, TrainingMetrics, overfitting_warnings
     metrics.py / plots.py   the confusion matrix and per-class metrics; the PNG plots
     architectures.py        TrainingConfig.model -> the network class
+    augment.py              teacher_rows: extra train rows the teacher ensemble labels
 
 The data pipeline keeps the whole dataset on the training device as tensors (on a GPU as on the
 CPU: one code path): each epoch gathers the train split once in the epoch's order (a permutation,
@@ -55,6 +56,7 @@ import torch
 from otonom_schema import Action, OfflineDataset, load_dataset
 from otonom_trainer._errors import CheckpointError, TrainingError
 from otonom_trainer.architectures import get_architecture
+from otonom_trainer.augment import with_teacher_rows
 from otonom_trainer.config import TrainingConfig
 from otonom_trainer.degenerate import degenerate_mark, majority_baseline
 from otonom_trainer.export import export_onnx, sha256_file
@@ -194,6 +196,7 @@ class BehaviorCloningTrainer:
         self._onnx_path: Path | None = None
         self._export = True
         self._best_training_state: dict[str, Any] | None = None
+        self._teacher_rows = 0
         self.loss_fn: BehaviorCloningLoss | None = None
         self.run_id: str | None = None
         """The id of the last ``train()`` (None before)."""
@@ -315,7 +318,11 @@ class BehaviorCloningTrainer:
     ) -> TrainingMetrics:
         cfg = self.cfg
         ds, split = self.dataset, self.split
-        train = to_device(ds, split.train, device)
+        rows, extra = with_teacher_rows(ds, split.train, cfg)
+        self._teacher_rows = 0 if extra is None else len(extra)
+        if extra is not None:
+            self._print(extra.describe(cfg.teacher_strategy, cfg.teacher_noise))
+        train = to_device(rows, np.arange(len(rows)), device)
         val = to_device(ds, split.val, device)
         train_eval = to_device(ds, train_eval_rows(split.train, cfg.seed), device)
         notes: list[str] = []
@@ -481,6 +488,7 @@ class BehaviorCloningTrainer:
             stopped_early=run.stopped_early,
             train_size=int(split.train.size),
             val_size=int(split.val.size),
+            teacher_rows=self._teacher_rows,
             majority_action=ACTION_NAMES[majority],
             majority_baseline_acc=baseline,
             degenerate=mark,

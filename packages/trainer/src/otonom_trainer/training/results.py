@@ -72,6 +72,7 @@ class TrainingMetrics:
     stopped_early: bool
     train_size: int
     val_size: int
+    teacher_rows: int = 0  # teacher-labelled rows added to the train split (``augment``)
     majority_action: str = "HOLD"
     majority_baseline_acc: float = math.nan
     degenerate: dict[str, Any] | None = None
