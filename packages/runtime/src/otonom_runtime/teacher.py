@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from otonom_runtime.backtest.params import EngineParams
     from otonom_runtime.strategy import StrategyConfig
 
-__all__ = ["TEACHER_ANALYSTS", "teacher_decisions", "teacher_params", "vote_share"]
+__all__ = ["TEACHER_ANALYSTS", "teacher_decisions", "teacher_params", "teacher_votes", "vote_share"]
 
 TEACHER_ANALYSTS: Final = ("tech", "news", "risk")
 """The analysts that vote in a teacher run (the RL analyst is off)."""
@@ -40,15 +40,30 @@ def teacher_params(source: EngineParams | StrategyConfig) -> EngineParams:
     return source if isinstance(source, EngineParams) else engine_params(source)
 
 
+def teacher_votes(
+    params: EngineParams, states: npt.NDArray[np.floating]
+) -> tuple[dict[str, Signals | None], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """The teacher's analysts on ``states`` (N, 34): each one's signals (by name, in
+    ``TEACHER_ANALYSTS`` order) and their weighted votes (``vote_totals``: (N, 3) totals and
+    strength sums), which ``decide`` at ``params.min_score`` turns into the decisions. The
+    backtester's engine prepares each symbol with it (and adds the RL analyst's votes to the
+    totals when it is on); ``teacher_decisions`` decides them."""
+    tech, news, risk = (
+        params.tech.signals(states),
+        params.news.signals(states),
+        params.risk.signals(states),
+    )
+    totals, strength_sums = vote_totals([tech, news, risk], params.weights[:3])
+    return {"tech": tech, "news": news, "risk": risk}, totals, strength_sums
+
+
 def teacher_decisions(source: EngineParams | StrategyConfig, states: npt.ArrayLike) -> Signals:
     """The ensemble's decisions with the RL analyst off, for ``states`` of shape (N, 34):
     ``Signals`` with the actions (``Action`` values), strengths and confidences, as the
     backtester's teacher run decides them (the analysts read the market features only, so a
     state's portfolio columns change nothing)."""
     params = teacher_params(source)
-    x = np.asarray(states)
-    signals = [params.tech.signals(x), params.news.signals(x), params.risk.signals(x)]
-    totals, strength_sums = vote_totals(signals, params.weights[:3])
+    _signals, totals, strength_sums = teacher_votes(params, np.asarray(states))
     return decide(totals, strength_sums, params.min_score)
 
 

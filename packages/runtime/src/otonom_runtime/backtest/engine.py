@@ -25,7 +25,8 @@ import numpy.typing as npt
 from otonom_runtime._errors import BacktestError
 from otonom_runtime.backtest.lockstep import _lockstep
 from otonom_runtime.backtest.params import BUST_FLOOR, REBALANCE_THRESHOLD, EngineParams
-from otonom_runtime.ensemble import RlAnalyst, Signals, decide_rows, vote_totals
+from otonom_runtime.ensemble import RlAnalyst, Signals, decide_rows
+from otonom_runtime.teacher import teacher_votes
 from otonom_schema import Action
 
 __all__ = ["SymbolResult", "simulate_symbol"]
@@ -279,12 +280,8 @@ class _Prepared:
 
 def _prepare(bars: _Bars, params: EngineParams, capital: float) -> _Prepared:
     states = bars.market[bars.first :]
-    tech = params.tech.signals(states)
-    news = params.news.signals(states)
-    risk = params.risk.signals(states)
+    signals, totals, strength_sums = teacher_votes(params, states)
     cap: list[float] = (params.risk.exposure(states) * params.max_leverage).tolist()
-    totals, strength_sums = vote_totals([tech, news, risk], params.weights[:3])
-    signals: dict[str, Signals | None] = {"tech": tech, "news": news, "risk": risk}
     return _Prepared(bars, _Sleeve(bars, params, capital, cap), signals, totals, strength_sums)
 
 
