@@ -282,7 +282,7 @@ def test_every_readme_snippet_runs_in_order(tmp_path: Path) -> None:
     assert checked == 0
     for path in (
         "data/otonom.db",
-        "reports/check/20261205T070813Z/check.md",
+        "reports/check/20261205T131543Z/check.md",
         "reports/walk-forward/walk_forward.md",
         "models/rl_bc/policy_best.onnx",
     ):
