@@ -25,7 +25,6 @@ from otonom_runtime.store import (
     load_macro,
     load_news,
     raw,
-    readers,
 )
 from otonom_runtime.store.datasets import (
     load_bar_window,
@@ -76,8 +75,7 @@ def _arrays(read: Any) -> dict[str, np.ndarray[Any, Any]]:
 
 def _general(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the SQLite way decline, so the readers take the general way."""
-    for module in (datasets, readers):
-        monkeypatch.setattr(module, "_dated", lambda *args: None)
+    monkeypatch.setattr(raw, "_dated", lambda *args: None)
     for name in ("_dated_text", "_dated_raw"):
         monkeypatch.setattr(datasets, name, lambda *args: None)
 
@@ -96,8 +94,7 @@ def _counting(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bool]]:
         return spy
 
     with monkeypatch.context() as m:
-        for module in (datasets, readers):
-            m.setattr(module, "_dated", spying(readers._dated))
+        m.setattr(raw, "_dated", spying(raw._dated))
         m.setattr(datasets, "_dated_text", spying(raw._dated_text))
         yield served
 

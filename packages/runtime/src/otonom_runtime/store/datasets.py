@@ -30,13 +30,11 @@ from sqlalchemy.orm import Session
 from otonom_runtime.store.raw import (
     _DATES,
     _autoflush,
-    _date_column,
-    _dated,
     _dated_raw,
     _dated_text,
     _day_array,
     _days_of,
-    _read,
+    _read_rows,
     fetch_raw,
 )
 from otonom_runtime.store.readers import _news_query, load_news
@@ -214,12 +212,6 @@ def _decisions_query(columns: str, order: bool = True) -> TextClause:
     )
 
 
-def _decisions_stmt(dialect: str | None) -> TextClause:
-    """The decisions of one run for one symbol in a date range, oldest first; ``dialect`` as
-    for ``otonom_runtime.store.readers._history_stmt``. Only the columns the rows need."""
-    return _decisions_query(f"{_date_column('d.date', dialect)}, {_DECISION_NUMBERS}")
-
-
 def load_decisions(
     session: Session, run_id: int, symbol: str, start: dt.date, end: dt.date
 ) -> DecisionColumns | None:
@@ -227,13 +219,7 @@ def load_decisions(
     None when there is none. One query (SQLite: two, ``_dated``; else
     ``otonom_runtime.store.raw._read``)."""
     values = {"run_id": run_id, "symbol": symbol, "start": start, "end": end}
-    read = _dated(
-        session,
-        _decisions_query(_DECISION_NUMBERS),
-        _decisions_query(_DATES.format("d.date"), order=False),
-        values,
-        6,
-    ) or _read(session, _decisions_stmt, values, 7)
+    read = _read_rows(session, _decisions_query, "d.date", _DECISION_NUMBERS, values)
     if read is None:
         return None
     return _decision_columns(*read)
@@ -278,12 +264,6 @@ def _bar_window_query(columns: str, order: bool = True) -> TextClause:
     )
 
 
-def _bar_window_stmt(dialect: str | None) -> TextClause:
-    """``_bar_window_query`` of the date (``dialect`` as for ``_decisions_stmt``) and the
-    bar's numbers."""
-    return _bar_window_query(f"{_date_column('b.date', dialect)}, {_BAR_NUMBERS}")
-
-
 def load_bar_window(
     session: Session, symbol: str, first: dt.date, end: dt.date, back: int
 ) -> MarketHistory | None:
@@ -291,13 +271,7 @@ def load_bar_window(
     (all that states from ``first`` on read when ``back`` is ``LOOKBACK - 1``); None when there
     is none. As ``load_decisions``."""
     values = {"symbol": symbol, "first": first, "end": end, "back": back}
-    read = _dated(
-        session,
-        _bar_window_query(_BAR_NUMBERS),
-        _bar_window_query(_DATES.format("b.date"), order=False),
-        values,
-        5,
-    ) or _read(session, _bar_window_stmt, values, 6)
+    read = _read_rows(session, _bar_window_query, "b.date", _BAR_NUMBERS, values)
     if read is None:
         return None
     dates, (open_, high, low, close, volume) = read

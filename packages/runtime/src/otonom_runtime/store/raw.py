@@ -246,6 +246,40 @@ _SEP: Final = "|"  # between two dates in ``_DATES``' text; never in a canonical
 _DATES: Final = "group_concat({}, '" + _SEP + "')"
 
 
+Query = Callable[..., TextClause]
+"""A reader's query builder: ``query(columns)`` selects ``columns`` of its rows, oldest first;
+``query(columns, order=False)`` the same rows unordered (``_DATES``' aggregate)."""
+
+
+def _read_rows(
+    session: Session,
+    query: Query,
+    date: str,
+    numbers: str,
+    values: Mapping[str, Any],
+    *,
+    dated: bool = True,
+    reverse: bool = False,
+) -> tuple[npt.NDArray[np.datetime64], list[npt.NDArray[np.float64]]] | None:
+    """The rows of a reader (``date``: its date column, ``numbers``: its comma-separated number
+    columns) as (dates, the number columns as float64 arrays), None when there is no row: the
+    SQLite way first (``_dated``, when ``dated``), else the general way (``_read``, the rows in
+    reverse order when ``reverse``). Every reader of dated rows reads through here."""
+    width = numbers.count(",") + 1
+    read = None
+    if dated:
+        read = _dated(
+            session, query(numbers), query(_DATES.format(date), order=False), values, width
+        )
+    return read or _read(
+        session,
+        lambda dialect: query(f"{_date_column(date, dialect)}, {numbers}"),
+        values,
+        width + 1,
+        reverse=reverse,
+    )
+
+
 def _dated(
     session: Session,
     numbers: TextClause,

@@ -21,7 +21,7 @@ from sqlalchemy.sql.elements import BindParameter, TextClause
 from otonom_runtime._errors import StateBuildError, UnknownSymbolError
 from otonom_runtime._sources import SYNTHETIC_SOURCE, USER_SOURCE, check_source_name
 from otonom_runtime.store.engine import _NOT_INITIALISED_HINT
-from otonom_runtime.store.raw import _DATES, _autoflush, _date_column, _dated, _read
+from otonom_runtime.store.raw import _autoflush, _read_rows
 from otonom_runtime.store.tables import Bar, MacroSentiment, NewsSentiment, Symbol, _utcnow
 from otonom_schema import LOOKBACK, MarketHistory, SentimentSeries, compute_state
 
@@ -168,12 +168,6 @@ def _history_query(
 _BAR_NUMBERS = "b.open, b.high, b.low, b.close, b.volume"
 
 
-def _history_stmt(start: bool, end: bool, last_n: bool, dialect: str | None = None) -> TextClause:
-    """``load_history``'s query: the date (``dialect``: as ``_day_sql``'s numbers for that
-    dialect, ``_read``'s fast path; else as stored) and the bar's numbers."""
-    return _history_query(f"{_date_column('b.date', dialect)}, {_BAR_NUMBERS}", start, end, last_n)
-
-
 @functools.cache
 def _news_query(columns: str, start: bool, end: bool, order: bool = True) -> TextClause:
     """``SELECT columns`` of ``load_news``' rows for one combination of filters (the
@@ -188,11 +182,6 @@ def _news_query(columns: str, start: bool, end: bool, order: bool = True) -> Tex
     ).bindparams(*params)
 
 
-def _news_stmt(start: bool, end: bool, dialect: str | None = None) -> TextClause:
-    """``load_news``' query; ``dialect`` as for ``_history_stmt``."""
-    return _news_query(f"{_date_column('n.date', dialect)}, n.score", start, end)
-
-
 @functools.cache
 def _macro_query(columns: str, start: bool, end: bool, order: bool = True) -> TextClause:
     """``SELECT columns`` of ``load_macro``'s rows for one combination of filters (the
@@ -204,11 +193,6 @@ def _macro_query(columns: str, start: bool, end: bool, order: bool = True) -> Te
         f"SELECT {columns} FROM {MacroSentiment.__tablename__} m "
         f"WHERE {' AND '.join(where)}" + (" ORDER BY m.date" if order else "")
     ).bindparams(*params)
-
-
-def _macro_stmt(start: bool, end: bool, dialect: str | None = None) -> TextClause:
-    """``load_macro``'s query; ``dialect`` as for ``_history_stmt``."""
-    return _macro_query(f"{_date_column('m.date', dialect)}, m.score", start, end)
 
 
 def load_history(
@@ -241,20 +225,13 @@ def load_history(
     if last_n is not None:
         values["last_n"] = last_n
     flags = (start is not None, end is not None, last_n is not None)
-    read = None
-    if last_n is None:  # (newest first with last_n: _dated wants ascending dates)
-        read = _dated(
-            session,
-            _history_query(_BAR_NUMBERS, *flags),
-            _history_query(_DATES.format("b.date"), *flags, order=False),
-            values,
-            5,
-        )
-    read = read or _read(
+    read = _read_rows(
         session,
-        lambda dialect: _history_stmt(*flags, dialect),
+        lambda columns, order=True: _history_query(columns, *flags, order=order),
+        "b.date",
+        _BAR_NUMBERS,
         values,
-        6,
+        dated=last_n is None,  # newest first with last_n: _dated wants ascending dates
         reverse=last_n is not None,  # newest first from the query: back to oldest first
     )
     if read is None:
@@ -324,13 +301,13 @@ def load_news(
         source = sentiment_source(get_symbol(session, symbol))
     values = {"symbol": symbol, "source": source, **_sentiment_values(start, end)}
     flags = (start is not None, end is not None)
-    read = _dated(
+    read = _read_rows(
         session,
-        _news_query("n.score", *flags),
-        _news_query(_DATES.format("n.date"), *flags, order=False),
+        lambda columns, order=True: _news_query(columns, *flags, order),
+        "n.date",
+        "n.score",
         values,
-        1,
-    ) or _read(session, lambda dialect: _news_stmt(*flags, dialect), values, 2)
+    )
     if read is None:
         _require_symbol(session, symbol)
     return _series(read)
@@ -353,13 +330,13 @@ def load_macro(
     _autoflush(session)
     values = {"source": source, **_sentiment_values(start, end)}
     flags = (start is not None, end is not None)
-    read = _dated(
+    read = _read_rows(
         session,
-        _macro_query("m.score", *flags),
-        _macro_query(_DATES.format("m.date"), *flags, order=False),
+        lambda columns, order=True: _macro_query(columns, *flags, order),
+        "m.date",
+        "m.score",
         values,
-        1,
-    ) or _read(session, lambda dialect: _macro_stmt(*flags, dialect), values, 2)
+    )
     return _series(read)
 
 
