@@ -26,6 +26,7 @@ from otonom_schema._features import (
     sentiment_feature,
 )
 from otonom_schema._io import atomic_path, atomic_write
+from otonom_schema._labels import ForwardLabels, forward_labels, risk_levels, tercile_cuts
 from otonom_schema._spec import (
     ANALYSTS,
     FEATURE_NAMES,
@@ -70,6 +71,7 @@ __all__ = [
     "DateError",
     "DateLike",
     "FeatureSpec",
+    "ForwardLabels",
     "MarketHistory",
     "OfflineDataset",
     "PortfolioSnapshot",
@@ -84,15 +86,18 @@ __all__ = [
     "compute_states",
     "feature_index",
     "feature_table_markdown",
+    "forward_labels",
     "load_dataset",
     "log_returns_from_features",
     "market_feature_matrix",
     "parse_iso_date",
     "portfolio_feature_matrix",
     "require_schema",
+    "risk_levels",
     "save_dataset",
     "schema_fingerprint",
     "sentiment_feature",
+    "tercile_cuts",
     "to_date",
     "validate_state_array",
     "validate_state_into",

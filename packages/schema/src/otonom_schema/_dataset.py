@@ -5,6 +5,14 @@ Arrays: ``states`` (N, 34) float32, ``actions`` (N,) int64 (``Action`` values), 
 ``metadata``: a 0-d unicode array holding JSON with ``format``, ``format_version``,
 ``schema_version``, ``schema_fingerprint``, ``feature_names``, ``source``, ``created_at`` (UTC ISO
 8601) and any extra keys the producer adds (run ids, strategy, ...).
+
+Format versions: 1 is the above; 2 adds the optional forward labels (``OfflineDataset.labels``,
+``otonom_schema._labels``): the arrays ``forward_returns`` (N,) float32, ``forward_volatility``
+(N,) float32, ``risk_levels`` (N,) int8 and ``label_end_dates`` (N,) datetime64[D], and the
+metadata key ``labels`` (``horizon``, ``tercile_cuts``, ``cut_rows``, row counts, the
+definition). A dataset is written as version 1 when it has no labels (the same file as before
+labels existed) and as version 2 when it has them; both are read (a version 1 file holding
+label arrays, or a version 2 file lacking one, is refused).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import numpy.typing as npt
 
 from otonom_schema._errors import DatasetError, SchemaError
 from otonom_schema._io import atomic_path
+from otonom_schema._labels import LABEL_ARRAYS, ForwardLabels
 from otonom_schema._spec import (
     FEATURE_NAMES,
     SCHEMA_VERSION,
@@ -41,7 +50,9 @@ __all__ = [
 ]
 
 DATASET_FORMAT: Final = "otonom-rl/offline-dataset"
-DATASET_FORMAT_VERSION: Final = 1
+DATASET_FORMAT_VERSION: Final = 2
+"""The newest dataset format version (2: optional forward labels); 1 and 2 are read."""
+_PLAIN_VERSION: Final = 1  # a dataset without labels (written as before labels existed)
 _ARRAYS: Final = ("states", "actions", "strengths", "symbols", "dates", "metadata")
 
 
@@ -54,7 +65,9 @@ class OfflineDataset:
     """(state, action, strength) tuples with their symbol and date, validated when made.
 
     ``metadata`` holds at least ``source``; the schema keys (version, fingerprint, feature
-    names) and ``created_at`` are filled in when missing.
+    names) and ``created_at`` are filled in when missing. ``labels``: optional forward labels
+    (one per row, ``ForwardLabels``); ``format_version`` and ``labels`` in the metadata follow
+    them (1 and no key without labels, 2 and their description with).
     """
 
     states: npt.NDArray[np.float32]
@@ -63,6 +76,7 @@ class OfflineDataset:
     symbols: npt.NDArray[np.str_]
     dates: npt.NDArray[np.datetime64]
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    labels: ForwardLabels | None = None
 
     def __post_init__(self) -> None:
         states = validate_states(self.states)
@@ -102,7 +116,7 @@ class OfflineDataset:
             raise SchemaError(f"dates at row {int(np.argmax(np.isnat(dates)))} is not a date")
         meta: dict[str, Any] = {
             "format": DATASET_FORMAT,
-            "format_version": DATASET_FORMAT_VERSION,
+            "format_version": _PLAIN_VERSION,
             "schema_version": SCHEMA_VERSION,
             "schema_fingerprint": schema_fingerprint(),
             "feature_names": list(FEATURE_NAMES),
@@ -110,6 +124,14 @@ class OfflineDataset:
             "created_at": _utc_now(),
         }
         meta.update(self.metadata)
+        meta.pop("labels", None)
+        meta["format_version"] = _PLAIN_VERSION
+        if self.labels is not None:
+            if not isinstance(self.labels, ForwardLabels) or len(self.labels) != n:
+                got = len(self.labels) if isinstance(self.labels, ForwardLabels) else self.labels
+                raise SchemaError(f"labels: got {got!r}; expected ForwardLabels of {n} rows")
+            meta["format_version"] = DATASET_FORMAT_VERSION
+            meta["labels"] = self.labels.metadata()
         for name, arr in (
             ("states", states),
             ("actions", actions),
@@ -148,6 +170,8 @@ def save_dataset(dataset: OfflineDataset, path: str | os.PathLike[str]) -> Path:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = json.dumps(dict(dataset.metadata), sort_keys=True, allow_nan=False, default=str)
+    labels = dataset.labels
+    extra = {} if labels is None else dict(zip(LABEL_ARRAYS, _label_arrays(labels), strict=True))
     with atomic_path(out) as tmp, tmp.open("wb") as fh:
         np.savez(
             fh,
@@ -157,8 +181,13 @@ def save_dataset(dataset: OfflineDataset, path: str | os.PathLike[str]) -> Path:
             symbols=dataset.symbols,
             dates=dataset.dates,
             metadata=np.array(meta),
+            **extra,
         )
     return out
+
+
+def _label_arrays(labels: ForwardLabels) -> tuple[npt.NDArray[Any], ...]:
+    return labels.returns, labels.volatility, labels.risk, labels.ends
 
 
 _ZIP_MAGIC: Final = b"PK\x03\x04"  # a .npz file is a zip archive
@@ -209,7 +238,7 @@ def load_dataset(path: str | os.PathLike[str], *, check_schema: bool = True) -> 
                         f"{src} is not an otonom-rl dataset: missing arrays {missing} "
                         f"(found {sorted(found)}); expected {list(_ARRAYS)}"
                     )
-                arrays = {k: npz[k] for k in _ARRAYS}
+                arrays = {k: npz[k] for k in (*_ARRAYS, *LABEL_ARRAYS) if k in found}
     except DatasetError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
@@ -229,10 +258,11 @@ def load_dataset(path: str | os.PathLike[str], *, check_schema: bool = True) -> 
         raise DatasetError(f"{src}: the metadata entry is not a JSON object ({exc})") from None
     if meta.get("format") != DATASET_FORMAT:
         raise DatasetError(f"{src}: format is {meta.get('format')!r}; expected {DATASET_FORMAT!r}")
-    if meta.get("format_version") != DATASET_FORMAT_VERSION:
+    version = meta.get("format_version")
+    if version not in (_PLAIN_VERSION, DATASET_FORMAT_VERSION) or isinstance(version, bool):
         raise DatasetError(
-            f"{src}: dataset format version {meta.get('format_version')!r}; this otonom-schema "
-            f"reads version {DATASET_FORMAT_VERSION}"
+            f"{src}: dataset format version {version!r}; this otonom-schema reads versions "
+            f"{_PLAIN_VERSION} and {DATASET_FORMAT_VERSION}"
         )
     if check_schema:
         require_schema(
@@ -242,6 +272,12 @@ def load_dataset(path: str | os.PathLike[str], *, check_schema: bool = True) -> 
             "Regenerate the dataset with the installed schema (otonom-train dataset ...).",
         )
     try:
+        labels = _read_labels(src, meta, arrays)
+    except DatasetError:
+        raise
+    except SchemaError as exc:
+        raise DatasetError(f"{src}: {exc}") from None
+    try:
         return OfflineDataset(
             states=arrays["states"],
             actions=arrays["actions"],
@@ -249,6 +285,49 @@ def load_dataset(path: str | os.PathLike[str], *, check_schema: bool = True) -> 
             symbols=arrays["symbols"],
             dates=arrays["dates"],
             metadata=meta,
+            labels=labels,
         )
     except SchemaError as exc:
         raise DatasetError(f"{src}: {exc}") from None
+
+
+def _read_labels(
+    src: Path, meta: Mapping[str, Any], arrays: Mapping[str, npt.NDArray[Any]]
+) -> ForwardLabels | None:
+    """The forward labels of a version 2 file (None for version 1); ``DatasetError`` when the
+    label arrays do not match the version, or ``SchemaError`` when they are inconsistent."""
+    present = [k for k in LABEL_ARRAYS if k in arrays]
+    if meta["format_version"] == _PLAIN_VERSION:
+        if present:
+            raise DatasetError(
+                f"{src}: format version {_PLAIN_VERSION} holds label arrays {present}; expected "
+                f"none (labels are format version {DATASET_FORMAT_VERSION})"
+            )
+        return None
+    described = meta.get("labels")
+    missing = [k for k in LABEL_ARRAYS if k not in arrays]
+    if missing or not isinstance(described, Mapping):
+        raise DatasetError(
+            f"{src}: format version {DATASET_FORMAT_VERSION} lacks "
+            f"{missing or 'the metadata key labels'}; expected the arrays {list(LABEL_ARRAYS)} "
+            "and the metadata key labels (horizon, tercile_cuts, cut_rows)"
+        )
+    try:
+        returns, vol, risk, ends = (arrays[k] for k in LABEL_ARRAYS)
+        cuts = described["tercile_cuts"]
+        return ForwardLabels(
+            horizon=described["horizon"],
+            returns=returns,
+            volatility=vol,
+            risk=risk,
+            ends=ends,
+            cuts=(cuts[0], cuts[1]),
+            cut_rows=int(described["cut_rows"]),
+        )
+    except (KeyError, TypeError, IndexError, ValueError) as exc:
+        if isinstance(exc, SchemaError):
+            raise
+        raise DatasetError(
+            f"{src}: metadata labels = {described!r} is malformed ({exc!r}); expected horizon, "
+            "tercile_cuts [q1, q2] and cut_rows"
+        ) from None
