@@ -31,16 +31,17 @@ def test_forward_return_and_volatility_equal_a_hand_computation() -> None:
     # bar 4 -> bar 6, the last bar: labelled; bar 5 has one bar after it: no label
     assert returns[2] == pytest.approx(math.log(105.0 / 104.0), rel=1e-6)
     assert ends[2] == DATES[6]
-    assert np.isnan(returns[3]) and np.isnan(vol[3]) and np.isnat(ends[3])
-    assert returns.dtype == np.float32 and vol.dtype == np.float32
+    assert np.isnan([returns[3], vol[3]]).all()
+    assert np.isnat(ends[3])
+    assert returns.dtype == vol.dtype == np.dtype(np.float32)
 
 
 def test_forward_labels_refuse_bad_inputs() -> None:
     with pytest.raises(s.SchemaError, match="horizon is 0; expected an integer >= 1"):
         s.forward_labels(CLOSE, DATES, [0], horizon=0)
-    with pytest.raises(s.SchemaError, match="close at bar 1 .* is -1.0; expected a price > 0"):
+    with pytest.raises(s.SchemaError, match=r"close at bar 1 .* is -1\.0; expected a price > 0"):
         s.forward_labels([1.0, -1.0], DATES[:2], [0], horizon=1)
-    with pytest.raises(s.SchemaError, match="row bars 0 .. 9; expected indices of 7 bars"):
+    with pytest.raises(s.SchemaError, match=r"row bars 0 \.\. 9; expected indices of 7 bars"):
         s.forward_labels(CLOSE, DATES, [0, 9], horizon=1)
 
 
@@ -110,7 +111,8 @@ def test_a_dataset_without_labels_is_written_as_version_1_and_old_files_load(
     plain = s.OfflineDataset(
         ds.states, ds.actions, ds.strengths, ds.symbols, ds.dates, _dataset().metadata
     )
-    assert plain.metadata["format_version"] == 1 and "labels" not in plain.metadata
+    assert plain.metadata["format_version"] == 1
+    assert "labels" not in plain.metadata
 
 
 def _rewrite(path: Path, drop: str | None = None, **meta: object) -> None:
@@ -136,7 +138,7 @@ def test_inconsistent_label_files_are_refused(tmp_path: Path) -> None:
         arrays = {k: raw[k] for k in raw.files}
     arrays["risk_levels"] = np.where(arrays["risk_levels"] == 0, 2, arrays["risk_levels"])
     np.savez(path, **arrays)
-    with pytest.raises(s.DatasetError, match="c.npz: labels: row .* has risk level 2"):
+    with pytest.raises(s.DatasetError, match=r"c\.npz: labels: row .* has risk level 2"):
         s.load_dataset(path)
     path = s.save_dataset(_dataset(), tmp_path / "d.npz")
     _rewrite(path, format_version=3)

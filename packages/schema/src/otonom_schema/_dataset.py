@@ -171,18 +171,18 @@ def save_dataset(dataset: OfflineDataset, path: str | os.PathLike[str]) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = json.dumps(dict(dataset.metadata), sort_keys=True, allow_nan=False, default=str)
     labels = dataset.labels
-    extra = {} if labels is None else dict(zip(LABEL_ARRAYS, _label_arrays(labels), strict=True))
+    arrays: dict[str, Any] = {
+        "states": dataset.states,
+        "actions": dataset.actions,
+        "strengths": dataset.strengths,
+        "symbols": dataset.symbols,
+        "dates": dataset.dates,
+        "metadata": np.array(meta),
+    }
+    if labels is not None:
+        arrays.update(zip(LABEL_ARRAYS, _label_arrays(labels), strict=True))
     with atomic_path(out) as tmp, tmp.open("wb") as fh:
-        np.savez(
-            fh,
-            states=dataset.states,
-            actions=dataset.actions,
-            strengths=dataset.strengths,
-            symbols=dataset.symbols,
-            dates=dataset.dates,
-            metadata=np.array(meta),
-            **extra,
-        )
+        np.savez(fh, **arrays)
     return out
 
 

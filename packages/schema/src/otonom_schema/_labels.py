@@ -168,7 +168,8 @@ class ForwardLabels:
             if arr.ndim != 1 or arr.shape != n:
                 raise SchemaError(f"labels: {name} has shape {arr.shape}; expected {n}")
         self._check(returns, vol, risk, ends)
-        for name, arr in (("returns", returns), ("volatility", vol), ("risk", risk), ("ends", ends)):
+        named = (("returns", returns), ("volatility", vol), ("risk", risk), ("ends", ends))
+        for name, arr in named:
             arr.flags.writeable = False
             object.__setattr__(self, name, arr)
         object.__setattr__(self, "horizon", int(h))
