@@ -7,6 +7,7 @@ input/output signature, metadata contract, state schema) and returns an ``RlPoli
     action, strength = policy.predict(state)                # Action, float in [0, 1]
     action, strength, probs = policy.predict(state, return_probs=True)
     actions, strengths, probs = policy.predict_batch(states)  # (N,), (N,), (N, 3)
+    extras = policy.predict_extras(states)  # {"risk_probs": (N, 3), ...} of a multi-task model
 
 No PyTorch, ever: a ``.pt`` path means "the ONNX export beside it". ``onnxruntime`` is imported
 when a model is loaded, not when this module is imported. One ``InferenceSession`` per policy is
@@ -26,8 +27,10 @@ path and re-exports its names.
 from __future__ import annotations
 
 from otonom_runtime.serving.contract import (
+    EXTRA_OUTPUTS_KEY,
     INPUT_NAME,
     MODEL_FORMAT,
+    OPTIONAL_OUTPUTS,
     OUTPUT_NAMES,
     REQUIRED_METADATA,
     REQUIRED_METRICS,
@@ -51,11 +54,13 @@ __all__ = [
     "CHECKPOINT_FILENAME",
     "DEFAULT_POINTER",
     "DEVICES",
+    "EXTRA_OUTPUTS_KEY",
     "INPUT_NAME",
     "LATEST_POINTER",
     "MAX_MODEL_BYTES",
     "MODEL_FILENAME",
     "MODEL_FORMAT",
+    "OPTIONAL_OUTPUTS",
     "OUTPUT_NAMES",
     "REQUIRED_METADATA",
     "REQUIRED_METRICS",

@@ -41,6 +41,7 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
             args.end_date,
             run_id=args.run_id,
             allow_rl_run=args.allow_rl_run,
+            horizon=args.horizon,
         )
     print(f"Generated {len(ds)} training samples")
     save_dataset(ds, args.output)
@@ -61,16 +62,8 @@ def _add_dataset(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         ),
     )
     p.add_argument("--symbol", action="append", required=True, help="a symbol (repeatable)")
-    p.add_argument(
-        "--start-date",
-        "--start",
-        type=parse_iso_date,
-        required=True,
-        help="first date (YYYY-MM-DD)",
-    )
-    p.add_argument(
-        "--end-date", "--end", type=parse_iso_date, required=True, help="last date (YYYY-MM-DD)"
-    )
+    for flags, which in ((("--start-date", "--start"), "first"), (("--end-date", "--end"), "last")):
+        p.add_argument(*flags, type=parse_iso_date, required=True, help=f"{which} date, YYYY-MM-DD")
     p.add_argument("--output", default="data/offline_dataset.npz", help="the .npz file to write")
     p.add_argument(
         "--run-id", type=int, help="take this complete run as the teacher instead of the default"
@@ -80,6 +73,13 @@ def _add_dataset(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         action="store_true",
         help="accept a --run-id made with the RL analyst on (a policy trained on its own votes "
         "learns nothing; refused without this flag)",
+    )
+    p.add_argument(
+        "--horizon",
+        type=int,
+        metavar="BARS",
+        help="also label each row with what followed it over BARS bars up to --end-date (the "
+        "forward log return and realised-volatility tercile: targets of --model multitask)",
     )
     p.add_argument(
         "--database-url", help="SQLAlchemy URL (default: $OTONOM_DATABASE_URL or ./data/otonom.db)"
@@ -97,11 +97,10 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "train",
         help="behaviour cloning: train a policy network on a dataset, then export it to ONNX",
         description=(
-            "Train the guide's PolicyNet or another --architecture (alpha * cross-entropy + "
-            "beta * MSE on BUY/SELL "
-            "strengths) with early stopping, then export the best weights to ONNX, checked "
-            "against torch through the runtime. Flags override --config FILE.yaml; unset flags "
-            "keep the file's values or the defaults shown."
+            "Train the guide's PolicyNet or another --model (alpha * cross-entropy + beta * "
+            "MSE on BUY/SELL strengths, plus the extra heads' losses) with early stopping, then "
+            "export the best weights to ONNX, checked against torch through the runtime. Flags "
+            "override --config FILE.yaml; unset flags keep the file's values or the defaults shown."
         ),
     )
     p.add_argument("--config", help="YAML file with TrainingConfig fields")
@@ -115,7 +114,7 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                 kwargs["choices"] = f.choices
         if f.default is not None:
             kwargs["help"] = f"{f.help} (default: {f.default})"
-        p.add_argument(f.flag, **kwargs)
+        p.add_argument(f.flag, *f.aliases, **kwargs)
     p.add_argument(
         "--no-export",
         action="store_true",

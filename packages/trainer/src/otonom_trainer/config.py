@@ -70,10 +70,13 @@ class ConfigError(OtonomTrainerError, ValueError):
     """A configuration value (or file) is invalid; the message names the field."""
 
 
-def _meta(checks: dict[str, Any], help_text: str, flag: str | None = None) -> dict[str, Any]:
-    """A field's metadata: its rule (``otonom_runtime.config_rules``), help and flag."""
+def _meta(
+    checks: dict[str, Any], help_text: str, flag: str | None = None, *aliases: str
+) -> dict[str, Any]:
+    """A field's metadata: its rule (``otonom_runtime.config_rules``), help, flag and the
+    flag's aliases."""
     extra: dict[str, Any] = {"help": help_text, **({"flag": flag} if flag else {})}
-    return rule(**checks, **extra)
+    return rule(**checks, **extra, **({"aliases": aliases} if aliases else {}))
 
 
 def _checks(**checks: Any) -> dict[str, Any]:
@@ -120,6 +123,10 @@ class TrainingConfig(Validated):
     (each epoch draws train rows with probability proportional to ``1 / count[class]``, with
     replacement) or ``"focal"`` (focusing parameter ``focal_gamma``).
 
+    A network with extra heads adds their losses (``otonom_trainer.training.multitask``):
+    ``+ return_weight * L_return + risk_weight * L_risk`` for ``"multitask"``; for the others
+    (``"mlp"``, ``"attention"``) those two weights have no effect.
+
     Float fields also accept numeric strings, because YAML 1.1 reads ``1e-3`` as a string.
     ``dataset_path`` and ``output_dir`` are kept as strings (relative to the working directory).
     """
@@ -156,8 +163,11 @@ class TrainingConfig(Validated):
         metadata=_meta(
             _checks(test=is_architecture, described=_ARCHITECTURE),
             "network architecture, a name of otonom_trainer.architectures ('mlp': the guide's "
-            "PolicyNet, shaped by hidden_dim, num_layers and dropout)",
+            "PolicyNet, shaped by hidden_dim, num_layers and dropout; 'multitask': plus "
+            "expected-return and risk heads (a dataset with --horizon labels); 'attention': "
+            "softmax attention over the 34 features before the MLP)",
             "--architecture",
+            "--model",
         ),
     )
     hidden_dim: int = field(
@@ -188,6 +198,23 @@ class TrainingConfig(Validated):
             _NONNEG_FLOAT,
             "weight of the mean squared action logit added to the loss (0 = off; d3rlpy's "
             "DiscreteBC uses 0.5)",
+        ),
+    )
+    return_weight: float = field(
+        default=0.5,
+        metadata=_meta(
+            _NONNEG_FLOAT,
+            "weight of the expected-return head's loss (MSE of the forward log return over the "
+            "dataset's horizon, in standard deviations of the train rows'; models with that head "
+            "only, e.g. 'multitask')",
+        ),
+    )
+    risk_weight: float = field(
+        default=0.5,
+        metadata=_meta(
+            _NONNEG_FLOAT,
+            "weight of the risk head's loss (cross-entropy over the forward volatility's "
+            "terciles, cut on the train rows; models with that head only, e.g. 'multitask')",
         ),
     )
     optimizer: str = field(
@@ -418,13 +445,15 @@ class ConfigField:
     required: bool
     choices: tuple[str, ...] | None
     help: str
+    aliases: tuple[str, ...] = ()
 
 
 def config_fields() -> tuple[ConfigField, ...]:
     """The fields in declaration order, each with its flag (``--batch-size``), type and help.
 
     ``kind`` is ``str``, ``int``, ``float`` or ``bool`` (bool fields suit
-    ``argparse.BooleanOptionalAction``); ``required`` is true for ``dataset_path`` only.
+    ``argparse.BooleanOptionalAction``); ``required`` is true for ``dataset_path`` only;
+    ``aliases``: more flags for the same field (``--model`` for ``--architecture``).
     """
     out = []
     specs = {s.name: s for s in field_specs(TrainingConfig)}
@@ -441,6 +470,7 @@ def config_fields() -> tuple[ConfigField, ...]:
                 required=required,
                 choices=None if choices is None else tuple(str(c) for c in choices),
                 help=f.metadata["help"],
+                aliases=tuple(f.metadata.get("aliases", ())),
             )
         )
     return tuple(out)

@@ -52,7 +52,7 @@ Rules (each one tested):
   range, ``rl_enabled``, ``purpose``), ``teacher`` (the line above),
   ``strategy_names``/``strategy_hashes`` (sorted, distinct), ``symbols``,
   ``sentiment_sources`` ({symbol: {"news": source, "macro": source}}) and the requested
-  ``start_date``/``end_date`` (ISO).
+  ``start_date``/``end_date`` (ISO); with ``horizon``, the forward labels (``labels``).
 
 This module does not import torch.
 """
@@ -97,6 +97,7 @@ from otonom_schema import (
 )
 from otonom_schema import save_dataset as _write_npz
 from otonom_trainer._errors import OtonomTrainerError
+from otonom_trainer.labels import with_forward_labels
 
 __all__ = [
     "DatasetGenerationError",
@@ -354,10 +355,6 @@ class OfflineDatasetGenerator:
             "be a bar date (were the bars replaced after the run? re-run the backtest)"
         )
 
-    def _macro(self, source: str, start: dt.date, end: dt.date) -> SentimentSeries | None:
-        """Macro sentiment from ``source`` dated ``start .. end`` (None if none); one query."""
-        return load_macro(self.session, source=source, start=start, end=end)
-
     def _sentiment_sources(self, chosen: dict[str, _Run]) -> dict[str, dict[str, str]]:
         """{symbol: {"news": source, "macro": source}}: what each symbol's run read (its
         ``params["sentiment_sources"]``, as ``list_runs`` read them), else the kind rule (runs
@@ -388,9 +385,11 @@ class OfflineDatasetGenerator:
         *,
         allow_rl_run: bool = False,
         allow_internal_run: bool = False,
+        horizon: int | None = None,
     ) -> OfflineDataset:
         """The dataset of ``symbol`` (one name or a list) for decisions dated in
-        ``start_date .. end_date`` (inclusive), from complete backtest runs.
+        ``start_date .. end_date`` (inclusive), from complete backtest runs; with ``horizon``
+        (bars), also its forward labels (``otonom_trainer.labels``: bars up to ``end_date``).
 
         ``run_id``: None takes, per symbol, the newest complete, RL-off, non-internal run that
         covers the range for it (module docstring); an id uses that run for every symbol.
@@ -412,14 +411,8 @@ class OfflineDatasetGenerator:
                 f"start_date {start.isoformat()} is after end_date {end.isoformat()}; expected "
                 "start_date <= end_date"
             )
-        chosen = self._resolve_runs(
-            names,
-            run_id,
-            start,
-            end,
-            allow_rl_run=allow_rl_run,
-            allow_internal_run=allow_internal_run,
-        )
+        allow = {"allow_rl_run": allow_rl_run, "allow_internal_run": allow_internal_run}
+        chosen = self._resolve_runs(names, run_id, start, end, **allow)
         sources = self._sentiment_sources(chosen)
         with mapped_reads(self.session):  # the store's file memory-mapped for the reads
             shared = SharedDates()  # the bars' dates, parsed once for symbols that share them
@@ -430,11 +423,12 @@ class OfflineDatasetGenerator:
             for source in sorted({s["macro"] for s in sources.values()}):
                 users = [reads[name] for name in names if sources[name]["macro"] == source]
                 first = min(r.dates[0].item() for r in users) - _SENTIMENT_AGE
-                macros[source] = self._macro(source, first, max(r.dates[-1].item() for r in users))
+                last = max(r.dates[-1].item() for r in users)  # one macro query per source
+                macros[source] = load_macro(self.session, source=source, start=first, end=last)
         parts = [_rows(reads[name], macros[sources[name]["macro"]]) for name in names]
         n_rows = [p.states.shape[0] for p in parts]
         metadata = _metadata(names, chosen, sources, start, end)
-        return OfflineDataset(
+        dataset = OfflineDataset(
             states=np.concatenate([p.states for p in parts]).reshape(-1, STATE_DIM),
             actions=np.concatenate([p.actions for p in parts]),
             strengths=np.concatenate([p.strengths for p in parts]),
@@ -442,6 +436,9 @@ class OfflineDatasetGenerator:
             dates=np.concatenate([p.dates for p in parts]),
             metadata=metadata,
         )
+        if horizon is None:
+            return dataset
+        return with_forward_labels(self.session, dataset, horizon, end)
 
     def save_dataset(
         self, experiences: OfflineDataset, output_path: str | os.PathLike[str]
@@ -563,6 +560,7 @@ def generate_dataset(
     *,
     allow_rl_run: bool = False,
     allow_internal_run: bool = False,
+    horizon: int | None = None,
 ) -> OfflineDataset:
     """``OfflineDatasetGenerator(session).generate_dataset(...)`` in one call."""
     return OfflineDatasetGenerator(session).generate_dataset(
@@ -572,6 +570,7 @@ def generate_dataset(
         run_id,
         allow_rl_run=allow_rl_run,
         allow_internal_run=allow_internal_run,
+        horizon=horizon,
     )
 
 

@@ -14,12 +14,15 @@ from otonom_runtime.serving.paths import CHECKPOINT_FILENAME, TRAINING_RECORD, l
 from otonom_schema import FEATURE_NAMES, SCHEMA_VERSION, STATE_DIM, schema_fingerprint
 
 __all__ = [
+    "EXTRA_OUTPUTS_KEY",
     "INPUT_NAME",
     "MODEL_FORMAT",
+    "OPTIONAL_OUTPUTS",
     "OUTPUT_NAMES",
     "REQUIRED_METADATA",
     "REQUIRED_METRICS",
     "RUN_ID_KEY",
+    "check_extra_outputs",
     "check_signature",
     "check_training_run",
     "decode_metadata",
@@ -34,6 +37,15 @@ MODEL_FORMAT: Final = "2"
 ``otonom_runtime.integrity``; format 1 models are refused)."""
 INPUT_NAME: Final = "state"
 OUTPUT_NAMES: Final = ("action_probs", "strength")
+OPTIONAL_OUTPUTS: Final = {"expected_return": 1, "risk_probs": 3, "attention": STATE_DIM}
+"""The extra outputs a model may have beside ``OUTPUT_NAMES`` (name -> width of its float32
+[batch, width] tensor): the multi-task heads (``expected_return``: the forward log return over
+the training labels' horizon; ``risk_probs``: softmax over the forward volatility's terciles
+low/mid/high) and an attention network's ``attention`` (softmax weights over the 34 features).
+Any other output is refused. ``RlPolicy.predict_extras`` runs them."""
+EXTRA_OUTPUTS_KEY: Final = "otonom.extra_outputs"
+"""Metadata key: a JSON list of the model's extra outputs, in graph order (required when it has
+any; absent or ``[]`` otherwise)."""
 
 REQUIRED_METADATA: Final = (
     "otonom.model_format",
@@ -62,11 +74,15 @@ _PREFIX: Final = "otonom."
 _OUTPUT_DIMS: Final = {"action_probs": 3, "strength": 1}
 
 
-def check_signature(session: Any, model: Path) -> None:
+def check_signature(session: Any, model: Path) -> tuple[str, ...]:
+    """``PolicyError`` unless the graph has the contract's input and outputs (and only known
+    optional outputs besides, ``OPTIONAL_OUTPUTS``); returns the extra outputs' names in graph
+    order."""
     expected = (
         f"expected one input {INPUT_NAME!r} float32 [batch, {STATE_DIM}] and outputs "
-        "'action_probs' float32 [batch, 3], 'strength' float32 [batch, 1] "
-        "(docs/model-format.md)"
+        "'action_probs' float32 [batch, 3], 'strength' float32 [batch, 1], optionally "
+        + ", ".join(f"{k!r} float32 [batch, {w}]" for k, w in OPTIONAL_OUTPUTS.items())
+        + " (docs/model-format.md)"
     )
 
     def describe(args: Any) -> str:
@@ -78,14 +94,40 @@ def check_signature(session: Any, model: Path) -> None:
         problems.append(f"inputs are [{describe(inputs)}]")
     else:
         problems += _tensor_problems(inputs[0], STATE_DIM, "input")
-    names = sorted(o.name for o in outputs)
-    if names != sorted(OUTPUT_NAMES):
+    names = [o.name for o in outputs]
+    known = {**_OUTPUT_DIMS, **OPTIONAL_OUTPUTS}
+    if sorted(n for n in names if n in OUTPUT_NAMES) != sorted(OUTPUT_NAMES) or any(
+        n not in known for n in names
+    ):
         problems.append(f"outputs are [{describe(outputs)}]")
+    elif len(set(names)) != len(names):
+        problems.append(f"outputs are [{describe(outputs)}], a name twice")
     else:
         for o in outputs:
-            problems += _tensor_problems(o, _OUTPUT_DIMS[o.name], "output")
+            problems += _tensor_problems(o, known[o.name], "output")
     if problems:
         raise PolicyError(f"{model} has the wrong signature: {'; '.join(problems)}; {expected}")
+    return tuple(n for n in names if n not in OUTPUT_NAMES)
+
+
+def check_extra_outputs(extras: tuple[str, ...], decoded: dict[str, Any], model: Path) -> None:
+    """``PolicyError`` unless ``EXTRA_OUTPUTS_KEY`` lists exactly the graph's extra outputs
+    ``extras`` (in order; absent or ``[]`` when there is none); the key, when present, is left
+    JSON-decoded in ``decoded``."""
+    raw = decoded.get(EXTRA_OUTPUTS_KEY)
+    listed: Any = [] if raw is None else raw
+    if isinstance(raw, str):
+        try:
+            listed = json.loads(raw)
+        except (json.JSONDecodeError, RecursionError):
+            listed = raw
+    if listed != list(extras):
+        raise PolicyError(
+            f"{model}: metadata {EXTRA_OUTPUTS_KEY} is {raw!r} but the graph's extra outputs "
+            f"are {list(extras)}; expected a JSON list of exactly those (docs/model-format.md)"
+        )
+    if raw is not None:
+        decoded[EXTRA_OUTPUTS_KEY] = listed
 
 
 def _tensor_problems(arg: Any, width: int, kind: str) -> list[str]:

@@ -14,6 +14,7 @@ from otonom_runtime.integrity import (
     scan_model,
 )
 from otonom_runtime.serving.contract import (
+    check_extra_outputs,
     check_signature,
     check_training_run,
     decode_metadata,
@@ -66,14 +67,16 @@ def load_rl_policy(
     ``otonom.digest``, so a weight changed after export is refused even with a regenerated
     sidecar; its golden sample decodes; onnxruntime can load those same bytes; the signature is
     ``state`` float32 [batch, 34] -> ``action_probs`` float32 [batch, 3], ``strength`` float32
-    [batch, 1] (names and dims valid UTF-8); the metadata holds every required key, and its JSON
-    keys decode to the right types; when the training run's ``metadata.json`` is beside the
-    model, the model is that run's export (the same training run id; for models made before run
-    ids, the same metrics), else it is stale and refused, naming both ids and the command that
-    re-exports it; last, the golden states are re-run (``predict_batch`` and ``predict``) and
-    every action must equal the export's and every output agree to ``GOLDEN_ATOL`` (1e-4). A
-    model made under another state schema (fingerprint or feature names) raises
-    ``ModelSchemaMismatchError`` naming both schema versions and fingerprints.
+    [batch, 1], plus only known optional outputs (``contract.OPTIONAL_OUTPUTS``; names and dims
+    valid UTF-8); the metadata holds every required key, and its JSON keys decode to the right
+    types, ``otonom.extra_outputs`` listing exactly the extra outputs; when the training run's
+    ``metadata.json`` is beside the model, the model is that run's export (the same training
+    run id; for models made before run ids, the same metrics), else it is stale and refused,
+    naming both ids and the command that re-exports it; last, the golden states are re-run
+    (``predict_batch`` and ``predict``) and every action must equal the export's and every
+    output agree to ``GOLDEN_ATOL`` (1e-4). A model made under another state schema
+    (fingerprint or feature names) raises ``ModelSchemaMismatchError`` naming both schema
+    versions and fingerprints.
 
     Every prediction of the returned policy is held to the output contract (finite
     probabilities >= 0 summing to 1 within ``PROBS_SUM_ATOL``, strength in [0, 1]); a
@@ -109,7 +112,7 @@ def load_rl_policy(
             "use device='cpu' or 'auto'"
         )
     try:
-        check_signature(session, model)
+        extras = check_signature(session, model)
     except UnicodeDecodeError as exc:  # onnxruntime decodes names and dims as UTF-8
         raise PolicyError(
             f"{model}: its graph's input/output names or dimensions are not valid UTF-8 "
@@ -124,6 +127,7 @@ def load_rl_policy(
         ) from exc
     props = scan.metadata  # what the digest check read, not a second parse by onnxruntime
     decoded = decode_metadata(props, model)
+    check_extra_outputs(extras, decoded, model)
     check_training_run(model, props, decoded["otonom.metrics"])
     policy = RlPolicy(
         session,
@@ -131,6 +135,7 @@ def load_rl_policy(
         sha256=digest,
         metadata=public_metadata(decoded),
         device=device,
+        extra_outputs=extras,
     )
     check_golden(policy, golden)
     return policy

@@ -13,7 +13,7 @@ import numpy.typing as npt
 
 from otonom_runtime._errors import PolicyError
 from otonom_runtime.integrity import PROBS_SUM_ATOL
-from otonom_runtime.serving.contract import INPUT_NAME, OUTPUT_NAMES
+from otonom_runtime.serving.contract import INPUT_NAME, OPTIONAL_OUTPUTS, OUTPUT_NAMES
 from otonom_runtime.serving.session import Slot
 from otonom_schema import Action, RlState, validate_state_into, validate_states
 
@@ -43,7 +43,8 @@ class RlPolicy:
     """A loaded ONNX policy (make one with ``load_rl_policy``). Safe to share across threads.
 
     Attributes: ``path`` (the ``.onnx`` file), ``sha256`` (its verified hash), ``providers``
-    (onnxruntime execution providers in use), ``device`` (as requested).
+    (onnxruntime execution providers in use), ``device`` (as requested), ``extra_outputs``
+    (the model's optional extra outputs, ``predict_extras``).
     """
 
     def __init__(
@@ -54,8 +55,10 @@ class RlPolicy:
         sha256: str,
         metadata: dict[str, Any],
         device: str,
+        extra_outputs: tuple[str, ...] = (),
     ) -> None:
         self._session = session
+        self.extra_outputs: tuple[str, ...] = tuple(extra_outputs)
         self._local = threading.local()
         self._metadata = metadata
         self.path = path
@@ -175,6 +178,33 @@ class RlPolicy:
         actions = probs.argmax(axis=1).astype(np.int64, copy=False)
         return actions, strength, probs
 
+    def predict_extras(self, states: npt.ArrayLike) -> dict[str, F32]:
+        """The model's extra outputs for a batch: ``states`` (N, 34) -> ``{name: float32 (N,
+        width)}`` for each of ``extra_outputs`` (``contract.OPTIONAL_OUTPUTS``): e.g.
+        ``expected_return`` (N, 1), ``risk_probs`` (N, 3: low, mid, high volatility tercile),
+        ``attention`` (N, 34, in ``FEATURE_NAMES`` order). ``{}`` for a model without extra
+        outputs (the model is not run). ``states`` is validated as by ``predict_batch``.
+
+        Each output is held to its contract: finite; ``risk_probs`` and ``attention`` rows are
+        probabilities (>= 0, summing to 1 within ``PROBS_SUM_ATOL``). A violation raises
+        ``PolicyError`` naming the output and the row. ``predict`` and ``predict_batch`` never
+        run these outputs."""
+        x = validate_states(states)
+        if not self.extra_outputs:
+            return {}
+        n = x.shape[0]
+        names = list(self.extra_outputs)
+        if n == 0:
+            outs = [np.empty((0, OPTIONAL_OUTPUTS[k]), dtype=np.float32) for k in names]
+        else:
+            outs = self._session.run(names, {INPUT_NAME: x})
+        result: dict[str, F32] = {}
+        for name, out in zip(names, outs, strict=True):
+            values = np.asarray(out, dtype=np.float32).reshape(n, OPTIONAL_OUTPUTS[name])
+            _check_extra(self.path, name, values)
+            result[name] = values
+        return result
+
     def bound_batch(self, n: int) -> Slot | None:
         """This thread's pre-bound slot for batches of ``n`` states, the one
         ``predict_valid_batch`` runs such batches through, or None when ``n`` is outside
@@ -245,6 +275,32 @@ class RlPolicy:
         out = copy.deepcopy(self._metadata)
         out.update(path=str(self.path), sha256=self.sha256, providers=list(self.providers))
         return out
+
+
+_DISTRIBUTIONS: Final = ("risk_probs", "attention")
+
+
+def _check_extra(path: Path, name: str, values: F32) -> None:
+    """``PolicyError`` naming the first row of the extra output ``name`` that is not finite,
+    or (for a distribution) has a value < 0 or does not sum to 1 within ``PROBS_SUM_ATOL``."""
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(values).all(axis=1)
+        if name in _DISTRIBUTIONS:
+            sums = values.sum(axis=1, dtype=np.float64)
+            bad |= ~((values >= 0.0).all(axis=1) & (np.abs(sums - 1.0) <= PROBS_SUM_ATOL))
+    if bad.any():
+        row = int(np.argmax(bad))
+        shown = np.round(values[row, :6].astype(np.float64), 6).tolist()
+        expected = (
+            f"finite probabilities >= 0 summing to 1 (within {PROBS_SUM_ATOL:g})"
+            if name in _DISTRIBUTIONS
+            else "finite numbers"
+        )
+        raise PolicyError(
+            f"{path} broke the output contract of {name!r} for row {row} of {len(values)}: "
+            f"{shown}{' ...' if values.shape[1] > 6 else ''}, expected {expected} "
+            "(docs/model-format.md)"
+        )
 
 
 def _contract_error(

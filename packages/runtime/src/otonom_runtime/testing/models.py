@@ -32,7 +32,12 @@ from otonom_runtime.integrity import (
     seal_model,
     with_metadata,
 )
-from otonom_runtime.policy import MODEL_FORMAT, RlPolicy, write_sha256_sidecar
+from otonom_runtime.policy import (
+    EXTRA_OUTPUTS_KEY,
+    MODEL_FORMAT,
+    RlPolicy,
+    write_sha256_sidecar,
+)
 from otonom_schema import FEATURE_NAMES, SCHEMA_VERSION, STATE_DIM, schema_fingerprint
 
 __all__ = [
@@ -196,6 +201,7 @@ def _mlp_graph(
     elem_type: str,
     probs_op: str,
     strength_op: str,
+    extras: Sequence[tuple[str, int]] = (),
 ) -> Any:
     """The policy MLP as an ONNX graph (``make_policy_model``'s arguments, see there)."""
     from onnx import TensorProto, helper, numpy_helper
@@ -230,16 +236,35 @@ def _mlp_graph(
         helper.make_node(probs_op, ["action.logits"], [probs_name], **probs_args),
         helper.make_node(strength_op, ["strength.logits"], [strength_name]),
     ]
+    outputs = [
+        helper.make_tensor_value_info(probs_name, onnx_type, [batch_dim, action_dim]),
+        helper.make_tensor_value_info(strength_name, onnx_type, [batch_dim, 1]),
+    ]
+    rng = np.random.default_rng(len(extras))
+    for name, width in extras:  # a linear head on the trunk; softmax for a distribution
+        scale = np.sqrt(2.0 / weights.hidden)
+        w_extra = rng.normal(0.0, scale, size=(weights.hidden, width))
+        initializers += [
+            numpy_helper.from_array(w_extra.astype(np_type), f"{name}.weight"),
+            numpy_helper.from_array(np.zeros(width, np_type), f"{name}.bias"),
+        ]
+        op = "Softmax" if name in _DISTRIBUTIONS else "Identity"
+        args: dict[str, Any] = {"axis": -1} if name in _DISTRIBUTIONS else {}
+        nodes += [
+            helper.make_node("Gemm", [x, f"{name}.weight", f"{name}.bias"], [f"{name}.z"]),
+            helper.make_node(op, [f"{name}.z"], [name], **args),
+        ]
+        outputs.append(helper.make_tensor_value_info(name, onnx_type, [batch_dim, width]))
     return helper.make_graph(
         nodes,
         "otonom_policy",
         [helper.make_tensor_value_info(input_name, onnx_type, [batch_dim, input_dim])],
-        [
-            helper.make_tensor_value_info(probs_name, onnx_type, [batch_dim, action_dim]),
-            helper.make_tensor_value_info(strength_name, onnx_type, [batch_dim, 1]),
-        ],
+        outputs,
         initializer=initializers,
     )
+
+
+_DISTRIBUTIONS: Final = ("risk_probs", "attention")
 
 
 def make_policy_model(
@@ -262,6 +287,7 @@ def make_policy_model(
     probs_op: str = "Softmax",
     seal: bool = True,
     seal_states: npt.ArrayLike | None = None,
+    extra_outputs: Sequence[tuple[str, int]] = (),
 ) -> MlpWeights:
     """Write a real ONNX policy MLP to ``path`` and return its weights.
 
@@ -282,7 +308,11 @@ def make_policy_model(
       sample is the model's own answers for ``seal_states`` (default ``golden_states()``);
       with any other signature a placeholder the model cannot pass (its signature is refused
       first anyway). ``metadata_overrides`` win over what sealing writes (``otonom.model_format``,
-      ``otonom.digest``, ``otonom.golden``).
+      ``otonom.digest``, ``otonom.golden``);
+    * ``extra_outputs``: ``(name, width)`` extra outputs after the two, each a linear head on
+      the trunk (a softmax for ``risk_probs`` and ``attention``, else none), listed in
+      ``otonom.extra_outputs`` (the contract's optional outputs, or any other name for the
+      error tests).
     """
     import onnx
     from onnx import helper
@@ -302,6 +332,7 @@ def make_policy_model(
         elem_type=elem_type,
         probs_op=probs_op,
         strength_op=strength_op,
+        extras=extra_outputs,
     )
     model = helper.make_model(
         graph,
@@ -310,7 +341,8 @@ def make_policy_model(
     )
     model.ir_version = _IR_VERSION
     overrides = dict(metadata_overrides or {})
-    metadata = default_metadata(weights) | ({} if seal else {FORMAT_KEY: "1"}) | overrides
+    listed = {EXTRA_OUTPUTS_KEY: json.dumps([n for n, _ in extra_outputs])} if extra_outputs else {}
+    metadata = default_metadata(weights) | ({} if seal else {FORMAT_KEY: "1"}) | listed | overrides
     helper.set_model_props(model, {k: v for k, v in metadata.items() if v is not None})
     onnx.checker.check_model(model)
 
