@@ -6,7 +6,9 @@ registered class is a ``otonom_trainer.model.PolicyNetwork``: ``forward(states) 
 3), strength (N, 1) in [0, 1])``, ``probabilities``, ``hparams()`` (the constructor's keyword
 arguments, saved in the checkpoint), ``from_config(cfg)`` and ``work_per_row(cfg)``.
 
-Built in: ``"mlp"`` -> ``PolicyNet`` (the default). Others are added with
+Built in: ``"mlp"`` -> ``PolicyNet`` (the default), ``"multitask"`` -> ``MultiTaskPolicyNet``
+(plus expected-return and risk heads) and ``"attention"`` -> ``AttentionPolicyNet`` (softmax
+attention over the features), both in ``otonom_trainer.networks``. Others are added with
 ``register_architecture(name, cls)``. Checkpoints record the name (``"architecture"``); one
 written before the registry existed has none and loads as ``"mlp"``.
 
@@ -39,7 +41,11 @@ __all__ = [
 DEFAULT_ARCHITECTURE: Final = "mlp"
 _NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 # built-in names -> "module:class", imported on first use (keeps this module torch-free)
-_BUILTIN: Final[dict[str, str]] = {"mlp": "otonom_trainer.model:PolicyNet"}
+_BUILTIN: Final[dict[str, str]] = {
+    "mlp": "otonom_trainer.model:PolicyNet",
+    "multitask": "otonom_trainer.networks:MultiTaskPolicyNet",
+    "attention": "otonom_trainer.networks:AttentionPolicyNet",
+}
 _REGISTERED: dict[str, type[PolicyNetwork]] = {}
 
 

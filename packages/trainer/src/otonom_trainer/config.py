@@ -76,7 +76,9 @@ def _meta(
     """A field's metadata: its rule (``otonom_runtime.config_rules``), help, flag and the
     flag's aliases."""
     extra: dict[str, Any] = {"help": help_text, **({"flag": flag} if flag else {})}
-    return rule(**checks, **extra, **({"aliases": aliases} if aliases else {}))
+    if aliases:
+        extra["aliases"] = aliases
+    return rule(**checks, **extra)
 
 
 def _checks(**checks: Any) -> dict[str, Any]:
@@ -92,7 +94,8 @@ def _is_device(value: str) -> bool:
 
 
 _ARCHITECTURE: Final = (
-    "'mlp' or a name registered with otonom_trainer.architectures.register_architecture"
+    "'mlp', 'multitask', 'attention' or a name registered with "
+    "otonom_trainer.architectures.register_architecture"
 )
 _PATH: Final = "a non-empty path (str or os.PathLike)"
 _POS_INT: Final = "an integer >= 1"

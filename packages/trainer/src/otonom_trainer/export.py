@@ -4,12 +4,15 @@ the runtime's ONNX model format, then prove parity.
 ``export_onnx(model, path, metrics=..., training_config=..., dataset_sha256=...)`` writes
 ``path`` (a ``.onnx`` file following ``docs/model-format.md``: input ``state`` float32
 [batch, 34], outputs ``action_probs`` float32 [batch, 3] and ``strength`` float32 [batch, 1],
-ai.onnx opset 17, a dynamic batch axis, the ``otonom.*`` metadata, sealed as model format 2:
-``otonom.digest`` and the ``otonom.golden`` sample from the parity states, see
-``otonom_runtime.integrity.seal_model``) and its ``.sha256`` sidecar.
+then the network's extra outputs (``EXTRA_OUTPUTS``, e.g. ``expected_return``, ``risk_probs``,
+``attention``; listed in ``otonom.extra_outputs``), ai.onnx opset 17, a dynamic batch axis, the
+``otonom.*`` metadata, sealed as model format 2: ``otonom.digest`` and the ``otonom.golden``
+sample from the parity states, see ``otonom_runtime.integrity.seal_model``) and its ``.sha256``
+sidecar.
 Before anything appears under ``path`` the file is loaded back through the runtime
-(``otonom_runtime.load_rl_policy``, the code that serves it in production) and its answers are
-compared with PyTorch's at batch sizes 1, 7 and 256; a mismatch raises ``ExportError`` and
+(``otonom_runtime.load_rl_policy``, the code that serves it in production) and its answers
+(every output, the extra ones through ``predict_extras``) are compared with PyTorch's at batch
+sizes 1, 7 and 256; a mismatch raises ``ExportError`` and
 leaves no file behind (and an older model at ``path`` untouched).
 
 The legacy TorchScript exporter (``torch.onnx.export(..., dynamo=False)``) is used on purpose:
@@ -46,8 +49,10 @@ import otonom_schema
 from otonom_runtime import PolicyError
 from otonom_runtime.integrity import seal_model
 from otonom_runtime.policy import (
+    EXTRA_OUTPUTS_KEY,
     INPUT_NAME,
     MODEL_FORMAT,
+    OPTIONAL_OUTPUTS,
     OUTPUT_NAMES,
     REQUIRED_METRICS,
     RUN_ID_KEY,
@@ -97,15 +102,28 @@ class ExportError(OtonomTrainerError, RuntimeError):
 
 
 class _ExportWrapper(nn.Module):
-    """What is exported: ``state -> (softmax(logits), strength)`` of a ``PolicyNetwork``."""
+    """What is exported: ``state -> (softmax(logits), strength, *extras)`` of a
+    ``PolicyNetwork`` (``exported``; extras for ``EXTRA_OUTPUTS``)."""
 
     def __init__(self, net: PolicyNetwork) -> None:
         super().__init__()
         self.net = net
 
-    def forward(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, strength = self.net(states)
-        return torch.softmax(logits, dim=-1), strength
+    def forward(self, states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.net.exported(states)
+
+
+def _output_names(net: PolicyNetwork) -> tuple[str, ...]:
+    """``OUTPUT_NAMES`` then the network's extra outputs; ``ValueError`` for a name the
+    runtime does not know (``OPTIONAL_OUTPUTS``)."""
+    extras = tuple(type(net).EXTRA_OUTPUTS)
+    unknown = [n for n in extras if n not in OPTIONAL_OUTPUTS or extras.count(n) > 1]
+    if unknown:
+        raise ValueError(
+            f"{type(net).__qualname__}.EXTRA_OUTPUTS {list(extras)} holds {unknown}; expected "
+            f"distinct names of the runtime's optional outputs {list(OPTIONAL_OUTPUTS)}"
+        )
+    return (*OUTPUT_NAMES, *extras)
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -247,6 +265,7 @@ def _rows(states: npt.NDArray[np.float32], n: int) -> npt.NDArray[np.float32]:
 
 def _export_graph(net: PolicyNetwork, path: Path) -> None:
     wrapper = _ExportWrapper(net).eval()
+    outputs = _output_names(net)
     with warnings.catch_warnings():
         for message in _LEGACY_EXPORT_WARNINGS:
             warnings.filterwarnings("ignore", message=message, category=DeprecationWarning)
@@ -255,9 +274,9 @@ def _export_graph(net: PolicyNetwork, path: Path) -> None:
             (torch.zeros(1, STATE_DIM, dtype=torch.float32),),
             str(path),
             input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
+            output_names=list(outputs),
             opset_version=OPSET,
-            dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
+            dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *outputs)},
             training=torch.onnx.TrainingMode.EVAL,
             do_constant_folding=True,
             dynamo=False,
@@ -283,12 +302,21 @@ def _check_parity(
     for n in PARITY_BATCH_SIZES:
         x = _rows(states, n)
         with torch.no_grad():
-            ref_probs, ref_strength = net.probabilities(torch.from_numpy(x))
+            ref_probs, ref_strength, *ref_extras = net.exported(torch.from_numpy(x))
         _, strengths, probs = policy.predict_batch(x)
-        for name, got, want in (
+        extras = policy.predict_extras(x)
+        pairs: list[tuple[str, npt.NDArray[np.float32] | None, npt.NDArray[Any]]] = [
             ("action_probs", probs, ref_probs.numpy()),
             ("strength", strengths, ref_strength.numpy().reshape(n)),
-        ):
+        ]
+        for name, ref in zip(type(net).EXTRA_OUTPUTS, ref_extras, strict=True):
+            pairs.append((name, extras.get(name), ref.numpy()))
+        for name, got, want in pairs:
+            if got is None or got.shape != want.shape:
+                raise ExportError(
+                    f"the exported model's output {name!r} is {None if got is None else got.shape}"
+                    f" at batch size {n}; expected shape {want.shape}, nothing was written"
+                )
             diff = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64))))
             if not diff <= atol:  # also catches NaN
                 raise ExportError(
@@ -340,6 +368,9 @@ def export_onnx(
         dataset_sha256=dataset_sha256,
         training_run_id=training_run_id,
     )
+    extras = _output_names(model)[len(OUTPUT_NAMES) :]
+    if extras:  # the optional outputs, listed (a model without them keeps the plain metadata)
+        metadata[EXTRA_OUTPUTS_KEY] = json.dumps(list(extras))
     states = _parity_states(parity_states)
     net = copy.deepcopy(model).to("cpu").float().eval()
 

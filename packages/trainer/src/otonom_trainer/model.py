@@ -1,10 +1,10 @@
 """The policy networks: ``PolicyNetwork`` (what every architecture provides) and ``PolicyNet``,
 the guide's MLP (shared trunk, action head, strength head), registered as ``"mlp"`` in
-``otonom_trainer.architectures``."""
+``otonom_trainer.architectures`` (its variants with extra heads: ``otonom_trainer.networks``)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -63,8 +63,14 @@ class PolicyNetwork(nn.Module):
     the checkpoint: ``cls(**hparams)`` rebuilds the network); ``from_config(cfg)`` builds it from
     a ``TrainingConfig``; ``work_per_row(cfg)`` is the width that decides, with the batch size,
     whether the CPU trains on one intra-op thread (see ``otonom_trainer.training.optim``).
-    Register a subclass with ``otonom_trainer.architectures.register_architecture``.
+    ``exported(states)`` is what the ONNX model outputs: ``probabilities``, then one tensor per
+    name of ``EXTRA_OUTPUTS`` (the runtime's optional outputs, e.g. ``"attention"``; none by
+    default). Register a subclass with ``otonom_trainer.architectures.register_architecture``.
     """
+
+    EXTRA_OUTPUTS: ClassVar[tuple[str, ...]] = ()
+    """The optional outputs ``exported`` adds after ``action_probs`` and ``strength``, in order
+    (names of ``otonom_runtime.policy.OPTIONAL_OUTPUTS``)."""
 
     def forward(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError(f"{type(self).__qualname__}.forward")
@@ -72,6 +78,10 @@ class PolicyNetwork(nn.Module):
     def probabilities(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, strength = self(states)
         return torch.softmax(logits, dim=-1), strength
+
+    def exported(self, states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The ONNX model's outputs: ``(action_probs, strength, *extras)`` (``EXTRA_OUTPUTS``)."""
+        return self.probabilities(states)
 
     def hparams(self) -> dict[str, Any]:
         """The constructor arguments (saved in checkpoints to rebuild the network)."""

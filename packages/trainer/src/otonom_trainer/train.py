@@ -11,15 +11,14 @@ This module holds the training loop, ``BehaviorCloningTrainer``; the rooms it us
     training/outputs.py     metadata.json, history.csv, plots, TensorBoard, progress bar
     training/results.py     EpochStats, TrainingMetrics, overfitting_warnings
     metrics.py / plots.py   the confusion matrix and per-class metrics; the PNG plots
+    training/multitask.py   the extra heads' targets and losses (MultiTaskPolicyNet)
     architectures.py        TrainingConfig.model -> the network class
     augment.py              teacher_rows: extra train rows the teacher ensemble labels
 
-The data pipeline keeps the whole dataset on the training device as tensors (on a GPU as on the
-CPU: one code path): each epoch gathers the train split once in the epoch's order (a permutation,
-or the oversampled draw) and the batches are contiguous slices of it, so there is no
-``DataLoader``, no per-batch gather and no host-device copy per batch. Per-batch loss terms and
-gradient norms stay on the device and are checked once per epoch, so a GPU run does not
-synchronise on every batch.
+The whole dataset stays on the training device as tensors (``training/data.py``: no
+``DataLoader``, no per-batch gather or host-device copy). Per-batch loss terms and gradient
+norms stay on the device and are checked once per epoch, so a GPU run does not synchronise on
+every batch. A network with extra heads (``"multitask"``) adds their losses per batch.
 
 The training step is lean because this net is small (about 22k parameters): on a CPU core a step
 is a few hundred microseconds of maths, so the per-operation overhead decides the speed
@@ -89,6 +88,7 @@ from otonom_trainer.training.losses import (
     make_loss,
     strength_weights,
 )
+from otonom_trainer.training.multitask import MultiTaskTargets, multitask_targets
 from otonom_trainer.training.optim import (
     SINGLE_THREAD_MAX_WORK,
     FlatAdam,
@@ -197,6 +197,7 @@ class BehaviorCloningTrainer:
         self._export = True
         self._best_training_state: dict[str, Any] | None = None
         self._teacher_rows = 0
+        self._aux: MultiTaskTargets | None = None  # the extra heads' targets ("multitask")
         self.loss_fn: BehaviorCloningLoss | None = None
         self.run_id: str | None = None
         """The id of the last ``train()`` (None before)."""
@@ -293,10 +294,7 @@ class BehaviorCloningTrainer:
         self._export = export
         self._onnx_path = None
         device = resolve_device(cfg.device)
-        self._print(RULE)
-        self._print("RL Behavior Cloning Training")
-        self._print(RULE)
-        self._print(f"Dataset: {cfg.dataset_path}")
+        self._print(f"{RULE}\nRL Behavior Cloning Training\n{RULE}\nDataset: {cfg.dataset_path}")
         ds = self.dataset
         split = self.split
         counts = ds.action_counts()
@@ -326,6 +324,7 @@ class BehaviorCloningTrainer:
         val = to_device(ds, split.val, device)
         train_eval = to_device(ds, train_eval_rows(split.train, cfg.seed), device)
         notes: list[str] = []
+        self._aux = multitask_targets(cfg, ds, split, len(rows), device, self._out)
         run = self._setup(device, train, notes, resume)
         self._best_training_state = None
         train_actions_cpu = train.actions.cpu()
@@ -341,14 +340,12 @@ class BehaviorCloningTrainer:
                 if self._on_epoch_end is not None:
                     self._on_epoch_end(stats, run.model)
                 if self._state_path is not None:
-                    state = self._checkpoint(run, {}, best=False)
-                    save_checkpoint(state, self._state_path)
+                    save_checkpoint(self._checkpoint(run, {}, best=False), self._state_path)
                 if cfg.patience and epoch - run.best_epoch >= cfg.patience:
                     run.stopped_early = True
                     self._print(
                         f"Early stopping at epoch {epoch}: val_loss has not improved for "
-                        f"{cfg.patience} epochs (best {run.best_loss:.4f} at epoch "
-                        f"{run.best_epoch})"
+                        f"{cfg.patience} epochs (best {run.best_loss:.4f}, epoch {run.best_epoch})"
                     )
                     break
         finally:
@@ -492,6 +489,7 @@ class BehaviorCloningTrainer:
             majority_action=ACTION_NAMES[majority],
             majority_baseline_acc=baseline,
             degenerate=mark,
+            multitask=None if self._aux is None else self._aux.report(model),
         )
         self._metrics = metrics
         for line in warnings:
@@ -517,8 +515,8 @@ class BehaviorCloningTrainer:
         n = int(order.numel())
         bs = cfg.batch_size
         n_batches = math.ceil(n / bs)
-        states, actions = data.states[order], data.actions[order]
-        strengths = data.strengths[order]
+        states, actions, strengths = data.states[order], data.actions[order], data.strengths[order]
+        aux = None if self._aux is None else self._aux.epoch(model, order, bs)
         s_weights = strength_weights(actions, bs)
         grad = run.flat.grad
         assert grad is not None
@@ -526,20 +524,20 @@ class BehaviorCloningTrainer:
         action_terms: list[torch.Tensor] = []
         strength_terms: list[torch.Tensor] = []
         norm_list: list[torch.Tensor] = []
-        bar = (
-            progress_bar(n_batches, epoch, cfg.max_epochs)
-            if cfg.progress and n >= PROGRESS_MIN_ROWS
-            else None
-        )
+        show = cfg.progress and n >= PROGRESS_MIN_ROWS
+        bar = progress_bar(n_batches, epoch, cfg.max_epochs) if show else None
         try:
             for b in range(n_batches):
                 sl = slice(b * bs, (b + 1) * bs)
-                logits, strength = model(states[sl])
+                if aux is None:
+                    logits, strength = model(states[sl])
+                else:  # the extra heads' loss is kept for aux.add below
+                    logits, strength = aux.forward(model, states[sl], sl)
                 loss = loss_fn.batch_terms(
                     logits, strength, actions[sl], strengths[sl], s_weights[sl]
                 )
                 grad.zero_()
-                torch.autograd.backward(loss.total)
+                torch.autograd.backward(loss.total if aux is None else aux.add(loss.total))
                 norm = clip_flat_grad_(grad, clip)
                 optimizer.step()
                 action_terms.append(loss.action.detach())
@@ -552,6 +550,8 @@ class BehaviorCloningTrainer:
         finally:
             if bar is not None:
                 bar.close()
+        if aux is not None:
+            aux.check(epoch, float(optimizer.param_groups[0]["lr"]))
         terms = torch.stack([torch.stack(action_terms), torch.stack(strength_terms)], dim=1)
         norms = torch.stack(norm_list)
         return check_finite_batches(terms, norms, epoch, float(optimizer.param_groups[0]["lr"]))

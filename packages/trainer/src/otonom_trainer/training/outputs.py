@@ -170,7 +170,25 @@ def training_summary(metrics: TrainingMetrics, majority: str, checkpoint: Path, 
         f"Model saved to: {checkpoint}",
         rule,
     ]
+    extra = metrics.multitask
+    if extra is not None:  # the extra heads on the labelled validation rows
+        lines.insert(-2, _heads_line(extra))
     mark = metrics.degenerate
     if mark is not None:
         lines.append(f"warning: DEGENERATE model ({' and '.join(mark['rules'])}): {mark['reason']}")
     return "\n".join(lines)
+
+
+def _heads_line(report: Mapping[str, Any]) -> str:
+    """The summary line of a multi-task network's extra heads (``TrainingMetrics.multitask``)."""
+
+    def show(key: str) -> str:
+        value = report.get(key)
+        return "n/a" if value is None else f"{value:.4g}"
+
+    return (
+        f"Extra heads on {report['val_rows_labelled']} labelled val rows: return RMSE "
+        f"{show('val_return_rmse')} (log return over {report['horizon']} bars), corr "
+        f"{show('val_return_corr')}; risk accuracy {show('val_risk_acc')} (majority "
+        f"{show('val_risk_majority_acc')})"
+    )

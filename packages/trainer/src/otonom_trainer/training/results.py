@@ -53,7 +53,9 @@ class TrainingMetrics:
     other notes (e.g. a class absent from the train split). ``majority_baseline_acc``: the
     accuracy on the validation rows of always predicting ``majority_action``, the train split's
     most common action; ``degenerate``: None, or the mark of ``otonom_trainer.degenerate``
-    (``{"reason": ..., "rules": [...], ...}``) when the model is degenerate.
+    (``{"reason": ..., "rules": [...], ...}``) when the model is degenerate; ``multitask``:
+    None, or for a network with extra heads their labels (horizon, rows kept and dropped,
+    tercile cuts) and validation figures (``otonom_trainer.training.multitask``).
     """
 
     best_val_loss: float
@@ -76,6 +78,7 @@ class TrainingMetrics:
     majority_action: str = "HOLD"
     majority_baseline_acc: float = math.nan
     degenerate: dict[str, Any] | None = None
+    multitask: dict[str, Any] | None = None  # the extra heads' labels and validation figures
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values only (what the checkpoint and metadata.json store)."""
