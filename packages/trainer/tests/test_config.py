@@ -35,6 +35,8 @@ DEFAULTS: dict[str, Any] = {
     "alpha": 1.0,
     "beta": 1.0,
     "logit_penalty": 0.0,
+    "return_weight": 0.5,
+    "risk_weight": 0.5,
     "optimizer": "adam",
     "class_balance": "none",
     "focal_gamma": 2.0,

@@ -145,7 +145,10 @@ def test_a_second_architecture_trains_exports_and_loads(tmp_path: Path, tiny: st
 
 
 def test_an_unknown_architecture_is_a_config_error_naming_the_field() -> None:
-    with pytest.raises(ConfigError, match=r"model: got 'resnet'; expected 'mlp' or a name"):
+    with pytest.raises(
+        ConfigError,
+        match=r"model: got 'resnet'; expected 'mlp', 'multitask', 'attention' or a name",
+    ):
         TrainingConfig("d.npz", model="resnet")
 
 

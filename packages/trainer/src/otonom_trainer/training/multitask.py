@@ -178,9 +178,9 @@ class MultiTaskTargets:
         q1, q2 = s["tercile_cuts"]
         return (
             f"Multi-task labels (horizon {s['horizon']} bars): {s['train_rows_labelled']} train "
-            f"rows; dropped {s['train_rows_dropped']} whose horizon crosses the training end "
-            f"{s['train_end']} and {s['train_rows_unlabelled']} without a full horizon; risk "
-            f"terciles cut on those train rows at {q1:.4g} / {q2:.4g}"
+            f"rows kept; {s['train_rows_dropped']} dropped (horizon crosses the training end "
+            f"{s['train_end']}), {s['train_rows_unlabelled']} without a full horizon; risk "
+            f"terciles cut on the kept rows at {q1:.4g} / {q2:.4g}"
         )
 
 
