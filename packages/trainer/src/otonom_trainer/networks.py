@@ -19,12 +19,11 @@ weights for a seed are unchanged. The constructor arguments and ``from_config`` 
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from otonom_schema import STATE_DIM
 from otonom_trainer.model import PolicyNet
 
 __all__ = ["RISK_CLASSES", "AttentionPolicyNet", "MultiTaskPolicyNet"]
@@ -48,16 +47,11 @@ class MultiTaskPolicyNet(PolicyNet):
     return_mean: torch.Tensor
     return_std: torch.Tensor
 
-    def __init__(
-        self,
-        state_dim: int = STATE_DIM,
-        hidden_dim: int = 128,
-        num_layers: int = 2,
-        dropout: float = 0.1,
-    ) -> None:
-        super().__init__(state_dim, hidden_dim, num_layers, dropout)
-        self.return_head = nn.Linear(hidden_dim, 1)
-        self.risk_head = nn.Linear(hidden_dim, RISK_CLASSES)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """``PolicyNet``'s arguments: its layers first, then the two heads."""
+        super().__init__(*args, **kwargs)
+        self.return_head = nn.Linear(self.hidden_dim, 1)
+        self.risk_head = nn.Linear(self.hidden_dim, RISK_CLASSES)
         self.register_buffer("return_mean", torch.zeros(()))
         self.register_buffer("return_std", torch.ones(()))
 
@@ -101,15 +95,10 @@ class AttentionPolicyNet(PolicyNet):
 
     EXTRA_OUTPUTS: ClassVar[tuple[str, ...]] = ("attention",)
 
-    def __init__(
-        self,
-        state_dim: int = STATE_DIM,
-        hidden_dim: int = 128,
-        num_layers: int = 2,
-        dropout: float = 0.1,
-    ) -> None:
-        super().__init__(state_dim, hidden_dim, num_layers, dropout)
-        self.attention = nn.Linear(state_dim, state_dim)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """``PolicyNet``'s arguments: its layers first, then the attention layer."""
+        super().__init__(*args, **kwargs)
+        self.attention = nn.Linear(self.state_dim, self.state_dim)
 
     def attention_weights(self, states: torch.Tensor) -> torch.Tensor:
         """``softmax(attention(states))`` (N, 34)."""
