@@ -357,6 +357,7 @@ def test_every_trainer_error_is_in_the_tree_with_its_builtin_base() -> None:
     from otonom_trainer import _errors
     from otonom_trainer.check import CheckError
     from otonom_trainer.export import ExportError
+    from otonom_trainer.labels import LabelError
     from otonom_trainer.pipeline import PipelineError
     from otonom_trainer.ranges import RangeError
     from otonom_trainer.registry import RegistryError
@@ -374,6 +375,7 @@ def test_every_trainer_error_is_in_the_tree_with_its_builtin_base() -> None:
         PipelineError: ValueError,
         CheckError: ValueError,
         WalkForwardError: ValueError,
+        LabelError: ValueError,
     }
     for cls, base in builtin.items():
         assert issubclass(cls, OtonomTrainerError), cls

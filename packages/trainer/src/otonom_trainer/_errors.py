@@ -14,7 +14,8 @@
         ├── PipelineError (+ ValueError)        the pipeline's configuration or stages
         ├── CheckError (+ ValueError)           the model check's configuration or stages
         ├── WalkForwardError (+ ValueError)     the walk-forward's configuration or folds
-        └── DatasetGenerationError (+ ValueError)  a dataset that cannot be made from the store
+        ├── DatasetGenerationError (+ ValueError)  a dataset that cannot be made from the store
+        └── LabelError (+ ValueError)           forward labels that cannot be made (horizon, rows)
 
 The classes are
 defined here (the base) and in the modules that raise them, so ``from otonom_trainer.config
