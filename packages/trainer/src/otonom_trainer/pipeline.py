@@ -543,8 +543,10 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     input). The run's report folder (``result.report_dir``) holds ``pipeline_state.json``,
     updated after every stage; ``result.gate["passed"]`` says whether the gate passed."""
     from otonom_runtime.store import default_database_url, get_session
+    from otonom_runtime.strategy import load_strategy
 
     clock = time.perf_counter()
+    load_strategy(cfg.strategy_path)  # a bad strategy fails here, before anything is written
     url = cfg.database_url or default_database_url()
     started = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     report_dir = _run_folder(cfg, started)  # checked here, made at the first save
