@@ -74,7 +74,14 @@ import numpy.typing as npt
 
 from otonom_runtime.config_rules import Validated, rule
 from otonom_runtime.policy import DEVICES, INPUT_NAME
-from otonom_schema import FEATURE_NAMES, FEATURES, GROUPS, STATE_DIM, OfflineDataset
+from otonom_schema import (
+    FEATURE_NAMES,
+    FEATURES,
+    GROUPS,
+    STATE_DIM,
+    OfflineDataset,
+    load_dataset,
+)
 from otonom_trainer._errors import OtonomTrainerError
 from otonom_trainer.config import POSITIVE_INT
 from otonom_trainer.metrics import CLASS_NAMES
@@ -349,8 +356,6 @@ def permutation_importance(
     if isinstance(dataset, OfflineDataset):
         data, data_path = dataset, None
     else:
-        from otonom_schema import load_dataset
-
         data, data_path = load_dataset(dataset), Path(dataset)
     if len(data) < 2:
         raise ExplainError(
