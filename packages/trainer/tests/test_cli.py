@@ -234,6 +234,7 @@ _DATES = ["--start-date", "2020-01-01", "--end-date", "2020-06-30"]
         (["train"], "no dataset: give --dataset FILE.npz"),  # a command-line error: exit 2
         (["export", "--checkpoint", "missing.pt"], "no checkpoint at missing.pt"),
         (["evaluate", "--model", "m", "--dataset", "d.npz"], "no dataset file at d.npz"),
+        (["explain", "--model", "m", "--dataset", "d.npz"], "no dataset file at d.npz"),
         (["check", "m", "--symbol", "X", *_DATES], "there is no store at "),
         (
             [
