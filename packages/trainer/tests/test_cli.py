@@ -234,6 +234,7 @@ _DATES = ["--start-date", "2020-01-01", "--end-date", "2020-06-30"]
         (["train"], "no dataset: give --dataset FILE.npz"),  # a command-line error: exit 2
         (["export", "--checkpoint", "missing.pt"], "no checkpoint at missing.pt"),
         (["evaluate", "--model", "m", "--dataset", "d.npz"], "no dataset file at d.npz"),
+        (["explain", "--model", "m", "--dataset", "d.npz"], "no dataset file at d.npz"),
         (["check", "m", "--symbol", "X", *_DATES], "there is no store at "),
         (
             [
@@ -274,6 +275,19 @@ def test_pipeline_with_a_missing_csv_writes_nothing(tmp_path: Path) -> None:
     out = _run("pipeline", "--import-csv", "missing.csv", "--symbol", "X", cwd=tmp_path)
     _one_error(out, "cannot read missing.csv (--import-csv): no such file")
     assert list(tmp_path.iterdir()) == []  # no data/otonom.db, no reports/pipeline/
+
+
+def test_pipeline_with_a_missing_strategy_writes_nothing(tmp_path: Path) -> None:
+    """Run from a folder without strategies/: the strategy is checked before the CSV is
+    imported, so no store and no report folder appear."""
+    rows = [f"2020-01-{d:02d},{100 + d},{101 + d},{99 + d},{100 + d},1000" for d in range(1, 29)]
+    (tmp_path / "x.csv").write_text("Date,Open,High,Low,Close,Volume\n" + "\n".join(rows) + "\n")
+    out = _run("pipeline", "--import-csv", "x.csv", "--symbol", "X", cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    assert "error: invalid strategy strategies/baseline_v1.yaml" in out.stderr
+    assert "cannot read the file (No such file or directory)" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["x.csv"]  # no data/otonom.db, no reports/
 
 
 def test_model_messages_name_the_real_next_step(tmp_path: Path) -> None:

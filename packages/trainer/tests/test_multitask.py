@@ -23,6 +23,7 @@ from otonom_schema.testing import random_history
 from otonom_trainer._errors import ArchitectureError, TrainingError
 from otonom_trainer.architectures import architecture_name, architecture_names, get_architecture
 from otonom_trainer.config import ConfigError, TrainingConfig
+from otonom_trainer.explain import permutation_importance
 from otonom_trainer.export import export_onnx
 from otonom_trainer.model import PolicyNet
 from otonom_trainer.networks import AttentionPolicyNet, MultiTaskPolicyNet
@@ -127,6 +128,9 @@ def test_the_attention_output_is_a_distribution_over_the_features(tmp_path: Path
     assert weights.shape == (len(trainer.val_states()), s.STATE_DIM)
     assert (weights >= 0).all()
     np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-5)
+    # `otonom-train explain` reports it beside the permutation importance
+    report = permutation_importance(trainer.onnx_path, tmp_path / "ds.npz", repeats=1, groups=False)
+    assert report.attention is not None
 
 
 def test_the_extra_heads_learn_only_from_the_training_period(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@
         ├── PipelineError (+ ValueError)        the pipeline's configuration or stages
         ├── CheckError (+ ValueError)           the model check's configuration or stages
         ├── WalkForwardError (+ ValueError)     the walk-forward's configuration or folds
+        ├── ExplainError (+ ValueError)         feature importance's options, rows or attention
         ├── DatasetGenerationError (+ ValueError)  a dataset that cannot be made from the store
         └── LabelError (+ ValueError)           forward labels that cannot be made (horizon, rows)
 

@@ -3,16 +3,17 @@
 Commands: ``dataset`` (guide Step 1), ``train`` (Step 2: train, then export to ONNX with a
 parity check), ``export`` (a checkpoint to ONNX), ``evaluate`` (Step 3, through the runtime's
 ONNX model), ``pipeline`` (the whole guide end to end), ``check`` (the production
-checklist; ``--promote`` moves a model folder's ``latest`` pointer) and ``walk-forward``
-(rolling train/test windows, out-of-sample accuracy and Sharpe per window). The CLI only
-maps flags to the Python API; every rule lives there. Every error prints one ``error: ...``
-line and exits 1 (``--debug`` shows the traceback instead); the handling is the ``otonom``
-command's (``otonom_runtime.cli.run_cli``).
+checklist; ``--promote`` moves a model folder's ``latest`` pointer), ``walk-forward`` (rolling
+windows) and ``explain`` (feature importance), whose parsers are their modules' ``add_parser``.
+The CLI only maps flags to the Python API; every rule lives there. Every error prints one
+``error: ...`` line and exits 1 (``--debug`` shows the traceback instead); the handling is the
+``otonom`` command's (``otonom_runtime.cli.run_cli``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -546,9 +547,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_pipeline(sub)
     _add_check(sub)
-    from otonom_trainer.walkforward import add_parser as _add_walk_forward
-
-    _add_walk_forward(sub)
+    for module in ("walkforward", "explain_report"):  # commands whose parser is their module's
+        importlib.import_module(f"otonom_trainer.{module}").add_parser(sub)
     add_global_flags(parser, version=_version_text())
     return parser
 

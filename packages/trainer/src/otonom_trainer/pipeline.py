@@ -541,10 +541,13 @@ def _dates(cfg: PipelineConfig, session: Any) -> _Dates:
 def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     """Run the stages from ``cfg.from_stage`` on; raises what the stages raise (each names its
     input). The run's report folder (``result.report_dir``) holds ``pipeline_state.json``,
-    updated after every stage; ``result.gate["passed"]`` says whether the gate passed."""
+    updated after every stage; ``result.gate["passed"]`` says whether the gate passed. A bad
+    strategy fails first, before anything is written."""
     from otonom_runtime.store import default_database_url, get_session
+    from otonom_runtime.strategy import load_strategy
 
     clock = time.perf_counter()
+    load_strategy(cfg.strategy_path)
     url = cfg.database_url or default_database_url()
     started = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     report_dir = _run_folder(cfg, started)  # checked here, made at the first save
@@ -577,15 +580,8 @@ def run_pipeline(cfg: PipelineConfig) -> PipelineResult:
     else:
         run.save(1)
         _say(cfg, f"run {report_dir.name}: report in {report_dir}/")
-    steps = (
-        _stage_teacher,
-        _stage_datasets,
-        _stage_train,
-        _stage_evaluate,
-        _stage_heldout,
-        _stage_gate,
-    )
-    for n, step in enumerate(steps, start=2):
+    steps = (_stage_teacher, _stage_datasets, _stage_train, _stage_evaluate, _stage_heldout)
+    for n, step in enumerate((*steps, _stage_gate), start=2):
         if n < cfg.from_stage:
             continue
         step(run)

@@ -1,4 +1,4 @@
-"""The trainer's PNG plots: training curves and the confusion matrix.
+"""The trainer's PNG plots: training curves, the confusion matrix and feature importance.
 
 Figures are drawn on ``otonom_runtime.plots.figure()`` (a ``matplotlib.figure.Figure`` on its
 own Agg canvas), never through ``pyplot``: no global backend is chosen and no figure registry
@@ -9,6 +9,7 @@ saying how to install it.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +24,7 @@ from otonom_trainer.metrics import CLASS_NAMES
 if TYPE_CHECKING:
     from otonom_trainer.training.results import EpochStats
 
-__all__ = ["plot_confusion_matrix", "plot_training_curves"]
+__all__ = ["plot_confusion_matrix", "plot_feature_importance", "plot_training_curves"]
 
 
 def plot_training_curves(
@@ -88,3 +89,48 @@ def plot_confusion_matrix(
             ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=9)
     fig.savefig(out, dpi=110)
     return out
+
+
+def plot_feature_importance(
+    names: Sequence[str],
+    means: npt.ArrayLike,
+    stds: npt.ArrayLike,
+    *,
+    panels: Sequence[str],
+    xlabel: str,
+    title: str = "",
+) -> bytes:
+    """One horizontal bar chart per panel, side by side, as PNG bytes (the caller writes them,
+    so a report is written whole or not at all).
+
+    ``means`` and ``stds`` are (len(names), len(panels)): panel ``j`` draws column ``j``, a bar
+    per name in the given order from the top, with ``stds`` as error bars. A column that is
+    all NaN (an action without rows) is drawn empty and titled so; other NaNs draw no bar.
+    ``ValueError`` for mismatched shapes; ``PlotUnavailableError`` without matplotlib.
+    """
+    m = np.asarray(means, dtype=np.float64)
+    s = np.asarray(stds, dtype=np.float64)
+    shape = (len(names), len(panels))
+    if m.shape != shape or s.shape != shape or not names:
+        raise ValueError(
+            f"means {m.shape} and stds {s.shape} for {len(names)} names and {len(panels)} "
+            f"panels; expected both {shape} with at least one name"
+        )
+    fig = figure(figsize=(3.6 * len(panels) + 1.5, 0.28 * len(names) + 1.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
+    rows = np.arange(len(names))
+    for j, (ax, panel) in enumerate(zip(axes, panels, strict=True)):
+        empty = bool(np.isnan(m[:, j]).all())
+        if not empty:
+            ax.barh(rows, np.nan_to_num(m[:, j]), xerr=np.nan_to_num(s[:, j]), color="tab:blue")
+        ax.axvline(0.0, color="grey", linewidth=0.8)
+        ax.set_title(f"{panel} (no rows)" if empty else panel)
+        ax.set_xlabel(xlabel)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(rows, labels=list(names))
+    axes[0].invert_yaxis()  # the first name on top
+    if title:
+        fig.suptitle(title)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
