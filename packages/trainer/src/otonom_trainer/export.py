@@ -33,7 +33,7 @@ import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -66,6 +66,7 @@ __all__ = [
     "default_parity_states",
     "export_onnx",
     "sha256_file",
+    "write_sealed",
 ]
 
 OPSET: Final = 17
@@ -343,11 +344,37 @@ def export_onnx(
     states = _parity_states(parity_states)
     net = copy.deepcopy(model).to("cpu").float().eval()
 
+    return write_sealed(
+        out,
+        lambda staged: _export_graph(net, staged),
+        metadata,
+        states,
+        lambda staged: _check_parity(net, staged, states, atol),
+    )
+
+
+def write_sealed(
+    out: Path,
+    write_graph: Callable[[Path], None],
+    metadata: Mapping[str, str],
+    states: npt.NDArray[np.float32],
+    check: Callable[[Path], None],
+) -> Path:
+    """Write a model to ``out`` (a ``.onnx`` path) with its sidecar, or nothing at all.
+
+    In a temporary folder beside ``out``: ``write_graph(staged)`` writes the graph, the
+    ``metadata`` is added, the model is sealed (model format 2: digest, and the golden sample
+    chosen among ``states``), its sidecar written and ``check(staged)`` run (the parity check:
+    it raises ``ExportError``). Only then are the model and its sidecar moved into place (the
+    model first: a reader in between sees a sha256 mismatch and refuses it). On any error the
+    folder is removed and an older model at ``out`` is left as it was. Parent folders are
+    created. ``export_onnx`` and ``otonom_trainer.ensemble.export_ensemble`` write through it.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".export", dir=out.parent))
     try:
         staged = staging / out.name
-        _export_graph(net, staged)
+        write_graph(staged)
         _add_metadata(staged, metadata)
         # model format 2: the digest of graph and weights and the golden sample (chosen among
         # the parity states, away from the decision boundary), checked by every load
@@ -356,9 +383,8 @@ def export_onnx(
         except ValueError as exc:
             raise ExportError(f"the exported model cannot be sealed: {exc}") from exc
         write_sha256_sidecar(staged)
-        _check_parity(net, staged, states, atol)
+        check(staged)
         sidecar = out.with_name(out.name + ".sha256")
-        # the model first: a reader in between sees a sha256 mismatch and refuses it
         staged.replace(out)
         staged.with_name(sidecar.name).replace(sidecar)
     finally:
