@@ -249,8 +249,8 @@ def _dataset_path(members: Sequence[EnsembleMember], dataset: object) -> Path:
         )
     if not named:
         raise EnsembleError(
-            "no dataset: members given as networks name none; pass dataset= (the .npz they "
-            "were trained on)"
+            "no dataset: the members' configs name none; pass dataset= (--dataset): the .npz "
+            "they were trained on"
         )
     return Path(named[0])
 

@@ -63,7 +63,8 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
         dataset = None  # the members' config names it
     path = export_ensemble(members, out, combine=args.combine, dataset=dataset)
     meta = load_rl_policy(path).get_metadata()
-    accs = [m["metrics"].get("val_action_acc") for m in json.loads(meta[ENSEMBLE_KEY])["members"]]
+    info = json.loads(meta[ENSEMBLE_KEY.removeprefix("otonom.")])  # get_metadata drops it
+    accs = [m["metrics"].get("val_action_acc") for m in info["members"]]
     shown = ", ".join("?" if a is None else f"{a:.3f}" for a in accs)
     print(
         f"ensemble of {len(accs)} ({args.combine}): {path} (matches its members combined at "
