@@ -243,6 +243,7 @@ def test_the_runtime_serves_it_like_any_policy(
     assert model.ir_version == 8
     assert [(o.domain, o.version) for o in model.opset_import] == [("", OPSET)]
     assert graph_mod._OPSET == OPSET
+    assert ENSEMBLE_KEY in {p.key for p in model.metadata_props}
     sidecar = path.with_name(path.name + ".sha256").read_text()
     assert sidecar == f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}\n"
 
@@ -283,6 +284,12 @@ def test_trained_members_from_checkpoints_are_recorded_and_measured(
     assert [m["run_id"] for m in info["members"]] == runs
     assert all(m["dataset_sha256"] == sha256_file(data) for m in info["members"])
     assert [c["seed"] for c in meta["training_config"]["members"]] == [42, 123, 456]
+    member = load_member(paths[1])
+    assert (member.config["seed"], member.run_id, member.sha256) == (
+        123,
+        runs[1],
+        info["members"][1]["sha256"],
+    )
 
     # the accuracy is the ensemble's own, on the validation rows the members share (time split)
     ds = otonom_schema.load_dataset(data)
@@ -298,7 +305,7 @@ def test_trained_members_from_checkpoints_are_recorded_and_measured(
 def test_a_broken_graph_fails_parity_and_writes_nothing(
     tmp_path: Path, data: Path, nets: list[PolicyNet], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = ensemble_mod.ensemble_graph
+    real = graph_mod.ensemble_graph
     monkeypatch.setattr(ensemble_mod, "ensemble_graph", lambda m, c: real(m, "vote"))
     before = _listing(tmp_path)
     with pytest.raises(ExportError, match="ensemble parity failed at batch size 1: action_probs"):
@@ -470,5 +477,6 @@ def test_the_command_fails_in_one_line_writing_nothing(
     out = _cli(*args, cwd=tmp_path)
     assert out.returncode == 1, out.stderr
     lines = out.stderr.splitlines()
-    assert lines == [lines[-1]] and lines[-1].startswith(f"error: {message}"), out.stderr
+    assert lines == [lines[-1]], out.stderr
+    assert lines[-1].startswith(f"error: {message}"), out.stderr
     assert _listing(tmp_path) == before

@@ -210,12 +210,16 @@ def _weights(net: PolicyNetwork) -> MemberWeights:
     """A ``PolicyNet``'s weights as numpy (W transposed to [in, out], as Gemm takes them)."""
     from torch import nn
 
+    from otonom_trainer.model import PolicyNet
+
+    assert isinstance(net, PolicyNet)  # _as_members admits no other
+
     def dense(layer: nn.Linear) -> tuple[Any, Any]:
         w = layer.weight.detach().cpu().float().numpy().T
         return np.ascontiguousarray(w), layer.bias.detach().cpu().float().numpy().copy()
 
-    trunk = tuple(dense(m) for m in net.trunk if isinstance(m, nn.Linear))  # type: ignore[union-attr]
-    return MemberWeights(trunk, dense(net.action_head), dense(net.strength_head))  # type: ignore[arg-type]
+    trunk = tuple(dense(m) for m in net.trunk if isinstance(m, nn.Linear))
+    return MemberWeights(trunk, dense(net.action_head), dense(net.strength_head))
 
 
 def member_outputs(
@@ -238,9 +242,11 @@ def member_outputs(
 # -- the dataset, the shared split, the ensemble's metrics ------------------------------------
 
 
-def _dataset_path(members: Sequence[EnsembleMember], dataset: object) -> Path:
+def _dataset_path(
+    members: Sequence[EnsembleMember], dataset: str | os.PathLike[str] | None
+) -> Path:
     if dataset is not None:
-        return Path(dataset)  # type: ignore[arg-type]
+        return Path(dataset)
     named = sorted({str(m.config["dataset_path"]) for m in members if "dataset_path" in m.config})
     if len(named) > 1:
         raise EnsembleError(
@@ -255,7 +261,9 @@ def _dataset_path(members: Sequence[EnsembleMember], dataset: object) -> Path:
     return Path(named[0])
 
 
-def _dataset(members: Sequence[EnsembleMember], dataset: object) -> tuple[OfflineDataset, str]:
+def _dataset(
+    members: Sequence[EnsembleMember], dataset: str | os.PathLike[str] | None
+) -> tuple[OfflineDataset, str]:
     """The members' training dataset and its sha256 (each member's recorded sha must match)."""
     from otonom_trainer.export import sha256_file
 
