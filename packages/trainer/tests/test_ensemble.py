@@ -170,6 +170,8 @@ def test_the_model_equals_its_members_own_exports_combined(
         ),
         # one against one
         ([([0.2, 0.45, 0.35], 0.5), ([0.1, 0.3, 0.6], 0.9)], Action.SELL),
+        # a member tied within itself votes for the first of its top actions (BUY, not SELL)
+        ([([0.2, 0.4, 0.4], 0.5), ([0.1, 0.5, 0.4], 0.5), ([0.1, 0.2, 0.7], 0.5)], Action.BUY),
         # a majority beats a higher mean probability: two weak HOLDs against one sure BUY
         (
             [([0.34, 0.33, 0.33], 0.5), ([0.35, 0.33, 0.32], 0.5), ([0.0, 1.0, 0.0], 0.5)],
@@ -308,7 +310,9 @@ def test_a_broken_graph_fails_parity_and_writes_nothing(
     real = graph_mod.ensemble_graph
     monkeypatch.setattr(ensemble_mod, "ensemble_graph", lambda m, c: real(m, "vote"))
     before = _listing(tmp_path)
-    with pytest.raises(ExportError, match="ensemble parity failed at batch size 1: action_probs"):
+    with pytest.raises(
+        ExportError, match=r"ensemble \(mean\) parity failed at batch size 1: action_probs"
+    ):
         export_ensemble(nets, tmp_path / "e.onnx", combine="mean", dataset=data)
     assert _listing(tmp_path) == before
 

@@ -53,6 +53,7 @@ from otonom_trainer.ensemble_graph import (
 if TYPE_CHECKING:
     from otonom_schema import OfflineDataset
     from otonom_trainer.config import TrainingConfig
+    from otonom_trainer.export import Reference
     from otonom_trainer.model import PolicyNetwork
     from otonom_trainer.training.data import DataSplit
 
@@ -66,6 +67,7 @@ __all__ = [
     "export_ensemble",
     "load_member",
     "member_outputs",
+    "member_weights",
     "train_seeds",
 ]
 
@@ -206,8 +208,9 @@ def _check_schemas(members: Sequence[EnsembleMember]) -> None:
         require_schema(source, fingerprint, version, "Retrain the members on a dataset of it.")
 
 
-def _weights(net: PolicyNetwork) -> MemberWeights:
-    """A ``PolicyNet``'s weights as numpy (W transposed to [in, out], as Gemm takes them)."""
+def member_weights(net: PolicyNetwork) -> MemberWeights:
+    """A ``PolicyNet``'s weights as numpy, as ``ensemble_graph`` takes them (each W transposed
+    to [in, out])."""
     from torch import nn
 
     from otonom_trainer.model import PolicyNet
@@ -363,39 +366,20 @@ def _metrics(
 # -- export ---------------------------------------------------------------------------------
 
 
-def _check_parity(
-    members: Sequence[EnsembleMember],
-    path: Path,
-    states: npt.NDArray[np.float32],
-    combine: str,
-    atol: float,
-) -> None:
-    from otonom_runtime import PolicyError, load_rl_policy
-    from otonom_trainer.export import PARITY_BATCH_SIZES, ExportError
+def _reference(members: Sequence[EnsembleMember], combine: str) -> Reference:
+    """The members' torch outputs combined by the rule: what the model must answer. For the
+    vote, rows where a member's top two probabilities are within ``VOTE_MARGIN_ATOL`` (its vote
+    may go either way in float32) are left out of the probabilities' comparison."""
 
-    try:
-        policy = load_rl_policy(path)
-    except PolicyError as exc:
-        raise ExportError(f"the ensemble does not load in the runtime: {exc}") from exc
-    for n in PARITY_BATCH_SIZES:
-        x = np.ascontiguousarray(np.resize(states, (n, STATE_DIM)))  # rows repeat in order
+    def reference(x: npt.NDArray[np.float32]) -> tuple[Any, Any, Any]:
         probs, strengths = member_outputs(members, x)
         want_probs, want_strength = combine_outputs(probs, strengths, combine)
-        _, got_strength, got_probs = policy.predict_batch(x)
+        if combine != "vote":
+            return want_probs, want_strength, None
         top2 = np.sort(probs, axis=-1)[..., -2:]
-        clear = (top2[..., 1] - top2[..., 0] >= VOTE_MARGIN_ATOL).all(axis=0)
-        rows = clear if combine == "vote" else np.ones(n, dtype=bool)
-        for name, got, want in (
-            ("action_probs", got_probs[rows], want_probs[rows]),
-            ("strength", got_strength, want_strength),
-        ):
-            diff = float(np.max(np.abs(got.astype(np.float64) - want), initial=0.0))
-            if not diff <= atol:
-                raise ExportError(
-                    f"ensemble parity failed at batch size {n}: {name} differs from the "
-                    f"members' outputs combined by {combine!r} by up to {diff:.3g} (atol "
-                    f"{atol:g}); the export is broken, nothing was written"
-                )
+        return want_probs, want_strength, (top2[..., 1] - top2[..., 0] >= VOTE_MARGIN_ATOL).all(0)
+
+    return reference
 
 
 def check_ensemble_path(path: str | os.PathLike[str]) -> Path:
@@ -441,7 +425,7 @@ def export_ensemble(
     installed one, ``ExportError`` when the file does not load in the runtime or disagrees with
     the members; then nothing is written. Returns ``path``.
     """
-    from otonom_trainer.export import build_metadata, write_sealed
+    from otonom_trainer.export import build_metadata, check_parity, write_sealed
 
     out = check_ensemble_path(path)
     if combine not in COMBINE_RULES:
@@ -459,7 +443,7 @@ def export_ensemble(
         info["vote_weight"] = vote_weight(len(group))
     info["members"] = [m.record() for m in group]
     metadata[ENSEMBLE_KEY] = json.dumps(info, sort_keys=True)
-    graph = ensemble_graph([_weights(m.net) for m in group], combine)
+    graph = ensemble_graph([member_weights(m.net) for m in group], combine)
 
     def write_graph(staged: Path) -> None:
         staged.write_bytes(graph.SerializeToString())
@@ -469,7 +453,9 @@ def export_ensemble(
         write_graph,
         metadata,
         parity,
-        lambda staged: _check_parity(group, staged, parity, combine, atol),
+        lambda staged: check_parity(
+            staged, parity, _reference(group, combine), atol, what=f"ensemble ({combine})"
+        ),
     )
 
 

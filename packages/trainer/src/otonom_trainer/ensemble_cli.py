@@ -74,32 +74,51 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+_DESCRIPTION = (
+    "Merge two or more trained PolicyNet members into one ONNX policy that the runtime loads and "
+    "predicts like any other (docs/model-format.md): action_probs are the members' mean "
+    "probabilities (--combine mean) or their majority vote (--combine vote: a probability row "
+    "whose argmax is the most voted action, a tie going to the higher mean probability), "
+    "strength is the members' mean. The members come from --checkpoints, or are trained first, "
+    "one run per --seeds entry, into MEMBERS_DIR/seed_<N>/. The model records the rule and each "
+    "member's checkpoint, sha256, seed and metrics (metadata otonom.ensemble), and its own "
+    "accuracy on the validation rows the members share. Nothing is written at --out unless the "
+    "model loads through the runtime and matches its members combined (members trained with "
+    "--seeds stay in MEMBERS_DIR if a later step fails)."
+)
+_EPILOG = (
+    "examples: otonom-train ensemble --checkpoints models/s42/policy_best.pt "
+    "models/s123/policy_best.pt models/s456/policy_best.pt --out "
+    "models/rl_ensemble/policy_best.onnx --combine vote; otonom-train ensemble --dataset "
+    "data/offline_dataset.npz --seeds 42 123 456 --epochs 10 --out "
+    "models/rl_ensemble/policy_best.onnx"
+)
+# the flags that go with --seeds only: (flag, add_argument keywords)
+_SEED_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
+    (
+        "--config",
+        {
+            "metavar": "FILE.yaml",
+            "help": "TrainingConfig fields for every member (the seed and output folder are set "
+            "per member)",
+        },
+    ),
+    ("--epochs", {"type": int, "help": "training epochs per member (default: the config's)"}),
+    (
+        "--members-dir",
+        {
+            "metavar": "DIR",
+            "help": "where the members' runs go, DIR/seed_<N>/ (default: --out's folder)",
+        },
+    ),
+    ("--quiet", {"action": "store_true", "help": "no training logs"}),
+)
+
+
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Add the ``ensemble`` command to ``sub``; its handler runs ``export_ensemble``."""
-    p = sub.add_parser(
-        "ensemble",
-        help="several policies (checkpoints, or seeds to train) as ONE ONNX model",
-        description=(
-            "Merge two or more trained PolicyNet members into one ONNX policy that the runtime "
-            "loads and predicts like any other (docs/model-format.md): action_probs are the "
-            "members' mean probabilities (--combine mean) or their majority vote (--combine "
-            "vote: a probability row whose argmax is the most voted action, a tie going to the "
-            "higher mean probability), strength is the members' mean. The members come from "
-            "--checkpoints, or are trained first, one run per --seeds entry, into "
-            "MEMBERS_DIR/seed_<N>/. The model records the rule and each member's checkpoint, "
-            "sha256, seed and metrics (metadata otonom.ensemble), and its own accuracy on the "
-            "validation rows the members share. Nothing is written at --out unless the model "
-            "loads through the runtime and matches its members combined (members trained with "
-            "--seeds stay in MEMBERS_DIR if a later step fails)."
-        ),
-        epilog=(
-            "examples: otonom-train ensemble --checkpoints models/s42/policy_best.pt "
-            "models/s123/policy_best.pt models/s456/policy_best.pt --out "
-            "models/rl_ensemble/policy_best.onnx --combine vote; otonom-train ensemble "
-            "--dataset data/offline_dataset.npz --seeds 42 123 456 --epochs 10 --out "
-            "models/rl_ensemble/policy_best.onnx"
-        ),
-    )
+    help_text = "several policies (checkpoints, or seeds to train) as ONE ONNX model"
+    p = sub.add_parser("ensemble", help=help_text, description=_DESCRIPTION, epilog=_EPILOG)
     members = p.add_mutually_exclusive_group(required=True)
     members.add_argument(
         "--checkpoints",
@@ -134,20 +153,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
         help="the dataset the members are (--checkpoints: were) trained on; with --checkpoints "
         "default: the one their configs name",
     )
-    p.add_argument(
-        "--config",
-        metavar="FILE.yaml",
-        help="with --seeds: TrainingConfig fields for every member (the seed and output "
-        "folder are set per member)",
-    )
-    p.add_argument(
-        "--epochs", type=int, help="with --seeds: training epochs per member (default: config's)"
-    )
-    p.add_argument(
-        "--members-dir",
-        metavar="DIR",
-        help="with --seeds: where the members' runs go, DIR/seed_<N>/ (default: --out's folder)",
-    )
-    p.add_argument("--quiet", action="store_true", help="with --seeds: no training logs")
+    seeds = p.add_argument_group("with --seeds only")
+    for flag, kwargs in _SEED_FLAGS:
+        seeds.add_argument(flag, **kwargs)
     p.set_defaults(handler=_cmd_ensemble)
     return p

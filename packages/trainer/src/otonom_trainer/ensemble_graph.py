@@ -9,7 +9,7 @@ One graph takes ``state`` float32 [batch, 34] and gives ``action_probs`` [batch,
            └─ ...                          ┴─ Concat [batch, H1+...+HN]
                  ├─ Gemm (block-diagonal: every member's action head) ─ Reshape [batch, N, 3]
                  │     ─ Softmax ─ ReduceMean over members           (combine "mean")
-                 │              └─ ArgMax ─ Equal ─ Cast ─ Concat ─ MatMul  (combine "vote")
+                 │              └─ Hardmax ─ Concat ─ Reshape ─ MatMul   (combine "vote")
                  └─ Gemm (block-diagonal: every strength head) ─ Sigmoid ─ ReduceMean
 
 The members' trunks stay separate Gemms: each is as small as one member's, so onnxruntime
@@ -50,6 +50,7 @@ __all__ = [
     "COMBINE_RULES",
     "MIN_MEMBERS",
     "MemberWeights",
+    "block_diagonal",
     "combine_outputs",
     "ensemble_graph",
     "vote_weight",
@@ -104,7 +105,8 @@ def combine_outputs(
     return ((1.0 - w) * votes + w * mean).astype(np.float32), strength
 
 
-def _block_diagonal(blocks: Sequence[F32]) -> F32:
+def block_diagonal(blocks: Sequence[F32]) -> F32:
+    """The matrices ``blocks`` on the diagonal of one, zeros elsewhere (the merged heads)."""
     rows = sum(b.shape[0] for b in blocks)
     cols = sum(b.shape[1] for b in blocks)
     out = np.zeros((rows, cols), dtype=np.float32)
@@ -149,9 +151,8 @@ def _trunks(g: _Graph, members: Sequence[MemberWeights]) -> list[str]:
 def _vote(g: _Graph, probs3: str, n: int) -> str:
     """``(1 - w) * vote fractions + w * mean probabilities`` from ``probs3`` [batch, n, 3]."""
     w = vote_weight(n)
-    top = g.node("ArgMax", [probs3], "vote_argmax", axis=-1, keepdims=1, select_last_index=0)
-    hit = g.node("Equal", [top, g.const("actions", np.arange(N_ACTIONS), np.int64)], "vote_hit")
-    ones = g.node("Cast", [hit], "vote_onehot", to=1)  # 1 = FLOAT
+    # Hardmax: 1 at the first maximum of each member's row (its vote), 0 elsewhere
+    ones = g.node("Hardmax", [probs3], "member_votes", axis=-1)
     both = g.node("Concat", [probs3, ones], "vote_rows", axis=1)  # [batch, 2n, 3]
     flat = g.node(
         "Reshape", [both, g.const("flat_shape", [0, 2 * n * N_ACTIONS], np.int64)], "vote_flat"
@@ -177,7 +178,7 @@ def ensemble_graph(members: Sequence[MemberWeights], combine: str) -> Any:
             raise ValueError(f"member {k} takes {m.trunk[0][0].shape[0]} inputs, not {STATE_DIM}")
     g = _Graph()
     hidden = g.node("Concat", _trunks(g, members), "hidden", axis=1)
-    wa = g.const("action_w", _block_diagonal([m.action[0] for m in members]))
+    wa = g.const("action_w", block_diagonal([m.action[0] for m in members]))
     ba = g.const("action_b", np.concatenate([m.action[1] for m in members]))
     logits = g.node("Gemm", [hidden, wa, ba], "action_logits")
     shape = g.const("member_shape", [0, n, N_ACTIONS], np.int64)
@@ -187,7 +188,7 @@ def ensemble_graph(members: Sequence[MemberWeights], combine: str) -> Any:
         g.node("ReduceMean", [probs3], "action_probs", axes=[1], keepdims=0)
     else:
         _vote(g, probs3, n)
-    ws = g.const("strength_w", _block_diagonal([m.strength[0] for m in members]))
+    ws = g.const("strength_w", block_diagonal([m.strength[0] for m in members]))
     bs = g.const("strength_b", np.concatenate([m.strength[1] for m in members]))
     z = g.node("Gemm", [hidden, ws, bs], "strength_logits")
     s = g.node("Sigmoid", [z], "member_strengths")

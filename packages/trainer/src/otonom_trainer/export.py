@@ -62,7 +62,9 @@ __all__ = [
     "OPSET",
     "PARITY_BATCH_SIZES",
     "ExportError",
+    "Reference",
     "build_metadata",
+    "check_parity",
     "default_parity_states",
     "export_onnx",
     "sha256_file",
@@ -274,29 +276,56 @@ def _add_metadata(path: Path, metadata: Mapping[str, str]) -> None:
     onnx.save(proto, str(path))
 
 
-def _check_parity(
-    net: PolicyNetwork, model_path: Path, states: npt.NDArray[np.float32], atol: float
+Reference = Callable[
+    [npt.NDArray[np.float32]],
+    tuple[npt.ArrayLike, npt.ArrayLike, "npt.NDArray[np.bool_] | None"],
+]
+"""``states (n, 34) -> (probs (n, 3), strengths (n,), rows)``: what a model must answer;
+``rows`` (a boolean mask, or None for all) are the rows whose probabilities are compared."""
+
+
+def check_parity(
+    model_path: Path,
+    states: npt.NDArray[np.float32],
+    reference: Reference,
+    atol: float,
+    *,
+    what: str = "ONNX/PyTorch",
 ) -> None:
+    """Load ``model_path`` through the runtime (``load_rl_policy``) and compare its
+    ``predict_batch`` with ``reference`` on ``states`` (rows repeated in order) at each of
+    ``PARITY_BATCH_SIZES``; ``ExportError`` naming ``what``, the batch size, the output and the
+    largest difference when one exceeds ``atol`` (or is NaN), or when the model does not load."""
     try:
         policy = load_rl_policy(model_path)
     except PolicyError as exc:
         raise ExportError(f"the exported model does not load in the runtime: {exc}") from exc
     for n in PARITY_BATCH_SIZES:
         x = _rows(states, n)
-        with torch.no_grad():
-            ref_probs, ref_strength = net.probabilities(torch.from_numpy(x))
+        ref_probs, ref_strength, rows = reference(x)
         _, strengths, probs = policy.predict_batch(x)
+        keep = np.ones(n, dtype=bool) if rows is None else rows
         for name, got, want in (
-            ("action_probs", probs, ref_probs.numpy()),
-            ("strength", strengths, ref_strength.numpy().reshape(n)),
+            ("action_probs", probs[keep], np.asarray(ref_probs)[keep]),
+            ("strength", strengths, np.asarray(ref_strength).reshape(n)),
         ):
-            diff = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64))))
-            if not diff <= atol:  # also catches NaN
+            diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
+            worst = float(np.max(diff, initial=0.0))
+            if not worst <= atol or np.isnan(diff).any():
                 raise ExportError(
-                    f"ONNX/PyTorch parity failed at batch size {n}: {name} differs by up to "
-                    f"{diff:.3g} (max abs difference; atol {atol:g}); the export is broken, "
+                    f"{what} parity failed at batch size {n}: {name} differs by up to "
+                    f"{worst:.3g} (max abs difference; atol {atol:g}); the export is broken, "
                     "nothing was written"
                 )
+
+
+def _torch_reference(net: PolicyNetwork) -> Reference:
+    def reference(x: npt.NDArray[np.float32]) -> tuple[Any, Any, None]:
+        with torch.no_grad():
+            probs, strength = net.probabilities(torch.from_numpy(x))
+        return probs.numpy(), strength.numpy(), None
+
+    return reference
 
 
 def export_onnx(
@@ -349,7 +378,7 @@ def export_onnx(
         lambda staged: _export_graph(net, staged),
         metadata,
         states,
-        lambda staged: _check_parity(net, staged, states, atol),
+        lambda staged: check_parity(staged, states, _torch_reference(net), atol),
     )
 
 
