@@ -205,6 +205,15 @@ def test_constructed_ties_go_to_the_higher_mean_probability(
     assert all(a == winner for a in policy.predict_batch(states[:5])[0])
 
 
+def test_the_callers_networks_are_left_as_they_were(tmp_path: Path, data: Path) -> None:
+    nets = [_net(1).train(), _net(2).train()]
+    before = [{k: v.clone() for k, v in n.state_dict().items()} for n in nets]
+    export_ensemble(nets, tmp_path / "e.onnx", dataset=data)
+    assert all(n.training for n in nets)
+    for n, state in zip(nets, before, strict=True):
+        assert all(torch.equal(v, state[k]) for k, v in n.state_dict().items())
+
+
 def test_members_of_different_widths_and_depths_merge(
     tmp_path: Path, data: Path, states: np.ndarray
 ) -> None:

@@ -28,6 +28,8 @@ Torch is imported by the functions that need it, not by importing this module.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -172,9 +174,9 @@ def _as_members(items: Sequence[object]) -> list[EnsembleMember]:
     members: list[EnsembleMember] = []
     for item in items:
         if isinstance(item, EnsembleMember):
-            members.append(item)
+            members.append(dataclasses.replace(item, net=_cpu_copy(item.net)))
         elif isinstance(item, PolicyNetwork):
-            members.append(EnsembleMember(net=item))
+            members.append(EnsembleMember(net=_cpu_copy(item)))
         elif isinstance(item, (str, os.PathLike)):
             members.append(load_member(item))
         else:
@@ -191,6 +193,11 @@ def _as_members(items: Sequence[object]) -> list[EnsembleMember]:
             )
     _check_schemas(members)
     return members
+
+
+def _cpu_copy(net: PolicyNetwork) -> PolicyNetwork:
+    """A float32 CPU copy in eval mode: the caller's network (device, mode) is left as it was."""
+    return copy.deepcopy(net).to("cpu").float().eval()
 
 
 def _check_schemas(members: Sequence[EnsembleMember]) -> None:
@@ -235,7 +242,9 @@ def member_outputs(
     x = torch.from_numpy(np.array(states, dtype=np.float32))  # a copy: writable
     with torch.no_grad():
         for m in members:
-            net = m.net.to("cpu").float().eval()
+            net = m.net
+            if net.training or any(t.device.type != "cpu" for t in net.parameters()):
+                net = _cpu_copy(net)  # (_as_members and load_member give such members already)
             p, s = zip(*(net.probabilities(chunk) for chunk in torch.split(x, 65536)), strict=True)
             probs.append(torch.cat(p).numpy())
             strengths.append(torch.cat(s).numpy().reshape(-1))
