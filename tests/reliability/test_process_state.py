@@ -97,6 +97,11 @@ from otonom_trainer.plots import plot_confusion_matrix
 plot_confusion_matrix(metrics.confusion_matrix, tmp / "cm.png")
 check("trainer plots")
 
+from otonom_trainer.ensemble import export_ensemble, train_seeds
+members = train_seeds(cfg.replace(max_epochs=1), [1, 2], members_dir=tmp / "seeds")
+export_ensemble(members, tmp / "ens" / "e.onnx", combine="vote")
+check("ensemble")
+
 # the probe sees each kind of change
 seen = {}
 rng = torch.random.get_rng_state()
