@@ -1,8 +1,8 @@
 """The ``otonom-train`` command line (also ``python -m otonom_trainer``).
 
-Commands: ``dataset`` (guide Step 1), ``train`` (Step 2: train, then export to ONNX with a
-parity check), ``export`` (a checkpoint to ONNX), ``evaluate`` (Step 3, through the runtime's
-ONNX model), ``pipeline`` (the whole guide end to end), ``check`` (the production
+Commands: ``dataset`` (guide Step 1), ``train`` (Step 2: train, export to ONNX, parity check;
+``--seeds``: N at once), ``export`` (a checkpoint to ONNX), ``evaluate`` (Step 3, through the
+runtime's ONNX model), ``pipeline`` (the whole guide end to end), ``check`` (the production
 checklist; ``--promote`` moves a model folder's ``latest`` pointer) and ``walk-forward``
 (rolling train/test windows, out-of-sample accuracy and Sharpe per window). The CLI only
 maps flags to the Python API; every rule lives there. Every error prints one ``error: ...``
@@ -13,6 +13,7 @@ command's (``otonom_runtime.cli.run_cli``).
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -547,9 +548,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_pipeline(sub)
     _add_check(sub)
-    from otonom_trainer.walkforward import add_parser as _add_walk_forward
-
-    _add_walk_forward(sub)
+    for room in ("walkforward", "stacked"):  # walk-forward; stacked: train --seeds
+        importlib.import_module(f"otonom_trainer.{room}").add_parser(sub)
     add_global_flags(parser, version=_version_text())
     return parser
 
