@@ -372,7 +372,9 @@ def train_many(
         )
         for s in seeds
     ]
-    work = len(members) * config.batch_size * PolicyNet.work_per_row(config)
+    # a member's matmuls are its single run's: the CPU thread rule is the single run's too (N
+    # small matmuls gain nothing from splitting, and a busy core stalls them all)
+    work = config.batch_size * PolicyNet.work_per_row(config)
     fork = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork), intra_op_threads(device, work):
         torch.manual_seed(seeds[0])  # the CUDA dropout stream; the CPU's are per member
