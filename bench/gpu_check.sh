@@ -57,7 +57,11 @@ if [ "${SKIP_INSTALL:-0}" != 1 ]; then
     fi
     "$PYTHON" -m pip install --no-index --no-deps --no-build-isolation \
       -e packages/schema -e packages/runtime -e packages/trainer
-  } >>"$OUT/env.txt" 2>&1 || { fail 3; stamp "install FAILED (see env.txt)"; }
+  } >>"$OUT/env.txt" 2>&1 || {
+    fail 3
+    stamp "install FAILED (see env.txt): going on with the sources on PYTHONPATH"
+    export PYTHONPATH="$PWD/packages/schema/src:$PWD/packages/runtime/src:$PWD/packages/trainer/src"
+  }
   "$PYTHON" -m pip list 2>/dev/null | grep -i -E "^(otonom|sqlalchemy|backtesting|torch|onnx|numpy) " >>"$OUT/env.txt"
 fi
 
