@@ -235,16 +235,17 @@ def report(args: argparse.Namespace, results: dict[str, Any], seeds: list[int]) 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    parser.add_argument("--rows", type=int, default=20_000, help="dataset rows (default 20,000)")
-    parser.add_argument("--n", type=int, default=4, help="policies trained at once (default 4)")
+    for flag, default, what in (
+        ("--rows", 20_000, "dataset rows"),
+        ("--n", 4, "policies trained at once"),
+        ("--epochs", 2, "epochs per run"),
+        ("--batch", 256, "batch size"),
+        ("--hidden", 128, "hidden width"),
+    ):
+        parser.add_argument(flag, type=int, default=default, help=f"{what} (default {default})")
     parser.add_argument(
-        "--sequential",
-        type=int,
-        help="time this many of the N single-model runs (default all N)",
+        "--sequential", type=int, help="time this many of the N single-model runs (default all N)"
     )
-    parser.add_argument("--epochs", type=int, default=2, help="epochs per run (default 2)")
-    parser.add_argument("--batch", type=int, default=256, help="batch size (default 256)")
-    parser.add_argument("--hidden", type=int, default=128, help="hidden width (default 128)")
     parser.add_argument(
         "--parts", default="single,stacked,plain", help="comma-separated: single, stacked, plain"
     )

@@ -298,7 +298,7 @@ def test_the_stacked_loss_is_each_members_batch_terms(balance: str) -> None:
         focal_gamma=2.0 if balance == "focal" else None,
         class_weights=torch.stack(weights) if balance == "weighted" else None,
     )
-    got = stacked_batch_terms(stacked, logits, strength, actions, targets, sw)
+    got = stacked_batch_terms(stacked, logits, strength, (actions, targets, sw))
     totals = []
     for i, loss in enumerate(losses):
         want = loss.batch_terms(logits[i], strength[i], actions[i], targets[i], sw[i])

@@ -275,9 +275,8 @@ def _stacked_epoch(
     for b in range(math.ceil(int(order.shape[1]) / bs)):
         sl = slice(b * bs, (b + 1) * bs)
         logits, strength = stack.forward(states[:, sl], generators)
-        terms = stacked_batch_terms(
-            loss, logits, strength, actions[:, sl], strengths[:, sl], weights[:, sl]
-        )
+        batch = (actions[:, sl], strengths[:, sl], weights[:, sl])
+        terms = stacked_batch_terms(loss, logits, strength, batch)
         grad.zero_()
         with warnings.catch_warnings():  # the gradients are strided views of the flat one
             warnings.filterwarnings("ignore", message=_LAYOUT_WARNING, category=UserWarning)

@@ -148,14 +148,13 @@ def stacked_batch_terms(
     loss: StackedLoss,
     logits: torch.Tensor,
     strength_pred: torch.Tensor,
-    actions: torch.Tensor,
-    strengths: torch.Tensor,
-    strength_weights: torch.Tensor,
+    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
 ) -> LossTerms:
     """``BehaviorCloningLoss.batch_terms`` of N members at once: ``logits`` (N, B, 3),
-    ``strength_pred`` (N, B, 1), the rest (N, B). ``total`` is the sum of the members' totals
-    (0-d: one backward gives each member its own gradient); ``action`` and ``strength`` are the
-    members' terms, shape (N,)."""
+    ``strength_pred`` (N, B, 1), ``batch`` the actions, target strengths and strength weights,
+    each (N, B). ``total`` is the sum of the members' totals (0-d: one backward gives each
+    member its own gradient); ``action`` and ``strength`` are the members' terms, shape (N,)."""
+    actions, strengths, strength_weights = batch
     n, b = actions.shape
     ce = F.cross_entropy(logits.reshape(n * b, 3), actions.reshape(-1), reduction="none")
     ce = ce.view(n, b)
