@@ -92,6 +92,9 @@ metrics = BehaviorCloningTrainer(cfg).train()
 assert (tmp / "out" / "policy_best.onnx").is_file()
 assert (tmp / "out" / "training_curves.png").is_file()
 check("train")
+from otonom_trainer.stacked import train_many
+train_many(cfg.replace(output_dir=str(tmp / "many")), [1, 2], export=False)
+check("train_many")
 
 from otonom_trainer.plots import plot_confusion_matrix
 plot_confusion_matrix(metrics.confusion_matrix, tmp / "cm.png")
