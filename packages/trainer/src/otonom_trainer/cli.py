@@ -1,13 +1,13 @@
 """The ``otonom-train`` command line (also ``python -m otonom_trainer``).
 
 Commands: ``dataset`` (guide Step 1), ``train`` (Step 2: train, then export to ONNX with a
-parity check), ``export`` (a checkpoint to ONNX), ``evaluate`` (Step 3, through the runtime's
-ONNX model), ``pipeline`` (the whole guide end to end), ``check`` (the production
-checklist; ``--promote`` moves a model folder's ``latest`` pointer), ``walk-forward`` (rolling
-windows) and ``explain`` (feature importance), whose parsers are their modules' ``add_parser``.
-The CLI only maps flags to the Python API; every rule lives there. Every error prints one
-``error: ...`` line and exits 1 (``--debug`` shows the traceback instead); the handling is the
-``otonom`` command's (``otonom_runtime.cli.run_cli``).
+parity check; data-parallel under ``torchrun``), ``export`` (a checkpoint to ONNX),
+``evaluate`` (Step 3, the runtime's ONNX model), ``pipeline`` (the guide end to end), ``check``
+(the production checklist; ``--promote``), ``walk-forward`` (rolling windows), ``explain``
+(feature importance) and ``tune`` (optuna's search of the knobs), whose parsers are their
+modules' ``add_parser``. The CLI only maps flags to the Python API; every rule lives there.
+Every error prints one ``error: ...`` line and exits 1 (``--debug`` shows the traceback
+instead); the handling is the ``otonom`` command's (``otonom_runtime.cli.run_cli``).
 """
 
 from __future__ import annotations
@@ -548,7 +548,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_pipeline(sub)
     _add_check(sub)
-    for module in ("walkforward", "explain_report"):  # commands whose parser is their module's
+    for module in ("walkforward", "explain_report", "tune"):  # their module's parser
         importlib.import_module(f"otonom_trainer.{module}").add_parser(sub)
     add_global_flags(parser, version=_version_text())
     return parser
