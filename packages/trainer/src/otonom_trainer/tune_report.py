@@ -85,11 +85,7 @@ def _knob_order(name: str) -> int:
 
 def fmt_value(value: Any) -> str:
     """A knob or figure as the table shows it (floats to 3 significant digits)."""
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
+    return "-" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def summary(result: TuneResult) -> str:

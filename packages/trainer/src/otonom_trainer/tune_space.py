@@ -31,14 +31,17 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-import yaml
-
-from otonom_runtime.config_rules import Problem, Validated, rule, yaml_key_lines
+from otonom_runtime.config_rules import Validated, rule
 from otonom_trainer._errors import OtonomTrainerError
-from otonom_trainer.config import BALANCE_MODES, OPTIMIZERS, ConfigError, TrainingConfig
+from otonom_trainer.config import (
+    BALANCE_MODES,
+    OPTIMIZERS,
+    ConfigError,
+    TrainingConfig,
+    read_flat_yaml,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -189,33 +192,15 @@ class SearchSpace(Validated):
     def from_yaml(cls, path: str | os.PathLike[str], base: SearchSpace) -> SearchSpace:
         """``base`` with the entries of the YAML mapping at ``path`` (``knob: [..]`` or
         ``knob: null``). A problem names the file and line (``space.yaml:2: lr: got ...``)."""
-        src = Path(path)
-        if not src.is_file():
-            raise FileNotFoundError(f"no search space file at {src}")
-        text = src.read_text(encoding="utf-8")
-        dupes: list[Problem] = []
-        try:
-            data = yaml.safe_load(text)
-            lines = yaml_key_lines(text, dupes)
-        except yaml.YAMLError as exc:
-            raise TuneError(f"{src} is not valid YAML: {' '.join(str(exc).split())}") from None
         names = [f.name for f in dataclasses.fields(cls)]
-        if not isinstance(data, Mapping) or not data:
-            raise TuneError(f"{src}: expected a mapping of knobs ({', '.join(names)}) to lists")
-        for key in data:
-            if key not in names:
-                raise TuneError(
-                    f"{src}:{lines.get(str(key), 1)}: {key}: not a knob; expected one of "
-                    + ", ".join(names)
-                )
-        if dupes:
-            raise TuneError(f"{src}:{lines[dupes[0].path]}: {dupes[0].got()}")
-        changes = {k: _numbers(v) for k, v in data.items()}
-        try:
-            return base.replace(**changes)
-        except TuneError as exc:
-            name = str(exc).partition(":")[0]
-            raise TuneError(f"{src}:{lines.get(name, 1)}: {exc}") from None
+
+        def build(data: Mapping[str, Any]) -> SearchSpace:
+            for key in data:
+                if key not in names:
+                    raise TuneError(f"{key}: not a knob; expected one of {', '.join(names)}")
+            return base.replace(**{str(k): _numbers(v) for k, v in data.items()})
+
+        return read_flat_yaml(path, "search space", "knobs to lists", TuneError, build)
 
 
 def _numbers(value: Any) -> Any:
