@@ -24,10 +24,12 @@ Every configuration tried is counted: ``TuneResult.n_tried`` is the number of th
 finished trials (complete, failed or pruned, all workers), printed and written in
 ``best_config.yaml``'s header; a multiple-testing correction (a deflated Sharpe) needs it.
 
-Outputs (with ``out_dir``; written atomically at the end, nothing when no trial completed):
-``best_config.yaml`` (a ``TrainingConfig`` file: ``otonom-train train --config
-best_config.yaml``) and ``trials.csv`` (one row per trial of the study). optuna and torch are
-imported when a study runs, not with this module.
+Outputs (with ``out_dir``; written atomically at the end): ``best_config.yaml`` (a
+``TrainingConfig`` file: ``otonom-train train --config best_config.yaml``) and ``trials.csv``
+(one row per trial of the study). Every option, the dataset, the space and the storage are
+checked before anything is written; when no trial completes, neither file is written (the
+storage keeps the failed trials: it is the study's record, other workers may share it).
+optuna and torch are imported when a study runs, not with this module.
 """
 
 from __future__ import annotations
@@ -218,7 +220,8 @@ class _Objective:
             except TrainingError as exc:
                 trial.set_user_attr("error", " ".join(str(exc).split()))
                 trial.set_user_attr("seconds", round(time.perf_counter() - start, 2))
-                print(f"trial {trial.number}: failed ({exc})", file=self.out, flush=True)
+                line = " ".join(str(exc).split())
+                print(f"trial {trial.number}: failed ({line})", file=self.out, flush=True)
                 raise
         value = _value(metrics, self.objective)
         seconds = round(time.perf_counter() - start, 2)
