@@ -305,5 +305,9 @@ def test_every_snippet_runs_in_order(tmp_path: Path) -> None:
         "models/guide_ensemble/policy_best.onnx",
         "reports/guide_rl_2023.png",
         "reports/guide_walk_forward/walk_forward.md",
+        "models/guide_bc_ddp/policy_best.onnx",  # torchrun, two processes
+        "reports/tune/guide/best_config.yaml",
+        "models/guide_tuned/policy_best.onnx",
+        "reports/tune/w2/trials.csv",
     ):
         assert (tmp_path / path).is_file(), path

@@ -21,7 +21,8 @@ raises it, and keeps the builtin base callers caught before the tree)::
         ├── PipelineError (+ ValueError)        otonom_trainer.pipeline
         ├── CheckError (+ ValueError)           otonom_trainer.check
         ├── WalkForwardError (+ ValueError)     otonom_trainer.walkforward
-        └── ExplainError (+ ValueError)         otonom_trainer.explain
+        ├── ExplainError (+ ValueError)         otonom_trainer.explain
+        └── TuneError (+ ValueError)            otonom_trainer.tune (tune_space)
 
 ``otonom-train`` shows the message of any of them (and of the runtime's and schema's trees, and
 ``OSError``) in one line; anything else is a bug and keeps its traceback.

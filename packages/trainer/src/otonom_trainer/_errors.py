@@ -16,6 +16,7 @@
         ├── CheckError (+ ValueError)           the model check's configuration or stages
         ├── WalkForwardError (+ ValueError)     the walk-forward's configuration or folds
         ├── ExplainError (+ ValueError)         feature importance's options, rows or attention
+        ├── TuneError (+ ValueError)            tune's options, search space or study
         ├── DatasetGenerationError (+ ValueError)  a dataset that cannot be made from the store
         └── LabelError (+ ValueError)           forward labels that cannot be made (horizon, rows)
 

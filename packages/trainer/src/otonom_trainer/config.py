@@ -21,10 +21,10 @@ import dataclasses
 import datetime as dt
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import yaml
 
@@ -57,6 +57,7 @@ __all__ = [
     "ConfigField",
     "TrainingConfig",
     "config_fields",
+    "read_flat_yaml",
 ]
 
 OPTIMIZERS: Final = ("adam", "adamw")
@@ -64,6 +65,7 @@ BALANCE_MODES: Final = ("none", "weighted", "oversample", "focal")
 SPLITS: Final = ("time", "random")
 DEVICES: Final = ("auto", "cpu", "cuda")
 _CUDA_INDEX = re.compile(r"cuda:\d+")
+_T = TypeVar("_T")
 
 
 class ConfigError(OtonomTrainerError, ValueError):
@@ -375,32 +377,13 @@ class TrainingConfig(Validated):
         """Read a flat YAML mapping of field names (``overrides``, e.g. flags, win). A problem
         names the file and the line of the field (``train.yaml:3: lr: got ...``); a key given
         twice is a problem."""
-        src = Path(path)
-        if not src.is_file():
-            raise FileNotFoundError(f"no training configuration file at {src}")
-        text = src.read_text(encoding="utf-8")
-        duplicates: list[Problem] = []
-        try:
-            data = yaml.safe_load(text)
-            lines = yaml_key_lines(text, duplicates)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{src} is not valid YAML: {exc}") from None
-        if data is None:
-            data = {}
-        if not isinstance(data, Mapping):
-            raise ConfigError(
-                f"{src}: expected a mapping of field names to values at the top level; "
-                f"got a {type(data).__name__}"
-            )
-        if duplicates:
-            first = duplicates[0]
-            raise ConfigError(f"{src}:{lines[first.path]}: {first.got()}")
-        try:
-            return cls.from_dict(data, overrides)
-        except ConfigError as exc:  # "field: got ...": the file's line of that field
-            name = str(exc).partition(":")[0]
-            where = f"{src}:{lines[name]}" if name in lines else str(src)
-            raise ConfigError(f"{where}: {exc}") from None
+        return read_flat_yaml(
+            path,
+            "training configuration",
+            "field names to values",
+            ConfigError,
+            lambda data: cls.from_dict(data, overrides),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Field name -> value (str, int, float, bool only): JSON-, YAML- and torch-safe."""
@@ -409,6 +392,43 @@ class TrainingConfig(Validated):
     def replace(self, **changes: Any) -> TrainingConfig:
         """A copy with ``changes`` applied, validated again."""
         return dataclasses.replace(self, **changes)
+
+
+def read_flat_yaml(
+    path: str | os.PathLike[str],
+    what: str,
+    keys: str,
+    error: type[Exception],
+    build: Callable[[Mapping[str, Any]], _T],
+) -> _T:
+    """``build(mapping)`` of the YAML file ``path``'s top-level mapping (an empty file: ``{}``).
+    ``FileNotFoundError`` (``no WHAT file at PATH``); ``error`` for text that is not YAML, a top
+    level that is not a mapping of ``keys``, a key given twice, or an ``error`` of ``build``
+    whose message starts with a key (``lr: got ...``): then prefixed with ``FILE:LINE:``."""
+    src = Path(path)
+    if not src.is_file():
+        raise FileNotFoundError(f"no {what} file at {src}")
+    text = src.read_text(encoding="utf-8")
+    duplicates: list[Problem] = []
+    try:
+        data = yaml.safe_load(text)
+        lines = yaml_key_lines(text, duplicates)
+    except yaml.YAMLError as exc:
+        raise error(f"{src} is not valid YAML: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        got = type(data).__name__
+        raise error(f"{src}: expected a mapping of {keys} at the top level; got a {got}")
+    if duplicates:
+        first = duplicates[0]
+        raise error(f"{src}:{lines[first.path]}: {first.got()}")
+    try:
+        return build(data)
+    except error as exc:  # "key: got ...": the file's line of that key
+        name = str(exc).partition(":")[0]
+        where = f"{src}:{lines[name]}" if name in lines else str(src)
+        raise error(f"{where}: {exc}") from None
 
 
 # -- rules the job configs share (pipeline, walk-forward, gate) ------------------------------

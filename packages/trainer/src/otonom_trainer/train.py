@@ -10,32 +10,32 @@ This module holds the training loop, ``BehaviorCloningTrainer``; the rooms it us
     training/state.py       TrainState; its round trip through a checkpoint (resuming)
     training/outputs.py     metadata.json, history.csv, plots, TensorBoard, progress bar
     training/results.py     EpochStats, TrainingMetrics, overfitting_warnings
+    training/distributed.py torchrun: DDP, each global batch sharded over the ranks, rank 0 writes
     metrics.py / plots.py   the confusion matrix and per-class metrics; the PNG plots
     training/multitask.py   the extra heads' targets and losses (MultiTaskPolicyNet)
     architectures.py        TrainingConfig.model -> the network class
     augment.py              teacher_rows: extra train rows the teacher ensemble labels
 
-The whole dataset stays on the training device as tensors (``training/data.py``: no
-``DataLoader``, no per-batch gather or host-device copy). Per-batch loss terms and gradient
-norms stay on the device and are checked once per epoch, so a GPU run does not synchronise on
-every batch. A network with extra heads (``"multitask"``) adds their losses per batch.
+The dataset stays on the training device (GPU or CPU: one code path): each epoch gathers the
+train split once in its order, batches are contiguous slices (no ``DataLoader``, no host-device
+copy); loss terms and gradient norms are checked once per epoch (no per-batch sync). Under
+``torchrun`` each rank computes its shard of every batch; extra heads (one process) add losses.
 
-The training step is lean because this net is small (about 22k parameters): on a CPU core a step
-is a few hundred microseconds of maths, so the per-operation overhead decides the speed
+The training step is lean because this net is small (about 22k parameters): a CPU step is a
+few hundred microseconds of maths, so the per-operation overhead decides the speed
 (``bench/train.py``, docs/benchmarks.md "Training throughput"). Hence: the batch loss is
-``BehaviorCloningLoss.batch_terms`` (one cross-entropy call; the strength term's per-row
-weights ``[y_i != HOLD] / #trade rows of the batch`` are computed once per epoch); the
-parameters live in one flat buffer, so zeroing, the gradient norm, clipping and the optimizer
-(``FlatAdam``, torch's Adam / AdamW maths, or any ``torch.optim`` optimizer given as
-``optimizer_factory``) are each one or a few tensor operations; dropout is
-``model.FastDropout``; and on the CPU a small net (``batch_size * work_per_row <=
-SINGLE_THREAD_MAX_WORK``) trains on one intra-op thread (the caller's setting is restored).
+``BehaviorCloningLoss.batch_terms`` (one cross-entropy call; the strength weights ``[y_i !=
+HOLD] / #trade rows of the batch`` computed once per epoch); the parameters live in one flat
+buffer, so zeroing, the gradient norm, clipping and the optimizer (``FlatAdam``, or any
+``torch.optim`` optimizer as ``optimizer_factory``) are a few tensor operations; dropout is
+``model.FastDropout``; on the CPU a small net (``batch_size * work_per_row <=
+SINGLE_THREAD_MAX_WORK``) trains on one intra-op thread (then restored).
 
-All randomness (split, initialisation, batch order, dropout) comes from ``cfg.seed``; the global
-torch RNG is forked inside ``train()`` so the caller's RNG state is left as it was. The
-optimizer's and scheduler's state and the RNG states are saved with each best epoch (and after
-every epoch in ``state_path`` when given), so ``train(resume_from=...)`` continues a run: k
-epochs, then N - k resumed, give the weights of N epochs in one go, bit for bit.
+All randomness (split, initialisation, batch order, dropout) comes from ``cfg.seed``; the torch
+RNG is forked inside ``train()``, the caller's state left as it was. The optimizer's, the
+scheduler's and the RNG states are saved with each best epoch (and after every epoch in
+``state_path``), so ``train(resume_from=...)`` continues a run: k epochs, then N - k resumed,
+give the weights of N epochs in one go, bit for bit.
 """
 
 from __future__ import annotations
@@ -65,7 +65,6 @@ from otonom_trainer.training.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_NAME,
     load_checkpoint,
-    read_checkpoint,
     save_checkpoint,
 )
 from otonom_trainer.training.data import (
@@ -79,6 +78,7 @@ from otonom_trainer.training.data import (
     to_device,
     train_eval_rows,
 )
+from otonom_trainer.training.distributed import DataParallel
 from otonom_trainer.training.losses import (
     BehaviorCloningLoss,
     FocalLoss,
@@ -109,7 +109,7 @@ from otonom_trainer.training.outputs import (
     write_run_files,
 )
 from otonom_trainer.training.results import EpochStats, TrainingMetrics, overfitting_warnings
-from otonom_trainer.training.state import TrainState, check_resumable, checkpoint_dict, restore
+from otonom_trainer.training.state import TrainState, checkpoint_dict, read_resumable, restore
 
 __all__ = [
     "ACTION_NAMES",
@@ -198,6 +198,7 @@ class BehaviorCloningTrainer:
         self._best_training_state: dict[str, Any] | None = None
         self._teacher_rows = 0
         self._aux: MultiTaskTargets | None = None  # the extra heads' targets ("multitask")
+        self._dp, self._forward = DataParallel(), torch.nn.Module()  # set by train(), _setup()
         self.loss_fn: BehaviorCloningLoss | None = None
         self.run_id: str | None = None
         """The id of the last ``train()`` (None before)."""
@@ -286,27 +287,25 @@ class BehaviorCloningTrainer:
         """
         cfg = self.cfg
         start = time.perf_counter()
-        resume = None
-        if resume_from is not None:
-            resume = read_checkpoint(resume_from)
-            check_resumable(resume, Path(resume_from), cfg.to_dict())
+        resume = read_resumable(resume_from, cfg.to_dict())
         self.run_id = uuid.uuid4().hex
-        self._export = export
-        self._onnx_path = None
-        device = resolve_device(cfg.device)
+        dp = self._dp = DataParallel.from_env()  # torchrun: rank 0 alone prints and writes
+        self._out, self._export, self._onnx_path = dp.stream(self._out), export and dp.writer, None
+        device = dp.device(cfg.device)
         self._print(f"{RULE}\nRL Behavior Cloning Training\n{RULE}\nDataset: {cfg.dataset_path}")
         ds = self.dataset
         split = self.split
         counts = ds.action_counts()
-        self._print(f"Loaded dataset: {len(ds)} samples, {ds.states.shape[1]} features")
-        self._print("Action distribution: " + ", ".join(f"{a.name}={counts[a]}" for a in Action))
-        self._print(f"Train size: {split.train.size}, Val size: {split.val.size}")
-        fork = [device.index or 0] if device.type == "cuda" else []
+        self._print(
+            f"Loaded dataset: {len(ds)} samples, {ds.states.shape[1]} features\nAction "
+            "distribution: " + ", ".join(f"{a.name}={counts[a]}" for a in Action) + "\nTrain "
+            f"size: {split.train.size}, Val size: {split.val.size}"
+        )
         work = cfg.batch_size * get_architecture(cfg.model).work_per_row(cfg)
-        with torch.random.fork_rng(devices=fork), intra_op_threads(device, work):
+        with dp.session(device), intra_op_threads(device, work):  # the torch RNG forked
             torch.manual_seed(cfg.seed)
             metrics = self._fit(device, start, resume)
-        if export:
+        if self._export:
             self._onnx_path = self.export_onnx()
             self._print(f"ONNX model: {self._onnx_path} (matches torch at batch 1, 7 and 256)")
         return metrics
@@ -324,13 +323,14 @@ class BehaviorCloningTrainer:
         val = to_device(ds, split.val, device)
         train_eval = to_device(ds, train_eval_rows(split.train, cfg.seed), device)
         notes: list[str] = []
-        self._aux = multitask_targets(cfg, ds, split, len(rows), device, self._out)
+        n_proc = self._dp.world_size
+        self._aux = multitask_targets(cfg, ds, split, len(rows), device, self._out, n_proc)
         run = self._setup(device, train, notes, resume)
         self._best_training_state = None
         train_actions_cpu = train.actions.cpu()
         out_dir = Path(cfg.output_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        writer = tensorboard_writer(out_dir, self._out) if cfg.tensorboard else None
+        self._dp.rank0(out_dir.mkdir, parents=True, exist_ok=True)
+        writer = self._dp.rank0(tensorboard_writer, out_dir, self._out) if cfg.tensorboard else None
         try:
             for epoch in range(run.first_epoch, cfg.max_epochs + 1):
                 order = epoch_indices(train_actions_cpu, cfg.class_balance, run.generator)
@@ -340,7 +340,8 @@ class BehaviorCloningTrainer:
                 if self._on_epoch_end is not None:
                     self._on_epoch_end(stats, run.model)
                 if self._state_path is not None:
-                    save_checkpoint(self._checkpoint(run, {}, best=False), self._state_path)
+                    state = self._checkpoint(run, {}, best=False)
+                    self._dp.rank0(save_checkpoint, state, self._state_path)
                 if cfg.patience and epoch - run.best_epoch >= cfg.patience:
                     run.stopped_early = True
                     self._print(
@@ -372,9 +373,9 @@ class BehaviorCloningTrainer:
         self._print(f"Device: {device}")
         train_counts = torch.bincount(train.actions.cpu(), minlength=N_ACTIONS).tolist()
         self.loss_fn = loss_fn = make_loss(self.cfg, train_counts, notes, self._out).to(device)
-        self._print(RULE)
-        self._print()
+        self._print(f"{RULE}\n")
         flat, params = flatten_parameters(model)
+        self._forward = self._dp.wrap(model, device, cfg.seed)
         optimizer = make_optimizer(
             flat,
             name=cfg.optimizer,
@@ -444,7 +445,7 @@ class BehaviorCloningTrainer:
             summary = {"best_epoch": epoch, "best_val_loss": run.best_loss}
             ckpt = self._checkpoint(run, {**summary, "val_action_acc": ev_val.acc}, best=True)
             self._best_training_state = ckpt["training_state"]
-            save_checkpoint(ckpt, self.checkpoint_path)
+            self._dp.rank0(save_checkpoint, ckpt, self.checkpoint_path)  # torchrun: rank 0 writes
             self._print(f"✓ Saved best model (epoch {epoch}, val_loss={run.best_loss:.4f})")
         return stats
 
@@ -494,7 +495,7 @@ class BehaviorCloningTrainer:
         self._metrics = metrics
         for line in warnings:
             self._print(f"warning: {line}")
-        self._write_outputs(model, metrics, device)
+        self._dp.rank0(self._write_outputs, model, metrics, device)
         summary = training_summary(metrics, ACTION_NAMES[majority], self.checkpoint_path, RULE)
         self._print(summary)
         return metrics
@@ -515,7 +516,8 @@ class BehaviorCloningTrainer:
         n = int(order.numel())
         bs = cfg.batch_size
         n_batches = math.ceil(n / bs)
-        states, actions, strengths = data.states[order], data.actions[order], data.strengths[order]
+        states, actions = data.states[order], data.actions[order]
+        strengths, plan = data.strengths[order], self._dp.plan(loss_fn, actions, bs)
         aux = None if self._aux is None else self._aux.epoch(model, order, bs)
         s_weights = strength_weights(actions, bs)
         grad = run.flat.grad
@@ -528,14 +530,12 @@ class BehaviorCloningTrainer:
         bar = progress_bar(n_batches, epoch, cfg.max_epochs) if show else None
         try:
             for b in range(n_batches):
-                sl = slice(b * bs, (b + 1) * bs)
+                sl = plan.rows(b)  # the global batch b, or this rank's shard of it
                 if aux is None:
-                    logits, strength = model(states[sl])
-                else:  # the extra heads' loss is kept for aux.add below
+                    logits, strength = self._forward(states[sl])
+                else:  # one process (see _fit); the extra heads' loss is kept for aux.add
                     logits, strength = aux.forward(model, states[sl], sl)
-                loss = loss_fn.batch_terms(
-                    logits, strength, actions[sl], strengths[sl], s_weights[sl]
-                )
+                loss = plan.terms(b, logits, strength, actions[sl], strengths[sl], s_weights[sl])
                 grad.zero_()
                 torch.autograd.backward(loss.total if aux is None else aux.add(loss.total))
                 norm = clip_flat_grad_(grad, clip)

@@ -191,13 +191,21 @@ def multitask_targets(
     n_rows: int,
     device: torch.device,
     out: TextIO | None = None,
+    processes: int = 1,
 ) -> MultiTaskTargets | None:
     """The extra heads' targets for ``cfg.model`` (None for a network without them: nothing
     changes for it), for train rows ``split.train`` followed by ``n_rows - len(split.train)``
     teacher rows (unlabelled); prints ``describe()``. ``TrainingError`` when the dataset has no
-    forward labels, or no train row keeps one."""
+    forward labels, no train row keeps one, or ``processes`` (torchrun's world size) is over 1:
+    the extra heads' loss is computed beside the data-parallel forward, so they train in one
+    process only."""
     if not issubclass(get_architecture(cfg.model), MultiTaskPolicyNet):
         return None
+    if processes > 1:
+        raise TrainingError(
+            f"model {cfg.model!r} under torchrun ({processes} processes): its extra heads "
+            "train in one process only; run `otonom-train train` without torchrun"
+        )
     labels = ds.labels
     if labels is None:
         raise TrainingError(

@@ -3,7 +3,8 @@
 ``TrainState`` is what an epoch changes: the network (its parameters in the flat buffer), the
 optimizer, the scheduler, the epoch-order generator, the history and the best epoch so far.
 ``checkpoint_dict`` writes it (with the network) in the checkpoint layout of
-``otonom_trainer.training.checkpoint``; ``check_resumable`` and ``restore`` read it back, so a
+``otonom_trainer.training.checkpoint``; ``read_resumable`` (``check_resumable`` on a read
+checkpoint) and ``restore`` read it back, so a
 run of k epochs resumed for N - k more ends with the weights of N epochs in one go, bit for bit
 (the optimizer's moments, the scheduler's plateau count and the RNG states of batch order and
 dropout are restored).
@@ -12,6 +13,7 @@ dropout are restored).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,12 +26,23 @@ from otonom_schema import SCHEMA_VERSION, schema_fingerprint
 from otonom_trainer._errors import CheckpointError, TrainingError
 from otonom_trainer.architectures import architecture_name
 from otonom_trainer.model import PolicyNetwork
-from otonom_trainer.training.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION
+from otonom_trainer.training.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_FORMAT_VERSION,
+    read_checkpoint,
+)
 from otonom_trainer.training.losses import BehaviorCloningLoss
 from otonom_trainer.training.optim import PlateauLR
 from otonom_trainer.training.results import EpochStats
 
-__all__ = ["RESUMABLE_CHANGES", "TrainState", "check_resumable", "checkpoint_dict", "restore"]
+__all__ = [
+    "RESUMABLE_CHANGES",
+    "TrainState",
+    "check_resumable",
+    "checkpoint_dict",
+    "read_resumable",
+    "restore",
+]
 
 RESUMABLE_CHANGES: Final = frozenset(
     {"max_epochs", "output_dir", "progress", "tensorboard", "patience", "device"}
@@ -103,6 +116,18 @@ def checkpoint_dict(
         saved["best_state"] = {k: v.detach().cpu() for k, v in state.best_state.items()}
     out["training_state"] = saved
     return out
+
+
+def read_resumable(
+    path: str | os.PathLike[str] | None, config: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` once ``check_resumable`` accepts it for ``config``; ``None``
+    when ``path`` is ``None`` (a fresh run)."""
+    if path is None:
+        return None
+    ckpt = read_checkpoint(path)
+    check_resumable(ckpt, Path(path), config)
+    return ckpt
 
 
 def check_resumable(ckpt: Mapping[str, Any], path: Path, config: Mapping[str, Any]) -> None:
