@@ -37,6 +37,9 @@ F64 = npt.NDArray[np.float64]
 Features = tuple[float, float, float, float]
 """A sleeve's portfolio features at a close: position, leverage, cash_fraction and the raw
 days since the last trade (``inf`` before the first)."""
+Decision = tuple[int, float, float]
+"""The ensemble's decision of a day as ``decide_rows`` gives it: action, strength, confidence
+(a lockstep sleeve reads the first two)."""
 
 
 @dataclass
@@ -145,18 +148,19 @@ class _Sleeve:
 
     def steps(
         self, actions: list[int], strengths: list[float], *, lockstep: bool
-    ) -> Generator[Features, None, None]:
+    ) -> Generator[Features, Decision, None]:
         """The sleeve over its decision days k = 0 .. n-1: mark at the close of day k, then
         trade on day k's decision (``actions[k]``, ``strengths[k]``), filled at the next open.
 
         ``lockstep``: after marking day k it yields the portfolio ``Features`` the state of
-        day k sees; the caller appends day k's decision to ``actions`` / ``strengths`` and
-        resumes it (once more after the last day, to finish). Without it, it never yields:
-        one ``next()`` runs every day. One loop over locals (no per-bar method calls or
-        attribute traffic); ``min()``/``max()`` are spelled out as conditionals (same
-        operands, same order: bit-identical, NaN and -0.0 included) because the builtins cost
-        ~0.1 us a call here. Longer than 80 lines because it is the per-bar loop: splitting it
-        into calls costs what this form saves.
+        day k sees, and the caller sends day k's ``Decision`` back (``send``; the first day
+        is started with ``next()``), which the sleeve appends to ``actions`` / ``strengths``
+        before trading on it; after the last day's decision it finishes (``StopIteration``).
+        Without it, it never yields: one ``next()`` runs every day. One loop over locals (no
+        per-bar method calls or attribute traffic); ``min()``/``max()`` are spelled out as
+        conditionals (same operands, same order: bit-identical, NaN and -0.0 included)
+        because the builtins cost ~0.1 us a call here. Longer than 80 lines because it is
+        the per-bar loop: splitting it into calls costs what this form saves.
         """
         closes, opens, day, cap = self.closes, self.opens, self.day, self.cap
         first, last, floor = self.first, self.last, self.floor
@@ -166,6 +170,7 @@ class _Sleeve:
         last_fill, entry_equity, fills = self.last_fill, self.entry_equity, self.fills
         trade_pnls = self.trade_pnls
         append = self.out.extend
+        record_action, record_strength = actions.append, strengths.append
         inf = math.inf
         equity = exposure = 0.0
         for k in range(self.n):
@@ -188,7 +193,9 @@ class _Sleeve:
             cash_fraction = cash_fraction if cash_fraction > 0.0 else 0.0  # max(0.0, 1 - gross)
             append((position, leverage, cash_fraction, days, equity, exposure))
             if lockstep:
-                yield position, leverage, cash_fraction, days
+                decided_action, decided_strength, _ = yield position, leverage, cash_fraction, days
+                record_action(decided_action)
+                record_strength(decided_strength)
             # --- trade on day k's decision (the last day's is recorded, never filled)
             if t >= last or bust:
                 continue

@@ -20,7 +20,7 @@ Each day takes one of two paths, with the same results (tested):
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
@@ -39,7 +39,7 @@ from otonom_schema import (
 )
 
 if TYPE_CHECKING:
-    from otonom_runtime.backtest.engine import Features, SymbolResult, _Prepared
+    from otonom_runtime.backtest.engine import Decision, Features, SymbolResult, _Prepared
     from otonom_runtime.backtest.params import EngineParams
 
 __all__: list[str] = []
@@ -53,7 +53,10 @@ _HIGH: Final = (
 ).tolist()
 """The portfolio columns' bounds as ``columns_in_range`` compares float64 values with them."""
 
-Row = tuple[float, float, float, float]
+Send = Callable[["Decision"], "Features"]
+"""A lockstep sleeve's ``send`` (``_Sleeve.steps``): the day before's decision in (None, as
+``next()``, to start it), the day's portfolio ``Features`` out."""
+Sleeve = Generator["Features", "Decision", None]
 
 
 def _lockstep(
@@ -80,12 +83,10 @@ def _lockstep(
     dtype = np.result_type(*(p.bars.market.dtype for p in prepared))
     actions_out: list[list[int]] = [[] for _ in range(n_sym)]
     strengths_out: list[list[float]] = [[] for _ in range(n_sym)]
-    acts = [actions_out[i] for i in order]
-    strs = [strengths_out[i] for i in order]
     sleeves = [
         prepared[i].sleeve.steps(actions_out[i], strengths_out[i], lockstep=True) for i in order
     ]
-    steps: list[Callable[[], Features]] = [s.__next__ for s in sleeves]
+    sends: list[Send] = [s.send for s in sleeves]
     # day-major, by place j: the three analysts' vote totals and strength sums
     totals = np.zeros((n_max, n_sym, 3))
     sums = np.zeros((n_max, n_sym, 3))
@@ -102,7 +103,8 @@ def _lockstep(
     w_rl, min_score = params.weights[3], params.min_score
     days_feature: dict[float, float] = {}
     m, width = n_sym, 3 * n_sym
-    live, slot, inputs, port = _batch(steps, m, policy)
+    live, slot, inputs, port = _batch(sends, m, policy)
+    decided: Sequence[Decision | None] = [None] * m  # the day before day 0's: start each sleeve
     for k0 in range(0, n_max, _CHUNK):
         k1 = min(k0 + _CHUNK, n_max)
         chunk = _states(prepared, order, alive, k0, k1, dtype)
@@ -112,14 +114,16 @@ def _lockstep(
         chunk_totals, chunk_sums = totals[k0:k1].ravel().tolist(), sums[k0:k1].ravel().tolist()
         for k in range(k0, k1):
             if alive[m - 1] <= k:  # the shortest histories have ended
+                ended = m
                 while alive[m - 1] <= k:
                     m -= 1
-                live, slot, inputs, port = _batch(steps, m, policy)
-            portfolio, in_range = _portfolio(live, days_feature)
+                _finish(sleeves[m:ended], decided[m:ended])
+                live, slot, inputs, port = _batch(sends, m, policy)
+            portfolio, in_range = _portfolio(live, decided, days_feature)
             votes: list[RlVote] | None = None
             if slot is not None and chunk32 is not None and in_range:  # the bound day
                 inputs[:] = chunk32[k - k0, :m]
-                port[:] = portfolio
+                port.flat = portfolio
                 votes = policy.predict_bound(slot)
             if votes is not None:
                 keep(itertools.chain.from_iterable(votes))
@@ -138,11 +142,7 @@ def _lockstep(
                 w_rl,
                 min_score,
             )
-            for a_out, s_out, (action, strength, _) in zip(acts, strs, decided, strict=False):
-                a_out.append(action)
-                s_out.append(strength)
-    for sleeve in sleeves:  # the last day's decision: nothing to fill, the sleeve finishes
-        next(sleeve, None)
+    _finish(sleeves[:m], decided)  # the last day's decisions: nothing to fill
     return _results(prepared, order, alive, rls, actions_out, strengths_out, rl, fell_back, sizes)
 
 
@@ -162,28 +162,30 @@ def _bound_policy(analysts: Sequence[RlAnalyst], dtype: np.dtype[Any]) -> Any:
     return policy
 
 
-def _batch(steps: list[Callable[[], Features]], m: int, policy: Any) -> tuple[Any, ...]:
-    """The day's first ``m`` sleeves' steps and, with a bound policy, its slot for ``m``
+def _batch(sends: list[Send], m: int, policy: Any) -> tuple[Any, ...]:
+    """The day's first ``m`` sleeves' ``send`` and, with a bound policy, its slot for ``m``
     states, that slot's input and the input's portfolio columns (None: no bound day)."""
     slot = None if policy is None else policy.bound_batch(m)
     if slot is None:
-        return steps[:m], None, None, None
-    return steps[:m], slot, slot.state, slot.state[:, PORTFOLIO_COLUMNS]
+        return sends[:m], None, None, None
+    return sends[:m], slot, slot.state, slot.state[:, PORTFOLIO_COLUMNS]
 
 
 def _portfolio(
-    steps: Sequence[Callable[[], Features]], days_feature: dict[float, float]
-) -> tuple[list[Row], bool]:
-    """Each sleeve's next step (its mark at the day's close) as the state's four portfolio
-    columns (days since the last trade normalised by the schema, once per distinct value),
-    and whether all lie within the schema's bounds, compared as ``columns_in_range``
-    compares them in float64."""
+    sends: Sequence[Send], decided: Sequence[Decision | None], days_feature: dict[float, float]
+) -> tuple[list[float], bool]:
+    """Each sleeve's next step: ``decided`` (the day before's decisions, sent to the sleeves;
+    None: start it) in, its mark at the day's close out, as the state's four portfolio columns
+    (days since the last trade normalised by the schema, once per distinct value), flat (four
+    numbers a sleeve); and whether all lie within the schema's bounds, compared as
+    ``columns_in_range`` compares them in float64."""
     lo0, lo1, lo2, lo3 = _LOW
     hi0, hi1, hi2, hi3 = _HIGH
-    rows = []
+    rows: list[float] = []
+    put = rows.extend
     in_range = True
-    for step in steps:
-        position, leverage, cash_fraction, days = step()
+    for send, decision in zip(sends, decided, strict=False):  # ``decided`` may hold ended ones
+        position, leverage, cash_fraction, days = send(decision)  # type: ignore[arg-type]
         feature = days_feature.get(days)
         if feature is None:  # the schema's own normalisation, once per distinct value
             snapshot = PortfolioSnapshot(days_since_last_trade=days)
@@ -195,8 +197,18 @@ def _portfolio(
             and lo3 <= feature <= hi3
         ):
             in_range = False
-        rows.append((position, leverage, cash_fraction, feature))
+        put((position, leverage, cash_fraction, feature))
     return rows, in_range
+
+
+def _finish(sleeves: Sequence[Sleeve], decided: Sequence[Decision | None]) -> None:
+    """Send each sleeve its last day's decision (recorded, nothing to fill): it finishes."""
+    for sleeve, decision in zip(sleeves, decided, strict=True):
+        try:
+            sleeve.send(decision)  # type: ignore[arg-type]
+        except StopIteration:
+            continue
+        raise AssertionError("a sleeve went on past its last day")  # pragma: no cover
 
 
 def _general_day(
@@ -204,23 +216,22 @@ def _general_day(
     chunk: npt.NDArray[np.floating],
     chunk32: npt.NDArray[np.float32] | None,
     day: int,
-    portfolio: list[Row],
+    portfolio: list[float],
     dtype: np.dtype[Any],
 ) -> tuple[list[RlVote], list[bool]]:
     """One day's RL votes through ``rl_votes``, per row as numbers, and where they voted
     (False: that analyst fell back): the day's rows from ``chunk32`` when they are valid (see
     ``_validated``), else from ``chunk``, validated whole (``SchemaError`` names the bad
-    row)."""
+    row). ``portfolio``: ``_portfolio``'s, four numbers a row."""
     m = len(analysts)
-    valid = chunk32 is not None and columns_in_range(
-        port := np.array(portfolio, dtype=dtype), PORTFOLIO_COLUMNS
-    )
+    port = np.array(portfolio, dtype=dtype).reshape(m, len(_LOW))
+    valid = chunk32 is not None and columns_in_range(port, PORTFOLIO_COLUMNS)
     if valid:  # the day's rows, valid: straight to the model
         rows = chunk32[day, :m]  # type: ignore[index]
         rows[:, PORTFOLIO_COLUMNS] = port
     else:
         rows = chunk[day, :m]
-        rows[:, PORTFOLIO_COLUMNS] = portfolio
+        rows[:, PORTFOLIO_COLUMNS] = port
     votes, voted = rl_votes(analysts, rows, validated=valid)
     fields = (votes.actions.tolist(), votes.strengths.tolist(), votes.confidences.tolist())
     return list(zip(*fields, strict=True)), voted.tolist()

@@ -242,16 +242,17 @@ class RlPolicy:
         total = sum(flat)
         if not (total == total and min(flat) >= 0.0 and max(flat) <= 1.0):
             return None
-        n3 = 3 * slot.state.shape[0]
-        out = []
-        p = iter(flat[:n3])
-        for (p0, p1, p2), strength in zip(zip(p, p, p, strict=False), flat[n3:], strict=True):
-            if not _SAFE_LOW <= p0 + p1 + p2 <= _SAFE_HIGH:
+        low, high = _SAFE_LOW, _SAFE_HIGH
+        out: list[tuple[int, float, float]] = []
+        put = out.append
+        p = iter(flat)  # the probabilities, three a row; zip ends with the strengths
+        for p0, p1, p2, strength in zip(p, p, p, flat[3 * slot.state.shape[0] :], strict=False):
+            if not low <= p0 + p1 + p2 <= high:
                 return None
             if p0 >= p1:
-                out.append((0, strength, p0) if p0 >= p2 else (2, strength, p2))
+                put((0, strength, p0) if p0 >= p2 else (2, strength, p2))
             else:
-                out.append((1, strength, p1) if p1 >= p2 else (2, strength, p2))
+                put((1, strength, p1) if p1 >= p2 else (2, strength, p2))
         return out
 
     @property
