@@ -11,7 +11,8 @@ Each day takes one of two paths, with the same results (tested):
   some forty;
 * the general day: ``rl_votes`` on the day's states, as every day ran before. It runs where
   the bound day cannot be sure of the outcome: no bound policy (none, another kind, analysts
-  not sharing one, more than 64 symbols), a chunk of market states that failed validation, a
+  not sharing one, more than 64 symbols), market states that failed validation (then every
+  day: the bad day's whole validation raises the ``SchemaError`` naming its row), a
   portfolio column out of range (``SchemaError`` from the day's whole validation), or an
   output ``predict_bound`` does not accept (the contract's ``PolicyError`` and the fallback
   row by row, or an RL vote outside [0, 1], exactly as before: that day only).
@@ -72,7 +73,8 @@ def _lockstep(
     Day k's batch holds the symbols that still have a decision day k: the longest first, so
     they are always a prefix (``j``: a symbol's place in that order). States are gathered
     ``_CHUNK`` days at a time, day-major (days, symbols, 34), in the market features' dtype
-    (so validation sees what it always saw). Longer than 80 lines because it is the day
+    (so validation sees what it always saw), validated once per symbol (``_validated``).
+    Longer than 80 lines because it is the day
     loop: its state (sleeves, chunk, slot) lives in locals.
     """
     n_sym = len(prepared)
@@ -102,13 +104,16 @@ def _lockstep(
     sizes: list[int] = []
     w_rl, min_score = params.weights[3], params.min_score
     days_feature: dict[float, float] = {}
+    # each symbol's decision days' market states, by place j; validated as float32 (or None)
+    markets = [prepared[i].bars.market[prepared[i].bars.first :] for i in order]
+    valid = _validated(markets, dtype)
+    buffer = np.empty((min(_CHUNK, n_max), n_sym, STATE_DIM), dtype=np.float32)
     m, width = n_sym, 3 * n_sym
     live, slot, inputs, port = _batch(sends, m, policy)
     decided: Sequence[Decision | None] = [None] * m  # the day before day 0's: start each sleeve
     for k0 in range(0, n_max, _CHUNK):
         k1 = min(k0 + _CHUNK, n_max)
-        chunk = _states(prepared, order, alive, k0, k1, dtype)
-        chunk32 = _validated(chunk, alive, k0, k1)
+        chunk32 = None if valid is None else _states(valid, k0, k1, buffer)
         # flat: nested lists (one per row) would feed the garbage collector thousands of
         # objects a chunk, and its full passes cost more than the lists save
         chunk_totals, chunk_sums = totals[k0:k1].ravel().tolist(), sums[k0:k1].ravel().tolist()
@@ -129,7 +134,7 @@ def _lockstep(
                 keep(itertools.chain.from_iterable(votes))
                 day_votes: Sequence[RlVote | None] = votes
             else:  # the general day
-                raw, ok = _general_day(analysts[:m], chunk, chunk32, k - k0, portfolio, dtype)
+                raw, ok = _general_day(analysts[:m], markets, chunk32, k, k0, portfolio, dtype)
                 fell_back += [len(rl) // 3 + j for j, o in enumerate(ok) if not o]
                 keep(itertools.chain.from_iterable(raw))
                 day_votes = [v if o else None for v, o in zip(raw, ok, strict=True)]
@@ -213,25 +218,26 @@ def _finish(sleeves: Sequence[Sleeve], decided: Sequence[Decision | None]) -> No
 
 def _general_day(
     analysts: Sequence[RlAnalyst],
-    chunk: npt.NDArray[np.floating],
+    markets: Sequence[npt.NDArray[np.floating]],
     chunk32: npt.NDArray[np.float32] | None,
-    day: int,
+    k: int,
+    k0: int,
     portfolio: list[float],
     dtype: np.dtype[Any],
 ) -> tuple[list[RlVote], list[bool]]:
-    """One day's RL votes through ``rl_votes``, per row as numbers, and where they voted
-    (False: that analyst fell back): the day's rows from ``chunk32`` when they are valid (see
-    ``_validated``), else from ``chunk``, validated whole (``SchemaError`` names the bad
-    row). ``portfolio``: ``_portfolio``'s, four numbers a row."""
+    """Day ``k``'s RL votes through ``rl_votes``, per row as numbers, and where they voted
+    (False: that analyst fell back): the day's rows from ``chunk32`` (``_states`` from day
+    ``k0``) when they are valid, else from ``markets`` in ``dtype``, validated whole
+    (``SchemaError`` names the bad row). ``portfolio``: ``_portfolio``'s, four numbers a
+    row."""
     m = len(analysts)
     port = np.array(portfolio, dtype=dtype).reshape(m, len(_LOW))
     valid = chunk32 is not None and columns_in_range(port, PORTFOLIO_COLUMNS)
     if valid:  # the day's rows, valid: straight to the model
-        rows = chunk32[day, :m]  # type: ignore[index]
-        rows[:, PORTFOLIO_COLUMNS] = port
+        rows = chunk32[k - k0, :m]  # type: ignore[index]
     else:
-        rows = chunk[day, :m]
-        rows[:, PORTFOLIO_COLUMNS] = port
+        rows = np.array([market[k] for market in markets[:m]], dtype=dtype)
+    rows[:, PORTFOLIO_COLUMNS] = port
     votes, voted = rl_votes(analysts, rows, validated=valid)
     fields = (votes.actions.tolist(), votes.strengths.tolist(), votes.confidences.tolist())
     return list(zip(*fields, strict=True)), voted.tolist()
@@ -268,39 +274,32 @@ def _results(
 
 
 def _validated(
-    chunk: npt.NDArray[np.floating], alive: list[int], k0: int, k1: int
-) -> npt.NDArray[np.float32] | None:
-    """``chunk`` (``_states``: days ``k0 .. k1``) as the model's float32 input when the states
-    of every symbol still alive there are valid (``otonom_schema.validate_states``: the market
-    columns, with the portfolio columns' neutral values), else None (each day's states are
-    then validated whole, so the error names the day's bad row as it always did).
+    markets: Sequence[npt.NDArray[np.floating]], dtype: np.dtype[Any]
+) -> list[npt.NDArray[np.float32]] | None:
+    """Each symbol's decision days' market states (in ``dtype``, the day's batch's) as the
+    model's float32 input when every one is valid (``otonom_schema.validate_states``: the
+    market columns, with the portfolio columns' neutral values), else None (each day's states
+    are then validated whole, so the error names the bad day's row as it always did).
 
     The day's rows then need only their portfolio columns checked (``columns_in_range``,
-    in ``chunk``'s dtype) before they are written in: float32 rounding is the same for the
-    chunk's cast here and the row's cast at validation, so the model sees the same bytes.
+    in ``dtype``) before they are written in: float32 rounding is the same for the cast here
+    and the row's cast at validation, so the model sees the same bytes.
     """
-    live = np.arange(k0, k1)[:, None] < np.array(alive)[None, :]
     try:
-        validate_states(chunk[live])
+        return [validate_states(market.astype(dtype, copy=False)) for market in markets]
     except SchemaError:
         return None
-    return chunk.astype(np.float32)
 
 
 def _states(
-    prepared: Sequence[_Prepared],
-    order: list[int],
-    alive: list[int],
-    k0: int,
-    k1: int,
-    dtype: np.dtype[Any],
-) -> npt.NDArray[np.floating]:
-    """The market features of decision days ``k0 .. k1`` of every symbol, day-major (days,
-    symbols in ``order``, 34), zeros where a history has ended (the portfolio columns are
-    filled in day by day)."""
-    chunk = np.zeros((k1 - k0, len(order), STATE_DIM), dtype=dtype)
-    for j, i in enumerate(order):
-        bars = prepared[i].bars
-        span = bars.market[bars.first + k0 : bars.first + min(k1, alive[j])]
+    valid: Sequence[npt.NDArray[np.float32]], k0: int, k1: int, buffer: npt.NDArray[np.float32]
+) -> npt.NDArray[np.float32]:
+    """The valid market states (``_validated``) of decision days ``k0 .. k1`` of every
+    symbol, day-major (days, symbols by place, 34), written into ``buffer`` (rows where a
+    history has ended are left as they were: the day's batch never holds them; the
+    portfolio columns are filled in day by day)."""
+    chunk = buffer[: k1 - k0]
+    for j, market in enumerate(valid):
+        span = market[k0:k1]
         chunk[: span.shape[0], j] = span
     return chunk
