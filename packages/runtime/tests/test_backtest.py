@@ -159,7 +159,7 @@ def test_sleeve_in_lockstep_equals_the_sleeve_run_up_front(
     days = stepped.steps(*decided, lockstep=True)
     features = next(days)
     for k in range(n - first):
-        assert features == tuple(stepped.out[6 * k : 6 * k + 4])  # six numbers a day
+        assert features == tuple(stepped.out[6 * k : 6 * k + 6])  # six numbers a day
         try:
             features = days.send((actions[k], strengths[k], 0.5))
         except StopIteration:

@@ -216,7 +216,7 @@ def test_the_portfolio_check_is_columns_in_range_in_float64() -> None:
         row = np.array([edges[p][c] for c, p in enumerate(pick)])
         if trial % 5 == 0:
             row[rng.integers(0, 3)] = odd[trial % 3]  # the feature comes from the schema
-        sends = [lambda _, row=row: (row[0], row[1], row[2], 7.0)]
+        sends = [lambda _, row=row: (row[0], row[1], row[2], 7.0, 1.0, 0.0)]
         feature = {7.0: float(row[3])}
         rows, in_range = lockstep._portfolio(sends, [None], feature)
         np.testing.assert_array_equal(np.array(rows), row)

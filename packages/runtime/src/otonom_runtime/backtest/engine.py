@@ -34,9 +34,10 @@ __all__ = ["SymbolResult", "simulate_symbol"]
 _HOLD: Final = int(Action.HOLD)
 _BUY: Final = int(Action.BUY)
 F64 = npt.NDArray[np.float64]
-Features = tuple[float, float, float, float]
-"""A sleeve's portfolio features at a close: position, leverage, cash_fraction and the raw
-days since the last trade (``inf`` before the first)."""
+Mark = tuple[float, float, float, float, float, float]
+"""A sleeve's record of a close: position, leverage, cash_fraction, the raw days since the
+last trade (``inf`` before the first), equity and exposure; the first four are the state's
+portfolio features."""
 Decision = tuple[int, float, float]
 """The ensemble's decision of a day as ``decide_rows`` gives it: action, strength, confidence
 (a lockstep sleeve reads the first two)."""
@@ -122,7 +123,8 @@ class _Sleeve:
         self.n = bars.market.shape[0] - bars.first
         self.closes: list[float] = bars.closes.tolist()
         self.opens: list[float] = bars.opens.tolist()
-        self.day: list[int] = bars.dates.astype(np.int64).tolist()
+        # day numbers as floats (exact: far below 2**53), so days since a fill is one subtraction
+        self.day: list[float] = bars.dates.astype(np.int64).astype(np.float64).tolist()
         self.last = len(self.closes) - 1
         self.cap = cap  # per decision day: the risk multiplier x max_leverage
         self.slip = params.slippage_bps / 1e4
@@ -132,7 +134,7 @@ class _Sleeve:
         self.cash, self.units = capital, 0.0
         self.floor = capital * BUST_FLOOR
         self.bust = False
-        self.last_fill: int | None = None  # day number of the last fill
+        self.last_fill = -math.inf  # day number of the last fill (-inf: none yet)
         self.entry_equity: float | None = None
         self.fills = 0
         self.trade_pnls: list[float] = []
@@ -148,19 +150,20 @@ class _Sleeve:
 
     def steps(
         self, actions: list[int], strengths: list[float], *, lockstep: bool
-    ) -> Generator[Features, Decision, None]:
+    ) -> Generator[Mark, Decision, None]:
         """The sleeve over its decision days k = 0 .. n-1: mark at the close of day k, then
         trade on day k's decision (``actions[k]``, ``strengths[k]``), filled at the next open.
 
-        ``lockstep``: after marking day k it yields the portfolio ``Features`` the state of
-        day k sees, and the caller sends day k's ``Decision`` back (``send``; the first day
-        is started with ``next()``), which the sleeve appends to ``actions`` / ``strengths``
-        before trading on it; after the last day's decision it finishes (``StopIteration``).
-        Without it, it never yields: one ``next()`` runs every day. One loop over locals (no
-        per-bar method calls or attribute traffic); ``min()``/``max()`` are spelled out as
-        conditionals (same operands, same order: bit-identical, NaN and -0.0 included)
-        because the builtins cost ~0.1 us a call here. Longer than 80 lines because it is
-        the per-bar loop: splitting it into calls costs what this form saves.
+        ``lockstep``: after marking day k it yields that day's ``Mark`` (the state of day k
+        sees its portfolio features), and the caller sends day k's ``Decision`` back
+        (``send``; the first day is started with ``next()``), which the sleeve appends to
+        ``actions`` / ``strengths`` before trading on it; after the last day's decision it
+        finishes (``StopIteration``). Without it, it never yields: one ``next()`` runs every
+        day. One loop over locals (no per-bar method calls or attribute traffic);
+        ``min()``/``max()`` are spelled out as conditionals (same operands, same order:
+        bit-identical, NaN and -0.0 included) because the builtins cost ~0.1 us a call here.
+        Longer than 80 lines because it is the per-bar loop: splitting it into calls costs
+        what this form saves.
         """
         closes, opens, day, cap = self.closes, self.opens, self.day, self.cap
         first, last, floor = self.first, self.last, self.floor
@@ -171,7 +174,7 @@ class _Sleeve:
         trade_pnls = self.trade_pnls
         append = self.out.extend
         record_action, record_strength = actions.append, strengths.append
-        inf = math.inf
+        hold, buy = _HOLD, _BUY
         equity = exposure = 0.0
         for k in range(self.n):
             t = first + k
@@ -183,7 +186,7 @@ class _Sleeve:
                 bust, units, cash = True, 0.0, floor
                 equity = floor
             exposure = units * close / equity if equity > 0 else 0.0
-            days = inf if last_fill is None else float(day[t] - last_fill)
+            days = day[t] - last_fill  # inf before the first fill
             position = exposure / max_leverage
             position = position if position > -1.0 else -1.0  # max(-1.0, position)
             position = position if position < 1.0 else 1.0  # min(1.0, position)
@@ -191,16 +194,17 @@ class _Sleeve:
             leverage = 4.0 if gross > 4.0 else gross  # min(gross, 4.0)
             cash_fraction = 1.0 - gross
             cash_fraction = cash_fraction if cash_fraction > 0.0 else 0.0  # max(0.0, 1 - gross)
-            append((position, leverage, cash_fraction, days, equity, exposure))
+            record = (position, leverage, cash_fraction, days, equity, exposure)
+            append(record)
             if lockstep:
-                decided_action, decided_strength, _ = yield position, leverage, cash_fraction, days
+                decided_action, decided_strength, _ = yield record
                 record_action(decided_action)
                 record_strength(decided_strength)
             # --- trade on day k's decision (the last day's is recorded, never filled)
             if t >= last or bust:
                 continue
             action = actions[k]
-            if action == _HOLD:
+            if action == hold:
                 # keep the position, but never beyond the leverage cap (price moves inflate it)
                 target = -max_leverage if -max_leverage > exposure else exposure
                 target = max_leverage if max_leverage < target else target
@@ -208,7 +212,7 @@ class _Sleeve:
                     continue
             else:
                 size = strengths[k] * cap[k]
-                target = size if action == _BUY else (-size if allow_short else 0.0)
+                target = size if action == buy else (-size if allow_short else 0.0)
             if abs(target - exposure) < REBALANCE_THRESHOLD and not (
                 target == 0.0 and units != 0.0
             ):

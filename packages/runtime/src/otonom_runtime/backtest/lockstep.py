@@ -40,7 +40,7 @@ from otonom_schema import (
 )
 
 if TYPE_CHECKING:
-    from otonom_runtime.backtest.engine import Decision, Features, SymbolResult, _Prepared
+    from otonom_runtime.backtest.engine import Decision, Mark, SymbolResult, _Prepared
     from otonom_runtime.backtest.params import EngineParams
 
 __all__: list[str] = []
@@ -54,10 +54,10 @@ _HIGH: Final = (
 ).tolist()
 """The portfolio columns' bounds as ``columns_in_range`` compares float64 values with them."""
 
-Send = Callable[["Decision"], "Features"]
+Send = Callable[["Decision"], "Mark"]
 """A lockstep sleeve's ``send`` (``_Sleeve.steps``): the day before's decision in (None, as
-``next()``, to start it), the day's portfolio ``Features`` out."""
-Sleeve = Generator["Features", "Decision", None]
+``next()``, to start it), the day's ``Mark`` out (its portfolio features first)."""
+Sleeve = Generator["Mark", "Decision", None]
 
 
 def _lockstep(
@@ -190,7 +190,7 @@ def _portfolio(
     put = rows.extend
     in_range = True
     for send, decision in zip(sends, decided, strict=False):  # ``decided`` may hold ended ones
-        position, leverage, cash_fraction, days = send(decision)  # type: ignore[arg-type]
+        position, leverage, cash_fraction, days, _, _ = send(decision)  # type: ignore[arg-type]
         feature = days_feature.get(days)
         if feature is None:  # the schema's own normalisation, once per distinct value
             snapshot = PortfolioSnapshot(days_since_last_trade=days)
