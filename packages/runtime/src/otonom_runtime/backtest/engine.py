@@ -165,10 +165,12 @@ class _Sleeve:
         Longer than 80 lines because it is the per-bar loop: splitting it into calls costs
         what this form saves.
         """
-        closes, opens, day, cap = self.closes, self.opens, self.day, self.cap
-        first, last, floor = self.first, self.last, self.floor
+        # the bars from the first decision day on, indexed by k (the last bar: k == final)
+        first = self.first
+        closes, opens, day = self.closes[first:], self.opens[first:], self.day[first:]
+        cap, final, floor = self.cap, self.last - first, self.floor
         max_leverage, slip, comm = self.max_leverage, self.slip, self.comm
-        allow_short = self.allow_short
+        allow_short, min_leverage = self.allow_short, -self.max_leverage
         cash, units, bust = self.cash, self.units, self.bust
         last_fill, entry_equity, fills = self.last_fill, self.entry_equity, self.fills
         trade_pnls = self.trade_pnls
@@ -177,16 +179,17 @@ class _Sleeve:
         hold, buy = _HOLD, _BUY
         equity = exposure = 0.0
         for k in range(self.n):
-            t = first + k
             # --- mark at the close of day k
-            close = closes[t]
-            equity = cash + units * close
+            close = closes[k]
+            value = units * close
+            equity = cash + value
             if equity <= floor and not bust:
                 # wiped out: the sleeve is closed at this close and trades no more
                 bust, units, cash = True, 0.0, floor
+                value = units * close
                 equity = floor
-            exposure = units * close / equity if equity > 0 else 0.0
-            days = day[t] - last_fill  # inf before the first fill
+            exposure = value / equity if equity > 0 else 0.0
+            days = day[k] - last_fill  # inf before the first fill
             position = exposure / max_leverage
             position = position if position > -1.0 else -1.0  # max(-1.0, position)
             position = position if position < 1.0 else 1.0  # min(1.0, position)
@@ -201,12 +204,12 @@ class _Sleeve:
                 record_action(decided_action)
                 record_strength(decided_strength)
             # --- trade on day k's decision (the last day's is recorded, never filled)
-            if t >= last or bust:
+            if k >= final or bust:
                 continue
             action = actions[k]
             if action == hold:
                 # keep the position, but never beyond the leverage cap (price moves inflate it)
-                target = -max_leverage if -max_leverage > exposure else exposure
+                target = min_leverage if min_leverage > exposure else exposure
                 target = max_leverage if max_leverage < target else target
                 if target == exposure:
                     continue
@@ -218,7 +221,7 @@ class _Sleeve:
             ):
                 continue
             # fill at the next open
-            price_open = opens[t + 1]
+            price_open = opens[k + 1]
             equity_open = cash + units * price_open
             new_units = target * equity_open / price_open
             delta = new_units - units
@@ -229,7 +232,7 @@ class _Sleeve:
             old_units = units
             units = new_units
             fills += 1
-            last_fill = day[t + 1]
+            last_fill = day[k + 1]
             equity_after = cash + new_units * price_open
             # A trade runs from opening a side (from flat, or a flip) to leaving it; its pnl is
             # the sleeve's equity change over that span, entry and exit costs included.
