@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -315,16 +315,15 @@ def _simulate(
     if rls is None:
         results = []
         for p in prepared:
-            n = p.totals.shape[0]
             decided = decide_rows(
                 p.totals.ravel().tolist(),
                 p.strength_sums.ravel().tolist(),
-                [None] * n,
+                None,
                 0.0,
                 params.min_score,
             )
-            actions = [d[0] for d in decided]
-            strengths = [d[1] for d in decided]
+            actions = cast("list[int]", decided[0::3])  # the rows' actions are ints
+            strengths = decided[1::3]
             p.sleeve.run(actions, strengths)
             results.append(p.sleeve.result(p.bars, actions, strengths, p.signals, None))
         return results

@@ -21,13 +21,13 @@ Each day takes one of two paths, with the same results (tested):
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Generator, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable, Generator, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import numpy as np
 import numpy.typing as npt
 
-from otonom_runtime.ensemble import RlAnalyst, RlVote, Signals, decide_rows, rl_votes
+from otonom_runtime.ensemble import RlAnalyst, Signals, decide_rows, rl_votes
 from otonom_schema import (
     FEATURES,
     PORTFOLIO_COLUMNS,
@@ -110,7 +110,7 @@ def _lockstep(
     buffer = np.empty((min(_CHUNK, n_max), n_sym, STATE_DIM), dtype=np.float32)
     m, width = n_sym, 3 * n_sym
     live, slot, inputs, port = _batch(sends, m, policy)
-    decided: Sequence[Decision | None] = [None] * m  # the day before day 0's: start each sleeve
+    decided: list[float] | None = None  # the day before day 0's: none, start each sleeve
     for k0 in range(0, n_max, _CHUNK):
         k1 = min(k0 + _CHUNK, n_max)
         chunk32 = None if valid is None else _states(valid, k0, k1, buffer)
@@ -122,22 +122,22 @@ def _lockstep(
                 ended = m
                 while alive[m - 1] <= k:
                     m -= 1
-                _finish(sleeves[m:ended], decided[m:ended])
+                _finish(sleeves[m:ended], _rows(decided, m, ended))
                 live, slot, inputs, port = _batch(sends, m, policy)
-            portfolio, in_range = _portfolio(live, decided, days_feature)
-            votes: list[RlVote] | None = None
+            portfolio, in_range = _portfolio(live, _rows(decided, 0, m), days_feature)
+            votes: list[float] | None = None
             if slot is not None and chunk32 is not None and in_range:  # the bound day
                 inputs[:] = chunk32[k - k0, :m]
                 port.flat = portfolio
                 votes = policy.predict_bound(slot)
             if votes is not None:
-                keep(itertools.chain.from_iterable(votes))
-                day_votes: Sequence[RlVote | None] = votes
+                keep(votes)
+                day_votes: list[float] | list[float | None] = votes
             else:  # the general day
                 raw, ok = _general_day(analysts[:m], markets, chunk32, k, k0, portfolio, dtype)
                 fell_back += [len(rl) // 3 + j for j, o in enumerate(ok) if not o]
-                keep(itertools.chain.from_iterable(raw))
-                day_votes = [v if o else None for v, o in zip(raw, ok, strict=True)]
+                keep(raw)
+                day_votes = [None if not ok[i // 3] else v for i, v in enumerate(raw)]
             sizes.append(m)
             at = (k - k0) * width
             decided = decide_rows(
@@ -147,7 +147,7 @@ def _lockstep(
                 w_rl,
                 min_score,
             )
-    _finish(sleeves[:m], decided)  # the last day's decisions: nothing to fill
+    _finish(sleeves[:m], _rows(decided, 0, m))  # the last day's decisions: nothing to fill
     return _results(prepared, order, alive, rls, actions_out, strengths_out, rl, fell_back, sizes)
 
 
@@ -176,20 +176,29 @@ def _batch(sends: list[Send], m: int, policy: Any) -> tuple[Any, ...]:
     return sends[:m], slot, slot.state, slot.state[:, PORTFOLIO_COLUMNS]
 
 
+def _rows(decided: list[float] | None, start: int, stop: int) -> Iterable[Decision | None]:
+    """The decisions of places ``start .. stop`` in ``decided`` (``decide_rows``' flat rows)
+    as ``Decision`` tuples, or None for each (``decided`` None: the first day)."""
+    if decided is None:
+        return itertools.repeat(None, stop - start)
+    it = iter(decided[3 * start : 3 * stop])
+    return cast("Iterable[Decision]", zip(it, it, it, strict=True))
+
+
 def _portfolio(
-    sends: Sequence[Send], decided: Sequence[Decision | None], days_feature: dict[float, float]
+    sends: Sequence[Send], decided: Iterable[Decision | None], days_feature: dict[float, float]
 ) -> tuple[list[float], bool]:
-    """Each sleeve's next step: ``decided`` (the day before's decisions, sent to the sleeves;
-    None: start it) in, its mark at the day's close out, as the state's four portfolio columns
-    (days since the last trade normalised by the schema, once per distinct value), flat (four
-    numbers a sleeve); and whether all lie within the schema's bounds, compared as
-    ``columns_in_range`` compares them in float64."""
+    """Each sleeve's next step: ``decided`` (the day before's decisions, ``_rows``, sent to
+    the sleeves; None: start it) in, its mark at the day's close out, as the state's four
+    portfolio columns (days since the last trade normalised by the schema, once per distinct
+    value), flat (four numbers a sleeve); and whether all lie within the schema's bounds,
+    compared as ``columns_in_range`` compares them in float64."""
     lo0, lo1, lo2, lo3 = _LOW
     hi0, hi1, hi2, hi3 = _HIGH
     rows: list[float] = []
     put = rows.extend
     in_range = True
-    for send, decision in zip(sends, decided, strict=False):  # ``decided`` may hold ended ones
+    for send, decision in zip(sends, decided, strict=True):
         position, leverage, cash_fraction, days, _, _ = send(decision)  # type: ignore[arg-type]
         feature = days_feature.get(days)
         if feature is None:  # the schema's own normalisation, once per distinct value
@@ -206,7 +215,7 @@ def _portfolio(
     return rows, in_range
 
 
-def _finish(sleeves: Sequence[Sleeve], decided: Sequence[Decision | None]) -> None:
+def _finish(sleeves: Sequence[Sleeve], decided: Iterable[Decision | None]) -> None:
     """Send each sleeve its last day's decision (recorded, nothing to fill): it finishes."""
     for sleeve, decision in zip(sleeves, decided, strict=True):
         try:
@@ -224,8 +233,8 @@ def _general_day(
     k0: int,
     portfolio: list[float],
     dtype: np.dtype[Any],
-) -> tuple[list[RlVote], list[bool]]:
-    """Day ``k``'s RL votes through ``rl_votes``, per row as numbers, and where they voted
+) -> tuple[list[float], list[bool]]:
+    """Day ``k``'s RL votes through ``rl_votes``, flat (three numbers a row), and where they voted
     (False: that analyst fell back): the day's rows from ``chunk32`` (``_states`` from day
     ``k0``) when they are valid, else from ``markets`` in ``dtype``, validated whole
     (``SchemaError`` names the bad row). ``portfolio``: ``_portfolio``'s, four numbers a
@@ -240,7 +249,7 @@ def _general_day(
     rows[:, PORTFOLIO_COLUMNS] = port
     votes, voted = rl_votes(analysts, rows, validated=valid)
     fields = (votes.actions.tolist(), votes.strengths.tolist(), votes.confidences.tolist())
-    return list(zip(*fields, strict=True)), voted.tolist()
+    return list(itertools.chain.from_iterable(zip(*fields, strict=True))), voted.tolist()
 
 
 def _results(
