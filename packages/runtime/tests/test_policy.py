@@ -525,8 +525,8 @@ def test_the_bound_run_falls_back_to_the_public_wrapper_with_the_same_outputs(
         def io_binding(self) -> object:
             return session.io_binding()
 
-        def run_with_iobinding(self, binding: object) -> None:
-            session.run_with_iobinding(binding)
+        def run_with_iobinding(self, binding: object, run_options: object = None) -> None:
+            session.run_with_iobinding(binding, run_options)
 
     direct, public = Slot(session), Slot(PublicOnly())
     assert isinstance(direct.run, functools.partial)
@@ -534,6 +534,8 @@ def test_the_bound_run_falls_back_to_the_public_wrapper_with_the_same_outputs(
     assert isinstance(public.run, functools.partial)
     assert public.run.func.__name__ == "run_with_iobinding"
     assert public.run.func.__self__.__class__ is PublicOnly
+    for slot in (direct, public):  # run options made once for the slot, not once a run
+        assert type(slot.run.args[-1]).__name__ == "RunOptions"
     x = np.zeros(34, dtype=np.float32)
     x[29] = 1.0  # regime_normal
     for slot in (direct, public):
