@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Generator, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -181,8 +181,10 @@ def _rows(decided: list[float] | None, start: int, stop: int) -> Iterable[Decisi
     as ``Decision`` tuples, or None for each (``decided`` None: the first day)."""
     if decided is None:
         return itertools.repeat(None, stop - start)
-    it = iter(decided[3 * start : 3 * stop])
-    return cast("Iterable[Decision]", zip(it, it, it, strict=True))
+    whole = start == 0 and 3 * stop == len(decided)  # the common day: no copy
+    it = iter(decided if whole else decided[3 * start : 3 * stop])
+    rows: Iterable[Any] = zip(it, it, it, strict=True)
+    return rows
 
 
 def _portfolio(
