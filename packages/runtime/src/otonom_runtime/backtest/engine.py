@@ -258,13 +258,14 @@ class _Sleeve:
         it voted, and its fallbacks (None with the RL analyst off)."""
         if self.entry_equity is not None:  # a trade still open at the end: closed at the last close
             self.trade_pnls.append(self.out[-2] - self.entry_equity)  # the last day's equity
-        days = np.array(self.out, dtype=np.float64).reshape(-1, 6)
-        out = [days[:, c].copy() for c in range(6)]  # each column contiguous
+        # fromiter: the same floats as np.array, without its nested-sequence probing
+        days = np.fromiter(self.out, dtype=np.float64, count=len(self.out)).reshape(-1, 6)
+        out = list(days.T.copy())  # each column contiguous
         return SymbolResult(
             symbol=bars.symbol,
             dates=bars.dates[bars.first :],
-            actions=np.array(actions, dtype=np.int64),
-            strengths=np.array(strengths, dtype=np.float64),
+            actions=np.fromiter(actions, dtype=np.int64, count=len(actions)),
+            strengths=np.fromiter(strengths, dtype=np.float64, count=len(strengths)),
             signals=signals,
             rl_signals=None if rl is None else rl[0],
             rl_voted=None if rl is None else rl[1],

@@ -270,7 +270,7 @@ def _results(
     symbol j's vote of day k is vote ``starts[k] + j``; ``fell_back``: the votes where the
     analyst did not vote."""
     # the flat numbers in one array (actions 0 .. 2 are exact as floats)
-    votes = np.array(rl, dtype=np.float64).reshape(-1, 3)
+    votes = np.fromiter(rl, dtype=np.float64, count=len(rl)).reshape(-1, 3)
     flat = (votes[:, 0].astype(np.int64), votes[:, 1], votes[:, 2])
     voted_all = np.ones(votes.shape[0], dtype=np.bool_)
     voted_all[fell_back] = False
