@@ -162,8 +162,8 @@ class _Sleeve:
         day. One loop over locals (no per-bar method calls or attribute traffic);
         ``min()``/``max()`` are spelled out as conditionals (same operands, same order:
         bit-identical, NaN and -0.0 included) because the builtins cost ~0.1 us a call here.
-        Longer than 80 lines because it is the per-bar loop: splitting it into calls costs
-        what this form saves.
+        Long because it is the per-bar loop: splitting it into calls costs what this form
+        saves.
         """
         # the bars from the first decision day on, indexed by k (the last bar: k == final)
         first = self.first
