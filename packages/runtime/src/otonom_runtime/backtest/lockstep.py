@@ -104,7 +104,7 @@ def _lockstep(
     sizes: list[int] = []
     w_rl, min_score = params.weights[3], params.min_score
     days_feature: dict[float, float] = {}
-    # each symbol's decision days' market states, by place j; validated as float32 (or None)
+    # each symbol's decision days' market states, by place j, validated once
     markets = [prepared[i].bars.market[prepared[i].bars.first :] for i in order]
     valid = _validated(markets, dtype)
     buffer = np.empty((min(_CHUNK, n_max), n_sym, STATE_DIM), dtype=np.float32)
@@ -113,7 +113,7 @@ def _lockstep(
     decided: list[float] | None = None  # the day before day 0's: none, start each sleeve
     for k0 in range(0, n_max, _CHUNK):
         k1 = min(k0 + _CHUNK, n_max)
-        chunk32 = None if valid is None else _states(valid, k0, k1, buffer)
+        chunk32 = _states(markets, k0, k1, buffer) if valid else None
         # flat: nested lists (one per row) would feed the garbage collector thousands of
         # objects a chunk, and its full passes cost more than the lists save
         chunk_totals, chunk_sums = totals[k0:k1].ravel().tolist(), sums[k0:k1].ravel().tolist()
@@ -284,33 +284,35 @@ def _results(
     return results
 
 
-def _validated(
-    markets: Sequence[npt.NDArray[np.floating]], dtype: np.dtype[Any]
-) -> list[npt.NDArray[np.float32]] | None:
-    """Each symbol's decision days' market states (in ``dtype``, the day's batch's) as the
-    model's float32 input when every one is valid (``otonom_schema.validate_states``: the
-    market columns, with the portfolio columns' neutral values), else None (each day's states
-    are then validated whole, so the error names the bad day's row as it always did).
+def _validated(markets: Sequence[npt.NDArray[np.floating]], dtype: np.dtype[Any]) -> bool:
+    """Whether every symbol's decision days' market states (in ``dtype``, the day's batch's)
+    are valid (``otonom_schema.validate_states``: the market columns, with the portfolio
+    columns' neutral values); if not, each day's states are validated whole, so the error
+    names the bad day's row as it always did.
 
-    The day's rows then need only their portfolio columns checked (``columns_in_range``,
-    in ``dtype``) before they are written in: float32 rounding is the same for the cast here
-    and the row's cast at validation, so the model sees the same bytes.
+    Valid rows then need only their portfolio columns checked (``columns_in_range``, in
+    ``dtype``) before they are written in: float32 rounding is the same for ``_states``' cast
+    and the row's cast at validation, so the model sees the same bytes. The float32 copy
+    ``validate_states`` returns is dropped at once (ten symbols' kept would be ~5 MB of fresh
+    pages a run; ``_states`` casts a chunk at a time into one buffer).
     """
     try:
-        return [validate_states(market.astype(dtype, copy=False)) for market in markets]
+        for market in markets:
+            validate_states(market.astype(dtype, copy=False))
     except SchemaError:
-        return None
+        return False
+    return True
 
 
 def _states(
-    valid: Sequence[npt.NDArray[np.float32]], k0: int, k1: int, buffer: npt.NDArray[np.float32]
+    markets: Sequence[npt.NDArray[np.floating]], k0: int, k1: int, buffer: npt.NDArray[np.float32]
 ) -> npt.NDArray[np.float32]:
-    """The valid market states (``_validated``) of decision days ``k0 .. k1`` of every
-    symbol, day-major (days, symbols by place, 34), written into ``buffer`` (rows where a
+    """The market states (``_validated``) of decision days ``k0 .. k1`` of every symbol, as
+    float32, day-major (days, symbols by place, 34), written into ``buffer`` (rows where a
     history has ended are left as they were: the day's batch never holds them; the
     portfolio columns are filled in day by day)."""
     chunk = buffer[: k1 - k0]
-    for j, market in enumerate(valid):
+    for j, market in enumerate(markets):
         span = market[k0:k1]
         chunk[: span.shape[0], j] = span
     return chunk
