@@ -302,6 +302,7 @@ def test_every_snippet_runs_in_order(tmp_path: Path) -> None:
         "reports/check/guide_bc/check.md",
         "models/guide_bc_api/policy_best.onnx",
         "models/guide_seed_456/policy_best.onnx",
+        "models/guide_ensemble/policy_best.onnx",
         "reports/guide_rl_2023.png",
         "reports/guide_walk_forward/walk_forward.md",
     ):

@@ -92,10 +92,18 @@ metrics = BehaviorCloningTrainer(cfg).train()
 assert (tmp / "out" / "policy_best.onnx").is_file()
 assert (tmp / "out" / "training_curves.png").is_file()
 check("train")
+from otonom_trainer.stacked import train_many
+train_many(cfg.replace(output_dir=str(tmp / "many")), [1, 2], export=False)
+check("train_many")
 
 from otonom_trainer.plots import plot_confusion_matrix
 plot_confusion_matrix(metrics.confusion_matrix, tmp / "cm.png")
 check("trainer plots")
+
+from otonom_trainer.ensemble import export_ensemble, train_seeds
+members = train_seeds(cfg.replace(max_epochs=1), [1, 2], members_dir=tmp / "seeds")
+export_ensemble(members, tmp / "ens" / "e.onnx", combine="vote")
+check("ensemble")
 
 # the probe sees each kind of change
 seen = {}

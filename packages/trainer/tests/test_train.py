@@ -455,7 +455,7 @@ def test_an_epoch_gathers_its_rows_once_and_slices_batches(tmp_path: Path) -> No
     """The device-agnostic data path (the one a CUDA run takes): whole split on the device, one
     gather per epoch in the epoch's order, contiguous batches, the last one partial."""
     make_dataset(tmp_path / "ds.npz", n=300)
-    cfg = small_config(tmp_path, batch_size=32, max_epochs=1)
+    cfg = small_config(tmp_path, batch_size=32, max_epochs=1, device="cpu")  # CPU states seen
     trainer = BehaviorCloningTrainer(cfg)
     seen: list[torch.Tensor] = []
     real = PolicyNet.forward
@@ -611,6 +611,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
         batch_size=64,
         class_balance="weighted",
         patience=0,
+        device="cpu",  # the tests below read "Device: cpu" and CPU tensors
     )
     trainer = BehaviorCloningTrainer(cfg)
     metrics, out = quiet_train(trainer)
@@ -801,6 +802,7 @@ def test_early_stopping_stops_and_restores_the_best_weights(tmp_path: Path) -> N
         patience=3,
         lr_plateau_patience=0,
         split="random",
+        device="cpu",  # the weights are compared with CPU tensors below
     )
     trainer = BehaviorCloningTrainer(cfg, on_epoch_end=snapshot)
     m, out = quiet_train(trainer)

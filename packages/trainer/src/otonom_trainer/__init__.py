@@ -15,6 +15,7 @@ raises it, and keeps the builtin base callers caught before the tree)::
         ├── TrainingError (+ RuntimeError)      otonom_trainer.train
         ├── CheckpointError (+ ValueError)      otonom_trainer.train (training.checkpoint)
         ├── ExportError (+ RuntimeError)        otonom_trainer.export
+        ├── EnsembleError (+ ValueError)        otonom_trainer.ensemble
         ├── RangeError (+ ValueError)           otonom_trainer.ranges
         ├── RegistryError (+ ValueError)        otonom_trainer.registry
         ├── PipelineError (+ ValueError)        otonom_trainer.pipeline

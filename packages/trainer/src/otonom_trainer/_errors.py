@@ -9,6 +9,7 @@
         ├── TrainingError (+ RuntimeError)      a non-finite loss, an unusable split, a device
         ├── CheckpointError (+ ValueError)      a file that is not a policy checkpoint
         ├── ExportError (+ RuntimeError)        the ONNX export or its parity check failed
+        ├── EnsembleError (+ ValueError)        members that cannot make one ensemble model
         ├── RangeError (+ ValueError)           train / test date ranges that cannot be used
         ├── RegistryError (+ ValueError)        the model-version registry
         ├── PipelineError (+ ValueError)        the pipeline's configuration or stages
@@ -26,7 +27,13 @@ second base is what callers caught before the tree existed (``except ValueError`
 
 from __future__ import annotations
 
-__all__ = ["ArchitectureError", "CheckpointError", "OtonomTrainerError", "TrainingError"]
+__all__ = [
+    "ArchitectureError",
+    "CheckpointError",
+    "EnsembleError",
+    "OtonomTrainerError",
+    "TrainingError",
+]
 
 
 class OtonomTrainerError(Exception):
@@ -43,3 +50,8 @@ class CheckpointError(OtonomTrainerError, ValueError):
 
 class ArchitectureError(OtonomTrainerError, ValueError):
     """A network architecture name that is not registered, or a class that cannot be one."""
+
+
+class EnsembleError(OtonomTrainerError, ValueError):
+    """Members that cannot be one ensemble model: fewer than two, a checkpoint twice, not a
+    ``PolicyNet``, of different state schemas or datasets (``otonom_trainer.ensemble``)."""

@@ -1,13 +1,13 @@
 """The ``otonom-train`` command line (also ``python -m otonom_trainer``).
 
-Commands: ``dataset`` (guide Step 1), ``train`` (Step 2: train, then export to ONNX with a
-parity check), ``export`` (a checkpoint to ONNX), ``evaluate`` (Step 3, through the runtime's
-ONNX model), ``pipeline`` (the whole guide end to end), ``check`` (the production
+Commands: ``dataset`` (guide Step 1), ``train`` (Step 2: train, then export to ONNX with a parity
+check; ``--seeds``: N at once), ``export`` (a checkpoint to ONNX), ``evaluate`` (Step 3, through
+the runtime's ONNX model), ``pipeline`` (the whole guide end to end), ``check`` (the production
 checklist; ``--promote`` moves a model folder's ``latest`` pointer), ``walk-forward`` (rolling
-windows) and ``explain`` (feature importance), whose parsers are their modules' ``add_parser``.
-The CLI only maps flags to the Python API; every rule lives there. Every error prints one
-``error: ...`` line and exits 1 (``--debug`` shows the traceback instead); the handling is the
-``otonom`` command's (``otonom_runtime.cli.run_cli``).
+windows), ``explain`` (feature importance) and ``ensemble`` (several policies as one ONNX model),
+whose parsers are their modules' ``add_parser``. The CLI only maps flags to the Python API; every
+rule lives there. Every error prints one ``error: ...`` line and exits 1 (``--debug`` shows the
+traceback instead); the handling is the ``otonom`` command's (``otonom_runtime.cli.run_cli``).
 """
 
 from __future__ import annotations
@@ -547,8 +547,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_pipeline(sub)
     _add_check(sub)
-    for module in ("walkforward", "explain_report"):  # commands whose parser is their module's
-        importlib.import_module(f"otonom_trainer.{module}").add_parser(sub)
+    for module in ("walkforward", "explain_report", "ensemble_cli", "stacked"):  # the module's
+        importlib.import_module(f"otonom_trainer.{module}").add_parser(sub)  # (train --seeds)
     add_global_flags(parser, version=_version_text())
     return parser
 

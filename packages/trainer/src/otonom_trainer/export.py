@@ -36,7 +36,7 @@ import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -67,10 +67,13 @@ __all__ = [
     "OPSET",
     "PARITY_BATCH_SIZES",
     "ExportError",
+    "Reference",
     "build_metadata",
+    "check_parity",
     "default_parity_states",
     "export_onnx",
     "sha256_file",
+    "write_sealed",
 ]
 
 OPSET: Final = 17
@@ -292,38 +295,68 @@ def _add_metadata(path: Path, metadata: Mapping[str, str]) -> None:
     onnx.save(proto, str(path))
 
 
-def _check_parity(
-    net: PolicyNetwork, model_path: Path, states: npt.NDArray[np.float32], atol: float
+Reference = Callable[
+    [npt.NDArray[np.float32]],
+    tuple[
+        npt.ArrayLike, npt.ArrayLike, "npt.NDArray[np.bool_] | None", Mapping[str, npt.ArrayLike]
+    ],
+]
+"""``states (n, 34) -> (probs (n, 3), strengths (n,), rows, extras)``: what a model must
+answer; ``rows`` (a boolean mask, or None for all) are the rows whose probabilities are
+compared, ``extras`` the optional outputs by name (``EXTRA_OUTPUTS``; empty for none)."""
+
+
+def check_parity(
+    model_path: Path,
+    states: npt.NDArray[np.float32],
+    reference: Reference,
+    atol: float,
+    *,
+    what: str = "ONNX/PyTorch",
 ) -> None:
+    """Load ``model_path`` through the runtime (``load_rl_policy``) and compare its
+    ``predict_batch`` with ``reference`` on ``states`` (rows repeated in order) at each of
+    ``PARITY_BATCH_SIZES``; ``ExportError`` naming ``what``, the batch size, the output and the
+    largest difference when one exceeds ``atol`` (or is NaN), or when the model does not load."""
     try:
         policy = load_rl_policy(model_path)
     except PolicyError as exc:
         raise ExportError(f"the exported model does not load in the runtime: {exc}") from exc
     for n in PARITY_BATCH_SIZES:
         x = _rows(states, n)
-        with torch.no_grad():
-            ref_probs, ref_strength, *ref_extras = net.exported(torch.from_numpy(x))
+        ref_probs, ref_strength, rows, ref_extras = reference(x)
         _, strengths, probs = policy.predict_batch(x)
-        extras = policy.predict_extras(x)
-        pairs: list[tuple[str, npt.NDArray[np.float32] | None, npt.NDArray[Any]]] = [
-            ("action_probs", probs, ref_probs.numpy()),
-            ("strength", strengths, ref_strength.numpy().reshape(n)),
+        extras = policy.predict_extras(x) if ref_extras else {}
+        keep = np.ones(n, dtype=bool) if rows is None else rows
+        pairs: list[tuple[str, npt.NDArray[Any] | None, npt.NDArray[Any]]] = [
+            ("action_probs", probs[keep], np.asarray(ref_probs)[keep]),
+            ("strength", strengths, np.asarray(ref_strength).reshape(n)),
         ]
-        for name, ref in zip(type(net).EXTRA_OUTPUTS, ref_extras, strict=True):
-            pairs.append((name, extras.get(name), ref.numpy()))
+        pairs += [(k, extras.get(k), np.asarray(v)) for k, v in ref_extras.items()]
         for name, got, want in pairs:
             if got is None or got.shape != want.shape:
                 raise ExportError(
                     f"the exported model's output {name!r} is {None if got is None else got.shape}"
                     f" at batch size {n}; expected shape {want.shape}, nothing was written"
                 )
-            diff = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64))))
-            if not diff <= atol:  # also catches NaN
+            diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
+            worst = float(np.max(diff, initial=0.0))
+            if not worst <= atol or np.isnan(diff).any():
                 raise ExportError(
-                    f"ONNX/PyTorch parity failed at batch size {n}: {name} differs by up to "
-                    f"{diff:.3g} (max abs difference; atol {atol:g}); the export is broken, "
+                    f"{what} parity failed at batch size {n}: {name} differs by up to "
+                    f"{worst:.3g} (max abs difference; atol {atol:g}); the export is broken, "
                     "nothing was written"
                 )
+
+
+def _torch_reference(net: PolicyNetwork) -> Reference:
+    def reference(x: npt.NDArray[np.float32]) -> tuple[Any, Any, None, dict[str, Any]]:
+        with torch.no_grad():
+            probs, strength, *extras = net.exported(torch.from_numpy(x))
+        named = zip(type(net).EXTRA_OUTPUTS, extras, strict=True)
+        return probs.numpy(), strength.numpy(), None, {k: v.numpy() for k, v in named}
+
+    return reference
 
 
 def export_onnx(
@@ -374,11 +407,37 @@ def export_onnx(
     states = _parity_states(parity_states)
     net = copy.deepcopy(model).to("cpu").float().eval()
 
+    return write_sealed(
+        out,
+        lambda staged: _export_graph(net, staged),
+        metadata,
+        states,
+        lambda staged: check_parity(staged, states, _torch_reference(net), atol),
+    )
+
+
+def write_sealed(
+    out: Path,
+    write_graph: Callable[[Path], None],
+    metadata: Mapping[str, str],
+    states: npt.NDArray[np.float32],
+    check: Callable[[Path], None],
+) -> Path:
+    """Write a model to ``out`` (a ``.onnx`` path) with its sidecar, or nothing at all.
+
+    In a temporary folder beside ``out``: ``write_graph(staged)`` writes the graph, the
+    ``metadata`` is added, the model is sealed (model format 2: digest, and the golden sample
+    chosen among ``states``), its sidecar written and ``check(staged)`` run (the parity check:
+    it raises ``ExportError``). Only then are the model and its sidecar moved into place (the
+    model first: a reader in between sees a sha256 mismatch and refuses it). On any error the
+    folder is removed and an older model at ``out`` is left as it was. Parent folders are
+    created. ``export_onnx`` and ``otonom_trainer.ensemble.export_ensemble`` write through it.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".export", dir=out.parent))
     try:
         staged = staging / out.name
-        _export_graph(net, staged)
+        write_graph(staged)
         _add_metadata(staged, metadata)
         # model format 2: the digest of graph and weights and the golden sample (chosen among
         # the parity states, away from the decision boundary), checked by every load
@@ -387,9 +446,8 @@ def export_onnx(
         except ValueError as exc:
             raise ExportError(f"the exported model cannot be sealed: {exc}") from exc
         write_sha256_sidecar(staged)
-        _check_parity(net, staged, states, atol)
+        check(staged)
         sidecar = out.with_name(out.name + ".sha256")
-        # the model first: a reader in between sees a sha256 mismatch and refuses it
         staged.replace(out)
         staged.with_name(sidecar.name).replace(sidecar)
     finally:

@@ -15,7 +15,7 @@ from otonom_schema import STATE_DIM
 if TYPE_CHECKING:
     from otonom_trainer.config import TrainingConfig
 
-__all__ = ["FastDropout", "PolicyNet", "PolicyNetwork"]
+__all__ = ["FastDropout", "PolicyNet", "PolicyNetwork", "fast_dropout_mask"]
 
 # FastDropout draws 16 random bits per element: the drop probability is rounded to a multiple
 # of 1 / 2**16 (|error| <= 7.7e-6)
@@ -41,17 +41,24 @@ class FastDropout(nn.Dropout):
         if not self.training or self.p == 0.0 or input.device.type != "cpu" or self.inplace:
             return F.dropout(input, self.p, self.training, self.inplace)
         n = input.numel()
-        # a drawn int16 b is kept when b >= threshold; P(b < threshold) = level / 2**16
-        level = round(self.p * _DROP_LEVELS)
-        threshold = level - _DROP_LEVELS // 2
-        scale = _DROP_LEVELS / (_DROP_LEVELS - level)
         bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=input.device)
         bits.random_(-(2**63), None)  # the full 64-bit range: every 16-bit lane is uniform
         lanes = bits.view(torch.int16)[:n].view(input.shape).to(input.dtype)
-        # (b - threshold + 1) * scale, clamped to [0, scale]: 0 for a dropped element (integer
-        # b <= threshold - 1), scale for a kept one (b >= threshold)
-        mask = lanes.sub_(threshold - 1).mul_(scale).clamp_(0.0, scale)
-        return input * mask
+        return input * fast_dropout_mask(lanes, self.p)
+
+
+def fast_dropout_mask(lanes: torch.Tensor, p: float) -> torch.Tensor:
+    """``FastDropout``'s mask from ``lanes``, uniform 16-bit integers held as floats (in place:
+    ``lanes`` becomes the mask): ``1 / (1 - p')`` where the lane is kept, 0 where dropped
+    (``p' = round(p * 2**16) / 2**16``). ``otonom_trainer.training.stack`` draws the lanes of N
+    stacked networks and makes their masks here too."""
+    # a drawn int16 b is kept when b >= threshold; P(b < threshold) = level / 2**16
+    level = round(p * _DROP_LEVELS)
+    threshold = level - _DROP_LEVELS // 2
+    scale = _DROP_LEVELS / (_DROP_LEVELS - level)
+    # (b - threshold + 1) * scale, clamped to [0, scale]: 0 for a dropped element (integer
+    # b <= threshold - 1), scale for a kept one (b >= threshold)
+    return lanes.sub_(threshold - 1).mul_(scale).clamp_(0.0, scale)
 
 
 class PolicyNetwork(nn.Module):

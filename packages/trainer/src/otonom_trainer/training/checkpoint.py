@@ -93,7 +93,8 @@ def load_checkpoint(
     """Read ``policy_best.pt`` safely (``weights_only=True``); return the model (eval mode) and
     the whole checkpoint dict (``state_dict``, ``hparams``, ``config``, ``metrics``, schema keys).
 
-    The network class is the checkpoint's ``architecture`` (``"mlp"`` when absent). Raises
+    The network class is the checkpoint's ``architecture`` (``"mlp"`` when absent); building it
+    leaves torch's global RNG as it was. Raises
     ``FileNotFoundError``, ``CheckpointError`` for a foreign or broken file (or an architecture
     that is not registered in this process) and ``SchemaMismatchError`` when it was trained
     under another state schema (``check_schema``).
@@ -102,7 +103,9 @@ def load_checkpoint(
     ckpt = read_checkpoint(src, map_location=map_location, check_schema=check_schema)
     name = ckpt.get("architecture", DEFAULT_ARCHITECTURE)
     try:
-        model = get_architecture(str(name))(**ckpt["hparams"])
+        # building the network draws initial weights: from a forked RNG, not the caller's
+        with torch.random.fork_rng(devices=[]):
+            model = get_architecture(str(name))(**ckpt["hparams"])
         model.load_state_dict(ckpt["state_dict"])
     except ArchitectureError as exc:
         raise CheckpointError(f"{src}: {exc}") from None
