@@ -133,9 +133,10 @@ def _sleeve_state(sleeve: Any) -> tuple[Any, ...]:
 def test_sleeve_in_lockstep_equals_the_sleeve_run_up_front(
     params: EngineParams, crash: bool
 ) -> None:
-    """The sleeve's one body, driven one day at a time (the RL path: each decision appended
-    after the day's features are yielded) and with every decision known up front (``run``):
-    same floats, same trades, same ruin; the features yielded are the ones it records."""
+    """The sleeve's one body, driven one day at a time (the RL path: each decision sent
+    after the day's features are yielded, the sleeve records it) and with every decision
+    known up front (``run``): same floats, same trades, same ruin; the features yielded are
+    the ones it records."""
     rng = np.random.default_rng(11 if crash else 5)
     n, first = 900, 100
     moves = rng.normal(0.0, 0.04, n)
@@ -156,11 +157,14 @@ def test_sleeve_in_lockstep_equals_the_sleeve_run_up_front(
     stepped = engine._Sleeve(bars, params, 1000.0, cap)
     decided: tuple[list[int], list[float]] = ([], [])
     days = stepped.steps(*decided, lockstep=True)
-    for k, features in enumerate(days):
-        assert features == tuple(stepped.out[6 * k : 6 * k + 4])  # six numbers a day
-        decided[0].append(actions[k])
-        decided[1].append(strengths[k])
-    assert len(decided[0]) == n - first
+    features = next(days)
+    for k in range(n - first):
+        assert features == tuple(stepped.out[6 * k : 6 * k + 6])  # six numbers a day
+        try:
+            features = days.send((actions[k], strengths[k], 0.5))
+        except StopIteration:
+            assert k == n - first - 1  # it finishes after the last day's decision
+    assert decided == (actions, strengths)
     assert _sleeve_state(looped) == _sleeve_state(stepped)
     assert looped.fills > 20
     assert looped.bust is crash

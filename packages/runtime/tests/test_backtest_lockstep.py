@@ -216,11 +216,11 @@ def test_the_portfolio_check_is_columns_in_range_in_float64() -> None:
         row = np.array([edges[p][c] for c, p in enumerate(pick)])
         if trial % 5 == 0:
             row[rng.integers(0, 3)] = odd[trial % 3]  # the feature comes from the schema
-        steps = [lambda row=row: (row[0], row[1], row[2], 7.0)]
+        sends = [lambda _, row=row: (row[0], row[1], row[2], 7.0, 1.0, 0.0)]
         feature = {7.0: float(row[3])}
-        rows, in_range = lockstep._portfolio(steps, feature)
-        np.testing.assert_array_equal(np.array(rows), row[None])
-        assert in_range == s.columns_in_range(np.array(rows), s.PORTFOLIO_COLUMNS), row
+        rows, in_range = lockstep._portfolio(sends, [None], feature)
+        np.testing.assert_array_equal(np.array(rows), row)
+        assert in_range == s.columns_in_range(np.array([rows]), s.PORTFOLIO_COLUMNS), row
 
 
 def test_no_bound_day_where_it_cannot_run(tmp_path: Path) -> None:

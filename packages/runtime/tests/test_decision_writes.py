@@ -116,11 +116,16 @@ def test_columns_of_different_lengths_raise_and_store_nothing(db_url: str) -> No
         assert session.execute(select(func.count()).select_from(Decision)).scalar_one() == 0
 
 
-def test_a_statement_holds_at_most_999_values() -> None:
-    assert writers._sqlite_rows(19) == 52
-    assert writers._sqlite_rows(22) == 45
-    assert writers._sqlite_rows(5000) == 1
+def test_a_statement_holds_at_most_4000_values_or_the_build_s_limit(db_url: str) -> None:
+    assert writers._sqlite_rows(19, 32766) == 210
+    assert writers._sqlite_rows(19, 999) == 52  # builds before SQLite 3.32
+    assert writers._sqlite_rows(22, 999) == 45
+    assert writers._sqlite_rows(5000, 32766) == 1
     assert writers._values_sql(("a", "b"), 2).endswith("(a, b) VALUES (?, ?), (?, ?)")
+    with get_session(db_url) as session:
+        dbapi: Any = session.connection().connection.dbapi_connection
+        assert writers._variable_limit(dbapi) >= 999
+    assert writers._variable_limit(object()) == 999  # a driver that cannot say
 
 
 def _foreign_keys(session: Session) -> int:

@@ -435,11 +435,11 @@ def _reference_decide(totals: np.ndarray, strength_sums: np.ndarray, min_score: 
 
 
 def test_the_one_vote_matches_its_reference_bit_for_bit() -> None:
-    """``decide_rows`` (the rule, Python floats) with one more analyst's votes, and
+    """``decide_rows`` (the rule, Python floats, flat rows) with one more analyst's votes, and
     ``decide`` (its array form), against ``add_votes`` + the reference array rule on random
-    rows: ties, zero votes, NaN totals, analysts that do not vote (None; in the array form a
-    HOLD with confidence 0), zero weights, min_score 0 and 1: the same actions and the same
-    float bits."""
+    rows: ties, zero votes, NaN totals, analysts that do not vote (an action of None; in the
+    array form a HOLD with confidence 0), zero weights, min_score 0 and 1: the same actions
+    (Python ints) and the same float bits; with no votes at all (None), ``decide``'s."""
     rng = np.random.default_rng(13)
     for trial in range(3000):
         n = int(rng.integers(1, 12))
@@ -447,11 +447,16 @@ def test_the_one_vote_matches_its_reference_bit_for_bit() -> None:
         weight = float(rng.choice([0.0, 1.0, 2.0, 0.37]))
         min_score = float(rng.choice([0.0, 0.4, 0.5, 1.0]))
         votes = [
-            (int(a), float(st), float(c)) if v else None
+            number
             for a, st, c, v in zip(actions, strengths, confidences, voted, strict=True)
+            for number in ((int(a), float(st), float(c)) if v else (None, None, None))
         ]
         got = decide_rows(totals.ravel().tolist(), sums.ravel().tolist(), votes, weight, min_score)
         plain = decide(totals, sums, min_score)
+        unvoted = decide_rows(totals.ravel().tolist(), sums.ravel().tolist(), None, 1.0, min_score)
+        assert unvoted[0::3] == plain.actions.tolist()
+        assert np.array(unvoted[1::3]).tobytes() == plain.strengths.tobytes()
+        assert np.array(unvoted[2::3]).tobytes() == plain.confidences.tobytes()
         with np.errstate(invalid="ignore"):
             plain_want = _reference_decide(totals, sums, min_score)
         for field in ("actions", "strengths", "confidences"):
@@ -464,9 +469,10 @@ def test_the_one_vote_matches_its_reference_bit_for_bit() -> None:
         with np.errstate(invalid="ignore"):
             add_votes(totals, sums, rl, weight)
             want = _reference_decide(totals, sums, min_score)
-        assert [a for a, _, _ in got] == want.actions.tolist()
-        assert np.array([st for _, st, _ in got]).tobytes() == want.strengths.tobytes()
-        assert np.array([c for _, _, c in got]).tobytes() == want.confidences.tobytes()
+        assert got[0::3] == want.actions.tolist()
+        assert all(type(a) is int for a in got[0::3])
+        assert np.array(got[1::3]).tobytes() == want.strengths.tobytes()
+        assert np.array(got[2::3]).tobytes() == want.confidences.tobytes()
 
 
 def test_decide_of_no_rows_and_of_a_bad_shape() -> None:
@@ -478,5 +484,7 @@ def test_decide_of_no_rows_and_of_a_bad_shape() -> None:
 
 
 def test_decide_rows_wants_three_numbers_per_vote() -> None:
-    with pytest.raises(ValueError, match="3 totals and 3 strength sums for 2 votes"):
+    with pytest.raises(ValueError, match="3 totals, 3 strength sums and 2 vote numbers"):
         decide_rows([0.0] * 3, [0.0] * 3, [None, None], 1.0, 0.0)
+    with pytest.raises(ValueError, match="4 totals, 4 strength sums and no vote numbers"):
+        decide_rows([0.0] * 4, [0.0] * 4, None, 1.0, 0.0)

@@ -6,7 +6,8 @@ few rows), ``aggregate_signal_arrays`` and ``aggregate_signals``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, overload
 
@@ -157,58 +158,61 @@ def decide(totals: F64, strength_sums: F64, min_score: float) -> Signals:
             f"totals {totals.shape} and strength sums {strength_sums.shape}; expected (N, 3) each"
         )
     rows = decide_rows(
-        totals.ravel().tolist(), strength_sums.ravel().tolist(), [None] * n, 0.0, min_score
+        totals.ravel().tolist(), strength_sums.ravel().tolist(), None, 0.0, min_score
     )
-    actions, strengths, confidences = zip(*rows, strict=True) if rows else ((), (), ())
     return Signals(
-        np.array(actions, dtype=np.int64),
-        np.array(strengths, dtype=np.float64),
-        np.array(confidences, dtype=np.float64),
+        np.array(rows[0::3], dtype=np.int64),
+        np.array(rows[1::3], dtype=np.float64),
+        np.array(rows[2::3], dtype=np.float64),
     )
 
 
 def decide_rows(
     totals: Sequence[float],
     strength_sums: Sequence[float],
-    votes: Sequence[RlVote | None],
+    votes: Sequence[float | None] | None,
     weight: float,
     min_score: float,
-) -> list[RlVote]:
+) -> list[float]:
     """The ensemble's vote for a few or many states, in plain Python floats: the rule is
     written here once (``decide`` is its array form). Row i's ``totals`` and
     ``strength_sums`` (``vote_totals``' two (N, 3) arrays flattened row by row,
-    ``ravel().tolist()``: three numbers a row, by ``Action``), plus ``votes[i]`` (one more
-    analyst's ``(action, strength, confidence)`` at ``weight``, added as ``add_votes`` adds;
-    None: it does not vote), decided: BUY or SELL, whichever has more votes, when its share of
-    all votes reaches ``min_score``, else HOLD (see ``decide``). Returns per row the
-    ensemble's ``(action, strength, confidence)``.
+    ``ravel().tolist()``: three numbers a row, by ``Action``), plus row i's vote in ``votes``
+    (one more analyst's ``action, strength, confidence``, flat like the totals: three numbers
+    a row, added at ``weight`` as ``add_votes`` adds; an action of None: that row gets no
+    vote; ``votes`` None: no row does), decided: BUY or SELL, whichever has more votes, when
+    its share of all votes reaches ``min_score``, else HOLD (see ``decide``). Returns per row
+    the ensemble's ``action, strength, confidence``, flat (three numbers a row; the action an
+    ``int``): no tuple per row for the garbage collector to track.
 
     NaN totals propagate as ``np.maximum`` propagates them and no votes give a share of 0.
     The backtester's lockstep decides ten-odd symbols a day with it (an array form costs ~25
     numpy calls a day there); whole histories take ~0.3 us a row.
     """
-    if not len(totals) == len(strength_sums) == 3 * len(votes):
+    n = len(totals)
+    if not (n == len(strength_sums) and n % 3 == 0 and (votes is None or len(votes) == n)):
+        given = "no" if votes is None else len(votes)
         raise ValueError(
-            f"{len(totals)} totals and {len(strength_sums)} strength sums for {len(votes)} "
-            "votes; expected three of each per vote"
+            f"{n} totals, {len(strength_sums)} strength sums and {given} vote numbers; "
+            "expected three of each a row (no votes: None)"
         )
-    out: list[RlVote] = []
-    # flat lists, not a list per row: a backtest's thousands of short-lived rows would make
-    # the garbage collector's full passes run (each ~60 ms in a process of the runtime's size)
+    out: list[float] = []
+    put = out.extend
+    hold_action, buy_action, sell_action = _HOLD, _BUY, _SELL
     t, s = iter(totals), iter(strength_sums)
-    for (hold, buy, sell), (_, buy_sum, sell_sum), vote in zip(
-        zip(t, t, t, strict=False), zip(s, s, s, strict=False), votes, strict=True
-    ):
-        if vote is not None:  # add_votes: + weight x confidence to the action voted for
-            action, strength, confidence = vote
-            weighed = weight * confidence
-            if action == _BUY:
+    v: Iterator[float | None] = itertools.repeat(None) if votes is None else iter(votes)
+    # one zip, nine numbers a row: nested zips cost a tuple each a row
+    rows = zip(t, t, t, s, s, s, v, v, v, strict=False)  # ``v`` may repeat None forever
+    for hold, buy, sell, _, buy_sum, sell_sum, voted, vote_strength, vote_confidence in rows:
+        if voted is not None:  # add_votes: + weight x confidence to the action voted for
+            weighed = weight * vote_confidence
+            if voted == buy_action:
                 buy += weighed
-                buy_sum += weighed * strength
-            elif action == _SELL:
+                buy_sum += weighed * vote_strength
+            elif voted == sell_action:
                 sell += weighed
-                sell_sum += weighed * strength
-            elif action == _HOLD:
+                sell_sum += weighed * vote_strength
+            elif voted == hold_action:
                 hold += weighed
         # decide
         total = hold + buy + sell
@@ -216,14 +220,14 @@ def decide_rows(
         share = best / total if total > 0 else 0.0
         if buy != sell and share >= min_score:
             buying = buy > sell
-            action = _BUY if buying else _SELL
+            action = buy_action if buying else sell_action
             strength = (buy_sum if buying else sell_sum) / best
             confidence = share
         else:
-            action, strength, confidence = _HOLD, 0.0, 1.0 - share
+            action, strength, confidence = hold_action, 0.0, 1.0 - share
         strength = 0.0 if strength < 0.0 else strength  # np.maximum(x, 0.0): NaN stays
         confidence = 0.0 if confidence < 0.0 else confidence
-        out.append(
+        put(
             (
                 action,
                 1.0 if strength > 1.0 else strength,

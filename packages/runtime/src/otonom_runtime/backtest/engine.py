@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -34,9 +34,13 @@ __all__ = ["SymbolResult", "simulate_symbol"]
 _HOLD: Final = int(Action.HOLD)
 _BUY: Final = int(Action.BUY)
 F64 = npt.NDArray[np.float64]
-Features = tuple[float, float, float, float]
-"""A sleeve's portfolio features at a close: position, leverage, cash_fraction and the raw
-days since the last trade (``inf`` before the first)."""
+Mark = tuple[float, float, float, float, float, float]
+"""A sleeve's record of a close: position, leverage, cash_fraction, the raw days since the
+last trade (``inf`` before the first), equity and exposure; the first four are the state's
+portfolio features."""
+Decision = tuple[int, float, float]
+"""The ensemble's decision of a day as ``decide_rows`` gives it: action, strength, confidence
+(a lockstep sleeve reads the first two)."""
 
 
 @dataclass
@@ -119,7 +123,8 @@ class _Sleeve:
         self.n = bars.market.shape[0] - bars.first
         self.closes: list[float] = bars.closes.tolist()
         self.opens: list[float] = bars.opens.tolist()
-        self.day: list[int] = bars.dates.astype(np.int64).tolist()
+        # day numbers as floats (exact: far below 2**53), so days since a fill is one subtraction
+        self.day: list[float] = bars.dates.astype(np.int64).astype(np.float64).tolist()
         self.last = len(self.closes) - 1
         self.cap = cap  # per decision day: the risk multiplier x max_leverage
         self.slip = params.slippage_bps / 1e4
@@ -129,7 +134,7 @@ class _Sleeve:
         self.cash, self.units = capital, 0.0
         self.floor = capital * BUST_FLOOR
         self.bust = False
-        self.last_fill: int | None = None  # day number of the last fill
+        self.last_fill = -math.inf  # day number of the last fill (-inf: none yet)
         self.entry_equity: float | None = None
         self.fills = 0
         self.trade_pnls: list[float] = []
@@ -145,40 +150,46 @@ class _Sleeve:
 
     def steps(
         self, actions: list[int], strengths: list[float], *, lockstep: bool
-    ) -> Generator[Features, None, None]:
+    ) -> Generator[Mark, Decision, None]:
         """The sleeve over its decision days k = 0 .. n-1: mark at the close of day k, then
         trade on day k's decision (``actions[k]``, ``strengths[k]``), filled at the next open.
 
-        ``lockstep``: after marking day k it yields the portfolio ``Features`` the state of
-        day k sees; the caller appends day k's decision to ``actions`` / ``strengths`` and
-        resumes it (once more after the last day, to finish). Without it, it never yields:
-        one ``next()`` runs every day. One loop over locals (no per-bar method calls or
-        attribute traffic); ``min()``/``max()`` are spelled out as conditionals (same
-        operands, same order: bit-identical, NaN and -0.0 included) because the builtins cost
-        ~0.1 us a call here. Longer than 80 lines because it is the per-bar loop: splitting it
-        into calls costs what this form saves.
+        ``lockstep``: after marking day k it yields that day's ``Mark`` (the state of day k
+        sees its portfolio features), and the caller sends day k's ``Decision`` back
+        (``send``; the first day is started with ``next()``), which the sleeve appends to
+        ``actions`` / ``strengths`` before trading on it; after the last day's decision it
+        finishes (``StopIteration``). Without it, it never yields: one ``next()`` runs every
+        day. One loop over locals (no per-bar method calls or attribute traffic);
+        ``min()``/``max()`` are spelled out as conditionals (same operands, same order:
+        bit-identical, NaN and -0.0 included) because the builtins cost ~0.1 us a call here.
+        Long because it is the per-bar loop: splitting it into calls costs what this form
+        saves.
         """
-        closes, opens, day, cap = self.closes, self.opens, self.day, self.cap
-        first, last, floor = self.first, self.last, self.floor
+        # the bars from the first decision day on, indexed by k (the last bar: k == final)
+        first = self.first
+        closes, opens, day = self.closes[first:], self.opens[first:], self.day[first:]
+        cap, final, floor = self.cap, self.last - first, self.floor
         max_leverage, slip, comm = self.max_leverage, self.slip, self.comm
-        allow_short = self.allow_short
+        allow_short, min_leverage = self.allow_short, -self.max_leverage
         cash, units, bust = self.cash, self.units, self.bust
         last_fill, entry_equity, fills = self.last_fill, self.entry_equity, self.fills
         trade_pnls = self.trade_pnls
         append = self.out.extend
-        inf = math.inf
+        record_action, record_strength = actions.append, strengths.append
+        hold, buy = _HOLD, _BUY
         equity = exposure = 0.0
         for k in range(self.n):
-            t = first + k
             # --- mark at the close of day k
-            close = closes[t]
-            equity = cash + units * close
+            close = closes[k]
+            value = units * close
+            equity = cash + value
             if equity <= floor and not bust:
                 # wiped out: the sleeve is closed at this close and trades no more
                 bust, units, cash = True, 0.0, floor
+                value = units * close
                 equity = floor
-            exposure = units * close / equity if equity > 0 else 0.0
-            days = inf if last_fill is None else float(day[t] - last_fill)
+            exposure = value / equity if equity > 0 else 0.0
+            days = day[k] - last_fill  # inf before the first fill
             position = exposure / max_leverage
             position = position if position > -1.0 else -1.0  # max(-1.0, position)
             position = position if position < 1.0 else 1.0  # min(1.0, position)
@@ -186,28 +197,31 @@ class _Sleeve:
             leverage = 4.0 if gross > 4.0 else gross  # min(gross, 4.0)
             cash_fraction = 1.0 - gross
             cash_fraction = cash_fraction if cash_fraction > 0.0 else 0.0  # max(0.0, 1 - gross)
-            append((position, leverage, cash_fraction, days, equity, exposure))
+            record = (position, leverage, cash_fraction, days, equity, exposure)
+            append(record)
             if lockstep:
-                yield position, leverage, cash_fraction, days
+                decided_action, decided_strength, _ = yield record
+                record_action(decided_action)
+                record_strength(decided_strength)
             # --- trade on day k's decision (the last day's is recorded, never filled)
-            if t >= last or bust:
+            if k >= final or bust:
                 continue
             action = actions[k]
-            if action == _HOLD:
+            if action == hold:
                 # keep the position, but never beyond the leverage cap (price moves inflate it)
-                target = -max_leverage if -max_leverage > exposure else exposure
+                target = min_leverage if min_leverage > exposure else exposure
                 target = max_leverage if max_leverage < target else target
                 if target == exposure:
                     continue
             else:
                 size = strengths[k] * cap[k]
-                target = size if action == _BUY else (-size if allow_short else 0.0)
+                target = size if action == buy else (-size if allow_short else 0.0)
             if abs(target - exposure) < REBALANCE_THRESHOLD and not (
                 target == 0.0 and units != 0.0
             ):
                 continue
             # fill at the next open
-            price_open = opens[t + 1]
+            price_open = opens[k + 1]
             equity_open = cash + units * price_open
             new_units = target * equity_open / price_open
             delta = new_units - units
@@ -218,7 +232,7 @@ class _Sleeve:
             old_units = units
             units = new_units
             fills += 1
-            last_fill = day[t + 1]
+            last_fill = day[k + 1]
             equity_after = cash + new_units * price_open
             # A trade runs from opening a side (from flat, or a flip) to leaving it; its pnl is
             # the sleeve's equity change over that span, entry and exit costs included.
@@ -244,13 +258,14 @@ class _Sleeve:
         it voted, and its fallbacks (None with the RL analyst off)."""
         if self.entry_equity is not None:  # a trade still open at the end: closed at the last close
             self.trade_pnls.append(self.out[-2] - self.entry_equity)  # the last day's equity
-        days = np.array(self.out, dtype=np.float64).reshape(-1, 6)
-        out = [days[:, c].copy() for c in range(6)]  # each column contiguous
+        # fromiter: the same floats as np.array, without its nested-sequence probing
+        days = np.fromiter(self.out, dtype=np.float64, count=len(self.out)).reshape(-1, 6)
+        out = list(days.T.copy())  # each column contiguous
         return SymbolResult(
             symbol=bars.symbol,
             dates=bars.dates[bars.first :],
-            actions=np.array(actions, dtype=np.int64),
-            strengths=np.array(strengths, dtype=np.float64),
+            actions=np.fromiter(actions, dtype=np.int64, count=len(actions)),
+            strengths=np.fromiter(strengths, dtype=np.float64, count=len(strengths)),
             signals=signals,
             rl_signals=None if rl is None else rl[0],
             rl_voted=None if rl is None else rl[1],
@@ -301,16 +316,15 @@ def _simulate(
     if rls is None:
         results = []
         for p in prepared:
-            n = p.totals.shape[0]
             decided = decide_rows(
                 p.totals.ravel().tolist(),
                 p.strength_sums.ravel().tolist(),
-                [None] * n,
+                None,
                 0.0,
                 params.min_score,
             )
-            actions = [d[0] for d in decided]
-            strengths = [d[1] for d in decided]
+            actions = cast("list[int]", decided[0::3])  # the rows' actions are ints
+            strengths = decided[1::3]
             p.sleeve.run(actions, strengths)
             results.append(p.sleeve.result(p.bars, actions, strengths, p.signals, None))
         return results

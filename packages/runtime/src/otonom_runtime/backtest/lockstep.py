@@ -11,7 +11,8 @@ Each day takes one of two paths, with the same results (tested):
   some forty;
 * the general day: ``rl_votes`` on the day's states, as every day ran before. It runs where
   the bound day cannot be sure of the outcome: no bound policy (none, another kind, analysts
-  not sharing one, more than 64 symbols), a chunk of market states that failed validation, a
+  not sharing one, more than 64 symbols), market states that failed validation (then every
+  day: the bad day's whole validation raises the ``SchemaError`` naming its row), a
   portfolio column out of range (``SchemaError`` from the day's whole validation), or an
   output ``predict_bound`` does not accept (the contract's ``PolicyError`` and the fallback
   row by row, or an RL vote outside [0, 1], exactly as before: that day only).
@@ -20,13 +21,13 @@ Each day takes one of two paths, with the same results (tested):
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
-from otonom_runtime.ensemble import RlAnalyst, RlVote, Signals, decide_rows, rl_votes
+from otonom_runtime.ensemble import RlAnalyst, Signals, decide_rows, rl_votes
 from otonom_schema import (
     FEATURES,
     PORTFOLIO_COLUMNS,
@@ -39,7 +40,7 @@ from otonom_schema import (
 )
 
 if TYPE_CHECKING:
-    from otonom_runtime.backtest.engine import Features, SymbolResult, _Prepared
+    from otonom_runtime.backtest.engine import Decision, Mark, SymbolResult, _Prepared
     from otonom_runtime.backtest.params import EngineParams
 
 __all__: list[str] = []
@@ -53,7 +54,10 @@ _HIGH: Final = (
 ).tolist()
 """The portfolio columns' bounds as ``columns_in_range`` compares float64 values with them."""
 
-Row = tuple[float, float, float, float]
+Send = Callable[["Decision"], "Mark"]
+"""A lockstep sleeve's ``send`` (``_Sleeve.steps``): the day before's decision in (None, as
+``next()``, to start it), the day's ``Mark`` out (its portfolio features first)."""
+Sleeve = Generator["Mark", "Decision", None]
 
 
 def _lockstep(
@@ -69,7 +73,8 @@ def _lockstep(
     Day k's batch holds the symbols that still have a decision day k: the longest first, so
     they are always a prefix (``j``: a symbol's place in that order). States are gathered
     ``_CHUNK`` days at a time, day-major (days, symbols, 34), in the market features' dtype
-    (so validation sees what it always saw). Longer than 80 lines because it is the day
+    (so validation sees what it always saw), validated once per symbol (``_validated``).
+    Longer than 80 lines because it is the day
     loop: its state (sleeves, chunk, slot) lives in locals.
     """
     n_sym = len(prepared)
@@ -80,12 +85,10 @@ def _lockstep(
     dtype = np.result_type(*(p.bars.market.dtype for p in prepared))
     actions_out: list[list[int]] = [[] for _ in range(n_sym)]
     strengths_out: list[list[float]] = [[] for _ in range(n_sym)]
-    acts = [actions_out[i] for i in order]
-    strs = [strengths_out[i] for i in order]
     sleeves = [
         prepared[i].sleeve.steps(actions_out[i], strengths_out[i], lockstep=True) for i in order
     ]
-    steps: list[Callable[[], Features]] = [s.__next__ for s in sleeves]
+    sends: list[Send] = [s.send for s in sleeves]
     # day-major, by place j: the three analysts' vote totals and strength sums
     totals = np.zeros((n_max, n_sym, 3))
     sums = np.zeros((n_max, n_sym, 3))
@@ -101,34 +104,40 @@ def _lockstep(
     sizes: list[int] = []
     w_rl, min_score = params.weights[3], params.min_score
     days_feature: dict[float, float] = {}
+    # each symbol's decision days' market states, by place j, validated once
+    markets = [prepared[i].bars.market[prepared[i].bars.first :] for i in order]
+    valid = _validated(markets, dtype)
+    buffer = np.empty((min(_CHUNK, n_max), n_sym, STATE_DIM), dtype=np.float32)
     m, width = n_sym, 3 * n_sym
-    live, slot, inputs, port = _batch(steps, m, policy)
+    live, slot, inputs, port = _batch(sends, m, policy)
+    decided: list[float] | None = None  # the day before day 0's: none, start each sleeve
     for k0 in range(0, n_max, _CHUNK):
         k1 = min(k0 + _CHUNK, n_max)
-        chunk = _states(prepared, order, alive, k0, k1, dtype)
-        chunk32 = _validated(chunk, alive, k0, k1)
+        chunk32 = _states(markets, k0, k1, buffer) if valid else None
         # flat: nested lists (one per row) would feed the garbage collector thousands of
         # objects a chunk, and its full passes cost more than the lists save
         chunk_totals, chunk_sums = totals[k0:k1].ravel().tolist(), sums[k0:k1].ravel().tolist()
         for k in range(k0, k1):
             if alive[m - 1] <= k:  # the shortest histories have ended
+                ended = m
                 while alive[m - 1] <= k:
                     m -= 1
-                live, slot, inputs, port = _batch(steps, m, policy)
-            portfolio, in_range = _portfolio(live, days_feature)
-            votes: list[RlVote] | None = None
+                _finish(sleeves[m:ended], _rows(decided, m, ended))
+                live, slot, inputs, port = _batch(sends, m, policy)
+            portfolio, in_range = _portfolio(live, _rows(decided, 0, m), days_feature)
+            votes: list[float] | None = None
             if slot is not None and chunk32 is not None and in_range:  # the bound day
                 inputs[:] = chunk32[k - k0, :m]
-                port[:] = portfolio
+                port.flat = portfolio
                 votes = policy.predict_bound(slot)
             if votes is not None:
-                keep(itertools.chain.from_iterable(votes))
-                day_votes: Sequence[RlVote | None] = votes
+                keep(votes)
+                day_votes: list[float] | list[float | None] = votes
             else:  # the general day
-                raw, ok = _general_day(analysts[:m], chunk, chunk32, k - k0, portfolio, dtype)
+                raw, ok = _general_day(analysts[:m], markets, chunk32, k, k0, portfolio, dtype)
                 fell_back += [len(rl) // 3 + j for j, o in enumerate(ok) if not o]
-                keep(itertools.chain.from_iterable(raw))
-                day_votes = [v if o else None for v, o in zip(raw, ok, strict=True)]
+                keep(raw)
+                day_votes = [None if not ok[i // 3] else v for i, v in enumerate(raw)]
             sizes.append(m)
             at = (k - k0) * width
             decided = decide_rows(
@@ -138,11 +147,7 @@ def _lockstep(
                 w_rl,
                 min_score,
             )
-            for a_out, s_out, (action, strength, _) in zip(acts, strs, decided, strict=False):
-                a_out.append(action)
-                s_out.append(strength)
-    for sleeve in sleeves:  # the last day's decision: nothing to fill, the sleeve finishes
-        next(sleeve, None)
+    _finish(sleeves[:m], _rows(decided, 0, m))  # the last day's decisions: nothing to fill
     return _results(prepared, order, alive, rls, actions_out, strengths_out, rl, fell_back, sizes)
 
 
@@ -162,28 +167,41 @@ def _bound_policy(analysts: Sequence[RlAnalyst], dtype: np.dtype[Any]) -> Any:
     return policy
 
 
-def _batch(steps: list[Callable[[], Features]], m: int, policy: Any) -> tuple[Any, ...]:
-    """The day's first ``m`` sleeves' steps and, with a bound policy, its slot for ``m``
+def _batch(sends: list[Send], m: int, policy: Any) -> tuple[Any, ...]:
+    """The day's first ``m`` sleeves' ``send`` and, with a bound policy, its slot for ``m``
     states, that slot's input and the input's portfolio columns (None: no bound day)."""
     slot = None if policy is None else policy.bound_batch(m)
     if slot is None:
-        return steps[:m], None, None, None
-    return steps[:m], slot, slot.state, slot.state[:, PORTFOLIO_COLUMNS]
+        return sends[:m], None, None, None
+    return sends[:m], slot, slot.state, slot.state[:, PORTFOLIO_COLUMNS]
+
+
+def _rows(decided: list[float] | None, start: int, stop: int) -> Iterable[Decision | None]:
+    """The decisions of places ``start .. stop`` in ``decided`` (``decide_rows``' flat rows)
+    as ``Decision`` tuples, or None for each (``decided`` None: the first day)."""
+    if decided is None:
+        return itertools.repeat(None, stop - start)
+    whole = start == 0 and 3 * stop == len(decided)  # the common day: no copy
+    it = iter(decided if whole else decided[3 * start : 3 * stop])
+    rows: Iterable[Any] = zip(it, it, it, strict=True)
+    return rows
 
 
 def _portfolio(
-    steps: Sequence[Callable[[], Features]], days_feature: dict[float, float]
-) -> tuple[list[Row], bool]:
-    """Each sleeve's next step (its mark at the day's close) as the state's four portfolio
-    columns (days since the last trade normalised by the schema, once per distinct value),
-    and whether all lie within the schema's bounds, compared as ``columns_in_range``
-    compares them in float64."""
+    sends: Sequence[Send], decided: Iterable[Decision | None], days_feature: dict[float, float]
+) -> tuple[list[float], bool]:
+    """Each sleeve's next step: ``decided`` (the day before's decisions, ``_rows``, sent to
+    the sleeves; None: start it) in, its mark at the day's close out, as the state's four
+    portfolio columns (days since the last trade normalised by the schema, once per distinct
+    value), flat (four numbers a sleeve); and whether all lie within the schema's bounds,
+    compared as ``columns_in_range`` compares them in float64."""
     lo0, lo1, lo2, lo3 = _LOW
     hi0, hi1, hi2, hi3 = _HIGH
-    rows = []
+    rows: list[float] = []
+    put = rows.extend
     in_range = True
-    for step in steps:
-        position, leverage, cash_fraction, days = step()
+    for send, decision in zip(sends, decided, strict=True):
+        position, leverage, cash_fraction, days, _, _ = send(decision)  # type: ignore[arg-type]
         feature = days_feature.get(days)
         if feature is None:  # the schema's own normalisation, once per distinct value
             snapshot = PortfolioSnapshot(days_since_last_trade=days)
@@ -195,35 +213,45 @@ def _portfolio(
             and lo3 <= feature <= hi3
         ):
             in_range = False
-        rows.append((position, leverage, cash_fraction, feature))
+        put((position, leverage, cash_fraction, feature))
     return rows, in_range
+
+
+def _finish(sleeves: Sequence[Sleeve], decided: Iterable[Decision | None]) -> None:
+    """Send each sleeve its last day's decision (recorded, nothing to fill): it finishes."""
+    for sleeve, decision in zip(sleeves, decided, strict=True):
+        try:
+            sleeve.send(decision)  # type: ignore[arg-type]
+        except StopIteration:
+            continue
+        raise AssertionError("a sleeve went on past its last day")  # pragma: no cover
 
 
 def _general_day(
     analysts: Sequence[RlAnalyst],
-    chunk: npt.NDArray[np.floating],
+    markets: Sequence[npt.NDArray[np.floating]],
     chunk32: npt.NDArray[np.float32] | None,
-    day: int,
-    portfolio: list[Row],
+    k: int,
+    k0: int,
+    portfolio: list[float],
     dtype: np.dtype[Any],
-) -> tuple[list[RlVote], list[bool]]:
-    """One day's RL votes through ``rl_votes``, per row as numbers, and where they voted
-    (False: that analyst fell back): the day's rows from ``chunk32`` when they are valid (see
-    ``_validated``), else from ``chunk``, validated whole (``SchemaError`` names the bad
-    row)."""
+) -> tuple[list[float], list[bool]]:
+    """Day ``k``'s RL votes through ``rl_votes``, flat (three numbers a row), and where they voted
+    (False: that analyst fell back): the day's rows from ``chunk32`` (``_states`` from day
+    ``k0``) when they are valid, else from ``markets`` in ``dtype``, validated whole
+    (``SchemaError`` names the bad row). ``portfolio``: ``_portfolio``'s, four numbers a
+    row."""
     m = len(analysts)
-    valid = chunk32 is not None and columns_in_range(
-        port := np.array(portfolio, dtype=dtype), PORTFOLIO_COLUMNS
-    )
+    port = np.array(portfolio, dtype=dtype).reshape(m, len(_LOW))
+    valid = chunk32 is not None and columns_in_range(port, PORTFOLIO_COLUMNS)
     if valid:  # the day's rows, valid: straight to the model
-        rows = chunk32[day, :m]  # type: ignore[index]
-        rows[:, PORTFOLIO_COLUMNS] = port
+        rows = chunk32[k - k0, :m]  # type: ignore[index]
     else:
-        rows = chunk[day, :m]
-        rows[:, PORTFOLIO_COLUMNS] = portfolio
+        rows = np.array([market[k] for market in markets[:m]], dtype=dtype)
+    rows[:, PORTFOLIO_COLUMNS] = port
     votes, voted = rl_votes(analysts, rows, validated=valid)
     fields = (votes.actions.tolist(), votes.strengths.tolist(), votes.confidences.tolist())
-    return list(zip(*fields, strict=True)), voted.tolist()
+    return list(itertools.chain.from_iterable(zip(*fields, strict=True))), voted.tolist()
 
 
 def _results(
@@ -242,7 +270,7 @@ def _results(
     symbol j's vote of day k is vote ``starts[k] + j``; ``fell_back``: the votes where the
     analyst did not vote."""
     # the flat numbers in one array (actions 0 .. 2 are exact as floats)
-    votes = np.array(rl, dtype=np.float64).reshape(-1, 3)
+    votes = np.fromiter(rl, dtype=np.float64, count=len(rl)).reshape(-1, 3)
     flat = (votes[:, 0].astype(np.int64), votes[:, 1], votes[:, 2])
     voted_all = np.ones(votes.shape[0], dtype=np.bool_)
     voted_all[fell_back] = False
@@ -256,40 +284,35 @@ def _results(
     return results
 
 
-def _validated(
-    chunk: npt.NDArray[np.floating], alive: list[int], k0: int, k1: int
-) -> npt.NDArray[np.float32] | None:
-    """``chunk`` (``_states``: days ``k0 .. k1``) as the model's float32 input when the states
-    of every symbol still alive there are valid (``otonom_schema.validate_states``: the market
-    columns, with the portfolio columns' neutral values), else None (each day's states are
-    then validated whole, so the error names the day's bad row as it always did).
+def _validated(markets: Sequence[npt.NDArray[np.floating]], dtype: np.dtype[Any]) -> bool:
+    """Whether every symbol's decision days' market states (in ``dtype``, the day's batch's)
+    are valid (``otonom_schema.validate_states``: the market columns, with the portfolio
+    columns' neutral values); if not, each day's states are validated whole, so the error
+    names the bad day's row as it always did.
 
-    The day's rows then need only their portfolio columns checked (``columns_in_range``,
-    in ``chunk``'s dtype) before they are written in: float32 rounding is the same for the
-    chunk's cast here and the row's cast at validation, so the model sees the same bytes.
+    Valid rows then need only their portfolio columns checked (``columns_in_range``, in
+    ``dtype``) before they are written in: float32 rounding is the same for ``_states``' cast
+    and the row's cast at validation, so the model sees the same bytes. The float32 copy
+    ``validate_states`` returns is dropped at once (ten symbols' kept would be ~5 MB of fresh
+    pages a run; ``_states`` casts a chunk at a time into one buffer).
     """
-    live = np.arange(k0, k1)[:, None] < np.array(alive)[None, :]
     try:
-        validate_states(chunk[live])
+        for market in markets:
+            validate_states(market.astype(dtype, copy=False))
     except SchemaError:
-        return None
-    return chunk.astype(np.float32)
+        return False
+    return True
 
 
 def _states(
-    prepared: Sequence[_Prepared],
-    order: list[int],
-    alive: list[int],
-    k0: int,
-    k1: int,
-    dtype: np.dtype[Any],
-) -> npt.NDArray[np.floating]:
-    """The market features of decision days ``k0 .. k1`` of every symbol, day-major (days,
-    symbols in ``order``, 34), zeros where a history has ended (the portfolio columns are
-    filled in day by day)."""
-    chunk = np.zeros((k1 - k0, len(order), STATE_DIM), dtype=dtype)
-    for j, i in enumerate(order):
-        bars = prepared[i].bars
-        span = bars.market[bars.first + k0 : bars.first + min(k1, alive[j])]
+    markets: Sequence[npt.NDArray[np.floating]], k0: int, k1: int, buffer: npt.NDArray[np.float32]
+) -> npt.NDArray[np.float32]:
+    """The market states (``_validated``) of decision days ``k0 .. k1`` of every symbol, as
+    float32, day-major (days, symbols by place, 34), written into ``buffer`` (rows where a
+    history has ended are left as they were: the day's batch never holds them; the
+    portfolio columns are filled in day by day)."""
+    chunk = buffer[: k1 - k0]
+    for j, market in enumerate(markets):
+        span = market[k0:k1]
         chunk[: span.shape[0], j] = span
     return chunk

@@ -221,11 +221,12 @@ class RlPolicy:
             slot = slots[n] = Slot(self._session, n)
         return slot
 
-    def predict_bound(self, slot: Slot) -> list[tuple[int, float, float]] | None:
+    def predict_bound(self, slot: Slot) -> list[float] | None:
         """``predict_valid_batch`` of the states in ``slot.state`` (``bound_batch``) as plain
-        Python numbers, for a caller that handles a few rows at a time: per row ``(action,
-        strength, top probability)``, the action as ``predict_valid_batch``'s argmax (the
-        first on a tie) and the numbers its float32 outputs converted exactly.
+        Python numbers, for a caller that handles a few rows at a time: per row its action,
+        strength and top probability, flat (three numbers a row, as ``decide_rows`` takes
+        votes), the action as ``predict_valid_batch``'s argmax (the first on a tie, an
+        ``int``) and the numbers its float32 outputs converted exactly.
 
         Returns None unless every row is clearly within the output contract: each
         probability and the strength in [0, 1], and the probabilities' sum within
@@ -242,16 +243,17 @@ class RlPolicy:
         total = sum(flat)
         if not (total == total and min(flat) >= 0.0 and max(flat) <= 1.0):
             return None
-        n3 = 3 * slot.state.shape[0]
-        out = []
-        p = iter(flat[:n3])
-        for (p0, p1, p2), strength in zip(zip(p, p, p, strict=False), flat[n3:], strict=True):
-            if not _SAFE_LOW <= p0 + p1 + p2 <= _SAFE_HIGH:
+        low, high = _SAFE_LOW, _SAFE_HIGH
+        out: list[float] = []
+        put = out.extend
+        p = iter(flat)  # the probabilities, three a row; zip ends with the strengths
+        for p0, p1, p2, strength in zip(p, p, p, flat[3 * slot.state.shape[0] :], strict=False):
+            if not low <= p0 + p1 + p2 <= high:
                 return None
             if p0 >= p1:
-                out.append((0, strength, p0) if p0 >= p2 else (2, strength, p2))
+                put((0, strength, p0) if p0 >= p2 else (2, strength, p2))
             else:
-                out.append((1, strength, p1) if p1 >= p2 else (2, strength, p2))
+                put((1, strength, p1) if p1 >= p2 else (2, strength, p2))
         return out
 
     @property

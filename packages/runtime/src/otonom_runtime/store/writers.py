@@ -124,9 +124,12 @@ def delete_symbol_data(session: Session, symbol_id: int, news_source: str) -> No
     )
 
 
-_SQLITE_PARAMS: Final = 999
-"""Bound parameters per statement of ``insert_decisions`` on SQLite: the oldest builds' limit
-(``SQLITE_MAX_VARIABLE_NUMBER``, 32766 since 3.32), so every build takes the statement."""
+_SQLITE_PARAMS: Final = 4000
+"""Bound parameters per statement of ``insert_decisions`` on SQLite, at most (fewer where the
+build's ``SQLITE_MAX_VARIABLE_NUMBER`` is lower: ``_variable_limit``). Measured on 34,720 rows
+of 19 columns: ~4 % less time than 999 a statement; 8,000 is slower again."""
+_OLDEST_LIMIT: Final = 999
+"""``SQLITE_MAX_VARIABLE_NUMBER`` of SQLite builds before 3.32 (32766 since)."""
 
 
 def insert_decisions(session: Session, columns: Mapping[str, Sequence[Any]]) -> None:
@@ -136,7 +139,7 @@ def insert_decisions(session: Session, columns: Mapping[str, Sequence[Any]]) -> 
     Columns of different lengths raise ``ValueError`` and insert nothing.
 
     On SQLite the rows go in as multi-row ``INSERT ... VALUES (...), (...), ...`` statements
-    of ``_sqlite_rows(len(columns))`` rows each (the last one shorter), bound from the rows'
+    of ``_sqlite_rows`` rows each (the last one shorter), bound from the rows'
     values laid end to end: the same rows in the same order as one statement per row, but the
     statement's fixed cost (SQLite's and the driver's) is paid once per statement instead of
     once per row, and no row tuple is made (34,720 rows of 19 columns: ~58 ms against ~87 ms
@@ -252,7 +255,7 @@ def _insert_sqlite(dbapi: Any, columns: Mapping[str, Sequence[Any]], n: int) -> 
     flat: list[Any] = [None] * (n * width)  # row-major: row i's values at i*width ..
     for j, values in enumerate(columns.values()):
         flat[j::width] = values
-    per = _sqlite_rows(width)
+    per = _sqlite_rows(width, _variable_limit(dbapi))
     step = per * width
     cursor = dbapi.cursor()
     try:
@@ -264,9 +267,22 @@ def _insert_sqlite(dbapi: Any, columns: Mapping[str, Sequence[Any]], n: int) -> 
         cursor.close()
 
 
-def _sqlite_rows(width: int) -> int:
-    """Rows per multi-row INSERT of ``width`` columns on SQLite (``_SQLITE_PARAMS`` values)."""
-    return max(1, _SQLITE_PARAMS // width)
+def _sqlite_rows(width: int, limit: int) -> int:
+    """Rows per multi-row INSERT of ``width`` columns on SQLite (``_SQLITE_PARAMS`` values, or
+    the connection's ``limit`` on bound parameters where that is lower)."""
+    return max(1, min(_SQLITE_PARAMS, limit) // width)
+
+
+def _variable_limit(dbapi: Any) -> int:
+    """The most bound parameters a statement may have on the driver connection ``dbapi``
+    (``sqlite3.Connection.getlimit``), or ``_OLDEST_LIMIT`` where the driver cannot say."""
+    import sqlite3
+
+    getlimit = getattr(dbapi, "getlimit", None)
+    code = getattr(sqlite3, "SQLITE_LIMIT_VARIABLE_NUMBER", None)
+    if getlimit is None or code is None:
+        return _OLDEST_LIMIT
+    return int(getlimit(code))
 
 
 @functools.lru_cache(maxsize=64)
