@@ -6,9 +6,10 @@ ONNX), ``evaluate`` (Step 3, through the runtime's ONNX model), ``pipeline`` (th
 to end), ``check`` (the production checklist; ``--promote`` moves a model folder's ``latest``
 pointer), ``walk-forward`` (rolling windows), ``explain`` (feature importance), ``ensemble``
 (several policies as one ONNX model) and ``tune`` (optuna's search of the knobs), whose parsers
-are their modules' ``add_parser``. The CLI only maps flags to the Python API; every rule lives
-there. Every error prints one ``error: ...`` line and exits 1 (``--debug`` shows the traceback
-instead); the handling is the ``otonom`` command's (``otonom_runtime.cli.run_cli``).
+are their modules' ``add_parser`` (``check``'s in ``check_cli``). The CLI only maps flags to the
+Python API; every rule lives there. Every error prints one ``error: ...`` line and exits 1
+(``--debug`` shows the traceback instead); the handling is the ``otonom`` command's
+(``otonom_runtime.cli.run_cli``).
 """
 
 from __future__ import annotations
