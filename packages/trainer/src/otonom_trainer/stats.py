@@ -44,6 +44,7 @@ from typing import Any, Final, Literal
 import numpy as np
 import numpy.typing as npt
 
+from otonom_runtime.metrics import ZERO_DISPERSION, returns_from_equity
 from otonom_trainer._errors import OtonomTrainerError
 
 __all__ = [
@@ -67,7 +68,6 @@ Verdict = Literal["significant improvement", "no evidence either way", "signific
 EULER_GAMMA: Final = 0.5772156649015329
 MIN_ROWS: Final = 20
 """The fewest returns a bootstrap interval or a PSR is computed from (a month of trading days)."""
-ZERO_DISPERSION: Final = 1e-12  # the runtime's: a std at or below it is a flat curve
 
 
 class StatsError(OtonomTrainerError, ValueError):
@@ -81,18 +81,19 @@ def normal_cdf(x: float) -> float:
 
 
 def _series(values: npt.ArrayLike, name: str, min_rows: int = 2) -> npt.NDArray[np.float64]:
+    """``values`` as a 1-D float array of at least ``min_rows`` finite returns (else one line)."""
     r = np.asarray(values, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(r.ravel()))
+    if r.ndim == 1 and r.size >= min_rows and not bad.size:
+        return r
     if r.ndim != 1:
-        raise StatsError(f"{name}: got shape {r.shape}; expected a 1-D series of returns")
-    bad = np.flatnonzero(~np.isfinite(r))
-    if bad.size:
-        raise StatsError(
-            f"{name}: got {r[bad[0]]} at row {bad[0]} ({bad.size} not finite); expected "
-            "finite returns"
-        )
-    if r.size < min_rows:
-        raise StatsError(f"{name}: got {r.size} returns; expected at least {min_rows}")
-    return r
+        got = f"shape {r.shape}"
+    elif bad.size:
+        got = f"{r[bad[0]]} at row {bad[0]} ({bad.size} not finite)"
+    else:
+        got = f"{r.size} returns"
+    least = f" (at least {min_rows})" if min_rows > 1 else ""
+    raise StatsError(f"{name}: got {got}; expected a 1-D series of finite returns{least}")
 
 
 def _ppy(periods_per_year: int) -> int:
@@ -297,8 +298,6 @@ def equity_sharpe_test(
     """:func:`sharpe_difference` and :func:`probabilistic_sharpe_ratio` of two equity curves
     of the same days, their returns as the runtime computes them
     (``otonom_runtime.metrics.returns_from_equity``)."""
-    from otonom_runtime.metrics import returns_from_equity
-
     on, off = returns_from_equity(with_equity), returns_from_equity(without_equity)
     level, ppy = _level(confidence), _ppy(periods_per_year)
     benchmark = sharpe_ratio(off, ppy) or 0.0
