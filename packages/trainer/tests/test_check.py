@@ -22,12 +22,15 @@ from otonom_runtime.synth import DEMO_SEED
 from otonom_schema import OfflineDataset, load_dataset, save_dataset
 from otonom_trainer.check import (
     CheckConfig,
+    CheckResult,
     _majority_regime,
     _sharpe_ok,
     regime_sharpe,
+    sharpe_item,
 )
 from otonom_trainer.config import TrainingConfig
 from otonom_trainer.pipeline import PipelineConfig, PipelineError, run_pipeline
+from otonom_trainer.stats import equity_sharpe_test
 from otonom_trainer.train import BehaviorCloningTrainer
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -124,6 +127,17 @@ def test_pipeline_runs_seven_stages_and_promotes_its_model(pipeline_dir: Path) -
     gate = json.loads((root / version / "check.json").read_text())
     assert gate["passed"] is True
     assert {i["name"] for i in gate["items"]} == ITEMS
+    # the Sharpe item's verdict at its level, its interval and the PSR reach the report
+    test = gate["details"]["sharpe_test"]
+    assert test["confidence"] == 0.9
+    assert test["verdict"] != "significant harm"
+    assert (
+        test["difference"]["low"] <= test["difference"]["difference"] <= test["difference"]["high"]
+    )
+    sharpe = next(i for i in gate["items"] if i["name"] == "out-of-sample Sharpe")
+    assert f"90% interval [{test['difference']['low']:+.2f}, " in sharpe["measured"]
+    assert test["verdict"] in sharpe["measured"]
+    assert "PSR" in sharpe["measured"]
 
 
 def test_check_cli_passes_for_the_pipeline_model(pipeline_dir: Path) -> None:
@@ -385,6 +399,45 @@ def test_sharpe_tolerance_rule() -> None:
     assert not _sharpe_ok(None, 0.5, 0.25)
 
 
+def _curve(returns: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    return 1e4 * np.cumprod(np.r_[1.0, 1.0 + returns])
+
+
+@pytest.mark.parametrize(
+    ("shift", "mean_on", "days", "tolerance", "status", "verdict"),
+    [
+        (0.002, None, 500, 0.25, "pass", "significant improvement"),
+        (-0.002, None, 500, 100.0, "fail", "significant harm"),  # fails within any tolerance
+        # cannot tell: two independent noisy series of 60 days pass ...
+        (None, 0.001, 60, 0.25, "pass", "no evidence either way"),
+        # ... unless the Sharpe drops by more than the tolerance (-0.56 here)
+        (None, 0.0005, 60, 0.25, "fail", "no evidence either way"),
+    ],
+)
+def test_the_sharpe_items_verdict_reaches_the_report(
+    shift: float | None, mean_on: float, days: int, tolerance: float, status: str, verdict: str
+) -> None:
+    """The gate's item on constructed equity curves (with RL: the without-RL returns plus
+    ``shift``, or an independent noisy series of mean ``mean_on``) and the check's report."""
+    rng = np.random.default_rng(3)
+    r = rng.normal(0.0005, 0.01, days)
+    on_r = rng.normal(mean_on, 0.01, days) if shift is None else r + shift
+    off, on = _curve(r), _curve(on_r)
+    cfg = CheckConfig(model="m", symbols=("A",), sharpe_tolerance=tolerance)
+    test = equity_sharpe_test(on, off, 252, cfg.sharpe_confidence)
+    s_on, s_off = (regime_sharpe(e, np.ones(e.size, dtype=bool), 252) for e in (on, off))
+    item = sharpe_item(cfg, s_on, s_off, test)
+    assert (item.status, test.verdict) == (status, verdict)
+    assert "not significant harm at 90%" in item.required
+    result = CheckResult(Path("m.onnx"), Path(), [item], {"sharpe_test": test.to_dict()})
+    assert f"| out-of-sample Sharpe | {status.upper()} |" in result.table()
+    assert "90% interval [" in result.table()
+    assert f": {verdict}; PSR" in result.table()
+    report = json.loads(json.dumps(result.to_dict()))
+    assert report["details"]["sharpe_test"]["verdict"] == verdict
+    assert report["passed"] is (status == "pass")
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
@@ -392,6 +445,7 @@ def test_sharpe_tolerance_rule() -> None:
         ({"end": dt.date(2019, 1, 1)}, "is not before end"),
         ({"min_val_accuracy": 70.0}, "min_val_accuracy: got 70.0; expected a fraction"),
         ({"sharpe_tolerance": -0.1}, "sharpe_tolerance: got -0.1; expected a finite number >= 0"),
+        ({"sharpe_confidence": 1.0}, r"sharpe_confidence: got 1.0; expected a level in \(0, 1\)"),
         ({"max_p99_latency_ms": float("nan")}, "max_p99_latency_ms: got nan"),
         ({"min_regime_days": 1}, "min_regime_days: got 1; expected an integer >= 2"),
         ({"latency_samples": 10}, "latency_samples: got 10; expected an integer >= 100"),

@@ -22,7 +22,8 @@ raises it, and keeps the builtin base callers caught before the tree)::
         ├── CheckError (+ ValueError)           otonom_trainer.check
         ├── WalkForwardError (+ ValueError)     otonom_trainer.walkforward
         ├── ExplainError (+ ValueError)         otonom_trainer.explain
-        └── TuneError (+ ValueError)            otonom_trainer.tune (tune_space)
+        ├── TuneError (+ ValueError)            otonom_trainer.tune (tune_space)
+        └── StatsError (+ ValueError)           otonom_trainer.stats
 
 ``otonom-train`` shows the message of any of them (and of the runtime's and schema's trees, and
 ``OSError``) in one line; anything else is a bug and keeps its traceback.

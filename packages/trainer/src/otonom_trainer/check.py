@@ -10,8 +10,12 @@ item                  passes when
 val accuracy          the training run's validation action accuracy > ``min_val_accuracy`` (0.70)
 loss gap              val loss - train loss at the best epoch < ``max_loss_gap`` (0.2)
 accuracy gap          train accuracy - val accuracy at the best epoch < ``max_acc_gap`` (10 points)
-out-of-sample Sharpe  Sharpe with RL >= Sharpe without RL - ``sharpe_tolerance`` (0.25): the RL
-                      analyst improves the ensemble or does not hurt it by more than the tolerance
+out-of-sample Sharpe  Sharpe with RL >= Sharpe without RL - ``sharpe_tolerance`` (0.25), and the
+                      difference is not "significant harm" at ``sharpe_confidence`` (0.90): its
+                      paired block-bootstrap interval (``otonom_trainer.stats``) wholly below 0.
+                      The verdict ("significant improvement", "no evidence either way" or
+                      "significant harm"), the interval and the PSR of the curve with RL against
+                      the Sharpe without it are shown; "no evidence either way" passes
 regime <name>         per volatility regime (low / normal / high, the state's one-hot): the policy's
                       accuracy on the period's days in that regime >= ``min_regime_accuracy``
                       (0.60) and the portfolio's Sharpe on those days with RL >= without RL -
@@ -34,7 +38,8 @@ not degenerate        the model is not marked degenerate at training (``otonom_t
 Why tolerances: a Sharpe ratio measured over one or two years has a standard error of roughly
 ``sqrt(1 / years)`` (~0.7 for two years), so "RL must beat no-RL" would pass or fail on noise. A
 policy that imitates the ensemble well votes with it, and the check asks that it does not make the
-ensemble measurably worse. The thresholds are ``CheckConfig`` fields (and CLI flags).
+ensemble measurably worse: only a significant harm or a drop beyond the tolerance fails, "cannot
+tell" passes. The thresholds are ``CheckConfig`` fields (and CLI flags).
 
 The backtests are real runs: they are recorded in the store like any other, marked internal
 (``params["purpose"] == "gate"``: ``otonom runs list`` shows them as ``gate*``), so that no dataset
@@ -47,12 +52,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
-import math
-import shutil
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -62,7 +63,8 @@ import numpy.typing as npt
 from otonom_runtime.config_rules import Validated, rule
 from otonom_trainer._errors import OtonomTrainerError
 from otonom_trainer.config import DAY, FRACTION, NONNEGATIVE, START_BEFORE_END, SYMBOLS
-from otonom_trainer.stages import RlPair, backtest_pair
+from otonom_trainer.stages import RlPair, backtest_pair, fallback_backtest
+from otonom_trainer.stats import SharpeTest, equity_sharpe_test, sharpe_ratio
 
 __all__ = [
     "CheckConfig",
@@ -72,10 +74,12 @@ __all__ = [
     "measure_latency",
     "regime_sharpe",
     "run_check",
+    "sharpe_item",
 ]
 
 Status = Literal["pass", "fail", "skip"]
 REGIMES: Final = ("low_vol", "normal", "high_vol")
+LEVEL: Final = "a level in (0, 1), e.g. 0.90"
 CHECK_REPORTS: Final = Path("reports") / "check"
 """Where ``check.md`` / ``check.json`` go by default: ``reports/check/<model version>/`` (never
 the model's own folder, so checking the tracked default model changes no tracked file)."""
@@ -102,6 +106,7 @@ class CheckConfig(Validated):
     max_loss_gap: float = field(default=0.2, metadata=NONNEGATIVE)
     max_acc_gap: float = field(default=0.10, metadata=FRACTION)
     sharpe_tolerance: float = field(default=0.25, metadata=NONNEGATIVE)
+    sharpe_confidence: float = field(default=0.90, metadata=rule(gt=0, lt=1, described=LEVEL))
     min_regime_accuracy: float = field(default=0.60, metadata=FRACTION)
     regime_sharpe_tolerance: float = field(default=0.5, metadata=NONNEGATIVE)
     min_regime_days: int = field(default=30, metadata=rule(ge=2, described="an integer >= 2"))
@@ -191,17 +196,12 @@ def regime_sharpe(
 ) -> float | None:
     """Annualised Sharpe of the equity curve's simple returns on the days where ``mask`` holds
     (the return from day t-1 to day t belongs to day t); None with < 2 returns or no variance."""
-    e = np.asarray(equity, dtype=np.float64)
-    m = np.asarray(mask, dtype=bool)
+    from otonom_runtime.metrics import returns_from_equity
+
+    e, m = np.asarray(equity, dtype=np.float64), np.asarray(mask, dtype=bool)
     if e.shape != m.shape:
         raise ValueError(f"equity has shape {e.shape} but mask {m.shape}; expected the same")
-    r = (e[1:] / e[:-1] - 1.0)[m[1:]]
-    if r.size < 2:
-        return None
-    sd = float(r.std(ddof=1))
-    if sd <= 1e-12:
-        return None
-    return float(r.mean() / sd * math.sqrt(periods_per_year))
+    return sharpe_ratio(returns_from_equity(e)[m[1:]], periods_per_year)
 
 
 def _short(reason: str) -> str:
@@ -220,6 +220,20 @@ def _sharpe_ok(with_rl: float | None, without: float | None, tolerance: float) -
         with_rl = 0.0 if with_rl is None else with_rl
         without = 0.0 if without is None else without
     return with_rl >= without - tolerance
+
+
+def sharpe_item(
+    cfg: CheckConfig, with_rl: float | None, without: float | None, test: SharpeTest
+) -> CheckItem:
+    """ "out-of-sample Sharpe": fails on a drop beyond ``cfg.sharpe_tolerance`` or a
+    significant harm (``test``); "no evidence either way" passes."""
+    ok = _sharpe_ok(with_rl, without, cfg.sharpe_tolerance) and test.verdict != "significant harm"
+    return CheckItem(
+        "out-of-sample Sharpe",
+        "pass" if ok else "fail",
+        f"with RL {_fmt(with_rl)} vs without {_fmt(without)}; {test.summary()}",
+        f">= without - {cfg.sharpe_tolerance}, not significant harm at {cfg.sharpe_confidence:.0%}",
+    )
 
 
 def _training_items(cfg: CheckConfig, meta: dict[str, Any]) -> list[CheckItem]:
@@ -420,18 +434,13 @@ def run_check(cfg: CheckConfig, runs: RlPair | None = None) -> CheckResult:
             symbols, start, end, run_id=runs.off.run_id, allow_internal_run=True
         )
         _say(cfg, "  backtest with RL and the model file removed ...")
-        fallback = _fallback_run(session, strategy, cfg, model_path, runs.off)
+        fallback = fallback_backtest(session, strategy, model_path, runs.off)
 
     off, on = runs.off, runs.on
     s_off, s_on = off.metrics.sharpe, on.metrics.sharpe
-    items.append(
-        CheckItem(
-            "out-of-sample Sharpe",
-            "pass" if _sharpe_ok(s_on, s_off, cfg.sharpe_tolerance) else "fail",
-            f"with RL {_fmt(s_on)} vs without {_fmt(s_off)}",
-            f">= without - {cfg.sharpe_tolerance}",
-        )
-    )
+    test = equity_sharpe_test(on.equity, off.equity, off.metrics.periods_per_year,
+                              cfg.sharpe_confidence)  # fmt: skip
+    items.append(sharpe_item(cfg, s_on, s_off, test))
     predicted = policy.predict_batch(ds.states)[0]
     correct = predicted == ds.actions
     details: dict[str, Any] = {
@@ -441,6 +450,7 @@ def run_check(cfg: CheckConfig, runs: RlPair | None = None) -> CheckResult:
         "sharpe_with_rl": s_on,
         "return_without_rl": off.metrics.total_return,
         "return_with_rl": on.metrics.total_return,
+        "sharpe_test": test.to_dict(),
         "run_ids": {"without_rl": off.run_id, "with_rl": on.run_id, "fallback": fallback[0]},
     }
     details["regimes"], regime_items = _regime_items(cfg, runs, ds, correct)
@@ -544,56 +554,3 @@ def _write_reports(cfg: CheckConfig, result: CheckResult) -> None:
     (out_dir / "check.json").write_text(
         json.dumps(result.to_dict(), indent=2, default=str) + "\n", encoding="utf-8"
     )
-
-
-class _Hold(logging.Handler):
-    """Keeps log records instead of printing them."""
-
-    def __init__(self, into: list[logging.LogRecord]) -> None:
-        super().__init__()
-        self.into = into
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.into.append(record)
-
-
-def _fallback_run(
-    session: Any, strategy: Any, cfg: CheckConfig, model_path: Path, plain: Any
-) -> tuple[int, str | None, bool]:
-    """Point the strategy at a copy of the model, delete the copy, backtest with RL on.
-
-    Returns (run id, the fallback reason, whether the equity curve equals ``plain``'s: the
-    same period backtested without RL)."""
-    from otonom_runtime.backtest import run_backtest
-
-    tmp = Path(tempfile.mkdtemp(prefix="otonom-check-"))
-    try:
-        copy = tmp / model_path.name
-        shutil.copyfile(model_path, copy)
-        sidecar = model_path.with_name(model_path.name + ".sha256")
-        if sidecar.is_file():
-            shutil.copyfile(sidecar, copy.with_name(copy.name + ".sha256"))
-        rl = replace(
-            strategy.ensemble.rl_policy, enabled=True, model_path=str(copy), model_file=copy
-        )
-        with_rl = replace(strategy, ensemble=replace(strategy.ensemble, rl_policy=rl))
-        copy.unlink()  # the model disappears between configuration and start-up
-        # the runtime's warnings about it are expected here: held back (the reason is in the table)
-        runtime_log = logging.getLogger("otonom_runtime")
-        held: list[logging.LogRecord] = []
-        runtime_log.addHandler(handler := _Hold(held))
-        propagate, runtime_log.propagate = runtime_log.propagate, False
-        try:
-            broken = run_backtest(
-                session, with_rl, list(cfg.symbols), plain.start, plain.end, use_rl=True,
-                purpose="gate",
-            )  # fmt: skip
-        finally:
-            runtime_log.removeHandler(handler)
-            runtime_log.propagate = propagate
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    same = bool(
-        np.array_equal(broken.equity, plain.equity) and np.array_equal(broken.dates, plain.dates)
-    )
-    return broken.run_id, broken.fallback_reason, same

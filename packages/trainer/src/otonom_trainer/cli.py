@@ -6,9 +6,10 @@ ONNX), ``evaluate`` (Step 3, through the runtime's ONNX model), ``pipeline`` (th
 to end), ``check`` (the production checklist; ``--promote`` moves a model folder's ``latest``
 pointer), ``walk-forward`` (rolling windows), ``explain`` (feature importance), ``ensemble``
 (several policies as one ONNX model) and ``tune`` (optuna's search of the knobs), whose parsers
-are their modules' ``add_parser``. The CLI only maps flags to the Python API; every rule lives
-there. Every error prints one ``error: ...`` line and exits 1 (``--debug`` shows the traceback
-instead); the handling is the ``otonom`` command's (``otonom_runtime.cli.run_cli``).
+are their modules' ``add_parser`` (``check``'s in ``check_cli``). The CLI only maps flags to the
+Python API; every rule lives there. Every error prints one ``error: ...`` line and exits 1
+(``--debug`` shows the traceback instead); the handling is the ``otonom`` command's
+(``otonom_runtime.cli.run_cli``).
 """
 
 from __future__ import annotations
@@ -417,122 +418,6 @@ def _add_pipeline(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.set_defaults(handler=_cmd_pipeline)
 
 
-# --- check ---------------------------------------------------------------------------------------
-
-
-def _cmd_check(args: argparse.Namespace) -> int:
-    from otonom_trainer.check import CheckConfig, run_check
-
-    cfg = CheckConfig(
-        model=args.model,
-        symbols=tuple(dict.fromkeys(args.symbol)),
-        start=args.start_date,
-        end=args.end_date,
-        strategy_path=args.strategy_path,
-        database_url=args.database_url,
-        min_val_accuracy=args.min_val_accuracy,
-        sharpe_tolerance=args.sharpe_tolerance,
-        min_regime_accuracy=args.min_regime_accuracy,
-        regime_sharpe_tolerance=args.regime_sharpe_tolerance,
-        max_p99_latency_ms=args.max_latency_ms,
-        promote=args.promote,
-        out_dir=args.out,
-    )
-    require_store(args.database_url)  # the check only reads the store
-    result = run_check(cfg)
-    print(result.table())
-    if result.promoted:
-        print(f"PASS: promoted {result.version_dir} ({result.promoted})")
-    elif result.passed:
-        print("PASS" + ("" if args.promote else " (use --promote to make it the latest)"))
-    else:
-        failed = [i.name for i in result.items if i.status == "fail"]
-        print(f"FAIL: {', '.join(failed)}" + (" (not promoted)" if args.promote else ""))
-    return 0 if result.passed else 1
-
-
-def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "check",
-        help="the guide's production checklist: pass/fail table, non-zero exit on a failure",
-        description=(
-            "Run the production checklist on MODEL (a .onnx file or a model folder) over an "
-            "out-of-sample period: validation accuracy, train/val loss and accuracy gaps, not "
-            "degenerate (not marked so at training: one action on almost every row, or no "
-            "better than always the majority action), the "
-            "ensemble's Sharpe with vs without the RL analyst, a stress test per volatility "
-            "regime (accuracy and Sharpe), p99 predict latency on this machine, the model's "
-            "metadata (schema, timestamp, versions, metrics) and the fallback with the model "
-            "file removed. Prints a pass/fail table (also written as check.md / check.json in "
-            "reports/check/<model version>/, or --out) and exits 1 if any item fails. The "
-            "backtests are stored as runs marked internal (made by 'gate'): never a dataset's "
-            "teacher."
-        ),
-    )
-    p.add_argument("model", metavar="MODEL", help="a .onnx file or a model (version) folder")
-    p.add_argument(
-        "--strategy-path",
-        default="strategies/baseline_v1.yaml",
-        help="strategy YAML (default %(default)s)",
-    )
-    p.add_argument("--symbol", action="append", required=True, help="a symbol (repeatable)")
-    p.add_argument(
-        "--start-date",
-        "--start",
-        type=parse_iso_date,
-        help="out-of-sample start (default: what the pipeline holds out of the stored bars: "
-        "the last 25 %% of the decision days after the warm-up)",
-    )
-    p.add_argument(
-        "--end-date",
-        "--end",
-        type=parse_iso_date,
-        help="out-of-sample end (default: the symbols' last common bar)",
-    )
-    p.add_argument("--database-url", help="SQLAlchemy URL (default: ./data/otonom.db)")
-    p.add_argument(
-        "--min-val-accuracy",
-        type=float,
-        default=0.70,
-        help="lowest validation accuracy that passes (default %(default)s)",
-    )
-    p.add_argument(
-        "--sharpe-tolerance",
-        type=float,
-        default=0.25,
-        help="RL may lower the out-of-sample Sharpe by at most this (default %(default)s)",
-    )
-    p.add_argument(
-        "--min-regime-accuracy",
-        type=float,
-        default=0.60,
-        help="lowest accuracy in each volatility regime that passes (default %(default)s)",
-    )
-    p.add_argument(
-        "--regime-sharpe-tolerance",
-        type=float,
-        default=0.5,
-        help="the same per volatility regime (default %(default)s)",
-    )
-    p.add_argument(
-        "--max-latency-ms",
-        type=float,
-        default=10.0,
-        help="highest p99 predict latency in ms that passes (default %(default)s)",
-    )
-    p.add_argument(
-        "--promote",
-        action="store_true",
-        help="when every item passes, point the model folder's parent 'latest' at it",
-    )
-    p.add_argument(
-        "--out",
-        help="the folder check.md/check.json go to (default: reports/check/<the model's "
-        "version folder name>/)",
-    )
-    p.set_defaults(handler=_cmd_check)
-
-
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="otonom-train",
@@ -547,8 +432,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_evaluate(sub)
     _add_pipeline(sub)
-    _add_check(sub)
-    for module in ("walkforward", "explain_report", "ensemble_cli", "stacked", "tune"):
+    for module in ("check_cli", "walkforward", "explain_report", "ensemble_cli", "stacked", "tune"):
         importlib.import_module(f"otonom_trainer.{module}").add_parser(sub)  # its parser
     add_global_flags(parser, version=_version_text())
     return parser

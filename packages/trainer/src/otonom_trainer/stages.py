@@ -6,7 +6,8 @@ The data stage: ``refuse_unknown_before_creating`` (before a SQLite store is cre
 ``backtest_pair`` is the one "backtest with and without the RL analyst" of the trainer: the
 pipeline's held-out period (stage 6), each walk-forward window's test period and the gate's
 out-of-sample period all run it, and the gate accepts the pair it is given (the pipeline passes
-its held-out pair, so the same two backtests are not run twice).
+its held-out pair, so the same two backtests are not run twice). ``fallback_backtest`` is the
+gate's third run: with the RL analyst on and its model file gone.
 
 Importing this module imports neither torch nor the runtime's store.
 """
@@ -14,9 +15,15 @@ Importing this module imports neither torch nor the runtime's store.
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import shutil
+import tempfile
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 if TYPE_CHECKING:
     from otonom_runtime.backtest import BacktestReport
@@ -24,7 +31,13 @@ if TYPE_CHECKING:
     from otonom_runtime.strategy import StrategyConfig
     from otonom_runtime.synth import SynthReport
 
-__all__ = ["RlPair", "add_demo_symbols", "backtest_pair", "refuse_unknown_before_creating"]
+__all__ = [
+    "RlPair",
+    "add_demo_symbols",
+    "backtest_pair",
+    "fallback_backtest",
+    "refuse_unknown_before_creating",
+]
 
 
 @dataclass(frozen=True)
@@ -67,6 +80,60 @@ def backtest_pair(
         session, strategy, symbols, start, end, use_rl=True, policy=policy, purpose=purpose
     )
     return RlPair(off, on)
+
+
+class _Hold(logging.Handler):
+    """Keeps log records instead of printing them."""
+
+    def __init__(self, into: list[logging.LogRecord]) -> None:
+        super().__init__()
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(record)
+
+
+def fallback_backtest(
+    session: Any, strategy: StrategyConfig, model_path: Path, plain: BacktestReport
+) -> tuple[int, str | None, bool]:
+    """Point ``strategy`` at a copy of the model, delete the copy, backtest ``plain``'s symbols
+    and period with RL on (purpose ``gate``).
+
+    Returns (run id, the fallback reason, whether the equity curve equals ``plain``'s: the
+    same period backtested without RL)."""
+    from otonom_runtime.backtest import run_backtest
+
+    tmp = Path(tempfile.mkdtemp(prefix="otonom-check-"))
+    try:
+        copy = tmp / model_path.name
+        shutil.copyfile(model_path, copy)
+        sidecar = model_path.with_name(model_path.name + ".sha256")
+        if sidecar.is_file():
+            shutil.copyfile(sidecar, copy.with_name(copy.name + ".sha256"))
+        rl = replace(
+            strategy.ensemble.rl_policy, enabled=True, model_path=str(copy), model_file=copy
+        )
+        with_rl = replace(strategy, ensemble=replace(strategy.ensemble, rl_policy=rl))
+        copy.unlink()  # the model disappears between configuration and start-up
+        # the runtime's warnings about it are expected here: held back (the reason is in the table)
+        runtime_log = logging.getLogger("otonom_runtime")
+        held: list[logging.LogRecord] = []
+        runtime_log.addHandler(handler := _Hold(held))
+        propagate, runtime_log.propagate = runtime_log.propagate, False
+        try:
+            broken = run_backtest(
+                session, with_rl, list(plain.symbols), plain.start, plain.end, use_rl=True,
+                purpose="gate",
+            )  # fmt: skip
+        finally:
+            runtime_log.removeHandler(handler)
+            runtime_log.propagate = propagate
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    same = bool(
+        np.array_equal(broken.equity, plain.equity) and np.array_equal(broken.dates, plain.dates)
+    )
+    return broken.run_id, broken.fallback_reason, same
 
 
 def refuse_unknown_before_creating(
