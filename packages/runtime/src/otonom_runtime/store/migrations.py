@@ -7,7 +7,7 @@ stops). ``init_db`` (``otonom_runtime.store.sessions``) runs them.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from sqlalchemy import (
     Dialect,
@@ -15,6 +15,7 @@ from sqlalchemy import (
     Engine,
     Integer,
     String,
+    Table,
     UniqueConstraint,
     func,
     inspect,
@@ -291,7 +292,7 @@ def _upgrade_from_4(engine: Engine) -> None:
             if "live_strategy" not in present:
                 kind = Decision.__table__.c["live_strategy"].type.compile(dialect=conn.dialect)
                 conn.execute(text(f"ALTER TABLE {table} ADD COLUMN live_strategy {kind}"))
-            index = next(i for i in Decision.__table__.indexes if i.name == _V5_INDEX)
+            index = next(i for i in _DECISIONS.indexes if i.name == _V5_INDEX)
             columns = ", ".join(c.name for c in index.columns)
             conn.execute(
                 text(f"CREATE UNIQUE INDEX IF NOT EXISTS {_V5_INDEX} ON {table} ({columns})")
@@ -305,6 +306,7 @@ def _upgrade_from_4(engine: Engine) -> None:
         ) from None
 
 
+_DECISIONS: Final = cast("Table", Decision.__table__)
 _V5_INDEX: Final = "ix_decisions_live"
 """The unique index store version 5 added to ``decisions`` (the live decisions' key)."""
 
