@@ -129,7 +129,8 @@ def test_a_tick_decides_what_the_backtester_decides_for_the_same_day_and_portfol
     for row in stored:
         by_day.setdefault(row[1], {})[row[0]] = row
     ensemble = Ensemble.from_strategy(path)
-    assert ensemble.rl is not None and ensemble.rl_error is None
+    assert ensemble.rl is not None
+    assert ensemble.rl_error is None
     actions = set()
     with get_session(url) as session:
         for day, rows in sorted(by_day.items()):
@@ -202,7 +203,8 @@ def _check_idempotent_ticks(url: str, path: Path) -> None:
         older = run_tick(
             session, ensemble, SYMBOLS, PaperBroker(), as_of=HISTORY[1] - dt.timedelta(days=3)
         )
-    assert first.run_id is not None and len(first.decisions) == 3
+    assert first.run_id is not None
+    assert len(first.decisions) == 3
     assert {d.date for d in first.decisions} == {HISTORY[1]}
     assert (again.run_id, again.decisions, again.up_to_date) == (None, [], SYMBOLS)
     assert older.run_id is None  # an older bar than one decided is never decided after it
@@ -408,7 +410,8 @@ def test_daemon_errors_are_one_line(tmp_path: Path) -> None:
         url, "daemon", "--strategy-path", str(path), "--symbols", "NOPE", "--once", cwd=tmp_path
     )
     assert unknown.returncode == 1
-    assert unknown.stderr.count("\n") == 1 and "NOPE" in unknown.stderr
+    assert unknown.stderr.count("\n") == 1
+    assert "NOPE" in unknown.stderr
     (tmp_path / "universe.txt").write_text("# the demo\nDEMO-BTC\n\nDEMO-ETH  # and this\n")
     ok = _otonom(
         url,
