@@ -101,16 +101,21 @@ def _rows(url: str, *, run_id: int | None = None, live: str | None = None) -> li
         return [tuple(r) for r in session.execute(query.order_by(Symbol.name, Decision.date))]
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str, int]]:
-    """The store, the strategy and a backtest of it with the RL analyst on, from ``START``."""
+@pytest.fixture(scope="module", params=[True, False], ids=["rl", "no-rl"])
+def reference(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Path, str, int, bool]]:
+    """The store, the strategy and a backtest of it from ``START``, with the RL analyst on
+    (``rl``) or off; and which."""
     folder = tmp_path_factory.mktemp("daemon-reference")
     path = _strategy(folder)
     url = _store(folder)
     with get_session(url) as session:
-        report = run_backtest(session, load_strategy(path), SYMBOLS, START, HISTORY[1])
+        report = run_backtest(
+            session, load_strategy(path), SYMBOLS, START, HISTORY[1], use_rl=request.param
+        )
     assert report.fallbacks == 0
-    yield path, url, report.run_id
+    yield path, url, report.run_id, request.param
     dispose_engines()
 
 
@@ -118,19 +123,20 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
 
 
 def test_a_tick_decides_what_the_backtester_decides_for_the_same_day_and_portfolio(
-    reference: tuple[Path, str, int],
+    reference: tuple[Path, str, int, bool],
 ) -> None:
     """Every day of the backtest, all symbols in one ``decide`` call, each given the
     portfolio the backtest's state saw: the action, the strength and every analyst's signal
     are the stored ones, bit for bit (floats compared with ==)."""
-    path, url, run_id = reference
+    path, url, run_id, rl = reference
     stored = _rows(url, run_id=run_id)
     by_day: dict[dt.date, dict[str, tuple[Any, ...]]] = {}
     for row in stored:
         by_day.setdefault(row[1], {})[row[0]] = row
-    ensemble = Ensemble.from_strategy(path)
-    assert ensemble.rl is not None
+    ensemble = Ensemble.from_strategy(path, use_rl=rl)
+    assert (ensemble.rl is not None) == rl
     assert ensemble.rl_error is None
+    assert all((row[-3] is not None) == rl for row in stored)
     actions = set()
     with get_session(url) as session:
         for day, rows in sorted(by_day.items()):
@@ -153,14 +159,14 @@ def test_a_tick_decides_what_the_backtester_decides_for_the_same_day_and_portfol
 
 
 def test_daily_ticks_with_the_paper_broker_reproduce_the_backtest_row_for_row(
-    reference: tuple[Path, str, int], tmp_path: Path
+    reference: tuple[Path, str, int, bool], tmp_path: Path
 ) -> None:
     """A tick per day from ``START`` (``as_of``: the bars up to that day): the paper broker's
     replayed positions are the backtester's sleeves, so every live decision row (portfolio,
     days since the last trade, equity, every signal) equals the backtest's row."""
-    path, url, run_id = reference
+    path, url, run_id, rl = reference
     expected = _rows(url, run_id=run_id)
-    ensemble = Ensemble.from_strategy(path)
+    ensemble = Ensemble.from_strategy(path, use_rl=rl)
     copy = f"sqlite:///{(tmp_path / 'copy.db').as_posix()}"
     init_db(copy)
     with get_session(copy) as session:
@@ -236,8 +242,9 @@ def test_repeated_ticks_on_postgres(postgres_url: str, tmp_path: Path) -> None:
 
 # --- the CLI in a subprocess ----------------------------------------------------------------
 
-# The subprocess: optionally patch a point of the tick (kill: SIGKILL by its own pid; term:
-# SIGTERM to itself, then go on), then run the real `otonom` command.
+# The subprocess: optionally patch a point of the tick (module:name:n:SIGNAL: right after the
+# n-th call returns, the process sends SIGNAL to its own pid; SIGKILL ends it there, SIGTERM
+# and SIGINT go to the daemon's handler), then run the real `otonom` command.
 _DRIVER = r"""
 import importlib, os, signal, sys
 
@@ -254,7 +261,7 @@ if point != "none":
         out = real(*args, **kwargs)
         if calls[0] == int(n):
             sys.stdout.flush()
-            os.kill(os.getpid(), signal.SIGKILL if action == "kill" else signal.SIGTERM)
+            os.kill(os.getpid(), getattr(signal, action))
         return out
 
     setattr(module, name, wrapper)
@@ -337,8 +344,8 @@ def test_a_second_once_run_records_nothing_and_new_bars_are_decided_once(tmp_pat
 @pytest.mark.parametrize(
     ("point", "whole"),
     [
-        ("otonom_runtime.store.ticks:insert_decisions:1:kill", False),  # rows in, no commit
-        ("otonom_runtime.daemon.loop:record_tick:1:kill", True),  # committed, then killed
+        ("otonom_runtime.store.ticks:insert_decisions:1:SIGKILL", False),  # rows in, no commit
+        ("otonom_runtime.daemon.loop:record_tick:1:SIGKILL", True),  # committed, then killed
     ],
 )
 def test_a_daemon_killed_mid_tick_leaves_the_whole_tick_or_nothing(
@@ -357,12 +364,14 @@ def test_a_daemon_killed_mid_tick_leaves_the_whole_tick_or_nothing(
     assert [c[2] for c in _live_counts(url)] == [1, 1, 1]
 
 
-def test_sigterm_mid_tick_finishes_the_tick_then_exits_cleanly(tmp_path: Path) -> None:
-    """SIGTERM arrives while the tick reads (no --once: the loop would tick again a second
-    later): the tick's decisions are recorded, then the daemon exits 0 without another tick."""
+@pytest.mark.parametrize("sent", ["SIGTERM", "SIGINT"])
+def test_a_signal_mid_tick_finishes_the_tick_then_exits_cleanly(tmp_path: Path, sent: str) -> None:
+    """SIGTERM or SIGINT arrives while the tick reads (no --once: the loop would tick again a
+    second later): the tick's decisions are recorded, then the daemon exits 0 without another
+    tick."""
     path = _strategy(tmp_path)
     url = _store(tmp_path, end=dt.date(2020, 2, 1))
-    point = "otonom_runtime.daemon.loop:read_tick:1:term"
+    point = f"otonom_runtime.daemon.loop:read_tick:1:{sent}"
     out = _daemon(url, path, tmp_path, "--interval", "1s", point=point)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("tick run") == 1, out.stdout
