@@ -225,6 +225,29 @@ def test_repeated_ticks_record_one_decision_per_symbol_and_bar(tmp_path: Path) -
     _check_idempotent_ticks(_store(tmp_path), _strategy(tmp_path))
 
 
+def test_a_tick_another_daemon_recorded_first_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two daemons of one strategy read the same undecided bars; the second to commit is
+    refused by the live key: its tick writes nothing (no run row either) and says so."""
+    from otonom_runtime.daemon import loop
+
+    url, path = _store(tmp_path), _strategy(tmp_path)
+    ensemble = Ensemble.from_strategy(path)
+    with get_session(url) as session:
+        first = run_tick(session, ensemble, SYMBOLS, PaperBroker())
+    assert first.run_id == 1
+    monkeypatch.setattr(loop, "load_live_decisions", lambda *args: {})  # read before it
+    with get_session(url) as session:
+        late = run_tick(session, ensemble, SYMBOLS, PaperBroker())
+    assert late.conflict
+    assert late.run_id is None
+    assert late.summary().startswith("tick: another process recorded these bars first")
+    assert [c[2] for c in _live_counts(url)] == [1, 1, 1]
+    with get_session(url) as session:
+        assert session.execute(select(func.count()).select_from(BacktestRun)).scalar_one() == 1
+
+
 def test_repeated_ticks_on_postgres(postgres_url: str, tmp_path: Path) -> None:
     from sqlalchemy import text
 

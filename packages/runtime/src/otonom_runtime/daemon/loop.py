@@ -51,8 +51,10 @@ def parse_interval(text: str) -> float:
 
 @dataclass
 class TickReport:
-    """One tick: the run id of its record (None: nothing new to decide, nothing written),
-    its decisions, the symbols whose newest bar was decided already and those without bars."""
+    """One tick: the run id of its record (None: nothing written), its decisions, the
+    symbols whose newest bar was decided already and those without bars; ``conflict``: the
+    store refused the tick's rows because another writer recorded them first (``record_tick``:
+    nothing written; the next tick reads again)."""
 
     run_id: int | None
     decisions: list[TickDecision] = field(default_factory=list)
@@ -60,10 +62,16 @@ class TickReport:
     up_to_date: list[str] = field(default_factory=list)
     no_bars: list[str] = field(default_factory=list)
     fallbacks: int = 0
+    conflict: bool = False
 
     def summary(self) -> str:
         """Plain text: a line for the tick and one per decision (what ``otonom daemon``
         prints)."""
+        if self.conflict:
+            return (
+                "tick: another process recorded these bars first; nothing written, the next "
+                "tick reads again"
+            )
         if self.run_id is None:
             head = f"tick: nothing new ({len(self.up_to_date)} symbols decided already)"
         else:
@@ -97,7 +105,9 @@ def run_tick(
     that the strategy has not decided live yet, and record the decisions in one
     transaction with their run row (``params["purpose"]`` ``"live"``): the whole tick or
     nothing. A symbol whose newest bar is decided already is left alone, so a second tick on
-    the same bars records nothing. Then the decisions go to ``broker.submit``."""
+    the same bars records nothing; a tick that another process recorded first while this one
+    decided is not written (``TickReport.conflict``). Then the decisions go to
+    ``broker.submit``."""
     names = list(dict.fromkeys(symbols))
     if not names:
         raise DaemonError("no symbols given; expected at least one")
@@ -123,6 +133,10 @@ def run_tick(
     run = _run_row(ensemble, pending, decisions, broker, report.fallbacks)
     columns = _columns(ensemble.name, pending, decisions, holdings)
     report.run_id = record_tick(session, run, columns)
+    if report.run_id is None:
+        log.warning("tick of %s not recorded: another process recorded it first", ensemble.name)
+        report.conflict = True
+        return report
     report.decisions, report.holdings = decisions, holdings
     broker.submit(decisions)
     return report

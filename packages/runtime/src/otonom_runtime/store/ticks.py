@@ -131,12 +131,21 @@ def load_live_decisions(
     }
 
 
-def record_tick(session: Session, run: BacktestRun, columns: Mapping[str, list[Any]]) -> int:
+def record_tick(session: Session, run: BacktestRun, columns: Mapping[str, list[Any]]) -> int | None:
     """Write ``run`` and its decision rows (``insert_decisions``' columns, without
     ``run_id``; ``date`` as ``datetime.date``, ``days_since_last_trade`` as floats, ``inf``
-    for never) in the session's transaction and commit once: the whole tick or, if anything
-    fails (the live key ``ix_decisions_live`` refusing a decision another process recorded
-    first included), nothing (rolled back, the error raised). Returns the run's id."""
+    for never) in the session's transaction and commit once: the whole tick or nothing.
+
+    Returns the run's id, or None when the store refused the rows for what another writer
+    committed since they were decided (an integrity error: another daemon of the same strategy
+    recorded a live decision of the same symbol and bar first, ``ix_decisions_live``, or a
+    symbol was deleted meanwhile): nothing is written, and the next tick reads again. Any
+    other failure is rolled back and raised.
+    """
+    import sqlite3
+
+    from sqlalchemy.exc import IntegrityError
+
     rows = dict(columns)
     if session.connection().dialect.name == "sqlite":  # what the ORM types store there
         rows["date"] = [d.isoformat() for d in rows["date"]]
@@ -148,6 +157,9 @@ def record_tick(session: Session, run: BacktestRun, columns: Mapping[str, list[A
         session.flush()
         insert_decisions(session, {"run_id": [run.id] * len(rows["date"]), **rows})
         session.commit()
+    except (IntegrityError, sqlite3.IntegrityError):
+        session.rollback()
+        return None
     except BaseException:
         session.rollback()
         raise
