@@ -1,11 +1,12 @@
 """The ``otonom`` command line (also ``python -m otonom_runtime``).
 
 Layout: one module per command group (``data``, ``bench``, ``strategy``, ``backtest``,
-``runs``), each with an ``add_<group>_commands(commands)`` that ``_build_parser()`` calls in
-that order; every leaf command sets ``handler`` to a ``_cmd_*`` function of its module taking
-the parsed arguments and returning the exit status. Shared rooms: ``_shell`` (``run_cli``,
-``add_global_flags``: also ``otonom-train``'s), ``_store`` (``require_store``, ``open_store``)
-and ``_text`` (tables, number formats). Adding a group is one module and one call.
+``runs``, ``daemon``), each with an ``add_<group>_commands(commands)`` that
+``_build_parser()`` calls in that order; every leaf command sets ``handler`` to a ``_cmd_*``
+function of its module taking the parsed arguments and returning the exit status. Shared
+rooms: ``_shell`` (``run_cli``, ``add_global_flags``: also ``otonom-train``'s), ``_store``
+(``require_store``, ``open_store``) and ``_text`` (tables, number formats). Adding a group is
+one module and one call.
 
 Errors: every failure prints one ``error: ...`` line on stderr, never a traceback (a bad-rows
 report or a strategy's problem list adds indented lines below it). An error raised on purpose
@@ -30,6 +31,7 @@ from otonom_runtime.cli._shell import add_global_flags, error_text, run_cli
 from otonom_runtime.cli._store import require_store
 from otonom_runtime.cli.backtest import add_backtest_commands
 from otonom_runtime.cli.bench import add_bench_commands
+from otonom_runtime.cli.daemon import add_daemon_commands
 from otonom_runtime.cli.data import add_data_commands
 from otonom_runtime.cli.runs import add_runs_commands
 from otonom_runtime.cli.strategy import add_strategy_commands
@@ -61,6 +63,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_strategy_commands(commands)
     add_backtest_commands(commands)
     add_runs_commands(commands)
+    add_daemon_commands(commands)
     add_global_flags(parser, version=_version_text())
     return parser
 
