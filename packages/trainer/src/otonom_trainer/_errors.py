@@ -18,6 +18,7 @@
         ├── ExplainError (+ ValueError)         feature importance's options, rows or attention
         ├── TuneError (+ ValueError)            tune's options, search space or study
         ├── DatasetGenerationError (+ ValueError)  a dataset that cannot be made from the store
+        ├── RlError (+ ValueError)              the RL environment's or fine-tuning's options
         └── LabelError (+ ValueError)           forward labels that cannot be made (horizon, rows)
 
 The classes are

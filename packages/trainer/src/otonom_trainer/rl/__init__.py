@@ -1,0 +1,8 @@
+"""Reinforcement learning on the backtester (the ``rl`` extra: gymnasium and
+stable-baselines3).
+
+``env`` (``TradingEnv``: a gymnasium environment over one symbol's bars in the store, whose
+states, fills and costs are the backtester's, so an episode's return is a backtest's).
+Importing this package imports none of them (and so not gymnasium, stable-baselines3 or
+torch).
+"""
