@@ -104,6 +104,7 @@ def finetune(
 
     from otonom_trainer.export import export_onnx
     from otonom_trainer.rl.ppo import episode_return, make_ppo
+    from otonom_trainer.training.optim import intra_op_threads
 
     cfg = config or FinetuneConfig()
     if out.resolve() == source.resolve():
@@ -112,11 +113,19 @@ def finetune(
     train_inputs = _inputs(url, strategy, symbol, train)
     eval_inputs = None if evaluate is None else _inputs(url, strategy, symbol, evaluate)
     torch.manual_seed(cfg.seed)
-    before, clone_actions = episode_return(train_inputs, clone, cfg.mode)
-    model = make_ppo(train_inputs, clone, cfg)
-    model.learn(total_timesteps=cfg.timesteps)
-    tuned = copy.deepcopy(model.policy.actor).cpu().eval()
-    after, tuned_actions = episode_return(train_inputs, tuned, cfg.mode)
+    # one row a step and small batches: one intra-op thread (as the trainer's small batches)
+    with intra_op_threads(torch.device("cpu"), cfg.batch_size * clone.hidden_dim):
+        before, clone_actions = episode_return(train_inputs, clone, cfg.mode)
+        model = make_ppo(train_inputs, clone, cfg)
+        model.learn(total_timesteps=cfg.timesteps)
+        tuned = copy.deepcopy(model.policy.actor).cpu().eval()
+        after, tuned_actions = episode_return(train_inputs, tuned, cfg.mode)
+        evaluated = None
+        if eval_inputs is not None:
+            evaluated = (
+                episode_return(eval_inputs, clone, cfg.mode)[0],
+                episode_return(eval_inputs, tuned, cfg.mode)[0],
+            )
     changed = sum(a != b for a, b in zip(clone_actions, tuned_actions, strict=True))
     result = FinetuneResult(
         model=str(out / "policy_best.onnx"),
@@ -125,12 +134,8 @@ def finetune(
         timesteps=cfg.timesteps,
         train_return_before=before,
         train_return_after=after,
-        eval_return_before=None
-        if eval_inputs is None
-        else episode_return(eval_inputs, clone, cfg.mode)[0],
-        eval_return_after=None
-        if eval_inputs is None
-        else episode_return(eval_inputs, tuned, cfg.mode)[0],
+        eval_return_before=None if evaluated is None else evaluated[0],
+        eval_return_after=None if evaluated is None else evaluated[1],
         changed_actions=changed / max(len(clone_actions), 1),
     )
     metrics = {
@@ -221,9 +226,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     p.add_argument(
         "--symbol", required=True, help="the symbol whose bars the environment runs over"
     )
-    for flag, which in (("--start-date", "first"), ("--end-date", "last")):
+    for flags, which in ((("--start-date", "--start"), "first"), (("--end-date", "--end"), "last")):
         p.add_argument(
-            flag,
+            *flags,
             type=parse_iso_date,
             required=True,
             help=f"{which} training decision day, YYYY-MM-DD",
