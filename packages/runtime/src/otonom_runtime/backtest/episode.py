@@ -137,6 +137,7 @@ class SleeveEpisode:
         self.strengths: list[float] = []
         self.day = 0
         self.equity = 0.0
+        self.last_decision: Decision | None = None  # the decision the last step traded on
         self._days_feature: dict[float, float] = {}
 
     @property
@@ -183,7 +184,8 @@ class SleeveEpisode:
             raise BacktestError("step() on an episode that is over or not started; call reset()")
         if int(action) not in (int(Action.HOLD), int(Action.BUY), int(Action.SELL)):
             raise BacktestError(f"action is {action!r}; expected 0 (HOLD), 1 (BUY) or 2 (SELL)")
-        mark = self._steps.send(self.decide(action, strength, confidence))
+        self.last_decision = self.decide(action, strength, confidence)
+        mark = self._steps.send(self.last_decision)
         self.day += 1
         reward = (mark[4] - self.equity) / self.inputs.capital
         self.equity = mark[4]

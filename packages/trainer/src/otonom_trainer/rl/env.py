@@ -123,11 +123,10 @@ class TradingEnv:
         if not 0 <= int(action) < _N_ACTIONS:
             raise RlError(f"action is {action!r}; expected 0 (HOLD), 1 (BUY) or 2 (SELL)")
         strength, confidence = self._strength()
-        decision = self.episode.decide(int(action), strength, confidence)
         state, reward, done = self.episode.step(int(action), strength, confidence)
         self._state = None if done else state
         info = self._info()
-        info["decision"] = decision
+        info["decision"] = self.episode.last_decision  # what the sleeve traded on
         return state.astype(np.float32), reward, done, False, info
 
     def _strength(self) -> tuple[float, float]:
