@@ -292,7 +292,7 @@ def test_every_readme_snippet_runs_in_order(tmp_path: Path) -> None:
 def test_every_snippet_runs_in_order(tmp_path: Path) -> None:
     ran, checked = _run_in_order(GUIDE, tmp_path, ("strategies", "scripts"))
     assert ran == len([b for b in _blocks() if b.lang in {"bash", "python"}]) - len(NOT_RUN)
-    assert checked == 3
+    assert checked == 4  # the dataset's, the training's, the daemon's and the fine-tuning's outputs
     # what the walkthrough promises to leave behind
     for path in (
         "data/otonom.db",
@@ -309,5 +309,7 @@ def test_every_snippet_runs_in_order(tmp_path: Path) -> None:
         "reports/tune/guide/best_config.yaml",
         "models/guide_tuned/policy_best.onnx",
         "reports/tune/w2/trials.csv",
+        "models/guide_ppo/policy_best.onnx",  # otonom-train finetune
+        "models/guide_ppo/finetune.json",
     ):
         assert (tmp_path / path).is_file(), path

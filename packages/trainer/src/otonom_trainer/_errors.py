@@ -19,6 +19,7 @@
         ├── TuneError (+ ValueError)            tune's options, search space or study
         ├── DatasetGenerationError (+ ValueError)  a dataset that cannot be made from the store
         ├── StatsError (+ ValueError)           return series the statistics cannot use
+        ├── RlError (+ ValueError)              the RL environment's or fine-tuning's options
         └── LabelError (+ ValueError)           forward labels that cannot be made (horizon, rows)
 
 The classes are

@@ -4,12 +4,10 @@ Commands: ``dataset`` (guide Step 1), ``train`` (Step 2: train, then export to O
 check; ``--seeds``: N at once; data-parallel under ``torchrun``), ``export`` (a checkpoint to
 ONNX), ``evaluate`` (Step 3, through the runtime's ONNX model), ``pipeline`` (the whole guide end
 to end), ``check`` (the production checklist; ``--promote`` moves a model folder's ``latest``
-pointer), ``walk-forward`` (rolling windows), ``explain`` (feature importance), ``ensemble``
-(several policies as one ONNX model) and ``tune`` (optuna's search of the knobs), whose parsers
-are their modules' ``add_parser`` (``check``'s in ``check_cli``). The CLI only maps flags to the
-Python API; every rule lives there. Every error prints one ``error: ...`` line and exits 1
-(``--debug`` shows the traceback instead); the handling is the ``otonom`` command's
-(``otonom_runtime.cli.run_cli``).
+pointer), ``walk-forward``, ``explain`` (feature importance), ``ensemble`` (policies as one ONNX
+model), ``tune`` (optuna) and ``finetune`` (PPO from a clone), whose parsers are their modules'
+``add_parser`` (``_PARSERS``). Every error prints one ``error: ...`` line and exits 1
+(``--debug``: the traceback); the handling is ``otonom``'s (``otonom_runtime.cli.run_cli``).
 """
 
 from __future__ import annotations
@@ -27,6 +25,15 @@ from otonom_runtime.synth import DEMO_SEED
 from otonom_schema import parse_iso_date
 
 __all__ = ["main"]
+_PARSERS = (
+    "check_cli",
+    "walkforward",
+    "explain_report",
+    "ensemble_cli",
+    "stacked",
+    "tune",
+    "rl.finetune",
+)
 
 # --- dataset -------------------------------------------------------------------------------------
 
@@ -432,7 +439,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_evaluate(sub)
     _add_pipeline(sub)
-    for module in ("check_cli", "walkforward", "explain_report", "ensemble_cli", "stacked", "tune"):
+    for module in _PARSERS:
         importlib.import_module(f"otonom_trainer.{module}").add_parser(sub)  # its parser
     add_global_flags(parser, version=_version_text())
     return parser

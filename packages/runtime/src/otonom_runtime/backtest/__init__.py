@@ -10,6 +10,9 @@ Modules (each name below is re-exported here):
   ``otonom_runtime.ensemble``; ``simulate_symbol``, ``SymbolResult``.
 * ``records``: run persistence: the run row's lifecycle (``running`` with its process and
   heartbeat, then ``complete`` or ``failed``) and the batched decision rows.
+* ``episode``: one symbol's sleeve driven one decision at a time (``SleeveEpisode``, its
+  inputs read by ``episode_inputs``), the engine of ``otonom_trainer.rl.TradingEnv``: the
+  same reader, sleeve and vote as a backtest, so an episode's return is the backtest's.
 * ``runner``: ``run_backtest`` (a strategy -> inputs read -> engine -> records) and
   ``BacktestReport``.
 
@@ -56,6 +59,12 @@ Rules (each one tested):
 """
 
 from otonom_runtime.backtest.engine import SymbolResult, simulate_symbol
+from otonom_runtime.backtest.episode import (
+    EPISODE_MODES,
+    EpisodeInputs,
+    SleeveEpisode,
+    episode_inputs,
+)
 from otonom_runtime.backtest.params import (
     BUST_FLOOR,
     INTERNAL_PURPOSES,
@@ -68,13 +77,17 @@ from otonom_runtime.backtest.runner import BacktestReport, run_backtest
 
 __all__ = [
     "BUST_FLOOR",
+    "EPISODE_MODES",
     "INTERNAL_PURPOSES",
     "REBALANCE_THRESHOLD",
     "RUN_PURPOSES",
     "BacktestReport",
     "EngineParams",
+    "EpisodeInputs",
+    "SleeveEpisode",
     "SymbolResult",
     "engine_params",
+    "episode_inputs",
     "run_backtest",
     "simulate_symbol",
 ]

@@ -1,0 +1,209 @@
+"""One symbol's sleeve driven one decision at a time: the backtester as a learning
+environment's engine (``otonom_trainer.rl.TradingEnv`` wraps it).
+
+Nothing here is a second copy of a rule. The inputs are read by the backtester's own reader
+(``runner._load_inputs``: the store's bars, news and macro, the schema's
+``market_feature_matrix``); the sleeve is the backtester's ``_Sleeve`` driven through its
+lockstep generator (``_Sleeve.steps(lockstep=True)``, the one body of the mark, fill and cost
+rules); the sizing cap and the three analysts' votes come from ``engine._prepare``; the
+portfolio columns of a state are normalised by the schema's ``PortfolioSnapshot``, as the
+lockstep backtester does. So, for the same decisions, an episode's equity is the backtest's,
+day for day (tested).
+
+* ``episode_inputs``: a strategy, a symbol and a date range -> ``EpisodeInputs``.
+* ``SleeveEpisode``: ``reset()`` gives day 0's state; ``step(action, strength, confidence)``
+  trades on the current day's decision (filled at the next open) and gives the next day's
+  state, the reward and whether the episode is over. ``mode``:
+
+  - ``"sole"``: the decision is the one given (the policy as the sole decider);
+  - ``"voter"``: the given action, strength and confidence are the 4th analyst's vote,
+    added to the three analysts' at the strategy's RL weight and decided by
+    ``ensemble.decide_rows`` (the policy as the 4th voter, today's deployment).
+
+  The reward of a step is the change of the sleeve's equity (marked at the closes, after
+  slippage and commission) divided by its starting equity, so an episode's rewards sum to the
+  backtest's ``total_return`` (``e_{N-1} / e_0 - 1``). An episode of N decision days has
+  N - 1 steps: the last day's decision is never filled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from otonom_runtime._errors import BacktestError
+from otonom_runtime.backtest.engine import _Bars, _prepare, _Prepared
+from otonom_runtime.backtest.params import EngineParams, engine_params
+from otonom_runtime.ensemble import decide_rows
+from otonom_schema import PORTFOLIO_COLUMNS, Action, PortfolioSnapshot
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from otonom_runtime.backtest.engine import Decision, Mark
+    from otonom_runtime.strategy import StrategyConfig
+
+__all__ = ["EPISODE_MODES", "EpisodeInputs", "SleeveEpisode", "episode_inputs"]
+
+EPISODE_MODES: Final = ("sole", "voter")
+"""How an episode's decision is made from the policy's action (see the module docstring)."""
+F64 = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class EpisodeInputs:
+    """One symbol's inputs as the backtester reads them: ``bars`` (its whole history, the
+    decision days from ``bars.first``), the strategy's ``params`` with the RL analyst off
+    (the three analysts' votes), ``rl_weight`` (the strategy's RL weight, for ``"voter"``)
+    and the sleeve's starting ``capital``."""
+
+    bars: _Bars
+    params: EngineParams
+    rl_weight: float
+    capital: float
+
+    @property
+    def symbol(self) -> str:
+        return self.bars.symbol
+
+    @property
+    def n_days(self) -> int:
+        """The number of decision days (an episode has one step fewer)."""
+        return int(self.bars.market.shape[0] - self.bars.first)
+
+    @property
+    def dates(self) -> npt.NDArray[np.datetime64]:
+        """The decision days' dates."""
+        return self.bars.dates[self.bars.first :]
+
+
+def episode_inputs(
+    session: Session,
+    config: StrategyConfig,
+    symbol: str,
+    start: dt.date,
+    end: dt.date,
+    *,
+    capital: float | None = None,
+) -> EpisodeInputs:
+    """``symbol``'s decision days ``start .. end`` read as ``run_backtest`` reads them (the
+    same checks and errors: ``UnknownSymbolError``, ``StateBuildError`` for fewer than two bars
+    in range, ``BacktestError`` for ``start`` after ``end``). ``capital``: the sleeve's
+    starting equity (default the strategy's ``initial_capital``; a sleeve of an n-symbol
+    backtest has ``initial_capital / n``)."""
+    from otonom_runtime.backtest.runner import (
+        _check_bars_in_range,
+        _check_request,
+        _load_inputs,
+        _symbols,
+    )
+
+    _check_request([symbol], start, end, "user")
+    rl_weight = float(config.ensemble.analyst_weights.rl)
+    if config.rl_enabled:
+        config = config.with_rl(False)
+    ids, sources = _symbols(session, config, [symbol])
+    _check_bars_in_range(session, ids, start, end)
+    (bars,) = _load_inputs(session, config, [symbol], start, end, sources, False)
+    # the bars read up to ``end``: the last decision day is the last bar <= end
+    params = engine_params(config)
+    start_equity = params.initial_capital if capital is None else capital
+    return EpisodeInputs(bars, params, rl_weight, float(start_equity))
+
+
+class SleeveEpisode:
+    """The backtester's sleeve of ``inputs`` driven one decision at a time (see the module
+    docstring). ``reset()`` starts (or restarts) it; ``step`` until it says done."""
+
+    def __init__(self, inputs: EpisodeInputs, *, mode: str = "sole") -> None:
+        if mode not in EPISODE_MODES:
+            raise BacktestError(f"episode mode is {mode!r}; expected one of {EPISODE_MODES}")
+        if inputs.n_days < 2:
+            raise BacktestError(
+                f"{inputs.symbol!r} has {inputs.n_days} decision day(s); an episode needs 2"
+            )
+        self.inputs = inputs
+        self.mode = mode
+        self.markets: F64 = inputs.bars.market[inputs.bars.first :]
+        self._prepared: _Prepared | None = None
+        self._steps: Generator[Mark, Decision, None] | None = None
+        self.actions: list[int] = []
+        self.strengths: list[float] = []
+        self.day = 0
+        self.equity = 0.0
+        self.last_decision: Decision | None = None  # the decision the last step traded on
+        self._days_feature: dict[float, float] = {}
+
+    @property
+    def n_days(self) -> int:
+        return self.inputs.n_days
+
+    def reset(self) -> F64:
+        """A fresh sleeve; day 0's state (34 floats, float64)."""
+        i = self.inputs
+        # the bars are frozen: _prepare's sleeve copies what it reads (lists of floats)
+        self._prepared = _prepare(i.bars, i.params, i.capital)
+        self.actions, self.strengths = [], []
+        self._steps = self._prepared.sleeve.steps(self.actions, self.strengths, lockstep=True)
+        self.day = 0
+        mark = next(self._steps)
+        self.equity = mark[4]
+        return self._state(mark)
+
+    def decide(self, action: int, strength: float, confidence: float) -> Decision:
+        """The day's decision from the policy's ``action``, ``strength`` and ``confidence``
+        as ``mode`` makes it (``"voter"``: the backtester's vote with the three analysts)."""
+        if self.mode == "sole":
+            return int(action), float(strength), float(confidence)
+        p = self._prepared
+        assert p is not None
+        k = self.day
+        out = decide_rows(
+            p.totals[k].tolist(),
+            p.strength_sums[k].tolist(),
+            [int(action), float(strength), float(confidence)],
+            self.inputs.rl_weight,
+            self.inputs.params.min_score,
+        )
+        return int(out[0]), out[1], out[2]
+
+    def step(
+        self, action: int, strength: float, confidence: float = 1.0
+    ) -> tuple[F64, float, bool]:
+        """Trade on the current day's decision (filled at the next open, with the
+        backtester's slippage and commission), mark the next day: its state, the reward
+        (the equity change over the starting equity) and whether it is the last day (then
+        the episode is over: its decision would never be filled)."""
+        if self._steps is None or self.day >= self.n_days - 1:
+            raise BacktestError("step() on an episode that is over or not started; call reset()")
+        if int(action) not in (int(Action.HOLD), int(Action.BUY), int(Action.SELL)):
+            raise BacktestError(f"action is {action!r}; expected 0 (HOLD), 1 (BUY) or 2 (SELL)")
+        self.last_decision = self.decide(action, strength, confidence)
+        mark = self._steps.send(self.last_decision)
+        self.day += 1
+        reward = (mark[4] - self.equity) / self.inputs.capital
+        self.equity = mark[4]
+        done = self.day == self.n_days - 1
+        if done:  # the last day's decision: recorded, never filled; the generator ends
+            with contextlib.suppress(StopIteration):
+                self._steps.send((int(Action.HOLD), 0.0, 0.0))
+            self._steps = None
+        return self._state(mark), reward, done
+
+    def _state(self, mark: Mark) -> F64:
+        """The day's state: its market features with the sleeve's portfolio columns (days
+        since the last trade normalised by the schema's ``PortfolioSnapshot``)."""
+        state: F64 = self.markets[self.day].astype(np.float64, copy=True)
+        position, leverage, cash_fraction, days = mark[:4]
+        feature = self._days_feature.get(days)
+        if feature is None:
+            snapshot = PortfolioSnapshot(days_since_last_trade=days)
+            feature = self._days_feature[days] = float(snapshot.features()[3])
+        state[PORTFOLIO_COLUMNS] = (position, leverage, cash_fraction, feature)
+        return state

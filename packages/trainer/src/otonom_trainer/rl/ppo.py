@@ -1,0 +1,230 @@
+"""PPO fine-tuning of a behaviour-cloned ``PolicyNet`` on ``TradingEnv`` (stable-baselines3).
+
+Rules (each one tested):
+
+* **The clone is the actor.** ``bc_policy_class()`` is a stable-baselines3
+  ``ActorCriticPolicy`` whose actor is a copy of the cloned ``PolicyNet`` itself (its action
+  logits are the categorical distribution's; SB3's ``MlpPolicy`` would be another network), so
+  the first action distribution is the clone's softmax on the same states, exactly. A value
+  head (``critic``: 34 -> ``critic_hidden`` (Tanh) x 2 -> 1) is added and trained from
+  scratch; the actor's dropout is off throughout (the rollouts and the updates see one
+  network).
+* **Kept near its teacher.** A frozen copy of the clone (the teacher) is held beside the
+  actor; every update adds ``kl_coef x (KL(teacher || actor) + (strength - teacher
+  strength)^2)`` to PPO's loss, so the action distribution drifts from the clone only as far
+  as the advantage pays for, and the strength head (no PPO gradient of its own) stays the
+  clone's. It enters through stable-baselines3's entropy slot: ``evaluate_actions`` returns
+  ``entropy_coef x H - kl_coef x (KL + strength error)`` as the "entropy" and PPO runs with
+  ``ent_coef = 1``, so PPO's ``- ent_coef x mean(entropy)`` is exactly the two terms
+  (``train/entropy_loss`` in SB3's log is that regulariser).
+* **Strength and confidence.** The action is discrete (``TradingEnv``'s ``Discrete(3)``); each
+  step's strength and vote confidence are the current actor's strength head and top
+  probability for the state (``ActorStrength``), what the exported model will give the RL
+  analyst, so the environment trades what the runtime will serve.
+* **Deployment mode.** ``mode="voter"`` (the default): fine-tuned and judged as the
+  ensemble's 4th voter, today's deployment; ``"sole"``: as the only decider.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, cast
+
+import numpy as np
+import numpy.typing as npt
+
+from otonom_runtime.backtest import EPISODE_MODES, EpisodeInputs
+from otonom_runtime.config_rules import Validated, rule
+from otonom_trainer.rl.env import RlError, TradingEnv
+
+if TYPE_CHECKING:
+    import torch
+
+    from otonom_trainer.model import PolicyNet
+
+__all__ = ["ActorStrength", "FinetuneConfig", "bc_policy_class", "episode_return", "make_ppo"]
+
+F64 = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(Validated):
+    """PPO's knobs for a fine-tuning (``otonom-train finetune``'s flags)."""
+
+    timesteps: int = field(default=4096, metadata=rule(ge=1))
+    n_steps: int = field(default=512, metadata=rule(ge=2))
+    batch_size: int = field(default=64, metadata=rule(ge=2))
+    n_epochs: int = field(default=4, metadata=rule(ge=1))
+    learning_rate: float = field(default=1e-4, metadata=rule(gt=0.0))
+    kl_coef: float = field(default=0.1, metadata=rule(ge=0.0))
+    entropy_coef: float = field(default=0.0, metadata=rule(ge=0.0))
+    gamma: float = field(default=0.99, metadata=rule(gt=0.0, le=1.0))
+    clip_range: float = field(default=0.2, metadata=rule(gt=0.0))
+    critic_hidden: int = field(default=64, metadata=rule(ge=1))
+    mode: str = field(default="voter", metadata=rule(choices=EPISODE_MODES))
+    seed: int = 0
+
+    _error_class: ClassVar[type[Exception]] = RlError
+
+
+class ActorStrength:
+    """A ``StrengthFn`` reading a ``PolicyNet``'s strength head and top probability for the
+    day's state (``net``: set once the PPO policy exists; it follows the actor's weights as
+    they train)."""
+
+    def __init__(self, net: PolicyNet | None = None) -> None:
+        self.net = net
+
+    def __call__(self, day: int, state: F64) -> tuple[float, float]:
+        import torch
+
+        del day
+        if self.net is None:
+            raise RlError("ActorStrength has no network yet; set .net before the first step")
+        with torch.no_grad():
+            probs, strength = self.net.probabilities(
+                torch.as_tensor(state[None], dtype=torch.float32)
+            )
+        return float(strength[0, 0]), float(probs.max())
+
+
+@functools.cache
+def bc_policy_class() -> type[Any]:
+    """The stable-baselines3 policy class with a cloned ``PolicyNet`` as its actor (see the
+    module docstring); its keywords: ``bc_net`` (the clone), ``kl_coef``, ``entropy_coef``,
+    ``critic_hidden``. Made once, when first asked for (stable-baselines3 and torch are
+    imported then)."""
+    import torch
+    from stable_baselines3.common.policies import ActorCriticPolicy
+    from torch import nn
+
+    class BcActorCriticPolicy(ActorCriticPolicy):
+        def __init__(
+            self,
+            *args: Any,
+            bc_net: PolicyNet,
+            kl_coef: float = 0.1,
+            entropy_coef: float = 0.0,
+            critic_hidden: int = 64,
+            **kwargs: Any,
+        ) -> None:
+            super().__init__(*args, **kwargs)
+            self.kl_coef, self.entropy_coef = float(kl_coef), float(entropy_coef)
+            self.actor = copy.deepcopy(bc_net).float().eval()
+            self.teacher = copy.deepcopy(bc_net).float().eval().requires_grad_(False)
+            width = int(critic_hidden)
+            self.critic = nn.Sequential(
+                nn.Linear(bc_net.state_dim, width),
+                nn.Tanh(),
+                nn.Linear(width, width),
+                nn.Tanh(),
+                nn.Linear(width, 1),
+            )
+            trained = [*self.actor.parameters(), *self.critic.parameters()]
+            lr = self._lr_schedule(1.0)
+            make: Any = self.optimizer_class  # Adam by default (SB3's optimizer_class)
+            self.optimizer = make(trained, lr=lr, **self.optimizer_kwargs)
+
+        def _build(self, lr_schedule: Any) -> None:
+            # SB3's MLP extractor and heads are not built: the actor is the clone (__init__)
+            self._lr_schedule = lr_schedule
+
+        def set_training_mode(self, mode: bool) -> None:
+            del mode
+            self.train(False)  # dropout off in updates too: one network for both phases
+
+        def _dist(self, obs: torch.Tensor) -> Any:
+            logits, _ = self.actor(obs.float())
+            return self.action_dist.proba_distribution(action_logits=logits)
+
+        def forward(
+            self, obs: torch.Tensor, deterministic: bool = False
+        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            dist = self._dist(obs)
+            actions = dist.get_actions(deterministic=deterministic)
+            return actions, self.critic(obs.float()), dist.log_prob(actions)
+
+        def _predict(self, observation: Any, deterministic: bool = False) -> Any:
+            return self._dist(observation).get_actions(deterministic=deterministic)
+
+        def get_distribution(self, obs: Any) -> Any:
+            return self._dist(obs)
+
+        def predict_values(self, obs: Any) -> Any:
+            return self.critic(obs.float())
+
+        def evaluate_actions(self, obs: Any, actions: torch.Tensor) -> tuple[Any, Any, Any]:
+            logits, strength = self.actor(obs.float())
+            dist = self.action_dist.proba_distribution(action_logits=logits)
+            with torch.no_grad():
+                teacher_logits, teacher_strength = self.teacher(obs.float())
+            log_p = torch.log_softmax(logits, dim=-1)  # the teacher's op: 0 KL at the start
+            log_q = torch.log_softmax(teacher_logits, dim=-1)
+            kl = (log_q.exp() * (log_q - log_p)).sum(dim=-1)
+            drift = kl + (strength - teacher_strength).squeeze(-1) ** 2
+            regulariser = (
+                self.entropy_coef * cast("torch.Tensor", dist.entropy()) - self.kl_coef * drift
+            )
+            return self.critic(obs.float()), dist.log_prob(actions), regulariser
+
+    return BcActorCriticPolicy
+
+
+def make_ppo(inputs: EpisodeInputs, bc_net: PolicyNet, config: FinetuneConfig) -> Any:
+    """A stable-baselines3 ``PPO`` on a ``TradingEnv`` of ``inputs`` (``config.mode``) with
+    ``bc_policy_class()`` built from ``bc_net``; the environment's strength and confidence
+    are the actor's (``ActorStrength``)."""
+    try:
+        from stable_baselines3 import PPO
+    except ImportError as exc:
+        raise RlError(
+            'fine-tuning needs stable-baselines3: pip install "otonom-trainer[rl]"'
+        ) from exc
+    if config.batch_size > config.n_steps:
+        raise RlError(
+            f"batch_size is {config.batch_size}; expected at most n_steps ({config.n_steps})"
+        )
+    strength = ActorStrength()
+    env = TradingEnv(inputs, mode=config.mode, strength=strength)
+    model = PPO(
+        bc_policy_class(),
+        cast("Any", env),  # a gymnasium.Env subclass (TradingEnv.__new__)
+        learning_rate=config.learning_rate,
+        n_steps=config.n_steps,
+        batch_size=config.batch_size,
+        n_epochs=config.n_epochs,
+        gamma=config.gamma,
+        clip_range=config.clip_range,
+        ent_coef=1.0,  # the regulariser's slot: see the module docstring
+        seed=config.seed,
+        device="cpu",
+        verbose=0,
+        policy_kwargs={
+            "bc_net": bc_net,
+            "kl_coef": config.kl_coef,
+            "entropy_coef": config.entropy_coef,
+            "critic_hidden": config.critic_hidden,
+        },
+    )
+    strength.net = cast("PolicyNet", model.policy.actor)
+    return model
+
+
+def episode_return(inputs: EpisodeInputs, net: PolicyNet, mode: str) -> tuple[float, list[int]]:
+    """The total return of one episode of ``inputs`` with ``net`` acting greedily (its
+    argmax action, its strength and top probability), and the actions it took."""
+    import torch
+
+    net = copy.deepcopy(net).eval()  # dropout off, the caller's network left as it is
+    env = TradingEnv(inputs, mode=mode, strength=ActorStrength(net))
+    obs, info = env.reset()
+    actions: list[int] = []
+    done = False
+    while not done:
+        with torch.no_grad():
+            logits, _ = net(torch.as_tensor(obs[None]))
+        actions.append(int(logits.argmax()))
+        obs, _, done, _, info = env.step(actions[-1])
+    return float(info["total_return"]), actions

@@ -1,0 +1,165 @@
+"""PPO fine-tuning from the clone: the actor starts as the clone (same distribution), the
+regulariser is the documented one, and ``otonom-train finetune`` writes a model the runtime
+loads, whose 4th-voter backtest earns what the fine-tuning reported."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from otonom_runtime import load_rl_policy
+from otonom_runtime.backtest import episode_inputs, run_backtest
+from otonom_runtime.store import get_session, init_db
+from otonom_runtime.strategy import load_strategy
+from otonom_runtime.synth import write_synthetic
+from otonom_schema import load_dataset
+from otonom_trainer.config import TrainingConfig
+from otonom_trainer.dataset import generate_dataset, save_dataset
+from otonom_trainer.rl.env import RlError
+from otonom_trainer.rl.ppo import FinetuneConfig, make_ppo
+from otonom_trainer.train import BehaviorCloningTrainer
+from otonom_trainer.training.checkpoint import load_checkpoint
+
+pytest.importorskip("stable_baselines3")
+torch = pytest.importorskip("torch")
+
+ROOT = Path(__file__).resolve().parents[3]
+BASELINE = ROOT / "strategies" / "baseline_v1.yaml"
+SYMBOL = "DEMO-PPO"
+BARS = (dt.date(2020, 7, 1), dt.date(2021, 12, 31))
+TRAIN = (dt.date(2021, 1, 1), dt.date(2021, 8, 31))
+EVAL = (dt.date(2021, 9, 1), dt.date(2021, 12, 31))
+TINY = FinetuneConfig(timesteps=128, n_steps=64, batch_size=32, n_epochs=1, seed=1)
+
+
+@dataclass(frozen=True)
+class Clone:
+    url: str
+    folder: Path  # the BC training run
+    states: np.ndarray  # the training dataset's states
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory: pytest.TempPathFactory) -> Clone:
+    folder = tmp_path_factory.mktemp("rl_finetune")
+    url = f"sqlite:///{(folder / 'otonom.db').as_posix()}"
+    init_db(url)
+    with get_session(url) as session:
+        write_synthetic(session, [SYMBOL], *BARS, 9)
+    with get_session(url) as session:
+        run = run_backtest(session, load_strategy(BASELINE), [SYMBOL], *TRAIN, use_rl=False)
+        dataset = generate_dataset(session, SYMBOL, *TRAIN, run_id=run.run_id)
+    save_dataset(dataset, folder / "dataset.npz")
+    config = TrainingConfig(
+        dataset_path=str(folder / "dataset.npz"),
+        output_dir=str(folder / "bc"),
+        max_epochs=10,
+        hidden_dim=32,
+        seed=0,
+    )
+    BehaviorCloningTrainer(config).train()
+    return Clone(url, folder / "bc", np.array(load_dataset(folder / "dataset.npz").states))
+
+
+def _ppo(clone: Clone, config: FinetuneConfig = TINY) -> tuple[object, object]:
+    net, _ = load_checkpoint(clone.folder / "policy_best.pt")
+    with get_session(clone.url) as session:
+        inputs = episode_inputs(session, load_strategy(BASELINE), SYMBOL, *TRAIN)
+    return make_ppo(inputs, net, config), net  # type: ignore[arg-type]
+
+
+def test_the_actor_starts_as_the_clone(clone: Clone) -> None:
+    model, net = _ppo(clone)
+    states = torch.as_tensor(clone.states)
+    probs = model.policy.get_distribution(states).distribution.probs  # type: ignore[attr-defined]
+    with torch.no_grad():
+        expected, _ = net.probabilities(states)  # type: ignore[attr-defined]
+    # torch's Categorical normalises the logits first: equal to float32 rounding
+    torch.testing.assert_close(probs.detach(), expected, rtol=0.0, atol=1e-6)
+    with torch.no_grad():  # and the actor is the same network: the same logits, bit for bit
+        assert torch.equal(model.policy.actor(states)[0], net(states)[0])  # type: ignore[attr-defined, operator]
+    served = load_rl_policy(clone.folder).predict_batch(clone.states)[2]
+    np.testing.assert_allclose(probs.detach().numpy(), served, atol=1e-5)  # the ONNX clone's
+    # at the start the regulariser is 0: no KL to the teacher, no strength error, no entropy
+    actions = probs.argmax(dim=1)
+    _, _, regulariser = model.policy.evaluate_actions(states, actions)  # type: ignore[attr-defined]
+    assert torch.equal(regulariser.detach(), torch.zeros(len(states)))
+
+
+def test_the_kl_term_pulls_back_toward_the_clone(clone: Clone) -> None:
+    model, _ = _ppo(clone, FinetuneConfig(kl_coef=2.0, n_steps=64, batch_size=32))
+    policy = model.policy  # type: ignore[attr-defined]
+    with torch.no_grad():
+        policy.actor.action_head.bias += torch.tensor([2.0, -1.0, -1.0])
+    states = torch.as_tensor(clone.states)
+    _, _, regulariser = policy.evaluate_actions(states, torch.zeros(len(states)))
+    assert bool((regulariser < 0).all())  # - kl_coef x KL: a loss of + 2 KL
+    assert policy.optimizer.param_groups[0]["params"][0] is next(policy.actor.parameters())
+
+
+def test_bad_options_are_one_line_errors(clone: Clone) -> None:
+    with pytest.raises(RlError, match="mode: got 'boss'"):
+        FinetuneConfig(mode="boss")
+    with pytest.raises(RlError, match="batch_size is 128; expected at most n_steps \\(64\\)"):
+        _ppo(clone, FinetuneConfig(n_steps=64, batch_size=128))
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run(
+        [sys.executable, "-m", "otonom_trainer", "finetune", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+
+
+def test_finetune_writes_a_model_the_runtime_serves(clone: Clone, tmp_path: Path) -> None:
+    out = tmp_path / "tuned"
+    spans = (
+        "--start-date",
+        *[d.isoformat() for d in TRAIN][:1],
+        "--end-date",
+        TRAIN[1].isoformat(),
+    )
+    done = _cli(
+        "--from", str(clone.folder), "--out", str(out), "--symbol", SYMBOL, *spans,
+        "--eval-start-date", EVAL[0].isoformat(), "--eval-end-date", EVAL[1].isoformat(),
+        "--timesteps", "128", "--n-steps", "64", "--batch-size", "32", "--n-epochs", "1",
+        "--strategy-path", str(BASELINE), "--database-url", clone.url,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "fine-tuned (voter, 128 steps)" in done.stdout
+    report = json.loads((out / "finetune.json").read_text())
+    policy = load_rl_policy(out)  # sealed, parity-checked, loads in the runtime
+    meta = policy.get_metadata()
+    assert meta["finetune_train_return_after"] == report["train_return_after"]
+    # judged in the backtester as the 4th voter: the return the fine-tuning reported
+    with get_session(clone.url) as session:
+        run = run_backtest(
+            session, load_strategy(BASELINE), [SYMBOL], *EVAL, use_rl=True, policy=policy
+        )
+    assert run.metrics.total_return == pytest.approx(report["eval_return_after"], abs=1e-6)
+
+
+def test_finetune_refuses_a_folder_without_a_clone(clone: Clone, tmp_path: Path) -> None:
+    out = tmp_path / "tuned"
+    done = _cli(
+        "--from", str(tmp_path), "--out", str(out), "--symbol", SYMBOL,
+        "--start-date", TRAIN[0].isoformat(), "--end-date", TRAIN[1].isoformat(),
+        "--database-url", clone.url,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"error: --from {tmp_path} holds no policy_best.pt; expected a training run's folder"
+    ]
+    assert not out.exists()
