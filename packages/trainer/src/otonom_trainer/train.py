@@ -251,8 +251,8 @@ class BehaviorCloningTrainer:
 
     def export_onnx(self, path: str | os.PathLike[str] | None = None) -> Path:
         """Export the trained model (default ``output_dir / "policy_best.onnx"``) with its
-        metrics, config, training run id and the dataset's sha256, parity-checked on the
-        validation states (``train()`` calls this unless ``export=False``)."""
+        metrics, config, training run id, the dataset's sha256 and the summary of its training
+        rows (``otonom.training_summary``, for monitoring), parity-checked on the validation states (``train()`` calls this unless ``export=False``)."""
         target = Path(path) if path is not None else Path(self.cfg.output_dir) / ONNX_NAME
         model, metrics = self.model, self.metrics  # TrainingError before train()
         assert self._dataset_sha256 is not None  # set when train() read the dataset
@@ -264,6 +264,8 @@ class BehaviorCloningTrainer:
             dataset_sha256=self._dataset_sha256,
             parity_states=self.val_states(),
             training_run_id=self.run_id,
+            training_states=self.dataset.states[self.split.train],
+            training_actions=self.dataset.actions[self.split.train],
         )
 
     @property

@@ -49,6 +49,7 @@ The rooms (every SQL statement of the project lives in this package):
 * ``live``: the live state builder's per-tick probe (``probe_latest``), one prebuilt statement.
 * ``writers``: the importers' and the synthetic market's inserts, updates and deletes.
 * ``datasets``: the reads of offline dataset generation (``otonom_trainer.dataset``).
+* ``monitoring``: the reads of ``otonom monitor`` (the run to watch, its decisions in a window).
 """
 
 from __future__ import annotations
