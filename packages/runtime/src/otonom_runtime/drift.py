@@ -188,9 +188,7 @@ def _three(values: Sequence[Any]) -> npt.NDArray[np.float64]:
     return a
 
 
-def psi(
-    expected: npt.ArrayLike, actual: npt.ArrayLike, *, epsilon: float = PSI_EPSILON
-) -> float:
+def psi(expected: npt.ArrayLike, actual: npt.ArrayLike, *, epsilon: float = PSI_EPSILON) -> float:
     """Population stability index of the ``actual`` shares against the ``expected`` ones
     (same bins; counts are fine too: both are normalised after flooring at ``epsilon``)."""
     e = np.maximum(_shares(expected), epsilon)

@@ -252,7 +252,8 @@ class BehaviorCloningTrainer:
     def export_onnx(self, path: str | os.PathLike[str] | None = None) -> Path:
         """Export the trained model (default ``output_dir / "policy_best.onnx"``) with its
         metrics, config, training run id, the dataset's sha256 and the summary of its training
-        rows (``otonom.training_summary``, for monitoring), parity-checked on the validation states (``train()`` calls this unless ``export=False``)."""
+        rows (``otonom.training_summary``, for monitoring), parity-checked on the validation
+        states (``train()`` calls this unless ``export=False``)."""
         target = Path(path) if path is not None else Path(self.cfg.output_dir) / ONNX_NAME
         model, metrics = self.model, self.metrics  # TrainingError before train()
         assert self._dataset_sha256 is not None  # set when train() read the dataset

@@ -1,7 +1,7 @@
 """The ``otonom`` command line (also ``python -m otonom_runtime``).
 
 Layout: one module per command group (``data``, ``bench``, ``strategy``, ``backtest``,
-``runs``), each with an ``add_<group>_commands(commands)`` that ``_build_parser()`` calls in
+``runs``, ``monitor``), each with an ``add_<group>_commands(commands)`` that ``_build_parser()`` calls in
 that order; every leaf command sets ``handler`` to a ``_cmd_*`` function of its module taking
 the parsed arguments and returning the exit status. Shared rooms: ``_shell`` (``run_cli``,
 ``add_global_flags``: also ``otonom-train``'s), ``_store`` (``require_store``, ``open_store``)
@@ -31,6 +31,7 @@ from otonom_runtime.cli._store import require_store
 from otonom_runtime.cli.backtest import add_backtest_commands
 from otonom_runtime.cli.bench import add_bench_commands
 from otonom_runtime.cli.data import add_data_commands
+from otonom_runtime.cli.monitor import add_monitor_commands
 from otonom_runtime.cli.runs import add_runs_commands
 from otonom_runtime.cli.strategy import add_strategy_commands
 from otonom_schema import SchemaError
@@ -61,6 +62,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_strategy_commands(commands)
     add_backtest_commands(commands)
     add_runs_commands(commands)
+    add_monitor_commands(commands)
     add_global_flags(parser, version=_version_text())
     return parser
 

@@ -15,6 +15,7 @@ from otonom_runtime.store.tables import BacktestRun, Decision, Symbol
 
 __all__ = ["latest_complete_run", "monitored_decisions"]
 
+
 def latest_complete_run(
     session: Session, strategy_name: str, internal: Sequence[str] = ()
 ) -> BacktestRun | None:
