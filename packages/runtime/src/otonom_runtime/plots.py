@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -110,7 +111,7 @@ def plot_monitor(report: MonitorReport, path: str | Path) -> Path:
     mix.legend(loc="upper left", fontsize=8)
     mix.tick_params(axis="x", labelrotation=30, labelsize=7)
     rates, names = [], []
-    for lo, hi in zip(BUCKETS[:-1], BUCKETS[1:], strict=True):
+    for lo, hi in itertools.pairwise(BUCKETS):
         inside = report.called & (report.confidence >= lo) & (report.confidence < hi)
         rates.append(float(report.hit[inside].mean()) if inside.any() else 0.0)
         names.append(f"{lo:.2f}+")
