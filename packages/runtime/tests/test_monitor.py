@@ -105,7 +105,7 @@ def test_quiet_on_the_training_period(world: dict[str, Any]) -> None:
     report = _report(world, 1)
     assert report.alerts == []
     assert all(i.status in ("ok", "info") for i in report.items), table_text(report)
-    assert report.value("all", "feature_psi", feature_group="market").value == pytest.approx(0.0)
+    assert report.value("all", "feature_psi", feature_group="market").value == pytest.approx(0.0, abs=1e-9)
 
 
 def test_flags_an_injected_drift(world: dict[str, Any]) -> None:
@@ -148,7 +148,7 @@ def test_psi_and_chi_square_by_hand() -> None:
 
 def _parse_prometheus(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
     """A tiny parser of the text exposition format: HELP/TYPE before each family's samples."""
-    sample = re.compile(r'^([a-z_]+)\{((?:[a-z_]+="(?:[^"\\]|\\.)*",?)*)\} (\S+)$')
+    sample = re.compile(r'^([a-z_][a-z0-9_]*)\{((?:[a-z_]+="(?:[^"\\]|\\.)*",?)*)\} (\S+)$')
     families: dict[str, list[tuple[dict[str, str], float]]] = {}
     typed: set[str] = set()
     for line in text.splitlines():
