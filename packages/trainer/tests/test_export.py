@@ -308,14 +308,13 @@ def test_training_summary_is_metadata_only(tmp_path: Path, held_out: np.ndarray)
     graph, the weights and the digest are those of the same export without it."""
     actions = np.arange(held_out.shape[0]) % 3
     plain = _export(_net(), tmp_path / "plain.onnx")
-    summarised = _export(
-        _net(), tmp_path / "summary.onnx", training_states=held_out, training_actions=actions
-    )
+    summarised = _export(_net(), tmp_path / "summary.onnx", training_rows=(held_out, actions))
     meta = {p.key: p.value for p in onnx.load(str(summarised)).metadata_props}
     assert model_digest(plain.read_bytes()) == model_digest(summarised.read_bytes())
     assert meta["otonom.digest"] == model_digest(summarised.read_bytes())
     summary = load_rl_policy(summarised).training_summary()
-    assert summary is not None and summary.rows == held_out.shape[0]
+    assert summary is not None
+    assert summary.rows == held_out.shape[0]
     assert summary.actions == pytest.approx([1 / 3, 1 / 3, 1 / 3], abs=1e-2)
     assert summary.predicted_actions is not None
     assert load_rl_policy(plain).training_summary() is None

@@ -370,8 +370,7 @@ def export_onnx(
     parity_states: npt.ArrayLike | None = None,
     atol: float = 1e-5,
     training_run_id: str | None = None,
-    training_states: npt.ArrayLike | None = None,
-    training_actions: npt.ArrayLike | None = None,
+    training_rows: tuple[npt.ArrayLike, npt.ArrayLike] | None = None,
 ) -> Path:
     """Export ``model`` to ONNX at ``path`` (a ``.onnx`` file) with its sha256 sidecar.
 
@@ -384,9 +383,9 @@ def export_onnx(
     ``None``: ``default_parity_states()``) at batch sizes 1, 7 and 256 (rows repeat when there
     are fewer): probabilities and strengths must agree to ``atol``.
 
-    ``training_states`` (N, 34) and ``training_actions`` (N,): the training rows and their
-    labels; when given, their summary (``otonom_runtime.drift.summarize_training``, with the
-    model's own actions on those states) is stored as ``otonom.training_summary`` for
+    ``training_rows``: the training states (N, 34) and their label actions (N,); when given,
+    their summary (``otonom_runtime.drift.summarize_training``, with the model's own actions
+    on those states) is stored as ``otonom.training_summary`` for
     ``otonom monitor``. Metadata only: the graph, the weights and the digest are the same.
 
     Everything is written in a temporary folder beside ``path`` and moved into place only after
@@ -414,8 +413,8 @@ def export_onnx(
         metadata[EXTRA_OUTPUTS_KEY] = json.dumps(list(extras))
     states = _parity_states(parity_states)
     net = copy.deepcopy(model).to("cpu").float().eval()
-    if training_states is not None and training_actions is not None:
-        metadata[TRAINING_SUMMARY_KEY] = _training_summary(net, training_states, training_actions)
+    if training_rows is not None:
+        metadata[TRAINING_SUMMARY_KEY] = _training_summary(net, *training_rows)
 
     return write_sealed(
         out,
@@ -426,9 +425,7 @@ def export_onnx(
     )
 
 
-def _training_summary(
-    net: PolicyNetwork, states: npt.ArrayLike, actions: npt.ArrayLike
-) -> str:
+def _training_summary(net: PolicyNetwork, states: npt.ArrayLike, actions: npt.ArrayLike) -> str:
     """``otonom.training_summary``: the summary of the training rows, with the actions the
     network itself picks on them (argmax of its probabilities, as the runtime does)."""
     from otonom_runtime.drift import summarize_training

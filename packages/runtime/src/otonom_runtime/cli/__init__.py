@@ -2,8 +2,8 @@
 
 Layout: one module per command group (``data``, ``bench``, ``strategy``, ``backtest``,
 ``runs``, ``monitor``), each with an ``add_<group>_commands(commands)`` that
-``_build_parser()`` calls in that order; every leaf command sets ``handler`` to a ``_cmd_*`` function of its module taking
-the parsed arguments and returning the exit status. Shared rooms: ``_shell`` (``run_cli``,
+``_build_parser()`` calls in that order; every leaf command sets ``handler`` to a ``_cmd_*``
+function of its module taking the parsed arguments and returning the exit status. Shared rooms: ``_shell`` (``run_cli``,
 ``add_global_flags``: also ``otonom-train``'s), ``_store`` (``require_store``, ``open_store``)
 and ``_text`` (tables, number formats). Adding a group is one module and one call.
 
