@@ -3,9 +3,10 @@
 Layout: one module per command group (``data``, ``bench``, ``strategy``, ``backtest``,
 ``runs``, ``monitor``), each with an ``add_<group>_commands(commands)`` that
 ``_build_parser()`` calls in that order; every leaf command sets ``handler`` to a ``_cmd_*``
-function of its module taking the parsed arguments and returning the exit status. Shared rooms: ``_shell`` (``run_cli``,
-``add_global_flags``: also ``otonom-train``'s), ``_store`` (``require_store``, ``open_store``)
-and ``_text`` (tables, number formats). Adding a group is one module and one call.
+function of its module taking the parsed arguments and returning the exit status. Shared
+rooms: ``_shell`` (``run_cli``, ``add_global_flags``: also ``otonom-train``'s), ``_store``
+(``require_store``, ``open_store``) and ``_text`` (tables, number formats). Adding a group is
+one module and one call.
 
 Errors: every failure prints one ``error: ...`` line on stderr, never a traceback (a bad-rows
 report or a strategy's problem list adds indented lines below it). An error raised on purpose
