@@ -8,9 +8,16 @@ import argparse
 import datetime as dt
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from otonom_runtime._errors import OtonomRuntimeError
 from otonom_runtime.cli._store import require_store
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from otonom_runtime.monitor import MonitorReport
+    from otonom_runtime.strategy import StrategyConfig
 
 __all__ = ["add_monitor_commands"]
 
@@ -35,10 +42,9 @@ def _window(since: str, end: dt.date) -> dt.date:
     return end - dt.timedelta(days=int(m.group(1)) - 1) if m else dt.date.fromisoformat(since)
 
 
-def _model_path(args: argparse.Namespace, config: object) -> Path:
-    from otonom_runtime.strategy import StrategyConfig, resolve_strategy_model
+def _model_path(args: argparse.Namespace, config: StrategyConfig) -> Path:
+    from otonom_runtime.strategy import resolve_strategy_model
 
-    assert isinstance(config, StrategyConfig)
     if args.model:
         return Path(args.model)
     rl = config.ensemble.rl_policy
@@ -52,13 +58,13 @@ def _model_path(args: argparse.Namespace, config: object) -> Path:
     )
 
 
-def _run_ids(args: argparse.Namespace, session: object, name: str) -> list[int]:
+def _run_ids(args: argparse.Namespace, session: Session, name: str) -> list[int]:
     from otonom_runtime.backtest import INTERNAL_PURPOSES
     from otonom_runtime.store.monitoring import latest_complete_run
 
     if args.run:
         return list(dict.fromkeys(args.run))
-    run = latest_complete_run(session, name, INTERNAL_PURPOSES)  # type: ignore[arg-type]
+    run = latest_complete_run(session, name, INTERNAL_PURPOSES)
     if run is None:
         raise OtonomRuntimeError(
             f"no complete backtest run of strategy {name!r} in the store; expected one (otonom "
@@ -67,13 +73,12 @@ def _run_ids(args: argparse.Namespace, session: object, name: str) -> list[int]:
     return [run.id]
 
 
-def _write_outputs(args: argparse.Namespace, report: object) -> None:
+def _write_outputs(args: argparse.Namespace, report: MonitorReport) -> None:
     """Every requested file, each atomically; a failing chart fails the command before the
     other files are written."""
-    from otonom_runtime.monitor import MonitorReport, prometheus_text
+    from otonom_runtime.monitor import prometheus_text
     from otonom_schema import atomic_write
 
-    assert isinstance(report, MonitorReport)
     if args.plot:
         from otonom_runtime.plots import plot_monitor
 
