@@ -56,8 +56,9 @@ def _drift_bars(session: Any) -> None:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A store with runs 1 (DEMO-A, 2020: the training period), 2 (DEMO-A, 2021) and 3
-    (DRIFT, 2021); a model without summary and the same weights with the summary of run 1."""
+    """A store with runs 1 (DEMO-A, 2020: the training period), 2 (DEMO-A, 2021), 3
+    (DRIFT, 2021) and 4 (run 1 with the summarised model serving as the RL analyst); a model
+    without summary and the same weights with the summary of run 1."""
     tmp = tmp_path_factory.mktemp("monitor")
     url = f"sqlite:///{(tmp / 'otonom.db').as_posix()}"
     init_db(url)
@@ -88,6 +89,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     make_policy_model(
         model, weights=weights, metadata_overrides={TRAINING_SUMMARY_KEY: json.dumps(summary)}
     )
+    with get_session(url) as session:  # run 4: DEMO-A in 2020 with that model serving
+        run_backtest(session, config, ["DEMO-A"], *TRAIN, use_rl=True, policy=load_rl_policy(model))
     strategy = tmp / "strategy.yaml"
     strategy.write_text("name: watched\nmonitoring:\n  min_hit_rate: 0.0\n", encoding="utf-8")
     return {"url": url, "bare": bare, "model": model, "tmp": tmp, "strategy": strategy}
@@ -118,6 +121,16 @@ def test_flags_an_injected_drift(world: dict[str, Any]) -> None:
     assert ("all", "action_chi2_p", ()) in flagged
     strict = _report(world, 1, cfg=MonitoringConfig(min_hit_rate=0.99))
     assert [i.metric for i in strict.alerts] == ["hit_rate", "hit_rate"]  # DEMO-A and all
+
+
+def test_states_are_the_ones_the_backtest_served(world: dict[str, Any]) -> None:
+    """Run 4 served the model: rebuilt states give the RL action of every stored row."""
+    report = _report(world, 4)
+    item = report.value("all", "served_agreement")
+    assert item.value == 1.0
+    assert item.note == "366 rows with a stored RL action"
+    with pytest.raises(KeyError):
+        _report(world, 1).value("all", "served_agreement")  # run 1 served no model
 
 
 def test_model_without_summary(world: dict[str, Any]) -> None:

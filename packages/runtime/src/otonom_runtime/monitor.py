@@ -6,10 +6,12 @@ them through ``RlPolicy.predict_batch``. Per symbol and overall (scope ``all``) 
 holds the model's action mix against the training summary in its metadata
 (``otonom.training_summary``: PSI and a chi-square test, ``otonom_runtime.drift``), the
 strength range, the mean confidence (max probability), the drift of each feature group (mean
-PSI of its features against the training bins) and, from later prices, the hit rate of the
-model's BUY/SELL calls ``horizon`` bars on, overall and by confidence bucket. Thresholds are
-the strategy's ``monitoring`` section (``MonitoringConfig``); a model without a summary gets
-``n/a`` ("no training summary") for the items that need it.
+PSI of its features against the training bins), from later prices the hit rate of the
+model's BUY/SELL calls ``horizon`` bars on, overall and by confidence bucket, and (when the run
+served an RL model) how often the model picks the RL action the decision row stored
+(``served_agreement``: 1.0 when it is the model the run served). Thresholds are the
+strategy's ``monitoring`` section (``MonitoringConfig``); a model without a summary gets ``n/a``
+("no training summary") for the items that need it.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class _Scope:
     confidence: npt.NDArray[np.float32]
     called: npt.NDArray[np.bool_]
     hit: npt.NDArray[np.bool_]
+    served: npt.NDArray[np.int64]  # the RL action the decision row stored, -1: none
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,11 @@ def _output_items(scope: str, s: _Scope, cfg: MonitoringConfig) -> list[Item]:
         Item(scope, "strength_max", float(s.strengths.max())),
         Item(scope, "confidence_mean", float(s.confidence.mean())),
     ]
+    stored = s.served >= 0
+    if stored.any():  # the run served an RL model: does this one answer as it did?
+        same = float(np.mean(s.actions[stored] == s.served[stored]))
+        note = f"{int(stored.sum())} rows with a stored RL action"
+        items.append(Item(scope, "served_agreement", same, note=note))
     calls = int(s.called.sum())
     rate = float(s.hit[s.called].mean()) if calls else None
     items.append(Item(scope, "calls", float(calls)))
@@ -245,7 +253,8 @@ def _scope(
     states = builder.build_states(symbol, list(rows["date"]), portfolio)
     actions, strengths, probs = policy.predict_batch(states)
     called, hit = _outcomes(session, symbol, list(rows["date"]), actions, horizon)
-    return _Scope(states, actions, strengths, probs.max(axis=1), called, hit)
+    served = np.array([-1 if a is None else a for a in rows["rl_action"]], dtype=np.int64)
+    return _Scope(states, actions, strengths, probs.max(axis=1), called, hit, served)
 
 
 def _concat(scopes: Sequence[_Scope]) -> _Scope:
@@ -309,6 +318,7 @@ _HELP: Final = {
     "strength_min": "smallest strength",
     "strength_max": "largest strength",
     "confidence_mean": "mean prediction confidence (max probability)",
+    "served_agreement": "share of rows where the model picks the RL action the run stored",
     "calls": "BUY/SELL calls with a known outcome",
     "hit_rate": "share of BUY/SELL calls the price then followed",
     "bucket_calls": "calls in a confidence bucket",
