@@ -169,10 +169,18 @@ def _action_items(
         *items,
         Item(scope, "action_psi", value, "n/a" if few else _judge_psi(value, cfg),
              note=_too_few(n, cfg) if few else ""),
-        Item(scope, "action_chi2_p", p,
-             "n/a" if few else ("alert" if p < cfg.chi2_p_value else "ok"),
+        Item(scope, "action_chi2_p", p, "n/a" if few else _judge_chi2(p, value, cfg),
              note=_too_few(n, cfg) if few else ""),
     ]  # fmt: skip
+
+
+def _judge_chi2(p: float, action_psi: float, cfg: MonitoringConfig) -> str:
+    """The action mix's test: significant (p below ``chi2_p_value``) *and* large (its PSI at
+    ``psi_warn`` or more) alerts; significant but small warns (on thousands of rows the test
+    finds differences of a point or two); else ok."""
+    if p >= cfg.chi2_p_value:
+        return "ok"
+    return "alert" if action_psi >= cfg.psi_warn else "warn"
 
 
 def _drift_items(
