@@ -268,9 +268,10 @@ class MonitoringConfig(_Checked):
     ``psi_warn`` < ``psi_alert`` (> 0): population stability index of the action mix and of
     each feature group against the training summary that warns / alerts (0.1 / 0.25, the usual
     rule of thumb); ``chi2_p_value`` in (0, 1): the action mix's chi-square p-value below
-    which it alerts when its PSI is at ``psi_warn`` or more (warns when smaller); ``min_hit_rate`` in [0, 1]: the share of the model's BUY/SELL calls that
-    must be right ``horizon`` bars later (int in [1, 60]); ``min_rows`` (int >= 1): fewer
-    rows (or calls) than this in a scope are reported but not judged.
+    which it alerts when its PSI is at ``psi_warn`` or more (warns when smaller);
+    ``min_hit_rate`` in [0, 1]: the share of the model's BUY/SELL calls that must be right
+    ``horizon`` bars later (int in [1, 60]); ``min_rows`` (int >= 1): fewer rows (or calls)
+    than this in a scope are reported but not judged.
     """
 
     psi_warn: float = field(default=0.10, metadata=rule(gt=0, le=10))
