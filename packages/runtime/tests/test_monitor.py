@@ -224,6 +224,15 @@ def test_cli_run_outputs_and_errors(world: dict[str, Any]) -> None:
     assert bad.stderr.count("\n") == 1
     assert bad.stderr.startswith("error: run(s) [99]")
     assert not missing.exists()
+    (tmp / "afile").write_text("x", encoding="utf-8")  # a JSON target under a file: fails
+    chart = tmp / "late.png"
+    failing = _otonom(
+        *base, "--run", "1", f"--plot={chart}", f"--json={tmp / 'afile' / 'r.json'}", cwd=tmp
+    )
+    assert failing.returncode == 1
+    assert failing.stderr.startswith("error: ")
+    assert failing.stderr.count("\n") == 1
+    assert not chart.exists()  # the chart written before the failure is removed again
 
 
 def test_strategy_monitoring_section_errors_name_file_and_line(tmp_path: Path) -> None:

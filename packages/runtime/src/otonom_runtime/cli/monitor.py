@@ -74,19 +74,29 @@ def _run_ids(args: argparse.Namespace, session: Session, name: str) -> list[int]
 
 
 def _write_outputs(args: argparse.Namespace, report: MonitorReport) -> None:
-    """Every requested file, each atomically; a failing chart fails the command before the
-    other files are written."""
+    """Every requested file, each atomically (parent folders made); when one fails, those
+    this call wrote are removed again, so a failing command leaves nothing."""
     from otonom_runtime.monitor import prometheus_text
     from otonom_schema import atomic_write
 
-    if args.plot:
-        from otonom_runtime.plots import plot_monitor
+    texts = {"json": report.json_text(), "prometheus": prometheus_text(report)}
+    written: list[tuple[str, Path]] = []
+    try:
+        if args.plot:
+            from otonom_runtime.plots import plot_monitor
 
-        print(f"dashboard: {plot_monitor(report, args.plot)}")
-    if args.json:
-        print(f"json: {atomic_write(args.json, report.json_text())}")
-    if args.prometheus:
-        print(f"prometheus: {atomic_write(args.prometheus, prometheus_text(report))}")
+            written.append(("dashboard", plot_monitor(report, args.plot)))
+        for kind in ("json", "prometheus"):
+            target = getattr(args, kind)
+            if target:
+                Path(target).parent.mkdir(parents=True, exist_ok=True)
+                written.append((kind, atomic_write(target, texts[kind])))
+    except BaseException:
+        for _, path in written:
+            path.unlink(missing_ok=True)
+        raise
+    for kind, path in written:
+        print(f"{kind}: {path}")
 
 
 def _cmd_monitor(args: argparse.Namespace) -> int:
@@ -161,7 +171,10 @@ def add_monitor_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         type=int,
         action="append",
         default=None,
-        help="backtest run id to watch (repeat; default: the strategy's newest complete run)",
+        help=(
+            "backtest run id to watch (repeat; runs that overlap in symbol and date count "
+            "twice; default: the strategy's newest complete run)"
+        ),
     )
     p.add_argument("--symbol", action="append", default=None, help="only this symbol (repeat)")
     p.add_argument("--model", default=None, help="this .onnx model instead of the strategy's")
