@@ -292,7 +292,7 @@ def test_every_readme_snippet_runs_in_order(tmp_path: Path) -> None:
 def test_every_snippet_runs_in_order(tmp_path: Path) -> None:
     ran, checked = _run_in_order(GUIDE, tmp_path, ("strategies", "scripts"))
     assert ran == len([b for b in _blocks() if b.lang in {"bash", "python"}]) - len(NOT_RUN)
-    assert checked == 2
+    assert checked == 3
     # what the walkthrough promises to leave behind
     for path in (
         "data/otonom.db",

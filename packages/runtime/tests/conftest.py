@@ -382,6 +382,7 @@ def _make_v3_store(url: str) -> dict[str, int]:
             session.add(run)
             session.flush()
             ids[key] = run.id
+    _make_v4_store(url)
     engine = get_engine(url)
     with engine.begin() as conn:
         for column in V3_RUN_COLUMNS:
@@ -389,6 +390,47 @@ def _make_v3_store(url: str) -> dict[str, int]:
         conn.execute(text("UPDATE store_meta SET value = '3' WHERE key = 'store_version'"))
     dispose_engines()
     return ids
+
+
+# --- store version 4 (decisions without live_strategy and its unique index) --------------------
+
+
+def _make_v4_store(url: str) -> None:
+    """Turn the (initialised) store at ``url`` into a store of version 4: ``decisions``
+    without ``live_strategy`` and the ``ix_decisions_live`` index."""
+    with get_engine(url).begin() as conn:
+        conn.execute(text("DROP INDEX ix_decisions_live"))
+        conn.execute(text("ALTER TABLE decisions DROP COLUMN live_strategy"))
+        conn.execute(text("UPDATE store_meta SET value = '4' WHERE key = 'store_version'"))
+    dispose_engines()
+
+
+@pytest.fixture
+def make_v4_store() -> Callable[[str], None]:
+    """``make_v4_store(url)``: the store at ``url`` as store version 4 left it."""
+    return _make_v4_store
+
+
+def _decision_layout(url: str) -> dict[str, Any]:
+    """The ``decisions`` table's columns (name, type, nullable) and indexes (name, columns,
+    unique), sorted: comparable across stores."""
+    with get_engine(url).connect() as conn:
+        info = inspect(conn)
+        return {
+            "columns": sorted(
+                (c["name"], str(c["type"]), c["nullable"]) for c in info.get_columns("decisions")
+            ),
+            "indexes": sorted(
+                (i["name"], tuple(i["column_names"]), bool(i["unique"]))
+                for i in info.get_indexes("decisions")
+            ),
+        }
+
+
+@pytest.fixture
+def decision_layout() -> Callable[[str], dict[str, Any]]:
+    """``decision_layout(url)``: the ``decisions`` table's columns and indexes, sorted."""
+    return _decision_layout
 
 
 @pytest.fixture

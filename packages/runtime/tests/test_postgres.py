@@ -295,7 +295,9 @@ def test_a_version_3_store_is_upgraded_in_place(
     init_db(pg)
     assert run_columns(pg) == fresh
     with get_session(pg) as session:
-        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "4"
+        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == str(
+            STORE_VERSION
+        )
         old = session.get_one(BacktestRun, ids["old"])
         assert (old.status, old.host, old.pid, old.heartbeat_at) == ("failed", None, None, None)
         assert (old.error or "").startswith("interrupted: no heartbeat for ")
@@ -330,6 +332,40 @@ def test_a_3_to_4_upgrade_that_fails_midway_completes_on_the_next_init_db(
     assert run_columns(pg) == v3
     init_db(pg)
     assert run_columns(pg) == fresh
+
+
+# --- store version 4 -> 5 on PostgreSQL -------------------------------------------------------
+
+
+@pytest.mark.parametrize("step", [None, "CREATE UNIQUE INDEX", "UPDATE store_meta"])
+def test_a_version_4_store_is_upgraded_in_place_even_after_a_failure_midway(
+    pg: str,
+    make_v4_store: Any,
+    decision_layout: Any,
+    fail_at: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    step: str | None,
+) -> None:
+    """``live_strategy`` and ``ix_decisions_live`` are added in place (the layout of a fresh
+    store); one transaction: a failure (``step``) leaves version 4 as it was, and the next
+    ``init_db`` does the whole upgrade."""
+    fresh = decision_layout(pg)
+    make_v4_store(pg)
+    v4 = decision_layout(pg)
+    assert v4 != fresh
+    if step is not None:
+        fail_at(monkeypatch, step)
+        with pytest.raises(RuntimeError, match="interrupted"):
+            init_db(pg)
+        monkeypatch.undo()
+        dispose_engines()
+        with get_engine(pg).connect() as conn:
+            assert conn.execute(text("SELECT value FROM store_meta")).scalar_one() == "4"
+        assert decision_layout(pg) == v4
+    init_db(pg)
+    assert decision_layout(pg) == fresh
+    with get_session(pg) as session:
+        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "5"
 
 
 def test_the_readers_read_postgresql_dates_as_numbers(

@@ -889,7 +889,9 @@ def test_a_version_3_store_is_upgraded_in_place_and_its_stale_running_run_marked
     init_db(fresh)
     assert run_columns(db_url) == run_columns(fresh)
     with get_session(db_url) as session:
-        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "4"
+        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == str(
+            STORE_VERSION
+        )
         old = session.get_one(BacktestRun, ids["old"])
         new = session.get_one(BacktestRun, ids["new"])
         assert (old.host, old.pid, old.process_start, old.heartbeat_at) == (None,) * 4
@@ -937,8 +939,106 @@ def test_a_3_to_4_upgrade_that_fails_at_any_step_completes_on_the_next_init_db(
     init_db(fresh)
     assert run_columns(db_url) == run_columns(fresh)
     with get_session(db_url) as session:
-        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "4"
+        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == str(
+            STORE_VERSION
+        )
         assert session.get_one(BacktestRun, ids["new"]).status == "running"
+
+
+# --- store version 4 -> 5: live decisions and their key -----------------------------------------
+
+
+def _one_decision(url: str, live_strategy: str | None = None) -> None:
+    """A run and one decision of symbol ``S`` on D0 (``live_strategy``: marked live)."""
+    with get_session(url) as session:
+        symbol, _ = get_or_create_symbol(session, "S", source="test")
+        run = BacktestRun(
+            strategy_name="v4", strategy_hash="0" * 64, start_date=D0, end_date=D0, symbols=["S"]
+        )
+        session.add(run)
+        session.flush()
+        values = {"live_strategy": live_strategy} if live_strategy is not None else {}
+        session.add(
+            Decision(
+                run_id=run.id,
+                symbol_id=symbol.id,
+                date=D0,
+                action=1,
+                strength=0.5,
+                position=0.0,
+                leverage=0.0,
+                cash_fraction=1.0,
+                days_since_last_trade=math.inf,
+                equity=100.0,
+                **values,
+            )
+        )
+
+
+def test_a_version_4_store_is_upgraded_in_place_keeping_its_decisions_as_backtest_rows(
+    db_url: str, make_v4_store: Any, decision_layout: Any, tmp_path: Path
+) -> None:
+    """``live_strategy`` is added (NULL on the stored decisions) with the unique index: the
+    layout then equals a fresh store's, and the index holds one live decision per strategy,
+    symbol and date while backtest rows (NULL) never collide."""
+    _one_decision(db_url)
+    fresh = _sqlite(tmp_path / "fresh.db")
+    init_db(fresh)
+    make_v4_store(db_url)
+    assert decision_layout(db_url) != decision_layout(fresh)
+    with (
+        pytest.raises(StoreError, match=r"store version 4; .* upgrade it in place"),
+        get_session(db_url),
+    ):
+        pass
+    init_db(db_url)
+    assert decision_layout(db_url) == decision_layout(fresh)
+    with get_session(db_url) as session:
+        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "5"
+        assert session.execute(select(Decision.live_strategy)).scalars().all() == [None]
+    _one_decision(db_url)  # another backtest row for the same symbol and date: fine
+    _one_decision(db_url, "live-a")
+    _one_decision(db_url, "live-b")
+    with pytest.raises(IntegrityError):
+        _one_decision(db_url, "live-a")
+    init_db(db_url)  # idempotent on the upgraded store
+
+
+_V5_STEPS = (
+    "ALTER TABLE decisions ADD COLUMN live_strategy",
+    "CREATE UNIQUE INDEX IF NOT EXISTS ix_decisions_live",
+    "UPDATE store_meta",
+)
+
+
+@pytest.mark.parametrize("step", _V5_STEPS)
+def test_a_4_to_5_upgrade_that_fails_at_any_step_completes_on_the_next_init_db(
+    db_url: str,
+    make_v4_store: Any,
+    decision_layout: Any,
+    fail_at: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    step: str,
+    tmp_path: Path,
+) -> None:
+    """A failure at any step leaves version 4 (the version is written last) and the next
+    ``init_db`` finishes the upgrade: the layout of a fresh store, the decision kept."""
+    _one_decision(db_url)
+    make_v4_store(db_url)
+    made = fail_at(monkeypatch, step)
+    with pytest.raises(RuntimeError, match=f"interrupted at {step}"):
+        init_db(db_url)
+    assert any(sql.lstrip().startswith(step) for sql in made)
+    monkeypatch.undo()
+    dispose_engines()
+    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as raw:
+        assert raw.execute("SELECT value FROM store_meta").fetchone() == ("4",)
+    init_db(db_url)
+    fresh = _sqlite(tmp_path / "fresh.db")
+    init_db(fresh)
+    assert decision_layout(db_url) == decision_layout(fresh)
+    with get_session(db_url) as session:
+        assert session.execute(select(Decision.live_strategy)).scalars().all() == [None]
 
 
 def test_impossible_day_text_is_refused_as_the_orm_refuses_it(db_url: str, add_bars: Any) -> None:

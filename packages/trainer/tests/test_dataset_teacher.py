@@ -218,3 +218,22 @@ def test_runs_list_and_show_mark_the_gate_run_internal(runs: Runs) -> None:
     assert listing.splitlines()[-1].startswith("* internal: a run made by otonom-train check")
     assert "made by     gate (internal)" in otonom("runs", "show", str(runs.gate))
     assert "made by     user\n" in otonom("runs", "show", str(runs.teacher))
+
+
+def test_a_live_tick_is_never_the_teacher(tmp_path: Path) -> None:
+    """A daemon tick with the RL analyst off (``otonom_runtime.daemon``) is a complete run
+    deciding SYM's last day, newer than the backtest: it is internal (``live``), so the
+    backtest still teaches that day."""
+    from otonom_runtime.daemon import Ensemble, PaperBroker, run_tick
+
+    url = f"sqlite:///{(tmp_path / 'otonom.db').as_posix()}"
+    init_db(url)
+    span = (dt.date(2021, 6, 1), dt.date(2021, 6, 30))
+    with get_session(url) as session:
+        write_synthetic(session, [SYM], FIRST, span[1], 5)
+        teacher = run_backtest(session, load_strategy(BASELINE), [SYM], *span).run_id
+        tick = run_tick(session, Ensemble.from_strategy(BASELINE), [SYM], PaperBroker())
+        assert tick.run_id is not None
+        assert tick.run_id > teacher
+        ds = OfflineDatasetGenerator(session).generate_dataset(SYM, span[1], span[1])
+    assert ds.metadata["symbol_runs"] == {SYM: teacher}

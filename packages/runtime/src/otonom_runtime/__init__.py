@@ -6,8 +6,8 @@ almost nothing and a daemon that only predicts never imports SQLAlchemy. It neve
 torch, and importing it creates no engine, session or file.
 
 Submodules (public): ``store``, ``importers``, ``synth``, ``builder``, ``policy``,
-``strategy``, ``ensemble``, ``backtest``, ``metrics``, ``plots``, ``bench``, ``cli``, ``testing``,
-``integrity``.
+``strategy``, ``ensemble``, ``backtest``, ``daemon``, ``metrics``, ``plots``, ``bench``, ``cli``,
+``testing``, ``integrity``.
 """
 
 import importlib
@@ -16,6 +16,7 @@ from typing import Any as _Any
 
 from otonom_runtime._errors import (
     BacktestError,
+    DaemonError,
     DataImportError,
     ModelSchemaMismatchError,
     OtonomRuntimeError,
@@ -29,6 +30,7 @@ from otonom_runtime._errors import (
 if _TYPE_CHECKING:
     from otonom_runtime.backtest import BacktestReport, run_backtest
     from otonom_runtime.builder import RlStateBuilder
+    from otonom_runtime.daemon import Ensemble
     from otonom_runtime.ensemble import Signal, aggregate_signals
     from otonom_runtime.importers import ImportReport, import_ohlcv_csv, import_sentiment_csv
     from otonom_runtime.policy import RlPolicy, load_rl_policy
@@ -48,6 +50,7 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "BacktestReport": "otonom_runtime.backtest",
     "run_backtest": "otonom_runtime.backtest",
+    "Ensemble": "otonom_runtime.daemon",
     "Signal": "otonom_runtime.ensemble",
     "aggregate_signals": "otonom_runtime.ensemble",
     "StrategyConfig": "otonom_runtime.strategy",
@@ -71,7 +74,9 @@ _LAZY: dict[str, str] = {
 __all__ = [
     "BacktestError",
     "BacktestReport",
+    "DaemonError",
     "DataImportError",
+    "Ensemble",
     "ImportReport",
     "ModelSchemaMismatchError",
     "OtonomRuntimeError",

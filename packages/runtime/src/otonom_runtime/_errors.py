@@ -13,6 +13,8 @@
         │                                      ``problems`` lists every one (file:line: key.path)
         ├── BacktestError (+ ValueError)       a backtest request that cannot run (no symbols,
         │                                      start after end, an unknown purpose)
+        ├── DaemonError (+ ValueError)         a daemon request that cannot run (no symbols, a
+        │                                      bad universe file or interval)
         ├── PlotUnavailableError (+ RuntimeError)  a PNG chart without matplotlib installed
         │                                      (defined in ``otonom_runtime.plots``)
         └── PolicyError (+ ValueError)         a model file that is missing, invalid, has the
@@ -36,6 +38,7 @@ from otonom_schema import SchemaMismatchError
 
 __all__ = [
     "BacktestError",
+    "DaemonError",
     "DataImportError",
     "ModelSchemaMismatchError",
     "OtonomRuntimeError",
@@ -84,6 +87,10 @@ class StrategyError(OtonomRuntimeError, ValueError):
 
 class BacktestError(OtonomRuntimeError, ValueError):
     """A backtest request that cannot run (checked before anything is stored)."""
+
+
+class DaemonError(OtonomRuntimeError, ValueError):
+    """A daemon request that cannot run: no symbols, a bad universe file, a bad interval."""
 
 
 class PolicyError(OtonomRuntimeError, ValueError):

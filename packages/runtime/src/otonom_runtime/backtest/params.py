@@ -29,8 +29,10 @@ BUST_FLOOR: Final = 1e-6
 
 RUN_PURPOSES: Final = ("user", "pipeline", "walk-forward", "gate", "evaluation")
 """What ``run_backtest(purpose=...)`` accepts; stored as the run's ``params["purpose"]``."""
-INTERNAL_PURPOSES: Final = ("gate", "evaluation")
-"""Purposes of the runs a command makes to judge a model: never a dataset's teacher."""
+INTERNAL_PURPOSES: Final = ("gate", "evaluation", "live")
+"""Purposes of runs that are never a dataset's teacher: those a command makes to judge a model
+(``gate``, ``evaluation``) and the daemon's ticks (``live``, ``otonom_runtime.daemon``: not
+backtests, written by the daemon, never by ``run_backtest``)."""
 
 
 @dataclass(frozen=True)

@@ -61,8 +61,8 @@ def _first_line(error: str, limit: int = 240) -> str:
 
 
 _INTERNAL_NOTE = (
-    "* internal: a run made by otonom-train check (gate) or to judge a model (evaluation); "
-    "never a dataset's teacher"
+    "* internal: a run made by otonom-train check (gate), to judge a model (evaluation) or "
+    "a daemon tick (live); never a dataset's teacher"
 )
 
 

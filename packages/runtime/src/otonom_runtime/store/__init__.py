@@ -47,6 +47,8 @@ The rooms (every SQL statement of the project lives in this package):
 * ``readers``: symbols, bars and sentiment as ``otonom_schema`` types, and the stored rows the
   importers and the synthetic market compare against (``stored_bars`` ...).
 * ``live``: the live state builder's per-tick probe (``probe_latest``), one prebuilt statement.
+* ``ticks``: the daemon tick's batched reads (bars, news, earlier live decisions of many
+  symbols, one statement each) and its one write (``record_tick``).
 * ``writers``: the importers' and the synthetic market's inserts, updates and deletes.
 * ``datasets``: the reads of offline dataset generation (``otonom_trainer.dataset``).
 * ``monitoring``: the reads of ``otonom monitor`` (the run to watch, its decisions in a window).

@@ -1,4 +1,4 @@
-"""In-place upgrades of older stores, one version at a time (1 -> 2 -> 3 -> 4).
+"""In-place upgrades of older stores, one version at a time (1 -> 2 -> 3 -> 4 -> 5).
 
 Each upgrade is resumable (every step skipped or repeated safely when ``init_db`` runs again)
 and safe against a concurrent upgrade (whichever comes second finds the new version and
@@ -7,7 +7,7 @@ stops). ``init_db`` (``otonom_runtime.store.sessions``) runs them.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from sqlalchemy import (
     Dialect,
@@ -15,6 +15,7 @@ from sqlalchemy import (
     Engine,
     Integer,
     String,
+    Table,
     UniqueConstraint,
     func,
     inspect,
@@ -269,5 +270,50 @@ def _upgrade_from_3(engine: Engine) -> None:
         ) from None
 
 
-_UPGRADES: Final = {1: _upgrade_from_1, 2: _upgrade_from_2, 3: _upgrade_from_3}
+def _upgrade_from_4(engine: Engine) -> None:
+    """Store version 4 -> 5: ``decisions`` gets ``live_strategy`` (NULL on the stored
+    decisions: every one is a backtest's) and the unique index ``ix_decisions_live`` on
+    (live_strategy, symbol_id, date), and ``store_version`` becomes 5.
+
+    Resumable, as ``_upgrade_from_3``: the column is added only if missing, the index only if
+    missing (``CREATE UNIQUE INDEX IF NOT EXISTS``, the same statement on SQLite and
+    PostgreSQL), the version written last. A concurrent upgrade is fine too: whichever comes
+    second finds version 5 and stops.
+    """
+    table = Decision.__tablename__
+    try:
+        with engine.begin() as conn:
+            stored = conn.execute(
+                select(StoreMeta.value).where(StoreMeta.key == "store_version")
+            ).scalar_one()
+            if stored != "4":
+                return
+            present = {c["name"] for c in inspect(conn).get_columns(table)}
+            if "live_strategy" not in present:
+                kind = Decision.__table__.c["live_strategy"].type.compile(dialect=conn.dialect)
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN live_strategy {kind}"))
+            index = next(i for i in _DECISIONS.indexes if i.name == _V5_INDEX)
+            columns = ", ".join(c.name for c in index.columns)
+            conn.execute(
+                text(f"CREATE UNIQUE INDEX IF NOT EXISTS {_V5_INDEX} ON {table} ({columns})")
+            )
+            _set_version(conn, 5)
+    except sa_exc.DBAPIError as exc:
+        if (_read_version(engine) or 0) >= 5:
+            return  # upgraded by a concurrent init_db
+        raise StoreError(
+            f"cannot upgrade database {_safe(engine.url)} from store version 4 to 5: {exc.orig}"
+        ) from None
+
+
+_DECISIONS: Final = cast("Table", Decision.__table__)
+_V5_INDEX: Final = "ix_decisions_live"
+"""The unique index store version 5 added to ``decisions`` (the live decisions' key)."""
+
+_UPGRADES: Final = {
+    1: _upgrade_from_1,
+    2: _upgrade_from_2,
+    3: _upgrade_from_3,
+    4: _upgrade_from_4,
+}
 """The in-place upgrade from each older store version to the next one."""

@@ -34,8 +34,9 @@ def init_db(url_or_engine: str | Engine | None = None) -> Engine:
     """Create every table and the ``store_version`` row; idempotent. Returns the engine.
 
     An older store is upgraded in place first, one version at a time (1 -> 2: see
-    ``Decision``; 2 -> 3: see ``MacroSentiment``; 3 -> 4: see ``BacktestRun``; nothing is
-    lost). Then ``fail_interrupted_runs`` marks the runs whose process is gone ``failed``.
+    ``Decision``; 2 -> 3: see ``MacroSentiment``; 3 -> 4: see ``BacktestRun``; 4 -> 5: see
+    ``Decision.live_strategy``; nothing is lost). Then ``fail_interrupted_runs`` marks the
+    runs whose process is gone ``failed``.
     Raises ``StoreError`` when the database cannot be opened or was made by another store
     version.
     """

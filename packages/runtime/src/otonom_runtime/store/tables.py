@@ -19,6 +19,7 @@ from sqlalchemy import (
     Dialect,
     Double,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -47,10 +48,10 @@ __all__ = [
     "Symbol",
 ]
 
-STORE_VERSION: Final = 4
+STORE_VERSION: Final = 5
 """Version of the table layout, written to ``store_meta`` by ``init_db`` (which upgrades an
 older store in place: version 1 -> 2 see ``Decision``, 2 -> 3 see ``MacroSentiment``, 3 -> 4
-see ``BacktestRun``)."""
+see ``BacktestRun``, 4 -> 5 see ``Decision.live_strategy``)."""
 
 RUN_STATUSES: Final = ("running", "complete", "failed")
 
@@ -239,10 +240,20 @@ class Decision(Base):
     ``{analyst: {"action": int, "strength": float, "confidence": float} | None}``.
     (Store version 1 kept that dict as JSON text: formatting the floats cost more than the
     whole simulation, and SQL could not query it.)
+
+    ``live_strategy``: the strategy's name on a live decision (``otonom daemon``: its run's
+    ``params["purpose"]`` is ``"live"``), NULL on a backtest's. The unique index
+    ``ix_decisions_live`` on (live_strategy, symbol_id, date) is the live decisions' key: one
+    per strategy, symbol and bar date, whatever run wrote it (NULLs never collide, so backtest
+    rows are not constrained by it). Store version 4 had neither: the in-place upgrade adds
+    the column (NULL on every stored decision) and the index.
     """
 
     __tablename__ = "decisions"
-    __table_args__ = (UniqueConstraint("run_id", "symbol_id", "date"),)
+    __table_args__ = (
+        UniqueConstraint("run_id", "symbol_id", "date"),
+        Index("ix_decisions_live", "live_strategy", "symbol_id", "date", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("backtest_runs.id", ondelete="CASCADE"))
@@ -267,6 +278,7 @@ class Decision(Base):
     rl_action: Mapped[int | None] = mapped_column(Integer)
     rl_strength: Mapped[float | None]
     rl_confidence: Mapped[float | None]
+    live_strategy: Mapped[str | None] = mapped_column(String(128))
 
     @property
     def signals(self) -> dict[str, dict[str, Any] | None]:

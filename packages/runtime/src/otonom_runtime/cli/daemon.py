@@ -1,0 +1,101 @@
+"""``otonom daemon``: decide each symbol's newest bar not yet decided, in paper mode, once or
+every interval until SIGINT/SIGTERM (``otonom_runtime.daemon``)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from otonom_runtime._errors import DaemonError
+from otonom_runtime.cli._store import require_store
+from otonom_schema import parse_iso_date
+
+__all__ = ["add_daemon_commands"]
+
+
+def _universe(path: Path) -> list[str]:
+    """The symbols of a universe file: one a line, blank lines and ``#`` comments skipped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DaemonError(f"cannot read universe file {path}: {exc}") from None
+    names = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    symbols = list(dict.fromkeys(name for name in names if name))
+    if not symbols:
+        raise DaemonError(f"universe file {path} names no symbol; expected one symbol a line")
+    return symbols
+
+
+def _symbols(args: argparse.Namespace) -> Callable[[], Sequence[str]]:
+    if args.universe is not None:
+        universe = Path(args.universe)
+        _universe(universe)  # a bad file fails before the first tick
+        return lambda: _universe(universe)
+    symbols = list(dict.fromkeys(args.symbols))
+    return lambda: symbols
+
+
+def _cmd_daemon(args: argparse.Namespace) -> int:
+    from otonom_runtime.daemon import Ensemble, PaperBroker, parse_interval, run_daemon
+    from otonom_runtime.store import get_session, init_db
+
+    interval_s = parse_interval(args.interval)
+    symbols = _symbols(args)
+    url = require_store(args.database_url)
+    init_db(url)  # upgrades an older store, marks interrupted runs failed
+    ensemble = Ensemble.from_strategy(args.strategy_path, use_rl=False if args.no_rl else None)
+    if ensemble.rl_error is not None:
+        print(f"RL analyst not in service, deciding without it: {ensemble.rl_error}", flush=True)
+    run_daemon(
+        lambda: get_session(url),
+        ensemble,
+        symbols,
+        PaperBroker(),
+        once=args.once,
+        interval_s=interval_s,
+        as_of=args.as_of,
+        report=lambda r: print(r.summary(), flush=True),
+    )
+    return 0
+
+
+def add_daemon_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "daemon",
+        help="decide each symbol's newest bar live (paper mode), once or every interval",
+        description=(
+            "Each tick decides, for every symbol whose newest stored bar the strategy has not "
+            "decided live yet, the ensemble's action at that bar's close (all symbols at once: "
+            "the backtester's states and vote) and records the decisions in the store, marked "
+            "live, in one transaction. Paper mode: positions are the live decisions filled at "
+            "the next open by the backtester's rules. Re-running on the same bars records "
+            "nothing. New bars come from another process (`otonom data import-csv`). SIGINT "
+            "or SIGTERM let the tick in progress finish its write, then it exits."
+        ),
+    )
+    p.add_argument(
+        "--strategy-path", required=True, help="strategy YAML, e.g. strategies/baseline_v1.yaml"
+    )
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--symbols", nargs="+", metavar="SYMBOL", help="the symbols to decide")
+    which.add_argument(
+        "--universe",
+        metavar="FILE",
+        help="a file of symbols, one a line (# comments), read again at every tick",
+    )
+    p.add_argument("--once", action="store_true", help="one tick, then exit")
+    p.add_argument(
+        "--interval",
+        default="1d",
+        help="time between ticks: a whole number and s, m, h or d (default 1d)",
+    )
+    p.add_argument(
+        "--as-of",
+        type=parse_iso_date,
+        default=None,
+        metavar="DATE",
+        help="decide the newest bars on or before DATE (YYYY-MM-DD; default: the newest stored)",
+    )
+    p.add_argument("--no-rl", action="store_true", help="switch the RL analyst off")
+    p.set_defaults(handler=_cmd_daemon)

@@ -1,0 +1,46 @@
+"""The decision tick and the daemon: the runtime deciding live, with no torch.
+
+* ``tick``: ``Ensemble`` (a strategy's analysts and model, loaded once;
+  ``Ensemble.from_strategy(path)``) whose ``decide(session, symbols, date, portfolios)``
+  decides many symbols at once and returns each ``TickDecision`` with every analyst's signal:
+  the reads batched (``read_tick``: one statement for all the bars, one for all the news),
+  the analysts vectorised, the policy through ``predict_batch``, the vote by the backtester's
+  ``decide_rows``. ``decide_states`` is the same on states a caller built.
+* ``paper``: the ``Broker`` protocol (where a broker plugs in) and ``PaperBroker``, whose
+  positions are the strategy's live decisions replayed through the backtester's sleeve.
+* ``loop``: ``run_tick`` (each symbol's newest bar not yet decided, decided and recorded in
+  one transaction: the whole tick or nothing; a second tick on the same bars records nothing)
+  and ``run_daemon`` (a tick every interval; SIGINT/SIGTERM let the tick in progress finish
+  its write, then it exits).
+
+Live decisions are stored as backtest decisions are, in ``decisions``, marked by
+``live_strategy`` (the strategy's name), under a run row per tick whose
+``params["purpose"]`` is ``"live"`` (internal: never a dataset's teacher). The store's unique
+index on (live_strategy, symbol_id, date) makes one live decision per strategy, symbol and
+bar, whichever process writes it.
+"""
+
+from otonom_runtime.daemon.loop import (
+    LIVE_PURPOSE,
+    TickReport,
+    parse_interval,
+    run_daemon,
+    run_tick,
+)
+from otonom_runtime.daemon.paper import Broker, Holding, PaperBroker
+from otonom_runtime.daemon.tick import Ensemble, SymbolInputs, TickDecision, read_tick
+
+__all__ = [
+    "LIVE_PURPOSE",
+    "Broker",
+    "Ensemble",
+    "Holding",
+    "PaperBroker",
+    "SymbolInputs",
+    "TickDecision",
+    "TickReport",
+    "parse_interval",
+    "read_tick",
+    "run_daemon",
+    "run_tick",
+]

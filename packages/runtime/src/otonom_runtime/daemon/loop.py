@@ -1,0 +1,270 @@
+"""The daemon's tick and loop: ``run_tick`` (decide every symbol's newest bar not yet decided
+and record it, one transaction) and ``run_daemon`` (ticks every interval until stopped)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any, Final
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from otonom_runtime._errors import DaemonError
+from otonom_runtime.backtest.runner import _rl_model_params
+from otonom_runtime.daemon.paper import Broker, Holding
+from otonom_runtime.daemon.tick import Ensemble, SymbolInputs, TickDecision, read_tick
+from otonom_runtime.ensemble import ANALYSTS
+from otonom_runtime.store import BacktestRun, this_process
+from otonom_runtime.store.ticks import load_live_decisions, record_tick
+from otonom_schema import Action
+
+__all__ = ["LIVE_PURPOSE", "TickReport", "parse_interval", "run_daemon", "run_tick"]
+
+log = logging.getLogger("otonom_runtime.daemon")
+
+LIVE_PURPOSE: Final = "live"
+"""The ``params["purpose"]`` of a tick's run row (internal: never a dataset's teacher)."""
+_FAR: Final = dt.date(9999, 12, 31)
+_INTERVAL: Final = re.compile(r"^(\d+)([smhd])$")
+_UNIT_S: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_interval(text: str) -> float:
+    """``30s``, ``5m``, ``1h``, ``1d`` as seconds (> 0); ``DaemonError`` otherwise."""
+    found = _INTERVAL.match(text.strip())
+    if found is None or int(found.group(1)) == 0:
+        raise DaemonError(
+            f"interval is {text!r}; expected a positive whole number and a unit, e.g. 30s, "
+            "5m, 1h or 1d"
+        )
+    return float(int(found.group(1)) * _UNIT_S[found.group(2)])
+
+
+@dataclass
+class TickReport:
+    """One tick: the run id of its record (None: nothing written), its decisions, the
+    symbols whose newest bar was decided already and those without bars; ``conflict``: the
+    store refused the tick's rows because another writer recorded them first (``record_tick``:
+    nothing written; the next tick reads again)."""
+
+    run_id: int | None
+    decisions: list[TickDecision] = field(default_factory=list)
+    holdings: list[Holding] = field(default_factory=list)
+    up_to_date: list[str] = field(default_factory=list)
+    no_bars: list[str] = field(default_factory=list)
+    fallbacks: int = 0
+    conflict: bool = False
+
+    def summary(self) -> str:
+        """Plain text: a line for the tick and one per decision (what ``otonom daemon``
+        prints)."""
+        if self.conflict:
+            return (
+                "tick: another process recorded these bars first; nothing written, the next "
+                "tick reads again"
+            )
+        if self.run_id is None:
+            head = f"tick: nothing new ({len(self.up_to_date)} symbols decided already)"
+        else:
+            head = (
+                f"tick run {self.run_id}: {len(self.decisions)} decisions, "
+                f"{len(self.up_to_date)} symbols decided already, RL fallbacks {self.fallbacks}"
+            )
+        lines = [head]
+        if self.no_bars:
+            lines.append(f"  no bars: {', '.join(self.no_bars)}")
+        for d, h in zip(self.decisions, self.holdings, strict=True):
+            rl = d.signals.get("rl")
+            lines.append(
+                f"  {d.symbol:<10} {d.date.isoformat()}  {d.action.name:<4} strength "
+                f"{d.strength:.3f}  confidence {d.confidence:.3f}  position "
+                f"{d.portfolio.position:+.3f}  equity {h.equity:,.2f}  RL "
+                + ("-" if rl is None else rl.action.name)
+            )
+        return "\n".join(lines)
+
+
+def run_tick(
+    session: Session,
+    ensemble: Ensemble,
+    symbols: Sequence[str],
+    broker: Broker,
+    *,
+    as_of: dt.date | None = None,
+) -> TickReport:
+    """Decide every symbol's newest bar (on or before ``as_of``; None: the newest stored)
+    that the strategy has not decided live yet, and record the decisions in one
+    transaction with their run row (``params["purpose"]`` ``"live"``): the whole tick or
+    nothing. A symbol whose newest bar is decided already is left alone, so a second tick on
+    the same bars records nothing; a tick that another process recorded first while this one
+    decided is not written (``TickReport.conflict``). Then the decisions go to
+    ``broker.submit``."""
+    names = list(dict.fromkeys(symbols))
+    if not names:
+        raise DaemonError("no symbols given; expected at least one")
+    inputs, no_bars = read_tick(session, ensemble.config, names, as_of or _FAR)
+    live = load_live_decisions(session, ensemble.name, [i.symbol_id for i in inputs])
+    pending = [i for i in inputs if _undecided(i, live)]
+    report = TickReport(None, no_bars=no_bars)
+    waiting = {i.symbol_id for i in pending}
+    report.up_to_date = [i.symbol for i in inputs if i.symbol_id not in waiting]
+    if not pending:
+        session.rollback()  # end the read transaction: nothing to write
+        return report
+    capital = ensemble.params.initial_capital / len(names)
+    holdings = broker.holdings(pending, live, ensemble.params, capital)
+    before = ensemble.fallbacks
+    decisions = ensemble.decide_states(
+        [i.symbol for i in pending],
+        [i.newest for i in pending],
+        np.stack([i.market(len(i.history) - 1)[0] for i in pending]),
+        [h.portfolio for h in holdings],
+    )
+    report.fallbacks = ensemble.fallbacks - before
+    run = _run_row(ensemble, pending, decisions, broker, report.fallbacks)
+    columns = _columns(ensemble.name, pending, decisions, holdings)
+    report.run_id = record_tick(session, run, columns)
+    if report.run_id is None:
+        log.warning("tick of %s not recorded: another process recorded it first", ensemble.name)
+        report.conflict = True
+        return report
+    report.decisions, report.holdings = decisions, holdings
+    broker.submit(decisions)
+    return report
+
+
+def _undecided(inputs: SymbolInputs, live: dict[int, Any]) -> bool:
+    done = live.get(inputs.symbol_id)
+    return done is None or done.dates[-1] < inputs.history.dates[-1]
+
+
+def _run_row(
+    ensemble: Ensemble,
+    pending: Sequence[SymbolInputs],
+    decisions: Sequence[TickDecision],
+    broker: Broker,
+    fallbacks: int,
+) -> BacktestRun:
+    """The tick's run row, ``complete`` (written in the tick's one transaction)."""
+    config = ensemble.config
+    counts = {a.name: sum(d.action == a for d in decisions) for a in Action}
+    now = dt.datetime.now(dt.timezone.utc)
+    host, pid, started = this_process()
+    return BacktestRun(
+        strategy_name=config.name,
+        strategy_hash=config.file_sha256,
+        params={
+            "strategy": config.to_dict(),
+            "rl_enabled": ensemble.rl is not None,
+            "source": config.source,
+            "sentiment_sources": {i.symbol: i.sources for i in pending},
+            "purpose": LIVE_PURPOSE,
+            "broker": broker.name,
+            **_rl_model_params(config, ensemble.rl),
+        },
+        start_date=min(d.date for d in decisions),
+        end_date=max(d.date for d in decisions),
+        symbols=[i.symbol for i in pending],
+        status="complete",
+        finished_at=now,
+        metrics={
+            "action_counts": {"all": counts},
+            "fallbacks": fallbacks,
+            "fallback_reason": ensemble.last_error if fallbacks else None,
+        },
+        host=host,
+        pid=pid,
+        process_start=started,
+        heartbeat_at=now,
+    )
+
+
+def _columns(
+    strategy: str,
+    pending: Sequence[SymbolInputs],
+    decisions: Sequence[TickDecision],
+    holdings: Sequence[Holding],
+) -> dict[str, list[Any]]:
+    """The tick's decision rows column by column, as ``record_tick`` takes them."""
+    columns: dict[str, list[Any]] = {
+        "symbol_id": [i.symbol_id for i in pending],
+        "date": [d.date for d in decisions],
+        "action": [int(d.action) for d in decisions],
+        "strength": [d.strength for d in decisions],
+        "position": [d.portfolio.position for d in decisions],
+        "leverage": [d.portfolio.leverage for d in decisions],
+        "cash_fraction": [d.portfolio.cash_fraction for d in decisions],
+        "days_since_last_trade": [d.portfolio.days_since_last_trade for d in decisions],
+        "equity": [h.equity for h in holdings],
+        "live_strategy": [strategy] * len(decisions),
+    }
+    for name in ANALYSTS:
+        sigs = [d.signals[name] for d in decisions]
+        columns[f"{name}_action"] = [None if s is None else int(s.action) for s in sigs]
+        columns[f"{name}_strength"] = [None if s is None else s.strength for s in sigs]
+        columns[f"{name}_confidence"] = [None if s is None else s.confidence for s in sigs]
+    return columns
+
+
+class _Stop:
+    """Set by SIGINT/SIGTERM: the loop finishes the tick it is in (its write included) and
+    exits; a second signal changes nothing more (the write is one transaction either way)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signal: int | None = None
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.signal = signum
+        self.event.set()
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[_Stop]:
+    stop = _Stop()
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def run_daemon(
+    session_factory: Callable[[], Any],
+    ensemble: Ensemble,
+    symbols: Callable[[], Sequence[str]],
+    broker: Broker,
+    *,
+    once: bool = False,
+    interval_s: float = 86400.0,
+    as_of: dt.date | None = None,
+    report: Callable[[TickReport], None] = lambda r: None,
+) -> int:
+    """Tick (``run_tick``) every ``interval_s`` seconds until SIGINT or SIGTERM (``once``:
+    one tick). A signal during a tick lets it finish, its write included, then the loop
+    exits; during the wait it exits at once. ``session_factory``: a context manager of a
+    session (``get_session``); ``symbols``: called each tick (a universe file may change);
+    ``report``: given each tick's ``TickReport``. Returns the number of ticks run."""
+    ticks = 0
+    with _stop_on_signals() as stop:
+        while not stop.event.is_set():
+            started = time.monotonic()
+            with session_factory() as session:
+                report(run_tick(session, ensemble, symbols(), broker, as_of=as_of))
+            ticks += 1
+            if once:
+                break
+            stop.event.wait(max(0.0, interval_s - (time.monotonic() - started)))
+    if stop.signal is not None:
+        log.info("daemon stopped by signal %d after %d ticks", stop.signal, ticks)
+    return ticks

@@ -1,0 +1,275 @@
+"""The decision tick's ensemble: many symbols decided at once, as the backtester decides them.
+
+``Ensemble`` is a strategy's analysts and model, loaded once (``from_strategy``); ``decide``
+reads every symbol's bars and sentiment in batched statements (``read_tick``), builds the
+market states with ``otonom_schema.market_feature_matrix`` (the backtester's call), and
+``decide_states`` votes on them: the three analysts vectorised over all symbols
+(``teacher_votes``, the backtester's ``_prepare``), the policy once through ``rl_votes``
+(``predict_batch``, with the fallback of each row), the vote by ``decide_rows`` (the one rule).
+Nothing here is a second copy of a feature, an analyst or the vote: a tick's decision equals
+the backtester's for the same day and portfolio (tested bit for bit).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy.orm import Session
+
+from otonom_runtime._errors import StateBuildError
+from otonom_runtime.backtest.runner import _make_rl, _symbols, _with_rl
+from otonom_runtime.ensemble import ANALYSTS, RlAnalyst, Signal, decide_rows, rl_votes
+from otonom_runtime.store import load_macro
+from otonom_runtime.store.ticks import load_tick_bars, load_tick_news
+from otonom_runtime.teacher import teacher_votes
+from otonom_schema import (
+    PORTFOLIO_COLUMNS,
+    Action,
+    MarketHistory,
+    PortfolioSnapshot,
+    SentimentSeries,
+    market_feature_matrix,
+    validate_states,
+)
+
+if TYPE_CHECKING:
+    from otonom_runtime.policy import RlPolicy
+    from otonom_runtime.strategy import StrategyConfig
+
+__all__ = ["Ensemble", "SymbolInputs", "TickDecision", "read_tick"]
+
+log = logging.getLogger("otonom_runtime.daemon")
+F64 = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class TickDecision:
+    """The ensemble's decision for one symbol at the close of its bar ``date``.
+
+    ``signals``: every analyst's signal by name (``ANALYSTS`` order; None where it did not
+    vote: the RL analyst off or fallen back); ``portfolio``: the portfolio the state saw.
+    """
+
+    symbol: str
+    date: dt.date
+    action: Action
+    strength: float
+    confidence: float
+    signals: dict[str, Signal | None]
+    portfolio: PortfolioSnapshot
+
+
+@dataclass(frozen=True)
+class SymbolInputs:
+    """One symbol's reads for a tick: its bars up to the tick's date, its news from its
+    source and the market-wide macro of its source (None: none stored)."""
+
+    symbol: str
+    symbol_id: int
+    history: MarketHistory
+    news: SentimentSeries | None
+    macro: SentimentSeries | None
+    sources: dict[str, str]
+
+    @property
+    def newest(self) -> dt.date:
+        """The date of the newest bar (the bar a tick decides)."""
+        out: dt.date = self.history.dates[-1].item()
+        return out
+
+    def market(self, first: int) -> F64:
+        """The market states of bars ``first ..`` (``market_feature_matrix``, the
+        backtester's call; portfolio columns neutral)."""
+        return market_feature_matrix(self.history, self.news, self.macro, first=first)
+
+
+def read_tick(
+    session: Session, config: StrategyConfig, symbols: Sequence[str], end: dt.date
+) -> tuple[list[SymbolInputs], list[str]]:
+    """Every symbol's reads up to ``end`` in batched statements (one for the symbols, one for
+    all their bars, one for all their news, one per macro source): the inputs of the symbols
+    with a bar on or before ``end``, in the order given, and the names of those without.
+    ``UnknownSymbolError`` for a symbol not in the store."""
+    ids, sources = _symbols(session, config, symbols)
+    bars = load_tick_bars(session, {ids[name]: name for name in symbols}, end)
+    news = load_tick_news(session, {ids[name]: sources[name]["news"] for name in symbols}, end)
+    macros = {
+        source: load_macro(session, source=source, end=end)
+        for source in sorted({s["macro"] for s in sources.values()})
+    }
+    inputs = [
+        SymbolInputs(
+            name,
+            ids[name],
+            bars[ids[name]],
+            news.get(ids[name]),
+            macros[sources[name]["macro"]],
+            sources[name],
+        )
+        for name in symbols
+        if ids[name] in bars
+    ]
+    return inputs, [name for name in symbols if ids[name] not in bars]
+
+
+class Ensemble:
+    """A strategy's ensemble for a daemon's own loop: the analysts and the model, loaded once.
+
+    ``use_rl``: None follows the strategy file, False switches the RL analyst off, True needs
+    a model (``policy`` or the file's). A model that fails to load is a fallback, not an
+    error (the backtester's rule): the ensemble decides without it, ``rl_error`` says why.
+    ``fallbacks`` counts every decision made without the RL analyst while it is on.
+    """
+
+    def __init__(
+        self,
+        config: StrategyConfig,
+        *,
+        use_rl: bool | None = None,
+        policy: RlPolicy | None = None,
+    ) -> None:
+        rl_on = config.rl_enabled if use_rl is None else use_rl
+        self.config, self.params = _with_rl(config, rl_on, policy)
+        self.rl: RlAnalyst | None = _make_rl(self.config, policy) if rl_on else None
+        self.fallbacks = 0
+        self.last_error: str | None = None if self.rl is None else self.rl.last_error
+
+    @classmethod
+    def from_strategy(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        use_rl: bool | None = None,
+        policy: RlPolicy | None = None,
+    ) -> Ensemble:
+        """The ensemble of the strategy file at ``path`` (``load_strategy``)."""
+        from otonom_runtime.strategy import load_strategy
+
+        return cls(load_strategy(path), use_rl=use_rl, policy=policy)
+
+    @property
+    def name(self) -> str:
+        """The strategy's name (the live decisions' key)."""
+        return self.config.name
+
+    @property
+    def rl_error(self) -> str | None:
+        """Why the RL analyst is not in service (None: it is, or it is off)."""
+        if self.rl is None or self.rl.policy is not None:
+            return None
+        return self.rl.last_error
+
+    def decide(
+        self,
+        session: Session,
+        symbols: Sequence[str],
+        date: dt.date,
+        portfolios: Mapping[str, PortfolioSnapshot] | None = None,
+    ) -> list[TickDecision]:
+        """Decide ``symbols`` at the close of their newest bar on or before ``date``, each with
+        its portfolio (``portfolios``; a symbol left out: flat, never traded): the reads of
+        ``read_tick``, the states, then ``decide_states``. ``StateBuildError`` for a symbol
+        without a bar on or before ``date``."""
+        inputs, missing = read_tick(session, self.config, list(dict.fromkeys(symbols)), date)
+        if missing:
+            raise StateBuildError(
+                f"no bar of {', '.join(map(repr, missing))} dated on or before "
+                f"{date.isoformat()}; expected one per symbol decided"
+            )
+        given = portfolios or {}
+        return self.decide_states(
+            [i.symbol for i in inputs],
+            [i.newest for i in inputs],
+            np.stack([i.market(len(i.history) - 1)[0] for i in inputs]),
+            [given.get(i.symbol, PortfolioSnapshot()) for i in inputs],
+        )
+
+    def decide_states(
+        self,
+        symbols: Sequence[str],
+        dates: Sequence[dt.date],
+        market: F64,
+        portfolios: Sequence[PortfolioSnapshot],
+    ) -> list[TickDecision]:
+        """Decide N symbols from their market states ``market`` (N, 34) (portfolio columns
+        ignored: each row's are filled from ``portfolios``): the three analysts on all rows at
+        once, the policy in one batch (a row whose model output fails is that symbol's
+        fallback), the vote of ``decide_rows``. A state out of the schema's bounds raises
+        ``otonom_schema.SchemaError`` naming its row (with the RL analyst on)."""
+        n = len(symbols)
+        if not (n == len(dates) == len(portfolios) == market.shape[0]):
+            raise ValueError(
+                f"{n} symbols, {len(dates)} dates, {len(portfolios)} portfolios and "
+                f"{market.shape[0]} states; expected one of each per symbol"
+            )
+        signals, totals, sums = teacher_votes(self.params, market)
+        rl, votes = self._rl_votes(market, portfolios)
+        weight = self.params.weights[3] if self.rl is not None else 0.0
+        decided = decide_rows(
+            totals.ravel().tolist(), sums.ravel().tolist(), votes, weight, self.params.min_score
+        )
+        out = []
+        for i in range(n):
+            by_name: dict[str, Signal | None] = {
+                name: None if s is None else s[i] for name, s in signals.items()
+            }
+            by_name["rl"] = rl[i]
+            action, strength, confidence = decided[3 * i : 3 * i + 3]
+            out.append(
+                TickDecision(
+                    symbols[i],
+                    dates[i],
+                    Action(int(action)),
+                    strength,
+                    confidence,
+                    {name: by_name.get(name) for name in ANALYSTS},
+                    portfolios[i],
+                )
+            )
+        return out
+
+    def _rl_votes(
+        self, market: F64, portfolios: Sequence[PortfolioSnapshot]
+    ) -> tuple[list[Signal | None], list[float | None] | None]:
+        """The RL analyst's signal per row (None: off or fallen back) and the votes as
+        ``decide_rows`` takes them (three numbers a row, None for a row without a vote; None
+        with the RL analyst off): the states with their portfolio columns, validated once
+        (float32, as the model reads them), through ``rl_votes``."""
+        n = market.shape[0]
+        if self.rl is None:
+            return [None] * n, None
+        states = market.copy()
+        states[:, PORTFOLIO_COLUMNS] = np.array([p.features() for p in portfolios])
+        rows = validate_states(states)
+        analysts = [
+            RlAnalyst(self.rl.policy, reason=self.rl.last_error, quiet=True) for _ in range(n)
+        ]
+        sig, voted = rl_votes(analysts, rows, validated=True)
+        signals: list[Signal | None] = []
+        flat: list[Any] = []
+        for i, ok in enumerate(voted.tolist()):
+            signals.append(sig[i] if ok else None)
+            flat += (
+                [int(sig.actions[i]), float(sig.strengths[i]), float(sig.confidences[i])]
+                if ok
+                else [None] * 3
+            )
+        failed = [a for a in analysts if a.fallbacks]
+        self.fallbacks += len(failed)
+        if failed:
+            self.last_error = failed[-1].last_error
+            if self.rl.policy is not None:
+                log.warning(
+                    "RL analyst failed on %d of %d symbols, decided without it there: %s",
+                    len(failed),
+                    n,
+                    self.last_error,
+                )
+        return signals, flat

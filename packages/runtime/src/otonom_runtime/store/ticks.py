@@ -1,0 +1,166 @@
+"""The daemon's batched reads and its tick's one write (``otonom_runtime.daemon``).
+
+A tick decides many symbols at once: each read here is one statement for all of them (bars,
+news, the strategy's earlier live decisions), never one per symbol; ``record_tick`` writes the
+tick's run row and every decision in the session's transaction and commits once, so a tick is
+in the store whole or not at all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from otonom_runtime.store.tables import BacktestRun, Bar, Decision, NewsSentiment
+from otonom_runtime.store.writers import insert_decisions
+from otonom_schema import MarketHistory, SentimentSeries
+
+__all__ = [
+    "LiveDecisions",
+    "load_live_decisions",
+    "load_tick_bars",
+    "load_tick_news",
+    "record_tick",
+]
+
+
+def _days(values: Sequence[Any]) -> npt.NDArray[np.datetime64]:
+    return np.array(values, dtype="datetime64[D]")
+
+
+def _groups(ids: npt.NDArray[np.int64]) -> list[tuple[int, int, int]]:
+    """(symbol id, start, stop) of each run of equal ids in ``ids`` (sorted by id)."""
+    if ids.size == 0:
+        return []
+    cuts = np.flatnonzero(ids[1:] != ids[:-1]) + 1
+    starts = [0, *cuts.tolist()]
+    stops = [*cuts.tolist(), int(ids.size)]
+    return [(int(ids[a]), a, b) for a, b in zip(starts, stops, strict=True)]
+
+
+def load_tick_bars(
+    session: Session, names: Mapping[int, str], end: dt.date
+) -> dict[int, MarketHistory]:
+    """Every bar dated on or before ``end`` of the symbols ``names`` (symbol id -> name), in
+    one statement: per symbol id with a bar, its ``MarketHistory`` (oldest first, the values
+    ``load_history`` reads); a symbol without one is left out."""
+    rows = session.execute(
+        select(Bar.symbol_id, Bar.date, Bar.open, Bar.high, Bar.low, Bar.close, Bar.volume)
+        .where(Bar.symbol_id.in_(list(names)), Bar.date <= end)
+        .order_by(Bar.symbol_id, Bar.date)
+    ).all()
+    if not rows:
+        return {}
+    ids, dates, *numbers = zip(*rows, strict=True)
+    id_array = np.array(ids, dtype=np.int64)
+    days = _days(dates)
+    o, h, lo, c, v = (np.array(column, dtype=np.float64) for column in numbers)
+    return {
+        symbol_id: MarketHistory(
+            dates=days[a:b],
+            open=o[a:b],
+            high=h[a:b],
+            low=lo[a:b],
+            close=c[a:b],
+            volume=v[a:b],
+            symbol=names[symbol_id],
+        )
+        for symbol_id, a, b in _groups(id_array)
+    }
+
+
+def load_tick_news(
+    session: Session, sources: Mapping[int, str], end: dt.date
+) -> dict[int, SentimentSeries]:
+    """The news sentiment dated on or before ``end`` of each symbol id in ``sources`` from its
+    source (symbol id -> source), in one statement; a symbol with none is left out (what
+    ``load_news`` gives as None)."""
+    rows = session.execute(
+        select(
+            NewsSentiment.symbol_id, NewsSentiment.source, NewsSentiment.date, NewsSentiment.score
+        )
+        .where(NewsSentiment.symbol_id.in_(list(sources)), NewsSentiment.date <= end)
+        .order_by(NewsSentiment.symbol_id, NewsSentiment.date)
+    ).all()
+    wanted = [r for r in rows if r[1] == sources[r[0]]]
+    if not wanted:
+        return {}
+    ids, _, dates, scores = zip(*wanted, strict=True)
+    days, values = _days(dates), np.array(scores, dtype=np.float64)
+    return {
+        symbol_id: SentimentSeries(dates=days[a:b], scores=values[a:b])
+        for symbol_id, a, b in _groups(np.array(ids, dtype=np.int64))
+    }
+
+
+@dataclass(frozen=True)
+class LiveDecisions:
+    """One symbol's live decisions of a strategy, oldest first: their bar dates, actions and
+    strengths."""
+
+    dates: npt.NDArray[np.datetime64]
+    actions: list[int]
+    strengths: list[float]
+
+
+def load_live_decisions(
+    session: Session, strategy: str, symbol_ids: Sequence[int]
+) -> dict[int, LiveDecisions]:
+    """The live decisions of ``strategy`` (``Decision.live_strategy``) for ``symbol_ids``, in
+    one statement; a symbol with none is left out."""
+    rows = session.execute(
+        select(Decision.symbol_id, Decision.date, Decision.action, Decision.strength)
+        .where(Decision.live_strategy == strategy, Decision.symbol_id.in_(list(symbol_ids)))
+        .order_by(Decision.symbol_id, Decision.date)
+    ).all()
+    if not rows:
+        return {}
+    ids, dates, actions, strengths = zip(*rows, strict=True)
+    days = _days(dates)
+    return {
+        symbol_id: LiveDecisions(days[a:b], list(actions[a:b]), list(strengths[a:b]))
+        for symbol_id, a, b in _groups(np.array(ids, dtype=np.int64))
+    }
+
+
+def record_tick(session: Session, run: BacktestRun, columns: Mapping[str, list[Any]]) -> int | None:
+    """Write ``run`` and its decision rows (``insert_decisions``' columns, without
+    ``run_id``; ``date`` as ``datetime.date``, ``days_since_last_trade`` as floats, ``inf``
+    for never) in the session's transaction and commit once: the whole tick or nothing.
+
+    Returns the run's id, or None when the store refused the rows for what another writer
+    committed since they were decided (an integrity error: another daemon of the same strategy
+    recorded a live decision of the same symbol and bar first, ``ix_decisions_live``, or a
+    symbol was deleted meanwhile): nothing is written, and the next tick reads again. Any
+    other failure is rolled back and raised.
+    """
+    import sqlite3
+
+    from sqlalchemy.exc import IntegrityError
+
+    rows = dict(columns)
+    if session.connection().dialect.name == "sqlite":  # what the ORM types store there
+        rows["date"] = [d.isoformat() for d in rows["date"]]
+        rows["days_since_last_trade"] = [
+            None if d == math.inf else d for d in rows["days_since_last_trade"]
+        ]
+    try:
+        session.add(run)
+        session.flush()
+        insert_decisions(session, {"run_id": [run.id] * len(rows["date"]), **rows})
+        session.commit()
+    except (IntegrityError, sqlite3.IntegrityError):
+        session.rollback()
+        return None
+    except BaseException:
+        session.rollback()
+        raise
+    return run.id

@@ -1,0 +1,495 @@
+"""The decision tick and ``otonom daemon`` (``otonom_runtime.daemon``): real SQLite files, a
+real ONNX policy, real subprocess CLI runs.
+
+* skew: a tick decides exactly what the backtester decides for the same day and portfolio
+  (every analyst's signal, the action, the strength), and ticks day by day with the paper
+  broker reproduce a backtest's every decision row, portfolio and equity included;
+* idempotency: one live decision per strategy, symbol and bar across repeated ticks and
+  repeated ``--once`` runs (on SQLite and PostgreSQL);
+* interruption: a daemon killed by its own pid mid-tick leaves the whole tick or nothing; a
+  SIGTERM mid-tick lets the tick finish its write and exit 0;
+* a model that fails to load leaves the daemon deciding without the RL analyst.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from otonom_runtime.backtest import run_backtest
+from otonom_runtime.daemon import Ensemble, PaperBroker, run_tick
+from otonom_runtime.policy import write_sha256_sidecar
+from otonom_runtime.store import (
+    SIGNAL_COLUMNS,
+    BacktestRun,
+    Decision,
+    Symbol,
+    dispose_engines,
+    get_session,
+    init_db,
+)
+from otonom_runtime.strategy import load_strategy
+from otonom_runtime.synth import write_synthetic
+from otonom_runtime.testing.models import make_policy_model
+from otonom_schema import Action, PortfolioSnapshot
+
+SYMBOLS = ["DEMO-BTC", "DEMO-ETH", "DEMO-SOL"]
+HISTORY = (dt.date(2019, 1, 1), dt.date(2020, 3, 31))
+START = dt.date(2020, 1, 1)  # the backtest's first decision day, the daemon's first tick
+SEED = 7
+_VALUES = ("date", "action", "strength", "position", "leverage", "cash_fraction")
+_ROW = (*_VALUES, "days_since_last_trade", "equity", *SIGNAL_COLUMNS)
+
+
+@pytest.fixture(autouse=True)
+def _no_models_root_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OTONOM_MODELS_ROOT", raising=False)
+
+
+def _strategy(folder: Path, *, broken: bool = False, name: str = "live_test") -> Path:
+    """A strategy with the RL analyst on (a real ONNX policy under ``folder/models``, or a
+    file that is no model with ``broken``), tech/news/risk at their defaults."""
+    model = folder / "models" / "rl" / "policy_best.onnx"
+    model.parent.mkdir(parents=True, exist_ok=True)
+    if broken:
+        model.write_bytes(b"not an onnx model")
+        write_sha256_sidecar(model)
+    else:
+        make_policy_model(model, seed=3)
+    path = folder / "strategies" / f"{name}.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(
+        f"name: {name}\n"
+        "ensemble:\n"
+        "  analyst_weights: {tech: 1.0, news: 1.0, risk: 1.0, rl: 2.0}\n"
+        "  min_score: 0.4\n"
+        "  rl_policy: {enabled: true, model_path: models/rl/policy_best.onnx}\n"
+        "portfolio: {max_leverage: 2.0}\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def _store(folder: Path, end: dt.date = HISTORY[1]) -> str:
+    url = f"sqlite:///{(folder / 'otonom.db').as_posix()}"
+    init_db(url)
+    with get_session(url) as session:
+        write_synthetic(session, SYMBOLS, HISTORY[0], end, SEED)
+    return url
+
+
+def _rows(url: str, *, run_id: int | None = None, live: str | None = None) -> list[tuple[Any, ...]]:
+    """Decision rows (symbol, every value of ``_ROW``), by symbol and date: a run's, or a
+    strategy's live ones."""
+    columns = [getattr(Decision, c) for c in _ROW]
+    query = select(Symbol.name, *columns).join(Symbol, Decision.symbol_id == Symbol.id)
+    if run_id is not None:
+        query = query.where(Decision.run_id == run_id)
+    if live is not None:
+        query = query.where(Decision.live_strategy == live)
+    with get_session(url) as session:
+        return [tuple(r) for r in session.execute(query.order_by(Symbol.name, Decision.date))]
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["rl", "no-rl"])
+def reference(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Path, str, int, bool]]:
+    """The store, the strategy and a backtest of it from ``START``, with the RL analyst on
+    (``rl``) or off; and which."""
+    folder = tmp_path_factory.mktemp("daemon-reference")
+    path = _strategy(folder)
+    url = _store(folder)
+    with get_session(url) as session:
+        report = run_backtest(
+            session, load_strategy(path), SYMBOLS, START, HISTORY[1], use_rl=request.param
+        )
+    assert report.fallbacks == 0
+    yield path, url, report.run_id, request.param
+    dispose_engines()
+
+
+# --- skew: the tick is the backtester --------------------------------------------------------
+
+
+def test_a_tick_decides_what_the_backtester_decides_for_the_same_day_and_portfolio(
+    reference: tuple[Path, str, int, bool],
+) -> None:
+    """Every day of the backtest, all symbols in one ``decide`` call, each given the
+    portfolio the backtest's state saw: the action, the strength and every analyst's signal
+    are the stored ones, bit for bit (floats compared with ==)."""
+    path, url, run_id, rl = reference
+    stored = _rows(url, run_id=run_id)
+    by_day: dict[dt.date, dict[str, tuple[Any, ...]]] = {}
+    for row in stored:
+        by_day.setdefault(row[1], {})[row[0]] = row
+    ensemble = Ensemble.from_strategy(path, use_rl=rl)
+    assert (ensemble.rl is not None) == rl
+    assert ensemble.rl_error is None
+    assert all((row[-3] is not None) == rl for row in stored)
+    actions = set()
+    with get_session(url) as session:
+        for day, rows in sorted(by_day.items()):
+            portfolios = {name: PortfolioSnapshot(*row[4:8]) for name, row in rows.items()}
+            for d in ensemble.decide(session, SYMBOLS, day, portfolios):
+                row = rows[d.symbol]
+                assert d.date == day
+                assert (int(d.action), d.strength) == row[2:4], (d.symbol, day)
+                signals = []
+                for name in ("tech", "news", "risk", "rl"):
+                    s = d.signals[name]
+                    signals += (
+                        [None] * 3 if s is None else [int(s.action), s.strength, s.confidence]
+                    )
+                assert tuple(signals) == row[9:], (d.symbol, day)
+                actions.add(d.action)
+    assert len(by_day) == 91
+    assert actions == set(Action)  # the comparison covered every action
+    assert ensemble.fallbacks == 0
+
+
+def test_daily_ticks_with_the_paper_broker_reproduce_the_backtest_row_for_row(
+    reference: tuple[Path, str, int, bool], tmp_path: Path
+) -> None:
+    """A tick per day from ``START`` (``as_of``: the bars up to that day): the paper broker's
+    replayed positions are the backtester's sleeves, so every live decision row (portfolio,
+    days since the last trade, equity, every signal) equals the backtest's row."""
+    path, url, run_id, rl = reference
+    expected = _rows(url, run_id=run_id)
+    ensemble = Ensemble.from_strategy(path, use_rl=rl)
+    copy = f"sqlite:///{(tmp_path / 'copy.db').as_posix()}"
+    init_db(copy)
+    with get_session(copy) as session:
+        write_synthetic(session, SYMBOLS, HISTORY[0], HISTORY[1], SEED)
+    day = START
+    with get_session(copy) as session:
+        while day <= HISTORY[1]:
+            report = run_tick(session, ensemble, SYMBOLS, PaperBroker(), as_of=day)
+            assert [d.symbol for d in report.decisions] == SYMBOLS
+            day += dt.timedelta(days=1)
+    got = _rows(copy, live=ensemble.name)
+    assert len(got) == len(expected) == 3 * 91
+    assert got == expected
+    positions = {row[4] for row in got}
+    assert len(positions) > 10  # trades happened: the portfolios are not all flat
+    assert any(row[6] != math.inf for row in got)
+
+
+# --- idempotency ---------------------------------------------------------------------------
+
+
+def _live_counts(url: str) -> list[tuple[Any, ...]]:
+    with get_session(url) as session:
+        return [
+            tuple(r)
+            for r in session.execute(
+                select(Decision.symbol_id, Decision.date, func.count())
+                .where(Decision.live_strategy.is_not(None))
+                .group_by(Decision.symbol_id, Decision.date)
+                .order_by(Decision.symbol_id, Decision.date)
+            )
+        ]
+
+
+def _check_idempotent_ticks(url: str, path: Path) -> None:
+    ensemble = Ensemble.from_strategy(path)
+    with get_session(url) as session:
+        first = run_tick(session, ensemble, SYMBOLS, PaperBroker())
+        again = run_tick(session, ensemble, SYMBOLS, PaperBroker())
+        older = run_tick(
+            session, ensemble, SYMBOLS, PaperBroker(), as_of=HISTORY[1] - dt.timedelta(days=3)
+        )
+    assert first.run_id is not None
+    assert len(first.decisions) == 3
+    assert {d.date for d in first.decisions} == {HISTORY[1]}
+    assert (again.run_id, again.decisions, again.up_to_date) == (None, [], SYMBOLS)
+    assert older.run_id is None  # an older bar than one decided is never decided after it
+    counts = _live_counts(url)
+    assert [c[1:] for c in counts] == [(HISTORY[1], 1)] * 3
+    with get_session(url) as session:
+        runs = session.execute(select(BacktestRun.params, BacktestRun.status)).all()
+    assert [(p["purpose"], s) for p, s in runs] == [("live", "complete")]
+
+
+def test_repeated_ticks_record_one_decision_per_symbol_and_bar(tmp_path: Path) -> None:
+    _check_idempotent_ticks(_store(tmp_path), _strategy(tmp_path))
+
+
+def test_a_tick_another_daemon_recorded_first_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two daemons of one strategy read the same undecided bars; the second to commit is
+    refused by the live key: its tick writes nothing (no run row either) and says so."""
+    from otonom_runtime.daemon import loop
+
+    url, path = _store(tmp_path), _strategy(tmp_path)
+    ensemble = Ensemble.from_strategy(path)
+    with get_session(url) as session:
+        first = run_tick(session, ensemble, SYMBOLS, PaperBroker())
+    assert first.run_id == 1
+    monkeypatch.setattr(loop, "load_live_decisions", lambda *args: {})  # read before it
+    with get_session(url) as session:
+        late = run_tick(session, ensemble, SYMBOLS, PaperBroker())
+    assert late.conflict
+    assert late.run_id is None
+    assert late.summary().startswith("tick: another process recorded these bars first")
+    assert [c[2] for c in _live_counts(url)] == [1, 1, 1]
+    with get_session(url) as session:
+        assert session.execute(select(func.count()).select_from(BacktestRun)).scalar_one() == 1
+
+
+def test_repeated_ticks_on_postgres(postgres_url: str, tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    from otonom_runtime.store import Base, get_engine
+
+    Base.metadata.drop_all(get_engine(postgres_url))
+    with get_engine(postgres_url).begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS store_meta"))
+    dispose_engines()
+    init_db(postgres_url)
+    with get_session(postgres_url) as session:
+        write_synthetic(session, SYMBOLS, HISTORY[0], HISTORY[1], SEED)
+    _check_idempotent_ticks(postgres_url, _strategy(tmp_path))
+
+
+# --- the CLI in a subprocess ----------------------------------------------------------------
+
+# The subprocess: optionally patch a point of the tick (module:name:n:SIGNAL: right after the
+# n-th call returns, the process sends SIGNAL to its own pid; SIGKILL ends it there, SIGTERM
+# and SIGINT go to the daemon's handler), then run the real `otonom` command.
+_DRIVER = r"""
+import importlib, os, signal, sys
+
+point, argv = sys.argv[1], sys.argv[2:]
+if point != "none":
+    target, n, action = point.rsplit(":", 2)
+    module_name, name = target.split(":")
+    module = importlib.import_module(module_name)
+    real = getattr(module, name)
+    calls = [0]
+
+    def wrapper(*args, **kwargs):
+        calls[0] += 1
+        out = real(*args, **kwargs)
+        if calls[0] == int(n):
+            sys.stdout.flush()
+            os.kill(os.getpid(), getattr(signal, action))
+        return out
+
+    setattr(module, name, wrapper)
+from otonom_runtime.cli import main
+
+raise SystemExit(main(argv))
+"""
+
+
+def _otonom(
+    url: str, *args: str, cwd: Path, point: str = "none"
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OTONOM_DATABASE_URL", "OTONOM_MODELS_ROOT")
+    }
+    return subprocess.run(
+        [sys.executable, "-c", _DRIVER, point, "--database-url", url, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,  # a guard against a hang, not a timing
+    )
+
+
+def _daemon(
+    url: str, path: Path, cwd: Path, *extra: str, point: str = "none"
+) -> subprocess.CompletedProcess[str]:
+    return _otonom(
+        url,
+        "daemon",
+        "--strategy-path",
+        str(path),
+        "--symbols",
+        *SYMBOLS,
+        *extra,
+        cwd=cwd,
+        point=point,
+    )
+
+
+def test_a_second_once_run_records_nothing_and_new_bars_are_decided_once(tmp_path: Path) -> None:
+    path = _strategy(tmp_path)
+    url = _store(tmp_path, end=dt.date(2020, 3, 1))
+    first = _daemon(url, path, tmp_path, "--once")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("tick run 1: 3 decisions"), first.stdout
+    assert "2020-03-01" in first.stdout
+    second = _daemon(url, path, tmp_path, "--once")
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.strip() == "tick: nothing new (3 symbols decided already)"
+    assert len(_live_counts(url)) == 3
+    synth = _otonom(
+        url,
+        "data",
+        "synth",
+        *[a for s in SYMBOLS for a in ("--symbol", s)],
+        "--start",
+        "2019-01-01",
+        "--end",
+        "2020-03-04",
+        "--seed",
+        str(SEED),
+        cwd=tmp_path,
+    )
+    assert synth.returncode == 0, synth.stderr
+    third = _daemon(url, path, tmp_path, "--once")
+    assert third.returncode == 0, third.stderr
+    assert third.stdout.startswith("tick run 2: 3 decisions"), third.stdout
+    counts = _live_counts(url)
+    # the newest bar only: the days between were never decided (the daemon was not running)
+    assert [c[1:] for c in counts] == [(dt.date(2020, 3, 1), 1), (dt.date(2020, 3, 4), 1)] * 3
+    listed = _otonom(url, "runs", "list", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert "live*" in listed.stdout  # internal: never a dataset's teacher
+
+
+@pytest.mark.parametrize(
+    ("point", "whole"),
+    [
+        ("otonom_runtime.store.ticks:insert_decisions:1:SIGKILL", False),  # rows in, no commit
+        ("otonom_runtime.daemon.loop:record_tick:1:SIGKILL", True),  # committed, then killed
+    ],
+)
+def test_a_daemon_killed_mid_tick_leaves_the_whole_tick_or_nothing(
+    tmp_path: Path, point: str, whole: bool
+) -> None:
+    path = _strategy(tmp_path)
+    url = _store(tmp_path, end=dt.date(2020, 2, 1))
+    killed = _daemon(url, path, tmp_path, "--once", point=point)
+    assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr)
+    with get_session(url) as session:  # opening for writing: nothing to mark failed either way
+        runs = session.execute(select(BacktestRun.status)).scalars().all()
+    assert runs == (["complete"] if whole else [])
+    assert len(_live_counts(url)) == (3 if whole else 0)
+    again = _daemon(url, path, tmp_path, "--once")
+    assert again.returncode == 0, again.stderr
+    assert [c[2] for c in _live_counts(url)] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("sent", ["SIGTERM", "SIGINT"])
+def test_a_signal_mid_tick_finishes_the_tick_then_exits_cleanly(tmp_path: Path, sent: str) -> None:
+    """SIGTERM or SIGINT arrives while the tick reads (no --once: the loop would tick again a
+    second later): the tick's decisions are recorded, then the daemon exits 0 without another
+    tick."""
+    path = _strategy(tmp_path)
+    url = _store(tmp_path, end=dt.date(2020, 2, 1))
+    point = f"otonom_runtime.daemon.loop:read_tick:1:{sent}"
+    out = _daemon(url, path, tmp_path, "--interval", "1s", point=point)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("tick run") == 1, out.stdout
+    assert len(_live_counts(url)) == 3
+
+
+def test_sigterm_between_ticks_ends_the_wait_and_exits_cleanly(tmp_path: Path) -> None:
+    """A daemon ticking hourly, signalled after its first tick (it waits for the next): it
+    exits 0 without waiting out the hour, the first tick recorded."""
+    path = _strategy(tmp_path)
+    url = _store(tmp_path, end=dt.date(2020, 2, 1))
+    env = {k: v for k, v in os.environ.items() if k not in ("OTONOM_DATABASE_URL",)}
+    args = ["--database-url", url, "daemon", "--strategy-path", str(path), "--symbols", *SYMBOLS]
+    with subprocess.Popen(
+        [sys.executable, "-m", "otonom_runtime", *args, "--interval", "1h"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as daemon:
+        assert daemon.stdout is not None
+        first = daemon.stdout.readline()
+        assert first.startswith("tick run 1: 3 decisions"), first
+        daemon.send_signal(signal.SIGTERM)
+        out, err = daemon.communicate(timeout=120)  # a guard against a hang, not a timing
+    assert daemon.returncode == 0, err
+    assert "tick" not in out  # no second tick
+    assert len(_live_counts(url)) == 3
+
+
+def test_a_model_that_fails_to_load_leaves_the_daemon_deciding_without_rl(tmp_path: Path) -> None:
+    path = _strategy(tmp_path, broken=True)
+    url = _store(tmp_path, end=dt.date(2020, 2, 1))
+    out = _daemon(url, path, tmp_path, "--once")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("RL analyst not in service, deciding without it: PolicyError")
+    assert "tick run 1: 3 decisions" in out.stdout
+    rows = _rows(url, live="live_test")
+    assert len(rows) == 3
+    assert all(r[-3:] == (None, None, None) for r in rows)  # no RL signal stored
+    assert all(r[9] is not None for r in rows)  # the other analysts voted
+    # the same decisions as the ensemble with the RL analyst off
+    off = Ensemble.from_strategy(path, use_rl=False)
+    with get_session(url) as session:
+        decided = off.decide(session, SYMBOLS, dt.date(2020, 2, 1))
+    assert [(int(d.action), d.strength) for d in decided] == [r[2:4] for r in rows]
+    with get_session(url) as session:
+        run = session.execute(select(BacktestRun)).scalar_one()
+    assert run.params["rl_enabled"] is True
+    assert run.params["rl_model_sha256"] is None
+
+
+def test_daemon_errors_are_one_line(tmp_path: Path) -> None:
+    path = _strategy(tmp_path)
+    url = _store(tmp_path, end=dt.date(2019, 3, 1))
+    cases = {
+        ("--interval", "soon"): "interval is 'soon'; expected a positive whole number",
+        ("--universe", "missing.txt"): "cannot read universe file missing.txt",
+    }
+    for extra, message in cases.items():
+        args = ["daemon", "--strategy-path", str(path), *extra]
+        if extra[0] != "--universe":
+            args += ["--symbols", "DEMO-BTC"]
+        out = _otonom(url, *args, "--once", cwd=tmp_path)
+        assert out.returncode == 1
+        assert out.stderr.startswith(f"error: {message}"), out.stderr
+        assert out.stderr.count("\n") == 1, out.stderr
+    unknown = _otonom(
+        url, "daemon", "--strategy-path", str(path), "--symbols", "NOPE", "--once", cwd=tmp_path
+    )
+    assert unknown.returncode == 1
+    assert unknown.stderr.count("\n") == 1
+    assert "NOPE" in unknown.stderr
+    (tmp_path / "universe.txt").write_text("# the demo\nDEMO-BTC\n\nDEMO-ETH  # and this\n")
+    ok = _otonom(
+        url,
+        "daemon",
+        "--strategy-path",
+        str(path),
+        "--universe",
+        "universe.txt",
+        "--once",
+        cwd=tmp_path,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("tick run 1: 2 decisions")
+    helped = _otonom(url, "daemon", "--help", cwd=tmp_path)
+    for flag in (
+        "--strategy-path",
+        "--symbols",
+        "--universe",
+        "--once",
+        "--interval",
+        "--as-of",
+        "--no-rl",
+    ):
+        assert flag in helped.stdout
