@@ -19,6 +19,7 @@ from sqlalchemy import insert
 from otonom_runtime import StrategyError
 from otonom_runtime.backtest import run_backtest
 from otonom_runtime.builder import RlStateBuilder
+from otonom_runtime.daemon import Ensemble, PaperBroker, run_tick
 from otonom_runtime.drift import chi2_sf, chi_square_test, psi, summarize_training
 from otonom_runtime.monitor import monitor, prometheus_text, table_text
 from otonom_runtime.policy import TRAINING_SUMMARY_KEY, load_rl_policy
@@ -57,8 +58,9 @@ def _drift_bars(session: Any) -> None:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A store with runs 1 (DEMO-A, 2020: the training period), 2 (DEMO-A, 2021), 3
-    (DRIFT, 2021) and 4 (run 1 with the summarised model serving as the RL analyst); a model
-    without summary and the same weights with the summary of run 1."""
+    (DRIFT, 2021) and 4 (run 1 with the summarised model serving as the RL analyst), the
+    daemon's live decisions of DEMO-A for 50 days of 2021 with that model; a model without
+    summary and the same weights with the summary of run 1."""
     tmp = tmp_path_factory.mktemp("monitor")
     url = f"sqlite:///{(tmp / 'otonom.db').as_posix()}"
     init_db(url)
@@ -91,6 +93,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     )
     with get_session(url) as session:  # run 4: DEMO-A in 2020 with that model serving
         run_backtest(session, config, ["DEMO-A"], *TRAIN, use_rl=True, policy=load_rl_policy(model))
+    ensemble = Ensemble(config, use_rl=True, policy=load_rl_policy(model))
+    with get_session(url) as session:  # live: the daemon deciding DEMO-A, 2021-01-01 .. 02-19
+        for k in range(50):
+            run_tick(session, ensemble, ["DEMO-A"], PaperBroker(), as_of=LATER[0] + dt.timedelta(k))
     strategy = tmp / "strategy.yaml"
     strategy.write_text("name: watched\nmonitoring:\n  min_hit_rate: 0.0\n", encoding="utf-8")
     return {"url": url, "bare": bare, "model": model, "tmp": tmp, "strategy": strategy}
@@ -134,6 +140,16 @@ def test_states_are_the_ones_the_backtest_served(world: dict[str, Any]) -> None:
     assert item.note == "366 rows with a stored RL action"
     with pytest.raises(KeyError):
         _report(world, 1).value("all", "served_agreement")  # run 1 served no model
+
+
+def test_live_decisions_of_the_daemon(world: dict[str, Any]) -> None:
+    """``--live``: the daemon's decisions; its states are the ones rebuilt here."""
+    with get_session(world["url"]) as session:
+        rows = monitored_decisions(session, [], None, None, live_strategy="watched")
+        assert len(rows["date"]) == 50
+        report = monitor(session, load_rl_policy(world["model"]), QUIET, rows)
+    assert report.value("DEMO-A", "served_agreement").value == 1.0
+    assert report.value("DEMO-A", "rows").value == 50.0
 
 
 def test_model_without_summary(world: dict[str, Any]) -> None:
@@ -218,6 +234,9 @@ def test_cli_run_outputs_and_errors(world: dict[str, Any]) -> None:
     drifted = _otonom(*base, "--run", "3", "--since", "365d", cwd=tmp)
     assert drifted.returncode == 3, drifted.stderr
     assert "ALERT: DRIFT feature_psi feature_group=market" in drifted.stdout
+    live = _otonom(*base, "--live", "--since", "20d", cwd=tmp)
+    assert live.returncode == 0, live.stderr
+    assert "strategy 'watched' (live); decisions 2021-01-31 .. 2021-02-19" in live.stdout
     missing = tmp / "none.json"
     bad = _otonom(*base, "--run", "99", f"--json={missing}", cwd=tmp)
     assert bad.returncode == 1

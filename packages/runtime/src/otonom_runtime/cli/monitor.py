@@ -110,23 +110,25 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     policy = load_rl_policy(_model_path(args, config))
     url = require_store(args.database_url)
     with get_session(url) as session:
-        runs = _run_ids(args, session, config.name)
-        every = monitored_decisions(session, runs, None, args.until, args.symbol or ())
+        runs = [] if args.live else _run_ids(args, session, config.name)
+        live = config.name if args.live else None
+        what = f"strategy {config.name!r} (live)" if live else f"run(s) {runs}"
+        symbols = args.symbol or ()
+        every = monitored_decisions(session, runs, None, args.until, symbols, live_strategy=live)
         if not every["date"]:
             raise OtonomRuntimeError(
-                f"run(s) {runs} hold no decisions of {args.symbol or 'any symbol'} up to "
+                f"{what} holds no decisions of {args.symbol or 'any symbol'} up to "
                 f"{args.until or 'the end'}; expected some to monitor"
             )
         end = args.until or max(every["date"])
         start = _window(args.since, end)
-        picked = monitored_decisions(session, runs, start, end, args.symbol or ())
+        picked = monitored_decisions(session, runs, start, end, symbols, live_strategy=live)
         if not picked["date"]:
             raise OtonomRuntimeError(
-                f"run(s) {runs} hold no decisions from {start} to {end}; expected some "
-                "(widen --since)"
+                f"{what} holds no decisions from {start} to {end}; expected some (widen --since)"
             )
         report = monitor(session, policy, config.monitoring, picked, start=start, end=end)
-    print(f"model {report.model}; runs {runs}; decisions {start} .. {end}")
+    print(f"model {report.model}; {what}; decisions {start} .. {end}")
     print(table_text(report))
     _write_outputs(args, report)
     return ALERT_EXIT if report.alerts else 0
@@ -137,14 +139,15 @@ def add_monitor_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         "monitor",
         help="watch the RL policy over stored decisions: drift, confidence, hit rate, alerts",
         description=(
-            "Rebuild the states of a backtest run's decisions from the store (the same feature "
-            "code as the backtest), run the strategy's RL model on them and compare, per "
-            "symbol and overall, its action mix (PSI, chi-square p-value) and each feature "
-            "group (PSI) with the training summary stored in the model "
-            "(otonom.training_summary); report the strength range, the mean confidence and "
-            "the hit rate of its BUY/SELL calls by confidence bucket. Thresholds: the "
-            "strategy's monitoring: section (defaults psi_warn 0.1, psi_alert 0.25, "
-            "chi2_p_value 0.001, min_hit_rate 0.45, horizon 1, min_rows 50)."
+            "Rebuild the states of a backtest run's decisions (or, with --live, the daemon's) "
+            "from the store (the same feature code as the backtest), run the strategy's RL model "
+            "on them and compare, per symbol and overall, its action mix (PSI, chi-square "
+            "p-value) and each feature group (PSI) with the training summary stored in the model "
+            "(otonom.training_summary); report the strength range, the mean confidence, the hit "
+            "rate of its BUY/SELL calls by confidence bucket and, where the decisions stored the "
+            "RL analyst's action, how often the model agrees with it. Thresholds: the strategy's "
+            "monitoring: section (defaults psi_warn 0.1, psi_alert 0.25, chi2_p_value 0.001, "
+            "min_hit_rate 0.45, horizon 1, min_rows 50)."
         ),
         epilog=(
             "exit status: 0 no alert, 3 at least one alert (warnings do not count), 1 an "
@@ -166,7 +169,8 @@ def add_monitor_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         default=None,
         help="last day of the window (YYYY-MM-DD; default: the newest decision)",
     )
-    p.add_argument(
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
         "--run",
         type=int,
         action="append",
@@ -175,6 +179,11 @@ def add_monitor_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
             "backtest run id to watch (repeat; runs that overlap in symbol and date count "
             "twice; default: the strategy's newest complete run)"
         ),
+    )
+    source.add_argument(
+        "--live",
+        action="store_true",
+        help="watch the strategy's live decisions (otonom daemon's) instead of a backtest run",
     )
     p.add_argument("--symbol", action="append", default=None, help="only this symbol (repeat)")
     p.add_argument("--model", default=None, help="this .onnx model instead of the strategy's")

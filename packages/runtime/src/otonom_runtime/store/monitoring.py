@@ -38,8 +38,11 @@ def monitored_decisions(
     start: dt.date | None,
     end: dt.date | None,
     symbols: Sequence[str] = (),
+    *,
+    live_strategy: str | None = None,
 ) -> dict[str, list[Any]]:
-    """The decisions of ``run_ids`` dated in [``start``, ``end``] (None: open), of
+    """The decisions of ``run_ids`` (or, given ``live_strategy``, that strategy's live
+    decisions, ``otonom daemon``'s) dated in [``start``, ``end``] (None: open), of
     ``symbols`` (empty: all), ordered by symbol then date: columns ``symbol``, ``date``,
     ``action``, ``strength``, ``position``, ``leverage``, ``cash_fraction``,
     ``days_since_last_trade`` (``math.inf``: never traded), ``rl_action``, ``rl_confidence``."""
@@ -58,7 +61,11 @@ def monitored_decisions(
     query = (
         select(*cols)
         .join(Symbol, Symbol.id == Decision.symbol_id)
-        .where(Decision.run_id.in_(list(run_ids)))
+        .where(
+            Decision.run_id.in_(list(run_ids))
+            if live_strategy is None
+            else Decision.live_strategy == live_strategy
+        )
         .order_by(Symbol.name, Decision.date, Decision.run_id)
     )
     if start is not None:
