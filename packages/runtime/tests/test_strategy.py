@@ -60,6 +60,14 @@ DEFAULTS: dict[str, Any] = {
     "costs": {"commission_bps": 10.0, "slippage_bps": 5.0},
     "calendar": {"periods_per_year": "auto"},
     "data": {"news_source": None, "macro_source": None},
+    "monitoring": {
+        "psi_warn": 0.10,
+        "psi_alert": 0.25,
+        "chi2_p_value": 0.001,
+        "min_hit_rate": 0.45,
+        "horizon": 1,
+        "min_rows": 50,
+    },
 }
 """The documented defaults, written out independently of the dataclasses."""
 
@@ -152,7 +160,7 @@ def test_parse_strategy_names_a_dict_source_and_a_default_name() -> None:
         pytest.param(
             {"calendr": {}},
             "calendr: unknown key; expected one of name, description, ensemble, analysts, "
-            "portfolio, costs, calendar, data; did you mean 'calendar'?",
+            "portfolio, costs, calendar, data, monitoring; did you mean 'calendar'?",
             id="unknown-top-level-key",
         ),
         pytest.param(
@@ -297,7 +305,7 @@ def test_a_key_that_is_not_text_is_unknown() -> None:
     problems = _problems({1: 2, "name": "x"})
     assert problems == (
         "<dict>: 1: unknown key; expected one of name, description, ensemble, "
-        "analysts, portfolio, costs, calendar, data",
+        "analysts, portfolio, costs, calendar, data, monitoring",
     )
 
 

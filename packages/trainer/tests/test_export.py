@@ -301,3 +301,21 @@ def test_export_from_a_cuda_model(tmp_path: Path, held_out: np.ndarray) -> None:
     path = _export(net, tmp_path / "policy_best.onnx", parity_states=held_out[:100])
     assert next(net.parameters()).is_cuda  # the caller's model stays where it was
     load_rl_policy(path)
+
+
+def test_training_summary_is_metadata_only(tmp_path: Path, held_out: np.ndarray) -> None:
+    """``otonom.training_summary`` from the training rows: the runtime reads it back, and the
+    graph, the weights and the digest are those of the same export without it."""
+    actions = np.arange(held_out.shape[0]) % 3
+    plain = _export(_net(), tmp_path / "plain.onnx")
+    summarised = _export(_net(), tmp_path / "summary.onnx", training_rows=(held_out, actions))
+    meta = {p.key: p.value for p in onnx.load(str(summarised)).metadata_props}
+    assert model_digest(plain.read_bytes()) == model_digest(summarised.read_bytes())
+    assert meta["otonom.digest"] == model_digest(summarised.read_bytes())
+    summary = load_rl_policy(summarised).training_summary()
+    assert summary is not None
+    assert summary.rows == held_out.shape[0]
+    assert summary.actions == pytest.approx([1 / 3, 1 / 3, 1 / 3], abs=1e-2)
+    assert summary.predicted_actions is not None
+    assert load_rl_policy(plain).training_summary() is None
+    assert max(summary.group_psi(held_out).values()) < 1e-9  # its own rows: no drift

@@ -80,6 +80,9 @@ def test_python_training_writes_a_loadable_onnx_of_its_run(tmp_path: Path) -> No
         meta = policy.get_metadata()
         assert meta["training_run_id"] == trainer.run_id
         assert meta["val_action_acc"] == trainer.metrics.val_action_acc
+    summary = load_rl_policy(out).training_summary()  # otonom monitor's reference: train rows
+    assert summary is not None
+    assert summary.rows == trainer.split.train.size
 
 
 def test_a_stale_onnx_beside_a_newer_run_is_refused_until_reexported(tmp_path: Path) -> None:
@@ -109,6 +112,9 @@ def test_a_stale_onnx_beside_a_newer_run_is_refused_until_reexported(tmp_path: P
     assert done.returncode == 0, done.stderr[-2000:]
     policy = load_rl_policy(out)
     assert policy.get_metadata()["training_run_id"] == second.run_id
+    summary = policy.training_summary()  # the CLI's export summarises the same train rows
+    assert summary is not None
+    assert summary.rows == second.split.train.size
 
 
 def test_cli_train_no_export_leaves_an_older_model_refused(tmp_path: Path) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -12,7 +13,10 @@ import numpy.typing as npt
 from otonom_runtime._errors import OtonomRuntimeError
 from otonom_runtime.metrics import drawdown_series
 
-__all__ = ["PlotUnavailableError", "figure", "plot_equity", "pyplot"]
+if TYPE_CHECKING:
+    from otonom_runtime.monitor import MonitorReport
+
+__all__ = ["PlotUnavailableError", "figure", "plot_equity", "plot_monitor", "pyplot"]
 
 
 class PlotUnavailableError(OtonomRuntimeError, RuntimeError):
@@ -87,4 +91,46 @@ def plot_equity(
     bottom.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
+    return out
+
+
+def plot_monitor(report: MonitorReport, path: str | Path) -> Path:
+    """``otonom monitor``'s dashboard in one PNG (written atomically): the model's action mix
+    over time (weekly shares), hit rate by confidence bucket, and PSI per feature group
+    overall against the strategy's warn/alert lines; returns the path."""
+    from otonom_runtime.monitor import ALL, BUCKETS
+    from otonom_schema import GROUPS, Action, atomic_path
+
+    fig = figure(figsize=(12, 4))
+    mix, conf, drift = fig.subplots(1, 3)
+    weeks = report.dates.astype("datetime64[W]")
+    days = np.unique(weeks)
+    shares = np.array([[np.mean(report.actions[weeks == w] == a) for w in days] for a in Action])
+    mix.stackplot(days.astype("datetime64[D]"), shares, labels=[a.name for a in Action])
+    mix.set_title("model action mix (weekly)")
+    mix.legend(loc="upper left", fontsize=8)
+    mix.tick_params(axis="x", labelrotation=30, labelsize=7)
+    rates, names = [], []
+    for lo, hi in itertools.pairwise(BUCKETS):
+        inside = report.called & (report.confidence >= lo) & (report.confidence < hi)
+        rates.append(float(report.hit[inside].mean()) if inside.any() else 0.0)
+        names.append(f"{lo:.2f}+")
+    conf.bar(names, rates)
+    conf.axhline(report.thresholds.min_hit_rate, color="red", linestyle="--", linewidth=1)
+    conf.set_title("hit rate by confidence")
+    conf.set_ylim(0.0, 1.0)
+    values = [report.value(ALL, "feature_psi", feature_group=g).value or 0.0 for g in GROUPS]
+    drift.bar(list(GROUPS), values)
+    for level, colour in (
+        (report.thresholds.psi_warn, "orange"),
+        (report.thresholds.psi_alert, "red"),
+    ):
+        drift.axhline(level, color=colour, linestyle="--", linewidth=1)
+    drift.set_title("feature drift (PSI, all symbols)")
+    drift.tick_params(axis="x", labelrotation=30, labelsize=7)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     return out

@@ -35,6 +35,7 @@ from otonom_runtime.serving.contract import (
     REQUIRED_METADATA,
     REQUIRED_METRICS,
     RUN_ID_KEY,
+    TRAINING_SUMMARY_KEY,
 )
 from otonom_runtime.serving.files import MAX_MODEL_BYTES, write_sha256_sidecar
 from otonom_runtime.serving.load import load_rl_policy
@@ -66,6 +67,7 @@ __all__ = [
     "REQUIRED_METRICS",
     "RUN_ID_KEY",
     "TRAINING_RECORD",
+    "TRAINING_SUMMARY_KEY",
     "RlPolicy",
     "load_rl_policy",
     "resolve_model_path",

@@ -185,9 +185,27 @@ def _cmd_export(args: argparse.Namespace) -> int:
         training_config=ckpt["config"],
         dataset_sha256=sha256_file(dataset),
         training_run_id=ckpt.get("run_id"),
+        training_rows=_training_rows(ckpt["config"], dataset),
     )
     print(f"ONNX model: {path} (matches torch at batch 1, 7 and 256)")
     return 0
+
+
+def _training_rows(config: dict[str, Any], dataset: str) -> tuple[Any, Any] | None:
+    """The checkpoint's training rows (its config's split of ``dataset``) for the export's
+    ``otonom.training_summary``; None (no summary, said on stderr) when the checkpoint's config
+    no longer reads as a ``TrainingConfig``."""
+    from otonom_trainer.config import ConfigError, TrainingConfig
+    from otonom_trainer.train import BehaviorCloningTrainer
+
+    try:
+        cfg = TrainingConfig.from_dict(config, {"dataset_path": str(dataset)})
+    except ConfigError as exc:
+        print(f"(no otonom.training_summary: {exc})", file=sys.stderr)
+        return None
+    trainer = BehaviorCloningTrainer(cfg)
+    rows = trainer.split.train
+    return trainer.dataset.states[rows], trainer.dataset.actions[rows]
 
 
 def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -56,6 +56,7 @@ from otonom_runtime.policy import (
     OUTPUT_NAMES,
     REQUIRED_METRICS,
     RUN_ID_KEY,
+    TRAINING_SUMMARY_KEY,
     load_rl_policy,
     write_sha256_sidecar,
 )
@@ -369,6 +370,7 @@ def export_onnx(
     parity_states: npt.ArrayLike | None = None,
     atol: float = 1e-5,
     training_run_id: str | None = None,
+    training_rows: tuple[npt.ArrayLike, npt.ArrayLike] | None = None,
 ) -> Path:
     """Export ``model`` to ONNX at ``path`` (a ``.onnx`` file) with its sha256 sidecar.
 
@@ -380,6 +382,11 @@ def export_onnx(
     ``model.probabilities`` on ``parity_states`` (held-out states, (N, 34), validated;
     ``None``: ``default_parity_states()``) at batch sizes 1, 7 and 256 (rows repeat when there
     are fewer): probabilities and strengths must agree to ``atol``.
+
+    ``training_rows``: the training states (N, 34) and their label actions (N,); when given,
+    their summary (``otonom_runtime.drift.summarize_training``, with the model's own actions
+    on those states) is stored as ``otonom.training_summary`` for
+    ``otonom monitor``. Metadata only: the graph, the weights and the digest are the same.
 
     Everything is written in a temporary folder beside ``path`` and moved into place only after
     parity holds; parent folders are created. Returns ``path``.
@@ -406,6 +413,8 @@ def export_onnx(
         metadata[EXTRA_OUTPUTS_KEY] = json.dumps(list(extras))
     states = _parity_states(parity_states)
     net = copy.deepcopy(model).to("cpu").float().eval()
+    if training_rows is not None:
+        metadata[TRAINING_SUMMARY_KEY] = _training_summary(net, *training_rows)
 
     return write_sealed(
         out,
@@ -414,6 +423,21 @@ def export_onnx(
         states,
         lambda staged: check_parity(staged, states, _torch_reference(net), atol),
     )
+
+
+def _training_summary(net: PolicyNetwork, states: npt.ArrayLike, actions: npt.ArrayLike) -> str:
+    """``otonom.training_summary``: the summary of the training rows, with the actions the
+    network itself picks on them (argmax of its probabilities, as the runtime does)."""
+    from otonom_runtime.drift import summarize_training
+
+    x = otonom_schema.validate_states(states)
+    predicted = []
+    with torch.no_grad():
+        for start in range(0, x.shape[0], 65_536):
+            probs = net.exported(torch.from_numpy(x[start : start + 65_536]))[0]
+            predicted.append(probs.argmax(dim=1).numpy())
+    picked = np.concatenate(predicted) if predicted else np.empty(0, dtype=np.int64)
+    return _to_json(summarize_training(x, actions, picked), "training_summary")
 
 
 def write_sealed(

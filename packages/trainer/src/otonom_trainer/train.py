@@ -250,11 +250,10 @@ class BehaviorCloningTrainer:
         return self._onnx_path
 
     def export_onnx(self, path: str | os.PathLike[str] | None = None) -> Path:
-        """Export the trained model (default ``output_dir / "policy_best.onnx"``) with its
-        metrics, config, training run id and the dataset's sha256, parity-checked on the
-        validation states (``train()`` calls this unless ``export=False``)."""
+        """Export the model (default ``output_dir / "policy_best.onnx"``; ``train()`` does unless
+        ``export=False``) with its metadata and training summary, parity-checked on val states."""
         target = Path(path) if path is not None else Path(self.cfg.output_dir) / ONNX_NAME
-        model, metrics = self.model, self.metrics  # TrainingError before train()
+        model, metrics, ds = self.model, self.metrics, self.dataset  # TrainingError before train()
         assert self._dataset_sha256 is not None  # set when train() read the dataset
         return export_onnx(
             model,
@@ -264,6 +263,7 @@ class BehaviorCloningTrainer:
             dataset_sha256=self._dataset_sha256,
             parity_states=self.val_states(),
             training_run_id=self.run_id,
+            training_rows=(ds.states[self.split.train], ds.actions[self.split.train]),
         )
 
     @property

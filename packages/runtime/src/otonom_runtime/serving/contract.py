@@ -22,6 +22,7 @@ __all__ = [
     "REQUIRED_METADATA",
     "REQUIRED_METRICS",
     "RUN_ID_KEY",
+    "TRAINING_SUMMARY_KEY",
     "check_extra_outputs",
     "check_signature",
     "check_training_run",
@@ -32,6 +33,10 @@ __all__ = [
 RUN_ID_KEY: Final = "otonom.training_run_id"
 """Optional metadata key: the id of the training run the model was exported from (the same id
 as in the checkpoint and in ``metadata.json``; see ``load_rl_policy``)."""
+TRAINING_SUMMARY_KEY: Final = "otonom.training_summary"
+"""Optional metadata key: a JSON object summarising the training data (action shares, per
+feature quantile bins and their shares) for monitoring (``otonom_runtime.drift``); models
+exported before it existed lack it and load as before."""
 MODEL_FORMAT: Final = "2"
 """The ``otonom.model_format`` this runtime reads (2: sealed with a digest and a golden sample,
 ``otonom_runtime.integrity``; format 1 models are refused)."""

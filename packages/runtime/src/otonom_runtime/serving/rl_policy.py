@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import threading
 from pathlib import Path
-from typing import Any, Final, Literal, overload
+from typing import TYPE_CHECKING, Any, Final, Literal, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -16,6 +16,9 @@ from otonom_runtime.integrity import PROBS_SUM_ATOL
 from otonom_runtime.serving.contract import INPUT_NAME, OPTIONAL_OUTPUTS, OUTPUT_NAMES
 from otonom_runtime.serving.session import Slot
 from otonom_schema import Action, RlState, validate_state_into, validate_states
+
+if TYPE_CHECKING:
+    from otonom_runtime.drift import TrainingSummary
 
 __all__ = ["RlPolicy"]
 
@@ -265,6 +268,13 @@ class RlPolicy:
         if not isinstance(mark, dict):
             return None
         return str(mark.get("reason") or "marked degenerate at training")
+
+    def training_summary(self) -> TrainingSummary | None:
+        """The training data's summary (``otonom.training_summary``, for monitoring), or None
+        for a model exported before it existed; ``PolicyError`` when it is malformed."""
+        from otonom_runtime.drift import TrainingSummary
+
+        return TrainingSummary.from_metadata(self.get_metadata())
 
     def get_metadata(self) -> dict[str, Any]:
         """The model's metadata, decoded (a fresh copy the caller may change).

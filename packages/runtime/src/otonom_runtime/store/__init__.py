@@ -51,6 +51,7 @@ The rooms (every SQL statement of the project lives in this package):
   symbols, one statement each) and its one write (``record_tick``).
 * ``writers``: the importers' and the synthetic market's inserts, updates and deletes.
 * ``datasets``: the reads of offline dataset generation (``otonom_trainer.dataset``).
+* ``monitoring``: the reads of ``otonom monitor`` (the run to watch, its decisions in a window).
 """
 
 from __future__ import annotations

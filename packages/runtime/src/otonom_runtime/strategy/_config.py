@@ -262,6 +262,37 @@ class DataConfig(_Checked):
 
 
 @dataclass(frozen=True)
+class MonitoringConfig(_Checked):
+    """Thresholds of ``otonom monitor`` (``otonom_runtime.monitor``).
+
+    ``psi_warn`` < ``psi_alert`` (> 0): population stability index of the action mix and of
+    each feature group against the training summary that warns / alerts (0.1 / 0.25, the usual
+    rule of thumb); ``chi2_p_value`` in (0, 1): the action mix's chi-square p-value below
+    which it alerts when its PSI is at ``psi_warn`` or more (warns when smaller);
+    ``min_hit_rate`` in [0, 1]: the share of the model's BUY/SELL calls that must be right
+    ``horizon`` bars later (int in [1, 60]); ``min_rows`` (int >= 1): fewer rows (or calls)
+    than this in a scope are reported but not judged.
+    """
+
+    psi_warn: float = field(default=0.10, metadata=rule(gt=0, le=10))
+    psi_alert: float = field(default=0.25, metadata=rule(gt=0, le=10))
+    chi2_p_value: float = field(default=0.001, metadata=rule(gt=0, lt=1))
+    min_hit_rate: float = field(default=0.45, metadata=rule(ge=0, le=1))
+    horizon: int = field(default=1, metadata=rule(ge=1, le=60))
+    min_rows: int = field(default=50, metadata=rule(ge=1))
+
+    __cross_checks__ = (
+        CrossCheck(
+            lambda v: v["psi_alert"] > v["psi_warn"],
+            lambda v: (
+                f"psi_alert {v['psi_alert']:g} is not above psi_warn {v['psi_warn']:g}; "
+                "expected psi_warn < psi_alert"
+            ),
+        ),
+    )
+
+
+@dataclass(frozen=True)
 class StrategyConfig(_Checked):
     """A whole strategy file.
 
@@ -279,6 +310,7 @@ class StrategyConfig(_Checked):
     costs: CostsConfig = field(default_factory=CostsConfig)
     calendar: CalendarConfig = field(default_factory=CalendarConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     source: str = field(default=DICT_SOURCE, compare=False, metadata=DERIVED_META)
     file_sha256: str = field(default="", compare=False, metadata=DERIVED_META)
     base_dir: Path | None = field(default=None, compare=False, metadata=DERIVED_META)
