@@ -32,6 +32,7 @@ from otonom_runtime.store.tables import (
     SIGNAL_FIELDS,
     STORE_VERSION,
     BacktestRun,
+    DaemonState,
     Decision,
     MacroSentiment,
     NewsSentiment,
@@ -273,12 +274,13 @@ def _upgrade_from_3(engine: Engine) -> None:
 def _upgrade_from_4(engine: Engine) -> None:
     """Store version 4 -> 5: ``decisions`` gets ``live_strategy`` (NULL on the stored
     decisions: every one is a backtest's) and the unique index ``ix_decisions_live`` on
-    (live_strategy, symbol_id, date), and ``store_version`` becomes 5.
+    (live_strategy, symbol_id, date), the ``daemon_state`` table is created (``DaemonState``:
+    the daemon's heartbeat and model state), and ``store_version`` becomes 5.
 
     Resumable, as ``_upgrade_from_3``: the column is added only if missing, the index only if
     missing (``CREATE UNIQUE INDEX IF NOT EXISTS``, the same statement on SQLite and
-    PostgreSQL), the version written last. A concurrent upgrade is fine too: whichever comes
-    second finds version 5 and stops.
+    PostgreSQL), the table only if missing, the version written last. A concurrent upgrade is
+    fine too: whichever comes second finds version 5 and stops.
     """
     table = Decision.__tablename__
     try:
@@ -297,6 +299,7 @@ def _upgrade_from_4(engine: Engine) -> None:
             conn.execute(
                 text(f"CREATE UNIQUE INDEX IF NOT EXISTS {_V5_INDEX} ON {table} ({columns})")
             )
+            cast("Table", DaemonState.__table__).create(conn, checkfirst=True)
             _set_version(conn, 5)
     except sa_exc.DBAPIError as exc:
         if (_read_version(engine) or 0) >= 5:
