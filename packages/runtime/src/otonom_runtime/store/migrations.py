@@ -299,7 +299,7 @@ def _upgrade_from_4(engine: Engine) -> None:
             conn.execute(
                 text(f"CREATE UNIQUE INDEX IF NOT EXISTS {_V5_INDEX} ON {table} ({columns})")
             )
-            cast("Table", DaemonState.__table__).create(conn, checkfirst=True)
+            conn.execute(text(_create_if_missing(_DAEMON_STATE, conn.dialect)))
             _set_version(conn, 5)
     except sa_exc.DBAPIError as exc:
         if (_read_version(engine) or 0) >= 5:
@@ -309,6 +309,14 @@ def _upgrade_from_4(engine: Engine) -> None:
         ) from None
 
 
+def _create_if_missing(table: Table, dialect: Dialect) -> str:
+    """``CREATE TABLE IF NOT EXISTS`` of ``table`` (its layout in a fresh store)."""
+    from sqlalchemy.schema import CreateTable
+
+    return str(CreateTable(table, if_not_exists=True).compile(dialect=dialect)).strip()
+
+
+_DAEMON_STATE: Final = cast("Table", DaemonState.__table__)
 _DECISIONS: Final = cast("Table", Decision.__table__)
 _V5_INDEX: Final = "ix_decisions_live"
 """The unique index store version 5 added to ``decisions`` (the live decisions' key)."""
