@@ -20,7 +20,11 @@ def _strategy_name(path: Path) -> str:
     read without resolving its model: a status is wanted most when the model is broken."""
     from otonom_runtime.strategy._yaml import read_strategy_file
 
-    _, data, _, _ = read_strategy_file(path)
+    try:
+        _, data, _, _ = read_strategy_file(path)
+    except StrategyError as exc:  # one line: its first problem
+        first = exc.problems[0] if exc.problems else str(exc).splitlines()[0]
+        raise StrategyError(first.strip(), [first.strip()]) from None
     name = data.get("name") if isinstance(data, dict) else None
     if name is None:
         return path.stem
