@@ -233,7 +233,8 @@ def test_without_a_good_model_it_decides_without_rl_until_a_good_one_is_promoted
     assert _rl_actions(reports[0]) == [None, None]
     assert reports[0].fallbacks == 2
     assert _rl_actions(reports[1]) == [Action.SELL, Action.SELL]
-    assert lines == [lines[0]] and lines[0].startswith("model reloaded: version v2")
+    assert lines == [lines[0]]
+    assert lines[0].startswith("model reloaded: version v2")
     row = _state(url)
     assert (row.model_version, row.reloads, row.refusals, row.fallbacks) == ("v2", 1, 1, 2)
     assert row.refused_version == "v1"
@@ -271,7 +272,7 @@ def test_a_daemon_subprocess_refuses_a_corrupt_promotion_and_status_says_why(
         assert first.startswith("tick run 1: 2 decisions"), first
         _promote(models, "v2")
         _bars(url, END + dt.timedelta(days=1))
-        seen = []
+        seen: list[str] = []
         while not any(line.startswith("tick run 2") for line in seen):
             line = daemon.stdout.readline()
             assert line, (seen, daemon.stderr.read() if daemon.stderr else "")
@@ -280,7 +281,8 @@ def test_a_daemon_subprocess_refuses_a_corrupt_promotion_and_status_says_why(
         daemon.communicate(timeout=120)  # a guard against a hang, not a timing
     assert daemon.returncode == 0
     refusal = [line for line in seen if "refused" in line]
-    assert len(refusal) == 1 and "model digest mismatch" in refusal[0], seen
+    assert len(refusal) == 1, seen
+    assert "model digest mismatch" in refusal[0]
     tick = seen[seen.index(next(s for s in seen if s.startswith("tick run 2"))) :]
     assert all(" RL BUY" in line for line in tick[1:3]), tick
     status = subprocess.run(
@@ -296,7 +298,8 @@ def test_a_daemon_subprocess_refuses_a_corrupt_promotion_and_status_says_why(
     assert "model in service: version v1 (" in status.stdout
     assert "refused:          version v2 (" in status.stdout
     assert "model digest mismatch" in status.stdout
-    assert "heartbeat:" in status.stdout and " s ago)" in status.stdout
+    assert "heartbeat:" in status.stdout
+    assert " s ago)" in status.stdout
 
 
 def test_status_flags_and_one_line_errors(
@@ -315,10 +318,14 @@ def test_status_flags_and_one_line_errors(
     assert err.count("\n") == 1
     missing = f"sqlite:///{(tmp_path / 'none.db').as_posix()}"
     code, _, err = _status(capsys, missing)
-    assert code == 1 and err.startswith("error: there is no store at ") and err.count("\n") == 1
+    assert code == 1
+    assert err.startswith("error: there is no store at ")
+    assert err.count("\n") == 1
     assert not (tmp_path / "none.db").exists()
     code, _, err = _status(capsys, url, "--strategy-path", str(tmp_path / "no.yaml"))
-    assert code == 1 and err.count("\n") == 1 and "no.yaml" in err
+    assert code == 1
+    assert err.count("\n") == 1
+    assert "no.yaml" in err
     with pytest.raises(SystemExit):
         main(["status", "--help"])
     helped = capsys.readouterr().out

@@ -350,8 +350,8 @@ def test_a_version_4_store_is_upgraded_in_place_even_after_a_failure_midway(
     step: str | None,
 ) -> None:
     """``live_strategy`` and ``ix_decisions_live`` are added and ``daemon_state`` created in
-    place (the layout of a fresh store); one transaction: a failure (``step``) leaves version 4 as it was, and the next
-    ``init_db`` does the whole upgrade."""
+    place (the layout of a fresh store); one transaction: a failure (``step``) leaves version 4
+    as it was, and the next ``init_db`` does the whole upgrade."""
     fresh = decision_layout(pg)
     make_v4_store(pg)
     v4 = decision_layout(pg)

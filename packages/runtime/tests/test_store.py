@@ -979,8 +979,8 @@ def test_a_version_4_store_is_upgraded_in_place_keeping_its_decisions_as_backtes
     db_url: str, make_v4_store: Any, decision_layout: Any, tmp_path: Path
 ) -> None:
     """``live_strategy`` is added (NULL on the stored decisions) with the unique index, and
-    ``daemon_state`` is created: the layout then equals a fresh store's, and the index holds one live decision per strategy,
-    symbol and date while backtest rows (NULL) never collide."""
+    ``daemon_state`` is created: the layout then equals a fresh store's, and the index holds one
+    live decision per strategy, symbol and date while backtest rows (NULL) never collide."""
     _one_decision(db_url)
     fresh = _sqlite(tmp_path / "fresh.db")
     init_db(fresh)
