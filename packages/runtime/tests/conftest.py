@@ -397,8 +397,9 @@ def _make_v3_store(url: str) -> dict[str, int]:
 
 def _make_v4_store(url: str) -> None:
     """Turn the (initialised) store at ``url`` into a store of version 4: ``decisions``
-    without ``live_strategy`` and the ``ix_decisions_live`` index."""
+    without ``live_strategy`` and the ``ix_decisions_live`` index, no ``daemon_state``."""
     with get_engine(url).begin() as conn:
+        conn.execute(text("DROP TABLE daemon_state"))
         conn.execute(text("DROP INDEX ix_decisions_live"))
         conn.execute(text("ALTER TABLE decisions DROP COLUMN live_strategy"))
         conn.execute(text("UPDATE store_meta SET value = '4' WHERE key = 'store_version'"))
@@ -413,10 +414,17 @@ def make_v4_store() -> Callable[[str], None]:
 
 def _decision_layout(url: str) -> dict[str, Any]:
     """The ``decisions`` table's columns (name, type, nullable) and indexes (name, columns,
-    unique), sorted: comparable across stores."""
+    unique), and the ``daemon_state`` table's columns (None: no such table), sorted:
+    comparable across stores."""
     with get_engine(url).connect() as conn:
         info = inspect(conn)
         return {
+            "daemon_state": sorted(
+                (c["name"], str(c["type"]), c["nullable"], bool(c.get("primary_key")))
+                for c in info.get_columns("daemon_state")
+            )
+            if info.has_table("daemon_state")
+            else None,
             "columns": sorted(
                 (c["name"], str(c["type"]), c["nullable"]) for c in info.get_columns("decisions")
             ),

@@ -337,7 +337,10 @@ def test_a_3_to_4_upgrade_that_fails_midway_completes_on_the_next_init_db(
 # --- store version 4 -> 5 on PostgreSQL -------------------------------------------------------
 
 
-@pytest.mark.parametrize("step", [None, "CREATE UNIQUE INDEX", "UPDATE store_meta"])
+@pytest.mark.parametrize(
+    "step",
+    [None, "CREATE UNIQUE INDEX", "CREATE TABLE IF NOT EXISTS daemon_state", "UPDATE store_meta"],
+)
 def test_a_version_4_store_is_upgraded_in_place_even_after_a_failure_midway(
     pg: str,
     make_v4_store: Any,
@@ -346,13 +349,14 @@ def test_a_version_4_store_is_upgraded_in_place_even_after_a_failure_midway(
     monkeypatch: pytest.MonkeyPatch,
     step: str | None,
 ) -> None:
-    """``live_strategy`` and ``ix_decisions_live`` are added in place (the layout of a fresh
-    store); one transaction: a failure (``step``) leaves version 4 as it was, and the next
-    ``init_db`` does the whole upgrade."""
+    """``live_strategy`` and ``ix_decisions_live`` are added and ``daemon_state`` created in
+    place (the layout of a fresh store); one transaction: a failure (``step``) leaves version 4
+    as it was, and the next ``init_db`` does the whole upgrade."""
     fresh = decision_layout(pg)
     make_v4_store(pg)
     v4 = decision_layout(pg)
     assert v4 != fresh
+    assert v4["daemon_state"] is None
     if step is not None:
         fail_at(monkeypatch, step)
         with pytest.raises(RuntimeError, match="interrupted"):

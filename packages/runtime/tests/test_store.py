@@ -978,14 +978,15 @@ def _one_decision(url: str, live_strategy: str | None = None) -> None:
 def test_a_version_4_store_is_upgraded_in_place_keeping_its_decisions_as_backtest_rows(
     db_url: str, make_v4_store: Any, decision_layout: Any, tmp_path: Path
 ) -> None:
-    """``live_strategy`` is added (NULL on the stored decisions) with the unique index: the
-    layout then equals a fresh store's, and the index holds one live decision per strategy,
-    symbol and date while backtest rows (NULL) never collide."""
+    """``live_strategy`` is added (NULL on the stored decisions) with the unique index, and
+    ``daemon_state`` is created: the layout then equals a fresh store's, and the index holds one
+    live decision per strategy, symbol and date while backtest rows (NULL) never collide."""
     _one_decision(db_url)
     fresh = _sqlite(tmp_path / "fresh.db")
     init_db(fresh)
     make_v4_store(db_url)
     assert decision_layout(db_url) != decision_layout(fresh)
+    assert decision_layout(db_url)["daemon_state"] is None
     with (
         pytest.raises(StoreError, match=r"store version 4; .* upgrade it in place"),
         get_session(db_url),
@@ -1007,6 +1008,7 @@ def test_a_version_4_store_is_upgraded_in_place_keeping_its_decisions_as_backtes
 _V5_STEPS = (
     "ALTER TABLE decisions ADD COLUMN live_strategy",
     "CREATE UNIQUE INDEX IF NOT EXISTS ix_decisions_live",
+    "CREATE TABLE IF NOT EXISTS daemon_state",
     "UPDATE store_meta",
 )
 

@@ -1,7 +1,7 @@
 """The ``otonom`` command line (also ``python -m otonom_runtime``).
 
 Layout: one module per command group (``data``, ``bench``, ``strategy``, ``backtest``,
-``runs``, ``daemon``, ``monitor``), each with an ``add_<group>_commands(commands)`` that
+``runs``, ``daemon``, ``monitor``, ``status``), each with an ``add_<group>_commands(commands)`` that
 ``_build_parser()`` calls in that order; every leaf command sets ``handler`` to a ``_cmd_*``
 function of its module taking the parsed arguments and returning the exit status. Shared
 rooms: ``_shell`` (``run_cli``, ``add_global_flags``: also ``otonom-train``'s), ``_store``
@@ -35,6 +35,7 @@ from otonom_runtime.cli.daemon import add_daemon_commands
 from otonom_runtime.cli.data import add_data_commands
 from otonom_runtime.cli.monitor import add_monitor_commands
 from otonom_runtime.cli.runs import add_runs_commands
+from otonom_runtime.cli.status import add_status_commands
 from otonom_runtime.cli.strategy import add_strategy_commands
 from otonom_schema import SchemaError
 
@@ -66,6 +67,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_runs_commands(commands)
     add_daemon_commands(commands)
     add_monitor_commands(commands)
+    add_status_commands(commands)
     add_global_flags(parser, version=_version_text())
     return parser
 

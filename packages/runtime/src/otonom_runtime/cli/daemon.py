@@ -56,6 +56,7 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
         interval_s=interval_s,
         as_of=args.as_of,
         report=lambda r: print(r.summary(), flush=True),
+        notify=lambda line: print(line, flush=True),
     )
     return 0
 
@@ -71,7 +72,10 @@ def add_daemon_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
             "live, in one transaction. Paper mode: positions are the live decisions filled at "
             "the next open by the backtester's rules. Re-running on the same bars records "
             "nothing. New bars come from another process (`otonom data import-csv`). SIGINT "
-            "or SIGTERM let the tick in progress finish its write, then it exits."
+            "or SIGTERM let the tick in progress finish its write, then it exits. Between "
+            "ticks a newly promoted model (the model folder's `latest` pointer) is loaded, "
+            "checked as at start and swapped in, or refused with the model in service kept; "
+            "the daemon's heartbeat and state go to the store (`otonom status`)."
         ),
     )
     p.add_argument(

@@ -11,7 +11,12 @@
 * ``loop``: ``run_tick`` (each symbol's newest bar not yet decided, decided and recorded in
   one transaction: the whole tick or nothing; a second tick on the same bars records nothing)
   and ``run_daemon`` (a tick every interval; SIGINT/SIGTERM let the tick in progress finish
-  its write, then it exits).
+  its write, then it exits; between ticks the hot reload and the state row).
+* ``reload``: ``ModelWatch`` (the hot reload: a newly promoted model loaded beside the one in
+  service with ``load_rl_policy``'s checks, swapped in for the next tick or refused with the
+  reason, the last good model kept) and ``daemon_state`` (the ``DaemonState`` row that
+  ``otonom status`` prints: heartbeat, model in service, refused candidate, fallback counts,
+  predict latency percentiles).
 
 Live decisions are stored as backtest decisions are, in ``decisions``, marked by
 ``live_strategy`` (the strategy's name), under a run row per tick whose
@@ -28,17 +33,29 @@ from otonom_runtime.daemon.loop import (
     run_tick,
 )
 from otonom_runtime.daemon.paper import Broker, Holding, PaperBroker
-from otonom_runtime.daemon.tick import Ensemble, SymbolInputs, TickDecision, read_tick
+from otonom_runtime.daemon.reload import ModelWatch, Refusal, daemon_state, latency_percentiles
+from otonom_runtime.daemon.tick import (
+    LATENCY_WINDOW,
+    Ensemble,
+    SymbolInputs,
+    TickDecision,
+    read_tick,
+)
 
 __all__ = [
+    "LATENCY_WINDOW",
     "LIVE_PURPOSE",
     "Broker",
     "Ensemble",
     "Holding",
+    "ModelWatch",
     "PaperBroker",
+    "Refusal",
     "SymbolInputs",
     "TickDecision",
     "TickReport",
+    "daemon_state",
+    "latency_percentiles",
     "parse_interval",
     "read_tick",
     "run_daemon",

@@ -21,9 +21,11 @@ from sqlalchemy.orm import Session
 from otonom_runtime._errors import DaemonError
 from otonom_runtime.backtest.runner import _rl_model_params
 from otonom_runtime.daemon.paper import Broker, Holding
+from otonom_runtime.daemon.reload import ModelWatch, daemon_state
 from otonom_runtime.daemon.tick import Ensemble, SymbolInputs, TickDecision, read_tick
 from otonom_runtime.ensemble import ANALYSTS
-from otonom_runtime.store import BacktestRun, this_process
+from otonom_runtime.store import HEARTBEAT_INTERVAL_S, BacktestRun, this_process
+from otonom_runtime.store.daemons import write_daemon_state
 from otonom_runtime.store.ticks import load_live_decisions, record_tick
 from otonom_schema import Action
 
@@ -249,22 +251,56 @@ def run_daemon(
     interval_s: float = 86400.0,
     as_of: dt.date | None = None,
     report: Callable[[TickReport], None] = lambda r: None,
+    notify: Callable[[str], None] = lambda line: None,
+    heartbeat_s: float = HEARTBEAT_INTERVAL_S,
 ) -> int:
     """Tick (``run_tick``) every ``interval_s`` seconds until SIGINT or SIGTERM (``once``:
     one tick). A signal during a tick lets it finish, its write included, then the loop
     exits; during the wait it exits at once. ``session_factory``: a context manager of a
     session (``get_session``); ``symbols``: called each tick (a universe file may change);
-    ``report``: given each tick's ``TickReport``. Returns the number of ticks run."""
+    ``report``: given each tick's ``TickReport``.
+
+    Between ticks the model is hot-reloaded (``ModelWatch.check``: before each tick and every
+    ``heartbeat_s`` of the wait; ``notify`` is given its line when a candidate is swapped in
+    or refused), and the daemon's state row (``DaemonState``: heartbeat, model in service,
+    refused candidate, counts, predict latencies) is written at the start, after each tick,
+    every ``heartbeat_s`` of the wait and at the end (``status`` ``"stopped"``). Returns the
+    number of ticks run."""
+    watch = ModelWatch(ensemble)
+    started_at = dt.datetime.now(dt.timezone.utc)
     ticks = 0
+
+    def beat(status: str = "running") -> None:
+        state = daemon_state(watch, started=started_at, ticks=ticks, status=status)
+        try:
+            with session_factory() as session:
+                write_daemon_state(session, ensemble.name, state)
+        except Exception as exc:  # the state row must never stop the decisions
+            log.warning("daemon state of %s not recorded: %s", ensemble.name, exc)
+
+    def reload() -> None:
+        line = watch.check()
+        if line is not None:
+            notify(line)
+
     with _stop_on_signals() as stop:
+        beat()
         while not stop.event.is_set():
             started = time.monotonic()
+            reload()
             with session_factory() as session:
                 report(run_tick(session, ensemble, symbols(), broker, as_of=as_of))
             ticks += 1
+            beat()
             if once:
                 break
-            stop.event.wait(max(0.0, interval_s - (time.monotonic() - started)))
+            while not stop.event.is_set():
+                left = interval_s - (time.monotonic() - started)
+                if left <= 0 or stop.event.wait(min(left, heartbeat_s)):
+                    break
+                reload()
+                beat()
+        beat("stopped")
     if stop.signal is not None:
         log.info("daemon stopped by signal %d after %d ticks", stop.signal, ticks)
     return ticks

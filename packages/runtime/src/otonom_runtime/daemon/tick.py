@@ -15,15 +15,17 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy.orm import Session
 
-from otonom_runtime._errors import StateBuildError
+from otonom_runtime._errors import DaemonError, StateBuildError
 from otonom_runtime.backtest.runner import _make_rl, _symbols, _with_rl
 from otonom_runtime.ensemble import ANALYSTS, RlAnalyst, Signal, decide_rows, rl_votes
 from otonom_runtime.store import load_macro
@@ -43,10 +45,12 @@ if TYPE_CHECKING:
     from otonom_runtime.policy import RlPolicy
     from otonom_runtime.strategy import StrategyConfig
 
-__all__ = ["Ensemble", "SymbolInputs", "TickDecision", "read_tick"]
+__all__ = ["LATENCY_WINDOW", "Ensemble", "SymbolInputs", "TickDecision", "read_tick"]
 
 log = logging.getLogger("otonom_runtime.daemon")
 F64 = npt.NDArray[np.float64]
+LATENCY_WINDOW: Final = 1000
+"""How many of the newest predict calls ``Ensemble.latencies_ms`` keeps."""
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,11 @@ class Ensemble:
     ``use_rl``: None follows the strategy file, False switches the RL analyst off, True needs
     a model (``policy`` or the file's). A model that fails to load is a fallback, not an
     error (the backtester's rule): the ensemble decides without it, ``rl_error`` says why.
-    ``fallbacks`` counts every decision made without the RL analyst while it is on.
+    ``fallbacks`` counts every decision made without the RL analyst while it is on;
+    ``latencies_ms``: the wall time of the newest ``LATENCY_WINDOW`` policy calls (one per
+    ``decide_states`` with a model in service), in milliseconds. ``serve`` swaps in another
+    model (the daemon's hot reload, ``ModelWatch``); ``policy_given``: the policy was handed
+    in, not loaded from the strategy's model path.
     """
 
     def __init__(
@@ -140,6 +148,8 @@ class Ensemble:
         self.rl: RlAnalyst | None = _make_rl(self.config, policy) if rl_on else None
         self.fallbacks = 0
         self.last_error: str | None = None if self.rl is None else self.rl.last_error
+        self.latencies_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self.policy_given = policy is not None
 
     @classmethod
     def from_strategy(
@@ -158,6 +168,16 @@ class Ensemble:
     def name(self) -> str:
         """The strategy's name (the live decisions' key)."""
         return self.config.name
+
+    def serve(self, policy: RlPolicy) -> None:
+        """Put ``policy`` (loaded and checked: ``load_rl_policy``) in service as the RL
+        analyst from the next decision on. ``DaemonError`` with the RL analyst off."""
+        if self.rl is None:
+            raise DaemonError(
+                f"strategy {self.name!r} has the RL analyst off; expected it on to serve a model"
+            )
+        self.rl = RlAnalyst(policy)
+        self.last_error = None
 
     @property
     def rl_error(self) -> str | None:
@@ -251,7 +271,10 @@ class Ensemble:
         analysts = [
             RlAnalyst(self.rl.policy, reason=self.rl.last_error, quiet=True) for _ in range(n)
         ]
+        started = time.perf_counter()
         sig, voted = rl_votes(analysts, rows, validated=True)
+        if self.rl.policy is not None:
+            self.latencies_ms.append((time.perf_counter() - started) * 1000.0)
         signals: list[Signal | None] = []
         flat: list[Any] = []
         for i, ok in enumerate(voted.tolist()):

@@ -47,6 +47,8 @@ The rooms (every SQL statement of the project lives in this package):
 * ``readers``: symbols, bars and sentiment as ``otonom_schema`` types, and the stored rows the
   importers and the synthetic market compare against (``stored_bars`` ...).
 * ``live``: the live state builder's per-tick probe (``probe_latest``), one prebuilt statement.
+* ``daemons``: the daemon's state row (``write_daemon_state``, ``read_daemon_states``): its
+  heartbeat, the model in service, the refused candidate, what ``otonom status`` prints.
 * ``ticks``: the daemon tick's batched reads (bars, news, earlier live decisions of many
   symbols, one statement each) and its one write (``record_tick``).
 * ``writers``: the importers' and the synthetic market's inserts, updates and deletes.
@@ -57,6 +59,7 @@ The rooms (every SQL statement of the project lives in this package):
 from __future__ import annotations
 
 from otonom_runtime._sources import SYNTHETIC_SOURCE, USER_SOURCE, check_source_name
+from otonom_runtime.store.daemons import read_daemon_states, write_daemon_state
 from otonom_runtime.store.engine import (
     DATABASE_URL_ENV,
     default_database_url,
@@ -105,6 +108,7 @@ from otonom_runtime.store.tables import (
     BacktestRun,
     Bar,
     Base,
+    DaemonState,
     Decision,
     InfAsNull,
     MacroSentiment,
@@ -139,6 +143,7 @@ __all__ = [
     "BacktestRun",
     "Bar",
     "Base",
+    "DaemonState",
     "Decision",
     "DecisionBatch",
     "InfAsNull",
@@ -180,6 +185,7 @@ __all__ = [
     "macro_dates",
     "news_dates",
     "probe_latest",
+    "read_daemon_states",
     "sentiment_source",
     "stored_bars",
     "stored_macro_scores",
@@ -190,4 +196,5 @@ __all__ = [
     "update_bars",
     "update_macro",
     "update_news",
+    "write_daemon_state",
 ]

@@ -32,6 +32,7 @@ from otonom_runtime.store.tables import (
     SIGNAL_FIELDS,
     STORE_VERSION,
     BacktestRun,
+    DaemonState,
     Decision,
     MacroSentiment,
     NewsSentiment,
@@ -273,12 +274,13 @@ def _upgrade_from_3(engine: Engine) -> None:
 def _upgrade_from_4(engine: Engine) -> None:
     """Store version 4 -> 5: ``decisions`` gets ``live_strategy`` (NULL on the stored
     decisions: every one is a backtest's) and the unique index ``ix_decisions_live`` on
-    (live_strategy, symbol_id, date), and ``store_version`` becomes 5.
+    (live_strategy, symbol_id, date), the ``daemon_state`` table is created (``DaemonState``:
+    the daemon's heartbeat and model state), and ``store_version`` becomes 5.
 
     Resumable, as ``_upgrade_from_3``: the column is added only if missing, the index only if
     missing (``CREATE UNIQUE INDEX IF NOT EXISTS``, the same statement on SQLite and
-    PostgreSQL), the version written last. A concurrent upgrade is fine too: whichever comes
-    second finds version 5 and stops.
+    PostgreSQL), the table only if missing, the version written last. A concurrent upgrade is
+    fine too: whichever comes second finds version 5 and stops.
     """
     table = Decision.__tablename__
     try:
@@ -297,6 +299,7 @@ def _upgrade_from_4(engine: Engine) -> None:
             conn.execute(
                 text(f"CREATE UNIQUE INDEX IF NOT EXISTS {_V5_INDEX} ON {table} ({columns})")
             )
+            conn.execute(text(_create_if_missing(_DAEMON_STATE, conn.dialect)))
             _set_version(conn, 5)
     except sa_exc.DBAPIError as exc:
         if (_read_version(engine) or 0) >= 5:
@@ -306,6 +309,14 @@ def _upgrade_from_4(engine: Engine) -> None:
         ) from None
 
 
+def _create_if_missing(table: Table, dialect: Dialect) -> str:
+    """``CREATE TABLE IF NOT EXISTS`` of ``table`` (its layout in a fresh store)."""
+    from sqlalchemy.schema import CreateTable
+
+    return str(CreateTable(table, if_not_exists=True).compile(dialect=dialect)).strip()
+
+
+_DAEMON_STATE: Final = cast("Table", DaemonState.__table__)
 _DECISIONS: Final = cast("Table", Decision.__table__)
 _V5_INDEX: Final = "ix_decisions_live"
 """The unique index store version 5 added to ``decisions`` (the live decisions' key)."""

@@ -40,6 +40,7 @@ __all__ = [
     "BacktestRun",
     "Bar",
     "Base",
+    "DaemonState",
     "Decision",
     "InfAsNull",
     "MacroSentiment",
@@ -51,7 +52,7 @@ __all__ = [
 STORE_VERSION: Final = 5
 """Version of the table layout, written to ``store_meta`` by ``init_db`` (which upgrades an
 older store in place: version 1 -> 2 see ``Decision``, 2 -> 3 see ``MacroSentiment``, 3 -> 4
-see ``BacktestRun``, 4 -> 5 see ``Decision.live_strategy``)."""
+see ``BacktestRun``, 4 -> 5 see ``Decision.live_strategy`` and ``DaemonState``)."""
 
 RUN_STATUSES: Final = ("running", "complete", "failed")
 
@@ -310,3 +311,43 @@ class Decision(Base):
         if math.isnan(value) or value < 0:
             raise ValueError(f"{key} is {value}; expected a number of days >= 0 or math.inf")
         return value
+
+
+class DaemonState(Base):
+    """The state of a strategy's daemon (``otonom daemon``), one row per strategy, rewritten
+    after every tick and while it waits; what ``otonom status`` prints.
+
+    ``host``, ``pid``, ``started_at``: the daemon process; ``heartbeat_at``: its newest write
+    (its age says whether the daemon is alive); ``status``: ``"running"`` or ``"stopped"``
+    (it exited cleanly). ``model_file``, ``model_version`` (the version folder's name),
+    ``model_sha256`` and ``model_since``: the model in service (all NULL: none, the ensemble
+    decides without the RL analyst); ``refused_file``, ``refused_version``, ``refused_reason``
+    and ``refused_at``: the newest candidate the hot reload refused (the old model kept).
+    ``ticks``, ``fallbacks`` (decisions made without the RL analyst while it is on),
+    ``reloads`` (candidates swapped in) and ``refusals`` count since ``started_at``;
+    ``latency_ms``: the recent predict calls' latency percentiles (``{"n", "p50", "p90",
+    "p99", "max"}``, milliseconds; None before the first call). Store version 4 had no such
+    table: the in-place upgrade to 5 creates it.
+    """
+
+    __tablename__ = "daemon_state"
+
+    strategy: Mapped[str] = mapped_column(String(128), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    ticks: Mapped[int] = mapped_column(Integer, default=0)
+    fallbacks: Mapped[int] = mapped_column(Integer, default=0)
+    reloads: Mapped[int] = mapped_column(Integer, default=0)
+    refusals: Mapped[int] = mapped_column(Integer, default=0)
+    model_file: Mapped[str | None] = mapped_column(Text)
+    model_version: Mapped[str | None] = mapped_column(String(255))
+    model_sha256: Mapped[str | None] = mapped_column(String(64))
+    model_since: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    refused_file: Mapped[str | None] = mapped_column(Text)
+    refused_version: Mapped[str | None] = mapped_column(String(255))
+    refused_reason: Mapped[str | None] = mapped_column(Text)
+    refused_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    latency_ms: Mapped[dict[str, Any] | None] = mapped_column(JSON)
