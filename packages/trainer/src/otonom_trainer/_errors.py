@@ -19,6 +19,7 @@
         ├── TuneError (+ ValueError)            tune's options, search space or study
         ├── DatasetGenerationError (+ ValueError)  a dataset that cannot be made from the store
         ├── StatsError (+ ValueError)           return series the statistics cannot use
+        ├── RetrainError (+ ValueError)         retrain's options or the model in service
         └── LabelError (+ ValueError)           forward labels that cannot be made (horizon, rows)
 
 The classes are

@@ -5,8 +5,9 @@ check; ``--seeds``: N at once; data-parallel under ``torchrun``), ``export`` (a 
 ONNX), ``evaluate`` (Step 3, through the runtime's ONNX model), ``pipeline`` (the whole guide end
 to end), ``check`` (the production checklist; ``--promote`` moves a model folder's ``latest``
 pointer), ``walk-forward`` (rolling windows), ``explain`` (feature importance), ``ensemble``
-(several policies as one ONNX model) and ``tune`` (optuna's search of the knobs), whose parsers
-are their modules' ``add_parser`` (``check``'s in ``check_cli``). The CLI only maps flags to the
+(several policies as one ONNX model), ``tune`` (optuna's search of the knobs) and ``retrain``
+(decide whether the model in service is due, then pipeline + gate), whose parsers are their
+modules' ``add_parser`` (``check``'s in ``check_cli``, ``retrain``'s in ``retrain_cli``). The CLI only maps flags to the
 Python API; every rule lives there. Every error prints one ``error: ...`` line and exits 1
 (``--debug`` shows the traceback instead); the handling is the ``otonom`` command's
 (``otonom_runtime.cli.run_cli``).
@@ -432,7 +433,15 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_evaluate(sub)
     _add_pipeline(sub)
-    for module in ("check_cli", "walkforward", "explain_report", "ensemble_cli", "stacked", "tune"):
+    for module in (
+        "check_cli",
+        "walkforward",
+        "explain_report",
+        "ensemble_cli",
+        "stacked",
+        "tune",
+        "retrain_cli",
+    ):
         importlib.import_module(f"otonom_trainer.{module}").add_parser(sub)  # its parser
     add_global_flags(parser, version=_version_text())
     return parser
