@@ -75,7 +75,8 @@ def test_no_model_in_service_means_retrain_and_force_always_does() -> None:
     assert decision.retrain
     assert "no model in service under models/rl_bc" in decision.text()
     forced = decide_retrain(_cfg(force=True), Evidence(MODEL, CALM, live_agree=9, live_total=10))
-    assert forced.retrain and _reasons(forced)["force"]
+    assert forced.retrain
+    assert _reasons(forced)["force"]
     assert not _reasons(forced)["schedule"]
 
 
@@ -126,7 +127,8 @@ TRAIN = (dt.date(2024, 7, 1), dt.date(2025, 9, 30))  # bars 182 .. 638; 61 bars 
 def test_a_volatility_jump_after_the_training_end_is_a_regime_change() -> None:
     jump = int((np.datetime64(TRAIN[1]) - np.datetime64("2024-01-01")).astype(int)) + 1
     mix = regime_mix({"X": _bars(jump)}, TRAIN, 90)
-    assert sum(mix.recent) == 61 and sum(mix.train) == 457
+    assert sum(mix.recent) == 61
+    assert sum(mix.train) == 457
     # most new days are high-vol (the regime ranks the 20-bar volatility among its last 120
     # values: it takes a few bars to rise, and a long enough spell becomes the new normal)
     assert mix.recent[2] >= 40
@@ -219,7 +221,8 @@ def test_retrain_end_to_end_dry_run_then_retrain_and_promote(tmp_path: Path) -> 
     lines = (tmp_path / "reports" / "retrain" / "retrain.jsonl").read_text().splitlines()
     assert len(lines) == 1
     entry = json.loads(lines[0])
-    assert entry["retrain"] is True and entry["promoted"] is True
+    assert entry["retrain"] is True
+    assert entry["promoted"] is True
     assert entry["gate"] == {"passed": True, "promoted": True, "failed": []}
     assert [r["name"] for r in entry["reasons"]] == ["schedule", "regime", "agreement"]
     run = tmp_path / entry["run"]
@@ -242,5 +245,6 @@ def test_retrain_refuses_bad_input_with_exit_2(tmp_path: Path) -> None:
     (tmp_path / "models" / "rl_bc" / "latest").write_text("nope\n")
     out = _retrain(tmp_path, "--dry-run")
     assert out.returncode == 2
-    assert out.stderr.startswith("error: ") and len(out.stderr.strip().splitlines()) == 1
+    assert out.stderr.startswith("error: ")
+    assert len(out.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["latest", "models", "rl_bc"]

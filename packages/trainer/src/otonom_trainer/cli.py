@@ -7,10 +7,10 @@ to end), ``check`` (the production checklist; ``--promote`` moves a model folder
 pointer), ``walk-forward`` (rolling windows), ``explain`` (feature importance), ``ensemble``
 (several policies as one ONNX model), ``tune`` (optuna's search of the knobs) and ``retrain``
 (decide whether the model in service is due, then pipeline + gate), whose parsers are their
-modules' ``add_parser`` (``check``'s in ``check_cli``, ``retrain``'s in ``retrain_cli``). The CLI only maps flags to the
-Python API; every rule lives there. Every error prints one ``error: ...`` line and exits 1
-(``--debug`` shows the traceback instead); the handling is the ``otonom`` command's
-(``otonom_runtime.cli.run_cli``).
+modules' ``add_parser`` (``check``'s in ``check_cli``, ``retrain``'s in ``retrain_cli``). The
+CLI only maps flags to the Python API; every rule lives there. Every error prints one
+``error: ...`` line and exits 1 (``--debug`` shows the traceback instead; ``retrain`` exits 2
+on bad input); the handling is the ``otonom`` command's (``otonom_runtime.cli.run_cli``).
 """
 
 from __future__ import annotations

@@ -206,7 +206,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     p.add_argument(
         "--quiet",
         action="store_true",
-        help="the pipeline prints nothing of its stages (the decision and its verdict are always printed)",
+        help="the pipeline prints nothing of its stages (the decision and its verdict are "
+        "always printed)",
     )
     p.set_defaults(handler=_cmd_retrain)
     return p
