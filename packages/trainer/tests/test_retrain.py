@@ -4,6 +4,7 @@ rows with the teacher's vote), and one real end-to-end run that retrains and pro
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import subprocess
@@ -248,3 +249,61 @@ def test_retrain_refuses_bad_input_with_exit_2(tmp_path: Path) -> None:
     assert out.stderr.startswith("error: ")
     assert len(out.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["latest", "models", "rl_bc"]
+
+
+def test_the_live_decisions_are_read_from_the_store(tmp_path: Path) -> None:
+    """Constructed live decision rows in a real SQLite store (as ``otonom daemon`` writes them:
+    ``live_strategy`` set): half of the RL votes agree with the teacher's BUY -> retrain for
+    agreement; rows before the training end, of another strategy or without an RL signal (a
+    fallback), and backtest rows are not counted."""
+    from otonom_runtime.store import (
+        BacktestRun,
+        Decision,
+        get_or_create_symbol,
+        get_session,
+        init_db,
+    )
+    from otonom_trainer.retrain import _live_rows, gather_evidence
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    init_db(url)
+    strategy = load_strategy(STRATEGY)
+    teacher = {"tech": _signal(1), "news": _signal(1), "risk": None}
+    day0 = dt.date(2026, 1, 1)  # after MODEL's training end
+
+    def row(run: BacktestRun, sym: Any, i: int, rl: int | None, live: str | None) -> Decision:
+        d = Decision(
+            run_id=run.id, symbol_id=sym.id, date=day0 + dt.timedelta(days=i), action=1,
+            strength=0.5, position=0.0, leverage=0.0, cash_fraction=1.0,
+            days_since_last_trade=float("inf"), equity=1e4, live_strategy=live,
+        )  # fmt: skip
+        d.signals = {**teacher, "rl": None if rl is None else _signal(rl)}
+        return d
+
+    with get_session(url) as session:
+        sym, _ = get_or_create_symbol(session, "X", source="test")
+        run = BacktestRun(
+            strategy_name=strategy.name, strategy_hash="h", params={"purpose": "live"},
+            start_date=day0, end_date=day0,
+        )  # fmt: skip
+        session.add(run)
+        session.flush()
+        rows = [row(run, sym, i, 1 if i % 2 else 2, strategy.name) for i in range(40)]
+        rows += [row(run, sym, 40 + i, None, strategy.name) for i in range(5)]  # fallbacks
+        rows += [row(run, sym, 50 + i, 2, "other") for i in range(5)]
+        rows += [row(run, sym, -400 + i, 2, strategy.name) for i in range(5)]  # before the end
+        session.add_all(rows)
+        session.commit()
+
+    model_dir = tmp_path / "models"  # nothing in service: the regime is not measured
+    cfg = _cfg(database_url=url, model_dir=str(model_dir), symbols=("X",))
+    ev = gather_evidence(cfg, teacher_params(strategy), strategy.name)
+    assert (ev.live_agree, ev.live_total) == (20, 45)  # no training end known: all 45 counted
+    end = dataclasses.replace(MODEL, train_end=day0 - dt.timedelta(days=1))
+    with get_session(url) as session:  # the read itself, after the training end
+        got = _live_rows(session, strategy.name, end.train_end, 250)
+    assert len(got) == 40
+    agree, total = teacher_agreement(got, teacher_params(strategy))
+    decision = decide_retrain(_cfg(), Evidence(end, CALM, live_agree=agree, live_total=total))
+    assert _reasons(decision) == {"schedule": False, "regime": False, "agreement": True}
+    assert "20/40 live decisions (50.0 %) < 60 %" in decision.text()
