@@ -263,7 +263,8 @@ def test_the_live_decisions_are_read_from_the_store(tmp_path: Path) -> None:
         get_session,
         init_db,
     )
-    from otonom_trainer.retrain import _live_rows, gather_evidence
+    from otonom_runtime.store.ticks import load_live_signals
+    from otonom_trainer.retrain import gather_evidence
 
     url = f"sqlite:///{tmp_path / 'store.db'}"
     init_db(url)
@@ -301,7 +302,7 @@ def test_the_live_decisions_are_read_from_the_store(tmp_path: Path) -> None:
     assert (ev.live_agree, ev.live_total) == (20, 45)  # no training end known: all 45 counted
     end = dataclasses.replace(MODEL, train_end=day0 - dt.timedelta(days=1))
     with get_session(url) as session:  # the read itself, after the training end
-        got = _live_rows(session, strategy.name, end.train_end, 250)
+        got = load_live_signals(session, strategy.name, end.train_end, 250)
     assert len(got) == 40
     agree, total = teacher_agreement(got, teacher_params(strategy))
     decision = decide_retrain(_cfg(), Evidence(end, CALM, live_agree=agree, live_total=total))

@@ -395,30 +395,13 @@ def teacher_agreement(
     return agree, n
 
 
-def _live_rows(
-    session: Any, strategy: str, after: dt.date | None, limit: int
-) -> list[dict[str, dict[str, Any] | None]]:
-    """The newest ``limit`` live decisions of ``strategy`` with an RL signal, dated after
-    ``after``: their signals."""
-    from sqlalchemy import select
-
-    from otonom_runtime.store import Decision
-
-    query = select(Decision).where(
-        Decision.live_strategy == strategy, Decision.rl_action.is_not(None)
-    )
-    if after is not None:
-        query = query.where(Decision.date > after)
-    found = session.scalars(query.order_by(Decision.date.desc()).limit(limit)).all()
-    return [d.signals for d in found]
-
-
 def gather_evidence(cfg: RetrainConfig, params: EngineParams, name: str) -> Evidence:
     """The ``Evidence`` from the model folder and the store (read only; a SQLite store that
     does not exist yet is not created: nothing measured)."""
     from otonom_runtime import StateBuildError, StoreError, UnknownSymbolError
     from otonom_runtime.cli import require_store
     from otonom_runtime.store import get_session, load_history
+    from otonom_runtime.store.ticks import load_live_signals
 
     model = service_model(cfg.model_dir)
     try:
@@ -436,7 +419,7 @@ def gather_evidence(cfg: RetrainConfig, params: EngineParams, name: str) -> Evid
                 with contextlib.suppress(UnknownSymbolError, StateBuildError):
                     histories[symbol] = load_history(session, symbol)
             regime, note = regime_mix(histories, (start, end), cfg.regime_days), ""
-        rows = _live_rows(session, name, end, cfg.live_window)
+        rows = load_live_signals(session, name, end, cfg.live_window)
     agree, total = teacher_agreement(rows, params)
     return Evidence(model, regime, note, agree, total)
 

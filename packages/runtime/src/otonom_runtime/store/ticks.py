@@ -26,6 +26,7 @@ from otonom_schema import MarketHistory, SentimentSeries
 __all__ = [
     "LiveDecisions",
     "load_live_decisions",
+    "load_live_signals",
     "load_tick_bars",
     "load_tick_news",
     "record_tick",
@@ -129,6 +130,21 @@ def load_live_decisions(
         symbol_id: LiveDecisions(days[a:b], list(actions[a:b]), list(strengths[a:b]))
         for symbol_id, a, b in _groups(np.array(ids, dtype=np.int64))
     }
+
+
+def load_live_signals(
+    session: Session, strategy: str, after: dt.date | None, limit: int
+) -> list[dict[str, dict[str, Any] | None]]:
+    """Every analyst's signals (``Decision.signals``) of the newest ``limit`` live decisions of
+    ``strategy`` that have an RL signal, dated after ``after`` (None: any date), newest first,
+    in one statement (``otonom-train retrain``'s live agreement with the teacher)."""
+    query = select(Decision).where(
+        Decision.live_strategy == strategy, Decision.rl_action.is_not(None)
+    )
+    if after is not None:
+        query = query.where(Decision.date > after)
+    found = session.scalars(query.order_by(Decision.date.desc()).limit(limit)).all()
+    return [d.signals for d in found]
 
 
 def record_tick(session: Session, run: BacktestRun, columns: Mapping[str, list[Any]]) -> int | None:
