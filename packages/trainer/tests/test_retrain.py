@@ -206,7 +206,9 @@ def _retrain(cwd: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 
 def test_retrain_end_to_end_dry_run_then_retrain_and_promote(tmp_path: Path) -> None:
     """No model in service: a dry run says so and writes nothing; the real run trains on a small
-    synthetic store (one symbol, 4 years, 6 epochs), passes the gate and promotes."""
+    synthetic store (one symbol, 4 years, 6 epochs, 30k teacher rows: a size at which the demo
+    seed's model passes every gate item, as test_check's default-size run does), passes the
+    gate and promotes."""
     dry = _retrain(tmp_path, "--dry-run")
     assert dry.returncode == 0, dry.stdout + dry.stderr
     assert "retrain: yes (schedule)" in dry.stdout
