@@ -3,7 +3,8 @@
 A tick decides many symbols at once: each read here is one statement for all of them (bars,
 news, the strategy's earlier live decisions), never one per symbol; ``record_tick`` writes the
 tick's run row and every decision in the session's transaction and commits once, so a tick is
-in the store whole or not at all.
+in the store whole or not at all. ``load_live_signals`` reads the live decisions' analyst
+signals back (``otonom-train retrain``: the RL analyst's agreement with the teacher).
 """
 
 from __future__ import annotations
