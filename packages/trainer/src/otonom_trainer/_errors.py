@@ -20,6 +20,7 @@
         ├── DatasetGenerationError (+ ValueError)  a dataset that cannot be made from the store
         ├── StatsError (+ ValueError)           return series the statistics cannot use
         ├── RlError (+ ValueError)              the RL environment's or fine-tuning's options
+        ├── RetrainError (+ ValueError)         retrain's options or the model in service
         └── LabelError (+ ValueError)           forward labels that cannot be made (horizon, rows)
 
 The classes are

@@ -5,9 +5,11 @@ check; ``--seeds``: N at once; data-parallel under ``torchrun``), ``export`` (a 
 ONNX), ``evaluate`` (Step 3, through the runtime's ONNX model), ``pipeline`` (the whole guide end
 to end), ``check`` (the production checklist; ``--promote`` moves a model folder's ``latest``
 pointer), ``walk-forward``, ``explain`` (feature importance), ``ensemble`` (policies as one ONNX
-model), ``tune`` (optuna) and ``finetune`` (PPO from a clone), whose parsers are their modules'
-``add_parser`` (``_PARSERS``). Every error prints one ``error: ...`` line and exits 1
-(``--debug``: the traceback); the handling is ``otonom``'s (``otonom_runtime.cli.run_cli``).
+model), ``tune`` (optuna), ``finetune`` (PPO from a clone) and ``retrain`` (is the model in
+service due? then pipeline + gate), whose parsers are their modules' ``add_parser``
+(``_PARSERS``). Every error prints one ``error: ...`` line and exits 1 (``--debug``: the
+traceback; ``retrain`` exits 2 on bad input); the handling is ``otonom``'s
+(``otonom_runtime.cli.run_cli``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ _PARSERS = (
     "stacked",
     "tune",
     "rl.finetune",
+    "retrain_cli",
 )
 
 # --- dataset -------------------------------------------------------------------------------------

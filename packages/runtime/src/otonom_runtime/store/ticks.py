@@ -3,7 +3,8 @@
 A tick decides many symbols at once: each read here is one statement for all of them (bars,
 news, the strategy's earlier live decisions), never one per symbol; ``record_tick`` writes the
 tick's run row and every decision in the session's transaction and commits once, so a tick is
-in the store whole or not at all.
+in the store whole or not at all. ``load_live_signals`` reads the live decisions' analyst
+signals back (``otonom-train retrain``: the RL analyst's agreement with the teacher).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from otonom_schema import MarketHistory, SentimentSeries
 __all__ = [
     "LiveDecisions",
     "load_live_decisions",
+    "load_live_signals",
     "load_tick_bars",
     "load_tick_news",
     "record_tick",
@@ -129,6 +131,21 @@ def load_live_decisions(
         symbol_id: LiveDecisions(days[a:b], list(actions[a:b]), list(strengths[a:b]))
         for symbol_id, a, b in _groups(np.array(ids, dtype=np.int64))
     }
+
+
+def load_live_signals(
+    session: Session, strategy: str, after: dt.date | None, limit: int
+) -> list[dict[str, dict[str, Any] | None]]:
+    """Every analyst's signals (``Decision.signals``) of the newest ``limit`` live decisions of
+    ``strategy`` that have an RL signal, dated after ``after`` (None: any date), newest first,
+    in one statement (``otonom-train retrain``'s live agreement with the teacher)."""
+    query = select(Decision).where(
+        Decision.live_strategy == strategy, Decision.rl_action.is_not(None)
+    )
+    if after is not None:
+        query = query.where(Decision.date > after)
+    found = session.scalars(query.order_by(Decision.date.desc()).limit(limit)).all()
+    return [d.signals for d in found]
 
 
 def record_tick(session: Session, run: BacktestRun, columns: Mapping[str, list[Any]]) -> int | None:
