@@ -17,13 +17,13 @@ from __future__ import annotations
 import math
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
-from typing import Final, cast
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
 from otonom_runtime._errors import BacktestError
-from otonom_runtime.backtest.lockstep import _lockstep
+from otonom_runtime.backtest.lockstep import Board, _lockstep
 from otonom_runtime.backtest.params import BUST_FLOOR, REBALANCE_THRESHOLD, EngineParams
 from otonom_runtime.ensemble import RlAnalyst, Signals, decide_rows
 from otonom_runtime.teacher import teacher_votes
@@ -34,13 +34,6 @@ __all__ = ["SymbolResult", "simulate_symbol"]
 _HOLD: Final = int(Action.HOLD)
 _BUY: Final = int(Action.BUY)
 F64 = npt.NDArray[np.float64]
-Mark = tuple[float, float, float, float, float, float]
-"""A sleeve's record of a close: position, leverage, cash_fraction, the raw days since the
-last trade (``inf`` before the first), equity and exposure; the first four are the state's
-portfolio features."""
-Decision = tuple[int, float, float]
-"""The ensemble's decision of a day as ``decide_rows`` gives it: action, strength, confidence
-(a lockstep sleeve reads the first two)."""
 
 
 @dataclass
@@ -144,24 +137,30 @@ class _Sleeve:
         # to track): position, leverage, cash_fraction, days_since_last_trade, equity, exposure
         self.out: list[float] = []
 
-    def run(self, actions: list[int], strengths: list[float]) -> None:
-        """Every decision day with the decisions known up front (no RL analyst)."""
-        next(self.steps(actions, strengths, lockstep=False), None)
+    def run(self, decided: list[float]) -> None:
+        """Every decision day with the decisions known up front (no RL analyst): ``decided``,
+        ``decide_rows``' flat rows, one a day."""
+        next(self.steps(decided), None)
 
     def steps(
-        self, actions: list[int], strengths: list[float], *, lockstep: bool
-    ) -> Generator[Mark, Decision, None]:
+        self, decided: list[float], board: Board | None = None, place: int = 0
+    ) -> Generator[bool, None, None]:
         """The sleeve over its decision days k = 0 .. n-1: mark at the close of day k, then
-        trade on day k's decision (``actions[k]``, ``strengths[k]``), filled at the next open.
+        trade on day k's decision, filled at the next open. The decisions are ``decide_rows``'
+        flat rows (action, strength, confidence): ``decided``'s row k, or with a ``board``
+        (the lockstep's) row ``place`` of ``board.decided``, the day's.
 
-        ``lockstep``: after marking day k it yields that day's ``Mark`` (the state of day k
-        sees its portfolio features), and the caller sends day k's ``Decision`` back
-        (``send``; the first day is started with ``next()``), which the sleeve appends to
-        ``actions`` / ``strengths`` before trading on it; after the last day's decision it
-        finishes (``StopIteration``). Without it, it never yields: one ``next()`` runs every
-        day. One loop over locals (no per-bar method calls or attribute traffic);
-        ``min()``/``max()`` are spelled out as conditionals (same operands, same order:
-        bit-identical, NaN and -0.0 included) because the builtins cost ~0.1 us a call here.
+        ``board`` (lockstep): after marking day k the sleeve puts that day's portfolio
+        columns (``Board``: position, leverage, cash_fraction and the days since the last
+        trade normalised by ``Board.days_feature``, once per distinct value) on
+        ``board.portfolio`` and yields whether they lie within the schema's bounds
+        (``board.bounds``, compared as ``columns_in_range`` compares them in float64); the
+        caller, having decided day k into ``board.decided``, resumes it (``next()``; the
+        first call starts it) to trade; after the last day's decision it finishes
+        (``StopIteration``). Without it, it never yields: one ``next()`` runs every day. One
+        loop over locals (no per-bar method calls or attribute traffic); ``min()``/``max()``
+        are spelled out as conditionals (same operands, same order: bit-identical, NaN and
+        -0.0 included) because the builtins cost ~0.1 us a call here.
         Long because it is the per-bar loop: splitting it into calls costs what this form
         saves.
         """
@@ -175,9 +174,12 @@ class _Sleeve:
         last_fill, entry_equity, fills = self.last_fill, self.entry_equity, self.fills
         trade_pnls = self.trade_pnls
         append = self.out.extend
-        record_action, record_strength = actions.append, strengths.append
         hold, buy = _HOLD, _BUY
         equity = exposure = 0.0
+        at = -3 if board is None else 3 * place  # where day k's decision is in ``decided``
+        if board is not None:
+            put, features, days_feature = board.portfolio.extend, board.features, board.days_feature
+            lo0, lo1, lo2, lo3, hi0, hi1, hi2, hi3 = board.bounds
         for k in range(self.n):
             # --- mark at the close of day k
             close = closes[k]
@@ -197,16 +199,25 @@ class _Sleeve:
             leverage = 4.0 if gross > 4.0 else gross  # min(gross, 4.0)
             cash_fraction = 1.0 - gross
             cash_fraction = cash_fraction if cash_fraction > 0.0 else 0.0  # max(0.0, 1 - gross)
-            record = (position, leverage, cash_fraction, days, equity, exposure)
-            append(record)
-            if lockstep:
-                decided_action, decided_strength, _ = yield record
-                record_action(decided_action)
-                record_strength(decided_strength)
-            # --- trade on day k's decision (the last day's is recorded, never filled)
+            append((position, leverage, cash_fraction, days, equity, exposure))
+            if board is None:
+                at += 3
+            else:
+                feature = features.get(days)
+                if feature is None:
+                    feature = days_feature(days)
+                put((position, leverage, cash_fraction, feature))
+                yield (
+                    lo0 <= position <= hi0
+                    and lo1 <= leverage <= hi1
+                    and lo2 <= cash_fraction <= hi2
+                    and lo3 <= feature <= hi3
+                )
+                decided = board.decided
+            # --- trade on day k's decision (the last day's is never filled)
             if k >= final or bust:
                 continue
-            action = actions[k]
+            action = decided[at]
             if action == hold:
                 # keep the position, but never beyond the leverage cap (price moves inflate it)
                 target = min_leverage if min_leverage > exposure else exposure
@@ -214,7 +225,7 @@ class _Sleeve:
                 if target == exposure:
                     continue
             else:
-                size = strengths[k] * cap[k]
+                size = decided[at + 1] * cap[k]
                 target = size if action == buy else (-size if allow_short else 0.0)
             if abs(target - exposure) < REBALANCE_THRESHOLD and not (
                 target == 0.0 and units != 0.0
@@ -249,13 +260,13 @@ class _Sleeve:
     def result(
         self,
         bars: _Bars,
-        actions: list[int],
-        strengths: list[float],
+        decided: F64,
         signals: dict[str, Signals | None],
         rl: tuple[Signals, npt.NDArray[np.bool_], int] | None,
     ) -> SymbolResult:
-        """The finished sleeve as a ``SymbolResult``; ``rl``: the RL analyst's votes, where
-        it voted, and its fallbacks (None with the RL analyst off)."""
+        """The finished sleeve as a ``SymbolResult``; ``decided``: its days' decisions,
+        (n, 3) (``decide_rows``' rows); ``rl``: the RL analyst's votes, where it voted, and
+        its fallbacks (None with the RL analyst off)."""
         if self.entry_equity is not None:  # a trade still open at the end: closed at the last close
             self.trade_pnls.append(self.out[-2] - self.entry_equity)  # the last day's equity
         # fromiter: the same floats as np.array, without its nested-sequence probing
@@ -264,8 +275,8 @@ class _Sleeve:
         return SymbolResult(
             symbol=bars.symbol,
             dates=bars.dates[bars.first :],
-            actions=np.fromiter(actions, dtype=np.int64, count=len(actions)),
-            strengths=np.fromiter(strengths, dtype=np.float64, count=len(strengths)),
+            actions=decided[:, 0].astype(np.int64),  # exact: the actions are 0 .. 2
+            strengths=decided[:, 1].copy(),
             signals=signals,
             rl_signals=None if rl is None else rl[0],
             rl_voted=None if rl is None else rl[1],
@@ -323,10 +334,9 @@ def _simulate(
                 0.0,
                 params.min_score,
             )
-            actions = cast("list[int]", decided[0::3])  # the rows' actions are ints
-            strengths = decided[1::3]
-            p.sleeve.run(actions, strengths)
-            results.append(p.sleeve.result(p.bars, actions, strengths, p.signals, None))
+            p.sleeve.run(decided)
+            rows = np.fromiter(decided, dtype=np.float64, count=len(decided)).reshape(-1, 3)
+            results.append(p.sleeve.result(p.bars, rows, p.signals, None))
         return results
     if len(rls) != len(symbols):
         raise BacktestError(f"{len(rls)} RL analysts for {len(symbols)} symbols; expected one each")
