@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from otonom_runtime._errors import BacktestError
-from otonom_runtime.backtest.lockstep import Board, _lockstep
+from otonom_runtime.backtest.lockstep import Board, _columns, _lockstep
 from otonom_runtime.backtest.params import BUST_FLOOR, REBALANCE_THRESHOLD, EngineParams
 from otonom_runtime.ensemble import RlAnalyst, Signals, decide_rows
 from otonom_runtime.teacher import teacher_votes
@@ -260,13 +260,14 @@ class _Sleeve:
     def result(
         self,
         bars: _Bars,
-        decided: F64,
+        actions: npt.NDArray[np.int64],
+        strengths: F64,
         signals: dict[str, Signals | None],
         rl: tuple[Signals, npt.NDArray[np.bool_], int] | None,
     ) -> SymbolResult:
-        """The finished sleeve as a ``SymbolResult``; ``decided``: its days' decisions,
-        (n, 3) (``decide_rows``' rows); ``rl``: the RL analyst's votes, where it voted, and
-        its fallbacks (None with the RL analyst off)."""
+        """The finished sleeve as a ``SymbolResult``; ``actions``, ``strengths``: its days'
+        decisions; ``rl``: the RL analyst's votes, where it voted, and its fallbacks (None
+        with the RL analyst off)."""
         if self.entry_equity is not None:  # a trade still open at the end: closed at the last close
             self.trade_pnls.append(self.out[-2] - self.entry_equity)  # the last day's equity
         # fromiter: the same floats as np.array, without its nested-sequence probing
@@ -275,8 +276,8 @@ class _Sleeve:
         return SymbolResult(
             symbol=bars.symbol,
             dates=bars.dates[bars.first :],
-            actions=decided[:, 0].astype(np.int64),  # exact: the actions are 0 .. 2
-            strengths=decided[:, 1].copy(),
+            actions=actions,
+            strengths=strengths,
             signals=signals,
             rl_signals=None if rl is None else rl[0],
             rl_voted=None if rl is None else rl[1],
@@ -335,8 +336,8 @@ def _simulate(
                 params.min_score,
             )
             p.sleeve.run(decided)
-            rows = np.fromiter(decided, dtype=np.float64, count=len(decided)).reshape(-1, 3)
-            results.append(p.sleeve.result(p.bars, rows, p.signals, None))
+            actions, strengths = _columns(decided)
+            results.append(p.sleeve.result(p.bars, actions, strengths, p.signals, None))
         return results
     if len(rls) != len(symbols):
         raise BacktestError(f"{len(rls)} RL analysts for {len(symbols)} symbols; expected one each")
