@@ -136,9 +136,9 @@ def test_sleeve_in_lockstep_equals_the_sleeve_run_up_front(
 ) -> None:
     """The sleeve's one body, driven one day at a time (the RL path: each day's portfolio
     columns put on the lockstep's board and their bounds' check yielded, then resumed with
-    the day's decision on the board) and with every decision known up front (``run``): same
-    floats, same trades, same ruin; the columns put are the ones it records, the days
-    normalised by the schema."""
+    the day's decision on the board, which it records) and with every decision known up
+    front (``run``): same floats, same trades, same ruin; the columns put are the ones it
+    records, the days normalised by the schema."""
     rng = np.random.default_rng(11 if crash else 5)
     n, first = 900, 100
     moves = rng.normal(0.0, 0.04, n)
@@ -152,14 +152,14 @@ def test_sleeve_in_lockstep_equals_the_sleeve_run_up_front(
     actions[390:420] = [1] * 30  # long into the crash
     strengths = rng.random(n - first).tolist()
     strengths[390:420] = [1.0] * 30
-    decided = [x for row in zip(actions, strengths, [0.5] * (n - first), strict=True) for x in row]
     cap = (rng.choice([0.5, 1.0], n - first) * params.max_leverage).tolist()
     cap[390:420] = [params.max_leverage] * 30
     looped = engine._Sleeve(bars, params, 1000.0, cap)
-    looped.run(decided)
+    looped.run(actions, strengths)
     stepped = engine._Sleeve(bars, params, 1000.0, cap)
     board = lockstep.Board()
-    days = stepped.steps(board.decided, board, 0)
+    decided: tuple[list[int], list[float]] = ([], [])
+    days = stepped.steps(*decided, board, 0)
     in_range = next(days)
     for k in range(n - first):
         position, leverage, cash_fraction, raw_days = stepped.out[6 * k : 6 * k + 4]
@@ -167,11 +167,12 @@ def test_sleeve_in_lockstep_equals_the_sleeve_run_up_front(
         assert board.portfolio == snapshot.features().tolist()  # four numbers a day
         assert in_range
         board.portfolio.clear()
-        board.decided = decided[3 * k : 3 * k + 3]
+        board.decided = [actions[k], strengths[k], 0.5]
         try:
             in_range = next(days)
         except StopIteration:
             assert k == n - first - 1  # it finishes after the last day's decision
+    assert decided == (actions, strengths)  # each decision recorded by the sleeve
     assert _sleeve_state(looped) == _sleeve_state(stepped)
     assert looped.fills > 20
     assert looped.bust is crash

@@ -17,13 +17,13 @@ from __future__ import annotations
 import math
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from otonom_runtime._errors import BacktestError
-from otonom_runtime.backtest.lockstep import Board, _columns, _lockstep
+from otonom_runtime.backtest.lockstep import Board, _lockstep
 from otonom_runtime.backtest.params import BUST_FLOOR, REBALANCE_THRESHOLD, EngineParams
 from otonom_runtime.ensemble import RlAnalyst, Signals, decide_rows
 from otonom_runtime.teacher import teacher_votes
@@ -137,30 +137,33 @@ class _Sleeve:
         # to track): position, leverage, cash_fraction, days_since_last_trade, equity, exposure
         self.out: list[float] = []
 
-    def run(self, decided: list[float]) -> None:
-        """Every decision day with the decisions known up front (no RL analyst): ``decided``,
-        ``decide_rows``' flat rows, one a day."""
-        next(self.steps(decided), None)
+    def run(self, actions: list[int], strengths: list[float]) -> None:
+        """Every decision day with the decisions known up front (no RL analyst)."""
+        next(self.steps(actions, strengths), None)
 
     def steps(
-        self, decided: list[float], board: Board | None = None, place: int = 0
+        self,
+        actions: list[int],
+        strengths: list[float],
+        board: Board | None = None,
+        place: int = 0,
     ) -> Generator[bool, None, None]:
         """The sleeve over its decision days k = 0 .. n-1: mark at the close of day k, then
-        trade on day k's decision, filled at the next open. The decisions are ``decide_rows``'
-        flat rows (action, strength, confidence): ``decided``'s row k, or with a ``board``
-        (the lockstep's) row ``place`` of ``board.decided``, the day's.
+        trade on day k's decision (``actions[k]``, ``strengths[k]``), filled at the next open.
 
         ``board`` (lockstep): after marking day k the sleeve puts that day's portfolio
         columns (``Board``: position, leverage, cash_fraction and the days since the last
         trade normalised by ``Board.days_feature``, once per distinct value) on
         ``board.portfolio`` and yields whether they lie within the schema's bounds
         (``board.bounds``, compared as ``columns_in_range`` compares them in float64); the
-        caller, having decided day k into ``board.decided``, resumes it (``next()``; the
-        first call starts it) to trade; after the last day's decision it finishes
-        (``StopIteration``). Without it, it never yields: one ``next()`` runs every day. One
-        loop over locals (no per-bar method calls or attribute traffic); ``min()``/``max()``
-        are spelled out as conditionals (same operands, same order: bit-identical, NaN and
-        -0.0 included) because the builtins cost ~0.1 us a call here.
+        caller, having decided day k into ``board.decided`` (``decide_rows``' flat rows,
+        this sleeve's at row ``place``), resumes it (``next()``; the first call starts it),
+        and the sleeve appends that decision to ``actions`` / ``strengths`` before trading
+        on it; after the last day's decision it finishes (``StopIteration``). Without it, it
+        never yields: one ``next()`` runs every day. One loop over locals (no per-bar method
+        calls or attribute traffic); ``min()``/``max()`` are spelled out as conditionals
+        (same operands, same order: bit-identical, NaN and -0.0 included) because the
+        builtins cost ~0.1 us a call here.
         Long because it is the per-bar loop: splitting it into calls costs what this form
         saves.
         """
@@ -176,10 +179,11 @@ class _Sleeve:
         append = self.out.extend
         hold, buy = _HOLD, _BUY
         equity = exposure = 0.0
-        at = -3 if board is None else 3 * place  # where day k's decision is in ``decided``
         if board is not None:
             put, features, days_feature = board.portfolio.extend, board.features, board.days_feature
             lo0, lo1, lo2, lo3, hi0, hi1, hi2, hi3 = board.bounds
+            record_action, record_strength = actions.append, strengths.append
+            at = 3 * place  # where the sleeve's decision is in ``board.decided`` (a small int)
         for k in range(self.n):
             # --- mark at the close of day k
             close = closes[k]
@@ -200,11 +204,10 @@ class _Sleeve:
             cash_fraction = 1.0 - gross
             cash_fraction = cash_fraction if cash_fraction > 0.0 else 0.0  # max(0.0, 1 - gross)
             append((position, leverage, cash_fraction, days, equity, exposure))
-            if board is None:
-                at += 3
-            else:
-                feature = features.get(days)
-                if feature is None:
+            if board is not None:
+                try:
+                    feature = features[days]
+                except KeyError:  # the first day with this value
                     feature = days_feature(days)
                 put((position, leverage, cash_fraction, feature))
                 yield (
@@ -214,10 +217,12 @@ class _Sleeve:
                     and lo3 <= feature <= hi3
                 )
                 decided = board.decided
-            # --- trade on day k's decision (the last day's is never filled)
+                record_action(decided[at])  # type: ignore[arg-type]  # the rows' actions: ints
+                record_strength(decided[at + 1])
+            # --- trade on day k's decision (the last day's is recorded, never filled)
             if k >= final or bust:
                 continue
-            action = decided[at]
+            action = actions[k]
             if action == hold:
                 # keep the position, but never beyond the leverage cap (price moves inflate it)
                 target = min_leverage if min_leverage > exposure else exposure
@@ -225,7 +230,7 @@ class _Sleeve:
                 if target == exposure:
                     continue
             else:
-                size = decided[at + 1] * cap[k]
+                size = strengths[k] * cap[k]
                 target = size if action == buy else (-size if allow_short else 0.0)
             if abs(target - exposure) < REBALANCE_THRESHOLD and not (
                 target == 0.0 and units != 0.0
@@ -260,14 +265,13 @@ class _Sleeve:
     def result(
         self,
         bars: _Bars,
-        actions: npt.NDArray[np.int64],
-        strengths: F64,
+        actions: list[int],
+        strengths: list[float],
         signals: dict[str, Signals | None],
         rl: tuple[Signals, npt.NDArray[np.bool_], int] | None,
     ) -> SymbolResult:
-        """The finished sleeve as a ``SymbolResult``; ``actions``, ``strengths``: its days'
-        decisions; ``rl``: the RL analyst's votes, where it voted, and its fallbacks (None
-        with the RL analyst off)."""
+        """The finished sleeve as a ``SymbolResult``; ``rl``: the RL analyst's votes, where
+        it voted, and its fallbacks (None with the RL analyst off)."""
         if self.entry_equity is not None:  # a trade still open at the end: closed at the last close
             self.trade_pnls.append(self.out[-2] - self.entry_equity)  # the last day's equity
         # fromiter: the same floats as np.array, without its nested-sequence probing
@@ -276,8 +280,8 @@ class _Sleeve:
         return SymbolResult(
             symbol=bars.symbol,
             dates=bars.dates[bars.first :],
-            actions=actions,
-            strengths=strengths,
+            actions=np.fromiter(actions, dtype=np.int64, count=len(actions)),
+            strengths=np.fromiter(strengths, dtype=np.float64, count=len(strengths)),
             signals=signals,
             rl_signals=None if rl is None else rl[0],
             rl_voted=None if rl is None else rl[1],
@@ -335,8 +339,9 @@ def _simulate(
                 0.0,
                 params.min_score,
             )
-            p.sleeve.run(decided)
-            actions, strengths = _columns(decided)
+            actions = cast("list[int]", decided[0::3])  # the rows' actions are ints
+            strengths = decided[1::3]
+            p.sleeve.run(actions, strengths)
             results.append(p.sleeve.result(p.bars, actions, strengths, p.signals, None))
         return results
     if len(rls) != len(symbols):

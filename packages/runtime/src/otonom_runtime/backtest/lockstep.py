@@ -105,8 +105,13 @@ def _lockstep(
     n_max = alive[0]
     analysts = [rls[i] for i in order]
     dtype = np.result_type(*(p.bars.market.dtype for p in prepared))
+    actions_out: list[list[int]] = [[] for _ in range(n_sym)]
+    strengths_out: list[list[float]] = [[] for _ in range(n_sym)]
     board = Board()
-    sleeves = [prepared[i].sleeve.steps(board.decided, board, j) for j, i in enumerate(order)]
+    sleeves = [
+        prepared[i].sleeve.steps(actions_out[i], strengths_out[i], board, j)
+        for j, i in enumerate(order)
+    ]
     # day-major, by place j: the three analysts' vote totals and strength sums
     totals = np.zeros((n_max, n_sym, 3))
     sums = np.zeros((n_max, n_sym, 3))
@@ -114,12 +119,10 @@ def _lockstep(
         totals[: alive[j], j] = prepared[i].totals
         sums[: alive[j], j] = prepared[i].strength_sums
     policy = _bound_policy(analysts, dtype)
-    # per day, by place j, end to end, flat (three numbers each; no tuple kept per row for the
-    # garbage collector to track): the RL votes and the decisions
+    # per day, by place j, end to end: the RL votes, flat (action, strength, confidence of
+    # each; no tuple kept per vote for the garbage collector to track)
     rl: list[float] = []
     keep = rl.extend
-    decisions: list[float] = []
-    record = decisions.extend
     fell_back: list[int] = []  # which votes (their index, not their place in ``rl``) fell back
     sizes: list[int] = []
     w_rl, min_score = params.weights[3], params.min_score
@@ -144,7 +147,10 @@ def _lockstep(
                 _finish(sleeves[m:ended])
                 live, slot, inputs, port, columns, pack = _batch(sleeves, m, policy)
             clear()
-            in_range = False not in [*map(next, live)]
+            in_range = True
+            for sleeve in live:  # each sleeve's step; a loop costs less than map(next, ...)
+                if not next(sleeve):
+                    in_range = False
             votes: list[float] | None = None
             if slot is not None and chunk32 is not None and in_range:  # the bound day
                 inputs[:] = chunk32[k - k0, :m]
@@ -161,16 +167,15 @@ def _lockstep(
                 day_votes = [None if not ok[i // 3] else v for i, v in enumerate(raw)]
             sizes.append(m)
             at = (k - k0) * width
-            board.decided = decided = decide_rows(
+            board.decided = decide_rows(
                 chunk_totals[at : at + 3 * m],
                 chunk_sums[at : at + 3 * m],
                 day_votes,
                 w_rl,
                 min_score,
             )
-            record(decided)
     _finish(sleeves[:m])  # the last day's decisions: nothing to fill
-    return _results(prepared, order, alive, rls, decisions, rl, fell_back, sizes)
+    return _results(prepared, order, alive, rls, actions_out, strengths_out, rl, fell_back, sizes)
 
 
 def _bound_policy(analysts: Sequence[RlAnalyst], dtype: np.dtype[Any]) -> Any:
@@ -248,16 +253,16 @@ def _results(
     order: list[int],
     alive: list[int],
     rls: Sequence[RlAnalyst],
-    decisions: list[float],
+    actions_out: list[list[int]],
+    strengths_out: list[list[float]],
     rl: list[float],
     fell_back: list[int],
     sizes: list[int],
 ) -> list[SymbolResult]:
-    """The finished sleeves as ``SymbolResult``s, each with its decisions and RL votes:
-    ``decisions`` and ``rl`` hold those of the days end to end (three numbers a row), day
-    k's ``sizes[k]`` rows by place, so symbol j's row of day k is row ``starts[k] + j``;
-    ``fell_back``: the votes where the analyst did not vote."""
-    actions, strengths = _columns(decisions)
+    """The finished sleeves as ``SymbolResult``s, each with its RL votes: ``rl`` holds those
+    of the days end to end (three numbers a vote), day k's ``sizes[k]`` votes by place, so
+    symbol j's vote of day k is vote ``starts[k] + j``; ``fell_back``: the votes where the
+    analyst did not vote."""
     # the flat numbers in one array (actions 0 .. 2 are exact as floats)
     votes = np.fromiter(rl, dtype=np.float64, count=len(rl)).reshape(-1, 3)
     flat = (votes[:, 0].astype(np.int64), votes[:, 1], votes[:, 2])
@@ -269,7 +274,7 @@ def _results(
         p, n = prepared[i], alive[j]
         at = starts[:n] + j
         rl_j = (Signals(*(a[at] for a in flat)), voted_all[at], rls[i].fallbacks)
-        results[i] = p.sleeve.result(p.bars, actions[at], strengths[at], p.signals, rl_j)
+        results[i] = p.sleeve.result(p.bars, actions_out[i], strengths_out[i], p.signals, rl_j)
     return results
 
 
@@ -305,11 +310,3 @@ def _states(
         span = market[k0:k1]
         chunk[: span.shape[0], j] = span
     return chunk
-
-
-def _columns(decided: list[float]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-    """The actions and strengths of ``decide_rows``' flat rows, as arrays (the actions are
-    ints, the strengths floats: the same numbers)."""
-    n = len(decided) // 3
-    actions = np.fromiter(decided[0::3], dtype=np.int64, count=n)
-    return actions, np.fromiter(decided[1::3], dtype=np.float64, count=n)
