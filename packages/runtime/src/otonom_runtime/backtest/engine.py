@@ -179,6 +179,7 @@ class _Sleeve:
         append = self.out.extend
         hold, buy = _HOLD, _BUY
         equity = exposure = 0.0
+        lockstep = board is not None
         if board is not None:
             put, features, days_feature = board.portfolio.extend, board.features, board.days_feature
             lo0, lo1, lo2, lo3, hi0, hi1, hi2, hi3 = board.bounds
@@ -204,7 +205,7 @@ class _Sleeve:
             cash_fraction = 1.0 - gross
             cash_fraction = cash_fraction if cash_fraction > 0.0 else 0.0  # max(0.0, 1 - gross)
             append((position, leverage, cash_fraction, days, equity, exposure))
-            if board is not None:
+            if lockstep:
                 try:
                     feature = features[days]
                 except KeyError:  # the first day with this value
@@ -216,7 +217,7 @@ class _Sleeve:
                     and lo2 <= cash_fraction <= hi2
                     and lo3 <= feature <= hi3
                 )
-                decided = board.decided
+                decided = board.decided  # type: ignore[union-attr]
                 record_action(decided[at])  # type: ignore[arg-type]  # the rows' actions: ints
                 record_strength(decided[at + 1])
             # --- trade on day k's decision (the last day's is recorded, never filled)

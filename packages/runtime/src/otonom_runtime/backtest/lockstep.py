@@ -180,8 +180,8 @@ def _lockstep(
 
 def _bound_policy(analysts: Sequence[RlAnalyst], dtype: np.dtype[Any]) -> Any:
     """The analysts' shared policy when the bound day may run it (it has ``bound_batch`` and
-    ``predict_bound``, and the states are float64, whose portfolio columns ``_portfolio``
-    checks as ``columns_in_range`` does), else None: every day is a general day."""
+    ``predict_bound``, and the states are float64, whose portfolio columns the sleeves
+    check as ``columns_in_range`` does), else None: every day is a general day."""
     policy = analysts[0].policy if analysts else None
     if (
         policy is None
@@ -233,7 +233,7 @@ def _general_day(
     """Day ``k``'s RL votes through ``rl_votes``, flat (three numbers a row), and where they voted
     (False: that analyst fell back): the day's rows from ``chunk32`` (``_states`` from day
     ``k0``) when they are valid, else from ``markets`` in ``dtype``, validated whole
-    (``SchemaError`` names the bad row). ``portfolio``: ``_portfolio``'s, four numbers a
+    (``SchemaError`` names the bad row). ``portfolio``: the board's, four numbers a
     row."""
     m = len(analysts)
     port = np.array(portfolio, dtype=dtype).reshape(m, len(_LOW))
