@@ -244,13 +244,20 @@ class RlPolicy:
         p = iter(flat)  # the probabilities, three a row; zip ends with the strengths
         for p0, p1, p2, strength in zip(p, p, p, flat[3 * slot.state.shape[0] :], strict=False):
             # each number in [0, 1] (NaN fails every comparison), then the row's sum; row by
-            # row: builtin min, max and sum over the whole output cost more
+            # row (builtin min, max and sum over the whole output cost more), unchained (each
+            # a specialised float compare and jump; chained ones are not)
+            total = p0 + p1 + p2
             if not (
-                0.0 <= p0 <= 1.0
-                and 0.0 <= p1 <= 1.0
-                and 0.0 <= p2 <= 1.0
-                and 0.0 <= strength <= 1.0
-                and low <= p0 + p1 + p2 <= high
+                p0 >= 0.0
+                and p0 <= 1.0
+                and p1 >= 0.0
+                and p1 <= 1.0
+                and p2 >= 0.0
+                and p2 <= 1.0
+                and strength >= 0.0
+                and strength <= 1.0
+                and low <= total
+                and total <= high
             ):
                 return None
             if p0 >= p1:
