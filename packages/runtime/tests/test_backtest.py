@@ -20,6 +20,7 @@ from otonom_runtime import backtest as bt
 from otonom_runtime.backtest import (
     EngineParams,
     engine,
+    lockstep,
     records,
     run_backtest,
     runner,
@@ -133,10 +134,11 @@ def _sleeve_state(sleeve: Any) -> tuple[Any, ...]:
 def test_sleeve_in_lockstep_equals_the_sleeve_run_up_front(
     params: EngineParams, crash: bool
 ) -> None:
-    """The sleeve's one body, driven one day at a time (the RL path: each decision sent
-    after the day's features are yielded, the sleeve records it) and with every decision
-    known up front (``run``): same floats, same trades, same ruin; the features yielded are
-    the ones it records."""
+    """The sleeve's one body, driven one day at a time (the RL path: each day's portfolio
+    columns put on the lockstep's board and their bounds' check yielded, then resumed with
+    the day's decision on the board, which it records) and with every decision known up
+    front (``run``): same floats, same trades, same ruin; the columns put are the ones it
+    records, the days normalised by the schema."""
     rng = np.random.default_rng(11 if crash else 5)
     n, first = 900, 100
     moves = rng.normal(0.0, 0.04, n)
@@ -155,16 +157,22 @@ def test_sleeve_in_lockstep_equals_the_sleeve_run_up_front(
     looped = engine._Sleeve(bars, params, 1000.0, cap)
     looped.run(actions, strengths)
     stepped = engine._Sleeve(bars, params, 1000.0, cap)
+    board = lockstep.Board()
     decided: tuple[list[int], list[float]] = ([], [])
-    days = stepped.steps(*decided, lockstep=True)
-    features = next(days)
+    days = stepped.steps(*decided, board, 0)
+    in_range = next(days)
     for k in range(n - first):
-        assert features == tuple(stepped.out[6 * k : 6 * k + 6])  # six numbers a day
+        position, leverage, cash_fraction, raw_days = stepped.out[6 * k : 6 * k + 4]
+        snapshot = s.PortfolioSnapshot(position, leverage, cash_fraction, raw_days)
+        assert board.portfolio == snapshot.features().tolist()  # four numbers a day
+        assert in_range
+        board.portfolio.clear()
+        board.decided = [actions[k], strengths[k], 0.5]
         try:
-            features = days.send((actions[k], strengths[k], 0.5))
+            in_range = next(days)
         except StopIteration:
             assert k == n - first - 1  # it finishes after the last day's decision
-    assert decided == (actions, strengths)
+    assert decided == (actions, strengths)  # each decision recorded by the sleeve
     assert _sleeve_state(looped) == _sleeve_state(stepped)
     assert looped.fills > 20
     assert looped.bust is crash

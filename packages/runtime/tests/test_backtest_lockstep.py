@@ -202,25 +202,40 @@ def test_a_bad_portfolio_column_raises_as_the_general_day(
 
 
 def test_the_portfolio_check_is_columns_in_range_in_float64() -> None:
-    """``_portfolio``'s check in Python floats says what ``columns_in_range`` says on the
-    same rows in float64: values at, just inside and just outside each bound (the schema's
-    tolerance included), NaN and infinities."""
+    """The lockstep sleeve's check of its portfolio columns (``_Sleeve.steps`` with a
+    ``Board``, in Python floats) says what ``columns_in_range`` says on the same row in
+    float64: the board's bounds are the schema's with its tolerance, and on days whose days
+    feature (the board's cache, preset) lies at, just inside and just outside each bound,
+    or is NaN or an infinity, and on a day whose leverage is NaN (an infinite close), the
+    check agrees."""
     low = np.array([f.low for f in s.FEATURES[s.PORTFOLIO_COLUMNS]]) - s.RANGE_TOLERANCE
     high = np.array([f.high for f in s.FEATURES[s.PORTFOLIO_COLUMNS]]) + s.RANGE_TOLERANCE
-    edges = [np.nextafter(low, -np.inf), low, np.nextafter(low, np.inf), (low + high) / 2]
-    edges += [np.nextafter(high, -np.inf), high, np.nextafter(high, np.inf)]
-    rng = np.random.default_rng(0)
-    odd = [np.nan, np.inf, -np.inf]
-    for trial in range(400):
-        pick = rng.integers(0, len(edges), 4)
-        row = np.array([edges[p][c] for c, p in enumerate(pick)])
-        if trial % 5 == 0:
-            row[rng.integers(0, 3)] = odd[trial % 3]  # the feature comes from the schema
-        sends = [lambda _, row=row: (row[0], row[1], row[2], 7.0, 1.0, 0.0)]
-        feature = {7.0: float(row[3])}
-        rows, in_range = lockstep._portfolio(sends, [None], feature)
-        np.testing.assert_array_equal(np.array(rows), row)
-        assert in_range == s.columns_in_range(np.array([rows]), s.PORTFOLIO_COLUMNS), row
+    assert lockstep.Board().bounds == (*low.tolist(), *high.tolist())
+    lo, hi = low[3], high[3]
+    edges = [np.nextafter(lo, -np.inf), lo, np.nextafter(lo, np.inf), (lo + hi) / 2]
+    edges += [np.nextafter(hi, -np.inf), hi, np.nextafter(hi, np.inf), np.nan, np.inf, -np.inf]
+    n = len(edges) + 3  # day 0 buys; each later day holds, one day further from that fill
+    closes = 100.0 + np.arange(n + 1, dtype=np.float64)
+    closes[-1] = np.inf  # the last decision day, held long: exposure inf / inf, NaN
+    dates = np.datetime64("2020-01-01") + np.arange(n + 1)
+    bars = engine._Bars("X", dates, closes.copy(), closes, np.zeros((n + 1, 34)), 1)
+    sleeve = engine._Sleeve(bars, EngineParams(), 1000.0, [1.0] * n)
+    board = lockstep.Board()
+    board.features.update({float(d): float(e) for d, e in enumerate(edges)})
+    board.features[np.inf] = 1.0
+    days = sleeve.steps([], [], board, 0)
+    checked = []
+    for k in range(n):
+        in_range = next(days)
+        row = np.array([board.portfolio])
+        assert in_range == s.columns_in_range(row, s.PORTFOLIO_COLUMNS), (k, row)
+        checked.append(in_range)
+        board.portfolio.clear()
+        board.decided = [1, 0.5, 1.0] if k == 0 else [0, 0.0, 1.0]
+    assert checked[1 : 1 + len(edges)] == [False, True, True, True, True, True, False] + [False] * 3
+    assert np.isnan(sleeve.out[-5])  # the last day's leverage
+    assert checked[-2]
+    assert not checked[-1]
 
 
 def test_no_bound_day_where_it_cannot_run(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from otonom_runtime._errors import BacktestError
-from otonom_runtime.backtest.lockstep import _lockstep
+from otonom_runtime.backtest.lockstep import Board, _lockstep
 from otonom_runtime.backtest.params import BUST_FLOOR, REBALANCE_THRESHOLD, EngineParams
 from otonom_runtime.ensemble import RlAnalyst, Signals, decide_rows
 from otonom_runtime.teacher import teacher_votes
@@ -34,13 +34,6 @@ __all__ = ["SymbolResult", "simulate_symbol"]
 _HOLD: Final = int(Action.HOLD)
 _BUY: Final = int(Action.BUY)
 F64 = npt.NDArray[np.float64]
-Mark = tuple[float, float, float, float, float, float]
-"""A sleeve's record of a close: position, leverage, cash_fraction, the raw days since the
-last trade (``inf`` before the first), equity and exposure; the first four are the state's
-portfolio features."""
-Decision = tuple[int, float, float]
-"""The ensemble's decision of a day as ``decide_rows`` gives it: action, strength, confidence
-(a lockstep sleeve reads the first two)."""
 
 
 @dataclass
@@ -146,22 +139,31 @@ class _Sleeve:
 
     def run(self, actions: list[int], strengths: list[float]) -> None:
         """Every decision day with the decisions known up front (no RL analyst)."""
-        next(self.steps(actions, strengths, lockstep=False), None)
+        next(self.steps(actions, strengths), None)
 
     def steps(
-        self, actions: list[int], strengths: list[float], *, lockstep: bool
-    ) -> Generator[Mark, Decision, None]:
+        self,
+        actions: list[int],
+        strengths: list[float],
+        board: Board | None = None,
+        place: int = 0,
+    ) -> Generator[bool, None, None]:
         """The sleeve over its decision days k = 0 .. n-1: mark at the close of day k, then
         trade on day k's decision (``actions[k]``, ``strengths[k]``), filled at the next open.
 
-        ``lockstep``: after marking day k it yields that day's ``Mark`` (the state of day k
-        sees its portfolio features), and the caller sends day k's ``Decision`` back
-        (``send``; the first day is started with ``next()``), which the sleeve appends to
-        ``actions`` / ``strengths`` before trading on it; after the last day's decision it
-        finishes (``StopIteration``). Without it, it never yields: one ``next()`` runs every
-        day. One loop over locals (no per-bar method calls or attribute traffic);
-        ``min()``/``max()`` are spelled out as conditionals (same operands, same order:
-        bit-identical, NaN and -0.0 included) because the builtins cost ~0.1 us a call here.
+        ``board`` (lockstep): after marking day k the sleeve puts that day's portfolio
+        columns (``Board``: position, leverage, cash_fraction and the days since the last
+        trade normalised by ``Board.days_feature``, once per distinct value) on
+        ``board.portfolio`` and yields whether they lie within the schema's bounds
+        (``board.bounds``, compared as ``columns_in_range`` compares them in float64); the
+        caller, having decided day k into ``board.decided`` (``decide_rows``' flat rows,
+        this sleeve's at row ``place``), resumes it (``next()``; the first call starts it),
+        and the sleeve appends that decision to ``actions`` / ``strengths`` before trading
+        on it; after the last day's decision it finishes (``StopIteration``). Without it, it
+        never yields: one ``next()`` runs every day. One loop over locals (no per-bar method
+        calls or attribute traffic); ``min()``/``max()`` are spelled out as conditionals
+        (same operands, same order: bit-identical, NaN and -0.0 included) because the
+        builtins cost ~0.1 us a call here.
         Long because it is the per-bar loop: splitting it into calls costs what this form
         saves.
         """
@@ -175,9 +177,14 @@ class _Sleeve:
         last_fill, entry_equity, fills = self.last_fill, self.entry_equity, self.fills
         trade_pnls = self.trade_pnls
         append = self.out.extend
-        record_action, record_strength = actions.append, strengths.append
         hold, buy = _HOLD, _BUY
         equity = exposure = 0.0
+        lockstep = board is not None
+        if board is not None:
+            put, features, days_feature = board.portfolio.extend, board.features, board.days_feature
+            lo0, lo1, lo2, lo3, hi0, hi1, hi2, hi3 = board.bounds
+            record_action, record_strength = actions.append, strengths.append
+            at = 3 * place  # where the sleeve's decision is in ``board.decided`` (a small int)
         for k in range(self.n):
             # --- mark at the close of day k
             close = closes[k]
@@ -197,12 +204,31 @@ class _Sleeve:
             leverage = 4.0 if gross > 4.0 else gross  # min(gross, 4.0)
             cash_fraction = 1.0 - gross
             cash_fraction = cash_fraction if cash_fraction > 0.0 else 0.0  # max(0.0, 1 - gross)
-            record = (position, leverage, cash_fraction, days, equity, exposure)
-            append(record)
+            append((position, leverage, cash_fraction, days, equity, exposure))
             if lockstep:
-                decided_action, decided_strength, _ = yield record
-                record_action(decided_action)
-                record_strength(decided_strength)
+                try:
+                    feature = features[days]
+                except KeyError:  # the first day with this value
+                    feature = days_feature(days)
+                put((position, leverage, cash_fraction, feature))
+                # unchained comparisons in an ``if``: each a specialised float compare and
+                # jump (a chained one, or one whose value is kept, is not: ~2x the cost)
+                if (
+                    lo0 <= position
+                    and position <= hi0
+                    and lo1 <= leverage
+                    and leverage <= hi1
+                    and lo2 <= cash_fraction
+                    and cash_fraction <= hi2
+                    and lo3 <= feature
+                    and feature <= hi3
+                ):
+                    yield True
+                else:
+                    yield False
+                decided = board.decided  # type: ignore[union-attr]
+                record_action(decided[at])  # type: ignore[arg-type]  # the rows' actions: ints
+                record_strength(decided[at + 1])
             # --- trade on day k's decision (the last day's is recorded, never filled)
             if k >= final or bust:
                 continue

@@ -98,10 +98,10 @@ def _signal_columns(r: SymbolResult, rl: bool) -> list[list[Any]]:
         if votes is None or voted is None:
             columns += [missing, missing, missing]
         else:
-            mask: list[bool] = voted.tolist()
+            mask: list[bool] | None = None if voted.all() else voted.tolist()
             for values in (votes.actions, votes.strengths, votes.confidences):
                 column: list[Any] = values.tolist()
-                if not voted.all():
+                if mask is not None:
                     column = [v if ok else None for v, ok in zip(column, mask, strict=True)]
                 columns.append(column)
     return columns
