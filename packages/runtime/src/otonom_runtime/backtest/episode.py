@@ -4,11 +4,11 @@ environment's engine (``otonom_trainer.rl.TradingEnv`` wraps it).
 Nothing here is a second copy of a rule. The inputs are read by the backtester's own reader
 (``runner._load_inputs``: the store's bars, news and macro, the schema's
 ``market_feature_matrix``); the sleeve is the backtester's ``_Sleeve`` driven through its
-lockstep generator (``_Sleeve.steps(lockstep=True)``, the one body of the mark, fill and cost
-rules); the sizing cap and the three analysts' votes come from ``engine._prepare``; the
-portfolio columns of a state are normalised by the schema's ``PortfolioSnapshot``, as the
-lockstep backtester does. So, for the same decisions, an episode's equity is the backtest's,
-day for day (tested).
+lockstep generator (``_Sleeve.steps`` with a ``lockstep.Board``, the one body of the mark,
+fill and cost rules); the sizing cap and the three analysts' votes come from
+``engine._prepare``; the portfolio columns of a state are the ones the sleeve puts on the
+board (normalised by the schema's ``PortfolioSnapshot``), as in the lockstep backtester. So,
+for the same decisions, an episode's equity is the backtest's, day for day (tested).
 
 * ``episode_inputs``: a strategy, a symbol and a date range -> ``EpisodeInputs``.
 * ``SleeveEpisode``: ``reset()`` gives day 0's state; ``step(action, strength, confidence)``
@@ -39,14 +39,14 @@ import numpy.typing as npt
 
 from otonom_runtime._errors import BacktestError
 from otonom_runtime.backtest.engine import _Bars, _prepare, _Prepared
+from otonom_runtime.backtest.lockstep import Board
 from otonom_runtime.backtest.params import EngineParams, engine_params
 from otonom_runtime.ensemble import decide_rows
-from otonom_schema import PORTFOLIO_COLUMNS, Action, PortfolioSnapshot
+from otonom_schema import PORTFOLIO_COLUMNS, Action
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from otonom_runtime.backtest.engine import Decision, Mark
     from otonom_runtime.strategy import StrategyConfig
 
 __all__ = ["EPISODE_MODES", "EpisodeInputs", "SleeveEpisode", "episode_inputs"]
@@ -54,6 +54,8 @@ __all__ = ["EPISODE_MODES", "EpisodeInputs", "SleeveEpisode", "episode_inputs"]
 EPISODE_MODES: Final = ("sole", "voter")
 """How an episode's decision is made from the policy's action (see the module docstring)."""
 F64 = npt.NDArray[np.float64]
+Decision = tuple[int, float, float]
+"""A day's decision as ``decide_rows`` gives it: action, strength, confidence."""
 
 
 @dataclass(frozen=True)
@@ -132,13 +134,13 @@ class SleeveEpisode:
         self.mode = mode
         self.markets: F64 = inputs.bars.market[inputs.bars.first :]
         self._prepared: _Prepared | None = None
-        self._steps: Generator[Mark, Decision, None] | None = None
+        self._steps: Generator[bool, None, None] | None = None
+        self._board = Board()
         self.actions: list[int] = []
         self.strengths: list[float] = []
         self.day = 0
         self.equity = 0.0
         self.last_decision: Decision | None = None  # the decision the last step traded on
-        self._days_feature: dict[float, float] = {}
 
     @property
     def n_days(self) -> int:
@@ -150,11 +152,12 @@ class SleeveEpisode:
         # the bars are frozen: _prepare's sleeve copies what it reads (lists of floats)
         self._prepared = _prepare(i.bars, i.params, i.capital)
         self.actions, self.strengths = [], []
-        self._steps = self._prepared.sleeve.steps(self.actions, self.strengths, lockstep=True)
+        board = self._board = Board()
+        self._steps = self._prepared.sleeve.steps(self.actions, self.strengths, board, 0)
         self.day = 0
-        mark = next(self._steps)
-        self.equity = mark[4]
-        return self._state(mark)
+        next(self._steps)  # marks day 0: its portfolio columns on the board
+        self.equity = self._prepared.sleeve.out[-2]  # the mark's equity (engine._Sleeve.out)
+        return self._state()
 
     def decide(self, action: int, strength: float, confidence: float) -> Decision:
         """The day's decision from the policy's ``action``, ``strength`` and ``confidence``
@@ -184,26 +187,27 @@ class SleeveEpisode:
             raise BacktestError("step() on an episode that is over or not started; call reset()")
         if int(action) not in (int(Action.HOLD), int(Action.BUY), int(Action.SELL)):
             raise BacktestError(f"action is {action!r}; expected 0 (HOLD), 1 (BUY) or 2 (SELL)")
-        self.last_decision = self.decide(action, strength, confidence)
-        mark = self._steps.send(self.last_decision)
+        decision = self.last_decision = self.decide(action, strength, confidence)
+        board, p = self._board, self._prepared
+        assert p is not None
+        board.decided = list(decision)  # this sleeve's row (place 0) of the decided rows
+        board.portfolio.clear()
+        next(self._steps)  # trades on the decision, marks the next day
         self.day += 1
-        reward = (mark[4] - self.equity) / self.inputs.capital
-        self.equity = mark[4]
+        equity = p.sleeve.out[-2]
+        reward = (equity - self.equity) / self.inputs.capital
+        self.equity = equity
         done = self.day == self.n_days - 1
         if done:  # the last day's decision: recorded, never filled; the generator ends
+            board.decided = [int(Action.HOLD), 0.0, 0.0]
             with contextlib.suppress(StopIteration):
-                self._steps.send((int(Action.HOLD), 0.0, 0.0))
+                next(self._steps)
             self._steps = None
-        return self._state(mark), reward, done
+        return self._state(), reward, done
 
-    def _state(self, mark: Mark) -> F64:
-        """The day's state: its market features with the sleeve's portfolio columns (days
-        since the last trade normalised by the schema's ``PortfolioSnapshot``)."""
+    def _state(self) -> F64:
+        """The day's state: its market features with the portfolio columns the sleeve put
+        on the board (days since the last trade normalised as in the lockstep backtester)."""
         state: F64 = self.markets[self.day].astype(np.float64, copy=True)
-        position, leverage, cash_fraction, days = mark[:4]
-        feature = self._days_feature.get(days)
-        if feature is None:
-            snapshot = PortfolioSnapshot(days_since_last_trade=days)
-            feature = self._days_feature[days] = float(snapshot.features()[3])
-        state[PORTFOLIO_COLUMNS] = (position, leverage, cash_fraction, feature)
+        state[PORTFOLIO_COLUMNS] = self._board.portfolio[:4]
         return state

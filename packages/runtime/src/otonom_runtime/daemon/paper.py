@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from otonom_runtime.backtest.engine import _Bars, _prepare
+from otonom_runtime.backtest.lockstep import Board
 from otonom_runtime.store.ticks import LiveDecisions
 from otonom_schema import Action, PortfolioSnapshot
 
@@ -105,11 +106,15 @@ def _replay(
     decided = dict(
         zip(live.dates.tolist(), zip(live.actions, live.strengths, strict=True), strict=True)
     )
-    steps = _prepare(bars, params, capital).sleeve.steps([], [], lockstep=True)
-    mark = next(steps)
+    sleeve, board = _prepare(bars, params, capital).sleeve, Board()
+    steps = sleeve.steps([], [], board, 0)  # the lockstep generator: decisions on the board
+    next(steps)
     for day in bars.dates[: n - first - 1].tolist():
         action, strength = decided.get(day, (int(Action.HOLD), 0.0))
-        mark = steps.send((action, strength, 0.0))
+        board.decided = [action, strength, 0.0]
+        board.portfolio.clear()
+        next(steps)
     steps.close()
-    position, leverage, cash_fraction, days, equity, _ = mark
+    # the newest mark (engine._Sleeve.out: position, leverage, cash, raw days, equity, exposure)
+    position, leverage, cash_fraction, days, equity, _ = sleeve.out[-6:]
     return Holding(PortfolioSnapshot(position, leverage, cash_fraction, days), equity)
