@@ -51,7 +51,8 @@ def advantage_weights(
         return np.ones(r.shape)
     adv = np.where(known, r - r[known].mean(), 0.0)
     w = np.minimum(np.exp(np.minimum(adv / beta, np.log(max_weight))), max_weight)
-    return w / w.mean()
+    out: npt.NDArray[np.float64] = w / w.mean()
+    return out
 
 
 def train_tensors(
