@@ -43,6 +43,14 @@ def test_rewards_round_trip_as_version_3_and_plain_files_stay_version_1(tmp_path
     assert back.rewards is not None
     assert back.labels is None
     np.testing.assert_array_equal(back.rewards, rewards)
+    close, rows = np.linspace(100, 120, len(plain)), np.arange(len(plain))
+    labels = s.ForwardLabels.make(2, *s.forward_labels(close, plain.dates, rows, horizon=2))
+    both = _with(ds, labels=labels, rewards=ds.rewards)
+    both = s.load_dataset(s.save_dataset(both, tmp_path / "b.npz"))
+    assert both.metadata["format_version"] == 3
+    assert both.labels is not None
+    assert both.labels.horizon == 2
+    assert both.rewards is not None
     again = s.load_dataset(s.save_dataset(plain, tmp_path / "p.npz"))
     assert again.rewards is None
     assert again.metadata["format_version"] == 1
