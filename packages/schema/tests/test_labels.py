@@ -141,8 +141,8 @@ def test_inconsistent_label_files_are_refused(tmp_path: Path) -> None:
     with pytest.raises(s.DatasetError, match=r"c\.npz: labels: row .* has risk level 2"):
         s.load_dataset(path)
     path = s.save_dataset(_dataset(), tmp_path / "d.npz")
-    _rewrite(path, format_version=3)
-    with pytest.raises(s.DatasetError, match="format version 3; this otonom-schema reads versions"):
+    _rewrite(path, format_version=4)
+    with pytest.raises(s.DatasetError, match="format version 4; this otonom-schema reads versions"):
         s.load_dataset(path)
 
 

@@ -53,12 +53,14 @@ def _dataset(path: Path, n: int = 500) -> Path:
     [("none", 0.0), ("weighted", 0.0), ("focal", 0.0), ("none", 0.3), ("weighted", 0.3)],
 )
 @pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("awr", [False, True])
 def test_the_shards_losses_and_gradients_add_up_to_the_global_batch(
-    mode: str, penalty: float, world: int
+    mode: str, penalty: float, world: int, awr: bool
 ) -> None:
     """Rank r's ``terms`` on its rows, summed over the ranks and divided by W (DDP's average),
     is the one-process ``batch_terms`` of the global batch: value and gradients, for every
-    batch of an epoch whose last batch is short (a shard of it may be empty)."""
+    batch of an epoch whose last batch is short (a shard of it may be empty); with AWR row
+    weights (``training.awr``) too."""
     gen = torch.Generator().manual_seed(7)
     n, bs = 17, 7  # batches of 7, 7 and 3 rows
     actions = torch.randint(0, 3, (n,), generator=gen)
@@ -74,8 +76,9 @@ def test_the_shards_losses_and_gradients_add_up_to_the_global_batch(
         logit_penalty=penalty,
     )
     s_w = strength_weights(actions, bs)
-    one = BatchPlan(loss, actions, bs)
-    plans = [BatchPlan(loss, actions, bs, r, world) for r in range(world)]
+    aw = torch.rand(n, generator=gen) * 2 if awr else None
+    one = BatchPlan(loss, actions, bs, weights=aw)
+    plans = [BatchPlan(loss, actions, bs, r, world, aw) for r in range(world)]
     assert one.n_batches == 3
     for b in range(one.n_batches):
         sl = one.rows(b)

@@ -12,7 +12,11 @@ Format versions: 1 is the above; 2 adds the optional forward labels (``OfflineDa
 metadata key ``labels`` (``horizon``, ``tercile_cuts``, ``cut_rows``, row counts, the
 definition). A dataset is written as version 1 when it has no labels (the same file as before
 labels existed) and as version 2 when it has them; both are read (a version 1 file holding
-label arrays, or a version 2 file lacking one, is refused).
+label arrays, or a version 2 file lacking one, is refused). Version 3 adds the optional
+per-row rewards (``OfflineDataset.rewards``): the array ``rewards`` (N,) float32 (NaN where a
+row has none) and the metadata key ``rewards`` (its definition and the rows that have one); a
+dataset with rewards is written as version 3 (its labels, when it has them, as in version 2,
+present when the metadata has the key ``labels``); versions 1 and 2 files load as before.
 """
 
 from __future__ import annotations
@@ -50,9 +54,13 @@ __all__ = [
 ]
 
 DATASET_FORMAT: Final = "otonom-rl/offline-dataset"
-DATASET_FORMAT_VERSION: Final = 2
-"""The newest dataset format version (2: optional forward labels); 1 and 2 are read."""
+DATASET_FORMAT_VERSION: Final = 3
+"""The newest dataset format version (2: optional forward labels, 3: optional rewards); 1, 2
+and 3 are read."""
 _PLAIN_VERSION: Final = 1  # a dataset without labels (written as before labels existed)
+_LABELS_VERSION: Final = 2  # labels, no rewards (written as before rewards existed)
+_VERSIONS: Final = (_PLAIN_VERSION, _LABELS_VERSION, DATASET_FORMAT_VERSION)
+REWARDS_ARRAY: Final = "rewards"
 _ARRAYS: Final = ("states", "actions", "strengths", "symbols", "dates", "metadata")
 
 
@@ -67,7 +75,10 @@ class OfflineDataset:
     ``metadata`` holds at least ``source``; the schema keys (version, fingerprint, feature
     names) and ``created_at`` are filled in when missing. ``labels``: optional forward labels
     (one per row, ``ForwardLabels``); ``format_version`` and ``labels`` in the metadata follow
-    them (1 and no key without labels, 2 and their description with).
+    them (1 and no key without labels, 2 and their description with). ``rewards``: optional
+    (N,) per-row rewards (float32, NaN where a row has none; ``otonom_trainer.rewards``);
+    with them the format version is 3 and the metadata key ``rewards`` describes them (the
+    producer's description, given as ``metadata["rewards"]``, plus the count of rows with one).
     """
 
     states: npt.NDArray[np.float32]
@@ -77,6 +88,7 @@ class OfflineDataset:
     dates: npt.NDArray[np.datetime64]
     metadata: Mapping[str, Any] = field(default_factory=dict)
     labels: ForwardLabels | None = None
+    rewards: npt.NDArray[np.float32] | None = None
 
     def __post_init__(self) -> None:
         states = validate_states(self.states)
@@ -124,14 +136,27 @@ class OfflineDataset:
             "created_at": _utc_now(),
         }
         meta.update(self.metadata)
+        described = meta.pop("rewards", None)
         meta.pop("labels", None)
         meta["format_version"] = _PLAIN_VERSION
         if self.labels is not None:
             if not isinstance(self.labels, ForwardLabels) or len(self.labels) != n:
                 got = len(self.labels) if isinstance(self.labels, ForwardLabels) else self.labels
                 raise SchemaError(f"labels: got {got!r}; expected ForwardLabels of {n} rows")
-            meta["format_version"] = DATASET_FORMAT_VERSION
+            meta["format_version"] = _LABELS_VERSION
             meta["labels"] = self.labels.metadata()
+        if self.rewards is not None:
+            rewards = np.asarray(self.rewards, dtype=np.float32)
+            if rewards.shape != (n,) or np.isinf(rewards).any():
+                raise SchemaError(
+                    f"rewards: got shape {rewards.shape} (inf: {bool(np.isinf(rewards).any())}); "
+                    f"expected ({n},) finite values or NaN (no reward)"
+                )
+            rewards.flags.writeable = False
+            object.__setattr__(self, "rewards", rewards)
+            meta["format_version"] = DATASET_FORMAT_VERSION
+            about = dict(described) if isinstance(described, Mapping) else {}
+            meta["rewards"] = {**about, "rows": int(np.isfinite(rewards).sum())}
         for name, arr in (
             ("states", states),
             ("actions", actions),
@@ -181,6 +206,8 @@ def save_dataset(dataset: OfflineDataset, path: str | os.PathLike[str]) -> Path:
     }
     if labels is not None:
         arrays.update(zip(LABEL_ARRAYS, _label_arrays(labels), strict=True))
+    if dataset.rewards is not None:
+        arrays[REWARDS_ARRAY] = dataset.rewards
     with atomic_path(out) as tmp, tmp.open("wb") as fh:
         np.savez(fh, **arrays)
     return out
@@ -238,7 +265,7 @@ def load_dataset(path: str | os.PathLike[str], *, check_schema: bool = True) -> 
                         f"{src} is not an otonom-rl dataset: missing arrays {missing} "
                         f"(found {sorted(found)}); expected {list(_ARRAYS)}"
                     )
-                arrays = {k: npz[k] for k in (*_ARRAYS, *LABEL_ARRAYS) if k in found}
+                arrays = {k: npz[k] for k in (*_ARRAYS, *LABEL_ARRAYS, REWARDS_ARRAY) if k in found}
     except DatasetError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
@@ -259,10 +286,10 @@ def load_dataset(path: str | os.PathLike[str], *, check_schema: bool = True) -> 
     if meta.get("format") != DATASET_FORMAT:
         raise DatasetError(f"{src}: format is {meta.get('format')!r}; expected {DATASET_FORMAT!r}")
     version = meta.get("format_version")
-    if version not in (_PLAIN_VERSION, DATASET_FORMAT_VERSION) or isinstance(version, bool):
+    if version not in _VERSIONS or isinstance(version, bool):
         raise DatasetError(
             f"{src}: dataset format version {version!r}; this otonom-schema reads versions "
-            f"{_PLAIN_VERSION} and {DATASET_FORMAT_VERSION}"
+            f"{', '.join(map(str, _VERSIONS))}"
         )
     if check_schema:
         require_schema(
@@ -273,6 +300,7 @@ def load_dataset(path: str | os.PathLike[str], *, check_schema: bool = True) -> 
         )
     try:
         labels = _read_labels(src, meta, arrays)
+        rewards = _read_rewards(src, meta, arrays)
     except DatasetError:
         raise
     except SchemaError as exc:
@@ -286,9 +314,31 @@ def load_dataset(path: str | os.PathLike[str], *, check_schema: bool = True) -> 
             dates=arrays["dates"],
             metadata=meta,
             labels=labels,
+            rewards=rewards,
         )
     except SchemaError as exc:
         raise DatasetError(f"{src}: {exc}") from None
+
+
+def _read_rewards(
+    src: Path, meta: Mapping[str, Any], arrays: Mapping[str, npt.NDArray[Any]]
+) -> npt.NDArray[Any] | None:
+    """The rewards of a version 3 file (None for versions 1 and 2); ``DatasetError`` when the
+    array and the metadata key do not match the version."""
+    has = REWARDS_ARRAY in arrays
+    if meta["format_version"] != DATASET_FORMAT_VERSION:
+        if has:
+            raise DatasetError(
+                f"{src}: format version {meta['format_version']} holds a rewards array; "
+                f"expected none (rewards are format version {DATASET_FORMAT_VERSION})"
+            )
+        return None
+    if not has or not isinstance(meta.get("rewards"), Mapping):
+        raise DatasetError(
+            f"{src}: format version {DATASET_FORMAT_VERSION} lacks the rewards array or the "
+            "metadata key rewards; expected both"
+        )
+    return arrays[REWARDS_ARRAY]
 
 
 def _read_labels(
@@ -297,18 +347,20 @@ def _read_labels(
     """The forward labels of a version 2 file (None for version 1); ``DatasetError`` when the
     label arrays do not match the version, or ``SchemaError`` when they are inconsistent."""
     present = [k for k in LABEL_ARRAYS if k in arrays]
-    if meta["format_version"] == _PLAIN_VERSION:
+    version = meta["format_version"]
+    if version == _PLAIN_VERSION or (version == DATASET_FORMAT_VERSION and "labels" not in meta):
         if present:
             raise DatasetError(
-                f"{src}: format version {_PLAIN_VERSION} holds label arrays {present}; expected "
-                f"none (labels are format version {DATASET_FORMAT_VERSION})"
+                f"{src}: format version {version} holds label arrays {present} without the "
+                "metadata key labels; expected none (labels are format version "
+                f"{_LABELS_VERSION}, or {DATASET_FORMAT_VERSION} with that key)"
             )
         return None
     described = meta.get("labels")
     missing = [k for k in LABEL_ARRAYS if k not in arrays]
     if missing or not isinstance(described, Mapping):
         raise DatasetError(
-            f"{src}: format version {DATASET_FORMAT_VERSION} lacks "
+            f"{src}: format version {version} lacks "
             f"{missing or 'the metadata key labels'}; expected the arrays {list(LABEL_ARRAYS)} "
             "and the metadata key labels (horizon, tercile_cuts, cut_rows)"
         )

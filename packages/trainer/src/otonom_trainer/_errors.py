@@ -21,7 +21,8 @@
         ├── StatsError (+ ValueError)           return series the statistics cannot use
         ├── RlError (+ ValueError)              the RL environment's or fine-tuning's options
         ├── RetrainError (+ ValueError)         retrain's options or the model in service
-        └── LabelError (+ ValueError)           forward labels that cannot be made (horizon, rows)
+        ├── LabelError (+ ValueError)           forward labels that cannot be made (horizon, rows)
+        └── RewardError (+ ValueError)          rewards that cannot be made (no teacher run, rows)
 
 The classes are
 defined here (the base) and in the modules that raise them, so ``from otonom_trainer.config

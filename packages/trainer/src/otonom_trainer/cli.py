@@ -56,6 +56,10 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
             allow_rl_run=args.allow_rl_run,
             horizon=args.horizon,
         )
+        if args.rewards:
+            from otonom_trainer.rewards import with_rewards
+
+            ds = with_rewards(session, ds)
     print(f"Generated {len(ds)} training samples")
     save_dataset(ds, args.output)
     return 0
@@ -93,6 +97,13 @@ def _add_dataset(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         metavar="BARS",
         help="also label each row with what followed it over BARS bars up to --end-date (the "
         "forward log return and realised-volatility tercile: targets of --model multitask)",
+    )
+    p.add_argument(
+        "--rewards",
+        action="store_true",
+        help="also record each row's reward: the teacher run's sleeve return from the decision "
+        "to the next one, after costs (dataset format 3; what `otonom-train train --awr-beta` "
+        "weights by)",
     )
     p.add_argument(
         "--database-url", help="SQLAlchemy URL (default: $OTONOM_DATABASE_URL or ./data/otonom.db)"

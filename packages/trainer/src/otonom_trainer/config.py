@@ -21,6 +21,7 @@ import dataclasses
 import datetime as dt
 import os
 import re
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,6 +239,23 @@ class TrainingConfig(Validated):
     focal_gamma: float = field(
         default=2.0,
         metadata=_meta(_NONNEG_FLOAT, "focusing parameter of the focal loss (class_balance=focal)"),
+    )
+    awr_beta: float | None = field(
+        default=None,
+        metadata=_meta(
+            _checks(gt=0, text_numbers=True, described="a finite number > 0, or None (off)"),
+            "advantage-weighted imitation (AWR): weight each train row's action loss by "
+            "exp((reward - mean train reward) / AWR_BETA), clipped at --awr-max-weight and "
+            "normalised to mean 1; the reward is in return units (the dataset's rewards, "
+            "`otonom-train dataset --rewards`; try about their standard deviation); off = plain BC",
+        ),
+    )
+    awr_max_weight: float = field(
+        default=20.0,
+        metadata=_meta(
+            _checks(ge=1, text_numbers=True, described="a finite number >= 1"),
+            "the largest AWR weight of a row before normalisation (with --awr-beta)",
+        ),
     )
     val_fraction: float = field(
         default=0.1,
@@ -471,6 +489,12 @@ class ConfigField:
     aliases: tuple[str, ...] = ()
 
 
+def _plain(kind: Any) -> Any:
+    """``X`` for ``X | None`` (an optional field's flag takes an ``X``), else ``kind``."""
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    return args[0] if len(args) == 1 else kind
+
+
 def config_fields() -> tuple[ConfigField, ...]:
     """The fields in declaration order, each with its flag (``--batch-size``), type and help.
 
@@ -488,7 +512,7 @@ def config_fields() -> tuple[ConfigField, ...]:
             ConfigField(
                 name=f.name,
                 flag=f.metadata.get("flag", "--" + f.name.replace("_", "-")),
-                kind=spec.type,
+                kind=_plain(spec.type),
                 default=None if required else f.default,
                 required=required,
                 choices=None if choices is None else tuple(str(c) for c in choices),

@@ -6,15 +6,14 @@ This module holds the training loop, ``BehaviorCloningTrainer``; the rooms it us
     training/losses.py      BehaviorCloningLoss, FocalLoss, class_weights, strength_weights (maths)
     training/data.py        resolve_device, split_rows, epoch_indices, the split on the device
     training/optim.py       FlatAdam, make_optimizer (the seam), PlateauLR, the flat buffer
-    training/checkpoint.py  policy_best.pt: save, read, load_checkpoint
-    training/state.py       TrainState; its round trip through a checkpoint (resuming)
+    training/checkpoint.py  policy_best.pt (save, read, load); training/state.py: TrainState, resume
     training/outputs.py     metadata.json, history.csv, plots, TensorBoard, progress bar
     training/results.py     EpochStats, TrainingMetrics, overfitting_warnings
     training/distributed.py torchrun: DDP, each global batch sharded over the ranks, rank 0 writes
     metrics.py / plots.py   the confusion matrix and per-class metrics; the PNG plots
     training/multitask.py   the extra heads' targets and losses (MultiTaskPolicyNet)
-    architectures.py        TrainingConfig.model -> the network class
-    augment.py              teacher_rows: extra train rows the teacher ensemble labels
+    training/awr.py         advantage-weighted imitation (awr_beta): the rows' action-loss weights
+    architectures.py        TrainingConfig.model -> the network class; augment.py: teacher_rows
 
 The dataset stays on the training device (GPU or CPU: one code path): each epoch gathers the
 train split once in its order, batches are contiguous slices (no ``DataLoader``, no host-device
@@ -61,6 +60,7 @@ from otonom_trainer.degenerate import degenerate_mark, majority_baseline
 from otonom_trainer.export import export_onnx, sha256_file
 from otonom_trainer.metrics import ClassMetrics, confusion_matrix, per_class_metrics
 from otonom_trainer.model import PolicyNetwork
+from otonom_trainer.training.awr import train_tensors
 from otonom_trainer.training.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_NAME,
@@ -319,7 +319,7 @@ class BehaviorCloningTrainer:
         self._teacher_rows = 0 if extra is None else len(extra)
         if extra is not None:
             self._print(extra.describe(cfg.teacher_strategy, cfg.teacher_noise))
-        train = to_device(rows, np.arange(len(rows)), device)
+        train = train_tensors(rows, device, cfg, ds, split.train, self._out)
         val = to_device(ds, split.val, device)
         train_eval = to_device(ds, train_eval_rows(split.train, cfg.seed), device)
         notes: list[str] = []
@@ -516,8 +516,8 @@ class BehaviorCloningTrainer:
         n = int(order.numel())
         bs = cfg.batch_size
         n_batches = math.ceil(n / bs)
-        states, actions = data.states[order], data.actions[order]
-        strengths, plan = data.strengths[order], self._dp.plan(loss_fn, actions, bs)
+        states, actions, strengths = data.states[order], data.actions[order], data.strengths[order]
+        plan = self._dp.plan(loss_fn, actions, bs, data.ordered_weights(order))
         aux = None if self._aux is None else self._aux.epoch(model, order, bs)
         s_weights = strength_weights(actions, bs)
         grad = run.flat.grad

@@ -55,6 +55,7 @@ __all__ = [
     "bar_span",
     "list_runs",
     "load_bar_window",
+    "load_decision_equity",
     "load_decisions",
     "load_state_bars",
     "load_symbol_reads",
@@ -223,6 +224,17 @@ def load_decisions(
     if read is None:
         return None
     return _decision_columns(*read)
+
+
+def load_decision_equity(
+    session: Session, run_id: int, symbol: str, start: dt.date, end: dt.date
+) -> tuple[npt.NDArray[np.datetime64], npt.NDArray[np.float64]] | None:
+    """The dates and stored equity (the sleeve's, marked at each decision day's close, before
+    that decision is filled) of run ``run_id``'s decisions for ``symbol`` dated ``start ..
+    end``, oldest first; None when there is none (the rewards of ``otonom_trainer.rewards``)."""
+    values = {"run_id": run_id, "symbol": symbol, "start": start, "end": end}
+    read = _read_rows(session, _decisions_query, "d.date", "d.equity", values)
+    return None if read is None else (read[0], read[1][0])
 
 
 def _decision_columns(

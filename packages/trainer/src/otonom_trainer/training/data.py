@@ -148,11 +148,17 @@ def split_rows(
 
 @dataclass
 class SplitTensors:
-    """One split's states, actions and strengths on the training device."""
+    """One split's states, actions and strengths on the training device; ``weights``: the
+    rows' action-loss weights (``training.awr``; None: every row 1, plain behaviour cloning)."""
 
     states: torch.Tensor
     actions: torch.Tensor
     strengths: torch.Tensor
+    weights: torch.Tensor | None = None
+
+    def ordered_weights(self, order: torch.Tensor) -> torch.Tensor | None:
+        """``weights`` in the epoch's row order ``order`` (None without weights)."""
+        return None if self.weights is None else self.weights[order]
 
 
 @dataclass

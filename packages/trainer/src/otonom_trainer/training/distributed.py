@@ -163,10 +163,15 @@ class DataParallel:
         return wrapped
 
     def plan(
-        self, loss_fn: BehaviorCloningLoss, actions: torch.Tensor, batch_size: int
+        self,
+        loss_fn: BehaviorCloningLoss,
+        actions: torch.Tensor,
+        batch_size: int,
+        weights: torch.Tensor | None = None,
     ) -> BatchPlan:
-        """The batches of one epoch (``actions``: the train actions in the epoch's order)."""
-        return BatchPlan(loss_fn, actions, batch_size, self.rank, self.world_size)
+        """The batches of one epoch (``actions``: the train actions in the epoch's order;
+        ``weights``: their action-loss weights in that order, ``training.awr``, or None)."""
+        return BatchPlan(loss_fn, actions, batch_size, self.rank, self.world_size, weights)
 
 
 class BatchPlan:
@@ -185,8 +190,10 @@ class BatchPlan:
         batch_size: int,
         rank: int = 0,
         world_size: int = 1,
+        weights: torch.Tensor | None = None,
     ) -> None:
         self.loss_fn = loss_fn
+        self.weights = weights
         self.batch_size = batch_size
         self.world_size = world_size
         n = int(actions.numel())
@@ -226,10 +233,14 @@ class BatchPlan:
     ) -> LossTerms:
         """The loss of step ``b`` on the rows ``rows(b)`` (the arguments are those rows')."""
         fn = self.loss_fn
+        w = None if self.weights is None else self.weights[self.rows(b)]
         if self.world_size == 1:
-            return fn.batch_terms(logits, strength_pred, actions, strengths, strength_weights)
+            return fn.batch_terms(logits, strength_pred, actions, strengths, strength_weights, w)
         rows = self._rows[b]
-        if fn.focal is not None:
+        if w is not None:
+            denom = rows if self._weight_sums is None else self._weight_sums[b]
+            action = fn.weighted_action(logits, actions, w, denom)
+        elif fn.focal is not None:
             action = fn.focal(logits, actions).sum() / rows
         else:
             summed = F.cross_entropy(logits, actions, weight=fn.class_weights, reduction="sum")

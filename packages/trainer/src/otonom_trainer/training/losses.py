@@ -179,6 +179,7 @@ class BehaviorCloningLoss(nn.Module):
         actions: torch.Tensor,
         strengths: torch.Tensor,
         strength_weights: torch.Tensor,
+        action_weights: torch.Tensor | None = None,
     ) -> LossTerms:
         """The loss of one training batch with fewer tensor operations than ``forward``.
 
@@ -187,9 +188,15 @@ class BehaviorCloningLoss(nn.Module):
         once); then the terms equal ``forward``'s up to float rounding. The action term is one
         ``F.cross_entropy`` call (with ``weight=`` for class weights), the focal term
         ``FocalLoss``. The batch must hold at least one row of positive class weight (a train
-        batch always does: a class with weight 0 has no train row).
+        batch always does: a class with weight 0 has no train row). ``action_weights``: per-row
+        weights of the action term (``training.awr``): it becomes ``sum_i a_i l_i / D`` with
+        ``l_i`` the row's (class-weighted, or focal) term and ``D`` the unweighted mean's
+        denominator (the row count, or the class weights' sum), so weights of mean 1 keep its
+        scale; None is the plain term, computed exactly as before.
         """
-        if self.focal is not None:
+        if action_weights is not None:
+            action = self.weighted_action(logits, actions, action_weights)
+        elif self.focal is not None:
             action = self.focal(logits, actions).mean()
         else:
             action = F.cross_entropy(logits, actions, weight=self.class_weights)
@@ -201,6 +208,25 @@ class BehaviorCloningLoss(nn.Module):
         if self.logit_penalty:
             total = total + (logits * logits).mean() * self.logit_penalty
         return LossTerms(total, action, strength)
+
+    def weighted_action(
+        self,
+        logits: torch.Tensor,
+        actions: torch.Tensor,
+        weights: torch.Tensor,
+        denom: float | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``sum_i weights_i l_i / D`` (``batch_terms``' weighted action term); ``denom``: ``D``
+        when given (a shard of a batch: the whole batch's), else these rows'."""
+        if self.focal is not None:
+            per_row = self.focal(logits, actions)
+        else:
+            per_row = F.cross_entropy(logits, actions, weight=self.class_weights, reduction="none")
+        if denom is None:
+            cw = self.class_weights
+            use_rows = self.focal is not None or cw is None
+            denom = float(actions.numel()) if use_rows else cw[actions].sum()  # type: ignore[index]
+        return torch.dot(per_row, weights.to(per_row.dtype)) / denom
 
     def combine(self, sums: torch.Tensor) -> LossTerms:
         """Turn ``sums`` (possibly added over chunks) into the loss terms; 0/0 terms are 0."""
