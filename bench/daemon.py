@@ -33,6 +33,7 @@ Ratios printed, targets from issue 16: per-symbol / steady >= 50 and steady / fl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -49,7 +50,7 @@ from sqlalchemy.orm import Session
 from otonom_runtime.builder import RlStateBuilder
 from otonom_runtime.daemon import Ensemble, PaperBroker, TickReport, run_tick
 from otonom_runtime.policy import load_rl_policy
-from otonom_runtime.store import get_session, init_db
+from otonom_runtime.store import dispose_engines, get_session, init_db
 from otonom_runtime.strategy import load_strategy, parse_strategy
 from otonom_runtime.synth import write_synthetic
 from otonom_runtime.testing.models import make_policy_model
@@ -140,6 +141,10 @@ class Floor:
             select_run = f"SELECT {', '.join(RUN_COLUMNS)} FROM backtest_runs WHERE id = ?"
             cursor.execute(_sql(select_run, self.style), [run_id])
             run = tuple(cursor.fetchone())
+            if not self.sqlite:  # JSON columns come back as Python values from psycopg
+                from psycopg.types.json import Jsonb
+
+                run = tuple(Jsonb(v) if isinstance(v, (dict, list)) else v for v in run)
             cursor.execute(
                 _sql(
                     f"SELECT {', '.join(DECISION_COLUMNS)} FROM decisions WHERE run_id = ? "
@@ -257,18 +262,40 @@ def _parser() -> argparse.ArgumentParser:
         "--database-url",
         help="an empty PostgreSQL (or SQLite) database to use instead of a temporary SQLite file",
     )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="start a throwaway PostgreSQL server for the store (otonom_runtime.testing.postgres;"
+        " needs initdb and pg_ctl)",
+    )
     add_clock_option(parser)
     return parser
+
+
+def _database(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack) -> str:
+    """The store's URL: ``--database-url``, a new database on a throwaway server
+    (``--postgres``) or a SQLite file in ``tmp``."""
+    if args.database_url:
+        return str(args.database_url)
+    if args.postgres:
+        from otonom_runtime.testing.postgres import new_database, postgres_server
+
+        return new_database(stack.enter_context(postgres_server()), "bench")
+    return f"sqlite:///{tmp / 'store.db'}"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     global CLOCK
     CLOCK = chosen_clock(args)
+    tmp = Path(tempfile.mkdtemp(prefix="otonom-bench-daemon-"))
+    with contextlib.ExitStack() as stack:
+        return _run(args, tmp, _database(args, tmp, stack))
+
+
+def _run(args: argparse.Namespace, tmp: Path, url: str) -> int:
     rounds = 2 if args.quick else max(1, args.rounds)
     sample = min(args.symbols, 20 if args.quick else args.sample)
-    tmp = Path(tempfile.mkdtemp(prefix="otonom-bench-daemon-"))
-    url = args.database_url or f"sqlite:///{tmp / 'store.db'}"
     names = [f"S{i:05d}" for i in range(args.symbols)]
     t0 = time.perf_counter()
     _store(url, names, rounds)
@@ -298,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             old.append(seconds * len(names) / sample)
             agree, checked = agree + same, checked + sample
             floor.append(io.run(day, *io.rows_of(report.run_id)))
+    dispose_engines()  # before a throwaway server stops
     _print(args, url, setup_s, cold, steady, old, floor, (agree, checked, sample))
     return 0
 
