@@ -3,11 +3,12 @@
 Usage::
 
     .venv/bin/python bench/daemon.py [--symbols 5000] [--rounds 3] [--sample 200] [--quick]
-        [--database-url URL] [--clock wall|cpu]
+        [--postgres | --database-url URL] [--clock wall|cpu]
 
-A store (a SQLite file in a temporary folder, or ``--database-url``: an empty PostgreSQL
-database) gets ``--symbols`` synthetic symbols (``otonom_runtime.synth``, seed 7) with a year
-of daily history (2023) plus one bar per steady round after it. The strategy is
+A store (a SQLite file in a temporary folder removed at the end, ``--postgres``: a throwaway
+server, or ``--database-url``: an empty database) gets ``--symbols`` synthetic symbols
+(``otonom_runtime.synth``, seed 7) with a year of daily history (2023) plus one bar per
+steady round after it. The strategy is
 ``strategies/baseline_v1.yaml`` with the RL analyst on (a 2 x 128 ONNX policy from
 ``otonom_runtime.testing.models``). Then, in one process:
 
@@ -288,8 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     global CLOCK
     CLOCK = chosen_clock(args)
-    tmp = Path(tempfile.mkdtemp(prefix="otonom-bench-daemon-"))
-    with contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack:  # the folder removed last, after any server
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="otonom-bench-daemon-")))
         return _run(args, tmp, _database(args, tmp, stack))
 
 
