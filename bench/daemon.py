@@ -1,0 +1,374 @@
+"""The daemon tick at scale (issue 16): steady tick vs per-symbol calls vs the store's I/O alone.
+
+Usage::
+
+    .venv/bin/python bench/daemon.py [--symbols 5000] [--rounds 3] [--sample 200] [--quick]
+        [--postgres | --database-url URL] [--clock wall|cpu]
+
+A store (a SQLite file in a temporary folder removed at the end, ``--postgres``: a throwaway
+server, or ``--database-url``: an empty database) gets ``--symbols`` synthetic symbols
+(``otonom_runtime.synth``, seed 7) with a year of daily history (2023) plus one bar per
+steady round after it. The strategy is
+``strategies/baseline_v1.yaml`` with the RL analyst on (a 2 x 128 ONNX policy from
+``otonom_runtime.testing.models``). Then, in one process:
+
+* the cold first tick: ``run_tick`` (``Ensemble`` + ``PaperBroker``, what ``otonom daemon``
+  runs) deciding every symbol's 2023-12-31 bar and recording it, nothing decided before;
+* per round r (interleaved): the steady tick, ``run_tick`` at ``as_of`` 2023-12-31 + r (one
+  new bar per symbol since the last tick: the later bars are in the store from the start, so
+  ``as_of`` is what makes bar r "new"); the tick keeps no cache between calls today, so a
+  steady tick is what the API does (it reads every symbol's whole history again and replays
+  the paper sleeves from the first live decision);
+* the old way on the same bar: ``RlStateBuilder.build_state`` (one builder for the run, its
+  cache kept) + ``RlPolicy.predict``, symbol by symbol, with the portfolio the tick decided
+  with: timed on ``--sample`` symbols and scaled to all of them (the RL signal only: it
+  decides less than the tick, so it is a lower bound of the per-symbol cost);
+* the floor: the tick's store reads and writes alone, the SQL of ``FLOOR_SQL`` (verbatim as
+  ``run_tick`` issued it at commit cf0607e, the IN lists expanded to the symbols), fetched as
+  the driver's tuples, then the tick's run row and decision rows (read back) inserted again
+  under a scratch strategy and committed; nothing else.
+
+Ratios printed, targets from issue 16: per-symbol / steady >= 50 and steady / floor <= 1.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from _clock import add_clock_option, chosen_clock
+from sqlalchemy.orm import Session
+
+from otonom_runtime.builder import RlStateBuilder
+from otonom_runtime.daemon import Ensemble, PaperBroker, TickReport, run_tick
+from otonom_runtime.policy import load_rl_policy
+from otonom_runtime.store import dispose_engines, get_session, init_db
+from otonom_runtime.strategy import load_strategy, parse_strategy
+from otonom_runtime.synth import write_synthetic
+from otonom_runtime.testing.models import make_policy_model
+
+ROOT = Path(__file__).resolve().parents[1]
+FIRST, LAST = dt.date(2023, 1, 1), dt.date(2023, 12, 31)  # a year of history
+SEED = 7
+CLOCK: Callable[[], float] = time.perf_counter  # what each subject is timed by (--clock)
+
+# The floor's SQL, verbatim as run_tick issued it at commit cf0607e (captured with SQLAlchemy's
+# before_cursor_execute on SQLite; {names}/{ids}: the IN list's markers, one per symbol). Fixed
+# here so that the floor cannot change to flatter a ratio.
+FLOOR_SQL = {
+    "symbols": (
+        "SELECT symbols.id, symbols.name, symbols.source, symbols.is_synthetic, symbols.meta, "
+        "symbols.created_at \nFROM symbols \nWHERE symbols.name IN ({names})"
+    ),
+    "bars": (
+        "SELECT bars.symbol_id, bars.date, bars.open, bars.high, bars.low, bars.close, "
+        "bars.volume \nFROM bars \nWHERE bars.symbol_id IN ({ids}) AND bars.date <= ? "
+        "ORDER BY bars.symbol_id, bars.date"
+    ),
+    "news": (
+        "SELECT news_sentiment.symbol_id, news_sentiment.source, news_sentiment.date, "
+        "news_sentiment.score \nFROM news_sentiment \nWHERE news_sentiment.symbol_id IN ({ids}) "
+        "AND news_sentiment.date <= ? ORDER BY news_sentiment.symbol_id, news_sentiment.date"
+    ),
+    "macro": "SELECT m.date, m.score FROM macro_sentiment m WHERE m.date <= ? AND m.source = ? "
+    "ORDER BY m.date",
+    "live": (
+        "SELECT decisions.symbol_id, decisions.date, decisions.action, decisions.strength \n"
+        "FROM decisions \nWHERE decisions.live_strategy = ? AND decisions.symbol_id IN ({ids}) "
+        "ORDER BY decisions.symbol_id, decisions.date"
+    ),
+}
+RUN_COLUMNS = (
+    "strategy_name", "strategy_hash", "params", "start_date", "end_date", "symbols", "status",
+    "created_at", "finished_at", "metrics", "error", "host", "pid", "process_start",
+    "heartbeat_at",
+)  # fmt: skip
+DECISION_COLUMNS = (
+    "run_id", "symbol_id", "date", "action", "strength", "position", "leverage",
+    "cash_fraction", "days_since_last_trade", "equity", "live_strategy",
+    *(f"{a}_{f}" for a in ("tech", "news", "risk", "rl") for f in ("action", "strength",
+                                                                   "confidence")),
+)  # fmt: skip
+SQLITE_PARAMS = 4000  # values per multi-row INSERT on SQLite (the store's writer does the same)
+FLOOR_STRATEGY = "floor-bench"
+
+
+def _marks(n: int, style: str) -> str:
+    return ", ".join([style] * n)
+
+
+def _sql(text: str, style: str) -> str:
+    return text if style == "?" else text.replace("?", style)
+
+
+class Floor:
+    """The tick's store I/O alone on the session's own DBAPI connection (see the module
+    docstring); ``style``: the driver's parameter marker (``?`` SQLite, ``%s`` psycopg)."""
+
+    def __init__(self, session: Session, names: list[str], strategy: str, source: str) -> None:
+        self.session, self.names, self.strategy, self.source = session, names, strategy, source
+        self.sqlite = session.connection().dialect.name == "sqlite"
+        self.style = "?" if self.sqlite else "%s"
+        self.ids = [row[0] for row in self._fetch(FLOOR_SQL["symbols"], names)]
+
+    def _dbapi(self) -> Any:
+        return self.session.connection().connection.dbapi_connection
+
+    def _fetch(self, template: str, params: list[Any]) -> list[Any]:
+        n_names = len(self.names)
+        sql = template.format(
+            names=_marks(n_names, self.style), ids=_marks(len(getattr(self, "ids", [])), self.style)
+        )
+        cursor = self._dbapi().cursor()
+        try:
+            cursor.execute(_sql(sql, self.style), params)
+            return list(cursor.fetchall())
+        finally:
+            cursor.close()
+
+    def rows_of(self, run_id: int) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
+        """The tick's run row and decision rows, read back (untimed) to be inserted again."""
+        cursor = self._dbapi().cursor()
+        try:
+            select_run = f"SELECT {', '.join(RUN_COLUMNS)} FROM backtest_runs WHERE id = ?"
+            cursor.execute(_sql(select_run, self.style), [run_id])
+            run = tuple(cursor.fetchone())
+            if not self.sqlite:  # JSON columns come back as Python values from psycopg
+                from psycopg.types.json import Jsonb
+
+                run = tuple(Jsonb(v) if isinstance(v, (dict, list)) else v for v in run)
+            cursor.execute(
+                _sql(
+                    f"SELECT {', '.join(DECISION_COLUMNS)} FROM decisions WHERE run_id = ? "
+                    "ORDER BY symbol_id",
+                    self.style,
+                ),
+                [run_id],
+            )
+            decisions = [tuple(r) for r in cursor.fetchall()]
+        finally:
+            cursor.close()
+        self.session.rollback()
+        return run, decisions
+
+    def run(self, day: dt.date, run: tuple[Any, ...], decisions: list[tuple[Any, ...]]) -> float:
+        """One tick's I/O for bar ``day``, timed; the rows it wrote deleted afterwards."""
+        iso: Any = day.isoformat() if self.sqlite else day
+        t0 = CLOCK()
+        self._fetch(FLOOR_SQL["symbols"], self.names)
+        self._fetch(FLOOR_SQL["bars"], [*self.ids, iso])
+        self._fetch(FLOOR_SQL["news"], [*self.ids, iso])
+        self._fetch(FLOOR_SQL["macro"], [iso, self.source])
+        self._fetch(FLOOR_SQL["live"], [self.strategy, *self.ids])
+        run_id = self._insert(run, decisions)
+        self._dbapi().commit()
+        elapsed = CLOCK() - t0
+        cursor = self._dbapi().cursor()
+        try:
+            cursor.execute(_sql("DELETE FROM decisions WHERE run_id = ?", self.style), [run_id])
+            cursor.execute(_sql("DELETE FROM backtest_runs WHERE id = ?", self.style), [run_id])
+        finally:
+            cursor.close()
+        self._dbapi().commit()
+        return elapsed
+
+    def _insert(self, run: tuple[Any, ...], decisions: list[tuple[Any, ...]]) -> int:
+        cursor = self._dbapi().cursor()
+        try:
+            insert = (
+                f"INSERT INTO backtest_runs ({', '.join(RUN_COLUMNS)}) "
+                f"VALUES ({_marks(len(RUN_COLUMNS), self.style)})"
+            )
+            if self.sqlite:
+                cursor.execute(insert, run)
+                run_id = int(cursor.lastrowid)
+            else:
+                cursor.execute(insert + " RETURNING id", run)
+                run_id = int(cursor.fetchone()[0])
+            rows = [(run_id, *r[1:10], FLOOR_STRATEGY, *r[11:]) for r in decisions]
+            width = len(DECISION_COLUMNS)
+            head = f"INSERT INTO decisions ({', '.join(DECISION_COLUMNS)}) VALUES "
+            row_marks = f"({_marks(width, self.style)})"
+            if self.sqlite:  # multi-row statements, as the store's writer inserts them
+                per = SQLITE_PARAMS // width
+                for at in range(0, len(rows), per):
+                    chunk = rows[at : at + per]
+                    flat = [v for r in chunk for v in r]
+                    cursor.execute(head + ", ".join([row_marks] * len(chunk)), flat)
+            else:
+                cursor.executemany(head + row_marks, rows)
+        finally:
+            cursor.close()
+        return run_id
+
+
+def _store(url: str, names: list[str], rounds: int) -> None:
+    init_db(url)
+    with get_session(url) as session:
+        write_synthetic(session, names, FIRST, LAST + dt.timedelta(days=rounds), SEED)
+
+
+def _ensemble(tmp: Path) -> Ensemble:
+    os.environ["OTONOM_MODELS_ROOT"] = str(tmp)  # the strategy resolves the model under it
+    make_policy_model(tmp / "model" / "policy_best.onnx", hidden=128, layers=2)
+    raw = load_strategy(ROOT / "strategies" / "baseline_v1.yaml").to_dict()
+    raw["ensemble"]["rl_policy"] = {"enabled": True, "model_path": str(tmp / "model")}
+    return Ensemble(parse_strategy(raw), use_rl=True)
+
+
+def per_symbol(
+    builder: RlStateBuilder, policy: Any, report: TickReport, sample: int
+) -> tuple[float, int]:
+    """``build_state`` + ``predict`` for the first ``sample`` symbols of the tick with the
+    portfolio it decided with: the time, and how many RL actions equal the tick's."""
+    same = 0
+    chosen = list(zip(report.decisions, report.holdings, strict=True))[:sample]
+    t0 = CLOCK()
+    for d, h in chosen:
+        p = d.portfolio
+        days = None if p.days_since_last_trade == float("inf") else p.days_since_last_trade
+        state = builder.build_state(
+            d.symbol,
+            d.date,
+            current_position=p.position,
+            portfolio_equity=h.equity,
+            cash=p.cash_fraction * h.equity,
+            leverage=p.leverage,
+            days_since_last_trade=days,
+        )
+        action, _ = policy.predict(state)
+        rl = d.signals["rl"]
+        same += rl is not None and int(action) == int(rl.action)
+    return CLOCK() - t0, same
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--symbols", type=int, default=5000, help="synthetic symbols (5000)")
+    parser.add_argument("--rounds", type=int, default=3, help="steady rounds (3; each one bar)")
+    parser.add_argument(
+        "--sample", type=int, default=200, help="symbols the per-symbol way is timed on (200)"
+    )
+    parser.add_argument("--quick", action="store_true", help="2 rounds, sample of 20 at most")
+    parser.add_argument(
+        "--database-url",
+        help="an empty PostgreSQL (or SQLite) database to use instead of a temporary SQLite file",
+    )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="start a throwaway PostgreSQL server for the store (otonom_runtime.testing.postgres;"
+        " needs initdb and pg_ctl)",
+    )
+    add_clock_option(parser)
+    return parser
+
+
+def _database(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack) -> str:
+    """The store's URL: ``--database-url``, a new database on a throwaway server
+    (``--postgres``) or a SQLite file in ``tmp``."""
+    if args.database_url:
+        return str(args.database_url)
+    if args.postgres:
+        from otonom_runtime.testing.postgres import new_database, postgres_server
+
+        return new_database(stack.enter_context(postgres_server()), "bench")
+    return f"sqlite:///{tmp / 'store.db'}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    global CLOCK
+    CLOCK = chosen_clock(args)
+    with contextlib.ExitStack() as stack:  # the folder removed last, after any server
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="otonom-bench-daemon-")))
+        return _run(args, tmp, _database(args, tmp, stack))
+
+
+def _run(args: argparse.Namespace, tmp: Path, url: str) -> int:
+    rounds = 2 if args.quick else max(1, args.rounds)
+    sample = min(args.symbols, 20 if args.quick else args.sample)
+    names = [f"S{i:05d}" for i in range(args.symbols)]
+    t0 = time.perf_counter()
+    _store(url, names, rounds)
+    setup_s = time.perf_counter() - t0
+    ensemble = _ensemble(tmp)
+    policy = load_rl_policy(tmp / "model")
+    steady: list[float] = []
+    old: list[float] = []
+    floor: list[float] = []
+    agree = checked = 0
+    with get_session(url) as session:
+        t0 = CLOCK()
+        report = run_tick(session, ensemble, names, PaperBroker(), as_of=LAST)
+        cold = CLOCK() - t0
+        assert len(report.decisions) == len(names), "the cold tick decided every symbol"
+        source = ensemble.config.data.macro_source or "synthetic"
+        io = Floor(session, names, ensemble.name, source)
+        builder = RlStateBuilder(session)
+        for r in range(1, rounds + 1):
+            day = LAST + dt.timedelta(days=r)
+            t0 = CLOCK()
+            report = run_tick(session, ensemble, names, PaperBroker(), as_of=day)
+            steady.append(CLOCK() - t0)
+            assert report.run_id is not None
+            assert len(report.decisions) == len(names)
+            seconds, same = per_symbol(builder, policy, report, sample)
+            old.append(seconds * len(names) / sample)
+            agree, checked = agree + same, checked + sample
+            floor.append(io.run(day, *io.rows_of(report.run_id)))
+    dispose_engines()  # before a throwaway server stops
+    _print(args, url, setup_s, cold, steady, old, floor, (agree, checked, sample))
+    return 0
+
+
+def _print(
+    args: argparse.Namespace,
+    url: str,
+    setup_s: float,
+    cold: float,
+    steady: list[float],
+    old: list[float],
+    floor: list[float],
+    counts: tuple[int, int, int],
+) -> None:
+    n = args.symbols
+    agree, checked, sample = counts
+    med = statistics.median
+    kind = url.split(":", 1)[0]
+    print(
+        f"machine: {platform.machine()}, python {platform.python_version()}, {n} symbols x "
+        f"{(LAST - FIRST).days + 1} days, {kind}, {len(steady)} steady rounds, {args.clock} "
+        f"clock, load average {os.getloadavg()[0]:.2f} (store written in {setup_s:.0f} s)"
+    )
+    rows = (
+        ("cold first tick", [cold]),
+        ("steady tick (run_tick, one new bar)", steady),
+        (f"per-symbol build_state + predict ({sample} timed, x{n / sample:g})", old),
+        ("floor: the tick's SQL alone", floor),
+    )
+    print(f"\n{'subject':<58}{'median s':>10}{'per symbol us':>15}  all rounds (s)")
+    for label, values in rows:
+        rounds = " ".join(f"{v:.3f}" for v in values)
+        print(f"  {label:<56}{med(values):>10.3f}{med(values) / n * 1e6:>15.1f}  {rounds}")
+    print(f"\nthe per-symbol RL action equals the tick's RL signal on {agree} of {checked} calls")
+    print("\nratios (issue 16)")
+    for name, ratio, ok, target in (
+        ("per-symbol / steady", med(old) / med(steady), med(old) / med(steady) >= 50, ">= 50"),
+        ("steady / floor", med(steady) / med(floor), med(steady) / med(floor) <= 1.5, "<= 1.5"),
+    ):
+        print(f"  {'MET   ' if ok else 'MISSED'} {name:<20} {ratio:8.2f} ({target})")
+    print(f"  cold first tick / steady tick  {cold / med(steady):.2f}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
