@@ -414,11 +414,21 @@ def make_v4_store() -> Callable[[str], None]:
 
 def _decision_layout(url: str) -> dict[str, Any]:
     """The ``decisions`` table's columns (name, type, nullable) and indexes (name, columns,
-    unique), and the ``daemon_state`` table's columns (None: no such table), sorted:
-    comparable across stores."""
+    unique), whether the live key is partial (its SQL's ``WHERE live_strategy IS NOT NULL``;
+    None: no such index), and the ``daemon_state`` table's columns (None: no such table),
+    sorted: comparable across stores."""
     with get_engine(url).connect() as conn:
         info = inspect(conn)
+        if conn.dialect.name == "sqlite":
+            live_sql = "SELECT sql FROM sqlite_master WHERE name = 'ix_decisions_live'"
+        else:
+            live_sql = "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_decisions_live'"
+        live = conn.execute(text(live_sql)).scalar_one_or_none()
         return {
+            "live_key_partial": None
+            if live is None
+            else "where live_strategy is not null"
+            in live.lower().replace("(", "").replace(")", ""),
             "daemon_state": sorted(
                 (c["name"], str(c["type"]), c["nullable"], bool(c.get("primary_key")))
                 for c in info.get_columns("daemon_state")

@@ -994,6 +994,8 @@ def test_a_version_4_store_is_upgraded_in_place_keeping_its_decisions_as_backtes
         pass
     init_db(db_url)
     assert decision_layout(db_url) == decision_layout(fresh)
+    # the live key is partial: backtest rows (live_strategy NULL) are not in it
+    assert decision_layout(fresh)["live_key_partial"] is True
     with get_session(db_url) as session:
         assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "5"
         assert session.execute(select(Decision.live_strategy)).scalars().all() == [None]

@@ -29,6 +29,7 @@ from otonom_runtime._errors import StoreError
 from otonom_runtime._sources import SOURCE_MAX_LEN, SYNTHETIC_SOURCE, USER_SOURCE
 from otonom_runtime.store.engine import _read_version, _safe
 from otonom_runtime.store.tables import (
+    LIVE_ROWS,
     SIGNAL_FIELDS,
     STORE_VERSION,
     BacktestRun,
@@ -274,8 +275,8 @@ def _upgrade_from_3(engine: Engine) -> None:
 def _upgrade_from_4(engine: Engine) -> None:
     """Store version 4 -> 5: ``decisions`` gets ``live_strategy`` (NULL on the stored
     decisions: every one is a backtest's) and the unique index ``ix_decisions_live`` on
-    (live_strategy, symbol_id, date), the ``daemon_state`` table is created (``DaemonState``:
-    the daemon's heartbeat and model state), and ``store_version`` becomes 5.
+    (live_strategy, symbol_id, date) over the live rows, the ``daemon_state`` table is created
+    (``DaemonState``: the daemon's heartbeat and model state), and ``store_version`` becomes 5.
 
     Resumable, as ``_upgrade_from_3``: the column is added only if missing, the index only if
     missing (``CREATE UNIQUE INDEX IF NOT EXISTS``, the same statement on SQLite and
@@ -297,7 +298,10 @@ def _upgrade_from_4(engine: Engine) -> None:
             index = next(i for i in _DECISIONS.indexes if i.name == _V5_INDEX)
             columns = ", ".join(c.name for c in index.columns)
             conn.execute(
-                text(f"CREATE UNIQUE INDEX IF NOT EXISTS {_V5_INDEX} ON {table} ({columns})")
+                text(
+                    f"CREATE UNIQUE INDEX IF NOT EXISTS {_V5_INDEX} ON {table} ({columns}) "
+                    f"WHERE {_V5_INDEX_WHERE}"
+                )
             )
             conn.execute(text(_create_if_missing(_DAEMON_STATE, conn.dialect)))
             _set_version(conn, 5)
@@ -320,6 +324,8 @@ _DAEMON_STATE: Final = cast("Table", DaemonState.__table__)
 _DECISIONS: Final = cast("Table", Decision.__table__)
 _V5_INDEX: Final = "ix_decisions_live"
 """The unique index store version 5 added to ``decisions`` (the live decisions' key)."""
+_V5_INDEX_WHERE: Final = LIVE_ROWS
+"""Its predicate: partial, over live rows only (``tables.Decision``)."""
 
 _UPGRADES: Final = {
     1: _upgrade_from_1,

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, validates
 
@@ -220,6 +221,8 @@ class BacktestRun(Base):
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+LIVE_ROWS: Final = "live_strategy IS NOT NULL"
+"""The rows of ``decisions`` the live key (``ix_decisions_live``) indexes: live decisions."""
 SIGNAL_FIELDS: Final = ("action", "strength", "confidence")
 """The fields of one analyst's signal in a decision row (``<analyst>_<field>`` columns)."""
 SIGNAL_COLUMNS: Final = tuple(f"{a}_{f}" for a in ANALYSTS for f in SIGNAL_FIELDS)
@@ -245,15 +248,25 @@ class Decision(Base):
     ``live_strategy``: the strategy's name on a live decision (``otonom daemon``: its run's
     ``params["purpose"]`` is ``"live"``), NULL on a backtest's. The unique index
     ``ix_decisions_live`` on (live_strategy, symbol_id, date) is the live decisions' key: one
-    per strategy, symbol and bar date, whatever run wrote it (NULLs never collide, so backtest
-    rows are not constrained by it). Store version 4 had neither: the in-place upgrade adds
-    the column (NULL on every stored decision) and the index.
+    per strategy, symbol and bar date, whatever run wrote it. It is partial (``WHERE
+    live_strategy IS NOT NULL``): backtest rows have no entry in it, so a backtest's inserts pay
+    nothing for it (a full index cost RL-off backtests ~10-15 %: docs/benchmarks.md). Store
+    version 4 had neither: the in-place upgrade adds the column (NULL on every stored decision)
+    and the index.
     """
 
     __tablename__ = "decisions"
     __table_args__ = (
         UniqueConstraint("run_id", "symbol_id", "date"),
-        Index("ix_decisions_live", "live_strategy", "symbol_id", "date", unique=True),
+        Index(
+            "ix_decisions_live",
+            "live_strategy",
+            "symbol_id",
+            "date",
+            unique=True,
+            sqlite_where=text(LIVE_ROWS),
+            postgresql_where=text(LIVE_ROWS),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
