@@ -82,11 +82,8 @@ def _upgrade_from_1(engine: Engine) -> None:
     table = Decision.__tablename__
     try:
         with engine.begin() as conn:
-            stored = conn.execute(
-                select(StoreMeta.value).where(StoreMeta.key == "store_version")
-            ).scalar_one()
-            if stored != "1":
-                return
+            if not _is_at(conn, 1):
+                return  # upgraded already (a concurrent init_db)
             present = {c["name"] for c in inspect(conn).get_columns(table)}
             for analyst in ANALYSTS:
                 for field in SIGNAL_FIELDS:
@@ -118,6 +115,14 @@ def _upgrade_from_1(engine: Engine) -> None:
         ) from None
 
 
+def _is_at(conn: Any, version: int) -> bool:
+    """Whether the store's ``store_version`` (read in ``conn``'s transaction) is ``version``."""
+    stored = conn.execute(
+        select(StoreMeta.value).where(StoreMeta.key == "store_version")
+    ).scalar_one()
+    return bool(stored == str(version))
+
+
 def _set_version(conn: Any, version: int) -> None:
     conn.execute(
         text("UPDATE store_meta SET value = :v WHERE key = 'store_version'"),
@@ -141,11 +146,8 @@ def _upgrade_from_2(engine: Engine) -> None:
     """
     try:
         with engine.begin() as conn:
-            stored = conn.execute(
-                select(StoreMeta.value).where(StoreMeta.key == "store_version")
-            ).scalar_one()
-            if stored != "2":
-                return
+            if not _is_at(conn, 2):
+                return  # upgraded already (a concurrent init_db)
             labels = _v2_labels(conn)
             for table in (NewsSentiment.__table__, MacroSentiment.__table__):
                 if conn.dialect.name == "sqlite":
@@ -253,11 +255,8 @@ def _upgrade_from_3(engine: Engine) -> None:
     table = BacktestRun.__tablename__
     try:
         with engine.begin() as conn:
-            stored = conn.execute(
-                select(StoreMeta.value).where(StoreMeta.key == "store_version")
-            ).scalar_one()
-            if stored != "3":
-                return
+            if not _is_at(conn, 3):
+                return  # upgraded already (a concurrent init_db)
             present = {c["name"] for c in inspect(conn).get_columns(table)}
             for name in _V4_RUN_COLUMNS:
                 if name not in present:
@@ -286,11 +285,8 @@ def _upgrade_from_4(engine: Engine) -> None:
     table = Decision.__tablename__
     try:
         with engine.begin() as conn:
-            stored = conn.execute(
-                select(StoreMeta.value).where(StoreMeta.key == "store_version")
-            ).scalar_one()
-            if stored != "4":
-                return
+            if not _is_at(conn, 4):
+                return  # upgraded already (a concurrent init_db)
             present = {c["name"] for c in inspect(conn).get_columns(table)}
             if "live_strategy" not in present:
                 kind = Decision.__table__.c["live_strategy"].type.compile(dialect=conn.dialect)
