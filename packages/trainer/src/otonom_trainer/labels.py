@@ -14,6 +14,7 @@ is the same dataset with ``labels`` (format version 2). Torch-free.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import numpy as np
@@ -67,12 +68,4 @@ def with_forward_labels(
             f"horizon {h}: no row has {h} bars after it up to {end} (the dataset's end); "
             "expected a shorter horizon or a later end date"
         )
-    return OfflineDataset(
-        states=dataset.states,
-        actions=dataset.actions,
-        strengths=dataset.strengths,
-        symbols=dataset.symbols,
-        dates=dataset.dates,
-        metadata=dataset.metadata,
-        labels=ForwardLabels.make(h, returns, vol, ends),
-    )
+    return dataclasses.replace(dataset, labels=ForwardLabels.make(h, returns, vol, ends))

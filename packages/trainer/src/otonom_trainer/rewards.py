@@ -19,6 +19,8 @@ with ``rewards`` (format version 3). Torch-free.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from sqlalchemy.orm import Session
 
@@ -74,13 +76,4 @@ def with_rewards(session: Session, dataset: OfflineDataset) -> OfflineDataset:
             )
         rewards[rows] = decision_rewards(read[1])
     meta = {**dataset.metadata, "rewards": {"definition": REWARD_DEFINITION}}
-    return OfflineDataset(
-        states=dataset.states,
-        actions=dataset.actions,
-        strengths=dataset.strengths,
-        symbols=dataset.symbols,
-        dates=dataset.dates,
-        metadata=meta,
-        labels=dataset.labels,
-        rewards=rewards,
-    )
+    return dataclasses.replace(dataset, metadata=meta, rewards=rewards)
