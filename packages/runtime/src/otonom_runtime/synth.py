@@ -65,10 +65,12 @@ __all__ = [
     "GENERATOR_VERSION",
     "MACRO_EPOCH",
     "REGIME_NAMES",
+    "TREND_NAMES",
     "SynthReport",
     "SyntheticMarket",
     "generate_macro",
     "generate_market",
+    "hidden_trend",
     "write_synthetic",
 ]
 
@@ -80,6 +82,8 @@ REGIME_NAMES: Final = ("calm", "normal", "turbulent")
 _REGIME_VOL: Final = np.array([0.012, 0.025, 0.055])
 _REGIME_SPELL_DAYS: Final = np.array([42.0, 56.0, 28.0])
 _DRIFTS: Final = np.array([-0.0015, 0.0, 0.0015])  # bear / flat / bull, log return per day
+TREND_NAMES: Final = ("down", "flat", "up")
+"""The hidden trend states (``hidden_trend``), in the order of the drifts."""
 _DRIFT_SPELL_DAYS: Final = 90.0
 _REVERSION: Final = 0.002  # daily pull of log price towards the anchor level
 _MACRO_BETA: Final = 0.002  # daily drift per unit of the macro factor
@@ -273,6 +277,22 @@ def generate_market(symbol: str, start: dt.date, end: dt.date, seed: int) -> Syn
         macro=generate_macro(start, end, seed),
         regimes=regimes[days],
     )
+
+
+def hidden_trend(symbol: str, start: dt.date, end: dt.date, seed: int) -> npt.NDArray[np.int64]:
+    """The hidden trend state of ``symbol``'s synthetic market on each day ``start .. end``
+    (an index into ``TREND_NAMES``: the drift ``generate_market`` drew that day's return
+    with), for an upper bound that is told what no causal policy can know. The same stream as
+    the generator's, so it matches ``generate_market`` for the same arguments."""
+    symbol = check_symbol_name(symbol)
+    n = _check_range(start, end)
+    _check_seed(seed)
+    offset = (start - MACRO_EPOCH).days
+    total = _padded(offset + n)
+    trend = _markov(
+        _stream(seed, symbol, "trend").random((total, 2)), np.full(3, _DRIFT_SPELL_DAYS), 1
+    )
+    return trend[offset : offset + n]
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,7 @@ from otonom_trainer._errors import OtonomTrainerError
 from otonom_trainer.config import DAY, FRACTION, NONNEGATIVE, START_BEFORE_END, SYMBOLS
 from otonom_trainer.stages import RlPair, backtest_pair, fallback_backtest
 from otonom_trainer.stats import SharpeTest, equity_sharpe_test, sharpe_ratio
+from otonom_trainer.trials import count_trials
 
 __all__ = [
     "CheckConfig",
@@ -439,7 +440,7 @@ def run_check(cfg: CheckConfig, runs: RlPair | None = None) -> CheckResult:
     off, on = runs.off, runs.on
     s_off, s_on = off.metrics.sharpe, on.metrics.sharpe
     test = equity_sharpe_test(on.equity, off.equity, off.metrics.periods_per_year,
-                              cfg.sharpe_confidence)  # fmt: skip
+                              cfg.sharpe_confidence, n_trials=count_trials())  # fmt: skip
     items.append(sharpe_item(cfg, s_on, s_off, test))
     predicted = policy.predict_batch(ds.states)[0]
     correct = predicted == ds.actions

@@ -30,6 +30,7 @@ __all__ = ["main"]
 _PARSERS = (
     "check_cli",
     "walkforward",
+    "compare",
     "explain_report",
     "ensemble_cli",
     "stacked",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,7 +24,12 @@ from otonom_trainer.metrics import CLASS_NAMES
 if TYPE_CHECKING:
     from otonom_trainer.training.results import EpochStats
 
-__all__ = ["plot_confusion_matrix", "plot_feature_importance", "plot_training_curves"]
+__all__ = [
+    "plot_comparison",
+    "plot_confusion_matrix",
+    "plot_feature_importance",
+    "plot_training_curves",
+]
 
 
 def plot_training_curves(
@@ -134,3 +139,55 @@ def plot_feature_importance(
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()
+
+
+def plot_comparison(
+    path: str | os.PathLike[str],
+    *,
+    equity: Mapping[str, tuple[npt.ArrayLike, npt.ArrayLike]],
+    windows: Sequence[str],
+    differences: Mapping[str, Sequence[tuple[float, float, float]]],
+    regimes: Sequence[str],
+    departures: Sequence[float],
+    earned: Sequence[float],
+) -> Path:
+    """The comparison's figure (``otonom-train compare``): growth of 1 per arm over the joined
+    test periods (``equity``: name -> (dates, values)); the Sharpe differences per window
+    (name -> (point, low, high) per window) as points with interval bars; the share of days
+    the agent departs from the teacher and what it earned, per regime. Returns the path."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig = figure(figsize=(12, 8), layout="constrained")
+    grid = fig.add_gridspec(2, 2)
+    curves = fig.add_subplot(grid[0, :])
+    for name, (dates, values) in equity.items():
+        style = "--" if name == "oracle" else "-"
+        curves.plot(np.asarray(dates), np.asarray(values), style, label=name, linewidth=1.2)
+    curves.set_title("Growth of 1 over the joined test periods")
+    curves.grid(alpha=0.3)
+    curves.legend()
+    diff_ax = fig.add_subplot(grid[1, 0])
+    x = np.arange(len(windows), dtype=np.float64)
+    for k, (name, rows) in enumerate(differences.items()):
+        pts = np.asarray(rows, dtype=np.float64).reshape(-1, 3)
+        errors = np.vstack([pts[:, 0] - pts[:, 1], pts[:, 2] - pts[:, 0]])
+        diff_ax.errorbar(x + 0.15 * (k - 0.5), pts[:, 0], yerr=errors, fmt="o", capsize=4,
+                         label=name)  # fmt: skip
+    diff_ax.axhline(0.0, color="black", linewidth=0.7)
+    diff_ax.set_xticks(x, labels=list(windows))
+    diff_ax.set_title("Sharpe difference per window (bootstrap interval)")
+    diff_ax.grid(axis="y", alpha=0.3)
+    diff_ax.legend()
+    reg_ax = fig.add_subplot(grid[1, 1])
+    pos = np.arange(len(regimes), dtype=np.float64)
+    reg_ax.bar(pos - 0.2, 100.0 * np.asarray(departures, np.float64), 0.4,
+               label="departure days (%)")  # fmt: skip
+    reg_ax.bar(pos + 0.2, 100.0 * np.asarray(earned, np.float64), 0.4,
+               label="earned vs teacher (% summed)")  # fmt: skip
+    reg_ax.axhline(0.0, color="black", linewidth=0.7)
+    reg_ax.set_xticks(pos, labels=list(regimes))
+    reg_ax.set_title("Where the agent departs, by trend regime")
+    reg_ax.grid(axis="y", alpha=0.3)
+    reg_ax.legend()
+    fig.savefig(out, dpi=100)
+    return out

@@ -31,7 +31,10 @@ calendar days); the skewness and kurtosis are the population moments (``ddof = 0
 
 Bad input (unequal lengths, a NaN or infinity, fewer than ``MIN_ROWS`` returns, a level outside
 (0, 1)) raises :class:`StatsError` with a one-line message. The trial count of the deflated
-Sharpe is given by the caller: no run or tuning trial logs it yet.
+Sharpe comes from the trials ledger (``otonom_trainer.trials.count_trials``: every training run,
+tuning trial and fine-tuning run records itself); the trials' Sharpe variance, unknown for runs
+that were never backtested, is taken as the sampling variance of a zero-skill Sharpe over the
+same number of returns (:func:`null_sharpe_variance`, ``ppy / (n - 1)``).
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ __all__ = [
     "equity_sharpe_test",
     "expected_max_sharpe",
     "normal_cdf",
+    "null_sharpe_variance",
     "probabilistic_sharpe_ratio",
     "sharpe_difference",
     "sharpe_ratio",
@@ -248,6 +252,15 @@ def deflated_sharpe_ratio(
     return probabilistic_sharpe_ratio(returns, benchmark, periods_per_year)
 
 
+def null_sharpe_variance(rows: int, periods_per_year: int = 252) -> float:
+    """The sampling variance of the annualised Sharpe of ``rows`` returns of a zero-skill
+    strategy, ``ppy / (rows - 1)`` (Lo 2002 at Sharpe 0): the spread of the Sharpes of trials
+    that found nothing, the deflated Sharpe's ``trial_variance`` when no better one is known."""
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 2:
+        raise StatsError(f"rows: got {rows!r}; expected an integer >= 2")
+    return _ppy(periods_per_year) / (rows - 1)
+
+
 @dataclass(frozen=True)
 class SharpeTest:
     """The gate's test of a with-RL equity curve against the without-RL one: the difference
@@ -258,6 +271,8 @@ class SharpeTest:
     psr: float | None
     psr_benchmark: float
     confidence: float
+    n_trials: int | None = None
+    dsr: float | None = None
 
     @property
     def verdict(self) -> Verdict:
@@ -269,10 +284,14 @@ class SharpeTest:
         d = self.difference
         if d is None:
             return f"too few days to tell ({self.verdict}); PSR {psr}"
+        deflated = ""
+        if self.n_trials is not None:
+            dsr = "-" if self.dsr is None else f"{self.dsr:.2f}"
+            deflated = f"; deflated Sharpe {dsr} ({self.n_trials} trials in the ledger)"
         return (
             f"difference {d.difference:+.2f}, {d.confidence:.0%} interval [{d.low:+.2f}, "
             f"{d.high:+.2f}]: {d.verdict}; PSR {psr} (P[Sharpe with RL > "
-            f"{self.psr_benchmark:.2f}])"
+            f"{self.psr_benchmark:.2f}])" + deflated
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -283,6 +302,8 @@ class SharpeTest:
             "difference": None if d is None else d.to_dict(),
             "psr_with_rl": self.psr,
             "psr_benchmark": self.psr_benchmark,
+            "n_trials": self.n_trials,
+            "dsr_with_rl": self.dsr,
         }
 
 
@@ -294,14 +315,20 @@ def equity_sharpe_test(
     *,
     samples: int = 2000,
     seed: int = 0,
+    n_trials: int | None = None,
 ) -> SharpeTest:
     """:func:`sharpe_difference` and :func:`probabilistic_sharpe_ratio` of two equity curves
     of the same days, their returns as the runtime computes them
-    (``otonom_runtime.metrics.returns_from_equity``)."""
+    (``otonom_runtime.metrics.returns_from_equity``); with ``n_trials`` also the deflated
+    Sharpe of the curve with RL (trial variance :func:`null_sharpe_variance`)."""
     on, off = returns_from_equity(with_equity), returns_from_equity(without_equity)
     level, ppy = _level(confidence), _ppy(periods_per_year)
     benchmark = sharpe_ratio(off, ppy) or 0.0
     if on.size < MIN_ROWS:
         return SharpeTest(None, None, benchmark, level)
     diff = sharpe_difference(on, off, ppy, confidence=level, samples=samples, seed=seed)
-    return SharpeTest(diff, probabilistic_sharpe_ratio(on, benchmark, ppy), benchmark, level)
+    psr = probabilistic_sharpe_ratio(on, benchmark, ppy)
+    if n_trials is None:
+        return SharpeTest(diff, psr, benchmark, level)
+    dsr = deflated_sharpe_ratio(on, n_trials, null_sharpe_variance(int(on.size), ppy), ppy)
+    return SharpeTest(diff, psr, benchmark, level, n_trials, dsr)

@@ -81,6 +81,7 @@ __all__ = [
     "WindowResult",
     "add_months",
     "add_parser",
+    "add_window_flags",
     "plan_windows",
     "plot_walk_forward",
     "run_walk_forward",
@@ -541,6 +542,26 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
             "(DEMO-BTC, DEMO-ETH, DEMO-SOL 2018-2023: 5 windows)"
         ),
     )
+    add_window_flags(p)
+    p.add_argument("--epochs", type=int, default=20, help="training epochs per window (20)")
+    p.add_argument("--batch-size", type=int, default=256, help="training batch size (256)")
+    p.add_argument("--hidden-dim", type=int, default=128, help="hidden layer width (128)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=DEMO_SEED,
+        help="seed: synthetic market, training (default %(default)s)",
+    )
+    p.add_argument(
+        "--out", default="reports/walk-forward", help="report folder (reports/walk-forward)"
+    )
+    p.add_argument("--quiet", action="store_true", help="print only errors")
+    p.set_defaults(handler=_cmd_walk_forward)
+    return p
+
+
+def add_window_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of the store, strategy, symbols and windows (walk-forward and compare)."""
     p.add_argument("--strategy-path", default="strategies/baseline_v1.yaml", help="strategy YAML")
     p.add_argument(
         "--symbol",
@@ -577,21 +598,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
         type=int,
         help="months between consecutive windows (default: --test-months, adjacent tests)",
     )
-    p.add_argument("--epochs", type=int, default=20, help="training epochs per window (20)")
-    p.add_argument("--batch-size", type=int, default=256, help="training batch size (256)")
-    p.add_argument("--hidden-dim", type=int, default=128, help="hidden layer width (128)")
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=DEMO_SEED,
-        help="seed: synthetic market, training (default %(default)s)",
-    )
-    p.add_argument(
-        "--out", default="reports/walk-forward", help="report folder (reports/walk-forward)"
-    )
     p.add_argument(
         "--database-url", help="SQLAlchemy URL (default: $OTONOM_DATABASE_URL or ./data/otonom.db)"
     )
-    p.add_argument("--quiet", action="store_true", help="print only errors")
-    p.set_defaults(handler=_cmd_walk_forward)
-    return p

@@ -26,6 +26,7 @@ from otonom_runtime.config_rules import to_plain
 from otonom_schema import atomic_write, parse_iso_date
 from otonom_trainer.rl.env import RlError
 from otonom_trainer.rl.ppo import FinetuneConfig
+from otonom_trainer.trials import record_trial
 
 if TYPE_CHECKING:
     from otonom_runtime.backtest import EpisodeInputs
@@ -160,6 +161,7 @@ def finetune(
         dataset_sha256=str(meta["dataset_sha256"]),
     )
     atomic_write(out / "finetune.json", json.dumps(asdict(result), indent=2) + "\n")
+    record_trial("finetune", output=str(out), source=str(source), symbol=symbol, seed=cfg.seed)
     return result
 
 
