@@ -494,3 +494,21 @@ def test_regenerating_keeps_a_users_news_of_a_synthetic_symbol(db_url: str, tmp_
     assert user.scores.tolist() == [0.125]
     assert synthetic is not None
     assert len(synthetic.scores) == 9
+
+
+def test_hidden_trend_is_the_drift_the_bars_were_drawn_with() -> None:
+    """``hidden_trend`` slices like the generator (a sub-range is a slice) and its states
+    carry the drift: over 20 years the mean log return of up days exceeds down days'."""
+    from otonom_runtime.synth import TREND_NAMES, generate_market, hidden_trend
+
+    start, end = dt.date(2000, 1, 1), dt.date(2019, 12, 31)
+    states = hidden_trend("DEMO-T", start, end, 11)
+    assert states.shape == ((end - start).days + 1,)
+    assert set(states.tolist()) == {0, 1, 2}
+    part = hidden_trend("DEMO-T", dt.date(2005, 3, 1), dt.date(2005, 6, 30), 11)
+    first = (dt.date(2005, 3, 1) - start).days
+    assert (part == states[first : first + part.size]).all()
+    close = generate_market("DEMO-T", start, end, 11).history.close
+    moves = np.diff(np.log(close))
+    by_state = {TREND_NAMES[k]: moves[states[1:] == k].mean() for k in range(3)}
+    assert by_state["up"] > by_state["flat"] > by_state["down"]

@@ -63,7 +63,7 @@ def record_trial(kind: str, **fields: Any) -> Path | None:
     if path is None:
         return None
     line = {
-        "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "kind": kind,
         "pid": os.getpid(),
         **fields,
