@@ -235,3 +235,30 @@ def test_bad_input_is_refused_in_one_line(call: Any, message: str) -> None:
         call()
     assert "\n" not in str(caught.value)
     assert isinstance(caught.value, ValueError)
+
+
+def test_gate_test_deflates_with_the_trial_count() -> None:
+    """With ``n_trials`` the gate's test adds the deflated Sharpe: equal to the PSR against 0
+    for one trial, lower for many (the ledger's count, ``otonom_trainer.trials``)."""
+    from otonom_trainer.stats import (
+        equity_sharpe_test,
+        null_sharpe_variance,
+        probabilistic_sharpe_ratio,
+    )
+
+    rng = np.random.default_rng(3)
+    on = 100.0 * np.cumprod(1.0 + rng.normal(0.001, 0.01, 300))
+    off = 100.0 * np.cumprod(1.0 + rng.normal(0.0, 0.01, 300))
+    plain = equity_sharpe_test(on, off, 252)
+    assert plain.n_trials is None
+    assert plain.dsr is None
+    one = equity_sharpe_test(on, off, 252, n_trials=1)
+    many = equity_sharpe_test(on, off, 252, n_trials=200)
+    r = on[1:] / on[:-1] - 1.0
+    assert one.dsr == pytest.approx(probabilistic_sharpe_ratio(r, 0.0, 252))
+    assert many.dsr is not None
+    assert one.dsr is not None
+    assert many.dsr < one.dsr
+    assert "200 trials in the ledger" in many.summary()
+    assert many.to_dict()["n_trials"] == 200
+    assert null_sharpe_variance(253, 252) == pytest.approx(1.0)
