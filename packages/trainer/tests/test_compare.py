@@ -74,12 +74,12 @@ def test_tiny_comparison_writes_table_md_png_and_counts_its_trials(tmp_path: Pat
     data = json.loads((out / "compare.json").read_text(encoding="utf-8"))
     assert len(data["windows"]) == 2
     for w in data["windows"]:
-        assert set(w["arms"]) == {"teacher", "clone", "agent", "oracle"}
+        assert set(w["arms"]) == {"teacher", "clone", "agent", "oracle", "oracle_state"}
         _inside(w["agent_vs_teacher"])
         _inside(w["clone_vs_teacher"])
         assert sum(d["days"] for d in w["departures"]) > 0
     pooled = data["pooled"]
-    for key in ("agent_vs_teacher", "clone_vs_teacher", "oracle_vs_agent"):
+    for key in ("agent_vs_teacher", "clone_vs_teacher", "oracle_vs_agent", "oracle_state_vs_agent"):
         _inside(pooled[key])
     # 2 windows x (clone + agent), each recorded by the trainer itself
     ledger = read_trials()

@@ -70,6 +70,7 @@ __all__ = [
     "SyntheticMarket",
     "generate_macro",
     "generate_market",
+    "hidden_drift",
     "hidden_trend",
     "write_synthetic",
 ]
@@ -293,6 +294,28 @@ def hidden_trend(symbol: str, start: dt.date, end: dt.date, seed: int) -> npt.ND
         _stream(seed, symbol, "trend").random((total, 2)), np.full(3, _DRIFT_SPELL_DAYS), 1
     )
     return trend[offset : offset + n]
+
+
+def hidden_drift(symbol: str, start: dt.date, end: dt.date, seed: int) -> npt.NDArray[np.float64]:
+    """The expected log return of the day after each day ``start .. end`` given that day's
+    hidden state: its trend drift, the macro factor's pull, the volatility regime's
+    ``-sigma**2 / 2`` and the pull back to the anchor from that day's close (the next day's
+    trend, macro and regime taken as today's: they persist for weeks). What an observer told
+    every hidden variable of ``generate_market`` would expect; the noise stays unknown."""
+    market = generate_market(symbol, start, end, seed)
+    symbol, n = market.symbol, market.history.close.size
+    offset = (start - MACRO_EPOCH).days
+    total = _padded(offset + n)
+    days = slice(offset, offset + n)
+    regimes = _markov(_stream(seed, symbol, "regime").random((total, 2)), _REGIME_SPELL_DAYS, 1)
+    macro = _macro_draws(seed, total)[0][days]
+    sigma = _REGIME_VOL[regimes[days]]
+    trend = hidden_trend(symbol, start, end, seed)
+    level = np.log(market.history.close) - math.log(_anchor_price(symbol, seed))
+    out: npt.NDArray[np.float64] = (
+        _DRIFTS[trend] + _MACRO_BETA * macro - 0.5 * sigma**2 - _REVERSION * level
+    )
+    return out
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,13 @@ the teacher's in the step after. The regime of a ``DEMO-*`` symbol is the synthe
 hidden trend (``otonom_runtime.synth.hidden_trend`` with ``--seed``); of any other symbol a
 causal proxy: the 63-bar return up to that day beyond +/-5 % (up / down), else flat.
 
-``--oracle`` (``DEMO-*`` symbols only) adds an upper bound that no causal policy can reach:
-long in a hidden up-trend, short (flat when the strategy forbids shorts) in a down-trend, flat
-otherwise, close to close, paying the strategy's commission and slippage on each change;
-equal weight over the symbols.
+``--oracle`` (``DEMO-*`` symbols only) adds two upper bounds that no causal policy can reach,
+close to close, paying the strategy's commission and slippage on each change, equal weight
+over the symbols: ``oracle``, told the hidden trend (long in an up-trend, short, or flat when
+the strategy forbids shorts, in a down-trend, flat otherwise); ``oracle_state``, told every
+hidden variable (``otonom_runtime.synth.hidden_drift``: trend, macro factor, volatility regime
+and the pull back to the anchor): long when the next day's expected log return is above
+``ORACLE_BAND``, short below ``-ORACLE_BAND``, flat between.
 
 Outputs in ``out_dir`` (written to a temporary folder beside it and renamed at the end: a
 failed run leaves no report behind): ``compare.md`` (the trader's report), ``compare.json``,
@@ -72,6 +75,9 @@ __all__ = ["CompareConfig", "CompareError", "add_parser", "run_compare"]
 
 PROXY_BARS: Final = 63
 PROXY_BAND: Final = 0.05
+ORACLE_BAND: Final = 0.0005
+"""The expected daily log return the state oracle needs to hold a position (a third of a
+trend's drift; fixed before any run, not tuned)."""
 
 
 class CompareError(OtonomTrainerError, ValueError):
@@ -273,10 +279,9 @@ def _run_window(
                 policy=load_rl_policy(path), purpose="evaluation",
             )  # fmt: skip
         departures = _departures(cfg, session, reports["teacher"], reports["agent"], w)
-        oracle = _oracle(cfg, session, strategy, reports["teacher"], w) if cfg.oracle else None
-    arms = {name: ArmResult.from_report(rep) for name, rep in reports.items()}
-    if oracle is not None:
-        arms["oracle"] = oracle
+        arms = {name: ArmResult.from_report(rep) for name, rep in reports.items()}
+        for kind in ("oracle", "oracle_state") if cfg.oracle else ():
+            arms[kind] = _oracle(cfg, session, strategy, reports["teacher"], w, kind)
     result = WindowComparison.build(
         w, arms, departures, awr_beta=beta, confidence=cfg.confidence, samples=cfg.samples,
         seed=cfg.seed,
@@ -390,25 +395,40 @@ def _departures(
     return out
 
 
+def _oracle_positions(
+    cfg: CompareConfig, symbol: str, w: Window, kind: str, short: float
+) -> np.ndarray:
+    """The oracle's position on each day of ``w``'s test period (module docstring)."""
+    from otonom_runtime.synth import hidden_drift, hidden_trend
+
+    if kind == "oracle":
+        return np.array([short, 0.0, 1.0])[hidden_trend(symbol, w.test_start, w.test_end, cfg.seed)]
+    drift = hidden_drift(symbol, w.test_start, w.test_end, cfg.seed)
+    return np.where(drift > ORACLE_BAND, 1.0, np.where(drift < -ORACLE_BAND, short, 0.0))
+
+
 def _oracle(
-    cfg: CompareConfig, session: Any, strategy: StrategyConfig, teacher: BacktestReport, w: Window
+    cfg: CompareConfig,
+    session: Any,
+    strategy: StrategyConfig,
+    teacher: BacktestReport,
+    w: Window,
+    kind: str,
 ) -> ArmResult:
-    """The hidden-trend upper bound on the teacher's days (module docstring)."""
+    """An upper bound on the teacher's days (module docstring): ``kind`` ``oracle`` (the
+    hidden trend) or ``oracle_state`` (every hidden variable)."""
     from otonom_runtime.store import load_history
-    from otonom_runtime.synth import hidden_trend
 
     days = np.asarray(teacher.dates).astype("datetime64[D]")
     cost = (strategy.costs.commission_bps + strategy.costs.slippage_bps) / 1e4
     short = -1.0 if strategy.portfolio.allow_short else 0.0
+    at = (days - np.datetime64(w.test_start, "D")).astype(np.int64)
     legs = []
     for symbol in cfg.symbols:
         hist = load_history(session, symbol, start=w.test_start, end=w.test_end)
         bar_days = np.asarray(hist.dates).astype("datetime64[D]")
         close = np.asarray(hist.close, dtype=np.float64)[np.searchsorted(bar_days, days)]
-        states = hidden_trend(symbol, w.test_start, w.test_end, cfg.seed)
-        state = states[(days - np.datetime64(w.test_start, "D")).astype(np.int64)]
-        position = np.array([short, 0.0, 1.0])[state]
-        held = position[:-1]
+        held = _oracle_positions(cfg, symbol, w, kind, short)[at][:-1]
         changes = np.abs(np.diff(np.concatenate([[0.0], held])))
         legs.append(held * (close[1:] / close[:-1] - 1.0) - cost * changes)
     returns = np.mean(legs, axis=0)

@@ -42,7 +42,7 @@ __all__ = [
     "write_report",
 ]
 
-ARMS: Final = ("teacher", "clone", "agent", "oracle")
+ARMS: Final = ("teacher", "clone", "agent", "oracle", "oracle_state")
 F64 = npt.NDArray[np.float64]
 
 
@@ -190,7 +190,7 @@ class WindowComparison:
         s = {k: _num(v.sharpe) for k, v in self.arms.items()}
         return (
             f"Sharpe teacher {s['teacher']}, clone {s['clone']}, agent {s['agent']}"
-            + (f", oracle {s['oracle']}" if "oracle" in s else "")
+            + "".join(f", {k} {s[k]}" for k in ("oracle", "oracle_state") if k in s)
             + f"; agent - teacher {_interval(self.agent_vs_teacher)}"
         )
 
@@ -271,8 +271,11 @@ class CompareResult:
             for w in self.windows
         ]
         out["agent_wins"] = sum(wins)
-        if "oracle" in arms:
-            out["oracle_vs_agent"] = _difference(self.pooled_returns("oracle"), agent, ppy, **opts)
+        for bound in ("oracle", "oracle_state"):
+            if bound in arms:
+                out[f"{bound}_vs_agent"] = _difference(
+                    self.pooled_returns(bound), agent, ppy, **opts
+                )
         return out
 
     def verdict(self) -> str:
@@ -293,7 +296,12 @@ class CompareResult:
 
     def to_dict(self) -> dict[str, Any]:
         p = self.pooled()
-        for key in ("agent_vs_teacher", "clone_vs_teacher", "oracle_vs_agent"):
+        for key in (
+            "agent_vs_teacher",
+            "clone_vs_teacher",
+            "oracle_vs_agent",
+            "oracle_state_vs_agent",
+        ):
             if key in p:
                 p[key] = _diff_dict(p[key])
         return {

@@ -67,11 +67,12 @@ def _pooled_lines(result: CompareResult) -> list[str]:
         f"- agent: PSR {_num(p['psr_agent'])}, deflated Sharpe {_num(p['dsr_agent'])} "
         f"with {p['n_trials']} trials ({result.trials_source})",
     ]
-    if "oracle_vs_agent" in p:
-        lines.append(
-            f"- upper bound (told the hidden trend) - agent: {_interval(p['oracle_vs_agent'])}: "
-            "how far the agent is from what the market's hidden state allows"
-        )
+    for key, told in (("oracle", "the hidden trend"), ("oracle_state", "every hidden variable")):
+        if f"{key}_vs_agent" in p:
+            lines.append(
+                f"- upper bound `{key}` (told {told}) - agent: "
+                f"{_interval(p[f'{key}_vs_agent'])}: how far the agent is from it"
+            )
     return lines
 
 

@@ -161,7 +161,7 @@ def plot_comparison(
     grid = fig.add_gridspec(2, 2)
     curves = fig.add_subplot(grid[0, :])
     for name, (dates, values) in equity.items():
-        style = "--" if name == "oracle" else "-"
+        style = {"oracle": "--", "oracle_state": ":"}.get(name, "-")
         curves.plot(np.asarray(dates), np.asarray(values), style, label=name, linewidth=1.2)
     curves.set_title("Growth of 1 over the joined test periods")
     curves.grid(alpha=0.3)
