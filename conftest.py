@@ -9,7 +9,10 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
-def _own_trials_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "trials.jsonl"
+def _own_trials_ledger(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    # beside tmp_path, not in it: tests that list their tmp_path see only their own files
+    path = tmp_path_factory.mktemp("ledger") / "trials.jsonl"
     monkeypatch.setenv("OTONOM_TRIALS_LEDGER", str(path))
     return path
