@@ -182,3 +182,17 @@ def test_a_failed_training_records_nothing(tmp_path: Path) -> None:
     with pytest.raises(Exception, match=r"missing\.npz"):
         BehaviorCloningTrainer(cfg).train()
     assert read_trials() == []
+
+
+def test_ppo_arm_is_backtested_and_its_finetunes_are_counted(tmp_path: Path) -> None:
+    pytest.importorskip("stable_baselines3")
+    result = run_compare(_cfg(tmp_path, ppo_steps=512))
+    for w in result.windows:
+        assert "ppo" in w.arms
+        assert w.ppo_vs_teacher is not None
+        assert w.ppo_vs_teacher.low <= w.ppo_vs_teacher.difference <= w.ppo_vs_teacher.high
+    assert [t["kind"] for t in read_trials()] == ["train", "train", "finetune"] * 2
+    assert result.n_trials == 6
+    md = (tmp_path / "report" / "compare.md").read_text(encoding="utf-8")
+    assert "- ppo - teacher:" in md
+    assert "ppo - teacher |" in md

@@ -9,7 +9,9 @@ labels and the rewards (``otonom_trainer.rewards``). Per window, on its training
 - the **clone**: behaviour cloning of the teacher (``BehaviorCloningTrainer``, plain);
 - the **agent**: advantage-weighted imitation of the same rows (``--awr-beta``; ``auto``: the
   standard deviation of the training rewards), i.e. the teacher's actions weighted by what they
-  earned.
+  earned;
+- with ``--ppo-steps N``, **ppo**: the clone fine-tuned with PPO for N steps
+  (``otonom_trainer.rl.finetune``, as the 4th voter) on the first symbol's training days.
 
 Both go into the strategy as the RL analyst (the 4th voter, as the strategy YAML configures
 it) and the test period is backtested three times: teacher (RL off), clone, agent. Per window:
@@ -122,6 +124,7 @@ class CompareConfig(Validated):
     )
     samples: int = field(default=2000, metadata=rule(ge=100, described="an integer >= 100"))
     trials: int | None = field(default=None, metadata=POSITIVE_INT)
+    ppo_steps: int = field(default=0, metadata=rule(ge=0, described="an integer >= 0"))
     oracle: bool = False
     out_dir: str = field(
         default="reports/compare", metadata=rule(nonempty=True, described="a folder path")
@@ -321,8 +324,24 @@ def _train_pair(
         trainer.train()
         assert trainer.onnx_path is not None  # train() exports
         models[arm] = trainer.onnx_path
+    if cfg.ppo_steps:
+        models["ppo"] = _finetune(cfg, url, w, wdir)
     (wdir / "train.log").write_text(log.getvalue(), encoding="utf-8")
     return models, beta
+
+
+def _finetune(cfg: CompareConfig, url: str, w: Window, wdir: Path) -> Path:
+    """The window's clone fine-tuned with PPO (``otonom-train finetune``, the 4th-voter mode)
+    for ``cfg.ppo_steps`` steps on the first symbol's training days; its ONNX file."""
+    from otonom_trainer.rl.finetune import finetune
+    from otonom_trainer.rl.ppo import FinetuneConfig
+
+    result = finetune(
+        wdir / "clone", wdir / "ppo", url=url, strategy=Path(cfg.strategy_path),
+        symbol=cfg.symbols[0], train=(w.train_start, w.train_end),
+        config=FinetuneConfig(timesteps=cfg.ppo_steps, seed=cfg.seed),
+    )  # fmt: skip
+    return Path(result.model)
 
 
 # --- where the agent departs, and the regimes ----------------------------------------------------
@@ -450,6 +469,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         step_months=args.step_months, epochs=args.epochs, batch_size=args.batch_size,
         hidden_dim=args.hidden_dim, awr_beta=beta, seed=args.seed, confidence=args.confidence,
         samples=args.samples, trials=args.trials, oracle=args.oracle, out_dir=args.out,
+        ppo_steps=args.ppo_steps,
         quiet=args.quiet,
     )  # fmt: skip
     run_compare(cfg)
@@ -503,6 +523,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
         default=DEMO_SEED,
         help="seed: synthetic market (DEMO-* symbols generated and their hidden trend), "
         "training, bootstrap (default %(default)s)",
+    )
+    p.add_argument(
+        "--ppo-steps",
+        type=int,
+        default=0,
+        help="add a PPO arm: each window's clone fine-tuned this many steps (otonom-train "
+        "finetune, the rl extra) on the first symbol's training days; 0 = off (default)",
     )
     p.add_argument("--confidence", type=float, default=0.90, help="interval level (0.90)")
     p.add_argument("--samples", type=int, default=2000, help="bootstrap resamples (2000)")

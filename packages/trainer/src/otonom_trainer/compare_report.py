@@ -42,7 +42,7 @@ __all__ = [
     "write_report",
 ]
 
-ARMS: Final = ("teacher", "clone", "agent", "oracle", "oracle_state")
+ARMS: Final = ("teacher", "clone", "agent", "ppo", "oracle", "oracle_state")
 F64 = npt.NDArray[np.float64]
 
 
@@ -165,6 +165,7 @@ class WindowComparison:
     clone_vs_teacher: SharpeDifference | None
     departures: list[Departure]
     awr_beta: float
+    ppo_vs_teacher: SharpeDifference | None = None
 
     @classmethod
     def build(
@@ -183,7 +184,10 @@ class WindowComparison:
         ppy = t.periods_per_year
         agent = _difference(arms["agent"].returns, t.returns, ppy, **opts)
         clone = _difference(arms["clone"].returns, t.returns, ppy, **opts)
-        return cls(window, arms, agent, clone, departures, awr_beta)
+        ppo = (
+            None if "ppo" not in arms else _difference(arms["ppo"].returns, t.returns, ppy, **opts)
+        )
+        return cls(window, arms, agent, clone, departures, awr_beta, ppo)
 
     def line(self) -> str:
         """One console line: the three Sharpes and the agent's difference."""
@@ -203,6 +207,7 @@ class WindowComparison:
             "arms": {k: v.to_dict() for k, v in self.arms.items()},
             "agent_vs_teacher": _diff_dict(self.agent_vs_teacher),
             "clone_vs_teacher": _diff_dict(self.clone_vs_teacher),
+            "ppo_vs_teacher": _diff_dict(self.ppo_vs_teacher),
             "departures": [d.to_dict() for d in self.departures],
             "awr_beta": self.awr_beta,
         }
@@ -258,6 +263,9 @@ class CompareResult:
             "sharpe": {a: sharpe_ratio(self.pooled_returns(a), ppy) for a in arms},
             "agent_vs_teacher": _difference(agent, teacher, ppy, **opts),
             "clone_vs_teacher": _difference(self.pooled_returns("clone"), teacher, ppy, **opts),
+            "ppo_vs_teacher": None
+            if "ppo" not in arms
+            else _difference(self.pooled_returns("ppo"), teacher, ppy, **opts),
             "psr_agent": None,
             "dsr_agent": None,
             "n_trials": self.n_trials,
@@ -299,6 +307,7 @@ class CompareResult:
         for key in (
             "agent_vs_teacher",
             "clone_vs_teacher",
+            "ppo_vs_teacher",
             "oracle_vs_agent",
             "oracle_state_vs_agent",
         ):

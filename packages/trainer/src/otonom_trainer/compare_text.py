@@ -41,6 +41,7 @@ def _window_table(result: CompareResult) -> list[str]:
     arms = [a for a in ARMS if all(a in w.arms for w in result.windows)]
     head = ["window", "test period"] + [f"Sharpe {a}" for a in arms]
     head += ["return T/C/A", "max DD T/C/A", "turnover T/C/A", "agent - teacher", "clone - teacher"]
+    head += ["ppo - teacher"] if "ppo" in arms else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for w in result.windows:
         three = [w.arms[a] for a in ("teacher", "clone", "agent")]
@@ -50,6 +51,8 @@ def _window_table(result: CompareResult) -> list[str]:
         cells.append(" / ".join(_pct(-r.max_drawdown) for r in three))
         cells.append(" / ".join(_num(r.turnover) for r in three))
         cells += [_interval(w.agent_vs_teacher), _interval(w.clone_vs_teacher)]
+        if "ppo" in arms:
+            cells.append(_interval(w.ppo_vs_teacher))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -64,6 +67,11 @@ def _pooled_lines(result: CompareResult) -> list[str]:
         + ("" if p["agent_vs_teacher"] is None else f": {p['agent_vs_teacher'].verdict}"),
         f"- clone - teacher: {_interval(p['clone_vs_teacher'])}"
         + ("" if p["clone_vs_teacher"] is None else f": {p['clone_vs_teacher'].verdict}"),
+        *(
+            [f"- ppo - teacher: {_interval(p['ppo_vs_teacher'])}: {p['ppo_vs_teacher'].verdict}"]
+            if p["ppo_vs_teacher"] is not None
+            else []
+        ),
         f"- agent: PSR {_num(p['psr_agent'])}, deflated Sharpe {_num(p['dsr_agent'])} "
         f"with {p['n_trials']} trials ({result.trials_source})",
     ]
@@ -167,7 +175,9 @@ def plot_report(result: CompareResult, path: Path) -> Path:
         curves[arm] = (dates, np.cumprod(1.0 + result.pooled_returns(arm)))
     nan = float("nan")
     diffs: dict[str, list[tuple[float, float, float]]] = {}
-    for name in ("agent_vs_teacher", "clone_vs_teacher"):
+    for name in ("agent_vs_teacher", "clone_vs_teacher", "ppo_vs_teacher"):
+        if name == "ppo_vs_teacher" and "ppo" not in arms:
+            continue
         diffs[name.replace("_vs_", " - ")] = [
             (nan, nan, nan) if d is None else (d.difference, d.low, d.high)
             for d in (getattr(w, name) for w in result.windows)
