@@ -208,6 +208,11 @@ def make_ppo(inputs: EpisodeInputs, bc_net: PolicyNet, config: FinetuneConfig) -
             "critic_hidden": config.critic_hidden,
         },
     )
+    # SB3's default logger makes an empty folder in the temp directory on every learn();
+    # a logger with no outputs writes nothing anywhere
+    from stable_baselines3.common.logger import Logger
+
+    model.set_logger(Logger(folder=None, output_formats=[]))
     strength.net = cast("PolicyNet", model.policy.actor)
     return model
 
