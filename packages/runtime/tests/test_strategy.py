@@ -737,7 +737,13 @@ def test_cli_check_shows_the_rl_model(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     want = f"rl policy: on, model {tmp_path / 'm' / 'policy_best.onnx'} (model_path 'm')"
     assert want in out.stdout
-    assert "device auto" in out.stdout
+    assert "device auto, mode voter (the 4th analyst's vote)" in out.stdout
+    path.write_text(
+        "ensemble:\n  rl_policy: {enabled: true, model_path: m, mode: filter}\n",
+        encoding="utf-8",
+    )
+    out = _check(path, tmp_path)
+    assert "mode filter (the three analysts decide; veto opposite, size off)" in out.stdout
 
 
 def test_cli_check_warns_about_a_degenerate_or_unloadable_model(tmp_path: Path) -> None:
