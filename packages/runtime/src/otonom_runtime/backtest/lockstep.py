@@ -89,15 +89,14 @@ def _lockstep(
     after the decisions before k, so the sleeves advance in lockstep, day by day, and the
     policy is called once per day on the states of all symbols (a (n_symbols, 34) batch)
     instead of once per symbol-day; the RL votes are added to the three analysts' totals and
-    decided for all symbols of the day at once (see the module docstring for the day's two
-    paths). Sleeves never interact, so the order changes nothing.
+    decided for all symbols of the day at once, in the strategy's RL mode (see the module
+    docstring for the day's two paths). Sleeves never interact, so the order changes nothing.
 
     Day k's batch holds the symbols that still have a decision day k: the longest first, so
     they are always a prefix (``j``: a symbol's place in that order). States are gathered
     ``_CHUNK`` days at a time, day-major (days, symbols, 34), in the market features' dtype
     (so validation sees what it always saw), validated once per symbol (``_validated``).
-    Longer than 80 lines because it is the day
-    loop: its state (sleeves, chunk, slot) lives in locals.
+    Long because it is the day loop: its state (sleeves, chunk, slot) lives in locals.
     """
     n_sym = len(prepared)
     order = sorted(range(n_sym), key=lambda i: -prepared[i].sleeve.n)
