@@ -3,12 +3,14 @@ real ONNX policy, real subprocess CLI runs.
 
 * skew: a tick decides exactly what the backtester decides for the same day and portfolio
   (every analyst's signal, the action, the strength), and ticks day by day with the paper
-  broker reproduce a backtest's every decision row, portfolio and equity included;
+  broker reproduce a backtest's every decision row, portfolio and equity included, in each
+  of the RL analyst's deployment modes (voter, sole, filter);
 * idempotency: one live decision per strategy, symbol and bar across repeated ticks and
   repeated ``--once`` runs (on SQLite and PostgreSQL);
 * interruption: a daemon killed by its own pid mid-tick leaves the whole tick or nothing; a
   SIGTERM mid-tick lets the tick finish its write and exit 0;
-* a model that fails to load leaves the daemon deciding without the RL analyst.
+* a model that fails to load leaves the daemon deciding without the RL analyst (in every
+  mode: the three analysts' vote).
 """
 
 from __future__ import annotations
@@ -484,6 +486,32 @@ def test_a_model_that_fails_to_load_leaves_the_daemon_deciding_without_rl(tmp_pa
         run = session.execute(select(BacktestRun)).scalar_one()
     assert run.params["rl_enabled"] is True
     assert run.params["rl_model_sha256"] is None
+
+
+@pytest.mark.parametrize("mode", ["sole", "filter"])
+def test_a_model_that_fails_to_load_leaves_every_mode_the_three_analysts_vote(
+    tmp_path: Path, mode: str
+) -> None:
+    """The fallback in ``sole`` and ``filter`` mode is the plain three-analyst ensemble, as in
+    ``voter``: a backtest with the broken model trades exactly as one with the RL analyst off,
+    and so does the tick."""
+    path = _strategy(tmp_path, broken=True, mode=MODES[mode])
+    url = _store(tmp_path)
+    config = load_strategy(path)
+    assert config.ensemble.rl_policy.mode == mode
+    with get_session(url) as session:
+        on = run_backtest(session, config, SYMBOLS, START, HISTORY[1], use_rl=True)
+        off = run_backtest(session, config, SYMBOLS, START, HISTORY[1], use_rl=False)
+    on_rows, off_rows = _rows(url, run_id=on.run_id), _rows(url, run_id=off.run_id)
+    assert on.fallbacks == len(on_rows) == 3 * 91
+    assert on_rows == off_rows  # every value, the RL columns None in both
+    assert {row[2] for row in on_rows} == {0, 1, 2}
+    ensemble = Ensemble.from_strategy(path)
+    assert ensemble.rl_error is not None
+    with get_session(url) as session:
+        decided = ensemble.decide(session, SYMBOLS, HISTORY[1])
+        plain = Ensemble.from_strategy(path, use_rl=False).decide(session, SYMBOLS, HISTORY[1])
+    assert decided == plain
 
 
 def test_daemon_errors_are_one_line(tmp_path: Path) -> None:
