@@ -22,7 +22,10 @@ Rules (each one tested):
   probability for the state (``ActorStrength``), what the exported model will give the RL
   analyst, so the environment trades what the runtime will serve.
 * **Deployment mode.** ``mode="voter"`` (the default): fine-tuned and judged as the
-  ensemble's 4th voter, today's deployment; ``"sole"``: as the only decider.
+  ensemble's 4th voter, today's deployment; ``"sole"``: as the only decider; ``"filter"``:
+  as a filter on the three analysts' vote (with the strategy's ``filter_veto`` and
+  ``filter_size``). Deploy it in the mode it was tuned in (the strategy's
+  ``ensemble.rl_policy.mode``).
 """
 
 from __future__ import annotations
