@@ -298,7 +298,18 @@ def test_every_snippet_runs_in_order(tmp_path: Path) -> None:
         "data/otonom.db",
         "data/offline_dataset.npz",
         "data/offline_dataset_test.npz",
-        "models/guide_bc/policy_best.onnx",
+        *(
+            f"models/guide_bc/{name}"  # what Step 2's training leaves
+            for name in (
+                "policy_best.pt",
+                "policy_best.onnx",
+                "policy_best.onnx.sha256",
+                "metadata.json",
+                "history.csv",
+                "training_curves.png",
+                "confusion_matrix.png",
+            )
+        ),
         "reports/check/guide_bc/check.md",
         "models/guide_bc_api/policy_best.onnx",
         "models/guide_seed_456/policy_best.onnx",

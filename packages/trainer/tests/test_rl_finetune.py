@@ -144,6 +144,8 @@ def test_finetune_writes_a_model_the_runtime_serves(clone: Clone, tmp_path: Path
     assert done.returncode == 0, done.stderr[-3000:]
     assert "fine-tuned (voter, 128 steps)" in done.stdout
     assert [p.name for p in scratch.iterdir() if p.name.startswith("SB3-")] == []
+    # SB3 imports the unmaintained gym when installed (d3rlpy pulls it): hidden, no notice
+    assert done.stderr == "", done.stderr
     report = json.loads((out / "finetune.json").read_text())
     policy = load_rl_policy(out)  # sealed, parity-checked, loads in the runtime
     meta = policy.get_metadata()
