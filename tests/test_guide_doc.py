@@ -232,6 +232,8 @@ def _run_in_order(doc: Path, tmp_path: Path, copy: tuple[str, ...]) -> tuple[int
     for folder in copy:
         shutil.copytree(ROOT / folder, tmp_path / folder)
     env = _env()
+    env["TMPDIR"] = str(tmp_path / ".tmp")  # what the commands leave there (torchrun does)
+    (tmp_path / ".tmp").mkdir()
     ran = checked = 0
     printed = ""  # stdout of the last block run
     for b in guide_blocks(doc.read_text(encoding="utf-8")):
