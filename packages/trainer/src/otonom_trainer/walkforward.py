@@ -546,15 +546,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     p.add_argument("--epochs", type=int, default=20, help="training epochs per window (20)")
     p.add_argument("--batch-size", type=int, default=256, help="training batch size (256)")
     p.add_argument("--hidden-dim", type=int, default=128, help="hidden layer width (128)")
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=DEMO_SEED,
-        help="seed: synthetic market, training (default %(default)s)",
-    )
-    p.add_argument(
-        "--out", default="reports/walk-forward", help="report folder (reports/walk-forward)"
-    )
+    p.add_argument("--seed", type=int, default=DEMO_SEED,
+                   help="seed: synthetic market, training (default %(default)s)")  # fmt: skip
+    p.add_argument("--out", default="reports/walk-forward",
+                   help="report folder (reports/walk-forward)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="print only errors")
     p.set_defaults(handler=_cmd_walk_forward)
     return p

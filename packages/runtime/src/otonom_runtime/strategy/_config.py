@@ -25,6 +25,7 @@ from otonom_runtime.config_rules import (
 from otonom_runtime.policy import DEVICES
 from otonom_runtime.strategy._models import resolve_rl
 from otonom_runtime.strategy._yaml import error, text
+from otonom_runtime.vote import FILTER_VETOES, RL_MODES
 from otonom_schema import MATHS_PARAMS
 
 # The public names are listed once, in the package's ``__all__`` (otonom_runtime.strategy).
@@ -87,11 +88,20 @@ class RlPolicyConfig(_Checked):
 
     ``model_path`` is the path as written (``to_dict`` keeps it); ``model_file`` is the
     absolute ``.onnx`` file it resolved to, set by the loader when ``enabled`` (else ``None``).
+
+    ``mode`` (one of ``voter``, ``sole``, ``filter``): how the policy's vote makes the
+    decision (``otonom_runtime.vote``): the 4th voter, the sole decider, or a filter on the
+    three analysts' vote; ``filter_veto`` (``opposite``, ``differs`` or ``off``) and
+    ``filter_size`` tune ``filter``. With the RL analyst off, or on a day it falls back, every
+    mode is the three analysts' vote.
     """
 
     enabled: bool = field(default=False, metadata=NO_RULE)
     model_path: str | None = field(default=None, metadata=rule(nonempty=True))
     device: str = field(default="cpu", metadata=rule(choices=tuple(DEVICES)))
+    mode: str = field(default="voter", metadata=rule(choices=RL_MODES))
+    filter_veto: str = field(default="opposite", metadata=rule(choices=FILTER_VETOES))
+    filter_size: bool = field(default=False, metadata=NO_RULE)
     model_file: Path | None = field(default=None, compare=False, metadata=DERIVED_META)
 
 
