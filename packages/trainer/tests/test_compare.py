@@ -118,6 +118,8 @@ def test_config_rules() -> None:
         CompareConfig(symbols=("BTC",), oracle=True)
     with pytest.raises(CompareError, match="awr_beta"):
         CompareConfig(awr_beta=-1.0)
+    with pytest.raises(CompareError, match="rl_mode"):
+        CompareConfig(rl_mode="veto")
     with pytest.raises(CompareError, match="confidence"):
         CompareConfig(confidence=1.5)
 
@@ -184,9 +186,9 @@ def test_a_failed_training_records_nothing(tmp_path: Path) -> None:
     assert read_trials() == []
 
 
-def test_ppo_arm_is_backtested_and_its_finetunes_are_counted(tmp_path: Path) -> None:
+def test_ppo_arm_in_sole_mode_is_backtested_and_its_finetunes_are_counted(tmp_path: Path) -> None:
     pytest.importorskip("stable_baselines3")
-    result = run_compare(_cfg(tmp_path, ppo_steps=512))
+    result = run_compare(_cfg(tmp_path, ppo_steps=512, rl_mode="sole"))
     for w in result.windows:
         assert "ppo" in w.arms
         assert w.ppo_vs_teacher is not None
@@ -196,3 +198,6 @@ def test_ppo_arm_is_backtested_and_its_finetunes_are_counted(tmp_path: Path) -> 
     md = (tmp_path / "report" / "compare.md").read_text(encoding="utf-8")
     assert "- ppo - teacher:" in md
     assert "ppo - teacher |" in md
+    assert "RL mode sole" in md
+    tuned = json.loads((tmp_path / "report" / "window_01" / "ppo" / "finetune.json").read_text())
+    assert tuned["mode"] == "sole"  # fine-tuned in the mode it is judged in

@@ -125,6 +125,10 @@ class CompareConfig(Validated):
     samples: int = field(default=2000, metadata=rule(ge=100, described="an integer >= 100"))
     trials: int | None = field(default=None, metadata=POSITIVE_INT)
     ppo_steps: int = field(default=0, metadata=rule(ge=0, described="an integer >= 0"))
+    rl_mode: str | None = field(
+        default=None,
+        metadata=rule(choices=(None, "voter", "sole", "filter"), described="voter, sole or filter"),
+    )
     oracle: bool = False
     out_dir: str = field(
         default="reports/compare", metadata=rule(nonempty=True, described="a folder path")
@@ -154,6 +158,17 @@ class CompareConfig(Validated):
 def _say(cfg: CompareConfig, text: str) -> None:
     if not cfg.quiet:
         print(text, flush=True)
+
+
+def _with_mode(strategy: StrategyConfig, mode: str | None) -> StrategyConfig:
+    """``strategy`` with the RL analyst off (the runs switch it on with their model) and its
+    deployment mode ``mode`` (None: the file's)."""
+    strategy = strategy.with_rl(False)
+    if mode is None:
+        return strategy
+    ensemble = strategy.ensemble
+    rl = dataclasses.replace(ensemble.rl_policy, mode=mode)
+    return dataclasses.replace(strategy, ensemble=dataclasses.replace(ensemble, rl_policy=rl))
 
 
 def _walk_forward_config(cfg: CompareConfig) -> Any:
@@ -187,7 +202,7 @@ def run_compare(cfg: CompareConfig) -> CompareResult:
 
     clock = time.perf_counter()
     url = cfg.database_url or default_database_url()
-    strategy = load_strategy(cfg.strategy_path).with_rl(False)
+    strategy = _with_mode(load_strategy(cfg.strategy_path), cfg.rl_mode)
     wf = _walk_forward_config(cfg)
     try:
         if wf.start is not None and wf.end is not None:
@@ -268,7 +283,7 @@ def _run_window(
     tag = f"[window {w.index}/{total}]"
     _say(cfg, f"{tag} train {w.train_start} .. {w.train_end}, test {w.test_start} .. {w.test_end}")
     wdir = out_dir / f"window_{w.index:02d}"
-    models, beta = _train_pair(cfg, url, teacher_run_id, w, wdir)
+    models, beta = _train_pair(cfg, url, strategy.ensemble.rl_policy.mode, teacher_run_id, w, wdir)
     symbols = list(cfg.symbols)
     reports: dict[str, BacktestReport] = {}
     with get_session(url) as session:
@@ -294,7 +309,7 @@ def _run_window(
 
 
 def _train_pair(
-    cfg: CompareConfig, url: str, teacher_run_id: int, w: Window, wdir: Path
+    cfg: CompareConfig, url: str, mode: str, teacher_run_id: int, w: Window, wdir: Path
 ) -> tuple[dict[str, Path], float]:
     """The clone and the agent of one window (their ONNX files) and the AWR beta used."""
     from otonom_runtime.store import get_session
@@ -325,21 +340,22 @@ def _train_pair(
         assert trainer.onnx_path is not None  # train() exports
         models[arm] = trainer.onnx_path
     if cfg.ppo_steps:
-        models["ppo"] = _finetune(cfg, url, w, wdir)
+        models["ppo"] = _finetune(cfg, url, mode, w, wdir)
     (wdir / "train.log").write_text(log.getvalue(), encoding="utf-8")
     return models, beta
 
 
-def _finetune(cfg: CompareConfig, url: str, w: Window, wdir: Path) -> Path:
-    """The window's clone fine-tuned with PPO (``otonom-train finetune``, the 4th-voter mode)
-    for ``cfg.ppo_steps`` steps on the first symbol's training days; its ONNX file."""
+def _finetune(cfg: CompareConfig, url: str, mode: str, w: Window, wdir: Path) -> Path:
+    """The window's clone fine-tuned with PPO (``otonom-train finetune``, in the deployment
+    ``mode`` it is judged in) for ``cfg.ppo_steps`` steps on the first symbol's training days;
+    its ONNX file."""
     from otonom_trainer.rl.finetune import finetune
     from otonom_trainer.rl.ppo import FinetuneConfig
 
     result = finetune(
         wdir / "clone", wdir / "ppo", url=url, strategy=Path(cfg.strategy_path),
         symbol=cfg.symbols[0], train=(w.train_start, w.train_end),
-        config=FinetuneConfig(timesteps=cfg.ppo_steps, seed=cfg.seed),
+        config=FinetuneConfig(timesteps=cfg.ppo_steps, seed=cfg.seed, mode=mode),
     )  # fmt: skip
     return Path(result.model)
 
@@ -469,7 +485,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         step_months=args.step_months, epochs=args.epochs, batch_size=args.batch_size,
         hidden_dim=args.hidden_dim, awr_beta=beta, seed=args.seed, confidence=args.confidence,
         samples=args.samples, trials=args.trials, oracle=args.oracle, out_dir=args.out,
-        ppo_steps=args.ppo_steps,
+        ppo_steps=args.ppo_steps, rl_mode=args.rl_mode,
         quiet=args.quiet,
     )  # fmt: skip
     run_compare(cfg)
@@ -530,6 +546,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
         default=0,
         help="add a PPO arm: each window's clone fine-tuned this many steps (otonom-train "
         "finetune, the rl extra) on the first symbol's training days; 0 = off (default)",
+    )
+    p.add_argument(
+        "--rl-mode",
+        choices=("voter", "sole", "filter"),
+        help="how the clone, agent and ppo decide (ensemble.rl_policy.mode): the 4th voter, the "
+        "sole decider, or a filter on the ensemble (default: the strategy file's)",
     )
     p.add_argument("--confidence", type=float, default=0.90, help="interval level (0.90)")
     p.add_argument("--samples", type=int, default=2000, help="bootstrap resamples (2000)")

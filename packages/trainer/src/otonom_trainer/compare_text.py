@@ -140,7 +140,8 @@ def report_markdown(result: CompareResult) -> str:
         f"Symbols {', '.join(c['symbols'])}; data {c['start']} .. {c['end']}; "
         f"{len(result.windows)} windows of {c['train_years']} y train + {c['test_months']} m "
         f"test; seed {c['seed']}; {c['epochs']} epochs, hidden {c['hidden_dim']}, AWR beta "
-        f"{c['awr_beta']}; teacher run {result.teacher_run_id}.",
+        f"{c['awr_beta']}; RL mode {c.get('rl_mode') or 'as in the strategy file'}; teacher run "
+        f"{result.teacher_run_id}.",
         "",
         f"**Verdict:** {result.verdict()}",
         "",
