@@ -15,6 +15,8 @@
         ├── PipelineError (+ ValueError)        the pipeline's configuration or stages
         ├── CheckError (+ ValueError)           the model check's configuration or stages
         ├── WalkForwardError (+ ValueError)     the walk-forward's configuration or folds
+        ├── CompareError (+ ValueError)         the comparison's configuration or windows
+        ├── TrialsError (+ ValueError)          a trials ledger line that is not a JSON object
         ├── ExplainError (+ ValueError)         feature importance's options, rows or attention
         ├── TuneError (+ ValueError)            tune's options, search space or study
         ├── DatasetGenerationError (+ ValueError)  a dataset that cannot be made from the store

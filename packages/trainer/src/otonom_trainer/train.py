@@ -110,7 +110,6 @@ from otonom_trainer.training.outputs import (
 )
 from otonom_trainer.training.results import EpochStats, TrainingMetrics, overfitting_warnings
 from otonom_trainer.training.state import TrainState, checkpoint_dict, read_resumable, restore
-from otonom_trainer.trials import record_trial
 
 __all__ = [
     "ACTION_NAMES",
@@ -309,15 +308,6 @@ class BehaviorCloningTrainer:
         if self._export:
             self._onnx_path = self.export_onnx()
             self._print(f"ONNX model: {self._onnx_path} (matches torch at batch 1, 7 and 256)")
-        if dp.writer:  # one line per run, not per torchrun rank (otonom_trainer.trials)
-            record_trial(
-                "train",
-                output=cfg.output_dir,
-                dataset=cfg.dataset_path,
-                model=cfg.model,
-                seed=cfg.seed,
-                awr_beta=cfg.awr_beta,
-            )
         return metrics
 
     def _fit(

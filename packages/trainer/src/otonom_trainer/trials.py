@@ -5,7 +5,8 @@ configurations tried before a result was picked; typed in by hand it is forgotte
 So each model that finishes training appends one JSON line here, automatically:
 
 - ``BehaviorCloningTrainer.train`` (``otonom-train train``, every ``tune`` trial, the pipeline,
-  the walk-forward's and the comparison's models): ``kind`` ``train``;
+  the walk-forward's and the comparison's models), as its run files are written
+  (``training.outputs.write_run_files``, rank 0 only under torchrun): ``kind`` ``train``;
 - ``otonom_trainer.rl.finetune.finetune`` (``otonom-train finetune``): ``kind`` ``finetune``.
 
 A run that fails records nothing. The line is written with one ``os.write`` on a file opened

@@ -23,6 +23,7 @@ from otonom_trainer.model import PolicyNetwork
 from otonom_trainer.plots import plot_confusion_matrix, plot_training_curves
 from otonom_trainer.training.data import DataSplit
 from otonom_trainer.training.results import EpochStats, TrainingMetrics
+from otonom_trainer.trials import record_trial
 
 __all__ = [
     "log_tensorboard",
@@ -84,7 +85,8 @@ def run_metadata(
 
 def write_run_files(out: Path, meta: Mapping[str, Any], metrics: TrainingMetrics) -> None:
     """``metadata.json``, ``history.csv``, ``training_curves.png`` and ``confusion_matrix.png``
-    in ``out`` (the first two atomically)."""
+    in ``out`` (the first two atomically), then the run's line in the trials ledger
+    (``otonom_trainer.trials``)."""
     with atomic_path(out / "metadata.json") as tmp:
         tmp.write_text(
             json.dumps(meta, indent=2, allow_nan=False, default=str) + "\n", encoding="utf-8"
@@ -101,6 +103,14 @@ def write_run_files(out: Path, meta: Mapping[str, Any], metrics: TrainingMetrics
         np.asarray(metrics.confusion_matrix, dtype=np.int64),
         out / "confusion_matrix.png",
         title="Validation confusion matrix",
+    )
+    # one ledger line per finished run, written once (rank 0), tuning trials included
+    config = meta.get("config") or {}
+    record_trial(
+        "train",
+        output=str(out),
+        run_id=meta.get("run_id"),
+        **{k: config.get(k) for k in ("dataset_path", "model", "seed", "awr_beta")},
     )
 
 
