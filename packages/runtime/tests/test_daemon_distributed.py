@@ -96,8 +96,7 @@ def test_two_dask_workers_decide_as_one_process(postgres_url: str, tmp_path: Pat
         distributed.Client(cluster) as client,
     ):
         reports = [
-            run_tick_distributed(client, spread, strategy, SYMBOLS, as_of=day)[0]
-            for day in TICKS
+            run_tick_distributed(client, spread, strategy, SYMBOLS, as_of=day)[0] for day in TICKS
         ]
         again, latencies = run_tick_distributed(client, spread, strategy, SYMBOLS)
     assert [len(r.decisions) for r in reports] == [len(SYMBOLS)] * len(TICKS)
@@ -115,3 +114,33 @@ def test_two_dask_workers_decide_as_one_process(postgres_url: str, tmp_path: Pat
     assert all(math.isfinite(r[8]) for r in got)
     assert _runs(spread) == 2 * len(TICKS)  # a run row per partition and tick
     assert _runs(one) == len(TICKS)
+
+
+def test_cli_daemon_on_a_local_dask_cluster(postgres_url: str, tmp_path: Path) -> None:
+    """``otonom daemon --dask-scheduler local:2 --once`` in a subprocess: the tick's rows are
+    one process's; a second run records nothing; the cluster is gone when it exits."""
+    import subprocess
+    import sys
+
+    strategy = _strategy(tmp_path)
+    one, spread = _store(postgres_url), _store(postgres_url)
+    with get_session(one) as session:
+        run_tick(session, Ensemble.from_strategy(strategy), SYMBOLS, PaperBroker())
+
+    def daemon() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "otonom_runtime", "--database-url", spread, "daemon",
+             "--strategy-path", str(strategy), "--symbols", *SYMBOLS, "--once",
+             "--dask-scheduler", "local:2"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    first = daemon()
+    assert first.returncode == 0, first.stderr
+    assert "dask: 2 workers at tcp://127.0.0.1:" in first.stdout
+    assert f"{len(SYMBOLS)} decisions" in first.stdout
+    assert _rows(spread) == _rows(one)
+    second = daemon()
+    assert second.returncode == 0, second.stderr
+    assert "tick: nothing new (5 symbols decided already)" in second.stdout
+    assert _rows(spread) == _rows(one)

@@ -170,8 +170,10 @@ def daemon_items(daemon: Mapping[str, Any] | None, cfg: MonitoringConfig) -> lis
         return []
     beat = daemon.get("heartbeat_at")
     note = f"daemon state of {beat:%Y-%m-%d %H:%M} UTC" if beat is not None else "daemon state"
-    items = [Item(ALL, "daemon_fallbacks", float(daemon.get("fallbacks") or 0), note=note)]
     latency = daemon.get("latency_ms")
+    if latency:
+        note += f": its last {int(latency.get('n', 0))} predict calls"
+    items = [Item(ALL, "daemon_fallbacks", float(daemon.get("fallbacks") or 0), note=note)]
     if not latency:
         return [*items, Item(ALL, "predict_latency_ms", None, "n/a", (("quantile", "p99"),),
                              "no predict call recorded")]  # fmt: skip
@@ -180,7 +182,5 @@ def daemon_items(daemon: Mapping[str, Any] | None, cfg: MonitoringConfig) -> lis
         status = "info"
         if q == "p99":
             status = "alert" if value > cfg.max_latency_ms else "ok"
-        n = int(latency.get("n", 0))
-        items.append(Item(ALL, "predict_latency_ms", value, status, (("quantile", q),),
-                          f"{note}: its last {n} predict calls"))  # fmt: skip
+        items.append(Item(ALL, "predict_latency_ms", value, status, (("quantile", q),), note))
     return items
