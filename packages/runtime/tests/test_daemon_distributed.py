@@ -144,3 +144,14 @@ def test_cli_daemon_on_a_local_dask_cluster(postgres_url: str, tmp_path: Path) -
     assert second.returncode == 0, second.stderr
     assert "tick: nothing new (5 symbols decided already)" in second.stdout
     assert _rows(spread) == _rows(one)
+
+
+def test_connect_refuses_bad_addresses() -> None:
+    from otonom_runtime import DaemonError
+    from otonom_runtime.daemon.distributed import connect
+
+    for address in ("local:0", "local:x"):
+        with pytest.raises(DaemonError, match=r"expected local:N with N >= 1"):
+            connect(address)
+    with pytest.raises(DaemonError, match=r"cannot reach the Dask scheduler at 'nonsense://x'"):
+        connect("nonsense://x")

@@ -219,7 +219,13 @@ def connect(address: str) -> tuple[Any, Any]:
             'pip install "otonom-runtime[distributed]"'
         ) from None
     if not address.startswith(LOCAL_PREFIX):
-        return dask.Client(address), None
+        try:
+            return dask.Client(address, timeout="30s"), None
+        except (OSError, ValueError) as exc:  # TimeoutError is an OSError
+            raise DaemonError(
+                f"cannot reach the Dask scheduler at {address!r}: {exc}; expected a running "
+                "scheduler (tcp://host:8786) or local:N"
+            ) from None
     count = address[len(LOCAL_PREFIX) :]
     if not count.isdigit() or int(count) < 1:
         raise DaemonError(f"--dask-scheduler {address!r}; expected local:N with N >= 1")
