@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+import otonom_runtime.daemon.distributed as dist
 from otonom_runtime.daemon import Ensemble, PaperBroker, run_tick
 from otonom_runtime.daemon.distributed import partition, run_tick_distributed
 from otonom_runtime.store import (
@@ -99,6 +100,9 @@ def test_two_dask_workers_decide_as_one_process(postgres_url: str, tmp_path: Pat
             run_tick_distributed(client, spread, strategy, SYMBOLS, as_of=day)[0] for day in TICKS
         ]
         again, latencies = run_tick_distributed(client, spread, strategy, SYMBOLS)
+        # each worker process loaded the strategy and its model once, for all its tasks
+        loaded = client.run(lambda: len(dist._ENSEMBLES))
+    assert sorted(loaded.values()) == [1, 1]
     assert [len(r.decisions) for r in reports] == [len(SYMBOLS)] * len(TICKS)
     assert [d.symbol for d in reports[0].decisions] == SYMBOLS  # partition order kept
     assert reports[0].fallbacks == 0
