@@ -37,10 +37,6 @@ from otonom_runtime.daemon.tick import Ensemble
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from otonom_runtime.backtest.params import EngineParams
-    from otonom_runtime.daemon.tick import SymbolInputs
-    from otonom_runtime.store.ticks import LiveDecisions
-
 __all__ = [
     "LOCAL_PREFIX",
     "DaskTick",
@@ -52,27 +48,37 @@ __all__ = [
 
 LOCAL_PREFIX: Final = "local:"
 """``--dask-scheduler local:N``: a local cluster of N worker processes, one thread each."""
-_ENSEMBLES: dict[tuple[str, bool | None], tuple[Ensemble, ModelWatch]] = {}
+_ENSEMBLES: dict[tuple[str, bool | None], tuple[Ensemble, ModelWatch, UniverseBroker]] = {}
 _LOCK = threading.Lock()
 
 
 class UniverseBroker(PaperBroker):
     """The paper broker with each symbol's sleeve sized by the whole universe
-    (``initial_capital / universe``), whichever partition of it a tick decides."""
+    (``initial_capital / universe``), whichever partition of it a tick decides; ``universe``
+    may be set between ticks (a worker's broker serves partitions of any size)."""
 
-    def __init__(self, universe: int) -> None:
-        if universe < 1:
-            raise DaemonError(f"universe of {universe} symbols; expected at least one")
+    def __init__(self, universe: int = 1) -> None:
+        super().__init__()
         self.universe = universe
 
-    def holdings(
-        self,
-        inputs: Sequence[SymbolInputs],
-        live: dict[int, LiveDecisions],
-        params: EngineParams,
-        capital: float,
-    ) -> list[Holding]:
-        return super().holdings(inputs, live, params, params.initial_capital / self.universe)
+    @property
+    def universe(self) -> int:
+        return self._universe
+
+    @universe.setter
+    def universe(self, value: int) -> None:
+        if value < 1:
+            raise DaemonError(f"universe of {value} symbols; expected at least one")
+        self._universe = value
+
+    def holdings(self, *args: Any, **kwargs: Any) -> list[Holding]:
+        """``PaperBroker.holdings`` with its last two arguments, ``params`` and ``capital``
+        (``run_tick``'s share of the partition), given the universe's share instead."""
+        *head, params, _ = args
+        share = params.initial_capital / self.universe
+        paper: Any = super()  # either form of Broker.holdings: (..., params, capital)
+        out: list[Holding] = paper.holdings(*head, params, share, **kwargs)
+        return out
 
 
 def partition(symbols: Sequence[str], parts: int) -> list[list[str]]:
@@ -91,17 +97,17 @@ def partition(symbols: Sequence[str], parts: int) -> list[list[str]]:
     return out
 
 
-def _worker_ensemble(strategy_path: str, use_rl: bool | None) -> Ensemble:
-    """The ensemble of this worker process, loaded at its first task; later tasks reuse it
-    after the hot reload's check (``ModelWatch.check``)."""
+def _worker_ensemble(strategy_path: str, use_rl: bool | None) -> tuple[Ensemble, UniverseBroker]:
+    """The ensemble and paper broker of this worker process, made at its first task; later
+    tasks reuse them after the hot reload's check (``ModelWatch.check``)."""
     key = (str(Path(strategy_path).resolve()), use_rl)
     with _LOCK:
         if key not in _ENSEMBLES:
             ensemble = Ensemble.from_strategy(strategy_path, use_rl=use_rl)
-            _ENSEMBLES[key] = (ensemble, ModelWatch(ensemble))
-        ensemble, watch = _ENSEMBLES[key]
+            _ENSEMBLES[key] = (ensemble, ModelWatch(ensemble), UniverseBroker())
+        ensemble, watch, broker = _ENSEMBLES[key]
     watch.check()
-    return ensemble
+    return ensemble, broker
 
 
 def _tick_partition(
@@ -116,10 +122,11 @@ def _tick_partition(
     transaction; returns the report and the policy latencies it measured (ms)."""
     from otonom_runtime.store import get_session
 
-    ensemble = _worker_ensemble(strategy_path, use_rl)
+    ensemble, broker = _worker_ensemble(strategy_path, use_rl)
+    broker.universe = universe
     ensemble.latencies_ms.clear()  # this task's calls only (the daemon keeps the window)
     with get_session(url) as session:
-        report = run_tick(session, ensemble, symbols, UniverseBroker(universe), as_of=as_of)
+        report = run_tick(session, ensemble, symbols, broker, as_of=as_of)
     return report, list(ensemble.latencies_ms)
 
 
