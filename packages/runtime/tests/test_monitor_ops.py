@@ -156,10 +156,29 @@ def test_planted_fallbacks_and_latency_show_up(store: dict[str, Any]) -> None:
     assert report.value("all", "daemon_fallbacks").value == 7
     text = table_text(report)
     assert "daemon predict latency: p50 0.400 ms, p90 0.900 ms, p99 3.500 ms" in text
+    assert "note: daemon state of 2026-01-02 00:00 UTC: its last 40 predict calls" in text
     assert "ALERT: all fallback_rate = 0.05556" in text
     prom = prometheus_text(report)
     assert 'otonom_monitor_predict_latency_ms{symbol="all",quantile="p99"} 3.5' in prom
     assert 'otonom_monitor_fallbacks{symbol="DEMO-A"} 5' in prom
+
+
+def test_daemon_record_says_when_it_served_another_model(store: dict[str, Any]) -> None:
+    from otonom_runtime.cli.monitor import _daemon_record
+
+    with get_session(store["url"]) as session:
+        write_daemon_state(session, "ops", {"model_sha256": "a" * 64, "model_version": "v2"})
+        try:
+            same = _daemon_record(session, "ops", "a" * 64)
+            other = _daemon_record(session, "ops", "b" * 64)
+        finally:
+            write_daemon_state(session, "ops", {"model_sha256": None, "model_version": None})
+    assert same is not None
+    assert other is not None
+    assert (same["other_model"], other["other_model"]) == (False, True)
+    report = _report(store, 2, daemon=other)
+    note = report.value("all", "daemon_fallbacks").note
+    assert note.endswith("model version v2 (not the model monitored): its last 40 predict calls")
 
 
 def test_injected_breaches_alert_and_unchanged_data_is_quiet(store: dict[str, Any]) -> None:

@@ -163,13 +163,19 @@ def ops_items(
 
 def daemon_items(daemon: Mapping[str, Any] | None, cfg: MonitoringConfig) -> list[Any]:
     """Scope ``all``'s items from the daemon's state row (``DaemonState`` columns; None: no
-    daemon recorded one): predict latency percentiles and its fallback count."""
+    daemon recorded one): predict latency percentiles and its fallback count; the note names
+    the row's heartbeat and model version, and says when ``other_model`` (the daemon served
+    another file than the model monitored)."""
     from otonom_runtime.monitor import ALL, Item
 
     if daemon is None:
         return []
     beat = daemon.get("heartbeat_at")
     note = f"daemon state of {beat:%Y-%m-%d %H:%M} UTC" if beat is not None else "daemon state"
+    if daemon.get("model_version"):
+        note += f", model version {daemon['model_version']}"
+    if daemon.get("other_model"):
+        note += " (not the model monitored)"
     latency = daemon.get("latency_ms")
     if latency:
         note += f": its last {int(latency.get('n', 0))} predict calls"

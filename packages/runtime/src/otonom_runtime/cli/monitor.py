@@ -73,17 +73,20 @@ def _run_ids(args: argparse.Namespace, session: Session, name: str) -> list[int]
     return [run.id]
 
 
-def _daemon_record(session: Session, name: str) -> dict[str, Any] | None:
+def _daemon_record(session: Session, name: str, sha256: str | None = None) -> dict[str, Any] | None:
     """The columns of the daemon state row of strategy ``name`` (None: no daemon recorded
-    one): its predict latencies and fallbacks for the report."""
+    one): its predict latencies and fallbacks for the report; ``other_model``: it served a
+    model whose sha256 is not ``sha256`` (the one monitored; None: not compared)."""
     from otonom_runtime.store.daemons import read_daemon_states
 
     rows = read_daemon_states(session, name)
     if not rows:
         return None
     row = rows[0]
+    other = None not in (sha256, row.model_sha256) and sha256 != row.model_sha256
     return {"heartbeat_at": row.heartbeat_at, "fallbacks": row.fallbacks,
-            "latency_ms": row.latency_ms, "model_version": row.model_version}  # fmt: skip
+            "latency_ms": row.latency_ms, "model_version": row.model_version,
+            "other_model": other}  # fmt: skip
 
 
 def _write_outputs(args: argparse.Namespace, report: MonitorReport) -> None:
@@ -140,7 +143,9 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
             raise OtonomRuntimeError(
                 f"{what} holds no decisions from {start} to {end}; expected some (widen --since)"
             )
-        daemon = _daemon_record(session, config.name) if live else None
+        sha = getattr(policy, "sha256", None)
+        sha = sha if isinstance(sha, str) else None
+        daemon = _daemon_record(session, config.name, sha) if live else None
         report = monitor(
             session, policy, config.monitoring, picked, start=start, end=end, strategy=config,
             daemon=daemon,
