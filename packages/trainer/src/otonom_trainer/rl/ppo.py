@@ -104,6 +104,7 @@ def _import_sb3() -> None:
     restored after. Raises ImportError when stable-baselines3 itself is missing."""
     if "stable_baselines3" in sys.modules or "gym" in sys.modules:
         import stable_baselines3
+
         return
     sys.modules["gym"] = None  # type: ignore[assignment]
     try:
