@@ -74,6 +74,9 @@ DEFAULTS: dict[str, Any] = {
         "min_hit_rate": 0.45,
         "horizon": 1,
         "min_rows": 50,
+        "max_fallback_rate": 0.05,
+        "max_latency_ms": 250.0,
+        "max_rl_sharpe_loss": 0.5,
     },
 }
 """The documented defaults, written out independently of the dataclasses."""
