@@ -17,8 +17,11 @@ as the trial count of their deflated Sharpe.
 
 Where: ``$OTONOM_TRIALS_LEDGER`` when set (``off`` switches recording off), else
 ``data/trials.jsonl`` under the working directory (beside the default store
-``data/otonom.db``). Each line: ``{"time": ISO UTC, "kind": ..., "output": folder,
-"dataset": path, "pid": ...}`` plus what the caller adds (e.g. ``awr_beta``).
+``data/otonom.db``). Each line: ``{"time": ISO UTC, "kind": ..., "pid": ..., "output":
+folder}`` plus what the caller adds (a training run: ``run_id``, ``dataset_path``, ``model``,
+``seed``, ``awr_beta``). A model trained inside ``otonom-train compare`` names the staging
+folder (``.NAME.partial/...``) that becomes ``NAME`` when the comparison succeeds; a tuning
+trial's folder is a temporary one, gone after the trial.
 """
 
 from __future__ import annotations
