@@ -75,6 +75,7 @@ def test_tiny_comparison_writes_table_md_png_and_counts_its_trials(tmp_path: Pat
     assert len(data["windows"]) == 2
     for w in data["windows"]:
         assert set(w["arms"]) == {"teacher", "clone", "agent", "oracle", "oracle_state"}
+        assert len(w["arms"]["agent"]["returns"]) == w["arms"]["agent"]["days"] - 1
         _inside(w["agent_vs_teacher"])
         _inside(w["clone_vs_teacher"])
         assert sum(d["days"] for d in w["departures"]) > 0

@@ -92,6 +92,8 @@ class ArmResult:
             "turnover": self.turnover,
             "days": int(self.dates.size),
             "run_id": self.run_id,
+            "first_day": str(self.dates[0]) if self.dates.size else None,
+            "returns": [float(r) for r in self.returns],  # daily, from the second day on
         }
 
 
