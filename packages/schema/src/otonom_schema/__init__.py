@@ -13,6 +13,7 @@ from otonom_schema._dataset import (
 )
 from otonom_schema._dates import DateLike, parse_iso_date, to_date
 from otonom_schema._errors import DatasetError, DateError, SchemaError, SchemaMismatchError
+from otonom_schema._panel import market_feature_panel
 from otonom_schema._features import (
     PORTFOLIO_COLUMNS,
     MarketHistory,
@@ -90,6 +91,7 @@ __all__ = [
     "load_dataset",
     "log_returns_from_features",
     "market_feature_matrix",
+    "market_feature_panel",
     "parse_iso_date",
     "portfolio_feature_matrix",
     "require_schema",
