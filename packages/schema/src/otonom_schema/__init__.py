@@ -13,7 +13,6 @@ from otonom_schema._dataset import (
 )
 from otonom_schema._dates import DateLike, parse_iso_date, to_date
 from otonom_schema._errors import DatasetError, DateError, SchemaError, SchemaMismatchError
-from otonom_schema._panel import market_feature_panel
 from otonom_schema._features import (
     PORTFOLIO_COLUMNS,
     MarketHistory,
@@ -28,6 +27,7 @@ from otonom_schema._features import (
 )
 from otonom_schema._io import atomic_path, atomic_write
 from otonom_schema._labels import ForwardLabels, forward_labels, risk_levels, tercile_cuts
+from otonom_schema._panel import market_feature_panel
 from otonom_schema._spec import (
     ANALYSTS,
     FEATURE_NAMES,

@@ -33,7 +33,7 @@ import numpy.typing as npt
 
 from otonom_schema._dates import DateLike
 from otonom_schema._errors import SchemaError
-from otonom_schema._market import _NEUTRAL, _PAD, PORTFOLIO_COLUMNS, _Layout, _market_block
+from otonom_schema._market import _NEUTRAL, _PAD, PORTFOLIO_COLUMNS, _Grid, _Layout, _market_block
 from otonom_schema._spec import (
     DAYS_SCALE,
     LOOKBACK,
@@ -385,7 +385,7 @@ def market_feature_matrix(
 def _one_history(m: int, first_out: int, n_avail: I64, as_of: I64) -> _Layout:
     """The layout of one history padded with ``_PAD`` bars, rows ``first_out .. m - 1``."""
     return _Layout(
-        ends=np.arange(first_out, m, dtype=np.int64),
+        ends=_Grid(first_out, 1, 0, m - first_out),
         starts=np.zeros(1, dtype=np.int64),
         real=np.arange(m) >= _PAD,
         n_avail=n_avail,

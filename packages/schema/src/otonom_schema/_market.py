@@ -70,55 +70,72 @@ if not (_MIN_BARS.max() == LOOKBACK and REGIME_WINDOW < 2**16):  # what _market_
 
 # --- the windowed maths --------------------------------------------------------------------
 #
-# Every windowed quantity is computed at output positions ``ends`` (strictly increasing indices
-# into the padded bar arrays): a run of consecutive positions for one history (the rows of
-# ``market_feature_matrix``), or one position per segment for a panel of histories laid end to
-# end (``market_feature_panel``). Each window is gathered into a fresh C-contiguous row, oldest
-# first, and reduced along it, so a position's features are the same floats however many
-# positions are computed with it and whatever lies before its window.
+# Every windowed quantity is computed at output positions (a ``_Grid`` of indices into the
+# padded bar arrays): one run of consecutive positions for one history (the rows of
+# ``market_feature_matrix``), or one run per history for a panel of histories laid end to end
+# (``market_feature_panel``). Each window is gathered into a C-contiguous row, oldest first, and
+# reduced along it, so a position's features are the same floats however many positions are
+# computed with it and whatever lies before its window.
 
 
-def _consecutive(ends: I64) -> bool:
-    """True when ``ends`` is one run of consecutive positions (a history's rows)."""
-    return ends.size == 0 or int(ends[-1]) - int(ends[0]) + 1 == ends.size
+@dataclass(frozen=True)
+class _Grid:
+    """The positions ``first + i * step + j`` for ``i < runs``, ``j < run`` (in that order)."""
+
+    first: int
+    runs: int
+    step: int
+    run: int
+
+    @property
+    def size(self) -> int:
+        return self.runs * self.run
+
+    def positions(self) -> I64:
+        at = np.arange(self.runs, dtype=np.int64)[:, None] * self.step + np.arange(self.run)
+        out: I64 = (at + self.first).ravel()
+        return out
+
+    def spans(self, width: int) -> tuple[_Grid, _Grid]:
+        """The ``width`` positions ending at each of these (each run widened in front), and
+        where these lie among them once they are computed into an array of their own: the
+        output positions of a quantity that is itself windowed (the MACD line, the vol)."""
+        run = self.run + width - 1
+        return (
+            _Grid(self.first - width + 1, self.runs, self.step, run),
+            _Grid(width - 1, self.runs, run, self.run),
+        )
 
 
-def _windows(x: F64, ends: I64, width: int) -> F64:
-    """Row k is ``x[ends[k] - width + 1 .. ends[k]]`` (oldest first): a read-only strided view
-    (no copy) of the 1-d contiguous array ``x`` when ``ends`` is consecutive, else a gathered
-    copy (the same floats in the same order)."""
-    lo = int(ends[0]) - width + 1 if ends.size else 0
-    if lo < 0 or (ends.size and int(ends[-1]) >= x.shape[0]) or x.ndim != 1:
+def _windows(x: F64, at: _Grid, width: int) -> F64:
+    """Row k is ``x[end - width + 1 .. end]`` (oldest first) for the k-th position ``end`` of
+    ``at``: a read-only strided view (no copy) of the 1-d contiguous array ``x`` for one run,
+    a C-contiguous copy for several (the same floats in the same order)."""
+    lo = at.first - width + 1
+    last = at.first + (at.runs - 1) * at.step + at.run - 1
+    if at.size and (lo < 0 or last >= x.shape[0] or x.ndim != 1):
         raise AssertionError(f"windows from {lo} of width {width} over {x.shape}")  # never
-    if not _consecutive(ends):
-        gathered: F64 = x[ends[:, None] + np.arange(1 - width, 1)]
-        return gathered
+    if at.size == 0:
+        return np.empty((0, width), dtype=x.dtype)
     step = x.strides[0]
     view: F64 = np.lib.stride_tricks.as_strided(
-        x[lo:], shape=(ends.shape[0], width), strides=(step, step), writeable=False
+        x[lo:],
+        shape=(at.runs, at.run, width),
+        strides=(step * at.step, step, step),
+        writeable=False,
     )
-    return view
+    if at.runs == 1:
+        return view[0]
+    return view.reshape(at.size, width)
 
 
-def _window(x: F64, ends: I64, width: int) -> F64:
+def _window(x: F64, at: _Grid, width: int) -> F64:
     """``_windows`` as a fresh C-contiguous array that callers may overwrite."""
-    win = _windows(x, ends, width)
-    out: F64 = win if win.flags.writeable else win.copy(order="C")
+    win = _windows(x, at, width)
+    if win.flags.writeable and win.flags.c_contiguous:
+        return win
+    out: F64 = win.copy(order="C")
     return out
-
-
-def _spans(ends: I64, width: int) -> tuple[I64, I64]:
-    """The positions of the ``width`` positions ending at each of ``ends`` (oldest first; one
-    run when ``ends`` is consecutive) and where each end lies among them: the output positions
-    of a quantity that is itself windowed (the MACD line, the realised vol)."""
-    if _consecutive(ends):
-        first = int(ends[0]) - width + 1 if ends.size else 0
-        stop = int(ends[-1]) + 1 if ends.size else 0
-        return np.arange(first, stop, dtype=np.int64), np.arange(
-            width - 1, stop - first, dtype=np.int64
-        )
-    spans = (ends[:, None] + np.arange(1 - width, 1)).ravel()
-    return spans, np.arange(1, ends.shape[0] + 1, dtype=np.int64) * width - 1
 
 
 @functools.lru_cache(maxsize=8)
@@ -131,7 +148,7 @@ def _ema_weights(span: int, length: int) -> F64:
     return kernel
 
 
-def _ema(x: F64, ends: I64, span: int, length: int) -> F64:
+def _ema(x: F64, ends: _Grid, span: int, length: int) -> F64:
     # the window copied, then scaled in place: the same products, and a multiply over
     # contiguous rows is faster than one that reads the overlapping strided view
     prod = _window(x, ends, length)
@@ -155,13 +172,14 @@ def _std(win: F64) -> F64:
     return _mean_std(win)[1]
 
 
-def _window_share(flags: npt.NDArray[np.bool_], ends: I64, width: int) -> F64:
+def _window_share(flags: npt.NDArray[np.bool_], at: _Grid, width: int) -> F64:
     """The share of True among ``flags[end - width + 1 .. end]`` for each of ``ends``.
 
     Equal, bit for bit, to summing each window of the flags as 0.0/1.0 floats and dividing by
     ``width``: every partial sum of such a window is a small whole number, exact in float64 in
     any order, so the count is taken from integer running totals instead (no window copies).
     """
+    ends = at.positions()
     if ends.size and (int(ends[0]) - width + 1 < 0 or int(ends[-1]) >= flags.shape[0]):
         raise AssertionError(f"windows of width {width} over {flags.shape}")  # never
     totals = np.zeros(flags.shape[0] + 1, dtype=np.int64)
@@ -179,7 +197,7 @@ class _Layout:
     ``n_avail[k]``, the real bars up to row k (capped at LOOKBACK); ``as_of[k]``, the day the
     row's sentiment and freshness are taken at."""
 
-    ends: I64
+    ends: _Grid
     starts: I64
     real: npt.NDArray[np.bool_]
     n_avail: I64
@@ -204,7 +222,7 @@ def _market_block(
     """
     m = close.shape[0]
     out = at.ends
-    rows = out.shape[0]
+    rows = out.size
     feats = np.empty((rows, STATE_DIM), dtype=np.float64)
 
     logret = np.zeros(m)
@@ -226,13 +244,13 @@ def _market_block(
     feats[:, _RSI] = np.where(moves > 0, gains / np.where(moves > 0, moves, 1.0), 0.5)
 
     # MACD histogram: MACD line on the signal window, then its signal EMA
-    line_at, line_ends = _spans(out, EMA_SIGNAL_LEN)
+    line_at, line_ends = out.spans(EMA_SIGNAL_LEN)
     line = _ema(close, line_at, MACD_FAST, EMA_FAST_LEN) - _ema(
         close, line_at, MACD_SLOW, EMA_SLOW_LEN
     )
     signal = _ema(line, line_ends, MACD_SIGNAL, EMA_SIGNAL_LEN)
-    hist = line[line_ends] - signal
-    rel = hist / close[out]
+    hist = line[line_ends.positions()] - signal
+    rel = hist / close[out.positions()]
     # On a flat market both EMAs equal the price only up to rounding, and how the rounding falls
     # depends on the CPU's SIMD width (seen: -1.6e-30 on one machine, 0.0 on another). A
     # histogram below 1e-12 of the price is that float noise: it is 0, on every machine.
@@ -246,7 +264,7 @@ def _market_block(
 
     # volume ratio (log scale)
     mean_v = _window(volume, out, VOLUME_PERIOD).sum(axis=1) / VOLUME_PERIOD
-    today = volume[out]
+    today = volume[out.positions()]
     safe_mean = np.where(mean_v > 0, mean_v, 1.0)
     ratio = np.maximum(today, VOLUME_FLOOR * safe_mean) / safe_mean
     feats[:, _VOL] = np.where(mean_v > 0, np.tanh(np.log(ratio) / VOLUME_SCALE), 0.0)
@@ -269,10 +287,10 @@ def _market_block(
     return feats
 
 
-def _regime_columns(feats: F64, logret: F64, out: I64) -> None:
+def _regime_columns(feats: F64, logret: F64, out: _Grid) -> None:
     """The regime one-hot: the rank of the 20-bar realised vol among its last REGIME_WINDOW
     values, written into ``feats``' three regime columns."""
-    vol_at, vol_ends = _spans(out, REGIME_WINDOW)
+    vol_at, vol_ends = out.spans(REGIME_WINDOW)
     vol = _std(_window(logret, vol_at, VOL_WINDOW))
     ranks = _windows(vol, vol_ends, REGIME_WINDOW)  # compared, not summed
     # count of the True (1-byte) flags per row, summed in 16-bit ints (exact: <= REGIME_WINDOW)
@@ -301,7 +319,7 @@ def _dsi(days: I64, close: F64, high: F64, low: F64, volume: F64, at: _Layout) -
     gap_share = _window_share(gap, out, DSI_WINDOW)
     zero_share = _window_share(zero_vol, out, DSI_WINDOW)
     flat_share = _window_share(flat, out, DSI_WINDOW)
-    stale = (at.as_of - days[out]).astype(np.float64)
+    stale = (at.as_of - days[out.positions()]).astype(np.float64)
     freshness = np.where(
         stale <= STALE_GRACE_DAYS, 1.0, 0.5 ** ((stale - STALE_GRACE_DAYS) / STALE_HALF_LIFE_DAYS)
     )

@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from otonom_schema._errors import SchemaError
 from otonom_schema._features import _sentiment_rule
-from otonom_schema._market import _PAD, _Layout, _market_block
+from otonom_schema._market import _PAD, _Grid, _Layout, _market_block
 from otonom_schema._spec import LOOKBACK, STATE_DIM
 
 __all__ = ["market_feature_panel"]
@@ -89,7 +89,7 @@ def market_feature_panel(
     days, c, h, lo, v = (np.take_along_axis(a, column, axis=1).ravel() for a in arrays)
     as_of = arrays[0][:, -1]
     at = _Layout(
-        ends=np.arange(1, n + 1, dtype=np.int64) * width - 1,
+        ends=_Grid(width - 1, n, width, 1),
         starts=np.arange(n, dtype=np.int64) * width,
         real=(np.arange(width)[None, :] >= (width - real)[:, None]).ravel(),
         n_avail=real,
