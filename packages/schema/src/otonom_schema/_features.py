@@ -470,7 +470,7 @@ def compute_state(
     days, close, high, low, volume = _padded(cut, start)
     n_avail = np.array([min(n, LOOKBACK)], dtype=np.int64)
     as_of = np.array([as_of_day], dtype=np.int64)
-    at = _one_history(days.shape[0], days.shape[0] - 1, n_avail, as_of)
-    row = _market_block(days, close, high, low, volume, at, *_sentiment(news, macro, as_of))[0]
+    layout = _one_history(days.shape[0], days.shape[0] - 1, n_avail, as_of)
+    row = _market_block(days, close, high, low, volume, layout, *_sentiment(news, macro, as_of))[0]
     row[PORTFOLIO_COLUMNS] = _portfolio_matrix(portfolio, 1)[0]
     return RlState.from_array(row)

@@ -124,9 +124,8 @@ def _windows(x: F64, at: _Grid, width: int) -> F64:
         strides=(step * at.step, step, step),
         writeable=False,
     )
-    if at.runs == 1:
-        return view[0]
-    return view.reshape(at.size, width)
+    rows: F64 = view[0] if at.runs == 1 else view.reshape(at.size, width)
+    return rows
 
 
 def _window(x: F64, at: _Grid, width: int) -> F64:

@@ -77,17 +77,18 @@ def market_feature_panel(
     n = count.shape[0]
     if n == 0:
         return np.empty((0, STATE_DIM), dtype=np.float64)
-    arrays = [np.asarray(dates, dtype="datetime64[D]").astype(np.int64)]
-    arrays += [np.asarray(x, dtype=np.float64) for x in (close, high, low, volume)]
-    for name, arr in zip(_COLUMNS, arrays, strict=True):
+    day_rows = np.asarray(dates, dtype="datetime64[D]").astype(np.int64)
+    values = [np.asarray(x, dtype=np.float64) for x in (close, high, low, volume)]
+    for name, arr in zip(_COLUMNS, [day_rows, *values], strict=True):
         if arr.shape != (n, LOOKBACK):
             raise SchemaError(f"{name} has shape {arr.shape}; expected ({n}, {LOOKBACK})")
     real = np.minimum(count, LOOKBACK)
     width = _PAD + LOOKBACK
     # each padded position's column in the rows: the padding repeats the first real bar
     column = np.maximum(np.arange(width)[None, :] - _PAD, (LOOKBACK - real)[:, None])
-    days, c, h, lo, v = (np.take_along_axis(a, column, axis=1).ravel() for a in arrays)
-    as_of = arrays[0][:, -1]
+    days = np.take_along_axis(day_rows, column, axis=1).ravel()
+    c, h, lo, v = (np.take_along_axis(a, column, axis=1).ravel() for a in values)
+    as_of = day_rows[:, -1]
     at = _Layout(
         ends=_Grid(width - 1, n, width, 1),
         starts=np.arange(n, dtype=np.int64) * width,
