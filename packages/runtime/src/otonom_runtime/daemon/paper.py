@@ -24,7 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -120,6 +120,10 @@ class _State:
     fills: int
     cap: float
     decision: tuple[int, float] | None = None
+    day64: np.datetime64 = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.day64 = np.datetime64(self.day, "D")
 
 
 class PaperBroker:
@@ -141,7 +145,7 @@ class PaperBroker:
             and state.day == last.date
             and state.decision == (last.action, last.strength)
             and inputs.dates.size > 0
-            and inputs.dates[0] <= np.datetime64(last.date, "D") < inputs.dates[-1]
+            and inputs.dates[0] <= state.day64 < inputs.dates[-1]
         )
 
     def holdings(
@@ -149,13 +153,19 @@ class PaperBroker:
     ) -> list[Holding]:
         self._pending = {}
         out = []
+        board = Board()  # one for the tick's sleeves: each runs to its end in turn
         for item in inputs:
             if item.last is None:
                 sleeve = None
+            elif item.whole is not None and item.live is not None:
+                sleeve = _replay(item, params, capital, board)
             elif self.resumes(item, capital):
-                sleeve = _resume(self._sleeves[item.symbol], item, params)
+                sleeve = _resume(self._sleeves[item.symbol], item, params, board)
             else:
-                sleeve = _replay(item, params, capital)
+                raise DaemonError(
+                    f"no history or live decisions of {item.symbol!r} to replay its "
+                    "sleeve; expected the tick to read them (Broker.resumes was False)"
+                )
             if sleeve is None:  # never decided: flat, the sleeve fresh at this bar
                 fresh = _State(item.symbol_id, capital, item.dates[-1].item(), capital, 0.0, False,
                                -math.inf, None, 0, item.cap)  # fmt: skip
@@ -180,11 +190,12 @@ class PaperBroker:
         self._pending = {}
 
 
-def _drive(sleeve: _Sleeve, days: list[dt.date], decided: dict[Any, tuple[int, float]]) -> None:
+def _drive(
+    sleeve: _Sleeve, days: list[dt.date], decided: dict[Any, tuple[int, float]], board: Board
+) -> None:
     """Run ``sleeve`` over ``days`` (its bars), each day's decision from ``decided`` (HOLD
     where there is none) sent through the lockstep board, the newest day marked and not
     traded; the sleeve's state after it is written back (``_Sleeve.steps`` finished)."""
-    board = Board()
     steps = sleeve.steps([], [], board, 0)  # the lockstep generator: decisions on the board
     next(steps)
     hold = (int(Action.HOLD), 0.0)
@@ -198,16 +209,15 @@ def _drive(sleeve: _Sleeve, days: list[dt.date], decided: dict[Any, tuple[int, f
     next(steps, None)
 
 
-def _replay(inputs: TickInputs, params: EngineParams, capital: float) -> _Sleeve | None:
+def _replay(
+    inputs: TickInputs, params: EngineParams, capital: float, board: Board
+) -> _Sleeve | None:
     """The sleeve of ``inputs.symbol`` from its first live decision to its newest bar: each
     bar's live decision sent to it (HOLD where there is none); None before the first live
     decision (flat with ``capital``)."""
     whole, live = inputs.whole, inputs.live
-    if whole is None or live is None:
-        raise DaemonError(
-            f"no history or live decisions of {inputs.symbol!r} to replay its sleeve; "
-            "expected the tick to read them (Broker.resumes was False)"
-        )
+    assert whole is not None
+    assert live is not None
     history = whole.history
     if live.dates.size == 0 or live.dates[0] >= history.dates[-1]:
         return None
@@ -224,11 +234,11 @@ def _replay(inputs: TickInputs, params: EngineParams, capital: float) -> _Sleeve
         zip(live.dates.tolist(), zip(live.actions, live.strengths, strict=True), strict=True)
     )
     sleeve = _prepare(bars, params, capital).sleeve
-    _drive(sleeve, bars.dates.tolist(), decided)
+    _drive(sleeve, bars.dates.tolist(), decided, board)
     return sleeve
 
 
-def _resume(state: _State, inputs: TickInputs, params: EngineParams) -> _Sleeve:
+def _resume(state: _State, inputs: TickInputs, params: EngineParams, board: Board) -> _Sleeve:
     """The sleeve from ``state`` (marked at its day, whose decision it holds) over the bars
     after it to the newest: the same steps as a replay from the first live decision (the
     state is what they left), without them."""
@@ -251,5 +261,5 @@ def _resume(state: _State, inputs: TickInputs, params: EngineParams) -> _Sleeve:
         state.fills,
     )
     assert state.decision is not None
-    _drive(sleeve, bars.dates.tolist(), {state.day: state.decision})
+    _drive(sleeve, bars.dates.tolist(), {state.day: state.decision}, board)
     return sleeve

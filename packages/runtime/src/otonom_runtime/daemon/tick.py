@@ -242,9 +242,10 @@ class Ensemble:
             totals.ravel().tolist(), sums.ravel().tolist(), votes, weight, self.params.min_score
         )
         out = []
+        rows = {name: None if s is None else s.to_list() for name, s in signals.items()}
         for i in range(n):
             by_name: dict[str, Signal | None] = {
-                name: None if s is None else s[i] for name, s in signals.items()
+                name: None if s is None else s[i] for name, s in rows.items()
             }
             by_name["rl"] = rl[i]
             action, strength, confidence = decided[3 * i : 3 * i + 3]
@@ -283,13 +284,11 @@ class Ensemble:
             self.latencies_ms.append((time.perf_counter() - started) * 1000.0)
         signals: list[Signal | None] = []
         flat: list[Any] = []
+        listed = sig.to_list()
+        columns = (sig.actions.tolist(), sig.strengths.tolist(), sig.confidences.tolist())
         for i, ok in enumerate(voted.tolist()):
-            signals.append(sig[i] if ok else None)
-            flat += (
-                [int(sig.actions[i]), float(sig.strengths[i]), float(sig.confidences[i])]
-                if ok
-                else [None] * 3
-            )
+            signals.append(listed[i] if ok else None)
+            flat += [columns[0][i], columns[1][i], columns[2][i]] if ok else [None] * 3
         failed = [a for a in analysts if a.fallbacks]
         self.fallbacks += len(failed)
         if failed:
