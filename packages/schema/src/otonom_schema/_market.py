@@ -308,6 +308,7 @@ def _dsi(days: I64, close: F64, high: F64, low: F64, volume: F64, at: _Layout) -
     out, real = at.ends, at.real
     prev_real = np.zeros(m, dtype=bool)
     prev_real[1:] = real[:-1]
+    prev_real[at.starts] = False
     interval = np.zeros(m, dtype=np.int64)
     interval[1:] = days[1:] - days[:-1]
     gap = real & prev_real & (interval > MAX_GAP_DAYS)

@@ -2,11 +2,15 @@
 
 A daemon's tick decides the newest bar of thousands of symbols; ``market_feature_matrix`` per
 symbol would spend the tick in per-call overhead. The panel lays every symbol's last
-``LOOKBACK`` bars end to end, each padded in front as ``compute_state`` pads one history, and
-runs the one feature code (``_market._market_block``) once at the last position of each: every
-window is gathered into its own row and reduced along it, so each row is bit for bit the last
-row of ``market_feature_matrix`` of that symbol's history (tested). Nothing here computes a
-feature; it only lays the bars out.
+``LOOKBACK`` bars end to end, each as the last ``LOOKBACK`` positions of ``compute_state``'s
+padded arrays (the padding repeating the first real bar where a history is shorter; at each
+segment's start the diffs are 0 and the bar before is no real bar, as there), and runs the one
+feature code (``_market._market_block``) once at the last position of each. The last bar's
+features read no position more than ``LOOKBACK - 1`` before it (``LOOKBACK`` is the largest
+``min_bars``; a window reaching further would trip ``_windows``' bound on the first segment),
+and every window is gathered into its own row and reduced along it, so each row is bit for bit
+the last row of ``market_feature_matrix`` of that symbol's history (tested). Nothing here
+computes a feature; it only lays the bars out.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import numpy.typing as npt
 
 from otonom_schema._errors import SchemaError
 from otonom_schema._features import _sentiment_rule
-from otonom_schema._market import _PAD, _Grid, _Layout, _market_block
+from otonom_schema._market import _Grid, _Layout, _market_block
 from otonom_schema._spec import LOOKBACK, STATE_DIM
 
 __all__ = ["market_feature_panel"]
@@ -83,9 +87,9 @@ def market_feature_panel(
         if arr.shape != (n, LOOKBACK):
             raise SchemaError(f"{name} has shape {arr.shape}; expected ({n}, {LOOKBACK})")
     real = np.minimum(count, LOOKBACK)
-    width = _PAD + LOOKBACK
-    # each padded position's column in the rows: the padding repeats the first real bar
-    column = np.maximum(np.arange(width)[None, :] - _PAD, (LOOKBACK - real)[:, None])
+    width = LOOKBACK
+    # each position's column in the rows: the padding repeats the first real bar
+    column = np.maximum(np.arange(width)[None, :], (LOOKBACK - real)[:, None])
     days = np.take_along_axis(day_rows, column, axis=1).ravel()
     c, h, lo, v = (np.take_along_axis(a, column, axis=1).ravel() for a in values)
     as_of = day_rows[:, -1]
