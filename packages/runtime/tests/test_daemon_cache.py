@@ -7,9 +7,13 @@ decisions compared with == (floats included)."""
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from sqlalchemy import delete, select
 
@@ -146,3 +150,55 @@ def test_a_restarted_daemon_replays_once_then_steps(tmp_path: Path) -> None:
             )  # fmt: skip
     assert len(rows[0]) == 3 * 12
     assert rows[0] == rows[1]
+
+
+def _csv(path: Path, days: int, seed: int = 1) -> None:
+    rng = np.random.default_rng(seed)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, days)))
+    lines = ["Date,Open,High,Low,Close,Volume"]
+    for i, c in enumerate(close.tolist()):
+        day = dt.date(2023, 1, 1) + dt.timedelta(days=i)
+        lines.append(f"{day.isoformat()},{c:.4f},{c * 1.01:.4f},{c * 0.99:.4f},{c:.4f},1000")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def test_the_daemon_pulls_new_bars_from_a_csv_folder(tmp_path: Path) -> None:
+    """``otonom daemon --bars-from DIR --once`` (a real subprocess): the first run imports
+    ACME.csv through the CSV importer and decides its newest bar; a bar appended to the file
+    is imported and decided by the next run; a file with a changed bar is refused (logged),
+    nothing of it written, and the tick goes on with the stored bars."""
+    _, path = _setup(tmp_path)
+    url = f"sqlite:///{(tmp_path / 'acme.db').as_posix()}"
+    init_db(url)
+    folder = tmp_path / "bars"
+    folder.mkdir()
+    _csv(folder / "ACME.csv", 200)
+    cmd = ["daemon", "--strategy-path", str(path), "--symbols", "ACME", "--once"]
+    first = _run(url, tmp_path, *cmd, "--bars-from", str(folder))
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("tick run 1: 1 decisions"), first.stdout
+    assert "2023-07-19" in first.stdout  # the file's last day
+    _csv(folder / "ACME.csv", 201)
+    second = _run(url, tmp_path, *cmd, "--bars-from", str(folder))
+    assert second.returncode == 0, second.stderr
+    assert "2023-07-20" in second.stdout, second.stdout
+    text = (folder / "ACME.csv").read_text(encoding="utf-8").replace(",1000\n", ",2000\n", 1)
+    (folder / "ACME.csv").write_text(text, encoding="utf-8")
+    third = _run(url, tmp_path, *cmd, "--bars-from", str(folder))
+    assert third.returncode == 0, third.stderr
+    assert third.stdout.strip() == "tick: nothing new (1 symbols decided already)", third.stdout
+    assert "bars of ACME not imported" in third.stderr
+    assert "differs" in third.stderr
+    with get_session(url) as session:
+        assert len(session.scalars(select(Bar.id)).all()) == 201
+    missing = _run(url, tmp_path, *cmd, "--bars-from", str(tmp_path / "nowhere"))
+    assert missing.returncode != 0
+    assert "is not a folder" in missing.stderr
+
+
+def _run(url: str, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "OTONOM_DATABASE_URL"}
+    return subprocess.run(
+        [sys.executable, "-m", "otonom_runtime", "--database-url", url, *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip

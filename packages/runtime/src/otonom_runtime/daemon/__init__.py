@@ -25,6 +25,8 @@ index on (live_strategy, symbol_id, date) makes one live decision per strategy, 
 bar, whichever process writes it.
 """
 
+from otonom_runtime.daemon.bars import BarSource, CsvFolderBars
+from otonom_runtime.daemon.cache import TickCache
 from otonom_runtime.daemon.loop import (
     LIVE_PURPOSE,
     TickReport,
@@ -45,13 +47,16 @@ from otonom_runtime.daemon.tick import (
 __all__ = [
     "LATENCY_WINDOW",
     "LIVE_PURPOSE",
+    "BarSource",
     "Broker",
+    "CsvFolderBars",
     "Ensemble",
     "Holding",
     "ModelWatch",
     "PaperBroker",
     "Refusal",
     "SymbolInputs",
+    "TickCache",
     "TickDecision",
     "TickReport",
     "daemon_state",

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from otonom_runtime._errors import DaemonError
 from otonom_runtime.backtest.runner import _rl_model_params
+from otonom_runtime.daemon.bars import BarSource
 from otonom_runtime.daemon.cache import CachedSymbol
 from otonom_runtime.daemon.paper import Broker, Holding, LastDecision, TickInputs
 from otonom_runtime.daemon.reload import ModelWatch, daemon_state
@@ -294,6 +295,7 @@ def run_daemon(
     report: Callable[[TickReport], None] = lambda r: None,
     notify: Callable[[str], None] = lambda line: None,
     heartbeat_s: float = HEARTBEAT_INTERVAL_S,
+    bars: BarSource | None = None,
 ) -> int:
     """Tick (``run_tick``) every ``interval_s`` seconds until SIGINT or SIGTERM (``once``:
     one tick). A signal during a tick lets it finish, its write included, then the loop
@@ -305,8 +307,9 @@ def run_daemon(
     ``heartbeat_s`` of the wait; ``notify`` is given its line when a candidate is swapped in
     or refused), and the daemon's state row (``DaemonState``: heartbeat, model in service,
     refused candidate, counts, predict latencies) is written at the start, after each tick,
-    every ``heartbeat_s`` of the wait and at the end (``status`` ``"stopped"``). Returns the
-    number of ticks run."""
+    every ``heartbeat_s`` of the wait and at the end (``status`` ``"stopped"``). ``bars``: a
+    ``BarSource`` pulled before each tick (its imports committed first). Returns the number of
+    ticks run."""
     watch = ModelWatch(ensemble)
     started_at = dt.datetime.now(dt.timezone.utc)
     ticks = 0
@@ -329,8 +332,12 @@ def run_daemon(
         while not stop.event.is_set():
             started = time.monotonic()
             reload()
+            names = symbols()
+            if bars is not None:
+                with session_factory() as session:
+                    bars.pull(session, names)
             with session_factory() as session:
-                report(run_tick(session, ensemble, symbols(), broker, as_of=as_of))
+                report(run_tick(session, ensemble, names, broker, as_of=as_of))
             ticks += 1
             beat()
             if once:
