@@ -159,8 +159,10 @@ class PaperBroker:
                 sleeve = None
             elif item.whole is not None and item.live is not None:
                 sleeve = _replay(item, params, capital, board)
-            elif self.resumes(item, capital):
-                sleeve = _resume(self._sleeves[item.symbol], item, params, board)
+            elif (state := self._sleeves.get(item.symbol)) is not None and (
+                state.day == item.last.date  # what ``resumes`` found (the tick asked it)
+            ):
+                sleeve = _resume(state, item, params, board)
             else:
                 raise DaemonError(
                     f"no history or live decisions of {item.symbol!r} to replay its "
