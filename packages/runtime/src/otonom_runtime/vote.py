@@ -83,7 +83,7 @@ class Signals:
     def to_list(self) -> list[Signal]:
         """``[self[i] for i in range(len(self))]``, the arrays read once."""
         return [
-            Signal(Action(a), s, c)
+            Signal(a, s, c)  # the action made an Action by Signal itself
             for a, s, c in zip(
                 self.actions.tolist(),
                 self.strengths.tolist(),

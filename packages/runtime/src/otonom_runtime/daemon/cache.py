@@ -49,7 +49,7 @@ __all__ = ["CachedSymbol", "TickCache"]
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 _EPOCH: Final = dt.date(1970, 1, 1).toordinal()
-_NAT: Final = np.datetime64("NaT", "D")
+_NONE: Final = np.iinfo(np.int64).min  # no score: NaT as a day number
 
 
 @dataclass(frozen=True)
@@ -81,10 +81,11 @@ class _Tail:
             self.days.insert(at, day)
             self.scores.insert(at, score)
 
-    def latest(self, day: int) -> tuple[Any, float]:
-        """The latest score dated on or before ``day`` (NaT, 0.0: none)."""
+    def latest(self, day: int) -> tuple[int, float]:
+        """The day and score of the latest score dated on or before ``day`` (``_NONE``,
+        0.0: none)."""
         at = bisect.bisect_right(self.days, day) - 1
-        return (_NAT, 0.0) if at < 0 else (np.datetime64(self.days[at], "D"), self.scores[at])
+        return (_NONE, 0.0) if at < 0 else (self.days[at], self.scores[at])
 
     def trim(self, day: int) -> None:
         """Forget the scores before the latest dated on or before ``day`` (never needed
@@ -170,25 +171,31 @@ class TickCache:
             sid = np.array(sids, dtype=np.int64)
             days = _days(dates).astype(np.int64)
             values = np.array(numbers, dtype=np.float64)  # (5, rows)
-            cuts = np.flatnonzero(sid[1:] != sid[:-1]) + 1
-            for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), sid.size], strict=True):
-                row = self._row[int(sid[a])]
-                if days[a] <= self._days[row, -1]:
-                    stale.add(int(sid[a]))
-                    continue
-                self._append(row, days[a:b], values[:, a:b])
+            starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
+            stops = np.r_[starts[1:], sid.size]
+            at = np.array([self._row[i] for i in sid[starts].tolist()], dtype=np.int64)
+            late = days[starts] <= self._days[at, -1]  # a bar before the cached ones
+            stale.update(sid[starts][late].tolist())
+            one = ~late & (stops - starts == 1)  # the steady case, all symbols at once
+            self._append(at[one], days[starts[one]][:, None], values[:, starts[one]][..., None])
+            for i in np.flatnonzero(~late & ~one).tolist():
+                a, b = int(starts[i]), int(stops[i])
+                self._append(at[i : i + 1], days[None, a:b], values[:, None, a:b])
         for r in new_rows(session, "news", held, after, end, self._max["news"]):
             if r[2] == self._news_source.get(r[1]):
                 self._news[r[1]].add(r[3].toordinal() - _EPOCH, float(r[4]))
         return stale
 
-    def _append(self, row: int, days: I64, values: F64) -> None:
-        k = min(days.size, LOOKBACK)
-        self._days[row, :-k] = self._days[row, k:]
-        self._days[row, -k:] = days[-k:]
-        self._values[:, row, :-k] = self._values[:, row, k:]
-        self._values[:, row, -k:] = values[:, -k:]
-        self._count[row] += days.size
+    def _append(self, rows: I64, days: I64, values: F64) -> None:
+        """Append ``days`` (len(rows), k) and ``values`` (5, len(rows), k) to the windows of
+        ``rows``, the oldest bars shifted out."""
+        n = days.shape[1]
+        k = min(n, LOOKBACK)
+        self._days[rows, :-k] = self._days[rows, k:]
+        self._days[rows, -k:] = days[:, -k:]
+        self._values[:, rows, :-k] = self._values[:, rows, k:]
+        self._values[:, rows, -k:] = values[:, :, -k:]
+        self._count[rows] += n
 
     def _read_whole(
         self,
@@ -340,8 +347,10 @@ class TickCache:
         )
 
 
-def _columns(latest: list[tuple[Any, float]]) -> tuple[npt.NDArray[Any], F64]:
+def _columns(latest: list[tuple[int, float]]) -> tuple[npt.NDArray[Any], F64]:
+    """The latest scores' dates (NaT: none) and scores as the panel takes them."""
     if not latest:
         return np.array([], dtype="datetime64[D]"), np.array([], dtype=np.float64)
-    dates, scores = zip(*latest, strict=True)
-    return np.array(dates, dtype="datetime64[D]"), np.array(scores, dtype=np.float64)
+    days, scores = zip(*latest, strict=True)
+    dates = np.array(days, dtype=np.int64).view("datetime64[D]")  # _NONE is NaT's bits
+    return dates, np.array(scores, dtype=np.float64)

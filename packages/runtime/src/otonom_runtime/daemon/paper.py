@@ -244,7 +244,7 @@ def _resume(state: _State, inputs: TickInputs, params: EngineParams, board: Boar
     """The sleeve from ``state`` (marked at its day, whose decision it holds) over the bars
     after it to the newest: the same steps as a replay from the first live decision (the
     state is what they left), without them."""
-    first = int(np.searchsorted(inputs.dates, np.datetime64(state.day, "D")))
+    first = int(inputs.dates.searchsorted(state.day64))
     k = inputs.dates.size - first
     bars = _Bars(
         inputs.symbol,
