@@ -66,10 +66,8 @@ CLOCK: Callable[[], float] = time.perf_counter  # what each subject is timed by 
 # SQLite; {names}/{ids}: the IN list's markers, one per symbol). Fixed here so that the floor
 # cannot change to flatter a ratio.
 FLOOR_SQL = {
-    "symbols": (
-        "SELECT symbols.id, symbols.name, symbols.source, symbols.is_synthetic, symbols.meta, "
-        "symbols.created_at \nFROM symbols \nWHERE symbols.name IN ({names})"
-    ),
+    "symbols": "SELECT symbols.id, symbols.name, symbols.is_synthetic \nFROM symbols \n"
+    "WHERE symbols.name IN ({names})",
     "max": (
         "SELECT (SELECT coalesce(max(bars.id), ?) AS coalesce_1 \nFROM bars) AS anon_1, "
         "(SELECT coalesce(max(news_sentiment.id), ?) AS coalesce_3 \nFROM news_sentiment) AS "

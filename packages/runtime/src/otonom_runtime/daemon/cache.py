@@ -23,14 +23,16 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import numpy.typing as npt
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from otonom_runtime.backtest.runner import _symbols
 from otonom_runtime.daemon.paper import LastDecision
-from otonom_runtime.store import load_macro
+from otonom_runtime.store import Symbol, load_macro, sentiment_source
+from otonom_runtime.store.readers import _unknown
 from otonom_runtime.store.ticks import (
     LiveDecisions,
     _days,
+    _rows,
     load_live_decisions,
     load_live_tail,
     load_tick_bars,
@@ -101,6 +103,31 @@ def _tail(series: SentimentSeries | None) -> _Tail:
     return _Tail(series.dates.astype(np.int64).tolist(), series.scores.tolist())
 
 
+def _symbols(
+    session: Session, config: StrategyConfig, names: Sequence[str]
+) -> tuple[dict[str, int], dict[str, dict[str, str]]]:
+    """Each symbol's id and the sources it reads, as ``backtest.runner._symbols`` gives them
+    (``get_symbols``' statement and ``UnknownSymbolError``, ``sentiment_source``'s rule), from
+    the rows as tuples (no ORM objects: a tick reads thousands)."""
+    table = Symbol.__table__
+    query = select(table.c.id, table.c.name, table.c.is_synthetic).where(
+        table.c.name.in_(sorted(set(names)))
+    )
+    rows = {r[1]: (int(r[0]), bool(r[2])) for r in _rows(session, query)}
+    for name in names:
+        if name not in rows:
+            raise _unknown(session, name)
+    data = config.data
+    sources = {
+        name: {
+            "news": sentiment_source(rows[name][1], data.news_source),
+            "macro": sentiment_source(rows[name][1], data.macro_source),
+        }
+        for name in names
+    }
+    return {name: rows[name][0] for name in names}, sources
+
+
 class TickCache:
     """The bars, news and macro a tick read, kept for the next (see the module docstring)."""
 
@@ -127,7 +154,7 @@ class TickCache:
         """Bring every symbol of ``names`` up to ``end`` (its bars and news dated on or before
         it): the cached symbols with a bar, in the order given, and the names without one.
         ``UnknownSymbolError`` for a symbol not in the store."""
-        ids, sources = _symbols(session, config, names)
+        ids, sources = _symbols(session, config, names)  # the backtester's rule, without the ORM
         seen = max_ids(session)  # before any read: a row inserted after it is new next tick
         if self._end is not None and end < self._end:
             self.clear()  # an earlier end than the cache's: read everything again
