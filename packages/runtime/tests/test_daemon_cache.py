@@ -202,3 +202,21 @@ def _run(url: str, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "otonom_runtime", "--database-url", url, *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
+
+
+def test_a_csv_folder_reads_a_file_again_only_when_it_changed(tmp_path: Path) -> None:
+    from otonom_runtime.daemon import CsvFolderBars
+
+    url = f"sqlite:///{(tmp_path / 'acme.db').as_posix()}"
+    init_db(url)
+    _csv(tmp_path / "ACME.csv", 50)
+    source = CsvFolderBars(tmp_path)
+    with get_session(url) as session:
+        first = source.pull(session, ["ACME", "NOFILE"])
+        again = source.pull(session, ["ACME"])
+    assert [(r.inserted, r.last) for r in first] == [(50, dt.date(2023, 2, 19))]
+    assert again == []  # unchanged since the last pull: not read
+    _csv(tmp_path / "ACME.csv", 52)
+    with get_session(url) as session:
+        more = source.pull(session, ["ACME"])
+    assert [(r.inserted, r.unchanged) for r in more] == [(2, 50)]
