@@ -15,10 +15,20 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
 
 from otonom_runtime.daemon import Ensemble, PaperBroker, TickDecision, run_tick
-from otonom_runtime.store import Bar, Decision, NewsSentiment, Symbol, get_session, init_db
+from otonom_runtime.store import (
+    Bar,
+    Base,
+    Decision,
+    NewsSentiment,
+    Symbol,
+    dispose_engines,
+    get_engine,
+    get_session,
+    init_db,
+)
 from otonom_runtime.synth import write_synthetic
 from otonom_runtime.testing.models import make_policy_model
 from otonom_schema import PortfolioSnapshot
@@ -34,7 +44,9 @@ def _no_models_root_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OTONOM_MODELS_ROOT", raising=False)
 
 
-def _setup(folder: Path) -> tuple[str, Path]:
+def _setup(folder: Path, url: str | None = None) -> tuple[str, Path]:
+    """The strategy (a real ONNX policy) and a store of the synthetic market: a SQLite file in
+    ``folder``, or the PostgreSQL database ``url`` emptied first."""
     model = folder / "models" / "policy_best.onnx"
     model.parent.mkdir(parents=True)
     make_policy_model(model, seed=3)
@@ -44,7 +56,13 @@ def _setup(folder: Path) -> tuple[str, Path]:
         f"rl: 2.0}}\n  rl_policy: {{enabled: true, model_path: {model.as_posix()}}}\n",
         encoding="utf-8",
     )
-    url = f"sqlite:///{(folder / 'otonom.db').as_posix()}"
+    if url is None:
+        url = f"sqlite:///{(folder / 'otonom.db').as_posix()}"
+    else:
+        Base.metadata.drop_all(get_engine(url))
+        with get_engine(url).begin() as conn:
+            conn.execute(text("DROP TABLE IF EXISTS store_meta"))
+        dispose_engines()
     init_db(url)
     with get_session(url) as session:
         write_synthetic(session, SYMBOLS, FIRST, LAST, 7)
@@ -76,11 +94,15 @@ def test_ticks_after_the_cache_decide_as_cold_ones_day_after_day(tmp_path: Path)
             day += dt.timedelta(days=1)
 
 
-def test_a_bar_imported_out_of_order_is_read_whole_again(tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_a_bar_imported_out_of_order_is_read_whole_again(
+    tmp_path: Path, store: str, request: pytest.FixtureRequest
+) -> None:
     """A bar missing when the cache read its symbol, imported later (a new row dated before
     the cached ones): the next tick reads that symbol whole; its state is the cold one, and
-    not the one without the bar."""
-    url, path = _setup(tmp_path)
+    not the one without the bar. On SQLite and PostgreSQL (row ids from a sequence)."""
+    pg = request.getfixturevalue("postgres_url") if store == "postgresql" else None
+    url, path = _setup(tmp_path, pg)
     gap = DAY - dt.timedelta(days=5)
     with get_session(url) as session:
         sid = session.scalars(select(Symbol.id).where(Symbol.name == SYMBOLS[0])).one()
