@@ -23,22 +23,20 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from otonom_runtime.daemon.paper import LastDecision
-from otonom_runtime.store import Symbol, load_macro, sentiment_source
-from otonom_runtime.store.readers import _unknown
+from otonom_runtime.store import load_macro, sentiment_source
 from otonom_runtime.store.ticks import (
     LiveDecisions,
     _days,
-    _rows,
     load_live_decisions,
     load_live_tail,
     load_tick_bars,
     load_tick_news,
     max_ids,
     new_rows,
+    tick_symbols,
 )
 from otonom_schema import LOOKBACK, MarketHistory, SentimentSeries, market_feature_panel
 
@@ -109,14 +107,7 @@ def _symbols(
     """Each symbol's id and the sources it reads, as ``backtest.runner._symbols`` gives them
     (``get_symbols``' statement and ``UnknownSymbolError``, ``sentiment_source``'s rule), from
     the rows as tuples (no ORM objects: a tick reads thousands)."""
-    table = Symbol.__table__
-    query = select(table.c.id, table.c.name, table.c.is_synthetic).where(
-        table.c.name.in_(sorted(set(names)))
-    )
-    rows = {r[1]: (int(r[0]), bool(r[2])) for r in _rows(session, query)}
-    for name in names:
-        if name not in rows:
-            raise _unknown(session, name)
+    rows = tick_symbols(session, names)
     data = config.data
     sources = {
         name: {

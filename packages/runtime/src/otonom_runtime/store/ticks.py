@@ -3,8 +3,11 @@
 A tick decides many symbols at once: each read here is one statement for all of them (bars,
 news, the strategy's earlier live decisions), never one per symbol; ``record_tick`` writes the
 tick's run row and every decision in the session's transaction and commits once, so a tick is
-in the store whole or not at all. ``load_live_signals`` reads the live decisions' analyst
-signals back (``otonom-train retrain``: the RL analyst's agreement with the teacher).
+in the store whole or not at all. The tick's cache (``daemon.cache.TickCache``) reads only
+what is new: ``max_ids`` (the largest row ids it has seen), ``new_rows`` (the rows dated after
+its last tick or inserted since), ``load_live_tail`` (the live decisions since a date) and
+``tick_symbols`` (the symbols' ids as tuples). ``load_live_signals`` reads the live decisions'
+analyst signals back (``otonom-train retrain``: the RL analyst's agreement with the teacher).
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ from sqlalchemy import Executable, func, select, union_all
 from sqlalchemy.orm import Session
 
 from otonom_runtime.store.raw import _autoflush
+from otonom_runtime.store.readers import _unknown
 from otonom_runtime.store.tables import (
     BacktestRun,
     Bar,
     Decision,
     MacroSentiment,
     NewsSentiment,
+    Symbol,
 )
 from otonom_runtime.store.writers import insert_decisions
 from otonom_schema import MarketHistory, SentimentSeries
@@ -41,6 +46,7 @@ __all__ = [
     "max_ids",
     "new_rows",
     "record_tick",
+    "tick_symbols",
 ]
 
 
@@ -127,6 +133,20 @@ def load_tick_news(
         symbol_id: SentimentSeries(dates=days[a:b], scores=values[a:b])
         for symbol_id, a, b in _groups(np.array(ids, dtype=np.int64))
     }
+
+
+def tick_symbols(session: Session, names: Sequence[str]) -> dict[str, tuple[int, bool]]:
+    """Each symbol's id and whether it is synthetic, in one statement (``get_symbols``' rows
+    as tuples: a tick reads thousands; its ``UnknownSymbolError`` for a name not stored)."""
+    table = Symbol.__table__
+    query = select(table.c.id, table.c.name, table.c.is_synthetic).where(
+        table.c.name.in_(sorted(set(names)))
+    )
+    rows = {r[1]: (int(r[0]), bool(r[2])) for r in _rows(session, query)}
+    for name in names:
+        if name not in rows:
+            raise _unknown(session, name)
+    return rows
 
 
 _TABLES: dict[str, Any] = {"bars": Bar, "news": NewsSentiment, "macro": MacroSentiment}
