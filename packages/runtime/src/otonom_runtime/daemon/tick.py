@@ -136,7 +136,8 @@ class Ensemble:
     ``latencies_ms``: the wall time of the newest ``LATENCY_WINDOW`` policy calls (one per
     ``decide_states`` with a model in service), in milliseconds. ``serve`` swaps in another
     model (the daemon's hot reload, ``ModelWatch``); ``policy_given``: the policy was handed
-    in, not loaded from the strategy's model path.
+    in, not loaded from the strategy's model path. ``cache``: the reads kept between calls
+    (``TickCache``; ``cache.clear()`` reads everything again).
     """
 
     def __init__(
