@@ -3,6 +3,7 @@
 Usage::
 
     .venv/bin/python bench/backtest.py [--symbols 10] [--years 10] [--repeat 1] [--out FILE.json]
+        [--rl-mode voter|sole|filter]
 
 A SQLite store in a temporary folder gets the synthetic market (``--symbols`` symbols x
 ``--years`` years, seed 7). Then, each timed end to end (reading bars, features, all analysts,
@@ -11,7 +12,8 @@ the vote, fills, metrics and every decision row written and committed):
 * ``run_backtest`` with the baseline strategy, RL analyst off;
 * the same with the RL analyst on (a 2 x 128 ONNX policy from
   ``otonom_runtime.testing.models``; its state holds the portfolio the previous decisions
-  made, so the symbols advance in lockstep and the policy runs once per day on all of them);
+  made, so the symbols advance in lockstep and the policy runs once per day on all of them),
+  deployed in the mode ``--rl-mode`` names (``voter``, the default; ``sole``; ``filter``);
 * the peer: backtesting.py running a one-indicator SMA crossover over the same bars (its
   ``Backtest.run`` per symbol, data already in memory), reported as bars per second;
 * the driver floor: the SQLite driver alone doing the run's I/O, nothing else: the same
@@ -48,6 +50,7 @@ from _clock import add_clock_option, chosen_clock
 from sqlalchemy.orm import Session
 
 from otonom_runtime.backtest import run_backtest
+from otonom_runtime.ensemble import RL_MODES
 from otonom_runtime.store import BacktestRun, get_session, init_db, load_history
 from otonom_runtime.strategy import load_strategy
 from otonom_runtime.synth import write_synthetic
@@ -194,6 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_clock_option(parser)
     parser.add_argument("--out", type=Path, help="write the results as JSON")
+    parser.add_argument(
+        "--rl-mode",
+        choices=RL_MODES,
+        default="voter",
+        help="the RL analyst's deployment mode in the RL-on run (%(default)s)",
+    )
     args = parser.parse_args(argv)
     global CLOCK
     CLOCK = chosen_clock(args)
@@ -226,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
 
                 raw = with_rl.to_dict()
                 raw["ensemble"]["rl_policy"] = {"enabled": True, "model_path": str(model)}
+                if args.rl_mode != "voter":  # the voter's file as it always was
+                    raw["ensemble"]["rl_policy"]["mode"] = args.rl_mode
                 cfg = parse_strategy(raw)
             elapsed = math.inf
             for _ in range(max(1, args.repeat)):
@@ -251,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"machine: {platform.machine()}, python {platform.python_version()}, "
         f"{args.symbols} symbols x {args.years} years ({start} .. {end}), SQLite, "
-        f"best of {max(1, args.repeat)}, {args.clock} clock"
+        f"best of {max(1, args.repeat)}, {args.clock} clock, RL mode {args.rl_mode}"
     )
     peer = results["backtesting.py SMA crossover (peer)"]["per_s"]
     print(f"\n{'subject':<40}{'bars':>9}{'seconds':>10}{'per second':>13}  vs peer")

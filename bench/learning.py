@@ -142,9 +142,7 @@ def folder_pair(folder: Path) -> Pair:
 
 
 def pairs_from_args(args: argparse.Namespace, work: Path) -> list[Pair]:
-    trains, tests = args.train or [], args.test or []
-    if len(trains) != len(tests):
-        raise SystemExit(f"got {len(trains)} --train and {len(tests)} --test; expected pairs")
+    trains, tests = args.train or [], args.test or []  # paired: checked by parse()
     pairs = [Pair(str(a), a, b) for a, b in zip(trains, tests, strict=True)]
     pairs += [folder_pair(d) for d in args.data or []]
     if args.synthetic or not pairs:
@@ -487,6 +485,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     unknown = sorted(set(args.learners.split(",")) - set(LEARNERS))
     if unknown or args.seeds < 1:
         p.error(f"unknown learners {unknown}" if unknown else "--seeds must be >= 1")
+    trains, tests = args.train or [], args.test or []
+    if len(trains) != len(tests):  # before the learners' imports (d3rlpy's take seconds)
+        raise SystemExit(f"got {len(trains)} --train and {len(tests)} --test; expected pairs")
     return args
 
 

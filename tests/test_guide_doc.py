@@ -232,6 +232,8 @@ def _run_in_order(doc: Path, tmp_path: Path, copy: tuple[str, ...]) -> tuple[int
     for folder in copy:
         shutil.copytree(ROOT / folder, tmp_path / folder)
     env = _env()
+    env["TMPDIR"] = str(tmp_path / ".tmp")  # what the commands leave there (torchrun does)
+    (tmp_path / ".tmp").mkdir()
     ran = checked = 0
     printed = ""  # stdout of the last block run
     for b in guide_blocks(doc.read_text(encoding="utf-8")):
@@ -298,7 +300,18 @@ def test_every_snippet_runs_in_order(tmp_path: Path) -> None:
         "data/otonom.db",
         "data/offline_dataset.npz",
         "data/offline_dataset_test.npz",
-        "models/guide_bc/policy_best.onnx",
+        *(
+            f"models/guide_bc/{name}"  # what Step 2's training leaves
+            for name in (
+                "policy_best.pt",
+                "policy_best.onnx",
+                "policy_best.onnx.sha256",
+                "metadata.json",
+                "history.csv",
+                "training_curves.png",
+                "confusion_matrix.png",
+            )
+        ),
         "reports/check/guide_bc/check.md",
         "models/guide_bc_api/policy_best.onnx",
         "models/guide_seed_456/policy_best.onnx",

@@ -14,7 +14,7 @@ import pytest
 
 import otonom_schema as s
 from otonom_runtime.backtest import EngineParams, engine, lockstep
-from otonom_runtime.ensemble import RlAnalyst, add_votes, decide, vote_totals
+from otonom_runtime.ensemble import RlAnalyst, RlMode, Signals, add_votes, decide, vote_totals
 from otonom_runtime.policy import RlPolicy, load_rl_policy
 from otonom_runtime.testing.models import make_policy_model, open_unchecked
 from otonom_schema.testing import random_history
@@ -78,6 +78,10 @@ PARAMS = (
     EngineParams(weights=(1.0, 1.0, 1.0, 2.0), max_leverage=2.0, min_score=0.4),
     EngineParams(weights=(0.5, 1.0, 0.0, 1.0), min_score=0.0, allow_short=False),
     EngineParams(weights=(1.0, 1.0, 1.0, 0.0), min_score=0.6, max_leverage=3.0),
+    # the RL analyst's other deployment modes (``otonom_runtime.vote``)
+    EngineParams(weights=(1.0, 1.0, 1.0, 2.0), min_score=0.4, rl_mode=RlMode("sole")),
+    EngineParams(min_score=0.4, rl_mode=RlMode("filter", veto="opposite", size=True)),
+    EngineParams(min_score=0.3, rl_mode=RlMode("filter", veto="differs")),
 )
 
 
@@ -104,16 +108,46 @@ def _same(a: engine.SymbolResult, b: engine.SymbolResult) -> None:
 def _check_decisions(results: list[engine.SymbolResult], params: EngineParams) -> None:
     """Each day's decision is the array form's: ``vote_totals`` of the three analysts,
     ``add_votes`` of the RL votes recorded (a fallback's is HOLD with confidence 0: adds
-    nothing), ``decide``; bit for bit."""
+    nothing), ``decide``; in the other RL modes, ``_moded``; bit for bit."""
     for r in results:
         assert r.rl_signals is not None
+        assert r.rl_voted is not None
         signals = [r.signals[name] for name in ("tech", "news", "risk")]
         totals, sums = vote_totals(signals, params.weights[:3])
-        add_votes(totals, sums, r.rl_signals, params.weights[3])
-        want = decide(totals, sums, params.min_score)
+        if params.rl_mode.voter:
+            add_votes(totals, sums, r.rl_signals, params.weights[3])
+            want = decide(totals, sums, params.min_score)
+        else:
+            teacher = decide(totals, sums, params.min_score)
+            want = _moded(teacher, r.rl_signals, r.rl_voted, params.rl_mode)
         assert want.actions.tobytes() == r.actions.tobytes()
         assert want.strengths.tobytes() == r.strengths.tobytes()
     assert sum(int((r.actions != 0).sum()) for r in results) > 10  # not only HOLD
+
+
+def _moded(teacher: Signals, rl: Signals, voted: npt.NDArray[np.bool_], mode: RlMode) -> Signals:
+    """The ``"sole"`` and ``"filter"`` rules (``otonom_runtime.vote``'s docstring) in numpy,
+    from the three analysts' decision and the RL votes (``voted``: False where it fell back:
+    the teacher's row): the oracle of ``decide_rows``' modes."""
+    if mode.name == "sole":
+        return Signals(*(np.where(voted, getattr(rl, f), getattr(teacher, f)) for f in _FIELDS))
+    acting = voted & (teacher.actions != 0)
+    agree = rl.actions == teacher.actions
+    vetoed = (
+        acting & ~agree & {"opposite": rl.actions != 0, "differs": True, "off": False}[mode.veto]
+    )
+    sized = acting & agree & mode.size
+    strengths = np.where(
+        sized, np.clip(teacher.strengths * rl.strengths, 0.0, 1.0), teacher.strengths
+    )
+    return Signals(
+        np.where(vetoed, 0, teacher.actions),
+        np.where(vetoed, 0.0, strengths),
+        np.where(vetoed, rl.confidences, teacher.confidences),
+    )
+
+
+_FIELDS = ("actions", "strengths", "confidences")
 
 
 def _run(symbols: list[engine._Bars], params: EngineParams, policy: Any) -> list[Any]:
@@ -137,6 +171,24 @@ def test_bound_days_equal_general_days(tmp_path: Path, params: EngineParams) -> 
     _check_decisions(bound, params)
     assert counting.bound == max(len(r.actions) for r in bound)
     assert counting.bound_none == counting.general == 0
+
+
+@pytest.mark.parametrize("params", PARAMS[3:], ids=["sole", "filter-size", "filter-differs"])
+def test_fallback_rows_are_the_three_analysts_vote_in_every_mode(
+    tmp_path: Path, params: EngineParams
+) -> None:
+    """A model failing on some states (a strength outside [0, 1]): in ``"sole"`` and
+    ``"filter"`` mode those rows are decided by the three analysts alone (``_moded``), on the
+    bound and the general days alike."""
+    make_policy_model(tmp_path / "policy_best.onnx", strength_op="Identity")
+    policy = load_rl_policy(tmp_path)
+    symbols = _symbols(SPANS[:2])
+    bound = _run(symbols, params, Counting(policy))
+    for a, b in zip(bound, _run(symbols, params, Unbound(policy)), strict=True):
+        _same(a, b)
+    _check_decisions(bound, params)
+    voted = np.concatenate([r.rl_voted for r in bound])
+    assert 0 < (~voted).sum() < voted.size // 2
 
 
 @pytest.mark.parametrize("strength_op", ["Identity", "Sqrt"])

@@ -3,12 +3,14 @@ real ONNX policy, real subprocess CLI runs.
 
 * skew: a tick decides exactly what the backtester decides for the same day and portfolio
   (every analyst's signal, the action, the strength), and ticks day by day with the paper
-  broker reproduce a backtest's every decision row, portfolio and equity included;
+  broker reproduce a backtest's every decision row, portfolio and equity included, in each
+  of the RL analyst's deployment modes (voter, sole, filter);
 * idempotency: one live decision per strategy, symbol and bar across repeated ticks and
   repeated ``--once`` runs (on SQLite and PostgreSQL);
 * interruption: a daemon killed by its own pid mid-tick leaves the whole tick or nothing; a
   SIGTERM mid-tick lets the tick finish its write and exit 0;
-* a model that fails to load leaves the daemon deciding without the RL analyst.
+* a model that fails to load leaves the daemon deciding without the RL analyst (in every
+  mode: the three analysts' vote).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +59,12 @@ def _no_models_root_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OTONOM_MODELS_ROOT", raising=False)
 
 
-def _strategy(folder: Path, *, broken: bool = False, name: str = "live_test") -> Path:
+def _strategy(
+    folder: Path, *, broken: bool = False, name: str = "live_test", mode: str = ""
+) -> Path:
     """A strategy with the RL analyst on (a real ONNX policy under ``folder/models``, or a
-    file that is no model with ``broken``), tech/news/risk at their defaults."""
+    file that is no model with ``broken``), tech/news/risk at their defaults; ``mode``: more
+    of ``rl_policy``'s keys (e.g. ``mode: sole``), flow style."""
     model = folder / "models" / "rl" / "policy_best.onnx"
     model.parent.mkdir(parents=True, exist_ok=True)
     if broken:
@@ -73,7 +79,7 @@ def _strategy(folder: Path, *, broken: bool = False, name: str = "live_test") ->
         "ensemble:\n"
         "  analyst_weights: {tech: 1.0, news: 1.0, risk: 1.0, rl: 2.0}\n"
         "  min_score: 0.4\n"
-        "  rl_policy: {enabled: true, model_path: models/rl/policy_best.onnx}\n"
+        f"  rl_policy: {{enabled: true, model_path: models/rl/policy_best.onnx{mode}}}\n"
         "portfolio: {max_leverage: 2.0}\n",
         encoding="utf-8",
     )
@@ -101,22 +107,56 @@ def _rows(url: str, *, run_id: int | None = None, live: str | None = None) -> li
         return [tuple(r) for r in session.execute(query.order_by(Symbol.name, Decision.date))]
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["rl", "no-rl"])
+# the RL analyst's deployment modes (``ensemble.rl_policy``'s keys) the skew tests run in
+MODES = {
+    "voter": "",
+    "sole": ", mode: sole",
+    "filter": ", mode: filter, filter_veto: differs, filter_size: true",
+}
+
+
+@pytest.fixture(
+    scope="module",
+    params=[("voter", True), ("voter", False), ("sole", True), ("filter", True)],
+    ids=["rl", "no-rl", "rl-sole", "rl-filter"],
+)
 def reference(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Path, str, int, bool]]:
-    """The store, the strategy and a backtest of it from ``START``, with the RL analyst on
-    (``rl``) or off; and which."""
+    """The store, the strategy (its RL mode: voter, sole or filter) and a backtest of it from
+    ``START``, with the RL analyst on (``rl``) or off; and which."""
+    mode, rl = request.param
     folder = tmp_path_factory.mktemp("daemon-reference")
-    path = _strategy(folder)
+    path = _strategy(folder, mode=MODES[mode])
     url = _store(folder)
     with get_session(url) as session:
-        report = run_backtest(
-            session, load_strategy(path), SYMBOLS, START, HISTORY[1], use_rl=request.param
-        )
+        report = run_backtest(session, load_strategy(path), SYMBOLS, START, HISTORY[1], use_rl=rl)
     assert report.fallbacks == 0
-    yield path, url, report.run_id, request.param
+    yield path, url, report.run_id, rl
     dispose_engines()
+
+
+def test_the_modes_decide_differently(reference: tuple[Path, str, int, bool]) -> None:
+    """The reference runs of the RL modes are not the voter's: the skew tests below compare
+    each mode's own decisions (sole: the policy's own; filter: the teacher's, some vetoed)."""
+    path, url, run_id, rl = reference
+    mode = load_strategy(path).ensemble.rl_policy.mode
+    rows = _rows(url, run_id=run_id)
+    rl_actions = [row[-3] for row in rows]
+    actions = [row[2] for row in rows]
+    if mode == "sole":
+        assert actions == rl_actions
+    if mode == "filter":  # every BUY/SELL kept is one the policy voted too (veto: differs)
+        assert all(a == 0 or a == r for a, r in zip(actions, rl_actions, strict=True))
+        assert any(a != 0 for a in actions)
+    if rl and mode != "voter":  # the same strategy as the 4th voter decides otherwise
+        cfg = load_strategy(path)
+        rl_voter = replace(cfg.ensemble.rl_policy, mode="voter")
+        cfg = replace(cfg, ensemble=replace(cfg.ensemble, rl_policy=rl_voter))
+        with get_session(url) as session:
+            voter = run_backtest(session, cfg, SYMBOLS, START, HISTORY[1], use_rl=True)
+        voted = [row[2:4] for row in _rows(url, run_id=voter.run_id)]
+        assert voted != [row[2:4] for row in rows]
 
 
 # --- skew: the tick is the backtester --------------------------------------------------------
@@ -453,6 +493,32 @@ def test_a_model_that_fails_to_load_leaves_the_daemon_deciding_without_rl(tmp_pa
         run = session.execute(select(BacktestRun)).scalar_one()
     assert run.params["rl_enabled"] is True
     assert run.params["rl_model_sha256"] is None
+
+
+@pytest.mark.parametrize("mode", ["sole", "filter"])
+def test_a_model_that_fails_to_load_leaves_every_mode_the_three_analysts_vote(
+    tmp_path: Path, mode: str
+) -> None:
+    """The fallback in ``sole`` and ``filter`` mode is the plain three-analyst ensemble, as in
+    ``voter``: a backtest with the broken model trades exactly as one with the RL analyst off,
+    and so does the tick."""
+    path = _strategy(tmp_path, broken=True, mode=MODES[mode])
+    url = _store(tmp_path)
+    config = load_strategy(path)
+    assert config.ensemble.rl_policy.mode == mode
+    with get_session(url) as session:
+        on = run_backtest(session, config, SYMBOLS, START, HISTORY[1], use_rl=True)
+        off = run_backtest(session, config, SYMBOLS, START, HISTORY[1], use_rl=False)
+    on_rows, off_rows = _rows(url, run_id=on.run_id), _rows(url, run_id=off.run_id)
+    assert on.fallbacks == len(on_rows) == 3 * 91
+    assert on_rows == off_rows  # every value, the RL columns None in both
+    assert {row[2] for row in on_rows} == {0, 1, 2}
+    ensemble = Ensemble.from_strategy(path)
+    assert ensemble.rl_error is not None
+    with get_session(url) as session:
+        decided = ensemble.decide(session, SYMBOLS, HISTORY[1])
+        plain = Ensemble.from_strategy(path, use_rl=False).decide(session, SYMBOLS, HISTORY[1])
+    assert decided == plain
 
 
 def test_daemon_errors_are_one_line(tmp_path: Path) -> None:

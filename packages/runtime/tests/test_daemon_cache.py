@@ -242,3 +242,17 @@ def test_a_csv_folder_reads_a_file_again_only_when_it_changed(tmp_path: Path) ->
     with get_session(url) as session:
         more = source.pull(session, ["ACME"])
     assert [(r.inserted, r.unchanged) for r in more] == [(2, 50)]
+
+
+def test_symbols_left_out_of_a_call_are_read_whole_when_they_return(tmp_path: Path) -> None:
+    """A call without some cached symbols (a universe that shrank, a Dask worker given another
+    partition) moves the cache past days those symbols did not read: they are forgotten, and
+    read whole when they return, deciding as cold."""
+    url, path = _setup(tmp_path)
+    warm = Ensemble.from_strategy(path)
+    days = [DAY + dt.timedelta(days=k) for k in range(3)]
+    with get_session(url) as session:
+        warm.decide(session, SYMBOLS[:2], days[0], _portfolios(SYMBOLS[:2]))
+        warm.decide(session, SYMBOLS[2:], days[1], _portfolios(SYMBOLS[2:]))
+        got = [_key(d) for d in warm.decide(session, SYMBOLS, days[2], _portfolios(SYMBOLS))]
+    assert got == _cold(url, path, SYMBOLS, days[2])

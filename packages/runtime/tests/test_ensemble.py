@@ -14,6 +14,7 @@ from otonom_runtime.ensemble import (
     NewsAnalyst,
     RiskAnalyst,
     RlAnalyst,
+    RlMode,
     Signal,
     Signals,
     TechAnalyst,
@@ -22,6 +23,7 @@ from otonom_runtime.ensemble import (
     aggregate_signals,
     decide,
     decide_rows,
+    rows_decider,
 )
 from otonom_runtime.policy import load_rl_policy
 from otonom_runtime.testing.models import make_policy_model
@@ -488,3 +490,70 @@ def test_decide_rows_wants_three_numbers_per_vote() -> None:
         decide_rows([0.0] * 3, [0.0] * 3, [None, None], 1.0, 0.0)
     with pytest.raises(ValueError, match="4 totals, 4 strength sums and no vote numbers"):
         decide_rows([0.0] * 4, [0.0] * 4, None, 1.0, 0.0)
+
+
+# --- the RL analyst's deployment modes ----------------------------------------------------------
+
+# three rows of three-analyst totals and strength sums (HOLD, BUY, SELL): a BUY (share 0.6,
+# strength 0.8), a SELL (share 0.6, strength 0.5) and a HOLD (a 1 : 1 split)
+_TOTALS = [0.4, 1.8, 0.8, 0.4, 0.8, 1.8, 1.0, 1.0, 1.0]
+_SUMS = [0.0, 1.44, 0.4, 0.0, 0.4, 0.9, 0.0, 0.5, 0.5]
+
+
+def _modes(votes: list[float | None], mode: RlMode) -> list[float]:
+    return decide_rows(_TOTALS, _SUMS, votes, 2.0, 0.5, mode)
+
+
+def test_the_teacher_rows_the_modes_start_from() -> None:
+    assert decide_rows(_TOTALS, _SUMS, None, 0.0, 0.5) == pytest.approx(
+        [1, 0.8, 0.6, 2, 0.5, 0.6, 0, 0.0, 2 / 3]
+    )
+
+
+def test_voter_is_the_vote_it_always_was() -> None:
+    votes: list[float | None] = [2, 0.9, 1.0, 2, 0.9, 1.0, 1, 0.7, 0.5]
+    assert _modes(votes, RlMode()) == decide_rows(_TOTALS, _SUMS, votes, 2.0, 0.5)
+    assert rows_decider(RlMode()) is decide_rows  # the voter path is decide_rows itself
+    # a weight-2 opposite vote overturns the first row's BUY as the 4th voter
+    assert _modes(votes, RlMode())[0] == int(SELL)
+
+
+def test_sole_is_the_policys_vote_and_the_teacher_where_it_fell_back() -> None:
+    votes: list[float | None] = [2, 0.9, 0.7, None, None, None, 1, 0.3, 0.6]
+    got = _modes(votes, RlMode("sole"))
+    assert got == [2, 0.9, 0.7, 2, 0.5, pytest.approx(0.6), 1, 0.3, 0.6]
+    assert all(type(a) is int for a in got[0::3])
+    assert rows_decider(RlMode("sole"))(_TOTALS, _SUMS, votes, 2.0, 0.5) == got
+
+
+def test_filter_vetoes_a_disagreeing_buy_or_sell_and_keeps_agreeing_ones() -> None:
+    teacher = decide_rows(_TOTALS, _SUMS, None, 0.0, 0.5)
+    agree: list[float | None] = [1, 0.5, 0.9, 2, 0.5, 0.9, 1, 1.0, 1.0]
+    assert _modes(agree, RlMode("filter")) == teacher  # agreeing: kept; a HOLD never opens
+    opposite: list[float | None] = [2, 0.5, 0.9, 1, 0.5, 0.8, 2, 1.0, 1.0]
+    assert _modes(opposite, RlMode("filter")) == [0, 0.0, 0.9, 0, 0.0, 0.8, *teacher[6:]]
+    holding: list[float | None] = [0, 0.5, 0.9, 0, 0.5, 0.8, 0, 1.0, 1.0]
+    assert _modes(holding, RlMode("filter")) == teacher  # "opposite": a HOLD does not veto
+    assert _modes(holding, RlMode("filter", veto="differs")) == [
+        0, 0.0, 0.9, 0, 0.0, 0.8, *teacher[6:]
+    ]  # fmt: skip
+    assert _modes(opposite, RlMode("filter", veto="off")) == teacher
+    fell_back: list[float | None] = [None] * 9
+    assert _modes(fell_back, RlMode("filter", veto="differs")) == teacher
+
+
+def test_filter_with_size_scales_an_agreeing_strength_by_the_policys() -> None:
+    teacher = decide_rows(_TOTALS, _SUMS, None, 0.0, 0.5)
+    votes: list[float | None] = [1, 0.5, 0.9, 0, 0.25, 0.8, 1, 1.0, 1.0]
+    got = _modes(votes, RlMode("filter", size=True))
+    # the BUY the policy shares: 0.8 x 0.5; the SELL it holds on: kept whole; HOLD stays
+    assert got == [1, teacher[1] * 0.5, teacher[2], *teacher[3:]]
+
+
+def test_a_bad_mode_is_a_one_line_error() -> None:
+    with pytest.raises(ValueError, match="RL mode is 'boss'; expected one of voter, sole, filter"):
+        RlMode("boss")
+    with pytest.raises(ValueError, match="filter veto is 'x'; expected one of opposite, differs"):
+        RlMode("filter", veto="x")
+    with pytest.raises(ValueError, match="3 totals, 3 strength sums and 2 vote numbers"):
+        decide_rows([0.0] * 3, [0.0] * 3, [None, None], 1.0, 0.0, RlMode("sole"))

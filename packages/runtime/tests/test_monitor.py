@@ -117,6 +117,9 @@ def test_quiet_on_the_training_period(world: dict[str, Any]) -> None:
     assert report.value("all", "feature_psi", feature_group="market").value == pytest.approx(
         0.0, abs=1e-9
     )
+    # RL off: the three analysts' vote recomputed from the stored signals is the decision
+    assert report.value("all", "sharpe_rl_gain").value == pytest.approx(0.0, abs=1e-12)
+    assert report.value("all", "fallbacks").value == 0
 
 
 def test_flags_an_injected_drift(world: dict[str, Any]) -> None:

@@ -80,6 +80,24 @@ def test_checkpoint_path_error_says_what_to_do(tmp_path: Path) -> None:
         load_rl_policy(tmp_path / "policy_best.pt")
 
 
+def test_a_folder_of_unpromoted_versions_says_how_to_serve_one(tmp_path: Path) -> None:
+    """The gate refused every version (no ``latest``) and nothing ships a ``default``: the
+    error names the newest version and the two ways on, not "train a model first"."""
+    for name in ("20261201T000000Z", "20261206T050511Z"):
+        make_policy_model(tmp_path / name / "policy_best.onnx", hidden=8)
+    (tmp_path / "notes").mkdir()  # a sub-folder without a model is no version
+    for path in (tmp_path / "policy_best.pt", tmp_path):
+        with pytest.raises(PolicyError) as info:
+            load_rl_policy(path)
+        message = str(info.value)
+        assert "train a model first" not in message
+        assert f"{tmp_path} holds 2 trained versions (newest 20261206T050511Z)" in message
+        assert "none is promoted (no 'latest' file" in message
+        assert f"otonom-train check {tmp_path / '20261206T050511Z'} " in message
+    # the version's folder itself serves
+    assert load_rl_policy(tmp_path / "20261206T050511Z").path.parent.name == "20261206T050511Z"
+
+
 # --- the training run beside the model -----------------------------------------------------------
 
 

@@ -36,7 +36,14 @@ DEFAULTS: dict[str, Any] = {
         "enabled": True,
         "analyst_weights": {"tech": 1.0, "news": 1.0, "risk": 1.0, "rl": 1.0},
         "min_score": 0.5,
-        "rl_policy": {"enabled": False, "model_path": None, "device": "cpu"},
+        "rl_policy": {
+            "enabled": False,
+            "model_path": None,
+            "device": "cpu",
+            "mode": "voter",
+            "filter_veto": "opposite",
+            "filter_size": False,
+        },
     },
     "analysts": {
         "tech": {
@@ -67,6 +74,9 @@ DEFAULTS: dict[str, Any] = {
         "min_hit_rate": 0.45,
         "horizon": 1,
         "min_rows": 50,
+        "max_fallback_rate": 0.05,
+        "max_latency_ms": 250.0,
+        "max_rl_sharpe_loss": 0.5,
     },
 }
 """The documented defaults, written out independently of the dataclasses."""
@@ -385,6 +395,35 @@ def test_bad_sentiment_sources_are_reported_with_file_and_line(tmp_path: Path) -
         DataConfig(macro_source="x" * 65)
 
 
+def test_the_rl_mode_is_read_and_a_bad_one_is_reported_with_file_and_line(
+    tmp_path: Path,
+) -> None:
+    assert load_strategy(BASELINE).ensemble.rl_policy.mode == "voter"  # the default
+    good = _write(
+        tmp_path / "filter.yaml",
+        "ensemble:\n  rl_policy: {mode: filter, filter_veto: differs, filter_size: true}\n",
+    )
+    rl = load_strategy(good).ensemble.rl_policy
+    assert (rl.mode, rl.filter_veto, rl.filter_size) == ("filter", "differs", True)
+    text = (
+        "name: modes\n"  # line 1
+        "ensemble:\n"
+        "  rl_policy:\n"
+        "    mode: boss\n"  # line 4
+        "    filter_veto: never\n"  # line 5
+    )
+    path = _write(tmp_path / "modes.yaml", text)
+    with pytest.raises(StrategyError) as info:
+        load_strategy(path)
+    assert sorted(info.value.problems) == [
+        f"{path}:4: ensemble.rl_policy.mode: received text 'boss', expected one of voter, "
+        "sole, filter",
+        f"{path}:5: ensemble.rl_policy.filter_veto: received text 'never', expected one of "
+        "opposite, differs, off",
+    ]
+    assert all("\n" not in p for p in info.value.problems)  # one line each
+
+
 def test_a_missing_file_is_a_strategy_error(tmp_path: Path) -> None:
     with pytest.raises(StrategyError, match=r"nope\.yaml: cannot read the file"):
         load_strategy(tmp_path / "nope.yaml")
@@ -701,7 +740,13 @@ def test_cli_check_shows_the_rl_model(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     want = f"rl policy: on, model {tmp_path / 'm' / 'policy_best.onnx'} (model_path 'm')"
     assert want in out.stdout
-    assert "device auto" in out.stdout
+    assert "device auto, mode voter (the 4th analyst's vote)" in out.stdout
+    path.write_text(
+        "ensemble:\n  rl_policy: {enabled: true, model_path: m, mode: filter}\n",
+        encoding="utf-8",
+    )
+    out = _check(path, tmp_path)
+    assert "mode filter (the three analysts decide; veto opposite, size off)" in out.stdout
 
 
 def test_cli_check_warns_about_a_degenerate_or_unloadable_model(tmp_path: Path) -> None:

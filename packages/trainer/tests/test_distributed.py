@@ -234,7 +234,9 @@ def _val_predictions(out: Path, states: np.ndarray) -> np.ndarray:
 
 
 def _torchrun(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env: dict[str, Any] = {**os.environ, "OMP_NUM_THREADS": "1"}
+    scratch = tmp_path / "tmp"  # torchrun's agent leaves a torchelastic_* folder in TMPDIR
+    scratch.mkdir(exist_ok=True)
+    env: dict[str, Any] = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(scratch)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
     return subprocess.run(
         [*cmd, "2", "-m", "otonom_trainer", *args],

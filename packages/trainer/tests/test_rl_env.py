@@ -1,13 +1,14 @@
 """``TradingEnv``: for a real backtest's decisions, its observations are the offline dataset's
-states of that run (bit for bit) and its rewards sum to the run's total return; as the 4th
-voter, a policy acting in it reproduces the RL-on backtest."""
+states of that run (bit for bit) and its rewards sum to the run's total return; in each
+deployment mode (the 4th voter, the sole decider, a filter), a policy acting in it reproduces
+the RL-on backtest in that mode."""
 
 from __future__ import annotations
 
 import datetime as dt
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from otonom_runtime._errors import BacktestError, StateBuildError
 from otonom_runtime.backtest import SleeveEpisode, episode_inputs, run_backtest
 from otonom_runtime.policy import RlPolicy, load_rl_policy
 from otonom_runtime.store import Decision, get_session, init_db
-from otonom_runtime.strategy import load_strategy
+from otonom_runtime.strategy import StrategyConfig, load_strategy
 from otonom_runtime.synth import write_synthetic
 from otonom_runtime.testing.models import make_policy_model
 from otonom_trainer.dataset import generate_dataset
@@ -103,11 +104,44 @@ def test_replayed_decisions_give_the_backtest_states_and_return(runs: Runs) -> N
     assert len({r.action for r in rows}) == 3  # the replay exercised every action
 
 
-def test_the_policy_as_4th_voter_reproduces_the_rl_backtest(runs: Runs) -> None:
-    """The policy's own actions, with ``bc_strength``, in ``"voter"`` mode: the RL-on
-    backtest's decisions, states and return, as the RL votes stored on its rows."""
-    rows = _decisions(runs.url, runs.voter)
-    env = _env(runs, mode="voter", strength=bc_strength(runs.policy))
+def _rl_run(runs: Runs, config: StrategyConfig) -> int:
+    """A backtest of ``config`` with ``runs.policy`` as the RL analyst; its run id."""
+    with get_session(runs.url) as session:
+        report = run_backtest(
+            session, config, [SYMBOL], START, END, use_rl=True, policy=runs.policy
+        )
+    assert report.fallbacks == 0
+    runs.returns[report.run_id] = report.metrics.total_return
+    return report.run_id
+
+
+@pytest.mark.parametrize(
+    ("mode", "options"),
+    [
+        ("voter", {}),
+        ("sole", {}),
+        ("filter", {}),
+        ("filter", {"filter_veto": "differs", "filter_size": True}),
+        (None, {"mode": "filter", "filter_size": True}),  # None: the strategy's own mode
+    ],
+    ids=["voter", "sole", "filter", "filter-differs-size", "strategy-filter"],
+)
+def test_the_policy_in_each_mode_reproduces_the_rl_backtest(
+    runs: Runs, mode: str | None, options: dict[str, Any]
+) -> None:
+    """The policy's own actions, with ``bc_strength``, in each deployment mode: the RL-on
+    backtest's decisions, states and return in that mode (the strategy's
+    ``ensemble.rl_policy.mode``, ``filter_veto`` and ``filter_size``), as the RL votes
+    stored on its rows."""
+    config = load_strategy(BASELINE)
+    rl = replace(config.ensemble.rl_policy, **{"mode": mode or "voter", **options})
+    config = replace(config, ensemble=replace(config.ensemble, rl_policy=rl))
+    run_id = runs.voter if mode == "voter" else _rl_run(runs, config)
+    rows = _decisions(runs.url, run_id)
+    env = load_trading_env(
+        runs.url, config, SYMBOL, START, END, mode=mode, strength=bc_strength(runs.policy)
+    )
+    assert env.mode == rl.mode
     obs, _ = env.reset()
     rewards, k = [], 0
     while True:
@@ -125,8 +159,10 @@ def test_the_policy_as_4th_voter_reproduces_the_rl_backtest(runs: Runs) -> None:
         if terminated:
             break
     assert k == len(rows) - 1
-    assert sum(rewards) == pytest.approx(runs.returns[runs.voter], abs=1e-12)
-    assert info["total_return"] == runs.returns[runs.voter]
+    assert sum(rewards) == pytest.approx(runs.returns[run_id], abs=1e-12)
+    assert info["total_return"] == runs.returns[run_id]
+    if mode == "sole":
+        assert [r.action for r in rows] == [r.rl_action for r in rows]
 
 
 def test_a_fixed_strength_and_the_sole_mode(runs: Runs) -> None:
@@ -146,7 +182,7 @@ def test_a_fixed_strength_and_the_sole_mode(runs: Runs) -> None:
 
 
 def test_bad_options_and_calls_are_one_line_errors(runs: Runs) -> None:
-    with pytest.raises(RlError, match="mode is 'boss'; expected one of sole, voter"):
+    with pytest.raises(RlError, match="mode is 'boss'; expected one of voter, sole, filter"):
         _env(runs, mode="boss")
     with pytest.raises(RlError, match=r"strength is 1.5; expected a number in \[0, 1\]"):
         _env(runs, strength=1.5)

@@ -112,8 +112,10 @@ def test_bad_options_are_one_line_errors(clone: Clone) -> None:
         _ppo(clone, FinetuneConfig(n_steps=64, batch_size=128))
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+def _cli(*args: str, tmpdir: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    if tmpdir is not None:
+        env["TMPDIR"] = str(tmpdir)
     return subprocess.run(
         [sys.executable, "-m", "otonom_trainer", "finetune", *args],
         capture_output=True,
@@ -125,6 +127,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_finetune_writes_a_model_the_runtime_serves(clone: Clone, tmp_path: Path) -> None:
     out = tmp_path / "tuned"
+    scratch = tmp_path / "tmp"  # the process's temp directory: SB3's logger leaves nothing
+    scratch.mkdir()
     spans = (
         "--start-date",
         *[d.isoformat() for d in TRAIN][:1],
@@ -135,10 +139,13 @@ def test_finetune_writes_a_model_the_runtime_serves(clone: Clone, tmp_path: Path
         "--from", str(clone.folder), "--out", str(out), "--symbol", SYMBOL, *spans,
         "--eval-start-date", EVAL[0].isoformat(), "--eval-end-date", EVAL[1].isoformat(),
         "--timesteps", "128", "--n-steps", "64", "--batch-size", "32", "--n-epochs", "1",
-        "--strategy-path", str(BASELINE), "--database-url", clone.url,
+        "--strategy-path", str(BASELINE), "--database-url", clone.url, tmpdir=scratch,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "fine-tuned (voter, 128 steps)" in done.stdout
+    assert [p.name for p in scratch.iterdir() if p.name.startswith("SB3-")] == []
+    # SB3 imports the unmaintained gym when installed (d3rlpy pulls it): hidden, no notice
+    assert done.stderr == "", done.stderr
     report = json.loads((out / "finetune.json").read_text())
     policy = load_rl_policy(out)  # sealed, parity-checked, loads in the runtime
     meta = policy.get_metadata()

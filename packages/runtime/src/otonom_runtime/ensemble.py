@@ -20,7 +20,9 @@ wins when its share of all votes (HOLD votes included: a confident HOLD dilutes)
 ``min_score``; otherwise, and on a BUY/SELL tie, the ensemble HOLDs. An analyst with nothing
 to say votes with confidence 0 (the news analyst without any sentiment data), and one that
 fails (``None``) is left out. The strength is the vote-weighted mean of the strengths of the
-analysts on the winning side.
+analysts on the winning side. The RL analyst votes so as the 4th voter (``RlMode``
+``"voter"``); as the sole decider or as a filter on the other three's vote, see
+``otonom_runtime.vote``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ import numpy as np
 import numpy.typing as npt
 
 from otonom_runtime.vote import (
+    FILTER_VETOES,
+    RL_MODES,
+    RlMode,
     RlVote,
     Signal,
     SignalLike,
@@ -44,6 +49,7 @@ from otonom_runtime.vote import (
     aggregate_signals,
     decide,
     decide_rows,
+    rows_decider,
     vote_totals,
 )
 from otonom_schema import (
@@ -60,9 +66,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ANALYSTS",
+    "FILTER_VETOES",
+    "RL_MODES",
     "NewsAnalyst",
     "RiskAnalyst",
     "RlAnalyst",
+    "RlMode",
     "RlVote",
     "Signal",
     "SignalLike",
@@ -74,6 +83,7 @@ __all__ = [
     "decide",
     "decide_rows",
     "rl_votes",
+    "rows_decider",
     "vote_totals",
 ]
 

@@ -30,9 +30,17 @@ from sqlalchemy.orm import Session
 
 from otonom_runtime.builder import RlStateBuilder
 from otonom_runtime.drift import TrainingSummary, action_shares, chi_square_test, psi
+from otonom_runtime.monitor_ops import (
+    OPS_HELP,
+    daemon_items,
+    daily_returns,
+    ops_items,
+    signed_calls,
+    three_analyst_calls,
+)
 from otonom_runtime.policy import RlPolicy
 from otonom_runtime.store import load_history
-from otonom_runtime.strategy import MonitoringConfig
+from otonom_runtime.strategy import MonitoringConfig, StrategyConfig
 from otonom_schema import GROUPS, Action, portfolio_feature_matrix
 
 __all__ = [
@@ -50,6 +58,8 @@ ALERT_EXIT: Final = 3
 BUCKETS: Final = (1.0 / 3.0, 0.5, 0.6, 0.7, 0.8, 1.0 + 1e-9)
 """Confidence (max probability) bucket edges of the hit rate."""
 ALL: Final = "all"
+_NO_DAYS: Final = np.zeros(0, dtype="datetime64[D]")
+_NONE: Final = np.zeros(0)
 NO_SUMMARY: Final = "no training summary"
 _ACTIONS: Final = tuple(a.name.lower() for a in Action)
 
@@ -79,6 +89,12 @@ class _Scope:
     called: npt.NDArray[np.bool_]
     hit: npt.NDArray[np.bool_]
     served: npt.NDArray[np.int64]  # the RL action the decision row stored, -1: none
+    dates: npt.NDArray[np.datetime64]
+    ret: npt.NDArray[np.float64]  # close-to-close return ``horizon`` bars on, NaN: unknown
+    with_rl: npt.NDArray[np.float64]  # the stored decision's signed call
+    without_rl: npt.NDArray[np.float64]  # the three analysts' signed call
+    rl_on: npt.NDArray[np.bool_]  # the row's run had the RL analyst on
+    rl_missing: npt.NDArray[np.bool_]  # the row stores no RL action
 
 
 @dataclass(frozen=True)
@@ -98,6 +114,9 @@ class MonitorReport:
     confidence: npt.NDArray[np.float32] = field(repr=False)
     called: npt.NDArray[np.bool_] = field(repr=False)
     hit: npt.NDArray[np.bool_] = field(repr=False)
+    days: npt.NDArray[np.datetime64] = field(repr=False, default_factory=lambda: _NO_DAYS)
+    returns_rl: npt.NDArray[np.float64] = field(repr=False, default_factory=lambda: _NONE)
+    returns_no_rl: npt.NDArray[np.float64] = field(repr=False, default_factory=lambda: _NONE)
 
     @property
     def alerts(self) -> list[Item]:
@@ -234,35 +253,41 @@ def _output_items(scope: str, s: _Scope, cfg: MonitoringConfig) -> list[Item]:
 def _outcomes(
     session: Session, symbol: str, dates: Sequence[dt.date], actions: npt.NDArray[np.int64],
     horizon: int,
-) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:  # fmt: skip
-    """(called, hit): a BUY/SELL call whose close ``horizon`` bars after the decision's bar
-    is stored; hit when the price moved the called way."""
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.float64]]:  # fmt: skip
+    """(called, hit, ret): a BUY/SELL call whose close ``horizon`` bars after the decision's
+    bar is stored; hit when the price moved the called way; ``ret`` the close-to-close return
+    to that bar (NaN: not stored yet)."""
     history = load_history(session, symbol)
     close = np.asarray(history.close, dtype=np.float64)
     pos = np.searchsorted(history.dates, np.array(dates, dtype="datetime64[D]"), "right") - 1
     later = pos + horizon
     known = (pos >= 0) & (later < close.size)
-    ret = np.zeros(len(dates))
+    ret = np.full(len(dates), np.nan)
     ret[known] = close[later[known]] / close[pos[known]] - 1.0
     called = known & (actions != int(Action.HOLD))
     hit = called & (
         ((actions == int(Action.BUY)) & (ret > 0)) | ((actions == int(Action.SELL)) & (ret < 0))
     )
-    return called, hit
+    return called, hit, ret
 
 
 def _scope(
     session: Session, builder: RlStateBuilder, policy: RlPolicy, symbol: str,
-    rows: Mapping[str, Sequence[Any]], horizon: int,
+    rows: Mapping[str, Sequence[Any]], horizon: int, vote: tuple[Sequence[float], float],
 ) -> _Scope:  # fmt: skip
     portfolio = portfolio_feature_matrix(
         rows["position"], rows["leverage"], rows["cash_fraction"], rows["days_since_last_trade"]
     )
     states = builder.build_states(symbol, list(rows["date"]), portfolio)
     actions, strengths, probs = policy.predict_batch(states)
-    called, hit = _outcomes(session, symbol, list(rows["date"]), actions, horizon)
+    called, hit, ret = _outcomes(session, symbol, list(rows["date"]), actions, horizon)
     served = np.array([-1 if a is None else a for a in rows["rl_action"]], dtype=np.int64)
-    return _Scope(states, actions, strengths, probs.max(axis=1), called, hit, served)
+    return _Scope(
+        states, actions, strengths, probs.max(axis=1), called, hit, served,
+        np.array(rows["date"], dtype="datetime64[D]"), ret,
+        signed_calls(rows["action"], rows["strength"]), three_analyst_calls(rows, *vote),
+        np.array(rows["rl_on"], dtype=bool), served < 0,
+    )  # fmt: skip
 
 
 def _concat(scopes: Sequence[_Scope]) -> _Scope:
@@ -278,27 +303,41 @@ def monitor(
     *,
     start: dt.date | None = None,
     end: dt.date | None = None,
+    strategy: StrategyConfig | None = None,
+    daemon: Mapping[str, Any] | None = None,
 ) -> MonitorReport:
     """The report over ``decisions`` (columns as ``store.monitoring.monitored_decisions``
     returns them, ordered by symbol then date; at least one row). States are rebuilt with
-    ``RlStateBuilder.build_states`` and answered by ``policy.predict_batch``."""
+    ``RlStateBuilder.build_states`` and answered by ``policy.predict_batch``. ``strategy``
+    (None: the defaults) gives the three analysts' weights, ``min_score`` and the bars per
+    year of the Sharpe without the RL analyst (``otonom_runtime.monitor_ops``); ``daemon``: the
+    daemon's state row (``DaemonState`` columns) for the latency items, None: none."""
+    from otonom_runtime.backtest.params import engine_params
+
+    config = strategy if strategy is not None else StrategyConfig()
+    params = engine_params(config)
+    vote = (params.weights[:3], params.min_score)
     summary = policy.training_summary()
     names = list(decisions["symbol"])
     builder = RlStateBuilder(session)
     scopes: dict[str, _Scope] = {}
-    dates: list[dt.date] = []
     for symbol in dict.fromkeys(names):
         picked = [i for i, n in enumerate(names) if n == symbol]
         rows = {k: [v[i] for i in picked] for k, v in decisions.items()}
-        scopes[symbol] = _scope(session, builder, policy, symbol, rows, cfg.horizon)
-        dates += rows["date"]
+        scopes[symbol] = _scope(session, builder, policy, symbol, rows, cfg.horizon, vote)
     every = _concat(list(scopes.values()))
     scopes[ALL] = every
+    ppy = config.calendar.resolve(every.dates)
     items: list[Item] = []
     for scope, s in scopes.items():
         items += _action_items(scope, s, summary, cfg)
         items += _output_items(scope, s, cfg)
         items += _drift_items(scope, s, summary, cfg)
+        items += ops_items(
+            scope, s.dates, s.ret, (s.with_rl, s.without_rl), (s.rl_on, s.rl_missing), cfg, ppy
+        )
+    items += daemon_items(daemon, cfg)
+    days, returns_rl = daily_returns(every.dates, every.with_rl, every.ret)
     return MonitorReport(
         model=str(policy.path),
         start=start,
@@ -307,11 +346,14 @@ def monitor(
         has_summary=summary is not None,
         thresholds=cfg,
         items=tuple(items),
-        dates=np.array(dates, dtype="datetime64[D]"),
+        dates=every.dates,
         actions=every.actions,
         confidence=every.confidence,
         called=every.called,
         hit=every.hit,
+        days=days,
+        returns_rl=returns_rl,
+        returns_no_rl=daily_returns(every.dates, every.without_rl, every.ret)[1],
     )
 
 
@@ -333,6 +375,7 @@ _HELP: Final = {
     "bucket_hit_rate": "hit rate in a confidence bucket",
     "feature_psi": "mean PSI of a feature group against the training bins",
     "status": "0 ok, 1 warn, 2 alert per judged item",
+    **OPS_HELP,
 }
 
 
@@ -342,13 +385,20 @@ def _cell(report: MonitorReport, scope: str, metric: str, fmt: str, **labels: st
     return text + _MARK.get(item.status, "")
 
 
+def _marked(report: MonitorReport, scope: str, metric: str, judged: str, fmt: str) -> str:
+    """``metric``'s value with the mark of the item ``judged`` of the same scope."""
+    item = report.value(scope, metric)
+    text = "-" if item.value is None else format(item.value, fmt)
+    return text + _MARK.get(report.value(scope, judged).status, "")
+
+
 def table_text(report: MonitorReport) -> str:
     """One row per scope (symbols, then ``all``), a bucket table, and the alerts and warnings
     in words. Marks: ``!!`` alert, ``!`` warn, ``?`` not judged."""
     from otonom_runtime.cli._text import table
 
     headers = ["scope", "rows", "hold/buy/sell", "act PSI", "chi2 p", "strength", "conf",
-               "hit rate", *GROUPS]  # fmt: skip
+               "hit rate", "fallbacks", "Sharpe RL/no RL", *GROUPS]  # fmt: skip
     rows = []
     for scope in (*report.symbols, ALL):
         mix = "/".join(_cell(report, scope, "action_share", ".0%", action=a) for a in _ACTIONS)
@@ -363,6 +413,9 @@ def table_text(report: MonitorReport) -> str:
              _cell(report, scope, "action_psi", ".3f"),
              _cell(report, scope, "action_chi2_p", ".3g"),
              strength, _cell(report, scope, "confidence_mean", ".2f"), f"{hits} ({calls})",
+             _marked(report, scope, "fallbacks", "fallback_rate", ".0f"),
+             f"{_cell(report, scope, 'sharpe_rl', '.2f')}/"
+             + _marked(report, scope, "sharpe_no_rl", "sharpe_rl_gain", ".2f"),
              *(_cell(report, scope, "feature_psi", ".3f", feature_group=g) for g in GROUPS)]
         )  # fmt: skip
     lines = [table(headers, rows, right=set(range(1, len(headers))))]
@@ -373,6 +426,12 @@ def table_text(report: MonitorReport) -> str:
         for i in report.items if i.scope == ALL and i.metric == "bucket_hit_rate"
     ]  # fmt: skip
     lines += ["", table(["confidence", "calls", "hit rate"], buckets, right={1, 2})]
+    latency = [i for i in report.items if i.metric == "predict_latency_ms" and i.value is not None]
+    if latency:
+        lines.append("daemon predict latency: " + ", ".join(
+            f"{dict(i.labels)['quantile']} {i.value:.3f} ms{_MARK.get(i.status, '')}"
+            for i in latency
+        ) + f"; daemon fallbacks {report.value(ALL, 'daemon_fallbacks').value:.0f}")  # fmt: skip
     if not report.has_summary:
         lines.append(f"{NO_SUMMARY} in {report.model}: action PSI, chi-square and drift n/a")
     notes = {i.note for i in report.items if i.note and i.note != NO_SUMMARY}

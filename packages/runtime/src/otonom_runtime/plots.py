@@ -96,13 +96,14 @@ def plot_equity(
 
 def plot_monitor(report: MonitorReport, path: str | Path) -> Path:
     """``otonom monitor``'s dashboard in one PNG (written atomically): the model's action mix
-    over time (weekly shares), hit rate by confidence bucket, and PSI per feature group
-    overall against the strategy's warn/alert lines; returns the path."""
+    over time (weekly shares), hit rate by confidence bucket, PSI per feature group overall
+    against the strategy's warn/alert lines, and the decisions' calls compounded with and
+    without the RL analyst (``otonom_runtime.monitor_ops``); returns the path."""
     from otonom_runtime.monitor import ALL, BUCKETS
     from otonom_schema import GROUPS, Action, atomic_path
 
-    fig = figure(figsize=(12, 4))
-    mix, conf, drift = fig.subplots(1, 3)
+    fig = figure(figsize=(16, 4))
+    mix, conf, drift, outcome = fig.subplots(1, 4)
     weeks = report.dates.astype("datetime64[W]")
     days = np.unique(weeks)
     shares = np.array([[np.mean(report.actions[weeks == w] == a) for w in days] for a in Action])
@@ -128,6 +129,11 @@ def plot_monitor(report: MonitorReport, path: str | Path) -> Path:
         drift.axhline(level, color=colour, linestyle="--", linewidth=1)
     drift.set_title("feature drift (PSI, all symbols)")
     drift.tick_params(axis="x", labelrotation=30, labelsize=7)
+    for returns, label in ((report.returns_rl, "with RL"), (report.returns_no_rl, "without RL")):
+        outcome.plot(report.days, np.cumprod(1.0 + returns) - 1.0, label=label, linewidth=1)
+    outcome.set_title("calls compounded (all symbols)")
+    outcome.legend(loc="upper left", fontsize=8)
+    outcome.tick_params(axis="x", labelrotation=30, labelsize=7)
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -2,14 +2,34 @@
 and the one vote that makes the ensemble's decision from them (the rule:
 ``otonom_runtime.ensemble``'s docstring, which exports all of this): ``vote_totals``,
 ``add_votes`` and ``decide`` on arrays, ``decide_rows`` (the same rule in Python floats, for a
-few rows), ``aggregate_signal_arrays`` and ``aggregate_signals``."""
+few rows), ``aggregate_signal_arrays`` and ``aggregate_signals``.
+
+The RL analyst's deployment mode (``RlMode``, a strategy's ``ensemble.rl_policy.mode``) is
+applied here too, by ``decide_rows`` (``rows_decider`` resolves it once for a run), so every
+consumer (the backtester, its lockstep, the learning environment's episode, the daemon's
+tick) decides alike:
+
+* ``"voter"`` (the default, the guide's Step 4): the policy's vote is the 4th analyst's,
+  added at its weight; the vote decides;
+* ``"sole"``: the policy's ``action, strength, confidence`` is the decision;
+* ``"filter"``: the three analysts' vote decides (the RL weight counts for nothing) and the
+  policy filters it: a BUY or SELL is vetoed (HOLD, strength 0, the policy's confidence) when
+  the policy disagrees (``veto``: ``"opposite"``, it votes the other side; ``"differs"``, it
+  votes anything else, HOLD included; ``"off"``, never), and with ``size`` a kept BUY/SELL the
+  policy votes too has its strength multiplied by the policy's. A HOLD stays a HOLD: the filter
+  never opens a trade the ensemble did not.
+
+In every mode a row without an RL vote (the RL analyst fell back: no model, a bad output) is
+the three analysts' plain vote, as in ``"voter"``.
+"""
 
 from __future__ import annotations
 
+import functools
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, overload
+from typing import Any, Final, cast, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -17,6 +37,9 @@ import numpy.typing as npt
 from otonom_schema import Action
 
 __all__ = [
+    "FILTER_VETOES",
+    "RL_MODES",
+    "RlMode",
     "RlVote",
     "Signal",
     "SignalLike",
@@ -26,6 +49,7 @@ __all__ = [
     "aggregate_signals",
     "decide",
     "decide_rows",
+    "rows_decider",
     "vote_totals",
 ]
 
@@ -37,6 +61,39 @@ _ACTIONS: Final = np.array([_HOLD, _BUY, _SELL])  # a column per action, in Acti
 
 RlVote = tuple[int, float, float]
 """An RL analyst's verdict as plain numbers: ``(action, strength, confidence)``."""
+
+RL_MODES: Final = ("voter", "sole", "filter")
+"""How the RL analyst's vote makes the decision (the module docstring; ``RlMode.name``)."""
+FILTER_VETOES: Final = ("opposite", "differs", "off")
+"""When ``"filter"`` vetoes the ensemble's BUY/SELL (the module docstring; ``RlMode.veto``)."""
+
+
+@dataclass(frozen=True)
+class RlMode:
+    """The RL analyst's deployment mode: ``name`` one of ``RL_MODES``; ``veto`` (one of
+    ``FILTER_VETOES``) and ``size`` apply to ``"filter"`` only (see the module docstring)."""
+
+    name: str = "voter"
+    veto: str = "opposite"
+    size: bool = False
+
+    def __post_init__(self) -> None:
+        if self.name not in RL_MODES:
+            raise ValueError(f"RL mode is {self.name!r}; expected one of {', '.join(RL_MODES)}")
+        if self.veto not in FILTER_VETOES:
+            raise ValueError(
+                f"filter veto is {self.veto!r}; expected one of {', '.join(FILTER_VETOES)}"
+            )
+        if not isinstance(self.size, bool):
+            raise ValueError(f"filter size is {self.size!r}; expected true or false")
+
+    @property
+    def voter(self) -> bool:
+        """Whether the policy is the 4th voter (its weight counts)."""
+        return self.name == "voter"
+
+
+VOTER: Final = RlMode()
 
 
 @dataclass(frozen=True)
@@ -185,6 +242,7 @@ def decide_rows(
     votes: Sequence[float | None] | None,
     weight: float,
     min_score: float,
+    mode: RlMode = VOTER,
 ) -> list[float]:
     """The ensemble's vote for a few or many states, in plain Python floats: the rule is
     written here once (``decide`` is its array form). Row i's ``totals`` and
@@ -200,14 +258,16 @@ def decide_rows(
     NaN totals propagate as ``np.maximum`` propagates them and no votes give a share of 0.
     The backtester's lockstep decides ten-odd symbols a day with it (an array form costs ~25
     numpy calls a day there); whole histories take ~0.3 us a row.
+
+    ``mode``: the RL analyst's deployment mode (``RlMode``; the module docstring): the vote
+    above is ``"voter"``'s; ``"sole"`` and ``"filter"`` make the decision of a row with a vote
+    from that row's three-analyst vote and its RL vote (``weight`` unused).
     """
+    if mode.name != "voter" and votes is not None:
+        return _moded_rows(mode, totals, strength_sums, votes, min_score)
     n = len(totals)
     if not (n == len(strength_sums) and n % 3 == 0 and (votes is None or len(votes) == n)):
-        given = "no" if votes is None else len(votes)
-        raise ValueError(
-            f"{n} totals, {len(strength_sums)} strength sums and {given} vote numbers; "
-            "expected three of each a row (no votes: None)"
-        )
+        raise _shape_error(totals, strength_sums, votes)
     out: list[float] = []
     put = out.extend
     hold_action, buy_action, sell_action = _HOLD, _BUY, _SELL
@@ -246,6 +306,65 @@ def decide_rows(
                 1.0 if confidence > 1.0 else confidence,
             )
         )
+    return out
+
+
+def _shape_error(
+    totals: Sequence[float], strength_sums: Sequence[float], votes: Sequence[float | None] | None
+) -> ValueError:
+    given = "no" if votes is None else len(votes)
+    return ValueError(
+        f"{len(totals)} totals, {len(strength_sums)} strength sums and {given} vote numbers; "
+        "expected three of each a row (no votes: None)"
+    )
+
+
+RowsDecider = Callable[
+    [Sequence[float], Sequence[float], Sequence[float | None] | None, float, float], list[float]
+]
+"""``decide_rows`` with its mode bound: ``(totals, strength_sums, votes, weight, min_score)``."""
+
+
+def rows_decider(mode: RlMode) -> RowsDecider:
+    """``decide_rows`` in ``mode``, resolved once (a run's lockstep calls it every day):
+    ``"voter"`` gets ``decide_rows`` itself, so its path is the one it always was."""
+    if mode.voter:
+        return decide_rows
+    return functools.partial(decide_rows, mode=mode)
+
+
+def _moded_rows(
+    mode: RlMode,
+    totals: Sequence[float],
+    strength_sums: Sequence[float],
+    votes: Sequence[float | None],
+    min_score: float,
+) -> list[float]:
+    """``decide_rows`` in ``"sole"`` or ``"filter"`` mode: each row's three-analyst vote,
+    then, where the row has an RL vote, that vote as the decision (``"sole"``) or as the
+    filter of the row's decision (``"filter"``; see the module docstring)."""
+    if len(votes) != len(totals):
+        raise _shape_error(totals, strength_sums, votes)
+    out = decide_rows(totals, strength_sums, None, 0.0, min_score)
+    sole, hold = mode.name == "sole", _HOLD
+    veto, size = mode.veto, mode.size
+    for at in range(0, len(out), 3):
+        voted = votes[at]
+        if voted is None:  # fell back: the three analysts' vote
+            continue
+        # a row with an action has its strength and confidence (decide_rows' votes)
+        strength, confidence = cast("float", votes[at + 1]), cast("float", votes[at + 2])
+        action = int(voted)
+        if sole:
+            out[at : at + 3] = (action, strength, confidence)
+            continue
+        decided = out[at]
+        if decided == hold or action == decided:
+            if size and action == decided:
+                out[at + 1] = _clip01(out[at + 1] * strength)
+            continue
+        if veto == "differs" or (veto == "opposite" and action != hold):
+            out[at : at + 3] = (hold, 0.0, confidence)
     return out
 
 

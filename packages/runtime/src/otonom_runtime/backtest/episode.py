@@ -13,12 +13,15 @@ for the same decisions, an episode's equity is the backtest's, day for day (test
 * ``episode_inputs``: a strategy, a symbol and a date range -> ``EpisodeInputs``.
 * ``SleeveEpisode``: ``reset()`` gives day 0's state; ``step(action, strength, confidence)``
   trades on the current day's decision (filled at the next open) and gives the next day's
-  state, the reward and whether the episode is over. ``mode``:
+  state, the reward and whether the episode is over. ``mode``: the strategy's RL modes
+  (``EPISODE_MODES`` is ``ensemble.RL_MODES``), applied by the one vote,
+  ``ensemble.decide_rows``, to the given action, strength and confidence as the RL vote:
 
   - ``"sole"``: the decision is the one given (the policy as the sole decider);
-  - ``"voter"``: the given action, strength and confidence are the 4th analyst's vote,
-    added to the three analysts' at the strategy's RL weight and decided by
-    ``ensemble.decide_rows`` (the policy as the 4th voter, today's deployment).
+  - ``"voter"``: the given vote is the 4th analyst's, added to the three analysts' at the
+    strategy's RL weight (the policy as the 4th voter, today's deployment);
+  - ``"filter"``: the three analysts' vote, vetoed or sized by the given vote as the
+    strategy's ``filter_veto`` and ``filter_size`` say (the policy as a filter).
 
   The reward of a step is the change of the sleeve's equity (marked at the closes, after
   slippage and commission) divided by its starting equity, so an episode's rewards sum to the
@@ -41,7 +44,7 @@ from otonom_runtime._errors import BacktestError
 from otonom_runtime.backtest.engine import _Bars, _prepare, _Prepared
 from otonom_runtime.backtest.lockstep import Board
 from otonom_runtime.backtest.params import EngineParams, engine_params
-from otonom_runtime.ensemble import decide_rows
+from otonom_runtime.ensemble import RL_MODES, RlMode, decide_rows
 from otonom_schema import PORTFOLIO_COLUMNS, Action
 
 if TYPE_CHECKING:
@@ -51,8 +54,9 @@ if TYPE_CHECKING:
 
 __all__ = ["EPISODE_MODES", "EpisodeInputs", "SleeveEpisode", "episode_inputs"]
 
-EPISODE_MODES: Final = ("sole", "voter")
-"""How an episode's decision is made from the policy's action (see the module docstring)."""
+EPISODE_MODES: Final = RL_MODES
+"""How an episode's decision is made from the policy's action: the strategy's RL modes (see
+the module docstring)."""
 F64 = npt.NDArray[np.float64]
 Decision = tuple[int, float, float]
 """A day's decision as ``decide_rows`` gives it: action, strength, confidence."""
@@ -62,8 +66,8 @@ Decision = tuple[int, float, float]
 class EpisodeInputs:
     """One symbol's inputs as the backtester reads them: ``bars`` (its whole history, the
     decision days from ``bars.first``), the strategy's ``params`` with the RL analyst off
-    (the three analysts' votes), ``rl_weight`` (the strategy's RL weight, for ``"voter"``)
-    and the sleeve's starting ``capital``."""
+    (the three analysts' votes; ``params.rl_mode``: the strategy's RL mode), ``rl_weight``
+    (the strategy's RL weight, for ``"voter"``) and the sleeve's starting ``capital``."""
 
     bars: _Bars
     params: EngineParams
@@ -121,17 +125,23 @@ def episode_inputs(
 
 class SleeveEpisode:
     """The backtester's sleeve of ``inputs`` driven one decision at a time (see the module
-    docstring). ``reset()`` starts (or restarts) it; ``step`` until it says done."""
+    docstring). ``reset()`` starts (or restarts) it; ``step`` until it says done. ``mode``:
+    one of ``EPISODE_MODES`` (``"filter"`` with the strategy's ``filter_veto`` and
+    ``filter_size``), or None: the strategy's own (``inputs.params.rl_mode``)."""
 
-    def __init__(self, inputs: EpisodeInputs, *, mode: str = "sole") -> None:
-        if mode not in EPISODE_MODES:
-            raise BacktestError(f"episode mode is {mode!r}; expected one of {EPISODE_MODES}")
+    def __init__(self, inputs: EpisodeInputs, *, mode: str | None = "sole") -> None:
+        if mode is not None and mode not in EPISODE_MODES:
+            raise BacktestError(
+                f"episode mode is {mode!r}; expected one of {', '.join(EPISODE_MODES)}"
+            )
         if inputs.n_days < 2:
             raise BacktestError(
                 f"{inputs.symbol!r} has {inputs.n_days} decision day(s); an episode needs 2"
             )
         self.inputs = inputs
-        self.mode = mode
+        strategy = inputs.params.rl_mode
+        self.rl_mode = strategy if mode is None else RlMode(mode, strategy.veto, strategy.size)
+        self.mode = self.rl_mode.name
         self.markets: F64 = inputs.bars.market[inputs.bars.first :]
         self._prepared: _Prepared | None = None
         self._steps: Generator[bool, None, None] | None = None
@@ -161,9 +171,8 @@ class SleeveEpisode:
 
     def decide(self, action: int, strength: float, confidence: float) -> Decision:
         """The day's decision from the policy's ``action``, ``strength`` and ``confidence``
-        as ``mode`` makes it (``"voter"``: the backtester's vote with the three analysts)."""
-        if self.mode == "sole":
-            return int(action), float(strength), float(confidence)
+        as ``mode`` makes it: the backtester's vote (``decide_rows``) with the three
+        analysts' votes of the day."""
         p = self._prepared
         assert p is not None
         k = self.day
@@ -173,6 +182,7 @@ class SleeveEpisode:
             [int(action), float(strength), float(confidence)],
             self.inputs.rl_weight,
             self.inputs.params.min_score,
+            self.rl_mode,
         )
         return int(out[0]), out[1], out[2]
 

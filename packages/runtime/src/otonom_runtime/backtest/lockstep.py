@@ -7,8 +7,8 @@ Each day takes one of two paths, with the same results (tested):
 * the bound day (the common case): the day's states are written straight into the policy's
   pre-bound input (``RlPolicy.bound_batch`` / ``predict_bound``), its outputs read as Python
   numbers, and the vote decided by ``ensemble.decide_rows`` (the one vote, in Python
-  floats, with the RL votes added as ``add_votes`` adds): a few numpy calls a day instead of
-  some forty;
+  floats, with the RL votes added as ``add_votes`` adds, or applied as the strategy's RL mode
+  says: ``rows_decider``, resolved once a run): a few numpy calls a day instead of some forty;
 * the general day: ``rl_votes`` on the day's states, as every day ran before. It runs where
   the bound day cannot be sure of the outcome: no bound policy (none, another kind, analysts
   not sharing one, more than 64 symbols), market states that failed validation (then every
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from otonom_runtime.ensemble import RlAnalyst, Signals, decide_rows, rl_votes
+from otonom_runtime.ensemble import RlAnalyst, Signals, rl_votes, rows_decider
 from otonom_schema import (
     FEATURES,
     PORTFOLIO_COLUMNS,
@@ -89,15 +89,14 @@ def _lockstep(
     after the decisions before k, so the sleeves advance in lockstep, day by day, and the
     policy is called once per day on the states of all symbols (a (n_symbols, 34) batch)
     instead of once per symbol-day; the RL votes are added to the three analysts' totals and
-    decided for all symbols of the day at once (see the module docstring for the day's two
-    paths). Sleeves never interact, so the order changes nothing.
+    decided for all symbols of the day at once, in the strategy's RL mode (see the module
+    docstring for the day's two paths). Sleeves never interact, so the order changes nothing.
 
     Day k's batch holds the symbols that still have a decision day k: the longest first, so
     they are always a prefix (``j``: a symbol's place in that order). States are gathered
     ``_CHUNK`` days at a time, day-major (days, symbols, 34), in the market features' dtype
     (so validation sees what it always saw), validated once per symbol (``_validated``).
-    Longer than 80 lines because it is the day
-    loop: its state (sleeves, chunk, slot) lives in locals.
+    Long because it is the day loop: its state (sleeves, chunk, slot) lives in locals.
     """
     n_sym = len(prepared)
     order = sorted(range(n_sym), key=lambda i: -prepared[i].sleeve.n)
@@ -126,6 +125,7 @@ def _lockstep(
     fell_back: list[int] = []  # which votes (their index, not their place in ``rl``) fell back
     sizes: list[int] = []
     w_rl, min_score = params.weights[3], params.min_score
+    decide_rows = rows_decider(params.rl_mode)  # the RL mode, resolved once
     # each symbol's decision days' market states, by place j, validated once
     markets = [prepared[i].bars.market[prepared[i].bars.first :] for i in order]
     valid = _validated(markets, dtype)

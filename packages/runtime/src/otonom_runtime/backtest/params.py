@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
-from otonom_runtime.ensemble import NewsAnalyst, RiskAnalyst, TechAnalyst
+from otonom_runtime.ensemble import NewsAnalyst, RiskAnalyst, RlMode, TechAnalyst
 
 if TYPE_CHECKING:
     from otonom_runtime.strategy import StrategyConfig
@@ -37,7 +37,8 @@ backtests, written by the daemon, never by ``run_backtest``)."""
 
 @dataclass(frozen=True)
 class EngineParams:
-    """Everything a simulation needs, independent of where it came from (a strategy file)."""
+    """Everything a simulation needs, independent of where it came from (a strategy file).
+    ``rl_mode``: how the RL analyst's vote makes the decision (``otonom_runtime.vote``)."""
 
     weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
     min_score: float = 0.5
@@ -50,6 +51,7 @@ class EngineParams:
     commission_bps: float = 10.0
     slippage_bps: float = 5.0
     periods_per_year: int = 365
+    rl_mode: RlMode = field(default_factory=RlMode)
 
 
 def engine_params(config: StrategyConfig) -> EngineParams:
@@ -57,7 +59,7 @@ def engine_params(config: StrategyConfig) -> EngineParams:
     weights = tuple(float(w) for w in config.weights_array())
     if not config.ensemble.enabled:
         weights = (1.0, 0.0, 0.0, 0.0)
-    a = config.analysts
+    a, rl = config.analysts, config.ensemble.rl_policy
     return EngineParams(
         weights=(weights[0], weights[1], weights[2], weights[3]),
         min_score=config.ensemble.min_score,
@@ -90,4 +92,5 @@ def engine_params(config: StrategyConfig) -> EngineParams:
         slippage_bps=config.costs.slippage_bps,
         # ``auto``: the placeholder 365 is replaced from the bars' dates by run_backtest
         periods_per_year=config.calendar.resolve([]),
+        rl_mode=RlMode(rl.mode, rl.filter_veto, rl.filter_size),
     )

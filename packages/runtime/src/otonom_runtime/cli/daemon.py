@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from otonom_runtime._errors import DaemonError
 from otonom_runtime.cli._store import require_store
 from otonom_schema import parse_iso_date
 
 __all__ = ["add_daemon_commands"]
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return int(text)
 
 
 def _universe(path: Path) -> list[str]:
@@ -43,6 +51,7 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
         PaperBroker,
         parse_interval,
         run_daemon,
+        run_tick,
     )
     from otonom_runtime.store import get_session, init_db
 
@@ -54,19 +63,39 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
     ensemble = Ensemble.from_strategy(args.strategy_path, use_rl=False if args.no_rl else None)
     if ensemble.rl_error is not None:
         print(f"RL analyst not in service, deciding without it: {ensemble.rl_error}", flush=True)
-    run_daemon(
-        lambda: get_session(url),
-        ensemble,
-        symbols,
-        PaperBroker(),
-        once=args.once,
-        interval_s=interval_s,
-        as_of=args.as_of,
-        report=lambda r: print(r.summary(), flush=True),
-        notify=lambda line: print(line, flush=True),
-        bars=bars,
-    )
+    with ExitStack() as stack:
+        tick = _dask_tick(args, url, stack) if args.dask_scheduler else run_tick
+        run_daemon(
+            lambda: get_session(url),
+            ensemble,
+            symbols,
+            PaperBroker(),
+            once=args.once,
+            interval_s=interval_s,
+            as_of=args.as_of,
+            report=lambda r: print(r.summary(), flush=True),
+            notify=lambda line: print(line, flush=True),
+            tick=tick,
+            bars=bars,
+        )
     return 0
+
+
+def _dask_tick(args: argparse.Namespace, url: str, stack: ExitStack) -> Callable[..., Any]:
+    """The tick on the Dask cluster of ``--dask-scheduler`` (client and local cluster
+    closed by ``stack``)."""
+    from otonom_runtime.daemon.distributed import DaskTick, connect
+
+    client, cluster = connect(args.dask_scheduler)
+    if cluster is not None:
+        stack.callback(cluster.close)
+    stack.callback(client.close)
+    workers = len(client.scheduler_info()["workers"])
+    print(f"dask: {workers} workers at {client.scheduler.address}", flush=True)
+    return DaskTick(
+        client, url, args.strategy_path, use_rl=False if args.no_rl else None,
+        partitions=args.dask_partitions,
+    )  # fmt: skip
 
 
 def add_daemon_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -119,5 +148,23 @@ def add_daemon_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         help="before each tick, import DIR/<SYMBOL>.csv of each symbol (the import-csv rules: "
         "new dates added, identical bars left alone, a file with a changed bar refused and "
         "logged); a file unchanged since the last tick is not read again",
+    )
+    p.add_argument(
+        "--dask-scheduler",
+        metavar="ADDRESS",
+        default=None,
+        help=(
+            "run each tick on a Dask cluster (the optional extra otonom-runtime[distributed]): "
+            "a scheduler address (tcp://host:8786) or local:N for N local worker processes; "
+            "the universe is split into partitions, each decided by a worker against the "
+            "shared store (PostgreSQL), with the same decisions as one process"
+        ),
+    )
+    p.add_argument(
+        "--dask-partitions",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="with --dask-scheduler: split the universe into N tasks (default: one per worker)",
     )
     p.set_defaults(handler=_cmd_daemon)

@@ -8,7 +8,7 @@ import argparse
 import datetime as dt
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from otonom_runtime._errors import OtonomRuntimeError
 from otonom_runtime.cli._store import require_store
@@ -73,6 +73,22 @@ def _run_ids(args: argparse.Namespace, session: Session, name: str) -> list[int]
     return [run.id]
 
 
+def _daemon_record(session: Session, name: str, sha256: str | None = None) -> dict[str, Any] | None:
+    """The columns of the daemon state row of strategy ``name`` (None: no daemon recorded
+    one): its predict latencies and fallbacks for the report; ``other_model``: it served a
+    model whose sha256 is not ``sha256`` (the one monitored; None: not compared)."""
+    from otonom_runtime.store.daemons import read_daemon_states
+
+    rows = read_daemon_states(session, name)
+    if not rows:
+        return None
+    row = rows[0]
+    other = None not in (sha256, row.model_sha256) and sha256 != row.model_sha256
+    return {"heartbeat_at": row.heartbeat_at, "fallbacks": row.fallbacks,
+            "latency_ms": row.latency_ms, "model_version": row.model_version,
+            "other_model": other}  # fmt: skip
+
+
 def _write_outputs(args: argparse.Namespace, report: MonitorReport) -> None:
     """Every requested file, each atomically (parent folders made); when one fails, those
     this call wrote are removed again, so a failing command leaves nothing."""
@@ -127,7 +143,13 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
             raise OtonomRuntimeError(
                 f"{what} holds no decisions from {start} to {end}; expected some (widen --since)"
             )
-        report = monitor(session, policy, config.monitoring, picked, start=start, end=end)
+        sha = getattr(policy, "sha256", None)
+        sha = sha if isinstance(sha, str) else None
+        daemon = _daemon_record(session, config.name, sha) if live else None
+        report = monitor(
+            session, policy, config.monitoring, picked, start=start, end=end, strategy=config,
+            daemon=daemon,
+        )  # fmt: skip
     print(f"model {report.model}; {what}; decisions {start} .. {end}")
     print(table_text(report))
     _write_outputs(args, report)
@@ -145,9 +167,13 @@ def add_monitor_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
             "p-value) and each feature group (PSI) with the training summary stored in the model "
             "(otonom.training_summary); report the strength range, the mean confidence, the hit "
             "rate of its BUY/SELL calls by confidence bucket and, where the decisions stored the "
-            "RL analyst's action, how often the model agrees with it. Thresholds: the strategy's "
-            "monitoring: section (defaults psi_warn 0.1, psi_alert 0.25, chi2_p_value 0.001, "
-            "min_hit_rate 0.45, horizon 1, min_rows 50)."
+            "RL analyst's action, how often the model agrees with it; the fallbacks (decisions "
+            "without the RL analyst while it was on) and the Sharpe of the decisions' calls "
+            "with the RL analyst and without it (the three analysts' vote recomputed from "
+            "their stored signals); with --live, the daemon's recorded predict latency "
+            "percentiles. Thresholds: the strategy's monitoring: section (defaults psi_warn "
+            "0.1, psi_alert 0.25, chi2_p_value 0.001, min_hit_rate 0.45, horizon 1, min_rows "
+            "50, max_fallback_rate 0.05, max_latency_ms 250, max_rl_sharpe_loss 0.5)."
         ),
         epilog=(
             "exit status: 0 no alert, 3 at least one alert (warnings do not count), 1 an "

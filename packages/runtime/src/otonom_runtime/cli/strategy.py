@@ -18,7 +18,10 @@ def _cmd_strategy_check(args: argparse.Namespace) -> int:
     e, rl = cfg.ensemble, cfg.ensemble.rl_policy
     w = e.analyst_weights
     if rl.enabled:
-        rl_line = f"on, model {rl.model_file} (model_path {rl.model_path!r}), device {rl.device}"
+        rl_line = (
+            f"on, model {rl.model_file} (model_path {rl.model_path!r}), device {rl.device}, "
+            f"mode {_mode_text(rl.mode, rl.filter_veto, rl.filter_size)}"
+        )
     else:
         rl_line = f"off (model_path {rl.model_path!r} not checked)"
     p, c = cfg.portfolio, cfg.costs
@@ -42,6 +45,15 @@ def _cmd_strategy_check(args: argparse.Namespace) -> int:
     if rl.enabled and rl.model_file is not None:
         _warn_rl_model(rl.model_file)
     return 0
+
+
+def _mode_text(mode: str, veto: str, size: bool) -> str:
+    """How the policy's vote decides, in words (``otonom_runtime.vote``)."""
+    if mode == "voter":
+        return "voter (the 4th analyst's vote)"
+    if mode == "sole":
+        return "sole (the policy decides alone)"
+    return f"filter (the three analysts decide; veto {veto}, size {'on' if size else 'off'})"
 
 
 def _warn_rl_model(model: Path) -> None:

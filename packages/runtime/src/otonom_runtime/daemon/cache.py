@@ -128,6 +128,7 @@ class TickCache:
     def clear(self) -> None:
         """Forget everything: the next tick reads every symbol whole."""
         self._row: dict[int, int] = {}
+        self._free: list[int] = []  # rows of forgotten symbols
         self._days = np.zeros((0, LOOKBACK), dtype=np.int64)
         self._values = np.zeros((5, 0, LOOKBACK))  # open, high, low, close, volume
         self._count = np.zeros(0, dtype=np.int64)  # bars in each history
@@ -149,6 +150,7 @@ class TickCache:
         seen = max_ids(session)  # before any read: a row inserted after it is new next tick
         if self._end is not None and end < self._end:
             self.clear()  # an earlier end than the cache's: read everything again
+        self._forget(set(self._row) - set(ids.values()))  # not refreshed now: stale later
         held = [
             ids[n]
             for n in names
@@ -248,8 +250,21 @@ class TickCache:
             out[sid] = SymbolInputs(n, sid, bars[sid], news.get(sid), macro, sources[n])
         return out
 
+    def _forget(self, sids: set[int]) -> None:
+        """Drop the symbols ``sids`` (a call without them: their rows would miss what it read
+        past; a daemon whose universe shrank, a worker serving another partition); their rows
+        are reused."""
+        for sid in sids:
+            self._free.append(self._row.pop(sid))
+            self._news.pop(sid, None)
+            self._news_source.pop(sid, None)
+            self._decided.pop(sid, None)
+
     def _grow(self, sids: list[int]) -> None:
-        """Rows for the symbols ``sids``, new to the cache (one allocation for them all)."""
+        """Rows for the symbols ``sids``, new to the cache (freed rows first, then one
+        allocation for the rest)."""
+        while sids and self._free:
+            self._row[sids.pop()] = self._free.pop()
         if not sids:
             return
         first = len(self._count)

@@ -295,13 +295,15 @@ def run_daemon(
     report: Callable[[TickReport], None] = lambda r: None,
     notify: Callable[[str], None] = lambda line: None,
     heartbeat_s: float = HEARTBEAT_INTERVAL_S,
+    tick: Callable[..., TickReport] = run_tick,
     bars: BarSource | None = None,
 ) -> int:
     """Tick (``run_tick``) every ``interval_s`` seconds until SIGINT or SIGTERM (``once``:
     one tick). A signal during a tick lets it finish, its write included, then the loop
     exits; during the wait it exits at once. ``session_factory``: a context manager of a
     session (``get_session``); ``symbols``: called each tick (a universe file may change);
-    ``report``: given each tick's ``TickReport``.
+    ``report``: given each tick's ``TickReport``; ``tick``: what runs a tick, called as
+    ``run_tick`` (``distributed.DaskTick``: on a Dask cluster).
 
     Between ticks the model is hot-reloaded (``ModelWatch.check``: before each tick and every
     ``heartbeat_s`` of the wait; ``notify`` is given its line when a candidate is swapped in
@@ -337,7 +339,7 @@ def run_daemon(
                 with session_factory() as session:
                     bars.pull(session, names)
             with session_factory() as session:
-                report(run_tick(session, ensemble, names, broker, as_of=as_of))
+                report(tick(session, ensemble, names, broker, as_of=as_of))
             ticks += 1
             beat()
             if once:

@@ -5,10 +5,11 @@ reads every symbol's bars and sentiment in batched statements (``read_tick``), b
 market states with ``otonom_schema.market_feature_matrix`` (the backtester's call), and
 ``decide_states`` votes on them: the three analysts vectorised over all symbols
 (``teacher_votes``, the backtester's ``_prepare``), the policy once through ``rl_votes``
-(``predict_batch``, with the fallback of each row), the vote by ``decide_rows`` (the one rule).
-The ensemble keeps its reads between calls (``cache``: ``daemon.cache.TickCache``, the newest
-bars' states through ``otonom_schema.market_feature_panel``). Nothing here is a second copy
-of a feature, an analyst or the vote: a tick's decision equals
+(``predict_batch``, with the fallback of each row), the vote by ``decide_rows`` (the one rule,
+in the strategy's RL mode: voter, sole or filter). The ensemble keeps its reads between calls
+(``cache``: ``daemon.cache.TickCache``, the newest bars' states through
+``otonom_schema.market_feature_panel``). Nothing here is a second copy of a feature, an
+analyst or the vote: a tick's decision equals
 the backtester's for the same day and portfolio (tested bit for bit).
 """
 
@@ -228,7 +229,8 @@ class Ensemble:
         """Decide N symbols from their market states ``market`` (N, 34) (portfolio columns
         ignored: each row's are filled from ``portfolios``): the three analysts on all rows at
         once, the policy in one batch (a row whose model output fails is that symbol's
-        fallback), the vote of ``decide_rows``. A state out of the schema's bounds raises
+        fallback), the vote of ``decide_rows`` in the strategy's RL mode (a fallback row: the
+        three analysts' vote, in every mode). A state out of the schema's bounds raises
         ``otonom_schema.SchemaError`` naming its row (with the RL analyst on)."""
         n = len(symbols)
         if not (n == len(dates) == len(portfolios) == market.shape[0]):
@@ -240,7 +242,12 @@ class Ensemble:
         rl, votes = self._rl_votes(market, portfolios)
         weight = self.params.weights[3] if self.rl is not None else 0.0
         decided = decide_rows(
-            totals.ravel().tolist(), sums.ravel().tolist(), votes, weight, self.params.min_score
+            totals.ravel().tolist(),
+            sums.ravel().tolist(),
+            votes,
+            weight,
+            self.params.min_score,
+            self.params.rl_mode,
         )
         out = []
         rows = {name: None if s is None else s.to_list() for name, s in signals.items()}

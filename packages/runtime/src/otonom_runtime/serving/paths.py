@@ -45,6 +45,24 @@ def _listing(folder: Path) -> str:
     return f"it holds: {shown}{more}"
 
 
+def _unpromoted(folder: Path) -> str:
+    """For a model folder with no pointer: its trained versions (sub-folders holding a model)
+    and how to serve one, or "" when it has none."""
+    if not folder.is_dir():
+        return ""
+    versions = sorted(d.name for d in folder.iterdir() if (d / MODEL_FILENAME).is_file())
+    if not versions:
+        return ""
+    newest = versions[-1]
+    return (
+        f"{folder} holds {len(versions)} trained version{'s' if len(versions) > 1 else ''} "
+        f"(newest {newest}) but none is promoted (no {LATEST_POINTER!r} file; the production "
+        f"gate refused it, or it was trained without promotion): pass the version's folder "
+        f"({folder / newest}) to serve it anyway, or promote it when it passes: otonom-train "
+        f"check {folder / newest} --strategy-path FILE --promote"
+    )
+
+
 def _pointer(folder: Path) -> Path | None:
     """The pointer file ``folder`` follows: ``latest`` when present, else ``default``."""
     for name in (LATEST_POINTER, DEFAULT_POINTER):
@@ -102,6 +120,8 @@ def resolve_model_path(path: str | os.PathLike[str]) -> Path:
                     f"export it: otonom-train export --checkpoint {p}, or pass the path of "
                     "an .onnx file"
                 )
+            elif pointer is None and (versions := _unpromoted(p.parent)):
+                step = f"{p} does not exist either; {versions}"
             else:
                 step = (
                     f"{p} does not exist either: train a model first (otonom-train train "
@@ -137,10 +157,11 @@ def resolve_model_path(path: str | os.PathLike[str]) -> Path:
         if not model.is_file():
             via = f" (followed {pointer})" if pointer is not None else ""
             checkpoint = folder / CHECKPOINT_FILENAME
+            versions = "" if pointer is not None else _unpromoted(folder)
             step = (
                 f" Its checkpoint is not exported: otonom-train export --checkpoint {checkpoint}"
                 if checkpoint.is_file()
-                else ""
+                else (f" {versions[0].upper()}{versions[1:]}" if versions else "")
             )
             raise PolicyError(
                 f"model folder {folder}{via} has no {MODEL_FILENAME}; {_listing(folder)}. "

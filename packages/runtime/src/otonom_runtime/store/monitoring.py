@@ -15,6 +15,9 @@ from otonom_runtime.store.tables import BacktestRun, Decision, Symbol
 
 __all__ = ["latest_complete_run", "monitored_decisions"]
 
+_TEACHERS = ("tech", "news", "risk")
+_SIGNAL = ("action", "strength", "confidence")
+
 
 def latest_complete_run(
     session: Session, strategy_name: str, internal: Sequence[str] = ()
@@ -45,8 +48,12 @@ def monitored_decisions(
     decisions, ``otonom daemon``'s) dated in [``start``, ``end``] (None: open), of
     ``symbols`` (empty: all), ordered by symbol then date: columns ``symbol``, ``date``,
     ``action``, ``strength``, ``position``, ``leverage``, ``cash_fraction``,
-    ``days_since_last_trade`` (``math.inf``: never traded), ``rl_action``, ``rl_confidence``."""
+    ``days_since_last_trade`` (``math.inf``: never traded), ``rl_action``, ``rl_confidence``,
+    each teacher analyst's stored signal (``tech_action``, ``tech_strength``,
+    ``tech_confidence``, the same for ``news`` and ``risk``; None: it did not vote), and
+    ``rl_on`` (the row's run had the RL analyst on: its ``params["rl_enabled"]``)."""
     cols = (
+        Decision.run_id,
         Symbol.name,
         Decision.date,
         Decision.action,
@@ -57,6 +64,7 @@ def monitored_decisions(
         Decision.days_since_last_trade,
         Decision.rl_action,
         Decision.rl_confidence,
+        *(getattr(Decision, f"{a}_{k}") for a in _TEACHERS for k in _SIGNAL),
     )
     query = (
         select(*cols)
@@ -75,13 +83,19 @@ def monitored_decisions(
     if symbols:
         query = query.where(Symbol.name.in_(list(symbols)))
     names = (
-        "symbol", "date", "action", "strength", "position", "leverage", "cash_fraction",
-        "days_since_last_trade", "rl_action", "rl_confidence",
+        "run_id", "symbol", "date", "action", "strength", "position", "leverage",
+        "cash_fraction", "days_since_last_trade", "rl_action", "rl_confidence",
+        *(f"{a}_{k}" for a in _TEACHERS for k in _SIGNAL),
     )  # fmt: skip
     out: dict[str, list[Any]] = {n: [] for n in names}
     for row in session.execute(query):
         for name, value in zip(names, row, strict=True):
             out[name].append(value)
+    runs = session.execute(
+        select(BacktestRun.id, BacktestRun.params).where(BacktestRun.id.in_(set(out["run_id"])))
+    )
+    rl_on = {run_id: bool((params or {}).get("rl_enabled")) for run_id, params in runs}
+    out["rl_on"] = [rl_on.get(run_id, False) for run_id in out["run_id"]]
     out["days_since_last_trade"] = [
         math.inf if v is None else float(v) for v in out["days_since_last_trade"]
     ]

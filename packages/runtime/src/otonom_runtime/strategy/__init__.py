@@ -24,6 +24,9 @@ nearest folder holding ``models/``, see ``models_root``). A relative path resolv
 root, never the bare working directory, and the model must stay inside it after symlinks are
 resolved (``resolve_strategy_model``). The model file is found, not loaded:
 ``RlPolicyConfig.model_file`` is the ``.onnx`` to give to ``load_rl_policy``.
+``ensemble.rl_policy.mode`` (``voter``, the default; ``sole``; ``filter``, with
+``filter_veto`` and ``filter_size``) says how the policy's vote makes the decision
+(``otonom_runtime.vote``).
 
 Validation lives in one place, the project's one engine ``otonom_runtime.config_rules``: every
 field carries its rule (``rule(...)`` in its metadata), a few rules span fields

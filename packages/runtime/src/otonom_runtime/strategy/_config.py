@@ -25,6 +25,7 @@ from otonom_runtime.config_rules import (
 from otonom_runtime.policy import DEVICES
 from otonom_runtime.strategy._models import resolve_rl
 from otonom_runtime.strategy._yaml import error, text
+from otonom_runtime.vote import FILTER_VETOES, RL_MODES
 from otonom_schema import MATHS_PARAMS
 
 # The public names are listed once, in the package's ``__all__`` (otonom_runtime.strategy).
@@ -87,11 +88,20 @@ class RlPolicyConfig(_Checked):
 
     ``model_path`` is the path as written (``to_dict`` keeps it); ``model_file`` is the
     absolute ``.onnx`` file it resolved to, set by the loader when ``enabled`` (else ``None``).
+
+    ``mode`` (one of ``voter``, ``sole``, ``filter``): how the policy's vote makes the
+    decision (``otonom_runtime.vote``): the 4th voter, the sole decider, or a filter on the
+    three analysts' vote; ``filter_veto`` (``opposite``, ``differs`` or ``off``) and
+    ``filter_size`` tune ``filter``. With the RL analyst off, or on a day it falls back, every
+    mode is the three analysts' vote.
     """
 
     enabled: bool = field(default=False, metadata=NO_RULE)
     model_path: str | None = field(default=None, metadata=rule(nonempty=True))
     device: str = field(default="cpu", metadata=rule(choices=tuple(DEVICES)))
+    mode: str = field(default="voter", metadata=rule(choices=RL_MODES))
+    filter_veto: str = field(default="opposite", metadata=rule(choices=FILTER_VETOES))
+    filter_size: bool = field(default=False, metadata=NO_RULE)
     model_file: Path | None = field(default=None, compare=False, metadata=DERIVED_META)
 
 
@@ -271,7 +281,11 @@ class MonitoringConfig(_Checked):
     which it alerts when its PSI is at ``psi_warn`` or more (warns when smaller);
     ``min_hit_rate`` in [0, 1]: the share of the model's BUY/SELL calls that must be right
     ``horizon`` bars later (int in [1, 60]); ``min_rows`` (int >= 1): fewer rows (or calls)
-    than this in a scope are reported but not judged.
+    than this in a scope are reported but not judged. ``max_fallback_rate`` in [0, 1]: the
+    share of decisions made without the RL analyst while it was on above which it alerts (0.05);
+    ``max_latency_ms`` (> 0): the daemon's p99 predict latency above which it alerts (250);
+    ``max_rl_sharpe_loss`` (>= 0): how far the Sharpe with the RL analyst may fall below the
+    Sharpe of the three analysts alone before it alerts (0.5).
     """
 
     psi_warn: float = field(default=0.10, metadata=rule(gt=0, le=10))
@@ -280,6 +294,9 @@ class MonitoringConfig(_Checked):
     min_hit_rate: float = field(default=0.45, metadata=rule(ge=0, le=1))
     horizon: int = field(default=1, metadata=rule(ge=1, le=60))
     min_rows: int = field(default=50, metadata=rule(ge=1))
+    max_fallback_rate: float = field(default=0.05, metadata=rule(ge=0, le=1))
+    max_latency_ms: float = field(default=250.0, metadata=rule(gt=0, le=1e6))
+    max_rl_sharpe_loss: float = field(default=0.5, metadata=rule(ge=0, le=100))
 
     __cross_checks__ = (
         CrossCheck(

@@ -20,9 +20,12 @@ Rules (each one tested):
   confidence in ``"voter"`` mode) or a function of the day and its state giving ``(strength,
   confidence)``; ``bc_strength(policy)`` is the cloned policy's strength and top probability
   for the state, as the RL analyst votes with them.
-* **Mode** (``otonom_runtime.backtest.EPISODE_MODES``): ``"sole"``, the action is the
-  decision; ``"voter"`` (today's deployment), the action is the 4th analyst's vote, decided
-  with the strategy's three analysts by the backtester's vote.
+* **Mode** (``otonom_runtime.backtest.EPISODE_MODES``, the strategy's RL deployment modes,
+  ``ensemble.rl_policy.mode``, applied by the one vote, ``otonom_runtime.vote``):
+  ``"sole"``, the action is the decision; ``"voter"`` (today's deployment), the action is the
+  4th analyst's vote, decided with the strategy's three analysts; ``"filter"``, the three
+  analysts decide and the action vetoes or sizes their BUY/SELL (the strategy's
+  ``filter_veto`` and ``filter_size``); None: the strategy's own mode.
 * **Reward**: the change of the sleeve's equity over the step (marked at the closes, after
   slippage and commission) divided by its starting equity, so an episode's rewards sum to
   the backtest's total return. An episode of N decision days has N - 1 steps and ends
@@ -65,8 +68,9 @@ class RlError(OtonomTrainerError, ValueError):
 
 class TradingEnv:
     """A gymnasium environment over ``inputs`` (``episode_inputs``; see the module
-    docstring). ``mode``: ``"sole"`` or ``"voter"``; ``strength``: a number in [0, 1] or a
-    ``StrengthFn``; ``confidence``: the vote's confidence with a fixed strength."""
+    docstring). ``mode``: one of ``EPISODE_MODES`` (voter, sole, filter) or None (the
+    strategy's); ``strength``: a number in [0, 1] or a ``StrengthFn``; ``confidence``: the
+    vote's confidence with a fixed strength."""
 
     metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 (gymnasium's class attribute)
 
@@ -79,23 +83,23 @@ class TradingEnv:
         self,
         inputs: EpisodeInputs,
         *,
-        mode: str = "sole",
+        mode: str | None = "sole",
         strength: float | StrengthFn = 1.0,
         confidence: float = 1.0,
     ) -> None:
         from gymnasium import spaces
 
-        if mode not in EPISODE_MODES:
+        if mode is not None and mode not in EPISODE_MODES:
             raise RlError(f"mode is {mode!r}; expected one of {', '.join(EPISODE_MODES)}")
         if not callable(strength):
             for name, value in (("strength", strength), ("confidence", confidence)):
                 if not 0.0 <= float(value) <= 1.0:
                     raise RlError(f"{name} is {value!r}; expected a number in [0, 1]")
         self.inputs = inputs
-        self.mode = mode
         self.strength = strength
         self.confidence = float(confidence)
         self.episode = SleeveEpisode(inputs, mode=mode)
+        self.mode = self.episode.mode
         low, high = _bounds()
         self.observation_space = spaces.Box(low, high, (STATE_DIM,), dtype=np.float32)
         self.action_space = spaces.Discrete(_N_ACTIONS)

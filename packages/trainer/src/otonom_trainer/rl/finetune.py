@@ -4,7 +4,8 @@
 ``finetune(source, out, ...)`` reads the clone from ``source`` (a training run's folder:
 ``policy_best.pt``, a ``PolicyNet`` (the ``mlp`` architecture), and its ``policy_best.onnx``
 for the dataset hash and metrics), fine-tunes it on one symbol's decision days of the store
-(``mode``: ``"voter"``, the ensemble's 4th voter, today's deployment, by default) and writes
+(``mode``: ``"voter"``, the ensemble's 4th voter, today's deployment, by default; ``"sole"``
+or ``"filter"``: the strategy's other deployment modes, ``otonom_runtime.vote``) and writes
 ``out/policy_best.onnx`` through ``otonom_trainer.export.export_onnx`` (runtime parity at
 batch 1, 7 and 256, sealed, its sidecar; nothing is written if that fails) and
 ``out/finetune.json`` (the greedy episode's return before and after, on the training range
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from otonom_runtime.config_rules import to_plain
+from otonom_runtime.vote import RL_MODES as EPISODE_MODES
 from otonom_schema import atomic_write, parse_iso_date
 from otonom_trainer.rl.env import RlError
 from otonom_trainer.rl.ppo import FinetuneConfig
@@ -244,10 +246,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     )
     p.add_argument(
         "--mode",
-        choices=("voter", "sole"),
+        choices=EPISODE_MODES,
         default=d.mode,
-        help="voter: the ensemble's 4th vote (today's deployment); sole: the only decider "
-        "(%(default)s)",
+        help="the deployment mode it is tuned and judged in (deploy it in the same one: the "
+        "strategy's ensemble.rl_policy.mode): voter, the ensemble's 4th vote (today's "
+        "deployment); sole, the only decider; filter, a veto/size filter on the ensemble's "
+        "BUY/SELL as the strategy's filter_veto and filter_size say (%(default)s)",
     )
     numbers: tuple[tuple[str, type, str], ...] = (
         ("--timesteps", int, "environment steps of PPO"),

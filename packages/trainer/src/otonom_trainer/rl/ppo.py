@@ -22,13 +22,17 @@ Rules (each one tested):
   probability for the state (``ActorStrength``), what the exported model will give the RL
   analyst, so the environment trades what the runtime will serve.
 * **Deployment mode.** ``mode="voter"`` (the default): fine-tuned and judged as the
-  ensemble's 4th voter, today's deployment; ``"sole"``: as the only decider.
+  ensemble's 4th voter, today's deployment; ``"sole"``: as the only decider; ``"filter"``:
+  as a filter on the three analysts' vote (with the strategy's ``filter_veto`` and
+  ``filter_size``). Deploy it in the mode it was tuned in (the strategy's
+  ``ensemble.rl_policy.mode``).
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
@@ -90,6 +94,26 @@ class ActorStrength:
         return float(strength[0, 0]), float(probs.max())
 
 
+def _import_sb3() -> None:
+    """Import stable-baselines3 with the unmaintained ``gym`` hidden from it.
+
+    SB3 imports ``gym`` when it is installed (d3rlpy, the bench extra, pulls it in) only to
+    convert ``gym`` environments; ``TradingEnv`` is gymnasium's. Importing ``gym`` prints a
+    deprecation notice on stderr and sets environment variables in the process, so while SB3
+    is first imported ``gym`` reads as not installed (SB3 handles that); ``sys.modules`` is
+    restored after. Raises ImportError when stable-baselines3 itself is missing."""
+    if "stable_baselines3" in sys.modules or "gym" in sys.modules:
+        import stable_baselines3
+
+        return
+    sys.modules["gym"] = None  # type: ignore[assignment]
+    try:
+        import stable_baselines3
+        import stable_baselines3.common.vec_env.patch_gym  # noqa: F401
+    finally:
+        del sys.modules["gym"]
+
+
 @functools.cache
 def bc_policy_class() -> type[Any]:
     """The stable-baselines3 policy class with a cloned ``PolicyNet`` as its actor (see the
@@ -97,6 +121,8 @@ def bc_policy_class() -> type[Any]:
     ``critic_hidden``. Made once, when first asked for (stable-baselines3 and torch are
     imported then)."""
     import torch
+
+    _import_sb3()
     from stable_baselines3.common.policies import ActorCriticPolicy
     from torch import nn
 
@@ -177,6 +203,7 @@ def make_ppo(inputs: EpisodeInputs, bc_net: PolicyNet, config: FinetuneConfig) -
     ``bc_policy_class()`` built from ``bc_net``; the environment's strength and confidence
     are the actor's (``ActorStrength``)."""
     try:
+        _import_sb3()
         from stable_baselines3 import PPO
     except ImportError as exc:
         raise RlError(
@@ -208,6 +235,11 @@ def make_ppo(inputs: EpisodeInputs, bc_net: PolicyNet, config: FinetuneConfig) -
             "critic_hidden": config.critic_hidden,
         },
     )
+    # SB3's default logger makes an empty folder in the temp directory on every learn();
+    # a logger with no outputs writes nothing anywhere
+    from stable_baselines3.common.logger import Logger
+
+    model.set_logger(Logger(folder=None, output_formats=[]))
     strength.net = cast("PolicyNet", model.policy.actor)
     return model
 
