@@ -31,7 +31,6 @@ from otonom_runtime.store.tables import (
     Decision,
     MacroSentiment,
     NewsSentiment,
-    Symbol,
 )
 from otonom_runtime.store.writers import insert_decisions
 from otonom_schema import MarketHistory, SentimentSeries
@@ -138,6 +137,8 @@ def load_tick_news(
 def tick_symbols(session: Session, names: Sequence[str]) -> dict[str, tuple[int, bool]]:
     """Each symbol's id and whether it is synthetic, in one statement (``get_symbols``' rows
     as tuples: a tick reads thousands; its ``UnknownSymbolError`` for a name not stored)."""
+    from otonom_runtime.store.tables import Symbol  # here only: the tick's one read of it
+
     table = Symbol.__table__
     query = select(table.c.id, table.c.name, table.c.is_synthetic).where(
         table.c.name.in_(sorted(set(names)))
