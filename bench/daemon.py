@@ -16,15 +16,15 @@ steady round after it. The strategy is
   runs) deciding every symbol's 2023-12-31 bar and recording it, nothing decided before;
 * per round r (interleaved): the steady tick, ``run_tick`` at ``as_of`` 2023-12-31 + r (one
   new bar per symbol since the last tick: the later bars are in the store from the start, so
-  ``as_of`` is what makes bar r "new"); the tick keeps no cache between calls today, so a
-  steady tick is what the API does (it reads every symbol's whole history again and replays
-  the paper sleeves from the first live decision);
+  ``as_of`` is what makes bar r "new"), with the same ``Ensemble`` and ``PaperBroker``: their
+  cache (``daemon.cache.TickCache``) and paper sleeves kept, so it reads only the new rows
+  and steps each sleeve once;
 * the old way on the same bar: ``RlStateBuilder.build_state`` (one builder for the run, its
   cache kept) + ``RlPolicy.predict``, symbol by symbol, with the portfolio the tick decided
   with: timed on ``--sample`` symbols and scaled to all of them (the RL signal only: it
   decides less than the tick, so it is a lower bound of the per-symbol cost);
 * the floor: the tick's store reads and writes alone, the SQL of ``FLOOR_SQL`` (verbatim as
-  ``run_tick`` issued it at commit cf0607e, the IN lists expanded to the symbols), fetched as
+  a steady ``run_tick`` issues it, the IN lists expanded to the symbols), fetched as
   the driver's tuples, then the tick's run row and decision rows (read back) inserted again
   under a scratch strategy and committed; nothing else.
 
@@ -61,30 +61,52 @@ FIRST, LAST = dt.date(2023, 1, 1), dt.date(2023, 12, 31)  # a year of history
 SEED = 7
 CLOCK: Callable[[], float] = time.perf_counter  # what each subject is timed by (--clock)
 
-# The floor's SQL, verbatim as run_tick issued it at commit cf0607e (captured with SQLAlchemy's
-# before_cursor_execute on SQLite; {names}/{ids}: the IN list's markers, one per symbol). Fixed
-# here so that the floor cannot change to flatter a ratio.
+# The floor's SQL, verbatim as run_tick issued it in a steady tick (the cache of
+# ``otonom_runtime.daemon.cache`` warm; captured with SQLAlchemy's before_cursor_execute on
+# SQLite; {names}/{ids}: the IN list's markers, one per symbol). Fixed here so that the floor
+# cannot change to flatter a ratio.
 FLOOR_SQL = {
-    "symbols": (
-        "SELECT symbols.id, symbols.name, symbols.source, symbols.is_synthetic, symbols.meta, "
-        "symbols.created_at \nFROM symbols \nWHERE symbols.name IN ({names})"
+    "symbols": "SELECT symbols.id, symbols.name, symbols.is_synthetic \nFROM symbols \n"
+    "WHERE symbols.name IN ({names})",
+    "max": (
+        "SELECT (SELECT coalesce(max(bars.id), ?) AS coalesce_1 \nFROM bars) AS anon_1, "
+        "(SELECT coalesce(max(news_sentiment.id), ?) AS coalesce_3 \nFROM news_sentiment) AS "
+        "anon_2, (SELECT coalesce(max(macro_sentiment.id), ?) AS coalesce_5 \nFROM "
+        "macro_sentiment) AS anon_3"
     ),
     "bars": (
-        "SELECT bars.symbol_id, bars.date, bars.open, bars.high, bars.low, bars.close, "
-        "bars.volume \nFROM bars \nWHERE bars.symbol_id IN ({ids}) AND bars.date <= ? "
-        "ORDER BY bars.symbol_id, bars.date"
+        "SELECT anon_1.id, anon_1.symbol_id, anon_1.date, anon_1.open, anon_1.high, anon_1.low, a"
+        "non_1.close, anon_1.volume \nFROM (SELECT bars.id AS id, bars.symbol_id AS symbol_id, ba"
+        "rs.date AS date, bars.open AS open, bars.high AS high, bars.low AS low, bars.close AS cl"
+        "ose, bars.volume AS volume \nFROM bars \nWHERE bars.symbol_id IN ({ids}) AND bars.date >"
+        " ? AND bars.date <= ? UNION ALL SELECT bars.id AS id, bars.symbol_id AS symbol_id, bars."
+        "date AS date, bars.open AS open, bars.high AS high, bars.low AS low, bars.close AS close"
+        ", bars.volume AS volume \nFROM bars \nWHERE bars.id > ? AND bars.date <= ?) AS anon_1 OR"
+        "DER BY anon_1.symbol_id, anon_1.date"
     ),
     "news": (
-        "SELECT news_sentiment.symbol_id, news_sentiment.source, news_sentiment.date, "
-        "news_sentiment.score \nFROM news_sentiment \nWHERE news_sentiment.symbol_id IN ({ids}) "
-        "AND news_sentiment.date <= ? ORDER BY news_sentiment.symbol_id, news_sentiment.date"
+        "SELECT anon_1.id, anon_1.symbol_id, anon_1.source, anon_1.date, anon_1.score \nFROM (SEL"
+        "ECT news_sentiment.id AS id, news_sentiment.symbol_id AS symbol_id, news_sentiment.sourc"
+        "e AS source, news_sentiment.date AS date, news_sentiment.score AS score \nFROM news_sent"
+        "iment \nWHERE news_sentiment.symbol_id IN ({ids}) AND news_sentiment.date > ? AND news_s"
+        "entiment.date <= ? UNION ALL SELECT news_sentiment.id AS id, news_sentiment.symbol_id AS"
+        " symbol_id, news_sentiment.source AS source, news_sentiment.date AS date, news_sentiment"
+        ".score AS score \nFROM news_sentiment \nWHERE news_sentiment.id > ? AND news_sentiment.d"
+        "ate <= ?) AS anon_1 ORDER BY anon_1.symbol_id, anon_1.date"
     ),
-    "macro": "SELECT m.date, m.score FROM macro_sentiment m WHERE m.date <= ? AND m.source = ? "
-    "ORDER BY m.date",
+    "macro": (
+        "SELECT anon_1.id, anon_1.source, anon_1.date, anon_1.score \nFROM (SELECT macro_sentimen"
+        "t.id AS id, macro_sentiment.source AS source, macro_sentiment.date AS date, macro_sentim"
+        "ent.score AS score \nFROM macro_sentiment \nWHERE macro_sentiment.source IN (?) AND macr"
+        "o_sentiment.date > ? AND macro_sentiment.date <= ? UNION ALL SELECT macro_sentiment.id A"
+        "S id, macro_sentiment.source AS source, macro_sentiment.date AS date, macro_sentiment.sc"
+        "ore AS score \nFROM macro_sentiment \nWHERE macro_sentiment.id > ? AND macro_sentiment.d"
+        "ate <= ?) AS anon_1 ORDER BY anon_1.source, anon_1.date"
+    ),
     "live": (
         "SELECT decisions.symbol_id, decisions.date, decisions.action, decisions.strength \n"
         "FROM decisions \nWHERE decisions.live_strategy = ? AND decisions.symbol_id IN ({ids}) "
-        "ORDER BY decisions.symbol_id, decisions.date"
+        "AND decisions.date >= ? ORDER BY decisions.symbol_id, decisions.date"
     ),
 }
 RUN_COLUMNS = (
@@ -162,13 +184,16 @@ class Floor:
 
     def run(self, day: dt.date, run: tuple[Any, ...], decisions: list[tuple[Any, ...]]) -> float:
         """One tick's I/O for bar ``day``, timed; the rows it wrote deleted afterwards."""
-        iso: Any = day.isoformat() if self.sqlite else day
+        before = day - dt.timedelta(days=1)  # the previous tick's end and decided bar
+        end: Any = day.isoformat() if self.sqlite else day
+        after: Any = before.isoformat() if self.sqlite else before
         t0 = CLOCK()
         self._fetch(FLOOR_SQL["symbols"], self.names)
-        self._fetch(FLOOR_SQL["bars"], [*self.ids, iso])
-        self._fetch(FLOOR_SQL["news"], [*self.ids, iso])
-        self._fetch(FLOOR_SQL["macro"], [iso, self.source])
-        self._fetch(FLOOR_SQL["live"], [self.strategy, *self.ids])
+        seen = self._fetch(FLOOR_SQL["max"], [0, 0, 0])[0]
+        self._fetch(FLOOR_SQL["bars"], [*self.ids, after, end, seen[0], after])
+        self._fetch(FLOOR_SQL["news"], [*self.ids, after, end, seen[1], after])
+        self._fetch(FLOOR_SQL["macro"], [self.source, after, end, seen[2], after])
+        self._fetch(FLOOR_SQL["live"], [self.strategy, *self.ids, after])
         run_id = self._insert(run, decisions)
         self._dbapi().commit()
         elapsed = CLOCK() - t0
@@ -307,9 +332,10 @@ def _run(args: argparse.Namespace, tmp: Path, url: str) -> int:
     old: list[float] = []
     floor: list[float] = []
     agree = checked = 0
+    broker = PaperBroker()  # one broker for the run, as ``otonom daemon`` keeps it
     with get_session(url) as session:
         t0 = CLOCK()
-        report = run_tick(session, ensemble, names, PaperBroker(), as_of=LAST)
+        report = run_tick(session, ensemble, names, broker, as_of=LAST)
         cold = CLOCK() - t0
         assert len(report.decisions) == len(names), "the cold tick decided every symbol"
         source = ensemble.config.data.macro_source or "synthetic"
@@ -318,7 +344,7 @@ def _run(args: argparse.Namespace, tmp: Path, url: str) -> int:
         for r in range(1, rounds + 1):
             day = LAST + dt.timedelta(days=r)
             t0 = CLOCK()
-            report = run_tick(session, ensemble, names, PaperBroker(), as_of=day)
+            report = run_tick(session, ensemble, names, broker, as_of=day)
             steady.append(CLOCK() - t0)
             assert report.run_id is not None
             assert len(report.decisions) == len(names)

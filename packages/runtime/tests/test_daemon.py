@@ -198,15 +198,19 @@ def test_a_tick_decides_what_the_backtester_decides_for_the_same_day_and_portfol
     assert ensemble.fallbacks == 0
 
 
+@pytest.mark.parametrize("kept", [True, False], ids=["kept", "replayed"])
 def test_daily_ticks_with_the_paper_broker_reproduce_the_backtest_row_for_row(
-    reference: tuple[Path, str, int, bool], tmp_path: Path
+    reference: tuple[Path, str, int, bool], tmp_path: Path, kept: bool
 ) -> None:
     """A tick per day from ``START`` (``as_of``: the bars up to that day): the paper broker's
-    replayed positions are the backtester's sleeves, so every live decision row (portfolio,
-    days since the last trade, equity, every signal) equals the backtest's row."""
+    positions are the backtester's sleeves, so every live decision row (portfolio, days since
+    the last trade, equity, every signal) equals the backtest's row. ``kept``: one broker and
+    one ensemble (their cache) for every tick, each sleeve stepped once a tick; else a new
+    broker each tick (a restarted daemon: every sleeve replayed from the first decision)."""
     path, url, run_id, rl = reference
     expected = _rows(url, run_id=run_id)
     ensemble = Ensemble.from_strategy(path, use_rl=rl)
+    broker = PaperBroker()
     copy = f"sqlite:///{(tmp_path / 'copy.db').as_posix()}"
     init_db(copy)
     with get_session(copy) as session:
@@ -214,7 +218,10 @@ def test_daily_ticks_with_the_paper_broker_reproduce_the_backtest_row_for_row(
     day = START
     with get_session(copy) as session:
         while day <= HISTORY[1]:
-            report = run_tick(session, ensemble, SYMBOLS, PaperBroker(), as_of=day)
+            if not kept:
+                broker = PaperBroker()
+                ensemble.cache.clear()
+            report = run_tick(session, ensemble, SYMBOLS, broker, as_of=day)
             assert [d.symbol for d in report.decisions] == SYMBOLS
             day += dt.timedelta(days=1)
     got = _rows(copy, live=ensemble.name)
@@ -270,16 +277,16 @@ def test_a_tick_another_daemon_recorded_first_writes_nothing(
 ) -> None:
     """Two daemons of one strategy read the same undecided bars; the second to commit is
     refused by the live key: its tick writes nothing (no run row either) and says so."""
-    from otonom_runtime.daemon import loop
+    from otonom_runtime.daemon import cache
 
     url, path = _store(tmp_path), _strategy(tmp_path)
-    ensemble = Ensemble.from_strategy(path)
     with get_session(url) as session:
-        first = run_tick(session, ensemble, SYMBOLS, PaperBroker())
+        first = run_tick(session, Ensemble.from_strategy(path), SYMBOLS, PaperBroker())
     assert first.run_id == 1
-    monkeypatch.setattr(loop, "load_live_decisions", lambda *args: {})  # read before it
+    monkeypatch.setattr(cache, "load_live_decisions", lambda *args: {})  # read before it
+    other = Ensemble.from_strategy(path)  # another daemon: its own cache
     with get_session(url) as session:
-        late = run_tick(session, ensemble, SYMBOLS, PaperBroker())
+        late = run_tick(session, other, SYMBOLS, PaperBroker())
     assert late.conflict
     assert late.run_id is None
     assert late.summary().startswith("tick: another process recorded these bars first")
@@ -434,7 +441,7 @@ def test_a_signal_mid_tick_finishes_the_tick_then_exits_cleanly(tmp_path: Path, 
     tick."""
     path = _strategy(tmp_path)
     url = _store(tmp_path, end=dt.date(2020, 2, 1))
-    point = f"otonom_runtime.daemon.loop:read_tick:1:{sent}"
+    point = f"otonom_runtime.daemon.loop:_broker_inputs:1:{sent}"
     out = _daemon(url, path, tmp_path, "--interval", "1s", point=point)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("tick run") == 1, out.stdout

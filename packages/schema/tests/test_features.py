@@ -397,3 +397,73 @@ def test_states_from_a_first_bar_are_those_rows_of_the_whole() -> None:
             s.compute_states(h, first=bad)  # type: ignore[arg-type]
     with pytest.raises(s.SchemaError, match=r"shape \(420, 4\); expected \(400, 4\)"):
         s.compute_states(h, np.zeros((420, 4)), first=20)
+
+
+def _panel_inputs(
+    histories: list[s.MarketHistory], news: list[s.SentimentSeries | None]
+) -> tuple[list[np.ndarray], np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """Each history's last LOOKBACK bars right-aligned (garbage before the real ones: they must
+    be ignored), its length, and its latest news score dated on or before its newest bar."""
+    n = len(histories)
+    cols = [np.full((n, L), np.datetime64("1999-01-01"), dtype="datetime64[D]")]
+    cols += [np.full((n, L), 7.5) for _ in range(4)]
+    latest_d = np.full(n, np.datetime64("NaT"), dtype="datetime64[D]")
+    latest_s = np.zeros(n)
+    for i, (h, ns) in enumerate(zip(histories, news, strict=True)):
+        k = min(len(h), L)
+        for col, name in zip(cols, ("dates", "close", "high", "low", "volume"), strict=True):
+            col[i, L - k :] = getattr(h, name)[-k:]
+        if ns is not None:
+            j = int(np.searchsorted(ns.dates, h.dates[-1], side="right")) - 1
+            if j >= 0:
+                latest_d[i], latest_s[i] = ns.dates[j], ns.scores[j]
+    return cols, np.array([len(h) for h in histories]), (latest_d, latest_s)
+
+
+def test_panel_rows_are_the_last_row_of_each_history_bit_for_bit() -> None:
+    """``market_feature_panel``: N symbols' newest bars in one call, each row bit for bit the
+    last row of ``market_feature_matrix`` (and so of ``compute_states``) of that history: long,
+    short (warm-up), one-bar, gapped, flat and adversarial histories, with news and macro."""
+    histories = [random_history(n, seed=i, gap_every=37 if i % 3 == 0 else 0)
+                 for i, n in enumerate([420, L, L + 1, L - 1, 30, 1, 2, 250])]  # fmt: skip
+    histories += list(adversarial_histories().values())
+    news: list[s.SentimentSeries | None] = [
+        random_sentiment(h.dates, seed=i) if i % 2 else None for i, h in enumerate(histories)
+    ]
+    macro_all = random_sentiment(
+        np.arange("2019-01-01", "2026-01-01", dtype="datetime64[D]"), seed=9, keep=0.3
+    )
+    cols, bars, latest = _panel_inputs(histories, news)
+    _, _, macro_latest = _panel_inputs(histories, [macro_all] * len(histories))
+    panel = s.market_feature_panel(*cols, bars, news=latest, macro=macro_latest)
+    assert panel.shape == (len(histories), 34)
+    for i, h in enumerate(histories):
+        want = s.market_feature_matrix(h, news[i], macro_all, first=len(h) - 1)[0]
+        assert panel[i].tobytes() == want.tobytes(), (i, h.symbol, panel[i] - want)
+        state = s.compute_states(h, news=news[i], macro=macro_all)[-1]
+        assert panel[i].astype(np.float32).tobytes() == state.tobytes(), i
+    # one symbol alone, or in another order: the same rows
+    alone = s.market_feature_panel(*(c[3:4] for c in cols), bars[3:4])
+    assert (
+        alone[0].tobytes()
+        == s.market_feature_matrix(histories[3], first=len(histories[3]) - 1)[0].tobytes()
+    )
+    order = np.arange(len(histories))[::-1]
+    again = s.market_feature_panel(
+        *(c[order] for c in cols), bars[order], news=(latest[0][order], latest[1][order]),
+        macro=(macro_latest[0][order], macro_latest[1][order]),
+    )  # fmt: skip
+    assert again.tobytes() == panel[order].tobytes()
+    assert s.market_feature_panel(*(c[:0] for c in cols), bars[:0]).shape == (0, 34)
+
+
+def test_panel_refuses_wrong_shapes_and_counts() -> None:
+    h = random_history(200, seed=1)
+    cols, bars, _ = _panel_inputs([h], [None])
+    with pytest.raises(s.SchemaError, match=r"close has shape \(1, 3\); expected \(1, "):
+        s.market_feature_panel(cols[0], cols[1][:, :3], *cols[2:], bars)
+    with pytest.raises(s.SchemaError, match=r"expected \(N,\) counts >= 1"):
+        s.market_feature_panel(*cols, np.array([0]))
+    late = (np.array([h.dates[-1] + 1]), np.array([0.5]))
+    with pytest.raises(s.SchemaError, match=r"news: row 0's latest score is dated after its bar"):
+        s.market_feature_panel(*cols, bars, news=late)

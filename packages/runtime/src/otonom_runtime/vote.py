@@ -137,6 +137,18 @@ class Signals:
             Action(int(self.actions[i])), float(self.strengths[i]), float(self.confidences[i])
         )
 
+    def to_list(self) -> list[Signal]:
+        """``[self[i] for i in range(len(self))]``, the arrays read once."""
+        return [
+            Signal(a, s, c)  # the action made an Action by Signal itself
+            for a, s, c in zip(
+                self.actions.tolist(),
+                self.strengths.tolist(),
+                self.confidences.tolist(),
+                strict=True,
+            )
+        ]
+
     @classmethod
     def from_scores(cls, score: F64, threshold: float, confidence: F64) -> Signals:
         """BUY where ``score >= threshold``, SELL where ``score <= -threshold``, else HOLD;

@@ -27,6 +27,7 @@ from otonom_schema._features import (
 )
 from otonom_schema._io import atomic_path, atomic_write
 from otonom_schema._labels import ForwardLabels, forward_labels, risk_levels, tercile_cuts
+from otonom_schema._panel import market_feature_panel
 from otonom_schema._spec import (
     ANALYSTS,
     FEATURE_NAMES,
@@ -90,6 +91,7 @@ __all__ = [
     "load_dataset",
     "log_returns_from_features",
     "market_feature_matrix",
+    "market_feature_panel",
     "parse_iso_date",
     "portfolio_feature_matrix",
     "require_schema",

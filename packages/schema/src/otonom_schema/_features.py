@@ -33,7 +33,7 @@ import numpy.typing as npt
 
 from otonom_schema._dates import DateLike
 from otonom_schema._errors import SchemaError
-from otonom_schema._market import _NEUTRAL, _PAD, PORTFOLIO_COLUMNS, _market_block
+from otonom_schema._market import _NEUTRAL, _PAD, PORTFOLIO_COLUMNS, _Grid, _Layout, _market_block
 from otonom_schema._spec import (
     DAYS_SCALE,
     LOOKBACK,
@@ -378,7 +378,29 @@ def market_feature_matrix(
     days, close, high, low, volume = _padded(history, 0)
     n_avail = np.minimum(np.arange(first + 1, n + 1, dtype=np.int64), LOOKBACK)
     as_of = history.dates[first:].astype(np.int64)
-    return _market_block(days, close, high, low, volume, n_avail, as_of, news, macro, _PAD + first)
+    at = _one_history(days.shape[0], _PAD + first, n_avail, as_of)
+    return _market_block(days, close, high, low, volume, at, *_sentiment(news, macro, as_of))
+
+
+def _one_history(m: int, first_out: int, n_avail: I64, as_of: I64) -> _Layout:
+    """The layout of one history padded with ``_PAD`` bars, rows ``first_out .. m - 1``."""
+    return _Layout(
+        ends=_Grid(first_out, 1, 0, m - first_out),
+        starts=np.zeros(1, dtype=np.int64),
+        real=np.arange(m) >= _PAD,
+        n_avail=n_avail,
+        as_of=as_of,
+    )
+
+
+def _sentiment(
+    news: SentimentSeries | None, macro: SentimentSeries | None, as_of: I64
+) -> tuple[F64 | float, F64 | float]:
+    """The news and macro features at the days ``as_of`` (0 without a series)."""
+    return (
+        news.at(as_of) if news is not None else 0.0,
+        macro.at(as_of) if macro is not None else 0.0,
+    )
 
 
 def _first_row(first: object, n: int) -> int:
@@ -448,8 +470,7 @@ def compute_state(
     days, close, high, low, volume = _padded(cut, start)
     n_avail = np.array([min(n, LOOKBACK)], dtype=np.int64)
     as_of = np.array([as_of_day], dtype=np.int64)
-    row = _market_block(
-        days, close, high, low, volume, n_avail, as_of, news, macro, days.shape[0] - 1
-    )[0]
+    layout = _one_history(days.shape[0], days.shape[0] - 1, n_avail, as_of)
+    row = _market_block(days, close, high, low, volume, layout, *_sentiment(news, macro, as_of))[0]
     row[PORTFOLIO_COLUMNS] = _portfolio_matrix(portfolio, 1)[0]
     return RlState.from_array(row)

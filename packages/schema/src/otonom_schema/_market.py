@@ -7,7 +7,8 @@ stay identical and causal."""
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Final
+from dataclasses import dataclass
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -44,9 +45,6 @@ from otonom_schema._spec import (
     feature_index,
 )
 
-if TYPE_CHECKING:
-    from otonom_schema._features import SentimentSeries
-
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
@@ -71,26 +69,71 @@ if not (_MIN_BARS.max() == LOOKBACK and REGIME_WINDOW < 2**16):  # what _market_
 
 
 # --- the windowed maths --------------------------------------------------------------------
+#
+# Every windowed quantity is computed at output positions (a ``_Grid`` of indices into the
+# padded bar arrays): one run of consecutive positions for one history (the rows of
+# ``market_feature_matrix``), or one run per history for a panel of histories laid end to end
+# (``market_feature_panel``). Each window is gathered into a C-contiguous row, oldest first, and
+# reduced along it, so a position's features are the same floats however many positions are
+# computed with it and whatever lies before its window.
 
 
-def _windows(x: F64, first: int, stop: int, width: int) -> F64:
-    """Row k is ``x[end - width + 1 .. end]`` (oldest first) for ``end = first + k``, up to
-    ``stop - 1``: a read-only strided view (no copy) of the 1-d contiguous array ``x``."""
-    lo = first - width + 1
-    if lo < 0 or stop > x.shape[0] or x.ndim != 1:  # never: every caller pads enough
-        raise AssertionError(f"windows {lo}..{stop - 1} of width {width} over {x.shape}")
+@dataclass(frozen=True)
+class _Grid:
+    """The positions ``first + i * step + j`` for ``i < runs``, ``j < run`` (in that order)."""
+
+    first: int
+    runs: int
+    step: int
+    run: int
+
+    @property
+    def size(self) -> int:
+        return self.runs * self.run
+
+    def positions(self) -> I64:
+        at = np.arange(self.runs, dtype=np.int64)[:, None] * self.step + np.arange(self.run)
+        out: I64 = (at + self.first).ravel()
+        return out
+
+    def spans(self, width: int) -> tuple[_Grid, _Grid]:
+        """The ``width`` positions ending at each of these (each run widened in front), and
+        where these lie among them once they are computed into an array of their own: the
+        output positions of a quantity that is itself windowed (the MACD line, the vol)."""
+        run = self.run + width - 1
+        return (
+            _Grid(self.first - width + 1, self.runs, self.step, run),
+            _Grid(width - 1, self.runs, run, self.run),
+        )
+
+
+def _windows(x: F64, at: _Grid, width: int) -> F64:
+    """Row k is ``x[end - width + 1 .. end]`` (oldest first) for the k-th position ``end`` of
+    ``at``: a read-only strided view (no copy) of the 1-d contiguous array ``x`` for one run,
+    a C-contiguous copy for several (the same floats in the same order)."""
+    lo = at.first - width + 1
+    last = at.first + (at.runs - 1) * at.step + at.run - 1
+    if at.size and (lo < 0 or last >= x.shape[0] or x.ndim != 1):
+        raise AssertionError(f"windows from {lo} of width {width} over {x.shape}")  # never
+    if at.size == 0:
+        return np.empty((0, width), dtype=x.dtype)
     step = x.strides[0]
     view: F64 = np.lib.stride_tricks.as_strided(
-        x[lo:], shape=(stop - first, width), strides=(step, step), writeable=False
+        x[lo:],
+        shape=(at.runs, at.run, width),
+        strides=(step * at.step, step, step),
+        writeable=False,
     )
-    return view
+    rows: F64 = view[0] if at.runs == 1 else view.reshape(at.size, width)
+    return rows
 
 
-def _window(x: F64, first: int, stop: int, width: int) -> F64:
-    """Rows ``x[end - width + 1 .. end]`` (oldest first) for ``end = first .. stop - 1``, as a
-    fresh C-contiguous array (a copy of the strided view: same floats, same order), always a
-    copy, so that callers may overwrite it."""
-    out: F64 = _windows(x, first, stop, width).copy(order="C")
+def _window(x: F64, at: _Grid, width: int) -> F64:
+    """``_windows`` as a fresh C-contiguous array that callers may overwrite."""
+    win = _windows(x, at, width)
+    if win.flags.writeable and win.flags.c_contiguous:
+        return win
+    out: F64 = win.copy(order="C")
     return out
 
 
@@ -104,10 +147,10 @@ def _ema_weights(span: int, length: int) -> F64:
     return kernel
 
 
-def _ema(x: F64, first: int, stop: int, span: int, length: int) -> F64:
+def _ema(x: F64, ends: _Grid, span: int, length: int) -> F64:
     # the window copied, then scaled in place: the same products, and a multiply over
     # contiguous rows is faster than one that reads the overlapping strided view
-    prod = _window(x, first, stop, length)
+    prod = _window(x, ends, length)
     prod *= _ema_weights(span, length)
     out: F64 = prod.sum(axis=1)
     return out
@@ -128,20 +171,36 @@ def _std(win: F64) -> F64:
     return _mean_std(win)[1]
 
 
-def _window_share(flags: npt.NDArray[np.bool_], first: int, stop: int, width: int) -> F64:
-    """The share of True among ``flags[end - width + 1 .. end]`` for ``end = first .. stop - 1``.
+def _window_share(flags: npt.NDArray[np.bool_], at: _Grid, width: int) -> F64:
+    """The share of True among ``flags[end - width + 1 .. end]`` for each of ``ends``.
 
     Equal, bit for bit, to summing each window of the flags as 0.0/1.0 floats and dividing by
     ``width``: every partial sum of such a window is a small whole number, exact in float64 in
     any order, so the count is taken from integer running totals instead (no window copies).
     """
-    if first - width + 1 < 0 or stop > flags.shape[0]:  # never: every caller pads enough
-        raise AssertionError(f"windows {first - width + 1}..{stop - 1} over {flags.shape}")
+    ends = at.positions()
+    if ends.size and (int(ends[0]) - width + 1 < 0 or int(ends[-1]) >= flags.shape[0]):
+        raise AssertionError(f"windows of width {width} over {flags.shape}")  # never
     totals = np.zeros(flags.shape[0] + 1, dtype=np.int64)
     np.cumsum(flags, out=totals[1:])
-    counts = totals[first + 1 : stop + 1] - totals[first + 1 - width : stop + 1 - width]
+    counts = totals[ends + 1] - totals[ends + 1 - width]
     out: F64 = counts.astype(np.float64) / width
     return out
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where the output rows are in padded bar arrays: ``ends``, their positions; ``starts``,
+    the first position of each history laid in the arrays (its diffs with the bar before are
+    0, as at position 0); ``real``, the positions holding real bars (not padding);
+    ``n_avail[k]``, the real bars up to row k (capped at LOOKBACK); ``as_of[k]``, the day the
+    row's sentiment and freshness are taken at."""
+
+    ends: _Grid
+    starts: I64
+    real: npt.NDArray[np.bool_]
+    n_avail: I64
+    as_of: I64
 
 
 def _market_block(
@@ -150,46 +209,47 @@ def _market_block(
     high: F64,
     low: F64,
     volume: F64,
-    n_avail: I64,
-    as_of: I64,
-    news: SentimentSeries | None,
-    macro: SentimentSeries | None,
-    first_out: int,
+    at: _Layout,
+    news: F64 | float,
+    macro: F64 | float,
 ) -> F64:
-    """Feature rows for padded bar arrays, for the bars at positions ``first_out .. M-1``.
+    """Feature rows for padded bar arrays at the positions of ``at`` (see ``_Layout``).
 
-    The arrays are already padded with ``_PAD`` copies of the first bar; ``n_avail[k]`` is the
-    number of real bars up to output row k (capped at LOOKBACK). Portfolio columns are neutral.
+    Every history laid in the arrays is padded in front with at least ``_PAD`` copies of its
+    first bar; ``news`` and ``macro``: each row's sentiment features (the one sentiment rule,
+    applied by the caller). Portfolio columns are neutral.
     """
     m = close.shape[0]
-    out = np.arange(first_out, m, dtype=np.int64)
-    rows = out.shape[0]
+    out = at.ends
+    rows = out.size
     feats = np.empty((rows, STATE_DIM), dtype=np.float64)
 
     logret = np.zeros(m)
     logret[1:] = np.log(close[1:] / close[:-1])
     change = np.zeros(m)
     change[1:] = close[1:] - close[:-1]
+    logret[at.starts] = 0.0
+    change[at.starts] = 0.0
 
     # market: 20 returns, oldest first
     # (elementwise, so scaling each return once and then windowing gives the same floats)
-    feats[:, :N_RETURNS] = _windows(np.tanh(logret / RETURN_SCALE), first_out, m, N_RETURNS)
+    feats[:, :N_RETURNS] = _windows(np.tanh(logret / RETURN_SCALE), out, N_RETURNS)
 
     # RSI (simple averages: the ratio of sums)
-    win = _window(change, first_out, m, RSI_PERIOD)
+    win = _window(change, out, RSI_PERIOD)
     gains = np.maximum(win, 0.0).sum(axis=1)
     losses = np.maximum(np.negative(win, out=win), 0.0, out=win).sum(axis=1)
     moves = gains + losses
     feats[:, _RSI] = np.where(moves > 0, gains / np.where(moves > 0, moves, 1.0), 0.5)
 
     # MACD histogram: MACD line on the signal window, then its signal EMA
-    line_first = first_out - EMA_SIGNAL_LEN + 1
-    line = _ema(close, line_first, m, MACD_FAST, EMA_FAST_LEN) - _ema(
-        close, line_first, m, MACD_SLOW, EMA_SLOW_LEN
+    line_at, line_ends = out.spans(EMA_SIGNAL_LEN)
+    line = _ema(close, line_at, MACD_FAST, EMA_FAST_LEN) - _ema(
+        close, line_at, MACD_SLOW, EMA_SLOW_LEN
     )
-    signal = _ema(line, EMA_SIGNAL_LEN - 1, line.shape[0], MACD_SIGNAL, EMA_SIGNAL_LEN)
-    hist = line[EMA_SIGNAL_LEN - 1 :] - signal
-    rel = hist / close[out]
+    signal = _ema(line, line_ends, MACD_SIGNAL, EMA_SIGNAL_LEN)
+    hist = line[line_ends.positions()] - signal
+    rel = hist / close[out.positions()]
     # On a flat market both EMAs equal the price only up to rounding, and how the rounding falls
     # depends on the CPU's SIMD width (seen: -1.6e-30 on one machine, 0.0 on another). A
     # histogram below 1e-12 of the price is that float noise: it is 0, on every machine.
@@ -197,40 +257,41 @@ def _market_block(
     feats[:, _MACD] = np.tanh(rel / MACD_SCALE)
 
     # Bollinger Band width
-    mean_c, std_c = _mean_std(_window(close, first_out, m, BB_PERIOD))
+    mean_c, std_c = _mean_std(_window(close, out, BB_PERIOD))
     width = 2.0 * BB_STDS * std_c / mean_c
     feats[:, _BB] = np.tanh(width / BB_SCALE)
 
     # volume ratio (log scale)
-    mean_v = _window(volume, first_out, m, VOLUME_PERIOD).sum(axis=1) / VOLUME_PERIOD
-    today = volume[out]
+    mean_v = _window(volume, out, VOLUME_PERIOD).sum(axis=1) / VOLUME_PERIOD
+    today = volume[out.positions()]
     safe_mean = np.where(mean_v > 0, mean_v, 1.0)
     ratio = np.maximum(today, VOLUME_FLOOR * safe_mean) / safe_mean
     feats[:, _VOL] = np.where(mean_v > 0, np.tanh(np.log(ratio) / VOLUME_SCALE), 0.0)
 
-    _regime_columns(feats, logret, first_out, m)
+    _regime_columns(feats, logret, out)
 
-    feats[:, _DSI] = _dsi(days, close, high, low, volume, n_avail, as_of, first_out)
+    feats[:, _DSI] = _dsi(days, close, high, low, volume, at)
 
     # warm-up: too few bars -> neutral (DSI itself only needs one bar); only rows with fewer
     # than LOOKBACK (the largest min_bars) bars can have such a feature
-    warm = np.flatnonzero(n_avail < LOOKBACK)
+    warm = np.flatnonzero(at.n_avail < LOOKBACK)
     if warm.size:
-        short = n_avail[warm, None] < _MIN_BARS[None, :]
+        short = at.n_avail[warm, None] < _MIN_BARS[None, :]
         feats[warm] = np.where(short, _NEUTRAL[None, :], feats[warm])
 
-    # sentiment (looked up at as_of) and neutral portfolio columns
-    feats[:, _NEWS] = news.at(as_of) if news is not None else 0.0
-    feats[:, _MACRO] = macro.at(as_of) if macro is not None else 0.0
+    # sentiment and neutral portfolio columns
+    feats[:, _NEWS] = news
+    feats[:, _MACRO] = macro
     feats[:, PORTFOLIO_COLUMNS] = _NEUTRAL[PORTFOLIO_COLUMNS]
     return feats
 
 
-def _regime_columns(feats: F64, logret: F64, first_out: int, m: int) -> None:
+def _regime_columns(feats: F64, logret: F64, out: _Grid) -> None:
     """The regime one-hot: the rank of the 20-bar realised vol among its last REGIME_WINDOW
     values, written into ``feats``' three regime columns."""
-    vol = _std(_window(logret, first_out - REGIME_WINDOW + 1, m, VOL_WINDOW))
-    ranks = _windows(vol, REGIME_WINDOW - 1, vol.shape[0], REGIME_WINDOW)  # compared, not summed
+    vol_at, vol_ends = out.spans(REGIME_WINDOW)
+    vol = _std(_window(logret, vol_at, VOL_WINDOW))
+    ranks = _windows(vol, vol_ends, REGIME_WINDOW)  # compared, not summed
     # count of the True (1-byte) flags per row, summed in 16-bit ints (exact: <= REGIME_WINDOW)
     below = (ranks < ranks[:, -1:]).view(np.uint8).sum(axis=1, dtype=np.uint16) / REGIME_WINDOW
     calm = below < REGIME_LOW_PCT
@@ -240,23 +301,14 @@ def _regime_columns(feats: F64, logret: F64, first_out: int, m: int) -> None:
     feats[:, _REG + 2] = turbulent
 
 
-def _dsi(
-    days: I64,
-    close: F64,
-    high: F64,
-    low: F64,
-    volume: F64,
-    n_avail: I64,
-    as_of: I64,
-    first_out: int,
-) -> F64:
+def _dsi(days: I64, close: F64, high: F64, low: F64, volume: F64, at: _Layout) -> F64:
     """The data-sufficiency index of the output rows: coverage x (1 - gap share) x (1 - zero
     volume share) x (1 - weighted flat-bar share) x freshness."""
     m = close.shape[0]
-    out = np.arange(first_out, m, dtype=np.int64)
-    real = np.arange(m) >= _PAD  # both paths pad with exactly _PAD copies in front
+    out, real = at.ends, at.real
     prev_real = np.zeros(m, dtype=bool)
     prev_real[1:] = real[:-1]
+    prev_real[at.starts] = False
     interval = np.zeros(m, dtype=np.int64)
     interval[1:] = days[1:] - days[:-1]
     gap = real & prev_real & (interval > MAX_GAP_DAYS)
@@ -264,14 +316,14 @@ def _dsi(
     unchanged = np.zeros(m, dtype=bool)
     unchanged[1:] = close[1:] == close[:-1]
     flat = real & prev_real & unchanged & (high == low)
-    gap_share = _window_share(gap, first_out, m, DSI_WINDOW)
-    zero_share = _window_share(zero_vol, first_out, m, DSI_WINDOW)
-    flat_share = _window_share(flat, first_out, m, DSI_WINDOW)
-    stale = (as_of - days[out]).astype(np.float64)
+    gap_share = _window_share(gap, out, DSI_WINDOW)
+    zero_share = _window_share(zero_vol, out, DSI_WINDOW)
+    flat_share = _window_share(flat, out, DSI_WINDOW)
+    stale = (at.as_of - days[out.positions()]).astype(np.float64)
     freshness = np.where(
         stale <= STALE_GRACE_DAYS, 1.0, 0.5 ** ((stale - STALE_GRACE_DAYS) / STALE_HALF_LIFE_DAYS)
     )
-    coverage = np.minimum(n_avail / LOOKBACK, 1.0)
+    coverage = np.minimum(at.n_avail / LOOKBACK, 1.0)
     return (
         coverage
         * (1.0 - gap_share)

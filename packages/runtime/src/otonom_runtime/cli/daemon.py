@@ -45,11 +45,19 @@ def _symbols(args: argparse.Namespace) -> Callable[[], Sequence[str]]:
 
 
 def _cmd_daemon(args: argparse.Namespace) -> int:
-    from otonom_runtime.daemon import Ensemble, PaperBroker, parse_interval, run_daemon, run_tick
+    from otonom_runtime.daemon import (
+        CsvFolderBars,
+        Ensemble,
+        PaperBroker,
+        parse_interval,
+        run_daemon,
+        run_tick,
+    )
     from otonom_runtime.store import get_session, init_db
 
     interval_s = parse_interval(args.interval)
     symbols = _symbols(args)
+    bars = None if args.bars_from is None else CsvFolderBars(args.bars_from)
     url = require_store(args.database_url)
     init_db(url)  # upgrades an older store, marks interrupted runs failed
     ensemble = Ensemble.from_strategy(args.strategy_path, use_rl=False if args.no_rl else None)
@@ -68,6 +76,7 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
             report=lambda r: print(r.summary(), flush=True),
             notify=lambda line: print(line, flush=True),
             tick=tick,
+            bars=bars,
         )
     return 0
 
@@ -99,7 +108,9 @@ def add_daemon_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
             "the backtester's states and vote) and records the decisions in the store, marked "
             "live, in one transaction. Paper mode: positions are the live decisions filled at "
             "the next open by the backtester's rules. Re-running on the same bars records "
-            "nothing. New bars come from another process (`otonom data import-csv`). SIGINT "
+            "nothing. New bars come from another process (`otonom data import-csv`) or, with "
+            "--bars-from, from a folder of <SYMBOL>.csv files the daemon imports before each "
+            "tick. SIGINT "
             "or SIGTERM let the tick in progress finish its write, then it exits. Between "
             "ticks a newly promoted model (the model folder's `latest` pointer) is loaded, "
             "checked as at start and swapped in, or refused with the model in service kept; "
@@ -130,6 +141,14 @@ def add_daemon_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         help="decide the newest bars on or before DATE (YYYY-MM-DD; default: the newest stored)",
     )
     p.add_argument("--no-rl", action="store_true", help="switch the RL analyst off")
+    p.add_argument(
+        "--bars-from",
+        metavar="DIR",
+        default=None,
+        help="before each tick, import DIR/<SYMBOL>.csv of each symbol (the import-csv rules: "
+        "new dates added, identical bars left alone, a file with a changed bar refused and "
+        "logged); a file unchanged since the last tick is not read again",
+    )
     p.add_argument(
         "--dask-scheduler",
         metavar="ADDRESS",

@@ -3,11 +3,18 @@
 * ``tick``: ``Ensemble`` (a strategy's analysts and model, loaded once;
   ``Ensemble.from_strategy(path)``) whose ``decide(session, symbols, date, portfolios)``
   decides many symbols at once and returns each ``TickDecision`` with every analyst's signal:
-  the reads batched (``read_tick``: one statement for all the bars, one for all the news),
-  the analysts vectorised, the policy through ``predict_batch``, the vote by the backtester's
-  ``decide_rows``. ``decide_states`` is the same on states a caller built.
+  the reads through its ``TickCache``, the analysts vectorised, the policy through
+  ``predict_batch``, the vote by the backtester's ``decide_rows``. ``decide_states`` is the
+  same on states a caller built; ``read_tick`` reads symbols whole in batched statements.
+* ``cache``: ``TickCache``, what the ensemble keeps between ticks: each symbol's last
+  ``LOOKBACK`` bars, news tail and the macro series; a steady tick reads only the rows that are
+  new (one statement per table for all symbols), the newest bars' states in one
+  ``otonom_schema.market_feature_panel`` call.
 * ``paper``: the ``Broker`` protocol (where a broker plugs in) and ``PaperBroker``, whose
-  positions are the strategy's live decisions replayed through the backtester's sleeve.
+  positions are the strategy's live decisions through the backtester's sleeve, kept between
+  ticks and stepped once a tick (replayed from the stored decisions once after a restart).
+* ``bars``: the ``BarSource`` protocol and ``CsvFolderBars`` (``otonom daemon --bars-from``:
+  ``<SYMBOL>.csv`` of a folder imported before each tick).
 * ``loop``: ``run_tick`` (each symbol's newest bar not yet decided, decided and recorded in
   one transaction: the whole tick or nothing; a second tick on the same bars records nothing)
   and ``run_daemon`` (a tick every interval; SIGINT/SIGTERM let the tick in progress finish
@@ -25,6 +32,8 @@ index on (live_strategy, symbol_id, date) makes one live decision per strategy, 
 bar, whichever process writes it.
 """
 
+from otonom_runtime.daemon.bars import BarSource, CsvFolderBars
+from otonom_runtime.daemon.cache import TickCache
 from otonom_runtime.daemon.loop import (
     LIVE_PURPOSE,
     TickReport,
@@ -45,13 +54,16 @@ from otonom_runtime.daemon.tick import (
 __all__ = [
     "LATENCY_WINDOW",
     "LIVE_PURPOSE",
+    "BarSource",
     "Broker",
+    "CsvFolderBars",
     "Ensemble",
     "Holding",
     "ModelWatch",
     "PaperBroker",
     "Refusal",
     "SymbolInputs",
+    "TickCache",
     "TickDecision",
     "TickReport",
     "daemon_state",

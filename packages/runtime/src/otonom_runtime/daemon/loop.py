@@ -3,6 +3,7 @@ and record it, one transaction) and ``run_daemon`` (ticks every interval until s
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import re
@@ -16,17 +17,20 @@ from types import FrameType
 from typing import Any, Final
 
 import numpy as np
+import numpy.typing as npt
 from sqlalchemy.orm import Session
 
 from otonom_runtime._errors import DaemonError
 from otonom_runtime.backtest.runner import _rl_model_params
-from otonom_runtime.daemon.paper import Broker, Holding
+from otonom_runtime.daemon.bars import BarSource
+from otonom_runtime.daemon.cache import CachedSymbol
+from otonom_runtime.daemon.paper import Broker, Holding, LastDecision, TickInputs
 from otonom_runtime.daemon.reload import ModelWatch, daemon_state
-from otonom_runtime.daemon.tick import Ensemble, SymbolInputs, TickDecision, read_tick
+from otonom_runtime.daemon.tick import Ensemble, TickDecision
 from otonom_runtime.ensemble import ANALYSTS
 from otonom_runtime.store import HEARTBEAT_INTERVAL_S, BacktestRun, this_process
 from otonom_runtime.store.daemons import write_daemon_state
-from otonom_runtime.store.ticks import load_live_decisions, record_tick
+from otonom_runtime.store.ticks import LiveDecisions, load_live_decisions, record_tick
 from otonom_schema import Action
 
 __all__ = ["LIVE_PURPOSE", "TickReport", "parse_interval", "run_daemon", "run_tick"]
@@ -109,26 +113,30 @@ def run_tick(
     nothing. A symbol whose newest bar is decided already is left alone, so a second tick on
     the same bars records nothing; a tick that another process recorded first while this one
     decided is not written (``TickReport.conflict``). Then the decisions go to
-    ``broker.submit``."""
+    ``broker.submit``. The reads go through the ensemble's cache (``Ensemble.cache``: only
+    what is new since its last tick), the states through ``market_feature_panel``."""
     names = list(dict.fromkeys(symbols))
     if not names:
         raise DaemonError("no symbols given; expected at least one")
-    inputs, no_bars = read_tick(session, ensemble.config, names, as_of or _FAR)
-    live = load_live_decisions(session, ensemble.name, [i.symbol_id for i in inputs])
-    pending = [i for i in inputs if _undecided(i, live)]
+    cache = ensemble.cache
+    cached, no_bars = cache.refresh(session, ensemble.config, names, as_of or _FAR)
+    last, live = cache.live(session, ensemble.name, cached)
+    pending = [c for c in cached if c.symbol_id not in last or last[c.symbol_id].date < c.newest]
     report = TickReport(None, no_bars=no_bars)
-    waiting = {i.symbol_id for i in pending}
-    report.up_to_date = [i.symbol for i in inputs if i.symbol_id not in waiting]
+    waiting = {c.symbol_id for c in pending}
+    report.up_to_date = [c.symbol for c in cached if c.symbol_id not in waiting]
     if not pending:
         session.rollback()  # end the read transaction: nothing to write
         return report
     capital = ensemble.params.initial_capital / len(names)
-    holdings = broker.holdings(pending, live, ensemble.params, capital)
+    market = cache.market(pending)
+    items = _broker_inputs(session, ensemble, pending, market, (last, live), broker, capital)
+    holdings = broker.holdings(items, ensemble.params, capital)
     before = ensemble.fallbacks
     decisions = ensemble.decide_states(
-        [i.symbol for i in pending],
-        [i.newest for i in pending],
-        np.stack([i.market(len(i.history) - 1)[0] for i in pending]),
+        [c.symbol for c in pending],
+        [c.newest for c in pending],
+        market,
         [h.portfolio for h in holdings],
     )
     report.fallbacks = ensemble.fallbacks - before
@@ -137,21 +145,55 @@ def run_tick(
     report.run_id = record_tick(session, run, columns)
     if report.run_id is None:
         log.warning("tick of %s not recorded: another process recorded it first", ensemble.name)
+        cache.recorded(None)
         report.conflict = True
         return report
+    cache.recorded({c.symbol_id: d.date for c, d in zip(pending, decisions, strict=True)})
     report.decisions, report.holdings = decisions, holdings
     broker.submit(decisions)
     return report
 
 
-def _undecided(inputs: SymbolInputs, live: dict[int, Any]) -> bool:
-    done = live.get(inputs.symbol_id)
-    return done is None or done.dates[-1] < inputs.history.dates[-1]
+def _broker_inputs(
+    session: Session,
+    ensemble: Ensemble,
+    pending: Sequence[CachedSymbol],
+    market: npt.NDArray[np.float64],
+    decided: tuple[dict[int, LastDecision], dict[int, LiveDecisions]],
+    broker: Broker,
+    capital: float,
+) -> list[TickInputs]:
+    """What the broker gets of each pending symbol: its cached bars, the risk cap of its
+    newest bar (``engine._prepare``'s expression, on all rows at once), its newest live
+    decision and, where the broker cannot resume its sleeve, its whole history and live
+    decisions (read now when the tick has not read them whole already)."""
+    last, live = decided
+    params = ensemble.params
+    caps = (params.risk.exposure(market) * params.max_leverage).tolist()
+    items = [
+        TickInputs(c.symbol, c.symbol_id, *ensemble.cache.window(c.row), caps[i],
+                   last.get(c.symbol_id), c.whole, live.get(c.symbol_id))
+        for i, c in enumerate(pending)
+    ]  # fmt: skip
+    lacking = [
+        i for i, item in enumerate(items)
+        if not broker.resumes(item, capital) and (item.whole is None or item.live is None)
+    ]  # fmt: skip
+    if not lacking:
+        return items
+    symbols = [pending[i] for i in lacking]
+    whole = ensemble.cache.reread(session, symbols)
+    more = load_live_decisions(session, ensemble.name, [c.symbol_id for c in symbols])
+    for i, c in zip(lacking, symbols, strict=True):
+        items[i] = dataclasses.replace(
+            items[i], whole=whole[c.symbol_id], live=more.get(c.symbol_id)
+        )
+    return items
 
 
 def _run_row(
     ensemble: Ensemble,
-    pending: Sequence[SymbolInputs],
+    pending: Sequence[CachedSymbol],
     decisions: Sequence[TickDecision],
     broker: Broker,
     fallbacks: int,
@@ -192,7 +234,7 @@ def _run_row(
 
 def _columns(
     strategy: str,
-    pending: Sequence[SymbolInputs],
+    pending: Sequence[CachedSymbol],
     decisions: Sequence[TickDecision],
     holdings: Sequence[Holding],
 ) -> dict[str, list[Any]]:
@@ -254,6 +296,7 @@ def run_daemon(
     notify: Callable[[str], None] = lambda line: None,
     heartbeat_s: float = HEARTBEAT_INTERVAL_S,
     tick: Callable[..., TickReport] = run_tick,
+    bars: BarSource | None = None,
 ) -> int:
     """Tick (``run_tick``) every ``interval_s`` seconds until SIGINT or SIGTERM (``once``:
     one tick). A signal during a tick lets it finish, its write included, then the loop
@@ -266,8 +309,9 @@ def run_daemon(
     ``heartbeat_s`` of the wait; ``notify`` is given its line when a candidate is swapped in
     or refused), and the daemon's state row (``DaemonState``: heartbeat, model in service,
     refused candidate, counts, predict latencies) is written at the start, after each tick,
-    every ``heartbeat_s`` of the wait and at the end (``status`` ``"stopped"``). Returns the
-    number of ticks run."""
+    every ``heartbeat_s`` of the wait and at the end (``status`` ``"stopped"``). ``bars``: a
+    ``BarSource`` pulled before each tick (its imports committed first). Returns the number of
+    ticks run."""
     watch = ModelWatch(ensemble)
     started_at = dt.datetime.now(dt.timezone.utc)
     ticks = 0
@@ -290,8 +334,12 @@ def run_daemon(
         while not stop.event.is_set():
             started = time.monotonic()
             reload()
+            names = symbols()
+            if bars is not None:
+                with session_factory() as session:
+                    bars.pull(session, names)
             with session_factory() as session:
-                report(tick(session, ensemble, symbols(), broker, as_of=as_of))
+                report(tick(session, ensemble, names, broker, as_of=as_of))
             ticks += 1
             beat()
             if once:

@@ -3,26 +3,35 @@
 A broker tells the tick each symbol's portfolio at the close of the bar it decides
 (``holdings``) and takes the tick's decisions as orders for the next open (``submit``).
 
-``PaperBroker`` keeps its positions in the store, as the strategy's live decisions: each tick
-it replays them through the backtester's own sleeve (``backtest.engine._prepare``'s
-``_Sleeve``, the one body of the mark and trade rules: fills at the next open with slippage
-and commission, the leverage cap, the risk exposure, ruin), from the first live decision to
-the bar decided. So a paper position needs no table of its own, survives any crash (it is
-what the committed ticks say) and is the backtester's portfolio for the same decisions. A bar
-between two live decisions that the daemon did not decide (it was down) counts as a HOLD.
-Each symbol trades its own sleeve of ``initial_capital / number of symbols`` (the
-backtester's rule). ``submit`` sends nothing: the fill is the next tick's replay.
+``PaperBroker`` keeps its positions in the store, as the strategy's live decisions: a sleeve
+is the backtester's own (``backtest.engine._Sleeve``, the one body of the mark and trade
+rules: fills at the next open with slippage and commission, the leverage cap, the risk
+exposure, ruin) driven by those decisions. Between ticks it keeps each sleeve's state at the
+bar it last decided; a tick resumes it from there (one step: the last decision filled at the
+next open, the new bar marked) when the store's newest live decision of the symbol is the one
+the sleeve holds (the tick reads it: ``TickInputs.last``). Otherwise (a restarted daemon, a
+decision another process recorded, another capital per symbol) it replays the sleeve from the
+first live decision to the bar decided, once. So a paper position needs no table of its own,
+survives any crash (it is what the committed ticks say) and is the backtester's portfolio for
+the same decisions. A bar between two live decisions that the daemon did not decide (it was
+down) counts as a HOLD. Each symbol trades its own sleeve of ``initial_capital / number of
+symbols`` (the backtester's rule). ``submit`` sends nothing: it keeps the sleeves' states with
+the decisions recorded; the fill is the next tick's step.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
-from otonom_runtime.backtest.engine import _Bars, _prepare
+from otonom_runtime._errors import DaemonError
+from otonom_runtime.backtest.engine import _Bars, _prepare, _Sleeve
 from otonom_runtime.backtest.lockstep import Board
 from otonom_runtime.store.ticks import LiveDecisions
 from otonom_schema import Action, PortfolioSnapshot
@@ -31,7 +40,9 @@ if TYPE_CHECKING:
     from otonom_runtime.backtest.params import EngineParams
     from otonom_runtime.daemon.tick import SymbolInputs, TickDecision
 
-__all__ = ["Broker", "Holding", "PaperBroker"]
+__all__ = ["Broker", "Holding", "LastDecision", "PaperBroker", "TickInputs"]
+
+F64 = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True)
@@ -43,21 +54,49 @@ class Holding:
     equity: float
 
 
+@dataclass(frozen=True)
+class LastDecision:
+    """A symbol's newest live decision in the store: its bar date, action and strength."""
+
+    date: dt.date
+    action: int
+    strength: float
+
+
+@dataclass(frozen=True)
+class TickInputs:
+    """What a broker gets of a symbol a tick decides: its cached bars (dates, opens, closes,
+    oldest first, the newest the bar decided), ``cap``: the risk cap of that bar (the risk
+    exposure of its state x max leverage, as ``engine._prepare`` computes it), its newest live
+    decision (None: never decided); ``whole`` and ``live``: its whole history and every live
+    decision, present when a replay needs them (``Broker.resumes`` False)."""
+
+    symbol: str
+    symbol_id: int
+    dates: npt.NDArray[np.datetime64]
+    opens: F64
+    closes: F64
+    cap: float
+    last: LastDecision | None
+    whole: SymbolInputs | None = None
+    live: LiveDecisions | None = None
+
+
 class Broker(Protocol):
     """What the daemon's tick needs of a broker."""
 
     name: str
 
+    def resumes(self, inputs: TickInputs, capital: float) -> bool:
+        """True when ``holdings`` can give this symbol's holding without its whole history and
+        live decisions (``inputs.whole``/``inputs.live`` unset)."""
+        ...
+
     def holdings(
-        self,
-        inputs: Sequence[SymbolInputs],
-        live: dict[int, LiveDecisions],
-        params: EngineParams,
-        capital: float,
+        self, inputs: Sequence[TickInputs], params: EngineParams, capital: float
     ) -> list[Holding]:
         """Each symbol's ``Holding`` at the close of its newest bar (``inputs``, in order);
-        ``live``: the strategy's earlier live decisions by symbol id; ``capital``: a
-        symbol's share of the strategy's capital."""
+        ``capital``: a symbol's share of the strategy's capital."""
         ...
 
     def submit(self, decisions: Sequence[TickDecision]) -> None:
@@ -65,56 +104,164 @@ class Broker(Protocol):
         ...
 
 
+@dataclass
+class _State:
+    """A sleeve after marking bar ``day`` (``_Sleeve``'s state there), the risk cap of that
+    bar and the decision taken on it (None until the tick's decisions are recorded)."""
+
+    symbol_id: int
+    capital: float
+    day: dt.date
+    cash: float
+    units: float
+    bust: bool
+    last_fill: float
+    entry_equity: float | None
+    fills: int
+    cap: float
+    decision: tuple[int, float] | None = None
+    day64: np.datetime64 = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.day64 = np.datetime64(self.day, "D")
+
+
 class PaperBroker:
-    """Positions replayed from the live decisions through the backtester's sleeve (see the
-    module docstring)."""
+    """Positions from the live decisions through the backtester's sleeve, kept between ticks
+    (see the module docstring)."""
 
     name = "paper"
 
+    def __init__(self) -> None:
+        self._sleeves: dict[str, _State] = {}
+        self._pending: dict[str, _State] = {}
+
+    def resumes(self, inputs: TickInputs, capital: float) -> bool:
+        last, state = inputs.last, self._sleeves.get(inputs.symbol)
+        return last is None or (
+            state is not None
+            and state.symbol_id == inputs.symbol_id
+            and state.capital == capital
+            and state.day == last.date
+            and state.decision == (last.action, last.strength)
+            and inputs.dates.size > 0
+            and inputs.dates[0] <= state.day64 < inputs.dates[-1]
+        )
+
     def holdings(
-        self,
-        inputs: Sequence[SymbolInputs],
-        live: dict[int, LiveDecisions],
-        params: EngineParams,
-        capital: float,
+        self, inputs: Sequence[TickInputs], params: EngineParams, capital: float
     ) -> list[Holding]:
-        return [_replay(i, live.get(i.symbol_id), params, capital) for i in inputs]
+        self._pending = {}
+        out = []
+        board = Board()  # one for the tick's sleeves: each runs to its end in turn
+        for item in inputs:
+            if item.last is None:
+                sleeve = None
+            elif item.whole is not None and item.live is not None:
+                sleeve = _replay(item, params, capital, board)
+            elif (state := self._sleeves.get(item.symbol)) is not None and (
+                state.day == item.last.date  # what ``resumes`` found (the tick asked it)
+            ):
+                sleeve = _resume(state, item, params, board)
+            else:
+                raise DaemonError(
+                    f"no history or live decisions of {item.symbol!r} to replay its "
+                    "sleeve; expected the tick to read them (Broker.resumes was False)"
+                )
+            if sleeve is None:  # never decided: flat, the sleeve fresh at this bar
+                fresh = _State(item.symbol_id, capital, item.dates[-1].item(), capital, 0.0, False,
+                               -math.inf, None, 0, item.cap)  # fmt: skip
+                self._pending[item.symbol] = fresh
+                out.append(Holding(PortfolioSnapshot(), capital))
+                continue
+            self._pending[item.symbol] = _State(
+                item.symbol_id, capital, item.dates[-1].item(), sleeve.cash, sleeve.units,
+                sleeve.bust, sleeve.last_fill, sleeve.entry_equity, sleeve.fills, item.cap,
+            )  # fmt: skip
+            # the newest mark (engine._Sleeve.out: position, leverage, cash, days, equity, exposure)
+            position, leverage, cash_fraction, days, equity, _ = sleeve.out[-6:]
+            out.append(Holding(PortfolioSnapshot(position, leverage, cash_fraction, days), equity))
+        return out
 
     def submit(self, decisions: Sequence[TickDecision]) -> None:
-        return None
+        for d in decisions:
+            state = self._pending.pop(d.symbol, None)
+            if state is not None and state.day == d.date:
+                state.decision = (int(d.action), d.strength)
+                self._sleeves[d.symbol] = state
+        self._pending = {}
+
+
+def _drive(
+    sleeve: _Sleeve, days: list[dt.date], decided: dict[Any, tuple[int, float]], board: Board
+) -> None:
+    """Run ``sleeve`` over ``days`` (its bars), each day's decision from ``decided`` (HOLD
+    where there is none) sent through the lockstep board, the newest day marked and not
+    traded; the sleeve's state after it is written back (``_Sleeve.steps`` finished)."""
+    steps = sleeve.steps([], [], board, 0)  # the lockstep generator: decisions on the board
+    next(steps)
+    hold = (int(Action.HOLD), 0.0)
+    for day in days[:-1]:
+        action, strength = decided.get(day, hold)
+        board.decided = [action, strength, 0.0]
+        board.portfolio.clear()
+        next(steps)
+    board.decided = [hold[0], hold[1], 0.0]  # the newest bar's: recorded by the tick, not here
+    board.portfolio.clear()
+    next(steps, None)
 
 
 def _replay(
-    inputs: SymbolInputs, live: LiveDecisions | None, params: EngineParams, capital: float
-) -> Holding:
+    inputs: TickInputs, params: EngineParams, capital: float, board: Board
+) -> _Sleeve | None:
     """The sleeve of ``inputs.symbol`` from its first live decision to its newest bar: each
-    bar's live decision sent to it (HOLD where there is none), its mark at the newest bar's
-    close returned; flat with ``capital`` before the first live decision."""
-    history = inputs.history
-    n = len(history)
-    if live is None or live.dates.size == 0 or live.dates[0] >= history.dates[-1]:
-        return Holding(PortfolioSnapshot(), capital)
+    bar's live decision sent to it (HOLD where there is none); None before the first live
+    decision (flat with ``capital``)."""
+    whole, live = inputs.whole, inputs.live
+    assert whole is not None
+    assert live is not None
+    history = whole.history
+    if live.dates.size == 0 or live.dates[0] >= history.dates[-1]:
+        return None
     first = int(np.searchsorted(history.dates, live.dates[0]))
     bars = _Bars(
         inputs.symbol,
         history.dates[first:],
         history.open[first:],
         history.close[first:],
-        inputs.market(first),
+        whole.market(first),
         0,
     )
     decided = dict(
         zip(live.dates.tolist(), zip(live.actions, live.strengths, strict=True), strict=True)
     )
-    sleeve, board = _prepare(bars, params, capital).sleeve, Board()
-    steps = sleeve.steps([], [], board, 0)  # the lockstep generator: decisions on the board
-    next(steps)
-    for day in bars.dates[: n - first - 1].tolist():
-        action, strength = decided.get(day, (int(Action.HOLD), 0.0))
-        board.decided = [action, strength, 0.0]
-        board.portfolio.clear()
-        next(steps)
-    steps.close()
-    # the newest mark (engine._Sleeve.out: position, leverage, cash, raw days, equity, exposure)
-    position, leverage, cash_fraction, days, equity, _ = sleeve.out[-6:]
-    return Holding(PortfolioSnapshot(position, leverage, cash_fraction, days), equity)
+    sleeve = _prepare(bars, params, capital).sleeve
+    _drive(sleeve, bars.dates.tolist(), decided, board)
+    return sleeve
+
+
+def _resume(state: _State, inputs: TickInputs, params: EngineParams, board: Board) -> _Sleeve:
+    """The sleeve from ``state`` (marked at its day, whose decision it holds) over the bars
+    after it to the newest: the same steps as a replay from the first live decision (the
+    state is what they left), without them."""
+    first = int(inputs.dates.searchsorted(state.day64))
+    k = inputs.dates.size - first
+    bars = _Bars(
+        inputs.symbol,
+        inputs.dates[first:],
+        inputs.opens[first:],
+        inputs.closes[first:],
+        np.empty((k, 0)),  # only its length counts: the caps are given
+        0,
+    )
+    # a HOLD never reads its cap, and the days after the state's are HOLDs
+    sleeve = _Sleeve(bars, params, state.capital, [state.cap] + [0.0] * (k - 1))
+    sleeve.cash, sleeve.units, sleeve.bust = state.cash, state.units, state.bust
+    sleeve.last_fill, sleeve.entry_equity, sleeve.fills = (
+        state.last_fill,
+        state.entry_equity,
+        state.fills,
+    )
+    assert state.decision is not None
+    _drive(sleeve, bars.dates.tolist(), {state.day: state.decision}, board)
+    return sleeve

@@ -6,8 +6,10 @@ market states with ``otonom_schema.market_feature_matrix`` (the backtester's cal
 ``decide_states`` votes on them: the three analysts vectorised over all symbols
 (``teacher_votes``, the backtester's ``_prepare``), the policy once through ``rl_votes``
 (``predict_batch``, with the fallback of each row), the vote by ``decide_rows`` (the one rule,
-in the strategy's RL mode: voter, sole or filter).
-Nothing here is a second copy of a feature, an analyst or the vote: a tick's decision equals
+in the strategy's RL mode: voter, sole or filter). The ensemble keeps its reads between calls
+(``cache``: ``daemon.cache.TickCache``, the newest bars' states through
+``otonom_schema.market_feature_panel``). Nothing here is a second copy of a feature, an
+analyst or the vote: a tick's decision equals
 the backtester's for the same day and portfolio (tested bit for bit).
 """
 
@@ -28,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from otonom_runtime._errors import DaemonError, StateBuildError
 from otonom_runtime.backtest.runner import _make_rl, _symbols, _with_rl
+from otonom_runtime.daemon.cache import TickCache
 from otonom_runtime.ensemble import ANALYSTS, RlAnalyst, Signal, decide_rows, rl_votes
 from otonom_runtime.store import load_macro
 from otonom_runtime.store.ticks import load_tick_bars, load_tick_news
@@ -134,7 +137,8 @@ class Ensemble:
     ``latencies_ms``: the wall time of the newest ``LATENCY_WINDOW`` policy calls (one per
     ``decide_states`` with a model in service), in milliseconds. ``serve`` swaps in another
     model (the daemon's hot reload, ``ModelWatch``); ``policy_given``: the policy was handed
-    in, not loaded from the strategy's model path.
+    in, not loaded from the strategy's model path. ``cache``: the reads kept between calls
+    (``TickCache``; ``cache.clear()`` reads everything again).
     """
 
     def __init__(
@@ -151,6 +155,7 @@ class Ensemble:
         self.last_error: str | None = None if self.rl is None else self.rl.last_error
         self.latencies_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.policy_given = policy is not None
+        self.cache = TickCache()
 
     @classmethod
     def from_strategy(
@@ -195,10 +200,12 @@ class Ensemble:
         portfolios: Mapping[str, PortfolioSnapshot] | None = None,
     ) -> list[TickDecision]:
         """Decide ``symbols`` at the close of their newest bar on or before ``date``, each with
-        its portfolio (``portfolios``; a symbol left out: flat, never traded): the reads of
-        ``read_tick``, the states, then ``decide_states``. ``StateBuildError`` for a symbol
-        without a bar on or before ``date``."""
-        inputs, missing = read_tick(session, self.config, list(dict.fromkeys(symbols)), date)
+        its portfolio (``portfolios``; a symbol left out: flat, never traded): the reads and
+        states of the ensemble's ``cache`` (``TickCache``: only what is new since the last
+        call), then ``decide_states``. ``StateBuildError`` for a symbol without a bar on or
+        before ``date``."""
+        names = list(dict.fromkeys(symbols))
+        cached, missing = self.cache.refresh(session, self.config, names, date)
         if missing:
             raise StateBuildError(
                 f"no bar of {', '.join(map(repr, missing))} dated on or before "
@@ -206,10 +213,10 @@ class Ensemble:
             )
         given = portfolios or {}
         return self.decide_states(
-            [i.symbol for i in inputs],
-            [i.newest for i in inputs],
-            np.stack([i.market(len(i.history) - 1)[0] for i in inputs]),
-            [given.get(i.symbol, PortfolioSnapshot()) for i in inputs],
+            [c.symbol for c in cached],
+            [c.newest for c in cached],
+            self.cache.market(cached),
+            [given.get(c.symbol, PortfolioSnapshot()) for c in cached],
         )
 
     def decide_states(
@@ -243,9 +250,10 @@ class Ensemble:
             self.params.rl_mode,
         )
         out = []
+        rows = {name: None if s is None else s.to_list() for name, s in signals.items()}
         for i in range(n):
             by_name: dict[str, Signal | None] = {
-                name: None if s is None else s[i] for name, s in signals.items()
+                name: None if s is None else s[i] for name, s in rows.items()
             }
             by_name["rl"] = rl[i]
             action, strength, confidence = decided[3 * i : 3 * i + 3]
@@ -284,13 +292,11 @@ class Ensemble:
             self.latencies_ms.append((time.perf_counter() - started) * 1000.0)
         signals: list[Signal | None] = []
         flat: list[Any] = []
+        listed = sig.to_list()
+        columns = (sig.actions.tolist(), sig.strengths.tolist(), sig.confidences.tolist())
         for i, ok in enumerate(voted.tolist()):
-            signals.append(sig[i] if ok else None)
-            flat += (
-                [int(sig.actions[i]), float(sig.strengths[i]), float(sig.confidences[i])]
-                if ok
-                else [None] * 3
-            )
+            signals.append(listed[i] if ok else None)
+            flat += [columns[0][i], columns[1][i], columns[2][i]] if ok else [None] * 3
         failed = [a for a in analysts if a.fallbacks]
         self.fallbacks += len(failed)
         if failed:

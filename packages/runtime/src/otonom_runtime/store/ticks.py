@@ -3,8 +3,11 @@
 A tick decides many symbols at once: each read here is one statement for all of them (bars,
 news, the strategy's earlier live decisions), never one per symbol; ``record_tick`` writes the
 tick's run row and every decision in the session's transaction and commits once, so a tick is
-in the store whole or not at all. ``load_live_signals`` reads the live decisions' analyst
-signals back (``otonom-train retrain``: the RL analyst's agreement with the teacher).
+in the store whole or not at all. The tick's cache (``daemon.cache.TickCache``) reads only
+what is new: ``max_ids`` (the largest row ids it has seen), ``new_rows`` (the rows dated after
+its last tick or inserted since), ``load_live_tail`` (the live decisions since a date) and
+``tick_symbols`` (the symbols' ids as tuples). ``load_live_signals`` reads the live decisions'
+analyst signals back (``otonom-train retrain``: the RL analyst's agreement with the teacher).
 """
 
 from __future__ import annotations
@@ -17,11 +20,18 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Executable, select
+from sqlalchemy import Executable, func, select, union_all
 from sqlalchemy.orm import Session
 
 from otonom_runtime.store.raw import _autoflush
-from otonom_runtime.store.tables import BacktestRun, Bar, Decision, NewsSentiment
+from otonom_runtime.store.readers import _unknown
+from otonom_runtime.store.tables import (
+    BacktestRun,
+    Bar,
+    Decision,
+    MacroSentiment,
+    NewsSentiment,
+)
 from otonom_runtime.store.writers import insert_decisions
 from otonom_schema import MarketHistory, SentimentSeries
 
@@ -29,9 +39,13 @@ __all__ = [
     "LiveDecisions",
     "load_live_decisions",
     "load_live_signals",
+    "load_live_tail",
     "load_tick_bars",
     "load_tick_news",
+    "max_ids",
+    "new_rows",
     "record_tick",
+    "tick_symbols",
 ]
 
 
@@ -118,6 +132,82 @@ def load_tick_news(
         symbol_id: SentimentSeries(dates=days[a:b], scores=values[a:b])
         for symbol_id, a, b in _groups(np.array(ids, dtype=np.int64))
     }
+
+
+def tick_symbols(session: Session, names: Sequence[str]) -> dict[str, tuple[int, bool]]:
+    """Each symbol's id and whether it is synthetic, in one statement (``get_symbols``' rows
+    as tuples: a tick reads thousands; its ``UnknownSymbolError`` for a name not stored)."""
+    from otonom_runtime.store.tables import Symbol  # here only: the tick's one read of it
+
+    table = Symbol.__table__
+    query = select(table.c.id, table.c.name, table.c.is_synthetic).where(
+        table.c.name.in_(sorted(set(names)))
+    )
+    rows = {r[1]: (int(r[0]), bool(r[2])) for r in _rows(session, query)}
+    for name in names:
+        if name not in rows:
+            raise _unknown(session, name)
+    return rows
+
+
+_TABLES: dict[str, Any] = {"bars": Bar, "news": NewsSentiment, "macro": MacroSentiment}
+_COLUMNS: dict[str, tuple[str, ...]] = {
+    "bars": ("id", "symbol_id", "date", "open", "high", "low", "close", "volume"),
+    "news": ("id", "symbol_id", "source", "date", "score"),
+    "macro": ("id", "source", "date", "score"),
+}
+
+
+def max_ids(session: Session) -> dict[str, int]:
+    """The largest row id of bars, news and macro sentiment (0: none), in one statement: what a
+    tick's cache has seen, so that ``new_rows`` finds every row inserted after it."""
+    query = select(
+        *(select(func.coalesce(func.max(t.id), 0)).scalar_subquery() for t in _TABLES.values())
+    )
+    row = _rows(session, query)[0]
+    return {name: int(v) for name, v in zip(_TABLES, row, strict=True)}
+
+
+def new_rows(
+    session: Session,
+    table: str,
+    keys: Sequence[Any],
+    after: dt.date,
+    end: dt.date,
+    max_id: int,
+) -> Sequence[Any]:
+    """The rows of ``table`` (``"bars"``, ``"news"``, ``"macro"``) of the symbol ids (macro:
+    the sources) ``keys`` that a cache holding every row dated on or before ``after`` with an
+    id up to ``max_id`` lacks, dated on or before ``end``: those dated after ``after`` and
+    those inserted since (an id above ``max_id``: a bar imported out of order), in one
+    statement (a UNION ALL: each part served by an index; the inserted rows of other keys are
+    dropped here), ordered by key and date. Columns: ``_COLUMNS[table]``."""
+    t = _TABLES[table]
+    key = t.source if table == "macro" else t.symbol_id
+    columns = [getattr(t, c) for c in _COLUMNS[table]]
+    newer = select(*columns).where(key.in_(list(keys)), t.date > after, t.date <= end)
+    inserted = select(*columns).where(t.id > max_id, t.date <= after)  # the id's index
+    both = union_all(newer, inserted).subquery()
+    order = [both.c.source if table == "macro" else both.c.symbol_id, both.c.date]
+    wanted = set(keys)
+    return [r for r in _rows(session, select(both).order_by(*order)) if r[1] in wanted]
+
+
+def load_live_tail(
+    session: Session, strategy: str, symbol_ids: Sequence[int], since: dt.date
+) -> Sequence[Any]:
+    """(symbol id, date, action, strength) of the live decisions of ``strategy`` for
+    ``symbol_ids`` dated on or after ``since``, in one statement, by symbol and date."""
+    return _rows(
+        session,
+        select(Decision.symbol_id, Decision.date, Decision.action, Decision.strength)
+        .where(
+            Decision.live_strategy == strategy,
+            Decision.symbol_id.in_(list(symbol_ids)),
+            Decision.date >= since,
+        )
+        .order_by(Decision.symbol_id, Decision.date),
+    )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,389 @@
+"""What a daemon's tick keeps between ticks (``TickCache``): each symbol's last ``LOOKBACK`` bars,
+its news tail and the macro series, so that a steady tick reads only what is new.
+
+A cold tick (the first, or a symbol the cache does not hold) reads a symbol's whole history and
+news (``load_tick_bars``/``load_tick_news``, as ``read_tick``) and keeps their tail. A steady
+tick reads, in one statement per table (``store.ticks.new_rows``), the rows dated after the
+previous tick's ``end`` and every row inserted since the previous tick (an id above the largest
+it had seen): a bar of a symbol dated on or before its newest cached bar was imported out of
+order, and the symbol is read whole again. The newest bars' market features come from
+``otonom_schema.market_feature_panel`` over the cached windows: bit for bit the last row of
+``market_feature_matrix`` of each whole history (tested), so a tick after the cache decides
+exactly as a cold one. Not seen: a bar or score changed in place (same date, same row id:
+``update_bars``) or deleted; ``clear()`` (or a restart) reads everything again.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy.orm import Session
+
+from otonom_runtime.daemon.paper import LastDecision
+from otonom_runtime.store import load_macro, sentiment_source
+from otonom_runtime.store.ticks import (
+    LiveDecisions,
+    _days,
+    load_live_decisions,
+    load_live_tail,
+    load_tick_bars,
+    load_tick_news,
+    max_ids,
+    new_rows,
+    tick_symbols,
+)
+from otonom_schema import LOOKBACK, MarketHistory, SentimentSeries, market_feature_panel
+
+if TYPE_CHECKING:
+    from otonom_runtime.daemon.tick import SymbolInputs
+    from otonom_runtime.strategy import StrategyConfig
+
+__all__ = ["CachedSymbol", "TickCache"]
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+_EPOCH: Final = dt.date(1970, 1, 1).toordinal()
+_NONE: Final = np.iinfo(np.int64).min  # no score: NaT as a day number
+
+
+@dataclass(frozen=True)
+class CachedSymbol:
+    """A symbol as the cache holds it after ``TickCache.refresh``: its row in the cache's
+    windows, the date of its newest bar and, when it was read whole this tick, its inputs
+    (``SymbolInputs``: the history and news a replay needs)."""
+
+    symbol: str
+    symbol_id: int
+    sources: dict[str, str]
+    row: int
+    newest: dt.date
+    whole: SymbolInputs | None
+
+
+@dataclass
+class _Tail:
+    """Dated scores, oldest first, as day numbers (a symbol's news tail, a macro series)."""
+
+    days: list[int]
+    scores: list[float]
+
+    def add(self, day: int, score: float) -> None:
+        at = bisect.bisect_left(self.days, day)
+        if at < len(self.days) and self.days[at] == day:
+            self.scores[at] = score
+        else:
+            self.days.insert(at, day)
+            self.scores.insert(at, score)
+
+    def latest(self, day: int) -> tuple[int, float]:
+        """The day and score of the latest score dated on or before ``day`` (``_NONE``,
+        0.0: none)."""
+        at = bisect.bisect_right(self.days, day) - 1
+        return (_NONE, 0.0) if at < 0 else (self.days[at], self.scores[at])
+
+    def trim(self, day: int) -> None:
+        """Forget the scores before the latest dated on or before ``day`` (never needed
+        again: the next bars are later)."""
+        at = bisect.bisect_right(self.days, day) - 1
+        if at > 0:
+            del self.days[:at], self.scores[:at]
+
+
+def _tail(series: SentimentSeries | None) -> _Tail:
+    if series is None:
+        return _Tail([], [])
+    return _Tail(series.dates.astype(np.int64).tolist(), series.scores.tolist())
+
+
+def _symbols(
+    session: Session, config: StrategyConfig, names: Sequence[str]
+) -> tuple[dict[str, int], dict[str, dict[str, str]]]:
+    """Each symbol's id and the sources it reads, as ``backtest.runner._symbols`` gives them
+    (``get_symbols``' statement and ``UnknownSymbolError``, ``sentiment_source``'s rule), from
+    the rows as tuples (no ORM objects: a tick reads thousands)."""
+    rows = tick_symbols(session, names)
+    data = config.data
+    sources = {
+        name: {
+            "news": sentiment_source(rows[name][1], data.news_source),
+            "macro": sentiment_source(rows[name][1], data.macro_source),
+        }
+        for name in names
+    }
+    return {name: rows[name][0] for name in names}, sources
+
+
+class TickCache:
+    """The bars, news and macro a tick read, kept for the next (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget everything: the next tick reads every symbol whole."""
+        self._row: dict[int, int] = {}
+        self._free: list[int] = []  # rows of forgotten symbols
+        self._days = np.zeros((0, LOOKBACK), dtype=np.int64)
+        self._values = np.zeros((5, 0, LOOKBACK))  # open, high, low, close, volume
+        self._count = np.zeros(0, dtype=np.int64)  # bars in each history
+        self._news: dict[int, _Tail] = {}
+        self._news_source: dict[int, str] = {}
+        self._macro: dict[str, _Tail] = {}
+        self._end: dt.date | None = None
+        self._max: dict[str, int] = {}
+        self._decided: dict[int, dt.date] = {}  # each symbol's newest live decision, recorded
+        self._strategy: str | None = None
+
+    def refresh(
+        self, session: Session, config: StrategyConfig, names: Sequence[str], end: dt.date
+    ) -> tuple[list[CachedSymbol], list[str]]:
+        """Bring every symbol of ``names`` up to ``end`` (its bars and news dated on or before
+        it): the cached symbols with a bar, in the order given, and the names without one.
+        ``UnknownSymbolError`` for a symbol not in the store."""
+        ids, sources = _symbols(session, config, names)  # the backtester's rule, without the ORM
+        seen = max_ids(session)  # before any read: a row inserted after it is new next tick
+        if self._end is not None and end < self._end:
+            self.clear()  # an earlier end than the cache's: read everything again
+        self._forget(set(self._row) - set(ids.values()))  # not refreshed now: stale later
+        held = [
+            ids[n]
+            for n in names
+            if ids[n] in self._row and self._news_source[ids[n]] == sources[n]["news"]
+        ]
+        if self._end is None:
+            held = []
+        stale = self._advance(session, held, end) if held else set()
+        kept = set(held) - stale
+        self._add_macro(session, {s["macro"] for s in sources.values()}, end)
+        whole = self._read_whole(
+            session, [n for n in names if ids[n] not in kept], ids, sources, end
+        )
+        self._end, self._max = end, seen
+        out = [
+            CachedSymbol(
+                n,
+                ids[n],
+                sources[n],
+                self._row[ids[n]],
+                dt.date.fromordinal(int(self._days[self._row[ids[n]], -1]) + _EPOCH),
+                whole.get(ids[n]),
+            )
+            for n in names
+            if ids[n] in self._row
+        ]
+        return out, [n for n in names if ids[n] not in self._row]
+
+    def _advance(self, session: Session, held: list[int], end: dt.date) -> set[int]:
+        """Read the rows the held symbols lack (``new_rows``), append them; the ids of the
+        symbols to read whole again (a bar out of order)."""
+        assert self._end is not None
+        after = self._end
+        rows = new_rows(session, "bars", held, after, end, self._max["bars"])
+        stale: set[int] = set()
+        if rows:
+            _, sids, dates, *numbers = zip(*rows, strict=True)
+            sid = np.array(sids, dtype=np.int64)
+            days = _days(dates).astype(np.int64)
+            values = np.array(numbers, dtype=np.float64)  # (5, rows)
+            starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
+            stops = np.r_[starts[1:], sid.size]
+            at = np.array([self._row[i] for i in sid[starts].tolist()], dtype=np.int64)
+            late = days[starts] <= self._days[at, -1]  # a bar before the cached ones
+            stale.update(sid[starts][late].tolist())
+            one = ~late & (stops - starts == 1)  # the steady case, all symbols at once
+            self._append(at[one], days[starts[one]][:, None], values[:, starts[one]][..., None])
+            for i in np.flatnonzero(~late & ~one).tolist():
+                a, b = int(starts[i]), int(stops[i])
+                self._append(at[i : i + 1], days[None, a:b], values[:, None, a:b])
+        for r in new_rows(session, "news", held, after, end, self._max["news"]):
+            if r[2] == self._news_source.get(r[1]):
+                self._news[r[1]].add(r[3].toordinal() - _EPOCH, float(r[4]))
+        return stale
+
+    def _append(self, rows: I64, days: I64, values: F64) -> None:
+        """Append ``days`` (len(rows), k) and ``values`` (5, len(rows), k) to the windows of
+        ``rows``, the oldest bars shifted out."""
+        n = days.shape[1]
+        k = min(n, LOOKBACK)
+        self._days[rows, :-k] = self._days[rows, k:]
+        self._days[rows, -k:] = days[:, -k:]
+        self._values[:, rows, :-k] = self._values[:, rows, k:]
+        self._values[:, rows, -k:] = values[:, :, -k:]
+        self._count[rows] += n
+
+    def _read_whole(
+        self,
+        session: Session,
+        names: list[str],
+        ids: dict[str, int],
+        sources: dict[str, dict[str, str]],
+        end: dt.date,
+    ) -> dict[int, SymbolInputs]:
+        """Read ``names`` whole (``load_tick_bars``/``load_tick_news``) and keep their tails;
+        their inputs by symbol id."""
+        from otonom_runtime.daemon.tick import SymbolInputs
+
+        if not names:
+            return {}
+        bars = load_tick_bars(session, {ids[n]: n for n in names}, end)
+        news = load_tick_news(session, {ids[n]: sources[n]["news"] for n in names}, end)
+        self._grow([ids[n] for n in names if ids[n] in bars and ids[n] not in self._row])
+        macros = {
+            source: SentimentSeries(np.array(t.days, dtype="datetime64[D]"), np.array(t.scores))
+            for source, t in self._macro.items()
+            if t.days
+        }
+        out = {}
+        for n in names:
+            sid = ids[n]
+            if sid not in bars:
+                self._row.pop(sid, None)
+                continue
+            self._keep(sid, bars[sid], news.get(sid), sources[n]["news"])
+            macro = macros.get(sources[n]["macro"])
+            out[sid] = SymbolInputs(n, sid, bars[sid], news.get(sid), macro, sources[n])
+        return out
+
+    def _forget(self, sids: set[int]) -> None:
+        """Drop the symbols ``sids`` (a call without them: their rows would miss what it read
+        past; a daemon whose universe shrank, a worker serving another partition); their rows
+        are reused."""
+        for sid in sids:
+            self._free.append(self._row.pop(sid))
+            self._news.pop(sid, None)
+            self._news_source.pop(sid, None)
+            self._decided.pop(sid, None)
+
+    def _grow(self, sids: list[int]) -> None:
+        """Rows for the symbols ``sids``, new to the cache (freed rows first, then one
+        allocation for the rest)."""
+        while sids and self._free:
+            self._row[sids.pop()] = self._free.pop()
+        if not sids:
+            return
+        first = len(self._count)
+        self._row.update({sid: first + i for i, sid in enumerate(sids)})
+        k = len(sids)
+        self._days = np.concatenate([self._days, np.zeros((k, LOOKBACK), np.int64)])
+        self._values = np.concatenate([self._values, np.ones((5, k, LOOKBACK))], axis=1)
+        self._count = np.concatenate([self._count, np.zeros(k, np.int64)])
+
+    def _keep(
+        self, sid: int, history: MarketHistory, news: SentimentSeries | None, source: str
+    ) -> None:
+        row = self._row[sid]
+        k = min(len(history), LOOKBACK)
+        self._days[row] = 0
+        self._values[:, row] = 1.0
+        self._days[row, -k:] = history.dates[-k:].astype(np.int64)
+        for i, col in enumerate((history.open, history.high, history.low, history.close)):
+            self._values[i, row, -k:] = col[-k:]
+        self._values[4, row, -k:] = history.volume[-k:]
+        self._count[row] = len(history)
+        self._news[sid], self._news_source[sid] = _tail(news), source
+
+    def _add_macro(self, session: Session, wanted: set[str], end: dt.date) -> None:
+        """Read each macro source of ``wanted``: whole when new to the cache, else the rows it
+        lacks."""
+        held = sorted(wanted & set(self._macro)) if self._end is not None else []
+        for source in sorted(wanted - set(held)):
+            self._macro[source] = _tail(load_macro(session, source=source, end=end))
+        if not held:
+            return
+        assert self._end is not None
+        for r in new_rows(session, "macro", held, self._end, end, self._max.get("macro", 0)):
+            self._macro[r[1]].add(r[2].toordinal() - _EPOCH, float(r[3]))
+
+    def reread(self, session: Session, symbols: Sequence[CachedSymbol]) -> dict[int, SymbolInputs]:
+        """Read ``symbols`` whole again up to the cache's end (a sleeve to replay); their
+        inputs by symbol id."""
+        assert self._end is not None
+        ids = {s.symbol: s.symbol_id for s in symbols}
+        sources = {s.symbol: s.sources for s in symbols}
+        return self._read_whole(session, list(ids), ids, sources, self._end)
+
+    def live(
+        self, session: Session, strategy: str, symbols: Sequence[CachedSymbol]
+    ) -> tuple[dict[int, LastDecision], dict[int, LiveDecisions]]:
+        """Each symbol's newest live decision of ``strategy`` in the store (a symbol without
+        one left out) and, for the symbols whose decisions were read whole, all of them. A
+        symbol whose newest decision the cache knows is verified in one statement for them
+        all (``load_live_tail``: its decisions since that date: it must be there, and any
+        later one is another process's); the others are read whole (``load_live_decisions``)."""
+        if strategy != self._strategy:
+            self._decided, self._strategy = {}, strategy
+        known = [s.symbol_id for s in symbols if s.symbol_id in self._decided]
+        last: dict[int, LastDecision] = {}
+        if known:
+            since = min(self._decided[i] for i in known)
+            for sid, date, action, strength in load_live_tail(session, strategy, known, since):
+                if date >= self._decided[sid]:
+                    last[sid] = LastDecision(date, int(action), float(strength))
+            for sid in known:
+                if sid not in last or last[sid].date != self._decided[sid]:
+                    self._decided.pop(sid)  # its decision is not stored: read it whole
+        rest = [s.symbol_id for s in symbols if s.symbol_id not in self._decided]
+        whole = load_live_decisions(session, strategy, rest) if rest else {}
+        for sid, found in whole.items():
+            last[sid] = LastDecision(
+                found.dates[-1].item(), int(found.actions[-1]), float(found.strengths[-1])
+            )
+        for sid in rest:
+            if sid not in whole:
+                last.pop(sid, None)
+        self._decided.update({sid: d.date for sid, d in last.items()})
+        return last, whole
+
+    def recorded(self, decided: dict[int, dt.date] | None) -> None:
+        """The tick's decisions were recorded (each symbol id's bar date), or were refused
+        (None): the next tick reads the live decisions whole."""
+        if decided is None:
+            self._decided = {}
+        else:
+            self._decided.update(decided)
+
+    def window(self, row: int) -> tuple[npt.NDArray[np.datetime64], F64, F64]:
+        """A symbol's cached bars (their dates, opens and closes), oldest first."""
+        k = min(int(self._count[row]), LOOKBACK)
+        days = self._days[row, -k:].astype("datetime64[D]")
+        return days, self._values[0, row, -k:], self._values[3, row, -k:]
+
+    def market(self, symbols: Sequence[CachedSymbol]) -> F64:
+        """The market features of each symbol's newest bar, (N, 34): the panel of their cached
+        windows with their news and macro (``market_feature_panel``)."""
+        rows = np.array([s.row for s in symbols], dtype=np.int64)
+        days = self._days[rows]
+        newest = days[:, -1].tolist()
+        news = [self._news[s.symbol_id] for s in symbols]
+        macro = [self._macro[s.sources["macro"]] for s in symbols]
+        latest_news = [t.latest(d) for t, d in zip(news, newest, strict=True)]
+        latest_macro = [t.latest(d) for t, d in zip(macro, newest, strict=True)]
+        for t, d in zip(news, newest, strict=True):
+            t.trim(d)
+        o, h, lo, c, v = (self._values[i][rows] for i in range(5))
+        del o
+        return market_feature_panel(
+            days.astype("datetime64[D]"),
+            c,
+            h,
+            lo,
+            v,
+            self._count[rows],
+            news=_columns(latest_news),
+            macro=_columns(latest_macro),
+        )
+
+
+def _columns(latest: list[tuple[int, float]]) -> tuple[npt.NDArray[Any], F64]:
+    """The latest scores' dates (NaT: none) and scores as the panel takes them."""
+    if not latest:
+        return np.array([], dtype="datetime64[D]"), np.array([], dtype=np.float64)
+    days, scores = zip(*latest, strict=True)
+    dates = np.array(days, dtype=np.int64).view("datetime64[D]")  # _NONE is NaT's bits
+    return dates, np.array(scores, dtype=np.float64)

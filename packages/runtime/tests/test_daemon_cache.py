@@ -1,0 +1,258 @@
+"""The tick's cache (``Ensemble.cache``, ``daemon.cache.TickCache``) and the paper broker's kept
+sleeves: a tick after the cache decides exactly as a cold one (a fresh ensemble, every symbol
+read whole), and the cache follows the store: a bar imported out of order, a symbol added to the
+universe, news arriving later, a restarted process. Real SQLite files, a real ONNX policy;
+decisions compared with == (floats included)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import delete, select, text
+
+from otonom_runtime.daemon import Ensemble, PaperBroker, TickDecision, run_tick
+from otonom_runtime.store import (
+    Bar,
+    Base,
+    Decision,
+    NewsSentiment,
+    Symbol,
+    dispose_engines,
+    get_engine,
+    get_session,
+    init_db,
+)
+from otonom_runtime.synth import write_synthetic
+from otonom_runtime.testing.models import make_policy_model
+from otonom_schema import PortfolioSnapshot
+
+SYMBOLS = ["DEMO-BTC", "DEMO-ETH", "DEMO-SOL"]
+FIRST, LAST = dt.date(2019, 1, 1), dt.date(2020, 3, 31)
+DAY = dt.date(2020, 3, 20)
+PORTFOLIO = PortfolioSnapshot(0.25, 0.5, 0.5, 3.0)
+
+
+@pytest.fixture(autouse=True)
+def _no_models_root_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OTONOM_MODELS_ROOT", raising=False)
+
+
+def _setup(folder: Path, url: str | None = None) -> tuple[str, Path]:
+    """The strategy (a real ONNX policy) and a store of the synthetic market: a SQLite file in
+    ``folder``, or the PostgreSQL database ``url`` emptied first."""
+    model = folder / "models" / "policy_best.onnx"
+    model.parent.mkdir(parents=True)
+    make_policy_model(model, seed=3)
+    path = folder / "live_cache.yaml"
+    path.write_text(
+        "name: live_cache\nensemble:\n  analyst_weights: {tech: 1.0, news: 1.0, risk: 1.0, "
+        f"rl: 2.0}}\n  rl_policy: {{enabled: true, model_path: {model.as_posix()}}}\n",
+        encoding="utf-8",
+    )
+    if url is None:
+        url = f"sqlite:///{(folder / 'otonom.db').as_posix()}"
+    else:
+        Base.metadata.drop_all(get_engine(url))
+        with get_engine(url).begin() as conn:
+            conn.execute(text("DROP TABLE IF EXISTS store_meta"))
+        dispose_engines()
+    init_db(url)
+    with get_session(url) as session:
+        write_synthetic(session, SYMBOLS, FIRST, LAST, 7)
+    return url, path
+
+
+def _key(d: TickDecision) -> tuple[Any, ...]:
+    return (d.symbol, d.date, d.action, d.strength, d.confidence, d.signals)
+
+
+def _cold(url: str, path: Path, symbols: list[str], day: dt.date) -> list[tuple[Any, ...]]:
+    with get_session(url) as session:
+        out = Ensemble.from_strategy(path).decide(session, symbols, day, _portfolios(symbols))
+    return [_key(d) for d in out]
+
+
+def _portfolios(symbols: list[str]) -> dict[str, PortfolioSnapshot]:
+    return dict.fromkeys(symbols, PORTFOLIO)
+
+
+def test_ticks_after_the_cache_decide_as_cold_ones_day_after_day(tmp_path: Path) -> None:
+    url, path = _setup(tmp_path)
+    warm = Ensemble.from_strategy(path)
+    day = DAY
+    with get_session(url) as session:
+        while day <= LAST:
+            got = [_key(d) for d in warm.decide(session, SYMBOLS, day, _portfolios(SYMBOLS))]
+            assert got == _cold(url, path, SYMBOLS, day), day
+            day += dt.timedelta(days=1)
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_a_bar_imported_out_of_order_is_read_whole_again(
+    tmp_path: Path, store: str, request: pytest.FixtureRequest
+) -> None:
+    """A bar missing when the cache read its symbol, imported later (a new row dated before
+    the cached ones): the next tick reads that symbol whole; its state is the cold one, and
+    not the one without the bar. On SQLite and PostgreSQL (row ids from a sequence)."""
+    pg = request.getfixturevalue("postgres_url") if store == "postgresql" else None
+    url, path = _setup(tmp_path, pg)
+    gap = DAY - dt.timedelta(days=5)
+    with get_session(url) as session:
+        sid = session.scalars(select(Symbol.id).where(Symbol.name == SYMBOLS[0])).one()
+        bar = session.scalars(select(Bar).where(Bar.symbol_id == sid, Bar.date == gap)).one()
+        values = {c: getattr(bar, c) for c in ("symbol_id", "date", "open", "high", "low",
+                                                 "close", "volume")}  # fmt: skip
+        session.execute(delete(Bar).where(Bar.id == bar.id))
+        session.commit()
+    warm = Ensemble.from_strategy(path)
+    nxt = DAY + dt.timedelta(days=1)
+    with get_session(url) as session:
+        warm.decide(session, SYMBOLS, DAY, _portfolios(SYMBOLS))
+    without = _cold(url, path, SYMBOLS, nxt)
+    with get_session(url) as session:
+        session.add(Bar(**values))
+        session.commit()
+    with get_session(url) as session:
+        got = [_key(d) for d in warm.decide(session, SYMBOLS, nxt, _portfolios(SYMBOLS))]
+    cold = _cold(url, path, SYMBOLS, nxt)
+    assert got == cold
+    assert got[0] != without[0]  # the bar changes the state: the test can see a stale cache
+    assert got[1:] == without[1:]
+
+
+def test_a_symbol_added_to_the_universe_and_late_news(tmp_path: Path) -> None:
+    url, path = _setup(tmp_path)
+    warm = Ensemble.from_strategy(path)
+    nxt = DAY + dt.timedelta(days=1)
+    with get_session(url) as session:
+        warm.decide(session, SYMBOLS[:2], DAY, _portfolios(SYMBOLS[:2]))
+        sid = session.scalars(select(Symbol.id).where(Symbol.name == SYMBOLS[1])).one()
+        session.execute(delete(NewsSentiment).where(NewsSentiment.symbol_id == sid,
+                                                    NewsSentiment.date == nxt))  # fmt: skip
+        session.add(NewsSentiment(symbol_id=sid, source="synthetic", date=nxt, score=-0.75))
+        session.commit()
+    with get_session(url) as session:
+        got = [_key(d) for d in warm.decide(session, SYMBOLS, nxt, _portfolios(SYMBOLS))]
+    assert got == _cold(url, path, SYMBOLS, nxt)
+    assert got[1][5]["news"] is not None
+
+
+def test_a_restarted_daemon_replays_once_then_steps(tmp_path: Path) -> None:
+    """Ticks by one ensemble and broker, then by new ones (a restart: the sleeves replayed from
+    the stored live decisions once), record the rows that ticks by new ones each day record
+    (every sleeve replayed each tick) on a copy of the store."""
+    rows = []
+    for restart_every in (1, 4):
+        folder = tmp_path / str(restart_every)
+        folder.mkdir()
+        url, path = _setup(folder)
+        day, n = DAY, 0
+        ensemble, broker = Ensemble.from_strategy(path), PaperBroker()
+        with get_session(url) as session:
+            while day <= LAST:
+                if n % restart_every == 0:
+                    ensemble, broker = Ensemble.from_strategy(path), PaperBroker()
+                report = run_tick(session, ensemble, SYMBOLS, broker, as_of=day)
+                assert len(report.decisions) == 3
+                day, n = day + dt.timedelta(days=1), n + 1
+            rows.append(
+                session.execute(
+                    select(Decision.symbol_id, Decision.date, Decision.action, Decision.strength,
+                           Decision.position, Decision.equity, Decision.days_since_last_trade)
+                    .where(Decision.live_strategy == "live_cache")
+                    .order_by(Decision.symbol_id, Decision.date)
+                ).all()
+            )  # fmt: skip
+    assert len(rows[0]) == 3 * 12
+    assert rows[0] == rows[1]
+
+
+def _csv(path: Path, days: int, seed: int = 1) -> None:
+    rng = np.random.default_rng(seed)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, days)))
+    lines = ["Date,Open,High,Low,Close,Volume"]
+    for i, c in enumerate(close.tolist()):
+        day = dt.date(2023, 1, 1) + dt.timedelta(days=i)
+        lines.append(f"{day.isoformat()},{c:.4f},{c * 1.01:.4f},{c * 0.99:.4f},{c:.4f},1000")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def test_the_daemon_pulls_new_bars_from_a_csv_folder(tmp_path: Path) -> None:
+    """``otonom daemon --bars-from DIR --once`` (a real subprocess): the first run imports
+    ACME.csv through the CSV importer and decides its newest bar; a bar appended to the file
+    is imported and decided by the next run; a file with a changed bar is refused (logged),
+    nothing of it written, and the tick goes on with the stored bars."""
+    _, path = _setup(tmp_path)
+    url = f"sqlite:///{(tmp_path / 'acme.db').as_posix()}"
+    init_db(url)
+    folder = tmp_path / "bars"
+    folder.mkdir()
+    _csv(folder / "ACME.csv", 200)
+    cmd = ["daemon", "--strategy-path", str(path), "--symbols", "ACME", "--once"]
+    first = _run(url, tmp_path, *cmd, "--bars-from", str(folder))
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("tick run 1: 1 decisions"), first.stdout
+    assert "2023-07-19" in first.stdout  # the file's last day
+    _csv(folder / "ACME.csv", 201)
+    second = _run(url, tmp_path, *cmd, "--bars-from", str(folder))
+    assert second.returncode == 0, second.stderr
+    assert "2023-07-20" in second.stdout, second.stdout
+    text = (folder / "ACME.csv").read_text(encoding="utf-8").replace(",1000\n", ",2000\n", 1)
+    (folder / "ACME.csv").write_text(text, encoding="utf-8")
+    third = _run(url, tmp_path, *cmd, "--bars-from", str(folder))
+    assert third.returncode == 0, third.stderr
+    assert third.stdout.strip() == "tick: nothing new (1 symbols decided already)", third.stdout
+    assert "bars of ACME not imported" in third.stderr
+    assert "differs" in third.stderr
+    with get_session(url) as session:
+        assert len(session.scalars(select(Bar.id)).all()) == 201
+    missing = _run(url, tmp_path, *cmd, "--bars-from", str(tmp_path / "nowhere"))
+    assert missing.returncode != 0
+    assert "is not a folder" in missing.stderr
+
+
+def _run(url: str, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "OTONOM_DATABASE_URL"}
+    return subprocess.run(
+        [sys.executable, "-m", "otonom_runtime", "--database-url", url, *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_a_csv_folder_reads_a_file_again_only_when_it_changed(tmp_path: Path) -> None:
+    from otonom_runtime.daemon import CsvFolderBars
+
+    url = f"sqlite:///{(tmp_path / 'acme.db').as_posix()}"
+    init_db(url)
+    _csv(tmp_path / "ACME.csv", 50)
+    source = CsvFolderBars(tmp_path)
+    with get_session(url) as session:
+        first = source.pull(session, ["ACME", "NOFILE"])
+        again = source.pull(session, ["ACME"])
+    assert [(r.inserted, r.last) for r in first] == [(50, dt.date(2023, 2, 19))]
+    assert again == []  # unchanged since the last pull: not read
+    _csv(tmp_path / "ACME.csv", 52)
+    with get_session(url) as session:
+        more = source.pull(session, ["ACME"])
+    assert [(r.inserted, r.unchanged) for r in more] == [(2, 50)]
+
+
+def test_symbols_left_out_of_a_call_are_read_whole_when_they_return(tmp_path: Path) -> None:
+    """A call without some cached symbols (a universe that shrank, a Dask worker given another
+    partition) moves the cache past days those symbols did not read: they are forgotten, and
+    read whole when they return, deciding as cold."""
+    url, path = _setup(tmp_path)
+    warm = Ensemble.from_strategy(path)
+    days = [DAY + dt.timedelta(days=k) for k in range(3)]
+    with get_session(url) as session:
+        warm.decide(session, SYMBOLS[:2], days[0], _portfolios(SYMBOLS[:2]))
+        warm.decide(session, SYMBOLS[2:], days[1], _portfolios(SYMBOLS[2:]))
+        got = [_key(d) for d in warm.decide(session, SYMBOLS, days[2], _portfolios(SYMBOLS))]
+    assert got == _cold(url, path, SYMBOLS, days[2])
