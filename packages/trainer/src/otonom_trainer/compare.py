@@ -198,7 +198,7 @@ def run_compare(cfg: CompareConfig) -> CompareResult:
     from otonom_runtime.backtest import run_backtest
     from otonom_runtime.store import default_database_url, get_session
     from otonom_runtime.strategy import load_strategy
-    from otonom_trainer.walkforward import WalkForwardError, _plan
+    from otonom_trainer.walkforward import WalkForwardError, plan_run
 
     clock = time.perf_counter()
     url = cfg.database_url or default_database_url()
@@ -207,7 +207,7 @@ def run_compare(cfg: CompareConfig) -> CompareResult:
     try:
         if wf.start is not None and wf.end is not None:
             wf.windows()  # a too-short history fails before anything is written
-        wf, windows = _plan(wf, url, strategy.calendar.periods_per_year)
+        wf, windows = plan_run(wf, url, strategy.calendar.periods_per_year)
     except WalkForwardError as exc:
         raise CompareError(str(exc)) from None
     final = Path(cfg.out_dir)

@@ -82,6 +82,7 @@ __all__ = [
     "add_months",
     "add_parser",
     "add_window_flags",
+    "plan_run",
     "plan_windows",
     "plot_walk_forward",
     "run_walk_forward",
@@ -332,7 +333,7 @@ def run_walk_forward(cfg: WalkForwardConfig) -> WalkForwardResult:
     out_dir = Path(cfg.out_dir)
 
     _say(cfg, f"data: {url}")
-    cfg, windows = _plan(cfg, url, strategy.calendar.periods_per_year)
+    cfg, windows = plan_run(cfg, url, strategy.calendar.periods_per_year)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     span = (windows[0].train_start, windows[-1].test_end)
@@ -366,11 +367,12 @@ def run_walk_forward(cfg: WalkForwardConfig) -> WalkForwardResult:
     return out
 
 
-def _plan(
+def plan_run(
     cfg: WalkForwardConfig, url: str, ppy: int | str
 ) -> tuple[WalkForwardConfig, list[Window]]:
     """The store ready (``_prepare_store``), the windows, and ``cfg`` with every date and size
-    filled in; prints the plan."""
+    filled in; prints the plan. ``ppy``: the strategy's periods a year. The walk-forward's
+    first step, shared with ``otonom-train compare``."""
     ranges, windows, train_years, test_months = _prepare_store(cfg, url, ppy)
     sized = (cfg.train_years, cfg.test_months) != (train_years, test_months)
     cfg = dataclasses.replace(
