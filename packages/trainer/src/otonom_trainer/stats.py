@@ -287,7 +287,8 @@ class SharpeTest:
         deflated = ""
         if self.n_trials is not None:
             dsr = "-" if self.dsr is None else f"{self.dsr:.2f}"
-            deflated = f"; deflated Sharpe {dsr} ({self.n_trials} trials in the ledger)"
+            trials = f"{self.n_trials} trial{'' if self.n_trials == 1 else 's'}"
+            deflated = f"; deflated Sharpe {dsr} ({trials} in the ledger)"
         return (
             f"difference {d.difference:+.2f}, {d.confidence:.0%} interval [{d.low:+.2f}, "
             f"{d.high:+.2f}]: {d.verdict}; PSR {psr} (P[Sharpe with RL > "
