@@ -38,7 +38,13 @@ from otonom_runtime.store.ticks import (
     new_rows,
     tick_symbols,
 )
-from otonom_schema import LOOKBACK, MarketHistory, SentimentSeries, market_feature_panel
+from otonom_schema import (
+    LOOKBACK,
+    MarketHistory,
+    PanelCarry,
+    SentimentSeries,
+    market_feature_panel_step,
+)
 
 if TYPE_CHECKING:
     from otonom_runtime.daemon.tick import SymbolInputs
@@ -132,6 +138,7 @@ class TickCache:
         self._days = np.zeros((0, LOOKBACK), dtype=np.int64)
         self._values = np.zeros((5, 0, LOOKBACK))  # open, high, low, close, volume
         self._count = np.zeros(0, dtype=np.int64)  # bars in each history
+        self._carry = PanelCarry.none(0)  # the panel's series at each row's newest bar
         self._news: dict[int, _Tail] = {}
         self._news_source: dict[int, str] = {}
         self._macro: dict[str, _Tail] = {}
@@ -273,6 +280,10 @@ class TickCache:
         self._days = np.concatenate([self._days, np.zeros((k, LOOKBACK), np.int64)])
         self._values = np.concatenate([self._values, np.ones((5, k, LOOKBACK))], axis=1)
         self._count = np.concatenate([self._count, np.zeros(k, np.int64)])
+        more = PanelCarry.none(k)
+        self._carry = PanelCarry(
+            *(np.concatenate([a, b]) for a, b in zip(_parts(self._carry), _parts(more), strict=True))
+        )
 
     def _keep(
         self, sid: int, history: MarketHistory, news: SentimentSeries | None, source: str
@@ -286,6 +297,7 @@ class TickCache:
             self._values[i, row, -k:] = col[-k:]
         self._values[4, row, -k:] = history.volume[-k:]
         self._count[row] = len(history)
+        self._carry.day[row] = PanelCarry.none(1).day[0]  # its window is new: nothing carried
         self._news[sid], self._news_source[sid] = _tail(news), source
 
     def _add_macro(self, session: Session, wanted: set[str], end: dt.date) -> None:
@@ -356,7 +368,9 @@ class TickCache:
 
     def market(self, symbols: Sequence[CachedSymbol]) -> F64:
         """The market features of each symbol's newest bar, (N, 34): the panel of their cached
-        windows with their news and macro (``market_feature_panel``)."""
+        windows with their news and macro (``market_feature_panel_step``, carried from the
+        previous call: a window one bar on computes its MACD line and vol at that bar only;
+        ``_keep`` drops a row's carry when its window is read anew)."""
         rows = np.array([s.row for s in symbols], dtype=np.int64)
         days = self._days[rows]
         newest = days[:, -1].tolist()
@@ -368,8 +382,9 @@ class TickCache:
             t.trim(d)
         o, h, lo, c, v = (self._values[i][rows] for i in range(5))
         del o
-        return market_feature_panel(
-            days.astype("datetime64[D]"),
+        carry = self._carry
+        market, after = market_feature_panel_step(
+            days.view("datetime64[D]"),
             c,
             h,
             lo,
@@ -377,7 +392,14 @@ class TickCache:
             self._count[rows],
             news=_columns(latest_news),
             macro=_columns(latest_macro),
+            carry=PanelCarry(carry.line[rows], carry.vol[rows], carry.day[rows]),
         )
+        carry.line[rows], carry.vol[rows], carry.day[rows] = after.line, after.vol, after.day
+        return market
+
+
+def _parts(carry: PanelCarry) -> tuple[F64, F64, I64]:
+    return carry.line, carry.vol, carry.day
 
 
 def _columns(latest: list[tuple[int, float]]) -> tuple[npt.NDArray[Any], F64]:
