@@ -141,9 +141,13 @@ def market_feature_panel_step(
     real = np.minimum(count, LOOKBACK)
     width = LOOKBACK
     # each position's column in the rows: the padding repeats the first real bar
-    column = np.maximum(np.arange(width)[None, :], (LOOKBACK - real)[:, None])
-    days = np.take_along_axis(day_rows, column, axis=1).ravel()
-    c, h, lo, v = (np.take_along_axis(a, column, axis=1).ravel() for a in values)
+    if (real == LOOKBACK).all():  # no padding: the rows as they are
+        days = day_rows.ravel()
+        c, h, lo, v = (np.ascontiguousarray(a).ravel() for a in values)
+    else:
+        column = np.maximum(np.arange(width)[None, :], (LOOKBACK - real)[:, None])
+        days = np.take_along_axis(day_rows, column, axis=1).ravel()
+        c, h, lo, v = (np.take_along_axis(a, column, axis=1).ravel() for a in values)
     as_of = day_rows[:, -1]
     at = _Layout(
         ends=_Grid(width - 1, n, width, 1),

@@ -280,10 +280,8 @@ class TickCache:
         self._days = np.concatenate([self._days, np.zeros((k, LOOKBACK), np.int64)])
         self._values = np.concatenate([self._values, np.ones((5, k, LOOKBACK))], axis=1)
         self._count = np.concatenate([self._count, np.zeros(k, np.int64)])
-        more = PanelCarry.none(k)
-        self._carry = PanelCarry(
-            *(np.concatenate([a, b]) for a, b in zip(_parts(self._carry), _parts(more), strict=True))
-        )
+        old, more = _parts(self._carry), _parts(PanelCarry.none(k))
+        self._carry = PanelCarry(*(np.concatenate([a, b]) for a, b in zip(old, more, strict=True)))
 
     def _keep(
         self, sid: int, history: MarketHistory, news: SentimentSeries | None, source: str
@@ -371,7 +369,9 @@ class TickCache:
         windows with their news and macro (``market_feature_panel_step``, carried from the
         previous call: a window one bar on computes its MACD line and vol at that bar only;
         ``_keep`` drops a row's carry when its window is read anew)."""
-        rows = np.array([s.row for s in symbols], dtype=np.int64)
+        rows: I64 | slice = np.array([s.row for s in symbols], dtype=np.int64)
+        if np.array_equal(rows, np.arange(len(self._count))):  # every row in order: no copies
+            rows = slice(None)
         days = self._days[rows]
         newest = days[:, -1].tolist()
         news = [self._news[s.symbol_id] for s in symbols]
@@ -380,8 +380,7 @@ class TickCache:
         latest_macro = [t.latest(d) for t, d in zip(macro, newest, strict=True)]
         for t, d in zip(news, newest, strict=True):
             t.trim(d)
-        o, h, lo, c, v = (self._values[i][rows] for i in range(5))
-        del o
+        h, lo, c, v = (self._values[i][rows] for i in range(1, 5))
         carry = self._carry
         market, after = market_feature_panel_step(
             days.view("datetime64[D]"),

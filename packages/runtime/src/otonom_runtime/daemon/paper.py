@@ -22,9 +22,8 @@ the decisions recorded; the fill is the next tick's step.
 from __future__ import annotations
 
 import datetime as dt
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -106,24 +105,20 @@ class Broker(Protocol):
 
 @dataclass
 class _State:
-    """A sleeve after marking bar ``day`` (``_Sleeve``'s state there), the risk cap of that
-    bar and the decision taken on it (None until the tick's decisions are recorded)."""
+    """A sleeve after marking bar ``day`` (``day64``: the same, as numpy's), the risk cap of
+    that bar and the decision taken on it (None until the tick's decisions are recorded);
+    ``sleeve``: the backtester's ``_Sleeve`` as it left that bar (None: never decided, flat
+    with ``capital``). The next tick resumes the sleeve itself (``_Sleeve.resume``), so a
+    state is used once: ``holdings`` takes it out of the broker's states."""
 
     symbol_id: int
     capital: float
     day: dt.date
-    cash: float
-    units: float
-    bust: bool
-    last_fill: float
-    entry_equity: float | None
-    fills: int
+    day64: np.datetime64
     cap: float
+    sleeve: _Sleeve | None
+    params: EngineParams
     decision: tuple[int, float] | None = None
-    day64: np.datetime64 = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.day64 = np.datetime64(self.day, "D")
 
 
 class PaperBroker:
@@ -155,11 +150,12 @@ class PaperBroker:
         out = []
         board = Board()  # one for the tick's sleeves: each runs to its end in turn
         for item in inputs:
+            sleeve: _Sleeve | None
             if item.last is None:
                 sleeve = None
             elif item.whole is not None and item.live is not None:
                 sleeve = _replay(item, params, capital, board)
-            elif (state := self._sleeves.get(item.symbol)) is not None and (
+            elif (state := self._sleeves.pop(item.symbol, None)) is not None and (
                 state.day == item.last.date  # what ``resumes`` found (the tick asked it)
             ):
                 sleeve = _resume(state, item, params, board)
@@ -168,16 +164,13 @@ class PaperBroker:
                     f"no history or live decisions of {item.symbol!r} to replay its "
                     "sleeve; expected the tick to read them (Broker.resumes was False)"
                 )
+            day64 = item.dates[-1]
+            self._pending[item.symbol] = _State(
+                item.symbol_id, capital, day64.item(), day64, item.cap, sleeve, params
+            )
             if sleeve is None:  # never decided: flat, the sleeve fresh at this bar
-                fresh = _State(item.symbol_id, capital, item.dates[-1].item(), capital, 0.0, False,
-                               -math.inf, None, 0, item.cap)  # fmt: skip
-                self._pending[item.symbol] = fresh
                 out.append(Holding(PortfolioSnapshot(), capital))
                 continue
-            self._pending[item.symbol] = _State(
-                item.symbol_id, capital, item.dates[-1].item(), sleeve.cash, sleeve.units,
-                sleeve.bust, sleeve.last_fill, sleeve.entry_equity, sleeve.fills, item.cap,
-            )  # fmt: skip
             # the newest mark (engine._Sleeve.out: position, leverage, cash, days, equity, exposure)
             position, leverage, cash_fraction, days, equity, _ = sleeve.out[-6:]
             out.append(Holding(PortfolioSnapshot(position, leverage, cash_fraction, days), equity))
@@ -241,27 +234,33 @@ def _replay(
 
 
 def _resume(state: _State, inputs: TickInputs, params: EngineParams, board: Board) -> _Sleeve:
-    """The sleeve from ``state`` (marked at its day, whose decision it holds) over the bars
-    after it to the newest: the same steps as a replay from the first live decision (the
+    """The sleeve of ``state`` (marked at its day, whose decision it holds; a fresh one where
+    it never traded, or one with the state's cash and units where ``params`` changed) over the
+    bars after it to the newest: the same steps as a replay from the first live decision (the
     state is what they left), without them."""
-    first = int(inputs.dates.searchsorted(state.day64))
-    k = inputs.dates.size - first
-    bars = _Bars(
-        inputs.symbol,
-        inputs.dates[first:],
-        inputs.opens[first:],
-        inputs.closes[first:],
-        np.empty((k, 0)),  # only its length counts: the caps are given
-        0,
-    )
+    dates = inputs.dates
+    size = dates.size
+    at_end = size >= 2 and dates[-2] == state.day64  # the steady case: one bar on
+    first = size - 2 if at_end else int(dates.searchsorted(state.day64))
+    k = size - first
     # a HOLD never reads its cap, and the days after the state's are HOLDs
-    sleeve = _Sleeve(bars, params, state.capital, [state.cap] + [0.0] * (k - 1))
-    sleeve.cash, sleeve.units, sleeve.bust = state.cash, state.units, state.bust
-    sleeve.last_fill, sleeve.entry_equity, sleeve.fills = (
-        state.last_fill,
-        state.entry_equity,
-        state.fills,
-    )
+    cap = [state.cap] + [0.0] * (k - 1)
+    sleeve, old = state.sleeve, state.sleeve
+    if sleeve is None or (state.params is not params and state.params != params):
+        bars = _Bars(inputs.symbol, dates[first:], inputs.opens[first:],
+                     inputs.closes[first:], np.empty((k, 0)), 0)  # fmt: skip
+        sleeve = _Sleeve(bars, params, state.capital, cap)
+        if old is not None:
+            sleeve.cash, sleeve.units, sleeve.bust = old.cash, old.units, old.bust
+            sleeve.last_fill, sleeve.entry_equity = old.last_fill, old.entry_equity
+            sleeve.fills = old.fills
+    else:
+        sleeve.resume(
+            dates[first:].astype(np.int64).astype(np.float64).tolist(),
+            inputs.opens[first:].tolist(),
+            inputs.closes[first:].tolist(),
+            cap,
+        )
     assert state.decision is not None
-    _drive(sleeve, bars.dates.tolist(), {state.day: state.decision}, board)
+    _drive(sleeve, dates[first:].tolist(), {state.day: state.decision}, board)
     return sleeve
