@@ -80,6 +80,10 @@ class _Tail:
     scores: list[float]
 
     def add(self, day: int, score: float) -> None:
+        if not self.days or day > self.days[-1]:  # the usual case: a newer score
+            self.days.append(day)
+            self.scores.append(score)
+            return
         at = bisect.bisect_left(self.days, day)
         if at < len(self.days) and self.days[at] == day:
             self.scores[at] = score
@@ -115,13 +119,14 @@ def _symbols(
     the rows as tuples (no ORM objects: a tick reads thousands)."""
     rows = tick_symbols(session, names)
     data = config.data
-    sources = {
-        name: {
-            "news": sentiment_source(rows[name][1], data.news_source),
-            "macro": sentiment_source(rows[name][1], data.macro_source),
+    kinds = {  # the rule depends on whether the symbol is synthetic only
+        synthetic: {
+            "news": sentiment_source(synthetic, data.news_source),
+            "macro": sentiment_source(synthetic, data.macro_source),
         }
-        for name in names
+        for synthetic in (False, True)
     }
+    sources = {name: dict(kinds[rows[name][1]]) for name in names}
     return {name: rows[name][0] for name in names}, sources
 
 
@@ -172,17 +177,13 @@ class TickCache:
             session, [n for n in names if ids[n] not in kept], ids, sources, end
         )
         self._end, self._max = end, seen
+        found = [n for n in names if ids[n] in self._row]
+        rows = [self._row[ids[n]] for n in found]
+        newest = (self._days[rows, -1] + _EPOCH).tolist()
+        fromordinal = dt.date.fromordinal
         out = [
-            CachedSymbol(
-                n,
-                ids[n],
-                sources[n],
-                self._row[ids[n]],
-                dt.date.fromordinal(int(self._days[self._row[ids[n]], -1]) + _EPOCH),
-                whole.get(ids[n]),
-            )
-            for n in names
-            if ids[n] in self._row
+            CachedSymbol(n, ids[n], sources[n], row, fromordinal(day), whole.get(ids[n]))
+            for n, row, day in zip(found, rows, newest, strict=True)
         ]
         return out, [n for n in names if ids[n] not in self._row]
 
@@ -361,7 +362,7 @@ class TickCache:
     def window(self, row: int) -> tuple[npt.NDArray[np.datetime64], F64, F64]:
         """A symbol's cached bars (their dates, opens and closes), oldest first."""
         k = min(int(self._count[row]), LOOKBACK)
-        days = self._days[row, -k:].astype("datetime64[D]")
+        days = self._days[row, -k:].view("datetime64[D]")
         return days, self._values[0, row, -k:], self._values[3, row, -k:]
 
     def market(self, symbols: Sequence[CachedSymbol]) -> F64:

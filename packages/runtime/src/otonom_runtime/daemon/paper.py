@@ -24,7 +24,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -105,7 +105,7 @@ class Broker(Protocol):
 
 @dataclass
 class _State:
-    """A sleeve after marking bar ``day`` (``day64``: the same, as numpy's), the risk cap of
+    """A sleeve after marking bar ``day`` (``number``: its day number), the risk cap of
     that bar and the decision taken on it (None until the tick's decisions are recorded);
     ``sleeve``: the backtester's ``_Sleeve`` as it left that bar (None: never decided, flat
     with ``capital``). The next tick resumes the sleeve itself (``_Sleeve.resume``), so a
@@ -114,7 +114,7 @@ class _State:
     symbol_id: int
     capital: float
     day: dt.date
-    day64: np.datetime64
+    number: int
     cap: float
     sleeve: _Sleeve | None
     params: EngineParams
@@ -140,7 +140,7 @@ class PaperBroker:
             and state.day == last.date
             and state.decision == (last.action, last.strength)
             and inputs.dates.size > 0
-            and inputs.dates[0] <= state.day64 < inputs.dates[-1]
+            and _numbers(inputs)[0] <= state.number < _numbers(inputs)[-1]
         )
 
     def holdings(
@@ -164,9 +164,9 @@ class PaperBroker:
                     f"no history or live decisions of {item.symbol!r} to replay its "
                     "sleeve; expected the tick to read them (Broker.resumes was False)"
                 )
-            day64 = item.dates[-1]
+            number = int(_numbers(item)[-1])
             self._pending[item.symbol] = _State(
-                item.symbol_id, capital, day64.item(), day64, item.cap, sleeve, params
+                item.symbol_id, capital, _date(number), number, item.cap, sleeve, params
             )
             if sleeve is None:  # never decided: flat, the sleeve fresh at this bar
                 out.append(Holding(PortfolioSnapshot(), capital))
@@ -183,6 +183,18 @@ class PaperBroker:
                 state.decision = (int(d.action), d.strength)
                 self._sleeves[d.symbol] = state
         self._pending = {}
+
+
+_EPOCH: Final = dt.date(1970, 1, 1).toordinal()
+
+
+def _numbers(inputs: TickInputs) -> npt.NDArray[np.int64]:
+    """The day numbers of ``inputs.dates`` (a view)."""
+    return inputs.dates.view(np.int64)
+
+
+def _date(number: int) -> dt.date:
+    return dt.date.fromordinal(number + _EPOCH)
 
 
 def _drive(
@@ -240,8 +252,9 @@ def _resume(state: _State, inputs: TickInputs, params: EngineParams, board: Boar
     state is what they left), without them."""
     dates = inputs.dates
     size = dates.size
-    at_end = size >= 2 and dates[-2] == state.day64  # the steady case: one bar on
-    first = size - 2 if at_end else int(dates.searchsorted(state.day64))
+    numbers = _numbers(inputs)
+    at_end = size >= 2 and numbers[-2] == state.number  # the steady case: one bar on
+    first = size - 2 if at_end else int(numbers.searchsorted(state.number))
     k = size - first
     # a HOLD never reads its cap, and the days after the state's are HOLDs
     cap = [state.cap] + [0.0] * (k - 1)
@@ -256,7 +269,7 @@ def _resume(state: _State, inputs: TickInputs, params: EngineParams, board: Boar
             sleeve.fills = old.fills
     else:
         sleeve.resume(
-            dates[first:].astype(np.int64).astype(np.float64).tolist(),
+            numbers[first:].astype(np.float64).tolist(),
             inputs.opens[first:].tolist(),
             inputs.closes[first:].tolist(),
             cap,
