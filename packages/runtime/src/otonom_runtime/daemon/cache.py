@@ -219,6 +219,8 @@ class TickCache:
         ``rows``, the oldest bars shifted out."""
         n = days.shape[1]
         k = min(n, LOOKBACK)
+        if rows.size == self._count.size and (rows == np.arange(rows.size)).all():
+            rows = slice(None)  # type: ignore[assignment]  # every row in order: no gathers
         self._days[rows, :-k] = self._days[rows, k:]
         self._days[rows, -k:] = days[:, -k:]
         self._values[:, rows, :-k] = self._values[:, rows, k:]
@@ -380,7 +382,8 @@ class TickCache:
         latest_news = [t.latest(d) for t, d in zip(news, newest, strict=True)]
         latest_macro = [t.latest(d) for t, d in zip(macro, newest, strict=True)]
         for t, d in zip(news, newest, strict=True):
-            t.trim(d)
+            if len(t.days) > 1:
+                t.trim(d)
         h, lo, c, v = (self._values[i][rows] for i in range(1, 5))
         carry = self._carry
         market, after = market_feature_panel_step(

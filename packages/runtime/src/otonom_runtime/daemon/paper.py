@@ -140,7 +140,7 @@ class PaperBroker:
             and state.day == last.date
             and state.decision == (last.action, last.strength)
             and inputs.dates.size > 0
-            and _numbers(inputs)[0] <= state.number < _numbers(inputs)[-1]
+            and _within(_numbers(inputs), state.number)
         )
 
     def holdings(
@@ -191,6 +191,11 @@ _EPOCH: Final = dt.date(1970, 1, 1).toordinal()
 def _numbers(inputs: TickInputs) -> npt.NDArray[np.int64]:
     """The day numbers of ``inputs.dates`` (a view)."""
     return inputs.dates.view(np.int64)
+
+
+def _within(numbers: npt.NDArray[np.int64], number: int) -> bool:
+    """Whether day ``number`` is in ``numbers`` (oldest first) and not the newest."""
+    return bool(numbers[0] <= number < numbers[-1])
 
 
 def _date(number: int) -> dt.date:
