@@ -372,9 +372,9 @@ class TickCache:
         windows with their news and macro (``market_feature_panel_step``, carried from the
         previous call: a window one bar on computes its MACD line and vol at that bar only;
         ``_keep`` drops a row's carry when its window is read anew)."""
-        rows: I64 | slice = np.array([s.row for s in symbols], dtype=np.int64)
-        if np.array_equal(rows, np.arange(len(self._count))):  # every row in order: no copies
-            rows = slice(None)
+        picked = np.array([s.row for s in symbols], dtype=np.int64)
+        every = np.array_equal(picked, np.arange(len(self._count)))
+        rows: I64 | slice = slice(None) if every else picked  # every row in order: no copies
         days = self._days[rows]
         newest = days[:, -1].tolist()
         news = [self._news[s.symbol_id] for s in symbols]
