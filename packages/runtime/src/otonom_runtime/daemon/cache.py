@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy.orm import Session
 
-from otonom_runtime.daemon.paper import LastDecision
+from otonom_runtime.daemon.paper import LastDecision, Tail
 from otonom_runtime.store import load_macro, sentiment_source
 from otonom_runtime.store.ticks import (
     LiveDecisions,
@@ -366,6 +366,17 @@ class TickCache:
         k = min(int(self._count[row]), LOOKBACK)
         days = self._days[row, -k:].view("datetime64[D]")
         return days, self._values[0, row, -k:], self._values[3, row, -k:]
+
+    def tails(self, rows: Sequence[int]) -> list[Tail | None]:
+        """Each row's last two bars as Python numbers (``TickInputs.tail``: day numbers,
+        opens, closes; None where it holds one bar), read for all rows at once."""
+        days = self._days[rows, -2:].tolist()
+        opens = self._values[0][rows, -2:].tolist()
+        closes = self._values[3][rows, -2:].tolist()
+        two = (self._count[rows] >= 2).tolist()
+        return [
+            (d, o, c) if ok else None for d, o, c, ok in zip(days, opens, closes, two, strict=True)
+        ]
 
     def market(self, symbols: Sequence[CachedSymbol]) -> F64:
         """The market features of each symbol's newest bar, (N, 34): the panel of their cached

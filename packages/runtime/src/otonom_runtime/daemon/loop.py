@@ -170,9 +170,11 @@ def _broker_inputs(
     last, live = decided
     params = ensemble.params
     caps = (params.risk.exposure(market) * params.max_leverage).tolist()
+    cache = ensemble.cache
+    tails = cache.tails([c.row for c in pending])
     items = [
-        TickInputs(c.symbol, c.symbol_id, *ensemble.cache.window(c.row), caps[i],
-                   last.get(c.symbol_id), c.whole, live.get(c.symbol_id))
+        TickInputs(c.symbol, c.symbol_id, *cache.window(c.row), caps[i],
+                   last.get(c.symbol_id), c.whole, live.get(c.symbol_id), tails[i])
         for i, c in enumerate(pending)
     ]  # fmt: skip
     lacking = [

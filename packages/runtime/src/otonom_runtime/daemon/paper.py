@@ -24,7 +24,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from otonom_runtime.backtest.params import EngineParams
     from otonom_runtime.daemon.tick import SymbolInputs, TickDecision
 
-__all__ = ["Broker", "Holding", "LastDecision", "PaperBroker", "TickInputs"]
+__all__ = ["Broker", "Holding", "LastDecision", "PaperBroker", "Tail", "TickInputs"]
 
 F64 = npt.NDArray[np.float64]
 
@@ -62,13 +62,20 @@ class LastDecision:
     strength: float
 
 
+Tail = tuple[list[int], list[float], list[float]]
+"""The last two bars of a window: day numbers, opens, closes (``TickInputs.tail``)."""
+
+
 @dataclass(frozen=True)
 class TickInputs:
     """What a broker gets of a symbol a tick decides: its cached bars (dates, opens, closes,
     oldest first, the newest the bar decided), ``cap``: the risk cap of that bar (the risk
     exposure of its state x max leverage, as ``engine._prepare`` computes it), its newest live
     decision (None: never decided); ``whole`` and ``live``: its whole history and every live
-    decision, present when a replay needs them (``Broker.resumes`` False)."""
+    decision, present when a replay needs them (``Broker.resumes`` False); ``tail``: the last
+    two bars' day numbers, opens and closes as Python numbers (None: fewer than two bars), what
+    a broker stepping one bar a tick reads (the tick makes them for all symbols at once). The
+    arrays are views of the tick's cache: valid during the tick."""
 
     symbol: str
     symbol_id: int
@@ -79,6 +86,7 @@ class TickInputs:
     last: LastDecision | None
     whole: SymbolInputs | None = None
     live: LiveDecisions | None = None
+    tail: Tail | None = None
 
 
 class Broker(Protocol):
@@ -164,7 +172,7 @@ class PaperBroker:
                     f"no history or live decisions of {item.symbol!r} to replay its "
                     "sleeve; expected the tick to read them (Broker.resumes was False)"
                 )
-            number = int(_numbers(item)[-1])
+            number = item.tail[0][-1] if item.tail is not None else int(_numbers(item)[-1])
             self._pending[item.symbol] = _State(
                 item.symbol_id, capital, _date(number), number, item.cap, sleeve, params
             )
@@ -186,6 +194,7 @@ class PaperBroker:
 
 
 _EPOCH: Final = dt.date(1970, 1, 1).toordinal()
+_HOLD: Final = (int(Action.HOLD), 0.0)
 
 
 def _numbers(inputs: TickInputs) -> npt.NDArray[np.int64]:
@@ -202,21 +211,17 @@ def _date(number: int) -> dt.date:
     return dt.date.fromordinal(number + _EPOCH)
 
 
-def _drive(
-    sleeve: _Sleeve, days: list[dt.date], decided: dict[Any, tuple[int, float]], board: Board
-) -> None:
-    """Run ``sleeve`` over ``days`` (its bars), each day's decision from ``decided`` (HOLD
-    where there is none) sent through the lockstep board, the newest day marked and not
-    traded; the sleeve's state after it is written back (``_Sleeve.steps`` finished)."""
+def _drive(sleeve: _Sleeve, decisions: Sequence[tuple[int, float]], board: Board) -> None:
+    """Run ``sleeve`` over its bars, each day's decision but the newest's from ``decisions``
+    sent through the lockstep board, the newest day marked and not traded; the sleeve's state
+    after it is written back (``_Sleeve.steps`` finished)."""
     steps = sleeve.steps([], [], board, 0)  # the lockstep generator: decisions on the board
     next(steps)
-    hold = (int(Action.HOLD), 0.0)
-    for day in days[:-1]:
-        action, strength = decided.get(day, hold)
+    for action, strength in decisions:
         board.decided = [action, strength, 0.0]
         board.portfolio.clear()
         next(steps)
-    board.decided = [hold[0], hold[1], 0.0]  # the newest bar's: recorded by the tick, not here
+    board.decided = [_HOLD[0], _HOLD[1], 0.0]  # the newest bar's: recorded by the tick, not here
     board.portfolio.clear()
     next(steps, None)
 
@@ -246,7 +251,7 @@ def _replay(
         zip(live.dates.tolist(), zip(live.actions, live.strengths, strict=True), strict=True)
     )
     sleeve = _prepare(bars, params, capital).sleeve
-    _drive(sleeve, bars.dates.tolist(), decided, board)
+    _drive(sleeve, [decided.get(day, _HOLD) for day in bars.dates[:-1].tolist()], board)
     return sleeve
 
 
@@ -255,30 +260,29 @@ def _resume(state: _State, inputs: TickInputs, params: EngineParams, board: Boar
     it never traded, or one with the state's cash and units where ``params`` changed) over the
     bars after it to the newest: the same steps as a replay from the first live decision (the
     state is what they left), without them."""
+    assert state.decision is not None
+    tail, sleeve = inputs.tail, state.sleeve
+    if (
+        tail is not None
+        and tail[0][0] == state.number  # the steady case: one bar on, as numbers already
+        and sleeve is not None
+        and (state.params is params or state.params == params)
+    ):
+        # a HOLD never reads its cap
+        sleeve.resume([float(d) for d in tail[0]], tail[1], tail[2], [state.cap, 0.0])
+        _drive(sleeve, [state.decision], board)
+        return sleeve
     dates = inputs.dates
-    size = dates.size
-    numbers = _numbers(inputs)
-    at_end = size >= 2 and numbers[-2] == state.number  # the steady case: one bar on
-    first = size - 2 if at_end else int(numbers.searchsorted(state.number))
-    k = size - first
+    first = int(_numbers(inputs).searchsorted(state.number))
+    k = dates.size - first
     # a HOLD never reads its cap, and the days after the state's are HOLDs
     cap = [state.cap] + [0.0] * (k - 1)
-    sleeve, old = state.sleeve, state.sleeve
-    if sleeve is None or (state.params is not params and state.params != params):
-        bars = _Bars(inputs.symbol, dates[first:], inputs.opens[first:],
-                     inputs.closes[first:], np.empty((k, 0)), 0)  # fmt: skip
-        sleeve = _Sleeve(bars, params, state.capital, cap)
-        if old is not None:
-            sleeve.cash, sleeve.units, sleeve.bust = old.cash, old.units, old.bust
-            sleeve.last_fill, sleeve.entry_equity = old.last_fill, old.entry_equity
-            sleeve.fills = old.fills
-    else:
-        sleeve.resume(
-            numbers[first:].astype(np.float64).tolist(),
-            inputs.opens[first:].tolist(),
-            inputs.closes[first:].tolist(),
-            cap,
-        )
-    assert state.decision is not None
-    _drive(sleeve, dates[first:].tolist(), {state.day: state.decision}, board)
-    return sleeve
+    bars = _Bars(inputs.symbol, dates[first:], inputs.opens[first:], inputs.closes[first:],
+                 np.empty((k, 0)), 0)  # fmt: skip
+    fresh = _Sleeve(bars, params, state.capital, cap)
+    if sleeve is not None:  # its cash, units and trades on these bars
+        fresh.cash, fresh.units, fresh.bust = sleeve.cash, sleeve.units, sleeve.bust
+        fresh.last_fill, fresh.entry_equity = sleeve.last_fill, sleeve.entry_equity
+        fresh.fills, fresh.trade_pnls = sleeve.fills, sleeve.trade_pnls
+    _drive(fresh, [state.decision] + [_HOLD] * (k - 2), board)
+    return fresh
