@@ -391,7 +391,11 @@ class TickCache:
         news = [self._news[s.symbol_id] for s in symbols]
         macro = [self._macro[s.sources["macro"]] for s in symbols]
         latest_news = [t.latest(d) for t, d in zip(news, newest, strict=True)]
-        latest_macro = [t.latest(d) for t, d in zip(macro, newest, strict=True)]
+        seen: dict[tuple[int, int], tuple[int, float]] = {}  # a macro series is shared
+        latest_macro = [
+            seen[key] if (key := (id(t), d)) in seen else seen.setdefault(key, t.latest(d))
+            for t, d in zip(macro, newest, strict=True)
+        ]
         for t, d in zip(news, newest, strict=True):
             if len(t.days) > 1:
                 t.trim(d)
