@@ -214,13 +214,18 @@ def test_a_decision_s_signals_read_as_the_dict_of_signals_they_stand_for(
         decisions = ensemble.decide(session, SYMBOLS, dt.date(2024, 3, 28))
     for d in decisions:
         plain = {name: d.signals[name] for name in ANALYSTS}
-        assert list(d.signals) == list(ANALYSTS) and len(d.signals) == len(ANALYSTS)
-        assert d.signals == plain and dict(d.signals) == plain
+        assert list(d.signals) == list(ANALYSTS)
+        assert len(d.signals) == len(ANALYSTS)
+        assert d.signals == plain
+        assert dict(d.signals) == plain
         assert all(s is None or isinstance(s, Signal) for s in plain.values())
-        assert (plain["rl"] is not None) == rl and d.signals.get("rl") == plain["rl"]
-        assert d.signals.get("nope") is None and repr(d.signals) == repr(plain)
+        assert (plain["rl"] is not None) == rl
+        assert d.signals.get("rl") == plain["rl"]
+        assert d.signals.get("nope") is None
+        assert repr(d.signals) == repr(plain)
         again = pickle.loads(pickle.dumps(d))
-        assert again == d and again.signals == plain
+        assert again == d
+        assert again.signals == plain
 
 
 @pytest.mark.parametrize("kept", [True, False], ids=["kept", "replayed"])
