@@ -198,6 +198,36 @@ def test_a_tick_decides_what_the_backtester_decides_for_the_same_day_and_portfol
     assert ensemble.fallbacks == 0
 
 
+def test_a_decision_s_signals_read_as_the_dict_of_signals_they_stand_for(
+    reference: tuple[Path, str, int, bool],
+) -> None:
+    """``TickDecision.signals`` (``RowSignals``, each ``Signal`` made when read) equals the
+    dict of ``Signal``s of ``decide_columns``' columns, in ``ANALYSTS`` order, with ``get``,
+    None where an analyst did not vote, and survives pickling (the Dask tick sends them)."""
+    import pickle
+
+    from otonom_runtime.ensemble import ANALYSTS, Signal
+
+    path, url, _, rl = reference
+    ensemble = Ensemble.from_strategy(path, use_rl=rl)
+    with get_session(url) as session:
+        decisions = ensemble.decide(session, SYMBOLS, dt.date(2024, 3, 28))
+    for d in decisions:
+        plain = {name: d.signals[name] for name in ANALYSTS}
+        assert list(d.signals) == list(ANALYSTS)
+        assert len(d.signals) == len(ANALYSTS)
+        assert d.signals == plain
+        assert dict(d.signals) == plain
+        assert all(s is None or isinstance(s, Signal) for s in plain.values())
+        assert (plain["rl"] is not None) == rl
+        assert d.signals.get("rl") == plain["rl"]
+        assert d.signals.get("nope") is None
+        assert repr(d.signals) == repr(plain)
+        again = pickle.loads(pickle.dumps(d))
+        assert again == d
+        assert again.signals == plain
+
+
 @pytest.mark.parametrize("kept", [True, False], ids=["kept", "replayed"])
 def test_daily_ticks_with_the_paper_broker_reproduce_the_backtest_row_for_row(
     reference: tuple[Path, str, int, bool], tmp_path: Path, kept: bool

@@ -399,6 +399,23 @@ def test_states_from_a_first_bar_are_those_rows_of_the_whole() -> None:
         s.compute_states(h, np.zeros((420, 4)), first=20)
 
 
+def _head(h: s.MarketHistory, n: int) -> s.MarketHistory:
+    """The first ``n`` bars of ``h``."""
+    return (
+        _tail(h, n - 1)
+        if n <= L
+        else s.MarketHistory(
+            h.dates[:n],
+            h.open[:n],
+            h.high[:n],
+            h.low[:n],
+            h.close[:n],
+            h.volume[:n],
+            symbol=h.symbol,
+        )
+    )
+
+
 def _panel_inputs(
     histories: list[s.MarketHistory], news: list[s.SentimentSeries | None]
 ) -> tuple[list[np.ndarray], np.ndarray, tuple[np.ndarray, np.ndarray]]:
@@ -467,3 +484,39 @@ def test_panel_refuses_wrong_shapes_and_counts() -> None:
     late = (np.array([h.dates[-1] + 1]), np.array([0.5]))
     with pytest.raises(s.SchemaError, match=r"news: row 0's latest score is dated after its bar"):
         s.market_feature_panel(*cols, bars, news=late)
+
+
+def test_panel_step_carried_bar_after_bar_equals_the_whole_history() -> None:
+    """``market_feature_panel_step`` stepped one bar at a time with its carry (a daemon's
+    ticks): each step's rows are bit for bit the last row of ``market_feature_matrix`` of the
+    history so far (histories starting short, through warm-up, past LOOKBACK, gapped and
+    adversarial), and the same as the panel computed whole; a carry of another day, or none,
+    is ignored row by row."""
+    full = [random_history(n, seed=20 + i, gap_every=11 if i % 2 else 0)
+            for i, n in enumerate([L + 40, L + 3, 60, 2])]  # fmt: skip
+    full += [h for h in adversarial_histories().values() if len(h) >= 2]
+    cut = [_head(h, max(1, len(h) - (L + 5))) for h in full]
+    carry = None
+    steps = 0
+    while True:
+        histories = [_head(f, min(len(f), len(h) + steps)) for h, f in zip(cut, full, strict=True)]
+        cols, bars, _ = _panel_inputs(histories, [None] * len(histories))
+        panel, carry = s.market_feature_panel_step(*cols, bars, carry=carry)
+        assert panel.tobytes() == s.market_feature_panel(*cols, bars).tobytes(), steps
+        for i, h in enumerate(histories):
+            want = s.market_feature_matrix(h, first=len(h) - 1)[0]
+            assert panel[i].tobytes() == want.tobytes(), (steps, i, h.symbol)
+        if all(len(h) == len(f) for h, f in zip(histories, full, strict=True)):
+            break
+        steps += 1
+    assert steps > L
+    # a carry of other days (or none) for some rows: those rows are computed whole
+    other = s.PanelCarry(carry.line + 1.0, carry.vol + 1.0, carry.day.copy())
+    other.day[::2] -= 5
+    cols, bars, _ = _panel_inputs(full, [None] * len(full))
+    again, _ = s.market_feature_panel_step(*cols, bars, carry=s.PanelCarry.none(len(full)))
+    assert again.tobytes() == s.market_feature_panel(*cols, bars).tobytes()
+    moved, _ = s.market_feature_panel_step(*cols, bars, carry=other)
+    assert moved[::2].tobytes() == again[::2].tobytes()
+    with pytest.raises(s.SchemaError, match=r"carry has \(1,\) days; expected \("):
+        s.market_feature_panel_step(*cols, bars, carry=s.PanelCarry.none(1))

@@ -27,7 +27,7 @@ from otonom_schema._features import (
 )
 from otonom_schema._io import atomic_path, atomic_write
 from otonom_schema._labels import ForwardLabels, forward_labels, risk_levels, tercile_cuts
-from otonom_schema._panel import market_feature_panel
+from otonom_schema._panel import PanelCarry, market_feature_panel, market_feature_panel_step
 from otonom_schema._spec import (
     ANALYSTS,
     FEATURE_NAMES,
@@ -75,6 +75,7 @@ __all__ = [
     "ForwardLabels",
     "MarketHistory",
     "OfflineDataset",
+    "PanelCarry",
     "PortfolioSnapshot",
     "RlState",
     "SchemaError",
@@ -92,6 +93,7 @@ __all__ = [
     "log_returns_from_features",
     "market_feature_matrix",
     "market_feature_panel",
+    "market_feature_panel_step",
     "parse_iso_date",
     "portfolio_feature_matrix",
     "require_schema",

@@ -7,6 +7,7 @@ stay identical and causal."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -203,6 +204,10 @@ class _Layout:
     as_of: I64
 
 
+Series = Callable[[F64, F64], tuple[F64, F64]]
+"""(close, log returns) -> (MACD line, realised vol) as ``_market_block`` takes them."""
+
+
 def _market_block(
     days: I64,
     close: F64,
@@ -212,12 +217,17 @@ def _market_block(
     at: _Layout,
     news: F64 | float,
     macro: F64 | float,
+    series: Series | None = None,
 ) -> F64:
     """Feature rows for padded bar arrays at the positions of ``at`` (see ``_Layout``).
 
     Every history laid in the arrays is padded in front with at least ``_PAD`` copies of its
     first bar; ``news`` and ``macro``: each row's sentiment features (the one sentiment rule,
-    applied by the caller). Portfolio columns are neutral.
+    applied by the caller). Portfolio columns are neutral. ``series``: what gives the two
+    windowed series the features are taken from (the MACD line at ``at.ends.spans(
+    EMA_SIGNAL_LEN)[0]``, the realised vol at ``at.ends.spans(REGIME_WINDOW)[0]``), from the
+    close and the log returns; None: ``_macd_line`` and ``_realised_vol`` at those positions
+    (a panel carried from tick to tick computes them there only where they are new).
     """
     m = close.shape[0]
     out = at.ends
@@ -244,9 +254,11 @@ def _market_block(
 
     # MACD histogram: MACD line on the signal window, then its signal EMA
     line_at, line_ends = out.spans(EMA_SIGNAL_LEN)
-    line = _ema(close, line_at, MACD_FAST, EMA_FAST_LEN) - _ema(
-        close, line_at, MACD_SLOW, EMA_SLOW_LEN
-    )
+    vol_at, vol_ends = out.spans(REGIME_WINDOW)
+    if series is None:
+        line, vol = _macd_line(close, line_at), _realised_vol(logret, vol_at)
+    else:
+        line, vol = series(close, logret)
     signal = _ema(line, line_ends, MACD_SIGNAL, EMA_SIGNAL_LEN)
     hist = line[line_ends.positions()] - signal
     rel = hist / close[out.positions()]
@@ -268,7 +280,7 @@ def _market_block(
     ratio = np.maximum(today, VOLUME_FLOOR * safe_mean) / safe_mean
     feats[:, _VOL] = np.where(mean_v > 0, np.tanh(np.log(ratio) / VOLUME_SCALE), 0.0)
 
-    _regime_columns(feats, logret, out)
+    _regime_columns(feats, vol, vol_ends)
 
     feats[:, _DSI] = _dsi(days, close, high, low, volume, at)
 
@@ -286,11 +298,21 @@ def _market_block(
     return feats
 
 
-def _regime_columns(feats: F64, logret: F64, out: _Grid) -> None:
-    """The regime one-hot: the rank of the 20-bar realised vol among its last REGIME_WINDOW
-    values, written into ``feats``' three regime columns."""
-    vol_at, vol_ends = out.spans(REGIME_WINDOW)
-    vol = _std(_window(logret, vol_at, VOL_WINDOW))
+def _macd_line(close: F64, at: _Grid) -> F64:
+    """The MACD line (fast EMA - slow EMA of the close) at the positions ``at``."""
+    line: F64 = _ema(close, at, MACD_FAST, EMA_FAST_LEN) - _ema(close, at, MACD_SLOW, EMA_SLOW_LEN)
+    return line
+
+
+def _realised_vol(logret: F64, at: _Grid) -> F64:
+    """The realised vol (population std of the last VOL_WINDOW log returns) at ``at``."""
+    return _std(_window(logret, at, VOL_WINDOW))
+
+
+def _regime_columns(feats: F64, vol: F64, vol_ends: _Grid) -> None:
+    """The regime one-hot: the rank of the 20-bar realised vol (``vol``, its values at the
+    positions ``vol_ends`` and the REGIME_WINDOW - 1 before each) among its last
+    REGIME_WINDOW values, written into ``feats``' three regime columns."""
     ranks = _windows(vol, vol_ends, REGIME_WINDOW)  # compared, not summed
     # count of the True (1-byte) flags per row, summed in 16-bit ints (exact: <= REGIME_WINDOW)
     below = (ranks < ranks[:, -1:]).view(np.uint8).sum(axis=1, dtype=np.uint16) / REGIME_WINDOW

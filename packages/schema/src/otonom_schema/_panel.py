@@ -11,10 +11,21 @@ features read no position more than ``LOOKBACK - 1`` before it (``LOOKBACK`` is 
 and every window is gathered into its own row and reduced along it, so each row is bit for bit
 the last row of ``market_feature_matrix`` of that symbol's history (tested). Nothing here
 computes a feature; it only lays the bars out.
+
+``market_feature_panel_step`` is the panel for a caller that steps the same symbols one bar at
+a time (a daemon's tick): the two windowed series most of the work goes into, the MACD line
+at each row's last ``EMA_SIGNAL_LEN`` positions and the realised vol at its last
+``REGIME_WINDOW``, come back as a ``PanelCarry``; given the previous step's, a row whose
+newest bar is one after the carried one computes each series at its newest position only and
+takes the older values from the carry (``_market._macd_line`` / ``_realised_vol`` at the
+positions of the same bars: a window's value depends only on the bars in it, gathered and
+reduced alike however many positions are computed with it, so the rows are the same floats,
+tested against ``market_feature_matrix`` bar after bar).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
@@ -22,14 +33,32 @@ import numpy.typing as npt
 
 from otonom_schema._errors import SchemaError
 from otonom_schema._features import _sentiment_rule
-from otonom_schema._market import _Grid, _Layout, _market_block
-from otonom_schema._spec import LOOKBACK, STATE_DIM
+from otonom_schema._market import _Grid, _Layout, _macd_line, _market_block, _realised_vol
+from otonom_schema._spec import EMA_SIGNAL_LEN, LOOKBACK, REGIME_WINDOW, STATE_DIM
 
-__all__ = ["market_feature_panel"]
+__all__ = ["PanelCarry", "market_feature_panel", "market_feature_panel_step"]
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 _COLUMNS: Final = ("dates", "close", "high", "low", "volume")
+_NONE: Final = np.iinfo(np.int64).min  # no carry: NaT's bits as a day number
+
+
+@dataclass(frozen=True)
+class PanelCarry:
+    """What ``market_feature_panel_step`` carries from one step to the next, per row: ``line``
+    (N, EMA_SIGNAL_LEN), the MACD line at the row's last positions (oldest first); ``vol``
+    (N, REGIME_WINDOW), the realised vol there; ``day`` (N,), the day number of the newest bar
+    they end at (``PanelCarry.none(n)``'s minimum int64: nothing carried)."""
+
+    line: F64
+    vol: F64
+    day: I64
+
+    @classmethod
+    def none(cls, n: int) -> PanelCarry:
+        """A carry of ``n`` rows holding nothing."""
+        return cls(np.zeros((n, EMA_SIGNAL_LEN)), np.zeros((n, REGIME_WINDOW)), np.full(n, _NONE))
 
 
 def _latest(
@@ -75,12 +104,35 @@ def market_feature_panel(
     score dated on or before its newest bar (NaT: none) and that score; None: no series.
     Portfolio columns are neutral.
     """
+    return market_feature_panel_step(dates, close, high, low, volume, bars, news=news, macro=macro)[
+        0
+    ]
+
+
+def market_feature_panel_step(
+    dates: npt.ArrayLike,
+    close: npt.ArrayLike,
+    high: npt.ArrayLike,
+    low: npt.ArrayLike,
+    volume: npt.ArrayLike,
+    bars: npt.ArrayLike,
+    *,
+    news: tuple[npt.ArrayLike, npt.ArrayLike] | None = None,
+    macro: tuple[npt.ArrayLike, npt.ArrayLike] | None = None,
+    carry: PanelCarry | None = None,
+) -> tuple[F64, PanelCarry]:
+    """``market_feature_panel`` (the same rows, bit for bit) and the carry of this step (see
+    the module docstring). ``carry``: the previous step's, row i the same symbol's; it is used
+    for a row with ``bars[i] >= 2`` whose second newest bar is dated ``carry.day[i]`` (one bar
+    added since: its window the previous one shifted by that bar), and ignored for the others
+    (computed whole). The caller keeps rows and symbols together and drops a row's carry when
+    its bars change otherwise (a bar re-read, inserted or changed)."""
     count = np.asarray(bars, dtype=np.int64)
     if count.ndim != 1 or (count < 1).any():
         raise SchemaError(f"bars has shape {count.shape} or a value < 1; expected (N,) counts >= 1")
     n = count.shape[0]
     if n == 0:
-        return np.empty((0, STATE_DIM), dtype=np.float64)
+        return np.empty((0, STATE_DIM), dtype=np.float64), PanelCarry.none(0)
     day_rows = np.asarray(dates, dtype="datetime64[D]").astype(np.int64)
     values = [np.asarray(x, dtype=np.float64) for x in (close, high, low, volume)]
     for name, arr in zip(_COLUMNS, [day_rows, *values], strict=True):
@@ -89,9 +141,13 @@ def market_feature_panel(
     real = np.minimum(count, LOOKBACK)
     width = LOOKBACK
     # each position's column in the rows: the padding repeats the first real bar
-    column = np.maximum(np.arange(width)[None, :], (LOOKBACK - real)[:, None])
-    days = np.take_along_axis(day_rows, column, axis=1).ravel()
-    c, h, lo, v = (np.take_along_axis(a, column, axis=1).ravel() for a in values)
+    if (real == LOOKBACK).all():  # no padding: the rows as they are
+        days = day_rows.ravel()
+        c, h, lo, v = (np.ascontiguousarray(a).ravel() for a in values)
+    else:
+        column = np.maximum(np.arange(width)[None, :], (LOOKBACK - real)[:, None])
+        days = np.take_along_axis(day_rows, column, axis=1).ravel()
+        c, h, lo, v = (np.take_along_axis(a, column, axis=1).ravel() for a in values)
     as_of = day_rows[:, -1]
     at = _Layout(
         ends=_Grid(width - 1, n, width, 1),
@@ -102,4 +158,43 @@ def market_feature_panel(
     )
     news_v = _latest(news, as_of, "news")
     macro_v = _latest(macro, as_of, "macro")
-    return _market_block(days, c, h, lo, v, at, news_v, macro_v)
+    if carry is not None and carry.day.shape != (n,):
+        raise SchemaError(f"carry has {carry.day.shape} days; expected ({n},)")
+    kept = (
+        np.zeros(n, dtype=bool)
+        if carry is None
+        else (count >= 2) & (carry.day == day_rows[:, -2]) & (carry.day != _NONE)
+    )
+    out: list[PanelCarry] = []
+
+    def series(c: F64, logret: F64) -> tuple[F64, F64]:
+        step = _stepped(c, logret, n, kept, carry)
+        out.append(step)
+        return step.line.ravel(), step.vol.ravel()
+
+    feats = _market_block(days, c, h, lo, v, at, news_v, macro_v, series)
+    return feats, PanelCarry(out[0].line, out[0].vol, as_of.copy())
+
+
+def _stepped(
+    close: F64, logret: F64, n: int, kept: npt.NDArray[np.bool_], carry: PanelCarry | None
+) -> PanelCarry:
+    """The MACD line and realised vol of each of ``n`` rows laid ``LOOKBACK`` apart, at its last
+    ``EMA_SIGNAL_LEN`` / ``REGIME_WINDOW`` positions: for the rows ``kept``, the carry's values
+    shifted by one and the newest position's computed; for the others, all computed."""
+    width, s, r = LOOKBACK, EMA_SIGNAL_LEN, REGIME_WINDOW
+    line, vol = np.empty((n, s)), np.empty((n, r))
+    if carry is not None and kept.any():
+        line[kept, :-1], vol[kept, :-1] = carry.line[kept, 1:], carry.vol[kept, 1:]
+        newest = _Grid(width - 1, n, width, 1)
+        line[kept, -1] = _macd_line(close, newest)[kept]
+        vol[kept, -1] = _realised_vol(logret, newest)[kept]
+    fresh = np.flatnonzero(~kept)
+    if fresh.size:
+        k = fresh.size
+        whole = k == n  # no row carried: the arrays as they are
+        c = close if whole else close.reshape(n, width)[fresh].ravel()
+        ret = logret if whole else logret.reshape(n, width)[fresh].ravel()
+        line[fresh] = _macd_line(c, _Grid(width - s, k, width, s)).reshape(k, s)
+        vol[fresh] = _realised_vol(ret, _Grid(width - r, k, width, r)).reshape(k, r)
+    return PanelCarry(line, vol, np.empty(0, dtype=np.int64))

@@ -137,6 +137,17 @@ class _Sleeve:
         # to track): position, leverage, cash_fraction, days_since_last_trade, equity, exposure
         self.out: list[float] = []
 
+    def resume(
+        self, days: list[float], opens: list[float], closes: list[float], cap: list[float]
+    ) -> None:
+        """Put the sleeve, its cash, units and trades kept, on new bars, every one a decision
+        day: ``days`` (day numbers as floats, as ``__init__`` makes them), ``opens``,
+        ``closes``, ``cap`` (per day); its marks start anew (``out``). The daemon's paper broker
+        resumes a sleeve where its previous tick left it, the bar it last marked first."""
+        self.first, self.n, self.last = 0, len(closes), len(closes) - 1
+        self.day, self.opens, self.closes, self.cap = days, opens, closes, cap
+        self.out = []
+
     def run(self, actions: list[int], strengths: list[float]) -> None:
         """Every decision day with the decisions known up front (no RL analyst)."""
         next(self.steps(actions, strengths), None)

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy.orm import Session
 
-from otonom_runtime.daemon.paper import LastDecision
+from otonom_runtime.daemon.paper import LastDecision, Tail
 from otonom_runtime.store import load_macro, sentiment_source
 from otonom_runtime.store.ticks import (
     LiveDecisions,
@@ -38,7 +38,13 @@ from otonom_runtime.store.ticks import (
     new_rows,
     tick_symbols,
 )
-from otonom_schema import LOOKBACK, MarketHistory, SentimentSeries, market_feature_panel
+from otonom_schema import (
+    LOOKBACK,
+    MarketHistory,
+    PanelCarry,
+    SentimentSeries,
+    market_feature_panel_step,
+)
 
 if TYPE_CHECKING:
     from otonom_runtime.daemon.tick import SymbolInputs
@@ -74,6 +80,10 @@ class _Tail:
     scores: list[float]
 
     def add(self, day: int, score: float) -> None:
+        if not self.days or day > self.days[-1]:  # the usual case: a newer score
+            self.days.append(day)
+            self.scores.append(score)
+            return
         at = bisect.bisect_left(self.days, day)
         if at < len(self.days) and self.days[at] == day:
             self.scores[at] = score
@@ -109,13 +119,14 @@ def _symbols(
     the rows as tuples (no ORM objects: a tick reads thousands)."""
     rows = tick_symbols(session, names)
     data = config.data
-    sources = {
-        name: {
-            "news": sentiment_source(rows[name][1], data.news_source),
-            "macro": sentiment_source(rows[name][1], data.macro_source),
+    kinds = {  # the rule depends on whether the symbol is synthetic only
+        synthetic: {
+            "news": sentiment_source(synthetic, data.news_source),
+            "macro": sentiment_source(synthetic, data.macro_source),
         }
-        for name in names
+        for synthetic in (False, True)
     }
+    sources = {name: dict(kinds[rows[name][1]]) for name in names}
     return {name: rows[name][0] for name in names}, sources
 
 
@@ -132,6 +143,7 @@ class TickCache:
         self._days = np.zeros((0, LOOKBACK), dtype=np.int64)
         self._values = np.zeros((5, 0, LOOKBACK))  # open, high, low, close, volume
         self._count = np.zeros(0, dtype=np.int64)  # bars in each history
+        self._carry = PanelCarry.none(0)  # the panel's series at each row's newest bar
         self._news: dict[int, _Tail] = {}
         self._news_source: dict[int, str] = {}
         self._macro: dict[str, _Tail] = {}
@@ -165,17 +177,13 @@ class TickCache:
             session, [n for n in names if ids[n] not in kept], ids, sources, end
         )
         self._end, self._max = end, seen
+        found = [n for n in names if ids[n] in self._row]
+        rows = [self._row[ids[n]] for n in found]
+        newest = (self._days[rows, -1] + _EPOCH).tolist()
+        fromordinal = dt.date.fromordinal
         out = [
-            CachedSymbol(
-                n,
-                ids[n],
-                sources[n],
-                self._row[ids[n]],
-                dt.date.fromordinal(int(self._days[self._row[ids[n]], -1]) + _EPOCH),
-                whole.get(ids[n]),
-            )
-            for n in names
-            if ids[n] in self._row
+            CachedSymbol(n, ids[n], sources[n], row, fromordinal(day), whole.get(ids[n]))
+            for n, row, day in zip(found, rows, newest, strict=True)
         ]
         return out, [n for n in names if ids[n] not in self._row]
 
@@ -211,6 +219,8 @@ class TickCache:
         ``rows``, the oldest bars shifted out."""
         n = days.shape[1]
         k = min(n, LOOKBACK)
+        if rows.size == self._count.size and (rows == np.arange(rows.size)).all():
+            rows = slice(None)  # type: ignore[assignment]  # every row in order: no gathers
         self._days[rows, :-k] = self._days[rows, k:]
         self._days[rows, -k:] = days[:, -k:]
         self._values[:, rows, :-k] = self._values[:, rows, k:]
@@ -273,6 +283,8 @@ class TickCache:
         self._days = np.concatenate([self._days, np.zeros((k, LOOKBACK), np.int64)])
         self._values = np.concatenate([self._values, np.ones((5, k, LOOKBACK))], axis=1)
         self._count = np.concatenate([self._count, np.zeros(k, np.int64)])
+        old, more = _parts(self._carry), _parts(PanelCarry.none(k))
+        self._carry = PanelCarry(*(np.concatenate([a, b]) for a, b in zip(old, more, strict=True)))
 
     def _keep(
         self, sid: int, history: MarketHistory, news: SentimentSeries | None, source: str
@@ -286,6 +298,7 @@ class TickCache:
             self._values[i, row, -k:] = col[-k:]
         self._values[4, row, -k:] = history.volume[-k:]
         self._count[row] = len(history)
+        self._carry.day[row] = PanelCarry.none(1).day[0]  # its window is new: nothing carried
         self._news[sid], self._news_source[sid] = _tail(news), source
 
     def _add_macro(self, session: Session, wanted: set[str], end: dt.date) -> None:
@@ -351,25 +364,45 @@ class TickCache:
     def window(self, row: int) -> tuple[npt.NDArray[np.datetime64], F64, F64]:
         """A symbol's cached bars (their dates, opens and closes), oldest first."""
         k = min(int(self._count[row]), LOOKBACK)
-        days = self._days[row, -k:].astype("datetime64[D]")
+        days = self._days[row, -k:].view("datetime64[D]")
         return days, self._values[0, row, -k:], self._values[3, row, -k:]
+
+    def tails(self, rows: Sequence[int]) -> list[Tail | None]:
+        """Each row's last two bars as Python numbers (``TickInputs.tail``: day numbers,
+        opens, closes; None where it holds one bar), read for all rows at once."""
+        days = self._days[rows, -2:].tolist()
+        opens = self._values[0][rows, -2:].tolist()
+        closes = self._values[3][rows, -2:].tolist()
+        two = (self._count[rows] >= 2).tolist()
+        return [
+            (d, o, c) if ok else None for d, o, c, ok in zip(days, opens, closes, two, strict=True)
+        ]
 
     def market(self, symbols: Sequence[CachedSymbol]) -> F64:
         """The market features of each symbol's newest bar, (N, 34): the panel of their cached
-        windows with their news and macro (``market_feature_panel``)."""
-        rows = np.array([s.row for s in symbols], dtype=np.int64)
+        windows with their news and macro (``market_feature_panel_step``, carried from the
+        previous call: a window one bar on computes its MACD line and vol at that bar only;
+        ``_keep`` drops a row's carry when its window is read anew)."""
+        picked = np.array([s.row for s in symbols], dtype=np.int64)
+        every = np.array_equal(picked, np.arange(len(self._count)))
+        rows: I64 | slice = slice(None) if every else picked  # every row in order: no copies
         days = self._days[rows]
         newest = days[:, -1].tolist()
         news = [self._news[s.symbol_id] for s in symbols]
         macro = [self._macro[s.sources["macro"]] for s in symbols]
         latest_news = [t.latest(d) for t, d in zip(news, newest, strict=True)]
-        latest_macro = [t.latest(d) for t, d in zip(macro, newest, strict=True)]
+        seen: dict[tuple[int, int], tuple[int, float]] = {}  # a macro series is shared
+        latest_macro = [
+            seen[key] if (key := (id(t), d)) in seen else seen.setdefault(key, t.latest(d))
+            for t, d in zip(macro, newest, strict=True)
+        ]
         for t, d in zip(news, newest, strict=True):
-            t.trim(d)
-        o, h, lo, c, v = (self._values[i][rows] for i in range(5))
-        del o
-        return market_feature_panel(
-            days.astype("datetime64[D]"),
+            if len(t.days) > 1:
+                t.trim(d)
+        h, lo, c, v = (self._values[i][rows] for i in range(1, 5))
+        carry = self._carry
+        market, after = market_feature_panel_step(
+            days.view("datetime64[D]"),
             c,
             h,
             lo,
@@ -377,7 +410,14 @@ class TickCache:
             self._count[rows],
             news=_columns(latest_news),
             macro=_columns(latest_macro),
+            carry=PanelCarry(carry.line[rows], carry.vol[rows], carry.day[rows]),
         )
+        carry.line[rows], carry.vol[rows], carry.day[rows] = after.line, after.vol, after.day
+        return market
+
+
+def _parts(carry: PanelCarry) -> tuple[F64, F64, I64]:
+    return carry.line, carry.vol, carry.day
 
 
 def _columns(latest: list[tuple[int, float]]) -> tuple[npt.NDArray[Any], F64]:

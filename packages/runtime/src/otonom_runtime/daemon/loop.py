@@ -26,7 +26,7 @@ from otonom_runtime.daemon.bars import BarSource
 from otonom_runtime.daemon.cache import CachedSymbol
 from otonom_runtime.daemon.paper import Broker, Holding, LastDecision, TickInputs
 from otonom_runtime.daemon.reload import ModelWatch, daemon_state
-from otonom_runtime.daemon.tick import Ensemble, TickDecision
+from otonom_runtime.daemon.tick import Columns, Ensemble, TickDecision
 from otonom_runtime.ensemble import ANALYSTS
 from otonom_runtime.store import HEARTBEAT_INTERVAL_S, BacktestRun, this_process
 from otonom_runtime.store.daemons import write_daemon_state
@@ -133,7 +133,7 @@ def run_tick(
     items = _broker_inputs(session, ensemble, pending, market, (last, live), broker, capital)
     holdings = broker.holdings(items, ensemble.params, capital)
     before = ensemble.fallbacks
-    decisions = ensemble.decide_states(
+    decisions, signals = ensemble.decide_columns(
         [c.symbol for c in pending],
         [c.newest for c in pending],
         market,
@@ -141,7 +141,7 @@ def run_tick(
     )
     report.fallbacks = ensemble.fallbacks - before
     run = _run_row(ensemble, pending, decisions, broker, report.fallbacks)
-    columns = _columns(ensemble.name, pending, decisions, holdings)
+    columns = _columns(ensemble.name, pending, decisions, holdings, signals)
     report.run_id = record_tick(session, run, columns)
     if report.run_id is None:
         log.warning("tick of %s not recorded: another process recorded it first", ensemble.name)
@@ -170,9 +170,11 @@ def _broker_inputs(
     last, live = decided
     params = ensemble.params
     caps = (params.risk.exposure(market) * params.max_leverage).tolist()
+    cache = ensemble.cache
+    tails = cache.tails([c.row for c in pending])
     items = [
-        TickInputs(c.symbol, c.symbol_id, *ensemble.cache.window(c.row), caps[i],
-                   last.get(c.symbol_id), c.whole, live.get(c.symbol_id))
+        TickInputs(c.symbol, c.symbol_id, *cache.window(c.row), caps[i],
+                   last.get(c.symbol_id), c.whole, live.get(c.symbol_id), tails[i])
         for i, c in enumerate(pending)
     ]  # fmt: skip
     lacking = [
@@ -237,8 +239,10 @@ def _columns(
     pending: Sequence[CachedSymbol],
     decisions: Sequence[TickDecision],
     holdings: Sequence[Holding],
+    signals: Columns,
 ) -> dict[str, list[Any]]:
-    """The tick's decision rows column by column, as ``record_tick`` takes them."""
+    """The tick's decision rows column by column, as ``record_tick`` takes them (``signals``:
+    the decisions' signals as ``Ensemble.decide_columns`` gives them)."""
     columns: dict[str, list[Any]] = {
         "symbol_id": [i.symbol_id for i in pending],
         "date": [d.date for d in decisions],
@@ -252,10 +256,12 @@ def _columns(
         "live_strategy": [strategy] * len(decisions),
     }
     for name in ANALYSTS:
-        sigs = [d.signals[name] for d in decisions]
-        columns[f"{name}_action"] = [None if s is None else int(s.action) for s in sigs]
-        columns[f"{name}_strength"] = [None if s is None else s.strength for s in sigs]
-        columns[f"{name}_confidence"] = [None if s is None else s.confidence for s in sigs]
+        found = signals[name]
+        none = [None] * len(decisions)
+        actions, strengths, confidences = (none, none, none) if found is None else found
+        columns[f"{name}_action"] = actions
+        columns[f"{name}_strength"] = strengths
+        columns[f"{name}_confidence"] = confidences
     return columns
 
 

@@ -22,10 +22,9 @@ the decisions recorded; the fill is the next tick's step.
 from __future__ import annotations
 
 import datetime as dt
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -40,7 +39,7 @@ if TYPE_CHECKING:
     from otonom_runtime.backtest.params import EngineParams
     from otonom_runtime.daemon.tick import SymbolInputs, TickDecision
 
-__all__ = ["Broker", "Holding", "LastDecision", "PaperBroker", "TickInputs"]
+__all__ = ["Broker", "Holding", "LastDecision", "PaperBroker", "Tail", "TickInputs"]
 
 F64 = npt.NDArray[np.float64]
 
@@ -63,13 +62,20 @@ class LastDecision:
     strength: float
 
 
+Tail = tuple[list[int], list[float], list[float]]
+"""The last two bars of a window: day numbers, opens, closes (``TickInputs.tail``)."""
+
+
 @dataclass(frozen=True)
 class TickInputs:
     """What a broker gets of a symbol a tick decides: its cached bars (dates, opens, closes,
     oldest first, the newest the bar decided), ``cap``: the risk cap of that bar (the risk
     exposure of its state x max leverage, as ``engine._prepare`` computes it), its newest live
     decision (None: never decided); ``whole`` and ``live``: its whole history and every live
-    decision, present when a replay needs them (``Broker.resumes`` False)."""
+    decision, present when a replay needs them (``Broker.resumes`` False); ``tail``: the last
+    two bars' day numbers, opens and closes as Python numbers (None: fewer than two bars), what
+    a broker stepping one bar a tick reads (the tick makes them for all symbols at once). The
+    arrays are views of the tick's cache: valid during the tick."""
 
     symbol: str
     symbol_id: int
@@ -80,6 +86,7 @@ class TickInputs:
     last: LastDecision | None
     whole: SymbolInputs | None = None
     live: LiveDecisions | None = None
+    tail: Tail | None = None
 
 
 class Broker(Protocol):
@@ -106,24 +113,20 @@ class Broker(Protocol):
 
 @dataclass
 class _State:
-    """A sleeve after marking bar ``day`` (``_Sleeve``'s state there), the risk cap of that
-    bar and the decision taken on it (None until the tick's decisions are recorded)."""
+    """A sleeve after marking bar ``day`` (``number``: its day number), the risk cap of
+    that bar and the decision taken on it (None until the tick's decisions are recorded);
+    ``sleeve``: the backtester's ``_Sleeve`` as it left that bar (None: never decided, flat
+    with ``capital``). The next tick resumes the sleeve itself (``_Sleeve.resume``), so a
+    state is used once: ``holdings`` takes it out of the broker's states."""
 
     symbol_id: int
     capital: float
     day: dt.date
-    cash: float
-    units: float
-    bust: bool
-    last_fill: float
-    entry_equity: float | None
-    fills: int
+    number: int
     cap: float
+    sleeve: _Sleeve | None
+    params: EngineParams
     decision: tuple[int, float] | None = None
-    day64: np.datetime64 = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.day64 = np.datetime64(self.day, "D")
 
 
 class PaperBroker:
@@ -145,7 +148,7 @@ class PaperBroker:
             and state.day == last.date
             and state.decision == (last.action, last.strength)
             and inputs.dates.size > 0
-            and inputs.dates[0] <= state.day64 < inputs.dates[-1]
+            and _within(_numbers(inputs), state.number)
         )
 
     def holdings(
@@ -155,11 +158,12 @@ class PaperBroker:
         out = []
         board = Board()  # one for the tick's sleeves: each runs to its end in turn
         for item in inputs:
+            sleeve: _Sleeve | None
             if item.last is None:
                 sleeve = None
             elif item.whole is not None and item.live is not None:
                 sleeve = _replay(item, params, capital, board)
-            elif (state := self._sleeves.get(item.symbol)) is not None and (
+            elif (state := self._sleeves.pop(item.symbol, None)) is not None and (
                 state.day == item.last.date  # what ``resumes`` found (the tick asked it)
             ):
                 sleeve = _resume(state, item, params, board)
@@ -168,16 +172,13 @@ class PaperBroker:
                     f"no history or live decisions of {item.symbol!r} to replay its "
                     "sleeve; expected the tick to read them (Broker.resumes was False)"
                 )
+            number = item.tail[0][-1] if item.tail is not None else int(_numbers(item)[-1])
+            self._pending[item.symbol] = _State(
+                item.symbol_id, capital, _date(number), number, item.cap, sleeve, params
+            )
             if sleeve is None:  # never decided: flat, the sleeve fresh at this bar
-                fresh = _State(item.symbol_id, capital, item.dates[-1].item(), capital, 0.0, False,
-                               -math.inf, None, 0, item.cap)  # fmt: skip
-                self._pending[item.symbol] = fresh
                 out.append(Holding(PortfolioSnapshot(), capital))
                 continue
-            self._pending[item.symbol] = _State(
-                item.symbol_id, capital, item.dates[-1].item(), sleeve.cash, sleeve.units,
-                sleeve.bust, sleeve.last_fill, sleeve.entry_equity, sleeve.fills, item.cap,
-            )  # fmt: skip
             # the newest mark (engine._Sleeve.out: position, leverage, cash, days, equity, exposure)
             position, leverage, cash_fraction, days, equity, _ = sleeve.out[-6:]
             out.append(Holding(PortfolioSnapshot(position, leverage, cash_fraction, days), equity))
@@ -192,21 +193,35 @@ class PaperBroker:
         self._pending = {}
 
 
-def _drive(
-    sleeve: _Sleeve, days: list[dt.date], decided: dict[Any, tuple[int, float]], board: Board
-) -> None:
-    """Run ``sleeve`` over ``days`` (its bars), each day's decision from ``decided`` (HOLD
-    where there is none) sent through the lockstep board, the newest day marked and not
-    traded; the sleeve's state after it is written back (``_Sleeve.steps`` finished)."""
+_EPOCH: Final = dt.date(1970, 1, 1).toordinal()
+_HOLD: Final = (int(Action.HOLD), 0.0)
+
+
+def _numbers(inputs: TickInputs) -> npt.NDArray[np.int64]:
+    """The day numbers of ``inputs.dates`` (a view)."""
+    return inputs.dates.view(np.int64)
+
+
+def _within(numbers: npt.NDArray[np.int64], number: int) -> bool:
+    """Whether day ``number`` is in ``numbers`` (oldest first) and not the newest."""
+    return bool(numbers[0] <= number < numbers[-1])
+
+
+def _date(number: int) -> dt.date:
+    return dt.date.fromordinal(number + _EPOCH)
+
+
+def _drive(sleeve: _Sleeve, decisions: Sequence[tuple[int, float]], board: Board) -> None:
+    """Run ``sleeve`` over its bars, each day's decision but the newest's from ``decisions``
+    sent through the lockstep board, the newest day marked and not traded; the sleeve's state
+    after it is written back (``_Sleeve.steps`` finished)."""
     steps = sleeve.steps([], [], board, 0)  # the lockstep generator: decisions on the board
     next(steps)
-    hold = (int(Action.HOLD), 0.0)
-    for day in days[:-1]:
-        action, strength = decided.get(day, hold)
+    for action, strength in decisions:
         board.decided = [action, strength, 0.0]
         board.portfolio.clear()
         next(steps)
-    board.decided = [hold[0], hold[1], 0.0]  # the newest bar's: recorded by the tick, not here
+    board.decided = [_HOLD[0], _HOLD[1], 0.0]  # the newest bar's: recorded by the tick, not here
     board.portfolio.clear()
     next(steps, None)
 
@@ -236,32 +251,38 @@ def _replay(
         zip(live.dates.tolist(), zip(live.actions, live.strengths, strict=True), strict=True)
     )
     sleeve = _prepare(bars, params, capital).sleeve
-    _drive(sleeve, bars.dates.tolist(), decided, board)
+    _drive(sleeve, [decided.get(day, _HOLD) for day in bars.dates[:-1].tolist()], board)
     return sleeve
 
 
 def _resume(state: _State, inputs: TickInputs, params: EngineParams, board: Board) -> _Sleeve:
-    """The sleeve from ``state`` (marked at its day, whose decision it holds) over the bars
-    after it to the newest: the same steps as a replay from the first live decision (the
+    """The sleeve of ``state`` (marked at its day, whose decision it holds; a fresh one where
+    it never traded, or one with the state's cash and units where ``params`` changed) over the
+    bars after it to the newest: the same steps as a replay from the first live decision (the
     state is what they left), without them."""
-    first = int(inputs.dates.searchsorted(state.day64))
-    k = inputs.dates.size - first
-    bars = _Bars(
-        inputs.symbol,
-        inputs.dates[first:],
-        inputs.opens[first:],
-        inputs.closes[first:],
-        np.empty((k, 0)),  # only its length counts: the caps are given
-        0,
-    )
-    # a HOLD never reads its cap, and the days after the state's are HOLDs
-    sleeve = _Sleeve(bars, params, state.capital, [state.cap] + [0.0] * (k - 1))
-    sleeve.cash, sleeve.units, sleeve.bust = state.cash, state.units, state.bust
-    sleeve.last_fill, sleeve.entry_equity, sleeve.fills = (
-        state.last_fill,
-        state.entry_equity,
-        state.fills,
-    )
     assert state.decision is not None
-    _drive(sleeve, bars.dates.tolist(), {state.day: state.decision}, board)
-    return sleeve
+    tail, sleeve = inputs.tail, state.sleeve
+    if (
+        tail is not None
+        and tail[0][0] == state.number  # the steady case: one bar on, as numbers already
+        and sleeve is not None
+        and (state.params is params or state.params == params)
+    ):
+        # a HOLD never reads its cap
+        sleeve.resume([float(d) for d in tail[0]], tail[1], tail[2], [state.cap, 0.0])
+        _drive(sleeve, [state.decision], board)
+        return sleeve
+    dates = inputs.dates
+    first = int(_numbers(inputs).searchsorted(state.number))
+    k = dates.size - first
+    # a HOLD never reads its cap, and the days after the state's are HOLDs
+    cap = [state.cap] + [0.0] * (k - 1)
+    bars = _Bars(inputs.symbol, dates[first:], inputs.opens[first:], inputs.closes[first:],
+                 np.empty((k, 0)), 0)  # fmt: skip
+    fresh = _Sleeve(bars, params, state.capital, cap)
+    if sleeve is not None:  # its cash, units and trades on these bars
+        fresh.cash, fresh.units, fresh.bust = sleeve.cash, sleeve.units, sleeve.bust
+        fresh.last_fill, fresh.entry_equity = sleeve.last_fill, sleeve.entry_equity
+        fresh.fills, fresh.trade_pnls = sleeve.fills, sleeve.trade_pnls
+    _drive(fresh, [state.decision] + [_HOLD] * (k - 2), board)
+    return fresh

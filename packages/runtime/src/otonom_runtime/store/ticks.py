@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Executable, func, select, union_all
+from sqlalchemy import Executable, bindparam, func, select, union_all
 from sqlalchemy.orm import Session
 
 from otonom_runtime.store.raw import _autoflush
@@ -59,12 +59,22 @@ def _days(values: Sequence[dt.date]) -> npt.NDArray[np.datetime64]:
     return (ordinals - _EPOCH).astype("datetime64[D]")
 
 
-def _rows(session: Session, query: Executable) -> Sequence[Any]:
+def _rows(
+    session: Session, query: Executable, values: Mapping[str, Any] | None = None
+) -> Sequence[Any]:
     """The rows of ``query`` through the session's connection (SQLAlchemy Core: the same SQL
     and values as ``session.execute``, without the ORM's result layer), pending objects
-    flushed first as ``session.execute`` would."""
+    flushed first as ``session.execute`` would; ``values``: those of its bound parameters
+    (``_keys``)."""
     _autoflush(session)
-    return session.connection().execute(query).all()
+    return session.connection().execute(query, values).all()
+
+
+def _keys(name: str) -> Any:
+    """An IN list's values as one expanding parameter bound at execution (``_rows``'
+    ``values[name]``): the same SQL as ``column.in_(values)``, without SQLAlchemy making a
+    literal of each of a tick's thousands of values as it builds the statement."""
+    return bindparam(name, expanding=True)
 
 
 def _groups(ids: npt.NDArray[np.int64]) -> list[tuple[int, int, int]]:
@@ -141,9 +151,10 @@ def tick_symbols(session: Session, names: Sequence[str]) -> dict[str, tuple[int,
 
     table = Symbol.__table__
     query = select(table.c.id, table.c.name, table.c.is_synthetic).where(
-        table.c.name.in_(sorted(set(names)))
+        table.c.name.in_(_keys("names"))
     )
-    rows = {r[1]: (int(r[0]), bool(r[2])) for r in _rows(session, query)}
+    found = _rows(session, query, {"names": sorted(set(names))})
+    rows = {r[1]: (int(r[0]), bool(r[2])) for r in found}
     for name in names:
         if name not in rows:
             raise _unknown(session, name)
@@ -185,12 +196,13 @@ def new_rows(
     t = _TABLES[table]
     key = t.source if table == "macro" else t.symbol_id
     columns = [getattr(t, c) for c in _COLUMNS[table]]
-    newer = select(*columns).where(key.in_(list(keys)), t.date > after, t.date <= end)
+    newer = select(*columns).where(key.in_(_keys("keys")), t.date > after, t.date <= end)
     inserted = select(*columns).where(t.id > max_id, t.date <= after)  # the id's index
     both = union_all(newer, inserted).subquery()
     order = [both.c.source if table == "macro" else both.c.symbol_id, both.c.date]
     wanted = set(keys)
-    return [r for r in _rows(session, select(both).order_by(*order)) if r[1] in wanted]
+    found = _rows(session, select(both).order_by(*order), {"keys": list(keys)})
+    return [r for r in found if r[1] in wanted]
 
 
 def load_live_tail(
@@ -203,10 +215,11 @@ def load_live_tail(
         select(Decision.symbol_id, Decision.date, Decision.action, Decision.strength)
         .where(
             Decision.live_strategy == strategy,
-            Decision.symbol_id.in_(list(symbol_ids)),
+            Decision.symbol_id.in_(_keys("ids")),
             Decision.date >= since,
         )
         .order_by(Decision.symbol_id, Decision.date),
+        {"ids": list(symbol_ids)},
     )
 
 
