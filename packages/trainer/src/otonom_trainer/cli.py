@@ -271,7 +271,8 @@ def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
-    from otonom_trainer.pipeline import DEMO_SYMBOLS, PipelineConfig, run_pipeline
+    from otonom_trainer.config import DEMO_SYMBOLS
+    from otonom_trainer.pipeline import PipelineConfig, run_pipeline
 
     symbols = tuple(dict.fromkeys(args.symbol or DEMO_SYMBOLS))
     files = args.import_csv or []

@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
-from otonom_runtime.config_rules import Validated, rule
+from otonom_runtime.config_rules import rule
 from otonom_runtime.synth import DEMO_SEED
 from otonom_trainer._errors import OtonomTrainerError
 from otonom_trainer.compare_report import (
@@ -65,8 +65,7 @@ from otonom_trainer.compare_report import (
     WindowComparison,
     write_report,
 )
-from otonom_trainer.config import DAY, POSITIVE_INT, START_BEFORE_END, SYMBOLS
-from otonom_trainer.pipeline import DEMO_SYMBOLS
+from otonom_trainer.config import DEMO_SYMBOLS, POSITIVE_INT, START_BEFORE_END, WindowedRun
 
 if TYPE_CHECKING:
     from otonom_runtime.backtest import BacktestReport
@@ -94,24 +93,11 @@ def _beta_ok(value: object) -> bool:
 
 
 @dataclass(frozen=True)
-class CompareConfig(Validated):
+class CompareConfig(WindowedRun):
     """What to compare; validated on construction (``CompareError`` names the field). Dates
     and sizes None: from the stored bars, as the walk-forward's. ``trials`` None: the trials
     ledger's count."""
 
-    strategy_path: str = field(
-        default="strategies/baseline_v1.yaml",
-        metadata=rule(nonempty=True, described="a strategy YAML path"),
-    )
-    database_url: str | None = field(
-        default=None, metadata=rule(nonempty=True, described="a SQLAlchemy URL or None")
-    )
-    symbols: tuple[str, ...] = field(default=DEMO_SYMBOLS, metadata=SYMBOLS)
-    start: dt.date | None = field(default=None, metadata=DAY)
-    end: dt.date | None = field(default=None, metadata=DAY)
-    train_years: int | None = field(default=None, metadata=POSITIVE_INT)
-    test_months: int | None = field(default=None, metadata=POSITIVE_INT)
-    step_months: int | None = field(default=None, metadata=POSITIVE_INT)
     epochs: int = field(default=10, metadata=POSITIVE_INT)
     batch_size: int = field(default=256, metadata=POSITIVE_INT)
     hidden_dim: int = field(default=64, metadata=POSITIVE_INT)

@@ -46,6 +46,7 @@ from otonom_trainer.architectures import (
 __all__ = [
     "BALANCE_MODES",
     "DAY",
+    "DEMO_SYMBOLS",
     "DEVICES",
     "FRACTION",
     "NONNEGATIVE",
@@ -57,6 +58,7 @@ __all__ = [
     "ConfigError",
     "ConfigField",
     "TrainingConfig",
+    "WindowedRun",
     "config_fields",
     "read_flat_yaml",
 ]
@@ -470,6 +472,29 @@ START_BEFORE_END: Final = CrossCheck(
     lambda v: f"start {v['start']} is not before end {v['end']}; expected start < end",
 )
 """The cross check of a config with ``start`` and ``end`` dates."""
+DEMO_SYMBOLS: Final = ("DEMO-BTC", "DEMO-ETH", "DEMO-SOL")
+"""The embedded demo market's symbols (generated when missing from the store)."""
+
+
+@dataclass(frozen=True)
+class WindowedRun(Validated):
+    """The fields of a run over walk-forward windows (``walkforward.WalkForwardConfig``,
+    ``compare.CompareConfig``): the strategy, the store, the symbols and the window plan
+    (dates and sizes None: from the stored bars, ``otonom_trainer.ranges``)."""
+
+    strategy_path: str = field(
+        default="strategies/baseline_v1.yaml",
+        metadata=rule(nonempty=True, described="a strategy YAML path"),
+    )
+    database_url: str | None = field(
+        default=None, metadata=rule(nonempty=True, described="a SQLAlchemy URL or None")
+    )
+    symbols: tuple[str, ...] = field(default=DEMO_SYMBOLS, metadata=SYMBOLS)
+    start: dt.date | None = field(default=None, metadata=DAY)
+    end: dt.date | None = field(default=None, metadata=DAY)
+    train_years: int | None = field(default=None, metadata=POSITIVE_INT)
+    test_months: int | None = field(default=None, metadata=POSITIVE_INT)
+    step_months: int | None = field(default=None, metadata=POSITIVE_INT)
 
 
 # -- one flag per field --------------------------------------------------------------------

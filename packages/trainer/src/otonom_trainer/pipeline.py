@@ -40,13 +40,21 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TextIO
+from typing import Any, Final, TextIO
 
 from otonom_runtime.config_rules import CrossCheck, Validated, rule
 from otonom_runtime.synth import DEMO_SEED
 from otonom_schema import atomic_write
 from otonom_trainer._errors import OtonomTrainerError
-from otonom_trainer.config import DAY, NONNEGATIVE, POSITIVE_INT, START_BEFORE_END, SYMBOLS
+from otonom_trainer.config import (
+    DAY,
+    DEMO_SYMBOLS,
+    NONNEGATIVE,
+    POSITIVE_INT,
+    START_BEFORE_END,
+    SYMBOLS,
+    TrainingConfig,
+)
 from otonom_trainer.pipeline_report import PipelineResult, heldout_rows, write_tables
 from otonom_trainer.ranges import DEMO_END, DEMO_START
 from otonom_trainer.stages import (
@@ -55,9 +63,6 @@ from otonom_trainer.stages import (
     backtest_pair,
     refuse_unknown_before_creating,
 )
-
-if TYPE_CHECKING:
-    from otonom_trainer.config import TrainingConfig
 
 __all__ = [
     "PIPELINE_EPOCHS",
@@ -71,7 +76,6 @@ __all__ = [
     "training_config",
 ]
 
-DEMO_SYMBOLS = ("DEMO-BTC", "DEMO-ETH", "DEMO-SOL")
 STAGES: Final = (
     "data",
     "baseline backtest (the teacher)",

@@ -55,13 +55,14 @@ from otonom_schema import atomic_write
 from otonom_trainer._errors import OtonomTrainerError
 from otonom_trainer.config import (
     DAY,
+    DEMO_SYMBOLS,
     FRACTION,
     NONNEGATIVE,
     POSITIVE_INT,
     START_BEFORE_END,
     SYMBOLS,
 )
-from otonom_trainer.pipeline import DEMO_SYMBOLS, PIPELINE_EPOCHS, TEACHER_NOISE, TEACHER_ROWS
+from otonom_trainer.pipeline import PIPELINE_EPOCHS, TEACHER_NOISE, TEACHER_ROWS
 
 if TYPE_CHECKING:
     from otonom_runtime.backtest.params import EngineParams

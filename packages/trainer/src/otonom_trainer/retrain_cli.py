@@ -25,7 +25,7 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
     from otonom_runtime._errors import OtonomRuntimeError
     from otonom_schema import SchemaError
     from otonom_trainer._errors import OtonomTrainerError
-    from otonom_trainer.pipeline import DEMO_SYMBOLS
+    from otonom_trainer.config import DEMO_SYMBOLS
     from otonom_trainer.retrain import RetrainConfig, decide, run_retrain
 
     try:

@@ -49,12 +49,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from otonom_runtime.config_rules import Validated, rule
+from otonom_runtime.config_rules import rule
 from otonom_runtime.synth import DEMO_SEED
 from otonom_schema import parse_iso_date as iso_date
 from otonom_trainer._errors import OtonomTrainerError
-from otonom_trainer.config import DAY, POSITIVE_INT, START_BEFORE_END, SYMBOLS
-from otonom_trainer.pipeline import DEMO_SYMBOLS
+from otonom_trainer.config import DEMO_SYMBOLS, POSITIVE_INT, START_BEFORE_END, WindowedRun
 from otonom_trainer.ranges import (
     DEMO_END,
     DEMO_START,
@@ -172,7 +171,7 @@ def plan_windows(
 
 
 @dataclass(frozen=True)
-class WalkForwardConfig(Validated):
+class WalkForwardConfig(WindowedRun):
     """What to run; validated once on construction (``otonom_runtime.config_rules``:
     ``WalkForwardError`` names the field, what was given and what was expected). ``step_months``
     None means ``test_months`` (adjacent test periods). Symbols missing from the store are
@@ -180,19 +179,6 @@ class WalkForwardConfig(Validated):
     .. 2023-12-31), else an error. ``start``, ``end``, ``train_years``, ``test_months`` None:
     from the stored bars (``otonom_trainer.ranges``)."""
 
-    strategy_path: str = field(
-        default="strategies/baseline_v1.yaml",
-        metadata=rule(nonempty=True, described="a strategy YAML path"),
-    )
-    database_url: str | None = field(
-        default=None, metadata=rule(nonempty=True, described="a SQLAlchemy URL or None")
-    )
-    symbols: tuple[str, ...] = field(default=DEMO_SYMBOLS, metadata=SYMBOLS)
-    start: dt.date | None = field(default=None, metadata=DAY)
-    end: dt.date | None = field(default=None, metadata=DAY)
-    train_years: int | None = field(default=None, metadata=POSITIVE_INT)
-    test_months: int | None = field(default=None, metadata=POSITIVE_INT)
-    step_months: int | None = field(default=None, metadata=POSITIVE_INT)
     epochs: int = field(default=20, metadata=POSITIVE_INT)
     batch_size: int = field(default=256, metadata=POSITIVE_INT)
     hidden_dim: int = field(default=128, metadata=POSITIVE_INT)
