@@ -320,7 +320,7 @@ def test_unknown_device(model: tuple[Path, MlpWeights]) -> None:
 # --- predict ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("n", [1, 7, 256])
+@pytest.mark.parametrize("n", [1, 7, 256, 1500])
 def test_predict_batch_matches_numpy(policy: RlPolicy, weights: MlpWeights, n: int) -> None:
     x = random_states(n, seed=n)
     actions, strengths, probs = policy.predict_batch(x)
@@ -334,6 +334,25 @@ def test_predict_batch_matches_numpy(policy: RlPolicy, weights: MlpWeights, n: i
     np.testing.assert_allclose(probs, ref_probs, atol=1e-5)
     np.testing.assert_allclose(strengths, ref_strength, atol=1e-5)
     np.testing.assert_array_equal(actions, probs.argmax(axis=1))
+
+
+@pytest.mark.parametrize("n", [40, 1024, 3000])
+def test_the_batch_argmax_is_numpys_first_maximum_on_ties(n: int) -> None:
+    """``predict_batch``'s actions are ``argmax`` of the probabilities, the first maximum on a
+    tie, below and from the row count where it compares columns instead (``_WHERE_ROWS``):
+    rows with every pattern of ties among the three columns, and random rows."""
+    from otonom_runtime.serving import rl_policy
+
+    rng = np.random.default_rng(n)
+    probs = rng.random((n, 3), dtype=np.float32)
+    for k, (i, j) in enumerate([(0, 1), (0, 2), (1, 2)]):
+        probs[k::4, j] = probs[k::4, i]  # two columns tied (at the top or below the third)
+    probs[3::4] = probs[3::4, :1]  # all three equal
+    actions = rl_policy._argmax3(probs)
+    assert actions.dtype == np.int64
+    np.testing.assert_array_equal(actions, probs.argmax(axis=1))
+    assert set(actions.tolist()) == {0, 1, 2}
+    assert (n >= rl_policy._WHERE_ROWS) == (n >= 1024)
 
 
 def test_predict_matches_numpy_row_by_row(policy: RlPolicy, weights: MlpWeights) -> None:
@@ -506,6 +525,28 @@ def test_threads_option(model: tuple[Path, MlpWeights], policy: RlPolicy) -> Non
     for bad in (0, -1, 1.5):
         with pytest.raises(PolicyError, match=r"threads=.*; expected an integer >= 1, or None"):
             load_rl_policy(model[0], threads=bad)  # type: ignore[arg-type]
+
+
+def test_the_sessions_threads_stop_spinning_when_a_run_returns(
+    model: tuple[Path, MlpWeights],
+) -> None:
+    """A daemon idles between ticks: after a large batch (a run split over the worker
+    threads) the process uses next to no CPU while it sleeps (onnxruntime's default, spinning
+    left on, burns about 10 ms of a core after every run), and the session says why."""
+    import time
+
+    policy = load_rl_policy(model[0], threads=2)
+    session = policy._session
+    options = session.get_session_options()
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+    x = random_states(4096, seed=3)
+    idle = []
+    for _ in range(3):
+        policy.predict_batch(x)
+        c0 = time.process_time()
+        time.sleep(0.1)
+        idle.append(time.process_time() - c0)
+    assert min(idle) < 0.003, idle
 
 
 def test_the_bound_run_falls_back_to_the_public_wrapper_with_the_same_outputs(

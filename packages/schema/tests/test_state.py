@@ -274,3 +274,29 @@ def test_the_fast_batch_checks_agree_with_the_row_checks(dtype: type) -> None:
     low, high, one, word = _state._FAST[np.dtype(dtype)]
     assert _state._in_range(valid, low, high)  # the fast checks do accept a valid batch
     assert _state._one_hot(valid, one, word)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_fast_checks_look_at_every_chunk_of_a_large_batch(
+    dtype: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch longer than the fast checks' chunk (``_state._CHUNK`` rows; 128 here, so the
+    row-by-row checks that name a bad row stay quick) is judged chunk by chunk: a valid one is
+    accepted by the fast checks, and one bad value in any chunk (the first, a middle one, the
+    short last one) is refused with its own row named."""
+    from otonom_schema import _state
+
+    monkeypatch.setattr(_state, "_CHUNK", 128)
+    n = 2 * _state._CHUNK + 70
+    base = np.stack([valid_vector(i) for i in range(70)]).astype(dtype)
+    valid = np.ascontiguousarray(np.resize(base, (n, s.STATE_DIM)))
+    assert _state._fast_valid(valid, _state._FAST[np.dtype(dtype)])
+    assert s.validate_states(valid).tobytes() == valid.astype(np.float32).tobytes()
+    regime = s.feature_index("regime_low_vol")
+    for row in (5, _state._CHUNK + 1, 2 * _state._CHUNK + 66):
+        for col, value in ((0, math.nan), (regime, 0.5)):
+            bad = valid.copy()
+            bad[row, col] = value
+            assert not _state._fast_valid(bad, _state._FAST[np.dtype(dtype)])
+            with pytest.raises(s.SchemaError, match=rf"^row {row}: "):
+                s.validate_states(bad)

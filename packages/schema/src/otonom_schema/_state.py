@@ -40,6 +40,9 @@ _BLOCK: Final = 64
 """Rows per wide block of the batch range check: the column minima and maxima are reduced over
 (N / 64, 64 * 34) views, whose long rows numpy vectorises (a reduction over (N, 34) runs its
 inner loop 34 elements at a time)."""
+_CHUNK: Final = 8192
+"""Rows ``validate_states``' fast checks take at a time (``_fast_valid``): 8,192 x 34 float32
+is 1.1 MB, within a core's cache on common CPUs."""
 _fmin: Final = np.fmin
 _F64: Final = np.dtype(np.float64)
 # per dtype of a batch the fast checks accept: its bounds, 1.0's word and the word type
@@ -212,6 +215,22 @@ def _one_hot(arr: npt.NDArray[Any], one: np.unsignedinteger[Any], word: type[Any
     return bool((largest == one).all() and (total == one).all())
 
 
+def _fast_valid(
+    arr: npt.NDArray[Any],
+    fast: tuple[npt.NDArray[Any], npt.NDArray[Any], Any, type[Any]],
+) -> bool:
+    """``_in_range`` and ``_one_hot`` of a C-contiguous float (N, 34) array, ``_CHUNK`` rows
+    at a time: a chunk stays in the core's cache between the checks' passes (the one-hot's
+    strided column reads touch every row's cache line), which halves the time of a batch
+    much larger than the cache (65,536 rows: 0.79 ms against 1.47 ms in one piece)."""
+    low, high, one, word = fast
+    n = arr.shape[0]
+    return all(
+        _in_range(part, low, high) and _one_hot(part, one, word)
+        for part in (arr[i : i + _CHUNK] for i in range(0, n, _CHUNK))
+    )
+
+
 def columns_in_range(values: FloatArray, columns: slice) -> bool:
     """True when ``values`` (N, width), the ``columns`` of N states, all lie within those
     features' bounds (``validate_states``' range rule, in the array's own dtype; NaN: False).
@@ -237,13 +256,7 @@ def validate_states(values: object) -> FloatArray:
     # calls, bounds in its own dtype); anything else, and every batch they do not accept,
     # takes the row-by-row checks below (which name the first bad row).
     fast = _FAST.get(arr.dtype)
-    if (
-        fast is not None
-        and arr.flags.c_contiguous
-        and arr.shape[0]
-        and _in_range(arr, fast[0], fast[1])
-        and _one_hot(arr, fast[2], fast[3])
-    ):
+    if fast is not None and arr.flags.c_contiguous and arr.shape[0] and _fast_valid(arr, fast):
         # what np.ascontiguousarray(arr, dtype=np.float32) returns for it
         return arr if arr.dtype == _F32 else arr.astype(np.float32)
     # bounds in the array's own dtype; NaN fails every comparison and all bounds are finite

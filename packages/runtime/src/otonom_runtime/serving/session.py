@@ -44,9 +44,12 @@ def make_session(
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
-    # A daemon mostly idles: worker threads sleep instead of spinning between calls.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    # A daemon mostly idles: the worker threads spin while a run lasts (onnxruntime's default:
+    # a parallel node's pieces start without a wake-up) and stop spinning when it returns
+    # instead of burning a core each for a while after every call. Measured, 4,096 rows: the
+    # same states/s as without spinning's stop within a few %, 5-15 % more than no spinning at
+    # all; 100 calls 10 ms apart cost 0.25 s of CPU, against 1.25 s with spinning left on.
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     # fatal only: no warnings on stderr of the daemon, and the errors are raised (PolicyError)
     options.log_severity_level = 4
     try:
