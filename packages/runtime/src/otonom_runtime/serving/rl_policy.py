@@ -46,7 +46,10 @@ def _argmax3(probs: F32) -> npt.NDArray[np.int64]:
     if probs.shape[0] < _WHERE_ROWS:
         return probs.argmax(axis=1).astype(np.int64, copy=False)
     p0, p1, p2 = probs[:, 0], probs[:, 1], probs[:, 2]
-    return np.where(p2 > np.maximum(p0, p1), 2, p1 > p0).astype(np.int64, copy=False)
+    actions: npt.NDArray[np.int64] = np.where(p2 > np.maximum(p0, p1), 2, p1 > p0).astype(
+        np.int64, copy=False
+    )
+    return actions
 
 
 _BOUND_BATCH: Final = 64
