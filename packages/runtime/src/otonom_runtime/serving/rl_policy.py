@@ -43,12 +43,12 @@ def _argmax3(probs: F32) -> npt.NDArray[np.int64]:
     """``probs.argmax(axis=1)`` as int64 (the first maximum on a tie) for (N, 3) probabilities
     without NaN (the output contract refuses NaN before this is called): 2 where the third
     column exceeds both others, else 1 where the second exceeds the first, else 0."""
+    actions: npt.NDArray[np.int64]
     if probs.shape[0] < _WHERE_ROWS:
-        return probs.argmax(axis=1).astype(np.int64, copy=False)
-    p0, p1, p2 = probs[:, 0], probs[:, 1], probs[:, 2]
-    actions: npt.NDArray[np.int64] = np.where(p2 > np.maximum(p0, p1), 2, p1 > p0).astype(
-        np.int64, copy=False
-    )
+        actions = probs.argmax(axis=1).astype(np.int64, copy=False)
+    else:
+        p0, p1, p2 = probs[:, 0], probs[:, 1], probs[:, 2]
+        actions = np.where(p2 > np.maximum(p0, p1), 2, p1 > p0).astype(np.int64, copy=False)
     return actions
 
 
