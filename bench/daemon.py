@@ -51,7 +51,7 @@ from sqlalchemy.orm import Session
 from otonom_runtime.builder import RlStateBuilder
 from otonom_runtime.daemon import Ensemble, PaperBroker, TickReport, run_tick
 from otonom_runtime.policy import load_rl_policy
-from otonom_runtime.store import dispose_engines, get_session, init_db
+from otonom_runtime.store import dispose_engines, get_session, init_db, sentiment_source
 from otonom_runtime.strategy import load_strategy, parse_strategy
 from otonom_runtime.synth import write_synthetic
 from otonom_runtime.testing.models import make_policy_model
@@ -75,33 +75,25 @@ FLOOR_SQL = {
         "macro_sentiment) AS anon_3"
     ),
     "bars": (
-        "SELECT anon_1.id, anon_1.symbol_id, anon_1.date, anon_1.open, anon_1.high, anon_1.low, a"
-        "non_1.close, anon_1.volume \nFROM (SELECT bars.id AS id, bars.symbol_id AS symbol_id, ba"
-        "rs.date AS date, bars.open AS open, bars.high AS high, bars.low AS low, bars.close AS cl"
-        "ose, bars.volume AS volume \nFROM bars \nWHERE bars.symbol_id IN ({ids}) AND bars.date >"
-        " ? AND bars.date <= ? UNION ALL SELECT bars.id AS id, bars.symbol_id AS symbol_id, bars."
-        "date AS date, bars.open AS open, bars.high AS high, bars.low AS low, bars.close AS close"
-        ", bars.volume AS volume \nFROM bars \nWHERE bars.id > ? AND bars.date <= ?) AS anon_1 OR"
-        "DER BY anon_1.symbol_id, anon_1.date"
+        "SELECT bars.id, bars.symbol_id, bars.date, bars.open, bars.high, bars.low, bars.close, b"
+        "ars.volume \nFROM bars \nWHERE bars.symbol_id IN ({ids}) AND bars.date > ? AND bars.da"
+        "te <= ? UNION ALL SELECT bars.id, bars.symbol_id, bars.date, bars.open, bars.high, bars."
+        "low, bars.close, bars.volume \nFROM bars \nWHERE bars.id > ? AND bars.date <= ?"
     ),
     "news": (
-        "SELECT anon_1.id, anon_1.symbol_id, anon_1.source, anon_1.date, anon_1.score \nFROM (SEL"
-        "ECT news_sentiment.id AS id, news_sentiment.symbol_id AS symbol_id, news_sentiment.sourc"
-        "e AS source, news_sentiment.date AS date, news_sentiment.score AS score \nFROM news_sent"
-        "iment \nWHERE news_sentiment.symbol_id IN ({ids}) AND news_sentiment.date > ? AND news_s"
-        "entiment.date <= ? UNION ALL SELECT news_sentiment.id AS id, news_sentiment.symbol_id AS"
-        " symbol_id, news_sentiment.source AS source, news_sentiment.date AS date, news_sentiment"
-        ".score AS score \nFROM news_sentiment \nWHERE news_sentiment.id > ? AND news_sentiment.d"
-        "ate <= ?) AS anon_1 ORDER BY anon_1.symbol_id, anon_1.date"
+        "SELECT news_sentiment.id, news_sentiment.symbol_id, news_sentiment.source, news_sentime"
+        "nt.date, news_sentiment.score \nFROM news_sentiment \nWHERE news_sentiment.symbol_id IN"
+        " ({ids}) AND news_sentiment.date > ? AND news_sentiment.date <= ? AND news_sentiment.so"
+        "urce = ? UNION ALL SELECT news_sentiment.id, news_sentiment.symbol_id, news_sentiment.s"
+        "ource, news_sentiment.date, news_sentiment.score \nFROM news_sentiment \nWHERE news_se"
+        "ntiment.id > ? AND news_sentiment.date <= ? AND news_sentiment.source = ?"
     ),
     "macro": (
-        "SELECT anon_1.id, anon_1.source, anon_1.date, anon_1.score \nFROM (SELECT macro_sentimen"
-        "t.id AS id, macro_sentiment.source AS source, macro_sentiment.date AS date, macro_sentim"
-        "ent.score AS score \nFROM macro_sentiment \nWHERE macro_sentiment.source IN (?) AND macr"
-        "o_sentiment.date > ? AND macro_sentiment.date <= ? UNION ALL SELECT macro_sentiment.id A"
-        "S id, macro_sentiment.source AS source, macro_sentiment.date AS date, macro_sentiment.sc"
-        "ore AS score \nFROM macro_sentiment \nWHERE macro_sentiment.id > ? AND macro_sentiment.d"
-        "ate <= ?) AS anon_1 ORDER BY anon_1.source, anon_1.date"
+        "SELECT macro_sentiment.id, macro_sentiment.source, macro_sentiment.date, macro_sentimen"
+        "t.score \nFROM macro_sentiment \nWHERE macro_sentiment.source IN (?) AND macro_sentime"
+        "nt.date > ? AND macro_sentiment.date <= ? UNION ALL SELECT macro_sentiment.id, macro_se"
+        "ntiment.source, macro_sentiment.date, macro_sentiment.score \nFROM macro_sentiment \nWH"
+        "ERE macro_sentiment.id > ? AND macro_sentiment.date <= ?"
     ),
     "live": (
         "SELECT decisions.symbol_id, decisions.date, decisions.action, decisions.strength \n"
@@ -136,8 +128,11 @@ class Floor:
     """The tick's store I/O alone on the session's own DBAPI connection (see the module
     docstring); ``style``: the driver's parameter marker (``?`` SQLite, ``%s`` psycopg)."""
 
-    def __init__(self, session: Session, names: list[str], strategy: str, source: str) -> None:
-        self.session, self.names, self.strategy, self.source = session, names, strategy, source
+    def __init__(
+        self, session: Session, names: list[str], strategy: str, sources: tuple[str, str]
+    ) -> None:
+        self.session, self.names, self.strategy = session, names, strategy
+        self.news_source, self.source = sources  # the strategy's news and macro sources
         self.sqlite = session.connection().dialect.name == "sqlite"
         self.style = "?" if self.sqlite else "%s"
         self.ids = [row[0] for row in self._fetch(FLOOR_SQL["symbols"], names)]
@@ -191,7 +186,8 @@ class Floor:
         self._fetch(FLOOR_SQL["symbols"], self.names)
         seen = self._fetch(FLOOR_SQL["max"], [0, 0, 0])[0]
         self._fetch(FLOOR_SQL["bars"], [*self.ids, after, end, seen[0], after])
-        self._fetch(FLOOR_SQL["news"], [*self.ids, after, end, seen[1], after])
+        news = self.news_source
+        self._fetch(FLOOR_SQL["news"], [*self.ids, after, end, news, seen[1], after, news])
         self._fetch(FLOOR_SQL["macro"], [self.source, after, end, seen[2], after])
         self._fetch(FLOOR_SQL["live"], [self.strategy, *self.ids, after])
         run_id = self._insert(run, decisions)
@@ -338,8 +334,12 @@ def _run(args: argparse.Namespace, tmp: Path, url: str) -> int:
         report = run_tick(session, ensemble, names, broker, as_of=LAST)
         cold = CLOCK() - t0
         assert len(report.decisions) == len(names), "the cold tick decided every symbol"
-        source = ensemble.config.data.macro_source or "synthetic"
-        io = Floor(session, names, ensemble.name, source)
+        data = ensemble.config.data
+        sources = (
+            sentiment_source(True, data.news_source),
+            sentiment_source(True, data.macro_source),
+        )
+        io = Floor(session, names, ensemble.name, sources)
         builder = RlStateBuilder(session)
         for r in range(1, rounds + 1):
             day = LAST + dt.timedelta(days=r)

@@ -1,13 +1,23 @@
 """bench/daemon.py --quick, run for real (a subprocess) at 20 symbols: every subject has its
 row, both ratios of issue 16 are printed with MET or MISSED, and the per-symbol way's RL
-actions equal the tick's (the two ways decide the same states)."""
+actions equal the tick's (the two ways decide the same states); and its floor's SQL is the
+tick's own."""
 
 from __future__ import annotations
 
+import datetime as dt
+import importlib.util
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from otonom_runtime.daemon import PaperBroker, run_tick
+from otonom_runtime.store import dispose_engines, get_session
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,3 +33,39 @@ def test_quick_run_prints_both_ratios_and_the_cold_tick(tmp_path: Path) -> None:
     assert re.search(r"(MET   |MISSED) steady / floor +\d+\.\d\d \(<= 1\.5\)", out), out
     assert "RL signal on 40 of 40 calls" in out, out
     assert list(tmp_path.iterdir()) == []  # the store goes to a temporary folder
+
+
+def test_the_floor_is_the_sql_a_steady_tick_issues(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every statement of the bench's floor (``FLOOR_SQL``) is verbatim one a steady
+    ``run_tick`` issues (captured on SQLite, the IN lists' markers one per symbol), so the
+    floor follows the tick's SQL and cannot be made cheaper on its own."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    spec = importlib.util.spec_from_file_location("bench_daemon", ROOT / "bench" / "daemon.py")
+    assert spec is not None
+    assert spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)  # not in sys.modules
+    spec.loader.exec_module(bench)
+    monkeypatch.setenv("OTONOM_MODELS_ROOT", str(tmp_path))  # _ensemble sets it: restored
+    names = ["S00000", "S00001", "S00002"]
+    url = f"sqlite:///{(tmp_path / 'store.db').as_posix()}"
+    bench._store(url, names, 1)
+    ensemble, broker = bench._ensemble(tmp_path), PaperBroker()
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+        statements.append(statement)
+
+    with get_session(url) as session:
+        run_tick(session, ensemble, names, broker, as_of=bench.LAST)
+        engine = session.get_bind()
+        event.listen(engine, "before_cursor_execute", seen)
+        try:
+            run_tick(session, ensemble, names, broker, as_of=bench.LAST + dt.timedelta(1))
+        finally:
+            event.remove(engine, "before_cursor_execute", seen)
+    dispose_engines()
+    markers = ", ".join(["?"] * len(names))
+    for name, template in bench.FLOOR_SQL.items():
+        assert template.format(names=markers, ids=markers) in statements, name

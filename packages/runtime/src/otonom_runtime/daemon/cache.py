@@ -3,10 +3,11 @@ its news tail and the macro series, so that a steady tick reads only what is new
 
 A cold tick (the first, or a symbol the cache does not hold) reads a symbol's whole history and
 news (``load_tick_bars``/``load_tick_news``, as ``read_tick``) and keeps their tail. A steady
-tick reads, in one statement per table (``store.ticks.new_rows``), the rows dated after the
-previous tick's ``end`` and every row inserted since the previous tick (an id above the largest
-it had seen): a bar of a symbol dated on or before its newest cached bar was imported out of
-order, and the symbol is read whole again. The newest bars' market features come from
+tick reads, in one statement per table (the news: per news source; ``store.ticks.new_rows``,
+each part one index search), the rows dated after the previous tick's ``end`` and every row
+inserted since the previous tick (an id above the largest it had seen): a bar of a symbol dated
+on or before its newest cached bar was imported out of order, and the symbol is read whole
+again. The newest bars' market features come from
 ``otonom_schema.market_feature_panel`` over the cached windows: bit for bit the last row of
 ``market_feature_matrix`` of each whole history (tested), so a tick after the cache decides
 exactly as a cold one. Not seen: a bar or score changed in place (same date, same row id:
@@ -209,8 +210,11 @@ class TickCache:
             for i in np.flatnonzero(~late & ~one).tolist():
                 a, b = int(starts[i]), int(stops[i])
                 self._append(at[i : i + 1], days[None, a:b], values[:, None, a:b])
-        for r in new_rows(session, "news", held, after, end, self._max["news"]):
-            if r[2] == self._news_source.get(r[1]):
+        by_source: dict[str, list[int]] = {}
+        for symbol_id in held:
+            by_source.setdefault(self._news_source[symbol_id], []).append(symbol_id)
+        for source, group in by_source.items():  # one source a read: its index's range
+            for r in new_rows(session, "news", group, after, end, self._max["news"], source):
                 self._news[r[1]].add(r[3].toordinal() - _EPOCH, float(r[4]))
         return stale
 

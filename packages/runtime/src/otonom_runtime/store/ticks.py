@@ -186,23 +186,35 @@ def new_rows(
     after: dt.date,
     end: dt.date,
     max_id: int,
+    source: str | None = None,
 ) -> Sequence[Any]:
     """The rows of ``table`` (``"bars"``, ``"news"``, ``"macro"``) of the symbol ids (macro:
     the sources) ``keys`` that a cache holding every row dated on or before ``after`` with an
     id up to ``max_id`` lacks, dated on or before ``end``: those dated after ``after`` and
     those inserted since (an id above ``max_id``: a bar imported out of order), in one
-    statement (a UNION ALL: each part served by an index; the inserted rows of other keys are
-    dropped here), ordered by key and date. Columns: ``_COLUMNS[table]``."""
+    statement, ordered by key and date. Columns: ``_COLUMNS[table]``. News: ``source``, the
+    one source read (None: every source, each symbol's rows searched whole: slower).
+
+    The statement is a UNION ALL whose parts are each one index search, so that a steady tick
+    reads in proportion to what is new, never to the history: the dated part by the
+    (symbol, date) or (symbol, source, date) unique index, the inserted part by the row id
+    (the integer primary key). It has no ORDER BY: with one, SQLite (no statistics) served
+    the inserted part by scanning the whole (symbol, date) index in order, and without the
+    source the news part scanned every row of each symbol (5,000 symbols with a year of
+    history: 0.16-0.22 s for the bars and 0.39-0.57 s for the news, against 0.025 s each
+    now); the rows are sorted here instead. The inserted rows of other keys are dropped here.
+    """
     t = _TABLES[table]
     key = t.source if table == "macro" else t.symbol_id
     columns = [getattr(t, c) for c in _COLUMNS[table]]
     newer = select(*columns).where(key.in_(_keys("keys")), t.date > after, t.date <= end)
-    inserted = select(*columns).where(t.id > max_id, t.date <= after)  # the id's index
-    both = union_all(newer, inserted).subquery()
-    order = [both.c.source if table == "macro" else both.c.symbol_id, both.c.date]
+    inserted = select(*columns).where(t.id > max_id, t.date <= after)  # the row id's search
+    if table == "news" and source is not None:
+        newer, inserted = newer.where(t.source == source), inserted.where(t.source == source)
     wanted = set(keys)
-    found = _rows(session, select(both).order_by(*order), {"keys": list(keys)})
-    return [r for r in found if r[1] in wanted]
+    found = _rows(session, union_all(newer, inserted), {"keys": list(keys)})
+    at = _COLUMNS[table].index("date")
+    return sorted((r for r in found if r[1] in wanted), key=lambda r: (r[1], r[at]))
 
 
 def load_live_tail(
