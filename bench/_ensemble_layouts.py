@@ -16,7 +16,8 @@ Layouts (``layout_graphs``), all built with ``onnx.helper`` from the same member
   batched MatMul + Add + Relu per layer over [members, batch, 128] (``batched``);
 * lower bounds, not ensembles: the first ``k`` members' trunks alone, each hidden layer an
   output, no heads and no combining step (``k trunks, no combine``): any graph that computes
-  ``k`` members' trunks costs at least this.
+  ``k`` members' trunks costs at least this; and the shipped graph cut after its heads' one
+  Gemm (``trunks + Concat + heads Gemm``): the logits of every member, no softmax, no mean.
 """
 
 from __future__ import annotations
@@ -170,6 +171,22 @@ def _trunks_only(shipped: onnx.ModelProto, members: Sequence[MemberWeights], k: 
     return _model(helper.make_graph(nodes, f"trunks_{k}", shipped.graph.input, outputs, inits))
 
 
+def _trunks_and_heads(shipped: onnx.ModelProto) -> Any:
+    """``shipped`` up to its heads' logits: the trunks, their Concat and one Gemm of both heads
+    (action and strength weights side by side), the logits the output; no softmax, sigmoid or
+    mean. Any merged graph reading each member's logits does at least this much."""
+    g = _Nodes()
+    init = {v.name: numpy_helper.to_array(v) for v in shipped.graph.initializer}
+    w = np.concatenate([init["action_w"], init["strength_w"]], axis=1)
+    b = np.concatenate([init["action_b"], init["strength_b"]])
+    g.node("Gemm", ["hidden", g.const("heads_w", w), g.const("heads_b", b)], "logits")
+    nodes = [v for v in shipped.graph.node if _TRUNK.match(v.name) or v.name == "hidden"]
+    inits = [v for v in shipped.graph.initializer if _TRUNK.match(v.name)]
+    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", w.shape[1]])
+    graph = helper.make_graph(nodes + g.nodes, "heads", shipped.graph.input, [out], inits + g.inits)
+    return _model(graph)
+
+
 def layout_graphs(
     members: Sequence[MemberWeights], member: str | Path
 ) -> dict[str, tuple[onnx.ModelProto | str, str | None]]:
@@ -189,7 +206,12 @@ def layout_graphs(
     for layout, name in names.items():
         for c in ("mean", "vote"):
             out[f"{name}, {c}"] = (_relaid(shipped[c], members, layout), c)
-    for k in range(len(members), 0, -1):
+    n = len(members)
+    out[f"{n} trunks + Concat + heads Gemm, no combine (bound)"] = (
+        _trunks_and_heads(shipped["mean"]),
+        None,
+    )
+    for k in range(n, 0, -1):
         out[f"{k} trunk{'s' if k > 1 else ''}, no combine (bound)"] = (
             _trunks_only(shipped["mean"], members, k),
             None,
