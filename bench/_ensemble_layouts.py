@@ -207,7 +207,7 @@ def layout_graphs(
         for c in ("mean", "vote"):
             out[f"{name}, {c}"] = (_relaid(shipped[c], members, layout), c)
     n = len(members)
-    out[f"{n} trunks + Concat + heads Gemm, no combine (bound)"] = (
+    out[f"{n} trunks + Concat + heads Gemm (bound)"] = (
         _trunks_and_heads(shipped["mean"]),
         None,
     )

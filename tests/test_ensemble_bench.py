@@ -52,7 +52,7 @@ def test_every_layout_equals_the_shipped_graph(layouts_module: ModuleType, tmp_p
         assert v["same_argmax"], (name, v)
     bounds = [k for k, (_, combine) in graphs.items() if combine is None and k != "one member"]
     trunks = [f"{k} trunk{'s' if k > 1 else ''}, no combine (bound)" for k in (3, 2, 1)]
-    assert bounds == ["3 trunks + Concat + heads Gemm, no combine (bound)", *trunks]
+    assert bounds == ["3 trunks + Concat + heads Gemm (bound)", *trunks]
     heads = graphs[bounds[0]][0]
     assert [n.op_type for n in heads.graph.node].count("Gemm") == 7
     three = graphs[trunks[0]][0]
