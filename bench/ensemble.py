@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python bench/ensemble.py [--quick] [--members 3] [--hidden 128] [--layers 2]
-                                       [--threads N] [--layouts] [--out FILE.json]
+                                       [--threads N] [--layouts] [--ops] [--out FILE.json]
 
 Builds ``--members`` PolicyNet members (random initialisation, seeds 0, 1, ...: the latency
 does not depend on training) and exports, in a temporary folder, each member alone
@@ -15,12 +15,17 @@ interleaved round by round:
 * ``predict(RlState)`` and ``predict(array (34,))`` of member 0, of the mean and of the vote
   ensemble, and the guide's ensemble by hand (Example 2: each member's ``predict``, then
   ``max(set(votes), key=votes.count)`` and ``np.mean(strengths)``);
-* the bare pre-bound io_binding run of member 0's and of the ensemble's graph (the floor
-  ``predict`` builds on);
+* the bare pre-bound io_binding run of member 0's, the mean's and the vote's graph (the floor
+  ``predict`` builds on), each session made by the runtime's own ``make_session`` and run
+  through its ``_runner`` (bench/_ensemble_layouts.py, ``floor``): member and ensemble timed
+  the same way;
 * ``predict_batch`` at 10 rows (a backtest day of ten symbols), 256 and 4096 rows;
-* with ``--layouts``: the io_binding floor at 1 and 256 rows of the merged graph with its
-  members' trunks laid out otherwise (one block-diagonal Gemm per layer; one batched MatMul per
-  layer): why ``ensemble_graph`` keeps them separate.
+* with ``--layouts``: other graphs built with ``onnx.helper`` from the same members' weights
+  (the first layers fused into one Gemm + Split, block-diagonal Gemms, batched MatMuls; each
+  checked equal to the shipped graph, mean and vote) and the lower bounds (2 or 3 members'
+  trunks alone, no combining step): onnxruntime's node count after its optimisations, the
+  floor's p50 at 1, 10, 256 and 4,096 rows and its ratio to one member's;
+* with ``--ops``: one-node graphs of the ops these graphs use, at one row (what a node adds).
 
 Prints the ratios ensemble / member 0. Target: ``predict(RlState)`` of the ensemble <= 1.5x
 one member's, for 3 members. A ratio, never a timed test (docs/benchmarks.md, "Ensembles").
@@ -39,17 +44,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from _ensemble_layouts import LAYOUT_ROWS, check_layouts, floor, layout_graphs, ops, time_layouts
 
 import otonom_schema as s
 from otonom_runtime.bench import interleaved_latency, throughput
 from otonom_runtime.policy import load_rl_policy
 from otonom_schema.synthetic import random_history
 from otonom_trainer.ensemble import EnsembleMember, export_ensemble, member_weights
-from otonom_trainer.ensemble_graph import MemberWeights, block_diagonal, ensemble_graph
 from otonom_trainer.export import export_onnx
 from otonom_trainer.model import PolicyNet
 
@@ -75,101 +77,15 @@ def _dataset(path: Path) -> np.ndarray:
     return states
 
 
-def _floor(model: bytes | str, rows: np.ndarray, threads: int | None) -> Callable[[], object]:
-    """A bare pre-bound io_binding run of ``model`` on ``rows`` (what ``predict`` builds on)."""
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    n = rows.shape[0]
-    x = np.ascontiguousarray(rows, dtype=np.float32)
-    out = np.zeros(4 * n, np.float32)
-    binding = session.io_binding()
-    binding.bind_input("state", "cpu", 0, np.float32, [n, 34], x.ctypes.data)
-    binding.bind_output("action_probs", "cpu", 0, np.float32, [n, 3], out.ctypes.data)
-    binding.bind_output("strength", "cpu", 0, np.float32, [n, 1], out[3 * n :].ctypes.data)
-
-    def run() -> object:
-        return session.run_with_iobinding(binding), x, out  # keeps the buffers alive
-
-    return run
-
-
-# --- other layouts of the members' trunks (--layouts) -------------------------------------------
-
-
-def _layout_graph(members: Sequence[MemberWeights], layout: str) -> bytes:
-    """The mean ensemble with its trunks as one block-diagonal Gemm per layer (``blockdiag``) or
-    one batched MatMul per layer (``batched``; every member of the same shape)."""
-    n, nodes, inits = len(members), [], []
-
-    def const(name: str, value: Any, dtype: Any = np.float32) -> str:
-        inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
-        return name
-
-    def node(op: str, inputs: list[str], out: str, **attrs: Any) -> str:
-        nodes.append(helper.make_node(op, inputs, [out], **attrs))
-        return out
-
-    x, layers = "state", len(members[0].trunk)
-    for i in range(layers):
-        ws, bs = [m.trunk[i][0] for m in members], [m.trunk[i][1] for m in members]
-        if layout == "blockdiag":
-            w = np.concatenate(ws, axis=1) if i == 0 else block_diagonal(ws)
-            z = node("Gemm", [x, const(f"w{i}", w), const(f"b{i}", np.concatenate(bs))], f"z{i}")
-        else:  # [batch, 34] x [n, 34, h] -> [n, batch, h]
-            z = node("MatMul", [x, const(f"w{i}", np.stack(ws))], f"m{i}")
-            z = node("Add", [z, const(f"b{i}", np.stack(bs)[:, None, :])], f"z{i}")
-        x = node("Relu", [z], f"h{i}")
-    if layout == "batched":  # [n, batch, h] -> [batch, n * h]
-        x = node("Transpose", [x], "t", perm=[1, 0, 2])
-        x = node("Reshape", [x, const("flat", [0, -1], np.int64)], "hidden")
-    wa, ba = (
-        block_diagonal([m.action[0] for m in members]),
-        np.concatenate([m.action[1] for m in members]),
-    )
-    logits = node("Gemm", [x, const("wa", wa), const("ba", ba)], "la")
-    logits = node("Reshape", [logits, const("shape", [0, n, 3], np.int64)], "la3")
-    probs = node("Softmax", [logits], "p3", axis=-1)
-    node("ReduceMean", [probs], "action_probs", axes=[1], keepdims=0)
-    ws_, bs_ = (
-        block_diagonal([m.strength[0] for m in members]),
-        np.concatenate([m.strength[1] for m in members]),
-    )
-    z = node("Sigmoid", [node("Gemm", [x, const("ws", ws_), const("bs", bs_)], "ls")], "s")
-    node("ReduceMean", [z], "strength", axes=[1], keepdims=1)
-    io_ = [
-        helper.make_tensor_value_info(k, TensorProto.FLOAT, ["batch", w])
-        for k, w in (("state", 34), ("action_probs", 3), ("strength", 1))
-    ]
-    graph = helper.make_graph(nodes, layout, io_[:1], io_[1:], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
-
-
 def layouts(
     nets: Sequence[PolicyNet], tmp: Path, states: np.ndarray, args: argparse.Namespace
-) -> dict[str, dict[str, float]]:
-    """p50 (us) of the io_binding floor at 1 and 256 rows for each trunk layout (and member 0)."""
+) -> dict[str, Any]:
+    """The layouts' check against the shipped graphs and their p50s at ``LAYOUT_ROWS`` rows."""
     weights = [member_weights(n) for n in nets]
     calls, rounds = (1000, 3) if args.quick else (4000, 6)
-    threads = args.threads
-    graphs: dict[str, bytes | str] = {
-        "one member": str(tmp / "member_0.onnx"),
-        "separate trunks (ensemble_graph)": ensemble_graph(weights, "mean").SerializeToString(),
-        "block-diagonal Gemm": _layout_graph(weights, "blockdiag"),
-        "batched MatMul": _layout_graph(weights, "batched"),
-    }
-    out: dict[str, dict[str, float]] = {}
-    for rows in (1, 256):
-        x = states[:rows]
-        subjects = {name: _floor(g, x, threads) for name, g in graphs.items()}
-        lat = interleaved_latency(subjects, max(calls // rows, 50), rounds)
-        for name, v in lat.items():
-            out.setdefault(name, {})[f"p50_us@{rows}"] = v["p50_us"]
-    return out
+    graphs = layout_graphs(weights, tmp / "member_0.onnx")
+    checks = check_layouts(graphs, np.ascontiguousarray(states[:256]))
+    return {"timings": time_layouts(graphs, states, args.threads, calls, rounds), "checks": checks}
 
 
 # --- the measurement ---------------------------------------------------------------------------
@@ -223,8 +139,9 @@ def measure(args: argparse.Namespace, tmp: Path, states: np.ndarray) -> dict[str
         "member predict(array)": lambda: member.predict(row),
         "mean predict(array)": lambda: mean.predict(row),
         "by hand (guide Example 2)": by_hand,
-        "member io_binding floor": _floor(str(tmp / "member_0.onnx"), states[-1:], args.threads),
-        "mean io_binding floor": _floor(str(tmp / "ensemble_mean.onnx"), states[-1:], args.threads),
+        "member io_binding floor": floor(tmp / "member_0.onnx", states[-1:], args.threads),
+        "mean io_binding floor": floor(tmp / "ensemble_mean.onnx", states[-1:], args.threads),
+        "vote io_binding floor": floor(tmp / "ensemble_vote.onnx", states[-1:], args.threads),
     }
     single = interleaved_latency(subjects, calls, rounds)
     batch: dict[str, dict[str, float]] = {}
@@ -244,6 +161,40 @@ def _baseline(name: str) -> str:
     return "member predict(array)" if "array" in name else "member predict(RlState)"
 
 
+def _equal(name: str, checks: dict[str, dict[str, Any]]) -> str:
+    """``yes`` when the layout's mean and vote graphs both equal the shipped ones (allclose and
+    the same argmax on every row), ``NO`` otherwise; ``-`` for what is not a layout."""
+    mine = [v for k, v in checks.items() if k.rsplit(", ", 1)[0] == name.rsplit(", ", 1)[0]]
+    if not mine or name.startswith("shipped"):
+        return "-"
+    ok = all(v["allclose"] and v["same_argmax"] for v in mine)
+    return ("yes" if ok else "NO") + f" ({max(v['max_abs_diff'] for v in mine):.0e})"
+
+
+def report_layouts(r: dict[str, Any]) -> None:
+    """The layouts' table: ORT nodes, equal to the shipped graph, p50 (us) and / one member."""
+    timings, checks = r["timings"], r["checks"]
+    ref = timings["one member"]
+    head = "".join(f"{f'{n} row' + ('s' if n > 1 else ''):>17}" for n in LAYOUT_ROWS)
+    print("\nlayouts: io_binding floor via make_session, p50 us (x one member)")
+    print(f"  {'graph':<46} {'nodes':>5} {'equal (max diff)':>16}{head}")
+    for name, v in timings.items():
+        cells = "".join(
+            f"{v[f'p50_us@{n}']:10.2f} ({v[f'p50_us@{n}'] / ref[f'p50_us@{n}']:4.2f})"
+            for n in LAYOUT_ROWS
+        )
+        print(f"  {name:<46} {int(v['ort_nodes']):>5} {_equal(name, checks):>16}{cells}")
+
+
+def report_ops(r: dict[str, dict[str, float]]) -> None:
+    """The one-node graphs' table (one row)."""
+    print("\none-node graphs, one row: p50 us of the graph; node_us = p50 - trivial graph's + a")
+    print("trivial node's own cost ((Relu x9 chain - Relu) / 8)")
+    print(f"  {'op':<34} {'nodes':>5} {'p50':>8} {'node_us':>8}")
+    for name, v in r.items():
+        print(f"  {name:<34} {int(v['ort_nodes']):>5} {v['p50_us']:8.2f} {v['node_us']:8.2f}")
+
+
 def report(r: dict[str, Any]) -> None:
     single = r["single_state_us"]
     ref = single["member predict(RlState)"]["p50_us"]
@@ -260,9 +211,9 @@ def report(r: dict[str, Any]) -> None:
         m, a, b = (v[k] / 1e6 for k in ("member", "mean", "vote"))
         print(f"  {rows:<24} {m:9.3f} {a:9.3f} {b:9.3f} {m / a:12.2f} {m / b:12.2f}")
     if r.get("layouts"):
-        print("\ntrunk layouts, io_binding floor p50 (us)      1 row   256 rows")
-        for name, v in r["layouts"].items():
-            print(f"  {name:<40} {v['p50_us@1']:9.2f} {v['p50_us@256']:10.2f}")
+        report_layouts(r["layouts"])
+    if r.get("ops"):
+        report_ops(r["ops"])
     ratio = {k: single[f"{k} predict(RlState)"]["p50_us"] / ref for k in ("mean", "vote")}
     hand = single["by hand (guide Example 2)"]["p50_us"] / ref
     r["ratios"] = {**{f"{k} / member": v for k, v in ratio.items()}, "by hand / member": hand}
@@ -281,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, help="onnxruntime intra-op threads (default: its own, one a core)"
     )
-    parser.add_argument("--layouts", action="store_true", help="also time other trunk layouts")
+    parser.add_argument(
+        "--layouts", action="store_true", help="also time other layouts and lower bounds"
+    )
+    parser.add_argument("--ops", action="store_true", help="also time one-node graphs")
     parser.add_argument("--out", type=Path, help="write the results as JSON")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="otonom-ens-bench-") as folder:
@@ -291,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         result = measure(args, tmp, states)
         if args.layouts:
             result["layouts"] = layouts(nets, tmp, states, args)
+        if args.ops:
+            calls, rounds = (1000, 3) if args.quick else (4000, 6)
+            result["ops"] = ops(args.threads, calls, rounds)
     result.update(
         members=args.members,
         hidden=args.hidden,
