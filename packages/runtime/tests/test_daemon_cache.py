@@ -6,6 +6,7 @@ decisions compared with == (floats included)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import sqlite3
@@ -99,8 +100,8 @@ def test_a_steady_tick_reads_by_index_searches_only(tmp_path: Path) -> None:
     """Every SELECT of a steady tick is planned by SQLite as index searches (EXPLAIN QUERY
     PLAN: no SCAN of a table or an index), so a tick reads in proportion to what is new, not
     to the history. Before: an ORDER BY over the new rows' UNION ALL had SQLite scan the whole
-    (symbol, date) index of the bars and of the news, and the news, read without their source,
-    every row of each symbol (0.4-0.8 s a tick at 5,000 symbols with a year of history)."""
+    unique index of the bars and of the news, and the news, read without their source, searched
+    every row of each symbol (0.5-0.8 s a tick at 5,000 symbols with a year of history)."""
     url, path = _setup(tmp_path)
     ensemble, broker = Ensemble.from_strategy(path), PaperBroker()
     statements: list[tuple[str, Any]] = []
@@ -121,7 +122,7 @@ def test_a_steady_tick_reads_by_index_searches_only(tmp_path: Path) -> None:
     tables = " ".join(s for s, _ in selects)
     for table in ("FROM bars", "FROM news_sentiment", "FROM macro_sentiment", "FROM decisions"):
         assert table in tables  # the tick read each of them
-    with sqlite3.connect(tmp_path / "otonom.db") as con:
+    with contextlib.closing(sqlite3.connect(tmp_path / "otonom.db")) as con:
         for statement, params in selects:
             plan = [row[3] for row in con.execute("EXPLAIN QUERY PLAN " + statement, params)]
             scans = [step for step in plan if step.startswith("SCAN") and "CONSTANT" not in step]
