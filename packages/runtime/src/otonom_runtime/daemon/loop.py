@@ -171,9 +171,10 @@ def _broker_inputs(
     params = ensemble.params
     caps = (params.risk.exposure(market) * params.max_leverage).tolist()
     cache = ensemble.cache
-    tails = cache.tails([c.row for c in pending])
+    rows = [c.row for c in pending]
+    tails, windows = cache.tails(rows), cache.windows(rows)
     items = [
-        TickInputs(c.symbol, c.symbol_id, *cache.window(c.row), caps[i],
+        TickInputs(c.symbol, c.symbol_id, *windows[i], caps[i],
                    last.get(c.symbol_id), c.whole, live.get(c.symbol_id), tails[i])
         for i, c in enumerate(pending)
     ]  # fmt: skip

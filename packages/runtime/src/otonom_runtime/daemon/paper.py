@@ -147,7 +147,11 @@ class PaperBroker:
             and state.day == last.date
             and state.decision == (last.action, last.strength)
             and inputs.dates.size > 0
-            and _within(_numbers(inputs), state.number)
+            and (
+                # the steady case: the state's day is the second newest bar
+                (inputs.tail is not None and inputs.tail[0][0] == state.number)
+                or _within(_numbers(inputs), state.number)
+            )
         )
 
     def holdings(
@@ -175,7 +179,7 @@ class PaperBroker:
                 item.symbol_id, capital, _date(number), number, item.cap, sleeve, params
             )
             if sleeve is None:  # never decided: flat, the sleeve fresh at this bar
-                out.append(Holding(PortfolioSnapshot(), capital))
+                out.append(Holding(_FLAT, capital))
                 continue
             # the newest mark (engine._Sleeve.out: position, leverage, cash, days, equity, exposure)
             position, leverage, cash_fraction, days, equity, _ = sleeve.out[-6:]
@@ -193,6 +197,7 @@ class PaperBroker:
 
 _EPOCH: Final = dt.date(1970, 1, 1).toordinal()
 _HOLD: Final = (int(Action.HOLD), 0.0)
+_FLAT: Final = PortfolioSnapshot()  # never traded (immutable: one for every such holding)
 
 
 def _numbers(inputs: TickInputs) -> npt.NDArray[np.int64]:

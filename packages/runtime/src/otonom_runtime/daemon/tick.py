@@ -62,6 +62,7 @@ __all__ = [
 
 log = logging.getLogger("otonom_runtime.daemon")
 F64 = npt.NDArray[np.float64]
+_ACTIONS: Final[dict[float, Action]] = {int(a): a for a in Action}
 LATENCY_WINDOW: Final = 1000
 """How many of the newest predict calls ``Ensemble.latencies_ms`` keeps."""
 
@@ -310,7 +311,7 @@ class Ensemble:
         }
         found["rl"] = rl
         columns: Columns = {name: found.get(name) for name in ANALYSTS}
-        actions = [Action(int(a)) for a in decided[0::3]]
+        actions = [_ACTIONS[a] for a in decided[0::3]]  # decide_rows' actions: ints
         out = [
             TickDecision(symbols[i], dates[i], actions[i], decided[3 * i + 1], decided[3 * i + 2],
                          RowSignals(columns, i), portfolios[i])
