@@ -277,6 +277,20 @@ class PortfolioSnapshot:
     def __post_init__(self) -> None:
         # Scalar checks (one snapshot per symbol of a tick); the features are made when first
         # read (a tick reads the raw values: ``portfolio_feature_matrix`` of all its rows).
+        # Numbers in their bounds pass at once; anything else is checked by the loop below,
+        # which names what is wrong (the same bounds: ``_PORTFOLIO_BOUNDS``).
+        (_, lo0, hi0), (_, lo1, hi1), (_, lo2, hi2), (_, lo3, hi3) = _PORTFOLIO_BOUNDS
+        if (
+            type(self.position) is float
+            and type(self.leverage) is float
+            and type(self.cash_fraction) is float
+            and type(self.days_since_last_trade) is float
+            and lo0 <= self.position <= hi0
+            and lo1 <= self.leverage <= hi1
+            and lo2 <= self.cash_fraction <= hi2
+            and lo3 <= self.days_since_last_trade <= hi3
+        ):
+            return
         for name, lo, hi in _PORTFOLIO_BOUNDS:
             raw = getattr(self, name)
             try:

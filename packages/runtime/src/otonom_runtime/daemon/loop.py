@@ -10,6 +10,7 @@ import re
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -203,7 +204,8 @@ def _run_row(
 ) -> BacktestRun:
     """The tick's run row, ``complete`` (written in the tick's one transaction)."""
     config = ensemble.config
-    counts = {a.name: sum(d.action == a for d in decisions) for a in Action}
+    tally = Counter([d.action for d in decisions])
+    counts = {a.name: tally[a] for a in Action}
     now = dt.datetime.now(dt.timezone.utc)
     host, pid, started = this_process()
     return BacktestRun(
