@@ -161,6 +161,7 @@ class PaperBroker:
         out = []
         for item in inputs:
             sleeve: _Sleeve | None
+            state: _State | None = None
             if item.last is None:
                 sleeve = None
             elif item.whole is not None and item.live is not None:
@@ -175,9 +176,15 @@ class PaperBroker:
                     "sleeve; expected the tick to read them (Broker.resumes was False)"
                 )
             number = item.tail[0][-1] if item.tail is not None else int(_numbers(item)[-1])
-            self._pending[item.symbol] = _State(
-                item.symbol_id, capital, _date(number), number, item.cap, sleeve, params
-            )
+            if state is not None and state.sleeve is sleeve and sleeve is not None:
+                # resumed in place: the state follows its sleeve to this bar
+                state.day, state.number, state.cap = _date(number), number, item.cap
+                state.params, state.decision = params, None
+                self._pending[item.symbol] = state
+            else:
+                self._pending[item.symbol] = _State(
+                    item.symbol_id, capital, _date(number), number, item.cap, sleeve, params
+                )
             if sleeve is None:  # never decided: flat, the sleeve fresh at this bar
                 out.append(Holding(_FLAT, capital))
                 continue
