@@ -58,7 +58,7 @@ _EPOCH: Final = dt.date(1970, 1, 1).toordinal()
 _NONE: Final = np.iinfo(np.int64).min  # no score: NaT as a day number
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CachedSymbol:
     """A symbol as the cache holds it after ``TickCache.refresh``: its row in the cache's
     windows, the date of its newest bar and, when it was read whole this tick, its inputs
@@ -72,7 +72,7 @@ class CachedSymbol:
     whole: SymbolInputs | None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Tail:
     """Dated scores, oldest first, as day numbers (a symbol's news tail, a macro series)."""
 

@@ -43,7 +43,7 @@ __all__ = ["Broker", "Holding", "LastDecision", "PaperBroker", "Tail", "TickInpu
 F64 = npt.NDArray[np.float64]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Holding:
     """A symbol's portfolio at the close of the bar being decided (the state's portfolio
     features in raw units) and its sleeve's equity there."""
@@ -52,7 +52,7 @@ class Holding:
     equity: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LastDecision:
     """A symbol's newest live decision in the store: its bar date, action and strength."""
 
@@ -65,7 +65,7 @@ Tail = tuple[list[int], list[float], list[float]]
 """The last two bars of a window: day numbers, opens, closes (``TickInputs.tail``)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TickInputs:
     """What a broker gets of a symbol a tick decides: its cached bars (dates, opens, closes,
     oldest first, the newest the bar decided), ``cap``: the risk cap of that bar (the risk
@@ -110,7 +110,7 @@ class Broker(Protocol):
         ...
 
 
-@dataclass
+@dataclass(slots=True)
 class _State:
     """A sleeve after marking bar ``day`` (``number``: its day number), the risk cap of
     that bar and the decision taken on it (None until the tick's decisions are recorded);

@@ -67,7 +67,7 @@ LATENCY_WINDOW: Final = 1000
 """How many of the newest predict calls ``Ensemble.latencies_ms`` keeps."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TickDecision:
     """The ensemble's decision for one symbol at the close of its bar ``date``.
 
