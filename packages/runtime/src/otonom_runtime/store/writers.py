@@ -135,7 +135,8 @@ _OLDEST_LIMIT: Final = 999
 def insert_decisions(session: Session, columns: Mapping[str, Sequence[Any]]) -> None:
     """Insert decision rows given column by column (``{column: values}``, every column as
     long: row i holds each column's value i) without committing. On SQLite through the driver
-    (the dates may be ISO text, as SQLite stores them); elsewhere through SQLAlchemy's insert.
+    (the dates may be ISO text, as SQLite stores them); elsewhere through the driver's
+    ``executemany`` (``_insert_many``; a driver of another parameter style: SQLAlchemy's insert).
     Columns of different lengths raise ``ValueError`` and insert nothing.
 
     On SQLite the rows go in as multi-row ``INSERT ... VALUES (...), (...), ...`` statements
