@@ -272,12 +272,25 @@ class PortfolioSnapshot:
     cash_fraction: float = 1.0
     days_since_last_trade: float = float("inf")
 
-    _features: F64 = field(init=False, repr=False, compare=False, hash=False)
+    _features: F64 | None = field(default=None, init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
-        # Scalar checks (the live path builds one snapshot per tick); the same bounds and the
-        # same np.tanh as portfolio_feature_matrix, so both give bit-identical features.
-        values = []
+        # Scalar checks (one snapshot per symbol of a tick); the features are made when first
+        # read (a tick reads the raw values: ``portfolio_feature_matrix`` of all its rows).
+        # Numbers in their bounds pass at once; anything else is checked by the loop below,
+        # which names what is wrong (the same bounds: ``_PORTFOLIO_BOUNDS``).
+        (_, lo0, hi0), (_, lo1, hi1), (_, lo2, hi2), (_, lo3, hi3) = _PORTFOLIO_BOUNDS
+        if (
+            type(self.position) is float
+            and type(self.leverage) is float
+            and type(self.cash_fraction) is float
+            and type(self.days_since_last_trade) is float
+            and lo0 <= self.position <= hi0
+            and lo1 <= self.leverage <= hi1
+            and lo2 <= self.cash_fraction <= hi2
+            and lo3 <= self.days_since_last_trade <= hi3
+        ):
+            return
         for name, lo, hi in _PORTFOLIO_BOUNDS:
             raw = getattr(self, name)
             try:
@@ -286,14 +299,18 @@ class PortfolioSnapshot:
                 raise SchemaError(f"portfolio {name} is {raw!r}; expected a number") from None
             if not lo <= value <= hi:
                 raise _portfolio_error(name, 0, value, lo, hi)
-            values.append(value)
-        values[3] = float(np.tanh(np.float64(values[3]) / DAYS_SCALE))
-        row: F64 = np.array(values, dtype=np.float64)
-        row.flags.writeable = False
-        object.__setattr__(self, "_features", row)
 
     def features(self) -> F64:
-        """The four portfolio feature values, shape (4,) (a read-only array)."""
+        """The four portfolio feature values, shape (4,) (a read-only array): the same bounds
+        and the same np.tanh as ``portfolio_feature_matrix``, so both give bit-identical
+        features."""
+        if self._features is None:
+            values = [float(getattr(self, name)) for name, _, _ in _PORTFOLIO_BOUNDS]
+            values[3] = float(np.tanh(np.float64(values[3]) / DAYS_SCALE))
+            row: F64 = np.array(values, dtype=np.float64)
+            row.flags.writeable = False
+            object.__setattr__(self, "_features", row)
+            return row
         return self._features
 
 

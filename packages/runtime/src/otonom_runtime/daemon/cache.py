@@ -59,7 +59,7 @@ _EPOCH: Final = dt.date(1970, 1, 1).toordinal()
 _NONE: Final = np.iinfo(np.int64).min  # no score: NaT as a day number
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CachedSymbol:
     """A symbol as the cache holds it after ``TickCache.refresh``: its row in the cache's
     windows, the date of its newest bar and, when it was read whole this tick, its inputs
@@ -73,7 +73,7 @@ class CachedSymbol:
     whole: SymbolInputs | None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Tail:
     """Dated scores, oldest first, as day numbers (a symbol's news tail, a macro series)."""
 
@@ -98,12 +98,15 @@ class _Tail:
         at = bisect.bisect_right(self.days, day) - 1
         return (_NONE, 0.0) if at < 0 else (self.days[at], self.scores[at])
 
-    def trim(self, day: int) -> None:
-        """Forget the scores before the latest dated on or before ``day`` (never needed
-        again: the next bars are later)."""
+    def advance(self, day: int) -> tuple[int, float]:
+        """``latest(day)``, the scores before it forgotten (never needed again: the next
+        bars are later; a symbol's news tail, each tick)."""
         at = bisect.bisect_right(self.days, day) - 1
+        if at < 0:
+            return _NONE, 0.0
         if at > 0:
             del self.days[:at], self.scores[:at]
+        return self.days[0], self.scores[0]
 
 
 def _tail(series: SentimentSeries | None) -> _Tail:
@@ -371,6 +374,17 @@ class TickCache:
         days = self._days[row, -k:].view("datetime64[D]")
         return days, self._values[0, row, -k:], self._values[3, row, -k:]
 
+    def windows(self, rows: Sequence[int]) -> list[tuple[npt.NDArray[np.datetime64], F64, F64]]:
+        """``window`` of each of ``rows``; every row in order with ``LOOKBACK`` bars or more
+        (a steady tick): their views made all at once."""
+        n = len(rows)
+        if n != self._count.size or (self._count < LOOKBACK).any():
+            return [self.window(row) for row in rows]
+        if not np.array_equal(np.asarray(rows, dtype=np.int64), np.arange(n)):
+            return [self.window(row) for row in rows]
+        days = self._days.view("datetime64[D]")
+        return list(zip(list(days), list(self._values[0]), list(self._values[3]), strict=True))
+
     def tails(self, rows: Sequence[int]) -> list[Tail | None]:
         """Each row's last two bars as Python numbers (``TickInputs.tail``: day numbers,
         opens, closes; None where it holds one bar), read for all rows at once."""
@@ -392,17 +406,16 @@ class TickCache:
         rows: I64 | slice = slice(None) if every else picked  # every row in order: no copies
         days = self._days[rows]
         newest = days[:, -1].tolist()
-        news = [self._news[s.symbol_id] for s in symbols]
+        tails = self._news
+        latest_news = [
+            tails[s.symbol_id].advance(d) for s, d in zip(symbols, newest, strict=True)
+        ]  # each news tail its own: trimmed as it is read
         macro = [self._macro[s.sources["macro"]] for s in symbols]
-        latest_news = [t.latest(d) for t, d in zip(news, newest, strict=True)]
         seen: dict[tuple[int, int], tuple[int, float]] = {}  # a macro series is shared
         latest_macro = [
             seen[key] if (key := (id(t), d)) in seen else seen.setdefault(key, t.latest(d))
             for t, d in zip(macro, newest, strict=True)
         ]
-        for t, d in zip(news, newest, strict=True):
-            if len(t.days) > 1:
-                t.trim(d)
         h, lo, c, v = (self._values[i][rows] for i in range(1, 5))
         carry = self._carry
         market, after = market_feature_panel_step(

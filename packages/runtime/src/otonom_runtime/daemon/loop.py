@@ -10,6 +10,7 @@ import re
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -171,9 +172,10 @@ def _broker_inputs(
     params = ensemble.params
     caps = (params.risk.exposure(market) * params.max_leverage).tolist()
     cache = ensemble.cache
-    tails = cache.tails([c.row for c in pending])
+    rows = [c.row for c in pending]
+    tails, windows = cache.tails(rows), cache.windows(rows)
     items = [
-        TickInputs(c.symbol, c.symbol_id, *cache.window(c.row), caps[i],
+        TickInputs(c.symbol, c.symbol_id, *windows[i], caps[i],
                    last.get(c.symbol_id), c.whole, live.get(c.symbol_id), tails[i])
         for i, c in enumerate(pending)
     ]  # fmt: skip
@@ -202,7 +204,8 @@ def _run_row(
 ) -> BacktestRun:
     """The tick's run row, ``complete`` (written in the tick's one transaction)."""
     config = ensemble.config
-    counts = {a.name: sum(d.action == a for d in decisions) for a in Action}
+    tally = Counter([d.action for d in decisions])
+    counts = {a.name: tally[a] for a in Action}
     now = dt.datetime.now(dt.timezone.utc)
     host, pid, started = this_process()
     return BacktestRun(

@@ -31,7 +31,6 @@ import numpy.typing as npt
 
 from otonom_runtime._errors import DaemonError
 from otonom_runtime.backtest.engine import _Bars, _prepare, _Sleeve
-from otonom_runtime.backtest.lockstep import Board
 from otonom_runtime.store.ticks import LiveDecisions
 from otonom_schema import Action, PortfolioSnapshot
 
@@ -44,7 +43,7 @@ __all__ = ["Broker", "Holding", "LastDecision", "PaperBroker", "Tail", "TickInpu
 F64 = npt.NDArray[np.float64]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Holding:
     """A symbol's portfolio at the close of the bar being decided (the state's portfolio
     features in raw units) and its sleeve's equity there."""
@@ -53,7 +52,7 @@ class Holding:
     equity: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LastDecision:
     """A symbol's newest live decision in the store: its bar date, action and strength."""
 
@@ -66,7 +65,7 @@ Tail = tuple[list[int], list[float], list[float]]
 """The last two bars of a window: day numbers, opens, closes (``TickInputs.tail``)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TickInputs:
     """What a broker gets of a symbol a tick decides: its cached bars (dates, opens, closes,
     oldest first, the newest the bar decided), ``cap``: the risk cap of that bar (the risk
@@ -111,7 +110,7 @@ class Broker(Protocol):
         ...
 
 
-@dataclass
+@dataclass(slots=True)
 class _State:
     """A sleeve after marking bar ``day`` (``number``: its day number), the risk cap of
     that bar and the decision taken on it (None until the tick's decisions are recorded);
@@ -148,7 +147,11 @@ class PaperBroker:
             and state.day == last.date
             and state.decision == (last.action, last.strength)
             and inputs.dates.size > 0
-            and _within(_numbers(inputs), state.number)
+            and (
+                # the steady case: the state's day is the second newest bar
+                (inputs.tail is not None and inputs.tail[0][0] == state.number)
+                or _within(_numbers(inputs), state.number)
+            )
         )
 
     def holdings(
@@ -156,28 +159,34 @@ class PaperBroker:
     ) -> list[Holding]:
         self._pending = {}
         out = []
-        board = Board()  # one for the tick's sleeves: each runs to its end in turn
         for item in inputs:
             sleeve: _Sleeve | None
+            state: _State | None = None
             if item.last is None:
                 sleeve = None
             elif item.whole is not None and item.live is not None:
-                sleeve = _replay(item, params, capital, board)
+                sleeve = _replay(item, params, capital)
             elif (state := self._sleeves.pop(item.symbol, None)) is not None and (
                 state.day == item.last.date  # what ``resumes`` found (the tick asked it)
             ):
-                sleeve = _resume(state, item, params, board)
+                sleeve = _resume(state, item, params)
             else:
                 raise DaemonError(
                     f"no history or live decisions of {item.symbol!r} to replay its "
                     "sleeve; expected the tick to read them (Broker.resumes was False)"
                 )
             number = item.tail[0][-1] if item.tail is not None else int(_numbers(item)[-1])
-            self._pending[item.symbol] = _State(
-                item.symbol_id, capital, _date(number), number, item.cap, sleeve, params
-            )
+            if state is not None and state.sleeve is sleeve and sleeve is not None:
+                # resumed in place: the state follows its sleeve to this bar
+                state.day, state.number, state.cap = _date(number), number, item.cap
+                state.params, state.decision = params, None
+                self._pending[item.symbol] = state
+            else:
+                self._pending[item.symbol] = _State(
+                    item.symbol_id, capital, _date(number), number, item.cap, sleeve, params
+                )
             if sleeve is None:  # never decided: flat, the sleeve fresh at this bar
-                out.append(Holding(PortfolioSnapshot(), capital))
+                out.append(Holding(_FLAT, capital))
                 continue
             # the newest mark (engine._Sleeve.out: position, leverage, cash, days, equity, exposure)
             position, leverage, cash_fraction, days, equity, _ = sleeve.out[-6:]
@@ -195,6 +204,7 @@ class PaperBroker:
 
 _EPOCH: Final = dt.date(1970, 1, 1).toordinal()
 _HOLD: Final = (int(Action.HOLD), 0.0)
+_FLAT: Final = PortfolioSnapshot()  # never traded (immutable: one for every such holding)
 
 
 def _numbers(inputs: TickInputs) -> npt.NDArray[np.int64]:
@@ -211,24 +221,18 @@ def _date(number: int) -> dt.date:
     return dt.date.fromordinal(number + _EPOCH)
 
 
-def _drive(sleeve: _Sleeve, decisions: Sequence[tuple[int, float]], board: Board) -> None:
-    """Run ``sleeve`` over its bars, each day's decision but the newest's from ``decisions``
-    sent through the lockstep board, the newest day marked and not traded; the sleeve's state
-    after it is written back (``_Sleeve.steps`` finished)."""
-    steps = sleeve.steps([], [], board, 0)  # the lockstep generator: decisions on the board
-    next(steps)
-    for action, strength in decisions:
-        board.decided = [action, strength, 0.0]
-        board.portfolio.clear()
-        next(steps)
-    board.decided = [_HOLD[0], _HOLD[1], 0.0]  # the newest bar's: recorded by the tick, not here
-    board.portfolio.clear()
-    next(steps, None)
+def _drive(sleeve: _Sleeve, decisions: Sequence[tuple[int, float]]) -> None:
+    """Run ``sleeve`` over its bars (``_Sleeve.run``), each day's decision but the newest's
+    from ``decisions``, the newest day marked and not traded (its decision is recorded by the
+    tick, not here); the sleeve's state after it is written back."""
+    actions = [action for action, _ in decisions]
+    strengths = [strength for _, strength in decisions]
+    actions.append(_HOLD[0])
+    strengths.append(_HOLD[1])
+    sleeve.run(actions, strengths)
 
 
-def _replay(
-    inputs: TickInputs, params: EngineParams, capital: float, board: Board
-) -> _Sleeve | None:
+def _replay(inputs: TickInputs, params: EngineParams, capital: float) -> _Sleeve | None:
     """The sleeve of ``inputs.symbol`` from its first live decision to its newest bar: each
     bar's live decision sent to it (HOLD where there is none); None before the first live
     decision (flat with ``capital``)."""
@@ -251,11 +255,11 @@ def _replay(
         zip(live.dates.tolist(), zip(live.actions, live.strengths, strict=True), strict=True)
     )
     sleeve = _prepare(bars, params, capital).sleeve
-    _drive(sleeve, [decided.get(day, _HOLD) for day in bars.dates[:-1].tolist()], board)
+    _drive(sleeve, [decided.get(day, _HOLD) for day in bars.dates[:-1].tolist()])
     return sleeve
 
 
-def _resume(state: _State, inputs: TickInputs, params: EngineParams, board: Board) -> _Sleeve:
+def _resume(state: _State, inputs: TickInputs, params: EngineParams) -> _Sleeve:
     """The sleeve of ``state`` (marked at its day, whose decision it holds; a fresh one where
     it never traded, or one with the state's cash and units where ``params`` changed) over the
     bars after it to the newest: the same steps as a replay from the first live decision (the
@@ -270,7 +274,8 @@ def _resume(state: _State, inputs: TickInputs, params: EngineParams, board: Boar
     ):
         # a HOLD never reads its cap
         sleeve.resume([float(d) for d in tail[0]], tail[1], tail[2], [state.cap, 0.0])
-        _drive(sleeve, [state.decision], board)
+        action, strength = state.decision  # filled at the new bar's open, which is marked
+        sleeve.run([action, _HOLD[0]], [strength, _HOLD[1]])
         return sleeve
     dates = inputs.dates
     first = int(_numbers(inputs).searchsorted(state.number))
@@ -284,5 +289,5 @@ def _resume(state: _State, inputs: TickInputs, params: EngineParams, board: Boar
         fresh.cash, fresh.units, fresh.bust = sleeve.cash, sleeve.units, sleeve.bust
         fresh.last_fill, fresh.entry_equity = sleeve.last_fill, sleeve.entry_equity
         fresh.fills, fresh.trade_pnls = sleeve.fills, sleeve.trade_pnls
-    _drive(fresh, [state.decision] + [_HOLD] * (k - 2), board)
+    _drive(fresh, [state.decision] + [_HOLD] * (k - 2))
     return fresh
