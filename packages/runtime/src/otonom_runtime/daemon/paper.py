@@ -274,8 +274,7 @@ def _resume(state: _State, inputs: TickInputs, params: EngineParams) -> _Sleeve:
     ):
         # a HOLD never reads its cap
         sleeve.resume([float(d) for d in tail[0]], tail[1], tail[2], [state.cap, 0.0])
-        action, strength = state.decision  # filled at the new bar's open, which is marked
-        sleeve.run([action, _HOLD[0]], [strength, _HOLD[1]])
+        _drive(sleeve, [state.decision])  # filled at the new bar's open, which is marked
         return sleeve
     dates = inputs.dates
     first = int(_numbers(inputs).searchsorted(state.number))
