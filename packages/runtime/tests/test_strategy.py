@@ -791,3 +791,22 @@ def test_cli_check_lists_every_problem_of_a_bad_file(tmp_path: Path) -> None:
     )
     assert len(lines) == 3
     assert "Traceback" not in out.stderr
+
+
+def test_a_missing_model_is_refused_saying_what_was_expected_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The message names the missing path, what a model path may name (once: the policy
+    loader's words, not the loader's and the strategy's both) and the models root."""
+    monkeypatch.delenv("OTONOM_MODELS_ROOT", raising=False)
+    (tmp_path / "models").mkdir()
+    path = _write(
+        tmp_path / "s.yaml",
+        "ensemble:\n  rl_policy:\n    enabled: true\n    model_path: models/x\n",
+    )
+    with pytest.raises(StrategyError) as caught:
+        load_strategy(path)
+    message = str(caught.value)
+    assert f"{tmp_path / 'models' / 'x'} does not exist" in message
+    assert message.count("expected a .onnx file") == 1, message
+    assert f"expected it inside the models root {tmp_path}" in message

@@ -392,6 +392,39 @@ def test_every_argument_of_both_command_lines_has_help() -> None:
     assert _without_help(trainer_parser(), "otonom-train") == []
 
 
+def _list_flags_that_keep_only_the_last(parser: argparse.ArgumentParser, path: str) -> list[str]:
+    """Every flag taking several values (``nargs`` + or *) of ``parser`` and its sub-commands
+    whose repeats replace each other (argparse's default ``store``) instead of adding up."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += _list_flags_that_keep_only_the_last(sub, f"{path} {name}")
+        elif (
+            action.nargs in ("+", "*")
+            and action.option_strings
+            and not isinstance(action, (argparse._ExtendAction, argparse._AppendAction))
+        ):
+            found.append(f"{path} {'/'.join(action.option_strings)}")
+    return found
+
+
+def test_a_repeated_list_flag_adds_its_values_instead_of_replacing_them() -> None:
+    """``otonom daemon --symbols A --symbols B`` decides A and B (it used to decide B only)."""
+    assert _list_flags_that_keep_only_the_last(runtime_parser(), "otonom") == []
+    assert _list_flags_that_keep_only_the_last(trainer_parser(), "otonom-train") == []
+    args = runtime_parser().parse_args(
+        ["daemon", "--strategy-path", "s.yaml", "--symbols", "A", "--symbols", "B", "C"]
+    )
+    assert args.symbols == ["A", "B", "C"]
+    both = ["--dataset", "d.npz", "--out", "e.onnx", "--seeds", "1", "--seeds", "2", "3"]
+    assert trainer_parser().parse_args(["ensemble", *both]).seeds == [1, 2, 3]
+    files = ["--checkpoints", "a.pt", "--checkpoints", "b.pt", "--out", "e.onnx"]
+    assert trainer_parser().parse_args(["ensemble", *files]).checkpoints == ["a.pt", "b.pt"]
+    train = ["train", "--dataset", "d.npz", "--seeds", "4", "--seeds", "5"]
+    assert trainer_parser().parse_args(train).seeds == [4, 5]
+
+
 def test_pipeline_passes_replace_and_date_format_to_its_csv_import(tmp_path: Path) -> None:
     """The import's own refusals name --replace and --date-format: the pipeline has both. (The
     files are too short for a pipeline, so each run stops right after the import, cheaply.)"""

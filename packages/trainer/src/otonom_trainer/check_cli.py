@@ -129,7 +129,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
         type=parse_iso_date,
         help="out-of-sample end (default: the symbols' last common bar)",
     )
-    p.add_argument("--database-url", help="SQLAlchemy URL (default: ./data/otonom.db)")
+    p.add_argument(
+        "--database-url", help="SQLAlchemy URL (default: $OTONOM_DATABASE_URL or ./data/otonom.db)"
+    )
     _add_thresholds(p)
     p.add_argument(
         "--promote",

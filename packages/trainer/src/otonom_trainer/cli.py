@@ -440,7 +440,9 @@ def _add_pipeline(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "time it starts, which also names the model version it trains); with --from-stage: "
         "the run to resume (default: REPORT_DIR/latest)",
     )
-    p.add_argument("--database-url", help="SQLAlchemy URL (default: ./data/otonom.db)")
+    p.add_argument(
+        "--database-url", help="SQLAlchemy URL (default: $OTONOM_DATABASE_URL or ./data/otonom.db)"
+    )
     p.add_argument(
         "--from-stage",
         type=int,

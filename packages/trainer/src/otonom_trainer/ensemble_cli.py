@@ -123,12 +123,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     members.add_argument(
         "--checkpoints",
         nargs="+",
+        action="extend",
         metavar="FILE",
         help="the members: policy_best.pt files of trained runs (at least two)",
     )
     members.add_argument(
         "--seeds",
         nargs="+",
+        action="extend",
         type=int,
         metavar="N",
         help="train one member per seed (at least two, different) on --dataset, then merge them",

@@ -183,7 +183,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
         action="append",
         help="a symbol (repeatable; default DEMO-BTC, DEMO-ETH, DEMO-SOL)",
     )
-    p.add_argument("--database-url", help="SQLAlchemy URL (default: ./data/otonom.db)")
+    p.add_argument(
+        "--database-url", help="SQLAlchemy URL (default: $OTONOM_DATABASE_URL or ./data/otonom.db)"
+    )
     p.add_argument(
         "--model-dir",
         default="models/rl_bc",

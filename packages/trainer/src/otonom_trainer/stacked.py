@@ -431,6 +431,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--seeds",
         type=int,
         nargs="+",
+        action="extend",
         metavar="SEED",
         help="train one policy per seed, all at once with stacked weights (one batched step "
         "for all; the mlp only), each into OUTPUT/seed_SEED with its own ONNX export; "

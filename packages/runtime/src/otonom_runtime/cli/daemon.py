@@ -121,7 +121,13 @@ def add_daemon_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "--strategy-path", required=True, help="strategy YAML, e.g. strategies/baseline_v1.yaml"
     )
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--symbols", nargs="+", metavar="SYMBOL", help="the symbols to decide")
+    which.add_argument(
+        "--symbols",
+        nargs="+",
+        action="extend",
+        metavar="SYMBOL",
+        help="the symbols to decide (--symbols A B and --symbols A --symbols B alike)",
+    )
     which.add_argument(
         "--universe",
         metavar="FILE",

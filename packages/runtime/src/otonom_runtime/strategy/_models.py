@@ -50,6 +50,11 @@ def _root_from_env() -> Path | None:
     return given.resolve()
 
 
+_WHAT: Final = (
+    "a .onnx file, a model folder or a policy_best.pt path with the .onnx export beside it"
+)
+
+
 def models_root(base_dir: str | os.PathLike[str] | None) -> Path:
     """The folder a strategy's model paths resolve against and must stay inside (resolved,
     absolute).
@@ -109,11 +114,12 @@ def resolve_strategy_model(
         raise StrategyError(message, [message]) from None
     given = Path(model_path).expanduser()
 
-    def refuse(problem: str) -> StrategyError:
+    def refuse(problem: str, says_what: bool = False) -> StrategyError:
+        # ``says_what``: the problem already says what a model path may name
+        what = "it" if says_what else _WHAT
         message = (
             f"received {str(model_path)!r}, which resolves to no model: {problem}; "
-            "expected a .onnx file, a model folder or a policy_best.pt path with the .onnx "
-            f"export beside it, inside the models root {root} ({how}), which a relative path "
+            f"expected {what} inside the models root {root} ({how}), which a relative path "
             f"resolves against; to use another root set {MODELS_ROOT_ENV}=/absolute/folder"
         )
         return StrategyError(message, [message])
@@ -128,8 +134,8 @@ def resolve_strategy_model(
         raise refuse(f"{candidate}{real_as} is outside the models root")
     try:
         found = resolve_model_path(candidate)
-    except PolicyError as exc:
-        raise refuse(str(exc)) from None
+    except PolicyError as exc:  # its message says what a model path may name
+        raise refuse(str(exc), says_what=True) from None
     except (OSError, ValueError) as exc:  # an unreadable or binary latest/default pointer
         raise refuse(f"{candidate}: its pointer file cannot be read ({exc})") from None
     try:
