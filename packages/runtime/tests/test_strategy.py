@@ -810,3 +810,27 @@ def test_a_missing_model_is_refused_saying_what_was_expected_once(
     assert f"{tmp_path / 'models' / 'x'} does not exist" in message
     assert message.count("expected a .onnx file") == 1, message
     assert f"expected it inside the models root {tmp_path}" in message
+
+
+def test_the_default_strategy_is_the_checkout_s_file_or_the_same_bytes_shipped_in_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An installed ``otonom-train pipeline`` run from a folder of one's own has a default
+    strategy (it used to stop: cannot read strategies/baseline_v1.yaml): the copy inside
+    ``otonom_runtime``, byte for byte the checkout's file, so it loads to the same strategy
+    with the same hash."""
+    from otonom_runtime.strategy import BASELINE_STRATEGY, default_strategy_path
+
+    monkeypatch.chdir(REPO)
+    assert default_strategy_path() == BASELINE_STRATEGY
+    monkeypatch.chdir(tmp_path)  # no strategies/ here
+    shipped = Path(default_strategy_path())
+    assert shipped.is_absolute(), shipped
+    assert shipped.parent.name == "strategy", shipped
+    assert shipped.read_bytes() == BASELINE.read_bytes()
+    ours, theirs = load_strategy(shipped), load_strategy(BASELINE)
+    assert ours == theirs
+    assert ours.file_sha256 == theirs.file_sha256
+    (tmp_path / "strategies").mkdir()
+    (tmp_path / "strategies" / "baseline_v1.yaml").write_text("name: mine\n")
+    assert load_strategy(default_strategy_path()).name == "mine"  # a user's own file wins

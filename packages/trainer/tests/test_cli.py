@@ -460,3 +460,17 @@ def test_walk_forward_refuses_unknown_symbols_writing_nothing(tmp_path: Path) ->
     out = _run("walk-forward", "--strategy-path", strategy, "--symbol", "BTC-USD", cwd=tmp_path)
     _one_error(out, "symbols ['BTC-USD'] are not in the store (there is no store at")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_pipeline_runs_from_a_folder_without_strategies(tmp_path: Path) -> None:
+    """No --strategy-path and no strategies/ in the working directory: the baseline shipped
+    with otonom-runtime is used (the run goes on to the import and stops there: the file is
+    too short for a pipeline), where it used to stop at once, unable to read the default."""
+    header = "Date,Open,High,Low,Close,Volume\n"
+    rows = [f"2020-01-{d:02d},10,12,9,{10 + d / 10:.1f},100\n" for d in range(1, 11)]
+    (tmp_path / "a.csv").write_text(header + "".join(rows))
+    out = _run("pipeline", "--import-csv", "a.csv", "--symbol", "X", cwd=tmp_path)
+    _one_error(out, "X has 10 bars")
+    assert "baseline_v1.yaml" not in out.stderr
+    help_text = _run("pipeline", "--help", cwd=tmp_path).stdout
+    assert "else the copy shipped with otonom-runtime" in " ".join(help_text.split())

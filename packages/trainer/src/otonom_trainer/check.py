@@ -61,6 +61,7 @@ import numpy as np
 import numpy.typing as npt
 
 from otonom_runtime.config_rules import Validated, rule
+from otonom_runtime.strategy import default_strategy_path
 from otonom_trainer._errors import OtonomTrainerError
 from otonom_trainer.config import DAY, FRACTION, NONNEGATIVE, START_BEFORE_END, SYMBOLS
 from otonom_trainer.stages import RlPair, backtest_pair, fallback_backtest
@@ -101,7 +102,7 @@ class CheckConfig(Validated):
     # None: the pipeline's held-out period of the stored bars / the symbols' last common bar
     start: dt.date | None = field(default=None, metadata=DAY)
     end: dt.date | None = field(default=None, metadata=DAY)
-    strategy_path: str = "strategies/baseline_v1.yaml"
+    strategy_path: str = field(default_factory=default_strategy_path)
     database_url: str | None = None
     min_val_accuracy: float = field(default=0.70, metadata=FRACTION)
     max_loss_gap: float = field(default=0.2, metadata=NONNEGATIVE)

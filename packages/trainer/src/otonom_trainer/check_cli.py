@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from otonom_runtime.cli import require_store
+from otonom_runtime.strategy import DEFAULT_STRATEGY_HELP, default_strategy_path
 from otonom_schema import parse_iso_date
 
 __all__ = ["add_parser"]
@@ -112,8 +113,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     p.add_argument("model", metavar="MODEL", help="a .onnx file or a model (version) folder")
     p.add_argument(
         "--strategy-path",
-        default="strategies/baseline_v1.yaml",
-        help="strategy YAML (default %(default)s)",
+        default=default_strategy_path(),
+        help=f"strategy YAML (default: {DEFAULT_STRATEGY_HELP})",
     )
     p.add_argument("--symbol", action="append", required=True, help="a symbol (repeatable)")
     p.add_argument(

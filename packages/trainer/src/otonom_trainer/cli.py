@@ -23,6 +23,7 @@ from typing import Any
 
 import otonom_schema
 from otonom_runtime.cli import add_global_flags, require_store, run_cli
+from otonom_runtime.strategy import DEFAULT_STRATEGY_HELP, default_strategy_path
 from otonom_runtime.synth import DEMO_SEED
 from otonom_schema import parse_iso_date
 
@@ -344,8 +345,8 @@ def _add_pipeline(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     p.add_argument(
         "--strategy-path",
-        default="strategies/baseline_v1.yaml",
-        help="strategy YAML (default %(default)s)",
+        default=default_strategy_path(),
+        help=f"strategy YAML (default: {DEFAULT_STRATEGY_HELP})",
     )
     p.add_argument(
         "--symbol",

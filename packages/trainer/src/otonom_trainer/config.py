@@ -37,6 +37,7 @@ from otonom_runtime.config_rules import (
     rule,
     yaml_key_lines,
 )
+from otonom_runtime.strategy import default_strategy_path
 from otonom_trainer._errors import OtonomTrainerError
 from otonom_trainer.architectures import (
     DEFAULT_ARCHITECTURE,
@@ -315,7 +316,7 @@ class TrainingConfig(Validated):
         ),
     )
     teacher_strategy: str = field(
-        default="strategies/baseline_v1.yaml",
+        default_factory=default_strategy_path,
         metadata=_meta(
             _checks(nonempty=True, path=True, described=_PATH),
             "the strategy file whose ensemble (RL analyst off) labels the teacher rows; it must "
@@ -381,11 +382,7 @@ class TrainingConfig(Validated):
             raise ConfigError(
                 f"unknown configuration key(s) {unknown}; expected some of {', '.join(names)}"
             )
-        missing = [
-            f.name
-            for f in dataclasses.fields(cls)
-            if f.default is dataclasses.MISSING and f.name not in merged
-        ]
+        missing = [f.name for f in dataclasses.fields(cls) if _required(f) and f.name not in merged]
         if missing:
             raise ConfigError(f"missing required configuration key(s) {missing}")
         return cls(**merged)
@@ -483,7 +480,7 @@ class WindowedRun(Validated):
     (dates and sizes None: from the stored bars, ``otonom_trainer.ranges``)."""
 
     strategy_path: str = field(
-        default="strategies/baseline_v1.yaml",
+        default_factory=default_strategy_path,
         metadata=rule(nonempty=True, described="a strategy YAML path"),
     )
     database_url: str | None = field(
@@ -520,6 +517,20 @@ def _plain(kind: Any) -> Any:
     return args[0] if len(args) == 1 else kind
 
 
+def _required(f: dataclasses.Field[Any]) -> bool:
+    """True for a field without a default value or factory."""
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _default(f: dataclasses.Field[Any]) -> object:
+    """A field's default: its value, or what its factory makes now (``teacher_strategy``:
+    ``default_strategy_path()``, which depends on the working directory)."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    factory: Callable[[], object] = f.default_factory  # type: ignore[assignment]
+    return factory()
+
+
 def config_fields() -> tuple[ConfigField, ...]:
     """The fields in declaration order, each with its flag (``--batch-size``), type and help.
 
@@ -532,13 +543,13 @@ def config_fields() -> tuple[ConfigField, ...]:
     for f in dataclasses.fields(TrainingConfig):
         spec = specs[f.name]
         choices = spec.rule.choices
-        required = f.default is dataclasses.MISSING
+        required = _required(f)
         out.append(
             ConfigField(
                 name=f.name,
                 flag=f.metadata.get("flag", "--" + f.name.replace("_", "-")),
                 kind=_plain(spec.type),
-                default=None if required else f.default,
+                default=None if required else _default(f),
                 required=required,
                 choices=None if choices is None else tuple(str(c) for c in choices),
                 help=f.metadata["help"],

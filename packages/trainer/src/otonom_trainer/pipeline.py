@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 
 from otonom_runtime.config_rules import CrossCheck, Validated, rule
+from otonom_runtime.strategy import default_strategy_path
 from otonom_runtime.synth import DEMO_SEED
 from otonom_schema import atomic_write
 from otonom_trainer._errors import OtonomTrainerError
@@ -126,7 +127,7 @@ class PipelineConfig(Validated):
     ``PipelineError`` names the field, what was given and what was expected; the
     ``import_csv`` files are looked for before the store or the report folder is created."""
 
-    strategy_path: str = field(default="strategies/baseline_v1.yaml", metadata=_TEXT)
+    strategy_path: str = field(default_factory=default_strategy_path, metadata=_TEXT)
     database_url: str | None = field(
         default=None, metadata=rule(nonempty=True, described="a SQLAlchemy URL or None")
     )

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 
 from otonom_runtime.config_rules import Validated, rule
+from otonom_runtime.strategy import default_strategy_path
 from otonom_runtime.synth import DEMO_SEED
 from otonom_schema import atomic_write
 from otonom_trainer._errors import OtonomTrainerError
@@ -111,7 +112,7 @@ class RetrainConfig(Validated):
     UTC date now. Validated once (``otonom_runtime.config_rules``): ``RetrainError`` names the
     field, what was given and what was expected."""
 
-    strategy_path: str = field(default="strategies/baseline_v1.yaml", metadata=_TEXT)
+    strategy_path: str = field(default_factory=default_strategy_path, metadata=_TEXT)
     schedule: str = field(default="monthly", metadata=rule(choices=tuple(SCHEDULES)))
     database_url: str | None = field(
         default=None, metadata=rule(nonempty=True, described="a SQLAlchemy URL or None")

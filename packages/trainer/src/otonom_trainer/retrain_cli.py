@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from otonom_runtime.strategy import DEFAULT_STRATEGY_HELP, default_strategy_path
 from otonom_schema import parse_iso_date
 
 __all__ = ["add_parser"]
@@ -167,9 +168,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     )
     p.add_argument(
         "--strategy-path",
-        default="strategies/baseline_v1.yaml",
+        default=default_strategy_path(),
         help="strategy YAML: the teacher's analysts and the live decisions' name "
-        "(default %(default)s)",
+        f"(default: {DEFAULT_STRATEGY_HELP})",
     )
     p.add_argument(
         "--schedule",

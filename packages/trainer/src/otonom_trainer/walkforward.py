@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from otonom_runtime.config_rules import rule
+from otonom_runtime.strategy import DEFAULT_STRATEGY_HELP, default_strategy_path
 from otonom_runtime.synth import DEMO_SEED
 from otonom_schema import parse_iso_date as iso_date
 from otonom_trainer._errors import OtonomTrainerError
@@ -545,7 +546,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
 
 def add_window_flags(p: argparse.ArgumentParser) -> None:
     """The flags of the store, strategy, symbols and windows (walk-forward and compare)."""
-    p.add_argument("--strategy-path", default="strategies/baseline_v1.yaml", help="strategy YAML")
+    p.add_argument(
+        "--strategy-path",
+        default=default_strategy_path(),
+        help=f"strategy YAML (default: {DEFAULT_STRATEGY_HELP})",
+    )
     p.add_argument(
         "--symbol",
         action="append",

@@ -60,7 +60,13 @@ from otonom_runtime.strategy._config import (
     TechWeights,
     infer_periods_per_year,
 )
-from otonom_runtime.strategy._load import load_strategy, parse_strategy
+from otonom_runtime.strategy._load import (
+    BASELINE_STRATEGY,
+    DEFAULT_STRATEGY_HELP,
+    default_strategy_path,
+    load_strategy,
+    parse_strategy,
+)
 from otonom_runtime.strategy._models import (
     MODELS_ROOT_ENV,
     models_root,
@@ -69,7 +75,9 @@ from otonom_runtime.strategy._models import (
 
 __all__ = [
     "ANALYSTS",
+    "BASELINE_STRATEGY",
     "CALENDAR_AUTO",
+    "DEFAULT_STRATEGY_HELP",
     "DICT_SOURCE",
     "MODELS_ROOT_ENV",
     "AnalystWeights",
@@ -86,6 +94,7 @@ __all__ = [
     "StrategyConfig",
     "TechConfig",
     "TechWeights",
+    "default_strategy_path",
     "infer_periods_per_year",
     "load_strategy",
     "models_root",

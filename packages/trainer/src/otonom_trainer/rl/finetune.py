@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from otonom_runtime.config_rules import to_plain
+from otonom_runtime.strategy import DEFAULT_STRATEGY_HELP, default_strategy_path
 from otonom_runtime.vote import RL_MODES as EPISODE_MODES
 from otonom_schema import atomic_write, parse_iso_date
 from otonom_trainer.rl.env import RlError
@@ -244,7 +245,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
             help=f"{which} evaluation decision day (optional), YYYY-MM-DD",
         )
     p.add_argument(
-        "--strategy-path", default="strategies/baseline_v1.yaml", help="strategy YAML (%(default)s)"
+        "--strategy-path",
+        default=default_strategy_path(),
+        help=f"strategy YAML (default: {DEFAULT_STRATEGY_HELP})",
     )
     p.add_argument(
         "--mode",
