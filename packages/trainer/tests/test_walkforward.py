@@ -178,6 +178,23 @@ def test_config_defaults() -> None:
         cfg.epochs = 3  # type: ignore[misc]
 
 
+def test_each_window_trains_with_the_pipeline_s_recipe_by_default() -> None:
+    """The windows judge what ``otonom-train pipeline`` ships: its epochs and teacher rows (they
+    used to train 20 epochs on the window's rows alone, a weaker clone than the shipped one)."""
+    from otonom_trainer.pipeline import PipelineConfig
+
+    wf, pipeline = WalkForwardConfig(), PipelineConfig()
+    for name in ("epochs", "batch_size", "hidden_dim", "teacher_rows", "teacher_noise"):
+        assert getattr(wf, name) == getattr(pipeline, name), name
+    assert wf.teacher_rows > 0
+    args = _parser().parse_args(["walk-forward"])
+    assert (args.epochs, args.teacher_rows, args.teacher_noise) == (
+        wf.epochs,
+        wf.teacher_rows,
+        wf.teacher_noise,
+    )
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -322,6 +339,8 @@ def small_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
         "2",
         "--hidden-dim",
         "16",
+        "--teacher-rows",
+        "300",
         "--database-url",
         f"sqlite:///{db}",
         "--out",
@@ -412,7 +431,13 @@ def test_run_writes_the_report(small_run: Run) -> None:
         assert small_run.report["windows"][k - 1]["model"] == str(
             wdir / "model" / "policy_best.onnx"
         )
-        assert "Training Complete" in (wdir / "train.log").read_text(encoding="utf-8")
+        log = (wdir / "train.log").read_text(encoding="utf-8")
+        assert "Training Complete" in log
+        # the teacher rows (--teacher-rows 300), dated inside the window's training period
+        window = small_run.report["windows"][k - 1]
+        line = next(x for x in log.splitlines() if x.startswith("Teacher rows: 300 "))
+        first, last = line.rsplit("dated ", 1)[1].split(" .. ")
+        assert window["train_start"] <= first <= last <= window["train_end"], line
     assert small_run.db.is_file()
 
 

@@ -23,7 +23,9 @@ Stages (public API only, as ``pipeline.py``):
 1. data: symbols must be in the store; missing ``DEMO-*`` symbols are generated (synthetic);
 2. the teacher: one backtest without the RL analyst over all decision days gives the labels;
 3. per window: the train and test datasets from that run, behaviour cloning (time-ordered
-   validation split) into ``out_dir/window_KK/model``, ONNX export, accuracy and macro F1 of
+   validation split; the pipeline's recipe by default: its epochs and ``teacher_rows`` rows
+   labelled by the strategy's ensemble, never dated after the window's training period) into
+   ``out_dir/window_KK/model``, ONNX export, accuracy and macro F1 of
    the ONNX model on the test dataset, then the test period backtested without and with the RL
    analyst (Sharpe, total return, RL fallbacks).
 
@@ -54,7 +56,14 @@ from otonom_runtime.strategy import DEFAULT_STRATEGY_HELP, default_strategy_path
 from otonom_runtime.synth import DEMO_SEED
 from otonom_schema import parse_iso_date as iso_date
 from otonom_trainer._errors import OtonomTrainerError
-from otonom_trainer.config import DEMO_SYMBOLS, POSITIVE_INT, START_BEFORE_END, WindowedRun
+from otonom_trainer.config import (
+    DEMO_SYMBOLS,
+    NONNEGATIVE,
+    POSITIVE_INT,
+    START_BEFORE_END,
+    WindowedRun,
+)
+from otonom_trainer.pipeline import PIPELINE_EPOCHS, TEACHER_NOISE, TEACHER_ROWS
 from otonom_trainer.ranges import (
     DEMO_END,
     DEMO_START,
@@ -180,9 +189,13 @@ class WalkForwardConfig(WindowedRun):
     .. 2023-12-31), else an error. ``start``, ``end``, ``train_years``, ``test_months`` None:
     from the stored bars (``otonom_trainer.ranges``)."""
 
-    epochs: int = field(default=20, metadata=POSITIVE_INT)
+    # each window's training: the pipeline's recipe by default (epochs, teacher rows labelled
+    # by ``strategy_path``), so the windows judge what ``otonom-train pipeline`` ships
+    epochs: int = field(default=PIPELINE_EPOCHS, metadata=POSITIVE_INT)
     batch_size: int = field(default=256, metadata=POSITIVE_INT)
     hidden_dim: int = field(default=128, metadata=POSITIVE_INT)
+    teacher_rows: int = field(default=TEACHER_ROWS, metadata=NONNEGATIVE)
+    teacher_noise: float = field(default=TEACHER_NOISE, metadata=NONNEGATIVE)
     seed: int = field(default=DEMO_SEED, metadata=rule(ge=0, described="an integer >= 0"))
     out_dir: str = field(
         default="reports/walk-forward", metadata=rule(nonempty=True, described="a folder path")
@@ -471,6 +484,9 @@ def _train_window(
         batch_size=cfg.batch_size,
         hidden_dim=cfg.hidden_dim,
         seed=cfg.seed,
+        teacher_rows=cfg.teacher_rows,
+        teacher_noise=cfg.teacher_noise,
+        teacher_strategy=cfg.strategy_path,
         split="time",
         device="auto",
         progress=False,
@@ -500,6 +516,8 @@ def _cmd_walk_forward(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size,
         hidden_dim=args.hidden_dim,
+        teacher_rows=args.teacher_rows,
+        teacher_noise=args.teacher_noise,
         seed=args.seed,
         out_dir=args.out,
         quiet=args.quiet,
@@ -519,7 +537,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
             "--train-years of training followed by --test-months of test, laid out backwards "
             "from --end-date (so every test period is full length and the last one ends on "
             "--end-date; consecutive windows move by --step-months). For each window a policy "
-            "is trained on its training period only, exported to ONNX, and judged on its test "
+            "is trained on its training period only (the pipeline's recipe: its epochs and "
+            "teacher rows), exported to ONNX, and judged on its test "
             "period: accuracy and macro F1 against the ensemble's decisions, and the test "
             "period backtested without and with the RL analyst (Sharpe, return, fallbacks). "
             "Prints a table (a row per window plus the mean) and writes walk_forward.md, "
@@ -532,7 +551,28 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
         ),
     )
     add_window_flags(p)
-    p.add_argument("--epochs", type=int, default=20, help="training epochs per window (20)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=PIPELINE_EPOCHS,
+        help="training epochs per window (default %(default)s, as the pipeline's)",
+    )
+    p.add_argument(
+        "--teacher-rows",
+        type=int,
+        default=TEACHER_ROWS,
+        metavar="N",
+        help="add N rows labelled by the teacher ensemble (--strategy-path, RL off) to each "
+        "window's training period, as the pipeline does: perturbed copies of its states, never "
+        "dated after it (0 = off; default %(default)s)",
+    )
+    p.add_argument(
+        "--teacher-noise",
+        type=float,
+        default=TEACHER_NOISE,
+        metavar="SD",
+        help="their noise on the market features, in standard deviations (default %(default)s)",
+    )
     p.add_argument("--batch-size", type=int, default=256, help="training batch size (256)")
     p.add_argument("--hidden-dim", type=int, default=128, help="hidden layer width (128)")
     p.add_argument("--seed", type=int, default=DEMO_SEED,
