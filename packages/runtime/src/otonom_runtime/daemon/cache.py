@@ -30,7 +30,6 @@ from otonom_runtime.daemon.paper import LastDecision, Tail
 from otonom_runtime.store import load_macro, sentiment_source
 from otonom_runtime.store.ticks import (
     LiveDecisions,
-    _days,
     load_live_decisions,
     load_live_tail,
     load_tick_bars,
@@ -196,13 +195,12 @@ class TickCache:
         symbols to read whole again (a bar out of order)."""
         assert self._end is not None
         after = self._end
-        rows = new_rows(session, "bars", held, after, end, self._max["bars"])
+        columns, dates = new_rows(session, "bars", held, after, end, self._max["bars"])
         stale: set[int] = set()
-        if rows:
-            _, sids, dates, *numbers = zip(*rows, strict=True)
-            sid = np.array(sids, dtype=np.int64)
-            days = _days(dates).astype(np.int64)
-            values = np.array(numbers, dtype=np.float64)  # (5, rows)
+        if dates.size:
+            sid = np.array(columns[1], dtype=np.int64)
+            days = dates.astype(np.int64)
+            values = np.array(columns[3:], dtype=np.float64)  # (5, rows)
             starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
             stops = np.r_[starts[1:], sid.size]
             at = np.array([self._row[i] for i in sid[starts].tolist()], dtype=np.int64)
@@ -217,8 +215,12 @@ class TickCache:
         for symbol_id in held:
             by_source.setdefault(self._news_source[symbol_id], []).append(symbol_id)
         for source, group in by_source.items():  # one source a read: its index's range
-            for r in new_rows(session, "news", group, after, end, self._max["news"], source):
-                self._news[r[1]].add(r[3].toordinal() - _EPOCH, float(r[4]))
+            found, when = new_rows(session, "news", group, after, end, self._max["news"], source)
+            news = self._news
+            for sid, day, score in zip(
+                found[1], when.astype(np.int64).tolist(), found[4], strict=True
+            ):
+                news[sid].add(day, float(score))
         return stale
 
     def _append(self, rows: I64, days: I64, values: F64) -> None:
@@ -317,8 +319,11 @@ class TickCache:
         if not held:
             return
         assert self._end is not None
-        for r in new_rows(session, "macro", held, self._end, end, self._max.get("macro", 0)):
-            self._macro[r[1]].add(r[2].toordinal() - _EPOCH, float(r[3]))
+        found, when = new_rows(session, "macro", held, self._end, end, self._max.get("macro", 0))
+        for source, day, score in zip(
+            found[1], when.astype(np.int64).tolist(), found[3], strict=True
+        ):
+            self._macro[source].add(day, float(score))
 
     def reread(self, session: Session, symbols: Sequence[CachedSymbol]) -> dict[int, SymbolInputs]:
         """Read ``symbols`` whole again up to the cache's end (a sleeve to replay); their
@@ -342,7 +347,8 @@ class TickCache:
         last: dict[int, LastDecision] = {}
         if known:
             since = min(self._decided[i] for i in known)
-            for sid, date, action, strength in load_live_tail(session, strategy, known, since):
+            tail = load_live_tail(session, strategy, known, since)
+            for sid, date, action, strength in zip(*tail, strict=True):
                 if date >= self._decided[sid]:
                     last[sid] = LastDecision(date, int(action), float(strength))
             for sid in known:
