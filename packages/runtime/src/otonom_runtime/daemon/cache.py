@@ -119,18 +119,19 @@ def _symbols(
 ) -> tuple[dict[str, int], dict[str, dict[str, str]]]:
     """Each symbol's id and the sources it reads, as ``backtest.runner._symbols`` gives them
     (``get_symbols``' statement and ``UnknownSymbolError``, ``sentiment_source``'s rule), from
-    the rows as tuples (no ORM objects: a tick reads thousands)."""
-    rows = tick_symbols(session, names)
+    the rows as columns (no ORM objects: a tick reads thousands); each symbol's sources are
+    one of two dicts shared by every symbol of its kind: read them, never change them."""
+    ids, synthetic = tick_symbols(session, names)
     data = config.data
     kinds = {  # the rule depends on whether the symbol is synthetic only
-        synthetic: {
-            "news": sentiment_source(synthetic, data.news_source),
-            "macro": sentiment_source(synthetic, data.macro_source),
+        kind: {
+            "news": sentiment_source(kind, data.news_source),
+            "macro": sentiment_source(kind, data.macro_source),
         }
-        for synthetic in (False, True)
+        for kind in (False, True)
     }
-    sources = {name: dict(kinds[rows[name][1]]) for name in names}
-    return {name: rows[name][0] for name in names}, sources
+    # one dict per kind, shared by its symbols (read only: a tick has thousands)
+    return {name: ids[name] for name in names}, {name: kinds[synthetic[name]] for name in names}
 
 
 class TickCache:
@@ -145,6 +146,7 @@ class TickCache:
         self._free: list[int] = []  # rows of forgotten symbols
         self._days = np.zeros((0, LOOKBACK), dtype=np.int64)
         self._values = np.zeros((5, 0, LOOKBACK))  # open, high, low, close, volume
+        self._spare = self._days, self._values  # what ``_append`` writes the next windows to
         self._count = np.zeros(0, dtype=np.int64)  # bars in each history
         self._carry = PanelCarry.none(0)  # the panel's series at each row's newest bar
         self._news: dict[int, _Tail] = {}
@@ -229,7 +231,19 @@ class TickCache:
         n = days.shape[1]
         k = min(n, LOOKBACK)
         if rows.size == self._count.size and (rows == np.arange(rows.size)).all():
-            rows = slice(None)  # type: ignore[assignment]  # every row in order: no gathers
+            # every row in order (a steady tick): the windows shifted into the spare arrays,
+            # which become the windows (one copy each, no temporary for an overlapping one)
+            spare_days, spare_values = self._spare
+            if spare_days.shape != self._days.shape or spare_days is self._days:
+                spare_days, spare_values = np.empty_like(self._days), np.empty_like(self._values)
+            spare_days[:, :-k] = self._days[:, k:]
+            spare_days[:, -k:] = days[:, -k:]
+            spare_values[:, :, :-k] = self._values[:, :, k:]
+            spare_values[:, :, -k:] = values[:, :, -k:]
+            self._spare = self._days, self._values
+            self._days, self._values = spare_days, spare_values
+            self._count += n
+            return
         self._days[rows, :-k] = self._days[rows, k:]
         self._days[rows, -k:] = days[:, -k:]
         self._values[:, rows, :-k] = self._values[:, rows, k:]

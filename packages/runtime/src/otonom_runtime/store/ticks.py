@@ -147,15 +147,20 @@ def load_tick_news(
     }
 
 
-def tick_symbols(session: Session, names: Sequence[str]) -> dict[str, tuple[int, bool]]:
-    """Each symbol's id and whether it is synthetic, in one statement (``get_symbols``' rows
-    as tuples: a tick reads thousands; its ``UnknownSymbolError`` for a name not stored)."""
+def tick_symbols(session: Session, names: Sequence[str]) -> tuple[dict[str, int], dict[str, bool]]:
+    """Each symbol's id and whether it is synthetic, by name, in one statement (``get_symbols``'
+    rows as columns: a tick reads thousands; its ``UnknownSymbolError`` for a name not
+    stored)."""
+    if not names:
+        return {}, {}
     found = _driver_rows(session, "symbols", sorted(set(names)), {})
-    rows = {r[1]: (int(r[0]), bool(r[2])) for r in found}
-    for name in names:
-        if name not in rows:
-            raise _unknown(session, name)
-    return rows
+    if not found:
+        raise _unknown(session, names[0])
+    ids, stored, synthetic = zip(*found, strict=True)
+    by_name = dict(zip(stored, ids, strict=True))
+    if len(by_name) < len(set(names)):
+        raise _unknown(session, next(n for n in names if n not in by_name))
+    return by_name, dict(zip(stored, map(bool, synthetic), strict=True))
 
 
 _TABLES: dict[str, Any] = {"bars": Bar, "news": NewsSentiment, "macro": MacroSentiment}
@@ -302,7 +307,7 @@ def _driver_rows(
     values as SQLAlchemy's execution of the statement, without building the statement's
     thousands of IN list parameters anew each time); pending objects flushed first, as
     ``session.execute`` would. Dates bound as ISO text on SQLite (how ``Date`` stores them);
-    the rows are the driver's values (dates: ISO text on SQLite)."""
+    the rows are the driver's tuples of its values (dates: ISO text on SQLite)."""
     _autoflush(session)
     conn = session.connection()
     sql, before, after = _plan(name, conn.dialect, len(keys))
@@ -314,7 +319,12 @@ def _driver_rows(
         params.update(zip([f"keys_{i}" for i in range(1, len(keys) + 1)], keys, strict=True))
     else:
         params = (*[values[p] for p in before], *keys, *[values[p] for p in after])
-    return conn.exec_driver_sql(sql, params).all()
+    result = conn.exec_driver_sql(sql, params)
+    try:  # the driver's tuples (no SQLAlchemy Row per row: a tick reads thousands)
+        rows: Sequence[Any] = result.cursor.fetchall()
+    finally:
+        result.close()
+    return rows
 
 
 @dataclass(frozen=True)
