@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy.orm import Session
 
-from otonom_runtime.daemon.paper import LastDecision, Tail
+from otonom_runtime.daemon.paper import LastDecision, Tail, Windows
 from otonom_runtime.store import load_macro, sentiment_source
 from otonom_runtime.store.ticks import (
     LiveDecisions,
@@ -388,29 +388,17 @@ class TickCache:
         else:
             self._decided.update(decided)
 
-    def window(self, row: int) -> tuple[npt.NDArray[np.datetime64], F64, F64]:
-        """A symbol's cached bars (their dates, opens and closes), oldest first."""
-        k = min(int(self._count[row]), LOOKBACK)
-        days = self._days[row, -k:].view("datetime64[D]")
-        return days, self._values[0, row, -k:], self._values[3, row, -k:]
-
-    def windows(self, rows: Sequence[int]) -> list[tuple[npt.NDArray[np.datetime64], F64, F64]]:
-        """``window`` of each of ``rows``; every row in order with ``LOOKBACK`` bars or more
-        (a steady tick): their views made all at once."""
-        n = len(rows)
-        if n != self._count.size or (self._count < LOOKBACK).any():
-            return [self.window(row) for row in rows]
-        if not np.array_equal(np.asarray(rows, dtype=np.int64), np.arange(n)):
-            return [self.window(row) for row in rows]
-        days = self._days.view("datetime64[D]")
-        return list(zip(list(days), list(self._values[0]), list(self._values[3]), strict=True))
+    def windows(self) -> Windows:
+        """Every row's cached bars (``paper.Windows``: the cache's arrays, valid until its
+        next ``refresh``)."""
+        return Windows(self._days, self._values[0], self._values[3], self._count)
 
     def tails(self, rows: Sequence[int]) -> list[Tail | None]:
         """Each row's last two bars as Python numbers (``TickInputs.tail``: day numbers,
         opens, closes; None where it holds one bar), read for all rows at once."""
-        days = self._days[rows, -2:].tolist()
-        opens = self._values[0][rows, -2:].tolist()
-        closes = self._values[3][rows, -2:].tolist()
+        days = map(tuple, self._days[rows, -2:].tolist())
+        opens = map(tuple, self._values[0][rows, -2:].tolist())
+        closes = map(tuple, self._values[3][rows, -2:].tolist())
         two = (self._count[rows] >= 2).tolist()
         return [
             (d, o, c) if ok else None for d, o, c, ok in zip(days, opens, closes, two, strict=True)
