@@ -418,12 +418,16 @@ class TickCache:
         latest_news = [
             tails[s.symbol_id].advance(d) for s, d in zip(symbols, newest, strict=True)
         ]  # each news tail its own: trimmed as it is read
-        macro = [self._macro[s.sources["macro"]] for s in symbols]
-        seen: dict[tuple[int, int], tuple[int, float]] = {}  # a macro series is shared
-        latest_macro = [
-            seen[key] if (key := (id(t), d)) in seen else seen.setdefault(key, t.latest(d))
-            for t, d in zip(macro, newest, strict=True)
-        ]
+        sources = [s.sources["macro"] for s in symbols]
+        if len(set(sources)) == 1 and len(set(newest)) == 1:  # one series, one day (steady)
+            latest_macro = [self._macro[sources[0]].latest(newest[0])] * len(symbols)
+        else:
+            macro = [self._macro[source] for source in sources]
+            seen: dict[tuple[int, int], tuple[int, float]] = {}  # a macro series is shared
+            latest_macro = [
+                seen[key] if (key := (id(t), d)) in seen else seen.setdefault(key, t.latest(d))
+                for t, d in zip(macro, newest, strict=True)
+            ]
         h, lo, c, v = (self._values[i][rows] for i in range(1, 5))
         carry = self._carry
         market, after = market_feature_panel_step(

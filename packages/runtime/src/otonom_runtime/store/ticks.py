@@ -216,7 +216,7 @@ def new_rows(
     if not found:
         return [() for _ in _COLUMNS[table]], np.array([], dtype="datetime64[D]")
     columns: list[Sequence[Any]] = list(zip(*found, strict=True))
-    days = _day_array(columns[_COLUMNS[table].index("date")], session)
+    days = _column_days(columns[_COLUMNS[table].index("date")], session)
     order = np.argsort(days, kind="stable")  # by key, then date: two stable sorts
     order = order[np.argsort(np.asarray(columns[1])[order], kind="stable")]
     if not np.array_equal(order, np.arange(order.size)):  # the usual case: ordered already
@@ -236,7 +236,7 @@ def load_live_tail(
     if not rows:
         return (), [], (), ()
     ids, dates, actions, strengths = zip(*rows, strict=True)
-    days: list[dt.date] = _day_array(dates, session).tolist()
+    days: list[dt.date] = _column_days(dates, session).tolist()
     return ids, days, actions, strengths
 
 
@@ -296,6 +296,18 @@ def _plan(
     if keyed != list(range(first, first + n)):
         raise AssertionError(f"{name}: expected the IN list's {n} parameters in one run")
     return compiled.string, tuple(positions[:first]), tuple(positions[first + n :])
+
+
+def _column_days(values: Sequence[Any], session: Session) -> npt.NDArray[np.datetime64]:
+    """A date result column of the driver's values as datetime64[D] (``raw._day_array``'s
+    parse and checks), each distinct value parsed once: a tick's rows share a few dates."""
+    distinct = list(set(values))
+    if len(distinct) * 8 > len(values):
+        return _day_array(values, session)
+    days = dict(zip(distinct, _day_array(distinct, session).astype(np.int64).tolist(), strict=True))
+    numbers = np.fromiter(map(days.__getitem__, values), dtype=np.int64, count=len(values))
+    out: npt.NDArray[np.datetime64] = numbers.astype("datetime64[D]")
+    return out
 
 
 def _driver_rows(
