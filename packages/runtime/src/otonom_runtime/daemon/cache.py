@@ -394,14 +394,21 @@ class TickCache:
         return Windows(self._days, self._values[0], self._values[3], self._count)
 
     def tails(self, rows: Sequence[int]) -> list[Tail | None]:
-        """Each row's last two bars as Python numbers (``TickInputs.tail``: day numbers,
-        opens, closes; None where it holds one bar), read for all rows at once."""
-        days = map(tuple, self._days[rows, -2:].tolist())
-        opens = map(tuple, self._values[0][rows, -2:].tolist())
-        closes = map(tuple, self._values[3][rows, -2:].tolist())
+        """Each row's last two bars as one tuple of Python numbers (``TickInputs.tail``: day
+        numbers as floats, opens, closes; None where it holds one bar), read for all rows at
+        once (a tuple a row, made from six columns)."""
+        numbers = np.concatenate(
+            [
+                self._days[rows, -2:].astype(np.float64),
+                self._values[0][rows, -2:],
+                self._values[3][rows, -2:],
+            ],
+            axis=1,
+        )
         two = (self._count[rows] >= 2).tolist()
         return [
-            (d, o, c) if ok else None for d, o, c, ok in zip(days, opens, closes, two, strict=True)
+            t if ok else None
+            for t, ok in zip(zip(*numbers.T.tolist(), strict=True), two, strict=True)
         ]
 
     def market(self, symbols: Sequence[CachedSymbol]) -> F64:

@@ -61,9 +61,10 @@ class LastDecision:
     strength: float
 
 
-Tail = tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...]]
-"""The last two bars of a window: day numbers, opens, closes (``TickInputs.tail``; tuples of
-numbers, which the garbage collector stops tracking: a tick makes thousands)."""
+Tail = tuple[float, float, float, float, float, float]
+"""The last two bars of a window, oldest first: their day numbers (as floats, exact), opens
+and closes, in one tuple of numbers (``TickInputs.tail``: one object a symbol, which the
+garbage collector stops tracking; a tick makes thousands)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +184,7 @@ class PaperBroker:
             and state.decision == (last.action, last.strength)
             and (
                 # the steady case: the state's day is the second newest bar (two bars or more)
-                (inputs.tail is not None and inputs.tail[0][0] == state.number)
+                (inputs.tail is not None and inputs.tail[0] == state.number)
                 or (inputs.dates.size > 0 and _within(_numbers(inputs), state.number))
             )
         )
@@ -209,7 +210,7 @@ class PaperBroker:
                     f"no history or live decisions of {item.symbol!r} to replay its "
                     "sleeve; expected the tick to read them (Broker.resumes was False)"
                 )
-            number = item.tail[0][-1] if item.tail is not None else int(_numbers(item)[-1])
+            number = int(item.tail[1]) if item.tail is not None else int(_numbers(item)[-1])
             if state is not None and state.sleeve is sleeve and sleeve is not None:
                 # resumed in place: the state follows its sleeve to this bar
                 state.day, state.number, state.cap = _date(number), number, item.cap
@@ -302,12 +303,12 @@ def _resume(state: _State, inputs: TickInputs, params: EngineParams) -> _Sleeve:
     tail, sleeve = inputs.tail, state.sleeve
     if (
         tail is not None
-        and tail[0][0] == state.number  # the steady case: one bar on, as numbers already
+        and tail[0] == state.number  # the steady case: one bar on, as numbers already
         and sleeve is not None
         and (state.params is params or state.params == params)
     ):
         # a HOLD never reads its cap
-        sleeve.resume(tuple(map(float, tail[0])), tail[1], tail[2], (state.cap, 0.0))
+        sleeve.resume(tail[0:2], tail[2:4], tail[4:6], (state.cap, 0.0))
         _drive(sleeve, [state.decision])  # filled at the new bar's open, which is marked
         return sleeve
     dates = inputs.dates
