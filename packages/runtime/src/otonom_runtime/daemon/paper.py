@@ -192,17 +192,20 @@ class PaperBroker:
     def holdings(
         self, inputs: Sequence[TickInputs], params: EngineParams, capital: float
     ) -> list[Holding]:
-        self._pending = {}
-        out = []
+        self._pending = pending = {}
+        out: list[Holding] = []
+        add, take = out.append, self._sleeves.pop
+        dates: dict[int, dt.date] = {}  # day number -> date: a tick's bars share a few days
         for item in inputs:
             sleeve: _Sleeve | None
             state: _State | None = None
-            if item.last is None:
+            last = item.last
+            if last is None:
                 sleeve = None
             elif item.whole is not None and item.live is not None:
                 sleeve = _replay(item, params, capital)
-            elif (state := self._sleeves.pop(item.symbol, None)) is not None and (
-                state.day == item.last.date  # what ``resumes`` found (the tick asked it)
+            elif (state := take(item.symbol, None)) is not None and (
+                state.day == last.date  # what ``resumes`` found (the tick asked it)
             ):
                 sleeve = _resume(state, item, params)
             else:
@@ -211,21 +214,24 @@ class PaperBroker:
                     "sleeve; expected the tick to read them (Broker.resumes was False)"
                 )
             number = int(item.tail[1]) if item.tail is not None else int(_numbers(item)[-1])
+            day = dates.get(number)
+            if day is None:
+                day = dates[number] = _date(number)
             if state is not None and state.sleeve is sleeve and sleeve is not None:
                 # resumed in place: the state follows its sleeve to this bar
-                state.day, state.number, state.cap = _date(number), number, item.cap
+                state.day, state.number, state.cap = day, number, item.cap
                 state.params, state.decision = params, None
-                self._pending[item.symbol] = state
+                pending[item.symbol] = state
             else:
-                self._pending[item.symbol] = _State(
-                    item.symbol_id, capital, _date(number), number, item.cap, sleeve, params
+                pending[item.symbol] = _State(
+                    item.symbol_id, capital, day, number, item.cap, sleeve, params
                 )
             if sleeve is None:  # never decided: flat, the sleeve fresh at this bar
-                out.append(Holding(_FLAT, capital))
+                add(Holding(_FLAT, capital))
                 continue
             # the newest mark (engine._Sleeve.out: position, leverage, cash, days, equity, exposure)
             position, leverage, cash_fraction, days, equity, _ = sleeve.out[-6:]
-            out.append(Holding(PortfolioSnapshot(position, leverage, cash_fraction, days), equity))
+            add(Holding(PortfolioSnapshot(position, leverage, cash_fraction, days), equity))
         return out
 
     def submit(self, decisions: Sequence[TickDecision]) -> None:

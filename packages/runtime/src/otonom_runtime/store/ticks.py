@@ -402,7 +402,8 @@ def record_tick(session: Session, run: BacktestRun, columns: Mapping[str, list[A
 
     rows = dict(columns)
     if session.connection().dialect.name == "sqlite":  # what the ORM types store there
-        rows["date"] = [d.isoformat() for d in rows["date"]]
+        text = {d: d.isoformat() for d in set(rows["date"])}  # a tick's rows share a few dates
+        rows["date"] = [text[d] for d in rows["date"]]
         rows["days_since_last_trade"] = [
             None if d == math.inf else d for d in rows["days_since_last_trade"]
         ]
