@@ -153,12 +153,13 @@ def tick_symbols(session: Session, names: Sequence[str]) -> tuple[dict[str, int]
     stored)."""
     if not names:
         return {}, {}
-    found = _driver_rows(session, "symbols", sorted(set(names)), {})
+    wanted = list(dict.fromkeys(names))
+    found = _driver_rows(session, "symbols", wanted, {})
     if not found:
         raise _unknown(session, names[0])
     ids, stored, synthetic = zip(*found, strict=True)
     by_name = dict(zip(stored, ids, strict=True))
-    if len(by_name) < len(set(names)):
+    if len(by_name) < len(wanted):
         raise _unknown(session, next(n for n in names if n not in by_name))
     return by_name, dict(zip(stored, map(bool, synthetic), strict=True))
 
