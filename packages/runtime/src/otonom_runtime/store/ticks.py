@@ -281,9 +281,9 @@ def _plan(
     name: str, dialect: Dialect, n: int
 ) -> tuple[str, tuple[str, ...], tuple[str, ...] | None]:
     """``_statement(name)`` with ``n`` keys as the dialect renders it (the SQL that
-    SQLAlchemy's execution sends, built once per IN list length): the SQL, the names of the
-    other parameters, and for a positional paramstyle the names bound before the keys and
-    after them (None: a named paramstyle, the keys bound as ``keys_1`` .. ``keys_n``)."""
+    SQLAlchemy's execution sends, built once per IN list length) and its parameters: for a
+    positional paramstyle the names bound before the keys and those after them; for a named
+    one the keys' names (``keys_1`` .. ``keys_n``) and None."""
     stmt = _statement(name)
     names = tuple(p for p in stmt.compile().params if p != "keys")
     stmt = stmt.params(keys=[0] * n, **dict.fromkeys(names))
@@ -291,7 +291,7 @@ def _plan(
     assert isinstance(compiled, SQLCompiler)
     positions = compiled.positiontup
     if positions is None:
-        return compiled.string, names, None
+        return compiled.string, tuple(f"keys_{i}" for i in range(1, n + 1)), None
     keyed = [i for i, p in enumerate(positions) if p.startswith("keys_")]
     first = keyed[0] if keyed else len(positions)
     if keyed != list(range(first, first + n)):
@@ -329,7 +329,7 @@ def _driver_rows(
     params: Any
     if after is None:  # named parameters
         params = dict(values)
-        params.update(zip([f"keys_{i}" for i in range(1, len(keys) + 1)], keys, strict=True))
+        params.update(zip(before, keys, strict=True))
     else:
         params = (*[values[p] for p in before], *keys, *[values[p] for p in after])
     result = conn.exec_driver_sql(sql, params)
