@@ -377,7 +377,8 @@ class TickCache:
         for sid in rest:
             if sid not in whole:
                 last.pop(sid, None)
-        self._decided.update({sid: d.date for sid, d in last.items()})
+        # the known symbols left hold their newest decision's date already
+        self._decided.update({sid: last[sid].date for sid in rest if sid in last})
         return last, whole
 
     def recorded(self, decided: dict[int, dt.date] | None) -> None:
