@@ -6,7 +6,7 @@ tick's run row and every decision in the session's transaction and commits once,
 in the store whole or not at all. The tick's cache (``daemon.cache.TickCache``) reads only
 what is new: ``max_ids`` (the largest row ids it has seen), ``new_rows`` (the rows dated after
 its last tick or inserted since), ``load_live_tail`` (the live decisions since a date) and
-``tick_symbols`` (the symbols' ids by name). Those four run as the driver's SQL
+``tick_symbols`` (the symbols' ids by name). All but ``max_ids`` run as the driver's SQL
 (``_driver_rows``): each statement rendered by SQLAlchemy once per IN list length, then
 sent with its values as they are and read as the driver's tuples, so a steady tick of
 thousands of symbols builds no bind parameter or result row object per symbol.
