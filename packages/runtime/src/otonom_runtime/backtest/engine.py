@@ -114,12 +114,12 @@ class _Sleeve:
     def __init__(self, bars: _Bars, params: EngineParams, capital: float, cap: list[float]):
         self.first = bars.first
         self.n = bars.market.shape[0] - bars.first
-        self.closes: list[float] = bars.closes.tolist()
-        self.opens: list[float] = bars.opens.tolist()
+        self.closes: Sequence[float] = bars.closes.tolist()
+        self.opens: Sequence[float] = bars.opens.tolist()
         # day numbers as floats (exact: far below 2**53), so days since a fill is one subtraction
-        self.day: list[float] = bars.dates.astype(np.int64).astype(np.float64).tolist()
+        self.day: Sequence[float] = bars.dates.astype(np.int64).astype(np.float64).tolist()
         self.last = len(self.closes) - 1
-        self.cap = cap  # per decision day: the risk multiplier x max_leverage
+        self.cap: Sequence[float] = cap  # per decision day: the risk multiplier x max_leverage
         self.slip = params.slippage_bps / 1e4
         self.comm = params.commission_bps / 1e4
         self.allow_short = params.allow_short
@@ -138,15 +138,20 @@ class _Sleeve:
         self.out: list[float] = []
 
     def resume(
-        self, days: list[float], opens: list[float], closes: list[float], cap: list[float]
+        self,
+        days: Sequence[float],
+        opens: Sequence[float],
+        closes: Sequence[float],
+        cap: Sequence[float],
     ) -> None:
         """Put the sleeve, its cash, units and trades kept, on new bars, every one a decision
         day: ``days`` (day numbers as floats, as ``__init__`` makes them), ``opens``,
-        ``closes``, ``cap`` (per day); its marks start anew (``out``). The daemon's paper broker
-        resumes a sleeve where its previous tick left it, the bar it last marked first."""
+        ``closes``, ``cap`` (per day; lists or tuples, read only); its marks start anew
+        (``out``, emptied in place). The daemon's paper broker resumes a sleeve where its
+        previous tick left it, the bar it last marked first."""
         self.first, self.n, self.last = 0, len(closes), len(closes) - 1
         self.day, self.opens, self.closes, self.cap = days, opens, closes, cap
-        self.out = []
+        self.out.clear()
 
     def run(self, actions: list[int], strengths: list[float]) -> None:
         """Every decision day with the decisions known up front (no RL analyst)."""

@@ -26,11 +26,10 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy.orm import Session
 
-from otonom_runtime.daemon.paper import LastDecision, Tail
+from otonom_runtime.daemon.paper import LastDecision, Tail, Windows
 from otonom_runtime.store import load_macro, sentiment_source
 from otonom_runtime.store.ticks import (
     LiveDecisions,
-    _days,
     load_live_decisions,
     load_live_tail,
     load_tick_bars,
@@ -120,18 +119,19 @@ def _symbols(
 ) -> tuple[dict[str, int], dict[str, dict[str, str]]]:
     """Each symbol's id and the sources it reads, as ``backtest.runner._symbols`` gives them
     (``get_symbols``' statement and ``UnknownSymbolError``, ``sentiment_source``'s rule), from
-    the rows as tuples (no ORM objects: a tick reads thousands)."""
-    rows = tick_symbols(session, names)
+    the rows as columns (no ORM objects: a tick reads thousands); each symbol's sources are
+    one of two dicts shared by every symbol of its kind: read them, never change them."""
+    ids, synthetic = tick_symbols(session, names)
     data = config.data
     kinds = {  # the rule depends on whether the symbol is synthetic only
-        synthetic: {
-            "news": sentiment_source(synthetic, data.news_source),
-            "macro": sentiment_source(synthetic, data.macro_source),
+        kind: {
+            "news": sentiment_source(kind, data.news_source),
+            "macro": sentiment_source(kind, data.macro_source),
         }
-        for synthetic in (False, True)
+        for kind in (False, True)
     }
-    sources = {name: dict(kinds[rows[name][1]]) for name in names}
-    return {name: rows[name][0] for name in names}, sources
+    # one dict per kind, shared by its symbols (read only: a tick has thousands)
+    return {name: ids[name] for name in names}, {name: kinds[synthetic[name]] for name in names}
 
 
 class TickCache:
@@ -146,6 +146,7 @@ class TickCache:
         self._free: list[int] = []  # rows of forgotten symbols
         self._days = np.zeros((0, LOOKBACK), dtype=np.int64)
         self._values = np.zeros((5, 0, LOOKBACK))  # open, high, low, close, volume
+        self._spare = self._days, self._values  # what ``_append`` writes the next windows to
         self._count = np.zeros(0, dtype=np.int64)  # bars in each history
         self._carry = PanelCarry.none(0)  # the panel's series at each row's newest bar
         self._news: dict[int, _Tail] = {}
@@ -196,13 +197,12 @@ class TickCache:
         symbols to read whole again (a bar out of order)."""
         assert self._end is not None
         after = self._end
-        rows = new_rows(session, "bars", held, after, end, self._max["bars"])
+        columns, dates = new_rows(session, "bars", held, after, end, self._max["bars"])
         stale: set[int] = set()
-        if rows:
-            _, sids, dates, *numbers = zip(*rows, strict=True)
-            sid = np.array(sids, dtype=np.int64)
-            days = _days(dates).astype(np.int64)
-            values = np.array(numbers, dtype=np.float64)  # (5, rows)
+        if dates.size:
+            sid = np.array(columns[1], dtype=np.int64)
+            days = dates.astype(np.int64)
+            values = np.array(columns[3:], dtype=np.float64)  # (5, rows)
             starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
             stops = np.r_[starts[1:], sid.size]
             at = np.array([self._row[i] for i in sid[starts].tolist()], dtype=np.int64)
@@ -217,8 +217,12 @@ class TickCache:
         for symbol_id in held:
             by_source.setdefault(self._news_source[symbol_id], []).append(symbol_id)
         for source, group in by_source.items():  # one source a read: its index's range
-            for r in new_rows(session, "news", group, after, end, self._max["news"], source):
-                self._news[r[1]].add(r[3].toordinal() - _EPOCH, float(r[4]))
+            found, when = new_rows(session, "news", group, after, end, self._max["news"], source)
+            news = self._news
+            for sid, day, score in zip(
+                found[1], when.astype(np.int64).tolist(), found[4], strict=True
+            ):
+                news[sid].add(day, float(score))
         return stale
 
     def _append(self, rows: I64, days: I64, values: F64) -> None:
@@ -227,7 +231,19 @@ class TickCache:
         n = days.shape[1]
         k = min(n, LOOKBACK)
         if rows.size == self._count.size and (rows == np.arange(rows.size)).all():
-            rows = slice(None)  # type: ignore[assignment]  # every row in order: no gathers
+            # every row in order (a steady tick): the windows shifted into the spare arrays,
+            # which become the windows (one copy each, no temporary for an overlapping one)
+            spare_days, spare_values = self._spare
+            if spare_days.shape != self._days.shape or spare_days is self._days:
+                spare_days, spare_values = np.empty_like(self._days), np.empty_like(self._values)
+            spare_days[:, :-k] = self._days[:, k:]
+            spare_days[:, -k:] = days[:, -k:]
+            spare_values[:, :, :-k] = self._values[:, :, k:]
+            spare_values[:, :, -k:] = values[:, :, -k:]
+            self._spare = self._days, self._values
+            self._days, self._values = spare_days, spare_values
+            self._count += n
+            return
         self._days[rows, :-k] = self._days[rows, k:]
         self._days[rows, -k:] = days[:, -k:]
         self._values[:, rows, :-k] = self._values[:, rows, k:]
@@ -317,8 +333,11 @@ class TickCache:
         if not held:
             return
         assert self._end is not None
-        for r in new_rows(session, "macro", held, self._end, end, self._max.get("macro", 0)):
-            self._macro[r[1]].add(r[2].toordinal() - _EPOCH, float(r[3]))
+        found, when = new_rows(session, "macro", held, self._end, end, self._max.get("macro", 0))
+        for source, day, score in zip(
+            found[1], when.astype(np.int64).tolist(), found[3], strict=True
+        ):
+            self._macro[source].add(day, float(score))
 
     def reread(self, session: Session, symbols: Sequence[CachedSymbol]) -> dict[int, SymbolInputs]:
         """Read ``symbols`` whole again up to the cache's end (a sleeve to replay); their
@@ -342,7 +361,8 @@ class TickCache:
         last: dict[int, LastDecision] = {}
         if known:
             since = min(self._decided[i] for i in known)
-            for sid, date, action, strength in load_live_tail(session, strategy, known, since):
+            tail = load_live_tail(session, strategy, known, since)
+            for sid, date, action, strength in zip(*tail, strict=True):
                 if date >= self._decided[sid]:
                     last[sid] = LastDecision(date, int(action), float(strength))
             for sid in known:
@@ -357,7 +377,8 @@ class TickCache:
         for sid in rest:
             if sid not in whole:
                 last.pop(sid, None)
-        self._decided.update({sid: d.date for sid, d in last.items()})
+        # the known symbols left hold their newest decision's date already
+        self._decided.update({sid: last[sid].date for sid in rest if sid in last})
         return last, whole
 
     def recorded(self, decided: dict[int, dt.date] | None) -> None:
@@ -368,32 +389,27 @@ class TickCache:
         else:
             self._decided.update(decided)
 
-    def window(self, row: int) -> tuple[npt.NDArray[np.datetime64], F64, F64]:
-        """A symbol's cached bars (their dates, opens and closes), oldest first."""
-        k = min(int(self._count[row]), LOOKBACK)
-        days = self._days[row, -k:].view("datetime64[D]")
-        return days, self._values[0, row, -k:], self._values[3, row, -k:]
-
-    def windows(self, rows: Sequence[int]) -> list[tuple[npt.NDArray[np.datetime64], F64, F64]]:
-        """``window`` of each of ``rows``; every row in order with ``LOOKBACK`` bars or more
-        (a steady tick): their views made all at once."""
-        n = len(rows)
-        if n != self._count.size or (self._count < LOOKBACK).any():
-            return [self.window(row) for row in rows]
-        if not np.array_equal(np.asarray(rows, dtype=np.int64), np.arange(n)):
-            return [self.window(row) for row in rows]
-        days = self._days.view("datetime64[D]")
-        return list(zip(list(days), list(self._values[0]), list(self._values[3]), strict=True))
+    def windows(self) -> Windows:
+        """Every row's cached bars (``paper.Windows``: the cache's arrays, valid until its
+        next ``refresh``)."""
+        return Windows(self._days, self._values[0], self._values[3], self._count)
 
     def tails(self, rows: Sequence[int]) -> list[Tail | None]:
-        """Each row's last two bars as Python numbers (``TickInputs.tail``: day numbers,
-        opens, closes; None where it holds one bar), read for all rows at once."""
-        days = self._days[rows, -2:].tolist()
-        opens = self._values[0][rows, -2:].tolist()
-        closes = self._values[3][rows, -2:].tolist()
+        """Each row's last two bars as one tuple of Python numbers (``TickInputs.tail``: day
+        numbers as floats, opens, closes; None where it holds one bar), read for all rows at
+        once (a tuple a row, made from six columns)."""
+        numbers = np.concatenate(
+            [
+                self._days[rows, -2:].astype(np.float64),
+                self._values[0][rows, -2:],
+                self._values[3][rows, -2:],
+            ],
+            axis=1,
+        )
         two = (self._count[rows] >= 2).tolist()
         return [
-            (d, o, c) if ok else None for d, o, c, ok in zip(days, opens, closes, two, strict=True)
+            t if ok else None
+            for t, ok in zip(zip(*numbers.T.tolist(), strict=True), two, strict=True)
         ]
 
     def market(self, symbols: Sequence[CachedSymbol]) -> F64:
@@ -410,12 +426,16 @@ class TickCache:
         latest_news = [
             tails[s.symbol_id].advance(d) for s, d in zip(symbols, newest, strict=True)
         ]  # each news tail its own: trimmed as it is read
-        macro = [self._macro[s.sources["macro"]] for s in symbols]
-        seen: dict[tuple[int, int], tuple[int, float]] = {}  # a macro series is shared
-        latest_macro = [
-            seen[key] if (key := (id(t), d)) in seen else seen.setdefault(key, t.latest(d))
-            for t, d in zip(macro, newest, strict=True)
-        ]
+        sources = [s.sources["macro"] for s in symbols]
+        if len(set(sources)) == 1 and len(set(newest)) == 1:  # one series, one day (steady)
+            latest_macro = [self._macro[sources[0]].latest(newest[0])] * len(symbols)
+        else:
+            macro = [self._macro[source] for source in sources]
+            seen: dict[tuple[int, int], tuple[int, float]] = {}  # a macro series is shared
+            latest_macro = [
+                seen[key] if (key := (id(t), d)) in seen else seen.setdefault(key, t.latest(d))
+                for t, d in zip(macro, newest, strict=True)
+            ]
         h, lo, c, v = (self._values[i][rows] for i in range(1, 5))
         carry = self._carry
         market, after = market_feature_panel_step(

@@ -172,10 +172,9 @@ def _broker_inputs(
     params = ensemble.params
     caps = (params.risk.exposure(market) * params.max_leverage).tolist()
     cache = ensemble.cache
-    rows = [c.row for c in pending]
-    tails, windows = cache.tails(rows), cache.windows(rows)
+    tails, windows = cache.tails([c.row for c in pending]), cache.windows()
     items = [
-        TickInputs(c.symbol, c.symbol_id, *windows[i], caps[i],
+        TickInputs(c.symbol, c.symbol_id, windows, c.row, caps[i],
                    last.get(c.symbol_id), c.whole, live.get(c.symbol_id), tails[i])
         for i, c in enumerate(pending)
     ]  # fmt: skip

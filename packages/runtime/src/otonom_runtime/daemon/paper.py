@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from otonom_runtime.backtest.params import EngineParams
     from otonom_runtime.daemon.tick import SymbolInputs, TickDecision
 
-__all__ = ["Broker", "Holding", "LastDecision", "PaperBroker", "Tail", "TickInputs"]
+__all__ = ["Broker", "Holding", "LastDecision", "PaperBroker", "Tail", "TickInputs", "Windows"]
 
 F64 = npt.NDArray[np.float64]
 
@@ -61,31 +61,67 @@ class LastDecision:
     strength: float
 
 
-Tail = tuple[list[int], list[float], list[float]]
-"""The last two bars of a window: day numbers, opens, closes (``TickInputs.tail``)."""
+Tail = tuple[float, float, float, float, float, float]
+"""The last two bars of a window, oldest first: their day numbers (as floats, exact), opens
+and closes, in one tuple of numbers (``TickInputs.tail``: one object a symbol, which the
+garbage collector stops tracking; a tick makes thousands)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Windows:
+    """The cached bars of a tick's symbols, a row each (the tick's cache's arrays, shared by
+    its ``TickInputs``): day numbers (rows, LOOKBACK), opens and closes, oldest first, the
+    newest last; ``count``: how many bars each row's symbol has (its window: the last
+    ``min(count, LOOKBACK)``)."""
+
+    days: npt.NDArray[np.int64]
+    opens: F64
+    closes: F64
+    count: npt.NDArray[np.int64]
+
+    def of(self, row: int) -> tuple[npt.NDArray[np.datetime64], F64, F64]:
+        """Row ``row``'s bars: their dates, opens and closes (views)."""
+        k = min(int(self.count[row]), self.days.shape[1])
+        days = self.days[row, -k:].view("datetime64[D]")
+        return days, self.opens[row, -k:], self.closes[row, -k:]
 
 
 @dataclass(frozen=True, slots=True)
 class TickInputs:
-    """What a broker gets of a symbol a tick decides: its cached bars (dates, opens, closes,
-    oldest first, the newest the bar decided), ``cap``: the risk cap of that bar (the risk
-    exposure of its state x max leverage, as ``engine._prepare`` computes it), its newest live
-    decision (None: never decided); ``whole`` and ``live``: its whole history and every live
-    decision, present when a replay needs them (``Broker.resumes`` False); ``tail``: the last
-    two bars' day numbers, opens and closes as Python numbers (None: fewer than two bars), what
-    a broker stepping one bar a tick reads (the tick makes them for all symbols at once). The
-    arrays are views of the tick's cache: valid during the tick."""
+    """What a broker gets of a symbol a tick decides: its cached bars (``dates``, ``opens``,
+    ``closes``, oldest first, the newest the bar decided: row ``row`` of ``windows``, made when
+    read), ``cap``: the risk cap of that bar (the risk exposure of its state x max leverage, as
+    ``engine._prepare`` computes it), its newest live decision (None: never decided);
+    ``whole`` and ``live``: its whole history and every live decision, present when a replay
+    needs them (``Broker.resumes`` False); ``tail``: the last two bars' day numbers, opens and
+    closes as Python numbers (None: fewer than two bars), what a broker stepping one bar a tick
+    reads (the tick makes them for all symbols at once). The arrays are views of the tick's
+    cache: valid during the tick."""
 
     symbol: str
     symbol_id: int
-    dates: npt.NDArray[np.datetime64]
-    opens: F64
-    closes: F64
+    windows: Windows
+    row: int
     cap: float
     last: LastDecision | None
     whole: SymbolInputs | None = None
     live: LiveDecisions | None = None
     tail: Tail | None = None
+
+    @property
+    def dates(self) -> npt.NDArray[np.datetime64]:
+        """The dates of the symbol's cached bars (a view)."""
+        return self.windows.of(self.row)[0]
+
+    @property
+    def opens(self) -> F64:
+        """The opens of the symbol's cached bars (a view)."""
+        return self.windows.of(self.row)[1]
+
+    @property
+    def closes(self) -> F64:
+        """The closes of the symbol's cached bars (a view)."""
+        return self.windows.of(self.row)[2]
 
 
 class Broker(Protocol):
@@ -146,28 +182,30 @@ class PaperBroker:
             and state.capital == capital
             and state.day == last.date
             and state.decision == (last.action, last.strength)
-            and inputs.dates.size > 0
             and (
-                # the steady case: the state's day is the second newest bar
-                (inputs.tail is not None and inputs.tail[0][0] == state.number)
-                or _within(_numbers(inputs), state.number)
+                # the steady case: the state's day is the second newest bar (two bars or more)
+                (inputs.tail is not None and inputs.tail[0] == state.number)
+                or (inputs.dates.size > 0 and _within(_numbers(inputs), state.number))
             )
         )
 
     def holdings(
         self, inputs: Sequence[TickInputs], params: EngineParams, capital: float
     ) -> list[Holding]:
-        self._pending = {}
-        out = []
+        self._pending = pending = {}
+        out: list[Holding] = []
+        add, take = out.append, self._sleeves.pop
+        dates: dict[int, dt.date] = {}  # day number -> date: a tick's bars share a few days
         for item in inputs:
             sleeve: _Sleeve | None
             state: _State | None = None
-            if item.last is None:
+            last = item.last
+            if last is None:
                 sleeve = None
             elif item.whole is not None and item.live is not None:
                 sleeve = _replay(item, params, capital)
-            elif (state := self._sleeves.pop(item.symbol, None)) is not None and (
-                state.day == item.last.date  # what ``resumes`` found (the tick asked it)
+            elif (state := take(item.symbol, None)) is not None and (
+                state.day == last.date  # what ``resumes`` found (the tick asked it)
             ):
                 sleeve = _resume(state, item, params)
             else:
@@ -175,22 +213,25 @@ class PaperBroker:
                     f"no history or live decisions of {item.symbol!r} to replay its "
                     "sleeve; expected the tick to read them (Broker.resumes was False)"
                 )
-            number = item.tail[0][-1] if item.tail is not None else int(_numbers(item)[-1])
+            number = int(item.tail[1]) if item.tail is not None else int(_numbers(item)[-1])
+            day = dates.get(number)
+            if day is None:
+                day = dates[number] = _date(number)
             if state is not None and state.sleeve is sleeve and sleeve is not None:
                 # resumed in place: the state follows its sleeve to this bar
-                state.day, state.number, state.cap = _date(number), number, item.cap
+                state.day, state.number, state.cap = day, number, item.cap
                 state.params, state.decision = params, None
-                self._pending[item.symbol] = state
+                pending[item.symbol] = state
             else:
-                self._pending[item.symbol] = _State(
-                    item.symbol_id, capital, _date(number), number, item.cap, sleeve, params
+                pending[item.symbol] = _State(
+                    item.symbol_id, capital, day, number, item.cap, sleeve, params
                 )
             if sleeve is None:  # never decided: flat, the sleeve fresh at this bar
-                out.append(Holding(_FLAT, capital))
+                add(Holding(_FLAT, capital))
                 continue
             # the newest mark (engine._Sleeve.out: position, leverage, cash, days, equity, exposure)
             position, leverage, cash_fraction, days, equity, _ = sleeve.out[-6:]
-            out.append(Holding(PortfolioSnapshot(position, leverage, cash_fraction, days), equity))
+            add(Holding(PortfolioSnapshot(position, leverage, cash_fraction, days), equity))
         return out
 
     def submit(self, decisions: Sequence[TickDecision]) -> None:
@@ -268,12 +309,12 @@ def _resume(state: _State, inputs: TickInputs, params: EngineParams) -> _Sleeve:
     tail, sleeve = inputs.tail, state.sleeve
     if (
         tail is not None
-        and tail[0][0] == state.number  # the steady case: one bar on, as numbers already
+        and tail[0] == state.number  # the steady case: one bar on, as numbers already
         and sleeve is not None
         and (state.params is params or state.params == params)
     ):
         # a HOLD never reads its cap
-        sleeve.resume([float(d) for d in tail[0]], tail[1], tail[2], [state.cap, 0.0])
+        sleeve.resume(tail[0:2], tail[2:4], tail[4:6], (state.cap, 0.0))
         _drive(sleeve, [state.decision])  # filled at the new bar's open, which is marked
         return sleeve
     dates = inputs.dates

@@ -312,10 +312,11 @@ class Ensemble:
         found["rl"] = rl
         columns: Columns = {name: found.get(name) for name in ANALYSTS}
         actions = [_ACTIONS[a] for a in decided[0::3]]  # decide_rows' actions: ints
+        rows = zip(symbols, dates, actions, decided[1::3], decided[2::3], portfolios, strict=True)
         out = [
-            TickDecision(symbols[i], dates[i], actions[i], decided[3 * i + 1], decided[3 * i + 2],
-                         RowSignals(columns, i), portfolios[i])
-            for i in range(n)
+            TickDecision(symbol, date, action, strength, confidence, RowSignals(columns, i),
+                         portfolio)
+            for i, (symbol, date, action, strength, confidence, portfolio) in enumerate(rows)
         ]  # fmt: skip
         return out, columns
 

@@ -6,13 +6,18 @@ tick's run row and every decision in the session's transaction and commits once,
 in the store whole or not at all. The tick's cache (``daemon.cache.TickCache``) reads only
 what is new: ``max_ids`` (the largest row ids it has seen), ``new_rows`` (the rows dated after
 its last tick or inserted since), ``load_live_tail`` (the live decisions since a date) and
-``tick_symbols`` (the symbols' ids as tuples). ``load_live_signals`` reads the live decisions'
-analyst signals back (``otonom-train retrain``: the RL analyst's agreement with the teacher).
+``tick_symbols`` (the symbols' ids by name). All but ``max_ids`` run as the driver's SQL
+(``_driver_rows``): each statement rendered by SQLAlchemy once per IN list length, then
+sent with its values as they are and read as the driver's tuples, so a steady tick of
+thousands of symbols builds no bind parameter or result row object per symbol.
+``load_live_signals`` reads the live decisions' analyst signals back (``otonom-train
+retrain``: the RL analyst's agreement with the teacher).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,10 +25,12 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Executable, bindparam, func, select, union_all
+from sqlalchemy import Dialect, Executable, bindparam, func, select, union_all
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import BindParameter, ClauseElement
 
-from otonom_runtime.store.raw import _autoflush
+from otonom_runtime.store.raw import _autoflush, _day_array
 from otonom_runtime.store.readers import _unknown
 from otonom_runtime.store.tables import (
     BacktestRun,
@@ -144,21 +151,21 @@ def load_tick_news(
     }
 
 
-def tick_symbols(session: Session, names: Sequence[str]) -> dict[str, tuple[int, bool]]:
-    """Each symbol's id and whether it is synthetic, in one statement (``get_symbols``' rows
-    as tuples: a tick reads thousands; its ``UnknownSymbolError`` for a name not stored)."""
-    from otonom_runtime.store.tables import Symbol  # here only: the tick's one read of it
-
-    table = Symbol.__table__
-    query = select(table.c.id, table.c.name, table.c.is_synthetic).where(
-        table.c.name.in_(_keys("names"))
-    )
-    found = _rows(session, query, {"names": sorted(set(names))})
-    rows = {r[1]: (int(r[0]), bool(r[2])) for r in found}
-    for name in names:
-        if name not in rows:
-            raise _unknown(session, name)
-    return rows
+def tick_symbols(session: Session, names: Sequence[str]) -> tuple[dict[str, int], dict[str, bool]]:
+    """Each symbol's id and whether it is synthetic, by name, in one statement (``get_symbols``'
+    rows as columns: a tick reads thousands; its ``UnknownSymbolError`` for a name not
+    stored)."""
+    if not names:
+        return {}, {}
+    wanted = list(dict.fromkeys(names))
+    found = _driver_rows(session, "symbols", wanted, {})
+    if not found:
+        raise _unknown(session, names[0])
+    ids, stored, synthetic = zip(*found, strict=True)
+    by_name = dict(zip(stored, ids, strict=True))
+    if len(by_name) < len(wanted):
+        raise _unknown(session, next(n for n in names if n not in by_name))
+    return by_name, dict(zip(stored, map(bool, synthetic), strict=True))
 
 
 _TABLES: dict[str, Any] = {"bars": Bar, "news": NewsSentiment, "macro": MacroSentiment}
@@ -187,13 +194,14 @@ def new_rows(
     end: dt.date,
     max_id: int,
     source: str | None = None,
-) -> Sequence[Any]:
+) -> tuple[list[Sequence[Any]], npt.NDArray[np.datetime64]]:
     """The rows of ``table`` (``"bars"``, ``"news"``, ``"macro"``) of the symbol ids (macro:
     the sources) ``keys`` that a cache holding every row dated on or before ``after`` with an
     id up to ``max_id`` lacks, dated on or before ``end``: those dated after ``after`` and
     those inserted since (an id above ``max_id``: a bar imported out of order), in one
-    statement, ordered by key and date. Columns: ``_COLUMNS[table]``. News: ``source``, the
-    one source read (None: every source, each symbol's rows searched whole: slower).
+    statement, ordered by key and date, as columns (``_COLUMNS[table]``; the date column as
+    the driver gives it) with their dates as datetime64[D]. News: ``source``, the one source
+    read (None: every source, each symbol's rows searched whole: slower).
 
     The statement is a UNION ALL whose parts are each one index search, so that a steady tick
     reads in proportion to what is new, never to the history: the dated part by the
@@ -204,35 +212,136 @@ def new_rows(
     history: 0.16-0.22 s for the bars and 0.39-0.57 s for the news, against 0.025 s each
     now); the rows are sorted here instead. The inserted rows of other keys are dropped here.
     """
-    t = _TABLES[table]
-    key = t.source if table == "macro" else t.symbol_id
-    columns = [getattr(t, c) for c in _COLUMNS[table]]
-    newer = select(*columns).where(key.in_(_keys("keys")), t.date > after, t.date <= end)
-    inserted = select(*columns).where(t.id > max_id, t.date <= after)  # the row id's search
-    if table == "news" and source is not None:
-        newer, inserted = newer.where(t.source == source), inserted.where(t.source == source)
+    name = "news_all" if table == "news" and source is None else table
+    values: dict[str, Any] = {"after": after, "end": end, "max_id": max_id}
+    if name == "news":
+        values["source"] = source
     wanted = set(keys)
-    found = _rows(session, union_all(newer, inserted), {"keys": list(keys)})
-    at = _COLUMNS[table].index("date")
-    return sorted((r for r in found if r[1] in wanted), key=lambda r: (r[1], r[at]))
+    found = [r for r in _driver_rows(session, name, keys, values) if r[1] in wanted]
+    if not found:
+        return [() for _ in _COLUMNS[table]], np.array([], dtype="datetime64[D]")
+    columns: list[Sequence[Any]] = list(zip(*found, strict=True))
+    days = _column_days(columns[_COLUMNS[table].index("date")], session)
+    order = np.argsort(days, kind="stable")  # by key, then date: two stable sorts
+    order = order[np.argsort(np.asarray(columns[1])[order], kind="stable")]
+    if not np.array_equal(order, np.arange(order.size)):  # the usual case: ordered already
+        picked = order.tolist()
+        columns = [[column[i] for i in picked] for column in columns]
+        days = days[order]
+    return columns, days
 
 
 def load_live_tail(
     session: Session, strategy: str, symbol_ids: Sequence[int], since: dt.date
-) -> Sequence[Any]:
-    """(symbol id, date, action, strength) of the live decisions of ``strategy`` for
-    ``symbol_ids`` dated on or after ``since``, in one statement, by symbol and date."""
-    return _rows(
-        session,
-        select(Decision.symbol_id, Decision.date, Decision.action, Decision.strength)
-        .where(
-            Decision.live_strategy == strategy,
-            Decision.symbol_id.in_(_keys("ids")),
-            Decision.date >= since,
+) -> tuple[Sequence[int], list[dt.date], Sequence[int], Sequence[float]]:
+    """The symbol ids, dates, actions and strengths of the live decisions of ``strategy`` for
+    ``symbol_ids`` dated on or after ``since``, in one statement, by symbol and date (columns;
+    four empty ones: none)."""
+    rows = _driver_rows(session, "live", symbol_ids, {"strategy": strategy, "since": since})
+    if not rows:
+        return (), [], (), ()
+    ids, dates, actions, strengths = zip(*rows, strict=True)
+    days: list[dt.date] = _column_days(dates, session).tolist()
+    return ids, days, actions, strengths
+
+
+def _statement(name: str) -> ClauseElement:
+    """The statement ``_driver_rows`` runs as ``name``: its IN list the expanding parameter
+    ``keys``, its other values named parameters."""
+    if name == "symbols":
+        from otonom_runtime.store.tables import Symbol  # here only: the tick's one read of it
+
+        symbols = Symbol.__table__
+        return select(symbols.c.id, symbols.c.name, symbols.c.is_synthetic).where(
+            symbols.c.name.in_(_keys("keys"))
         )
-        .order_by(Decision.symbol_id, Decision.date),
-        {"ids": list(symbol_ids)},
+    if name == "live":
+        return (
+            select(Decision.symbol_id, Decision.date, Decision.action, Decision.strength)
+            .where(
+                Decision.live_strategy == bindparam("strategy"),
+                Decision.symbol_id.in_(_keys("keys")),
+                Decision.date >= bindparam("since"),
+            )
+            .order_by(Decision.symbol_id, Decision.date)
+        )
+    table = "news" if name == "news_all" else name
+    t = _TABLES[table]
+    key = t.source if table == "macro" else t.symbol_id
+    columns = [getattr(t, c) for c in _COLUMNS[table]]
+    after: BindParameter[Any] = bindparam("after")
+    newer = select(*columns).where(
+        key.in_(_keys("keys")), t.date > after, t.date <= bindparam("end")
     )
+    inserted = select(*columns).where(t.id > bindparam("max_id"), t.date <= after)  # by row id
+    if name == "news":
+        source: BindParameter[Any] = bindparam("source")
+        newer, inserted = newer.where(t.source == source), inserted.where(t.source == source)
+    return union_all(newer, inserted)
+
+
+@functools.lru_cache(maxsize=32)
+def _plan(
+    name: str, dialect: Dialect, n: int
+) -> tuple[str, tuple[str, ...], tuple[str, ...] | None]:
+    """``_statement(name)`` with ``n`` keys as the dialect renders it (the SQL that
+    SQLAlchemy's execution sends, built once per IN list length) and its parameters: for a
+    positional paramstyle the names bound before the keys and those after them; for a named
+    one the keys' names (``keys_1`` .. ``keys_n``) and None."""
+    stmt = _statement(name)
+    names = tuple(p for p in stmt.compile().params if p != "keys")
+    stmt = stmt.params(keys=[0] * n, **dict.fromkeys(names))
+    compiled = stmt.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+    assert isinstance(compiled, SQLCompiler)
+    positions = compiled.positiontup
+    if positions is None:
+        return compiled.string, tuple(f"keys_{i}" for i in range(1, n + 1)), None
+    keyed = [i for i, p in enumerate(positions) if p.startswith("keys_")]
+    first = keyed[0] if keyed else len(positions)
+    if keyed != list(range(first, first + n)):
+        raise AssertionError(f"{name}: expected the IN list's {n} parameters in one run")
+    return compiled.string, tuple(positions[:first]), tuple(positions[first + n :])
+
+
+def _column_days(values: Sequence[Any], session: Session) -> npt.NDArray[np.datetime64]:
+    """A date result column of the driver's values as datetime64[D] (``raw._day_array``'s
+    parse and checks), each distinct value parsed once: a tick's rows share a few dates."""
+    distinct = list(set(values))
+    if len(distinct) * 8 > len(values):
+        return _day_array(values, session)
+    days = dict(zip(distinct, _day_array(distinct, session).astype(np.int64).tolist(), strict=True))
+    numbers = np.fromiter(map(days.__getitem__, values), dtype=np.int64, count=len(values))
+    out: npt.NDArray[np.datetime64] = numbers.astype("datetime64[D]")
+    return out
+
+
+def _driver_rows(
+    session: Session, name: str, keys: Sequence[Any], values: Mapping[str, Any]
+) -> Sequence[Any]:
+    """The rows of the statement ``name`` (``_statement``) with the IN list ``keys`` and the
+    other parameters ``values``: its SQL rendered once per number of keys (``_plan``) and run
+    as the driver's SQL on the session's connection (``exec_driver_sql``: the same SQL and
+    values as SQLAlchemy's execution of the statement, without building the statement's
+    thousands of IN list parameters anew each time); pending objects flushed first, as
+    ``session.execute`` would. Dates bound as ISO text on SQLite (how ``Date`` stores them);
+    the rows are the driver's tuples of its values (dates: ISO text on SQLite)."""
+    _autoflush(session)
+    conn = session.connection()
+    sql, before, after = _plan(name, conn.dialect, len(keys))
+    if conn.dialect.name == "sqlite":
+        values = {k: v.isoformat() if isinstance(v, dt.date) else v for k, v in values.items()}
+    params: Any
+    if after is None:  # named parameters
+        params = dict(values)
+        params.update(zip(before, keys, strict=True))
+    else:
+        params = (*[values[p] for p in before], *keys, *[values[p] for p in after])
+    result = conn.exec_driver_sql(sql, params)
+    try:  # the driver's tuples (no SQLAlchemy Row per row: a tick reads thousands)
+        rows: Sequence[Any] = result.cursor.fetchall()
+    finally:
+        result.close()
+    return rows
 
 
 @dataclass(frozen=True)
@@ -298,7 +407,8 @@ def record_tick(session: Session, run: BacktestRun, columns: Mapping[str, list[A
 
     rows = dict(columns)
     if session.connection().dialect.name == "sqlite":  # what the ORM types store there
-        rows["date"] = [d.isoformat() for d in rows["date"]]
+        text = {d: d.isoformat() for d in set(rows["date"])}  # a tick's rows share a few dates
+        rows["date"] = [text[d] for d in rows["date"]]
         rows["days_since_last_trade"] = [
             None if d == math.inf else d for d in rows["days_since_last_trade"]
         ]
