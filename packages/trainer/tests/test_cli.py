@@ -278,11 +278,13 @@ def test_pipeline_with_a_missing_csv_writes_nothing(tmp_path: Path) -> None:
 
 
 def test_pipeline_with_a_missing_strategy_writes_nothing(tmp_path: Path) -> None:
-    """Run from a folder without strategies/: the strategy is checked before the CSV is
-    imported, so no store and no report folder appear."""
+    """A strategy file that is not there: the strategy is checked before the CSV is
+    imported, so no store and no report folder appear. (Without --strategy-path a folder
+    without strategies/ gets the baseline shipped with otonom-runtime: the test below.)"""
     rows = [f"2020-01-{d:02d},{100 + d},{101 + d},{99 + d},{100 + d},1000" for d in range(1, 29)]
     (tmp_path / "x.csv").write_text("Date,Open,High,Low,Close,Volume\n" + "\n".join(rows) + "\n")
-    out = _run("pipeline", "--import-csv", "x.csv", "--symbol", "X", cwd=tmp_path)
+    missing = ["--strategy-path", "strategies/baseline_v1.yaml"]
+    out = _run("pipeline", *missing, "--import-csv", "x.csv", "--symbol", "X", cwd=tmp_path)
     assert out.returncode == 1, out.stderr
     assert "error: invalid strategy strategies/baseline_v1.yaml" in out.stderr
     assert "cannot read the file (No such file or directory)" in out.stderr

@@ -323,7 +323,7 @@ def _add_pipeline(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     """The ``pipeline`` command's parser. Long because it is one declaration: the command's
     description and one ``add_argument`` per flag in ``--help`` order; split, the flags of one
     command would be read in several places."""
-    from otonom_trainer.pipeline import PIPELINE_EPOCHS, STAGES, TEACHER_NOISE, TEACHER_ROWS
+    from otonom_trainer.pipeline import PIPELINE_EPOCHS, STAGES, add_teacher_flags
 
     p = sub.add_parser(
         "pipeline",
@@ -403,22 +403,7 @@ def _add_pipeline(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument(
         "--epochs", type=int, default=PIPELINE_EPOCHS, help="training epochs (default %(default)s)"
     )
-    p.add_argument(
-        "--teacher-rows",
-        type=int,
-        default=TEACHER_ROWS,
-        metavar="N",
-        help="add N rows labelled by the teacher ensemble (--strategy-path, RL off) to the "
-        "training split: perturbed copies of its states, dated as their source rows, so never "
-        "after the training period (0 = off; default %(default)s)",
-    )
-    p.add_argument(
-        "--teacher-noise",
-        type=float,
-        default=TEACHER_NOISE,
-        metavar="SD",
-        help="their noise on the market features, in standard deviations (default %(default)s)",
-    )
+    add_teacher_flags(p, "the training split")
     p.add_argument(
         "--seed",
         type=int,

@@ -63,7 +63,12 @@ from otonom_trainer.config import (
     START_BEFORE_END,
     WindowedRun,
 )
-from otonom_trainer.pipeline import PIPELINE_EPOCHS, TEACHER_NOISE, TEACHER_ROWS
+from otonom_trainer.pipeline import (
+    PIPELINE_EPOCHS,
+    TEACHER_NOISE,
+    TEACHER_ROWS,
+    add_teacher_flags,
+)
 from otonom_trainer.ranges import (
     DEMO_END,
     DEMO_START,
@@ -557,22 +562,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
         default=PIPELINE_EPOCHS,
         help="training epochs per window (default %(default)s, as the pipeline's)",
     )
-    p.add_argument(
-        "--teacher-rows",
-        type=int,
-        default=TEACHER_ROWS,
-        metavar="N",
-        help="add N rows labelled by the teacher ensemble (--strategy-path, RL off) to each "
-        "window's training period, as the pipeline does: perturbed copies of its states, never "
-        "dated after it (0 = off; default %(default)s)",
-    )
-    p.add_argument(
-        "--teacher-noise",
-        type=float,
-        default=TEACHER_NOISE,
-        metavar="SD",
-        help="their noise on the market features, in standard deviations (default %(default)s)",
-    )
+    add_teacher_flags(p, "each window's training period, as the pipeline does")
     p.add_argument("--batch-size", type=int, default=256, help="training batch size (256)")
     p.add_argument("--hidden-dim", type=int, default=128, help="hidden layer width (128)")
     p.add_argument("--seed", type=int, default=DEMO_SEED,
