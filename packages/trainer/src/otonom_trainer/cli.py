@@ -323,7 +323,8 @@ def _add_pipeline(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     """The ``pipeline`` command's parser. Long because it is one declaration: the command's
     description and one ``add_argument`` per flag in ``--help`` order; split, the flags of one
     command would be read in several places."""
-    from otonom_trainer.pipeline import PIPELINE_EPOCHS, STAGES, add_teacher_flags
+    from otonom_trainer.flags import add_teacher_flags
+    from otonom_trainer.pipeline import PIPELINE_EPOCHS, STAGES
 
     p = sub.add_parser(
         "pipeline",

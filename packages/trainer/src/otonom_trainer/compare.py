@@ -506,7 +506,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
         ),
         epilog="example: otonom-train compare --symbol DEMO-A --seed 101 --oracle",
     )
-    from otonom_trainer.walkforward import add_window_flags
+    from otonom_trainer.flags import add_window_flags
 
     add_window_flags(p)
     p.add_argument("--epochs", type=int, default=10, help="training epochs per model (10)")

@@ -31,7 +31,6 @@ warm-up, split, calendar); the chosen ranges are printed.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as dt
 import io
@@ -74,7 +73,6 @@ __all__ = [
     "PipelineConfig",
     "PipelineError",
     "PipelineResult",
-    "add_teacher_flags",
     "run_pipeline",
     "training_config",
 ]
@@ -96,29 +94,6 @@ TEACHER_ROWS: Final = 200_000
 ``teacher_rows``; issue 14: what reaches the best off-the-shelf learner's accuracy)."""
 TEACHER_NOISE: Final = 0.3
 """Their noise, in standard deviations of each market feature (``teacher_noise``)."""
-
-
-def add_teacher_flags(p: argparse.ArgumentParser, into: str) -> None:
-    """``--teacher-rows N`` and ``--teacher-noise SD`` at the pipeline's defaults (the
-    pipeline's and walk-forward's flags); ``into``: what the rows are added to."""
-    p.add_argument(
-        "--teacher-rows",
-        type=int,
-        default=TEACHER_ROWS,
-        metavar="N",
-        help=f"add N rows labelled by the teacher ensemble (--strategy-path, RL off) to {into}: "
-        "perturbed copies of its states, dated as their source rows, so never after it "
-        "(0 = off; default %(default)s)",
-    )
-    p.add_argument(
-        "--teacher-noise",
-        type=float,
-        default=TEACHER_NOISE,
-        metavar="SD",
-        help="their noise on the market features, in standard deviations (default %(default)s)",
-    )
-
-
 LATEST_RUN: Final = "latest"
 """The file in the report folder naming the run last worked on (``--from-stage`` resumes it)."""
 _RUN_NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

@@ -52,9 +52,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from otonom_runtime.config_rules import rule
-from otonom_runtime.strategy import DEFAULT_STRATEGY_HELP, default_strategy_path
 from otonom_runtime.synth import DEMO_SEED
-from otonom_schema import parse_iso_date as iso_date
 from otonom_trainer._errors import OtonomTrainerError
 from otonom_trainer.config import (
     DEMO_SYMBOLS,
@@ -63,12 +61,8 @@ from otonom_trainer.config import (
     START_BEFORE_END,
     WindowedRun,
 )
-from otonom_trainer.pipeline import (
-    PIPELINE_EPOCHS,
-    TEACHER_NOISE,
-    TEACHER_ROWS,
-    add_teacher_flags,
-)
+from otonom_trainer.flags import add_teacher_flags, add_window_flags
+from otonom_trainer.pipeline import PIPELINE_EPOCHS, TEACHER_NOISE, TEACHER_ROWS
 from otonom_trainer.ranges import (
     DEMO_END,
     DEMO_START,
@@ -95,7 +89,6 @@ __all__ = [
     "WindowResult",
     "add_months",
     "add_parser",
-    "add_window_flags",
     "plan_run",
     "plan_windows",
     "plot_walk_forward",
@@ -572,50 +565,3 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     p.add_argument("--quiet", action="store_true", help="print only errors")
     p.set_defaults(handler=_cmd_walk_forward)
     return p
-
-
-def add_window_flags(p: argparse.ArgumentParser) -> None:
-    """The flags of the store, strategy, symbols and windows (walk-forward and compare)."""
-    p.add_argument(
-        "--strategy-path",
-        default=default_strategy_path(),
-        help=f"strategy YAML (default: {DEFAULT_STRATEGY_HELP})",
-    )
-    p.add_argument(
-        "--symbol",
-        action="append",
-        help="a symbol (repeatable; default DEMO-BTC, DEMO-ETH, DEMO-SOL: synthetic)",
-    )
-    p.add_argument(
-        "--start-date",
-        "--start",
-        type=iso_date,
-        help="first bar used; decisions begin after the warm-up (>= 140 bars and >= "
-        f"{WARMUP_DAYS} days; default: the symbols' first common bar; missing DEMO-* symbols "
-        "are generated from 2018-01-01)",
-    )
-    p.add_argument(
-        "--end-date",
-        "--end",
-        type=iso_date,
-        help="last decision day; the last test period ends here (default: the symbols' last "
-        "common bar; DEMO-*: 2023-12-31)",
-    )
-    p.add_argument(
-        "--train-years",
-        type=int,
-        help="training years per window (default 3, fewer when the history is too short)",
-    )
-    p.add_argument(
-        "--test-months",
-        type=int,
-        help="test months per window (default 6, 3 when the history is too short)",
-    )
-    p.add_argument(
-        "--step-months",
-        type=int,
-        help="months between consecutive windows (default: --test-months, adjacent tests)",
-    )
-    p.add_argument(
-        "--database-url", help="SQLAlchemy URL (default: $OTONOM_DATABASE_URL or ./data/otonom.db)"
-    )
