@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 
 from otonom_runtime.cli import require_store
-from otonom_runtime.strategy import DEFAULT_STRATEGY_HELP, default_strategy_path
 from otonom_schema import parse_iso_date
+from otonom_trainer.flags import add_strategy_flag
 
 __all__ = ["add_parser"]
 
@@ -111,11 +111,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
         ),
     )
     p.add_argument("model", metavar="MODEL", help="a .onnx file or a model (version) folder")
-    p.add_argument(
-        "--strategy-path",
-        default=default_strategy_path(),
-        help=f"strategy YAML (default: {DEFAULT_STRATEGY_HELP})",
-    )
+    add_strategy_flag(p)
     p.add_argument("--symbol", action="append", required=True, help="a symbol (repeatable)")
     p.add_argument(
         "--start-date",

@@ -23,7 +23,6 @@ from typing import Any
 
 import otonom_schema
 from otonom_runtime.cli import add_global_flags, require_store, run_cli
-from otonom_runtime.strategy import DEFAULT_STRATEGY_HELP, default_strategy_path
 from otonom_runtime.synth import DEMO_SEED
 from otonom_schema import parse_iso_date
 
@@ -323,7 +322,7 @@ def _add_pipeline(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     """The ``pipeline`` command's parser. Long because it is one declaration: the command's
     description and one ``add_argument`` per flag in ``--help`` order; split, the flags of one
     command would be read in several places."""
-    from otonom_trainer.flags import add_teacher_flags
+    from otonom_trainer.flags import add_strategy_flag, add_symbol_flag, add_teacher_flags
     from otonom_trainer.pipeline import PIPELINE_EPOCHS, STAGES
 
     p = sub.add_parser(
@@ -344,16 +343,8 @@ def _add_pipeline(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
             + "."
         ),
     )
-    p.add_argument(
-        "--strategy-path",
-        default=default_strategy_path(),
-        help=f"strategy YAML (default: {DEFAULT_STRATEGY_HELP})",
-    )
-    p.add_argument(
-        "--symbol",
-        action="append",
-        help="a symbol (repeatable; default DEMO-BTC, DEMO-ETH, DEMO-SOL: synthetic)",
-    )
+    add_strategy_flag(p)
+    add_symbol_flag(p)
     p.add_argument(
         "--import-csv",
         action="append",

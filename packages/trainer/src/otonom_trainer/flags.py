@@ -1,6 +1,8 @@
-"""Command-line flags several ``otonom-train`` commands share, defined once: the teacher rows'
-(``pipeline`` and ``walk-forward``: the pipeline's recipe) and the windowed run's (``walk-forward``
-and ``compare``: the store, strategy, symbols and windows)."""
+"""Command-line flags several ``otonom-train`` commands share, defined once: the strategy
+with its default (every command that has one), the symbols (the demo's by default), the
+teacher rows' (``pipeline`` and ``walk-forward``: the pipeline's recipe) and the windowed
+run's (``walk-forward`` and ``compare``: the store, strategy, symbols and windows). Importing
+it imports neither torch nor the store."""
 
 from __future__ import annotations
 
@@ -8,15 +10,35 @@ import argparse
 
 from otonom_runtime.strategy import DEFAULT_STRATEGY_HELP, default_strategy_path
 from otonom_schema import parse_iso_date as iso_date
-from otonom_trainer.pipeline import TEACHER_NOISE, TEACHER_ROWS
 from otonom_trainer.ranges import WARMUP_DAYS
 
-__all__ = ["add_teacher_flags", "add_window_flags"]
+__all__ = ["add_strategy_flag", "add_symbol_flag", "add_teacher_flags", "add_window_flags"]
+
+
+def add_strategy_flag(p: argparse.ArgumentParser, what: str = "strategy YAML") -> None:
+    """``--strategy-path`` defaulting to ``default_strategy_path()`` (the working directory's
+    baseline, else the copy shipped with otonom-runtime); ``what``: the help's first words."""
+    p.add_argument(
+        "--strategy-path",
+        default=default_strategy_path(),
+        help=f"{what} (default: {DEFAULT_STRATEGY_HELP})",
+    )
+
+
+def add_symbol_flag(p: argparse.ArgumentParser) -> None:
+    """``--symbol`` (repeatable; none given: the three synthetic ``DEMO-*`` symbols)."""
+    p.add_argument(
+        "--symbol",
+        action="append",
+        help="a symbol (repeatable; default DEMO-BTC, DEMO-ETH, DEMO-SOL: synthetic)",
+    )
 
 
 def add_teacher_flags(p: argparse.ArgumentParser, into: str) -> None:
     """``--teacher-rows N`` and ``--teacher-noise SD`` at the pipeline's defaults (the
     pipeline's and walk-forward's flags); ``into``: what the rows are added to."""
+    from otonom_trainer.pipeline import TEACHER_NOISE, TEACHER_ROWS
+
     p.add_argument(
         "--teacher-rows",
         type=int,
@@ -37,16 +59,8 @@ def add_teacher_flags(p: argparse.ArgumentParser, into: str) -> None:
 
 def add_window_flags(p: argparse.ArgumentParser) -> None:
     """The flags of the store, strategy, symbols and windows (walk-forward and compare)."""
-    p.add_argument(
-        "--strategy-path",
-        default=default_strategy_path(),
-        help=f"strategy YAML (default: {DEFAULT_STRATEGY_HELP})",
-    )
-    p.add_argument(
-        "--symbol",
-        action="append",
-        help="a symbol (repeatable; default DEMO-BTC, DEMO-ETH, DEMO-SOL: synthetic)",
-    )
+    add_strategy_flag(p)
+    add_symbol_flag(p)
     p.add_argument(
         "--start-date",
         "--start",

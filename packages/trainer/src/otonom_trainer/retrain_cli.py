@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from otonom_runtime.strategy import DEFAULT_STRATEGY_HELP, default_strategy_path
 from otonom_schema import parse_iso_date
+from otonom_trainer.flags import add_strategy_flag
 
 __all__ = ["add_parser"]
 
@@ -166,12 +166,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
             "REPORT_DIR/retrain.jsonl and a retrain's run folder gets retrain.json. " + _EXIT
         ),
     )
-    p.add_argument(
-        "--strategy-path",
-        default=default_strategy_path(),
-        help="strategy YAML: the teacher's analysts and the live decisions' name "
-        f"(default: {DEFAULT_STRATEGY_HELP})",
-    )
+    add_strategy_flag(p, "strategy YAML: the teacher's analysts and the live decisions' name")
     p.add_argument(
         "--schedule",
         choices=("monthly", "quarterly"),

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from otonom_runtime.config_rules import to_plain
-from otonom_runtime.strategy import DEFAULT_STRATEGY_HELP, default_strategy_path
 from otonom_runtime.vote import RL_MODES as EPISODE_MODES
 from otonom_schema import atomic_write, parse_iso_date
+from otonom_trainer.flags import add_strategy_flag
 from otonom_trainer.rl.env import RlError
 from otonom_trainer.rl.ppo import FinetuneConfig
 from otonom_trainer.trials import record_trial
@@ -244,11 +244,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
             type=parse_iso_date,
             help=f"{which} evaluation decision day (optional), YYYY-MM-DD",
         )
-    p.add_argument(
-        "--strategy-path",
-        default=default_strategy_path(),
-        help=f"strategy YAML (default: {DEFAULT_STRATEGY_HELP})",
-    )
+    add_strategy_flag(p)
     p.add_argument(
         "--mode",
         choices=EPISODE_MODES,
