@@ -23,10 +23,12 @@ steady round after it. The strategy is
   cache kept) + ``RlPolicy.predict``, symbol by symbol, with the portfolio the tick decided
   with: timed on ``--sample`` symbols and scaled to all of them (the RL signal only: it
   decides less than the tick, so it is a lower bound of the per-symbol cost);
-* the floor: the tick's store reads and writes alone, the SQL of ``FLOOR_SQL`` (verbatim as
-  a steady ``run_tick`` issues it, the IN lists expanded to the symbols), fetched as
-  the driver's tuples, then the tick's run row and decision rows (read back) inserted again
-  under a scratch strategy and committed; nothing else.
+* the floor: the tick's store reads and writes alone, the SQL of ``FLOOR_SQL`` (SQLite) or
+  ``FLOOR_SQL_POSTGRES`` (verbatim as a steady ``run_tick`` issues it; on SQLite the IN lists
+  expanded to the symbols, on PostgreSQL each one array parameter), fetched as the driver's
+  tuples, then the tick's run row and decision rows (read back) inserted again under a
+  scratch strategy (the decisions as the store's writer inserts them: multi-row statements
+  on SQLite, a binary ``COPY`` on PostgreSQL) and committed; nothing else.
 
 Ratios printed, targets from issue 16: per-symbol / steady >= 50 and steady / floor <= 1.5.
 """
@@ -101,6 +103,59 @@ FLOOR_SQL = {
         "AND decisions.date >= ? ORDER BY decisions.symbol_id, decisions.date"
     ),
 }
+# The same on PostgreSQL (captured there; named parameters, each IN list one array ``keys``)
+# and the COPY the store's writer inserts a tick's decisions with (``DECISION_COLUMNS``).
+FLOOR_SQL_POSTGRES = {
+    "symbols": "SELECT symbols.id, symbols.name, symbols.is_synthetic \nFROM symbols \nWHERE "
+    "symbols.name = ANY (%(keys)s::VARCHAR(64)[])",
+    "max": (
+        "SELECT (SELECT coalesce(max(bars.id), %(coalesce_2)s::INTEGER) AS coalesce_1 \nFROM bar"
+        "s) AS anon_1, (SELECT coalesce(max(news_sentiment.id), %(coalesce_4)s::INTEGER) AS coal"
+        "esce_3 \nFROM news_sentiment) AS anon_2, (SELECT coalesce(max(macro_sentiment.id), %(c"
+        "oalesce_6)s::INTEGER) AS coalesce_5 \nFROM macro_sentiment) AS anon_3"
+    ),
+    "bars": (
+        "SELECT bars.id, bars.symbol_id, bars.date, bars.open, bars.high, bars.low, bars.close, b"
+        "ars.volume \nFROM bars \nWHERE bars.symbol_id = ANY (%(keys)s::INTEGER[]) AND bars.dat"
+        "e > %(after)s::DATE AND bars.date <= %(end)s::DATE UNION ALL SELECT bars.id, bars.symbol"
+        "_id, bars.date, bars.open, bars.high, bars.low, bars.close, bars.volume \nFROM bars \nW"
+        "HERE bars.id > %(max_id)s::INTEGER AND bars.date <= %(after)s::DATE"
+    ),
+    "news": (
+        "SELECT news_sentiment.id, news_sentiment.symbol_id, news_sentiment.source, news_sentime"
+        "nt.date, news_sentiment.score \nFROM news_sentiment \nWHERE news_sentiment.symbol_id = "
+        "ANY (%(keys)s::INTEGER[]) AND news_sentiment.date > %(after)s::DATE AND news_sentiment.d"
+        "ate <= %(end)s::DATE AND news_sentiment.source = %(source)s::VARCHAR UNION ALL SELECT ne"
+        "ws_sentiment.id, news_sentiment.symbol_id, news_sentiment.source, news_sentiment.date, n"
+        "ews_sentiment.score \nFROM news_sentiment \nWHERE news_sentiment.id > %(max_id)s::INTE"
+        "GER AND news_sentiment.date <= %(after)s::DATE AND news_sentiment.source = %(source)s::V"
+        "ARCHAR"
+    ),
+    "macro": (
+        "SELECT macro_sentiment.id, macro_sentiment.source, macro_sentiment.date, macro_sentimen"
+        "t.score \nFROM macro_sentiment \nWHERE macro_sentiment.source = ANY (%(keys)s::VARCHAR"
+        "(64)[]) AND macro_sentiment.date > %(after)s::DATE AND macro_sentiment.date <= %(end)s::"
+        "DATE UNION ALL SELECT macro_sentiment.id, macro_sentiment.source, macro_sentiment.date, "
+        "macro_sentiment.score \nFROM macro_sentiment \nWHERE macro_sentiment.id > %(max_id)s::"
+        "INTEGER AND macro_sentiment.date <= %(after)s::DATE"
+    ),
+    "live": (
+        "SELECT decisions.symbol_id, decisions.date, decisions.action, decisions.strength \nFROM"
+        " decisions \nWHERE decisions.live_strategy = %(strategy)s::VARCHAR AND decisions.symbol"
+        "_id = ANY (%(keys)s::INTEGER[]) AND decisions.date >= %(since)s::DATE ORDER BY decision"
+        "s.symbol_id, decisions.date"
+    ),
+    "copy": (
+        "COPY decisions (run_id, symbol_id, date, action, strength, position, leverage, cash_fra"
+        "ction, days_since_last_trade, equity, live_strategy, tech_action, tech_strength, tech_c"
+        "onfidence, news_action, news_strength, news_confidence, risk_action, risk_strength, ris"
+        "k_confidence, rl_action, rl_strength, rl_confidence) FROM STDIN (FORMAT BINARY)"
+    ),
+}
+COPY_TYPES = (
+    "int4", "int4", "date", "int4", *["float8"] * 5, "float8", "text",
+    *(t for _ in range(4) for t in ("int4", "float8", "float8")),
+)  # fmt: skip
 RUN_COLUMNS = (
     "strategy_name", "strategy_hash", "params", "start_date", "end_date", "symbols", "status",
     "created_at", "finished_at", "metrics", "error", "host", "pid", "process_start",
@@ -135,19 +190,26 @@ class Floor:
         self.news_source, self.source = sources  # the strategy's news and macro sources
         self.sqlite = session.connection().dialect.name == "sqlite"
         self.style = "?" if self.sqlite else "%s"
-        self.ids = [row[0] for row in self._fetch(FLOOR_SQL["symbols"], names)]
+        self.ids: list[int] = []
+        if self.sqlite:
+            self.ids = [row[0] for row in self._fetch(FLOOR_SQL["symbols"], names)]
+        else:
+            found = self._fetch(FLOOR_SQL_POSTGRES["symbols"], {"keys": names})
+            self.ids = [row[0] for row in found]
 
     def _dbapi(self) -> Any:
         return self.session.connection().connection.dbapi_connection
 
-    def _fetch(self, template: str, params: list[Any]) -> list[Any]:
-        n_names = len(self.names)
-        sql = template.format(
-            names=_marks(n_names, self.style), ids=_marks(len(getattr(self, "ids", [])), self.style)
-        )
+    def _fetch(self, template: str, params: list[Any] | dict[str, Any]) -> list[Any]:
+        if self.sqlite:
+            sql = template.format(
+                names=_marks(len(self.names), "?"), ids=_marks(len(self.ids), "?")
+            )
+        else:  # verbatim: the IN lists are array parameters
+            sql = template
         cursor = self._dbapi().cursor()
         try:
-            cursor.execute(_sql(sql, self.style), params)
+            cursor.execute(sql, params)
             return list(cursor.fetchall())
         finally:
             cursor.close()
@@ -183,13 +245,10 @@ class Floor:
         end: Any = day.isoformat() if self.sqlite else day
         after: Any = before.isoformat() if self.sqlite else before
         t0 = CLOCK()
-        self._fetch(FLOOR_SQL["symbols"], self.names)
-        seen = self._fetch(FLOOR_SQL["max"], [0, 0, 0])[0]
-        self._fetch(FLOOR_SQL["bars"], [*self.ids, after, end, seen[0], after])
-        news = self.news_source
-        self._fetch(FLOOR_SQL["news"], [*self.ids, after, end, news, seen[1], after, news])
-        self._fetch(FLOOR_SQL["macro"], [self.source, after, end, seen[2], after])
-        self._fetch(FLOOR_SQL["live"], [self.strategy, *self.ids, after])
+        if self.sqlite:
+            self._reads_sqlite(after, end)
+        else:
+            self._reads_postgres(before, day)
         run_id = self._insert(run, decisions)
         self._dbapi().commit()
         elapsed = CLOCK() - t0
@@ -201,6 +260,26 @@ class Floor:
             cursor.close()
         self._dbapi().commit()
         return elapsed
+
+    def _reads_sqlite(self, after: str, end: str) -> None:
+        self._fetch(FLOOR_SQL["symbols"], self.names)
+        seen = self._fetch(FLOOR_SQL["max"], [0, 0, 0])[0]
+        self._fetch(FLOOR_SQL["bars"], [*self.ids, after, end, seen[0], after])
+        news = self.news_source
+        self._fetch(FLOOR_SQL["news"], [*self.ids, after, end, news, seen[1], after, news])
+        self._fetch(FLOOR_SQL["macro"], [self.source, after, end, seen[2], after])
+        self._fetch(FLOOR_SQL["live"], [self.strategy, *self.ids, after])
+
+    def _reads_postgres(self, after: dt.date, end: dt.date) -> None:
+        sql = FLOOR_SQL_POSTGRES
+        self._fetch(sql["symbols"], {"keys": self.names})
+        seen = self._fetch(sql["max"], {"coalesce_2": 0, "coalesce_4": 0, "coalesce_6": 0})[0]
+        dated = {"after": after, "end": end}
+        self._fetch(sql["bars"], {"keys": self.ids, **dated, "max_id": seen[0]})
+        news = {"keys": self.ids, **dated, "source": self.news_source, "max_id": seen[1]}
+        self._fetch(sql["news"], news)
+        self._fetch(sql["macro"], {"keys": [self.source], **dated, "max_id": seen[2]})
+        self._fetch(sql["live"], {"strategy": self.strategy, "keys": self.ids, "since": after})
 
     def _insert(self, run: tuple[Any, ...], decisions: list[tuple[Any, ...]]) -> int:
         cursor = self._dbapi().cursor()
@@ -225,8 +304,11 @@ class Floor:
                     chunk = rows[at : at + per]
                     flat = [v for r in chunk for v in r]
                     cursor.execute(head + ", ".join([row_marks] * len(chunk)), flat)
-            else:
-                cursor.executemany(head + row_marks, rows)
+            else:  # one binary COPY, as the store's writer inserts them
+                with cursor.copy(FLOOR_SQL_POSTGRES["copy"]) as copy:
+                    copy.set_types(list(COPY_TYPES))
+                    for row in rows:
+                        copy.write_row(row)
         finally:
             cursor.close()
         return run_id

@@ -35,21 +35,20 @@ def test_quick_run_prints_both_ratios_and_the_cold_tick(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []  # the store goes to a temporary folder
 
 
-def test_the_floor_is_the_sql_a_steady_tick_issues(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Every statement of the bench's floor (``FLOOR_SQL``) is verbatim one a steady
-    ``run_tick`` issues (captured on SQLite, the IN lists' markers one per symbol), so the
-    floor follows the tick's SQL and cannot be made cheaper on its own."""
+def _bench(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """bench/daemon.py as a module (not in sys.modules)."""
     monkeypatch.syspath_prepend(str(ROOT / "bench"))
     spec = importlib.util.spec_from_file_location("bench_daemon", ROOT / "bench" / "daemon.py")
     assert spec is not None
     assert spec.loader is not None
     bench = importlib.util.module_from_spec(spec)  # not in sys.modules
     spec.loader.exec_module(bench)
-    monkeypatch.setenv("OTONOM_MODELS_ROOT", str(tmp_path))  # _ensemble sets it: restored
-    names = ["S00000", "S00001", "S00002"]
-    url = f"sqlite:///{(tmp_path / 'store.db').as_posix()}"
+    return bench
+
+
+def _steady_statements(bench: Any, url: str, tmp_path: Path, names: list[str]) -> list[str]:
+    """Every statement a steady ``run_tick`` of the bench's store sends the driver (psycopg's
+    ``COPY`` too)."""
     bench._store(url, names, 1)
     ensemble, broker = bench._ensemble(tmp_path), PaperBroker()
     statements: list[str] = []
@@ -66,6 +65,53 @@ def test_the_floor_is_the_sql_a_steady_tick_issues(
         finally:
             event.remove(engine, "before_cursor_execute", seen)
     dispose_engines()
+    return statements
+
+
+def test_the_floor_is_the_sql_a_steady_tick_issues(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every statement of the bench's floor (``FLOOR_SQL``) is verbatim one a steady
+    ``run_tick`` issues (captured on SQLite, the IN lists' markers one per symbol), so the
+    floor follows the tick's SQL and cannot be made cheaper on its own."""
+    bench = _bench(monkeypatch)
+    monkeypatch.setenv("OTONOM_MODELS_ROOT", str(tmp_path))  # _ensemble sets it: restored
+    names = ["S00000", "S00001", "S00002"]
+    url = f"sqlite:///{(tmp_path / 'store.db').as_posix()}"
+    statements = _steady_statements(bench, url, tmp_path, names)
     markers = ", ".join(["?"] * len(names))
     for name, template in bench.FLOOR_SQL.items():
         assert template.format(names=markers, ids=markers) in statements, name
+
+
+def test_the_postgresql_floor_is_the_sql_a_steady_tick_issues_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same on PostgreSQL (a real server): ``FLOOR_SQL_POSTGRES`` verbatim (the IN lists
+    one array parameter each), and its ``COPY`` of the decisions (its columns and types) the
+    one the store's writer sends."""
+    import psycopg
+
+    from otonom_runtime.store import writers
+    from otonom_runtime.store.tables import Decision
+    from otonom_runtime.testing.postgres import new_database, postgres_for_tests
+
+    bench = _bench(monkeypatch)
+    monkeypatch.setenv("OTONOM_MODELS_ROOT", str(tmp_path))
+    copies: list[str] = []
+    copy = psycopg.Cursor.copy
+
+    def spy(self: Any, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        copies.append(str(statement))
+        return copy(self, statement, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "copy", spy)
+    with postgres_for_tests() as server:
+        url = new_database(server, "floor")
+        statements = _steady_statements(bench, url, tmp_path, ["S00000", "S00001", "S00002"])
+    for name, sql in bench.FLOOR_SQL_POSTGRES.items():
+        assert sql in (copies if name == "copy" else statements), name
+    table = Decision.__table__
+    assert list(bench.COPY_TYPES) == [
+        writers._copy_type(table.c[c]) for c in bench.DECISION_COLUMNS
+    ]

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session
 
 from otonom_runtime.backtest import run_backtest
@@ -265,3 +265,76 @@ def test_the_runs_dates_are_those_np_unique_gives() -> None:
         assert got.dtype == want.dtype
         assert got.tolist() == want.tolist()
         assert not np.shares_memory(got, calendars[0])
+
+
+def _fresh(postgres_url: str) -> None:
+    Base.metadata.drop_all(get_engine(postgres_url))
+    with get_engine(postgres_url).begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS store_meta"))
+    dispose_engines()
+    init_db(postgres_url)
+
+
+def test_the_copy_on_postgresql_stores_what_one_row_at_a_time_stores(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL's binary ``COPY`` (``writers._insert_copy``) stores what SQLAlchemy's
+    insert of one row at a time stores: a NULL, ``inf`` (as NULL), -0.0, tiny and huge
+    floats, numpy numbers, the live strategy's text."""
+    copies: list[int] = []
+    copy = writers._insert_copy
+
+    def spy(conn: Any, columns: Any) -> None:
+        copies.append(1)
+        copy(conn, columns)
+
+    monkeypatch.setattr(writers, "_insert_copy", spy)
+    _fresh(postgres_url)
+    with get_session(postgres_url) as session:
+        symbol, _ = get_or_create_symbol(session, "A", source="test")
+        fast, slow = _run(session), _run(session)
+        copied = _columns(fast, symbol.id, 131, sqlite=False)
+        copied["days_since_last_trade"][5] = math.inf
+        copied["strength"] = [np.float64(v) for v in copied["strength"]]
+        copied["action"] = [np.int64(v) for v in copied["action"]]
+        copied["live_strategy"] = ["live-é"] * 131
+        insert_decisions(session, copied)
+        rows = {**copied, "run_id": [slow] * 131, "live_strategy": [None] * 131}
+        session.execute(
+            insert(Decision),
+            [dict(zip(rows, r, strict=True)) for r in zip(*rows.values(), strict=True)],
+        )
+        session.commit()
+        stored = _stored(session, fast)
+        assert len(stored) == 131
+        assert stored == _stored(session, slow)
+        assert stored[0][7] is None
+        assert stored[5][7] is None  # inf stored as NULL
+        assert math.copysign(1.0, stored[1][4]) == -1.0  # -0.0 kept
+        live = session.scalars(select(Decision.live_strategy).where(Decision.run_id == fast))
+        assert set(live) == {"live-é"}
+    assert copies == [1]  # the rows went in by COPY
+    dispose_engines()
+
+
+def test_a_duplicate_live_decision_on_postgresql_is_an_integrity_error(postgres_url: str) -> None:
+    """The ``COPY``'s broken unique key is raised as SQLAlchemy raises a statement's
+    (``IntegrityError``: what ``record_tick`` takes for another writer's tick), and the
+    transaction rolled back stores none of the rows."""
+    from sqlalchemy.exc import IntegrityError
+
+    _fresh(postgres_url)
+    with get_session(postgres_url) as session:
+        symbol, _ = get_or_create_symbol(session, "A", source="test")
+        run_id = _run(session)
+        rows = _columns(run_id, symbol.id, 3, sqlite=False)
+        rows["live_strategy"] = ["s"] * 3
+        insert_decisions(session, rows)
+        session.commit()
+        again = _columns(_run(session), symbol.id, 3, sqlite=False)
+        again["live_strategy"] = ["s"] * 3
+        with pytest.raises(IntegrityError, match="ix_decisions_live"):
+            insert_decisions(session, again)
+        session.rollback()
+        assert session.execute(select(func.count()).select_from(Decision)).scalar_one() == 3
+    dispose_engines()

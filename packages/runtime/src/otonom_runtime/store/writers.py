@@ -13,7 +13,20 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
 
-from sqlalchemy import Connection, delete, insert, update
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Connection,
+    Date,
+    Float,
+    Integer,
+    SmallInteger,
+    String,
+    TypeDecorator,
+    delete,
+    insert,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from otonom_runtime.store.tables import (
@@ -135,8 +148,9 @@ _OLDEST_LIMIT: Final = 999
 def insert_decisions(session: Session, columns: Mapping[str, Sequence[Any]]) -> None:
     """Insert decision rows given column by column (``{column: values}``, every column as
     long: row i holds each column's value i) without committing. On SQLite through the driver
-    (the dates may be ISO text, as SQLite stores them); elsewhere through the driver's
-    ``executemany`` (``_insert_many``; a driver of another parameter style: SQLAlchemy's insert).
+    (the dates may be ISO text, as SQLite stores them); on PostgreSQL through psycopg as a
+    binary ``COPY`` (``_insert_copy``); elsewhere through the driver's ``executemany``
+    (``_insert_many``; a driver of another parameter style: SQLAlchemy's insert).
     Columns of different lengths raise ``ValueError`` and insert nothing.
 
     On SQLite the rows go in as multi-row ``INSERT ... VALUES (...), (...), ...`` statements
@@ -152,6 +166,8 @@ def insert_decisions(session: Session, columns: Mapping[str, Sequence[Any]]) -> 
     conn = session.connection()
     if conn.dialect.name == "sqlite":
         _insert_sqlite(conn.connection.dbapi_connection, columns, n)
+    elif conn.dialect.driver == "psycopg":
+        _insert_copy(conn, columns)
     elif conn.dialect.paramstyle in _MARKERS:
         _insert_many(conn, columns)
     else:
@@ -170,15 +186,21 @@ def _insert_many(conn: Connection, columns: Mapping[str, Sequence[Any]]) -> None
     as NULL; its ``ValueError`` raised as ``StatementError``, as in a statement): the rows
     ``insert(Decision)`` inserts, without a parameter dictionary per row (2,000 rows of 30
     columns on PostgreSQL: 42 ms against 62-80 ms)."""
-    from sqlalchemy.exc import StatementError
-
-    dialect = conn.dialect
-    table = Decision.__table__
-    marker = _MARKERS[dialect.paramstyle]
+    marker = _MARKERS[conn.dialect.paramstyle]
     sql = (
         f"INSERT INTO {Decision.__tablename__} ({', '.join(columns)}) "
         f"VALUES ({', '.join([marker] * len(columns))})"
     )
+    conn.exec_driver_sql(sql, list(zip(*_bound(conn, sql, columns), strict=True)))
+
+
+def _bound(conn: Connection, sql: str, columns: Mapping[str, Sequence[Any]]) -> list[Sequence[Any]]:
+    """Each column's values as SQLAlchemy binds its column's type (``InfAsNull``: inf as
+    NULL); its ``ValueError`` raised as ``StatementError`` (of ``sql``), as in a statement."""
+    from sqlalchemy.exc import StatementError
+
+    dialect = conn.dialect
+    table = Decision.__table__
     bound: list[Sequence[Any]] = []
     for name, values in columns.items():
         process = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
@@ -186,7 +208,56 @@ def _insert_many(conn: Connection, columns: Mapping[str, Sequence[Any]]) -> None
             bound.append(values if process is None else [process(v) for v in values])
         except ValueError as exc:
             raise StatementError(str(exc), sql, None, exc) from exc
-    conn.exec_driver_sql(sql, list(zip(*bound, strict=True)))
+    return bound
+
+
+_COPY_TYPES: Final = (
+    (BigInteger, "int8"),
+    (SmallInteger, "int2"),
+    (Integer, "int4"),
+    (Float, "float8"),
+    (Date, "date"),
+    (String, "text"),
+    (Boolean, "bool"),
+)
+"""The PostgreSQL type of a binary ``COPY``'s values by the column's SQLAlchemy type (the
+first that matches: ``BigInteger`` is an ``Integer``; ``Double`` a ``Float``)."""
+
+
+def _copy_type(column: Any) -> str:
+    """The PostgreSQL type a binary ``COPY`` sends a decision column's values as."""
+    kind = column.type
+    if isinstance(kind, TypeDecorator):
+        kind = kind.impl_instance
+    for sa_type, name in _COPY_TYPES:
+        if isinstance(kind, sa_type):
+            return name
+    raise TypeError(f"decisions.{column.name}: no COPY type for {kind!r}")
+
+
+def _insert_copy(conn: Connection, columns: Mapping[str, Sequence[Any]]) -> None:
+    """``columns`` inserted by one binary ``COPY decisions (...) FROM STDIN`` of psycopg in
+    the connection's transaction, each value bound as in ``_insert_many``: the rows
+    ``insert(Decision)`` inserts (5,000 rows of 24 columns: 65-76 ms against 140-190 ms for
+    the pipelined ``executemany``; the server's own work, the rows and two foreign keys each,
+    is ~70 ms). A driver error (a broken unique key or foreign key ...) is raised as
+    SQLAlchemy raises it for a statement (``sqlalchemy.exc.IntegrityError`` ...)."""
+    from sqlalchemy.exc import DBAPIError
+
+    table = Decision.__table__
+    sql = f"COPY {Decision.__tablename__} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
+    types = [_copy_type(table.c[name]) for name in columns]
+    bound = _bound(conn, sql, columns)
+    dbapi: Any = conn.connection.dbapi_connection
+    module: Any = conn.dialect.loaded_dbapi
+    try:
+        with dbapi.cursor() as cursor, cursor.copy(sql) as copy:
+            copy.set_types(types)
+            write = copy.write_row
+            for row in zip(*bound, strict=True):
+                write(row)
+    except module.Error as exc:
+        raise DBAPIError.instance(sql, None, exc, module.Error, dialect=conn.dialect) from exc
 
 
 DecisionBatch = Callable[[Mapping[str, Sequence[Any]]], None]
