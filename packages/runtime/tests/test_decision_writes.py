@@ -1,5 +1,5 @@
 """The backtester's decision rows as the store writes them: ``insert_decisions`` (multi-row
-statements on SQLite, SQLAlchemy's insert elsewhere) stores exactly what one row at a time
+statements on SQLite, a binary COPY on PostgreSQL) stores exactly what one row at a time
 stores, and a backtest stores the same rows on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
