@@ -273,6 +273,8 @@ def test_contract_violations_raise_in_predict_and_predict_batch(
     for n in (1, 7, 100):  # pre-bound small batches and the plain run
         with pytest.raises(PolicyError, match=f"row 0 of {n}: {expected}"):
             policy.predict_batch(states[:n])
+    with pytest.raises(PolicyError, match=f"row 0 of 5000: {expected}"):  # run in chunks
+        policy.predict_batch(np.resize(states, (5000, states.shape[1])))
     # and such a model cannot be sealed (no state gives outputs within the contract)...
     if "Sigmoid" not in str(kwargs.get("probs_op")):
         with pytest.raises(ValueError, match="no golden sample can be built"):

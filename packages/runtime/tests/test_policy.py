@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -600,6 +601,48 @@ def test_large_batches_are_the_sessions_answers_in_fresh_arrays(policy: RlPolicy
     np.testing.assert_array_equal(probs, kept[0])
     np.testing.assert_array_equal(strengths, kept[1])
     assert not np.shares_memory(probs, other[2])
+
+
+@pytest.mark.parametrize("n", [4096, 5000, 20481])
+def test_large_batches_run_in_chunks_give_the_whole_runs_answers(
+    policy: RlPolicy, n: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From ``2 * CHUNK_ROWS`` states the model runs in chunks bound in place
+    (``session.run_chunked``, the last chunk shorter): the outputs equal one
+    ``InferenceSession.run`` of the whole batch bit for bit, in fresh arrays; an array that is
+    not C-contiguous float32 (outside ``predict_valid_batch``'s contract) takes the plain run
+    and gets the same answers."""
+    from otonom_runtime.serving import rl_policy, session
+
+    calls: list[int] = []
+    chunked = session.run_chunked
+
+    def spy(sess: Any, x: Any, rows: int = session.CHUNK_ROWS) -> Any:
+        calls.append(x.shape[0])
+        return chunked(sess, x, rows)
+
+    monkeypatch.setattr(rl_policy, "run_chunked", spy)
+    x = random_states(n, seed=n)
+    expected = policy._session.run(None, {"state": x})
+    actions, strengths, probs = policy.predict_batch(x)
+    assert calls == [n]
+    np.testing.assert_array_equal(probs, expected[0])
+    np.testing.assert_array_equal(strengths, expected[1].reshape(-1))
+    np.testing.assert_array_equal(actions, expected[0].argmax(axis=1))
+    assert probs.flags.owndata
+    assert probs.flags.writeable
+    again = policy.predict_batch(x[::-1].copy())
+    np.testing.assert_array_equal(again[2], expected[0][::-1])
+    assert not np.shares_memory(probs, again[2])
+    strided = np.asfortranarray(x)  # valid states, not C-contiguous: the plain run
+    for got, want in zip(
+        policy.predict_valid_batch(strided), (actions, strengths, probs), strict=True
+    ):
+        np.testing.assert_array_equal(got, want)
+    assert calls == [n, n]
+    small = policy.predict_batch(x[: 2 * session.CHUNK_ROWS - 1])
+    assert calls == [n, n]  # below 2 * CHUNK_ROWS: one run
+    np.testing.assert_array_equal(small[2], expected[0][: 2 * session.CHUNK_ROWS - 1])
 
 
 def test_predict_valid_batch_equals_predict_batch(policy: RlPolicy) -> None:

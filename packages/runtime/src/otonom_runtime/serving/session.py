@@ -15,7 +15,7 @@ from otonom_runtime._errors import PolicyError
 from otonom_runtime.serving.contract import INPUT_NAME
 from otonom_schema import STATE_DIM
 
-__all__ = ["DEVICES", "Slot", "make_session", "providers"]
+__all__ = ["CHUNK_ROWS", "DEVICES", "Slot", "make_session", "providers", "run_chunked"]
 
 DEVICES: Final = ("cpu", "cuda", "auto")
 
@@ -88,6 +88,38 @@ class Slot:
         binding.bind_output("strength", "cpu", 0, np.float32, [n, 1], self.strength.ctypes.data)
         self.binding = binding
         self.run: Callable[[], object] = _runner(session, binding)
+
+
+CHUNK_ROWS: Final = 2048
+"""Rows per run of ``run_chunked``. A 2 x 128 policy on 2 cores, one process, chunked runs
+alternated call by call with one run of the whole batch (the same session, outputs bit for bit
+equal): 1.15x the whole run's speed at 4,096 rows (2 chunks), 1.7x at 65,536 (32 chunks;
+4,096-row chunks: 1.72x, 1,024: 1.59x, 256: 1.13x); below 4,096 rows no chunk size gained
+(2,048 rows: 1,024-row chunks 0.97x). A layer's activations for 2,048 rows (1 MB at 128 wide)
+stay in the cores' caches; a whole batch of 65,536 rows (32 MB a layer) streams through
+memory."""
+
+
+def run_chunked(session: Any, x: F32, rows: int = CHUNK_ROWS) -> tuple[F32, F32]:
+    """``session.run`` of the (N, 34) float32 C-contiguous states ``x`` as runs of ``rows``
+    rows (the last one shorter), each bound in place (``io_binding``: its input a slice of
+    ``x``, its outputs slices of the arrays returned, nothing copied): the model's
+    ``action_probs`` (N, 3) and ``strength`` (N, 1), fresh arrays, the values one run of
+    the whole batch gives (each row's outputs depend on that row alone)."""
+    n = x.shape[0]
+    probs: F32 = np.empty((n, 3), dtype=np.float32)
+    strength: F32 = np.empty((n, 1), dtype=np.float32)
+    binding = session.io_binding()
+    run = _runner(session, binding)
+    base, out_p, out_s = x.ctypes.data, probs.ctypes.data, strength.ctypes.data
+    f32 = np.float32
+    for start in range(0, n, rows):
+        k = min(rows, n - start)
+        binding.bind_input(INPUT_NAME, "cpu", 0, f32, [k, STATE_DIM], base + start * 4 * STATE_DIM)
+        binding.bind_output("action_probs", "cpu", 0, f32, [k, 3], out_p + start * 12)
+        binding.bind_output("strength", "cpu", 0, f32, [k, 1], out_s + start * 4)
+        run()
+    return probs, strength
 
 
 def _runner(session: Any, binding: Any) -> Callable[[], object]:
