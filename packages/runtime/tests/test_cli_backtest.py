@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +110,80 @@ def test_backtest_errors_are_one_line(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert out.stderr.startswith("error: unknown symbol 'NOPE'")
     assert "Traceback" not in out.stderr
+
+
+def _decided(store: Path) -> list[tuple[int, str, str, int]]:
+    """Per run: (run id, first decision day, last decision day, decisions) from the store."""
+    with contextlib.closing(sqlite3.connect(store)) as db:
+        return db.execute(
+            "SELECT run_id, MIN(date), MAX(date), COUNT(*) FROM decisions GROUP BY run_id"
+        ).fetchall()
+
+
+def test_backtest_without_dates_or_strategy_runs_from_the_warmup_to_the_last_bar(
+    tmp_path: Path,
+) -> None:
+    """Two synthetic symbols of a few hundred daily bars, the second shorter at both ends: the
+    common range is the second's, the first decision 180 days after its first bar."""
+    for symbol, start, end in (
+        ("DEMO-BTC", "2020-01-01", "2020-12-31"),
+        ("DEMO-ETH", "2020-02-01", "2020-11-30"),
+    ):
+        synth = _otonom(
+            "data", "synth", "--symbol", symbol, "--start", start, "--end", end, cwd=tmp_path
+        )
+        assert synth.returncode == 0, synth.stderr
+    symbols = ("--symbol", "DEMO-BTC", "--symbol", "DEMO-ETH")
+    out = _otonom("backtest", *symbols, "--plot", "none", "--quiet", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    first, last = dt.date(2020, 2, 1) + dt.timedelta(days=180), dt.date(2020, 11, 30)
+    assert first == dt.date(2020, 7, 30)
+    days = (last - first).days + 1
+    lines = out.stdout.splitlines()
+    assert lines[:4] == [
+        "dates (from the bars in the store):",
+        "  warm-up:  2020-02-01 .. 2020-07-29 (180 bars before the first decision; needs >= "
+        "140 bars and >= 180 days)",
+        f"  decisions: 2020-07-30 .. 2020-11-30 ({days} days)",
+        "  calendar: 365 bars a year (inferred: bars on (almost) every day)",
+    ]
+    assert lines[4].startswith("run 1: baseline_v1 on DEMO-BTC, DEMO-ETH 2020-07-30 .. 2020-11-30")
+    store = tmp_path / "data" / "otonom.db"
+    assert _decided(store) == [(1, "2020-07-30", "2020-11-30", 2 * days)]
+
+    # --end alone: the start from the bars up to it; --start alone: the end is the last bar
+    out = _otonom("backtest", *symbols, "--end", "2020-09-30", "--plot", "none", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "dates (end given, the start from the bars in the store):" in out.stdout
+    assert "  decisions: 2020-07-30 .. 2020-09-30 (63 days)" in out.stdout
+    out = _otonom("backtest", *symbols, "--start", "2020-03-01", "--plot", "none", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr  # inside the warm-up: run as given, as before
+    assert "2020-03-01 .. 2020-11-30" in out.stdout
+    decided = _decided(store)
+    assert decided[1][1:3] == ("2020-07-30", "2020-09-30")
+    assert decided[2][1:3] == ("2020-03-01", "2020-11-30")
+
+
+def test_backtest_without_dates_refuses_too_few_bars_in_one_line(tmp_path: Path) -> None:
+    synth = _otonom(
+        "data",
+        "synth",
+        "--symbol",
+        "SHORT",
+        "--start",
+        "2020-01-01",
+        "--end",
+        "2020-06-01",
+        cwd=tmp_path,
+    )
+    assert synth.returncode == 0, synth.stderr
+    out = _otonom("backtest", "--symbol", "SHORT", cwd=tmp_path)
+    assert out.returncode == 1
+    assert out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith("error: SHORT has 153 bars (2020-01-01 .. 2020-06-01)")
+    assert "the backtest needs at least 182 bars" in out.stderr
+    assert out.stdout == ""
+    assert _decided(tmp_path / "data" / "otonom.db") == []
+    with contextlib.closing(sqlite3.connect(tmp_path / "data" / "otonom.db")) as db:
+        assert db.execute("SELECT COUNT(*) FROM backtest_runs").fetchone() == (0,)
+    assert not (tmp_path / "reports").exists()

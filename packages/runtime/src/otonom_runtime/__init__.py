@@ -6,8 +6,8 @@ almost nothing and a daemon that only predicts never imports SQLAlchemy. It neve
 torch, and importing it creates no engine, session or file.
 
 Submodules (public): ``store``, ``importers``, ``synth``, ``builder``, ``policy``,
-``strategy``, ``ensemble``, ``backtest``, ``daemon``, ``metrics``, ``plots``, ``bench``, ``cli``,
-``testing``, ``integrity``.
+``strategy``, ``ensemble``, ``backtest``, ``ranges``, ``daemon``, ``metrics``, ``plots``, ``bench``,
+``cli``, ``testing``, ``integrity``.
 """
 
 import importlib
@@ -18,6 +18,7 @@ from otonom_runtime._errors import (
     BacktestError,
     DaemonError,
     DataImportError,
+    DataRangeError,
     ModelSchemaMismatchError,
     OtonomRuntimeError,
     PolicyError,
@@ -76,6 +77,7 @@ __all__ = [
     "BacktestReport",
     "DaemonError",
     "DataImportError",
+    "DataRangeError",
     "Ensemble",
     "ImportReport",
     "ModelSchemaMismatchError",

@@ -13,6 +13,9 @@
         │                                      ``problems`` lists every one (file:line: key.path)
         ├── BacktestError (+ ValueError)       a backtest request that cannot run (no symbols,
         │                                      start after end, an unknown purpose)
+        ├── DataRangeError (+ ValueError)      stored bars that cannot give the date range asked
+        │                                      for (too few, no overlap, none at all;
+        │                                      ``otonom_runtime.ranges``)
         ├── DaemonError (+ ValueError)         a daemon request that cannot run (no symbols, a
         │                                      bad universe file or interval)
         ├── PlotUnavailableError (+ RuntimeError)  a PNG chart without matplotlib installed
@@ -40,6 +43,7 @@ __all__ = [
     "BacktestError",
     "DaemonError",
     "DataImportError",
+    "DataRangeError",
     "ModelSchemaMismatchError",
     "OtonomRuntimeError",
     "PolicyError",
@@ -87,6 +91,11 @@ class StrategyError(OtonomRuntimeError, ValueError):
 
 class BacktestError(OtonomRuntimeError, ValueError):
     """A backtest request that cannot run (checked before anything is stored)."""
+
+
+class DataRangeError(OtonomRuntimeError, ValueError):
+    """The stored bars cannot give the date range asked for (too few, no overlap, none at all);
+    the message says what each symbol holds and what is needed."""
 
 
 class DaemonError(OtonomRuntimeError, ValueError):

@@ -11,6 +11,7 @@
         ├── ExportError (+ RuntimeError)        the ONNX export or its parity check failed
         ├── EnsembleError (+ ValueError)        members that cannot make one ensemble model
         ├── RangeError (+ ValueError)           train / test date ranges that cannot be used
+        │                                       (also the runtime's DataRangeError)
         ├── RegistryError (+ ValueError)        the model-version registry
         ├── PipelineError (+ ValueError)        the pipeline's configuration or stages
         ├── CheckError (+ ValueError)           the model check's configuration or stages

@@ -1,16 +1,53 @@
 """``otonom backtest``: run a strategy's ensemble over stored bars, store every decision,
-print the metrics and draw the equity curve."""
+print the metrics and draw the equity curve. Dates not given come from the stored bars
+(``otonom_runtime.ranges``: the first decision day after the warm-up .. the last common bar)."""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
+from typing import TYPE_CHECKING
 
 from otonom_runtime._errors import OtonomRuntimeError
 from otonom_runtime.cli._store import open_store
-from otonom_schema import parse_iso_date
+from otonom_runtime.ranges import WARMUP_DAYS
+from otonom_runtime.strategy import DEFAULT_STRATEGY_HELP, default_strategy_path
+from otonom_schema import LOOKBACK, parse_iso_date
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from otonom_runtime.strategy import StrategyConfig
 
 __all__ = ["add_backtest_commands"]
+
+
+def _period(
+    session: Session,
+    config: StrategyConfig,
+    symbols: list[str],
+    start: dt.date | None,
+    end: dt.date | None,
+) -> tuple[dt.date, dt.date]:
+    """``start .. end`` as given; a date not given from the stored bars (the first decision day
+    after the warm-up, the last common bar), printed with the rule that chose it."""
+    from otonom_runtime.ranges import bar_dates, bar_ranges, common_range
+
+    if start is not None and end is not None:
+        return start, end
+    dates = bar_dates(session, symbols, end=end)
+    if start is not None:  # the start as given, even inside the warm-up: run_backtest judges
+        last = common_range(dates, start=start)[1]
+        print(f"dates (start given, the end from the bars in the store): {start} .. {last}")
+        return start, last
+    ppy = config.calendar.periods_per_year
+    r = bar_ranges(dates, end=end, periods_per_year=ppy, what="the backtest")
+    source = "end given, the start " if end is not None else ""
+    print(f"dates ({source}from the bars in the store):")
+    for line in (r.warmup_line(), r.decisions_line(), r.calendar_line()):
+        print("  " + line)
+    return r.first_decision, r.end
 
 
 def _cmd_backtest(args: argparse.Namespace) -> int:
@@ -18,19 +55,22 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     from otonom_runtime.store import get_session
     from otonom_runtime.strategy import load_strategy
 
-    if args.start_date > args.end_date:
+    start, end = args.start_date, args.end_date
+    if start is not None and end is not None and start > end:
         raise OtonomRuntimeError(
-            f"--start-date {args.start_date} is after --end-date {args.end_date}; expected the "
+            f"--start-date {start} is after --end-date {end}; expected the "
             "first decision day on or before the last"
         )
     config = load_strategy(args.strategy_path)
+    symbols = list(dict.fromkeys(args.symbol))
     with open_store(args) as url, get_session(url) as session:
+        start, end = _period(session, config, symbols, start, end)
         report = run_backtest(
             session,
             config,
-            list(dict.fromkeys(args.symbol)),
-            args.start_date,
-            args.end_date,
+            symbols,
+            start,
+            end,
             use_rl=False if args.no_rl else None,
             progress=not args.quiet,
         )
@@ -66,22 +106,24 @@ def add_backtest_commands(commands: argparse._SubParsersAction[argparse.Argument
         ),
     )
     p.add_argument(
-        "--strategy-path", required=True, help="strategy YAML, e.g. strategies/baseline_v1.yaml"
+        "--strategy-path",
+        default=default_strategy_path(),
+        help=f"strategy YAML (default: {DEFAULT_STRATEGY_HELP})",
     )
     p.add_argument("--symbol", action="append", required=True, help="a symbol (repeat for several)")
     p.add_argument(
         "--start-date",
         "--start",
         type=parse_iso_date,
-        required=True,
-        help="first decision day (YYYY-MM-DD)",
+        help="first decision day (YYYY-MM-DD; default: the first day after the warm-up, with "
+        f">= {LOOKBACK} bars of every symbol before it and >= {WARMUP_DAYS} days after the "
+        "symbols' first common bar)",
     )
     p.add_argument(
         "--end-date",
         "--end",
         type=parse_iso_date,
-        required=True,
-        help="last decision day (YYYY-MM-DD)",
+        help="last decision day (YYYY-MM-DD; default: the symbols' last common bar)",
     )
     p.add_argument("--no-rl", action="store_true", help="switch the RL analyst off for this run")
     p.add_argument(
