@@ -187,3 +187,17 @@ def test_backtest_without_dates_refuses_too_few_bars_in_one_line(tmp_path: Path)
     with contextlib.closing(sqlite3.connect(tmp_path / "data" / "otonom.db")) as db:
         assert db.execute("SELECT COUNT(*) FROM backtest_runs").fetchone() == (0,)
     assert not (tmp_path / "reports").exists()
+
+
+def test_the_command_line_is_built_without_the_strategy_package() -> None:
+    """``otonom``'s parser (every subcommand's flags, the backtest's default strategy and its
+    help included) loads neither the strategy package nor the ensemble or the serving code:
+    ``otonom --help`` and ``otonom data list`` do not pay for them (~70 ms)."""
+    code = (
+        "import sys; from otonom_runtime.cli import _build_parser; _build_parser(); "
+        "print(sorted(m for m in sys.modules if m.startswith(('otonom_runtime.strategy', "
+        "'otonom_runtime.ensemble', 'otonom_runtime.serving', 'onnxruntime'))))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

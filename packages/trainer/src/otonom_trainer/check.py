@@ -60,8 +60,8 @@ from typing import Any, Final, Literal
 import numpy as np
 import numpy.typing as npt
 
+from otonom_runtime.baseline import default_strategy_path
 from otonom_runtime.config_rules import Validated, rule
-from otonom_runtime.strategy import default_strategy_path
 from otonom_trainer._errors import OtonomTrainerError
 from otonom_trainer.config import DAY, FRACTION, NONNEGATIVE, START_BEFORE_END, SYMBOLS
 from otonom_trainer.stages import RlPair, backtest_pair, fallback_backtest

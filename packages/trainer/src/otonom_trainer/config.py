@@ -29,6 +29,7 @@ from typing import Any, Final, TypeVar
 
 import yaml
 
+from otonom_runtime.baseline import default_strategy_path
 from otonom_runtime.config_rules import (
     CrossCheck,
     Problem,
@@ -37,7 +38,6 @@ from otonom_runtime.config_rules import (
     rule,
     yaml_key_lines,
 )
-from otonom_runtime.strategy import default_strategy_path
 from otonom_trainer._errors import OtonomTrainerError
 from otonom_trainer.architectures import (
     DEFAULT_ARCHITECTURE,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from otonom_runtime.strategy import DEFAULT_STRATEGY_HELP, default_strategy_path
+from otonom_runtime.baseline import DEFAULT_STRATEGY_HELP, default_strategy_path
 from otonom_schema import parse_iso_date as iso_date
 from otonom_trainer.ranges import WARMUP_DAYS
 

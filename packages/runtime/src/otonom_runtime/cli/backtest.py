@@ -10,9 +10,9 @@ import sys
 from typing import TYPE_CHECKING
 
 from otonom_runtime._errors import OtonomRuntimeError
+from otonom_runtime.baseline import DEFAULT_STRATEGY_HELP, default_strategy_path
 from otonom_runtime.cli._store import open_store
 from otonom_runtime.ranges import WARMUP_DAYS
-from otonom_runtime.strategy import DEFAULT_STRATEGY_HELP, default_strategy_path
 from otonom_schema import LOOKBACK, parse_iso_date
 
 if TYPE_CHECKING:

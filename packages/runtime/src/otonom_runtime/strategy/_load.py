@@ -8,8 +8,9 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
+from otonom_runtime.baseline import BASELINE_STRATEGY, DEFAULT_STRATEGY_HELP, default_strategy_path
 from otonom_runtime.config_rules import Problem, convert
 from otonom_runtime.strategy._config import DICT_SOURCE, RlPolicyConfig, StrategyConfig
 from otonom_runtime.strategy._models import resolve_rl
@@ -22,25 +23,6 @@ __all__ = [
     "load_strategy",
     "parse_strategy",
 ]
-
-BASELINE_STRATEGY: Final = "strategies/baseline_v1.yaml"
-"""The default strategy file of every command that takes ``--strategy-path`` with a default:
-the guide's baseline ensemble (the teacher), relative to the working directory."""
-
-DEFAULT_STRATEGY_HELP: Final = (
-    f"{BASELINE_STRATEGY} in the working directory, else the copy shipped with otonom-runtime"
-)
-"""What ``default_strategy_path`` picks, in words (the flags' help)."""
-
-
-def default_strategy_path() -> str:
-    """``BASELINE_STRATEGY`` when the working directory holds it (a checkout of the project),
-    else the same file as shipped inside ``otonom_runtime`` (an installed package run from any
-    folder): a default that exists wherever a command runs. The two files are the same bytes
-    (tested), so a run's strategy hash does not depend on which one was read."""
-    if Path(BASELINE_STRATEGY).is_file():
-        return BASELINE_STRATEGY
-    return str(Path(__file__).with_name(Path(BASELINE_STRATEGY).name))
 
 
 def _dig(data: object, *keys: str) -> object:
