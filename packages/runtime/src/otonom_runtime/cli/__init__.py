@@ -46,8 +46,9 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="otonom",
         description=(
-            "otonom-rl runtime: the market-data store, the ONNX policy's benchmark and (later) "
-            "backtests of the trading ensemble and its learned policy."
+            "otonom-rl runtime: the market-data store, backtests of the trading ensemble and "
+            "its learned ONNX policy, the live decision daemon and its status, monitoring and "
+            "the policy's benchmark (no PyTorch)."
         ),
     )
     parser.add_argument(
