@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 from otonom_runtime._errors import DaemonError
 from otonom_runtime.daemon.loop import TickReport, run_tick
-from otonom_runtime.daemon.paper import Holding, PaperBroker, TickInputs
+from otonom_runtime.daemon.paper import Holding, Holdings, PaperBroker, TickInputs
 from otonom_runtime.daemon.reload import ModelWatch
-from otonom_runtime.daemon.tick import Ensemble
+from otonom_runtime.daemon.tick import Ensemble, TickDecision
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -78,14 +78,14 @@ class UniverseBroker(PaperBroker):
         share = capital if self._initial is None else self._initial / self.universe
         return super().resumes(inputs, share)
 
-    def holdings(self, *args: Any, **kwargs: Any) -> list[Holding]:
+    def holdings(self, *args: Any, **kwargs: Any) -> Holdings:
         """``PaperBroker.holdings`` with its last two arguments, ``params`` and ``capital``
         (``run_tick``'s share of the partition), given the universe's share instead."""
         *head, params, _ = args
         self._initial = params.initial_capital
         share = params.initial_capital / self.universe
         paper: Any = super()  # either form of Broker.holdings: (..., params, capital)
-        out: list[Holding] = paper.holdings(*head, params, share, **kwargs)
+        out: Holdings = paper.holdings(*head, params, share, **kwargs)
         return out
 
 
@@ -143,13 +143,16 @@ def _merge(reports: Sequence[TickReport]) -> TickReport:
     written; ``conflict``: any partition's)."""
     ids = [r.run_id for r in reports if r.run_id is not None]
     merged = TickReport(min(ids) if ids else None)
+    decisions: list[TickDecision] = []
+    holdings: list[Holding] = []
     for r in reports:
-        merged.decisions += r.decisions
-        merged.holdings += r.holdings
+        decisions += r.decisions  # each partition's items made here (a report's are lazy)
+        holdings += r.holdings
         merged.up_to_date += r.up_to_date
         merged.no_bars += r.no_bars
         merged.fallbacks += r.fallbacks
         merged.conflict = merged.conflict or r.conflict
+    merged.decisions, merged.holdings = decisions, holdings
     return merged
 
 

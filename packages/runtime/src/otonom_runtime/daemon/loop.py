@@ -25,9 +25,16 @@ from otonom_runtime._errors import DaemonError
 from otonom_runtime.backtest.runner import _rl_model_params
 from otonom_runtime.daemon.bars import BarSource
 from otonom_runtime.daemon.cache import CachedSymbol
-from otonom_runtime.daemon.paper import Broker, Holding, LastDecision, TickInputs
+from otonom_runtime.daemon.paper import (
+    Broker,
+    Holding,
+    Holdings,
+    LastDecision,
+    Portfolios,
+    TickInputs,
+)
 from otonom_runtime.daemon.reload import ModelWatch, daemon_state
-from otonom_runtime.daemon.tick import Columns, Ensemble, TickDecision
+from otonom_runtime.daemon.tick import Columns, Decisions, Ensemble, TickDecision
 from otonom_runtime.ensemble import ANALYSTS
 from otonom_runtime.store import HEARTBEAT_INTERVAL_S, BacktestRun, this_process
 from otonom_runtime.store.daemons import write_daemon_state
@@ -58,14 +65,16 @@ def parse_interval(text: str) -> float:
 
 @dataclass
 class TickReport:
-    """One tick: the run id of its record (None: nothing written), its decisions, the
-    symbols whose newest bar was decided already and those without bars; ``conflict``: the
-    store refused the tick's rows because another writer recorded them first (``record_tick``:
-    nothing written; the next tick reads again)."""
+    """One tick: the run id of its record (None: nothing written), its decisions and each
+    one's holding (``run_tick``: ``Decisions`` and the broker's holdings, ``Holdings`` for
+    ``PaperBroker``: sequences whose items are made when read), the symbols whose newest bar
+    was decided already and those without bars; ``conflict``: the store refused the tick's
+    rows because another writer recorded them first (``record_tick``: nothing written; the
+    next tick reads again)."""
 
     run_id: int | None
-    decisions: list[TickDecision] = field(default_factory=list)
-    holdings: list[Holding] = field(default_factory=list)
+    decisions: Sequence[TickDecision] = field(default_factory=list)
+    holdings: Sequence[Holding] = field(default_factory=list)
     up_to_date: list[str] = field(default_factory=list)
     no_bars: list[str] = field(default_factory=list)
     fallbacks: int = 0
@@ -133,23 +142,25 @@ def run_tick(
     market = cache.market(pending)
     items = _broker_inputs(session, ensemble, pending, market, (last, live), broker, capital)
     holdings = broker.holdings(items, ensemble.params, capital)
+    held = (
+        holdings
+        if isinstance(holdings, Holdings)
+        else Holdings(Portfolios.of([h.portfolio for h in holdings]), [h.equity for h in holdings])
+    )
     before = ensemble.fallbacks
     decisions, signals = ensemble.decide_columns(
-        [c.symbol for c in pending],
-        [c.newest for c in pending],
-        market,
-        [h.portfolio for h in holdings],
+        [c.symbol for c in pending], [c.newest for c in pending], market, held.portfolios
     )
     report.fallbacks = ensemble.fallbacks - before
     run = _run_row(ensemble, pending, decisions, broker, report.fallbacks)
-    columns = _columns(ensemble.name, pending, decisions, holdings, signals)
+    columns = _columns(ensemble.name, pending, decisions, held.equity, signals)
     report.run_id = record_tick(session, run, columns)
     if report.run_id is None:
         log.warning("tick of %s not recorded: another process recorded it first", ensemble.name)
         cache.recorded(None)
         report.conflict = True
         return report
-    cache.recorded({c.symbol_id: d.date for c, d in zip(pending, decisions, strict=True)})
+    cache.recorded(dict(zip([c.symbol_id for c in pending], decisions.dates, strict=True)))
     report.decisions, report.holdings = decisions, holdings
     broker.submit(decisions)
     return report
@@ -197,13 +208,13 @@ def _broker_inputs(
 def _run_row(
     ensemble: Ensemble,
     pending: Sequence[CachedSymbol],
-    decisions: Sequence[TickDecision],
+    decisions: Decisions,
     broker: Broker,
     fallbacks: int,
 ) -> BacktestRun:
     """The tick's run row, ``complete`` (written in the tick's one transaction)."""
     config = ensemble.config
-    tally = Counter([d.action for d in decisions])
+    tally = Counter(decisions.actions)
     counts = {a.name: tally[a] for a in Action}
     now = dt.datetime.now(dt.timezone.utc)
     host, pid, started = this_process()
@@ -219,8 +230,8 @@ def _run_row(
             "broker": broker.name,
             **_rl_model_params(config, ensemble.rl),
         },
-        start_date=min(d.date for d in decisions),
-        end_date=max(d.date for d in decisions),
+        start_date=min(decisions.dates),
+        end_date=max(decisions.dates),
         symbols=[i.symbol for i in pending],
         status="complete",
         finished_at=now,
@@ -239,27 +250,30 @@ def _run_row(
 def _columns(
     strategy: str,
     pending: Sequence[CachedSymbol],
-    decisions: Sequence[TickDecision],
-    holdings: Sequence[Holding],
+    decisions: Decisions,
+    equity: list[float],
     signals: Columns,
 ) -> dict[str, list[Any]]:
-    """The tick's decision rows column by column, as ``record_tick`` takes them (``signals``:
-    the decisions' signals as ``Ensemble.decide_columns`` gives them)."""
+    """The tick's decision rows column by column, as ``record_tick`` takes them (``equity``:
+    each sleeve's; ``signals``: the decisions' signals as ``Ensemble.decide_columns`` gives
+    them)."""
+    portfolios = decisions.portfolios
+    n = len(decisions)
     columns: dict[str, list[Any]] = {
         "symbol_id": [i.symbol_id for i in pending],
-        "date": [d.date for d in decisions],
-        "action": [int(d.action) for d in decisions],
-        "strength": [d.strength for d in decisions],
-        "position": [d.portfolio.position for d in decisions],
-        "leverage": [d.portfolio.leverage for d in decisions],
-        "cash_fraction": [d.portfolio.cash_fraction for d in decisions],
-        "days_since_last_trade": [d.portfolio.days_since_last_trade for d in decisions],
-        "equity": [h.equity for h in holdings],
-        "live_strategy": [strategy] * len(decisions),
+        "date": list(decisions.dates),
+        "action": decisions.actions,
+        "strength": decisions.strengths,
+        "position": portfolios.position,
+        "leverage": portfolios.leverage,
+        "cash_fraction": portfolios.cash_fraction,
+        "days_since_last_trade": portfolios.days_since_last_trade,
+        "equity": equity,
+        "live_strategy": [strategy] * n,
     }
     for name in ANALYSTS:
         found = signals[name]
-        none = [None] * len(decisions)
+        none = [None] * n
         actions, strengths, confidences = (none, none, none) if found is None else found
         columns[f"{name}_action"] = actions
         columns[f"{name}_strength"] = strengths

@@ -22,9 +22,9 @@ the decisions recorded; the fill is the next tick's step.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -32,15 +32,27 @@ import numpy.typing as npt
 from otonom_runtime._errors import DaemonError
 from otonom_runtime.backtest.engine import _Bars, _prepare, _Sleeve
 from otonom_runtime.store.ticks import LiveDecisions
-from otonom_schema import Action, PortfolioSnapshot
+from otonom_schema import Action, PortfolioSnapshot, SchemaError, portfolio_feature_matrix
 
 if TYPE_CHECKING:
     from otonom_runtime.backtest.params import EngineParams
     from otonom_runtime.daemon.tick import SymbolInputs, TickDecision
 
-__all__ = ["Broker", "Holding", "LastDecision", "PaperBroker", "Tail", "TickInputs", "Windows"]
+__all__ = [
+    "Broker",
+    "Holding",
+    "Holdings",
+    "LastDecision",
+    "PaperBroker",
+    "Portfolios",
+    "Rows",
+    "Tail",
+    "TickInputs",
+    "Windows",
+]
 
 F64 = npt.NDArray[np.float64]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +62,103 @@ class Holding:
 
     portfolio: PortfolioSnapshot
     equity: float
+
+
+class Rows(Sequence[T]):
+    """A read-only sequence of a tick's rows kept as columns: each item made when read
+    (``row``), so a tick of thousands of symbols makes none it does not read (nor leaves
+    thousands of objects for the garbage collector). Equal to any sequence of equal items;
+    a slice is a list."""
+
+    __slots__ = ()
+
+    def row(self, i: int) -> T:
+        """Item ``i`` (0 <= i < len)."""
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, i: int) -> T: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[T]: ...
+    def __getitem__(self, i: int | slice) -> T | list[T]:
+        n = len(self)
+        if isinstance(i, slice):
+            return [self.row(k) for k in range(*i.indices(n))]
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"row {i} of {n}")
+        return self.row(i)
+
+    def __iter__(self) -> Iterator[T]:
+        return map(self.row, range(len(self)))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(list(self))
+
+
+class Portfolios(Rows[PortfolioSnapshot]):
+    """Portfolios as four columns (``PortfolioSnapshot``'s fields, raw units), a snapshot
+    made when read; ``of`` takes any sequence of snapshots."""
+
+    __slots__ = ("cash_fraction", "days_since_last_trade", "leverage", "position")
+
+    def __init__(
+        self,
+        position: list[float],
+        leverage: list[float],
+        cash_fraction: list[float],
+        days_since_last_trade: list[float],
+    ) -> None:
+        self.position, self.leverage = position, leverage
+        self.cash_fraction, self.days_since_last_trade = cash_fraction, days_since_last_trade
+
+    @classmethod
+    def of(cls, snapshots: Sequence[PortfolioSnapshot]) -> Portfolios:
+        """``snapshots`` as columns (itself when it is one)."""
+        if isinstance(snapshots, Portfolios):
+            return snapshots
+        return cls(
+            [p.position for p in snapshots],
+            [p.leverage for p in snapshots],
+            [p.cash_fraction for p in snapshots],
+            [p.days_since_last_trade for p in snapshots],
+        )
+
+    def columns(self) -> tuple[list[float], list[float], list[float], list[float]]:
+        """The four columns, in ``PortfolioSnapshot``'s field order."""
+        return self.position, self.leverage, self.cash_fraction, self.days_since_last_trade
+
+    def __len__(self) -> int:
+        return len(self.position)
+
+    def row(self, i: int) -> PortfolioSnapshot:
+        return PortfolioSnapshot(
+            self.position[i], self.leverage[i], self.cash_fraction[i], self.days_since_last_trade[i]
+        )
+
+
+class Holdings(Rows[Holding]):
+    """A tick's holdings as columns (``portfolios`` and each sleeve's ``equity``), a
+    ``Holding`` made when read (``PaperBroker.holdings``)."""
+
+    __slots__ = ("equity", "portfolios")
+
+    def __init__(self, portfolios: Portfolios, equity: list[float]) -> None:
+        self.portfolios, self.equity = portfolios, equity
+
+    def __len__(self) -> int:
+        return len(self.equity)
+
+    def row(self, i: int) -> Holding:
+        return Holding(self.portfolios.row(i), self.equity[i])
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,9 +245,10 @@ class Broker(Protocol):
 
     def holdings(
         self, inputs: Sequence[TickInputs], params: EngineParams, capital: float
-    ) -> list[Holding]:
+    ) -> Sequence[Holding]:
         """Each symbol's ``Holding`` at the close of its newest bar (``inputs``, in order);
-        ``capital``: a symbol's share of the strategy's capital."""
+        ``capital``: a symbol's share of the strategy's capital (``Holdings``: as columns,
+        which the tick reads as they are)."""
         ...
 
     def submit(self, decisions: Sequence[TickDecision]) -> None:
@@ -149,10 +259,11 @@ class Broker(Protocol):
 @dataclass(slots=True)
 class _State:
     """A sleeve after marking bar ``day`` (``number``: its day number), the risk cap of
-    that bar and the decision taken on it (None until the tick's decisions are recorded);
-    ``sleeve``: the backtester's ``_Sleeve`` as it left that bar (None: never decided, flat
-    with ``capital``). The next tick resumes the sleeve itself (``_Sleeve.resume``), so a
-    state is used once: ``holdings`` takes it out of the broker's states."""
+    that bar and the decision taken on it (``action`` None until the tick's decisions are
+    recorded; ``strength``); ``sleeve``: the backtester's ``_Sleeve`` as it left that bar
+    (None: never decided, flat with ``capital``). The next tick resumes the sleeve itself
+    (``_Sleeve.resume``), so a state is used once: ``holdings`` takes it out of the broker's
+    states (and, resumed in place, puts it back moved to the new bar)."""
 
     symbol_id: int
     capital: float
@@ -161,7 +272,8 @@ class _State:
     cap: float
     sleeve: _Sleeve | None
     params: EngineParams
-    decision: tuple[int, float] | None = None
+    action: int | None = None
+    strength: float = 0.0
 
 
 class PaperBroker:
@@ -181,7 +293,8 @@ class PaperBroker:
             and state.symbol_id == inputs.symbol_id
             and state.capital == capital
             and state.day == last.date
-            and state.decision == (last.action, last.strength)
+            and state.action == last.action
+            and state.strength == last.strength
             and (
                 # the steady case: the state's day is the second newest bar (two bars or more)
                 (inputs.tail is not None and inputs.tail[0] == state.number)
@@ -191,15 +304,17 @@ class PaperBroker:
 
     def holdings(
         self, inputs: Sequence[TickInputs], params: EngineParams, capital: float
-    ) -> list[Holding]:
+    ) -> Holdings:
+        """Each symbol's holding (see ``Broker.holdings``), as columns: the sleeves' newest
+        marks, checked as ``PortfolioSnapshot`` checks them (all rows at once)."""
         self._pending = pending = {}
-        out: list[Holding] = []
-        add, take = out.append, self._sleeves.pop
+        marks: list[float] = []  # six numbers a symbol (``_Sleeve.out``'s newest mark)
+        add, take = marks.extend, self._sleeves.pop
         dates: dict[int, dt.date] = {}  # day number -> date: a tick's bars share a few days
         for item in inputs:
             sleeve: _Sleeve | None
             state: _State | None = None
-            last = item.last
+            last, tail = item.last, item.tail
             if last is None:
                 sleeve = None
             elif item.whole is not None and item.live is not None:
@@ -213,39 +328,67 @@ class PaperBroker:
                     f"no history or live decisions of {item.symbol!r} to replay its "
                     "sleeve; expected the tick to read them (Broker.resumes was False)"
                 )
-            number = int(item.tail[1]) if item.tail is not None else int(_numbers(item)[-1])
+            number = int(tail[1]) if tail is not None else int(_numbers(item)[-1])
             day = dates.get(number)
             if day is None:
                 day = dates[number] = _date(number)
             if state is not None and state.sleeve is sleeve and sleeve is not None:
                 # resumed in place: the state follows its sleeve to this bar
                 state.day, state.number, state.cap = day, number, item.cap
-                state.params, state.decision = params, None
+                state.params, state.action = params, None
                 pending[item.symbol] = state
             else:
                 pending[item.symbol] = _State(
                     item.symbol_id, capital, day, number, item.cap, sleeve, params
                 )
             if sleeve is None:  # never decided: flat, the sleeve fresh at this bar
-                add(Holding(_FLAT, capital))
-                continue
-            # the newest mark (engine._Sleeve.out: position, leverage, cash, days, equity, exposure)
-            position, leverage, cash_fraction, days, equity, _ = sleeve.out[-6:]
-            add(Holding(PortfolioSnapshot(position, leverage, cash_fraction, days), equity))
-        return out
+                add((0.0, 0.0, 1.0, _NEVER, capital, 0.0))  # ``PortfolioSnapshot()``'s fields
+            else:
+                # the newest mark (engine._Sleeve.out: position, leverage, cash, days, equity,
+                # exposure)
+                add(sleeve.out[-6:])
+        portfolios = Portfolios(marks[0::6], marks[1::6], marks[2::6], marks[3::6])
+        _check(portfolios)
+        return Holdings(portfolios, marks[4::6])
 
     def submit(self, decisions: Sequence[TickDecision]) -> None:
-        for d in decisions:
-            state = self._pending.pop(d.symbol, None)
-            if state is not None and state.day == d.date:
-                state.decision = (int(d.action), d.strength)
-                self._sleeves[d.symbol] = state
+        from otonom_runtime.daemon.tick import Decisions
+
+        rows: Any = (
+            zip(
+                decisions.symbols,
+                decisions.dates,
+                decisions.actions,
+                decisions.strengths,
+                strict=True,
+            )
+            if isinstance(decisions, Decisions)
+            else ((d.symbol, d.date, int(d.action), d.strength) for d in decisions)
+        )
+        take, sleeves = self._pending.pop, self._sleeves
+        for symbol, date, action, strength in rows:
+            state = take(symbol, None)
+            if state is not None and state.day == date:
+                state.action, state.strength = int(action), strength
+                sleeves[symbol] = state
         self._pending = {}
 
 
 _EPOCH: Final = dt.date(1970, 1, 1).toordinal()
 _HOLD: Final = (int(Action.HOLD), 0.0)
-_FLAT: Final = PortfolioSnapshot()  # never traded (immutable: one for every such holding)
+_NEVER: Final = PortfolioSnapshot().days_since_last_trade  # never traded (inf)
+
+
+def _check(portfolios: Portfolios) -> None:
+    """``PortfolioSnapshot``'s check of every row (its bounds, all rows at once through
+    ``portfolio_feature_matrix``); a row out of them raises the snapshot's own error, the
+    first such row's, as making each row's snapshot did."""
+    try:
+        portfolio_feature_matrix(*portfolios.columns())
+    except SchemaError:
+        for row in zip(*portfolios.columns(), strict=True):
+            PortfolioSnapshot(*row)
+        raise
 
 
 def _numbers(inputs: TickInputs) -> npt.NDArray[np.int64]:
@@ -305,7 +448,8 @@ def _resume(state: _State, inputs: TickInputs, params: EngineParams) -> _Sleeve:
     it never traded, or one with the state's cash and units where ``params`` changed) over the
     bars after it to the newest: the same steps as a replay from the first live decision (the
     state is what they left), without them."""
-    assert state.decision is not None
+    action = state.action
+    assert action is not None
     tail, sleeve = inputs.tail, state.sleeve
     if (
         tail is not None
@@ -313,10 +457,12 @@ def _resume(state: _State, inputs: TickInputs, params: EngineParams) -> _Sleeve:
         and sleeve is not None
         and (state.params is params or state.params == params)
     ):
-        # a HOLD never reads its cap
+        # a HOLD never reads its cap; ``_drive``'s two days as the lists it would make: the
+        # decision filled at the new bar's open, which is marked
         sleeve.resume(tail[0:2], tail[2:4], tail[4:6], (state.cap, 0.0))
-        _drive(sleeve, [state.decision])  # filled at the new bar's open, which is marked
+        sleeve.run([action, _HOLD[0]], [state.strength, _HOLD[1]])
         return sleeve
+    decision = (action, state.strength)
     dates = inputs.dates
     first = int(_numbers(inputs).searchsorted(state.number))
     k = dates.size - first
@@ -329,5 +475,5 @@ def _resume(state: _State, inputs: TickInputs, params: EngineParams) -> _Sleeve:
         fresh.cash, fresh.units, fresh.bust = sleeve.cash, sleeve.units, sleeve.bust
         fresh.last_fill, fresh.entry_equity = sleeve.last_fill, sleeve.entry_equity
         fresh.fills, fresh.trade_pnls = sleeve.fills, sleeve.trade_pnls
-    _drive(fresh, [state.decision] + [_HOLD] * (k - 2))
+    _drive(fresh, [decision] + [_HOLD] * (k - 2))
     return fresh

@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 from otonom_runtime._errors import DaemonError, StateBuildError
 from otonom_runtime.backtest.runner import _make_rl, _symbols, _with_rl
 from otonom_runtime.daemon.cache import TickCache
+from otonom_runtime.daemon.paper import Portfolios, Rows
 from otonom_runtime.ensemble import ANALYSTS, RlAnalyst, Signal, decide_rows, rl_votes
 from otonom_runtime.store import load_macro
 from otonom_runtime.store.ticks import load_tick_bars, load_tick_news
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 __all__ = [
     "LATENCY_WINDOW",
     "Columns",
+    "Decisions",
     "Ensemble",
     "RowSignals",
     "SymbolInputs",
@@ -115,6 +117,46 @@ class RowSignals(Mapping[str, "Signal | None"]):
 
     def __repr__(self) -> str:
         return repr(dict(self))
+
+
+class Decisions(Rows[TickDecision]):
+    """A tick's decisions as columns (``Ensemble.decide_columns``): each ``TickDecision``
+    made when read (its ``signals`` a ``RowSignals`` of ``signals``, its portfolio from
+    ``portfolios``), so a tick of thousands of symbols builds none it does not read.
+    ``actions``: ``decide_rows``' action numbers (``Action`` values)."""
+
+    __slots__ = ("actions", "confidences", "dates", "portfolios", "signals", "strengths", "symbols")
+
+    def __init__(
+        self,
+        symbols: Sequence[str],
+        dates: Sequence[dt.date],
+        actions: list[int],
+        strengths: list[float],
+        confidences: list[float],
+        signals: Columns,
+        portfolios: Portfolios,
+    ) -> None:
+        n = len(symbols)
+        if not (n == len(dates) == len(actions) == len(strengths) == len(confidences)):
+            raise ValueError("columns of different lengths; expected one entry per decision")
+        self.symbols, self.dates, self.actions = symbols, dates, actions
+        self.strengths, self.confidences = strengths, confidences
+        self.signals, self.portfolios = signals, portfolios
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    def row(self, i: int) -> TickDecision:
+        return TickDecision(
+            self.symbols[i],
+            self.dates[i],
+            _ACTIONS[self.actions[i]],
+            self.strengths[i],
+            self.confidences[i],
+            RowSignals(self.signals, i),
+            self.portfolios.row(i),
+        )
 
 
 @dataclass(frozen=True)
@@ -275,7 +317,7 @@ class Ensemble:
         fallback), the vote of ``decide_rows`` in the strategy's RL mode (a fallback row: the
         three analysts' vote, in every mode). A state out of the schema's bounds raises
         ``otonom_schema.SchemaError`` naming its row (with the RL analyst on)."""
-        return self.decide_columns(symbols, dates, market, portfolios)[0]
+        return list(self.decide_columns(symbols, dates, market, portfolios)[0])
 
     def decide_columns(
         self,
@@ -283,17 +325,20 @@ class Ensemble:
         dates: Sequence[dt.date],
         market: F64,
         portfolios: Sequence[PortfolioSnapshot],
-    ) -> tuple[list[TickDecision], Columns]:
-        """``decide_states`` and every analyst's signals as columns (what the decisions'
-        ``signals`` read; a tick records them as they are)."""
+    ) -> tuple[Decisions, Columns]:
+        """``decide_states`` as columns (``Decisions``, a ``TickDecision`` made when read;
+        ``portfolios``: any sequence of snapshots, read as columns: ``Portfolios`` as it is)
+        and every analyst's signals as columns (what the decisions' ``signals`` read; a tick
+        records them as they are)."""
         n = len(symbols)
         if not (n == len(dates) == len(portfolios) == market.shape[0]):
             raise ValueError(
                 f"{n} symbols, {len(dates)} dates, {len(portfolios)} portfolios and "
                 f"{market.shape[0]} states; expected one of each per symbol"
             )
+        given = Portfolios.of(portfolios)
         signals, totals, sums = teacher_votes(self.params, market)
-        rl, votes = self._rl_votes(market, portfolios)
+        rl, votes = self._rl_votes(market, given)
         weight = self.params.weights[3] if self.rl is not None else 0.0
         decided = decide_rows(
             totals.ravel().tolist(),
@@ -311,17 +356,12 @@ class Ensemble:
         }
         found["rl"] = rl
         columns: Columns = {name: found.get(name) for name in ANALYSTS}
-        actions = [_ACTIONS[a] for a in decided[0::3]]  # decide_rows' actions: ints
-        rows = zip(symbols, dates, actions, decided[1::3], decided[2::3], portfolios, strict=True)
-        out = [
-            TickDecision(symbol, date, action, strength, confidence, RowSignals(columns, i),
-                         portfolio)
-            for i, (symbol, date, action, strength, confidence, portfolio) in enumerate(rows)
-        ]  # fmt: skip
+        actions = cast("list[int]", decided[0::3])  # decide_rows' actions: ints
+        out = Decisions(symbols, dates, actions, decided[1::3], decided[2::3], columns, given)
         return out, columns
 
     def _rl_votes(
-        self, market: F64, portfolios: Sequence[PortfolioSnapshot]
+        self, market: F64, portfolios: Portfolios
     ) -> tuple[tuple[list[Any], list[Any], list[Any]] | None, list[float | None] | None]:
         """The RL analyst's signals as a ``Columns`` entry (None where a row fell back; None
         with the RL analyst off) and the votes as ``decide_rows`` takes them (three numbers a
@@ -333,12 +373,7 @@ class Ensemble:
             return None, None
         states = market.copy()
         if n:  # the snapshots' features, all rows at once (bit for bit ``features()``)
-            states[:, PORTFOLIO_COLUMNS] = portfolio_feature_matrix(
-                [p.position for p in portfolios],
-                [p.leverage for p in portfolios],
-                [p.cash_fraction for p in portfolios],
-                [p.days_since_last_trade for p in portfolios],
-            )
+            states[:, PORTFOLIO_COLUMNS] = portfolio_feature_matrix(*portfolios.columns())
         rows = validate_states(states)
         # one analyst for every row: each failure counted once by it, in row order
         analyst = RlAnalyst(self.rl.policy, reason=self.rl.last_error, quiet=True)
