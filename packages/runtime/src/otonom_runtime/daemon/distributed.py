@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 from otonom_runtime._errors import DaemonError
 from otonom_runtime.daemon.loop import TickReport, run_tick
-from otonom_runtime.daemon.paper import Holding, Holdings, PaperBroker, TickInputs
+from otonom_runtime.daemon.paper import PaperBroker, TickInputs
 from otonom_runtime.daemon.reload import ModelWatch
+from otonom_runtime.daemon.rows import Holding, Holdings
 from otonom_runtime.daemon.tick import Ensemble, TickDecision
 
 if TYPE_CHECKING:
@@ -75,8 +76,14 @@ class UniverseBroker(PaperBroker):
     def resumes(self, inputs: TickInputs, capital: float) -> bool:
         """``PaperBroker.resumes`` against the universe's share (as ``holdings`` last gave
         it; before any, the partition's)."""
-        share = capital if self._initial is None else self._initial / self.universe
-        return super().resumes(inputs, share)
+        return super().resumes(inputs, self._share(capital))
+
+    def lacking(self, inputs: Sequence[TickInputs], capital: float) -> list[int]:
+        """``PaperBroker.lacking`` against the universe's share (as ``resumes``)."""
+        return super().lacking(inputs, self._share(capital))
+
+    def _share(self, capital: float) -> float:
+        return capital if self._initial is None else self._initial / self.universe
 
     def holdings(self, *args: Any, **kwargs: Any) -> Holdings:
         """``PaperBroker.holdings`` with its last two arguments, ``params`` and ``capital``

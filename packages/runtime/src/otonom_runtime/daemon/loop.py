@@ -3,7 +3,6 @@ and record it, one transaction) and ``run_daemon`` (ticks every interval until s
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 import re
@@ -25,15 +24,9 @@ from otonom_runtime._errors import DaemonError
 from otonom_runtime.backtest.runner import _rl_model_params
 from otonom_runtime.daemon.bars import BarSource
 from otonom_runtime.daemon.cache import CachedSymbol
-from otonom_runtime.daemon.paper import (
-    Broker,
-    Holding,
-    Holdings,
-    LastDecision,
-    Portfolios,
-    TickInputs,
-)
+from otonom_runtime.daemon.paper import Broker, Inputs, LastDecision
 from otonom_runtime.daemon.reload import ModelWatch, daemon_state
+from otonom_runtime.daemon.rows import Holding, Holdings, Portfolios
 from otonom_runtime.daemon.tick import Columns, Decisions, Ensemble, TickDecision
 from otonom_runtime.ensemble import ANALYSTS
 from otonom_runtime.store import HEARTBEAT_INTERVAL_S, BacktestRun, this_process
@@ -174,34 +167,36 @@ def _broker_inputs(
     decided: tuple[dict[int, LastDecision], dict[int, LiveDecisions]],
     broker: Broker,
     capital: float,
-) -> list[TickInputs]:
-    """What the broker gets of each pending symbol: its cached bars, the risk cap of its
-    newest bar (``engine._prepare``'s expression, on all rows at once), its newest live
-    decision and, where the broker cannot resume its sleeve, its whole history and live
-    decisions (read now when the tick has not read them whole already)."""
+) -> Inputs:
+    """What the broker gets of each pending symbol (``Inputs``: columns): its cached bars,
+    the risk cap of its newest bar (``engine._prepare``'s expression, on all rows at once),
+    its newest live decision and, where the broker cannot resume its sleeve
+    (``Broker.lacking``), its whole history and live decisions (read now when the tick has not
+    read them whole already)."""
     last, live = decided
     params = ensemble.params
-    caps = (params.risk.exposure(market) * params.max_leverage).tolist()
     cache = ensemble.cache
-    tails, windows = cache.tails([c.row for c in pending]), cache.windows()
-    items = [
-        TickInputs(c.symbol, c.symbol_id, windows, c.row, caps[i],
-                   last.get(c.symbol_id), c.whole, live.get(c.symbol_id), tails[i])
-        for i, c in enumerate(pending)
-    ]  # fmt: skip
-    lacking = [
-        i for i, item in enumerate(items)
-        if not broker.resumes(item, capital) and (item.whole is None or item.live is None)
-    ]  # fmt: skip
+    rows = [c.row for c in pending]
+    ids = [c.symbol_id for c in pending]
+    items = Inputs(
+        [c.symbol for c in pending],
+        ids,
+        cache.windows(),
+        rows,
+        (params.risk.exposure(market) * params.max_leverage).tolist(),
+        [last.get(i) for i in ids],
+        [c.whole for c in pending],
+        [live.get(i) for i in ids],
+        cache.tails(rows),
+    )
+    lacking = broker.lacking(items, capital)
     if not lacking:
         return items
     symbols = [pending[i] for i in lacking]
     whole = ensemble.cache.reread(session, symbols)
     more = load_live_decisions(session, ensemble.name, [c.symbol_id for c in symbols])
     for i, c in zip(lacking, symbols, strict=True):
-        items[i] = dataclasses.replace(
-            items[i], whole=whole[c.symbol_id], live=more.get(c.symbol_id)
-        )
+        items.wholes[i], items.lives[i] = whole[c.symbol_id], more.get(c.symbol_id)
     return items
 
 

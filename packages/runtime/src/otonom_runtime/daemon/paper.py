@@ -22,15 +22,16 @@ the decisions recorded; the fill is the next tick's step.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from otonom_runtime._errors import DaemonError
 from otonom_runtime.backtest.engine import _Bars, _prepare, _Sleeve
+from otonom_runtime.daemon.rows import Holding, Holdings, Portfolios, Rows
 from otonom_runtime.store.ticks import LiveDecisions
 from otonom_schema import Action, PortfolioSnapshot, SchemaError, portfolio_feature_matrix
 
@@ -41,124 +42,15 @@ if TYPE_CHECKING:
 __all__ = [
     "Broker",
     "Holding",
-    "Holdings",
+    "Inputs",
     "LastDecision",
     "PaperBroker",
-    "Portfolios",
-    "Rows",
     "Tail",
     "TickInputs",
     "Windows",
 ]
 
 F64 = npt.NDArray[np.float64]
-T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Holding:
-    """A symbol's portfolio at the close of the bar being decided (the state's portfolio
-    features in raw units) and its sleeve's equity there."""
-
-    portfolio: PortfolioSnapshot
-    equity: float
-
-
-class Rows(Sequence[T]):
-    """A read-only sequence of a tick's rows kept as columns: each item made when read
-    (``row``), so a tick of thousands of symbols makes none it does not read (nor leaves
-    thousands of objects for the garbage collector). Equal to any sequence of equal items;
-    a slice is a list."""
-
-    __slots__ = ()
-
-    def row(self, i: int) -> T:
-        """Item ``i`` (0 <= i < len)."""
-        raise NotImplementedError
-
-    @overload
-    def __getitem__(self, i: int) -> T: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[T]: ...
-    def __getitem__(self, i: int | slice) -> T | list[T]:
-        n = len(self)
-        if isinstance(i, slice):
-            return [self.row(k) for k in range(*i.indices(n))]
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"row {i} of {n}")
-        return self.row(i)
-
-    def __iter__(self) -> Iterator[T]:
-        return map(self.row, range(len(self)))
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
-            return NotImplemented
-        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return repr(list(self))
-
-
-class Portfolios(Rows[PortfolioSnapshot]):
-    """Portfolios as four columns (``PortfolioSnapshot``'s fields, raw units), a snapshot
-    made when read; ``of`` takes any sequence of snapshots."""
-
-    __slots__ = ("cash_fraction", "days_since_last_trade", "leverage", "position")
-
-    def __init__(
-        self,
-        position: list[float],
-        leverage: list[float],
-        cash_fraction: list[float],
-        days_since_last_trade: list[float],
-    ) -> None:
-        self.position, self.leverage = position, leverage
-        self.cash_fraction, self.days_since_last_trade = cash_fraction, days_since_last_trade
-
-    @classmethod
-    def of(cls, snapshots: Sequence[PortfolioSnapshot]) -> Portfolios:
-        """``snapshots`` as columns (itself when it is one)."""
-        if isinstance(snapshots, Portfolios):
-            return snapshots
-        return cls(
-            [p.position for p in snapshots],
-            [p.leverage for p in snapshots],
-            [p.cash_fraction for p in snapshots],
-            [p.days_since_last_trade for p in snapshots],
-        )
-
-    def columns(self) -> tuple[list[float], list[float], list[float], list[float]]:
-        """The four columns, in ``PortfolioSnapshot``'s field order."""
-        return self.position, self.leverage, self.cash_fraction, self.days_since_last_trade
-
-    def __len__(self) -> int:
-        return len(self.position)
-
-    def row(self, i: int) -> PortfolioSnapshot:
-        return PortfolioSnapshot(
-            self.position[i], self.leverage[i], self.cash_fraction[i], self.days_since_last_trade[i]
-        )
-
-
-class Holdings(Rows[Holding]):
-    """A tick's holdings as columns (``portfolios`` and each sleeve's ``equity``), a
-    ``Holding`` made when read (``PaperBroker.holdings``)."""
-
-    __slots__ = ("equity", "portfolios")
-
-    def __init__(self, portfolios: Portfolios, equity: list[float]) -> None:
-        self.portfolios, self.equity = portfolios, equity
-
-    def __len__(self) -> int:
-        return len(self.equity)
-
-    def row(self, i: int) -> Holding:
-        return Holding(self.portfolios.row(i), self.equity[i])
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +125,57 @@ class TickInputs:
         return self.windows.of(self.row)[2]
 
 
+class Inputs(Rows[TickInputs]):
+    """A tick's ``TickInputs`` as columns (one entry a symbol; ``windows`` shared), each made
+    when read: what ``run_tick`` gives a broker, which may read the columns as they are
+    (``PaperBroker``: a steady tick makes no ``TickInputs``). ``wholes`` and ``lives`` are
+    filled in by the tick where ``Broker.lacking`` asks for them."""
+
+    __slots__ = (
+        "caps",
+        "lasts",
+        "lives",
+        "rows",
+        "symbol_ids",
+        "symbols",
+        "tails",
+        "wholes",
+        "windows",
+    )
+
+    def __init__(
+        self,
+        symbols: list[str],
+        symbol_ids: list[int],
+        windows: Windows,
+        rows: list[int],
+        caps: list[float],
+        lasts: list[LastDecision | None],
+        wholes: list[SymbolInputs | None],
+        lives: list[LiveDecisions | None],
+        tails: list[Tail | None],
+    ) -> None:
+        self.symbols, self.symbol_ids, self.windows, self.rows = symbols, symbol_ids, windows, rows
+        self.caps, self.lasts, self.wholes, self.lives = caps, lasts, wholes, lives
+        self.tails = tails
+
+    def __len__(self) -> int:
+        return len(self.symbols)
+
+    def row(self, i: int) -> TickInputs:
+        return TickInputs(
+            self.symbols[i],
+            self.symbol_ids[i],
+            self.windows,
+            self.rows[i],
+            self.caps[i],
+            self.lasts[i],
+            self.wholes[i],
+            self.lives[i],
+            self.tails[i],
+        )
+
+
 class Broker(Protocol):
     """What the daemon's tick needs of a broker."""
 
@@ -241,6 +184,12 @@ class Broker(Protocol):
     def resumes(self, inputs: TickInputs, capital: float) -> bool:
         """True when ``holdings`` can give this symbol's holding without its whole history and
         live decisions (``inputs.whole``/``inputs.live`` unset)."""
+        ...
+
+    def lacking(self, inputs: Sequence[TickInputs], capital: float) -> list[int]:
+        """The indexes (in order) of ``inputs`` that ``resumes`` is False for and that lack
+        their whole history or live decisions: what the tick reads for them before
+        ``holdings`` (``inputs``: ``Inputs``, which a broker may read as columns)."""
         ...
 
     def holdings(
@@ -287,60 +236,74 @@ class PaperBroker:
         self._pending: dict[str, _State] = {}
 
     def resumes(self, inputs: TickInputs, capital: float) -> bool:
-        last, state = inputs.last, self._sleeves.get(inputs.symbol)
-        return last is None or (
-            state is not None
-            and state.symbol_id == inputs.symbol_id
-            and state.capital == capital
-            and state.day == last.date
-            and state.action == last.action
-            and state.strength == last.strength
-            and (
-                # the steady case: the state's day is the second newest bar (two bars or more)
-                (inputs.tail is not None and inputs.tail[0] == state.number)
-                or (inputs.dates.size > 0 and _within(_numbers(inputs), state.number))
-            )
-        )
+        state = self._sleeves.get(inputs.symbol)
+        return _resumable(state, inputs, inputs.symbol_id, capital, inputs.last, inputs.tail)
+
+    def lacking(self, inputs: Sequence[TickInputs], capital: float) -> list[int]:
+        get = self._sleeves.get
+        if not isinstance(inputs, Inputs):
+            return [
+                i
+                for i, item in enumerate(inputs)
+                if (item.whole is None or item.live is None)
+                and not _resumable(get(item.symbol), item, item.symbol_id, capital, item.last,
+                                   item.tail)
+            ]  # fmt: skip
+        columns = zip(
+            inputs.symbols, inputs.symbol_ids, inputs.lasts, inputs.tails, inputs.wholes,
+            inputs.lives, strict=True,
+        )  # fmt: skip
+        return [
+            i
+            for i, (symbol, sid, last, tail, whole, live) in enumerate(columns)
+            if (whole is None or live is None)
+            and not _resumable(get(symbol), _Lazy(inputs, i), sid, capital, last, tail)
+        ]
 
     def holdings(
         self, inputs: Sequence[TickInputs], params: EngineParams, capital: float
     ) -> Holdings:
         """Each symbol's holding (see ``Broker.holdings``), as columns: the sleeves' newest
-        marks, checked as ``PortfolioSnapshot`` checks them (all rows at once)."""
+        marks, checked as ``PortfolioSnapshot`` checks them (all rows at once). ``Inputs`` are
+        read as columns (a ``TickInputs`` made only for a sleeve replayed, or resumed over
+        more than one bar)."""
         self._pending = pending = {}
         marks: list[float] = []  # six numbers a symbol (``_Sleeve.out``'s newest mark)
         add, take = marks.extend, self._sleeves.pop
         dates: dict[int, dt.date] = {}  # day number -> date: a tick's bars share a few days
-        for item in inputs:
+        columns = (
+            zip(inputs.symbols, inputs.symbol_ids, inputs.lasts, inputs.tails, inputs.caps,
+                inputs.wholes, inputs.lives, strict=True)
+            if isinstance(inputs, Inputs)
+            else ((x.symbol, x.symbol_id, x.last, x.tail, x.cap, x.whole, x.live) for x in inputs)
+        )  # fmt: skip
+        for i, (symbol, symbol_id, last, tail, cap, whole, live) in enumerate(columns):
             sleeve: _Sleeve | None
             state: _State | None = None
-            last, tail = item.last, item.tail
             if last is None:
                 sleeve = None
-            elif item.whole is not None and item.live is not None:
-                sleeve = _replay(item, params, capital)
-            elif (state := take(item.symbol, None)) is not None and (
+            elif whole is not None and live is not None:
+                sleeve = _replay(inputs[i], params, capital)
+            elif (state := take(symbol, None)) is not None and (
                 state.day == last.date  # what ``resumes`` found (the tick asked it)
             ):
-                sleeve = _resume(state, item, params)
+                sleeve = _step(state, tail, params) or _resume(state, inputs[i], params)
             else:
                 raise DaemonError(
-                    f"no history or live decisions of {item.symbol!r} to replay its "
+                    f"no history or live decisions of {symbol!r} to replay its "
                     "sleeve; expected the tick to read them (Broker.resumes was False)"
                 )
-            number = int(tail[1]) if tail is not None else int(_numbers(item)[-1])
+            number = int(tail[1]) if tail is not None else int(_numbers(inputs[i])[-1])
             day = dates.get(number)
             if day is None:
                 day = dates[number] = _date(number)
             if state is not None and state.sleeve is sleeve and sleeve is not None:
                 # resumed in place: the state follows its sleeve to this bar
-                state.day, state.number, state.cap = day, number, item.cap
+                state.day, state.number, state.cap = day, number, cap
                 state.params, state.action = params, None
-                pending[item.symbol] = state
+                pending[symbol] = state
             else:
-                pending[item.symbol] = _State(
-                    item.symbol_id, capital, day, number, item.cap, sleeve, params
-                )
+                pending[symbol] = _State(symbol_id, capital, day, number, cap, sleeve, params)
             if sleeve is None:  # never decided: flat, the sleeve fresh at this bar
                 add((0.0, 0.0, 1.0, _NEVER, capital, 0.0))  # ``PortfolioSnapshot()``'s fields
             else:
@@ -389,6 +352,45 @@ def _check(portfolios: Portfolios) -> None:
         for row in zip(*portfolios.columns(), strict=True):
             PortfolioSnapshot(*row)
         raise
+
+
+class _Lazy:
+    """Row ``i`` of ``Inputs`` as ``_resumable`` reads it: its ``dates`` only, made when
+    read (the steady case never reads them)."""
+
+    __slots__ = ("i", "inputs")
+
+    def __init__(self, inputs: Inputs, i: int) -> None:
+        self.inputs, self.i = inputs, i
+
+    @property
+    def dates(self) -> npt.NDArray[np.datetime64]:
+        return self.inputs.windows.of(self.inputs.rows[self.i])[0]
+
+
+def _resumable(
+    state: _State | None,
+    item: TickInputs | _Lazy,
+    symbol_id: int,
+    capital: float,
+    last: LastDecision | None,
+    tail: Tail | None,
+) -> bool:
+    """``PaperBroker.resumes`` of a symbol (``item``: its inputs, whose dates are read only
+    when its tail does not settle it) whose kept state is ``state``."""
+    return last is None or (
+        state is not None
+        and state.symbol_id == symbol_id
+        and state.capital == capital
+        and state.day == last.date
+        and state.action == last.action
+        and state.strength == last.strength
+        and (
+            # the steady case: the state's day is the second newest bar (two bars or more)
+            (tail is not None and tail[0] == state.number)
+            or ((dates := item.dates).size > 0 and _within(dates.view(np.int64), state.number))
+        )
+    )
 
 
 def _numbers(inputs: TickInputs) -> npt.NDArray[np.int64]:
@@ -443,25 +445,36 @@ def _replay(inputs: TickInputs, params: EngineParams, capital: float) -> _Sleeve
     return sleeve
 
 
+def _step(state: _State, tail: Tail | None, params: EngineParams) -> _Sleeve | None:
+    """``_resume`` in the steady case (the state's bar the second newest, its sleeve kept,
+    the same params): its sleeve stepped over the newest bar (``tail``); None otherwise."""
+    sleeve, action = state.sleeve, state.action
+    if (
+        tail is None
+        or tail[0] != state.number  # one bar on, as numbers already
+        or sleeve is None
+        or action is None
+        or not (state.params is params or state.params == params)
+    ):
+        return None
+    # a HOLD never reads its cap; ``_drive``'s two days as the lists it would make: the
+    # decision filled at the new bar's open, which is marked
+    sleeve.resume(tail[0:2], tail[2:4], tail[4:6], (state.cap, 0.0))
+    sleeve.run([action, _HOLD[0]], [state.strength, _HOLD[1]])
+    return sleeve
+
+
 def _resume(state: _State, inputs: TickInputs, params: EngineParams) -> _Sleeve:
     """The sleeve of ``state`` (marked at its day, whose decision it holds; a fresh one where
     it never traded, or one with the state's cash and units where ``params`` changed) over the
     bars after it to the newest: the same steps as a replay from the first live decision (the
-    state is what they left), without them."""
+    state is what they left), without them (``_step``: the steady case, one bar on)."""
     action = state.action
     assert action is not None
-    tail, sleeve = inputs.tail, state.sleeve
-    if (
-        tail is not None
-        and tail[0] == state.number  # the steady case: one bar on, as numbers already
-        and sleeve is not None
-        and (state.params is params or state.params == params)
-    ):
-        # a HOLD never reads its cap; ``_drive``'s two days as the lists it would make: the
-        # decision filled at the new bar's open, which is marked
-        sleeve.resume(tail[0:2], tail[2:4], tail[4:6], (state.cap, 0.0))
-        sleeve.run([action, _HOLD[0]], [state.strength, _HOLD[1]])
+    sleeve = _step(state, inputs.tail, params)
+    if sleeve is not None:
         return sleeve
+    sleeve = state.sleeve
     decision = (action, state.strength)
     dates = inputs.dates
     first = int(_numbers(inputs).searchsorted(state.number))

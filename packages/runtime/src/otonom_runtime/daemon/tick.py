@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from otonom_runtime._errors import DaemonError, StateBuildError
 from otonom_runtime.backtest.runner import _make_rl, _symbols, _with_rl
 from otonom_runtime.daemon.cache import TickCache
-from otonom_runtime.daemon.paper import Portfolios, Rows
+from otonom_runtime.daemon.rows import Portfolios, Rows
 from otonom_runtime.ensemble import ANALYSTS, RlAnalyst, Signal, decide_rows, rl_votes
 from otonom_runtime.store import load_macro
 from otonom_runtime.store.ticks import load_tick_bars, load_tick_news
