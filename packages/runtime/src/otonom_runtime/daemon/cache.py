@@ -97,15 +97,25 @@ class _Tail:
         at = bisect.bisect_right(self.days, day) - 1
         return (_NONE, 0.0) if at < 0 else (self.days[at], self.scores[at])
 
-    def advance(self, day: int) -> tuple[int, float]:
-        """``latest(day)``, the scores before it forgotten (never needed again: the next
-        bars are later; a symbol's news tail, each tick)."""
-        at = bisect.bisect_right(self.days, day) - 1
+
+def _advance(tails: list[_Tail], days: list[int]) -> tuple[list[int], list[float]]:
+    """Each tail's ``latest(day)`` (``tails[i]`` at ``days[i]``) as two columns, its scores
+    before it forgotten (never needed again: the next bars are later; the symbols' news
+    tails, each tick). A loop over all tails: no tuple or method call a symbol."""
+    out_days: list[int] = []
+    out_scores: list[float] = []
+    add_day, add_score, right = out_days.append, out_scores.append, bisect.bisect_right
+    for tail, day in zip(tails, days, strict=True):
+        at = right(tail.days, day) - 1
         if at < 0:
-            return _NONE, 0.0
+            add_day(_NONE)
+            add_score(0.0)
+            continue
         if at > 0:
-            del self.days[:at], self.scores[:at]
-        return self.days[0], self.scores[0]
+            del tail.days[:at], tail.scores[:at]
+        add_day(tail.days[0])
+        add_score(tail.scores[0])
+    return out_days, out_scores
 
 
 def _tail(series: SentimentSeries | None) -> _Tail:
@@ -223,7 +233,12 @@ class TickCache:
             for sid, day, score in zip(
                 found[1], when.astype(np.int64).tolist(), found[4], strict=True
             ):
-                news[sid].add(day, float(score))
+                tail = news[sid]
+                if tail.days and day > tail.days[-1]:  # ``add``'s usual case, without a call
+                    tail.days.append(day)
+                    tail.scores.append(float(score))
+                else:
+                    tail.add(day, float(score))
         return stale
 
     def _rows_of(self, sids: I64) -> I64:
@@ -437,19 +452,20 @@ class TickCache:
         days = self._days[rows]
         newest = days[:, -1].tolist()
         tails = self._news
-        latest_news = [
-            tails[s.symbol_id].advance(d) for s, d in zip(symbols, newest, strict=True)
-        ]  # each news tail its own: trimmed as it is read
+        # each news tail its own: trimmed as it is read
+        latest_news = _advance([tails[s.symbol_id] for s in symbols], newest)
         sources = [s.sources["macro"] for s in symbols]
         if len(set(sources)) == 1 and len(set(newest)) == 1:  # one series, one day (steady)
-            latest_macro = [self._macro[sources[0]].latest(newest[0])] * len(symbols)
+            day, score = self._macro[sources[0]].latest(newest[0])
+            latest_macro = [day] * len(symbols), [score] * len(symbols)
         else:
             macro = [self._macro[source] for source in sources]
             seen: dict[tuple[int, int], tuple[int, float]] = {}  # a macro series is shared
-            latest_macro = [
+            found = [
                 seen[key] if (key := (id(t), d)) in seen else seen.setdefault(key, t.latest(d))
                 for t, d in zip(macro, newest, strict=True)
             ]
+            latest_macro = [d for d, _ in found], [score for _, score in found]
         h, lo, c, v = (self._values[i][rows] for i in range(1, 5))
         carry = self._carry
         market, after = market_feature_panel_step(
@@ -471,10 +487,8 @@ def _parts(carry: PanelCarry) -> tuple[F64, F64, I64]:
     return carry.line, carry.vol, carry.day
 
 
-def _columns(latest: list[tuple[int, float]]) -> tuple[npt.NDArray[Any], F64]:
+def _columns(latest: tuple[list[int], list[float]]) -> tuple[npt.NDArray[Any], F64]:
     """The latest scores' dates (NaT: none) and scores as the panel takes them."""
-    if not latest:
-        return np.array([], dtype="datetime64[D]"), np.array([], dtype=np.float64)
-    days, scores = zip(*latest, strict=True)
+    days, scores = latest
     dates = np.array(days, dtype=np.int64).view("datetime64[D]")  # _NONE is NaT's bits
     return dates, np.array(scores, dtype=np.float64)

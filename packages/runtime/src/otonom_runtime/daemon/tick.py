@@ -381,9 +381,10 @@ class Ensemble:
         sig, voted = rl_votes([analyst] * n, rows, validated=True)
         if self.rl.policy is not None:
             self.latencies_ms.append((time.perf_counter() - started) * 1000.0)
+        every = bool(voted.all())  # the usual case: no row fell back, nothing to blank
         ok = voted.tolist()
         columns = tuple(
-            [v if good else None for v, good in zip(values, ok, strict=True)]
+            values if every else [v if good else None for v, good in zip(values, ok, strict=True)]
             for values in (sig.actions.tolist(), sig.strengths.tolist(), sig.confidences.tolist())
         )
         flat: list[Any] = [None] * (3 * n)
