@@ -211,8 +211,9 @@ class _State:
     that bar and the decision taken on it (``action`` None until the tick's decisions are
     recorded; ``strength``); ``sleeve``: the backtester's ``_Sleeve`` as it left that bar
     (None: never decided, flat with ``capital``). The next tick resumes the sleeve itself
-    (``_Sleeve.resume``), so a state is used once: ``holdings`` takes it out of the broker's
-    states (and, resumed in place, puts it back moved to the new bar)."""
+    (``_Sleeve.resume``), so a state is used once: ``holdings`` moves it to the new bar (or
+    puts a new one in its place) without a decision, which ``submit`` gives it; a state left
+    without one (the tick not recorded) never resumes: the next tick replays the sleeve."""
 
     symbol_id: int
     capital: float
@@ -233,32 +234,34 @@ class PaperBroker:
 
     def __init__(self) -> None:
         self._sleeves: dict[str, _State] = {}
-        self._pending: dict[str, _State] = {}
 
     def resumes(self, inputs: TickInputs, capital: float) -> bool:
-        state = self._sleeves.get(inputs.symbol)
-        return _resumable(state, inputs, inputs.symbol_id, capital, inputs.last, inputs.tail)
+        return _resumable(
+            self._sleeves.get(inputs.symbol),
+            inputs.symbol_id,
+            capital,
+            inputs.last,
+            inputs.tail,
+            inputs.windows,
+            inputs.row,
+        )
 
     def lacking(self, inputs: Sequence[TickInputs], capital: float) -> list[int]:
-        get = self._sleeves.get
-        if not isinstance(inputs, Inputs):
-            return [
-                i
-                for i, item in enumerate(inputs)
-                if (item.whole is None or item.live is None)
-                and not _resumable(get(item.symbol), item, item.symbol_id, capital, item.last,
-                                   item.tail)
-            ]  # fmt: skip
-        columns = zip(
-            inputs.symbols, inputs.symbol_ids, inputs.lasts, inputs.tails, inputs.wholes,
-            inputs.lives, strict=True,
+        columns = (
+            zip(inputs.symbols, inputs.symbol_ids, inputs.lasts, inputs.tails, inputs.rows,
+                inputs.wholes, inputs.lives, strict=True)
+            if isinstance(inputs, Inputs)
+            else ((x.symbol, x.symbol_id, x.last, x.tail, x.row, x.whole, x.live) for x in inputs)
         )  # fmt: skip
+        get = self._sleeves.get
+        windows = inputs.windows if isinstance(inputs, Inputs) else None
         return [
             i
-            for i, (symbol, sid, last, tail, whole, live) in enumerate(columns)
+            for i, (symbol, sid, last, tail, row, whole, live) in enumerate(columns)
             if (whole is None or live is None)
-            and not _resumable(get(symbol), _Lazy(inputs, i), sid, capital, last, tail)
-        ]
+            and not _resumable(get(symbol), sid, capital, last, tail,
+                               windows or inputs[i].windows, row)
+        ]  # fmt: skip
 
     def holdings(
         self, inputs: Sequence[TickInputs], params: EngineParams, capital: float
@@ -267,9 +270,9 @@ class PaperBroker:
         marks, checked as ``PortfolioSnapshot`` checks them (all rows at once). ``Inputs`` are
         read as columns (a ``TickInputs`` made only for a sleeve replayed, or resumed over
         more than one bar)."""
-        self._pending = pending = {}
+        sleeves = self._sleeves
         marks: list[float] = []  # six numbers a symbol (``_Sleeve.out``'s newest mark)
-        add, take = marks.extend, self._sleeves.pop
+        add, get = marks.extend, sleeves.get
         dates: dict[int, dt.date] = {}  # day number -> date: a tick's bars share a few days
         columns = (
             zip(inputs.symbols, inputs.symbol_ids, inputs.lasts, inputs.tails, inputs.caps,
@@ -284,7 +287,7 @@ class PaperBroker:
                 sleeve = None
             elif whole is not None and live is not None:
                 sleeve = _replay(inputs[i], params, capital)
-            elif (state := take(symbol, None)) is not None and (
+            elif (state := get(symbol)) is not None and (
                 state.day == last.date  # what ``resumes`` found (the tick asked it)
             ):
                 sleeve = _step(state, tail, params) or _resume(state, inputs[i], params)
@@ -300,10 +303,9 @@ class PaperBroker:
             if state is not None and state.sleeve is sleeve and sleeve is not None:
                 # resumed in place: the state follows its sleeve to this bar
                 state.day, state.number, state.cap = day, number, cap
-                state.params, state.action = params, None
-                pending[symbol] = state
+                state.params, state.action = params, None  # until ``submit``
             else:
-                pending[symbol] = _State(symbol_id, capital, day, number, cap, sleeve, params)
+                sleeves[symbol] = _State(symbol_id, capital, day, number, cap, sleeve, params)
             if sleeve is None:  # never decided: flat, the sleeve fresh at this bar
                 add((0.0, 0.0, 1.0, _NEVER, capital, 0.0))  # ``PortfolioSnapshot()``'s fields
             else:
@@ -328,13 +330,11 @@ class PaperBroker:
             if isinstance(decisions, Decisions)
             else ((d.symbol, d.date, int(d.action), d.strength) for d in decisions)
         )
-        take, sleeves = self._pending.pop, self._sleeves
+        get = self._sleeves.get
         for symbol, date, action, strength in rows:
-            state = take(symbol, None)
-            if state is not None and state.day == date:
+            state = get(symbol)
+            if state is not None and state.day == date and state.action is None:
                 state.action, state.strength = int(action), strength
-                sleeves[symbol] = state
-        self._pending = {}
 
 
 _EPOCH: Final = dt.date(1970, 1, 1).toordinal()
@@ -354,30 +354,17 @@ def _check(portfolios: Portfolios) -> None:
         raise
 
 
-class _Lazy:
-    """Row ``i`` of ``Inputs`` as ``_resumable`` reads it: its ``dates`` only, made when
-    read (the steady case never reads them)."""
-
-    __slots__ = ("i", "inputs")
-
-    def __init__(self, inputs: Inputs, i: int) -> None:
-        self.inputs, self.i = inputs, i
-
-    @property
-    def dates(self) -> npt.NDArray[np.datetime64]:
-        return self.inputs.windows.of(self.inputs.rows[self.i])[0]
-
-
 def _resumable(
     state: _State | None,
-    item: TickInputs | _Lazy,
     symbol_id: int,
     capital: float,
     last: LastDecision | None,
     tail: Tail | None,
+    windows: Windows,
+    row: int,
 ) -> bool:
-    """``PaperBroker.resumes`` of a symbol (``item``: its inputs, whose dates are read only
-    when its tail does not settle it) whose kept state is ``state``."""
+    """``PaperBroker.resumes`` of a symbol whose kept state is ``state`` (its bars: row
+    ``row`` of ``windows``, read only when its tail does not settle it)."""
     return last is None or (
         state is not None
         and state.symbol_id == symbol_id
@@ -388,7 +375,10 @@ def _resumable(
         and (
             # the steady case: the state's day is the second newest bar (two bars or more)
             (tail is not None and tail[0] == state.number)
-            or ((dates := item.dates).size > 0 and _within(dates.view(np.int64), state.number))
+            or (
+                (dates := windows.of(row)[0]).size > 0
+                and _within(dates.view(np.int64), state.number)
+            )
         )
     )
 
