@@ -27,6 +27,7 @@ import numpy.typing as npt
 from sqlalchemy.orm import Session
 
 from otonom_runtime.daemon.paper import LastDecision, Tail, Windows
+from otonom_runtime.daemon.rows import Rows
 from otonom_runtime.store import load_macro, sentiment_source
 from otonom_runtime.store.ticks import (
     LiveDecisions,
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
     from otonom_runtime.daemon.tick import SymbolInputs
     from otonom_runtime.strategy import StrategyConfig
 
-__all__ = ["CachedSymbol", "TickCache"]
+__all__ = ["Cached", "CachedSymbol", "TickCache"]
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -70,6 +71,59 @@ class CachedSymbol(NamedTuple):
     row: int
     newest: dt.date
     whole: SymbolInputs | None
+
+
+class Cached(Rows[CachedSymbol]):
+    """The symbols of ``TickCache.refresh`` as columns (``CachedSymbol``'s fields; each
+    ``CachedSymbol`` made when read): what a tick reads of thousands of symbols without an
+    object a symbol. ``pick``: some of them; ``of``: any sequence of ``CachedSymbol``."""
+
+    __slots__ = ("ids", "newest", "rows", "sources", "symbols", "wholes")
+
+    def __init__(
+        self,
+        symbols: list[str],
+        ids: list[int],
+        sources: list[dict[str, str]],
+        rows: list[int],
+        newest: list[dt.date],
+        wholes: list[SymbolInputs | None],
+    ) -> None:
+        self.symbols, self.ids, self.sources, self.rows = symbols, ids, sources, rows
+        self.newest, self.wholes = newest, wholes
+
+    @classmethod
+    def of(cls, symbols: Sequence[CachedSymbol]) -> Cached:
+        """``symbols`` as columns (itself when it is ``Cached``)."""
+        if isinstance(symbols, Cached):
+            return symbols
+        return cls(
+            [s.symbol for s in symbols],
+            [s.symbol_id for s in symbols],
+            [s.sources for s in symbols],
+            [s.row for s in symbols],
+            [s.newest for s in symbols],
+            [s.whole for s in symbols],
+        )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def row(self, i: int) -> CachedSymbol:
+        return CachedSymbol(
+            self.symbols[i], self.ids[i], self.sources[i], self.rows[i], self.newest[i],
+            self.wholes[i],
+        )  # fmt: skip
+
+    def pick(self, indexes: Sequence[int]) -> Cached:
+        """Rows ``indexes`` of these, in that order."""
+        return Cached(
+            *(  # type: ignore[arg-type]
+                [column[i] for i in indexes]
+                for column in (self.symbols, self.ids, self.sources, self.rows, self.newest,
+                               self.wholes)
+            )
+        )  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -170,9 +224,10 @@ class TickCache:
 
     def refresh(
         self, session: Session, config: StrategyConfig, names: Sequence[str], end: dt.date
-    ) -> tuple[list[CachedSymbol], list[str]]:
+    ) -> tuple[Cached, list[str]]:
         """Bring every symbol of ``names`` up to ``end`` (its bars and news dated on or before
-        it): the cached symbols with a bar, in the order given, and the names without one.
+        it): the cached symbols with a bar, in the order given (``Cached``: columns), and the
+        names without one.
         ``UnknownSymbolError`` for a symbol not in the store."""
         ids, sources = _symbols(session, config, names)  # the backtester's rule, without the ORM
         seen = max_ids(session)  # before any read: a row inserted after it is new next tick
@@ -193,15 +248,21 @@ class TickCache:
             session, [n for n in names if ids[n] not in kept], ids, sources, end
         )
         self._end, self._max = end, seen
-        found = [n for n in names if ids[n] in self._row]
-        rows = [self._row[ids[n]] for n in found]
+        row_of = self._row
+        found = [n for n in names if ids[n] in row_of]
+        found_ids = [ids[n] for n in found]
+        rows = [row_of[i] for i in found_ids]
         newest = (self._days[rows, -1] + _EPOCH).tolist()
         day_of = {day: dt.date.fromordinal(day) for day in set(newest)}  # a few days a tick
-        out = [
-            CachedSymbol(n, ids[n], sources[n], row, day_of[day], whole.get(ids[n]))
-            for n, row, day in zip(found, rows, newest, strict=True)
-        ]
-        return out, [n for n in names if ids[n] not in self._row]
+        out = Cached(
+            found,
+            found_ids,
+            [sources[n] for n in found],
+            rows,
+            [day_of[day] for day in newest],
+            [whole.get(i) for i in found_ids] if whole else [None] * len(found),
+        )
+        return out, [n for n in names if ids[n] not in row_of]
 
     def _advance(self, session: Session, held: list[int], end: dt.date) -> set[int]:
         """Read the rows the held symbols lack (``new_rows``), append them; the ids of the
@@ -372,8 +433,9 @@ class TickCache:
         """Read ``symbols`` whole again up to the cache's end (a sleeve to replay); their
         inputs by symbol id."""
         assert self._end is not None
-        ids = {s.symbol: s.symbol_id for s in symbols}
-        sources = {s.symbol: s.sources for s in symbols}
+        given = Cached.of(symbols)
+        ids = dict(zip(given.symbols, given.ids, strict=True))
+        sources = dict(zip(given.symbols, given.sources, strict=True))
         return self._read_whole(session, list(ids), ids, sources, self._end)
 
     def live(
@@ -386,7 +448,8 @@ class TickCache:
         later one is another process's); the others are read whole (``load_live_decisions``)."""
         if strategy != self._strategy:
             self._decided, self._strategy = {}, strategy
-        known = [s.symbol_id for s in symbols if s.symbol_id in self._decided]
+        symbol_ids = Cached.of(symbols).ids
+        known = [i for i in symbol_ids if i in self._decided]
         last: dict[int, LastDecision] = {}
         if known:
             since = min(self._decided[i] for i in known)
@@ -397,7 +460,7 @@ class TickCache:
             for sid in known:
                 if sid not in last or last[sid].date != self._decided[sid]:
                     self._decided.pop(sid)  # its decision is not stored: read it whole
-        rest = [s.symbol_id for s in symbols if s.symbol_id not in self._decided]
+        rest = [i for i in symbol_ids if i not in self._decided]
         whole = load_live_decisions(session, strategy, rest) if rest else {}
         for sid, found in whole.items():
             last[sid] = LastDecision(
@@ -446,15 +509,16 @@ class TickCache:
         windows with their news and macro (``market_feature_panel_step``, carried from the
         previous call: a window one bar on computes its MACD line and vol at that bar only;
         ``_keep`` drops a row's carry when its window is read anew)."""
-        picked = np.array([s.row for s in symbols], dtype=np.int64)
+        given = Cached.of(symbols)
+        picked = np.array(given.rows, dtype=np.int64)
         every = np.array_equal(picked, np.arange(len(self._count)))
         rows: I64 | slice = slice(None) if every else picked  # every row in order: no copies
         days = self._days[rows]
         newest = days[:, -1].tolist()
         tails = self._news
         # each news tail its own: trimmed as it is read
-        latest_news = _advance([tails[s.symbol_id] for s in symbols], newest)
-        sources = [s.sources["macro"] for s in symbols]
+        latest_news = _advance([tails[i] for i in given.ids], newest)
+        sources = [s["macro"] for s in given.sources]
         if len(set(sources)) == 1 and len(set(newest)) == 1:  # one series, one day (steady)
             day, score = self._macro[sources[0]].latest(newest[0])
             latest_macro = [day] * len(symbols), [score] * len(symbols)

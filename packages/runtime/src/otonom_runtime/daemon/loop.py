@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from otonom_runtime._errors import DaemonError
 from otonom_runtime.backtest.runner import _rl_model_params
 from otonom_runtime.daemon.bars import BarSource
-from otonom_runtime.daemon.cache import CachedSymbol
+from otonom_runtime.daemon.cache import Cached
 from otonom_runtime.daemon.paper import Broker, Inputs, LastDecision
 from otonom_runtime.daemon.reload import ModelWatch, daemon_state
 from otonom_runtime.daemon.rows import Holding, Holdings, Portfolios
@@ -124,10 +124,13 @@ def run_tick(
     cache = ensemble.cache
     cached, no_bars = cache.refresh(session, ensemble.config, names, as_of or _FAR)
     last, live = cache.live(session, ensemble.name, cached)
-    pending = [c for c in cached if c.symbol_id not in last or last[c.symbol_id].date < c.newest]
+    new = [
+        sid not in last or last[sid].date < newest
+        for sid, newest in zip(cached.ids, cached.newest, strict=True)
+    ]
+    pending = cached.pick([i for i, waiting in enumerate(new) if waiting])
     report = TickReport(None, no_bars=no_bars)
-    waiting = {c.symbol_id for c in pending}
-    report.up_to_date = [c.symbol for c in cached if c.symbol_id not in waiting]
+    report.up_to_date = [s for s, waiting in zip(cached.symbols, new, strict=True) if not waiting]
     if not pending:
         session.rollback()  # end the read transaction: nothing to write
         return report
@@ -142,7 +145,7 @@ def run_tick(
     )
     before = ensemble.fallbacks
     decisions, signals = ensemble.decide_columns(
-        [c.symbol for c in pending], [c.newest for c in pending], market, held.portfolios
+        pending.symbols, pending.newest, market, held.portfolios
     )
     report.fallbacks = ensemble.fallbacks - before
     run = _run_row(ensemble, pending, decisions, broker, report.fallbacks)
@@ -153,7 +156,7 @@ def run_tick(
         cache.recorded(None)
         report.conflict = True
         return report
-    cache.recorded(dict(zip([c.symbol_id for c in pending], decisions.dates, strict=True)))
+    cache.recorded(dict(zip(pending.ids, decisions.dates, strict=True)))
     report.decisions, report.holdings = decisions, holdings
     broker.submit(decisions)
     return report
@@ -162,7 +165,7 @@ def run_tick(
 def _broker_inputs(
     session: Session,
     ensemble: Ensemble,
-    pending: Sequence[CachedSymbol],
+    pending: Cached,
     market: npt.NDArray[np.float64],
     decided: tuple[dict[int, LastDecision], dict[int, LiveDecisions]],
     broker: Broker,
@@ -176,33 +179,32 @@ def _broker_inputs(
     last, live = decided
     params = ensemble.params
     cache = ensemble.cache
-    rows = [c.row for c in pending]
-    ids = [c.symbol_id for c in pending]
+    ids = pending.ids
     items = Inputs(
-        [c.symbol for c in pending],
+        pending.symbols,
         ids,
         cache.windows(),
-        rows,
+        pending.rows,
         (params.risk.exposure(market) * params.max_leverage).tolist(),
         [last.get(i) for i in ids],
-        [c.whole for c in pending],
-        [live.get(i) for i in ids],
-        cache.tails(rows),
+        list(pending.wholes),  # filled in below where lacking: the tick's own list
+        [live.get(i) for i in ids] if live else [None] * len(ids),
+        cache.tails(pending.rows),
     )
     lacking = broker.lacking(items, capital)
     if not lacking:
         return items
-    symbols = [pending[i] for i in lacking]
+    symbols = pending.pick(lacking)
     whole = ensemble.cache.reread(session, symbols)
-    more = load_live_decisions(session, ensemble.name, [c.symbol_id for c in symbols])
-    for i, c in zip(lacking, symbols, strict=True):
-        items.wholes[i], items.lives[i] = whole[c.symbol_id], more.get(c.symbol_id)
+    more = load_live_decisions(session, ensemble.name, symbols.ids)
+    for i, sid in zip(lacking, symbols.ids, strict=True):
+        items.wholes[i], items.lives[i] = whole[sid], more.get(sid)
     return items
 
 
 def _run_row(
     ensemble: Ensemble,
-    pending: Sequence[CachedSymbol],
+    pending: Cached,
     decisions: Decisions,
     broker: Broker,
     fallbacks: int,
@@ -220,14 +222,14 @@ def _run_row(
             "strategy": config.to_dict(),
             "rl_enabled": ensemble.rl is not None,
             "source": config.source,
-            "sentiment_sources": {i.symbol: i.sources for i in pending},
+            "sentiment_sources": dict(zip(pending.symbols, pending.sources, strict=True)),
             "purpose": LIVE_PURPOSE,
             "broker": broker.name,
             **_rl_model_params(config, ensemble.rl),
         },
         start_date=min(decisions.dates),
         end_date=max(decisions.dates),
-        symbols=[i.symbol for i in pending],
+        symbols=list(pending.symbols),
         status="complete",
         finished_at=now,
         metrics={
@@ -244,7 +246,7 @@ def _run_row(
 
 def _columns(
     strategy: str,
-    pending: Sequence[CachedSymbol],
+    pending: Cached,
     decisions: Decisions,
     equity: list[float],
     signals: Columns,
@@ -255,7 +257,7 @@ def _columns(
     portfolios = decisions.portfolios
     n = len(decisions)
     columns: dict[str, list[Any]] = {
-        "symbol_id": [i.symbol_id for i in pending],
+        "symbol_id": pending.ids,
         "date": list(decisions.dates),
         "action": decisions.actions,
         "strength": decisions.strengths,

@@ -298,10 +298,10 @@ class Ensemble:
             )
         given = portfolios or {}
         return self.decide_states(
-            [c.symbol for c in cached],
-            [c.newest for c in cached],
+            cached.symbols,
+            cached.newest,
             self.cache.market(cached),
-            [given.get(c.symbol, PortfolioSnapshot()) for c in cached],
+            [given.get(symbol, PortfolioSnapshot()) for symbol in cached.symbols],
         )
 
     def decide_states(
