@@ -490,19 +490,23 @@ class TickCache:
         """Each row's last two bars as one tuple of Python numbers (``TickInputs.tail``: day
         numbers as floats, opens, closes; None where it holds one bar), read for all rows at
         once (a tuple a row, made from six columns)."""
+        picked = np.asarray(rows, dtype=np.int64)
+        at: I64 | slice = picked
+        if np.array_equal(picked, np.arange(len(self._count))):
+            at = slice(None)  # every row in order (a steady tick): no gathering
         numbers = np.concatenate(
             [
-                self._days[rows, -2:].astype(np.float64),
-                self._values[0][rows, -2:],
-                self._values[3][rows, -2:],
+                self._days[at, -2:].astype(np.float64),
+                self._values[0][at, -2:],
+                self._values[3][at, -2:],
             ],
             axis=1,
         )
-        two = (self._count[rows] >= 2).tolist()
-        return [
-            t if ok else None
-            for t, ok in zip(zip(*numbers.T.tolist(), strict=True), two, strict=True)
-        ]
+        tails = zip(*numbers.T.tolist(), strict=True)
+        if bool((self._count[at] >= 2).all()):  # the usual case
+            return list(tails)
+        two = (self._count[at] >= 2).tolist()
+        return [t if ok else None for t, ok in zip(tails, two, strict=True)]
 
     def market(self, symbols: Sequence[CachedSymbol]) -> F64:
         """The market features of each symbol's newest bar, (N, 34): the panel of their cached
