@@ -194,8 +194,9 @@ def _symbols(
         }
         for kind in (False, True)
     }
-    # one dict per kind, shared by its symbols (read only: a tick has thousands)
-    return {name: ids[name] for name in names}, {name: kinds[synthetic[name]] for name in names}
+    # ``ids``: every name's, no other (``tick_symbols``); one sources dict per kind, shared by
+    # its symbols (read only: a tick has thousands)
+    return ids, {name: kinds[synthetic[name]] for name in names}
 
 
 class TickCache:
