@@ -13,6 +13,10 @@
 * ``paper``: the ``Broker`` protocol (where a broker plugs in) and ``PaperBroker``, whose
   positions are the strategy's live decisions through the backtester's sleeve, kept between
   ticks and stepped once a tick (replayed from the stored decisions once after a restart).
+* ``rows``: ``Rows``, a tick's rows kept as columns and made into objects only when read
+  (``Holdings``, ``Portfolios``; ``tick.Decisions``, ``paper.Inputs``, ``cache.Cached``):
+  ``run_tick``'s ``TickReport.decisions`` and ``holdings`` are such sequences, so a tick of
+  thousands of symbols builds none of its per-symbol objects unless a caller reads them.
 * ``bars``: the ``BarSource`` protocol and ``CsvFolderBars`` (``otonom daemon --bars-from``:
   ``<SYMBOL>.csv`` of a folder imported before each tick).
 * ``loop``: ``run_tick`` (each symbol's newest bar not yet decided, decided and recorded in

@@ -62,8 +62,8 @@ _NONE: Final = np.iinfo(np.int64).min  # no score: NaT as a day number
 class CachedSymbol(NamedTuple):
     """A symbol as the cache holds it after ``TickCache.refresh``: its row in the cache's
     windows, the date of its newest bar and, when it was read whole this tick, its inputs
-    (``SymbolInputs``: the history and news a replay needs). A named tuple: a tick makes one
-    a symbol, at a third of a frozen dataclass's cost."""
+    (``SymbolInputs``: the history and news a replay needs): a row of ``Cached``, made when
+    read (a named tuple: about half a frozen dataclass's cost)."""
 
     symbol: str
     symbol_id: int

@@ -55,7 +55,7 @@ F64 = npt.NDArray[np.float64]
 
 class LastDecision(NamedTuple):
     """A symbol's newest live decision in the store: its bar date, action and strength (a
-    named tuple: a tick makes one a symbol, at a third of a frozen dataclass's cost)."""
+    named tuple: a tick makes one a symbol, at about half a frozen dataclass's cost)."""
 
     date: dt.date
     action: int
