@@ -22,8 +22,9 @@ the decisions recorded; the fill is the next tick's step.
 from __future__ import annotations
 
 import datetime as dt
+from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 
 import numpy as np
@@ -224,6 +225,9 @@ class _State:
     params: EngineParams
     action: int | None = None
     strength: float = 0.0
+    bars: tuple[array[float], array[float], array[float], array[float]] = field(
+        default_factory=lambda: _bars()
+    )  # ``_step``'s two bars: days, opens, closes, caps (rewritten in place each tick)
 
 
 class PaperBroker:
@@ -340,6 +344,7 @@ class PaperBroker:
 _EPOCH: Final = dt.date(1970, 1, 1).toordinal()
 _HOLD: Final = (int(Action.HOLD), 0.0)
 _NEVER: Final = PortfolioSnapshot().days_since_last_trade  # never traded (inf)
+_TWO: Final = (0.0, 0.0)
 
 
 def _check(portfolios: Portfolios) -> None:
@@ -447,11 +452,21 @@ def _step(state: _State, tail: Tail | None, params: EngineParams) -> _Sleeve | N
         or not (state.params is params or state.params == params)
     ):
         return None
-    # a HOLD never reads its cap; ``_drive``'s two days as the lists it would make: the
-    # decision filled at the new bar's open, which is marked
-    sleeve.resume(tail[0:2], tail[2:4], tail[4:6], (state.cap, 0.0))
+    # the state's own arrays rewritten in place (no new object a symbol a tick: a tick's
+    # thousands of small sequences would cost the garbage collector more than the step)
+    days, opens, closes, caps = state.bars
+    days[0], days[1], opens[0], opens[1], closes[0], closes[1] = tail
+    caps[0] = state.cap  # caps[1] stays 0.0: a HOLD never reads its cap
+    sleeve.resume(days, opens, closes, caps)
+    # ``_drive``'s two days as the lists it would make: the decision filled at the new
+    # bar's open, which is marked
     sleeve.run([action, _HOLD[0]], [state.strength, _HOLD[1]])
     return sleeve
+
+
+def _bars() -> tuple[array[float], array[float], array[float], array[float]]:
+    """Four arrays of two doubles (not tracked by the garbage collector), for ``_step``."""
+    return array("d", _TWO), array("d", _TWO), array("d", _TWO), array("d", _TWO)
 
 
 def _resume(state: _State, inputs: TickInputs, params: EngineParams) -> _Sleeve:
