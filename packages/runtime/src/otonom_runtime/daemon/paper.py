@@ -345,6 +345,9 @@ _EPOCH: Final = dt.date(1970, 1, 1).toordinal()
 _HOLD: Final = (int(Action.HOLD), 0.0)
 _NEVER: Final = PortfolioSnapshot().days_since_last_trade  # never traded (inf)
 _TWO: Final = (0.0, 0.0)
+_NO_BARS: Final = _Bars(
+    "", np.empty(0, "datetime64[D]"), np.empty(0), np.empty(0), np.empty((0, 0)), 0
+)  # a sleeve's bars before ``_Sleeve.resume`` gives it its own
 
 
 def _check(portfolios: Portfolios) -> None:
@@ -441,16 +444,16 @@ def _replay(inputs: TickInputs, params: EngineParams, capital: float) -> _Sleeve
 
 
 def _step(state: _State, tail: Tail | None, params: EngineParams) -> _Sleeve | None:
-    """``_resume`` in the steady case (the state's bar the second newest, its sleeve kept,
-    the same params): its sleeve stepped over the newest bar (``tail``); None otherwise."""
+    """``_resume`` in the steady case (the state's bar the second newest, its sleeve kept
+    with the same params, or none: never traded): the sleeve stepped over the newest bar
+    (``tail``; a fresh one with the state's capital where it never traded); None
+    otherwise."""
     sleeve, action = state.sleeve, state.action
-    if (
-        tail is None
-        or tail[0] != state.number  # one bar on, as numbers already
-        or sleeve is None
-        or action is None
-        or not (state.params is params or state.params == params)
-    ):
+    if tail is None or tail[0] != state.number or action is None:  # not one bar on
+        return None
+    if sleeve is None:  # never traded: ``_resume``'s fresh sleeve, its two bars put below
+        sleeve = _Sleeve(_NO_BARS, params, state.capital, [])
+    elif not (state.params is params or state.params == params):
         return None
     # the state's own arrays rewritten in place (no new object a symbol a tick: a tick's
     # thousands of small sequences would cost the garbage collector more than the step)
