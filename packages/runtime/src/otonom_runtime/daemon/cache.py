@@ -116,7 +116,10 @@ class Cached(Rows[CachedSymbol]):
         )  # fmt: skip
 
     def pick(self, indexes: Sequence[int]) -> Cached:
-        """Rows ``indexes`` of these, in that order."""
+        """Rows ``indexes`` of these, in that order (these themselves when it is every row in
+        order: a steady tick's pending symbols; columns are never changed in place)."""
+        if len(indexes) == len(self.ids) and list(indexes) == list(range(len(self.ids))):
+            return self
         return Cached(
             *(  # type: ignore[arg-type]
                 [column[i] for i in indexes]
