@@ -15,6 +15,7 @@ from otonom_runtime import store
 from otonom_runtime.store import (
     BacktestRun,
     Bar,
+    Base,
     MacroSentiment,
     NewsSentiment,
     Symbol,
@@ -281,6 +282,17 @@ def postgres_url() -> Iterator[str]:
     with postgres_for_tests() as url:
         yield url
         dispose_engines()
+
+
+@pytest.fixture
+def pg(postgres_url: str) -> str:
+    """An empty, initialised store on the session's PostgreSQL server."""
+    Base.metadata.drop_all(get_engine(postgres_url))
+    with get_engine(postgres_url).begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS store_meta"))
+    dispose_engines()
+    init_db(postgres_url)
+    return postgres_url
 
 
 # --- store upgrades: what the sentiment tables hold and how they are laid out -------------------

@@ -228,19 +228,35 @@ def test_a_decision_s_signals_read_as_the_dict_of_signals_they_stand_for(
         assert again.signals == plain
 
 
-@pytest.mark.parametrize("kept", [True, False], ids=["kept", "replayed"])
+class _ListedBroker(PaperBroker):
+    """The paper broker given its inputs as a plain list of ``TickInputs`` (what a broker of
+    the protocol may be given), not the tick's columns."""
+
+    def lacking(self, inputs: Any, capital: float) -> list[int]:
+        return super().lacking(list(inputs), capital)
+
+    def holdings(self, inputs: Any, params: Any, capital: float) -> Any:
+        return super().holdings(list(inputs), params, capital)
+
+
+@pytest.mark.parametrize(
+    ("kept", "broker_type"),
+    [(True, PaperBroker), (False, PaperBroker), (True, _ListedBroker)],
+    ids=["kept", "replayed", "kept-listed"],
+)
 def test_daily_ticks_with_the_paper_broker_reproduce_the_backtest_row_for_row(
-    reference: tuple[Path, str, int, bool], tmp_path: Path, kept: bool
+    reference: tuple[Path, str, int, bool], tmp_path: Path, kept: bool, broker_type: type[Any]
 ) -> None:
     """A tick per day from ``START`` (``as_of``: the bars up to that day): the paper broker's
     positions are the backtester's sleeves, so every live decision row (portfolio, days since
     the last trade, equity, every signal) equals the backtest's row. ``kept``: one broker and
     one ensemble (their cache) for every tick, each sleeve stepped once a tick; else a new
-    broker each tick (a restarted daemon: every sleeve replayed from the first decision)."""
+    broker each tick (a restarted daemon: every sleeve replayed from the first decision).
+    ``kept-listed``: the broker reads its inputs from a plain list, not the tick's columns."""
     path, url, run_id, rl = reference
     expected = _rows(url, run_id=run_id)
     ensemble = Ensemble.from_strategy(path, use_rl=rl)
-    broker = PaperBroker()
+    broker = broker_type()
     copy = f"sqlite:///{(tmp_path / 'copy.db').as_posix()}"
     init_db(copy)
     with get_session(copy) as session:
@@ -249,7 +265,7 @@ def test_daily_ticks_with_the_paper_broker_reproduce_the_backtest_row_for_row(
     with get_session(copy) as session:
         while day <= HISTORY[1]:
             if not kept:
-                broker = PaperBroker()
+                broker = broker_type()
                 ensemble.cache.clear()
             report = run_tick(session, ensemble, SYMBOLS, broker, as_of=day)
             assert [d.symbol for d in report.decisions] == SYMBOLS

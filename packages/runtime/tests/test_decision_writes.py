@@ -18,14 +18,11 @@ from sqlalchemy.orm import Session
 from otonom_runtime.backtest import run_backtest
 from otonom_runtime.store import (
     BacktestRun,
-    Base,
     Decision,
     decision_batches,
     dispose_engines,
-    get_engine,
     get_or_create_symbol,
     get_session,
-    init_db,
     insert_decisions,
     writers,
 )
@@ -236,18 +233,11 @@ def _backtest_rows(url: str) -> list[tuple[Any, ...]]:
     return out
 
 
-def test_a_backtest_stores_the_same_rows_on_sqlite_and_postgresql(
-    db_url: str, postgres_url: str
-) -> None:
-    Base.metadata.drop_all(get_engine(postgres_url))
-    with get_engine(postgres_url).begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS store_meta"))
-    dispose_engines()
-    init_db(postgres_url)
+def test_a_backtest_stores_the_same_rows_on_sqlite_and_postgresql(db_url: str, pg: str) -> None:
     on_sqlite = _backtest_rows(db_url)
     assert len(on_sqlite) > 2 * 250
     assert any(math.isinf(row[7]) for row in on_sqlite)  # days before the first trade
-    assert _backtest_rows(postgres_url) == on_sqlite
+    assert _backtest_rows(pg) == on_sqlite
 
 
 def test_the_runs_dates_are_those_np_unique_gives() -> None:
@@ -267,16 +257,8 @@ def test_the_runs_dates_are_those_np_unique_gives() -> None:
         assert not np.shares_memory(got, calendars[0])
 
 
-def _fresh(postgres_url: str) -> None:
-    Base.metadata.drop_all(get_engine(postgres_url))
-    with get_engine(postgres_url).begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS store_meta"))
-    dispose_engines()
-    init_db(postgres_url)
-
-
 def test_the_copy_on_postgresql_stores_what_one_row_at_a_time_stores(
-    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+    pg: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """PostgreSQL's binary ``COPY`` (``writers._insert_copy``) stores what SQLAlchemy's
     insert of one row at a time stores: a NULL, ``inf`` (as NULL), -0.0, tiny and huge
@@ -289,8 +271,7 @@ def test_the_copy_on_postgresql_stores_what_one_row_at_a_time_stores(
         copy(conn, columns)
 
     monkeypatch.setattr(writers, "_insert_copy", spy)
-    _fresh(postgres_url)
-    with get_session(postgres_url) as session:
+    with get_session(pg) as session:
         symbol, _ = get_or_create_symbol(session, "A", source="test")
         fast, slow = _run(session), _run(session)
         copied = _columns(fast, symbol.id, 131, sqlite=False)
@@ -317,14 +298,13 @@ def test_the_copy_on_postgresql_stores_what_one_row_at_a_time_stores(
     dispose_engines()
 
 
-def test_a_duplicate_live_decision_on_postgresql_is_an_integrity_error(postgres_url: str) -> None:
+def test_a_duplicate_live_decision_on_postgresql_is_an_integrity_error(pg: str) -> None:
     """The ``COPY``'s broken unique key is raised as SQLAlchemy raises a statement's
     (``IntegrityError``: what ``record_tick`` takes for another writer's tick), and the
     transaction rolled back stores none of the rows."""
     from sqlalchemy.exc import IntegrityError
 
-    _fresh(postgres_url)
-    with get_session(postgres_url) as session:
+    with get_session(pg) as session:
         symbol, _ = get_or_create_symbol(session, "A", source="test")
         run_id = _run(session)
         rows = _columns(run_id, symbol.id, 3, sqlite=False)

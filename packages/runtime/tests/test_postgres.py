@@ -20,7 +20,6 @@ from otonom_runtime.store import (
     STORE_VERSION,
     USER_SOURCE,
     BacktestRun,
-    Base,
     Decision,
     MacroSentiment,
     NewsSentiment,
@@ -39,17 +38,6 @@ from otonom_runtime.synth import generate_market, write_synthetic
 from otonom_runtime.testing.postgres import TEST_URL_ENV, postgres_server
 
 D0 = dt.date(2021, 1, 1)
-
-
-@pytest.fixture
-def pg(postgres_url: str) -> str:
-    """An empty, initialised store on the session's PostgreSQL server."""
-    Base.metadata.drop_all(get_engine(postgres_url))
-    with get_engine(postgres_url).begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS store_meta"))
-    dispose_engines()
-    init_db(postgres_url)
-    return postgres_url
 
 
 def test_it_is_really_postgres(pg: str) -> None:

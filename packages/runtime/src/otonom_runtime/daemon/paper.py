@@ -22,8 +22,9 @@ the decisions recorded; the fill is the next tick's step.
 from __future__ import annotations
 
 import datetime as dt
+import operator
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 
@@ -251,12 +252,7 @@ class PaperBroker:
         )
 
     def lacking(self, inputs: Sequence[TickInputs], capital: float) -> list[int]:
-        columns = (
-            zip(inputs.symbols, inputs.symbol_ids, inputs.lasts, inputs.tails, inputs.rows,
-                inputs.wholes, inputs.lives, strict=True)
-            if isinstance(inputs, Inputs)
-            else ((x.symbol, x.symbol_id, x.last, x.tail, x.row, x.whole, x.live) for x in inputs)
-        )  # fmt: skip
+        columns = _fields(inputs, ("symbol", "symbol_id", "last", "tail", "row", "whole", "live"))
         get = self._sleeves.get
         windows = inputs.windows if isinstance(inputs, Inputs) else None
         return [
@@ -278,12 +274,7 @@ class PaperBroker:
         marks: list[float] = []  # six numbers a symbol (``_Sleeve.out``'s newest mark)
         add, get = marks.extend, sleeves.get
         dates: dict[int, dt.date] = {}  # day number -> date: a tick's bars share a few days
-        columns = (
-            zip(inputs.symbols, inputs.symbol_ids, inputs.lasts, inputs.tails, inputs.caps,
-                inputs.wholes, inputs.lives, strict=True)
-            if isinstance(inputs, Inputs)
-            else ((x.symbol, x.symbol_id, x.last, x.tail, x.cap, x.whole, x.live) for x in inputs)
-        )  # fmt: skip
+        columns = _fields(inputs, ("symbol", "symbol_id", "last", "tail", "cap", "whole", "live"))
         for i, (symbol, symbol_id, last, tail, cap, whole, live) in enumerate(columns):
             sleeve: _Sleeve | None
             state: _State | None = None
@@ -389,6 +380,15 @@ def _resumable(
             )
         )
     )
+
+
+def _fields(inputs: Sequence[TickInputs], names: tuple[str, ...]) -> Iterator[tuple[Any, ...]]:
+    """The fields ``names`` of each of ``inputs``, a tuple a row: zipped from the columns of
+    ``Inputs`` (each field's column is its name plus ``s``), else read from each item."""
+    if isinstance(inputs, Inputs):
+        return zip(*(getattr(inputs, f"{name}s") for name in names), strict=True)
+    read = operator.attrgetter(*names)
+    return (read(item) for item in inputs)
 
 
 def _numbers(inputs: TickInputs) -> npt.NDArray[np.int64]:
