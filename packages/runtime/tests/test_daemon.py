@@ -278,6 +278,44 @@ def test_daily_ticks_with_the_paper_broker_reproduce_the_backtest_row_for_row(
     assert any(row[6] != math.inf for row in got)
 
 
+def test_a_sleeve_keeps_its_capital_when_the_universe_changes(tmp_path: Path) -> None:
+    """A sleeve's capital is fixed at its first live decision (the tick's split then): the
+    universe growing from two symbols to three and shrinking back leaves the first two
+    sleeves' equity on the path they were on (not re-based to a third of the capital), the
+    symbol added starts with a third; a restarted daemon (a new broker, the cache cleared)
+    replays every sleeve from its first decision's recorded equity to the same rows."""
+    path = _strategy(tmp_path)
+    days = [START + dt.timedelta(days=k) for k in range(40)]
+    names = [SYMBOLS[:2] if k < 15 else SYMBOLS if k < 30 else SYMBOLS[:2] for k in range(40)]
+
+    def ticks(
+        folder: str, restart_at: int | None = None, names: list[list[str]] = names
+    ) -> list[tuple[Any, ...]]:
+        (tmp_path / folder).mkdir()
+        url = _store(tmp_path / folder)
+        ensemble, broker = Ensemble.from_strategy(path), PaperBroker()
+        with get_session(url) as session:
+            for k, (day, universe) in enumerate(zip(days, names, strict=True)):
+                if k == restart_at:
+                    broker = PaperBroker()
+                    ensemble.cache.clear()
+                run_tick(session, ensemble, universe, broker, as_of=day)
+        return _rows(url, live=ensemble.name)
+
+    kept = ticks("kept")
+    capital = load_strategy(path).portfolio.initial_capital
+    at = 1 + _ROW.index("equity")
+    equity = {(r[0], r[1]): r[at] for r in kept}
+    assert equity[(SYMBOLS[0], START)] == equity[(SYMBOLS[1], START)] == capital / 2
+    assert equity[(SYMBOLS[2], days[15])] == capital / 3  # the split of the universe it joins
+    btc = [equity[(SYMBOLS[0], day)] for day in days]
+    assert len(set(btc)) > 5  # the sleeve traded: its equity moved
+    two = ticks("two", names=[SYMBOLS[:2]] * len(days))  # the same two symbols all along
+    assert btc == [r[at] for r in two if r[0] == SYMBOLS[0]]  # the same sleeve
+    assert ticks("restarted", 20) == kept
+    assert ticks("restarted_late", 35) == kept
+
+
 # --- idempotency ---------------------------------------------------------------------------
 
 

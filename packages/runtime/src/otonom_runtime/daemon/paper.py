@@ -10,13 +10,17 @@ exposure, ruin) driven by those decisions. Between ticks it keeps each sleeve's 
 bar it last decided; a tick resumes it from there (one step: the last decision filled at the
 next open, the new bar marked) when the store's newest live decision of the symbol is the one
 the sleeve holds (the tick reads it: ``TickInputs.last``). Otherwise (a restarted daemon, a
-decision another process recorded, another capital per symbol) it replays the sleeve from the
-first live decision to the bar decided, once. So a paper position needs no table of its own,
-survives any crash (it is what the committed ticks say) and is the backtester's portfolio for
-the same decisions. A bar between two live decisions that the daemon did not decide (it was
-down) counts as a HOLD. Each symbol trades its own sleeve of ``initial_capital / number of
-symbols`` (the backtester's rule). ``submit`` sends nothing: it keeps the sleeves' states with
-the decisions recorded; the fill is the next tick's step.
+decision another process recorded) it replays the sleeve from the first live decision to the
+bar decided, once. So a paper position needs no table of its own, survives any crash (it is
+what the committed ticks say) and is the backtester's portfolio for the same decisions. A bar
+between two live decisions that the daemon did not decide (it was down) counts as a HOLD.
+Each symbol trades its own sleeve, whose capital is fixed at its first live decision: the
+tick's ``capital``, ``initial_capital / number of symbols`` then (the backtester's rule for a
+fixed universe), recorded as that decision's equity, which a replay starts from. A universe
+that grows or shrinks leaves the other sleeves as they are (a symbol added starts with the
+split of the universe it joins); so does a changed ``initial_capital``. ``submit`` sends
+nothing: it keeps the sleeves' states with the decisions recorded; the fill is the next
+tick's step.
 """
 
 from __future__ import annotations
@@ -198,8 +202,8 @@ class Broker(Protocol):
         self, inputs: Sequence[TickInputs], params: EngineParams, capital: float
     ) -> Sequence[Holding]:
         """Each symbol's ``Holding`` at the close of its newest bar (``inputs``, in order);
-        ``capital``: a symbol's share of the strategy's capital (``Holdings``: as columns,
-        which the tick reads as they are)."""
+        ``capital``: a symbol's share of the strategy's capital, the capital of a sleeve that
+        starts now (``Holdings``: as columns, which the tick reads as they are)."""
         ...
 
     def submit(self, decisions: Sequence[TickDecision]) -> None:
@@ -244,7 +248,6 @@ class PaperBroker:
         return _resumable(
             self._sleeves.get(inputs.symbol),
             inputs.symbol_id,
-            capital,
             inputs.last,
             inputs.tail,
             inputs.windows,
@@ -259,7 +262,7 @@ class PaperBroker:
             i
             for i, (symbol, sid, last, tail, row, whole, live) in enumerate(columns)
             if (whole is None or live is None)
-            and not _resumable(get(symbol), sid, capital, last, tail,
+            and not _resumable(get(symbol), sid, last, tail,
                                windows or inputs[i].windows, row)
         ]  # fmt: skip
 
@@ -278,13 +281,16 @@ class PaperBroker:
         for i, (symbol, symbol_id, last, tail, cap, whole, live) in enumerate(columns):
             sleeve: _Sleeve | None
             state: _State | None = None
+            own = capital  # the sleeve's capital: fixed at its first live decision
             if last is None:
                 sleeve = None
             elif whole is not None and live is not None:
-                sleeve = _replay(inputs[i], params, capital)
+                own = capital if live.first_equity is None else live.first_equity
+                sleeve = _replay(inputs[i], params, own)
             elif (state := get(symbol)) is not None and (
                 state.day == last.date  # what ``resumes`` found (the tick asked it)
             ):
+                own = state.capital
                 sleeve = _step(state, tail, params) or _resume(state, inputs[i], params)
             else:
                 raise DaemonError(
@@ -300,7 +306,7 @@ class PaperBroker:
                 state.day, state.number, state.cap = day, number, cap
                 state.params, state.action = params, None  # until ``submit``
             else:
-                sleeves[symbol] = _State(symbol_id, capital, day, number, cap, sleeve, params)
+                sleeves[symbol] = _State(symbol_id, own, day, number, cap, sleeve, params)
             if sleeve is None:  # never decided: flat, the sleeve fresh at this bar
                 add((0.0, 0.0, 1.0, _NEVER, capital, 0.0))  # ``PortfolioSnapshot()``'s fields
             else:
@@ -356,7 +362,6 @@ def _check(portfolios: Portfolios) -> None:
 def _resumable(
     state: _State | None,
     symbol_id: int,
-    capital: float,
     last: LastDecision | None,
     tail: Tail | None,
     windows: Windows,
@@ -367,7 +372,6 @@ def _resumable(
     return last is None or (
         state is not None
         and state.symbol_id == symbol_id
-        and state.capital == capital
         and state.day == last.date
         and state.action == last.action
         and state.strength == last.strength

@@ -384,30 +384,36 @@ def _driver_rows(
 @dataclass(frozen=True)
 class LiveDecisions:
     """One symbol's live decisions of a strategy, oldest first: their bar dates, actions and
-    strengths."""
+    strengths; ``first_equity``: the sleeve's equity recorded with the first of them (its
+    capital: a sleeve is flat until its first decision; None: not read)."""
 
     dates: npt.NDArray[np.datetime64]
     actions: list[int]
     strengths: list[float]
+    first_equity: float | None = None
 
 
 def load_live_decisions(
     session: Session, strategy: str, symbol_ids: Sequence[int]
 ) -> dict[int, LiveDecisions]:
     """The live decisions of ``strategy`` (``Decision.live_strategy``) for ``symbol_ids``, in
-    one statement; a symbol with none is left out."""
+    one statement (with the first one's equity); a symbol with none is left out."""
     rows = _rows(
         session,
-        select(Decision.symbol_id, Decision.date, Decision.action, Decision.strength)
+        select(
+            Decision.symbol_id, Decision.date, Decision.action, Decision.strength, Decision.equity
+        )
         .where(Decision.live_strategy == strategy, Decision.symbol_id.in_(list(symbol_ids)))
         .order_by(Decision.symbol_id, Decision.date),
     )
     if not rows:
         return {}
-    ids, dates, actions, strengths = zip(*rows, strict=True)
+    ids, dates, actions, strengths, equities = zip(*rows, strict=True)
     days = _days(dates)
     return {
-        symbol_id: LiveDecisions(days[a:b], list(actions[a:b]), list(strengths[a:b]))
+        symbol_id: LiveDecisions(
+            days[a:b], list(actions[a:b]), list(strengths[a:b]), float(equities[a])
+        )
         for symbol_id, a, b in _groups(np.array(ids, dtype=np.int64))
     }
 
