@@ -6,8 +6,6 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-import numpy as np
-import numpy.typing as npt
 import pytest
 
 from otonom_runtime import DataRangeError, OtonomRuntimeError, UnknownSymbolError
@@ -15,19 +13,13 @@ from otonom_runtime.ranges import WARMUP_DAYS, bar_dates, bar_ranges, common_ran
 from otonom_runtime.store import get_session, init_db
 from otonom_runtime.synth import write_synthetic
 from otonom_schema import LOOKBACK
+from otonom_schema.testing import calendar_days
 
 D = dt.date
 
 
-def _days(first: dt.date, last: dt.date, *, weekdays: bool) -> npt.NDArray[np.datetime64]:
-    days = np.arange(np.datetime64(first, "D"), np.datetime64(last, "D") + 1)
-    if weekdays:  # 1970-01-01 was a Thursday: day number + 3 mod 7 is Monday = 0
-        days = days[(days.astype(np.int64) + 3) % 7 < 5]
-    return days
-
-
 def test_daily_bars_wait_warmup_days() -> None:
-    days = _days(D(2020, 1, 1), D(2020, 12, 31), weekdays=False)
+    days = calendar_days(D(2020, 1, 1), D(2020, 12, 31), weekdays=False)
     r = bar_ranges({"C": days})
     assert (r.data_start, r.first_decision, r.end) == (
         D(2020, 1, 1),
@@ -41,7 +33,7 @@ def test_daily_bars_wait_warmup_days() -> None:
 
 
 def test_weekday_bars_wait_lookback_bars() -> None:
-    days = _days(D(1990, 1, 1), D(1990, 12, 31), weekdays=True)
+    days = calendar_days(D(1990, 1, 1), D(1990, 12, 31), weekdays=True)
     r = bar_ranges({"S": days})
     assert r.first_decision == days[LOOKBACK].astype(object)
     assert r.warmup_bars == LOOKBACK
@@ -53,8 +45,8 @@ def test_weekday_bars_wait_lookback_bars() -> None:
 
 
 def test_the_common_range_binds() -> None:
-    early = _days(D(2019, 1, 1), D(2020, 12, 31), weekdays=False)
-    late = _days(D(2020, 2, 1), D(2021, 6, 30), weekdays=False)
+    early = calendar_days(D(2019, 1, 1), D(2020, 12, 31), weekdays=False)
+    late = calendar_days(D(2020, 2, 1), D(2021, 6, 30), weekdays=False)
     r = bar_ranges({"OLD": early, "NEW": late}, end=D(2020, 11, 30))
     assert (r.data_start, r.first_decision, r.end) == (
         D(2020, 2, 1),
@@ -66,7 +58,7 @@ def test_the_common_range_binds() -> None:
 
 
 def test_too_few_bars_are_refused_in_one_line() -> None:
-    days = _days(D(2020, 1, 1), D(2020, 6, 1), weekdays=False)
+    days = calendar_days(D(2020, 1, 1), D(2020, 6, 1), weekdays=False)
     with pytest.raises(DataRangeError) as err:
         bar_ranges({"SHORT": days})
     text = str(err.value)
@@ -77,7 +69,7 @@ def test_too_few_bars_are_refused_in_one_line() -> None:
     assert text.endswith("pass a longer series")
     assert isinstance(err.value, OtonomRuntimeError)
     assert isinstance(err.value, ValueError)
-    weekdays = _days(D(1990, 1, 1), D(1990, 12, 31), weekdays=True)
+    weekdays = calendar_days(D(1990, 1, 1), D(1990, 12, 31), weekdays=True)
     with pytest.raises(DataRangeError, match=r"^X has 100 bars .* the check needs at least 392"):
         bar_ranges({"X": weekdays[:100]}, what="the check", min_decision_days=None)
     with pytest.raises(DataRangeError, match=r"pass a longer series or a wider --start-date"):
@@ -85,8 +77,8 @@ def test_too_few_bars_are_refused_in_one_line() -> None:
 
 
 def test_no_overlap_no_bars_no_symbols() -> None:
-    a = _days(D(2010, 1, 1), D(2010, 12, 31), weekdays=False)
-    b = _days(D(2012, 1, 1), D(2012, 12, 31), weekdays=False)
+    a = calendar_days(D(2010, 1, 1), D(2010, 12, 31), weekdays=False)
+    b = calendar_days(D(2012, 1, 1), D(2012, 12, 31), weekdays=False)
     with pytest.raises(DataRangeError, match="the symbols' bars do not overlap: A has 365 bars"):
         common_range({"A": a, "B": b})
     with pytest.raises(DataRangeError, match=r"^A has no bar in 2011-01-01 \.\. the last bar"):

@@ -14,11 +14,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 
 from otonom_runtime.strategy import infer_periods_per_year
 from otonom_schema import LOOKBACK
+from otonom_schema.testing import calendar_days
 from otonom_trainer.ranges import RangeError, fit_windows, ranges_from_dates
 from otonom_trainer.walkforward import WalkForwardError
 
@@ -27,19 +27,12 @@ STRATEGY = str(ROOT / "strategies" / "baseline_v1.yaml")
 D = dt.date
 
 
-def _days(first: dt.date, last: dt.date, *, weekdays: bool) -> npt.NDArray[np.datetime64]:
-    days = np.arange(np.datetime64(first, "D"), np.datetime64(last, "D") + 1)
-    if weekdays:  # 1970-01-01 was a Thursday: day number + 3 mod 7 is Monday = 0
-        days = days[(days.astype(np.int64) + 3) % 7 < 5]
-    return days
-
-
 # --- the calendar --------------------------------------------------------------------------------
 
 
 def test_calendar_is_inferred_from_the_dates() -> None:
-    daily = _days(D(2020, 1, 1), D(2022, 12, 31), weekdays=False)
-    weekdays = _days(D(1990, 1, 1), D(1992, 12, 31), weekdays=True)
+    daily = calendar_days(D(2020, 1, 1), D(2022, 12, 31), weekdays=False)
+    weekdays = calendar_days(D(1990, 1, 1), D(1992, 12, 31), weekdays=True)
     assert infer_periods_per_year(daily) == 365
     assert infer_periods_per_year(weekdays) == 252
     # holidays off a weekday series keep it at 252; a few missing days keep crypto at 365
@@ -53,7 +46,7 @@ def test_calendar_is_inferred_from_the_dates() -> None:
 
 
 def test_the_strategy_calendar_wins_over_the_inference() -> None:
-    weekdays = _days(D(1990, 1, 1), D(1992, 12, 31), weekdays=True)
+    weekdays = calendar_days(D(1990, 1, 1), D(1992, 12, 31), weekdays=True)
     r = ranges_from_dates({"S": weekdays}, periods_per_year=365)
     assert r.periods_per_year == 365
     assert "the strategy's calendar.periods_per_year" in r.calendar_line()
@@ -63,8 +56,8 @@ def test_a_stock_and_a_crypto_symbol_share_the_crypto_calendar() -> None:
     """The portfolio has a day wherever one symbol has a bar: the union of the dates."""
     r = ranges_from_dates(
         {
-            "STOCK": _days(D(2019, 1, 1), D(2022, 12, 31), weekdays=True),
-            "COIN": _days(D(2019, 1, 1), D(2022, 12, 31), weekdays=False),
+            "STOCK": calendar_days(D(2019, 1, 1), D(2022, 12, 31), weekdays=True),
+            "COIN": calendar_days(D(2019, 1, 1), D(2022, 12, 31), weekdays=False),
         }
     )
     assert r.periods_per_year == 365
@@ -75,7 +68,7 @@ def test_a_stock_and_a_crypto_symbol_share_the_crypto_calendar() -> None:
 
 def test_the_demo_history_keeps_its_documented_dates() -> None:
     """The embedded default (three DEMO symbols, 2018-01-01 .. 2023-12-31, every day)."""
-    days = _days(D(2018, 1, 1), D(2023, 12, 31), weekdays=False)
+    days = calendar_days(D(2018, 1, 1), D(2023, 12, 31), weekdays=False)
     r = ranges_from_dates({"DEMO-BTC": days, "DEMO-ETH": days, "DEMO-SOL": days})
     assert (r.data_start, r.first_decision, r.end) == (
         D(2018, 1, 1),
@@ -91,7 +84,7 @@ def test_the_demo_history_keeps_its_documented_dates() -> None:
 
 
 def test_weekday_data_waits_for_lookback_bars_and_holds_out_a_quarter() -> None:
-    days = _days(D(1986, 1, 1), D(1989, 12, 31), weekdays=True)
+    days = calendar_days(D(1986, 1, 1), D(1989, 12, 31), weekdays=True)
     r = ranges_from_dates({"IBM": days})
     # 180 days would leave fewer than LOOKBACK weekday bars: the bars decide
     assert r.first_decision == days[LOOKBACK].astype(object)
@@ -106,7 +99,7 @@ def test_weekday_data_waits_for_lookback_bars_and_holds_out_a_quarter() -> None:
 
 
 def test_start_and_end_restrict_the_bars() -> None:
-    days = _days(D(2015, 1, 1), D(2024, 6, 30), weekdays=False)
+    days = calendar_days(D(2015, 1, 1), D(2024, 6, 30), weekdays=False)
     r = ranges_from_dates({"C": days}, start=D(2019, 1, 1), end=D(2022, 12, 31))
     assert (r.data_start, r.first_decision, r.end) == (
         D(2019, 1, 1),
@@ -116,8 +109,8 @@ def test_start_and_end_restrict_the_bars() -> None:
 
 
 def test_common_range_of_several_symbols() -> None:
-    early = _days(D(2010, 1, 1), D(2023, 12, 31), weekdays=False)
-    late = _days(D(2019, 1, 1), D(2024, 6, 30), weekdays=False)
+    early = calendar_days(D(2010, 1, 1), D(2023, 12, 31), weekdays=False)
+    late = calendar_days(D(2019, 1, 1), D(2024, 6, 30), weekdays=False)
     r = ranges_from_dates({"OLD": early, "NEW": late})
     # the newer symbol's warm-up binds; the older one's last bar ends the range
     assert (r.data_start, r.first_decision, r.end) == (
@@ -131,7 +124,7 @@ def test_common_range_of_several_symbols() -> None:
 
 
 def test_a_too_short_series_says_what_it_has_and_what_it_needs() -> None:
-    days = _days(D(2022, 1, 3), D(2023, 2, 14), weekdays=False)
+    days = calendar_days(D(2022, 1, 3), D(2023, 2, 14), weekdays=False)
     with pytest.raises(RangeError) as err:
         ranges_from_dates({"BTC-USD": days})
     text = str(err.value)
@@ -140,7 +133,7 @@ def test_a_too_short_series_says_what_it_has_and_what_it_needs() -> None:
     assert "+ 365 decision days" in text
     assert text.endswith("pass a longer series")
     assert isinstance(err.value, ValueError)
-    weekdays = _days(D(2022, 1, 3), D(2023, 2, 14), weekdays=True)
+    weekdays = calendar_days(D(2022, 1, 3), D(2023, 2, 14), weekdays=True)
     with pytest.raises(
         RangeError, match=r"needs at least 392 bars: 140 of warm-up .* 252 decision"
     ):
@@ -150,8 +143,8 @@ def test_a_too_short_series_says_what_it_has_and_what_it_needs() -> None:
 
 
 def test_symbols_without_a_common_range_or_without_bars_are_refused() -> None:
-    a = _days(D(2010, 1, 1), D(2014, 12, 31), weekdays=False)
-    b = _days(D(2016, 1, 1), D(2020, 12, 31), weekdays=False)
+    a = calendar_days(D(2010, 1, 1), D(2014, 12, 31), weekdays=False)
+    b = calendar_days(D(2016, 1, 1), D(2020, 12, 31), weekdays=False)
     with pytest.raises(RangeError, match="the symbols' bars do not overlap: A has 1826 bars"):
         ranges_from_dates({"A": a, "B": b})
     with pytest.raises(RangeError, match=r"^A has no bar in 2021-01-01 \.\. the last bar"):

@@ -1,4 +1,5 @@
-"""Test helpers shipped as public API (numpy only): random and adversarial market histories.
+"""Test helpers shipped as public API (numpy only): random and adversarial market histories,
+calendars of bar dates.
 
 ``random_history`` and ``random_sentiment`` live in ``otonom_schema.synthetic`` (production
 code may use them; it may not import this module) and are re-exported here.
@@ -9,12 +10,26 @@ deterministic for a given seed.
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
+import numpy.typing as npt
 
 from otonom_schema._features import MarketHistory
 from otonom_schema.synthetic import random_history, random_sentiment
 
-__all__ = ["adversarial_histories", "random_history", "random_sentiment"]
+__all__ = ["adversarial_histories", "calendar_days", "random_history", "random_sentiment"]
+
+
+def calendar_days(
+    first: dt.date, last: dt.date, *, weekdays: bool = False
+) -> npt.NDArray[np.datetime64]:
+    """The bar dates of ``first .. last`` as datetime64[D]: every day (a crypto calendar), or
+    with ``weekdays`` Monday to Friday only (a stock calendar without holidays)."""
+    days = np.arange(np.datetime64(first, "D"), np.datetime64(last, "D") + 1)
+    if weekdays:  # 1970-01-01 was a Thursday: day number + 3 mod 7 is Monday = 0
+        days = days[(days.astype(np.int64) + 3) % 7 < 5]
+    return days
 
 
 def adversarial_histories() -> dict[str, MarketHistory]:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from otonom_runtime._errors import DaemonError
 from otonom_runtime.daemon.loop import TickReport, run_tick
-from otonom_runtime.daemon.paper import PaperBroker, TickInputs
+from otonom_runtime.daemon.paper import PaperBroker
 from otonom_runtime.daemon.reload import ModelWatch
 from otonom_runtime.daemon.rows import Holding, Holdings
 from otonom_runtime.daemon.tick import Ensemble, TickDecision
@@ -61,7 +61,6 @@ class UniverseBroker(PaperBroker):
     def __init__(self, universe: int = 1) -> None:
         super().__init__()
         self.universe = universe
-        self._initial: float | None = None  # the strategy's capital, from ``holdings``
 
     @property
     def universe(self) -> int:
@@ -73,23 +72,10 @@ class UniverseBroker(PaperBroker):
             raise DaemonError(f"universe of {value} symbols; expected at least one")
         self._universe = value
 
-    def resumes(self, inputs: TickInputs, capital: float) -> bool:
-        """``PaperBroker.resumes`` against the universe's share (as ``holdings`` last gave
-        it; before any, the partition's)."""
-        return super().resumes(inputs, self._share(capital))
-
-    def lacking(self, inputs: Sequence[TickInputs], capital: float) -> list[int]:
-        """``PaperBroker.lacking`` against the universe's share (as ``resumes``)."""
-        return super().lacking(inputs, self._share(capital))
-
-    def _share(self, capital: float) -> float:
-        return capital if self._initial is None else self._initial / self.universe
-
     def holdings(self, *args: Any, **kwargs: Any) -> Holdings:
         """``PaperBroker.holdings`` with its last two arguments, ``params`` and ``capital``
         (``run_tick``'s share of the partition), given the universe's share instead."""
         *head, params, _ = args
-        self._initial = params.initial_capital
         share = params.initial_capital / self.universe
         paper: Any = super()  # either form of Broker.holdings: (..., params, capital)
         out: Holdings = paper.holdings(*head, params, share, **kwargs)
