@@ -310,3 +310,42 @@ def test_the_live_decisions_are_read_from_the_store(tmp_path: Path) -> None:
     decision = decide_retrain(_cfg(), Evidence(end, CALM, live_agree=agree, live_total=total))
     assert _reasons(decision) == {"schedule": False, "regime": False, "agreement": True}
     assert "20/40 live decisions (50.0 %) < 60 %" in decision.text()
+
+
+def test_without_symbol_flags_the_model_in_services_symbols_are_judged(tmp_path: Path) -> None:
+    """A model trained on a real symbol (its metadata.json's dataset symbols) and a store holding
+    only that symbol's bars: ``retrain`` without --symbol judges that symbol's regime (never the
+    DEMO-* symbols, which a retrain would synthesise into the store and train on) and says so."""
+    from otonom_runtime.store import Bar, get_or_create_symbol, get_session, init_db
+    from otonom_runtime.testing.models import make_policy_model
+
+    version = tmp_path / "models" / "rl_bc" / "20260110T060000Z"
+    version.mkdir(parents=True)
+    make_policy_model(version / "policy_best.onnx")
+    dataset = {"symbols": ["REAL-X"], "start_date": "2024-07-01", "end_date": "2025-09-30"}
+    (version / "metadata.json").write_text(json.dumps({"dataset": {"metadata": dataset}}))
+    (version.parent / "latest").write_text(version.name + "\n")
+    url = f"sqlite:///{tmp_path / 'data' / 'otonom.db'}"
+    init_db(url)
+    bars = _bars(None)
+    with get_session(url) as session:
+        sym, _ = get_or_create_symbol(session, "REAL-X", source="test")
+        session.add_all(
+            Bar(symbol_id=sym.id, date=d, open=o, high=h, low=lo, close=c, volume=v)
+            for d, o, h, lo, c, v in zip(
+                bars.dates.astype(dt.date).tolist(), bars.open.tolist(), bars.high.tolist(),
+                bars.low.tolist(), bars.close.tolist(), bars.volume.tolist(), strict=True,
+            )
+        )  # fmt: skip
+        session.commit()
+    out = subprocess.run(
+        [sys.executable, "-m", "otonom_trainer", "retrain", "--strategy-path", STRATEGY,
+         "--today", "2026-01-25", "--dry-run"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.startswith(
+        "symbols: REAL-X (the model in service's training symbols; --symbol chooses others)\n"
+    )
+    assert "(457 days)" in out.stdout  # the training period's bars of REAL-X, 2024-07-01 ..
+    assert "DEMO" not in out.stdout + out.stderr

@@ -152,12 +152,14 @@ class RetrainConfig(Validated):
 @dataclass(frozen=True)
 class ServiceModel:
     """The model in service: its version folder's name, when it was trained
-    (``otonom.created_at``) and its training data's first and last day (None: unknown)."""
+    (``otonom.created_at``), its training data's first and last day (None: unknown) and the
+    symbols of its training dataset (empty: unknown)."""
 
     version: str
     created_at: dt.datetime
     train_start: dt.date | None
     train_end: dt.date | None
+    symbols: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -330,7 +332,9 @@ def service_model(model_dir: str | Path) -> ServiceModel | None:
         value = dates.get(key)
         return dt.date.fromisoformat(value) if isinstance(value, str) else None
 
-    return ServiceModel(version.name, created, day("start_date"), day("end_date"))
+    names = dates.get("symbols")
+    symbols = tuple(n for n in names if isinstance(n, str)) if isinstance(names, list) else ()
+    return ServiceModel(version.name, created, day("start_date"), day("end_date"), symbols)
 
 
 def regime_mix(

@@ -27,14 +27,23 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
     from otonom_schema import SchemaError
     from otonom_trainer._errors import OtonomTrainerError
     from otonom_trainer.config import DEMO_SYMBOLS
-    from otonom_trainer.retrain import RetrainConfig, decide, run_retrain
+    from otonom_trainer.retrain import RetrainConfig, decide, run_retrain, service_model
 
     try:
+        symbols = tuple(dict.fromkeys(args.symbol or ()))
+        if not symbols:  # the model in service's own symbols: never a DEMO-* into a real store
+            model = service_model(args.model_dir)
+            symbols = model.symbols if model is not None and model.symbols else DEMO_SYMBOLS
+            if model is not None and model.symbols:
+                print(
+                    f"symbols: {', '.join(symbols)} (the model in service's training symbols; "
+                    "--symbol chooses others)"
+                )
         cfg = RetrainConfig(
             strategy_path=args.strategy_path,
             schedule=args.schedule,
             database_url=args.database_url,
-            symbols=tuple(dict.fromkeys(args.symbol or DEMO_SYMBOLS)),
+            symbols=symbols,
             model_dir=args.model_dir,
             report_dir=args.report_dir,
             today=args.today,
@@ -177,7 +186,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     p.add_argument(
         "--symbol",
         action="append",
-        help="a symbol (repeatable; default DEMO-BTC, DEMO-ETH, DEMO-SOL)",
+        help="a symbol (repeatable; default: the symbols the model in service was trained "
+        "on, else DEMO-BTC, DEMO-ETH, DEMO-SOL)",
     )
     p.add_argument(
         "--database-url", help="SQLAlchemy URL (default: $OTONOM_DATABASE_URL or ./data/otonom.db)"
