@@ -79,6 +79,20 @@ def test_tiny_comparison_writes_table_md_png_and_counts_its_trials(tmp_path: Pat
         _inside(w["agent_vs_teacher"])
         _inside(w["clone_vs_teacher"])
         assert sum(d["days"] for d in w["departures"]) > 0
+    # at 1 epoch and 8 units every model is degenerate: the window line, the verdict and the
+    # json say so, as each model's own metadata.json does
+    assert (
+        "\n**warning: DEGENERATE models in 2 of 2 windows (W01 clone, agent; W02 clone, agent)"
+        in md
+    )
+    assert "DEGENERATE models in 2 of 2 windows" in result.summary()
+    assert all(w.line().endswith("; DEGENERATE clone, agent") for w in result.windows)
+    for w in data["windows"]:
+        for arm in ("clone", "agent"):
+            meta = out / f"window_{w['window']:02d}" / arm / "metadata.json"
+            mark = json.loads(meta.read_text(encoding="utf-8"))["degenerate"]
+            assert w["arms"][arm]["degenerate"] == mark["reason"]
+        assert w["arms"]["teacher"]["degenerate"] is None
     pooled = data["pooled"]
     for key in ("agent_vs_teacher", "clone_vs_teacher", "oracle_vs_agent", "oracle_state_vs_agent"):
         _inside(pooled[key])

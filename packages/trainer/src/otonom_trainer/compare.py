@@ -269,7 +269,9 @@ def _run_window(
     tag = f"[window {w.index}/{total}]"
     _say(cfg, f"{tag} train {w.train_start} .. {w.train_end}, test {w.test_start} .. {w.test_end}")
     wdir = out_dir / f"window_{w.index:02d}"
-    models, beta = _train_pair(cfg, url, strategy.ensemble.rl_policy.mode, teacher_run_id, w, wdir)
+    models, beta, degenerate = _train_pair(
+        cfg, url, strategy.ensemble.rl_policy.mode, teacher_run_id, w, wdir
+    )
     symbols = list(cfg.symbols)
     reports: dict[str, BacktestReport] = {}
     with get_session(url) as session:
@@ -284,6 +286,8 @@ def _run_window(
             )  # fmt: skip
         departures = _departures(cfg, session, reports["teacher"], reports["agent"], w)
         arms = {name: ArmResult.from_report(rep) for name, rep in reports.items()}
+        for name, reason in degenerate.items():
+            arms[name] = dataclasses.replace(arms[name], degenerate=reason)
         for kind in ("oracle", "oracle_state") if cfg.oracle else ():
             arms[kind] = _oracle(cfg, session, strategy, reports["teacher"], w, kind)
     result = WindowComparison.build(
@@ -296,8 +300,9 @@ def _run_window(
 
 def _train_pair(
     cfg: CompareConfig, url: str, mode: str, teacher_run_id: int, w: Window, wdir: Path
-) -> tuple[dict[str, Path], float]:
-    """The clone and the agent of one window (their ONNX files) and the AWR beta used."""
+) -> tuple[dict[str, Path], float, dict[str, str]]:
+    """The clone and the agent of one window (their ONNX files), the AWR beta used and the
+    reason of each arm whose model the trainer marked degenerate."""
     from otonom_runtime.store import get_session
     from otonom_trainer.config import TrainingConfig
     from otonom_trainer.dataset import OfflineDatasetGenerator, save_dataset
@@ -315,6 +320,7 @@ def _train_pair(
     spread = float(np.nanstd(rewards)) if np.isfinite(rewards).any() else 0.0
     beta = float(cfg.awr_beta) if cfg.awr_beta != "auto" else max(spread, 1e-4)
     models: dict[str, Path] = {}
+    degenerate: dict[str, str] = {}
     for arm, awr in (("clone", None), ("agent", beta)):
         tcfg = TrainingConfig(
             dataset_path=str(data), output_dir=str(wdir / arm), max_epochs=cfg.epochs,
@@ -322,13 +328,15 @@ def _train_pair(
             device="cpu", progress=False, awr_beta=awr,
         )  # fmt: skip
         trainer = BehaviorCloningTrainer(tcfg, out=log)
-        trainer.train()
+        mark = trainer.train().degenerate
         assert trainer.onnx_path is not None  # train() exports
         models[arm] = trainer.onnx_path
+        if mark:
+            degenerate[arm] = str(mark.get("reason") or "degenerate")
     if cfg.ppo_steps:
         models["ppo"] = _finetune(cfg, url, mode, w, wdir)
     (wdir / "train.log").write_text(log.getvalue(), encoding="utf-8")
-    return models, beta
+    return models, beta, degenerate
 
 
 def _finetune(cfg: CompareConfig, url: str, mode: str, w: Window, wdir: Path) -> Path:

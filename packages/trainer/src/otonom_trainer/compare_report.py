@@ -58,6 +58,7 @@ class ArmResult:
     equity: F64
     periods_per_year: int
     run_id: int | None = None
+    degenerate: str | None = None  # the trainer's mark's reason: a model that learnt nothing
 
     @classmethod
     def from_report(cls, rep: BacktestReport) -> ArmResult:
@@ -92,6 +93,7 @@ class ArmResult:
             "turnover": self.turnover,
             "days": int(self.dates.size),
             "run_id": self.run_id,
+            "degenerate": self.degenerate,
             "first_day": str(self.dates[0]) if self.dates.size else None,
             "returns": [float(r) for r in self.returns],  # daily, from the second day on
         }
@@ -191,13 +193,21 @@ class WindowComparison:
         )
         return cls(window, arms, agent, clone, departures, awr_beta, ppo)
 
+    @property
+    def degenerate(self) -> list[str]:
+        """The arms whose model the trainer marked degenerate."""
+        return [name for name, arm in self.arms.items() if arm.degenerate]
+
     def line(self) -> str:
-        """One console line: the three Sharpes and the agent's difference."""
+        """One console line: the three Sharpes and the agent's difference (and the arms whose
+        model is degenerate)."""
         s = {k: _num(v.sharpe) for k, v in self.arms.items()}
+        bad = self.degenerate
         return (
             f"Sharpe teacher {s['teacher']}, clone {s['clone']}, agent {s['agent']}"
             + "".join(f", {k} {s[k]}" for k in ("oracle", "oracle_state") if k in s)
             + f"; agent - teacher {_interval(self.agent_vs_teacher)}"
+            + (f"; DEGENERATE {', '.join(bad)}" if bad else "")
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -301,8 +311,25 @@ class CompareResult:
             + ("MET (>= 80 % of windows and interval above 0)" if met else "NOT met")
         )
 
+    def degenerate_note(self) -> str | None:
+        """A warning naming the windows' degenerate models (None when there is none): their
+        Sharpe is the teacher's vote with a constant voter added, not a learnt policy's."""
+        bad = [
+            f"W{w.window.index:02d} {', '.join(w.degenerate)}" for w in self.windows if w.degenerate
+        ]
+        if not bad:
+            return None
+        return (
+            f"warning: DEGENERATE models in {len(bad)} of {len(self.windows)} windows ("
+            + "; ".join(bad)
+            + "): each predicts one action, or scores below the majority baseline + 2 points (the "
+            "reason in its window's train.log); their figures show a model that learnt next to "
+            "nothing, not what the method can do (more --epochs or data)"
+        )
+
     def summary(self) -> str:
-        return self.verdict()
+        note = self.degenerate_note()
+        return self.verdict() + ("" if note is None else "\n" + note)
 
     def to_dict(self) -> dict[str, Any]:
         p = self.pooled()

@@ -145,6 +145,7 @@ def report_markdown(result: CompareResult) -> str:
         "",
         f"**Verdict:** {result.verdict()}",
         "",
+        *([] if (note := result.degenerate_note()) is None else [f"**{note}**", ""]),
         HOW_TO_READ,
         "",
         "## Pooled over every test period",
