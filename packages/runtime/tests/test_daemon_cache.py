@@ -246,6 +246,9 @@ def test_the_daemon_pulls_new_bars_from_a_csv_folder(tmp_path: Path) -> None:
     assert third.stdout.strip() == "tick: nothing new (1 symbols decided already)", third.stdout
     assert "bars of ACME not imported" in third.stderr
     assert "differs" in third.stderr
+    assert "add --replace" not in third.stderr  # the daemon has no such flag
+    fix = f"`otonom data import-csv {folder / 'ACME.csv'} --symbol ACME --replace`"
+    assert third.stderr.rstrip().endswith(f"correct the file, or overwrite them with {fix}")
     with get_session(url) as session:
         assert len(session.scalars(select(Bar.id)).all()) == 201
     missing = _run(url, tmp_path, *cmd, "--bars-from", str(tmp_path / "nowhere"))
@@ -277,6 +280,32 @@ def test_a_csv_folder_reads_a_file_again_only_when_it_changed(tmp_path: Path) ->
     with get_session(url) as session:
         more = source.pull(session, ["ACME"])
     assert [(r.inserted, r.unchanged) for r in more] == [(2, 50)]
+
+
+def test_a_refused_csv_file_is_logged_once_until_it_changes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file whose bar differs from the stored one is refused and logged at the first pull,
+    left alone (not read, not logged) while unchanged, and read again once it changes."""
+    from otonom_runtime.daemon import CsvFolderBars
+
+    url = f"sqlite:///{(tmp_path / 'acme.db').as_posix()}"
+    init_db(url)
+    _csv(tmp_path / "ACME.csv", 50)
+    with get_session(url) as session:
+        CsvFolderBars(tmp_path).pull(session, ["ACME"])
+    _csv(tmp_path / "ACME.csv", 51, seed=2)  # every stored bar changed, one added
+    source = CsvFolderBars(tmp_path)
+    with caplog.at_level("WARNING", logger="otonom_runtime.daemon"):
+        with get_session(url) as session:
+            assert source.pull(session, ["ACME"]) == []
+            assert source.pull(session, ["ACME"]) == []
+        assert len(caplog.records) == 1
+        assert "50 bars differ" in caplog.records[0].getMessage()
+        _csv(tmp_path / "ACME.csv", 52, seed=2)
+        with get_session(url) as session:
+            assert source.pull(session, ["ACME"]) == []
+        assert len(caplog.records) == 2
 
 
 def test_symbols_left_out_of_a_call_are_read_whole_when_they_return(tmp_path: Path) -> None:

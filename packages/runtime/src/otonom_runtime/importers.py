@@ -89,6 +89,7 @@ from otonom_runtime.store import (
 __all__ = [
     "MAX_LISTED_PROBLEMS",
     "OHLC_TOLERANCE",
+    "REPLACE_HINT",
     "ImportReport",
     "check_symbol_name",
     "import_ohlcv_csv",
@@ -96,6 +97,9 @@ __all__ = [
     "parse_date",
 ]
 
+REPLACE_HINT: Final = "; add --replace to overwrite them"
+"""The end of the message refusing a file whose bars differ from the stored ones: the
+``import-csv`` and ``pipeline --import-csv`` flag (the daemon, which has none, says its own)."""
 OHLC_TOLERANCE: Final = 1e-9  # relative to the bar's high: open/close may exceed it (or undercut
 # low) by this much before the bar is refused; vendor float noise, far below any price tick
 _LISTED_DROPPED: Final = 5  # dropped rows named in ImportReport.summary()
@@ -324,7 +328,7 @@ def import_ohlcv_csv(
         differ = "1 bar differs" if len(changed) == 1 else f"{len(changed)} bars differ"
         raise DataImportError(
             f"{path.name}: {differ} from the stored bars of {name!r} "
-            f"({_changed_listing(changed)}); nothing was imported; add --replace to overwrite them"
+            f"({_changed_listing(changed)}); nothing was imported{REPLACE_HINT}"
         )
     _write(session, "bars", inserts, updates)
     days = sorted(bars)

@@ -6,13 +6,15 @@ is a folder of one CSV file per symbol (``<SYMBOL>.csv``, any layout the CSV imp
 imported through ``importers.import_ohlcv_csv`` under its rules: the whole file checked first,
 new dates inserted, identical bars left alone, a file whose bar differs from the stored one
 refused (nothing of it written). A file unchanged since the last pull (same size and
-modification time) is not read again; a refused file is logged and the tick goes on with what
-the store holds.
+modification time) is not read again; a refused file is logged (once: it is read again when it
+changes), with the ``import-csv --replace`` command that overwrites the stored bars when that is
+what it needs, and the tick goes on with what the store holds.
 """
 
 from __future__ import annotations
 
 import logging
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -20,7 +22,7 @@ from typing import Protocol
 from sqlalchemy.orm import Session
 
 from otonom_runtime._errors import DaemonError, DataImportError
-from otonom_runtime.importers import ImportReport, import_ohlcv_csv
+from otonom_runtime.importers import REPLACE_HINT, ImportReport, import_ohlcv_csv
 
 __all__ = ["BarSource", "CsvFolderBars"]
 
@@ -63,8 +65,22 @@ class CsvFolderBars:
                 session.commit()
             except DataImportError as exc:
                 session.rollback()
-                log.warning("bars of %s not imported: %s", symbol, exc)
+                self._seen[path] = key  # logged once: read again when the file changes
+                log.warning("bars of %s not imported: %s", symbol, _reason(exc, path, symbol))
                 continue
             self._seen[path] = key
             reports.append(report)
         return reports
+
+
+def _reason(exc: DataImportError, path: Path, symbol: str) -> str:
+    """The importer's message, its ``--replace`` hint (a flag the daemon does not have) turned
+    into the command that overwrites the stored bars."""
+    text = str(exc)
+    if not text.endswith(REPLACE_HINT):
+        return text
+    return (
+        f"{text.removesuffix(REPLACE_HINT)}; the daemon never overwrites stored bars: correct "
+        f"the file, or overwrite them with `otonom data import-csv {shlex.quote(str(path))} "
+        f"--symbol {shlex.quote(symbol)} --replace`"
+    )
