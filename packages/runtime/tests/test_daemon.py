@@ -557,6 +557,38 @@ def test_sigterm_between_ticks_ends_the_wait_and_exits_cleanly(tmp_path: Path) -
     assert len(_live_counts(url)) == 3
 
 
+def test_a_universe_file_emptied_while_the_daemon_runs_does_not_stop_it(tmp_path: Path) -> None:
+    """A daemon ticking every 2 s on ``--universe``: the file emptied after the first tick (a
+    file being rewritten) leaves the next tick deciding the last universe read, with a warning,
+    instead of ending the daemon."""
+    path = _strategy(tmp_path)
+    url = _store(tmp_path, end=dt.date(2020, 2, 1))
+    universe = tmp_path / "universe.txt"
+    universe.write_text("\n".join(SYMBOLS) + "\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k not in ("OTONOM_DATABASE_URL",)}
+    args = ["--database-url", url, "daemon", "--strategy-path", str(path), "--universe"]
+    with subprocess.Popen(
+        [sys.executable, "-m", "otonom_runtime", *args, str(universe), "--interval", "2s"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as daemon:
+        assert daemon.stdout is not None
+        assert daemon.stdout.readline().startswith("tick run 1: 3 decisions")
+        universe.write_text("", encoding="utf-8")
+        lines = [daemon.stdout.readline() for _ in range(4)]  # the rest of tick 1, then tick 2
+        daemon.send_signal(signal.SIGTERM)
+        _, err = daemon.communicate(timeout=120)  # a guard against a hang, not a timing
+    assert lines[3] == "tick: nothing new (3 symbols decided already)\n", (lines, err)
+    assert daemon.returncode == 0, err
+    assert (
+        f"universe file {universe} names no symbol; expected one symbol a line; this tick "
+        "decides the last universe read (3 symbols)"
+    ) in err
+
+
 def test_a_model_that_fails_to_load_leaves_the_daemon_deciding_without_rl(tmp_path: Path) -> None:
     path = _strategy(tmp_path, broken=True)
     url = _store(tmp_path, end=dt.date(2020, 2, 1))

@@ -4,6 +4,7 @@ every interval until SIGINT/SIGTERM (``otonom_runtime.daemon``)."""
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -14,6 +15,8 @@ from otonom_runtime.cli._store import require_store
 from otonom_schema import parse_iso_date
 
 __all__ = ["add_daemon_commands"]
+
+log = logging.getLogger("otonom_runtime.daemon")
 
 
 def _positive(text: str) -> int:
@@ -38,8 +41,20 @@ def _universe(path: Path) -> list[str]:
 def _symbols(args: argparse.Namespace) -> Callable[[], Sequence[str]]:
     if args.universe is not None:
         universe = Path(args.universe)
-        _universe(universe)  # a bad file fails before the first tick
-        return lambda: _universe(universe)
+        last = _universe(universe)  # a bad file fails before the first tick
+
+        def read() -> Sequence[str]:
+            """The file's symbols; the last good ones while it cannot be read or names none
+            (a file being rewritten, moved away): a running daemon does not stop for it."""
+            nonlocal last
+            try:
+                last = _universe(universe)
+            except DaemonError as exc:
+                log.warning("%s; this tick decides the last universe read (%d symbols)",
+                            exc, len(last))  # fmt: skip
+            return last
+
+        return read
     symbols = list(dict.fromkeys(args.symbols))
     return lambda: symbols
 
@@ -131,7 +146,8 @@ def add_daemon_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     which.add_argument(
         "--universe",
         metavar="FILE",
-        help="a file of symbols, one a line (# comments), read again at every tick",
+        help="a file of symbols, one a line (# comments), read again at every tick (when it "
+        "cannot be read or names none, the last symbols read are decided, with a warning)",
     )
     p.add_argument("--once", action="store_true", help="one tick, then exit")
     p.add_argument(
