@@ -115,6 +115,35 @@ def test_day_month_order_is_read_from_the_whole_file(
     assert history.dates.astype(str).tolist() == expected
 
 
+@pytest.mark.parametrize("drop", [False, True])
+def test_intraday_bars_are_refused_in_one_message(db_url: str, tmp_path: Path, drop: bool) -> None:
+    """Hourly bars (what backtesting.py's EURUSD.csv holds) are no daily bars: refused as one
+    intraday file, with or without --drop-bad-rows (which would keep each day's first hour as
+    its bar), not as a duplicate date per row."""
+    hours = [f"2020-01-0{d} {h:02d}:00:00" for d in (1, 2, 3) for h in range(24)]
+    path = _write(tmp_path, _bars_with_dates(*hours, header=",Open,High,Low,Close,Volume"))
+    with get_session(db_url) as session, pytest.raises(DataImportError) as caught:
+        import_ohlcv_csv(session, path, "X", drop_bad_rows=drop)
+    assert str(caught.value) == (
+        "bars.csv holds intraday bars: 69 rows repeat the day of an earlier row at another time "
+        "(72 rows over 3 days; e.g. line 3 '2020-01-01 01:00:00' after line 2 "
+        "'2020-01-01 00:00:00'); nothing was imported; expected one bar a day: resample the "
+        "file to daily bars first (the day's first open, highest high, lowest low, last close "
+        "and summed volume)"
+    )
+    assert _count(db_url, Bar) == 0
+
+
+def test_a_daily_file_with_a_stray_repeated_day_lists_it_as_a_duplicate(
+    db_url: str, tmp_path: Path
+) -> None:
+    days = ["2020-01-01", "2020-01-02 00:00:00", "2020-01-02 16:00:00", "2020-01-03"]
+    path = _write(tmp_path, _bars_with_dates(*days))
+    with get_session(db_url) as session, pytest.raises(DataImportError) as caught:
+        import_ohlcv_csv(session, path, "X")
+    assert "line 4: duplicate date 2020-01-02 (first on line 3)" in str(caught.value)
+
+
 def test_ambiguous_day_month_dates_are_refused_unless_a_format_is_given(
     db_url: str, tmp_path: Path
 ) -> None:

@@ -34,7 +34,9 @@ do) is refused unless ``date_format`` (a ``strptime`` format such as ``%m/%d/%Y`
 A bar is refused when: its date cannot be read, the date repeats an earlier row, a value is
 empty or not a finite number, a price is <= 0, high < low, open or close outside [low, high]
 (the OHLC rule ``low <= open <= high`` and ``low <= close <= high``), volume < 0, or the row has
-another number of columns than the header. Blank lines are skipped.
+another number of columns than the header. Blank lines are skipped. A file of intraday bars (as
+many rows repeating an earlier row's day at another time as there are days) is refused as such,
+in one message, even with ``drop_bad_rows``.
 
 The OHLC rule allows a relative tolerance of ``OHLC_TOLERANCE`` (1e-9 of the bar's high) for
 vendor float noise (e.g. a close of ``12.000000000001`` against a high of ``12.0``, as adjusted
@@ -227,19 +229,24 @@ def _read_bars(
     records = list(rows)
     read_date = date_reader(path, records, cols["date"], date_format)
     bars: dict[dt.date, tuple[float, float, float, float, float]] = {}
-    lines: dict[dt.date, int] = {}
+    lines: dict[dt.date, tuple[int, str]] = {}
+    intraday: list[tuple[int, str, int, str]] = []  # a day repeated at another time
     for line, cells in records:
         if not fits(line, cells):
             continue
+        cell = cells[cols["date"]].strip()
         try:
-            day = read_date(cells[cols["date"]])
+            day = read_date(cell)
         except ValueError as exc:
             problems.add(line, str(exc))
             continue
         if day in lines:
-            problems.add(line, f"duplicate date {day} (first on line {lines[day]})")
+            first, first_cell = lines[day]
+            problems.add(line, f"duplicate date {day} (first on line {first})")
+            if cell != first_cell:
+                intraday.append((line, cell, first, first_cell))
             continue
-        lines[day] = line
+        lines[day] = (line, cell)
         try:
             o, h, lo, c, v = (number(cells, cols[name], name) for name in _OHLCV)
         except ValueError as exc:
@@ -255,6 +262,7 @@ def _read_bars(
             problems.add(line, f"{day}: volume {v!r} < 0; expected >= 0")
         else:
             bars[day] = (o, h, lo, c, v)
+    _refuse_intraday(path, intraday, len(lines))
     if drop_bad_rows:
         dropped = sorted(problems.items)
         if not bars:
@@ -265,6 +273,22 @@ def _read_bars(
     if not bars:
         raise DataImportError(f"{path.name}: no bars after the header; expected at least one")
     return bars, dropped
+
+
+def _refuse_intraday(path: Path, repeats: list[tuple[int, str, int, str]], days: int) -> None:
+    """Refuse a file of intraday bars (on average two rows a day or more, the repeats at other
+    times of the day) in one message, instead of a duplicate date per row (``drop_bad_rows``
+    would keep each day's first bar as if it were the day's)."""
+    if not repeats or len(repeats) < days:
+        return
+    line, cell, first, first_cell = repeats[0]
+    raise DataImportError(
+        f"{path.name} holds intraday bars: {len(repeats)} rows repeat the day of an earlier row "
+        f"at another time ({len(repeats) + days} rows over {days} days; e.g. line {line} "
+        f"{cell!r} after line {first} {first_cell!r}); nothing was imported; expected one bar a "
+        "day: resample the file to daily bars first (the day's first open, highest high, "
+        "lowest low, last close and summed volume)"
+    )
 
 
 _LISTED_DATES: Final = 5
