@@ -270,6 +270,24 @@ def _decisions(url: str, run_id: int) -> list[tuple[Any, ...]]:
         ]
 
 
+def test_a_short_run_marks_its_annualised_figures(store: str) -> None:
+    """A week's backtest prints its CAGR, Sharpe, Sortino and turnover marked and says why (a
+    Sharpe on 6 returns has a standard error near sqrt(365 / 6)); a year's does not."""
+    cfg = load_strategy(BASELINE)
+    with get_session(store) as session:
+        week = run_backtest(session, cfg, ["DEMO-BTC"], dt.date(2022, 1, 1), dt.date(2022, 1, 7))
+        year = run_backtest(session, cfg, ["DEMO-BTC"], dt.date(2022, 1, 1), dt.date(2022, 12, 31))
+    short = week.summary().splitlines()
+    for name in ("CAGR", "Sharpe", "Sortino", "turnover (per year)"):
+        (line,) = [x for x in short if x.startswith(f"  {name} ")]
+        assert line.endswith(" ?"), line
+    assert short[-1] == (
+        "  ? annualised from 6 daily returns (less than a quarter of 365 bars a year): a "
+        "Sharpe's standard error is about 7.8 there, so these figures say little"
+    )
+    assert "?" not in year.summary()
+
+
 def test_run_records_decisions_metrics_and_is_repeatable(store: str) -> None:
     cfg = load_strategy(BASELINE)
     start, end = dt.date(2019, 6, 1), dt.date(2022, 12, 31)

@@ -384,20 +384,30 @@ class BacktestReport:
         for name, count in total.items():
             lines.append(f"  {name}: {count} ({100.0 * count / n:.1f}%)")
         lines.append("")
+        returns = max(int(self.dates.size) - 1, 0)
+        few = returns * 4 < m.periods_per_year  # less than a quarter: the Sharpe's SE > 2
+        q = " ?" if few else ""
         rows = [
             ("total return", f"{m.total_return:+.2%}"),
-            ("CAGR", f"{m.cagr:+.2%}"),
-            ("Sharpe", "-" if m.sharpe is None else f"{m.sharpe:.2f}"),
-            ("Sortino", "-" if m.sortino is None else f"{m.sortino:.2f}"),
+            ("CAGR", f"{m.cagr:+.2%}{q}"),
+            ("Sharpe", "-" if m.sharpe is None else f"{m.sharpe:.2f}{q}"),
+            ("Sortino", "-" if m.sortino is None else f"{m.sortino:.2f}{q}"),
             ("max drawdown", f"{m.max_drawdown:.2%}"),
             ("trades", str(m.n_trades)),
             ("win rate", "-" if m.win_rate is None else f"{m.win_rate:.1%}"),
             ("exposure", f"{m.exposure:.1%}"),
-            ("turnover (per year)", f"{m.turnover:.1f}"),
+            ("turnover (per year)", f"{m.turnover:.1f}{q}"),
             ("RL fallbacks", str(self.fallbacks)),
         ]
         width = max(len(k) for k, _ in rows)
         lines += [f"  {k:<{width}}  {v}" for k, v in rows]
+        if few:
+            se = (m.periods_per_year / max(returns, 1)) ** 0.5
+            lines.append(
+                f"  ? annualised from {returns} daily return{'s' if returns != 1 else ''} (less "
+                f"than a quarter of {m.periods_per_year} bars a year): a Sharpe's standard error "
+                f"is about {se:.1f} there, so these figures say little"
+            )
         if self.fallback_reason:
             lines.append(f"  RL analyst fell back: {self.fallback_reason}")
         return "\n".join(lines)
