@@ -257,6 +257,55 @@ def test_cli_run_outputs_and_errors(world: dict[str, Any]) -> None:
     assert not chart.exists()  # the chart written before the failure is removed again
 
 
+def _dashboard(report: Any, path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``plot_monitor``'s figure (kept open by catching ``figure``'s return)."""
+    from otonom_runtime import plots
+
+    made: list[Any] = []
+    real = plots.figure
+
+    def keep(**kwargs: Any) -> Any:
+        made.append(real(**kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(plots, "figure", keep)
+    plots.plot_monitor(report, path)
+    (fig,) = made
+    return fig
+
+
+def test_the_dashboard_says_what_it_did_not_judge(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three live days: the drift, hit-rate and Sharpe panels carry the table's "not judged"
+    notes under their titles, each confidence bucket's bar its number of calls (an empty one
+    n=0, not a bare 0 % hit rate) and the one-day curve a marker; a year's run: no note."""
+    with get_session(world["url"]) as session:
+        rows = monitored_decisions(
+            session, [], LATER[0], LATER[0] + dt.timedelta(2), live_strategy="watched"
+        )
+        few = monitor(session, load_rl_policy(world["model"]), QUIET, rows)
+    fig = _dashboard(few, world["tmp"] / "few.png", monkeypatch)
+    _mix, conf, drift, outcome = fig.axes
+    assert drift.get_title() == (
+        "feature drift (PSI, all symbols)\n(3 rows < min_rows 50: not judged)"
+    )
+    assert conf.get_title().startswith("hit rate by confidence\n(")
+    assert conf.get_title().endswith(" calls < min_rows 50: not judged)")
+    calls = int(few.value("all", "calls").value or 0)
+    labels = [t.get_text() for t in conf.texts]
+    assert len(labels) == 5
+    assert sum(int(t.removeprefix("n=")) for t in labels) == calls
+    assert outcome.get_title().startswith("calls compounded (all symbols)\n(")
+    year = _dashboard(_report(world, 1), world["tmp"] / "year.png", monkeypatch)
+    assert [ax.get_title() for ax in year.axes] == [
+        "model action mix (weekly)",
+        "hit rate by confidence",
+        "feature drift (PSI, all symbols)",
+        "calls compounded (all symbols)",
+    ]
+
+
 def test_strategy_monitoring_section_errors_name_file_and_line(tmp_path: Path) -> None:
     from otonom_runtime.strategy import load_strategy
 

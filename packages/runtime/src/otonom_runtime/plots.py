@@ -94,11 +94,25 @@ def plot_equity(
     return out
 
 
+def _not_judged(report: MonitorReport, metric: str, **labels: str) -> str:
+    """A second title line with the item's note when the report did not judge it (too few
+    rows, calls or days: the table's ``?``), else nothing."""
+    from otonom_runtime.monitor import ALL
+
+    try:
+        item = report.value(ALL, metric, **labels)
+    except KeyError:
+        return ""
+    return f"\n({item.note})" if item.status == "n/a" and item.note else ""
+
+
 def plot_monitor(report: MonitorReport, path: str | Path) -> Path:
     """``otonom monitor``'s dashboard in one PNG (written atomically): the model's action mix
     over time (weekly shares), hit rate by confidence bucket, PSI per feature group overall
     against the strategy's warn/alert lines, and the decisions' calls compounded with and
-    without the RL analyst (``otonom_runtime.monitor_ops``); returns the path."""
+    without the RL analyst (``otonom_runtime.monitor_ops``); returns the path. Each bucket's bar
+    is labelled with its number of calls, and a panel whose figure the report did not judge
+    (too few rows, calls or days) says so under its title."""
     from otonom_runtime.monitor import ALL, BUCKETS
     from otonom_schema import GROUPS, Action, atomic_path
 
@@ -111,15 +125,17 @@ def plot_monitor(report: MonitorReport, path: str | Path) -> Path:
     mix.set_title("model action mix (weekly)")
     mix.legend(loc="upper left", fontsize=8)
     mix.tick_params(axis="x", labelrotation=30, labelsize=7)
-    rates, names = [], []
+    rates, names, calls = [], [], []
     for lo, hi in itertools.pairwise(BUCKETS):
         inside = report.called & (report.confidence >= lo) & (report.confidence < hi)
         rates.append(float(report.hit[inside].mean()) if inside.any() else 0.0)
         names.append(f"{lo:.2f}+")
-    conf.bar(names, rates)
+        calls.append(int(inside.sum()))
+    bars = conf.bar(names, rates)
+    conf.bar_label(bars, labels=[f"n={n}" for n in calls], fontsize=7)  # an empty one: n=0
     conf.axhline(report.thresholds.min_hit_rate, color="red", linestyle="--", linewidth=1)
-    conf.set_title("hit rate by confidence")
-    conf.set_ylim(0.0, 1.0)
+    conf.set_title("hit rate by confidence" + _not_judged(report, "hit_rate"))
+    conf.set_ylim(0.0, 1.05)
     values = [report.value(ALL, "feature_psi", feature_group=g).value or 0.0 for g in GROUPS]
     drift.bar(list(GROUPS), values)
     for level, colour in (
@@ -127,11 +143,16 @@ def plot_monitor(report: MonitorReport, path: str | Path) -> Path:
         (report.thresholds.psi_alert, "red"),
     ):
         drift.axhline(level, color=colour, linestyle="--", linewidth=1)
-    drift.set_title("feature drift (PSI, all symbols)")
+    drift.set_title(
+        "feature drift (PSI, all symbols)"
+        + _not_judged(report, "feature_psi", feature_group=GROUPS[0])
+    )
     drift.tick_params(axis="x", labelrotation=30, labelsize=7)
+    marker = "o" if report.days.size < 2 else None  # one day: a point, else nothing is drawn
     for returns, label in ((report.returns_rl, "with RL"), (report.returns_no_rl, "without RL")):
-        outcome.plot(report.days, np.cumprod(1.0 + returns) - 1.0, label=label, linewidth=1)
-    outcome.set_title("calls compounded (all symbols)")
+        compounded = np.cumprod(1.0 + returns) - 1.0
+        outcome.plot(report.days, compounded, label=label, linewidth=1, marker=marker)
+    outcome.set_title("calls compounded (all symbols)" + _not_judged(report, "sharpe_rl_gain"))
     outcome.legend(loc="upper left", fontsize=8)
     outcome.tick_params(axis="x", labelrotation=30, labelsize=7)
     fig.tight_layout()
