@@ -134,6 +134,25 @@ def test_intraday_bars_are_refused_in_one_message(db_url: str, tmp_path: Path, d
     assert _count(db_url, Bar) == 0
 
 
+def test_bars_further_apart_than_days_are_imported_with_a_warning(
+    db_url: str, tmp_path: Path
+) -> None:
+    monthly = _write(tmp_path, _bars_with_dates("2020-01-31", "2020-02-29", "2020-03-31"))
+    weekly = _write(tmp_path, _bars_with_dates("2020-01-03", "2020-01-06", "2020-01-07"), "d.csv")
+    with get_session(db_url) as session:
+        sparse = import_ohlcv_csv(session, monthly, "M")
+        daily = import_ohlcv_csv(session, weekly, "D")
+    assert sparse.inserted == 3
+    assert sparse.gap_days == 30.0
+    assert sparse.summary().splitlines()[1] == (
+        "warning: M's bars are 30 days apart (the median); expected daily bars (1 day apart, "
+        "3 over a weekend): every bar is read as one trading day (the states' windows, the "
+        "warm-up, annualised figures)"
+    )
+    assert daily.gap_days == 2.0
+    assert "\n" not in daily.summary()
+
+
 def test_a_daily_file_with_a_stray_repeated_day_lists_it_as_a_duplicate(
     db_url: str, tmp_path: Path
 ) -> None:

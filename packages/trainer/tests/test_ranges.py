@@ -45,6 +45,20 @@ def test_calendar_is_inferred_from_the_dates() -> None:
     assert ranges_from_dates({"C": daily}).periods_per_year == 365
 
 
+def test_monthly_bars_are_named_as_no_daily_bars() -> None:
+    """Bars a month apart (backtesting.py's BTCUSD.csv) are read as trading days, and the
+    calendar line says so instead of calling them weekday-only bars."""
+    months = np.arange("1980-01", "2020-01", dtype="datetime64[M]").astype("datetime64[D]")
+    r = ranges_from_dates({"M": months})
+    assert r.calendar == (
+        "inferred, but the bars cover only 3% of the days: no daily bars? every bar is read "
+        "as one trading day"
+    )
+    weekdays = calendar_days(D(1990, 1, 1), D(1992, 12, 31), weekdays=True)
+    gappy = np.delete(weekdays, np.arange(0, weekdays.size, 10))  # a holiday in ten weekdays
+    assert ranges_from_dates({"S": gappy}).calendar == "inferred: weekday-only bars"
+
+
 def test_the_strategy_calendar_wins_over_the_inference() -> None:
     weekdays = calendar_days(D(1990, 1, 1), D(1992, 12, 31), weekdays=True)
     r = ranges_from_dates({"S": weekdays}, periods_per_year=365)

@@ -53,7 +53,9 @@ still fails.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import re
+import statistics
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +94,7 @@ __all__ = [
     "MAX_LISTED_PROBLEMS",
     "OHLC_TOLERANCE",
     "REPLACE_HINT",
+    "SPARSE_GAP_DAYS",
     "ImportReport",
     "check_symbol_name",
     "import_ohlcv_csv",
@@ -104,6 +107,8 @@ REPLACE_HINT: Final = "; add --replace to overwrite them"
 ``import-csv`` and ``pipeline --import-csv`` flag (the daemon, which has none, says its own)."""
 OHLC_TOLERANCE: Final = 1e-9  # relative to the bar's high: open/close may exceed it (or undercut
 # low) by this much before the bar is refused; vendor float noise, far below any price tick
+SPARSE_GAP_DAYS: Final = 4
+"""Bars further apart than this many days (the median) are no daily bars: the import warns."""
 _LISTED_DROPPED: Final = 5  # dropped rows named in ImportReport.summary()
 _DATE_NAMES: Final = ("date", "timestamp", "time", "datetime", "open_time", "open time")
 _OHLCV: Final = ("open", "high", "low", "close", "volume")
@@ -119,7 +124,8 @@ class ImportReport:
     ``rows`` = ``inserted + updated + unchanged``; ``symbols`` is empty for macro sentiment;
     ``created_symbol`` is True when the import made the ``Symbol`` row. ``dropped``: the bad
     rows skipped with ``drop_bad_rows=True`` as ``(line, what is wrong)``, in file order (empty
-    otherwise).
+    otherwise). ``gap_days``: the median number of days between the file's bars (1 for daily
+    bars; more than ``SPARSE_GAP_DAYS``: no daily bars, and the summary warns).
     """
 
     path: Path
@@ -133,6 +139,7 @@ class ImportReport:
     last: dt.date | None
     created_symbol: bool = False
     dropped: tuple[tuple[int, str], ...] = ()
+    gap_days: float | None = None
 
     def summary(self) -> str:
         """One line for people, e.g. ``BTC-USD: 3541 bars 2014-09-17 .. 2024-05-27 (...)``.
@@ -152,6 +159,12 @@ class ImportReport:
             shown = "; ".join(f"line {line}: {msg}" for line, msg in self.dropped[:_LISTED_DROPPED])
             more = f"; and {n - _LISTED_DROPPED} more" if n > _LISTED_DROPPED else ""
             text += f"; dropped {n} bad row{'s' if n != 1 else ''} ({shown}{more})"
+        if self.gap_days is not None and self.gap_days > SPARSE_GAP_DAYS:
+            text += (
+                f"\nwarning: {who}'s bars are {self.gap_days:g} days apart (the median); "
+                "expected daily bars (1 day apart, 3 over a weekend): every bar is read as one "
+                "trading day (the states' windows, the warm-up, annualised figures)"
+            )
         return text
 
 
@@ -356,6 +369,7 @@ def import_ohlcv_csv(
         )
     _write(session, "bars", inserts, updates)
     days = sorted(bars)
+    gaps = [(b - a).days for a, b in itertools.pairwise(days)]
     return ImportReport(
         path=path,
         kind="bars",
@@ -368,6 +382,7 @@ def import_ohlcv_csv(
         last=days[-1],
         created_symbol=created,
         dropped=tuple(dropped),
+        gap_days=float(statistics.median(gaps)) if len(gaps) >= 2 else None,
     )
 
 

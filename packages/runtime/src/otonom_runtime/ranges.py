@@ -47,6 +47,7 @@ __all__ = [
     "common_range",
 ]
 
+_SPARSE: Final = 0.4  # bars on fewer of the calendar days (weekday-only: ~69 %): not daily
 WARMUP_DAYS: Final = 180
 """The fewest days between the common range's first bar and the first decision."""
 
@@ -215,10 +216,17 @@ def _calendar(periods_per_year: int | str, upto: list[Days]) -> tuple[int, str]:
 
     if isinstance(periods_per_year, int):
         return periods_per_year, "the strategy's calendar.periods_per_year"
-    ppy = infer_periods_per_year(np.concatenate(upto))
+    dates = np.unique(np.concatenate(upto).astype("datetime64[D]"))
+    ppy = infer_periods_per_year(dates)
     calendar = (
         "inferred: bars on (almost) every day" if ppy == 365 else "inferred: weekday-only bars"
     )
+    span = int((dates[-1] - dates[0]).astype(np.int64)) + 1 if dates.size else 0
+    if dates.size >= 2 and dates.size < _SPARSE * span:  # weekday-only bars: ~69 % of days
+        calendar = (
+            f"inferred, but the bars cover only {dates.size / span:.0%} of the days: no daily "
+            "bars? every bar is read as one trading day"
+        )
     return ppy, calendar
 
 
