@@ -302,6 +302,37 @@ def test_a_daemon_subprocess_refuses_a_corrupt_promotion_and_status_says_why(
     assert " s ago)" in status.stdout
 
 
+def test_status_tells_a_daemon_whose_process_is_gone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A state row left ``running`` by a daemon killed (kill -9, an error before its stop was
+    recorded) reads as not running when its pid on this host is gone; a live pid (this
+    process) reads as running."""
+    import socket
+
+    from otonom_runtime.store import write_daemon_state
+
+    url = f"sqlite:///{(tmp_path / 'otonom.db').as_posix()}"
+    init_db(url)
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    when = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    for name, pid in (("dead", int(ended.stdout)), ("alive", os.getpid())):
+        with get_session(url) as session:
+            write_daemon_state(session, name, {
+                "host": socket.gethostname(), "pid": pid, "status": "running",
+                "started_at": when, "heartbeat_at": when,
+            })  # fmt: skip
+    code, out, _ = _status(capsys, url, "--strategy", "dead")
+    assert code == 0
+    assert out.startswith(
+        "strategy dead: daemon NOT running: recorded running, but its process is gone (killed "
+        f"or failed) (host {socket.gethostname()}, pid {int(ended.stdout)}, started"
+    )
+    code, out, _ = _status(capsys, url, "--strategy", "alive")
+    assert out.startswith("strategy alive: daemon running (host ")
+
+
 def test_status_flags_and_one_line_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

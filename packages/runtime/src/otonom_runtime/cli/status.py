@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,20 @@ def _latencies(stats: dict[str, Any] | None) -> str:
     return f"{parts} (last {int(stats['n'])} predict calls)"
 
 
+def _gone(row: Any) -> bool:
+    """A daemon recorded as running whose process, on this host, no longer exists (it was
+    killed or failed before it could record its stop). Another host's: not known here."""
+    if row.status != "running" or row.host != socket.gethostname() or os.name != "posix":
+        return False
+    try:
+        os.kill(row.pid, 0)  # signal 0: is there such a process
+    except ProcessLookupError:
+        return True
+    except OSError:  # there is one (another user's)
+        return False
+    return False
+
+
 def render_state(row: Any, now: dt.datetime) -> str:
     """One strategy's status as ``otonom status`` prints it (``row``: a ``DaemonState``)."""
     if row.model_file is None:
@@ -81,8 +97,11 @@ def render_state(row: Any, now: dt.datetime) -> str:
             else "the promoted version (no model file)"
         )
         refused = f"{what} at {_when(row.refused_at)}: {row.refused_reason}"
+    status = row.status
+    if _gone(row):
+        status = "NOT running: recorded running, but its process is gone (killed or failed)"
     lines = [
-        f"strategy {row.strategy}: daemon {row.status} (host {row.host}, pid {row.pid}, "
+        f"strategy {row.strategy}: daemon {status} (host {row.host}, pid {row.pid}, "
         f"started {_when(row.started_at)})",
         f"  heartbeat:        {_when(row.heartbeat_at)} ({_age(row.heartbeat_at, now)})",
         f"  model in service: {model}",
