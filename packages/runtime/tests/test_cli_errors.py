@@ -83,6 +83,34 @@ def test_an_unexpected_exception_is_one_line(tmp_path: Path) -> None:
     assert out.stderr.count("\n") == 1
 
 
+_LONG = (
+    "import sys\n"
+    "from otonom_runtime import cli\n"
+    "from otonom_runtime.cli import data\n"
+    "def long(args):\n"
+    "    for i in range(1_000_000):\n"
+    "        print(f'row {i}')\n"
+    "    return 0\n"
+    "data._cmd_data_list = long\n"
+    "sys.exit(cli.main())\n"
+)
+
+
+def test_a_reader_that_goes_away_is_no_error(tmp_path: Path) -> None:
+    """``otonom ... | head -1``: the command's output cut short by its reader ends it quietly
+    (exit 1, nothing on stderr), not with ``error: [Errno 32] Broken pipe``."""
+    env = {k: v for k, v in os.environ.items() if k != "OTONOM_DATABASE_URL"}
+    with subprocess.Popen(
+        [sys.executable, "-c", _LONG, "data", "list"], cwd=tmp_path, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as proc:  # fmt: skip
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "row 0\n"
+        proc.stdout.close()
+        _, err = proc.communicate(timeout=300)
+    assert (proc.returncode, err) == (1, "")
+
+
 @pytest.mark.parametrize("args", [["--debug", "data", "list"], ["data", "list", "--debug"]])
 def test_debug_shows_the_traceback(tmp_path: Path, args: list[str]) -> None:
     out = _run(args, tmp_path, code=_BUG)

@@ -6,6 +6,8 @@ one ``error: ...`` line and an exit status (the rules are in ``otonom_runtime.cl
 from __future__ import annotations
 
 import argparse
+import os
+import select
 import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
@@ -79,6 +81,21 @@ def _fail(message: str, stream: TextIO) -> int:
     return 1
 
 
+def _reader_gone() -> bool:
+    """Whether stdout's reader closed the pipe (``otonom runs list | head``): then stdout is
+    pointed at os.devnull, so that the interpreter's last flush stays quiet too."""
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()  # a pipe whose reader closed polls as an error
+        poller.register(fd, select.POLLOUT)
+        gone = any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no file descriptor
+        return False
+    if gone:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    return gone
+
+
 def run_cli(
     parser: argparse.ArgumentParser,
     argv: Sequence[str] | None,
@@ -91,7 +108,8 @@ def run_cli(
     An exception becomes one ``error:`` line on stderr and exit status 1: ``expected(exc)``
     gives the message of an error raised on purpose, None for anything else, which prints the
     exception's type and message and a hint to rerun with ``--debug``. With ``--debug`` every
-    exception propagates with its traceback.
+    exception propagates with its traceback. When the reader of stdout went away (a pipe into
+    ``head``), the command ends quietly with status 1.
     """
     args = parser.parse_args(argv)
     handler: Handler | None = getattr(args, "handler", None)
@@ -108,6 +126,8 @@ def run_cli(
     except Exception as exc:
         if args.debug:
             raise
+        if isinstance(exc, BrokenPipeError) and _reader_gone():
+            return 1
         message = expected(exc)
         if message is None:
             text = " ".join(error_text(exc).split())
