@@ -306,6 +306,19 @@ def test_the_dashboard_says_what_it_did_not_judge(
     ]
 
 
+def test_since_refuses_an_empty_window(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--since 0d`` is refused when parsed, not answered with "no decisions from <the day
+    after the newest> to <the newest>"."""
+    from otonom_runtime.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["monitor", "--strategy-path", "s.yaml", "--since", "0d"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.endswith(
+        "error: argument --since: '0d' is an empty window; expected 1d or more\n"
+    )
+
+
 def test_strategy_monitoring_section_errors_name_file_and_line(tmp_path: Path) -> None:
     from otonom_runtime.strategy import load_strategy
 

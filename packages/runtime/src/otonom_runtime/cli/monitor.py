@@ -26,7 +26,10 @@ _SINCE = re.compile(r"^(\d{1,5})d$")
 
 def _since(text: str) -> str:
     """``--since``: ``<N>d`` or a date, checked here, resolved against the window's end."""
-    if _SINCE.match(text):
+    m = _SINCE.match(text)
+    if m and int(m.group(1)) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is an empty window; expected 1d or more")
+    if m:
         return text
     try:
         dt.date.fromisoformat(text)
