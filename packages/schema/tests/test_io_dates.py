@@ -40,6 +40,16 @@ def test_atomic_path_keeps_the_old_file_on_an_error(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]
 
 
+def test_a_write_that_cannot_happen_names_the_final_file(tmp_path: Path) -> None:
+    """A folder that does not exist: the error names the file asked for, not the hidden
+    temporary beside it (``.x.prom.<pid>.<random>.tmp``)."""
+    target = tmp_path / "missing" / "x.prom"
+    with pytest.raises(FileNotFoundError) as caught:
+        atomic_write(target, "x")
+    assert caught.value.filename == str(target)
+    assert str(caught.value) == f"[Errno 2] No such file or directory: '{target}'"
+
+
 def test_atomic_path_temporaries_are_unique(tmp_path: Path) -> None:
     out = tmp_path / "f.txt"
     with atomic_path(out) as a, atomic_path(out) as b:

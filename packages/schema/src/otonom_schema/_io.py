@@ -28,6 +28,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         tmp.replace(final)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename == str(tmp):  # the caller's name, not the temporary's, in the message
+            raise type(exc)(exc.errno, exc.strerror, str(final)) from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
