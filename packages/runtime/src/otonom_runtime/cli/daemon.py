@@ -169,7 +169,8 @@ def add_daemon_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         default=None,
         help="before each tick, import DIR/<SYMBOL>.csv of each symbol (the import-csv rules: "
         "new dates added, identical bars left alone, a file with a changed bar refused and "
-        "logged); a file unchanged since the last tick is not read again",
+        "logged once, with the import-csv --replace command); a file unchanged since the last "
+        "tick is not read again",
     )
     p.add_argument(
         "--dask-scheduler",
