@@ -12,10 +12,21 @@ import numpy as np
 import pytest
 from sqlalchemy import insert, text
 
-from otonom_runtime.store import NewsSentiment, get_or_create_symbol, get_session
+from otonom_runtime.store import (
+    BacktestRun,
+    Decision,
+    NewsSentiment,
+    get_or_create_symbol,
+    get_session,
+)
 from otonom_runtime.store import ticks as ticks_module
 from otonom_runtime.store.readers import load_history, load_news
-from otonom_runtime.store.ticks import load_tick_bars, load_tick_news, tick_symbols
+from otonom_runtime.store.ticks import (
+    load_live_decisions,
+    load_tick_bars,
+    load_tick_news,
+    tick_symbols,
+)
 
 D0 = dt.date(2021, 1, 1)
 
@@ -75,7 +86,8 @@ def test_whole_reads_give_what_the_readers_give_symbol_by_symbol(
             assert got.symbol == name
             for field in ("dates", "open", "high", "low", "close", "volume"):
                 a, b = getattr(got, field), getattr(want, field)
-                assert a.dtype == b.dtype and np.array_equal(a, b), (name, field)
+                assert a.dtype == b.dtype, (name, field)
+                assert np.array_equal(a, b), (name, field)
             series = load_news(session, name, source=sources[name], end=end)
             assert series is not None
             assert np.array_equal(news[ids[name]].dates, series.dates)
@@ -109,3 +121,65 @@ def test_dates_stored_as_odd_text_are_read_as_the_orm_reads_them(
         with pytest.raises(ValueError, match="day is out of range"):
             load_tick_bars(session, {ids["A"]: "A"}, dt.date(2021, 3, 1))
         session.rollback()
+
+
+def _decisions(session: Any, strategy: str | None, rows: list[tuple[str, int, int, float]]) -> None:
+    """Decision rows of one run: (symbol, day offset from D0, action, strength) each, the
+    equity 1000 + offset + strength (live rows: ``strategy``; None: a backtest's)."""
+    run = BacktestRun(
+        strategy_name=strategy or "bt",
+        strategy_hash="h",
+        start_date=D0,
+        end_date=D0,
+    )
+    session.add(run)
+    session.flush()
+    for name, day, action, strength in rows:
+        symbol, _ = get_or_create_symbol(session, name, source="test")
+        session.add(
+            Decision(
+                run_id=run.id,
+                symbol_id=symbol.id,
+                date=D0 + dt.timedelta(days=day),
+                action=action,
+                strength=strength,
+                position=0.0,
+                leverage=0.0,
+                cash_fraction=1.0,
+                days_since_last_trade=float("inf"),
+                equity=1000.0 + day + strength,
+                live_strategy=strategy,
+            )
+        )
+    session.flush()
+
+
+def test_live_decisions_streamed_are_those_the_orm_reads(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``load_live_decisions`` (a restarted daemon's read of every symbol's live decisions)
+    streamed as numbers gives what the ORM's way gives: the strategy's live rows only, oldest
+    first, the first one's equity."""
+    with get_session(url) as session:
+        _decisions(session, "live", [("A", 3, 1, 0.25), ("A", 1, 0, 0.0), ("B", 2, 2, 1.0)])
+        _decisions(session, "live", [("A", 4, 2, 1e-300), ("C", 9, 1, 0.5)])
+        _decisions(session, "other", [("A", 2, 1, 0.75)])
+        _decisions(session, None, [("B", 5, 1, 0.5)])  # a backtest's row: not live
+        session.commit()
+        ids, _ = tick_symbols(session, ["A", "B", "C", "EMPTY"])
+        wanted = [ids[n] for n in ("A", "B", "EMPTY")]
+        streamed = load_live_decisions(session, "live", wanted)
+        monkeypatch.setattr(ticks_module, "_numbers", lambda *args, **kwargs: None)
+        orm = load_live_decisions(session, "live", wanted)
+    assert list(streamed) == list(orm) == [ids["A"], ids["B"]]
+    for sid in streamed:
+        got, want = streamed[sid], orm[sid]
+        assert got.dates.dtype == want.dates.dtype
+        assert np.array_equal(got.dates, want.dates)
+        assert got.actions == want.actions
+        assert got.strengths == want.strengths
+        assert got.first_equity == want.first_equity
+        assert all(type(a) is int for a in got.actions)
+    a = streamed[ids["A"]]
+    assert a.dates.tolist() == [D0 + dt.timedelta(days=d) for d in (1, 3, 4)]
+    assert (a.actions, a.strengths, a.first_equity) == ([0, 1, 2], [0.0, 0.25, 1e-300], 1001.0)

@@ -313,7 +313,8 @@ def load_live_tail(
 
 
 _WHOLE = frozenset({"bars_whole", "news_whole"})
-"""``_statement``'s whole-history reads (a first tick's): ``load_tick_bars``/``load_tick_news``."""
+"""``_statement``'s whole-history reads (a first tick's): ``load_tick_bars``/``load_tick_news``
+(``"live_whole"``: ``load_live_decisions``)."""
 
 _ARRAY_DIALECTS = frozenset({"postgresql"})
 """Dialects whose ``_driver_rows`` IN lists are one array parameter (``column = ANY(:keys)``):
@@ -336,6 +337,19 @@ def _statement(name: str, dialect: str, array: bool = False) -> ClauseElement:
     """The statement ``_driver_rows`` runs as ``name``: its IN list the parameter ``keys``
     (``_in``: expanding, or one array with ``array``), its other values named parameters;
     ``dialect``: the dialect's name (the whole reads' dates as its day numbers)."""
+    if name == "live_whole":
+        day_number = _day_sql("decisions.date", dialect) or "NULL"
+        return (
+            select(
+                Decision.symbol_id,
+                literal_column(day_number),
+                Decision.action,
+                Decision.strength,
+                Decision.equity,
+            )
+            .where(Decision.live_strategy == bindparam("strategy"), _in(Decision.symbol_id, array))
+            .order_by(Decision.symbol_id, Decision.date)
+        )
     if name in _WHOLE:
         t = Bar if name == "bars_whole" else NewsSentiment
         day: ColumnElement[Any] = literal_column(
@@ -496,24 +510,36 @@ def load_live_decisions(
     session: Session, strategy: str, symbol_ids: Sequence[int]
 ) -> dict[int, LiveDecisions]:
     """The live decisions of ``strategy`` (``Decision.live_strategy``) for ``symbol_ids``, in
-    one statement (with the first one's equity); a symbol with none is left out."""
-    rows = _rows(
-        session,
-        select(
-            Decision.symbol_id, Decision.date, Decision.action, Decision.strength, Decision.equity
+    one statement (with the first one's equity); a symbol with none is left out. A restarted
+    daemon reads every symbol's here: streamed as ``load_tick_bars`` reads."""
+    numbers = _numbers(session, "live_whole", symbol_ids, {"strategy": strategy}, 5)
+    if numbers is not None:
+        ids, days, action_column, strength_column, equity_column = numbers
+        actions: Sequence[int] = action_column.astype(np.int64).tolist()
+        strengths: Sequence[float] = strength_column.tolist()
+        equities: Sequence[float] = equity_column.tolist()
+    else:
+        rows = _rows(
+            session,
+            select(
+                Decision.symbol_id,
+                Decision.date,
+                Decision.action,
+                Decision.strength,
+                Decision.equity,
+            )
+            .where(Decision.live_strategy == strategy, Decision.symbol_id.in_(list(symbol_ids)))
+            .order_by(Decision.symbol_id, Decision.date),
         )
-        .where(Decision.live_strategy == strategy, Decision.symbol_id.in_(list(symbol_ids)))
-        .order_by(Decision.symbol_id, Decision.date),
-    )
-    if not rows:
-        return {}
-    ids, dates, actions, strengths, equities = zip(*rows, strict=True)
-    days = _days(dates)
+        if not rows:
+            return {}
+        id_column, dates, actions, strengths, equities = zip(*rows, strict=True)
+        ids, days = np.array(id_column, dtype=np.int64), _days(dates)
     return {
         symbol_id: LiveDecisions(
             days[a:b], list(actions[a:b]), list(strengths[a:b]), float(equities[a])
         )
-        for symbol_id, a, b in _groups(np.array(ids, dtype=np.int64))
+        for symbol_id, a, b in _groups(ids)
     }
 
 
