@@ -312,9 +312,10 @@ def load_live_tail(
     return ids, days, actions, strengths
 
 
-_WHOLE = frozenset({"bars_whole", "news_whole"})
-"""``_statement``'s whole-history reads (a first tick's): ``load_tick_bars``/``load_tick_news``
-(``"live_whole"``: ``load_live_decisions``)."""
+_WHOLE = frozenset({"bars_whole", "news_whole", "live_whole"})
+"""``_statement``'s whole reads (``_numbers``' statements): a first tick's histories
+(``load_tick_bars``, ``load_tick_news``) and a restarted daemon's live decisions
+(``load_live_decisions``)."""
 
 _ARRAY_DIALECTS = frozenset({"postgresql"})
 """Dialects whose ``_driver_rows`` IN lists are one array parameter (``column = ANY(:keys)``):
@@ -337,31 +338,8 @@ def _statement(name: str, dialect: str, array: bool = False) -> ClauseElement:
     """The statement ``_driver_rows`` runs as ``name``: its IN list the parameter ``keys``
     (``_in``: expanding, or one array with ``array``), its other values named parameters;
     ``dialect``: the dialect's name (the whole reads' dates as its day numbers)."""
-    if name == "live_whole":
-        day_number = _day_sql("decisions.date", dialect) or "NULL"
-        return (
-            select(
-                Decision.symbol_id,
-                literal_column(day_number),
-                Decision.action,
-                Decision.strength,
-                Decision.equity,
-            )
-            .where(Decision.live_strategy == bindparam("strategy"), _in(Decision.symbol_id, array))
-            .order_by(Decision.symbol_id, Decision.date)
-        )
     if name in _WHOLE:
-        t = Bar if name == "bars_whole" else NewsSentiment
-        day: ColumnElement[Any] = literal_column(
-            _day_sql(f"{t.__tablename__}.date", dialect) or "NULL"
-        )
-        numbers = (t.open, t.high, t.low, t.close, t.volume) if t is Bar else (NewsSentiment.score,)
-        whole = select(t.symbol_id, day, *numbers).where(
-            _in(t.symbol_id, array), t.date <= bindparam("end")
-        )
-        if t is NewsSentiment:
-            whole = whole.where(NewsSentiment.source == bindparam("source"))
-        return whole.order_by(t.symbol_id, t.date)
+        return _whole_statement(name, dialect, array)
     if name == "symbols":
         from otonom_runtime.store.tables import Symbol  # here only: the tick's one read of it
 
@@ -390,6 +368,28 @@ def _statement(name: str, dialect: str, array: bool = False) -> ClauseElement:
         source: BindParameter[Any] = bindparam("source")
         newer, inserted = newer.where(t.source == source), inserted.where(t.source == source)
     return union_all(newer, inserted)
+
+
+def _whole_statement(name: str, dialect: str, array: bool) -> ClauseElement:
+    """``_statement`` of a whole read (``_WHOLE``): a symbol id, the date as ``raw._day_sql``'s
+    number for ``dialect`` (NULL where it has none: never run, ``_numbers`` reads the ORM's
+    way), then the read's numbers; by symbol and date."""
+    t: Any = {"bars_whole": Bar, "news_whole": NewsSentiment, "live_whole": Decision}[name]
+    day: ColumnElement[Any] = literal_column(_day_sql(f"{t.__tablename__}.date", dialect) or "NULL")
+    if name == "bars_whole":
+        numbers = [t.open, t.high, t.low, t.close, t.volume]
+        where = [t.date <= bindparam("end")]
+    elif name == "news_whole":
+        numbers = [t.score]
+        where = [t.source == bindparam("source"), t.date <= bindparam("end")]
+    else:
+        numbers = [t.action, t.strength, t.equity]
+        where = [t.live_strategy == bindparam("strategy")]
+    return (
+        select(t.symbol_id, day, *numbers)
+        .where(_in(t.symbol_id, array), *where)
+        .order_by(t.symbol_id, t.date)
+    )
 
 
 @functools.lru_cache(maxsize=32)
