@@ -31,6 +31,7 @@ from otonom_runtime.daemon.tick import Columns, Decisions, Ensemble, TickDecisio
 from otonom_runtime.ensemble import ANALYSTS
 from otonom_runtime.store import HEARTBEAT_INTERVAL_S, BacktestRun, this_process
 from otonom_runtime.store.daemons import write_daemon_state
+from otonom_runtime.store.jsontext import SharedValues
 from otonom_runtime.store.ticks import LiveDecisions, load_live_decisions, record_tick
 from otonom_schema import Action
 
@@ -222,7 +223,8 @@ def _run_row(
             "strategy": config.to_dict(),
             "rl_enabled": ensemble.rl is not None,
             "source": config.source,
-            "sentiment_sources": dict(zip(pending.symbols, pending.sources, strict=True)),
+            # one of two shared dicts a symbol: the store writes each once (``SharedValues``)
+            "sentiment_sources": SharedValues(zip(pending.symbols, pending.sources, strict=True)),
             "purpose": LIVE_PURPOSE,
             "broker": broker.name,
             **_rl_model_params(config, ensemble.rl),

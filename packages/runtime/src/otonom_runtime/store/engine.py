@@ -20,6 +20,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from otonom_runtime._errors import StoreError
+from otonom_runtime.store.jsontext import dumps
 from otonom_runtime.store.tables import StoreMeta
 
 __all__ = ["DATABASE_URL_ENV", "default_database_url", "dispose_engines", "get_engine"]
@@ -126,7 +127,7 @@ def get_engine(url: str | None = None) -> Engine:
                     f"cannot create the folder of SQLite database {str(file)!r}: {exc}"
                 ) from None
         try:
-            engine = create_engine(parsed)
+            engine = create_engine(parsed, json_serializer=dumps)
         except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError) as exc:
             hint = " (install otonom-runtime[postgres])" if "postgres" in text else ""
             raise StoreError(

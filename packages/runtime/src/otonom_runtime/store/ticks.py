@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,12 +27,24 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import ARRAY, Dialect, Executable, any_, bindparam, func, select, union_all
+from sqlalchemy import (
+    ARRAY,
+    Dialect,
+    Executable,
+    any_,
+    bindparam,
+    func,
+    literal_column,
+    select,
+    union_all,
+)
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import BindParameter, ClauseElement, ColumnElement
 
-from otonom_runtime.store.raw import _autoflush, _day_array
+from otonom_runtime.store.raw import _autoflush, _day_array, _day_sql
+from otonom_runtime.store.raw import _days as _day_numbers
 from otonom_runtime.store.readers import _unknown
 from otonom_runtime.store.tables import (
     BacktestRun,
@@ -100,19 +113,30 @@ def load_tick_bars(
 ) -> dict[int, MarketHistory]:
     """Every bar dated on or before ``end`` of the symbols ``names`` (symbol id -> name), in
     one statement: per symbol id with a bar, its ``MarketHistory`` (oldest first, the values
-    ``load_history`` reads); a symbol without one is left out."""
-    rows = _rows(
-        session,
-        select(Bar.symbol_id, Bar.date, Bar.open, Bar.high, Bar.low, Bar.close, Bar.volume)
-        .where(Bar.symbol_id.in_(list(names)), Bar.date <= end)
-        .order_by(Bar.symbol_id, Bar.date),
-    )
-    if not rows:
-        return {}
-    ids, dates, *numbers = zip(*rows, strict=True)
-    id_array = np.array(ids, dtype=np.int64)
-    days = _days(dates)
-    o, h, lo, c, v = (np.array(column, dtype=np.float64) for column in numbers)
+    ``load_history`` reads); a symbol without one is left out.
+
+    A daemon's first tick reads every symbol's whole history here (5,000 symbols with a year
+    each: 1.8 million rows), so the rows are streamed as numbers (``_numbers``: the dates as
+    day numbers, no row object kept) and read the ORM's way only where that refuses them (a
+    date stored as text that is not canonical ``YYYY-MM-DD``): the same values either way."""
+    keys = list(names)
+    numbers = _numbers(session, "bars_whole", keys, {"end": end}, 7)
+    if numbers is not None:
+        ids, days, o, h, lo, c, v = numbers
+        groups = _groups(ids)
+    else:
+        rows = _rows(
+            session,
+            select(Bar.symbol_id, Bar.date, Bar.open, Bar.high, Bar.low, Bar.close, Bar.volume)
+            .where(Bar.symbol_id.in_(keys), Bar.date <= end)
+            .order_by(Bar.symbol_id, Bar.date),
+        )
+        if not rows:
+            return {}
+        id_column, dates, *columns = zip(*rows, strict=True)
+        days = _days(dates)
+        o, h, lo, c, v = (np.array(column, dtype=np.float64) for column in columns)
+        groups = _groups(np.array(id_column, dtype=np.int64))
     return {
         symbol_id: MarketHistory(
             dates=days[a:b],
@@ -123,7 +147,7 @@ def load_tick_bars(
             volume=v[a:b],
             symbol=names[symbol_id],
         )
-        for symbol_id, a, b in _groups(id_array)
+        for symbol_id, a, b in groups
     }
 
 
@@ -131,25 +155,67 @@ def load_tick_news(
     session: Session, sources: Mapping[int, str], end: dt.date
 ) -> dict[int, SentimentSeries]:
     """The news sentiment dated on or before ``end`` of each symbol id in ``sources`` from its
-    source (symbol id -> source), in one statement; a symbol with none is left out (what
+    source (symbol id -> source), one statement a distinct source (by the (symbol, source,
+    date) index; streamed as ``load_tick_bars`` reads); a symbol with none is left out (what
     ``load_news`` gives as None)."""
-    rows = _rows(
-        session,
-        select(
-            NewsSentiment.symbol_id, NewsSentiment.source, NewsSentiment.date, NewsSentiment.score
-        )
-        .where(NewsSentiment.symbol_id.in_(list(sources)), NewsSentiment.date <= end)
-        .order_by(NewsSentiment.symbol_id, NewsSentiment.date),
-    )
-    wanted = [r for r in rows if r[1] == sources[r[0]]]
-    if not wanted:
-        return {}
-    ids, _, dates, scores = zip(*wanted, strict=True)
-    days, values = _days(dates), np.array(scores, dtype=np.float64)
-    return {
-        symbol_id: SentimentSeries(dates=days[a:b], scores=values[a:b])
-        for symbol_id, a, b in _groups(np.array(ids, dtype=np.int64))
-    }
+    by_source: dict[str, list[int]] = {}
+    for symbol_id, source in sources.items():
+        by_source.setdefault(source, []).append(symbol_id)
+    found: dict[int, SentimentSeries] = {}
+    for source, keys in by_source.items():
+        values = {"end": end, "source": source}
+        numbers = _numbers(session, "news_whole", keys, values, 3)
+        if numbers is not None:
+            ids, days, scores = numbers
+        else:
+            query = (
+                select(NewsSentiment.symbol_id, NewsSentiment.date, NewsSentiment.score)
+                .where(
+                    NewsSentiment.symbol_id.in_(keys),
+                    NewsSentiment.source == source,
+                    NewsSentiment.date <= end,
+                )
+                .order_by(NewsSentiment.symbol_id, NewsSentiment.date)
+            )
+            rows = _rows(session, query)
+            if not rows:
+                continue
+            id_column, dates, score_column = zip(*rows, strict=True)
+            ids, days = np.array(id_column, dtype=np.int64), _days(dates)
+            scores = np.array(score_column, dtype=np.float64)
+        for symbol_id, a, b in _groups(ids):
+            found[symbol_id] = SentimentSeries(dates=days[a:b], scores=scores[a:b])
+    return {symbol_id: found[symbol_id] for symbol_id in sorted(found)}
+
+
+def _numbers(
+    session: Session, name: str, keys: Sequence[Any], values: Mapping[str, Any], width: int
+) -> tuple[Any, ...] | None:
+    """The rows of ``_statement(name)`` (a symbol id, a date, then ``width - 2`` numbers; its
+    date as ``raw._day_sql``'s number) as columns: the ids as int64, the dates as
+    datetime64[D], the rest float64; the driver's rows streamed into one array
+    (``np.fromiter``: no row is kept, the garbage collector has nothing to scan). None where
+    the dialect has no day numbers or a cell is no number (a date ``_day_sql`` refuses) or
+    ``raw._days`` refuses a date: the caller reads the ORM's way."""
+    conn = session.connection()
+    if _day_sql("date", conn.dialect.name) is None:
+        return None
+    sql, params = _bound(session, name, keys, values)
+    dbapi: Any = conn.connection.dbapi_connection
+    # psycopg: numbers in binary (its text floats are parsed one by one: 2.5x slower here)
+    cursor = dbapi.cursor(binary=True) if conn.dialect.driver == "psycopg" else dbapi.cursor()
+    try:
+        cursor.execute(sql, params)
+        flat = np.fromiter(itertools.chain.from_iterable(cursor), dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    finally:
+        cursor.close()
+    columns = np.ascontiguousarray(flat.reshape(-1, width).T)
+    days = _day_numbers(columns[1])
+    if days is None:
+        return None
+    return (columns[0].astype(np.int64), days, *columns[2:])
 
 
 def tick_symbols(session: Session, names: Sequence[str]) -> tuple[dict[str, int], dict[str, bool]]:
@@ -246,6 +312,11 @@ def load_live_tail(
     return ids, days, actions, strengths
 
 
+_WHOLE = frozenset({"bars_whole", "news_whole", "live_whole"})
+"""``_statement``'s whole reads (``_numbers``' statements): a first tick's histories
+(``load_tick_bars``, ``load_tick_news``) and a restarted daemon's live decisions
+(``load_live_decisions``)."""
+
 _ARRAY_DIALECTS = frozenset({"postgresql"})
 """Dialects whose ``_driver_rows`` IN lists are one array parameter (``column = ANY(:keys)``):
 on PostgreSQL a list of 5,000 markers costs the server 2-3x the time of the same rows read
@@ -263,9 +334,12 @@ def _in(column: Any, array: bool) -> ColumnElement[bool]:
     return found
 
 
-def _statement(name: str, array: bool = False) -> ClauseElement:
+def _statement(name: str, dialect: str, array: bool = False) -> ClauseElement:
     """The statement ``_driver_rows`` runs as ``name``: its IN list the parameter ``keys``
-    (``_in``: expanding, or one array with ``array``), its other values named parameters."""
+    (``_in``: expanding, or one array with ``array``), its other values named parameters;
+    ``dialect``: the dialect's name (the whole reads' dates as its day numbers)."""
+    if name in _WHOLE:
+        return _whole_statement(name, dialect, array)
     if name == "symbols":
         from otonom_runtime.store.tables import Symbol  # here only: the tick's one read of it
 
@@ -296,6 +370,28 @@ def _statement(name: str, array: bool = False) -> ClauseElement:
     return union_all(newer, inserted)
 
 
+def _whole_statement(name: str, dialect: str, array: bool) -> ClauseElement:
+    """``_statement`` of a whole read (``_WHOLE``): a symbol id, the date as ``raw._day_sql``'s
+    number for ``dialect`` (NULL where it has none: never run, ``_numbers`` reads the ORM's
+    way), then the read's numbers; by symbol and date."""
+    t: Any = {"bars_whole": Bar, "news_whole": NewsSentiment, "live_whole": Decision}[name]
+    day: ColumnElement[Any] = literal_column(_day_sql(f"{t.__tablename__}.date", dialect) or "NULL")
+    if name == "bars_whole":
+        numbers = [t.open, t.high, t.low, t.close, t.volume]
+        where = [t.date <= bindparam("end")]
+    elif name == "news_whole":
+        numbers = [t.score]
+        where = [t.source == bindparam("source"), t.date <= bindparam("end")]
+    else:
+        numbers = [t.action, t.strength, t.equity]
+        where = [t.live_strategy == bindparam("strategy")]
+    return (
+        select(t.symbol_id, day, *numbers)
+        .where(_in(t.symbol_id, array), *where)
+        .order_by(t.symbol_id, t.date)
+    )
+
+
 @functools.lru_cache(maxsize=32)
 def _plan(
     name: str, dialect: Dialect, n: int
@@ -307,7 +403,7 @@ def _plan(
     .. ``keys_n``; ``("keys",)``: one array) and None."""
     if dialect.name in _ARRAY_DIALECTS:
         return _array_plan(name, dialect)
-    stmt = _statement(name)
+    stmt = _statement(name, dialect.name)
     names = tuple(p for p in stmt.compile().params if p != "keys")
     stmt = stmt.params(keys=[0] * n, **dict.fromkeys(names))
     compiled = stmt.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
@@ -324,7 +420,7 @@ def _plan(
 
 def _array_plan(name: str, dialect: Dialect) -> tuple[str, tuple[str, ...], tuple[str, ...] | None]:
     """``_plan`` of a dialect that binds the keys as one array (``_ARRAY_DIALECTS``)."""
-    compiled = _statement(name, array=True).compile(dialect=dialect)
+    compiled = _statement(name, dialect.name, array=True).compile(dialect=dialect)
     assert isinstance(compiled, SQLCompiler)
     positions = compiled.positiontup
     if positions is None:
@@ -349,13 +445,35 @@ def _driver_rows(
     session: Session, name: str, keys: Sequence[Any], values: Mapping[str, Any]
 ) -> Sequence[Any]:
     """The rows of the statement ``name`` (``_statement``) with the IN list ``keys`` and the
-    other parameters ``values``: its SQL rendered once per number of keys (``_plan``; on
-    PostgreSQL once, the keys bound as one array) and run
-    as the driver's SQL on the session's connection (``exec_driver_sql``: the same SQL and
-    values as SQLAlchemy's execution of the statement, without building the statement's
-    thousands of IN list parameters anew each time); pending objects flushed first, as
-    ``session.execute`` would. Dates bound as ISO text on SQLite (how ``Date`` stores them);
-    the rows are the driver's tuples of its values (dates: ISO text on SQLite)."""
+    other parameters ``values`` (``_execute``), as the driver's tuples of its values (dates:
+    ISO text on SQLite; no SQLAlchemy Row per row: a tick reads thousands)."""
+    result = _execute(session, name, keys, values)
+    try:
+        rows: Sequence[Any] = result.cursor.fetchall()
+    finally:
+        result.close()
+    return rows
+
+
+def _execute(
+    session: Session, name: str, keys: Sequence[Any], values: Mapping[str, Any]
+) -> CursorResult[Any]:
+    """The statement ``name`` (``_statement``) with the IN list ``keys`` and the other
+    parameters ``values`` (``_bound``), run as the driver's SQL on the session's connection
+    (``exec_driver_sql``: the same SQL and values as SQLAlchemy's execution of the statement,
+    without building the statement's thousands of IN list parameters anew each time). The
+    caller reads the result's DBAPI cursor and closes the result."""
+    sql, params = _bound(session, name, keys, values)
+    return session.connection().exec_driver_sql(sql, params)
+
+
+def _bound(
+    session: Session, name: str, keys: Sequence[Any], values: Mapping[str, Any]
+) -> tuple[str, Any]:
+    """The SQL of the statement ``name`` with ``len(keys)`` keys (``_plan``: rendered once per
+    number of keys; on PostgreSQL once, the keys bound as one array) and its parameters, in
+    the driver's paramstyle; pending objects flushed first, as ``session.execute`` would.
+    Dates bound as ISO text on SQLite (how ``Date`` stores them)."""
     _autoflush(session)
     conn = session.connection()
     array = conn.dialect.name in _ARRAY_DIALECTS
@@ -373,12 +491,7 @@ def _driver_rows(
         params.update(zip(before, keys, strict=True))
     else:
         params = (*[values[p] for p in before], *keys, *[values[p] for p in after])
-    result = conn.exec_driver_sql(sql, params)
-    try:  # the driver's tuples (no SQLAlchemy Row per row: a tick reads thousands)
-        rows: Sequence[Any] = result.cursor.fetchall()
-    finally:
-        result.close()
-    return rows
+    return sql, params
 
 
 @dataclass(frozen=True)
@@ -397,24 +510,36 @@ def load_live_decisions(
     session: Session, strategy: str, symbol_ids: Sequence[int]
 ) -> dict[int, LiveDecisions]:
     """The live decisions of ``strategy`` (``Decision.live_strategy``) for ``symbol_ids``, in
-    one statement (with the first one's equity); a symbol with none is left out."""
-    rows = _rows(
-        session,
-        select(
-            Decision.symbol_id, Decision.date, Decision.action, Decision.strength, Decision.equity
+    one statement (with the first one's equity); a symbol with none is left out. A restarted
+    daemon reads every symbol's here: streamed as ``load_tick_bars`` reads."""
+    numbers = _numbers(session, "live_whole", symbol_ids, {"strategy": strategy}, 5)
+    if numbers is not None:
+        ids, days, action_column, strength_column, equity_column = numbers
+        actions: Sequence[int] = action_column.astype(np.int64).tolist()
+        strengths: Sequence[float] = strength_column.tolist()
+        equities: Sequence[float] = equity_column.tolist()
+    else:
+        rows = _rows(
+            session,
+            select(
+                Decision.symbol_id,
+                Decision.date,
+                Decision.action,
+                Decision.strength,
+                Decision.equity,
+            )
+            .where(Decision.live_strategy == strategy, Decision.symbol_id.in_(list(symbol_ids)))
+            .order_by(Decision.symbol_id, Decision.date),
         )
-        .where(Decision.live_strategy == strategy, Decision.symbol_id.in_(list(symbol_ids)))
-        .order_by(Decision.symbol_id, Decision.date),
-    )
-    if not rows:
-        return {}
-    ids, dates, actions, strengths, equities = zip(*rows, strict=True)
-    days = _days(dates)
+        if not rows:
+            return {}
+        id_column, dates, actions, strengths, equities = zip(*rows, strict=True)
+        ids, days = np.array(id_column, dtype=np.int64), _days(dates)
     return {
         symbol_id: LiveDecisions(
             days[a:b], list(actions[a:b]), list(strengths[a:b]), float(equities[a])
         )
-        for symbol_id, a, b in _groups(np.array(ids, dtype=np.int64))
+        for symbol_id, a, b in _groups(ids)
     }
 
 
