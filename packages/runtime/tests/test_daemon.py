@@ -352,6 +352,59 @@ def _check_idempotent_ticks(url: str, path: Path) -> None:
     assert [(p["purpose"], s) for p, s in runs] == [("live", "complete")]
 
 
+def test_a_symbol_in_its_warm_up_is_not_decided_until_its_history_is_long_enough(
+    tmp_path: Path,
+) -> None:
+    """A symbol whose newest bar has fewer than ``LOOKBACK`` bars or ``WARMUP_DAYS`` days of
+    history before it is not decided (the backtester would not decide that day either: most
+    of its features would be neutral), and is named in the tick's summary; the same cached
+    ensemble decides it on the first day its history is long enough. A user's daemon had
+    decided a new listing from its 4th bar."""
+    from sqlalchemy import text
+
+    from otonom_runtime.ranges import WARMUP_DAYS
+    from otonom_schema import LOOKBACK
+
+    path = _strategy(tmp_path)
+    end = HISTORY[1] + dt.timedelta(days=40)
+    url = _store(tmp_path, end=end)
+    young = HISTORY[1] - dt.timedelta(days=LOOKBACK + 10)  # enough bars, too few days
+    with get_session(url) as session:
+        session.execute(
+            text(
+                "DELETE FROM bars WHERE date < :first AND symbol_id = "
+                "(SELECT id FROM symbols WHERE name = 'DEMO-ETH')"
+            ),
+            {"first": young.isoformat()},
+        )
+    ensemble, broker = Ensemble.from_strategy(path), PaperBroker()
+    ready = young + dt.timedelta(days=WARMUP_DAYS)
+    with get_session(url) as session:
+        first = run_tick(session, ensemble, SYMBOLS, broker, as_of=HISTORY[1])
+        assert [d.symbol for d in first.decisions] == ["DEMO-BTC", "DEMO-SOL"]
+        assert first.warming_up == ["DEMO-ETH"]
+        assert "warming up, not decided" in first.summary()
+        assert "DEMO-ETH" in first.summary()
+        day = HISTORY[1]
+        while day < ready:
+            day += dt.timedelta(days=1)
+            report = run_tick(session, ensemble, SYMBOLS, broker, as_of=day)
+            eth = [d for d in report.decisions if d.symbol == "DEMO-ETH"]
+            assert (len(eth) == 1) == (day == ready), day
+            assert report.warming_up == ([] if day == ready else ["DEMO-ETH"])
+        stored = session.scalars(
+            select(Decision.date)
+            .join(Symbol, Decision.symbol_id == Symbol.id)
+            .where(Symbol.name == "DEMO-ETH", Decision.live_strategy.is_not(None))
+        ).all()
+    assert stored == [ready]
+    for day, warm in ((ready - dt.timedelta(days=1), [True, False, True]), (ready, [True] * 3)):
+        cold = Ensemble.from_strategy(path)  # read whole: the same rule as the cached one
+        with get_session(url) as session:
+            cached, _ = cold.cache.refresh(session, cold.config, SYMBOLS, day)
+        assert cold.cache.warm(cached.rows) == warm, day
+
+
 def test_repeated_ticks_record_one_decision_per_symbol_and_bar(tmp_path: Path) -> None:
     _check_idempotent_ticks(_store(tmp_path), _strategy(tmp_path))
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from otonom_runtime import DataRangeError, OtonomRuntimeError, UnknownSymbolError
-from otonom_runtime.ranges import WARMUP_DAYS, bar_dates, bar_ranges, common_range
+from otonom_runtime.ranges import WARMUP_DAYS, bar_dates, bar_ranges, common_range, warmed_up
 from otonom_runtime.store import get_session, init_db
 from otonom_runtime.synth import write_synthetic
 from otonom_schema import LOOKBACK
@@ -42,6 +43,30 @@ def test_weekday_bars_wait_lookback_bars() -> None:
         f"({LOOKBACK} bars before the first decision; needs >= {LOOKBACK} bars and >= "
         f"{WARMUP_DAYS} days)"
     )
+
+
+@pytest.mark.parametrize("weekdays", [False, True])
+def test_one_symbol_warms_up_on_the_backtests_first_decision_day(weekdays: bool) -> None:
+    """``warmed_up`` (the daemon's per-symbol rule) first holds on the day ``bar_ranges`` makes
+    a one-symbol backtest's first decision: the warm-up rule is the same rule."""
+    days = calendar_days(D(2020, 1, 1), D(2020, 12, 31), weekdays=weekdays)
+    ready = warmed_up(np.arange(days.size), np.full(days.size, days[0]), days)
+    assert ready.dtype == np.bool_
+    first = int(np.argmax(ready))
+    assert ready[first:].all()
+    assert not ready[:first].any()
+    assert days[first].astype(object) == bar_ranges({"S": days}).first_decision
+
+
+def test_warmed_up_needs_both_bars_and_days() -> None:
+    first = np.datetime64("2021-01-01")
+    day = first + np.timedelta64(WARMUP_DAYS, "D")
+    assert warmed_up(LOOKBACK, first, day)
+    assert not warmed_up(LOOKBACK - 1, first, day)
+    assert not warmed_up(LOOKBACK, first, day - np.timedelta64(1, "D"))
+    # day numbers (days since 1970-01-01) read as dates
+    as_numbers = [int(first.astype(np.int64))], [int(day.astype(np.int64))]
+    assert warmed_up([LOOKBACK], *as_numbers).tolist() == [True]
 
 
 def test_the_common_range_binds() -> None:

@@ -45,6 +45,7 @@ __all__ = [
     "bar_dates",
     "bar_ranges",
     "common_range",
+    "warmed_up",
 ]
 
 _SPARSE: Final = 0.4  # bars on fewer of the calendar days (weekday-only: ~69 %): not daily
@@ -52,6 +53,25 @@ WARMUP_DAYS: Final = 180
 """The fewest days between the common range's first bar and the first decision."""
 
 Days = npt.NDArray[np.datetime64]
+
+
+def warmed_up(
+    bars_before: npt.ArrayLike, first_bar: npt.ArrayLike, day: npt.ArrayLike
+) -> npt.NDArray[np.bool_]:
+    """The warm-up rule of a symbol's decision on ``day``: at least ``LOOKBACK`` bars before
+    it (``bars_before``) and at least ``WARMUP_DAYS`` days after the symbol's first bar
+    (``first_bar``; days as datetime64[D] or day numbers since 1970-01-01), elementwise. What
+    ``bar_ranges`` asks of the first decision day of every symbol of a backtest (from their
+    common range's first bar), asked of each symbol alone: the daemon's tick decides a
+    symbol's newest bar only when it holds (``otonom_runtime.daemon.run_tick``)."""
+    first = np.asarray(first_bar, dtype="datetime64[D]").astype(np.int64)
+    days = np.asarray(day, dtype="datetime64[D]").astype(np.int64)
+    enough: npt.NDArray[np.bool_] = (np.asarray(bars_before) >= LOOKBACK) & (
+        days - first >= WARMUP_DAYS
+    )
+    return enough
+
+
 BarCounts = Mapping[str, tuple[int, dt.date, dt.date]]
 
 

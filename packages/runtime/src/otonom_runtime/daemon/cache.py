@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from otonom_runtime.daemon.paper import LastDecision, Tail, Windows
 from otonom_runtime.daemon.rows import Rows
+from otonom_runtime.ranges import warmed_up
 from otonom_runtime.store import load_macro, sentiment_source
 from otonom_runtime.store.ticks import (
     LiveDecisions,
@@ -217,6 +218,7 @@ class TickCache:
         self._values = np.zeros((5, 0, LOOKBACK))  # open, high, low, close, volume
         self._spare = self._days, self._values  # what ``_append`` writes the next windows to
         self._count = np.zeros(0, dtype=np.int64)  # bars in each history
+        self._first = np.zeros(0, dtype=np.int64)  # the day number of each history's first bar
         self._carry = PanelCarry.none(0)  # the panel's series at each row's newest bar
         self._news: dict[int, _Tail] = {}
         self._news_source: dict[int, str] = {}
@@ -400,6 +402,7 @@ class TickCache:
         self._days = np.concatenate([self._days, np.zeros((k, LOOKBACK), np.int64)])
         self._values = np.concatenate([self._values, np.ones((5, k, LOOKBACK))], axis=1)
         self._count = np.concatenate([self._count, np.zeros(k, np.int64)])
+        self._first = np.concatenate([self._first, np.zeros(k, np.int64)])
         old, more = _parts(self._carry), _parts(PanelCarry.none(k))
         self._carry = PanelCarry(*(np.concatenate([a, b]) for a, b in zip(old, more, strict=True)))
 
@@ -415,6 +418,7 @@ class TickCache:
             self._values[i, row, -k:] = col[-k:]
         self._values[4, row, -k:] = history.volume[-k:]
         self._count[row] = len(history)
+        self._first[row] = history.dates[0].astype(np.int64)
         self._carry.day[row] = PanelCarry.none(1).day[0]  # its window is new: nothing carried
         self._news[sid], self._news_source[sid] = _tail(news), source
 
@@ -489,6 +493,14 @@ class TickCache:
         """Every row's cached bars (``paper.Windows``: the cache's arrays, valid until its
         next ``refresh``)."""
         return Windows(self._days, self._values[0], self._values[3], self._count)
+
+    def warm(self, rows: Sequence[int]) -> list[bool]:
+        """Whether each row's newest bar may be decided: the backtester's warm-up rule
+        (``ranges.warmed_up``: ``LOOKBACK`` bars before it, ``WARMUP_DAYS`` days after the
+        history's first bar)."""
+        at = np.asarray(rows, dtype=np.int64)
+        ready = warmed_up(self._count[at] - 1, self._first[at], self._days[at, -1])
+        return ready.tolist()  # type: ignore[no-any-return]
 
     def tails(self, rows: Sequence[int]) -> list[Tail | None]:
         """Each row's last two bars as one tuple of Python numbers (``TickInputs.tail``: day

@@ -29,11 +29,12 @@ from otonom_runtime.daemon.reload import ModelWatch, daemon_state
 from otonom_runtime.daemon.rows import Holding, Holdings, Portfolios
 from otonom_runtime.daemon.tick import Columns, Decisions, Ensemble, TickDecision
 from otonom_runtime.ensemble import ANALYSTS
+from otonom_runtime.ranges import WARMUP_DAYS
 from otonom_runtime.store import HEARTBEAT_INTERVAL_S, BacktestRun, this_process
 from otonom_runtime.store.daemons import write_daemon_state
 from otonom_runtime.store.jsontext import SharedValues
 from otonom_runtime.store.ticks import LiveDecisions, load_live_decisions, record_tick
-from otonom_schema import Action
+from otonom_schema import LOOKBACK, Action
 
 __all__ = ["LIVE_PURPOSE", "TickReport", "parse_interval", "run_daemon", "run_tick"]
 
@@ -42,6 +43,7 @@ log = logging.getLogger("otonom_runtime.daemon")
 LIVE_PURPOSE: Final = "live"
 """The ``params["purpose"]`` of a tick's run row (internal: never a dataset's teacher)."""
 _FAR: Final = dt.date(9999, 12, 31)
+_SHOWN: Final = 10  # symbols named in a summary line, then "and N more"
 _INTERVAL: Final = re.compile(r"^(\d+)([smhd])$")
 _UNIT_S: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -62,15 +64,18 @@ class TickReport:
     """One tick: the run id of its record (None: nothing written), its decisions and each
     one's holding (``run_tick``: ``Decisions`` and the broker's holdings, ``Holdings`` for
     ``PaperBroker``: sequences whose items are made when read), the symbols whose newest bar
-    was decided already and those without bars; ``conflict``: the store refused the tick's
-    rows because another writer recorded them first (``record_tick``: nothing written; the
-    next tick reads again)."""
+    was decided already, those without bars and those whose newest bar is still in the
+    backtester's warm-up (``warming_up``: fewer than ``LOOKBACK`` bars before it or fewer than
+    ``WARMUP_DAYS`` days after the symbol's first bar: not decided); ``conflict``: the store
+    refused the tick's rows because another writer recorded them first (``record_tick``:
+    nothing written; the next tick reads again)."""
 
     run_id: int | None
     decisions: Sequence[TickDecision] = field(default_factory=list)
     holdings: Sequence[Holding] = field(default_factory=list)
     up_to_date: list[str] = field(default_factory=list)
     no_bars: list[str] = field(default_factory=list)
+    warming_up: list[str] = field(default_factory=list)
     fallbacks: int = 0
     conflict: bool = False
 
@@ -92,6 +97,14 @@ class TickReport:
         lines = [head]
         if self.no_bars:
             lines.append(f"  no bars: {', '.join(self.no_bars)}")
+        if self.warming_up:
+            shown = ", ".join(self.warming_up[:_SHOWN])
+            more = len(self.warming_up) - _SHOWN
+            lines.append(
+                f"  warming up, not decided (fewer than {LOOKBACK} bars or {WARMUP_DAYS} days "
+                f"of history before the newest bar): {shown}"
+                + (f" and {more} more" if more > 0 else "")
+            )
         for d, h in zip(self.decisions, self.holdings, strict=True):
             rl = d.signals.get("rl")
             lines.append(
@@ -129,9 +142,12 @@ def run_tick(
         sid not in last or last[sid].date < newest
         for sid, newest in zip(cached.ids, cached.newest, strict=True)
     ]
-    pending = cached.pick([i for i, waiting in enumerate(new) if waiting])
+    waiting = [i for i, fresh in enumerate(new) if fresh]
+    warm = cache.warm([cached.rows[i] for i in waiting])  # the backtester's warm-up, per symbol
+    pending = cached.pick([i for i, ok in zip(waiting, warm, strict=True) if ok])
     report = TickReport(None, no_bars=no_bars)
-    report.up_to_date = [s for s, waiting in zip(cached.symbols, new, strict=True) if not waiting]
+    report.up_to_date = [s for s, fresh in zip(cached.symbols, new, strict=True) if not fresh]
+    report.warming_up = [cached.symbols[i] for i, ok in zip(waiting, warm, strict=True) if not ok]
     if not pending:
         session.rollback()  # end the read transaction: nothing to write
         return report
