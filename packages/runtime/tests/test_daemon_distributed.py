@@ -82,6 +82,19 @@ def test_partition() -> None:
     assert partition(list("abcdefg"), 3) == [["a", "b", "c"], ["d", "e"], ["f", "g"]]
 
 
+def test_the_partitions_reports_merge_every_list() -> None:
+    """What each partition's tick reports of its symbols (decided already, no bars, warming
+    up), in partition order; the smallest run id; fallbacks summed; any conflict."""
+    from otonom_runtime.daemon.loop import TickReport
+
+    a = TickReport(7, up_to_date=["A"], no_bars=["B"], warming_up=["C"], fallbacks=1)
+    b = TickReport(5, up_to_date=["D"], warming_up=["E", "F"], fallbacks=2, conflict=True)
+    merged = dist._merge([a, b])
+    assert (merged.run_id, merged.fallbacks, merged.conflict) == (5, 3, True)
+    assert (merged.up_to_date, merged.no_bars) == (["A", "D"], ["B"])
+    assert merged.warming_up == ["C", "E", "F"]
+
+
 def test_two_dask_workers_decide_as_one_process(postgres_url: str, tmp_path: Path) -> None:
     strategy = _strategy(tmp_path)
     one, spread = _store(postgres_url), _store(postgres_url)

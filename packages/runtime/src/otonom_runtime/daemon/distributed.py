@@ -143,6 +143,7 @@ def _merge(reports: Sequence[TickReport]) -> TickReport:
         holdings += r.holdings
         merged.up_to_date += r.up_to_date
         merged.no_bars += r.no_bars
+        merged.warming_up += r.warming_up
         merged.fallbacks += r.fallbacks
         merged.conflict = merged.conflict or r.conflict
     merged.decisions, merged.holdings = decisions, holdings
