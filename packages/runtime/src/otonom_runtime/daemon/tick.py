@@ -288,7 +288,9 @@ class Ensemble:
         its portfolio (``portfolios``; a symbol left out: flat, never traded): the reads and
         states of the ensemble's ``cache`` (``TickCache``: only what is new since the last
         call), then ``decide_states``. ``StateBuildError`` for a symbol without a bar on or
-        before ``date``."""
+        before ``date``. Every symbol asked is decided, however short its history:
+        ``run_tick`` decides only those past the backtester's warm-up
+        (``otonom_runtime.ranges.warmed_up``)."""
         names = list(dict.fromkeys(symbols))
         cached, missing = self.cache.refresh(session, self.config, names, date)
         if missing:
