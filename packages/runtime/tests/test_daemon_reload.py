@@ -363,3 +363,43 @@ def test_status_flags_and_one_line_errors(
     for flag in ("--strategy-path", "--strategy"):
         assert flag in helped
     dispose_engines()
+
+
+def test_a_daemon_ended_by_an_error_is_recorded_failed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The real loop on a real store: the second tick raises after its work (a store gone
+    away, a bug); the error reaches the caller as it was and the state row says ``failed``
+    (not ``running``, which ``otonom status`` could not tell from a live daemon on another
+    host), with the tick that ran counted."""
+    from otonom_runtime.daemon import run_tick
+
+    strategy, _, url = _setup(tmp_path)
+    calls: list[int] = []
+
+    def tick(*args: Any, **kwargs: Any) -> TickReport:
+        out = run_tick(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("the disk went away")
+        _bars(url, END + dt.timedelta(days=1))
+        return out
+
+    with pytest.raises(RuntimeError, match="the disk went away"):
+        run_daemon(
+            lambda: get_session(url),
+            Ensemble.from_strategy(strategy),
+            lambda: SYMBOLS,
+            PaperBroker(),
+            interval_s=0.01,
+            tick=tick,
+        )
+    row = _state(url)
+    assert (row.status, row.ticks) == ("failed", 1)
+    code, out, _ = _status(capsys, url, "--strategy", NAME)
+    assert code == 0
+    assert out.startswith(
+        f"strategy {NAME}: daemon FAILED: an error ended it (its message is in the daemon's "
+        "output) (host "
+    ), out
+    dispose_engines()

@@ -98,6 +98,8 @@ def render_state(row: Any, now: dt.datetime) -> str:
         )
         refused = f"{what} at {_when(row.refused_at)}: {row.refused_reason}"
     status = row.status
+    if status == "failed":
+        status = "FAILED: an error ended it (its message is in the daemon's output)"
     if _gone(row):
         status = "NOT running: recorded running, but its process is gone (killed or failed)"
     lines = [

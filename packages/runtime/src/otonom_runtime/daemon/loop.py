@@ -346,7 +346,10 @@ def run_daemon(
     ``heartbeat_s`` of the wait; ``notify`` is given its line when a candidate is swapped in
     or refused), and the daemon's state row (``DaemonState``: heartbeat, model in service,
     refused candidate, counts, predict latencies) is written at the start, after each tick,
-    every ``heartbeat_s`` of the wait and at the end (``status`` ``"stopped"``). ``bars``: a
+    every ``heartbeat_s`` of the wait and at the end (``status`` ``"stopped"``; ``"failed"``
+    when an exception ends the loop, re-raised after: a daemon that fails on another host
+    must not read as running in ``otonom status``; the row has no column for the error, which
+    goes to the caller as before, the CLI's one ``error:`` line). ``bars``: a
     ``BarSource`` pulled before each tick (its imports committed first). Returns the number of
     ticks run."""
     watch = ModelWatch(ensemble)
@@ -368,25 +371,29 @@ def run_daemon(
 
     with _stop_on_signals() as stop:
         beat()
-        while not stop.event.is_set():
-            started = time.monotonic()
-            reload()
-            names = symbols()
-            if bars is not None:
-                with session_factory() as session:
-                    bars.pull(session, names)
-            with session_factory() as session:
-                report(tick(session, ensemble, names, broker, as_of=as_of))
-            ticks += 1
-            beat()
-            if once:
-                break
+        try:
             while not stop.event.is_set():
-                left = interval_s - (time.monotonic() - started)
-                if left <= 0 or stop.event.wait(min(left, heartbeat_s)):
-                    break
+                started = time.monotonic()
                 reload()
+                names = symbols()
+                if bars is not None:
+                    with session_factory() as session:
+                        bars.pull(session, names)
+                with session_factory() as session:
+                    report(tick(session, ensemble, names, broker, as_of=as_of))
+                ticks += 1
                 beat()
+                if once:
+                    break
+                while not stop.event.is_set():
+                    left = interval_s - (time.monotonic() - started)
+                    if left <= 0 or stop.event.wait(min(left, heartbeat_s)):
+                        break
+                    reload()
+                    beat()
+        except BaseException:
+            beat("failed")
+            raise
         beat("stopped")
     if stop.signal is not None:
         log.info("daemon stopped by signal %d after %d ticks", stop.signal, ticks)

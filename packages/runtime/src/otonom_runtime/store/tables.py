@@ -331,9 +331,10 @@ class DaemonState(Base):
     after every tick and while it waits; what ``otonom status`` prints.
 
     ``host``, ``pid``, ``started_at``: the daemon process; ``heartbeat_at``: its newest write
-    (its age says whether the daemon is alive); ``status``: ``"running"`` or ``"stopped"``
-    (it exited cleanly). ``model_file``, ``model_version`` (the version folder's name),
-    ``model_sha256`` and ``model_since``: the model in service (all NULL: none, the ensemble
+    (its age says whether the daemon is alive); ``status``: ``"running"``, ``"stopped"``
+    (it exited cleanly) or ``"failed"`` (an exception ended it; the error is in its
+    output). ``model_file``, ``model_version`` (the version folder's name), ``model_sha256``
+    and ``model_since``: the model in service (all NULL: none, the ensemble
     decides without the RL analyst); ``refused_file``, ``refused_version``, ``refused_reason``
     and ``refused_at``: the newest candidate the hot reload refused (the old model kept).
     ``ticks``, ``fallbacks`` (decisions made without the RL analyst while it is on),
