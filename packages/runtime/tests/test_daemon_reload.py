@@ -403,3 +403,31 @@ def test_a_daemon_ended_by_an_error_is_recorded_failed(
         "output) (host "
     ), out
     dispose_engines()
+
+
+def test_a_restart_that_predicts_nothing_keeps_the_last_run_s_latencies(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two ticks record two predict calls' latencies; a ``once`` run on the same bars (nothing
+    new to decide, no predict call) rewrites the row but keeps those percentiles instead of
+    'no predict call yet'; a run that predicts again records its own."""
+    strategy, _, url = _setup(tmp_path)
+    _drive(url, strategy, lambda: None)
+    recorded = _state(url).latency_ms
+    assert recorded["n"] == 2
+
+    def once() -> TickReport:
+        reports: list[TickReport] = []
+        run_daemon(lambda: get_session(url), Ensemble.from_strategy(strategy), lambda: SYMBOLS,
+                   PaperBroker(), once=True, report=reports.append)  # fmt: skip
+        return reports[0]
+
+    assert once().run_id is None  # nothing new: no predict call
+    row = _state(url)
+    assert (row.status, row.ticks, row.latency_ms) == ("stopped", 1, recorded)
+    _, out, _ = _status(capsys, url)
+    assert "(last 2 predict calls)" in out
+    _bars(url, END + dt.timedelta(days=2))
+    assert len(once().decisions) == 2
+    assert _state(url).latency_ms["n"] == 1  # this run's one call
+    dispose_engines()

@@ -345,7 +345,8 @@ def run_daemon(
     Between ticks the model is hot-reloaded (``ModelWatch.check``: before each tick and every
     ``heartbeat_s`` of the wait; ``notify`` is given its line when a candidate is swapped in
     or refused), and the daemon's state row (``DaemonState``: heartbeat, model in service,
-    refused candidate, counts, predict latencies) is written at the start, after each tick,
+    refused candidate, counts, predict latencies: the previous run's kept until this process
+    has made a predict call of its own) is written at the start, after each tick,
     every ``heartbeat_s`` of the wait and at the end (``status`` ``"stopped"``; ``"failed"``
     when an exception ends the loop, re-raised after: a daemon that fails on another host
     must not read as running in ``otonom status``; the row has no column for the error, which
@@ -358,6 +359,8 @@ def run_daemon(
 
     def beat(status: str = "running") -> None:
         state = daemon_state(watch, started=started_at, ticks=ticks, status=status)
+        if state["latency_ms"] is None:  # no predict call of ours yet: the row keeps the last
+            del state["latency_ms"]  # run's percentiles (a --once run that decides nothing)
         try:
             with session_factory() as session:
                 write_daemon_state(session, ensemble.name, state)

@@ -340,7 +340,8 @@ class DaemonState(Base):
     ``ticks``, ``fallbacks`` (decisions made without the RL analyst while it is on),
     ``reloads`` (candidates swapped in) and ``refusals`` count since ``started_at``;
     ``latency_ms``: the recent predict calls' latency percentiles (``{"n", "p50", "p90",
-    "p99", "max"}``, milliseconds; None before the first call). Store version 4 had no such
+    "p99", "max"}``, milliseconds; None before any daemon's first call; a daemon keeps the
+    previous one's until it has made predict calls of its own). Store version 4 had no such
     table: the in-place upgrade to 5 creates it.
     """
 
