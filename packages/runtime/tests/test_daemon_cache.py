@@ -233,7 +233,7 @@ def test_the_daemon_pulls_new_bars_from_a_csv_folder(tmp_path: Path) -> None:
     cmd = ["daemon", "--strategy-path", str(path), "--symbols", "ACME", "--once"]
     first = _run(url, tmp_path, *cmd, "--bars-from", str(folder))
     assert first.returncode == 0, first.stderr
-    assert first.stdout.startswith("tick run 1: 1 decisions"), first.stdout
+    assert first.stdout.startswith("tick run 1: 1 decision, 0 symbols decided"), first.stdout
     assert "2023-07-19" in first.stdout  # the file's last day
     _csv(folder / "ACME.csv", 201)
     second = _run(url, tmp_path, *cmd, "--bars-from", str(folder))
@@ -243,7 +243,7 @@ def test_the_daemon_pulls_new_bars_from_a_csv_folder(tmp_path: Path) -> None:
     (folder / "ACME.csv").write_text(text, encoding="utf-8")
     third = _run(url, tmp_path, *cmd, "--bars-from", str(folder))
     assert third.returncode == 0, third.stderr
-    assert third.stdout.strip() == "tick: nothing new (1 symbols decided already)", third.stdout
+    assert third.stdout.strip() == "tick: nothing new (1 symbol decided already)", third.stdout
     assert "bars of ACME not imported" in third.stderr
     assert "differs" in third.stderr
     assert "add --replace" not in third.stderr  # the daemon has no such flag

@@ -59,6 +59,11 @@ def parse_interval(text: str) -> float:
     return float(int(found.group(1)) * _UNIT_S[found.group(2)])
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 decision``, ``3 decisions``: a count and its noun, singular only for one."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 @dataclass
 class TickReport:
     """One tick: the run id of its record (None: nothing written), its decisions and each
@@ -87,12 +92,13 @@ class TickReport:
                 "tick: another process recorded these bars first; nothing written, the next "
                 "tick reads again"
             )
+        done = _count(len(self.up_to_date), "symbol")
         if self.run_id is None:
-            head = f"tick: nothing new ({len(self.up_to_date)} symbols decided already)"
+            head = f"tick: nothing new ({done} decided already)"
         else:
             head = (
-                f"tick run {self.run_id}: {len(self.decisions)} decisions, "
-                f"{len(self.up_to_date)} symbols decided already, RL fallbacks {self.fallbacks}"
+                f"tick run {self.run_id}: {_count(len(self.decisions), 'decision')}, "
+                f"{done} decided already, RL fallbacks {self.fallbacks}"
             )
         lines = [head]
         if self.no_bars:
