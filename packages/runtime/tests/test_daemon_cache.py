@@ -320,3 +320,76 @@ def test_symbols_left_out_of_a_call_are_read_whole_when_they_return(tmp_path: Pa
         warm.decide(session, SYMBOLS[2:], days[1], _portfolios(SYMBOLS[2:]))
         got = [_key(d) for d in warm.decide(session, SYMBOLS, days[2], _portfolios(SYMBOLS))]
     assert got == _cold(url, path, SYMBOLS, days[2])
+
+
+def test_a_symbol_added_to_a_running_daemon_that_the_store_lacks_is_left_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The real loop (``run_daemon`` with a CSV folder, ticks 10 ms apart) on a universe that
+    grows while it runs: NOPE (no file, not in the store) at the second tick is left out with
+    one warning, not repeated at the third; BETA, added at the fourth with its file in the
+    folder, is imported and decided at once (NOPE still out, no new warning); ZED at the fifth
+    changes the set left out: warned again. At the first tick an unknown symbol is a typo:
+    the daemon fails."""
+    import signal
+
+    from otonom_runtime import UnknownSymbolError
+    from otonom_runtime.daemon import CsvFolderBars, TickReport, run_daemon
+
+    _, path = _setup(tmp_path)
+    url = f"sqlite:///{(tmp_path / 'acme.db').as_posix()}"
+    init_db(url)
+    folder = tmp_path / "bars"
+    folder.mkdir()
+    _csv(folder / "ACME.csv", 200)
+    universes = [["ACME"], ["ACME", "NOPE"], ["ACME", "NOPE"], ["ACME", "NOPE", "BETA"],
+                 ["ACME", "NOPE", "BETA", "ZED"]]  # fmt: skip
+    reports: list[TickReport] = []
+
+    def universe() -> list[str]:
+        if len(reports) == 3:
+            _csv(folder / "BETA.csv", 150, seed=2)
+        return universes[len(reports)]
+
+    def report(r: TickReport) -> None:
+        reports.append(r)
+        if len(reports) == len(universes):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def daemon(symbols: Any, **kw: Any) -> int:
+        return run_daemon(lambda: get_session(url), Ensemble.from_strategy(path), symbols,
+                          PaperBroker(), bars=CsvFolderBars(folder), as_of=dt.date(2023, 12, 31),
+                          interval_s=0.01, **kw)  # fmt: skip
+
+    with caplog.at_level("WARNING", logger="otonom_runtime.daemon"):
+        assert daemon(universe, report=report) == 5
+    decided = [[d.symbol for d in r.decisions] for r in reports]
+    assert decided == [["ACME"], [], [], ["BETA"], []]
+    assert [r.up_to_date for r in reports] == [[], ["ACME"], ["ACME"], ["ACME"], ["ACME", "BETA"]]
+    warned = [r.getMessage() for r in caplog.records if "not in the store" in r.getMessage()]
+    assert warned == [
+        "not in the store: NOPE; left out of the ticks until their bars are imported (otonom "
+        "data import-csv); this tick decides the other 1 symbol",
+        "not in the store: NOPE, ZED; left out of the ticks until their bars are imported "
+        "(otonom data import-csv); this tick decides the other 2 symbols",
+    ]
+    calls: list[int] = []
+
+    def only_unknown() -> list[str]:  # the 2nd tick has no stored symbol: it is skipped
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # the tick in progress finishes
+        return ["NOPE"] if len(calls) == 2 else ["ACME"]
+
+    caplog.clear()
+    reports.clear()
+    with caplog.at_level("WARNING", logger="otonom_runtime.daemon"):
+        assert daemon(only_unknown, report=reports.append) == 2
+    assert len(calls) == 3
+    assert [r.up_to_date for r in reports] == [["ACME"], ["ACME"]]
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert warning.startswith("not in the store: NOPE; ")
+    assert warning.endswith("this tick decides the other 0 symbols")
+    with pytest.raises(UnknownSymbolError, match="unknown symbol 'NOPE'"):
+        daemon(lambda: ["ACME", "NOPE"])
+    dispose_engines()

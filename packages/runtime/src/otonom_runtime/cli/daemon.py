@@ -147,7 +147,9 @@ def add_daemon_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "--universe",
         metavar="FILE",
         help="a file of symbols, one a line (# comments), read again at every tick (when it "
-        "cannot be read or names none, the last symbols read are decided, with a warning)",
+        "cannot be read or names none, the last symbols read are decided, with a warning; a "
+        "symbol added while the daemon runs whose bars the store lacks is left out, with a "
+        "warning, until they are imported)",
     )
     p.add_argument("--once", action="store_true", help="one tick, then exit")
     p.add_argument(

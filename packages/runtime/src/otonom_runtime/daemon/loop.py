@@ -18,6 +18,7 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from otonom_runtime._errors import DaemonError
@@ -30,7 +31,7 @@ from otonom_runtime.daemon.rows import Holding, Holdings, Portfolios
 from otonom_runtime.daemon.tick import Columns, Decisions, Ensemble, TickDecision
 from otonom_runtime.ensemble import ANALYSTS
 from otonom_runtime.ranges import WARMUP_DAYS
-from otonom_runtime.store import HEARTBEAT_INTERVAL_S, BacktestRun, this_process
+from otonom_runtime.store import HEARTBEAT_INTERVAL_S, BacktestRun, Symbol, this_process
 from otonom_runtime.store.daemons import write_daemon_state
 from otonom_runtime.store.jsontext import SharedValues
 from otonom_runtime.store.ticks import LiveDecisions, load_live_decisions, record_tick
@@ -326,6 +327,34 @@ def _stop_on_signals() -> Iterator[_Stop]:
             signal.signal(s, handler)
 
 
+class _Stored:
+    """The symbols of a tick after the first that the store holds: a symbol added to a
+    running daemon's universe before any bar of it was imported is left out (the known ones
+    decided) instead of ending the daemon, with one warning per distinct set left out. The
+    first tick is given every name: an unknown one there is a typo, and fails
+    (``UnknownSymbolError``). Names seen in the store are not looked up again."""
+
+    def __init__(self) -> None:
+        self.known: set[str] = set()
+        self._left_out: list[str] = []
+
+    def __call__(self, session_factory: Callable[[], Any], names: Sequence[str]) -> list[str]:
+        new = [name for name in names if name not in self.known]
+        if new:
+            with session_factory() as session:
+                query = select(Symbol.name).where(Symbol.name.in_(new))
+                self.known.update(session.execute(query).scalars())
+        left_out = [name for name in new if name not in self.known]
+        if left_out and set(left_out) != set(self._left_out):
+            log.warning(
+                "not in the store: %s; left out of the ticks until their bars are imported "
+                "(otonom data import-csv); this tick decides the other %s",
+                ", ".join(left_out), _count(len(names) - len(left_out), "symbol"),
+            )  # fmt: skip
+        self._left_out = left_out
+        return [name for name in names if name in self.known]
+
+
 def run_daemon(
     session_factory: Callable[[], Any],
     ensemble: Ensemble,
@@ -358,8 +387,13 @@ def run_daemon(
     must not read as running in ``otonom status``; the row has no column for the error, which
     goes to the caller as before, the CLI's one ``error:`` line). ``bars``: a
     ``BarSource`` pulled before each tick (its imports committed first). Returns the number of
-    ticks run."""
+    ticks run.
+
+    A symbol of ``symbols`` that the store does not hold fails the first tick (a typo); at a
+    later tick it is left out, with a warning, until its bars are imported (``bars`` imports
+    before that check, so a symbol it creates is decided at once)."""
     watch = ModelWatch(ensemble)
+    stored = _Stored()
     started_at = dt.datetime.now(dt.timezone.utc)
     ticks = 0
 
@@ -388,9 +422,13 @@ def run_daemon(
                 if bars is not None:
                     with session_factory() as session:
                         bars.pull(session, names)
-                with session_factory() as session:
-                    report(tick(session, ensemble, names, broker, as_of=as_of))
-                ticks += 1
+                if ticks:
+                    names = stored(session_factory, names)
+                if names:  # none stored: the warning said so; nothing to tick
+                    with session_factory() as session:
+                        report(tick(session, ensemble, names, broker, as_of=as_of))
+                    stored.known.update(names)  # the tick found them all
+                    ticks += 1
                 beat()
                 if once:
                     break
