@@ -393,3 +393,41 @@ def test_a_symbol_added_to_a_running_daemon_that_the_store_lacks_is_left_out(
     with pytest.raises(UnknownSymbolError, match="unknown symbol 'NOPE'"):
         daemon(lambda: ["ACME", "NOPE"])
     dispose_engines()
+
+
+def test_a_live_tick_that_decides_old_bars_warns_a_replay_does_not(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``run_daemon`` once on six symbols whose newest bar is of 2020 and one with a bar of
+    today: a replay (``as_of``) decides old bars on purpose and warns of nothing; a live tick
+    (no ``as_of``) logs one warning counting the old bars decided, five of them named, today's
+    bar not among them."""
+    from otonom_runtime.daemon import OLD_BAR_DAYS, TickReport, run_daemon
+
+    url, path = _setup(tmp_path)
+    today = dt.datetime.now(dt.timezone.utc).date()
+    more = ["DEMO-ADA", "DEMO-DOT", "DEMO-XRP"]
+    with get_session(url) as session:
+        write_synthetic(session, more, FIRST, LAST, 7)
+        write_synthetic(session, ["DEMO-NOW"], today - dt.timedelta(days=400), today, 7)
+    names = ["DEMO-NOW", *SYMBOLS, *more]
+    reports: list[TickReport] = []
+
+    def once(as_of: dt.date | None) -> None:
+        run_daemon(lambda: get_session(url), Ensemble.from_strategy(path), lambda: names,
+                   PaperBroker(), once=True, as_of=as_of, report=reports.append)  # fmt: skip
+
+    with caplog.at_level("WARNING", logger="otonom_runtime.daemon"):
+        once(LAST - dt.timedelta(days=1))
+        assert len(reports[0].decisions) == 6
+        assert caplog.records == []
+        once(None)
+    assert len(reports[1].decisions) == 7
+    (warning,) = [r.getMessage() for r in caplog.records]
+    old = ", ".join(f"{s} {LAST.isoformat()}" for s in [*SYMBOLS, *more][:5])
+    assert warning == (
+        f"live tick decided bars more than {OLD_BAR_DAYS} days before today "
+        f"({today.isoformat()}): 6 of 7, {old}, ...; the store's newest bars of these symbols "
+        "are old: import newer ones, or replay with --as-of"
+    )
+    dispose_engines()

@@ -40,6 +40,7 @@ from otonom_runtime.daemon.bars import BarSource, CsvFolderBars
 from otonom_runtime.daemon.cache import TickCache
 from otonom_runtime.daemon.loop import (
     LIVE_PURPOSE,
+    OLD_BAR_DAYS,
     TickReport,
     parse_interval,
     run_daemon,
@@ -58,6 +59,7 @@ from otonom_runtime.daemon.tick import (
 __all__ = [
     "LATENCY_WINDOW",
     "LIVE_PURPOSE",
+    "OLD_BAR_DAYS",
     "BarSource",
     "Broker",
     "CsvFolderBars",

@@ -37,7 +37,7 @@ from otonom_runtime.store.jsontext import SharedValues
 from otonom_runtime.store.ticks import LiveDecisions, load_live_decisions, record_tick
 from otonom_schema import LOOKBACK, Action
 
-__all__ = ["LIVE_PURPOSE", "TickReport", "parse_interval", "run_daemon", "run_tick"]
+__all__ = ["LIVE_PURPOSE", "OLD_BAR_DAYS", "TickReport", "parse_interval", "run_daemon", "run_tick"]
 
 log = logging.getLogger("otonom_runtime.daemon")
 
@@ -45,6 +45,12 @@ LIVE_PURPOSE: Final = "live"
 """The ``params["purpose"]`` of a tick's run row (internal: never a dataset's teacher)."""
 _FAR: Final = dt.date(9999, 12, 31)
 _SHOWN: Final = 10  # symbols named in a summary line, then "and N more"
+OLD_BAR_DAYS: Final = 7
+"""A live daemon (no ``as_of``) warns of the bars a tick decided that are dated more than this
+many days before today: a "live" decision of a bar weeks old (the store's newest bar is old:
+the imports stopped, a delisted symbol) looks like any other in the output. A week leaves a
+weekend and the holidays that follow it quiet."""
+_EXAMPLES: Final = 5
 _INTERVAL: Final = re.compile(r"^(\d+)([smhd])$")
 _UNIT_S: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -327,6 +333,27 @@ def _stop_on_signals() -> Iterator[_Stop]:
             signal.signal(s, handler)
 
 
+def _warn_old(decisions: Sequence[TickDecision], today: dt.date) -> None:
+    """One warning when some of a live tick's ``decisions`` decided a bar more than
+    ``OLD_BAR_DAYS`` before ``today``: how many, and the first few (symbol and date)."""
+    pairs = (
+        zip(decisions.symbols, decisions.dates, strict=True)
+        if isinstance(decisions, Decisions)  # the tick's columns: no TickDecision made
+        else ((d.symbol, d.date) for d in decisions)
+    )
+    oldest = today - dt.timedelta(days=OLD_BAR_DAYS)
+    old = [(symbol, date) for symbol, date in pairs if date < oldest]
+    if old:
+        shown = ", ".join(f"{s} {d.isoformat()}" for s, d in old[:_EXAMPLES])
+        log.warning(
+            "live tick decided bars more than %d days before today (%s): %d of %d, %s%s; the "
+            "store's newest bars of these symbols are old: import newer ones, or replay with "
+            "--as-of",
+            OLD_BAR_DAYS, today.isoformat(), len(old), len(decisions), shown,
+            ", ..." if len(old) > _EXAMPLES else "",
+        )  # fmt: skip
+
+
 class _Stored:
     """The symbols of a tick after the first that the store holds: a symbol added to a
     running daemon's universe before any bar of it was imported is left out (the known ones
@@ -391,7 +418,8 @@ def run_daemon(
 
     A symbol of ``symbols`` that the store does not hold fails the first tick (a typo); at a
     later tick it is left out, with a warning, until its bars are imported (``bars`` imports
-    before that check, so a symbol it creates is decided at once)."""
+    before that check, so a symbol it creates is decided at once). Without ``as_of`` (live),
+    a tick that decided bars older than ``OLD_BAR_DAYS`` logs a warning naming them."""
     watch = ModelWatch(ensemble)
     stored = _Stored()
     started_at = dt.datetime.now(dt.timezone.utc)
@@ -426,7 +454,10 @@ def run_daemon(
                     names = stored(session_factory, names)
                 if names:  # none stored: the warning said so; nothing to tick
                     with session_factory() as session:
-                        report(tick(session, ensemble, names, broker, as_of=as_of))
+                        done = tick(session, ensemble, names, broker, as_of=as_of)
+                        report(done)
+                    if as_of is None:  # live: the wall clock's today
+                        _warn_old(done.decisions, dt.datetime.now(dt.timezone.utc).date())
                     stored.known.update(names)  # the tick found them all
                     ticks += 1
                 beat()
