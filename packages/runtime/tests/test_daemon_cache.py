@@ -348,7 +348,7 @@ def test_a_symbol_added_to_a_running_daemon_that_the_store_lacks_is_left_out(
 
     def universe() -> list[str]:
         if len(reports) == 3:
-            _csv(folder / "BETA.csv", 150, seed=2)
+            _csv(folder / "BETA.csv", 200, seed=2)
         return universes[len(reports)]
 
     def report(r: TickReport) -> None:
