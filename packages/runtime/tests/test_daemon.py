@@ -385,6 +385,10 @@ def test_a_symbol_in_its_warm_up_is_not_decided_until_its_history_is_long_enough
         assert first.warming_up == ["DEMO-ETH"]
         assert "warming up, not decided" in first.summary()
         assert "DEMO-ETH" in first.summary()
+        again = run_tick(session, ensemble, SYMBOLS, broker, as_of=HISTORY[1])
+        assert again.summary().splitlines()[0] == (
+            "tick: nothing decided (2 symbols decided already, 1 warming up)"
+        )
         day = HISTORY[1]
         while day < ready:
             day += dt.timedelta(days=1)

@@ -102,6 +102,9 @@ class TickReport:
         done = _count(len(self.up_to_date), "symbol")
         if self.run_id is None:
             head = f"tick: nothing new ({done} decided already)"
+            if self.warming_up:  # new bars, none past the warm-up
+                warming = len(self.warming_up)
+                head = f"tick: nothing decided ({done} decided already, {warming} warming up)"
         else:
             head = (
                 f"tick run {self.run_id}: {_count(len(self.decisions), 'decision')}, "
