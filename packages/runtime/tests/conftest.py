@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -223,6 +226,26 @@ def _fresh_engines() -> Iterator[None]:
     dispose_engines()
     yield
     dispose_engines()
+
+
+@pytest.fixture
+def start_otonom() -> Callable[..., subprocess.Popen[str]]:
+    """``start_otonom(url, cwd, *args)``: ``otonom --database-url URL *args`` started in the
+    background (a daemon that ticks until signalled) without the environment's store URL, its
+    output piped as text; a context manager, as ``Popen`` is."""
+
+    def start(url: str, cwd: Path, *args: str) -> subprocess.Popen[str]:
+        env = {k: v for k, v in os.environ.items() if k != "OTONOM_DATABASE_URL"}
+        return subprocess.Popen(
+            [sys.executable, "-m", "otonom_runtime", "--database-url", url, *args],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    return start
 
 
 @pytest.fixture

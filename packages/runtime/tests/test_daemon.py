@@ -589,21 +589,15 @@ def test_a_signal_mid_tick_finishes_the_tick_then_exits_cleanly(tmp_path: Path, 
     assert len(_live_counts(url)) == 3
 
 
-def test_sigterm_between_ticks_ends_the_wait_and_exits_cleanly(tmp_path: Path) -> None:
+def test_sigterm_between_ticks_ends_the_wait_and_exits_cleanly(
+    tmp_path: Path, start_otonom: Any
+) -> None:
     """A daemon ticking hourly, signalled after its first tick (it waits for the next): it
     exits 0 without waiting out the hour, the first tick recorded."""
     path = _strategy(tmp_path)
     url = _store(tmp_path, end=dt.date(2020, 2, 1))
-    env = {k: v for k, v in os.environ.items() if k not in ("OTONOM_DATABASE_URL",)}
-    args = ["--database-url", url, "daemon", "--strategy-path", str(path), "--symbols", *SYMBOLS]
-    with subprocess.Popen(
-        [sys.executable, "-m", "otonom_runtime", *args, "--interval", "1h"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as daemon:
+    args = ["daemon", "--strategy-path", str(path), "--symbols", *SYMBOLS, "--interval", "1h"]
+    with start_otonom(url, tmp_path, *args) as daemon:
         assert daemon.stdout is not None
         first = daemon.stdout.readline()
         assert first.startswith("tick run 1: 3 decisions"), first
@@ -614,7 +608,9 @@ def test_sigterm_between_ticks_ends_the_wait_and_exits_cleanly(tmp_path: Path) -
     assert len(_live_counts(url)) == 3
 
 
-def test_a_universe_file_emptied_while_the_daemon_runs_does_not_stop_it(tmp_path: Path) -> None:
+def test_a_universe_file_emptied_while_the_daemon_runs_does_not_stop_it(
+    tmp_path: Path, start_otonom: Any
+) -> None:
     """A daemon ticking every 2 s on ``--universe``: the file emptied after the first tick (a
     file being rewritten) leaves the next tick deciding the last universe read, with a warning,
     instead of ending the daemon."""
@@ -622,16 +618,8 @@ def test_a_universe_file_emptied_while_the_daemon_runs_does_not_stop_it(tmp_path
     url = _store(tmp_path, end=dt.date(2020, 2, 1))
     universe = tmp_path / "universe.txt"
     universe.write_text("\n".join(SYMBOLS) + "\n", encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if k not in ("OTONOM_DATABASE_URL",)}
-    args = ["--database-url", url, "daemon", "--strategy-path", str(path), "--universe"]
-    with subprocess.Popen(
-        [sys.executable, "-m", "otonom_runtime", *args, str(universe), "--interval", "2s"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as daemon:
+    args = ["daemon", "--strategy-path", str(path), "--universe", str(universe)]
+    with start_otonom(url, tmp_path, *args, "--interval", "2s") as daemon:
         assert daemon.stdout is not None
         assert daemon.stdout.readline().startswith("tick run 1: 3 decisions")
         universe.write_text("", encoding="utf-8")

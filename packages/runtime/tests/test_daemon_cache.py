@@ -219,17 +219,24 @@ def _csv(path: Path, days: int, seed: int = 1) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def _acme(folder: Path) -> tuple[Path, str, Path]:
+    """The strategy of ``_setup``, an empty store ``acme.db`` and a bars folder holding
+    ACME.csv (200 days from 2023-01-01: past the warm-up)."""
+    _, path = _setup(folder)
+    url = f"sqlite:///{(folder / 'acme.db').as_posix()}"
+    init_db(url)
+    bars = folder / "bars"
+    bars.mkdir()
+    _csv(bars / "ACME.csv", 200)
+    return path, url, bars
+
+
 def test_the_daemon_pulls_new_bars_from_a_csv_folder(tmp_path: Path) -> None:
     """``otonom daemon --bars-from DIR --once`` (a real subprocess): the first run imports
     ACME.csv through the CSV importer and decides its newest bar; a bar appended to the file
     is imported and decided by the next run; a file with a changed bar is refused (logged),
     nothing of it written, and the tick goes on with the stored bars."""
-    _, path = _setup(tmp_path)
-    url = f"sqlite:///{(tmp_path / 'acme.db').as_posix()}"
-    init_db(url)
-    folder = tmp_path / "bars"
-    folder.mkdir()
-    _csv(folder / "ACME.csv", 200)
+    path, url, folder = _acme(tmp_path)
     cmd = ["daemon", "--strategy-path", str(path), "--symbols", "ACME", "--once"]
     first = _run(url, tmp_path, *cmd, "--bars-from", str(folder))
     assert first.returncode == 0, first.stderr
@@ -336,12 +343,7 @@ def test_a_symbol_added_to_a_running_daemon_that_the_store_lacks_is_left_out(
     from otonom_runtime import UnknownSymbolError
     from otonom_runtime.daemon import CsvFolderBars, TickReport, run_daemon
 
-    _, path = _setup(tmp_path)
-    url = f"sqlite:///{(tmp_path / 'acme.db').as_posix()}"
-    init_db(url)
-    folder = tmp_path / "bars"
-    folder.mkdir()
-    _csv(folder / "ACME.csv", 200)
+    path, url, folder = _acme(tmp_path)
     universes = [["ACME"], ["ACME", "NOPE"], ["ACME", "NOPE"], ["ACME", "NOPE", "BETA"],
                  ["ACME", "NOPE", "BETA", "ZED"]]  # fmt: skip
     reports: list[TickReport] = []

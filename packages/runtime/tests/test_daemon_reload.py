@@ -250,7 +250,7 @@ def _otonom(url: str, *args: str) -> list[str]:
 
 
 def test_a_daemon_subprocess_refuses_a_corrupt_promotion_and_status_says_why(
-    tmp_path: Path,
+    tmp_path: Path, start_otonom: Any
 ) -> None:
     """A real ``otonom daemon`` ticking every second: a bit-flipped v2 is promoted and new
     bars arrive; the daemon prints the refusal, decides the new bars with v1 and, after
@@ -259,14 +259,7 @@ def test_a_daemon_subprocess_refuses_a_corrupt_promotion_and_status_says_why(
     _bit_flipped(models, "v2")
     env = {k: v for k, v in os.environ.items() if k != "OTONOM_DATABASE_URL"}
     command = ["daemon", "--strategy-path", str(strategy), "--symbols", *SYMBOLS]
-    with subprocess.Popen(
-        [*_otonom(url, *command), "--interval", "1s"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as daemon:
+    with start_otonom(url, tmp_path, *command, "--interval", "1s") as daemon:
         assert daemon.stdout is not None
         first = daemon.stdout.readline()
         assert first.startswith("tick run 1: 2 decisions"), first
