@@ -239,7 +239,14 @@ def test_cli_run_outputs_and_errors(world: dict[str, Any]) -> None:
     assert "ALERT: DRIFT feature_psi feature_group=market" in drifted.stdout
     live = _otonom(*base, "--live", "--since", "20d", cwd=tmp)
     assert live.returncode == 0, live.stderr
-    assert "strategy 'watched' (live); decisions 2021-01-31 .. 2021-02-19" in live.stdout
+    header = "strategy 'watched' (live); window 2021-01-31 .. 2021-02-19, decisions 2021-01-31"
+    assert f"{header} .. 2021-02-19\n" in live.stdout
+    # a window wider than the decisions: it says where they begin and end, not the window alone
+    wide = _otonom(*base, "--live", "--since", "1999-01-01", "--until", "2021-06-30", cwd=tmp)
+    assert wide.returncode == 3, wide.stderr  # (its 50 days alert)
+    assert wide.stdout.splitlines()[0].endswith(
+        "; window 1999-01-01 .. 2021-06-30, decisions 2021-01-01 .. 2021-02-19"
+    )
     missing = tmp / "none.json"
     bad = _otonom(*base, "--run", "99", f"--json={missing}", cwd=tmp)
     assert bad.returncode == 1
