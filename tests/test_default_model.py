@@ -137,3 +137,36 @@ def test_backtest_with_the_rl_analyst_right_after_install(tmp_path: Path, shippe
     assert fallbacks, out.stdout
     assert fallbacks[0].split()[-1] == "0"
     assert "fell back" not in out.stdout
+
+
+def test_the_rl_strategy_says_what_happens_without_its_model(
+    tmp_path: Path, shipped: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """strategies/ensemble_rl_v1.yaml's comment and its loading agree: with no model under
+    models/rl_bc the file is refused (a strategy error, as its comment says, not a run without
+    the RL analyst); with the model there but failing its load checks (no sidecar) it loads,
+    and the model's load, which a run falls back from, fails."""
+    from otonom_runtime import PolicyError, StrategyError
+    from otonom_runtime.strategy import load_strategy
+
+    monkeypatch.delenv("OTONOM_MODELS_ROOT", raising=False)
+    shutil.copytree(ROOT / "strategies", tmp_path / "strategies")
+    path = tmp_path / "strategies" / "ensemble_rl_v1.yaml"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    comment = " ".join(x.strip().lstrip("#").strip() for x in lines if x.strip().startswith("#"))
+    assert "A path that names no model is refused when this file is loaded" in comment
+    assert "fails its load checks when a run starts" in comment
+    assert "the ensemble carries on with the other three analysts" in comment
+
+    (sidecar,) = shipped.glob("*/policy_best.onnx.sha256")
+    sidecar.unlink()
+    model = load_strategy(path).ensemble.rl_policy.model_file
+    assert model == sidecar.with_suffix("")
+    with pytest.raises(PolicyError, match="no sha256 sidecar"):
+        load_rl_policy(model)
+    shutil.rmtree(shipped)
+    with pytest.raises(StrategyError) as refused:
+        load_strategy(path)
+    (problem,) = refused.value.problems
+    assert problem.startswith(f"{path}:24: ensemble.rl_policy.model_path: received 'models/rl_bc'")
+    assert "which resolves to no model" in problem

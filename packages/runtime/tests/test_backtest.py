@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import hashlib
 import json
@@ -281,11 +282,42 @@ def test_a_short_run_marks_its_annualised_figures(store: str) -> None:
     for name in ("CAGR", "Sharpe", "Sortino", "turnover (per year)"):
         (line,) = [x for x in short if x.startswith(f"  {name} ")]
         assert line.endswith(" ?"), line
-    assert short[-1] == (
-        "  ? annualised from 6 daily returns (less than a quarter of 365 bars a year): a "
+    note = (
+        "? annualised from 6 daily returns (less than a quarter of 365 bars a year): a "
         "Sharpe's standard error is about 7.8 there, so these figures say little"
     )
+    assert short[-1] == f"  {note}"
     assert "?" not in year.summary()
+
+
+def test_runs_show_marks_a_short_runs_annualised_figures(
+    store: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``otonom runs show`` marks the stored run's figures as ``otonom backtest`` did (each
+    column by its own bars) and gives the same note once; a year's run has no mark."""
+    from otonom_runtime.cli.runs import _cmd_runs_show
+
+    cfg = load_strategy(BASELINE)
+    with get_session(store) as session:
+        week = run_backtest(session, cfg, ["DEMO-BTC"], dt.date(2022, 1, 1), dt.date(2022, 1, 7))
+        year = run_backtest(session, cfg, ["DEMO-BTC"], dt.date(2022, 1, 1), dt.date(2022, 12, 31))
+    noted = [x for x in week.summary().splitlines() if x.startswith("  ? ")]
+
+    def shown(run_id: int) -> list[str]:
+        args = argparse.Namespace(run_id=run_id, json=False, database_url=store)
+        assert _cmd_runs_show(args) == 0
+        return capsys.readouterr().out.splitlines()
+
+    lines = shown(week.run_id)
+    for name in ("CAGR", "Sharpe", "Sortino", "turnover (per year)"):
+        (line,) = [x for x in lines if x.startswith(f"{name} ")]
+        assert line.endswith(" ?"), line
+        assert line.count(" ?") == 2, line  # portfolio, DEMO-BTC
+    for name in ("total return", "exposure", "trades", "bars"):
+        (line,) = [x for x in lines if x.startswith(f"{name} ")]
+        assert "?" not in line, line
+    assert [f"  {x}" for x in lines if x.startswith("? ")] == noted
+    assert "?" not in "\n".join(shown(year.run_id))
 
 
 def test_run_records_decisions_metrics_and_is_repeatable(store: str) -> None:

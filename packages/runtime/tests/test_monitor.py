@@ -4,6 +4,7 @@ ONNX model with and without ``otonom.training_summary``, drift injected on purpo
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import math
 import re
@@ -239,7 +240,14 @@ def test_cli_run_outputs_and_errors(world: dict[str, Any]) -> None:
     assert "ALERT: DRIFT feature_psi feature_group=market" in drifted.stdout
     live = _otonom(*base, "--live", "--since", "20d", cwd=tmp)
     assert live.returncode == 0, live.stderr
-    assert "strategy 'watched' (live); decisions 2021-01-31 .. 2021-02-19" in live.stdout
+    header = "strategy 'watched' (live); window 2021-01-31 .. 2021-02-19, decisions 2021-01-31"
+    assert f"{header} .. 2021-02-19\n" in live.stdout
+    # a window wider than the decisions: it says where they begin and end, not the window alone
+    wide = _otonom(*base, "--live", "--since", "1999-01-01", "--until", "2021-06-30", cwd=tmp)
+    assert wide.returncode == 3, wide.stderr  # (its 50 days alert)
+    assert wide.stdout.splitlines()[0].endswith(
+        "; window 1999-01-01 .. 2021-06-30, decisions 2021-01-01 .. 2021-02-19"
+    )
     missing = tmp / "none.json"
     bad = _otonom(*base, "--run", "99", f"--json={missing}", cwd=tmp)
     assert bad.returncode == 1
@@ -304,6 +312,33 @@ def test_the_dashboard_says_what_it_did_not_judge(
         "feature drift (PSI, all symbols)",
         "calls compounded (all symbols)",
     ]
+
+
+def test_the_dashboard_draws_the_action_mix_as_a_stacked_bar_a_week(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The weekly action mix is a bar a week (Monday to Sunday) for each action, stacked to the
+    week's shares (HOLD, BUY, SELL from the bottom, summing to 1), not lines between weekly
+    points; its first and last weeks are 2020's partial ones."""
+    report = _report(world, 1)
+    mix = _dashboard(report, world["tmp"] / "mix.png", monkeypatch).axes[0]
+    assert len(mix.lines) == 0
+    assert len(mix.collections) == 0  # no stackplot polygons
+    bars = [list(c) for c in mix.containers]
+    assert [c.get_label() for c in mix.containers] == ["HOLD", "BUY", "SELL"]
+    starts = [D(1970, 1, 1) + dt.timedelta(days=b.get_x()) for b in bars[0]]  # mpl's epoch
+    assert {d.weekday() for d in starts} == {0}  # Mondays
+    assert (starts[0], starts[-1], len(starts)) == (D(2019, 12, 30), D(2020, 12, 28), 53)
+    assert all(b.get_width() == pytest.approx(7.0) for c in bars for b in c)
+    for week, bucket in enumerate(zip(*bars, strict=True)):
+        assert bucket[0].get_y() == 0.0
+        for lower, upper in itertools.pairwise(bucket):
+            assert upper.get_y() == pytest.approx(lower.get_y() + lower.get_height())
+        assert sum(b.get_height() for b in bucket) == pytest.approx(1.0), week
+    actions = report.actions[report.dates.astype("datetime64[D]") >= np.datetime64("2020-12-28")]
+    assert [b.get_height() for b in (c[-1] for c in bars)] == pytest.approx(
+        [float(np.mean(actions == a)) for a in range(3)]
+    )
 
 
 def test_since_refuses_an_empty_window(capsys: pytest.CaptureFixture[str]) -> None:

@@ -60,15 +60,24 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "ANNUALISED",
+    "FEW_RETURNS_MARK",
     "Metrics",
     "Trade",
     "compute_metrics",
     "drawdown_series",
+    "few_returns_note",
     "returns_from_equity",
 ]
 
 ZERO_DISPERSION: Final = 1e-12
 """A standard or downside deviation (per period) at or below this counts as zero."""
+
+ANNUALISED: Final = frozenset({"cagr", "sharpe", "sortino", "turnover"})
+"""The :class:`Metrics` figures scaled by ``periods_per_year``."""
+FEW_RETURNS_MARK: Final = " ?"
+"""Put after each :data:`ANNUALISED` figure of a curve that :func:`few_returns_note` has a
+note for."""
 
 TradeSide = Literal["long", "short"]
 MetricValue = float | int | None
@@ -154,6 +163,25 @@ class Metrics:
             else:
                 out[key] = value
         return out
+
+
+def few_returns_note(n_bars: int, periods_per_year: int) -> str | None:
+    """The line that explains the :data:`FEW_RETURNS_MARK` on the annualised figures of a
+    curve of ``n_bars`` bars (``Metrics.n_bars``), or ``None`` when it needs none.
+
+    A curve with fewer returns (``n_bars - 1``) than a quarter of ``periods_per_year`` gets
+    one: a Sharpe ratio over ``n`` returns has a standard error near ``sqrt(ppy / n)``,
+    above 2 there. ``otonom backtest`` and ``otonom runs show`` both print it.
+    """
+    returns = max(n_bars - 1, 0)
+    if returns * 4 >= periods_per_year:
+        return None
+    se = (periods_per_year / max(returns, 1)) ** 0.5
+    return (
+        f"? annualised from {returns} daily return{'s' if returns != 1 else ''} (less "
+        f"than a quarter of {periods_per_year} bars a year): a Sharpe's standard error "
+        f"is about {se:.1f} there, so these figures say little"
+    )
 
 
 def _as_1d_float(values: npt.ArrayLike, name: str) -> npt.NDArray[np.float64]:

@@ -118,10 +118,18 @@ def plot_monitor(report: MonitorReport, path: str | Path) -> Path:
 
     fig = figure(figsize=(16, 4))
     mix, conf, drift, outcome = fig.subplots(1, 4)
-    weeks = report.dates.astype("datetime64[W]")
-    days = np.unique(weeks)
-    shares = np.array([[np.mean(report.actions[weeks == w] == a) for w in days] for a in Action])
-    mix.stackplot(days.astype("datetime64[D]"), shares, labels=[a.name for a in Action])
+    # one stacked bar a week (Monday to Sunday: 1970-01-01 was a Thursday), spanning its days
+    dates = report.dates.astype("datetime64[D]")
+    weeks = dates - (dates.astype(np.int64) + 3) % 7
+    mondays = np.unique(weeks)
+    shares = np.array([[np.mean(report.actions[weeks == w] == a) for w in mondays] for a in Action])
+    below = np.zeros(mondays.size)
+    for action, share in zip(Action, shares, strict=True):
+        mix.bar(
+            mondays, share, width=7.0, bottom=below, align="edge", label=action.name,
+            edgecolor="white", linewidth=0.5,
+        )  # fmt: skip
+        below += share
     mix.set_title("model action mix (weekly)")
     mix.legend(loc="upper left", fontsize=8)
     mix.tick_params(axis="x", labelrotation=30, labelsize=7)

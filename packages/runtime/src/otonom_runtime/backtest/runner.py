@@ -18,7 +18,12 @@ from otonom_runtime.backtest.engine import SymbolResult, _Bars, _simulate
 from otonom_runtime.backtest.params import RUN_PURPOSES, EngineParams, engine_params
 from otonom_runtime.backtest.records import _RunRecord, _union_dates, _write_decisions
 from otonom_runtime.ensemble import RlAnalyst
-from otonom_runtime.metrics import Metrics, compute_metrics
+from otonom_runtime.metrics import (
+    FEW_RETURNS_MARK,
+    Metrics,
+    compute_metrics,
+    few_returns_note,
+)
 from otonom_runtime.store import (
     BacktestRun,
     get_symbols,
@@ -384,9 +389,8 @@ class BacktestReport:
         for name, count in total.items():
             lines.append(f"  {name}: {count} ({100.0 * count / n:.1f}%)")
         lines.append("")
-        returns = max(int(self.dates.size) - 1, 0)
-        few = returns * 4 < m.periods_per_year  # less than a quarter: the Sharpe's SE > 2
-        q = " ?" if few else ""
+        note = few_returns_note(m.n_bars, m.periods_per_year)
+        q = FEW_RETURNS_MARK if note else ""
         rows = [
             ("total return", f"{m.total_return:+.2%}"),
             ("CAGR", f"{m.cagr:+.2%}{q}"),
@@ -401,13 +405,8 @@ class BacktestReport:
         ]
         width = max(len(k) for k, _ in rows)
         lines += [f"  {k:<{width}}  {v}" for k, v in rows]
-        if few:
-            se = (m.periods_per_year / max(returns, 1)) ** 0.5
-            lines.append(
-                f"  ? annualised from {returns} daily return{'s' if returns != 1 else ''} (less "
-                f"than a quarter of {m.periods_per_year} bars a year): a Sharpe's standard error "
-                f"is about {se:.1f} there, so these figures say little"
-            )
+        if note:
+            lines.append(f"  {note}")
         if self.fallback_reason:
             lines.append(f"  RL analyst fell back: {self.fallback_reason}")
         return "\n".join(lines)

@@ -45,6 +45,13 @@ def _window(since: str, end: dt.date) -> dt.date:
     return end - dt.timedelta(days=int(m.group(1)) - 1) if m else dt.date.fromisoformat(since)
 
 
+def _dates(start: dt.date, end: dt.date, dates: list[dt.date]) -> str:
+    """The header's dates: the window asked for (``--since`` .. ``--until`` or the newest
+    decision) and the first and last decision found in it."""
+    found = f"{min(dates)} .. {max(dates)}" if dates else "none"
+    return f"window {start} .. {end}, decisions {found}"
+
+
 def _model_path(args: argparse.Namespace, config: StrategyConfig) -> Path:
     from otonom_runtime.strategy import resolve_strategy_model
 
@@ -153,7 +160,7 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
             session, policy, config.monitoring, picked, start=start, end=end, strategy=config,
             daemon=daemon,
         )  # fmt: skip
-    print(f"model {report.model}; {what}; decisions {start} .. {end}")
+    print(f"model {report.model}; {what}; {_dates(start, end, picked['date'])}")
     print(table_text(report))
     _write_outputs(args, report)
     return ALERT_EXIT if report.alerts else 0

@@ -91,6 +91,18 @@ _METRIC_ROWS: tuple[tuple[str, str, Callable[[object], str]], ...] = (
 )
 
 
+def _few_returns_note(column: dict[str, object]) -> tuple[int, str] | None:
+    """A stored metrics column's bars and ``metrics.few_returns_note`` when it has one (None
+    too for a column stored without its counts)."""
+    from otonom_runtime.metrics import few_returns_note
+
+    n_bars, ppy = column.get("n_bars"), column.get("periods_per_year")
+    if not isinstance(n_bars, int) or not isinstance(ppy, int) or ppy <= 0:
+        return None
+    note = few_returns_note(n_bars, ppy)
+    return None if note is None else (n_bars, note)
+
+
 def _run_tables(metrics: dict[str, object]) -> list[str]:
     """The metrics table (portfolio + a column per symbol) and the action counts per symbol."""
     portfolio = metrics.get("portfolio")
@@ -102,11 +114,22 @@ def _run_tables(metrics: dict[str, object]) -> list[str]:
         columns.update({str(k): v for k, v in per_symbol.items() if isinstance(v, dict)})
     out: list[str] = []
     if columns:
-        rows = [
-            [label, *(fmt(col.get(key)) for col in columns.values())]
-            for label, key, fmt in _METRIC_ROWS
-        ]
+        from otonom_runtime.metrics import ANNUALISED, FEW_RETURNS_MARK
+
+        notes = [_few_returns_note(col) for col in columns.values()]
+        rows = []
+        for label, key, fmt in _METRIC_ROWS:
+            cells = [label]
+            for col, note in zip(columns.values(), notes, strict=True):
+                value = col.get(key)
+                mark = note is not None and key in ANNUALISED and value is not None
+                cells.append(fmt(value) + (FEW_RETURNS_MARK if mark else ""))
+            rows.append(cells)
         out += ["", table(["metric", *columns], rows, right=set(range(1, len(columns) + 1)))]
+        # the marks' note once, for the column with the fewest returns (the largest error)
+        shortest = min((n for n in notes if n is not None), default=None)
+        if shortest is not None:
+            out.append(shortest[1])
     counts = metrics.get("action_counts")
     if isinstance(counts, dict) and counts:
         names = ("HOLD", "BUY", "SELL")
