@@ -318,6 +318,15 @@ def test_runs_show_marks_a_short_runs_annualised_figures(
         assert "?" not in line, line
     assert [f"  {x}" for x in lines if x.startswith("? ")] == noted
     assert "?" not in "\n".join(shown(year.run_id))
+    from otonom_runtime.cli.runs import _cmd_runs_list  # the list marks the week's Sharpe only
+
+    assert _cmd_runs_list(argparse.Namespace(database_url=store)) == 0
+    listed = capsys.readouterr().out.splitlines()
+    (week_row,) = [x for x in listed if x.split()[0] == str(week.run_id)]
+    (year_row,) = [x for x in listed if x.split()[0] == str(year.run_id)]
+    assert " ?" in week_row
+    assert "?" not in year_row
+    assert listed[-1].startswith("? a Sharpe annualised from less than a quarter")
 
 
 def test_run_records_decisions_metrics_and_is_repeatable(store: str) -> None:

@@ -15,16 +15,20 @@ __all__ = ["add_runs_commands"]
 
 
 def _cmd_runs_list(args: argparse.Namespace) -> int:
+    from otonom_runtime.metrics import FEW_RETURNS_MARK
     from otonom_runtime.store import get_session, list_runs
 
     with open_store(args) as url, get_session(url) as session:
         runs = list_runs(session)
         rows = []
         failures: list[tuple[int, str]] = []  # (id, why): printed under the table
+        short = False  # a run's Sharpe from less than a quarter of a year's returns
         for run in runs:
             if run.status == "failed":
                 failures.append((run.id, run.error or "-"))
             port = (run.metrics or {}).get("portfolio", {})
+            few = _few_returns_note(port) is not None
+            short = short or few
             rows.append(
                 [
                     str(run.id),
@@ -35,7 +39,7 @@ def _cmd_runs_list(args: argparse.Namespace) -> int:
                     "on" if (run.params or {}).get("rl_enabled") else "off",
                     _purpose(run.params),
                     pct(port.get("total_return")),
-                    num(port.get("sharpe")),
+                    num(port.get("sharpe")) + (FEW_RETURNS_MARK if few else ""),
                     pct(port.get("max_drawdown")).lstrip("+"),
                 ]
             )
@@ -49,6 +53,8 @@ def _cmd_runs_list(args: argparse.Namespace) -> int:
     print(table(headers, rows, right={0, 7, 8, 9}))
     if any(r[6].endswith("*") for r in rows):
         print(_INTERNAL_NOTE)
+    if short:
+        print(_SHORT_NOTE)
     for run_id, error in failures:
         print(f"run {run_id} failed: {_first_line(error)}")
     return 0
@@ -60,6 +66,10 @@ def _first_line(error: str, limit: int = 240) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
+_SHORT_NOTE = (
+    "? a Sharpe annualised from less than a quarter of a year's daily returns (its standard "
+    "error above 2): it says little; otonom runs show ID gives the run's figures"
+)
 _INTERNAL_NOTE = (
     "* internal: a run made by otonom-train check (gate), to judge a model (evaluation) or "
     "a daemon tick (live); never a dataset's teacher"
