@@ -18,7 +18,6 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from otonom_runtime._errors import DaemonError
@@ -31,7 +30,7 @@ from otonom_runtime.daemon.rows import Holding, Holdings, Portfolios
 from otonom_runtime.daemon.tick import Columns, Decisions, Ensemble, TickDecision
 from otonom_runtime.ensemble import ANALYSTS
 from otonom_runtime.ranges import WARMUP_DAYS
-from otonom_runtime.store import HEARTBEAT_INTERVAL_S, BacktestRun, Symbol, this_process
+from otonom_runtime.store import HEARTBEAT_INTERVAL_S, BacktestRun, stored_names, this_process
 from otonom_runtime.store.daemons import write_daemon_state
 from otonom_runtime.store.jsontext import SharedValues
 from otonom_runtime.store.ticks import LiveDecisions, load_live_decisions, record_tick
@@ -372,8 +371,7 @@ class _Stored:
         new = [name for name in names if name not in self.known]
         if new:
             with session_factory() as session:
-                query = select(Symbol.name).where(Symbol.name.in_(new))
-                self.known.update(session.execute(query).scalars())
+                self.known.update(stored_names(session, new))
         left_out = [name for name in new if name not in self.known]
         if left_out and set(left_out) != set(self._left_out):
             log.warning(

@@ -43,6 +43,7 @@ __all__ = [
     "sentiment_source",
     "stored_bars",
     "stored_macro_scores",
+    "stored_names",
     "stored_news_scores",
     "symbol_ids",
     "symbols_with_bars",
@@ -432,6 +433,11 @@ def find_symbol(session: Session, name: str) -> Symbol | None:
 def symbol_ids(session: Session) -> dict[str, int]:
     """Every symbol's row id by name."""
     return dict(session.execute(select(Symbol.name, Symbol.id)).all())
+
+
+def stored_names(session: Session, names: Sequence[str]) -> set[str]:
+    """Those of ``names`` that the store holds a symbol of, in one statement."""
+    return set(session.execute(select(Symbol.name).where(Symbol.name.in_(names))).scalars())
 
 
 def stored_bars(session: Session, symbol_id: int) -> dict[dt.date, StoredBar]:
