@@ -156,6 +156,7 @@ def test_the_rl_strategy_says_what_happens_without_its_model(
     comment = " ".join(x.strip().lstrip("#").strip() for x in lines if x.strip().startswith("#"))
     assert "A path that names no model is refused when this file is loaded" in comment
     assert "fails its load checks when a run starts" in comment
+    assert "`enabled: false`, or --no-rl for a run, runs without it" in comment
     assert "the ensemble carries on with the other three analysts" in comment
 
     (sidecar,) = shipped.glob("*/policy_best.onnx.sha256")

@@ -112,6 +112,32 @@ def test_backtest_errors_are_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in out.stderr
 
 
+def test_no_rl_runs_a_strategy_whose_model_is_missing(tmp_path: Path) -> None:
+    """A strategy with the RL analyst on and no model where it points is refused (the strategy
+    error, naming the model path); ``--no-rl`` switches the analyst off for the run, so the model is
+    not looked for: the backtest runs, and its run records the RL analyst off."""
+    synth = _otonom("data", "synth", "--symbol", "DEMO-BTC", "--start", "2020-01-01",
+                    "--end", "2020-12-31", cwd=tmp_path)  # fmt: skip
+    assert synth.returncode == 0, synth.stderr
+    strategy = tmp_path / "rl.yaml"
+    strategy.write_text(
+        "name: rl\nensemble:\n  analyst_weights: {tech: 1.0, news: 1.0, risk: 1.0, rl: 2.0}\n"
+        "  rl_policy: {enabled: true, model_path: models/gone/policy_best.onnx}\n",
+        encoding="utf-8",
+    )
+    args = ["backtest", "--strategy-path", str(strategy), "--symbol", "DEMO-BTC", "--plot", "none"]
+    refused = _otonom(*args, cwd=tmp_path)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("error: "), refused.stderr
+    assert "models/gone/policy_best.onnx" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    ran = _otonom(*args, "--no-rl", "--quiet", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    assert "run id: 1" in ran.stdout
+    record = json.loads(_otonom("runs", "show", "1", "--json", cwd=tmp_path).stdout)
+    assert record["params"]["rl_enabled"] is False
+
+
 def _decided(store: Path) -> list[tuple[int, str, str, int]]:
     """Per run: (run id, first decision day, last decision day, decisions) from the store."""
     with contextlib.closing(sqlite3.connect(store)) as db:

@@ -61,7 +61,7 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
             f"--start-date {start} is after --end-date {end}; expected the "
             "first decision day on or before the last"
         )
-    config = load_strategy(args.strategy_path)
+    config = load_strategy(args.strategy_path, with_rl=not args.no_rl)
     symbols = list(dict.fromkeys(args.symbol))
     with open_store(args) as url, get_session(url) as session:
         start, end = _period(session, config, symbols, start, end)

@@ -250,10 +250,13 @@ class Ensemble:
         use_rl: bool | None = None,
         policy: RlPolicy | None = None,
     ) -> Ensemble:
-        """The ensemble of the strategy file at ``path`` (``load_strategy``)."""
+        """The ensemble of the strategy file at ``path`` (``load_strategy``; with ``use_rl``
+        False its model is not looked for: a strategy whose model is missing runs without
+        the RL analyst)."""
         from otonom_runtime.strategy import load_strategy
 
-        return cls(load_strategy(path), use_rl=use_rl, policy=policy)
+        config = load_strategy(path, with_rl=use_rl is not False)
+        return cls(config, use_rl=use_rl, policy=policy)
 
     @property
     def name(self) -> str:

@@ -43,12 +43,15 @@ def _parse(
     default_name: str,
     lines: Mapping[str, int],
     problems: list[Problem],
+    with_rl: bool = True,
 ) -> StrategyConfig:
     if isinstance(data, Mapping) and "name" not in data:
         data = {"name": default_name, **data}
     cfg = convert(StrategyConfig, data, "", problems)
     # the model is looked for even when other sections are invalid: every problem at once
     rl = convert(RlPolicyConfig, _dig(data, "ensemble", "rl_policy"), "rl_policy", [])
+    if rl is not None and not with_rl:  # switched off for this run: its model not looked for
+        rl = dataclasses.replace(rl, enabled=False)
     if rl is not None:
         rl = resolve_rl(rl, base_dir, problems)
     if cfg is not None and rl is not None and not problems:
@@ -90,7 +93,7 @@ def parse_strategy(
     )
 
 
-def load_strategy(path: str | os.PathLike[str]) -> StrategyConfig:
+def load_strategy(path: str | os.PathLike[str], *, with_rl: bool = True) -> StrategyConfig:
     """Load and check the strategy YAML file at ``path`` (``yaml.safe_load``, UTF-8).
 
     A missing ``name`` is the file's stem. The model path resolves inside the models root
@@ -98,7 +101,9 @@ def load_strategy(path: str | os.PathLike[str]) -> StrategyConfig:
     Raises ``StrategyError`` listing every problem (unreadable file, a file over 1 MiB (checked
     before reading), YAML anchors or aliases (refused), nesting deeper than 32 levels, YAML
     syntax error with its line, a top level that is not a mapping, duplicate/unknown keys, wrong
-    types, values out of range, a missing model).
+    types, values out of range, a missing model). ``with_rl=False``: the RL analyst switched
+    off (``rl_policy.enabled`` false, its model not looked for: ``--no-rl`` runs a strategy
+    whose model is missing).
     """
     p = Path(path)
     raw, data, lines, problems = read_strategy_file(p)
@@ -110,4 +115,5 @@ def load_strategy(path: str | os.PathLike[str]) -> StrategyConfig:
         default_name=p.stem,
         lines=lines,
         problems=problems,
+        with_rl=with_rl,
     )
