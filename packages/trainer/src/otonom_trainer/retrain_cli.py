@@ -33,8 +33,9 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
         symbols = tuple(dict.fromkeys(args.symbol or ()))
         if not symbols:  # the model in service's own symbols: never a DEMO-* into a real store
             model = service_model(args.model_dir)
-            symbols = model.symbols if model is not None and model.symbols else DEMO_SYMBOLS
-            if model is not None and model.symbols:
+            trained = () if model is None else model.symbols
+            symbols = trained or DEMO_SYMBOLS
+            if trained:
                 print(
                     f"symbols: {', '.join(symbols)} (the model in service's training symbols; "
                     "--symbol chooses others)"

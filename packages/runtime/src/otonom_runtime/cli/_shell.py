@@ -92,7 +92,9 @@ def _reader_gone() -> bool:
     except (AttributeError, OSError, ValueError):  # no poll (Windows), no file descriptor
         return False
     if gone:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
     return gone
 
 
