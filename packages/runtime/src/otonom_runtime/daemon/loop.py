@@ -26,7 +26,7 @@ from otonom_runtime.daemon.bars import BarSource
 from otonom_runtime.daemon.cache import Cached
 from otonom_runtime.daemon.paper import Broker, Inputs, LastDecision
 from otonom_runtime.daemon.reload import ModelWatch, daemon_state
-from otonom_runtime.daemon.rows import Holding, Holdings, Portfolios
+from otonom_runtime.daemon.rows import Holding, Holdings, Portfolios, fields
 from otonom_runtime.daemon.tick import Columns, Decisions, Ensemble, TickDecision
 from otonom_runtime.ensemble import ANALYSTS
 from otonom_runtime.ranges import WARMUP_DAYS
@@ -338,11 +338,7 @@ def _stop_on_signals() -> Iterator[_Stop]:
 def _warn_old(decisions: Sequence[TickDecision], today: dt.date) -> None:
     """One warning when some of a live tick's ``decisions`` decided a bar more than
     ``OLD_BAR_DAYS`` before ``today``: how many, and the first few (symbol and date)."""
-    pairs = (
-        zip(decisions.symbols, decisions.dates, strict=True)
-        if isinstance(decisions, Decisions)  # the tick's columns: no TickDecision made
-        else ((d.symbol, d.date) for d in decisions)
-    )
+    pairs = fields(decisions, ("symbol", "date"))  # the tick's columns: no TickDecision made
     oldest = today - dt.timedelta(days=OLD_BAR_DAYS)
     old = [(symbol, date) for symbol, date in pairs if date < oldest]
     if old:

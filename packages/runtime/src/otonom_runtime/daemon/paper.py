@@ -26,18 +26,17 @@ tick's step.
 from __future__ import annotations
 
 import datetime as dt
-import operator
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from otonom_runtime._errors import DaemonError
 from otonom_runtime.backtest.engine import _Bars, _prepare, _Sleeve
-from otonom_runtime.daemon.rows import Holding, Holdings, Portfolios, Rows
+from otonom_runtime.daemon.rows import Holding, Holdings, Portfolios, Rows, fields
 from otonom_runtime.store.ticks import LiveDecisions
 from otonom_schema import Action, PortfolioSnapshot, SchemaError, portfolio_feature_matrix
 
@@ -148,6 +147,7 @@ class Inputs(Rows[TickInputs]):
         "wholes",
         "windows",
     )
+    PLURAL_COLUMNS = True
 
     def __init__(
         self,
@@ -255,7 +255,7 @@ class PaperBroker:
         )
 
     def lacking(self, inputs: Sequence[TickInputs], capital: float) -> list[int]:
-        columns = _fields(inputs, ("symbol", "symbol_id", "last", "tail", "row", "whole", "live"))
+        columns = fields(inputs, ("symbol", "symbol_id", "last", "tail", "row", "whole", "live"))
         get = self._sleeves.get
         windows = inputs.windows if isinstance(inputs, Inputs) else None
         return [
@@ -277,7 +277,7 @@ class PaperBroker:
         marks: list[float] = []  # six numbers a symbol (``_Sleeve.out``'s newest mark)
         add, get = marks.extend, sleeves.get
         dates: dict[int, dt.date] = {}  # day number -> date: a tick's bars share a few days
-        columns = _fields(inputs, ("symbol", "symbol_id", "last", "tail", "cap", "whole", "live"))
+        columns = fields(inputs, ("symbol", "symbol_id", "last", "tail", "cap", "whole", "live"))
         for i, (symbol, symbol_id, last, tail, cap, whole, live) in enumerate(columns):
             sleeve: _Sleeve | None
             state: _State | None = None
@@ -318,19 +318,7 @@ class PaperBroker:
         return Holdings(portfolios, marks[4::6])
 
     def submit(self, decisions: Sequence[TickDecision]) -> None:
-        from otonom_runtime.daemon.tick import Decisions
-
-        rows: Any = (
-            zip(
-                decisions.symbols,
-                decisions.dates,
-                decisions.actions,
-                decisions.strengths,
-                strict=True,
-            )
-            if isinstance(decisions, Decisions)
-            else ((d.symbol, d.date, int(d.action), d.strength) for d in decisions)
-        )
+        rows = fields(decisions, ("symbol", "date", "action", "strength"))
         get = self._sleeves.get
         for symbol, date, action, strength in rows:
             state = get(symbol)
@@ -384,15 +372,6 @@ def _resumable(
             )
         )
     )
-
-
-def _fields(inputs: Sequence[TickInputs], names: tuple[str, ...]) -> Iterator[tuple[Any, ...]]:
-    """The fields ``names`` of each of ``inputs``, a tuple a row: zipped from the columns of
-    ``Inputs`` (each field's column is its name plus ``s``), else read from each item."""
-    if isinstance(inputs, Inputs):
-        return zip(*(getattr(inputs, f"{name}s") for name in names), strict=True)
-    read = operator.attrgetter(*names)
-    return (read(item) for item in inputs)
 
 
 def _numbers(inputs: TickInputs) -> npt.NDArray[np.int64]:

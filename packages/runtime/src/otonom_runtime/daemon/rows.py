@@ -6,13 +6,14 @@ objects unless a caller reads it, and leaves none behind for the garbage collect
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar, overload
+from typing import Any, ClassVar, TypeVar, overload
 
 from otonom_schema import PortfolioSnapshot
 
-__all__ = ["Holding", "Holdings", "Portfolios", "Rows"]
+__all__ = ["Holding", "Holdings", "Portfolios", "Rows", "fields"]
 
 T = TypeVar("T")
 
@@ -30,9 +31,11 @@ class Rows(Sequence[T]):
     """A read-only sequence of a tick's rows kept as columns: each item made when read
     (``row``), so a tick of thousands of symbols makes none it does not read (nor leaves
     thousands of objects for the garbage collector). Equal to any sequence of equal items;
-    a slice is a list."""
+    a slice is a list. ``PLURAL_COLUMNS``: each field's column is its name plus ``s``
+    (what ``fields`` reads)."""
 
     __slots__ = ()
+    PLURAL_COLUMNS: ClassVar[bool] = False
 
     def row(self, i: int) -> T:
         """Item ``i`` (0 <= i < len)."""
@@ -121,3 +124,13 @@ class Holdings(Rows[Holding]):
 
     def row(self, i: int) -> Holding:
         return Holding(self.portfolios.row(i), self.equity[i])
+
+
+def fields(items: Sequence[Any], names: tuple[str, ...]) -> Iterator[tuple[Any, ...]]:
+    """The fields ``names`` of each of ``items``, a tuple a row: zipped from the columns of a
+    ``Rows`` whose columns are its fields' names plus ``s`` (``PLURAL_COLUMNS``:
+    ``paper.Inputs``, ``tick.Decisions``; no item made), else read from each item."""
+    if isinstance(items, Rows) and items.PLURAL_COLUMNS:
+        return zip(*(getattr(items, f"{name}s") for name in names), strict=True)
+    read = operator.attrgetter(*names)
+    return (read(item) if len(names) > 1 else (read(item),) for item in items)

@@ -126,6 +126,7 @@ class Decisions(Rows[TickDecision]):
     ``actions``: ``decide_rows``' action numbers (``Action`` values)."""
 
     __slots__ = ("actions", "confidences", "dates", "portfolios", "signals", "strengths", "symbols")
+    PLURAL_COLUMNS = True
 
     def __init__(
         self,
