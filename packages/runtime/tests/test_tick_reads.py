@@ -23,8 +23,11 @@ from otonom_runtime.store import ticks as ticks_module
 from otonom_runtime.store.readers import load_history, load_news
 from otonom_runtime.store.ticks import (
     load_live_decisions,
+    load_live_tail,
     load_tick_bars,
     load_tick_news,
+    max_ids,
+    new_rows,
     tick_symbols,
 )
 
@@ -183,3 +186,55 @@ def test_live_decisions_streamed_are_those_the_orm_reads(
     a = streamed[ids["A"]]
     assert a.dates.tolist() == [D0 + dt.timedelta(days=d) for d in (1, 3, 4)]
     assert (a.actions, a.strengths, a.first_equity) == ([0, 1, 2], [0.0, 0.25, 1e-300], 1001.0)
+
+
+def test_steady_reads_streamed_are_those_the_driver_rows_give(
+    url: str, add_bars: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A steady tick's reads of what is new (``new_rows``: the bars and one source's news
+    dated after the last tick or inserted since; ``load_live_tail``), streamed as numbers,
+    give the driver's rows' values: the keys asked for only, by key and date, a bar inserted
+    out of order (an id above the last seen, dated before the last tick) included."""
+    after, end = D0 + dt.timedelta(days=20), D0 + dt.timedelta(days=25)
+    with get_session(url) as session:
+        seen = max_ids(session)
+        add_bars(session, "D", D0, 3, price=5.0)  # another symbol's rows, inserted since
+        add_bars(session, "C", D0 + dt.timedelta(days=10), 1, price=2.0)  # out of order
+        _news(session, "C", "feed", D0 + dt.timedelta(days=11), [0.75])  # out of order
+        _decisions(session, "live", [("A", 21, 1, 0.25), ("B", 22, 2, 1e-300), ("A", 19, 0, 0.0)])
+        _decisions(session, "live", [("A", 23, 2, 0.5), ("C", 24, 1, 0.125)])
+        _decisions(session, "other", [("A", 24, 1, 0.75)])
+        session.commit()
+        ids, _ = tick_symbols(session, ["A", "B", "C", "EMPTY"])
+        keys = [ids[n] for n in ("C", "A", "B", "EMPTY")]
+        reads = {
+            "bars": lambda: new_rows(session, "bars", keys, after, end, seen["bars"]),
+            "news": lambda: new_rows(session, "news", keys, D0, end, seen["news"], "feed"),
+            "live": lambda: load_live_tail(session, "live", keys, after),
+        }
+        streamed = {name: read() for name, read in reads.items()}
+        monkeypatch.setattr(ticks_module, "_numbers", lambda *args, **kwargs: None)
+        driver = {name: read() for name, read in reads.items()}
+    for name in reads:
+        for got, want in zip(streamed[name], driver[name], strict=True):
+            assert got.dtype == want.dtype, name
+            assert np.array_equal(got, want), name
+    bars = streamed["bars"]
+    assert set(bars.keys.tolist()) == {ids["A"], ids["B"], ids["C"]}  # not D: not asked
+    assert bars.days[bars.keys == ids["C"]].tolist() == [D0 + dt.timedelta(days=10)]
+    assert bars.values[3][bars.keys == ids["C"]].tolist() == [2.0]  # its close
+    assert bars.days.max() <= np.datetime64(end)
+    assert np.array_equal(bars.keys, np.sort(bars.keys, kind="stable"))
+    news = streamed["news"]
+    c = news.keys == ids["C"]
+    assert news.days[c].tolist() == [D0 + dt.timedelta(days=11)]  # inserted since, dated before
+    assert news.values[0][c].tolist() == [0.75]
+    assert news.values[0][news.keys == ids["A"]].tolist() == [-0.25, 1.0, 1e-300]  # "feed"
+    sids, days, actions, strengths = streamed["live"]
+    rows = zip(sids.tolist(), days.tolist(), actions.tolist(), strengths.tolist(), strict=True)
+    assert list(rows) == [
+        (ids["A"], D0 + dt.timedelta(days=21), 1, 0.25),
+        (ids["A"], D0 + dt.timedelta(days=23), 2, 0.5),
+        (ids["B"], D0 + dt.timedelta(days=22), 2, 1e-300),
+        (ids["C"], D0 + dt.timedelta(days=24), 1, 0.125),
+    ]

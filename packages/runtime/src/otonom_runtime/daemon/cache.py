@@ -275,12 +275,12 @@ class TickCache:
         symbols to read whole again (a bar out of order)."""
         assert self._end is not None
         after = self._end
-        columns, dates = new_rows(session, "bars", held, after, end, self._max["bars"])
+        bars = new_rows(session, "bars", held, after, end, self._max["bars"])
         stale: set[int] = set()
-        if dates.size:
-            sid = np.array(columns[1], dtype=np.int64)
-            days = dates.astype(np.int64)
-            values = np.array(columns[3:], dtype=np.float64)  # (5, rows)
+        if bars.days.size:
+            sid = np.asarray(bars.keys, dtype=np.int64)
+            days = bars.days.astype(np.int64)
+            values = bars.values  # (5, rows)
             starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
             stops = np.r_[starts[1:], sid.size]
             at = self._rows_of(sid[starts])
@@ -295,17 +295,20 @@ class TickCache:
         for symbol_id in held:
             by_source.setdefault(self._news_source[symbol_id], []).append(symbol_id)
         for source, group in by_source.items():  # one source a read: its index's range
-            found, when = new_rows(session, "news", group, after, end, self._max["news"], source)
+            found = new_rows(session, "news", group, after, end, self._max["news"], source)
             news = self._news
             for sid, day, score in zip(
-                found[1], when.astype(np.int64).tolist(), found[4], strict=True
+                np.asarray(found.keys).tolist(),
+                found.days.astype(np.int64).tolist(),
+                found.values[0].tolist(),
+                strict=True,
             ):
                 tail = news[sid]
                 if tail.days and day > tail.days[-1]:  # ``add``'s usual case, without a call
                     tail.days.append(day)
-                    tail.scores.append(float(score))
+                    tail.scores.append(score)
                 else:
-                    tail.add(day, float(score))
+                    tail.add(day, score)
         return stale
 
     def _rows_of(self, sids: I64) -> I64:
@@ -431,11 +434,11 @@ class TickCache:
         if not held:
             return
         assert self._end is not None
-        found, when = new_rows(session, "macro", held, self._end, end, self._max.get("macro", 0))
+        found = new_rows(session, "macro", held, self._end, end, self._max.get("macro", 0))
         for source, day, score in zip(
-            found[1], when.astype(np.int64).tolist(), found[3], strict=True
+            found.keys, found.days.astype(np.int64).tolist(), found.values[0].tolist(), strict=True
         ):
-            self._macro[source].add(day, float(score))
+            self._macro[source].add(day, score)
 
     def reread(self, session: Session, symbols: Sequence[CachedSymbol]) -> dict[int, SymbolInputs]:
         """Read ``symbols`` whole again up to the cache's end (a sleeve to replay); their
@@ -461,10 +464,12 @@ class TickCache:
         last: dict[int, LastDecision] = {}
         if known:
             since = min(self._decided[i] for i in known)
-            tail = load_live_tail(session, strategy, known, since)
-            for sid, date, action, strength in zip(*tail, strict=True):
+            ids, dates, actions, strengths = load_live_tail(session, strategy, known, since)
+            for sid, date, action, strength in zip(
+                ids.tolist(), dates.tolist(), actions.tolist(), strengths.tolist(), strict=True
+            ):
                 if date >= self._decided[sid]:
-                    last[sid] = LastDecision(date, int(action), float(strength))
+                    last[sid] = LastDecision(date, action, strength)
             for sid in known:
                 if sid not in last or last[sid].date != self._decided[sid]:
                     self._decided.pop(sid)  # its decision is not stored: read it whole

@@ -23,7 +23,7 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -58,6 +58,7 @@ from otonom_schema import MarketHistory, SentimentSeries
 
 __all__ = [
     "LiveDecisions",
+    "NewRows",
     "load_live_decisions",
     "load_live_signals",
     "load_live_tail",
@@ -71,6 +72,7 @@ __all__ = [
 
 
 _EPOCH = dt.date(1970, 1, 1).toordinal()
+F64 = npt.NDArray[np.float64]
 
 
 def _days(values: Sequence[dt.date]) -> npt.NDArray[np.datetime64]:
@@ -225,14 +227,19 @@ def tick_symbols(session: Session, names: Sequence[str]) -> tuple[dict[str, int]
     if not names:
         return {}, {}
     wanted = list(dict.fromkeys(names))
-    found = _driver_rows(session, "symbols", wanted, {})
-    if not found:
-        raise _unknown(session, names[0])
-    ids, stored, synthetic = zip(*found, strict=True)
-    by_name = dict(zip(stored, ids, strict=True))
+    by_name: dict[str, int] = {}
+    kinds: dict[str, bool] = {}
+    result = _execute(session, "symbols", wanted, {})
+    cursor: Any = result.cursor  # the driver's, iterated: each row read and let go (no list
+    try:  # of thousands of tuples for the garbage collector to scan)
+        for symbol_id, name, synthetic in cursor:
+            by_name[name] = symbol_id
+            kinds[name] = bool(synthetic)
+    finally:
+        result.close()
     if len(by_name) < len(wanted):
         raise _unknown(session, next(n for n in names if n not in by_name))
-    return by_name, dict(zip(stored, map(bool, synthetic), strict=True))
+    return by_name, kinds
 
 
 _TABLES: dict[str, Any] = {"bars": Bar, "news": NewsSentiment, "macro": MacroSentiment}
@@ -253,6 +260,23 @@ def max_ids(session: Session) -> dict[str, int]:
     return {name: int(v) for name, v in zip(_TABLES, row, strict=True)}
 
 
+class NewRows(NamedTuple):
+    """``new_rows``' rows as columns, by key and date: ``keys`` (symbol ids as int64; macro:
+    the sources, a list of text), ``days`` (datetime64[D]) and ``values`` (float64, one row a
+    value column: bars open, high, low, close, volume; news and macro their score)."""
+
+    keys: npt.NDArray[np.int64] | list[str]
+    days: npt.NDArray[np.datetime64]
+    values: npt.NDArray[np.float64]
+
+
+_VALUES: dict[str, tuple[str, ...]] = {
+    "bars": ("open", "high", "low", "close", "volume"),
+    "news": ("score",),
+    "macro": ("score",),
+}
+
+
 def new_rows(
     session: Session,
     table: str,
@@ -261,14 +285,13 @@ def new_rows(
     end: dt.date,
     max_id: int,
     source: str | None = None,
-) -> tuple[list[Sequence[Any]], npt.NDArray[np.datetime64]]:
+) -> NewRows:
     """The rows of ``table`` (``"bars"``, ``"news"``, ``"macro"``) of the symbol ids (macro:
     the sources) ``keys`` that a cache holding every row dated on or before ``after`` with an
     id up to ``max_id`` lacks, dated on or before ``end``: those dated after ``after`` and
     those inserted since (an id above ``max_id``: a bar imported out of order), in one
-    statement, ordered by key and date, as columns (``_COLUMNS[table]``; the date column as
-    the driver gives it) with their dates as datetime64[D]. News: ``source``, the one source
-    read (None: every source, each symbol's rows searched whole: slower).
+    statement, as columns ordered by key and date (``NewRows``). News: ``source``, the one
+    source read (None: every source, each symbol's rows searched whole: slower).
 
     The statement is a UNION ALL whose parts are each one index search, so that a steady tick
     reads in proportion to what is new, never to the history: the dated part by the
@@ -278,44 +301,94 @@ def new_rows(
     source the news part scanned every row of each symbol (5,000 symbols with a year of
     history: 0.16-0.22 s for the bars and 0.39-0.57 s for the news, against 0.025 s each
     now); the rows are sorted here instead. The inserted rows of other keys are dropped here.
+
+    The bars and one source's news are streamed as numbers (``_numbers``: each date as its day
+    number, no row object kept: a tick of thousands of symbols leaves the garbage collector
+    nothing to scan); a date stored as odd text, the macro (keyed by its source's name) and
+    news of every source are read as the driver's rows.
     """
-    name = "news_all" if table == "news" and source is None else table
     values: dict[str, Any] = {"after": after, "end": end, "max_id": max_id}
-    if name == "news":
+    if table == "news" and source is not None:
         values["source"] = source
+    numbers = None
+    if table == "bars" or (table == "news" and source is not None):
+        numbers = _numbers(session, f"{table}_new", keys, values, 2 + len(_VALUES[table]))
+    if numbers is not None:
+        ids, days, *columns = numbers
+        found = np.isin(ids, np.asarray(keys, dtype=np.int64))
+        if not found.all():  # inserted rows of other symbols
+            ids, days, columns = ids[found], days[found], [c[found] for c in columns]
+        order = np.lexsort((days, ids))  # by key, then date
+        if not np.array_equal(order, np.arange(order.size)):  # the usual case: ordered already
+            ids, days, columns = ids[order], days[order], [c[order] for c in columns]
+        return NewRows(ids, days, np.array(columns, dtype=np.float64).reshape(len(columns), -1))
+    return _new_rows_driver(session, table, keys, values)
+
+
+def _new_rows_driver(
+    session: Session, table: str, keys: Sequence[Any], values: Mapping[str, Any]
+) -> NewRows:
+    """``new_rows`` read as the driver's rows (its dates parsed by ``_column_days``)."""
+    name = "news_all" if table == "news" and "source" not in values else table
     wanted = set(keys)
     found = [r for r in _driver_rows(session, name, keys, values) if r[1] in wanted]
+    width = len(_VALUES[table])
     if not found:
-        return [() for _ in _COLUMNS[table]], np.array([], dtype="datetime64[D]")
+        empty: npt.NDArray[np.int64] | list[str] = (
+            np.array([], dtype=np.int64) if table != "macro" else []
+        )
+        return NewRows(empty, np.array([], dtype="datetime64[D]"), np.empty((width, 0)))
     columns: list[Sequence[Any]] = list(zip(*found, strict=True))
     days = _column_days(columns[_COLUMNS[table].index("date")], session)
-    order = np.argsort(days, kind="stable")  # by key, then date: two stable sorts
-    order = order[np.argsort(np.asarray(columns[1])[order], kind="stable")]
-    if not np.array_equal(order, np.arange(order.size)):  # the usual case: ordered already
-        picked = order.tolist()
-        columns = [[column[i] for i in picked] for column in columns]
-        days = days[order]
-    return columns, days
+    key_column = columns[1]
+    picked = [_COLUMNS[table].index(c) for c in _VALUES[table]]
+    numbers = np.array([columns[i] for i in picked], dtype=np.float64).reshape(width, -1)
+    keys_out: npt.NDArray[np.int64] | list[str]
+    if table == "macro":
+        order = np.lexsort((days, np.unique(key_column, return_inverse=True)[1]))
+        keys_out = [key_column[i] for i in order.tolist()]
+    else:
+        keys_out = np.asarray(key_column, dtype=np.int64)
+        order = np.lexsort((days, keys_out))
+        keys_out = keys_out[order]
+    return NewRows(keys_out, days[order], numbers[:, order])
 
 
 def load_live_tail(
     session: Session, strategy: str, symbol_ids: Sequence[int], since: dt.date
-) -> tuple[Sequence[int], list[dt.date], Sequence[int], Sequence[float]]:
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.datetime64], npt.NDArray[np.int64], F64]:
     """The symbol ids, dates, actions and strengths of the live decisions of ``strategy`` for
-    ``symbol_ids`` dated on or after ``since``, in one statement, by symbol and date (columns;
-    four empty ones: none)."""
-    rows = _driver_rows(session, "live", symbol_ids, {"strategy": strategy, "since": since})
+    ``symbol_ids`` dated on or after ``since``, in one statement, by symbol and date, as
+    arrays (streamed as numbers, ``_numbers``; a date stored as odd text: the driver's rows)."""
+    values = {"strategy": strategy, "since": since}
+    numbers = _numbers(session, "live_new", symbol_ids, values, 4)
+    if numbers is not None:
+        ids, days, actions, strengths = numbers
+        return ids, days, actions.astype(np.int64), strengths
+    rows = _driver_rows(session, "live", symbol_ids, values)
     if not rows:
-        return (), [], (), ()
-    ids, dates, actions, strengths = zip(*rows, strict=True)
-    days: list[dt.date] = _column_days(dates, session).tolist()
-    return ids, days, actions, strengths
+        return (
+            np.array([], dtype=np.int64),
+            np.array([], dtype="datetime64[D]"),
+            np.array([], dtype=np.int64),
+            np.array([], dtype=np.float64),
+        )
+    id_column, dates, action_column, strength_column = zip(*rows, strict=True)
+    return (
+        np.asarray(id_column, dtype=np.int64),
+        _column_days(dates, session),
+        np.asarray(action_column, dtype=np.int64),
+        np.asarray(strength_column, dtype=np.float64),
+    )
 
 
 _WHOLE = frozenset({"bars_whole", "news_whole", "live_whole"})
 """``_statement``'s whole reads (``_numbers``' statements): a first tick's histories
 (``load_tick_bars``, ``load_tick_news``) and a restarted daemon's live decisions
 (``load_live_decisions``)."""
+_NEW = frozenset({"bars_new", "news_new", "live_new"})
+"""``_statement``'s steady reads as numbers (``_numbers``' statements): ``new_rows`` of the
+bars and of one news source, ``load_live_tail``; the dates as ``raw._day_sql``'s numbers."""
 
 _ARRAY_DIALECTS = frozenset({"postgresql"})
 """Dialects whose ``_driver_rows`` IN lists are one array parameter (``column = ANY(:keys)``):
@@ -340,6 +413,8 @@ def _statement(name: str, dialect: str, array: bool = False) -> ClauseElement:
     ``dialect``: the dialect's name (the whole reads' dates as its day numbers)."""
     if name in _WHOLE:
         return _whole_statement(name, dialect, array)
+    if name in _NEW:
+        return _new_statement(name, dialect, array)
     if name == "symbols":
         from otonom_runtime.store.tables import Symbol  # here only: the tick's one read of it
 
@@ -390,6 +465,38 @@ def _whole_statement(name: str, dialect: str, array: bool) -> ClauseElement:
         .where(_in(t.symbol_id, array), *where)
         .order_by(t.symbol_id, t.date)
     )
+
+
+def _new_statement(name: str, dialect: str, array: bool) -> ClauseElement:
+    """``_statement`` of a steady read as numbers (``_NEW``): the statement of ``bars``,
+    ``news`` or ``live`` with a symbol id, the date as ``raw._day_sql``'s number for
+    ``dialect`` (NULL where it has none: never run, ``_numbers`` reads the driver's rows),
+    then the read's numbers (no row id, no source: the caller has them)."""
+    if name == "live_new":
+        t: Any = Decision
+        day: ColumnElement[Any] = literal_column(_day_sql("decisions.date", dialect) or "NULL")
+        return (
+            select(t.symbol_id, day, t.action, t.strength)
+            .where(
+                t.live_strategy == bindparam("strategy"),
+                _in(t.symbol_id, array),
+                t.date >= bindparam("since"),
+            )
+            .order_by(t.symbol_id, t.date)
+        )
+    table = name.removesuffix("_new")
+    t = _TABLES[table]
+    day = literal_column(_day_sql(f"{t.__tablename__}.date", dialect) or "NULL")
+    columns = [t.symbol_id, day, *(getattr(t, c) for c in _VALUES[table])]
+    after: BindParameter[Any] = bindparam("after")
+    newer = select(*columns).where(
+        _in(t.symbol_id, array), t.date > after, t.date <= bindparam("end")
+    )
+    inserted = select(*columns).where(t.id > bindparam("max_id"), t.date <= after)  # by row id
+    if table == "news":
+        source: BindParameter[Any] = bindparam("source")
+        newer, inserted = newer.where(t.source == source), inserted.where(t.source == source)
+    return union_all(newer, inserted)
 
 
 @functools.lru_cache(maxsize=32)
