@@ -29,7 +29,8 @@ autovacuum had got to it yet). The strategy is
 * the floor: the tick's store reads and writes alone, the SQL of ``FLOOR_SQL`` (SQLite) or
   ``FLOOR_SQL_POSTGRES`` (verbatim as a steady ``run_tick`` issues it; on SQLite the IN lists
   expanded to the symbols, on PostgreSQL each one array parameter), fetched as the driver's
-  tuples, then the tick's run row and decision rows (read back) inserted again under a
+  tuples (on PostgreSQL the reads the tick streams as numbers in binary, as it fetches
+  them), then the tick's run row and decision rows (read back) inserted again under a
   scratch strategy (the decisions as the store's writer inserts them: multi-row statements
   on SQLite, a binary ``COPY`` on PostgreSQL) and committed; nothing else.
 
@@ -86,17 +87,22 @@ FLOOR_SQL = {
         "macro_sentiment) AS anon_3"
     ),
     "bars": (
-        "SELECT bars.id, bars.symbol_id, bars.date, bars.open, bars.high, bars.low, bars.close, b"
-        "ars.volume \nFROM bars \nWHERE bars.symbol_id IN ({ids}) AND bars.date > ? AND bars.da"
-        "te <= ? UNION ALL SELECT bars.id, bars.symbol_id, bars.date, bars.open, bars.high, bars."
-        "low, bars.close, bars.volume \nFROM bars \nWHERE bars.id > ? AND bars.date <= ?"
+        "SELECT bars.symbol_id, CASE WHEN length(bars.date) = 10 THEN (julianday(bars.date) - 244"
+        "0587.5) * 32 + CAST(substr(bars.date, 9, 2) AS INTEGER) END, bars.open, bars.high, bars."
+        "low, bars.close, bars.volume \nFROM bars \nWHERE bars.symbol_id IN ({ids}) AND bars.date >"
+        " ? AND bars.date <= ? UNION ALL SELECT bars.symbol_id, CASE WHEN length(bars.date) = 10 "
+        "THEN (julianday(bars.date) - 2440587.5) * 32 + CAST(substr(bars.date, 9, 2) AS INTEGER) "
+        "END, bars.open, bars.high, bars.low, bars.close, bars.volume \nFROM bars \nWHERE bars.id >"
+        " ? AND bars.date <= ?"
     ),
     "news": (
-        "SELECT news_sentiment.id, news_sentiment.symbol_id, news_sentiment.source, news_sentime"
-        "nt.date, news_sentiment.score \nFROM news_sentiment \nWHERE news_sentiment.symbol_id IN"
-        " ({ids}) AND news_sentiment.date > ? AND news_sentiment.date <= ? AND news_sentiment.so"
-        "urce = ? UNION ALL SELECT news_sentiment.id, news_sentiment.symbol_id, news_sentiment.s"
-        "ource, news_sentiment.date, news_sentiment.score \nFROM news_sentiment \nWHERE news_se"
+        "SELECT news_sentiment.symbol_id, CASE WHEN length(news_sentiment.date) = 10 THEN (julian"
+        "day(news_sentiment.date) - 2440587.5) * 32 + CAST(substr(news_sentiment.date, 9, 2) AS I"
+        "NTEGER) END, news_sentiment.score \nFROM news_sentiment \nWHERE news_sentiment.symbol_id I"
+        "N ({ids}) AND news_sentiment.date > ? AND news_sentiment.date <= ? AND news_sentiment.so"
+        "urce = ? UNION ALL SELECT news_sentiment.symbol_id, CASE WHEN length(news_sentiment.date"
+        ") = 10 THEN (julianday(news_sentiment.date) - 2440587.5) * 32 + CAST(substr(news_sentime"
+        "nt.date, 9, 2) AS INTEGER) END, news_sentiment.score \nFROM news_sentiment \nWHERE news_se"
         "ntiment.id > ? AND news_sentiment.date <= ? AND news_sentiment.source = ?"
     ),
     "macro": (
@@ -107,9 +113,11 @@ FLOOR_SQL = {
         "ERE macro_sentiment.id > ? AND macro_sentiment.date <= ?"
     ),
     "live": (
-        "SELECT decisions.symbol_id, decisions.date, decisions.action, decisions.strength \n"
-        "FROM decisions \nWHERE decisions.live_strategy = ? AND decisions.symbol_id IN ({ids}) "
-        "AND decisions.date >= ? ORDER BY decisions.symbol_id, decisions.date"
+        "SELECT decisions.symbol_id, CASE WHEN length(decisions.date) = 10 THEN (julianday(decisi"
+        "ons.date) - 2440587.5) * 32 + CAST(substr(decisions.date, 9, 2) AS INTEGER) END, decisio"
+        "ns.action, decisions.strength \nFROM decisions \nWHERE decisions.live_strategy = ? AND dec"
+        "isions.symbol_id IN ({ids}) AND decisions.date >= ? ORDER BY decisions.symbol_id, decisi"
+        "ons.date"
     ),
 }
 # The same on PostgreSQL (captured there; named parameters, each IN list one array ``keys``)
@@ -124,21 +132,23 @@ FLOOR_SQL_POSTGRES = {
         "oalesce_6)s::INTEGER) AS coalesce_5 \nFROM macro_sentiment) AS anon_3"
     ),
     "bars": (
-        "SELECT bars.id, bars.symbol_id, bars.date, bars.open, bars.high, bars.low, bars.close, b"
-        "ars.volume \nFROM bars \nWHERE bars.symbol_id = ANY (%(keys)s::INTEGER[]) AND bars.dat"
-        "e > %(after)s::DATE AND bars.date <= %(end)s::DATE UNION ALL SELECT bars.id, bars.symbol"
-        "_id, bars.date, bars.open, bars.high, bars.low, bars.close, bars.volume \nFROM bars \nW"
-        "HERE bars.id > %(max_id)s::INTEGER AND bars.date <= %(after)s::DATE"
+        "SELECT bars.symbol_id, (bars.date - DATE '1970-01-01') * 32 + CAST(EXTRACT(DAY FROM bars"
+        ".date) AS INTEGER), bars.open, bars.high, bars.low, bars.close, bars.volume \nFROM bars \n"
+        "WHERE bars.symbol_id = ANY (%(keys)s::INTEGER[]) AND bars.date > %(after)s::DATE AND bar"
+        "s.date <= %(end)s::DATE UNION ALL SELECT bars.symbol_id, (bars.date - DATE '1970-01-01')"
+        " * 32 + CAST(EXTRACT(DAY FROM bars.date) AS INTEGER), bars.open, bars.high, bars.low, ba"
+        "rs.close, bars.volume \nFROM bars \nWHERE bars.id > %(max_id)s::INTEGER AND bars.date <= %"
+        "(after)s::DATE"
     ),
     "news": (
-        "SELECT news_sentiment.id, news_sentiment.symbol_id, news_sentiment.source, news_sentime"
-        "nt.date, news_sentiment.score \nFROM news_sentiment \nWHERE news_sentiment.symbol_id = "
-        "ANY (%(keys)s::INTEGER[]) AND news_sentiment.date > %(after)s::DATE AND news_sentiment.d"
-        "ate <= %(end)s::DATE AND news_sentiment.source = %(source)s::VARCHAR UNION ALL SELECT ne"
-        "ws_sentiment.id, news_sentiment.symbol_id, news_sentiment.source, news_sentiment.date, n"
-        "ews_sentiment.score \nFROM news_sentiment \nWHERE news_sentiment.id > %(max_id)s::INTE"
-        "GER AND news_sentiment.date <= %(after)s::DATE AND news_sentiment.source = %(source)s::V"
-        "ARCHAR"
+        "SELECT news_sentiment.symbol_id, (news_sentiment.date - DATE '1970-01-01') * 32 + CAST(E"
+        "XTRACT(DAY FROM news_sentiment.date) AS INTEGER), news_sentiment.score \nFROM news_sentim"
+        "ent \nWHERE news_sentiment.symbol_id = ANY (%(keys)s::INTEGER[]) AND news_sentiment.date "
+        "> %(after)s::DATE AND news_sentiment.date <= %(end)s::DATE AND news_sentiment.source = %"
+        "(source)s::VARCHAR UNION ALL SELECT news_sentiment.symbol_id, (news_sentiment.date - DAT"
+        "E '1970-01-01') * 32 + CAST(EXTRACT(DAY FROM news_sentiment.date) AS INTEGER), news_sent"
+        "iment.score \nFROM news_sentiment \nWHERE news_sentiment.id > %(max_id)s::INTEGER AND news"
+        "_sentiment.date <= %(after)s::DATE AND news_sentiment.source = %(source)s::VARCHAR"
     ),
     "macro": (
         "SELECT macro_sentiment.id, macro_sentiment.source, macro_sentiment.date, macro_sentimen"
@@ -149,10 +159,11 @@ FLOOR_SQL_POSTGRES = {
         "INTEGER AND macro_sentiment.date <= %(after)s::DATE"
     ),
     "live": (
-        "SELECT decisions.symbol_id, decisions.date, decisions.action, decisions.strength \nFROM"
-        " decisions \nWHERE decisions.live_strategy = %(strategy)s::VARCHAR AND decisions.symbol"
-        "_id = ANY (%(keys)s::INTEGER[]) AND decisions.date >= %(since)s::DATE ORDER BY decision"
-        "s.symbol_id, decisions.date"
+        "SELECT decisions.symbol_id, (decisions.date - DATE '1970-01-01') * 32 + CAST(EXTRACT(DAY"
+        " FROM decisions.date) AS INTEGER), decisions.action, decisions.strength \nFROM decisions "
+        "\nWHERE decisions.live_strategy = %(strategy)s::VARCHAR AND decisions.symbol_id = ANY (%("
+        "keys)s::INTEGER[]) AND decisions.date >= %(since)s::DATE ORDER BY decisions.symbol_id, d"
+        "ecisions.date"
     ),
     "copy": (
         "COPY decisions (run_id, symbol_id, date, action, strength, position, leverage, cash_fra"
@@ -209,14 +220,18 @@ class Floor:
     def _dbapi(self) -> Any:
         return self.session.connection().connection.dbapi_connection
 
-    def _fetch(self, template: str, params: list[Any] | dict[str, Any]) -> list[Any]:
+    def _fetch(
+        self, template: str, params: list[Any] | dict[str, Any], binary: bool = False
+    ) -> list[Any]:
+        """The rows of ``template``; ``binary``: on psycopg, fetched in binary, as the tick
+        fetches its reads streamed as numbers (``store.ticks._numbers``)."""
         if self.sqlite:
             sql = template.format(
                 names=_marks(len(self.names), "?"), ids=_marks(len(self.ids), "?")
             )
         else:  # verbatim: the IN lists are array parameters
             sql = template
-        cursor = self._dbapi().cursor()
+        cursor = self._dbapi().cursor(binary=True) if binary else self._dbapi().cursor()
         try:
             cursor.execute(sql, params)
             return list(cursor.fetchall())
@@ -284,11 +299,12 @@ class Floor:
         self._fetch(sql["symbols"], {"keys": self.names})
         seen = self._fetch(sql["max"], {"coalesce_2": 0, "coalesce_4": 0, "coalesce_6": 0})[0]
         dated = {"after": after, "end": end}
-        self._fetch(sql["bars"], {"keys": self.ids, **dated, "max_id": seen[0]})
+        self._fetch(sql["bars"], {"keys": self.ids, **dated, "max_id": seen[0]}, binary=True)
         news = {"keys": self.ids, **dated, "source": self.news_source, "max_id": seen[1]}
-        self._fetch(sql["news"], news)
+        self._fetch(sql["news"], news, binary=True)
         self._fetch(sql["macro"], {"keys": [self.source], **dated, "max_id": seen[2]})
-        self._fetch(sql["live"], {"strategy": self.strategy, "keys": self.ids, "since": after})
+        live = {"strategy": self.strategy, "keys": self.ids, "since": after}
+        self._fetch(sql["live"], live, binary=True)
 
     def _insert(self, run: tuple[Any, ...], decisions: list[tuple[Any, ...]]) -> int:
         cursor = self._dbapi().cursor()

@@ -46,12 +46,26 @@ def _bench(monkeypatch: pytest.MonkeyPatch) -> Any:
     return bench
 
 
-def _steady_statements(bench: Any, url: str, tmp_path: Path, names: list[str]) -> list[str]:
-    """Every statement a steady ``run_tick`` of the bench's store sends the driver (psycopg's
-    ``COPY`` too)."""
+def _steady_statements(
+    bench: Any, url: str, tmp_path: Path, names: list[str], monkeypatch: pytest.MonkeyPatch
+) -> list[str]:
+    """Every statement a steady ``run_tick`` of the bench's store sends the driver: through
+    SQLAlchemy's execution (its ``before_cursor_execute`` event; psycopg's ``COPY`` is spied
+    by the caller) and on the driver's own cursor (the reads streamed as numbers: their SQL
+    as ``store.ticks._bound`` gives it to the cursor)."""
+    from otonom_runtime.store import ticks
+
     bench._store(url, names, 1)
     ensemble, broker = bench._ensemble(tmp_path), PaperBroker()
     statements: list[str] = []
+    bound = ticks._bound
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        sql, params = bound(*args, **kwargs)
+        statements.append(sql)
+        return sql, params
+
+    monkeypatch.setattr(ticks, "_bound", spy)
 
     def seen(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
         statements.append(statement)
@@ -78,7 +92,7 @@ def test_the_floor_is_the_sql_a_steady_tick_issues(
     monkeypatch.setenv("OTONOM_MODELS_ROOT", str(tmp_path))  # _ensemble sets it: restored
     names = ["S00000", "S00001", "S00002"]
     url = f"sqlite:///{(tmp_path / 'store.db').as_posix()}"
-    statements = _steady_statements(bench, url, tmp_path, names)
+    statements = _steady_statements(bench, url, tmp_path, names, monkeypatch)
     markers = ", ".join(["?"] * len(names))
     for name, template in bench.FLOOR_SQL.items():
         assert template.format(names=markers, ids=markers) in statements, name
@@ -108,7 +122,8 @@ def test_the_postgresql_floor_is_the_sql_a_steady_tick_issues_there(
     monkeypatch.setattr(psycopg.Cursor, "copy", spy)
     with postgres_for_tests() as server:
         url = new_database(server, "floor")
-        statements = _steady_statements(bench, url, tmp_path, ["S00000", "S00001", "S00002"])
+        names = ["S00000", "S00001", "S00002"]
+        statements = _steady_statements(bench, url, tmp_path, names, monkeypatch)
     for name, sql in bench.FLOOR_SQL_POSTGRES.items():
         assert sql in (copies if name == "copy" else statements), name
     table = Decision.__table__
