@@ -722,3 +722,34 @@ def test_kill9_of_an_import(where: str, tmp_path: Path) -> None:
         assert session.execute(select(func.count()).select_from(Bar)).scalar_one() == len(
             reference["bars"]
         )
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_this_process_reads_its_start_once_and_a_fork_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``this_process`` reads ``/proc`` once per pid (a daemon's tick asks for it each tick),
+    and a forked child, whose pid differs, gets its own start, the one ``/proc`` gives it."""
+    from otonom_runtime.store import runs
+
+    me = this_process()
+    assert me.start is not None
+    assert me.start.endswith(f":{_ticks(os.getpid())}")
+    reads: list[int] = []
+    start_ticks = runs._start_ticks
+    monkeypatch.setattr(runs, "_start_ticks", lambda pid: reads.append(pid) or start_ticks(pid))
+    assert [this_process() for _ in range(3)] == [me] * 3
+    assert reads == []  # read already, for this pid
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: its identity through the pipe, then out at once
+        try:
+            os.write(write, repr(tuple(this_process())).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        got = pipe.read()
+    ticks = _ticks(child)  # exited, not reaped yet: its /proc entry still there
+    os.waitpid(child, 0)
+    assert got == repr((me.host, child, f"{me.start.rpartition(':')[0]}:{ticks}"))

@@ -4,6 +4,7 @@ and the marking of interrupted runs ``failed`` (``fail_interrupted_runs``)."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import socket
@@ -81,12 +82,19 @@ def _start_ticks(pid: int) -> str | None:
 
 
 def this_process() -> ProcessIdentity:
-    """The ``ProcessIdentity`` of the calling process (read anew: a fork has another pid)."""
+    """The ``ProcessIdentity`` of the calling process: its start token read once per pid (a
+    fork has another pid; three ``/proc`` reads cost a daemon's tick 2-6 ms, each tick), the
+    host name anew."""
     pid = os.getpid()
+    return ProcessIdentity(socket.gethostname(), pid, _start_token(pid))
+
+
+@functools.lru_cache(maxsize=4)
+def _start_token(pid: int) -> str | None:
+    """``ProcessIdentity.process_start`` of process ``pid`` (this one's: ``this_process``)."""
     machine = _machine()
     ticks = _start_ticks(pid) if machine is not None else None
-    start = f"{machine}:{ticks}" if machine is not None and ticks not in (None, _GONE) else None
-    return ProcessIdentity(socket.gethostname(), pid, start)
+    return f"{machine}:{ticks}" if machine is not None and ticks not in (None, _GONE) else None
 
 
 def _as_utc(value: dt.datetime) -> dt.datetime:
