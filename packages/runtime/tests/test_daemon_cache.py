@@ -431,3 +431,45 @@ def test_a_live_tick_that_decides_old_bars_warns_a_replay_does_not(
         "are old: import newer ones, or replay with --as-of"
     )
     dispose_engines()
+
+
+def test_the_live_decisions_the_cache_recorded_are_verified_each_tick(tmp_path: Path) -> None:
+    """``TickCache.live`` after a tick: a symbol whose newest live decision is the one the
+    cache recorded is taken from the one statement's tail (not read whole); one whose newest is
+    a later decision another process recorded, or whose recorded one is gone, is read whole
+    (``whole``), its newest decision then the store's."""
+    url, path = _setup(tmp_path)
+    ensemble = Ensemble.from_strategy(path)
+    cache, name = ensemble.cache, ensemble.name
+    with get_session(url) as session:
+        report = run_tick(session, ensemble, SYMBOLS, PaperBroker(), as_of=DAY)
+        mine = {d.symbol: (d.date, int(d.action), d.strength) for d in report.decisions}
+        cached, _ = cache.refresh(session, ensemble.config, SYMBOLS, DAY)
+        ids = dict(zip(cached.symbols, cached.ids, strict=True))
+        last, whole = cache.live(session, name, cached)
+        assert whole == {}  # each verified by the tail: none read whole
+        assert {s: tuple(last[ids[s]]) for s in SYMBOLS} == mine
+        later = session.scalars(select(Decision).where(Decision.symbol_id == ids["DEMO-BTC"]))
+        row = later.one()
+        session.add(
+            Decision(
+                run_id=row.run_id,
+                symbol_id=row.symbol_id,
+                date=DAY + dt.timedelta(days=1),
+                action=2,
+                strength=0.375,
+                position=0.0,
+                leverage=0.0,
+                cash_fraction=1.0,
+                days_since_last_trade=float("inf"),
+                equity=row.equity,
+                live_strategy=name,
+            )
+        )  # another process's later decision
+        session.execute(delete(Decision).where(Decision.symbol_id == ids["DEMO-ETH"]))
+        session.commit()
+        last, whole = cache.live(session, name, cached)
+    assert sorted(whole) == [ids["DEMO-BTC"]]  # read whole; DEMO-ETH has none left
+    assert tuple(last[ids["DEMO-BTC"]]) == (DAY + dt.timedelta(days=1), 2, 0.375)
+    assert ids["DEMO-ETH"] not in last
+    assert tuple(last[ids["DEMO-SOL"]]) == mine["DEMO-SOL"]

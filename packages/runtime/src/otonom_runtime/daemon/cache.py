@@ -460,19 +460,36 @@ class TickCache:
         if strategy != self._strategy:
             self._decided, self._strategy = {}, strategy
         symbol_ids = Cached.of(symbols).ids
-        known = [i for i in symbol_ids if i in self._decided]
+        decided = self._decided
+        known = [i for i in symbol_ids if i in decided]
         last: dict[int, LastDecision] = {}
         if known:
-            since = min(self._decided[i] for i in known)
-            ids, dates, actions, strengths = load_live_tail(session, strategy, known, since)
-            for sid, date, action, strength in zip(
-                ids.tolist(), dates.tolist(), actions.tolist(), strengths.tolist(), strict=True
-            ):
-                if date >= self._decided[sid]:
-                    last[sid] = LastDecision(date, action, strength)
+            since = min(decided[i] for i in known)
+            ids, days, actions, strengths = load_live_tail(session, strategy, known, since)
+            # each symbol's newest decision since: the one the cache recorded, or the symbol is
+            # read whole (another process recorded a later one, or it is gone)
+            newest = np.flatnonzero(np.r_[ids[1:] != ids[:-1], True]) if ids.size else ids
+            sids, dates = ids[newest].tolist(), days[newest].tolist()
+            same = np.array([d == decided[i] for i, d in zip(sids, dates, strict=True)], bool)
+            at = newest[same]
+            last = dict(
+                zip(
+                    ids[at].tolist(),
+                    map(
+                        LastDecision._make,  # no call of its __new__ a row: thousands a tick
+                        zip(
+                            days[at].tolist(),
+                            actions[at].tolist(),
+                            strengths[at].tolist(),
+                            strict=True,
+                        ),
+                    ),
+                    strict=True,
+                )
+            )
             for sid in known:
-                if sid not in last or last[sid].date != self._decided[sid]:
-                    self._decided.pop(sid)  # its decision is not stored: read it whole
+                if sid not in last:
+                    del decided[sid]  # its decision is not the one stored: read it whole
         rest = [i for i in symbol_ids if i not in self._decided]
         whole = load_live_decisions(session, strategy, rest) if rest else {}
         for sid, found in whole.items():
