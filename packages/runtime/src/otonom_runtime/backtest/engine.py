@@ -185,7 +185,9 @@ class _Sleeve:
         """
         # the bars from the first decision day on, indexed by k (the last bar: k == final)
         first = self.first
-        closes, opens, day = self.closes[first:], self.opens[first:], self.day[first:]
+        closes, opens, day = self.closes, self.opens, self.day
+        if first:  # (a resumed sleeve starts at 0: no copies of its few bars)
+            closes, opens, day = closes[first:], opens[first:], day[first:]
         cap, final, floor = self.cap, self.last - first, self.floor
         max_leverage, slip, comm = self.max_leverage, self.slip, self.comm
         allow_short, min_leverage = self.allow_short, -self.max_leverage
