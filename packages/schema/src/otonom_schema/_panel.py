@@ -1,16 +1,20 @@
 """The newest bar's market features of many symbols at once (``market_feature_panel``).
 
 A daemon's tick decides the newest bar of thousands of symbols; ``market_feature_matrix`` per
-symbol would spend the tick in per-call overhead. The panel lays every symbol's last
-``LOOKBACK`` bars end to end, each as the last ``LOOKBACK`` positions of ``compute_state``'s
-padded arrays (the padding repeating the first real bar where a history is shorter; at each
-segment's start the diffs are 0 and the bar before is no real bar, as there), and runs the one
-feature code (``_market._market_block``) once at the last position of each. The last bar's
-features read no position more than ``LOOKBACK - 1`` before it (``LOOKBACK`` is the largest
-``min_bars``; a window reaching further would trip ``_windows``' bound on the first segment),
-and every window is gathered into its own row and reduced along it, so each row is bit for bit
-the last row of ``market_feature_matrix`` of that symbol's history (tested). Nothing here
-computes a feature; it only lays the bars out.
+symbol would spend the tick in per-call overhead. The panel reads every symbol's last
+``LOOKBACK`` bars as the last ``LOOKBACK`` positions of ``compute_state``'s padded arrays (the
+padding repeating the first real bar where a history is shorter; at a row's first position
+the diffs are 0 and the bar before is no real bar, as there), and runs the one feature code
+(``_market._market_block``) once at the last position of each. With one output a row, the
+block is given only each row's last ``_market._REACH`` positions, laid end to end (its
+returns, flags and running counts over those, not over every bar); the two windowed series it
+takes the MACD and regime features from, which read further back, are computed by the same
+``_market._macd_line`` / ``_realised_vol`` from the rows' own ``LOOKBACK`` bars
+(``_stepped``). The last bar's features read no position more than ``LOOKBACK - 1`` before it
+(``LOOKBACK`` is the largest ``min_bars``), every elementwise value is taken from the same
+bars by the same operation, and every window is gathered into its own row and reduced along
+it, so each row is bit for bit the last row of ``market_feature_matrix`` of that symbol's
+history (tested). Nothing here computes a feature; it only lays the bars out.
 
 ``market_feature_panel_step`` is the panel for a caller that steps the same symbols one bar at
 a time (a daemon's tick): the two windowed series most of the work goes into, the MACD line
