@@ -532,12 +532,21 @@ def _rough(h: s.MarketHistory, seed: int) -> s.MarketHistory:
     return s.MarketHistory(h.dates, h.open, high, low, close, volume, symbol=h.symbol)
 
 
-def test_panel_step_rows_kept_and_fresh_at_every_reach_boundary() -> None:
+@pytest.mark.parametrize("chunk", [0, 4])
+def test_panel_step_rows_kept_and_fresh_at_every_reach_boundary(
+    chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Rows one bar on from their carry and rows computed whole, side by side, with histories
     of every length around the spans the step lays out (the DSI and return windows, the MACD
     EMAs, LOOKBACK), gaps over MAX_GAP_DAYS, zero volumes, flat bars and news NaT for some:
     each row bit for bit the last row of ``market_feature_matrix``, the carry the same floats
-    as a step computed whole, from strided (non-contiguous) inputs that are left unchanged."""
+    as a step computed whole, from strided (non-contiguous) inputs that are left unchanged;
+    also with the rows computed whole a few at a time (``chunk``: ``_panel._CHUNK``, the last
+    chunk short; 0: as shipped)."""
+    if chunk:
+        from otonom_schema import _panel
+
+        monkeypatch.setattr(_panel, "_CHUNK", chunk)
     lengths = [1, 2, 3, 19, 20, 21, 22, 23, 41, 42, 43, 89, 90, 91, 92, 119, 120, 121, 122]
     lengths += [L - 2, L - 1, L, L + 1, L + 2, 300]
     full = [_rough(random_history(n + 1, seed=40 + i, gap_every=9 if i % 2 else 0), i)

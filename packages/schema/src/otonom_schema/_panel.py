@@ -60,6 +60,11 @@ __all__ = ["PanelCarry", "market_feature_panel", "market_feature_panel_step"]
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 _T = TypeVar("_T", np.int64, np.float64)
+_CHUNK: Final = 256
+"""How many rows ``_stepped`` computes the series of whole at once: their windows (each row's
+EMA_SIGNAL_LEN x EMA_SLOW_LEN closes, REGIME_WINDOW x VOL_WINDOW returns; some 5 MB) stay in
+the cache between the copy, the products and the sums (about 1.5x faster than 5,000 rows at
+once; each row's windows are the same floats either way)."""
 _COLUMNS: Final = ("dates", "close", "high", "low", "volume")
 _NONE: Final = np.iinfo(np.int64).min  # no carry: NaT's bits as a day number
 
@@ -231,11 +236,11 @@ def _stepped(
         line[rows, -1] = _macd_line(x.ravel(), _Grid(w - 1, n, w, 1))[rows]
         vol[rows, -1] = _realised_vol(logret, _Grid(_REACH - 1, n, _REACH, 1))[rows]
     fresh = np.flatnonzero(~kept)
-    if fresh.size:
-        k = fresh.size
-        whole = k == n  # no row carried: the arrays as they are
-        at: slice | I64 = slice(None) if whole else fresh
-        x = _reaching(close if whole else close[fresh], real[at], LOOKBACK)
+    whole = fresh.size == n  # no row carried: the rows as they are, a chunk at a time
+    for first in range(0, fresh.size, _CHUNK):
+        at: slice | I64 = slice(first, first + _CHUNK) if whole else fresh[first : first + _CHUNK]
+        x = _reaching(close[at], real[at], LOOKBACK)
+        k = x.shape[0]
         c = x.ravel()
         ret = _log_returns(c, np.arange(k, dtype=np.int64) * LOOKBACK)
         line[at] = _macd_line(c, _Grid(LOOKBACK - s, k, LOOKBACK, s)).reshape(k, s)
