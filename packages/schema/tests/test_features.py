@@ -520,3 +520,67 @@ def test_panel_step_carried_bar_after_bar_equals_the_whole_history() -> None:
     assert moved[::2].tobytes() == again[::2].tobytes()
     with pytest.raises(s.SchemaError, match=r"carry has \(1,\) days; expected \("):
         s.market_feature_panel_step(*cols, bars, carry=s.PanelCarry.none(1))
+
+
+def _rough(h: s.MarketHistory, seed: int) -> s.MarketHistory:
+    """``h`` with zero volumes and flat bars (the close unchanged, high == low) here and there."""
+    rng = np.random.default_rng(seed)
+    close, high, low = h.close.copy(), h.high.copy(), h.low.copy()
+    volume = np.where(rng.uniform(size=len(h)) < 0.1, 0.0, h.volume)
+    for i in np.flatnonzero(rng.uniform(size=len(h)) < 0.1):
+        close[i] = high[i] = low[i] = close[i - 1] if i else close[i]
+    return s.MarketHistory(h.dates, h.open, high, low, close, volume, symbol=h.symbol)
+
+
+@pytest.mark.parametrize("chunk", [0, 4])
+def test_panel_step_rows_kept_and_fresh_at_every_reach_boundary(
+    chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows one bar on from their carry and rows computed whole, side by side, with histories
+    of every length around the spans the step lays out (the DSI and return windows, the MACD
+    EMAs, LOOKBACK), gaps over MAX_GAP_DAYS, zero volumes, flat bars and news NaT for some:
+    each row bit for bit the last row of ``market_feature_matrix``, the carry the same floats
+    as a step computed whole, from strided (non-contiguous) inputs that are left unchanged;
+    also with the rows computed whole a few at a time (``chunk``: ``_panel._CHUNK``, the last
+    chunk short; 0: as shipped)."""
+    if chunk:
+        from otonom_schema import _panel
+
+        monkeypatch.setattr(_panel, "_CHUNK", chunk)
+    lengths = [1, 2, 3, 19, 20, 21, 22, 23, 41, 42, 43, 89, 90, 91, 92, 119, 120, 121, 122]
+    lengths += [L - 2, L - 1, L, L + 1, L + 2, 300]
+    full = [_rough(random_history(n + 1, seed=40 + i, gap_every=9 if i % 2 else 0), i)
+            for i, n in enumerate(lengths)]  # fmt: skip
+    news = [
+        random_sentiment(h.dates, seed=i, keep=0.2) if i % 3 else None for i, h in enumerate(full)
+    ]
+    macro = random_sentiment(np.arange("2019-01-01", "2022-01-01", dtype="datetime64[D]"), seed=7)
+    n = len(full)
+    # each symbol's last LOOKBACK + 1 bars: the step before reads [:, :-1], this step [:, 1:]
+    wide = [np.zeros((n, L + 1), dtype=np.int64)] + [np.full((n, L + 1), 3.0) for _ in range(4)]
+    for i, h in enumerate(full):
+        k = min(len(h), L + 1)
+        wide[0][i, -k:] = h.dates[-k:].astype(np.int64)
+        for col, name in zip(wide[1:], ("close", "high", "low", "volume"), strict=True):
+            col[i, -k:] = getattr(h, name)[-k:]
+    before = [c.copy() for c in wide]
+    bars = np.array([len(h) for h in full])
+    cols = [wide[0][:, 1:].view("datetime64[D]"), *(c[:, 1:] for c in wide[1:])]
+    previous = [wide[0][:, :-1].view("datetime64[D]"), *(c[:, :-1] for c in wide[1:])]
+    _, carry = s.market_feature_panel_step(*previous, bars - 1)
+    assert (carry.day == wide[0][:, -2]).all()
+    carry.day[::3] -= 1  # another day: computed whole
+    _, _, latest = _panel_inputs(full, news)
+    _, _, macro_latest = _panel_inputs(full, [macro] * n)
+    step, after = s.market_feature_panel_step(
+        *cols, bars, news=latest, macro=macro_latest, carry=carry
+    )
+    whole, fresh = s.market_feature_panel_step(*cols, bars, news=latest, macro=macro_latest)
+    assert step.tobytes() == whole.tobytes()
+    for i, h in enumerate(full):
+        want = s.market_feature_matrix(h, news[i], macro, first=len(h) - 1)[0]
+        assert step[i].tobytes() == want.tobytes(), (i, len(h))
+    assert after.line.tobytes() == fresh.line.tobytes()
+    assert after.vol.tobytes() == fresh.vol.tobytes()
+    assert after.day.tobytes() == fresh.day.tobytes() == wide[0][:, -1].tobytes()
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(wide, before, strict=True))

@@ -67,6 +67,11 @@ _NEUTRAL: Final = np.array([f.neutral for f in FEATURES], dtype=np.float64)
 _PAD: Final = LOOKBACK - 1
 if not (_MIN_BARS.max() == LOOKBACK and REGIME_WINDOW < 2**16):  # what _market_block relies on
     raise AssertionError("LOOKBACK must be the largest min_bars and REGIME_WINDOW < 65536")
+_REACH: Final = max(N_RETURNS, RSI_PERIOD, BB_PERIOD, VOLUME_PERIOD, VOL_WINDOW, DSI_WINDOW) + 1
+"""The positions ending at an output that ``_market_block`` reads outside its two windowed
+series (and that the realised vol at the output reads): its windows of returns, changes,
+closes, volumes and DSI flags, and the bar before the oldest (returns, changes and flags are
+diffs with the bar before). A caller with one output per history may lay out only these."""
 
 
 # --- the windowed maths --------------------------------------------------------------------
@@ -225,20 +230,20 @@ def _market_block(
     first bar; ``news`` and ``macro``: each row's sentiment features (the one sentiment rule,
     applied by the caller). Portfolio columns are neutral. ``series``: what gives the two
     windowed series the features are taken from (the MACD line at ``at.ends.spans(
-    EMA_SIGNAL_LEN)[0]``, the realised vol at ``at.ends.spans(REGIME_WINDOW)[0]``), from the
-    close and the log returns; None: ``_macd_line`` and ``_realised_vol`` at those positions
-    (a panel carried from tick to tick computes them there only where they are new).
+    EMA_SIGNAL_LEN)[0]``, the realised vol at ``at.ends.spans(REGIME_WINDOW)[0]``, laid out
+    as ``spans`` lays them), from the close and the log returns; None: ``_macd_line`` and
+    ``_realised_vol`` at those positions (a panel carried from tick to tick computes them
+    there only where they are new, from its own bars: its arrays here may then hold only the
+    last ``_REACH`` positions of each history, the rest being read by the series alone).
     """
     m = close.shape[0]
     out = at.ends
     rows = out.size
     feats = np.empty((rows, STATE_DIM), dtype=np.float64)
 
-    logret = np.zeros(m)
-    logret[1:] = np.log(close[1:] / close[:-1])
+    logret = _log_returns(close, at.starts)
     change = np.zeros(m)
     change[1:] = close[1:] - close[:-1]
-    logret[at.starts] = 0.0
     change[at.starts] = 0.0
 
     # market: 20 returns, oldest first
@@ -296,6 +301,15 @@ def _market_block(
     feats[:, _MACRO] = macro
     feats[:, PORTFOLIO_COLUMNS] = _NEUTRAL[PORTFOLIO_COLUMNS]
     return feats
+
+
+def _log_returns(close: F64, starts: I64) -> F64:
+    """The log return at each position of padded bar arrays: 0 at each history's first
+    position (``starts``; the position before is no bar of it)."""
+    logret = np.zeros(close.shape[0])
+    logret[1:] = np.log(close[1:] / close[:-1])
+    logret[starts] = 0.0
+    return logret
 
 
 def _macd_line(close: F64, at: _Grid) -> F64:
