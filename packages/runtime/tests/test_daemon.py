@@ -727,3 +727,38 @@ def test_daemon_errors_are_one_line(tmp_path: Path) -> None:
         "--no-rl",
     ):
         assert flag in helped.stdout
+
+
+def test_the_loop_collects_garbage_between_ticks_not_in_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``run_daemon`` runs a full garbage collection after each tick, before it waits (never
+    inside a tick, nor after the last one: a signal ends the loop first), and leaves the
+    collector's settings as they were."""
+    import gc
+
+    from otonom_runtime.daemon import TickReport, run_daemon
+
+    url, path = _store(tmp_path), _strategy(tmp_path)
+    events: list[str] = []
+    collect = gc.collect
+    monkeypatch.setattr(gc, "collect", lambda *a: events.append("collect") or collect(*a))
+    settings = (gc.isenabled(), gc.get_threshold())
+
+    def tick(session: Any, ensemble: Any, names: Any, broker: Any, **kw: Any) -> TickReport:
+        events.append("tick")
+        if events.count("tick") == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # finishes this tick, then the loop ends
+        return TickReport(None)
+
+    ticks = run_daemon(
+        lambda: get_session(url),
+        Ensemble.from_strategy(path),
+        lambda: SYMBOLS,
+        PaperBroker(),
+        interval_s=0.01,
+        tick=tick,
+    )
+    assert ticks == 3
+    assert events == ["tick", "collect", "tick", "collect", "tick"]
+    assert (gc.isenabled(), gc.get_threshold()) == settings

@@ -4,6 +4,7 @@ and record it, one transaction) and ``run_daemon`` (ticks every interval until s
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import logging
 import re
 import signal
@@ -379,6 +380,14 @@ class _Stored:
         return [name for name in names if name in self.known]
 
 
+def _collect_while_idle() -> None:
+    """A full garbage collection between ticks, while the loop waits anyway: the objects a tick
+    leaves behind (its reads, the broker's sleeves) make the collector run a full collection
+    every few ticks otherwise, inside a tick (30-60 ms of a steady tick of 5,000 symbols). A
+    collection, not a setting: the collector is as the process had it."""
+    gc.collect()
+
+
 def run_daemon(
     session_factory: Callable[[], Any],
     ensemble: Ensemble,
@@ -416,7 +425,9 @@ def run_daemon(
     A symbol of ``symbols`` that the store does not hold fails the first tick (a typo); at a
     later tick it is left out, with a warning, until its bars are imported (``bars`` imports
     before that check, so a symbol it creates is decided at once). Without ``as_of`` (live),
-    a tick that decided bars older than ``OLD_BAR_DAYS`` logs a warning naming them."""
+    a tick that decided bars older than ``OLD_BAR_DAYS`` logs a warning naming them. After a
+    tick, before the wait, the garbage is collected (``_collect_while_idle``): a tick's time
+    holds no full collection of what the ticks before left."""
     watch = ModelWatch(ensemble)
     stored = _Stored()
     started_at = dt.datetime.now(dt.timezone.utc)
@@ -460,6 +471,8 @@ def run_daemon(
                 beat()
                 if once:
                     break
+                if not stop.event.is_set():
+                    _collect_while_idle()
                 while not stop.event.is_set():
                     left = interval_s - (time.monotonic() - started)
                     if left <= 0 or stop.event.wait(min(left, heartbeat_s)):
