@@ -52,20 +52,20 @@ def _steady_statements(
     """Every statement a steady ``run_tick`` of the bench's store sends the driver: through
     SQLAlchemy's execution (its ``before_cursor_execute`` event; psycopg's ``COPY`` is spied
     by the caller) and on the driver's own cursor (the reads streamed as numbers: their SQL
-    as ``store.ticks._bound`` gives it to the cursor)."""
-    from otonom_runtime.store import ticks
+    as ``store.tickplans._bound`` gives it to the cursor)."""
+    from otonom_runtime.store import tickplans
 
     bench._store(url, names, 1)
     ensemble, broker = bench._ensemble(tmp_path), PaperBroker()
     statements: list[str] = []
-    bound = ticks._bound
+    bound = tickplans._bound
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         sql, params = bound(*args, **kwargs)
         statements.append(sql)
         return sql, params
 
-    monkeypatch.setattr(ticks, "_bound", spy)
+    monkeypatch.setattr(tickplans, "_bound", spy)
 
     def seen(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
         statements.append(statement)

@@ -228,6 +228,34 @@ def test_a_decision_s_signals_read_as_the_dict_of_signals_they_stand_for(
         assert again.signals == plain
 
 
+def test_last_decisions_are_columns_read_by_symbol_id() -> None:
+    """``LastDecisions`` (a tick's newest live decision of each symbol, as columns): read by
+    symbol id as ``LastDecision``s, ``columns`` in any order of ids (None, 0, 0.0 for one
+    without a decision), ``put`` replaces or adds; ids given twice or columns of different
+    lengths refused."""
+    from otonom_runtime.daemon.paper import LastDecision, LastDecisions
+
+    d1, d2, d3 = dt.date(2024, 1, 1), dt.date(2024, 1, 2), dt.date(2024, 1, 3)
+    last = LastDecisions([3, 1], [d1, d2], [1, 2], [0.5, 0.25])
+    assert dict(last) == {3: LastDecision(d1, 1, 0.5), 1: LastDecision(d2, 2, 0.25)}
+    assert 3 in last
+    assert 7 not in last
+    assert last.get(7) is None
+    assert last.columns([3, 1]) == ([d1, d2], [1, 2], [0.5, 0.25])
+    assert last.columns([1, 7, 3]) == ([d2, None, d1], [2, 0, 1], [0.25, 0.0, 0.5])
+    last.put(1, LastDecision(d3, 0, 0.125))
+    last.put(7, LastDecision(d3, 2, 1.0))
+    assert dict(last) == {
+        3: LastDecision(d1, 1, 0.5),
+        1: LastDecision(d3, 0, 0.125),
+        7: LastDecision(d3, 2, 1.0),
+    }
+    with pytest.raises(ValueError, match="given twice"):
+        LastDecisions([1, 1], [d1, d2], [1, 2], [0.5, 0.25])
+    with pytest.raises(ValueError, match="different lengths"):
+        LastDecisions([1, 2], [d1, d2], [1], [0.5, 0.25])
+
+
 class _ListedBroker(PaperBroker):
     """The paper broker given its inputs as a plain list of ``TickInputs`` (what a broker of
     the protocol may be given), not the tick's columns."""

@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy.orm import Session
 
-from otonom_runtime.daemon.paper import LastDecision, Tail, Windows
+from otonom_runtime.daemon.paper import LastDecision, LastDecisions, Tail, Windows
 from otonom_runtime.daemon.rows import Rows
 from otonom_runtime.ranges import warmed_up
 from otonom_runtime.store import load_macro, sentiment_source
@@ -451,56 +451,43 @@ class TickCache:
 
     def live(
         self, session: Session, strategy: str, symbols: Sequence[CachedSymbol]
-    ) -> tuple[dict[int, LastDecision], dict[int, LiveDecisions]]:
-        """Each symbol's newest live decision of ``strategy`` in the store (a symbol without
-        one left out) and, for the symbols whose decisions were read whole, all of them. A
-        symbol whose newest decision the cache knows is verified in one statement for them
-        all (``load_live_tail``: its decisions since that date: it must be there, and any
-        later one is another process's); the others are read whole (``load_live_decisions``)."""
+    ) -> tuple[LastDecisions, dict[int, LiveDecisions]]:
+        """Each symbol's newest live decision of ``strategy`` in the store (``LastDecisions``:
+        columns; a symbol without one left out) and, for the symbols whose decisions were read
+        whole, all of them. A symbol whose newest decision the cache knows is verified in one
+        statement for them all (``load_live_tail``: its decisions since that date, as arrays:
+        its newest must be the one recorded; a later one is another process's, none means it
+        is gone); the others are read whole (``load_live_decisions``)."""
         if strategy != self._strategy:
             self._decided, self._strategy = {}, strategy
         symbol_ids = Cached.of(symbols).ids
         decided = self._decided
         known = [i for i in symbol_ids if i in decided]
-        last: dict[int, LastDecision] = {}
+        last = LastDecisions()
         if known:
             since = min(decided[i] for i in known)
             ids, days, actions, strengths = load_live_tail(session, strategy, known, since)
             # each symbol's newest decision since: the one the cache recorded, or the symbol is
-            # read whole (another process recorded a later one, or it is gone)
+            # read whole
             newest = np.flatnonzero(np.r_[ids[1:] != ids[:-1], True]) if ids.size else ids
-            sids, dates = ids[newest].tolist(), days[newest].tolist()
-            same = np.array([d == decided[i] for i, d in zip(sids, dates, strict=True)], bool)
-            at = newest[same]
-            last = dict(
-                zip(
-                    ids[at].tolist(),
-                    map(
-                        LastDecision._make,  # no call of its __new__ a row: thousands a tick
-                        zip(
-                            days[at].tolist(),
-                            actions[at].tolist(),
-                            strengths[at].tolist(),
-                            strict=True,
-                        ),
-                    ),
-                    strict=True,
-                )
+            dates = days[newest].tolist()
+            same = [d == decided[i] for i, d in zip(ids[newest].tolist(), dates, strict=True)]
+            at = newest[np.array(same, dtype=bool)]
+            last = LastDecisions(
+                ids[at].tolist(),
+                dates if all(same) else days[at].tolist(),
+                actions[at].tolist(),
+                strengths[at].tolist(),
             )
             for sid in known:
                 if sid not in last:
                     del decided[sid]  # its decision is not the one stored: read it whole
-        rest = [i for i in symbol_ids if i not in self._decided]
+        rest = [i for i in symbol_ids if i not in decided]
         whole = load_live_decisions(session, strategy, rest) if rest else {}
         for sid, found in whole.items():
-            last[sid] = LastDecision(
-                found.dates[-1].item(), int(found.actions[-1]), float(found.strengths[-1])
-            )
-        for sid in rest:
-            if sid not in whole:
-                last.pop(sid, None)
-        # the known symbols left hold their newest decision's date already
-        self._decided.update({sid: last[sid].date for sid in rest if sid in last})
+            date = found.dates[-1].item()
+            last.put(sid, LastDecision(date, int(found.actions[-1]), float(found.strengths[-1])))
+            decided[sid] = date
         return last, whole
 
     def recorded(self, decided: dict[int, dt.date] | None) -> None:

@@ -25,7 +25,7 @@ from otonom_runtime._errors import DaemonError
 from otonom_runtime.backtest.runner import _rl_model_params
 from otonom_runtime.daemon.bars import BarSource
 from otonom_runtime.daemon.cache import Cached
-from otonom_runtime.daemon.paper import Broker, Inputs, LastDecision
+from otonom_runtime.daemon.paper import Broker, Inputs, LastDecisions
 from otonom_runtime.daemon.reload import ModelWatch, daemon_state
 from otonom_runtime.daemon.rows import Holding, Holdings, Portfolios, fields
 from otonom_runtime.daemon.tick import Columns, Decisions, Ensemble, TickDecision
@@ -154,9 +154,10 @@ def run_tick(
     cache = ensemble.cache
     cached, no_bars = cache.refresh(session, ensemble.config, names, as_of or _FAR)
     last, live = cache.live(session, ensemble.name, cached)
+    last_dates = last.columns(cached.ids)[0]
     new = [
-        sid not in last or last[sid].date < newest
-        for sid, newest in zip(cached.ids, cached.newest, strict=True)
+        date is None or date < newest
+        for date, newest in zip(last_dates, cached.newest, strict=True)
     ]
     waiting = [i for i, fresh in enumerate(new) if fresh]
     warm = cache.warm([cached.rows[i] for i in waiting])  # the backtester's warm-up, per symbol
@@ -200,7 +201,7 @@ def _broker_inputs(
     ensemble: Ensemble,
     pending: Cached,
     market: npt.NDArray[np.float64],
-    decided: tuple[dict[int, LastDecision], dict[int, LiveDecisions]],
+    decided: tuple[LastDecisions, dict[int, LiveDecisions]],
     broker: Broker,
     capital: float,
 ) -> Inputs:
@@ -219,7 +220,7 @@ def _broker_inputs(
         cache.windows(),
         pending.rows,
         (params.risk.exposure(market) * params.max_leverage).tolist(),
-        [last.get(i) for i in ids],
+        last.columns(ids),
         list(pending.wholes),  # filled in below where lacking: the tick's own list
         [live.get(i) for i in ids] if live else [None] * len(ids),
         cache.tails(pending.rows),

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
 
@@ -49,6 +49,7 @@ __all__ = [
     "Holding",
     "Inputs",
     "LastDecision",
+    "LastDecisions",
     "PaperBroker",
     "Tail",
     "TickInputs",
@@ -65,6 +66,71 @@ class LastDecision(NamedTuple):
     date: dt.date
     action: int
     strength: float
+
+
+class LastDecisions(Mapping[int, LastDecision]):
+    """Symbols' newest live decisions as three columns (dates, actions, strengths) by symbol
+    id, a ``LastDecision`` made when read: what a tick keeps of thousands of symbols without an
+    object a symbol (``TickCache.live``). ``columns``: the columns of some symbol ids, in their
+    order (None, 0, 0.0 for a symbol without one)."""
+
+    __slots__ = ("_at", "actions", "dates", "strengths")
+
+    def __init__(
+        self,
+        ids: Sequence[int] = (),
+        dates: Sequence[dt.date] = (),
+        actions: Sequence[int] = (),
+        strengths: Sequence[float] = (),
+    ) -> None:
+        self._at: dict[int, int] = dict(zip(ids, range(len(ids)), strict=True))
+        if len(self._at) != len(ids):
+            raise ValueError("a symbol id given twice; expected one newest decision each")
+        self.dates, self.actions = list(dates), list(actions)
+        self.strengths = list(strengths)
+        if not len(self.dates) == len(self.actions) == len(self.strengths) == len(ids):
+            raise ValueError("columns of different lengths; expected one entry per symbol id")
+
+    def put(self, symbol_id: int, decision: LastDecision) -> None:
+        """Set ``symbol_id``'s newest decision."""
+        at = self._at.get(symbol_id)
+        if at is None:
+            self._at[symbol_id] = len(self.dates)
+            self.dates.append(decision.date)
+            self.actions.append(decision.action)
+            self.strengths.append(decision.strength)
+        else:
+            self.dates[at], self.actions[at], self.strengths[at] = decision
+
+    def __getitem__(self, symbol_id: int) -> LastDecision:
+        at = self._at[symbol_id]
+        return LastDecision(self.dates[at], self.actions[at], self.strengths[at])
+
+    def __contains__(self, symbol_id: object) -> bool:
+        return symbol_id in self._at
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._at)
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+    def columns(
+        self, symbol_ids: Sequence[int]
+    ) -> tuple[list[dt.date | None], list[int], list[float]]:
+        """The dates (None: no decision), actions and strengths of ``symbol_ids``, in order
+        (the columns themselves, copied, when they are every symbol in the order held: a
+        steady tick)."""
+        at = self._at
+        rows = [at.get(i) for i in symbol_ids]
+        if len(rows) == len(self.dates) and rows == list(range(len(rows))):
+            return list(self.dates), list(self.actions), list(self.strengths)
+        dates, actions, strengths = self.dates, self.actions, self.strengths
+        return (
+            [None if r is None else dates[r] for r in rows],
+            [0 if r is None else actions[r] for r in rows],
+            [0.0 if r is None else strengths[r] for r in rows],
+        )
 
 
 Tail = tuple[float, float, float, float, float, float]
@@ -115,6 +181,21 @@ class TickInputs:
     tail: Tail | None = None
 
     @property
+    def last_date(self) -> dt.date | None:
+        """``last``'s date (None: never decided)."""
+        return None if self.last is None else self.last.date
+
+    @property
+    def last_action(self) -> int:
+        """``last``'s action (0 where never decided)."""
+        return 0 if self.last is None else self.last.action
+
+    @property
+    def last_strength(self) -> float:
+        """``last``'s strength (0.0 where never decided)."""
+        return 0.0 if self.last is None else self.last.strength
+
+    @property
     def dates(self) -> npt.NDArray[np.datetime64]:
         """The dates of the symbol's cached bars (a view)."""
         return self.windows.of(self.row)[0]
@@ -133,12 +214,16 @@ class TickInputs:
 class Inputs(Rows[TickInputs]):
     """A tick's ``TickInputs`` as columns (one entry a symbol; ``windows`` shared), each made
     when read: what ``run_tick`` gives a broker, which may read the columns as they are
-    (``PaperBroker``: a steady tick makes no ``TickInputs``). ``wholes`` and ``lives`` are
-    filled in by the tick where ``Broker.lacking`` asks for them."""
+    (``PaperBroker``: a steady tick makes no ``TickInputs``). ``last``'s fields are three
+    columns (``last_dates``: None where never decided; ``lasts`` makes the ``LastDecision``
+    of each). ``wholes`` and ``lives`` are filled in by the tick where ``Broker.lacking``
+    asks for them."""
 
     __slots__ = (
         "caps",
-        "lasts",
+        "last_actions",
+        "last_dates",
+        "last_strengths",
         "lives",
         "rows",
         "symbol_ids",
@@ -156,26 +241,37 @@ class Inputs(Rows[TickInputs]):
         windows: Windows,
         rows: list[int],
         caps: list[float],
-        lasts: list[LastDecision | None],
+        lasts: tuple[list[dt.date | None], list[int], list[float]],
         wholes: list[SymbolInputs | None],
         lives: list[LiveDecisions | None],
         tails: list[Tail | None],
     ) -> None:
         self.symbols, self.symbol_ids, self.windows, self.rows = symbols, symbol_ids, windows, rows
-        self.caps, self.lasts, self.wholes, self.lives = caps, lasts, wholes, lives
-        self.tails = tails
+        self.caps, self.wholes, self.lives, self.tails = caps, wholes, lives, tails
+        self.last_dates, self.last_actions, self.last_strengths = lasts
+
+    @property
+    def lasts(self) -> list[LastDecision | None]:
+        """Each symbol's ``TickInputs.last`` (made now)."""
+        return [
+            None if d is None else LastDecision(d, a, s)
+            for d, a, s in zip(self.last_dates, self.last_actions, self.last_strengths, strict=True)
+        ]
 
     def __len__(self) -> int:
         return len(self.symbols)
 
     def row(self, i: int) -> TickInputs:
+        date = self.last_dates[i]
         return TickInputs(
             self.symbols[i],
             self.symbol_ids[i],
             self.windows,
             self.rows[i],
             self.caps[i],
-            self.lasts[i],
+            None
+            if date is None
+            else LastDecision(date, self.last_actions[i], self.last_strengths[i]),
             self.wholes[i],
             self.lives[i],
             self.tails[i],
@@ -248,21 +344,23 @@ class PaperBroker:
         return _resumable(
             self._sleeves.get(inputs.symbol),
             inputs.symbol_id,
-            inputs.last,
+            (inputs.last_date, inputs.last_action, inputs.last_strength),
             inputs.tail,
             inputs.windows,
             inputs.row,
         )
 
     def lacking(self, inputs: Sequence[TickInputs], capital: float) -> list[int]:
-        columns = fields(inputs, ("symbol", "symbol_id", "last", "tail", "row", "whole", "live"))
+        columns = fields(inputs, ("symbol", "symbol_id", "last_date", "last_action",
+                                  "last_strength", "tail", "row", "whole", "live"))  # fmt: skip
         get = self._sleeves.get
         windows = inputs.windows if isinstance(inputs, Inputs) else None
         return [
             i
-            for i, (symbol, sid, last, tail, row, whole, live) in enumerate(columns)
+            for i, (symbol, sid, date, action, strength, tail, row, whole, live)
+            in enumerate(columns)
             if (whole is None or live is None)
-            and not _resumable(get(symbol), sid, last, tail,
+            and not _resumable(get(symbol), sid, (date, action, strength), tail,
                                windows or inputs[i].windows, row)
         ]  # fmt: skip
 
@@ -277,18 +375,20 @@ class PaperBroker:
         marks: list[float] = []  # six numbers a symbol (``_Sleeve.out``'s newest mark)
         add, get = marks.extend, sleeves.get
         dates: dict[int, dt.date] = {}  # day number -> date: a tick's bars share a few days
-        columns = fields(inputs, ("symbol", "symbol_id", "last", "tail", "cap", "whole", "live"))
-        for i, (symbol, symbol_id, last, tail, cap, whole, live) in enumerate(columns):
+        columns = fields(
+            inputs, ("symbol", "symbol_id", "last_date", "tail", "cap", "whole", "live")
+        )
+        for i, (symbol, symbol_id, last_date, tail, cap, whole, live) in enumerate(columns):
             sleeve: _Sleeve | None
             state: _State | None = None
             own = capital  # the sleeve's capital: fixed at its first live decision
-            if last is None:
+            if last_date is None:
                 sleeve = None
             elif whole is not None and live is not None:
                 own = capital if live.first_equity is None else live.first_equity
                 sleeve = _replay(inputs[i], params, own)
             elif (state := get(symbol)) is not None and (
-                state.day == last.date  # what ``resumes`` found (the tick asked it)
+                state.day == last_date  # what ``resumes`` found (the tick asked it)
             ):
                 own = state.capital
                 sleeve = _step(state, tail, params) or _resume(state, inputs[i], params)
@@ -350,19 +450,21 @@ def _check(portfolios: Portfolios) -> None:
 def _resumable(
     state: _State | None,
     symbol_id: int,
-    last: LastDecision | None,
+    last: tuple[dt.date | None, int, float],
     tail: Tail | None,
     windows: Windows,
     row: int,
 ) -> bool:
-    """``PaperBroker.resumes`` of a symbol whose kept state is ``state`` (its bars: row
-    ``row`` of ``windows``, read only when its tail does not settle it)."""
-    return last is None or (
+    """``PaperBroker.resumes`` of a symbol whose kept state is ``state`` and newest live
+    decision ``last`` (its date, None: never decided; action; strength); its bars: row ``row``
+    of ``windows``, read only when its tail does not settle it."""
+    date, action, strength = last
+    return date is None or (
         state is not None
         and state.symbol_id == symbol_id
-        and state.day == last.date
-        and state.action == last.action
-        and state.strength == last.strength
+        and state.day == date
+        and state.action == action
+        and state.strength == strength
         and (
             # the steady case: the state's day is the second newest bar (two bars or more)
             (tail is not None and tail[0] == state.number)
