@@ -18,6 +18,7 @@ from otonom_runtime.store import (
     NewsSentiment,
     get_or_create_symbol,
     get_session,
+    tickplans,
 )
 from otonom_runtime.store import ticks as ticks_module
 from otonom_runtime.store.readers import load_history, load_news
@@ -213,12 +214,15 @@ def test_steady_reads_streamed_are_those_the_driver_rows_give(
             "live": lambda: load_live_tail(session, "live", keys, after),
         }
         streamed = {name: read() for name, read in reads.items()}
+        monkeypatch.setattr(tickplans, "_BATCH", 2)  # the rows fetched two at a time
+        batched = {name: read() for name, read in reads.items()}
         monkeypatch.setattr(ticks_module, "_numbers", lambda *args, **kwargs: None)
         driver = {name: read() for name, read in reads.items()}
     for name in reads:
-        for got, want in zip(streamed[name], driver[name], strict=True):
+        for got, again, want in zip(streamed[name], batched[name], driver[name], strict=True):
             assert got.dtype == want.dtype, name
             assert np.array_equal(got, want), name
+            assert np.array_equal(again, want), name
     bars = streamed["bars"]
     assert set(bars.keys.tolist()) == {ids["A"], ids["B"], ids["C"]}  # not D: not asked
     assert bars.days[bars.keys == ids["C"]].tolist() == [D0 + dt.timedelta(days=10)]
