@@ -28,6 +28,7 @@ from otonom_runtime.store import (
     Symbol,
     dispose_engines,
     get_engine,
+    get_or_create_symbol,
     get_session,
     init_db,
 )
@@ -473,3 +474,43 @@ def test_the_live_decisions_the_cache_recorded_are_verified_each_tick(tmp_path: 
     assert tuple(last[ids["DEMO-BTC"]]) == (DAY + dt.timedelta(days=1), 2, 0.375)
     assert ids["DEMO-ETH"] not in last
     assert tuple(last[ids["DEMO-SOL"]]) == mine["DEMO-SOL"]
+
+
+def test_refresh_reuses_a_steady_universe_and_follows_any_change(tmp_path: Path) -> None:
+    """``TickCache.refresh`` day after day, the universe kept, reordered, shrunk, grown back
+    and given a symbol without bars: each call's symbols, newest dates and market features
+    equal a cold cache's for the same names and day (a steady call reuses the last one's
+    symbols: the same lists; any change builds them anew)."""
+    url, path = _setup(tmp_path)
+    with get_session(url) as session:
+        get_or_create_symbol(session, "NO-BARS", source="test")
+        session.commit()
+    warm = Ensemble.from_strategy(path)
+    universes = [
+        SYMBOLS,
+        SYMBOLS,
+        SYMBOLS,
+        SYMBOLS[::-1],
+        SYMBOLS[:2],
+        SYMBOLS,
+        [*SYMBOLS, "NO-BARS"],
+        SYMBOLS,
+        SYMBOLS,
+    ]
+    previous = None
+    with get_session(url) as session:
+        for k, names in enumerate(universes):
+            day = DAY + dt.timedelta(days=k)
+            got, no_bars = warm.cache.refresh(session, warm.config, names, day)
+            cold = Ensemble.from_strategy(path)
+            want, want_no_bars = cold.cache.refresh(session, cold.config, names, day)
+            assert no_bars == want_no_bars == (["NO-BARS"] if "NO-BARS" in names else [])
+            assert got.symbols == want.symbols == [n for n in names if n != "NO-BARS"]
+            assert got.ids == want.ids
+            assert got.newest == want.newest == [day] * len(got)
+            assert got.sources == want.sources
+            assert np.array_equal(warm.cache.market(got), cold.cache.market(want)), k
+            if k in (1, 2, 8):  # the same universe as the call before: its lists reused
+                assert previous is not None
+                assert got.symbols is previous.symbols
+            previous = got

@@ -182,25 +182,40 @@ def _tail(series: SentimentSeries | None) -> _Tail:
     return _Tail(series.dates.astype(np.int64).tolist(), series.scores.tolist())
 
 
-def _symbols(
-    session: Session, config: StrategyConfig, names: Sequence[str]
-) -> tuple[dict[str, int], dict[str, dict[str, str]]]:
-    """Each symbol's id and the sources it reads, as ``backtest.runner._symbols`` gives them
-    (``get_symbols``' statement and ``UnknownSymbolError``, ``sentiment_source``'s rule), from
-    the rows as columns (no ORM objects: a tick reads thousands); each symbol's sources are
-    one of two dicts shared by every symbol of its kind: read them, never change them."""
-    ids, synthetic = tick_symbols(session, names)
+def _sources(
+    config: StrategyConfig, names: Sequence[str], synthetic: dict[str, bool]
+) -> dict[str, dict[str, str]]:
+    """The sources each symbol reads, as ``backtest.runner._symbols`` gives them
+    (``sentiment_source``'s rule, which depends on whether the symbol is synthetic only): one
+    of two dicts shared by every symbol of its kind: read them, never change them."""
     data = config.data
-    kinds = {  # the rule depends on whether the symbol is synthetic only
+    kinds = {
         kind: {
             "news": sentiment_source(kind, data.news_source),
             "macro": sentiment_source(kind, data.macro_source),
         }
         for kind in (False, True)
     }
-    # ``ids``: every name's, no other (``tick_symbols``); one sources dict per kind, shared by
-    # its symbols (read only: a tick has thousands)
-    return ids, {name: kinds[synthetic[name]] for name in names}
+    return {name: kinds[synthetic[name]] for name in names}
+
+
+@dataclass(frozen=True, slots=True)
+class _Steady:
+    """What ``TickCache.refresh`` made of a universe, kept for the next call: while the same
+    names have the same ids and kinds and the cache's rows are as they were (``version``),
+    a tick reads no symbol whole and no bar came out of order, the next call's symbols are
+    these (their lists reused: a steady tick of thousands makes none of them again)."""
+
+    config: StrategyConfig
+    version: int
+    names: list[str]
+    ids: dict[str, int]
+    synthetic: dict[str, bool]
+    found: list[str]
+    found_ids: list[int]
+    sources: list[dict[str, str]]
+    rows: list[int]
+    macros: set[str]
 
 
 class TickCache:
@@ -227,6 +242,8 @@ class TickCache:
         self._max: dict[str, int] = {}
         self._decided: dict[int, dt.date] = {}  # each symbol's newest live decision, recorded
         self._strategy: str | None = None
+        self._version = getattr(self, "_version", 0) + 1  # bumped when the rows' symbols change
+        self._steady: _Steady | None = None  # ``refresh``'s last universe, while it holds
 
     def refresh(
         self, session: Session, config: StrategyConfig, names: Sequence[str], end: dt.date
@@ -235,21 +252,43 @@ class TickCache:
         it): the cached symbols with a bar, in the order given (``Cached``: columns), and the
         names without one.
         ``UnknownSymbolError`` for a symbol not in the store."""
-        ids, sources = _symbols(session, config, names)  # the backtester's rule, without the ORM
+        ids, synthetic = tick_symbols(session, names)  # the backtester's rule, without the ORM
         seen = max_ids(session)  # before any read: a row inserted after it is new next tick
         if self._end is not None and end < self._end:
             self.clear()  # an earlier end than the cache's: read everything again
-        self._forget(set(self._row) - set(ids.values()))  # not refreshed now: stale later
-        held = [
-            ids[n]
-            for n in names
-            if ids[n] in self._row and self._news_source[ids[n]] == sources[n]["news"]
-        ]
+        steady = self._steady
+        if not (
+            steady is not None
+            and self._end is not None
+            and steady.config is config
+            and steady.version == self._version
+            and steady.names == names
+            and steady.ids == ids
+            and steady.synthetic == synthetic
+        ):
+            steady = None
+        if steady is not None:  # the rows hold exactly these symbols, each with its source
+            held = steady.found_ids
+        else:
+            sources = _sources(config, names, synthetic)
+            self._forget(set(self._row) - set(ids.values()))  # not refreshed now: stale later
+            held = [
+                ids[n]
+                for n in names
+                if ids[n] in self._row and self._news_source[ids[n]] == sources[n]["news"]
+            ]
         if self._end is None:
             held = []
         stale = self._advance(session, held, end) if held else set()
+        if steady is not None and not stale:  # a steady tick: nothing read whole
+            self._add_macro(session, steady.macros, end)
+            self._end, self._max = end, seen
+            return self._cached(steady.found, steady.found_ids, steady.sources, steady.rows), []
+        if steady is not None:
+            sources = _sources(config, names, synthetic)
         kept = set(held) - stale
-        self._add_macro(session, {s["macro"] for s in sources.values()}, end)
+        macros = {s["macro"] for s in sources.values()}
+        self._add_macro(session, macros, end)
         whole = self._read_whole(
             session, [n for n in names if ids[n] not in kept], ids, sources, end
         )
@@ -258,17 +297,34 @@ class TickCache:
         found = [n for n in names if ids[n] in row_of]
         found_ids = [ids[n] for n in found]
         rows = [row_of[i] for i in found_ids]
+        chosen = [sources[n] for n in found]
+        missing = [n for n in names if ids[n] not in row_of]
+        if not missing:  # what the next call reuses while nothing changes
+            self._steady = _Steady(
+                config, self._version, list(names), ids, synthetic, found, found_ids, chosen,
+                rows, macros,
+            )  # fmt: skip
+        return self._cached(found, found_ids, chosen, rows, whole), missing
+
+    def _cached(
+        self,
+        found: list[str],
+        found_ids: list[int],
+        sources: list[dict[str, str]],
+        rows: list[int],
+        whole: dict[int, SymbolInputs] | None = None,
+    ) -> Cached:
+        """``refresh``'s symbols: these, with the date of each one's newest cached bar."""
         newest = (self._days[rows, -1] + _EPOCH).tolist()
         day_of = {day: dt.date.fromordinal(day) for day in set(newest)}  # a few days a tick
-        out = Cached(
+        return Cached(
             found,
             found_ids,
-            [sources[n] for n in found],
+            sources,
             rows,
             [day_of[day] for day in newest],
             [whole.get(i) for i in found_ids] if whole else [None] * len(found),
         )
-        return out, [n for n in names if ids[n] not in row_of]
 
     def _advance(self, session: Session, held: list[int], end: dt.date) -> set[int]:
         """Read the rows the held symbols lack (``new_rows``), append them; the ids of the
@@ -360,6 +416,7 @@ class TickCache:
 
         if not names:
             return {}
+        self._version += 1  # rows kept anew, or dropped
         bars = load_tick_bars(session, {ids[n]: n for n in names}, end)
         news = load_tick_news(session, {ids[n]: sources[n]["news"] for n in names}, end)
         self._grow([ids[n] for n in names if ids[n] in bars and ids[n] not in self._row])
@@ -384,6 +441,8 @@ class TickCache:
         """Drop the symbols ``sids`` (a call without them: their rows would miss what it read
         past; a daemon whose universe shrank, a worker serving another partition); their rows
         are reused."""
+        if sids:
+            self._version += 1
         for sid in sids:
             self._free.append(self._row.pop(sid))
             self._rows_memo = None
@@ -394,6 +453,7 @@ class TickCache:
     def _grow(self, sids: list[int]) -> None:
         """Rows for the symbols ``sids``, new to the cache (freed rows first, then one
         allocation for the rest)."""
+        self._version += 1
         self._rows_memo = None
         while sids and self._free:
             self._row[sids.pop()] = self._free.pop()
