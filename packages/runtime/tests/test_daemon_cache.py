@@ -514,3 +514,51 @@ def test_refresh_reuses_a_steady_universe_and_follows_any_change(tmp_path: Path)
                 assert previous is not None
                 assert got.symbols is previous.symbols
             previous = got
+
+
+def test_news_dated_after_a_symbols_newest_bar_wait_for_its_bar(tmp_path: Path) -> None:
+    """A symbol whose bars stop while its news go on two more days: the news dated after its
+    newest bar are kept apart, not its latest score, until its bars arrive (imported late);
+    then the newest of them is (no later score comes); a score re-imported for an old day
+    changes nothing. Each tick decides as a cold read does."""
+    url, path = _setup(tmp_path)
+    late = SYMBOLS[2]
+    with get_session(url) as session:
+        sid = session.scalars(select(Symbol.id).where(Symbol.name == late)).one()
+        kept = session.scalars(
+            select(Bar).where(Bar.symbol_id == sid, Bar.date > DAY, Bar.date <= LAST)
+        ).all()
+        saved = [
+            {c: getattr(b, c) for c in ("symbol_id", "date", "open", "high", "low", "close",
+                                         "volume")}
+            for b in kept
+        ]  # fmt: skip
+        session.execute(delete(Bar).where(Bar.symbol_id == sid, Bar.date > DAY))
+        two = DAY + dt.timedelta(days=2)  # its news stop two days after its bars
+        session.execute(
+            delete(NewsSentiment).where(NewsSentiment.symbol_id == sid, NewsSentiment.date > two)
+        )
+        session.commit()
+    warm = Ensemble.from_strategy(path)
+    with get_session(url) as session:
+        for k in range(3):  # its newest bar stays DAY; its news go on
+            day = DAY + dt.timedelta(days=k)
+            got = [_key(d) for d in warm.decide(session, SYMBOLS, day, _portfolios(SYMBOLS))]
+            assert got == _cold(url, path, SYMBOLS, day), day
+            assert got[2][1] == DAY
+        session.execute(Bar.__table__.insert(), saved)  # its bars, imported late
+        old = session.scalars(
+            select(NewsSentiment).where(
+                NewsSentiment.symbol_id == sid, NewsSentiment.date == DAY - dt.timedelta(days=5)
+            )
+        ).one()
+        session.delete(old)
+        session.flush()
+        session.add(NewsSentiment(symbol_id=sid, source=old.source, date=old.date, score=0.9))
+        session.commit()
+        for k in range(3, 6):
+            day = DAY + dt.timedelta(days=k)
+            got = [_key(d) for d in warm.decide(session, SYMBOLS, day, _portfolios(SYMBOLS))]
+            assert got == _cold(url, path, SYMBOLS, day), day
+            assert got[2][1] == day
+            assert got[2][5]["news"] is not None

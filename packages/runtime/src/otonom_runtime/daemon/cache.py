@@ -156,26 +156,6 @@ class _Tail:
         return (_NONE, 0.0) if at < 0 else (self.days[at], self.scores[at])
 
 
-def _advance(tails: list[_Tail], days: list[int]) -> tuple[list[int], list[float]]:
-    """Each tail's ``latest(day)`` (``tails[i]`` at ``days[i]``) as two columns, its scores
-    before it forgotten (never needed again: the next bars are later; the symbols' news
-    tails, each tick). A loop over all tails: no tuple or method call a symbol."""
-    out_days: list[int] = []
-    out_scores: list[float] = []
-    add_day, add_score, right = out_days.append, out_scores.append, bisect.bisect_right
-    for tail, day in zip(tails, days, strict=True):
-        at = right(tail.days, day) - 1
-        if at < 0:
-            add_day(_NONE)
-            add_score(0.0)
-            continue
-        if at > 0:
-            del tail.days[:at], tail.scores[:at]
-        add_day(tail.days[0])
-        add_score(tail.scores[0])
-    return out_days, out_scores
-
-
 def _tail(series: SentimentSeries | None) -> _Tail:
     if series is None:
         return _Tail([], [])
@@ -235,7 +215,11 @@ class TickCache:
         self._count = np.zeros(0, dtype=np.int64)  # bars in each history
         self._first = np.zeros(0, dtype=np.int64)  # the day number of each history's first bar
         self._carry = PanelCarry.none(0)  # the panel's series at each row's newest bar
-        self._news: dict[int, _Tail] = {}
+        # each row's latest news score dated on or before its newest bar: its day (_NONE: none)
+        # and score; the scores dated after that bar (few: a symbol whose bar is late) apart
+        self._news_day = np.zeros(0, dtype=np.int64)
+        self._news_score = np.zeros(0)
+        self._news_later: dict[int, _Tail] = {}
         self._news_source: dict[int, str] = {}
         self._macro: dict[str, _Tail] = {}
         self._end: dt.date | None = None
@@ -352,20 +336,44 @@ class TickCache:
             by_source.setdefault(self._news_source[symbol_id], []).append(symbol_id)
         for source, group in by_source.items():  # one source a read: its index's range
             found = new_rows(session, "news", group, after, end, self._max["news"], source)
-            news = self._news
-            for sid, day, score in zip(
-                np.asarray(found.keys).tolist(),
-                found.days.astype(np.int64).tolist(),
-                found.values[0].tolist(),
-                strict=True,
-            ):
-                tail = news[sid]
-                if tail.days and day > tail.days[-1]:  # ``add``'s usual case, without a call
-                    tail.days.append(day)
-                    tail.scores.append(score)
-                else:
-                    tail.add(day, score)
+            if found.days.size:
+                keys = np.asarray(found.keys, dtype=np.int64)
+                self._add_news(keys, found.days.astype(np.int64), found.values[0])
+        self._settle_news()
         return stale
+
+    def _add_news(self, sids: I64, days: I64, scores: F64) -> None:
+        """New news scores (by symbol id, then date) of held symbols: each symbol's newest one
+        dated on or before its newest bar becomes its latest when it is not older than the one
+        held (a score of the same day replaces it; an older one arriving late is never the
+        latest again); those dated after that bar are kept apart (``_settle_news``)."""
+        rows = np.fromiter(map(self._row.__getitem__, sids.tolist()), np.int64, sids.size)
+        due = days <= self._days[rows, -1]
+        for i in np.flatnonzero(~due).tolist():  # dated after the symbol's newest bar: rare
+            self._news_later.setdefault(int(sids[i]), _Tail([], [])).add(
+                int(days[i]), float(scores[i])
+            )
+        at = np.flatnonzero(due)
+        if at.size:
+            at = at[np.r_[sids[at][1:] != sids[at][:-1], True]]  # each symbol's newest due
+            row, day = rows[at], days[at]
+            newer = day >= self._news_day[row]
+            self._news_day[row[newer]] = day[newer]
+            self._news_score[row[newer]] = scores[at][newer]
+
+    def _settle_news(self) -> None:
+        """The scores kept apart that are now dated on or before their symbol's newest bar:
+        the newest of them its latest (unless an as new one is held), the others dropped."""
+        for sid in list(self._news_later):
+            tail, row = self._news_later[sid], self._row[sid]
+            at = bisect.bisect_right(tail.days, int(self._days[row, -1]))
+            if at == 0:
+                continue
+            if tail.days[at - 1] >= self._news_day[row]:
+                self._news_day[row], self._news_score[row] = tail.days[at - 1], tail.scores[at - 1]
+            del tail.days[:at], tail.scores[:at]
+            if not tail.days:
+                del self._news_later[sid]
 
     def _rows_of(self, sids: I64) -> I64:
         """The cache rows of the symbol ids ``sids``: the previous call's when it asked for
@@ -446,7 +454,7 @@ class TickCache:
         for sid in sids:
             self._free.append(self._row.pop(sid))
             self._rows_memo = None
-            self._news.pop(sid, None)
+            self._news_later.pop(sid, None)
             self._news_source.pop(sid, None)
             self._decided.pop(sid, None)
 
@@ -466,6 +474,8 @@ class TickCache:
         self._values = np.concatenate([self._values, np.ones((5, k, LOOKBACK))], axis=1)
         self._count = np.concatenate([self._count, np.zeros(k, np.int64)])
         self._first = np.concatenate([self._first, np.zeros(k, np.int64)])
+        self._news_day = np.concatenate([self._news_day, np.full(k, _NONE)])
+        self._news_score = np.concatenate([self._news_score, np.zeros(k)])
         old, more = _parts(self._carry), _parts(PanelCarry.none(k))
         self._carry = PanelCarry(*(np.concatenate([a, b]) for a, b in zip(old, more, strict=True)))
 
@@ -483,7 +493,16 @@ class TickCache:
         self._count[row] = len(history)
         self._first[row] = history.dates[0].astype(np.int64)
         self._carry.day[row] = PanelCarry.none(1).day[0]  # its window is new: nothing carried
-        self._news[sid], self._news_source[sid] = _tail(news), source
+        self._news_source[sid] = source
+        self._news_day[row], self._news_score[row] = _NONE, 0.0
+        self._news_later.pop(sid, None)
+        if news is not None and news.dates.size:  # its latest on or before its newest bar
+            days = news.dates.astype(np.int64)
+            due = int(np.searchsorted(days, int(self._days[row, -1]), side="right"))
+            if due:
+                self._news_day[row], self._news_score[row] = days[due - 1], news.scores[due - 1]
+            if due < days.size:
+                self._news_later[sid] = _Tail(days[due:].tolist(), news.scores[due:].tolist())
 
     def _add_macro(self, session: Session, wanted: set[str], end: dt.date) -> None:
         """Read each macro source of ``wanted``: whole when new to the cache, else the rows it
@@ -604,9 +623,6 @@ class TickCache:
         rows: I64 | slice = slice(None) if every else picked  # every row in order: no copies
         days = self._days[rows]
         newest = days[:, -1].tolist()
-        tails = self._news
-        # each news tail its own: trimmed as it is read
-        latest_news = _advance([tails[i] for i in given.ids], newest)
         sources = [s["macro"] for s in given.sources]
         if len(set(sources)) == 1 and len(set(newest)) == 1:  # one series, one day (steady)
             day, score = self._macro[sources[0]].latest(newest[0])
@@ -628,7 +644,7 @@ class TickCache:
             lo,
             v,
             self._count[rows],
-            news=_columns(latest_news),
+            news=(self._news_day[rows].view("datetime64[D]"), self._news_score[rows]),
             macro=_columns(latest_macro),
             carry=PanelCarry(carry.line[rows], carry.vol[rows], carry.day[rows]),
         )
