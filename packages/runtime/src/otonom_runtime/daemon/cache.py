@@ -558,9 +558,9 @@ class TickCache:
                 actions[at].tolist(),
                 strengths[at].tolist(),
             )
-            for sid in known:
-                if sid not in last:
-                    del decided[sid]  # its decision is not the one stored: read it whole
+            if at.size < len(known):  # some decision not the one stored: read them whole
+                for sid in np.setdiff1d(known, ids[at]).tolist():
+                    del decided[sid]
         rest = [i for i in symbol_ids if i not in decided]
         whole = load_live_decisions(session, strategy, rest) if rest else {}
         for sid, found in whole.items():

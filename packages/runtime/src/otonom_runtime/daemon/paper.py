@@ -74,7 +74,7 @@ class LastDecisions(Mapping[int, LastDecision]):
     object a symbol (``TickCache.live``). ``columns``: the columns of some symbol ids, in their
     order (None, 0, 0.0 for a symbol without one)."""
 
-    __slots__ = ("_at", "actions", "dates", "strengths")
+    __slots__ = ("_at", "_ids", "actions", "dates", "strengths")
 
     def __init__(
         self,
@@ -83,19 +83,27 @@ class LastDecisions(Mapping[int, LastDecision]):
         actions: Sequence[int] = (),
         strengths: Sequence[float] = (),
     ) -> None:
-        self._at: dict[int, int] = dict(zip(ids, range(len(ids)), strict=True))
-        if len(self._at) != len(ids):
-            raise ValueError("a symbol id given twice; expected one newest decision each")
+        self._ids = list(ids)  # the columns' symbol ids, in order
+        self._at: dict[int, int] | None = None  # each id's place, made when first asked for
         self.dates, self.actions = list(dates), list(actions)
         self.strengths = list(strengths)
-        if not len(self.dates) == len(self.actions) == len(self.strengths) == len(ids):
+        if not len(self.dates) == len(self.actions) == len(self.strengths) == len(self._ids):
             raise ValueError("columns of different lengths; expected one entry per symbol id")
+        if len(self._index()) != len(self._ids):
+            raise ValueError("a symbol id given twice; expected one newest decision each")
+
+    def _index(self) -> dict[int, int]:
+        if self._at is None:
+            self._at = dict(zip(self._ids, range(len(self._ids)), strict=True))
+        return self._at
 
     def put(self, symbol_id: int, decision: LastDecision) -> None:
         """Set ``symbol_id``'s newest decision."""
-        at = self._at.get(symbol_id)
+        index = self._index()
+        at = index.get(symbol_id)
         if at is None:
-            self._at[symbol_id] = len(self.dates)
+            index[symbol_id] = len(self._ids)
+            self._ids.append(symbol_id)
             self.dates.append(decision.date)
             self.actions.append(decision.action)
             self.strengths.append(decision.strength)
@@ -103,17 +111,17 @@ class LastDecisions(Mapping[int, LastDecision]):
             self.dates[at], self.actions[at], self.strengths[at] = decision
 
     def __getitem__(self, symbol_id: int) -> LastDecision:
-        at = self._at[symbol_id]
+        at = self._index()[symbol_id]
         return LastDecision(self.dates[at], self.actions[at], self.strengths[at])
 
     def __contains__(self, symbol_id: object) -> bool:
-        return symbol_id in self._at
+        return symbol_id in self._index()
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self._at)
+        return iter(self._ids)
 
     def __len__(self) -> int:
-        return len(self._at)
+        return len(self._ids)
 
     def columns(
         self, symbol_ids: Sequence[int]
@@ -121,10 +129,10 @@ class LastDecisions(Mapping[int, LastDecision]):
         """The dates (None: no decision), actions and strengths of ``symbol_ids``, in order
         (the columns themselves, copied, when they are every symbol in the order held: a
         steady tick)."""
-        at = self._at
-        rows = [at.get(i) for i in symbol_ids]
-        if len(rows) == len(self.dates) and rows == list(range(len(rows))):
+        if symbol_ids == self._ids:
             return list(self.dates), list(self.actions), list(self.strengths)
+        at = self._index()
+        rows = [at.get(i) for i in symbol_ids]
         dates, actions, strengths = self.dates, self.actions, self.strengths
         return (
             [None if r is None else dates[r] for r in rows],
