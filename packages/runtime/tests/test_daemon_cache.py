@@ -562,3 +562,34 @@ def test_news_dated_after_a_symbols_newest_bar_wait_for_its_bar(tmp_path: Path) 
             assert got == _cold(url, path, SYMBOLS, day), day
             assert got[2][1] == day
             assert got[2][5]["news"] is not None
+
+
+@pytest.mark.parametrize("slack", [1, 3])
+def test_the_windows_move_on_and_are_compacted_deciding_as_cold_ones(
+    tmp_path: Path, slack: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache's windows move on in their buffers as steady ticks append a bar each, and are
+    copied back to the buffers' start every ``_SLACK`` bars (here every 1 and 3): each day's
+    decisions equal a cold read's, across the copies, with a symbol's bars read whole again
+    (imported out of order) between them."""
+    from otonom_runtime.daemon import cache
+
+    monkeypatch.setattr(cache, "_SLACK", slack)
+    url, path = _setup(tmp_path)
+    warm = Ensemble.from_strategy(path)
+    day = DAY
+    with get_session(url) as session:
+        while day <= LAST:
+            if day == DAY + dt.timedelta(days=4):  # a bar out of order: read whole again
+                bar = session.scalars(
+                    select(Bar).join(Symbol).where(Symbol.name == SYMBOLS[0], Bar.date == DAY)
+                ).one()
+                values = {c: getattr(bar, c) for c in ("symbol_id", "date", "open", "high",
+                                                       "low", "close", "volume")}  # fmt: skip
+                session.delete(bar)
+                session.flush()
+                session.execute(Bar.__table__.insert(), [values])
+                session.commit()
+            got = [_key(d) for d in warm.decide(session, SYMBOLS, day, _portfolios(SYMBOLS))]
+            assert got == _cold(url, path, SYMBOLS, day), day
+            day += dt.timedelta(days=1)

@@ -58,6 +58,9 @@ F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 _EPOCH: Final = dt.date(1970, 1, 1).toordinal()
 _NONE: Final = np.iinfo(np.int64).min  # no score: NaT as a day number
+_SLACK: Final = LOOKBACK
+"""Columns of the cache's buffers past the windows: a steady tick's bars are written there and
+the windows move on; they are copied back to the buffers' start once every ``_SLACK`` bars."""
 
 
 class CachedSymbol(NamedTuple):
@@ -209,9 +212,11 @@ class TickCache:
         self._row: dict[int, int] = {}
         self._rows_memo: tuple[I64, I64] | None = None  # ``_rows_of``; None: a row changed
         self._free: list[int] = []  # rows of forgotten symbols
-        self._days = np.zeros((0, LOOKBACK), dtype=np.int64)
-        self._values = np.zeros((5, 0, LOOKBACK))  # open, high, low, close, volume
-        self._spare = self._days, self._values  # what ``_append`` writes the next windows to
+        # each row's window: LOOKBACK columns of these buffers from ``_offset`` (``_days``,
+        # ``_values``); a steady tick writes its bars past the windows and moves the offset
+        self._day_buffer = np.zeros((0, LOOKBACK + _SLACK), dtype=np.int64)
+        self._value_buffer = np.zeros((5, 0, LOOKBACK + _SLACK))  # open, high, low, close, volume
+        self._offset = 0
         self._count = np.zeros(0, dtype=np.int64)  # bars in each history
         self._first = np.zeros(0, dtype=np.int64)  # the day number of each history's first bar
         self._carry = PanelCarry.none(0)  # the panel's series at each row's newest bar
@@ -228,6 +233,17 @@ class TickCache:
         self._strategy: str | None = None
         self._version = getattr(self, "_version", 0) + 1  # bumped when the rows' symbols change
         self._steady: _Steady | None = None  # ``refresh``'s last universe, while it holds
+
+    @property
+    def _days(self) -> I64:
+        """Each row's window of day numbers, (rows, LOOKBACK): a view of the buffer."""
+        return self._day_buffer[:, self._offset : self._offset + LOOKBACK]
+
+    @property
+    def _values(self) -> F64:
+        """Each row's window of opens, highs, lows, closes and volumes, (5, rows, LOOKBACK): a
+        view of the buffer."""
+        return self._value_buffer[:, :, self._offset : self._offset + LOOKBACK]
 
     def refresh(
         self, session: Session, config: StrategyConfig, names: Sequence[str], end: dt.date
@@ -391,17 +407,17 @@ class TickCache:
         n = days.shape[1]
         k = min(n, LOOKBACK)
         if rows.size == self._count.size and (rows == np.arange(rows.size)).all():
-            # every row in order (a steady tick): the windows shifted into the spare arrays,
-            # which become the windows (one copy each, no temporary for an overlapping one)
-            spare_days, spare_values = self._spare
-            if spare_days.shape != self._days.shape or spare_days is self._days:
-                spare_days, spare_values = np.empty_like(self._days), np.empty_like(self._values)
-            spare_days[:, :-k] = self._days[:, k:]
-            spare_days[:, -k:] = days[:, -k:]
-            spare_values[:, :, :-k] = self._values[:, :, k:]
-            spare_values[:, :, -k:] = values[:, :, -k:]
-            self._spare = self._days, self._values
-            self._days, self._values = spare_days, spare_values
+            # every row in order (a steady tick): the bars written past the windows, which
+            # move on (no copy of the windows but once every _SLACK bars, to the buffers' start)
+            if self._offset + k > _SLACK:
+                at = self._offset
+                self._day_buffer[:, :LOOKBACK] = self._day_buffer[:, at : at + LOOKBACK]
+                self._value_buffer[:, :, :LOOKBACK] = self._value_buffer[:, :, at : at + LOOKBACK]
+                self._offset = 0
+            end = self._offset + LOOKBACK
+            self._day_buffer[:, end : end + k] = days[:, -k:]
+            self._value_buffer[:, :, end : end + k] = values[:, :, -k:]
+            self._offset += k
             self._count += n
             return
         self._days[rows, :-k] = self._days[rows, k:]
@@ -470,8 +486,9 @@ class TickCache:
         first = len(self._count)
         self._row.update({sid: first + i for i, sid in enumerate(sids)})
         k = len(sids)
-        self._days = np.concatenate([self._days, np.zeros((k, LOOKBACK), np.int64)])
-        self._values = np.concatenate([self._values, np.ones((5, k, LOOKBACK))], axis=1)
+        width = LOOKBACK + _SLACK
+        self._day_buffer = np.concatenate([self._day_buffer, np.zeros((k, width), np.int64)])
+        self._value_buffer = np.concatenate([self._value_buffer, np.ones((5, k, width))], axis=1)
         self._count = np.concatenate([self._count, np.zeros(k, np.int64)])
         self._first = np.concatenate([self._first, np.zeros(k, np.int64)])
         self._news_day = np.concatenate([self._news_day, np.full(k, _NONE)])
