@@ -256,6 +256,25 @@ def test_last_decisions_are_columns_read_by_symbol_id() -> None:
         LastDecisions([1, 2], [d1, d2], [1], [0.5, 0.25])
 
 
+def test_portfolios_features_are_computed_checked_and_kept_once() -> None:
+    """``Portfolios.features`` (the broker's holdings, then the states' portfolio columns):
+    ``portfolio_feature_matrix`` of the columns, computed once and kept read-only; a row out of
+    the schema's bounds raises its error."""
+    import numpy as np
+
+    from otonom_runtime.daemon.rows import Portfolios
+    from otonom_schema import SchemaError, portfolio_feature_matrix
+
+    columns = ([0.5, -1.0], [0.5, 1.0], [0.5, 0.0], [3.0, math.inf])
+    held = Portfolios(*(list(c) for c in columns))
+    first = held.features()
+    assert np.array_equal(first, portfolio_feature_matrix(*columns))
+    assert held.features() is first
+    assert not first.flags.writeable
+    with pytest.raises(SchemaError, match="leverage"):
+        Portfolios([0.0], [9.0], [1.0], [0.0]).features()
+
+
 class _ListedBroker(PaperBroker):
     """The paper broker given its inputs as a plain list of ``TickInputs`` (what a broker of
     the protocol may be given), not the tick's columns."""

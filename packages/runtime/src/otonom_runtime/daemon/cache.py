@@ -586,13 +586,13 @@ class TickCache:
             decided[sid] = date
         return last, whole
 
-    def recorded(self, decided: dict[int, dt.date] | None) -> None:
+    def recorded(self, ids: Sequence[int] | None, dates: Sequence[dt.date] = ()) -> None:
         """The tick's decisions were recorded (each symbol id's bar date), or were refused
-        (None): the next tick reads the live decisions whole."""
-        if decided is None:
+        (``ids`` None): the next tick reads the live decisions whole."""
+        if ids is None:
             self._decided = {}
         else:
-            self._decided.update(decided)
+            self._decided.update(zip(ids, dates, strict=True))
 
     def windows(self) -> Windows:
         """Every row's cached bars (``paper.Windows``: the cache's arrays, valid until its

@@ -190,7 +190,7 @@ def run_tick(
         cache.recorded(None)
         report.conflict = True
         return report
-    cache.recorded(dict(zip(pending.ids, decisions.dates, strict=True)))
+    cache.recorded(pending.ids, decisions.dates)
     report.decisions, report.holdings = decisions, holdings
     broker.submit(decisions)
     return report

@@ -38,7 +38,7 @@ from otonom_runtime._errors import DaemonError
 from otonom_runtime.backtest.engine import _Bars, _prepare, _Sleeve
 from otonom_runtime.daemon.rows import Holding, Holdings, Portfolios, Rows, fields
 from otonom_runtime.store.ticks import LiveDecisions
-from otonom_schema import Action, PortfolioSnapshot, SchemaError, portfolio_feature_matrix
+from otonom_schema import Action, PortfolioSnapshot, SchemaError
 
 if TYPE_CHECKING:
     from otonom_runtime.backtest.params import EngineParams
@@ -448,7 +448,7 @@ def _check(portfolios: Portfolios) -> None:
     ``portfolio_feature_matrix``); a row out of them raises the snapshot's own error, the
     first such row's, as making each row's snapshot did."""
     try:
-        portfolio_feature_matrix(*portfolios.columns())
+        portfolios.features()  # kept: the tick's states read them
     except SchemaError:
         for row in zip(*portfolios.columns(), strict=True):
             PortfolioSnapshot(*row)

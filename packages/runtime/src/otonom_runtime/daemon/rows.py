@@ -11,7 +11,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar, overload
 
-from otonom_schema import PortfolioSnapshot
+import numpy as np
+import numpy.typing as npt
+
+from otonom_schema import PortfolioSnapshot, portfolio_feature_matrix
 
 __all__ = ["Holding", "Holdings", "Portfolios", "Rows", "fields"]
 
@@ -71,9 +74,10 @@ class Rows(Sequence[T]):
 
 class Portfolios(Rows[PortfolioSnapshot]):
     """Portfolios as four columns (``PortfolioSnapshot``'s fields, raw units), a snapshot
-    made when read; ``of`` takes any sequence of snapshots."""
+    made when read; ``of`` takes any sequence of snapshots. ``features``: their portfolio
+    features, computed (and checked) once."""
 
-    __slots__ = ("cash_fraction", "days_since_last_trade", "leverage", "position")
+    __slots__ = ("_features", "cash_fraction", "days_since_last_trade", "leverage", "position")
 
     def __init__(
         self,
@@ -84,6 +88,17 @@ class Portfolios(Rows[PortfolioSnapshot]):
     ) -> None:
         self.position, self.leverage = position, leverage
         self.cash_fraction, self.days_since_last_trade = cash_fraction, days_since_last_trade
+        self._features: npt.NDArray[np.float64] | None = None
+
+    def features(self) -> npt.NDArray[np.float64]:
+        """``portfolio_feature_matrix`` of the four columns, (N, 4): computed on the first call
+        (its ``SchemaError`` for a row out of bounds), the same array after (read only: the
+        columns are never changed in place)."""
+        if self._features is None:
+            features = portfolio_feature_matrix(*self.columns())
+            features.flags.writeable = False
+            self._features = features
+        return self._features
 
     @classmethod
     def of(cls, snapshots: Sequence[PortfolioSnapshot]) -> Portfolios:

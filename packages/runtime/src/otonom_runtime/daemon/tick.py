@@ -43,7 +43,6 @@ from otonom_schema import (
     PortfolioSnapshot,
     SentimentSeries,
     market_feature_matrix,
-    portfolio_feature_matrix,
     validate_states,
 )
 
@@ -379,7 +378,7 @@ class Ensemble:
             return None, None
         states = market.copy()
         if n:  # the snapshots' features, all rows at once (bit for bit ``features()``)
-            states[:, PORTFOLIO_COLUMNS] = portfolio_feature_matrix(*portfolios.columns())
+            states[:, PORTFOLIO_COLUMNS] = portfolios.features()
         rows = validate_states(states)
         # one analyst for every row: each failure counted once by it, in row order
         analyst = RlAnalyst(self.rl.policy, reason=self.rl.last_error, quiet=True)
