@@ -1,8 +1,12 @@
 """What a daemon's tick keeps between ticks (``TickCache``): each symbol's last ``LOOKBACK`` bars,
-its news tail and the macro series, so that a steady tick reads only what is new.
+its latest news score and the macro series, so that a steady tick reads only what is new.
 
 A cold tick (the first, or a symbol the cache does not hold) reads a symbol's whole history and
-news (``load_tick_bars``/``load_tick_news``, as ``read_tick``) and keeps their tail. A steady
+news (``load_tick_bars``/``load_tick_news``, as ``read_tick``) and keeps their tail: the last
+bars in a window of buffers (a steady tick writes its bar past the window and moves it on), the
+latest score dated on or before the newest bar (those dated after it apart, until a bar comes).
+While the universe, its symbols' ids and kinds and the cache's rows stay as they are, a call
+reuses the last one's per-symbol lists (``_Steady``). A steady
 tick reads, in one statement per table (the news: per news source; ``store.ticks.new_rows``,
 each part one index search), the rows dated after the previous tick's ``end`` and every row
 inserted since the previous tick (an id above the largest it had seen): a bar of a symbol dated
