@@ -89,9 +89,10 @@ def this_process() -> ProcessIdentity:
     return ProcessIdentity(socket.gethostname(), pid, _start_token(pid))
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=1)
 def _start_token(pid: int) -> str | None:
-    """``ProcessIdentity.process_start`` of process ``pid`` (this one's: ``this_process``)."""
+    """``ProcessIdentity.process_start`` of process ``pid`` (this one's: ``this_process``;
+    one entry: a forked child's pid is never its parent's, so a child reads its own)."""
     machine = _machine()
     ticks = _start_ticks(pid) if machine is not None else None
     return f"{machine}:{ticks}" if machine is not None and ticks not in (None, _GONE) else None
