@@ -20,11 +20,10 @@ exactly as a cold one. Not seen: a bar or score changed in place (same date, sam
 
 from __future__ import annotations
 
-import bisect
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from otonom_runtime.daemon.paper import LastDecision, LastDecisions, Tail, Windows
 from otonom_runtime.daemon.rows import Rows
+from otonom_runtime.daemon.scores import Dated, LatestNews, dated, latest_of
 from otonom_runtime.ranges import warmed_up
 from otonom_runtime.store import load_macro, sentiment_source
 from otonom_runtime.store.ticks import (
@@ -61,7 +61,6 @@ __all__ = ["Cached", "CachedSymbol", "TickCache"]
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 _EPOCH: Final = dt.date(1970, 1, 1).toordinal()
-_NONE: Final = np.iinfo(np.int64).min  # no score: NaT as a day number
 _SLACK: Final = LOOKBACK
 """Columns of the cache's buffers past the windows: a steady tick's bars are written there and
 the windows move on; they are copied back to the buffers' start once every ``_SLACK`` bars."""
@@ -137,38 +136,6 @@ class Cached(Rows[CachedSymbol]):
         )  # fmt: skip
 
 
-@dataclass(slots=True)
-class _Tail:
-    """Dated scores, oldest first, as day numbers (a symbol's news tail, a macro series)."""
-
-    days: list[int]
-    scores: list[float]
-
-    def add(self, day: int, score: float) -> None:
-        if not self.days or day > self.days[-1]:  # the usual case: a newer score
-            self.days.append(day)
-            self.scores.append(score)
-            return
-        at = bisect.bisect_left(self.days, day)
-        if at < len(self.days) and self.days[at] == day:
-            self.scores[at] = score
-        else:
-            self.days.insert(at, day)
-            self.scores.insert(at, score)
-
-    def latest(self, day: int) -> tuple[int, float]:
-        """The day and score of the latest score dated on or before ``day`` (``_NONE``,
-        0.0: none)."""
-        at = bisect.bisect_right(self.days, day) - 1
-        return (_NONE, 0.0) if at < 0 else (self.days[at], self.scores[at])
-
-
-def _tail(series: SentimentSeries | None) -> _Tail:
-    if series is None:
-        return _Tail([], [])
-    return _Tail(series.dates.astype(np.int64).tolist(), series.scores.tolist())
-
-
 def _sources(
     config: StrategyConfig, names: Sequence[str], synthetic: dict[str, bool]
 ) -> dict[str, dict[str, str]]:
@@ -224,13 +191,9 @@ class TickCache:
         self._count = np.zeros(0, dtype=np.int64)  # bars in each history
         self._first = np.zeros(0, dtype=np.int64)  # the day number of each history's first bar
         self._carry = PanelCarry.none(0)  # the panel's series at each row's newest bar
-        # each row's latest news score dated on or before its newest bar: its day (_NONE: none)
-        # and score; the scores dated after that bar (few: a symbol whose bar is late) apart
-        self._news_day = np.zeros(0, dtype=np.int64)
-        self._news_score = np.zeros(0)
-        self._news_later: dict[int, _Tail] = {}
+        self._news = LatestNews()  # each row's latest news score
         self._news_source: dict[int, str] = {}
-        self._macro: dict[str, _Tail] = {}
+        self._macro: dict[str, Dated] = {}
         self._end: dt.date | None = None
         self._max: dict[str, int] = {}
         self._decided: dict[int, dt.date] = {}  # each symbol's newest live decision, recorded
@@ -357,43 +320,12 @@ class TickCache:
         for source, group in by_source.items():  # one source a read: its index's range
             found = new_rows(session, "news", group, after, end, self._max["news"], source)
             if found.days.size:
-                keys = np.asarray(found.keys, dtype=np.int64)
-                self._add_news(keys, found.days.astype(np.int64), found.values[0])
-        self._settle_news()
+                sids = np.asarray(found.keys, dtype=np.int64)
+                rows = np.fromiter(map(self._row.__getitem__, sids.tolist()), np.int64, sids.size)
+                days = found.days.astype(np.int64)
+                self._news.add(sids, rows, days, found.values[0], self._days[rows, -1])
+        self._news.settle(self._row, self._days[:, -1])
         return stale
-
-    def _add_news(self, sids: I64, days: I64, scores: F64) -> None:
-        """New news scores (by symbol id, then date) of held symbols: each symbol's newest one
-        dated on or before its newest bar becomes its latest when it is not older than the one
-        held (a score of the same day replaces it; an older one arriving late is never the
-        latest again); those dated after that bar are kept apart (``_settle_news``)."""
-        rows = np.fromiter(map(self._row.__getitem__, sids.tolist()), np.int64, sids.size)
-        due = days <= self._days[rows, -1]
-        for i in np.flatnonzero(~due).tolist():  # dated after the symbol's newest bar: rare
-            self._news_later.setdefault(int(sids[i]), _Tail([], [])).add(
-                int(days[i]), float(scores[i])
-            )
-        at = np.flatnonzero(due)
-        if at.size:
-            at = at[np.r_[sids[at][1:] != sids[at][:-1], True]]  # each symbol's newest due
-            row, day = rows[at], days[at]
-            newer = day >= self._news_day[row]
-            self._news_day[row[newer]] = day[newer]
-            self._news_score[row[newer]] = scores[at][newer]
-
-    def _settle_news(self) -> None:
-        """The scores kept apart that are now dated on or before their symbol's newest bar:
-        the newest of them its latest (unless an as new one is held), the others dropped."""
-        for sid in list(self._news_later):
-            tail, row = self._news_later[sid], self._row[sid]
-            at = bisect.bisect_right(tail.days, int(self._days[row, -1]))
-            if at == 0:
-                continue
-            if tail.days[at - 1] >= self._news_day[row]:
-                self._news_day[row], self._news_score[row] = tail.days[at - 1], tail.scores[at - 1]
-            del tail.days[:at], tail.scores[:at]
-            if not tail.days:
-                del self._news_later[sid]
 
     def _rows_of(self, sids: I64) -> I64:
         """The cache rows of the symbol ids ``sids``: the previous call's when it asked for
@@ -474,7 +406,7 @@ class TickCache:
         for sid in sids:
             self._free.append(self._row.pop(sid))
             self._rows_memo = None
-            self._news_later.pop(sid, None)
+            self._news.forget(sid)
             self._news_source.pop(sid, None)
             self._decided.pop(sid, None)
 
@@ -495,8 +427,7 @@ class TickCache:
         self._value_buffer = np.concatenate([self._value_buffer, np.ones((5, k, width))], axis=1)
         self._count = np.concatenate([self._count, np.zeros(k, np.int64)])
         self._first = np.concatenate([self._first, np.zeros(k, np.int64)])
-        self._news_day = np.concatenate([self._news_day, np.full(k, _NONE)])
-        self._news_score = np.concatenate([self._news_score, np.zeros(k)])
+        self._news.grow(k)
         old, more = _parts(self._carry), _parts(PanelCarry.none(k))
         self._carry = PanelCarry(*(np.concatenate([a, b]) for a, b in zip(old, more, strict=True)))
 
@@ -515,22 +446,14 @@ class TickCache:
         self._first[row] = history.dates[0].astype(np.int64)
         self._carry.day[row] = PanelCarry.none(1).day[0]  # its window is new: nothing carried
         self._news_source[sid] = source
-        self._news_day[row], self._news_score[row] = _NONE, 0.0
-        self._news_later.pop(sid, None)
-        if news is not None and news.dates.size:  # its latest on or before its newest bar
-            days = news.dates.astype(np.int64)
-            due = int(np.searchsorted(days, int(self._days[row, -1]), side="right"))
-            if due:
-                self._news_day[row], self._news_score[row] = days[due - 1], news.scores[due - 1]
-            if due < days.size:
-                self._news_later[sid] = _Tail(days[due:].tolist(), news.scores[due:].tolist())
+        self._news.keep(sid, row, int(self._days[row, -1]), news)
 
     def _add_macro(self, session: Session, wanted: set[str], end: dt.date) -> None:
         """Read each macro source of ``wanted``: whole when new to the cache, else the rows it
         lacks."""
         held = sorted(wanted & set(self._macro)) if self._end is not None else []
         for source in sorted(wanted - set(held)):
-            self._macro[source] = _tail(load_macro(session, source=source, end=end))
+            self._macro[source] = dated(load_macro(session, source=source, end=end))
         if not held:
             return
         assert self._end is not None
@@ -644,18 +567,7 @@ class TickCache:
         rows: I64 | slice = slice(None) if every else picked  # every row in order: no copies
         days = self._days[rows]
         newest = days[:, -1].tolist()
-        sources = [s["macro"] for s in given.sources]
-        if len(set(sources)) == 1 and len(set(newest)) == 1:  # one series, one day (steady)
-            day, score = self._macro[sources[0]].latest(newest[0])
-            latest_macro = [day] * len(symbols), [score] * len(symbols)
-        else:
-            macro = [self._macro[source] for source in sources]
-            seen: dict[tuple[int, int], tuple[int, float]] = {}  # a macro series is shared
-            found = [
-                seen[key] if (key := (id(t), d)) in seen else seen.setdefault(key, t.latest(d))
-                for t, d in zip(macro, newest, strict=True)
-            ]
-            latest_macro = [d for d, _ in found], [score for _, score in found]
+        macro = latest_of([self._macro[s["macro"]] for s in given.sources], newest)
         h, lo, c, v = (self._values[i][rows] for i in range(1, 5))
         carry = self._carry
         market, after = market_feature_panel_step(
@@ -665,8 +577,8 @@ class TickCache:
             lo,
             v,
             self._count[rows],
-            news=(self._news_day[rows].view("datetime64[D]"), self._news_score[rows]),
-            macro=_columns(latest_macro),
+            news=(self._news.day[rows].view("datetime64[D]"), self._news.score[rows]),
+            macro=macro,
             carry=PanelCarry(carry.line[rows], carry.vol[rows], carry.day[rows]),
         )
         carry.line[rows], carry.vol[rows], carry.day[rows] = after.line, after.vol, after.day
@@ -675,10 +587,3 @@ class TickCache:
 
 def _parts(carry: PanelCarry) -> tuple[F64, F64, I64]:
     return carry.line, carry.vol, carry.day
-
-
-def _columns(latest: tuple[list[int], list[float]]) -> tuple[npt.NDArray[Any], F64]:
-    """The latest scores' dates (NaT: none) and scores as the panel takes them."""
-    days, scores = latest
-    dates = np.array(days, dtype=np.int64).view("datetime64[D]")  # _NONE is NaT's bits
-    return dates, np.array(scores, dtype=np.float64)
