@@ -80,9 +80,11 @@ SEED = 7
 CLOCK: Callable[[], float] = time.perf_counter  # what each subject is timed by (--clock)
 
 # The floor's SQL, verbatim as run_tick issued it in a steady tick (the cache of
-# ``otonom_runtime.daemon.cache`` warm; captured with SQLAlchemy's before_cursor_execute on
-# SQLite; {names}/{ids}: the IN list's markers, one per symbol). Fixed here so that the floor
-# cannot change to flatter a ratio.
+# ``otonom_runtime.daemon.cache`` warm; captured on SQLite with SQLAlchemy's
+# before_cursor_execute and, for the reads streamed on the driver's cursor, as
+# ``store.tickplans._bound`` gives them to it; {names}/{ids}: the IN list's markers, one per
+# symbol). Fixed here so that the floor cannot change to flatter a ratio; the test
+# ``tests/test_daemon_bench.py`` holds it equal to the tick's.
 FLOOR_SQL = {
     "symbols": "SELECT symbols.id, symbols.name, symbols.is_synthetic \nFROM symbols \n"
     "WHERE symbols.name IN ({names})",
