@@ -190,7 +190,7 @@ def test_a_promoted_good_version_is_swapped_in_for_the_next_tick(
     assert f"strategy {NAME}: daemon stopped" in out
     assert "model in service: version v2 (" in out
     assert "refused:          none" in out
-    assert "0 decisions without the RL analyst, 0 candidates refused, 1 reloads, 2 ticks" in out
+    assert "0 decisions without the RL analyst, 0 candidates refused, 1 reload, 2 ticks" in out
     assert "(last 2 predict calls)" in out
     dispose_engines()
 
@@ -218,7 +218,7 @@ def test_a_promoted_bad_version_is_refused_and_the_last_good_model_kept(
     refused = next(line for line in out.splitlines() if line.startswith("  refused:"))
     assert why in refused
     assert ("the promoted version (no model file)" in refused) == (bad == "missing-file")
-    assert "0 decisions without the RL analyst, 1 candidates refused, 0 reloads" in out
+    assert "0 decisions without the RL analyst, 1 candidate refused, 0 reloads" in out
     dispose_engines()
 
 
@@ -241,7 +241,7 @@ def test_without_a_good_model_it_decides_without_rl_until_a_good_one_is_promoted
     assert "model digest mismatch" in row.refused_reason
     assert row.latency_ms["n"] == 1  # only the model in service is timed
     _, out, _ = _status(capsys, url)
-    assert "2 decisions without the RL analyst, 1 candidates refused, 1 reloads" in out
+    assert "2 decisions without the RL analyst, 1 candidate refused, 1 reload" in out
     dispose_engines()
 
 

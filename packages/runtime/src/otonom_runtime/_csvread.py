@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Final
 
 from otonom_runtime._errors import DataImportError
+from otonom_runtime._text import counted
 from otonom_schema import DateError, parse_iso_date
 
 __all__ = [
@@ -159,7 +160,7 @@ class Problems:
         if n > MAX_LISTED_PROBLEMS:
             listed.append(f"  ... and {n - MAX_LISTED_PROBLEMS} more")
         raise DataImportError(
-            f"{self.path.name}: {n} bad row{'s' if n != 1 else ''} in {what} file {self.path}; "
+            f"{self.path.name}: {counted(n, 'bad row')} in {what} file {self.path}; "
             "nothing was imported\n" + "\n".join(listed)
         )
 

@@ -74,6 +74,7 @@ from otonom_runtime._csvread import (
     row_checker,
 )
 from otonom_runtime._errors import DataImportError
+from otonom_runtime._text import counted
 from otonom_runtime.store import (
     USER_SOURCE,
     check_source_name,
@@ -158,7 +159,7 @@ class ImportReport:
             n = len(self.dropped)
             shown = "; ".join(f"line {line}: {msg}" for line, msg in self.dropped[:_LISTED_DROPPED])
             more = f"; and {n - _LISTED_DROPPED} more" if n > _LISTED_DROPPED else ""
-            text += f"; dropped {n} bad row{'s' if n != 1 else ''} ({shown}{more})"
+            text += f"; dropped {counted(n, 'bad row')} ({shown}{more})"
         if self.gap_days is not None and self.gap_days > SPARSE_GAP_DAYS:
             text += (
                 f"\nwarning: {who}'s bars are {self.gap_days:g} days apart (the median); "

@@ -59,6 +59,8 @@ from typing import Final, Literal, cast
 import numpy as np
 import numpy.typing as npt
 
+from otonom_runtime._text import counted
+
 __all__ = [
     "ANNUALISED",
     "FEW_RETURNS_MARK",
@@ -178,7 +180,7 @@ def few_returns_note(n_bars: int, periods_per_year: int) -> str | None:
         return None
     se = (periods_per_year / max(returns, 1)) ** 0.5
     return (
-        f"? annualised from {returns} daily return{'s' if returns != 1 else ''} (less "
+        f"? annualised from {counted(returns, 'daily return')} (less "
         f"than a quarter of {periods_per_year} bars a year): a Sharpe's standard error "
         f"is about {se:.1f} there, so these figures say little"
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from otonom_runtime._errors import DaemonError, StrategyError
+from otonom_runtime._text import counted
 from otonom_runtime.cli._store import require_store
 
 __all__ = ["add_status_commands"]
@@ -61,7 +62,7 @@ def _latencies(stats: dict[str, Any] | None) -> str:
     if not stats:
         return "no predict call yet"
     parts = ", ".join(f"{k} {stats[k]:.3f} ms" for k in ("p50", "p90", "p99", "max"))
-    return f"{parts} (last {int(stats['n'])} predict calls)"
+    return f"{parts} (last {counted(int(stats['n']), 'predict call')})"
 
 
 def _gone(row: Any) -> bool:
@@ -108,8 +109,9 @@ def render_state(row: Any, now: dt.datetime) -> str:
         f"  heartbeat:        {_when(row.heartbeat_at)} ({_age(row.heartbeat_at, now)})",
         f"  model in service: {model}",
         f"  refused:          {refused}",
-        f"  fallbacks:        {row.fallbacks} decisions without the RL analyst, "
-        f"{row.refusals} candidates refused, {row.reloads} reloads, {row.ticks} ticks",
+        f"  fallbacks:        {counted(row.fallbacks, 'decision')} without the RL analyst, "
+        f"{counted(row.refusals, 'candidate')} refused, {counted(row.reloads, 'reload')}, "
+        f"{counted(row.ticks, 'tick')}",
         f"  predict latency:  {_latencies(row.latency_ms)}",
     ]
     return "\n".join(lines)

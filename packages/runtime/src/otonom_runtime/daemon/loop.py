@@ -22,6 +22,7 @@ import numpy.typing as npt
 from sqlalchemy.orm import Session
 
 from otonom_runtime._errors import DaemonError
+from otonom_runtime._text import counted
 from otonom_runtime.backtest.runner import _rl_model_params
 from otonom_runtime.daemon.bars import BarSource
 from otonom_runtime.daemon.cache import Cached
@@ -66,11 +67,6 @@ def parse_interval(text: str) -> float:
     return float(int(found.group(1)) * _UNIT_S[found.group(2)])
 
 
-def _count(n: int, noun: str) -> str:
-    """``1 decision``, ``3 decisions``: a count and its noun, singular only for one."""
-    return f"{n} {noun}" + ("" if n == 1 else "s")
-
-
 @dataclass
 class TickReport:
     """One tick: the run id of its record (None: nothing written), its decisions and each
@@ -99,7 +95,7 @@ class TickReport:
                 "tick: another process recorded these bars first; nothing written, the next "
                 "tick reads again"
             )
-        done = _count(len(self.up_to_date), "symbol")
+        done = counted(len(self.up_to_date), "symbol")
         if self.run_id is None:
             head = f"tick: nothing new ({done} decided already)"
             if self.warming_up:  # new bars, none past the warm-up
@@ -107,7 +103,7 @@ class TickReport:
                 head = f"tick: nothing decided ({done} decided already, {warming} warming up)"
         else:
             head = (
-                f"tick run {self.run_id}: {_count(len(self.decisions), 'decision')}, "
+                f"tick run {self.run_id}: {counted(len(self.decisions), 'decision')}, "
                 f"{done} decided already, RL fallbacks {self.fallbacks}"
             )
         lines = [head]
@@ -375,7 +371,7 @@ class _Stored:
             log.warning(
                 "not in the store: %s; left out of the ticks until their bars are imported "
                 "(otonom data import-csv); this tick decides the other %s",
-                ", ".join(left_out), _count(len(names) - len(left_out), "symbol"),
+                ", ".join(left_out), counted(len(names) - len(left_out), "symbol"),
             )  # fmt: skip
         self._left_out = left_out
         return [name for name in names if name in self.known]

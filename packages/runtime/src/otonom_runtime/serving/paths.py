@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Final
 
 from otonom_runtime._errors import PolicyError
+from otonom_runtime._text import counted
 
 __all__ = [
     "CHECKPOINT_FILENAME",
@@ -55,7 +56,7 @@ def _unpromoted(folder: Path) -> str:
         return ""
     newest = versions[-1]
     return (
-        f"{folder} holds {len(versions)} trained version{'s' if len(versions) > 1 else ''} "
+        f"{folder} holds {counted(len(versions), 'trained version')} "
         f"(newest {newest}) but none is promoted (no {LATEST_POINTER!r} file; the production "
         f"gate refused it, or it was trained without promotion): pass the version's folder "
         f"({folder / newest}) to serve it anyway, or promote it when it passes: otonom-train "

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from otonom_runtime._errors import StrategyError
+from otonom_runtime._text import counted
 from otonom_runtime.config_rules import Problem
 from otonom_runtime.config_rules import yaml_key_lines as key_lines
 
@@ -78,7 +79,7 @@ def text(problem: Problem, source: str, lines: Mapping[str, int]) -> str:
 def error(problems: list[Problem], source: str, lines: Mapping[str, int]) -> StrategyError:
     """One ``StrategyError`` listing every problem, each on its line."""
     n = len(problems)
-    head = f"invalid strategy {source} ({n} problem{'s' if n != 1 else ''}):"
+    head = f"invalid strategy {source} ({counted(n, 'problem')}):"
     texts = [text(p, source, lines) for p in problems]
     return StrategyError("\n  ".join([head, *texts]), texts)
 
