@@ -84,25 +84,19 @@ class LastDecisions(Mapping[int, LastDecision]):
         strengths: Sequence[float] = (),
     ) -> None:
         self._ids = list(ids)  # the columns' symbol ids, in order
-        self._at: dict[int, int] | None = None  # each id's place, made when first asked for
+        self._at = dict(zip(self._ids, range(len(self._ids)), strict=True))  # each id's place
         self.dates, self.actions = list(dates), list(actions)
         self.strengths = list(strengths)
         if not len(self.dates) == len(self.actions) == len(self.strengths) == len(self._ids):
             raise ValueError("columns of different lengths; expected one entry per symbol id")
-        if len(self._index()) != len(self._ids):
+        if len(self._at) != len(self._ids):
             raise ValueError("a symbol id given twice; expected one newest decision each")
-
-    def _index(self) -> dict[int, int]:
-        if self._at is None:
-            self._at = dict(zip(self._ids, range(len(self._ids)), strict=True))
-        return self._at
 
     def put(self, symbol_id: int, decision: LastDecision) -> None:
         """Set ``symbol_id``'s newest decision."""
-        index = self._index()
-        at = index.get(symbol_id)
+        at = self._at.get(symbol_id)
         if at is None:
-            index[symbol_id] = len(self._ids)
+            self._at[symbol_id] = len(self._ids)
             self._ids.append(symbol_id)
             self.dates.append(decision.date)
             self.actions.append(decision.action)
@@ -111,11 +105,11 @@ class LastDecisions(Mapping[int, LastDecision]):
             self.dates[at], self.actions[at], self.strengths[at] = decision
 
     def __getitem__(self, symbol_id: int) -> LastDecision:
-        at = self._index()[symbol_id]
+        at = self._at[symbol_id]
         return LastDecision(self.dates[at], self.actions[at], self.strengths[at])
 
     def __contains__(self, symbol_id: object) -> bool:
-        return symbol_id in self._index()
+        return symbol_id in self._at
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._ids)
@@ -131,7 +125,7 @@ class LastDecisions(Mapping[int, LastDecision]):
         steady tick)."""
         if symbol_ids == self._ids:
             return list(self.dates), list(self.actions), list(self.strengths)
-        at = self._index()
+        at = self._at
         rows = [at.get(i) for i in symbol_ids]
         dates, actions, strengths = self.dates, self.actions, self.strengths
         return (

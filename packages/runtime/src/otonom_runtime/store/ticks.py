@@ -76,15 +76,12 @@ def _days(values: Sequence[dt.date]) -> npt.NDArray[np.datetime64]:
     return (ordinals - _EPOCH).astype("datetime64[D]")
 
 
-def _rows(
-    session: Session, query: Executable, values: Mapping[str, Any] | None = None
-) -> Sequence[Any]:
+def _rows(session: Session, query: Executable) -> Sequence[Any]:
     """The rows of ``query`` through the session's connection (SQLAlchemy Core: the same SQL
     and values as ``session.execute``, without the ORM's result layer), pending objects
-    flushed first as ``session.execute`` would; ``values``: those of its bound parameters
-    (``_keys``)."""
+    flushed first as ``session.execute`` would."""
     _autoflush(session)
-    return session.connection().execute(query, values).all()
+    return session.connection().execute(query).all()
 
 
 def _groups(ids: npt.NDArray[np.int64]) -> list[tuple[int, int, int]]:
