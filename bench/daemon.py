@@ -7,8 +7,10 @@ Usage::
 
 A store (a SQLite file in a temporary folder removed at the end, ``--postgres``: a throwaway
 server, or ``--database-url``: an empty database) gets ``--symbols`` synthetic symbols
-(``otonom_runtime.synth``, seed 7) with a year of daily history (2023) plus one bar per
-steady round after it; on PostgreSQL the tables are then vacuumed and analysed (``VACUUM
+(``otonom_runtime.synth``, seed 7) with a year of daily history (2023); the bars, news and
+macro score of each steady round's day are generated with it and held back (``_store``), to be
+imported before that round (``_import``); on PostgreSQL the tables are then vacuumed and
+analysed (``VACUUM
 ANALYZE``, untimed: a daemon's database is in that state, autovacuum's work long done; right
 after the bulk write a steady tick's news read took 170 ms instead of 15-30 ms, by whether
 autovacuum had got to it yet). The strategy is
@@ -17,18 +19,19 @@ autovacuum had got to it yet). The strategy is
 
 * the cold first tick: ``run_tick`` (``Ensemble`` + ``PaperBroker``, what ``otonom daemon``
   runs) deciding every symbol's 2023-12-31 bar and recording it, nothing decided before;
-* per round r (interleaved): the steady tick, ``run_tick`` at ``as_of`` 2023-12-31 + r (one
-  new bar per symbol since the last tick: the later bars are in the store from the start, so
-  ``as_of`` is what makes bar r "new"), with the same ``Ensemble`` and ``PaperBroker``: their
-  cache (``daemon.cache.TickCache``) and paper sleeves kept, so it reads only the new rows
-  and steps each sleeve once;
+* per round r (interleaved): day r's bar, news score and macro score of every symbol imported
+  in a transaction on another connection (untimed, as an importing process writes them: new
+  row ids), then the steady tick, ``run_tick`` at ``as_of`` 2023-12-31 + r, with the same
+  ``Ensemble`` and ``PaperBroker``: their cache (``daemon.cache.TickCache``) and paper sleeves
+  kept, so it reads only the new rows (by row id) and steps each sleeve once;
 * the old way on the same bar: ``RlStateBuilder.build_state`` (one builder for the run, its
   cache kept) + ``RlPolicy.predict``, symbol by symbol, with the portfolio the tick decided
   with: timed on ``--sample`` symbols and scaled to all of them (the RL signal only: it
   decides less than the tick, so it is a lower bound of the per-symbol cost);
 * the floor: the tick's store reads and writes alone, the SQL of ``FLOOR_SQL`` (SQLite) or
   ``FLOOR_SQL_POSTGRES`` (verbatim as a steady ``run_tick`` issues it; on SQLite the IN lists
-  expanded to the symbols, on PostgreSQL each one array parameter), fetched as the driver's
+  expanded to the symbols, on PostgreSQL each one array parameter; the rows read on from the
+  largest ids before the round's import, as the tick reads them), fetched as the driver's
   tuples (on PostgreSQL the reads the tick streams as numbers in binary, as it fetches
   them), then the tick's run row and decision rows (read back) inserted again under a
   scratch strategy (the decisions as the store's writer inserts them: multi-row statements
@@ -58,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from _clock import add_clock_option, chosen_clock
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from otonom_runtime.builder import RlStateBuilder
@@ -70,6 +74,7 @@ from otonom_runtime.store import (
     init_db,
     sentiment_source,
 )
+from otonom_runtime.store.tables import Bar, MacroSentiment, NewsSentiment, Symbol
 from otonom_runtime.strategy import load_strategy, parse_strategy
 from otonom_runtime.synth import write_synthetic
 from otonom_runtime.testing.models import make_policy_model
@@ -86,32 +91,23 @@ CLOCK: Callable[[], float] = time.perf_counter  # what each subject is timed by 
 # symbol). Fixed here so that the floor cannot change to flatter a ratio; the test
 # ``tests/test_daemon_bench.py`` holds it equal to the tick's.
 FLOOR_SQL = {
-    "symbols": "SELECT symbols.id, symbols.name, symbols.is_synthetic \nFROM symbols \n"
-    "WHERE symbols.name IN ({names})",
     "max": (
         "SELECT (SELECT coalesce(max(bars.id), ?) AS coalesce_1 \nFROM bars) AS anon_1, "
         "(SELECT coalesce(max(news_sentiment.id), ?) AS coalesce_3 \nFROM news_sentiment) AS "
         "anon_2, (SELECT coalesce(max(macro_sentiment.id), ?) AS coalesce_5 \nFROM "
-        "macro_sentiment) AS anon_3"
+        "macro_sentiment) AS anon_3, (SELECT count(*) AS count_1 \nFROM symbols) AS anon_4, "
+        "(SELECT coalesce(max(symbols.id), ?) AS coalesce_7 \nFROM symbols) AS anon_5"
     ),
     "bars": (
         "SELECT bars.symbol_id, CASE WHEN length(bars.date) = 10 THEN (julianday(bars.date) - 244"
         "0587.5) * 32 + CAST(substr(bars.date, 9, 2) AS INTEGER) END, bars.open, bars.high, bars."
-        "low, bars.close, bars.volume \nFROM bars \nWHERE bars.symbol_id IN ({ids}) AND bars.date >"
-        " ? AND bars.date <= ? UNION ALL SELECT bars.symbol_id, CASE WHEN length(bars.date) = 10 "
-        "THEN (julianday(bars.date) - 2440587.5) * 32 + CAST(substr(bars.date, 9, 2) AS INTEGER) "
-        "END, bars.open, bars.high, bars.low, bars.close, bars.volume \nFROM bars \nWHERE bars.id >"
-        " ? AND bars.date <= ?"
+        "low, bars.close, bars.volume \nFROM bars \nWHERE bars.id > ? AND bars.date <= ?"
     ),
     "news": (
         "SELECT news_sentiment.symbol_id, CASE WHEN length(news_sentiment.date) = 10 THEN (julian"
         "day(news_sentiment.date) - 2440587.5) * 32 + CAST(substr(news_sentiment.date, 9, 2) AS I"
-        "NTEGER) END, news_sentiment.score \nFROM news_sentiment \nWHERE news_sentiment.symbol_id I"
-        "N ({ids}) AND news_sentiment.date > ? AND news_sentiment.date <= ? AND news_sentiment.so"
-        "urce = ? UNION ALL SELECT news_sentiment.symbol_id, CASE WHEN length(news_sentiment.date"
-        ") = 10 THEN (julianday(news_sentiment.date) - 2440587.5) * 32 + CAST(substr(news_sentime"
-        "nt.date, 9, 2) AS INTEGER) END, news_sentiment.score \nFROM news_sentiment \nWHERE news_se"
-        "ntiment.id > ? AND news_sentiment.date <= ? AND news_sentiment.source = ?"
+        "NTEGER) END, news_sentiment.score \nFROM news_sentiment \nWHERE news_sentiment.id > ? AN"
+        "D news_sentiment.date <= ? AND news_sentiment.source = ?"
     ),
     "macro": (
         "SELECT macro_sentiment.id, macro_sentiment.source, macro_sentiment.date, macro_sentimen"
@@ -131,32 +127,27 @@ FLOOR_SQL = {
 # The same on PostgreSQL (captured there; named parameters, each IN list one array ``keys``)
 # and the COPY the store's writer inserts a tick's decisions with (``DECISION_COLUMNS``).
 FLOOR_SQL_POSTGRES = {
-    "symbols": "SELECT symbols.id, symbols.name, symbols.is_synthetic \nFROM symbols \nWHERE "
-    "symbols.name = ANY (%(keys)s::VARCHAR(64)[])",
     "max": (
         "SELECT (SELECT coalesce(max(bars.id), %(coalesce_2)s::INTEGER) AS coalesce_1 \nFROM bar"
         "s) AS anon_1, (SELECT coalesce(max(news_sentiment.id), %(coalesce_4)s::INTEGER) AS coal"
         "esce_3 \nFROM news_sentiment) AS anon_2, (SELECT coalesce(max(macro_sentiment.id), %(c"
-        "oalesce_6)s::INTEGER) AS coalesce_5 \nFROM macro_sentiment) AS anon_3"
+        "oalesce_6)s::INTEGER) AS coalesce_5 \nFROM macro_sentiment) AS anon_3, (SELECT count(*"
+        ") AS count_1 \nFROM symbols) AS anon_4, (SELECT coalesce(max(symbols.id), %(coalesce_8"
+        ")s::INTEGER) AS coalesce_7 \nFROM symbols) AS anon_5, pg_snapshot_xmax(pg_current_snap"
+        "shot())::text::bigint, coalesce((SELECT min(x::text::bigint) FROM pg_snapshot_xip(pg_cu"
+        "rrent_snapshot()) AS x WHERE x::text <> coalesce(pg_current_xact_id_if_assigned()::text"
+        ", '')), pg_snapshot_xmax(pg_current_snapshot())::text::bigint)"
     ),
     "bars": (
         "SELECT bars.symbol_id, (bars.date - DATE '1970-01-01') * 32 + CAST(EXTRACT(DAY FROM bars"
         ".date) AS INTEGER), bars.open, bars.high, bars.low, bars.close, bars.volume \nFROM bars \n"
-        "WHERE bars.symbol_id = ANY (%(keys)s::INTEGER[]) AND bars.date > %(after)s::DATE AND bar"
-        "s.date <= %(end)s::DATE UNION ALL SELECT bars.symbol_id, (bars.date - DATE '1970-01-01')"
-        " * 32 + CAST(EXTRACT(DAY FROM bars.date) AS INTEGER), bars.open, bars.high, bars.low, ba"
-        "rs.close, bars.volume \nFROM bars \nWHERE bars.id > %(max_id)s::INTEGER AND bars.date <= %"
-        "(after)s::DATE"
+        "WHERE bars.id > %(max_id)s::INTEGER AND bars.date <= %(after)s::DATE"
     ),
     "news": (
         "SELECT news_sentiment.symbol_id, (news_sentiment.date - DATE '1970-01-01') * 32 + CAST(E"
         "XTRACT(DAY FROM news_sentiment.date) AS INTEGER), news_sentiment.score \nFROM news_sentim"
-        "ent \nWHERE news_sentiment.symbol_id = ANY (%(keys)s::INTEGER[]) AND news_sentiment.date "
-        "> %(after)s::DATE AND news_sentiment.date <= %(end)s::DATE AND news_sentiment.source = %"
-        "(source)s::VARCHAR UNION ALL SELECT news_sentiment.symbol_id, (news_sentiment.date - DAT"
-        "E '1970-01-01') * 32 + CAST(EXTRACT(DAY FROM news_sentiment.date) AS INTEGER), news_sent"
-        "iment.score \nFROM news_sentiment \nWHERE news_sentiment.id > %(max_id)s::INTEGER AND news"
-        "_sentiment.date <= %(after)s::DATE AND news_sentiment.source = %(source)s::VARCHAR"
+        "ent \nWHERE news_sentiment.id > %(max_id)s::INTEGER AND news_sentiment.date <= %(after)s"
+        "::DATE AND news_sentiment.source = %(source)s::VARCHAR"
     ),
     "macro": (
         "SELECT macro_sentiment.id, macro_sentiment.source, macro_sentiment.date, macro_sentimen"
@@ -218,12 +209,9 @@ class Floor:
         self.news_source, self.source = sources  # the strategy's news and macro sources
         self.sqlite = session.connection().dialect.name == "sqlite"
         self.style = "?" if self.sqlite else "%s"
-        self.ids: list[int] = []
-        if self.sqlite:
-            self.ids = [row[0] for row in self._fetch(FLOOR_SQL["symbols"], names)]
-        else:
-            found = self._fetch(FLOOR_SQL_POSTGRES["symbols"], {"keys": names})
-            self.ids = [row[0] for row in found]
+        by_name = dict(session.execute(select(Symbol.name, Symbol.id)).all())
+        session.rollback()
+        self.ids = [by_name[n] for n in names]
 
     def _dbapi(self) -> Any:
         return self.session.connection().connection.dbapi_connection
@@ -271,16 +259,24 @@ class Floor:
         self.session.rollback()
         return run, decisions
 
-    def run(self, day: dt.date, run: tuple[Any, ...], decisions: list[tuple[Any, ...]]) -> float:
-        """One tick's I/O for bar ``day``, timed; the rows it wrote deleted afterwards."""
+    def run(
+        self,
+        day: dt.date,
+        run: tuple[Any, ...],
+        decisions: list[tuple[Any, ...]],
+        since: dict[str, int],
+    ) -> float:
+        """One tick's I/O for bar ``day``, timed; the rows it wrote deleted afterwards.
+        ``since``: the largest row ids before the round's rows were imported (what the tick
+        read on from)."""
         before = day - dt.timedelta(days=1)  # the previous tick's end and decided bar
-        end: Any = day.isoformat() if self.sqlite else day
-        after: Any = before.isoformat() if self.sqlite else before
+        horizon = day + dt.timedelta(days=32)  # the cache's (any date on or after ``day``)
         t0 = CLOCK()
         if self.sqlite:
-            self._reads_sqlite(after, end)
+            dates = (before.isoformat(), day.isoformat(), horizon.isoformat())
+            self._reads_sqlite(*dates, since)
         else:
-            self._reads_postgres(before, day)
+            self._reads_postgres(before, day, horizon, since)
         run_id = self._insert(run, decisions)
         self._dbapi().commit()
         elapsed = CLOCK() - t0
@@ -293,24 +289,24 @@ class Floor:
         self._dbapi().commit()
         return elapsed
 
-    def _reads_sqlite(self, after: str, end: str) -> None:
-        self._fetch(FLOOR_SQL["symbols"], self.names)
-        seen = self._fetch(FLOOR_SQL["max"], [0, 0, 0])[0]
-        self._fetch(FLOOR_SQL["bars"], [*self.ids, after, end, seen[0], after])
-        news = self.news_source
-        self._fetch(FLOOR_SQL["news"], [*self.ids, after, end, news, seen[1], after, news])
-        self._fetch(FLOOR_SQL["macro"], [self.source, after, end, seen[2], after])
+    def _reads_sqlite(self, after: str, end: str, horizon: str, since: dict[str, int]) -> None:
+        self._fetch(FLOOR_SQL["max"], [0, 0, 0, 0])
+        self._fetch(FLOOR_SQL["bars"], [since["bars"], horizon])
+        self._fetch(FLOOR_SQL["news"], [since["news"], horizon, self.news_source])
+        self._fetch(FLOOR_SQL["macro"], [self.source, after, end, since["macro"], after])
         self._fetch(FLOOR_SQL["live"], [self.strategy, *self.ids, after])
 
-    def _reads_postgres(self, after: dt.date, end: dt.date) -> None:
+    def _reads_postgres(
+        self, after: dt.date, end: dt.date, horizon: dt.date, since: dict[str, int]
+    ) -> None:
         sql = FLOOR_SQL_POSTGRES
-        self._fetch(sql["symbols"], {"keys": self.names})
-        seen = self._fetch(sql["max"], {"coalesce_2": 0, "coalesce_4": 0, "coalesce_6": 0})[0]
-        dated = {"after": after, "end": end}
-        self._fetch(sql["bars"], {"keys": self.ids, **dated, "max_id": seen[0]}, binary=True)
-        news = {"keys": self.ids, **dated, "source": self.news_source, "max_id": seen[1]}
+        zeros = {"coalesce_2": 0, "coalesce_4": 0, "coalesce_6": 0, "coalesce_8": 0}
+        self._fetch(sql["max"], zeros)
+        self._fetch(sql["bars"], {"after": horizon, "max_id": since["bars"]}, binary=True)
+        news = {"after": horizon, "source": self.news_source, "max_id": since["news"]}
         self._fetch(sql["news"], news, binary=True)
-        self._fetch(sql["macro"], {"keys": [self.source], **dated, "max_id": seen[2]})
+        macro = {"keys": [self.source], "after": after, "end": end, "max_id": since["macro"]}
+        self._fetch(sql["macro"], macro)
         live = {"strategy": self.strategy, "keys": self.ids, "since": after}
         self._fetch(sql["live"], live, binary=True)
 
@@ -347,14 +343,43 @@ class Floor:
         return run_id
 
 
-def _store(url: str, names: list[str], rounds: int) -> None:
+Later = dict[dt.date, dict[str, list[dict[str, Any]]]]
+IMPORTED = (Bar.__table__, NewsSentiment.__table__, MacroSentiment.__table__)
+
+
+def _store(url: str, names: list[str], rounds: int) -> Later:
+    """The store with the history up to ``LAST``, and the rows of each steady round's day
+    (held back: ``_import`` writes them before the round's tick)."""
     init_db(url)
     with get_session(url) as session:
         write_synthetic(session, names, FIRST, LAST + dt.timedelta(days=rounds), SEED)
+    later: Later = {}
     engine = get_engine(url)
+    with engine.begin() as conn:
+        for table in IMPORTED:
+            columns = [c for c in table.c if c.name != "id"]
+            for row in conn.execute(select(*columns).where(table.c.date > LAST)).mappings():
+                later.setdefault(row["date"], {}).setdefault(table.name, []).append(dict(row))
+            conn.execute(delete(table).where(table.c.date > LAST))
     if engine.dialect.name == "postgresql":  # see the module docstring
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("VACUUM ANALYZE")
+    return later
+
+
+def _import(url: str, rows: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
+    """Insert one day's bars, news and macro score in a transaction of their own (another
+    connection than the daemon's, as an importing process writes them): new row ids. The
+    largest ids before them, by the names ``store.ticks.tick_marks`` gives them."""
+    with get_engine(url).begin() as conn:
+        before = {
+            name: int(conn.execute(select(func.coalesce(func.max(t.c.id), 0))).scalar_one())
+            for name, t in zip(("bars", "news", "macro"), IMPORTED, strict=True)
+        }
+        for table in IMPORTED:
+            if rows.get(table.name):
+                conn.execute(insert(table), rows[table.name])
+    return before
 
 
 def _ensemble(tmp: Path) -> Ensemble:
@@ -439,7 +464,7 @@ def _run(args: argparse.Namespace, tmp: Path, url: str) -> int:
     sample = min(args.symbols, 20 if args.quick else args.sample)
     names = [f"S{i:05d}" for i in range(args.symbols)]
     t0 = time.perf_counter()
-    _store(url, names, rounds)
+    later = _store(url, names, rounds)
     setup_s = time.perf_counter() - t0
     ensemble = _ensemble(tmp)
     policy = load_rl_policy(tmp / "model")
@@ -463,6 +488,7 @@ def _run(args: argparse.Namespace, tmp: Path, url: str) -> int:
         builder = RlStateBuilder(session)
         for r in range(1, rounds + 1):
             day = LAST + dt.timedelta(days=r)
+            since = _import(url, later[day])  # the day's bar of every symbol comes (untimed)
             gc.collect()  # each subject from a collected heap (see the module docstring)
             t0 = CLOCK()
             report = run_tick(session, ensemble, names, broker, as_of=day)
@@ -475,7 +501,7 @@ def _run(args: argparse.Namespace, tmp: Path, url: str) -> int:
             agree, checked = agree + same, checked + sample
             rows = io.rows_of(report.run_id)
             gc.collect()
-            floor.append(io.run(day, *rows))
+            floor.append(io.run(day, *rows, since))
     dispose_engines()  # before a throwaway server stops
     _print(args, url, setup_s, cold, steady, old, floor, (agree, checked, sample))
     return 0

@@ -55,7 +55,7 @@ def _steady_statements(
     as ``store.tickplans._bound`` gives it to the cursor)."""
     from otonom_runtime.store import tickplans
 
-    bench._store(url, names, 1)
+    later = bench._store(url, names, 1)
     ensemble, broker = bench._ensemble(tmp_path), PaperBroker()
     statements: list[str] = []
     bound = tickplans._bound
@@ -72,6 +72,7 @@ def _steady_statements(
 
     with get_session(url) as session:
         run_tick(session, ensemble, names, broker, as_of=bench.LAST)
+        bench._import(url, later[bench.LAST + dt.timedelta(1)])  # the next bars come
         engine = session.get_bind()
         event.listen(engine, "before_cursor_execute", seen)
         try:

@@ -99,10 +99,11 @@ def test_ticks_after_the_cache_decide_as_cold_ones_day_after_day(tmp_path: Path)
 
 def test_a_steady_tick_reads_by_index_searches_only(tmp_path: Path) -> None:
     """Every SELECT of a steady tick is planned by SQLite as index searches (EXPLAIN QUERY
-    PLAN: no SCAN of a table or an index), so a tick reads in proportion to what is new, not
-    to the history. Before: an ORDER BY over the new rows' UNION ALL had SQLite scan the whole
-    unique index of the bars and of the news, and the news, read without their source, searched
-    every row of each symbol (0.5-0.8 s a tick at 5,000 symbols with a year of history). The
+    PLAN: no SCAN of a table or an index but the symbols' count, in proportion to the
+    universe), so a tick reads in proportion to what is new, not to the history. Before: an
+    ORDER BY over the new rows' UNION ALL had SQLite scan the whole unique index of the bars
+    and of the news, and the news, read without their source, searched every row of each
+    symbol (0.5-0.8 s a tick at 5,000 symbols with a year of history). The
     statements are those SQLite ran (its trace callback: the reads streamed on the driver's
     own cursor included), with their values in them."""
     url, path = _setup(tmp_path)
@@ -125,6 +126,8 @@ def test_a_steady_tick_reads_by_index_searches_only(tmp_path: Path) -> None:
         for statement in selects:
             plan = [row[3] for row in con.execute("EXPLAIN QUERY PLAN " + statement)]
             scans = [step for step in plan if step.startswith("SCAN") and "CONSTANT" not in step]
+            # the marks' count of the symbols: the universe's table, not a history
+            scans = [step for step in scans if not step.startswith("SCAN symbols USING COVERING")]
             assert scans == [], (statement, plan)
 
 
@@ -593,3 +596,148 @@ def test_the_windows_move_on_and_are_compacted_deciding_as_cold_ones(
             got = [_key(d) for d in warm.decide(session, SYMBOLS, day, _portfolios(SYMBOLS))]
             assert got == _cold(url, path, SYMBOLS, day), day
             day += dt.timedelta(days=1)
+
+
+def _hold_back(url: str, after: dt.date) -> dict[dt.date, dict[str, list[dict[str, Any]]]]:
+    """Take the bars and news dated after ``after`` out of the store: by date, each table's
+    rows as ``_import`` writes them back (new row ids, as an importing process gives them)."""
+    later: dict[dt.date, dict[str, list[dict[str, Any]]]] = {}
+    with get_engine(url).begin() as conn:
+        for table in (Bar.__table__, NewsSentiment.__table__):
+            columns = [c for c in table.c if c.name != "id"]
+            for row in conn.execute(select(*columns).where(table.c.date > after)).mappings():
+                later.setdefault(row["date"], {}).setdefault(table.name, []).append(dict(row))
+            conn.execute(delete(table).where(table.c.date > after))
+    return later
+
+
+def _import(url: str, rows: dict[str, list[dict[str, Any]]]) -> None:
+    with get_engine(url).begin() as conn:
+        for table in (Bar.__table__, NewsSentiment.__table__):
+            if rows.get(table.name):
+                conn.execute(table.insert(), rows[table.name])
+
+
+@pytest.mark.parametrize("ahead", [1, 3, 32])
+def test_bars_read_ahead_or_imported_day_by_day_decide_as_cold_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ahead: int
+) -> None:
+    """The cache reads each symbol's bars and news up to a horizon ``_AHEAD`` past the tick
+    and holds those not due yet; ticks before the horizon read by row id alone, a tick past
+    it reads the dates up to the next. Day after day, with a horizon of 1, 3 and 32 days
+    (crossed every tick, every third, never) and a day skipped, every tick decides as a cold
+    one: first over bars in the store from the start (read ahead, then held), then over bars
+    imported before each tick (new row ids: what a daemon sees in production)."""
+    from otonom_runtime.daemon import cache
+
+    monkeypatch.setattr(cache, "_AHEAD", dt.timedelta(days=ahead))
+    url, path = _setup(tmp_path)
+    middle = DAY + dt.timedelta(days=5)
+    later = _hold_back(url, middle)  # the store has the bars up to ``middle``
+    warm = Ensemble.from_strategy(path)
+    days = [DAY, *(DAY + dt.timedelta(days=k) for k in (1, 2, 4, 5))]  # DAY + 3 skipped
+    with get_session(url) as session:
+        for day in days:
+            got = [_key(d) for d in warm.decide(session, SYMBOLS, day, _portfolios(SYMBOLS))]
+            assert got == _cold(url, path, SYMBOLS, day), day
+        day = middle + dt.timedelta(days=1)
+        while day <= LAST:
+            _import(url, later[day])
+            got = [_key(d) for d in warm.decide(session, SYMBOLS, day, _portfolios(SYMBOLS))]
+            assert got == _cold(url, path, SYMBOLS, day), day
+            day += dt.timedelta(days=1)
+
+
+def test_a_steady_tick_reads_the_imported_bars_by_row_id_alone(tmp_path: Path) -> None:
+    """A steady tick whose bars and news were imported since the last one reads them by row id
+    (``bars.id > ?``: no IN list of symbols, no date range of each symbol), and its decisions
+    are those of a cold tick."""
+    url, path = _setup(tmp_path)
+    later = _hold_back(url, DAY)
+    warm = Ensemble.from_strategy(path)
+    nxt = DAY + dt.timedelta(days=1)
+    statements: list[str] = []
+    with get_session(url) as session:
+        warm.decide(session, SYMBOLS, DAY, _portfolios(SYMBOLS))
+        _import(url, later[nxt])
+        dbapi = session.connection().connection.dbapi_connection
+        dbapi.set_trace_callback(statements.append)
+        try:
+            got = [_key(d) for d in warm.decide(session, SYMBOLS, nxt, _portfolios(SYMBOLS))]
+        finally:
+            dbapi.set_trace_callback(None)
+    assert got == _cold(url, path, SYMBOLS, nxt)
+    assert {g[1] for g in got} == {nxt}
+    reads = [
+        s
+        for s in statements
+        if ("FROM bars" in s or "FROM news_sentiment" in s) and "max(bars.id)" not in s
+    ]  # the marks' largest ids left out
+    assert len(reads) == 2, reads
+    for sql in reads:
+        assert ".id > " in sql, sql
+        assert "symbol_id IN" not in sql, sql
+
+
+def test_a_bar_held_ahead_and_imported_again_before_it_is_due(tmp_path: Path) -> None:
+    """A bar the cache read ahead (dated after the tick), deleted and imported again with
+    another close before its day: the tick of its day decides with the new one (the later row
+    replaces the held one), as a cold tick does."""
+    url, path = _setup(tmp_path)
+    warm = Ensemble.from_strategy(path)
+    due = DAY + dt.timedelta(days=2)
+    with get_session(url) as session:
+        warm.decide(session, SYMBOLS, DAY, _portfolios(SYMBOLS))
+    before = _cold(url, path, SYMBOLS, due)
+    with get_session(url) as session:
+        sid = session.scalars(select(Symbol.id).where(Symbol.name == SYMBOLS[0])).one()
+        bar = session.scalars(select(Bar).where(Bar.symbol_id == sid, Bar.date == due)).one()
+        values = {c: getattr(bar, c) for c in ("symbol_id", "date", "open", "high", "low",
+                                                 "volume")}  # fmt: skip
+        session.execute(delete(Bar).where(Bar.id == bar.id))
+        session.add(Bar(**values, close=bar.close * 1.07))
+        session.commit()
+    with get_session(url) as session:
+        for day in (DAY + dt.timedelta(days=1), due):
+            got = [_key(d) for d in warm.decide(session, SYMBOLS, day, _portfolios(SYMBOLS))]
+            assert got == _cold(url, path, SYMBOLS, day), day
+    assert got[0] != before[0]  # the new close changes the state: the test sees a stale bar
+    assert got[1:] == before[1:]
+
+
+def test_a_bar_committed_late_under_a_smaller_id_is_read_on_postgresql(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Two writers import the next day's bars: one takes its row id first and commits after a
+    tick, the other takes a larger id and commits before it. The tick sees the second only;
+    the next one reads the first (the cache reads on from the bound before the first writer
+    began, ``daemon.seen.Seen``), and decides the symbol as a cold tick does."""
+    url, path = _setup(tmp_path, postgres_url)
+    later = _hold_back(url, DAY)
+    nxt = DAY + dt.timedelta(days=1)
+    bars = {row["symbol_id"]: row for row in later[nxt]["bars"]}
+    _import(url, {"bars": [], "news_sentiment": later[nxt]["news_sentiment"]})
+    with get_session(url) as session:
+        ids = dict(session.execute(select(Symbol.name, Symbol.id)).all())
+    first, second = [bars[ids[name]] for name in SYMBOLS[:2]]
+    warm = Ensemble.from_strategy(path)
+    with get_session(url) as session:
+        warm.decide(session, SYMBOLS, DAY, _portfolios(SYMBOLS))
+    engine = get_engine(url)
+    with engine.connect() as slow:
+        slow.begin()
+        slow.execute(Bar.__table__.insert(), [first])  # its id taken now, committed later
+        with engine.begin() as quick:
+            quick.execute(Bar.__table__.insert(), [second])
+        with get_session(url) as session:
+            seen = warm.decide(session, SYMBOLS, nxt, _portfolios(SYMBOLS))
+        assert [d.date for d in seen] == [DAY, nxt, DAY]  # the first writer's bar: not yet
+        slow.commit()
+    with engine.begin() as conn:
+        conn.execute(Bar.__table__.insert(), [bars[ids[SYMBOLS[2]]]])
+    version = warm.cache._version  # bumped when a symbol is read whole
+    with get_session(url) as session:
+        got = [_key(d) for d in warm.decide(session, SYMBOLS, nxt, _portfolios(SYMBOLS))]
+    assert got == _cold(url, path, SYMBOLS, nxt)
+    assert {g[1] for g in got} == {nxt}
+    assert warm.cache._version == version  # the second writer's bar, read again: dropped

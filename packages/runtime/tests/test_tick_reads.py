@@ -26,9 +26,11 @@ from otonom_runtime.store.ticks import (
     load_live_decisions,
     load_live_tail,
     load_tick_bars,
+    load_tick_bars_ahead,
     load_tick_news,
-    max_ids,
+    load_tick_news_ahead,
     new_rows,
+    tick_marks,
     tick_symbols,
 )
 
@@ -100,6 +102,24 @@ def test_whole_reads_give_what_the_readers_give_symbol_by_symbol(
         assert load_tick_bars(session, {ids["EMPTY"]: "EMPTY"}, end) == {}
         assert load_tick_news(session, {ids["A"]: "none such"}, end) == {}
         assert len(load_tick_bars(session, {ids["A"]: "A"}, D0 + dt.timedelta(days=4))[ids["A"]])
+        # read on to a later date: the rows after ``end`` apart, by symbol and date
+        names = {ids[n]: n for n in sources}
+        ahead = end + dt.timedelta(days=1)
+        histories, later = load_tick_bars_ahead(session, names, end, ahead)
+        assert list(histories) == list(bars)
+        for sid, history in histories.items():
+            assert np.array_equal(history.close, bars[sid].close)
+        everything = load_tick_bars(session, names, ahead)
+        after = [(sid, h.dates[-1], h.close[-1]) for sid, h in everything.items()
+                 if h.dates[-1] > np.datetime64(end)]  # fmt: skip
+        assert after  # the test reads something ahead
+        rows = zip(later.keys.tolist(), later.days, later.values[3].tolist(), strict=True)
+        assert list(rows) == after
+        scores, later_news = load_tick_news_ahead(
+            session, {ids[n]: s for n, s in sources.items()}, D0, D0 + dt.timedelta(days=2)
+        )
+        assert scores[ids["A"]].scores.tolist() == [0.5]
+        assert later_news.values[0][later_news.keys == ids["A"]].tolist() == [-0.25]
 
 
 def test_dates_stored_as_odd_text_are_read_as_the_orm_reads_them(
@@ -198,7 +218,7 @@ def test_steady_reads_streamed_are_those_the_driver_rows_give(
     out of order (an id above the last seen, dated before the last tick) included."""
     after, end = D0 + dt.timedelta(days=20), D0 + dt.timedelta(days=25)
     with get_session(url) as session:
-        seen = max_ids(session)
+        seen = tick_marks(session).ids
         add_bars(session, "D", D0, 3, price=5.0)  # another symbol's rows, inserted since
         add_bars(session, "C", D0 + dt.timedelta(days=10), 1, price=2.0)  # out of order
         _news(session, "C", "feed", D0 + dt.timedelta(days=11), [0.75])  # out of order
@@ -212,6 +232,12 @@ def test_steady_reads_streamed_are_those_the_driver_rows_give(
             "bars": lambda: new_rows(session, "bars", keys, after, end, seen["bars"]),
             "news": lambda: new_rows(session, "news", keys, D0, end, seen["news"], "feed"),
             "live": lambda: load_live_tail(session, "live", keys, after),
+            "bars by id": lambda: new_rows(
+                session, "bars", keys, end, end, seen["bars"], dated=False
+            ),
+            "news by id": lambda: new_rows(
+                session, "news", keys, end, end, seen["news"], "feed", dated=False
+            ),
         }
         streamed = {name: read() for name, read in reads.items()}
         monkeypatch.setattr(tickplans, "_BATCH", 2)  # the rows fetched two at a time
@@ -234,6 +260,10 @@ def test_steady_reads_streamed_are_those_the_driver_rows_give(
     assert news.days[c].tolist() == [D0 + dt.timedelta(days=11)]  # inserted since, dated before
     assert news.values[0][c].tolist() == [0.75]
     assert news.values[0][news.keys == ids["A"]].tolist() == [-0.25, 1.0, 1e-300]  # "feed"
+    by_id = streamed["bars by id"]  # those inserted since alone: C's (D's not asked)
+    assert by_id.keys.tolist() == [ids["C"]]
+    assert by_id.days.tolist() == [D0 + dt.timedelta(days=10)]
+    assert streamed["news by id"].keys.tolist() == [ids["C"]]
     sids, days, actions, strengths = streamed["live"]
     rows = zip(sids.tolist(), days.tolist(), actions.tolist(), strengths.tolist(), strict=True)
     assert list(rows) == [

@@ -2,20 +2,28 @@
 its latest news score and the macro series, so that a steady tick reads only what is new.
 
 A cold tick (the first, or a symbol the cache does not hold) reads a symbol's whole history and
-news (``load_tick_bars``/``load_tick_news``, as ``read_tick``) and keeps their tail: the last
-bars in a window of buffers (a steady tick writes its bar past the window and moves it on), the
-latest score dated on or before the newest bar (those dated after it apart, until a bar comes).
-While the universe, its symbols' ids and kinds and the cache's rows stay as they are, a call
-reuses the last one's per-symbol lists (``_Steady``). A steady
-tick reads, in one statement per table (the news: per news source; ``store.ticks.new_rows``,
-each part one index search), the rows dated after the previous tick's ``end`` and every row
-inserted since the previous tick (an id above the largest it had seen): a bar of a symbol dated
-on or before its newest cached bar was imported out of order, and the symbol is read whole
-again. The newest bars' market features come from
+news (``load_tick_bars_ahead``/``load_tick_news_ahead``, as ``read_tick``) and keeps their
+tail: the last bars in a window of buffers (a steady tick writes its bar past the window and
+moves it on), the latest score dated on or before the newest bar (those dated after it apart,
+until a bar comes). The same read goes on to the cache's horizon, ``_AHEAD`` past the tick's
+date: the rows dated after the tick are held (``daemon.ahead.Ahead``) until a tick's date
+reaches them. While the universe, its symbols' ids and kinds and the cache's rows stay as they
+are, a call reuses the last one's per-symbol lists (``_Steady``), and the symbols are read by
+name again only when the symbols table's count or largest id changed (``daemon.seen.Seen``).
+
+A steady tick before the horizon reads, in one statement per table (the news: per news source;
+``store.ticks.new_rows``), the rows inserted since the previous tick (an id above those it has
+seen: one range of the integer primary key, whatever the number of symbols); a tick past the
+horizon also reads the rows dated up to the next horizon (each symbol's (symbol, date) index
+searched once). A bar of a symbol dated on or before its newest cached bar is one read again
+(the same date in its window: dropped; on PostgreSQL a writer still in progress keeps the
+ticks reading from an earlier bound, ``daemon.seen``) or one imported out of order: the symbol
+is read whole again. The newest bars' market features come from
 ``otonom_schema.market_feature_panel`` over the cached windows: bit for bit the last row of
 ``market_feature_matrix`` of each whole history (tested), so a tick after the cache decides
 exactly as a cold one. Not seen: a bar or score changed in place (same date, same row id:
-``update_bars``) or deleted; ``clear()`` (or a restart) reads everything again.
+``update_bars``) or deleted, a symbol's row changed in place; ``clear()`` (or a restart) reads
+everything again.
 """
 
 from __future__ import annotations
@@ -23,26 +31,27 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, NamedTuple
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy.orm import Session
 
+from otonom_runtime.daemon.ahead import Ahead
+from otonom_runtime.daemon.cached import Cached, CachedSymbol
 from otonom_runtime.daemon.paper import LastDecision, LastDecisions, Tail, Windows
-from otonom_runtime.daemon.rows import Rows
 from otonom_runtime.daemon.scores import Dated, LatestNews, dated, latest_of
+from otonom_runtime.daemon.seen import Seen
 from otonom_runtime.ranges import warmed_up
 from otonom_runtime.store import load_macro, sentiment_source
 from otonom_runtime.store.ticks import (
     LiveDecisions,
     load_live_decisions,
     load_live_tail,
-    load_tick_bars,
-    load_tick_news,
-    max_ids,
+    load_tick_bars_ahead,
+    load_tick_news_ahead,
     new_rows,
-    tick_symbols,
+    tick_marks,
 )
 from otonom_schema import (
     LOOKBACK,
@@ -56,7 +65,7 @@ if TYPE_CHECKING:
     from otonom_runtime.daemon.tick import SymbolInputs
     from otonom_runtime.strategy import StrategyConfig
 
-__all__ = ["Cached", "CachedSymbol", "TickCache"]
+__all__ = ["TickCache"]
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -64,76 +73,14 @@ _EPOCH: Final = dt.date(1970, 1, 1).toordinal()
 _SLACK: Final = LOOKBACK
 """Columns of the cache's buffers past the windows: a steady tick's bars are written there and
 the windows move on; they are copied back to the buffers' start once every ``_SLACK`` bars."""
+_AHEAD: Final = dt.timedelta(days=32)
+"""How far past a tick's date the cache reads each symbol's bars and news (its horizon): the
+ticks up to the horizon find what is new by row id alone."""
 
 
-class CachedSymbol(NamedTuple):
-    """A symbol as the cache holds it after ``TickCache.refresh``: its row in the cache's
-    windows, the date of its newest bar and, when it was read whole this tick, its inputs
-    (``SymbolInputs``: the history and news a replay needs): a row of ``Cached``, made when
-    read (a named tuple: about half a frozen dataclass's cost)."""
-
-    symbol: str
-    symbol_id: int
-    sources: dict[str, str]
-    row: int
-    newest: dt.date
-    whole: SymbolInputs | None
-
-
-class Cached(Rows[CachedSymbol]):
-    """The symbols of ``TickCache.refresh`` as columns (``CachedSymbol``'s fields; each
-    ``CachedSymbol`` made when read): what a tick reads of thousands of symbols without an
-    object a symbol. ``pick``: some of them; ``of``: any sequence of ``CachedSymbol``."""
-
-    __slots__ = ("ids", "newest", "rows", "sources", "symbols", "wholes")
-
-    def __init__(
-        self,
-        symbols: list[str],
-        ids: list[int],
-        sources: list[dict[str, str]],
-        rows: list[int],
-        newest: list[dt.date],
-        wholes: list[SymbolInputs | None],
-    ) -> None:
-        self.symbols, self.ids, self.sources, self.rows = symbols, ids, sources, rows
-        self.newest, self.wholes = newest, wholes
-
-    @classmethod
-    def of(cls, symbols: Sequence[CachedSymbol]) -> Cached:
-        """``symbols`` as columns (itself when it is ``Cached``)."""
-        if isinstance(symbols, Cached):
-            return symbols
-        return cls(
-            [s.symbol for s in symbols],
-            [s.symbol_id for s in symbols],
-            [s.sources for s in symbols],
-            [s.row for s in symbols],
-            [s.newest for s in symbols],
-            [s.whole for s in symbols],
-        )
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def row(self, i: int) -> CachedSymbol:
-        return CachedSymbol(
-            self.symbols[i], self.ids[i], self.sources[i], self.rows[i], self.newest[i],
-            self.wholes[i],
-        )  # fmt: skip
-
-    def pick(self, indexes: Sequence[int]) -> Cached:
-        """Rows ``indexes`` of these, in that order (these themselves when it is every row in
-        order: a steady tick's pending symbols; columns are never changed in place)."""
-        if len(indexes) == len(self.ids) and list(indexes) == list(range(len(self.ids))):
-            return self
-        return Cached(
-            *(  # type: ignore[arg-type]
-                [column[i] for i in indexes]
-                for column in (self.symbols, self.ids, self.sources, self.rows, self.newest,
-                               self.wholes)
-            )
-        )  # fmt: skip
+def _horizon(end: dt.date) -> dt.date:
+    """The date ``_AHEAD`` past ``end`` (the last date there is, past it)."""
+    return end + _AHEAD if end <= dt.date.max - _AHEAD else dt.date.max
 
 
 def _sources(
@@ -195,7 +142,11 @@ class TickCache:
         self._news_source: dict[int, str] = {}
         self._macro: dict[str, Dated] = {}
         self._end: dt.date | None = None
-        self._max: dict[str, int] = {}
+        # every row dated on or before _ahead with an id up to _seen.ids is held (a window, _later,
+        # the news, the macro) or of no held symbol; the rows dated after _end held in _later
+        self._ahead: dt.date | None = None
+        self._later_bars, self._later_news = Ahead(5), Ahead(1)
+        self._seen = Seen()  # the row ids read up to, the symbols read by name
         self._decided: dict[int, dt.date] = {}  # each symbol's newest live decision, recorded
         self._strategy: str | None = None
         self._version = getattr(self, "_version", 0) + 1  # bumped when the rows' symbols change
@@ -219,8 +170,8 @@ class TickCache:
         it): the cached symbols with a bar, in the order given (``Cached``: columns), and the
         names without one.
         ``UnknownSymbolError`` for a symbol not in the store."""
-        ids, synthetic = tick_symbols(session, names)  # the backtester's rule, without the ORM
-        seen = max_ids(session)  # before any read: a row inserted after it is new next tick
+        marks = tick_marks(session)  # before any read: a row inserted after it is new next tick
+        ids, synthetic = self._seen.symbols(session, names, marks)
         if self._end is not None and end < self._end:
             self.clear()  # an earlier end than the cache's: read everything again
         steady = self._steady
@@ -246,10 +197,13 @@ class TickCache:
             ]
         if self._end is None:
             held = []
-        stale = self._advance(session, held, end) if held else set()
+        ahead = self._ahead if self._ahead is not None and end <= self._ahead else _horizon(end)
+        stale = self._advance(session, held, end, ahead) if held else set()
+        self._ahead = ahead
         if steady is not None and not stale:  # a steady tick: nothing read whole
             self._add_macro(session, steady.macros, end)
-            self._end, self._max = end, seen
+            self._end = end
+            self._seen.read(marks)
             return self._cached(steady.found, steady.found_ids, steady.sources, steady.rows), []
         if steady is not None:
             sources = _sources(config, names, synthetic)
@@ -259,7 +213,8 @@ class TickCache:
         whole = self._read_whole(
             session, [n for n in names if ids[n] not in kept], ids, sources, end
         )
-        self._end, self._max = end, seen
+        self._end = end
+        self._seen.read(marks)
         row_of = self._row
         found = [n for n in names if ids[n] in row_of]
         found_ids = [ids[n] for n in found]
@@ -293,37 +248,48 @@ class TickCache:
             [whole.get(i) for i in found_ids] if whole else [None] * len(found),
         )
 
-    def _advance(self, session: Session, held: list[int], end: dt.date) -> set[int]:
-        """Read the rows the held symbols lack (``new_rows``), append them; the ids of the
-        symbols to read whole again (a bar out of order)."""
+    def _advance(self, session: Session, held: list[int], end: dt.date, ahead: dt.date) -> set[int]:
+        """Read the rows the held symbols lack up to ``ahead`` (``new_rows``: by row id alone
+        while ``ahead`` is the cache's horizon, else the rows dated past that horizon too),
+        hold those dated after ``end`` and append the others; the ids of the symbols to read
+        whole again (a bar out of order)."""
         assert self._end is not None
-        after = self._end
-        bars = new_rows(session, "bars", held, after, end, self._max["bars"])
-        stale: set[int] = set()
-        if bars.days.size:
-            sid = np.asarray(bars.keys, dtype=np.int64)
-            days = bars.days.astype(np.int64)
-            values = bars.values  # (5, rows)
-            starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
-            stops = np.r_[starts[1:], sid.size]
-            at = self._rows_of(sid[starts])
-            late = days[starts] <= self._days[at, -1]  # a bar before the cached ones
-            stale.update(sid[starts][late].tolist())
-            one = ~late & (stops - starts == 1)  # the steady case, all symbols at once
-            self._append(at[one], days[starts[one]][:, None], values[:, starts[one]][..., None])
-            for i in np.flatnonzero(~late & ~one).tolist():
-                a, b = int(starts[i]), int(stops[i])
-                self._append(at[i : i + 1], days[None, a:b], values[:, None, a:b])
+        assert self._ahead is not None
+        horizon, dated = self._ahead, ahead != self._ahead
+        bars = new_rows(session, "bars", held, horizon, ahead, self._seen.ids["bars"], dated=dated)
+        self._later_bars.put_rows(bars)
         by_source: dict[str, list[int]] = {}
         for symbol_id in held:
             by_source.setdefault(self._news_source[symbol_id], []).append(symbol_id)
         for source, group in by_source.items():  # one source a read: its index's range
-            found = new_rows(session, "news", group, after, end, self._max["news"], source)
-            if found.days.size:
-                sids = np.asarray(found.keys, dtype=np.int64)
-                rows = np.fromiter(map(self._row.__getitem__, sids.tolist()), np.int64, sids.size)
-                days = found.days.astype(np.int64)
-                self._news.add(sids, rows, days, found.values[0], self._days[rows, -1])
+            found = new_rows(
+                session, "news", group, horizon, ahead, self._seen.ids["news"], source, dated=dated
+            )
+            self._later_news.put_rows(found)
+        day = end.toordinal() - _EPOCH
+        sid, days, values = self._later_bars.take(day)
+        stale: set[int] = set()
+        if days.size:
+            at = self._rows_of(sid)
+            old = days <= self._days[at, -1]  # a bar read again, or one before the cached ones
+            if old.any():
+                again = (self._days[at[old]] == days[old, None]).any(axis=1)
+                stale.update(sid[old][~again].tolist())  # out of order: read whole
+                keep = ~old & ~np.isin(sid, list(stale))
+                sid, days, values, at = sid[keep], days[keep], values[:, keep], at[keep]
+        if days.size:
+            starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
+            stops = np.r_[starts[1:], sid.size]
+            at = at[starts]
+            one = stops - starts == 1  # the steady case, all symbols at once
+            self._append(at[one], days[starts[one]][:, None], values[:, starts[one]][..., None])
+            for i in np.flatnonzero(~one).tolist():
+                a, b = int(starts[i]), int(stops[i])
+                self._append(at[i : i + 1], days[None, a:b], values[:, None, a:b])
+        sids, news_days, scores = self._later_news.take(day)
+        if news_days.size:
+            rows = np.fromiter(map(self._row.__getitem__, sids.tolist()), np.int64, sids.size)
+            self._news.add(sids, rows, news_days, scores[0], self._days[rows, -1])
         self._news.settle(self._row, self._days[:, -1])
         return stale
 
@@ -377,8 +343,18 @@ class TickCache:
         if not names:
             return {}
         self._version += 1  # rows kept anew, or dropped
-        bars = load_tick_bars(session, {ids[n]: n for n in names}, end)
-        news = load_tick_news(session, {ids[n]: sources[n]["news"] for n in names}, end)
+        assert self._ahead is not None
+        assert self._ahead >= end
+        keys = [ids[n] for n in names]
+        bars, later = load_tick_bars_ahead(session, {ids[n]: n for n in names}, end, self._ahead)
+        news, later_news = load_tick_news_ahead(
+            session, {ids[n]: sources[n]["news"] for n in names}, end, self._ahead
+        )
+        self._later_bars.drop(keys)  # held anew: what was held of them read again
+        self._later_news.drop(keys)
+        with_bars = np.fromiter(bars, dtype=np.int64, count=len(bars))  # the others: not held
+        self._later_bars.put_rows(later, with_bars)
+        self._later_news.put_rows(later_news, with_bars)
         self._grow([ids[n] for n in names if ids[n] in bars and ids[n] not in self._row])
         macros = {
             source: SentimentSeries(np.array(t.days, dtype="datetime64[D]"), np.array(t.scores))
@@ -403,6 +379,8 @@ class TickCache:
         are reused."""
         if sids:
             self._version += 1
+        self._later_bars.drop(sids)
+        self._later_news.drop(sids)
         for sid in sids:
             self._free.append(self._row.pop(sid))
             self._rows_memo = None
@@ -457,7 +435,7 @@ class TickCache:
         if not held:
             return
         assert self._end is not None
-        found = new_rows(session, "macro", held, self._end, end, self._max.get("macro", 0))
+        found = new_rows(session, "macro", held, self._end, end, self._seen.ids.get("macro", 0))
         for source, day, score in zip(
             found.keys, found.days.astype(np.int64).tolist(), found.values[0].tolist(), strict=True
         ):

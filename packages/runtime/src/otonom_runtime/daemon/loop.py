@@ -25,7 +25,7 @@ from otonom_runtime._errors import DaemonError
 from otonom_runtime._text import counted
 from otonom_runtime.backtest.runner import _rl_model_params
 from otonom_runtime.daemon.bars import BarSource
-from otonom_runtime.daemon.cache import Cached
+from otonom_runtime.daemon.cached import Cached
 from otonom_runtime.daemon.paper import Broker, Inputs, LastDecisions
 from otonom_runtime.daemon.reload import ModelWatch, daemon_state
 from otonom_runtime.daemon.rows import Holding, Holdings, Portfolios, fields

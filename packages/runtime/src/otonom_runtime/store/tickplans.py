@@ -99,9 +99,11 @@ _WHOLE = frozenset({"bars_whole", "news_whole", "live_whole"})
 (``load_live_decisions``)."""
 
 
-_NEW = frozenset({"bars_new", "news_new", "live_new"})
+_NEW = frozenset({"bars_new", "news_new", "bars_ins", "news_ins", "live_new"})
 """``_statement``'s steady reads as numbers (``_numbers``' statements): ``new_rows`` of the
-bars and of one news source, ``load_live_tail``; the dates as ``raw._day_sql``'s numbers."""
+bars and of one news source (``_new``: the rows dated in a stretch and those inserted since;
+``_ins``: those inserted since alone), ``load_live_tail``; the dates as ``raw._day_sql``'s
+numbers."""
 
 
 _ARRAY_DIALECTS = frozenset({"postgresql"})
@@ -198,7 +200,7 @@ def _new_statement(name: str, dialect: str, array: bool) -> ClauseElement:
             )
             .order_by(t.symbol_id, t.date)
         )
-    table = name.removesuffix("_new")
+    table = name.removesuffix("_new").removesuffix("_ins")
     t = _TABLES[table]
     day = literal_column(_day_sql(f"{t.__tablename__}.date", dialect) or "NULL")
     columns = [t.symbol_id, day, *(getattr(t, c) for c in _VALUES[table])]
@@ -210,6 +212,8 @@ def _new_statement(name: str, dialect: str, array: bool) -> ClauseElement:
     if table == "news":
         source: BindParameter[Any] = bindparam("source")
         newer, inserted = newer.where(t.source == source), inserted.where(t.source == source)
+    if name.endswith("_ins"):  # the primary key's range alone: no IN list, no index search a key
+        return inserted
     return union_all(newer, inserted)
 
 

@@ -4,9 +4,9 @@ A tick decides many symbols at once: each read here is one statement for all of 
 news, the strategy's earlier live decisions), never one per symbol; ``record_tick`` writes the
 tick's run row and every decision in the session's transaction and commits once, so a tick is
 in the store whole or not at all. The tick's cache (``daemon.cache.TickCache``) reads only
-what is new: ``max_ids`` (the largest row ids it has seen), ``new_rows`` (the rows dated after
+what is new: ``tick_marks`` (the largest row ids it has seen), ``new_rows`` (the rows dated after
 its last tick or inserted since), ``load_live_tail`` (the live decisions since a date) and
-``tick_symbols`` (the symbols' ids by name). All but ``max_ids`` run as the driver's SQL
+``tick_symbols`` (the symbols' ids by name). All but ``tick_marks`` run as the driver's SQL
 (``store.tickplans``: each statement rendered once, sent with its values as they are, read as
 the driver's tuples or streamed as numbers), so a steady tick of thousands of symbols builds
 no bind parameter or result row object per symbol.
@@ -27,6 +27,7 @@ import numpy.typing as npt
 from sqlalchemy import (
     Executable,
     func,
+    literal_column,
     select,
 )
 from sqlalchemy.orm import Session
@@ -38,6 +39,7 @@ from otonom_runtime.store.tables import (
     Bar,
     Decision,
     NewsSentiment,
+    Symbol,
 )
 from otonom_runtime.store.tickplans import (
     _COLUMNS,
@@ -52,15 +54,18 @@ from otonom_schema import MarketHistory, SentimentSeries
 
 __all__ = [
     "LiveDecisions",
+    "Marks",
     "NewRows",
     "load_live_decisions",
     "load_live_signals",
     "load_live_tail",
     "load_tick_bars",
+    "load_tick_bars_ahead",
     "load_tick_news",
-    "max_ids",
+    "load_tick_news_ahead",
     "new_rows",
     "record_tick",
+    "tick_marks",
     "tick_symbols",
 ]
 
@@ -105,25 +110,34 @@ def load_tick_bars(
     each: 1.8 million rows), so the rows are streamed as numbers (``_numbers``: the dates as
     day numbers, no row object kept) and read the ORM's way only where that refuses them (a
     date stored as text that is not canonical ``YYYY-MM-DD``): the same values either way."""
+    return load_tick_bars_ahead(session, names, end, end)[0]
+
+
+def load_tick_bars_ahead(
+    session: Session, names: Mapping[int, str], end: dt.date, ahead: dt.date
+) -> tuple[dict[int, MarketHistory], NewRows]:
+    """``load_tick_bars`` of ``end``, read in the same statement up to ``ahead`` (on or after
+    ``end``): the bars dated after ``end`` come apart, as columns by symbol and date
+    (``NewRows``), never in a history (nor checked with it before they are due)."""
     keys = list(names)
-    numbers = _numbers(session, "bars_whole", keys, {"end": end}, 7)
+    numbers = _numbers(session, "bars_whole", keys, {"end": ahead}, 7)
     if numbers is not None:
-        ids, days, o, h, lo, c, v = numbers
-        groups = _groups(ids)
+        ids, days, *columns = numbers
     else:
         rows = _rows(
             session,
             select(Bar.symbol_id, Bar.date, Bar.open, Bar.high, Bar.low, Bar.close, Bar.volume)
-            .where(Bar.symbol_id.in_(keys), Bar.date <= end)
+            .where(Bar.symbol_id.in_(keys), Bar.date <= ahead)
             .order_by(Bar.symbol_id, Bar.date),
         )
         if not rows:
-            return {}
-        id_column, dates, *columns = zip(*rows, strict=True)
-        days = _days(dates)
-        o, h, lo, c, v = (np.array(column, dtype=np.float64) for column in columns)
-        groups = _groups(np.array(id_column, dtype=np.int64))
-    return {
+            return {}, _no_rows(5)
+        id_column, dates, *value_columns = zip(*rows, strict=True)
+        ids, days = np.array(id_column, dtype=np.int64), _days(dates)
+        columns = [np.array(column, dtype=np.float64) for column in value_columns]
+    ids, days, columns, later = _split(ids, days, columns, end)
+    o, h, lo, c, v = columns
+    histories = {
         symbol_id: MarketHistory(
             dates=days[a:b],
             open=o[a:b],
@@ -133,8 +147,31 @@ def load_tick_bars(
             volume=v[a:b],
             symbol=names[symbol_id],
         )
-        for symbol_id, a, b in groups
+        for symbol_id, a, b in _groups(ids)
     }
+    return histories, later
+
+
+def _no_rows(width: int) -> NewRows:
+    return NewRows(
+        np.array([], dtype=np.int64), np.array([], dtype="datetime64[D]"), np.empty((width, 0))
+    )
+
+
+def _split(
+    ids: npt.NDArray[np.int64],
+    days: npt.NDArray[np.datetime64],
+    columns: list[F64],
+    end: dt.date,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.datetime64], list[F64], NewRows]:
+    """Rows by symbol and date parted at ``end``: those dated on or before it, and those
+    after (``NewRows``)."""
+    later = days > np.datetime64(end, "D")
+    if not later.any():
+        return ids, days, columns, _no_rows(len(columns))
+    kept = ~later
+    after = NewRows(ids[later], days[later], np.array([c[later] for c in columns]))
+    return ids[kept], days[kept], [c[kept] for c in columns], after
 
 
 def load_tick_news(
@@ -144,12 +181,21 @@ def load_tick_news(
     source (symbol id -> source), one statement a distinct source (by the (symbol, source,
     date) index; streamed as ``load_tick_bars`` reads); a symbol with none is left out (what
     ``load_news`` gives as None)."""
+    return load_tick_news_ahead(session, sources, end, end)[0]
+
+
+def load_tick_news_ahead(
+    session: Session, sources: Mapping[int, str], end: dt.date, ahead: dt.date
+) -> tuple[dict[int, SentimentSeries], NewRows]:
+    """``load_tick_news`` of ``end``, read in the same statements up to ``ahead``: the scores
+    dated after ``end`` apart, as columns by symbol and date (``NewRows``)."""
     by_source: dict[str, list[int]] = {}
     for symbol_id, source in sources.items():
         by_source.setdefault(source, []).append(symbol_id)
     found: dict[int, SentimentSeries] = {}
+    parts: list[NewRows] = []
     for source, keys in by_source.items():
-        values = {"end": end, "source": source}
+        values = {"end": ahead, "source": source}
         numbers = _numbers(session, "news_whole", keys, values, 3)
         if numbers is not None:
             ids, days, scores = numbers
@@ -159,7 +205,7 @@ def load_tick_news(
                 .where(
                     NewsSentiment.symbol_id.in_(keys),
                     NewsSentiment.source == source,
-                    NewsSentiment.date <= end,
+                    NewsSentiment.date <= ahead,
                 )
                 .order_by(NewsSentiment.symbol_id, NewsSentiment.date)
             )
@@ -169,9 +215,18 @@ def load_tick_news(
             id_column, dates, score_column = zip(*rows, strict=True)
             ids, days = np.array(id_column, dtype=np.int64), _days(dates)
             scores = np.array(score_column, dtype=np.float64)
+        ids, days, (scores,), later = _split(ids, days, [scores], end)
+        parts.append(later)
         for symbol_id, a, b in _groups(ids):
             found[symbol_id] = SentimentSeries(dates=days[a:b], scores=scores[a:b])
-    return {symbol_id: found[symbol_id] for symbol_id in sorted(found)}
+    later = _no_rows(1)
+    if any(p.days.size for p in parts):  # a symbol has one source: no key in two parts
+        keys_out = np.concatenate([np.asarray(p.keys, dtype=np.int64) for p in parts])
+        days_out = np.concatenate([p.days for p in parts])
+        order = np.lexsort((days_out, keys_out))
+        values_out = np.concatenate([p.values for p in parts], axis=1)[:, order]
+        later = NewRows(keys_out[order], days_out[order], values_out)
+    return {symbol_id: found[symbol_id] for symbol_id in sorted(found)}, later
 
 
 def tick_symbols(session: Session, names: Sequence[str]) -> tuple[dict[str, int], dict[str, bool]]:
@@ -196,14 +251,55 @@ def tick_symbols(session: Session, names: Sequence[str]) -> tuple[dict[str, int]
     return by_name, kinds
 
 
-def max_ids(session: Session) -> dict[str, int]:
-    """The largest row id of bars, news and macro sentiment (0: none), in one statement: what a
-    tick's cache has seen, so that ``new_rows`` finds every row inserted after it."""
-    query = select(
-        *(select(func.coalesce(func.max(t.id), 0)).scalar_subquery() for t in _TABLES.values())
-    )
-    row = _rows(session, query)[0]
-    return {name: int(v) for name, v in zip(_TABLES, row, strict=True)}
+class Marks(NamedTuple):
+    """What a tick's cache has seen (``tick_marks``): ``ids``, the largest row id of bars,
+    news and macro sentiment (0: none); ``symbols``, the symbols table's row count and largest
+    id (no code path changes a symbol's row in place: a symbol added or deleted changes
+    them); on PostgreSQL ``oldest``, the oldest transaction id still writing when they were
+    read (the session's own left out; ``next`` when none), and ``next``, the transaction id
+    the next writer would get then (None for both elsewhere: SQLite has one writer at a time,
+    so its rows become visible in the order of their ids)."""
+
+    ids: dict[str, int]
+    symbols: tuple[int, int]
+    oldest: int | None
+    next: int | None
+
+
+# The statement's snapshot's writers (pg_current_snapshot: the one the statement reads with):
+# the next transaction id, and the oldest one in progress other than the session's own.
+_PG_WRITERS = (
+    "pg_snapshot_xmax(pg_current_snapshot())::text::bigint",
+    "coalesce((SELECT min(x::text::bigint) FROM pg_snapshot_xip(pg_current_snapshot()) AS x"
+    " WHERE x::text <> coalesce(pg_current_xact_id_if_assigned()::text, '')),"
+    " pg_snapshot_xmax(pg_current_snapshot())::text::bigint)",
+)
+
+
+def tick_marks(session: Session) -> Marks:
+    """The largest row id of bars, news and macro sentiment and, on PostgreSQL, the writers
+    in progress (``Marks``), in one statement: what a tick's cache has seen, so that
+    ``new_rows`` finds every row inserted after it. On PostgreSQL a writer's rows may become
+    visible after a row with a larger id (sequence values are taken at insert, rows seen at
+    commit): a cache reads from the largest ids of an earlier tick that every writer still in
+    progress began after (``daemon.cache``)."""
+    columns: list[Any] = [
+        select(func.coalesce(func.max(t.id), 0)).scalar_subquery() for t in _TABLES.values()
+    ]
+    columns += [
+        select(func.count()).select_from(Symbol).scalar_subquery(),
+        select(func.coalesce(func.max(Symbol.id), 0)).scalar_subquery(),
+    ]
+    postgres = session.connection().dialect.name == "postgresql"
+    if postgres:
+        columns += [literal_column(sql) for sql in _PG_WRITERS]
+    row = _rows(session, select(*columns))[0]
+    ids = {name: int(v) for name, v in zip(_TABLES, row, strict=False)}
+    n = len(_TABLES)
+    symbols = (int(row[n]), int(row[n + 1]))
+    if not postgres:
+        return Marks(ids, symbols, None, None)
+    return Marks(ids, symbols, int(row[n + 3]), int(row[n + 2]))
 
 
 class NewRows(NamedTuple):
@@ -224,13 +320,17 @@ def new_rows(
     end: dt.date,
     max_id: int,
     source: str | None = None,
+    *,
+    dated: bool = True,
 ) -> NewRows:
     """The rows of ``table`` (``"bars"``, ``"news"``, ``"macro"``) of the symbol ids (macro:
     the sources) ``keys`` that a cache holding every row dated on or before ``after`` with an
     id up to ``max_id`` lacks, dated on or before ``end``: those dated after ``after`` and
     those inserted since (an id above ``max_id``: a bar imported out of order), in one
     statement, as columns ordered by key and date (``NewRows``). News: ``source``, the one
-    source read (None: every source, each symbol's rows searched whole: slower).
+    source read (None: every source, each symbol's rows searched whole: slower). ``dated``
+    False: those inserted since alone (``end`` is then ``after``: one range of the primary key,
+    no index search a key; for a cache that holds every row dated up to ``after`` already).
 
     The statement is a UNION ALL whose parts are each one index search, so that a steady tick
     reads in proportion to what is new, never to the history: the dated part by the
@@ -246,12 +346,13 @@ def new_rows(
     nothing to scan); a date stored as odd text, the macro (keyed by its source's name) and
     news of every source are read as the driver's rows.
     """
-    values: dict[str, Any] = {"after": after, "end": end, "max_id": max_id}
+    values: dict[str, Any] = {"after": after, "end": end if dated else after, "max_id": max_id}
     if table == "news" and source is not None:
         values["source"] = source
     numbers = None
     if table == "bars" or (table == "news" and source is not None):
-        numbers = _numbers(session, f"{table}_new", keys, values, 2 + len(_VALUES[table]))
+        name, by_key = (f"{table}_new", keys) if dated else (f"{table}_ins", ())
+        numbers = _numbers(session, name, by_key, values, 2 + len(_VALUES[table]))
     if numbers is not None:
         ids, days, *columns = numbers
         found = np.isin(ids, np.asarray(keys, dtype=np.int64))
