@@ -433,12 +433,28 @@ def _make_v3_store(url: str) -> dict[str, int]:
 def _make_v4_store(url: str) -> None:
     """Turn the (initialised) store at ``url`` into a store of version 4: ``decisions``
     without ``live_strategy`` and the ``ix_decisions_live`` index, no ``daemon_state``."""
+    _make_v5_store(url)
     with get_engine(url).begin() as conn:
         conn.execute(text("DROP TABLE daemon_state"))
         conn.execute(text("DROP INDEX ix_decisions_live"))
         conn.execute(text("ALTER TABLE decisions DROP COLUMN live_strategy"))
         conn.execute(text("UPDATE store_meta SET value = '4' WHERE key = 'store_version'"))
     dispose_engines()
+
+
+def _make_v5_store(url: str) -> None:
+    """Turn the (initialised) store at ``url`` into a store of version 5: no
+    ``ix_decisions_live_date`` (on SQLite)."""
+    with get_engine(url).begin() as conn:
+        conn.execute(text("DROP INDEX IF EXISTS ix_decisions_live_date"))  # SQLite's only
+        conn.execute(text("UPDATE store_meta SET value = '5' WHERE key = 'store_version'"))
+    dispose_engines()
+
+
+@pytest.fixture
+def make_v5_store() -> Callable[[str], None]:
+    """``make_v5_store(url)``: the store at ``url`` as store version 5 left it."""
+    return _make_v5_store
 
 
 @pytest.fixture

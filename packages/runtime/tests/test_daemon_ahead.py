@@ -92,3 +92,17 @@ def test_the_first_read_with_a_writer_in_progress_takes_its_marks() -> None:
     assert seen.ids["bars"] == 10
     seen.read(_marks(20, oldest=95, nxt=105))  # still in progress: the bound stays
     assert seen.ids["bars"] == 10
+
+
+def test_rows_put_into_an_empty_hold_are_ordered_by_day_then_key() -> None:
+    """An empty hold given one day's rows by key keeps them as they are; rows of several days
+    (or keys out of order) are ordered all the same."""
+    one = Ahead(1)
+    one.put(_i(1, 2, 5), _i(7, 7, 7), np.array([[1.0, 2.0, 5.0]]))
+    assert _rows(one) == [(1, 7, 1.0), (2, 7, 2.0), (5, 7, 5.0)]
+    mixed = Ahead(1)
+    mixed.put(_i(1, 2, 3), _i(9, 8, 9), np.array([[1.0, 2.0, 3.0]]))  # first and last day equal
+    assert _rows(mixed) == [(2, 8, 2.0), (1, 9, 1.0), (3, 9, 3.0)]
+    again = Ahead(1)
+    again.put(_i(3, 1), _i(7, 7), np.array([[3.0, 1.0]]))
+    assert _rows(again) == [(1, 7, 1.0), (3, 7, 3.0)]

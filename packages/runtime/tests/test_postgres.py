@@ -358,7 +358,36 @@ def test_a_version_4_store_is_upgraded_in_place_even_after_a_failure_midway(
     init_db(pg)
     assert decision_layout(pg) == fresh
     with get_session(pg) as session:
-        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "5"
+        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "6"
+
+
+@pytest.mark.parametrize("step", [None, "UPDATE store_meta"])
+def test_a_version_5_store_is_upgraded_in_place_on_postgresql(
+    pg: str,
+    make_v5_store: Any,
+    decision_layout: Any,
+    fail_at: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    step: str | None,
+) -> None:
+    """Store version 6's ``ix_decisions_live_date`` is SQLite's only: on PostgreSQL the
+    upgrade writes the version alone (the layout of a fresh store, which has no such index);
+    a failure (``step``) leaves version 5, and the next ``init_db`` upgrades."""
+    fresh = decision_layout(pg)
+    assert "ix_decisions_live_date" not in {i[0] for i in fresh["indexes"]}
+    make_v5_store(pg)
+    if step is not None:
+        fail_at(monkeypatch, step)
+        with pytest.raises(RuntimeError, match="interrupted"):
+            init_db(pg)
+        monkeypatch.undo()
+        dispose_engines()
+        with get_engine(pg).connect() as conn:
+            assert conn.execute(text("SELECT value FROM store_meta")).scalar_one() == "5"
+    init_db(pg)
+    assert decision_layout(pg) == fresh
+    with get_engine(pg).connect() as conn:
+        assert conn.execute(text("SELECT value FROM store_meta")).scalar_one() == "6"
 
 
 def test_the_readers_read_postgresql_dates_as_numbers(

@@ -997,7 +997,7 @@ def test_a_version_4_store_is_upgraded_in_place_keeping_its_decisions_as_backtes
     # the live key is partial: backtest rows (live_strategy NULL) are not in it
     assert decision_layout(fresh)["live_key_partial"] is True
     with get_session(db_url) as session:
-        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "5"
+        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "6"
         assert session.execute(select(Decision.live_strategy)).scalars().all() == [None]
     _one_decision(db_url)  # another backtest row for the same symbol and date: fine
     _one_decision(db_url, "live-a")
@@ -1043,6 +1043,55 @@ def test_a_4_to_5_upgrade_that_fails_at_any_step_completes_on_the_next_init_db(
     assert decision_layout(db_url) == decision_layout(fresh)
     with get_session(db_url) as session:
         assert session.execute(select(Decision.live_strategy)).scalars().all() == [None]
+
+
+# --- store version 5 -> 6: the index of a tick's newest live decisions ---------------------------
+
+
+@pytest.mark.parametrize("step", [None, "CREATE INDEX IF NOT EXISTS", "UPDATE store_meta"])
+def test_a_version_5_store_gets_the_live_date_index_in_place(
+    db_url: str,
+    make_v5_store: Any,
+    decision_layout: Any,
+    fail_at: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    step: str | None,
+    tmp_path: Path,
+) -> None:
+    """``ix_decisions_live_date`` is created in place (the layout of a fresh store, the
+    decisions kept); a failure at a step (``step``) leaves version 5 and the next ``init_db``
+    finishes; a live tick's read of its newest decisions is then one range of the index
+    (SQLite's plan)."""
+    _one_decision(db_url, "live-a")
+    fresh = _sqlite(tmp_path / "fresh.db")
+    init_db(fresh)
+    make_v5_store(db_url)
+    assert decision_layout(db_url) != decision_layout(fresh)
+    with (
+        pytest.raises(StoreError, match=r"store version 5; .* upgrade it in place"),
+        get_session(db_url),
+    ):
+        pass
+    if step is not None:
+        fail_at(monkeypatch, step)
+        with pytest.raises(RuntimeError, match=f"interrupted at {step}"):
+            init_db(db_url)
+        monkeypatch.undo()
+        dispose_engines()
+        with sqlite3.connect(db_url.removeprefix("sqlite:///")) as raw:
+            assert raw.execute("SELECT value FROM store_meta").fetchone() == ("5",)
+    init_db(db_url)
+    assert decision_layout(db_url) == decision_layout(fresh)
+    with get_session(db_url) as session:
+        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "6"
+        assert session.execute(select(Decision.live_strategy)).scalars().all() == ["live-a"]
+    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as raw:
+        plan = raw.execute(
+            "EXPLAIN QUERY PLAN SELECT symbol_id, date, action, strength FROM decisions "
+            "WHERE live_strategy = 'live-a' AND symbol_id IN (1, 2, 3) AND date >= '2021-01-01'"
+        ).fetchall()
+    assert "COVERING INDEX ix_decisions_live_date" in " ".join(str(step) for step in plan), plan
+    init_db(db_url)  # idempotent on the upgraded store
 
 
 def test_impossible_day_text_is_refused_as_the_orm_refuses_it(db_url: str, add_bars: Any) -> None:

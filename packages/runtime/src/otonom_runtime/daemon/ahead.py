@@ -40,6 +40,13 @@ class Ahead:
         replaces it."""
         if not keys.size:
             return
+        if (
+            not self.keys.size
+            and bool((days == days[0]).all())
+            and bool((keys[1:] > keys[:-1]).all())
+        ):  # a steady tick's rows (one day, one each key, by key): held as they are
+            self.keys, self.days, self.values = keys, days, values
+            return
         keys = np.concatenate([self.keys, keys])
         days = np.concatenate([self.days, days])
         values = np.concatenate([self.values, values], axis=1)

@@ -1,4 +1,4 @@
-"""In-place upgrades of older stores, one version at a time (1 -> 2 -> 3 -> 4 -> 5).
+"""In-place upgrades of older stores, one version at a time (1 -> 2 -> 3 -> 4 -> 5 -> 6).
 
 Each upgrade is resumable (every step skipped or repeated safely when ``init_db`` runs again)
 and safe against a concurrent upgrade (whichever comes second finds the new version and
@@ -309,6 +309,38 @@ def _upgrade_from_4(engine: Engine) -> None:
         ) from None
 
 
+def _upgrade_from_5(engine: Engine) -> None:
+    """Store version 5 -> 6: on SQLite ``decisions`` gets the index ``ix_decisions_live_date``
+    on (live_strategy, date, symbol_id, action, strength) over the live rows (what a daemon's
+    tick reads of its newest live decisions, one range of it; ``tables.Decision``: SQLite only),
+    and ``store_version`` becomes 6.
+
+    Resumable: the index is created only if missing (``CREATE INDEX IF NOT EXISTS``), the
+    version written last. A concurrent upgrade is fine too: whichever comes second finds
+    version 6 and stops.
+    """
+    try:
+        with engine.begin() as conn:
+            if not _is_at(conn, 5):
+                return  # upgraded already (a concurrent init_db)
+            if conn.dialect.name == "sqlite":
+                index = next(i for i in _DECISIONS.indexes if i.name == _V6_INDEX)
+                columns = ", ".join(c.name for c in index.columns)
+                conn.execute(
+                    text(
+                        f"CREATE INDEX IF NOT EXISTS {_V6_INDEX} ON {_DECISIONS.name} "
+                        f"({columns}) WHERE {LIVE_ROWS}"
+                    )
+                )
+            _set_version(conn, 6)
+    except sa_exc.DBAPIError as exc:
+        if (_read_version(engine) or 0) >= 6:
+            return  # upgraded by a concurrent init_db
+        raise StoreError(
+            f"cannot upgrade database {_safe(engine.url)} from store version 5 to 6: {exc.orig}"
+        ) from None
+
+
 def _create_if_missing(table: Table, dialect: Dialect) -> str:
     """``CREATE TABLE IF NOT EXISTS`` of ``table`` (its layout in a fresh store)."""
     from sqlalchemy.schema import CreateTable
@@ -322,11 +354,15 @@ _V5_INDEX: Final = "ix_decisions_live"
 """The unique index store version 5 added to ``decisions`` (the live decisions' key)."""
 _V5_INDEX_WHERE: Final = LIVE_ROWS
 """Its predicate: partial, over live rows only (``tables.Decision``)."""
+_V6_INDEX: Final = "ix_decisions_live_date"
+"""The index store version 6 added to ``decisions`` on SQLite (a tick's newest live
+decisions)."""
 
 _UPGRADES: Final = {
     1: _upgrade_from_1,
     2: _upgrade_from_2,
     3: _upgrade_from_3,
     4: _upgrade_from_4,
+    5: _upgrade_from_5,
 }
 """The in-place upgrade from each older store version to the next one."""
