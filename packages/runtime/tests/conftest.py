@@ -443,10 +443,16 @@ def _make_v4_store(url: str) -> None:
 
 
 def _make_v5_store(url: str) -> None:
-    """Turn the (initialised) store at ``url`` into a store of version 5: no
-    ``ix_decisions_live_date`` (on SQLite)."""
+    """Turn the (initialised) store at ``url`` into a store of version 5: the live key
+    ``ix_decisions_live`` ordered by symbol before date."""
     with get_engine(url).begin() as conn:
-        conn.execute(text("DROP INDEX IF EXISTS ix_decisions_live_date"))  # SQLite's only
+        conn.execute(text("DROP INDEX ix_decisions_live"))
+        conn.execute(
+            text(
+                "CREATE UNIQUE INDEX ix_decisions_live ON decisions (live_strategy, symbol_id, "
+                "date) WHERE live_strategy IS NOT NULL"
+            )
+        )
         conn.execute(text("UPDATE store_meta SET value = '5' WHERE key = 'store_version'"))
     dispose_engines()
 

@@ -361,8 +361,10 @@ def test_a_version_4_store_is_upgraded_in_place_even_after_a_failure_midway(
         assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "6"
 
 
-@pytest.mark.parametrize("step", [None, "UPDATE store_meta"])
-def test_a_version_5_store_is_upgraded_in_place_on_postgresql(
+@pytest.mark.parametrize(
+    "step", [None, "DROP INDEX IF EXISTS", "CREATE UNIQUE INDEX IF NOT EXISTS", "UPDATE store_meta"]
+)
+def test_a_version_5_store_gets_its_live_key_ordered_by_date_on_postgresql(
     pg: str,
     make_v5_store: Any,
     decision_layout: Any,
@@ -370,12 +372,13 @@ def test_a_version_5_store_is_upgraded_in_place_on_postgresql(
     monkeypatch: pytest.MonkeyPatch,
     step: str | None,
 ) -> None:
-    """Store version 6's ``ix_decisions_live_date`` is SQLite's only: on PostgreSQL the
-    upgrade writes the version alone (the layout of a fresh store, which has no such index);
-    a failure (``step``) leaves version 5, and the next ``init_db`` upgrades."""
+    """``ix_decisions_live`` is built again as (live_strategy, date, symbol_id) in place (a
+    fresh store's layout, partial over the live rows); one transaction: a failure (``step``)
+    leaves version 5 as it was, and the next ``init_db`` does the whole upgrade."""
     fresh = decision_layout(pg)
-    assert "ix_decisions_live_date" not in {i[0] for i in fresh["indexes"]}
     make_v5_store(pg)
+    v5 = decision_layout(pg)
+    assert v5 != fresh
     if step is not None:
         fail_at(monkeypatch, step)
         with pytest.raises(RuntimeError, match="interrupted"):
@@ -384,8 +387,11 @@ def test_a_version_5_store_is_upgraded_in_place_on_postgresql(
         dispose_engines()
         with get_engine(pg).connect() as conn:
             assert conn.execute(text("SELECT value FROM store_meta")).scalar_one() == "5"
+        assert decision_layout(pg) == v5
     init_db(pg)
     assert decision_layout(pg) == fresh
+    assert ("ix_decisions_live", ("live_strategy", "date", "symbol_id"), True) in fresh["indexes"]
+    assert fresh["live_key_partial"] is True
     with get_engine(pg).connect() as conn:
         assert conn.execute(text("SELECT value FROM store_meta")).scalar_one() == "6"
 

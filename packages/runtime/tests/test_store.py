@@ -1045,11 +1045,14 @@ def test_a_4_to_5_upgrade_that_fails_at_any_step_completes_on_the_next_init_db(
         assert session.execute(select(Decision.live_strategy)).scalars().all() == [None]
 
 
-# --- store version 5 -> 6: the index of a tick's newest live decisions ---------------------------
+# --- store version 5 -> 6: the live key ordered by date ------------------------------------------
 
 
-@pytest.mark.parametrize("step", [None, "CREATE INDEX IF NOT EXISTS", "UPDATE store_meta"])
-def test_a_version_5_store_gets_the_live_date_index_in_place(
+@pytest.mark.parametrize(
+    "step",
+    [None, "DROP INDEX IF EXISTS", "CREATE UNIQUE INDEX IF NOT EXISTS", "UPDATE store_meta"],
+)
+def test_a_version_5_store_gets_its_live_key_ordered_by_date_in_place(
     db_url: str,
     make_v5_store: Any,
     decision_layout: Any,
@@ -1058,15 +1061,17 @@ def test_a_version_5_store_gets_the_live_date_index_in_place(
     step: str | None,
     tmp_path: Path,
 ) -> None:
-    """``ix_decisions_live_date`` is created in place (the layout of a fresh store, the
-    decisions kept); a failure at a step (``step``) leaves version 5 and the next ``init_db``
-    finishes; a live tick's read of its newest decisions is then one range of the index
-    (SQLite's plan)."""
+    """``ix_decisions_live`` is built again as (live_strategy, date, symbol_id) in place (the
+    layout of a fresh store, the decisions kept, still unique); a failure at a step
+    (``step``) leaves version 5 and the next ``init_db`` finishes; a tick's read of its newest
+    live decisions is then one range of the key (SQLite's plan)."""
     _one_decision(db_url, "live-a")
     fresh = _sqlite(tmp_path / "fresh.db")
     init_db(fresh)
     make_v5_store(db_url)
-    assert decision_layout(db_url) != decision_layout(fresh)
+    before = decision_layout(db_url)
+    assert ("ix_decisions_live", ("live_strategy", "symbol_id", "date"), True) in before["indexes"]
+    assert before != decision_layout(fresh)
     with (
         pytest.raises(StoreError, match=r"store version 5; .* upgrade it in place"),
         get_session(db_url),
@@ -1082,15 +1087,20 @@ def test_a_version_5_store_gets_the_live_date_index_in_place(
             assert raw.execute("SELECT value FROM store_meta").fetchone() == ("5",)
     init_db(db_url)
     assert decision_layout(db_url) == decision_layout(fresh)
+    layout = decision_layout(db_url)
+    assert ("ix_decisions_live", ("live_strategy", "date", "symbol_id"), True) in layout["indexes"]
+    assert layout["live_key_partial"] is True
     with get_session(db_url) as session:
         assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "6"
         assert session.execute(select(Decision.live_strategy)).scalars().all() == ["live-a"]
+    with pytest.raises(IntegrityError):
+        _one_decision(db_url, "live-a")  # still one a strategy, symbol and date
     with sqlite3.connect(db_url.removeprefix("sqlite:///")) as raw:
         plan = raw.execute(
             "EXPLAIN QUERY PLAN SELECT symbol_id, date, action, strength FROM decisions "
             "WHERE live_strategy = 'live-a' AND symbol_id IN (1, 2, 3) AND date >= '2021-01-01'"
         ).fetchall()
-    assert "COVERING INDEX ix_decisions_live_date" in " ".join(str(step) for step in plan), plan
+    assert "ix_decisions_live (live_strategy=? AND date>?)" in str(plan), plan
     init_db(db_url)  # idempotent on the upgraded store
 
 

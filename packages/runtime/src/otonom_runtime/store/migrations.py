@@ -273,8 +273,8 @@ def _upgrade_from_3(engine: Engine) -> None:
 
 def _upgrade_from_4(engine: Engine) -> None:
     """Store version 4 -> 5: ``decisions`` gets ``live_strategy`` (NULL on the stored
-    decisions: every one is a backtest's) and the unique index ``ix_decisions_live`` on
-    (live_strategy, symbol_id, date) over the live rows, the ``daemon_state`` table is created
+    decisions: every one is a backtest's) and the unique index ``ix_decisions_live`` over the
+    live rows (in store version 6's order, ``_live_key``), the ``daemon_state`` table is created
     (``DaemonState``: the daemon's heartbeat and model state), and ``store_version`` becomes 5.
 
     Resumable, as ``_upgrade_from_3``: the column is added only if missing, the index only if
@@ -291,14 +291,7 @@ def _upgrade_from_4(engine: Engine) -> None:
             if "live_strategy" not in present:
                 kind = Decision.__table__.c["live_strategy"].type.compile(dialect=conn.dialect)
                 conn.execute(text(f"ALTER TABLE {table} ADD COLUMN live_strategy {kind}"))
-            index = next(i for i in _DECISIONS.indexes if i.name == _V5_INDEX)
-            columns = ", ".join(c.name for c in index.columns)
-            conn.execute(
-                text(
-                    f"CREATE UNIQUE INDEX IF NOT EXISTS {_V5_INDEX} ON {table} ({columns}) "
-                    f"WHERE {_V5_INDEX_WHERE}"
-                )
-            )
+            conn.execute(text(_live_key()))  # in store version 6's order (no 5 -> 6 work)
             conn.execute(text(_create_if_missing(_DAEMON_STATE, conn.dialect)))
             _set_version(conn, 5)
     except sa_exc.DBAPIError as exc:
@@ -310,28 +303,22 @@ def _upgrade_from_4(engine: Engine) -> None:
 
 
 def _upgrade_from_5(engine: Engine) -> None:
-    """Store version 5 -> 6: on SQLite ``decisions`` gets the index ``ix_decisions_live_date``
-    on (live_strategy, date, symbol_id, action, strength) over the live rows (what a daemon's
-    tick reads of its newest live decisions, one range of it; ``tables.Decision``: SQLite only),
-    and ``store_version`` becomes 6.
+    """Store version 5 -> 6: the live decisions' unique key ``ix_decisions_live`` is built
+    again ordered (live_strategy, date, symbol_id) (``tables.Decision``: a tick's rows go in at
+    its end instead of on a page a symbol), and ``store_version`` becomes 6.
 
-    Resumable: the index is created only if missing (``CREATE INDEX IF NOT EXISTS``), the
-    version written last. A concurrent upgrade is fine too: whichever comes second finds
-    version 6 and stops.
+    Resumable: the key is dropped if present and created if missing (``DROP INDEX IF EXISTS``
+    then ``CREATE UNIQUE INDEX IF NOT EXISTS``: SQLite commits each on its own, so an upgrade
+    cut between them finds no key and creates it; PostgreSQL runs the whole upgrade in one
+    transaction), the version written last. A concurrent upgrade is fine too: whichever comes
+    second finds version 6 and stops.
     """
     try:
         with engine.begin() as conn:
             if not _is_at(conn, 5):
                 return  # upgraded already (a concurrent init_db)
-            if conn.dialect.name == "sqlite":
-                index = next(i for i in _DECISIONS.indexes if i.name == _V6_INDEX)
-                columns = ", ".join(c.name for c in index.columns)
-                conn.execute(
-                    text(
-                        f"CREATE INDEX IF NOT EXISTS {_V6_INDEX} ON {_DECISIONS.name} "
-                        f"({columns}) WHERE {LIVE_ROWS}"
-                    )
-                )
+            conn.execute(text(f"DROP INDEX IF EXISTS {_V5_INDEX}"))
+            conn.execute(text(_live_key()))
             _set_version(conn, 6)
     except sa_exc.DBAPIError as exc:
         if (_read_version(engine) or 0) >= 6:
@@ -339,6 +326,17 @@ def _upgrade_from_5(engine: Engine) -> None:
         raise StoreError(
             f"cannot upgrade database {_safe(engine.url)} from store version 5 to 6: {exc.orig}"
         ) from None
+
+
+def _live_key() -> str:
+    """``CREATE UNIQUE INDEX IF NOT EXISTS`` of the live decisions' key, as a fresh store has
+    it (the same statement on SQLite and PostgreSQL)."""
+    index = next(i for i in _DECISIONS.indexes if i.name == _V5_INDEX)
+    columns = ", ".join(c.name for c in index.columns)
+    return (
+        f"CREATE UNIQUE INDEX IF NOT EXISTS {_V5_INDEX} ON {_DECISIONS.name} ({columns}) "
+        f"WHERE {_V5_INDEX_WHERE}"
+    )
 
 
 def _create_if_missing(table: Table, dialect: Dialect) -> str:
@@ -354,9 +352,6 @@ _V5_INDEX: Final = "ix_decisions_live"
 """The unique index store version 5 added to ``decisions`` (the live decisions' key)."""
 _V5_INDEX_WHERE: Final = LIVE_ROWS
 """Its predicate: partial, over live rows only (``tables.Decision``)."""
-_V6_INDEX: Final = "ix_decisions_live_date"
-"""The index store version 6 added to ``decisions`` on SQLite (a tick's newest live
-decisions)."""
 
 _UPGRADES: Final = {
     1: _upgrade_from_1,
