@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, overload
 
@@ -14,6 +15,7 @@ import numpy.typing as npt
 from otonom_runtime._errors import PolicyError
 from otonom_runtime.integrity import PROBS_SUM_ATOL
 from otonom_runtime.serving.contract import INPUT_NAME, OPTIONAL_OUTPUTS, OUTPUT_NAMES
+from otonom_runtime.serving.plan import BatchPlan
 from otonom_runtime.serving.session import CHUNK_ROWS, Slot, run_chunked
 from otonom_schema import Action, RlState, validate_state_into, validate_states
 
@@ -78,8 +80,13 @@ class RlPolicy:
         metadata: dict[str, Any],
         device: str,
         extra_outputs: tuple[str, ...] = (),
+        one_thread: Callable[[], Any] | None = None,
     ) -> None:
         self._session = session
+        # batches of 65 .. 4,095 rows: the pool's session or a one-thread one, whichever ran
+        # faster here (``one_thread`` makes it; None: always the pool); ``batch_plan``
+        self._plan = BatchPlan(session, one_thread)
+        self._chosen = self._plan.chosen
         self.extra_outputs: tuple[str, ...] = tuple(extra_outputs)
         self._local = threading.local()
         self._metadata = metadata
@@ -184,8 +191,13 @@ class RlPolicy:
         else:
             # fresh arrays from onnxruntime; binding the whole batch per call measured slower
             # (three bind calls cost more than run's feed handling: 0.85-0.98x at 256-65,536
-            # rows), and so is chunking below _CHUNK_FROM rows
-            probs, strength = self._session.run(OUTPUT_NAMES, {INPUT_NAME: x})
+            # rows), and so is chunking below _CHUNK_FROM rows. The session is the plan's for
+            # the batch's size bucket (``serving.plan``), or the plan times both first.
+            session = self._chosen.get(n.bit_length())
+            if session is None:
+                probs, strength = self._plan.run(x)
+            else:
+                probs, strength = session.run(OUTPUT_NAMES, {INPUT_NAME: x})
         strength = strength.reshape(n)
         # the output contract, by whole-array reductions (NaN propagates through min/max and
         # fails the comparisons); the offending row is looked for only on failure. The row
@@ -289,6 +301,16 @@ class RlPolicy:
             else:
                 put((1, strength, p1) if p1 >= p2 else (2, strength, p2))
         return out
+
+    @property
+    def batch_plan(self) -> dict[int, int | None]:
+        """The session each batch size runs on, as far as chosen: the smallest size of each
+        bucket (batches of ``k`` .. ``2k - 1`` rows, 65 to 4,095 in all) -> its threads: 1 (a
+        one-thread session of the same model) or None (onnxruntime's pool, one thread per
+        core). Chosen at a bucket's first calls by timing both (``serving.plan``); outputs are
+        the same either way. A policy loaded with ``threads`` set, or on CUDA, has no plan:
+        every bucket None."""
+        return self._plan.threads()
 
     @property
     def degenerate_reason(self) -> str | None:

@@ -1,0 +1,225 @@
+"""The batch plan (``serving.plan``): batches of 65 .. 4,095 rows run on onnxruntime's pool or
+on a one-thread session of the same model, whichever ran faster at the bucket's first calls;
+the outputs are the same bit for bit either way."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+import otonom_schema as s
+from otonom_runtime.policy import RlPolicy, load_rl_policy
+from otonom_runtime.serving import plan as plan_module
+from otonom_runtime.serving.plan import FIRST_BUCKET, LAST_BUCKET, TRIAL_RUNS, BatchPlan
+from otonom_runtime.testing.models import make_policy_model
+
+F32 = npt.NDArray[np.float32]
+SIZES = (1, 7, 64, 65, 256, 1000, 2048, 4095)
+ALL_BUCKETS = [1 << (b - 1) for b in range(FIRST_BUCKET, LAST_BUCKET + 1)]
+
+
+def random_states(n: int, seed: int = 0) -> F32:
+    """``n`` valid states: every feature uniform inside its range, a random regime one-hot."""
+    rng = np.random.default_rng(seed)
+    low = np.array([f.low for f in s.FEATURES])
+    high = np.array([f.high for f in s.FEATURES])
+    x = rng.uniform(low, high, size=(n, s.STATE_DIM))
+    regime = slice(s.feature_index("regime_low_vol"), s.feature_index("regime_high_vol") + 1)
+    x[:, regime] = np.eye(3)[rng.integers(0, 3, size=n)]
+    return s.validate_states(x)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("plan") / "policy_best.onnx"
+    make_policy_model(path, hidden=128, layers=2, seed=5)
+    return path
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"hidden": 128, "layers": 2},
+        {"hidden": 32, "layers": 3},
+        {"hidden": 256, "layers": 1, "extra_outputs": [("risk_probs", 3), ("attention", 34)]},
+    ],
+)
+def test_one_thread_and_the_pool_give_the_same_bits(tmp_path: Path, kwargs: Any) -> None:
+    """The plan's premise: onnxruntime's pool and a one-thread session of the same model give
+    the same outputs bit for bit, at every batch size (each output element is one thread's
+    dot product whatever the split), every output included."""
+    path = tmp_path / "policy_best.onnx"
+    make_policy_model(path, seed=7, **kwargs)
+    policy = load_rl_policy(path)
+    pool, one = policy._plan.pool, policy._plan.one_thread()
+    assert one is not None
+    assert one is not pool
+    assert one.get_session_options().intra_op_num_threads == 1
+    assert pool.get_session_options().intra_op_num_threads == 0  # onnxruntime's default
+    for n in SIZES:
+        x = random_states(n, seed=n)
+        for a, b in zip(pool.run(None, {"state": x}), one.run(None, {"state": x}), strict=True):
+            assert np.array_equal(a, b), n
+
+
+def test_forced_either_way_the_answers_are_the_pools(model: Path) -> None:
+    """``fix(1)`` runs every bucket on the one-thread session, ``fix(None)`` on the pool, no
+    trial; ``predict_batch`` answers the same bits both ways, and ``batch_plan`` says which."""
+    one_policy, pool_policy = load_rl_policy(model), load_rl_policy(model)
+    one_policy._plan.fix(1)
+    pool_policy._plan.fix(None)
+    assert one_policy.batch_plan == dict.fromkeys(ALL_BUCKETS, 1)
+    assert pool_policy.batch_plan == dict.fromkeys(ALL_BUCKETS, None)
+    one = one_policy._plan.one_thread()
+    assert all(one_policy._chosen[b] is one for b in range(FIRST_BUCKET, LAST_BUCKET + 1))
+    assert pool_policy._plan._one is None  # never made
+    for n in SIZES:
+        x = random_states(n, seed=100 + n)
+        got, want = one_policy.predict_batch(x), pool_policy.predict_batch(x)
+        for i in range(3):
+            assert np.array_equal(got[i], want[i]), n
+            assert got[i].dtype == want[i].dtype
+
+
+def test_the_one_thread_session_is_made_at_the_first_mid_size_batch(model: Path) -> None:
+    """Loading makes no second session; nor do batches of up to 64 rows (pre-bound, on the
+    pool) or of 4,096 and more (chunks, on the pool); the first batch of 65 .. 4,095 rows does,
+    and the trial of its bucket then runs ``TRIAL_RUNS`` calls of each session, alternated,
+    before ``batch_plan`` lists it; every answer is the pool's."""
+    policy = load_rl_policy(model)
+    for n in (1, 64, 4096):
+        policy.predict_batch(random_states(n, seed=n))
+    assert policy._plan._one is None
+    assert policy.batch_plan == {}
+    x = random_states(300, seed=1)
+    expected = policy._session.run(None, {"state": x})
+    for call in range(1 + 2 * TRIAL_RUNS):
+        assert 256 not in policy.batch_plan, call
+        _a, strength, probs = policy.predict_batch(x)
+        assert np.array_equal(probs, expected[0])
+        assert np.array_equal(strength, expected[1].reshape(-1))
+        assert policy._plan._one is not None
+    assert list(policy.batch_plan) == [256]
+    assert policy.batch_plan[256] in (1, None)
+    pool_t, one_t = policy._plan._times[9]
+    assert len(pool_t) == len(one_t) == TRIAL_RUNS
+
+
+class FakeSession:
+    """A session whose run costs ``cost`` on the plan's clock and answers ``answer``."""
+
+    clock: ClassVar[list[float]] = [0.0]
+
+    def __init__(self, cost: float, answer: float = 0.5) -> None:
+        self.cost, self.answer, self.runs = cost, answer, 0
+
+    def run(self, names: object, feeds: dict[str, F32]) -> list[F32]:
+        self.runs += 1
+        FakeSession.clock[0] += self.cost
+        n = feeds["state"].shape[0]
+        return [np.full((n, 3), self.answer, np.float32), np.full((n, 1), 0.5, np.float32)]
+
+
+@pytest.mark.parametrize(("pool_cost", "one_cost", "chosen"), [(2.0, 1.0, 1), (1.0, 2.0, None)])
+def test_the_faster_median_is_fixed(
+    monkeypatch: pytest.MonkeyPatch, pool_cost: float, one_cost: float, chosen: int | None
+) -> None:
+    """On a clock where one session runs twice as fast, the trial fixes it for the bucket;
+    other buckets stay undecided."""
+    monkeypatch.setattr(plan_module, "_perf", lambda: FakeSession.clock[0])
+    pool, one = FakeSession(pool_cost), FakeSession(one_cost)
+    plan = BatchPlan(pool, lambda: one)
+    x = np.zeros((100, 34), np.float32)
+    plan.run(x)  # both, untimed, compared
+    assert (pool.runs, one.runs) == (1, 1)
+    for _ in range(2 * TRIAL_RUNS):
+        plan.run(x)
+    assert (pool.runs, one.runs) == (1 + TRIAL_RUNS, 1 + TRIAL_RUNS)
+    assert plan.threads() == {64: chosen}
+    assert plan.chosen[7] is (one if chosen == 1 else pool)
+    assert plan.off_reason is None
+
+
+def test_a_model_whose_one_thread_outputs_differ_has_no_plan() -> None:
+    """Outputs that differ by a single bit at a bucket's first call turn the plan off for the
+    model: every bucket the pool's, and the caller gets the pool's answer."""
+    pool, one = FakeSession(1.0, 0.5), FakeSession(1.0, np.nextafter(np.float32(0.5), 1))
+    plan = BatchPlan(pool, lambda: one)
+    probs, _ = plan.run(np.zeros((100, 34), np.float32))
+    assert (probs == 0.5).all()
+    assert plan.off_reason is not None
+    assert "differ" in plan.off_reason
+    assert plan.threads() == dict.fromkeys(ALL_BUCKETS, None)
+    plan.run(np.zeros((3000, 34), np.float32))
+    assert one.runs == 1
+    with pytest.raises(ValueError, match="no one-thread session"):
+        plan.fix(1)
+
+
+def test_a_session_that_cannot_be_made_leaves_the_pool() -> None:
+    def fail() -> object:
+        raise MemoryError("no room")
+
+    pool = FakeSession(1.0)
+    plan = BatchPlan(pool, fail)
+    probs, _ = plan.run(np.zeros((100, 34), np.float32))
+    assert probs.shape == (100, 3)
+    assert plan.off_reason is not None
+    assert "no room" in plan.off_reason
+    assert plan.threads() == dict.fromkeys(ALL_BUCKETS, None)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_thread_count_chosen_by_the_caller_has_no_plan(model: Path, threads: int) -> None:
+    """``load_rl_policy(..., threads=k)``: every batch on that session; no second one made."""
+    policy = load_rl_policy(model, threads=threads)
+    assert policy.batch_plan == dict.fromkeys(ALL_BUCKETS, None)
+    policy.predict_batch(random_states(300))
+    assert policy._plan.one_thread() is None
+    assert policy._plan.off_reason == "no one-thread session"
+
+
+def test_concurrent_calls_during_the_trials_get_the_pools_answers(model: Path) -> None:
+    """Threads calling ``predict_batch`` at several sizes while the buckets' trials run (and
+    the one-thread session is made) all get the answers of the pool's own run."""
+    policy = load_rl_policy(model)
+    sizes = (65, 200, 256, 700, 1500, 3000)
+    inputs = {n: random_states(n, seed=n) for n in sizes}
+    expected = {n: policy._session.run(None, {"state": x}) for n, x in inputs.items()}
+    errors: list[str] = []
+
+    def worker(k: int) -> None:
+        for i in range(8 * TRIAL_RUNS):
+            n = sizes[(k + i) % len(sizes)]
+            _a, strength, probs = policy.predict_batch(inputs[n])
+            if not (
+                np.array_equal(probs, expected[n][0])
+                and np.array_equal(strength, expected[n][1].reshape(-1))
+            ):
+                errors.append(f"thread {k} call {i}: {n} rows")
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert set(policy.batch_plan) == {64, 128, 256, 512, 1024, 2048}
+
+
+def test_batch_plan_is_a_copy(model: Path) -> None:
+    policy = load_rl_policy(model)
+    policy._plan.fix(None)
+    policy.batch_plan[256] = 1
+    assert policy.batch_plan[256] is None
+    with pytest.raises(AttributeError):
+        policy.batch_plan = {}  # type: ignore[misc]
+
+
+def test_policy_type() -> None:
+    assert RlPolicy.batch_plan.__doc__
