@@ -368,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
         values = ratios(single, batch)
         print_ratios(values)
         print_checked(batch)
+        # which session each batch size ran on (the policy's plan; absent before it existed)
+        print(f"\nbatch plan (rows -> threads): {getattr(policy, 'batch_plan', 'none')}")
         if args.out:
             result = {"command": _command(argv), "machine": machine(), "single_state_us": single}
             result["ratios"] = values

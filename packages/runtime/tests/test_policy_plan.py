@@ -15,7 +15,13 @@ import pytest
 import otonom_schema as s
 from otonom_runtime.policy import RlPolicy, load_rl_policy
 from otonom_runtime.serving import plan as plan_module
-from otonom_runtime.serving.plan import FIRST_BUCKET, LAST_BUCKET, TRIAL_RUNS, BatchPlan
+from otonom_runtime.serving.plan import (
+    FIRST_BUCKET,
+    LAST_BUCKET,
+    TRIAL_CALLS,
+    TRIAL_SECONDS,
+    BatchPlan,
+)
 from otonom_runtime.testing.models import make_policy_model
 
 F32 = npt.NDArray[np.float32]
@@ -76,7 +82,10 @@ def test_forced_either_way_the_answers_are_the_pools(model: Path) -> None:
     assert one_policy.batch_plan == dict.fromkeys(ALL_BUCKETS, 1)
     assert pool_policy.batch_plan == dict.fromkeys(ALL_BUCKETS, None)
     one = one_policy._plan.one_thread()
-    assert all(one_policy._chosen[b] is one for b in range(FIRST_BUCKET, LAST_BUCKET + 1))
+    for bucket in range(FIRST_BUCKET, LAST_BUCKET + 1):
+        for _ in range(3):  # for good: no trial ever again
+            assert next(one_policy._chosen[bucket]) is one
+            assert next(pool_policy._chosen[bucket]) is pool_policy._session
     assert pool_policy._plan._one is None  # never made
     for n in SIZES:
         x = random_states(n, seed=100 + n)
@@ -86,11 +95,14 @@ def test_forced_either_way_the_answers_are_the_pools(model: Path) -> None:
             assert got[i].dtype == want[i].dtype
 
 
-def test_the_one_thread_session_is_made_at_the_first_mid_size_batch(model: Path) -> None:
+def test_the_one_thread_session_is_made_at_the_first_mid_size_batch(
+    model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Loading makes no second session; nor do batches of up to 64 rows (pre-bound, on the
     pool) or of 4,096 and more (chunks, on the pool); the first batch of 65 .. 4,095 rows does,
-    and the trial of its bucket then runs ``TRIAL_RUNS`` calls of each session, alternated,
-    before ``batch_plan`` lists it; every answer is the pool's."""
+    and the trial of its bucket then times ``TRIAL_CALLS`` calls of the pool, then as many of
+    the one thread, before ``batch_plan`` lists it; every answer is the pool's."""
+    monkeypatch.setattr(plan_module, "TRIAL_SECONDS", 0.0)
     policy = load_rl_policy(model)
     for n in (1, 64, 4096):
         policy.predict_batch(random_states(n, seed=n))
@@ -98,7 +110,7 @@ def test_the_one_thread_session_is_made_at_the_first_mid_size_batch(model: Path)
     assert policy.batch_plan == {}
     x = random_states(300, seed=1)
     expected = policy._session.run(None, {"state": x})
-    for call in range(1 + 2 * TRIAL_RUNS):
+    for call in range(1 + 2 * TRIAL_CALLS):
         assert 256 not in policy.batch_plan, call
         _a, strength, probs = policy.predict_batch(x)
         assert np.array_equal(probs, expected[0])
@@ -106,49 +118,99 @@ def test_the_one_thread_session_is_made_at_the_first_mid_size_batch(model: Path)
         assert policy._plan._one is not None
     assert list(policy.batch_plan) == [256]
     assert policy.batch_plan[256] in (1, None)
-    pool_t, one_t = policy._plan._times[9]
-    assert len(pool_t) == len(one_t) == TRIAL_RUNS
+    assert policy._plan._trials[9].calls == [TRIAL_CALLS, TRIAL_CALLS]
+    assert next(policy._chosen[9]) in (policy._session, policy._plan._one)
 
 
 class FakeSession:
-    """A session whose run costs ``cost`` on the plan's clock and answers ``answer``."""
+    """A session whose runs cost ``costs`` in turn on the plan's clock, answering ``answer``."""
 
     clock: ClassVar[list[float]] = [0.0]
 
-    def __init__(self, cost: float, answer: float = 0.5) -> None:
-        self.cost, self.answer, self.runs = cost, answer, 0
+    def __init__(self, *costs: float, answer: float = 0.5) -> None:
+        self.costs, self.answer, self.runs = costs, answer, 0
 
     def run(self, names: object, feeds: dict[str, F32]) -> list[F32]:
+        FakeSession.clock[0] += self.costs[self.runs % len(self.costs)]
         self.runs += 1
-        FakeSession.clock[0] += self.cost
         n = feeds["state"].shape[0]
         return [np.full((n, 3), self.answer, np.float32), np.full((n, 1), 0.5, np.float32)]
 
 
-@pytest.mark.parametrize(("pool_cost", "one_cost", "chosen"), [(2.0, 1.0, 1), (1.0, 2.0, None)])
-def test_the_faster_median_is_fixed(
-    monkeypatch: pytest.MonkeyPatch, pool_cost: float, one_cost: float, chosen: int | None
-) -> None:
-    """On a clock where one session runs twice as fast, the trial fixes it for the bucket;
-    other buckets stay undecided."""
+def plan_of(pool: FakeSession, one: FakeSession, monkeypatch: pytest.MonkeyPatch) -> BatchPlan:
     monkeypatch.setattr(plan_module, "_perf", lambda: FakeSession.clock[0])
-    pool, one = FakeSession(pool_cost), FakeSession(one_cost)
-    plan = BatchPlan(pool, lambda: one)
+    return BatchPlan(pool, lambda: one)
+
+
+def calls(plan: BatchPlan, x: F32, k: int) -> list[object]:
+    """``k`` calls as ``predict_valid_batch`` makes them: the sessions that ran (None: the
+    plan's trial)."""
+    ran = []
+    for _ in range(k):
+        session = next(plan.chosen[x.shape[0].bit_length()])
+        ran.append(session)
+        if session is None:
+            plan.run(x)
+        else:
+            session.run(None, {"state": x})
+    return ran
+
+
+@pytest.mark.parametrize(
+    ("pool_costs", "one_costs", "chosen"),
+    [
+        ((0.02,), (0.01,), 1),
+        ((0.01,), (0.02,), None),
+        # the pool's median call is the faster, but one call in 8 stalls (a worker thread
+        # descheduled): its mean is the slower, and the mean decides
+        ((0.009,) * 7 + (0.1,), (0.01,), 1),
+    ],
+)
+def test_the_lower_mean_is_chosen_then_timed_again(
+    monkeypatch: pytest.MonkeyPatch,
+    pool_costs: tuple[float, ...],
+    one_costs: tuple[float, ...],
+    chosen: int | None,
+) -> None:
+    """On a clock where one session runs faster on the mean, the trial chooses it for the
+    bucket (the pool timed first, then the one thread, each for ``TRIAL_CALLS`` calls and
+    ``TRIAL_SECONDS``); it runs the next ``PERIOD`` calls, then the bucket is timed again;
+    other buckets stay undecided."""
+    monkeypatch.setattr(plan_module, "PERIOD", 5)
+    pool, one = FakeSession(*pool_costs), FakeSession(*one_costs)
+    plan = plan_of(pool, one, monkeypatch)
     x = np.zeros((100, 34), np.float32)
-    plan.run(x)  # both, untimed, compared
+    assert calls(plan, x, 1) == [None]  # both, untimed, compared
     assert (pool.runs, one.runs) == (1, 1)
-    for _ in range(2 * TRIAL_RUNS):
-        plan.run(x)
-    assert (pool.runs, one.runs) == (1 + TRIAL_RUNS, 1 + TRIAL_RUNS)
+    assert calls(plan, x, 2 * TRIAL_CALLS) == [None] * 2 * TRIAL_CALLS
+    assert (pool.runs, one.runs) == (1 + TRIAL_CALLS, 1 + TRIAL_CALLS)
     assert plan.threads() == {64: chosen}
-    assert plan.chosen[7] is (one if chosen == 1 else pool)
+    winner = one if chosen == 1 else pool
+    assert calls(plan, x, 6) == [winner] * 5 + [None]  # PERIOD calls, then a new trial
+    assert plan._trials[7].calls == [1, 0]
+    assert plan.threads() == {64: chosen}  # the last choice, while timed again
     assert plan.off_reason is None
+
+
+def test_a_short_trial_goes_on_until_trial_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fast runs: each session is timed until its runs add up to ``TRIAL_SECONDS``."""
+    pool, one = FakeSession(0.001), FakeSession(0.002)
+    plan = plan_of(pool, one, monkeypatch)
+    x = np.zeros((3000, 34), np.float32)
+    calls(plan, x, 1)
+    need_pool = round(TRIAL_SECONDS / 0.001)
+    need_one = round(TRIAL_SECONDS / 0.002)
+    calls(plan, x, need_pool + need_one - 2)  # (the fake clock's sums round either way)
+    assert plan.threads() == {}
+    calls(plan, x, 4)
+    assert plan.threads() == {2048: None}
 
 
 def test_a_model_whose_one_thread_outputs_differ_has_no_plan() -> None:
     """Outputs that differ by a single bit at a bucket's first call turn the plan off for the
     model: every bucket the pool's, and the caller gets the pool's answer."""
-    pool, one = FakeSession(1.0, 0.5), FakeSession(1.0, np.nextafter(np.float32(0.5), 1))
+    pool = FakeSession(1.0)
+    one = FakeSession(1.0, answer=float(np.nextafter(np.float32(0.5), np.float32(1))))
     plan = BatchPlan(pool, lambda: one)
     probs, _ = plan.run(np.zeros((100, 34), np.float32))
     assert (probs == 0.5).all()
@@ -184,9 +246,14 @@ def test_a_thread_count_chosen_by_the_caller_has_no_plan(model: Path, threads: i
     assert policy._plan.off_reason == "no one-thread session"
 
 
-def test_concurrent_calls_during_the_trials_get_the_pools_answers(model: Path) -> None:
+def test_concurrent_calls_during_the_trials_get_the_pools_answers(
+    model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Threads calling ``predict_batch`` at several sizes while the buckets' trials run (and
-    the one-thread session is made) all get the answers of the pool's own run."""
+    the one-thread session is made, and buckets are timed again) all get the answers of the
+    pool's own run."""
+    monkeypatch.setattr(plan_module, "TRIAL_SECONDS", 0.0)
+    monkeypatch.setattr(plan_module, "PERIOD", 3)
     policy = load_rl_policy(model)
     sizes = (65, 200, 256, 700, 1500, 3000)
     inputs = {n: random_states(n, seed=n) for n in sizes}
@@ -194,7 +261,7 @@ def test_concurrent_calls_during_the_trials_get_the_pools_answers(model: Path) -
     errors: list[str] = []
 
     def worker(k: int) -> None:
-        for i in range(8 * TRIAL_RUNS):
+        for i in range(12 * TRIAL_CALLS):
             n = sizes[(k + i) % len(sizes)]
             _a, strength, probs = policy.predict_batch(inputs[n])
             if not (

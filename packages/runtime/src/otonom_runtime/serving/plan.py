@@ -2,28 +2,33 @@
 onnxruntime's pool of worker threads or one thread, chosen per batch-size bucket by timing both
 on this machine (as FFTW's planner or cuDNN's benchmark mode choose an algorithm).
 
-Why: at a few hundred rows a run split over the pool's threads first wakes them (the policy's
-session stops their spinning when a run returns, so an idle daemon burns no CPU), and on a
-2-core VM shared with other jobs that wake-up made a 256-row run ~2x slower than one thread's
-(docs/benchmarks.md, issue 13); at large batches, or on a quiet machine with many cores, the
-pool wins. Where the two cross depends on the machine and its load, so it is measured, not set.
+Why: a run split over the pool's threads waits for its slowest piece. On a machine whose cores
+other jobs share, the pool's worker is now and then descheduled for a time slice mid-run:
+measured on the 2-core VM at load ~2, 256 rows, 3,000 calls each: the pool's median call 179
+us, one thread's 177 us, but the pool's mean 387 us against 186 us (its p99 4.3 ms: 54 % of
+its time in calls over twice the median). On a quiet machine, or at larger batches, the pool
+wins (3,000 rows: 975 us against 1,645 us a run). Where the two cross depends on the machine
+and its load, so it is measured, not set.
 
-How: the first call of a bucket (``bucket``: ``n.bit_length()``, batches of 2**(b-1) ..
-2**b - 1 rows) runs both sessions on the caller's states, untimed (each session's first run of
-a shape allocates), and compares their outputs bit for bit: if they differ the plan is off for
-the model (every batch runs on the pool, as without a plan). The next ``TRIAL_RUNS`` calls of
-each session are timed (the run alone), alternated call by call, on the caller's own calls (so
-the gaps between runs are the caller's: a loop of back-to-back runs at load would keep the
-pool's threads hot, which a caller doing any work between calls never sees); then the faster
-median is fixed for the bucket. The outputs are the same whichever session runs.
+How: buckets by ``n.bit_length()`` (batches of 2**(b-1) .. 2**b - 1 rows). A bucket's first
+call runs both sessions on the caller's states, untimed (each session's first run of a shape
+allocates), and compares their outputs bit for bit: if they differ the plan is off for the
+model (every batch runs on the pool, as without a plan). Then the caller's own calls are timed
+(the run alone), first on the pool, then on the one thread, each for at least ``TRIAL_CALLS``
+calls and ``TRIAL_SECONDS`` of runs (the stalls are rare: a handful of calls would miss them,
+hence a mean over sustained use, not a median of a few); the lower mean is used for the next
+``PERIOD`` calls of the bucket, after which it is measured again (the load changes). Timing
+the caller's calls, not a loop at load, keeps the caller's gaps between runs (which decide
+whether the pool's threads are asleep when a run starts). The outputs are the same whichever
+session runs.
 """
 
 from __future__ import annotations
 
-import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from itertools import chain, repeat
 from typing import Any, Final
 
 import numpy as np
@@ -31,7 +36,15 @@ import numpy.typing as npt
 
 from otonom_runtime.serving.contract import INPUT_NAME, OUTPUT_NAMES
 
-__all__ = ["FIRST_BUCKET", "LAST_BUCKET", "MAX_PLAN_BYTES", "TRIAL_RUNS", "BatchPlan"]
+__all__ = [
+    "FIRST_BUCKET",
+    "LAST_BUCKET",
+    "MAX_PLAN_BYTES",
+    "PERIOD",
+    "TRIAL_CALLS",
+    "TRIAL_SECONDS",
+    "BatchPlan",
+]
 
 F32 = npt.NDArray[np.float32]
 
@@ -39,67 +52,107 @@ FIRST_BUCKET: Final = 7
 """65 .. 127 rows: smaller batches run through the policy's pre-bound slots (on the pool)."""
 LAST_BUCKET: Final = 12
 """2,048 .. 4,095 rows: from 4,096 the policy runs chunks of 2,048 rows on the pool."""
-TRIAL_RUNS: Final = 5
-"""Timed runs of each session per bucket before the choice is fixed."""
+TRIAL_CALLS: Final = 8
+TRIAL_SECONDS: Final = 0.02
+"""A trial times each session for at least ``TRIAL_CALLS`` calls and this many seconds of runs
+(at 256 rows ~130 calls: the pool's stalls came in a few % of the calls under load)."""
+PERIOD: Final = 1 << 14
+"""Calls of a bucket on the chosen session before it is measured again (at 256 rows, ~3 s of
+back-to-back calls; a trial's ~40 ms then costs under 1 % even when half of it is 2x slow)."""
 MAX_PLAN_BYTES: Final = 16 << 20
 """The largest model whose bytes a plan keeps for its one-thread session (made lazily, from
 them: the file may have been replaced since it was verified); a bigger model has no plan."""
 
 _perf: Final = time.perf_counter
+_BUCKETS: Final = range(FIRST_BUCKET, LAST_BUCKET + 1)
+
+
+class _Trial:
+    """A bucket's measurement: calls and seconds of runs of the pool [0] and one thread [1]."""
+
+    __slots__ = ("calls", "phase", "seconds")
+
+    def __init__(self) -> None:
+        self.phase = 0  # 0: timing the pool, 1: timing one thread, 2: decided
+        self.calls = [0, 0]
+        self.seconds = [0.0, 0.0]
+
+    def restart(self) -> None:
+        self.phase, self.calls, self.seconds = 0, [0, 0], [0.0, 0.0]
 
 
 class BatchPlan:
-    """The sessions a policy runs its mid-size batches on (``RlPolicy.predict_valid_batch``).
+    """The sessions a policy runs its batches of 65 .. 4,095 rows on
+    (``RlPolicy.predict_valid_batch``).
 
-    ``chosen``: bucket -> the session fixed for it; the policy reads it on every call (one dict
-    lookup), and calls ``run`` for a bucket that has no entry yet. ``pool``: the policy's
-    session. ``one_thread``: makes the one-thread session of the same model (called once, at
-    the first call of a bucket), or None for a policy without a plan (a thread count chosen by
-    the caller, a CUDA session, a model over ``MAX_PLAN_BYTES``): every bucket is the pool's.
+    ``chosen``: per ``n.bit_length()`` (0 .. 63) an iterator the policy calls ``next`` on for
+    every batch: the session to run it on, or None: call ``run`` (the bucket is being timed).
+    ``pool``: the policy's session. ``one_thread``: makes the one-thread session of the same
+    model (called once, at the first call of a bucket), or None for a policy without a plan (a
+    thread count chosen by the caller, a CUDA session, a model over ``MAX_PLAN_BYTES``): every
+    bucket is the pool's.
 
-    Safe to share across threads: ``chosen`` is only ever given entries whose session gives the
-    outputs the pool gives; two threads ending a bucket's trial at once may both write it, the
-    last write wins. The one-thread session is made under a lock.
+    Safe to share across threads: ``next`` on ``itertools.repeat`` and ``chain`` holds the GIL;
+    a chosen iterator only ever yields a session whose outputs equal the pool's; two threads
+    ending a bucket's trial at once may both write its choice (the last write wins), and
+    counts may be off by a call or two. The one-thread session is made under a lock.
     """
 
-    __slots__ = ("_lock", "_make", "_one", "_times", "chosen", "off_reason", "pool")
+    __slots__ = ("_lock", "_make", "_one", "_trials", "_winners", "chosen", "off_reason", "pool")
 
     def __init__(self, pool: Any, one_thread: Callable[[], Any] | None) -> None:
         self.pool = pool
         self._make = one_thread
         self._one: Any = None
         self._lock = threading.Lock()
-        self._times: dict[int, tuple[list[float], list[float]]] = {}
-        self.chosen: dict[int, Any] = {}
+        self._trials: dict[int, _Trial] = {}
+        self._winners: dict[int, Any] = {}
+        self.chosen: list[Iterator[Any]] = [repeat(pool)] * 64
         self.off_reason: str | None = None
         if one_thread is None:
             self._off("no one-thread session")
+        else:
+            for bucket in _BUCKETS:
+                self.chosen[bucket] = repeat(None)
 
     def run(self, x: F32) -> tuple[F32, F32]:
-        """The model's ``action_probs`` and ``strength`` for ``x`` (N, 34), N over 64, during
-        the trial of its bucket (or outside the plan's buckets: the pool's run)."""
+        """The model's ``action_probs`` and ``strength`` for ``x`` (N, 34), 65 <= N < 4,096,
+        while its bucket is timed: one more call of the trial."""
         bucket = x.shape[0].bit_length()
         pool = self.pool
-        if self._make is None or not FIRST_BUCKET <= bucket <= LAST_BUCKET:
+        one = self.one_thread() if FIRST_BUCKET <= bucket <= LAST_BUCKET else None
+        if one is None:
             return _run(pool, x)
-        one = self.one_thread()
-        times = self._times.get(bucket)
-        if times is None or one is None:
+        trial = self._trials.get(bucket)
+        if trial is None:  # the bucket's first call: both sessions, compared
             expected = _run(pool, x)
-            if one is not None and not _same(expected, _run(one, x)):
+            if not _same(expected, _run(one, x)):
                 self._off(f"its one-thread outputs differ from the pool's at {x.shape[0]} rows")
             else:
-                self._times.setdefault(bucket, ([], []))
+                self._trials[bucket] = _Trial()
             return expected
-        pool_t, one_t = times
-        session, spent = (pool, pool_t) if len(pool_t) <= len(one_t) else (one, one_t)
+        phase = trial.phase
+        if phase == 2:  # the chosen session's PERIOD calls are over: measure again
+            trial.restart()
+            phase = 0
         t0 = _perf()
-        out = _run(session, x)
-        spent.append(_perf() - t0)
-        if len(pool_t) >= TRIAL_RUNS and len(one_t) >= TRIAL_RUNS:
-            faster = statistics.median(one_t) < statistics.median(pool_t)
-            self.chosen[bucket] = one if faster and self._make is not None else pool
+        out = _run(one if phase else pool, x)
+        trial.seconds[phase] += _perf() - t0
+        trial.calls[phase] += 1
+        if trial.calls[phase] >= TRIAL_CALLS and trial.seconds[phase] >= TRIAL_SECONDS:
+            if phase == 0:
+                trial.phase = 1
+            else:
+                self._decide(bucket, trial, one)
         return out
+
+    def _decide(self, bucket: int, trial: _Trial, one: Any) -> None:
+        (pool_calls, one_calls), (pool_s, one_s) = trial.calls, trial.seconds
+        winner = one if one_s * pool_calls < pool_s * one_calls else self.pool
+        trial.phase = 2
+        if self._make is not None:  # not turned off meanwhile
+            self._winners[bucket] = winner
+            self.chosen[bucket] = chain(repeat(winner, PERIOD), repeat(None))
 
     def one_thread(self) -> Any:
         """The one-thread session, made at the first call (None: no plan)."""
@@ -113,29 +166,32 @@ class BatchPlan:
         return self._one
 
     def fix(self, threads: int | None) -> None:
-        """Every bucket to the pool (None) or the one-thread session (1), no trial: for tests,
-        and for a caller that knows its machine."""
-        one = self.one_thread() if threads == 1 else None
-        if threads == 1 and one is None:
+        """Every bucket to the pool (None) or the one-thread session (1) for good, no trial:
+        for tests, and for a caller that knows its machine."""
+        session = self.one_thread() if threads == 1 else self.pool
+        if session is None:
             raise ValueError(f"no one-thread session: {self.off_reason}")
-        for bucket in range(FIRST_BUCKET, LAST_BUCKET + 1):
-            self.chosen[bucket] = one if threads == 1 else self.pool
+        for bucket in _BUCKETS:
+            self._winners[bucket] = session
+            self.chosen[bucket] = repeat(session)
 
     def threads(self) -> dict[int, int | None]:
-        """Each fixed bucket's smallest batch size -> its session's threads (1, or None:
-        onnxruntime's pool, as ``load_rl_policy``'s ``threads=None``)."""
+        """Each decided bucket's smallest batch size -> its session's threads (1, or None:
+        onnxruntime's pool, as ``load_rl_policy``'s ``threads=None``); a bucket being timed
+        again keeps its last choice."""
         one = self._one
         return {
             1 << (bucket - 1): 1 if session is one and one is not None else None
-            for bucket, session in sorted(self.chosen.items())
+            for bucket, session in sorted(self._winners.items())
         }
 
     def _off(self, reason: str) -> None:
         self.off_reason = reason
         self._make = None
         self._one = None
-        for bucket in range(FIRST_BUCKET, LAST_BUCKET + 1):
-            self.chosen[bucket] = self.pool
+        for bucket in _BUCKETS:
+            self._winners[bucket] = self.pool
+            self.chosen[bucket] = repeat(self.pool)
 
 
 def _run(session: Any, x: F32) -> tuple[F32, F32]:

@@ -193,7 +193,7 @@ class RlPolicy:
             # (three bind calls cost more than run's feed handling: 0.85-0.98x at 256-65,536
             # rows), and so is chunking below _CHUNK_FROM rows. The session is the plan's for
             # the batch's size bucket (``serving.plan``), or the plan times both first.
-            session = self._chosen.get(n.bit_length())
+            session = next(self._chosen[n.bit_length()])
             if session is None:
                 probs, strength = self._plan.run(x)
             else:
