@@ -161,6 +161,8 @@ def calls(plan: BatchPlan, x: F32, k: int) -> list[object]:
     [
         ((0.02,), (0.01,), 1),
         ((0.01,), (0.02,), None),
+        ((0.0098,), (0.01,), 1),  # a tie (within TIE): the one thread, fewer CPU seconds
+        ((0.0094,), (0.01,), None),
         # the pool's median call is the faster, but one call in 8 stalls (a worker thread
         # descheduled): its mean is the slower, and the mean decides
         ((0.009,) * 7 + (0.1,), (0.01,), 1),

@@ -16,11 +16,11 @@ allocates), and compares their outputs bit for bit: if they differ the plan is o
 model (every batch runs on the pool, as without a plan). Then the caller's own calls are timed
 (the run alone), first on the pool, then on the one thread, each for at least ``TRIAL_CALLS``
 calls and ``TRIAL_SECONDS`` of runs (the stalls are rare: a handful of calls would miss them,
-hence a mean over sustained use, not a median of a few); the lower mean is used for the next
-``PERIOD`` calls of the bucket, after which it is measured again (the load changes). Timing
-the caller's calls, not a loop at load, keeps the caller's gaps between runs (which decide
-whether the pool's threads are asleep when a run starts). The outputs are the same whichever
-session runs.
+hence a mean over sustained use, not a median of a few); the lower mean (a tie, within
+``TIE``, to the one thread) is used for the next ``PERIOD`` calls of the bucket, after which it
+is measured again (the load changes). Timing the caller's calls, not a loop at load, keeps the
+caller's gaps between runs (which decide whether the pool's threads are asleep when a run
+starts). The outputs are the same whichever session runs.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ __all__ = [
     "LAST_BUCKET",
     "MAX_PLAN_BYTES",
     "PERIOD",
+    "TIE",
     "TRIAL_CALLS",
     "TRIAL_SECONDS",
     "BatchPlan",
@@ -56,6 +57,10 @@ TRIAL_CALLS: Final = 8
 TRIAL_SECONDS: Final = 0.02
 """A trial times each session for at least ``TRIAL_CALLS`` calls and this many seconds of runs
 (at 256 rows ~130 calls: the pool's stalls came in a few % of the calls under load)."""
+TIE: Final = 0.05
+"""Means within this fraction of each other are a tie, which the one-thread session wins: it
+does the same work in fewer CPU seconds (the pool's threads also hand work over and wait), and
+its time has no tail (no peer thread to wait for), which a 20 ms trial may not see."""
 PERIOD: Final = 1 << 14
 """Calls of a bucket on the chosen session before it is measured again (at 256 rows, ~3 s of
 back-to-back calls; a trial's ~40 ms then costs under 1 % even when half of it is 2x slow)."""
@@ -148,7 +153,8 @@ class BatchPlan:
 
     def _decide(self, bucket: int, trial: _Trial, one: Any) -> None:
         (pool_calls, one_calls), (pool_s, one_s) = trial.calls, trial.seconds
-        winner = one if one_s * pool_calls < pool_s * one_calls else self.pool
+        # a tie (within TIE) goes to the one thread: the same wall time for fewer CPU seconds
+        winner = one if one_s * pool_calls <= (1.0 + TIE) * pool_s * one_calls else self.pool
         trial.phase = 2
         if self._make is not None:  # not turned off meanwhile
             self._winners[bucket] = winner
