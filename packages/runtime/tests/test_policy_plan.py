@@ -1,6 +1,6 @@
-"""The batch plan (``serving.plan``): batches of 65 .. 4,095 rows run on onnxruntime's pool or
-on a one-thread session of the same model, whichever ran faster at the bucket's first calls;
-the outputs are the same bit for bit either way."""
+"""The batch plan (``serving.plan``): batches over 64 rows run on onnxruntime's pool or on a
+one-thread session of the same model, whichever ran faster at the bucket's first calls (from
+4,096 rows in chunks); the outputs are the same bit for bit either way."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from otonom_runtime.testing.models import make_policy_model
 
 F32 = npt.NDArray[np.float32]
 SIZES = (1, 7, 64, 65, 256, 1000, 2048, 4095)
-ALL_BUCKETS = [1 << (b - 1) for b in range(FIRST_BUCKET, LAST_BUCKET + 1)]
+ALL_BUCKETS = [1 << (b - 1) for b in range(FIRST_BUCKET, LAST_BUCKET + 1)]  # 64 .. 2**62
 
 
 def random_states(n: int, seed: int = 0) -> F32:
@@ -87,7 +87,7 @@ def test_forced_either_way_the_answers_are_the_pools(model: Path) -> None:
             assert next(one_policy._chosen[bucket]) is one
             assert next(pool_policy._chosen[bucket]) is pool_policy._session
     assert pool_policy._plan._one is None  # never made
-    for n in SIZES:
+    for n in (*SIZES, 4096, 5000, 20481):  # from 4,096 rows: in chunks
         x = random_states(n, seed=100 + n)
         got, want = one_policy.predict_batch(x), pool_policy.predict_batch(x)
         for i in range(3):
@@ -99,12 +99,12 @@ def test_the_one_thread_session_is_made_at_the_first_mid_size_batch(
     model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Loading makes no second session; nor do batches of up to 64 rows (pre-bound, on the
-    pool) or of 4,096 and more (chunks, on the pool); the first batch of 65 .. 4,095 rows does,
-    and the trial of its bucket then times ``TRIAL_CALLS`` calls of the pool, then as many of
-    the one thread, before ``batch_plan`` lists it; every answer is the pool's."""
+    pool); the first batch over 64 rows does, and the trial of its bucket then times
+    ``TRIAL_CALLS`` calls of the pool, then as many of the one thread, before ``batch_plan``
+    lists it; every answer is the pool's."""
     monkeypatch.setattr(plan_module, "TRIAL_SECONDS", 0.0)
     policy = load_rl_policy(model)
-    for n in (1, 64, 4096):
+    for n in (1, 64):
         policy.predict_batch(random_states(n, seed=n))
     assert policy._plan._one is None
     assert policy.batch_plan == {}
@@ -292,3 +292,34 @@ def test_batch_plan_is_a_copy(model: Path) -> None:
 
 def test_policy_type() -> None:
     assert RlPolicy.batch_plan.__doc__
+
+
+def test_large_batches_run_in_chunks_on_the_chosen_session(
+    model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From 4,096 rows the plan's session runs the batch in chunks (``run_chunked``): during
+    the trial both sessions (the first call: both, compared), then the chosen one."""
+    from otonom_runtime.serving import rl_policy, session
+
+    monkeypatch.setattr(plan_module, "TRIAL_SECONDS", 0.0)
+    used: list[object] = []
+    chunked = session.run_chunked
+
+    def spy(sess: Any, x: Any, rows: int = session.CHUNK_ROWS) -> Any:
+        used.append(sess)
+        return chunked(sess, x, rows)
+
+    monkeypatch.setattr(rl_policy, "run_chunked", spy)
+    monkeypatch.setattr(plan_module, "run_chunked", spy)
+    policy = load_rl_policy(model)
+    x = random_states(5000, seed=4)
+    expected = policy._session.run(None, {"state": x})
+    for _ in range(1 + 2 * TRIAL_CALLS + 2):
+        _a, strength, probs = policy.predict_batch(x)
+        assert np.array_equal(probs, expected[0])
+        assert np.array_equal(strength, expected[1].reshape(-1))
+    pool, one = policy._session, policy._plan._one
+    trial = [pool, one] + [pool] * TRIAL_CALLS + [one] * TRIAL_CALLS
+    assert used[: len(trial)] == trial
+    chosen = one if policy.batch_plan[4096] == 1 else pool
+    assert used[len(trial) :] == [chosen, chosen]

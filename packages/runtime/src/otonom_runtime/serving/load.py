@@ -55,7 +55,7 @@ def load_rl_policy(
     ``threads``: onnxruntime's intra-op threads (None: its default, one per core). 1 suits a
     caller that makes many small calls in a row, as a backtest does: a call then never hands
     work to another thread and waits for it, which costs more than a small batch itself. With
-    None on the CPU, batches of 65 .. 4,095 rows run on whichever of the pool and a one-thread
+    None on the CPU, batches of over 64 rows run on whichever of the pool and a one-thread
     session of the same model (made at the first such batch) ran faster on this machine at
     that batch size's first calls (``RlPolicy.batch_plan``); the outputs are the same.
 
@@ -109,7 +109,7 @@ def load_rl_policy(
         )
     golden = decode_golden(scan.metadata[GOLDEN_KEY], model)
     session = make_session(ort, data, model, chosen, threads)
-    # threads=None on the CPU: batches of 65 .. 4,095 rows run on the pool or on a one-thread
+    # threads=None on the CPU: batches over 64 rows run on the pool or on a one-thread
     # session of the same bytes, made at the first such batch, whichever runs faster here
     # (``serving.plan``); the bytes are kept for it (a policy is a few hundred KiB)
     planned = threads is None and chosen == ["CPUExecutionProvider"]

@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from otonom_runtime.serving.contract import INPUT_NAME, OUTPUT_NAMES
+from otonom_runtime.serving.session import run_chunked
 
 __all__ = [
     "FIRST_BUCKET",
@@ -51,19 +52,22 @@ F32 = npt.NDArray[np.float32]
 
 FIRST_BUCKET: Final = 7
 """65 .. 127 rows: smaller batches run through the policy's pre-bound slots (on the pool)."""
-LAST_BUCKET: Final = 12
-"""2,048 .. 4,095 rows: from 4,096 the policy runs chunks of 2,048 rows on the pool."""
+LAST_BUCKET: Final = 63
+"""Every larger batch (from 4,096 rows the chosen session runs it in chunks of 2,048 rows:
+``session.run_chunked``)."""
 TRIAL_CALLS: Final = 8
-TRIAL_SECONDS: Final = 0.02
+TRIAL_SECONDS: Final = 0.05
 """A trial times each session for at least ``TRIAL_CALLS`` calls and this many seconds of runs
-(at 256 rows ~130 calls: the pool's stalls came in a few % of the calls under load)."""
+(at 256 rows ~300 calls: the pool's stalls come in a few % of the calls under load). Measured at
+load 3, 256 rows, 20 trials each: 20 ms of runs chose the faster session 19 times (the pool's
+mean was 1.8-3.0x one thread's, once 0.76x), 100 ms 20 times."""
 TIE: Final = 0.05
 """Means within this fraction of each other are a tie, which the one-thread session wins: it
 does the same work in fewer CPU seconds (the pool's threads also hand work over and wait), and
 its time has no tail (no peer thread to wait for), which a 20 ms trial may not see."""
-PERIOD: Final = 1 << 14
-"""Calls of a bucket on the chosen session before it is measured again (at 256 rows, ~3 s of
-back-to-back calls; a trial's ~40 ms then costs under 1 % even when half of it is 2x slow)."""
+PERIOD: Final = 1 << 15
+"""Calls of a bucket on the chosen session before it is measured again (at 256 rows, ~6 s of
+back-to-back calls; a trial's ~0.1 s then costs ~1 % when half of it is 2x slow)."""
 MAX_PLAN_BYTES: Final = 16 << 20
 """The largest model whose bytes a plan keeps for its one-thread session (made lazily, from
 them: the file may have been replaced since it was verified); a bigger model has no plan."""
@@ -87,7 +91,7 @@ class _Trial:
 
 
 class BatchPlan:
-    """The sessions a policy runs its batches of 65 .. 4,095 rows on
+    """The sessions a policy runs its batches of over 64 rows on
     (``RlPolicy.predict_valid_batch``).
 
     ``chosen``: per ``n.bit_length()`` (0 .. 63) an iterator the policy calls ``next`` on for
@@ -120,18 +124,20 @@ class BatchPlan:
             for bucket in _BUCKETS:
                 self.chosen[bucket] = repeat(None)
 
-    def run(self, x: F32) -> tuple[F32, F32]:
-        """The model's ``action_probs`` and ``strength`` for ``x`` (N, 34), 65 <= N < 4,096,
-        while its bucket is timed: one more call of the trial."""
+    def run(self, x: F32, chunked: bool = False) -> tuple[F32, F32]:
+        """The model's ``action_probs`` and ``strength`` for ``x`` (N, 34), N over 64, while
+        its bucket is timed: one more call of the trial. ``chunked``: in chunks of
+        ``CHUNK_ROWS`` rows (``session.run_chunked``; ``x`` C-contiguous float32)."""
         bucket = x.shape[0].bit_length()
         pool = self.pool
         one = self.one_thread() if FIRST_BUCKET <= bucket <= LAST_BUCKET else None
+        go = run_chunked if chunked else _whole
         if one is None:
-            return _run(pool, x)
+            return go(pool, x)
         trial = self._trials.get(bucket)
         if trial is None:  # the bucket's first call: both sessions, compared
-            expected = _run(pool, x)
-            if not _same(expected, _run(one, x)):
+            expected = go(pool, x)
+            if not _same(expected, go(one, x)):
                 self._off(f"its one-thread outputs differ from the pool's at {x.shape[0]} rows")
             else:
                 self._trials[bucket] = _Trial()
@@ -141,7 +147,7 @@ class BatchPlan:
             trial.restart()
             phase = 0
         t0 = _perf()
-        out = _run(one if phase else pool, x)
+        out = go(one if phase else pool, x)
         trial.seconds[phase] += _perf() - t0
         trial.calls[phase] += 1
         if trial.calls[phase] >= TRIAL_CALLS and trial.seconds[phase] >= TRIAL_SECONDS:
@@ -200,7 +206,7 @@ class BatchPlan:
             self.chosen[bucket] = repeat(self.pool)
 
 
-def _run(session: Any, x: F32) -> tuple[F32, F32]:
+def _whole(session: Any, x: F32, rows: int = 0) -> tuple[F32, F32]:
     probs, strength = session.run(OUTPUT_NAMES, {INPUT_NAME: x})
     return probs, strength
 

@@ -83,7 +83,7 @@ class RlPolicy:
         one_thread: Callable[[], Any] | None = None,
     ) -> None:
         self._session = session
-        # batches of 65 .. 4,095 rows: the pool's session or a one-thread one, whichever ran
+        # batches over 64 rows: the pool's session or a one-thread one, whichever ran
         # faster here (``one_thread`` makes it; None: always the pool); ``batch_plan``
         self._plan = BatchPlan(session, one_thread)
         self._chosen = self._plan.chosen
@@ -186,17 +186,22 @@ class RlPolicy:
             np.copyto(slot.state, x)
             slot.run()
             probs, strength = slot.probs.copy(), slot.strength.copy()  # fresh, the caller's
-        elif n >= _CHUNK_FROM and x.flags.c_contiguous and x.dtype == np.float32:
-            probs, strength = run_chunked(self._session, x)  # bound in place, chunk by chunk
         else:
-            # fresh arrays from onnxruntime; binding the whole batch per call measured slower
-            # (three bind calls cost more than run's feed handling: 0.85-0.98x at 256-65,536
-            # rows), and so is chunking below _CHUNK_FROM rows. The session is the plan's for
-            # the batch's size bucket (``serving.plan``), or the plan times both first.
+            # the session the plan chose for the batch's size bucket, the pool's or one
+            # thread's (``serving.plan``; None: the plan times both on this call)
             session = next(self._chosen[n.bit_length()])
-            if session is None:
+            if n >= _CHUNK_FROM and x.flags.c_contiguous and x.dtype == np.float32:
+                # bound in place, chunk by chunk
+                if session is None:
+                    probs, strength = self._plan.run(x, chunked=True)
+                else:
+                    probs, strength = run_chunked(session, x)
+            elif session is None:
                 probs, strength = self._plan.run(x)
             else:
+                # fresh arrays from onnxruntime; binding the whole batch per call measured
+                # slower (three bind calls cost more than run's feed handling: 0.85-0.98x at
+                # 256-65,536 rows), and so is chunking below _CHUNK_FROM rows
                 probs, strength = session.run(OUTPUT_NAMES, {INPUT_NAME: x})
         strength = strength.reshape(n)
         # the output contract, by whole-array reductions (NaN propagates through min/max and
@@ -305,7 +310,7 @@ class RlPolicy:
     @property
     def batch_plan(self) -> dict[int, int | None]:
         """The session each batch size runs on, as far as chosen: the smallest size of each
-        bucket (batches of ``k`` .. ``2k - 1`` rows, 65 to 4,095 in all) -> its threads: 1 (a
+        bucket (batches of ``k`` .. ``2k - 1`` rows, 65 and over) -> its threads: 1 (a
         one-thread session of the same model) or None (onnxruntime's pool, one thread per
         core). Chosen at a bucket's first calls by timing both (``serving.plan``); outputs are
         the same either way. A policy loaded with ``threads`` set, or on CUDA, has no plan:
