@@ -190,7 +190,7 @@ class BatchPlan:
     def threads(self) -> dict[int, int | None]:
         """Each decided bucket's smallest batch size -> its session's threads (1, or None:
         onnxruntime's pool, as ``load_rl_policy``'s ``threads=None``); a bucket being timed
-        again keeps its last choice."""
+        again keeps its last choice; {} without a plan (``off_reason`` says why)."""
         one = self._one
         return {
             1 << (bucket - 1): 1 if session is one and one is not None else None
@@ -201,8 +201,8 @@ class BatchPlan:
         self.off_reason = reason
         self._make = None
         self._one = None
+        self._winners.clear()
         for bucket in _BUCKETS:
-            self._winners[bucket] = self.pool
             self.chosen[bucket] = repeat(self.pool)
 
 

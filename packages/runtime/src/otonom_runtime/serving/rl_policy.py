@@ -312,9 +312,10 @@ class RlPolicy:
         """The session each batch size runs on, as far as chosen: the smallest size of each
         bucket (batches of ``k`` .. ``2k - 1`` rows, 65 and over) -> its threads: 1 (a
         one-thread session of the same model) or None (onnxruntime's pool, one thread per
-        core). Chosen at a bucket's first calls by timing both (``serving.plan``); outputs are
-        the same either way. A policy loaded with ``threads`` set, or on CUDA, has no plan:
-        every bucket None."""
+        core), e.g. ``{256: 1, 4096: None}``. Chosen by timing both on a bucket's first calls
+        and again every ``plan.PERIOD`` calls (``serving.plan``); the outputs are the same
+        either way. ``{}`` for a policy without a plan (every batch on its one session):
+        loaded with ``threads`` set or on CUDA, or a model whose one-thread outputs differ."""
         return self._plan.threads()
 
     @property
