@@ -176,9 +176,11 @@ def test_the_lower_mean_is_chosen_then_timed_again(
 ) -> None:
     """On a clock where one session runs faster on the mean, the trial chooses it for the
     bucket (the pool timed first, then the one thread, each for ``TRIAL_CALLS`` calls and
-    ``TRIAL_SECONDS``); it runs the next ``PERIOD`` calls, then the bucket is timed again;
+    ``TRIAL_SECONDS``); it runs the bucket's next ``PERIOD_ROWS`` rows (in calls: rows over
+    the bucket's smallest size, at least ``MIN_PERIOD``), then the bucket is timed again;
     other buckets stay undecided."""
-    monkeypatch.setattr(plan_module, "PERIOD", 5)
+    monkeypatch.setattr(plan_module, "PERIOD_ROWS", 5 << 6)  # 5 calls of bucket 7 (64..127)
+    monkeypatch.setattr(plan_module, "MIN_PERIOD", 1)
     pool, one = FakeSession(*pool_costs), FakeSession(*one_costs)
     plan = plan_of(pool, one, monkeypatch)
     x = np.zeros((100, 34), np.float32)
@@ -188,7 +190,7 @@ def test_the_lower_mean_is_chosen_then_timed_again(
     assert (pool.runs, one.runs) == (1 + TRIAL_CALLS, 1 + TRIAL_CALLS)
     assert plan.threads() == {64: chosen}
     winner = one if chosen == 1 else pool
-    assert calls(plan, x, 6) == [winner] * 5 + [None]  # PERIOD calls, then a new trial
+    assert calls(plan, x, 6) == [winner] * 5 + [None]  # the period, then a new trial
     assert plan._trials[7].calls == [1, 0]
     assert plan.threads() == {64: chosen}  # the last choice, while timed again
     assert plan.off_reason is None
@@ -255,7 +257,8 @@ def test_concurrent_calls_during_the_trials_get_the_pools_answers(
     the one-thread session is made, and buckets are timed again) all get the answers of the
     pool's own run."""
     monkeypatch.setattr(plan_module, "TRIAL_SECONDS", 0.0)
-    monkeypatch.setattr(plan_module, "PERIOD", 3)
+    monkeypatch.setattr(plan_module, "PERIOD_ROWS", 1 << 8)  # 4 calls of 64..127 rows, ...
+    monkeypatch.setattr(plan_module, "MIN_PERIOD", 2)
     policy = load_rl_policy(model)
     sizes = (65, 200, 256, 700, 1500, 3000)
     inputs = {n: random_states(n, seed=n) for n in sizes}

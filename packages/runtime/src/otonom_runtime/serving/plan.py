@@ -17,10 +17,11 @@ model (every batch runs on the pool, as without a plan). Then the caller's own c
 (the run alone), first on the pool, then on the one thread, each for at least ``TRIAL_CALLS``
 calls and ``TRIAL_SECONDS`` of runs (the stalls are rare: a handful of calls would miss them,
 hence a mean over sustained use, not a median of a few); the lower mean (a tie, within
-``TIE``, to the one thread) is used for the next ``PERIOD`` calls of the bucket, after which it
-is measured again (the load changes). Timing the caller's calls, not a loop at load, keeps the
-caller's gaps between runs (which decide whether the pool's threads are asleep when a run
-starts). The outputs are the same whichever session runs.
+``TIE``, to the one thread) is used for the bucket's next ``PERIOD_ROWS`` rows (at least
+``MIN_PERIOD`` calls), after which it is measured again (the load changes). Timing the
+caller's calls, not a loop at load, keeps the caller's gaps between runs (which decide whether
+the pool's threads are asleep when a run starts). The outputs are the same whichever session
+runs.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ __all__ = [
     "FIRST_BUCKET",
     "LAST_BUCKET",
     "MAX_PLAN_BYTES",
-    "PERIOD",
+    "MIN_PERIOD",
+    "PERIOD_ROWS",
     "TIE",
     "TRIAL_CALLS",
     "TRIAL_SECONDS",
@@ -65,9 +67,12 @@ TIE: Final = 0.05
 """Means within this fraction of each other are a tie, which the one-thread session wins: it
 does the same work in fewer CPU seconds (the pool's threads also hand work over and wait), and
 its time has no tail (no peer thread to wait for), which a 20 ms trial may not see."""
-PERIOD: Final = 1 << 15
-"""Calls of a bucket on the chosen session before it is measured again (at 256 rows, ~6 s of
-back-to-back calls; a trial's ~0.1 s then costs ~1 % when half of it is 2x slow)."""
+PERIOD_ROWS: Final = 1 << 23
+MIN_PERIOD: Final = 1024
+"""A bucket's choice lasts ``PERIOD_ROWS`` rows of its batches, at least ``MIN_PERIOD`` calls,
+then it is measured again (the load changes): 32,768 calls of 256 rows (~6 s back to back),
+2,048 of 4,096 (~4 s), 1,024 of 65,536 (~40 s; a trial there is 16 calls of ~50 ms). A trial's
+~0.1 s then costs ~1-2 % when half of it runs 2x slow."""
 MAX_PLAN_BYTES: Final = 16 << 20
 """The largest model whose bytes a plan keeps for its one-thread session (made lazily, from
 them: the file may have been replaced since it was verified); a bigger model has no plan."""
@@ -143,7 +148,7 @@ class BatchPlan:
                 self._trials[bucket] = _Trial()
             return expected
         phase = trial.phase
-        if phase == 2:  # the chosen session's PERIOD calls are over: measure again
+        if phase == 2:  # the chosen session's period is over: measure again
             trial.restart()
             phase = 0
         t0 = _perf()
@@ -164,7 +169,8 @@ class BatchPlan:
         trial.phase = 2
         if self._make is not None:  # not turned off meanwhile
             self._winners[bucket] = winner
-            self.chosen[bucket] = chain(repeat(winner, PERIOD), repeat(None))
+            period = max(MIN_PERIOD, PERIOD_ROWS >> (bucket - 1))
+            self.chosen[bucket] = chain(repeat(winner, period), repeat(None))
 
     def one_thread(self) -> Any:
         """The one-thread session, made at the first call (None: no plan)."""

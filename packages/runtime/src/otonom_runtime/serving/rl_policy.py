@@ -313,7 +313,7 @@ class RlPolicy:
         bucket (batches of ``k`` .. ``2k - 1`` rows, 65 and over) -> its threads: 1 (a
         one-thread session of the same model) or None (onnxruntime's pool, one thread per
         core), e.g. ``{256: 1, 4096: None}``. Chosen by timing both on a bucket's first calls
-        and again every ``plan.PERIOD`` calls (``serving.plan``); the outputs are the same
+        and again every ``plan.PERIOD_ROWS`` rows (``serving.plan``); the outputs are the same
         either way. ``{}`` for a policy without a plan (every batch on its one session):
         loaded with ``threads`` set or on CUDA, or a model whose one-thread outputs differ."""
         return self._plan.threads()
