@@ -177,9 +177,9 @@ def test_the_lower_mean_is_chosen_then_timed_again(
     """On a clock where one session runs faster on the mean, the trial chooses it for the
     bucket (the pool timed first, then the one thread, each for ``TRIAL_CALLS`` calls and
     ``TRIAL_SECONDS``); it runs the bucket's next ``PERIOD_ROWS`` rows (in calls: rows over
-    the bucket's smallest size, at least ``MIN_PERIOD``), then the bucket is timed again;
-    other buckets stay undecided."""
-    monkeypatch.setattr(plan_module, "PERIOD_ROWS", 5 << 6)  # 5 calls of bucket 7 (64..127)
+    the bucket's smallest size, at least ``MIN_PERIOD``; the first choices 1/8, 1/4 and 1/2
+    of that), then the bucket is timed again; other buckets stay undecided."""
+    monkeypatch.setattr(plan_module, "PERIOD_ROWS", 40 << 6)  # 40 calls of 64..127 rows
     monkeypatch.setattr(plan_module, "MIN_PERIOD", 1)
     pool, one = FakeSession(*pool_costs), FakeSession(*one_costs)
     plan = plan_of(pool, one, monkeypatch)
@@ -190,9 +190,14 @@ def test_the_lower_mean_is_chosen_then_timed_again(
     assert (pool.runs, one.runs) == (1 + TRIAL_CALLS, 1 + TRIAL_CALLS)
     assert plan.threads() == {64: chosen}
     winner = one if chosen == 1 else pool
-    assert calls(plan, x, 6) == [winner] * 5 + [None]  # the period, then a new trial
+    assert calls(plan, x, 6) == [winner] * 5 + [None]  # 1/8 of the period, then a new trial
     assert plan._trials[7].calls == [1, 0]
     assert plan.threads() == {64: chosen}  # the last choice, while timed again
+    calls(plan, x, 2 * TRIAL_CALLS - 1)
+    assert calls(plan, x, 11) == [winner] * 10 + [None]  # 1/4 of it
+    for period in (20, 40, 40):  # 1/2, then the whole
+        calls(plan, x, 2 * TRIAL_CALLS - 1)
+        assert calls(plan, x, period + 1) == [winner] * period + [None]
     assert plan.off_reason is None
 
 

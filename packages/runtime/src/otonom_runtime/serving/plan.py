@@ -18,7 +18,8 @@ model (every batch runs on the pool, as without a plan). Then the caller's own c
 calls and ``TRIAL_SECONDS`` of runs (the stalls are rare: a handful of calls would miss them,
 hence a mean over sustained use, not a median of a few); the lower mean (a tie, within
 ``TIE``, to the one thread) is used for the bucket's next ``PERIOD_ROWS`` rows (at least
-``MIN_PERIOD`` calls), after which it is measured again (the load changes). Timing the
+``MIN_PERIOD`` calls; the first choices shorter: ``SHORTER_FIRST``), after which it is measured
+again (the load changes). Timing the
 caller's calls, not a loop at load, keeps the caller's gaps between runs (which decide whether
 the pool's threads are asleep when a run starts). The outputs are the same whichever session
 runs.
@@ -44,6 +45,7 @@ __all__ = [
     "MAX_PLAN_BYTES",
     "MIN_PERIOD",
     "PERIOD_ROWS",
+    "SHORTER_FIRST",
     "TIE",
     "TRIAL_CALLS",
     "TRIAL_SECONDS",
@@ -73,6 +75,10 @@ MIN_PERIOD: Final = 1024
 then it is measured again (the load changes): 32,768 calls of 256 rows (~6 s back to back),
 2,048 of 4,096 (~4 s), 1,024 of 65,536 (~40 s; a trial there is 16 calls of ~50 ms). A trial's
 ~0.1 s then costs ~1-2 % when half of it runs 2x slow."""
+SHORTER_FIRST: Final = 3
+"""The first choice of a bucket lasts 1/8 of the period, the next ones 1/4, 1/2, then the
+whole: a first trial, made at a bucket's first calls, is one sample of the load; it is checked
+again sooner (at 256 rows: after ~1, 2 and 3 s of back-to-back calls, then every ~6 s)."""
 MAX_PLAN_BYTES: Final = 16 << 20
 """The largest model whose bytes a plan keeps for its one-thread session (made lazily, from
 them: the file may have been replaced since it was verified); a bigger model has no plan."""
@@ -84,12 +90,13 @@ _BUCKETS: Final = range(FIRST_BUCKET, LAST_BUCKET + 1)
 class _Trial:
     """A bucket's measurement: calls and seconds of runs of the pool [0] and one thread [1]."""
 
-    __slots__ = ("calls", "phase", "seconds")
+    __slots__ = ("calls", "decided", "phase", "seconds")
 
     def __init__(self) -> None:
         self.phase = 0  # 0: timing the pool, 1: timing one thread, 2: decided
         self.calls = [0, 0]
         self.seconds = [0.0, 0.0]
+        self.decided = 0  # choices made so far (the period doubles with each, up to the full)
 
     def restart(self) -> None:
         self.phase, self.calls, self.seconds = 0, [0, 0], [0.0, 0.0]
@@ -169,7 +176,9 @@ class BatchPlan:
         trial.phase = 2
         if self._make is not None:  # not turned off meanwhile
             self._winners[bucket] = winner
-            period = max(MIN_PERIOD, PERIOD_ROWS >> (bucket - 1))
+            shorter = max(0, SHORTER_FIRST - trial.decided)
+            period = max(MIN_PERIOD, PERIOD_ROWS >> (bucket - 1) >> shorter)
+            trial.decided += 1
             self.chosen[bucket] = chain(repeat(winner, period), repeat(None))
 
     def one_thread(self) -> Any:
