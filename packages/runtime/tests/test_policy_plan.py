@@ -13,7 +13,7 @@ import numpy.typing as npt
 import pytest
 
 import otonom_schema as s
-from otonom_runtime.policy import RlPolicy, load_rl_policy
+from otonom_runtime.policy import load_rl_policy
 from otonom_runtime.serving import plan as plan_module
 from otonom_runtime.serving.plan import (
     FIRST_BUCKET,
@@ -298,8 +298,22 @@ def test_batch_plan_is_a_copy(model: Path) -> None:
         policy.batch_plan = {}  # type: ignore[misc]
 
 
-def test_policy_type() -> None:
-    assert RlPolicy.batch_plan.__doc__
+def test_an_idle_policy_burns_no_cpu_on_either_session(model: Path) -> None:
+    """After a large batch on the one-thread session (no pool to spin) or on the pool (its
+    spinning stops when a run returns), the process uses next to no CPU while it sleeps."""
+    import time
+
+    x = random_states(4096, seed=3)
+    for threads in (1, None):
+        policy = load_rl_policy(model)
+        policy._plan.fix(threads)
+        idle = []
+        for _ in range(3):
+            policy.predict_batch(x)
+            c0 = time.process_time()
+            time.sleep(0.1)
+            idle.append(time.process_time() - c0)
+        assert min(idle) < 0.003, (threads, idle)
 
 
 def test_large_batches_run_in_chunks_on_the_chosen_session(
