@@ -29,8 +29,11 @@ withdrawn: this machine's speed drifts up to 3x from day to day): ``predict`` wi
 float32 array <= 1.3x the pre-bound io_binding floor and with an ``RlState`` <= 1.2x (p50s of
 the interleaved single-state table); ``predict_batch`` >= 0.95x a bare ``session.run`` at 256,
 4096 and 65536 rows (``batch_ratios``: the two timed in alternating blocks, the median of the
-per-round ratios). ``--ratios`` measures only what the ratios need (no fresh processes, store
-tick or torch/numpy peers): the quick way to compare two trees.
+per-round ratios; informational in the same rounds: the same against a caller's
+``validate_states`` + bare run, and a policy without the batch plan, every batch on the pool,
+against the bare run; the plan ``predict_batch`` chose is printed). ``--ratios`` measures only
+what the ratios need (no fresh processes, store tick or torch/numpy peers): the quick way to
+compare two trees.
 """
 
 from __future__ import annotations
@@ -245,26 +248,36 @@ def batch_ratios(
     """``predict_batch`` against a bare ``session.run`` at each of ``RATIO_SIZES``: in every
     round each is timed for a block of ``budget_s / 2`` seconds, one right after the other (so
     both see the same machine), and the ratio of their rates is taken; the median over the
-    rounds is reported with both rates' medians (states per second)."""
+    rounds is reported with both rates' medians (states per second). Informational, timed in
+    the same rounds: a caller's ``validate_states`` + bare run, and ``predict_batch`` of a
+    second policy of the same model without the batch plan (every batch on onnxruntime's pool,
+    as before the plan; ``RlPolicy.batch_plan``)."""
+    pool_only = load_rl_policy(policy.path)
+    plan = getattr(pool_only, "_plan", None)
+    if plan is not None:
+        plan.fix(None)
     out: dict[str, dict[str, float]] = {}
     for n in RATIO_SIZES:
         x = np.ascontiguousarray(big[:n])
-        ours, peer, checked, ratios, ratios_checked = [], [], [], [], []
+        ours, peer, checked, ratios, ratios_checked, ratios_pool = [], [], [], [], [], []
         for _ in range(rounds):
             a = throughput(lambda x=x: policy.predict_batch(x), n, budget_s / 2)
             b = throughput(lambda x=x: bare.run(None, {"state": x}), n, budget_s / 2)
             c = throughput(lambda x=x: _checked_run(bare, x), n, budget_s / 2)
+            d = throughput(lambda x=x: pool_only.predict_batch(x), n, budget_s / 2)
             ours.append(a)
             peer.append(b)
             checked.append(c)
             ratios.append(a / b)
             ratios_checked.append(a / c)
+            ratios_pool.append(d / b)
         out[str(n)] = {
             "predict_batch": statistics.median(ours),
             "session.run": statistics.median(peer),
             "validate_states + session.run": statistics.median(checked),
             "ratio": statistics.median(ratios),
             "ratio to the checked run": statistics.median(ratios_checked),
+            "pool only / session.run": statistics.median(ratios_pool),
         }
     return out
 
@@ -283,6 +296,9 @@ def print_checked(batch: dict[str, dict[str, float]]) -> None:
     print("\ninformational (no target): predict_batch / (validate_states + session.run)")
     for n, row in batch.items():
         print(f"  {n:>6} rows  {row['ratio to the checked run']:6.2f}")
+    print("informational: predict_batch without the batch plan (the pool only) / session.run")
+    for n, row in batch.items():
+        print(f"  {n:>6} rows  {row['pool only / session.run']:6.2f}")
 
 
 def ratios(single: dict[str, Any], batch: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -368,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         values = ratios(single, batch)
         print_ratios(values)
         print_checked(batch)
+        # which session each batch size ran on (the policy's plan; absent before it existed)
+        print(f"\nbatch plan (rows -> threads): {getattr(policy, 'batch_plan', 'none')}")
         if args.out:
             result = {"command": _command(argv), "machine": machine(), "single_state_us": single}
             result["ratios"] = values

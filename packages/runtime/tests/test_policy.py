@@ -622,6 +622,8 @@ def test_large_batches_run_in_chunks_give_the_whole_runs_answers(
         return chunked(sess, x, rows)
 
     monkeypatch.setattr(rl_policy, "run_chunked", spy)
+    policy = load_rl_policy(policy.path)
+    policy._plan.fix(None)  # the pool's session for every size, no trial (test_policy_plan.py)
     x = random_states(n, seed=n)
     expected = policy._session.run(None, {"state": x})
     actions, strengths, probs = policy.predict_batch(x)

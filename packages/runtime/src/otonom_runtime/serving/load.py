@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 from otonom_runtime._errors import PolicyError
@@ -22,6 +23,7 @@ from otonom_runtime.serving.contract import (
 )
 from otonom_runtime.serving.files import MAX_MODEL_BYTES, read_verified
 from otonom_runtime.serving.paths import resolve_model_path
+from otonom_runtime.serving.plan import MAX_PLAN_BYTES
 from otonom_runtime.serving.rl_policy import RlPolicy
 from otonom_runtime.serving.session import make_session, providers
 from otonom_runtime.serving.wire import refuse_external_data
@@ -52,7 +54,10 @@ def load_rl_policy(
 
     ``threads``: onnxruntime's intra-op threads (None: its default, one per core). 1 suits a
     caller that makes many small calls in a row, as a backtest does: a call then never hands
-    work to another thread and waits for it, which costs more than a small batch itself.
+    work to another thread and waits for it, which costs more than a small batch itself. With
+    None on the CPU, batches of over 64 rows run on whichever of the pool and a one-thread
+    session of the same model (made at the first such batch) ran faster on this machine at
+    that batch size's first calls (``RlPolicy.batch_plan``); the outputs are the same.
 
     ``max_bytes``: the largest model file accepted (``MAX_MODEL_BYTES``, 256 MiB), checked
     before anything is read.
@@ -104,6 +109,15 @@ def load_rl_policy(
         )
     golden = decode_golden(scan.metadata[GOLDEN_KEY], model)
     session = make_session(ort, data, model, chosen, threads)
+    # threads=None on the CPU: batches over 64 rows run on the pool or on a one-thread
+    # session of the same bytes, made at the first such batch, whichever runs faster here
+    # (``serving.plan``); the bytes are kept for it (a policy is a few hundred KiB)
+    planned = threads is None and chosen == ["CPUExecutionProvider"]
+    one_thread = (
+        functools.partial(make_session, ort, data, model, chosen, 1)
+        if planned and len(data) <= MAX_PLAN_BYTES
+        else None
+    )
     del data
     if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
         raise PolicyError(
@@ -136,6 +150,7 @@ def load_rl_policy(
         metadata=public_metadata(decoded),
         device=device,
         extra_outputs=extras,
+        one_thread=one_thread,
     )
     check_golden(policy, golden)
     return policy

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, overload
 
@@ -14,6 +15,7 @@ import numpy.typing as npt
 from otonom_runtime._errors import PolicyError
 from otonom_runtime.integrity import PROBS_SUM_ATOL
 from otonom_runtime.serving.contract import INPUT_NAME, OPTIONAL_OUTPUTS, OUTPUT_NAMES
+from otonom_runtime.serving.plan import BatchPlan
 from otonom_runtime.serving.session import CHUNK_ROWS, Slot, run_chunked
 from otonom_schema import Action, RlState, validate_state_into, validate_states
 
@@ -78,8 +80,13 @@ class RlPolicy:
         metadata: dict[str, Any],
         device: str,
         extra_outputs: tuple[str, ...] = (),
+        one_thread: Callable[[], Any] | None = None,
     ) -> None:
         self._session = session
+        # batches over 64 rows: the pool's session or a one-thread one, whichever ran
+        # faster here (``one_thread`` makes it; None: always the pool); ``batch_plan``
+        self._plan = BatchPlan(session, one_thread)
+        self._chosen = self._plan.chosen
         self.extra_outputs: tuple[str, ...] = tuple(extra_outputs)
         self._local = threading.local()
         self._metadata = metadata
@@ -179,13 +186,23 @@ class RlPolicy:
             np.copyto(slot.state, x)
             slot.run()
             probs, strength = slot.probs.copy(), slot.strength.copy()  # fresh, the caller's
-        elif n >= _CHUNK_FROM and x.flags.c_contiguous and x.dtype == np.float32:
-            probs, strength = run_chunked(self._session, x)  # bound in place, chunk by chunk
         else:
-            # fresh arrays from onnxruntime; binding the whole batch per call measured slower
-            # (three bind calls cost more than run's feed handling: 0.85-0.98x at 256-65,536
-            # rows), and so is chunking below _CHUNK_FROM rows
-            probs, strength = self._session.run(OUTPUT_NAMES, {INPUT_NAME: x})
+            # the session the plan chose for the batch's size bucket, the pool's or one
+            # thread's (``serving.plan``; None: the plan times both on this call)
+            session = next(self._chosen[n.bit_length()])
+            if n >= _CHUNK_FROM and x.flags.c_contiguous and x.dtype == np.float32:
+                # bound in place, chunk by chunk
+                if session is None:
+                    probs, strength = self._plan.run(x, chunked=True)
+                else:
+                    probs, strength = run_chunked(session, x)
+            elif session is None:
+                probs, strength = self._plan.run(x)
+            else:
+                # fresh arrays from onnxruntime; binding the whole batch per call measured
+                # slower (three bind calls cost more than run's feed handling: 0.85-0.98x at
+                # 256-65,536 rows), and so is chunking below _CHUNK_FROM rows
+                probs, strength = session.run(OUTPUT_NAMES, {INPUT_NAME: x})
         strength = strength.reshape(n)
         # the output contract, by whole-array reductions (NaN propagates through min/max and
         # fails the comparisons); the offending row is looked for only on failure. The row
@@ -289,6 +306,17 @@ class RlPolicy:
             else:
                 put((1, strength, p1) if p1 >= p2 else (2, strength, p2))
         return out
+
+    @property
+    def batch_plan(self) -> dict[int, int | None]:
+        """The session each batch size runs on, as far as chosen: the smallest size of each
+        bucket (batches of ``k`` .. ``2k - 1`` rows, 65 and over) -> its threads: 1 (a
+        one-thread session of the same model) or None (onnxruntime's pool, one thread per
+        core), e.g. ``{256: 1, 4096: None}``. Chosen by timing both on a bucket's first calls
+        and again every ``plan.PERIOD_ROWS`` rows (``serving.plan``); the outputs are the same
+        either way. ``{}`` for a policy without a plan (every batch on its one session):
+        loaded with ``threads`` set or on CUDA, or a model whose one-thread outputs differ."""
+        return self._plan.threads()
 
     @property
     def degenerate_reason(self) -> str | None:
