@@ -142,8 +142,8 @@ class TickCache:
         self._news_source: dict[int, str] = {}
         self._macro: dict[str, Dated] = {}
         self._end: dt.date | None = None
-        # every row dated on or before _ahead with an id up to _seen.ids is held (a window, _later,
-        # the news, the macro) or of no held symbol; the rows dated after _end held in _later
+        # every row dated on or before _ahead with an id up to _seen.ids is held (a window, the
+        # news, the macro, or, dated after _end, _later_bars/_later_news) or of no held symbol
         self._ahead: dt.date | None = None
         self._later_bars, self._later_news = Ahead(5), Ahead(1)
         self._seen = Seen()  # the row ids read up to, the symbols read by name
