@@ -7,6 +7,7 @@ stops). ``init_db`` (``otonom_runtime.store.sessions``) runs them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final, cast
 
 from sqlalchemy import (
@@ -79,40 +80,62 @@ def _upgrade_from_1(engine: Engine) -> None:
     again (columns added only if missing, the copy repeated while ``signals`` exists). A
     concurrent upgrade is fine too: whichever comes second finds version 2 and stops.
     """
+    _upgrade(engine, 1, _steps_from_1, _sqlite_hint)
+
+
+def _steps_from_1(conn: Any) -> None:
     table = Decision.__tablename__
+    present = {c["name"] for c in inspect(conn).get_columns(table)}
+    for analyst in ANALYSTS:
+        for field in SIGNAL_FIELDS:
+            if f"{analyst}_{field}" in present:
+                continue
+            column_type: TypeEngine[Any] = Integer() if field == "action" else Double()
+            kind = column_type.compile(conn.dialect)
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {analyst}_{field} {kind}"))
+    if "signals" in present:
+        assignments = ", ".join(
+            f"{a}_{f} = {_signal_from_json(conn.dialect, a, f)}"
+            for a in ANALYSTS
+            for f in SIGNAL_FIELDS
+        )
+        conn.execute(text(f"UPDATE {table} SET {assignments}"))
+        conn.execute(text(f"ALTER TABLE {table} DROP COLUMN signals"))
+
+
+def _upgrade(
+    engine: Engine,
+    version: int,
+    steps: Callable[[Any], None],
+    hint: Callable[[Engine], str] | None = None,
+) -> None:
+    """The upgrade from store ``version`` to the next: ``steps`` (given the transaction's
+    connection), then ``store_version`` written last, in one transaction; nothing when the store
+    is not at ``version`` (a concurrent ``init_db`` upgraded it already). A driver error raises
+    ``StoreError`` naming both versions (and ``hint``'s text), unless a concurrent ``init_db``
+    upgraded the store meanwhile."""
     try:
         with engine.begin() as conn:
-            if not _is_at(conn, 1):
+            if not _is_at(conn, version):
                 return  # upgraded already (a concurrent init_db)
-            present = {c["name"] for c in inspect(conn).get_columns(table)}
-            for analyst in ANALYSTS:
-                for field in SIGNAL_FIELDS:
-                    if f"{analyst}_{field}" in present:
-                        continue
-                    column_type: TypeEngine[Any] = Integer() if field == "action" else Double()
-                    kind = column_type.compile(conn.dialect)
-                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {analyst}_{field} {kind}"))
-            if "signals" in present:
-                assignments = ", ".join(
-                    f"{a}_{f} = {_signal_from_json(conn.dialect, a, f)}"
-                    for a in ANALYSTS
-                    for f in SIGNAL_FIELDS
-                )
-                conn.execute(text(f"UPDATE {table} SET {assignments}"))
-                conn.execute(text(f"ALTER TABLE {table} DROP COLUMN signals"))
-            _set_version(conn, 2)
+            steps(conn)
+            _set_version(conn, version + 1)
     except sa_exc.DBAPIError as exc:
-        if (_read_version(engine) or 0) >= 2:
+        if (_read_version(engine) or 0) > version:
             return  # upgraded by a concurrent init_db
-        hint = ""
-        if engine.dialect.name == "sqlite":
-            import sqlite3
-
-            hint = f" (dropping a column needs SQLite 3.35+; here {sqlite3.sqlite_version})"
         raise StoreError(
-            f"cannot upgrade database {_safe(engine.url)} from store version 1 to 2: "
-            f"{exc.orig}{hint}"
+            f"cannot upgrade database {_safe(engine.url)} from store version {version} to "
+            f"{version + 1}: {exc.orig}{hint(engine) if hint else ''}"
         ) from None
+
+
+def _sqlite_hint(engine: Engine) -> str:
+    """What the 1 -> 2 upgrade needs of SQLite (dropping a column), and what it has."""
+    if engine.dialect.name != "sqlite":
+        return ""
+    import sqlite3
+
+    return f" (dropping a column needs SQLite 3.35+; here {sqlite3.sqlite_version})"
 
 
 def _is_at(conn: Any, version: int) -> bool:
@@ -144,23 +167,16 @@ def _upgrade_from_2(engine: Engine) -> None:
     PostgreSQL changes the tables in place (add the column, label, NOT NULL, swap the
     constraint) in one transaction.
     """
-    try:
-        with engine.begin() as conn:
-            if not _is_at(conn, 2):
-                return  # upgraded already (a concurrent init_db)
-            labels = _v2_labels(conn)
-            for table in (NewsSentiment.__table__, MacroSentiment.__table__):
-                if conn.dialect.name == "sqlite":
-                    _rebuild_sqlite(conn, table, labels)
-                else:
-                    _alter_in_place(conn, table, labels)
-            _set_version(conn, 3)
-    except sa_exc.DBAPIError as exc:
-        if (_read_version(engine) or 0) >= 3:
-            return  # upgraded by a concurrent init_db
-        raise StoreError(
-            f"cannot upgrade database {_safe(engine.url)} from store version 2 to 3: {exc.orig}"
-        ) from None
+    _upgrade(engine, 2, _steps_from_2)
+
+
+def _steps_from_2(conn: Any) -> None:
+    labels = _v2_labels(conn)
+    for table in (NewsSentiment.__table__, MacroSentiment.__table__):
+        if conn.dialect.name == "sqlite":
+            _rebuild_sqlite(conn, table, labels)
+        else:
+            _alter_in_place(conn, table, labels)
 
 
 def _v2_labels(conn: Any) -> dict[str, Any]:
@@ -252,23 +268,16 @@ def _upgrade_from_3(engine: Engine) -> None:
     finished by the next ``init_db``; PostgreSQL does it in one transaction. A concurrent
     upgrade is fine too: whichever comes second finds version 4 and stops.
     """
+    _upgrade(engine, 3, _steps_from_3)
+
+
+def _steps_from_3(conn: Any) -> None:
     table = BacktestRun.__tablename__
-    try:
-        with engine.begin() as conn:
-            if not _is_at(conn, 3):
-                return  # upgraded already (a concurrent init_db)
-            present = {c["name"] for c in inspect(conn).get_columns(table)}
-            for name in _V4_RUN_COLUMNS:
-                if name not in present:
-                    kind = BacktestRun.__table__.c[name].type.compile(dialect=conn.dialect)
-                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
-            _set_version(conn, 4)
-    except sa_exc.DBAPIError as exc:
-        if (_read_version(engine) or 0) >= 4:
-            return  # upgraded by a concurrent init_db
-        raise StoreError(
-            f"cannot upgrade database {_safe(engine.url)} from store version 3 to 4: {exc.orig}"
-        ) from None
+    present = {c["name"] for c in inspect(conn).get_columns(table)}
+    for name in _V4_RUN_COLUMNS:
+        if name not in present:
+            kind = BacktestRun.__table__.c[name].type.compile(dialect=conn.dialect)
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
 
 
 def _upgrade_from_4(engine: Engine) -> None:
@@ -282,24 +291,17 @@ def _upgrade_from_4(engine: Engine) -> None:
     PostgreSQL), the table only if missing, the version written last. A concurrent upgrade is
     fine too: whichever comes second finds version 5 and stops.
     """
+    _upgrade(engine, 4, _steps_from_4)
+
+
+def _steps_from_4(conn: Any) -> None:
     table = Decision.__tablename__
-    try:
-        with engine.begin() as conn:
-            if not _is_at(conn, 4):
-                return  # upgraded already (a concurrent init_db)
-            present = {c["name"] for c in inspect(conn).get_columns(table)}
-            if "live_strategy" not in present:
-                kind = Decision.__table__.c["live_strategy"].type.compile(dialect=conn.dialect)
-                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN live_strategy {kind}"))
-            conn.execute(text(_live_key()))  # in store version 6's order (no 5 -> 6 work)
-            conn.execute(text(_create_if_missing(_DAEMON_STATE, conn.dialect)))
-            _set_version(conn, 5)
-    except sa_exc.DBAPIError as exc:
-        if (_read_version(engine) or 0) >= 5:
-            return  # upgraded by a concurrent init_db
-        raise StoreError(
-            f"cannot upgrade database {_safe(engine.url)} from store version 4 to 5: {exc.orig}"
-        ) from None
+    present = {c["name"] for c in inspect(conn).get_columns(table)}
+    if "live_strategy" not in present:
+        kind = Decision.__table__.c["live_strategy"].type.compile(dialect=conn.dialect)
+        conn.execute(text(f"ALTER TABLE {table} ADD COLUMN live_strategy {kind}"))
+    conn.execute(text(_live_key()))  # in store version 6's order (no 5 -> 6 work)
+    conn.execute(text(_create_if_missing(_DAEMON_STATE, conn.dialect)))
 
 
 def _upgrade_from_5(engine: Engine) -> None:
@@ -313,19 +315,12 @@ def _upgrade_from_5(engine: Engine) -> None:
     transaction), the version written last. A concurrent upgrade is fine too: whichever comes
     second finds version 6 and stops.
     """
-    try:
-        with engine.begin() as conn:
-            if not _is_at(conn, 5):
-                return  # upgraded already (a concurrent init_db)
-            conn.execute(text(f"DROP INDEX IF EXISTS {_V5_INDEX}"))
-            conn.execute(text(_live_key()))
-            _set_version(conn, 6)
-    except sa_exc.DBAPIError as exc:
-        if (_read_version(engine) or 0) >= 6:
-            return  # upgraded by a concurrent init_db
-        raise StoreError(
-            f"cannot upgrade database {_safe(engine.url)} from store version 5 to 6: {exc.orig}"
-        ) from None
+    _upgrade(engine, 5, _steps_from_5)
+
+
+def _steps_from_5(conn: Any) -> None:
+    conn.execute(text(f"DROP INDEX IF EXISTS {_V5_INDEX}"))
+    conn.execute(text(_live_key()))
 
 
 def _live_key() -> str:
