@@ -266,8 +266,9 @@ class Marks(NamedTuple):
     next: int | None
 
 
-# The statement's snapshot's writers (pg_current_snapshot: the one the statement reads with):
-# the next transaction id, and the oldest one in progress other than the session's own.
+# The statement's snapshot's writers (pg_current_snapshot: the one the statement reads with;
+# PostgreSQL 13 or newer): the next transaction id, and the oldest one in progress other than
+# the session's own.
 _PG_WRITERS = (
     "pg_snapshot_xmax(pg_current_snapshot())::text::bigint",
     "coalesce((SELECT min(x::text::bigint) FROM pg_snapshot_xip(pg_current_snapshot()) AS x"
