@@ -181,6 +181,20 @@ def test_a_symbol_added_to_the_universe_and_late_news(tmp_path: Path) -> None:
     assert got[1][5]["news"] is not None
 
 
+class _Replays(PaperBroker):
+    """A paper broker that counts the sleeves it replays in a tick (those decided before
+    whose whole history and live decisions the tick gives it)."""
+
+    replayed = 0
+
+    def holdings(self, inputs: Any, params: Any, capital: float) -> Any:
+        self.replayed = sum(
+            d is not None and w is not None and v is not None
+            for d, w, v in zip(inputs.last_dates, inputs.wholes, inputs.lives, strict=True)
+        )
+        return super().holdings(inputs, params, capital)
+
+
 def test_a_restarted_daemon_replays_once_then_steps(tmp_path: Path) -> None:
     """Ticks by one ensemble and broker, then by new ones (a restart: the sleeves replayed from
     the stored live decisions once), record the rows that ticks by new ones each day record
@@ -195,9 +209,11 @@ def test_a_restarted_daemon_replays_once_then_steps(tmp_path: Path) -> None:
         with get_session(url) as session:
             while day <= LAST:
                 if n % restart_every == 0:
-                    ensemble, broker = Ensemble.from_strategy(path), PaperBroker()
+                    ensemble, broker = Ensemble.from_strategy(path), _Replays()
                 report = run_tick(session, ensemble, SYMBOLS, broker, as_of=day)
                 assert len(report.decisions) == 3
+                # replayed once, on a restart after the first tick; then stepped
+                assert broker.replayed == (3 if n and n % restart_every == 0 else 0), n
                 day, n = day + dt.timedelta(days=1), n + 1
             rows.append(
                 session.execute(
@@ -208,6 +224,41 @@ def test_a_restarted_daemon_replays_once_then_steps(tmp_path: Path) -> None:
                 ).all()
             )  # fmt: skip
     assert len(rows[0]) == 3 * 12
+    assert rows[0] == rows[1]
+
+
+def test_a_kept_sleeve_resumes_over_days_the_daemon_missed_as_a_replay_does(
+    tmp_path: Path,
+) -> None:
+    """A daemon down some days (no tick, so no decision: a HOLD there): one broker kept over
+    the gaps (each sleeve's kept generator closed, its state written back and resumed over
+    the bars missed; then a new generator) records the rows of new brokers every tick (each
+    sleeve replayed from its first live decision)."""
+    ticked = [0, 1, 2, 4, 5, 8, 9, 11]  # days after DAY: 3, 6, 7 and 10 missed
+    rows = []
+    for kept in (True, False):
+        folder = tmp_path / str(kept)
+        folder.mkdir()
+        url, path = _setup(folder)
+        ensemble, broker = Ensemble.from_strategy(path), _Replays()
+        with get_session(url) as session:
+            for n, k in enumerate(ticked):
+                if not kept:
+                    ensemble, broker = Ensemble.from_strategy(path), _Replays()
+                day = DAY + dt.timedelta(days=k)
+                assert len(run_tick(session, ensemble, SYMBOLS, broker, as_of=day).decisions) == 3
+                # a new broker replays every sleeve decided before; a kept one none
+                assert broker.replayed == (3 if n and not kept else 0)
+            rows.append(
+                session.execute(
+                    select(Decision.symbol_id, Decision.date, Decision.action, Decision.strength,
+                           Decision.position, Decision.equity, Decision.days_since_last_trade)
+                    .where(Decision.live_strategy == "live_cache")
+                    .order_by(Decision.symbol_id, Decision.date)
+                ).all()
+            )  # fmt: skip
+    assert len(rows[0]) == 3 * len(ticked)
+    assert len({r[4] for r in rows[0]}) > 3  # the sleeves traded
     assert rows[0] == rows[1]
 
 
