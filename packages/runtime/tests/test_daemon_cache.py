@@ -21,6 +21,7 @@ from sqlalchemy import delete, select, text
 
 from otonom_runtime.daemon import Ensemble, PaperBroker, TickDecision, run_tick
 from otonom_runtime.store import (
+    SIGNAL_COLUMNS,
     Bar,
     Base,
     Decision,
@@ -259,6 +260,76 @@ def test_a_kept_sleeve_resumes_over_days_the_daemon_missed_as_a_replay_does(
             )  # fmt: skip
     assert len(rows[0]) == 3 * len(ticked)
     assert len({r[4] for r in rows[0]}) > 3  # the sleeves traded
+    assert rows[0] == rows[1]
+
+
+def _correct(session: Any, day: dt.date, back: int) -> None:
+    """Correct in place, as ``otonom data import --replace`` or a revised sentiment file does
+    (the store's ``update_*``): the close of DEMO-BTC's bar ``back`` days before the tick of
+    ``day`` and the open after it, and DEMO-ETH's newest news score on or before ``day``
+    (the score that tick reads: held ahead by the cache when it is dated ``day``)."""
+    from otonom_runtime.store import update_bars, update_news
+
+    btc, eth = (session.execute(select(Symbol.id).where(Symbol.name == n)).scalar_one()
+                for n in SYMBOLS[:2])  # fmt: skip
+    at = day - dt.timedelta(days=back + 1)
+    bars = session.execute(
+        select(Bar.id, Bar.close, Bar.open)
+        .where(Bar.symbol_id == btc, Bar.date.in_([at, at + dt.timedelta(days=1)]))
+        .order_by(Bar.date)
+    ).all()
+    first, second = bars
+    update_bars(
+        session,
+        [
+            {"id": first.id, "close": first.close * 1.25, "open": first.open},
+            {"id": second.id, "close": second.close, "open": second.open * 1.25},
+        ],
+    )
+    news = session.execute(
+        select(NewsSentiment.id, NewsSentiment.score)
+        .where(NewsSentiment.symbol_id == eth, NewsSentiment.date <= day)
+        .order_by(NewsSentiment.date.desc())
+        .limit(1)
+    ).one()
+    update_news(session, [{"id": news.id, "score": -0.9 if news.score > 0 else 0.9}])
+
+
+@pytest.mark.parametrize("back", [3, 200], ids=["in-the-window", "before-the-window"])
+def test_a_bar_or_score_corrected_in_place_is_decided_on_by_the_next_tick(
+    tmp_path: Path, back: int
+) -> None:
+    """Bars and a news score corrected between two ticks (a changed row gets a new id): a
+    kept daemon reads the corrected symbols whole again and replays their sleeves, recording
+    the rows of new daemons every tick (each reading the store whole); a bar read again with
+    its values unchanged is not read whole."""
+    rows = []
+    for kept in (True, False):
+        folder = tmp_path / str(kept)
+        folder.mkdir()
+        url, path = _setup(folder)
+        ensemble, broker = Ensemble.from_strategy(path), _Replays()
+        with get_session(url) as session:
+            for k in range(8):
+                if not kept:
+                    ensemble, broker = Ensemble.from_strategy(path), _Replays()
+                day = DAY + dt.timedelta(days=k)
+                if k == 4:
+                    _correct(session, day, back)
+                    session.commit()
+                assert len(run_tick(session, ensemble, SYMBOLS, broker, as_of=day).decisions) == 3
+                if kept:  # DEMO-BTC's sleeve replayed once, on the tick after its bars changed
+                    assert broker.replayed == (1 if k == 4 else 0), k
+            rows.append(
+                session.execute(
+                    select(Decision.symbol_id, Decision.date, Decision.action, Decision.strength,
+                           Decision.position, Decision.equity, Decision.days_since_last_trade,
+                           *(getattr(Decision, c) for c in SIGNAL_COLUMNS))
+                    .where(Decision.live_strategy == "live_cache")
+                    .order_by(Decision.symbol_id, Decision.date)
+                ).all()
+            )  # fmt: skip
+    assert len(rows[0]) == 3 * 8
     assert rows[0] == rows[1]
 
 

@@ -1283,3 +1283,50 @@ def test_get_symbols_reads_them_in_order_and_names_the_first_unknown(
         with pytest.raises(UnknownSymbolError) as one:
             get_symbol(session, "DOGE")
         assert str(info.value) == str(one.value)
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_a_changed_row_gets_the_tables_next_id(request: pytest.FixtureRequest, store: str) -> None:
+    """``update_bars``/``update_news``/``update_macro`` set the given values and give each
+    changed row a fresh id above every id its table holds, in the order given (a reader of
+    new rows by id, the daemon's tick, sees it as new); the next insert's id is above it."""
+    from otonom_runtime.store import (
+        insert_bars,
+        insert_macro,
+        insert_news,
+        update_bars,
+        update_macro,
+        update_news,
+    )
+
+    url: str = request.getfixturevalue("db_url" if store == "sqlite" else "pg")
+    day = dt.date(2024, 1, 1)
+    bar = {"open": 1.0, "high": 2.0, "low": 0.5, "close": 1.5, "volume": 10.0}
+    with get_session(url) as session:
+        sid = get_or_create_symbol(session, "ACME", source="test")[0].id
+        days = [day + dt.timedelta(days=k) for k in range(3)]
+        insert_bars(session, [{"symbol_id": sid, "date": d, **bar} for d in days])
+        insert_news(session, [{"symbol_id": sid, "source": "user", "date": d, "score": 0.1}
+                              for d in days])  # fmt: skip
+        insert_macro(session, [{"source": "user", "date": d, "score": 0.2} for d in days])
+    tables = {"bars": (Bar, update_bars), "news": (NewsSentiment, update_news),
+              "macro": (MacroSentiment, update_macro)}  # fmt: skip
+    for name, (table, update) in tables.items():
+        with get_session(url) as session:
+            before = dict(session.execute(select(table.date, table.id)).all())
+            column = "close" if name == "bars" else "score"
+            update(session, [{"id": before[days[1]], column: 0.75},
+                             {"id": before[days[0]], column: 0.5}])  # fmt: skip
+        with get_session(url) as session:
+            after = dict(session.execute(select(table.date, table.id)).all())
+            values = dict(session.execute(select(table.date, getattr(table, column))).all())
+        top = max(before.values())
+        assert after[days[2]] == before[days[2]]  # unchanged rows keep their ids
+        assert top < after[days[1]] < after[days[0]], name  # changed: the next ids, in order
+        unchanged = {"bars": 1.5, "news": 0.1, "macro": 0.2}[name]
+        assert (values[days[0]], values[days[1]], values[days[2]]) == (0.5, 0.75, unchanged)
+        assert set(after) == set(days)
+    with get_session(url) as session:
+        insert_bars(session, [{"symbol_id": sid, "date": day + dt.timedelta(days=9), **bar}])
+        ids = session.execute(select(Bar.id).order_by(Bar.date)).scalars().all()
+    assert ids[-1] > max(ids[:-1])

@@ -16,13 +16,16 @@ A steady tick before the horizon reads, in one statement per table (the news: pe
 seen: one range of the integer primary key, whatever the number of symbols); a tick past the
 horizon also reads the rows dated up to the next horizon (each symbol's (symbol, date) index
 searched once). A bar of a symbol dated on or before its newest cached bar is one read again
-(the same date in its window: dropped; on PostgreSQL a writer still in progress keeps the
-ticks reading from an earlier bound, ``daemon.seen``) or one imported out of order: the symbol
-is read whole again. The newest bars' market features come from
+(the same date and values as a bar in its window: dropped; on PostgreSQL a writer still in
+progress keeps the ticks reading from an earlier bound, ``daemon.seen``), one imported out of
+order, or one corrected in place (the store's ``update_bars`` gives a changed row the table's
+next id, so it is read as new): the symbol is read whole again (and the tick replays its paper
+sleeve on that history). A corrected news or macro score, read the same way, replaces the one
+of its day. The newest bars' market features come from
 ``otonom_schema.market_feature_panel`` over the cached windows: bit for bit the last row of
 ``market_feature_matrix`` of each whole history (tested), so a tick after the cache decides
-exactly as a cold one. Not seen: a bar or score changed in place (same date, same row id:
-``update_bars``) or deleted, a symbol's row changed in place; ``clear()`` (or a restart) reads
+exactly as a cold one. Not seen: a row changed in place by another writer that keeps its id
+(raw SQL), a row deleted, a symbol's row changed in place; ``clear()`` (or a restart) reads
 everything again.
 """
 
@@ -273,8 +276,13 @@ class TickCache:
             at = self._rows_of(sid)
             old = days <= self._days[at, -1]  # a bar read again, or one before the cached ones
             if old.any():
-                again = (self._days[at[old]] == days[old, None]).any(axis=1)
-                stale.update(sid[old][~again].tolist())  # out of order: read whole
+                # a bar of a day in the window with the values held is one read again (the
+                # PostgreSQL fence); one out of order, or changed (``update_bars`` gives it a
+                # new id), is read whole with its symbol
+                match = self._days[at[old]] == days[old, None]
+                cached = self._values[:, at[old], match.argmax(axis=1)]
+                again = match.any(axis=1) & (cached == values[:, old]).all(axis=0)
+                stale.update(sid[old][~again].tolist())
                 keep = ~old & ~np.isin(sid, list(stale))
                 sid, days, values, at = sid[keep], days[keep], values[:, keep], at[keep]
         if days.size:

@@ -222,13 +222,26 @@ def _broker_inputs(
         cache.tails(pending.rows),
     )
     lacking = broker.lacking(items, capital)
+    # a symbol decided before whose history the tick read whole (new to the cache, or its
+    # rows changed: a bar corrected or imported out of order) is replayed on that history
+    read = zip(items.wholes, items.lives, items.last_dates, strict=True)
+    whole_read = [
+        i
+        for i, (whole, live, date) in enumerate(read)
+        if whole is not None and live is None and date is not None
+    ]
+    if whole_read:
+        lacking = sorted(set(lacking) | set(whole_read))
     if not lacking:
         return items
     symbols = pending.pick(lacking)
-    whole = ensemble.cache.reread(session, symbols)
+    unread = [i for i in lacking if items.wholes[i] is None]
+    whole = ensemble.cache.reread(session, pending.pick(unread)) if unread else {}
     more = load_live_decisions(session, ensemble.name, symbols.ids)
     for i, sid in zip(lacking, symbols.ids, strict=True):
-        items.wholes[i], items.lives[i] = whole[sid], more.get(sid)
+        if items.wholes[i] is None:
+            items.wholes[i] = whole[sid]
+        items.lives[i] = more.get(sid)
     return items
 
 

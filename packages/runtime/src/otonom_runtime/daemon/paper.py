@@ -167,10 +167,11 @@ class TickInputs:
     read), ``cap``: the risk cap of that bar (the risk exposure of its state x max leverage, as
     ``engine._prepare`` computes it), its newest live decision (None: never decided);
     ``whole`` and ``live``: its whole history and every live decision, present when a replay
-    needs them (``Broker.resumes`` False); ``tail``: the last two bars' day numbers, opens and
-    closes as Python numbers (None: fewer than two bars), what a broker stepping one bar a tick
-    reads (the tick makes them for all symbols at once). The arrays are views of the tick's
-    cache: valid during the tick."""
+    needs them (``Broker.resumes`` False, or the tick read the history whole: new to the
+    cache, or its bars changed; a broker replays the sleeve then); ``tail``: the last two
+    bars' day numbers, opens and closes as Python numbers (None: fewer than two bars), what a
+    broker stepping one bar a tick reads (the tick makes them for all symbols at once). The
+    arrays are views of the tick's cache: valid during the tick."""
 
     symbol: str
     symbol_id: int
@@ -219,7 +220,7 @@ class Inputs(Rows[TickInputs]):
     (``PaperBroker``: a steady tick makes no ``TickInputs``). ``last``'s fields are three
     columns (``last_dates``: None where never decided; ``lasts`` makes the ``LastDecision``
     of each). ``wholes`` and ``lives`` are filled in by the tick where ``Broker.lacking``
-    asks for them."""
+    asks for them, and where it read a symbol's history whole."""
 
     __slots__ = (
         "caps",
@@ -293,7 +294,9 @@ class Broker(Protocol):
     def lacking(self, inputs: Sequence[TickInputs], capital: float) -> list[int]:
         """The indexes (in order) of ``inputs`` that ``resumes`` is False for and that lack
         their whole history or live decisions: what the tick reads for them before
-        ``holdings`` (``inputs``: ``Inputs``, which a broker may read as columns)."""
+        ``holdings`` (``inputs``: ``Inputs``, which a broker may read as columns). The tick
+        also reads the live decisions of a symbol decided before whose history it read whole
+        (its bars changed): ``holdings`` gets both, and replays."""
         ...
 
     def holdings(

@@ -2,8 +2,14 @@
 (``otonom_runtime.synth``): bars, news and macro sentiment, in the caller's transaction.
 
 Each ``insert_*`` takes rows as dicts of column values, each ``update_*`` rows that also carry
-the row's ``id`` (SQLAlchemy's bulk UPDATE by primary key); an empty list writes nothing. None
-of them commits or flushes the session's pending objects: the caller does.
+the row's ``id``; an empty list writes nothing. None of them commits or flushes the session's
+pending objects: the caller does.
+
+A row an ``update_*`` changes gets a fresh id, the table's next (as an insert's: above every id
+the table holds), so a reader of what is new by row id sees a changed row as it sees a new
+one: the daemon's tick (``store.ticks.new_rows``) reads a bar or score corrected in place (an
+``otonom data import --replace``, a revised sentiment file) and does not decide on the old
+values. No table refers to these rows' ids.
 """
 
 from __future__ import annotations
@@ -23,8 +29,11 @@ from sqlalchemy import (
     SmallInteger,
     String,
     TypeDecorator,
+    bindparam,
     delete,
+    func,
     insert,
+    select,
     update,
 )
 from sqlalchemy.orm import Session
@@ -61,8 +70,24 @@ def _insert(session: Session, table: Any, rows: Rows) -> None:
 
 
 def _update(session: Session, table: Any, rows: Rows) -> None:
-    if rows:
-        session.execute(update(table), list(rows))
+    """Set the given columns of each row (by ``id``; every row names the same columns) and
+    give it the table's next id (see the module docstring): on PostgreSQL the id column's
+    sequence, on SQLite the largest id plus one (its writers are serialised, and each row's
+    statement sees the one before)."""
+    if not rows:
+        return
+    t = table.__table__
+    names = [name for name in rows[0] if name != "id"]
+    if session.connection().dialect.name == "postgresql":
+        fresh: Any = func.nextval(func.pg_get_serial_sequence(t.name, "id"))
+    else:
+        fresh = select(func.max(t.c.id) + 1).scalar_subquery()
+    stmt = (
+        update(t)
+        .where(t.c.id == bindparam("old_id"))
+        .values(id=fresh, **{name: bindparam(f"new_{name}") for name in names})
+    )
+    session.execute(stmt, [{"old_id": r["id"], **{f"new_{n}": r[n] for n in names}} for r in rows])
 
 
 def insert_bars(session: Session, rows: Rows) -> None:
@@ -71,7 +96,7 @@ def insert_bars(session: Session, rows: Rows) -> None:
 
 
 def update_bars(session: Session, rows: Rows) -> None:
-    """Update bars by ``id`` (the given columns only)."""
+    """Update bars by ``id`` (the given columns only), each given a fresh id."""
     _update(session, Bar, rows)
 
 
@@ -81,7 +106,7 @@ def insert_news(session: Session, rows: Rows) -> None:
 
 
 def update_news(session: Session, rows: Rows) -> None:
-    """Update news scores by ``id``."""
+    """Update news scores by ``id``, each given a fresh id."""
     _update(session, NewsSentiment, rows)
 
 
@@ -91,7 +116,7 @@ def insert_macro(session: Session, rows: Rows) -> None:
 
 
 def update_macro(session: Session, rows: Rows) -> None:
-    """Update macro scores by ``id``."""
+    """Update macro scores by ``id``, each given a fresh id."""
     _update(session, MacroSentiment, rows)
 
 
