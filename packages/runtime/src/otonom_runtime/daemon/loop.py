@@ -225,11 +225,15 @@ def _broker_inputs(
     # a symbol decided before whose history the tick read whole (new to the cache, or its
     # rows changed: a bar corrected or imported out of order) is replayed on that history
     read = zip(items.wholes, items.lives, items.last_dates, strict=True)
-    whole_read = [
-        i
-        for i, (whole, live, date) in enumerate(read)
-        if whole is not None and live is None and date is not None
-    ]
+    whole_read = (
+        [
+            i
+            for i, (whole, live, date) in enumerate(read)
+            if whole is not None and live is None and date is not None
+        ]
+        if items.wholes.count(None) < len(items.wholes)  # (a steady tick read none whole)
+        else []
+    )
     if whole_read:
         lacking = sorted(set(lacking) | set(whole_read))
     if not lacking:
