@@ -12,6 +12,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +183,20 @@ def test_a_symbol_added_to_the_universe_and_late_news(tmp_path: Path) -> None:
     assert got[1][5]["news"] is not None
 
 
+def _live_rows(session: Any) -> list[Any]:
+    """The strategy's live decisions: each one's symbol, date, decision, portfolio and
+    signals, in order."""
+    return list(
+        session.execute(
+            select(Decision.symbol_id, Decision.date, Decision.action, Decision.strength,
+                   Decision.position, Decision.equity, Decision.days_since_last_trade,
+                   *(getattr(Decision, c) for c in SIGNAL_COLUMNS))
+            .where(Decision.live_strategy == "live_cache")
+            .order_by(Decision.symbol_id, Decision.date)
+        ).all()
+    )  # fmt: skip
+
+
 class _Replays(PaperBroker):
     """A paper broker that counts the sleeves it replays in a tick (those decided before
     whose whole history and live decisions the tick gives it)."""
@@ -216,26 +231,21 @@ def test_a_restarted_daemon_replays_once_then_steps(tmp_path: Path) -> None:
                 # replayed once, on a restart after the first tick; then stepped
                 assert broker.replayed == (3 if n and n % restart_every == 0 else 0), n
                 day, n = day + dt.timedelta(days=1), n + 1
-            rows.append(
-                session.execute(
-                    select(Decision.symbol_id, Decision.date, Decision.action, Decision.strength,
-                           Decision.position, Decision.equity, Decision.days_since_last_trade)
-                    .where(Decision.live_strategy == "live_cache")
-                    .order_by(Decision.symbol_id, Decision.date)
-                ).all()
-            )  # fmt: skip
+            rows.append(_live_rows(session))
     assert len(rows[0]) == 3 * 12
     assert rows[0] == rows[1]
 
 
-def test_a_kept_sleeve_resumes_over_days_the_daemon_missed_as_a_replay_does(
+def _kept_and_fresh(
     tmp_path: Path,
-) -> None:
-    """A daemon down some days (no tick, so no decision: a HOLD there): one broker kept over
-    the gaps (each sleeve's kept generator closed, its state written back and resumed over
-    the bars missed; then a new generator) records the rows of new brokers every tick (each
-    sleeve replayed from its first live decision)."""
-    ticked = [0, 1, 2, 4, 5, 8, 9, 11]  # days after DAY: 3, 6, 7 and 10 missed
+    offsets: list[int],
+    replays: Callable[[bool, int], int],
+    before: Callable[[Any, int, dt.date], None] | None = None,
+) -> list[list[Any]]:
+    """The live rows of ticks on ``DAY + offsets`` (each on its own store): by one ensemble
+    and broker kept over them, then by new ones every tick. ``replays(kept, n)``: how many
+    sleeves tick n replays (checked); ``before(session, n, day)``: a change to the store
+    before tick n (committed)."""
     rows = []
     for kept in (True, False):
         folder = tmp_path / str(kept)
@@ -243,24 +253,31 @@ def test_a_kept_sleeve_resumes_over_days_the_daemon_missed_as_a_replay_does(
         url, path = _setup(folder)
         ensemble, broker = Ensemble.from_strategy(path), _Replays()
         with get_session(url) as session:
-            for n, k in enumerate(ticked):
+            for n, k in enumerate(offsets):
                 if not kept:
                     ensemble, broker = Ensemble.from_strategy(path), _Replays()
                 day = DAY + dt.timedelta(days=k)
+                if before is not None:
+                    before(session, n, day)
+                    session.commit()
                 assert len(run_tick(session, ensemble, SYMBOLS, broker, as_of=day).decisions) == 3
-                # a new broker replays every sleeve decided before; a kept one none
-                assert broker.replayed == (3 if n and not kept else 0)
-            rows.append(
-                session.execute(
-                    select(Decision.symbol_id, Decision.date, Decision.action, Decision.strength,
-                           Decision.position, Decision.equity, Decision.days_since_last_trade)
-                    .where(Decision.live_strategy == "live_cache")
-                    .order_by(Decision.symbol_id, Decision.date)
-                ).all()
-            )  # fmt: skip
-    assert len(rows[0]) == 3 * len(ticked)
-    assert len({r[4] for r in rows[0]}) > 3  # the sleeves traded
-    assert rows[0] == rows[1]
+                assert broker.replayed == replays(kept, n), (kept, n)
+            rows.append(_live_rows(session))
+    assert len(rows[0]) == 3 * len(offsets)
+    return rows
+
+
+def test_a_kept_sleeve_resumes_over_days_the_daemon_missed_as_a_replay_does(
+    tmp_path: Path,
+) -> None:
+    """A daemon down some days (no tick, so no decision: a HOLD there): one broker kept over
+    the gaps (each sleeve resumed over the bars missed from the state it kept, none replayed)
+    records the rows of new brokers every tick (each sleeve replayed from its first live
+    decision)."""
+    ticked = [0, 1, 2, 4, 5, 8, 9, 11]  # days after DAY: 3, 6, 7 and 10 missed
+    kept, fresh = _kept_and_fresh(tmp_path, ticked, lambda kept, n: 3 if n and not kept else 0)
+    assert len({r[4] for r in kept}) > 3  # the sleeves traded
+    assert kept == fresh
 
 
 def _correct(session: Any, day: dt.date, back: int) -> None:
@@ -300,37 +317,19 @@ def test_a_bar_or_score_corrected_in_place_is_decided_on_by_the_next_tick(
     tmp_path: Path, back: int
 ) -> None:
     """Bars and a news score corrected between two ticks (a changed row gets a new id): a
-    kept daemon reads the corrected symbols whole again and replays their sleeves, recording
-    the rows of new daemons every tick (each reading the store whole); a bar read again with
-    its values unchanged is not read whole."""
-    rows = []
-    for kept in (True, False):
-        folder = tmp_path / str(kept)
-        folder.mkdir()
-        url, path = _setup(folder)
-        ensemble, broker = Ensemble.from_strategy(path), _Replays()
-        with get_session(url) as session:
-            for k in range(8):
-                if not kept:
-                    ensemble, broker = Ensemble.from_strategy(path), _Replays()
-                day = DAY + dt.timedelta(days=k)
-                if k == 4:
-                    _correct(session, day, back)
-                    session.commit()
-                assert len(run_tick(session, ensemble, SYMBOLS, broker, as_of=day).decisions) == 3
-                if kept:  # DEMO-BTC's sleeve replayed once, on the tick after its bars changed
-                    assert broker.replayed == (1 if k == 4 else 0), k
-            rows.append(
-                session.execute(
-                    select(Decision.symbol_id, Decision.date, Decision.action, Decision.strength,
-                           Decision.position, Decision.equity, Decision.days_since_last_trade,
-                           *(getattr(Decision, c) for c in SIGNAL_COLUMNS))
-                    .where(Decision.live_strategy == "live_cache")
-                    .order_by(Decision.symbol_id, Decision.date)
-                ).all()
-            )  # fmt: skip
-    assert len(rows[0]) == 3 * 8
-    assert rows[0] == rows[1]
+    kept daemon reads the corrected symbol whole again and replays its sleeve (DEMO-BTC, once,
+    on the tick after), recording the rows of new daemons every tick (each reading the store
+    whole); a bar read again with its values unchanged is not read whole."""
+
+    def correct(session: Any, n: int, day: dt.date) -> None:
+        if n == 4:
+            _correct(session, day, back)
+
+    kept, fresh = _kept_and_fresh(
+        tmp_path, list(range(8)), lambda kept, n: (1 if n == 4 else 0) if kept else 3 * (n > 0),
+        correct,
+    )  # fmt: skip
+    assert kept == fresh
 
 
 def _csv(path: Path, days: int, seed: int = 1) -> None:
