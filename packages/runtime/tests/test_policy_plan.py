@@ -126,12 +126,13 @@ class FakeSession:
     """A session whose runs cost ``costs`` in turn on the plan's clock, answering ``answer``."""
 
     clock: ClassVar[list[float]] = [0.0]
+    load: ClassVar[list[float]] = [1.0]  # every run's cost times this (the machine's load)
 
     def __init__(self, *costs: float, answer: float = 0.5) -> None:
         self.costs, self.answer, self.runs = costs, answer, 0
 
     def run(self, names: object, feeds: dict[str, F32]) -> list[F32]:
-        FakeSession.clock[0] += self.costs[self.runs % len(self.costs)]
+        FakeSession.clock[0] += self.costs[self.runs % len(self.costs)] * FakeSession.load[0]
         self.runs += 1
         n = feeds["state"].shape[0]
         return [np.full((n, 3), self.answer, np.float32), np.full((n, 1), 0.5, np.float32)]
@@ -175,7 +176,7 @@ def test_the_lower_mean_is_chosen_then_timed_again(
     chosen: int | None,
 ) -> None:
     """On a clock where one session runs faster on the mean, the trial chooses it for the
-    bucket (the pool timed first, then the one thread, each for ``TRIAL_CALLS`` calls and
+    bucket (the two timed in turn, call by call, each for ``TRIAL_CALLS`` calls and
     ``TRIAL_SECONDS``); it runs the bucket's next ``PERIOD_ROWS`` rows (in calls: rows over
     the bucket's smallest size, at least ``MIN_PERIOD``; the first choices 1/8, 1/4 and 1/2
     of that), then the bucket is timed again; other buckets stay undecided."""
@@ -199,6 +200,25 @@ def test_the_lower_mean_is_chosen_then_timed_again(
         calls(plan, x, 2 * TRIAL_CALLS - 1)
         assert calls(plan, x, period + 1) == [winner] * period + [None]
     assert plan.off_reason is None
+
+
+def test_a_load_that_comes_during_the_trial_slows_both_sessions_alike(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The machine's load triples halfway through a trial: the two sessions, timed in turn,
+    both pay it, and the faster one (here the one thread) is chosen. Timed one block after
+    the other, the pool would have been timed before the load and chosen."""
+    monkeypatch.setattr(FakeSession, "load", [1.0])
+    pool, one = FakeSession(0.015), FakeSession(0.01)
+    plan = plan_of(pool, one, monkeypatch)
+    x = np.zeros((100, 34), np.float32)
+    calls(plan, x, 1)  # both, untimed
+    ran = calls(plan, x, TRIAL_CALLS)  # half of the trial
+    assert (pool.runs, one.runs) == (1 + TRIAL_CALLS // 2, 1 + TRIAL_CALLS // 2)
+    FakeSession.load[0] = 3.0
+    calls(plan, x, TRIAL_CALLS)
+    assert ran == [None] * TRIAL_CALLS
+    assert plan.threads() == {64: 1}
 
 
 def test_a_short_trial_goes_on_until_trial_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -341,7 +361,7 @@ def test_large_batches_run_in_chunks_on_the_chosen_session(
         assert np.array_equal(probs, expected[0])
         assert np.array_equal(strength, expected[1].reshape(-1))
     pool, one = policy._session, policy._plan._one
-    trial = [pool, one] + [pool] * TRIAL_CALLS + [one] * TRIAL_CALLS
+    trial = [pool, one] + [pool, one] * TRIAL_CALLS  # the first call both, then in turn
     assert used[: len(trial)] == trial
     chosen = one if policy.batch_plan[4096] == 1 else pool
     assert used[len(trial) :] == [chosen, chosen]

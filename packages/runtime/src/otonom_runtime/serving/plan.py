@@ -14,15 +14,16 @@ How: buckets by ``n.bit_length()`` (batches of 2**(b-1) .. 2**b - 1 rows). A buc
 call runs both sessions on the caller's states, untimed (each session's first run of a shape
 allocates), and compares their outputs bit for bit: if they differ the plan is off for the
 model (every batch runs on the pool, as without a plan). Then the caller's own calls are timed
-(the run alone), first on the pool, then on the one thread, each for at least ``TRIAL_CALLS``
-calls and ``TRIAL_SECONDS`` of runs (the stalls are rare: a handful of calls would miss them,
-hence a mean over sustained use, not a median of a few); the lower mean (a tie, within
-``TIE``, to the one thread) is used for the bucket's next ``PERIOD_ROWS`` rows (at least
-``MIN_PERIOD`` calls; the first choices shorter: ``SHORTER_FIRST``), after which it is measured
-again (the load changes). Timing the
-caller's calls, not a loop at load, keeps the caller's gaps between runs (which decide whether
-the pool's threads are asleep when a run starts). The outputs are the same whichever session
-runs.
+(the run alone), on the pool and the one thread in turn, call by call (timed one block after
+the other, a load that came or went between the blocks decided the trial: at 65,536 rows the
+one thread was once chosen and ran at 0.90x a bare run, the pool at 1.42x), each for at least
+``TRIAL_CALLS`` calls and ``TRIAL_SECONDS`` of runs (the stalls are rare: a handful of calls
+would miss them, hence a mean over sustained use, not a median of a few); the lower mean (a
+tie, within ``TIE``, to the one thread) is used for the bucket's next ``PERIOD_ROWS`` rows (at
+least ``MIN_PERIOD`` calls; the first choices shorter: ``SHORTER_FIRST``), after which it is
+measured again (the load changes). Timing the caller's calls, not a loop at load, keeps the
+caller's gaps between runs (which decide whether the pool's threads are asleep when a run
+starts). The outputs are the same whichever session runs.
 """
 
 from __future__ import annotations
@@ -93,13 +94,17 @@ class _Trial:
     __slots__ = ("calls", "decided", "phase", "seconds")
 
     def __init__(self) -> None:
-        self.phase = 0  # 0: timing the pool, 1: timing one thread, 2: decided
+        self.phase = 0  # 0: timing the two sessions, 2: decided
         self.calls = [0, 0]
         self.seconds = [0.0, 0.0]
         self.decided = 0  # choices made so far (the period doubles with each, up to the full)
 
     def restart(self) -> None:
         self.phase, self.calls, self.seconds = 0, [0, 0], [0.0, 0.0]
+
+    def timed(self, side: int) -> bool:
+        """Whether the pool (0) or the one thread (1) has been timed enough."""
+        return self.calls[side] >= TRIAL_CALLS and self.seconds[side] >= TRIAL_SECONDS
 
 
 class BatchPlan:
@@ -154,19 +159,18 @@ class BatchPlan:
             else:
                 self._trials[bucket] = _Trial()
             return expected
-        phase = trial.phase
-        if phase == 2:  # the chosen session's period is over: measure again
+        if trial.phase == 2:  # the chosen session's period is over: measure again
             trial.restart()
-            phase = 0
+        # the two sessions in turn, call by call (a load that changes during the trial
+        # slows both alike), each until it is timed enough; then the other alone
+        behind = not trial.timed(1) and trial.calls[1] < trial.calls[0]
+        side = 1 if trial.timed(0) or behind else 0
         t0 = _perf()
-        out = go(one if phase else pool, x)
-        trial.seconds[phase] += _perf() - t0
-        trial.calls[phase] += 1
-        if trial.calls[phase] >= TRIAL_CALLS and trial.seconds[phase] >= TRIAL_SECONDS:
-            if phase == 0:
-                trial.phase = 1
-            else:
-                self._decide(bucket, trial, one)
+        out = go(one if side else pool, x)
+        trial.seconds[side] += _perf() - t0
+        trial.calls[side] += 1
+        if trial.timed(0) and trial.timed(1):
+            self._decide(bucket, trial, one)
         return out
 
     def _decide(self, bucket: int, trial: _Trial, one: Any) -> None:
