@@ -281,7 +281,7 @@ def test_a_kept_sleeve_resumes_over_days_the_daemon_missed_as_a_replay_does(
 
 
 def _correct(session: Any, day: dt.date, back: int) -> None:
-    """Correct in place, as ``otonom data import --replace`` or a revised sentiment file does
+    """Correct in place, as ``otonom data import-csv --replace`` or a revised sentiment file does
     (the store's ``update_*``): the close of DEMO-BTC's bar ``back`` days before the tick of
     ``day`` and the open after it, and DEMO-ETH's newest news score on or before ``day``
     (the score that tick reads: held ahead by the cache when it is dated ``day``)."""

@@ -8,7 +8,7 @@ pending objects: the caller does.
 A row an ``update_*`` changes gets a fresh id, the table's next (as an insert's: above every id
 the table holds), so a reader of what is new by row id sees a changed row as it sees a new
 one: the daemon's tick (``store.ticks.new_rows``) reads a bar or score corrected in place (an
-``otonom data import --replace``, a revised sentiment file) and does not decide on the old
+``otonom data import-csv --replace``, a revised sentiment file) and does not decide on the old
 values. No table refers to these rows' ids.
 """
 
