@@ -241,16 +241,18 @@ def _kept_and_fresh(
     offsets: list[int],
     replays: Callable[[bool, int], int],
     before: Callable[[Any, int, dt.date], None] | None = None,
+    pg: str | None = None,
 ) -> list[list[Any]]:
-    """The live rows of ticks on ``DAY + offsets`` (each on its own store): by one ensemble
-    and broker kept over them, then by new ones every tick. ``replays(kept, n)``: how many
-    sleeves tick n replays (checked); ``before(session, n, day)``: a change to the store
-    before tick n (committed)."""
+    """The live rows of ticks on ``DAY + offsets`` (each on its own store: a SQLite file, or
+    the PostgreSQL database ``pg`` emptied first): by one ensemble and broker kept over them,
+    then by new ones every tick. ``replays(kept, n)``: how many sleeves tick n replays
+    (checked); ``before(session, n, day)``: a change to the store before tick n
+    (committed)."""
     rows = []
     for kept in (True, False):
         folder = tmp_path / str(kept)
         folder.mkdir()
-        url, path = _setup(folder)
+        url, path = _setup(folder, pg)
         ensemble, broker = Ensemble.from_strategy(path), _Replays()
         with get_session(url) as session:
             for n, k in enumerate(offsets):
@@ -312,14 +314,17 @@ def _correct(session: Any, day: dt.date, back: int) -> None:
     update_news(session, [{"id": news.id, "score": -0.9 if news.score > 0 else 0.9}])
 
 
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
 @pytest.mark.parametrize("back", [3, 200], ids=["in-the-window", "before-the-window"])
 def test_a_bar_or_score_corrected_in_place_is_decided_on_by_the_next_tick(
-    tmp_path: Path, back: int
+    tmp_path: Path, back: int, store: str, request: pytest.FixtureRequest
 ) -> None:
     """Bars and a news score corrected between two ticks (a changed row gets a new id): a
     kept daemon reads the corrected symbol whole again and replays its sleeve (DEMO-BTC, once,
     on the tick after), recording the rows of new daemons every tick (each reading the store
-    whole); a bar read again with its values unchanged is not read whole."""
+    whole); a bar read again with its values unchanged is not read whole. On SQLite and
+    PostgreSQL (the new id from the id's sequence)."""
+    pg = request.getfixturevalue("postgres_url") if store == "postgresql" else None
 
     def correct(session: Any, n: int, day: dt.date) -> None:
         if n == 4:
@@ -327,7 +332,7 @@ def test_a_bar_or_score_corrected_in_place_is_decided_on_by_the_next_tick(
 
     kept, fresh = _kept_and_fresh(
         tmp_path, list(range(8)), lambda kept, n: (1 if n == 4 else 0) if kept else 3 * (n > 0),
-        correct,
+        correct, pg,
     )  # fmt: skip
     assert kept == fresh
 
