@@ -91,16 +91,16 @@ _BUCKETS: Final = range(FIRST_BUCKET, LAST_BUCKET + 1)
 class _Trial:
     """A bucket's measurement: calls and seconds of runs of the pool [0] and one thread [1]."""
 
-    __slots__ = ("calls", "decided", "phase", "seconds")
+    __slots__ = ("calls", "chosen", "decided", "seconds")
 
     def __init__(self) -> None:
-        self.phase = 0  # 0: timing the two sessions, 2: decided
+        self.chosen = False  # True once a choice is made (until the bucket is timed again)
         self.calls = [0, 0]
         self.seconds = [0.0, 0.0]
         self.decided = 0  # choices made so far (the period doubles with each, up to the full)
 
     def restart(self) -> None:
-        self.phase, self.calls, self.seconds = 0, [0, 0], [0.0, 0.0]
+        self.chosen, self.calls, self.seconds = False, [0, 0], [0.0, 0.0]
 
     def timed(self, side: int) -> bool:
         """Whether the pool (0) or the one thread (1) has been timed enough."""
@@ -159,7 +159,7 @@ class BatchPlan:
             else:
                 self._trials[bucket] = _Trial()
             return expected
-        if trial.phase == 2:  # the chosen session's period is over: measure again
+        if trial.chosen:  # the chosen session's period is over: measure again
             trial.restart()
         # the two sessions in turn, call by call (a load that changes during the trial
         # slows both alike), each until it is timed enough; then the other alone
@@ -177,7 +177,7 @@ class BatchPlan:
         (pool_calls, one_calls), (pool_s, one_s) = trial.calls, trial.seconds
         # a tie (within TIE) goes to the one thread: the same wall time for fewer CPU seconds
         winner = one if one_s * pool_calls <= (1.0 + TIE) * pool_s * one_calls else self.pool
-        trial.phase = 2
+        trial.chosen = True
         if self._make is not None:  # not turned off meanwhile
             self._winners[bucket] = winner
             shorter = max(0, SHORTER_FIRST - trial.decided)
