@@ -222,20 +222,12 @@ def _broker_inputs(
         cache.tails(pending.rows),
     )
     lacking = broker.lacking(items, capital)
-    # a symbol decided before whose history the tick read whole (new to the cache, or its
-    # rows changed: a bar corrected or imported out of order) is replayed on that history
-    read = zip(items.wholes, items.lives, items.last_dates, strict=True)
-    whole_read = (
-        [
-            i
-            for i, (whole, live, date) in enumerate(read)
-            if whole is not None and live is None and date is not None
-        ]
-        if items.wholes.count(None) < len(items.wholes)  # (a steady tick read none whole)
-        else []
-    )
-    if whole_read:
-        lacking = sorted(set(lacking) | set(whole_read))
+    if items.wholes.count(None) < len(items.wholes):  # (a steady tick read none whole)
+        # a symbol decided before whose history the tick read whole (new to the cache, or
+        # its rows changed: a bar corrected or imported out of order) is replayed on it
+        read = zip(items.wholes, items.lives, items.last_dates, strict=True)
+        replay = [i for i, (w, v, d) in enumerate(read) if w is not None and v is None and d]
+        lacking = sorted({*lacking, *replay})
     if not lacking:
         return items
     symbols = pending.pick(lacking)
