@@ -93,10 +93,12 @@ CLOCK: Callable[[], float] = time.perf_counter  # what each subject is timed by 
 FLOOR_SQL = {
     "max": (
         "SELECT (SELECT coalesce(max(bars.id), ?) AS coalesce_1 \nFROM bars) AS anon_1, "
-        "(SELECT coalesce(max(news_sentiment.id), ?) AS coalesce_3 \nFROM news_sentiment) AS "
-        "anon_2, (SELECT coalesce(max(macro_sentiment.id), ?) AS coalesce_5 \nFROM "
-        "macro_sentiment) AS anon_3, (SELECT count(*) AS count_1 \nFROM symbols) AS anon_4, "
-        "(SELECT coalesce(max(symbols.id), ?) AS coalesce_7 \nFROM symbols) AS anon_5"
+        "(SELECT coalesce(max(news_sentiment.id), ?) AS coalesce_3 \nFROM news_sentiment"
+        ") AS anon_2, (SELECT coalesce(max(macro_sentiment.id), ?) AS coalesce_5 \nFROM "
+        "macro_sentiment) AS anon_3, (SELECT coalesce(max(row_changes.id), ?) AS coales"
+        "ce_7 \nFROM row_changes) AS anon_4, (SELECT count(*) AS count_1 \nFROM symbols) "
+        "AS anon_5, (SELECT coalesce(max(symbols.id), ?) AS coalesce_9 \nFROM symbols) A"
+        "S anon_6"
     ),
     "bars": (
         "SELECT bars.symbol_id, CASE WHEN length(bars.date) = 10 THEN (julianday(bars.date) - 244"
@@ -128,15 +130,17 @@ FLOOR_SQL = {
 # and the COPY the store's writer inserts a tick's decisions with (``DECISION_COLUMNS``).
 FLOOR_SQL_POSTGRES = {
     "max": (
-        "SELECT (SELECT coalesce(max(bars.id), %(coalesce_2)s::INTEGER) AS coalesce_1 \nFROM bar"
-        "s) AS anon_1, (SELECT coalesce(max(news_sentiment.id), %(coalesce_4)s::INTEGER) AS coal"
-        "esce_3 \nFROM news_sentiment) AS anon_2, (SELECT coalesce(max(macro_sentiment.id), %(c"
-        "oalesce_6)s::INTEGER) AS coalesce_5 \nFROM macro_sentiment) AS anon_3, (SELECT count(*"
-        ") AS count_1 \nFROM symbols) AS anon_4, (SELECT coalesce(max(symbols.id), %(coalesce_8"
-        ")s::INTEGER) AS coalesce_7 \nFROM symbols) AS anon_5, pg_snapshot_xmax(pg_current_snap"
-        "shot())::text::bigint, coalesce((SELECT min(x::text::bigint) FROM pg_snapshot_xip(pg_cu"
-        "rrent_snapshot()) AS x WHERE x::text <> coalesce(pg_current_xact_id_if_assigned()::text"
-        ", '')), pg_snapshot_xmax(pg_current_snapshot())::text::bigint)"
+        "SELECT (SELECT coalesce(max(bars.id), %(coalesce_2)s::INTEGER) AS coalesce_1 \n"
+        "FROM bars) AS anon_1, (SELECT coalesce(max(news_sentiment.id), %(coalesce_4)s:"
+        ":INTEGER) AS coalesce_3 \nFROM news_sentiment) AS anon_2, (SELECT coalesce(max("
+        "macro_sentiment.id), %(coalesce_6)s::INTEGER) AS coalesce_5 \nFROM macro_sentim"
+        "ent) AS anon_3, (SELECT coalesce(max(row_changes.id), %(coalesce_8)s::INTEGER)"
+        " AS coalesce_7 \nFROM row_changes) AS anon_4, (SELECT count(*) AS count_1 \nFROM"
+        " symbols) AS anon_5, (SELECT coalesce(max(symbols.id), %(coalesce_10)s::INTEGE"
+        "R) AS coalesce_9 \nFROM symbols) AS anon_6, pg_snapshot_xmax(pg_current_snapsho"
+        "t())::text::bigint, coalesce((SELECT min(x::text::bigint) FROM pg_snapshot_xip"
+        "(pg_current_snapshot()) AS x WHERE x::text <> coalesce(pg_current_xact_id_if_a"
+        "ssigned()::text, '')), pg_snapshot_xmax(pg_current_snapshot())::text::bigint)"
     ),
     "bars": (
         "SELECT bars.symbol_id, (bars.date - DATE '1970-01-01') * 32 + CAST(EXTRACT(DAY FROM bars"
@@ -290,7 +294,7 @@ class Floor:
         return elapsed
 
     def _reads_sqlite(self, after: str, end: str, horizon: str, since: dict[str, int]) -> None:
-        self._fetch(FLOOR_SQL["max"], [0, 0, 0, 0])
+        self._fetch(FLOOR_SQL["max"], [0, 0, 0, 0, 0])
         self._fetch(FLOOR_SQL["bars"], [since["bars"], horizon])
         self._fetch(FLOOR_SQL["news"], [since["news"], horizon, self.news_source])
         self._fetch(FLOOR_SQL["macro"], [self.source, after, end, since["macro"], after])
@@ -300,7 +304,7 @@ class Floor:
         self, after: dt.date, end: dt.date, horizon: dt.date, since: dict[str, int]
     ) -> None:
         sql = FLOOR_SQL_POSTGRES
-        zeros = {"coalesce_2": 0, "coalesce_4": 0, "coalesce_6": 0, "coalesce_8": 0}
+        zeros = {f"coalesce_{k}": 0 for k in (2, 4, 6, 8, 10)}
         self._fetch(sql["max"], zeros)
         self._fetch(sql["bars"], {"after": horizon, "max_id": since["bars"]}, binary=True)
         news = {"after": horizon, "source": self.news_source, "max_id": since["news"]}

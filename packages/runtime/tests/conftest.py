@@ -28,6 +28,7 @@ from otonom_runtime.store import (
     get_session,
     init_db,
 )
+from otonom_runtime.store.changelog import TRIGGER_NAMES
 from otonom_runtime.testing.postgres import postgres_for_tests
 
 AddBars = Callable[..., list[dt.date]]
@@ -442,9 +443,62 @@ def _make_v4_store(url: str) -> None:
     dispose_engines()
 
 
+def _make_v6_store(url: str) -> None:
+    """Turn the (initialised) store at ``url`` into a store of version 6: no change log (no
+    ``row_changes`` table, no triggers, on PostgreSQL no trigger functions)."""
+    with get_engine(url).begin() as conn:
+        for name in TRIGGER_NAMES:
+            table = name.removeprefix("tr_").rsplit("_", 1)[0]
+            on = f" ON {table}" if conn.dialect.name == "postgresql" else ""
+            conn.execute(text(f"DROP TRIGGER {name}{on}"))
+        if conn.dialect.name == "postgresql":
+            for table in ("bars", "news_sentiment", "macro_sentiment"):
+                conn.execute(text(f"DROP FUNCTION otonom_log_{table}()"))
+        conn.execute(text("DROP TABLE row_changes"))
+        conn.execute(text("UPDATE store_meta SET value = '6' WHERE key = 'store_version'"))
+    dispose_engines()
+
+
+@pytest.fixture
+def make_v6_store() -> Callable[[str], None]:
+    """``make_v6_store(url)``: the store at ``url`` as store version 6 left it."""
+    return _make_v6_store
+
+
+def _change_log(url: str) -> dict[str, Any]:
+    """The change log of the store at ``url``: the ``row_changes`` columns (name, type,
+    nullable; None: no table), its triggers' names and, on PostgreSQL, the trigger functions'
+    names, sorted."""
+    with get_engine(url).connect() as conn:
+        info = inspect(conn)
+        if conn.dialect.name == "sqlite":
+            triggers = "SELECT name FROM sqlite_master WHERE type = 'trigger'"
+            functions: list[str] = []
+        else:
+            triggers = "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal"
+            named = "SELECT proname FROM pg_proc WHERE proname LIKE 'otonom_log_%'"
+            functions = sorted(conn.execute(text(named)).scalars())
+        return {
+            "columns": sorted(
+                (c["name"], str(c["type"]), c["nullable"]) for c in info.get_columns("row_changes")
+            )
+            if info.has_table("row_changes")
+            else None,
+            "triggers": sorted(conn.execute(text(triggers)).scalars()),
+            "functions": functions,
+        }
+
+
+@pytest.fixture
+def change_log() -> Callable[[str], dict[str, Any]]:
+    """``change_log(url)``: the store's change log table, triggers and functions."""
+    return _change_log
+
+
 def _make_v5_store(url: str) -> None:
     """Turn the (initialised) store at ``url`` into a store of version 5: the live key
-    ``ix_decisions_live`` ordered by symbol before date."""
+    ``ix_decisions_live`` ordered by symbol before date, no change log."""
+    _make_v6_store(url)
     with get_engine(url).begin() as conn:
         conn.execute(text("DROP INDEX ix_decisions_live"))
         conn.execute(

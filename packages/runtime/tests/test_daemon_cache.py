@@ -246,8 +246,8 @@ def _kept_and_fresh(
     """The live rows of ticks on ``DAY + offsets`` (each on its own store: a SQLite file, or
     the PostgreSQL database ``pg`` emptied first): by one ensemble and broker kept over them,
     then by new ones every tick. ``replays(kept, n)``: how many sleeves tick n replays
-    (checked); ``before(session, n, day)``: a change to the store before tick n
-    (committed)."""
+    (checked; a tick on a day ticked before decides nothing and replays none);
+    ``before(session, n, day)``: a change to the store before tick n (committed)."""
     rows = []
     for kept in (True, False):
         folder = tmp_path / str(kept)
@@ -262,10 +262,13 @@ def _kept_and_fresh(
                 if before is not None:
                     before(session, n, day)
                     session.commit()
-                assert len(run_tick(session, ensemble, SYMBOLS, broker, as_of=day).decisions) == 3
-                assert broker.replayed == replays(kept, n), (kept, n)
+                again = k in offsets[:n]
+                broker.replayed = 0
+                decided = run_tick(session, ensemble, SYMBOLS, broker, as_of=day).decisions
+                assert len(decided) == (0 if again else 3)
+                assert broker.replayed == (0 if again else replays(kept, n)), (kept, n)
             rows.append(_live_rows(session))
-    assert len(rows[0]) == 3 * len(offsets)
+    assert len(rows[0]) == 3 * len(set(offsets))
     return rows
 
 
@@ -282,59 +285,152 @@ def test_a_kept_sleeve_resumes_over_days_the_daemon_missed_as_a_replay_does(
     assert kept == fresh
 
 
-def _correct(session: Any, day: dt.date, back: int) -> None:
-    """Correct in place, as ``otonom data import-csv --replace`` or a revised sentiment file does
-    (the store's ``update_*``): the close of DEMO-BTC's bar ``back`` days before the tick of
-    ``day`` and the open after it, and DEMO-ETH's newest news score on or before ``day``
-    (the score that tick reads: held ahead by the cache when it is dated ``day``)."""
-    from otonom_runtime.store import update_bars, update_news
+def _correct(session: Any, day: dt.date, back: int, how: str) -> None:
+    """Change the store in place between two ticks, ``how``: ``"writers"`` as ``otonom data
+    import-csv --replace`` or a revised sentiment file does (the store's ``update_*``), or
+    ``"sql"`` as another tool's SQL does (an ``UPDATE`` keeping each row's id): the close of
+    DEMO-BTC's bar ``back`` days before the tick of ``day`` and the open after it, DEMO-ETH's
+    newest news score on or before ``day`` (the score that tick reads: held ahead by the cache
+    when it is dated ``day``) and the macro score of the day before (the previous tick's,
+    cached), the macro score of ``day`` deleted (so that tick reads the one before);
+    ``"replace"``: the same changes as another tool's upsert makes them (SQLite: ``INSERT OR
+    REPLACE``, a new row under a new id, the old one deleted unseen by any trigger;
+    PostgreSQL: ``ON CONFLICT DO UPDATE``, an update); or ``"delete"``: those two bars, that
+    news score and both macro scores deleted."""
+    from otonom_runtime.store import MacroSentiment, update_bars, update_macro, update_news
 
     btc, eth = (session.execute(select(Symbol.id).where(Symbol.name == n)).scalar_one()
                 for n in SYMBOLS[:2])  # fmt: skip
     at = day - dt.timedelta(days=back + 1)
-    bars = session.execute(
+    first, second = session.execute(
         select(Bar.id, Bar.close, Bar.open)
         .where(Bar.symbol_id == btc, Bar.date.in_([at, at + dt.timedelta(days=1)]))
         .order_by(Bar.date)
     ).all()
-    first, second = bars
-    update_bars(
-        session,
-        [
-            {"id": first.id, "close": first.close * 1.25, "open": first.open},
-            {"id": second.id, "close": second.close, "open": second.open * 1.25},
-        ],
-    )
     news = session.execute(
         select(NewsSentiment.id, NewsSentiment.score)
         .where(NewsSentiment.symbol_id == eth, NewsSentiment.date <= day)
         .order_by(NewsSentiment.date.desc())
         .limit(1)
     ).one()
-    update_news(session, [{"id": news.id, "score": -0.9 if news.score > 0 else 0.9}])
+    macro, today = session.execute(
+        select(MacroSentiment.id, MacroSentiment.score)
+        .where(MacroSentiment.date.in_([day - dt.timedelta(days=1), day]))
+        .order_by(MacroSentiment.date)
+    ).all()
+    session.execute(text("DELETE FROM macro_sentiment WHERE id = :i"), {"i": today.id})
+    score, mood = -0.9 if news.score > 0 else 0.9, -0.9 if macro.score > 0 else 0.9
+    if how == "writers":
+        update_bars(session, [{"id": first.id, "close": first.close * 1.25, "open": first.open},
+                              {"id": second.id, "close": second.close,
+                               "open": second.open * 1.25}])  # fmt: skip
+        update_news(session, [{"id": news.id, "score": score}])
+        update_macro(session, [{"id": macro.id, "score": mood}])
+    elif how == "sql":
+        for sql, values in (
+            ("UPDATE bars SET close = close * 1.25 WHERE id = :i", {"i": first.id}),
+            ("UPDATE bars SET open = open * 1.25 WHERE id = :i", {"i": second.id}),
+            ("UPDATE news_sentiment SET score = :s WHERE id = :i", {"i": news.id, "s": score}),
+            ("UPDATE macro_sentiment SET score = :s WHERE id = :i", {"i": macro.id, "s": mood}),
+        ):
+            session.execute(text(sql), values)
+    elif how == "replace":
+        sqlite = session.connection().dialect.name == "sqlite"
+        for table, key, column, factor, i in (
+            ("bars", "symbol_id, date", "close", 1.25, first.id),
+            ("bars", "symbol_id, date", "open", 1.25, second.id),
+            ("news_sentiment", "symbol_id, source, date", "score", -1.0, news.id),
+            ("macro_sentiment", "source, date", "score", -1.0, macro.id),
+        ):
+            columns = [c.name for c in Base.metadata.tables[table].columns if c.name != "id"]
+            values = ", ".join(f"{c} * {factor}" if c == column else c for c in columns)
+            head = "INSERT OR REPLACE INTO" if sqlite else "INSERT INTO"
+            tail = "" if sqlite else (
+                f" ON CONFLICT ({key}) DO UPDATE SET {column} = excluded.{column}")  # fmt: skip
+            session.execute(text(
+                f"{head} {table} ({', '.join(columns)}) SELECT {values} FROM {table} "
+                f"WHERE id = :i{tail}"), {"i": i})  # fmt: skip
+    else:
+        for table, ids in (("bars", [first.id, second.id]), ("news_sentiment", [news.id]),
+                           ("macro_sentiment", [macro.id])):  # fmt: skip
+            for i in ids:
+                session.execute(text(f"DELETE FROM {table} WHERE id = :i"), {"i": i})
 
 
 @pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("how", ["writers", "sql", "replace", "delete"])
 @pytest.mark.parametrize("back", [3, 200], ids=["in-the-window", "before-the-window"])
-def test_a_bar_or_score_corrected_in_place_is_decided_on_by_the_next_tick(
-    tmp_path: Path, back: int, store: str, request: pytest.FixtureRequest
+def test_a_bar_or_score_changed_in_place_or_deleted_is_decided_on_by_the_next_tick(
+    tmp_path: Path, back: int, how: str, store: str, request: pytest.FixtureRequest
 ) -> None:
-    """Bars and a news score corrected between two ticks (a changed row gets a new id): a
-    kept daemon reads the corrected symbol whole again and replays its sleeve (DEMO-BTC, once,
-    on the tick after), recording the rows of new daemons every tick (each reading the store
-    whole); a bar read again with its values unchanged is not read whole. On SQLite and
-    PostgreSQL (the new id from the id's sequence)."""
+    """Bars, a news score and a macro score changed in place (by the store's writers, by raw
+    SQL keeping their ids, by an upsert) or deleted between two ticks: a kept daemon reads the
+    changed symbols whole again (the store's change log; a bar replaced under a new id by its
+    values) and replays their sleeves (DEMO-BTC for its bars, DEMO-ETH for its news, which a
+    SQLite ``INSERT OR REPLACE`` gives as a new score of its day: once, on the tick after),
+    recording the rows of new daemons every tick (each reading the store whole). On SQLite and
+    PostgreSQL."""
     pg = request.getfixturevalue("postgres_url") if store == "postgresql" else None
+    changed = 1 if how == "replace" and store == "sqlite" else 2
 
     def correct(session: Any, n: int, day: dt.date) -> None:
         if n == 4:
-            _correct(session, day, back)
+            _correct(session, day, back, how)
 
     kept, fresh = _kept_and_fresh(
-        tmp_path, list(range(8)), lambda kept, n: (1 if n == 4 else 0) if kept else 3 * (n > 0),
-        correct, pg,
+        tmp_path, list(range(8)),
+        lambda kept, n: (changed if n == 4 else 0) if kept else 3 * (n > 0), correct, pg,
     )  # fmt: skip
     assert kept == fresh
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_a_change_read_by_a_tick_that_decides_nothing_is_replayed_by_the_next_one(
+    tmp_path: Path, store: str, request: pytest.FixtureRequest
+) -> None:
+    """Bars deleted (and scores) before a tick that has nothing new to decide (the day ticked
+    before): that tick reads the changed symbols whole but gives no broker their sleeves; the
+    next tick that decides them replays those sleeves (on the history read whole again), as
+    new daemons do. Before, the kept sleeves were stepped over the deleted bars' effects."""
+    pg = request.getfixturevalue("postgres_url") if store == "postgresql" else None
+
+    def delete(session: Any, n: int, day: dt.date) -> None:
+        if n == 5:
+            _correct(session, day, 3, "delete")
+
+    kept, fresh = _kept_and_fresh(
+        tmp_path, [0, 1, 2, 3, 4, 4, 5, 6],
+        lambda kept, n: (2 if n == 6 else 0) if kept else 3 * (n > 0), delete, pg,
+    )  # fmt: skip
+    assert kept == fresh
+
+
+def test_a_change_read_again_behind_a_postgresql_writer_in_progress_is_acted_on_once(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """While a writer that began before a change is still in progress, the tick's bound stays
+    back and it reads the change log's entry again each tick: the changed symbol is read whole
+    and its sleeve replayed once, not on every tick until that writer ends."""
+    url, path = _setup(tmp_path, postgres_url)
+    ensemble, broker = Ensemble.from_strategy(path), _Replays()
+    replays = []
+    with get_session(url) as session, get_engine(url).connect() as writer:
+        for n in range(5):
+            if n == 1:  # a writer begins (its transaction id taken) and stays in progress
+                writer.begin()
+                writer.execute(text("SELECT pg_current_xact_id()"))
+            if n == 2:  # another one changes a bar of DEMO-BTC in place, and commits
+                session.execute(text(
+                    "UPDATE bars SET close = close * 1.1 WHERE symbol_id = (SELECT id FROM "
+                    "symbols WHERE name = 'DEMO-BTC') AND date = :d"),
+                    {"d": DAY - dt.timedelta(days=5)})  # fmt: skip
+                session.commit()
+            if n == 4:
+                writer.commit()
+            run_tick(session, ensemble, SYMBOLS, broker, as_of=DAY + dt.timedelta(days=n))
+            replays.append(broker.replayed)
+            session.commit()
+    assert replays == [0, 0, 1, 0, 0]
 
 
 def _csv(path: Path, days: int, seed: int = 1) -> None:

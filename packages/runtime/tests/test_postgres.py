@@ -358,7 +358,8 @@ def test_a_version_4_store_is_upgraded_in_place_even_after_a_failure_midway(
     init_db(pg)
     assert decision_layout(pg) == fresh
     with get_session(pg) as session:
-        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "6"
+        version = session.execute(text("SELECT value FROM store_meta")).scalar_one()
+        assert version == str(STORE_VERSION)
 
 
 @pytest.mark.parametrize(
@@ -393,7 +394,49 @@ def test_a_version_5_store_gets_its_live_key_ordered_by_date_on_postgresql(
     assert ("ix_decisions_live", ("live_strategy", "date", "symbol_id"), True) in fresh["indexes"]
     assert fresh["live_key_partial"] is True
     with get_engine(pg).connect() as conn:
-        assert conn.execute(text("SELECT value FROM store_meta")).scalar_one() == "6"
+        assert conn.execute(text("SELECT value FROM store_meta")).scalar_one() == str(STORE_VERSION)
+
+
+@pytest.mark.parametrize(
+    "step", [None, "CREATE TABLE IF NOT EXISTS", "CREATE TRIGGER tr_news", "UPDATE store_meta"]
+)
+def test_a_version_6_store_gets_its_change_log_on_postgresql(
+    pg: str,
+    make_v6_store: Any,
+    change_log: Any,
+    fail_at: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    step: str | None,
+) -> None:
+    """``row_changes``, its three trigger functions and six statement triggers are added in
+    place (a fresh store's); one transaction: a failure (``step``) leaves version 6 as it was,
+    and the next ``init_db`` does the whole upgrade; the triggers then log."""
+    init_db(pg)
+    fresh = change_log(pg)
+    assert len(fresh["triggers"]) == 6
+    assert len(fresh["functions"]) == 3
+    make_v6_store(pg)
+    v6 = change_log(pg)
+    assert v6 == {"columns": None, "triggers": [], "functions": []}
+    if step is not None:
+        fail_at(monkeypatch, step)
+        with pytest.raises(RuntimeError, match="interrupted"):
+            init_db(pg)
+        monkeypatch.undo()
+        dispose_engines()
+        with get_engine(pg).connect() as conn:
+            assert conn.execute(text("SELECT value FROM store_meta")).scalar_one() == "6"
+        assert change_log(pg) == v6
+    init_db(pg)
+    assert change_log(pg) == fresh
+    with get_session(pg) as session:
+        write_synthetic(session, ["DEMO-A"], dt.date(2023, 1, 1), dt.date(2023, 2, 1), 7)
+        session.flush()
+        session.execute(text("UPDATE macro_sentiment SET score = score / 2"))
+    with get_engine(pg).connect() as conn:
+        assert conn.execute(text("SELECT value FROM store_meta")).scalar_one() == str(STORE_VERSION)
+        logged = conn.execute(text("SELECT kind, symbol_id, source FROM row_changes")).all()
+    assert [tuple(r) for r in logged] == [("macro", None, "synthetic")]
 
 
 def test_the_readers_read_postgresql_dates_as_numbers(

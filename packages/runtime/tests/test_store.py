@@ -8,6 +8,7 @@ import math
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, insert, inspect, select, text
 from sqlalchemy.exc import IntegrityError, StatementError
+from sqlalchemy.orm import Session
 
 from otonom_runtime import store as store_module
 from otonom_runtime._errors import StateBuildError, StoreError, UnknownSymbolError
@@ -997,7 +999,8 @@ def test_a_version_4_store_is_upgraded_in_place_keeping_its_decisions_as_backtes
     # the live key is partial: backtest rows (live_strategy NULL) are not in it
     assert decision_layout(fresh)["live_key_partial"] is True
     with get_session(db_url) as session:
-        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "6"
+        version = session.execute(text("SELECT value FROM store_meta")).scalar_one()
+        assert version == str(STORE_VERSION)
         assert session.execute(select(Decision.live_strategy)).scalars().all() == [None]
     _one_decision(db_url)  # another backtest row for the same symbol and date: fine
     _one_decision(db_url, "live-a")
@@ -1091,7 +1094,8 @@ def test_a_version_5_store_gets_its_live_key_ordered_by_date_in_place(
     assert ("ix_decisions_live", ("live_strategy", "date", "symbol_id"), True) in layout["indexes"]
     assert layout["live_key_partial"] is True
     with get_session(db_url) as session:
-        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "6"
+        version = session.execute(text("SELECT value FROM store_meta")).scalar_one()
+        assert version == str(STORE_VERSION)
         assert session.execute(select(Decision.live_strategy)).scalars().all() == ["live-a"]
     with pytest.raises(IntegrityError):
         _one_decision(db_url, "live-a")  # still one a strategy, symbol and date
@@ -1286,11 +1290,16 @@ def test_get_symbols_reads_them_in_order_and_names_the_first_unknown(
 
 
 @pytest.mark.parametrize("store", ["sqlite", "postgresql"])
-def test_a_changed_row_gets_the_tables_next_id(request: pytest.FixtureRequest, store: str) -> None:
-    """``update_bars``/``update_news``/``update_macro`` set the given values and give each
-    changed row a fresh id above every id its table holds, in the order given (a reader of
-    new rows by id, the daemon's tick, sees it as new); the next insert's id is above it."""
+def test_the_change_log_names_every_change_in_place_and_delete_whoever_writes_it(
+    request: pytest.FixtureRequest, store: str
+) -> None:
+    """The store's triggers log (``row_changes``, ids ascending) the symbol of each bar or news
+    row updated with another value or deleted, and the source of each macro row, through the
+    store's writers and through raw SQL alike: an update that changes no value, and inserts,
+    log nothing; a bar moved to another symbol logs both. On SQLite (a row a change) and
+    PostgreSQL (a statement and key a change): the same keys."""
     from otonom_runtime.store import (
+        delete_symbol_data,
         insert_bars,
         insert_macro,
         insert_news,
@@ -1300,33 +1309,110 @@ def test_a_changed_row_gets_the_tables_next_id(request: pytest.FixtureRequest, s
     )
 
     url: str = request.getfixturevalue("db_url" if store == "sqlite" else "pg")
-    day = dt.date(2024, 1, 1)
+    days = [dt.date(2024, 1, 1) + dt.timedelta(days=k) for k in range(3)]
     bar = {"open": 1.0, "high": 2.0, "low": 0.5, "close": 1.5, "volume": 10.0}
     with get_session(url) as session:
-        sid = get_or_create_symbol(session, "ACME", source="test")[0].id
-        days = [day + dt.timedelta(days=k) for k in range(3)]
-        insert_bars(session, [{"symbol_id": sid, "date": d, **bar} for d in days])
-        insert_news(session, [{"symbol_id": sid, "source": "user", "date": d, "score": 0.1}
-                              for d in days])  # fmt: skip
+        acme = get_or_create_symbol(session, "ACME", source="test")[0].id
+        beta = get_or_create_symbol(session, "BETA", source="test")[0].id
+        for sid in (acme, beta):
+            insert_bars(session, [{"symbol_id": sid, "date": d, **bar} for d in days])
+            insert_news(session, [{"symbol_id": sid, "source": "user", "date": d, "score": 0.1}
+                                  for d in days])  # fmt: skip
         insert_macro(session, [{"source": "user", "date": d, "score": 0.2} for d in days])
-    tables = {"bars": (Bar, update_bars), "news": (NewsSentiment, update_news),
-              "macro": (MacroSentiment, update_macro)}  # fmt: skip
-    for name, (table, update) in tables.items():
+    seen = 0
+
+    def logged(change: Callable[[Session], object]) -> set[tuple[str, int | None, str | None]]:
+        nonlocal seen
         with get_session(url) as session:
-            before = dict(session.execute(select(table.date, table.id)).all())
-            column = "close" if name == "bars" else "score"
-            update(session, [{"id": before[days[1]], column: 0.75},
-                             {"id": before[days[0]], column: 0.5}])  # fmt: skip
+            change(session)
         with get_session(url) as session:
-            after = dict(session.execute(select(table.date, table.id)).all())
-            values = dict(session.execute(select(table.date, getattr(table, column))).all())
-        top = max(before.values())
-        assert after[days[2]] == before[days[2]]  # unchanged rows keep their ids
-        assert top < after[days[1]] < after[days[0]], name  # changed: the next ids, in order
-        unchanged = {"bars": 1.5, "news": 0.1, "macro": 0.2}[name]
-        assert (values[days[0]], values[days[1]], values[days[2]]) == (0.5, 0.75, unchanged)
-        assert set(after) == set(days)
-    with get_session(url) as session:
-        insert_bars(session, [{"symbol_id": sid, "date": day + dt.timedelta(days=9), **bar}])
-        ids = session.execute(select(Bar.id).order_by(Bar.date)).scalars().all()
-    assert ids[-1] > max(ids[:-1])
+            rows = session.execute(
+                text("SELECT id, kind, symbol_id, source FROM row_changes WHERE id > :seen "
+                     "ORDER BY id"), {"seen": seen}
+            ).all()  # fmt: skip
+        ids = [r[0] for r in rows]
+        assert ids == sorted(set(ids))
+        seen = max(ids, default=seen)
+        return {(r[1], r[2], r[3]) for r in rows}
+
+    def bar_id(session: Session, sid: int, day: dt.date) -> int:
+        return int(session.execute(
+            select(Bar.id).where(Bar.symbol_id == sid, Bar.date == day)).scalar_one())  # fmt: skip
+
+    def ids_of(session: Session, table: Any) -> list[int]:
+        return list(session.execute(select(table.id).order_by(table.id)).scalars())
+
+    assert logged(lambda s: None) == set()  # the inserts above: nothing
+    assert logged(lambda s: update_bars(s, [
+        {"id": bar_id(s, acme, days[0]), "close": 1.25},
+        {"id": bar_id(s, acme, days[1]), "open": 1.25},
+    ])) == {("bars", acme, None)}  # fmt: skip
+    assert logged(lambda s: update_news(s, [{"id": ids_of(s, NewsSentiment)[0], "score": -0.5}])
+                  ) == {("news", acme, "user")}  # fmt: skip
+    assert logged(lambda s: update_macro(s, [{"id": ids_of(s, MacroSentiment)[1], "score": 0.9}])
+                  ) == {("macro", None, "user")}  # fmt: skip
+    assert logged(lambda s: s.execute(text("UPDATE bars SET close = close"))) == set()
+    assert logged(lambda s: s.execute(
+        text("UPDATE bars SET volume = volume + 1 WHERE symbol_id = :b"), {"b": beta})
+    ) == {("bars", beta, None)}  # fmt: skip
+    assert logged(lambda s: s.execute(
+        text("DELETE FROM news_sentiment WHERE id = :i"), {"i": ids_of(s, NewsSentiment)[-1]})
+    ) == {("news", beta, "user")}  # fmt: skip
+    assert logged(lambda s: s.execute(
+        text("UPDATE bars SET symbol_id = :b, date = :d WHERE id = :i"),
+        {"b": beta, "d": dt.date(2024, 2, 1), "i": bar_id(s, acme, days[2])},
+    )) == {("bars", acme, None), ("bars", beta, None)}  # fmt: skip
+    assert logged(lambda s: delete_symbol_data(s, beta, "user")) == {
+        ("bars", beta, None), ("news", beta, "user")}  # fmt: skip
+    assert logged(lambda s: insert_bars(s, [{"symbol_id": acme, "date": days[2], **bar}])) == set()
+
+
+# --- store version 6 -> 7: the change log ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "step",
+    [None, "CREATE TABLE IF NOT", "CREATE TRIGGER IF NOT EXISTS tr_news", "UPDATE store_meta"],
+)
+def test_a_version_6_store_gets_its_change_log_in_place(
+    db_url: str,
+    make_v6_store: Any,
+    change_log: Any,
+    fail_at: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    step: str | None,
+    tmp_path: Path,
+) -> None:
+    """``row_changes`` and its six triggers are added in place (the layout of a fresh store;
+    the rows kept) and log from then on; a failure at a step (``step``) leaves version 6 and
+    the next ``init_db`` finishes."""
+    fresh = _sqlite(tmp_path / "fresh.db")
+    init_db(fresh)
+    assert len(change_log(fresh)["triggers"]) == 6
+    with get_session(db_url) as session:
+        write_synthetic(session, ["DEMO-A"], dt.date(2023, 1, 1), dt.date(2023, 2, 1), 7)
+    make_v6_store(db_url)
+    assert change_log(db_url) == {"columns": None, "triggers": [], "functions": []}
+    with (
+        pytest.raises(StoreError, match=r"store version 6; .* upgrade it in place"),
+        get_session(db_url),
+    ):
+        pass
+    if step is not None:
+        made = fail_at(monkeypatch, step)
+        with pytest.raises(RuntimeError, match=f"interrupted at {step}"):
+            init_db(db_url)
+        assert any(sql.lstrip().startswith(step) for sql in made)
+        monkeypatch.undo()
+        dispose_engines()
+        with sqlite3.connect(db_url.removeprefix("sqlite:///")) as raw:
+            assert raw.execute("SELECT value FROM store_meta").fetchone() == ("6",)
+    init_db(db_url)
+    assert change_log(db_url) == change_log(fresh)
+    with get_session(db_url) as session:
+        assert session.execute(text("SELECT value FROM store_meta")).scalar_one() == "7"
+        assert session.execute(select(func.count()).select_from(Bar)).scalar_one() == 32
+        session.execute(text("DELETE FROM bars WHERE date = '2023-01-05'"))
+    with get_session(db_url) as session:
+        assert session.execute(text("SELECT kind FROM row_changes")).scalars().all() == ["bars"]
+    init_db(db_url)  # idempotent on the upgraded store

@@ -18,16 +18,19 @@ horizon also reads the rows dated up to the next horizon (each symbol's (symbol,
 searched once). A bar of a symbol dated on or before its newest cached bar is one read again
 (the same date and values as a bar in its window: dropped; on PostgreSQL a writer still in
 progress keeps the ticks reading from an earlier bound, ``daemon.seen``), one imported out of
-order, or one corrected in place (the store's ``update_bars`` gives a changed row the table's
-next id, so it is read as new): the symbol is read whole again (and the tick replays its paper
-sleeve on that history). A corrected news or macro score, read the same way, replaces the one
-of its day. The newest bars' market features come from
-``otonom_schema.market_feature_panel`` over the cached windows: bit for bit the last row of
-``market_feature_matrix`` of each whole history (tested), so a tick after the cache decides
-exactly as a cold one. Not seen: a row changed in place by another writer that keeps its id
-(raw SQL), a row deleted, a symbol's row changed in place; ``clear()`` (or a restart) reads
-everything again.
-"""
+order, or one that replaced a row of its day under a new id (SQLite's ``INSERT OR REPLACE``,
+whose delete no trigger sees): the symbol is read whole again (and the tick replays its paper
+sleeve on that history). A news or macro score read the same way (a new row of a day held)
+replaces the one of its day. What is changed in place or deleted, by any writer (the
+store's ``update_*``, another tool's SQL), the store's change log names (``store.changelog``:
+triggers, ``store.ticks.changed_keys`` read when its largest id moved): those symbols are read
+whole again, those macro sources too. A symbol read whole is ``rewound`` until its next
+decision is recorded: the tick that decides it replays its paper sleeve on its history (read
+whole again if a tick with nothing to decide read it). The newest bars' market features come
+from ``otonom_schema.market_feature_panel`` over the cached windows: bit for bit the last row
+of ``market_feature_matrix`` of each whole history (tested), so a tick after the cache decides
+exactly as a cold one. Not seen: a symbol's own row changed in place (its name or kind);
+``clear()`` (or a restart) reads everything again."""
 
 from __future__ import annotations
 
@@ -49,6 +52,7 @@ from otonom_runtime.ranges import warmed_up
 from otonom_runtime.store import load_macro, sentiment_source
 from otonom_runtime.store.ticks import (
     LiveDecisions,
+    Marks,
     load_live_decisions,
     load_live_tail,
     load_tick_bars_ahead,
@@ -150,6 +154,8 @@ class TickCache:
         self._ahead: dt.date | None = None
         self._later_bars, self._later_news = Ahead(5), Ahead(1)
         self._seen = Seen()  # the row ids read up to, the symbols read by name
+        # symbols read whole since their last recorded decision: their sleeves to replay
+        self.rewound: set[int] = set()
         self._decided: dict[int, dt.date] = {}  # each symbol's newest live decision, recorded
         self._strategy: str | None = None
         self._version = getattr(self, "_version", 0) + 1  # bumped when the rows' symbols change
@@ -201,7 +207,9 @@ class TickCache:
         if self._end is None:
             held = []
         ahead = self._ahead if self._ahead is not None and end <= self._ahead else _horizon(end)
+        changed = self._changed(session, marks)
         stale = self._advance(session, held, end, ahead) if held else set()
+        stale.update(changed.intersection(held))
         self._ahead = ahead
         if steady is not None and not stale:  # a steady tick: nothing read whole
             self._add_macro(session, steady.macros, end)
@@ -230,6 +238,20 @@ class TickCache:
                 rows, macros,
             )  # fmt: skip
         return self._cached(found, found_ids, chosen, rows, whole), missing
+
+    def _changed(self, session: Session, marks: Marks) -> set[int]:
+        """The symbols whose bars or news the change log names since the cache read it
+        (``Seen.changes``); the macro sources it names are dropped, to be read whole again.
+        Nothing before the first read: that one reads everything whole."""
+        if self._end is None:
+            return set()
+        symbols: set[int] = set()
+        for kind, sid, source in self._seen.changes(session, marks):
+            if kind == "macro":
+                self._macro.pop(str(source), None)
+            elif sid is not None:
+                symbols.add(sid)
+        return symbols
 
     def _cached(
         self,
@@ -277,8 +299,8 @@ class TickCache:
             old = days <= self._days[at, -1]  # a bar read again, or one before the cached ones
             if old.any():
                 # a bar of a day in the window with the values held is one read again (the
-                # PostgreSQL fence); one out of order, or changed (``update_bars`` gives it a
-                # new id), is read whole with its symbol
+                # PostgreSQL fence); one out of order, or with other values (a row of its day
+                # replaced under a new id), is read whole with its symbol
                 match = self._days[at[old]] == days[old, None]
                 cached = self._values[:, at[old], match.argmax(axis=1)]
                 again = match.any(axis=1) & (cached == values[:, old]).all(axis=0)
@@ -377,6 +399,7 @@ class TickCache:
                 self._rows_memo = None
                 continue
             self._keep(sid, bars[sid], news.get(sid), sources[n]["news"])
+            self.rewound.add(sid)
             macro = macros.get(sources[n]["macro"])
             out[sid] = SymbolInputs(n, sid, bars[sid], news.get(sid), macro, sources[n])
         return out
@@ -500,12 +523,14 @@ class TickCache:
         return last, whole
 
     def recorded(self, ids: Sequence[int] | None, dates: Sequence[dt.date] = ()) -> None:
-        """The tick's decisions were recorded (each symbol id's bar date), or were refused
-        (``ids`` None): the next tick reads the live decisions whole."""
+        """The tick's decisions were recorded (each symbol id's bar date; their sleeves
+        replayed, none ``rewound`` any more), or were refused (``ids`` None): the next tick
+        reads the live decisions whole."""
         if ids is None:
             self._decided = {}
         else:
             self._decided.update(zip(ids, dates, strict=True))
+            self.rewound.difference_update(ids)
 
     def windows(self) -> Windows:
         """Every row's cached bars (``paper.Windows``: the cache's arrays, valid until its

@@ -222,11 +222,13 @@ def _broker_inputs(
         cache.tails(pending.rows),
     )
     lacking = broker.lacking(items, capital)
-    if items.wholes.count(None) < len(items.wholes):  # (a steady tick read none whole)
-        # a symbol decided before whose history the tick read whole (new to the cache, or
-        # its rows changed: a bar corrected or imported out of order) is replayed on it
-        read = zip(items.wholes, items.lives, items.last_dates, strict=True)
-        replay = [i for i, (w, v, d) in enumerate(read) if w is not None and v is None and d]
+    if cache.rewound:  # (a steady tick: none)
+        # a symbol decided before whose history was read whole since its last decision (new
+        # to the cache, or its rows changed: a bar corrected, deleted or imported out of
+        # order; by this tick, or by one that had nothing to decide) is replayed on it
+        read = zip(ids, items.lives, items.last_dates, strict=True)
+        due = cache.rewound
+        replay = [i for i, (sid, v, d) in enumerate(read) if sid in due and v is None and d]
         lacking = sorted({*lacking, *replay})
     if not lacking:
         return items

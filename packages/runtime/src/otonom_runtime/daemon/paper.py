@@ -295,8 +295,9 @@ class Broker(Protocol):
         """The indexes (in order) of ``inputs`` that ``resumes`` is False for and that lack
         their whole history or live decisions: what the tick reads for them before
         ``holdings`` (``inputs``: ``Inputs``, which a broker may read as columns). The tick
-        also reads the live decisions of a symbol decided before whose history it read whole
-        (its bars changed): ``holdings`` gets both, and replays."""
+        also reads the history and live decisions of a symbol decided before whose history
+        was read whole since its last decision (its bars changed: ``TickCache.rewound``):
+        ``holdings`` gets both, and replays."""
         ...
 
     def holdings(

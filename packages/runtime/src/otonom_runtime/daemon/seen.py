@@ -1,5 +1,6 @@
 """What a tick's cache has seen of the store (``daemon.cache.TickCache``): ``Seen``, the row ids
-up to which it has every row, and the symbols it read by name.
+up to which it has every row (and every entry of the change log), and the symbols it read by
+name.
 
 A cache reads on from the largest row ids it has seen (``store.ticks.new_rows``). On SQLite one
 writer at a time takes ids, so rows become visible in the order of their ids and the largest
@@ -18,7 +19,7 @@ from typing import Final
 
 from sqlalchemy.orm import Session
 
-from otonom_runtime.store.ticks import Marks, tick_symbols
+from otonom_runtime.store.ticks import Marks, changed_keys, tick_symbols
 
 __all__ = ["Seen"]
 
@@ -37,6 +38,7 @@ class Seen:
         # ``symbols``' last read: the symbols' marks, the names, their ids and kinds
         self._known: tuple[tuple[int, int], list[str], dict[str, int], dict[str, bool]] | None
         self._known = None
+        self._done: set[int] = set()  # change log entries given by ``changes``, above ``ids``
 
     def symbols(
         self, session: Session, names: Sequence[str], marks: Marks
@@ -51,10 +53,29 @@ class Seen:
         self._known = (marks.symbols, list(names), ids, synthetic)
         return ids, synthetic
 
+    def changes(self, session: Session, marks: Marks) -> list[tuple[str, int | None, str | None]]:
+        """The change log's entries above the bound not given before (kind, symbol id,
+        source: ``store.ticks.changed_keys``), read only when its largest id in ``marks`` is
+        above the bound. On PostgreSQL the bound stays back while a writer is in progress, so
+        the same entries are read again: each is given once."""
+        bound = self.ids.get("changes", 0)
+        if marks.ids["changes"] <= bound:
+            return []
+        found, done = changed_keys(session, bound), self._done
+        fresh = [i for i, entry in enumerate(found.ids) if entry not in done]
+        done.update(found.ids)
+        return [(found.kinds[i], found.symbol_ids[i], found.sources[i]) for i in fresh]
+
     def read(self, marks: Marks) -> None:
         """A tick read every row with an id above ``ids`` after taking ``marks``: the new
         bound (see the module docstring; the first read's marks with a writer in progress
-        then: that writer's rows under smaller ids are not seen, as before any bound)."""
+        then: that writer's rows under smaller ids are not seen, as before any bound); the
+        change log's entries given at or below it are forgotten."""
+        self._bound(marks)
+        bound = self.ids.get("changes", 0)
+        self._done = {i for i in self._done if i > bound}
+
+    def _bound(self, marks: Marks) -> None:
         if marks.oldest is None or marks.next is None:  # one writer at a time
             self.ids = marks.ids
             return

@@ -40,6 +40,8 @@ The rooms (every SQL statement of the project lives in this package):
 * ``tables``: the declarative tables (``Base.metadata``), ``InfAsNull``, ``STORE_VERSION``.
 * ``engine``: URLs, the engine cache, the SQLite pragmas and the after-fork hook.
 * ``migrations``: the resumable in-place upgrades of older store versions.
+* ``changelog``: the triggers that log changes in place and deletes (``RowChange``), whoever
+  the writer is, for a running daemon to see.
 * ``sessions``: ``init_db`` and ``get_session``.
 * ``runs``: run liveness (``ProcessIdentity``, ``RunHeartbeat``, ``fail_interrupted_runs``) and
   ``list_runs``.
@@ -114,6 +116,7 @@ from otonom_runtime.store.tables import (
     InfAsNull,
     MacroSentiment,
     NewsSentiment,
+    RowChange,
     StoreMeta,
     Symbol,
 )
@@ -152,6 +155,7 @@ __all__ = [
     "MacroSentiment",
     "NewsSentiment",
     "ProcessIdentity",
+    "RowChange",
     "RunHeartbeat",
     "StoreMeta",
     "StoredBar",

@@ -1,4 +1,4 @@
-"""In-place upgrades of older stores, one version at a time (1 -> 2 -> 3 -> 4 -> 5 -> 6).
+"""In-place upgrades of older stores, one version at a time (1 -> 2 -> 3 -> 4 -> 5 -> 6 -> 7).
 
 Each upgrade is resumable (every step skipped or repeated safely when ``init_db`` runs again)
 and safe against a concurrent upgrade (whichever comes second finds the new version and
@@ -28,6 +28,7 @@ from sqlalchemy.types import TypeEngine
 
 from otonom_runtime._errors import StoreError
 from otonom_runtime._sources import SOURCE_MAX_LEN, SYNTHETIC_SOURCE, USER_SOURCE
+from otonom_runtime.store import changelog
 from otonom_runtime.store.engine import _read_version, _safe
 from otonom_runtime.store.tables import (
     LIVE_ROWS,
@@ -38,6 +39,7 @@ from otonom_runtime.store.tables import (
     Decision,
     MacroSentiment,
     NewsSentiment,
+    RowChange,
     StoreMeta,
     Symbol,
 )
@@ -323,6 +325,27 @@ def _steps_from_5(conn: Any) -> None:
     conn.execute(text(_live_key()))
 
 
+def _upgrade_from_6(engine: Engine) -> None:
+    """Store version 6 -> 7: the ``row_changes`` table (``RowChange``) is created with the
+    triggers that fill it (``store.changelog``: an update or delete of bars, news or macro
+    rows logged, whoever the writer), and ``store_version`` becomes 7. Nothing changed before
+    the upgrade is logged (a daemon of this version reads every symbol whole when it
+    starts).
+
+    Resumable: the table is created if missing, each trigger made if missing (SQLite: ``IF
+    NOT EXISTS``; SQLite commits each statement on its own) or dropped and made again
+    (PostgreSQL, the whole upgrade in one transaction), the version written last. A
+    concurrent upgrade is fine too: whichever comes second finds version 7 and stops.
+    """
+    _upgrade(engine, 6, _steps_from_6)
+
+
+def _steps_from_6(conn: Any) -> None:
+    conn.execute(text(_create_if_missing(_ROW_CHANGES, conn.dialect)))
+    for sql in changelog.install_sql(conn.dialect.name):
+        conn.execute(text(sql))
+
+
 def _live_key() -> str:
     """``CREATE UNIQUE INDEX IF NOT EXISTS`` of the live decisions' key, as a fresh store has
     it (the same statement on SQLite and PostgreSQL)."""
@@ -343,6 +366,7 @@ def _create_if_missing(table: Table, dialect: Dialect) -> str:
 
 _DAEMON_STATE: Final = cast("Table", DaemonState.__table__)
 _DECISIONS: Final = cast("Table", Decision.__table__)
+_ROW_CHANGES: Final = cast("Table", RowChange.__table__)
 _V5_INDEX: Final = "ix_decisions_live"
 """The unique index store version 5 added to ``decisions`` (the live decisions' key)."""
 _V5_INDEX_WHERE: Final = LIVE_ROWS
@@ -354,5 +378,6 @@ _UPGRADES: Final = {
     3: _upgrade_from_3,
     4: _upgrade_from_4,
     5: _upgrade_from_5,
+    6: _upgrade_from_6,
 }
 """The in-place upgrade from each older store version to the next one."""

@@ -12,6 +12,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
 from otonom_runtime._errors import StoreError
+from otonom_runtime.store import changelog
 from otonom_runtime.store.engine import (
     _NOT_INITIALISED_HINT,
     _is_initialised,
@@ -35,8 +36,9 @@ def init_db(url_or_engine: str | Engine | None = None) -> Engine:
 
     An older store is upgraded in place first, one version at a time (1 -> 2: see
     ``Decision``; 2 -> 3: see ``MacroSentiment``; 3 -> 4: see ``BacktestRun``; 4 -> 5: see
-    ``Decision.live_strategy``; nothing is lost). Then ``fail_interrupted_runs`` marks the
-    runs whose process is gone ``failed``.
+    ``Decision.live_strategy``; 5 -> 6: see ``Decision``; 6 -> 7: see ``RowChange``; nothing
+    is lost). A new store gets the change log's triggers (``store.changelog``). Then
+    ``fail_interrupted_runs`` marks the runs whose process is gone ``failed``.
     Raises ``StoreError`` when the database cannot be opened or was made by another store
     version.
     """
@@ -49,7 +51,9 @@ def init_db(url_or_engine: str | Engine | None = None) -> Engine:
         _check_version(engine, version)
     try:
         Base.metadata.create_all(engine)
-        if version is None:
+        if version is None:  # a new store: its change log's triggers, then its version
+            with engine.begin() as conn:
+                changelog.install(conn)
             with Session(engine) as session, session.begin():
                 if session.get(StoreMeta, "store_version") is None:
                     session.add(StoreMeta(key="store_version", value=str(STORE_VERSION)))

@@ -46,15 +46,16 @@ __all__ = [
     "InfAsNull",
     "MacroSentiment",
     "NewsSentiment",
+    "RowChange",
     "StoreMeta",
     "Symbol",
 ]
 
-STORE_VERSION: Final = 6
+STORE_VERSION: Final = 7
 """Version of the table layout, written to ``store_meta`` by ``init_db`` (which upgrades an
 older store in place: version 1 -> 2 see ``Decision``, 2 -> 3 see ``MacroSentiment``, 3 -> 4
 see ``BacktestRun``, 4 -> 5 see ``Decision.live_strategy`` and ``DaemonState``, 5 -> 6
-see ``Decision``'s ``ix_decisions_live``)."""
+see ``Decision``'s ``ix_decisions_live``, 6 -> 7 see ``RowChange``)."""
 
 RUN_STATUSES: Final = ("running", "complete", "failed")
 
@@ -186,6 +187,25 @@ class MacroSentiment(Base):
     source: Mapped[str] = mapped_column(String(SOURCE_MAX_LEN))
     date: Mapped[dt.date] = mapped_column(Date)
     score: Mapped[float]
+
+
+class RowChange(Base):
+    """One change in place (an update that changed a value, or a delete) of the bars or news
+    of a symbol, or of a macro source's scores: ``kind`` (``"bars"``, ``"news"``,
+    ``"macro"``), ``symbol_id`` (NULL for macro) and ``source`` (NULL for bars). Written by
+    triggers (``store.changelog``: every writer's changes, raw SQL included; inserts are not
+    logged, they add ids of their own), read by a daemon's tick by ``id`` (the changes after
+    the last it saw), which reads what they name whole again. No foreign key: a deleted
+    symbol's changes stay. Store version 6 had no such table: the in-place upgrade to 7
+    creates it and its triggers.
+    """
+
+    __tablename__ = "row_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    symbol_id: Mapped[int | None] = mapped_column(Integer)
+    source: Mapped[str | None] = mapped_column(String(SOURCE_MAX_LEN))
 
 
 class BacktestRun(Base):

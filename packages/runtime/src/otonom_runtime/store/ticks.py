@@ -39,6 +39,7 @@ from otonom_runtime.store.tables import (
     Bar,
     Decision,
     NewsSentiment,
+    RowChange,
     Symbol,
 )
 from otonom_runtime.store.tickplans import (
@@ -53,9 +54,11 @@ from otonom_runtime.store.writers import insert_decisions
 from otonom_schema import MarketHistory, SentimentSeries
 
 __all__ = [
+    "Changes",
     "LiveDecisions",
     "Marks",
     "NewRows",
+    "changed_keys",
     "load_live_decisions",
     "load_live_signals",
     "load_live_tail",
@@ -253,12 +256,13 @@ def tick_symbols(session: Session, names: Sequence[str]) -> tuple[dict[str, int]
 
 class Marks(NamedTuple):
     """What a tick's cache has seen (``tick_marks``): ``ids``, the largest row id of bars,
-    news and macro sentiment (0: none); ``symbols``, the symbols table's row count and largest
-    id (no code path changes a symbol's row in place: a symbol added or deleted changes
-    them); on PostgreSQL ``oldest``, the oldest transaction id still writing when they were
-    read (the session's own left out; ``next`` when none), and ``next``, the transaction id
-    the next writer would get then (None for both elsewhere: SQLite has one writer at a time,
-    so its rows become visible in the order of their ids)."""
+    news and macro sentiment and of the change log (``"changes"``; 0: none); ``symbols``,
+    the symbols table's row count and largest id (no code path changes a symbol's row in
+    place: a symbol added or deleted changes them); on PostgreSQL ``oldest``, the oldest
+    transaction id still writing when they were read (the session's own left out; ``next``
+    when none), and ``next``, the transaction id the next writer would get then (None for
+    both elsewhere: SQLite has one writer at a time, so its rows become visible in the order
+    of their ids)."""
 
     ids: dict[str, int]
     symbols: tuple[int, int]
@@ -278,14 +282,16 @@ _PG_WRITERS = (
 
 
 def tick_marks(session: Session) -> Marks:
-    """The largest row id of bars, news and macro sentiment and, on PostgreSQL, the writers
-    in progress (``Marks``), in one statement: what a tick's cache has seen, so that
-    ``new_rows`` finds every row inserted after it. On PostgreSQL a writer's rows may become
+    """The largest row id of bars, news, macro sentiment and the change log and, on
+    PostgreSQL, the writers in progress (``Marks``), in one statement: what a tick's cache has
+    seen, so that ``new_rows`` finds every row inserted after it and ``changed_keys`` every
+    change logged after it. On PostgreSQL a writer's rows may become
     visible after a row with a larger id (sequence values are taken at insert, rows seen at
     commit): a cache reads from the largest ids of an earlier tick that every writer still in
     progress began after (``daemon.cache``)."""
+    tables = {**_TABLES, "changes": RowChange}
     columns: list[Any] = [
-        select(func.coalesce(func.max(t.id), 0)).scalar_subquery() for t in _TABLES.values()
+        select(func.coalesce(func.max(t.id), 0)).scalar_subquery() for t in tables.values()
     ]
     columns += [
         select(func.count()).select_from(Symbol).scalar_subquery(),
@@ -295,12 +301,39 @@ def tick_marks(session: Session) -> Marks:
     if postgres:
         columns += [literal_column(sql) for sql in _PG_WRITERS]
     row = _rows(session, select(*columns))[0]
-    ids = {name: int(v) for name, v in zip(_TABLES, row, strict=False)}
-    n = len(_TABLES)
+    ids = {name: int(v) for name, v in zip(tables, row, strict=False)}
+    n = len(tables)
     symbols = (int(row[n]), int(row[n + 1]))
     if not postgres:
         return Marks(ids, symbols, None, None)
     return Marks(ids, symbols, int(row[n + 3]), int(row[n + 2]))
+
+
+class Changes(NamedTuple):
+    """``changed_keys``' entries as columns, by id (ascending): ``ids``, ``kinds`` (``"bars"``,
+    ``"news"``, ``"macro"``), ``symbol_ids`` (None for macro) and ``sources`` (None for
+    bars)."""
+
+    ids: list[int]
+    kinds: list[str]
+    symbol_ids: list[int | None]
+    sources: list[str | None]
+
+
+def changed_keys(session: Session, after: int) -> Changes:
+    """The change log's entries with an id above ``after`` (``RowChange``: the bars, news and
+    macro rows updated in place or deleted since a tick saw the log up to ``after``), by the
+    log's primary key: one range."""
+    rows = _rows(
+        session,
+        select(RowChange.id, RowChange.kind, RowChange.symbol_id, RowChange.source)
+        .where(RowChange.id > after)
+        .order_by(RowChange.id),
+    )
+    if not rows:
+        return Changes([], [], [], [])
+    ids, kinds, symbol_ids, sources = (list(c) for c in zip(*rows, strict=True))
+    return Changes(ids, kinds, symbol_ids, sources)
 
 
 class NewRows(NamedTuple):

@@ -2,14 +2,11 @@
 (``otonom_runtime.synth``): bars, news and macro sentiment, in the caller's transaction.
 
 Each ``insert_*`` takes rows as dicts of column values, each ``update_*`` rows that also carry
-the row's ``id``; an empty list writes nothing. None of them commits or flushes the session's
-pending objects: the caller does.
+the row's ``id`` (SQLAlchemy's bulk UPDATE by primary key); an empty list writes nothing. None
+of them commits or flushes the session's pending objects: the caller does.
 
-A row an ``update_*`` changes gets a fresh id, the table's next (as an insert's: above every id
-the table holds), so a reader of what is new by row id sees a changed row as it sees a new
-one: the daemon's tick (``store.ticks.new_rows``) reads a bar or score corrected in place (an
-``otonom data import-csv --replace``, a revised sentiment file) and does not decide on the old
-values. No table refers to these rows' ids.
+An update or delete of these tables is logged by the store's triggers (``store.changelog``),
+whoever writes it: a running daemon's tick reads the symbols it touched whole again.
 """
 
 from __future__ import annotations
@@ -29,11 +26,8 @@ from sqlalchemy import (
     SmallInteger,
     String,
     TypeDecorator,
-    bindparam,
     delete,
-    func,
     insert,
-    select,
     update,
 )
 from sqlalchemy.orm import Session
@@ -70,24 +64,8 @@ def _insert(session: Session, table: Any, rows: Rows) -> None:
 
 
 def _update(session: Session, table: Any, rows: Rows) -> None:
-    """Set the given columns of each row (by ``id``; every row names the same columns) and
-    give it the table's next id (see the module docstring): on PostgreSQL the id column's
-    sequence, on SQLite the largest id plus one (its writers are serialised, and each row's
-    statement sees the one before)."""
-    if not rows:
-        return
-    t = table.__table__
-    names = [name for name in rows[0] if name != "id"]
-    if session.connection().dialect.name == "postgresql":
-        fresh: Any = func.nextval(func.pg_get_serial_sequence(t.name, "id"))
-    else:
-        fresh = select(func.max(t.c.id) + 1).scalar_subquery()
-    stmt = (
-        update(t)
-        .where(t.c.id == bindparam("old_id"))
-        .values(id=fresh, **{name: bindparam(f"new_{name}") for name in names})
-    )
-    session.execute(stmt, [{"old_id": r["id"], **{f"new_{n}": r[n] for n in names}} for r in rows])
+    if rows:
+        session.execute(update(table), list(rows))
 
 
 def insert_bars(session: Session, rows: Rows) -> None:
@@ -96,7 +74,7 @@ def insert_bars(session: Session, rows: Rows) -> None:
 
 
 def update_bars(session: Session, rows: Rows) -> None:
-    """Update bars by ``id`` (the given columns only), each given a fresh id."""
+    """Update bars by ``id`` (the given columns only)."""
     _update(session, Bar, rows)
 
 
@@ -106,7 +84,7 @@ def insert_news(session: Session, rows: Rows) -> None:
 
 
 def update_news(session: Session, rows: Rows) -> None:
-    """Update news scores by ``id``, each given a fresh id."""
+    """Update news scores by ``id``."""
     _update(session, NewsSentiment, rows)
 
 
@@ -116,7 +94,7 @@ def insert_macro(session: Session, rows: Rows) -> None:
 
 
 def update_macro(session: Session, rows: Rows) -> None:
-    """Update macro scores by ``id``, each given a fresh id."""
+    """Update macro scores by ``id``."""
     _update(session, MacroSentiment, rows)
 
 
