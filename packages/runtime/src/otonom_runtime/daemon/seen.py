@@ -57,13 +57,20 @@ class Seen:
         """The change log's entries above the bound not given before (kind, symbol id,
         source: ``store.ticks.changed_keys``), read only when its largest id in ``marks`` is
         above the bound. On PostgreSQL the bound stays back while a writer is in progress, so
-        the same entries are read again: each is given once."""
+        the same entries are read again: each is given once. A deleted row whose id SQLite may
+        give again (its ``row_id``) lowers its table's bound below it: the tick reads the rows
+        on from there (a row read again is told apart by the cache, as behind the fence)."""
         bound = self.ids.get("changes", 0)
         if marks.ids["changes"] <= bound:
             return []
         found, done = changed_keys(session, bound), self._done
         fresh = [i for i, entry in enumerate(found.ids) if entry not in done]
         done.update(found.ids)
+        ids = self.ids = dict(self.ids)  # (``marks.ids`` itself, after a read)
+        for i in fresh:
+            freed = found.row_ids[i]
+            if freed is not None and found.kinds[i] in ids:
+                ids[found.kinds[i]] = min(ids[found.kinds[i]], freed - 1)
         return [(found.kinds[i], found.symbol_ids[i], found.sources[i]) for i in fresh]
 
     def read(self, marks: Marks) -> None:

@@ -18,7 +18,14 @@ seen by the next tick.
   commits, as a row's: the tick's fence for writers in progress covers it
   (``daemon.seen``).
 
-Inserts are not logged (they add ids of their own). Nothing here runs at import time:
+Inserts are not logged (they add ids of their own). Nothing prunes the log: it holds one row
+a change (SQLite: a row a changed row; ``synth --replace`` of a symbol logs each bar it
+deletes); ``DELETE FROM row_changes`` empties it safely at any time (its ids are never reused,
+``RowChange``). SQLite gives a table's ids again once its newest rows are deleted (no
+``AUTOINCREMENT`` on the data tables): a row inserted after may take an id a tick has read up
+to. Its delete trigger logs such a row's id (``row_id``: the deleted row was above every id
+left in the table), and the tick reads that table on from below it (``daemon.seen``).
+Nothing here runs at import time:
 ``install_sql`` gives the statements, run by ``init_db`` on a new store (with its tables) and
 by the in-place upgrade from store version 6 (``migrations``).
 """
@@ -53,13 +60,14 @@ TRIGGER_NAMES: Final = tuple(
 """The triggers of a store of version 7 (the same names on SQLite and PostgreSQL)."""
 
 
-def _logged(kind: str, row: str) -> str:
-    """The change's values for the changed row ``row`` (an alias): kind, symbol id, source."""
+def _logged(kind: str, row: str, row_id: str = "CAST(NULL AS INTEGER)") -> str:
+    """The change's values for the changed row ``row`` (an alias): kind, symbol id, source,
+    ``row_id`` (SQL)."""
     symbol_id, source = (k.format(r=row) for k in _KINDS[kind][2])
-    return f"'{kind}', {symbol_id}, {source}"
+    return f"'{kind}', {symbol_id}, {source}, {row_id}"
 
 
-_LOG: Final = "INSERT INTO row_changes (kind, symbol_id, source)"
+_LOG: Final = "INSERT INTO row_changes (kind, symbol_id, source, row_id)"
 
 
 def _sqlite(kind: str) -> list[str]:
@@ -68,12 +76,14 @@ def _sqlite(kind: str) -> list[str]:
     table, columns, _ = _KINDS[kind]
     changed = " OR ".join(f"old.{c} IS NOT new.{c}" for c in columns)
     moved = " OR ".join(f"old.{c} IS NOT new.{c}" for c in ("symbol_id", "source") if c in columns)
+    # the deleted row's id when the table may give it again (above every id left: AFTER DELETE)
+    reused = f"CASE WHEN old.id > (SELECT coalesce(max(id), 0) FROM {table}) THEN old.id END"
     return [
         f"CREATE TRIGGER IF NOT EXISTS tr_{table}_update AFTER UPDATE ON {table} "
         f"WHEN {changed} BEGIN {_LOG} VALUES ({_logged(kind, 'old')}); "
         f"{_LOG} SELECT {_logged(kind, 'new')} WHERE {moved}; END",
         f"CREATE TRIGGER IF NOT EXISTS tr_{table}_delete AFTER DELETE ON {table} "
-        f"BEGIN {_LOG} VALUES ({_logged(kind, 'old')}); END",
+        f"BEGIN {_LOG} VALUES ({_logged(kind, 'old', reused)}); END",
     ]
 
 

@@ -192,20 +192,26 @@ class MacroSentiment(Base):
 class RowChange(Base):
     """One change in place (an update that changed a value, or a delete) of the bars or news
     of a symbol, or of a macro source's scores: ``kind`` (``"bars"``, ``"news"``,
-    ``"macro"``), ``symbol_id`` (NULL for macro) and ``source`` (NULL for bars). Written by
+    ``"macro"``), ``symbol_id`` (NULL for macro), ``source`` (NULL for bars) and ``row_id``
+    (SQLite: a deleted row's id where its table may give it again, above every id left
+    there; else NULL). Written by
     triggers (``store.changelog``: every writer's changes, raw SQL included; inserts are not
     logged, they add ids of their own), read by a daemon's tick by ``id`` (the changes after
     the last it saw), which reads what they name whole again. No foreign key: a deleted
-    symbol's changes stay. Store version 6 had no such table: the in-place upgrade to 7
-    creates it and its triggers.
+    symbol's changes stay. Its ids are never reused, even on SQLite once its newest rows are
+    deleted (``AUTOINCREMENT``): the log may be emptied (``DELETE FROM row_changes``) while
+    daemons run, and a daemon's bound stays below the next entry. Store version 6 had no such
+    table: the in-place upgrade to 7 creates it and its triggers.
     """
 
     __tablename__ = "row_changes"
+    __table_args__ = {"sqlite_autoincrement": True}  # noqa: RUF012 (SQLAlchemy's class attribute)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(8))
     symbol_id: Mapped[int | None] = mapped_column(Integer)
     source: Mapped[str | None] = mapped_column(String(SOURCE_MAX_LEN))
+    row_id: Mapped[int | None] = mapped_column(Integer)
 
 
 class BacktestRun(Base):

@@ -311,13 +311,14 @@ def tick_marks(session: Session) -> Marks:
 
 class Changes(NamedTuple):
     """``changed_keys``' entries as columns, by id (ascending): ``ids``, ``kinds`` (``"bars"``,
-    ``"news"``, ``"macro"``), ``symbol_ids`` (None for macro) and ``sources`` (None for
-    bars)."""
+    ``"news"``, ``"macro"``), ``symbol_ids`` (None for macro), ``sources`` (None for bars) and
+    ``row_ids`` (a deleted row's id that SQLite may give again, else None)."""
 
     ids: list[int]
     kinds: list[str]
     symbol_ids: list[int | None]
     sources: list[str | None]
+    row_ids: list[int | None]
 
 
 def changed_keys(session: Session, after: int) -> Changes:
@@ -326,14 +327,15 @@ def changed_keys(session: Session, after: int) -> Changes:
     log's primary key: one range."""
     rows = _rows(
         session,
-        select(RowChange.id, RowChange.kind, RowChange.symbol_id, RowChange.source)
+        select(RowChange.id, RowChange.kind, RowChange.symbol_id, RowChange.source,
+               RowChange.row_id)
         .where(RowChange.id > after)
         .order_by(RowChange.id),
-    )
+    )  # fmt: skip
     if not rows:
-        return Changes([], [], [], [])
-    ids, kinds, symbol_ids, sources = (list(c) for c in zip(*rows, strict=True))
-    return Changes(ids, kinds, symbol_ids, sources)
+        return Changes([], [], [], [], [])
+    ids, kinds, symbol_ids, sources, row_ids = (list(c) for c in zip(*rows, strict=True))
+    return Changes(ids, kinds, symbol_ids, sources, row_ids)
 
 
 class NewRows(NamedTuple):
