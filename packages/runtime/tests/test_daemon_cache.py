@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import delete, select, text
 
 from otonom_runtime.daemon import Ensemble, PaperBroker, TickDecision, run_tick
 from otonom_runtime.store import (
@@ -405,13 +405,15 @@ def test_a_change_read_by_a_tick_that_decides_nothing_is_replayed_by_the_next_on
     assert kept == fresh
 
 
-def test_a_bar_under_an_id_sqlite_gives_again_is_read_by_a_running_daemon(tmp_path: Path) -> None:
-    """SQLite gives a table's largest ids again once those rows are deleted: DEMO-SOL's newest
-    bar (the table's largest id) deleted and DEMO-ETH's next bar inserted under that id, an
-    id the kept daemon had read up to. The delete's log entry lowers the daemon's bound for
-    the bars, so it reads that bar and decides it, as new daemons do (each tick)."""
+def test_bars_under_ids_sqlite_gives_again_are_read_by_a_running_daemon(tmp_path: Path) -> None:
+    """SQLite gives a table's largest ids again once those rows are deleted: DEMO-SOL's two
+    newest bars (the table's largest ids) deleted by one statement and DEMO-ETH's next two
+    bars inserted under those ids, ids the kept daemon had read up to. The delete's log entry
+    lowers the daemon's bound for the bars to the largest id left, so it reads both bars and
+    decides them, as new daemons do (each tick)."""
     rows = []
     cut = DAY + dt.timedelta(days=4)
+    after = [cut + dt.timedelta(days=k) for k in (1, 2)]
     for kept in (True, False):
         folder = tmp_path / str(kept)
         folder.mkdir()
@@ -420,34 +422,33 @@ def test_a_bar_under_an_id_sqlite_gives_again_is_read_by_a_running_daemon(tmp_pa
         with get_session(url) as session:
             sid = {n: session.execute(select(Symbol.id).where(Symbol.name == n)).scalar_one()
                    for n in SYMBOLS}  # fmt: skip
-            eth = session.execute(
+            eth, sol = sid["DEMO-ETH"], sid["DEMO-SOL"]
+            values = [session.execute(
                 select(Bar.open, Bar.high, Bar.low, Bar.close, Bar.volume).where(
-                    Bar.symbol_id == sid["DEMO-ETH"], Bar.date == cut + dt.timedelta(days=1))
-            ).one()._asdict()  # fmt: skip
-            later = Bar.symbol_id.in_([sid["DEMO-ETH"], sid["DEMO-SOL"]]) & (Bar.date > cut)
-            session.execute(delete(Bar).where(later))
+                    Bar.symbol_id == eth, Bar.date == day)).one()._asdict() for day in after
+            ]  # fmt: skip
+            session.execute(delete(Bar).where(Bar.symbol_id.in_([eth, sol]), Bar.date > cut))
             session.commit()
             for n in range(7):
                 if not kept:
                     ensemble, broker = Ensemble.from_strategy(path), PaperBroker()
                 if n == 3:
-                    top = session.execute(select(func.max(Bar.id))).scalar_one()
-                    sol = session.execute(select(Bar.symbol_id).where(Bar.id == top)).scalar_one()
-                    assert sol == sid["DEMO-SOL"]
-                    session.execute(delete(Bar).where(Bar.id == top))
-                    session.add(Bar(symbol_id=sid["DEMO-ETH"], date=cut + dt.timedelta(days=1),
-                                    **eth))  # fmt: skip
-                    session.flush()
-                    reused = session.execute(
-                        select(Bar.id).where(Bar.symbol_id == sid["DEMO-ETH"],
-                                             Bar.date == cut + dt.timedelta(days=1))
-                    ).scalar_one()  # fmt: skip
-                    assert reused == top  # the id given again
+                    top = session.execute(select(Bar.id, Bar.symbol_id).order_by(Bar.id.desc())
+                                          .limit(2)).all()  # fmt: skip
+                    assert [s for _, s in top] == [sol, sol]
+                    session.execute(delete(Bar).where(Bar.id.in_([i for i, _ in top])))
+                    for day, bar in zip(after, values, strict=True):
+                        session.add(Bar(symbol_id=eth, date=day, **bar))
+                        session.flush()
+                    given = session.execute(
+                        select(Bar.id).where(Bar.symbol_id == eth, Bar.date.in_(after))
+                    ).scalars().all()  # fmt: skip
+                    assert sorted(given) == sorted(i for i, _ in top)  # the ids given again
                     session.commit()
                 run_tick(session, ensemble, SYMBOLS, broker, as_of=DAY + dt.timedelta(days=n))
             rows.append(_live_rows(session))
     assert rows[0] == rows[1]
-    assert (sid["DEMO-ETH"], cut + dt.timedelta(days=1)) in [(r[0], r[1]) for r in rows[0]]
+    assert {(eth, day) for day in after} <= {(r[0], r[1]) for r in rows[0]}
 
 
 def test_a_change_read_again_behind_a_postgresql_writer_in_progress_is_acted_on_once(

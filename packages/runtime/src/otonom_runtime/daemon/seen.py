@@ -57,9 +57,10 @@ class Seen:
         """The change log's entries above the bound not given before (kind, symbol id,
         source: ``store.ticks.changed_keys``), read only when its largest id in ``marks`` is
         above the bound. On PostgreSQL the bound stays back while a writer is in progress, so
-        the same entries are read again: each is given once. A deleted row whose id SQLite may
-        give again (its ``row_id``) lowers its table's bound below it: the tick reads the rows
-        on from there (a row read again is told apart by the cache, as behind the fence)."""
+        the same entries are read again: each is given once. A delete above every id left in
+        its table (SQLite may give those ids again: the entry's ``row_id``, the largest id
+        left) lowers that table's bound to it: the tick reads the rows on from there (a row
+        read again is told apart by the cache, as behind the fence)."""
         bound = self.ids.get("changes", 0)
         if marks.ids["changes"] <= bound:
             return []
@@ -70,7 +71,7 @@ class Seen:
         for i in fresh:
             freed = found.row_ids[i]
             if freed is not None and found.kinds[i] in ids:
-                ids[found.kinds[i]] = min(ids[found.kinds[i]], freed - 1)
+                ids[found.kinds[i]] = min(ids[found.kinds[i]], freed)
         return [(found.kinds[i], found.symbol_ids[i], found.sources[i]) for i in fresh]
 
     def read(self, marks: Marks) -> None:

@@ -23,8 +23,9 @@ a change (SQLite: a row a changed row; ``synth --replace`` of a symbol logs each
 deletes); ``DELETE FROM row_changes`` empties it safely at any time (its ids are never reused,
 ``RowChange``). SQLite gives a table's ids again once its newest rows are deleted (no
 ``AUTOINCREMENT`` on the data tables): a row inserted after may take an id a tick has read up
-to. Its delete trigger logs such a row's id (``row_id``: the deleted row was above every id
-left in the table), and the tick reads that table on from below it (``daemon.seen``).
+to. Its delete trigger logs, for a row deleted above every id left, the largest id left
+(``row_id``: the table may give the ids above it again), and the tick reads that table on from
+there (``daemon.seen``).
 Nothing here runs at import time:
 ``install_sql`` gives the statements, run by ``init_db`` on a new store (with its tables) and
 by the in-place upgrade from store version 6 (``migrations``).
@@ -76,8 +77,10 @@ def _sqlite(kind: str) -> list[str]:
     table, columns, _ = _KINDS[kind]
     changed = " OR ".join(f"old.{c} IS NOT new.{c}" for c in columns)
     moved = " OR ".join(f"old.{c} IS NOT new.{c}" for c in ("symbol_id", "source") if c in columns)
-    # the deleted row's id when the table may give it again (above every id left: AFTER DELETE)
-    reused = f"CASE WHEN old.id > (SELECT coalesce(max(id), 0) FROM {table}) THEN old.id END"
+    # a row deleted above every id left (AFTER DELETE): the largest id left, above which the
+    # table may give ids again (a multi-row delete logs it with its last row, at the least)
+    left = f"(SELECT coalesce(max(id), 0) FROM {table})"
+    reused = f"CASE WHEN old.id > {left} THEN {left} END"
     return [
         f"CREATE TRIGGER IF NOT EXISTS tr_{table}_update AFTER UPDATE ON {table} "
         f"WHEN {changed} BEGIN {_LOG} VALUES ({_logged(kind, 'old')}); "

@@ -193,8 +193,8 @@ class RowChange(Base):
     """One change in place (an update that changed a value, or a delete) of the bars or news
     of a symbol, or of a macro source's scores: ``kind`` (``"bars"``, ``"news"``,
     ``"macro"``), ``symbol_id`` (NULL for macro), ``source`` (NULL for bars) and ``row_id``
-    (SQLite: a deleted row's id where its table may give it again, above every id left
-    there; else NULL). Written by
+    (SQLite, a row deleted above every id left in its table: the largest id left, above which
+    the table may give ids again; else NULL). Written by
     triggers (``store.changelog``: every writer's changes, raw SQL included; inserts are not
     logged, they add ids of their own), read by a daemon's tick by ``id`` (the changes after
     the last it saw), which reads what they name whole again. No foreign key: a deleted

@@ -312,7 +312,8 @@ def tick_marks(session: Session) -> Marks:
 class Changes(NamedTuple):
     """``changed_keys``' entries as columns, by id (ascending): ``ids``, ``kinds`` (``"bars"``,
     ``"news"``, ``"macro"``), ``symbol_ids`` (None for macro), ``sources`` (None for bars) and
-    ``row_ids`` (a deleted row's id that SQLite may give again, else None)."""
+    ``row_ids`` (SQLite: the largest id left in the table by a delete above it, the ids above
+    it may be given again; else None)."""
 
     ids: list[int]
     kinds: list[str]
