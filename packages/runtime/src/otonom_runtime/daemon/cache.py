@@ -24,7 +24,7 @@ sleeve on that history). A news or macro score read the same way (a new row of a
 replaces the one of its day. What is changed in place or deleted, by any writer (the
 store's ``update_*``, another tool's SQL), the store's change log names (``store.changelog``:
 triggers, ``store.ticks.changed_keys`` read when its largest id moved): those symbols are read
-whole again, those macro sources too. A symbol read whole is ``rewound`` until its next
+whole again, those macro sources too. A symbol read whole is in ``replay_due`` until its next
 decision is recorded: the tick that decides it replays its paper sleeve on its history (read
 whole again if a tick with nothing to decide read it). The newest bars' market features come
 from ``otonom_schema.market_feature_panel`` over the cached windows: bit for bit the last row
@@ -155,7 +155,7 @@ class TickCache:
         self._later_bars, self._later_news = Ahead(5), Ahead(1)
         self._seen = Seen()  # the row ids read up to, the symbols read by name
         # symbols read whole since their last recorded decision: their sleeves to replay
-        self.rewound: set[int] = set()
+        self.replay_due: set[int] = set()
         self._decided: dict[int, dt.date] = {}  # each symbol's newest live decision, recorded
         self._strategy: str | None = None
         self._version = getattr(self, "_version", 0) + 1  # bumped when the rows' symbols change
@@ -399,7 +399,7 @@ class TickCache:
                 self._rows_memo = None
                 continue
             self._keep(sid, bars[sid], news.get(sid), sources[n]["news"])
-            self.rewound.add(sid)
+            self.replay_due.add(sid)
             macro = macros.get(sources[n]["macro"])
             out[sid] = SymbolInputs(n, sid, bars[sid], news.get(sid), macro, sources[n])
         return out
@@ -524,13 +524,13 @@ class TickCache:
 
     def recorded(self, ids: Sequence[int] | None, dates: Sequence[dt.date] = ()) -> None:
         """The tick's decisions were recorded (each symbol id's bar date; their sleeves
-        replayed, none ``rewound`` any more), or were refused (``ids`` None): the next tick
+        replayed, none in ``replay_due`` any more), or were refused (``ids`` None): the next tick
         reads the live decisions whole."""
         if ids is None:
             self._decided = {}
         else:
             self._decided.update(zip(ids, dates, strict=True))
-            self.rewound.difference_update(ids)
+            self.replay_due.difference_update(ids)
 
     def windows(self) -> Windows:
         """Every row's cached bars (``paper.Windows``: the cache's arrays, valid until its

@@ -222,12 +222,12 @@ def _broker_inputs(
         cache.tails(pending.rows),
     )
     lacking = broker.lacking(items, capital)
-    if cache.rewound:  # (a steady tick: none)
+    if cache.replay_due:  # (a steady tick: none)
         # a symbol decided before whose history was read whole since its last decision (new
         # to the cache, or its rows changed: a bar corrected, deleted or imported out of
         # order; by this tick, or by one that had nothing to decide) is replayed on it
         read = zip(ids, items.lives, items.last_dates, strict=True)
-        due = cache.rewound
+        due = cache.replay_due
         replay = [i for i, (sid, v, d) in enumerate(read) if sid in due and v is None and d]
         lacking = sorted({*lacking, *replay})
     if not lacking:

@@ -296,7 +296,7 @@ class Broker(Protocol):
         their whole history or live decisions: what the tick reads for them before
         ``holdings`` (``inputs``: ``Inputs``, which a broker may read as columns). The tick
         also reads the history and live decisions of a symbol decided before whose history
-        was read whole since its last decision (its bars changed: ``TickCache.rewound``):
+        was read whole since its last decision (its bars changed: ``TickCache.replay_due``):
         ``holdings`` gets both, and replays."""
         ...
 
