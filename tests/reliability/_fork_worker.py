@@ -74,6 +74,10 @@ def _store(url: str, out_json: str) -> int:
     init_db(url)
     with get_session(url) as session:
         before = _identity(session)
+        # held for the whole run: in the child the inherited connection object stays alive,
+        # so a new one cannot take its address (``id``); without this the child's fresh
+        # connection sometimes got the freed object's address and looked like the parent's
+        inherited = session.connection().connection.dbapi_connection
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -93,6 +97,7 @@ def _store(url: str, out_json: str) -> int:
             os._exit(code)
     os.close(write)
     _, status = os.waitpid(pid, 0)
+    assert id(inherited) == before["dbapi_id"]
     with os.fdopen(read, "rb") as pipe:
         child_seen = json.loads(pipe.read() or b"{}")
     try:
