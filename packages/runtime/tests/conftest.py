@@ -28,7 +28,7 @@ from otonom_runtime.store import (
     get_session,
     init_db,
 )
-from otonom_runtime.store.changelog import TRIGGER_NAMES
+from otonom_runtime.store.changelog import TABLES, TRIGGER_NAMES
 from otonom_runtime.testing.postgres import postgres_for_tests
 
 AddBars = Callable[..., list[dt.date]]
@@ -448,11 +448,11 @@ def _make_v6_store(url: str) -> None:
     ``row_changes`` table, no triggers, on PostgreSQL no trigger functions)."""
     with get_engine(url).begin() as conn:
         for name in TRIGGER_NAMES:
-            table = name.removeprefix("tr_").rsplit("_", 1)[0]
+            table = name.removeprefix("tr_").rsplit("_", 1)[0]  # (TABLES)
             on = f" ON {table}" if conn.dialect.name == "postgresql" else ""
             conn.execute(text(f"DROP TRIGGER {name}{on}"))
         if conn.dialect.name == "postgresql":
-            for table in ("bars", "news_sentiment", "macro_sentiment"):
+            for table in TABLES:
                 conn.execute(text(f"DROP FUNCTION otonom_log_{table}()"))
         conn.execute(text("DROP TABLE row_changes"))
         conn.execute(text("UPDATE store_meta SET value = '6' WHERE key = 'store_version'"))

@@ -451,6 +451,28 @@ def test_bars_under_ids_sqlite_gives_again_are_read_by_a_running_daemon(tmp_path
     assert {(eth, day) for day in after} <= {(r[0], r[1]) for r in rows[0]}
 
 
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_a_symbol_whose_kind_changed_in_place_reads_its_new_sources_at_once(
+    tmp_path: Path, store: str, request: pytest.FixtureRequest
+) -> None:
+    """DEMO-ETH marked a real symbol in place between two ticks (its row updated: it then
+    reads the ``"user"`` news and macro sources, which hold no scores): a kept daemon reads the
+    names again and the symbol whole (its sleeve replayed once), recording the rows of new
+    daemons every tick. On SQLite and PostgreSQL."""
+    pg = request.getfixturevalue("postgres_url") if store == "postgresql" else None
+
+    def real(session: Any, n: int, day: dt.date) -> None:
+        if n == 4:
+            session.execute(text("UPDATE symbols SET is_synthetic = :f WHERE name = 'DEMO-ETH'"),
+                            {"f": False})  # fmt: skip
+
+    kept, fresh = _kept_and_fresh(
+        tmp_path, list(range(7)), lambda kept, n: (1 if n == 4 else 0) if kept else 3 * (n > 0),
+        real, pg,
+    )  # fmt: skip
+    assert kept == fresh
+
+
 def test_a_change_read_again_behind_a_postgresql_writer_in_progress_is_acted_on_once(
     tmp_path: Path, postgres_url: str
 ) -> None:

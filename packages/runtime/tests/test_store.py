@@ -46,6 +46,7 @@ from otonom_runtime.store import (
     load_news,
     sentiment_source,
 )
+from otonom_runtime.store.changelog import TRIGGER_NAMES
 from otonom_runtime.synth import write_synthetic
 from otonom_schema import LOOKBACK, MarketHistory
 
@@ -1365,6 +1366,11 @@ def test_the_change_log_names_every_change_in_place_and_delete_whoever_writes_it
     assert logged(lambda s: delete_symbol_data(s, beta, "user")) == {
         ("bars", beta, None), ("news", beta, "user")}  # fmt: skip
     assert logged(lambda s: insert_bars(s, [{"symbol_id": acme, "date": days[2], **bar}])) == set()
+    # a symbol's own row: its name or kind changed (a meta change is not logged)
+    assert logged(lambda s: s.execute(text("UPDATE symbols SET meta = meta"))) == set()
+    assert logged(lambda s: s.execute(
+        text("UPDATE symbols SET name = 'ACME2', is_synthetic = NOT is_synthetic WHERE id = :a"),
+        {"a": acme})) == {("symbols", acme, None)}  # fmt: skip
     # a delete above every id left logs the largest id left (SQLite gives the ids above again)
     with get_session(url) as session:
         bar_ids = ids_of(session, Bar)  # acme's three: the oldest two, then the newest
@@ -1401,12 +1407,12 @@ def test_a_version_6_store_gets_its_change_log_in_place(
     step: str | None,
     tmp_path: Path,
 ) -> None:
-    """``row_changes`` and its six triggers are added in place (the layout of a fresh store;
+    """``row_changes`` and its triggers are added in place (the layout of a fresh store;
     the rows kept) and log from then on; a failure at a step (``step``) leaves version 6 and
     the next ``init_db`` finishes."""
     fresh = _sqlite(tmp_path / "fresh.db")
     init_db(fresh)
-    assert len(change_log(fresh)["triggers"]) == 6
+    assert change_log(fresh)["triggers"] == sorted(TRIGGER_NAMES)
     with get_session(db_url) as session:
         write_synthetic(session, ["DEMO-A"], dt.date(2023, 1, 1), dt.date(2023, 2, 1), 7)
     make_v6_store(db_url)

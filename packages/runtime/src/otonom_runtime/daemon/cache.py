@@ -21,16 +21,15 @@ progress keeps the ticks reading from an earlier bound, ``daemon.seen``), one im
 order, or one that replaced a row of its day under a new id (SQLite's ``INSERT OR REPLACE``,
 whose delete no trigger sees): the symbol is read whole again (and the tick replays its paper
 sleeve on that history). A news or macro score read the same way (a new row of a day held)
-replaces the one of its day. What is changed in place or deleted, by any writer (the
-store's ``update_*``, another tool's SQL), the store's change log names (``store.changelog``:
-triggers, ``store.ticks.changed_keys`` read when its largest id moved): those symbols are read
-whole again, those macro sources too. A symbol read whole is in ``replay_due`` until its next
-decision is recorded: the tick that decides it replays its paper sleeve on its history (read
-whole again if a tick with nothing to decide read it). The newest bars' market features come
-from ``otonom_schema.market_feature_panel`` over the cached windows: bit for bit the last row
-of ``market_feature_matrix`` of each whole history (tested), so a tick after the cache decides
-exactly as a cold one. Not seen: a symbol's own row changed in place (its name or kind);
-``clear()`` (or a restart) reads everything again."""
+replaces the one of its day. What any writer changes in place or deletes (the store's
+``update_*``, another tool's SQL) the store's change log names (``store.changelog``, read when
+its largest id moved: ``store.ticks.changed_keys``): those symbols are read whole again, those
+macro sources too, and the names again when a symbol's own row changed. A symbol read whole is
+in ``replay_due`` until its next decision is recorded: the tick that decides it replays its
+paper sleeve on its history (read again if a tick with nothing to decide read it). The newest
+bars' market features come from ``otonom_schema.market_feature_panel`` over the cached
+windows: bit for bit the last row of ``market_feature_matrix`` of each whole history (tested),
+so a tick after the cache decides exactly as a cold one. ``clear()`` reads everything again."""
 
 from __future__ import annotations
 
@@ -180,6 +179,7 @@ class TickCache:
         names without one.
         ``UnknownSymbolError`` for a symbol not in the store."""
         marks = tick_marks(session)  # before any read: a row inserted after it is new next tick
+        changed = self._changed(session, marks)  # (a symbol renamed: before the names' ids)
         ids, synthetic = self._seen.symbols(session, names, marks)
         if self._end is not None and end < self._end:
             self.clear()  # an earlier end than the cache's: read everything again
@@ -207,7 +207,6 @@ class TickCache:
         if self._end is None:
             held = []
         ahead = self._ahead if self._ahead is not None and end <= self._ahead else _horizon(end)
-        changed = self._changed(session, marks)
         stale = self._advance(session, held, end, ahead) if held else set()
         stale.update(changed.intersection(held))
         self._ahead = ahead
@@ -240,9 +239,10 @@ class TickCache:
         return self._cached(found, found_ids, chosen, rows, whole), missing
 
     def _changed(self, session: Session, marks: Marks) -> set[int]:
-        """The symbols whose bars or news the change log names since the cache read it
-        (``Seen.changes``); the macro sources it names are dropped, to be read whole again.
-        Nothing before the first read: that one reads everything whole."""
+        """The symbols whose bars, news or own row (a name or kind: the symbols are read by
+        name again) the change log names since the cache read it (``Seen.changes``); the
+        macro sources it names are dropped, to be read whole again. Nothing before the first
+        read: that one reads everything whole."""
         if self._end is None:
             return set()
         symbols: set[int] = set()

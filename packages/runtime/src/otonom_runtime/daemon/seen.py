@@ -44,8 +44,8 @@ class Seen:
         self, session: Session, names: Sequence[str], marks: Marks
     ) -> tuple[dict[str, int], dict[str, bool]]:
         """``tick_symbols`` of ``names`` (each one's id and whether it is synthetic): the last
-        call's while the symbols table's count and largest id are as they were then (no code
-        path changes a symbol's row in place) and the names are the same."""
+        call's while the symbols table's count and largest id are as they were then, no
+        symbol's row changed in place (``changes``) and the names are the same."""
         known = self._known
         if known is not None and known[0] == marks.symbols and known[1] == names:
             return known[2], known[3]
@@ -60,7 +60,8 @@ class Seen:
         the same entries are read again: each is given once. A delete above every id left in
         its table (SQLite may give those ids again: the entry's ``row_id``, the largest id
         left) lowers that table's bound to it: the tick reads the rows on from there (a row
-        read again is told apart by the cache, as behind the fence)."""
+        read again is told apart by the cache, as behind the fence). A symbol's own row
+        changed (its name or kind): the next ``symbols`` reads the names again."""
         bound = self.ids.get("changes", 0)
         if marks.ids["changes"] <= bound:
             return []
@@ -69,6 +70,8 @@ class Seen:
         done.update(found.ids)
         ids = self.ids = dict(self.ids)  # (``marks.ids`` itself, after a read)
         for i in fresh:
+            if found.kinds[i] == "symbols":
+                self._known = None
             freed = found.row_ids[i]
             if freed is not None and found.kinds[i] in ids:
                 ids[found.kinds[i]] = min(ids[found.kinds[i]], freed)

@@ -1,14 +1,15 @@
 """The store's change log (``row_changes``, store version 7): which symbols' bars or news, and
-which macro sources, a writer changed in place or deleted, whoever the writer is.
+which macro sources, a writer changed in place or deleted, whoever the writer is (and which
+symbols' own rows: a name or kind changed).
 
 A daemon's tick reads what is new by row id (``store.ticks.new_rows``): an ``UPDATE`` that
 keeps a row's id, or a ``DELETE``, adds no id, so a running daemon would go on deciding on
-values the store no longer holds. Triggers on ``bars``, ``news_sentiment`` and
-``macro_sentiment`` write a ``RowChange`` for each such change (``kind``, and the symbol id
-or the source it touched), an id of its own: the tick reads the changes after the last it
-has seen, by that id (``store.ticks.changed_keys``), and reads the symbols (or macro sources)
-named there whole again. So an edit by the importers, by another tool's SQL or by hand is
-seen by the next tick.
+values the store no longer holds. Triggers on ``bars``, ``news_sentiment``,
+``macro_sentiment`` and ``symbols`` (a name or kind) write a ``RowChange`` for each such
+change (``kind``, and the symbol id or the source it touched), an id of its own: the tick
+reads the changes after the last it has seen, by that id (``store.ticks.changed_keys``), and
+reads the symbols (or macro sources) named there whole again. So an edit by the importers, by
+another tool's SQL or by hand is seen by the next tick.
 
 * SQLite: row triggers, ``AFTER UPDATE`` (only when a column's value changed: an upsert that
   rewrites a row as it was logs nothing) and ``AFTER DELETE``: one change a row.
@@ -52,13 +53,17 @@ _KINDS: Final = {
              ("{r}.symbol_id", "{r}.source")),
     "macro": ("macro_sentiment", ("source", "date", "score"),
               ("CAST(NULL AS INTEGER)", "{r}.source")),
+    # a symbol's own row: its name or kind (which sentiment source it reads); added or
+    # deleted symbols change the tick's marks already
+    "symbols": ("symbols", ("name", "is_synthetic"), ("{r}.id", "CAST(NULL AS TEXT)")),
 }  # fmt: skip
 """What each kind of change logs: its table, the columns whose change it logs, and the key."""
 
-TRIGGER_NAMES: Final = tuple(
-    f"tr_{table}_{op}" for table, _, _ in _KINDS.values() for op in ("update", "delete")
-)
-"""The triggers of a store of version 7 (the same names on SQLite and PostgreSQL)."""
+TABLES: Final = tuple(table for table, _, _ in _KINDS.values())
+"""The tables whose changes are logged."""
+TRIGGER_NAMES: Final = tuple(f"tr_{table}_{op}" for table in TABLES for op in ("update", "delete"))
+"""The triggers of a store of version 7 (the same names on SQLite and PostgreSQL; on PostgreSQL
+each table's trigger function is ``otonom_log_<table>``)."""
 
 
 def _logged(kind: str, row: str, row_id: str = "CAST(NULL AS INTEGER)") -> str:
@@ -71,12 +76,17 @@ def _logged(kind: str, row: str, row_id: str = "CAST(NULL AS INTEGER)") -> str:
 _LOG: Final = "INSERT INTO row_changes (kind, symbol_id, source, row_id)"
 
 
+def _keys(kind: str) -> list[str]:
+    """The columns of ``kind``'s table that its changes are logged by (a symbol: its id)."""
+    return [c for c in ("symbol_id", "source") if c in _KINDS[kind][1]] or ["id"]
+
+
 def _sqlite(kind: str) -> list[str]:
     """The two row triggers of ``kind`` on SQLite (``IF NOT EXISTS``: resumable). An update
     logs the row's key before it and, when the key itself changed, after it too."""
     table, columns, _ = _KINDS[kind]
     changed = " OR ".join(f"old.{c} IS NOT new.{c}" for c in columns)
-    moved = " OR ".join(f"old.{c} IS NOT new.{c}" for c in ("symbol_id", "source") if c in columns)
+    moved = " OR ".join(f"old.{c} IS NOT new.{c}" for c in _keys(kind))
     # a row deleted above every id left (AFTER DELETE): the largest id left, above which the
     # table may give ids again (a multi-row delete logs it with its last row, at the least)
     left = f"(SELECT coalesce(max(id), 0) FROM {table})"
@@ -96,7 +106,7 @@ def _postgresql(kind: str) -> list[str]:
     transaction with the rest of an upgrade). An update logs the keys of the rows whose
     values (or id) changed, before and after."""
     table, columns, _ = _KINDS[kind]
-    keys = [c for c in ("symbol_id", "source") if c in columns]
+    keys = _keys(kind)
     old = ", ".join(f"o.{c}" for c in columns)
     new = ", ".join(f"n.{c}" for c in columns)
     differ = f"({old}) IS DISTINCT FROM ({new})"

@@ -191,8 +191,9 @@ class MacroSentiment(Base):
 
 class RowChange(Base):
     """One change in place (an update that changed a value, or a delete) of the bars or news
-    of a symbol, or of a macro source's scores: ``kind`` (``"bars"``, ``"news"``,
-    ``"macro"``), ``symbol_id`` (NULL for macro), ``source`` (NULL for bars) and ``row_id``
+    of a symbol, of a macro source's scores, or of a symbol's own row (its name or kind):
+    ``kind`` (``"bars"``, ``"news"``, ``"macro"``, ``"symbols"``), ``symbol_id`` (NULL for
+    macro), ``source`` (NULL for bars) and ``row_id``
     (SQLite, a row deleted above every id left in its table: the largest id left, above which
     the table may give ids again; else NULL). Written by
     triggers (``store.changelog``: every writer's changes, raw SQL included; inserts are not

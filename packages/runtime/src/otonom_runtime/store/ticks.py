@@ -257,8 +257,8 @@ def tick_symbols(session: Session, names: Sequence[str]) -> tuple[dict[str, int]
 class Marks(NamedTuple):
     """What a tick's cache has seen (``tick_marks``): ``ids``, the largest row id of bars,
     news and macro sentiment and of the change log (``"changes"``; 0: none); ``symbols``,
-    the symbols table's row count and largest id (no code path changes a symbol's row in
-    place: a symbol added or deleted changes them); on PostgreSQL ``oldest``, the oldest
+    the symbols table's row count and largest id (a symbol added or deleted changes them; one
+    changed in place is in the change log); on PostgreSQL ``oldest``, the oldest
     transaction id still writing when they were read (the session's own left out; ``next``
     when none), and ``next``, the transaction id the next writer would get then (None for
     both elsewhere: SQLite has one writer at a time, so its rows become visible in the order
