@@ -51,6 +51,20 @@ def test_it_is_really_postgres(pg: str) -> None:
     init_db(pg)  # idempotent here too
 
 
+def _interrupted(
+    pg: str, fail_at: Any, monkeypatch: pytest.MonkeyPatch, step: str, at: int
+) -> None:
+    """An ``init_db`` of the store at ``pg`` interrupted at ``step`` (``fail_at``): it raises,
+    and the store is still at version ``at`` (one transaction: nothing of the upgrade kept)."""
+    fail_at(monkeypatch, step)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        init_db(pg)
+    monkeypatch.undo()
+    dispose_engines()
+    with get_engine(pg).connect() as conn:
+        assert conn.execute(text("SELECT value FROM store_meta")).scalar_one() == str(at)
+
+
 def test_a_version_1_store_is_upgraded_in_place(
     pg: str, make_v1_store: Any, sentiment_layout: Any
 ) -> None:
@@ -348,13 +362,7 @@ def test_a_version_4_store_is_upgraded_in_place_even_after_a_failure_midway(
     assert v4 != fresh
     assert v4["daemon_state"] is None
     if step is not None:
-        fail_at(monkeypatch, step)
-        with pytest.raises(RuntimeError, match="interrupted"):
-            init_db(pg)
-        monkeypatch.undo()
-        dispose_engines()
-        with get_engine(pg).connect() as conn:
-            assert conn.execute(text("SELECT value FROM store_meta")).scalar_one() == "4"
+        _interrupted(pg, fail_at, monkeypatch, step, 4)
         assert decision_layout(pg) == v4
     init_db(pg)
     assert decision_layout(pg) == fresh
@@ -382,13 +390,7 @@ def test_a_version_5_store_gets_its_live_key_ordered_by_date_on_postgresql(
     v5 = decision_layout(pg)
     assert v5 != fresh
     if step is not None:
-        fail_at(monkeypatch, step)
-        with pytest.raises(RuntimeError, match="interrupted"):
-            init_db(pg)
-        monkeypatch.undo()
-        dispose_engines()
-        with get_engine(pg).connect() as conn:
-            assert conn.execute(text("SELECT value FROM store_meta")).scalar_one() == "5"
+        _interrupted(pg, fail_at, monkeypatch, step, 5)
         assert decision_layout(pg) == v5
     init_db(pg)
     assert decision_layout(pg) == fresh
@@ -420,13 +422,7 @@ def test_a_version_6_store_gets_its_change_log_on_postgresql(
     v6 = change_log(pg)
     assert v6 == {"columns": None, "triggers": [], "functions": []}
     if step is not None:
-        fail_at(monkeypatch, step)
-        with pytest.raises(RuntimeError, match="interrupted"):
-            init_db(pg)
-        monkeypatch.undo()
-        dispose_engines()
-        with get_engine(pg).connect() as conn:
-            assert conn.execute(text("SELECT value FROM store_meta")).scalar_one() == "6"
+        _interrupted(pg, fail_at, monkeypatch, step, 6)
         assert change_log(pg) == v6
     init_db(pg)
     assert change_log(pg) == fresh

@@ -253,6 +253,22 @@ def test_runs_and_decisions_round_trip_with_inf_days_as_null(db_url: str, add_ba
         assert [r[0] for r in raw] == [None, 3.0]
 
 
+def _interrupted(
+    db_url: str, fail_at: Any, monkeypatch: pytest.MonkeyPatch, step: str, at: int
+) -> list[str]:
+    """An ``init_db`` of the SQLite store at ``db_url`` interrupted at ``step`` (``fail_at``):
+    it raises, and the store is still at version ``at`` (the version is written last); the
+    SQL texts it made."""
+    made: list[str] = fail_at(monkeypatch, step)
+    with pytest.raises(RuntimeError, match=f"interrupted at {step}"):
+        init_db(db_url)
+    monkeypatch.undo()
+    dispose_engines()
+    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as raw:
+        assert raw.execute("SELECT value FROM store_meta").fetchone() == (str(at),)
+    return made
+
+
 def test_a_version_1_store_is_refused_then_upgraded_in_place_by_init_db(
     db_url: str, make_v1_store: Any
 ) -> None:
@@ -377,13 +393,7 @@ def test_a_2_to_3_upgrade_that_fails_at_any_step_completes_on_the_next_init_db(
     """SQLite's driver commits DDL on its own: whatever a failure leaves behind, the next
     ``init_db`` finishes the upgrade with every row labelled once."""
     expected = make_v2_store(db_url)
-    fail_at(monkeypatch, step)
-    with pytest.raises(RuntimeError, match=f"interrupted at {step}"):
-        init_db(db_url)
-    monkeypatch.undo()
-    dispose_engines()
-    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as raw:
-        assert raw.execute("SELECT value FROM store_meta").fetchone() == ("2",)
+    _interrupted(db_url, fail_at, monkeypatch, step, 2)
     init_db(db_url)
     assert sentiment_rows(db_url) == expected
     with sqlite3.connect(db_url.removeprefix("sqlite:///")) as raw:
@@ -1033,14 +1043,8 @@ def test_a_4_to_5_upgrade_that_fails_at_any_step_completes_on_the_next_init_db(
     ``init_db`` finishes the upgrade: the layout of a fresh store, the decision kept."""
     _one_decision(db_url)
     make_v4_store(db_url)
-    made = fail_at(monkeypatch, step)
-    with pytest.raises(RuntimeError, match=f"interrupted at {step}"):
-        init_db(db_url)
+    made = _interrupted(db_url, fail_at, monkeypatch, step, 4)
     assert any(sql.lstrip().startswith(step) for sql in made)
-    monkeypatch.undo()
-    dispose_engines()
-    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as raw:
-        assert raw.execute("SELECT value FROM store_meta").fetchone() == ("4",)
     init_db(db_url)
     fresh = _sqlite(tmp_path / "fresh.db")
     init_db(fresh)
@@ -1082,13 +1086,7 @@ def test_a_version_5_store_gets_its_live_key_ordered_by_date_in_place(
     ):
         pass
     if step is not None:
-        fail_at(monkeypatch, step)
-        with pytest.raises(RuntimeError, match=f"interrupted at {step}"):
-            init_db(db_url)
-        monkeypatch.undo()
-        dispose_engines()
-        with sqlite3.connect(db_url.removeprefix("sqlite:///")) as raw:
-            assert raw.execute("SELECT value FROM store_meta").fetchone() == ("5",)
+        _interrupted(db_url, fail_at, monkeypatch, step, 5)
     init_db(db_url)
     assert decision_layout(db_url) == decision_layout(fresh)
     layout = decision_layout(db_url)
@@ -1423,14 +1421,8 @@ def test_a_version_6_store_gets_its_change_log_in_place(
     ):
         pass
     if step is not None:
-        made = fail_at(monkeypatch, step)
-        with pytest.raises(RuntimeError, match=f"interrupted at {step}"):
-            init_db(db_url)
+        made = _interrupted(db_url, fail_at, monkeypatch, step, 6)
         assert any(sql.lstrip().startswith(step) for sql in made)
-        monkeypatch.undo()
-        dispose_engines()
-        with sqlite3.connect(db_url.removeprefix("sqlite:///")) as raw:
-            assert raw.execute("SELECT value FROM store_meta").fetchone() == ("6",)
     init_db(db_url)
     assert change_log(db_url) == change_log(fresh)
     with get_session(db_url) as session:
