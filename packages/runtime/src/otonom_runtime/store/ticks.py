@@ -285,10 +285,10 @@ def tick_marks(session: Session) -> Marks:
     """The largest row id of bars, news, macro sentiment and the change log and, on
     PostgreSQL, the writers in progress (``Marks``), in one statement: what a tick's cache has
     seen, so that ``new_rows`` finds every row inserted after it and ``changed_keys`` every
-    change logged after it. On PostgreSQL a writer's rows may become
-    visible after a row with a larger id (sequence values are taken at insert, rows seen at
-    commit): a cache reads from the largest ids of an earlier tick that every writer still in
-    progress began after (``daemon.cache``)."""
+    change logged after it. On PostgreSQL a writer's rows may become visible after a row with
+    a larger id (sequence values are taken at insert, rows seen at commit): a cache reads from
+    the largest ids of an earlier tick that every writer still in progress began after
+    (``daemon.cache``)."""
     tables = {**_TABLES, "changes": RowChange}
     columns: list[Any] = [
         select(func.coalesce(func.max(t.id), 0)).scalar_subquery() for t in tables.values()
