@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -275,6 +276,76 @@ def test_pipeline_with_a_missing_csv_writes_nothing(tmp_path: Path) -> None:
     out = _run("pipeline", "--import-csv", "missing.csv", "--symbol", "X", cwd=tmp_path)
     _one_error(out, "cannot read missing.csv (--import-csv): no such file")
     assert list(tmp_path.iterdir()) == []  # no data/otonom.db, no reports/pipeline/
+
+
+def _csv(path: Path, first: str, days: int) -> None:
+    """A daily OHLCV file of ``days`` bars from ``first`` (ISO date)."""
+    import datetime as dt
+
+    start = dt.date.fromisoformat(first)
+    prices = [(start + dt.timedelta(days=d), 100 + d % 7) for d in range(days)]
+    rows = [f"{day},{p},{p + 2},{p - 1},{p + 1},1000" for day, p in prices]
+    path.write_text("Date,Open,High,Low,Close,Volume\n" + "\n".join(rows) + "\n")
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        # two series that share no date: imported, then refused by the date ranges
+        (
+            [("a.csv", "2010-01-01", 300), ("b.csv", "2015-01-01", 300)],
+            "the symbols' bars do not overlap: A has 300 bars (2010-01-01 .. 2010-10-27)",
+        ),
+        # a series too short for a pipeline
+        ([("a.csv", "2010-01-01", 30)], "A has 30 bars (2010-01-01 .. 2010-01-30)"),
+        # a second file refused by the importer after the first was imported
+        ([("a.csv", "2010-01-01", 300), ("b.csv", "", 0)], "b.csv: 1 bad row in OHLCV file"),
+    ],
+)
+def test_a_pipeline_that_fails_in_its_data_stage_leaves_no_store(
+    tmp_path: Path, files: list[tuple[str, str, int]], message: str
+) -> None:
+    """The store this call created (data/otonom.db and its folder) is removed again when the
+    data stage fails after creating it: the CSVs read, imported, then refused."""
+    args = []
+    for name, first, days in files:
+        if days:
+            _csv(tmp_path / name, first, days)
+        else:
+            (tmp_path / name).write_text("Date,Open,High,Low,Close,Volume\n2010-01-01,10,8,9,9,1\n")
+        args += ["--import-csv", name, "--symbol", name[0].upper()]
+    strategy = str(ROOT / "strategies" / "baseline_v1.yaml")
+    out = _run("pipeline", "--strategy-path", strategy, *args, cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.startswith(f"error: {message}"), out.stderr  # (bad rows: listed below)
+    assert "Traceback" not in out.stderr
+    assert "[1/7] data" in out.stdout  # the store was created, then the stage failed
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(name for name, _, _ in files)
+
+
+def test_a_pipeline_that_fails_in_its_data_stage_keeps_an_existing_store(tmp_path: Path) -> None:
+    _csv(tmp_path / "a.csv", "2010-01-01", 30)
+    subprocess.run(
+        [sys.executable, "-m", "otonom_runtime", "data", "import-csv", "a.csv", "--symbol", "A"],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
+    strategy = str(ROOT / "strategies" / "baseline_v1.yaml")
+    out = _run("pipeline", "--strategy-path", strategy, "--symbol", "A", cwd=tmp_path)
+    _one_error(out, "A has 30 bars")
+    with sqlite3.connect(tmp_path / "data" / "otonom.db") as conn:  # the store and its bars
+        assert conn.execute("SELECT count(*) FROM bars").fetchone() == (30,)
+
+
+def test_a_walk_forward_that_fails_after_creating_its_store_leaves_none(tmp_path: Path) -> None:
+    """No dates given: the synthetic symbol is generated into a new store (its default range),
+    then nine years of training do not fit in it: the store goes again."""
+    strategy = str(ROOT / "strategies" / "baseline_v1.yaml")
+    args = ["--strategy-path", strategy, "--symbol", "DEMO-BTC", "--train-years", "9"]
+    out = _run("walk-forward", *args, cwd=tmp_path)
+    _one_error(out, "the history is too short for one window: decisions run 2018-06-30 .. 2023")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_pipeline_with_a_missing_strategy_writes_nothing(tmp_path: Path) -> None:

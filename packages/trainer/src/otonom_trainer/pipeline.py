@@ -314,39 +314,44 @@ def _resume(run: _Run, from_stage: int) -> None:
 
 
 def _stage_data(cfg: PipelineConfig, url: str) -> _Dates:
+    """Stage 1: the store created if missing, the CSVs imported, missing ``DEMO-*`` symbols
+    generated; the dates from the bars. A SQLite store this stage created is removed again
+    when it fails (a CSV refused, bars too short or not overlapping): nothing is left behind."""
+    from otonom_runtime.cli import removed_on_failure
     from otonom_runtime.importers import import_ohlcv_csv
     from otonom_runtime.store import get_session, init_db
 
     _stage(cfg, 1, f"{', '.join(cfg.symbols)} in {url}")
     csv_files = {symbol: path for path, symbol in cfg.import_csv}
     refuse_unknown_before_creating(url, cfg.symbols, set(csv_files), PipelineError)
-    init_db(url)
-    with get_session(url) as session:
-        for path, symbol in cfg.import_csv:
-            report = import_ohlcv_csv(
+    with removed_on_failure(url):
+        init_db(url)
+        with get_session(url) as session:
+            for path, symbol in cfg.import_csv:
+                report = import_ohlcv_csv(
+                    session,
+                    path,
+                    symbol,
+                    date_format=cfg.date_format,
+                    replace=cfg.replace,
+                    drop_bad_rows=cfg.drop_bad_rows,
+                )
+                _say(cfg, "  " + report.summary())
+            made = add_demo_symbols(
                 session,
-                path,
-                symbol,
-                date_format=cfg.date_format,
-                replace=cfg.replace,
-                drop_bad_rows=cfg.drop_bad_rows,
+                cfg.symbols,
+                (cfg.start or DEMO_START, cfg.end or DEMO_END, cfg.seed),
+                lambda unknown: PipelineError(
+                    f"symbols {unknown} are not in the store; import them with --import-csv FILE "
+                    "--symbol NAME, or use DEMO-* names for the synthetic market"
+                ),
+                importing=csv_files,
             )
-            _say(cfg, "  " + report.summary())
-        made = add_demo_symbols(
-            session,
-            cfg.symbols,
-            (cfg.start or DEMO_START, cfg.end or DEMO_END, cfg.seed),
-            lambda unknown: PipelineError(
-                f"symbols {unknown} are not in the store; import them with --import-csv FILE "
-                "--symbol NAME, or use DEMO-* names for the synthetic market"
-            ),
-            importing=csv_files,
-        )
-        if made is not None:
-            _say(cfg, "  " + made.summary())
-        else:
-            _say(cfg, "  all symbols already in the store")
-        return _dates(cfg, session)  # in the same transaction: a too-short series is not kept
+            if made is not None:
+                _say(cfg, "  " + made.summary())
+            else:
+                _say(cfg, "  all symbols already in the store")
+            return _dates(cfg, session)  # in the same transaction: a too-short series is not kept
 
 
 def _stage_teacher(run: _Run) -> None:

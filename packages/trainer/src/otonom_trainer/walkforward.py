@@ -252,11 +252,22 @@ def _prepare_store(
 ) -> tuple[DataRanges, list[Window], int, int]:
     """Create the tables, generate missing DEMO-* symbols, check every symbol covers the
     decision days given, then the ranges and windows from the bars (``ranges``, in the same
-    transaction: what fails here leaves no bars behind)."""
+    transaction: what fails here leaves no bars behind, and a SQLite store it created is
+    removed again)."""
+    from otonom_runtime.cli import removed_on_failure
+
+    refuse_unknown_before_creating(url, cfg.symbols, set(), WalkForwardError)
+    with removed_on_failure(url):  # a SQLite store made here goes again if this fails
+        return _prepared(cfg, url, periods_per_year)
+
+
+def _prepared(
+    cfg: WalkForwardConfig, url: str, periods_per_year: int | str
+) -> tuple[DataRanges, list[Window], int, int]:
+    """``_prepare_store`` after the unknown symbols' check."""
     from otonom_runtime.store import get_session, init_db, list_symbols
     from otonom_trainer.ranges import data_ranges, fit_windows
 
-    refuse_unknown_before_creating(url, cfg.symbols, set(), WalkForwardError)
     init_db(url)
     with get_session(url) as session:
         made = add_demo_symbols(

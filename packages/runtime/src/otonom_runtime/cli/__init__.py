@@ -5,8 +5,8 @@ Layout: one module per command group (``data``, ``bench``, ``strategy``, ``backt
 ``_build_parser()`` calls in that order; every leaf command sets ``handler`` to a ``_cmd_*``
 function of its module taking the parsed arguments and returning the exit status. Shared
 rooms: ``_shell`` (``run_cli``, ``add_global_flags``: also ``otonom-train``'s), ``_store``
-(``require_store``, ``open_store``) and ``_text`` (tables, number formats). Adding a group is
-one module and one call.
+(``require_store``, ``open_store``, ``removed_on_failure``) and ``_text`` (tables, number
+formats). Adding a group is one module and one call.
 
 Errors: every failure prints one ``error: ...`` line on stderr, never a traceback (a bad-rows
 report or a strategy's problem list adds indented lines below it). An error raised on purpose
@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 from otonom_runtime._errors import OtonomRuntimeError
 from otonom_runtime.cli._shell import add_global_flags, error_text, run_cli
-from otonom_runtime.cli._store import require_store
+from otonom_runtime.cli._store import removed_on_failure, require_store
 from otonom_runtime.cli.backtest import add_backtest_commands
 from otonom_runtime.cli.bench import add_bench_commands
 from otonom_runtime.cli.daemon import add_daemon_commands
@@ -39,7 +39,7 @@ from otonom_runtime.cli.status import add_status_commands
 from otonom_runtime.cli.strategy import add_strategy_commands
 from otonom_schema import SchemaError
 
-__all__ = ["add_global_flags", "main", "require_store", "run_cli"]
+__all__ = ["add_global_flags", "main", "removed_on_failure", "require_store", "run_cli"]
 
 
 def _build_parser() -> argparse.ArgumentParser:

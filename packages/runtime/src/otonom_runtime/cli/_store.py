@@ -1,6 +1,7 @@
 """The store a command uses: ``require_store`` for commands that only read it (a missing
 SQLite file is an error, not a new empty store), ``open_store`` for those that write (tables
-created; a SQLite store the failing call created is removed again)."""
+created; a SQLite store the failing call created is removed again: ``removed_on_failure``,
+which ``otonom-train``'s commands that create a store use too)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from otonom_runtime._errors import StoreError
 
-__all__ = ["open_store", "require_store"]
+__all__ = ["open_store", "removed_on_failure", "require_store"]
 
 
 def _missing_sqlite_file(url: str) -> Path | None:
@@ -45,20 +46,17 @@ def require_store(database_url: str | None) -> str:
 
 
 @contextlib.contextmanager
-def open_store(args: argparse.Namespace) -> Iterator[str]:
-    """The database URL of this call, the store initialised (tables created if missing).
+def removed_on_failure(url: str) -> Iterator[None]:
+    """Run the block; when it raises, a SQLite store at ``url`` that did not exist when it
+    started is removed again (its file, journal files and the folders made for it), so a
+    failed command leaves no store it created behind. Other URLs, and a store that existed
+    before, are left as the block left them."""
+    from otonom_runtime.store import dispose_engines
 
-    When the command fails inside the block, a SQLite store that this call created is removed
-    again (its file, journal files and the folders made for it): a failed command writes nothing.
-    """
-    from otonom_runtime.store import default_database_url, dispose_engines, init_db
-
-    url: str = args.database_url or default_database_url()
     file = _missing_sqlite_file(url)
     folders = [] if file is None else [p for p in file.parents if not p.exists()]
     try:
-        init_db(url)
-        yield url
+        yield
     except BaseException:
         if file is not None:
             dispose_engines()
@@ -68,3 +66,18 @@ def open_store(args: argparse.Namespace) -> Iterator[str]:
                 with contextlib.suppress(OSError):  # not empty: something else lives there
                     folder.rmdir()
         raise
+
+
+@contextlib.contextmanager
+def open_store(args: argparse.Namespace) -> Iterator[str]:
+    """The database URL of this call, the store initialised (tables created if missing).
+
+    When the command fails inside the block, a SQLite store that this call created is removed
+    again (``removed_on_failure``): a failed command writes nothing.
+    """
+    from otonom_runtime.store import default_database_url, init_db
+
+    url: str = args.database_url or default_database_url()
+    with removed_on_failure(url):
+        init_db(url)
+        yield url
