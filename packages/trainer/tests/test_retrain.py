@@ -9,24 +9,31 @@ import datetime as dt
 import json
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
 from otonom_runtime.ensemble import Signals, aggregate_signal_arrays
+from otonom_runtime.store import get_or_create_symbol, get_session, list_symbols
+from otonom_runtime.store.ticks import live_symbols
 from otonom_runtime.strategy import load_strategy
 from otonom_runtime.teacher import teacher_params
 from otonom_schema import MarketHistory
+from otonom_trainer.config import DEMO_SYMBOLS
 from otonom_trainer.retrain import (
     Evidence,
     RegimeMix,
     RetrainConfig,
     RetrainError,
     ServiceModel,
+    choose_symbols,
     decide_retrain,
     regime_mix,
+    serving_note,
     teacher_agreement,
 )
 
@@ -345,7 +352,198 @@ def test_without_symbol_flags_the_model_in_services_symbols_are_judged(tmp_path:
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.startswith(
-        "symbols: REAL-X (the model in service's training symbols; --symbol chooses others)\n"
+        "symbols: REAL-X (the training symbols of 20260110T060000Z, the model in service; "
+        "--symbol chooses others)\n"
     )
     assert "(457 days)" in out.stdout  # the training period's bars of REAL-X, 2024-07-01 ..
     assert "DEMO" not in out.stdout + out.stderr
+
+
+# --- the symbols of a retrain without --symbol ----------------------------------------------------
+
+
+def _store(
+    tmp_path: Path,
+    real: Sequence[str] = (),
+    synthetic: Sequence[str] = (),
+    live: Mapping[str, Sequence[str]] | None = None,
+    backtest: Sequence[str] = (),
+) -> str:
+    """A real SQLite store with symbols (no bars) and a live decision of each ``live``
+    strategy's symbols (two of each, as a daemon's ticks make them) and backtest decisions of
+    ``backtest``."""
+    from otonom_runtime.store import (
+        BacktestRun,
+        Decision,
+        get_or_create_symbol,
+        get_session,
+        init_db,
+    )
+
+    url = f"sqlite:///{tmp_path / 'data' / 'otonom.db'}"
+    init_db(url)
+    with get_session(url) as session:
+        ids = {
+            name: get_or_create_symbol(session, name, source="test", is_synthetic=fake)[0].id
+            for names, fake in ((real, False), (synthetic, True))
+            for name in names
+        }
+        day = dt.date(2026, 1, 1)
+        run = BacktestRun(strategy_name="s", strategy_hash="h", params={}, start_date=day,
+                          end_date=day)  # fmt: skip
+        session.add(run)
+        session.flush()
+        rows = [
+            (name, strategy, day + dt.timedelta(days=k))
+            for strategy, names in (live or {}).items()
+            for name in names
+            for k in range(2)
+        ] + [(name, None, day - dt.timedelta(days=1)) for name in backtest]
+        session.add_all(
+            Decision(
+                run_id=run.id,
+                symbol_id=ids[name],
+                date=date,
+                action=0,
+                strength=0.0,
+                position=0.0,
+                leverage=0.0,
+                cash_fraction=1.0,
+                days_since_last_trade=1.0,
+                equity=1e4,
+                live_strategy=strategy,
+            )
+            for name, strategy, date in rows
+        )
+        session.commit()
+    return url
+
+
+def _version(folder: Path, symbols: Sequence[str], promote: bool = False) -> Path:
+    """A model version folder (a test policy and a metadata.json naming its training
+    symbols), promoted (``latest``) when asked."""
+    from otonom_runtime.testing.models import make_policy_model
+
+    folder.mkdir(parents=True)
+    make_policy_model(folder / "policy_best.onnx")
+    dataset = {"symbols": list(symbols), "start_date": "2024-01-01", "end_date": "2025-01-01"}
+    (folder / "metadata.json").write_text(json.dumps({"dataset": {"metadata": dataset}}))
+    if promote:
+        (folder.parent / "latest").write_text(folder.name + "\n")
+    return folder
+
+
+def _serving(tmp_path: Path, model_path: str) -> Any:
+    """The baseline strategy with its RL analyst on, serving ``model_path`` (resolved against
+    ``tmp_path``, which holds models/)."""
+    raw = load_strategy(STRATEGY).to_dict()
+    raw["name"] = "live_x"
+    raw["ensemble"]["rl_policy"] = {"enabled": True, "model_path": model_path}
+    path = tmp_path / "live.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_strategy(path)
+
+
+def test_symbols_without_a_store_are_the_synthetic_markets(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'nope.db'}"
+    got = choose_symbols(tmp_path / "models", load_strategy(STRATEGY), url)
+    assert got == (DEMO_SYMBOLS, "the synthetic market (no store yet)")
+    assert not (tmp_path / "nope.db").exists()  # read only: no store made
+
+
+def test_symbols_of_a_store_of_synthetic_symbols_are_the_synthetic_markets(tmp_path: Path) -> None:
+    url = _store(tmp_path, synthetic=["DEMO-BTC"])
+    got = choose_symbols(tmp_path / "models", load_strategy(STRATEGY), url)
+    assert got == (DEMO_SYMBOLS, "the synthetic market (the store holds no real data)")
+
+
+def test_symbols_of_a_store_of_real_data_are_never_the_synthetic_markets(tmp_path: Path) -> None:
+    """Nothing names the symbols and the store holds real data: refused (a retrain would
+    generate DEMO-* bars beside it and train on them); backtest rows and another strategy's
+    live decisions name none."""
+    url = _store(tmp_path, real=["BTC-USD", "ETH"], live={"other": ["ETH"]}, backtest=["BTC-USD"])
+    with pytest.raises(RetrainError) as err:
+        choose_symbols(tmp_path / "models", load_strategy(STRATEGY), url)
+    assert str(err.value) == (
+        "no symbols given; neither a model nor live decisions of strategy baseline_v1 name any, "
+        "and the default is the synthetic market (DEMO-BTC, DEMO-ETH, DEMO-SOL): a retrain "
+        "would generate them beside the store's real data (BTC-USD, ETH); expected the symbols "
+        "to train on with --symbol"
+    )
+
+
+def test_symbols_are_those_of_the_strategys_live_decisions(tmp_path: Path) -> None:
+    url = _store(
+        tmp_path, real=["B", "A", "C"], live={"baseline_v1": ["B", "A"], "other": ["C"]},
+        backtest=["C"],
+    )  # fmt: skip
+    got = choose_symbols(tmp_path / "models", load_strategy(STRATEGY), url)
+    assert got == (("A", "B"), "the symbols of strategy baseline_v1's live decisions")
+    with get_session(url) as session:  # the reader itself: sorted, each once
+        assert live_symbols(session, "baseline_v1") == ["A", "B"]
+        assert live_symbols(session, "other") == ["C"]
+        assert live_symbols(session, "none") == []
+
+
+def test_symbols_are_those_the_model_in_service_was_trained_on(tmp_path: Path) -> None:
+    """The model in service wins over the strategy's live decisions."""
+    _version(tmp_path / "models" / "20260101T000000Z", ["A", "Z"], promote=True)
+    url = _store(tmp_path, real=["A", "B"], live={"baseline_v1": ["B"]})
+    got = choose_symbols(tmp_path / "models", load_strategy(STRATEGY), url)
+    assert got == (
+        ("A", "Z"),
+        "the training symbols of 20260101T000000Z, the model in service",
+    )
+
+
+def test_symbols_are_those_the_strategys_rl_model_was_trained_on(tmp_path: Path) -> None:
+    """Nothing in service under the model folder: the strategy's own (pinned) RL model names
+    them, and the note says a promotion there does not reach that strategy."""
+    version = _version(tmp_path / "models" / "rl_bc" / "20260101T000000Z", ["BTC-USD", "X"])
+    strategy = _serving(tmp_path, "models/rl_bc/20260101T000000Z")
+    url = _store(tmp_path, real=["BTC-USD", "X"], live={"live_x": ["X"]})
+    got = choose_symbols(tmp_path / "models" / "rl_bc", strategy, url)
+    assert got == (("BTC-USD", "X"), f"the training symbols of {version}, the strategy's RL model")
+    note = serving_note(tmp_path / "models" / "rl_bc", strategy)
+    assert note == (
+        f"note: strategy live_x serves {version / 'policy_best.onnx'} (model_path "
+        f"'models/rl_bc/20260101T000000Z'), not the version in service under "
+        f"{tmp_path / 'models' / 'rl_bc'}: a model promoted there reaches its daemon only when "
+        f"model_path names {tmp_path / 'models' / 'rl_bc'}"
+    )
+    (version.parent / "latest").write_text(version.name + "\n")  # now the one in service
+    assert serving_note(tmp_path / "models" / "rl_bc", strategy) is None
+    assert serving_note(tmp_path / "models" / "rl_bc", load_strategy(STRATEGY)) is None  # RL off
+
+
+def test_a_synthetic_rl_models_symbols_are_refused_beside_real_data(tmp_path: Path) -> None:
+    """The strategy's RL model was trained on the demo: its DEMO-* symbols are not generated
+    into a store of real data that lacks them, and are taken where the store holds them."""
+    _version(tmp_path / "models" / "rl_bc" / "20260101T000000Z", ["DEMO-BTC", "DEMO-ETH"])
+    strategy = _serving(tmp_path, "models/rl_bc/20260101T000000Z")
+    url = _store(tmp_path, real=["BTC-USD"], synthetic=["DEMO-BTC"])
+    with pytest.raises(RetrainError, match=r"are synthetic \(DEMO-ETH\) and not in the store"):
+        choose_symbols(tmp_path / "models" / "rl_bc", strategy, url)
+    with get_session(url) as session:
+        get_or_create_symbol(session, "DEMO-ETH", source="test", is_synthetic=True)
+        session.commit()
+    symbols, _ = choose_symbols(tmp_path / "models" / "rl_bc", strategy, url)
+    assert symbols == ("DEMO-BTC", "DEMO-ETH")
+
+
+def test_retrain_beside_real_data_without_symbols_is_refused_writing_nothing(
+    tmp_path: Path,
+) -> None:
+    """The command: exit 2, one error line, nothing trained or generated (the store's symbols
+    as they were, no model, no report)."""
+    url = _store(tmp_path, real=["BTC-USD"])
+    out = subprocess.run(
+        [sys.executable, "-m", "otonom_trainer", "retrain", "--strategy-path", STRATEGY],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr.startswith("error: no symbols given; neither a model nor live decisions")
+    assert len(out.stderr.strip().splitlines()) == 1
+    with get_session(url) as session:
+        assert [s.name for s in list_symbols(session)] == ["BTC-USD"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]

@@ -329,13 +329,9 @@ def _stage_data(cfg: PipelineConfig, url: str) -> _Dates:
         with get_session(url) as session:
             for path, symbol in cfg.import_csv:
                 report = import_ohlcv_csv(
-                    session,
-                    path,
-                    symbol,
-                    date_format=cfg.date_format,
-                    replace=cfg.replace,
+                    session, path, symbol, date_format=cfg.date_format, replace=cfg.replace,
                     drop_bad_rows=cfg.drop_bad_rows,
-                )
+                )  # fmt: skip
                 _say(cfg, "  " + report.summary())
             made = add_demo_symbols(
                 session,
@@ -347,10 +343,8 @@ def _stage_data(cfg: PipelineConfig, url: str) -> _Dates:
                 ),
                 importing=csv_files,
             )
-            if made is not None:
-                _say(cfg, "  " + made.summary())
-            else:
-                _say(cfg, "  all symbols already in the store")
+            done = "all symbols already in the store"
+            _say(cfg, "  " + (made.summary() if made is not None else done))
             return _dates(cfg, session)  # in the same transaction: a too-short series is not kept
 
 

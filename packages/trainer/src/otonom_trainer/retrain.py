@@ -53,7 +53,6 @@ from otonom_runtime.config_rules import Validated, rule
 from otonom_runtime.strategy import default_strategy_path
 from otonom_runtime.synth import DEMO_SEED
 from otonom_schema import atomic_write
-from otonom_trainer._errors import OtonomTrainerError
 from otonom_trainer.config import (
     DAY,
     DEMO_SYMBOLS,
@@ -64,6 +63,13 @@ from otonom_trainer.config import (
     SYMBOLS,
 )
 from otonom_trainer.pipeline import PIPELINE_EPOCHS, TEACHER_NOISE, TEACHER_ROWS
+from otonom_trainer.retrain_service import (
+    RetrainError,
+    ServiceModel,
+    choose_symbols,
+    service_model,
+    serving_note,
+)
 
 if TYPE_CHECKING:
     from otonom_runtime.backtest.params import EngineParams
@@ -81,12 +87,14 @@ __all__ = [
     "RetrainError",
     "RetrainResult",
     "ServiceModel",
+    "choose_symbols",
     "decide",
     "decide_retrain",
     "gather_evidence",
     "regime_mix",
     "run_retrain",
     "service_model",
+    "serving_note",
     "teacher_agreement",
 ]
 
@@ -96,10 +104,6 @@ REGIMES: Final = ("low_vol", "normal", "high_vol")
 LOG_FILE: Final = "retrain.jsonl"
 REPORT_FILE: Final = "retrain.json"
 _SHARE_FLOOR: Final = 1e-4
-
-
-class RetrainError(OtonomTrainerError, ValueError):
-    """A retrain setting, or the model in service it reads, that cannot be used."""
 
 
 _TEXT: Final = rule(nonempty=True, described="non-empty text")
@@ -147,19 +151,6 @@ class RetrainConfig(Validated):
 
 
 # --- the evidence --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ServiceModel:
-    """The model in service: its version folder's name, when it was trained
-    (``otonom.created_at``), its training data's first and last day (None: unknown) and the
-    symbols of its training dataset (empty: unknown)."""
-
-    version: str
-    created_at: dt.datetime
-    train_start: dt.date | None
-    train_end: dt.date | None
-    symbols: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -300,41 +291,6 @@ def decide_retrain(cfg: RetrainConfig, ev: Evidence) -> RetrainDecision:
 
 
 # --- gathering it ---------------------------------------------------------------------------------
-
-
-def service_model(model_dir: str | Path) -> ServiceModel | None:
-    """The model ``load_rl_policy(model_dir)`` serves (``registry.current_version``), read
-    from its ONNX metadata and ``metadata.json``; None when nothing is in service."""
-    from otonom_runtime import PolicyError
-    from otonom_runtime.integrity import scan_model
-    from otonom_runtime.policy import MODEL_FILENAME
-    from otonom_trainer.registry import current_version
-
-    version = current_version(model_dir)
-    if version is None:
-        return None
-    onnx = version / MODEL_FILENAME
-    try:
-        meta = scan_model(onnx.read_bytes(), onnx).metadata
-        created = dt.datetime.fromisoformat(meta["otonom.created_at"].replace("Z", "+00:00"))
-    except (OSError, PolicyError, KeyError, ValueError) as exc:
-        raise RetrainError(
-            f"cannot read when the model in service {onnx} was trained ({exc}); expected a "
-            "model exported by otonom-train with its otonom.created_at metadata"
-        ) from None
-    dates: dict[str, Any] = {}
-    meta_json = version / "metadata.json"
-    if meta_json.is_file():
-        run = json.loads(meta_json.read_text(encoding="utf-8"))
-        dates = (run.get("dataset") or {}).get("metadata") or {}
-
-    def day(key: str) -> dt.date | None:
-        value = dates.get(key)
-        return dt.date.fromisoformat(value) if isinstance(value, str) else None
-
-    names = dates.get("symbols")
-    symbols = tuple(n for n in names if isinstance(n, str)) if isinstance(names, list) else ()
-    return ServiceModel(version.name, created, day("start_date"), day("end_date"), symbols)
 
 
 def regime_mix(

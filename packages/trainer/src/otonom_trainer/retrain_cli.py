@@ -24,22 +24,26 @@ _EXIT: str = (
 
 def _cmd_retrain(args: argparse.Namespace) -> int:
     from otonom_runtime._errors import OtonomRuntimeError
+    from otonom_runtime.strategy import load_strategy
     from otonom_schema import SchemaError
     from otonom_trainer._errors import OtonomTrainerError
-    from otonom_trainer.config import DEMO_SYMBOLS
-    from otonom_trainer.retrain import RetrainConfig, decide, run_retrain, service_model
+    from otonom_trainer.retrain import (
+        RetrainConfig,
+        choose_symbols,
+        decide,
+        run_retrain,
+        serving_note,
+    )
 
     try:
+        strategy = load_strategy(args.strategy_path)
         symbols = tuple(dict.fromkeys(args.symbol or ()))
-        if not symbols:  # the model in service's own symbols: never a DEMO-* into a real store
-            model = service_model(args.model_dir)
-            trained = () if model is None else model.symbols
-            symbols = trained or DEMO_SYMBOLS
-            if trained:
-                print(
-                    f"symbols: {', '.join(symbols)} (the model in service's training symbols; "
-                    "--symbol chooses others)"
-                )
+        if not symbols:  # never a synthetic market into a store of real data
+            symbols, origin = choose_symbols(args.model_dir, strategy, args.database_url)
+            print(f"symbols: {', '.join(symbols)} ({origin}; --symbol chooses others)")
+        note = serving_note(args.model_dir, strategy)
+        if note:
+            print(note)
         cfg = RetrainConfig(
             strategy_path=args.strategy_path,
             schedule=args.schedule,
@@ -187,8 +191,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     p.add_argument(
         "--symbol",
         action="append",
-        help="a symbol (repeatable; default: the symbols the model in service was trained "
-        "on, else DEMO-BTC, DEMO-ETH, DEMO-SOL)",
+        help="a symbol (repeatable; default: the training symbols of the model in service, "
+        "else of the strategy's RL model, else the symbols of the strategy's live decisions, "
+        "else DEMO-BTC, DEMO-ETH, DEMO-SOL where the store holds no real data)",
     )
     p.add_argument(
         "--database-url", help="SQLAlchemy URL (default: $OTONOM_DATABASE_URL or ./data/otonom.db)"

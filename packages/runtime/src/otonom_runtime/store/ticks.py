@@ -59,6 +59,7 @@ __all__ = [
     "Marks",
     "NewRows",
     "changed_keys",
+    "live_symbols",
     "load_live_decisions",
     "load_live_signals",
     "load_live_tail",
@@ -533,6 +534,20 @@ def load_live_signals(
         query = query.where(Decision.date > after)
     found = session.scalars(query.order_by(Decision.date.desc()).limit(limit)).all()
     return [d.signals for d in found]
+
+
+def live_symbols(session: Session, strategy: str) -> list[str]:
+    """The names of the symbols ``strategy`` has live decisions of (what its daemon decides),
+    sorted, in one statement over the live key's index (``otonom-train retrain``'s symbols
+    when none are given)."""
+    query = (
+        select(Symbol.name)
+        .join(Decision, Decision.symbol_id == Symbol.id)
+        .where(Decision.live_strategy == strategy)
+        .distinct()
+        .order_by(Symbol.name)
+    )
+    return list(session.scalars(query))
 
 
 def record_tick(session: Session, run: BacktestRun, columns: Mapping[str, list[Any]]) -> int | None:
