@@ -320,6 +320,7 @@ def test_a_pipeline_that_fails_in_its_data_stage_leaves_no_store(
     assert out.stderr.startswith(f"error: {message}"), out.stderr  # (bad rows: listed below)
     assert "Traceback" not in out.stderr
     assert "[1/7] data" in out.stdout  # the store was created, then the stage failed
+    assert "all symbols already in the store" not in out.stdout  # imported by this call
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(name for name, _, _ in files)
 
 
@@ -334,6 +335,7 @@ def test_a_pipeline_that_fails_in_its_data_stage_keeps_an_existing_store(tmp_pat
     strategy = str(ROOT / "strategies" / "baseline_v1.yaml")
     out = _run("pipeline", "--strategy-path", strategy, "--symbol", "A", cwd=tmp_path)
     _one_error(out, "A has 30 bars")
+    assert "  all symbols already in the store\n" in out.stdout  # nothing imported or made
     with sqlite3.connect(tmp_path / "data" / "otonom.db") as conn:  # the store and its bars
         assert conn.execute("SELECT count(*) FROM bars").fetchone() == (30,)
 

@@ -343,8 +343,8 @@ def _stage_data(cfg: PipelineConfig, url: str) -> _Dates:
                 ),
                 importing=csv_files,
             )
-            done = "all symbols already in the store"
-            _say(cfg, "  " + (made.summary() if made is not None else done))
+            if made is not None or not cfg.import_csv:  # (a file just imported: said above)
+                _say(cfg, "  " + (made.summary() if made else "all symbols already in the store"))
             return _dates(cfg, session)  # in the same transaction: a too-short series is not kept
 
 
