@@ -267,11 +267,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
             "(the regime one-hot's three columns together) is shuffled across the dataset's "
             "rows and the drop in accuracy (overall) and in each action's recall (HOLD, BUY, "
             "SELL) is measured, mean ± std over --repeats shuffles; the same for each feature "
-            "group. A model with an extra 'attention' output [batch, 34] gets its mean weight "
-            "per feature and action beside (the runtime refuses such a model today). Prints "
-            "the sorted table and writes table.md, table.json and importance.png (one panel "
-            "per action plus overall) to --out; nothing is written when it fails. Definitions: "
-            "otonom_trainer.explain."
+            "group. A model with an extra 'attention' output [batch, 34] (what `otonom-train "
+            "train --model attention` exports) gets its mean weight per feature and action "
+            "beside. Prints the sorted table and writes table.md, table.json and importance.png "
+            "(one panel per action plus overall) to --out; nothing is written when it fails. "
+            "Definitions: otonom_trainer.explain."
         ),
         epilog="example: otonom-train explain --model models/rl_bc --dataset data/test.npz",
     )
