@@ -258,6 +258,69 @@ def test_lower_case_file_with_datetimes(db_url: str, tmp_path: Path) -> None:
     np.testing.assert_array_equal(history.high, [4485.39, 4371.52, 4184.69])
 
 
+def _european(text: str, separator: str) -> str:
+    """``text`` (a comma-separated file with decimal points) as a spreadsheet in a European
+    locale writes it: ``separator`` between the cells, a decimal comma in each number."""
+    rows = [line.split(",") for line in text.splitlines()]
+    return "".join(separator.join(c.replace(".", ",") for c in row) + "\n" for row in rows)
+
+
+@pytest.mark.parametrize(
+    ("separator", "bom", "dates"),
+    [(";", True, "iso"), (";", False, "dotted"), ("\t", False, "iso")],
+)
+def test_semicolon_and_tab_separated_files_with_decimal_commas(
+    db_url: str, tmp_path: Path, separator: str, bom: bool, dates: str
+) -> None:
+    """A European spreadsheet's export (``Date;Open;...``, ``465,864014``; or tab-separated,
+    or with ``17.09.2014`` dates) imports the same bars as the comma-separated file."""
+    text = _european(YAHOO, separator)
+    if dates == "dotted":  # the day first, as such a spreadsheet writes it
+        for day in (17, 18, 19):
+            text = text.replace(f"2014-09-{day}", f"{day}.09.2014")
+    path = tmp_path / "euro.csv"
+    path.write_text(("\ufeff" if bom else "") + text, encoding="utf-8")
+    _write(tmp_path, YAHOO, "plain.csv")
+    with get_session(db_url) as session:
+        assert import_ohlcv_csv(session, path, "EURO").rows == 3
+        import_ohlcv_csv(session, tmp_path / "plain.csv", "PLAIN")
+    with get_session(db_url) as session:
+        euro, plain = load_history(session, "EURO"), load_history(session, "PLAIN")
+    for column in ("dates", "open", "high", "low", "close", "volume"):
+        np.testing.assert_array_equal(getattr(euro, column), getattr(plain, column))
+    np.testing.assert_array_equal(euro.close, [457.334015, 424.440002, 394.795990])
+
+
+def test_a_thousands_separator_is_no_number(db_url: str, tmp_path: Path) -> None:
+    """``1.234,5`` (a thousands dot and a decimal comma) is refused as no number, listed,
+    rather than read as 1.2345 or 1234.5 by a guess."""
+    text = "Date;Open;High;Low;Close;Volume\n2020-01-01;1.234,5;1.240,0;1.230,0;1.235,0;100\n"
+    path = _write(tmp_path, text, "thousands.csv")
+    with get_session(db_url) as session, pytest.raises(DataImportError) as err:
+        import_ohlcv_csv(session, path, "T")
+    assert "  line 2: 2020-01-01: open '1.234,5' is not a number" in str(err.value).splitlines()
+    assert _count(db_url, Bar) == 0
+
+
+def test_a_semicolon_separated_sentiment_file(db_url: str, tmp_path: Path) -> None:
+    path = _write(tmp_path, "date;score\n2020-01-01;0,5\n2020-01-02;-1\n2020-01-03;-,25\n")
+    with get_session(db_url) as session:
+        assert import_sentiment_csv(session, path).rows == 3
+    with get_session(db_url) as session:
+        macro = load_macro(session, source=USER_SOURCE)
+    assert macro is not None
+    assert macro.scores.tolist() == [0.5, -1.0, -0.25]
+
+
+def test_a_comma_separated_file_keeps_its_commas(db_url: str, tmp_path: Path) -> None:
+    """A semicolon inside a comma-separated file (a quoted cell, a later line) changes
+    nothing: the first line's comma decides."""
+    text = YAHOO.replace("Adj Close", '"Adj; Close"')
+    path = _write(tmp_path, text)
+    with get_session(db_url) as session:
+        assert import_ohlcv_csv(session, path, "C").rows == 3
+
+
 def test_header_case_spaces_bom_epoch_millis_extra_columns_and_row_order(
     db_url: str, tmp_path: Path
 ) -> None:

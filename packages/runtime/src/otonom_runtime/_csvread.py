@@ -1,5 +1,6 @@
 """Reading a CSV file for import (standard library csv only): its non-blank records with their
-1-based line numbers, the header's column lookup, number cells, the bad-row collector that
+1-based line numbers (comma-separated, or semicolon- or tab-separated as European spreadsheets
+export them: ``read_rows``), the header's column lookup, number cells, the bad-row collector that
 reports every bad row at once, and the date cells (``parse_date`` plus the day/month-order
 rules of ``otonom_runtime.importers``' module doc; ISO dates go through
 ``otonom_schema.parse_iso_date``, the project's one date parser).
@@ -14,7 +15,7 @@ import math
 import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Final, TextIO
 
 from otonom_runtime._errors import DataImportError
 from otonom_runtime._text import counted
@@ -165,15 +166,30 @@ class Problems:
         )
 
 
+_SEPARATORS: Final = (";", "\t")
+"""The separators a file may use instead of commas (a header line without a comma tells)."""
+_COMMA_DECIMAL: Final = re.compile(r"[+-]?\d*,\d+(?:[eE][+-]?\d+)?")
+"""A number written with a decimal comma (``465,864``): read as ``465.864`` in a file whose
+separator is not the comma. A thousands separator (``1.234,5``) is not: that cell is refused as
+no number."""
+
+
 def read_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
-    """(1-based line number, cells) of every non-blank record, the header included."""
+    """(1-based line number, cells) of every non-blank record, the header included.
+
+    The separator is the comma, unless the first non-blank line has none and has a semicolon
+    or a tab (the European spreadsheets' CSV): then that one, and a cell that is a number with
+    a decimal comma (``465,864``) reads as the number (``465.864``)."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
+            separator = _separator(handle)
+            reader = csv.reader(handle, delimiter=separator)
             line = 1
             try:
                 for cells in reader:
                     if cells and any(c.strip() for c in cells):
+                        if separator != ",":
+                            cells = [_decimal_point(c) for c in cells]
                         yield line, cells
                     line = reader.line_num + 1
             except csv.Error as exc:
@@ -187,6 +203,19 @@ def read_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
         ) from None
     except OSError as exc:
         raise DataImportError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _separator(handle: TextIO) -> str:
+    """The file's separator, from its first non-blank line (the handle is rewound)."""
+    first = next((text for text in handle if text.strip()), "")
+    handle.seek(0)
+    if "," in first:
+        return ","
+    return next((s for s in _SEPARATORS if s in first), ",")
+
+
+def _decimal_point(cell: str) -> str:
+    return cell.replace(",", ".") if _COMMA_DECIMAL.fullmatch(cell.strip()) else cell
 
 
 def columns(

@@ -19,6 +19,9 @@ columns are ignored):
   is ignored (for crypto it equals Close; for stocks the features only use ratios and the
   backtester trades the quoted close).
 * Binance and lower-case exports: ``timestamp,open,high,low,close,volume``.
+* Either one separated by semicolons or tabs, as a spreadsheet in a European locale exports it
+  (``Date;Open;High;...``, a first line without a comma tells), whose numbers may then have a
+  decimal comma (``465,864``); a thousands separator (``1.234,5``) is refused as no number.
 
 The date column may be named ``date``, ``timestamp``, ``time``, ``datetime``, ``open_time`` or
 ``open time``; a header whose first cell is blank (what ``pandas.DataFrame.to_csv`` writes for

@@ -128,8 +128,10 @@ def _add_import_csv(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=(
             "Import daily OHLCV bars of one symbol from a CSV file: Yahoo layout "
             "(Date,Open,High,Low,Close,Adj Close,Volume; Adj Close is ignored) or lower-case "
-            "(timestamp,open,high,low,close,volume); a blank first header cell (pandas' to_csv) "
-            "marks the date column. Dates may be ISO dates, ISO datetimes, epoch "
+            "(timestamp,open,high,low,close,volume), separated by commas, or by semicolons or "
+            "tabs with decimal commas allowed (a European spreadsheet's export); a blank first "
+            "header cell (pandas' to_csv) marks the date column. Dates may be ISO dates, ISO "
+            "datetimes, epoch "
             "seconds/milliseconds or day and month with a 4-digit year (see --date-format). "
             "Every bad row is reported with its line number and nothing is written unless the "
             "whole file is valid (or, with --drop-bad-rows, the bad rows are skipped and "
