@@ -218,7 +218,10 @@ def test_a_bad_row_is_refused_then_dropped_alone(
     with pytest.raises(DataImportError) as info, get_session(store) as session:
         import_ohlcv_csv(session, path, symbol)
     lines = str(info.value).splitlines()
-    assert lines[0] == f"bars.csv: 1 bad row in OHLCV file {path}; nothing was imported"
+    assert lines[0] == (
+        f"bars.csv: 1 bad row in OHLCV file {path}; nothing was imported; --drop-bad-rows "
+        f"imports the {ROWS - 1} valid rows instead"
+    )
     assert len(lines) == 2, lines
     assert lines[1].startswith(f"  line {variant.line}: "), (lines, variant.expected)
     assert variant.expected in lines[1], (lines, variant.expected)
@@ -318,7 +321,8 @@ def test_otonom_data_import_csv_refuses_or_drops_with_the_flag(tmp_path: Path) -
     )
     assert refused.returncode == 1, refused.stderr
     assert refused.stderr.splitlines() == [
-        "error: old.csv: 2 bad rows in OHLCV file old.csv; nothing was imported",
+        "error: old.csv: 2 bad rows in OHLCV file old.csv; nothing was imported; "
+        "--drop-bad-rows imports the 8 valid rows instead",
         *LISTED,
     ]
     assert not db.exists()  # the store this call created is removed again
@@ -349,7 +353,10 @@ def test_the_pipeline_passes_drop_bad_rows_to_its_import(tmp_path: Path) -> None
     refused = _cli("otonom_trainer.cli", args, tmp_path)
     assert refused.returncode == 1, refused.stderr
     error = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
-    assert error == ["error: old.csv: 2 bad rows in OHLCV file old.csv; nothing was imported"]
+    assert error == [
+        "error: old.csv: 2 bad rows in OHLCV file old.csv; nothing was imported; "
+        "--drop-bad-rows imports the 8 valid rows instead"
+    ]
     assert all(line in refused.stderr.splitlines() for line in LISTED)
 
     dropped = _cli("otonom_trainer.cli", [*args, "--drop-bad-rows"], tmp_path)

@@ -302,6 +302,29 @@ def test_a_thousands_separator_is_no_number(db_url: str, tmp_path: Path) -> None
     assert _count(db_url, Bar) == 0
 
 
+def test_the_refusal_names_drop_bad_rows_when_some_rows_are_valid(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A Yahoo file with a 'null' row: the refusal says how many rows --drop-bad-rows would
+    import; a file with no valid row does not suggest it."""
+    text = YAHOO.replace(
+        "2014-09-18,456.859985,456.859985,413.104004,424.440002,424.440002,34483200",
+        "2014-09-18,null,null,null,null,null,null",
+    )
+    path = _write(tmp_path, text, "nulls.csv")
+    with get_session(db_url) as session, pytest.raises(DataImportError) as err:
+        import_ohlcv_csv(session, path, "N")
+    assert str(err.value).splitlines() == [
+        f"nulls.csv: 1 bad row in OHLCV file {path}; nothing was imported; --drop-bad-rows "
+        "imports the 2 valid rows instead",
+        "  line 3: 2014-09-18: open 'null' is not a number",
+    ]
+    path = _write(tmp_path, "Date,Open,High,Low,Close,Volume\n2020-01-01,x,1,1,1,1\n", "bad.csv")
+    with get_session(db_url) as session, pytest.raises(DataImportError) as err:
+        import_ohlcv_csv(session, path, "N")
+    assert str(err.value).splitlines()[0].endswith("; nothing was imported")
+
+
 def test_a_semicolon_separated_sentiment_file(db_url: str, tmp_path: Path) -> None:
     path = _write(tmp_path, "date;score\n2020-01-01;0,5\n2020-01-02;-1\n2020-01-03;-,25\n")
     with get_session(db_url) as session:

@@ -153,7 +153,9 @@ class Problems:
     def add(self, line: int, message: str) -> None:
         self.items.append((line, message))
 
-    def raise_if_any(self, what: str) -> None:
+    def raise_if_any(self, what: str, hint: str = "") -> None:
+        """Raise the file's ``DataImportError`` listing the bad rows, if any; ``hint``: a
+        sentence added to its first line (what else the caller could do)."""
         if not self.items:
             return
         n = len(self.items)
@@ -162,7 +164,7 @@ class Problems:
             listed.append(f"  ... and {n - MAX_LISTED_PROBLEMS} more")
         raise DataImportError(
             f"{self.path.name}: {counted(n, 'bad row')} in {what} file {self.path}; "
-            "nothing was imported\n" + "\n".join(listed)
+            f"nothing was imported{'; ' + hint if hint else ''}\n" + "\n".join(listed)
         )
 
 

@@ -286,7 +286,8 @@ def _read_bars(
             problems.raise_if_any("OHLCV")
     else:
         dropped = []
-        problems.raise_if_any("OHLCV")
+        valid = f"--drop-bad-rows imports the {counted(len(bars), 'valid row')} instead"
+        problems.raise_if_any("OHLCV", valid if bars else "")
     if not bars:
         raise DataImportError(f"{path.name}: no bars after the header; expected at least one")
     return bars, dropped
