@@ -205,6 +205,44 @@ def test_write_and_read_back(pg: str, add_bars: Any) -> None:
         assert session.get_one(BacktestRun, run_id).metrics == {"sharpe": 1.5}
 
 
+def test_a_strategys_live_symbols_on_postgresql(pg: str, add_bars: Any) -> None:
+    """``live_symbols`` (``otonom-train retrain``'s symbols given none): each symbol a
+    strategy's live decisions name, once, sorted; another strategy's and backtest rows not."""
+    from otonom_runtime.store.ticks import live_symbols
+
+    with get_session(pg) as session:
+        ids = {}
+        for name in ("B", "A", "C"):
+            add_bars(session, name, D0, 3)
+            ids[name] = get_symbol(session, name).id
+        run = BacktestRun(strategy_name="s", strategy_hash="h", params={}, start_date=D0,
+                          end_date=D0)  # fmt: skip
+        session.add(run)
+        session.flush()
+        rows = [("B", "live_x", 0), ("B", "live_x", 1), ("A", "live_x", 0), ("C", "other", 0)]
+        rows += [("C", None, 1)]  # a backtest row
+        session.add_all(
+            Decision(
+                run_id=run.id,
+                symbol_id=ids[name],
+                date=D0 + dt.timedelta(days=k),
+                action=0,
+                strength=0.0,
+                position=0.0,
+                leverage=0.0,
+                cash_fraction=1.0,
+                days_since_last_trade=1.0,
+                equity=1e4,
+                live_strategy=strategy,
+            )
+            for name, strategy, k in rows
+        )
+        session.commit()
+        assert live_symbols(session, "live_x") == ["A", "B"]
+        assert live_symbols(session, "other") == ["C"]
+        assert live_symbols(session, "none") == []
+
+
 def test_unique_constraints_and_foreign_keys_hold(pg: str, add_bars: Any) -> None:
     with get_session(pg) as session:
         add_bars(session, "A", D0, 2)
