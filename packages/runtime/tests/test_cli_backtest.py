@@ -183,11 +183,28 @@ def test_backtest_without_dates_or_strategy_runs_from_the_warmup_to_the_last_bar
     assert "dates (end given, the start from the bars in the store):" in out.stdout
     assert "  decisions: 2020-07-30 .. 2020-09-30 (63 days)" in out.stdout
     out = _otonom("backtest", *symbols, "--start", "2020-03-01", "--plot", "none", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr  # inside the warm-up: run as given, as before
+    assert out.returncode == 0, out.stderr  # inside the warm-up: run as given, and said
     assert "2020-03-01 .. 2020-11-30" in out.stdout
+    assert out.stderr.splitlines()[:1] == [  # (the progress bar below it)
+        "warning: --start-date 2020-03-01 falls in the warm-up of DEMO-BTC (60 bar(s) before, "
+        "the first 2020-01-01; it ends 2020-06-29); DEMO-ETH (29 bar(s) before, the first "
+        "2020-02-01; it ends 2020-07-30): until then a decision sees less than 140 bars and "
+        "180 days of history (the missing features neutral, the DSI feature low); without "
+        "--start-date a backtest starts after the warm-up"
+    ]
     decided = _decided(store)
     assert decided[1][1:3] == ("2020-07-30", "2020-09-30")
     assert decided[2][1:3] == ("2020-03-01", "2020-11-30")
+    # both dates given, the start after both warm-ups (DEMO-ETH's ends 2020-07-30): no warning
+    dates = ("--start", "2020-07-30", "--end", "2020-08-31")
+    out = _otonom("backtest", *symbols, *dates, "--plot", "none", "--quiet", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == ""
+    out = _otonom("backtest", *symbols, "--start", "2020-07-29", "--end", "2020-08-31",
+                  "--plot", "none", "--quiet", cwd=tmp_path)  # fmt: skip
+    assert out.stderr.startswith("warning: --start-date 2020-07-29 falls in the warm-up of ")
+    assert "DEMO-ETH (179 bar(s) before" in out.stderr
+    assert "DEMO-BTC" not in out.stderr
 
 
 def test_backtest_without_dates_refuses_too_few_bars_in_one_line(tmp_path: Path) -> None:

@@ -9,6 +9,9 @@ import datetime as dt
 import sys
 from typing import TYPE_CHECKING
 
+import numpy as np
+import numpy.typing as npt
+
 from otonom_runtime._errors import OtonomRuntimeError
 from otonom_runtime.baseline import DEFAULT_STRATEGY_HELP, default_strategy_path
 from otonom_runtime.cli._store import open_store
@@ -34,13 +37,15 @@ def _period(
     after the warm-up, the last common bar), printed with the rule that chose it."""
     from otonom_runtime.ranges import bar_dates, bar_ranges, common_range
 
-    if start is not None and end is not None:
-        return start, end
-    dates = bar_dates(session, symbols, end=end)
-    if start is not None:  # the start as given, even inside the warm-up: run_backtest judges
+    if start is not None:  # run as given, even inside the warm-up: said on stderr
+        dates = bar_dates(session, symbols)
+        _warn_warmup(dates, start)
+        if end is not None:
+            return start, end
         last = common_range(dates, start=start)[1]
         print(f"dates (start given, the end from the bars in the store): {start} .. {last}")
         return start, last
+    dates = bar_dates(session, symbols, end=end)
     ppy = config.calendar.periods_per_year
     r = bar_ranges(dates, end=end, periods_per_year=ppy, what="the backtest")
     source = "end given, the start " if end is not None else ""
@@ -48,6 +53,31 @@ def _period(
     for line in (r.warmup_line(), r.decisions_line(), r.calendar_line()):
         print("  " + line)
     return r.first_decision, r.end
+
+
+def _warn_warmup(dates: dict[str, npt.NDArray[np.datetime64]], start: dt.date) -> None:
+    """A warning on stderr naming each symbol whose history at ``start`` lacks the warm-up
+    (``ranges.warmed_up``: the daemon's rule; without --start-date a backtest starts after
+    it): its first decisions read neutral features where the history is missing."""
+    from otonom_runtime.ranges import warmed_up
+
+    short = []
+    day = np.datetime64(start, "D")
+    for name, days in dates.items():
+        before = int(np.searchsorted(days, day))
+        if days.size and not warmed_up(before, days[0], day):
+            later = np.arange(before, days.size)
+            warm = days[later[warmed_up(later, days[0], days[later])]]
+            ends = f"it ends {warm[0]}" if warm.size else "its bars end before it does"
+            short.append(f"{name} ({before} bar(s) before, the first {days[0]}; {ends})")
+    if short:
+        print(
+            f"warning: --start-date {start} falls in the warm-up of {'; '.join(short)}: until "
+            f"then a decision sees less than {LOOKBACK} bars and {WARMUP_DAYS} days of history "
+            "(the missing features neutral, the DSI feature low); without --start-date a "
+            "backtest starts after the warm-up",
+            file=sys.stderr,
+        )
 
 
 def _cmd_backtest(args: argparse.Namespace) -> int:
