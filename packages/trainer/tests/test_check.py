@@ -19,6 +19,7 @@ import pytest
 
 from otonom_runtime.policy import load_rl_policy
 from otonom_runtime.synth import DEMO_SEED
+from otonom_runtime.testing.models import make_policy_model
 from otonom_schema import OfflineDataset, load_dataset, save_dataset
 from otonom_trainer.check import (
     CheckConfig,
@@ -63,11 +64,19 @@ def _cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProce
     )
 
 
+REPLACED = "19990101T000000Z"  # a version in service before the pipeline runs
+
+
 @pytest.fixture(scope="module")
 def pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``otonom-train pipeline`` at its defaults but ``--seed SEED``, run once in a fresh
-    folder."""
+    folder whose model folder has a version in service trained on another symbol
+    (``REPLACED``, a test policy: the pipeline's promotion replaces it, and says so)."""
     cwd = tmp_path_factory.mktemp("pipeline")
+    old = cwd / "models" / "rl_bc" / REPLACED
+    make_policy_model(old / "policy_best.onnx", hidden=8)
+    (old / "metadata.json").write_text(json.dumps({"dataset": {"metadata": {"symbols": ["X"]}}}))
+    (old.parent / "latest").write_text(REPLACED + "\n")
     out = _cli("pipeline", "--strategy-path", STRATEGY, "--seed", SEED, cwd=cwd)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     (cwd / "stdout.txt").write_text(out.stdout)
@@ -117,6 +126,11 @@ def test_pipeline_runs_seven_stages_and_promotes_its_model(pipeline_dir: Path) -
     assert table["gate"] == {"passed": True, "promoted": True, "failed": []}
     root = pipeline_dir / "models" / "rl_bc"
     version = Path(table["model"]).parent.name
+    assert (
+        f"note: {version} (trained on DEMO-BTC, DEMO-ETH, DEMO-SOL) replaces {REPLACED} "
+        f"(trained on X) in service under models/rl_bc: a strategy whose model_path names "
+        "that folder now serves it for the symbols it decides"
+    ) in stdout.splitlines()
     assert (root / "latest").read_text().strip() == version
     # the run's report folder is named like the model version it trained, and printed
     assert _run_dir(pipeline_dir).name == version

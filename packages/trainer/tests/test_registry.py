@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from otonom_trainer.registry import (
     list_versions,
     new_version_dir,
     promote,
+    replacement_note,
+    trained_symbols,
     version_name,
 )
 
@@ -115,3 +118,37 @@ def test_current_version_is_latest_else_default(tmp_path: Path) -> None:
     (root / "latest").unlink()
     with pytest.raises(RegistryError, match="default"):
         current_version(root)
+
+
+def _trained_on(folder: Path, symbols: list[str] | None) -> None:
+    """A version with a model and (unless None) a metadata.json naming its training symbols."""
+    _model(folder)
+    if symbols is not None:
+        record = {"dataset": {"metadata": {"symbols": symbols}}}
+        (folder / "metadata.json").write_text(json.dumps(record))
+
+
+def test_a_promotion_that_replaces_a_model_of_other_symbols_is_noted(tmp_path: Path) -> None:
+    root = tmp_path / "rl_bc"
+    real = new_version_dir(root, WHEN)
+    demo = new_version_dir(root, WHEN + dt.timedelta(days=1))
+    again = new_version_dir(root, WHEN + dt.timedelta(days=2))
+    _trained_on(real, ["BTC-USD", "ETH-USD"])
+    _trained_on(demo, ["DEMO-BTC"])
+    _trained_on(again, ["ETH-USD", "BTC-USD"])
+    assert trained_symbols(real) == ("BTC-USD", "ETH-USD")
+    assert replacement_note(real) is None  # nothing in service yet
+    promote(real)
+    assert replacement_note(real) is None  # itself
+    assert replacement_note(again) is None  # the same symbols, in another order
+    assert replacement_note(demo) == (
+        f"note: {demo.name} (trained on DEMO-BTC) replaces {real.name} (trained on BTC-USD, "
+        f"ETH-USD) in service under {root}: a strategy whose model_path names that folder now "
+        "serves it for the symbols it decides"
+    )
+    unknown = new_version_dir(root, WHEN + dt.timedelta(days=3))
+    _trained_on(unknown, None)
+    assert trained_symbols(unknown) == ()
+    assert replacement_note(unknown) is None  # its symbols unknown: nothing to compare
+    (unknown / "metadata.json").write_text("{not json")
+    assert trained_symbols(unknown) == ()

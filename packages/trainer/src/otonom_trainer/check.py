@@ -144,6 +144,7 @@ class CheckResult:
     items: list[CheckItem]
     details: dict[str, Any] = field(default_factory=dict)
     promoted: Path | None = None
+    note: str | None = None  # the promotion replaced a model of other symbols (registry)
 
     @property
     def passed(self) -> bool:
@@ -165,6 +166,7 @@ class CheckResult:
             "items": [item.to_dict() for item in self.items],
             "details": self.details,
             "promoted": str(self.promoted) if self.promoted else None,
+            "note": self.note,
         }
 
 
@@ -408,7 +410,7 @@ def run_check(cfg: CheckConfig, runs: RlPair | None = None) -> CheckResult:
     from otonom_runtime.store import default_database_url, get_session
     from otonom_runtime.strategy import load_strategy
     from otonom_trainer.dataset import OfflineDatasetGenerator
-    from otonom_trainer.registry import promote
+    from otonom_trainer.registry import promote, replacement_note
 
     model_path = resolve_model_path(cfg.model)
     version_dir = model_path.parent
@@ -465,6 +467,7 @@ def run_check(cfg: CheckConfig, runs: RlPair | None = None) -> CheckResult:
         model_path=model_path, version_dir=version_dir, items=items, details=details
     )
     if cfg.promote and result.passed:
+        result.note = replacement_note(version_dir)
         result.promoted = promote(version_dir)
     _write_reports(cfg, result)
     return result

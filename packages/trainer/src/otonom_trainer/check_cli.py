@@ -39,6 +39,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     print(result.table())
     if result.promoted:
         print(f"PASS: promoted {result.version_dir} ({result.promoted})")
+        if result.note:
+            print(result.note)
     elif result.passed:
         print("PASS" + ("" if args.promote else " (use --promote to make it the latest)"))
     else:

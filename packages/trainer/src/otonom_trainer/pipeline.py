@@ -495,7 +495,7 @@ def _stage_gate(run: _Run) -> None:
     else:
         failed = [i.name for i in check.items if i.status == "fail"]
         verdict = f"NOT promoted: failed {', '.join(failed)}"
-    _say(cfg, verdict)
+    _say(cfg, verdict + (f"\n{check.note}" if check.note else ""))  # a model of other symbols
     run.state["gate"] = {
         "passed": check.passed,
         "promoted": check.promoted is not None,

@@ -18,6 +18,7 @@ writes ``default``.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
 from pathlib import Path
@@ -42,6 +43,8 @@ __all__ = [
     "list_versions",
     "new_version_dir",
     "promote",
+    "replacement_note",
+    "trained_symbols",
     "version_name",
 ]
 
@@ -120,3 +123,37 @@ def promote(version_dir: str | os.PathLike[str]) -> Path:
         )
     pointer = version.parent / LATEST_POINTER
     return atomic_write(pointer, version.name + "\n")
+
+
+def trained_symbols(version_dir: str | os.PathLike[str]) -> tuple[str, ...]:
+    """The symbols a version was trained on (its ``metadata.json``'s dataset symbols, in their
+    order); () where the file or the list is missing or unreadable."""
+    try:
+        run = json.loads((Path(version_dir) / "metadata.json").read_text(encoding="utf-8"))
+        names = run["dataset"]["metadata"]["symbols"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ()
+    return tuple(n for n in names if isinstance(n, str)) if isinstance(names, list) else ()
+
+
+def replacement_note(version_dir: str | os.PathLike[str]) -> str | None:
+    """A note when promoting ``version_dir`` replaces the version in service of its folder
+    (``current_version``) with one trained on other symbols: whatever serves the folder (a
+    daemon whose strategy's ``model_path`` names it) then serves a model of other markets for
+    the symbols it decides. None when the symbols are the same, either is unknown, or nothing
+    is in service."""
+    version = Path(version_dir)
+    try:
+        current = current_version(version.parent)
+    except RegistryError:
+        return None
+    if current is None or current.resolve() == version.resolve():
+        return None
+    new, old = trained_symbols(version), trained_symbols(current)
+    if not new or not old or set(new) == set(old):
+        return None
+    return (
+        f"note: {version.name} (trained on {', '.join(new)}) replaces {current.name} (trained "
+        f"on {', '.join(old)}) in service under {version.parent}: a strategy whose model_path "
+        "names that folder now serves it for the symbols it decides"
+    )
