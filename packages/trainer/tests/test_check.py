@@ -80,6 +80,7 @@ def pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = _cli("pipeline", "--strategy-path", STRATEGY, "--seed", SEED, cwd=cwd)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     (cwd / "stdout.txt").write_text(out.stdout)
+    (cwd / "stderr.txt").write_text(out.stderr)
     return cwd
 
 
@@ -127,10 +128,10 @@ def test_pipeline_runs_seven_stages_and_promotes_its_model(pipeline_dir: Path) -
     root = pipeline_dir / "models" / "rl_bc"
     version = Path(table["model"]).parent.name
     assert (
-        f"note: {version} (trained on DEMO-BTC, DEMO-ETH, DEMO-SOL) replaces {REPLACED} "
+        f"warning: {version} (trained on DEMO-BTC, DEMO-ETH, DEMO-SOL) replaces {REPLACED} "
         f"(trained on X) in service under models/rl_bc: a strategy whose model_path names "
         "that folder now serves it for the symbols it decides"
-    ) in stdout.splitlines()
+    ) in (pipeline_dir / "stderr.txt").read_text().splitlines()
     assert (root / "latest").read_text().strip() == version
     # the run's report folder is named like the model version it trained, and printed
     assert _run_dir(pipeline_dir).name == version

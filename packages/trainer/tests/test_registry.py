@@ -142,7 +142,7 @@ def test_a_promotion_that_replaces_a_model_of_other_symbols_is_noted(tmp_path: P
     assert replacement_note(real) is None  # itself
     assert replacement_note(again) is None  # the same symbols, in another order
     assert replacement_note(demo) == (
-        f"note: {demo.name} (trained on DEMO-BTC) replaces {real.name} (trained on BTC-USD, "
+        f"{demo.name} (trained on DEMO-BTC) replaces {real.name} (trained on BTC-USD, "
         f"ETH-USD) in service under {root}: a strategy whose model_path names that folder now "
         "serves it for the symbols it decides"
     )

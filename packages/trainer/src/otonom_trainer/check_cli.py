@@ -7,6 +7,7 @@ imports neither torch nor the store.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from otonom_runtime.cli import require_store
 from otonom_schema import parse_iso_date
@@ -40,7 +41,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if result.promoted:
         print(f"PASS: promoted {result.version_dir} ({result.promoted})")
         if result.note:
-            print(result.note)
+            print(f"warning: {result.note}", file=sys.stderr)
     elif result.passed:
         print("PASS" + ("" if args.promote else " (use --promote to make it the latest)"))
     else:

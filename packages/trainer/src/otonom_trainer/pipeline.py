@@ -20,8 +20,7 @@ its first stage is done leaves no folder behind. The report folder:
 * ``table.md`` / ``table.json``: accuracy, per-class F1, Sharpe, return, max drawdown, trades
   and predict latency, for the ensemble without and with the RL analyst;
 * ``equity.png``: the held-out equity curves (and drawdowns) with and without RL;
-* ``confusion_matrix.png``: the policy on the held-out dataset; the training curves stay in the
-  model folder.
+* ``confusion_matrix.png``: the policy on the held-out dataset (training curves: model folder).
 
 Split: the policy learns from the baseline's decisions up to ``train_end`` and is judged on
 the later period only (default: the last 25 % of the decision days). Dates not given come from
@@ -36,6 +35,7 @@ import datetime as dt
 import io
 import json
 import re
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -314,9 +314,8 @@ def _resume(run: _Run, from_stage: int) -> None:
 
 
 def _stage_data(cfg: PipelineConfig, url: str) -> _Dates:
-    """Stage 1: the store created if missing, the CSVs imported, missing ``DEMO-*`` symbols
-    generated; the dates from the bars. A SQLite store this stage created is removed again
-    when it fails (a CSV refused, bars too short or not overlapping): nothing is left behind."""
+    """Stage 1: the store made if missing, the CSVs imported, missing ``DEMO-*`` symbols made;
+    the dates from the bars. A SQLite store it made goes again when it fails (no store left)."""
     from otonom_runtime.cli import removed_on_failure
     from otonom_runtime.importers import import_ohlcv_csv
     from otonom_runtime.store import get_session, init_db
@@ -495,7 +494,9 @@ def _stage_gate(run: _Run) -> None:
     else:
         failed = [i.name for i in check.items if i.status == "fail"]
         verdict = f"NOT promoted: failed {', '.join(failed)}"
-    _say(cfg, verdict + (f"\n{check.note}" if check.note else ""))  # a model of other symbols
+    _say(cfg, verdict)
+    if check.note:  # said even with --quiet: what a daemon following the folder serves changed
+        print(f"warning: {check.note}", file=sys.stderr)
     run.state["gate"] = {
         "passed": check.passed,
         "promoted": check.promoted is not None,

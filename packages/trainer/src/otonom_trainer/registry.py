@@ -153,7 +153,7 @@ def replacement_note(version_dir: str | os.PathLike[str]) -> str | None:
     if not new or not old or set(new) == set(old):
         return None
     return (
-        f"note: {version.name} (trained on {', '.join(new)}) replaces {current.name} (trained "
+        f"{version.name} (trained on {', '.join(new)}) replaces {current.name} (trained "
         f"on {', '.join(old)}) in service under {version.parent}: a strategy whose model_path "
         "names that folder now serves it for the symbols it decides"
     )
