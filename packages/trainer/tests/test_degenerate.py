@@ -174,7 +174,8 @@ def test_a_degenerate_model_is_named_from_training_to_the_backtest(tmp_path: Pat
     url = f"sqlite:///{(tmp_path / 'otonom.db').as_posix()}"
     init_db(url)
     with get_session(url) as session:
-        write_synthetic(session, ["DEMO-DEG"], dt.date(2021, 1, 1), dt.date(2021, 6, 30), 2)
+        # bars from 2020-07-01: the backtest's first day is past the warm-up (no warning of it)
+        write_synthetic(session, ["DEMO-DEG"], dt.date(2020, 7, 1), dt.date(2021, 6, 30), 2)
     dispose_engines()
     out = otonom(
         "--database-url", url, "backtest", "--strategy-path", str(strategy),
