@@ -166,6 +166,26 @@ def test_check_cli_passes_for_the_pipeline_model(pipeline_dir: Path) -> None:
     assert "PASS (use --promote" in out.stdout
 
 
+def test_check_promote_warns_when_it_replaces_a_model_of_other_symbols(pipeline_dir: Path) -> None:
+    """``check VERSION --promote`` with a version of another symbol in service: promoted, and
+    the warning on stderr names both (the folder's ``latest`` as the fixture left it after)."""
+    root = pipeline_dir / "models" / "rl_bc"
+    version = (root / "latest").read_text().strip()
+    (root / "latest").write_text(REPLACED + "\n")
+    try:
+        model = f"models/rl_bc/{version}"
+        out = _cli(*_check_args(pipeline_dir, model), "--promote", cwd=pipeline_dir)
+    finally:
+        (root / "latest").write_text(version + "\n")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert f"PASS: promoted {model}" in out.stdout
+    assert (
+        f"warning: {version} (trained on DEMO-BTC, DEMO-ETH, DEMO-SOL) replaces {REPLACED} "
+        "(trained on X) in service under models/rl_bc: a strategy whose model_path names that "
+        "folder now serves it for the symbols it decides"
+    ) in out.stderr.splitlines()
+
+
 def test_check_cli_fails_a_model_trained_one_epoch_on_shuffled_labels(
     pipeline_dir: Path, tmp_path: Path
 ) -> None:
