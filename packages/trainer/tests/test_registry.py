@@ -18,6 +18,7 @@ from otonom_trainer.registry import (
     new_version_dir,
     promote,
     replacement_note,
+    trained_period,
     trained_symbols,
     version_name,
 )
@@ -152,3 +153,10 @@ def test_a_promotion_that_replaces_a_model_of_other_symbols_is_noted(tmp_path: P
     assert replacement_note(unknown) is None  # its symbols unknown: nothing to compare
     (unknown / "metadata.json").write_text("{not json")
     assert trained_symbols(unknown) == ()
+
+
+def test_trained_period_reads_the_datasets_dates(tmp_path: Path) -> None:
+    assert trained_period(tmp_path) == (None, None)  # no metadata.json
+    record = {"dataset": {"metadata": {"start_date": "2021-01-04", "end_date": "not a date"}}}
+    (tmp_path / "metadata.json").write_text(json.dumps(record))
+    assert trained_period(tmp_path) == (dt.date(2021, 1, 4), None)

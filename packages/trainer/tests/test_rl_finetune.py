@@ -129,12 +129,7 @@ def test_finetune_writes_a_model_the_runtime_serves(clone: Clone, tmp_path: Path
     out = tmp_path / "tuned"
     scratch = tmp_path / "tmp"  # the process's temp directory: SB3's logger leaves nothing
     scratch.mkdir()
-    spans = (
-        "--start-date",
-        *[d.isoformat() for d in TRAIN][:1],
-        "--end-date",
-        TRAIN[1].isoformat(),
-    )
+    spans = ("--start-date", TRAIN[0].isoformat())  # the end from the clone's training data
     done = _cli(
         "--from", str(clone.folder), "--out", str(out), "--symbol", SYMBOL, *spans,
         "--eval-start-date", EVAL[0].isoformat(), "--eval-end-date", EVAL[1].isoformat(),
@@ -142,6 +137,10 @@ def test_finetune_writes_a_model_the_runtime_serves(clone: Clone, tmp_path: Path
         "--strategy-path", str(BASELINE), "--database-url", clone.url, tmpdir=scratch,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith(
+        f"training days: {TRAIN[0]} .. {TRAIN[1]} (the end from the clone's training period in "
+        f"{clone.folder / 'metadata.json'}; --start-date/--end-date choose others)\n"
+    )
     assert "fine-tuned (voter, 128 steps)" in done.stdout
     assert [p.name for p in scratch.iterdir() if p.name.startswith("SB3-")] == []
     # SB3 imports the unmaintained gym when installed (d3rlpy pulls it): hidden, no notice
@@ -170,3 +169,21 @@ def test_finetune_refuses_a_folder_without_a_clone(clone: Clone, tmp_path: Path)
         f"error: --from {tmp_path} holds no policy_best.pt; expected a training run's folder"
     ]
     assert not out.exists()
+
+
+def test_the_training_days_default_to_the_clones_training_period(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from otonom_trainer.rl.finetune import _training_days
+
+    given = (dt.date(2021, 2, 1), dt.date(2021, 3, 1))
+    assert _training_days(tmp_path, *given) == given  # both given: nothing read, nothing said
+    assert capsys.readouterr().out == ""
+    with pytest.raises(RlError, match="names no training period to take them from"):
+        _training_days(tmp_path, given[0], None)  # no metadata.json
+    record = {"dataset": {"metadata": {"start_date": "2021-01-04", "end_date": "2021-08-31"}}}
+    (tmp_path / "metadata.json").write_text(json.dumps(record))
+    assert _training_days(tmp_path, None, None) == (dt.date(2021, 1, 4), dt.date(2021, 8, 31))
+    assert "(the start and the end from the clone's training period in" in capsys.readouterr().out
+    assert _training_days(tmp_path, None, given[1]) == (dt.date(2021, 1, 4), given[1])
+    assert "(the start from the clone's" in capsys.readouterr().out

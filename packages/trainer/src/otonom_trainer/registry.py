@@ -44,6 +44,7 @@ __all__ = [
     "new_version_dir",
     "promote",
     "replacement_note",
+    "trained_period",
     "trained_symbols",
     "version_name",
 ]
@@ -125,15 +126,37 @@ def promote(version_dir: str | os.PathLike[str]) -> Path:
     return atomic_write(pointer, version.name + "\n")
 
 
+def _dataset_record(version_dir: str | os.PathLike[str]) -> dict[str, object]:
+    """The training dataset's metadata a version's ``metadata.json`` holds ({} where the file
+    or the record is missing or unreadable)."""
+    try:
+        run = json.loads((Path(version_dir) / "metadata.json").read_text(encoding="utf-8"))
+        record = run["dataset"]["metadata"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def trained_symbols(version_dir: str | os.PathLike[str]) -> tuple[str, ...]:
     """The symbols a version was trained on (its ``metadata.json``'s dataset symbols, in their
     order); () where the file or the list is missing or unreadable."""
-    try:
-        run = json.loads((Path(version_dir) / "metadata.json").read_text(encoding="utf-8"))
-        names = run["dataset"]["metadata"]["symbols"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return ()
+    names = _dataset_record(version_dir).get("symbols")
     return tuple(n for n in names if isinstance(n, str)) if isinstance(names, list) else ()
+
+
+def trained_period(version_dir: str | os.PathLike[str]) -> tuple[dt.date | None, dt.date | None]:
+    """The first and last day of a version's training data (its ``metadata.json``'s dataset
+    ``start_date`` / ``end_date``); None for either where it is missing or not a date."""
+    record = _dataset_record(version_dir)
+
+    def day(key: str) -> dt.date | None:
+        value = record.get(key)
+        try:
+            return dt.date.fromisoformat(value) if isinstance(value, str) else None
+        except ValueError:
+            return None
+
+    return day("start_date"), day("end_date")
 
 
 def replacement_note(version_dir: str | os.PathLike[str]) -> str | None:

@@ -11,10 +11,9 @@ Importing this module imports neither torch nor the store.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from otonom_trainer._errors import OtonomTrainerError
 from otonom_trainer.config import DEMO_SYMBOLS
@@ -63,6 +62,7 @@ def _version_model(version: Path) -> ServiceModel:
     from otonom_runtime import PolicyError
     from otonom_runtime.integrity import scan_model
     from otonom_runtime.policy import MODEL_FILENAME
+    from otonom_trainer.registry import trained_period, trained_symbols
 
     onnx = version / MODEL_FILENAME
     try:
@@ -73,31 +73,22 @@ def _version_model(version: Path) -> ServiceModel:
             f"cannot read when the model in service {onnx} was trained ({exc}); expected a "
             "model exported by otonom-train with its otonom.created_at metadata"
         ) from None
-    dates: dict[str, Any] = {}
-    meta_json = version / "metadata.json"
-    if meta_json.is_file():
-        run = json.loads(meta_json.read_text(encoding="utf-8"))
-        dates = (run.get("dataset") or {}).get("metadata") or {}
-
-    def day(key: str) -> dt.date | None:
-        value = dates.get(key)
-        return dt.date.fromisoformat(value) if isinstance(value, str) else None
-
-    names = dates.get("symbols")
-    symbols = tuple(n for n in names if isinstance(n, str)) if isinstance(names, list) else ()
-    return ServiceModel(version.name, created, day("start_date"), day("end_date"), symbols)
+    start, end = trained_period(version)
+    return ServiceModel(version.name, created, start, end, trained_symbols(version))
 
 
 def _model_symbols(model_dir: str | Path, strategy: StrategyConfig) -> tuple[tuple[str, ...], str]:
     """The training symbols of the model in service, else of the strategy's RL model (when on
     and exported by otonom-train), and where they come from; ``((), "")`` for neither."""
+    from otonom_trainer.registry import trained_symbols
+
     model = service_model(model_dir)
     if model is not None and model.symbols:
         return model.symbols, f"the training symbols of {model.version}, the model in service"
     rl = strategy.ensemble.rl_policy
     served = rl.model_file if rl.enabled else None
-    if served is not None and (served.parent / "metadata.json").is_file():
-        trained = _version_model(served.parent).symbols
+    if served is not None:
+        trained = trained_symbols(served.parent)
         if trained:
             return trained, f"the training symbols of {served.parent}, the strategy's RL model"
     return (), ""

@@ -168,6 +168,30 @@ def finetune(
     return result
 
 
+def _training_days(
+    source: Path, start: dt.date | None, end: dt.date | None
+) -> tuple[dt.date, dt.date]:
+    """``--start-date`` / ``--end-date``, each one not given from the clone's training period
+    (its ``metadata.json``: ``registry.trained_period``), printed with where it came from."""
+    from otonom_trainer.registry import trained_period
+
+    if start is not None and end is not None:
+        return start, end
+    first, last = trained_period(source)
+    taken = " and ".join(name for name, day in (("the start", start), ("the end", end)) if not day)
+    start, end = start or first, end or last
+    if start is None or end is None:
+        raise RlError(
+            f"no --start-date/--end-date given and {source / 'metadata.json'} names no training "
+            "period to take them from; expected both flags"
+        )
+    print(
+        f"training days: {start} .. {end} ({taken} from the clone's training period in "
+        f"{source / 'metadata.json'}; --start-date/--end-date choose others)"
+    )
+    return start, end
+
+
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from otonom_runtime.cli import require_store
 
@@ -193,7 +217,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         url=require_store(args.database_url),
         strategy=Path(args.strategy_path),
         symbol=args.symbol,
-        train=(args.start_date, args.end_date),
+        train=_training_days(Path(args.source), args.start_date, args.end_date),
         evaluate=evaluate,
         config=cfg,
     )
@@ -235,8 +259,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
         p.add_argument(
             *flags,
             type=parse_iso_date,
-            required=True,
-            help=f"{which} training decision day, YYYY-MM-DD",
+            help=f"{which} training decision day, YYYY-MM-DD (default: the {which} day of the "
+            "clone's training data, from --from's metadata.json)",
         )
     for flag, which in (("--eval-start-date", "first"), ("--eval-end-date", "last")):
         p.add_argument(
