@@ -31,7 +31,7 @@ from otonom_runtime.policy import (
     MODEL_FILENAME,
     resolve_version_dir,
 )
-from otonom_schema import atomic_write
+from otonom_schema import DateError, atomic_write, parse_iso_date
 from otonom_trainer._errors import OtonomTrainerError
 
 __all__ = [
@@ -152,8 +152,8 @@ def trained_period(version_dir: str | os.PathLike[str]) -> tuple[dt.date | None,
     def day(key: str) -> dt.date | None:
         value = record.get(key)
         try:
-            return dt.date.fromisoformat(value) if isinstance(value, str) else None
-        except ValueError:
+            return parse_iso_date(value) if isinstance(value, str) else None
+        except DateError:
             return None
 
     return day("start_date"), day("end_date")
