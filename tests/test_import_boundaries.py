@@ -164,6 +164,63 @@ def test_the_torch_probe_fails_on_a_module_that_imports_torch(tmp_path: Path) ->
     assert all(name == "torch" for name, _ in result["attempts"])
 
 
+
+# --- the trainer's command line, with torch blocked ------------------------------------------------
+# ``otonom-train`` builds its parser from every command's module; one module that imports torch
+# at its top made every ``--help`` and every refused flag wait ~1.5 s for torch (and the test
+# suite's subprocess runs with it). Each command's help is printed with torch blocked, and
+# without SQLAlchemy, ONNX Runtime or matplotlib loaded.
+
+CLI_PROBE = r"""
+import contextlib, importlib.abc, io, json, sys
+
+attempts = []
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "torch":
+            attempts.append(name)
+            raise ImportError(f"{name} is blocked by the import-boundary probe")
+        return None
+
+sys.meta_path.insert(0, Block())
+from otonom_trainer.cli import _build_parser, main
+
+commands = sorted(_build_parser()._subparsers._group_actions[0].choices)
+helped = {}
+for argv in [["--help"], *([c, "--help"] for c in commands), ["train"]]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code
+    helped[" ".join(argv)] = [code, out.getvalue()[:200], err.getvalue()]
+heavy = sorted({m.split(".")[0] for m in sys.modules} & {"sqlalchemy", "onnxruntime", "matplotlib"})
+print(json.dumps({"commands": commands, "helped": helped, "attempts": attempts, "heavy": heavy}))
+"""
+
+
+def test_every_trainer_command_helps_and_refuses_without_torch() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", CLI_PROBE], capture_output=True, text=True, check=True
+    )
+    result = json.loads(out.stdout)
+    assert {"train", "pipeline", "ensemble", "finetune", "tune", "retrain"} <= set(
+        result["commands"]
+    )
+    for argv, (code, stdout, stderr) in result["helped"].items():
+        if argv == "train":  # a refused command line: its error, no torch waited for
+            assert (code, stderr) == (
+                2,
+                "error: no dataset: give --dataset FILE.npz (or dataset_path in --config)\n",
+            )
+        else:
+            assert (code, stderr) == (0, ""), argv
+            assert stdout.startswith("usage: otonom-train"), argv
+    assert result["attempts"] == []
+    assert result["heavy"] == []  # nor the store's, the serving's or the plots' libraries
+
 # --- the room rules, by a scan of every import statement -----------------------------------------
 # schema <- runtime <- trainer: otonom_schema imports nothing of otonom_runtime or
 # otonom_trainer, otonom_runtime nothing of otonom_trainer; torch only in otonom_trainer; and

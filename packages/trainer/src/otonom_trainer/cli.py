@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import otonom_schema
+from otonom_runtime._demo import DEMO_SEED
 from otonom_runtime.cli import add_global_flags, require_store, run_cli
-from otonom_runtime.synth import DEMO_SEED
 from otonom_schema import parse_iso_date
 
 __all__ = ["main"]
@@ -33,7 +33,7 @@ _PARSERS = (
     "compare",
     "explain_report",
     "ensemble_cli",
-    "stacked",
+    "stacked_cli",
     "tune",
     "rl.finetune",
     "retrain_cli",

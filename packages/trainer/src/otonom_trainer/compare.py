@@ -55,8 +55,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
+from otonom_runtime._demo import DEMO_SEED
 from otonom_runtime.config_rules import rule
-from otonom_runtime.synth import DEMO_SEED
 from otonom_trainer._errors import OtonomTrainerError
 from otonom_trainer.compare_report import (
     ArmResult,

@@ -42,9 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TextIO
 
+from otonom_runtime._demo import DEMO_SEED
 from otonom_runtime.config_rules import CrossCheck, Validated, rule
 from otonom_runtime.strategy import default_strategy_path
-from otonom_runtime.synth import DEMO_SEED
 from otonom_schema import atomic_write
 from otonom_trainer._errors import OtonomTrainerError
 from otonom_trainer.config import (

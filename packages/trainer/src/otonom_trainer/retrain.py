@@ -49,9 +49,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
+from otonom_runtime._demo import DEMO_SEED
 from otonom_runtime.config_rules import Validated, rule
 from otonom_runtime.strategy import default_strategy_path
-from otonom_runtime.synth import DEMO_SEED
 from otonom_schema import atomic_write
 from otonom_trainer.config import (
     DAY,

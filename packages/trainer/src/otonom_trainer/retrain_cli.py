@@ -134,7 +134,7 @@ def _add_reasons(p: argparse.ArgumentParser) -> None:
 
 def _add_training(p: argparse.ArgumentParser) -> None:
     """What the pipeline runs with on a retrain (``otonom-train pipeline``'s flags)."""
-    from otonom_runtime.synth import DEMO_SEED
+    from otonom_runtime._demo import DEMO_SEED
     from otonom_trainer.pipeline import PIPELINE_EPOCHS, TEACHER_ROWS
 
     p.add_argument(

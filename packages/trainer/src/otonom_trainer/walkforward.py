@@ -51,8 +51,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from otonom_runtime._demo import DEMO_SEED
 from otonom_runtime.config_rules import rule
-from otonom_runtime.synth import DEMO_SEED
 from otonom_trainer._errors import OtonomTrainerError
 from otonom_trainer.config import (
     DEMO_SYMBOLS,

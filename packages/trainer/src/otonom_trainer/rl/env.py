@@ -46,7 +46,7 @@ import numpy.typing as npt
 
 from otonom_runtime.backtest import EPISODE_MODES, EpisodeInputs, SleeveEpisode, episode_inputs
 from otonom_schema import FEATURES, RANGE_TOLERANCE, STATE_DIM
-from otonom_trainer._errors import OtonomTrainerError
+from otonom_trainer.rl.options import RlError
 
 if TYPE_CHECKING:
     from otonom_runtime.policy import RlPolicy
@@ -60,10 +60,6 @@ StrengthFn = Callable[[int, F64], tuple[float, float]]
 """``(day, state) -> (strength, confidence)``: the strength and vote confidence of the day's
 decision; ``day`` counts the episode's decision days from 0, ``state`` is float64."""
 _N_ACTIONS: Final = 3
-
-
-class RlError(OtonomTrainerError, ValueError):
-    """The RL environment's or fine-tuning's options cannot be used."""
 
 
 class TradingEnv:

@@ -27,8 +27,7 @@ from otonom_runtime.config_rules import to_plain
 from otonom_runtime.vote import RL_MODES as EPISODE_MODES
 from otonom_schema import atomic_write, parse_iso_date
 from otonom_trainer.flags import add_strategy_flag
-from otonom_trainer.rl.env import RlError
-from otonom_trainer.rl.ppo import FinetuneConfig
+from otonom_trainer.rl.options import FinetuneConfig, RlError
 from otonom_trainer.trials import record_trial
 
 if TYPE_CHECKING:

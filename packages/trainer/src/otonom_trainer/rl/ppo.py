@@ -33,15 +33,14 @@ from __future__ import annotations
 import copy
 import functools
 import sys
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import numpy.typing as npt
 
-from otonom_runtime.backtest import EPISODE_MODES, EpisodeInputs
-from otonom_runtime.config_rules import Validated, rule
-from otonom_trainer.rl.env import RlError, TradingEnv
+from otonom_runtime.backtest import EpisodeInputs
+from otonom_trainer.rl.env import TradingEnv
+from otonom_trainer.rl.options import FinetuneConfig, RlError
 
 if TYPE_CHECKING:
     import torch
@@ -51,26 +50,6 @@ if TYPE_CHECKING:
 __all__ = ["ActorStrength", "FinetuneConfig", "bc_policy_class", "episode_return", "make_ppo"]
 
 F64 = npt.NDArray[np.float64]
-
-
-@dataclass(frozen=True)
-class FinetuneConfig(Validated):
-    """PPO's knobs for a fine-tuning (``otonom-train finetune``'s flags)."""
-
-    timesteps: int = field(default=4096, metadata=rule(ge=1))
-    n_steps: int = field(default=512, metadata=rule(ge=2))
-    batch_size: int = field(default=64, metadata=rule(ge=2))
-    n_epochs: int = field(default=4, metadata=rule(ge=1))
-    learning_rate: float = field(default=1e-4, metadata=rule(gt=0.0))
-    kl_coef: float = field(default=0.1, metadata=rule(ge=0.0))
-    entropy_coef: float = field(default=0.0, metadata=rule(ge=0.0))
-    gamma: float = field(default=0.99, metadata=rule(gt=0.0, le=1.0))
-    clip_range: float = field(default=0.2, metadata=rule(gt=0.0))
-    critic_hidden: int = field(default=64, metadata=rule(ge=1))
-    mode: str = field(default="voter", metadata=rule(choices=EPISODE_MODES))
-    seed: int = 0
-
-    _error_class: ClassVar[type[Exception]] = RlError
 
 
 class ActorStrength:
