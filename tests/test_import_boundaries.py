@@ -164,8 +164,7 @@ def test_the_torch_probe_fails_on_a_module_that_imports_torch(tmp_path: Path) ->
     assert all(name == "torch" for name, _ in result["attempts"])
 
 
-
-# --- the trainer's command line, with torch blocked ------------------------------------------------
+# --- the trainer's command line, with torch blocked -----------------------------------------------
 # ``otonom-train`` builds its parser from every command's module; one module that imports torch
 # at its top made every ``--help`` and every refused flag wait ~1.5 s for torch (and the test
 # suite's subprocess runs with it). Each command's help is printed with torch blocked, and
@@ -220,6 +219,7 @@ def test_every_trainer_command_helps_and_refuses_without_torch() -> None:
             assert stdout.startswith("usage: otonom-train"), argv
     assert result["attempts"] == []
     assert result["heavy"] == []  # nor the store's, the serving's or the plots' libraries
+
 
 # --- the room rules, by a scan of every import statement -----------------------------------------
 # schema <- runtime <- trainer: otonom_schema imports nothing of otonom_runtime or
