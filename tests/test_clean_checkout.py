@@ -18,6 +18,8 @@ import pytest
 
 from otonom_runtime import load_rl_policy
 
+pytestmark = pytest.mark.long  # minutes of subprocess runs: scheduled first (conftest.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("schema", "runtime", "trainer")
 

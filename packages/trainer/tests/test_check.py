@@ -34,6 +34,8 @@ from otonom_trainer.pipeline import PipelineConfig, PipelineError, run_pipeline
 from otonom_trainer.stats import equity_sharpe_test
 from otonom_trainer.train import BehaviorCloningTrainer
 
+pytestmark = pytest.mark.long  # minutes of subprocess runs: scheduled first (conftest.py)
+
 ROOT = Path(__file__).resolve().parents[3]
 STRATEGY = str(ROOT / "strategies" / "baseline_v1.yaml")
 # The market and training seed of this module's pipeline run: the demo's (see DEMO_SEED for

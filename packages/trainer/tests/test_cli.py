@@ -20,6 +20,8 @@ from otonom_runtime.testing.models import make_policy_model
 from otonom_schema.testing import random_history
 from otonom_trainer.cli import _build_parser as trainer_parser
 
+pytestmark = pytest.mark.long  # minutes of subprocess runs: scheduled first (conftest.py)
+
 ROOT = Path(__file__).resolve().parents[3]
 
 
