@@ -265,6 +265,39 @@ def test_cli_run_outputs_and_errors(world: dict[str, Any]) -> None:
     assert not chart.exists()  # the chart written before the failure is removed again
 
 
+def test_cli_says_which_key_names_no_model_and_that_the_analyst_is_disabled(
+    world: dict[str, Any],
+) -> None:
+    """A strategy whose RL analyst is off is loaded without resolving its ``model_path`` (the
+    shipped baseline's names a model not trained yet): monitoring it says the file, the key and
+    that the analyst is disabled, not a bare "received ..." line."""
+    project = world["tmp"] / "project"
+    (project / "models").mkdir(parents=True)
+    (project / "strategies").mkdir()
+    off = project / "strategies" / "off.yaml"
+    off.write_text(
+        "name: switched_off\nensemble:\n  rl_policy:\n    enabled: false\n"
+        "    model_path: models/rl_bc/policy_best.pt\n",
+        encoding="utf-8",
+    )
+    bare = project / "strategies" / "bare.yaml"
+    bare.write_text("name: bare\n", encoding="utf-8")
+    key = "ensemble.rl_policy.model_path"
+    for strategy, start in (
+        (off, f"error: {off}: {key}: received 'models/rl_bc/policy_best.pt', which resolves to"),
+        (bare, f"error: {bare} names no RL model ({key})"),
+    ):
+        out = _otonom(
+            "--database-url", world["url"], "monitor", "--strategy-path", str(strategy), cwd=project
+        )
+        assert out.returncode == 1, out.stderr
+        assert out.stderr.startswith(start), out.stderr
+        assert out.stderr.endswith(
+            "pass --model PATH (its RL analyst is disabled: name the model to monitor)\n"
+        ), out.stderr
+        assert out.stderr.count("\n") == 1
+
+
 def _dashboard(report: Any, path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """``plot_monitor``'s figure (kept open by catching ``figure``'s return)."""
     from otonom_runtime import plots

@@ -53,6 +53,7 @@ def _dates(start: dt.date, end: dt.date, dates: list[dt.date]) -> str:
 
 
 def _model_path(args: argparse.Namespace, config: StrategyConfig) -> Path:
+    from otonom_runtime._errors import StrategyError
     from otonom_runtime.strategy import resolve_strategy_model
 
     if args.model:
@@ -60,11 +61,17 @@ def _model_path(args: argparse.Namespace, config: StrategyConfig) -> Path:
     rl = config.ensemble.rl_policy
     if rl.model_file is not None:
         return rl.model_file
+    off = "" if rl.enabled else " (its RL analyst is disabled: name the model to monitor)"
     if rl.model_path:
-        return resolve_strategy_model(rl.model_path, config.base_dir)
+        try:
+            return resolve_strategy_model(rl.model_path, config.base_dir)
+        except StrategyError as exc:  # a disabled analyst's model_path is not checked on load
+            raise OtonomRuntimeError(
+                f"{config.source}: ensemble.rl_policy.model_path: {exc}; or pass --model PATH{off}"
+            ) from None
     raise OtonomRuntimeError(
         f"{config.source} names no RL model (ensemble.rl_policy.model_path); expected one, or "
-        "pass --model PATH"
+        f"pass --model PATH{off}"
     )
 
 
