@@ -342,6 +342,35 @@ def test_a_pipeline_that_fails_in_its_data_stage_keeps_an_existing_store(tmp_pat
         assert conn.execute("SELECT count(*) FROM bars").fetchone() == (30,)
 
 
+@pytest.mark.parametrize(
+    ("command", "args", "error"),
+    [
+        ("pipeline", ["--end-date", "2018-02-01"], "DEMO-BTC has 32 bars"),
+        ("walk-forward", ["--train-years", "9"], "the history is too short for one window"),
+    ],
+)
+def test_a_demo_run_beside_real_data_says_the_real_symbols_go_by_name(
+    tmp_path: Path, command: str, args: list[str], error: str
+) -> None:
+    """A store holding the user's own data: a run on the synthetic DEMO-* symbols (the
+    default) says so and how to train on theirs (here before its data stage fails)."""
+    for name in ("A", "B"):
+        _csv(tmp_path / f"{name}.csv", "2010-01-01", 30)
+        subprocess.run(
+            [sys.executable, "-m", "otonom_runtime", "data", "import-csv", f"{name}.csv",
+             "--symbol", name],
+            cwd=tmp_path, check=True, capture_output=True,
+        )  # fmt: skip
+    strategy = str(ROOT / "strategies" / "baseline_v1.yaml")
+    out = _run(command, "--strategy-path", strategy, "--symbol", "DEMO-BTC", *args, cwd=tmp_path)
+    _one_error(out, error)
+    note = (
+        "  note: this run's symbols (DEMO-BTC) are the synthetic demo market; the store's own "
+        "data (A, B) is trained on with --symbol NAME\n"
+    )
+    assert note in out.stdout
+
+
 def test_a_walk_forward_that_fails_after_creating_its_store_leaves_none(tmp_path: Path) -> None:
     """No dates given: the synthetic symbol is generated into a new store (its default range),
     then nine years of training do not fit in it: the store goes again."""

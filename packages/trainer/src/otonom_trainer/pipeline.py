@@ -14,8 +14,8 @@ a run that stopped or re-runs its later stages.
 Every run has its own report folder ``<report_dir>/<run name>/`` (default name: the UTC time the
 run started, which is also the name of the model version it trains; ``run_name`` /
 ``--run-name`` to choose one), and ``<report_dir>/latest`` names the run last worked on.
-``from_stage`` > 1 resumes the run ``run_name`` names, else the latest. A run that fails before
-its first stage is done leaves no folder behind. The report folder:
+``from_stage`` > 1 resumes the run ``run_name`` names, else the latest. A run failing before
+its first stage is done leaves no folder. The report folder:
 
 * ``table.md`` / ``table.json``: accuracy, per-class F1, Sharpe, return, max drawdown, trades
   and predict latency, for the ensemble without and with the RL analyst;
@@ -24,8 +24,7 @@ its first stage is done leaves no folder behind. The report folder:
 
 Split: the policy learns from the baseline's decisions up to ``train_end`` and is judged on
 the later period only (default: the last 25 % of the decision days). Dates not given come from
-the bars the store holds for the symbols once stage 1 has run (``otonom_trainer.ranges``:
-warm-up, split, calendar); the chosen ranges are printed.
+the symbols' stored bars after stage 1 (``otonom_trainer.ranges``), printed as chosen.
 """
 
 from __future__ import annotations
@@ -63,6 +62,7 @@ from otonom_trainer.stages import (
     add_demo_symbols,
     backtest_pair,
     refuse_unknown_before_creating,
+    synthetic_beside_real,
 )
 
 __all__ = [
@@ -90,8 +90,7 @@ STATE_FILE: Final = "pipeline_state.json"
 PIPELINE_EPOCHS: Final = 30
 """Stage 4's epochs by default (over the train split and its teacher rows)."""
 TEACHER_ROWS: Final = 200_000
-"""Teacher-labelled rows stage 4 adds to the train split by default (``TrainingConfig``'s
-``teacher_rows``; issue 14: what reaches the best off-the-shelf learner's accuracy)."""
+"""Teacher-labelled rows stage 4 adds to the train split by default (``teacher_rows``)."""
 TEACHER_NOISE: Final = 0.3
 """Their noise, in standard deviations of each market feature (``teacher_noise``)."""
 LATEST_RUN: Final = "latest"
@@ -121,11 +120,11 @@ _TEXT: Final = rule(nonempty=True, described="non-empty text")
 @dataclass(frozen=True)
 class PipelineConfig(Validated):
     """What to run. Symbols missing from the store are generated (synthetic) when their name
-    starts with ``DEMO-`` (over ``start .. end``, default 2018-01-01 .. 2023-12-31), imported
-    when ``import_csv`` maps them to a file, else an error. ``start``/``end`` None: from the
-    stored bars (``otonom_trainer.ranges``). Validated once (``otonom_runtime.config_rules``):
-    ``PipelineError`` names the field, what was given and what was expected; the
-    ``import_csv`` files are looked for before the store or the report folder is created."""
+    starts with ``DEMO-`` (over ``start .. end``, default 2018-01-01 .. 2023-12-31; a note says
+    so when the store holds real symbols), imported when ``import_csv`` maps them to a file,
+    else an error. ``start``/``end`` None: from the stored bars (``otonom_trainer.ranges``).
+    Validated once (``otonom_runtime.config_rules``): ``PipelineError`` names the field, what
+    was given and what was expected; ``import_csv`` files are checked before anything is made."""
 
     strategy_path: str = field(default_factory=default_strategy_path, metadata=_TEXT)
     database_url: str | None = field(
@@ -185,8 +184,7 @@ def _say(cfg: PipelineConfig, text: str) -> None:
 
 def _log(cfg: PipelineConfig) -> TextIO | None:
     """Where the stages' own printing (training log, dataset summaries) goes: nowhere with
-    ``--quiet`` (a discarded buffer), else ``sys.stdout``; never a redirection of the process's
-    stdout."""
+    ``--quiet`` (a discarded buffer), else ``sys.stdout``; never a redirected process stdout."""
     return io.StringIO() if cfg.quiet else None
 
 
@@ -344,6 +342,8 @@ def _stage_data(cfg: PipelineConfig, url: str) -> _Dates:
             )
             if made is not None or not cfg.import_csv:  # (a file just imported: said above)
                 _say(cfg, "  " + (made.summary() if made else "all symbols already in the store"))
+            if note := synthetic_beside_real(session, cfg.symbols):
+                _say(cfg, "  " + note)
             return _dates(cfg, session)  # in the same transaction: a too-short series is not kept
 
 

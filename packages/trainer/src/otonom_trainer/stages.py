@@ -37,6 +37,7 @@ __all__ = [
     "backtest_pair",
     "fallback_backtest",
     "refuse_unknown_before_creating",
+    "synthetic_beside_real",
 ]
 
 
@@ -180,3 +181,21 @@ def add_demo_symbols(
         return None
     start, end, seed = demo
     return write_synthetic(session, generate, start, end, seed)
+
+
+def synthetic_beside_real(session: Any, symbols: Sequence[str]) -> str | None:
+    """A note for a run whose symbols are all synthetic (``DEMO-*``, generated) in a store that
+    also holds real ones: without ``--symbol`` the pipeline and walk-forward train on the demo
+    market, which a user who imported their own data may not expect. None otherwise."""
+    from otonom_runtime.store import list_symbols
+
+    stored = list_symbols(session)
+    synthetic = {info.name for info in stored if info.is_synthetic}
+    real = [info.name for info in stored if not info.is_synthetic]
+    if not real or not all(s in synthetic for s in symbols):
+        return None
+    shown = ", ".join(real[:5]) + (f" and {len(real) - 5} more" if len(real) > 5 else "")
+    return (
+        f"note: this run's symbols ({', '.join(symbols)}) are the synthetic demo market; the "
+        f"store's own data ({shown}) is trained on with --symbol NAME"
+    )

@@ -70,7 +70,12 @@ from otonom_trainer.ranges import (
     WARMUP_DAYS,
     DataRanges,
 )
-from otonom_trainer.stages import add_demo_symbols, backtest_pair, refuse_unknown_before_creating
+from otonom_trainer.stages import (
+    add_demo_symbols,
+    backtest_pair,
+    refuse_unknown_before_creating,
+    synthetic_beside_real,
+)
 from otonom_trainer.walkforward_report import (
     WalkForwardResult,
     WindowResult,
@@ -282,6 +287,8 @@ def _prepared(
         )
         if made is not None:
             _say(cfg, "  " + made.summary().replace("\n", "\n  "))
+        if note := synthetic_beside_real(session, cfg.symbols):
+            _say(cfg, "  " + note)
         if cfg.start is not None and cfg.end is not None:
             _check_coverage(cfg, {info.name: info for info in list_symbols(session)})
         ranges = data_ranges(
