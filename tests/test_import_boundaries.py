@@ -187,7 +187,8 @@ from otonom_trainer.cli import _build_parser, main
 
 commands = sorted(_build_parser()._subparsers._group_actions[0].choices)
 helped = {}
-for argv in [["--help"], *([c, "--help"] for c in commands), ["train"]]:
+refused = [["train"], ["tune", "--dataset", "no/such.npz"]]
+for argv in [["--help"], *([c, "--help"] for c in commands), *refused]:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
@@ -214,6 +215,8 @@ def test_every_trainer_command_helps_and_refuses_without_torch() -> None:
                 2,
                 "error: no dataset: give --dataset FILE.npz (or dataset_path in --config)\n",
             )
+        elif argv == "tune --dataset no/such.npz":  # its files checked before torch
+            assert (code, stderr) == (1, "error: no dataset file at no/such.npz\n")
         else:
             assert (code, stderr) == (0, ""), argv
             assert stdout.startswith("usage: otonom-train"), argv

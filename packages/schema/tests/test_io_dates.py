@@ -1,14 +1,23 @@
-"""The shared helpers of the lowest package: the one atomic write and the one date parser."""
+"""The shared helpers of the lowest package: the one atomic write, the one file hash and the
+one date parser."""
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from otonom_schema import DateError, atomic_path, atomic_write, parse_iso_date, to_date
+from otonom_schema import (
+    DateError,
+    atomic_path,
+    atomic_write,
+    parse_iso_date,
+    sha256_file,
+    to_date,
+)
 
 
 def test_atomic_write_bytes_and_text(tmp_path: Path) -> None:
@@ -48,6 +57,15 @@ def test_a_write_that_cannot_happen_names_the_final_file(tmp_path: Path) -> None
         atomic_write(target, "x")
     assert caught.value.filename == str(target)
     assert str(caught.value) == f"[Errno 2] No such file or directory: '{target}'"
+
+
+def test_sha256_file_reads_a_file_larger_than_its_chunk(tmp_path: Path) -> None:
+    data = np.random.default_rng(0).bytes((1 << 20) * 2 + 123)  # three chunks, the last short
+    path = tmp_path / "d.npz"
+    path.write_bytes(data)
+    assert sha256_file(path) == hashlib.sha256(data).hexdigest()
+    (tmp_path / "empty").write_bytes(b"")
+    assert sha256_file(tmp_path / "empty") == hashlib.sha256(b"").hexdigest()
 
 
 def test_atomic_path_temporaries_are_unique(tmp_path: Path) -> None:

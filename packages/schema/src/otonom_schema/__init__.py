@@ -25,7 +25,7 @@ from otonom_schema._features import (
     portfolio_feature_matrix,
     sentiment_feature,
 )
-from otonom_schema._io import atomic_path, atomic_write
+from otonom_schema._io import atomic_path, atomic_write, sha256_file
 from otonom_schema._labels import ForwardLabels, forward_labels, risk_levels, tercile_cuts
 from otonom_schema._panel import PanelCarry, market_feature_panel, market_feature_panel_step
 from otonom_schema._spec import (
@@ -101,6 +101,7 @@ __all__ = [
     "save_dataset",
     "schema_fingerprint",
     "sentiment_feature",
+    "sha256_file",
     "tercile_cuts",
     "to_date",
     "validate_state_array",

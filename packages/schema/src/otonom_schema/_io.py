@@ -5,17 +5,19 @@ stays on one file system); whatever the caller writes there is renamed onto ``fi
 block ends normally, and removed when it raises. ``atomic_write(final, data)`` is the one-call
 form for bytes or text. Every writer of a file a reader may open meanwhile goes through them:
 datasets, checkpoints, sealed models and their sidecars, registry and pipeline pointers.
+``sha256_file`` is the one chunked hash of a file (datasets, model sidecars).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write"]
+__all__ = ["atomic_path", "atomic_write", "sha256_file"]
 
 
 @contextlib.contextmanager
@@ -47,3 +49,13 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:
         else:
             tmp.write_bytes(data)
     return final
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The sha256 (lowercase hex) of a file, read in 1 MiB chunks: a dataset's hash in a
+    model's metadata, a model's ``.sha256`` sidecar."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -139,7 +139,7 @@ def _recorded_dataset_sha(checkpoint: Path, run_id: object) -> str | None:
 def load_member(path: str | os.PathLike[str]) -> EnsembleMember:
     """A member from a ``policy_best.pt`` checkpoint (``FileNotFoundError``, ``CheckpointError``
     for a file that is not one; the schema is compared by ``export_ensemble``)."""
-    from otonom_trainer.export import sha256_file
+    from otonom_schema import sha256_file
     from otonom_trainer.training.checkpoint import load_checkpoint
 
     src = Path(path)
@@ -277,7 +277,7 @@ def _dataset(
     members: Sequence[EnsembleMember], dataset: str | os.PathLike[str] | None
 ) -> tuple[OfflineDataset, str]:
     """The members' training dataset and its sha256 (each member's recorded sha must match)."""
-    from otonom_trainer.export import sha256_file
+    from otonom_schema import sha256_file
 
     path = _dataset_path(members, dataset)
     if not path.is_file():

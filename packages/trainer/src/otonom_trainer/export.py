@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -60,7 +59,7 @@ from otonom_runtime.policy import (
     load_rl_policy,
     write_sha256_sidecar,
 )
-from otonom_schema import FEATURE_NAMES, SCHEMA_VERSION, STATE_DIM, schema_fingerprint
+from otonom_schema import FEATURE_NAMES, SCHEMA_VERSION, STATE_DIM, schema_fingerprint, sha256_file
 from otonom_trainer._errors import OtonomTrainerError
 from otonom_trainer.model import PolicyNetwork
 
@@ -128,15 +127,6 @@ def _output_names(net: PolicyNetwork) -> tuple[str, ...]:
             f"distinct names of the runtime's optional outputs {list(OPTIONAL_OUTPUTS)}"
         )
     return (*OUTPUT_NAMES, *extras)
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """The sha256 (lowercase hex) of a file, read in chunks (e.g. the training dataset)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _json_default(value: Any) -> Any:

@@ -291,22 +291,22 @@ def _start(
     config: TrainingConfig, space: SearchSpace | None, opts: TuneOptions, out: TextIO | None
 ) -> tuple[optuna.Study, _Objective, Any]:
     """Check everything, then open (or join) the study and enqueue trial 0 in a new one."""
-    from otonom_schema import load_dataset
-    from otonom_trainer.export import sha256_file
-    from otonom_trainer.training.distributed import DataParallel
+    from otonom_schema import load_dataset, sha256_file
 
     if config.split != "time":
         raise TuneError(
             f"split: got {config.split!r}; tune expected 'time' (validation = the latest "
             "dates, as the model will be used)"
         )
-    if DataParallel.from_env().active:
-        raise TuneError("tune runs one process per worker: start each worker without torchrun")
     optuna = _optuna()
     n_rows = len(load_dataset(config.dataset_path))
     space = space if space is not None else SearchSpace.for_rows(n_rows)
     space.check_against(config)
     key = _study_key(config, space, sha256_file(config.dataset_path), opts.objective)
+    from otonom_trainer.training.distributed import DataParallel  # torch: after the file checks
+
+    if DataParallel.from_env().active:
+        raise TuneError("tune runs one process per worker: start each worker without torchrun")
     storage = open_storage(opts.storage)
     sampler = optuna.samplers.TPESampler(seed=config.seed if opts.seed is None else opts.seed)
     name, first = opts.study_name, space.first_params(config, n_rows)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Final
 
 from otonom_runtime._errors import PolicyError
-from otonom_schema import atomic_write
+from otonom_schema import atomic_write, sha256_file
 
 __all__ = ["MAX_MODEL_BYTES", "read_verified", "write_sha256_sidecar"]
 
@@ -32,12 +32,7 @@ def write_sha256_sidecar(model_path: str | os.PathLike[str]) -> Path:
     The content is ``"<64 hex digits>  <file name>\\n"``, so ``sha256sum -c`` checks it.
     """
     model = Path(model_path)
-    h = hashlib.sha256()
-    with model.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    sidecar = _sidecar_path(model)
-    return atomic_write(sidecar, f"{h.hexdigest()}  {model.name}\n")
+    return atomic_write(_sidecar_path(model), f"{sha256_file(model)}  {model.name}\n")
 
 
 def _read_sidecar(model: Path) -> str:
