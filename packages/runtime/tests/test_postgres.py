@@ -37,6 +37,7 @@ from otonom_runtime.store import (
 from otonom_runtime.store.changelog import TABLES, TRIGGER_NAMES
 from otonom_runtime.synth import generate_market, write_synthetic
 from otonom_runtime.testing.postgres import TEST_URL_ENV, postgres_server
+from otonom_runtime.testing.rows import add_hold_decisions
 
 D0 = dt.date(2021, 1, 1)
 
@@ -215,28 +216,9 @@ def test_a_strategys_live_symbols_on_postgresql(pg: str, add_bars: Any) -> None:
         for name in ("B", "A", "C"):
             add_bars(session, name, D0, 3)
             ids[name] = get_symbol(session, name).id
-        run = BacktestRun(strategy_name="s", strategy_hash="h", params={}, start_date=D0,
-                          end_date=D0)  # fmt: skip
-        session.add(run)
-        session.flush()
         rows = [("B", "live_x", 0), ("B", "live_x", 1), ("A", "live_x", 0), ("C", "other", 0)]
         rows += [("C", None, 1)]  # a backtest row
-        session.add_all(
-            Decision(
-                run_id=run.id,
-                symbol_id=ids[name],
-                date=D0 + dt.timedelta(days=k),
-                action=0,
-                strength=0.0,
-                position=0.0,
-                leverage=0.0,
-                cash_fraction=1.0,
-                days_since_last_trade=1.0,
-                equity=1e4,
-                live_strategy=strategy,
-            )
-            for name, strategy, k in rows
-        )
+        add_hold_decisions(session, [(ids[n], s, D0 + dt.timedelta(days=k)) for n, s, k in rows])
         session.commit()
         assert live_symbols(session, "live_x") == ["A", "B"]
         assert live_symbols(session, "other") == ["C"]

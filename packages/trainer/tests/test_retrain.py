@@ -22,6 +22,7 @@ from otonom_runtime.store import get_or_create_symbol, get_session, list_symbols
 from otonom_runtime.store.ticks import live_symbols
 from otonom_runtime.strategy import load_strategy
 from otonom_runtime.teacher import teacher_params
+from otonom_runtime.testing.rows import add_hold_decisions
 from otonom_schema import MarketHistory
 from otonom_trainer.config import DEMO_SYMBOLS
 from otonom_trainer.retrain import (
@@ -373,8 +374,6 @@ def _store(
     strategy's symbols (two of each, as a daemon's ticks make them) and backtest decisions of
     ``backtest``."""
     from otonom_runtime.store import (
-        BacktestRun,
-        Decision,
         get_or_create_symbol,
         get_session,
         init_db,
@@ -389,32 +388,14 @@ def _store(
             for name in names
         }
         day = dt.date(2026, 1, 1)
-        run = BacktestRun(strategy_name="s", strategy_hash="h", params={}, start_date=day,
-                          end_date=day)  # fmt: skip
-        session.add(run)
-        session.flush()
         rows = [
-            (name, strategy, day + dt.timedelta(days=k))
+            (ids[name], strategy, day + dt.timedelta(days=k))
             for strategy, names in (live or {}).items()
             for name in names
             for k in range(2)
-        ] + [(name, None, day - dt.timedelta(days=1)) for name in backtest]
-        session.add_all(
-            Decision(
-                run_id=run.id,
-                symbol_id=ids[name],
-                date=date,
-                action=0,
-                strength=0.0,
-                position=0.0,
-                leverage=0.0,
-                cash_fraction=1.0,
-                days_since_last_trade=1.0,
-                equity=1e4,
-                live_strategy=strategy,
-            )
-            for name, strategy, date in rows
-        )
+        ] + [(ids[name], None, day - dt.timedelta(days=1)) for name in backtest]
+        if rows:
+            add_hold_decisions(session, rows)
         session.commit()
     return url
 
