@@ -187,7 +187,12 @@ from otonom_trainer.cli import _build_parser, main
 
 commands = sorted(_build_parser()._subparsers._group_actions[0].choices)
 helped = {}
-refused = [["train"], ["tune", "--dataset", "no/such.npz"]]
+refused = [
+    ["train"],
+    ["train", "--dataset", "no/such.npz"],
+    ["export", "--checkpoint", "no/such.pt"],
+    ["tune", "--dataset", "no/such.npz"],
+]
 for argv in [["--help"], *([c, "--help"] for c in commands), *refused]:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -217,6 +222,11 @@ def test_every_trainer_command_helps_and_refuses_without_torch() -> None:
             )
         elif argv == "tune --dataset no/such.npz":  # its files checked before torch
             assert (code, stderr) == (1, "error: no dataset file at no/such.npz\n")
+        elif argv == "train --dataset no/such.npz":
+            assert (code, stderr) == (1, "error: no dataset file at no/such.npz (--dataset)\n")
+        elif argv == "export --checkpoint no/such.pt":
+            assert code == 1
+            assert stderr.startswith("error: no checkpoint at no/such.pt; `otonom-train train")
         else:
             assert (code, stderr) == (0, ""), argv
             assert stdout.startswith("usage: otonom-train"), argv

@@ -414,6 +414,15 @@ def test_model_messages_name_the_real_next_step(tmp_path: Path) -> None:
     _one_error(out, "no checkpoint at nope/policy_best.pt; `otonom-train train --dataset")
 
 
+def test_a_missing_dataset_named_by_a_config_file_is_named_with_its_key(tmp_path: Path) -> None:
+    (tmp_path / "cfg.yaml").write_text("dataset_path: gone.npz\nmax_epochs: 2\n")
+    out = _run("train", "--config", "cfg.yaml", cwd=tmp_path)
+    _one_error(out, "no dataset file at gone.npz (dataset_path in cfg.yaml)")
+    out = _run("train", "--config", "cfg.yaml", "--dataset", "other.npz", cwd=tmp_path)
+    _one_error(out, "no dataset file at other.npz (--dataset)")
+    assert not (tmp_path / "models").exists()  # nothing written
+
+
 def test_a_csv_named_npz_is_named(tmp_path: Path) -> None:
     make_policy_model(tmp_path / "policy_best.onnx")
     (tmp_path / "d.npz").write_text("Date,Open,High,Low,Close,Volume\n2020-01-01,1,1,1,1,1\n")

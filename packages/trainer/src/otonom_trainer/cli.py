@@ -163,6 +163,7 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from otonom_trainer.config import TrainingConfig, config_fields
+    from otonom_trainer.training.files import dataset_file
 
     flags = {f.name: getattr(args, f.name) for f in config_fields() if hasattr(args, f.name)}
     if args.config:  # flags override the file's values, --dataset and --output included
@@ -175,6 +176,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    given = "--dataset" if "dataset_path" in flags else f"dataset_path in {args.config}"
+    dataset_file(cfg.dataset_path, given)  # before torch's import: a missing file says so at once
 
     from otonom_trainer.train import BehaviorCloningTrainer
 
@@ -187,6 +190,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from otonom_trainer.training.files import checkpoint_file, dataset_file
+
+    checkpoint_file(args.checkpoint)  # both before torch's import: a missing file says so at once
+    if args.dataset:
+        dataset_file(args.dataset, "--dataset")
+
     from otonom_trainer.export import export_onnx, sha256_file
     from otonom_trainer.train import load_checkpoint
 

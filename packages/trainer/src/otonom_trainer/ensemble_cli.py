@@ -22,6 +22,7 @@ def _seed_checkpoints(args: argparse.Namespace, out: Path) -> list[Path]:
     """Train one member per ``--seeds`` entry (after checking every input); their checkpoints."""
     from otonom_trainer.config import TrainingConfig
     from otonom_trainer.ensemble import EnsembleError, train_seeds
+    from otonom_trainer.training.files import dataset_file
 
     if len(set(args.seeds)) != len(args.seeds) or len(args.seeds) < 2:
         raise EnsembleError(f"--seeds: got {args.seeds}; expected at least 2 different seeds")
@@ -37,8 +38,8 @@ def _seed_checkpoints(args: argparse.Namespace, out: Path) -> list[Path]:
         cfg = TrainingConfig.from_dict(flags)
     else:
         raise EnsembleError("--seeds: no dataset: give --dataset FILE.npz (or --config FILE.yaml)")
-    if not Path(cfg.dataset_path).is_file():
-        raise FileNotFoundError(f"no dataset file at {cfg.dataset_path} (--dataset)")
+    given = "--dataset" if args.dataset else f"dataset_path in {args.config}"
+    dataset_file(cfg.dataset_path, given)
     log = io.StringIO() if args.quiet else None
     return train_seeds(cfg, args.seeds, members_dir=members_dir, out=log)
 

@@ -25,6 +25,7 @@ from otonom_schema import atomic_path, require_schema
 from otonom_trainer._errors import ArchitectureError, CheckpointError
 from otonom_trainer.architectures import DEFAULT_ARCHITECTURE, get_architecture
 from otonom_trainer.model import PolicyNetwork
+from otonom_trainer.training.files import checkpoint_file
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -58,12 +59,7 @@ def read_checkpoint(
     Raises ``FileNotFoundError``, ``CheckpointError`` for a foreign or broken file and
     ``SchemaMismatchError`` when it was trained under another state schema.
     """
-    src = Path(path)
-    if not src.is_file():
-        raise FileNotFoundError(
-            f"no checkpoint at {src}; `otonom-train train --dataset FILE.npz --output FOLDER` "
-            "writes FOLDER/policy_best.pt"
-        )
+    src = checkpoint_file(path)
     try:
         ckpt = torch.load(src, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for foreign or truncated files
