@@ -71,15 +71,18 @@ REPLACED = "19990101T000000Z"  # a version in service before the pipeline runs
 
 @pytest.fixture(scope="module")
 def pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``otonom-train pipeline`` at its defaults but ``--seed SEED``, run once in a fresh
-    folder whose model folder has a version in service trained on another symbol
-    (``REPLACED``, a test policy: the pipeline's promotion replaces it, and says so)."""
+    """``otonom-train pipeline`` at its defaults but ``--seed SEED`` and ``--teacher-rows
+    20000`` (a third of the time: tests/test_clean_checkout.py runs the defaults themselves),
+    run once in a fresh folder whose model folder has a version in service trained on another
+    symbol (``REPLACED``, a test policy: the pipeline's promotion replaces it, and says so)."""
     cwd = tmp_path_factory.mktemp("pipeline")
     old = cwd / "models" / "rl_bc" / REPLACED
     make_policy_model(old / "policy_best.onnx", hidden=8)
     (old / "metadata.json").write_text(json.dumps({"dataset": {"metadata": {"symbols": ["X"]}}}))
     (old.parent / "latest").write_text(REPLACED + "\n")
-    out = _cli("pipeline", "--strategy-path", STRATEGY, "--seed", SEED, cwd=cwd)
+    out = _cli(
+        "pipeline", "--strategy-path", STRATEGY, "--seed", SEED, "--teacher-rows", "20000", cwd=cwd
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     (cwd / "stdout.txt").write_text(out.stdout)
     (cwd / "stderr.txt").write_text(out.stderr)
