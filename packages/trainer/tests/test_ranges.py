@@ -253,10 +253,11 @@ def test_pipeline_without_dates_on_any_era(
 ) -> None:
     csv_path = tmp_path / f"{symbol}.csv"
     _write_csv(csv_path, last, 3, weekdays=weekdays, seed=last.year)
+    # the dates are under test, not the model: a small one
     out = _pipeline(
         tmp_path, "--import-csv", csv_path.name, "--symbol", symbol, "--epochs", "1",
         "--teacher-rows", "2000",
-    )  # fmt: skip  (the dates are under test, not the model: a small one)
+    )  # fmt: skip
     # the gate decides the exit code (0: promoted, 1: rejected); anything else is a failure
     assert out.returncode in (0, 1), out.stderr[-3000:]
     assert "Traceback" not in out.stderr
