@@ -171,7 +171,7 @@ def test_the_torch_probe_fails_on_a_module_that_imports_torch(tmp_path: Path) ->
 # without SQLAlchemy, ONNX Runtime or matplotlib loaded.
 
 CLI_PROBE = r"""
-import contextlib, importlib.abc, io, json, sys
+import contextlib, importlib.abc, io, json, os, sys, tempfile
 
 attempts = []
 
@@ -187,9 +187,12 @@ from otonom_trainer.cli import _build_parser, main
 
 commands = sorted(_build_parser()._subparsers._group_actions[0].choices)
 helped = {}
+handle, dataset = tempfile.mkstemp(suffix=".npz")  # any file: train only finds it
+os.close(handle)
 refused = [
     ["train"],
     ["train", "--dataset", "no/such.npz"],
+    ["train", "--dataset", dataset, "--resume", "no/such.pt"],
     ["export", "--checkpoint", "no/such.pt"],
     ["tune", "--dataset", "no/such.npz"],
 ]
@@ -201,6 +204,7 @@ for argv in [["--help"], *([c, "--help"] for c in commands), *refused]:
         except SystemExit as exc:
             code = exc.code
     helped[" ".join(argv)] = [code, out.getvalue()[:200], err.getvalue()]
+os.unlink(dataset)
 heavy = sorted({m.split(".")[0] for m in sys.modules} & {"sqlalchemy", "onnxruntime", "matplotlib"})
 print(json.dumps({"commands": commands, "helped": helped, "attempts": attempts, "heavy": heavy}))
 """
@@ -224,7 +228,8 @@ def test_every_trainer_command_helps_and_refuses_without_torch() -> None:
             assert (code, stderr) == (1, "error: no dataset file at no/such.npz\n")
         elif argv == "train --dataset no/such.npz":
             assert (code, stderr) == (1, "error: no dataset file at no/such.npz (--dataset)\n")
-        elif argv == "export --checkpoint no/such.pt":
+        elif argv == "export --checkpoint no/such.pt" or argv.endswith("--resume no/such.pt"):
+            # (train's dataset found, its state file not)
             assert code == 1
             assert stderr.startswith("error: no checkpoint at no/such.pt; `otonom-train train")
         else:

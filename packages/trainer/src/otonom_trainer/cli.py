@@ -163,7 +163,7 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from otonom_trainer.config import TrainingConfig, config_fields
-    from otonom_trainer.training.files import dataset_file
+    from otonom_trainer.training.files import checkpoint_file, dataset_file
 
     flags = {f.name: getattr(args, f.name) for f in config_fields() if hasattr(args, f.name)}
     if args.config:  # flags override the file's values, --dataset and --output included
@@ -178,6 +178,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 2
     given = "--dataset" if "dataset_path" in flags else f"dataset_path in {args.config}"
     dataset_file(cfg.dataset_path, given)  # before torch's import: a missing file says so at once
+    if args.resume:
+        checkpoint_file(args.resume)
 
     from otonom_trainer.train import BehaviorCloningTrainer
 
