@@ -278,13 +278,13 @@ def _dataset(
 ) -> tuple[OfflineDataset, str]:
     """The members' training dataset and its sha256 (each member's recorded sha must match)."""
     from otonom_schema import sha256_file
+    from otonom_trainer.training.files import dataset_file
 
-    path = _dataset_path(members, dataset)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no dataset file at {path} (the members' training dataset: its sha256 goes into "
-            "the model and its validation rows measure the ensemble)"
-        )
+    path = dataset_file(
+        _dataset_path(members, dataset),
+        "the members' training dataset: its sha256 goes into the model and its validation rows "
+        "measure the ensemble",
+    )
     sha = sha256_file(path)
     for m in members:
         if m.dataset_sha256 is not None and m.dataset_sha256 != sha:
