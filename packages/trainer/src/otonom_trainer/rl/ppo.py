@@ -127,10 +127,14 @@ def bc_policy_class() -> type[Any]:
                 nn.Tanh(),
                 nn.Linear(width, 1),
             )
-            trained = [*self.actor.parameters(), *self.critic.parameters()]
             lr = self._lr_schedule(1.0)
-            make: Any = self.optimizer_class  # Adam by default (SB3's optimizer_class)
-            self.optimizer = make(trained, lr=lr, **self.optimizer_kwargs)
+            if self.optimizer_class is torch.optim.Adam:  # SB3's default
+                both = nn.ModuleList([self.actor, self.critic])
+                self.optimizer = _flat_adam(both, lr, self.optimizer_kwargs)
+            else:
+                make: Any = self.optimizer_class
+                trained = [*self.actor.parameters(), *self.critic.parameters()]
+                self.optimizer = make(trained, lr=lr, **self.optimizer_kwargs)
 
         def _build(self, lr_schedule: Any) -> None:
             # SB3's MLP extractor and heads are not built: the actor is the clone (__init__)
@@ -175,6 +179,33 @@ def bc_policy_class() -> type[Any]:
             return self.critic(obs.float()), dist.log_prob(actions), regulariser
 
     return BcActorCriticPolicy
+
+
+def _flat_adam(trained: torch.nn.Module, lr: float, optimizer_kwargs: dict[str, Any]) -> Any:
+    """SB3's Adam (its ``optimizer_kwargs``: ``eps=1e-5``) as ``FlatAdam`` over ``trained``'s
+    parameters moved into one flat buffer (``flatten_parameters``): the same update, element
+    for element (the fine-tuned weights are bit-identical, tested), without
+    ``torch.optim.Adam``'s ``torch._dynamo`` import (~2.8 s of CPU at the first step) and its
+    per-step wrappers. ``zero_grad`` zeroes the flat gradient in place, so each parameter's
+    gradient stays a view of it (SB3 calls ``zero_grad()``, then ``clip_grad_norm_`` over the
+    parameters, then ``step()``). Keywords FlatAdam lacks (``amsgrad``, ...) get torch's
+    Adam."""
+    import torch
+
+    from otonom_trainer.training.optim import FlatAdam, flatten_parameters
+
+    known = {"eps", "betas", "weight_decay"}
+    if not set(optimizer_kwargs) <= known:
+        return torch.optim.Adam(trained.parameters(), lr=lr, **optimizer_kwargs)
+
+    class _ViewsAdam(FlatAdam):
+        def zero_grad(self, set_to_none: bool = True) -> None:
+            del set_to_none  # a None gradient would cut the parameters' views
+            if self.param.grad is not None:
+                self.param.grad.zero_()
+
+    flat, _ = flatten_parameters(trained)
+    return _ViewsAdam(flat, lr=lr, **optimizer_kwargs)
 
 
 def make_ppo(inputs: EpisodeInputs, bc_net: PolicyNet, config: FinetuneConfig) -> Any:
