@@ -127,14 +127,8 @@ def bc_policy_class() -> type[Any]:
                 nn.Tanh(),
                 nn.Linear(width, 1),
             )
-            lr = self._lr_schedule(1.0)
-            if self.optimizer_class is torch.optim.Adam:  # SB3's default
-                both = nn.ModuleList([self.actor, self.critic])
-                self.optimizer = _flat_adam(both, lr, self.optimizer_kwargs)
-            else:
-                make: Any = self.optimizer_class
-                trained = [*self.actor.parameters(), *self.critic.parameters()]
-                self.optimizer = make(trained, lr=lr, **self.optimizer_kwargs)
+            trained = nn.ModuleList([self.actor, self.critic])
+            self.optimizer = _optimizer(self, trained, self._lr_schedule(1.0))
 
         def _build(self, lr_schedule: Any) -> None:
             # SB3's MLP extractor and heads are not built: the actor is the clone (__init__)
@@ -179,6 +173,16 @@ def bc_policy_class() -> type[Any]:
             return self.critic(obs.float()), dist.log_prob(actions), regulariser
 
     return BcActorCriticPolicy
+
+
+def _optimizer(policy: Any, trained: torch.nn.Module, lr: float) -> Any:
+    """The policy's ``optimizer_class`` over ``trained``'s parameters; SB3's default, Adam, as
+    ``_flat_adam``."""
+    import torch
+
+    if policy.optimizer_class is torch.optim.Adam:
+        return _flat_adam(trained, lr, policy.optimizer_kwargs)
+    return policy.optimizer_class(list(trained.parameters()), lr=lr, **policy.optimizer_kwargs)
 
 
 def _flat_adam(trained: torch.nn.Module, lr: float, optimizer_kwargs: dict[str, Any]) -> Any:
