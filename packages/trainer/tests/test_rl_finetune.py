@@ -11,6 +11,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ from otonom_trainer.config import TrainingConfig
 from otonom_trainer.dataset import generate_dataset, save_dataset
 from otonom_trainer.rl import ppo as ppo_module
 from otonom_trainer.rl.env import RlError
-from otonom_trainer.rl.ppo import FinetuneConfig, make_ppo
+from otonom_trainer.rl.ppo import ActorStrength, FinetuneConfig, make_ppo
 from otonom_trainer.train import BehaviorCloningTrainer
 from otonom_trainer.training.checkpoint import load_checkpoint
 
@@ -115,8 +116,8 @@ def test_the_flat_adam_updates_as_torchs_adam_bit_for_bit(
     flat_model, net = _ppo(clone)
     flat_model.learn(total_timesteps=128)  # type: ignore[attr-defined]
 
-    def torch_adam(trained: torch.nn.Module, lr: float, kwargs: dict[str, object]) -> object:
-        return torch.optim.Adam(trained.parameters(), lr=lr, **kwargs)  # type: ignore[arg-type]
+    def torch_adam(trained: Any, lr: float, kwargs: dict[str, Any]) -> Any:
+        return torch.optim.Adam(trained.parameters(), lr=lr, **kwargs)
 
     monkeypatch.setattr(ppo_module, "_flat_adam", torch_adam)
     torch_model, _ = _ppo(clone)
@@ -134,6 +135,45 @@ def test_the_flat_adam_updates_as_torchs_adam_bit_for_bit(
     assert any(moved)  # the updates did change the actor
 
 
+def _counted(method: Any, calls: list[int]) -> Any:
+    """``method`` that records the row count of each call in ``calls``."""
+
+    def counted(states: Any) -> Any:
+        calls.append(len(states))
+        return method(states)
+
+    return counted
+
+
+def test_an_offered_strength_is_the_nets_own_used_once_and_for_its_state_only(
+    clone: Clone,
+) -> None:
+    net, _ = load_checkpoint(clone.folder / "policy_best.pt")
+    net.eval()
+    fn = ActorStrength(net)
+    state, other = clone.states[0].astype(np.float64), clone.states[1].astype(np.float64)
+    expected = fn(0, state)  # the net run on the state
+    with torch.no_grad():
+        logits, strength = net(torch.as_tensor(state[None], dtype=torch.float32))
+    fn.offer(state.astype(np.float32), logits, strength)
+    assert fn(0, state) == expected  # the offer, bit for bit
+    calls: list[int] = []
+    net.probabilities = _counted(net.probabilities, calls)  # type: ignore[method-assign]
+    assert fn(0, state) == expected  # an offer serves one call: the net again
+    fn.offer(other.astype(np.float32), logits + torch.tensor([9.0, 0.0, 0.0]), strength * 0)
+    assert fn(0, state) == expected  # made for another state: not used
+    assert calls == [1, 1]
+
+
+def test_rollout_steps_take_their_strength_from_the_policys_forward(clone: Clone) -> None:
+    model, _ = _ppo(clone)
+    actor = model.policy.actor  # type: ignore[attr-defined]
+    calls: list[int] = []
+    actor.probabilities = _counted(actor.probabilities, calls)
+    model.learn(total_timesteps=128)  # type: ignore[attr-defined]
+    assert calls == []  # 128 steps, no second forward for their strength
+
+
 def test_fine_tuning_does_not_import_dynamo(clone: Clone) -> None:
     """torch.optim.Adam imports torch._dynamo at its first step (~2.8 s of CPU)."""
     code = """
@@ -141,7 +181,7 @@ import datetime as dt, sys
 from otonom_runtime.backtest import episode_inputs
 from otonom_runtime.store import get_session
 from otonom_runtime.strategy import load_strategy
-from otonom_trainer.rl.ppo import FinetuneConfig, make_ppo
+from otonom_trainer.rl.ppo import ActorStrength, FinetuneConfig, make_ppo
 from otonom_trainer.training.checkpoint import load_checkpoint
 url, checkpoint, strategy, symbol, start, end = sys.argv[1:]
 net, _ = load_checkpoint(checkpoint)

@@ -45,7 +45,7 @@ from otonom_trainer.rl.options import FinetuneConfig, RlError
 if TYPE_CHECKING:
     import torch
 
-    from otonom_trainer.model import PolicyNet
+    from otonom_trainer.model import PolicyNet, PolicyNetwork
 
 __all__ = ["ActorStrength", "FinetuneConfig", "bc_policy_class", "episode_return", "make_ppo"]
 
@@ -55,21 +55,40 @@ F64 = npt.NDArray[np.float64]
 class ActorStrength:
     """A ``StrengthFn`` reading a ``PolicyNet``'s strength head and top probability for the
     day's state (``net``: set once the PPO policy exists; it follows the actor's weights as
-    they train)."""
+    they train).
 
-    def __init__(self, net: PolicyNet | None = None) -> None:
+    The caller that has just run the actor on the step's observation (the PPO policy's
+    ``forward`` in a rollout, ``episode_return``) ``offer``s its outputs: the next call for
+    that same state uses them instead of running the actor again, the same numbers (one row,
+    the same network; tested bit for bit). An offer serves one call, and only the state it was
+    made for; any other call runs ``net``."""
+
+    def __init__(self, net: PolicyNetwork | None = None) -> None:
         self.net = net
+        self._offered: tuple[npt.NDArray[np.float32], torch.Tensor, torch.Tensor] | None = None
+
+    def offer(
+        self, obs: npt.NDArray[np.float32], logits: torch.Tensor, strength: torch.Tensor
+    ) -> None:
+        """The actor's ``(1, 3)`` logits and ``(1, 1)`` strength for the one-row observation
+        ``obs`` (float32 (34,)), kept for the next call."""
+        self._offered = (obs, logits, strength)
 
     def __call__(self, day: int, state: F64) -> tuple[float, float]:
         import torch
 
         del day
-        if self.net is None:
-            raise RlError("ActorStrength has no network yet; set .net before the first step")
-        with torch.no_grad():
-            probs, strength = self.net.probabilities(
-                torch.as_tensor(state[None], dtype=torch.float32)
-            )
+        offered, self._offered = self._offered, None
+        if offered is not None and np.array_equal(offered[0], state.astype(np.float32)):
+            _, logits, strength = offered
+            probs = torch.softmax(logits, dim=-1)  # as PolicyNet.probabilities
+        else:
+            if self.net is None:
+                raise RlError("ActorStrength has no network yet; set .net before the first step")
+            with torch.no_grad():
+                probs, strength = self.net.probabilities(
+                    torch.as_tensor(state[None], dtype=torch.float32)
+                )
         return float(strength[0, 0]), float(probs.max())
 
 
@@ -117,6 +136,7 @@ def bc_policy_class() -> type[Any]:
         ) -> None:
             super().__init__(*args, **kwargs)
             self.kl_coef, self.entropy_coef = float(kl_coef), float(entropy_coef)
+            self.strength_fn: ActorStrength | None = None  # the env's (make_ppo sets it)
             self.actor = copy.deepcopy(bc_net).float().eval()
             self.teacher = copy.deepcopy(bc_net).float().eval().requires_grad_(False)
             width = int(critic_hidden)
@@ -145,7 +165,11 @@ def bc_policy_class() -> type[Any]:
         def forward(
             self, obs: torch.Tensor, deterministic: bool = False
         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            dist = self._dist(obs)
+            logits, strength = self.actor(obs.float())
+            if self.strength_fn is not None and len(obs) == 1:  # a rollout's step
+                row = obs[0].detach().float().numpy().copy()
+                self.strength_fn.offer(row, logits.detach(), strength.detach())
+            dist = self.action_dist.proba_distribution(action_logits=logits)
             actions = dist.get_actions(deterministic=deterministic)
             return actions, self.critic(obs.float()), dist.log_prob(actions)
 
@@ -255,6 +279,8 @@ def make_ppo(inputs: EpisodeInputs, bc_net: PolicyNet, config: FinetuneConfig) -
 
     model.set_logger(Logger(folder=None, output_formats=[]))
     strength.net = cast("PolicyNet", model.policy.actor)
+    policy: Any = model.policy  # the BcActorCriticPolicy
+    policy.strength_fn = strength
     return model
 
 
@@ -264,13 +290,15 @@ def episode_return(inputs: EpisodeInputs, net: PolicyNet, mode: str) -> tuple[fl
     import torch
 
     net = copy.deepcopy(net).eval()  # dropout off, the caller's network left as it is
-    env = TradingEnv(inputs, mode=mode, strength=ActorStrength(net))
+    strength_fn = ActorStrength(net)
+    env = TradingEnv(inputs, mode=mode, strength=strength_fn)
     obs, info = env.reset()
     actions: list[int] = []
     done = False
     while not done:
         with torch.no_grad():
-            logits, _ = net(torch.as_tensor(obs[None]))
+            logits, strength = net(torch.as_tensor(obs[None]))
+        strength_fn.offer(obs, logits, strength)  # the step's strength: no second forward
         actions.append(int(logits.argmax()))
         obs, _, done, _, info = env.step(actions[-1])
     return float(info["total_return"]), actions
