@@ -83,9 +83,14 @@ def read(path: Path) -> dict[str, dict[str, float]]:
     return rows
 
 
+def _cpu_s(row: dict[str, float]) -> float:
+    """A test's CPU seconds: its own and its children's."""
+    return row["self"] + row["children"]
+
+
 def report(rows: dict[str, dict[str, float]], top: int) -> list[str]:
     """The totals, then the ``top`` files and tests by CPU seconds (own + children)."""
-    cpu = {k: r["self"] + r["children"] for k, r in rows.items()}
+    cpu = {k: _cpu_s(r) for k, r in rows.items()}
     own = sum(r["self"] for r in rows.values())
     children = sum(r["children"] for r in rows.values())
     wall = sum(r["wall"] for r in rows.values())
@@ -97,8 +102,9 @@ def report(rows: dict[str, dict[str, float]], top: int) -> list[str]:
     ]
     files: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     for k, c in cpu.items():
-        files[k.split("::")[0]][0] += c
-        files[k.split("::")[0]][1] += 1
+        entry = files[k.split("::")[0]]
+        entry[0] += c
+        entry[1] += 1
     for name, (c, n) in sorted(files.items(), key=lambda kv: -kv[1][0])[:top]:
         lines.append(f"{c:8.1f} {int(n):6d}  {name}")
     lines += ["", f"{'CPU s':>8} {'wall s':>7}  test"]
@@ -112,13 +118,9 @@ def compare(
 ) -> list[str]:
     """The CPU seconds before and after, and the tests that changed most."""
     both = sorted(set(before) & set(after))
-
-    def cpu(rows: dict[str, dict[str, float]], k: str) -> float:
-        return rows[k]["self"] + rows[k]["children"]
-
-    b, a = sum(cpu(before, k) for k in both), sum(cpu(after, k) for k in both)
+    b, a = sum(_cpu_s(before[k]) for k in both), sum(_cpu_s(after[k]) for k in both)
     lines = [f"{len(both)} tests in both: {b:.0f} s CPU before, {a:.0f} s after ({a - b:+.0f} s)"]
-    deltas = sorted((cpu(after, k) - cpu(before, k), k) for k in both)
+    deltas = sorted((_cpu_s(after[k]) - _cpu_s(before[k]), k) for k in both)
     lines += [f"{d:+8.1f}  {k}" for d, k in deltas[:top]]
     return lines
 
